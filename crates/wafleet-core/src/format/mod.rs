@@ -1,0 +1,1 @@
+//! Markdown → WhatsApp formatting and chunking (in progress).

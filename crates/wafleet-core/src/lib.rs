@@ -1,0 +1,18 @@
+//! # wafleet-core
+//!
+//! The logic of wafleet that needs no network, no clock and no randomness of its own: everything
+//! here is a pure function of its arguments, so it is tested exactly and fuzzed freely. It must
+//! never depend on tokio, redis, sqlx or reqwest; the adapters in the `wafleet` crate bring I/O.
+//!
+//! # Layout
+//! - [`signature`]: `X-Hub-Signature-256` verification over the raw body, constant time.
+//! - [`webhook`]: parsing Meta's webhook envelope into one [`envelope::Update`] per update.
+//! - [`envelope`]: the jobs that travel on the Redis Streams between ingest and the workers.
+//! - [`pii`]: redaction of personal data into typed placeholders.
+//! - [`format`]: Markdown → WhatsApp formatting and splitting replies into ≤ 4096-char parts.
+
+pub mod envelope;
+pub mod format;
+pub mod pii;
+pub mod signature;
+pub mod webhook;

@@ -1,0 +1,1 @@
+//! PII redaction (in progress).

@@ -1,1 +1,244 @@
-//! Job envelopes.
+//! The jobs that travel on the Redis Streams.
+//!
+//! Ingest turns every update of a webhook POST into one [`Update`]; workers read them back. An
+//! update carries the parsed essentials (what routing, dedup and the stages need without
+//! re-parsing) and the raw JSON of the item exactly as Meta sent it, so unknown message types and
+//! unknown fields survive for later stages and for inspection.
+//!
+//! Two derived keys decide how an update is stored (see `wafleet::streams` for the key layout):
+//! - [`Update::dedup_key`]: Meta redelivers for up to 7 days; inbound messages are unique on
+//!   `(phone_number_id, wamid)`, statuses on `(wamid, status)`. Items without an id are keyed by a
+//!   digest of their raw JSON, so an identical redelivery is still recognised.
+//! - [`Update::conversation_key`]: every update of one customer on one business number maps to the
+//!   same key, hence the same stream partition, which is what keeps a conversation in order.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+
+/// Version of the envelope format, written with every entry so a worker can refuse a newer one.
+pub const ENVELOPE_VERSION: u32 = 1;
+
+/// One update from a webhook POST.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Update {
+    Message(InboundMessage),
+    Status(StatusUpdate),
+    /// A `value.errors[]` item: a system, app or account problem not tied to one message.
+    Error(ValueError),
+    /// A change of any field other than `messages` (templates, account, quality…).
+    Event(FieldEvent),
+}
+
+/// Where an update came from: the business number (`phone_number_id`, what we route by) and its
+/// WhatsApp Business Account.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub phone_number_id: String,
+    pub display_phone_number: Option<String>,
+    pub waba_id: Option<String>,
+}
+
+/// An inbound customer message (`value.messages[]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InboundMessage {
+    pub origin: Origin,
+    /// The wamid Meta gave the message.
+    pub wamid: String,
+    /// Sender's phone (`from` / `contacts[].wa_id`); absent for username users (BSUID era).
+    pub wa_id: Option<String>,
+    /// Business-scoped user id (`from_user_id` / `contacts[].user_id`).
+    pub user_id: Option<String>,
+    pub profile_name: Option<String>,
+    /// `messages[].timestamp`, Unix seconds: when the customer sent it. The 24-hour window is
+    /// measured from this, never from when we received it.
+    pub timestamp: Option<i64>,
+    /// The message type as Meta names it; unknown types are kept as they come.
+    pub message_type: String,
+    /// The human-readable text of the message, where it has one: a text body, a media caption,
+    /// the title of a tapped button or list row.
+    pub text: Option<String>,
+    /// The wamid this message replies to (`context.id`).
+    pub context_id: Option<String>,
+    /// The message object exactly as received.
+    pub raw: Box<RawValue>,
+}
+
+/// A delivery status of one of our outbound messages (`value.statuses[]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusUpdate {
+    pub origin: Origin,
+    pub wamid: String,
+    /// `sent`, `delivered`, `read`, `failed`, `played`, or whatever Meta adds later.
+    pub status: String,
+    pub timestamp: Option<i64>,
+    pub recipient_id: Option<String>,
+    pub recipient_user_id: Option<String>,
+    /// Echo of what we set when sending: our outbound record's id.
+    pub biz_opaque_callback_data: Option<String>,
+    /// First error of a `failed` status, if any.
+    pub error_code: Option<i64>,
+    pub error_title: Option<String>,
+    pub raw: Box<RawValue>,
+}
+
+/// A `value.errors[]` item.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ValueError {
+    pub origin: Origin,
+    pub code: Option<i64>,
+    pub title: Option<String>,
+    pub raw: Box<RawValue>,
+}
+
+/// A change on a field other than `messages`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FieldEvent {
+    pub waba_id: Option<String>,
+    pub field: String,
+    /// `change.value` as received.
+    pub raw: Box<RawValue>,
+}
+
+/// The kind of an update, as written in the stream entry's `kind` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpdateKind {
+    Message,
+    Status,
+    Error,
+    Event,
+}
+
+impl UpdateKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateKind::Message => "message",
+            UpdateKind::Status => "status",
+            UpdateKind::Error => "error",
+            UpdateKind::Event => "event",
+        }
+    }
+}
+
+impl Update {
+    pub fn kind(&self) -> UpdateKind {
+        match self {
+            Update::Message(_) => UpdateKind::Message,
+            Update::Status(_) => UpdateKind::Status,
+            Update::Error(_) => UpdateKind::Error,
+            Update::Event(_) => UpdateKind::Event,
+        }
+    }
+
+    /// The business number the update belongs to, if it belongs to one.
+    pub fn phone_number_id(&self) -> Option<&str> {
+        match self {
+            Update::Message(m) => Some(&m.origin.phone_number_id),
+            Update::Status(s) => Some(&s.origin.phone_number_id),
+            Update::Error(e) => Some(&e.origin.phone_number_id),
+            Update::Event(_) => None,
+        }
+    }
+
+    /// The key that recognises a redelivery of this same update.
+    pub fn dedup_key(&self) -> String {
+        match self {
+            Update::Message(m) => format!("m:{}:{}", m.origin.phone_number_id, m.wamid),
+            Update::Status(s) => format!("s:{}:{}", s.wamid, s.status),
+            Update::Error(e) => format!("e:{}:{}", e.origin.phone_number_id, digest(&e.raw)),
+            Update::Event(ev) => format!(
+                "f:{}:{}:{}",
+                ev.waba_id.as_deref().unwrap_or("-"),
+                ev.field,
+                digest(&ev.raw)
+            ),
+        }
+    }
+
+    /// The key of the conversation this update belongs to: business number + customer. Updates
+    /// with no customer fall back to their own id, which spreads them evenly.
+    pub fn conversation_key(&self) -> String {
+        match self {
+            Update::Message(m) => conversation_key(
+                &m.origin.phone_number_id,
+                m.wa_id.as_deref(),
+                m.user_id.as_deref(),
+                &m.wamid,
+            ),
+            Update::Status(s) => conversation_key(
+                &s.origin.phone_number_id,
+                s.recipient_id.as_deref(),
+                s.recipient_user_id.as_deref(),
+                &s.wamid,
+            ),
+            Update::Error(e) => format!("{}:-", e.origin.phone_number_id),
+            Update::Event(ev) => format!("waba:{}", ev.waba_id.as_deref().unwrap_or("-")),
+        }
+    }
+}
+
+/// `phone_number_id:customer`, where the customer is the phone when known, else the BSUID.
+///
+/// The phone wins because Meta keeps sending it for customers we talk to; a customer first seen
+/// by BSUID only and later with a phone lands on another key — the conversation stage stores both
+/// ids and reconciles them, ordering across that switch is not guaranteed.
+pub fn conversation_key(
+    phone_number_id: &str,
+    wa_id: Option<&str>,
+    user_id: Option<&str>,
+    fallback: &str,
+) -> String {
+    let customer = wa_id.or(user_id).unwrap_or(fallback);
+    format!("{phone_number_id}:{customer}")
+}
+
+/// Stable partition of a conversation key among `partitions` streams.
+///
+/// FNV-1a 64: stable across processes, versions and platforms (unlike `std`'s `RandomState`),
+/// which matters because every ingest and worker process must agree on it.
+pub fn partition_of(conversation_key: &str, partitions: u32) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in conversation_key.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % u64::from(partitions.max(1))) as u32
+}
+
+fn digest(raw: &RawValue) -> String {
+    hex::encode(&Sha256::digest(raw.get().as_bytes())[..16])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_stable_and_in_range() {
+        // Pinned values: changing the hash would re-route live conversations.
+        assert_eq!(
+            partition_of("106540352242922:16505551234", 16),
+            partition_of("106540352242922:16505551234", 16)
+        );
+        for key in ["a", "b", "106540352242922:16505551234", ""] {
+            assert!(partition_of(key, 16) < 16);
+            assert_eq!(partition_of(key, 1), 0);
+            assert_eq!(partition_of(key, 0), 0);
+        }
+        assert_eq!(
+            partition_of("", 1 << 20),
+            (0xcbf2_9ce4_8422_2325u64 % (1 << 20)) as u32
+        );
+    }
+
+    #[test]
+    fn the_phone_wins_over_the_business_scoped_id() {
+        assert_eq!(
+            conversation_key("p", Some("57300"), Some("CO.1"), "w"),
+            "p:57300"
+        );
+        assert_eq!(conversation_key("p", None, Some("CO.1"), "w"), "p:CO.1");
+        assert_eq!(conversation_key("p", None, None, "w"), "p:w");
+    }
+}

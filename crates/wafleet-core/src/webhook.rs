@@ -1,1 +1,544 @@
-//! Webhook parsing.
+//! Parsing Meta's webhook POST body into [`Update`]s.
+//!
+//! A POST may batch up to 1000 updates: every `entry[] × changes[] × value.{messages, statuses,
+//! errors}[]` becomes one update, and a change of any other field becomes one [`FieldEvent`].
+//! Parsing is lenient where Meta varies (ids and timestamps as strings or numbers, optional
+//! phone numbers in the BSUID era, unknown fields and message types kept in `raw`) and strict
+//! only where we cannot go on: a body that is not a WhatsApp envelope is [`Malformed`], and an
+//! item we cannot key (a message without an id, a `messages` change without a
+//! `phone_number_id`) is returned as a [`Rejected`] item so ingest can dead-letter it with the
+//! reason instead of dropping it. This function never panics, whatever the bytes.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::envelope::{FieldEvent, InboundMessage, Origin, StatusUpdate, Update, ValueError};
+
+/// The `object` of every WhatsApp Business webhook.
+pub const WHATSAPP_OBJECT: &str = "whatsapp_business_account";
+
+/// What one POST body holds.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    pub updates: Vec<Update>,
+    /// Items that were signed and well-formed JSON but cannot be processed.
+    pub rejected: Vec<Rejected>,
+}
+
+/// One item that could not become an update, kept with the reason.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    pub reason: String,
+    pub raw: String,
+}
+
+/// The whole body is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    #[error("body is not valid JSON: {0}")]
+    Json(String),
+    #[error("body is not a WhatsApp webhook: {0}")]
+    Shape(String),
+}
+
+#[derive(Deserialize)]
+struct Body<'a> {
+    object: Option<String>,
+    #[serde(borrow)]
+    entry: Option<Vec<&'a RawValue>>,
+}
+
+#[derive(Deserialize)]
+struct Entry<'a> {
+    id: Option<Id>,
+    #[serde(borrow, default)]
+    changes: Vec<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Change<'a> {
+    field: Option<String>,
+    #[serde(borrow)]
+    value: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct MessagesValue<'a> {
+    metadata: Option<Metadata>,
+    #[serde(default)]
+    contacts: Vec<Contact>,
+    #[serde(borrow, default)]
+    messages: Vec<&'a RawValue>,
+    #[serde(borrow, default)]
+    statuses: Vec<&'a RawValue>,
+    #[serde(borrow, default)]
+    errors: Vec<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    display_phone_number: Option<Id>,
+    phone_number_id: Option<Id>,
+}
+
+#[derive(Deserialize)]
+struct Contact {
+    wa_id: Option<Id>,
+    user_id: Option<String>,
+    profile: Option<Profile>,
+}
+
+#[derive(Deserialize)]
+struct Profile {
+    name: Option<String>,
+}
+
+/// An id or timestamp: Meta sends strings, some relays send numbers.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Id {
+    Str(String),
+    Int(i64),
+    Float(f64),
+}
+
+impl Id {
+    fn into_string(self) -> String {
+        match self {
+            Id::Str(s) => s,
+            other => id_string(&other),
+        }
+    }
+    fn as_i64(&self) -> Option<i64> {
+        match self {
+            Id::Str(s) => s.trim().parse().ok(),
+            Id::Int(i) => Some(*i),
+            Id::Float(f) if f.is_finite() => Some(*f as i64),
+            Id::Float(_) => None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct MessageHead {
+    id: Option<Id>,
+    from: Option<Id>,
+    from_user_id: Option<String>,
+    timestamp: Option<Id>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    text: Option<Body1>,
+    context: Option<ContextHead>,
+    image: Option<Caption>,
+    video: Option<Caption>,
+    document: Option<Caption>,
+    button: Option<ButtonHead>,
+    interactive: Option<InteractiveHead>,
+}
+
+#[derive(Deserialize)]
+struct Body1 {
+    body: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Caption {
+    caption: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ButtonHead {
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct InteractiveHead {
+    button_reply: Option<Titled>,
+    list_reply: Option<Titled>,
+}
+
+#[derive(Deserialize)]
+struct Titled {
+    title: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ContextHead {
+    id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct StatusHead {
+    id: Option<Id>,
+    status: Option<String>,
+    timestamp: Option<Id>,
+    recipient_id: Option<Id>,
+    recipient_user_id: Option<String>,
+    biz_opaque_callback_data: Option<String>,
+    #[serde(default)]
+    errors: Vec<ErrorHead>,
+}
+
+#[derive(Deserialize)]
+struct ErrorHead {
+    code: Option<Id>,
+    title: Option<String>,
+}
+
+/// Parses a verified webhook body.
+pub fn parse(body: &[u8]) -> Result<Parsed, Malformed> {
+    let body: Body = serde_json::from_slice(body).map_err(|e| Malformed::Json(e.to_string()))?;
+    match body.object.as_deref() {
+        Some(WHATSAPP_OBJECT) => {}
+        Some(other) => return Err(Malformed::Shape(format!("unexpected object {other:?}"))),
+        None => return Err(Malformed::Shape("missing \"object\"".into())),
+    }
+    let entries = body
+        .entry
+        .ok_or_else(|| Malformed::Shape("missing \"entry\" array".into()))?;
+
+    let mut parsed = Parsed::default();
+    for entry in entries {
+        let Some(entry) = item::<Entry>(entry, "entry", &mut parsed) else {
+            continue;
+        };
+        let waba_id = entry.id.map(Id::into_string);
+        for change in entry.changes {
+            let Some(head) = item::<Change>(change, "change", &mut parsed) else {
+                continue;
+            };
+            let (Some(field), Some(value)) = (head.field, head.value) else {
+                parsed.reject("change without \"field\" or \"value\"", change);
+                continue;
+            };
+            if field == "messages" {
+                parse_messages_value(value, waba_id.clone(), &mut parsed);
+            } else {
+                parsed.updates.push(Update::Event(FieldEvent {
+                    waba_id: waba_id.clone(),
+                    field,
+                    raw: value.to_owned(),
+                }));
+            }
+        }
+    }
+    Ok(parsed)
+}
+
+impl Parsed {
+    fn reject(&mut self, reason: impl Into<String>, raw: &RawValue) {
+        self.rejected.push(Rejected {
+            reason: reason.into(),
+            raw: raw.get().to_owned(),
+        });
+    }
+}
+
+/// Deserialises one item, or records it as rejected.
+fn item<'a, T: Deserialize<'a>>(raw: &'a RawValue, what: &str, parsed: &mut Parsed) -> Option<T> {
+    match serde_json::from_str(raw.get()) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            parsed.reject(format!("{what} has an unexpected shape: {e}"), raw);
+            None
+        }
+    }
+}
+
+fn parse_messages_value(value: &RawValue, waba_id: Option<String>, parsed: &mut Parsed) {
+    let Some(v) = item::<MessagesValue>(value, "messages value", parsed) else {
+        return;
+    };
+    let metadata = v.metadata;
+    let phone_number_id = metadata.as_ref().and_then(|m| m.phone_number_id.as_ref());
+    let Some(phone_number_id) = phone_number_id.map(id_string) else {
+        parsed.reject("messages value without metadata.phone_number_id", value);
+        return;
+    };
+    let origin = Origin {
+        phone_number_id,
+        display_phone_number: metadata
+            .and_then(|m| m.display_phone_number)
+            .map(Id::into_string),
+        waba_id,
+    };
+
+    for raw in v.messages {
+        let Some(head) = item::<MessageHead>(raw, "message", parsed) else {
+            continue;
+        };
+        let Some(wamid) = head.id.map(Id::into_string).filter(|id| !id.is_empty()) else {
+            parsed.reject("message without \"id\"", raw);
+            continue;
+        };
+        let from = head.from.map(Id::into_string);
+        let contact = find_contact(&v.contacts, from.as_deref(), head.from_user_id.as_deref());
+        let wa_id = from.or_else(|| contact.and_then(|c| c.wa_id.as_ref()).map(id_string));
+        let user_id = head
+            .from_user_id
+            .or_else(|| contact.and_then(|c| c.user_id.clone()));
+        let text = head
+            .text
+            .and_then(|t| t.body)
+            .or_else(|| {
+                [head.image, head.video, head.document]
+                    .into_iter()
+                    .flatten()
+                    .find_map(|c| c.caption)
+            })
+            .or_else(|| head.button.and_then(|b| b.text))
+            .or_else(|| {
+                head.interactive
+                    .and_then(|i| i.button_reply.or(i.list_reply))
+                    .and_then(|t| t.title)
+            });
+        parsed.updates.push(Update::Message(InboundMessage {
+            origin: origin.clone(),
+            wamid,
+            wa_id,
+            user_id,
+            profile_name: contact
+                .and_then(|c| c.profile.as_ref())
+                .and_then(|p| p.name.clone()),
+            timestamp: head.timestamp.as_ref().and_then(Id::as_i64),
+            message_type: head.kind.unwrap_or_else(|| "unknown".into()),
+            text,
+            context_id: head.context.and_then(|c| c.id),
+            raw: raw.to_owned(),
+        }));
+    }
+
+    for raw in v.statuses {
+        let Some(head) = item::<StatusHead>(raw, "status", parsed) else {
+            continue;
+        };
+        let (Some(wamid), Some(status)) = (head.id.map(Id::into_string), head.status) else {
+            parsed.reject("status without \"id\" or \"status\"", raw);
+            continue;
+        };
+        let first_error = head.errors.into_iter().next();
+        parsed.updates.push(Update::Status(StatusUpdate {
+            origin: origin.clone(),
+            wamid,
+            status,
+            timestamp: head.timestamp.as_ref().and_then(Id::as_i64),
+            recipient_id: head.recipient_id.map(Id::into_string),
+            recipient_user_id: head.recipient_user_id,
+            biz_opaque_callback_data: head.biz_opaque_callback_data,
+            error_code: first_error
+                .as_ref()
+                .and_then(|e| e.code.as_ref())
+                .and_then(Id::as_i64),
+            error_title: first_error.and_then(|e| e.title),
+            raw: raw.to_owned(),
+        }));
+    }
+
+    for raw in v.errors {
+        let head = serde_json::from_str::<ErrorHead>(raw.get()).ok();
+        parsed.updates.push(Update::Error(ValueError {
+            origin: origin.clone(),
+            code: head
+                .as_ref()
+                .and_then(|h| h.code.as_ref())
+                .and_then(Id::as_i64),
+            title: head.and_then(|h| h.title),
+            raw: raw.to_owned(),
+        }));
+    }
+}
+
+fn id_string(id: &Id) -> String {
+    match id {
+        Id::Str(s) => s.clone(),
+        Id::Int(i) => i.to_string(),
+        Id::Float(f) => f.to_string(),
+    }
+}
+
+/// The contact entry describing a message's sender: matched on phone or BSUID, or the only one.
+fn find_contact<'c>(
+    contacts: &'c [Contact],
+    from: Option<&str>,
+    from_user_id: Option<&str>,
+) -> Option<&'c Contact> {
+    let matches = |c: &&Contact| {
+        (from.is_some() && c.wa_id.as_ref().map(id_string).as_deref() == from)
+            || (from_user_id.is_some() && c.user_id.as_deref() == from_user_id)
+    };
+    contacts.iter().find(matches).or_else(|| {
+        if contacts.len() == 1 {
+            contacts.first()
+        } else {
+            None
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::UpdateKind;
+
+    fn kinds(p: &Parsed) -> Vec<UpdateKind> {
+        p.updates.iter().map(Update::kind).collect()
+    }
+
+    const BATCH: &str = r#"{"object":"whatsapp_business_account","entry":[
+      {"id":"W1","changes":[
+        {"field":"messages","value":{"messaging_product":"whatsapp",
+          "metadata":{"display_phone_number":"15550001111","phone_number_id":"P1"},
+          "contacts":[{"profile":{"name":"Ana"},"wa_id":"573001112233"},
+                      {"profile":{"name":"Bo"},"user_id":"US.42"}],
+          "messages":[
+            {"from":"573001112233","id":"wamid.A","timestamp":"1700000000","type":"text","text":{"body":"Hola"}},
+            {"from_user_id":"US.42","id":"wamid.B","timestamp":1700000001,"type":"image","image":{"id":"m1","caption":"foto"}},
+            {"from":"573001112233","id":"wamid.C","timestamp":"1700000002","type":"poll_vote","poll_vote":{"x":1},"brand_new_field":true}
+          ],
+          "statuses":[
+            {"id":"wamid.OUT1","status":"delivered","timestamp":"1700000003","recipient_id":"573001112233"},
+            {"id":"wamid.OUT1","status":"failed","timestamp":"1700000004","recipient_id":"573001112233","errors":[{"code":"131047","title":"Re-engagement"}]}
+          ],
+          "errors":[{"code":130429,"title":"Rate limit hit"}]}},
+        {"field":"message_template_status_update","value":{"event":"APPROVED"}}]},
+      {"id":"W2","changes":[
+        {"field":"messages","value":{"metadata":{"phone_number_id":"P2"},
+          "messages":[{"from":"5511988887777","id":"wamid.D","timestamp":"1700000005","type":"interactive",
+                       "interactive":{"type":"list_reply","list_reply":{"id":"x","title":"Opción 2"}}}]}}]}
+    ]}"#;
+
+    #[test]
+    fn a_batch_yields_one_update_per_item_across_entries_and_changes() {
+        let p = parse(BATCH.as_bytes()).unwrap();
+        assert!(p.rejected.is_empty(), "{:?}", p.rejected);
+        use UpdateKind::*;
+        assert_eq!(
+            kinds(&p),
+            [
+                Message, Message, Message, Status, Status, Error, Event, Message
+            ]
+        );
+        let Update::Message(a) = &p.updates[0] else {
+            panic!()
+        };
+        assert_eq!(
+            (a.wamid.as_str(), a.text.as_deref(), a.timestamp),
+            ("wamid.A", Some("Hola"), Some(1_700_000_000))
+        );
+        assert_eq!(a.profile_name.as_deref(), Some("Ana"));
+        assert_eq!(a.origin.waba_id.as_deref(), Some("W1"));
+        let Update::Message(b) = &p.updates[1] else {
+            panic!()
+        };
+        assert_eq!(
+            (b.wa_id.as_deref(), b.user_id.as_deref()),
+            (None, Some("US.42"))
+        );
+        assert_eq!(
+            (b.profile_name.as_deref(), b.text.as_deref()),
+            (Some("Bo"), Some("foto"))
+        );
+        let Update::Message(c) = &p.updates[2] else {
+            panic!()
+        };
+        assert_eq!(c.message_type, "poll_vote");
+        assert!(
+            c.raw.get().contains("brand_new_field"),
+            "unknown fields are kept"
+        );
+        let Update::Status(f) = &p.updates[4] else {
+            panic!()
+        };
+        assert_eq!((f.status.as_str(), f.error_code), ("failed", Some(131047)));
+        let Update::Error(e) = &p.updates[5] else {
+            panic!()
+        };
+        assert_eq!(e.code, Some(130429));
+        let Update::Event(ev) = &p.updates[6] else {
+            panic!()
+        };
+        assert_eq!(ev.field, "message_template_status_update");
+        let Update::Message(d) = &p.updates[7] else {
+            panic!()
+        };
+        assert_eq!(
+            (d.origin.phone_number_id.as_str(), d.text.as_deref()),
+            ("P2", Some("Opción 2"))
+        );
+    }
+
+    #[test]
+    fn a_status_and_a_message_with_the_same_wamid_have_different_dedup_keys() {
+        let body = r#"{"object":"whatsapp_business_account","entry":[{"id":"W","changes":[{"field":"messages","value":{
+            "metadata":{"phone_number_id":"P"},
+            "messages":[{"from":"1","id":"wamid.SAME","timestamp":"1","type":"text","text":{"body":"x"}}],
+            "statuses":[{"id":"wamid.SAME","status":"sent","timestamp":"1","recipient_id":"1"},
+                        {"id":"wamid.SAME","status":"read","timestamp":"2","recipient_id":"1"}]}}]}]}"#;
+        let p = parse(body.as_bytes()).unwrap();
+        let keys: std::collections::HashSet<_> = p.updates.iter().map(Update::dedup_key).collect();
+        assert_eq!(keys.len(), 3);
+        let convs: std::collections::HashSet<_> =
+            p.updates.iter().map(Update::conversation_key).collect();
+        assert_eq!(
+            convs.len(),
+            1,
+            "message and its statuses share the conversation"
+        );
+    }
+
+    #[test]
+    fn items_that_cannot_be_keyed_are_rejected_with_a_reason_and_the_rest_kept() {
+        let body = r#"{"object":"whatsapp_business_account","entry":[{"id":"W","changes":[
+            {"field":"messages","value":{"metadata":{"phone_number_id":"P"},
+              "messages":[{"from":"1","type":"text","text":{"body":"no id"}},
+                          {"from":"1","id":"wamid.OK","type":"text","text":{"body":"ok"}}],
+              "statuses":[{"id":"wamid.X"}]}},
+            {"field":"messages","value":{"messages":[{"id":"wamid.Y"}]}},
+            {"value":{}},
+            "not an object"]}, 7]}"#;
+        let p = parse(body.as_bytes()).unwrap();
+        assert_eq!(p.updates.len(), 1);
+        let reasons: Vec<_> = p.rejected.iter().map(|r| r.reason.as_str()).collect();
+        assert_eq!(reasons.len(), 6, "{reasons:?}");
+        assert!(reasons[0].contains("without \"id\""));
+        assert!(p.rejected.iter().any(|r| r.raw == "7"));
+    }
+
+    #[test]
+    fn bodies_that_are_not_whatsapp_envelopes_are_malformed() {
+        for body in [
+            "",
+            "{",
+            "[]",
+            "null",
+            r#"{"object":"page","entry":[]}"#,
+            r#"{"entry":[]}"#,
+            r#"{"object":"whatsapp_business_account"}"#,
+            r#"{"object":"whatsapp_business_account","entry":{}}"#,
+        ] {
+            assert!(parse(body.as_bytes()).is_err(), "{body}");
+        }
+        assert!(
+            parse(br#"{"object":"whatsapp_business_account","entry":[]}"#)
+                .unwrap()
+                .updates
+                .is_empty()
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = parse(&bytes);
+        }
+
+        #[test]
+        fn parsing_never_panics_on_mutated_envelopes(cut in 0usize..2000, byte in proptest::num::u8::ANY) {
+            let mut body = BATCH.as_bytes().to_vec();
+            let at = cut % body.len();
+            body[at] = byte;
+            let _ = parse(&body);
+            let _ = parse(&body[..at]);
+        }
+    }
+}

@@ -1,1 +1,16 @@
-fn main() {}
+//! `wafleet-ingest`: Meta's webhook endpoint. Settings come from the environment (see the
+//! README); everything else is `wafleet::ingest::run`.
+
+use anyhow::Context;
+use wafleet::config::IngestSettings;
+use wafleet::{ingest, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init_logging();
+    let settings = IngestSettings::from_env()?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("binding {}", settings.listen))?;
+    ingest::run(settings, listener, wafleet::shutdown_signal()).await
+}

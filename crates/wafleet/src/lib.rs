@@ -1,1 +1,44 @@
-//! placeholder
+//! # wafleet
+//!
+//! The adapters and services around [`wafleet_core`]: everything that touches the network, the
+//! clock or the environment. Binaries (`wafleet-ingest`, `wafleetctl`) are thin wrappers around
+//! the `run` functions here, which tests call directly on port 0.
+//!
+//! # Layout
+//! - [`config`]: typed settings from the environment; secrets wrapped so they never print.
+//! - [`crypto`]: AES-256-GCM encryption of tokens and secrets at rest.
+//! - [`db`]: the Postgres pool and migrations.
+//! - [`store`]: Postgres tables (channels).
+//! - [`streams`]: the Redis key layout and the atomic dedup + enqueue step. The one place where
+//!   stream names, fields and partitioning are defined.
+//! - [`channels`]: the in-memory channel registry ingest serves lookups from.
+//! - [`telemetry`]: tracing and the Prometheus recorder.
+//! - [`ingest`]: the webhook HTTP service.
+
+pub mod channels;
+pub mod config;
+pub mod crypto;
+pub mod db;
+pub mod ingest;
+pub mod store;
+pub mod streams;
+pub mod telemetry;
+
+/// Completes on SIGTERM or Ctrl-C: what every binary passes as its shutdown future.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -1,0 +1,167 @@
+//! The channel registry: what ingest knows about every business number, served from memory.
+//!
+//! Ingest must answer Meta in milliseconds and keep answering when Postgres is briefly away, so
+//! it never reads Postgres on the request path. A background task polls a cheap fingerprint of the
+//! `channels` table (row count and newest `updated_at`) every `WAFLEET_CHANNEL_REFRESH_MS` and
+//! rebuilds the registry when it changes; requests read the current snapshot through an `Arc`
+//! swap. A failed refresh keeps the last good snapshot and is logged and counted.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+use wafleet_core::signature::AppSecret;
+
+use crate::crypto::Cipher;
+use crate::store::channels::{self, BotMode, Channel};
+
+/// What ingest needs to route one business number.
+#[derive(Debug, Clone)]
+pub struct ChannelRoute {
+    pub phone_number_id: String,
+    pub enabled: bool,
+    pub bot_mode: BotMode,
+    /// Indices into [`Registry::secrets`] of the app secrets that may sign this number's updates.
+    pub secret_ids: Vec<usize>,
+    pub allowlist: HashSet<String>,
+}
+
+/// An immutable snapshot of every channel.
+#[derive(Debug, Default)]
+pub struct Registry {
+    /// Distinct app secrets across all channels; a POST is verified against each.
+    pub secrets: Vec<AppSecret>,
+    verify_tokens: Vec<Vec<u8>>,
+    routes: HashMap<String, ChannelRoute>,
+}
+
+impl Registry {
+    pub fn build(channels: &[Channel]) -> Self {
+        let mut secret_index: HashMap<&[u8], usize> = HashMap::new();
+        let mut secrets = Vec::new();
+        let mut verify_tokens = Vec::new();
+        let mut routes = HashMap::new();
+        for ch in channels {
+            let secret_ids = ch
+                .app_secrets
+                .iter()
+                .map(|s| {
+                    *secret_index
+                        .entry(s.expose().as_slice())
+                        .or_insert_with(|| {
+                            secrets.push(AppSecret::new(s.expose()));
+                            secrets.len() - 1
+                        })
+                })
+                .collect();
+            if let Some(token) = &ch.verify_token {
+                if ch.enabled {
+                    verify_tokens.push(token.expose().as_bytes().to_vec());
+                }
+            }
+            routes.insert(
+                ch.phone_number_id.clone(),
+                ChannelRoute {
+                    phone_number_id: ch.phone_number_id.clone(),
+                    enabled: ch.enabled,
+                    bot_mode: ch.bot_mode,
+                    secret_ids,
+                    allowlist: ch.phone_allowlist.iter().cloned().collect(),
+                },
+            );
+        }
+        Self {
+            secrets,
+            verify_tokens,
+            routes,
+        }
+    }
+
+    pub fn route(&self, phone_number_id: &str) -> Option<&ChannelRoute> {
+        self.routes.get(phone_number_id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// Whether `token` is the verify token of any enabled channel. Every candidate is compared in
+    /// constant time, and all of them are compared, so timing tells nothing.
+    pub fn verify_token_matches(&self, token: &[u8]) -> bool {
+        self.verify_tokens
+            .iter()
+            .fold(subtle::Choice::from(0), |acc, t| {
+                acc | t.as_slice().ct_eq(token)
+            })
+            .into()
+    }
+}
+
+/// The shared, swappable current registry.
+#[derive(Clone, Default)]
+pub struct SharedRegistry(Arc<RwLock<Arc<Registry>>>);
+
+impl SharedRegistry {
+    pub fn new(registry: Registry) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(registry))))
+    }
+    pub fn current(&self) -> Arc<Registry> {
+        self.0.read().expect("registry lock poisoned").clone()
+    }
+    pub fn replace(&self, registry: Registry) {
+        *self.0.write().expect("registry lock poisoned") = Arc::new(registry);
+    }
+}
+
+/// Loads every channel and builds a registry.
+pub async fn load(pool: &PgPool, cipher: &Cipher) -> anyhow::Result<Registry> {
+    Ok(Registry::build(&channels::list(pool, cipher).await?))
+}
+
+/// Keeps `shared` in step with the `channels` table until `stop` fires.
+pub async fn refresh_loop(
+    pool: PgPool,
+    cipher: Cipher,
+    shared: SharedRegistry,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut last = channels::fingerprint(&pool).await.ok();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let fingerprint = match channels::fingerprint(&pool).await {
+            Ok(f) => f,
+            Err(e) => {
+                metrics::counter!("wafleet_channel_refresh_errors_total").increment(1);
+                tracing::warn!(error = %e, "channel refresh failed; serving the last snapshot");
+                continue;
+            }
+        };
+        if last.as_ref() == Some(&fingerprint) {
+            continue;
+        }
+        match load(&pool, &cipher).await {
+            Ok(registry) => {
+                tracing::info!(channels = registry.len(), "channel registry reloaded");
+                shared.replace(registry);
+                last = Some(fingerprint);
+            }
+            Err(e) => {
+                metrics::counter!("wafleet_channel_refresh_errors_total").increment(1);
+                tracing::error!(error = %e, "channel reload failed; serving the last snapshot");
+            }
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Typed settings from the environment.
+//!
+//! Every variable is read here and nowhere else, parsed into its type at start-up, and a bad
+//! value fails start-up with a message naming the variable. Secrets are wrapped in [`Secret`],
+//! whose `Debug` prints `[redacted]`, so a settings struct can be logged whole.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// A value that must never reach logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    pub fn new(value: T) -> Self {
+        Self(value)
+    }
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> std::fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Reads an optional variable; empty counts as unset.
+pub fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// Reads a required variable.
+pub fn required(name: &str) -> anyhow::Result<String> {
+    var(name).with_context(|| format!("{name} must be set"))
+}
+
+/// Reads and parses a variable, with a default when unset.
+pub fn parsed<T: FromStr>(name: &str, default: T) -> anyhow::Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    match var(name) {
+        None => Ok(default),
+        Some(raw) => raw
+            .trim()
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{name}={raw:?} is invalid: {e}")),
+    }
+}
+
+fn millis(name: &str, default_ms: u64) -> anyhow::Result<Duration> {
+    Ok(Duration::from_millis(parsed(name, default_ms)?))
+}
+
+/// What every process needs: where Redis and Postgres are, how keys are laid out, and the key
+/// that decrypts secrets.
+#[derive(Debug, Clone)]
+pub struct CommonSettings {
+    pub redis_url: Secret<String>,
+    pub database_url: Secret<String>,
+    /// Prefix of every Redis key, so several deployments (or tests) share one Redis.
+    pub redis_prefix: String,
+    /// Number of inbound/status stream partitions. Every process must agree on it; change it only
+    /// with the streams drained (it re-maps conversations to partitions).
+    pub partitions: u32,
+    pub encryption_key: Secret<String>,
+    /// Connections in this process's Redis pool.
+    pub redis_pool_size: usize,
+    /// Connections in this process's Postgres pool.
+    pub database_pool_size: u32,
+}
+
+impl CommonSettings {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let partitions: u32 = parsed("WAFLEET_PARTITIONS", 16)?;
+        if partitions == 0 || partitions > 4096 {
+            bail!("WAFLEET_PARTITIONS must be between 1 and 4096, got {partitions}");
+        }
+        let redis_prefix = var("WAFLEET_REDIS_PREFIX").unwrap_or_else(|| "wafleet".into());
+        if redis_prefix.contains(['{', '}', ' ']) {
+            bail!(
+                "WAFLEET_REDIS_PREFIX must not contain braces or spaces (Redis Cluster hash tags)"
+            );
+        }
+        Ok(Self {
+            redis_url: Secret::new(required("REDIS_URL")?),
+            database_url: Secret::new(required("DATABASE_URL")?),
+            redis_prefix,
+            partitions,
+            encryption_key: Secret::new(required("WAFLEET_ENCRYPTION_KEY")?),
+            redis_pool_size: parsed("WAFLEET_REDIS_POOL_SIZE", 32)?,
+            database_pool_size: parsed("WAFLEET_DATABASE_POOL_SIZE", 10)?,
+        })
+    }
+}
+
+/// The single channel of the quick start, from the variables WhatsApp users already know.
+#[derive(Debug, Clone)]
+pub struct QuickStartChannel {
+    pub phone_number_id: String,
+    /// `WHATSAPP_APP_SECRET`, plus `WHATSAPP_APP_SECRET_PREVIOUS` during a rotation.
+    pub app_secrets: Vec<Secret<String>>,
+    pub verify_token: Option<Secret<String>>,
+    pub access_token: Option<Secret<String>>,
+}
+
+impl QuickStartChannel {
+    /// `None` when `WHATSAPP_PHONE_NUMBER_ID` is unset (channels then come from `wafleetctl`).
+    pub fn from_env() -> anyhow::Result<Option<Self>> {
+        let Some(phone_number_id) = var("WHATSAPP_PHONE_NUMBER_ID") else {
+            return Ok(None);
+        };
+        let mut app_secrets = vec![Secret::new(required("WHATSAPP_APP_SECRET").context(
+            "WHATSAPP_PHONE_NUMBER_ID is set, so WHATSAPP_APP_SECRET must be set too",
+        )?)];
+        app_secrets.extend(var("WHATSAPP_APP_SECRET_PREVIOUS").map(Secret::new));
+        Ok(Some(Self {
+            phone_number_id,
+            app_secrets,
+            verify_token: var("WHATSAPP_VERIFY_TOKEN").map(Secret::new),
+            access_token: var("WHATSAPP_ACCESS_TOKEN").map(Secret::new),
+        }))
+    }
+}
+
+/// Settings of the ingest binary.
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    pub common: CommonSettings,
+    pub listen: SocketAddr,
+    /// Largest body accepted. Meta sends up to 3 MB.
+    pub max_body_bytes: usize,
+    /// How long a redelivery is recognised. Meta retries for up to 7 days.
+    pub dedup_ttl: Duration,
+    /// Bound on the whole Redis step of one POST. Past it we answer 503 and Meta retries, which is
+    /// safe because the step is idempotent. Keep it well under Meta's patience (seconds).
+    pub redis_timeout: Duration,
+    /// How often the channel registry checks Postgres for changes.
+    pub channel_refresh: Duration,
+    /// How long in-flight requests get to finish after SIGTERM.
+    pub shutdown_grace: Duration,
+    pub quick_start: Option<QuickStartChannel>,
+}
+
+/// 3 MiB: Meta's documented maximum payload.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+impl IngestSettings {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let listen = var("WAFLEET_INGEST_ADDR").unwrap_or_else(|| "127.0.0.1:8080".into());
+        Ok(Self {
+            common: CommonSettings::from_env()?,
+            listen: listen
+                .parse()
+                .with_context(|| format!("WAFLEET_INGEST_ADDR={listen:?} is not an address"))?,
+            max_body_bytes: parsed("WAFLEET_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)?,
+            dedup_ttl: Duration::from_secs(parsed("WAFLEET_DEDUP_TTL_SECS", 7 * 24 * 3600)?),
+            redis_timeout: millis("WAFLEET_REDIS_TIMEOUT_MS", 2000)?,
+            channel_refresh: millis("WAFLEET_CHANNEL_REFRESH_MS", 2000)?,
+            shutdown_grace: Duration::from_secs(parsed("WAFLEET_SHUTDOWN_GRACE_SECS", 20)?),
+            quick_start: QuickStartChannel::from_env()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("hunter2".to_string());
+        assert_eq!(format!("{s:?}"), "[redacted]");
+        assert!(
+            !format!(
+                "{:?}",
+                QuickStartChannel {
+                    phone_number_id: "1".into(),
+                    app_secrets: vec![s.clone()],
+                    verify_token: Some(s.clone()),
+                    access_token: Some(s),
+                }
+            )
+            .contains("hunter2")
+        );
+    }
+}

@@ -1,0 +1,351 @@
+//! HTTP handlers of ingest: `/webhooks/whatsapp` (GET verify, POST updates), `/metrics`,
+//! `/healthz`, `/readyz`. One [`Outcome`] per request decides the status code, the counter label
+//! and the log line; internals never reach a response body.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use wafleet_core::envelope::Update;
+use wafleet_core::signature;
+use wafleet_core::webhook;
+
+use super::AppState;
+use crate::streams::{Append, Appended};
+
+/// How a webhook request ended. Also the `outcome` label of `wafleet_ingest_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// At least one update was enqueued (or the POST held none).
+    Accepted,
+    /// Every update was already enqueued by an earlier delivery.
+    Duplicate,
+    BadSignature,
+    TooLarge,
+    /// Signed, but not a WhatsApp envelope: kept whole on the dead-letter stream, answered 200.
+    Malformed,
+    /// Every update was for an unknown or disabled number (or a sender outside the allowlist):
+    /// kept in quarantine, answered 200.
+    UnknownChannel,
+    /// Redis did not acknowledge in time: 503, Meta retries.
+    Unavailable,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::Duplicate => "duplicate",
+            Outcome::BadSignature => "bad_signature",
+            Outcome::TooLarge => "too_large",
+            Outcome::Malformed => "malformed",
+            Outcome::UnknownChannel => "unknown_channel",
+            Outcome::Unavailable => "unavailable",
+        }
+    }
+
+    fn status(self) -> StatusCode {
+        match self {
+            Outcome::Accepted
+            | Outcome::Duplicate
+            | Outcome::Malformed
+            | Outcome::UnknownChannel => StatusCode::OK,
+            Outcome::BadSignature => StatusCode::UNAUTHORIZED,
+            Outcome::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Outcome::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl IntoResponse for Outcome {
+    fn into_response(self) -> Response {
+        // Bodies say nothing a caller could learn from: Meta ignores them anyway.
+        let body = match self.status() {
+            StatusCode::OK => "ok",
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::PAYLOAD_TOO_LARGE => "payload too large",
+            _ => "unavailable, retry later",
+        };
+        let mut res = (self.status(), body).into_response();
+        if self == Outcome::Unavailable {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        res
+    }
+}
+
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/webhooks/whatsapp", get(verify).post(receive))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        // Bounds a slow sender holding a connection; a 3 MB body arrives well within it.
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
+        ))
+        .with_state(state)
+}
+
+/// Meta's subscription handshake.
+async fn verify(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let registry = state.registry.current();
+    let ok = q.get("hub.mode").map(String::as_str) == Some("subscribe")
+        && q.get("hub.verify_token")
+            .is_some_and(|t| registry.verify_token_matches(t.as_bytes()));
+    match (ok, q.get("hub.challenge")) {
+        (true, Some(challenge)) => {
+            metrics::counter!("wafleet_ingest_verifications_total", "result" => "ok").increment(1);
+            tracing::info!("webhook verification accepted");
+            ([(header::CONTENT_TYPE, "text/plain")], challenge.clone()).into_response()
+        }
+        _ => {
+            metrics::counter!("wafleet_ingest_verifications_total", "result" => "refused")
+                .increment(1);
+            tracing::warn!("webhook verification refused");
+            (StatusCode::FORBIDDEN, "forbidden").into_response()
+        }
+    }
+}
+
+async fn receive(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Outcome {
+    let started = Instant::now();
+    let outcome = match body {
+        Ok(body) => handle(&state, &headers, body).await,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            tracing::warn!("webhook body over the size limit");
+            Outcome::TooLarge
+        }
+        Err(rejection) => {
+            // The body could not even be read (client went away mid-body): nothing to keep.
+            tracing::warn!(error = %rejection, "webhook body could not be read");
+            Outcome::Unavailable
+        }
+    };
+    metrics::counter!("wafleet_ingest_requests_total", "outcome" => outcome.as_str()).increment(1);
+    metrics::histogram!("wafleet_ingest_request_duration_seconds")
+        .record(started.elapsed().as_secs_f64());
+    outcome
+}
+
+/// Why an update is kept out of processing.
+fn quarantine_reason(
+    registry: &crate::channels::Registry,
+    update: &Update,
+    secret_id: usize,
+) -> Option<&'static str> {
+    let pnid = update.phone_number_id()?;
+    let Some(route) = registry.route(pnid) else {
+        return Some("unknown_channel");
+    };
+    if !route.enabled {
+        return Some("channel_disabled");
+    }
+    if !route.secret_ids.contains(&secret_id) {
+        return Some("signed_by_another_app");
+    }
+    if let Update::Message(m) = update {
+        let allowed = route.allowlist.is_empty()
+            || [&m.wa_id, &m.user_id]
+                .into_iter()
+                .flatten()
+                .any(|id| route.allowlist.contains(id));
+        if !allowed {
+            return Some("sender_not_allowed");
+        }
+    }
+    None
+}
+
+async fn handle(state: &AppState, headers: &HeaderMap, body: Bytes) -> Outcome {
+    let registry = state.registry.current();
+    let header = headers
+        .get("x-hub-signature-256")
+        .map(HeaderValue::as_bytes);
+    let secret_id = match signature::verify(&body, header, &registry.secrets) {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::warn!(reason = %e, "webhook signature refused");
+            return Outcome::BadSignature;
+        }
+    };
+    let received_at = chrono::Utc::now().timestamp_millis();
+
+    let mut appends = Vec::new();
+    // (kind label, quarantined reason) per append, for metrics and the outcome.
+    let mut labels: Vec<(&'static str, Option<&'static str>)> = Vec::new();
+    let malformed = match webhook::parse(&body) {
+        Err(e) => {
+            tracing::warn!(reason = %e, bytes = body.len(), "signed webhook is malformed; dead-lettered");
+            appends.push(Append::dead(
+                &state.keys,
+                body.clone(),
+                &e.to_string(),
+                received_at,
+            ));
+            labels.push(("dead", None));
+            true
+        }
+        Ok(parsed) => {
+            for update in &parsed.updates {
+                let kind = update.kind().as_str();
+                let quarantined = quarantine_reason(&registry, update, secret_id);
+                match quarantined {
+                    None => appends.push(Append::update(&state.keys, update, received_at)),
+                    Some(reason) => {
+                        tracing::info!(
+                            phone_number_id = update.phone_number_id().unwrap_or("-"),
+                            reason,
+                            kind,
+                            "update quarantined"
+                        );
+                        appends.push(Append::quarantine(&state.keys, update, reason, received_at));
+                    }
+                }
+                labels.push((kind, quarantined));
+            }
+            for rejected in parsed.rejected {
+                tracing::warn!(reason = %rejected.reason, "webhook item rejected; dead-lettered");
+                appends.push(Append::dead(
+                    &state.keys,
+                    Bytes::from(rejected.raw),
+                    &rejected.reason,
+                    received_at,
+                ));
+                labels.push(("dead", None));
+            }
+            false
+        }
+    };
+
+    let results = match enqueue(state, &appends).await {
+        Ok(results) => results,
+        Err(e) => {
+            tracing::error!(error = %e, updates = appends.len(), "Redis did not acknowledge; answering 503");
+            return Outcome::Unavailable;
+        }
+    };
+
+    let mut added_for_processing = 0;
+    let mut quarantined_only = !labels.is_empty();
+    let mut all_duplicates = !results.is_empty();
+    for ((kind, quarantined), result) in labels.iter().zip(&results) {
+        let result_label = match (result, quarantined, *kind) {
+            (Appended::Duplicate, _, _) => "duplicate",
+            (Appended::Added, Some(_), _) => "quarantined",
+            (Appended::Added, None, "dead") => "dead_lettered",
+            (Appended::Added, None, _) => "enqueued",
+        };
+        metrics::counter!("wafleet_ingest_updates_total", "kind" => *kind, "result" => result_label)
+            .increment(1);
+        if let Some(reason) = quarantined {
+            if *result == Appended::Added {
+                metrics::counter!("wafleet_ingest_quarantined_total", "reason" => *reason)
+                    .increment(1);
+            }
+        } else {
+            quarantined_only = false;
+        }
+        if *result == Appended::Added {
+            all_duplicates = false;
+            if quarantined.is_none() {
+                added_for_processing += 1;
+            }
+        }
+    }
+    tracing::debug!(
+        updates = results.len(),
+        added = added_for_processing,
+        "webhook enqueued"
+    );
+    if malformed {
+        Outcome::Malformed
+    } else if all_duplicates {
+        Outcome::Duplicate
+    } else if quarantined_only {
+        Outcome::UnknownChannel
+    } else {
+        Outcome::Accepted
+    }
+}
+
+async fn enqueue(state: &AppState, appends: &[Append]) -> anyhow::Result<Vec<Appended>> {
+    let step = async {
+        let mut con = state.redis.get().await?;
+        Ok::<_, anyhow::Error>(state.enqueuer.append_all(&mut con, appends).await?)
+    };
+    tokio::time::timeout(state.redis_timeout, step)
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out after {:?}", state.redis_timeout))?
+}
+
+/// Prometheus exposition, with stream lengths read at scrape time.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let streams = state.keys.all_streams();
+    let lengths = async {
+        let mut con = state.redis.get().await?;
+        let mut pipe = redis::pipe();
+        for s in &streams {
+            pipe.cmd("XLEN").arg(s);
+        }
+        Ok::<Vec<u64>, anyhow::Error>(pipe.query_async(&mut con).await?)
+    };
+    match tokio::time::timeout(Duration::from_secs(1), lengths).await {
+        Ok(Ok(lengths)) => {
+            for (stream, len) in streams.into_iter().zip(lengths) {
+                metrics::gauge!("wafleet_stream_length", "stream" => stream).set(len as f64);
+            }
+        }
+        _ => metrics::counter!("wafleet_metrics_scrape_errors_total").increment(1),
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    let redis_ok = async {
+        let mut con = state.redis.get().await.ok()?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut con)
+            .await
+            .ok()
+    };
+    let pg_ok = sqlx::query("SELECT 1").execute(&state.pg);
+    let (redis_ok, pg_ok) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(1), redis_ok),
+        tokio::time::timeout(Duration::from_secs(1), pg_ok),
+    );
+    let redis_ok = matches!(redis_ok, Ok(Some(_)));
+    let pg_ok = matches!(pg_ok, Ok(Ok(_)));
+    let body = format!("redis: {}\npostgres: {}\n", up(redis_ok), up(pg_ok));
+    let status = if redis_ok && pg_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, body).into_response()
+}
+
+fn up(ok: bool) -> &'static str {
+    if ok { "up" } else { "down" }
+}

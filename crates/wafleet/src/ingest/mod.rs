@@ -1,0 +1,139 @@
+//! The ingest service: Meta's webhook endpoint.
+//!
+//! It does as little as it can and nothing it could lose: verify the signature over the raw
+//! bytes, parse, route every update to its stream through the atomic dedup + enqueue step
+//! ([`crate::streams`]), and answer 200 only once Redis acknowledged every update of the POST.
+//! Anything else (Redis down or slow) is a 503 within `WAFLEET_REDIS_TIMEOUT_MS`, so Meta retries;
+//! dedup makes the retry safe. Channel lookups come from memory ([`crate::channels`]).
+//!
+//! [`run`] is the seam binaries and tests call: settings, a bound listener, a shutdown future.
+
+mod http;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::channels::{self, SharedRegistry};
+use crate::config::{IngestSettings, QuickStartChannel};
+use crate::crypto::Cipher;
+use crate::store::channels::{ChannelSpec, upsert};
+use crate::streams::{Enqueuer, Keys};
+use crate::{db, telemetry};
+
+pub use http::{Outcome, router};
+
+/// Everything a request handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: SharedRegistry,
+    pub redis: deadpool_redis::Pool,
+    pub pg: sqlx::PgPool,
+    pub keys: Arc<Keys>,
+    pub enqueuer: Enqueuer,
+    pub redis_timeout: std::time::Duration,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+/// Builds a Redis pool whose waits are bounded, so an outage turns into errors, not hangs.
+pub fn redis_pool(url: &str, size: usize) -> anyhow::Result<deadpool_redis::Pool> {
+    let mut cfg = deadpool_redis::Config::from_url(url);
+    let timeout = Some(std::time::Duration::from_secs(2));
+    cfg.pool = Some(deadpool_redis::PoolConfig {
+        max_size: size,
+        timeouts: deadpool_redis::Timeouts {
+            wait: timeout,
+            create: timeout,
+            recycle: timeout,
+        },
+        ..Default::default()
+    });
+    cfg.create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .context("building the Redis pool (REDIS_URL)")
+}
+
+/// Upserts the quick-start channel from `WHATSAPP_*` variables.
+pub async fn apply_quick_start(
+    pg: &sqlx::PgPool,
+    cipher: &Cipher,
+    qs: &QuickStartChannel,
+) -> anyhow::Result<()> {
+    let spec = ChannelSpec {
+        phone_number_id: qs.phone_number_id.clone(),
+        app_secrets: Some(qs.app_secrets.clone()),
+        verify_token: qs.verify_token.clone(),
+        access_token: qs.access_token.clone(),
+        ..Default::default()
+    };
+    upsert(pg, cipher, &spec)
+        .await
+        .context("saving the WHATSAPP_* quick-start channel")?;
+    Ok(())
+}
+
+/// Runs ingest on `listener` until `shutdown` completes, then drains in-flight requests for at
+/// most `shutdown_grace`.
+pub async fn run(
+    settings: IngestSettings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let common = &settings.common;
+    let cipher = Cipher::from_key_text(common.encryption_key.expose())?;
+    let pg = db::connect(common.database_url.expose(), common.database_pool_size).await?;
+    db::migrate(&pg).await?;
+    if let Some(qs) = &settings.quick_start {
+        apply_quick_start(&pg, &cipher, qs).await?;
+    }
+    let registry = SharedRegistry::new(channels::load(&pg, &cipher).await?);
+    tracing::info!(
+        channels = registry.current().len(),
+        "channel registry loaded"
+    );
+
+    let stop = CancellationToken::new();
+    let refresher = tokio::spawn(channels::refresh_loop(
+        pg.clone(),
+        cipher,
+        registry.clone(),
+        settings.channel_refresh,
+        stop.clone(),
+    ));
+
+    let state = AppState {
+        registry,
+        redis: redis_pool(common.redis_url.expose(), common.redis_pool_size)?,
+        pg,
+        keys: Arc::new(Keys::new(common.redis_prefix.clone(), common.partitions)),
+        enqueuer: Enqueuer::new(settings.dedup_ttl),
+        redis_timeout: settings.redis_timeout,
+        metrics: telemetry::metrics_handle(),
+    };
+    let app = router(state, settings.max_body_bytes);
+    tracing::info!(addr = %listener.local_addr()?, "ingest listening");
+
+    let draining = CancellationToken::new();
+    let serve = axum::serve(listener, app).with_graceful_shutdown({
+        let draining = draining.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutdown requested; draining in-flight requests");
+            draining.cancel();
+        }
+    });
+    let grace = settings.shutdown_grace;
+    let result = tokio::select! {
+        r = serve => r.context("serving HTTP"),
+        _ = async { draining.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "drain exceeded the grace period; exiting with requests in flight");
+            Ok(())
+        }
+    };
+    stop.cancel();
+    let _ = refresher.await;
+    tracing::info!("ingest stopped");
+    result
+}

@@ -1,0 +1,228 @@
+//! The `channels` table: one row per business number, with its secrets encrypted at rest.
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use crate::config::Secret;
+use crate::crypto::Cipher;
+
+/// How the bot behaves on a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BotMode {
+    /// Replies are produced and sent.
+    On,
+    /// Replies are produced and stored but never sent (for trying a prompt on live traffic).
+    Shadow,
+    /// No replies are produced; humans answer.
+    Off,
+}
+
+impl BotMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BotMode::On => "on",
+            BotMode::Shadow => "shadow",
+            BotMode::Off => "off",
+        }
+    }
+}
+
+impl std::str::FromStr for BotMode {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "on" => Ok(BotMode::On),
+            "shadow" => Ok(BotMode::Shadow),
+            "off" => Ok(BotMode::Off),
+            other => anyhow::bail!("bot mode must be on, shadow or off, not {other:?}"),
+        }
+    }
+}
+
+/// A channel with its secrets decrypted (in memory only).
+#[derive(Debug, Clone)]
+pub struct Channel {
+    pub id: i64,
+    pub phone_number_id: String,
+    pub waba_id: Option<String>,
+    pub display_phone_number: Option<String>,
+    pub name: String,
+    pub app_secrets: Vec<Secret<Vec<u8>>>,
+    pub verify_token: Option<Secret<String>>,
+    pub access_token: Option<Secret<String>>,
+    pub enabled: bool,
+    pub bot_mode: BotMode,
+    pub phone_allowlist: Vec<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What an operator sets when adding or changing a channel. `None` leaves a field as it is on
+/// update (and empty on insert).
+#[derive(Debug, Clone, Default)]
+pub struct ChannelSpec {
+    pub phone_number_id: String,
+    pub waba_id: Option<String>,
+    pub display_phone_number: Option<String>,
+    pub name: Option<String>,
+    pub app_secrets: Option<Vec<Secret<String>>>,
+    pub verify_token: Option<Secret<String>>,
+    pub access_token: Option<Secret<String>>,
+    pub bot_mode: Option<BotMode>,
+    pub phone_allowlist: Option<Vec<String>>,
+}
+
+fn owner(phone_number_id: &str, field: &str) -> String {
+    format!("channel:{phone_number_id}:{field}")
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: i64,
+    phone_number_id: String,
+    waba_id: Option<String>,
+    display_phone_number: Option<String>,
+    name: String,
+    app_secrets: Vec<Vec<u8>>,
+    verify_token: Option<Vec<u8>>,
+    access_token: Option<Vec<u8>>,
+    enabled: bool,
+    bot_mode: String,
+    phone_allowlist: Vec<String>,
+    updated_at: DateTime<Utc>,
+}
+
+impl Row {
+    fn decrypt(self, cipher: &Cipher) -> anyhow::Result<Channel> {
+        let pnid = &self.phone_number_id;
+        let text = |field: &str, v: Option<Vec<u8>>| -> anyhow::Result<Option<Secret<String>>> {
+            v.map(|v| {
+                let plain = cipher.decrypt(&owner(pnid, field), &v)?;
+                Ok(Secret::new(
+                    String::from_utf8(plain).context("secret is not UTF-8")?,
+                ))
+            })
+            .transpose()
+        };
+        Ok(Channel {
+            app_secrets: self
+                .app_secrets
+                .iter()
+                .map(|v| {
+                    cipher
+                        .decrypt(&owner(pnid, "app_secret"), v)
+                        .map(Secret::new)
+                })
+                .collect::<anyhow::Result<_>>()?,
+            verify_token: text("verify_token", self.verify_token)?,
+            access_token: text("access_token", self.access_token)?,
+            bot_mode: self.bot_mode.parse()?,
+            id: self.id,
+            waba_id: self.waba_id,
+            display_phone_number: self.display_phone_number,
+            name: self.name,
+            enabled: self.enabled,
+            phone_allowlist: self.phone_allowlist,
+            updated_at: self.updated_at,
+            phone_number_id: self.phone_number_id,
+        })
+    }
+}
+
+const COLUMNS: &str = "id, phone_number_id, waba_id, display_phone_number, name, app_secrets, \
+    verify_token, access_token, enabled, bot_mode, phone_allowlist, updated_at";
+
+/// Every channel, decrypted. A row that does not decrypt is an error naming the channel: it means
+/// the wrong `WAFLEET_ENCRYPTION_KEY`, and serving without it would answer 401 to real traffic.
+pub async fn list(pool: &PgPool, cipher: &Cipher) -> anyhow::Result<Vec<Channel>> {
+    let rows: Vec<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM channels ORDER BY id"))
+        .fetch_all(pool)
+        .await
+        .context("listing channels")?;
+    rows.into_iter().map(|r| r.decrypt(cipher)).collect()
+}
+
+pub async fn get(
+    pool: &PgPool,
+    cipher: &Cipher,
+    phone_number_id: &str,
+) -> anyhow::Result<Option<Channel>> {
+    let row: Option<Row> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM channels WHERE phone_number_id = $1"
+    ))
+    .bind(phone_number_id)
+    .fetch_optional(pool)
+    .await
+    .context("reading a channel")?;
+    row.map(|r| r.decrypt(cipher)).transpose()
+}
+
+/// A cheap fingerprint of the table: it changes whenever a row is added, changed or removed.
+pub async fn fingerprint(pool: &PgPool) -> anyhow::Result<(i64, Option<DateTime<Utc>>)> {
+    sqlx::query_as("SELECT count(*), max(updated_at) FROM channels")
+        .fetch_one(pool)
+        .await
+        .context("reading the channels fingerprint")
+}
+
+/// Inserts the channel, or updates the fields the spec sets. Returns the row id.
+pub async fn upsert(pool: &PgPool, cipher: &Cipher, spec: &ChannelSpec) -> anyhow::Result<i64> {
+    let pnid = spec.phone_number_id.trim();
+    anyhow::ensure!(
+        !pnid.is_empty() && pnid.bytes().all(|b| b.is_ascii_digit()),
+        "phone_number_id must be Meta's numeric id, got {pnid:?}"
+    );
+    let secrets: Option<Vec<Vec<u8>>> = spec.app_secrets.as_ref().map(|all| {
+        all.iter()
+            .map(|s| cipher.encrypt(&owner(pnid, "app_secret"), s.expose().as_bytes()))
+            .collect()
+    });
+    let seal = |field: &str, v: &Option<Secret<String>>| {
+        v.as_ref()
+            .map(|s| cipher.encrypt(&owner(pnid, field), s.expose().as_bytes()))
+    };
+    let id: (i64,) = sqlx::query_as(
+        "INSERT INTO channels (phone_number_id, waba_id, display_phone_number, name, app_secrets,
+                               verify_token, access_token, bot_mode, phone_allowlist)
+         VALUES ($1, $2, $3, COALESCE($4, ''), COALESCE($5, '{}'), $6, $7, COALESCE($8, 'on'),
+                 COALESCE($9, '{}'))
+         ON CONFLICT (phone_number_id) DO UPDATE SET
+             waba_id = COALESCE($2, channels.waba_id),
+             display_phone_number = COALESCE($3, channels.display_phone_number),
+             name = COALESCE($4, channels.name),
+             app_secrets = COALESCE($5, channels.app_secrets),
+             verify_token = COALESCE($6, channels.verify_token),
+             access_token = COALESCE($7, channels.access_token),
+             bot_mode = COALESCE($8, channels.bot_mode),
+             phone_allowlist = COALESCE($9, channels.phone_allowlist)
+         RETURNING id",
+    )
+    .bind(pnid)
+    .bind(&spec.waba_id)
+    .bind(&spec.display_phone_number)
+    .bind(&spec.name)
+    .bind(secrets)
+    .bind(seal("verify_token", &spec.verify_token))
+    .bind(seal("access_token", &spec.access_token))
+    .bind(spec.bot_mode.map(BotMode::as_str))
+    .bind(&spec.phone_allowlist)
+    .fetch_one(pool)
+    .await
+    .context("saving the channel")?;
+    Ok(id.0)
+}
+
+/// Enables or disables a channel. Returns false when there is no such channel.
+pub async fn set_enabled(
+    pool: &PgPool,
+    phone_number_id: &str,
+    enabled: bool,
+) -> anyhow::Result<bool> {
+    let done = sqlx::query("UPDATE channels SET enabled = $2 WHERE phone_number_id = $1")
+        .bind(phone_number_id)
+        .bind(enabled)
+        .execute(pool)
+        .await
+        .context("changing the channel")?;
+    Ok(done.rows_affected() == 1)
+}

@@ -1,0 +1,4 @@
+//! Postgres tables. Each submodule owns one table (or a few that move together) and is the only
+//! code that writes SQL for it.
+
+pub mod channels;

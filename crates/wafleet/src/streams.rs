@@ -1,0 +1,289 @@
+//! The Redis layout: every stream, key and field wafleet uses, and the atomic enqueue step.
+//!
+//! # Keys
+//! `P` is `WAFLEET_REDIS_PREFIX` (default `wafleet`), `n` a partition number in
+//! `0..WAFLEET_PARTITIONS` (default 16). Braces are Redis Cluster hash tags: every key a single
+//! script touches shares one tag, so each enqueue stays on one slot of a cluster.
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `P:{pn}:inbound` | stream | inbound customer messages of partition n |
+//! | `P:{pn}:status` | stream | delivery statuses of our outbound messages, partition n |
+//! | `P:{pn}:seen:<dedup key>` | string, TTL | dedup mark of an inbound message or status |
+//! | `P:{events}:stream` | stream | `value.errors[]` items and changes of other fields (templates, account…) |
+//! | `P:{events}:seen:<dedup key>` | string, TTL | dedup mark of an event |
+//! | `P:{quarantine}:stream` | stream | updates for unknown or disabled numbers, or senders outside a channel's allowlist: kept for inspection, not processed |
+//! | `P:{quarantine}:seen:<dedup key>` | string, TTL | dedup mark of a quarantined update |
+//! | `P:{dead}:ingest` | stream | signed bodies or items ingest could not parse, whole, with the reason |
+//! | `P:{dead}:seen:<digest>` | string, TTL | dedup mark of a dead letter |
+//!
+//! # Partitioning
+//! An update's partition is `fnv1a64(conversation key) mod WAFLEET_PARTITIONS`, where the
+//! conversation key is `phone_number_id:wa_id` (or the business-scoped user id when Meta omits the
+//! phone). All updates of one conversation therefore land, in arrival order, on one partition
+//! stream; workers consume each partition in order (see the worker runtime), which is what keeps
+//! a conversation's messages in order without a global lock.
+//!
+//! # Entry fields
+//! | field | on | value |
+//! |---|---|---|
+//! | `v` | all | envelope version (`1`) |
+//! | `kind` | all | `message`, `status`, `error`, `event` (dead letters: `dead`) |
+//! | `channel` | all | `phone_number_id`, or `-` for events and dead letters |
+//! | `conv` | inbound, status | the conversation key |
+//! | `update` | all but dead | the [`Update`] as JSON: parsed essentials plus the item's raw JSON |
+//! | `reason` | quarantine, dead | why the entry is there |
+//! | `body` | dead | the rejected body or item, byte for byte |
+//! | `received_at` | all | Unix milliseconds when ingest received the POST |
+//!
+//! # Atomicity
+//! [`ENQUEUE_SCRIPT`] checks the dedup mark, appends the entry and sets the mark in one script,
+//! which Redis runs atomically. The mark is set only after `XADD` succeeded, so an error can
+//! never leave a mark without its entry (which would swallow Meta's redelivery); the worst case
+//! is an entry without its mark, i.e. a later redelivery enqueued twice, which the stages are
+//! idempotent against.
+
+use bytes::Bytes;
+use redis::{Pipeline, RedisResult, Value};
+use wafleet_core::envelope::{ENVELOPE_VERSION, Update, partition_of};
+
+/// Where every key lives, for one prefix and partition count.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+    partitions: u32,
+}
+
+impl Keys {
+    pub fn new(prefix: impl Into<String>, partitions: u32) -> Self {
+        Self {
+            prefix: prefix.into(),
+            partitions: partitions.max(1),
+        }
+    }
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+    pub fn partition_of(&self, conversation_key: &str) -> u32 {
+        partition_of(conversation_key, self.partitions)
+    }
+    pub fn inbound(&self, partition: u32) -> String {
+        format!("{}:{{p{partition}}}:inbound", self.prefix)
+    }
+    pub fn status(&self, partition: u32) -> String {
+        format!("{}:{{p{partition}}}:status", self.prefix)
+    }
+    pub fn events(&self) -> String {
+        format!("{}:{{events}}:stream", self.prefix)
+    }
+    pub fn quarantine(&self) -> String {
+        format!("{}:{{quarantine}}:stream", self.prefix)
+    }
+    pub fn ingest_dead(&self) -> String {
+        format!("{}:{{dead}}:ingest", self.prefix)
+    }
+    /// The dedup mark that sits beside `stream` (same hash tag).
+    pub fn seen_beside(&self, stream: &str, dedup_key: &str) -> String {
+        let tag_end = stream.find('}').map_or(stream.len(), |i| i + 1);
+        format!("{}:seen:{dedup_key}", &stream[..tag_end])
+    }
+    /// Every stream ingest writes, for the length gauges.
+    pub fn all_streams(&self) -> Vec<String> {
+        let mut all: Vec<String> = (0..self.partitions)
+            .flat_map(|p| [self.inbound(p), self.status(p)])
+            .collect();
+        all.extend([self.events(), self.quarantine(), self.ingest_dead()]);
+        all
+    }
+}
+
+/// Appends an entry unless its dedup mark exists; returns 1 when appended, 0 for a duplicate.
+/// KEYS[1] = dedup mark, KEYS[2] = stream; ARGV[1] = mark TTL in seconds; ARGV[2..] = fields.
+pub const ENQUEUE_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
+return 1
+";
+
+/// One entry to append, with its dedup mark.
+#[derive(Debug, Clone)]
+pub struct Append {
+    pub stream: String,
+    pub seen: String,
+    pub fields: Vec<(&'static str, Bytes)>,
+}
+
+impl Append {
+    /// The entry for an update routed to a conversation stream (inbound or status) or events.
+    pub fn update(keys: &Keys, update: &Update, received_at_ms: i64) -> Self {
+        let (stream, conv) = match update {
+            Update::Message(_) | Update::Status(_) => {
+                let conv = update.conversation_key();
+                let p = keys.partition_of(&conv);
+                let stream = if matches!(update, Update::Message(_)) {
+                    keys.inbound(p)
+                } else {
+                    keys.status(p)
+                };
+                (stream, Some(conv))
+            }
+            Update::Error(_) | Update::Event(_) => (keys.events(), None),
+        };
+        let mut fields = base_fields(update, received_at_ms);
+        if let Some(conv) = conv {
+            fields.push(("conv", Bytes::from(conv)));
+        }
+        fields.push((
+            "update",
+            Bytes::from(serde_json::to_vec(update).expect("updates serialise")),
+        ));
+        Self {
+            seen: keys.seen_beside(&stream, &update.dedup_key()),
+            stream,
+            fields,
+        }
+    }
+
+    /// The entry that keeps an update out of processing, for inspection.
+    pub fn quarantine(keys: &Keys, update: &Update, reason: &str, received_at_ms: i64) -> Self {
+        let stream = keys.quarantine();
+        let mut fields = base_fields(update, received_at_ms);
+        fields.push(("reason", Bytes::copy_from_slice(reason.as_bytes())));
+        fields.push((
+            "update",
+            Bytes::from(serde_json::to_vec(update).expect("updates serialise")),
+        ));
+        Self {
+            seen: keys.seen_beside(&stream, &update.dedup_key()),
+            stream,
+            fields,
+        }
+    }
+
+    /// A dead letter: a body or item that could not be parsed, kept whole with the reason.
+    pub fn dead(keys: &Keys, body: Bytes, reason: &str, received_at_ms: i64) -> Self {
+        use sha2::Digest;
+        let stream = keys.ingest_dead();
+        let digest = hex::encode(&sha2::Sha256::digest(&body)[..16]);
+        let fields = vec![
+            ("v", Bytes::from(ENVELOPE_VERSION.to_string())),
+            ("kind", Bytes::from_static(b"dead")),
+            ("channel", Bytes::from_static(b"-")),
+            ("reason", Bytes::copy_from_slice(reason.as_bytes())),
+            ("body", body),
+            ("received_at", Bytes::from(received_at_ms.to_string())),
+        ];
+        Self {
+            seen: keys.seen_beside(&stream, &digest),
+            stream,
+            fields,
+        }
+    }
+}
+
+fn base_fields(update: &Update, received_at_ms: i64) -> Vec<(&'static str, Bytes)> {
+    vec![
+        ("v", Bytes::from(ENVELOPE_VERSION.to_string())),
+        (
+            "kind",
+            Bytes::from_static(update.kind().as_str().as_bytes()),
+        ),
+        (
+            "channel",
+            Bytes::copy_from_slice(update.phone_number_id().unwrap_or("-").as_bytes()),
+        ),
+        ("received_at", Bytes::from(received_at_ms.to_string())),
+    ]
+}
+
+/// Whether an append added an entry or met its dedup mark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    Added,
+    Duplicate,
+}
+
+/// The enqueue script, loaded by hash.
+#[derive(Clone)]
+pub struct Enqueuer {
+    script: redis::Script,
+    ttl_secs: u64,
+}
+
+impl Enqueuer {
+    pub fn new(dedup_ttl: std::time::Duration) -> Self {
+        Self {
+            script: redis::Script::new(ENQUEUE_SCRIPT),
+            ttl_secs: dedup_ttl.as_secs().max(1),
+        }
+    }
+
+    /// Runs every append in one pipelined round trip. Either all results come back or an error
+    /// does (in which case some appends may have happened: retrying is safe, they dedup).
+    pub async fn append_all<C>(&self, con: &mut C, appends: &[Append]) -> RedisResult<Vec<Appended>>
+    where
+        C: redis::aio::ConnectionLike,
+    {
+        if appends.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pipe = self.pipeline(appends);
+        let values: Vec<Value> = match pipe.query_async(con).await {
+            Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
+                // Redis restarted (or flushed scripts): none of the EVALSHAs ran. Load and redo.
+                self.script.prepare_invoke().load_async(con).await?;
+                pipe.query_async(con).await?
+            }
+            other => other?,
+        };
+        Ok(values
+            .into_iter()
+            .map(|v| match v {
+                Value::Int(1) => Appended::Added,
+                _ => Appended::Duplicate,
+            })
+            .collect())
+    }
+
+    fn pipeline(&self, appends: &[Append]) -> Pipeline {
+        let mut pipe = redis::pipe();
+        for a in appends {
+            let cmd = pipe
+                .cmd("EVALSHA")
+                .arg(self.script.get_hash())
+                .arg(2)
+                .arg(&a.seen)
+                .arg(&a.stream)
+                .arg(self.ttl_secs);
+            for (name, value) in &a.fields {
+                cmd.arg(*name).arg(value.as_ref());
+            }
+        }
+        pipe
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_of_one_enqueue_shares_a_hash_tag() {
+        let keys = Keys::new("wf", 4);
+        for stream in keys.all_streams() {
+            let seen = keys.seen_beside(&stream, "m:1:wamid.X");
+            let tag = |k: &str| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_string();
+            assert_eq!(tag(&stream), tag(&seen), "{stream} / {seen}");
+            assert!(seen.starts_with("wf:{"));
+        }
+        assert_eq!(keys.inbound(3), "wf:{p3}:inbound");
+        assert_eq!(
+            keys.seen_beside(&keys.inbound(3), "m:1:w"),
+            "wf:{p3}:seen:m:1:w"
+        );
+    }
+}

@@ -1,0 +1,43 @@
+# wafleet task runner. No `just` installed? Use `deploy/just RECIPE` instead:
+# it installs just into .tools/ on first use.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+set positional-arguments
+
+services := "deploy/services.sh"
+
+# list recipes
+default:
+    @{{just_executable()}} --justfile {{quote(justfile())}} --list
+
+# start Redis (127.0.0.1:6390) + PostgreSQL (127.0.0.1:5440); data in .wafleet/
+services:
+    {{services}} up
+
+# stop Redis + PostgreSQL (data kept)
+services-down:
+    {{services}} down
+
+# show whether Redis / PostgreSQL are running
+services-status:
+    {{services}} status
+
+# start services, then run the whole test suite (extra args go to the test runner)
+test *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    {{services}} up
+    eval "$({{services}} env)"
+    if cargo nextest --version >/dev/null 2>&1; then
+        cargo nextest run --workspace --no-fail-fast "$@"
+    else
+        cargo test --workspace --no-fail-fast "$@"
+    fi
+
+# check formatting
+fmt:
+    cargo fmt --all -- --check
+
+# clippy, warnings are errors
+lint:
+    cargo clippy --workspace --all-targets -- -D warnings

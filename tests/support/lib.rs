@@ -1,1 +1,314 @@
-//! placeholder
+//! Test harness: real Redis and Postgres (from `REDIS_URL` / `DATABASE_URL`, which `just test`
+//! sets), isolated per test by a fresh database and a unique Redis key prefix, and the real
+//! services started through their `run` functions on port 0.
+
+pub mod redis_server;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+use sqlx::PgPool;
+use tokio::sync::oneshot;
+use wafleet::config::{CommonSettings, IngestSettings, Secret};
+use wafleet::crypto::Cipher;
+use wafleet::store::channels::{ChannelSpec, upsert};
+use wafleet::streams::Keys;
+
+pub use wafleet_core::signature::sign;
+
+/// The test app secret every fixture is re-signed with.
+pub const APP_SECRET: &str = "test-app-secret";
+pub const VERIFY_TOKEN: &str = "test-verify-token";
+
+/// Business numbers that appear in `tests/fixtures/webhooks`.
+pub const FIXTURE_NUMBERS: &[&str] = &[
+    "106540352242922",
+    "1122334455667",
+    "108208485398311",
+    "122217517640926",
+];
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the suite with `deploy/just test`, which starts Redis and Postgres")
+    })
+}
+
+pub fn redis_url() -> String {
+    env("REDIS_URL")
+}
+
+/// A fresh, empty database for one test; returns its URL.
+pub async fn fresh_database() -> String {
+    let admin_url = env("DATABASE_URL");
+    let admin = PgPool::connect(&admin_url)
+        .await
+        .expect("connect to DATABASE_URL");
+    let name = format!("wafleet_t_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .expect("create database");
+    admin.close().await;
+    let (base, _) = admin_url
+        .rsplit_once('/')
+        .expect("DATABASE_URL has a database name");
+    format!("{base}/{name}")
+}
+
+/// A Redis key prefix no other test uses.
+pub fn unique_prefix() -> String {
+    format!("t{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Fixture bytes from `tests/fixtures/webhooks`.
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = format!("{}/fixtures/webhooks/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Polls `check` until it returns `Some`, or panics after `deadline` naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Settings for a test deployment.
+#[derive(Clone)]
+pub struct TestConfig {
+    pub redis_url: String,
+    pub database_url: String,
+    pub prefix: String,
+    pub partitions: u32,
+    pub key: String,
+}
+
+impl TestConfig {
+    pub async fn new() -> Self {
+        Self {
+            redis_url: redis_url(),
+            database_url: fresh_database().await,
+            prefix: unique_prefix(),
+            partitions: 4,
+            key: Cipher::generate_key_text(),
+        }
+    }
+
+    pub fn common(&self) -> CommonSettings {
+        CommonSettings {
+            redis_url: Secret::new(self.redis_url.clone()),
+            database_url: Secret::new(self.database_url.clone()),
+            redis_prefix: self.prefix.clone(),
+            partitions: self.partitions,
+            encryption_key: Secret::new(self.key.clone()),
+            redis_pool_size: 8,
+            database_pool_size: 4,
+        }
+    }
+
+    pub fn keys(&self) -> Keys {
+        Keys::new(self.prefix.clone(), self.partitions)
+    }
+
+    pub fn cipher(&self) -> Cipher {
+        Cipher::from_key_text(&self.key).unwrap()
+    }
+
+    pub async fn pg(&self) -> PgPool {
+        let pool = PgPool::connect(&self.database_url)
+            .await
+            .expect("connect to test database");
+        wafleet::db::migrate(&pool).await.expect("migrate");
+        pool
+    }
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis_url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to Redis")
+    }
+
+    /// Adds (or changes) a channel signed by [`APP_SECRET`].
+    pub async fn add_channel(&self, phone_number_id: &str, tweak: impl FnOnce(&mut ChannelSpec)) {
+        let mut spec = ChannelSpec {
+            phone_number_id: phone_number_id.into(),
+            app_secrets: Some(vec![Secret::new(APP_SECRET.into())]),
+            verify_token: Some(Secret::new(VERIFY_TOKEN.into())),
+            access_token: Some(Secret::new(format!("token-{phone_number_id}"))),
+            ..Default::default()
+        };
+        tweak(&mut spec);
+        upsert(&self.pg().await, &self.cipher(), &spec)
+            .await
+            .expect("add channel");
+    }
+
+    pub fn ingest_settings(&self) -> IngestSettings {
+        IngestSettings {
+            common: self.common(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            max_body_bytes: wafleet::config::DEFAULT_MAX_BODY_BYTES,
+            dedup_ttl: Duration::from_secs(7 * 24 * 3600),
+            redis_timeout: Duration::from_millis(1500),
+            channel_refresh: Duration::from_millis(200),
+            shutdown_grace: Duration::from_secs(5),
+            quick_start: None,
+        }
+    }
+}
+
+/// A running ingest service.
+pub struct Ingest {
+    pub url: String,
+    pub http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Ingest {
+    pub async fn start(settings: IngestSettings) -> Self {
+        wafleet::telemetry::init_logging();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(wafleet::ingest::run(settings, listener, async move {
+            let _ = rx.await;
+        }));
+        let http = reqwest::Client::new();
+        let health = format!("{url}/healthz");
+        eventually("ingest to answer /healthz", Duration::from_secs(20), || {
+            let http = http.clone();
+            let health = health.clone();
+            async move {
+                http.get(&health)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+            }
+        })
+        .await;
+        Self {
+            url,
+            http,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// POSTs `body` signed with `secret`.
+    pub async fn post_signed(&self, body: &[u8], secret: &str) -> reqwest::Response {
+        self.post(body, Some(&sign(body, secret.as_bytes()))).await
+    }
+
+    pub async fn post(&self, body: &[u8], signature: Option<&str>) -> reqwest::Response {
+        let mut req = self
+            .http
+            .post(format!("{}/webhooks/whatsapp", self.url))
+            .header("content-type", "application/json")
+            .body(body.to_vec());
+        if let Some(sig) = signature {
+            req = req.header("x-hub-signature-256", sig);
+        }
+        req.send().await.expect("ingest answers")
+    }
+
+    /// Current value of a counter or gauge line of `/metrics` (0 when absent).
+    pub async fn metric(&self, name_and_labels: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metric_value(&text, name_and_labels)
+    }
+
+    /// Signals shutdown and waits for `run` to return.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap()
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Finds `name{labels} value` in a Prometheus exposition (labels in any order).
+pub fn metric_value(text: &str, name_and_labels: &str) -> f64 {
+    let (name, labels) = match name_and_labels.split_once('{') {
+        Some((n, l)) => (
+            n,
+            l.trim_end_matches('}')
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .collect(),
+        ),
+        None => (name_and_labels, Vec::new()),
+    };
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|lab| l.contains(lab)))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// Every entry of a stream as (id, field → value).
+pub async fn read_stream(
+    con: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+) -> Vec<(String, std::collections::HashMap<String, Vec<u8>>)> {
+    let reply: redis::streams::StreamRangeReply = con.xrange_all(stream).await.expect("XRANGE");
+    reply
+        .ids
+        .into_iter()
+        .map(|e| {
+            let fields = e
+                .map
+                .into_iter()
+                .map(|(k, v)| (k, redis::from_redis_value::<Vec<u8>>(&v).unwrap()))
+                .collect();
+            (e.id, fields)
+        })
+        .collect()
+}
+
+/// Every entry of every inbound partition, parsed back into updates.
+pub async fn all_updates(
+    con: &mut redis::aio::MultiplexedConnection,
+    streams: &[String],
+) -> Vec<(String, wafleet_core::envelope::Update)> {
+    let mut out = Vec::new();
+    for s in streams {
+        for (_, fields) in read_stream(con, s).await {
+            let update = serde_json::from_slice(&fields["update"]).expect("update field is JSON");
+            out.push((s.clone(), update));
+        }
+    }
+    out
+}

@@ -20,8 +20,11 @@ use sha2::{Digest, Sha256};
 pub const ENVELOPE_VERSION: u32 = 1;
 
 /// One update from a webhook POST.
+///
+/// Serialised externally tagged (`{"message": {...}}`): internally tagged enums buffer their
+/// content, which cannot carry the borrowed-free `RawValue` of the raw item.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Update {
     Message(InboundMessage),
     Status(StatusUpdate),
@@ -230,6 +233,33 @@ mod tests {
             partition_of("", 1 << 20),
             (0xcbf2_9ce4_8422_2325u64 % (1 << 20)) as u32
         );
+    }
+
+    #[test]
+    fn updates_round_trip_through_json_with_their_raw_item_intact() {
+        let raw = r#"{"id":"wamid.X","type":"text","text":{"body":"caf\u00e9"},"new_field":[1,2]}"#;
+        let update = Update::Message(InboundMessage {
+            origin: Origin {
+                phone_number_id: "1".into(),
+                ..Default::default()
+            },
+            wamid: "wamid.X".into(),
+            wa_id: Some("57300".into()),
+            user_id: None,
+            profile_name: None,
+            timestamp: Some(1),
+            message_type: "text".into(),
+            text: Some("café".into()),
+            context_id: None,
+            raw: RawValue::from_string(raw.into()).unwrap(),
+        });
+        let json = serde_json::to_vec(&update).unwrap();
+        let back: Update = serde_json::from_slice(&json).unwrap();
+        let Update::Message(m) = back else {
+            panic!("kind changed")
+        };
+        assert_eq!(m.raw.get(), raw, "raw bytes kept exactly, escapes included");
+        assert_eq!(m.text.as_deref(), Some("café"));
     }
 
     #[test]

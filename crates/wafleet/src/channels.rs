@@ -57,10 +57,8 @@ impl Registry {
                         })
                 })
                 .collect();
-            if let Some(token) = &ch.verify_token {
-                if ch.enabled {
-                    verify_tokens.push(token.expose().as_bytes().to_vec());
-                }
+            if let (Some(token), true) = (&ch.verify_token, ch.enabled) {
+                verify_tokens.push(token.expose().as_bytes().to_vec());
             }
             routes.insert(
                 ch.phone_number_id.clone(),

@@ -1,0 +1,607 @@
+//! Ingest against a real Redis and Postgres: every fixture, batching, dedup under concurrency,
+//! every refusal, quarantine, channel changes, and a Redis outage.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use wafleet::store::channels::set_enabled;
+use wafleet_core::envelope::Update;
+use wafleet_tests::redis_server::RedisServer;
+use wafleet_tests::*;
+
+async fn setup() -> (TestConfig, Ingest) {
+    let cfg = TestConfig::new().await;
+    for number in FIXTURE_NUMBERS {
+        cfg.add_channel(number, |_| {}).await;
+    }
+    let ingest = Ingest::start(cfg.ingest_settings()).await;
+    (cfg, ingest)
+}
+
+fn inbound_streams(cfg: &TestConfig) -> Vec<String> {
+    let keys = cfg.keys();
+    (0..keys.partitions()).map(|p| keys.inbound(p)).collect()
+}
+
+fn status_streams(cfg: &TestConfig) -> Vec<String> {
+    let keys = cfg.keys();
+    (0..keys.partitions()).map(|p| keys.status(p)).collect()
+}
+
+/// A text message body with the given wamid and sender.
+fn text_body(pnid: &str, from: &str, wamid: &str, text: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "WABA1", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550000000", "phone_number_id": pnid},
+            "contacts": [{"profile": {"name": "Cliente"}, "wa_id": from}],
+            "messages": [{"from": from, "id": wamid, "timestamp": "1700000000", "type": "text",
+                          "text": {"body": text}}]}}]}]
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn every_fixture_yields_exactly_its_expected_entry() {
+    let (cfg, ingest) = setup().await;
+    let mut con = cfg.redis().await;
+    // (fixture, stream kind, check on the parsed update)
+    type Check = fn(&Update) -> bool;
+    let cases: &[(&str, &str, Check)] = &[
+        ("text.json", "inbound", |u| {
+            matches!(u, Update::Message(m)
+            if m.message_type == "text" && m.text.as_deref() == Some("Does it come in another color?")
+               && m.wa_id.as_deref() == Some("16505551234") && m.timestamp == Some(1749416383)
+               && m.profile_name.as_deref() == Some("Sheena Nelson"))
+        }),
+        ("image.json", "inbound", |u| {
+            matches!(u, Update::Message(m)
+            if m.message_type == "image" && m.user_id.as_deref() == Some("US.13491208655302741918")
+               && m.raw.get().contains("65463453"))
+        }),
+        ("interactive_button_reply.json", "inbound", |u| {
+            matches!(u, Update::Message(m)
+            if m.message_type == "interactive" && m.text.as_deref() == Some("Cancel")
+               && m.context_id.as_deref() == Some("wamid.HBgLMTY1MDM4Nzk0MzkVAgARGBI3MEM2RUJFNkI0RENGQTVDRjUA"))
+        }),
+        ("reaction.json", "inbound", |u| {
+            matches!(u, Update::Message(m)
+            if m.message_type == "reaction" && m.raw.get().contains(r"\ud83d\ude2e"))
+        }),
+        ("unsupported.json", "inbound", |u| {
+            matches!(u, Update::Message(m)
+            if m.message_type == "unsupported" && m.raw.get().contains("131051"))
+        }),
+        ("status_sent.json", "status", |u| {
+            matches!(u, Update::Status(s)
+            if s.status == "sent" && s.recipient_id.as_deref() == Some("919096053970"))
+        }),
+        ("status_failed_131047.json", "status", |u| {
+            matches!(u, Update::Status(s)
+            if s.status == "failed" && s.error_code == Some(131047))
+        }),
+    ];
+    // Each fixture goes to a deployment of its own (fresh key prefix, same channels): two pywa
+    // fixtures share a wamid, which one deployment rightly treats as a redelivery (checked below).
+    for (name, kind, check) in cases {
+        let mut own = TestConfig {
+            prefix: unique_prefix(),
+            ..cfg.clone()
+        };
+        own.partitions = cfg.partitions;
+        let ingest = Ingest::start(own.ingest_settings()).await;
+        let res = ingest.post_signed(&fixture(name), APP_SECRET).await;
+        assert_eq!(res.status(), 200, "{name}");
+        let inbound = all_updates(&mut con, &inbound_streams(&own)).await;
+        let status = all_updates(&mut con, &status_streams(&own)).await;
+        let want = if *kind == "inbound" { (1, 0) } else { (0, 1) };
+        assert_eq!((inbound.len(), status.len()), want, "{name}");
+        let entry = inbound.iter().chain(&status).next().unwrap();
+        assert!(check(&entry.1), "{name}: entry does not match: {entry:?}");
+        let keys = own.keys();
+        for s in [keys.events(), keys.quarantine(), keys.ingest_dead()] {
+            assert!(read_stream(&mut con, &s).await.is_empty(), "{name}: {s}");
+        }
+        ingest.stop().await.unwrap();
+    }
+    // The recorder is process-wide: every deployment above counted into it.
+    assert_eq!(
+        ingest
+            .metric(r#"wafleet_ingest_updates_total{result="enqueued"}"#)
+            .await,
+        7.0
+    );
+
+    // image.json and reaction.json share (phone_number_id, wamid): in one deployment the second
+    // is a duplicate delivery.
+    assert_eq!(
+        ingest
+            .post_signed(&fixture("image.json"), APP_SECRET)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        ingest
+            .post_signed(&fixture("reaction.json"), APP_SECRET)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(all_updates(&mut con, &inbound_streams(&cfg)).await.len(), 1);
+    assert_eq!(
+        ingest
+            .metric(r#"wafleet_ingest_requests_total{outcome="duplicate"}"#)
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_batch_yields_one_entry_per_update_on_the_right_streams() {
+    let (cfg, ingest) = setup().await;
+    let p1 = "106540352242922";
+    let p2 = "1122334455667";
+    let body = serde_json::to_vec(&serde_json::json!({
+        "object": "whatsapp_business_account",
+        "entry": [
+            {"id": "W1", "changes": [
+                {"field": "messages", "value": {"metadata": {"phone_number_id": p1},
+                    "contacts": [{"wa_id": "573001"}],
+                    "messages": [
+                        {"from": "573001", "id": "wamid.1", "timestamp": "1", "type": "text", "text": {"body": "uno"}},
+                        {"from": "573002", "id": "wamid.2", "timestamp": "2", "type": "location", "location": {"latitude": 4.6, "longitude": -74.1}},
+                        {"from": "573003", "id": "wamid.3", "timestamp": "3", "type": "brand_new_type", "brand_new_type": {}}],
+                    "statuses": [
+                        {"id": "wamid.out1", "status": "sent", "timestamp": "4", "recipient_id": "573001"},
+                        {"id": "wamid.out1", "status": "delivered", "timestamp": "5", "recipient_id": "573001"},
+                        {"id": "wamid.out2", "status": "read", "timestamp": "6", "recipient_id": "573002"}],
+                    "errors": [{"code": 131000, "title": "Something went wrong"}]}},
+                {"field": "account_update", "value": {"event": "VERIFIED_ACCOUNT"}}]},
+            {"id": "W2", "changes": [
+                {"field": "messages", "value": {"metadata": {"phone_number_id": p2},
+                    "messages": [{"from_user_id": "BR.77", "id": "wamid.4", "timestamp": "7", "type": "text", "text": {"body": "oi"}}]}},
+                {"field": "message_template_status_update", "value": {"event": "APPROVED", "message_template_id": 1}}]}
+        ]
+    }))
+    .unwrap();
+    assert_eq!(ingest.post_signed(&body, APP_SECRET).await.status(), 200);
+
+    let mut con = cfg.redis().await;
+    let inbound = all_updates(&mut con, &inbound_streams(&cfg)).await;
+    let mut wamids: Vec<_> = inbound
+        .iter()
+        .map(|(_, u)| match u {
+            Update::Message(m) => m.wamid.clone(),
+            other => panic!("non-message on inbound: {other:?}"),
+        })
+        .collect();
+    wamids.sort();
+    assert_eq!(wamids, ["wamid.1", "wamid.2", "wamid.3", "wamid.4"]);
+    assert_eq!(all_updates(&mut con, &status_streams(&cfg)).await.len(), 3);
+    let events = read_stream(&mut con, &cfg.keys().events()).await;
+    let kinds: Vec<_> = events
+        .iter()
+        .map(|(_, f)| String::from_utf8_lossy(&f["kind"]).into_owned())
+        .collect();
+    assert_eq!(kinds, ["error", "event", "event"]);
+    // Updates of one conversation share a partition: message wamid.1 and status of wamid.out1
+    // (both customer 573001 on p1) sit on the same partition number.
+    let partition_of = |stream: &str| stream.split(['{', '}']).nth(1).unwrap().to_string();
+    let msg1 = inbound
+        .iter()
+        .find(|(_, u)| matches!(u, Update::Message(m) if m.wamid == "wamid.1"))
+        .unwrap();
+    let statuses = all_updates(&mut con, &status_streams(&cfg)).await;
+    for (stream, u) in &statuses {
+        if let Update::Status(s) = u
+            && s.recipient_id.as_deref() == Some("573001")
+        {
+            assert_eq!(partition_of(stream), partition_of(&msg1.0));
+        }
+    }
+    assert_eq!(
+        ingest
+            .metric(r#"wafleet_ingest_updates_total{kind="message",result="enqueued"}"#)
+            .await,
+        4.0
+    );
+    assert_eq!(
+        ingest
+            .metric(r#"wafleet_ingest_updates_total{kind="status",result="enqueued"}"#)
+            .await,
+        3.0
+    );
+    assert_eq!(
+        ingest
+            .metric(r#"wafleet_ingest_updates_total{kind="event",result="enqueued"}"#)
+            .await,
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn the_same_post_sent_fifty_times_concurrently_is_enqueued_once() {
+    let (cfg, ingest) = setup().await;
+    let body = text_body(
+        "106540352242922",
+        "573001112233",
+        "wamid.CONCURRENT",
+        "hola",
+    );
+    let sends = (0..50).map(|_| ingest.post_signed(&body, APP_SECRET));
+    let statuses: Vec<u16> = futures::future::join_all(sends)
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let mut con = cfg.redis().await;
+    assert_eq!(all_updates(&mut con, &inbound_streams(&cfg)).await.len(), 1);
+    assert_eq!(
+        ingest
+            .metric(r#"wafleet_ingest_requests_total{outcome="accepted"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        ingest
+            .metric(r#"wafleet_ingest_requests_total{outcome="duplicate"}"#)
+            .await,
+        49.0
+    );
+}
+
+#[tokio::test]
+async fn a_status_and_a_message_with_the_same_wamid_are_both_enqueued() {
+    let (cfg, ingest) = setup().await;
+    let pnid = "106540352242922";
+    let message = text_body(pnid, "573001", "wamid.SAME", "hola");
+    let status = serde_json::to_vec(&serde_json::json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "W", "changes": [{"field": "messages", "value": {
+            "metadata": {"phone_number_id": pnid},
+            "statuses": [{"id": "wamid.SAME", "status": "delivered", "timestamp": "1", "recipient_id": "573001"}]}}]}]
+    }))
+    .unwrap();
+    for body in [&message, &status, &message, &status] {
+        assert_eq!(ingest.post_signed(body, APP_SECRET).await.status(), 200);
+    }
+    let mut con = cfg.redis().await;
+    assert_eq!(all_updates(&mut con, &inbound_streams(&cfg)).await.len(), 1);
+    assert_eq!(all_updates(&mut con, &status_streams(&cfg)).await.len(), 1);
+}
+
+#[tokio::test]
+async fn refusals_get_their_answer_and_move_their_counters() {
+    let (cfg, ingest) = setup().await;
+    let pnid = "106540352242922";
+    let body = text_body(pnid, "573001", "wamid.R1", "hola");
+    let good = sign(&body, APP_SECRET.as_bytes());
+
+    let wrong = ingest
+        .post(&body, Some(&sign(&body, b"not-the-secret")))
+        .await;
+    assert_eq!(wrong.status(), 401);
+    assert_eq!(
+        wrong.text().await.unwrap(),
+        "unauthorized",
+        "the body reveals nothing"
+    );
+    assert_eq!(ingest.post(&body, None).await.status(), 401);
+    assert_eq!(
+        ingest
+            .post(&body, Some(&good[..good.len() - 2]))
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(ingest.post(b"", None).await.status(), 401);
+    assert_eq!(
+        ingest
+            .metric(r#"wafleet_ingest_requests_total{outcome="bad_signature"}"#)
+            .await,
+        4.0
+    );
+
+    let huge = vec![b' '; wafleet::config::DEFAULT_MAX_BODY_BYTES + 1];
+    let res = ingest
+        .post(&huge, Some(&sign(&huge, APP_SECRET.as_bytes())))
+        .await;
+    assert_eq!(res.status(), 413);
+    assert_eq!(
+        ingest
+            .metric(r#"wafleet_ingest_requests_total{outcome="too_large"}"#)
+            .await,
+        1.0
+    );
+    // Exactly at the limit is accepted (as malformed: it is all spaces, not JSON).
+    let at_limit = vec![b' '; wafleet::config::DEFAULT_MAX_BODY_BYTES];
+    assert_eq!(
+        ingest.post_signed(&at_limit, APP_SECRET).await.status(),
+        200
+    );
+
+    let malformed = br#"{"object":"whatsapp_business_account","entry":[{"#;
+    assert_eq!(
+        ingest.post_signed(malformed, APP_SECRET).await.status(),
+        200
+    );
+    assert_eq!(
+        ingest.post_signed(b"", APP_SECRET).await.status(),
+        200,
+        "signed empty body"
+    );
+    assert_eq!(
+        ingest
+            .metric(r#"wafleet_ingest_requests_total{outcome="malformed"}"#)
+            .await,
+        3.0
+    );
+
+    let unknown = text_body("999999999", "573001", "wamid.U1", "hola");
+    assert_eq!(ingest.post_signed(&unknown, APP_SECRET).await.status(), 200);
+    assert_eq!(
+        ingest
+            .metric(r#"wafleet_ingest_requests_total{outcome="unknown_channel"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        ingest
+            .metric(r#"wafleet_ingest_quarantined_total{reason="unknown_channel"}"#)
+            .await,
+        1.0
+    );
+
+    let mut con = cfg.redis().await;
+    let keys = cfg.keys();
+    let dead = read_stream(&mut con, &keys.ingest_dead()).await;
+    assert_eq!(dead.len(), 3);
+    let with_body: Vec<_> = dead
+        .iter()
+        .filter(|(_, f)| f["body"] == malformed)
+        .collect();
+    assert_eq!(with_body.len(), 1, "the malformed body is kept whole");
+    assert!(String::from_utf8_lossy(&with_body[0].1["reason"]).contains("not valid JSON"));
+    let quarantine = read_stream(&mut con, &keys.quarantine()).await;
+    assert_eq!(quarantine.len(), 1);
+    assert_eq!(quarantine[0].1["reason"], b"unknown_channel");
+    assert!(
+        all_updates(&mut con, &inbound_streams(&cfg))
+            .await
+            .is_empty(),
+        "nothing refused was processed"
+    );
+}
+
+#[tokio::test]
+async fn verification_echoes_the_challenge_only_for_the_right_token() {
+    let (_cfg, ingest) = setup().await;
+    let get = |q: &'static str| {
+        let http = ingest.http.clone();
+        let url = format!("{}/webhooks/whatsapp?{q}", ingest.url);
+        async move { http.get(url).send().await.unwrap() }
+    };
+    let ok =
+        get("hub.mode=subscribe&hub.verify_token=test-verify-token&hub.challenge=0012%2Bab").await;
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.headers()["content-type"], "text/plain");
+    assert_eq!(
+        ok.text().await.unwrap(),
+        "0012+ab",
+        "echoed verbatim, not parsed as a number"
+    );
+    for q in [
+        "hub.mode=subscribe&hub.verify_token=wrong&hub.challenge=1",
+        "hub.mode=unsubscribe&hub.verify_token=test-verify-token&hub.challenge=1",
+        "hub.mode=subscribe&hub.challenge=1",
+        "",
+    ] {
+        assert_eq!(get(q).await.status(), 403, "{q}");
+    }
+}
+
+#[tokio::test]
+async fn channel_changes_are_seen_within_seconds_and_disabled_or_unlisted_senders_are_quarantined()
+{
+    let (cfg, ingest) = setup().await;
+    let mut con = cfg.redis().await;
+    let new_number = "555000111";
+    // Unknown at first: quarantined.
+    assert_eq!(
+        ingest
+            .post_signed(
+                &text_body(new_number, "57300", "wamid.N0", "hola"),
+                APP_SECRET
+            )
+            .await
+            .status(),
+        200
+    );
+    cfg.add_channel(new_number, |_| {}).await;
+    let mut n = 0;
+    eventually(
+        "ingest to see the new channel",
+        Duration::from_secs(10),
+        || {
+            n += 1;
+            let body = text_body(new_number, "57300", &format!("wamid.N{n}"), "hola");
+            let ingest = &ingest;
+            let cfg = &cfg;
+            let con = con.clone();
+            async move {
+                ingest.post_signed(&body, APP_SECRET).await;
+                let mut con = con;
+                (!all_updates(&mut con, &inbound_streams(cfg))
+                    .await
+                    .is_empty())
+                .then_some(())
+            }
+        },
+    )
+    .await;
+
+    // Disabled: quarantined again.
+    set_enabled(&cfg.pg().await, new_number, false)
+        .await
+        .unwrap();
+    let quarantined_before = read_stream(&mut con, &cfg.keys().quarantine()).await.len();
+    let mut m = 0;
+    eventually(
+        "ingest to see the channel disabled",
+        Duration::from_secs(10),
+        || {
+            m += 1;
+            let body = text_body(new_number, "57300", &format!("wamid.D{m}"), "hola");
+            let ingest = &ingest;
+            let cfg = &cfg;
+            let con = con.clone();
+            async move {
+                ingest.post_signed(&body, APP_SECRET).await;
+                let mut con = con;
+                let q = read_stream(&mut con, &cfg.keys().quarantine()).await;
+                q.iter()
+                    .any(|(_, f)| f["reason"] == b"channel_disabled")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(read_stream(&mut con, &cfg.keys().quarantine()).await.len() > quarantined_before);
+
+    // Allowlist: only the listed customer is served.
+    let listed = "106540352242922";
+    cfg.add_channel(listed, |s| s.phone_allowlist = Some(vec!["57311".into()]))
+        .await;
+    let mut k = 0;
+    eventually(
+        "ingest to apply the allowlist",
+        Duration::from_secs(10),
+        || {
+            k += 1;
+            let body = text_body(listed, "57399", &format!("wamid.A{k}"), "hola");
+            let ingest = &ingest;
+            let cfg = &cfg;
+            let con = con.clone();
+            async move {
+                ingest.post_signed(&body, APP_SECRET).await;
+                let mut con = con;
+                let q = read_stream(&mut con, &cfg.keys().quarantine()).await;
+                q.iter()
+                    .any(|(_, f)| f["reason"] == b"sender_not_allowed")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let before = all_updates(&mut con, &inbound_streams(&cfg)).await.len();
+    ingest
+        .post_signed(
+            &text_body(listed, "57311", "wamid.LISTED", "hola"),
+            APP_SECRET,
+        )
+        .await;
+    assert_eq!(
+        all_updates(&mut con, &inbound_streams(&cfg)).await.len(),
+        before + 1
+    );
+}
+
+#[tokio::test]
+async fn redis_down_answers_503_and_the_redelivery_after_restart_is_enqueued_once() {
+    let mut redis = RedisServer::start().await;
+    let mut cfg = TestConfig::new().await;
+    cfg.redis_url = redis.url();
+    cfg.add_channel("106540352242922", |_| {}).await;
+    let ingest = Ingest::start(cfg.ingest_settings()).await;
+
+    let first = text_body("106540352242922", "57300", "wamid.BEFORE", "antes");
+    assert_eq!(ingest.post_signed(&first, APP_SECRET).await.status(), 200);
+
+    redis.kill();
+    let during = text_body("106540352242922", "57300", "wamid.DURING", "durante");
+    let started = std::time::Instant::now();
+    let res = ingest.post_signed(&during, APP_SECRET).await;
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["retry-after"], "1");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "503 comes within a bounded time"
+    );
+    assert_eq!(
+        ingest
+            .metric(r#"wafleet_ingest_requests_total{outcome="unavailable"}"#)
+            .await,
+        1.0
+    );
+    let ready = ingest
+        .http
+        .get(format!("{}/readyz", ingest.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+
+    redis.resume().await;
+    // Meta redelivers (maybe several times): the update lands exactly once.
+    let status = eventually(
+        "ingest to reconnect to Redis",
+        Duration::from_secs(15),
+        || {
+            let ingest = &ingest;
+            let during = during.clone();
+            async move {
+                let s = ingest.post_signed(&during, APP_SECRET).await.status();
+                (s == 200).then_some(s)
+            }
+        },
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(ingest.post_signed(&during, APP_SECRET).await.status(), 200);
+    assert_eq!(ingest.post_signed(&first, APP_SECRET).await.status(), 200);
+
+    let mut con = cfg.redis().await;
+    let mut wamids: Vec<String> = all_updates(&mut con, &inbound_streams(&cfg))
+        .await
+        .into_iter()
+        .map(|(_, u)| match u {
+            Update::Message(m) => m.wamid,
+            _ => unreachable!(),
+        })
+        .collect();
+    wamids.sort();
+    assert_eq!(wamids, ["wamid.BEFORE", "wamid.DURING"]);
+    let ready = ingest
+        .http
+        .get(format!("{}/readyz", ingest.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test]
+async fn metrics_report_stream_lengths_and_shutdown_returns() {
+    let (cfg, ingest) = setup().await;
+    ingest.post_signed(&fixture("text.json"), APP_SECRET).await;
+    let keys = cfg.keys();
+    let conv = "106540352242922:16505551234";
+    let stream = keys.inbound(keys.partition_of(conv));
+    let line = format!(r#"wafleet_stream_length{{stream="{stream}"}}"#);
+    assert_eq!(ingest.metric(&line).await, 1.0);
+    assert!(
+        ingest
+            .metric("wafleet_ingest_request_duration_seconds_count")
+            .await
+            >= 1.0
+    );
+    let lengths: HashMap<String, f64> = HashMap::from([(stream, 1.0)]);
+    assert_eq!(lengths.len(), 1);
+    tokio::time::timeout(Duration::from_secs(10), ingest.stop())
+        .await
+        .expect("drains")
+        .unwrap();
+}

@@ -905,4 +905,22 @@ mod tests {
             assert_eq!(decode_entities(html), expected, "{html:?}");
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_input_converts_without_trailing_whitespace_or_extra_blank_lines(
+            md in r"(\PC|[*_~`#>\-\[\]()!<>|\n ]){0,200}"
+        ) {
+            let text = markdown_to_whatsapp(&md);
+            proptest::prop_assert!(text.lines().all(|line| line == line.trim_end()), "{:?}", text);
+            proptest::prop_assert!(!text.contains("\n\n\n"), "{:?}", text);
+            proptest::prop_assert!(!text.starts_with('\n') && !text.ends_with(char::is_whitespace));
+        }
+
+        #[test]
+        fn plain_words_pass_through_unchanged(words in proptest::collection::vec("[a-zA-Záéíóúñãç0-9]{1,10}", 1..20)) {
+            let text = words.join(" ");
+            proptest::prop_assert_eq!(markdown_to_whatsapp(&text), text);
+        }
+    }
 }

@@ -426,6 +426,26 @@ mod tests {
         }
 
         #[test]
+        fn cut_code_blocks_are_closed_and_reopened_in_every_part(
+            before in prop::collection::vec("[a-záé]{1,12}( [a-z]{1,8}){0,6}", 0..4),
+            code in prop::collection::vec("[a-z]{1,10}( [a-z(){};=]{1,10}){0,8}", 1..30),
+            after in prop::collection::vec("[a-z]{1,12}( [a-z]{1,8}){0,6}", 0..4),
+            max in 24usize..=160,
+        ) {
+            let text = format!(
+                "{}\n\n```rust\n{}\n```\n\n{}",
+                before.join("\n\n"),
+                code.join("\n"),
+                after.join("\n\n"),
+            );
+            let parts = check_invariants(&text, max)?;
+            for part in &parts {
+                let fences = part.lines().filter(|line| line.trim_start().starts_with(FENCE)).count();
+                prop_assert_eq!(fences % 2, 0, "unbalanced part {:?} of {:?}", part, parts);
+            }
+        }
+
+        #[test]
         fn arbitrary_unicode_never_panics(text in "\\PC{0,300}", max in 0usize..=50) {
             let parts = split_message(&text, max);
             prop_assert!(parts.iter().all(|p| chars(p) <= max.max(1)));

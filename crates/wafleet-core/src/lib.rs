@@ -9,7 +9,7 @@
 //! - [`webhook`]: parsing Meta's webhook envelope into one [`envelope::Update`] per update.
 //! - [`envelope`]: the jobs that travel on the Redis Streams between ingest and the workers.
 //! - [`pii`]: redaction of personal data into typed placeholders.
-//! - [`format`]: Markdown → WhatsApp formatting and splitting replies into ≤ 4096-char parts.
+//! - [`format`](mod@format): Markdown → WhatsApp formatting and splitting replies into ≤ 4096-char parts.
 //! - [`handover`]: accent- and case-insensitive whole-word detection of "I want a human" (es/en/pt).
 //! - [`retry`]: backoff and retry limits as data; jitter and age come in as arguments.
 //! - [`graph_error`]: Graph API errors parsed and classified on `error.code` (throttle, transient, …).

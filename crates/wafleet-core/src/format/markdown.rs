@@ -8,7 +8,7 @@
 
 use std::ops::Range;
 
-use pulldown_cmark::{Event, Options, Parser, Tag, TagEnd};
+use pulldown_cmark::{Event, Options, Parser, Tag};
 
 /// What a horizontal rule becomes: WhatsApp has none, a short line of em dashes reads as one.
 const RULE: &str = "———";
@@ -141,7 +141,7 @@ impl TreeBuilder {
     fn event(&mut self, source: &str, event: Event<'_>, range: Range<usize>) {
         match event {
             Event::Start(tag) => self.start(source, tag, range),
-            Event::End(TagEnd::HtmlBlock) | Event::End(_) => self.end(),
+            Event::End(_) => self.end(),
             Event::Text(text) => match self.stack.last_mut() {
                 Some(Frame::Code(code)) | Some(Frame::Html(code)) => code.push_str(&text),
                 _ => self.inline(Inline::Text(text.into_string())),

@@ -9,10 +9,18 @@
 //! - [`webhook`]: parsing Meta's webhook envelope into one [`envelope::Update`] per update.
 //! - [`envelope`]: the jobs that travel on the Redis Streams between ingest and the workers.
 //! - [`pii`]: redaction of personal data into typed placeholders.
-//! - [`format`]: Markdown → WhatsApp formatting and splitting replies into ≤ 4096-char parts.
+//! - [`format`](mod@format): Markdown → WhatsApp formatting and splitting replies into ≤ 4096-char parts.
+//! - [`handover`]: accent- and case-insensitive whole-word detection of "I want a human" (es/en/pt).
+//! - [`retry`]: backoff and retry limits as data; jitter and age come in as arguments.
+//! - [`graph_error`]: Graph API errors parsed and classified on `error.code` (throttle, transient, …).
+//! - [`llm_error`]: LLM provider failures classified (rate limit, overload, quota, auth, …).
 
 pub mod envelope;
 pub mod format;
+pub mod graph_error;
+pub mod handover;
+pub mod llm_error;
 pub mod pii;
+pub mod retry;
 pub mod signature;
 pub mod webhook;

@@ -1,0 +1,454 @@
+//! Splitting a reply into WhatsApp-sized parts.
+//!
+//! Greedy: each part takes as much of the remaining text as fits, cut at the coarsest boundary
+//! found inside that window. The order of preference is
+//!
+//! 1. a paragraph boundary (blank line) outside a code block,
+//! 2. a line boundary outside a code block,
+//! 3. a line boundary inside a code block (the fence is closed at the end of the part and reopened
+//!    at the start of the next),
+//! 4. a word boundary (whitespace) outside, then inside a code block,
+//! 5. a grapheme cluster boundary, so an emoji with ZWJ, skin tone or a flag stays whole,
+//! 6. a `char` boundary, only when a single grapheme cluster is longer than the limit.
+//!
+//! Whitespace at a cut is dropped (it would be invisible at the end or start of a bubble); every
+//! other character is kept, in order. Code fences are only repaired when the limit leaves room for
+//! them ([`MIN_CHARS_FOR_FENCES`]); below that, code is split like any text.
+
+use unicode_segmentation::UnicodeSegmentation;
+
+/// Meta's limit for `text.body`, counted in characters (Unicode scalar values, i.e. `char`s).
+pub const WHATSAPP_MAX_CHARS: usize = 4096;
+
+/// Below this limit code blocks are split as plain text: closing and reopening a fence costs 8
+/// characters per part, which would leave almost no room for the code itself.
+pub const MIN_CHARS_FOR_FENCES: usize = 16;
+
+const FENCE: &str = "```";
+/// What closing a fence at the end of a part costs: `"\n```"`.
+const FENCE_CLOSE_CHARS: usize = 4;
+
+/// Splits `text` into parts of at most `max_chars` characters each (see the [module docs](self)).
+///
+/// Parts are in order, never empty, have no leading blank line and no trailing whitespace. An
+/// empty or whitespace-only `text` gives no parts. `max_chars == 0` is treated as 1.
+pub fn split_message(text: &str, max_chars: usize) -> Vec<String> {
+    let max = max_chars.max(1);
+    let mut fences = max >= MIN_CHARS_FOR_FENCES;
+    let mut parts = Vec::new();
+    let mut rest = skip_blank_lines(text).to_owned();
+    loop {
+        let content = rest.trim_end();
+        if content.is_empty() {
+            break;
+        }
+        if content.chars().count() <= max {
+            parts.push(content.to_owned());
+            break;
+        }
+        let cut = choose_cut(&rest, max, fences);
+        let mut part = skip_blank_lines(rest[..cut.end].trim_end()).to_owned();
+        let next = if cut.inside {
+            part.push('\n');
+            part.push_str(FENCE);
+            let tail = &rest[cut.resume..];
+            match fence_line_end(tail) {
+                // The code block ends right here: the fence just written closes it.
+                Some(after_fence) => tail[after_fence..].to_owned(),
+                None => format!("{FENCE}\n{tail}"),
+            }
+        } else {
+            rest[cut.resume..].to_owned()
+        };
+        if !part.trim().is_empty() {
+            parts.push(part);
+        }
+        if next.len() >= rest.len() {
+            // Cannot happen (every cut consumes more than a reopened fence adds), but a splitter
+            // that loops forever would stall a worker: fall back to plain splitting.
+            fences = false;
+            continue;
+        }
+        rest = skip_blank_lines(&next).to_owned();
+    }
+    parts
+}
+
+/// Where to cut: the part is `rest[..end]`, the remainder starts at `rest[resume..]`.
+#[derive(Debug, Clone, Copy)]
+struct Cut {
+    end: usize,
+    resume: usize,
+    /// The cut falls inside a code block, whose fence must be closed and reopened.
+    inside: bool,
+}
+
+/// Candidate kinds, best first. The discriminant indexes the `best` table in [`choose_cut`].
+#[derive(Debug, Clone, Copy)]
+enum Rank {
+    ParagraphOutside = 0,
+    LineOutside,
+    LineInside,
+    WordOutside,
+    WordInside,
+    Grapheme,
+}
+const RANKS: usize = 6;
+
+/// Finds the best cut in `rest`, which is known to be longer than `max` characters.
+fn choose_cut(rest: &str, max: usize, fences: bool) -> Cut {
+    let mut best: [Option<Cut>; RANKS] = [None; RANKS];
+    let mut graphemes = rest.grapheme_indices(true).map(|(i, _)| i).peekable();
+
+    let mut in_code = false; // inside a code block at the start of the current line
+    let mut fence_line = fences && is_fence_line(rest);
+    let mut seen_content = false; // non-whitespace before the position
+    let mut code_content = false; // non-whitespace since the last fence line
+    let mut prev: Option<char> = None;
+    let mut raw_end = rest.len();
+
+    for (count, (p, c)) in rest.char_indices().enumerate() {
+        if count > max {
+            break;
+        }
+        if count == max {
+            raw_end = p;
+        }
+        while graphemes.next_if(|&g| g < p).is_some() {}
+        let at_grapheme = graphemes.peek() == Some(&p);
+        let fits = |inside: bool| count + if inside { FENCE_CLOSE_CHARS } else { 0 } <= max;
+        // A part must hold something visible. The one exception, at the lowest rank, is a cut
+        // right after leading indentation: dropping those spaces keeps an emoji that fits whole.
+        let usable = |rank: Rank, inside: bool| {
+            fits(inside)
+                && (seen_content || matches!(rank, Rank::Grapheme))
+                && (!inside || code_content)
+        };
+        let mut offer = |rank: Rank, inside: bool, resume: usize| {
+            if usable(rank, inside) {
+                best[rank as usize] = Some(Cut {
+                    end: p,
+                    resume,
+                    inside,
+                });
+            }
+        };
+
+        if c == '\n' {
+            let after = in_code != fence_line;
+            let opening_fence = fence_line && !in_code;
+            let next_line = &rest[p + 1..];
+            let next_is_fence = fences && is_fence_line(next_line);
+            // No cut right after an opening fence (the part would end in an empty code block)
+            // nor right before a closing one (the next part would start with one).
+            let pointless = opening_fence || (after && next_is_fence);
+            if !pointless {
+                let rank = match (after, is_blank_line(next_line)) {
+                    (true, _) => Rank::LineInside,
+                    (false, true) => Rank::ParagraphOutside,
+                    (false, false) => Rank::LineOutside,
+                };
+                let resume = if after {
+                    p + 1
+                } else {
+                    skip_whitespace(rest, p)
+                };
+                offer(rank, after, resume);
+            }
+            in_code = after;
+            fence_line = next_is_fence;
+            if fence_line {
+                code_content = false;
+            }
+        } else if fence_line {
+            // A fence line longer than the limit: the fence is lost whatever we do, so cut it
+            // like plain text rather than between chars.
+            if at_grapheme && p > 0 {
+                offer(Rank::Grapheme, false, p);
+            }
+        } else if c.is_whitespace() && prev.is_some_and(|prev| !prev.is_whitespace()) {
+            let rank = if in_code {
+                Rank::WordInside
+            } else {
+                Rank::WordOutside
+            };
+            offer(rank, in_code, skip_whitespace(rest, p));
+        } else if at_grapheme && p > 0 {
+            offer(Rank::Grapheme, in_code, p);
+        }
+
+        if !c.is_whitespace() {
+            seen_content = true;
+            if !fence_line {
+                code_content = true;
+            }
+        }
+        prev = Some(c);
+    }
+
+    best.into_iter().flatten().next().unwrap_or(Cut {
+        end: raw_end,
+        resume: raw_end,
+        inside: false,
+    })
+}
+
+/// Position after the whitespace that starts at `p`: past the last newline of that run (so the
+/// next line keeps its indentation), or past the whole run when it holds no newline.
+fn skip_whitespace(text: &str, p: usize) -> usize {
+    let run_len = text[p..]
+        .find(|c: char| !c.is_whitespace())
+        .unwrap_or(text.len() - p);
+    let run = &text[p..p + run_len];
+    match run.rfind('\n') {
+        Some(newline) => p + newline + 1,
+        None => p + run_len,
+    }
+}
+
+/// `text` without its leading whitespace-only lines (the first line with content keeps its indent).
+fn skip_blank_lines(text: &str) -> &str {
+    let run_len = text
+        .find(|c: char| !c.is_whitespace())
+        .unwrap_or(text.len());
+    match text[..run_len].rfind('\n') {
+        Some(newline) => &text[newline + 1..],
+        None => text,
+    }
+}
+
+fn is_blank_line(text: &str) -> bool {
+    text.split('\n')
+        .next()
+        .is_none_or(|line| line.trim().is_empty())
+}
+
+fn is_fence_line(text: &str) -> bool {
+    text.trim_start_matches([' ', '\t']).starts_with(FENCE)
+}
+
+/// When `text` starts (after blank lines) with a closing fence, a line of only backticks, the
+/// position just after that line.
+fn fence_line_end(text: &str) -> Option<usize> {
+    let start = skip_whitespace(text, 0);
+    let line_end = text[start..]
+        .find('\n')
+        .map_or(text.len(), |newline| start + newline);
+    let line = text[start..line_end].trim();
+    let closing = line.len() >= FENCE.len() && line.chars().all(|c| c == '`');
+    closing.then(|| (line_end + 1).min(text.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn chars(s: &str) -> usize {
+        s.chars().count()
+    }
+
+    #[test]
+    fn short_text_is_one_trimmed_part() {
+        let cases: &[(&str, &[&str])] = &[
+            ("hola", &["hola"]),
+            ("\n\n  hola  \n\n", &["  hola"]),
+            ("", &[]),
+            (" \n\t\n ", &[]),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(split_message(text, 10), *expected, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn boundaries_are_preferred_from_paragraph_to_char() {
+        let cases: &[(&str, usize, &[&str])] = &[
+            // Paragraph beats a later line break.
+            ("aaa\n\nbbb\nccc", 10, &["aaa", "bbb\nccc"]),
+            // Line beats a later word break.
+            ("aaa bbb\nccc ddd eee", 12, &["aaa bbb", "ccc ddd eee"]),
+            // Word breaks drop the space.
+            ("uno dos tres cuatro", 8, &["uno dos", "tres", "cuatro"]),
+            // No whitespace: graphemes.
+            ("abcdefghij", 4, &["abcd", "efgh", "ij"]),
+            // Indentation of the line after a cut is kept.
+            ("- a\n  - b", 5, &["- a", "  - b"]),
+            // Blank lines at a cut disappear.
+            ("a\n\n\n\nb", 1, &["a", "b"]),
+        ];
+        for (text, max, expected) in cases {
+            assert_eq!(split_message(text, *max), *expected, "{text:?} / {max}");
+        }
+    }
+
+    #[test]
+    fn emoji_clusters_are_never_cut_when_they_fit() {
+        let family = "👨‍👩‍👧‍👦"; // 7 chars
+        let thumbs = "👍🏽"; // 2 chars
+        let flag = "🇨🇴"; // 2 chars
+        let text = format!("{family}{thumbs}{flag}{family}");
+        assert_eq!(
+            split_message(&text, 9),
+            vec![format!("{family}{thumbs}"), format!("{flag}{family}")]
+        );
+        assert_eq!(
+            split_message(&text, 7),
+            vec![family, &format!("{thumbs}{flag}"), family]
+        );
+        // A cluster longer than the limit is cut between chars: the limit wins.
+        let parts = split_message(family, 3);
+        assert!(parts.iter().all(|p| chars(p) <= 3), "{parts:?}");
+        assert_eq!(parts.concat(), family);
+    }
+
+    #[test]
+    fn a_code_block_is_kept_whole_when_it_fits_in_the_next_part() {
+        let text = "Mira:\n```\nlet a = 1;\nlet b = 2;\n```\nListo.";
+        assert_eq!(
+            split_message(text, 30),
+            vec!["Mira:", "```\nlet a = 1;\nlet b = 2;\n```", "Listo."]
+        );
+    }
+
+    #[test]
+    fn a_long_code_block_is_closed_and_reopened_across_parts() {
+        let text = "```rust\nline one\nline two\nline three\nline four\n```\nend";
+        let parts = split_message(text, 30);
+        assert_eq!(
+            parts,
+            vec![
+                "```rust\nline one\nline two\n```",
+                "```\nline three\nline four\n```",
+                "end"
+            ]
+        );
+        for part in &parts {
+            assert_eq!(part.matches(FENCE).count() % 2, 0, "{part:?}");
+        }
+    }
+
+    #[test]
+    fn whatsapp_limit_is_counted_in_chars_not_bytes() {
+        let text = "ñ".repeat(WHATSAPP_MAX_CHARS);
+        assert_eq!(split_message(&text, WHATSAPP_MAX_CHARS), vec![text.clone()]);
+        let parts = split_message(&format!("{text} más"), WHATSAPP_MAX_CHARS);
+        assert_eq!(parts, vec![text, "más".to_owned()]);
+    }
+
+    #[test]
+    fn zero_max_is_treated_as_one() {
+        assert_eq!(split_message("ab", 0), vec!["a", "b"]);
+    }
+
+    /// Pieces that stress the splitter: words with accents and combining marks, emoji clusters,
+    /// every kind of whitespace, and code fences.
+    fn piece() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "hola",
+            "canción",
+            "São",
+            "e\u{301}",
+            "x",
+            "supercalifragilístico",
+            "*bold*",
+            "👍",
+            "👍🏽",
+            "👨‍👩‍👧‍👦",
+            "🇨🇴",
+            "🇧🇷",
+            "中文",
+            " ",
+            " ",
+            "  ",
+            "\t",
+            "\n",
+            "\n\n",
+            "\r\n",
+            "```",
+            "```rust\n",
+            "\n```\n",
+            "- ",
+            "1. ",
+            "> ",
+        ])
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop::collection::vec(piece(), 0..120).prop_map(|pieces| pieces.concat())
+    }
+
+    fn visible(s: &str) -> String {
+        s.chars()
+            .filter(|c| !c.is_whitespace() && *c != '`')
+            .collect()
+    }
+
+    fn check_invariants(text: &str, max: usize) -> Result<Vec<String>, TestCaseError> {
+        let parts = split_message(text, max);
+        for part in &parts {
+            prop_assert!(chars(part) <= max, "part over {max}: {part:?}");
+            prop_assert!(!part.trim().is_empty(), "empty part");
+            prop_assert_eq!(part.trim_end(), part.as_str(), "trailing whitespace");
+            prop_assert!(!part.starts_with('\n'), "leading blank line: {:?}", part);
+        }
+        prop_assert_eq!(visible(&parts.concat()), visible(text));
+        if !text.contains('`') {
+            let strip = |s: &str| s.chars().filter(|c| !c.is_whitespace()).collect::<String>();
+            prop_assert_eq!(strip(&parts.concat()), strip(text));
+        }
+        Ok(parts)
+    }
+
+    proptest! {
+        #[test]
+        fn tiny_limits_keep_every_invariant(text in text(), max in 1usize..=20) {
+            check_invariants(&text, max)?;
+        }
+
+        #[test]
+        fn larger_limits_keep_every_invariant(text in text(), max in 16usize..=200) {
+            check_invariants(&text, max)?;
+        }
+
+        #[test]
+        fn grapheme_clusters_survive_when_the_limit_allows(text in text(), max in 7usize..=60) {
+            // The longest cluster the generator makes is the 7-char family emoji.
+            let parts = check_invariants(&text, max)?;
+            let clusters = |s: &str| -> Vec<String> {
+                s.graphemes(true)
+                    .filter(|g| g.chars().any(|c| !c.is_whitespace()) && *g != "`")
+                    .map(str::to_owned)
+                    .collect()
+            };
+            let split: Vec<String> = parts.iter().flat_map(|p| clusters(p)).collect();
+            prop_assert_eq!(split, clusters(&text));
+        }
+
+        #[test]
+        fn cut_code_blocks_are_closed_and_reopened_in_every_part(
+            before in prop::collection::vec("[a-záé]{1,12}( [a-z]{1,8}){0,6}", 0..4),
+            code in prop::collection::vec("[a-z]{1,10}( [a-z(){};=]{1,10}){0,8}", 1..30),
+            after in prop::collection::vec("[a-z]{1,12}( [a-z]{1,8}){0,6}", 0..4),
+            max in 24usize..=160,
+        ) {
+            let text = format!(
+                "{}\n\n```rust\n{}\n```\n\n{}",
+                before.join("\n\n"),
+                code.join("\n"),
+                after.join("\n\n"),
+            );
+            let parts = check_invariants(&text, max)?;
+            for part in &parts {
+                let fences = part.lines().filter(|line| line.trim_start().starts_with(FENCE)).count();
+                prop_assert_eq!(fences % 2, 0, "unbalanced part {:?} of {:?}", part, parts);
+            }
+        }
+
+        #[test]
+        fn arbitrary_unicode_never_panics(text in "\\PC{0,300}", max in 0usize..=50) {
+            let parts = split_message(&text, max);
+            prop_assert!(parts.iter().all(|p| chars(p) <= max.max(1)));
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! Classification of WhatsApp Cloud API (Graph API) errors into what the sender should do next.
+//!
+//! The decision is made on `error.code`, **not** on the HTTP status: Meta returns its throttling
+//! errors (4, 80007, 130429, 131048, 131056) as HTTP 400 without a `Retry-After`, so a status-based
+//! classifier would drop rate-limited messages as permanent failures. The same codes also arrive
+//! asynchronously in `failed` status webhooks; [`classify_status_error`] covers that path with the
+//! same table. This module parses and classifies only: it does not wait, retry or alert (the sender
+//! combines [`ErrorClass`] with [`crate::retry`]).
+
+use serde_json::Value;
+
+/// Which limit a throttling error hit; it decides *what* to slow down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ThrottleScope {
+    /// 130429: the business number's messages-per-second throughput. Back off briefly, smooth the rate.
+    Number,
+    /// 131056: pair rate limit to one recipient. Back off that recipient only
+    /// ([`crate::retry::pair_rate_backoff`]); other recipients are unaffected.
+    Recipient,
+    /// 4: the app's Graph API call-rate limit (rolling hour). Pause the app's calls for a long while.
+    App,
+    /// 80007: the WhatsApp Business Account's rate limit. Pause that account's calls for a long while.
+    Waba,
+    /// 131048: spam rate limit, the number is restricted for quality. Pause the number and alert.
+    Spam,
+}
+
+/// What the sender should do with a message whose send failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// A rate limit: retry later, slowing down the given scope.
+    Throttled { scope: ThrottleScope },
+    /// Temporary trouble on Meta's side: retry with backoff, a bounded number of times.
+    Transient,
+    /// This message can never succeed as it is: do not retry it.
+    Permanent,
+    /// The account, token, number or permissions need an operator: stop the sender and alert.
+    Config,
+    /// 131047: more than 24 h since the user last wrote. Only a template (or a new message from the
+    /// user) can reach them; retrying the same free-form message is pointless.
+    ReEngagement,
+}
+
+impl ErrorClass {
+    /// Whether retrying the same request later can succeed without anyone changing anything.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, Self::Throttled { .. } | Self::Transient)
+    }
+}
+
+/// The `error` object of a Graph API error response, with every field except `code` optional.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphError {
+    /// `error.code`: the only field to build logic on.
+    pub code: i64,
+    /// `error.error_subcode`: deprecated for Cloud API errors, still sent by generic Graph errors.
+    pub subcode: Option<i64>,
+    /// `error.message`, often `"(#<code>) <title>"`; empty when absent. For humans and logs only.
+    pub message: String,
+    /// `error.type`, e.g. `OAuthException`.
+    pub kind: Option<String>,
+    /// `error.error_data.details`: Meta's longer explanation, for humans and logs.
+    pub details: Option<String>,
+    /// `error.fbtrace_id`: quote it to Meta support; log it with every failure.
+    pub fbtrace_id: Option<String>,
+    /// `error.is_transient`, when Meta sends it.
+    pub is_transient: Option<bool>,
+}
+
+impl GraphError {
+    /// [`classify`] applied to this error and the HTTP status it came with.
+    pub fn class(&self, http_status: u16) -> ErrorClass {
+        classify(self.code, http_status, self.is_transient)
+    }
+}
+
+/// Parses a Graph API error body `{"error": {"code": …, …}}`.
+///
+/// `code` and `error_subcode` are accepted as JSON integers or as strings of digits (some relays
+/// stringify them). Returns `None` when the body is not JSON, has no `error` object, or has no
+/// usable `code`. Leading whitespace is fine; unknown fields are ignored.
+pub fn parse_graph_error(body: &[u8]) -> Option<GraphError> {
+    let root: Value = serde_json::from_slice(body).ok()?;
+    let error = root.get("error")?;
+    let text = |value: Option<&Value>| value.and_then(Value::as_str).map(str::to_owned);
+    Some(GraphError {
+        code: int_or_string(error.get("code")?)?,
+        subcode: error.get("error_subcode").and_then(int_or_string),
+        message: text(error.get("message")).unwrap_or_default(),
+        kind: text(error.get("type")),
+        details: text(error.pointer("/error_data/details")),
+        fbtrace_id: text(error.get("fbtrace_id")),
+        is_transient: error.get("is_transient").and_then(Value::as_bool),
+    })
+}
+
+fn int_or_string(value: &Value) -> Option<i64> {
+    match value {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// The class of every code in Meta's error table (reference C.2), or `None` for codes it lists
+/// nowhere. Shared by the synchronous and the webhook path.
+fn known_class(code: i64) -> Option<ErrorClass> {
+    use ErrorClass::*;
+    use ThrottleScope::*;
+    let class = match code {
+        131047 => ReEngagement,
+
+        130429 => Throttled { scope: Number },
+        131056 => Throttled { scope: Recipient },
+        4 => Throttled { scope: App },
+        80007 => Throttled { scope: Waba },
+        131048 => Throttled { scope: Spam },
+
+        // 1 is "invalid request or possible server error": retried, and the caller's attempt bound
+        // turns it permanent. 131000 likewise ("something went wrong").
+        1 | 2 | 131000 | 131016 | 131057 | 133004 => Transient,
+
+        // Token, permissions, account, registration and number problems: an operator must act.
+        // 131064 (messaging limit after template-classification violations) is listed as
+        // "R-slow/CFG"; it only clears after a human reviews templates, so it is Config here.
+        0 | 3 | 10 | 33 | 190 | 368 | 131005 | 131030 | 131031 | 131042 | 131045 | 131064 => Config,
+        200..=299 => Config,
+        133000 | 133005..=133010 | 133015 | 133016 => Config,
+
+        // Wrong for this message (or this recipient): sending it again as is cannot help.
+        // 130497 (country restriction) is "P/CFG": permanent for this recipient, other users are fine.
+        // Template problems (132xxx) are "P/CFG": permanent for this message; the template owner
+        // sees them in the dead-letter reason.
+        100 | 130472 | 130497 | 131008 | 131009 | 131021 | 131026 | 131049 | 131050 | 131051
+        | 131052 | 131053 | 131060 | 135000 => Permanent,
+        132000..=132016 | 132068 | 132069 => Permanent,
+
+        _ => return None,
+    };
+    Some(class)
+}
+
+/// Classifies a synchronous Graph API error from its `error.code`, the HTTP status it came with and
+/// its optional `is_transient` hint.
+///
+/// Codes in Meta's table are classified by the table alone (a throttle is a throttle whatever the
+/// status). For codes the table does not list: `is_transient == Some(true)` → [`ErrorClass::Transient`];
+/// HTTP 5xx → Transient; HTTP 429 → Transient (a throttle we cannot scope); any other status
+/// (4xx included) → [`ErrorClass::Permanent`], which the sender should also alert on.
+pub fn classify(code: i64, http_status: u16, is_transient: Option<bool>) -> ErrorClass {
+    if let Some(class) = known_class(code) {
+        return class;
+    }
+    if is_transient == Some(true) || http_status == 429 || (500..600).contains(&http_status) {
+        ErrorClass::Transient
+    } else {
+        ErrorClass::Permanent
+    }
+}
+
+/// Classifies the code of an error carried by a `failed` status webhook (`statuses[].errors[].code`).
+///
+/// Same table as [`classify`] (131047 → ReEngagement; 131026, 131049, 131050, 130472 → Permanent;
+/// throttles and transient codes keep their class, so a message Meta failed with 130429 can be sent
+/// again). A code the table does not list is [`ErrorClass::Permanent`]: Meta has already given up
+/// on delivering that message and there is no HTTP status to suggest otherwise.
+pub fn classify_status_error(code: i64) -> ErrorClass {
+    known_class(code).unwrap_or(ErrorClass::Permanent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorClass::*;
+    use super::ThrottleScope::*;
+    use super::*;
+
+    /// Every code in reference C.2, with the HTTP status Meta lists for it (400 where it lists none).
+    const TABLE: &[(i64, u16, ErrorClass)] = &[
+        (0, 401, Config),
+        (190, 401, Config),
+        (3, 500, Config),
+        (10, 403, Config),
+        (200, 403, Config),
+        (250, 403, Config),
+        (299, 403, Config),
+        (4, 400, Throttled { scope: App }),
+        (80007, 400, Throttled { scope: Waba }),
+        (130429, 400, Throttled { scope: Number }),
+        (131048, 400, Throttled { scope: Spam }),
+        (131056, 400, Throttled { scope: Recipient }),
+        (133016, 400, Config),
+        (131064, 400, Config),
+        (368, 403, Config),
+        (131031, 403, Config),
+        (130497, 400, Permanent),
+        (1, 400, Transient),
+        (2, 503, Transient),
+        (33, 400, Config),
+        (100, 400, Permanent),
+        (130472, 400, Permanent),
+        (131000, 500, Transient),
+        (131005, 403, Config),
+        (131008, 400, Permanent),
+        (131009, 400, Permanent),
+        (131016, 500, Transient),
+        (131021, 400, Permanent),
+        (131026, 400, Permanent),
+        (131030, 400, Config),
+        (131042, 400, Config),
+        (131045, 500, Config),
+        (131047, 400, ReEngagement),
+        (131049, 400, Permanent),
+        (131050, 400, Permanent),
+        (131051, 400, Permanent),
+        (131052, 400, Permanent),
+        (131053, 400, Permanent),
+        (131057, 500, Transient),
+        (131060, 400, Permanent),
+        (132000, 400, Permanent),
+        (132001, 404, Permanent),
+        (132016, 400, Permanent),
+        (132068, 400, Permanent),
+        (132069, 400, Permanent),
+        (133000, 500, Config),
+        (133004, 503, Transient),
+        (133005, 400, Config),
+        (133009, 400, Config),
+        (133010, 400, Config),
+        (133015, 400, Config),
+        (135000, 400, Permanent),
+    ];
+
+    #[test]
+    fn every_code_in_metas_table_has_its_class() {
+        for &(code, status, expected) in TABLE {
+            assert_eq!(classify(code, status, None), expected, "code {code}");
+        }
+    }
+
+    #[test]
+    fn known_codes_ignore_the_http_status_and_the_transient_hint() {
+        for &(code, _, expected) in TABLE {
+            for status in [200, 400, 429, 500, 503] {
+                for hint in [None, Some(true), Some(false)] {
+                    assert_eq!(
+                        classify(code, status, hint),
+                        expected,
+                        "code {code} {status}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_codes_fall_back_on_status_and_hint() {
+        let cases = [
+            (999_999, 500, None, Transient),
+            (999_999, 502, None, Transient),
+            (999_999, 503, Some(false), Transient),
+            (999_999, 400, None, Permanent),
+            (999_999, 404, None, Permanent),
+            (999_999, 400, Some(false), Permanent),
+            (999_999, 400, Some(true), Transient),
+            (999_999, 429, None, Transient),
+            (-5, 200, None, Permanent),
+        ];
+        for (code, status, hint, expected) in cases {
+            assert_eq!(
+                classify(code, status, hint),
+                expected,
+                "{code} {status} {hint:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn status_webhook_errors_are_classified_with_the_same_table() {
+        let cases = [
+            (131047, ReEngagement),
+            (131026, Permanent),
+            (131049, Permanent),
+            (131050, Permanent),
+            (130472, Permanent),
+            (130429, Throttled { scope: Number }),
+            (131000, Transient),
+            (190, Config),
+            (424_242, Permanent),
+        ];
+        for (code, expected) in cases {
+            assert_eq!(classify_status_error(code), expected, "code {code}");
+        }
+    }
+
+    #[test]
+    fn only_throttles_and_transient_errors_are_retryable() {
+        assert!(Throttled { scope: Recipient }.is_retryable());
+        assert!(Transient.is_retryable());
+        assert!(!Permanent.is_retryable());
+        assert!(!Config.is_retryable());
+        assert!(!ReEngagement.is_retryable());
+    }
+
+    #[test]
+    fn a_full_graph_error_body_is_parsed() {
+        let body = br#"{
+          "error": {
+            "message": "(#131056) (Business Account, Consumer Account) pair rate limit hit",
+            "type": "OAuthException",
+            "code": 131056,
+            "error_subcode": 2494055,
+            "is_transient": true,
+            "error_data": {"messaging_product": "whatsapp", "details": "Too many messages."},
+            "fbtrace_id": "Az8or2yhqkZfEZ-_4Qn_Bam"
+          }
+        }"#;
+        let error = parse_graph_error(body).expect("parses");
+        assert_eq!(
+            error,
+            GraphError {
+                code: 131056,
+                subcode: Some(2494055),
+                message: "(#131056) (Business Account, Consumer Account) pair rate limit hit"
+                    .into(),
+                kind: Some("OAuthException".into()),
+                details: Some("Too many messages.".into()),
+                fbtrace_id: Some("Az8or2yhqkZfEZ-_4Qn_Bam".into()),
+                is_transient: Some(true),
+            }
+        );
+        assert_eq!(error.class(400), Throttled { scope: Recipient });
+    }
+
+    #[test]
+    fn parse_accepts_string_codes_and_missing_fields() {
+        type CodeAndSubcode = Option<(i64, Option<i64>)>;
+        let cases: &[(&[u8], CodeAndSubcode)] = &[
+            (br#"{"error":{"code":"131047"}}"#, Some((131047, None))),
+            (
+                br#"{"error":{"code":" 4 ","error_subcode":"33"}}"#,
+                Some((4, Some(33))),
+            ),
+            (
+                br#"  {"error":{"code":190,"extra":[1,2]}}"#,
+                Some((190, None)),
+            ),
+            (br#"{"error":{"code":"abc"}}"#, None),
+            (br#"{"error":{"code":1.5}}"#, None),
+            (br#"{"error":{"message":"no code"}}"#, None),
+            (br#"{"success":true}"#, None),
+            (br#"{"error":"oops"}"#, None),
+            (b"<html>502 Bad Gateway</html>", None),
+            (b"", None),
+        ];
+        for (body, expected) in cases {
+            let got = parse_graph_error(body).map(|e| (e.code, e.subcode));
+            assert_eq!(got, *expected, "{}", String::from_utf8_lossy(body));
+        }
+        let bare = parse_graph_error(br#"{"error":{"code":2}}"#).unwrap();
+        assert_eq!(bare.message, "");
+        assert_eq!(
+            (bare.kind, bare.details, bare.fbtrace_id),
+            (None, None, None)
+        );
+        assert_eq!(bare.is_transient, None);
+    }
+}

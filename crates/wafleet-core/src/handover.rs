@@ -1,0 +1,312 @@
+//! Detecting that a customer asks for a human ("quiero hablar con un asesor", "talk to a human",
+//! "falar com um atendente").
+//!
+//! Owns the keyword matching only: deciding what a handover *does* (pause the bot, notify an
+//! operator) belongs to the workers. Matching is a pure function of the text, so it runs before the
+//! LLM is called and costs nothing when no keyword is present.
+//!
+//! # How text is compared
+//! Both the keywords and the message go through the same [`normalize`]: Unicode compatibility
+//! decomposition (NFKD), combining marks removed (so `asesór` = `asesor`, `alguém` = `alguem`),
+//! lowercased, and every run of characters that are not letters or digits (spaces, punctuation,
+//! emoji) folded to one space. Then keywords match on **whole words only**: the normalized message is
+//! padded with a space at both ends and each keyword is searched as `" keyword "`.
+//!
+//! Consequences, on purpose:
+//! - `asesoramiento` does not trigger `asesor`, `inhuman` does not trigger `human`.
+//! - Plurals do not trigger singular keywords (`humanos` ≠ `humano`): a plural is a different word,
+//!   and matching prefixes would also make `asesor` fire on `asesoramiento`. Plural phrasings that
+//!   really ask for a person ("hablar con humanos") are listed as keywords of their own.
+//! - Punctuation and spacing never matter: `falar com um atendente, por favor` and
+//!   `hablar   con... un asesor` both match.
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use unicode_normalization::{UnicodeNormalization, char::is_combining_mark};
+
+/// Finds handover keywords in customer messages. Build it once (at start or on config reload) and
+/// share it: it is `Send + Sync` and matching is one linear scan of the message.
+#[derive(Debug, Clone)]
+pub struct HandoverMatcher {
+    /// One automaton for every keyword, searching the normalized, space-padded message.
+    automaton: AhoCorasick,
+    /// The keywords as the caller gave them, indexed by aho-corasick pattern id, so [`find`] can
+    /// report the configured spelling rather than the normalized one.
+    ///
+    /// [`find`]: HandoverMatcher::find
+    keywords: Vec<String>,
+}
+
+/// Spanish, English and Portuguese phrasings of "I want a person", written as users type them
+/// (accents optional: normalization removes them on both sides anyway).
+const DEFAULT_KEYWORDS: &[&str] = &[
+    // es
+    "quiero hablar con un humano",
+    "hablar con un humano",
+    "hablar con humano",
+    "hablar con humanos",
+    "hablar con una persona",
+    "hablar con persona real",
+    "hablar con un asesor",
+    "hablar con una asesora",
+    "hablar con asesor",
+    "hablar con un agente",
+    "hablar con un operador",
+    "hablar con una operadora",
+    "hablar con un representante",
+    "hablar con un ejecutivo",
+    "hablar con alguien",
+    "comunicarme con un asesor",
+    "pasame con un asesor",
+    "agente humano",
+    "asesor humano",
+    "atención humana",
+    "persona real",
+    "no quiero hablar con un bot",
+    // en
+    "talk to a human",
+    "speak to a human",
+    "talk with a human",
+    "speak with a human",
+    "talk to a person",
+    "speak to a person",
+    "talk to an agent",
+    "speak to an agent",
+    "talk to someone",
+    "speak to someone",
+    "talk to a representative",
+    "speak to a representative",
+    "talk to a real person",
+    "real person",
+    "human agent",
+    "live agent",
+    "customer service representative",
+    "connect me to an agent",
+    "transfer me to an agent",
+    "i want a human",
+    // pt
+    "falar com um atendente",
+    "falar com atendente",
+    "falar com uma atendente",
+    "falar com uma pessoa",
+    "falar com um humano",
+    "falar com humano",
+    "falar com um agente",
+    "falar com um consultor",
+    "falar com uma consultora",
+    "falar com um operador",
+    "falar com alguém",
+    "falar com o suporte",
+    "quero falar com um humano",
+    "conversar com um atendente",
+    "conversar com uma pessoa",
+    "atendente humano",
+    "atendimento humano",
+    "pessoa de verdade",
+    "me transfere para um atendente",
+];
+
+impl HandoverMatcher {
+    /// Builds a matcher for `keywords`. Keywords that normalize to nothing (empty, only punctuation
+    /// or emoji) are ignored, since they would match every message.
+    pub fn new(keywords: &[impl AsRef<str>]) -> Self {
+        let mut patterns = Vec::with_capacity(keywords.len());
+        let mut originals = Vec::with_capacity(keywords.len());
+        for keyword in keywords {
+            let normalized = normalize(keyword.as_ref());
+            if !normalized.is_empty() {
+                patterns.push(format!(" {normalized} "));
+                originals.push(keyword.as_ref().to_owned());
+            }
+        }
+        // Leftmost-longest: of two keywords starting at the same word ("hablar con un asesor" and
+        // "hablar con un asesor humano"), report the more specific one.
+        let automaton = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(&patterns)
+            .expect("handover keywords are short literal strings, well within automaton limits");
+        Self {
+            automaton,
+            keywords: originals,
+        }
+    }
+
+    /// The built-in keywords: at least 15 each in Spanish, English and Portuguese.
+    pub fn default_keywords() -> &'static [&'static str] {
+        DEFAULT_KEYWORDS
+    }
+
+    /// The first keyword (leftmost in the message) that `text` contains as whole words, spelled as
+    /// it was given to [`HandoverMatcher::new`].
+    pub fn find(&self, text: &str) -> Option<&str> {
+        let haystack = format!(" {} ", normalize(text));
+        let found = self.automaton.find(&haystack)?;
+        Some(&self.keywords[found.pattern().as_usize()])
+    }
+
+    /// Whether `text` asks for a human.
+    pub fn matches(&self, text: &str) -> bool {
+        self.find(text).is_some()
+    }
+}
+
+impl Default for HandoverMatcher {
+    /// A matcher over [`HandoverMatcher::default_keywords`].
+    fn default() -> Self {
+        Self::new(DEFAULT_KEYWORDS)
+    }
+}
+
+/// The comparison form of a text: NFKD, combining marks removed, lowercase, and every run of
+/// non-alphanumeric characters folded into a single space, trimmed. `"¡Quiero  hablar, con un
+/// ASESÓR!"` becomes `"quiero hablar con un asesor"`.
+pub fn normalize(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut pending_space = false;
+    for c in text.nfkd().filter(|c| !is_combining_mark(*c)) {
+        if c.is_alphanumeric() {
+            if pending_space && !out.is_empty() {
+                out.push(' ');
+            }
+            pending_space = false;
+            out.extend(c.to_lowercase());
+        } else {
+            pending_space = true;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalization_folds_case_accents_punctuation_and_spacing() {
+        let cases = [
+            ("QUIERO HABLAR CON UN HUMANO", "quiero hablar con un humano"),
+            (
+                "¡Quiero  hablar, con un ASESÓR!",
+                "quiero hablar con un asesor",
+            ),
+            ("falar com alguém...", "falar com alguem"),
+            ("  atenção\thumana\n", "atencao humana"),
+            ("I'd like a human 🙏", "i d like a human"),
+            ("ﬁle", "file"),
+            ("", ""),
+            ("?!… 😀", ""),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(normalize(input), expected, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn default_keywords_match_requests_in_three_languages() {
+        let matcher = HandoverMatcher::default();
+        let cases = [
+            ("QUIERO HABLAR CON UN HUMANO", "quiero hablar con un humano"),
+            ("Quiero hablar con un asesór", "hablar con un asesor"),
+            (
+                "hola, ¿puedo hablar con una persona?",
+                "hablar con una persona",
+            ),
+            ("Necesito atencion humana ya", "atención humana"),
+            ("me pasás con un agente humano??", "agente humano"),
+            ("Can I talk to a human?", "talk to a human"),
+            ("I want to SPEAK TO AN AGENT please", "speak to an agent"),
+            ("is this a real person", "real person"),
+            (
+                "falar com um atendente, por favor",
+                "falar com um atendente",
+            ),
+            ("Quero falar com alguem", "falar com alguém"),
+            ("preciso de ATENDIMENTO HUMANO", "atendimento humano"),
+            ("queria falar com uma pessoa 🙏", "falar com uma pessoa"),
+        ];
+        for (text, keyword) in cases {
+            assert_eq!(matcher.find(text), Some(keyword), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn words_that_merely_contain_a_keyword_do_not_match() {
+        let matcher = HandoverMatcher::new(&["asesor", "human", "humano", "atendente"]);
+        let cases = [
+            "Me interesa el asesoramiento fiscal",
+            "That was inhuman",
+            "humanity is great",
+            "los humanos somos así",
+            "superhumano",
+            "atendentes",
+        ];
+        for text in cases {
+            assert_eq!(matcher.find(text), None, "{text:?}");
+        }
+        assert_eq!(matcher.find("un asesor, por favor"), Some("asesor"));
+        assert_eq!(matcher.find("HUMAN!"), Some("human"));
+    }
+
+    #[test]
+    fn ordinary_messages_do_not_trigger_a_handover() {
+        let matcher = HandoverMatcher::default();
+        let cases = [
+            "¿Cuál es el horario de atención?",
+            "Quiero comprar el aceite de lavanda",
+            "What are your opening hours?",
+            "Qual o prazo de entrega para São Paulo?",
+            "Hablar es fácil",
+            "the human body needs water",
+            "",
+        ];
+        for text in cases {
+            assert_eq!(matcher.find(text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn the_leftmost_and_then_longest_keyword_is_reported() {
+        let matcher = HandoverMatcher::new(&[
+            "hablar con un asesor",
+            "hablar con un asesor humano",
+            "humano",
+        ]);
+        assert_eq!(
+            matcher.find("quiero hablar con un asesor humano"),
+            Some("hablar con un asesor humano")
+        );
+        assert_eq!(matcher.find("humano: hablar con un asesor"), Some("humano"));
+    }
+
+    #[test]
+    fn keywords_that_normalize_to_nothing_are_ignored() {
+        let matcher = HandoverMatcher::new(&["", "!!!", "🙋", "Agente"]);
+        assert_eq!(matcher.find("hola"), None);
+        assert_eq!(matcher.find("un AGENTE"), Some("Agente"));
+        let empty = HandoverMatcher::new(&[] as &[&str]);
+        assert_eq!(empty.find("talk to a human"), None);
+    }
+
+    #[test]
+    fn defaults_cover_each_language_with_at_least_fifteen_keywords() {
+        let keywords = HandoverMatcher::default_keywords();
+        let position = |k: &str| keywords.iter().position(|x| *x == k).unwrap();
+        let (en, pt) = (
+            position("talk to a human"),
+            position("falar com um atendente"),
+        );
+        assert!(en >= 15, "es: {en}");
+        assert!(pt - en >= 15, "en: {}", pt - en);
+        assert!(keywords.len() - pt >= 15, "pt: {}", keywords.len() - pt);
+        // Every default keyword matches itself, so none is shadowed by normalization.
+        let matcher = HandoverMatcher::default();
+        for keyword in keywords {
+            assert!(matcher.find(keyword).is_some(), "{keyword}");
+        }
+    }
+
+    #[test]
+    fn matcher_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<HandoverMatcher>();
+    }
+}

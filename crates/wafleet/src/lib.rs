@@ -23,6 +23,7 @@ pub mod ingest;
 pub mod store;
 pub mod streams;
 pub mod telemetry;
+pub mod worker;
 
 /// Completes on SIGTERM or Ctrl-C: what every binary passes as its shutdown future.
 pub async fn shutdown_signal() {

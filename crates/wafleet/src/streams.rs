@@ -16,6 +16,11 @@
 //! | `P:{quarantine}:seen:<dedup key>` | string, TTL | dedup mark of a quarantined update |
 //! | `P:{dead}:ingest` | stream | signed bodies or items ingest could not parse, whole, with the reason |
 //! | `P:{dead}:seen:<digest>` | string, TTL | dedup mark of a dead letter |
+//! | `P:{pn}:replies` | stream | reply jobs from the conversation stage to the LLM stage, partition n |
+//! | `P:{pn}:outbox` | stream | send jobs for the sender stage, partition n |
+//!
+//! The worker runtime adds its own keys per stage (leases, delayed retries, dead letters): see
+//! `crate::worker`.
 //!
 //! # Partitioning
 //! An update's partition is `fnv1a64(conversation key) mod WAFLEET_PARTITIONS`, where the
@@ -75,6 +80,32 @@ impl Keys {
     }
     pub fn status(&self, partition: u32) -> String {
         format!("{}:{{p{partition}}}:status", self.prefix)
+    }
+    pub fn replies(&self, partition: u32) -> String {
+        format!("{}:{{p{partition}}}:replies", self.prefix)
+    }
+    pub fn outbox(&self, partition: u32) -> String {
+        format!("{}:{{p{partition}}}:outbox", self.prefix)
+    }
+    /// Owner of a stage's partition.
+    pub fn lease(&self, stage: &str, partition: u32) -> String {
+        format!("{}:{{p{partition}}}:lease:{stage}", self.prefix)
+    }
+    /// Parked conversations of a stage's partition, scored by due time.
+    pub fn delayed(&self, stage: &str, partition: u32) -> String {
+        format!("{}:{{p{partition}}}:delayed:{stage}", self.prefix)
+    }
+    /// A parked conversation's jobs, oldest first.
+    pub fn held(&self, stage: &str, partition: u32, conv: &str) -> String {
+        format!("{}:{{p{partition}}}:held:{stage}:{conv}", self.prefix)
+    }
+    /// Live processes of a stage.
+    pub fn workers(&self, stage: &str) -> String {
+        format!("{}:{{workers}}:{stage}", self.prefix)
+    }
+    /// A stage's dead-letter stream.
+    pub fn dead(&self, stage: &str) -> String {
+        format!("{}:{{dead}}:{stage}", self.prefix)
     }
     pub fn events(&self) -> String {
         format!("{}:{{events}}:stream", self.prefix)

@@ -1,0 +1,241 @@
+//! Partition ownership: which process works which partition of a stage.
+//!
+//! Every process of a stage heartbeats into `P:{workers}:<stage>`; from the number of live
+//! processes it computes its fair share `ceil(partitions / live)`, takes free partitions up to it
+//! (`SET lease NX PX ttl`) and gives back what exceeds it (after finishing what it holds), so a
+//! fleet rebalances by itself when processes come and go. Leases are renewed every third of their
+//! TTL; a process that loses a lease (or cannot confirm it for two thirds of the TTL) abandons the
+//! partition at once, before the lease can pass to anyone else.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use redis::AsyncCommands;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::partition::{Partition, Scripts};
+use super::{Handler, StageRuntime};
+
+/// Extends a lease only if we still own it. KEYS: lease. ARGV: owner, ttl ms.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// Deletes a lease only if we still own it. KEYS: lease. ARGV: owner.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+struct Owned {
+    soft: CancellationToken,
+    hard: CancellationToken,
+    task: JoinHandle<()>,
+    last_renewed: Instant,
+    /// Being given back: no longer counted in our share, released once its task ends.
+    releasing: bool,
+}
+
+/// A unique name for this process in consumer groups and leases.
+pub fn consumer_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let host = host.trim();
+    let suffix: u32 = rand::thread_rng().r#gen();
+    format!(
+        "{}-{}-{suffix:08x}",
+        if host.is_empty() { "host" } else { host },
+        std::process::id()
+    )
+}
+
+/// Runs a stage in this process until `rt.shutdown` fires, then stops taking work, gives
+/// in-flight jobs `shutdown_grace` to finish, releases its leases and returns.
+pub async fn run_stage<H: Handler>(rt: StageRuntime<H>) -> anyhow::Result<()> {
+    rt.settings.validate()?;
+    let rt = Arc::new(rt);
+    let consumer = consumer_id();
+    let stage = rt.stage.name;
+    let scripts = Arc::new(Scripts::new());
+    let renew = redis::Script::new(RENEW);
+    let release = redis::Script::new(RELEASE);
+    let permits = Arc::new(Semaphore::new(rt.settings.max_in_flight));
+    let ttl = rt.settings.lease_ttl;
+    let tick = (ttl / 3).max(Duration::from_millis(50));
+    let partitions = rt.keys.partitions();
+    let workers_key = rt.keys.workers(stage);
+    let mut owned: HashMap<u32, Owned> = HashMap::new();
+    tracing::info!(stage, consumer = %consumer, partitions, "worker started");
+
+    loop {
+        // One round of bookkeeping; Redis errors skip the round (leases are renewed by time).
+        let round = async {
+            let mut con = rt.redis.get().await?;
+            let now = chrono::Utc::now().timestamp_millis();
+            let _: () = redis::pipe()
+                .zadd(&workers_key, &consumer, now)
+                .zrembyscore(&workers_key, "-inf", now - 2 * ttl.as_millis() as i64)
+                .query_async(&mut con)
+                .await?;
+            let live: u32 = con.zcard(&workers_key).await?;
+            let share = partitions.div_ceil(live.max(1));
+
+            for (p, o) in owned.iter_mut() {
+                let ok: i64 = renew
+                    .key(rt.keys.lease(stage, *p))
+                    .arg(&consumer)
+                    .arg(ttl.as_millis() as u64)
+                    .invoke_async(&mut con)
+                    .await?;
+                if ok == 1 {
+                    o.last_renewed = Instant::now();
+                } else {
+                    tracing::warn!(stage, partition = p, "lease lost; abandoning the partition");
+                    o.hard.cancel();
+                }
+            }
+            // Partitions whose task ended (given back, abandoned, or failed): release.
+            let ended: Vec<u32> = owned
+                .iter()
+                .filter(|(_, o)| o.task.is_finished())
+                .map(|(p, _)| *p)
+                .collect();
+            for p in ended {
+                owned.remove(&p);
+                let _: i64 = release
+                    .key(rt.keys.lease(stage, p))
+                    .arg(&consumer)
+                    .invoke_async(&mut con)
+                    .await?;
+                tracing::info!(stage, partition = p, "partition released");
+            }
+            let active = owned.values().filter(|o| !o.releasing).count() as u32;
+            if active > share {
+                let extra: Vec<u32> = owned
+                    .iter()
+                    .filter(|(_, o)| !o.releasing)
+                    .map(|(p, _)| *p)
+                    .take((active - share) as usize)
+                    .collect();
+                for p in extra {
+                    let o = owned.get_mut(&p).expect("listed");
+                    o.releasing = true;
+                    o.soft.cancel();
+                    tracing::info!(
+                        stage,
+                        partition = p,
+                        share,
+                        "giving a partition back to rebalance"
+                    );
+                }
+            } else if active < share {
+                let start = rand::thread_rng().gen_range(0..partitions);
+                let mut want = share - active;
+                for i in 0..partitions {
+                    if want == 0 {
+                        break;
+                    }
+                    let p = (start + i) % partitions;
+                    if owned.contains_key(&p) {
+                        continue;
+                    }
+                    let got: Option<String> = redis::cmd("SET")
+                        .arg(rt.keys.lease(stage, p))
+                        .arg(&consumer)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(ttl.as_millis() as u64)
+                        .query_async(&mut con)
+                        .await?;
+                    if got.is_none() {
+                        continue;
+                    }
+                    want -= 1;
+                    let soft = CancellationToken::new();
+                    let hard = CancellationToken::new();
+                    let part = Arc::new(Partition::new(
+                        rt.clone(),
+                        scripts.clone(),
+                        p,
+                        consumer.clone(),
+                        permits.clone(),
+                        soft.clone(),
+                        hard.clone(),
+                    ));
+                    let task = tokio::spawn(part.run());
+                    tracing::info!(stage, partition = p, "partition acquired");
+                    owned.insert(
+                        p,
+                        Owned {
+                            soft,
+                            hard,
+                            task,
+                            last_renewed: Instant::now(),
+                            releasing: false,
+                        },
+                    );
+                }
+            }
+            metrics::gauge!("wafleet_worker_partitions_owned", "stage" => stage)
+                .set(owned.len() as f64);
+            Ok::<(), anyhow::Error>(())
+        };
+        if let Err(e) = round.await {
+            metrics::counter!("wafleet_worker_redis_errors_total", "stage" => stage).increment(1);
+            tracing::warn!(stage, error = %e, "lease round failed");
+        }
+        // A lease we could not renew for two thirds of its life may be gone: stop before another
+        // process can take it.
+        for (p, o) in owned.iter() {
+            if o.last_renewed.elapsed() > ttl * 2 / 3 && !o.hard.is_cancelled() {
+                tracing::warn!(
+                    stage,
+                    partition = p,
+                    "lease not confirmed in time; abandoning the partition"
+                );
+                o.hard.cancel();
+            }
+        }
+        tokio::select! {
+            _ = rt.shutdown.cancelled() => break,
+            _ = tokio::time::sleep(tick) => {}
+        }
+    }
+
+    tracing::info!(
+        stage,
+        "shutting down: no new work; finishing in-flight jobs"
+    );
+    for o in owned.values() {
+        o.soft.cancel();
+    }
+    let deadline = tokio::time::Instant::now() + rt.settings.shutdown_grace.min(ttl * 2 / 3);
+    for o in owned.values_mut() {
+        if tokio::time::timeout_at(deadline, &mut o.task)
+            .await
+            .is_err()
+        {
+            o.hard.cancel();
+            let _ = (&mut o.task).await;
+        }
+    }
+    if let Ok(mut con) = rt.redis.get().await {
+        for p in owned.keys() {
+            let _: redis::RedisResult<i64> = release
+                .key(rt.keys.lease(stage, *p))
+                .arg(&consumer)
+                .invoke_async(&mut con)
+                .await;
+        }
+        let _: redis::RedisResult<i64> = con.zrem(&workers_key, &consumer).await;
+    }
+    tracing::info!(stage, "worker stopped");
+    Ok(())
+}

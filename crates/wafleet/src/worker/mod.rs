@@ -1,0 +1,226 @@
+//! The worker runtime every stage shares.
+//!
+//! # Guarantees
+//! - **Nothing lost.** An entry leaves its stream only after its handler finished with it
+//!   (`Done`), or after it was moved, in the same Redis script, to the stage's held list (a delayed
+//!   retry) or to the dead-letter stream. A process that dies mid-job leaves the entry pending in
+//!   the consumer group, and the next owner of the partition claims it (`XAUTOCLAIM`).
+//! - **One conversation, in order, never two at once.** Ingest puts all updates of a conversation
+//!   on one partition stream. Each partition of a stage is owned by exactly one live process at a
+//!   time, through a lease in Redis ([`lease`]); the owner runs each conversation's jobs one after
+//!   another in stream order (a lane per conversation) while different conversations run
+//!   concurrently. A conversation whose job waits for a delayed retry is *parked*: its later jobs
+//!   are appended behind it in a held list instead of overtaking it.
+//! - **Bounded.** At most `max_in_flight` jobs per process; reading stops when the bound is hit.
+//! - **Crash-proof retries.** A delayed retry is a held list `P:{pn}:held:<stage>:<conv>` plus the
+//!   conversation in the sorted set `P:{pn}:delayed:<stage>` scored by due time; the partition
+//!   owner's scheduler drains due conversations. Both live in Redis, so a new owner resumes them.
+//! - **Visibility timeout.** A lease lasts `lease_ttl`; a process that cannot renew it stops
+//!   working the partition before the lease can pass to another process. The new owner claims
+//!   every pending entry of the partition before reading new ones, which is safe only if no job can
+//!   still be running elsewhere: hence `lease_ttl` must exceed the stage's job deadline, and
+//!   [`WorkerSettings::validate`] refuses a configuration where it does not.
+//!
+//! # Keys (see also [`crate::streams`])
+//! | key | type | what |
+//! |---|---|---|
+//! | `P:{pn}:lease:<stage>` | string, PX | id of the process owning partition n for the stage |
+//! | `P:{pn}:delayed:<stage>` | zset | parked conversations, scored by due time (Unix ms) |
+//! | `P:{pn}:held:<stage>:<conv>` | list | a parked conversation's jobs, oldest first |
+//! | `P:{workers}:<stage>` | zset | live processes of the stage, scored by last heartbeat |
+//! | `P:{dead}:<stage>` | stream | jobs given up on, with `reason`, `deliveries`, `attempts` |
+
+mod lease;
+mod partition;
+pub mod sampler;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::bail;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::streams::Keys;
+
+pub use lease::run_stage;
+
+/// A stage: a consumer group over one family of partition streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stage {
+    /// Consumer group name, also used in keys and metric labels.
+    pub name: &'static str,
+    /// Which partition streams it consumes.
+    pub source: Source,
+}
+
+/// The families of partition streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Inbound,
+    Status,
+    Replies,
+    Outbox,
+}
+
+impl Stage {
+    pub fn stream(&self, keys: &Keys, partition: u32) -> String {
+        match self.source {
+            Source::Inbound => keys.inbound(partition),
+            Source::Status => keys.status(partition),
+            Source::Replies => keys.replies(partition),
+            Source::Outbox => keys.outbox(partition),
+        }
+    }
+}
+
+/// One unit of work handed to a handler.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    /// Stream entry id where the job was first read (stable across retries).
+    pub id: String,
+    pub partition: u32,
+    /// Conversation key (the `conv` field), or the entry id when the entry has none.
+    pub conv: String,
+    pub fields: HashMap<String, String>,
+    /// How many times a handler already asked to retry this job later.
+    pub attempt: u32,
+    /// How many times Redis delivered the entry (1 on first read; more after reclaims).
+    #[serde(default)]
+    pub deliveries: u64,
+}
+
+impl Job {
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields.get(name).map(String::as_str)
+    }
+}
+
+/// What a handler decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    /// Try again after `after`, parking the conversation meanwhile. Counts towards
+    /// `max_attempts`.
+    Retry {
+        after: Duration,
+        reason: String,
+    },
+    /// Give up: the job goes to the dead-letter stream with the reason.
+    Dead {
+        reason: String,
+    },
+    /// A dependency (Postgres, Redis, a provider) is away: keep the job and try again with
+    /// jittered exponential backoff, for as long as it takes. Does not count as an attempt.
+    Unavailable {
+        reason: String,
+    },
+}
+
+impl Outcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Done => "done",
+            Outcome::Retry { .. } => "retry",
+            Outcome::Dead { .. } => "dead",
+            Outcome::Unavailable { .. } => "unavailable",
+        }
+    }
+}
+
+/// A stage's logic. Must be idempotent: a job may run again after a crash or a reclaim.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, job: &Job) -> impl Future<Output = Outcome> + Send;
+}
+
+/// Runtime settings of one stage in one process.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Jobs in flight in this process, across partitions.
+    pub max_in_flight: usize,
+    /// How long a handler may run before the job is treated as a retry.
+    pub job_deadline: Duration,
+    /// Partition lease duration (the visibility timeout). Must exceed `job_deadline`.
+    pub lease_ttl: Duration,
+    /// Deliveries of one entry (crashes, reclaims) before it is dead-lettered.
+    pub max_deliveries: u64,
+    /// Handler retries of one job before it is dead-lettered.
+    pub max_attempts: u32,
+    /// First and largest pause when a dependency is unavailable.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// How long in-flight jobs get after SIGTERM before they are released.
+    pub shutdown_grace: Duration,
+    /// How long one XREADGROUP blocks waiting for entries.
+    pub read_block: Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 256,
+            job_deadline: Duration::from_secs(30),
+            lease_ttl: Duration::from_secs(45),
+            max_deliveries: 5,
+            max_attempts: 8,
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(20),
+            read_block: Duration::from_millis(500),
+        }
+    }
+}
+
+impl WorkerSettings {
+    /// Refuses settings under which a reclaimed job could still be running elsewhere.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.lease_ttl <= self.job_deadline {
+            bail!(
+                "WAFLEET_LEASE_TTL_MS ({:?}) must exceed WAFLEET_JOB_DEADLINE_MS ({:?}): otherwise a \
+                 partition could pass to another process while one of its jobs is still running",
+                self.lease_ttl,
+                self.job_deadline
+            );
+        }
+        if self.max_in_flight == 0 || self.max_deliveries == 0 {
+            bail!("WAFLEET_MAX_IN_FLIGHT and WAFLEET_MAX_DELIVERIES must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn from_env() -> anyhow::Result<Self> {
+        use crate::config::parsed;
+        let d = Self::default();
+        let ms = |name: &str, default: Duration| -> anyhow::Result<Duration> {
+            Ok(Duration::from_millis(parsed(
+                name,
+                default.as_millis() as u64,
+            )?))
+        };
+        let s = Self {
+            max_in_flight: parsed("WAFLEET_MAX_IN_FLIGHT", d.max_in_flight)?,
+            job_deadline: ms("WAFLEET_JOB_DEADLINE_MS", d.job_deadline)?,
+            lease_ttl: ms("WAFLEET_LEASE_TTL_MS", d.lease_ttl)?,
+            max_deliveries: parsed("WAFLEET_MAX_DELIVERIES", d.max_deliveries)?,
+            max_attempts: parsed("WAFLEET_MAX_ATTEMPTS", d.max_attempts)?,
+            backoff_base: ms("WAFLEET_BACKOFF_BASE_MS", d.backoff_base)?,
+            backoff_max: ms("WAFLEET_BACKOFF_MAX_MS", d.backoff_max)?,
+            shutdown_grace: Duration::from_secs(parsed("WAFLEET_SHUTDOWN_GRACE_SECS", 20)?),
+            read_block: d.read_block,
+        };
+        s.validate()?;
+        Ok(s)
+    }
+}
+
+/// Everything the runtime needs to run one stage.
+pub struct StageRuntime<H> {
+    pub stage: Stage,
+    pub keys: Keys,
+    pub redis: deadpool_redis::Pool,
+    pub handler: Arc<H>,
+    pub settings: WorkerSettings,
+    pub shutdown: CancellationToken,
+}

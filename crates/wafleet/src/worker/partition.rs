@@ -1,0 +1,767 @@
+//! One owned partition of one stage: claims what the previous owner left pending, reads new
+//! entries, runs each conversation's jobs in order on its own lane, parks conversations whose job
+//! waits for a delayed retry, and drains them when due.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use redis::AsyncCommands;
+use redis::streams::{
+    StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadOptions, StreamReadReply,
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{Handler, Job, Outcome, StageRuntime};
+
+/// Puts a retried job at the head of its conversation's held list, schedules the conversation,
+/// and removes the entry from the stream, atomically.
+/// KEYS: held, delayed, stream. ARGV: payload, due ms, conv, group, entry id (may be empty).
+const PARK_HEAD: &str = r"
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+if ARGV[5] ~= '' then
+  redis.call('XACK', KEYS[3], ARGV[4], ARGV[5])
+  redis.call('XDEL', KEYS[3], ARGV[5])
+end
+return 1
+";
+
+/// Appends a job behind its parked conversation's held list and removes it from the stream.
+/// KEYS: held, delayed, stream. ARGV: payload, now ms, conv, group, entry id.
+const PARK_BEHIND: &str = r"
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], 'NX', ARGV[2], ARGV[3])
+redis.call('XACK', KEYS[3], ARGV[4], ARGV[5])
+redis.call('XDEL', KEYS[3], ARGV[5])
+return 1
+";
+
+/// A held job is finished: pop it if it is still the head. KEYS: held. ARGV: payload.
+const POP_HEAD: &str = r"
+if redis.call('LINDEX', KEYS[1], 0) == ARGV[1] then redis.call('LPOP', KEYS[1]) end
+return 1
+";
+
+/// A held job asks for another retry: replace the head and reschedule.
+/// KEYS: held, delayed. ARGV: old payload, new payload, due ms, conv.
+const REPARK_HEAD: &str = r"
+if redis.call('LINDEX', KEYS[1], 0) == ARGV[1] then redis.call('LSET', KEYS[1], 0, ARGV[2]) end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+return 1
+";
+
+/// The held list is empty: unschedule the conversation. KEYS: held, delayed. ARGV: conv.
+const FINISH_DRAIN: &str = r"
+if redis.call('LLEN', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) return 1 end
+return 0
+";
+
+pub(super) struct Scripts {
+    park_head: redis::Script,
+    park_behind: redis::Script,
+    pop_head: redis::Script,
+    repark_head: redis::Script,
+    finish_drain: redis::Script,
+}
+
+impl Scripts {
+    pub(super) fn new() -> Self {
+        Self {
+            park_head: redis::Script::new(PARK_HEAD),
+            park_behind: redis::Script::new(PARK_BEHIND),
+            pop_head: redis::Script::new(POP_HEAD),
+            repark_head: redis::Script::new(REPARK_HEAD),
+            finish_drain: redis::Script::new(FINISH_DRAIN),
+        }
+    }
+}
+
+enum Work {
+    /// An entry read from the stream (or claimed), holding its in-flight permit.
+    Fresh(Job, OwnedSemaphorePermit),
+    /// Run the conversation's held jobs, oldest first.
+    Drain,
+}
+
+/// Everything one partition's tasks share.
+pub(super) struct Partition<H> {
+    pub rt: Arc<StageRuntime<H>>,
+    pub scripts: Arc<Scripts>,
+    pub partition: u32,
+    pub consumer: String,
+    pub permits: Arc<Semaphore>,
+    /// Stop reading new entries (lanes finish what they hold).
+    pub soft: CancellationToken,
+    /// Abandon everything now: the lease is gone (entries stay pending for the next owner).
+    pub hard: CancellationToken,
+    stream: String,
+    lanes: Mutex<HashMap<String, VecDeque<Work>>>,
+    draining: Mutex<HashSet<String>>,
+    tracker: TaskTracker,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn is_nogroup(e: &redis::RedisError) -> bool {
+    e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP")
+}
+
+impl<H: Handler> Partition<H> {
+    pub(super) fn new(
+        rt: Arc<StageRuntime<H>>,
+        scripts: Arc<Scripts>,
+        partition: u32,
+        consumer: String,
+        permits: Arc<Semaphore>,
+        soft: CancellationToken,
+        hard: CancellationToken,
+    ) -> Self {
+        let stream = rt.stage.stream(&rt.keys, partition);
+        Self {
+            rt,
+            scripts,
+            partition,
+            consumer,
+            permits,
+            soft,
+            hard,
+            stream,
+            lanes: Mutex::new(HashMap::new()),
+            draining: Mutex::new(HashSet::new()),
+            tracker: TaskTracker::new(),
+        }
+    }
+
+    fn group(&self) -> &'static str {
+        self.rt.stage.name
+    }
+
+    fn delayed_key(&self) -> String {
+        self.rt.keys.delayed(self.group(), self.partition)
+    }
+
+    fn held_key(&self, conv: &str) -> String {
+        self.rt.keys.held(self.group(), self.partition, conv)
+    }
+
+    /// Jittered exponential pause for the `n`th consecutive failure.
+    fn pause(&self, n: u32) -> Duration {
+        let s = &self.rt.settings;
+        let cap = s
+            .backoff_base
+            .saturating_mul(2u32.saturating_pow(n.min(16)))
+            .min(s.backoff_max);
+        cap.mul_f64(rand::thread_rng().gen_range(0.5..1.0))
+    }
+
+    /// Sleeps, unless the partition is abandoned meanwhile (then returns false).
+    async fn sleep(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = self.hard.cancelled() => false,
+            _ = tokio::time::sleep(d) => true,
+        }
+    }
+
+    async fn con(&self) -> anyhow::Result<deadpool_redis::Connection> {
+        Ok(self.rt.redis.get().await?)
+    }
+
+    async fn ensure_group(&self) -> anyhow::Result<()> {
+        let mut con = self.con().await?;
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.stream)
+            .arg(self.group())
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut con)
+            .await;
+        match created {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Runs the partition until soft-stopped (then waits for lanes) or abandoned.
+    pub(super) async fn run(self: Arc<Self>) {
+        let mut failures = 0;
+        // Take over whatever the previous owner left pending, in stream order.
+        loop {
+            match self.take_over().await {
+                Ok(()) => break,
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(stage = self.group(), partition = self.partition, error = %e, "taking over the partition failed; backing off");
+                    if self.soft.is_cancelled() || !self.sleep(self.pause(failures)).await {
+                        return;
+                    }
+                }
+            }
+        }
+        failures = 0;
+        let mut next_schedule = Instant::now();
+        while !self.soft.is_cancelled() && !self.hard.is_cancelled() {
+            if Instant::now() >= next_schedule {
+                if let Err(e) = self.schedule_due().await {
+                    tracing::warn!(stage = self.group(), partition = self.partition, error = %e, "delayed-set scan failed");
+                }
+                next_schedule = Instant::now() + Duration::from_millis(100);
+            }
+            match self.read_batch().await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    metrics::counter!("wafleet_worker_redis_errors_total", "stage" => self.group())
+                        .increment(1);
+                    tracing::warn!(stage = self.group(), partition = self.partition, error = %e, "reading the stream failed; backing off");
+                    if !self.sleep(self.pause(failures)).await {
+                        break;
+                    }
+                }
+            }
+        }
+        self.tracker.close();
+        tokio::select! {
+            _ = self.tracker.wait() => {}
+            _ = self.hard.cancelled() => {}
+        }
+    }
+
+    async fn take_over(self: &Arc<Self>) -> anyhow::Result<()> {
+        self.ensure_group().await?;
+        let mut con = self.con().await?;
+        let mut start = "0-0".to_string();
+        let mut claimed: Vec<StreamId> = Vec::new();
+        loop {
+            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                .arg(&self.stream)
+                .arg(self.group())
+                .arg(&self.consumer)
+                .arg(0)
+                .arg(&start)
+                .arg("COUNT")
+                .arg(200)
+                .query_async(&mut con)
+                .await?;
+            if !reply.deleted_ids.is_empty() {
+                // In the pending list but gone from the stream: nothing left to process.
+                let _: () = con
+                    .xack(&self.stream, self.group(), &reply.deleted_ids)
+                    .await?;
+            }
+            claimed.extend(reply.claimed);
+            if reply.next_stream_id == "0-0" {
+                break;
+            }
+            start = reply.next_stream_id;
+        }
+        if claimed.is_empty() {
+            return Ok(());
+        }
+        let deliveries = self.delivery_counts(&mut con).await?;
+        tracing::info!(
+            stage = self.group(),
+            partition = self.partition,
+            entries = claimed.len(),
+            "claimed pending entries"
+        );
+        metrics::counter!("wafleet_worker_reclaimed_total", "stage" => self.group())
+            .increment(claimed.len() as u64);
+        for entry in claimed {
+            let n = deliveries.get(&entry.id).copied().unwrap_or(1);
+            let permit = self.permits.clone().acquire_owned().await?;
+            self.dispatch_fresh(entry, n, permit);
+        }
+        Ok(())
+    }
+
+    async fn delivery_counts(
+        &self,
+        con: &mut deadpool_redis::Connection,
+    ) -> anyhow::Result<HashMap<String, u64>> {
+        let mut counts = HashMap::new();
+        let mut start = "-".to_string();
+        loop {
+            let reply: StreamPendingCountReply = redis::cmd("XPENDING")
+                .arg(&self.stream)
+                .arg(self.group())
+                .arg(&start)
+                .arg("+")
+                .arg(500)
+                .arg(&self.consumer)
+                .query_async(con)
+                .await?;
+            let last = reply.ids.last().map(|p| p.id.clone());
+            let n = reply.ids.len();
+            for p in reply.ids {
+                counts.insert(p.id, p.times_delivered as u64);
+            }
+            match last {
+                Some(id) if n == 500 => start = format!("({id}"),
+                _ => return Ok(counts),
+            }
+        }
+    }
+
+    async fn read_batch(self: &Arc<Self>) -> anyhow::Result<()> {
+        // Wait for room before reading, so the bound on in-flight jobs holds.
+        let first = tokio::select! {
+            p = self.permits.clone().acquire_owned() => p?,
+            _ = self.soft.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_millis(100)) => return Ok(()),
+        };
+        let room = 1 + self.permits.available_permits().min(199);
+        let mut con = self.con().await?;
+        let opts = StreamReadOptions::default()
+            .group(self.group(), &self.consumer)
+            .count(room)
+            .block(self.rt.settings.read_block.as_millis() as usize);
+        let reply: redis::RedisResult<Option<StreamReadReply>> =
+            con.xread_options(&[&self.stream], &[">"], &opts).await;
+        drop(con);
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) if is_nogroup(&e) => {
+                // Redis restarted without persistence: the group is gone. Re-create and go on.
+                tracing::warn!(
+                    stage = self.group(),
+                    partition = self.partition,
+                    "consumer group missing; re-creating it"
+                );
+                self.ensure_group().await?;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let entries: Vec<StreamId> = reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .collect();
+        let mut first = Some(first);
+        for entry in entries {
+            let permit = match first.take() {
+                Some(p) => p,
+                None => self.permits.clone().acquire_owned().await?,
+            };
+            self.dispatch_fresh(entry, 1, permit);
+        }
+        Ok(())
+    }
+
+    fn dispatch_fresh(
+        self: &Arc<Self>,
+        entry: StreamId,
+        deliveries: u64,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let fields: HashMap<String, String> = entry
+            .map
+            .iter()
+            .filter_map(|(k, v)| {
+                redis::from_redis_value::<String>(v)
+                    .ok()
+                    .map(|v| (k.clone(), v))
+            })
+            .collect();
+        let conv = fields
+            .get("conv")
+            .cloned()
+            .unwrap_or_else(|| entry.id.clone());
+        let job = Job {
+            id: entry.id,
+            partition: self.partition,
+            conv: conv.clone(),
+            fields,
+            attempt: 0,
+            deliveries,
+        };
+        self.dispatch(conv, Work::Fresh(job, permit));
+    }
+
+    fn dispatch(self: &Arc<Self>, conv: String, work: Work) {
+        let mut lanes = self.lanes.lock().expect("lanes lock");
+        if let Some(queue) = lanes.get_mut(&conv) {
+            queue.push_back(work);
+            return;
+        }
+        lanes.insert(conv.clone(), VecDeque::from([work]));
+        drop(lanes);
+        let this = Arc::clone(self);
+        self.tracker.spawn(async move {
+            tokio::select! {
+                _ = this.lane(conv) => {}
+                _ = this.hard.cancelled() => {}
+            }
+        });
+    }
+
+    /// Runs one conversation's work, in order, until its queue is empty.
+    async fn lane(&self, conv: String) {
+        loop {
+            let work = {
+                let mut lanes = self.lanes.lock().expect("lanes lock");
+                let queue = lanes.get_mut(&conv).expect("a running lane has a queue");
+                match queue.pop_front() {
+                    Some(w) => w,
+                    None => {
+                        lanes.remove(&conv);
+                        return;
+                    }
+                }
+            };
+            match work {
+                Work::Fresh(job, permit) => {
+                    self.process_fresh(job).await;
+                    drop(permit);
+                }
+                Work::Drain => {
+                    self.drain(&conv).await;
+                    self.draining.lock().expect("draining lock").remove(&conv);
+                }
+            }
+        }
+    }
+
+    async fn schedule_due(self: &Arc<Self>) -> anyhow::Result<()> {
+        let mut con = self.con().await?;
+        let due: Vec<String> = con
+            .zrangebyscore_limit(self.delayed_key(), "-inf", now_ms(), 0, 100)
+            .await?;
+        for conv in due {
+            if self
+                .draining
+                .lock()
+                .expect("draining lock")
+                .insert(conv.clone())
+            {
+                self.dispatch(conv, Work::Drain);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the handler with the stage's deadline and records metrics.
+    async fn run_handler(&self, job: &Job) -> Outcome {
+        let started = Instant::now();
+        let outcome =
+            match tokio::time::timeout(self.rt.settings.job_deadline, self.rt.handler.handle(job))
+                .await
+            {
+                Ok(o) => o,
+                Err(_) => Outcome::Retry {
+                    after: self.pause(job.attempt),
+                    reason: format!(
+                        "job exceeded its deadline of {:?}",
+                        self.rt.settings.job_deadline
+                    ),
+                },
+            };
+        let stage = self.group();
+        metrics::counter!("wafleet_jobs_total", "stage" => stage, "outcome" => outcome.label())
+            .increment(1);
+        metrics::histogram!("wafleet_job_duration_seconds", "stage" => stage)
+            .record(started.elapsed().as_secs_f64());
+        match &outcome {
+            Outcome::Done => tracing::debug!(stage, id = %job.id, "job done"),
+            Outcome::Retry { after, reason } => {
+                tracing::info!(stage, id = %job.id, ?after, reason, "job retries later")
+            }
+            Outcome::Dead { reason } => {
+                tracing::warn!(stage, id = %job.id, reason, "job dead-lettered")
+            }
+            Outcome::Unavailable { reason } => {
+                tracing::warn!(stage, id = %job.id, reason, "dependency unavailable; backing off")
+            }
+        }
+        outcome
+    }
+
+    /// Repeats a Redis step until it succeeds or the partition is abandoned.
+    async fn persist<T, F, Fut>(&self, what: &str, mut step: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<T>>,
+    {
+        let mut n = 0;
+        loop {
+            match step().await {
+                Ok(v) => return Some(v),
+                Err(e) => {
+                    n += 1;
+                    metrics::counter!("wafleet_worker_redis_errors_total", "stage" => self.group())
+                        .increment(1);
+                    tracing::warn!(stage = self.group(), error = %e, what, "Redis step failed; retrying");
+                    if !self.sleep(self.pause(n)).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn process_fresh(&self, job: Job) {
+        if job.deliveries > self.rt.settings.max_deliveries {
+            let reason = format!(
+                "delivered {} times (limit {})",
+                job.deliveries, self.rt.settings.max_deliveries
+            );
+            metrics::counter!("wafleet_jobs_total", "stage" => self.group(), "outcome" => "dead")
+                .increment(1);
+            tracing::warn!(stage = self.group(), id = %job.id, reason, "poison entry dead-lettered");
+            self.dead_letter(&job, &reason).await;
+            self.ack(&job).await;
+            return;
+        }
+        // A parked conversation keeps its order: this job waits behind the held ones.
+        let Some(parked) = self
+            .persist("checking for a parked conversation", || async {
+                let mut con = self.con().await?;
+                let parked: bool = con.exists(self.held_key(&job.conv)).await?;
+                Ok(parked)
+            })
+            .await
+        else {
+            return;
+        };
+        if parked {
+            let payload = serde_json::to_string(&job).expect("jobs serialise");
+            self.persist("parking a job behind its conversation", || async {
+                let mut con = self.con().await?;
+                let _: i64 = self
+                    .scripts
+                    .park_behind
+                    .key(self.held_key(&job.conv))
+                    .key(self.delayed_key())
+                    .key(&self.stream)
+                    .arg(&payload)
+                    .arg(now_ms())
+                    .arg(&job.conv)
+                    .arg(self.group())
+                    .arg(&job.id)
+                    .invoke_async(&mut con)
+                    .await?;
+                Ok(())
+            })
+            .await;
+            return;
+        }
+        let mut unavailable = 0;
+        loop {
+            match self.run_handler(&job).await {
+                Outcome::Done => return self.ack(&job).await,
+                Outcome::Dead { reason } => {
+                    self.dead_letter(&job, &reason).await;
+                    return self.ack(&job).await;
+                }
+                Outcome::Retry { after, reason } => {
+                    if job.attempt + 1 >= self.rt.settings.max_attempts {
+                        self.dead_letter(
+                            &job,
+                            &format!("{reason} (gave up after {} attempts)", job.attempt + 1),
+                        )
+                        .await;
+                        return self.ack(&job).await;
+                    }
+                    let next = Job {
+                        attempt: job.attempt + 1,
+                        ..job.clone()
+                    };
+                    let payload = serde_json::to_string(&next).expect("jobs serialise");
+                    let due = now_ms() + after.as_millis() as i64;
+                    self.persist("parking a job for a delayed retry", || async {
+                        let mut con = self.con().await?;
+                        let _: i64 = self
+                            .scripts
+                            .park_head
+                            .key(self.held_key(&job.conv))
+                            .key(self.delayed_key())
+                            .key(&self.stream)
+                            .arg(&payload)
+                            .arg(due)
+                            .arg(&job.conv)
+                            .arg(self.group())
+                            .arg(&job.id)
+                            .invoke_async(&mut con)
+                            .await?;
+                        Ok(())
+                    })
+                    .await;
+                    return;
+                }
+                Outcome::Unavailable { .. } => {
+                    unavailable += 1;
+                    if self.soft.is_cancelled() || !self.sleep(self.pause(unavailable)).await {
+                        // Leave it pending: the next owner (or this one, later) picks it up.
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn ack(&self, job: &Job) {
+        self.persist("acknowledging a job", || async {
+            let mut con = self.con().await?;
+            let mut pipe = redis::pipe();
+            pipe.xack(&self.stream, self.group(), &[&job.id])
+                .xdel(&self.stream, &[&job.id]);
+            let _: () = pipe.query_async(&mut con).await?;
+            Ok(())
+        })
+        .await;
+    }
+
+    async fn dead_letter(&self, job: &Job, reason: &str) {
+        let dead = self.rt.keys.dead(self.group());
+        let mut fields: Vec<(String, String)> = job
+            .fields
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        fields.extend([
+            ("reason".into(), reason.to_string()),
+            ("stage".into(), self.group().to_string()),
+            ("source_stream".into(), self.stream.clone()),
+            ("source_id".into(), job.id.clone()),
+            ("deliveries".into(), job.deliveries.to_string()),
+            ("attempts".into(), job.attempt.to_string()),
+            ("dead_at".into(), now_ms().to_string()),
+        ]);
+        self.persist("writing a dead letter", || async {
+            let mut con = self.con().await?;
+            let _: String = con.xadd(&dead, "*", &fields).await?;
+            Ok(())
+        })
+        .await;
+    }
+
+    /// Runs a parked conversation's held jobs, oldest first, until the list is empty or one asks
+    /// for another delay.
+    async fn drain(&self, conv: &str) {
+        let held = self.held_key(conv);
+        loop {
+            let Some(head) = self
+                .persist("reading a held job", || async {
+                    let mut con = self.con().await?;
+                    let head: Option<String> = con.lindex(&held, 0).await?;
+                    Ok(head)
+                })
+                .await
+            else {
+                return;
+            };
+            let Some(payload) = head else {
+                self.persist("finishing a drain", || async {
+                    let mut con = self.con().await?;
+                    let _: i64 = self
+                        .scripts
+                        .finish_drain
+                        .key(&held)
+                        .key(self.delayed_key())
+                        .arg(conv)
+                        .invoke_async(&mut con)
+                        .await?;
+                    Ok(())
+                })
+                .await;
+                return;
+            };
+            let job: Job = match serde_json::from_str(&payload) {
+                Ok(j) => j,
+                Err(e) => {
+                    let stub = Job {
+                        id: "held".into(),
+                        partition: self.partition,
+                        conv: conv.into(),
+                        fields: HashMap::from([("payload".into(), payload.clone())]),
+                        attempt: 0,
+                        deliveries: 0,
+                    };
+                    self.dead_letter(&stub, &format!("held job does not decode: {e}"))
+                        .await;
+                    self.pop_head(&held, &payload).await;
+                    continue;
+                }
+            };
+            // No in-flight permit here: jobs queued behind this drain on the same lane may hold
+            // them all, and waiting for one would deadlock the lane.
+            let mut unavailable = 0;
+            loop {
+                match self.run_handler(&job).await {
+                    Outcome::Done => {
+                        self.pop_head(&held, &payload).await;
+                        break;
+                    }
+                    Outcome::Dead { reason } => {
+                        self.dead_letter(&job, &reason).await;
+                        self.pop_head(&held, &payload).await;
+                        break;
+                    }
+                    Outcome::Retry { after, reason } => {
+                        if job.attempt + 1 >= self.rt.settings.max_attempts {
+                            self.dead_letter(
+                                &job,
+                                &format!("{reason} (gave up after {} attempts)", job.attempt + 1),
+                            )
+                            .await;
+                            self.pop_head(&held, &payload).await;
+                            break;
+                        }
+                        let next = serde_json::to_string(&Job {
+                            attempt: job.attempt + 1,
+                            ..job.clone()
+                        })
+                        .expect("jobs serialise");
+                        let due = now_ms() + after.as_millis() as i64;
+                        self.persist("rescheduling a held job", || async {
+                            let mut con = self.con().await?;
+                            let _: i64 = self
+                                .scripts
+                                .repark_head
+                                .key(&held)
+                                .key(self.delayed_key())
+                                .arg(&payload)
+                                .arg(&next)
+                                .arg(due)
+                                .arg(conv)
+                                .invoke_async(&mut con)
+                                .await?;
+                            Ok(())
+                        })
+                        .await;
+                        return;
+                    }
+                    Outcome::Unavailable { .. } => {
+                        unavailable += 1;
+                        if self.soft.is_cancelled() || !self.sleep(self.pause(unavailable)).await {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn pop_head(&self, held: &str, payload: &str) {
+        self.persist("removing a finished held job", || async {
+            let mut con = self.con().await?;
+            let _: i64 = self
+                .scripts
+                .pop_head
+                .key(held)
+                .arg(payload)
+                .invoke_async(&mut con)
+                .await?;
+            Ok(())
+        })
+        .await;
+    }
+}

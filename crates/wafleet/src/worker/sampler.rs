@@ -1,0 +1,135 @@
+//! Queue gauges for dashboards and autoscalers, sampled from Redis every few seconds.
+//!
+//! Per stage and partition stream: `wafleet_stream_length`, `wafleet_stream_pending` (read but
+//! not finished), `wafleet_stream_lag` (not yet read by the group), `wafleet_stream_oldest_pending_seconds`;
+//! per stage: `wafleet_delayed_conversations`, `wafleet_dead_letters`, and
+//! `wafleet_stage_backlog` (lag + pending + held, summed over partitions), the one number to
+//! scale workers on. Every worker samples the same values; dashboards should take the max.
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use tokio_util::sync::CancellationToken;
+
+use super::Stage;
+use crate::streams::Keys;
+
+/// Samples until `stop`.
+pub async fn run(
+    redis: deadpool_redis::Pool,
+    keys: Keys,
+    stages: Vec<Stage>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        for stage in &stages {
+            if let Err(e) = sample(&redis, &keys, *stage).await {
+                tracing::debug!(stage = stage.name, error = %e, "queue sampling failed");
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+fn entry_age_secs(id: &str, now_ms: i64) -> f64 {
+    let ms: i64 = id
+        .split('-')
+        .next()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(now_ms);
+    ((now_ms - ms).max(0) as f64) / 1000.0
+}
+
+pub async fn sample(redis: &deadpool_redis::Pool, keys: &Keys, stage: Stage) -> anyhow::Result<()> {
+    let mut con = redis.get().await?;
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut backlog = 0u64;
+    let mut delayed_total = 0u64;
+    for p in 0..keys.partitions() {
+        let stream = stage.stream(keys, p);
+        let len: u64 = con.xlen(&stream).await?;
+        let groups: redis::Value = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&stream)
+            .query_async(&mut con)
+            .await
+            .unwrap_or(redis::Value::Nil);
+        let (pending, lag) = group_info(&groups, stage.name);
+        let summary: redis::Value = redis::cmd("XPENDING")
+            .arg(&stream)
+            .arg(stage.name)
+            .query_async(&mut con)
+            .await
+            .unwrap_or(redis::Value::Nil);
+        let oldest = match &summary {
+            redis::Value::Array(v) if v.len() >= 2 => redis::from_redis_value::<String>(&v[1]).ok(),
+            _ => None,
+        };
+        let delayed: u64 = con.zcard(keys.delayed(stage.name, p)).await?;
+        delayed_total += delayed;
+        // Without the group yet, everything in the stream is lag.
+        let lag = lag.unwrap_or(len);
+        backlog += lag + pending;
+        let labels = [("stage", stage.name.to_string()), ("stream", stream)];
+        metrics::gauge!("wafleet_stream_length", &labels).set(len as f64);
+        metrics::gauge!("wafleet_stream_pending", &labels).set(pending as f64);
+        metrics::gauge!("wafleet_stream_lag", &labels).set(lag as f64);
+        metrics::gauge!("wafleet_stream_oldest_pending_seconds", &labels)
+            .set(oldest.map(|id| entry_age_secs(&id, now)).unwrap_or(0.0));
+    }
+    let dead: u64 = con.xlen(keys.dead(stage.name)).await?;
+    metrics::gauge!("wafleet_delayed_conversations", "stage" => stage.name)
+        .set(delayed_total as f64);
+    metrics::gauge!("wafleet_dead_letters", "stage" => stage.name).set(dead as f64);
+    metrics::gauge!("wafleet_stage_backlog", "stage" => stage.name)
+        .set((backlog + delayed_total) as f64);
+    Ok(())
+}
+
+/// `pending` and `lag` of our group from an `XINFO GROUPS` reply.
+fn group_info(reply: &redis::Value, group: &str) -> (u64, Option<u64>) {
+    let redis::Value::Array(groups) = reply else {
+        return (0, None);
+    };
+    for g in groups {
+        let fields: Vec<(String, redis::Value)> = match g {
+            redis::Value::Array(kv) => kv
+                .chunks(2)
+                .filter_map(|c| {
+                    Some((
+                        redis::from_redis_value::<String>(&c[0]).ok()?,
+                        c.get(1)?.clone(),
+                    ))
+                })
+                .collect(),
+            redis::Value::Map(kv) => kv
+                .iter()
+                .filter_map(|(k, v)| Some((redis::from_redis_value::<String>(k).ok()?, v.clone())))
+                .collect(),
+            _ => continue,
+        };
+        let get = |name: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        if get("name")
+            .and_then(|v| redis::from_redis_value::<String>(&v).ok())
+            .as_deref()
+            != Some(group)
+        {
+            continue;
+        }
+        let pending = get("pending")
+            .and_then(|v| redis::from_redis_value::<u64>(&v).ok())
+            .unwrap_or(0);
+        let lag = get("lag").and_then(|v| redis::from_redis_value::<u64>(&v).ok());
+        return (pending, lag);
+    }
+    (0, None)
+}

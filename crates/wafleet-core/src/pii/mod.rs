@@ -28,12 +28,15 @@
 //!
 //! ## Layout
 //! - [`checksums`]: Luhn, mod-97, mod-11 and mod-23 arithmetic.
+//! - [`eval`]: scoring against a labelled corpus (precision, recall, leaks), for tests and the
+//!   benchmark.
 //! - `keywords`: the context vocabulary and its automaton.
 //! - `text`: byte classes, word boundaries, a cursor for the grammars.
 //! - `detectors`: one module per family of data.
 
 pub mod checksums;
 mod detectors;
+pub mod eval;
 mod keywords;
 mod text;
 
@@ -209,16 +212,47 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// The context word that ends closest before `pos`, within `window` bytes. "Closest wins"
-    /// is what makes "número de pedido 912345678" an order and "número 912345678" a phone.
+    /// The context word that ends closest before `pos`, within `window` bytes, if no other
+    /// number, clause break or long phrase stands between them. "Closest wins" is what makes
+    /// "número de pedido 912345678" an order and "número 912345678" a phone; the gap rule keeps
+    /// "pedido 123 y 3001234567" or "envío gratis. 3001234567" from calling the phone an order:
+    /// a context word speaks for the one number it introduces.
     pub fn nearest_before(&self, pos: usize, window: usize) -> Option<KwMatch> {
         self.kws
             .iter()
             .rev()
             .find(|k| k.end <= pos)
             .filter(|k| k.end + window >= pos)
+            .filter(|k| gap_is_one_phrase(&self.b[k.end..pos]))
             .copied()
     }
+}
+
+/// Whether the bytes between a context word and a number keep them in one phrase: no other
+/// number, no sentence or clause break, at most four words ("número de guía de Servientrega es").
+fn gap_is_one_phrase(gap: &[u8]) -> bool {
+    const MAX_WORDS: usize = 4;
+    let mut words = 0;
+    let mut word_len = 0;
+    for (i, &c) in gap.iter().enumerate() {
+        if c.is_ascii_digit() || matches!(c, b'!' | b'?' | b'\n' | b';' | b',') {
+            return false;
+        }
+        // A full stop after a real word ends the sentence; after "No", "ref", "Nº" it is an
+        // abbreviation.
+        if c == b'.' && word_len > 3 && gap.get(i + 1).is_none_or(|n| n.is_ascii_whitespace()) {
+            return false;
+        }
+        if c.is_ascii_alphabetic() || c >= 0x80 {
+            if word_len == 0 {
+                words += 1;
+            }
+            word_len += 1;
+        } else {
+            word_len = 0;
+        }
+    }
+    words <= MAX_WORDS
 }
 
 /// The findings so far, kept sorted; a detector may only claim bytes no one claimed before.

@@ -33,6 +33,7 @@ pub fn find(ctx: &Ctx<'_>, found: &mut Found) {
 }
 
 /// Words that end a street name: a street is never named "hay" or "tem".
+#[rustfmt::skip]
 const STOP: &[&str] = &[
     "hay", "es", "está", "esta", "estaba", "son", "fue", "tiene", "tengo", "hace", "por", "para",
     "con", "sin", "en", "a", "al", "que", "o", "u", "pero", "muy", "más", "mas", "mi", "mis", "tu",
@@ -48,17 +49,20 @@ const STOP: &[&str] = &[
 ];
 
 /// Words allowed inside a name without being one: "Calle de la Paz", "Rua das Flores".
+#[rustfmt::skip]
 const CONNECTORS: &[&str] = &[
     "de", "del", "la", "las", "los", "el", "da", "das", "do", "dos", "e", "y",
 ];
 
 /// Words that introduce the house number.
+#[rustfmt::skip]
 const MARKERS: &[&str] = &[
     "#", "no.", "no", "nº", "n°", "n.º", "n.", "nro.", "nro", "núm.", "num.", "número", "numero",
     "n",
 ];
 
 /// Words that say the number after a name is not a house number ("calle 5 minutos").
+#[rustfmt::skip]
 const UNITS: &[&str] = &[
     "horas", "hora", "hrs", "h", "minutos", "min", "mins", "días", "dias", "dia", "día", "veces",
     "km", "metros", "m", "cuadras", "quadras", "blocks", "pm", "am", "unidades", "un", "ud", "uds",
@@ -183,6 +187,8 @@ fn floor(c: &mut Cursor<'_>) -> bool {
                         | b"fte"
                         | b"ctro"
                         | b"centro"
+                        | b"andar"
+                        | b"piso"
                 );
             if ok {
                 c.eat(b'.');
@@ -207,50 +213,12 @@ fn floor(c: &mut Cursor<'_>) -> bool {
     true
 }
 
+#[rustfmt::skip]
 const COMPLEMENTS: &[&str] = &[
-    "apto",
-    "apt",
-    "apartamento",
-    "ap",
-    "int",
-    "interior",
-    "torre",
-    "casa",
-    "of",
-    "oficina",
-    "piso",
-    "bloque",
-    "bl",
-    "local",
-    "lc",
-    "edificio",
-    "edif",
-    "conjunto",
-    "manzana",
-    "mz",
-    "bloco",
-    "sala",
-    "conj",
-    "cj",
-    "andar",
-    "loja",
-    "lote",
-    "lt",
-    "puerta",
-    "pta",
-    "esc",
-    "escalera",
-    "dto",
-    "esq",
-    "suite",
-    "ste",
-    "unit",
-    "fl",
-    "floor",
-    "rm",
-    "room",
-    "depto",
-    "dpto",
+    "apto", "apt", "apartamento", "ap", "int", "interior", "torre", "casa", "of", "oficina",
+    "piso", "bloque", "bl", "local", "lc", "edificio", "edif", "conjunto", "manzana", "mz",
+    "bloco", "sala", "conj", "cj", "andar", "loja", "lote", "lt", "puerta", "pta", "esc",
+    "escalera", "dto", "esq", "suite", "ste", "unit", "fl", "floor", "rm", "room", "depto", "dpto",
     "departamento",
 ];
 const BARE_COMPLEMENTS: &[&str] = &["bajo", "ático", "atico", "fundos", "r/c", "entlo", "sótano"];
@@ -268,7 +236,11 @@ fn complements(c: &mut Cursor<'_>) -> usize {
             end = c.pos;
             continue;
         }
-        let before_word = t;
+        if t.eat_word_ci("r/c") {
+            *c = t;
+            end = c.pos;
+            continue;
+        }
         let word = if t.eat(b'#') {
             Some(&b"#"[..])
         } else {
@@ -287,7 +259,6 @@ fn complements(c: &mut Cursor<'_>) -> usize {
         t.skip_spaces();
         let _ = t.eat(b'#') || t.eat(b':');
         t.skip_spaces();
-        let vs = t.pos;
         match t.alnum() {
             Some((s, e)) if e - s <= 6 => {
                 // "2-301" (tower-apartment).
@@ -302,8 +273,6 @@ fn complements(c: &mut Cursor<'_>) -> usize {
                     end = c.pos;
                     continue;
                 }
-                let _ = vs;
-                let _ = before_word;
                 break;
             }
             _ => break,

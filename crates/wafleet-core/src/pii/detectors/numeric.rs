@@ -14,7 +14,9 @@
 //!   prices (currency before or after, decimals), dates, thousands-grouped amounts, codes glued
 //!   to letters (SKUs, invoice ids) and numbers whose nearest context word is an order word.
 
-use crate::pii::checksums::{cnpj_valid, cpf_valid, dni_valid, is_card, nie_valid, ssn_valid};
+use crate::pii::checksums::{
+    cnpj_valid, cpf_valid, dni_valid, ean13_valid, is_card, nie_valid, ssn_valid,
+};
 use crate::pii::detectors::ip::ipv4_octets_ok;
 use crate::pii::keywords::{IdKw, Kw};
 use crate::pii::text::{is_alnum, lower};
@@ -79,6 +81,10 @@ impl<'a> Chunk<'a> {
         if first > 0 && b[first - 1] == b'+' && (first < 2 || !is_alnum(b[first - 2])) {
             c.plus = true;
             c.start = first - 1;
+            // "(+57) 300 …": the parenthesis opens the number.
+            if first >= 2 && b[first - 2] == b'(' {
+                c.start = first - 2;
+            }
         }
         let mut p = first;
         loop {
@@ -159,7 +165,10 @@ impl<'a> Chunk<'a> {
         if p.is_ascii_alphabetic() || matches!(p, b'/' | b'=' | b'&' | b'?' | b'_' | b'\\') {
             return true;
         }
-        if matches!(p, b'-' | b'.') && s >= 2 && is_alnum(self.b[s - 2]) {
+        // "ABC-12345", "FV-2024-…" are codes; "1.5" a decimal; but "cel.3001234567" is not.
+        if p == b'-' && s >= 2 && is_alnum(self.b[s - 2])
+            || p == b'.' && s >= 2 && self.b[s - 2].is_ascii_digit()
+        {
             return true;
         }
         false
@@ -208,6 +217,16 @@ fn for_each_chunk(ctx: &Ctx<'_>, found: &mut Found, mut f: impl FnMut(&Chunk<'_>
     }
 }
 
+/// A 13-digit number that is a valid EAN-13 *and* introduced as a product code ("código de
+/// barras 4005808…", "EAN …"). The one exception to "every Luhn-valid number goes": 13-digit
+/// cards (old Visa) are no longer issued, German barcodes (400–440) still ship on every Nivea.
+fn barcode(ctx: &Ctx<'_>, c: &Chunk<'_>, d: &[u8]) -> bool {
+    ean13_valid(d)
+        && ctx
+            .nearest_before(c.start, CONTEXT_WINDOW)
+            .is_some_and(|k| k.kind == Kw::Neg)
+}
+
 /// Adds every payment card: 13–19 digits, grouped by spaces or dashes any way, Luhn-valid
 /// with an issuer prefix. Runs before any context-based detector.
 pub fn find_cards(ctx: &Ctx<'_>, found: &mut Found) {
@@ -227,7 +246,7 @@ pub fn find_cards(ctx: &Ctx<'_>, found: &mut Found) {
                 }
                 buf[n..n + e - s].copy_from_slice(&c.b[s..e]);
                 n += e - s;
-                if n >= 13 && is_card(&buf[..n]) {
+                if n >= 13 && is_card(&buf[..n]) && !(n == 13 && barcode(ctx, c, &buf[..n])) {
                     best = Some(j);
                 }
             }
@@ -368,34 +387,11 @@ pub fn checksummed_id(ctx: &Ctx<'_>, c: &Chunk<'_>, i: usize, bare_ok: bool) -> 
     None
 }
 
+#[rustfmt::skip]
 const CURRENCY_WORDS: &[&[u8]] = &[
-    b"pesos",
-    b"peso",
-    b"reais",
-    b"real",
-    b"euros",
-    b"euro",
-    b"dolares",
-    b"dollars",
-    b"dollar",
-    b"usd",
-    b"cop",
-    b"mxn",
-    b"brl",
-    b"eur",
-    b"mil",
-    b"millones",
-    b"millon",
-    b"k",
-    b"bucks",
-    b"centavos",
-    b"cents",
-    b"mxn$",
-    b"clp",
-    b"ars",
-    b"pen",
-    b"gbp",
-    b"libras",
+    b"pesos", b"peso", b"reais", b"real", b"euros", b"euro", b"dolares", b"dollars", b"dollar",
+    b"usd", b"cop", b"mxn", b"brl", b"eur", b"millones", b"millon", b"k", b"bucks",
+    b"centavos", b"cents", b"mxn$", b"clp", b"ars", b"pen", b"gbp", b"libras",
 ];
 
 fn word_before(b: &[u8], mut p: usize) -> &[u8] {
@@ -566,6 +562,9 @@ fn br_mobile(d: &[u8]) -> bool {
 /// A number written in international form (after `+` or `00`), country code included.
 fn international(d: &[u8]) -> bool {
     let n = d.len();
+    if n < 8 {
+        return false;
+    }
     let starts = |p: &[u8]| d.starts_with(p);
     if starts(b"1") {
         return n == 11 && d[1] >= b'2';
@@ -639,8 +638,9 @@ fn national(d: &[u8], groups: usize, announced: bool) -> bool {
     let n = d.len();
     let first = d[0];
     match n {
-        // CO mobile 3xx and landline 60x; MX, US (NANP) and BR landline with area code.
-        10 => first >= b'2',
+        // CO mobile 3xx and landline 60x; MX, US (NANP) and BR landline with area code. BR
+        // area codes 11–19 start with 1 like Colombian cédulas do, so those must be grouped.
+        10 => first >= b'2' || (groups > 1 && br_ddd(d) && matches!(d[2], b'2'..=b'5')),
         // BR mobile with area code; US with trunk 1 ("1-415-555-2671").
         11 => br_mobile(d) || (first == b'1' && d[1] >= b'2' && groups > 1),
         // ES (6, 7, 8, 9), PT (9 mobile, 2 landline); BR mobile without area code.
@@ -681,7 +681,7 @@ fn phone(c: &Chunk<'_>, i: usize, announced: bool) -> Option<usize> {
         let d = &buf[..n];
         let ok = if plus {
             international(d)
-        } else if d.starts_with(b"00") {
+        } else if i == 0 && d.starts_with(b"00") {
             international(&d[2..])
         } else {
             national_shape(&sizes[..=j - i]) && national(d, j - i + 1, announced)
@@ -771,7 +771,10 @@ fn classify(ctx: &Ctx<'_>, c: &Chunk<'_>, found: &mut Found) {
             continue;
         }
         let intl = i == 0 && c.plus;
-        if (!neg || intl) && near != Some(Kw::Id(IdKw::Cedula)) {
+        // A phone inside a chunk starts after a space ("2 3001234567"), not after a dash or a
+        // dot that ties it to the group before ("5932-0098-0364-1211").
+        let fresh = i == 0 || c.sep(i).iter().any(|&x| x == b' ' || x == b'(');
+        if (!neg || intl) && fresh && near != Some(Kw::Id(IdKw::Cedula)) {
             if let Some(j) = phone(c, i, announced) {
                 found.push(c.open(i), c.group(j).1, PiiType::Phone);
                 i = j + 1;

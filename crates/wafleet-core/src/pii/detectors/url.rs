@@ -111,6 +111,7 @@ fn secret_name(name: &[u8]) -> bool {
         b"apikey",
         b"api_key",
         b"api-key",
+        b"signature",
         b"access_key",
         b"accesskey",
         b"private_key",

@@ -1,0 +1,331 @@
+//! Check-digit arithmetic for the identifiers the redactor recognises: Luhn and issuer prefixes
+//! for payment cards, mod-97 for IBANs, the two mod-11 digits of Brazil's CPF and CNPJ, the
+//! mod-23 letter of Spain's DNI and NIE, and the structural rules of a US SSN.
+//!
+//! Every function takes the bare characters (digits only, or the IBAN without spaces) and never
+//! panics: a malformed argument is simply "not valid". Nothing here looks at context; deciding
+//! whether a number *is* an identifier is the detectors' job.
+
+/// Luhn (mod 10) over ASCII digits. Non-digits make the number invalid.
+pub fn luhn_valid(digits: &[u8]) -> bool {
+    if digits.is_empty() {
+        return false;
+    }
+    let mut sum = 0u32;
+    for (i, &c) in digits.iter().rev().enumerate() {
+        if !c.is_ascii_digit() {
+            return false;
+        }
+        let mut d = u32::from(c - b'0');
+        if i % 2 == 1 {
+            d *= 2;
+            if d > 9 {
+                d -= 9;
+            }
+        }
+        sum += d;
+    }
+    sum % 10 == 0
+}
+
+/// Whether a 13–19 digit string starts like a card that a network actually issues, with a length
+/// that network uses. This is what keeps Luhn-valid barcodes (GS1 prefixes 0, 1, 7, 8, 9),
+/// Mercado Libre order ids (2000…) and the like from being taken for cards: a Luhn check alone
+/// passes one random number in ten.
+///
+/// Ranges: Visa 4 (13, 16–19 digits); Mastercard 51–55 and 2221–2720; Mir 2200–2204;
+/// Amex 34/37 (15); Diners 300–305, 36, 38, 39; JCB 35; Discover/UnionPay/Elo/Hipercard/Maestro
+/// 5x and 6x. Only Visa ever issued 13 digits, only Amex uses 15.
+pub fn card_prefix_plausible(digits: &[u8]) -> bool {
+    let n = digits.len();
+    if !(13..=19).contains(&n) || !digits.iter().all(u8::is_ascii_digit) {
+        return false;
+    }
+    let d = |i: usize| u32::from(digits[i] - b'0');
+    let p2 = d(0) * 10 + d(1);
+    let p4 = p2 * 100 + d(2) * 10 + d(3);
+    match d(0) {
+        4 => n != 15 && n != 14,
+        5 => n >= 16,
+        6 => n >= 16,
+        3 => match p2 {
+            34 | 37 => n == 15,
+            30 => (3000..=3059).contains(&p4) && n >= 14,
+            36 | 38 | 39 => n >= 14,
+            35 => n >= 16,
+            _ => false,
+        },
+        2 => ((2200..=2204).contains(&p4) || (2221..=2720).contains(&p4)) && n >= 16,
+        _ => false,
+    }
+}
+
+/// A payment card: Luhn-valid with a plausible issuer prefix and length.
+pub fn is_card(digits: &[u8]) -> bool {
+    card_prefix_plausible(digits) && luhn_valid(digits)
+}
+
+/// Brazil's CPF: 11 digits, two mod-11 check digits, and not all digits equal (000.000.000-00
+/// and friends pass the arithmetic but are not issued).
+pub fn cpf_valid(digits: &[u8]) -> bool {
+    if digits.len() != 11 || !digits.iter().all(u8::is_ascii_digit) {
+        return false;
+    }
+    if digits.iter().all(|&c| c == digits[0]) {
+        return false;
+    }
+    let v: Vec<u32> = digits.iter().map(|&c| u32::from(c - b'0')).collect();
+    let check = |len: usize| {
+        let s: u32 = (0..len).map(|i| v[i] * (len as u32 + 1 - i as u32)).sum();
+        let r = (s * 10) % 11;
+        if r == 10 { 0 } else { r }
+    };
+    check(9) == v[9] && check(10) == v[10]
+}
+
+/// Brazil's CNPJ: 14 digits, two mod-11 check digits with the 5..2,9..2 weights.
+pub fn cnpj_valid(digits: &[u8]) -> bool {
+    if digits.len() != 14 || !digits.iter().all(u8::is_ascii_digit) {
+        return false;
+    }
+    if digits.iter().all(|&c| c == digits[0]) {
+        return false;
+    }
+    let v: Vec<u32> = digits.iter().map(|&c| u32::from(c - b'0')).collect();
+    const W1: [u32; 12] = [5, 4, 3, 2, 9, 8, 7, 6, 5, 4, 3, 2];
+    const W2: [u32; 13] = [6, 5, 4, 3, 2, 9, 8, 7, 6, 5, 4, 3, 2];
+    let dv = |w: &[u32]| {
+        let s: u32 = w.iter().zip(&v).map(|(a, b)| a * b).sum();
+        let r = s % 11;
+        if r < 2 { 0 } else { 11 - r }
+    };
+    dv(&W1) == v[12] && dv(&W2) == v[13]
+}
+
+const DNI_LETTERS: &[u8; 23] = b"TRWAGMYFPDXBNJZSQVHLCKE";
+
+/// The check letter of a Spanish DNI number (8 digits) or NIE number with its X/Y/Z already
+/// turned into 0/1/2.
+pub fn dni_letter(number: u32) -> u8 {
+    DNI_LETTERS[(number % 23) as usize]
+}
+
+/// Spain's DNI: 8 digits and the mod-23 letter (either case).
+pub fn dni_valid(digits: &[u8], letter: u8) -> bool {
+    if digits.len() != 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return false;
+    }
+    let n = digits
+        .iter()
+        .fold(0u32, |a, &c| a * 10 + u32::from(c - b'0'));
+    dni_letter(n) == letter.to_ascii_uppercase()
+}
+
+/// Spain's NIE: X, Y or Z, 7 digits and the mod-23 letter (either case).
+pub fn nie_valid(prefix: u8, digits: &[u8], letter: u8) -> bool {
+    let lead = match prefix.to_ascii_uppercase() {
+        b'X' => 0,
+        b'Y' => 1,
+        b'Z' => 2,
+        _ => return false,
+    };
+    if digits.len() != 7 || !digits.iter().all(u8::is_ascii_digit) {
+        return false;
+    }
+    let n = digits
+        .iter()
+        .fold(lead, |a, &c| a * 10 + u32::from(c - b'0'));
+    dni_letter(n) == letter.to_ascii_uppercase()
+}
+
+/// A US Social Security number as issued: area not 000, 666 or 900–999; group not 00; serial not
+/// 0000. Takes the 9 digits.
+pub fn ssn_valid(digits: &[u8]) -> bool {
+    if digits.len() != 9 || !digits.iter().all(u8::is_ascii_digit) {
+        return false;
+    }
+    let area = &digits[0..3];
+    if area == b"000" || area == b"666" || area[0] == b'9' {
+        return false;
+    }
+    &digits[3..5] != b"00" && &digits[5..9] != b"0000"
+}
+
+/// ISO 13616 mod-97 check over an IBAN without spaces (letters in either case).
+pub fn iban_valid(iban: &[u8]) -> bool {
+    if iban.len() < 15 || iban.len() > 34 {
+        return false;
+    }
+    if !iban[0].is_ascii_alphabetic()
+        || !iban[1].is_ascii_alphabetic()
+        || !iban[2].is_ascii_digit()
+        || !iban[3].is_ascii_digit()
+    {
+        return false;
+    }
+    let mut rem = 0u32;
+    for &c in iban[4..].iter().chain(&iban[..4]) {
+        let v = match c {
+            b'0'..=b'9' => u32::from(c - b'0'),
+            b'a'..=b'z' => u32::from(c - b'a') + 10,
+            b'A'..=b'Z' => u32::from(c - b'A') + 10,
+            _ => return false,
+        };
+        rem = if v >= 10 {
+            (rem * 100 + v) % 97
+        } else {
+            (rem * 10 + v) % 97
+        };
+    }
+    rem == 1
+}
+
+/// The IBAN length of the countries our customers' banks are in (and their neighbours). An
+/// unknown country code still validates by mod-97 alone, at any length from 15 to 34.
+pub fn iban_length(country: [u8; 2]) -> Option<usize> {
+    let cc = [
+        country[0].to_ascii_uppercase(),
+        country[1].to_ascii_uppercase(),
+    ];
+    Some(match &cc {
+        b"ES" => 24,
+        b"PT" => 25,
+        b"BR" => 29,
+        b"DE" => 22,
+        b"FR" => 27,
+        b"IT" => 27,
+        b"GB" => 22,
+        b"IE" => 22,
+        b"NL" => 18,
+        b"BE" => 16,
+        b"CH" => 21,
+        b"AT" => 20,
+        b"LU" => 20,
+        b"AD" => 24,
+        b"MC" => 27,
+        b"DK" => 18,
+        b"SE" => 24,
+        b"NO" => 15,
+        b"FI" => 18,
+        b"PL" => 28,
+        b"CR" => 22,
+        b"DO" => 28,
+        b"GT" => 28,
+        b"SV" => 28,
+        _ => return None,
+    })
+}
+
+/// GS1 EAN-13 check digit (weights 1,3 from the left). Not used to *redact* anything — barcodes
+/// are not personal data — but kept here so tests and the corpus agree on what a valid one is.
+pub fn ean13_valid(digits: &[u8]) -> bool {
+    if digits.len() != 13 || !digits.iter().all(u8::is_ascii_digit) {
+        return false;
+    }
+    let s: u32 = digits[..12]
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| u32::from(c - b'0') * if i % 2 == 0 { 1 } else { 3 })
+        .sum();
+    (10 - s % 10) % 10 == u32::from(digits[12] - b'0')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn luhn_accepts_known_test_cards_and_rejects_one_digit_off() {
+        for (n, ok) in [
+            ("4111111111111111", true),
+            ("4111111111111112", false),
+            ("5555555555554444", true),
+            ("378282246310005", true),
+            ("6011111111111117", true),
+            ("4222222222222", true),
+            ("79927398713", true),
+            ("79927398710", false),
+            ("", false),
+            ("41111111111a1111", false),
+        ] {
+            assert_eq!(luhn_valid(n.as_bytes()), ok, "{n}");
+        }
+    }
+
+    #[test]
+    fn card_prefix_needs_an_issuer_range_and_its_length() {
+        for (n, ok) in [
+            ("4111111111111111", true),
+            ("4222222222222", true),    // 13-digit Visa
+            ("378282246310005", true),  // Amex 15
+            ("30569309025904", true),   // Diners 14
+            ("3530111333300000", true), // JCB
+            ("2223003122003222", true), // Mastercard 2-series
+            ("6362970000457013", true), // Elo
+            ("7701234567897", false),   // EAN-13 from Colombia, even if Luhn were valid
+            ("2000004567891234", false),
+            ("5555555555554", false), // 13 digits only for Visa
+            ("1234567812345670", false),
+        ] {
+            assert_eq!(card_prefix_plausible(n.as_bytes()), ok, "{n}");
+        }
+    }
+
+    #[test]
+    fn cpf_and_cnpj_check_digits() {
+        assert!(cpf_valid(b"52998224725"));
+        assert!(cpf_valid(b"11144477735"));
+        assert!(!cpf_valid(b"52998224726"));
+        assert!(!cpf_valid(b"11111111111"));
+        assert!(!cpf_valid(b"5299822472"));
+        assert!(cnpj_valid(b"11222333000181"));
+        assert!(cnpj_valid(b"11444777000161"));
+        assert!(!cnpj_valid(b"11222333000182"));
+        assert!(!cnpj_valid(b"00000000000000"));
+    }
+
+    #[test]
+    fn dni_and_nie_letters() {
+        assert!(dni_valid(b"12345678", b'Z'));
+        assert!(dni_valid(b"12345678", b'z'));
+        assert!(!dni_valid(b"12345678", b'A'));
+        assert!(nie_valid(b'X', b"1234567", b'L'));
+        assert!(nie_valid(b'Y', b"1234567", b'X'));
+        assert!(!nie_valid(b'X', b"1234567", b'A'));
+        assert!(!nie_valid(b'W', b"1234567", b'L'));
+    }
+
+    #[test]
+    fn ssn_rules() {
+        for (n, ok) in [
+            ("123456789", true),
+            ("000456789", false),
+            ("666456789", false),
+            ("912456789", false),
+            ("123006789", false),
+            ("123450000", false),
+            ("12345678", false),
+        ] {
+            assert_eq!(ssn_valid(n.as_bytes()), ok, "{n}");
+        }
+    }
+
+    #[test]
+    fn iban_mod97() {
+        assert!(iban_valid(b"ES9121000418450200051332"));
+        assert!(iban_valid(b"es9121000418450200051332"));
+        assert!(iban_valid(b"DE89370400440532013000"));
+        assert!(iban_valid(b"PT50000201231234567890154"));
+        assert!(iban_valid(b"GB82WEST12345698765432"));
+        assert!(iban_valid(b"BR1800360305000010009795493C1"));
+        assert!(!iban_valid(b"ES9121000418450200051333"));
+        assert!(!iban_valid(b"ES91"));
+        assert_eq!(iban_length(*b"es"), Some(24));
+    }
+
+    #[test]
+    fn ean13_check_digit() {
+        assert!(ean13_valid(b"4006381333931"));
+        assert!(!ean13_valid(b"4006381333932"));
+    }
+}

@@ -1,0 +1,75 @@
+//! End-to-end tests of [`Redactor`]: whole messages in, placeholders out.
+
+use super::*;
+
+fn redact(t: &str) -> String {
+    Redactor::new().redact(t).text
+}
+
+#[test]
+fn clean_messages_come_back_unchanged() {
+    for t in [
+        "",
+        "Hola, ¿tienen la crema de caléndula?",
+        "Mi pedido #100234567 no ha llegado",
+        "El total fue R$ 1.299,90 e chegou dia 15/03/2024",
+        "Order 4587-2231 shipped via 1Z999AA10123456784",
+    ] {
+        assert_eq!(redact(t), t);
+    }
+}
+
+#[test]
+fn every_type_gets_its_placeholder() {
+    for (t, want) in [
+        ("correo ana@x.co", "correo [EMAIL]"),
+        ("cel 300 123 4567", "cel [PHONE]"),
+        ("tarjeta 4111 1111 1111 1111", "tarjeta [CARD]"),
+        ("IBAN ES91 2100 0418 4502 0005 1332", "IBAN [IBAN]"),
+        ("CPF 529.982.247-25", "CPF [NATIONAL_ID]"),
+        ("ip 10.0.0.1", "ip [IP]"),
+        ("https://a:b@x.com", "[URL_CREDENTIALS]"),
+        ("nací el 01/02/1990", "nací el [DOB]"),
+        ("Calle 45 # 12-34", "[ADDRESS]"),
+    ] {
+        assert_eq!(redact(t), want, "{t}");
+    }
+}
+
+#[test]
+fn spans_are_sorted_disjoint_and_point_into_the_input() {
+    let t = "Soy Ana (ana@x.co), cel +57 300 123 4567, vivo en Cra 7 No. 72-41 y mi CC es 1.023.456.789";
+    let r = Redactor::new().redact(t);
+    let kinds: Vec<PiiType> = r.spans.iter().map(|s| s.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            PiiType::Email,
+            PiiType::Phone,
+            PiiType::Address,
+            PiiType::NationalId
+        ]
+    );
+    for w in r.spans.windows(2) {
+        assert!(w[0].end <= w[1].start);
+    }
+    assert_eq!(&t[r.spans[1].start..r.spans[1].end], "+57 300 123 4567");
+}
+
+#[test]
+fn redactor_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Redactor>();
+}
+
+#[test]
+fn type_names_round_trip() {
+    for t in PiiType::ALL {
+        assert_eq!(PiiType::parse(t.as_str()), Some(t));
+        assert_eq!(
+            serde_json::to_string(&t).unwrap(),
+            format!("\"{}\"", t.as_str())
+        );
+        assert_eq!(t.placeholder(), format!("[{}]", t.as_str()));
+    }
+}

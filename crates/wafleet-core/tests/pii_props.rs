@@ -16,7 +16,10 @@ fn check_well_formed(text: &str) {
     let mut last = 0;
     let mut rebuilt = String::new();
     for s in &r.spans {
-        assert!(s.start >= last && s.start < s.end && s.end <= text.len(), "{s:?} in {text:?}");
+        assert!(
+            s.start >= last && s.start < s.end && s.end <= text.len(),
+            "{s:?} in {text:?}"
+        );
         assert!(text.is_char_boundary(s.start) && text.is_char_boundary(s.end));
         rebuilt.push_str(&text[last..s.start]);
         rebuilt.push_str(s.kind.placeholder());
@@ -57,8 +60,11 @@ fn card_number() -> impl Strategy<Value = String> {
         ("6362", 16),
         ("5067", 16),
     ];
-    (proptest::sample::select(brands), proptest::collection::vec(0u8..10, 19)).prop_map(
-        |((prefix, len), rand)| {
+    (
+        proptest::sample::select(brands),
+        proptest::collection::vec(0u8..10, 19),
+    )
+        .prop_map(|((prefix, len), rand)| {
             let mut d: Vec<u8> = prefix.bytes().collect();
             let mut k = 0;
             while d.len() < len - 1 {
@@ -73,8 +79,7 @@ fn card_number() -> impl Strategy<Value = String> {
                 d.pop();
             }
             String::from_utf8(d).unwrap()
-        },
-    )
+        })
 }
 
 /// The card's digits split into groups of 1–6 joined by nothing, a space or a dash.

@@ -12,22 +12,26 @@ pub fn find(ctx: &Ctx<'_>, found: &mut Found) {
     if b.len() < 15 {
         return;
     }
-    let mut i = 0;
-    while i + 4 <= b.len() {
-        if b[i].is_ascii_alphabetic()
-            && b[i + 1].is_ascii_alphabetic()
-            && b[i + 2].is_ascii_digit()
-            && b[i + 3].is_ascii_digit()
-            && word_start(ctx.text, i)
-        {
-            if let Some(e) = at(b, i) {
-                if found.push(i, e, PiiType::Iban) {
-                    i = e;
-                    continue;
+    // Visit each run of digits once; an IBAN is two letters glued before one.
+    let mut p = 0;
+    while let Some(rel) = b[p..].iter().position(u8::is_ascii_digit) {
+        let d = p + rel;
+        let mut e = d;
+        while e < b.len() && b[e].is_ascii_digit() {
+            e += 1;
+        }
+        p = e;
+        if d < 2 || e - d < 2 {
+            continue;
+        }
+        let i = d - 2;
+        if b[i].is_ascii_alphabetic() && b[i + 1].is_ascii_alphabetic() && word_start(ctx.text, i) {
+            if let Some(end) = at(b, i) {
+                if found.push(i, end, PiiType::Iban) {
+                    p = p.max(end);
                 }
             }
         }
-        i += 1;
     }
 }
 

@@ -217,14 +217,16 @@ fn for_each_chunk(ctx: &Ctx<'_>, found: &mut Found, mut f: impl FnMut(&Chunk<'_>
     }
 }
 
-/// A 13-digit number that is a valid EAN-13 *and* introduced as a product code ("código de
-/// barras 4005808…", "EAN …"). The one exception to "every Luhn-valid number goes": 13-digit
-/// cards (old Visa) are no longer issued, German barcodes (400–440) still ship on every Nivea.
-fn barcode(ctx: &Ctx<'_>, c: &Chunk<'_>, d: &[u8]) -> bool {
-    ean13_valid(d)
-        && ctx
+/// A 13-digit number introduced as a business code ("código de barras 4005808…", "pedido
+/// 4592897885481-01"), or a valid EAN-13 after a `#`/`nº`. The one exception to "every
+/// Luhn-valid number goes": 13-digit cards (old Visa) are no longer issued, while German
+/// barcodes (400–440) ship on every Nivea and VTEX order ids are 13 digits.
+fn thirteen_digit_code(ctx: &Ctx<'_>, c: &Chunk<'_>, d: &[u8]) -> bool {
+    d.len() == 13
+        && (ctx
             .nearest_before(c.start, CONTEXT_WINDOW)
             .is_some_and(|k| k.kind == Kw::Neg)
+            || ean13_valid(d) && numbered(ctx.b, c.start))
 }
 
 /// Adds every payment card: 13–19 digits, grouped by spaces or dashes any way, Luhn-valid
@@ -246,7 +248,7 @@ pub fn find_cards(ctx: &Ctx<'_>, found: &mut Found) {
                 }
                 buf[n..n + e - s].copy_from_slice(&c.b[s..e]);
                 n += e - s;
-                if n >= 13 && is_card(&buf[..n]) && !(n == 13 && barcode(ctx, c, &buf[..n])) {
+                if n >= 13 && is_card(&buf[..n]) && !thirteen_digit_code(ctx, c, &buf[..n]) {
                     best = Some(j);
                 }
             }
@@ -559,6 +561,32 @@ fn br_mobile(d: &[u8]) -> bool {
     d.len() == 11 && br_ddd(d) && d[2] == b'9' && d[3] != b'0'
 }
 
+/// Whether a number dialled with "00" starts with a country code our customers call from; a
+/// bare "00…" is more often a barcode or an account than an exotic phone.
+fn known_country(d: &[u8]) -> bool {
+    [
+        &b"1"[..],
+        b"57",
+        b"55",
+        b"52",
+        b"34",
+        b"351",
+        b"44",
+        b"49",
+        b"33",
+        b"39",
+        b"54",
+        b"56",
+        b"51",
+        b"58",
+        b"593",
+        b"507",
+        b"506",
+    ]
+    .iter()
+    .any(|p| d.starts_with(p))
+}
+
 /// A number written in international form (after `+` or `00`), country code included.
 fn international(d: &[u8]) -> bool {
     let n = d.len();
@@ -682,7 +710,11 @@ fn phone(c: &Chunk<'_>, i: usize, announced: bool) -> Option<usize> {
         let ok = if plus {
             international(d)
         } else if i == 0 && d.starts_with(b"00") {
-            international(&d[2..])
+            d.len() > 2
+                && d[2] != b'0'
+                && known_country(&d[2..])
+                && international(&d[2..])
+                && !(d.len() == 13 && ean13_valid(d))
         } else {
             national_shape(&sizes[..=j - i]) && national(d, j - i + 1, announced)
         };

@@ -25,7 +25,7 @@ pub fn luhn_valid(digits: &[u8]) -> bool {
         }
         sum += d;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Whether a 13–19 digit string starts like a card that a network actually issues, with a length

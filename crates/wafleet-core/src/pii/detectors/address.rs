@@ -32,10 +32,10 @@ pub fn find(ctx: &Ctx<'_>, found: &mut Found) {
                 Kw::Suffix { abbrev } => suffix_street(ctx, k, abbrev),
                 _ => None,
             };
-        if let Some((s, e)) = hit {
-            if !found.overlaps(s, e) {
-                found.push(s, e, PiiType::Address);
-            }
+        if let Some((s, e)) = hit
+            && !found.overlaps(s, e)
+        {
+            found.push(s, e, PiiType::Address);
         }
     }
 }
@@ -127,13 +127,14 @@ fn house_number(c: &mut Cursor<'_>, max: usize) -> bool {
     }
     // A glued letter or two ("12B", "40A"), but not a word ("12horas").
     let t = *c;
-    if let Some((ls, le)) = c.alnum() {
-        if le - ls > 1 && !c.b[ls..le].eq_ignore_ascii_case(b"bis") {
-            *c = t;
-            // "12hs": not a house number at all.
-            *c = save;
-            return false;
-        }
+    if let Some((ls, le)) = c.alnum()
+        && le - ls > 1
+        && !c.b[ls..le].eq_ignore_ascii_case(b"bis")
+    {
+        *c = t;
+        // "12hs": not a house number at all.
+        *c = save;
+        return false;
     }
     let t = *c;
     c.skip_spaces();
@@ -401,10 +402,10 @@ fn colombian(mut c: Cursor<'_>) -> Option<usize> {
         return None;
     }
     // "12-34B"? a glued single letter is part of it; a word is not.
-    if let Some((ls, le)) = c.alnum() {
-        if le - ls > 1 {
-            return None;
-        }
+    if let Some((ls, le)) = c.alnum()
+        && le - ls > 1
+    {
+        return None;
     }
     let t = c;
     c.skip_spaces();
@@ -480,10 +481,10 @@ fn named(mut c: Cursor<'_>, strong: bool) -> Option<usize> {
     let after_num = c.pos;
     let mut la = c;
     la.skip_spaces();
-    if let Some((s, e)) = la.letters() {
-        if is_in(UNITS, &la.b[s..e]) {
-            return None;
-        }
+    if let Some((s, e)) = la.letters()
+        && is_in(UNITS, &la.b[s..e])
+    {
+        return None;
     }
     if la.peek() == Some(b'%') {
         return None;
@@ -536,7 +537,7 @@ fn suffix_street(ctx: &Ctx<'_>, k: &KwMatch, abbrev: bool) -> Option<(usize, usi
         let ordinal = digits > 0
             && digits + 2 == tok.len()
             && matches!(
-                &lower(&tok[digits..], &mut [0u8; 24])[..],
+                lower(&tok[digits..], &mut [0u8; 24]),
                 b"st" | b"nd" | b"rd" | b"th"
             );
         if !ordinal {

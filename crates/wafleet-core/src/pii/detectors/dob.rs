@@ -196,31 +196,30 @@ pub fn parse_date(text: &str, pos: usize) -> Option<(usize, usize)> {
         if let Some(sep @ (b'/' | b'-' | b'.')) = c.peek() {
             c.pos += 1;
             let b_ = num(&mut c, 1, 2);
-            if let Some(b_) = b_ {
-                if c.eat(sep) {
-                    if let Some((ys, ye)) = c.digits() {
-                        let y_len = ye - ys;
-                        let y = c.b[ys..ye]
-                            .iter()
-                            .fold(0u32, |x, &d| x * 10 + u32::from(d - b'0'));
-                        let end_ok = c.peek().is_none_or(|n| !n.is_ascii_alphanumeric())
-                            && !(matches!(c.peek(), Some(b'/' | b'-' | b'.'))
-                                && c.peek_at(1).is_some_and(|n| n.is_ascii_digit()));
-                        if end_ok {
-                            let dmy = (1..=2).contains(&a_len)
-                                && (y_len == 2 || y_len == 4)
-                                && year_ok(y, y_len == 4)
-                                && ((1..=31).contains(&a) && (1..=12).contains(&b_)
-                                    || (1..=12).contains(&a) && (1..=31).contains(&b_));
-                            let ymd = a_len == 4
-                                && year_ok(a, true)
-                                && (1..=12).contains(&b_)
-                                && (1..=2).contains(&y_len)
-                                && (1..=31).contains(&y);
-                            if dmy || ymd {
-                                return Some((pos, c.pos));
-                            }
-                        }
+            if let Some(b_) = b_
+                && c.eat(sep)
+                && let Some((ys, ye)) = c.digits()
+            {
+                let y_len = ye - ys;
+                let y = c.b[ys..ye]
+                    .iter()
+                    .fold(0u32, |x, &d| x * 10 + u32::from(d - b'0'));
+                let end_ok = c.peek().is_none_or(|n| !n.is_ascii_alphanumeric())
+                    && !(matches!(c.peek(), Some(b'/' | b'-' | b'.'))
+                        && c.peek_at(1).is_some_and(|n| n.is_ascii_digit()));
+                if end_ok {
+                    let dmy = (1..=2).contains(&a_len)
+                        && (y_len == 2 || y_len == 4)
+                        && year_ok(y, y_len == 4)
+                        && ((1..=31).contains(&a) && (1..=12).contains(&b_)
+                            || (1..=12).contains(&a) && (1..=31).contains(&b_));
+                    let ymd = a_len == 4
+                        && year_ok(a, true)
+                        && (1..=12).contains(&b_)
+                        && (1..=2).contains(&y_len)
+                        && (1..=31).contains(&y);
+                    if dmy || ymd {
+                        return Some((pos, c.pos));
                     }
                 }
             }
@@ -239,10 +238,10 @@ pub fn parse_date(text: &str, pos: usize) -> Option<(usize, usize)> {
                 c.skip_spaces();
                 let _ = c.eat_word_ci("del") || c.eat_word_ci("de");
                 c.skip_spaces();
-                if let Some(y) = num(&mut c, 4, 4) {
-                    if year_ok(y, true) {
-                        return Some((pos, c.pos));
-                    }
+                if let Some(y) = num(&mut c, 4, 4)
+                    && year_ok(y, true)
+                {
+                    return Some((pos, c.pos));
                 }
             }
         }

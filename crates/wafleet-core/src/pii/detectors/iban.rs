@@ -25,12 +25,13 @@ pub fn find(ctx: &Ctx<'_>, found: &mut Found) {
             continue;
         }
         let i = d - 2;
-        if b[i].is_ascii_alphabetic() && b[i + 1].is_ascii_alphabetic() && word_start(ctx.text, i) {
-            if let Some(end) = at(b, i) {
-                if found.push(i, end, PiiType::Iban) {
-                    p = p.max(end);
-                }
-            }
+        if b[i].is_ascii_alphabetic()
+            && b[i + 1].is_ascii_alphabetic()
+            && word_start(ctx.text, i)
+            && let Some(end) = at(b, i)
+            && found.push(i, end, PiiType::Iban)
+        {
+            p = p.max(end);
         }
     }
 }

@@ -82,7 +82,7 @@ pub fn valid_v6(s: &[u8]) -> bool {
         return groups == 8 && s[0] != b':' && s[s.len() - 1] != b':';
     }
     // "fe80::1", "2001:db8::8a2e:370:7334"; not "10::30".
-    groups >= 2 && groups <= 7 && long_group
+    (2..=7).contains(&groups) && long_group
 }
 
 #[cfg(test)]

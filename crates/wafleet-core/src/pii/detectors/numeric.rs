@@ -53,15 +53,15 @@ fn valid_sep(s: &[u8]) -> bool {
         return false;
     }
     // Parentheses only as "(" before a group and ")" after one: "+55 (11) 9…".
-    if let Some(p) = s.iter().position(|&c| c == b'(') {
-        if p != s.len() - 1 {
-            return false;
-        }
+    if let Some(p) = s.iter().position(|&c| c == b'(')
+        && p != s.len() - 1
+    {
+        return false;
     }
-    if let Some(p) = s.iter().position(|&c| c == b')') {
-        if p != 0 {
-            return false;
-        }
+    if let Some(p) = s.iter().position(|&c| c == b')')
+        && p != 0
+    {
+        return false;
     }
     true
 }
@@ -217,16 +217,16 @@ fn for_each_chunk(ctx: &Ctx<'_>, found: &mut Found, mut f: impl FnMut(&Chunk<'_>
     }
 }
 
-/// A 13-digit number introduced as a business code ("código de barras 4005808…", "pedido
-/// 4592897885481-01"), or a valid EAN-13 after a `#`/`nº`. The one exception to "every
+/// A 13-digit number that is a valid EAN-13 *and* introduced as a product or business code
+/// ("código de barras 4005808…", "EAN …", "producto …"). The one documented exception to "every
 /// Luhn-valid number goes": 13-digit cards (old Visa) are no longer issued, while German
-/// barcodes (400–440) ship on every Nivea and VTEX order ids are 13 digits.
+/// barcodes (GS1 400–440) ship on every Nivea jar.
 fn thirteen_digit_code(ctx: &Ctx<'_>, c: &Chunk<'_>, d: &[u8]) -> bool {
     d.len() == 13
-        && (ctx
+        && ean13_valid(d)
+        && ctx
             .nearest_before(c.start, CONTEXT_WINDOW)
             .is_some_and(|k| k.kind == Kw::Neg)
-            || ean13_valid(d) && numbered(ctx.b, c.start))
 }
 
 /// Adds every payment card: 13–19 digits, grouped by spaces or dashes any way, Luhn-valid
@@ -317,16 +317,14 @@ pub fn checksummed_id(ctx: &Ctx<'_>, c: &Chunk<'_>, i: usize, bare_ok: bool) -> 
         if q >= 1
             && matches!(b[q - 1], b'X' | b'Y' | b'Z' | b'x' | b'y' | b'z')
             && (q < 2 || !is_alnum(b[q - 2]))
+            && let Some((l, e)) = letter_after(0)
+            && nie_valid(b[q - 1], &b[s..c.group(0).1], l)
         {
-            if let Some((l, e)) = letter_after(0) {
-                if nie_valid(b[q - 1], &b[s..c.group(0).1], l) {
-                    return Some(IdHit {
-                        start: q - 1,
-                        end: e,
-                        last: 0,
-                    });
-                }
-            }
+            return Some(IdHit {
+                start: q - 1,
+                end: e,
+                last: 0,
+            });
         }
     }
     // DNI: 12345678Z, 12345678-Z, 12.345.678-Z.
@@ -776,12 +774,12 @@ fn classify(ctx: &Ctx<'_>, c: &Chunk<'_>, found: &mut Found) {
                 let g = c.group(i);
                 br_mobile(&b[g.0..g.1])
             });
-        if let Some(id) = checksummed_id(ctx, c, i, bare_ok) {
-            if !(code && i == 0 && id.start == c.group(0).0) {
-                found.push(id.start, id.end, PiiType::NationalId);
-                i = id.last + 1;
-                continue;
-            }
+        if let Some(id) = checksummed_id(ctx, c, i, bare_ok)
+            && !(code && i == 0 && id.start == c.group(0).0)
+        {
+            found.push(id.start, id.end, PiiType::NationalId);
+            i = id.last + 1;
+            continue;
         }
         if price || code {
             // Everything in an amount or a code is part of it.
@@ -806,12 +804,14 @@ fn classify(ctx: &Ctx<'_>, c: &Chunk<'_>, found: &mut Found) {
         // A phone inside a chunk starts after a space ("2 3001234567"), not after a dash or a
         // dot that ties it to the group before ("5932-0098-0364-1211").
         let fresh = i == 0 || c.sep(i).iter().any(|&x| x == b' ' || x == b'(');
-        if (!neg || intl) && fresh && near != Some(Kw::Id(IdKw::Cedula)) {
-            if let Some(j) = phone(c, i, announced) {
-                found.push(c.open(i), c.group(j).1, PiiType::Phone);
-                i = j + 1;
-                continue;
-            }
+        if (!neg || intl)
+            && fresh
+            && near != Some(Kw::Id(IdKw::Cedula))
+            && let Some(j) = phone(c, i, announced)
+        {
+            found.push(c.open(i), c.group(j).1, PiiType::Phone);
+            i = j + 1;
+            continue;
         }
         i += 1;
     }

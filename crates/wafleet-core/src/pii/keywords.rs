@@ -5,7 +5,7 @@
 //! This module only *finds* the words (ASCII-case-insensitive, accented and unaccented spellings,
 //! whole words only); the detectors decide what a word nearby means for them.
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, Input, MatchKind};
 
 use super::text::{word_end, word_start};
 
@@ -205,19 +205,27 @@ impl Keywords {
 
     /// All whole-word context words in `text`, in order.
     pub fn find(&self, text: &str, out: &mut Vec<KwMatch>) {
-        for m in self.ac.find_iter(text) {
+        // Leftmost-longest matching skips whatever overlaps a match, so a match rejected for its
+        // word boundaries must not hide a shorter word inside it: "me ligar" is not "me liga",
+        // but it does contain "ligar". Resume one byte after a rejected start.
+        let mut pos = 0;
+        while pos < text.len() {
+            let Some(m) = self.ac.find(Input::new(text).span(pos..text.len())) else {
+                break;
+            };
             let id = m.pattern().as_usize();
-            if !word_start(text, m.start()) {
-                continue;
+            let ok =
+                word_start(text, m.start()) && (!self.needs_end[id] || word_end(text, m.end()));
+            if ok {
+                out.push(KwMatch {
+                    start: m.start(),
+                    end: m.end(),
+                    kind: self.kinds[id],
+                });
+                pos = m.end();
+            } else {
+                pos = m.start() + 1;
             }
-            if self.needs_end[id] && !word_end(text, m.end()) {
-                continue;
-            }
-            out.push(KwMatch {
-                start: m.start(),
-                end: m.end(),
-                kind: self.kinds[id],
-            });
         }
     }
 }
@@ -242,6 +250,14 @@ mod tests {
         assert_eq!(words, ["CÉDULA", "cel", "Cedula"]);
         assert_eq!(got[0].1, Kw::Id(IdKw::Cedula));
         assert_eq!(got[1].1, Kw::Phone);
+    }
+
+    #[test]
+    fn a_rejected_phrase_does_not_hide_a_word_inside_it() {
+        let got = kinds("pode me ligar no 5364-2938");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, "ligar");
+        assert_eq!(got[0].1, Kw::Phone);
     }
 
     #[test]

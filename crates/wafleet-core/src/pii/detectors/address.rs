@@ -346,11 +346,13 @@ fn colombian(mut c: Cursor<'_>) -> Option<usize> {
         street_letters(&mut c);
     } else {
         let mut words = 0;
+        let mut tokens = 0;
         loop {
             let t = c;
-            if words > 0 && c.skip_spaces() == 0 {
+            if tokens > 0 && c.skip_spaces() == 0 {
                 break;
             }
+            tokens += 1;
             let Some((s, e)) = c.letters() else {
                 // "Av. Calle 26 # 69-76": a street type used as a name takes its number.
                 if words > 0 && house_number(&mut c, 3) {
@@ -658,6 +660,10 @@ mod tests {
             ("KR 68 D # 24 - 10 int 3", "KR 68 D # 24 - 10 int 3"),
             ("Calle 45 A bis # 12 B - 34", "Calle 45 A bis # 12 B - 34"),
             ("Av. Calle 26 # 69-76, Bogotá", "Av. Calle 26 # 69-76"),
+            (
+                "en Av. El Dorado N°133-32 of 570.",
+                "Av. El Dorado N°133-32 of 570",
+            ),
             ("Rua Dr. Arnaldo, 455", "Rua Dr. Arnaldo, 455"),
             (
                 "Av. Brig. Faria Lima, 3477 - 14º andar",

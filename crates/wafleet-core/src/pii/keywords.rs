@@ -5,7 +5,7 @@
 //! This module only *finds* the words (ASCII-case-insensitive, accented and unaccented spellings,
 //! whole words only); the detectors decide what a word nearby means for them.
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, Input, MatchKind};
 
 use super::text::{word_end, word_start};
 
@@ -16,8 +16,11 @@ pub enum Kw {
     Phone,
     /// A national identity number follows.
     Id(IdKw),
-    /// A date of birth follows.
+    /// A date of birth follows ("nací el", "DOB").
     Dob,
+    /// A birthday: a birth date follows unless it is the party's date ("la fiesta de
+    /// cumpleaños es el 20/05/2025").
+    Birthday,
     /// The number that follows is a business identifier: order, tracking, invoice, SKU, version.
     Neg,
     /// A street type that comes *before* the street name (Latin American and Iberian style).
@@ -75,23 +78,29 @@ const CHECKSUMMED: &[&str] = &["cpf", "cnpj", "dni", "nie", "nif", "n.i.f.", "d.
 const DOB: &[&str] = &[
     "nací", "naci", "nacido", "nacida", "nacimiento", "fecha de nacimiento", "f. nacimiento",
     "fec. nac.", "f. nac.", "nascimento", "data de nascimento", "nasci", "nascido", "nascida",
-    "born", "dob", "d.o.b.", "d.o.b", "date of birth", "birth date", "birthdate", "birthday",
-    "cumpleaños", "cumpleanos", "cumple", "aniversário",
+    "born", "dob", "d.o.b.", "d.o.b", "date of birth", "birth date", "birthdate",
+];
+
+#[rustfmt::skip]
+const BIRTHDAY: &[&str] = &[
+    "birthday", "cumpleaños", "cumpleanos", "cumple", "aniversário", "aniversario",
 ];
 
 #[rustfmt::skip]
 const NEG: &[&str] = &[
     "pedido", "pedidos", "orden", "ordem", "order", "orders", "factura", "fatura", "invoice",
-    "guía", "guia", "rastreo", "rastreio", "rastreamento", "tracking", "seguimiento",     "sku", "ref", "ref.", "referencia", "referência", "código", "codigo", "cod", "cód",
-    "cód.", "ean", "gtin", "upc", "barras", "barcode", "nf", "nfe", "nf-e", "nota fiscal",
-    "ticket", "caso", "case", "protocolo", "radicado", "transacción", "transaccion", "transação",
-    "transacao", "transaction", "comprobante", "recibo", "receipt", "lote", "serial", "serie",
-    "série", "modelo", "model", "item", "artículo", "articulo", "cupón", "cupon", "cupom",
-    "coupon", "cotización", "cotizacion", "quote", "reserva", "booking", "confirmation",
-    "confirmación", "confirmacion", "versión", "version", "versão", "versao", "firmware", "nit",
-    "paquete", "package", "encomenda", "objeto", "remesa", "consecutivo", "número de orden",
-    "número de pedido", "order number", "tracking number", "solicitud", "pqr", "incidencia",
-    "chamado", "ticket number", "cuenta", "conta", "account", "reference", "ref number", "confirmation number", "tracking no",
+    "guía", "guia", "rastreo", "rastreio", "rastreamento", "tracking", "seguimiento", "sku", "ref",
+    "ref.", "referencia", "referência", "código", "codigo", "cod", "cód", "cód.", "ean", "gtin",
+    "upc", "barras", "barcode", "nf", "nfe", "nf-e", "nota fiscal", "ticket", "caso", "case",
+    "protocolo", "radicado", "transacción", "transaccion", "transação", "transacao", "transaction",
+    "comprobante", "recibo", "receipt", "lote", "serial", "serie", "série", "modelo", "model",
+    "item", "artículo", "articulo", "cupón", "cupon", "cupom", "coupon", "cotización",
+    "cotizacion", "quote", "reserva", "booking", "confirmation", "confirmación", "confirmacion",
+    "versión", "version", "versão", "versao", "firmware", "nit", "paquete", "package", "encomenda",
+    "objeto", "remesa", "consecutivo", "número de orden", "número de pedido", "order number",
+    "tracking number", "solicitud", "pqr", "incidencia", "chamado", "ticket number", "cuenta",
+    "conta", "account", "producto", "produto", "product", "reference", "ref number",
+    "confirmation number", "tracking no",
 ];
 
 /// Street types written before the name. `strong` ones are abbreviations nobody uses in
@@ -100,7 +109,7 @@ const NEG: &[&str] = &[
 const STREET_STRONG: &[&str] = &[
     "cra", "cra.", "kra", "kra.", "kr", "kr.", "cr", "cr.", "carrera", "cll", "cll.", "cl.",
     "clle", "dg", "dg.", "diag", "diag.", "diagonal", "tv", "tv.", "transv", "transv.",
-    "transversal", "tr.", "ak", "ak.", "ac", "ac.", "av", "av.", "avda", "avda.", "avd.", "c/",
+    "transversal", "tr.", "ak", "ak.", "ac", "ac.", "av", "av.", "avda", "avda.", "avd.", "c/", "c.",
     "rua", "r.", "al.", "alameda", "travessa", "trav.", "rodovia", "rod.", "estrada", "pº", "p.º",
     "pza.", "pza", "pl.", "glorieta", "rambla", "ronda", "travesía", "travesia", "autopista",
     "circular", "calle", "avenida", "cl",
@@ -151,12 +160,13 @@ impl Keywords {
     pub fn new() -> Self {
         let mut pats: Vec<String> = Vec::new();
         let mut kinds = Vec::new();
-        let groups: [(&[&str], Kw); 10] = [
+        let groups: [(&[&str], Kw); 11] = [
             (PHONE, Kw::Phone),
             (CEDULA, Kw::Id(IdKw::Cedula)),
             (SSN, Kw::Id(IdKw::Ssn)),
             (CHECKSUMMED, Kw::Id(IdKw::Checksummed)),
             (DOB, Kw::Dob),
+            (BIRTHDAY, Kw::Birthday),
             (NEG, Kw::Neg),
             (STREET_STRONG, Kw::Street { strong: true }),
             (STREET_WEAK, Kw::Street { strong: false }),
@@ -182,6 +192,8 @@ impl Keywords {
         let ac = AhoCorasickBuilder::new()
             .ascii_case_insensitive(true)
             .match_kind(MatchKind::LeftmostLongest)
+            // A full DFA: a few hundred kilobytes once, and the fastest scan per message.
+            .kind(Some(AhoCorasickKind::DFA))
             .build(&pats)
             .expect("keyword automaton builds from static patterns");
         Keywords {
@@ -193,19 +205,27 @@ impl Keywords {
 
     /// All whole-word context words in `text`, in order.
     pub fn find(&self, text: &str, out: &mut Vec<KwMatch>) {
-        for m in self.ac.find_iter(text) {
+        // Leftmost-longest matching skips whatever overlaps a match, so a match rejected for its
+        // word boundaries must not hide a shorter word inside it: "me ligar" is not "me liga",
+        // but it does contain "ligar". Resume one byte after a rejected start.
+        let mut pos = 0;
+        while pos < text.len() {
+            let Some(m) = self.ac.find(Input::new(text).span(pos..text.len())) else {
+                break;
+            };
             let id = m.pattern().as_usize();
-            if !word_start(text, m.start()) {
-                continue;
+            let ok =
+                word_start(text, m.start()) && (!self.needs_end[id] || word_end(text, m.end()));
+            if ok {
+                out.push(KwMatch {
+                    start: m.start(),
+                    end: m.end(),
+                    kind: self.kinds[id],
+                });
+                pos = m.end();
+            } else {
+                pos = m.start() + 1;
             }
-            if self.needs_end[id] && !word_end(text, m.end()) {
-                continue;
-            }
-            out.push(KwMatch {
-                start: m.start(),
-                end: m.end(),
-                kind: self.kinds[id],
-            });
         }
     }
 }
@@ -230,6 +250,14 @@ mod tests {
         assert_eq!(words, ["CÉDULA", "cel", "Cedula"]);
         assert_eq!(got[0].1, Kw::Id(IdKw::Cedula));
         assert_eq!(got[1].1, Kw::Phone);
+    }
+
+    #[test]
+    fn a_rejected_phrase_does_not_hide_a_word_inside_it() {
+        let got = kinds("pode me ligar no 5364-2938");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, "ligar");
+        assert_eq!(got[0].1, Kw::Phone);
     }
 
     #[test]

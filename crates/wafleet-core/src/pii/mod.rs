@@ -18,7 +18,9 @@
 //! 3. `detectors::iban` — mod-97 checked;
 //! 4. `detectors::ip` — IPv6 (IPv4 is found with the other numbers);
 //! 5. cards, in `detectors::numeric` — Luhn plus issuer prefix, any grouping, *before* any
-//!    context rule can claim their digits: a card number is never left in the output;
+//!    context rule can claim their digits: a card number is never left in the output (one
+//!    documented exception: a 13-digit number that is also a valid EAN-13, right after a product
+//!    or order word, is a barcode — 13-digit cards are no longer issued);
 //! 6. `detectors::dob` — dates, only right after a birth word ("nací el", "DOB");
 //! 7. `detectors::idctx` — numbers right after an identity word ("cédula", "SSN");
 //! 8. `detectors::address` — street addresses, anchored on street words;

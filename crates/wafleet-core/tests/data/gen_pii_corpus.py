@@ -2,7 +2,8 @@
 """Generates pii_corpus.jsonl: labelled WhatsApp-style customer messages for the PII redactor.
 
 Deterministic (fixed seed): `python3 gen_pii_corpus.py > pii_corpus.jsonl` regenerates the
-committed file byte for byte.
+committed file byte for byte; `python3 gen_pii_corpus.py SEED > /tmp/x.jsonl` makes a held-out
+one (`bench-pii /tmp/x.jsonl`).
 
 Each line: {"text": ..., "spans": [{"start", "end", "type"}], "lang": "es"|"pt"|"en",
 "country": ..., "traps": [...]}. Offsets are UTF-8 bytes, end exclusive; a span covers the
@@ -20,7 +21,9 @@ import random
 import re
 import sys
 
-R = random.Random(20240517)
+# A different seed (first argument) gives a fresh corpus of the same make-up: a held-out check
+# that the detectors were not tuned to one sample.
+R = random.Random(int(sys.argv[1]) if len(sys.argv) > 1 else 20240517)
 N_PII = 820
 N_CLEAN = 800
 
@@ -151,6 +154,7 @@ def phone(country, announced=True):
             n = "60" + R.choice("124578") + R.choice("2345678") + digits(6)
         a, b_, cc = n[:3], n[3:6], n[6:]
         return R.choice([n, f"{a} {b_} {cc}", f"{a}-{b_}-{cc}", f"+57 {a} {b_} {cc}",
+                         f"{a}.{b_}.{cc}", f"(+57) {a} {b_} {cc}", f"{a} {b_} {cc[:2]} {cc[2:]}",
                          f"+57{n}", f"{a} {b_}{cc}", f"+57 {n}", f"57{n}"
                          if R.random() < 0.3 else f"{a} {b_} {cc}"])
     if c == "BR":
@@ -195,7 +199,7 @@ def phone(country, announced=True):
     a = R.choice(NANP_AREAS)
     x = R.choice("23456789") + digits(2)
     s = digits(4)
-    return R.choice([f"({a}) {x}-{s}", f"{a}-{x}-{s}", f"{a}.{x}.{s}", f"{a} {x} {s}",
+    return R.choice([f"({a}) {x}-{s}", f"{a}-{x}-{s}", f"({a}){x}-{s}", f"{a}.{x}.{s}", f"{a} {x} {s}",
                      f"+1 {a} {x} {s}", f"+1 ({a}) {x}-{s}", f"1-{a}-{x}-{s}", f"{a}{x}{s}",
                      f"+1-{a}-{x}-{s}"])
 
@@ -422,13 +426,17 @@ CO_NAMED = ["Boyacá", "El Dorado", "Caracas", "Américas", "Primero de Mayo", "
 
 def addr_co():
     t = R.choice(["Calle", "Calle", "Cl", "Cll", "Carrera", "Cra", "Cra.", "Kr", "Kra", "Av.",
-                  "Avenida", "Diagonal", "Dg", "Transversal", "Tv", "Ak", "Av"])
+                  "Avenida", "Diagonal", "Dg", "Transversal", "Tv", "Ak", "Av", "Cl.", "CALLE", "KR"])
     if t.startswith("Av") and R.random() < 0.5:
         street = R.choice(CO_NAMED)
+    elif t.startswith("Av") and R.random() < 0.3:
+        street = f"{R.choice(['Calle', 'Carrera', 'Cra'])} {R.randrange(1, 170)}"
     else:
         street = str(R.randrange(1, 170))
         if R.random() < 0.25:
             street += R.choice("ABC")
+        elif R.random() < 0.1:
+            street += " " + R.choice("ABCD")
         if R.random() < 0.08:
             street += " Bis"
         if R.random() < 0.1:
@@ -439,6 +447,8 @@ def addr_co():
     elif not marker.startswith(" "):
         marker = " " + marker
     n1 = str(R.randrange(1, 140)) + (R.choice("ABC") if R.random() < 0.15 else "")
+    if R.random() < 0.05:
+        n1 += " " + R.choice("ABC")
     n2 = str(R.randrange(1, 99))
     sep = R.choice(["-", "-", "-", " - "])
     a = f"{t} {street}{marker}{n1}{sep}{n2}"
@@ -468,7 +478,9 @@ BR_STREETS = ["das Flores", "Augusta", "Oscar Freire", "XV de Novembro", "25 de 
               "Sete de Setembro", "Barão de Itapetininga", "dos Andradas", "Voluntários da Pátria",
               "Paulista", "Brigadeiro Faria Lima", "Rio Branco", "Afonso Pena", "Getúlio Vargas",
               "Santos Dumont", "Tiradentes", "da Consolação", "Bela Cintra", "Haddock Lobo",
-              "Padre Anchieta", "Marechal Deodoro", "Dom Pedro II", "das Palmeiras", "Amazonas"]
+              "Padre Anchieta", "Marechal Deodoro", "Dom Pedro II", "das Palmeiras", "Amazonas",
+              "Dr. Arnaldo", "Prof. Alfonso Bovero", "Brig. Faria Lima", "Pres. Vargas",
+              "Gen. Osório", "Cel. Oscar Porto"]
 
 
 def addr_br():
@@ -519,7 +531,7 @@ ES_STREETS = ["Mayor", "de Alcalá", "Serrano", "Gran Vía", "del Carmen", "de l
 
 
 def addr_es():
-    t = R.choice(["C/", "C/", "Calle", "Calle", "Avda.", "Avenida", "Paseo", "Plaza", "Ronda", "Camino"])
+    t = R.choice(["C/", "C/", "Calle", "Calle", "Avda.", "Avenida", "Paseo", "Plaza", "Ronda", "Camino", "Pza.", "C."])
     name = R.choice(ES_STREETS)
     if t == "C/" and R.random() < 0.5:
         head = f"C/{name}"
@@ -544,7 +556,7 @@ def addr_es():
     return a
 
 
-MX_STREETS = ["Insurgentes Sur", "Durango", "Reforma", "Álvaro Obregón", "Amsterdam",
+MX_STREETS = ["Insurgentes Sur", "Durango", "5 de Mayo", "16 de Septiembre", "Reforma", "Álvaro Obregón", "Amsterdam",
               "Chapultepec", "Madero", "Juárez", "Hidalgo", "Morelos", "Vallarta", "Revolución"]
 
 
@@ -757,6 +769,21 @@ TRAP_CLAUSES = {
     ],
 }
 
+HARD_TRAPS = {
+    "es": ["el número que me dieron en la tienda es {AMBIG}", "la fiesta de cumpleaños es el {FUTURE}, ¿llega antes?",
+           "el producto {GEAN} no aparece en la página", "código de barras {GEAN}",
+           "mi tarjeta terminada en {LAST4} fue rechazada", "en la calle 93 con 15 hay trancón",
+           "NIT {NIT}", "número de cuenta {AMBIG}", "atienden de lunes a viernes de 8:00 a 17:00?",
+           "la Avenida 68 con Calle 13 está cerrada", "me llegó un SMS del {SHORT} con un código {SHORT}",
+           "tengo 1.023.456 puntos acumulados", "¿el envío a la Cra 7 cuesta {PRICE}?"],
+    "pt": ["a festa de aniversário é dia {FUTURE}", "o produto {GEAN} não aparece", "EAN {GEAN}",
+           "meu cartão final {LAST4} foi recusado", "na Av. Paulista tem 2 lojas de vocês?",
+           "CNPJ da transportadora? o protocolo é {AMBIG}", "recebi um SMS do {SHORT}"],
+    "en": ["the birthday party is on {FUTURE}, will it arrive before?", "barcode {GEAN}",
+           "my card ending in {LAST4} was declined", "I live on Main St, near the park",
+           "the store is open 9:00-17:00", "the number they gave me is {AMBIG}", "I got a text from {SHORT}"],
+}
+
 QTYS = ["2", "3", "1", "10", "500", "250", "100", "12", "6", "x2", "4", "5", "1,5", "30", "50"]
 
 
@@ -792,6 +819,18 @@ def trap_value(slot, lang, country):
         return R.choice(PRODUCTS[lang])
     if slot == "BADCARD":
         return bad_card()
+    if slot == "AMBIG":
+        return R.choice("23456789") + digits(9)
+    if slot == "FUTURE":
+        return f"{R.randrange(1, 29):02d}/{R.randrange(1, 13):02d}/{R.choice([2024, 2025])}"
+    if slot == "GEAN":
+        return ean13(R.choice(["400", "401", "402", "405", "406", "409", "410", "425"]))
+    if slot == "LAST4":
+        return digits(4)
+    if slot == "NIT":
+        return f"{R.randrange(800, 999)}.{digits(3)}.{digits(3)}-{R.randrange(0, 10)}"
+    if slot == "SHORT":
+        return str(R.randrange(10000, 99999))
     if slot == "VERSION":
         return R.choice([f"{R.randrange(1, 6)}.{R.randrange(0, 20)}.{R.randrange(0, 20)}",
                          f"{R.randrange(1, 6)}.{R.randrange(0, 9)}.{R.randrange(0, 9)}.{R.randrange(0, 200)}"])
@@ -809,22 +848,28 @@ PII_CLAUSES = {
         "pueden comunicarse al {PHONE} después de las 5", "el número de contacto es {PHONE}",
         "me cambié de número, ahora es {PHONE}", "mi whatsapp {PHONE}", "llamar al {PHONE} antes de entregar",
         "móvil {PHONE}", "fijo {PHONE}", "el domiciliario me puede llamar al {PHONE}",
+        "cel:{PHONE}", "Tel.{PHONE}", "WhatsApp: {PHONE}", "el pedido lo recibe mi hermana, {PHONE}",
+        "mi número de pedido es {ORDER} y mi teléfono {PHONE}", "{PHONE} 🙏", "al {PHONE}.",
+        "me pueden escribir al {PHONE} o al {PHONE}",
     ],
     ("pt", "PHONE"): [
         "meu celular é {PHONE}", "pode me ligar no {PHONE}", "meu zap é {PHONE}", "whatsapp {PHONE}",
         "telefone: {PHONE}", "meu número é {PHONE}", "liga pra mim no {PHONE}",
         "o contato da minha mãe é {PHONE}", "{PHONE}", "fone {PHONE}", "me chama no {PHONE}",
         "o telemóvel é {PHONE}", "contato: {PHONE}", "pode ligar no {PHONE} antes de entregar",
+        "cel:{PHONE}", "o pedido {ORDER} quem recebe é meu irmão, {PHONE}", "zap {PHONE} 😊",
     ],
     ("en", "PHONE"): [
         "my cell is {PHONE}", "call me at {PHONE}", "you can reach me at {PHONE}", "my number is {PHONE}",
         "text me at {PHONE}", "phone: {PHONE}", "{PHONE}", "my husband's phone is {PHONE}",
         "please call {PHONE} after 5pm", "the driver can call {PHONE}", "mobile {PHONE}",
+        "order {ORDER}, my phone is {PHONE}", "cell:{PHONE}",
     ],
     ("es", "EMAIL"): [
         "mi correo es {EMAIL}", "envíenme la factura a {EMAIL}", "correo: {EMAIL}", "{EMAIL}",
         "me registré con {EMAIL}", "mi email {EMAIL}", "el correo de la cuenta es {EMAIL}",
         "mándenlo a {EMAIL} por favor", "la factura a nombre de la empresa, correo {EMAIL}",
+        "<{EMAIL}>", "mailto:{EMAIL}", "correo:{EMAIL}",
     ],
     ("pt", "EMAIL"): [
         "meu e-mail é {EMAIL}", "manda pro {EMAIL}", "email: {EMAIL}", "{EMAIL}",
@@ -833,6 +878,7 @@ PII_CLAUSES = {
     ("en", "EMAIL"): [
         "my email is {EMAIL}", "send it to {EMAIL}", "email: {EMAIL}", "{EMAIL}",
         "I signed up with {EMAIL}", "the account email is {EMAIL}", "please cc {EMAIL}",
+        "Email: <{EMAIL}>",
     ],
     ("es", "CARD"): [
         "pagué con la tarjeta {CARD}", "mi tarjeta es {CARD}", "el número de la tarjeta {CARD} vence 08/27",
@@ -862,7 +908,8 @@ PII_CLAUSES = {
         "mi cédula es {CEDULA}", "C.C. {CEDULA}", "CC {CEDULA}", "número de documento {CEDULA}",
         "identificación: {CEDULA}", "la factura a nombre de mi papá, cédula {CEDULA}",
         "con documento {CEDULA}", "cc: {CEDULA}", "cédula de ciudadanía {CEDULA}",
-        "mi número de cédula es el {CEDULA}",
+        "mi número de cédula es el {CEDULA}", "CC. {CEDULA}", "C.C {CEDULA}",
+        "documento {CEDULA} de Bogotá",
     ],
     ("pt", "CPF"): [
         "meu CPF é {CPF}", "CPF: {CPF}", "CPF {CPF}", "nota no CPF {CPF}", "cpf {CPF}",
@@ -885,7 +932,7 @@ PII_CLAUSES = {
     ("pt", "URLC"): ["o link é {URLC}", "recebi isso {URLC}", "esse link é de vocês? {URLC}"],
     ("en", "URLC"): ["here's the link {URLC}", "I got this link {URLC}, is it legit?", "link: {URLC}"],
     ("es", "DOB"): [
-        "nací el {DOB}", "mi fecha de nacimiento es {DOB}", "fecha de nacimiento: {DOB}",
+        "nací el {DOB}", "fecha de nacimiento {DOB}, por si la piden", "mi fecha de nacimiento es {DOB}", "fecha de nacimiento: {DOB}",
         "mi cumpleaños es el {DOB}", "nací en Cali el {DOB}", "F. nacimiento {DOB}",
     ],
     ("pt", "DOB"): [
@@ -920,6 +967,20 @@ CITIES = {"CO": ["Bogotá", "Medellín", "Cali", "Barranquilla", "Bucaramanga"],
 HOODS = {"CO": ["Chapinero", "El Poblado", "Cedritos", "Laureles", "Usaquén"],
          "MX": ["Roma Norte", "Condesa", "Polanco"], "ES": ["Centro"], "BR": ["Centro", "Pinheiros", "Savassi", "Copacabana"],
          "PT": ["Baixa"], "US": ["Downtown"]}
+
+FORMS = {
+    "CO": ["Datos para el envío:\nNombre: {NAME}\nCédula: {CEDULA}\nCel: {PHONE}\nDirección: {ADDR}\nCiudad: {CITY}",
+           "{NAME}, CC {CEDULA}, {ADDR}, {CITY}, cel {PHONE}",
+           "Nombre: {NAME} / Tel: {PHONE} / Correo: {EMAIL}"],
+    "MX": ["Datos: {NAME}, {ADDR}, {CITY}. Tel {PHONE}, correo {EMAIL}"],
+    "ES": ["Nombre: {NAME}\nDNI: {DNI}\nDirección: {ADDR}, {CITY}\nMóvil: {PHONE}",
+           "Envío a {NAME}, {ADDR}, {CITY}. Teléfono {PHONE}"],
+    "BR": ["Dados para entrega:\nNome: {NAME}\nCPF: {CPF}\nEndereço: {ADDR}\nCidade: {CITY}\nCelular: {PHONE}",
+           "{NAME}, CPF {CPF}, {ADDR} - {CITY}, fone {PHONE}"],
+    "PT": ["Nome: {NAME}\nMorada: {ADDR}, {CITY}\nTelemóvel: {PHONE}\nEmail: {EMAIL}"],
+    "US": ["Name: {NAME}\nAddress: {ADDR}, {CITY}\nPhone: {PHONE}\nEmail: {EMAIL}",
+           "{NAME}, {ADDR}, {CITY}, {PHONE}"],
+}
 
 SLOT_TYPE = {"PHONE": "PHONE", "EMAIL": "EMAIL", "CARD": "CARD", "IBAN": "IBAN", "CEDULA": "NATIONAL_ID",
              "CPF": "NATIONAL_ID", "CNPJ": "NATIONAL_ID", "DNI": "NATIONAL_ID", "NIE": "NATIONAL_ID",
@@ -1028,6 +1089,8 @@ def render(msg, tmpl, lang, country, pii_ok=True):
             msg.add(R.choice(CITIES[country]))
         elif slot == "HOOD":
             msg.add(R.choice(HOODS[country]))
+        elif slot == "NAME":
+            msg.add(f"{R.choice(FIRST[lang]).title()} {R.choice(LAST[lang]).title()}")
         elif slot == "CVV":
             msg.add(digits(3))
         else:
@@ -1036,7 +1099,9 @@ def render(msg, tmpl, lang, country, pii_ok=True):
     msg.add(tmpl[pos:])
 
 
-def joiner():
+def joiner(prev):
+    if prev.rstrip().endswith(("?", ".", "!", ":")):
+        return R.choice([" ", "\n", " "])
     return R.choice([", ", ". ", "\n", " ", ". ", ", "])
 
 
@@ -1049,7 +1114,7 @@ def message(has_pii):
     if has_pii:
         kinds = KINDS[country]
         k = R.choices([x for x, _ in kinds], [w for _, w in kinds])[0]
-        parts.append(("pii", k))
+        parts.append(("form", None) if R.random() < 0.06 else ("pii", k))
         if R.random() < 0.22:
             k2 = R.choices([x for x, _ in kinds], [w for _, w in kinds])[0]
             if k2 != k:
@@ -1065,7 +1130,7 @@ def message(has_pii):
         msg.add(g + R.choice([", ", "! ", ". ", "\n", " "]))
     for i, (kind, k) in enumerate(parts):
         if i:
-            msg.add(joiner())
+            msg.add(joiner(msg.text()))
         if kind == "pii":
             key = (lang, k)
             tmpl = R.choice(PII_CLAUSES[key])
@@ -1073,12 +1138,15 @@ def message(has_pii):
                 tmpl = "SSN {SSN}"
             render(msg, tmpl, lang, country)
         elif kind == "trap":
-            render(msg, R.choice(TRAP_CLAUSES[lang]), lang, country)
+            pool = HARD_TRAPS[lang] if R.random() < 0.05 else TRAP_CLAUSES[lang]
+            render(msg, R.choice(pool), lang, country)
+        elif kind == "form":
+            render(msg, R.choice(FORMS[country]), lang, country)
         else:
             msg.add(R.choice(FILLER[lang]))
     c = R.choice(CLOSE[lang])
     if c:
-        msg.add(R.choice([". ", "\n", " ", ", "]) + c)
+        msg.add(joiner(msg.text()).replace(", ", ". ") + c)
     text = msg.text()
     if R.random() < 0.05 and not has_pii:
         text = text.lower()

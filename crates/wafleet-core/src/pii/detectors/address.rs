@@ -19,15 +19,23 @@ use crate::pii::{Ctx, Found, PiiType};
 /// Adds every street address in the message.
 pub fn find(ctx: &Ctx<'_>, found: &mut Found) {
     for k in ctx.kws {
-        let hit = match k.kind {
-            Kw::Street { strong } => prefix_street(ctx, k, strong).map(|e| (k.start, e)),
-            Kw::Suffix { abbrev } => suffix_street(ctx, k, abbrev),
-            _ => None,
-        };
-        if let Some((s, e)) = hit {
-            if !found.overlaps(s, e) {
-                found.push(s, e, PiiType::Address);
-            }
+        let hit =
+            match k.kind {
+                // "Pl." is a Spanish plaza before a name and a US place after one.
+                Kw::Street { strong } => prefix_street(ctx, k, strong)
+                    .map(|e| (k.start, e))
+                    .or_else(|| {
+                        let w = &ctx.b[k.start..k.end];
+                        let pl = w.len() >= 2 && w[..2].eq_ignore_ascii_case(b"pl");
+                        pl.then(|| suffix_street(ctx, k, true)).flatten()
+                    }),
+                Kw::Suffix { abbrev } => suffix_street(ctx, k, abbrev),
+                _ => None,
+            };
+        if let Some((s, e)) = hit
+            && !found.overlaps(s, e)
+        {
+            found.push(s, e, PiiType::Address);
         }
     }
 }
@@ -67,7 +75,7 @@ const UNITS: &[&str] = &[
     "horas", "hora", "hrs", "h", "minutos", "min", "mins", "días", "dias", "dia", "día", "veces",
     "km", "metros", "m", "cuadras", "quadras", "blocks", "pm", "am", "unidades", "un", "ud", "uds",
     "pesos", "reais", "euros", "x", "años", "anos", "meses", "semanas", "minutes", "hours", "days",
-    "%", "mil",
+    "%",
 ];
 
 fn is_in(list: &[&str], w: &[u8]) -> bool {
@@ -119,13 +127,14 @@ fn house_number(c: &mut Cursor<'_>, max: usize) -> bool {
     }
     // A glued letter or two ("12B", "40A"), but not a word ("12horas").
     let t = *c;
-    if let Some((ls, le)) = c.alnum() {
-        if le - ls > 1 && !c.b[ls..le].eq_ignore_ascii_case(b"bis") {
-            *c = t;
-            // "12hs": not a house number at all.
-            *c = save;
-            return false;
-        }
+    if let Some((ls, le)) = c.alnum()
+        && le - ls > 1
+        && !c.b[ls..le].eq_ignore_ascii_case(b"bis")
+    {
+        *c = t;
+        // "12hs": not a house number at all.
+        *c = save;
+        return false;
     }
     let t = *c;
     c.skip_spaces();
@@ -282,6 +291,40 @@ fn complements(c: &mut Cursor<'_>) -> usize {
     end
 }
 
+/// What may follow a Colombian street or plate number: a spaced letter ("45 A"), "bis", and a
+/// cardinal point ("Sur", "Este").
+fn street_letters(c: &mut Cursor<'_>) {
+    for _ in 0..3 {
+        let t = *c;
+        c.skip_spaces();
+        let single = c.peek().is_some_and(|l| l.is_ascii_alphabetic())
+            && c.peek_at(1)
+                .is_none_or(|n| !n.is_ascii_alphanumeric() && n < 0x80)
+            && c.peek()
+                .is_some_and(|l| matches!(l.to_ascii_uppercase(), b'A'..=b'H'));
+        if single {
+            c.pos += 1;
+            continue;
+        }
+        if !(c.eat_word_ci("bis")
+            || c.eat_word_ci("sur")
+            || c.eat_word_ci("este")
+            || c.eat_word_ci("norte")
+            || c.eat_word_ci("oeste"))
+        {
+            *c = t;
+            break;
+        }
+    }
+}
+
+/// "Dr.", "Prof.", "Brig.": a short word's abbreviation dot belongs to the name.
+fn abbreviation_dot(c: &mut Cursor<'_>, word_len: usize) {
+    if word_len <= 5 && c.peek() == Some(b'.') && c.peek_at(1) == Some(b' ') {
+        c.pos += 1;
+    }
+}
+
 /// After the street type: Colombian plate grammar, else name-then-number grammar.
 fn prefix_street(ctx: &Ctx<'_>, k: &KwMatch, strong: bool) -> Option<usize> {
     let mut c = Cursor::new(ctx.text, k.end);
@@ -300,26 +343,22 @@ fn colombian(mut c: Cursor<'_>) -> Option<usize> {
         if !house_number(&mut c, 3) {
             return None;
         }
-        for _ in 0..2 {
-            let t = c;
-            c.skip_spaces();
-            if !(c.eat_word_ci("sur")
-                || c.eat_word_ci("este")
-                || c.eat_word_ci("norte")
-                || c.eat_word_ci("oeste"))
-            {
-                c = t;
-                break;
-            }
-        }
+        street_letters(&mut c);
     } else {
         let mut words = 0;
+        let mut tokens = 0;
         loop {
             let t = c;
-            if words > 0 && c.skip_spaces() == 0 {
+            if tokens > 0 && c.skip_spaces() == 0 {
                 break;
             }
+            tokens += 1;
             let Some((s, e)) = c.letters() else {
+                // "Av. Calle 26 # 69-76": a street type used as a name takes its number.
+                if words > 0 && house_number(&mut c, 3) {
+                    street_letters(&mut c);
+                    break;
+                }
                 c = t;
                 break;
             };
@@ -328,6 +367,7 @@ fn colombian(mut c: Cursor<'_>) -> Option<usize> {
                 c = t;
                 break;
             }
+            abbreviation_dot(&mut c, e - s);
             if !is_in(CONNECTORS, w) {
                 words += 1;
             }
@@ -348,6 +388,7 @@ fn colombian(mut c: Cursor<'_>) -> Option<usize> {
     if !house_number(&mut c, 3) {
         return None;
     }
+    street_letters(&mut c);
     c.skip_spaces();
     if !(c.eat(b'-')
         || c.b[c.pos..].starts_with("–".as_bytes()) && {
@@ -363,10 +404,10 @@ fn colombian(mut c: Cursor<'_>) -> Option<usize> {
         return None;
     }
     // "12-34B"? a glued single letter is part of it; a word is not.
-    if let Some((ls, le)) = c.alnum() {
-        if le - ls > 1 {
-            return None;
-        }
+    if let Some((ls, le)) = c.alnum()
+        && le - ls > 1
+    {
+        return None;
     }
     let t = c;
     c.skip_spaces();
@@ -395,6 +436,7 @@ fn named(mut c: Cursor<'_>, strong: bool) -> Option<usize> {
                 c = t;
                 break;
             }
+            abbreviation_dot(&mut c, e - s);
             if !is_in(CONNECTORS, w) {
                 words += 1;
                 cap |= capitalised(text, s);
@@ -441,10 +483,10 @@ fn named(mut c: Cursor<'_>, strong: bool) -> Option<usize> {
     let after_num = c.pos;
     let mut la = c;
     la.skip_spaces();
-    if let Some((s, e)) = la.letters() {
-        if is_in(UNITS, &la.b[s..e]) {
-            return None;
-        }
+    if let Some((s, e)) = la.letters()
+        && is_in(UNITS, &la.b[s..e])
+    {
+        return None;
     }
     if la.peek() == Some(b'%') {
         return None;
@@ -487,7 +529,9 @@ fn suffix_street(ctx: &Ctx<'_>, k: &KwMatch, abbrev: bool) -> Option<(usize, usi
         {
             // House number ("123", "221B"), or a numbered street name only if followed by
             // an ordinal (handled below).
-            if names == 0 || digits > 6 {
+            // A house number stands alone: not the tail of "4587-2231" or "#12".
+            if names == 0 || digits > 6 || (s > 0 && matches!(b[s - 1], b'-' | b'.' | b'/' | b'#'))
+            {
                 return None;
             }
             break s;
@@ -495,7 +539,7 @@ fn suffix_street(ctx: &Ctx<'_>, k: &KwMatch, abbrev: bool) -> Option<(usize, usi
         let ordinal = digits > 0
             && digits + 2 == tok.len()
             && matches!(
-                &lower(&tok[digits..], &mut [0u8; 24])[..],
+                lower(&tok[digits..], &mut [0u8; 24]),
                 b"st" | b"nd" | b"rd" | b"th"
             );
         if !ordinal {
@@ -612,6 +656,19 @@ mod tests {
             ),
             ("ship to 350 5th Ave, Suite 200", "350 5th Ave, Suite 200"),
             ("42 oak st", "42 oak st"),
+            ("ship to 1133 Main Pl. Thx", "1133 Main Pl."),
+            ("KR 68 D # 24 - 10 int 3", "KR 68 D # 24 - 10 int 3"),
+            ("Calle 45 A bis # 12 B - 34", "Calle 45 A bis # 12 B - 34"),
+            ("Av. Calle 26 # 69-76, Bogotá", "Av. Calle 26 # 69-76"),
+            (
+                "en Av. El Dorado N°133-32 of 570.",
+                "Av. El Dorado N°133-32 of 570",
+            ),
+            ("Rua Dr. Arnaldo, 455", "Rua Dr. Arnaldo, 455"),
+            (
+                "Av. Brig. Faria Lima, 3477 - 14º andar",
+                "Av. Brig. Faria Lima, 3477 - 14º andar",
+            ),
         ] {
             assert_eq!(addrs(t), vec![want], "{t}");
         }
@@ -630,6 +687,9 @@ mod tests {
             "compré 2 St. Ives",
             "el TV 55 pulgadas",
             "Recogí en el CC Andino local 204",
+            "en la calle 93 con 15 hay un trancón",
+            "na Av. Paulista tem 2 lojas",
+            "I live on Main St",
         ] {
             assert!(addrs(t).is_empty(), "{t}: {:?}", addrs(t));
         }

@@ -16,7 +16,14 @@ const MAX_GAP_WORDS: usize = 4;
 
 /// Adds every date of birth in the message.
 pub fn find(ctx: &Ctx<'_>, found: &mut Found) {
-    for k in ctx.kws.iter().filter(|k| k.kind == Kw::Dob) {
+    for k in ctx
+        .kws
+        .iter()
+        .filter(|k| matches!(k.kind, Kw::Dob | Kw::Birthday))
+    {
+        if k.kind == Kw::Birthday && is_event(ctx.b, k.start) {
+            continue;
+        }
         let mut c = Cursor::new(ctx.text, k.end);
         let mut words = 0;
         loop {
@@ -37,6 +44,39 @@ pub fn find(ctx: &Ctx<'_>, found: &mut Found) {
             words += 1;
         }
     }
+}
+
+/// Words that make a birthday an event: "la fiesta de cumpleaños", "birthday party", "regalo
+/// de cumpleaños". Checked in the few words around the birthday word.
+const EVENT: &[&[u8]] = &[
+    b"fiesta",
+    b"festa",
+    b"party",
+    b"celebraci",
+    b"comemora",
+    b"regalo",
+    b"presente",
+    b"gift",
+    b"present",
+    b"torta",
+    b"bolo",
+    b"cake",
+    b"evento",
+    b"event",
+    b"sorpresa",
+    b"surpresa",
+];
+
+fn is_event(b: &[u8], kw_start: usize) -> bool {
+    let from = kw_start.saturating_sub(24);
+    let to = (kw_start + 40).min(b.len());
+    let mut buf = [0u8; 64];
+    let n = (to - from).min(64);
+    for (d, s) in buf.iter_mut().zip(&b[from..from + n]) {
+        *d = s.to_ascii_lowercase();
+    }
+    let hay = &buf[..n];
+    EVENT.iter().any(|w| hay.windows(w.len()).any(|x| x == *w))
 }
 
 const MONTHS: &[(&str, u8)] = &[
@@ -156,31 +196,30 @@ pub fn parse_date(text: &str, pos: usize) -> Option<(usize, usize)> {
         if let Some(sep @ (b'/' | b'-' | b'.')) = c.peek() {
             c.pos += 1;
             let b_ = num(&mut c, 1, 2);
-            if let Some(b_) = b_ {
-                if c.eat(sep) {
-                    if let Some((ys, ye)) = c.digits() {
-                        let y_len = ye - ys;
-                        let y = c.b[ys..ye]
-                            .iter()
-                            .fold(0u32, |x, &d| x * 10 + u32::from(d - b'0'));
-                        let end_ok = c.peek().is_none_or(|n| !n.is_ascii_alphanumeric())
-                            && !(matches!(c.peek(), Some(b'/' | b'-' | b'.'))
-                                && c.peek_at(1).is_some_and(|n| n.is_ascii_digit()));
-                        if end_ok {
-                            let dmy = (1..=2).contains(&a_len)
-                                && (y_len == 2 || y_len == 4)
-                                && year_ok(y, y_len == 4)
-                                && ((1..=31).contains(&a) && (1..=12).contains(&b_)
-                                    || (1..=12).contains(&a) && (1..=31).contains(&b_));
-                            let ymd = a_len == 4
-                                && year_ok(a, true)
-                                && (1..=12).contains(&b_)
-                                && (1..=2).contains(&y_len)
-                                && (1..=31).contains(&y);
-                            if dmy || ymd {
-                                return Some((pos, c.pos));
-                            }
-                        }
+            if let Some(b_) = b_
+                && c.eat(sep)
+                && let Some((ys, ye)) = c.digits()
+            {
+                let y_len = ye - ys;
+                let y = c.b[ys..ye]
+                    .iter()
+                    .fold(0u32, |x, &d| x * 10 + u32::from(d - b'0'));
+                let end_ok = c.peek().is_none_or(|n| !n.is_ascii_alphanumeric())
+                    && !(matches!(c.peek(), Some(b'/' | b'-' | b'.'))
+                        && c.peek_at(1).is_some_and(|n| n.is_ascii_digit()));
+                if end_ok {
+                    let dmy = (1..=2).contains(&a_len)
+                        && (y_len == 2 || y_len == 4)
+                        && year_ok(y, y_len == 4)
+                        && ((1..=31).contains(&a) && (1..=12).contains(&b_)
+                            || (1..=12).contains(&a) && (1..=31).contains(&b_));
+                    let ymd = a_len == 4
+                        && year_ok(a, true)
+                        && (1..=12).contains(&b_)
+                        && (1..=2).contains(&y_len)
+                        && (1..=31).contains(&y);
+                    if dmy || ymd {
+                        return Some((pos, c.pos));
                     }
                 }
             }
@@ -199,10 +238,10 @@ pub fn parse_date(text: &str, pos: usize) -> Option<(usize, usize)> {
                 c.skip_spaces();
                 let _ = c.eat_word_ci("del") || c.eat_word_ci("de");
                 c.skip_spaces();
-                if let Some(y) = num(&mut c, 4, 4) {
-                    if year_ok(y, true) {
-                        return Some((pos, c.pos));
-                    }
+                if let Some(y) = num(&mut c, 4, 4)
+                    && year_ok(y, true)
+                {
+                    return Some((pos, c.pos));
                 }
             }
         }
@@ -268,6 +307,9 @@ mod tests {
             "entrega el 15/03/2024",
             "el pedido llegó 2024-05-12",
             "cumpleaños de mi mamá el 20/05",
+            "la fiesta de cumpleaños es el 20/05/2025",
+            "the birthday party is on 10/11/2025",
+            "a festa de aniversário é dia 11/09/2025",
             "nací en Cali y vivo en Bogotá desde hace muchos años, el pedido 15/03/2024",
             "DOB 32/13/1990",
             "fecha de nacimiento 15/03/1990/2",

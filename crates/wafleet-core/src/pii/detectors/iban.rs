@@ -1,6 +1,6 @@
 //! IBANs: two letters, two check digits and the account (BBAN), written solid or in groups
-//! separated by single spaces, either case. Accepted only when the ISO 13616 mod-97 check
-//! passes; for countries whose length we know, only at that length.
+//! separated by single spaces, either case. Accepted only for a country whose IBAN length we
+//! know, at exactly that length, when the ISO 13616 mod-97 check passes.
 
 use crate::pii::checksums::{iban_length, iban_valid};
 use crate::pii::text::word_start;
@@ -12,28 +12,33 @@ pub fn find(ctx: &Ctx<'_>, found: &mut Found) {
     if b.len() < 15 {
         return;
     }
-    let mut i = 0;
-    while i + 4 <= b.len() {
+    // Visit each run of digits once; an IBAN is two letters glued before one.
+    let mut p = 0;
+    while let Some(rel) = b[p..].iter().position(u8::is_ascii_digit) {
+        let d = p + rel;
+        let mut e = d;
+        while e < b.len() && b[e].is_ascii_digit() {
+            e += 1;
+        }
+        p = e;
+        if d < 2 || e - d < 2 {
+            continue;
+        }
+        let i = d - 2;
         if b[i].is_ascii_alphabetic()
             && b[i + 1].is_ascii_alphabetic()
-            && b[i + 2].is_ascii_digit()
-            && b[i + 3].is_ascii_digit()
             && word_start(ctx.text, i)
+            && let Some(end) = at(b, i)
+            && found.push(i, end, PiiType::Iban)
         {
-            if let Some(e) = at(b, i) {
-                if found.push(i, e, PiiType::Iban) {
-                    i = e;
-                    continue;
-                }
-            }
+            p = p.max(end);
         }
-        i += 1;
     }
 }
 
 /// The end of a valid IBAN starting at `s`, if there is one.
 fn at(b: &[u8], s: usize) -> Option<usize> {
-    let want = iban_length([b[s], b[s + 1]]);
+    let want = Some(iban_length([b[s], b[s + 1]])?);
     let mut buf = [0u8; 34];
     let mut n = 0;
     let mut i = s;
@@ -121,6 +126,7 @@ mod tests {
             "SKU AB12 3456 7890 1234",
             "ES12",
             "ref XX00 0000 0000 0000 0000",
+            "invoice FE53953 has the wrong amount",
         ] {
             assert!(ibans(t).is_empty(), "{t}");
         }

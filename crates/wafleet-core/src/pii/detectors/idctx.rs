@@ -74,12 +74,13 @@ pub fn find(ctx: &Ctx<'_>, found: &mut Found) {
         let (s, _) = chunk.group(0);
         let (_, e) = chunk.group(last);
         match kind {
-            IdKw::Cedula if (6..=10).contains(&ndig) => {
+            IdKw::Cedula
+                if (6..=10).contains(&ndig)
                 // A letter glued after it makes it something else (a DNI with a bad letter, a
                 // code); a cédula is digits only.
-                if !chunk.glued_right_letter(last) {
-                    found.push(s, e, PiiType::NationalId);
-                }
+                && !chunk.glued_right_letter(last) =>
+            {
+                found.push(s, e, PiiType::NationalId);
             }
             IdKw::Ssn if ndig == 9 => {
                 let mut d = [0u8; 9];

@@ -24,15 +24,23 @@ fn hex(c: u8) -> bool {
 /// Adds every IPv6 address in the message.
 pub fn find_v6(ctx: &Ctx<'_>, found: &mut Found) {
     let b = ctx.b;
-    let mut i = 0;
-    while i < b.len() {
-        if !(hex(b[i]) || b[i] == b':') || (i > 0 && (is_alnum(b[i - 1]) || b[i - 1] == b':')) {
-            i += 1;
+    let mut done = 0;
+    for colon in memchr::memchr_iter(b':', b) {
+        if colon < done {
             continue;
         }
-        let mut e = i;
+        // The run of hex digits and colons around this colon.
+        let mut i = colon;
+        while i > 0 && (hex(b[i - 1]) || b[i - 1] == b':') {
+            i -= 1;
+        }
+        let mut e = colon;
         while e < b.len() && (hex(b[e]) || b[e] == b':') {
             e += 1;
+        }
+        done = e;
+        if i > 0 && is_alnum(b[i - 1]) {
+            continue;
         }
         // A trailing single colon is punctuation ("IP fe80::1: no funciona").
         let mut end = e;
@@ -45,7 +53,6 @@ pub fn find_v6(ctx: &Ctx<'_>, found: &mut Found) {
         if !glued && valid_v6(&b[i..end]) {
             found.push(i, end, PiiType::Ip);
         }
-        i = e.max(i + 1);
     }
 }
 
@@ -75,7 +82,7 @@ pub fn valid_v6(s: &[u8]) -> bool {
         return groups == 8 && s[0] != b':' && s[s.len() - 1] != b':';
     }
     // "fe80::1", "2001:db8::8a2e:370:7334"; not "10::30".
-    groups >= 2 && groups <= 7 && long_group
+    (2..=7).contains(&groups) && long_group
 }
 
 #[cfg(test)]

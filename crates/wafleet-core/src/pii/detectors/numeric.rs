@@ -53,15 +53,15 @@ fn valid_sep(s: &[u8]) -> bool {
         return false;
     }
     // Parentheses only as "(" before a group and ")" after one: "+55 (11) 9…".
-    if let Some(p) = s.iter().position(|&c| c == b'(') {
-        if p != s.len() - 1 {
-            return false;
-        }
+    if let Some(p) = s.iter().position(|&c| c == b'(')
+        && p != s.len() - 1
+    {
+        return false;
     }
-    if let Some(p) = s.iter().position(|&c| c == b')') {
-        if p != 0 {
-            return false;
-        }
+    if let Some(p) = s.iter().position(|&c| c == b')')
+        && p != 0
+    {
+        return false;
     }
     true
 }
@@ -217,11 +217,13 @@ fn for_each_chunk(ctx: &Ctx<'_>, found: &mut Found, mut f: impl FnMut(&Chunk<'_>
     }
 }
 
-/// A 13-digit number that is a valid EAN-13 *and* introduced as a product code ("código de
-/// barras 4005808…", "EAN …"). The one exception to "every Luhn-valid number goes": 13-digit
-/// cards (old Visa) are no longer issued, German barcodes (400–440) still ship on every Nivea.
-fn barcode(ctx: &Ctx<'_>, c: &Chunk<'_>, d: &[u8]) -> bool {
-    ean13_valid(d)
+/// A 13-digit number that is a valid EAN-13 *and* introduced as a product or business code
+/// ("código de barras 4005808…", "EAN …", "producto …"). The one documented exception to "every
+/// Luhn-valid number goes": 13-digit cards (old Visa) are no longer issued, while German
+/// barcodes (GS1 400–440) ship on every Nivea jar.
+fn thirteen_digit_code(ctx: &Ctx<'_>, c: &Chunk<'_>, d: &[u8]) -> bool {
+    d.len() == 13
+        && ean13_valid(d)
         && ctx
             .nearest_before(c.start, CONTEXT_WINDOW)
             .is_some_and(|k| k.kind == Kw::Neg)
@@ -246,7 +248,7 @@ pub fn find_cards(ctx: &Ctx<'_>, found: &mut Found) {
                 }
                 buf[n..n + e - s].copy_from_slice(&c.b[s..e]);
                 n += e - s;
-                if n >= 13 && is_card(&buf[..n]) && !(n == 13 && barcode(ctx, c, &buf[..n])) {
+                if n >= 13 && is_card(&buf[..n]) && !thirteen_digit_code(ctx, c, &buf[..n]) {
                     best = Some(j);
                 }
             }
@@ -315,16 +317,14 @@ pub fn checksummed_id(ctx: &Ctx<'_>, c: &Chunk<'_>, i: usize, bare_ok: bool) -> 
         if q >= 1
             && matches!(b[q - 1], b'X' | b'Y' | b'Z' | b'x' | b'y' | b'z')
             && (q < 2 || !is_alnum(b[q - 2]))
+            && let Some((l, e)) = letter_after(0)
+            && nie_valid(b[q - 1], &b[s..c.group(0).1], l)
         {
-            if let Some((l, e)) = letter_after(0) {
-                if nie_valid(b[q - 1], &b[s..c.group(0).1], l) {
-                    return Some(IdHit {
-                        start: q - 1,
-                        end: e,
-                        last: 0,
-                    });
-                }
-            }
+            return Some(IdHit {
+                start: q - 1,
+                end: e,
+                last: 0,
+            });
         }
     }
     // DNI: 12345678Z, 12345678-Z, 12.345.678-Z.
@@ -559,6 +559,32 @@ fn br_mobile(d: &[u8]) -> bool {
     d.len() == 11 && br_ddd(d) && d[2] == b'9' && d[3] != b'0'
 }
 
+/// Whether a number dialled with "00" starts with a country code our customers call from; a
+/// bare "00…" is more often a barcode or an account than an exotic phone.
+fn known_country(d: &[u8]) -> bool {
+    [
+        &b"1"[..],
+        b"57",
+        b"55",
+        b"52",
+        b"34",
+        b"351",
+        b"44",
+        b"49",
+        b"33",
+        b"39",
+        b"54",
+        b"56",
+        b"51",
+        b"58",
+        b"593",
+        b"507",
+        b"506",
+    ]
+    .iter()
+    .any(|p| d.starts_with(p))
+}
+
 /// A number written in international form (after `+` or `00`), country code included.
 fn international(d: &[u8]) -> bool {
     let n = d.len();
@@ -682,7 +708,11 @@ fn phone(c: &Chunk<'_>, i: usize, announced: bool) -> Option<usize> {
         let ok = if plus {
             international(d)
         } else if i == 0 && d.starts_with(b"00") {
-            international(&d[2..])
+            d.len() > 2
+                && d[2] != b'0'
+                && known_country(&d[2..])
+                && international(&d[2..])
+                && !(d.len() == 13 && ean13_valid(d))
         } else {
             national_shape(&sizes[..=j - i]) && national(d, j - i + 1, announced)
         };
@@ -744,12 +774,12 @@ fn classify(ctx: &Ctx<'_>, c: &Chunk<'_>, found: &mut Found) {
                 let g = c.group(i);
                 br_mobile(&b[g.0..g.1])
             });
-        if let Some(id) = checksummed_id(ctx, c, i, bare_ok) {
-            if !(code && i == 0 && id.start == c.group(0).0) {
-                found.push(id.start, id.end, PiiType::NationalId);
-                i = id.last + 1;
-                continue;
-            }
+        if let Some(id) = checksummed_id(ctx, c, i, bare_ok)
+            && !(code && i == 0 && id.start == c.group(0).0)
+        {
+            found.push(id.start, id.end, PiiType::NationalId);
+            i = id.last + 1;
+            continue;
         }
         if price || code {
             // Everything in an amount or a code is part of it.
@@ -774,12 +804,14 @@ fn classify(ctx: &Ctx<'_>, c: &Chunk<'_>, found: &mut Found) {
         // A phone inside a chunk starts after a space ("2 3001234567"), not after a dash or a
         // dot that ties it to the group before ("5932-0098-0364-1211").
         let fresh = i == 0 || c.sep(i).iter().any(|&x| x == b' ' || x == b'(');
-        if (!neg || intl) && fresh && near != Some(Kw::Id(IdKw::Cedula)) {
-            if let Some(j) = phone(c, i, announced) {
-                found.push(c.open(i), c.group(j).1, PiiType::Phone);
-                i = j + 1;
-                continue;
-            }
+        if (!neg || intl)
+            && fresh
+            && near != Some(Kw::Id(IdKw::Cedula))
+            && let Some(j) = phone(c, i, announced)
+        {
+            found.push(c.open(i), c.group(j).1, PiiType::Phone);
+            i = j + 1;
+            continue;
         }
         i += 1;
     }

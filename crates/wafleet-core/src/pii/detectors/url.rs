@@ -61,10 +61,11 @@ pub fn has_credentials(rest: &[u8]) -> bool {
         .unwrap_or(rest.len());
     if let Some(at) = rest[..auth_end].iter().rposition(|&c| c == b'@') {
         let userinfo = &rest[..at];
-        if let Some(colon) = userinfo.iter().position(|&c| c == b':') {
-            if colon > 0 && colon + 1 < userinfo.len() {
-                return true;
-            }
+        if let Some(colon) = userinfo.iter().position(|&c| c == b':')
+            && colon > 0
+            && colon + 1 < userinfo.len()
+        {
+            return true;
         }
     }
     let q = match rest.iter().position(|&c| c == b'?' || c == b'#') {

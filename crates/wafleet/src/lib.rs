@@ -20,6 +20,7 @@ pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod ingest;
+pub mod stages;
 pub mod store;
 pub mod streams;
 pub mod telemetry;

@@ -19,6 +19,10 @@
 //! | `P:{pn}:replies` | stream | reply jobs from the conversation stage to the LLM stage, partition n |
 //! | `P:{pn}:outbox` | stream | send jobs for the sender stage, partition n |
 //!
+//! | `P:{events}:handover` | stream | handover and release events for dashboards (field `event`, JSON) |
+//! | `P:events:handover` | pub/sub channel | the same events, live |
+//! | `P:{pn}:session:<conv>` | string, TTL 1 d | cached conversation id, session and owner of a conversation key |
+//!
 //! The worker runtime adds its own keys per stage (leases, delayed retries, dead letters): see
 //! `crate::worker`.
 //!
@@ -106,6 +110,16 @@ impl Keys {
     /// A stage's dead-letter stream.
     pub fn dead(&self, stage: &str) -> String {
         format!("{}:{{dead}}:{stage}", self.prefix)
+    }
+    pub fn handover_stream(&self) -> String {
+        format!("{}:{{events}}:handover", self.prefix)
+    }
+    pub fn handover_channel(&self) -> String {
+        format!("{}:events:handover", self.prefix)
+    }
+    pub fn session_cache(&self, conv: &str) -> String {
+        let p = self.partition_of(conv);
+        format!("{}:{{p{p}}}:session:{conv}", self.prefix)
     }
     pub fn events(&self) -> String {
         format!("{}:{{events}}:stream", self.prefix)

@@ -2,3 +2,4 @@
 //! code that writes SQL for it.
 
 pub mod channels;
+pub mod conversations;

@@ -1,0 +1,18 @@
+//! `wafleet-worker`: runs the stages named in `WAFLEET_STAGES` (default: all). Start as many as
+//! the queues need; partitions rebalance among them by themselves.
+
+use anyhow::Context;
+use wafleet::config::var;
+use wafleet::stages::process::{self, WorkerProcessSettings};
+use wafleet::telemetry;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init_logging();
+    let settings = WorkerProcessSettings::from_env()?;
+    let addr = var("WAFLEET_WORKER_METRICS_ADDR").unwrap_or_else(|| "127.0.0.1:9091".into());
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("binding WAFLEET_WORKER_METRICS_ADDR={addr}"))?;
+    process::run(settings, listener, wafleet::shutdown_signal()).await
+}

@@ -1,0 +1,431 @@
+//! The conversation stage: every inbound message becomes a redacted, stored message on its
+//! conversation, before any AI work; then the stage decides what happens next.
+//!
+//! Per message, in one Postgres transaction: find or create the conversation (new session after
+//! the channel's idle timeout, measured on the messages' own timestamps), store the message with
+//! its text redacted, and decide its `action`:
+//! - `handover` — the text asks for a human: the conversation is handed over, the event stored,
+//!   and an acknowledgement recorded for sending;
+//! - `reply` — the bot owns the conversation, the channel's bot is on (or shadow) and the
+//!   message has text: a reply job goes to the LLM stage;
+//! - `notice` — media, location, contacts and the like without text, when the channel has a
+//!   notice configured;
+//! - `none` — reactions, system messages, conversations a human owns, bot off.
+//!
+//! After the commit come the follow-ups in Redis (reply job, outbound job, dashboard event), then
+//! `followup_done` is set. A redelivered message finds its row and only redoes missing
+//! follow-ups, so a crash anywhere repeats work but never loses or doubles a message.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeZone, Utc};
+use redis::AsyncCommands;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use wafleet_core::envelope::{InboundMessage, Update};
+use wafleet_core::pii::Redactor;
+
+use super::channel_settings::ChannelCache;
+use super::{db_outcome, publish_handover};
+use crate::store::channels::BotMode;
+use crate::store::conversations::{self as store, Customer, NewMessage, StoredMessage};
+use crate::streams::Keys;
+use crate::worker::{Handler, Job, Outcome, Source, Stage};
+
+pub const STAGE: Stage = Stage {
+    name: "conversation",
+    source: Source::Inbound,
+};
+
+/// Message types that open or extend the customer-service window. Reactions are left out on
+/// purpose: Meta does not say they reset it.
+const WINDOW_TYPES: &[&str] = &[
+    "text",
+    "image",
+    "video",
+    "audio",
+    "document",
+    "sticker",
+    "location",
+    "contacts",
+    "interactive",
+    "button",
+    "order",
+];
+
+/// Types that never get anything back.
+const SILENT_TYPES: &[&str] = &["reaction", "system", "revoke", "edit", "request_welcome"];
+
+pub struct ConversationStage {
+    pub pg: PgPool,
+    pub redis: deadpool_redis::Pool,
+    pub keys: Keys,
+    pub channels: ChannelCache,
+    pub redactor: Arc<Redactor>,
+}
+
+impl Handler for ConversationStage {
+    async fn handle(&self, job: &Job) -> Outcome {
+        let update: Update = match job.field("update").map(serde_json::from_str) {
+            Some(Ok(u)) => u,
+            Some(Err(e)) => {
+                return Outcome::Dead {
+                    reason: format!("update does not decode: {e}"),
+                };
+            }
+            None => {
+                return Outcome::Dead {
+                    reason: "entry has no update field".into(),
+                };
+            }
+        };
+        let Update::Message(message) = update else {
+            return Outcome::Dead {
+                reason: "not an inbound message".into(),
+            };
+        };
+        match self.process(job, &message).await {
+            Ok(outcome) => outcome,
+            Err(StepError::Db(e, doing)) => db_outcome(&e, doing),
+            Err(StepError::Redis(e)) => Outcome::Unavailable {
+                reason: format!("redis: {e}"),
+            },
+        }
+    }
+}
+
+enum StepError {
+    Db(sqlx::Error, &'static str),
+    Redis(anyhow::Error),
+}
+
+fn db(doing: &'static str) -> impl FnOnce(sqlx::Error) -> StepError {
+    move |e| StepError::Db(e, doing)
+}
+
+impl ConversationStage {
+    async fn process(&self, job: &Job, m: &InboundMessage) -> Result<Outcome, StepError> {
+        let Some(channel) = self
+            .channels
+            .get(&m.origin.phone_number_id)
+            .await
+            .map_err(db("reading the channel"))?
+        else {
+            return Ok(Outcome::Dead {
+                reason: format!("no channel {}", m.origin.phone_number_id),
+            });
+        };
+        if let Some(existing) = store::find_message(&self.pg, channel.id, &m.wamid)
+            .await
+            .map_err(db("finding the message"))?
+        {
+            if !existing.followup_done {
+                self.follow_up(job, &existing).await?;
+            }
+            return Ok(Outcome::Done);
+        }
+
+        let redacted = m.text.as_deref().map(|t| self.redactor.redact(t));
+        let mut pii_types: Vec<String> = redacted
+            .iter()
+            .flat_map(|r| r.spans.iter().map(|s| s.kind.as_str().to_string()))
+            .collect();
+        let metadata = metadata_of(m, &self.redactor, &mut pii_types);
+        pii_types.sort();
+        pii_types.dedup();
+        let sent_at: Option<DateTime<Utc>> =
+            m.timestamp.and_then(|t| Utc.timestamp_opt(t, 0).single());
+        let at = sent_at.unwrap_or_else(Utc::now);
+        let customer_key = job
+            .conv
+            .split_once(':')
+            .map_or(job.conv.as_str(), |(_, c)| c);
+        let customer = Customer {
+            key: customer_key,
+            wa_id: m.wa_id.as_deref(),
+            user_id: m.user_id.as_deref(),
+            profile_name: m.profile_name.as_deref(),
+        };
+
+        let mut tx = self
+            .pg
+            .begin()
+            .await
+            .map_err(db("starting a transaction"))?;
+        let window = WINDOW_TYPES.contains(&m.message_type.as_str());
+        let conversation = store::touch(
+            &mut tx,
+            channel.id,
+            &customer,
+            at,
+            channel.session_timeout_secs,
+            window,
+        )
+        .await
+        .map_err(db("finding the conversation"))?;
+
+        let text = redacted
+            .as_ref()
+            .map(|r| r.text.as_str())
+            .filter(|t| !t.trim().is_empty());
+        let bot_answers = conversation.bot_owns() && channel.bot_mode != BotMode::Off;
+        // Handover is matched on the original text (redaction never removes such phrases, but
+        // it could split them).
+        let keyword = m
+            .text
+            .as_deref()
+            .and_then(|t| channel.handover.find(t))
+            .map(str::to_string);
+        let action = if SILENT_TYPES.contains(&m.message_type.as_str()) || !conversation.bot_owns()
+        {
+            "none"
+        } else if keyword.is_some() {
+            "handover"
+        } else if !bot_answers {
+            "none"
+        } else if text.is_some() {
+            "reply"
+        } else if !channel.media_notice.is_empty() {
+            "notice"
+        } else {
+            "none"
+        };
+        let new = NewMessage {
+            wamid: &m.wamid,
+            message_type: &m.message_type,
+            text_redacted: redacted.as_ref().map(|r| r.text.as_str()),
+            pii_types,
+            metadata,
+            context_wamid: m.context_id.as_deref(),
+            sent_at,
+            source_entry: &job.id,
+            action,
+        };
+        let Some(stored) = store::insert_message(&mut tx, &conversation, &new)
+            .await
+            .map_err(db("storing the message"))?
+        else {
+            // Stored concurrently (cannot happen within a partition, but a rebalance might race).
+            drop(tx);
+            return Ok(Outcome::Retry {
+                after: std::time::Duration::from_millis(200),
+                reason: "message stored concurrently".into(),
+            });
+        };
+        let outbound_state = if channel.bot_mode == BotMode::Shadow {
+            "shadow"
+        } else {
+            "pending"
+        };
+        match action {
+            "handover" => {
+                store::hand_over(
+                    &mut tx,
+                    conversation.id,
+                    "keyword",
+                    keyword.as_deref(),
+                    Some(stored.id),
+                )
+                .await
+                .map_err(db("handing over"))?;
+                if channel.bot_mode != BotMode::Off && !channel.handover_ack.is_empty() {
+                    store::insert_outbound(
+                        &mut tx,
+                        &conversation,
+                        Some(stored.id),
+                        "handover_ack",
+                        0,
+                        &channel.handover_ack,
+                        outbound_state,
+                    )
+                    .await
+                    .map_err(db("recording the acknowledgement"))?;
+                }
+            }
+            "notice" => {
+                store::insert_outbound(
+                    &mut tx,
+                    &conversation,
+                    Some(stored.id),
+                    "notice",
+                    0,
+                    &channel.media_notice,
+                    outbound_state,
+                )
+                .await
+                .map_err(db("recording the notice"))?;
+            }
+            _ => {}
+        }
+        tx.commit().await.map_err(db("committing the message"))?;
+        self.cache_session(
+            &job.conv,
+            conversation.id,
+            conversation.session_no,
+            if action == "handover" {
+                "human"
+            } else {
+                &conversation.owner
+            },
+        )
+        .await;
+        metrics::counter!("wafleet_conversation_messages_total", "action" => action).increment(1);
+        if action == "handover" {
+            metrics::counter!("wafleet_handovers_total", "reason" => "keyword").increment(1);
+            tracing::info!(conversation_id = conversation.id, wamid = %m.wamid, "conversation handed to a human");
+        }
+        self.follow_up(job, &stored).await?;
+        Ok(Outcome::Done)
+    }
+
+    /// The Redis side of a stored message: reply job, outbound jobs, dashboard event.
+    async fn follow_up(&self, job: &Job, stored: &StoredMessage) -> Result<(), StepError> {
+        let redis = |e: redis::RedisError| StepError::Redis(e.into());
+        let partition = job.partition;
+        match stored.action.as_str() {
+            "reply" => {
+                let mut con = self
+                    .redis
+                    .get()
+                    .await
+                    .map_err(|e| StepError::Redis(e.into()))?;
+                let _: String = con
+                    .xadd(
+                        self.keys.replies(partition),
+                        "*",
+                        &[
+                            ("conv", job.conv.as_str()),
+                            ("message_id", &stored.id.to_string()),
+                            ("conversation_id", &stored.conversation_id.to_string()),
+                            ("channel", job.field("channel").unwrap_or("-")),
+                        ],
+                    )
+                    .await
+                    .map_err(redis)?;
+            }
+            "handover" | "notice" => {
+                let outbound: Vec<(i64, String)> = sqlx::query_as(
+                    "SELECT id, state FROM outbound_messages WHERE reply_to = $1 AND kind IN ('handover_ack', 'notice')",
+                )
+                .bind(stored.id)
+                .fetch_all(&self.pg)
+                .await
+                .map_err(db("reading outbound messages"))?;
+                let mut con = self
+                    .redis
+                    .get()
+                    .await
+                    .map_err(|e| StepError::Redis(e.into()))?;
+                for (id, state) in outbound.iter().filter(|(_, s)| s == "pending") {
+                    let _: String = con
+                        .xadd(
+                            self.keys.outbox(partition),
+                            "*",
+                            &[
+                                ("conv", job.conv.as_str()),
+                                ("outbound_id", &id.to_string()),
+                                ("state", state.as_str()),
+                            ],
+                        )
+                        .await
+                        .map_err(redis)?;
+                }
+                drop(con);
+                if stored.action == "handover" {
+                    let event = json!({
+                        "kind": "handover",
+                        "reason": "keyword",
+                        "conversation_id": stored.conversation_id,
+                        "message_id": stored.id,
+                        "phone_number_id": job.field("channel"),
+                        "at": Utc::now().to_rfc3339(),
+                    });
+                    publish_handover(&self.redis, &self.keys, &event)
+                        .await
+                        .map_err(StepError::Redis)?;
+                }
+            }
+            _ => {}
+        }
+        store::mark_followup_done(&self.pg, stored.id)
+            .await
+            .map_err(db("marking follow-up done"))?;
+        Ok(())
+    }
+
+    /// Write-through cache of the conversation behind a conversation key; the LLM and sender
+    /// stages read it, and every change of owner or session rewrites it.
+    async fn cache_session(&self, conv: &str, conversation_id: i64, session_no: i32, owner: &str) {
+        let value =
+            json!({"conversation_id": conversation_id, "session_no": session_no, "owner": owner})
+                .to_string();
+        if let Ok(mut con) = self.redis.get().await {
+            let _: redis::RedisResult<()> = con
+                .set_ex(self.keys.session_cache(conv), value, 86_400)
+                .await;
+        }
+    }
+}
+
+/// Type-specific facts worth keeping, with free text redacted.
+fn metadata_of(m: &InboundMessage, redactor: &Redactor, pii: &mut Vec<String>) -> Value {
+    let raw: Value = serde_json::from_str(m.raw.get()).unwrap_or(Value::Null);
+    let body = &raw[m.message_type.as_str()];
+    let mut redact = |v: &Value| -> Value {
+        match v.as_str() {
+            Some(s) => {
+                let r = redactor.redact(s);
+                pii.extend(r.spans.iter().map(|s| s.kind.as_str().to_string()));
+                Value::String(r.text)
+            }
+            None => Value::Null,
+        }
+    };
+    let pick = |keys: &[&str]| -> serde_json::Map<String, Value> {
+        keys.iter()
+            .filter(|k| !body[**k].is_null())
+            .map(|k| (k.to_string(), body[*k].clone()))
+            .collect()
+    };
+    let mut meta = match m.message_type.as_str() {
+        "image" | "video" | "audio" | "document" | "sticker" => {
+            let mut o = pick(&["id", "mime_type", "sha256", "voice", "animated"]);
+            if !body["filename"].is_null() {
+                o.insert("filename".into(), redact(&body["filename"]));
+            }
+            Value::Object(o)
+        }
+        "location" => {
+            let mut o = pick(&["latitude", "longitude"]);
+            for k in ["name", "address"] {
+                if !body[k].is_null() {
+                    o.insert(k.into(), redact(&body[k]));
+                }
+            }
+            Value::Object(o)
+        }
+        "contacts" => json!({"count": raw["contacts"].as_array().map_or(0, Vec::len)}),
+        "interactive" => {
+            json!({"type": body["type"], "reply_id": body["button_reply"]["id"].as_str().or(body["list_reply"]["id"].as_str())})
+        }
+        "button" => json!({"payload": body["payload"]}),
+        "reaction" => json!({"message_id": body["message_id"], "emoji": body["emoji"]}),
+        "order" => {
+            json!({"catalog_id": body["catalog_id"], "items": body["product_items"].as_array().map_or(0, Vec::len)})
+        }
+        "unsupported" | "unknown" => json!({
+            "original_type": body["type"],
+            "error_codes": raw["errors"].as_array().map(|e| e.iter().map(|x| x["code"].clone()).collect::<Vec<_>>()),
+        }),
+        _ => json!({}),
+    };
+    if raw["context"]["forwarded"].as_bool() == Some(true)
+        || raw["context"]["frequently_forwarded"].as_bool() == Some(true)
+    {
+        meta["forwarded"] = Value::Bool(true);
+    }
+    if !raw["referral"].is_null() {
+        meta["referral"] = json!({"source_type": raw["referral"]["source_type"], "source_id": raw["referral"]["source_id"]});
+    }
+    meta
+}

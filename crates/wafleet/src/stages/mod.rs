@@ -1,0 +1,73 @@
+//! The stages that run on the worker runtime, and the worker process that hosts them.
+//!
+//! - [`conversation`]: inbound messages → redacted, stored, on a known conversation; handover;
+//!   reply jobs for the LLM stage.
+//! - [`status`]: delivery statuses → outbound delivery state, forward only.
+
+pub mod channel_settings;
+pub mod conversation;
+pub mod process;
+pub mod status;
+
+use crate::streams::Keys;
+
+/// Classifies a database error: a lost connection is worth waiting for, a broken statement or a
+/// constraint we did not expect is not.
+pub fn db_outcome(e: &sqlx::Error, doing: &str) -> crate::worker::Outcome {
+    use crate::worker::Outcome;
+    match e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // 08: connection exception, 40: transaction rollback (serialization, deadlock),
+            // 53: insufficient resources, 57: operator intervention (shutdown), 58: system error.
+            if ["08", "40", "53", "57", "58"]
+                .iter()
+                .any(|c| code.starts_with(c))
+            {
+                Outcome::Unavailable {
+                    reason: format!("{doing}: database unavailable ({code})"),
+                }
+            } else {
+                Outcome::Dead {
+                    reason: format!("{doing}: database refused ({code}): {}", db.message()),
+                }
+            }
+        }
+        sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::TypeNotFound { .. } => Outcome::Dead {
+            reason: format!("{doing}: {e}"),
+        },
+        _ => Outcome::Unavailable {
+            reason: format!("{doing}: {e}"),
+        },
+    }
+}
+
+/// Publishes a handover event on the dashboard stream and channel. Carries ids, never text or
+/// phone numbers.
+pub async fn publish_handover(
+    redis: &deadpool_redis::Pool,
+    keys: &Keys,
+    event: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let mut con = redis.get().await?;
+    let json = event.to_string();
+    let _: () = redis::pipe()
+        .cmd("XADD")
+        .arg(keys.handover_stream())
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(100_000)
+        .arg("*")
+        .arg("event")
+        .arg(&json)
+        .ignore()
+        .cmd("PUBLISH")
+        .arg(keys.handover_channel())
+        .arg(&json)
+        .ignore()
+        .query_async(&mut con)
+        .await?;
+    Ok(())
+}

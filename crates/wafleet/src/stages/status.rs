@@ -1,0 +1,115 @@
+//! The status stage: Meta's delivery statuses move our outbound messages' delivery state
+//! forward only (sent → delivered → read; `failed` is final and keeps Meta's code and title).
+//! A status for a wamid we have not recorded yet is kept and applied when the sender records it.
+//! A `failed` 131047 (the 24-hour window had closed) hands the conversation to a human.
+
+use chrono::{TimeZone, Utc};
+use serde_json::json;
+use sqlx::PgPool;
+use wafleet_core::envelope::Update;
+
+use super::{db_outcome, publish_handover};
+use crate::store::conversations::{self as store, Status, StatusApplied, delivery_rank};
+use crate::streams::Keys;
+use crate::worker::{Handler, Job, Outcome, Source, Stage};
+
+pub const STAGE: Stage = Stage {
+    name: "status",
+    source: Source::Status,
+};
+
+/// Meta's code for a free-form message outside the customer-service window.
+pub const RE_ENGAGEMENT: i64 = 131047;
+
+pub struct StatusStage {
+    pub pg: PgPool,
+    pub redis: deadpool_redis::Pool,
+    pub keys: Keys,
+}
+
+impl Handler for StatusStage {
+    async fn handle(&self, job: &Job) -> Outcome {
+        let update: Update = match job.field("update").map(serde_json::from_str) {
+            Some(Ok(u)) => u,
+            Some(Err(e)) => {
+                return Outcome::Dead {
+                    reason: format!("update does not decode: {e}"),
+                };
+            }
+            None => {
+                return Outcome::Dead {
+                    reason: "entry has no update field".into(),
+                };
+            }
+        };
+        let Update::Status(s) = update else {
+            return Outcome::Dead {
+                reason: "not a status".into(),
+            };
+        };
+        let Some(rank) = delivery_rank(&s.status) else {
+            tracing::info!(status = %s.status, "status kind not tracked");
+            metrics::counter!("wafleet_statuses_total", "result" => "untracked").increment(1);
+            return Outcome::Done;
+        };
+        let status = Status {
+            wamid: &s.wamid,
+            status: &s.status,
+            rank,
+            at: s.timestamp.and_then(|t| Utc.timestamp_opt(t, 0).single()),
+            error_code: s.error_code,
+            error_title: s.error_title.as_deref(),
+            outbound_id: s
+                .biz_opaque_callback_data
+                .as_deref()
+                .and_then(|v| v.parse().ok()),
+        };
+        let applied = match store::apply_status(&self.pg, &status).await {
+            Ok(a) => a,
+            Err(e) => return db_outcome(&e, "applying a status"),
+        };
+        let label = match &applied {
+            StatusApplied::Advanced { .. } => "advanced",
+            StatusApplied::Stale => "stale",
+            StatusApplied::Kept => "kept",
+        };
+        metrics::counter!("wafleet_statuses_total", "result" => label).increment(1);
+        if let (StatusApplied::Advanced { conversation_id }, Some(RE_ENGAGEMENT)) =
+            (&applied, s.error_code)
+        {
+            if let Err(outcome) = self.re_engagement(*conversation_id, job).await {
+                return outcome;
+            }
+        }
+        Outcome::Done
+    }
+}
+
+impl StatusStage {
+    async fn re_engagement(&self, conversation_id: i64, job: &Job) -> Result<(), Outcome> {
+        let mut tx = self
+            .pg
+            .begin()
+            .await
+            .map_err(|e| db_outcome(&e, "starting a transaction"))?;
+        let changed = store::hand_over(&mut tx, conversation_id, "re_engagement", None, None)
+            .await
+            .map_err(|e| db_outcome(&e, "handing over"))?;
+        tx.commit()
+            .await
+            .map_err(|e| db_outcome(&e, "committing the handover"))?;
+        if changed {
+            metrics::counter!("wafleet_handovers_total", "reason" => "re_engagement").increment(1);
+            let event = json!({
+                "kind": "handover", "reason": "re_engagement", "conversation_id": conversation_id,
+                "phone_number_id": job.field("channel"), "at": Utc::now().to_rfc3339(),
+            });
+            publish_handover(&self.redis, &self.keys, &event)
+                .await
+                .map_err(|e| Outcome::Unavailable {
+                    reason: format!("publishing the handover: {e}"),
+                })?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,349 @@
+//! Conversations, inbound messages, handover events and delivery state (migration 0002).
+//!
+//! Writes that must happen together happen in one transaction here; callers never compose SQL.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, Transaction};
+
+/// A conversation as the stages see it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Conversation {
+    pub id: i64,
+    pub channel_id: i64,
+    pub session_no: i32,
+    pub owner: String,
+    pub last_customer_message_at: Option<DateTime<Utc>>,
+    pub last_activity_at: DateTime<Utc>,
+}
+
+impl Conversation {
+    pub fn bot_owns(&self) -> bool {
+        self.owner == "bot"
+    }
+}
+
+/// Who the customer is, as far as Meta told us.
+#[derive(Debug, Clone)]
+pub struct Customer<'a> {
+    pub key: &'a str,
+    pub wa_id: Option<&'a str>,
+    pub user_id: Option<&'a str>,
+    pub profile_name: Option<&'a str>,
+}
+
+/// Finds or creates the conversation and records activity at `at` (the message's own time).
+///
+/// A conversation idle for longer than `session_timeout` (by message times) starts a new
+/// session. `customer_message` says whether the message opens/extends the 24-hour window.
+pub async fn touch(
+    tx: &mut Transaction<'_, Postgres>,
+    channel_id: i64,
+    customer: &Customer<'_>,
+    at: DateTime<Utc>,
+    session_timeout_secs: i64,
+    customer_message: bool,
+) -> sqlx::Result<Conversation> {
+    let window_at = customer_message.then_some(at);
+    sqlx::query_as(
+        "INSERT INTO conversations (channel_id, customer_key, wa_id, user_id, profile_name,
+                                    session_started_at, last_customer_message_at, last_activity_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $6)
+         ON CONFLICT (channel_id, customer_key) DO UPDATE SET
+             wa_id = COALESCE(EXCLUDED.wa_id, conversations.wa_id),
+             user_id = COALESCE(EXCLUDED.user_id, conversations.user_id),
+             profile_name = COALESCE(EXCLUDED.profile_name, conversations.profile_name),
+             session_no = CASE WHEN $6 - conversations.last_activity_at > make_interval(secs => $8)
+                               THEN conversations.session_no + 1 ELSE conversations.session_no END,
+             session_started_at = CASE WHEN $6 - conversations.last_activity_at > make_interval(secs => $8)
+                               THEN $6 ELSE conversations.session_started_at END,
+             last_customer_message_at = GREATEST(conversations.last_customer_message_at, $7),
+             last_activity_at = GREATEST(conversations.last_activity_at, $6)
+         RETURNING id, channel_id, session_no, owner, last_customer_message_at, last_activity_at",
+    )
+    .bind(channel_id)
+    .bind(customer.key)
+    .bind(customer.wa_id)
+    .bind(customer.user_id)
+    .bind(customer.profile_name)
+    .bind(at)
+    .bind(window_at)
+    .bind(session_timeout_secs as f64)
+    .fetch_one(&mut **tx)
+    .await
+}
+
+/// An inbound message to store (text already redacted).
+#[derive(Debug, Clone)]
+pub struct NewMessage<'a> {
+    pub wamid: &'a str,
+    pub message_type: &'a str,
+    pub text_redacted: Option<&'a str>,
+    pub pii_types: Vec<String>,
+    pub metadata: serde_json::Value,
+    pub context_wamid: Option<&'a str>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub source_entry: &'a str,
+    pub action: &'a str,
+}
+
+/// A stored inbound message, as the stage needs it to finish its follow-up work.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredMessage {
+    pub id: i64,
+    pub conversation_id: i64,
+    pub action: String,
+    pub followup_done: bool,
+}
+
+/// Inserts the message unless it is already stored. Returns `(message, inserted)`.
+pub async fn insert_message(
+    tx: &mut Transaction<'_, Postgres>,
+    conversation: &Conversation,
+    m: &NewMessage<'_>,
+) -> sqlx::Result<Option<StoredMessage>> {
+    sqlx::query_as(
+        "INSERT INTO messages (conversation_id, channel_id, session_no, wamid, message_type,
+                               text_redacted, pii_types, metadata, context_wamid, sent_at,
+                               source_entry, owner_at_arrival, action)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+         ON CONFLICT (channel_id, wamid) DO NOTHING
+         RETURNING id, conversation_id, action, followup_done",
+    )
+    .bind(conversation.id)
+    .bind(conversation.channel_id)
+    .bind(conversation.session_no)
+    .bind(m.wamid)
+    .bind(m.message_type)
+    .bind(m.text_redacted)
+    .bind(&m.pii_types)
+    .bind(&m.metadata)
+    .bind(m.context_wamid)
+    .bind(m.sent_at)
+    .bind(m.source_entry)
+    .bind(&conversation.owner)
+    .bind(m.action)
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+pub async fn find_message(
+    pool: &PgPool,
+    channel_id: i64,
+    wamid: &str,
+) -> sqlx::Result<Option<StoredMessage>> {
+    sqlx::query_as(
+        "SELECT id, conversation_id, action, followup_done FROM messages WHERE channel_id = $1 AND wamid = $2",
+    )
+    .bind(channel_id)
+    .bind(wamid)
+    .fetch_optional(pool)
+    .await
+}
+
+pub async fn mark_followup_done(pool: &PgPool, message_id: i64) -> sqlx::Result<()> {
+    sqlx::query("UPDATE messages SET followup_done = TRUE WHERE id = $1")
+        .bind(message_id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Hands the conversation to a human, unless a human already has it. Returns whether it changed.
+pub async fn hand_over(
+    tx: &mut Transaction<'_, Postgres>,
+    conversation_id: i64,
+    reason: &str,
+    keyword: Option<&str>,
+    message_id: Option<i64>,
+) -> sqlx::Result<bool> {
+    let changed = sqlx::query(
+        "UPDATE conversations SET owner = 'human', handed_over_at = now()
+         WHERE id = $1 AND owner = 'bot'",
+    )
+    .bind(conversation_id)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if changed {
+        sqlx::query(
+            "INSERT INTO handover_events (conversation_id, kind, reason, keyword, message_id)
+             VALUES ($1, 'handover', $2, $3, $4)",
+        )
+        .bind(conversation_id)
+        .bind(reason)
+        .bind(keyword)
+        .bind(message_id)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(changed)
+}
+
+/// Gives the conversation back to the bot. Returns whether it changed.
+pub async fn release(pool: &PgPool, conversation_id: i64) -> sqlx::Result<bool> {
+    let mut tx = pool.begin().await?;
+    let changed =
+        sqlx::query("UPDATE conversations SET owner = 'bot' WHERE id = $1 AND owner = 'human'")
+            .bind(conversation_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+    if changed {
+        sqlx::query("INSERT INTO handover_events (conversation_id, kind, reason) VALUES ($1, 'release', 'agent')")
+            .bind(conversation_id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(changed)
+}
+
+/// Records a message we will send (or only store, in shadow mode). Idempotent per
+/// `(reply_to, kind, part_no)`; returns the outbound id.
+pub async fn insert_outbound(
+    tx: &mut Transaction<'_, Postgres>,
+    conversation: &Conversation,
+    reply_to: Option<i64>,
+    kind: &str,
+    part_no: i32,
+    body: &str,
+    state: &str,
+) -> sqlx::Result<i64> {
+    let id: (i64,) = sqlx::query_as(
+        "INSERT INTO outbound_messages (conversation_id, channel_id, reply_to, part_no, kind, body, state)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (reply_to, kind, part_no) DO UPDATE SET kind = EXCLUDED.kind
+         RETURNING id",
+    )
+    .bind(conversation.id)
+    .bind(conversation.channel_id)
+    .bind(reply_to)
+    .bind(part_no)
+    .bind(kind)
+    .bind(body)
+    .bind(state)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(id.0)
+}
+
+/// Order of delivery states; a status only ever raises it. `failed` is final.
+pub fn delivery_rank(status: &str) -> Option<i16> {
+    match status {
+        "sent" => Some(1),
+        "delivered" => Some(2),
+        "read" | "played" => Some(3),
+        "failed" => Some(4),
+        _ => None,
+    }
+}
+
+/// What applying a status did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusApplied {
+    /// The outbound message moved forward; carries its conversation.
+    Advanced { conversation_id: i64 },
+    /// Known message, but the status is not newer (or the message already failed).
+    Stale,
+    /// No outbound message with that wamid yet: kept for later.
+    Kept,
+}
+
+/// A delivery status from Meta.
+#[derive(Debug, Clone)]
+pub struct Status<'a> {
+    pub wamid: &'a str,
+    pub status: &'a str,
+    pub rank: i16,
+    pub at: Option<DateTime<Utc>>,
+    pub error_code: Option<i64>,
+    pub error_title: Option<&'a str>,
+    /// Our outbound id, echoed through `biz_opaque_callback_data`.
+    pub outbound_id: Option<i64>,
+}
+
+/// Applies a status: forward only, `failed` final; unknown wamids are kept in `early_statuses`.
+pub async fn apply_status(pool: &PgPool, s: &Status<'_>) -> sqlx::Result<StatusApplied> {
+    let mut tx = pool.begin().await?;
+    // An ambiguous send (timed out, wamid unknown) is reconciled through our own id.
+    if let Some(outbound_id) = s.outbound_id {
+        sqlx::query("UPDATE outbound_messages SET wamid = $2, state = 'accepted' WHERE id = $1 AND wamid IS NULL")
+            .bind(outbound_id)
+            .bind(s.wamid)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let advanced: Option<(i64,)> = sqlx::query_as(
+        "UPDATE outbound_messages
+            SET delivery = $2, delivery_rank = $3, delivery_at = $4,
+                error_code = COALESCE($5, error_code), error_title = COALESCE($6, error_title),
+                state = CASE WHEN $2 = 'failed' THEN 'failed' ELSE state END
+          WHERE wamid = $1 AND delivery_rank < $3 AND delivery_rank < 4
+          RETURNING conversation_id",
+    )
+    .bind(s.wamid)
+    .bind(s.status)
+    .bind(s.rank)
+    .bind(s.at)
+    .bind(s.error_code.map(|c| c as i32))
+    .bind(s.error_title)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let result = if let Some((conversation_id,)) = advanced {
+        StatusApplied::Advanced { conversation_id }
+    } else {
+        let known: Option<(i64,)> =
+            sqlx::query_as("SELECT id FROM outbound_messages WHERE wamid = $1")
+                .bind(s.wamid)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if known.is_some() {
+            StatusApplied::Stale
+        } else {
+            sqlx::query(
+                "INSERT INTO early_statuses (wamid, status, rank, status_at, error_code, error_title)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            )
+            .bind(s.wamid)
+            .bind(s.status)
+            .bind(s.rank)
+            .bind(s.at)
+            .bind(s.error_code.map(|c| c as i32))
+            .bind(s.error_title)
+            .execute(&mut *tx)
+            .await?;
+            StatusApplied::Kept
+        }
+    };
+    tx.commit().await?;
+    Ok(result)
+}
+
+/// Records Meta's acceptance of an outbound message and applies any status that arrived first.
+pub async fn record_accepted(pool: &PgPool, outbound_id: i64, wamid: &str) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("UPDATE outbound_messages SET state = 'accepted', wamid = $2 WHERE id = $1")
+        .bind(outbound_id)
+        .bind(wamid)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "UPDATE outbound_messages o
+            SET delivery = e.status, delivery_rank = e.rank, delivery_at = e.status_at,
+                error_code = e.error_code, error_title = e.error_title,
+                state = CASE WHEN e.status = 'failed' THEN 'failed' ELSE o.state END
+           FROM (SELECT * FROM early_statuses WHERE wamid = $1 ORDER BY rank DESC LIMIT 1) e
+          WHERE o.id = $2 AND o.delivery_rank < e.rank",
+    )
+    .bind(wamid)
+    .bind(outbound_id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM early_statuses WHERE wamid = $1")
+        .bind(wamid)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}

@@ -28,18 +28,8 @@ fn status_streams(cfg: &TestConfig) -> Vec<String> {
     (0..keys.partitions()).map(|p| keys.status(p)).collect()
 }
 
-/// A text message body with the given wamid and sender.
 fn text_body(pnid: &str, from: &str, wamid: &str, text: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "object": "whatsapp_business_account",
-        "entry": [{"id": "WABA1", "changes": [{"field": "messages", "value": {
-            "messaging_product": "whatsapp",
-            "metadata": {"display_phone_number": "15550000000", "phone_number_id": pnid},
-            "contacts": [{"profile": {"name": "Cliente"}, "wa_id": from}],
-            "messages": [{"from": from, "id": wamid, "timestamp": "1700000000", "type": "text",
-                          "text": {"body": text}}]}}]}]
-    }))
-    .unwrap()
+    text_message(pnid, from, wamid, 1_700_000_000, text)
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 //! sets), isolated per test by a fresh database and a unique Redis key prefix, and the real
 //! services started through their `run` functions on port 0.
 
+pub mod proxy;
 pub mod redis_server;
 
 use std::future::Future;
@@ -60,6 +61,42 @@ pub async fn fresh_database() -> String {
 /// A Redis key prefix no other test uses.
 pub fn unique_prefix() -> String {
     format!("t{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A signed-ready webhook body with one text message.
+pub fn text_message(pnid: &str, from: &str, wamid: &str, timestamp: i64, text: &str) -> Vec<u8> {
+    message_body(
+        pnid,
+        from,
+        serde_json::json!({
+            "from": from, "id": wamid, "timestamp": timestamp.to_string(), "type": "text", "text": {"body": text}
+        }),
+    )
+}
+
+/// A webhook body carrying one message object (any type).
+pub fn message_body(pnid: &str, from: &str, message: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "WABA1", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550000000", "phone_number_id": pnid},
+            "contacts": [{"profile": {"name": "Cliente"}, "wa_id": from}],
+            "messages": [message]}}]}]
+    }))
+    .unwrap()
+}
+
+/// A webhook body with statuses.
+pub fn status_body(pnid: &str, statuses: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "WABA1", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550000000", "phone_number_id": pnid},
+            "statuses": statuses}}]}]
+    }))
+    .unwrap()
 }
 
 /// Fixture bytes from `tests/fixtures/webhooks`.
@@ -170,6 +207,152 @@ impl TestConfig {
             shutdown_grace: Duration::from_secs(5),
             quick_start: None,
         }
+    }
+}
+
+impl TestConfig {
+    /// Worker runtime settings for tests: short leases and deadlines so reclaims happen fast.
+    pub fn worker_runtime(&self) -> wafleet::worker::WorkerSettings {
+        wafleet::worker::WorkerSettings {
+            max_in_flight: 64,
+            job_deadline: Duration::from_secs(3),
+            lease_ttl: Duration::from_secs(4),
+            max_deliveries: 3,
+            max_attempts: 3,
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(500),
+            shutdown_grace: Duration::from_secs(3),
+            read_block: Duration::from_millis(200),
+        }
+    }
+
+    pub fn worker_settings(
+        &self,
+        stages: &[&str],
+    ) -> wafleet::stages::process::WorkerProcessSettings {
+        wafleet::stages::process::WorkerProcessSettings {
+            common: self.common(),
+            runtime: self.worker_runtime(),
+            stages: stages.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// Environment for a worker child process running with these settings.
+    pub fn worker_env(&self) -> Vec<(String, String)> {
+        let rt = self.worker_runtime();
+        vec![
+            ("REDIS_URL".into(), self.redis_url.clone()),
+            ("DATABASE_URL".into(), self.database_url.clone()),
+            ("WAFLEET_REDIS_PREFIX".into(), self.prefix.clone()),
+            ("WAFLEET_PARTITIONS".into(), self.partitions.to_string()),
+            ("WAFLEET_ENCRYPTION_KEY".into(), self.key.clone()),
+            (
+                "WAFLEET_JOB_DEADLINE_MS".into(),
+                rt.job_deadline.as_millis().to_string(),
+            ),
+            (
+                "WAFLEET_LEASE_TTL_MS".into(),
+                rt.lease_ttl.as_millis().to_string(),
+            ),
+            (
+                "WAFLEET_MAX_DELIVERIES".into(),
+                rt.max_deliveries.to_string(),
+            ),
+            ("WAFLEET_MAX_ATTEMPTS".into(), rt.max_attempts.to_string()),
+            (
+                "WAFLEET_BACKOFF_BASE_MS".into(),
+                rt.backoff_base.as_millis().to_string(),
+            ),
+            (
+                "WAFLEET_BACKOFF_MAX_MS".into(),
+                rt.backoff_max.as_millis().to_string(),
+            ),
+            ("WAFLEET_SHUTDOWN_GRACE_SECS".into(), "3".into()),
+            ("RUST_LOG".into(), "warn".into()),
+        ]
+    }
+}
+
+/// A worker running in this test process.
+pub struct Worker {
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Worker {
+    pub async fn start(settings: wafleet::stages::process::WorkerProcessSettings) -> Self {
+        wafleet::telemetry::init_logging();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(wafleet::stages::process::run(
+            settings,
+            listener,
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        Self {
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// A worker child process (`tests/bin/test_worker.rs`), killed with SIGKILL on drop.
+pub struct ChildWorker {
+    child: std::process::Child,
+}
+
+impl ChildWorker {
+    /// `bin` is `env!("CARGO_BIN_EXE_test-worker")` (only integration tests can name it).
+    pub fn spawn(bin: &str, cfg: &TestConfig, mode: &str, extra: &[(&str, &str)]) -> Self {
+        let mut cmd = std::process::Command::new(bin);
+        cmd.envs(cfg.worker_env()).env("TEST_WORKER_MODE", mode);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        cmd.stdout(std::process::Stdio::null());
+        Self {
+            child: cmd.spawn().expect("spawn test-worker"),
+        }
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM.
+    pub fn terminate(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+    }
+
+    /// Exited by itself (e.g. aborted on a poison entry)?
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+}
+
+impl Drop for ChildWorker {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

@@ -43,10 +43,13 @@ struct Row {
 /// How long a cached entry is trusted.
 const FRESH_FOR: Duration = Duration::from_secs(2);
 
+/// When an entry was read, and what (None: no such channel).
+type Cached = (Instant, Option<Arc<ChannelSettings>>);
+
 #[derive(Clone)]
 pub struct ChannelCache {
     pg: PgPool,
-    entries: Arc<Mutex<HashMap<String, (Instant, Option<Arc<ChannelSettings>>)>>>,
+    entries: Arc<Mutex<HashMap<String, Cached>>>,
 }
 
 impl ChannelCache {
@@ -63,10 +66,9 @@ impl ChannelCache {
             .lock()
             .expect("cache lock")
             .get(phone_number_id)
+            && at.elapsed() < FRESH_FOR
         {
-            if at.elapsed() < FRESH_FOR {
-                return Ok(v.clone());
-            }
+            return Ok(v.clone());
         }
         let row: Option<Row> = sqlx::query_as(
             "SELECT id, phone_number_id, enabled, bot_mode, session_timeout_secs, handover_keywords,

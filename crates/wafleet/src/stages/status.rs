@@ -76,10 +76,9 @@ impl Handler for StatusStage {
         metrics::counter!("wafleet_statuses_total", "result" => label).increment(1);
         if let (StatusApplied::Advanced { conversation_id }, Some(RE_ENGAGEMENT)) =
             (&applied, s.error_code)
+            && let Err(outcome) = self.re_engagement(*conversation_id, job).await
         {
-            if let Err(outcome) = self.re_engagement(*conversation_id, job).await {
-                return outcome;
-            }
+            return outcome;
         }
         Outcome::Done
     }

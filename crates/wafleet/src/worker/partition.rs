@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use rand::Rng;
 use redis::AsyncCommands;
 use redis::streams::{
@@ -451,19 +452,30 @@ impl<H: Handler> Partition<H> {
     /// Runs the handler with the stage's deadline and records metrics.
     async fn run_handler(&self, job: &Job) -> Outcome {
         let started = Instant::now();
-        let outcome =
-            match tokio::time::timeout(self.rt.settings.job_deadline, self.rt.handler.handle(job))
-                .await
-            {
-                Ok(o) => o,
-                Err(_) => Outcome::Retry {
+        // A panicking handler is a bug, not a reason to lose the job or the lane: it counts as a
+        // retry, so a job that always panics ends on the dead-letter stream.
+        let run = std::panic::AssertUnwindSafe(self.rt.handler.handle(job)).catch_unwind();
+        let outcome = match tokio::time::timeout(self.rt.settings.job_deadline, run).await {
+            Ok(Ok(o)) => o,
+            Ok(Err(panic)) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Outcome::Retry {
                     after: self.pause(job.attempt),
-                    reason: format!(
-                        "job exceeded its deadline of {:?}",
-                        self.rt.settings.job_deadline
-                    ),
-                },
-            };
+                    reason: format!("handler panicked: {what}"),
+                }
+            }
+            Err(_) => Outcome::Retry {
+                after: self.pause(job.attempt),
+                reason: format!(
+                    "job exceeded its deadline of {:?}",
+                    self.rt.settings.job_deadline
+                ),
+            },
+        };
         let stage = self.group();
         metrics::counter!("wafleet_jobs_total", "stage" => stage, "outcome" => outcome.label())
             .increment(1);

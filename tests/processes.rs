@@ -1,0 +1,294 @@
+//! Worker processes as processes: kill -9 mid-job, poison entries, ordering across several
+//! processes with rebalancing, and SIGTERM.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use sqlx::PgPool;
+use wafleet_tests::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_test-worker");
+const PNID: &str = "106540352242922";
+const T0: i64 = 1_760_000_000;
+
+async fn count(pg: &PgPool, sql: &str) -> i64 {
+    sqlx::query_as::<_, (i64,)>(sql)
+        .fetch_one(pg)
+        .await
+        .map(|r| r.0)
+        .unwrap_or(-1)
+}
+
+async fn wait_count(pg: &PgPool, sql: &'static str, want: i64, secs: u64) {
+    eventually(
+        &format!("{sql} = {want}"),
+        Duration::from_secs(secs),
+        || {
+            let pg = pg.clone();
+            async move { (count(&pg, sql).await == want).then_some(()) }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_job_leaves_the_job_to_another_which_stores_it_once() {
+    let cfg = TestConfig::new().await;
+    cfg.add_channel(PNID, |_| {}).await;
+    let ingest = Ingest::start(cfg.ingest_settings()).await;
+    let pg = cfg.pg().await;
+    let mut a = ChildWorker::spawn(BIN, &cfg, "real", &[("WAFLEET_STAGES", "conversation")]);
+    assert_eq!(
+        ingest
+            .post_signed(
+                &text_message(PNID, "57300", "wamid.warm", T0, "hola"),
+                APP_SECRET
+            )
+            .await
+            .status(),
+        200
+    );
+    wait_count(&pg, "SELECT count(*) FROM messages", 1, 30).await;
+
+    // Hold inserts on `messages`, so the next job stops inside its transaction.
+    let mut lock = pg.begin().await.unwrap();
+    sqlx::query("LOCK TABLE messages IN EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    assert_eq!(
+        ingest
+            .post_signed(
+                &text_message(PNID, "57300", "wamid.mid", T0 + 1, "¿hay envío?"),
+                APP_SECRET
+            )
+            .await
+            .status(),
+        200
+    );
+    let keys = cfg.keys();
+    let stream = keys.inbound(keys.partition_of(&format!("{PNID}:57300")));
+    let mut con = cfg.redis().await;
+    eventually("the job to be in flight", Duration::from_secs(20), || {
+        let mut con = con.clone();
+        let stream = stream.clone();
+        async move {
+            let pending: redis::Value = redis::cmd("XPENDING")
+                .arg(&stream)
+                .arg("conversation")
+                .query_async(&mut con)
+                .await
+                .ok()?;
+            match pending {
+                redis::Value::Array(v) if matches!(v.first(), Some(redis::Value::Int(1))) => {
+                    Some(())
+                }
+                _ => None,
+            }
+        }
+    })
+    .await;
+    a.kill();
+    let _b = ChildWorker::spawn(BIN, &cfg, "real", &[("WAFLEET_STAGES", "conversation")]);
+    lock.rollback().await.unwrap();
+
+    wait_count(
+        &pg,
+        "SELECT count(*) FROM messages WHERE wamid = 'wamid.mid' AND followup_done",
+        1,
+        40,
+    )
+    .await;
+    assert_eq!(count(&pg, "SELECT count(*) FROM messages").await, 2);
+    let len: usize = con.xlen(&stream).await.unwrap();
+    assert_eq!(len, 0, "the reclaimed entry was acknowledged");
+    // One reply job per message, not one per attempt.
+    let mut replies = 0;
+    for p in 0..keys.partitions() {
+        let n: usize = con.xlen(keys.replies(p)).await.unwrap();
+        replies += n;
+    }
+    assert_eq!(replies, 2);
+}
+
+#[tokio::test]
+async fn a_poison_entry_reaches_the_dead_letter_stream_after_the_configured_deliveries() {
+    let cfg = TestConfig::new().await;
+    let keys = cfg.keys();
+    let mut con = cfg.redis().await;
+    let poison_stream = keys.inbound(0);
+    let _: String = con
+        .xadd(
+            &poison_stream,
+            "*",
+            &[("conv", "poison-conv"), ("poison", "crash")],
+        )
+        .await
+        .unwrap();
+    let mut child = ChildWorker::spawn(BIN, &cfg, "crash", &[]);
+    let mut crashes = 0;
+    let dead = keys.dead("probe");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if child.exited() {
+            crashes += 1;
+            child = ChildWorker::spawn(BIN, &cfg, "crash", &[]);
+        }
+        let n: usize = con.xlen(&dead).await.unwrap();
+        if n == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "poison entry never dead-lettered ({crashes} crashes)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let entries = read_stream(&mut con, &dead).await;
+    let fields = &entries[0].1;
+    let reason = String::from_utf8_lossy(&fields["reason"]).into_owned();
+    assert!(reason.contains("delivered 4 times (limit 3)"), "{reason}");
+    assert_eq!(fields["poison"], b"crash", "the entry is kept whole");
+    assert_eq!(crashes, 3, "one crash per allowed delivery");
+    // The worker is healthy afterwards and processes the partition again.
+    let _: String = con
+        .xadd(&poison_stream, "*", &[("conv", "fine"), ("n", "1")])
+        .await
+        .unwrap();
+    let done = format!("{}:test:done", cfg.prefix);
+    eventually(
+        "a normal entry after the poison one",
+        Duration::from_secs(20),
+        || {
+            let mut con = con.clone();
+            let done = done.clone();
+            async move {
+                let n: usize = con.llen(&done).await.ok()?;
+                (n == 1).then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(!child.exited());
+}
+
+#[tokio::test]
+async fn each_conversation_is_stored_in_order_across_processes_that_come_and_go() {
+    let cfg = TestConfig {
+        partitions: 8,
+        ..TestConfig::new().await
+    };
+    cfg.add_channel(PNID, |_| {}).await;
+    let ingest = Ingest::start(cfg.ingest_settings()).await;
+    let pg = cfg.pg().await;
+    let _a = ChildWorker::spawn(BIN, &cfg, "real", &[("WAFLEET_STAGES", "conversation")]);
+    let _b = ChildWorker::spawn(BIN, &cfg, "real", &[("WAFLEET_STAGES", "conversation")]);
+    const CONVS: usize = 40;
+    const PER: usize = 8;
+    let mut c: Option<ChildWorker> = None;
+    // Each conversation's messages are posted one after another; conversations in parallel.
+    let sends = (0..CONVS).map(|conv| {
+        let ingest = &ingest;
+        async move {
+            for seq in 0..PER {
+                let body = text_message(
+                    PNID,
+                    &format!("5730{conv:04}"),
+                    &format!("wamid.{conv}.{seq}"),
+                    T0 + seq as i64,
+                    &format!("mensaje {seq}"),
+                );
+                assert_eq!(ingest.post_signed(&body, APP_SECRET).await.status(), 200);
+            }
+        }
+    });
+    let half = CONVS / 2;
+    let mut sends: Vec<_> = sends.collect();
+    let second = sends.split_off(half);
+    futures::future::join_all(sends).await;
+    // A third process joins mid-burst: partitions rebalance while messages flow.
+    c.replace(ChildWorker::spawn(
+        BIN,
+        &cfg,
+        "real",
+        &[("WAFLEET_STAGES", "conversation")],
+    ));
+    futures::future::join_all(second).await;
+
+    let total = (CONVS * PER) as i64;
+    eventually("every message stored", Duration::from_secs(90), || {
+        let pg = pg.clone();
+        async move { (count(&pg, "SELECT count(*) FROM messages").await == total).then_some(()) }
+    })
+    .await;
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT c.customer_key, m.wamid FROM messages m JOIN conversations c ON c.id = m.conversation_id ORDER BY m.id",
+    )
+    .fetch_all(&pg)
+    .await
+    .unwrap();
+    let mut seen: HashMap<String, Vec<usize>> = HashMap::new();
+    for (customer, wamid) in rows {
+        let seq: usize = wamid.rsplit('.').next().unwrap().parse().unwrap();
+        seen.entry(customer).or_default().push(seq);
+    }
+    assert_eq!(seen.len(), CONVS);
+    for (customer, seqs) in &seen {
+        assert_eq!(
+            seqs,
+            &(0..PER).collect::<Vec<_>>(),
+            "conversation {customer} stored out of order"
+        );
+    }
+    drop(c);
+}
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_work_releases_leases_and_exits() {
+    let cfg = TestConfig::new().await;
+    cfg.add_channel(PNID, |_| {}).await;
+    let ingest = Ingest::start(cfg.ingest_settings()).await;
+    let pg = cfg.pg().await;
+    let mut w = ChildWorker::spawn(BIN, &cfg, "real", &[("WAFLEET_STAGES", "conversation")]);
+    for i in 0..20 {
+        let body = text_message(PNID, &format!("57{i}"), &format!("wamid.t{i}"), T0, "hola");
+        assert_eq!(ingest.post_signed(&body, APP_SECRET).await.status(), 200);
+    }
+    wait_count(
+        &pg,
+        "SELECT count(*) FROM messages WHERE followup_done",
+        20,
+        30,
+    )
+    .await;
+    let keys = cfg.keys();
+    let mut con = cfg.redis().await;
+    let leases: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*:lease:conversation", cfg.prefix))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(
+        leases.len() as u32,
+        keys.partitions(),
+        "one process owns every partition"
+    );
+    w.terminate();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !w.exited() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "worker did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let leases: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*:lease:conversation", cfg.prefix))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(leases.is_empty(), "leases released on exit: {leases:?}");
+    let workers: usize = con.zcard(keys.workers("conversation")).await.unwrap();
+    assert_eq!(workers, 0);
+}

@@ -1,0 +1,72 @@
+//! A TCP proxy a test can cut, to take a dependency (Postgres) away from the code under test
+//! without stopping the server other tests share.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+pub struct Proxy {
+    pub port: u16,
+    up: Arc<AtomicBool>,
+    /// Cancelled to drop every live connection; replaced on each cut.
+    conns: Arc<std::sync::Mutex<CancellationToken>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let conns = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
+        let task = tokio::spawn({
+            let up = up.clone();
+            let conns = conns.clone();
+            async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if !up.load(Ordering::SeqCst) {
+                        drop(inbound);
+                        continue;
+                    }
+                    let cut = conns.lock().unwrap().clone();
+                    let target = target.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut outbound) = TcpStream::connect(&target).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = cut.cancelled() => {}
+                        }
+                    });
+                }
+            }
+        });
+        Self {
+            port,
+            up,
+            conns,
+            task,
+        }
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        let mut c = self.conns.lock().unwrap();
+        c.cancel();
+        *c = CancellationToken::new();
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

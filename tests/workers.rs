@@ -1,0 +1,637 @@
+//! The conversation and status stages on the worker runtime, in process, against a real Redis
+//! and Postgres, fed through the real ingest.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use wafleet_tests::*;
+
+const PNID: &str = "106540352242922";
+const T0: i64 = 1_760_000_000;
+
+struct Env {
+    cfg: TestConfig,
+    ingest: Ingest,
+    worker: Worker,
+    pg: PgPool,
+}
+
+async fn env_with(tweak: impl FnOnce(&mut wafleet::store::channels::ChannelSpec)) -> Env {
+    let cfg = TestConfig::new().await;
+    cfg.add_channel(PNID, tweak).await;
+    let ingest = Ingest::start(cfg.ingest_settings()).await;
+    let worker = Worker::start(cfg.worker_settings(&["conversation", "status"])).await;
+    let pg = cfg.pg().await;
+    Env {
+        cfg,
+        ingest,
+        worker,
+        pg,
+    }
+}
+
+async fn env() -> Env {
+    env_with(|_| {}).await
+}
+
+impl Env {
+    async fn send(&self, from: &str, wamid: &str, ts: i64, text: &str) {
+        let res = self
+            .ingest
+            .post_signed(&text_message(PNID, from, wamid, ts, text), APP_SECRET)
+            .await;
+        assert_eq!(res.status(), 200);
+    }
+
+    async fn post(&self, body: &[u8]) {
+        assert_eq!(
+            self.ingest.post_signed(body, APP_SECRET).await.status(),
+            200
+        );
+    }
+
+    /// Waits until `n` messages are stored.
+    async fn stored(&self, n: i64) {
+        let pg = self.pg.clone();
+        eventually(
+            &format!("{n} stored messages"),
+            Duration::from_secs(20),
+            || {
+                let pg = pg.clone();
+                async move {
+                    let (c,): (i64,) = sqlx::query_as("SELECT count(*) FROM messages")
+                        .fetch_one(&pg)
+                        .await
+                        .ok()?;
+                    (c >= n).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+
+    async fn message(&self, wamid: &str) -> (String, Option<String>, Vec<String>, String, i32) {
+        sqlx::query_as("SELECT message_type, text_redacted, pii_types, action, session_no FROM messages WHERE wamid = $1")
+            .bind(wamid)
+            .fetch_one(&self.pg)
+            .await
+            .unwrap()
+    }
+
+    async fn stream_len(&self, stream: &str) -> usize {
+        let mut con = self.cfg.redis().await;
+        read_stream(&mut con, stream).await.len()
+    }
+
+    async fn replies(&self) -> usize {
+        let keys = self.cfg.keys();
+        let mut n = 0;
+        for p in 0..keys.partitions() {
+            n += self.stream_len(&keys.replies(p)).await;
+        }
+        n
+    }
+
+    async fn outbox(&self) -> usize {
+        let keys = self.cfg.keys();
+        let mut n = 0;
+        for p in 0..keys.partitions() {
+            n += self.stream_len(&keys.outbox(p)).await;
+        }
+        n
+    }
+
+    async fn wait_followups(&self) {
+        let pg = self.pg.clone();
+        eventually("follow-ups done", Duration::from_secs(20), || {
+            let pg = pg.clone();
+            async move {
+                let (c,): (i64,) =
+                    sqlx::query_as("SELECT count(*) FROM messages WHERE NOT followup_done")
+                        .fetch_one(&pg)
+                        .await
+                        .ok()?;
+                (c == 0).then_some(())
+            }
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn an_inbound_message_is_stored_redacted_on_its_conversation_before_any_reply_job() {
+    let e = env().await;
+    e.send(
+        "573001112233",
+        "wamid.PII",
+        T0,
+        "Mi tarjeta es 4111 1111 1111 1111 y mi correo ana.perez@gmail.com, pedido #100234567",
+    )
+    .await;
+    e.stored(1).await;
+    e.wait_followups().await;
+    let (kind, text, pii, action, session) = e.message("wamid.PII").await;
+    let text = text.unwrap();
+    assert_eq!(kind, "text");
+    assert!(
+        text.contains("[CARD]") && text.contains("[EMAIL]"),
+        "{text}"
+    );
+    assert!(!text.contains("4111") && !text.contains("gmail"), "{text}");
+    assert!(
+        text.contains("#100234567"),
+        "order numbers are not PII: {text}"
+    );
+    assert_eq!(pii, ["CARD", "EMAIL"]);
+    assert_eq!((action.as_str(), session), ("reply", 1));
+    let (wa_id, last): (Option<String>, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as("SELECT wa_id, last_customer_message_at FROM conversations")
+            .fetch_one(&e.pg)
+            .await
+            .unwrap();
+    assert_eq!(wa_id.as_deref(), Some("573001112233"));
+    assert_eq!(
+        last.unwrap().timestamp(),
+        T0,
+        "the window is measured from the message's own timestamp"
+    );
+    assert_eq!(e.replies().await, 1);
+    // The message is removed from the inbound stream once done.
+    let keys = e.cfg.keys();
+    let conv = format!("{PNID}:573001112233");
+    assert_eq!(
+        e.stream_len(&keys.inbound(keys.partition_of(&conv))).await,
+        0
+    );
+    e.worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_redelivered_message_is_stored_once_and_gets_one_reply_job() {
+    let e = env().await;
+    e.send("573001", "wamid.ONCE", T0, "hola").await;
+    e.stored(1).await;
+    e.wait_followups().await;
+    // A redelivery after ingest's dedup mark expired reaches the stage again.
+    let mut con = e.cfg.redis().await;
+    let marks: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*:seen:*", e.cfg.prefix))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(!marks.is_empty());
+    let _: () = redis::cmd("DEL")
+        .arg(&marks)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    e.send("573001", "wamid.ONCE", T0, "hola").await;
+    e.send("573001", "wamid.NEXT", T0 + 5, "¿siguen ahí?").await;
+    e.stored(2).await;
+    e.wait_followups().await;
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM messages WHERE wamid = 'wamid.ONCE'")
+        .fetch_one(&e.pg)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn handover_keywords_in_three_languages_hand_the_conversation_to_a_human() {
+    let e = env().await;
+    let cases = [
+        (
+            "57300",
+            "wamid.es",
+            "QUIERO HABLAR CON UN ÁSESOR, por favor",
+        ),
+        ("15550", "wamid.en", "Can I talk to a human?"),
+        ("55119", "wamid.pt", "Quero falar com um atendente"),
+        ("57301", "wamid.neg1", "Necesito asesoramiento sobre tallas"),
+        (
+            "15551",
+            "wamid.neg2",
+            "That was an inhuman wait, but thanks",
+        ),
+    ];
+    for (from, wamid, text) in cases {
+        e.send(from, wamid, T0, text).await;
+    }
+    e.stored(5).await;
+    e.wait_followups().await;
+    for (_, wamid, _) in &cases[..3] {
+        assert_eq!(e.message(wamid).await.3, "handover", "{wamid}");
+    }
+    for (_, wamid, _) in &cases[3..] {
+        assert_eq!(
+            e.message(wamid).await.3,
+            "reply",
+            "{wamid}: no trigger on words that merely contain a keyword"
+        );
+    }
+    let owners: Vec<(String, String)> =
+        sqlx::query_as("SELECT customer_key, owner FROM conversations ORDER BY customer_key")
+            .fetch_all(&e.pg)
+            .await
+            .unwrap();
+    assert_eq!(
+        owners.iter().filter(|(_, o)| o == "human").count(),
+        3,
+        "{owners:?}"
+    );
+    let (events,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM handover_events WHERE kind = 'handover' AND reason = 'keyword'",
+    )
+    .fetch_one(&e.pg)
+    .await
+    .unwrap();
+    assert_eq!(events, 3);
+    let acks: Vec<(String, String)> =
+        sqlx::query_as("SELECT kind, state FROM outbound_messages ORDER BY id")
+            .fetch_all(&e.pg)
+            .await
+            .unwrap();
+    assert_eq!(
+        acks,
+        vec![("handover_ack".to_string(), "pending".to_string()); 3]
+    );
+    assert_eq!(
+        e.outbox().await,
+        3,
+        "one acknowledgement queued per handover"
+    );
+    assert_eq!(
+        e.stream_len(&e.cfg.keys().handover_stream()).await,
+        3,
+        "dashboard events"
+    );
+    assert_eq!(
+        e.replies().await,
+        2,
+        "only the two negatives get reply jobs"
+    );
+
+    // A handed-over conversation gets no further bot work.
+    e.send("57300", "wamid.es2", T0 + 60, "¿hola? sigo esperando")
+        .await;
+    e.stored(6).await;
+    e.wait_followups().await;
+    assert_eq!(e.message("wamid.es2").await.3, "none");
+    assert_eq!(e.replies().await, 2);
+    assert_eq!(e.outbox().await, 3);
+}
+
+#[tokio::test]
+async fn an_idle_conversation_starts_a_new_session_and_bot_modes_are_honoured() {
+    let e = env_with(|s| s.bot_mode = Some(wafleet::store::channels::BotMode::Shadow)).await;
+    e.send("57300", "wamid.s1", T0, "hola").await;
+    e.send("57300", "wamid.s2", T0 + 3600, "sigo aquí").await;
+    e.send(
+        "57300",
+        "wamid.s3",
+        T0 + 3600 + 25 * 3600,
+        "volví al otro día",
+    )
+    .await;
+    e.stored(3).await;
+    e.wait_followups().await;
+    assert_eq!(e.message("wamid.s1").await.4, 1);
+    assert_eq!(e.message("wamid.s2").await.4, 1);
+    assert_eq!(
+        e.message("wamid.s3").await.4,
+        2,
+        "idle > 24 h starts session 2"
+    );
+    // Shadow mode still produces reply jobs (the LLM stage stores, never sends).
+    assert_eq!(e.replies().await, 3);
+    // A shadow handover acknowledgement is stored, never queued for sending.
+    e.send("57300", "wamid.s4", T0 + 30 * 3600, "talk to a human")
+        .await;
+    e.stored(4).await;
+    e.wait_followups().await;
+    let states: Vec<(String,)> = sqlx::query_as("SELECT state FROM outbound_messages")
+        .fetch_all(&e.pg)
+        .await
+        .unwrap();
+    assert_eq!(states, vec![("shadow".to_string(),)]);
+    assert_eq!(e.outbox().await, 0);
+
+    // Bot off: stored, nothing produced.
+    sqlx::query("UPDATE channels SET bot_mode = 'off'")
+        .execute(&e.pg)
+        .await
+        .unwrap();
+    // Workers see the change within seconds; until then messages still get reply jobs.
+    let mut n = 0;
+    let replies_before_off = eventually(
+        "the worker to see bot mode off",
+        Duration::from_secs(20),
+        || {
+            n += 1;
+            let e = &e;
+            async move {
+                let wamid = format!("wamid.off{n}");
+                let replies = e.replies().await;
+                e.send(&format!("5799{n}"), &wamid, T0, "hola").await;
+                e.stored(4 + n).await;
+                e.wait_followups().await;
+                (e.message(&wamid).await.3 == "none").then_some(replies)
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        e.replies().await,
+        replies_before_off,
+        "bot off: stored, no reply job"
+    );
+}
+
+#[tokio::test]
+async fn media_is_stored_with_metadata_and_reactions_never_trigger_anything() {
+    let e = env_with(|_| {}).await;
+    sqlx::query(
+        "UPDATE channels SET media_notice = 'Recibimos tu archivo; por ahora solo leemos texto.'",
+    )
+    .execute(&e.pg)
+    .await
+    .unwrap();
+    e.post(&message_body(
+        PNID,
+        "57300",
+        serde_json::json!({"from": "57300", "id": "wamid.img", "timestamp": T0.to_string(),
+        "type": "image", "image": {"id": "m1", "mime_type": "image/jpeg", "sha256": "abc"}}),
+    ))
+    .await;
+    e.post(&message_body(PNID, "57300", serde_json::json!({"from": "57300", "id": "wamid.loc", "timestamp": (T0 + 1).to_string(),
+        "type": "location", "location": {"latitude": 4.6, "longitude": -74.08, "address": "Calle 45 # 12-34, Bogotá"}}))).await;
+    e.post(&message_body(PNID, "57300", serde_json::json!({"from": "57300", "id": "wamid.cap", "timestamp": (T0 + 2).to_string(),
+        "type": "image", "image": {"id": "m2", "mime_type": "image/png", "caption": "¿tienen este modelo?"}}))).await;
+    e.post(&message_body(
+        PNID,
+        "57300",
+        serde_json::json!({"from": "57300", "id": "wamid.rea", "timestamp": (T0 + 3).to_string(),
+        "type": "reaction", "reaction": {"message_id": "wamid.x", "emoji": "👍"}}),
+    ))
+    .await;
+    e.post(&message_body(
+        PNID,
+        "57300",
+        serde_json::json!({"from": "57300", "id": "wamid.new", "timestamp": (T0 + 4).to_string(),
+        "type": "poll_vote", "poll_vote": {"x": 1}}),
+    ))
+    .await;
+    e.stored(5).await;
+    e.wait_followups().await;
+    assert_eq!(e.message("wamid.img").await.3, "notice");
+    assert_eq!(e.message("wamid.loc").await.3, "notice");
+    assert_eq!(
+        e.message("wamid.cap").await.3,
+        "reply",
+        "a caption is text to answer"
+    );
+    assert_eq!(e.message("wamid.rea").await.3, "none");
+    assert_eq!(
+        e.message("wamid.new").await.3,
+        "notice",
+        "unknown types are stored, answered with the notice"
+    );
+    let (meta,): (serde_json::Value,) =
+        sqlx::query_as("SELECT metadata FROM messages WHERE wamid = 'wamid.loc'")
+            .fetch_one(&e.pg)
+            .await
+            .unwrap();
+    assert_eq!(meta["latitude"], 4.6);
+    assert!(
+        meta["address"].as_str().unwrap().contains("[ADDRESS]"),
+        "{meta}"
+    );
+    let (meta,): (serde_json::Value,) =
+        sqlx::query_as("SELECT metadata FROM messages WHERE wamid = 'wamid.img'")
+            .fetch_one(&e.pg)
+            .await
+            .unwrap();
+    assert_eq!(meta["mime_type"], "image/jpeg");
+    assert_eq!(e.outbox().await, 3);
+    assert_eq!(e.replies().await, 1);
+}
+
+#[tokio::test]
+async fn statuses_only_move_forward_and_early_ones_wait_for_their_message() {
+    let e = env().await;
+    e.send("57300", "wamid.in", T0, "hola").await;
+    e.stored(1).await;
+    e.wait_followups().await;
+    // The sender stage will record outbound messages; here the store does it directly.
+    let (conv, msg): (i64, i64) = sqlx::query_as("SELECT conversation_id, id FROM messages")
+        .fetch_one(&e.pg)
+        .await
+        .unwrap();
+    let insert = |part: i32| {
+        let pg = e.pg.clone();
+        async move {
+            let (id,): (i64,) = sqlx::query_as(
+                "INSERT INTO outbound_messages (conversation_id, channel_id, reply_to, part_no, kind, body, state)
+                 SELECT $1, channel_id, $2, $3, 'reply', 'x', 'sending' FROM conversations WHERE id = $1 RETURNING id",
+            )
+            .bind(conv)
+            .bind(msg)
+            .bind(part)
+            .fetch_one(&pg)
+            .await
+            .unwrap();
+            id
+        }
+    };
+    let a = insert(0).await;
+    wafleet::store::conversations::record_accepted(&e.pg, a, "wamid.outA")
+        .await
+        .unwrap();
+    let delivery = |wamid: &'static str| {
+        let pg = e.pg.clone();
+        async move {
+            sqlx::query_as::<_, (Option<String>, Option<i32>, String)>(
+                "SELECT delivery, error_code, state FROM outbound_messages WHERE wamid = $1",
+            )
+            .bind(wamid)
+            .fetch_optional(&pg)
+            .await
+            .unwrap()
+        }
+    };
+    let st = |id: &str, status: &str, ts: i64| serde_json::json!({"id": id, "status": status, "timestamp": ts.to_string(), "recipient_id": "57300"});
+    e.post(&status_body(
+        PNID,
+        serde_json::json!([st("wamid.outA", "read", T0 + 3)]),
+    ))
+    .await;
+    e.post(&status_body(
+        PNID,
+        serde_json::json!([
+            st("wamid.outA", "delivered", T0 + 2),
+            st("wamid.outA", "sent", T0 + 1)
+        ]),
+    ))
+    .await;
+    eventually("read applied", Duration::from_secs(20), || async {
+        (delivery("wamid.outA").await?.0.as_deref() == Some("read")).then_some(())
+    })
+    .await;
+    // Let the two older statuses be processed too, then check nothing regressed.
+    let pg = e.pg.clone();
+    eventually("statuses processed", Duration::from_secs(20), || {
+        let cfg = &e.cfg;
+        async move {
+            let keys = cfg.keys();
+            let mut con = cfg.redis().await;
+            let mut left = 0;
+            for p in 0..keys.partitions() {
+                left += read_stream(&mut con, &keys.status(p)).await.len();
+            }
+            (left == 0).then_some(())
+        }
+    })
+    .await;
+    let _ = pg;
+    assert_eq!(
+        delivery("wamid.outA").await.unwrap().0.as_deref(),
+        Some("read")
+    );
+
+    // A failed status arriving before its message is recorded is kept, then applied.
+    e.post(&status_body(PNID, serde_json::json!([{"id": "wamid.outB", "status": "failed", "timestamp": (T0 + 9).to_string(),
+        "recipient_id": "57300", "errors": [{"code": 131047, "title": "Re-engagement message"}]}]))).await;
+    eventually("early status kept", Duration::from_secs(20), || {
+        let pg = e.pg.clone();
+        async move {
+            let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM early_statuses")
+                .fetch_one(&pg)
+                .await
+                .ok()?;
+            (n == 1).then_some(())
+        }
+    })
+    .await;
+    let b = insert(1).await;
+    wafleet::store::conversations::record_accepted(&e.pg, b, "wamid.outB")
+        .await
+        .unwrap();
+    let (d, code, state) = delivery("wamid.outB").await.unwrap();
+    assert_eq!(
+        (d.as_deref(), code, state.as_str()),
+        (Some("failed"), Some(131047), "failed")
+    );
+    // Failed is final.
+    e.post(&status_body(
+        PNID,
+        serde_json::json!([st("wamid.outB", "delivered", T0 + 10)]),
+    ))
+    .await;
+
+    // A 131047 failure on a known message hands the conversation to a human.
+    let c = insert(2).await;
+    wafleet::store::conversations::record_accepted(&e.pg, c, "wamid.outC")
+        .await
+        .unwrap();
+    e.post(&status_body(PNID, serde_json::json!([{"id": "wamid.outC", "status": "failed", "timestamp": (T0 + 11).to_string(),
+        "recipient_id": "57300", "errors": [{"code": 131047, "title": "Re-engagement message"}]}]))).await;
+    eventually("re-engagement handover", Duration::from_secs(20), || {
+        let pg = e.pg.clone();
+        async move {
+            let (o,): (String,) = sqlx::query_as("SELECT owner FROM conversations")
+                .fetch_one(&pg)
+                .await
+                .ok()?;
+            (o == "human").then_some(())
+        }
+    })
+    .await;
+    let (d, _, _) = delivery("wamid.outB").await.unwrap();
+    assert_eq!(d.as_deref(), Some("failed"));
+}
+
+#[tokio::test]
+async fn postgres_away_for_a_while_makes_jobs_wait_and_all_complete_after() {
+    let mut cfg = TestConfig::new().await;
+    cfg.add_channel(PNID, |_| {}).await;
+    let ingest = Ingest::start(cfg.ingest_settings()).await;
+    let direct_url = cfg.database_url.clone();
+    let (base, db) = direct_url.rsplit_once('/').unwrap();
+    let host = base.rsplit_once('@').unwrap().1;
+    let proxy = proxy::Proxy::start(host.to_string()).await;
+    cfg.database_url = format!(
+        "{}@127.0.0.1:{}/{db}",
+        base.rsplit_once('@').unwrap().0,
+        proxy.port
+    );
+    let worker = Worker::start(cfg.worker_settings(&["conversation"])).await;
+    let pg = PgPool::connect(&direct_url).await.unwrap();
+
+    for i in 0..5 {
+        let body = text_message(PNID, "57300", &format!("wamid.pre{i}"), T0 + i, "antes");
+        assert_eq!(ingest.post_signed(&body, APP_SECRET).await.status(), 200);
+    }
+    eventually("first messages stored", Duration::from_secs(20), || {
+        let pg = pg.clone();
+        async move {
+            let (c,): (i64,) = sqlx::query_as("SELECT count(*) FROM messages")
+                .fetch_one(&pg)
+                .await
+                .ok()?;
+            (c == 5).then_some(())
+        }
+    })
+    .await;
+
+    proxy.cut();
+    for i in 0..20 {
+        let body = text_message(
+            PNID,
+            &format!("5730{}", i % 4),
+            &format!("wamid.out{i}"),
+            T0 + 100 + i,
+            "durante",
+        );
+        assert_eq!(
+            ingest.post_signed(&body, APP_SECRET).await.status(),
+            200,
+            "ingest does not need Postgres"
+        );
+    }
+    // The worker keeps the jobs while Postgres is away: still pending, not dead-lettered.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut con = cfg.redis().await;
+    assert!(
+        read_stream(&mut con, &cfg.keys().dead("conversation"))
+            .await
+            .is_empty()
+    );
+    let (c,): (i64,) = sqlx::query_as("SELECT count(*) FROM messages")
+        .fetch_one(&pg)
+        .await
+        .unwrap();
+    assert_eq!(c, 5);
+
+    proxy.restore();
+    eventually(
+        "every message stored after Postgres returns",
+        Duration::from_secs(30),
+        || {
+            let pg = pg.clone();
+            async move {
+                let (c,): (i64,) = sqlx::query_as("SELECT count(*) FROM messages")
+                    .fetch_one(&pg)
+                    .await
+                    .ok()?;
+                (c == 25).then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(
+        read_stream(&mut con, &cfg.keys().dead("conversation"))
+            .await
+            .is_empty()
+    );
+    worker.stop().await.unwrap();
+}

@@ -173,6 +173,18 @@ async fn a_poison_entry_reaches_the_dead_letter_stream_after_the_configured_deli
     assert!(!child.exited());
 }
 
+/// Distinct processes currently owning a lease of the conversation stage.
+async fn owners(cfg: &TestConfig) -> usize {
+    let mut con = cfg.redis().await;
+    let keys = cfg.keys();
+    let mut owners = std::collections::HashSet::new();
+    for p in 0..keys.partitions() {
+        let owner: Option<String> = con.get(keys.lease("conversation", p)).await.unwrap();
+        owners.extend(owner);
+    }
+    owners.len()
+}
+
 #[tokio::test]
 async fn each_conversation_is_stored_in_order_across_processes_that_come_and_go() {
     let cfg = TestConfig {
@@ -182,41 +194,47 @@ async fn each_conversation_is_stored_in_order_across_processes_that_come_and_go(
     cfg.add_channel(PNID, |_| {}).await;
     let ingest = Ingest::start(cfg.ingest_settings()).await;
     let pg = cfg.pg().await;
-    let _a = ChildWorker::spawn(BIN, &cfg, "real", &[("WAFLEET_STAGES", "conversation")]);
-    let _b = ChildWorker::spawn(BIN, &cfg, "real", &[("WAFLEET_STAGES", "conversation")]);
+    let spawn = || ChildWorker::spawn(BIN, &cfg, "real", &[("WAFLEET_STAGES", "conversation")]);
+    let _a = spawn();
+    let _b = spawn();
     const CONVS: usize = 40;
-    const PER: usize = 8;
-    let mut c: Option<ChildWorker> = None;
-    // Each conversation's messages are posted one after another; conversations in parallel.
-    let sends = (0..CONVS).map(|conv| {
+    // Rounds of messages: in each round every conversation sends its next message, all in
+    // parallel; a conversation's messages are therefore posted strictly in order.
+    let round = |seq: usize| {
         let ingest = &ingest;
-        async move {
-            for seq in 0..PER {
-                let body = text_message(
-                    PNID,
-                    &format!("5730{conv:04}"),
-                    &format!("wamid.{conv}.{seq}"),
-                    T0 + seq as i64,
-                    &format!("mensaje {seq}"),
-                );
-                assert_eq!(ingest.post_signed(&body, APP_SECRET).await.status(), 200);
-            }
+        futures::future::join_all((0..CONVS).map(move |conv| async move {
+            let body = text_message(
+                PNID,
+                &format!("5730{conv:04}"),
+                &format!("wamid.{conv}.{seq}"),
+                T0 + seq as i64,
+                &format!("mensaje {seq}"),
+            );
+            assert_eq!(ingest.post_signed(&body, APP_SECRET).await.status(), 200);
+        }))
+    };
+    let mut seq = 0;
+    let mut max_owners = 0;
+    let mut c = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    // Keep messages flowing while the fleet goes from two processes to three, and until the
+    // partitions are spread over all three.
+    while seq < 8 || max_owners < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "partitions never spread over three processes"
+        );
+        round(seq).await;
+        seq += 1;
+        max_owners = max_owners.max(owners(&cfg).await);
+        if seq == 4 {
+            c = Some(spawn());
         }
-    });
-    let half = CONVS / 2;
-    let mut sends: Vec<_> = sends.collect();
-    let second = sends.split_off(half);
-    futures::future::join_all(sends).await;
-    // A third process joins mid-burst: partitions rebalance while messages flow.
-    c.replace(ChildWorker::spawn(
-        BIN,
-        &cfg,
-        "real",
-        &[("WAFLEET_STAGES", "conversation")],
-    ));
-    futures::future::join_all(second).await;
-
-    let total = (CONVS * PER) as i64;
+        if seq > 4 && max_owners < 3 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let total = (CONVS * seq) as i64;
     eventually("every message stored", Duration::from_secs(90), || {
         let pg = pg.clone();
         async move { (count(&pg, "SELECT count(*) FROM messages").await == total).then_some(()) }
@@ -230,17 +248,18 @@ async fn each_conversation_is_stored_in_order_across_processes_that_come_and_go(
     .unwrap();
     let mut seen: HashMap<String, Vec<usize>> = HashMap::new();
     for (customer, wamid) in rows {
-        let seq: usize = wamid.rsplit('.').next().unwrap().parse().unwrap();
-        seen.entry(customer).or_default().push(seq);
+        let n: usize = wamid.rsplit('.').next().unwrap().parse().unwrap();
+        seen.entry(customer).or_default().push(n);
     }
     assert_eq!(seen.len(), CONVS);
     for (customer, seqs) in &seen {
         assert_eq!(
             seqs,
-            &(0..PER).collect::<Vec<_>>(),
+            &(0..seq).collect::<Vec<_>>(),
             "conversation {customer} stored out of order"
         );
     }
+    assert!(max_owners >= 3, "the work was spread over three processes");
     drop(c);
 }
 

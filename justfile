@@ -41,3 +41,27 @@ fmt:
 # clippy, warnings are errors
 lint:
     cargo clippy --workspace --all-targets -- -D warnings
+
+# run the whole system: services, migrations, ingest and a worker; sends two sample webhooks
+run:
+    deploy/run.sh
+
+# redact JSON lines {"text": …} from stdin (release build)
+redact:
+    cargo run --release -q -p wafleet-redact
+
+# PII redaction quality and speed on the labelled corpus
+bench-pii:
+    cargo run --release -q -p wafleet-redact --bin bench-pii
+
+# fuzz the webhook parser (SECS seconds; installs cargo-fuzz into .tools on first use)
+fuzz SECS="60":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    fuzz=$(command -v cargo-fuzz || true)
+    if [[ -z $fuzz ]]; then
+        [[ -x .tools/bin/cargo-fuzz ]] || cargo install cargo-fuzz --locked --root .tools
+        fuzz=.tools/bin/cargo-fuzz
+    fi
+    cd crates/wafleet-core/fuzz
+    RUSTC_BOOTSTRAP=1 "$fuzz" run webhook_parse --fuzz-dir . -- -max_total_time={{SECS}}

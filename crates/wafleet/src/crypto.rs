@@ -34,9 +34,12 @@ impl Cipher {
         let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
             hex::decode(text).context("bad hex in WAFLEET_ENCRYPTION_KEY")?
         } else {
-            base64::engine::general_purpose::STANDARD
-                .decode(text)
-                .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(text))
+            use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+            // Padding is optional: shells and env files lose trailing '=' easily.
+            let unpadded = text.trim_end_matches('=');
+            STANDARD_NO_PAD
+                .decode(unpadded)
+                .or_else(|_| URL_SAFE_NO_PAD.decode(unpadded))
                 .context("WAFLEET_ENCRYPTION_KEY is neither 64 hex digits nor base64")?
         };
         if bytes.len() != 32 {
@@ -121,6 +124,9 @@ mod tests {
     fn keys_are_read_as_hex_or_base64_and_must_be_32_bytes() {
         assert!(Cipher::from_key_text(&"ab".repeat(32)).is_ok());
         assert!(Cipher::from_key_text("c2hvcnQ=").is_err());
+        let key = Cipher::generate_key_text();
+        assert!(key.ends_with('='));
+        assert!(Cipher::from_key_text(key.trim_end_matches('=')).is_ok(), "padding is optional");
         assert!(Cipher::from_key_text("not a key at all!").is_err());
     }
 }

@@ -135,10 +135,10 @@ impl Keys {
         let tag_end = stream.find('}').map_or(stream.len(), |i| i + 1);
         format!("{}:seen:{dedup_key}", &stream[..tag_end])
     }
-    /// Every stream ingest writes, for the length gauges.
+    /// Every partition stream plus ingest's own, for the length gauges.
     pub fn all_streams(&self) -> Vec<String> {
         let mut all: Vec<String> = (0..self.partitions)
-            .flat_map(|p| [self.inbound(p), self.status(p)])
+            .flat_map(|p| [self.inbound(p), self.status(p), self.replies(p), self.outbox(p)])
             .collect();
         all.extend([self.events(), self.quarantine(), self.ingest_dead()]);
         all

@@ -23,6 +23,21 @@ enum Command {
     /// Manage channels (business numbers).
     #[command(subcommand)]
     Channel(ChannelCommand),
+    /// Sign a webhook body like Meta does and POST it (for trying a deployment by hand).
+    SendWebhook {
+        /// The ingest endpoint, e.g. http://127.0.0.1:8080/webhooks/whatsapp
+        #[arg(long)]
+        url: String,
+        /// The app secret to sign with.
+        #[arg(long, env = "WHATSAPP_APP_SECRET", hide_env_values = true)]
+        secret: String,
+        /// A file holding the JSON body, sent byte for byte.
+        file: std::path::PathBuf,
+    },
+    /// GET a URL and print the body; exit non-zero unless it answers 2xx (health checks in scripts).
+    Probe { url: String },
+    /// Hand a conversation back to the bot.
+    Release { conversation_id: i64 },
 }
 
 #[derive(Subcommand)]
@@ -78,12 +93,50 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", Cipher::generate_key_text());
         return Ok(());
     }
+    if let Command::SendWebhook { url, secret, file } = &cli.command {
+        let body = std::fs::read(file)?;
+        let signature = wafleet_core::signature::sign(&body, secret.as_bytes());
+        let res = reqwest::Client::new()
+            .post(url)
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", signature)
+            .body(body)
+            .send()
+            .await?;
+        println!("{} {}", res.status().as_u16(), res.text().await.unwrap_or_default());
+        return Ok(());
+    }
+    if let Command::Probe { url } = &cli.command {
+        let res = reqwest::get(url).await?;
+        let ok = res.status().is_success();
+        print!("{}", res.text().await.unwrap_or_default());
+        anyhow::ensure!(ok, "{url} is not healthy");
+        return Ok(());
+    }
     let pool = db::connect(&required("DATABASE_URL")?, 2).await?;
     db::migrate(&pool).await?;
     let cipher = || Cipher::from_key_text(&required("WAFLEET_ENCRYPTION_KEY")?);
     match cli.command {
         Command::Migrate => println!("migrations applied"),
-        Command::GenerateKey => unreachable!("handled above"),
+        Command::GenerateKey | Command::SendWebhook { .. } | Command::Probe { .. } => unreachable!("handled above"),
+        Command::Release { conversation_id } => {
+            let changed = wafleet::store::conversations::release(&pool, conversation_id).await?;
+            // The conversation stage caches owner and session per conversation key: drop it.
+            let (pnid, customer): (String, String) = sqlx_query_key(&pool, conversation_id).await?;
+            let settings = wafleet::config::CommonSettings::from_env()?;
+            let keys = wafleet::streams::Keys::new(settings.redis_prefix.clone(), settings.partitions);
+            let mut con = redis::Client::open(settings.redis_url.expose().as_str())?
+                .get_multiplexed_async_connection()
+                .await?;
+            let _: () = redis::cmd("DEL")
+                .arg(keys.session_cache(&format!("{pnid}:{customer}")))
+                .query_async(&mut con)
+                .await?;
+            println!(
+                "conversation {conversation_id} {}",
+                if changed { "given back to the bot" } else { "was not with a human" }
+            );
+        }
         Command::Channel(ChannelCommand::Add(a)) => {
             let spec = ChannelSpec {
                 phone_number_id: a.phone_number_id.clone(),
@@ -155,4 +208,10 @@ async fn set(pool: &wafleet::db::PgPool, pnid: &str, enabled: bool) -> anyhow::R
         if enabled { "enabled" } else { "disabled" }
     );
     Ok(())
+}
+
+async fn sqlx_query_key(pool: &wafleet::db::PgPool, conversation_id: i64) -> anyhow::Result<(String, String)> {
+    wafleet::store::conversations::conversation_key(pool, conversation_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no conversation {conversation_id}"))
 }

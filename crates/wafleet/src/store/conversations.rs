@@ -200,6 +200,17 @@ pub async fn release(pool: &PgPool, conversation_id: i64) -> sqlx::Result<bool> 
     Ok(changed)
 }
 
+/// The conversation key (`phone_number_id:customer`) of a conversation.
+pub async fn conversation_key(pool: &PgPool, conversation_id: i64) -> sqlx::Result<Option<(String, String)>> {
+    sqlx::query_as(
+        "SELECT ch.phone_number_id, c.customer_key FROM conversations c
+           JOIN channels ch ON ch.id = c.channel_id WHERE c.id = $1",
+    )
+    .bind(conversation_id)
+    .fetch_optional(pool)
+    .await
+}
+
 /// Records a message we will send (or only store, in shadow mode). Idempotent per
 /// `(reply_to, kind, part_no)`; returns the outbound id.
 pub async fn insert_outbound(

@@ -126,7 +126,10 @@ mod tests {
         assert!(Cipher::from_key_text("c2hvcnQ=").is_err());
         let key = Cipher::generate_key_text();
         assert!(key.ends_with('='));
-        assert!(Cipher::from_key_text(key.trim_end_matches('=')).is_ok(), "padding is optional");
+        assert!(
+            Cipher::from_key_text(key.trim_end_matches('=')).is_ok(),
+            "padding is optional"
+        );
         assert!(Cipher::from_key_text("not a key at all!").is_err());
     }
 }

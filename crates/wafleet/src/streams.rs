@@ -138,7 +138,14 @@ impl Keys {
     /// Every partition stream plus ingest's own, for the length gauges.
     pub fn all_streams(&self) -> Vec<String> {
         let mut all: Vec<String> = (0..self.partitions)
-            .flat_map(|p| [self.inbound(p), self.status(p), self.replies(p), self.outbox(p)])
+            .flat_map(|p| {
+                [
+                    self.inbound(p),
+                    self.status(p),
+                    self.replies(p),
+                    self.outbox(p),
+                ]
+            })
             .collect();
         all.extend([self.events(), self.quarantine(), self.ingest_dead()]);
         all

@@ -103,7 +103,11 @@ async fn main() -> anyhow::Result<()> {
             .body(body)
             .send()
             .await?;
-        println!("{} {}", res.status().as_u16(), res.text().await.unwrap_or_default());
+        println!(
+            "{} {}",
+            res.status().as_u16(),
+            res.text().await.unwrap_or_default()
+        );
         return Ok(());
     }
     if let Command::Probe { url } = &cli.command {
@@ -118,13 +122,16 @@ async fn main() -> anyhow::Result<()> {
     let cipher = || Cipher::from_key_text(&required("WAFLEET_ENCRYPTION_KEY")?);
     match cli.command {
         Command::Migrate => println!("migrations applied"),
-        Command::GenerateKey | Command::SendWebhook { .. } | Command::Probe { .. } => unreachable!("handled above"),
+        Command::GenerateKey | Command::SendWebhook { .. } | Command::Probe { .. } => {
+            unreachable!("handled above")
+        }
         Command::Release { conversation_id } => {
             let changed = wafleet::store::conversations::release(&pool, conversation_id).await?;
             // The conversation stage caches owner and session per conversation key: drop it.
             let (pnid, customer): (String, String) = sqlx_query_key(&pool, conversation_id).await?;
             let settings = wafleet::config::CommonSettings::from_env()?;
-            let keys = wafleet::streams::Keys::new(settings.redis_prefix.clone(), settings.partitions);
+            let keys =
+                wafleet::streams::Keys::new(settings.redis_prefix.clone(), settings.partitions);
             let mut con = redis::Client::open(settings.redis_url.expose().as_str())?
                 .get_multiplexed_async_connection()
                 .await?;
@@ -134,7 +141,11 @@ async fn main() -> anyhow::Result<()> {
                 .await?;
             println!(
                 "conversation {conversation_id} {}",
-                if changed { "given back to the bot" } else { "was not with a human" }
+                if changed {
+                    "given back to the bot"
+                } else {
+                    "was not with a human"
+                }
             );
         }
         Command::Channel(ChannelCommand::Add(a)) => {
@@ -210,7 +221,10 @@ async fn set(pool: &wafleet::db::PgPool, pnid: &str, enabled: bool) -> anyhow::R
     Ok(())
 }
 
-async fn sqlx_query_key(pool: &wafleet::db::PgPool, conversation_id: i64) -> anyhow::Result<(String, String)> {
+async fn sqlx_query_key(
+    pool: &wafleet::db::PgPool,
+    conversation_id: i64,
+) -> anyhow::Result<(String, String)> {
     wafleet::store::conversations::conversation_key(pool, conversation_id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("no conversation {conversation_id}"))

@@ -201,7 +201,10 @@ pub async fn release(pool: &PgPool, conversation_id: i64) -> sqlx::Result<bool> 
 }
 
 /// The conversation key (`phone_number_id:customer`) of a conversation.
-pub async fn conversation_key(pool: &PgPool, conversation_id: i64) -> sqlx::Result<Option<(String, String)>> {
+pub async fn conversation_key(
+    pool: &PgPool,
+    conversation_id: i64,
+) -> sqlx::Result<Option<(String, String)>> {
     sqlx::query_as(
         "SELECT ch.phone_number_id, c.customer_key FROM conversations c
            JOIN channels ch ON ch.id = c.channel_id WHERE c.id = $1",

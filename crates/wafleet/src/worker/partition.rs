@@ -81,6 +81,16 @@ impl Scripts {
     }
 }
 
+/// How a job ended up after its handler settled.
+enum Settled {
+    Done,
+    Dead(String),
+    /// Retry at this time (Unix ms).
+    Later(i64),
+    /// The partition is being given up; the job stays where it is.
+    Abandoned,
+}
+
 enum Work {
     /// An entry read from the stream (or claimed), holding its in-flight permit.
     Fresh(Job, OwnedSemaphorePermit),
@@ -565,54 +575,65 @@ impl<H: Handler> Partition<H> {
             .await;
             return;
         }
+        match self.settle(&job).await {
+            Settled::Done => self.ack(&job).await,
+            Settled::Dead(reason) => {
+                self.dead_letter(&job, &reason).await;
+                self.ack(&job).await;
+            }
+            Settled::Later(due) => {
+                let next = Job {
+                    attempt: job.attempt + 1,
+                    ..job.clone()
+                };
+                let payload = serde_json::to_string(&next).expect("jobs serialise");
+                self.persist("parking a job for a delayed retry", || async {
+                    let mut con = self.con().await?;
+                    let _: i64 = self
+                        .scripts
+                        .park_head
+                        .key(self.held_key(&job.conv))
+                        .key(self.delayed_key())
+                        .key(&self.stream)
+                        .arg(&payload)
+                        .arg(due)
+                        .arg(&job.conv)
+                        .arg(self.group())
+                        .arg(&job.id)
+                        .invoke_async(&mut con)
+                        .await?;
+                    Ok(())
+                })
+                .await;
+            }
+            // Left pending: the next owner (or this one, later) picks it up.
+            Settled::Abandoned => {}
+        }
+    }
+
+    /// Runs the handler until it settles: waits out unavailable dependencies (not counted as
+    /// attempts) and turns a retry past `max_attempts` into a dead letter.
+    async fn settle(&self, job: &Job) -> Settled {
         let mut unavailable = 0;
         loop {
-            match self.run_handler(&job).await {
-                Outcome::Done => return self.ack(&job).await,
-                Outcome::Dead { reason } => {
-                    self.dead_letter(&job, &reason).await;
-                    return self.ack(&job).await;
+            match self.run_handler(job).await {
+                Outcome::Done => return Settled::Done,
+                Outcome::Dead { reason } => return Settled::Dead(reason),
+                Outcome::Retry { reason, .. }
+                    if job.attempt + 1 >= self.rt.settings.max_attempts =>
+                {
+                    return Settled::Dead(format!(
+                        "{reason} (gave up after {} attempts)",
+                        job.attempt + 1
+                    ));
                 }
-                Outcome::Retry { after, reason } => {
-                    if job.attempt + 1 >= self.rt.settings.max_attempts {
-                        self.dead_letter(
-                            &job,
-                            &format!("{reason} (gave up after {} attempts)", job.attempt + 1),
-                        )
-                        .await;
-                        return self.ack(&job).await;
-                    }
-                    let next = Job {
-                        attempt: job.attempt + 1,
-                        ..job.clone()
-                    };
-                    let payload = serde_json::to_string(&next).expect("jobs serialise");
-                    let due = now_ms() + after.as_millis() as i64;
-                    self.persist("parking a job for a delayed retry", || async {
-                        let mut con = self.con().await?;
-                        let _: i64 = self
-                            .scripts
-                            .park_head
-                            .key(self.held_key(&job.conv))
-                            .key(self.delayed_key())
-                            .key(&self.stream)
-                            .arg(&payload)
-                            .arg(due)
-                            .arg(&job.conv)
-                            .arg(self.group())
-                            .arg(&job.id)
-                            .invoke_async(&mut con)
-                            .await?;
-                        Ok(())
-                    })
-                    .await;
-                    return;
+                Outcome::Retry { after, .. } => {
+                    return Settled::Later(now_ms() + after.as_millis() as i64);
                 }
                 Outcome::Unavailable { .. } => {
                     unavailable += 1;
                     if self.soft.is_cancelled() || !self.sleep(self.pause(unavailable)).await {
-                        // Leave it pending: the next owner (or this one, later) picks it up.
-                        return;
+                        return Settled::Abandoned;
                     }
                 }
             }
@@ -705,59 +726,37 @@ impl<H: Handler> Partition<H> {
             };
             // No in-flight permit here: jobs queued behind this drain on the same lane may hold
             // them all, and waiting for one would deadlock the lane.
-            let mut unavailable = 0;
-            loop {
-                match self.run_handler(&job).await {
-                    Outcome::Done => {
-                        self.pop_head(&held, &payload).await;
-                        break;
-                    }
-                    Outcome::Dead { reason } => {
-                        self.dead_letter(&job, &reason).await;
-                        self.pop_head(&held, &payload).await;
-                        break;
-                    }
-                    Outcome::Retry { after, reason } => {
-                        if job.attempt + 1 >= self.rt.settings.max_attempts {
-                            self.dead_letter(
-                                &job,
-                                &format!("{reason} (gave up after {} attempts)", job.attempt + 1),
-                            )
-                            .await;
-                            self.pop_head(&held, &payload).await;
-                            break;
-                        }
-                        let next = serde_json::to_string(&Job {
-                            attempt: job.attempt + 1,
-                            ..job.clone()
-                        })
-                        .expect("jobs serialise");
-                        let due = now_ms() + after.as_millis() as i64;
-                        self.persist("rescheduling a held job", || async {
-                            let mut con = self.con().await?;
-                            let _: i64 = self
-                                .scripts
-                                .repark_head
-                                .key(&held)
-                                .key(self.delayed_key())
-                                .arg(&payload)
-                                .arg(&next)
-                                .arg(due)
-                                .arg(conv)
-                                .invoke_async(&mut con)
-                                .await?;
-                            Ok(())
-                        })
-                        .await;
-                        return;
-                    }
-                    Outcome::Unavailable { .. } => {
-                        unavailable += 1;
-                        if self.soft.is_cancelled() || !self.sleep(self.pause(unavailable)).await {
-                            return;
-                        }
-                    }
+            match self.settle(&job).await {
+                Settled::Done => self.pop_head(&held, &payload).await,
+                Settled::Dead(reason) => {
+                    self.dead_letter(&job, &reason).await;
+                    self.pop_head(&held, &payload).await;
                 }
+                Settled::Later(due) => {
+                    let next = Job {
+                        attempt: job.attempt + 1,
+                        ..job.clone()
+                    };
+                    let next = serde_json::to_string(&next).expect("jobs serialise");
+                    self.persist("rescheduling a held job", || async {
+                        let mut con = self.con().await?;
+                        let _: i64 = self
+                            .scripts
+                            .repark_head
+                            .key(&held)
+                            .key(self.delayed_key())
+                            .arg(&payload)
+                            .arg(&next)
+                            .arg(due)
+                            .arg(conv)
+                            .invoke_async(&mut con)
+                            .await?;
+                        Ok(())
+                    })
+                    .await;
+                    return;
+                }
+                Settled::Abandoned => return,
             }
         }
     }

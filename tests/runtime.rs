@@ -1,0 +1,269 @@
+//! The worker runtime with probe handlers, in process, on a real Redis: delayed retries keep a
+//! conversation's order without blocking others, panics end on the dead-letter stream, the
+//! in-flight bound holds, a lost consumer group is re-created, bad settings are refused.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use tokio_util::sync::CancellationToken;
+use wafleet::worker::{self, Handler, Job, Outcome, Source, Stage, StageRuntime};
+use wafleet_tests::*;
+
+const STAGE: Stage = Stage {
+    name: "probe",
+    source: Source::Inbound,
+};
+
+/// Records what it sees; behaviour per entry comes from its fields:
+/// `retry=N` asks for a 300 ms delay on the first N attempts, `panic=1` panics,
+/// `sleep_ms` holds the job that long.
+#[derive(Default)]
+struct Probe {
+    done: Mutex<Vec<(String, String, u32)>>,
+    running: Mutex<HashSet<String>>,
+    overlaps: AtomicUsize,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+struct ProbeHandler(Arc<Probe>);
+
+impl Handler for ProbeHandler {
+    async fn handle(&self, job: &Job) -> Outcome {
+        let this = &self.0;
+        if !this.running.lock().unwrap().insert(job.conv.clone()) {
+            this.overlaps.fetch_add(1, Ordering::SeqCst);
+        }
+        let now = this.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        this.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        let ms: u64 = job
+            .field("sleep_ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        this.in_flight.fetch_sub(1, Ordering::SeqCst);
+        this.running.lock().unwrap().remove(&job.conv);
+        if job.field("panic").is_some() {
+            panic!("probe told to panic");
+        }
+        let retries: u32 = job.field("retry").and_then(|v| v.parse().ok()).unwrap_or(0);
+        if job.attempt < retries {
+            return Outcome::Retry {
+                after: Duration::from_millis(300),
+                reason: "probe asked for later".into(),
+            };
+        }
+        let name = job.field("name").unwrap_or("?").to_string();
+        this.done
+            .lock()
+            .unwrap()
+            .push((job.conv.clone(), name, job.attempt));
+        Outcome::Done
+    }
+}
+
+struct Running {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+fn start(
+    cfg: &TestConfig,
+    probe: Arc<Probe>,
+    tweak: impl FnOnce(&mut worker::WorkerSettings),
+) -> Running {
+    let mut settings = cfg.worker_runtime();
+    tweak(&mut settings);
+    let stop = CancellationToken::new();
+    let rt = StageRuntime {
+        stage: STAGE,
+        keys: cfg.keys(),
+        redis: wafleet::ingest::redis_pool(&cfg.redis_url, 32).unwrap(),
+        handler: Arc::new(ProbeHandler(probe)),
+        settings,
+        shutdown: stop.clone(),
+    };
+    Running {
+        stop,
+        task: tokio::spawn(worker::run_stage(rt)),
+    }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+async fn add(cfg: &TestConfig, conv: &str, fields: &[(&str, &str)]) {
+    let keys = cfg.keys();
+    let mut con = cfg.redis().await;
+    let mut all = vec![("conv", conv)];
+    all.extend_from_slice(fields);
+    let _: String = con
+        .xadd(keys.inbound(keys.partition_of(conv)), "*", &all)
+        .await
+        .unwrap();
+}
+
+async fn wait_done(probe: &Probe, n: usize) {
+    eventually(
+        &format!("{n} jobs done"),
+        Duration::from_secs(20),
+        || async { (probe.done.lock().unwrap().len() >= n).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_delayed_retry_keeps_its_conversation_in_order_without_blocking_others() {
+    let cfg = TestConfig {
+        partitions: 1,
+        ..TestConfig::new().await
+    };
+    let probe = Arc::new(Probe::default());
+    let running = start(&cfg, probe.clone(), |_| {});
+    add(&cfg, "A", &[("name", "a1"), ("retry", "2")]).await;
+    add(&cfg, "A", &[("name", "a2")]).await;
+    add(&cfg, "B", &[("name", "b1")]).await;
+    add(&cfg, "A", &[("name", "a3")]).await;
+    add(&cfg, "B", &[("name", "b2")]).await;
+    wait_done(&probe, 5).await;
+    let done = probe.done.lock().unwrap().clone();
+    let names: Vec<&str> = done.iter().map(|(_, n, _)| n.as_str()).collect();
+    let of = |conv: &str| {
+        done.iter()
+            .filter(|(c, ..)| c == conv)
+            .map(|(_, n, _)| n.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        of("A"),
+        ["a1", "a2", "a3"],
+        "a2 and a3 waited behind the retried a1"
+    );
+    assert_eq!(of("B"), ["b1", "b2"]);
+    let pos = |n: &str| names.iter().position(|x| *x == n).unwrap();
+    assert!(
+        pos("b2") < pos("a1"),
+        "B was not blocked by A's delay: {names:?}"
+    );
+    assert_eq!(
+        done.iter().find(|(_, n, _)| n == "a1").unwrap().2,
+        2,
+        "a1 succeeded on its third attempt"
+    );
+    // Nothing left behind: stream, held lists and delayed set are empty.
+    let keys = cfg.keys();
+    let mut con = cfg.redis().await;
+    let len: usize = con.xlen(keys.inbound(0)).await.unwrap();
+    let delayed: usize = con.zcard(keys.delayed("probe", 0)).await.unwrap();
+    let held: bool = con.exists(keys.held("probe", 0, "A")).await.unwrap();
+    assert_eq!((len, delayed, held), (0, 0, false));
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_whose_handler_panics_ends_on_the_dead_letter_stream_with_the_reason() {
+    let cfg = TestConfig {
+        partitions: 1,
+        ..TestConfig::new().await
+    };
+    let probe = Arc::new(Probe::default());
+    let running = start(&cfg, probe.clone(), |_| {});
+    add(&cfg, "P", &[("name", "bad"), ("panic", "1")]).await;
+    add(&cfg, "P", &[("name", "after")]).await;
+    wait_done(&probe, 1).await;
+    let mut con = cfg.redis().await;
+    let dead = read_stream(&mut con, &cfg.keys().dead("probe")).await;
+    assert_eq!(dead.len(), 1);
+    let reason = String::from_utf8_lossy(&dead[0].1["reason"]).into_owned();
+    assert!(
+        reason.contains("handler panicked: probe told to panic")
+            && reason.contains("gave up after 3 attempts"),
+        "{reason}"
+    );
+    assert_eq!(dead[0].1["name"], b"bad");
+    assert_eq!(
+        probe.done.lock().unwrap()[0].1,
+        "after",
+        "the conversation goes on after its poison job"
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn jobs_in_flight_stay_within_the_bound_and_a_conversation_never_runs_twice_at_once() {
+    let cfg = TestConfig {
+        partitions: 4,
+        ..TestConfig::new().await
+    };
+    let probe = Arc::new(Probe::default());
+    let running = start(&cfg, probe.clone(), |s| s.max_in_flight = 5);
+    for i in 0..60 {
+        add(
+            &cfg,
+            &format!("c{}", i % 12),
+            &[("name", &format!("{i}")), ("sleep_ms", "20")],
+        )
+        .await;
+    }
+    wait_done(&probe, 60).await;
+    assert!(probe.max_in_flight.load(Ordering::SeqCst) <= 5);
+    assert!(
+        probe.max_in_flight.load(Ordering::SeqCst) >= 2,
+        "conversations do run in parallel"
+    );
+    assert_eq!(probe.overlaps.load(Ordering::SeqCst), 0);
+    let mut per: HashMap<String, Vec<usize>> = HashMap::new();
+    for (c, n, _) in probe.done.lock().unwrap().iter() {
+        per.entry(c.clone()).or_default().push(n.parse().unwrap());
+    }
+    for (c, seq) in per {
+        let mut sorted = seq.clone();
+        sorted.sort();
+        assert_eq!(seq, sorted, "{c} out of order");
+    }
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_consumer_group_lost_with_a_redis_restart_is_recreated() {
+    let cfg = TestConfig {
+        partitions: 1,
+        ..TestConfig::new().await
+    };
+    let probe = Arc::new(Probe::default());
+    let running = start(&cfg, probe.clone(), |_| {});
+    add(&cfg, "G", &[("name", "before")]).await;
+    wait_done(&probe, 1).await;
+    // What a restart without persistence looks like to the worker: the stream and group are gone.
+    let mut con = cfg.redis().await;
+    let _: () = con.del(cfg.keys().inbound(0)).await.unwrap();
+    add(&cfg, "G", &[("name", "after")]).await;
+    wait_done(&probe, 2).await;
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_lease_shorter_than_the_job_deadline_is_refused() {
+    let cfg = TestConfig::new().await;
+    let mut s = cfg.worker_runtime();
+    s.lease_ttl = s.job_deadline;
+    let err = s.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("WAFLEET_LEASE_TTL_MS") && err.contains("must exceed"),
+        "{err}"
+    );
+    let running = start(&cfg, Arc::new(Probe::default()), |s| {
+        s.lease_ttl = s.job_deadline / 2
+    });
+    assert!(
+        running.task.await.unwrap().is_err(),
+        "run_stage refuses to start"
+    );
+}

@@ -14,12 +14,15 @@
 //! - [`channels`]: the in-memory channel registry ingest serves lookups from.
 //! - [`telemetry`]: tracing and the Prometheus recorder.
 //! - [`ingest`]: the webhook HTTP service.
+//! - [`llm`]: LLM provider clients (Anthropic, OpenAI-compatible) with deadlines, retries, fallback
+//!   to the next provider and a canned reply, and the handover marker.
 
 pub mod channels;
 pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod ingest;
+pub mod llm;
 pub mod stages;
 pub mod store;
 pub mod streams;

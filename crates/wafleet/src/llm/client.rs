@@ -1,0 +1,190 @@
+//! [`LlmClient`]: one pooled HTTP client and the single-call path, with its deadline, error
+//! mapping and per-request metrics.
+
+use std::time::{Duration, Instant};
+
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use wafleet_core::llm_error::{LlmErrorClass, classify_llm_error};
+
+use super::wire;
+use super::{ChatRequest, Completion, LlmError, ProviderConfig, ProviderKind};
+
+/// Largest response body we read. Chat answers are a few KiB; anything near this is a broken
+/// proxy or a runaway stream, and reading it whole would only waste memory.
+const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Bound on TCP + TLS set-up alone, inside the call deadline: a black-holed address should fail
+/// fast enough to leave time for a retry, not eat the whole deadline.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A client for every provider. Cheap to clone: clones share one connection pool (rustls), so
+/// keep one per process.
+#[derive(Debug, Clone)]
+pub struct LlmClient {
+    http: reqwest::Client,
+}
+
+impl Default for LlmClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LlmClient {
+    pub fn new() -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            // No overall or read timeout here: `complete` bounds each call by its own deadline,
+            // and an idle-read timeout would be reset by DeepSeek's keep-alive lines anyway.
+            .user_agent(concat!("wafleet/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("the TLS backend is compiled in; building a reqwest client cannot fail");
+        Self { http }
+    }
+
+    /// One call, bounded by `deadline` for the WHOLE call (connect + headers + body), not an idle
+    /// timeout: DeepSeek keeps connections alive with blank lines.
+    ///
+    /// Records `wafleet_llm_requests_total`, `wafleet_llm_request_duration_seconds` and, on
+    /// success, `wafleet_llm_tokens_total`; on [`LlmError::Auth`] or [`LlmError::Quota`] it also
+    /// bumps `wafleet_llm_alerts_total` and logs an error, whoever the caller is.
+    pub async fn complete(
+        &self,
+        p: &ProviderConfig,
+        req: &ChatRequest,
+        deadline: Duration,
+    ) -> Result<Completion, LlmError> {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(deadline, self.call(p, req)).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(LlmError::Timeout),
+        };
+        record(p, &result, started.elapsed());
+        result
+    }
+
+    async fn call(&self, p: &ProviderConfig, req: &ChatRequest) -> Result<Completion, LlmError> {
+        let body = wire::request_body(p.kind, &p.model, req)?;
+        let request = self
+            .http
+            .post(wire::endpoint(p.kind, &p.base_url))
+            .header(CONTENT_TYPE, "application/json")
+            .json(&body);
+        let request = match p.kind {
+            ProviderKind::Anthropic => request
+                .header("x-api-key", p.api_key.expose())
+                .header("anthropic-version", wire::ANTHROPIC_VERSION),
+            ProviderKind::OpenAiCompatible => {
+                request.header(AUTHORIZATION, format!("Bearer {}", p.api_key.expose()))
+            }
+        };
+
+        let mut response = request.send().await.map_err(transport_error)?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = read_body(&mut response).await?;
+
+        if !(200..300).contains(&status) || wire::is_error_body(&body) {
+            let class =
+                classify_llm_error(p.kind.classifier(), status, retry_after.as_deref(), &body);
+            return Err(to_error(class, status, &body));
+        }
+        let parsed = wire::parse_response(p.kind, &body)?;
+        Ok(Completion {
+            text: parsed.text,
+            usage: parsed.usage,
+            provider: p.name.clone(),
+            model: parsed.model.unwrap_or_else(|| p.model.clone()),
+            stop_reason: parsed.stop_reason,
+        })
+    }
+}
+
+/// Reads the body in chunks so that a runaway answer is cut at [`MAX_BODY_BYTES`].
+async fn read_body(response: &mut reqwest::Response) -> Result<Vec<u8>, LlmError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(LlmError::Transient(format!(
+                "response larger than {MAX_BODY_BYTES} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Connection refused, reset, TLS failure, cut body: all worth another try. reqwest's messages
+/// name the URL (never a header), so they are safe to keep.
+fn transport_error(error: reqwest::Error) -> LlmError {
+    if error.is_timeout() {
+        return LlmError::Timeout;
+    }
+    let mut message = error.to_string();
+    // The outermost message is often just "error sending request"; the cause says why.
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    LlmError::Transient(message)
+}
+
+fn to_error(class: LlmErrorClass, status: u16, body: &[u8]) -> LlmError {
+    match class {
+        LlmErrorClass::RateLimited { retry_after } => LlmError::RateLimited { retry_after },
+        LlmErrorClass::Overloaded { retry_after } => LlmError::Overloaded { retry_after },
+        LlmErrorClass::Transient => LlmError::Transient(wire::describe_error(status, body, true)),
+        // Some providers echo a masked key in auth messages; keep only type and code.
+        LlmErrorClass::Auth => LlmError::Auth(wire::describe_error(status, body, false)),
+        LlmErrorClass::Quota => LlmError::Quota(wire::describe_error(status, body, true)),
+        LlmErrorClass::Permanent => LlmError::Permanent(wire::describe_error(status, body, true)),
+    }
+}
+
+fn record(p: &ProviderConfig, result: &Result<Completion, LlmError>, elapsed: Duration) {
+    let provider = p.name.clone();
+    metrics::histogram!("wafleet_llm_request_duration_seconds", "provider" => provider.clone())
+        .record(elapsed.as_secs_f64());
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(e) => e.outcome(),
+    };
+    metrics::counter!("wafleet_llm_requests_total", "provider" => provider.clone(), "outcome" => outcome)
+        .increment(1);
+    match result {
+        Ok(completion) => {
+            metrics::counter!("wafleet_llm_tokens_total", "provider" => provider.clone(), "kind" => "input")
+                .increment(completion.usage.input_tokens.into());
+            metrics::counter!("wafleet_llm_tokens_total", "provider" => provider, "kind" => "output")
+                .increment(completion.usage.output_tokens.into());
+        }
+        Err(error @ (LlmError::Auth(_) | LlmError::Quota(_))) => {
+            let kind = error.outcome();
+            metrics::counter!("wafleet_llm_alerts_total", "provider" => provider, "kind" => kind)
+                .increment(1);
+            tracing::error!(
+                provider = %p.name,
+                model = %p.model,
+                kind,
+                error = %error,
+                "LLM provider refuses our requests until an operator acts"
+            );
+        }
+        Err(error) => {
+            tracing::warn!(
+                provider = %p.name,
+                model = %p.model,
+                outcome,
+                elapsed_ms = elapsed.as_millis() as u64,
+                error = %error,
+                "LLM call failed"
+            );
+        }
+    }
+}

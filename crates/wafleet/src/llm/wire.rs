@@ -1,0 +1,428 @@
+//! The two JSON dialects, as pure functions: where to POST, the body to send, and how to read the
+//! answer. No I/O here, so every shape is unit-tested exactly.
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use wafleet_core::llm_error::strip_leading_keepalive;
+
+use super::{ChatMessage, ChatRequest, LlmError, ProviderKind, Role, Usage};
+
+/// The Anthropic API version we speak; the response shape below is the one of this version.
+pub(super) const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// The endpoint of a provider, joined without double slashes. For Anthropic a base URL that
+/// already ends in `/v1` does not get a second one.
+pub(super) fn endpoint(kind: ProviderKind, base_url: &str) -> String {
+    let base = base_url.trim().trim_end_matches('/');
+    match kind {
+        ProviderKind::Anthropic if base.ends_with("/v1") => format!("{base}/messages"),
+        ProviderKind::Anthropic => format!("{base}/v1/messages"),
+        ProviderKind::OpenAiCompatible => format!("{base}/chat/completions"),
+    }
+}
+
+/// The request body for `kind`.
+pub(super) fn request_body(
+    kind: ProviderKind,
+    model: &str,
+    req: &ChatRequest,
+) -> Result<Value, LlmError> {
+    match kind {
+        ProviderKind::Anthropic => {
+            let messages = alternating(&req.messages);
+            if messages.is_empty() {
+                return Err(LlmError::Permanent("no user message to answer".to_owned()));
+            }
+            let messages: Vec<Value> = messages
+                .iter()
+                .map(|m| json!({ "role": m.role.as_str(), "content": m.content }))
+                .collect();
+            let mut body = json!({
+                "model": model,
+                "max_tokens": req.max_tokens,
+                "messages": messages,
+            });
+            // An empty `system` is rejected by some API versions; omit it instead.
+            if !req.system.is_empty() {
+                body["system"] = Value::String(req.system.clone());
+            }
+            Ok(body)
+        }
+        ProviderKind::OpenAiCompatible => {
+            if req.messages.is_empty() {
+                return Err(LlmError::Permanent("no user message to answer".to_owned()));
+            }
+            let system = (!req.system.is_empty())
+                .then(|| json!({ "role": "system", "content": req.system }));
+            let messages: Vec<Value> = system
+                .into_iter()
+                .chain(
+                    req.messages
+                        .iter()
+                        .map(|m| json!({ "role": m.role.as_str(), "content": m.content })),
+                )
+                .collect();
+            Ok(json!({
+                "model": model,
+                "max_tokens": req.max_tokens,
+                "messages": messages,
+            }))
+        }
+    }
+}
+
+/// Reshapes history into what Anthropic accepts: starts with a user turn, roles alternate.
+/// Leading assistant turns are dropped (the customer cannot be answered about a turn the model
+/// never saw asked), consecutive turns of one role are merged with a blank line between them.
+pub(super) fn alternating(messages: &[ChatMessage]) -> Vec<ChatMessage> {
+    let mut out: Vec<ChatMessage> = Vec::with_capacity(messages.len());
+    for message in messages.iter().skip_while(|m| m.role == Role::Assistant) {
+        match out.last_mut() {
+            Some(last) if last.role == message.role => {
+                last.content.push_str("\n\n");
+                last.content.push_str(&message.content);
+            }
+            _ => out.push(message.clone()),
+        }
+    }
+    out
+}
+
+/// What a successful body yields, before the client adds provider and fallback model.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Parsed {
+    pub text: String,
+    pub usage: Usage,
+    pub model: Option<String>,
+    pub stop_reason: Option<String>,
+}
+
+/// Reads a 2xx body. Bodies that are not the expected JSON are [`LlmError::Transient`] (a cut
+/// connection or a proxy's page may well be followed by a good answer); an answer without text is
+/// [`LlmError::Permanent`] ("empty completion"): asking again the same way rarely helps.
+pub(super) fn parse_response(kind: ProviderKind, body: &[u8]) -> Result<Parsed, LlmError> {
+    let body = strip_leading_keepalive(body);
+    match kind {
+        ProviderKind::Anthropic => {
+            let parsed: AnthropicResponse = serde_json::from_slice(body)
+                .map_err(|e| LlmError::Transient(format!("unreadable response: {e}")))?;
+            let text: String = parsed
+                .content
+                .iter()
+                .filter(|block| block.kind == "text")
+                .filter_map(|block| block.text.as_deref())
+                .collect();
+            non_blank(Parsed {
+                text,
+                usage: Usage {
+                    input_tokens: parsed.usage.input_tokens,
+                    output_tokens: parsed.usage.output_tokens,
+                },
+                model: parsed.model,
+                stop_reason: parsed.stop_reason,
+            })
+        }
+        ProviderKind::OpenAiCompatible => {
+            let parsed: OpenAiResponse = serde_json::from_slice(body)
+                .map_err(|e| LlmError::Transient(format!("unreadable response: {e}")))?;
+            let choice = parsed.choices.into_iter().next();
+            let (text, stop_reason) = match choice {
+                Some(choice) => (
+                    choice.message.content.unwrap_or_default(),
+                    choice.finish_reason,
+                ),
+                None => (String::new(), None),
+            };
+            non_blank(Parsed {
+                text,
+                usage: Usage {
+                    input_tokens: parsed.usage.prompt_tokens,
+                    output_tokens: parsed.usage.completion_tokens,
+                },
+                model: parsed.model,
+                stop_reason,
+            })
+        }
+    }
+}
+
+fn non_blank(parsed: Parsed) -> Result<Parsed, LlmError> {
+    if parsed.text.trim().is_empty() {
+        let reason = parsed.stop_reason.as_deref().unwrap_or("none");
+        Err(LlmError::Permanent(format!(
+            "empty completion (stop reason {reason})"
+        )))
+    } else {
+        Ok(parsed)
+    }
+}
+
+/// Whether a 2xx body is really an error object (an error can follow keep-alives on a 200).
+pub(super) fn is_error_body(body: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(strip_leading_keepalive(body))
+        .is_ok_and(|v| v.get("error").is_some_and(|e| !e.is_null()))
+}
+
+/// A short, log-safe description of an error body: `type`/`code` and the first part of `message`.
+pub(super) fn describe_error(status: u16, body: &[u8], with_message: bool) -> String {
+    let error = serde_json::from_slice::<Value>(strip_leading_keepalive(body))
+        .ok()
+        .and_then(|v| v.get("error").cloned())
+        .unwrap_or(Value::Null);
+    let field = |name: &str| error.get(name).and_then(Value::as_str).map(str::to_owned);
+    let mut out = format!("HTTP {status}");
+    for value in [field("type"), field("code")].into_iter().flatten() {
+        out.push(' ');
+        out.push_str(&value);
+    }
+    if with_message && let Some(message) = field("message") {
+        // Enough to tell "model not found" from "context too long", short enough for a log line.
+        const MAX_CHARS: usize = 200;
+        out.push_str(": ");
+        out.extend(message.chars().take(MAX_CHARS));
+        if message.chars().count() > MAX_CHARS {
+            out.push('…');
+        }
+    }
+    out
+}
+
+#[derive(Deserialize)]
+struct AnthropicResponse {
+    #[serde(default)]
+    content: Vec<AnthropicBlock>,
+    model: Option<String>,
+    stop_reason: Option<String>,
+    #[serde(default)]
+    usage: AnthropicUsage,
+}
+
+#[derive(Deserialize)]
+struct AnthropicBlock {
+    #[serde(rename = "type")]
+    kind: String,
+    text: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct AnthropicUsage {
+    #[serde(default)]
+    input_tokens: u32,
+    #[serde(default)]
+    output_tokens: u32,
+}
+
+#[derive(Deserialize)]
+struct OpenAiResponse {
+    #[serde(default)]
+    choices: Vec<OpenAiChoice>,
+    model: Option<String>,
+    #[serde(default)]
+    usage: OpenAiUsage,
+}
+
+#[derive(Deserialize)]
+struct OpenAiChoice {
+    message: OpenAiMessage,
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct OpenAiMessage {
+    content: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct OpenAiUsage {
+    #[serde(default)]
+    prompt_tokens: u32,
+    #[serde(default)]
+    completion_tokens: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(s: &str) -> ChatMessage {
+        ChatMessage::user(s)
+    }
+    fn assistant(s: &str) -> ChatMessage {
+        ChatMessage::assistant(s)
+    }
+
+    #[test]
+    fn endpoints_are_joined_without_double_slashes() {
+        use ProviderKind::*;
+        let cases = [
+            (
+                Anthropic,
+                "https://api.anthropic.com",
+                "https://api.anthropic.com/v1/messages",
+            ),
+            (
+                Anthropic,
+                "https://api.anthropic.com/",
+                "https://api.anthropic.com/v1/messages",
+            ),
+            (
+                Anthropic,
+                "https://api.anthropic.com/v1/",
+                "https://api.anthropic.com/v1/messages",
+            ),
+            (
+                OpenAiCompatible,
+                "https://api.openai.com/v1",
+                "https://api.openai.com/v1/chat/completions",
+            ),
+            (
+                OpenAiCompatible,
+                "https://api.openai.com/v1/",
+                "https://api.openai.com/v1/chat/completions",
+            ),
+            (
+                OpenAiCompatible,
+                "https://api.deepseek.com",
+                "https://api.deepseek.com/chat/completions",
+            ),
+            (
+                OpenAiCompatible,
+                "http://127.0.0.1:8080//",
+                "http://127.0.0.1:8080/chat/completions",
+            ),
+        ];
+        for (kind, base, expected) in cases {
+            assert_eq!(endpoint(kind, base), expected, "{kind} {base}");
+        }
+    }
+
+    #[test]
+    fn anthropic_history_starts_with_the_user_and_alternates() {
+        let history = [
+            assistant("Welcome!"),
+            assistant("How can I help?"),
+            user("hi"),
+            user("hours?"),
+            assistant("9 to 5"),
+            user("thanks"),
+        ];
+        assert_eq!(
+            alternating(&history),
+            [user("hi\n\nhours?"), assistant("9 to 5"), user("thanks")]
+        );
+        assert_eq!(alternating(&[assistant("only the bot")]), []);
+    }
+
+    #[test]
+    fn a_request_without_user_turns_is_refused_before_sending() {
+        let req = ChatRequest {
+            system: "s".into(),
+            messages: vec![assistant("hello")],
+            max_tokens: 10,
+        };
+        for kind in [ProviderKind::Anthropic, ProviderKind::OpenAiCompatible] {
+            let empty = ChatRequest {
+                messages: vec![],
+                ..req.clone()
+            };
+            assert!(matches!(
+                request_body(kind, "m", &empty),
+                Err(LlmError::Permanent(_))
+            ));
+        }
+        assert!(matches!(
+            request_body(ProviderKind::Anthropic, "m", &req),
+            Err(LlmError::Permanent(_))
+        ));
+    }
+
+    #[test]
+    fn openai_body_puts_the_system_prompt_first() {
+        let req = ChatRequest {
+            system: "be brief".into(),
+            messages: vec![user("hi")],
+            max_tokens: 50,
+        };
+        assert_eq!(
+            request_body(ProviderKind::OpenAiCompatible, "gpt", &req).unwrap(),
+            json!({"model": "gpt", "max_tokens": 50, "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "hi"},
+            ]})
+        );
+    }
+
+    #[test]
+    fn anthropic_text_is_the_concatenation_of_text_blocks() {
+        let body = br#"{"model":"claude-x","content":[{"type":"thinking","thinking":"hmm"},{"type":"text","text":"Hello "},{"type":"text","text":"there"}],"stop_reason":"end_turn","usage":{"input_tokens":12,"output_tokens":3,"cache_read_input_tokens":0}}"#;
+        assert_eq!(
+            parse_response(ProviderKind::Anthropic, body).unwrap(),
+            Parsed {
+                text: "Hello there".into(),
+                usage: Usage {
+                    input_tokens: 12,
+                    output_tokens: 3
+                },
+                model: Some("claude-x".into()),
+                stop_reason: Some("end_turn".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn empty_or_null_completions_are_permanent_and_garbage_is_transient() {
+        let cases: [(ProviderKind, &[u8], &str); 5] = [
+            (
+                ProviderKind::OpenAiCompatible,
+                br#"{"choices":[{"message":{"content":null},"finish_reason":"tool_calls"}]}"#,
+                "permanent",
+            ),
+            (
+                ProviderKind::OpenAiCompatible,
+                br#"{"choices":[]}"#,
+                "permanent",
+            ),
+            (
+                ProviderKind::Anthropic,
+                br#"{"content":[{"type":"text","text":"  "}],"stop_reason":"max_tokens"}"#,
+                "permanent",
+            ),
+            (ProviderKind::OpenAiCompatible, b"\n\n\n", "transient"),
+            (ProviderKind::Anthropic, b"<html>502</html>", "transient"),
+        ];
+        for (kind, body, outcome) in cases {
+            let err = parse_response(kind, body).unwrap_err();
+            assert_eq!(err.outcome(), outcome, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn keepalive_lines_before_an_openai_body_are_skipped() {
+        let body = b"\n\n\n: keep-alive\n\n{\"model\":\"deepseek-chat\",\"choices\":[{\"message\":{\"content\":\"Hola\"},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1}}";
+        let parsed = parse_response(ProviderKind::OpenAiCompatible, body).unwrap();
+        assert_eq!(parsed.text, "Hola");
+        assert_eq!(
+            parsed.usage,
+            Usage {
+                input_tokens: 5,
+                output_tokens: 1
+            }
+        );
+    }
+
+    #[test]
+    fn error_descriptions_are_short_and_can_leave_the_message_out() {
+        let body = br#"{"error":{"message":"Incorrect API key provided: sk-abc***xyz","type":"invalid_request_error","code":"invalid_api_key"}}"#;
+        assert_eq!(
+            describe_error(401, body, false),
+            "HTTP 401 invalid_request_error invalid_api_key"
+        );
+        let long = format!(r#"{{"error":{{"message":"{}"}}}}"#, "x".repeat(500));
+        let described = describe_error(400, long.as_bytes(), true);
+        assert!(described.chars().count() < 220, "{described}");
+        assert!(is_error_body(
+            b"\n\n{\"error\":{\"type\":\"overloaded_error\"}}"
+        ));
+        assert!(!is_error_body(br#"{"choices":[]}"#));
+    }
+}

@@ -14,12 +14,18 @@
 //! - [`channels`]: the in-memory channel registry ingest serves lookups from.
 //! - [`telemetry`]: tracing and the Prometheus recorder.
 //! - [`ingest`]: the webhook HTTP service.
+//! - [`graph`]: the Graph API client (text sends, mark-read, typing); outcomes say whether a
+//!   failed send may have reached Meta.
+//! - [`ratelimit`]: the fleet-wide send limiter in Redis (number throughput + per-recipient pair
+//!   rate, GCRA in one script), with penalties and pauses.
 
 pub mod channels;
 pub mod config;
 pub mod crypto;
 pub mod db;
+pub mod graph;
 pub mod ingest;
+pub mod ratelimit;
 pub mod stages;
 pub mod store;
 pub mod streams;

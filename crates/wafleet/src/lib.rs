@@ -16,13 +16,19 @@
 //! - [`ingest`]: the webhook HTTP service.
 //! - [`llm`]: LLM provider clients (Anthropic, OpenAI-compatible) with deadlines, retries, fallback
 //!   to the next provider and a canned reply, and the handover marker.
+//! - [`graph`]: the Graph API client (text sends, mark-read, typing); outcomes say whether a
+//!   failed send may have reached Meta.
+//! - [`ratelimit`]: the fleet-wide send limiter in Redis (number throughput + per-recipient pair
+//!   rate, GCRA in one script), with penalties and pauses.
 
 pub mod channels;
 pub mod config;
 pub mod crypto;
 pub mod db;
+pub mod graph;
 pub mod ingest;
 pub mod llm;
+pub mod ratelimit;
 pub mod stages;
 pub mod store;
 pub mod streams;

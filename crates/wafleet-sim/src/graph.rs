@@ -1,0 +1,651 @@
+//! The Graph API stand-in: `POST /{version}/{phone_number_id}/messages` and the status webhooks.
+//!
+//! A send goes through the same gates as at Meta, in this order, and the first that fails answers:
+//! 1. `Authorization: Bearer` against [`SimConfig::tokens`] → 401, code 190 (unknown number: 400,
+//!    code 100 subcode 33).
+//! 2. The body: JSON, `messaging_product: whatsapp`, a recipient (`to` or `recipient`), and for
+//!    `type: text` a non-empty `text.body` of at most 4096 characters → 400, code 100 / 131008.
+//!    A body with `"status": "read"` is mark-read (with `typing_indicator`, typing): recorded,
+//!    answered `{"success": true}`, never rate-limited or faulted.
+//! 3. Queued [`Fault`]s: the first matching fault with sends left takes this send.
+//! 4. Throughput per number (`mps`, burst `number_burst`) → 400, code 130429.
+//! 5. Pair rate per recipient (`pair_burst`, then one per `pair_period`) → 400, code 131056.
+//!    A send refused here still counted against the throughput, as at Meta.
+//!
+//! An accepted send is recorded and, with a webhook target, followed by signed `sent`,
+//! `delivered` and (with read receipts) `read` status webhooks, `status_delay` apart.
+//! Both limits are `governor` keyed limiters: GCRA, like wafleet's own limiter, but local — the
+//! simulator is one process, which is exactly where an in-memory limiter is right.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::{SimConfig, SimState, lock, now_ms};
+
+/// Longest `text.body` Meta accepts, in characters.
+const MAX_TEXT_CHARS: usize = 4096;
+
+/// A failure to inject into the next `count` sends that match it.
+///
+/// | fields | effect |
+/// |---|---|
+/// | `code` | answer `http_status` with a Graph error of that code (title from Meta's table) |
+/// | `code` + `async: true` | accept the send (200 + wamid), then post a `failed` status with that error instead of `sent`/`delivered`/`read` |
+/// | `code` + `hang: true` | never answer (until the client gives up or the simulator stops); nothing is sent |
+/// | no `code` + `hang: true` | accept and deliver the send (recorded, webhooks), but never answer: the ambiguous send |
+/// | no `code`, no `hang` | only `delay_ms`, then handle the send normally |
+/// | `raw_body` | answer `http_status` with exactly this body (e.g. a proxy's HTML) |
+///
+/// `delay_ms` is waited first in every case. `recipient` (the `to` digits without `+`, or the
+/// user id) and `phone_number_id` restrict which sends match; `null` matches all.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Fault {
+    #[serde(default)]
+    pub code: Option<i64>,
+    #[serde(default = "default_http_status")]
+    pub http_status: u16,
+    #[serde(default = "one")]
+    pub count: u32,
+    #[serde(default)]
+    pub recipient: Option<String>,
+    #[serde(default)]
+    pub phone_number_id: Option<String>,
+    #[serde(default)]
+    pub delay_ms: u64,
+    #[serde(default)]
+    pub hang: bool,
+    #[serde(default, rename = "async")]
+    pub is_async: bool,
+    /// Overrides the error message (default: `(#code) <title>`).
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub raw_body: Option<String>,
+}
+
+fn default_http_status() -> u16 {
+    400
+}
+fn one() -> u32 {
+    1
+}
+
+impl Fault {
+    /// A fault answering the next `count` sends with `code`, at the HTTP status Meta uses for it.
+    pub fn code(code: i64, count: u32) -> Self {
+        Self {
+            code: Some(code),
+            http_status: meta_http_status(code),
+            count,
+            recipient: None,
+            phone_number_id: None,
+            delay_ms: 0,
+            hang: false,
+            is_async: false,
+            message: None,
+            raw_body: None,
+        }
+    }
+
+    fn matches(&self, phone_number_id: &str, recipient: &str) -> bool {
+        self.count > 0
+            && self
+                .phone_number_id
+                .as_deref()
+                .is_none_or(|p| p == phone_number_id)
+            && self
+                .recipient
+                .as_deref()
+                .is_none_or(|r| r.trim_start_matches('+') == recipient)
+    }
+}
+
+/// An accepted send, as `GET /_sim/messages` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SentMessage {
+    pub phone_number_id: String,
+    /// `to` exactly as sent (`+573…`), or `None` when the send used `recipient`.
+    pub to: Option<String>,
+    /// The normalised recipient: `to` without `+`, or the business-scoped user id.
+    pub recipient: String,
+    /// `type` (`text`, `template`, …).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `text.body` (empty for other types).
+    pub body: String,
+    pub preview_url: bool,
+    pub context_message_id: Option<String>,
+    pub callback_data: Option<String>,
+    pub wamid: String,
+    /// Unix milliseconds.
+    pub received_at: u64,
+}
+
+/// A mark-read call, with or without the typing indicator.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadReceipt {
+    pub phone_number_id: String,
+    pub message_id: String,
+    pub typing: bool,
+    pub received_at: u64,
+}
+
+/// One status webhook the simulator posted, and how the receiver answered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WebhookDelivery {
+    pub wamid: String,
+    pub status: String,
+    /// The receiver's HTTP status of the last attempt; `None` if it could not be reached.
+    pub http_status: Option<u16>,
+    pub attempts: u32,
+    pub sent_at: u64,
+}
+
+/// Per-number throughput and per-(number, recipient) pair limiters.
+pub(crate) struct Limits {
+    number: Option<DefaultKeyedRateLimiter<String>>,
+    pair: Option<DefaultKeyedRateLimiter<(String, String)>>,
+}
+
+impl Limits {
+    pub(crate) fn new(config: &SimConfig) -> Self {
+        let number = NonZeroU32::new(config.mps).map(|mps| {
+            let burst = config.number_burst.and_then(NonZeroU32::new).unwrap_or(mps);
+            RateLimiter::keyed(Quota::per_second(mps).allow_burst(burst))
+        });
+        let pair = NonZeroU32::new(config.pair_burst).and_then(|burst| {
+            Quota::with_period(config.pair_period).map(|q| RateLimiter::keyed(q.allow_burst(burst)))
+        });
+        Self { number, pair }
+    }
+}
+
+pub(crate) async fn messages(
+    State(sim): State<SimState>,
+    Path((_version, phone_number_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(refused) = check_token(sim.config(), &phone_number_id, &headers) {
+        return refused;
+    }
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return graph_error(400, 100, Some("Unexpected body: not JSON"));
+    };
+    if request["messaging_product"] != "whatsapp" {
+        return graph_error(
+            400,
+            100,
+            Some("The parameter messaging_product is required and must be whatsapp"),
+        );
+    }
+    if request["status"] == "read" {
+        return mark_read(&sim, phone_number_id, &request);
+    }
+    let send = match Send::parse(&phone_number_id, &request) {
+        Ok(send) => send,
+        Err(refused) => return refused,
+    };
+
+    let fault = {
+        let mut faults = lock(&sim.0.faults);
+        faults
+            .iter_mut()
+            .find(|f| f.matches(&phone_number_id, &send.recipient))
+            .map(|f| {
+                f.count -= 1;
+                f.clone()
+            })
+    };
+    if let Some(fault) = &fault {
+        if fault.delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(fault.delay_ms)).await;
+        }
+        if let Some(raw) = &fault.raw_body {
+            return (status_code(fault.http_status), raw.clone()).into_response();
+        }
+        match (fault.code, fault.hang, fault.is_async) {
+            (Some(_), true, _) => return hang(&sim).await,
+            (Some(code), false, false) => {
+                return graph_error(fault.http_status, code, fault.message.as_deref());
+            }
+            _ => {}
+        }
+    }
+
+    let limits = lock(&sim.0.limits).clone();
+    if let Some(number) = &limits.number
+        && number.check_key(&phone_number_id).is_err()
+    {
+        return graph_error(400, 130429, None);
+    }
+    if let Some(pair) = &limits.pair
+        && pair
+            .check_key(&(phone_number_id.clone(), send.recipient.clone()))
+            .is_err()
+    {
+        return graph_error(400, 131056, None);
+    }
+
+    let message = send.accept(&sim, phone_number_id);
+    let answer = json!({
+        "messaging_product": "whatsapp",
+        "contacts": [contact(&message)],
+        "messages": [{"id": message.wamid}],
+    });
+    lock(&sim.0.messages).push(message.clone());
+    let failure = fault
+        .as_ref()
+        .filter(|f| f.is_async)
+        .and_then(|f| f.code.map(|code| (code, f.message.clone())));
+    spawn_statuses(&sim, message, failure);
+    if fault.as_ref().is_some_and(|f| f.hang) {
+        return hang(&sim).await;
+    }
+    (StatusCode::OK, axum::Json(answer)).into_response()
+}
+
+/// Never answers, until the simulator shuts down (then 503, which no client will still be
+/// waiting for). The client's timeout is what this exercises.
+async fn hang(sim: &SimState) -> Response {
+    sim.0.shutdown.cancelled().await;
+    StatusCode::SERVICE_UNAVAILABLE.into_response()
+}
+
+fn check_token(
+    config: &SimConfig,
+    phone_number_id: &str,
+    headers: &HeaderMap,
+) -> Result<(), Response> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let Some(bearer) = bearer else {
+        return Err(graph_error(
+            401,
+            190,
+            Some(
+                "An active access token must be used to query information about the current user.",
+            ),
+        ));
+    };
+    if config.tokens.is_empty() {
+        return Ok(());
+    }
+    match config.tokens.get(phone_number_id) {
+        None => Err(graph_error_with(
+            400,
+            100,
+            Some(33),
+            Some(&format!(
+                "Unsupported post request. Object with ID '{phone_number_id}' does not exist"
+            )),
+        )),
+        Some(expected) if expected == bearer => Ok(()),
+        Some(_) => Err(graph_error_with(
+            401,
+            190,
+            Some(463),
+            Some("Error validating access token: Session has expired or the token is invalid."),
+        )),
+    }
+}
+
+fn mark_read(sim: &SimState, phone_number_id: String, request: &Value) -> Response {
+    let Some(message_id) = request["message_id"].as_str().filter(|s| !s.is_empty()) else {
+        return graph_error(
+            400,
+            131008,
+            Some("(#131008) Required parameter is missing: message_id"),
+        );
+    };
+    lock(&sim.0.reads).push(ReadReceipt {
+        phone_number_id,
+        message_id: message_id.to_owned(),
+        typing: request
+            .get("typing_indicator")
+            .is_some_and(|t| !t.is_null()),
+        received_at: now_ms(),
+    });
+    (StatusCode::OK, axum::Json(json!({"success": true}))).into_response()
+}
+
+/// A validated send, before it is accepted.
+struct Send {
+    to: Option<String>,
+    recipient: String,
+    kind: String,
+    body: String,
+    preview_url: bool,
+    context_message_id: Option<String>,
+    callback_data: Option<String>,
+}
+
+impl Send {
+    fn parse(phone_number_id: &str, request: &Value) -> Result<Self, Response> {
+        let to = request["to"].as_str().filter(|s| !s.is_empty());
+        let user_id = request["recipient"].as_str().filter(|s| !s.is_empty());
+        let recipient = match (to, user_id) {
+            (Some(to), _) => {
+                let digits = to.trim_start_matches('+');
+                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(graph_error(
+                        400,
+                        131009,
+                        Some("(#131009) Parameter value is not valid: to"),
+                    ));
+                }
+                if digits == phone_number_id {
+                    return Err(graph_error(400, 131021, None));
+                }
+                digits.to_owned()
+            }
+            (None, Some(id)) => id.to_owned(),
+            (None, None) => {
+                return Err(graph_error(
+                    400,
+                    131008,
+                    Some("(#131008) Required parameter is missing: to"),
+                ));
+            }
+        };
+        let kind = request["type"].as_str().unwrap_or("text").to_owned();
+        let (body, preview_url) = if kind == "text" {
+            let Some(body) = request["text"]["body"].as_str().filter(|b| !b.is_empty()) else {
+                return Err(graph_error(
+                    400,
+                    131008,
+                    Some("(#131008) Required parameter is missing: text.body"),
+                ));
+            };
+            if body.chars().count() > MAX_TEXT_CHARS {
+                return Err(graph_error(
+                    400,
+                    100,
+                    Some("(#100) Param text.body must be at most 4096 characters long."),
+                ));
+            }
+            let preview = request["text"]["preview_url"].as_bool().unwrap_or(false);
+            (body.to_owned(), preview)
+        } else {
+            (String::new(), false)
+        };
+        Ok(Self {
+            to: to.map(str::to_owned),
+            recipient,
+            kind,
+            body,
+            preview_url,
+            context_message_id: request["context"]["message_id"].as_str().map(str::to_owned),
+            callback_data: request["biz_opaque_callback_data"]
+                .as_str()
+                .map(str::to_owned),
+        })
+    }
+
+    fn accept(self, sim: &SimState, phone_number_id: String) -> SentMessage {
+        SentMessage {
+            phone_number_id,
+            to: self.to,
+            recipient: self.recipient,
+            kind: self.kind,
+            body: self.body,
+            preview_url: self.preview_url,
+            context_message_id: self.context_message_id,
+            callback_data: self.callback_data,
+            wamid: format!("wamid.SIM{}", sim.next_id()),
+            received_at: now_ms(),
+        }
+    }
+}
+
+fn contact(m: &SentMessage) -> Value {
+    match &m.to {
+        Some(to) => json!({"input": to, "wa_id": m.recipient}),
+        None => json!({"input": m.recipient, "user_id": m.recipient}),
+    }
+}
+
+fn status_code(status: u16) -> StatusCode {
+    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+/// The HTTP status Meta's error table lists for a code (reference C.2); 400 when it lists none.
+pub(crate) fn meta_http_status(code: i64) -> u16 {
+    match code {
+        0 | 190 => 401,
+        10 | 200..=299 | 368 | 131005 | 131031 => 403,
+        3 | 131000 | 131016 | 131045 | 131057 | 133000 => 500,
+        2 | 133004 => 503,
+        _ => 400,
+    }
+}
+
+/// Meta's title for the codes tests inject most; a generic one for the rest.
+fn title(code: i64) -> &'static str {
+    match code {
+        0 => "AuthException",
+        1 => "API Unknown",
+        2 => "API Service",
+        4 => "API Too Many Calls",
+        10 => "Permission Denied",
+        100 => "Invalid parameter",
+        190 => "Access token has expired",
+        80007 => "Rate limit issues",
+        130429 => "Rate limit hit",
+        130472 => "User's number is part of an experiment",
+        131000 => "Something went wrong",
+        131008 => "Required parameter is missing",
+        131009 => "Parameter value is not valid",
+        131016 => "Service unavailable",
+        131021 => "Recipient cannot be sender",
+        131026 => "Message undeliverable",
+        131047 => "Re-engagement message",
+        131048 => "Spam rate limit hit",
+        131049 => "This message was not delivered to maintain healthy ecosystem engagement.",
+        131056 => "(Business Account, Consumer Account) pair rate limit hit",
+        131057 => "Account in maintenance mode",
+        133004 => "Server temporarily unavailable",
+        _ => "Simulated error",
+    }
+}
+
+fn details(code: i64) -> &'static str {
+    match code {
+        130429 => {
+            "Message failed to send because there were too many messages sent from this phone number in a short period of time"
+        }
+        131056 => {
+            "Message failed to send because there were too many messages sent from this phone number to the same phone number in a short period of time."
+        }
+        131047 => {
+            "Message failed to send because more than 24 hours have passed since the customer last replied to this number."
+        }
+        131026 => "Message Undeliverable.",
+        _ => "Simulated by wafleet-sim.",
+    }
+}
+
+fn graph_error(http_status: u16, code: i64, message: Option<&str>) -> Response {
+    graph_error_with(http_status, code, None, message)
+}
+
+/// A Graph API error response in Meta's shape (reference C.1).
+fn graph_error_with(
+    http_status: u16,
+    code: i64,
+    subcode: Option<i64>,
+    message: Option<&str>,
+) -> Response {
+    let message = message
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("(#{code}) {}", title(code)));
+    let mut error = json!({
+        "message": message,
+        "type": "OAuthException",
+        "code": code,
+        "error_data": {"messaging_product": "whatsapp", "details": details(code)},
+        "fbtrace_id": format!("SIM{:x}", rand::random::<u64>()),
+    });
+    if let Some(subcode) = subcode {
+        error["error_subcode"] = json!(subcode);
+    }
+    (
+        status_code(http_status),
+        axum::Json(json!({"error": error})),
+    )
+        .into_response()
+}
+
+/// Posts the statuses of an accepted message in the background: `sent`, `delivered`, `read`, or a
+/// single `failed` with `failure`'s code.
+fn spawn_statuses(sim: &SimState, message: SentMessage, failure: Option<(i64, Option<String>)>) {
+    let Some(target) = sim.config().webhook.clone() else {
+        return;
+    };
+    let sim = sim.clone();
+    tokio::spawn(async move {
+        let statuses: Vec<Value> = match failure {
+            Some((code, text)) => vec![failed_status(&message, code, text)],
+            None => {
+                let mut steps = vec!["sent", "delivered"];
+                if sim.config().read_receipts {
+                    steps.push("read");
+                }
+                steps.into_iter().map(|s| status(&message, s)).collect()
+            }
+        };
+        for status in statuses {
+            tokio::select! {
+                _ = tokio::time::sleep(sim.config().status_delay) => {}
+                _ = sim.0.shutdown.cancelled() => return,
+            }
+            post_status(&sim, &target, &message, status).await;
+        }
+    });
+}
+
+/// Delivers one status webhook, retrying briefly like Meta does (Meta keeps trying for days; a
+/// simulator that did would outlive the test).
+async fn post_status(
+    sim: &SimState,
+    target: &crate::WebhookTarget,
+    message: &SentMessage,
+    status: Value,
+) {
+    let name = status["status"].as_str().unwrap_or_default().to_owned();
+    let body = serde_json::to_vec(&json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": sim.config().waba_id, "changes": [{"value": {
+            "messaging_product": "whatsapp",
+            "metadata": {
+                "display_phone_number": sim.config().display_phone_number,
+                "phone_number_id": message.phone_number_id,
+            },
+            "statuses": [status],
+        }, "field": "messages"}]}],
+    }))
+    .expect("a JSON value serialises");
+    let signature = wafleet_core::signature::sign(&body, target.app_secret.as_bytes());
+    let mut http_status = None;
+    let mut attempts = 0;
+    for backoff in [100, 500, 2000] {
+        attempts += 1;
+        let answer = sim
+            .0
+            .http
+            .post(&target.url)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("x-hub-signature-256", &signature)
+            .body(body.clone())
+            .send()
+            .await;
+        http_status = answer.ok().map(|r| r.status().as_u16());
+        if http_status == Some(200) {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(backoff)) => {}
+            _ = sim.0.shutdown.cancelled() => break,
+        }
+    }
+    if http_status != Some(200) {
+        tracing::warn!(status = %name, ?http_status, "status webhook not accepted");
+    }
+    lock(&sim.0.webhooks).push(WebhookDelivery {
+        wamid: message.wamid.clone(),
+        status: name,
+        http_status,
+        attempts,
+        sent_at: now_ms(),
+    });
+}
+
+fn unix_seconds() -> String {
+    (now_ms() / 1000).to_string()
+}
+
+fn recipient_fields(m: &SentMessage, status: &mut Value) {
+    if m.to.is_some() {
+        status["recipient_id"] = json!(m.recipient);
+    } else {
+        status["recipient_user_id"] = json!(m.recipient);
+    }
+    if let Some(data) = &m.callback_data {
+        status["biz_opaque_callback_data"] = json!(data);
+    }
+}
+
+/// A success status (reference A.5), with `conversation` on `sent` and `pricing` on `sent` and
+/// `delivered`, like a ≤ v23.0 webhook of a reply inside the customer service window.
+fn status(m: &SentMessage, name: &str) -> Value {
+    let now = unix_seconds();
+    let mut status = json!({"id": m.wamid, "status": name, "timestamp": now});
+    recipient_fields(m, &mut status);
+    if name == "sent" {
+        let expires = (now_ms() / 1000 + 24 * 3600).to_string();
+        status["conversation"] = json!({
+            "id": format!("{:032x}", rand::random::<u128>()),
+            "expiration_timestamp": expires,
+            "origin": {"type": "service"},
+        });
+    }
+    if name != "read" {
+        status["pricing"] = json!({
+            "billable": false,
+            "pricing_model": "PMP",
+            "type": "free_customer_service",
+            "category": "service",
+        });
+    }
+    status
+}
+
+/// A `failed` status carrying `code` (reference A.5, Meta's verbatim shape).
+fn failed_status(m: &SentMessage, code: i64, message: Option<String>) -> Value {
+    let mut status = json!({
+        "id": m.wamid,
+        "status": "failed",
+        "timestamp": unix_seconds(),
+        "errors": [{
+            "code": code,
+            "title": title(code),
+            "message": message.unwrap_or_else(|| title(code).to_owned()),
+            "error_data": {"details": details(code)},
+            "href": "/documentation/business-messaging/whatsapp/support/error-codes",
+        }],
+    });
+    recipient_fields(m, &mut status);
+    status
+}

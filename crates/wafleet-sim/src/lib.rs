@@ -1,0 +1,293 @@
+//! # wafleet-sim
+//!
+//! One local HTTP server standing in for everything wafleet calls on the internet: Meta's Graph API
+//! (sends, mark-read, typing, status webhooks back to ingest) and the LLM providers (OpenAI-shaped
+//! and Anthropic-shaped). The demo (`just run`), the end-to-end tests and the end-to-end benchmark
+//! point wafleet at it instead of at Meta and the providers. It must behave like the real APIs in
+//! everything wafleet relies on — request shapes, error shapes and codes, rate limits, signed
+//! webhooks — because tests against a wrong simulator prove nothing; its own tests pin that down.
+//! It never calls anything but the configured webhook URL.
+//!
+//! # Layout
+//! - [`SimConfig`] and [`run`] / [`serve`] / [`router`]: the server, started by tests on port 0.
+//! - `graph`: `POST /{version}/{phone_number_id}/messages` (auth, validation, throughput and pair
+//!   limits, fault injection) and the status webhooks it sends afterwards.
+//! - `llm`: `POST /v1/chat/completions` (also `/chat/completions`, DeepSeek's path) and
+//!   `POST /v1/messages`, canned context-aware answers in the customer's language.
+//!
+//! # Admin endpoints (`/_sim/…`)
+//! | route | what |
+//! |---|---|
+//! | `POST /_sim/faults` | queue a Graph fault ([`Fault`]): the next `count` matching sends fail |
+//! | `POST /_sim/llm_faults` | queue an LLM fault ([`LlmFault`]) |
+//! | `GET /_sim/messages` | every accepted send ([`SentMessage`]), oldest first |
+//! | `GET /_sim/reads` | every mark-read / typing call ([`ReadReceipt`]) |
+//! | `GET /_sim/webhooks` | every status webhook posted ([`WebhookDelivery`]) and how it was answered |
+//! | `GET /_sim/llm_requests` | every LLM request ([`LlmRequest`]), whole |
+//! | `POST /_sim/reset` | forget all of the above, queued faults and rate-limit state |
+//! | `GET /healthz` | `ok` |
+
+mod graph;
+mod llm;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use graph::{Fault, ReadReceipt, SentMessage, WebhookDelivery};
+pub use llm::{LlmFault, LlmRequest, reply_for};
+
+/// How the simulator behaves. [`Default`] matches Meta's defaults where Meta has one.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Access token per `phone_number_id`. Empty: any non-empty bearer token is accepted for any
+    /// number (handy for the demo); otherwise unknown numbers get error 100 and wrong tokens 190.
+    pub tokens: HashMap<String, String>,
+    /// Throughput per business number, messages/s (Meta: 80). 0 turns the limit off.
+    pub mps: u32,
+    /// Sends a quiet number may make at once; `None` = `mps` (one second's worth).
+    pub number_burst: Option<u32>,
+    /// Pair rate to one recipient: one message per `pair_period` (Meta: 6 s)…
+    pub pair_period: Duration,
+    /// …after a burst of up to `pair_burst` (Meta: 45). 0 turns the pair limit off.
+    pub pair_burst: u32,
+    /// Where to post status webhooks; `None` = post nothing.
+    pub webhook: Option<WebhookTarget>,
+    /// Pause before `sent`, and between `sent`, `delivered` and `read`.
+    pub status_delay: Duration,
+    /// Whether a `read` status follows `delivered` (users with read receipts on).
+    pub read_receipts: bool,
+    /// Time every LLM answer takes, like a model generating.
+    pub llm_latency: Duration,
+    /// `metadata.display_phone_number` of the webhooks.
+    pub display_phone_number: String,
+    /// `entry[].id` of the webhooks (the WhatsApp Business Account id).
+    pub waba_id: String,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            tokens: HashMap::new(),
+            mps: 80,
+            number_burst: None,
+            pair_period: Duration::from_secs(6),
+            pair_burst: 45,
+            webhook: None,
+            status_delay: Duration::from_millis(50),
+            read_receipts: true,
+            llm_latency: Duration::from_millis(200),
+            display_phone_number: "15550000000".into(),
+            waba_id: "WABA-SIM".into(),
+        }
+    }
+}
+
+/// Where status webhooks go and the app secret they are signed with.
+#[derive(Clone)]
+pub struct WebhookTarget {
+    pub url: String,
+    pub app_secret: String,
+}
+
+impl std::fmt::Debug for WebhookTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookTarget")
+            .field("url", &self.url)
+            .field("app_secret", &"[redacted]")
+            .finish()
+    }
+}
+
+/// The simulator's shared state. Cheap to clone; tests may keep one to inspect what happened
+/// without going through HTTP.
+#[derive(Clone)]
+pub struct SimState(Arc<Inner>);
+
+struct Inner {
+    config: SimConfig,
+    /// Posts status webhooks.
+    http: reqwest::Client,
+    /// Cancelled on shutdown: hanging requests and pending webhooks end instead of holding the
+    /// graceful shutdown open forever.
+    shutdown: CancellationToken,
+    /// Rate-limit state, swapped whole on reset.
+    limits: Mutex<Arc<graph::Limits>>,
+    faults: Mutex<Vec<Fault>>,
+    llm_faults: Mutex<Vec<LlmFault>>,
+    messages: Mutex<Vec<SentMessage>>,
+    reads: Mutex<Vec<ReadReceipt>>,
+    webhooks: Mutex<Vec<WebhookDelivery>>,
+    llm_requests: Mutex<Vec<LlmRequest>>,
+    /// Sequence number of wamids and response ids.
+    next_id: AtomicU64,
+    /// Random per instance, so wamids of two simulator runs never collide in one database.
+    instance: u32,
+}
+
+impl SimState {
+    pub fn new(config: SimConfig) -> Self {
+        let limits = graph::Limits::new(&config);
+        Self(Arc::new(Inner {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("the TLS backend initialises"),
+            shutdown: CancellationToken::new(),
+            limits: Mutex::new(Arc::new(limits)),
+            faults: Mutex::default(),
+            llm_faults: Mutex::default(),
+            messages: Mutex::default(),
+            reads: Mutex::default(),
+            webhooks: Mutex::default(),
+            llm_requests: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            instance: rand::random(),
+            config,
+        }))
+    }
+
+    pub fn config(&self) -> &SimConfig {
+        &self.0.config
+    }
+    pub fn messages(&self) -> Vec<SentMessage> {
+        lock(&self.0.messages).clone()
+    }
+    pub fn reads(&self) -> Vec<ReadReceipt> {
+        lock(&self.0.reads).clone()
+    }
+    pub fn webhooks(&self) -> Vec<WebhookDelivery> {
+        lock(&self.0.webhooks).clone()
+    }
+    pub fn llm_requests(&self) -> Vec<LlmRequest> {
+        lock(&self.0.llm_requests).clone()
+    }
+    pub fn add_fault(&self, fault: Fault) {
+        lock(&self.0.faults).push(fault);
+    }
+    pub fn add_llm_fault(&self, fault: LlmFault) {
+        lock(&self.0.llm_faults).push(fault);
+    }
+    /// Forgets recorded traffic, queued faults and rate-limit state.
+    pub fn reset(&self) {
+        *lock(&self.0.limits) = Arc::new(graph::Limits::new(&self.0.config));
+        lock(&self.0.faults).clear();
+        lock(&self.0.llm_faults).clear();
+        lock(&self.0.messages).clear();
+        lock(&self.0.reads).clear();
+        lock(&self.0.webhooks).clear();
+        lock(&self.0.llm_requests).clear();
+    }
+
+    fn next_id(&self) -> String {
+        let n = self.0.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("{:08X}{n:010}", self.0.instance)
+    }
+}
+
+/// A poisoned lock only means a handler panicked mid-update of a log; keep serving.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Every route of the simulator.
+pub fn router(state: SimState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/{version}/{phone_number_id}/messages",
+            post(graph::messages),
+        )
+        .route("/v1/chat/completions", post(llm::chat_completions))
+        .route("/chat/completions", post(llm::chat_completions))
+        .route("/v1/messages", post(llm::anthropic_messages))
+        .route("/_sim/faults", post(add_fault))
+        .route("/_sim/llm_faults", post(add_llm_fault))
+        .route(
+            "/_sim/messages",
+            get(|State(s): State<SimState>| async move { Json(s.messages()) }),
+        )
+        .route(
+            "/_sim/reads",
+            get(|State(s): State<SimState>| async move { Json(s.reads()) }),
+        )
+        .route(
+            "/_sim/webhooks",
+            get(|State(s): State<SimState>| async move { Json(s.webhooks()) }),
+        )
+        .route(
+            "/_sim/llm_requests",
+            get(|State(s): State<SimState>| async move { Json(s.llm_requests()) }),
+        )
+        .route("/_sim/reset", post(reset))
+        .with_state(state)
+}
+
+#[derive(Serialize, Deserialize)]
+struct Queued {
+    queued: usize,
+}
+
+async fn add_fault(State(s): State<SimState>, Json(fault): Json<Fault>) -> Json<Queued> {
+    s.add_fault(fault);
+    Json(Queued {
+        queued: lock(&s.0.faults).len(),
+    })
+}
+
+async fn add_llm_fault(State(s): State<SimState>, Json(fault): Json<LlmFault>) -> Json<Queued> {
+    s.add_llm_fault(fault);
+    Json(Queued {
+        queued: lock(&s.0.llm_faults).len(),
+    })
+}
+
+async fn reset(State(s): State<SimState>) -> &'static str {
+    s.reset();
+    "ok"
+}
+
+/// Serves a fresh simulator built from `config` on `listener` until `shutdown` completes.
+pub async fn run(
+    config: SimConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    serve(SimState::new(config), listener, shutdown).await
+}
+
+/// Serves `state` on `listener` until `shutdown` completes; hanging requests and pending status
+/// webhooks are abandoned at that point.
+pub async fn serve(
+    state: SimState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, "simulator listening");
+    let token = state.0.shutdown.clone();
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            token.cancel();
+        })
+        .await
+        .context("serving the simulator")
+}

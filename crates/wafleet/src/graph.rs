@@ -1,0 +1,601 @@
+//! The WhatsApp Cloud API (Graph API) client: text sends, mark-read and the typing indicator.
+//!
+//! Owns the HTTP exchange only: building the request exactly as Meta documents it (reference B.2,
+//! B.3), and turning whatever came back into an outcome the sender can act on. It does not retry,
+//! wait, rate-limit (see [`crate::ratelimit`]) or decide what a failure means for the job: the class
+//! of an error comes from [`wafleet_core::graph_error`], the one table shared with status webhooks.
+//!
+//! # Outcomes of a send
+//! The important split is whether Meta may have *received* the request, because a resend of a
+//! message Meta did accept reaches the customer twice:
+//! - [`SendResult::Accepted`]: 2xx with a wamid. Accepted only; delivery arrives as status webhooks.
+//! - [`SendResult::Rejected`]: Meta answered with an error; classified on `error.code`. A non-2xx
+//!   whose body is not a Graph error (a proxy's HTML page, an empty 502) gets a synthetic
+//!   [`GraphError`] with code [`UNPARSED_ERROR_CODE`] and is classified by HTTP status alone:
+//!   429 and 5xx are `Transient`, anything else `Permanent` (the fallback of
+//!   [`wafleet_core::graph_error::classify`] for codes outside Meta's table).
+//! - [`SendResult::NotSent`]: the connection was never established (refused, DNS, TLS handshake,
+//!   connect timeout). The request certainly did not reach Meta: safe to retry.
+//! - [`SendResult::Ambiguous`]: anything after the connection was up — request timeout, connection
+//!   reset, a 2xx we cannot read a wamid from. Meta may have accepted it: the caller must not resend
+//!   blindly (wait for a status webhook carrying its `biz_opaque_callback_data`, or give up).
+//!
+//! # What is never logged
+//! Access tokens (the `Authorization` header is marked sensitive) and message bodies (customer
+//! text). Logs carry the phone number id, HTTP status, error code and `fbtrace_id`.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use wafleet_core::graph_error::{ErrorClass, GraphError, classify, parse_graph_error};
+
+/// Meta's production Graph API host.
+pub const DEFAULT_BASE_URL: &str = "https://graph.facebook.com";
+/// The Graph API version used unless configured otherwise (reference B.4: available until 2027-10).
+pub const DEFAULT_VERSION: &str = "v23.0";
+
+/// `code` of the synthetic [`GraphError`] built for a non-2xx answer whose body is not a Graph
+/// error. Negative so it can never collide with a code of Meta's table (0 is "AuthException").
+pub const UNPARSED_ERROR_CODE: i64 = -1;
+
+/// Longest time to establish a connection, whatever the request timeout. Kept separate so a
+/// connect-phase failure is recognisably [`SendResult::NotSent`] rather than an ambiguous timeout.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A Graph API client. Cheap to clone: every clone shares one connection pool.
+#[derive(Clone)]
+pub struct GraphClient {
+    /// One pool of keep-alive connections to Meta for the whole process: TLS handshakes to
+    /// graph.facebook.com cost more than the send itself.
+    http: reqwest::Client,
+    /// `https://graph.facebook.com`, or the simulator's address; no trailing slash.
+    base_url: String,
+    /// `v23.0`: a config value because Meta retires versions about two years after release.
+    version: String,
+}
+
+impl std::fmt::Debug for GraphClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GraphClient")
+            .field("base_url", &self.base_url)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One text message to send.
+#[derive(Debug, Clone, Copy)]
+pub struct OutgoingText<'a> {
+    /// The business number sending it (the URL path segment).
+    pub phone_number_id: &'a str,
+    /// That number's access token. Sent as `Authorization: Bearer`, never logged.
+    pub token: &'a str,
+    pub to: Recipient<'a>,
+    /// `text.body`: at most 4096 characters (split longer replies before calling).
+    pub body: &'a str,
+    /// The inbound wamid to quote (`context.message_id`).
+    pub reply_to: Option<&'a str>,
+    /// `biz_opaque_callback_data`: echoed by every status webhook of this message; the sender puts
+    /// its job id here, which is how an ambiguous send is recognised later.
+    pub callback_data: Option<&'a str>,
+    /// `text.preview_url`: render a preview of the first URL in the body.
+    pub preview_url: bool,
+}
+
+/// Who receives a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recipient<'a> {
+    /// A `wa_id` (digits, with or without a leading `+`); sent as `"to": "+<digits>"`, because
+    /// without the `+` Meta prepends the *business* number's country code.
+    Phone(&'a str),
+    /// A business-scoped user id (`US.1349…`); sent as `"recipient"` (reference A.7).
+    UserId(&'a str),
+}
+
+/// What became of a send. See the module docs for when each happens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendResult {
+    Accepted {
+        wamid: String,
+    },
+    Rejected {
+        http_status: u16,
+        error: GraphError,
+        class: ErrorClass,
+    },
+    /// The request may have reached Meta: do not resend blindly.
+    Ambiguous {
+        reason: String,
+    },
+    /// The request certainly did not reach Meta: safe to retry.
+    NotSent {
+        reason: String,
+    },
+}
+
+/// Why a mark-read / typing call failed. These calls are idempotent, so the sender may retry any of
+/// them; the class says whether it is worth it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GraphCallError {
+    #[error("Graph API rejected the call: HTTP {http_status}, code {}", error.code)]
+    Rejected {
+        http_status: u16,
+        error: GraphError,
+        class: ErrorClass,
+    },
+    /// The call failed in transit. `maybe_sent` is false when the connection was never made.
+    #[error("Graph API call failed in transit: {reason}")]
+    Transport { reason: String, maybe_sent: bool },
+}
+
+impl GraphCallError {
+    /// Whether calling again later can succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Rejected { class, .. } => class.is_retryable(),
+            Self::Transport { .. } => true,
+        }
+    }
+}
+
+impl GraphClient {
+    /// A client for `base_url` (e.g. [`DEFAULT_BASE_URL`]) and API `version` (e.g. `v23.0`).
+    /// `timeout` bounds each whole request; connecting is bounded by the smaller of it and 5 s.
+    pub fn new(base_url: impl Into<String>, version: impl Into<String>, timeout: Duration) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(MAX_CONNECT_TIMEOUT))
+            .user_agent(concat!("wafleet/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("the TLS backend initialises");
+        Self {
+            http,
+            base_url: base_url.into().trim_end_matches('/').to_owned(),
+            version: version.into().trim_matches('/').to_owned(),
+        }
+    }
+
+    fn messages_url(&self, phone_number_id: &str) -> Option<String> {
+        // The id becomes a URL path segment: refuse anything that could change the path or query.
+        let valid = !phone_number_id.is_empty()
+            && phone_number_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        valid.then(|| {
+            format!(
+                "{}/{}/{}/messages",
+                self.base_url, self.version, phone_number_id
+            )
+        })
+    }
+
+    /// Sends one text message. Never retries by itself.
+    pub async fn send_text(&self, m: &OutgoingText<'_>) -> SendResult {
+        let Some(url) = self.messages_url(m.phone_number_id) else {
+            return SendResult::NotSent {
+                reason: "phone_number_id is not a valid Graph API id".into(),
+            };
+        };
+        let started = Instant::now();
+        let sent = self
+            .http
+            .post(url)
+            .bearer_auth(m.token)
+            .json(&TextRequest::from(m))
+            .send()
+            .await;
+        let result = match sent {
+            Err(e) => transport_failure(&e),
+            Ok(response) => {
+                let status = response.status().as_u16();
+                match response.bytes().await {
+                    Err(e) if response_is_2xx(status) => SendResult::Ambiguous {
+                        reason: format!("HTTP {status} but the body was lost: {}", describe(&e)),
+                    },
+                    Err(e) => SendResult::Rejected {
+                        http_status: status,
+                        error: unparsed_error(status, &describe(&e)),
+                        class: classify(UNPARSED_ERROR_CODE, status, None),
+                    },
+                    Ok(body) if response_is_2xx(status) => match wamid_of(&body) {
+                        Some(wamid) => SendResult::Accepted { wamid },
+                        None => SendResult::Ambiguous {
+                            reason: format!("HTTP {status} without messages[0].id"),
+                        },
+                    },
+                    Ok(body) => rejected(status, &body),
+                }
+            }
+        };
+        record(m.phone_number_id, "send", &result, started);
+        result
+    }
+
+    /// Marks an inbound message (and all earlier ones of the thread) as read; with `typing`, also
+    /// shows the typing indicator, which Meta hides on our next message or after 25 s.
+    pub async fn mark_read(
+        &self,
+        phone_number_id: &str,
+        token: &str,
+        message_id: &str,
+        typing: bool,
+    ) -> Result<(), GraphCallError> {
+        let Some(url) = self.messages_url(phone_number_id) else {
+            return Err(GraphCallError::Transport {
+                reason: "phone_number_id is not a valid Graph API id".into(),
+                maybe_sent: false,
+            });
+        };
+        let body = ReadRequest {
+            messaging_product: "whatsapp",
+            status: "read",
+            message_id,
+            typing_indicator: typing.then_some(TypingIndicator { kind: "text" }),
+        };
+        let started = Instant::now();
+        let sent = self
+            .http
+            .post(url)
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await;
+        let outcome = match sent {
+            Err(e) => Err(GraphCallError::Transport {
+                reason: describe(&e),
+                maybe_sent: !e.is_connect(),
+            }),
+            Ok(response) => {
+                let status = response.status().as_u16();
+                if response_is_2xx(status) {
+                    Ok(())
+                } else {
+                    let body = response.bytes().await.unwrap_or_default();
+                    match rejected(status, &body) {
+                        SendResult::Rejected {
+                            http_status,
+                            error,
+                            class,
+                        } => Err(GraphCallError::Rejected {
+                            http_status,
+                            error,
+                            class,
+                        }),
+                        _ => unreachable!("rejected() only builds Rejected"),
+                    }
+                }
+            }
+        };
+        let label = if typing { "typing" } else { "read" };
+        metrics::histogram!("wafleet_graph_call_seconds", "call" => label)
+            .record(started.elapsed().as_secs_f64());
+        if let Err(e) = &outcome {
+            tracing::warn!(phone_number_id, call = label, error = %e, "Graph API call failed");
+        }
+        outcome
+    }
+}
+
+fn response_is_2xx(status: u16) -> bool {
+    (200..300).contains(&status)
+}
+
+/// A send that failed before any response: `NotSent` if the connection never came up.
+fn transport_failure(e: &reqwest::Error) -> SendResult {
+    // `is_connect` covers refused connections, DNS failures, TLS handshake errors and the connect
+    // timeout; in all of them no byte of the request was written. Everything else (the request
+    // timeout, a reset after writing) may have reached Meta. Requests on a pooled connection that
+    // the server had already closed are retried by hyper itself before we ever see an error.
+    if e.is_connect() {
+        SendResult::NotSent {
+            reason: describe(e),
+        }
+    } else {
+        SendResult::Ambiguous {
+            reason: describe(e),
+        }
+    }
+}
+
+/// The error and its causes on one line, without the URL's query (there is none) or any header.
+fn describe(e: &reqwest::Error) -> String {
+    let mut text = if e.is_timeout() {
+        "timed out".to_owned()
+    } else {
+        e.to_string()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn rejected(status: u16, body: &[u8]) -> SendResult {
+    match parse_graph_error(body) {
+        Some(error) => {
+            let class = error.class(status);
+            SendResult::Rejected {
+                http_status: status,
+                error,
+                class,
+            }
+        }
+        None => SendResult::Rejected {
+            http_status: status,
+            error: unparsed_error(status, &format!("{} bytes", body.len())),
+            class: classify(UNPARSED_ERROR_CODE, status, None),
+        },
+    }
+}
+
+/// The stand-in for an error body we could not read. The body itself is left out on purpose: it
+/// may echo the request.
+fn unparsed_error(status: u16, what: &str) -> GraphError {
+    GraphError {
+        code: UNPARSED_ERROR_CODE,
+        subcode: None,
+        message: format!("HTTP {status} without a Graph API error body ({what})"),
+        kind: None,
+        details: None,
+        fbtrace_id: None,
+        is_transient: None,
+    }
+}
+
+fn wamid_of(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Accepted {
+        messages: Vec<Message>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Message {
+        id: String,
+    }
+    let accepted: Accepted = serde_json::from_slice(body).ok()?;
+    accepted
+        .messages
+        .into_iter()
+        .next()
+        .map(|m| m.id)
+        .filter(|id| !id.is_empty())
+}
+
+fn record(phone_number_id: &str, call: &'static str, result: &SendResult, started: Instant) {
+    let outcome = match result {
+        SendResult::Accepted { .. } => "accepted",
+        SendResult::Rejected { .. } => "rejected",
+        SendResult::Ambiguous { .. } => "ambiguous",
+        SendResult::NotSent { .. } => "not_sent",
+    };
+    metrics::counter!("wafleet_graph_sends_total", "outcome" => outcome).increment(1);
+    metrics::histogram!("wafleet_graph_call_seconds", "call" => call)
+        .record(started.elapsed().as_secs_f64());
+    match result {
+        SendResult::Accepted { .. } => {}
+        SendResult::Rejected {
+            http_status,
+            error,
+            class,
+        } => tracing::warn!(
+            phone_number_id,
+            http_status,
+            code = error.code,
+            class = ?class,
+            fbtrace_id = error.fbtrace_id.as_deref().unwrap_or("-"),
+            "Graph API rejected a send"
+        ),
+        SendResult::Ambiguous { reason } | SendResult::NotSent { reason } => {
+            tracing::warn!(phone_number_id, outcome, reason, "Graph API send failed")
+        }
+    }
+}
+
+/// The JSON body of a text send (reference B.2), serialised straight from borrowed fields.
+#[derive(Serialize)]
+struct TextRequest<'a> {
+    messaging_product: &'static str,
+    recipient_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recipient: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    context: Option<Context<'a>>,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    text: Text<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    biz_opaque_callback_data: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Context<'a> {
+    message_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct Text<'a> {
+    preview_url: bool,
+    body: &'a str,
+}
+
+impl<'a> From<&OutgoingText<'a>> for TextRequest<'a> {
+    fn from(m: &OutgoingText<'a>) -> Self {
+        let (to, recipient) = match m.to {
+            Recipient::Phone(digits) => {
+                (Some(format!("+{}", digits.trim_start_matches('+'))), None)
+            }
+            Recipient::UserId(id) => (None, Some(id)),
+        };
+        Self {
+            messaging_product: "whatsapp",
+            recipient_type: "individual",
+            to,
+            recipient,
+            context: m.reply_to.map(|message_id| Context { message_id }),
+            kind: "text",
+            text: Text {
+                preview_url: m.preview_url,
+                body: m.body,
+            },
+            biz_opaque_callback_data: m.callback_data,
+        }
+    }
+}
+
+/// The JSON body of mark-read, with the typing indicator when asked (reference B.3).
+#[derive(Serialize)]
+struct ReadRequest<'a> {
+    messaging_product: &'static str,
+    status: &'static str,
+    message_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    typing_indicator: Option<TypingIndicator>,
+}
+
+#[derive(Serialize)]
+struct TypingIndicator {
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn text(to: Recipient<'static>) -> OutgoingText<'static> {
+        OutgoingText {
+            phone_number_id: "106540352242922",
+            token: "secret-token",
+            to,
+            body: "Hola, ¿cómo te ayudo?",
+            reply_to: None,
+            callback_data: None,
+            preview_url: false,
+        }
+    }
+
+    #[test]
+    fn a_reply_to_a_phone_has_exactly_the_documented_fields() {
+        let m = OutgoingText {
+            reply_to: Some("wamid.IN1"),
+            callback_data: Some("job-42"),
+            preview_url: true,
+            ..text(Recipient::Phone("573001234567"))
+        };
+        assert_eq!(
+            serde_json::to_value(TextRequest::from(&m)).unwrap(),
+            json!({
+                "messaging_product": "whatsapp",
+                "recipient_type": "individual",
+                "to": "+573001234567",
+                "context": {"message_id": "wamid.IN1"},
+                "type": "text",
+                "text": {"preview_url": true, "body": "Hola, ¿cómo te ayudo?"},
+                "biz_opaque_callback_data": "job-42"
+            })
+        );
+    }
+
+    #[test]
+    fn optional_fields_are_left_out_and_a_plus_is_never_doubled() {
+        let m = text(Recipient::Phone("+16505551234"));
+        assert_eq!(
+            serde_json::to_value(TextRequest::from(&m)).unwrap(),
+            json!({
+                "messaging_product": "whatsapp",
+                "recipient_type": "individual",
+                "to": "+16505551234",
+                "type": "text",
+                "text": {"preview_url": false, "body": "Hola, ¿cómo te ayudo?"}
+            })
+        );
+    }
+
+    #[test]
+    fn a_business_scoped_user_id_is_sent_as_recipient() {
+        let m = text(Recipient::UserId("US.13491208655302741918"));
+        let v = serde_json::to_value(TextRequest::from(&m)).unwrap();
+        assert_eq!(v["recipient"], "US.13491208655302741918");
+        assert!(v.get("to").is_none());
+    }
+
+    #[test]
+    fn mark_read_adds_the_typing_indicator_only_when_asked() {
+        let read = ReadRequest {
+            messaging_product: "whatsapp",
+            status: "read",
+            message_id: "wamid.IN1",
+            typing_indicator: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&read).unwrap(),
+            json!({"messaging_product": "whatsapp", "status": "read", "message_id": "wamid.IN1"})
+        );
+        let typing = ReadRequest {
+            typing_indicator: Some(TypingIndicator { kind: "text" }),
+            ..read
+        };
+        assert_eq!(
+            serde_json::to_value(&typing).unwrap()["typing_indicator"],
+            json!({"type": "text"})
+        );
+    }
+
+    #[test]
+    fn error_bodies_are_classified_on_their_code_or_else_on_the_status() {
+        let throttled = rejected(
+            400,
+            br#"{"error":{"code":131056,"message":"(#131056) pair rate limit hit"}}"#,
+        );
+        assert!(matches!(
+            throttled,
+            SendResult::Rejected {
+                class: ErrorClass::Throttled { .. },
+                ..
+            }
+        ));
+        for (status, class) in [
+            (502, ErrorClass::Transient),
+            (503, ErrorClass::Transient),
+            (429, ErrorClass::Transient),
+            (404, ErrorClass::Permanent),
+            (400, ErrorClass::Permanent),
+        ] {
+            let SendResult::Rejected {
+                error, class: got, ..
+            } = rejected(status, b"<html>Bad Gateway</html>")
+            else {
+                panic!("rejected() builds Rejected");
+            };
+            assert_eq!(got, class, "HTTP {status}");
+            assert_eq!(error.code, UNPARSED_ERROR_CODE);
+            assert!(!error.message.contains("Bad Gateway"), "bodies stay out");
+        }
+    }
+
+    #[test]
+    fn the_wamid_is_read_from_messages_0_id() {
+        let body = br#"{"messaging_product":"whatsapp","contacts":[{"input":"+1","wa_id":"1"}],"messages":[{"id":"wamid.X"}]}"#;
+        assert_eq!(wamid_of(body).as_deref(), Some("wamid.X"));
+        assert_eq!(wamid_of(br#"{"messages":[]}"#), None);
+        assert_eq!(wamid_of(br#"{"messages":[{"id":""}]}"#), None);
+        assert_eq!(wamid_of(b"{"), None);
+    }
+
+    #[test]
+    fn ids_that_could_change_the_url_are_refused() {
+        let client = GraphClient::new("http://127.0.0.1:1/", "/v23.0/", Duration::from_secs(1));
+        assert_eq!(
+            client.messages_url("123").as_deref(),
+            Some("http://127.0.0.1:1/v23.0/123/messages")
+        );
+        for bad in ["", "12/../34", "1?x=2", "1 2", "1#"] {
+            assert_eq!(client.messages_url(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! The fleet-wide send rate limiter: every sender process, on every machine, draws from the same
+//! budgets in Redis before calling the Graph API.
+//!
+//! Meta enforces two limits per business number (reference C.3): **throughput** (80 messages/s by
+//! default, up to 1000; over it → 130429) and the **pair rate** to one recipient (about one message
+//! per 6 s, with bursts that are borrowed from later; over it → 131056). Both are checked *before*
+//! a send, so the fleet stays under them instead of discovering them through errors.
+//!
+//! # Algorithm
+//! GCRA (generic cell rate algorithm), the token bucket expressed as one timestamp per key: the
+//! *theoretical arrival time* (TAT) of the next message at the configured rate. With emission
+//! interval `T = 1 / per_second` and `burst` cells, a message at time `now` conforms when
+//! `max(TAT, now) + T - now <= burst × T`; if it does, TAT moves to `max(TAT, now) + T`. In any
+//! window of length `W`, at most `burst + W / T` messages conform. One `SET` per key, no refill loop.
+//!
+//! [`ACQUIRE_SCRIPT`] evaluates the number budget and the pair budget together and commits both
+//! only if both conform; otherwise it commits nothing and returns how long until both would
+//! conform, so a refusal never consumes anyone's budget. It reads the clock with `redis.call('TIME')`:
+//! only Redis's clock matters, so skew between sender machines cannot inflate the rate. (Redis 5+
+//! replicates script *effects*, so a non-deterministic command inside a script is allowed.)
+//!
+//! # Keys
+//! `P` is the Redis prefix (`WAFLEET_REDIS_PREFIX`). Every key of one business number shares the
+//! hash tag `{rl:<phone_number_id>}`, so each script touches one Redis Cluster slot.
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `P:{rl:<pnid>}:number` | string (µs), TTL | TAT of the number's throughput budget |
+//! | `P:{rl:<pnid>}:to:<recipient>` | string (µs), TTL | TAT of the pair budget to one recipient |
+//! | `P:{rl:<pnid>}:paused` | string, TTL | the number is paused (after 130429/131048 storms) until it expires |
+//! | `P:{rl:<pnid>}:penalty:<recipient>` | string, TTL | that recipient is held back (after 131056) until it expires |
+//!
+//! TATs expire once they are in the past (a missing key and an old TAT mean the same: a full
+//! bucket), so idle recipients cost no memory. `<recipient>` is the `wa_id` or the business-scoped
+//! user id, whichever the sender addresses.
+//!
+//! # Penalties and pauses
+//! [`RateLimiter::penalize_recipient`] and [`RateLimiter::pause_number`] set a hold key with a
+//! TTL; [`ACQUIRE_SCRIPT`] answers `Wait` while either hold of a request exists. A hold is only ever
+//! extended, never shortened, by a later call. The budgets themselves are untouched, so after a
+//! hold the recipient may use its configured burst again; a repeated 131056 then earns a longer
+//! hold (Meta's 4^X schedule, [`wafleet_core::retry::pair_rate_backoff`]).
+//!
+//! # Why no local (`governor`) limiter in front
+//! A per-process limiter would only save Redis round trips when it refuses, and it cannot give a
+//! cell back: each attempt that passes locally but is refused by Redis would still spend a local
+//! cell, so under contention the local limiter runs ahead of the fleet's real usage and throttles
+//! more than the budget says. Redis already answers a refusal with the exact wait, so a caller
+//! sleeps instead of polling: one round trip per send attempt, well under Redis's capacity at
+//! 80–1000 messages/s per number. (`governor` does serve in the simulator, where one process owns
+//! the whole limit.)
+
+use std::time::Duration;
+
+use redis::RedisError;
+
+/// Atomically checks holds and both budgets; commits both TATs only if everything conforms.
+///
+/// `KEYS`: number TAT, pair TAT, number pause, recipient penalty.
+/// `ARGV`: number interval µs, number burst, pair interval µs, pair burst (interval 0 = no limit).
+/// Returns 0 for go, else the wait in µs.
+pub const ACQUIRE_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local wait = 0
+
+for i = 3, 4 do
+  local held = redis.call('PTTL', KEYS[i])
+  if held > 0 and held * 1000 > wait then wait = held * 1000 end
+end
+
+local function gcra(key, interval, burst)
+  if interval <= 0 then return 0, nil end
+  local stored = redis.call('GET', key)
+  local tat = stored and tonumber(stored) or 0
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local allow_at = new_tat - interval * burst
+  if allow_at > now then return allow_at - now, nil end
+  return 0, new_tat
+end
+
+local number_wait, number_tat = gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
+local pair_wait, pair_tat = gcra(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]))
+if number_wait > wait then wait = number_wait end
+if pair_wait > wait then wait = pair_wait end
+if wait > 0 then return math.ceil(wait) end
+
+if number_tat then
+  redis.call('SET', KEYS[1], string.format('%d', number_tat), 'PX', math.ceil((number_tat - now) / 1000) + 1)
+end
+if pair_tat then
+  redis.call('SET', KEYS[2], string.format('%d', pair_tat), 'PX', math.ceil((pair_tat - now) / 1000) + 1)
+end
+return 0
+"#;
+
+/// Sets a hold key for `ARGV[1]` ms unless it already lasts at least that long.
+const HOLD_SCRIPT: &str = r#"
+local ms = tonumber(ARGV[1])
+if redis.call('PTTL', KEYS[1]) < ms then
+  redis.call('SET', KEYS[1], '1', 'PX', ms)
+end
+return 0
+"#;
+
+/// A rate: `per_second` messages on average, up to `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Budget {
+    /// Average rate. Zero, negative or non-finite means "no limit" for this budget.
+    pub per_second: f64,
+    /// How many messages may go back to back after a quiet period; at least 1 is used.
+    pub burst: u32,
+}
+
+impl Budget {
+    /// Meta's default throughput of a business number: 80 messages/s. Burst 80 lets a quiet
+    /// number send a second's worth at once, which Meta's per-second accounting tolerates.
+    pub const NUMBER_DEFAULT: Budget = Budget {
+        per_second: 80.0,
+        burst: 80,
+    };
+
+    /// Meta's pair rate (1 message per 6 s to one recipient). Meta allows bursts of up to 45 but
+    /// makes us pay them back; 3 covers a reply split in a few parts without borrowing much.
+    pub const PAIR_DEFAULT: Budget = Budget {
+        per_second: 1.0 / 6.0,
+        burst: 3,
+    };
+
+    pub fn new(per_second: f64, burst: u32) -> Self {
+        Self { per_second, burst }
+    }
+
+    /// Emission interval in whole microseconds (at least 1), or 0 for "no limit".
+    fn interval_micros(self) -> u64 {
+        if self.per_second.is_finite() && self.per_second > 0.0 {
+            (1e6 / self.per_second).round().max(1.0) as u64
+        } else {
+            0
+        }
+    }
+
+    fn burst(self) -> u32 {
+        self.burst.max(1)
+    }
+}
+
+/// The answer to one request for a send slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Both budgets had room; the slot is taken. Send now.
+    Go,
+    /// Nothing was taken. Ask again after this long (it is exact unless others take the slot first).
+    Wait(Duration),
+}
+
+/// The rate limiter's key names (see the module docs).
+#[derive(Debug, Clone)]
+pub struct RateLimitKeys {
+    prefix: String,
+}
+
+impl RateLimitKeys {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+    pub fn number(&self, phone_number_id: &str) -> String {
+        format!("{}:{{rl:{phone_number_id}}}:number", self.prefix)
+    }
+    pub fn pair(&self, phone_number_id: &str, recipient: &str) -> String {
+        format!("{}:{{rl:{phone_number_id}}}:to:{recipient}", self.prefix)
+    }
+    pub fn paused(&self, phone_number_id: &str) -> String {
+        format!("{}:{{rl:{phone_number_id}}}:paused", self.prefix)
+    }
+    pub fn penalty(&self, phone_number_id: &str, recipient: &str) -> String {
+        format!(
+            "{}:{{rl:{phone_number_id}}}:penalty:{recipient}",
+            self.prefix
+        )
+    }
+}
+
+/// The fleet-wide limiter. Holds no state of its own besides key names and scripts: all state is
+/// in Redis, so any number of processes can share budgets. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RateLimiter {
+    keys: RateLimitKeys,
+    /// Loaded by hash on first use (and again if Redis restarted and forgot it).
+    acquire: redis::Script,
+    hold: redis::Script,
+}
+
+impl RateLimiter {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            keys: RateLimitKeys::new(prefix),
+            acquire: redis::Script::new(ACQUIRE_SCRIPT),
+            hold: redis::Script::new(HOLD_SCRIPT),
+        }
+    }
+
+    pub fn keys(&self) -> &RateLimitKeys {
+        &self.keys
+    }
+
+    /// Takes one send slot from `phone_number_id`'s `number` budget and from its `pair` budget to
+    /// `recipient`, both or neither. Budgets are arguments, not stored, so a number's throughput
+    /// can change (80 → 1000 mps) without touching Redis; every process must pass the same ones.
+    pub async fn acquire<C>(
+        &self,
+        con: &mut C,
+        phone_number_id: &str,
+        recipient: &str,
+        number: Budget,
+        pair: Budget,
+    ) -> Result<Decision, RedisError>
+    where
+        C: redis::aio::ConnectionLike,
+    {
+        let wait_micros: u64 = self
+            .acquire
+            .key(self.keys.number(phone_number_id))
+            .key(self.keys.pair(phone_number_id, recipient))
+            .key(self.keys.paused(phone_number_id))
+            .key(self.keys.penalty(phone_number_id, recipient))
+            .arg(number.interval_micros())
+            .arg(number.burst())
+            .arg(pair.interval_micros())
+            .arg(pair.burst())
+            .invoke_async(con)
+            .await?;
+        Ok(match wait_micros {
+            0 => Decision::Go,
+            us => Decision::Wait(Duration::from_micros(us)),
+        })
+    }
+
+    /// Holds back sends to one recipient for `for_` (after a 131056 pair-rate error; use Meta's
+    /// 4^X s schedule). Other recipients of the number are unaffected. Never shortens a hold.
+    pub async fn penalize_recipient<C>(
+        &self,
+        con: &mut C,
+        phone_number_id: &str,
+        recipient: &str,
+        for_: Duration,
+    ) -> Result<(), RedisError>
+    where
+        C: redis::aio::ConnectionLike,
+    {
+        self.set_hold(con, self.keys.penalty(phone_number_id, recipient), for_)
+            .await
+    }
+
+    /// Holds back every send of a business number for `for_` (after a storm of 130429, or a
+    /// 131048 spam limit). Never shortens a pause.
+    pub async fn pause_number<C>(
+        &self,
+        con: &mut C,
+        phone_number_id: &str,
+        for_: Duration,
+    ) -> Result<(), RedisError>
+    where
+        C: redis::aio::ConnectionLike,
+    {
+        self.set_hold(con, self.keys.paused(phone_number_id), for_)
+            .await
+    }
+
+    async fn set_hold<C>(&self, con: &mut C, key: String, for_: Duration) -> Result<(), RedisError>
+    where
+        C: redis::aio::ConnectionLike,
+    {
+        let ms = for_.as_millis().min(u64::MAX as u128) as u64;
+        if ms == 0 {
+            return Ok(());
+        }
+        let _: i64 = self.hold.key(key).arg(ms).invoke_async(con).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budgets_become_whole_microsecond_intervals() {
+        assert_eq!(Budget::NUMBER_DEFAULT.interval_micros(), 12_500);
+        assert_eq!(Budget::PAIR_DEFAULT.interval_micros(), 6_000_000);
+        assert_eq!(Budget::new(3.0, 1).interval_micros(), 333_333);
+        assert_eq!(Budget::new(1e9, 1).interval_micros(), 1);
+        for unlimited in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert_eq!(Budget::new(unlimited, 5).interval_micros(), 0);
+        }
+        assert_eq!(Budget::new(1.0, 0).burst(), 1);
+    }
+
+    #[test]
+    fn every_key_of_a_number_shares_one_hash_tag() {
+        let keys = RateLimitKeys::new("wafleet");
+        let all = [
+            keys.number("106"),
+            keys.pair("106", "573001234567"),
+            keys.paused("106"),
+            keys.penalty("106", "US.1349"),
+        ];
+        assert_eq!(all[0], "wafleet:{rl:106}:number");
+        assert_eq!(all[1], "wafleet:{rl:106}:to:573001234567");
+        assert_eq!(all[2], "wafleet:{rl:106}:paused");
+        assert_eq!(all[3], "wafleet:{rl:106}:penalty:US.1349");
+        for key in all {
+            let tag = &key[key.find('{').unwrap()..=key.find('}').unwrap()];
+            assert_eq!(tag, "{rl:106}");
+        }
+    }
+}

@@ -175,7 +175,7 @@ pub(crate) async fn messages(
     body: Bytes,
 ) -> Response {
     if let Err(refused) = check_token(sim.config(), &phone_number_id, &headers) {
-        return refused;
+        return refused.into_response();
     }
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
         return graph_error(400, 100, Some("Unexpected body: not JSON"));
@@ -192,7 +192,7 @@ pub(crate) async fn messages(
     }
     let send = match Send::parse(&phone_number_id, &request) {
         Ok(send) => send,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
 
     let fault = {
@@ -264,7 +264,7 @@ fn check_token(
     config: &SimConfig,
     phone_number_id: &str,
     headers: &HeaderMap,
-) -> Result<(), Response> {
+) -> Result<(), Refusal> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -272,7 +272,7 @@ fn check_token(
         .map(str::trim)
         .filter(|t| !t.is_empty());
     let Some(bearer) = bearer else {
-        return Err(graph_error(
+        return Err(Refusal::new(
             401,
             190,
             Some(
@@ -284,7 +284,7 @@ fn check_token(
         return Ok(());
     }
     match config.tokens.get(phone_number_id) {
-        None => Err(graph_error_with(
+        None => Err(Refusal::with(
             400,
             100,
             Some(33),
@@ -293,7 +293,7 @@ fn check_token(
             )),
         )),
         Some(expected) if expected == bearer => Ok(()),
-        Some(_) => Err(graph_error_with(
+        Some(_) => Err(Refusal::with(
             401,
             190,
             Some(463),
@@ -333,27 +333,27 @@ struct Send {
 }
 
 impl Send {
-    fn parse(phone_number_id: &str, request: &Value) -> Result<Self, Response> {
+    fn parse(phone_number_id: &str, request: &Value) -> Result<Self, Refusal> {
         let to = request["to"].as_str().filter(|s| !s.is_empty());
         let user_id = request["recipient"].as_str().filter(|s| !s.is_empty());
         let recipient = match (to, user_id) {
             (Some(to), _) => {
                 let digits = to.trim_start_matches('+');
                 if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(graph_error(
+                    return Err(Refusal::new(
                         400,
                         131009,
                         Some("(#131009) Parameter value is not valid: to"),
                     ));
                 }
                 if digits == phone_number_id {
-                    return Err(graph_error(400, 131021, None));
+                    return Err(Refusal::new(400, 131021, None));
                 }
                 digits.to_owned()
             }
             (None, Some(id)) => id.to_owned(),
             (None, None) => {
-                return Err(graph_error(
+                return Err(Refusal::new(
                     400,
                     131008,
                     Some("(#131008) Required parameter is missing: to"),
@@ -363,14 +363,14 @@ impl Send {
         let kind = request["type"].as_str().unwrap_or("text").to_owned();
         let (body, preview_url) = if kind == "text" {
             let Some(body) = request["text"]["body"].as_str().filter(|b| !b.is_empty()) else {
-                return Err(graph_error(
+                return Err(Refusal::new(
                     400,
                     131008,
                     Some("(#131008) Required parameter is missing: text.body"),
                 ));
             };
             if body.chars().count() > MAX_TEXT_CHARS {
-                return Err(graph_error(
+                return Err(Refusal::new(
                     400,
                     100,
                     Some("(#100) Param text.body must be at most 4096 characters long."),
@@ -478,34 +478,54 @@ fn details(code: i64) -> &'static str {
 }
 
 fn graph_error(http_status: u16, code: i64, message: Option<&str>) -> Response {
-    graph_error_with(http_status, code, None, message)
+    Refusal::new(http_status, code, message).into_response()
 }
 
-/// A Graph API error response in Meta's shape (reference C.1).
-fn graph_error_with(
+/// A Graph API error answer (reference C.1), built where a check fails and rendered once.
+struct Refusal {
     http_status: u16,
     code: i64,
     subcode: Option<i64>,
-    message: Option<&str>,
-) -> Response {
-    let message = message
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("(#{code}) {}", title(code)));
-    let mut error = json!({
-        "message": message,
-        "type": "OAuthException",
-        "code": code,
-        "error_data": {"messaging_product": "whatsapp", "details": details(code)},
-        "fbtrace_id": format!("SIM{:x}", rand::random::<u64>()),
-    });
-    if let Some(subcode) = subcode {
-        error["error_subcode"] = json!(subcode);
+    message: Option<String>,
+}
+
+impl Refusal {
+    fn new(http_status: u16, code: i64, message: Option<&str>) -> Self {
+        Self::with(http_status, code, None, message)
     }
-    (
-        status_code(http_status),
-        axum::Json(json!({"error": error})),
-    )
-        .into_response()
+
+    fn with(http_status: u16, code: i64, subcode: Option<i64>, message: Option<&str>) -> Self {
+        Self {
+            http_status,
+            code,
+            subcode,
+            message: message.map(str::to_owned),
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let code = self.code;
+        let message = self
+            .message
+            .unwrap_or_else(|| format!("(#{code}) {}", title(code)));
+        let mut error = json!({
+            "message": message,
+            "type": "OAuthException",
+            "code": code,
+            "error_data": {"messaging_product": "whatsapp", "details": details(code)},
+            "fbtrace_id": format!("SIM{:x}", rand::random::<u64>()),
+        });
+        if let Some(subcode) = self.subcode {
+            error["error_subcode"] = json!(subcode);
+        }
+        (
+            status_code(self.http_status),
+            axum::Json(json!({"error": error})),
+        )
+            .into_response()
+    }
 }
 
 /// Posts the statuses of an accepted message in the background: `sent`, `delivered`, `read`, or a

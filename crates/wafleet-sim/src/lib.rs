@@ -46,7 +46,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use graph::{Fault, ReadReceipt, SentMessage, WebhookDelivery};
-pub use llm::{LlmFault, LlmRequest, reply_for};
+pub use llm::{HANDOVER_MARKER, LlmFault, LlmRequest, reply_for};
 
 /// How the simulator behaves. [`Default`] matches Meta's defaults where Meta has one.
 #[derive(Debug, Clone)]

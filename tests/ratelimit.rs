@@ -1,0 +1,256 @@
+//! The fleet-wide rate limiter against the real Redis: several connections (standing in for
+//! several sender processes) share one number's budget; pair limits, penalties and pauses.
+
+use std::time::{Duration, Instant};
+
+use wafleet::ratelimit::{Budget, Decision, RateLimiter};
+use wafleet_tests::{redis_url, unique_prefix};
+
+const PNID: &str = "106540352242922";
+
+async fn connection() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to Redis")
+}
+
+/// No pair limit: these tests look at one budget at a time.
+const NO_LIMIT: Budget = Budget {
+    per_second: 0.0,
+    burst: 1,
+};
+
+fn wait_of(decision: Decision) -> Duration {
+    match decision {
+        Decision::Wait(d) => d,
+        Decision::Go => panic!("expected Wait, got Go"),
+    }
+}
+
+#[tokio::test]
+async fn concurrent_senders_stay_within_rate_plus_burst_in_every_second() {
+    const RATE: f64 = 50.0;
+    const BURST: u32 = 5;
+    const RUN: Duration = Duration::from_millis(2200);
+    let limiter = RateLimiter::new(unique_prefix());
+    let number = Budget::new(RATE, BURST);
+    let start = Instant::now();
+
+    let mut tasks = Vec::new();
+    for task in 0..8 {
+        let limiter = limiter.clone();
+        let mut con = connection().await;
+        tasks.push(tokio::spawn(async move {
+            let mut granted = Vec::new();
+            let mut n = 0;
+            while start.elapsed() < RUN {
+                n += 1;
+                let recipient = format!("57300{task}{n:05}");
+                match limiter
+                    .acquire(&mut con, PNID, &recipient, number, NO_LIMIT)
+                    .await
+                    .unwrap()
+                {
+                    Decision::Go => granted.push(start.elapsed()),
+                    Decision::Wait(d) => tokio::time::sleep(d).await,
+                }
+            }
+            granted
+        }));
+    }
+    let mut granted: Vec<Duration> = Vec::new();
+    for task in tasks {
+        granted.extend(task.await.unwrap());
+    }
+    granted.sort();
+    let elapsed = start.elapsed().as_secs_f64();
+
+    // Grants are timed here, after Redis answered; scheduling on a busy machine can shift a grant
+    // by a few ms, so windows are measured 50 ms short of a second (2.5 cells of slack at 50/s).
+    let window = Duration::from_millis(950);
+    let worst = (0..granted.len())
+        .map(|i| {
+            granted[i..]
+                .iter()
+                .take_while(|t| **t - granted[i] < window)
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(
+        worst <= (RATE as usize) + BURST as usize,
+        "{worst} grants within one second"
+    );
+
+    let total = granted.len() as f64;
+    eprintln!("{total} grants in {elapsed:.2} s, at most {worst} in any 950 ms");
+    let ceiling = BURST as f64 + RATE * elapsed;
+    assert!(total <= ceiling + 1.0, "{total} grants in {elapsed:.2} s");
+    assert!(
+        total >= 0.85 * RATE * RUN.as_secs_f64(),
+        "only {total} grants in {elapsed:.2} s: the budget was not used"
+    );
+}
+
+#[tokio::test]
+async fn a_second_send_to_one_recipient_within_6_s_waits_and_others_are_unaffected() {
+    let limiter = RateLimiter::new(unique_prefix());
+    let mut con = connection().await;
+    let pair = Budget::new(1.0 / 6.0, 1);
+    // Three messages for the number, then nothing for 10 s: shows a refusal spends no number cell.
+    let number = Budget::new(0.1, 3);
+
+    let go = |to: &'static str| {
+        let limiter = limiter.clone();
+        async move {
+            let mut con = connection().await;
+            limiter
+                .acquire(&mut con, PNID, to, number, pair)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(go("111").await, Decision::Go);
+    let wait = wait_of(
+        limiter
+            .acquire(&mut con, PNID, "111", number, pair)
+            .await
+            .unwrap(),
+    );
+    assert!(
+        wait > Duration::from_secs(5) && wait <= Duration::from_secs(6),
+        "{wait:?}"
+    );
+    assert_eq!(go("222").await, Decision::Go);
+    assert_eq!(go("333").await, Decision::Go);
+    // The number's three cells are gone now: a fourth recipient waits on the number budget.
+    let wait = wait_of(go("444").await);
+    assert!(wait > Duration::from_secs(9), "{wait:?}");
+}
+
+#[tokio::test]
+async fn a_wait_is_exact_enough_to_sleep_on() {
+    let limiter = RateLimiter::new(unique_prefix());
+    let mut con = connection().await;
+    let number = Budget::new(10.0, 1);
+    assert_eq!(
+        limiter
+            .acquire(&mut con, PNID, "1", number, NO_LIMIT)
+            .await
+            .unwrap(),
+        Decision::Go
+    );
+    let wait = wait_of(
+        limiter
+            .acquire(&mut con, PNID, "2", number, NO_LIMIT)
+            .await
+            .unwrap(),
+    );
+    assert!(wait <= Duration::from_millis(100), "{wait:?}");
+    tokio::time::sleep(wait).await;
+    assert_eq!(
+        limiter
+            .acquire(&mut con, PNID, "2", number, NO_LIMIT)
+            .await
+            .unwrap(),
+        Decision::Go
+    );
+}
+
+#[tokio::test]
+async fn penalize_recipient_holds_back_only_that_recipient_and_pause_number_holds_all() {
+    let limiter = RateLimiter::new(unique_prefix());
+    let mut con = connection().await;
+    let (number, pair) = (Budget::NUMBER_DEFAULT, Budget::PAIR_DEFAULT);
+
+    limiter
+        .penalize_recipient(&mut con, PNID, "111", Duration::from_secs(4))
+        .await
+        .unwrap();
+    // A shorter penalty later never shortens the hold.
+    limiter
+        .penalize_recipient(&mut con, PNID, "111", Duration::from_millis(100))
+        .await
+        .unwrap();
+    let wait = wait_of(
+        limiter
+            .acquire(&mut con, PNID, "111", number, pair)
+            .await
+            .unwrap(),
+    );
+    assert!(
+        wait > Duration::from_secs(3) && wait <= Duration::from_secs(4),
+        "{wait:?}"
+    );
+    assert_eq!(
+        limiter
+            .acquire(&mut con, PNID, "222", number, pair)
+            .await
+            .unwrap(),
+        Decision::Go
+    );
+    // Another business number is not affected by this one's penalties.
+    assert_eq!(
+        limiter
+            .acquire(&mut con, "999", "111", number, pair)
+            .await
+            .unwrap(),
+        Decision::Go
+    );
+
+    limiter
+        .pause_number(&mut con, PNID, Duration::from_secs(2))
+        .await
+        .unwrap();
+    for to in ["222", "333"] {
+        let wait = wait_of(
+            limiter
+                .acquire(&mut con, PNID, to, number, pair)
+                .await
+                .unwrap(),
+        );
+        assert!(
+            wait > Duration::from_secs(1) && wait <= Duration::from_secs(2),
+            "{to}: {wait:?}"
+        );
+    }
+    assert_eq!(
+        limiter
+            .acquire(&mut con, "999", "333", number, pair)
+            .await
+            .unwrap(),
+        Decision::Go
+    );
+}
+
+#[tokio::test]
+async fn budget_keys_expire_once_the_bucket_is_full_again() {
+    let limiter = RateLimiter::new(unique_prefix());
+    let mut con = connection().await;
+    let number = Budget::new(20.0, 2);
+    assert_eq!(
+        limiter
+            .acquire(&mut con, PNID, "111", number, Budget::PAIR_DEFAULT)
+            .await
+            .unwrap(),
+        Decision::Go
+    );
+    let keys = limiter.keys();
+    let number_ttl: i64 = redis::cmd("PTTL")
+        .arg(keys.number(PNID))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let pair_ttl: i64 = redis::cmd("PTTL")
+        .arg(keys.pair(PNID, "111"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!((1..=52).contains(&number_ttl), "number TTL {number_ttl} ms");
+    assert!(
+        (5_900..=6_001).contains(&pair_ttl),
+        "pair TTL {pair_ttl} ms"
+    );
+}

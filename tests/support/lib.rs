@@ -234,6 +234,18 @@ impl TestConfig {
             common: self.common(),
             runtime: self.worker_runtime(),
             stages: stages.iter().map(|s| s.to_string()).collect(),
+            stage_runtime: Default::default(),
+            graph: wafleet::stages::process::GraphSettings {
+                base_url: "http://127.0.0.1:9".into(),
+                version: "v23.0".into(),
+                timeout: Duration::from_secs(2),
+            },
+            llm: wafleet::stages::process::LlmSettings {
+                providers: vec![],
+                policy: Default::default(),
+                max_tokens: 512,
+            },
+            send: Default::default(),
         }
     }
 

@@ -36,6 +36,9 @@ enum Command {
     },
     /// GET a URL and print the body; exit non-zero unless it answers 2xx (health checks in scripts).
     Probe { url: String },
+    /// Inspect and replay dead letters.
+    #[command(subcommand)]
+    Dead(DeadCommand),
     /// Hand a conversation back to the bot.
     Release { conversation_id: i64 },
 }
@@ -50,6 +53,25 @@ enum ChannelCommand {
     Disable { phone_number_id: String },
     /// Serve a disabled channel again.
     Enable { phone_number_id: String },
+}
+
+#[derive(Subcommand)]
+enum DeadCommand {
+    /// List a stage's dead letters (ids, reasons, counts; never message text).
+    List {
+        /// conversation, status, llm, sender
+        stage: String,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Put dead letters back on the stream they came from and remove them from the dead-letter
+    /// stream. Give entry ids, or --all.
+    Replay {
+        stage: String,
+        ids: Vec<String>,
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -117,12 +139,18 @@ async fn main() -> anyhow::Result<()> {
         anyhow::ensure!(ok, "{url} is not healthy");
         return Ok(());
     }
+    if let Command::Dead(cmd) = &cli.command {
+        return dead_letters(cmd).await;
+    }
     let pool = db::connect(&required("DATABASE_URL")?, 2).await?;
     db::migrate(&pool).await?;
     let cipher = || Cipher::from_key_text(&required("WAFLEET_ENCRYPTION_KEY")?);
     match cli.command {
         Command::Migrate => println!("migrations applied"),
-        Command::GenerateKey | Command::SendWebhook { .. } | Command::Probe { .. } => {
+        Command::GenerateKey
+        | Command::SendWebhook { .. }
+        | Command::Probe { .. }
+        | Command::Dead(_) => {
             unreachable!("handled above")
         }
         Command::Release { conversation_id } => {
@@ -228,4 +256,99 @@ async fn sqlx_query_key(
     wafleet::store::conversations::conversation_key(pool, conversation_id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("no conversation {conversation_id}"))
+}
+
+/// Fields the runtime adds to a dead letter; a replay strips them.
+const DEAD_FIELDS: &[&str] = &[
+    "reason",
+    "stage",
+    "source_stream",
+    "source_id",
+    "deliveries",
+    "attempts",
+    "dead_at",
+];
+
+async fn dead_letters(cmd: &DeadCommand) -> anyhow::Result<()> {
+    let settings = wafleet::config::CommonSettings::from_env()?;
+    let keys = wafleet::streams::Keys::new(settings.redis_prefix.clone(), settings.partitions);
+    let mut con = redis::Client::open(settings.redis_url.expose().as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let (stage, wanted, all, limit) = match cmd {
+        DeadCommand::List { stage, limit } => (stage, Vec::new(), true, *limit),
+        DeadCommand::Replay { stage, ids, all } => (stage, ids.clone(), *all, usize::MAX),
+    };
+    anyhow::ensure!(
+        all || !wanted.is_empty(),
+        "give entry ids to replay, or --all"
+    );
+    let dead = keys.dead(stage);
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(&dead)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut con)
+        .await?;
+    let text = |e: &redis::streams::StreamId, k: &str| -> String {
+        e.map
+            .get(k)
+            .and_then(|v| redis::from_redis_value::<String>(v).ok())
+            .unwrap_or_default()
+    };
+    let mut replayed = 0;
+    for entry in reply
+        .ids
+        .iter()
+        .filter(|e| all || wanted.contains(&e.id))
+        .take(limit)
+    {
+        match cmd {
+            DeadCommand::List { .. } => println!(
+                "{}  source={} {}  deliveries={} attempts={}  reason={}",
+                entry.id,
+                text(entry, "source_stream"),
+                text(entry, "source_id"),
+                text(entry, "deliveries"),
+                text(entry, "attempts"),
+                text(entry, "reason")
+            ),
+            DeadCommand::Replay { .. } => {
+                let source = text(entry, "source_stream");
+                anyhow::ensure!(
+                    !source.is_empty(),
+                    "dead letter {} has no source_stream",
+                    entry.id
+                );
+                let fields: Vec<(String, Vec<u8>)> = entry
+                    .map
+                    .iter()
+                    .filter(|(k, _)| !DEAD_FIELDS.contains(&k.as_str()))
+                    .filter_map(|(k, v)| {
+                        redis::from_redis_value::<Vec<u8>>(v)
+                            .ok()
+                            .map(|v| (k.clone(), v))
+                    })
+                    .collect();
+                // Two steps, add first: a failure in between leaves a copy, never a loss (and the
+                // streams live on different Redis Cluster slots, so no transaction spans them).
+                let _: String = redis::cmd("XADD")
+                    .arg(&source)
+                    .arg("*")
+                    .arg(&fields)
+                    .query_async(&mut con)
+                    .await?;
+                let _: i64 = redis::cmd("XDEL")
+                    .arg(&dead)
+                    .arg(&entry.id)
+                    .query_async(&mut con)
+                    .await?;
+                replayed += 1;
+            }
+        }
+    }
+    if let DeadCommand::Replay { .. } = cmd {
+        println!("replayed {replayed} dead letter(s) from {dead}");
+    }
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! Per-channel settings the stages need, cached in the process for a couple of seconds so a
-//! change made with `wafleetctl` is seen quickly without a query per job.
+//! change made with `wafleetctl` is seen quickly without a query per job. Secrets (the access
+//! token, model API keys) are decrypted here, in memory only.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -8,11 +9,19 @@ use std::time::{Duration, Instant};
 use sqlx::PgPool;
 use wafleet_core::handover::HandoverMatcher;
 
+use crate::config::Secret;
+use crate::crypto::Cipher;
+use crate::llm::{ProviderConfig, ProviderKind};
 use crate::store::channels::BotMode;
 
 /// Default acknowledgement when a conversation is handed to a human.
 pub const DEFAULT_HANDOVER_ACK: &str =
     "Te comunico con una persona de nuestro equipo. / Connecting you with a person from our team.";
+
+/// Sent when every model failed, so a customer is never left without an answer.
+pub const DEFAULT_CANNED_REPLY: &str = "Gracias por escribirnos. En este momento no podemos \
+    responder; una persona de nuestro equipo te contestará pronto. / Thanks for your message: a \
+    person from our team will answer you shortly.";
 
 #[derive(Debug)]
 pub struct ChannelSettings {
@@ -26,6 +35,17 @@ pub struct ChannelSettings {
     pub handover_ack: String,
     /// Empty: no notice.
     pub media_notice: String,
+    /// `None`: the built-in prompt.
+    pub system_prompt: Option<String>,
+    pub history_limit: i64,
+    pub canned_reply: String,
+    pub send_rate_per_sec: u32,
+    pub pair_burst: u32,
+    pub sends_paused_until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Decrypted in memory only.
+    pub access_token: Option<Secret<String>>,
+    /// The channel's own model chain; empty means the process defaults.
+    pub providers: Vec<ProviderConfig>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -38,6 +58,22 @@ struct Row {
     handover_keywords: Option<Vec<String>>,
     handover_ack: Option<String>,
     media_notice: Option<String>,
+    system_prompt: Option<String>,
+    history_limit: i32,
+    canned_reply: Option<String>,
+    send_rate_per_sec: i32,
+    pair_burst: i32,
+    sends_paused_until: Option<chrono::DateTime<chrono::Utc>>,
+    access_token: Option<Vec<u8>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ProviderRow {
+    name: String,
+    kind: String,
+    base_url: String,
+    model: String,
+    api_key: Vec<u8>,
 }
 
 /// How long a cached entry is trusted.
@@ -49,15 +85,25 @@ type Cached = (Instant, Option<Arc<ChannelSettings>>);
 #[derive(Clone)]
 pub struct ChannelCache {
     pg: PgPool,
+    cipher: Cipher,
     entries: Arc<Mutex<HashMap<String, Cached>>>,
 }
 
 impl ChannelCache {
-    pub fn new(pg: PgPool) -> Self {
+    pub fn new(pg: PgPool, cipher: Cipher) -> Self {
         Self {
             pg,
+            cipher,
             entries: Arc::default(),
         }
+    }
+
+    /// Forgets a channel, so the next lookup reads it again (after this process changed it).
+    pub fn forget(&self, phone_number_id: &str) {
+        self.entries
+            .lock()
+            .expect("cache lock")
+            .remove(phone_number_id);
     }
 
     pub async fn get(&self, phone_number_id: &str) -> sqlx::Result<Option<Arc<ChannelSettings>>> {
@@ -72,33 +118,82 @@ impl ChannelCache {
         }
         let row: Option<Row> = sqlx::query_as(
             "SELECT id, phone_number_id, enabled, bot_mode, session_timeout_secs, handover_keywords,
-                    handover_ack, media_notice
+                    handover_ack, media_notice, system_prompt, history_limit, canned_reply,
+                    send_rate_per_sec, pair_burst, sends_paused_until, access_token
                FROM channels WHERE phone_number_id = $1",
         )
         .bind(phone_number_id)
         .fetch_optional(&self.pg)
         .await?;
-        let settings = row.map(|r| {
-            Arc::new(ChannelSettings {
-                id: r.id,
-                phone_number_id: r.phone_number_id,
-                enabled: r.enabled,
-                bot_mode: r.bot_mode.parse().unwrap_or(BotMode::Off),
-                session_timeout_secs: i64::from(r.session_timeout_secs),
-                handover: match &r.handover_keywords {
-                    Some(k) => HandoverMatcher::new(k),
-                    None => HandoverMatcher::default(),
-                },
-                handover_ack: r
-                    .handover_ack
-                    .unwrap_or_else(|| DEFAULT_HANDOVER_ACK.into()),
-                media_notice: r.media_notice.unwrap_or_default(),
-            })
-        });
+        let settings = match row {
+            None => None,
+            Some(r) => Some(Arc::new(self.build(r).await?)),
+        };
         self.entries.lock().expect("cache lock").insert(
             phone_number_id.to_string(),
             (Instant::now(), settings.clone()),
         );
         Ok(settings)
+    }
+
+    async fn build(&self, r: Row) -> sqlx::Result<ChannelSettings> {
+        let pnid = r.phone_number_id.clone();
+        let decrypt = |field: &str, v: &[u8]| -> sqlx::Result<String> {
+            let plain = self
+                .cipher
+                .decrypt(&format!("channel:{pnid}:{field}"), v)
+                .map_err(|e| sqlx::Error::Decode(e.into()))?;
+            String::from_utf8(plain).map_err(|e| sqlx::Error::Decode(e.into()))
+        };
+        let rows: Vec<ProviderRow> = sqlx::query_as(
+            "SELECT name, kind, base_url, model, api_key FROM channel_llm_providers
+              WHERE channel_id = $1 ORDER BY position",
+        )
+        .bind(r.id)
+        .fetch_all(&self.pg)
+        .await?;
+        let mut providers = Vec::with_capacity(rows.len());
+        for p in rows {
+            providers.push(ProviderConfig {
+                kind: p
+                    .kind
+                    .parse::<ProviderKind>()
+                    .map_err(|e| sqlx::Error::Decode(format!("{e:?}").into()))?,
+                api_key: Secret::new(decrypt(&format!("llm:{}", p.name), &p.api_key)?),
+                name: p.name,
+                base_url: p.base_url,
+                model: p.model,
+            });
+        }
+        Ok(ChannelSettings {
+            access_token: r
+                .access_token
+                .as_deref()
+                .map(|t| decrypt("access_token", t))
+                .transpose()?
+                .map(Secret::new),
+            id: r.id,
+            phone_number_id: r.phone_number_id,
+            enabled: r.enabled,
+            bot_mode: r.bot_mode.parse().unwrap_or(BotMode::Off),
+            session_timeout_secs: i64::from(r.session_timeout_secs),
+            handover: match &r.handover_keywords {
+                Some(k) => HandoverMatcher::new(k),
+                None => HandoverMatcher::default(),
+            },
+            handover_ack: r
+                .handover_ack
+                .unwrap_or_else(|| DEFAULT_HANDOVER_ACK.into()),
+            media_notice: r.media_notice.unwrap_or_default(),
+            system_prompt: r.system_prompt,
+            history_limit: i64::from(r.history_limit),
+            canned_reply: r
+                .canned_reply
+                .unwrap_or_else(|| DEFAULT_CANNED_REPLY.into()),
+            send_rate_per_sec: r.send_rate_per_sec.max(1) as u32,
+            pair_burst: r.pair_burst.max(1) as u32,
+            sends_paused_until: r.sends_paused_until,
+            providers,
+        })
     }
 }

@@ -231,7 +231,7 @@ impl ConversationStage {
                 if channel.bot_mode != BotMode::Off && !channel.handover_ack.is_empty() {
                     store::insert_outbound(
                         &mut tx,
-                        &conversation,
+                        (conversation.id, conversation.channel_id),
                         Some(stored.id),
                         "handover_ack",
                         0,
@@ -245,7 +245,7 @@ impl ConversationStage {
             "notice" => {
                 store::insert_outbound(
                     &mut tx,
-                    &conversation,
+                    (conversation.id, conversation.channel_id),
                     Some(stored.id),
                     "notice",
                     0,

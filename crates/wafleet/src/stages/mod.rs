@@ -6,7 +6,9 @@
 
 pub mod channel_settings;
 pub mod conversation;
+pub mod llm;
 pub mod process;
+pub mod sender;
 pub mod status;
 
 use crate::streams::Keys;

@@ -18,20 +18,144 @@ use wafleet_core::pii::Redactor;
 use super::channel_settings::ChannelCache;
 use super::conversation::{self, ConversationStage};
 use super::status::{self, StatusStage};
-use crate::config::{CommonSettings, var};
+use std::collections::HashMap;
+
+use super::llm::{self as llm_stage, LlmDefaults, LlmStage};
+use super::sender::{self, SendPolicy, SenderStage};
+use crate::config::{CommonSettings, Secret, parsed, var};
+use crate::crypto::Cipher;
+use crate::graph::GraphClient;
 use crate::ingest::redis_pool;
+use crate::llm::{FallbackPolicy, LlmClient, ProviderConfig, ProviderKind};
+use crate::ratelimit::RateLimiter;
 use crate::streams::Keys;
 use crate::worker::{self, StageRuntime, WorkerSettings};
 use crate::{db, telemetry};
 
 /// The stages a worker process can run (`WAFLEET_STAGES`).
-pub const ALL_STAGES: &[&str] = &["conversation", "status"];
+pub const ALL_STAGES: &[&str] = &["conversation", "status", "llm", "sender"];
 
 #[derive(Debug, Clone)]
 pub struct WorkerProcessSettings {
     pub common: CommonSettings,
     pub runtime: WorkerSettings,
     pub stages: Vec<String>,
+    /// Per-stage runtime settings where they differ from `runtime`.
+    pub stage_runtime: HashMap<String, WorkerSettings>,
+    pub graph: GraphSettings,
+    pub llm: LlmSettings,
+    pub send: SendPolicy,
+}
+
+/// Where the Graph API is.
+#[derive(Debug, Clone)]
+pub struct GraphSettings {
+    pub base_url: String,
+    pub version: String,
+    pub timeout: Duration,
+}
+
+impl GraphSettings {
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(Self {
+            base_url: var("WAFLEET_GRAPH_BASE_URL")
+                .unwrap_or_else(|| crate::graph::DEFAULT_BASE_URL.into()),
+            version: var("WAFLEET_GRAPH_API_VERSION")
+                .unwrap_or_else(|| crate::graph::DEFAULT_VERSION.into()),
+            timeout: Duration::from_millis(parsed("WAFLEET_GRAPH_TIMEOUT_MS", 10_000)?),
+        })
+    }
+}
+
+/// The process-wide model chain (channels may have their own) and how hard to try.
+#[derive(Debug, Clone)]
+pub struct LlmSettings {
+    pub providers: Vec<ProviderConfig>,
+    pub policy: FallbackPolicy,
+    pub max_tokens: u32,
+}
+
+impl LlmSettings {
+    /// Anthropic when `ANTHROPIC_API_KEY` is set, then OpenAI-compatible when `OPENAI_API_KEY`
+    /// is; with neither, the local stand-in at `WAFLEET_LLM_STANDIN_URL` (the simulator).
+    pub fn from_env() -> anyhow::Result<Self> {
+        let mut providers = Vec::new();
+        if let Some(key) = var("ANTHROPIC_API_KEY") {
+            providers.push(ProviderConfig {
+                name: "anthropic".into(),
+                kind: ProviderKind::Anthropic,
+                base_url: var("WAFLEET_ANTHROPIC_BASE_URL")
+                    .unwrap_or_else(|| "https://api.anthropic.com".into()),
+                model: var("WAFLEET_ANTHROPIC_MODEL").unwrap_or_else(|| "claude-sonnet-4-5".into()),
+                api_key: Secret::new(key),
+            });
+        }
+        if let Some(key) = var("OPENAI_API_KEY") {
+            providers.push(ProviderConfig {
+                name: var("WAFLEET_OPENAI_NAME").unwrap_or_else(|| "openai".into()),
+                kind: ProviderKind::OpenAiCompatible,
+                base_url: var("WAFLEET_OPENAI_BASE_URL")
+                    .unwrap_or_else(|| "https://api.openai.com/v1".into()),
+                model: var("WAFLEET_OPENAI_MODEL").unwrap_or_else(|| "gpt-4o-mini".into()),
+                api_key: Secret::new(key),
+            });
+        }
+        if providers.is_empty()
+            && let Some(url) = var("WAFLEET_LLM_STANDIN_URL")
+        {
+            providers.push(ProviderConfig {
+                name: "standin".into(),
+                kind: ProviderKind::OpenAiCompatible,
+                base_url: url,
+                model: "standin".into(),
+                api_key: Secret::new("standin".into()),
+            });
+        }
+        let mut policy = FallbackPolicy::default();
+        policy.overall_deadline = Duration::from_millis(parsed(
+            "WAFLEET_LLM_DEADLINE_MS",
+            policy.overall_deadline.as_millis() as u64,
+        )?);
+        policy.call_deadline = Duration::from_millis(parsed(
+            "WAFLEET_LLM_CALL_DEADLINE_MS",
+            policy.call_deadline.as_millis() as u64,
+        )?);
+        Ok(Self {
+            providers,
+            policy,
+            max_tokens: parsed("WAFLEET_LLM_MAX_TOKENS", 1024)?,
+        })
+    }
+}
+
+/// Stage-specific defaults: the LLM stage holds many slow jobs (model calls take seconds), so it
+/// gets more in flight and a deadline above the model chain's own.
+fn stage_runtime(
+    stage: &str,
+    base: &WorkerSettings,
+    llm: &LlmSettings,
+) -> anyhow::Result<WorkerSettings> {
+    let mut s = base.clone();
+    if stage == "llm" {
+        s.max_in_flight = s.max_in_flight.max(1024);
+        s.job_deadline = s
+            .job_deadline
+            .max(llm.policy.overall_deadline + Duration::from_secs(15));
+        s.lease_ttl = s.lease_ttl.max(s.job_deadline + Duration::from_secs(15));
+    }
+    let upper = stage.to_uppercase();
+    s.max_in_flight = parsed(&format!("WAFLEET_{upper}_MAX_IN_FLIGHT"), s.max_in_flight)?;
+    s.job_deadline = Duration::from_millis(parsed(
+        &format!("WAFLEET_{upper}_JOB_DEADLINE_MS"),
+        s.job_deadline.as_millis() as u64,
+    )?);
+    s.lease_ttl = Duration::from_millis(parsed(
+        &format!("WAFLEET_{upper}_LEASE_TTL_MS"),
+        s.lease_ttl.as_millis() as u64,
+    )?);
+    s.validate()
+        .map_err(|e| anyhow::anyhow!("stage {stage}: {e}"))?;
+    Ok(s)
 }
 
 impl WorkerProcessSettings {
@@ -50,11 +174,29 @@ impl WorkerProcessSettings {
                 );
             }
         }
+        let runtime = WorkerSettings::from_env()?;
+        let llm = LlmSettings::from_env()?;
+        let stage_runtime = stages
+            .iter()
+            .map(|s| Ok((s.clone(), stage_runtime(s, &runtime, &llm)?)))
+            .collect::<anyhow::Result<_>>()?;
         Ok(Self {
             common: CommonSettings::from_env()?,
-            runtime: WorkerSettings::from_env()?,
+            runtime,
             stages,
+            stage_runtime,
+            graph: GraphSettings::from_env()?,
+            llm,
+            send: SendPolicy::default(),
         })
+    }
+
+    /// Runtime settings for one stage.
+    pub fn runtime_for(&self, stage: &str) -> WorkerSettings {
+        self.stage_runtime
+            .get(stage)
+            .cloned()
+            .unwrap_or_else(|| self.runtime.clone())
     }
 }
 
@@ -109,14 +251,22 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     let mut stages = Vec::new();
     let redactor = Arc::new(Redactor::new());
+    let cipher = Cipher::from_key_text(common.encryption_key.expose())?;
+    let channels = ChannelCache::new(pg.clone(), cipher);
+    let graph = GraphClient::new(
+        settings.graph.base_url.clone(),
+        settings.graph.version.clone(),
+        settings.graph.timeout,
+    );
     for name in &settings.stages {
+        let rt = settings.runtime_for(name);
         match name.as_str() {
             "conversation" => {
                 let handler = ConversationStage {
                     pg: pg.clone(),
                     redis: redis.clone(),
                     keys: keys.clone(),
-                    channels: ChannelCache::new(pg.clone()),
+                    channels: channels.clone(),
                     redactor: redactor.clone(),
                 };
                 stages.push(conversation::STAGE);
@@ -125,7 +275,7 @@ pub async fn run(
                     &keys,
                     &redis,
                     handler,
-                    &settings.runtime,
+                    &rt,
                     &stop,
                 )));
             }
@@ -141,7 +291,57 @@ pub async fn run(
                     &keys,
                     &redis,
                     handler,
-                    &settings.runtime,
+                    &rt,
+                    &stop,
+                )));
+            }
+            "llm" => {
+                if settings.llm.providers.is_empty() {
+                    tracing::warn!(
+                        "no model configured (ANTHROPIC_API_KEY, OPENAI_API_KEY or WAFLEET_LLM_STANDIN_URL): \
+                         channels without their own chain get the canned reply"
+                    );
+                }
+                let handler = LlmStage {
+                    pg: pg.clone(),
+                    redis: redis.clone(),
+                    keys: keys.clone(),
+                    channels: channels.clone(),
+                    llm: LlmClient::new(),
+                    graph: graph.clone(),
+                    defaults: Arc::new(LlmDefaults {
+                        providers: settings.llm.providers.clone(),
+                        policy: settings.llm.policy,
+                        max_tokens: settings.llm.max_tokens,
+                    }),
+                };
+                stages.push(llm_stage::STAGE);
+                tasks.spawn(worker::run_stage(runtime(
+                    llm_stage::STAGE,
+                    &keys,
+                    &redis,
+                    handler,
+                    &rt,
+                    &stop,
+                )));
+            }
+            "sender" => {
+                let handler = SenderStage {
+                    pg: pg.clone(),
+                    redis: redis.clone(),
+                    keys: keys.clone(),
+                    channels: channels.clone(),
+                    graph: graph.clone(),
+                    limiter: RateLimiter::new(common.redis_prefix.clone()),
+                    policy: Arc::new(settings.send.clone()),
+                };
+                stages.push(sender::STAGE);
+                tasks.spawn(worker::run_stage(runtime(
+                    sender::STAGE,
+                    &keys,
+                    &redis,
+                    handler,
+                    &rt,
                     &stop,
                 )));
             }

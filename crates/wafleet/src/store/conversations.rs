@@ -218,7 +218,7 @@ pub async fn conversation_key(
 /// `(reply_to, kind, part_no)`; returns the outbound id.
 pub async fn insert_outbound(
     tx: &mut Transaction<'_, Postgres>,
-    conversation: &Conversation,
+    (conversation_id, channel_id): (i64, i64),
     reply_to: Option<i64>,
     kind: &str,
     part_no: i32,
@@ -231,8 +231,8 @@ pub async fn insert_outbound(
          ON CONFLICT (reply_to, kind, part_no) DO UPDATE SET kind = EXCLUDED.kind
          RETURNING id",
     )
-    .bind(conversation.id)
-    .bind(conversation.channel_id)
+    .bind(conversation_id)
+    .bind(channel_id)
     .bind(reply_to)
     .bind(part_no)
     .bind(kind)

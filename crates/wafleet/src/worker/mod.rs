@@ -108,6 +108,12 @@ pub enum Outcome {
         after: Duration,
         reason: String,
     },
+    /// Try again after `after`, parking the conversation meanwhile, without counting an attempt:
+    /// for waits that say nothing about the job (rate limits, a paused channel).
+    Defer {
+        after: Duration,
+        reason: String,
+    },
     /// Give up: the job goes to the dead-letter stream with the reason.
     Dead {
         reason: String,
@@ -124,6 +130,7 @@ impl Outcome {
         match self {
             Outcome::Done => "done",
             Outcome::Retry { .. } => "retry",
+            Outcome::Defer { .. } => "defer",
             Outcome::Dead { .. } => "dead",
             Outcome::Unavailable { .. } => "unavailable",
         }

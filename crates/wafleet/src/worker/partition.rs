@@ -85,8 +85,11 @@ impl Scripts {
 enum Settled {
     Done,
     Dead(String),
-    /// Retry at this time (Unix ms).
-    Later(i64),
+    /// Retry at this time (Unix ms); `counts` when it is an attempt.
+    Later {
+        due: i64,
+        counts: bool,
+    },
     /// The partition is being given up; the job stays where it is.
     Abandoned,
 }
@@ -493,7 +496,7 @@ impl<H: Handler> Partition<H> {
             .record(started.elapsed().as_secs_f64());
         match &outcome {
             Outcome::Done => tracing::debug!(stage, id = %job.id, "job done"),
-            Outcome::Retry { after, reason } => {
+            Outcome::Retry { after, reason } | Outcome::Defer { after, reason } => {
                 tracing::info!(stage, id = %job.id, ?after, reason, "job retries later")
             }
             Outcome::Dead { reason } => {
@@ -581,9 +584,9 @@ impl<H: Handler> Partition<H> {
                 self.dead_letter(&job, &reason).await;
                 self.ack(&job).await;
             }
-            Settled::Later(due) => {
+            Settled::Later { due, counts } => {
                 let next = Job {
-                    attempt: job.attempt + 1,
+                    attempt: job.attempt + u32::from(counts),
                     ..job.clone()
                 };
                 let payload = serde_json::to_string(&next).expect("jobs serialise");
@@ -628,7 +631,12 @@ impl<H: Handler> Partition<H> {
                     ));
                 }
                 Outcome::Retry { after, .. } => {
-                    return Settled::Later(now_ms() + after.as_millis() as i64);
+                    let due = now_ms() + after.as_millis() as i64;
+                    return Settled::Later { due, counts: true };
+                }
+                Outcome::Defer { after, .. } => {
+                    let due = now_ms() + after.as_millis() as i64;
+                    return Settled::Later { due, counts: false };
                 }
                 Outcome::Unavailable { .. } => {
                     unavailable += 1;
@@ -732,9 +740,9 @@ impl<H: Handler> Partition<H> {
                     self.dead_letter(&job, &reason).await;
                     self.pop_head(&held, &payload).await;
                 }
-                Settled::Later(due) => {
+                Settled::Later { due, counts } => {
                     let next = Job {
-                        attempt: job.attempt + 1,
+                        attempt: job.attempt + u32::from(counts),
                         ..job.clone()
                     };
                     let next = serde_json::to_string(&next).expect("jobs serialise");

@@ -1,0 +1,395 @@
+//! The LLM stage: turns a reply job into an answer, stored as outbound parts before anything is
+//! sent.
+//!
+//! Per job: if the conversation is no longer the bot's, or the customer's last message is older
+//! than the 24-hour window (by its own timestamp, with a safety margin), nothing is asked of any
+//! model and the outcome is recorded (`suppressed`, `window_closed`; the latter also hands the
+//! conversation to a human). Otherwise the customer's message is marked read with a typing
+//! indicator, the model chain is asked with the channel's system prompt and the last
+//! `history_limit` turns of the current session (redacted text only, stretches a human handled
+//! left out), and the answer is formatted for WhatsApp and split into ≤ 4096-character parts. A
+//! model that answers with the handover marker hands the conversation over like a keyword does.
+//! The reply row is unique per inbound message, so a redelivered job never produces a second
+//! answer; it only re-queues the send of the first.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use redis::AsyncCommands;
+use serde_json::json;
+use sqlx::PgPool;
+use wafleet_core::format::{WHATSAPP_MAX_CHARS, markdown_to_whatsapp, split_message};
+
+use super::channel_settings::{ChannelCache, ChannelSettings};
+use super::{db_outcome, publish_handover};
+use crate::graph::GraphClient;
+use crate::llm::{
+    ChatMessage, ChatRequest, FallbackPolicy, LlmClient, ProviderConfig, Role,
+    default_system_prompt, reply_with_fallback,
+};
+use crate::store::channels::BotMode;
+use crate::store::conversations::{hand_over, insert_outbound};
+use crate::store::replies::{self, NewReply, ReplyContext};
+use crate::streams::Keys;
+use crate::worker::{Handler, Job, Outcome, Source, Stage};
+
+pub const STAGE: Stage = Stage {
+    name: "llm",
+    source: Source::Replies,
+};
+
+/// The customer-service window, less a margin: webhooks can arrive late and Meta notes rare
+/// failures right at the edge.
+pub const WINDOW: Duration = Duration::from_secs(24 * 3600 - 10 * 60);
+
+/// Process-wide model settings: the chain used by channels without their own.
+pub struct LlmDefaults {
+    pub providers: Vec<ProviderConfig>,
+    pub policy: FallbackPolicy,
+    pub max_tokens: u32,
+}
+
+pub struct LlmStage {
+    pub pg: PgPool,
+    pub redis: deadpool_redis::Pool,
+    pub keys: Keys,
+    pub channels: ChannelCache,
+    pub llm: LlmClient,
+    pub graph: GraphClient,
+    pub defaults: Arc<LlmDefaults>,
+}
+
+/// Whether the 24-hour window is still open for a customer whose last message was at `last`.
+pub fn window_open(last: Option<chrono::DateTime<Utc>>, now: chrono::DateTime<Utc>) -> bool {
+    last.is_some_and(|t| {
+        now.signed_duration_since(t)
+            .to_std()
+            .map_or(true, |age| age < WINDOW)
+    })
+}
+
+impl Handler for LlmStage {
+    async fn handle(&self, job: &Job) -> Outcome {
+        let Some(message_id) = job.field("message_id").and_then(|v| v.parse::<i64>().ok()) else {
+            return Outcome::Dead {
+                reason: "reply job without message_id".into(),
+            };
+        };
+        match self.process(job, message_id).await {
+            Ok(o) => o,
+            Err(o) => o,
+        }
+    }
+}
+
+fn db(doing: &'static str) -> impl Fn(sqlx::Error) -> Outcome {
+    move |e| db_outcome(&e, doing)
+}
+
+impl LlmStage {
+    async fn process(&self, job: &Job, message_id: i64) -> Result<Outcome, Outcome> {
+        let ctx = replies::reply_context(&self.pg, message_id)
+            .await
+            .map_err(db("reading the message"))?;
+        let Some(ctx) = ctx else {
+            return Ok(Outcome::Dead {
+                reason: format!("no message {message_id}"),
+            });
+        };
+        if let Some(outcome) = replies::reply_outcome(&self.pg, message_id)
+            .await
+            .map_err(db("reading the reply"))?
+        {
+            // Answered already (a redelivery): make sure its send is queued, nothing more.
+            self.follow_up(job, &ctx, &outcome).await?;
+            return Ok(Outcome::Done);
+        }
+        let pnid = job
+            .conv
+            .split_once(':')
+            .map_or(job.conv.as_str(), |(p, _)| p);
+        let Some(channel) = self
+            .channels
+            .get(pnid)
+            .await
+            .map_err(db("reading the channel"))?
+        else {
+            return Ok(Outcome::Dead {
+                reason: format!("no channel {pnid}"),
+            });
+        };
+
+        if ctx.owner != "bot" || channel.bot_mode == BotMode::Off {
+            self.record(
+                &ctx,
+                &NewReply {
+                    outcome: "suppressed",
+                    ..Default::default()
+                },
+                &[],
+            )
+            .await?;
+            metrics::counter!("wafleet_replies_total", "outcome" => "suppressed").increment(1);
+            return Ok(Outcome::Done);
+        }
+        if !window_open(ctx.last_customer_message_at, Utc::now()) {
+            self.record(
+                &ctx,
+                &NewReply {
+                    outcome: "window_closed",
+                    ..Default::default()
+                },
+                &[],
+            )
+            .await?;
+            self.hand_over(job, &ctx, "window_closed").await?;
+            metrics::counter!("wafleet_replies_total", "outcome" => "window_closed").increment(1);
+            return Ok(Outcome::Done);
+        }
+
+        if channel.bot_mode == BotMode::On {
+            self.mark_read(&channel, &ctx.wamid).await;
+        }
+        let turns = replies::history(&self.pg, &ctx, channel.history_limit)
+            .await
+            .map_err(db("reading the history"))?;
+        let request = ChatRequest {
+            system: channel
+                .system_prompt
+                .clone()
+                .unwrap_or_else(|| default_system_prompt().to_string()),
+            messages: turns
+                .into_iter()
+                .map(|(customer, content)| ChatMessage {
+                    role: if customer {
+                        Role::User
+                    } else {
+                        Role::Assistant
+                    },
+                    content,
+                })
+                .collect(),
+            max_tokens: self.defaults.max_tokens,
+        };
+        let providers = if channel.providers.is_empty() {
+            &self.defaults.providers
+        } else {
+            &channel.providers
+        };
+        let reply = reply_with_fallback(
+            &self.llm,
+            providers,
+            &request,
+            &self.defaults.policy,
+            &channel.canned_reply,
+            &mut || rand::random::<f64>(),
+        )
+        .await;
+        let usage = reply.usage.as_ref();
+        let failures = json!(
+            reply
+                .failures
+                .iter()
+                .map(|(p, e)| json!({"provider": p, "error": e}))
+                .collect::<Vec<_>>()
+        );
+        let shadow = channel.bot_mode == BotMode::Shadow;
+        let outcome = if reply.wants_human {
+            "handover"
+        } else if shadow {
+            "shadow"
+        } else {
+            "produced"
+        };
+        let new = NewReply {
+            outcome,
+            provider: reply.provider.as_deref(),
+            model: reply.model.as_deref(),
+            input_tokens: usage.map(|u| u.input_tokens as i32),
+            output_tokens: usage.map(|u| u.output_tokens as i32),
+            canned: reply.canned,
+            failures,
+        };
+        let state = if shadow { "shadow" } else { "pending" };
+        let parts: Vec<(&str, String)> = if reply.wants_human {
+            let ack = if reply.text.trim().is_empty() {
+                channel.handover_ack.clone()
+            } else {
+                reply.text.clone()
+            };
+            if ack.is_empty() {
+                vec![]
+            } else {
+                vec![("handover_ack", ack)]
+            }
+        } else {
+            split_message(&markdown_to_whatsapp(&reply.text), WHATSAPP_MAX_CHARS)
+                .into_iter()
+                .map(|p| ("reply", p))
+                .collect()
+        };
+        let fresh = self
+            .record(
+                &ctx,
+                &new,
+                &parts
+                    .iter()
+                    .map(|(k, b)| (*k, b.as_str(), state))
+                    .collect::<Vec<_>>(),
+            )
+            .await?;
+        if fresh && reply.wants_human {
+            self.hand_over(job, &ctx, "model").await?;
+        }
+        metrics::counter!("wafleet_replies_total", "outcome" => outcome).increment(1);
+        if reply.canned {
+            metrics::counter!("wafleet_replies_canned_total").increment(1);
+        }
+        self.follow_up(job, &ctx, outcome).await?;
+        Ok(Outcome::Done)
+    }
+
+    /// Stores the reply and its parts in one transaction; false when it was already stored.
+    async fn record(
+        &self,
+        ctx: &ReplyContext,
+        reply: &NewReply<'_>,
+        parts: &[(&str, &str, &str)],
+    ) -> Result<bool, Outcome> {
+        let mut tx = self
+            .pg
+            .begin()
+            .await
+            .map_err(db("starting a transaction"))?;
+        if !replies::insert_reply(&mut tx, ctx, reply)
+            .await
+            .map_err(db("storing the reply"))?
+        {
+            return Ok(false);
+        }
+        for (n, (kind, body, state)) in parts.iter().enumerate() {
+            insert_outbound(
+                &mut tx,
+                (ctx.conversation_id, ctx.channel_id),
+                Some(ctx.message_id),
+                kind,
+                n as i32,
+                body,
+                state,
+            )
+            .await
+            .map_err(db("storing a reply part"))?;
+        }
+        tx.commit().await.map_err(db("committing the reply"))?;
+        Ok(true)
+    }
+
+    async fn hand_over(&self, job: &Job, ctx: &ReplyContext, reason: &str) -> Result<(), Outcome> {
+        let mut tx = self
+            .pg
+            .begin()
+            .await
+            .map_err(db("starting a transaction"))?;
+        let changed = hand_over(
+            &mut tx,
+            ctx.conversation_id,
+            reason,
+            None,
+            Some(ctx.message_id),
+        )
+        .await
+        .map_err(db("handing over"))?;
+        tx.commit().await.map_err(db("committing the handover"))?;
+        if changed {
+            metrics::counter!("wafleet_handovers_total", "reason" => reason.to_string())
+                .increment(1);
+            let event = json!({
+                "kind": "handover", "reason": reason, "conversation_id": ctx.conversation_id,
+                "message_id": ctx.message_id, "phone_number_id": job.conv.split(':').next(),
+                "at": Utc::now().to_rfc3339(),
+            });
+            publish_handover(&self.redis, &self.keys, &event)
+                .await
+                .map_err(|e| Outcome::Unavailable {
+                    reason: format!("publishing the handover: {e}"),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Queues the send of what was produced (idempotent: the sender skips parts already sent).
+    async fn follow_up(&self, job: &Job, ctx: &ReplyContext, outcome: &str) -> Result<(), Outcome> {
+        let fields: Vec<(&str, String)> = match outcome {
+            "produced" => vec![
+                ("conv", job.conv.clone()),
+                ("reply_to", ctx.message_id.to_string()),
+            ],
+            "handover" => {
+                let ack: Option<(i64,)> = sqlx::query_as(
+                    "SELECT id FROM outbound_messages WHERE reply_to = $1 AND kind = 'handover_ack' AND state = 'pending'",
+                )
+                .bind(ctx.message_id)
+                .fetch_optional(&self.pg)
+                .await
+                .map_err(db("reading the acknowledgement"))?;
+                match ack {
+                    Some((id,)) => {
+                        vec![("conv", job.conv.clone()), ("outbound_id", id.to_string())]
+                    }
+                    None => return Ok(()),
+                }
+            }
+            _ => return Ok(()),
+        };
+        let mut con = self.redis.get().await.map_err(|e| Outcome::Unavailable {
+            reason: format!("redis: {e}"),
+        })?;
+        let _: String = con
+            .xadd(self.keys.outbox(job.partition), "*", &fields)
+            .await
+            .map_err(|e| Outcome::Unavailable {
+                reason: format!("redis: {e}"),
+            })?;
+        Ok(())
+    }
+
+    /// Read receipt with typing indicator while the model works. Best effort: a failure here
+    /// must not delay the answer.
+    async fn mark_read(&self, channel: &ChannelSettings, wamid: &str) {
+        let Some(token) = &channel.access_token else {
+            return;
+        };
+        if let Err(e) = self
+            .graph
+            .mark_read(&channel.phone_number_id, token.expose(), wamid, true)
+            .await
+        {
+            metrics::counter!("wafleet_mark_read_errors_total").increment(1);
+            tracing::debug!(error = %e, "mark-read failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_is_measured_from_the_last_customer_message_with_a_margin() {
+        let now = Utc::now();
+        let h = |n: i64| Some(now - chrono::Duration::hours(n));
+        assert!(window_open(h(1), now));
+        assert!(window_open(h(23), now));
+        assert!(
+            !window_open(Some(now - chrono::Duration::minutes(23 * 60 + 55)), now),
+            "inside the margin"
+        );
+        assert!(!window_open(h(25), now));
+        assert!(!window_open(None, now));
+        assert!(
+            window_open(Some(now + chrono::Duration::minutes(1)), now),
+            "clock skew: a future timestamp is open"
+        );
+    }
+}

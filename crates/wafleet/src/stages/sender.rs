@@ -1,0 +1,502 @@
+//! The sender stage: sends outbound parts through the Graph API, at most once each once Meta
+//! accepted it, within the fleet-wide rate limits.
+//!
+//! # Exactly once to the customer
+//! Every part is a row in `outbound_messages` before it is sent. Right before a send, one
+//! statement checks that the part is still `pending` and that the bot still owns the
+//! conversation, and marks it `sending` (else it is recorded `suppressed`: a human took over).
+//! Then Meta is called with our outbound id in `biz_opaque_callback_data`.
+//! - Accepted → `accepted` with Meta's wamid (statuses that came first are applied).
+//! - The request certainly did not leave (connection refused) → back to `pending`, retried.
+//! - **Ambiguous** (timeout, connection lost after sending): the part stays `sending` and is
+//!   *not* resent at once. Status webhooks echo our outbound id, and the status stage records
+//!   the wamid and `accepted` when one arrives. The job comes back every
+//!   [`SendPolicy::ambiguous_check`]; only when no status arrived within
+//!   [`SendPolicy::ambiguous_resend_after`] is the part considered lost and sent again. Meta
+//!   sends `sent` within seconds of accepting, so a duplicate needs Meta to have accepted a
+//!   message and stayed silent about it for that long.
+//!
+//! A crash, a reclaim or a redelivery re-runs the job; parts already `accepted` are skipped.
+//!
+//! # Errors, classified on `error.code` (not the HTTP status)
+//! - throttling (130429 number, 131056 pair, 4/80007/131048 account-wide) → the shared limiter
+//!   is pushed back and the job deferred (not counted as an attempt);
+//! - transient → retried through the delayed set with exponential backoff and full jitter,
+//!   bounded in attempts and total age, then failed and dead-lettered;
+//! - permanent → failed at once with Meta's code and reason; later parts are skipped;
+//! - 131047 (24-hour window closed) → failed, the conversation goes to a human;
+//! - configuration (expired token, permissions, locked account) → the channel's sends pause
+//!   for [`SendPolicy::config_pause`] and `wafleet_sender_alerts_total` moves, instead of burning
+//!   retries.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::json;
+use sqlx::PgPool;
+use wafleet_core::graph_error::{ErrorClass, ThrottleScope};
+use wafleet_core::retry::{Backoff, pair_rate_backoff};
+
+use super::channel_settings::{ChannelCache, ChannelSettings};
+use super::llm::window_open;
+use super::{db_outcome, publish_handover};
+use crate::graph::{GraphClient, OutgoingText, Recipient, SendResult};
+use crate::ratelimit::{Budget, Decision, RateLimiter};
+use crate::store::conversations::hand_over;
+use crate::store::replies::{self, Claim, Part};
+use crate::streams::Keys;
+use crate::worker::{Handler, Job, Outcome, Source, Stage};
+
+pub const STAGE: Stage = Stage {
+    name: "sender",
+    source: Source::Outbox,
+};
+
+/// Meta's pair rate: one message per 6 s to one customer.
+pub const PAIR_RATE_PER_SEC: f64 = 1.0 / 6.0;
+
+#[derive(Debug, Clone)]
+pub struct SendPolicy {
+    /// Retries of transient errors (attempts and total age).
+    pub backoff: Backoff,
+    /// How often an ambiguous send is checked for a confirming status.
+    pub ambiguous_check: Duration,
+    /// After this long without a status, an ambiguous send is taken as lost and sent again.
+    pub ambiguous_resend_after: Duration,
+    /// How long a configuration error pauses a channel's sends.
+    pub config_pause: Duration,
+    /// Waits for the rate limiter up to this long in process; longer waits park the job.
+    pub max_inline_wait: Duration,
+}
+
+impl Default for SendPolicy {
+    fn default() -> Self {
+        Self {
+            backoff: Backoff {
+                base: Duration::from_millis(500),
+                max: Duration::from_secs(60),
+                max_attempts: 8,
+                max_age: Duration::from_secs(3600),
+            },
+            ambiguous_check: Duration::from_secs(15),
+            ambiguous_resend_after: Duration::from_secs(120),
+            config_pause: Duration::from_secs(600),
+            max_inline_wait: Duration::from_secs(2),
+        }
+    }
+}
+
+pub struct SenderStage {
+    pub pg: PgPool,
+    pub redis: deadpool_redis::Pool,
+    pub keys: Keys,
+    pub channels: ChannelCache,
+    pub graph: GraphClient,
+    pub limiter: RateLimiter,
+    pub policy: Arc<SendPolicy>,
+}
+
+fn db(doing: &'static str) -> impl Fn(sqlx::Error) -> Outcome {
+    move |e| db_outcome(&e, doing)
+}
+
+fn redis_down(e: impl std::fmt::Display) -> Outcome {
+    Outcome::Unavailable {
+        reason: format!("redis: {e}"),
+    }
+}
+
+impl Handler for SenderStage {
+    async fn handle(&self, job: &Job) -> Outcome {
+        match self.process(job).await {
+            Ok(o) | Err(o) => o,
+        }
+    }
+}
+
+impl SenderStage {
+    async fn process(&self, job: &Job) -> Result<Outcome, Outcome> {
+        let parts = if let Some(id) = job.field("outbound_id").and_then(|v| v.parse().ok()) {
+            replies::part(&self.pg, id)
+                .await
+                .map_err(db("reading the part"))?
+                .into_iter()
+                .collect()
+        } else if let Some(message_id) = job.field("reply_to").and_then(|v| v.parse().ok()) {
+            replies::reply_parts(&self.pg, message_id)
+                .await
+                .map_err(db("reading the parts"))?
+        } else {
+            return Ok(Outcome::Dead {
+                reason: "send job without outbound_id or reply_to".into(),
+            });
+        };
+        let pnid = job
+            .conv
+            .split_once(':')
+            .map_or(job.conv.as_str(), |(p, _)| p);
+        let Some(channel) = self
+            .channels
+            .get(pnid)
+            .await
+            .map_err(db("reading the channel"))?
+        else {
+            return Ok(Outcome::Dead {
+                reason: format!("no channel {pnid}"),
+            });
+        };
+        for (i, part) in parts.iter().enumerate() {
+            match self.send_part(job, &channel, part).await? {
+                Step::Next => {}
+                Step::StopRest(reason) => {
+                    for rest in &parts[i + 1..] {
+                        replies::mark_failed(&self.pg, rest.id, None, &reason)
+                            .await
+                            .map_err(db("failing a part"))?;
+                    }
+                    return Ok(Outcome::Done);
+                }
+                Step::Return(outcome) => return Ok(outcome),
+            }
+        }
+        Ok(Outcome::Done)
+    }
+
+    async fn send_part(
+        &self,
+        job: &Job,
+        channel: &ChannelSettings,
+        part: &Part,
+    ) -> Result<Step, Outcome> {
+        match part.state.as_str() {
+            "pending" => {}
+            "sending" => {
+                let age = part.sending_at.map_or(Duration::MAX, |t| {
+                    (Utc::now() - t).to_std().unwrap_or_default()
+                });
+                if age < self.policy.ambiguous_resend_after {
+                    return Ok(Step::Return(Outcome::Defer {
+                        after: self.policy.ambiguous_check,
+                        reason: "waiting for a status to confirm an ambiguous send".into(),
+                    }));
+                }
+                metrics::counter!("wafleet_sender_ambiguous_resends_total").increment(1);
+                tracing::warn!(
+                    outbound_id = part.id,
+                    "no status confirmed an ambiguous send; sending again"
+                );
+                replies::unclaim(&self.pg, part.id)
+                    .await
+                    .map_err(db("reopening the part"))?;
+            }
+            // accepted, failed, suppressed, shadow: nothing to do.
+            _ => return Ok(Step::Next),
+        }
+        if let Some(until) = channel.sends_paused_until
+            && until > Utc::now()
+        {
+            return Ok(Step::Return(Outcome::Defer {
+                after: (until - Utc::now())
+                    .to_std()
+                    .unwrap_or_default()
+                    .max(Duration::from_secs(1)),
+                reason: "channel sends are paused".into(),
+            }));
+        }
+        if !window_open(part.last_customer_message_at, Utc::now()) {
+            replies::mark_failed(&self.pg, part.id, None, "the 24-hour window is closed")
+                .await
+                .map_err(db("failing a part"))?;
+            self.hand_over(job, part, "window_closed").await?;
+            metrics::counter!("wafleet_sender_sends_total", "result" => "window_closed")
+                .increment(1);
+            return Ok(Step::StopRest("the 24-hour window is closed".into()));
+        }
+        let to = match (&part.wa_id, &part.user_id) {
+            (Some(phone), _) => Recipient::Phone(phone),
+            (None, Some(user)) => Recipient::UserId(user),
+            (None, None) => {
+                replies::mark_failed(&self.pg, part.id, None, "no recipient")
+                    .await
+                    .map_err(db("failing a part"))?;
+                return Ok(Step::StopRest("no recipient".into()));
+            }
+        };
+        let recipient_key = match to {
+            Recipient::Phone(p) | Recipient::UserId(p) => p.to_string(),
+        };
+
+        // The fleet-wide budgets: the business number's throughput and the customer's pair rate.
+        loop {
+            let mut con = self.redis.get().await.map_err(redis_down)?;
+            let decision = self
+                .limiter
+                .acquire(
+                    &mut con,
+                    &channel.phone_number_id,
+                    &recipient_key,
+                    Budget {
+                        per_second: f64::from(channel.send_rate_per_sec),
+                        burst: 1,
+                    },
+                    Budget {
+                        per_second: PAIR_RATE_PER_SEC,
+                        burst: channel.pair_burst,
+                    },
+                )
+                .await
+                .map_err(redis_down)?;
+            match decision {
+                Decision::Go => break,
+                Decision::Wait(d) if d <= self.policy.max_inline_wait => {
+                    tokio::time::sleep(d).await
+                }
+                Decision::Wait(d) => {
+                    metrics::counter!("wafleet_sender_deferred_total", "reason" => "rate_limit")
+                        .increment(1);
+                    return Ok(Step::Return(Outcome::Defer {
+                        after: d,
+                        reason: "rate limit".into(),
+                    }));
+                }
+            }
+        }
+
+        match replies::claim(&self.pg, part.id)
+            .await
+            .map_err(db("claiming the part"))?
+        {
+            Claim::Go => {}
+            Claim::Suppressed => {
+                metrics::counter!("wafleet_sender_sends_total", "result" => "suppressed")
+                    .increment(1);
+                tracing::info!(
+                    outbound_id = part.id,
+                    "a human owns the conversation; part suppressed"
+                );
+                return Ok(Step::Next);
+            }
+            Claim::NotPending(_) => return Ok(Step::Next),
+        }
+        let Some(token) = &channel.access_token else {
+            replies::unclaim(&self.pg, part.id)
+                .await
+                .map_err(db("reopening the part"))?;
+            return self.pause(channel, "no access token configured").await;
+        };
+        let callback = part.id.to_string();
+        let result = self
+            .graph
+            .send_text(&OutgoingText {
+                phone_number_id: &channel.phone_number_id,
+                token: token.expose(),
+                to,
+                body: &part.body,
+                reply_to: if part.part_no == 0 {
+                    part.inbound_wamid.as_deref()
+                } else {
+                    None
+                },
+                callback_data: Some(&callback),
+                preview_url: false,
+            })
+            .await;
+        match result {
+            SendResult::Accepted { wamid } => {
+                replies::accepted(&self.pg, part, &wamid)
+                    .await
+                    .map_err(db("recording the send"))?;
+                metrics::counter!("wafleet_sender_sends_total", "result" => "accepted")
+                    .increment(1);
+                Ok(Step::Next)
+            }
+            SendResult::NotSent { reason } => {
+                replies::unclaim(&self.pg, part.id)
+                    .await
+                    .map_err(db("reopening the part"))?;
+                Ok(Step::Return(Outcome::Unavailable {
+                    reason: format!("Graph API unreachable: {reason}"),
+                }))
+            }
+            SendResult::Ambiguous { reason } => {
+                metrics::counter!("wafleet_sender_sends_total", "result" => "ambiguous")
+                    .increment(1);
+                tracing::warn!(
+                    outbound_id = part.id,
+                    reason,
+                    "ambiguous send; waiting for a status before any resend"
+                );
+                Ok(Step::Return(Outcome::Defer {
+                    after: self.policy.ambiguous_check,
+                    reason,
+                }))
+            }
+            SendResult::Rejected { error, class, .. } => {
+                self.rejected(job, channel, part, error.code, &error.message, class)
+                    .await
+            }
+        }
+    }
+
+    async fn rejected(
+        &self,
+        job: &Job,
+        channel: &ChannelSettings,
+        part: &Part,
+        code: i64,
+        message: &str,
+        class: ErrorClass,
+    ) -> Result<Step, Outcome> {
+        let label = match class {
+            ErrorClass::Throttled { .. } => "throttled",
+            ErrorClass::Transient => "transient",
+            ErrorClass::Permanent => "permanent",
+            ErrorClass::Config => "config",
+            ErrorClass::ReEngagement => "re_engagement",
+        };
+        metrics::counter!("wafleet_sender_sends_total", "result" => label).increment(1);
+        let reopen = || async {
+            replies::unclaim(&self.pg, part.id)
+                .await
+                .map_err(db("reopening the part"))
+        };
+        match class {
+            ErrorClass::Throttled { scope } => {
+                reopen().await?;
+                let mut con = self.redis.get().await.map_err(redis_down)?;
+                let after = match scope {
+                    ThrottleScope::Recipient => {
+                        // `attempts` before this try: 0 on the first failure → 1 s, then 4 s, 16 s…
+                        let d = pair_rate_backoff(part.attempts.max(0) as u32);
+                        let recipient = part
+                            .wa_id
+                            .as_deref()
+                            .or(part.user_id.as_deref())
+                            .unwrap_or("-");
+                        self.limiter
+                            .penalize_recipient(&mut con, &channel.phone_number_id, recipient, d)
+                            .await
+                            .map_err(redis_down)?;
+                        d
+                    }
+                    ThrottleScope::Number => {
+                        let d = Duration::from_millis(500 + rand::random::<u64>() % 1000);
+                        self.limiter
+                            .pause_number(&mut con, &channel.phone_number_id, d)
+                            .await
+                            .map_err(redis_down)?;
+                        d
+                    }
+                    _ => {
+                        let d = Duration::from_secs(60);
+                        self.limiter
+                            .pause_number(&mut con, &channel.phone_number_id, d)
+                            .await
+                            .map_err(redis_down)?;
+                        d
+                    }
+                };
+                Ok(Step::Return(Outcome::Defer {
+                    after,
+                    reason: format!("throttled by Meta ({code})"),
+                }))
+            }
+            ErrorClass::Transient => {
+                reopen().await?;
+                // Zero-based index of the try that just failed (`attempts` was read before it).
+                let attempt = part.attempts.max(0) as u32;
+                let age = (Utc::now() - part.created_at).to_std().unwrap_or_default();
+                if self.policy.backoff.should_retry(attempt, age) {
+                    let after = self.policy.backoff.next_delay(attempt, rand::random());
+                    Ok(Step::Return(Outcome::Retry {
+                        after,
+                        reason: format!("transient Graph error {code}"),
+                    }))
+                } else {
+                    let reason = format!("gave up on transient Graph error {code}: {message}");
+                    replies::mark_failed(&self.pg, part.id, Some(code), &reason)
+                        .await
+                        .map_err(db("failing a part"))?;
+                    Ok(Step::Return(Outcome::Dead { reason }))
+                }
+            }
+            ErrorClass::Permanent => {
+                replies::mark_failed(&self.pg, part.id, Some(code), message)
+                    .await
+                    .map_err(db("failing a part"))?;
+                tracing::warn!(
+                    outbound_id = part.id,
+                    code,
+                    "Meta refused the message for good"
+                );
+                Ok(Step::StopRest(format!("an earlier part failed ({code})")))
+            }
+            ErrorClass::ReEngagement => {
+                replies::mark_failed(&self.pg, part.id, Some(code), message)
+                    .await
+                    .map_err(db("failing a part"))?;
+                self.hand_over(job, part, "re_engagement").await?;
+                Ok(Step::StopRest(
+                    "the 24-hour window is closed (131047)".into(),
+                ))
+            }
+            ErrorClass::Config => {
+                reopen().await?;
+                self.pause(
+                    channel,
+                    &format!("Graph configuration error {code}: {message}"),
+                )
+                .await
+            }
+        }
+    }
+
+    /// A configuration problem needs an operator: pause the channel's sends and alert.
+    async fn pause(&self, channel: &ChannelSettings, reason: &str) -> Result<Step, Outcome> {
+        let until =
+            Utc::now() + chrono::Duration::from_std(self.policy.config_pause).unwrap_or_default();
+        replies::pause_channel(&self.pg, channel.id, until, reason)
+            .await
+            .map_err(db("pausing the channel"))?;
+        self.channels.forget(&channel.phone_number_id);
+        metrics::counter!("wafleet_sender_alerts_total", "channel" => channel.phone_number_id.clone(), "kind" => "config").increment(1);
+        tracing::error!(channel = %channel.phone_number_id, reason, "channel sends paused: needs an operator");
+        Ok(Step::Return(Outcome::Defer {
+            after: self.policy.config_pause,
+            reason: reason.to_string(),
+        }))
+    }
+
+    async fn hand_over(&self, job: &Job, part: &Part, reason: &str) -> Result<(), Outcome> {
+        let mut tx = self
+            .pg
+            .begin()
+            .await
+            .map_err(db("starting a transaction"))?;
+        let changed = hand_over(&mut tx, part.conversation_id, reason, None, part.reply_to)
+            .await
+            .map_err(db("handing over"))?;
+        tx.commit().await.map_err(db("committing the handover"))?;
+        if changed {
+            metrics::counter!("wafleet_handovers_total", "reason" => reason.to_string())
+                .increment(1);
+            let event = json!({
+                "kind": "handover", "reason": reason, "conversation_id": part.conversation_id,
+                "phone_number_id": job.conv.split(':').next(), "at": Utc::now().to_rfc3339(),
+            });
+            publish_handover(&self.redis, &self.keys, &event)
+                .await
+                .map_err(redis_down)?;
+        }
+        Ok(())
+    }
+}
+
+/// What to do after one part.
+enum Step {
+    Next,
+    /// This part ended the reply (failed for good): mark the later parts failed with the reason.
+    StopRest(String),
+    Return(Outcome),
+}

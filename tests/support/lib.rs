@@ -285,6 +285,112 @@ impl TestConfig {
     }
 }
 
+/// The Graph API and LLM simulator, in process.
+pub struct Sim {
+    pub state: wafleet_sim::SimState,
+    pub url: String,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Sim {
+    /// Starts the simulator; status webhooks go to `ingest` signed with [`APP_SECRET`].
+    pub async fn start(mut config: wafleet_sim::SimConfig, ingest: Option<&Ingest>) -> Self {
+        if let Some(ingest) = ingest {
+            config.webhook = Some(wafleet_sim::WebhookTarget {
+                url: format!("{}/webhooks/whatsapp", ingest.url),
+                app_secret: APP_SECRET.into(),
+            });
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let state = wafleet_sim::SimState::new(config);
+        let task = tokio::spawn(wafleet_sim::serve(
+            state.clone(),
+            listener,
+            std::future::pending(),
+        ));
+        Self { state, url, task }
+    }
+
+    /// The stand-in model, as an OpenAI-compatible provider.
+    pub fn standin(&self) -> wafleet::llm::ProviderConfig {
+        wafleet::llm::ProviderConfig {
+            name: "standin".into(),
+            kind: wafleet::llm::ProviderKind::OpenAiCompatible,
+            base_url: format!("{}/v1", self.url),
+            model: "standin".into(),
+            api_key: Secret::new("k".into()),
+        }
+    }
+
+    /// The stand-in model, spoken to as Anthropic.
+    pub fn anthropic(&self) -> wafleet::llm::ProviderConfig {
+        wafleet::llm::ProviderConfig {
+            name: "anthropic".into(),
+            kind: wafleet::llm::ProviderKind::Anthropic,
+            base_url: self.url.clone(),
+            model: "claude-test".into(),
+            api_key: Secret::new("k".into()),
+        }
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TestConfig {
+    /// Worker settings for the whole pipeline against the simulator.
+    pub fn pipeline_settings(
+        &self,
+        stages: &[&str],
+        sim: &Sim,
+        providers: Vec<wafleet::llm::ProviderConfig>,
+    ) -> wafleet::stages::process::WorkerProcessSettings {
+        let mut s = self.worker_settings(stages);
+        s.graph.base_url = sim.url.clone();
+        s.llm.providers = providers;
+        s.llm.policy = wafleet::llm::FallbackPolicy {
+            attempts_per_provider: 2,
+            overall_deadline: Duration::from_secs(5),
+            call_deadline: Duration::from_secs(3),
+            backoff: wafleet_core::retry::Backoff {
+                base: Duration::from_millis(20),
+                max: Duration::from_millis(100),
+                max_attempts: 2,
+                max_age: Duration::from_secs(5),
+            },
+            max_retry_after: Duration::from_secs(1),
+        };
+        s.send.ambiguous_check = Duration::from_millis(500);
+        s.send.ambiguous_resend_after = Duration::from_secs(20);
+        s
+    }
+
+    /// Environment for a child worker that talks to the simulator.
+    pub fn pipeline_env(&self, sim: &Sim) -> Vec<(String, String)> {
+        let mut env = self.worker_env();
+        env.extend([
+            ("WAFLEET_GRAPH_BASE_URL".to_string(), sim.url.clone()),
+            (
+                "WAFLEET_LLM_STANDIN_URL".to_string(),
+                format!("{}/v1", sim.url),
+            ),
+            (
+                "WAFLEET_SEND_AMBIGUOUS_CHECK_MS".to_string(),
+                "500".to_string(),
+            ),
+            (
+                "WAFLEET_SEND_AMBIGUOUS_RESEND_MS".to_string(),
+                "20000".to_string(),
+            ),
+        ]);
+        env
+    }
+}
+
 /// A worker running in this test process.
 pub struct Worker {
     stop: Option<oneshot::Sender<()>>,
@@ -331,8 +437,17 @@ pub struct ChildWorker {
 impl ChildWorker {
     /// `bin` is `env!("CARGO_BIN_EXE_test-worker")` (only integration tests can name it).
     pub fn spawn(bin: &str, cfg: &TestConfig, mode: &str, extra: &[(&str, &str)]) -> Self {
+        Self::spawn_with(bin, cfg.worker_env(), mode, extra)
+    }
+
+    pub fn spawn_with(
+        bin: &str,
+        env: Vec<(String, String)>,
+        mode: &str,
+        extra: &[(&str, &str)],
+    ) -> Self {
         let mut cmd = std::process::Command::new(bin);
-        cmd.envs(cfg.worker_env()).env("TEST_WORKER_MODE", mode);
+        cmd.envs(env).env("TEST_WORKER_MODE", mode);
         for (k, v) in extra {
             cmd.env(k, v);
         }

@@ -187,7 +187,7 @@ impl WorkerProcessSettings {
             stage_runtime,
             graph: GraphSettings::from_env()?,
             llm,
-            send: SendPolicy::default(),
+            send: SendPolicy::from_env()?,
         })
     }
 

@@ -66,7 +66,8 @@ pub struct SendPolicy {
     pub ambiguous_resend_after: Duration,
     /// How long a configuration error pauses a channel's sends.
     pub config_pause: Duration,
-    /// Waits for the rate limiter up to this long in process; longer waits park the job.
+    /// Waits for the rate limiter up to this long in all, in process; longer waits park the job.
+    /// Must stay well below the stage's job deadline.
     pub max_inline_wait: Duration,
 }
 
@@ -82,8 +83,32 @@ impl Default for SendPolicy {
             ambiguous_check: Duration::from_secs(15),
             ambiguous_resend_after: Duration::from_secs(120),
             config_pause: Duration::from_secs(600),
-            max_inline_wait: Duration::from_secs(2),
+            max_inline_wait: Duration::from_secs(1),
         }
+    }
+}
+
+impl SendPolicy {
+    pub fn from_env() -> anyhow::Result<Self> {
+        use crate::config::parsed;
+        let d = Self::default();
+        let ms = |name: &str, v: Duration| -> anyhow::Result<Duration> {
+            Ok(Duration::from_millis(parsed(name, v.as_millis() as u64)?))
+        };
+        Ok(Self {
+            backoff: Backoff {
+                max_attempts: parsed("WAFLEET_SEND_MAX_ATTEMPTS", d.backoff.max_attempts)?,
+                max_age: ms("WAFLEET_SEND_MAX_AGE_MS", d.backoff.max_age)?,
+                ..d.backoff
+            },
+            ambiguous_check: ms("WAFLEET_SEND_AMBIGUOUS_CHECK_MS", d.ambiguous_check)?,
+            ambiguous_resend_after: ms(
+                "WAFLEET_SEND_AMBIGUOUS_RESEND_MS",
+                d.ambiguous_resend_after,
+            )?,
+            config_pause: ms("WAFLEET_SEND_CONFIG_PAUSE_MS", d.config_pause)?,
+            max_inline_wait: d.max_inline_wait,
+        })
     }
 }
 
@@ -228,6 +253,9 @@ impl SenderStage {
         };
 
         // The fleet-wide budgets: the business number's throughput and the customer's pair rate.
+        // Short waits happen here; once they add up past `max_inline_wait` (well inside the job
+        // deadline) the job is parked instead, which frees the lane's slot.
+        let mut waited = Duration::ZERO;
         loop {
             let mut con = self.redis.get().await.map_err(redis_down)?;
             let decision = self
@@ -249,8 +277,9 @@ impl SenderStage {
                 .map_err(redis_down)?;
             match decision {
                 Decision::Go => break,
-                Decision::Wait(d) if d <= self.policy.max_inline_wait => {
-                    tokio::time::sleep(d).await
+                Decision::Wait(d) if waited + d <= self.policy.max_inline_wait => {
+                    waited += d;
+                    tokio::time::sleep(d).await;
                 }
                 Decision::Wait(d) => {
                     metrics::counter!("wafleet_sender_deferred_total", "reason" => "rate_limit")

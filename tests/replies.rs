@@ -1,0 +1,606 @@
+//! Replies end to end: signed webhook → ingest → conversation → LLM → sender → the Graph API
+//! simulator (standing in for Meta and the model), on the real Redis and Postgres.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use wafleet::stages::channel_settings::{DEFAULT_CANNED_REPLY, DEFAULT_HANDOVER_ACK};
+use wafleet_sim::{Fault, LlmFault, SimConfig};
+use wafleet_tests::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_test-worker");
+const PNID: &str = "106540352242922";
+const TOKEN: &str = "token-106540352242922";
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+struct Sys {
+    cfg: TestConfig,
+    ingest: Ingest,
+    sim: Sim,
+    pg: PgPool,
+    _worker: Option<Worker>,
+}
+
+async fn system_with(
+    sim_config: SimConfig,
+    providers: impl FnOnce(&Sim) -> Vec<wafleet::llm::ProviderConfig>,
+    stages: &[&str],
+) -> Sys {
+    let cfg = TestConfig::new().await;
+    cfg.add_channel(PNID, |_| {}).await;
+    let ingest = Ingest::start(cfg.ingest_settings()).await;
+    let sim = Sim::start(
+        SimConfig {
+            tokens: HashMap::from([(PNID.to_string(), TOKEN.to_string())]),
+            ..sim_config
+        },
+        Some(&ingest),
+    )
+    .await;
+    let pg = cfg.pg().await;
+    let providers = providers(&sim);
+    let worker = if stages.is_empty() {
+        None
+    } else {
+        Some(Worker::start(cfg.pipeline_settings(stages, &sim, providers)).await)
+    };
+    Sys {
+        cfg,
+        ingest,
+        sim,
+        pg,
+        _worker: worker,
+    }
+}
+
+async fn system() -> Sys {
+    system_with(
+        SimConfig::default(),
+        |s| vec![s.standin()],
+        &["conversation", "status", "llm", "sender"],
+    )
+    .await
+}
+
+impl Sys {
+    async fn send(&self, from: &str, wamid: &str, text: &str) {
+        let body = text_message(PNID, from, wamid, now(), text);
+        assert_eq!(
+            self.ingest.post_signed(&body, APP_SECRET).await.status(),
+            200
+        );
+    }
+
+    async fn sent(&self, n: usize) -> Vec<wafleet_sim::SentMessage> {
+        let sim = &self.sim;
+        eventually(
+            &format!("{n} messages at the Graph API"),
+            Duration::from_secs(30),
+            || async {
+                let m = sim.state.messages();
+                (m.len() >= n).then_some(m)
+            },
+        )
+        .await
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_as::<_, (i64,)>(sql)
+            .fetch_one(&self.pg)
+            .await
+            .map(|r| r.0)
+            .unwrap_or(-1)
+    }
+
+    async fn until(&self, what: &str, sql: &str, want: i64) {
+        let pg = self.pg.clone();
+        eventually(what, Duration::from_secs(30), || {
+            let pg = pg.clone();
+            async move {
+                let n = sqlx::query_as::<_, (i64,)>(sql)
+                    .fetch_one(&pg)
+                    .await
+                    .ok()?
+                    .0;
+                (n == want).then_some(())
+            }
+        })
+        .await;
+    }
+
+    /// Every stream and held list drained: nothing is left to do anywhere.
+    async fn settled(&self) {
+        let cfg = &self.cfg;
+        eventually(
+            "the pipeline to settle",
+            Duration::from_secs(30),
+            || async move {
+                let keys = cfg.keys();
+                let mut con = cfg.redis().await;
+                for p in 0..keys.partitions() {
+                    for s in [
+                        keys.inbound(p),
+                        keys.status(p),
+                        keys.replies(p),
+                        keys.outbox(p),
+                    ] {
+                        if !read_stream(&mut con, &s).await.is_empty() {
+                            return None;
+                        }
+                    }
+                    for stage in ["conversation", "status", "llm", "sender"] {
+                        let n: usize =
+                            redis::AsyncCommands::zcard(&mut con, keys.delayed(stage, p))
+                                .await
+                                .ok()?;
+                        if n > 0 {
+                            return None;
+                        }
+                    }
+                }
+                Some(())
+            },
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_signed_webhook_gets_a_reply_that_quotes_the_customer_message_and_is_tracked_to_read() {
+    let s = system().await;
+    s.send(
+        "573001112233",
+        "wamid.Q1",
+        "Hola, ¿tienen envío a Medellín?",
+    )
+    .await;
+    let sent = s.sent(1).await;
+    let m = &sent[0];
+    assert_eq!(m.phone_number_id, PNID);
+    assert_eq!(m.to.as_deref(), Some("+573001112233"));
+    assert_eq!(
+        m.context_message_id.as_deref(),
+        Some("wamid.Q1"),
+        "the reply quotes the customer's message"
+    );
+    assert!(!m.body.is_empty());
+    let (id, body): (i64, String) = sqlx::query_as("SELECT id, body FROM outbound_messages")
+        .fetch_one(&s.pg)
+        .await
+        .unwrap();
+    assert_eq!(m.callback_data.as_deref(), Some(id.to_string().as_str()));
+    assert_eq!(m.body, body);
+    // The simulator reports sent → delivered → read; the status stage follows.
+    s.until(
+        "delivery read",
+        "SELECT count(*) FROM outbound_messages WHERE state = 'accepted' AND delivery = 'read'",
+        1,
+    )
+    .await;
+    assert_eq!(
+        s.count("SELECT count(*) FROM messages WHERE answered_at IS NOT NULL")
+            .await,
+        1
+    );
+    let reads = s.sim.state.reads();
+    assert!(
+        reads.iter().any(|r| r.message_id == "wamid.Q1" && r.typing),
+        "marked read with a typing indicator: {reads:?}"
+    );
+    let (provider, tokens): (Option<String>, Option<i32>) =
+        sqlx::query_as("SELECT provider, output_tokens FROM replies")
+            .fetch_one(&s.pg)
+            .await
+            .unwrap();
+    assert_eq!(provider.as_deref(), Some("standin"));
+    assert!(tokens.unwrap_or(0) > 0, "token usage is stored");
+}
+
+#[tokio::test]
+async fn the_same_webhook_delivered_five_times_gets_one_reply() {
+    let s = system().await;
+    let body = text_message(
+        PNID,
+        "573009998877",
+        "wamid.DUP",
+        now(),
+        "¿Cuál es el horario?",
+    );
+    let posts = (0..5).map(|_| s.ingest.post_signed(&body, APP_SECRET));
+    for r in futures::future::join_all(posts).await {
+        assert_eq!(r.status(), 200);
+    }
+    // Later redeliveries too, after the first is fully handled.
+    s.sent(1).await;
+    for _ in 0..2 {
+        assert_eq!(s.ingest.post_signed(&body, APP_SECRET).await.status(), 200);
+    }
+    s.settled().await;
+    assert_eq!(s.sim.state.messages().len(), 1);
+    assert_eq!(s.sim.state.llm_requests().len(), 1, "one model call");
+}
+
+#[tokio::test]
+async fn a_handover_keyword_gets_one_acknowledgement_no_model_call_and_no_later_bot_replies() {
+    let s = system().await;
+    s.send(
+        "573001",
+        "wamid.H1",
+        "Quiero hablar con un humano por favor",
+    )
+    .await;
+    let sent = s.sent(1).await;
+    assert_eq!(sent[0].body, DEFAULT_HANDOVER_ACK);
+    s.send("573001", "wamid.H2", "¿Hola?").await;
+    s.until(
+        "second message stored",
+        "SELECT count(*) FROM messages WHERE followup_done",
+        2,
+    )
+    .await;
+    s.settled().await;
+    assert_eq!(
+        s.sim.state.messages().len(),
+        1,
+        "no bot reply after the handover"
+    );
+    assert!(
+        s.sim.state.llm_requests().is_empty(),
+        "the model was never asked"
+    );
+}
+
+#[tokio::test]
+async fn a_human_taking_over_while_the_model_thinks_suppresses_the_reply() {
+    let s = system_with(
+        SimConfig {
+            llm_latency: Duration::from_millis(1500),
+            ..Default::default()
+        },
+        |s| vec![s.standin()],
+        &["conversation", "status", "llm", "sender"],
+    )
+    .await;
+    s.send("573002", "wamid.T1", "¿Tienen la talla M?").await;
+    let sim = &s.sim;
+    eventually("the model to be asked", Duration::from_secs(20), || async {
+        (!sim.state.llm_requests().is_empty()).then_some(())
+    })
+    .await;
+    // An agent takes the conversation while the model is still answering.
+    let (conversation,): (i64,) = sqlx::query_as("SELECT id FROM conversations")
+        .fetch_one(&s.pg)
+        .await
+        .unwrap();
+    let mut tx = s.pg.begin().await.unwrap();
+    assert!(
+        wafleet::store::conversations::hand_over(&mut tx, conversation, "agent", None, None)
+            .await
+            .unwrap()
+    );
+    tx.commit().await.unwrap();
+    s.until(
+        "the reply part suppressed",
+        "SELECT count(*) FROM outbound_messages WHERE state = 'suppressed'",
+        1,
+    )
+    .await;
+    s.settled().await;
+    assert!(
+        s.sim.state.messages().is_empty(),
+        "nothing reached the customer"
+    );
+}
+
+#[tokio::test]
+async fn the_second_provider_answers_when_the_first_fails_and_the_canned_reply_when_all_do() {
+    let s = system_with(
+        SimConfig::default(),
+        |s| vec![s.anthropic(), s.standin()],
+        &["conversation", "status", "llm", "sender"],
+    )
+    .await;
+    s.sim.state.add_llm_fault(
+        serde_json::from_value::<LlmFault>(
+            serde_json::json!({"status": 529, "count": 2, "provider": "anthropic"}),
+        )
+        .unwrap(),
+    );
+    s.send("573003", "wamid.F1", "Hola, ¿qué precio tiene?")
+        .await;
+    s.sent(1).await;
+    let (provider, canned): (Option<String>, bool) =
+        sqlx::query_as("SELECT provider, canned FROM replies")
+            .fetch_one(&s.pg)
+            .await
+            .unwrap();
+    assert_eq!((provider.as_deref(), canned), (Some("standin"), false));
+
+    s.sim.state.add_llm_fault(
+        serde_json::from_value::<LlmFault>(serde_json::json!({"status": 500, "count": 100}))
+            .unwrap(),
+    );
+    s.send("573004", "wamid.F2", "¿Y el envío?").await;
+    let sent = s.sent(2).await;
+    assert_eq!(
+        sent[1].body, DEFAULT_CANNED_REPLY,
+        "a customer is never left without an answer"
+    );
+    assert_eq!(
+        s.count("SELECT count(*) FROM replies WHERE canned").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_131047_is_not_retried_and_hands_the_conversation_to_a_human() {
+    let s = system().await;
+    s.sim.state.add_fault(
+        serde_json::from_value::<Fault>(serde_json::json!({"code": 131047, "count": 1})).unwrap(),
+    );
+    s.send("573005", "wamid.W1", "hola").await;
+    s.until(
+        "the part failed",
+        "SELECT count(*) FROM outbound_messages WHERE state = 'failed' AND error_code = 131047",
+        1,
+    )
+    .await;
+    s.until(
+        "handed over",
+        "SELECT count(*) FROM conversations WHERE owner = 'human'",
+        1,
+    )
+    .await;
+    s.settled().await;
+    assert!(s.sim.state.messages().is_empty());
+    assert_eq!(
+        s.count("SELECT count(*) FROM handover_events WHERE reason = 're_engagement'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn an_expired_token_pauses_the_channel_and_raises_an_alert() {
+    let s = system().await;
+    s.sim.state.add_fault(
+        serde_json::from_value::<Fault>(
+            serde_json::json!({"code": 190, "http_status": 401, "count": 1}),
+        )
+        .unwrap(),
+    );
+    s.send("573006", "wamid.X1", "hola").await;
+    s.until(
+        "channel paused",
+        "SELECT count(*) FROM channels WHERE sends_paused_until > now()",
+        1,
+    )
+    .await;
+    let alerts = metric_value(
+        &wafleet::telemetry::metrics_handle().render(),
+        r#"wafleet_sender_alerts_total{kind="config"}"#,
+    );
+    assert!(alerts >= 1.0);
+    let (reason,): (Option<String>,) = sqlx::query_as("SELECT sends_paused_reason FROM channels")
+        .fetch_one(&s.pg)
+        .await
+        .unwrap();
+    assert!(reason.unwrap().contains("190"));
+    assert_eq!(
+        s.count("SELECT count(*) FROM outbound_messages WHERE state = 'pending'")
+            .await,
+        1,
+        "kept for after the fix"
+    );
+    assert!(s.sim.state.messages().is_empty());
+}
+
+#[tokio::test]
+async fn a_long_markdown_reply_arrives_in_ordered_parts_within_the_limit() {
+    // A model that writes a long Markdown answer.
+    let long = (1..=40)
+        .map(|i| {
+            format!(
+                "## Sección {i}\n\n**Importante:** {}\n\n- punto uno\n- punto dos\n",
+                "texto de ejemplo con acentos y más ".repeat(8)
+            )
+        })
+        .collect::<String>();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move || {
+            let long = long.clone();
+            async move {
+                axum::Json(serde_json::json!({"id": "x", "object": "chat.completion", "model": "long",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": long}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 3000}}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let model_url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let s = system_with(
+        SimConfig::default(),
+        move |s| {
+            vec![wafleet::llm::ProviderConfig {
+                base_url: model_url,
+                ..s.standin()
+            }]
+        },
+        &["conversation", "status", "llm", "sender"],
+    )
+    .await;
+    s.send("573007", "wamid.L1", "Explícame todo").await;
+    let (parts,): (i64,) = eventually("parts stored", Duration::from_secs(30), || {
+        let pg = s.pg.clone();
+        async move {
+            sqlx::query_as("SELECT count(*) FROM outbound_messages")
+                .fetch_one(&pg)
+                .await
+                .ok()
+                .filter(|(n,): &(i64,)| *n > 0)
+        }
+    })
+    .await;
+    assert!(parts >= 3, "{parts} parts");
+    let sent = s.sent(parts as usize).await;
+    let stored: Vec<(String,)> =
+        sqlx::query_as("SELECT body FROM outbound_messages ORDER BY part_no")
+            .fetch_all(&s.pg)
+            .await
+            .unwrap();
+    let bodies: Vec<&str> = sent.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(
+        bodies,
+        stored.iter().map(|(b,)| b.as_str()).collect::<Vec<_>>(),
+        "in order"
+    );
+    for (i, m) in sent.iter().enumerate() {
+        assert!(
+            m.body.chars().count() <= 4096,
+            "part {i} is {} chars",
+            m.body.chars().count()
+        );
+        assert_eq!(
+            m.context_message_id.is_some(),
+            i == 0,
+            "only the first part quotes"
+        );
+    }
+    assert!(
+        sent[0].body.starts_with("*Sección 1*"),
+        "headers become bold: {}",
+        &sent[0].body[..40]
+    );
+}
+
+#[tokio::test]
+async fn three_sender_processes_under_a_throttling_storm_send_everything_within_the_rate_limit() {
+    const RATE: i64 = 10;
+    const N: usize = 40;
+    let s = system_with(
+        SimConfig {
+            mps: 50,
+            ..Default::default()
+        },
+        |s| vec![s.standin()],
+        &["conversation", "status", "llm"],
+    )
+    .await;
+    sqlx::query("UPDATE channels SET send_rate_per_sec = $1")
+        .bind(RATE as i32)
+        .execute(&s.pg)
+        .await
+        .unwrap();
+    s.sim.state.add_fault(
+        serde_json::from_value::<Fault>(serde_json::json!({"code": 130429, "count": 8})).unwrap(),
+    );
+    let env = s.cfg.pipeline_env(&s.sim);
+    let _senders: Vec<_> = (0..3)
+        .map(|_| ChildWorker::spawn_with(BIN, env.clone(), "real", &[("WAFLEET_STAGES", "sender")]))
+        .collect();
+    for i in 0..N {
+        s.send(&format!("5731{i:04}"), &format!("wamid.S{i}"), "hola")
+            .await;
+    }
+    let sent = eventually("every reply sent", Duration::from_secs(60), || async {
+        let m = s.sim.state.messages();
+        (m.len() >= N).then_some(m)
+    })
+    .await;
+    s.settled().await;
+    let sent_after = s.sim.state.messages();
+    assert_eq!(sent_after.len(), N, "nothing sent twice");
+    let mut recipients: Vec<_> = sent.iter().map(|m| m.recipient.clone()).collect();
+    recipients.sort();
+    recipients.dedup();
+    assert_eq!(recipients.len(), N, "every customer answered once");
+    // The limit holds fleet-wide: in any 1-second window at most RATE sends, plus the limiter's
+    // burst of one, plus one for request latency between the limiter and the simulator.
+    let times: Vec<u64> = sent.iter().map(|m| m.received_at).collect();
+    let worst = times
+        .iter()
+        .map(|t| times.iter().filter(|u| **u >= *t && **u < t + 1000).count())
+        .max()
+        .unwrap();
+    assert!(
+        worst as i64 <= RATE + 2,
+        "{worst} sends in one second with a limit of {RATE}/s"
+    );
+}
+
+#[tokio::test]
+async fn a_131056_slows_only_its_recipient() {
+    let s = system().await;
+    s.sim.state.add_fault(
+        serde_json::from_value::<Fault>(
+            serde_json::json!({"code": 131056, "count": 2, "recipient": "573100"}),
+        )
+        .unwrap(),
+    );
+    s.send("573100", "wamid.P1", "hola").await;
+    for i in 0..5 {
+        s.send(&format!("57320{i}"), &format!("wamid.O{i}"), "hola")
+            .await;
+    }
+    let sent = s.sent(6).await;
+    let slow = sent.iter().position(|m| m.recipient == "573100").unwrap();
+    assert_eq!(
+        slow,
+        5,
+        "the throttled recipient waited while the others went: {:?}",
+        sent.iter().map(|m| &m.recipient).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn a_sender_killed_mid_batch_never_sends_a_part_twice() {
+    const N: usize = 30;
+    let s = system_with(
+        SimConfig {
+            mps: 0,
+            ..Default::default()
+        },
+        |s| vec![s.standin()],
+        &["conversation", "status", "llm"],
+    )
+    .await;
+    let env = s.cfg.pipeline_env(&s.sim);
+    let mut a = ChildWorker::spawn_with(BIN, env.clone(), "real", &[("WAFLEET_STAGES", "sender")]);
+    for i in 0..N {
+        s.send(&format!("5733{i:04}"), &format!("wamid.K{i}"), "hola")
+            .await;
+    }
+    let sim = &s.sim;
+    eventually("a first few sends", Duration::from_secs(30), || async {
+        (sim.state.messages().len() >= 5).then_some(())
+    })
+    .await;
+    a.kill();
+    let _b = ChildWorker::spawn_with(BIN, env, "real", &[("WAFLEET_STAGES", "sender")]);
+    eventually("every reply sent", Duration::from_secs(60), || async {
+        (sim.state.messages().len() >= N).then_some(())
+    })
+    .await;
+    s.until(
+        "every part accepted",
+        "SELECT count(*) FROM outbound_messages WHERE state = 'accepted'",
+        N as i64,
+    )
+    .await;
+    s.settled().await;
+    let sent = s.sim.state.messages();
+    let mut recipients: Vec<_> = sent.iter().map(|m| m.recipient.clone()).collect();
+    recipients.sort();
+    recipients.dedup();
+    assert_eq!(
+        (sent.len(), recipients.len()),
+        (N, N),
+        "each part sent exactly once"
+    );
+}

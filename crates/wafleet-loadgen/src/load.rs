@@ -53,7 +53,10 @@ impl Target {
         let authority = uri
             .authority()
             .with_context(|| format!("--url {url:?} has no host"))?;
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         let ip: IpAddr = if host.eq_ignore_ascii_case("localhost") {
             Ipv4Addr::LOCALHOST.into()
         } else {
@@ -61,7 +64,9 @@ impl Target {
                 .with_context(|| format!("--url host {host:?} must be a loopback IP"))?
         };
         if !ip.is_loopback() {
-            bail!("--url must target loopback (127.0.0.1), got {ip}: this tool only loads a local server");
+            bail!(
+                "--url must target loopback (127.0.0.1), got {ip}: this tool only loads a local server"
+            );
         }
         let path = uri
             .path_and_query()
@@ -391,12 +396,30 @@ mod tests {
         };
         assert!(plan.check().is_ok());
         let bad = [
-            Plan { concurrency: 0, ..plan.clone() },
-            Plan { concurrency: MAX_CONCURRENCY + 1, ..plan.clone() },
-            Plan { duration: Duration::ZERO, ..plan.clone() },
-            Plan { duration: MAX_DURATION + Duration::from_secs(1), ..plan.clone() },
-            Plan { warmup: MAX_WARMUP + Duration::from_secs(1), ..plan.clone() },
-            Plan { max_requests: 0, ..plan.clone() },
+            Plan {
+                concurrency: 0,
+                ..plan.clone()
+            },
+            Plan {
+                concurrency: MAX_CONCURRENCY + 1,
+                ..plan.clone()
+            },
+            Plan {
+                duration: Duration::ZERO,
+                ..plan.clone()
+            },
+            Plan {
+                duration: MAX_DURATION + Duration::from_secs(1),
+                ..plan.clone()
+            },
+            Plan {
+                warmup: MAX_WARMUP + Duration::from_secs(1),
+                ..plan.clone()
+            },
+            Plan {
+                max_requests: 0,
+                ..plan.clone()
+            },
         ];
         for p in bad {
             assert!(p.check().is_err(), "{p:?}");

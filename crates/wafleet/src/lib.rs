@@ -21,8 +21,8 @@ pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod ingest;
-pub mod store;
 pub mod shared_redis;
+pub mod store;
 pub mod streams;
 pub mod telemetry;
 

@@ -81,11 +81,13 @@ impl SharedRedis {
     }
 
     fn current(&self) -> Option<SharedConnection> {
-        self.lock().as_ref().map(|(generation, con)| SharedConnection {
-            con: con.clone(),
-            generation: *generation,
-            owner: self.inner.clone(),
-        })
+        self.lock()
+            .as_ref()
+            .map(|(generation, con)| SharedConnection {
+                con: con.clone(),
+                generation: *generation,
+                owner: self.inner.clone(),
+            })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<(u64, MultiplexedConnection)>> {
@@ -107,12 +109,12 @@ pub struct SharedConnection {
 
 impl SharedConnection {
     fn check<T>(&self, result: RedisResult<T>) -> RedisResult<T> {
-        if let Err(e) = &result {
-            if e.is_unrecoverable_error() {
-                let mut current = lock(&self.owner);
-                if current.as_ref().is_some_and(|(g, _)| *g == self.generation) {
-                    *current = None;
-                }
+        if let Err(e) = &result
+            && e.is_unrecoverable_error()
+        {
+            let mut current = lock(&self.owner);
+            if current.as_ref().is_some_and(|(g, _)| *g == self.generation) {
+                *current = None;
             }
         }
         result

@@ -18,9 +18,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::channels::{self, SharedRegistry};
-use crate::shared_redis::SharedRedis;
 use crate::config::{IngestSettings, QuickStartChannel};
 use crate::crypto::Cipher;
+use crate::shared_redis::SharedRedis;
 use crate::store::channels::{ChannelSpec, upsert};
 use crate::streams::{Enqueuer, Keys};
 use crate::{db, telemetry};
@@ -45,6 +45,9 @@ pub struct AppState {
 const REDIS_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Builds a Redis pool whose waits are bounded, so an outage turns into errors, not hangs.
+///
+/// Ingest itself no longer uses it (see [`AppState::redis`]); it stays for processes that need a
+/// connection per task.
 pub fn redis_pool(url: &str, size: usize) -> anyhow::Result<deadpool_redis::Pool> {
     let mut cfg = deadpool_redis::Config::from_url(url);
     let timeout = Some(std::time::Duration::from_secs(2));

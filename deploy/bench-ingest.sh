@@ -18,6 +18,7 @@
 #
 # Isolation: a fresh Redis key prefix (bench<random>, deleted at exit) and a fresh database
 # wafleet_bench (dropped at exit) on the services of this checkout; nothing else is touched.
+# One run at a time per set of services (the database name is fixed).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd -P)"

@@ -41,3 +41,7 @@ fmt:
 # clippy, warnings are errors
 lint:
     cargo clippy --workspace --all-targets -- -D warnings
+
+# ingest throughput and latency vs a no-I/O ceiling (BENCH_CONCURRENCY, BENCH_DURATION, BENCH_WARMUP)
+bench-ingest:
+    deploy/bench-ingest.sh

@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# Ingest benchmark: the release wafleet-ingest against real Redis (AOF everysec) and Postgres,
+# then the same load against `wafleet-loadgen ceiling` (signature + parse, no I/O), and a summary.
+#
+#   deploy/bench-ingest.sh            (or: just bench-ingest)
+#
+# Knobs (environment):
+#   BENCH_CONCURRENCY   connections in flight             (default 32)
+#   BENCH_DURATION      measured seconds per run           (default 15)
+#   BENCH_WARMUP        warm-up seconds before measuring   (default 5)
+#   BENCH_NO_BUILD=1    skip `cargo build --release`
+#   BENCH_RUST_LOG      ingest's RUST_LOG                   (default warn)
+#   WAFLEET_PARTITIONS, WAFLEET_REDIS_POOL_SIZE, ...  passed through to ingest as usual
+#   WAFLEET_REDIS_PORT / WAFLEET_PG_PORT  which services (see deploy/services.sh)
+#
+# Targets: ingest rps >= 0.5 x ceiling rps, ingest p99 <= 10 ms, zero errors, and every 200 is
+# exactly one stream entry. Exit status 3 when one is missed.
+#
+# Isolation: a fresh Redis key prefix (bench<random>, deleted at exit) and a fresh database
+# wafleet_bench (dropped at exit) on the services of this checkout; nothing else is touched.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd -P)"
+cd "$ROOT"
+
+CONCURRENCY="${BENCH_CONCURRENCY:-32}"
+DURATION="${BENCH_DURATION:-15}"
+WARMUP="${BENCH_WARMUP:-5}"
+PARTITIONS="${WAFLEET_PARTITIONS:-16}"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+BENCH_DB=wafleet_bench
+
+note() { echo "bench-ingest: $*" >&2; }
+die() { note "$*"; exit 1; }
+
+if [[ "${BENCH_NO_BUILD:-0}" != 1 ]]; then
+  note "building release binaries"
+  cargo build --release --quiet -p wafleet-ingest -p wafleet-loadgen -p wafleetctl
+fi
+for b in wafleet-ingest wafleet-loadgen wafleetctl; do
+  [[ -x "$BIN/$b" ]] || die "$BIN/$b missing (build it, or set CARGO_TARGET_DIR)"
+done
+LOADGEN="$BIN/wafleet-loadgen"
+
+deploy/services.sh up
+eval "$(deploy/services.sh env)"
+
+rcli() { redis-cli -u "$REDIS_URL" "$@" </dev/null; }
+[[ "$(rcli config get appendonly | tail -n1)" == yes ]] || die "Redis at $REDIS_URL runs without AOF"
+fsync="$(rcli config get appendfsync | tail -n1)"
+[[ "$fsync" == everysec ]] || die "Redis at $REDIS_URL has appendfsync=$fsync, the benchmark wants everysec"
+
+PSQL="$(command -v psql || ls /usr/lib/postgresql/*/bin/psql 2>/dev/null | tail -n1 || true)"
+[[ -x "$PSQL" ]] || die "psql not found"
+psql_admin() { "$PSQL" -X -q -At -v ON_ERROR_STOP=1 "$DATABASE_URL" "$@" </dev/null; }
+url_noq="${DATABASE_URL%%\?*}"
+BENCH_DATABASE_URL="${url_noq%/*}/$BENCH_DB${DATABASE_URL#"$url_noq"}"
+
+PREFIX="bench$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
+SECRET="bench-secret-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
+PNID=100000000000001
+LOGS="$(mktemp -d /tmp/bench-ingest.XXXXXX)"
+SERVER_PID=""
+
+stop_server() {
+  [[ -n "$SERVER_PID" ]] || return 0
+  kill -TERM "$SERVER_PID" 2>/dev/null || true
+  local i
+  for ((i = 0; i < 250; i++)); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=""
+}
+
+cleanup() {
+  local rc=$?
+  stop_server
+  if [[ -n "${REDIS_URL:-}" ]]; then
+    rcli --scan --pattern "$PREFIX:*" | xargs -r -n 1000 redis-cli -u "$REDIS_URL" unlink >/dev/null 2>&1 || true
+  fi
+  psql_admin -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" 2>/dev/null || true
+  if ((rc == 0 || rc == 3)); then rm -rf "$LOGS"; else note "logs kept in $LOGS"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+psql_admin -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)"
+psql_admin -c "CREATE DATABASE $BENCH_DB"
+KEY="$("$BIN/wafleetctl" generate-key)"
+
+# start_server NAME READY_PATH CMD...: runs CMD in the background on a free port ($PORT).
+start_server() {
+  local name="$1" ready="$2"
+  shift 2
+  "$@" >"$LOGS/$name.log" 2>&1 &
+  SERVER_PID=$!
+  if ! "$LOADGEN" wait --url "http://127.0.0.1:$PORT$ready" --timeout-secs 60 2>>"$LOGS/$name.log"; then
+    tail -n 20 "$LOGS/$name.log" >&2
+    die "$name did not become ready on 127.0.0.1:$PORT"
+  fi
+}
+
+# load LABEL: the closed loop against the server on $PORT; prints the report, keeps it.
+load() {
+  "$LOADGEN" run --label "$1" --url "http://127.0.0.1:$PORT/webhooks/whatsapp" \
+    --secret "$SECRET" --phone-number-id "$PNID" \
+    --concurrency "$CONCURRENCY" --duration "$DURATION" --warmup "$WARMUP" | tee "$LOGS/$1.out"
+}
+result() { grep '^RESULT ' "$LOGS/$1.out" | tail -n1; }
+field() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"; }
+
+echo "== setup: redis $REDIS_URL (appendfsync $fsync), database $BENCH_DB, prefix $PREFIX," \
+  "$PARTITIONS partitions, $(nproc) cores"
+
+PORT="$("$LOADGEN" free-port)"
+start_server ingest /readyz env \
+  DATABASE_URL="$BENCH_DATABASE_URL" WAFLEET_ENCRYPTION_KEY="$KEY" \
+  WAFLEET_REDIS_PREFIX="$PREFIX" WAFLEET_PARTITIONS="$PARTITIONS" \
+  WAFLEET_INGEST_ADDR="127.0.0.1:$PORT" RUST_LOG="${BENCH_RUST_LOG:-warn}" \
+  WHATSAPP_PHONE_NUMBER_ID="$PNID" WHATSAPP_APP_SECRET="$SECRET" \
+  WHATSAPP_VERIFY_TOKEN=bench-verify WHATSAPP_ACCESS_TOKEN=bench-token \
+  "$BIN/wafleet-ingest"
+load ingest
+INGEST="$(result ingest)"
+stop_server
+
+# Sanity: every 200 is exactly one inbound entry; nothing went to quarantine or dead letters.
+stream_total=0
+for ((n = 0; n < PARTITIONS; n++)); do
+  len="$(rcli xlen "$PREFIX:{p$n}:inbound")"
+  stream_total=$((stream_total + len))
+done
+off_path=$(($(rcli xlen "$PREFIX:{quarantine}:stream") + $(rcli xlen "$PREFIX:{dead}:ingest")))
+ok_total="$(field "$INGEST" ok_total)"
+echo "== streams: $stream_total inbound entries for $ok_total answers 200; $off_path in quarantine/dead letters"
+
+PORT="$("$LOADGEN" free-port)"
+start_server ceiling /healthz "$LOADGEN" ceiling --listen "127.0.0.1:$PORT" --secret "$SECRET"
+load ceiling
+CEILING="$(result ceiling)"
+stop_server
+
+verdict() { if [[ "$1" == 1 ]]; then echo ok; else echo MISSED; fi; }
+i_rps="$(field "$INGEST" rps)" c_rps="$(field "$CEILING" rps)"
+i_p99="$(field "$INGEST" p99_ms)"
+i_err="$(field "$INGEST" errors)" c_err="$(field "$CEILING" errors)"
+ratio="$(awk -v a="$i_rps" -v b="$c_rps" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')"
+ratio_ok="$(awk -v r="$ratio" 'BEGIN { print (r >= 0.5) ? 1 : 0 }')"
+p99_ok="$(awk -v p="$i_p99" 'BEGIN { print (p <= 10) ? 1 : 0 }')"
+err_ok=$(((i_err + c_err) == 0 ? 1 : 0))
+streams_ok=$((stream_total == ok_total && off_path == 0 ? 1 : 0))
+
+echo
+echo "== summary ($CONCURRENCY connections, ${DURATION}s after ${WARMUP}s warm-up)"
+printf '%-9s %10s %9s %9s %9s %7s\n' "" rps p50_ms p99_ms p999_ms errors
+for r in "$INGEST" "$CEILING"; do
+  printf '%-9s %10s %9s %9s %9s %7s\n' "$(field "$r" label)" "$(field "$r" rps)" \
+    "$(field "$r" p50_ms)" "$(field "$r" p99_ms)" "$(field "$r" p999_ms)" "$(field "$r" errors)"
+done
+echo "ingest/ceiling rps ratio  $ratio   (target >= 0.5)  $(verdict "$ratio_ok")"
+echo "ingest p99                ${i_p99} ms (target <= 10)  $(verdict "$p99_ok")"
+echo "errors                    $i_err ingest, $c_err ceiling (target 0)  $(verdict "$err_ok")"
+echo "stream entries = 200s     $stream_total = $ok_total, off-path $off_path  $(verdict "$streams_ok")"
+if ((ratio_ok && p99_ok && err_ok && streams_ok)); then
+  echo "TARGETS HOLD"
+else
+  echo "TARGETS MISSED"
+  exit 3
+fi

@@ -24,6 +24,7 @@
 #   BENCH_DRAIN_TIMEOUT   seconds to wait for the last row             (default 600)
 #   BENCH_IDLE_TIMEOUT    seconds to wait for other benchmarks to end  (default 900; 0: don't
 #                         wait, for a smoke test whose numbers do not matter)
+#   BENCH_CPU_WAIT        then seconds to wait for the CPUs to be idle (default 120)
 #   BENCH_NO_BUILD=1      skip `cargo build --release`
 #   BENCH_RUST_LOG        RUST_LOG of ingest and workers               (default warn)
 #   WAFLEET_PARTITIONS, WAFLEET_DATABASE_POOL_SIZE, WAFLEET_MAX_IN_FLIGHT, ...  passed through
@@ -45,6 +46,7 @@ CONCURRENCY="${BENCH_CONCURRENCY:-32}"
 WORKER_COUNTS="${BENCH_WORKERS:-1 2}"
 DRAIN_TIMEOUT="${BENCH_DRAIN_TIMEOUT:-600}"
 IDLE_TIMEOUT="${BENCH_IDLE_TIMEOUT:-900}"
+CPU_WAIT="${BENCH_CPU_WAIT:-120}"
 PARTITIONS="${WAFLEET_PARTITIONS:-16}"
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 BENCH_DB=wafleet_bench_pipeline
@@ -54,6 +56,7 @@ note() { echo "bench-pipeline: $*" >&2; }
 die() { note "$*"; exit 1; }
 
 [[ "$IDLE_TIMEOUT" =~ ^[0-9]+$ ]] || die "BENCH_IDLE_TIMEOUT must be a number, got '$IDLE_TIMEOUT'"
+[[ "$CPU_WAIT" =~ ^[0-9]+$ ]] || die "BENCH_CPU_WAIT must be a number, got '$CPU_WAIT'"
 for v in MESSAGES CONVERSATIONS CONCURRENCY DRAIN_TIMEOUT PARTITIONS; do
   [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive number, got '${!v}'"
 done
@@ -104,15 +107,17 @@ cleanup() {
     done
   fi
   psql_admin -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" 2>/dev/null || true
-  if ((rc == 0 || rc == 3)); then rm -rf "$LOGS"; else note "logs kept in $LOGS"; fi
+  if ((rc == 0)); then rm -rf "$LOGS"; else note "logs kept in $LOGS"; fi
   exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Another helper's benchmark on this 2-core box would halve our numbers (and theirs).
+# Another helper's benchmark on this 2-core box would halve our numbers (and theirs): wait for
+# it. Compiles of other checkouts are not waited out for ever: up to BENCH_CPU_WAIT seconds for
+# the machine to be mostly idle, then the run goes ahead and its "anything else" CPU shows them.
 wait_for_quiet() {
-  local waited=0 others
+  local waited=0 others busy m0
   ((IDLE_TIMEOUT > 0)) || return 0
   while others="$(pgrep -af 'wafleet-loadgen|bench-pii|bench-ingest' || true)"; [[ -n "$others" ]]; do
     ((waited == 0)) && note "waiting for other benchmarks to finish: $(cut -c1-100 <<<"$others" | tr '\n' ';')"
@@ -120,7 +125,17 @@ wait_for_quiet() {
     sleep 5
     waited=$((waited + 5))
   done
-  ((waited == 0)) || note "machine quiet after ${waited}s"
+  ((waited == 0)) || note "no other benchmark after ${waited}s"
+  waited=0
+  while :; do
+    m0="$(machine)"
+    sleep 2
+    busy="$(awk -v a="$m0" -v b="$(machine)" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.0f", 100 * (y[1] - x[1]) / (y[2] - x[2]) }')"
+    ((busy <= 25)) && break
+    ((waited == 0)) && note "machine ${busy}% busy (other work); waiting up to ${CPU_WAIT}s for it to calm down"
+    waited=$((waited + 2))
+    if ((waited >= CPU_WAIT)); then note "machine still ${busy}% busy; measuring anyway"; break; fi
+  done
 }
 
 # start NAME READY_URL CMD...: runs CMD in the background and waits for READY_URL to answer 200.
@@ -215,6 +230,12 @@ pg_cluster() {
 redis_cpu() { rcli info cpu | awk -F: '/^used_cpu_(sys|user):/ { t += $2 } END { printf "%.2f", t }'; }
 # Busy and total jiffies of the whole machine (every process, other agents' included).
 machine() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
+# CPU seconds of this script's finished children (the loadgen, once it has exited). `times` runs
+# in this shell, not in a $(...) subshell, whose children's counters start at zero.
+children_cpu() {
+  times >"$LOGS/times"
+  tail -n1 "$LOGS/times" | awk '{ for (i = 1; i <= 2; i++) { split($i, t, "m"); s += t[1] * 60 + t[2] } } END { printf "%.2f", s }'
+}
 TICKS="$(getconf CLK_TCK)"
 secs() { awk -v t="$1" -v k="$TICKS" 'BEGIN { printf "%.1f", t / k }'; }
 
@@ -252,17 +273,20 @@ run() {
   wait_balanced "${addrs[@]}"
   wait_for_quiet
 
-  local t0 out redis0 machine0
+  local t0 out redis0 machine0 loadgen_s
   snapshot $(pg_cluster) >"$LOGS/pg0"
   snapshot "$ingest_pid" >"$LOGS/ingest0"
   snapshot "${worker_pids[@]}" >"$LOGS/workers0"
   redis0="$(redis_cpu)" machine0="$(machine)"
+  children_cpu >"$LOGS/loadgen0"
   t0="$(date +%s%3N)"
   out="$("$LOADGEN" run --label "workers$workers" --url "$url" --secret "$SECRET" \
     --phone-number-id "$PNID" --customers "$CONVERSATIONS" --concurrency "$CONCURRENCY" \
     --warmup 0 --duration 600 --max-requests "$MESSAGES")"
   local t_sent ok_total errors
   t_sent="$(date +%s%3N)"
+  children_cpu >"$LOGS/loadgen1"
+  loadgen_s="$(awk -v a="$(<"$LOGS/loadgen0")" -v b="$(<"$LOGS/loadgen1")" 'BEGIN { printf "%.1f", b - a }')"
   ok_total="$(sed -n 's/^RESULT .* ok_total=\([0-9]*\).*/\1/p' <<<"$out")"
   errors="$(sed -n 's/^RESULT .* errors=\([0-9]*\).*/\1/p' <<<"$out")"
   local stored_at_send
@@ -271,15 +295,20 @@ run() {
   local deadline=$((SECONDS + DRAIN_TIMEOUT)) stored=0
   while stored="$(sql "SELECT count(*) FROM messages")"; ((stored < ok_total)); do
     ((SECONDS < deadline)) || { note "workers=$workers: only $stored of $ok_total rows after ${DRAIN_TIMEOUT}s"; break; }
-    sleep 0.2
+    sleep 0.5
   done
   snapshot $(pg_cluster) >"$LOGS/pg1"
   snapshot "$ingest_pid" >"$LOGS/ingest1"
   snapshot "${worker_pids[@]}" >"$LOGS/workers1"
-  local redis_s busy
+  local redis_s busy ingest_s workers_s pg_s others_s
   redis_s="$(awk -v a="$redis0" -v b="$(redis_cpu)" 'BEGIN { printf "%.1f", b - a }')"
-  busy="$(awk -v a="$machine0" -v b="$(machine)" -v n="$(nproc)" 'BEGIN {
-    split(a, x, " "); split(b, y, " "); printf "%.0f%% of %d cores", 100 * (y[1] - x[1]) / (y[2] - x[2]), n }')"
+  ingest_s="$(secs "$(cpu_delta "$LOGS/ingest0" "$LOGS/ingest1")")"
+  workers_s="$(secs "$(cpu_delta "$LOGS/workers0" "$LOGS/workers1")")"
+  pg_s="$(secs "$(cpu_delta "$LOGS/pg0" "$LOGS/pg1")")"
+  read -r busy others_s <<<"$(awk -v a="$machine0" -v b="$(machine)" -v n="$(nproc)" -v k="$TICKS" \
+    -v ours="$ingest_s $workers_s $pg_s $redis_s $loadgen_s" 'BEGIN {
+      split(a, x, " "); split(b, y, " "); split(ours, o, " ")
+      printf "%.0f%% %.1f", 100 * (y[1] - x[1]) / (y[2] - x[2]), (y[1] - x[1]) / k - o[1] - o[2] - o[3] - o[4] - o[5] }')"
   # Anything late (a duplicate) would show up now.
   sleep 1
 
@@ -299,6 +328,11 @@ run() {
   job="$(job_buckets "${addrs[@]}" | quantiles 0.5 0.99)"
   done_jobs="$(counter 'wafleet_jobs_total{' 'outcome="done"' "${addrs[@]}")"
   other_jobs=$(($(counter 'wafleet_jobs_total{' '' "${addrs[@]}") - done_jobs))
+  local others_by_outcome="" o
+  for o in retry unavailable dead; do
+    local k; k="$(counter 'wafleet_jobs_total{' "outcome=\"$o\"" "${addrs[@]}")"
+    ((k == 0)) || others_by_outcome+=" $o=$k"
+  done
   for ((i = 0; i < PARTITIONS; i++)); do backlog=$((backlog + $(rcli xlen "$prefix:{p$i}:inbound"))); done
   dead="$(rcli xlen "$prefix:{dead}:conversation")"
   stop_all
@@ -306,18 +340,22 @@ run() {
   local ok=1 verdict
   ((ok_total == MESSAGES && errors == 0)) || ok=0
   ((rows == ok_total && distinct == rows)) || ok=0
-  ((done_jobs == rows && other_jobs == 0 && backlog == 0 && dead == 0)) || ok=0
+  # Retries and "unavailable" (e.g. a Postgres pool timeout) are allowed: they redo a job, and the
+  # rows and handler completions show whether that lost or doubled anything.
+  ((done_jobs == rows && backlog == 0 && dead == 0)) || ok=0
   verdict="$( ((ok)) && echo ok || echo FAILED)"
   ((ok)) || FAILED=1
   echo "-- workers=$workers: sent $MESSAGES in $(awk -v a="$t0" -v b="$t_sent" 'BEGIN { printf "%.2f", (b - a) / 1000 }') s" \
     "($(sed -n 's/^RESULT .* rps=\([0-9.]*\).*/\1/p' <<<"$out") req/s, $errors errors), $stored_at_send rows stored by then;" \
-    "cpu s: ingest $(secs "$(cpu_delta "$LOGS/ingest0" "$LOGS/ingest1")")," \
-    "workers $(secs "$(cpu_delta "$LOGS/workers0" "$LOGS/workers1")")," \
-    "postgres $(secs "$(cpu_delta "$LOGS/pg0" "$LOGS/pg1")"), redis $redis_s; machine busy $busy"
+    "cpu s: loadgen $loadgen_s, ingest $ingest_s, workers $workers_s, postgres $pg_s, redis $redis_s," \
+    "anything else $others_s; machine busy $busy of $(nproc) cores"
   echo "   rows $rows, distinct wamids $distinct, answered 200 $ok_total; handler runs: $done_jobs done," \
-    "$other_jobs other; inbound left $backlog, dead letters $dead: $verdict"
-  ROWS+=("$(printf '%7s %9s %8s %8s %11s %11s %11s %11s  %s' "$workers" "$rows" "$seconds" "$rate" \
-    ${job% *} ${job#* } "$e2e_p50" "$e2e_p99" \
+    "$other_jobs other${others_by_outcome:+ (${others_by_outcome# })}; inbound left $backlog, dead letters $dead: $verdict"
+  local cpu_per_msg
+  cpu_per_msg="$(awk -v n="$rows" -v c="$ingest_s $workers_s $pg_s $redis_s" 'BEGIN {
+    split(c, x, " "); printf "%.2f", (n > 0 ? 1000 * (x[1] + x[2] + x[3] + x[4]) / n : 0) }')"
+  ROWS+=("$(printf '%7s %9s %8s %8s %11s %11s %11s %11s %11s  %s' "$workers" "$rows" "$seconds" "$rate" \
+    ${job% *} ${job#* } "$e2e_p50" "$e2e_p99" "$cpu_per_msg" \
     "$( ((ok)) && echo "none lost, none duplicated" || echo "CHECK FAILED")")")
 }
 
@@ -325,8 +363,9 @@ for n in $WORKER_COUNTS; do run "$n"; done
 
 echo
 echo "== pipeline: $MESSAGES messages, $CONVERSATIONS conversations, $CONCURRENCY connections, $PARTITIONS partitions"
-printf '%7s %9s %8s %8s %11s %11s %11s %11s  %s\n' workers messages seconds msgs/s \
-  job_p50_ms job_p99_ms e2e_p50_ms e2e_p99_ms checks
+printf '%7s %9s %8s %8s %11s %11s %11s %11s %11s  %s\n' workers messages seconds msgs/s \
+  job_p50_ms job_p99_ms e2e_p50_ms e2e_p99_ms cpu_ms/msg checks
 printf '%s\n' "${ROWS[@]}"
-echo "(seconds: first send -> last row stored; job: conversation handler time; e2e: stream entry -> row)"
+echo "(seconds: first send -> last row stored; job: conversation handler time; e2e: stream entry -> row;"
+echo " cpu_ms/msg: CPU of ingest + workers + postgres + redis per message, whatever else ran meanwhile)"
 ((FAILED == 0)) || exit 3

@@ -18,6 +18,7 @@
 #
 # Isolation: a fresh Redis key prefix (bench<random>, deleted at exit) and a fresh database
 # wafleet_bench (dropped at exit) on the services of this checkout; nothing else is touched.
+# One run at a time per set of services (the database name is fixed).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd -P)"
@@ -62,8 +63,15 @@ PNID=100000000000001
 LOGS="$(mktemp -d /tmp/bench-ingest.XXXXXX)"
 SERVER_PID=""
 
+# CPU seconds (user + system) a process has used so far.
+proc_cpu() { sed 's/.*) //' "/proc/$1/stat" | awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", ($12 + $13) / hz }'; }
+# CPU seconds Redis has used, AOF rewrite children included.
+redis_cpu() { rcli info cpu | tr -d '\r' | awk -F: '/^used_cpu_(user|sys)(_children)?:/ { t += $2 } END { printf "%.3f", t }'; }
+
+SERVER_CPU=0
 stop_server() {
   [[ -n "$SERVER_PID" ]] || return 0
+  SERVER_CPU="$(proc_cpu "$SERVER_PID" 2>/dev/null || echo 0)"
   kill -TERM "$SERVER_PID" 2>/dev/null || true
   local i
   for ((i = 0; i < 250; i++)); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
@@ -114,6 +122,7 @@ echo "== setup: redis $REDIS_URL (appendfsync $fsync), database $BENCH_DB, prefi
   "$PARTITIONS partitions, $(nproc) cores"
 
 PORT="$("$LOADGEN" free-port)"
+redis_cpu_before="$(redis_cpu)"
 start_server ingest /readyz env \
   DATABASE_URL="$BENCH_DATABASE_URL" WAFLEET_ENCRYPTION_KEY="$KEY" \
   WAFLEET_REDIS_PREFIX="$PREFIX" WAFLEET_PARTITIONS="$PARTITIONS" \
@@ -124,6 +133,8 @@ start_server ingest /readyz env \
 load ingest
 INGEST="$(result ingest)"
 stop_server
+INGEST_CPU="$SERVER_CPU"
+REDIS_CPU="$(awk -v a="$redis_cpu_before" -v b="$(redis_cpu)" 'BEGIN { printf "%.3f", b - a }')"
 
 # Sanity: every 200 is exactly one inbound entry; nothing went to quarantine or dead letters.
 stream_total=0
@@ -140,6 +151,7 @@ start_server ceiling /healthz "$LOADGEN" ceiling --listen "127.0.0.1:$PORT" --se
 load ceiling
 CEILING="$(result ceiling)"
 stop_server
+CEILING_CPU="$SERVER_CPU"
 
 verdict() { if [[ "$1" == 1 ]]; then echo ok; else echo MISSED; fi; }
 i_rps="$(field "$INGEST" rps)" c_rps="$(field "$CEILING" rps)"
@@ -162,6 +174,19 @@ echo "ingest/ceiling rps ratio  $ratio   (target >= 0.5)  $(verdict "$ratio_ok")
 echo "ingest p99                ${i_p99} ms (target <= 10)  $(verdict "$p99_ok")"
 echo "errors                    $i_err ingest, $c_err ceiling (target 0)  $(verdict "$err_ok")"
 echo "stream entries = 200s     $stream_total = $ok_total, off-path $off_path  $(verdict "$streams_ok")"
+# CPU per request over each whole run: on a machine shared with other work (or a loaded CI box)
+# rps moves with the neighbours, CPU per request much less. Their ratio is what the rps ratio
+# would be if the load were CPU-bound on an otherwise idle machine.
+per_req() { awk -v c="$1" -v n="$2" 'BEGIN { printf "%.1f", (n > 0 ? c * 1e6 / n : 0) }'; }
+i_sent="$(field "$INGEST" sent)" c_sent="$(field "$CEILING" sent)"
+i_us="$(per_req "$INGEST_CPU" "$i_sent")" r_us="$(per_req "$REDIS_CPU" "$i_sent")"
+c_us="$(per_req "$CEILING_CPU" "$c_sent")"
+il_us="$(field "$INGEST" client_cpu_us)" cl_us="$(field "$CEILING" client_cpu_us)"
+echo "CPU us/request, ingest run   ingest $i_us + redis $r_us + loadgen $il_us"
+echo "CPU us/request, ceiling run  ceiling $c_us + loadgen $cl_us"
+awk -v i="$i_us" -v r="$r_us" -v il="$il_us" -v c="$c_us" -v cl="$cl_us" 'BEGIN {
+  printf "CPU-bound ratio estimate   %.2f   (ceiling run CPU / ingest run CPU; redis counts AOF rewrites and any other client)\n",
+    (c + cl) / (i + r + il) }'
 if ((ratio_ok && p99_ok && err_ok && streams_ok)); then
   echo "TARGETS HOLD"
 else

@@ -164,7 +164,11 @@ mod tests {
         let f = factory();
         for seq in 0..50 {
             let s = f.signed(0, seq);
-            assert!((900..1300).contains(&s.body.len()), "{} bytes", s.body.len());
+            assert!(
+                (900..1300).contains(&s.body.len()),
+                "{} bytes",
+                s.body.len()
+            );
             assert!(s.body.is_ascii(), "non-ASCII is escaped, as Meta does");
             let parsed = webhook::parse(&s.body).expect("parses");
             assert!(parsed.rejected.is_empty());

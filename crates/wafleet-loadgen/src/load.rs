@@ -53,7 +53,10 @@ impl Target {
         let authority = uri
             .authority()
             .with_context(|| format!("--url {url:?} has no host"))?;
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         let ip: IpAddr = if host.eq_ignore_ascii_case("localhost") {
             Ipv4Addr::LOCALHOST.into()
         } else {
@@ -61,7 +64,9 @@ impl Target {
                 .with_context(|| format!("--url host {host:?} must be a loopback IP"))?
         };
         if !ip.is_loopback() {
-            bail!("--url must target loopback (127.0.0.1), got {ip}: this tool only loads a local server");
+            bail!(
+                "--url must target loopback (127.0.0.1), got {ip}: this tool only loads a local server"
+            );
         }
         let path = uri
             .path_and_query()
@@ -123,6 +128,9 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     /// From the end of the warm-up to the last answer.
     pub window: Duration,
+    /// CPU time this process used for the whole run (Linux only), to tell what the load
+    /// generator itself costs per request on a machine it shares with the server.
+    pub own_cpu: Option<Duration>,
 }
 
 impl Report {
@@ -189,6 +197,7 @@ pub async fn run(plan: Plan, factory: BodyFactory) -> anyhow::Result<Report> {
         ok_total: 0,
         errors: BTreeMap::new(),
         window: Duration::ZERO,
+        own_cpu: None,
     };
     let mut last_answer = shared.measure_from;
     for w in workers {
@@ -204,6 +213,7 @@ pub async fn run(plan: Plan, factory: BodyFactory) -> anyhow::Result<Report> {
         last_answer = last_answer.max(w.last_answer);
     }
     report.window = last_answer - shared.measure_from;
+    report.own_cpu = own_cpu_time();
     Ok(report)
 }
 
@@ -300,6 +310,18 @@ async fn exchange(
     Ok(status)
 }
 
+/// User + system CPU time of this process so far, from `/proc/self/stat` (clock ticks of
+/// 1/100 s, the fixed `USER_HZ` of Linux's /proc interfaces).
+fn own_cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name, which may itself hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split(' ').skip(11); // field 14 (utime) is the 12th after `)`
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
 fn transport_kind(e: &hyper::Error) -> &'static str {
     if e.is_incomplete_message() {
         "incomplete_answer"
@@ -331,7 +353,7 @@ pub fn render(label: &str, plan: &Plan, report: &Report) -> String {
          throughput  {rps:.1} req/s\n\
          latency     p50 {p50:.3} ms   p99 {p99:.3} ms   p99.9 {p999:.3} ms   max {max:.3} ms\n\
          errors      {errors}\n\
-         RESULT label={label} rps={rps:.1} p50_ms={p50:.3} p99_ms={p99:.3} p999_ms={p999:.3} errors={n_err} requests={measured} sent={sent} ok_total={ok_total}\n",
+         RESULT label={label} rps={rps:.1} p50_ms={p50:.3} p99_ms={p99:.3} p999_ms={p999:.3} errors={n_err} requests={measured} sent={sent} ok_total={ok_total} client_cpu_us={client_cpu:.1}\n",
         c = plan.concurrency,
         d = plan.duration.as_secs_f64(),
         w = plan.warmup.as_secs_f64(),
@@ -347,6 +369,10 @@ pub fn render(label: &str, plan: &Plan, report: &Report) -> String {
         p999 = report.quantile_ms(0.999),
         max = h.max() as f64 / 1000.0,
         n_err = report.error_count(),
+        // Per request sent, warm-up included (the CPU time covers the whole run); -1 if unknown.
+        client_cpu = report.own_cpu.map_or(-1.0, |cpu| {
+            cpu.as_secs_f64() * 1e6 / report.sent.max(1) as f64
+        }),
     )
 }
 
@@ -391,12 +417,30 @@ mod tests {
         };
         assert!(plan.check().is_ok());
         let bad = [
-            Plan { concurrency: 0, ..plan.clone() },
-            Plan { concurrency: MAX_CONCURRENCY + 1, ..plan.clone() },
-            Plan { duration: Duration::ZERO, ..plan.clone() },
-            Plan { duration: MAX_DURATION + Duration::from_secs(1), ..plan.clone() },
-            Plan { warmup: MAX_WARMUP + Duration::from_secs(1), ..plan.clone() },
-            Plan { max_requests: 0, ..plan.clone() },
+            Plan {
+                concurrency: 0,
+                ..plan.clone()
+            },
+            Plan {
+                concurrency: MAX_CONCURRENCY + 1,
+                ..plan.clone()
+            },
+            Plan {
+                duration: Duration::ZERO,
+                ..plan.clone()
+            },
+            Plan {
+                duration: MAX_DURATION + Duration::from_secs(1),
+                ..plan.clone()
+            },
+            Plan {
+                warmup: MAX_WARMUP + Duration::from_secs(1),
+                ..plan.clone()
+            },
+            Plan {
+                max_requests: 0,
+                ..plan.clone()
+            },
         ];
         for p in bad {
             assert!(p.check().is_err(), "{p:?}");

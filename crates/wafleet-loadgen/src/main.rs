@@ -22,7 +22,10 @@ use hyper::StatusCode;
 use hyper_util::rt::TokioIo;
 
 #[derive(Parser)]
-#[command(name = "wafleet-loadgen", about = "Load ingest with signed WhatsApp webhooks")]
+#[command(
+    name = "wafleet-loadgen",
+    about = "Load ingest with signed WhatsApp webhooks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -163,7 +166,10 @@ async fn wait_ok(target: load::Target, timeout: Duration) -> anyhow::Result<()> 
         Some(status)
     };
     loop {
-        let status = tokio::time::timeout(Duration::from_secs(2), get()).await.ok().flatten();
+        let status = tokio::time::timeout(Duration::from_secs(2), get())
+            .await
+            .ok()
+            .flatten();
         if status == Some(StatusCode::OK) {
             return Ok(());
         }

@@ -69,7 +69,9 @@ pub struct CommonSettings {
     /// with the streams drained (it re-maps conversations to partitions).
     pub partitions: u32,
     pub encryption_key: Secret<String>,
-    /// Connections in this process's Redis pool.
+    /// Connections in this process's Redis pool, for processes that hold a connection per task
+    /// (blocking reads). Ingest does not use it: it shares one multiplexed connection
+    /// ([`crate::shared_redis`]).
     pub redis_pool_size: usize,
     /// Connections in this process's Postgres pool.
     pub database_pool_size: u32,

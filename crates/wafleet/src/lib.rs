@@ -11,6 +11,7 @@
 //! - [`store`]: Postgres tables (channels).
 //! - [`streams`]: the Redis key layout and the atomic dedup + enqueue step. The one place where
 //!   stream names, fields and partitioning are defined.
+//! - [`shared_redis`]: one multiplexed Redis connection per process, reopened after a failure.
 //! - [`channels`]: the in-memory channel registry ingest serves lookups from.
 //! - [`telemetry`]: tracing and the Prometheus recorder.
 //! - [`ingest`]: the webhook HTTP service.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod ingest;
+pub mod shared_redis;
 pub mod stages;
 pub mod store;
 pub mod streams;

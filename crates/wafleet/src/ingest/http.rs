@@ -3,6 +3,7 @@
 //! and the log line; internals never reach a response body.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -94,12 +95,14 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(30),
         ))
-        .with_state(state)
+        // Behind an Arc: axum clones the state for every request, and `AppState` holds owned
+        // strings (the enqueue script) that would otherwise be copied per webhook.
+        .with_state(Arc::new(state))
 }
 
 /// Meta's subscription handshake.
 async fn verify(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let registry = state.registry.current();
@@ -122,7 +125,7 @@ async fn verify(
 }
 
 async fn receive(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Outcome {
@@ -297,7 +300,7 @@ async fn enqueue(state: &AppState, appends: &[Append]) -> anyhow::Result<Vec<App
 }
 
 /// Prometheus exposition, with stream lengths read at scrape time.
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let streams = state.keys.all_streams();
     let lengths = async {
         let mut con = state.redis.get().await?;
@@ -322,7 +325,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn ready(State(state): State<AppState>) -> Response {
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
     let redis_ok = async {
         let mut con = state.redis.get().await.ok()?;
         redis::cmd("PING")

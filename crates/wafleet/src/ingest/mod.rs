@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::channels::{self, SharedRegistry};
 use crate::config::{IngestSettings, QuickStartChannel};
 use crate::crypto::Cipher;
+use crate::shared_redis::SharedRedis;
 use crate::store::channels::{ChannelSpec, upsert};
 use crate::streams::{Enqueuer, Keys};
 use crate::{db, telemetry};
@@ -30,7 +31,9 @@ pub use http::{Outcome, router};
 #[derive(Clone)]
 pub struct AppState {
     pub registry: SharedRegistry,
-    pub redis: deadpool_redis::Pool,
+    /// One multiplexed connection shared by all requests (see [`crate::shared_redis`] for why
+    /// not a pool).
+    pub redis: SharedRedis,
     pub pg: sqlx::PgPool,
     pub keys: Arc<Keys>,
     pub enqueuer: Enqueuer,
@@ -38,7 +41,13 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
+/// Bound on opening the Redis connection, so an outage turns into errors, not hangs.
+const REDIS_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Builds a Redis pool whose waits are bounded, so an outage turns into errors, not hangs.
+///
+/// Ingest itself no longer uses it (see [`AppState::redis`]); it stays for processes that need a
+/// connection per task.
 pub fn redis_pool(url: &str, size: usize) -> anyhow::Result<deadpool_redis::Pool> {
     let mut cfg = deadpool_redis::Config::from_url(url);
     let timeout = Some(std::time::Duration::from_secs(2));
@@ -105,7 +114,8 @@ pub async fn run(
 
     let state = AppState {
         registry,
-        redis: redis_pool(common.redis_url.expose(), common.redis_pool_size)?,
+        redis: SharedRedis::new(common.redis_url.expose(), REDIS_CONNECT_TIMEOUT)
+            .context("parsing REDIS_URL")?,
         pg,
         keys: Arc::new(Keys::new(common.redis_prefix.clone(), common.partitions)),
         enqueuer: Enqueuer::new(settings.dedup_ttl),

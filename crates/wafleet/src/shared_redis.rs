@@ -1,0 +1,147 @@
+//! One multiplexed Redis connection that every task of a process shares, reopened lazily.
+//!
+//! Why not a pool for ingest: a pooled connection carries one request at a time, and
+//! deadpool-redis checks every checkout with an `UNWATCH`+`PING` round trip, so each webhook
+//! cost Redis two round trips and the process two socket writes and two wake-ups. A multiplexed
+//! connection takes commands from any number of tasks at once and writes whatever is queued in
+//! one syscall; Redis then reads many webhooks' scripts per wake-up and answers them in one
+//! write. Each caller's commands still go out contiguous and its replies come back in order, so
+//! a pipeline behaves exactly as on a connection of its own.
+//!
+//! Failure handling (what the pool's recycle check did):
+//! - Nothing is opened until the first command, so a process starts while Redis is down and
+//!   `/readyz` says so.
+//! - A command failing with an error that means the connection is gone (reset, refused, EOF,
+//!   broken pipe: [`redis::RedisError::is_unrecoverable_error`]) drops the shared connection;
+//!   the next caller opens a new one. Slow answers do not: the caller's own timeout handles
+//!   those, and the connection stays usable.
+//! - Opening is bounded by `connect_timeout`, and one caller opens while the others wait for it,
+//!   so an outage costs one connection attempt at a time, not one per request.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+
+/// A cheap handle (clone it freely) on the process's shared connection.
+#[derive(Clone)]
+pub struct SharedRedis {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: redis::Client,
+    config: redis::AsyncConnectionConfig,
+    /// The open connection and its generation; `None` until first use and after a failure.
+    current: std::sync::Mutex<Option<(u64, MultiplexedConnection)>>,
+    /// Held while a connection is being opened, so concurrent callers open only one.
+    opening: tokio::sync::Mutex<()>,
+    /// Incremented per opened connection, so a failure only drops the connection it happened on.
+    generation: AtomicU64,
+}
+
+impl SharedRedis {
+    /// Parses `url`; does not connect.
+    pub fn new(url: &str, connect_timeout: Duration) -> RedisResult<Self> {
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client: redis::Client::open(url)?,
+                config: redis::AsyncConnectionConfig::new().set_connection_timeout(connect_timeout),
+                current: std::sync::Mutex::new(None),
+                opening: tokio::sync::Mutex::new(()),
+                generation: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The shared connection, opened if there is none.
+    pub async fn get(&self) -> RedisResult<SharedConnection> {
+        if let Some(con) = self.current() {
+            return Ok(con);
+        }
+        let _opening = self.inner.opening.lock().await;
+        // Someone else may have opened it while we waited.
+        if let Some(con) = self.current() {
+            return Ok(con);
+        }
+        let con = self
+            .inner
+            .client
+            .get_multiplexed_async_connection_with_config(&self.inner.config)
+            .await?;
+        let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        *self.lock() = Some((generation, con.clone()));
+        Ok(SharedConnection {
+            con,
+            generation,
+            owner: self.inner.clone(),
+        })
+    }
+
+    fn current(&self) -> Option<SharedConnection> {
+        self.lock()
+            .as_ref()
+            .map(|(generation, con)| SharedConnection {
+                con: con.clone(),
+                generation: *generation,
+                owner: self.inner.clone(),
+            })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(u64, MultiplexedConnection)>> {
+        lock(&self.inner)
+    }
+}
+
+fn lock(inner: &Inner) -> std::sync::MutexGuard<'_, Option<(u64, MultiplexedConnection)>> {
+    // The guarded value is replaced whole, never left half-written: a poisoned lock is usable.
+    inner.current.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A handle on the shared connection, used like any async Redis connection.
+pub struct SharedConnection {
+    con: MultiplexedConnection,
+    generation: u64,
+    owner: Arc<Inner>,
+}
+
+impl SharedConnection {
+    fn check<T>(&self, result: RedisResult<T>) -> RedisResult<T> {
+        if let Err(e) = &result
+            && e.is_unrecoverable_error()
+        {
+            let mut current = lock(&self.owner);
+            if current.as_ref().is_some_and(|(g, _)| *g == self.generation) {
+                *current = None;
+            }
+        }
+        result
+    }
+}
+
+impl ConnectionLike for SharedConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let result = self.con.req_packed_command(cmd).await;
+            self.check(result)
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let result = self.con.req_packed_commands(cmd, offset, count).await;
+            self.check(result)
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.con.get_db()
+    }
+}

@@ -33,8 +33,9 @@
 # Exit status 3 when a check fails (lost, duplicated or unfinished messages).
 #
 # Isolation: a fresh Redis key prefix per run (deleted at exit) and a fresh database
-# wafleet_bench_pipeline (dropped at exit) on the services of this checkout. Before measuring,
-# it waits until no other benchmark (loadgen, bench-ingest, bench-pii) runs on the machine.
+# wafleet_bench_pipeline (dropped at exit) on the services of this checkout; one bench-pipeline
+# at a time per checkout (a lock in .wafleet/). Before measuring, it waits until no other
+# benchmark (loadgen, bench-ingest, bench-pii) runs on the machine.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd -P)"
@@ -73,6 +74,9 @@ LOADGEN="$BIN/wafleet-loadgen"
 
 deploy/services.sh up
 eval "$(deploy/services.sh env)"
+# The database name is fixed: a second run on these services would drop the first one's.
+exec 8>"$ROOT/.wafleet/bench-pipeline.lock"
+flock -n 8 || die "another bench-pipeline is running on this checkout's services"
 
 rcli() { redis-cli -u "$REDIS_URL" "$@" </dev/null; }
 PSQL="$(command -v psql || ls /usr/lib/postgresql/*/bin/psql 2>/dev/null | tail -n1 || true)"
@@ -142,7 +146,7 @@ wait_for_quiet() {
 start() {
   local name="$1" url="$2"
   shift 2
-  "$@" >"$LOGS/$name.log" 2>&1 &
+  "$@" >"$LOGS/$name.log" 2>&1 8>&- &
   PIDS+=($!)
   if ! "$LOADGEN" wait --url "$url" --timeout-secs 60 2>>"$LOGS/$name.log"; then
     tail -n 20 "$LOGS/$name.log" >&2

@@ -69,3 +69,7 @@ fuzz SECS="60":
 # ingest throughput and latency vs a no-I/O ceiling (BENCH_CONCURRENCY, BENCH_DURATION, BENCH_WARMUP)
 bench-ingest:
     deploy/bench-ingest.sh
+
+# ingest -> Redis -> conversation workers -> Postgres, 1 then 2 workers (BENCH_MESSAGES, BENCH_CONVERSATIONS, BENCH_CONCURRENCY, BENCH_WORKERS)
+bench-pipeline:
+    deploy/bench-pipeline.sh

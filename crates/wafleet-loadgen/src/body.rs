@@ -16,9 +16,9 @@ use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// Distinct customers the bodies come from: enough to spread over every stream partition, few
-/// enough that conversations repeat, as on a real number.
-const CUSTOMERS: u64 = 5_000;
+/// Distinct customers the bodies come from by default: enough to spread over every stream
+/// partition, few enough that conversations repeat, as on a real number.
+pub const CUSTOMERS: u64 = 5_000;
 
 /// Message texts: what a shop's customers write, escaped the way Meta escapes them.
 const TEXTS: &[&str] = &[
@@ -47,6 +47,8 @@ pub struct BodyFactory {
     nonce: u64,
     /// `messages[].timestamp`: Unix seconds when the run started.
     timestamp: String,
+    /// Distinct customers (so conversations) the bodies are spread over.
+    customers: u64,
 }
 
 /// One request's body and its `X-Hub-Signature-256` value.
@@ -72,7 +74,15 @@ impl BodyFactory {
             keyed: HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length"),
             nonce,
             timestamp: timestamp.to_string(),
+            customers: CUSTOMERS,
         })
+    }
+
+    /// Spreads the bodies over `n` customers instead of [`CUSTOMERS`] (the pipeline benchmark
+    /// wants a known number of conversations).
+    pub fn with_customers(mut self, n: u64) -> Self {
+        self.customers = n.max(1);
+        self
     }
 
     /// The wamid of request `seq` of `worker`: unique within the run and across runs.
@@ -88,7 +98,7 @@ impl BodyFactory {
         let mixed = (u64::from(worker) << 40) ^ seq;
         // A multiplicative hash spreads consecutive requests over customers and texts.
         let h = mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let customer = 573_000_000_000 + (h >> 20) % CUSTOMERS;
+        let customer = 573_000_000_000 + (h >> 20) % self.customers;
         let text = TEXTS[(h >> 8) as usize % TEXTS.len()];
         let name = NAMES[(customer % NAMES.len() as u64) as usize];
         let wamid = self.wamid(worker, seq);
@@ -184,6 +194,20 @@ mod tests {
         }
         let other_run = BodyFactory::new("1", b"s", 1, 0).unwrap();
         assert!(!seen.contains(&other_run.wamid(0, 0)));
+    }
+
+    #[test]
+    fn bodies_come_from_at_most_the_given_customers() {
+        let f = factory().with_customers(7);
+        let mut seen = std::collections::HashSet::new();
+        for seq in 0..500 {
+            let parsed = webhook::parse(&f.signed(1, seq).body).expect("parses");
+            let [Update::Message(m)] = parsed.updates.as_slice() else {
+                panic!("one message expected");
+            };
+            seen.insert(m.wa_id.clone().unwrap());
+        }
+        assert_eq!(seen.len(), 7);
     }
 
     #[test]

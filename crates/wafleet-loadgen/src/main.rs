@@ -83,6 +83,9 @@ struct RunArgs {
     /// Per-request timeout, counted as an error.
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
+    /// Distinct customers (conversations) the messages come from.
+    #[arg(long, default_value_t = body::CUSTOMERS)]
+    customers: u64,
     /// Threads of the load generator. One keeps it off the server's second core on a small box.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -121,7 +124,8 @@ fn main() -> anyhow::Result<()> {
                 a.secret.as_bytes(),
                 rand::random(),
                 now.as_secs(),
-            )?;
+            )?
+            .with_customers(a.customers);
             let report = runtime(Some(a.threads))?.block_on(load::run(plan.clone(), factory))?;
             print!("{}", load::render(&a.label, &plan, &report));
             Ok(())

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs wafleet end to end on this machine: Redis and Postgres (installed and started by
-# deploy/services.sh), migrations, the ingest service and a worker, then sends two signed
-# sample webhooks and shows what the system did with them. Stays up until Ctrl-C
-# (RUN_ONCE=1 exits after the demo).
+# deploy/services.sh), migrations, the ingest service, a worker running every stage, and the
+# local simulator standing in for Meta's Graph API and the model (a real model answers when
+# ANTHROPIC_API_KEY or OPENAI_API_KEY is set). Then it sends signed sample conversations in
+# Spanish and English and shows what the simulated customer received and the queues. Stays up
+# until Ctrl-C (RUN_ONCE=1 exits after the demo).
 #
 # Settings come from the environment; anything unset comes from .wafleet/dev.env, which this
 # script writes on first run (a fresh encryption key and a development channel).
@@ -27,6 +29,7 @@ WHATSAPP_VERIFY_TOKEN=dev-verify-token
 WHATSAPP_ACCESS_TOKEN=dev-access-token
 WAFLEET_INGEST_ADDR=127.0.0.1:8080
 WAFLEET_WORKER_METRICS_ADDR=127.0.0.1:9091
+SIM_LISTEN=127.0.0.1:8090
 ENV
     chmod 600 "$dev_env"
 fi
@@ -37,7 +40,7 @@ while IFS= read -r line; do
 done < "$dev_env"
 
 echo "building release binaries…" >&2
-cargo build --release -q -p wafleet-ingest -p wafleet-worker -p wafleetctl
+cargo build --release -q -p wafleet-ingest -p wafleet-worker -p wafleetctl -p wafleet-sim
 bin=target/release
 $bin/wafleetctl migrate
 
@@ -48,8 +51,18 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+SIM_LISTEN=${SIM_LISTEN:-127.0.0.1:8090}
+sim="http://$SIM_LISTEN"
 $bin/wafleet-ingest > .wafleet/ingest.log 2>&1 &
 pids+=($!)
+# The simulator: Meta's Graph API (sends, read receipts, status webhooks back to ingest) and a
+# stand-in model. Point WAFLEET_GRAPH_BASE_URL elsewhere to use the real Graph API.
+$bin/wafleet-sim --listen "$SIM_LISTEN" --webhook-url "http://$WAFLEET_INGEST_ADDR/webhooks/whatsapp" \
+    --app-secret "$WHATSAPP_APP_SECRET" --token "$WHATSAPP_PHONE_NUMBER_ID=$WHATSAPP_ACCESS_TOKEN" \
+    --llm-latency-ms 300 > .wafleet/sim.log 2>&1 &
+pids+=($!)
+export WAFLEET_GRAPH_BASE_URL=${WAFLEET_GRAPH_BASE_URL:-$sim}
+export WAFLEET_LLM_STANDIN_URL=${WAFLEET_LLM_STANDIN_URL:-$sim/v1}
 $bin/wafleet-worker > .wafleet/worker.log 2>&1 &
 pids+=($!)
 
@@ -67,32 +80,61 @@ echo
 echo "wafleet is running:"
 echo "  webhook   $ingest/webhooks/whatsapp   (verify token: $WHATSAPP_VERIFY_TOKEN)"
 echo "  metrics   $ingest/metrics  and  $metrics/metrics"
-echo "  logs      .wafleet/ingest.log  .wafleet/worker.log"
+echo "  Graph API $WAFLEET_GRAPH_BASE_URL (simulator: $sim/_sim/messages lists what customers received)"
+echo "  logs      .wafleet/ingest.log  .wafleet/worker.log  .wafleet/sim.log"
 echo
 
 run_id=$(date +%s%N)
 now=$(date +%s)
-for sample in deploy/samples/*.json; do
+# Fresh customers each run, so a second run does not find them handed over by the first.
+es_customer=57300$(printf '%07d' $((run_id % 10000000)))
+en_customer=1650$(printf '%07d' $(((run_id / 7) % 10000000)))
+post() {
+    local body
     body=$(mktemp)
-    sed -e "s/__PNID__/$WHATSAPP_PHONE_NUMBER_ID/g" -e "s/__RUN__/$run_id/g" -e "s/__NOW__/$now/g" "$sample" > "$body"
-    printf 'POST %-28s → ' "$(basename "$sample")"
+    sed -e "s/__PNID__/$WHATSAPP_PHONE_NUMBER_ID/g" -e "s/__RUN__/$run_id/g" -e "s/__NOW__/$now/g" \
+        -e "s/__ES__/$es_customer/g" -e "s/__EN__/$en_customer/g" \
+        -e "s/__NOW2__/$((now + 30))/g" "$1" > "$body"
+    printf 'POST %-28s → ' "$(basename "$1")"
     $bin/wafleetctl send-webhook --url "$ingest/webhooks/whatsapp" "$body"
     rm -f "$body"
-done
+}
+wait_for() { # SQL returning a number, wanted value
+    for _ in $(seq 1 150); do
+        [[ $(psql "$DATABASE_URL" -Atc "$1") == "$2" ]] && return 0
+        sleep 0.1
+    done
+    echo "(timed out waiting: $1)" >&2
+}
+post deploy/samples/es_text_pii.json
+post deploy/samples/en_1_question.json
+wait_for "SELECT count(*) FROM outbound_messages o JOIN messages m ON m.id = o.reply_to
+           WHERE m.wamid LIKE 'wamid.demo-%-$run_id' AND o.state = 'accepted'" 2
+post deploy/samples/en_2_handover.json
+wait_for "SELECT count(*) FROM outbound_messages o JOIN messages m ON m.id = o.reply_to
+           WHERE m.wamid LIKE 'wamid.demo-%-$run_id' AND o.state = 'accepted'" 3
 
 echo
-echo "waiting for the worker to store them…"
-for _ in $(seq 1 100); do
-    n=$(psql "$DATABASE_URL" -Atc "SELECT count(*) FROM messages WHERE wamid LIKE 'wamid.demo-%-$run_id'")
-    [[ $n == 2 ]] && break
-    sleep 0.1
-done
+echo "what was stored (text redacted before any model saw it):"
 psql "$DATABASE_URL" -P pager=off -c "
   SELECT m.wamid, m.action, c.owner, m.pii_types, m.text_redacted
     FROM messages m JOIN conversations c ON c.id = m.conversation_id
    WHERE m.wamid LIKE 'wamid.demo-%-$run_id' ORDER BY m.id"
-echo "queues (ingest /metrics):"
-$bin/wafleetctl probe "$ingest/metrics" | grep -E '^wafleet_(ingest_requests_total|stream_length)' | grep -v ' 0$' || true
+echo "what the simulated customers received (Graph API simulator):"
+$bin/wafleetctl probe "$sim/_sim/messages" | python3 -c '
+import json, sys
+for m in json.load(sys.stdin)[-3:]:
+    print("  to %-14s quoting %-34.34s %r" % (m["to"], m["context_message_id"] or "-", m["body"][:100]))
+' 2>/dev/null || $bin/wafleetctl probe "$sim/_sim/messages"
+echo
+echo "delivery as reported back by status webhooks:"
+psql "$DATABASE_URL" -P pager=off -Atc "
+  SELECT '  ' || o.kind || ' part ' || o.part_no || ': ' || o.state || ', ' || coalesce(o.delivery, 'no status yet')
+    FROM outbound_messages o JOIN messages m ON m.id = o.reply_to
+   WHERE m.wamid LIKE 'wamid.demo-%-$run_id' ORDER BY o.id"
+echo
+echo "queues (worker /metrics):"
+$bin/wafleetctl probe "$metrics/metrics" | grep -E '^wafleet_(stage_backlog|jobs_total|handovers_total|replies_total)' || true
 
 if [[ ${RUN_ONCE:-0} == 1 ]]; then
     exit 0

@@ -302,6 +302,15 @@ async fn an_idle_conversation_starts_a_new_session_and_bot_modes_are_honoured() 
         2,
         "idle > 24 h starts session 2"
     );
+    // The session cache served s2's lookup, was found stale for s3 (a new session) and now
+    // holds session 2.
+    let render = wafleet::telemetry::metrics_handle().render();
+    assert!(metric_value(&render, r#"wafleet_session_cache_total{result="hit"}"#) >= 1.0);
+    let mut con = e.cfg.redis().await;
+    let key = e.cfg.keys().session_cache(&format!("{PNID}:57300"));
+    let cached: String = redis::AsyncCommands::get(&mut con, key).await.unwrap();
+    let cached: serde_json::Value = serde_json::from_str(&cached).unwrap();
+    assert_eq!(cached["session_no"], 2);
     // Shadow mode still produces reply jobs (the LLM stage stores, never sends).
     assert_eq!(e.replies().await, 3);
     // A shadow handover acknowledgement is stored, never queued for sending.

@@ -153,16 +153,36 @@ impl ConversationStage {
             .await
             .map_err(db("starting a transaction"))?;
         let window = WINDOW_TYPES.contains(&m.message_type.as_str());
-        let conversation = store::touch(
-            &mut tx,
-            channel.id,
-            &customer,
-            at,
-            channel.session_timeout_secs,
-            window,
-        )
-        .await
-        .map_err(db("finding the conversation"))?;
+        // The cached session lets a known conversation be touched by primary key; the update
+        // re-checks the session and idle time, so a stale entry only costs the full lookup.
+        let known = match self.cached_session(&job.conv).await {
+            Some((id, session_no)) => store::touch_known(
+                &mut tx,
+                id,
+                session_no,
+                &customer,
+                at,
+                channel.session_timeout_secs,
+                window,
+            )
+            .await
+            .map_err(db("touching the conversation"))?,
+            None => None,
+        };
+        metrics::counter!("wafleet_session_cache_total", "result" => if known.is_some() { "hit" } else { "miss" }).increment(1);
+        let conversation = match known {
+            Some(c) => c,
+            None => store::touch(
+                &mut tx,
+                channel.id,
+                &customer,
+                at,
+                channel.session_timeout_secs,
+                window,
+            )
+            .await
+            .map_err(db("finding the conversation"))?,
+        };
 
         let text = redacted
             .as_ref()
@@ -353,8 +373,20 @@ impl ConversationStage {
         Ok(())
     }
 
-    /// Write-through cache of the conversation behind a conversation key; the LLM and sender
-    /// stages read it, and every change of owner or session rewrites it.
+    /// The cached conversation id and session of a conversation key, if any.
+    async fn cached_session(&self, conv: &str) -> Option<(i64, i32)> {
+        let mut con = self.redis.get().await.ok()?;
+        let raw: Option<String> = con.get(self.keys.session_cache(conv)).await.ok()?;
+        let v: Value = serde_json::from_str(&raw?).ok()?;
+        Some((
+            v["conversation_id"].as_i64()?,
+            i32::try_from(v["session_no"].as_i64()?).ok()?,
+        ))
+    }
+
+    /// Write-through cache of the conversation behind a conversation key, rewritten after every
+    /// message (so a new session or owner replaces it) and deleted when an agent releases the
+    /// conversation.
     async fn cache_session(&self, conv: &str, conversation_id: i64, session_no: i32, owner: &str) {
         let value =
             json!({"conversation_id": conversation_id, "session_no": session_no, "owner": owner})

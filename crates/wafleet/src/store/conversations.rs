@@ -72,6 +72,41 @@ pub async fn touch(
     .await
 }
 
+/// [`touch`] for a conversation whose id and session are known (from the session cache): one
+/// update by primary key. Returns `None` when the cache was stale: another session started, or
+/// this message opens a new one (idle past the timeout); the caller then does the full [`touch`].
+pub async fn touch_known(
+    tx: &mut Transaction<'_, Postgres>,
+    conversation_id: i64,
+    session_no: i32,
+    customer: &Customer<'_>,
+    at: DateTime<Utc>,
+    session_timeout_secs: i64,
+    customer_message: bool,
+) -> sqlx::Result<Option<Conversation>> {
+    sqlx::query_as(
+        "UPDATE conversations SET
+             wa_id = COALESCE($3, wa_id),
+             user_id = COALESCE($4, user_id),
+             profile_name = COALESCE($5, profile_name),
+             last_customer_message_at = GREATEST(last_customer_message_at, $7),
+             last_activity_at = GREATEST(last_activity_at, $6)
+         WHERE id = $1 AND session_no = $2
+           AND NOT ($6 - last_activity_at > make_interval(secs => $8))
+         RETURNING id, channel_id, session_no, owner, last_customer_message_at, last_activity_at",
+    )
+    .bind(conversation_id)
+    .bind(session_no)
+    .bind(customer.wa_id)
+    .bind(customer.user_id)
+    .bind(customer.profile_name)
+    .bind(at)
+    .bind(customer_message.then_some(at))
+    .bind(session_timeout_secs as f64)
+    .fetch_optional(&mut **tx)
+    .await
+}
+
 /// An inbound message to store (text already redacted).
 #[derive(Debug, Clone)]
 pub struct NewMessage<'a> {

@@ -22,14 +22,14 @@ use sqlx::PgPool;
 use wafleet_core::format::{WHATSAPP_MAX_CHARS, markdown_to_whatsapp, split_message};
 
 use super::channel_settings::{ChannelCache, ChannelSettings};
-use super::{db_outcome, publish_handover};
+use super::{db_outcome, hand_over_and_publish};
 use crate::graph::GraphClient;
 use crate::llm::{
     ChatMessage, ChatRequest, FallbackPolicy, LlmClient, ProviderConfig, Role,
     default_system_prompt, reply_with_fallback,
 };
 use crate::store::channels::BotMode;
-use crate::store::conversations::{hand_over, insert_outbound};
+use crate::store::conversations::insert_outbound;
 use crate::store::replies::{self, NewReply, ReplyContext};
 use crate::streams::Keys;
 use crate::worker::{Handler, Job, Outcome, Source, Stage};
@@ -286,35 +286,17 @@ impl LlmStage {
     }
 
     async fn hand_over(&self, job: &Job, ctx: &ReplyContext, reason: &str) -> Result<(), Outcome> {
-        let mut tx = self
-            .pg
-            .begin()
-            .await
-            .map_err(db("starting a transaction"))?;
-        let changed = hand_over(
-            &mut tx,
+        let pnid = job.conv.split(':').next();
+        hand_over_and_publish(
+            &self.pg,
+            &self.redis,
+            &self.keys,
             ctx.conversation_id,
             reason,
-            None,
             Some(ctx.message_id),
+            pnid,
         )
-        .await
-        .map_err(db("handing over"))?;
-        tx.commit().await.map_err(db("committing the handover"))?;
-        if changed {
-            metrics::counter!("wafleet_handovers_total", "reason" => reason.to_string())
-                .increment(1);
-            let event = json!({
-                "kind": "handover", "reason": reason, "conversation_id": ctx.conversation_id,
-                "message_id": ctx.message_id, "phone_number_id": job.conv.split(':').next(),
-                "at": Utc::now().to_rfc3339(),
-            });
-            publish_handover(&self.redis, &self.keys, &event)
-                .await
-                .map_err(|e| Outcome::Unavailable {
-                    reason: format!("publishing the handover: {e}"),
-                })?;
-        }
+        .await?;
         Ok(())
     }
 

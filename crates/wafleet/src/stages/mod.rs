@@ -73,3 +73,42 @@ pub async fn publish_handover(
         .await?;
     Ok(())
 }
+
+/// Hands a conversation to a human (unless one has it already), stores the event and publishes it
+/// for dashboards. Shared by every stage that can decide a handover; returns whether it changed.
+pub async fn hand_over_and_publish(
+    pg: &sqlx::PgPool,
+    redis: &deadpool_redis::Pool,
+    keys: &Keys,
+    conversation_id: i64,
+    reason: &str,
+    message_id: Option<i64>,
+    phone_number_id: Option<&str>,
+) -> Result<bool, crate::worker::Outcome> {
+    let mut tx = pg
+        .begin()
+        .await
+        .map_err(|e| db_outcome(&e, "starting a transaction"))?;
+    let changed =
+        crate::store::conversations::hand_over(&mut tx, conversation_id, reason, None, message_id)
+            .await
+            .map_err(|e| db_outcome(&e, "handing over"))?;
+    tx.commit()
+        .await
+        .map_err(|e| db_outcome(&e, "committing the handover"))?;
+    if changed {
+        metrics::counter!("wafleet_handovers_total", "reason" => reason.to_string()).increment(1);
+        tracing::info!(conversation_id, reason, "conversation handed to a human");
+        let event = serde_json::json!({
+            "kind": "handover", "reason": reason, "conversation_id": conversation_id,
+            "message_id": message_id, "phone_number_id": phone_number_id,
+            "at": chrono::Utc::now().to_rfc3339(),
+        });
+        publish_handover(redis, keys, &event).await.map_err(|e| {
+            crate::worker::Outcome::Unavailable {
+                reason: format!("publishing the handover: {e}"),
+            }
+        })?;
+    }
+    Ok(changed)
+}

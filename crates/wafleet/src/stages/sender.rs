@@ -33,17 +33,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use serde_json::json;
 use sqlx::PgPool;
 use wafleet_core::graph_error::{ErrorClass, ThrottleScope};
 use wafleet_core::retry::{Backoff, pair_rate_backoff};
 
 use super::channel_settings::{ChannelCache, ChannelSettings};
 use super::llm::window_open;
-use super::{db_outcome, publish_handover};
+use super::{db_outcome, hand_over_and_publish};
 use crate::graph::{GraphClient, OutgoingText, Recipient, SendResult};
 use crate::ratelimit::{Budget, Decision, RateLimiter};
-use crate::store::conversations::hand_over;
 use crate::store::replies::{self, Claim, Part};
 use crate::streams::Keys;
 use crate::worker::{Handler, Job, Outcome, Source, Stage};
@@ -498,26 +496,17 @@ impl SenderStage {
     }
 
     async fn hand_over(&self, job: &Job, part: &Part, reason: &str) -> Result<(), Outcome> {
-        let mut tx = self
-            .pg
-            .begin()
-            .await
-            .map_err(db("starting a transaction"))?;
-        let changed = hand_over(&mut tx, part.conversation_id, reason, None, part.reply_to)
-            .await
-            .map_err(db("handing over"))?;
-        tx.commit().await.map_err(db("committing the handover"))?;
-        if changed {
-            metrics::counter!("wafleet_handovers_total", "reason" => reason.to_string())
-                .increment(1);
-            let event = json!({
-                "kind": "handover", "reason": reason, "conversation_id": part.conversation_id,
-                "phone_number_id": job.conv.split(':').next(), "at": Utc::now().to_rfc3339(),
-            });
-            publish_handover(&self.redis, &self.keys, &event)
-                .await
-                .map_err(redis_down)?;
-        }
+        let pnid = job.conv.split(':').next();
+        hand_over_and_publish(
+            &self.pg,
+            &self.redis,
+            &self.keys,
+            part.conversation_id,
+            reason,
+            part.reply_to,
+            pnid,
+        )
+        .await?;
         Ok(())
     }
 }

@@ -4,11 +4,10 @@
 //! A `failed` 131047 (the 24-hour window had closed) hands the conversation to a human.
 
 use chrono::{TimeZone, Utc};
-use serde_json::json;
 use sqlx::PgPool;
 use wafleet_core::envelope::Update;
 
-use super::{db_outcome, publish_handover};
+use super::{db_outcome, hand_over_and_publish};
 use crate::store::conversations::{self as store, Status, StatusApplied, delivery_rank};
 use crate::streams::Keys;
 use crate::worker::{Handler, Job, Outcome, Source, Stage};
@@ -86,29 +85,16 @@ impl Handler for StatusStage {
 
 impl StatusStage {
     async fn re_engagement(&self, conversation_id: i64, job: &Job) -> Result<(), Outcome> {
-        let mut tx = self
-            .pg
-            .begin()
-            .await
-            .map_err(|e| db_outcome(&e, "starting a transaction"))?;
-        let changed = store::hand_over(&mut tx, conversation_id, "re_engagement", None, None)
-            .await
-            .map_err(|e| db_outcome(&e, "handing over"))?;
-        tx.commit()
-            .await
-            .map_err(|e| db_outcome(&e, "committing the handover"))?;
-        if changed {
-            metrics::counter!("wafleet_handovers_total", "reason" => "re_engagement").increment(1);
-            let event = json!({
-                "kind": "handover", "reason": "re_engagement", "conversation_id": conversation_id,
-                "phone_number_id": job.field("channel"), "at": Utc::now().to_rfc3339(),
-            });
-            publish_handover(&self.redis, &self.keys, &event)
-                .await
-                .map_err(|e| Outcome::Unavailable {
-                    reason: format!("publishing the handover: {e}"),
-                })?;
-        }
+        hand_over_and_publish(
+            &self.pg,
+            &self.redis,
+            &self.keys,
+            conversation_id,
+            "re_engagement",
+            None,
+            job.field("channel"),
+        )
+        .await?;
         Ok(())
     }
 }

@@ -604,3 +604,42 @@ async fn a_sender_killed_mid_batch_never_sends_a_part_twice() {
         "each part sent exactly once"
     );
 }
+
+#[tokio::test]
+async fn a_channel_answers_with_its_own_model_chain_and_its_key_is_stored_encrypted() {
+    let s = system_with(
+        SimConfig::default(),
+        |_| vec![],
+        &["conversation", "status", "llm", "sender"],
+    )
+    .await;
+    let spec = wafleet::store::channels::ProviderSpec {
+        position: 0,
+        name: "shop-model".into(),
+        kind: "openai".into(),
+        base_url: format!("{}/v1", s.sim.url),
+        model: "shop-model-1".into(),
+        api_key: wafleet::config::Secret::new("sk-shop-secret".into()),
+    };
+    wafleet::store::channels::set_provider(&s.pg, &s.cfg.cipher(), PNID, &spec)
+        .await
+        .unwrap();
+    let (stored,): (Vec<u8>,) = sqlx::query_as("SELECT api_key FROM channel_llm_providers")
+        .fetch_one(&s.pg)
+        .await
+        .unwrap();
+    assert!(
+        !stored.windows(6).any(|w| w == b"sk-sho"),
+        "the key is encrypted at rest"
+    );
+    s.send("573008", "wamid.M1", "Hola").await;
+    s.sent(1).await;
+    let (provider, model): (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT provider, model FROM replies")
+            .fetch_one(&s.pg)
+            .await
+            .unwrap();
+    assert_eq!(provider.as_deref(), Some("shop-model"));
+    assert_eq!(s.sim.state.llm_requests()[0].model, "shop-model-1");
+    assert!(model.is_some());
+}

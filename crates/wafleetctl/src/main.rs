@@ -53,6 +53,32 @@ enum ChannelCommand {
     Disable { phone_number_id: String },
     /// Serve a disabled channel again.
     Enable { phone_number_id: String },
+    /// Set one model of a channel's chain (tried in position order, then the canned reply).
+    Model(ModelArgs),
+    /// Remove a channel's own models (the process-wide ones apply again).
+    ClearModels { phone_number_id: String },
+}
+
+#[derive(clap::Args)]
+struct ModelArgs {
+    #[arg(long)]
+    phone_number_id: String,
+    /// 0 is tried first.
+    #[arg(long, default_value_t = 0)]
+    position: i32,
+    /// Label for metrics and logs, e.g. anthropic, deepseek.
+    #[arg(long)]
+    name: String,
+    /// anthropic, or openai for any OpenAI-compatible endpoint.
+    #[arg(long)]
+    kind: String,
+    /// e.g. https://api.anthropic.com, https://api.openai.com/v1, https://api.deepseek.com
+    #[arg(long)]
+    base_url: String,
+    #[arg(long)]
+    model: String,
+    #[arg(long, env = "WAFLEET_MODEL_API_KEY", hide_env_values = true)]
+    api_key: String,
 }
 
 #[derive(Subcommand)]
@@ -224,6 +250,25 @@ async fn main() -> anyhow::Result<()> {
                     c.phone_allowlist.len(),
                 );
             }
+        }
+        Command::Channel(ChannelCommand::Model(m)) => {
+            let spec = channels::ProviderSpec {
+                position: m.position,
+                name: m.name,
+                kind: m.kind,
+                base_url: m.base_url,
+                model: m.model,
+                api_key: Secret::new(m.api_key),
+            };
+            channels::set_provider(&pool, &cipher()?, &m.phone_number_id, &spec).await?;
+            println!(
+                "model {} set at position {} of channel {}",
+                spec.name, spec.position, m.phone_number_id
+            );
+        }
+        Command::Channel(ChannelCommand::ClearModels { phone_number_id }) => {
+            let n = channels::clear_providers(&pool, &phone_number_id).await?;
+            println!("removed {n} model(s) of channel {phone_number_id}");
         }
         Command::Channel(ChannelCommand::Disable { phone_number_id }) => {
             set(&pool, &phone_number_id, false).await?;

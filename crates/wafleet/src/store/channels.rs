@@ -226,3 +226,73 @@ pub async fn set_enabled(
         .context("changing the channel")?;
     Ok(done.rows_affected() == 1)
 }
+
+/// One model of a channel's chain, as an operator sets it.
+#[derive(Debug, Clone)]
+pub struct ProviderSpec {
+    /// Order in the chain, first tried first.
+    pub position: i32,
+    /// Label for metrics and logs (`anthropic`, `deepseek`…).
+    pub name: String,
+    /// `anthropic` or `openai` (any OpenAI-compatible endpoint).
+    pub kind: String,
+    pub base_url: String,
+    pub model: String,
+    pub api_key: Secret<String>,
+}
+
+/// Sets (or replaces) the model at `position` of a channel's chain; the key is stored encrypted.
+pub async fn set_provider(
+    pool: &PgPool,
+    cipher: &Cipher,
+    phone_number_id: &str,
+    p: &ProviderSpec,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        matches!(p.kind.as_str(), "anthropic" | "openai"),
+        "kind must be anthropic or openai, not {:?}",
+        p.kind
+    );
+    let key = cipher.encrypt(
+        &owner(phone_number_id, &format!("llm:{}", p.name)),
+        p.api_key.expose().as_bytes(),
+    );
+    let done = sqlx::query(
+        "INSERT INTO channel_llm_providers (channel_id, position, name, kind, base_url, model, api_key)
+         SELECT id, $2, $3, $4, $5, $6, $7 FROM channels WHERE phone_number_id = $1
+         ON CONFLICT (channel_id, position) DO UPDATE SET
+             name = EXCLUDED.name, kind = EXCLUDED.kind, base_url = EXCLUDED.base_url,
+             model = EXCLUDED.model, api_key = EXCLUDED.api_key",
+    )
+    .bind(phone_number_id)
+    .bind(p.position)
+    .bind(&p.name)
+    .bind(&p.kind)
+    .bind(&p.base_url)
+    .bind(&p.model)
+    .bind(key)
+    .execute(pool)
+    .await
+    .context("saving the model")?;
+    anyhow::ensure!(
+        done.rows_affected() == 1,
+        "no channel with phone_number_id {phone_number_id}"
+    );
+    // Workers notice within seconds (their channel cache is short-lived).
+    sqlx::query("UPDATE channels SET updated_at = now() WHERE phone_number_id = $1")
+        .bind(phone_number_id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Removes a channel's own chain (it falls back to the process-wide models).
+pub async fn clear_providers(pool: &PgPool, phone_number_id: &str) -> anyhow::Result<u64> {
+    let done = sqlx::query(
+        "DELETE FROM channel_llm_providers WHERE channel_id = (SELECT id FROM channels WHERE phone_number_id = $1)",
+    )
+    .bind(phone_number_id)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}

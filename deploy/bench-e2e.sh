@@ -369,7 +369,10 @@ cpu_report() {
   for c in ingest workers pg sim; do printf -v "${c}_s" '%s' "$(secs "$(cpu_delta "$LOGS/${c}0" "$LOGS/${c}1")")"; done
   busy="$(awk -v a="$(<"$LOGS/machine0")" -v b="$(<"$LOGS/machine1")" -v k="$TICKS" 'BEGIN {
     split(a, x, " "); split(b, y, " "); printf "%.0f%% (%.1f cpu s)", 100 * (y[1] - x[1]) / (y[2] - x[2]), (y[1] - x[1]) / k }')"
-  echo "cpu s: loadgen $LOADGEN_S, ingest $ingest_s, workers $workers_s, sim $sim_s, postgres $pg_s, redis $redis_s; machine busy $busy"
+  local xacts
+  xacts="$(sql "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()")"
+  echo "postgres transactions $xacts (per message $(awk -v x="$xacts" -v n="$OK_TOTAL" 'BEGIN { printf "%.1f", x / n }'), status webhooks included)"
+  echo "   cpu s: loadgen $LOADGEN_S, ingest $ingest_s, workers $workers_s, sim $sim_s, postgres $pg_s, redis $redis_s; machine busy $busy"
 }
 
 stage_jobs() {
@@ -378,6 +381,12 @@ stage_jobs() {
     out+=" $s $(job_buckets "$s" "$@" | quantiles 0.5 0.99 | tr ' ' '/')"
   done
   echo "job p50/p99 ms:${out}"
+  # Handler outcomes by stage (retries and defers explain waits that handler time does not).
+  local a
+  echo "   jobs: $(for a in "$@"; do metrics "$a"; done | awk '/^wafleet_jobs_total\{/ {
+      match($0, /stage="[^"]*"/); st = substr($0, RSTART + 7, RLENGTH - 8)
+      match($0, /outcome="[^"]*"/); o = substr($0, RSTART + 9, RLENGTH - 10); n[st ":" o] += $2 }
+    END { for (k in n) printf "%s=%d ", k, n[k] }')"
 }
 
 THROUGHPUT=() INFLIGHT=() RATE1="" P99_1=""
@@ -418,10 +427,19 @@ inflight_run() {
   fresh_system inflight "$LLM_LATENCY_MS"
   WORKER_PIDS=() ADDRS=()
   start_worker inflight-rest conversation,status,sender
-  start_worker inflight-llm llm WAFLEET_LLM_MAX_IN_FLIGHT="$LLM_IN_FLIGHT"
-  local llm_pid="${WORKER_PIDS[-1]}"
   wait_balanced "${ADDRS[0]}"
   wait_for_quiet
+  # The LLM worker starts only once every reply job is queued: fed live, the conversation stage
+  # on these 2 shared cores hands it jobs slower than it finishes them, and the peak would measure
+  # that feed instead of the LLM worker's capacity.
+  send "$n" "$((n * 1000))" e2e-inflight
+  local deadline=$((SECONDS + DRAIN_TIMEOUT))
+  until (($(metrics "${ADDRS[0]}" | awk '/^wafleet_jobs_total\{/ && /stage="conversation"/ && /outcome="done"/ { s += $2 } END { print s + 0 }') >= OK_TOTAL)); do
+    ((SECONDS < deadline)) || die "the conversation stage did not finish $OK_TOTAL jobs in ${DRAIN_TIMEOUT}s"
+    sleep 0.25
+  done
+  start_worker inflight-llm llm WAFLEET_LLM_MAX_IN_FLIGHT="$LLM_IN_FLIGHT"
+  local llm_pid="${WORKER_PIDS[-1]}"
   # VmRSS every 100 ms; VmHWM at the end is the kernel's own peak.
   (while :; do awk '/^VmRSS:/ { print $2 }' "/proc/$llm_pid/status" 2>/dev/null || exit 0; sleep 0.1; done) \
     >"$LOGS/rss" 8>&- &
@@ -429,8 +447,6 @@ inflight_run() {
   local rss_before
   rss_before="$(awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$llm_pid/status")"
   cpu_snapshot 0
-  # Customers drawn from 1000 x as many numbers: nearly every message its own conversation.
-  send "$n" "$((n * 1000))" e2e-inflight
   wait_replies "$OK_TOTAL"
   cpu_snapshot 1
   local hwm sampled
@@ -446,7 +462,7 @@ inflight_run() {
   local facts sends msgs replied doubled orphans t_last p50 p99 convs
   check_replies "$n" >"$LOGS/facts"; facts="$(<"$LOGS/facts")"
   read -r sends msgs replied doubled orphans t_last p50 p99 convs <<<"$facts"
-  echo "-- in flight, llm latency ${LLM_LATENCY_MS} ms, WAFLEET_LLM_MAX_IN_FLIGHT=$LLM_IN_FLIGHT: $n webhooks sent in" \
+  echo "-- in flight, llm latency ${LLM_LATENCY_MS} ms, WAFLEET_LLM_MAX_IN_FLIGHT=$LLM_IN_FLIGHT, llm worker started with all $n reply jobs queued: webhooks sent in" \
     "$(awk -v a="$T0" -v b="$T_SENT" 'BEGIN { printf "%.2f", (b - a) / 1000 }') s ($ERRORS errors), last reply at" \
     "$(awk -v a="$T0" -v b="$t_last" 'BEGIN { printf "%.2f", (b - a) / 1000 }') s"
   echo "   llm calls $calls over $(awk -v a="$first" -v b="$last" 'BEGIN { printf "%.2f", (b - a) / 1000 }') s, peak open at once $PEAK_IN_FLIGHT;" \

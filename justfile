@@ -73,3 +73,7 @@ bench-ingest:
 # ingest -> Redis -> conversation workers -> Postgres, 1 then 2 workers (BENCH_MESSAGES, BENCH_CONVERSATIONS, BENCH_CONCURRENCY, BENCH_WORKERS)
 bench-pipeline:
     deploy/bench-pipeline.sh
+
+# webhook -> every worker stage -> Graph API against wafleet-sim: msgs/s, e2e p50/p99, LLM in-flight capacity and RSS (BENCH_MESSAGES, BENCH_CONVERSATIONS, BENCH_WORKERS, BENCH_INFLIGHT_MESSAGES, BENCH_LLM_LATENCY_MS)
+bench-e2e:
+    deploy/bench-e2e.sh

@@ -96,8 +96,12 @@ impl BodyFactory {
     /// The body of request `seq` of `worker`, signed.
     pub fn signed(&self, worker: u32, seq: u64) -> Signed {
         let mixed = (u64::from(worker) << 40) ^ seq;
-        // A multiplicative hash spreads consecutive requests over customers and texts.
-        let h = mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        // splitmix64's finaliser: every input bit reaches every output bit, so requests of all
+        // workers spread evenly over customers and texts.
+        let mut h = mixed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        h ^= h >> 31;
         let customer = 573_000_000_000 + (h >> 20) % self.customers;
         let text = TEXTS[(h >> 8) as usize % TEXTS.len()];
         let name = NAMES[(customer % NAMES.len() as u64) as usize];

@@ -26,7 +26,7 @@ use wafleet_core::envelope::{InboundMessage, Update};
 use wafleet_core::pii::Redactor;
 
 use super::channel_settings::ChannelCache;
-use super::{db_outcome, publish_handover};
+use super::{db_outcome, decode_update, publish_handover};
 use crate::store::channels::BotMode;
 use crate::store::conversations::{self as store, Customer, NewMessage, StoredMessage};
 use crate::streams::Keys;
@@ -66,18 +66,9 @@ pub struct ConversationStage {
 
 impl Handler for ConversationStage {
     async fn handle(&self, job: &Job) -> Outcome {
-        let update: Update = match job.field("update").map(serde_json::from_str) {
-            Some(Ok(u)) => u,
-            Some(Err(e)) => {
-                return Outcome::Dead {
-                    reason: format!("update does not decode: {e}"),
-                };
-            }
-            None => {
-                return Outcome::Dead {
-                    reason: "entry has no update field".into(),
-                };
-            }
+        let update = match decode_update(job) {
+            Ok(u) => u,
+            Err(outcome) => return outcome,
         };
         let Update::Message(message) = update else {
             return Outcome::Dead {

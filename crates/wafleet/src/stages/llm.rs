@@ -22,7 +22,7 @@ use sqlx::PgPool;
 use wafleet_core::format::{WHATSAPP_MAX_CHARS, markdown_to_whatsapp, split_message};
 
 use super::channel_settings::{ChannelCache, ChannelSettings};
-use super::{db_outcome, hand_over_and_publish};
+use super::{db_outcome, hand_over_and_publish, phone_number_id_of};
 use crate::graph::GraphClient;
 use crate::llm::{
     ChatMessage, ChatRequest, FallbackPolicy, LlmClient, ProviderConfig, Role,
@@ -105,10 +105,7 @@ impl LlmStage {
             self.follow_up(job, &ctx, &outcome).await?;
             return Ok(Outcome::Done);
         }
-        let pnid = job
-            .conv
-            .split_once(':')
-            .map_or(job.conv.as_str(), |(p, _)| p);
+        let pnid = phone_number_id_of(job);
         let Some(channel) = self
             .channels
             .get(pnid)

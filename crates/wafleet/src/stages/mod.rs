@@ -112,3 +112,27 @@ pub async fn hand_over_and_publish(
     }
     Ok(changed)
 }
+
+/// The update an ingest entry carries; an entry without one, or one that does not decode, can
+/// never succeed and is dead-lettered.
+pub fn decode_update(
+    job: &crate::worker::Job,
+) -> Result<wafleet_core::envelope::Update, crate::worker::Outcome> {
+    use crate::worker::Outcome;
+    match job.field("update").map(serde_json::from_str) {
+        Some(Ok(u)) => Ok(u),
+        Some(Err(e)) => Err(Outcome::Dead {
+            reason: format!("update does not decode: {e}"),
+        }),
+        None => Err(Outcome::Dead {
+            reason: "entry has no update field".into(),
+        }),
+    }
+}
+
+/// The business number of a job, from its conversation key (`phone_number_id:customer`).
+pub fn phone_number_id_of(job: &crate::worker::Job) -> &str {
+    job.conv
+        .split_once(':')
+        .map_or(job.conv.as_str(), |(p, _)| p)
+}

@@ -39,7 +39,7 @@ use wafleet_core::retry::{Backoff, pair_rate_backoff};
 
 use super::channel_settings::{ChannelCache, ChannelSettings};
 use super::llm::window_open;
-use super::{db_outcome, hand_over_and_publish};
+use super::{db_outcome, hand_over_and_publish, phone_number_id_of};
 use crate::graph::{GraphClient, OutgoingText, Recipient, SendResult};
 use crate::ratelimit::{Budget, Decision, RateLimiter};
 use crate::store::replies::{self, Claim, Part};
@@ -155,10 +155,7 @@ impl SenderStage {
                 reason: "send job without outbound_id or reply_to".into(),
             });
         };
-        let pnid = job
-            .conv
-            .split_once(':')
-            .map_or(job.conv.as_str(), |(p, _)| p);
+        let pnid = phone_number_id_of(job);
         let Some(channel) = self
             .channels
             .get(pnid)

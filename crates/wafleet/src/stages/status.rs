@@ -7,7 +7,7 @@ use chrono::{TimeZone, Utc};
 use sqlx::PgPool;
 use wafleet_core::envelope::Update;
 
-use super::{db_outcome, hand_over_and_publish};
+use super::{db_outcome, decode_update, hand_over_and_publish};
 use crate::store::conversations::{self as store, Status, StatusApplied, delivery_rank};
 use crate::streams::Keys;
 use crate::worker::{Handler, Job, Outcome, Source, Stage};
@@ -28,18 +28,9 @@ pub struct StatusStage {
 
 impl Handler for StatusStage {
     async fn handle(&self, job: &Job) -> Outcome {
-        let update: Update = match job.field("update").map(serde_json::from_str) {
-            Some(Ok(u)) => u,
-            Some(Err(e)) => {
-                return Outcome::Dead {
-                    reason: format!("update does not decode: {e}"),
-                };
-            }
-            None => {
-                return Outcome::Dead {
-                    reason: "entry has no update field".into(),
-                };
-            }
+        let update = match decode_update(job) {
+            Ok(u) => u,
+            Err(outcome) => return outcome,
         };
         let Update::Status(s) = update else {
             return Outcome::Dead {

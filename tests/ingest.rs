@@ -595,3 +595,45 @@ async fn metrics_report_stream_lengths_and_shutdown_returns() {
         .expect("drains")
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_failed_append_leaves_no_dedup_mark_so_the_redelivery_gets_through() {
+    use wafleet::streams::{Append, Appended, Enqueuer};
+    let cfg = TestConfig::new().await;
+    let keys = cfg.keys();
+    let mut con = cfg.redis().await;
+    let update = wafleet_core::webhook::parse(&fixture("text.json"))
+        .unwrap()
+        .updates
+        .remove(0);
+    let append = Append::update(&keys, &update, 0);
+    // Make the stream key unusable: XADD fails with WRONGTYPE inside the script.
+    let _: () = redis::AsyncCommands::set(&mut con, &append.stream, "not a stream")
+        .await
+        .unwrap();
+    let enqueuer = Enqueuer::new(Duration::from_secs(60));
+    assert!(
+        enqueuer
+            .append_all(&mut con, std::slice::from_ref(&append))
+            .await
+            .is_err()
+    );
+    let marked: bool = redis::AsyncCommands::exists(&mut con, &append.seen)
+        .await
+        .unwrap();
+    assert!(!marked, "no mark without its entry");
+    // Once Redis is healthy again, Meta's redelivery is enqueued, exactly once.
+    let _: () = redis::AsyncCommands::del(&mut con, &append.stream)
+        .await
+        .unwrap();
+    let first = enqueuer
+        .append_all(&mut con, std::slice::from_ref(&append))
+        .await
+        .unwrap();
+    let again = enqueuer
+        .append_all(&mut con, std::slice::from_ref(&append))
+        .await
+        .unwrap();
+    assert_eq!((first[0], again[0]), (Appended::Added, Appended::Duplicate));
+    assert_eq!(read_stream(&mut con, &append.stream).await.len(), 1);
+}

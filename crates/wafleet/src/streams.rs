@@ -46,11 +46,9 @@
 //! | `received_at` | all | Unix milliseconds when ingest received the POST |
 //!
 //! # Atomicity
-//! [`ENQUEUE_SCRIPT`] checks the dedup mark, appends the entry and sets the mark in one script,
-//! which Redis runs atomically. The mark is set only after `XADD` succeeded, so an error can
-//! never leave a mark without its entry (which would swallow Meta's redelivery); the worst case
-//! is an entry without its mark, i.e. a later redelivery enqueued twice, which the stages are
-//! idempotent against.
+//! [`ENQUEUE_SCRIPT`] takes the dedup mark and appends the entry in one script, which Redis runs
+//! atomically; if the append fails the mark is removed before the script returns, so an error can
+//! never leave a mark without its entry (which would swallow Meta's redelivery).
 
 use bytes::Bytes;
 use redis::{Pipeline, RedisResult, Value};
@@ -154,10 +152,16 @@ impl Keys {
 
 /// Appends an entry unless its dedup mark exists; returns 1 when appended, 0 for a duplicate.
 /// KEYS[1] = dedup mark, KEYS[2] = stream; ARGV[1] = mark TTL in seconds; ARGV[2..] = fields.
+///
+/// The mark is taken first (`SET NX`, one call instead of `EXISTS` + `SET`), and given back if
+/// `XADD` fails, so the script still never leaves a mark without its entry.
 pub const ENQUEUE_SCRIPT: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
-redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+local added = redis.pcall('XADD', KEYS[2], '*', unpack(ARGV, 2))
+if type(added) == 'table' and added.err then
+  redis.call('DEL', KEYS[1])
+  return redis.error_reply(added.err)
+end
 return 1
 ";
 

@@ -54,7 +54,8 @@ BENCH_DB=wafleet_bench_pipeline
 export RUST_LOG="${BENCH_RUST_LOG:-warn}"
 
 note() { echo "bench-pipeline: $*" >&2; }
-die() { note "$*"; exit 1; }
+# Helpers shared with the other benchmarks (processes, Redis, Postgres, CPU accounting).
+source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 
 [[ "$IDLE_TIMEOUT" =~ ^[0-9]+$ ]] || die "BENCH_IDLE_TIMEOUT must be a number, got '$IDLE_TIMEOUT'"
 [[ "$CPU_WAIT" =~ ^[0-9]+$ ]] || die "BENCH_CPU_WAIT must be a number, got '$CPU_WAIT'"
@@ -78,42 +79,16 @@ eval "$(deploy/services.sh env)"
 exec 8>"$ROOT/.wafleet/bench-pipeline.lock"
 flock -n 8 || die "another bench-pipeline is running on this checkout's services"
 
-rcli() { redis-cli -u "$REDIS_URL" "$@" </dev/null; }
 PSQL="$(command -v psql || ls /usr/lib/postgresql/*/bin/psql 2>/dev/null | tail -n1 || true)"
 [[ -x "$PSQL" ]] || die "psql not found"
-psql_admin() { PGOPTIONS='-c client_min_messages=warning' "$PSQL" -X -q -At -v ON_ERROR_STOP=1 "$DATABASE_URL" "$@" </dev/null; }
 url_noq="${DATABASE_URL%%\?*}"
 BENCH_DATABASE_URL="${url_noq%/*}/$BENCH_DB${DATABASE_URL#"$url_noq"}"
-sql() { "$PSQL" -X -q -At -v ON_ERROR_STOP=1 "$BENCH_DATABASE_URL" -c "$1" </dev/null; }
 
 SECRET="bench-secret-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 PNID=100000000000002
 LOGS="$(mktemp -d /tmp/bench-pipeline.XXXXXX)"
 PIDS=() PREFIXES=() ROWS=() FAILED=0
 
-stop_all() {
-  local pid i
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do
-    for ((i = 0; i < 250; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  PIDS=()
-}
-
-cleanup() {
-  local rc=$? p
-  stop_all
-  if [[ -n "${REDIS_URL:-}" ]]; then
-    for p in "${PREFIXES[@]}"; do
-      rcli --scan --pattern "$p:*" | xargs -r -n 1000 redis-cli -u "$REDIS_URL" unlink >/dev/null 2>&1 || true
-    done
-  fi
-  psql_admin -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" 2>/dev/null || true
-  if ((rc == 0)); then rm -rf "$LOGS"; else note "logs kept in $LOGS"; fi
-  exit "$rc"
-}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -142,63 +117,6 @@ wait_for_quiet() {
   done
 }
 
-# start NAME READY_URL CMD...: runs CMD in the background and waits for READY_URL to answer 200.
-start() {
-  local name="$1" url="$2"
-  shift 2
-  "$@" >"$LOGS/$name.log" 2>&1 8>&- &
-  PIDS+=($!)
-  if ! "$LOADGEN" wait --url "$url" --timeout-secs 60 2>>"$LOGS/$name.log"; then
-    tail -n 20 "$LOGS/$name.log" >&2
-    die "$name did not become ready at $url"
-  fi
-}
-
-metrics() { curl -fsS --max-time 5 "http://$1/metrics"; }
-
-# The conversation stage's owned partitions of one worker.
-owned() { metrics "$1" | awk '/^wafleet_worker_partitions_owned\{stage="conversation"\}/ { print $2 }'; }
-
-# Waits until the workers share the partitions evenly (a new process takes its share within a
-# few lease rounds, i.e. up to ~45 s with the default 45 s lease TTL).
-wait_balanced() {
-  local deadline=$((SECONDS + 120)) a sum ok share=$(((PARTITIONS + $# - 1) / $#))
-  while :; do
-    sum=0 ok=1
-    for a in "$@"; do
-      local o; o="$(owned "$a" || true)"; o="${o:-0}"
-      sum=$((sum + ${o%.*}))
-      ((${o%.*} <= share)) || ok=0
-    done
-    ((sum == PARTITIONS && ok)) && return 0
-    ((SECONDS < deadline)) || die "workers did not share the $PARTITIONS partitions within 120 s (own $sum)"
-    sleep 1
-  done
-}
-
-# quantiles Q... < merged "le count" lines: Prometheus histogram_quantile, in ms.
-quantiles() {
-  sort -g | awk -v qs="$*" '
-    { le[NR] = $1; c[NR] = $2 }
-    END {
-      total = c[NR]; n = split(qs, q, " "); out = ""
-      for (i = 1; i <= n; i++) {
-        if (total == 0) { out = out " -"; continue }
-        rank = q[i] * total; prev_le = 0; prev_c = 0; v = ""
-        for (j = 1; j <= NR; j++) {
-          if (c[j] >= rank) {
-            if (le[j] == "+Inf") { v = prev_le } else if (c[j] == prev_c) { v = le[j] }
-            else { v = prev_le + (le[j] - prev_le) * (rank - prev_c) / (c[j] - prev_c) }
-            break
-          }
-          if (le[j] != "+Inf") prev_le = le[j]; prev_c = c[j]
-        }
-        out = out sprintf(" %.2f", v * 1000)
-      }
-      print substr(out, 2)
-    }'
-}
-
 # Buckets of wafleet_job_duration_seconds{stage="conversation"}, summed over the workers.
 job_buckets() {
   local a
@@ -218,30 +136,7 @@ counter() {
     awk -v n="$name" -v m="$match" 'index($0, n) == 1 && (m == "" || index($0, m)) && /stage="conversation"/ { s += $2 } END { print s + 0 }'
 }
 
-# CPU accounting, to see where the time goes. snapshot PID... prints "pid ticks" (user + system);
-# cpu_delta START END sums what the pids of END used since START (a pid new in END from zero).
-snapshot() { local p; for p in "$@"; do echo "$p $(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)"; done; }
-cpu_delta() { awk 'NR == FNR { s[$1] = $2; next } { t += $2 - (($1 in s) ? s[$1] : 0) } END { print t + 0 }' "$1" "$2"; }
-# Every process of the Postgres cluster: the postmaster (parent of our backends) and its children.
-pg_cluster() {
-  local b pm
-  b="$(pgrep -f "postgres: [^ ]+ $BENCH_DB " | head -n1 || true)"
-  [[ -n "$b" ]] || return 0
-  pm="$(ps -o ppid= -p "$b" | tr -d ' ')"
-  echo "$pm"
-  pgrep -P "$pm" || true
-}
-redis_cpu() { rcli info cpu | awk -F: '/^used_cpu_(sys|user):/ { t += $2 } END { printf "%.2f", t }'; }
-# Busy and total jiffies of the whole machine (every process, other agents' included).
-machine() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
-# CPU seconds of this script's finished children (the loadgen, once it has exited). `times` runs
-# in this shell, not in a $(...) subshell, whose children's counters start at zero.
-children_cpu() {
-  times >"$LOGS/times"
-  tail -n1 "$LOGS/times" | awk '{ for (i = 1; i <= 2; i++) { split($i, t, "m"); s += t[1] * 60 + t[2] } } END { printf "%.2f", s }'
-}
 TICKS="$(getconf CLK_TCK)"
-secs() { awk -v t="$1" -v k="$TICKS" 'BEGIN { printf "%.1f", t / k }'; }
 
 KEY="$("$BIN/wafleetctl" generate-key)"
 echo "== setup: redis $REDIS_URL, postgres ${DATABASE_URL##*@}, database $BENCH_DB," \

@@ -217,9 +217,12 @@ pub async fn run(
     let pg = db::connect(common.database_url.expose(), common.database_pool_size).await?;
     db::migrate(&pg).await?;
     // Blocking reads hold a connection per owned partition; leave room for the jobs' own calls.
+    // Every owned partition of every stage holds a connection in its blocking read; the jobs'
+    // own calls need room beyond that, or they queue behind reads that block for up to 500 ms.
+    let blocking_reads = common.partitions as usize * settings.stages.len();
     let redis = redis_pool(
         common.redis_url.expose(),
-        common.redis_pool_size + common.partitions as usize,
+        common.redis_pool_size + blocking_reads,
     )?;
     let keys = Keys::new(common.redis_prefix.clone(), common.partitions);
     let stop = CancellationToken::new();

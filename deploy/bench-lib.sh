@@ -1,0 +1,123 @@
+# Shell helpers shared by deploy/bench-pipeline.sh and deploy/bench-e2e.sh: process control,
+# Redis and Postgres access, cleanup, worker metrics, and CPU accounting from /proc. Sourced, not
+# run; it uses the caller's globals (REDIS_URL, DATABASE_URL, BENCH_DATABASE_URL, PSQL, PIDS,
+# PREFIXES, TICKS, …) and its `note` function.
+
+die() { note "$*"; exit 1; }
+
+rcli() { redis-cli -u "$REDIS_URL" "$@" </dev/null; }
+
+psql_admin() { PGOPTIONS='-c client_min_messages=warning' "$PSQL" -X -q -At -v ON_ERROR_STOP=1 "$DATABASE_URL" "$@" </dev/null; }
+
+sql() { "$PSQL" -X -q -At -v ON_ERROR_STOP=1 "$BENCH_DATABASE_URL" -c "$1" </dev/null; }
+
+stop_all() {
+  local pid i
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do
+    for ((i = 0; i < 250; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  PIDS=()
+}
+
+cleanup() {
+  local rc=$? p
+  stop_all
+  if [[ -n "${REDIS_URL:-}" ]]; then
+    for p in "${PREFIXES[@]}"; do
+      rcli --scan --pattern "$p:*" | xargs -r -n 1000 redis-cli -u "$REDIS_URL" unlink >/dev/null 2>&1 || true
+    done
+  fi
+  psql_admin -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" 2>/dev/null || true
+  if ((rc == 0)); then rm -rf "$LOGS"; else note "logs kept in $LOGS"; fi
+  exit "$rc"
+}
+
+# start NAME READY_URL CMD...: runs CMD in the background and waits for READY_URL to answer 200.
+start() {
+  local name="$1" url="$2"
+  shift 2
+  "$@" >"$LOGS/$name.log" 2>&1 8>&- &
+  PIDS+=($!)
+  if ! "$LOADGEN" wait --url "$url" --timeout-secs 60 2>>"$LOGS/$name.log"; then
+    tail -n 20 "$LOGS/$name.log" >&2
+    die "$name did not become ready at $url"
+  fi
+}
+
+metrics() { curl -fsS --max-time 5 "http://$1/metrics"; }
+
+# The conversation stage's owned partitions of one worker.
+owned() { metrics "$1" | awk '/^wafleet_worker_partitions_owned\{stage="conversation"\}/ { print $2 }'; }
+
+# Waits until the workers share the partitions evenly (a new process takes its share within a
+# few lease rounds, i.e. up to ~45 s with the default 45 s lease TTL).
+wait_balanced() {
+  local deadline=$((SECONDS + 120)) a sum ok share=$(((PARTITIONS + $# - 1) / $#))
+  while :; do
+    sum=0 ok=1
+    for a in "$@"; do
+      local o; o="$(owned "$a" || true)"; o="${o:-0}"
+      sum=$((sum + ${o%.*}))
+      ((${o%.*} <= share)) || ok=0
+    done
+    ((sum == PARTITIONS && ok)) && return 0
+    ((SECONDS < deadline)) || die "workers did not share the $PARTITIONS partitions within 120 s (own $sum)"
+    sleep 1
+  done
+}
+
+# quantiles Q... < merged "le count" lines: Prometheus histogram_quantile, in ms.
+quantiles() {
+  sort -g | awk -v qs="$*" '
+    { le[NR] = $1; c[NR] = $2 }
+    END {
+      total = c[NR]; n = split(qs, q, " "); out = ""
+      for (i = 1; i <= n; i++) {
+        if (total == 0) { out = out " -"; continue }
+        rank = q[i] * total; prev_le = 0; prev_c = 0; v = ""
+        for (j = 1; j <= NR; j++) {
+          if (c[j] >= rank) {
+            if (le[j] == "+Inf") { v = prev_le } else if (c[j] == prev_c) { v = le[j] }
+            else { v = prev_le + (le[j] - prev_le) * (rank - prev_c) / (c[j] - prev_c) }
+            break
+          }
+          if (le[j] != "+Inf") prev_le = le[j]; prev_c = c[j]
+        }
+        out = out sprintf(" %.2f", v * 1000)
+      }
+      print substr(out, 2)
+    }'
+}
+
+# CPU accounting, to see where the time goes. snapshot PID... prints "pid ticks" (user + system);
+# cpu_delta START END sums what the pids of END used since START (a pid new in END from zero).
+snapshot() { local p; for p in "$@"; do echo "$p $(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)"; done; }
+
+cpu_delta() { awk 'NR == FNR { s[$1] = $2; next } { t += $2 - (($1 in s) ? s[$1] : 0) } END { print t + 0 }' "$1" "$2"; }
+
+# Every process of the Postgres cluster: the postmaster (parent of our backends) and its children.
+pg_cluster() {
+  local b pm
+  b="$(pgrep -f "postgres: [^ ]+ $BENCH_DB " | head -n1 || true)"
+  [[ -n "$b" ]] || return 0
+  pm="$(ps -o ppid= -p "$b" | tr -d ' ')"
+  echo "$pm"
+  pgrep -P "$pm" || true
+}
+
+redis_cpu() { rcli info cpu | awk -F: '/^used_cpu_(sys|user):/ { t += $2 } END { printf "%.2f", t }'; }
+
+# Busy and total jiffies of the whole machine (every process, other agents' included).
+machine() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
+
+# CPU seconds of this script's finished children (the loadgen, once it has exited). `times` runs
+# in this shell, not in a $(...) subshell, whose children's counters start at zero.
+children_cpu() {
+  times >"$LOGS/times"
+  tail -n1 "$LOGS/times" | awk '{ for (i = 1; i <= 2; i++) { split($i, t, "m"); s += t[1] * 60 + t[2] } } END { printf "%.2f", s }'
+}
+
+secs() { awk -v t="$1" -v k="$TICKS" 'BEGIN { printf "%.1f", t / k }'; }

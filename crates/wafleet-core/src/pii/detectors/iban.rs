@@ -78,20 +78,12 @@ fn at(b: &[u8], s: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pii::keywords::Keywords;
 
     fn ibans(t: &str) -> Vec<&str> {
-        let k = Keywords::new();
-        let mut kws = Vec::new();
-        k.find(t, &mut kws);
-        let ctx = Ctx {
-            text: t,
-            b: t.as_bytes(),
-            kws: &kws,
-        };
-        let mut f = Found::default();
-        find(&ctx, &mut f);
-        f.spans.iter().map(|s| &t[s.start..s.end]).collect()
+        crate::pii::detectors::detect(t, &[find])
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect()
     }
 
     #[test]

@@ -10,3 +10,27 @@ pub mod idctx;
 pub mod ip;
 pub mod numeric;
 pub mod url;
+
+/// Runs `finders` in order over `t` like the redactor does, for the detectors' own tests.
+#[cfg(test)]
+pub(crate) fn detect<'t>(
+    t: &'t str,
+    finders: &[fn(&super::Ctx<'_>, &mut super::Found)],
+) -> Vec<(&'t str, super::PiiType)> {
+    let mut kws = Vec::new();
+    super::keywords::Keywords::new().find(t, &mut kws);
+    let ctx = super::Ctx {
+        text: t,
+        b: t.as_bytes(),
+        kws: &kws,
+    };
+    let mut found = super::Found::default();
+    for finder in finders {
+        finder(&ctx, &mut found);
+    }
+    found
+        .spans
+        .iter()
+        .map(|s| (&t[s.start..s.end], s.kind))
+        .collect()
+}

@@ -820,24 +820,9 @@ fn classify(ctx: &Ctx<'_>, c: &Chunk<'_>, found: &mut Found) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pii::keywords::Keywords;
 
     fn run(t: &str) -> Vec<(&str, PiiType)> {
-        let k = Keywords::new();
-        let mut kws = Vec::new();
-        k.find(t, &mut kws);
-        let ctx = Ctx {
-            text: t,
-            b: t.as_bytes(),
-            kws: &kws,
-        };
-        let mut f = Found::default();
-        find_cards(&ctx, &mut f);
-        find_rest(&ctx, &mut f);
-        f.spans
-            .iter()
-            .map(|s| (&t[s.start..s.end], s.kind))
-            .collect()
+        crate::pii::detectors::detect(t, &[find_cards, find_rest])
     }
 
     #[test]

@@ -393,6 +393,40 @@ async fn verification_echoes_the_challenge_only_for_the_right_token() {
     }
 }
 
+/// Posts a fresh message (a new wamid each time) until `applied` says ingest has taken a channel
+/// change into account, which it does within its refresh interval.
+async fn post_until<F, Fut>(
+    ingest: &Ingest,
+    what: &str,
+    pnid: &str,
+    from: &str,
+    tag: &str,
+    mut applied: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for n in 0.. {
+        let body = text_body(pnid, from, &format!("wamid.{tag}{n}"), "hola");
+        ingest.post_signed(&body, APP_SECRET).await;
+        if applied().await {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether anything sits in quarantine for `reason`.
+async fn quarantined_for(cfg: &TestConfig, reason: &str) -> bool {
+    let q = read_stream(&mut cfg.redis().await, &cfg.keys().quarantine()).await;
+    q.iter().any(|(_, f)| f["reason"] == reason.as_bytes())
+}
+
 #[tokio::test]
 async fn channel_changes_are_seen_within_seconds_and_disabled_or_unlisted_senders_are_quarantined()
 {
@@ -411,24 +445,16 @@ async fn channel_changes_are_seen_within_seconds_and_disabled_or_unlisted_sender
         200
     );
     cfg.add_channel(new_number, |_| {}).await;
-    let mut n = 0;
-    eventually(
+    post_until(
+        &ingest,
         "ingest to see the new channel",
-        Duration::from_secs(10),
-        || {
-            n += 1;
-            let body = text_body(new_number, "57300", &format!("wamid.N{n}"), "hola");
-            let ingest = &ingest;
-            let cfg = &cfg;
-            let con = con.clone();
-            async move {
-                ingest.post_signed(&body, APP_SECRET).await;
-                let mut con = con;
-                (!all_updates(&mut con, &inbound_streams(cfg))
-                    .await
-                    .is_empty())
-                .then_some(())
-            }
+        new_number,
+        "57300",
+        "N",
+        || async {
+            !all_updates(&mut cfg.redis().await, &inbound_streams(&cfg))
+                .await
+                .is_empty()
         },
     )
     .await;
@@ -438,25 +464,13 @@ async fn channel_changes_are_seen_within_seconds_and_disabled_or_unlisted_sender
         .await
         .unwrap();
     let quarantined_before = read_stream(&mut con, &cfg.keys().quarantine()).await.len();
-    let mut m = 0;
-    eventually(
+    post_until(
+        &ingest,
         "ingest to see the channel disabled",
-        Duration::from_secs(10),
-        || {
-            m += 1;
-            let body = text_body(new_number, "57300", &format!("wamid.D{m}"), "hola");
-            let ingest = &ingest;
-            let cfg = &cfg;
-            let con = con.clone();
-            async move {
-                ingest.post_signed(&body, APP_SECRET).await;
-                let mut con = con;
-                let q = read_stream(&mut con, &cfg.keys().quarantine()).await;
-                q.iter()
-                    .any(|(_, f)| f["reason"] == b"channel_disabled")
-                    .then_some(())
-            }
-        },
+        new_number,
+        "57300",
+        "D",
+        || quarantined_for(&cfg, "channel_disabled"),
     )
     .await;
     assert!(read_stream(&mut con, &cfg.keys().quarantine()).await.len() > quarantined_before);
@@ -465,25 +479,13 @@ async fn channel_changes_are_seen_within_seconds_and_disabled_or_unlisted_sender
     let listed = "106540352242922";
     cfg.add_channel(listed, |s| s.phone_allowlist = Some(vec!["57311".into()]))
         .await;
-    let mut k = 0;
-    eventually(
+    post_until(
+        &ingest,
         "ingest to apply the allowlist",
-        Duration::from_secs(10),
-        || {
-            k += 1;
-            let body = text_body(listed, "57399", &format!("wamid.A{k}"), "hola");
-            let ingest = &ingest;
-            let cfg = &cfg;
-            let con = con.clone();
-            async move {
-                ingest.post_signed(&body, APP_SECRET).await;
-                let mut con = con;
-                let q = read_stream(&mut con, &cfg.keys().quarantine()).await;
-                q.iter()
-                    .any(|(_, f)| f["reason"] == b"sender_not_allowed")
-                    .then_some(())
-            }
-        },
+        listed,
+        "57399",
+        "A",
+        || quarantined_for(&cfg, "sender_not_allowed"),
     )
     .await;
     let before = all_updates(&mut con, &inbound_streams(&cfg)).await.len();

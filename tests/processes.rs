@@ -5,32 +5,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use sqlx::PgPool;
 use wafleet_tests::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_test-worker");
 const PNID: &str = "106540352242922";
 const T0: i64 = 1_760_000_000;
-
-async fn count(pg: &PgPool, sql: &str) -> i64 {
-    sqlx::query_as::<_, (i64,)>(sql)
-        .fetch_one(pg)
-        .await
-        .map(|r| r.0)
-        .unwrap_or(-1)
-}
-
-async fn wait_count(pg: &PgPool, sql: &'static str, want: i64, secs: u64) {
-    eventually(
-        &format!("{sql} = {want}"),
-        Duration::from_secs(secs),
-        || {
-            let pg = pg.clone();
-            async move { (count(&pg, sql).await == want).then_some(()) }
-        },
-    )
-    .await;
-}
 
 #[tokio::test]
 async fn a_worker_killed_mid_job_leaves_the_job_to_another_which_stores_it_once() {

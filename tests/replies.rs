@@ -89,27 +89,7 @@ impl Sys {
     }
 
     async fn count(&self, sql: &str) -> i64 {
-        sqlx::query_as::<_, (i64,)>(sql)
-            .fetch_one(&self.pg)
-            .await
-            .map(|r| r.0)
-            .unwrap_or(-1)
-    }
-
-    async fn until(&self, what: &str, sql: &str, want: i64) {
-        let pg = self.pg.clone();
-        eventually(what, Duration::from_secs(30), || {
-            let pg = pg.clone();
-            async move {
-                let n = sqlx::query_as::<_, (i64,)>(sql)
-                    .fetch_one(&pg)
-                    .await
-                    .ok()?
-                    .0;
-                (n == want).then_some(())
-            }
-        })
-        .await;
+        count(&self.pg, sql).await
     }
 
     /// Every stream and held list drained: nothing is left to do anywhere.
@@ -175,10 +155,11 @@ async fn a_signed_webhook_gets_a_reply_that_quotes_the_customer_message_and_is_t
     assert_eq!(m.callback_data.as_deref(), Some(id.to_string().as_str()));
     assert_eq!(m.body, body);
     // The simulator reports sent → delivered → read; the status stage follows.
-    s.until(
-        "delivery read",
+    wait_count(
+        &s.pg,
         "SELECT count(*) FROM outbound_messages WHERE state = 'accepted' AND delivery = 'read'",
         1,
+        30,
     )
     .await;
     assert_eq!(
@@ -236,10 +217,11 @@ async fn a_handover_keyword_gets_one_acknowledgement_no_model_call_and_no_later_
     let sent = s.sent(1).await;
     assert_eq!(sent[0].body, DEFAULT_HANDOVER_ACK);
     s.send("573001", "wamid.H2", "¿Hola?").await;
-    s.until(
-        "second message stored",
+    wait_count(
+        &s.pg,
         "SELECT count(*) FROM messages WHERE followup_done",
         2,
+        30,
     )
     .await;
     s.settled().await;
@@ -283,10 +265,11 @@ async fn a_human_taking_over_while_the_model_thinks_suppresses_the_reply() {
             .unwrap()
     );
     tx.commit().await.unwrap();
-    s.until(
-        "the reply part suppressed",
+    wait_count(
+        &s.pg,
         "SELECT count(*) FROM outbound_messages WHERE state = 'suppressed'",
         1,
+        30,
     )
     .await;
     s.settled().await;
@@ -343,16 +326,18 @@ async fn a_131047_is_not_retried_and_hands_the_conversation_to_a_human() {
         serde_json::from_value::<Fault>(serde_json::json!({"code": 131047, "count": 1})).unwrap(),
     );
     s.send("573005", "wamid.W1", "hola").await;
-    s.until(
-        "the part failed",
+    wait_count(
+        &s.pg,
         "SELECT count(*) FROM outbound_messages WHERE state = 'failed' AND error_code = 131047",
         1,
+        30,
     )
     .await;
-    s.until(
-        "handed over",
+    wait_count(
+        &s.pg,
         "SELECT count(*) FROM conversations WHERE owner = 'human'",
         1,
+        30,
     )
     .await;
     s.settled().await;
@@ -374,10 +359,11 @@ async fn an_expired_token_pauses_the_channel_and_raises_an_alert() {
         .unwrap(),
     );
     s.send("573006", "wamid.X1", "hola").await;
-    s.until(
-        "channel paused",
+    wait_count(
+        &s.pg,
         "SELECT count(*) FROM channels WHERE sends_paused_until > now()",
         1,
+        30,
     )
     .await;
     let alerts = metric_value(
@@ -589,10 +575,11 @@ async fn a_sender_killed_mid_batch_never_sends_a_part_twice() {
         (sim.state.messages().len() >= N).then_some(())
     })
     .await;
-    s.until(
-        "every part accepted",
+    wait_count(
+        &s.pg,
         "SELECT count(*) FROM outbound_messages WHERE state = 'accepted'",
         N as i64,
+        30,
     )
     .await;
     s.settled().await;

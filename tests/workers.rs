@@ -580,17 +580,7 @@ async fn postgres_away_for_a_while_makes_jobs_wait_and_all_complete_after() {
         let body = text_message(PNID, "57300", &format!("wamid.pre{i}"), T0 + i, "antes");
         assert_eq!(ingest.post_signed(&body, APP_SECRET).await.status(), 200);
     }
-    eventually("first messages stored", Duration::from_secs(20), || {
-        let pg = pg.clone();
-        async move {
-            let (c,): (i64,) = sqlx::query_as("SELECT count(*) FROM messages")
-                .fetch_one(&pg)
-                .await
-                .ok()?;
-            (c == 5).then_some(())
-        }
-    })
-    .await;
+    wait_count(&pg, "SELECT count(*) FROM messages", 5, 20).await;
 
     proxy.cut();
     for i in 0..20 {
@@ -615,28 +605,10 @@ async fn postgres_away_for_a_while_makes_jobs_wait_and_all_complete_after() {
             .await
             .is_empty()
     );
-    let (c,): (i64,) = sqlx::query_as("SELECT count(*) FROM messages")
-        .fetch_one(&pg)
-        .await
-        .unwrap();
-    assert_eq!(c, 5);
+    assert_eq!(count(&pg, "SELECT count(*) FROM messages").await, 5);
 
     proxy.restore();
-    eventually(
-        "every message stored after Postgres returns",
-        Duration::from_secs(30),
-        || {
-            let pg = pg.clone();
-            async move {
-                let (c,): (i64,) = sqlx::query_as("SELECT count(*) FROM messages")
-                    .fetch_one(&pg)
-                    .await
-                    .ok()?;
-                (c == 25).then_some(())
-            }
-        },
-    )
-    .await;
+    wait_count(&pg, "SELECT count(*) FROM messages", 25, 30).await;
     assert!(
         read_stream(&mut con, &cfg.keys().dead("conversation"))
             .await

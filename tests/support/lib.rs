@@ -124,6 +124,25 @@ where
     }
 }
 
+/// The number a `SELECT count(*) …` returns (-1 while the database cannot answer).
+pub async fn count(pg: &PgPool, sql: &str) -> i64 {
+    sqlx::query_as::<_, (i64,)>(sql)
+        .fetch_one(pg)
+        .await
+        .map(|r| r.0)
+        .unwrap_or(-1)
+}
+
+/// Polls a `SELECT count(*) …` until it returns `want`, or panics after `secs` seconds.
+pub async fn wait_count(pg: &PgPool, sql: &str, want: i64, secs: u64) {
+    eventually(
+        &format!("{sql} = {want}"),
+        Duration::from_secs(secs),
+        || async move { (count(pg, sql).await == want).then_some(()) },
+    )
+    .await;
+}
+
 /// Settings for a test deployment.
 #[derive(Clone)]
 pub struct TestConfig {

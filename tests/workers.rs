@@ -616,3 +616,77 @@ async fn postgres_away_for_a_while_makes_jobs_wait_and_all_complete_after() {
     );
     worker.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_ambiguous_send_is_reconciled_by_the_callback_id_its_status_echoes() {
+    let e = env().await;
+    e.send("57300", "wamid.in", T0, "hola").await;
+    e.stored(1).await;
+    e.wait_followups().await;
+    // A part whose send timed out: `sending`, no wamid known.
+    let (id,): (i64,) = sqlx::query_as(
+        "INSERT INTO outbound_messages (conversation_id, channel_id, reply_to, part_no, kind, body, state)
+         SELECT conversation_id, channel_id, id, 0, 'reply', 'x', 'sending' FROM messages RETURNING id",
+    )
+    .fetch_one(&e.pg)
+    .await
+    .unwrap();
+    let row = || {
+        let pg = e.pg.clone();
+        async move {
+            sqlx::query_as::<_, (Option<String>, String, Option<String>)>(
+                "SELECT wamid, state, delivery FROM outbound_messages WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pg)
+            .await
+            .unwrap()
+        }
+    };
+    let status = |s: &str, ts: i64, callback: Option<String>| {
+        let mut v = serde_json::json!({"id": "wamid.outD", "status": s, "timestamp": ts.to_string(), "recipient_id": "57300"});
+        if let Some(c) = callback {
+            v["biz_opaque_callback_data"] = c.into();
+        }
+        status_body(PNID, serde_json::json!([v]))
+    };
+    e.post(&status("sent", T0 + 1, Some(id.to_string()))).await;
+    let reconciled = eventually("reconciled", Duration::from_secs(20), || async {
+        let r = row().await;
+        (r.2.is_some()).then_some(r)
+    })
+    .await;
+    assert_eq!(
+        reconciled,
+        (
+            Some("wamid.outD".to_string()),
+            "accepted".to_string(),
+            Some("sent".to_string())
+        )
+    );
+    // Later statuses find it by wamid; a failure is final, even against a late acceptance.
+    e.post(&status("failed", T0 + 2, None)).await;
+    eventually("failed", Duration::from_secs(20), || async {
+        (row().await.1 == "failed").then_some(())
+    })
+    .await;
+    wafleet::store::conversations::record_accepted(&e.pg, id, "wamid.outD")
+        .await
+        .unwrap();
+    assert_eq!(
+        row().await,
+        (
+            Some("wamid.outD".to_string()),
+            "failed".to_string(),
+            Some("failed".to_string())
+        )
+    );
+    let (early,): (i64,) = sqlx::query_as("SELECT count(*) FROM early_statuses")
+        .fetch_one(&e.pg)
+        .await
+        .unwrap();
+    assert_eq!(
+        early, 0,
+        "nothing was kept for later: the message was known"
+    );
+}

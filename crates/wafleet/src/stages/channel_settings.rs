@@ -1,6 +1,10 @@
 //! Per-channel settings the stages need, cached in the process for a couple of seconds so a
 //! change made with `wafleetctl` is seen quickly without a query per job. Secrets (the access
 //! token, model API keys) are decrypted here, in memory only.
+//!
+//! When an entry goes stale, one job re-reads it while the others keep using the stale entry
+//! (a cache miss does not turn into a query per job in flight), and the settings are rebuilt
+//! (keyword automaton, decryption) only when the rows changed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -48,7 +52,7 @@ pub struct ChannelSettings {
     pub providers: Vec<ProviderConfig>,
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, PartialEq)]
 struct Row {
     id: i64,
     phone_number_id: String,
@@ -67,7 +71,7 @@ struct Row {
     access_token: Option<Vec<u8>>,
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, PartialEq)]
 struct ProviderRow {
     name: String,
     kind: String,
@@ -79,14 +83,21 @@ struct ProviderRow {
 /// How long a cached entry is trusted.
 const FRESH_FOR: Duration = Duration::from_secs(2);
 
-/// When an entry was read, and what (None: no such channel).
-type Cached = (Instant, Option<Arc<ChannelSettings>>);
+/// A cached channel: when it was read, the rows it was built from, and what was built (`None`:
+/// no such channel).
+struct Cached {
+    at: Instant,
+    rows: Option<(Row, Vec<ProviderRow>)>,
+    settings: Option<Arc<ChannelSettings>>,
+}
 
 #[derive(Clone)]
 pub struct ChannelCache {
     pg: PgPool,
     cipher: Cipher,
     entries: Arc<Mutex<HashMap<String, Cached>>>,
+    /// Held while a channel is re-read, so one job reads it and the others use what they have.
+    refreshing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl ChannelCache {
@@ -95,26 +106,42 @@ impl ChannelCache {
             pg,
             cipher,
             entries: Arc::default(),
+            refreshing: Arc::default(),
         }
     }
 
     /// Forgets a channel, so the next lookup reads it again (after this process changed it).
     pub fn forget(&self, phone_number_id: &str) {
-        self.entries
-            .lock()
-            .expect("cache lock")
-            .remove(phone_number_id);
+        self.lock().remove(phone_number_id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
+        // Entries are replaced whole, never left half-written: a poisoned lock is usable.
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `(fresh, cached value)` of an entry, if there is one.
+    fn cached(&self, phone_number_id: &str) -> Option<(bool, Option<Arc<ChannelSettings>>)> {
+        self.lock()
+            .get(phone_number_id)
+            .map(|c| (c.at.elapsed() < FRESH_FOR, c.settings.clone()))
     }
 
     pub async fn get(&self, phone_number_id: &str) -> sqlx::Result<Option<Arc<ChannelSettings>>> {
-        if let Some((at, v)) = self
-            .entries
-            .lock()
-            .expect("cache lock")
-            .get(phone_number_id)
-            && at.elapsed() < FRESH_FOR
-        {
-            return Ok(v.clone());
+        let stale = match self.cached(phone_number_id) {
+            Some((true, v)) => return Ok(v),
+            Some((false, v)) => Some(v),
+            None => None,
+        };
+        let _refreshing = match (self.refreshing.try_lock(), stale) {
+            (Ok(guard), _) => guard,
+            // Someone is re-reading: the stale value serves meanwhile.
+            (Err(_), Some(v)) => return Ok(v),
+            (Err(_), None) => self.refreshing.lock().await,
+        };
+        // Re-read by whoever held the lock before us?
+        if let Some((true, v)) = self.cached(phone_number_id) {
+            return Ok(v);
         }
         let row: Option<Row> = sqlx::query_as(
             "SELECT id, phone_number_id, enabled, bot_mode, session_timeout_secs, handover_keywords,
@@ -125,19 +152,42 @@ impl ChannelCache {
         .bind(phone_number_id)
         .fetch_optional(&self.pg)
         .await?;
-        let settings = match row {
+        let rows = match row {
             None => None,
-            Some(r) => Some(Arc::new(self.build(r).await?)),
+            Some(r) => {
+                let providers: Vec<ProviderRow> = sqlx::query_as(
+                    "SELECT name, kind, base_url, model, api_key FROM channel_llm_providers
+                      WHERE channel_id = $1 ORDER BY position",
+                )
+                .bind(r.id)
+                .fetch_all(&self.pg)
+                .await?;
+                Some((r, providers))
+            }
         };
-        self.entries.lock().expect("cache lock").insert(
+        let unchanged = self
+            .lock()
+            .get(phone_number_id)
+            .filter(|c| c.rows == rows)
+            .map(|c| c.settings.clone());
+        let settings = match (unchanged, &rows) {
+            (Some(v), _) => v,
+            (None, None) => None,
+            (None, Some((r, p))) => Some(Arc::new(self.build(r, p)?)),
+        };
+        self.lock().insert(
             phone_number_id.to_string(),
-            (Instant::now(), settings.clone()),
+            Cached {
+                at: Instant::now(),
+                rows,
+                settings: settings.clone(),
+            },
         );
         Ok(settings)
     }
 
-    async fn build(&self, r: Row) -> sqlx::Result<ChannelSettings> {
-        let pnid = r.phone_number_id.clone();
+    fn build(&self, r: &Row, rows: &[ProviderRow]) -> sqlx::Result<ChannelSettings> {
+        let pnid = &r.phone_number_id;
         let decrypt = |field: &str, v: &[u8]| -> sqlx::Result<String> {
             let plain = self
                 .cipher
@@ -145,13 +195,6 @@ impl ChannelCache {
                 .map_err(|e| sqlx::Error::Decode(e.into()))?;
             String::from_utf8(plain).map_err(|e| sqlx::Error::Decode(e.into()))
         };
-        let rows: Vec<ProviderRow> = sqlx::query_as(
-            "SELECT name, kind, base_url, model, api_key FROM channel_llm_providers
-              WHERE channel_id = $1 ORDER BY position",
-        )
-        .bind(r.id)
-        .fetch_all(&self.pg)
-        .await?;
         let mut providers = Vec::with_capacity(rows.len());
         for p in rows {
             providers.push(ProviderConfig {
@@ -160,9 +203,9 @@ impl ChannelCache {
                     .parse::<ProviderKind>()
                     .map_err(|e| sqlx::Error::Decode(format!("{e:?}").into()))?,
                 api_key: Secret::new(decrypt(&format!("llm:{}", p.name), &p.api_key)?),
-                name: p.name,
-                base_url: p.base_url,
-                model: p.model,
+                name: p.name.clone(),
+                base_url: p.base_url.clone(),
+                model: p.model.clone(),
             });
         }
         Ok(ChannelSettings {
@@ -173,7 +216,7 @@ impl ChannelCache {
                 .transpose()?
                 .map(Secret::new),
             id: r.id,
-            phone_number_id: r.phone_number_id,
+            phone_number_id: r.phone_number_id.clone(),
             enabled: r.enabled,
             bot_mode: r.bot_mode.parse().unwrap_or(BotMode::Off),
             session_timeout_secs: i64::from(r.session_timeout_secs),
@@ -183,12 +226,14 @@ impl ChannelCache {
             },
             handover_ack: r
                 .handover_ack
+                .clone()
                 .unwrap_or_else(|| DEFAULT_HANDOVER_ACK.into()),
-            media_notice: r.media_notice.unwrap_or_default(),
-            system_prompt: r.system_prompt,
+            media_notice: r.media_notice.clone().unwrap_or_default(),
+            system_prompt: r.system_prompt.clone(),
             history_limit: i64::from(r.history_limit),
             canned_reply: r
                 .canned_reply
+                .clone()
                 .unwrap_or_else(|| DEFAULT_CANNED_REPLY.into()),
             send_rate_per_sec: r.send_rate_per_sec.max(1) as u32,
             pair_burst: r.pair_burst.max(1) as u32,

@@ -13,8 +13,9 @@
 //! - `none` — reactions, system messages, conversations a human owns, bot off.
 //!
 //! After the commit come the follow-ups in Redis (reply job, outbound job, dashboard event), then
-//! `followup_done` is set. A redelivered message finds its row and only redoes missing
-//! follow-ups, so a crash anywhere repeats work but never loses or doubles a message.
+//! `followup_done` is set. A redelivered message meets its row (the insert conflicts; the
+//! attempt is rolled back) and only redoes missing follow-ups, so a crash anywhere repeats work
+//! but never loses or doubles a message.
 
 use std::sync::Arc;
 
@@ -106,16 +107,6 @@ impl ConversationStage {
                 reason: format!("no channel {}", m.origin.phone_number_id),
             });
         };
-        if let Some(existing) = store::find_message(&self.pg, channel.id, &m.wamid)
-            .await
-            .map_err(db("finding the message"))?
-        {
-            if !existing.followup_done {
-                self.follow_up(job, &existing).await?;
-            }
-            return Ok(Outcome::Done);
-        }
-
         let redacted = m.text.as_deref().map(|t| self.redactor.redact(t));
         let mut pii_types: Vec<String> = redacted
             .iter()
@@ -216,12 +207,10 @@ impl ConversationStage {
             .await
             .map_err(db("storing the message"))?
         else {
-            // Stored concurrently (cannot happen within a partition, but a rebalance might race).
+            // Stored before: a redelivery (or a reclaim). Undo this attempt's touch and finish
+            // what the first one may not have: its follow-ups.
             drop(tx);
-            return Ok(Outcome::Retry {
-                after: std::time::Duration::from_millis(200),
-                reason: "message stored concurrently".into(),
-            });
+            return self.stored_before(job, channel.id, &m.wamid).await;
         };
         let outbound_state = if channel.bot_mode == BotMode::Shadow {
             "shadow"
@@ -287,6 +276,31 @@ impl ConversationStage {
         }
         self.follow_up(job, &stored).await?;
         Ok(Outcome::Done)
+    }
+
+    /// A message already stored: redo its follow-ups unless they were done.
+    async fn stored_before(
+        &self,
+        job: &Job,
+        channel_id: i64,
+        wamid: &str,
+    ) -> Result<Outcome, StepError> {
+        match store::find_message(&self.pg, channel_id, wamid)
+            .await
+            .map_err(db("finding the message"))?
+        {
+            Some(existing) => {
+                if !existing.followup_done {
+                    self.follow_up(job, &existing).await?;
+                }
+                Ok(Outcome::Done)
+            }
+            // Its insert conflicted with a transaction that then rolled back: try again.
+            None => Ok(Outcome::Retry {
+                after: std::time::Duration::from_millis(200),
+                reason: "message stored concurrently".into(),
+            }),
+        }
     }
 
     /// The Redis side of a stored message: reply job, outbound jobs, dashboard event.

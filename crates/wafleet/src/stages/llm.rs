@@ -29,8 +29,7 @@ use crate::llm::{
     default_system_prompt, reply_with_fallback,
 };
 use crate::store::channels::BotMode;
-use crate::store::conversations::insert_outbound;
-use crate::store::replies::{self, NewReply, ReplyContext};
+use crate::store::replies::{self, NewPart, NewReply, ReplyContext};
 use crate::streams::Keys;
 use crate::worker::{Handler, Job, Outcome, Source, Stage};
 
@@ -97,12 +96,9 @@ impl LlmStage {
                 reason: format!("no message {message_id}"),
             });
         };
-        if let Some(outcome) = replies::reply_outcome(&self.pg, message_id)
-            .await
-            .map_err(db("reading the reply"))?
-        {
+        if let Some(outcome) = &ctx.reply_outcome {
             // Answered already (a redelivery): make sure its send is queued, nothing more.
-            self.follow_up(job, &ctx, &outcome).await?;
+            self.follow_up(job, &ctx, outcome).await?;
             return Ok(Outcome::Done);
         }
         let pnid = phone_number_id_of(job);
@@ -125,6 +121,7 @@ impl LlmStage {
                     ..Default::default()
                 },
                 &[],
+                "pending",
             )
             .await?;
             metrics::counter!("wafleet_replies_total", "outcome" => "suppressed").increment(1);
@@ -138,6 +135,7 @@ impl LlmStage {
                     ..Default::default()
                 },
                 &[],
+                "pending",
             )
             .await?;
             self.hand_over(job, &ctx, "window_closed").await?;
@@ -232,8 +230,9 @@ impl LlmStage {
                 &new,
                 &parts
                     .iter()
-                    .map(|(k, b)| (*k, b.as_str(), state))
+                    .map(|(k, b)| (*k, b.as_str()))
                     .collect::<Vec<_>>(),
+                state,
             )
             .await?;
         if fresh && reply.wants_human {
@@ -247,39 +246,17 @@ impl LlmStage {
         Ok(Outcome::Done)
     }
 
-    /// Stores the reply and its parts in one transaction; false when it was already stored.
+    /// Stores the reply and its parts together; false when it was already stored.
     async fn record(
         &self,
         ctx: &ReplyContext,
         reply: &NewReply<'_>,
-        parts: &[(&str, &str, &str)],
+        parts: &[NewPart<'_>],
+        state: &str,
     ) -> Result<bool, Outcome> {
-        let mut tx = self
-            .pg
-            .begin()
+        replies::record_reply(&self.pg, ctx, reply, parts, state)
             .await
-            .map_err(db("starting a transaction"))?;
-        if !replies::insert_reply(&mut tx, ctx, reply)
-            .await
-            .map_err(db("storing the reply"))?
-        {
-            return Ok(false);
-        }
-        for (n, (kind, body, state)) in parts.iter().enumerate() {
-            insert_outbound(
-                &mut tx,
-                (ctx.conversation_id, ctx.channel_id),
-                Some(ctx.message_id),
-                kind,
-                n as i32,
-                body,
-                state,
-            )
-            .await
-            .map_err(db("storing a reply part"))?;
-        }
-        tx.commit().await.map_err(db("committing the reply"))?;
-        Ok(true)
+            .map_err(db("storing the reply"))
     }
 
     async fn hand_over(&self, job: &Job, ctx: &ReplyContext, reason: &str) -> Result<(), Outcome> {

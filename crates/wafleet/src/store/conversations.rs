@@ -314,23 +314,43 @@ pub struct Status<'a> {
 }
 
 /// Applies a status: forward only, `failed` final; unknown wamids are kept in `early_statuses`.
+///
+/// One statement (one round trip, one commit): the outbound message is found by wamid, or, for
+/// an ambiguous send whose wamid we never learnt, by our own id echoed in
+/// `biz_opaque_callback_data` (then it is reconciled: wamid recorded, `accepted`). The row is
+/// locked while it is read, so concurrent statuses of one message apply one after the other.
 pub async fn apply_status(pool: &PgPool, s: &Status<'_>) -> sqlx::Result<StatusApplied> {
-    let mut tx = pool.begin().await?;
-    // An ambiguous send (timed out, wamid unknown) is reconciled through our own id.
-    if let Some(outbound_id) = s.outbound_id {
-        sqlx::query("UPDATE outbound_messages SET wamid = $2, state = 'accepted' WHERE id = $1 AND wamid IS NULL")
-            .bind(outbound_id)
-            .bind(s.wamid)
-            .execute(&mut *tx)
-            .await?;
-    }
-    let advanced: Option<(i64,)> = sqlx::query_as(
-        "UPDATE outbound_messages
-            SET delivery = $2, delivery_rank = $3, delivery_at = $4,
-                error_code = COALESCE($5, error_code), error_title = COALESCE($6, error_title),
-                state = CASE WHEN $2 = 'failed' THEN 'failed' ELSE state END
-          WHERE wamid = $1 AND delivery_rank < $3 AND delivery_rank < 4
-          RETURNING conversation_id",
+    let (advanced, known): (Option<i64>, bool) = sqlx::query_as(
+        "WITH target AS (
+             SELECT id, wamid IS NULL AS reconcile,
+                    (delivery_rank < $3 AND delivery_rank < 4) AS advance
+               FROM outbound_messages
+              WHERE wamid = $1 OR (id = $7 AND wamid IS NULL)
+              ORDER BY wamid IS NULL
+              LIMIT 1
+                FOR UPDATE
+         ), changed AS (
+             UPDATE outbound_messages o SET
+                    wamid = $1,
+                    state = CASE WHEN t.advance AND $2 = 'failed' THEN 'failed'
+                                 WHEN t.reconcile THEN 'accepted' ELSE o.state END,
+                    delivery = CASE WHEN t.advance THEN $2 ELSE o.delivery END,
+                    delivery_rank = CASE WHEN t.advance THEN $3 ELSE o.delivery_rank END,
+                    delivery_at = CASE WHEN t.advance THEN $4 ELSE o.delivery_at END,
+                    error_code = CASE WHEN t.advance THEN COALESCE($5, o.error_code)
+                                      ELSE o.error_code END,
+                    error_title = CASE WHEN t.advance THEN COALESCE($6, o.error_title)
+                                       ELSE o.error_title END
+               FROM target t
+              WHERE o.id = t.id AND (t.advance OR t.reconcile)
+          RETURNING o.conversation_id, t.advance
+         ), early AS (
+             INSERT INTO early_statuses (wamid, status, rank, status_at, error_code, error_title)
+             SELECT $1, $2, $3, $4, $5, $6 WHERE NOT EXISTS (SELECT 1 FROM target)
+             ON CONFLICT DO NOTHING
+         )
+         SELECT (SELECT conversation_id FROM changed WHERE advance),
+                EXISTS (SELECT 1 FROM target)",
     )
     .bind(s.wamid)
     .bind(s.status)
@@ -338,61 +358,51 @@ pub async fn apply_status(pool: &PgPool, s: &Status<'_>) -> sqlx::Result<StatusA
     .bind(s.at)
     .bind(s.error_code.map(|c| c as i32))
     .bind(s.error_title)
-    .fetch_optional(&mut *tx)
+    .bind(s.outbound_id)
+    .fetch_one(pool)
     .await?;
-    let result = if let Some((conversation_id,)) = advanced {
-        StatusApplied::Advanced { conversation_id }
-    } else {
-        let known: Option<(i64,)> =
-            sqlx::query_as("SELECT id FROM outbound_messages WHERE wamid = $1")
-                .bind(s.wamid)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if known.is_some() {
-            StatusApplied::Stale
-        } else {
-            sqlx::query(
-                "INSERT INTO early_statuses (wamid, status, rank, status_at, error_code, error_title)
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-            )
-            .bind(s.wamid)
-            .bind(s.status)
-            .bind(s.rank)
-            .bind(s.at)
-            .bind(s.error_code.map(|c| c as i32))
-            .bind(s.error_title)
-            .execute(&mut *tx)
-            .await?;
-            StatusApplied::Kept
-        }
-    };
-    tx.commit().await?;
-    Ok(result)
+    Ok(match (advanced, known) {
+        (Some(conversation_id), _) => StatusApplied::Advanced { conversation_id },
+        (None, true) => StatusApplied::Stale,
+        (None, false) => StatusApplied::Kept,
+    })
 }
 
-/// Records Meta's acceptance of an outbound message and applies any status that arrived first.
+/// Records Meta's acceptance of an outbound message, applies the most advanced status that
+/// arrived first (a `failed` one stays final), and marks the customer's message it answers as
+/// answered; one statement.
 pub async fn record_accepted(pool: &PgPool, outbound_id: i64, wamid: &str) -> sqlx::Result<()> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("UPDATE outbound_messages SET state = 'accepted', wamid = $2 WHERE id = $1")
-        .bind(outbound_id)
-        .bind(wamid)
-        .execute(&mut *tx)
-        .await?;
     sqlx::query(
-        "UPDATE outbound_messages o
-            SET delivery = e.status, delivery_rank = e.rank, delivery_at = e.status_at,
-                error_code = e.error_code, error_title = e.error_title,
-                state = CASE WHEN e.status = 'failed' THEN 'failed' ELSE o.state END
-           FROM (SELECT * FROM early_statuses WHERE wamid = $1 ORDER BY rank DESC LIMIT 1) e
-          WHERE o.id = $2 AND o.delivery_rank < e.rank",
+        "WITH e AS (
+             SELECT status, rank, status_at, error_code, error_title FROM early_statuses
+              WHERE wamid = $2 ORDER BY rank DESC LIMIT 1
+         ), accepted AS (
+             UPDATE outbound_messages o SET
+                    wamid = $2,
+                    state = CASE WHEN o.delivery_rank >= 4 THEN o.state
+                                 WHEN o.delivery_rank < e.rank AND e.status = 'failed' THEN 'failed'
+                                 ELSE 'accepted' END,
+                    delivery = CASE WHEN o.delivery_rank < e.rank THEN e.status ELSE o.delivery END,
+                    delivery_rank = CASE WHEN o.delivery_rank < e.rank THEN e.rank
+                                         ELSE o.delivery_rank END,
+                    delivery_at = CASE WHEN o.delivery_rank < e.rank THEN e.status_at
+                                       ELSE o.delivery_at END,
+                    error_code = CASE WHEN o.delivery_rank < e.rank THEN e.error_code
+                                      ELSE o.error_code END,
+                    error_title = CASE WHEN o.delivery_rank < e.rank THEN e.error_title
+                                       ELSE o.error_title END
+               FROM (SELECT 1) one LEFT JOIN e ON TRUE
+              WHERE o.id = $1
+          RETURNING o.reply_to
+         ), applied AS (
+             DELETE FROM early_statuses WHERE wamid = $2
+         )
+         UPDATE messages SET answered_at = COALESCE(answered_at, now())
+          WHERE id = (SELECT reply_to FROM accepted)",
     )
-    .bind(wamid)
     .bind(outbound_id)
-    .execute(&mut *tx)
+    .bind(wamid)
+    .execute(pool)
     .await?;
-    sqlx::query("DELETE FROM early_statuses WHERE wamid = $1")
-        .bind(wamid)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await
+    Ok(())
 }

@@ -2,7 +2,7 @@
 //! history given to the model, replies, and the outbound parts' send state (migration 0003).
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::PgPool;
 
 /// The inbound message a reply job answers, with its conversation.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -14,28 +14,21 @@ pub struct ReplyContext {
     pub channel_id: i64,
     pub owner: String,
     pub last_customer_message_at: Option<DateTime<Utc>>,
+    /// The outcome already recorded for this message (a redelivered job), if any.
+    pub reply_outcome: Option<String>,
 }
 
 pub async fn reply_context(pool: &PgPool, message_id: i64) -> sqlx::Result<Option<ReplyContext>> {
     sqlx::query_as(
         "SELECT m.id AS message_id, m.wamid, m.session_no, c.id AS conversation_id, c.channel_id,
-                c.owner, c.last_customer_message_at
+                c.owner, c.last_customer_message_at, r.outcome AS reply_outcome
            FROM messages m JOIN conversations c ON c.id = m.conversation_id
+           LEFT JOIN replies r ON r.message_id = m.id
           WHERE m.id = $1",
     )
     .bind(message_id)
     .fetch_optional(pool)
     .await
-}
-
-/// The outcome already recorded for this message, if any.
-pub async fn reply_outcome(pool: &PgPool, message_id: i64) -> sqlx::Result<Option<String>> {
-    let row: Option<(String,)> =
-        sqlx::query_as("SELECT outcome FROM replies WHERE message_id = $1")
-            .bind(message_id)
-            .fetch_optional(pool)
-            .await?;
-    Ok(row.map(|r| r.0))
 }
 
 /// One turn of history: `true` for the customer, `false` for the bot.
@@ -83,16 +76,34 @@ pub struct NewReply<'a> {
     pub failures: serde_json::Value,
 }
 
-/// Records the reply unless one exists; returns false when it already did.
-pub async fn insert_reply(
-    tx: &mut Transaction<'_, Postgres>,
+/// One part of a reply to record: its kind (`reply`, `handover_ack`) and text.
+pub type NewPart<'a> = (&'a str, &'a str);
+
+/// Records the reply and its parts (numbered from 0, all in `state`) unless a reply exists;
+/// returns false when it already did. One statement: one round trip, one commit.
+pub async fn record_reply(
+    pool: &PgPool,
     ctx: &ReplyContext,
     r: &NewReply<'_>,
+    parts: &[NewPart<'_>],
+    state: &str,
 ) -> sqlx::Result<bool> {
-    let done = sqlx::query(
-        "INSERT INTO replies (message_id, conversation_id, outcome, provider, model, input_tokens,
-                              output_tokens, canned, failures)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (message_id) DO NOTHING",
+    let kinds: Vec<&str> = parts.iter().map(|p| p.0).collect();
+    let bodies: Vec<&str> = parts.iter().map(|p| p.1).collect();
+    let (fresh,): (bool,) = sqlx::query_as(
+        "WITH reply AS (
+             INSERT INTO replies (message_id, conversation_id, outcome, provider, model,
+                                  input_tokens, output_tokens, canned, failures)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (message_id) DO NOTHING
+             RETURNING message_id
+         ), parts AS (
+             INSERT INTO outbound_messages (conversation_id, channel_id, reply_to, part_no, kind,
+                                            body, state)
+             SELECT $2, $10, reply.message_id, p.n - 1, p.kind, p.body, $13
+               FROM reply, unnest($11::text[], $12::text[]) WITH ORDINALITY AS p(kind, body, n)
+             ON CONFLICT (reply_to, kind, part_no) DO NOTHING
+         )
+         SELECT EXISTS (SELECT 1 FROM reply)",
     )
     .bind(ctx.message_id)
     .bind(ctx.conversation_id)
@@ -103,9 +114,13 @@ pub async fn insert_reply(
     .bind(r.output_tokens)
     .bind(r.canned)
     .bind(&r.failures)
-    .execute(&mut **tx)
+    .bind(ctx.channel_id)
+    .bind(&kinds)
+    .bind(&bodies)
+    .bind(state)
+    .fetch_one(pool)
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(fresh)
 }
 
 /// An outbound part with what the sender needs to send it.
@@ -225,17 +240,10 @@ pub async fn mark_failed(
     Ok(())
 }
 
-/// Meta accepted a part: record its wamid (applying statuses that came first) and, for a reply,
-/// mark the customer's message answered.
+/// Meta accepted a part: record its wamid (applying statuses that came first) and mark the
+/// customer's message it answers as answered.
 pub async fn accepted(pool: &PgPool, part: &Part, wamid: &str) -> sqlx::Result<()> {
-    crate::store::conversations::record_accepted(pool, part.id, wamid).await?;
-    if let Some(message_id) = part.reply_to {
-        sqlx::query("UPDATE messages SET answered_at = COALESCE(answered_at, now()) WHERE id = $1")
-            .bind(message_id)
-            .execute(pool)
-            .await?;
-    }
-    Ok(())
+    crate::store::conversations::record_accepted(pool, part.id, wamid).await
 }
 
 /// Stops a channel's sends until `until` (a configuration error needs an operator).

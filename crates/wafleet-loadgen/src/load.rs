@@ -1,9 +1,14 @@
-//! The closed loop of `wafleet-loadgen run`.
+//! The loop of `wafleet-loadgen run`.
 //!
 //! `C` workers, each with its own keep-alive HTTP/1.1 connection (a bare hyper connection: no
 //! pool, so what is measured is the server plus one socket hop), send one signed webhook, wait
 //! for the whole answer, and send the next. A closed loop never queues work the server has not
 //! taken, so latencies are the server's, and throughput is what it sustains at `C` in flight.
+//!
+//! With a `rate`, request `k` (counted over all workers) leaves no earlier than `k / rate`
+//! seconds after the start: a steady arrival rate, as Meta delivers to a number, for measuring
+//! latency below capacity. The workers still bound what is in flight; when the server falls
+//! behind, requests leave late rather than pile up.
 //!
 //! Bounds, so a mistaken command line cannot turn into a flood: the target must be a loopback
 //! address, the run stops by itself at `warm-up + duration` (each capped), after `max_requests`,
@@ -88,6 +93,8 @@ pub struct Plan {
     pub duration: Duration,
     pub max_requests: u64,
     pub timeout: Duration,
+    /// Requests per second over all workers; `None` sends as fast as answers come back.
+    pub rate: Option<f64>,
 }
 
 impl Plan {
@@ -108,6 +115,10 @@ impl Plan {
         );
         ensure!(self.max_requests > 0, "--max-requests must be positive");
         ensure!(!self.timeout.is_zero(), "--timeout-ms must be positive");
+        ensure!(
+            self.rate.is_none_or(|r| r.is_finite() && r > 0.0),
+            "--rate must be positive"
+        );
         Ok(())
     }
 }
@@ -149,6 +160,7 @@ impl Report {
 struct Shared {
     factory: BodyFactory,
     plan: Plan,
+    start: Instant,
     measure_from: Instant,
     stop_at: Instant,
     /// Requests (and connection attempts) claimed so far, against `max_requests`.
@@ -180,6 +192,7 @@ pub async fn run(plan: Plan, factory: BodyFactory) -> anyhow::Result<Report> {
     let start = Instant::now();
     let shared = Arc::new(Shared {
         factory,
+        start,
         measure_from: start + plan.warmup,
         stop_at: start + plan.warmup + plan.duration,
         claimed: AtomicU64::new(0),
@@ -230,9 +243,18 @@ async fn worker(id: u32, shared: Arc<Shared>) -> WorkerReport {
     let plan = &shared.plan;
     let mut conn: Option<SendRequest<Full<Bytes>>> = None;
     let mut seq = 0u64;
-    while Instant::now() < shared.stop_at
-        && shared.claimed.fetch_add(1, Ordering::Relaxed) < plan.max_requests
-    {
+    loop {
+        let k = shared.claimed.fetch_add(1, Ordering::Relaxed);
+        if Instant::now() >= shared.stop_at || k >= plan.max_requests {
+            break;
+        }
+        if let Some(rate) = plan.rate {
+            let due = shared.start + Duration::from_secs_f64(k as f64 / rate);
+            if due >= shared.stop_at {
+                break;
+            }
+            tokio::time::sleep_until(due.into()).await;
+        }
         let sender = match conn.as_mut() {
             Some(sender) => sender,
             None => match tokio::time::timeout(plan.timeout, connect(plan.target.addr)).await {
@@ -414,6 +436,7 @@ mod tests {
             duration: Duration::from_secs(15),
             max_requests: 1000,
             timeout: Duration::from_secs(10),
+            rate: None,
         };
         assert!(plan.check().is_ok());
         let bad = [
@@ -439,6 +462,10 @@ mod tests {
             },
             Plan {
                 max_requests: 0,
+                ..plan.clone()
+            },
+            Plan {
+                rate: Some(0.0),
                 ..plan.clone()
             },
         ];

@@ -86,6 +86,10 @@ struct RunArgs {
     /// Distinct customers (conversations) the messages come from.
     #[arg(long, default_value_t = body::CUSTOMERS)]
     customers: u64,
+    /// Requests per second over all connections (a steady arrival rate); unset: as fast as
+    /// answers come back.
+    #[arg(long)]
+    rate: Option<f64>,
     /// Threads of the load generator. One keeps it off the server's second core on a small box.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -114,6 +118,7 @@ fn main() -> anyhow::Result<()> {
                 duration: Duration::from_secs(a.duration),
                 max_requests: a.max_requests,
                 timeout: Duration::from_millis(a.timeout_ms),
+                rate: a.rate,
             };
             plan.check()?;
             let now = std::time::SystemTime::now()

@@ -2,3 +2,11 @@
 -- (store::replies::history). Without this index that read scanned every outbound message of
 -- every conversation, so each reply cost more than the one before.
 CREATE INDEX outbound_messages_conversation ON outbound_messages (conversation_id, reply_to);
+
+-- Rows that are updated in place several times each (a conversation on every message; an
+-- outbound message when claimed, accepted, sent, delivered and read; a message when answered)
+-- leave room on their page, so an update that touches no indexed column stays on the page
+-- (a HOT update: no new index entries, less bloat, cheaper reads).
+ALTER TABLE conversations SET (fillfactor = 70);
+ALTER TABLE outbound_messages SET (fillfactor = 70);
+ALTER TABLE messages SET (fillfactor = 80);

@@ -632,3 +632,115 @@ async fn a_channel_answers_with_its_own_model_chain_and_its_key_is_stored_encryp
     assert_eq!(s.sim.state.llm_requests()[0].model, "shop-model-1");
     assert!(model.is_some());
 }
+
+#[tokio::test]
+async fn the_model_sees_the_sessions_last_turns_redacted_without_what_a_human_handled() {
+    let s = system().await;
+    // Before the first message, so the worker reads these settings: sessions end after 10 idle
+    // minutes (by message timestamps), the model sees at most 5 turns, and five replies to one
+    // customer are not held back by the pair rate.
+    sqlx::query(
+        "UPDATE channels SET session_timeout_secs = 600, history_limit = 5, pair_burst = 10",
+    )
+    .execute(&s.pg)
+    .await
+    .unwrap();
+    let t = now();
+    let send_at = |wamid: &'static str, at: i64, text: &'static str| {
+        let body = text_message(PNID, "573010", wamid, at, text);
+        let ingest = &s.ingest;
+        async move { assert_eq!(ingest.post_signed(&body, APP_SECRET).await.status(), 200) }
+    };
+    // An earlier session.
+    send_at("wamid.E", t - 3600, "Quiero cambiar un pedido viejo").await;
+    s.sent(1).await;
+    // The current one: a message with an email, then a stretch a human handled.
+    send_at(
+        "wamid.A",
+        t - 60,
+        "Hola, mi correo es ana.perez@example.com",
+    )
+    .await;
+    s.sent(2).await;
+    let (conversation,): (i64,) = sqlx::query_as("SELECT id FROM conversations")
+        .fetch_one(&s.pg)
+        .await
+        .unwrap();
+    let mut tx = s.pg.begin().await.unwrap();
+    wafleet::store::conversations::hand_over(&mut tx, conversation, "agent", None, None)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    send_at("wamid.H", t - 50, "¿Me atiende una persona ya?").await;
+    wait_count(
+        &s.pg,
+        "SELECT count(*) FROM messages WHERE wamid = 'wamid.H'",
+        1,
+        30,
+    )
+    .await;
+    assert!(
+        wafleet::store::conversations::release(&s.pg, conversation)
+            .await
+            .unwrap()
+    );
+    send_at("wamid.B", t - 40, "¿Cuánto tarda el envío?").await;
+    s.sent(3).await;
+    send_at("wamid.C", t - 30, "Gracias, ¿y a Medellín?").await;
+    s.sent(4).await;
+    send_at("wamid.D", t - 20, "Perfecto, lo espero").await;
+    let sent = s.sent(5).await;
+    s.settled().await;
+
+    // The turns each model call saw, oldest first: (role, text).
+    let turns = |n: usize| -> Vec<(String, String)> {
+        let requests = s.sim.state.llm_requests();
+        requests[n].body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["role"] != "system")
+            .map(|m| {
+                (
+                    m["role"].as_str().unwrap().to_string(),
+                    m["content"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let user = |t: &str| ("user".to_string(), t.to_string());
+    let bot = |i: usize| ("assistant".to_string(), sent[i].body.clone());
+    assert_eq!(
+        s.sim.state.llm_requests().len(),
+        5,
+        "one call per answered message"
+    );
+    assert_eq!(turns(0), vec![user("Quiero cambiar un pedido viejo")]);
+    assert_eq!(
+        turns(1),
+        vec![user("Hola, mi correo es [EMAIL]")],
+        "a new session starts empty; the email never reaches the model"
+    );
+    // The human's stretch is left out; the bot's own replies are in.
+    assert_eq!(
+        turns(3),
+        vec![
+            user("Hola, mi correo es [EMAIL]"),
+            bot(1),
+            user("¿Cuánto tarda el envío?"),
+            bot(2),
+            user("Gracias, ¿y a Medellín?"),
+        ]
+    );
+    // At most the last five turns.
+    assert_eq!(
+        turns(4),
+        vec![
+            user("¿Cuánto tarda el envío?"),
+            bot(2),
+            user("Gracias, ¿y a Medellín?"),
+            bot(3),
+            user("Perfecto, lo espero"),
+        ]
+    );
+}

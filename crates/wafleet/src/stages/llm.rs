@@ -88,19 +88,6 @@ fn db(doing: &'static str) -> impl Fn(sqlx::Error) -> Outcome {
 
 impl LlmStage {
     async fn process(&self, job: &Job, message_id: i64) -> Result<Outcome, Outcome> {
-        let ctx = replies::reply_context(&self.pg, message_id)
-            .await
-            .map_err(db("reading the message"))?;
-        let Some(ctx) = ctx else {
-            return Ok(Outcome::Dead {
-                reason: format!("no message {message_id}"),
-            });
-        };
-        if let Some(outcome) = &ctx.reply_outcome {
-            // Answered already (a redelivery): make sure its send is queued, nothing more.
-            self.follow_up(job, &ctx, outcome).await?;
-            return Ok(Outcome::Done);
-        }
         let pnid = phone_number_id_of(job);
         let Some(channel) = self
             .channels
@@ -112,6 +99,19 @@ impl LlmStage {
                 reason: format!("no channel {pnid}"),
             });
         };
+        let found = replies::reply_context(&self.pg, message_id, channel.history_limit)
+            .await
+            .map_err(db("reading the message"))?;
+        let Some((ctx, turns)) = found else {
+            return Ok(Outcome::Dead {
+                reason: format!("no message {message_id}"),
+            });
+        };
+        if let Some(outcome) = &ctx.reply_outcome {
+            // Answered already (a redelivery): make sure its send is queued, nothing more.
+            self.follow_up(job, &ctx, outcome).await?;
+            return Ok(Outcome::Done);
+        }
 
         if ctx.owner != "bot" || channel.bot_mode == BotMode::Off {
             self.record(
@@ -146,9 +146,6 @@ impl LlmStage {
         if channel.bot_mode == BotMode::On {
             self.mark_read(&channel, &ctx.wamid).await;
         }
-        let turns = replies::history(&self.pg, &ctx, channel.history_limit)
-            .await
-            .map_err(db("reading the history"))?;
         let request = ChatRequest {
             system: channel
                 .system_prompt

@@ -18,50 +18,64 @@ pub struct ReplyContext {
     pub reply_outcome: Option<String>,
 }
 
-pub async fn reply_context(pool: &PgPool, message_id: i64) -> sqlx::Result<Option<ReplyContext>> {
-    sqlx::query_as(
-        "SELECT m.id AS message_id, m.wamid, m.session_no, c.id AS conversation_id, c.channel_id,
-                c.owner, c.last_customer_message_at, r.outcome AS reply_outcome
-           FROM messages m JOIN conversations c ON c.id = m.conversation_id
-           LEFT JOIN replies r ON r.message_id = m.id
-          WHERE m.id = $1",
-    )
-    .bind(message_id)
-    .fetch_optional(pool)
-    .await
-}
-
 /// One turn of history: `true` for the customer, `false` for the bot.
 pub type Turn = (bool, String);
 
-/// The last `limit` turns of the conversation's current session up to `message_id`: the
-/// customer's messages (redacted) from stretches the bot handled, and the bot's replies. What
-/// humans handled and earlier sessions are left out.
-pub async fn history(pool: &PgPool, ctx: &ReplyContext, limit: i64) -> sqlx::Result<Vec<Turn>> {
-    let mut turns: Vec<(bool, String)> = sqlx::query_as(
-        "SELECT customer, text FROM (
-             SELECT TRUE AS customer, m.text_redacted AS text, m.received_at AS at, m.id AS ord
-               FROM messages m
-              WHERE m.conversation_id = $1 AND m.session_no = $2 AND m.id <= $3
-                AND m.owner_at_arrival = 'bot' AND m.text_redacted IS NOT NULL
-                AND m.action IN ('reply', 'handover')
-             UNION ALL
-             SELECT FALSE, o.body, o.created_at, o.reply_to
-               FROM outbound_messages o JOIN messages m ON m.id = o.reply_to
-              WHERE o.conversation_id = $1 AND m.session_no = $2 AND o.reply_to < $3
-                AND o.kind = 'reply' AND o.state IN ('pending', 'sending', 'accepted')
-         ) t
-         ORDER BY at DESC, ord DESC
-         LIMIT $4",
+#[derive(sqlx::FromRow)]
+struct ContextRow {
+    #[sqlx(flatten)]
+    ctx: ReplyContext,
+    turn_customer: Vec<bool>,
+    turn_text: Vec<String>,
+}
+
+/// The message a reply job answers, with its conversation, and the last `history_limit` turns
+/// of that conversation's current session up to the message, oldest first: the customer's
+/// messages (redacted) from stretches the bot handled, and the bot's replies. What humans
+/// handled and earlier sessions are left out. One query.
+pub async fn reply_context(
+    pool: &PgPool,
+    message_id: i64,
+    history_limit: i64,
+) -> sqlx::Result<Option<(ReplyContext, Vec<Turn>)>> {
+    let row: Option<ContextRow> = sqlx::query_as(
+        "WITH ctx AS (
+             SELECT m.id AS message_id, m.wamid, m.session_no, c.id AS conversation_id,
+                    c.channel_id, c.owner, c.last_customer_message_at, r.outcome AS reply_outcome
+               FROM messages m JOIN conversations c ON c.id = m.conversation_id
+               LEFT JOIN replies r ON r.message_id = m.id
+              WHERE m.id = $1
+         ), turns AS (
+             SELECT customer, text, at, ord FROM (
+                 SELECT TRUE AS customer, m.text_redacted AS text, m.received_at AS at, m.id AS ord
+                   FROM messages m, ctx
+                  WHERE m.conversation_id = ctx.conversation_id AND m.session_no = ctx.session_no
+                    AND m.id <= ctx.message_id
+                    AND m.owner_at_arrival = 'bot' AND m.text_redacted IS NOT NULL
+                    AND m.action IN ('reply', 'handover')
+                 UNION ALL
+                 SELECT FALSE, o.body, o.created_at, o.reply_to
+                   FROM outbound_messages o JOIN messages m ON m.id = o.reply_to, ctx
+                  WHERE o.conversation_id = ctx.conversation_id AND m.session_no = ctx.session_no
+                    AND o.reply_to < ctx.message_id
+                    AND o.kind = 'reply' AND o.state IN ('pending', 'sending', 'accepted')
+             ) t
+             ORDER BY at DESC, ord DESC
+             LIMIT $2
+         )
+         SELECT ctx.*,
+                ARRAY(SELECT customer FROM turns ORDER BY at, ord) AS turn_customer,
+                ARRAY(SELECT text FROM turns ORDER BY at, ord) AS turn_text
+           FROM ctx",
     )
-    .bind(ctx.conversation_id)
-    .bind(ctx.session_no)
-    .bind(ctx.message_id)
-    .bind(limit)
-    .fetch_all(pool)
+    .bind(message_id)
+    .bind(history_limit)
+    .fetch_optional(pool)
     .await?;
-    turns.reverse();
-    Ok(turns)
+    Ok(row.map(|r| {
+        let turns = r.turn_customer.into_iter().zip(r.turn_text).collect();
+        (r.ctx, turns)
+    }))
 }
 
 /// What the model produced (or why nothing was asked).

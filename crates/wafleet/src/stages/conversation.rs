@@ -27,9 +27,12 @@ use wafleet_core::envelope::{InboundMessage, Update};
 use wafleet_core::pii::Redactor;
 
 use super::channel_settings::ChannelCache;
+use super::channel_settings::ChannelSettings;
 use super::{db_outcome, decode_update, publish_handover};
 use crate::store::channels::BotMode;
-use crate::store::conversations::{self as store, Customer, NewMessage, StoredMessage};
+use crate::store::conversations::{
+    self as store, Conversation, ConversationRef, Customer, NewMessage, StoredMessage, Touch,
+};
 use crate::streams::Keys;
 use crate::worker::{Handler, Job, Outcome, Source, Stage};
 
@@ -129,48 +132,16 @@ impl ConversationStage {
             profile_name: m.profile_name.as_deref(),
         };
 
-        let mut tx = self
-            .pg
-            .begin()
-            .await
-            .map_err(db("starting a transaction"))?;
-        let window = WINDOW_TYPES.contains(&m.message_type.as_str());
-        // The cached session lets a known conversation be touched by primary key; the update
-        // re-checks the session and idle time, so a stale entry only costs the full lookup.
-        let known = match self.cached_session(&job.conv).await {
-            Some((id, session_no)) => store::touch_known(
-                &mut tx,
-                id,
-                session_no,
-                &customer,
-                at,
-                channel.session_timeout_secs,
-                window,
-            )
-            .await
-            .map_err(db("touching the conversation"))?,
-            None => None,
+        let touch = Touch {
+            customer,
+            at,
+            session_timeout_secs: channel.session_timeout_secs,
+            customer_message: WINDOW_TYPES.contains(&m.message_type.as_str()),
         };
-        metrics::counter!("wafleet_session_cache_total", "result" => if known.is_some() { "hit" } else { "miss" }).increment(1);
-        let conversation = match known {
-            Some(c) => c,
-            None => store::touch(
-                &mut tx,
-                channel.id,
-                &customer,
-                at,
-                channel.session_timeout_secs,
-                window,
-            )
-            .await
-            .map_err(db("finding the conversation"))?,
-        };
-
         let text = redacted
             .as_ref()
             .map(|r| r.text.as_str())
             .filter(|t| !t.trim().is_empty());
-        let bot_answers = conversation.bot_owns() && channel.bot_mode != BotMode::Off;
         // Handover is matched on the original text (redaction never removes such phrases, but
         // it could split them).
         let keyword = m
@@ -178,12 +149,12 @@ impl ConversationStage {
             .as_deref()
             .and_then(|t| channel.handover.find(t))
             .map(str::to_string);
-        let action = if SILENT_TYPES.contains(&m.message_type.as_str()) || !conversation.bot_owns()
-        {
+        // What the message calls for if the bot owns the conversation (else: nothing).
+        let action_if_bot = if SILENT_TYPES.contains(&m.message_type.as_str()) {
             "none"
         } else if keyword.is_some() {
             "handover"
-        } else if !bot_answers {
+        } else if channel.bot_mode == BotMode::Off {
             "none"
         } else if text.is_some() {
             "reply"
@@ -201,29 +172,116 @@ impl ConversationStage {
             context_wamid: m.context_id.as_deref(),
             sent_at,
             source_entry: &job.id,
-            action,
+            action: action_if_bot,
         };
+        // The cached session lets a known conversation be touched by primary key; the update
+        // re-checks the session and idle time, so a stale entry only costs the full lookup.
+        let cached = self
+            .cached_session(&job.conv)
+            .await
+            .map(|(id, session_no)| ConversationRef::Known { id, session_no });
+        let stored = if matches!(action_if_bot, "handover" | "notice") {
+            self.store_with_outbound(&channel, cached, &touch, new, keyword.as_deref())
+                .await?
+        } else {
+            // Nothing else to write with it: one statement.
+            let mut found = None;
+            if let Some(known) = cached {
+                found = store::store_message(&self.pg, known, &touch, &new)
+                    .await
+                    .map_err(db("storing the message"))?;
+            }
+            count_session_cache(found.is_some());
+            match found {
+                Some(found) => found,
+                None => store::store_message(
+                    &self.pg,
+                    ConversationRef::Channel(channel.id),
+                    &touch,
+                    &new,
+                )
+                .await
+                .map_err(db("storing the message"))?
+                .expect("a conversation found by channel always exists"),
+            }
+        };
+        let (conversation, Some(stored)) = stored else {
+            // Stored before: a redelivery (or a reclaim). Finish what the first attempt may not
+            // have: its follow-ups.
+            return self.stored_before(job, channel.id, &m.wamid).await;
+        };
+        self.cache_session(
+            &job.conv,
+            conversation.id,
+            conversation.session_no,
+            if stored.action == "handover" {
+                "human"
+            } else {
+                &conversation.owner
+            },
+        )
+        .await;
+        metrics::counter!("wafleet_conversation_messages_total", "action" => stored.action.clone())
+            .increment(1);
+        if stored.action == "handover" {
+            metrics::counter!("wafleet_handovers_total", "reason" => "keyword").increment(1);
+            tracing::info!(conversation_id = conversation.id, wamid = %m.wamid, "conversation handed to a human");
+        }
+        self.follow_up(job, &stored).await?;
+        Ok(Outcome::Done)
+    }
+
+    /// Stores a message that brings more writes with it (a handover with its event and
+    /// acknowledgement, a media notice), all in one transaction.
+    async fn store_with_outbound(
+        &self,
+        channel: &ChannelSettings,
+        cached: Option<ConversationRef>,
+        touch: &Touch<'_>,
+        mut new: NewMessage<'_>,
+        keyword: Option<&str>,
+    ) -> Result<(Conversation, Option<StoredMessage>), StepError> {
+        let mut tx = self
+            .pg
+            .begin()
+            .await
+            .map_err(db("starting a transaction"))?;
+        let mut known = None;
+        if let Some(target) = cached {
+            known = store::touch(&mut tx, target, touch)
+                .await
+                .map_err(db("touching the conversation"))?;
+        }
+        count_session_cache(known.is_some());
+        let conversation = match known {
+            Some(c) => c,
+            None => store::touch(&mut tx, ConversationRef::Channel(channel.id), touch)
+                .await
+                .map_err(db("finding the conversation"))?
+                .expect("a conversation found by channel always exists"),
+        };
+        if !conversation.bot_owns() {
+            new.action = "none";
+        }
         let Some(stored) = store::insert_message(&mut tx, &conversation, &new)
             .await
             .map_err(db("storing the message"))?
         else {
-            // Stored before: a redelivery (or a reclaim). Undo this attempt's touch and finish
-            // what the first one may not have: its follow-ups.
-            drop(tx);
-            return self.stored_before(job, channel.id, &m.wamid).await;
+            // Stored before: this attempt's touch is rolled back with the transaction.
+            return Ok((conversation, None));
         };
         let outbound_state = if channel.bot_mode == BotMode::Shadow {
             "shadow"
         } else {
             "pending"
         };
-        match action {
+        match new.action {
             "handover" => {
                 store::hand_over(
                     &mut tx,
                     conversation.id,
                     "keyword",
-                    keyword.as_deref(),
+                    keyword,
                     Some(stored.id),
                 )
                 .await
@@ -258,24 +316,7 @@ impl ConversationStage {
             _ => {}
         }
         tx.commit().await.map_err(db("committing the message"))?;
-        self.cache_session(
-            &job.conv,
-            conversation.id,
-            conversation.session_no,
-            if action == "handover" {
-                "human"
-            } else {
-                &conversation.owner
-            },
-        )
-        .await;
-        metrics::counter!("wafleet_conversation_messages_total", "action" => action).increment(1);
-        if action == "handover" {
-            metrics::counter!("wafleet_handovers_total", "reason" => "keyword").increment(1);
-            tracing::info!(conversation_id = conversation.id, wamid = %m.wamid, "conversation handed to a human");
-        }
-        self.follow_up(job, &stored).await?;
-        Ok(Outcome::Done)
+        Ok((conversation, Some(stored)))
     }
 
     /// A message already stored: redo its follow-ups unless they were done.
@@ -402,6 +443,11 @@ impl ConversationStage {
                 .await;
         }
     }
+}
+
+fn count_session_cache(hit: bool) {
+    metrics::counter!("wafleet_session_cache_total", "result" => if hit { "hit" } else { "miss" })
+        .increment(1);
 }
 
 /// Type-specific facts worth keeping, with free text redacted.

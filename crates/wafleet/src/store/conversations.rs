@@ -31,20 +31,25 @@ pub struct Customer<'a> {
     pub profile_name: Option<&'a str>,
 }
 
-/// Finds or creates the conversation and records activity at `at` (the message's own time).
-///
-/// A conversation idle for longer than `session_timeout` (by message times) starts a new
-/// session. `customer_message` says whether the message opens/extends the 24-hour window.
-pub async fn touch(
-    tx: &mut Transaction<'_, Postgres>,
-    channel_id: i64,
-    customer: &Customer<'_>,
-    at: DateTime<Utc>,
-    session_timeout_secs: i64,
-    customer_message: bool,
-) -> sqlx::Result<Conversation> {
-    let window_at = customer_message.then_some(at);
-    sqlx::query_as(
+/// How a message touches its conversation: who sent it, when (the message's own time), the
+/// channel's session timeout, and whether it opens or extends the 24-hour window.
+#[derive(Debug, Clone)]
+pub struct Touch<'a> {
+    pub customer: Customer<'a>,
+    pub at: DateTime<Utc>,
+    pub session_timeout_secs: i64,
+    pub customer_message: bool,
+}
+
+// The statements below share their parameters: $1 channel id (or, for a known conversation, its
+// id), $2 customer key (or session number), $3 wa_id, $4 user_id, $5 profile name, $6 the
+// message's time, $7 that time again when the message extends the window, $8 the session timeout
+// in seconds; then, for the message: $9 wamid … $17 its action if the bot owns the conversation.
+
+/// Finds or creates the conversation; a conversation idle for longer than the session timeout
+/// (by message times) starts a new session.
+macro_rules! touch_sql {
+    () => {
         "INSERT INTO conversations (channel_id, customer_key, wa_id, user_id, profile_name,
                                     session_started_at, last_customer_message_at, last_activity_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $6)
@@ -57,34 +62,15 @@ pub async fn touch(
              session_started_at = CASE WHEN $6 - conversations.last_activity_at > make_interval(secs => $8)
                                THEN $6 ELSE conversations.session_started_at END,
              last_customer_message_at = GREATEST(conversations.last_customer_message_at, $7),
-             last_activity_at = GREATEST(conversations.last_activity_at, $6)
-         RETURNING id, channel_id, session_no, owner, last_customer_message_at, last_activity_at",
-    )
-    .bind(channel_id)
-    .bind(customer.key)
-    .bind(customer.wa_id)
-    .bind(customer.user_id)
-    .bind(customer.profile_name)
-    .bind(at)
-    .bind(window_at)
-    .bind(session_timeout_secs as f64)
-    .fetch_one(&mut **tx)
-    .await
+             last_activity_at = GREATEST(conversations.last_activity_at, $6)"
+    };
 }
 
-/// [`touch`] for a conversation whose id and session are known (from the session cache): one
-/// update by primary key. Returns `None` when the cache was stale: another session started, or
-/// this message opens a new one (idle past the timeout); the caller then does the full [`touch`].
-pub async fn touch_known(
-    tx: &mut Transaction<'_, Postgres>,
-    conversation_id: i64,
-    session_no: i32,
-    customer: &Customer<'_>,
-    at: DateTime<Utc>,
-    session_timeout_secs: i64,
-    customer_message: bool,
-) -> sqlx::Result<Option<Conversation>> {
-    sqlx::query_as(
+/// [`touch_sql`] for a conversation whose id and session are known (from the session cache):
+/// an update by primary key that matches nothing when the cache is stale (another session
+/// started, or this message opens a new one).
+macro_rules! touch_known_sql {
+    () => {
         "UPDATE conversations SET
              wa_id = COALESCE($3, wa_id),
              user_id = COALESCE($4, user_id),
@@ -92,19 +78,135 @@ pub async fn touch_known(
              last_customer_message_at = GREATEST(last_customer_message_at, $7),
              last_activity_at = GREATEST(last_activity_at, $6)
          WHERE id = $1 AND session_no = $2
-           AND NOT ($6 - last_activity_at > make_interval(secs => $8))
-         RETURNING id, channel_id, session_no, owner, last_customer_message_at, last_activity_at",
-    )
-    .bind(conversation_id)
-    .bind(session_no)
-    .bind(customer.wa_id)
-    .bind(customer.user_id)
-    .bind(customer.profile_name)
-    .bind(at)
-    .bind(customer_message.then_some(at))
-    .bind(session_timeout_secs as f64)
-    .fetch_optional(&mut **tx)
-    .await
+           AND NOT ($6 - last_activity_at > make_interval(secs => $8))"
+    };
+}
+
+macro_rules! conversation_columns {
+    () => {
+        " RETURNING id, channel_id, session_no, owner, last_customer_message_at, last_activity_at"
+    };
+}
+
+/// Touches the conversation and stores the message in one statement. The message's action is
+/// `$17` when the bot owns the conversation, else `none`; it is not stored when it already is
+/// (a redelivery).
+macro_rules! store_message_sql {
+    ($touch:expr) => {
+        concat!(
+            "WITH c AS (",
+            $touch,
+            conversation_columns!(),
+            "), m AS (
+                 INSERT INTO messages (conversation_id, channel_id, session_no, wamid, message_type,
+                                       text_redacted, pii_types, metadata, context_wamid, sent_at,
+                                       source_entry, owner_at_arrival, action)
+                 SELECT c.id, c.channel_id, c.session_no, $9, $10, $11, $12, $13, $14, $15, $16,
+                        c.owner, CASE WHEN c.owner = 'bot' THEN $17 ELSE 'none' END
+                   FROM c
+                 ON CONFLICT (channel_id, wamid) DO NOTHING
+                 RETURNING id, conversation_id, action, followup_done
+             )
+             SELECT c.*, m.id AS message_id, m.action, m.followup_done FROM c LEFT JOIN m ON TRUE"
+        )
+    };
+}
+
+/// Which conversation a message touches.
+#[derive(Debug, Clone, Copy)]
+pub enum ConversationRef {
+    /// The channel's conversation with the customer, found or created.
+    Channel(i64),
+    /// A conversation and session known from the session cache.
+    Known { id: i64, session_no: i32 },
+}
+
+fn touch_query<'q, O: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>>(
+    sql: &'q str,
+    target: ConversationRef,
+    t: &'q Touch<'q>,
+) -> sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments> {
+    let q = sqlx::query_as(sql);
+    let q = match target {
+        ConversationRef::Channel(channel_id) => q.bind(channel_id).bind(t.customer.key),
+        ConversationRef::Known { id, session_no } => q.bind(id).bind(session_no),
+    };
+    q.bind(t.customer.wa_id)
+        .bind(t.customer.user_id)
+        .bind(t.customer.profile_name)
+        .bind(t.at)
+        .bind(t.customer_message.then_some(t.at))
+        .bind(t.session_timeout_secs as f64)
+}
+
+/// Finds (or creates) the conversation and records activity at the message's time. `None`:
+/// the conversation was `Known` but the cache was stale.
+pub async fn touch(
+    tx: &mut Transaction<'_, Postgres>,
+    target: ConversationRef,
+    t: &Touch<'_>,
+) -> sqlx::Result<Option<Conversation>> {
+    let sql = match target {
+        ConversationRef::Channel(_) => concat!(touch_sql!(), conversation_columns!()),
+        ConversationRef::Known { .. } => concat!(touch_known_sql!(), conversation_columns!()),
+    };
+    touch_query(sql, target, t).fetch_optional(&mut **tx).await
+}
+
+/// Binds a message's columns, `wamid` through `action`, as the next nine parameters.
+fn bind_message<'q, O>(
+    q: sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments>,
+    m: &'q NewMessage<'q>,
+) -> sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments> {
+    q.bind(m.wamid)
+        .bind(m.message_type)
+        .bind(m.text_redacted)
+        .bind(&m.pii_types)
+        .bind(&m.metadata)
+        .bind(m.context_wamid)
+        .bind(m.sent_at)
+        .bind(m.source_entry)
+        .bind(m.action)
+}
+
+#[derive(sqlx::FromRow)]
+struct StoreRow {
+    #[sqlx(flatten)]
+    conversation: Conversation,
+    message_id: Option<i64>,
+    action: Option<String>,
+    followup_done: Option<bool>,
+}
+
+/// [`touch`] and [`insert_message`] in one statement (one round trip, one commit), for messages
+/// that need nothing else written with them. `m.action` is the action if the bot owns the
+/// conversation. Returns `None` when a `Known` conversation's cache was stale (nothing written);
+/// else the conversation and the stored message, `None` if it was stored before.
+pub async fn store_message(
+    pool: &PgPool,
+    target: ConversationRef,
+    t: &Touch<'_>,
+    m: &NewMessage<'_>,
+) -> sqlx::Result<Option<(Conversation, Option<StoredMessage>)>> {
+    let sql = match target {
+        ConversationRef::Channel(_) => store_message_sql!(touch_sql!()),
+        ConversationRef::Known { .. } => store_message_sql!(touch_known_sql!()),
+    };
+    let row: Option<StoreRow> = bind_message(touch_query(sql, target, t), m)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.map(|r| {
+        let stored = match (r.message_id, r.action, r.followup_done) {
+            (Some(id), Some(action), Some(followup_done)) => Some(StoredMessage {
+                id,
+                conversation_id: r.conversation.id,
+                action,
+                followup_done,
+            }),
+            _ => None,
+        };
+        (r.conversation, stored)
+    }))
 }
 
 /// An inbound message to store (text already redacted).
@@ -136,10 +238,10 @@ pub async fn insert_message(
     conversation: &Conversation,
     m: &NewMessage<'_>,
 ) -> sqlx::Result<Option<StoredMessage>> {
-    sqlx::query_as(
-        "INSERT INTO messages (conversation_id, channel_id, session_no, wamid, message_type,
-                               text_redacted, pii_types, metadata, context_wamid, sent_at,
-                               source_entry, owner_at_arrival, action)
+    let q = sqlx::query_as(
+        "INSERT INTO messages (conversation_id, channel_id, session_no, owner_at_arrival, wamid,
+                               message_type, text_redacted, pii_types, metadata, context_wamid,
+                               sent_at, source_entry, action)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
          ON CONFLICT (channel_id, wamid) DO NOTHING
          RETURNING id, conversation_id, action, followup_done",
@@ -147,18 +249,8 @@ pub async fn insert_message(
     .bind(conversation.id)
     .bind(conversation.channel_id)
     .bind(conversation.session_no)
-    .bind(m.wamid)
-    .bind(m.message_type)
-    .bind(m.text_redacted)
-    .bind(&m.pii_types)
-    .bind(&m.metadata)
-    .bind(m.context_wamid)
-    .bind(m.sent_at)
-    .bind(m.source_entry)
-    .bind(&conversation.owner)
-    .bind(m.action)
-    .fetch_optional(&mut **tx)
-    .await
+    .bind(&conversation.owner);
+    bind_message(q, m).fetch_optional(&mut **tx).await
 }
 
 pub async fn find_message(

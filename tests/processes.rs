@@ -74,11 +74,12 @@ async fn a_worker_killed_mid_job_leaves_the_job_to_another_which_stores_it_once(
 
     wait_count(
         &pg,
-        "SELECT count(*) FROM messages WHERE wamid = 'wamid.mid' AND followup_done",
+        "SELECT count(*) FROM messages WHERE wamid = 'wamid.mid'",
         1,
         40,
     )
     .await;
+    cfg.wait_inbound_drained(40).await;
     assert_eq!(count(&pg, "SELECT count(*) FROM messages").await, 2);
     let len: usize = con.xlen(&stream).await.unwrap();
     assert_eq!(len, 0, "the reclaimed entry was acknowledged");
@@ -253,13 +254,8 @@ async fn sigterm_finishes_in_flight_work_releases_leases_and_exits() {
         let body = text_message(PNID, &format!("57{i}"), &format!("wamid.t{i}"), T0, "hola");
         assert_eq!(ingest.post_signed(&body, APP_SECRET).await.status(), 200);
     }
-    wait_count(
-        &pg,
-        "SELECT count(*) FROM messages WHERE followup_done",
-        20,
-        30,
-    )
-    .await;
+    wait_count(&pg, "SELECT count(*) FROM messages", 20, 30).await;
+    cfg.wait_inbound_drained(30).await;
     let keys = cfg.keys();
     let mut con = cfg.redis().await;
     let leases: Vec<String> = redis::cmd("KEYS")

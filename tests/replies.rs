@@ -206,6 +206,22 @@ async fn the_same_webhook_delivered_five_times_gets_one_reply() {
 }
 
 #[tokio::test]
+async fn a_message_redelivered_after_its_dedup_mark_expired_still_gets_one_reply() {
+    let s = system().await;
+    s.send("573050", "wamid.R1", "¿Tienen envíos a Cali?").await;
+    s.sent(1).await;
+    s.settled().await;
+    // Meta redelivers after ingest's dedup mark is gone: the conversation stage sees the
+    // message again and queues its reply job again.
+    s.cfg.forget_dedup_marks().await;
+    s.send("573050", "wamid.R1", "¿Tienen envíos a Cali?").await;
+    s.cfg.wait_inbound_drained(30).await;
+    s.settled().await;
+    assert_eq!(s.sim.state.messages().len(), 1, "one reply");
+    assert_eq!(s.sim.state.llm_requests().len(), 1, "one model call");
+}
+
+#[tokio::test]
 async fn a_handover_keyword_gets_one_acknowledgement_no_model_call_and_no_later_bot_replies() {
     let s = system().await;
     s.send(
@@ -217,13 +233,8 @@ async fn a_handover_keyword_gets_one_acknowledgement_no_model_call_and_no_later_
     let sent = s.sent(1).await;
     assert_eq!(sent[0].body, DEFAULT_HANDOVER_ACK);
     s.send("573001", "wamid.H2", "¿Hola?").await;
-    wait_count(
-        &s.pg,
-        "SELECT count(*) FROM messages WHERE followup_done",
-        2,
-        30,
-    )
-    .await;
+    wait_count(&s.pg, "SELECT count(*) FROM messages", 2, 30).await;
+    s.cfg.wait_inbound_drained(30).await;
     s.settled().await;
     assert_eq!(
         s.sim.state.messages().len(),

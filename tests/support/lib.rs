@@ -180,6 +180,49 @@ impl TestConfig {
         Keys::new(self.prefix.clone(), self.partitions)
     }
 
+    /// Deletes ingest's dedup marks, as if they had expired: Meta's next redelivery of an update
+    /// gets through to the stages again.
+    pub async fn forget_dedup_marks(&self) {
+        let mut con = self.redis().await;
+        let marks: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*:seen:*", self.prefix))
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert!(!marks.is_empty(), "no dedup marks to forget");
+        let _: () = redis::cmd("DEL")
+            .arg(&marks)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+
+    /// Until the conversation stage has finished every inbound message sent so far: it deletes
+    /// an entry only once the message is stored and its follow-ups (reply job, send jobs,
+    /// events) are queued.
+    pub async fn wait_inbound_drained(&self, secs: u64) {
+        let keys = self.keys();
+        let con = self.redis().await;
+        eventually(
+            "every inbound message processed",
+            Duration::from_secs(secs),
+            || {
+                let mut con = con.clone();
+                let keys = keys.clone();
+                async move {
+                    let mut left = 0usize;
+                    for p in 0..keys.partitions() {
+                        left += redis::AsyncCommands::xlen::<_, usize>(&mut con, keys.inbound(p))
+                            .await
+                            .ok()?;
+                    }
+                    (left == 0).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+
     pub fn cipher(&self) -> Cipher {
         Cipher::from_key_text(&self.key).unwrap()
     }

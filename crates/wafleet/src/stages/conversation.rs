@@ -12,10 +12,11 @@
 //!   notice configured;
 //! - `none` — reactions, system messages, conversations a human owns, bot off.
 //!
-//! After the commit come the follow-ups in Redis (reply job, outbound job, dashboard event), then
-//! `followup_done` is set. A redelivered message meets its row (the insert conflicts; the
-//! attempt is rolled back) and only redoes missing follow-ups, so a crash anywhere repeats work
-//! but never loses or doubles a message.
+//! After the commit come the follow-ups in Redis (reply job, outbound job, dashboard event); the
+//! stream entry is acknowledged only after them. A redelivered message meets its row (the insert
+//! conflicts) and redoes its follow-ups, which every later step takes idempotently (a second
+//! reply job finds the reply recorded; a second send job finds its parts sent), so a crash
+//! anywhere repeats work but never loses or doubles a message.
 
 use std::sync::Arc;
 
@@ -319,7 +320,8 @@ impl ConversationStage {
         Ok((conversation, Some(stored)))
     }
 
-    /// A message already stored: redo its follow-ups unless they were done.
+    /// A message already stored: redo its follow-ups (the first attempt may have stopped before
+    /// them; if it did not, the later stages take the repeat as a no-op).
     async fn stored_before(
         &self,
         job: &Job,
@@ -331,9 +333,8 @@ impl ConversationStage {
             .map_err(db("finding the message"))?
         {
             Some(existing) => {
-                if !existing.followup_done {
-                    self.follow_up(job, &existing).await?;
-                }
+                metrics::counter!("wafleet_conversation_redeliveries_total").increment(1);
+                self.follow_up(job, &existing).await?;
                 Ok(Outcome::Done)
             }
             // Its insert conflicted with a transaction that then rolled back: try again.
@@ -413,9 +414,6 @@ impl ConversationStage {
             }
             _ => {}
         }
-        store::mark_followup_done(&self.pg, stored.id)
-            .await
-            .map_err(db("marking follow-up done"))?;
         Ok(())
     }
 

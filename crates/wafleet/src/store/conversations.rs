@@ -105,9 +105,9 @@ macro_rules! store_message_sql {
                         c.owner, CASE WHEN c.owner = 'bot' THEN $17 ELSE 'none' END
                    FROM c
                  ON CONFLICT (channel_id, wamid) DO NOTHING
-                 RETURNING id, conversation_id, action, followup_done
+                 RETURNING id, conversation_id, action
              )
-             SELECT c.*, m.id AS message_id, m.action, m.followup_done FROM c LEFT JOIN m ON TRUE"
+             SELECT c.*, m.id AS message_id, m.action FROM c LEFT JOIN m ON TRUE"
         )
     };
 }
@@ -175,7 +175,6 @@ struct StoreRow {
     conversation: Conversation,
     message_id: Option<i64>,
     action: Option<String>,
-    followup_done: Option<bool>,
 }
 
 /// [`touch`] and [`insert_message`] in one statement (one round trip, one commit), for messages
@@ -196,12 +195,11 @@ pub async fn store_message(
         .fetch_optional(pool)
         .await?;
     Ok(row.map(|r| {
-        let stored = match (r.message_id, r.action, r.followup_done) {
-            (Some(id), Some(action), Some(followup_done)) => Some(StoredMessage {
+        let stored = match (r.message_id, r.action) {
+            (Some(id), Some(action)) => Some(StoredMessage {
                 id,
                 conversation_id: r.conversation.id,
                 action,
-                followup_done,
             }),
             _ => None,
         };
@@ -229,7 +227,6 @@ pub struct StoredMessage {
     pub id: i64,
     pub conversation_id: i64,
     pub action: String,
-    pub followup_done: bool,
 }
 
 /// Inserts the message unless it is already stored. Returns `(message, inserted)`.
@@ -244,7 +241,7 @@ pub async fn insert_message(
                                sent_at, source_entry, action)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
          ON CONFLICT (channel_id, wamid) DO NOTHING
-         RETURNING id, conversation_id, action, followup_done",
+         RETURNING id, conversation_id, action",
     )
     .bind(conversation.id)
     .bind(conversation.channel_id)
@@ -259,20 +256,12 @@ pub async fn find_message(
     wamid: &str,
 ) -> sqlx::Result<Option<StoredMessage>> {
     sqlx::query_as(
-        "SELECT id, conversation_id, action, followup_done FROM messages WHERE channel_id = $1 AND wamid = $2",
+        "SELECT id, conversation_id, action FROM messages WHERE channel_id = $1 AND wamid = $2",
     )
     .bind(channel_id)
     .bind(wamid)
     .fetch_optional(pool)
     .await
-}
-
-pub async fn mark_followup_done(pool: &PgPool, message_id: i64) -> sqlx::Result<()> {
-    sqlx::query("UPDATE messages SET followup_done = TRUE WHERE id = $1")
-        .bind(message_id)
-        .execute(pool)
-        .await?;
-    Ok(())
 }
 
 /// Hands the conversation to a human, unless a human already has it. Returns whether it changed.

@@ -670,3 +670,93 @@ async fn an_ambiguous_send_is_reconciled_by_the_callback_id_its_status_echoes() 
         "nothing was kept for later: the message was known"
     );
 }
+
+#[tokio::test]
+async fn statuses_applied_together_each_get_their_own_result() {
+    use wafleet::store::conversations::{Status, StatusApplied, apply_statuses};
+    let e = env().await;
+    e.send("57300", "wamid.in", T0, "hola").await;
+    e.stored(1).await;
+    e.wait_followups().await;
+    // Parts: A accepted (no status yet), B already read, C an ambiguous send (no wamid).
+    let part = |n: i32, wamid: Option<&'static str>, rank: i16| {
+        let pg = e.pg.clone();
+        async move {
+            let (id,): (i64,) = sqlx::query_as(
+                "INSERT INTO outbound_messages (conversation_id, channel_id, reply_to, part_no, kind,
+                                                body, state, wamid, delivery_rank)
+                 SELECT conversation_id, channel_id, id, $1, 'reply', 'x',
+                        CASE WHEN $2::text IS NULL THEN 'sending' ELSE 'accepted' END, $2, $3
+                   FROM messages RETURNING id",
+            )
+            .bind(n)
+            .bind(wamid)
+            .bind(rank)
+            .fetch_one(&pg)
+            .await
+            .unwrap();
+            id
+        }
+    };
+    part(0, Some("wamid.A"), 0).await;
+    part(1, Some("wamid.B"), 3).await;
+    let c = part(2, None, 0).await;
+    let st = |wamid: &str, status: &str, rank: i16, outbound_id: Option<i64>| Status {
+        wamid: wamid.into(),
+        status: status.into(),
+        rank,
+        at: None,
+        error_code: None,
+        error_title: None,
+        outbound_id,
+    };
+    let applied = apply_statuses(
+        &e.pg,
+        &[
+            st("wamid.A", "delivered", 2, None),
+            st("wamid.B", "sent", 1, None),
+            st("wamid.C", "sent", 1, Some(c)),
+            st("wamid.X", "sent", 1, None),
+            // The same message again in one call: applied after the first, not over it.
+            st("wamid.A", "read", 3, None),
+        ],
+    )
+    .await
+    .unwrap();
+    let (conversation_id,): (i64,) = sqlx::query_as("SELECT id FROM conversations")
+        .fetch_one(&e.pg)
+        .await
+        .unwrap();
+    let advanced = StatusApplied::Advanced { conversation_id };
+    assert_eq!(
+        applied,
+        vec![
+            advanced.clone(),
+            StatusApplied::Stale,
+            advanced.clone(),
+            StatusApplied::Kept,
+            advanced
+        ]
+    );
+    let rows: Vec<(Option<String>, String, Option<String>)> =
+        sqlx::query_as("SELECT wamid, state, delivery FROM outbound_messages ORDER BY part_no")
+            .fetch_all(&e.pg)
+            .await
+            .unwrap();
+    let row = |w: &str, s: &str, d: Option<&str>| {
+        (Some(w.to_string()), s.to_string(), d.map(String::from))
+    };
+    assert_eq!(
+        rows,
+        vec![
+            row("wamid.A", "accepted", Some("read")),
+            row("wamid.B", "accepted", None),
+            row("wamid.C", "accepted", Some("sent")),
+        ]
+    );
+    let (early,): (String,) = sqlx::query_as("SELECT wamid FROM early_statuses")
+        .fetch_one(&e.pg)
+        .await
+        .unwrap();
+    assert_eq!(early, "wamid.X");
+}

@@ -17,7 +17,7 @@ use wafleet_core::pii::Redactor;
 
 use super::channel_settings::ChannelCache;
 use super::conversation::{self, ConversationStage};
-use super::status::{self, StatusStage};
+use super::status::{self, StatusStage, StatusWriter};
 use std::collections::HashMap;
 
 use super::llm::{self as llm_stage, LlmDefaults, LlmStage};
@@ -287,6 +287,7 @@ pub async fn run(
                     pg: pg.clone(),
                     redis: redis.clone(),
                     keys: keys.clone(),
+                    writer: StatusWriter::start(pg.clone()),
                 };
                 stages.push(status::STAGE);
                 tasks.spawn(worker::run_stage(runtime(

@@ -383,70 +383,121 @@ pub enum StatusApplied {
 
 /// A delivery status from Meta.
 #[derive(Debug, Clone)]
-pub struct Status<'a> {
-    pub wamid: &'a str,
-    pub status: &'a str,
+pub struct Status {
+    pub wamid: String,
+    pub status: String,
     pub rank: i16,
     pub at: Option<DateTime<Utc>>,
     pub error_code: Option<i64>,
-    pub error_title: Option<&'a str>,
+    pub error_title: Option<String>,
     /// Our outbound id, echoed through `biz_opaque_callback_data`.
     pub outbound_id: Option<i64>,
 }
 
-/// Applies a status: forward only, `failed` final; unknown wamids are kept in `early_statuses`.
+/// Applies one status; see [`apply_statuses`].
+pub async fn apply_status(pool: &PgPool, s: &Status) -> sqlx::Result<StatusApplied> {
+    let mut applied = apply_statuses(pool, std::slice::from_ref(s)).await?;
+    Ok(applied.remove(0))
+}
+
+/// Applies statuses, forward only with `failed` final, and answers each in order. A status finds
+/// its outbound message by wamid or, for an ambiguous send whose wamid we never learnt, by our
+/// own id echoed in `biz_opaque_callback_data` (the message is then reconciled: wamid recorded,
+/// `accepted`). A status for a message we do not know yet is kept in `early_statuses` and
+/// applied when the sender records the message.
 ///
-/// One statement (one round trip, one commit): the outbound message is found by wamid, or, for
-/// an ambiguous send whose wamid we never learnt, by our own id echoed in
-/// `biz_opaque_callback_data` (then it is reconciled: wamid recorded, `accepted`). The row is
-/// locked while it is read, so concurrent statuses of one message apply one after the other.
-pub async fn apply_status(pool: &PgPool, s: &Status<'_>) -> sqlx::Result<StatusApplied> {
-    let (advanced, known): (Option<i64>, bool) = sqlx::query_as(
-        "WITH target AS (
-             SELECT id, wamid IS NULL AS reconcile,
-                    (delivery_rank < $3 AND delivery_rank < 4) AS advance
-               FROM outbound_messages
-              WHERE wamid = $1 OR (id = $7 AND wamid IS NULL)
-              ORDER BY wamid IS NULL
-              LIMIT 1
-                FOR UPDATE
+/// One statement per run of statuses with distinct wamids and outbound ids (so no row is
+/// updated twice by one statement; in practice the whole slice): one round trip and one commit
+/// however many there are. The update re-reads each row it changes, so a concurrent change of
+/// the same message is applied on top of, not over.
+pub async fn apply_statuses(
+    pool: &PgPool,
+    statuses: &[Status],
+) -> sqlx::Result<Vec<StatusApplied>> {
+    let mut results = Vec::with_capacity(statuses.len());
+    let mut rest = statuses;
+    while !rest.is_empty() {
+        let mut wamids = std::collections::HashSet::new();
+        let mut ids = std::collections::HashSet::new();
+        let run = rest
+            .iter()
+            .take_while(|s| {
+                wamids.insert(&s.wamid) && s.outbound_id.is_none_or(|id| ids.insert(id))
+            })
+            .count();
+        results.extend(apply_distinct(pool, &rest[..run]).await?);
+        rest = &rest[run..];
+    }
+    Ok(results)
+}
+
+async fn apply_distinct(pool: &PgPool, statuses: &[Status]) -> sqlx::Result<Vec<StatusApplied>> {
+    let col = |f: fn(&Status) -> Option<String>| statuses.iter().map(f).collect::<Vec<_>>();
+    let rows: Vec<(i64, Option<i64>, bool, bool)> = sqlx::query_as(
+        "WITH input AS (
+             SELECT * FROM unnest($1::text[], $2::text[], $3::int2[], $4::timestamptz[],
+                                  $5::int4[], $6::text[], $7::int8[])
+                 WITH ORDINALITY AS s(wamid, status, rank, at, code, title, outbound_id, n)
+         ), matched AS (
+             SELECT DISTINCT ON (i.n) i.n, o.id AS oid
+               FROM input i JOIN outbound_messages o
+                 ON o.wamid = i.wamid OR (o.id = i.outbound_id AND o.wamid IS NULL)
+              ORDER BY i.n, o.wamid IS NULL
          ), changed AS (
              UPDATE outbound_messages o SET
-                    wamid = $1,
-                    state = CASE WHEN t.advance AND $2 = 'failed' THEN 'failed'
-                                 WHEN t.reconcile THEN 'accepted' ELSE o.state END,
-                    delivery = CASE WHEN t.advance THEN $2 ELSE o.delivery END,
-                    delivery_rank = CASE WHEN t.advance THEN $3 ELSE o.delivery_rank END,
-                    delivery_at = CASE WHEN t.advance THEN $4 ELSE o.delivery_at END,
-                    error_code = CASE WHEN t.advance THEN COALESCE($5, o.error_code)
-                                      ELSE o.error_code END,
-                    error_title = CASE WHEN t.advance THEN COALESCE($6, o.error_title)
-                                       ELSE o.error_title END
-               FROM target t
-              WHERE o.id = t.id AND (t.advance OR t.reconcile)
-          RETURNING o.conversation_id, t.advance
+                    wamid = i.wamid,
+                    state = CASE WHEN o.delivery_rank < i.rank AND o.delivery_rank < 4
+                                      AND i.status = 'failed' THEN 'failed'
+                                 WHEN o.wamid IS NULL THEN 'accepted' ELSE o.state END,
+                    delivery = CASE WHEN o.delivery_rank < i.rank AND o.delivery_rank < 4
+                                    THEN i.status ELSE o.delivery END,
+                    delivery_rank = CASE WHEN o.delivery_rank < i.rank AND o.delivery_rank < 4
+                                         THEN i.rank ELSE o.delivery_rank END,
+                    delivery_at = CASE WHEN o.delivery_rank < i.rank AND o.delivery_rank < 4
+                                       THEN i.at ELSE o.delivery_at END,
+                    error_code = CASE WHEN o.delivery_rank < i.rank AND o.delivery_rank < 4
+                                      THEN COALESCE(i.code, o.error_code) ELSE o.error_code END,
+                    error_title = CASE WHEN o.delivery_rank < i.rank AND o.delivery_rank < 4
+                                       THEN COALESCE(i.title, o.error_title) ELSE o.error_title END
+               FROM matched m JOIN input i ON i.n = m.n
+              WHERE o.id = m.oid
+                AND ((o.delivery_rank < i.rank AND o.delivery_rank < 4) OR o.wamid IS NULL)
+          RETURNING m.n, o.conversation_id, o.delivery_rank = i.rank AS advanced
          ), early AS (
              INSERT INTO early_statuses (wamid, status, rank, status_at, error_code, error_title)
-             SELECT $1, $2, $3, $4, $5, $6 WHERE NOT EXISTS (SELECT 1 FROM target)
+             SELECT wamid, status, rank, at, code, title FROM input i
+              WHERE NOT EXISTS (SELECT 1 FROM matched m WHERE m.n = i.n)
              ON CONFLICT DO NOTHING
          )
-         SELECT (SELECT conversation_id FROM changed WHERE advance),
-                EXISTS (SELECT 1 FROM target)",
+         SELECT i.n, c.conversation_id, COALESCE(c.advanced, FALSE),
+                EXISTS (SELECT 1 FROM matched m WHERE m.n = i.n)
+           FROM input i LEFT JOIN changed c ON c.n = i.n
+          ORDER BY i.n",
     )
-    .bind(s.wamid)
-    .bind(s.status)
-    .bind(s.rank)
-    .bind(s.at)
-    .bind(s.error_code.map(|c| c as i32))
-    .bind(s.error_title)
-    .bind(s.outbound_id)
-    .fetch_one(pool)
+    .bind(col(|s| Some(s.wamid.clone())))
+    .bind(col(|s| Some(s.status.clone())))
+    .bind(statuses.iter().map(|s| s.rank).collect::<Vec<_>>())
+    .bind(statuses.iter().map(|s| s.at).collect::<Vec<_>>())
+    .bind(
+        statuses
+            .iter()
+            .map(|s| s.error_code.map(|c| c as i32))
+            .collect::<Vec<_>>(),
+    )
+    .bind(col(|s| s.error_title.clone()))
+    .bind(statuses.iter().map(|s| s.outbound_id).collect::<Vec<_>>())
+    .fetch_all(pool)
     .await?;
-    Ok(match (advanced, known) {
-        (Some(conversation_id), _) => StatusApplied::Advanced { conversation_id },
-        (None, true) => StatusApplied::Stale,
-        (None, false) => StatusApplied::Kept,
-    })
+    Ok(rows
+        .into_iter()
+        .map(
+            |(_, conversation, advanced, known)| match (conversation, advanced, known) {
+                (Some(conversation_id), true, _) => StatusApplied::Advanced { conversation_id },
+                (_, _, true) => StatusApplied::Stale,
+                _ => StatusApplied::Kept,
+            },
+        )
+        .collect())
 }
 
 /// Records Meta's acceptance of an outbound message, applies the most advanced status that

@@ -760,3 +760,65 @@ async fn statuses_applied_together_each_get_their_own_result() {
         .unwrap();
     assert_eq!(early, "wamid.X");
 }
+
+#[tokio::test]
+async fn claims_made_together_each_get_their_own_answer() {
+    use wafleet::store::replies::{Claim, claim_many};
+    let e = env().await;
+    e.send("57300", "wamid.bot", T0, "hola").await;
+    e.send("57301", "wamid.human", T0, "hola").await;
+    e.stored(2).await;
+    e.wait_followups().await;
+    sqlx::query("UPDATE conversations SET owner = 'human' WHERE customer_key = '57301'")
+        .execute(&e.pg)
+        .await
+        .unwrap();
+    let part = |wamid: &'static str, kind: &'static str, state: &'static str| {
+        let pg = e.pg.clone();
+        async move {
+            let (id,): (i64,) = sqlx::query_as(
+                "INSERT INTO outbound_messages (conversation_id, channel_id, reply_to, part_no, kind, body, state)
+                 SELECT conversation_id, channel_id, id, 0, $2, 'x', $3 FROM messages WHERE wamid = $1
+                 RETURNING id",
+            )
+            .bind(wamid)
+            .bind(kind)
+            .bind(state)
+            .fetch_one(&pg)
+            .await
+            .unwrap();
+            id
+        }
+    };
+    let go = part("wamid.bot", "reply", "pending").await;
+    let done = part("wamid.bot", "notice", "accepted").await;
+    let human = part("wamid.human", "reply", "pending").await;
+    let ack = part("wamid.human", "handover_ack", "pending").await;
+    let claims = claim_many(&e.pg, &[go, done, human, ack, go])
+        .await
+        .unwrap();
+    assert_eq!(
+        claims,
+        vec![
+            Claim::Go,
+            Claim::NotPending("accepted".into()),
+            Claim::Suppressed,
+            Claim::Go,
+            Claim::NotPending("sending".into()),
+        ]
+    );
+    let states: Vec<(String, i32)> =
+        sqlx::query_as("SELECT state, attempts FROM outbound_messages ORDER BY id")
+            .fetch_all(&e.pg)
+            .await
+            .unwrap();
+    assert_eq!(
+        states,
+        vec![
+            ("sending".to_string(), 1),
+            ("accepted".to_string(), 0),
+            ("suppressed".to_string(), 0),
+            ("sending".to_string(), 1),
+        ]
+    );
+}

@@ -46,6 +46,16 @@ pub fn db_outcome(e: &sqlx::Error, doing: &str) -> crate::worker::Outcome {
     }
 }
 
+/// [`db_outcome`] for a statement run through a [`crate::batch::Batcher`].
+pub fn batch_outcome(e: &crate::batch::BatchError, doing: &str) -> crate::worker::Outcome {
+    match e {
+        crate::batch::BatchError::Db(e) => db_outcome(e, doing),
+        crate::batch::BatchError::Stopped => crate::worker::Outcome::Unavailable {
+            reason: format!("{doing}: {e}"),
+        },
+    }
+}
+
 /// Publishes a handover event on the dashboard stream and channel. Carries ids, never text or
 /// phone numbers.
 pub async fn publish_handover(

@@ -17,11 +17,11 @@ use wafleet_core::pii::Redactor;
 
 use super::channel_settings::ChannelCache;
 use super::conversation::{self, ConversationStage};
-use super::status::{self, StatusStage, StatusWriter};
+use super::status::{self, StatusStage};
 use std::collections::HashMap;
 
 use super::llm::{self as llm_stage, LlmDefaults, LlmStage};
-use super::sender::{self, SendPolicy, SenderStage};
+use super::sender::{self, SendPolicy, SendWrites, SenderStage};
 use crate::config::{CommonSettings, Secret, parsed, var};
 use crate::crypto::Cipher;
 use crate::graph::GraphClient;
@@ -287,7 +287,7 @@ pub async fn run(
                     pg: pg.clone(),
                     redis: redis.clone(),
                     keys: keys.clone(),
-                    writer: StatusWriter::start(pg.clone()),
+                    writer: status::status_writer(pg.clone()),
                 };
                 stages.push(status::STAGE);
                 tasks.spawn(worker::run_stage(runtime(
@@ -331,6 +331,7 @@ pub async fn run(
             }
             "sender" => {
                 let handler = SenderStage {
+                    writes: SendWrites::start(&pg),
                     pg: pg.clone(),
                     redis: redis.clone(),
                     keys: keys.clone(),

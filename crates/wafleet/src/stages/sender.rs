@@ -39,9 +39,11 @@ use wafleet_core::retry::{Backoff, pair_rate_backoff};
 
 use super::channel_settings::{ChannelCache, ChannelSettings};
 use super::llm::window_open;
-use super::{db_outcome, hand_over_and_publish, phone_number_id_of};
+use super::{batch_outcome, db_outcome, hand_over_and_publish, phone_number_id_of};
+use crate::batch::Batcher;
 use crate::graph::{GraphClient, OutgoingText, Recipient, SendResult};
 use crate::ratelimit::{Budget, Decision, RateLimiter};
+use crate::store::conversations::record_accepted_many;
 use crate::store::replies::{self, Claim, Part};
 use crate::streams::Keys;
 use crate::worker::{Handler, Job, Outcome, Source, Stage};
@@ -110,7 +112,33 @@ impl SendPolicy {
     }
 }
 
+/// The sender's two writes per part, each run for many jobs at once (see [`crate::batch`]):
+/// the claim right before a send and the acceptance right after.
+#[derive(Clone)]
+pub struct SendWrites {
+    claims: Batcher<i64, Claim>,
+    accepts: Batcher<(i64, String), ()>,
+}
+
+impl SendWrites {
+    pub fn start(pg: &PgPool) -> Self {
+        let claim_pg = pg.clone();
+        let accept_pg = pg.clone();
+        Self {
+            claims: Batcher::start("claims", 256, move |ids: Vec<i64>| {
+                let pg = claim_pg.clone();
+                async move { replies::claim_many(&pg, &ids).await }
+            }),
+            accepts: Batcher::start("accepts", 256, move |accepted: Vec<(i64, String)>| {
+                let pg = accept_pg.clone();
+                async move { record_accepted_many(&pg, &accepted).await }
+            }),
+        }
+    }
+}
+
 pub struct SenderStage {
+    pub writes: SendWrites,
     pub pg: PgPool,
     pub redis: deadpool_redis::Pool,
     pub keys: Keys,
@@ -287,9 +315,12 @@ impl SenderStage {
             }
         }
 
-        match replies::claim(&self.pg, part.id)
+        match self
+            .writes
+            .claims
+            .run(part.id)
             .await
-            .map_err(db("claiming the part"))?
+            .map_err(|e| batch_outcome(&e, "claiming the part"))?
         {
             Claim::Go => {}
             Claim::Suppressed => {
@@ -328,9 +359,11 @@ impl SenderStage {
             .await;
         match result {
             SendResult::Accepted { wamid } => {
-                replies::accepted(&self.pg, part, &wamid)
+                self.writes
+                    .accepts
+                    .run((part.id, wamid))
                     .await
-                    .map_err(db("recording the send"))?;
+                    .map_err(|e| batch_outcome(&e, "recording the send"))?;
                 metrics::counter!("wafleet_sender_sends_total", "result" => "accepted")
                     .increment(1);
                 Ok(Step::Next)

@@ -4,18 +4,16 @@
 //! A `failed` 131047 (the 24-hour window had closed) hands the conversation to a human.
 //!
 //! Meta sends three or four statuses per message we send, so they are written together: the
-//! jobs in flight hand their statuses to one [`StatusWriter`], which applies whatever queued up
-//! while its previous statement ran in one statement (one round trip, one commit). A job still
-//! waits for its own status's result before it is acknowledged.
-
-use std::sync::Arc;
+//! jobs in flight hand their statuses to one [`StatusWriter`] ([`crate::batch`]), which applies
+//! whatever queued up while its previous statement ran in one statement (one round trip, one
+//! commit). A job still waits for its own status's result before it is acknowledged.
 
 use chrono::{TimeZone, Utc};
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot};
 use wafleet_core::envelope::Update;
 
-use super::{db_outcome, decode_update, hand_over_and_publish};
+use super::{batch_outcome, decode_update, hand_over_and_publish};
+use crate::batch::Batcher;
 use crate::store::conversations::{self as store, Status, StatusApplied, delivery_rank};
 use crate::streams::Keys;
 use crate::worker::{Handler, Job, Outcome, Source, Stage};
@@ -35,68 +33,15 @@ pub struct StatusStage {
     pub writer: StatusWriter,
 }
 
-/// Most statuses applied by one statement.
-const MAX_BATCH: usize = 256;
+/// Applies the statuses of concurrent jobs together (see the module docs).
+pub type StatusWriter = Batcher<Status, StatusApplied>;
 
-type Applied = Result<StatusApplied, Arc<sqlx::Error>>;
-
-/// Applies the statuses of concurrent jobs together (see the module docs). Cheap to clone.
-#[derive(Clone)]
-pub struct StatusWriter {
-    tx: mpsc::UnboundedSender<(Status, oneshot::Sender<Applied>)>,
-}
-
-impl StatusWriter {
-    /// Starts the writing task; it ends when every handle is gone.
-    pub fn start(pg: PgPool) -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(Status, oneshot::Sender<Applied>)>();
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(next) => batch.push(next),
-                        Err(_) => break,
-                    }
-                }
-                // A job that gave up waiting (its deadline passed) is retried: skip its status.
-                batch.retain(|(_, reply)| !reply.is_closed());
-                if batch.is_empty() {
-                    continue;
-                }
-                metrics::histogram!("wafleet_status_batch_size").record(batch.len() as f64);
-                let (statuses, replies): (Vec<Status>, Vec<_>) = batch.into_iter().unzip();
-                match store::apply_statuses(&pg, &statuses).await {
-                    Ok(applied) => {
-                        for (reply, a) in replies.into_iter().zip(applied) {
-                            let _ = reply.send(Ok(a));
-                        }
-                    }
-                    Err(e) => {
-                        let e = Arc::new(e);
-                        for reply in replies {
-                            let _ = reply.send(Err(e.clone()));
-                        }
-                    }
-                }
-            }
-        });
-        Self { tx }
-    }
-
-    /// Applies `status` (with whatever other jobs' statuses are queued) and returns its result.
-    pub async fn apply(&self, status: Status) -> Result<StatusApplied, Outcome> {
-        let stopped = || Outcome::Unavailable {
-            reason: "the status writer has stopped".into(),
-        };
-        let (reply, answer) = oneshot::channel();
-        self.tx.send((status, reply)).map_err(|_| stopped())?;
-        match answer.await {
-            Ok(Ok(applied)) => Ok(applied),
-            Ok(Err(e)) => Err(db_outcome(&e, "applying a status")),
-            Err(_) => Err(stopped()),
-        }
-    }
+/// Starts the status writer: up to 256 statuses per statement.
+pub fn status_writer(pg: PgPool) -> StatusWriter {
+    Batcher::start("statuses", 256, move |statuses: Vec<Status>| {
+        let pg = pg.clone();
+        async move { store::apply_statuses(&pg, &statuses).await }
+    })
 }
 
 impl Handler for StatusStage {
@@ -127,9 +72,9 @@ impl Handler for StatusStage {
                 .as_deref()
                 .and_then(|v| v.parse().ok()),
         };
-        let applied = match self.writer.apply(status).await {
+        let applied = match self.writer.run(status).await {
             Ok(a) => a,
-            Err(outcome) => return outcome,
+            Err(e) => return batch_outcome(&e, "applying a status"),
         };
         let label = match &applied {
             StatusApplied::Advanced { .. } => "advanced",

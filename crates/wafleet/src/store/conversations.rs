@@ -500,41 +500,63 @@ async fn apply_distinct(pool: &PgPool, statuses: &[Status]) -> sqlx::Result<Vec<
         .collect())
 }
 
-/// Records Meta's acceptance of an outbound message, applies the most advanced status that
-/// arrived first (a `failed` one stays final), and marks the customer's message it answers as
-/// answered; one statement.
+/// Records Meta's acceptance of an outbound message; see [`record_accepted_many`].
 pub async fn record_accepted(pool: &PgPool, outbound_id: i64, wamid: &str) -> sqlx::Result<()> {
-    sqlx::query(
-        "WITH e AS (
-             SELECT status, rank, status_at, error_code, error_title FROM early_statuses
-              WHERE wamid = $2 ORDER BY rank DESC LIMIT 1
-         ), accepted AS (
-             UPDATE outbound_messages o SET
-                    wamid = $2,
-                    state = CASE WHEN o.delivery_rank >= 4 THEN o.state
-                                 WHEN o.delivery_rank < e.rank AND e.status = 'failed' THEN 'failed'
-                                 ELSE 'accepted' END,
-                    delivery = CASE WHEN o.delivery_rank < e.rank THEN e.status ELSE o.delivery END,
-                    delivery_rank = CASE WHEN o.delivery_rank < e.rank THEN e.rank
-                                         ELSE o.delivery_rank END,
-                    delivery_at = CASE WHEN o.delivery_rank < e.rank THEN e.status_at
-                                       ELSE o.delivery_at END,
-                    error_code = CASE WHEN o.delivery_rank < e.rank THEN e.error_code
-                                      ELSE o.error_code END,
-                    error_title = CASE WHEN o.delivery_rank < e.rank THEN e.error_title
-                                       ELSE o.error_title END
-               FROM (SELECT 1) one LEFT JOIN e ON TRUE
-              WHERE o.id = $1
-          RETURNING o.reply_to
-         ), applied AS (
-             DELETE FROM early_statuses WHERE wamid = $2
-         )
-         UPDATE messages SET answered_at = COALESCE(answered_at, now())
-          WHERE id = (SELECT reply_to FROM accepted)",
-    )
-    .bind(outbound_id)
-    .bind(wamid)
-    .execute(pool)
-    .await?;
+    record_accepted_many(pool, &[(outbound_id, wamid.to_string())]).await?;
     Ok(())
+}
+
+/// Records Meta's acceptance of outbound messages (`(outbound id, wamid)`), applies to each the
+/// most advanced status that arrived before it (a `failed` one stays final), and marks the
+/// customer's messages they answer as answered. One statement per run of distinct ids.
+pub async fn record_accepted_many(
+    pool: &PgPool,
+    accepted: &[(i64, String)],
+) -> sqlx::Result<Vec<()>> {
+    let mut rest = accepted;
+    while !rest.is_empty() {
+        let mut ids = std::collections::HashSet::new();
+        let run = rest.iter().take_while(|(id, _)| ids.insert(*id)).count();
+        let (ids, wamids): (Vec<i64>, Vec<&str>) =
+            rest[..run].iter().map(|(id, w)| (*id, w.as_str())).unzip();
+        sqlx::query(
+            "WITH input AS (
+                 SELECT * FROM unnest($1::int8[], $2::text[]) AS i(id, wamid)
+             ), e AS (
+                 SELECT DISTINCT ON (s.wamid) s.wamid, s.status, s.rank, s.status_at,
+                        s.error_code, s.error_title
+                   FROM early_statuses s JOIN input i ON i.wamid = s.wamid
+                  ORDER BY s.wamid, s.rank DESC
+             ), accepted AS (
+                 UPDATE outbound_messages o SET
+                        wamid = i.wamid,
+                        state = CASE WHEN o.delivery_rank >= 4 THEN o.state
+                                     WHEN o.delivery_rank < e.rank AND e.status = 'failed' THEN 'failed'
+                                     ELSE 'accepted' END,
+                        delivery = CASE WHEN o.delivery_rank < e.rank THEN e.status
+                                        ELSE o.delivery END,
+                        delivery_rank = CASE WHEN o.delivery_rank < e.rank THEN e.rank
+                                             ELSE o.delivery_rank END,
+                        delivery_at = CASE WHEN o.delivery_rank < e.rank THEN e.status_at
+                                           ELSE o.delivery_at END,
+                        error_code = CASE WHEN o.delivery_rank < e.rank THEN e.error_code
+                                          ELSE o.error_code END,
+                        error_title = CASE WHEN o.delivery_rank < e.rank THEN e.error_title
+                                           ELSE o.error_title END
+                   FROM input i LEFT JOIN e ON e.wamid = i.wamid
+                  WHERE o.id = i.id
+              RETURNING o.reply_to
+             ), applied AS (
+                 DELETE FROM early_statuses s USING input i WHERE s.wamid = i.wamid
+             )
+             UPDATE messages SET answered_at = COALESCE(answered_at, now())
+              WHERE id IN (SELECT reply_to FROM accepted)",
+        )
+        .bind(&ids)
+        .bind(&wamids)
+        .execute(pool)
+        .await?;
+        rest = &rest[run..];
+    }
+    Ok(vec![(); accepted.len()])
 }

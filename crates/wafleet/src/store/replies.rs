@@ -193,36 +193,56 @@ pub enum Claim {
     NotPending(String),
 }
 
-/// In one statement: the part is still pending and the bot still owns the conversation (an
-/// acknowledgement of a handover is sent to a human-owned conversation by design) → `sending`.
-pub async fn claim(pool: &PgPool, id: i64) -> sqlx::Result<Claim> {
-    let went = sqlx::query(
-        "UPDATE outbound_messages o SET state = 'sending', sending_at = now(), attempts = o.attempts + 1
-           FROM conversations c
-          WHERE o.id = $1 AND o.state = 'pending' AND c.id = o.conversation_id
-            AND (c.owner = 'bot' OR o.kind = 'handover_ack')",
+/// For each part, in one statement: if it is still pending and the bot still owns the
+/// conversation (an acknowledgement of a handover is sent to a human-owned conversation by
+/// design) it becomes `sending`; if it is pending but a human owns the conversation it is
+/// recorded `suppressed`; otherwise its state is reported. Ids must be distinct (a part is sent
+/// by one job at a time); a repeated id is answered with its state after the first.
+pub async fn claim_many(pool: &PgPool, ids: &[i64]) -> sqlx::Result<Vec<Claim>> {
+    let rows: Vec<(i64, String, String)> = sqlx::query_as(
+        "WITH input AS (
+             SELECT DISTINCT id FROM unnest($1::int8[]) AS i(id)
+         ), target AS (
+             SELECT o.id, o.state, (c.owner = 'bot' OR o.kind = 'handover_ack') AS may_send
+               FROM outbound_messages o
+               JOIN input i ON i.id = o.id
+               JOIN conversations c ON c.id = o.conversation_id
+         ), changed AS (
+             UPDATE outbound_messages o SET
+                    state = CASE WHEN t.may_send THEN 'sending' ELSE 'suppressed' END,
+                    sending_at = CASE WHEN t.may_send THEN now() ELSE o.sending_at END,
+                    attempts = CASE WHEN t.may_send THEN o.attempts + 1 ELSE o.attempts END,
+                    fail_reason = CASE WHEN t.may_send THEN o.fail_reason
+                                       ELSE 'a human owns the conversation' END
+               FROM target t
+              WHERE o.id = t.id AND o.state = 'pending'
+          RETURNING o.id, o.state
+         )
+         SELECT t.id, t.state, COALESCE(c.state, '') FROM target t LEFT JOIN changed c ON c.id = t.id",
     )
-    .bind(id)
-    .execute(pool)
+    .bind(ids)
+    .fetch_all(pool)
     .await?;
-    if went.rows_affected() == 1 {
-        return Ok(Claim::Go);
-    }
-    let suppressed = sqlx::query(
-        "UPDATE outbound_messages SET state = 'suppressed', fail_reason = 'a human owns the conversation'
-          WHERE id = $1 AND state = 'pending'",
-    )
-    .bind(id)
-    .execute(pool)
-    .await?;
-    if suppressed.rows_affected() == 1 {
-        return Ok(Claim::Suppressed);
-    }
-    let (state,): (String,) = sqlx::query_as("SELECT state FROM outbound_messages WHERE id = $1")
-        .bind(id)
-        .fetch_one(pool)
-        .await?;
-    Ok(Claim::NotPending(state))
+    let by_id: std::collections::HashMap<i64, Claim> = rows
+        .into_iter()
+        .map(|(id, before, after)| {
+            let claim = match after.as_str() {
+                "sending" => Claim::Go,
+                "suppressed" => Claim::Suppressed,
+                _ => Claim::NotPending(before),
+            };
+            (id, claim)
+        })
+        .collect();
+    Ok(ids
+        .iter()
+        .enumerate()
+        .map(|(n, id)| match by_id.get(id) {
+            Some(claim) if !ids[..n].contains(id) => claim.clone(),
+            Some(_) => Claim::NotPending("sending".into()),
+            None => Claim::NotPending("missing".into()),
+        })
+        .collect())
 }
 
 /// A send that certainly did not happen goes back to `pending`.
@@ -252,12 +272,6 @@ pub async fn mark_failed(
     .execute(pool)
     .await?;
     Ok(())
-}
-
-/// Meta accepted a part: record its wamid (applying statuses that came first) and mark the
-/// customer's message it answers as answered.
-pub async fn accepted(pool: &PgPool, part: &Part, wamid: &str) -> sqlx::Result<()> {
-    crate::store::conversations::record_accepted(pool, part.id, wamid).await
 }
 
 /// Stops a channel's sends until `until` (a configuration error needs an operator).

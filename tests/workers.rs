@@ -822,3 +822,72 @@ async fn claims_made_together_each_get_their_own_answer() {
         ]
     );
 }
+
+#[tokio::test]
+async fn replies_recorded_together_each_get_their_own_answer() {
+    use wafleet::store::replies::{ReplyRecord, record_replies};
+    let e = env().await;
+    e.send("57300", "wamid.one", T0, "hola").await;
+    e.send("57301", "wamid.two", T0, "hola").await;
+    e.stored(2).await;
+    e.wait_followups().await;
+    let ids: Vec<(i64, i64, i64)> =
+        sqlx::query_as("SELECT id, conversation_id, channel_id FROM messages ORDER BY wamid")
+            .fetch_all(&e.pg)
+            .await
+            .unwrap();
+    let record =
+        |(message_id, conversation_id, channel_id): (i64, i64, i64), parts: &[&str]| ReplyRecord {
+            message_id,
+            conversation_id,
+            channel_id,
+            outcome: "produced".into(),
+            provider: Some("standin".into()),
+            model: Some("m".into()),
+            input_tokens: Some(10),
+            output_tokens: Some(5),
+            canned: false,
+            failures: serde_json::json!([]),
+            parts: parts
+                .iter()
+                .map(|p| ("reply".to_string(), p.to_string()))
+                .collect(),
+            state: "pending".into(),
+        };
+    let first = record_replies(&e.pg, &[record(ids[0], &["uno"])])
+        .await
+        .unwrap();
+    assert_eq!(first, vec![true]);
+    // The first message already has its reply; the second gets one of two parts; the second
+    // message again in the same call is answered after the first.
+    let fresh = record_replies(
+        &e.pg,
+        &[
+            record(ids[0], &["otra vez"]),
+            record(ids[1], &["parte 1", "parte 2"]),
+            record(ids[1], &["de nuevo"]),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(fresh, vec![false, true, false]);
+    let parts: Vec<(i64, i32, String)> = sqlx::query_as(
+        "SELECT reply_to, part_no, body FROM outbound_messages ORDER BY reply_to, part_no",
+    )
+    .fetch_all(&e.pg)
+    .await
+    .unwrap();
+    assert_eq!(
+        parts,
+        vec![
+            (ids[0].0, 0, "uno".to_string()),
+            (ids[1].0, 0, "parte 1".to_string()),
+            (ids[1].0, 1, "parte 2".to_string()),
+        ]
+    );
+    let (tokens,): (i64,) = sqlx::query_as("SELECT sum(input_tokens + output_tokens) FROM replies")
+        .fetch_one(&e.pg)
+        .await
+        .unwrap();
+    assert_eq!(tokens, 30, "usage stored per reply");
+}

@@ -22,14 +22,15 @@ use sqlx::PgPool;
 use wafleet_core::format::{WHATSAPP_MAX_CHARS, markdown_to_whatsapp, split_message};
 
 use super::channel_settings::{ChannelCache, ChannelSettings};
-use super::{db_outcome, hand_over_and_publish, phone_number_id_of};
+use super::{batch_outcome, db_outcome, hand_over_and_publish, phone_number_id_of};
+use crate::batch::Batcher;
 use crate::graph::GraphClient;
 use crate::llm::{
     ChatMessage, ChatRequest, FallbackPolicy, LlmClient, ProviderConfig, Role,
     default_system_prompt, reply_with_fallback,
 };
 use crate::store::channels::BotMode;
-use crate::store::replies::{self, NewPart, NewReply, ReplyContext};
+use crate::store::replies::{self, NewReply, ReplyContext, ReplyRecord};
 use crate::streams::Keys;
 use crate::worker::{Handler, Job, Outcome, Source, Stage};
 
@@ -49,7 +50,18 @@ pub struct LlmDefaults {
     pub max_tokens: u32,
 }
 
+/// Records replies of many jobs in one statement (see [`crate::batch`]).
+pub type ReplyWriter = Batcher<ReplyRecord, bool>;
+
+pub fn reply_writer(pg: PgPool) -> ReplyWriter {
+    Batcher::start("replies", 128, move |records: Vec<ReplyRecord>| {
+        let pg = pg.clone();
+        async move { replies::record_replies(&pg, &records).await }
+    })
+}
+
 pub struct LlmStage {
+    pub writer: ReplyWriter,
     pub pg: PgPool,
     pub redis: deadpool_redis::Pool,
     pub keys: Keys,
@@ -120,7 +132,7 @@ impl LlmStage {
                     outcome: "suppressed",
                     ..Default::default()
                 },
-                &[],
+                Vec::new(),
                 "pending",
             )
             .await?;
@@ -134,7 +146,7 @@ impl LlmStage {
                     outcome: "window_closed",
                     ..Default::default()
                 },
-                &[],
+                Vec::new(),
                 "pending",
             )
             .await?;
@@ -204,7 +216,7 @@ impl LlmStage {
             failures,
         };
         let state = if shadow { "shadow" } else { "pending" };
-        let parts: Vec<(&str, String)> = if reply.wants_human {
+        let parts: Vec<(String, String)> = if reply.wants_human {
             let ack = if reply.text.trim().is_empty() {
                 channel.handover_ack.clone()
             } else {
@@ -213,25 +225,15 @@ impl LlmStage {
             if ack.is_empty() {
                 vec![]
             } else {
-                vec![("handover_ack", ack)]
+                vec![("handover_ack".to_string(), ack)]
             }
         } else {
             split_message(&markdown_to_whatsapp(&reply.text), WHATSAPP_MAX_CHARS)
                 .into_iter()
-                .map(|p| ("reply", p))
+                .map(|p| ("reply".to_string(), p))
                 .collect()
         };
-        let fresh = self
-            .record(
-                &ctx,
-                &new,
-                &parts
-                    .iter()
-                    .map(|(k, b)| (*k, b.as_str()))
-                    .collect::<Vec<_>>(),
-                state,
-            )
-            .await?;
+        let fresh = self.record(&ctx, &new, parts, state).await?;
         if fresh && reply.wants_human {
             self.hand_over(job, &ctx, "model").await?;
         }
@@ -248,12 +250,13 @@ impl LlmStage {
         &self,
         ctx: &ReplyContext,
         reply: &NewReply<'_>,
-        parts: &[NewPart<'_>],
+        parts: Vec<(String, String)>,
         state: &str,
     ) -> Result<bool, Outcome> {
-        replies::record_reply(&self.pg, ctx, reply, parts, state)
+        self.writer
+            .run(ReplyRecord::new(ctx, reply, parts, state))
             .await
-            .map_err(db("storing the reply"))
+            .map_err(|e| batch_outcome(&e, "storing the reply"))
     }
 
     async fn hand_over(&self, job: &Job, ctx: &ReplyContext, reason: &str) -> Result<(), Outcome> {

@@ -307,6 +307,7 @@ pub async fn run(
                     );
                 }
                 let handler = LlmStage {
+                    writer: llm_stage::reply_writer(pg.clone()),
                     pg: pg.clone(),
                     redis: redis.clone(),
                     keys: keys.clone(),

@@ -90,51 +90,165 @@ pub struct NewReply<'a> {
     pub failures: serde_json::Value,
 }
 
-/// One part of a reply to record: its kind (`reply`, `handover_ack`) and text.
-pub type NewPart<'a> = (&'a str, &'a str);
+/// A reply to record, with its parts (numbered from 0), all in `state`.
+#[derive(Debug, Clone)]
+pub struct ReplyRecord {
+    pub message_id: i64,
+    pub conversation_id: i64,
+    pub channel_id: i64,
+    pub outcome: String,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub input_tokens: Option<i32>,
+    pub output_tokens: Option<i32>,
+    pub canned: bool,
+    pub failures: serde_json::Value,
+    /// `(kind, text)`: kind `reply` or `handover_ack`.
+    pub parts: Vec<(String, String)>,
+    pub state: String,
+}
 
-/// Records the reply and its parts (numbered from 0, all in `state`) unless a reply exists;
-/// returns false when it already did. One statement: one round trip, one commit.
-pub async fn record_reply(
-    pool: &PgPool,
-    ctx: &ReplyContext,
-    r: &NewReply<'_>,
-    parts: &[NewPart<'_>],
-    state: &str,
-) -> sqlx::Result<bool> {
-    let kinds: Vec<&str> = parts.iter().map(|p| p.0).collect();
-    let bodies: Vec<&str> = parts.iter().map(|p| p.1).collect();
-    let (fresh,): (bool,) = sqlx::query_as(
-        "WITH reply AS (
+impl ReplyRecord {
+    pub fn new(
+        ctx: &ReplyContext,
+        r: &NewReply<'_>,
+        parts: Vec<(String, String)>,
+        state: &str,
+    ) -> Self {
+        Self {
+            message_id: ctx.message_id,
+            conversation_id: ctx.conversation_id,
+            channel_id: ctx.channel_id,
+            outcome: r.outcome.to_string(),
+            provider: r.provider.map(String::from),
+            model: r.model.map(String::from),
+            input_tokens: r.input_tokens,
+            output_tokens: r.output_tokens,
+            canned: r.canned,
+            failures: r.failures.clone(),
+            parts,
+            state: state.to_string(),
+        }
+    }
+}
+
+/// Records replies and their parts, each unless its message already has a reply; answers, in
+/// order, whether each was recorded now. One statement per run of distinct messages.
+pub async fn record_replies(pool: &PgPool, replies: &[ReplyRecord]) -> sqlx::Result<Vec<bool>> {
+    let mut fresh = Vec::with_capacity(replies.len());
+    let mut rest = replies;
+    while !rest.is_empty() {
+        let mut seen = std::collections::HashSet::new();
+        let run = rest
+            .iter()
+            .take_while(|r| seen.insert(r.message_id))
+            .count();
+        fresh.extend(record_distinct(pool, &rest[..run]).await?);
+        rest = &rest[run..];
+    }
+    Ok(fresh)
+}
+
+async fn record_distinct(pool: &PgPool, replies: &[ReplyRecord]) -> sqlx::Result<Vec<bool>> {
+    let parts: Vec<(&ReplyRecord, i32, &(String, String))> = replies
+        .iter()
+        .flat_map(|r| (0..).zip(&r.parts).map(move |(n, p)| (r, n, p)))
+        .collect();
+    let rows: Vec<(i64, bool)> = sqlx::query_as(
+        "WITH r AS (
+             SELECT * FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[],
+                                  $6::int4[], $7::int4[], $8::bool[], $9::jsonb[])
+                 WITH ORDINALITY AS r(message_id, conversation_id, outcome, provider, model,
+                                      input_tokens, output_tokens, canned, failures, n)
+         ), inserted AS (
              INSERT INTO replies (message_id, conversation_id, outcome, provider, model,
                                   input_tokens, output_tokens, canned, failures)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (message_id) DO NOTHING
+             SELECT message_id, conversation_id, outcome, provider, model, input_tokens,
+                    output_tokens, canned, failures FROM r
+             ON CONFLICT (message_id) DO NOTHING
              RETURNING message_id
          ), parts AS (
              INSERT INTO outbound_messages (conversation_id, channel_id, reply_to, part_no, kind,
                                             body, state)
-             SELECT $2, $10, reply.message_id, p.n - 1, p.kind, p.body, $13
-               FROM reply, unnest($11::text[], $12::text[]) WITH ORDINALITY AS p(kind, body, n)
+             SELECT p.conversation_id, p.channel_id, p.reply_to, p.part_no, p.kind, p.body, p.state
+               FROM unnest($10::int8[], $11::int8[], $12::int8[], $13::int4[], $14::text[],
+                           $15::text[], $16::text[])
+                    AS p(reply_to, conversation_id, channel_id, part_no, kind, body, state)
+               JOIN inserted i ON i.message_id = p.reply_to
              ON CONFLICT (reply_to, kind, part_no) DO NOTHING
          )
-         SELECT EXISTS (SELECT 1 FROM reply)",
+         SELECT r.message_id, EXISTS (SELECT 1 FROM inserted i WHERE i.message_id = r.message_id)
+           FROM r ORDER BY r.n",
     )
-    .bind(ctx.message_id)
-    .bind(ctx.conversation_id)
-    .bind(r.outcome)
-    .bind(r.provider)
-    .bind(r.model)
-    .bind(r.input_tokens)
-    .bind(r.output_tokens)
-    .bind(r.canned)
-    .bind(&r.failures)
-    .bind(ctx.channel_id)
-    .bind(&kinds)
-    .bind(&bodies)
-    .bind(state)
-    .fetch_one(pool)
+    .bind(replies.iter().map(|r| r.message_id).collect::<Vec<_>>())
+    .bind(
+        replies
+            .iter()
+            .map(|r| r.conversation_id)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        replies
+            .iter()
+            .map(|r| r.outcome.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        replies
+            .iter()
+            .map(|r| r.provider.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        replies
+            .iter()
+            .map(|r| r.model.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(replies.iter().map(|r| r.input_tokens).collect::<Vec<_>>())
+    .bind(replies.iter().map(|r| r.output_tokens).collect::<Vec<_>>())
+    .bind(replies.iter().map(|r| r.canned).collect::<Vec<_>>())
+    .bind(replies.iter().map(|r| &r.failures).collect::<Vec<_>>())
+    .bind(
+        parts
+            .iter()
+            .map(|(r, _, _)| r.message_id)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        parts
+            .iter()
+            .map(|(r, _, _)| r.conversation_id)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        parts
+            .iter()
+            .map(|(r, _, _)| r.channel_id)
+            .collect::<Vec<_>>(),
+    )
+    .bind(parts.iter().map(|(_, n, _)| *n).collect::<Vec<_>>())
+    .bind(
+        parts
+            .iter()
+            .map(|(_, _, p)| p.0.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        parts
+            .iter()
+            .map(|(_, _, p)| p.1.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        parts
+            .iter()
+            .map(|(r, _, _)| r.state.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(pool)
     .await?;
-    Ok(fresh)
+    Ok(rows.into_iter().map(|(_, fresh)| fresh).collect())
 }
 
 /// An outbound part with what the sender needs to send it.

@@ -82,6 +82,8 @@ fn start(
         stage: STAGE,
         keys: cfg.keys(),
         redis: wafleet::ingest::redis_pool(&cfg.redis_url, 32).unwrap(),
+        shared: wafleet::shared_redis::SharedRedis::new(&cfg.redis_url, Duration::from_secs(2))
+            .unwrap(),
         handler: Arc::new(ProbeHandler(probe)),
         settings,
         shutdown: stop.clone(),

@@ -58,6 +58,10 @@ async fn main() -> anyhow::Result<()> {
                 },
                 keys,
                 redis,
+                shared: wafleet::shared_redis::SharedRedis::new(
+                    common.redis_url.expose(),
+                    std::time::Duration::from_secs(2),
+                )?,
                 handler: Arc::new(handler),
                 settings: WorkerSettings::from_env()?,
                 shutdown: stop.clone(),

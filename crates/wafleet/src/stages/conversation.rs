@@ -63,7 +63,7 @@ const SILENT_TYPES: &[&str] = &["reaction", "system", "revoke", "edit", "request
 
 pub struct ConversationStage {
     pub pg: PgPool,
-    pub redis: deadpool_redis::Pool,
+    pub redis: crate::shared_redis::SharedRedis,
     pub keys: Keys,
     pub channels: ChannelCache,
     pub redactor: Arc<Redactor>,

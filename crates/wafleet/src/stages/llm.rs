@@ -63,7 +63,7 @@ pub fn reply_writer(pg: PgPool) -> ReplyWriter {
 pub struct LlmStage {
     pub writer: ReplyWriter,
     pub pg: PgPool,
-    pub redis: deadpool_redis::Pool,
+    pub redis: crate::shared_redis::SharedRedis,
     pub keys: Keys,
     pub channels: ChannelCache,
     pub llm: LlmClient,

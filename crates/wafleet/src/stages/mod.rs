@@ -59,7 +59,7 @@ pub fn batch_outcome(e: &crate::batch::BatchError, doing: &str) -> crate::worker
 /// Publishes a handover event on the dashboard stream and channel. Carries ids, never text or
 /// phone numbers.
 pub async fn publish_handover(
-    redis: &deadpool_redis::Pool,
+    redis: &crate::shared_redis::SharedRedis,
     keys: &Keys,
     event: &serde_json::Value,
 ) -> anyhow::Result<()> {
@@ -88,7 +88,7 @@ pub async fn publish_handover(
 /// for dashboards. Shared by every stage that can decide a handover; returns whether it changed.
 pub async fn hand_over_and_publish(
     pg: &sqlx::PgPool,
-    redis: &deadpool_redis::Pool,
+    redis: &crate::shared_redis::SharedRedis,
     keys: &Keys,
     conversation_id: i64,
     reason: &str,

@@ -28,6 +28,7 @@ use crate::graph::GraphClient;
 use crate::ingest::redis_pool;
 use crate::llm::{FallbackPolicy, LlmClient, ProviderConfig, ProviderKind};
 use crate::ratelimit::RateLimiter;
+use crate::shared_redis::SharedRedis;
 use crate::streams::Keys;
 use crate::worker::{self, StageRuntime, WorkerSettings};
 use crate::{db, telemetry};
@@ -224,6 +225,9 @@ pub async fn run(
         common.redis_url.expose(),
         common.redis_pool_size + blocking_reads,
     )?;
+    // Everything but the blocking reads goes over one multiplexed connection.
+    let shared = SharedRedis::new(common.redis_url.expose(), Duration::from_secs(2))
+        .context("parsing REDIS_URL")?;
     let keys = Keys::new(common.redis_prefix.clone(), common.partitions);
     let stop = CancellationToken::new();
     let probe = Probe {
@@ -267,7 +271,7 @@ pub async fn run(
             "conversation" => {
                 let handler = ConversationStage {
                     pg: pg.clone(),
-                    redis: redis.clone(),
+                    redis: shared.clone(),
                     keys: keys.clone(),
                     channels: channels.clone(),
                     redactor: redactor.clone(),
@@ -276,7 +280,7 @@ pub async fn run(
                 tasks.spawn(worker::run_stage(runtime(
                     conversation::STAGE,
                     &keys,
-                    &redis,
+                    (&redis, &shared),
                     handler,
                     &rt,
                     &stop,
@@ -285,7 +289,7 @@ pub async fn run(
             "status" => {
                 let handler = StatusStage {
                     pg: pg.clone(),
-                    redis: redis.clone(),
+                    redis: shared.clone(),
                     keys: keys.clone(),
                     writer: status::status_writer(pg.clone()),
                 };
@@ -293,7 +297,7 @@ pub async fn run(
                 tasks.spawn(worker::run_stage(runtime(
                     status::STAGE,
                     &keys,
-                    &redis,
+                    (&redis, &shared),
                     handler,
                     &rt,
                     &stop,
@@ -309,7 +313,7 @@ pub async fn run(
                 let handler = LlmStage {
                     writer: llm_stage::reply_writer(pg.clone()),
                     pg: pg.clone(),
-                    redis: redis.clone(),
+                    redis: shared.clone(),
                     keys: keys.clone(),
                     channels: channels.clone(),
                     llm: LlmClient::new(),
@@ -324,7 +328,7 @@ pub async fn run(
                 tasks.spawn(worker::run_stage(runtime(
                     llm_stage::STAGE,
                     &keys,
-                    &redis,
+                    (&redis, &shared),
                     handler,
                     &rt,
                     &stop,
@@ -334,7 +338,7 @@ pub async fn run(
                 let handler = SenderStage {
                     writes: SendWrites::start(&pg),
                     pg: pg.clone(),
-                    redis: redis.clone(),
+                    redis: shared.clone(),
                     keys: keys.clone(),
                     channels: channels.clone(),
                     graph: graph.clone(),
@@ -345,7 +349,7 @@ pub async fn run(
                 tasks.spawn(worker::run_stage(runtime(
                     sender::STAGE,
                     &keys,
-                    &redis,
+                    (&redis, &shared),
                     handler,
                     &rt,
                     &stop,
@@ -387,7 +391,7 @@ pub async fn run(
 fn runtime<H>(
     stage: worker::Stage,
     keys: &Keys,
-    redis: &deadpool_redis::Pool,
+    (redis, shared): (&deadpool_redis::Pool, &SharedRedis),
     handler: H,
     settings: &WorkerSettings,
     stop: &CancellationToken,
@@ -396,6 +400,7 @@ fn runtime<H>(
         stage,
         keys: keys.clone(),
         redis: redis.clone(),
+        shared: shared.clone(),
         handler: Arc::new(handler),
         settings: settings.clone(),
         shutdown: stop.clone(),

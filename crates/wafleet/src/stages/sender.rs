@@ -140,7 +140,7 @@ impl SendWrites {
 pub struct SenderStage {
     pub writes: SendWrites,
     pub pg: PgPool,
-    pub redis: deadpool_redis::Pool,
+    pub redis: crate::shared_redis::SharedRedis,
     pub keys: Keys,
     pub channels: ChannelCache,
     pub graph: GraphClient,

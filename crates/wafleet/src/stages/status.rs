@@ -28,7 +28,7 @@ pub const RE_ENGAGEMENT: i64 = 131047;
 
 pub struct StatusStage {
     pub pg: PgPool,
-    pub redis: deadpool_redis::Pool,
+    pub redis: crate::shared_redis::SharedRedis,
     pub keys: Keys,
     pub writer: StatusWriter,
 }

@@ -77,7 +77,7 @@ pub async fn run_stage<H: Handler>(rt: StageRuntime<H>) -> anyhow::Result<()> {
     loop {
         // One round of bookkeeping; Redis errors skip the round (leases are renewed by time).
         let round = async {
-            let mut con = rt.redis.get().await?;
+            let mut con = rt.shared.get().await?;
             let now = chrono::Utc::now().timestamp_millis();
             let _: () = redis::pipe()
                 .zadd(&workers_key, &consumer, now)
@@ -226,7 +226,7 @@ pub async fn run_stage<H: Handler>(rt: StageRuntime<H>) -> anyhow::Result<()> {
             let _ = (&mut o.task).await;
         }
     }
-    if let Ok(mut con) = rt.redis.get().await {
+    if let Ok(mut con) = rt.shared.get().await {
         for p in owned.keys() {
             let _: redis::RedisResult<i64> = release
                 .key(rt.keys.lease(stage, *p))

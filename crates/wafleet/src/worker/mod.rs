@@ -226,7 +226,11 @@ impl WorkerSettings {
 pub struct StageRuntime<H> {
     pub stage: Stage,
     pub keys: Keys,
+    /// Dedicated connections for the blocking stream reads (one per owned partition).
     pub redis: deadpool_redis::Pool,
+    /// Everything else: one multiplexed connection, no per-use round trip (a pooled connection
+    /// is pinged on every checkout).
+    pub shared: crate::shared_redis::SharedRedis,
     pub handler: Arc<H>,
     pub settings: WorkerSettings,
     pub shutdown: CancellationToken,

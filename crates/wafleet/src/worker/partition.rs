@@ -182,8 +182,9 @@ impl<H: Handler> Partition<H> {
         }
     }
 
-    async fn con(&self) -> anyhow::Result<deadpool_redis::Connection> {
-        Ok(self.rt.redis.get().await?)
+    /// The process's shared connection, for everything but the blocking read.
+    async fn con(&self) -> anyhow::Result<crate::shared_redis::SharedConnection> {
+        Ok(self.rt.shared.get().await?)
     }
 
     async fn ensure_group(&self) -> anyhow::Result<()> {
@@ -298,7 +299,7 @@ impl<H: Handler> Partition<H> {
 
     async fn delivery_counts(
         &self,
-        con: &mut deadpool_redis::Connection,
+        con: &mut crate::shared_redis::SharedConnection,
     ) -> anyhow::Result<HashMap<String, u64>> {
         let mut counts = HashMap::new();
         let mut start = "-".to_string();
@@ -332,7 +333,8 @@ impl<H: Handler> Partition<H> {
             _ = tokio::time::sleep(Duration::from_millis(100)) => return Ok(()),
         };
         let room = 1 + self.permits.available_permits().min(199);
-        let mut con = self.con().await?;
+        // A blocking read holds its connection: a pooled one of its own.
+        let mut con = self.rt.redis.get().await?;
         let opts = StreamReadOptions::default()
             .group(self.group(), &self.consumer)
             .count(room)

@@ -60,7 +60,18 @@ pub fn reply_writer(pg: PgPool) -> ReplyWriter {
     })
 }
 
+/// Reads the context of many reply jobs in one query.
+pub type ContextReader = Batcher<(i64, i64), Option<(ReplyContext, Vec<replies::Turn>)>>;
+
+pub fn context_reader(pg: PgPool) -> ContextReader {
+    Batcher::start("reply_contexts", 128, move |wanted: Vec<(i64, i64)>| {
+        let pg = pg.clone();
+        async move { replies::reply_contexts(&pg, &wanted).await }
+    })
+}
+
 pub struct LlmStage {
+    pub contexts: ContextReader,
     pub writer: ReplyWriter,
     pub pg: PgPool,
     pub redis: crate::shared_redis::SharedRedis,
@@ -111,9 +122,11 @@ impl LlmStage {
                 reason: format!("no channel {pnid}"),
             });
         };
-        let found = replies::reply_context(&self.pg, message_id, channel.history_limit)
+        let found = self
+            .contexts
+            .run((message_id, channel.history_limit))
             .await
-            .map_err(db("reading the message"))?;
+            .map_err(|e| batch_outcome(&e, "reading the message"))?;
         let Some((ctx, turns)) = found else {
             return Ok(Outcome::Dead {
                 reason: format!("no message {message_id}"),

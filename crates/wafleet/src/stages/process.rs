@@ -312,6 +312,7 @@ pub async fn run(
                 }
                 let handler = LlmStage {
                     writer: llm_stage::reply_writer(pg.clone()),
+                    contexts: llm_stage::context_reader(pg.clone()),
                     pg: pg.clone(),
                     redis: shared.clone(),
                     keys: keys.clone(),

@@ -118,13 +118,20 @@ impl SendPolicy {
 pub struct SendWrites {
     claims: Batcher<i64, Claim>,
     accepts: Batcher<(i64, String), ()>,
+    /// Not a write, but read by every job: batched the same way.
+    parts: Batcher<i64, Vec<Part>>,
 }
 
 impl SendWrites {
     pub fn start(pg: &PgPool) -> Self {
         let claim_pg = pg.clone();
         let accept_pg = pg.clone();
+        let parts_pg = pg.clone();
         Self {
+            parts: Batcher::start("reply_parts", 256, move |ids: Vec<i64>| {
+                let pg = parts_pg.clone();
+                async move { replies::reply_parts_many(&pg, &ids).await }
+            }),
             claims: Batcher::start("claims", 256, move |ids: Vec<i64>| {
                 let pg = claim_pg.clone();
                 async move { replies::claim_many(&pg, &ids).await }
@@ -175,9 +182,11 @@ impl SenderStage {
                 .into_iter()
                 .collect()
         } else if let Some(message_id) = job.field("reply_to").and_then(|v| v.parse().ok()) {
-            replies::reply_parts(&self.pg, message_id)
+            self.writes
+                .parts
+                .run(message_id)
                 .await
-                .map_err(db("reading the parts"))?
+                .map_err(|e| batch_outcome(&e, "reading the parts"))?
         } else {
             return Ok(Outcome::Dead {
                 reason: "send job without outbound_id or reply_to".into(),

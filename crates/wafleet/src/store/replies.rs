@@ -23,6 +23,7 @@ pub type Turn = (bool, String);
 
 #[derive(sqlx::FromRow)]
 struct ContextRow {
+    n: i64,
     #[sqlx(flatten)]
     ctx: ReplyContext,
     turn_customer: Vec<bool>,
@@ -32,50 +33,74 @@ struct ContextRow {
 /// The message a reply job answers, with its conversation, and the last `history_limit` turns
 /// of that conversation's current session up to the message, oldest first: the customer's
 /// messages (redacted) from stretches the bot handled, and the bot's replies. What humans
-/// handled and earlier sessions are left out. One query.
+/// handled and earlier sessions are left out.
 pub async fn reply_context(
     pool: &PgPool,
     message_id: i64,
     history_limit: i64,
 ) -> sqlx::Result<Option<(ReplyContext, Vec<Turn>)>> {
-    let row: Option<ContextRow> = sqlx::query_as(
-        "WITH ctx AS (
-             SELECT m.id AS message_id, m.wamid, m.session_no, c.id AS conversation_id,
-                    c.channel_id, c.owner, c.last_customer_message_at, r.outcome AS reply_outcome
-               FROM messages m JOIN conversations c ON c.id = m.conversation_id
+    Ok(reply_contexts(pool, &[(message_id, history_limit)])
+        .await?
+        .remove(0))
+}
+
+/// [`reply_context`] for several `(message id, history limit)` at once; one query.
+pub async fn reply_contexts(
+    pool: &PgPool,
+    wanted: &[(i64, i64)],
+) -> sqlx::Result<Vec<Option<(ReplyContext, Vec<Turn>)>>> {
+    let rows: Vec<ContextRow> = sqlx::query_as(
+        "WITH input AS (
+             SELECT * FROM unnest($1::int8[], $2::int8[]) WITH ORDINALITY AS i(message_id, lim, n)
+         ), ctx AS (
+             SELECT i.n, i.lim, m.id AS message_id, m.wamid, m.session_no,
+                    c.id AS conversation_id, c.channel_id, c.owner, c.last_customer_message_at,
+                    r.outcome AS reply_outcome
+               FROM input i
+               JOIN messages m ON m.id = i.message_id
+               JOIN conversations c ON c.id = m.conversation_id
                LEFT JOIN replies r ON r.message_id = m.id
-              WHERE m.id = $1
-         ), turns AS (
-             SELECT customer, text, at, ord FROM (
-                 SELECT TRUE AS customer, m.text_redacted AS text, m.received_at AS at, m.id AS ord
-                   FROM messages m, ctx
-                  WHERE m.conversation_id = ctx.conversation_id AND m.session_no = ctx.session_no
-                    AND m.id <= ctx.message_id
-                    AND m.owner_at_arrival = 'bot' AND m.text_redacted IS NOT NULL
-                    AND m.action IN ('reply', 'handover')
-                 UNION ALL
-                 SELECT FALSE, o.body, o.created_at, o.reply_to
-                   FROM outbound_messages o JOIN messages m ON m.id = o.reply_to, ctx
-                  WHERE o.conversation_id = ctx.conversation_id AND m.session_no = ctx.session_no
-                    AND o.reply_to < ctx.message_id
-                    AND o.kind = 'reply' AND o.state IN ('pending', 'sending', 'accepted')
-             ) t
-             ORDER BY at DESC, ord DESC
-             LIMIT $2
          )
-         SELECT ctx.*,
-                ARRAY(SELECT customer FROM turns ORDER BY at, ord) AS turn_customer,
-                ARRAY(SELECT text FROM turns ORDER BY at, ord) AS turn_text
-           FROM ctx",
+         SELECT ctx.n, ctx.message_id, ctx.wamid, ctx.session_no, ctx.conversation_id,
+                ctx.channel_id, ctx.owner, ctx.last_customer_message_at, ctx.reply_outcome,
+                COALESCE(h.turn_customer, '{}') AS turn_customer,
+                COALESCE(h.turn_text, '{}') AS turn_text
+           FROM ctx LEFT JOIN LATERAL (
+               SELECT array_agg(customer ORDER BY at, ord) AS turn_customer,
+                      array_agg(text ORDER BY at, ord) AS turn_text
+                 FROM (
+                     SELECT customer, text, at, ord FROM (
+                         SELECT TRUE AS customer, m.text_redacted AS text, m.received_at AS at,
+                                m.id AS ord
+                           FROM messages m
+                          WHERE m.conversation_id = ctx.conversation_id
+                            AND m.session_no = ctx.session_no AND m.id <= ctx.message_id
+                            AND m.owner_at_arrival = 'bot' AND m.text_redacted IS NOT NULL
+                            AND m.action IN ('reply', 'handover')
+                         UNION ALL
+                         SELECT FALSE, o.body, o.created_at, o.reply_to
+                           FROM outbound_messages o JOIN messages m ON m.id = o.reply_to
+                          WHERE o.conversation_id = ctx.conversation_id
+                            AND m.session_no = ctx.session_no AND o.reply_to < ctx.message_id
+                            AND o.kind = 'reply' AND o.state IN ('pending', 'sending', 'accepted')
+                     ) t
+                     ORDER BY at DESC, ord DESC
+                     LIMIT ctx.lim
+                 ) last
+           ) h ON TRUE",
     )
-    .bind(message_id)
-    .bind(history_limit)
-    .fetch_optional(pool)
+    .bind(wanted.iter().map(|w| w.0).collect::<Vec<_>>())
+    .bind(wanted.iter().map(|w| w.1).collect::<Vec<_>>())
+    .fetch_all(pool)
     .await?;
-    Ok(row.map(|r| {
+    let mut found: Vec<Option<(ReplyContext, Vec<Turn>)>> = vec![None; wanted.len()];
+    for r in rows {
         let turns = r.turn_customer.into_iter().zip(r.turn_text).collect();
-        (r.ctx, turns)
-    }))
+        if let Some(slot) = usize::try_from(r.n - 1).ok().and_then(|i| found.get_mut(i)) {
+            *slot = Some((r.ctx, turns));
+        }
+    }
+    Ok(found)
 }
 
 /// What the model produced (or why nothing was asked).
@@ -288,12 +313,28 @@ pub async fn part(pool: &PgPool, id: i64) -> sqlx::Result<Option<Part>> {
 
 /// The parts of a reply, in order.
 pub async fn reply_parts(pool: &PgPool, message_id: i64) -> sqlx::Result<Vec<Part>> {
-    sqlx::query_as(&format!(
-        "{PART} WHERE o.reply_to = $1 AND o.kind = 'reply' ORDER BY o.part_no"
+    Ok(reply_parts_many(pool, &[message_id]).await?.remove(0))
+}
+
+/// The parts of several replies (by the message each answers), each in order; one query.
+pub async fn reply_parts_many(pool: &PgPool, message_ids: &[i64]) -> sqlx::Result<Vec<Vec<Part>>> {
+    let parts: Vec<Part> = sqlx::query_as(&format!(
+        "{PART} WHERE o.reply_to = ANY($1) AND o.kind = 'reply' ORDER BY o.reply_to, o.part_no"
     ))
-    .bind(message_id)
+    .bind(message_ids)
     .fetch_all(pool)
-    .await
+    .await?;
+    let mut by_reply: std::collections::HashMap<i64, Vec<Part>> = std::collections::HashMap::new();
+    for p in parts {
+        by_reply
+            .entry(p.reply_to.unwrap_or_default())
+            .or_default()
+            .push(p);
+    }
+    Ok(message_ids
+        .iter()
+        .map(|id| by_reply.get(id).cloned().unwrap_or_default())
+        .collect())
 }
 
 /// The result of the check made right before a send.

@@ -31,7 +31,7 @@ cleanup() {
     done
   fi
   psql_admin -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" 2>/dev/null || true
-  if ((rc == 0)); then rm -rf "$LOGS"; else note "logs kept in $LOGS"; fi
+  if ((rc == 0)) && [[ -z "${BENCH_KEEP_LOGS:-}" ]]; then rm -rf "$LOGS"; else note "logs kept in $LOGS"; fi
   exit "$rc"
 }
 

@@ -286,3 +286,49 @@ async fn sigterm_finishes_in_flight_work_releases_leases_and_exits() {
     let workers: usize = con.zcard(keys.workers("conversation")).await.unwrap();
     assert_eq!(workers, 0);
 }
+
+#[tokio::test]
+async fn a_process_that_joins_gets_its_share_within_seconds_with_the_default_lease() {
+    let cfg = TestConfig::new().await;
+    // The production lease (45 s) rather than the tests' short one: rebalancing must not wait
+    // for thirds of it.
+    let spawn = || {
+        ChildWorker::spawn(
+            BIN,
+            &cfg,
+            "real",
+            &[
+                ("WAFLEET_STAGES", "conversation"),
+                ("WAFLEET_LEASE_TTL_MS", "45000"),
+            ],
+        )
+    };
+    let _a = spawn();
+    let keys = cfg.keys();
+    let all_leased = || {
+        let cfg = &cfg;
+        let keys = &keys;
+        async move {
+            let mut con = cfg.redis().await;
+            for p in 0..keys.partitions() {
+                let owner: Option<String> = con.get(keys.lease("conversation", p)).await.ok()?;
+                owner?;
+            }
+            Some(())
+        }
+    };
+    eventually(
+        "the first process to own every partition",
+        Duration::from_secs(20),
+        all_leased,
+    )
+    .await;
+    assert_eq!(owners(&cfg).await, 1);
+    let _b = spawn();
+    eventually(
+        "the second process to own its share",
+        Duration::from_secs(10),
+        || async { (owners(&cfg).await == 2).then_some(()) },
+    )
+    .await;
+}

@@ -20,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 use super::partition::{Partition, Scripts};
 use super::{Handler, StageRuntime};
 
+/// Longest pause between two lease rounds.
+const REBALANCE_TICK: Duration = Duration::from_secs(1);
+
 /// Extends a lease only if we still own it. KEYS: lease. ARGV: owner, ttl ms.
 const RENEW: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -68,7 +71,11 @@ pub async fn run_stage<H: Handler>(rt: StageRuntime<H>) -> anyhow::Result<()> {
     let release = redis::Script::new(RELEASE);
     let permits = Arc::new(Semaphore::new(rt.settings.max_in_flight));
     let ttl = rt.settings.lease_ttl;
-    let tick = (ttl / 3).max(Duration::from_millis(50));
+    // Leases are renewed every third of their life at least, and the round also notices new or
+    // departed processes, gives back partitions over this process's share and releases the ones
+    // whose work has drained: at least once a second, so scaling out takes effect in seconds,
+    // not in thirds of a 45-second lease (given-back partitions sit idle until released).
+    let tick = (ttl / 3).min(REBALANCE_TICK).max(Duration::from_millis(50));
     let partitions = rt.keys.partitions();
     let workers_key = rt.keys.workers(stage);
     let mut owned: HashMap<u32, Owned> = HashMap::new();

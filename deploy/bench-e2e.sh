@@ -119,46 +119,6 @@ PIDS=() PREFIXES=() FAILED=0 SAMPLER=""
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Another helper's benchmark on this 2-core box would halve our numbers (and theirs): wait for
-# it. Compiles of other checkouts are not waited out for ever: up to BENCH_CPU_WAIT seconds for
-# the machine to be mostly idle, then the run goes ahead and its "anything else" CPU shows them.
-wait_for_quiet() {
-  local waited=0 others busy m0
-  ((IDLE_TIMEOUT > 0)) || return 0
-  while others="$(pgrep -af 'wafleet-loadgen|bench-pii|bench-ingest|bench-pipeline' || true)"; [[ -n "$others" ]]; do
-    ((waited == 0)) && note "waiting for other benchmarks to finish: $(cut -c1-100 <<<"$others" | tr '\n' ';')"
-    ((waited < IDLE_TIMEOUT)) || die "other benchmarks still running after ${IDLE_TIMEOUT}s"
-    sleep 5
-    waited=$((waited + 5))
-  done
-  ((waited == 0)) || note "no other benchmark after ${waited}s"
-  waited=0
-  while :; do
-    m0="$(machine)"
-    sleep 2
-    busy="$(awk -v a="$m0" -v b="$(machine)" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.0f", 100 * (y[1] - x[1]) / (y[2] - x[2]) }')"
-    ((busy <= 25)) && break
-    ((waited == 0)) && note "machine ${busy}% busy (other work); waiting up to ${CPU_WAIT}s for it to calm down"
-    waited=$((waited + 2))
-    if ((waited >= CPU_WAIT)); then note "machine still ${busy}% busy; measuring anyway"; break; fi
-  done
-}
-
-# job_buckets STAGE ADDR...: buckets of wafleet_job_duration_seconds{stage}, summed over the workers.
-job_buckets() {
-  local stage="$1" a
-  shift
-  for a in "$@"; do metrics "$a"; done | awk -v st="stage=\"$stage\"" '
-    /^wafleet_job_duration_seconds_bucket\{/ && index($0, st) {
-      match($0, /le="[^"]*"/); le = substr($0, RSTART + 4, RLENGTH - 5)
-      sum[le] += $2
-    }
-    END { for (le in sum) print le, sum[le] }'
-}
-
-TICKS="$(getconf CLK_TCK)"
-
-# The quantile and CPU helpers above are bench-pipeline.sh's.
 KEY="$("$BIN/wafleetctl" generate-key)"
 echo "== setup: redis $REDIS_URL, postgres ${DATABASE_URL##*@}, database $BENCH_DB," \
   "$PARTITIONS partitions, $(nproc) cores, $CONCURRENCY connections; synchronous_commit" \
@@ -235,8 +195,9 @@ wait_replies() {
   done
 }
 
-# check_replies: loads the sim's sends into sim_sends and checks one reply per message. Prints
-# "sends messages replied doubled orphans last_ms e2e_p50 e2e_p99 conversations" and sets CHECK.
+# check_replies N: loads the sim's sends into sim_sends and checks one reply per message. Sets
+# FACTS to "sends messages replied doubled orphans last_ms e2e_p50 e2e_p99 conversations" and
+# CHECK (and FAILED on a failure).
 check_replies() {
   sleep 1 # a late duplicate would show up now
   curl -fsS --max-time 60 "http://$SIM/_sim/messages" |
@@ -244,8 +205,7 @@ check_replies() {
   sql "CREATE TABLE sim_sends (context TEXT, callback TEXT, received_at BIGINT)"
   "$PSQL" -X -q -At -v ON_ERROR_STOP=1 "$BENCH_DATABASE_URL" \
     -c "\\copy sim_sends FROM '$LOGS/sends.csv' WITH (FORMAT csv)" </dev/null
-  local facts
-  facts="$(sql "WITH per AS (SELECT context, count(*) AS n, max(received_at) AS at FROM sim_sends GROUP BY context),
+  FACTS="$(sql "WITH per AS (SELECT context, count(*) AS n, max(received_at) AS at FROM sim_sends GROUP BY context),
                      j AS (SELECT m.id, per.n, per.at - split_part(m.source_entry, '-', 1)::bigint AS d
                              FROM messages m LEFT JOIN per ON per.context = m.wamid)
                 SELECT (SELECT count(*) FROM sim_sends), (SELECT count(*) FROM messages),
@@ -256,9 +216,8 @@ check_replies() {
                        round(percentile_cont(0.99) WITHIN GROUP (ORDER BY d)::numeric, 1),
                        (SELECT count(*) FROM conversations)
                   FROM j" | tr '|' ' ')"
-  echo "$facts"
   local sends msgs replied doubled orphans
-  read -r sends msgs replied doubled orphans _ <<<"$facts"
+  read -r sends msgs replied doubled orphans _ <<<"$FACTS"
   CHECK=ok
   ((OK_TOTAL == $1 && ERRORS == 0 && msgs == $1 && replied == msgs && doubled == 0 && orphans == 0 && sends == msgs)) ||
     { CHECK=FAILED; FAILED=1; }
@@ -312,17 +271,17 @@ throughput_run() {
     start_worker "t$workers-$i" conversation,status,llm,sender
   done
   wait_balanced "${ADDRS[@]}"
-  wait_for_quiet
+  wait_for_quiet "wafleet-loadgen|bench-pii|bench-ingest|bench-pipeline"
   cpu_snapshot 0
   send "$n" "$CONVERSATIONS" "e2e-workers$workers" "$steady"
   wait_replies "$OK_TOTAL"
   cpu_snapshot 1
-  local facts sends msgs replied doubled orphans t_last p50 p99 convs seconds rate
-  check_replies "$n" >"$LOGS/facts"; facts="$(<"$LOGS/facts")"
-  read -r sends msgs replied doubled orphans t_last p50 p99 convs <<<"$facts"
-  seconds="$(awk -v a="$T0" -v b="$t_last" 'BEGIN { printf "%.2f", (b - a) / 1000 }')"
+  local sends msgs replied doubled orphans t_last p50 p99 convs seconds rate
+  check_replies "$n"
+  read -r sends msgs replied doubled orphans t_last p50 p99 convs <<<"$FACTS"
+  seconds="$(ms_to_s "$T0" "$t_last")"
   rate="$(awk -v n="$msgs" -v s="$seconds" 'BEGIN { printf "%.0f", (s > 0 ? n / s : 0) }')"
-  echo "-- ${steady:+steady $steady msgs/s, }workers=$workers: $n webhooks sent in $(awk -v a="$T0" -v b="$T_SENT" 'BEGIN { printf "%.2f", (b - a) / 1000 }') s" \
+  echo "-- ${steady:+steady $steady msgs/s, }workers=$workers: $n webhooks sent in $(ms_to_s "$T0" "$T_SENT") s" \
     "($ERRORS errors), last reply at $seconds s"
   echo "   $(cpu_report)"
   echo "   $(stage_jobs "${ADDRS[@]}")"
@@ -347,7 +306,7 @@ inflight_run() {
   WORKER_PIDS=() ADDRS=()
   start_worker inflight-rest conversation,status,sender
   wait_balanced "${ADDRS[0]}"
-  wait_for_quiet
+  wait_for_quiet "wafleet-loadgen|bench-pii|bench-ingest|bench-pipeline"
   # The LLM worker starts only once every reply job is queued: fed live, the conversation stage
   # on these 2 shared cores hands it jobs slower than it finishes them, and the peak would measure
   # that feed instead of the LLM worker's capacity.
@@ -378,13 +337,12 @@ inflight_run() {
   calls="$(wc -l <"$LOGS/llm_at")"
   first="$(head -n1 "$LOGS/llm_at")" last="$(tail -n1 "$LOGS/llm_at")"
   PEAK_RSS_MB="$hwm"
-  local facts sends msgs replied doubled orphans t_last p50 p99 convs
-  check_replies "$n" >"$LOGS/facts"; facts="$(<"$LOGS/facts")"
-  read -r sends msgs replied doubled orphans t_last p50 p99 convs <<<"$facts"
+  local sends msgs replied doubled orphans t_last p50 p99 convs
+  check_replies "$n"
+  read -r sends msgs replied doubled orphans t_last p50 p99 convs <<<"$FACTS"
   echo "-- in flight, llm latency ${LLM_LATENCY_MS} ms, WAFLEET_LLM_MAX_IN_FLIGHT=$LLM_IN_FLIGHT, llm worker started with all $n reply jobs queued: webhooks sent in" \
-    "$(awk -v a="$T0" -v b="$T_SENT" 'BEGIN { printf "%.2f", (b - a) / 1000 }') s ($ERRORS errors), last reply at" \
-    "$(awk -v a="$T0" -v b="$t_last" 'BEGIN { printf "%.2f", (b - a) / 1000 }') s"
-  echo "   llm calls $calls over $(awk -v a="$first" -v b="$last" 'BEGIN { printf "%.2f", (b - a) / 1000 }') s, peak open at once $PEAK_IN_FLIGHT;" \
+    "$(ms_to_s "$T0" "$T_SENT") s ($ERRORS errors), last reply at $(ms_to_s "$T0" "$t_last") s"
+  echo "   llm calls $calls over $(ms_to_s "$first" "$last") s, peak open at once $PEAK_IN_FLIGHT;" \
     "llm worker RSS: idle $rss_before MB, peak $hwm MB (VmHWM; sampled VmRSS max $sampled MB)"
   echo "   $(cpu_report)"
   echo "   $(stage_jobs "${ADDRS[@]}")"

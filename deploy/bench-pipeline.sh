@@ -92,42 +92,6 @@ PIDS=() PREFIXES=() ROWS=() FAILED=0
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Another helper's benchmark on this 2-core box would halve our numbers (and theirs): wait for
-# it. Compiles of other checkouts are not waited out for ever: up to BENCH_CPU_WAIT seconds for
-# the machine to be mostly idle, then the run goes ahead and its "anything else" CPU shows them.
-wait_for_quiet() {
-  local waited=0 others busy m0
-  ((IDLE_TIMEOUT > 0)) || return 0
-  while others="$(pgrep -af 'wafleet-loadgen|bench-pii|bench-ingest' || true)"; [[ -n "$others" ]]; do
-    ((waited == 0)) && note "waiting for other benchmarks to finish: $(cut -c1-100 <<<"$others" | tr '\n' ';')"
-    ((waited < IDLE_TIMEOUT)) || die "other benchmarks still running after ${IDLE_TIMEOUT}s"
-    sleep 5
-    waited=$((waited + 5))
-  done
-  ((waited == 0)) || note "no other benchmark after ${waited}s"
-  waited=0
-  while :; do
-    m0="$(machine)"
-    sleep 2
-    busy="$(awk -v a="$m0" -v b="$(machine)" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.0f", 100 * (y[1] - x[1]) / (y[2] - x[2]) }')"
-    ((busy <= 25)) && break
-    ((waited == 0)) && note "machine ${busy}% busy (other work); waiting up to ${CPU_WAIT}s for it to calm down"
-    waited=$((waited + 2))
-    if ((waited >= CPU_WAIT)); then note "machine still ${busy}% busy; measuring anyway"; break; fi
-  done
-}
-
-# Buckets of wafleet_job_duration_seconds{stage="conversation"}, summed over the workers.
-job_buckets() {
-  local a
-  for a in "$@"; do metrics "$a"; done | awk '
-    /^wafleet_job_duration_seconds_bucket\{/ && /stage="conversation"/ {
-      match($0, /le="[^"]*"/); le = substr($0, RSTART + 4, RLENGTH - 5)
-      sum[le] += $2
-    }
-    END { for (le in sum) print le, sum[le] }'
-}
-
 # Sum of a counter over the workers, e.g. counter 'wafleet_jobs_total{' 'outcome="done"'.
 counter() {
   local name="$1" match="$2" a
@@ -136,7 +100,6 @@ counter() {
     awk -v n="$name" -v m="$match" 'index($0, n) == 1 && (m == "" || index($0, m)) && /stage="conversation"/ { s += $2 } END { print s + 0 }'
 }
 
-TICKS="$(getconf CLK_TCK)"
 
 KEY="$("$BIN/wafleetctl" generate-key)"
 echo "== setup: redis $REDIS_URL, postgres ${DATABASE_URL##*@}, database $BENCH_DB," \
@@ -170,7 +133,7 @@ run() {
     worker_pids+=("${PIDS[-1]}")
   done
   wait_balanced "${addrs[@]}"
-  wait_for_quiet
+  wait_for_quiet "wafleet-loadgen|bench-pii|bench-ingest"
 
   local t0 out redis0 machine0 loadgen_s
   snapshot $(pg_cluster) >"$LOGS/pg0"
@@ -222,9 +185,9 @@ run() {
                           FROM messages) m" | tr '|' ' ')"
   read -r rows distinct t_last e2e_p50 e2e_p99 <<<"$facts"
   local seconds rate job done_jobs other_jobs backlog=0 dead
-  seconds="$(awk -v a="$t0" -v b="$t_last" 'BEGIN { printf "%.2f", (b - a) / 1000 }')"
+  seconds="$(ms_to_s "$t0" "$t_last")"
   rate="$(awk -v n="$rows" -v s="$seconds" 'BEGIN { printf "%.0f", (s > 0 ? n / s : 0) }')"
-  job="$(job_buckets "${addrs[@]}" | quantiles 0.5 0.99)"
+  job="$(job_buckets conversation "${addrs[@]}" | quantiles 0.5 0.99)"
   done_jobs="$(counter 'wafleet_jobs_total{' 'outcome="done"' "${addrs[@]}")"
   other_jobs=$(($(counter 'wafleet_jobs_total{' '' "${addrs[@]}") - done_jobs))
   local others_by_outcome="" o
@@ -244,7 +207,7 @@ run() {
   ((done_jobs == rows && backlog == 0 && dead == 0)) || ok=0
   verdict="$( ((ok)) && echo ok || echo FAILED)"
   ((ok)) || FAILED=1
-  echo "-- workers=$workers: sent $MESSAGES in $(awk -v a="$t0" -v b="$t_sent" 'BEGIN { printf "%.2f", (b - a) / 1000 }') s" \
+  echo "-- workers=$workers: sent $MESSAGES in $(ms_to_s "$t0" "$t_sent") s" \
     "($(sed -n 's/^RESULT .* rps=\([0-9.]*\).*/\1/p' <<<"$out") req/s, $errors errors), $stored_at_send rows stored by then;" \
     "cpu s: loadgen $loadgen_s, ingest $ingest_s, workers $workers_s, postgres $pg_s, redis $redis_s," \
     "anything else $others_s; machine busy $busy of $(nproc) cores"

@@ -37,11 +37,12 @@ impl<I, O> Clone for Batcher<I, O> {
 }
 
 impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
-    /// Starts the task. `run` gets up to `max` items and must answer them in order, one result
-    /// each. `name` labels `wafleet_batch_size{batch}`. The task ends when every handle is gone.
-    pub fn start<F, Fut>(name: &'static str, max: usize, run: F) -> Self
+    /// Starts the task. `run` gets the pool and up to `max` items and must answer them in
+    /// order, one result each. `name` labels `wafleet_batch_size{batch}`. The task ends when
+    /// every handle is gone.
+    pub fn start<F, Fut>(name: &'static str, max: usize, pg: sqlx::PgPool, run: F) -> Self
     where
-        F: Fn(Vec<I>) -> Fut + Send + 'static,
+        F: Fn(sqlx::PgPool, Vec<I>) -> Fut + Send + 'static,
         Fut: Future<Output = sqlx::Result<Vec<O>>> + Send,
     {
         let (tx, mut rx) = mpsc::unbounded_channel::<(I, Reply<O>)>();
@@ -63,7 +64,7 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                     .record(batch.len() as f64);
                 let (items, replies): (Vec<I>, Vec<Reply<O>>) = batch.into_iter().unzip();
                 let n = items.len();
-                match run(items).await {
+                match run(pg.clone(), items).await {
                     Ok(results) if results.len() == n => {
                         for (reply, result) in replies.into_iter().zip(results) {
                             let _ = reply.send(Ok(result));

@@ -127,6 +127,22 @@ impl ChannelCache {
             .map(|c| (c.at.elapsed() < FRESH_FOR, c.settings.clone()))
     }
 
+    /// The channel of a job's conversation; a job for a channel that does not exist (any more)
+    /// can never succeed and is dead-lettered.
+    pub async fn of_job(
+        &self,
+        job: &crate::worker::Job,
+    ) -> Result<Arc<ChannelSettings>, crate::worker::Outcome> {
+        let pnid = super::phone_number_id_of(job);
+        match self.get(pnid).await {
+            Ok(Some(channel)) => Ok(channel),
+            Ok(None) => Err(crate::worker::Outcome::Dead {
+                reason: format!("no channel {pnid}"),
+            }),
+            Err(e) => Err(super::db_outcome(&e, "reading the channel")),
+        }
+    }
+
     pub async fn get(&self, phone_number_id: &str) -> sqlx::Result<Option<Arc<ChannelSettings>>> {
         let stale = match self.cached(phone_number_id) {
             Some((true, v)) => return Ok(v),

@@ -22,7 +22,7 @@ use sqlx::PgPool;
 use wafleet_core::format::{WHATSAPP_MAX_CHARS, markdown_to_whatsapp, split_message};
 
 use super::channel_settings::{ChannelCache, ChannelSettings};
-use super::{batch_outcome, db_outcome, hand_over_and_publish, phone_number_id_of};
+use super::{batch_outcome, db_outcome, hand_over_and_publish};
 use crate::batch::Batcher;
 use crate::graph::GraphClient;
 use crate::llm::{
@@ -54,20 +54,24 @@ pub struct LlmDefaults {
 pub type ReplyWriter = Batcher<ReplyRecord, bool>;
 
 pub fn reply_writer(pg: PgPool) -> ReplyWriter {
-    Batcher::start("replies", 128, move |records: Vec<ReplyRecord>| {
-        let pg = pg.clone();
-        async move { replies::record_replies(&pg, &records).await }
-    })
+    Batcher::start(
+        "replies",
+        128,
+        pg,
+        |pg, records: Vec<ReplyRecord>| async move { replies::record_replies(&pg, &records).await },
+    )
 }
 
 /// Reads the context of many reply jobs in one query.
 pub type ContextReader = Batcher<(i64, i64), Option<(ReplyContext, Vec<replies::Turn>)>>;
 
 pub fn context_reader(pg: PgPool) -> ContextReader {
-    Batcher::start("reply_contexts", 128, move |wanted: Vec<(i64, i64)>| {
-        let pg = pg.clone();
-        async move { replies::reply_contexts(&pg, &wanted).await }
-    })
+    Batcher::start(
+        "reply_contexts",
+        128,
+        pg,
+        |pg, wanted: Vec<(i64, i64)>| async move { replies::reply_contexts(&pg, &wanted).await },
+    )
 }
 
 pub struct LlmStage {
@@ -111,17 +115,7 @@ fn db(doing: &'static str) -> impl Fn(sqlx::Error) -> Outcome {
 
 impl LlmStage {
     async fn process(&self, job: &Job, message_id: i64) -> Result<Outcome, Outcome> {
-        let pnid = phone_number_id_of(job);
-        let Some(channel) = self
-            .channels
-            .get(pnid)
-            .await
-            .map_err(db("reading the channel"))?
-        else {
-            return Ok(Outcome::Dead {
-                reason: format!("no channel {pnid}"),
-            });
-        };
+        let channel = self.channels.of_job(job).await?;
         let found = self
             .contexts
             .run((message_id, channel.history_limit))

@@ -39,7 +39,7 @@ use wafleet_core::retry::{Backoff, pair_rate_backoff};
 
 use super::channel_settings::{ChannelCache, ChannelSettings};
 use super::llm::window_open;
-use super::{batch_outcome, db_outcome, hand_over_and_publish, phone_number_id_of};
+use super::{batch_outcome, db_outcome, hand_over_and_publish};
 use crate::batch::Batcher;
 use crate::graph::{GraphClient, OutgoingText, Recipient, SendResult};
 use crate::ratelimit::{Budget, Decision, RateLimiter};
@@ -124,22 +124,24 @@ pub struct SendWrites {
 
 impl SendWrites {
     pub fn start(pg: &PgPool) -> Self {
-        let claim_pg = pg.clone();
-        let accept_pg = pg.clone();
-        let parts_pg = pg.clone();
         Self {
-            parts: Batcher::start("reply_parts", 256, move |ids: Vec<i64>| {
-                let pg = parts_pg.clone();
-                async move { replies::reply_parts_many(&pg, &ids).await }
+            parts: Batcher::start(
+                "reply_parts",
+                256,
+                pg.clone(),
+                |pg, ids: Vec<i64>| async move { replies::reply_parts_many(&pg, &ids).await },
+            ),
+            claims: Batcher::start("claims", 256, pg.clone(), |pg, ids: Vec<i64>| async move {
+                replies::claim_many(&pg, &ids).await
             }),
-            claims: Batcher::start("claims", 256, move |ids: Vec<i64>| {
-                let pg = claim_pg.clone();
-                async move { replies::claim_many(&pg, &ids).await }
-            }),
-            accepts: Batcher::start("accepts", 256, move |accepted: Vec<(i64, String)>| {
-                let pg = accept_pg.clone();
-                async move { record_accepted_many(&pg, &accepted).await }
-            }),
+            accepts: Batcher::start(
+                "accepts",
+                256,
+                pg.clone(),
+                |pg, accepted: Vec<(i64, String)>| async move {
+                    record_accepted_many(&pg, &accepted).await
+                },
+            ),
         }
     }
 }
@@ -192,17 +194,7 @@ impl SenderStage {
                 reason: "send job without outbound_id or reply_to".into(),
             });
         };
-        let pnid = phone_number_id_of(job);
-        let Some(channel) = self
-            .channels
-            .get(pnid)
-            .await
-            .map_err(db("reading the channel"))?
-        else {
-            return Ok(Outcome::Dead {
-                reason: format!("no channel {pnid}"),
-            });
-        };
+        let channel = self.channels.of_job(job).await?;
         for (i, part) in parts.iter().enumerate() {
             match self.send_part(job, &channel, part).await? {
                 Step::Next => {}

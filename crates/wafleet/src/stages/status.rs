@@ -38,10 +38,12 @@ pub type StatusWriter = Batcher<Status, StatusApplied>;
 
 /// Starts the status writer: up to 256 statuses per statement.
 pub fn status_writer(pg: PgPool) -> StatusWriter {
-    Batcher::start("statuses", 256, move |statuses: Vec<Status>| {
-        let pg = pg.clone();
-        async move { store::apply_statuses(&pg, &statuses).await }
-    })
+    Batcher::start(
+        "statuses",
+        256,
+        pg,
+        |pg, statuses: Vec<Status>| async move { store::apply_statuses(&pg, &statuses).await },
+    )
 }
 
 impl Handler for StatusStage {

@@ -394,12 +394,6 @@ pub struct Status {
     pub outbound_id: Option<i64>,
 }
 
-/// Applies one status; see [`apply_statuses`].
-pub async fn apply_status(pool: &PgPool, s: &Status) -> sqlx::Result<StatusApplied> {
-    let mut applied = apply_statuses(pool, std::slice::from_ref(s)).await?;
-    Ok(applied.remove(0))
-}
-
 /// Applies statuses, forward only with `failed` final, and answers each in order. A status finds
 /// its outbound message by wamid or, for an ambiguous send whose wamid we never learnt, by our
 /// own id echoed in `biz_opaque_callback_data` (the message is then reconciled: wamid recorded,
@@ -414,19 +408,19 @@ pub async fn apply_statuses(
     pool: &PgPool,
     statuses: &[Status],
 ) -> sqlx::Result<Vec<StatusApplied>> {
+    #[derive(PartialEq, Eq, Hash)]
+    enum Key<'a> {
+        Wamid(&'a str),
+        Outbound(i64),
+    }
     let mut results = Vec::with_capacity(statuses.len());
-    let mut rest = statuses;
-    while !rest.is_empty() {
-        let mut wamids = std::collections::HashSet::new();
-        let mut ids = std::collections::HashSet::new();
-        let run = rest
-            .iter()
-            .take_while(|s| {
-                wamids.insert(&s.wamid) && s.outbound_id.is_none_or(|id| ids.insert(id))
-            })
-            .count();
-        results.extend(apply_distinct(pool, &rest[..run]).await?);
-        rest = &rest[run..];
+    let runs = super::distinct_runs(statuses, |s| {
+        [Some(Key::Wamid(&s.wamid)), s.outbound_id.map(Key::Outbound)]
+            .into_iter()
+            .flatten()
+    });
+    for run in runs {
+        results.extend(apply_distinct(pool, run).await?);
     }
     Ok(results)
 }
@@ -513,12 +507,9 @@ pub async fn record_accepted_many(
     pool: &PgPool,
     accepted: &[(i64, String)],
 ) -> sqlx::Result<Vec<()>> {
-    let mut rest = accepted;
-    while !rest.is_empty() {
-        let mut ids = std::collections::HashSet::new();
-        let run = rest.iter().take_while(|(id, _)| ids.insert(*id)).count();
+    for run in super::distinct_runs(accepted, |(id, _)| [*id]) {
         let (ids, wamids): (Vec<i64>, Vec<&str>) =
-            rest[..run].iter().map(|(id, w)| (*id, w.as_str())).unzip();
+            run.iter().map(|(id, w)| (*id, w.as_str())).unzip();
         sqlx::query(
             "WITH input AS (
                  SELECT * FROM unnest($1::int8[], $2::text[]) AS i(id, wamid)
@@ -556,7 +547,6 @@ pub async fn record_accepted_many(
         .bind(&wamids)
         .execute(pool)
         .await?;
-        rest = &rest[run..];
     }
     Ok(vec![(); accepted.len()])
 }

@@ -30,21 +30,11 @@ struct ContextRow {
     turn_text: Vec<String>,
 }
 
-/// The message a reply job answers, with its conversation, and the last `history_limit` turns
-/// of that conversation's current session up to the message, oldest first: the customer's
-/// messages (redacted) from stretches the bot handled, and the bot's replies. What humans
-/// handled and earlier sessions are left out.
-pub async fn reply_context(
-    pool: &PgPool,
-    message_id: i64,
-    history_limit: i64,
-) -> sqlx::Result<Option<(ReplyContext, Vec<Turn>)>> {
-    Ok(reply_contexts(pool, &[(message_id, history_limit)])
-        .await?
-        .remove(0))
-}
-
-/// [`reply_context`] for several `(message id, history limit)` at once; one query.
+/// For each `(message id, history limit)`: the message a reply job answers, with its
+/// conversation, and the last `history limit` turns of that conversation's current session up to
+/// the message, oldest first: the customer's messages (redacted) from stretches the bot handled,
+/// and the bot's replies. What humans handled and earlier sessions are left out. One query for
+/// all; `None` for a message that does not exist.
 pub async fn reply_contexts(
     pool: &PgPool,
     wanted: &[(i64, i64)],
@@ -161,15 +151,8 @@ impl ReplyRecord {
 /// order, whether each was recorded now. One statement per run of distinct messages.
 pub async fn record_replies(pool: &PgPool, replies: &[ReplyRecord]) -> sqlx::Result<Vec<bool>> {
     let mut fresh = Vec::with_capacity(replies.len());
-    let mut rest = replies;
-    while !rest.is_empty() {
-        let mut seen = std::collections::HashSet::new();
-        let run = rest
-            .iter()
-            .take_while(|r| seen.insert(r.message_id))
-            .count();
-        fresh.extend(record_distinct(pool, &rest[..run]).await?);
-        rest = &rest[run..];
+    for run in super::distinct_runs(replies, |r| [r.message_id]) {
+        fresh.extend(record_distinct(pool, run).await?);
     }
     Ok(fresh)
 }
@@ -309,11 +292,6 @@ pub async fn part(pool: &PgPool, id: i64) -> sqlx::Result<Option<Part>> {
         .bind(id)
         .fetch_optional(pool)
         .await
-}
-
-/// The parts of a reply, in order.
-pub async fn reply_parts(pool: &PgPool, message_id: i64) -> sqlx::Result<Vec<Part>> {
-    Ok(reply_parts_many(pool, &[message_id]).await?.remove(0))
 }
 
 /// The parts of several replies (by the message each answers), each in order; one query.

@@ -118,6 +118,16 @@ pub(super) struct Partition<H> {
     tracker: TaskTracker,
 }
 
+/// What a held list keeps of a job that runs again later: the job, one attempt further when the
+/// wait counts as an attempt.
+fn later_payload(job: &Job, counts: bool) -> String {
+    let next = Job {
+        attempt: job.attempt + u32::from(counts),
+        ..job.clone()
+    };
+    serde_json::to_string(&next).expect("jobs serialise")
+}
+
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -587,11 +597,7 @@ impl<H: Handler> Partition<H> {
                 self.ack(&job).await;
             }
             Settled::Later { due, counts } => {
-                let next = Job {
-                    attempt: job.attempt + u32::from(counts),
-                    ..job.clone()
-                };
-                let payload = serde_json::to_string(&next).expect("jobs serialise");
+                let payload = later_payload(&job, counts);
                 self.persist("parking a job for a delayed retry", || async {
                     let mut con = self.con().await?;
                     let _: i64 = self
@@ -743,11 +749,7 @@ impl<H: Handler> Partition<H> {
                     self.pop_head(&held, &payload).await;
                 }
                 Settled::Later { due, counts } => {
-                    let next = Job {
-                        attempt: job.attempt + u32::from(counts),
-                        ..job.clone()
-                    };
-                    let next = serde_json::to_string(&next).expect("jobs serialise");
+                    let next = later_payload(&job, counts);
                     self.persist("rescheduling a held job", || async {
                         let mut con = self.con().await?;
                         let _: i64 = self

@@ -108,6 +108,48 @@ async fn mount(server: &MockServer, path_: &str, response: ResponseTemplate, tim
 const ANTHROPIC_PATH: &str = "/v1/messages";
 const OPENAI_PATH: &str = "/v1/chat/completions";
 
+#[derive(Clone, Copy)]
+enum Api {
+    Anthropic,
+    OpenAi,
+}
+
+impl Api {
+    fn path(self) -> &'static str {
+        match self {
+            Api::Anthropic => ANTHROPIC_PATH,
+            Api::OpenAi => OPENAI_PATH,
+        }
+    }
+    fn provider(self, server: &MockServer, name: &str) -> ProviderConfig {
+        match self {
+            Api::Anthropic => anthropic(server, name),
+            Api::OpenAi => openai(server, name),
+        }
+    }
+}
+
+/// A chain of two providers, each `(api, name, what its server answers)`, asked with the fast
+/// policy: the reply, and the first provider's server (to count what it received).
+async fn two_providers(
+    (first_api, first_name, first_answer): (Api, &str, ResponseTemplate),
+    (second_api, second_name, second_answer): (Api, &str, ResponseTemplate),
+) -> (Reply, MockServer) {
+    let first = MockServer::start().await;
+    let second = MockServer::start().await;
+    mount(&first, first_api.path(), first_answer, None).await;
+    mount(&second, second_api.path(), second_answer, None).await;
+    let reply = reply(
+        &[
+            first_api.provider(&first, first_name),
+            second_api.provider(&second, second_name),
+        ],
+        &fast_policy(),
+    )
+    .await;
+    (reply, first)
+}
+
 async fn requests_received(server: &MockServer) -> usize {
     server.received_requests().await.unwrap_or_default().len()
 }
@@ -291,24 +333,14 @@ async fn rate_limit_with_retry_after_waits_then_succeeds_on_the_same_provider() 
 
 #[tokio::test]
 async fn retry_after_longer_than_the_cap_moves_to_the_next_provider_at_once() {
-    let first = MockServer::start().await;
-    let second = MockServer::start().await;
-    mount(
-        &first,
-        ANTHROPIC_PATH,
-        anthropic_error(429, "rate_limit_error").insert_header("retry-after", "30"),
-        None,
-    )
-    .await;
-    mount(&second, OPENAI_PATH, openai_ok("From the backup."), None).await;
-
     let started = Instant::now();
-    let reply = reply(
-        &[
-            anthropic(&first, "slow-anthropic"),
-            openai(&second, "backup"),
-        ],
-        &fast_policy(),
+    let (reply, first) = two_providers(
+        (
+            Api::Anthropic,
+            "slow-anthropic",
+            anthropic_error(429, "rate_limit_error").insert_header("retry-after", "30"),
+        ),
+        (Api::OpenAi, "backup", openai_ok("From the backup.")),
     )
     .await;
 
@@ -371,23 +403,17 @@ async fn openai_503_is_retried_with_backoff_then_succeeds() {
 #[tokio::test]
 async fn rejected_key_is_not_retried_raises_an_alert_and_the_next_provider_answers() {
     wafleet::telemetry::metrics_handle();
-    let first = MockServer::start().await;
-    let second = MockServer::start().await;
-    mount(
-        &first,
-        ANTHROPIC_PATH,
-        anthropic_error(401, "authentication_error"),
-        None,
-    )
-    .await;
-    mount(&second, OPENAI_PATH, openai_ok("Hello from OpenAI."), None).await;
-
-    let reply = reply(
-        &[
-            anthropic(&first, "bad-key-anthropic"),
-            openai(&second, "good-key-openai"),
-        ],
-        &fast_policy(),
+    let (reply, first) = two_providers(
+        (
+            Api::Anthropic,
+            "bad-key-anthropic",
+            anthropic_error(401, "authentication_error"),
+        ),
+        (
+            Api::OpenAi,
+            "good-key-openai",
+            openai_ok("Hello from OpenAI."),
+        ),
     )
     .await;
 
@@ -423,32 +449,22 @@ async fn rejected_key_is_not_retried_raises_an_alert_and_the_next_provider_answe
 #[tokio::test]
 async fn anthropic_spend_cap_is_not_retried_and_the_next_provider_answers() {
     wafleet::telemetry::metrics_handle();
-    let first = MockServer::start().await;
-    let second = MockServer::start().await;
-    mount(
-        &first,
-        ANTHROPIC_PATH,
-        ResponseTemplate::new(429)
-            .insert_header("retry-after", "1")
-            .set_body_json(json!({
-                "type": "error",
-                "error": {
-                    "type": "rate_limit_error",
-                    "message": "You have reached your monthly spend limit",
-                    "details": {"error_code": "enforced_spend_limit_reached"}
-                }
-            })),
-        None,
-    )
-    .await;
-    mount(&second, OPENAI_PATH, openai_ok("Backup answer."), None).await;
-
-    let reply = reply(
-        &[
-            anthropic(&first, "capped-anthropic"),
-            openai(&second, "backup"),
-        ],
-        &fast_policy(),
+    let (reply, first) = two_providers(
+        (
+            Api::Anthropic,
+            "capped-anthropic",
+            ResponseTemplate::new(429)
+                .insert_header("retry-after", "1")
+                .set_body_json(json!({
+                    "type": "error",
+                    "error": {
+                        "type": "rate_limit_error",
+                        "message": "You have reached your monthly spend limit",
+                        "details": {"error_code": "enforced_spend_limit_reached"}
+                    }
+                })),
+        ),
+        (Api::OpenAi, "backup", openai_ok("Backup answer.")),
     )
     .await;
 
@@ -471,28 +487,18 @@ async fn anthropic_spend_cap_is_not_retried_and_the_next_provider_answers() {
 #[tokio::test]
 async fn openai_insufficient_quota_is_not_retried_and_the_next_provider_answers() {
     wafleet::telemetry::metrics_handle();
-    let first = MockServer::start().await;
-    let second = MockServer::start().await;
-    mount(
-        &first,
-        OPENAI_PATH,
-        ResponseTemplate::new(429).set_body_json(json!({
-            "error": {
-                "message": "You exceeded your current quota, please check your plan and billing details.",
-                "type": "insufficient_quota", "param": null, "code": "insufficient_quota"
-            }
-        })),
-        None,
-    )
-    .await;
-    mount(&second, ANTHROPIC_PATH, anthropic_ok("Claude here."), None).await;
-
-    let reply = reply(
-        &[
-            openai(&first, "broke-openai"),
-            anthropic(&second, "anthropic"),
-        ],
-        &fast_policy(),
+    let (reply, first) = two_providers(
+        (
+            Api::OpenAi,
+            "broke-openai",
+            ResponseTemplate::new(429).set_body_json(json!({
+                "error": {
+                    "message": "You exceeded your current quota, please check your plan and billing details.",
+                    "type": "insufficient_quota", "param": null, "code": "insufficient_quota"
+                }
+            })),
+        ),
+        (Api::Anthropic, "anthropic", anthropic_ok("Claude here.")),
     )
     .await;
 

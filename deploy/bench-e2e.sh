@@ -100,15 +100,7 @@ done
 LOADGEN="$BIN/wafleet-loadgen"
 command -v jq >/dev/null || die "jq not found"
 
-deploy/services.sh up
-eval "$(deploy/services.sh env)"
-exec 8>"$ROOT/.wafleet/bench-e2e.lock"
-flock -n 8 || die "another bench-e2e is running on this checkout's services"
-
-PSQL="$(command -v psql || ls /usr/lib/postgresql/*/bin/psql 2>/dev/null | tail -n1 || true)"
-[[ -x "$PSQL" ]] || die "psql not found"
-url_noq="${DATABASE_URL%%\?*}"
-BENCH_DATABASE_URL="${url_noq%/*}/$BENCH_DB${DATABASE_URL#"$url_noq"}"
+bench_services bench-e2e
 
 SECRET="bench-secret-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 TOKEN="bench-token-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"

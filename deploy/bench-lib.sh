@@ -5,6 +5,22 @@
 
 die() { note "$*"; exit 1; }
 
+# bench_services NAME: starts (or reuses) this checkout's Redis and Postgres and exports their
+# variables; takes .wafleet/NAME.lock (the database name is fixed, so a second run on the same
+# services would drop the first one's); finds psql; sets BENCH_DATABASE_URL (database BENCH_DB
+# on the same server).
+bench_services() {
+  deploy/services.sh up
+  eval "$(deploy/services.sh env)"
+  exec 8>"$ROOT/.wafleet/$1.lock"
+  flock -n 8 || die "another $1 is running on this checkout's services"
+  PSQL="$(command -v psql || ls /usr/lib/postgresql/*/bin/psql 2>/dev/null | tail -n1 || true)"
+  [[ -x "$PSQL" ]] || die "psql not found"
+  local url_noq
+  url_noq="${DATABASE_URL%%\?*}"
+  BENCH_DATABASE_URL="${url_noq%/*}/$BENCH_DB${DATABASE_URL#"$url_noq"}"
+}
+
 rcli() { redis-cli -u "$REDIS_URL" "$@" </dev/null; }
 
 psql_admin() { PGOPTIONS='-c client_min_messages=warning' "$PSQL" -X -q -At -v ON_ERROR_STOP=1 "$DATABASE_URL" "$@" </dev/null; }

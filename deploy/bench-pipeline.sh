@@ -73,16 +73,7 @@ for b in wafleet-ingest wafleet-worker wafleetctl wafleet-loadgen; do
 done
 LOADGEN="$BIN/wafleet-loadgen"
 
-deploy/services.sh up
-eval "$(deploy/services.sh env)"
-# The database name is fixed: a second run on these services would drop the first one's.
-exec 8>"$ROOT/.wafleet/bench-pipeline.lock"
-flock -n 8 || die "another bench-pipeline is running on this checkout's services"
-
-PSQL="$(command -v psql || ls /usr/lib/postgresql/*/bin/psql 2>/dev/null | tail -n1 || true)"
-[[ -x "$PSQL" ]] || die "psql not found"
-url_noq="${DATABASE_URL%%\?*}"
-BENCH_DATABASE_URL="${url_noq%/*}/$BENCH_DB${DATABASE_URL#"$url_noq"}"
+bench_services bench-pipeline
 
 SECRET="bench-secret-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 PNID=100000000000002

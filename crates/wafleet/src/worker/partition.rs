@@ -570,23 +570,13 @@ impl<H: Handler> Partition<H> {
         };
         if parked {
             let payload = serde_json::to_string(&job).expect("jobs serialise");
-            self.persist("parking a job behind its conversation", || async {
-                let mut con = self.con().await?;
-                let _: i64 = self
-                    .scripts
-                    .park_behind
-                    .key(self.held_key(&job.conv))
-                    .key(self.delayed_key())
-                    .key(&self.stream)
-                    .arg(&payload)
-                    .arg(now_ms())
-                    .arg(&job.conv)
-                    .arg(self.group())
-                    .arg(&job.id)
-                    .invoke_async(&mut con)
-                    .await?;
-                Ok(())
-            })
+            self.park(
+                "parking a job behind its conversation",
+                &self.scripts.park_behind,
+                &job,
+                &payload,
+                now_ms(),
+            )
             .await;
             return;
         }
@@ -598,23 +588,13 @@ impl<H: Handler> Partition<H> {
             }
             Settled::Later { due, counts } => {
                 let payload = later_payload(&job, counts);
-                self.persist("parking a job for a delayed retry", || async {
-                    let mut con = self.con().await?;
-                    let _: i64 = self
-                        .scripts
-                        .park_head
-                        .key(self.held_key(&job.conv))
-                        .key(self.delayed_key())
-                        .key(&self.stream)
-                        .arg(&payload)
-                        .arg(due)
-                        .arg(&job.conv)
-                        .arg(self.group())
-                        .arg(&job.id)
-                        .invoke_async(&mut con)
-                        .await?;
-                    Ok(())
-                })
+                self.park(
+                    "parking a job for a delayed retry",
+                    &self.scripts.park_head,
+                    &job,
+                    &payload,
+                    due,
+                )
                 .await;
             }
             // Left pending: the next owner (or this one, later) picks it up.
@@ -654,6 +634,34 @@ impl<H: Handler> Partition<H> {
                 }
             }
         }
+    }
+
+    /// Moves a stream entry into its conversation's held list with [`PARK_HEAD`] or
+    /// [`PARK_BEHIND`] (which share their keys and arguments; `score` is the due time or now).
+    async fn park(
+        &self,
+        doing: &str,
+        script: &redis::Script,
+        job: &Job,
+        payload: &str,
+        score: i64,
+    ) {
+        self.persist(doing, || async {
+            let mut con = self.con().await?;
+            let _: i64 = script
+                .key(self.held_key(&job.conv))
+                .key(self.delayed_key())
+                .key(&self.stream)
+                .arg(payload)
+                .arg(score)
+                .arg(&job.conv)
+                .arg(self.group())
+                .arg(&job.id)
+                .invoke_async(&mut con)
+                .await?;
+            Ok(())
+        })
+        .await;
     }
 
     async fn ack(&self, job: &Job) {

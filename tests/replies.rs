@@ -476,11 +476,7 @@ async fn a_long_markdown_reply_arrives_in_ordered_parts_within_the_limit() {
     );
 }
 
-// The simulator stamps each send when its handler runs. On the default single-threaded test
-// runtime it shares one thread with ingest and three stages, so a send could be stamped late
-// behind their work and seem to arrive in a burst with the next ones; its own threads keep the
-// stamps at the real arrival times.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test]
 async fn three_sender_processes_under_a_throttling_storm_send_everything_within_the_rate_limit() {
     const RATE: i64 = 10;
     const N: usize = 40;

@@ -351,7 +351,8 @@ impl TestConfig {
 pub struct Sim {
     pub state: wafleet_sim::SimState,
     pub url: String,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// Stops the simulator's server when dropped.
+    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Sim {
@@ -363,15 +364,32 @@ impl Sim {
                 app_secret: APP_SECRET.into(),
             });
         }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let state = wafleet_sim::SimState::new(config);
-        let task = tokio::spawn(wafleet_sim::serve(
-            state.clone(),
-            listener,
-            std::future::pending(),
-        ));
-        Self { state, url, task }
+        // Its own thread and runtime, like Meta's servers: a test's single-threaded runtime also
+        // runs ingest and stages, and would otherwise stamp sends late, behind their work.
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = state.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the simulator");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let _ = wafleet_sim::serve(served, listener, async move {
+                    let _ = stopped.await;
+                })
+                .await;
+            });
+        });
+        Self {
+            state,
+            url,
+            _stop: stop,
+        }
     }
 
     /// The stand-in model, as an OpenAI-compatible provider.
@@ -394,12 +412,6 @@ impl Sim {
             model: "claude-test".into(),
             api_key: Secret::new("k".into()),
         }
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

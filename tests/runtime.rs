@@ -81,7 +81,7 @@ fn start(
     let rt = StageRuntime {
         stage: STAGE,
         keys: cfg.keys(),
-        redis: wafleet::ingest::redis_pool(&cfg.redis_url, 32).unwrap(),
+        redis: wafleet::shared_redis::blocking_pool(&cfg.redis_url, 32).unwrap(),
         shared: wafleet::shared_redis::SharedRedis::new(&cfg.redis_url, Duration::from_secs(2))
             .unwrap(),
         handler: Arc::new(ProbeHandler(probe)),

@@ -45,7 +45,7 @@ async fn main() -> anyhow::Result<()> {
         Ok("crash") => {
             let common = CommonSettings::from_env()?;
             let keys = Keys::new(common.redis_prefix.clone(), common.partitions);
-            let redis = wafleet::ingest::redis_pool(common.redis_url.expose(), 64)?;
+            let redis = wafleet::shared_redis::blocking_pool(common.redis_url.expose(), 64)?;
             let stop = tokio_util::sync::CancellationToken::new();
             let handler = Crasher {
                 redis: redis.clone(),

@@ -25,6 +25,9 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
+/// Bound on opening the connection, so an outage turns into errors, not hangs.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A cheap handle (clone it freely) on the process's shared connection.
 #[derive(Clone)]
 pub struct SharedRedis {
@@ -144,4 +147,23 @@ impl ConnectionLike for SharedConnection {
     fn get_db(&self) -> i64 {
         self.con.get_db()
     }
+}
+
+/// A pool of dedicated connections, for commands that hold their connection (a blocking
+/// `XREADGROUP`); everything else goes over [`SharedRedis`]. Waits are bounded, so an outage
+/// turns into errors, not hangs.
+pub fn blocking_pool(url: &str, size: usize) -> anyhow::Result<deadpool_redis::Pool> {
+    let mut cfg = deadpool_redis::Config::from_url(url);
+    let timeout = Some(std::time::Duration::from_secs(2));
+    cfg.pool = Some(deadpool_redis::PoolConfig {
+        max_size: size,
+        timeouts: deadpool_redis::Timeouts {
+            wait: timeout,
+            create: timeout,
+            recycle: timeout,
+        },
+        ..Default::default()
+    });
+    cfg.create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .map_err(|e| anyhow::anyhow!("building the Redis pool (REDIS_URL): {e}"))
 }

@@ -41,29 +41,6 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
-/// Bound on opening the Redis connection, so an outage turns into errors, not hangs.
-const REDIS_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Builds a Redis pool whose waits are bounded, so an outage turns into errors, not hangs.
-///
-/// Ingest itself no longer uses it (see [`AppState::redis`]); it stays for processes that need a
-/// connection per task.
-pub fn redis_pool(url: &str, size: usize) -> anyhow::Result<deadpool_redis::Pool> {
-    let mut cfg = deadpool_redis::Config::from_url(url);
-    let timeout = Some(std::time::Duration::from_secs(2));
-    cfg.pool = Some(deadpool_redis::PoolConfig {
-        max_size: size,
-        timeouts: deadpool_redis::Timeouts {
-            wait: timeout,
-            create: timeout,
-            recycle: timeout,
-        },
-        ..Default::default()
-    });
-    cfg.create_pool(Some(deadpool_redis::Runtime::Tokio1))
-        .context("building the Redis pool (REDIS_URL)")
-}
-
 /// Upserts the quick-start channel from `WHATSAPP_*` variables.
 pub async fn apply_quick_start(
     pg: &sqlx::PgPool,
@@ -114,8 +91,11 @@ pub async fn run(
 
     let state = AppState {
         registry,
-        redis: SharedRedis::new(common.redis_url.expose(), REDIS_CONNECT_TIMEOUT)
-            .context("parsing REDIS_URL")?,
+        redis: SharedRedis::new(
+            common.redis_url.expose(),
+            crate::shared_redis::CONNECT_TIMEOUT,
+        )
+        .context("parsing REDIS_URL")?,
         pg,
         keys: Arc::new(Keys::new(common.redis_prefix.clone(), common.partitions)),
         enqueuer: Enqueuer::new(settings.dedup_ttl),

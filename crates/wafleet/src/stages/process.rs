@@ -25,7 +25,6 @@ use super::sender::{self, SendPolicy, SendWrites, SenderStage};
 use crate::config::{CommonSettings, Secret, parsed, var};
 use crate::crypto::Cipher;
 use crate::graph::GraphClient;
-use crate::ingest::redis_pool;
 use crate::llm::{FallbackPolicy, LlmClient, ProviderConfig, ProviderKind};
 use crate::ratelimit::RateLimiter;
 use crate::shared_redis::SharedRedis;
@@ -221,13 +220,16 @@ pub async fn run(
     // Every owned partition of every stage holds a connection in its blocking read; the jobs'
     // own calls need room beyond that, or they queue behind reads that block for up to 500 ms.
     let blocking_reads = common.partitions as usize * settings.stages.len();
-    let redis = redis_pool(
+    let redis = crate::shared_redis::blocking_pool(
         common.redis_url.expose(),
         common.redis_pool_size + blocking_reads,
     )?;
     // Everything but the blocking reads goes over one multiplexed connection.
-    let shared = SharedRedis::new(common.redis_url.expose(), Duration::from_secs(2))
-        .context("parsing REDIS_URL")?;
+    let shared = SharedRedis::new(
+        common.redis_url.expose(),
+        crate::shared_redis::CONNECT_TIMEOUT,
+    )
+    .context("parsing REDIS_URL")?;
     let keys = Keys::new(common.redis_prefix.clone(), common.partitions);
     let stop = CancellationToken::new();
     let probe = Probe {

@@ -211,24 +211,23 @@ impl ConversationStage {
             // have: its follow-ups.
             return self.stored_before(job, channel.id, &m.wamid).await;
         };
-        self.cache_session(
-            &job.conv,
-            conversation.id,
-            conversation.session_no,
-            if stored.action == "handover" {
-                "human"
-            } else {
-                &conversation.owner
-            },
-        )
-        .await;
         metrics::counter!("wafleet_conversation_messages_total", "action" => stored.action.clone())
             .increment(1);
         if stored.action == "handover" {
             metrics::counter!("wafleet_handovers_total", "reason" => "keyword").increment(1);
             tracing::info!(conversation_id = conversation.id, wamid = %m.wamid, "conversation handed to a human");
         }
-        self.follow_up(job, &stored).await?;
+        // Independent writes: together they go out in one round trip on the shared connection.
+        let owner = if stored.action == "handover" {
+            "human"
+        } else {
+            &conversation.owner
+        };
+        let ((), followed) = tokio::join!(
+            self.cache_session(&job.conv, conversation.id, conversation.session_no, owner),
+            self.follow_up(job, &stored),
+        );
+        followed?;
         Ok(Outcome::Done)
     }
 

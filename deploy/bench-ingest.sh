@@ -10,6 +10,8 @@
 #   BENCH_WARMUP        warm-up seconds before measuring   (default 5)
 #   BENCH_NO_BUILD=1    skip `cargo build --release`
 #   BENCH_RUST_LOG      ingest's RUST_LOG                   (default warn)
+#   BENCH_REDIS         how ingest reaches Redis: unix (the socket deploy/services.sh opens beside
+#                       the port; default when there is one) or tcp
 #   WAFLEET_PARTITIONS, WAFLEET_REDIS_POOL_SIZE, ...  passed through to ingest as usual
 #   WAFLEET_REDIS_PORT / WAFLEET_PG_PORT  which services (see deploy/services.sh)
 #
@@ -47,6 +49,14 @@ deploy/services.sh up
 eval "$(deploy/services.sh env)"
 
 rcli() { redis-cli -u "$REDIS_URL" "$@" </dev/null; }
+case "${BENCH_REDIS:-}" in
+  "") INGEST_REDIS_URL="${REDIS_UNIX_URL:-$REDIS_URL}" ;;
+  unix)
+    [[ -n "${REDIS_UNIX_URL:-}" ]] || die "BENCH_REDIS=unix but Redis has no socket (restart it: deploy/services.sh redis-stop && deploy/services.sh redis-start)"
+    INGEST_REDIS_URL="$REDIS_UNIX_URL" ;;
+  tcp) INGEST_REDIS_URL="$REDIS_URL" ;;
+  *) die "BENCH_REDIS must be unix or tcp" ;;
+esac
 [[ "$(rcli config get appendonly | tail -n1)" == yes ]] || die "Redis at $REDIS_URL runs without AOF"
 fsync="$(rcli config get appendfsync | tail -n1)"
 [[ "$fsync" == everysec ]] || die "Redis at $REDIS_URL has appendfsync=$fsync, the benchmark wants everysec"
@@ -118,14 +128,14 @@ load() {
 result() { grep '^RESULT ' "$LOGS/$1.out" | tail -n1; }
 field() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"; }
 
-echo "== setup: redis $REDIS_URL (appendfsync $fsync), database $BENCH_DB, prefix $PREFIX," \
+echo "== setup: redis $INGEST_REDIS_URL (appendfsync $fsync), database $BENCH_DB, prefix $PREFIX," \
   "$PARTITIONS partitions, $(nproc) cores"
 
 PORT="$("$LOADGEN" free-port)"
 redis_cpu_before="$(redis_cpu)"
 start_server ingest /readyz env \
   DATABASE_URL="$BENCH_DATABASE_URL" WAFLEET_ENCRYPTION_KEY="$KEY" \
-  WAFLEET_REDIS_PREFIX="$PREFIX" WAFLEET_PARTITIONS="$PARTITIONS" \
+  REDIS_URL="$INGEST_REDIS_URL" WAFLEET_REDIS_PREFIX="$PREFIX" WAFLEET_PARTITIONS="$PARTITIONS" \
   WAFLEET_INGEST_ADDR="127.0.0.1:$PORT" RUST_LOG="${BENCH_RUST_LOG:-warn}" \
   WHATSAPP_PHONE_NUMBER_ID="$PNID" WHATSAPP_APP_SECRET="$SECRET" \
   WHATSAPP_VERIFY_TOKEN=bench-verify WHATSAPP_ACCESS_TOKEN=bench-token \

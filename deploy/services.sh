@@ -22,6 +22,10 @@ REDIS_DIR="$STATE/redis"
 REDIS_CONF="$REDIS_DIR/redis.conf"
 REDIS_PIDFILE="$REDIS_DIR/redis.pid"
 REDIS_LOG="$STATE/redis.log"
+# A Unix socket beside the TCP port, for clients on this host (bench-ingest uses it). Socket
+# paths are limited to 107 bytes, so a very deep checkout goes without one.
+REDIS_SOCKET="$REDIS_DIR/redis.sock"
+((${#REDIS_SOCKET} <= 100)) || REDIS_SOCKET=""
 PG_LOG="$STATE/pg.log"
 PG_PATHFILE="$STATE/pg.path"     # records where the PG data dir actually is
 
@@ -131,6 +135,10 @@ appendonly yes
 appendfsync everysec
 save ""
 EOF
+  if [[ -n "$REDIS_SOCKET" ]]; then
+    echo "unixsocket $(rq "$REDIS_SOCKET")"
+    echo "unixsocketperm 700"
+  fi
 }
 
 # pid of our running redis-server, or fail
@@ -461,6 +469,10 @@ pg_status() {
 
 print_env() {
   echo "export REDIS_URL=redis://127.0.0.1:$REDIS_PORT"
+  # Only when the running Redis listens on it (one started before it was configured does not).
+  if [[ -n "$REDIS_SOCKET" && -S "$REDIS_SOCKET" ]]; then
+    echo "export REDIS_UNIX_URL=unix://$REDIS_SOCKET"
+  fi
   echo "export DATABASE_URL=postgres://$DB_ROLE:$DB_PASS@127.0.0.1:$PG_PORT/$DB_NAME"
 }
 

@@ -5,6 +5,11 @@ use anyhow::Context;
 use wafleet::config::IngestSettings;
 use wafleet::{ingest, telemetry};
 
+/// glibc's allocator spent about a sixth of ingest's CPU per webhook (`just bench-ingest`, perf);
+/// mimalloc takes about 5 µs off each request.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::init_logging();

@@ -8,6 +8,11 @@
 //! `deploy/bench-ingest.sh` (`just bench-ingest`) drives it against the release ingest and the
 //! ceiling. It only ever talks to loopback addresses.
 
+/// The same allocator as ingest, so the ceiling runs the same stack (and the client costs both
+/// runs the same).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod body;
 mod ceiling;
 mod load;

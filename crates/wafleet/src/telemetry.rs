@@ -34,6 +34,9 @@ pub fn init_logging() {
     });
 }
 
+/// How often histogram samples are folded into their buckets when nobody scrapes.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The process's Prometheus recorder, installed on first use.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -47,6 +50,18 @@ pub fn metrics_handle() -> PrometheusHandle {
             // Fails only if another recorder was installed first, e.g. by an embedding program;
             // we then render that one's absence honestly (empty) rather than panic.
             let _ = metrics::set_global_recorder(recorder);
+            // Histograms keep raw samples until they are folded into buckets, which a scrape does;
+            // unscraped, they would grow by one sample per request. Fold them regularly.
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(UPKEEP_EVERY);
+                        upkeep.run_upkeep();
+                    }
+                })
+                .expect("spawning the metrics upkeep thread");
             handle
         })
         .clone()

@@ -9,13 +9,13 @@
 //! |---|---|---|
 //! | `P:{pn}:inbound` | stream | inbound customer messages of partition n |
 //! | `P:{pn}:status` | stream | delivery statuses of our outbound messages, partition n |
-//! | `P:{pn}:seen:<dedup key>` | string, TTL | dedup mark of an inbound message or status |
+//! | `P:{pn}:seen:<digest>` | string, TTL | dedup mark of an inbound message or status ([`Keys::seen_beside`]: a digest of the dedup key) |
 //! | `P:{events}:stream` | stream | `value.errors[]` items and changes of other fields (templates, account…) |
-//! | `P:{events}:seen:<dedup key>` | string, TTL | dedup mark of an event |
+//! | `P:{events}:seen:<digest>` | string, TTL | dedup mark of an event |
 //! | `P:{quarantine}:stream` | stream | updates for unknown or disabled numbers, or senders outside a channel's allowlist: kept for inspection, not processed |
-//! | `P:{quarantine}:seen:<dedup key>` | string, TTL | dedup mark of a quarantined update |
+//! | `P:{quarantine}:seen:<digest>` | string, TTL | dedup mark of a quarantined update |
 //! | `P:{dead}:ingest` | stream | signed bodies or items ingest could not parse, whole, with the reason |
-//! | `P:{dead}:seen:<digest>` | string, TTL | dedup mark of a dead letter |
+//! | `P:{dead}:seen:<digest>` | string, TTL | dedup mark of a dead letter (digest of the body) |
 //! | `P:{pn}:replies` | stream | reply jobs from the conversation stage to the LLM stage, partition n |
 //! | `P:{pn}:outbox` | stream | send jobs for the sender stage, partition n |
 //!
@@ -128,10 +128,17 @@ impl Keys {
     pub fn ingest_dead(&self) -> String {
         format!("{}:{{dead}}:ingest", self.prefix)
     }
-    /// The dedup mark that sits beside `stream` (same hash tag).
+    /// The dedup mark that sits beside `stream` (same hash tag), named by a digest of the dedup
+    /// key: 128 bits of SHA-256 in unpadded base64url, 22 characters instead of the 60 to 100
+    /// of a wamid-based key. Marks live for days, one per update, so their size is most of
+    /// Redis's memory and of every AOF rewrite.
     pub fn seen_beside(&self, stream: &str, dedup_key: &str) -> String {
+        use base64::Engine;
+        use sha2::Digest;
         let tag_end = stream.find('}').map_or(stream.len(), |i| i + 1);
-        format!("{}:seen:{dedup_key}", &stream[..tag_end])
+        let digest = sha2::Sha256::digest(dedup_key.as_bytes());
+        let name = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..16]);
+        format!("{}:seen:{name}", &stream[..tag_end])
     }
     /// Every partition stream plus ingest's own, for the length gauges.
     pub fn all_streams(&self) -> Vec<String> {
@@ -345,9 +352,25 @@ mod tests {
             assert!(seen.starts_with("wf:{"));
         }
         assert_eq!(keys.inbound(3), "wf:{p3}:inbound");
-        assert_eq!(
-            keys.seen_beside(&keys.inbound(3), "m:1:w"),
-            "wf:{p3}:seen:m:1:w"
+    }
+
+    #[test]
+    fn a_dedup_mark_is_named_by_a_short_digest_of_its_key() {
+        let keys = Keys::new("wf", 4);
+        let stream = keys.inbound(3);
+        let long = "m:100000000000001:wamid.HBgM8F36958B0F600FE2000F000000000000FQIAERgSQUFCQkNDRERFRUZGR0dISAA=";
+        let mark = keys.seen_beside(&stream, long);
+        let name = mark.strip_prefix("wf:{p3}:seen:").expect("beside its stream");
+        assert_eq!(name.len(), 22, "{mark}");
+        assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        // The same update always finds the same mark; another update, or the same one on
+        // another stream, does not.
+        assert_eq!(mark, keys.seen_beside(&stream, long));
+        assert_ne!(mark, keys.seen_beside(&stream, &long.replace("AA=", "AB=")));
+        assert_ne!(mark, keys.seen_beside(&keys.inbound(2), long));
+        assert_ne!(
+            keys.seen_beside(&stream, "m:1:wamid.X"),
+            keys.seen_beside(&stream, "s:wamid.X:read")
         );
     }
 }

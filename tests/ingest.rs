@@ -75,11 +75,7 @@ async fn every_fixture_yields_exactly_its_expected_entry() {
     // Each fixture goes to a deployment of its own (fresh key prefix, same channels): two pywa
     // fixtures share a wamid, which one deployment rightly treats as a redelivery (checked below).
     for (name, kind, check) in cases {
-        let mut own = TestConfig {
-            prefix: unique_prefix(),
-            ..cfg.clone()
-        };
-        own.partitions = cfg.partitions;
+        let own = cfg.with_fresh_prefix();
         let ingest = Ingest::start(own.ingest_settings()).await;
         let res = ingest.post_signed(&fixture(name), APP_SECRET).await;
         assert_eq!(res.status(), 200, "{name}");

@@ -77,7 +77,7 @@ impl Cli {
     }
 }
 
-/// As the product's binaries, so the stand-in for Meta takes less of the shared CPU in benchmarks.
+/// The same allocator as the product's binaries, which share the machine with it in benchmarks.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

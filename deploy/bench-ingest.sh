@@ -34,6 +34,8 @@ BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 BENCH_DB=wafleet_bench
 
 note() { echo "bench-ingest: $*" >&2; }
+# For bench_redis_url; this script's own helpers below replace the rest.
+source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 die() { note "$*"; exit 1; }
 
 if [[ "${BENCH_NO_BUILD:-0}" != 1 ]]; then
@@ -49,14 +51,7 @@ deploy/services.sh up
 eval "$(deploy/services.sh env)"
 
 rcli() { redis-cli -u "$REDIS_URL" "$@" </dev/null; }
-case "${BENCH_REDIS:-}" in
-  "") INGEST_REDIS_URL="${REDIS_UNIX_URL:-$REDIS_URL}" ;;
-  unix)
-    [[ -n "${REDIS_UNIX_URL:-}" ]] || die "BENCH_REDIS=unix but Redis has no socket (restart it: deploy/services.sh redis-stop && deploy/services.sh redis-start)"
-    INGEST_REDIS_URL="$REDIS_UNIX_URL" ;;
-  tcp) INGEST_REDIS_URL="$REDIS_URL" ;;
-  *) die "BENCH_REDIS must be unix or tcp" ;;
-esac
+bench_redis_url
 [[ "$(rcli config get appendonly | tail -n1)" == yes ]] || die "Redis at $REDIS_URL runs without AOF"
 fsync="$(rcli config get appendfsync | tail -n1)"
 [[ "$fsync" == everysec ]] || die "Redis at $REDIS_URL has appendfsync=$fsync, the benchmark wants everysec"
@@ -128,14 +123,14 @@ load() {
 result() { grep '^RESULT ' "$LOGS/$1.out" | tail -n1; }
 field() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"; }
 
-echo "== setup: redis $INGEST_REDIS_URL (appendfsync $fsync), database $BENCH_DB, prefix $PREFIX," \
+echo "== setup: redis $APP_REDIS_URL (appendfsync $fsync), database $BENCH_DB, prefix $PREFIX," \
   "$PARTITIONS partitions, $(nproc) cores"
 
 PORT="$("$LOADGEN" free-port)"
 redis_cpu_before="$(redis_cpu)"
 start_server ingest /readyz env \
   DATABASE_URL="$BENCH_DATABASE_URL" WAFLEET_ENCRYPTION_KEY="$KEY" \
-  REDIS_URL="$INGEST_REDIS_URL" WAFLEET_REDIS_PREFIX="$PREFIX" WAFLEET_PARTITIONS="$PARTITIONS" \
+  REDIS_URL="$APP_REDIS_URL" WAFLEET_REDIS_PREFIX="$PREFIX" WAFLEET_PARTITIONS="$PARTITIONS" \
   WAFLEET_INGEST_ADDR="127.0.0.1:$PORT" RUST_LOG="${BENCH_RUST_LOG:-warn}" \
   WHATSAPP_PHONE_NUMBER_ID="$PNID" WHATSAPP_APP_SECRET="$SECRET" \
   WHATSAPP_VERIFY_TOKEN=bench-verify WHATSAPP_ACCESS_TOKEN=bench-token \

@@ -1,4 +1,5 @@
-# Shell helpers shared by deploy/bench-pipeline.sh and deploy/bench-e2e.sh: process control,
+# Shell helpers shared by deploy/bench-pipeline.sh and deploy/bench-e2e.sh (bench-ingest.sh uses
+# bench_redis_url): process control,
 # Redis and Postgres access, cleanup, worker metrics, and CPU accounting from /proc. Sourced, not
 # run; it uses the caller's globals (REDIS_URL, DATABASE_URL, BENCH_DATABASE_URL, PSQL, PIDS,
 # PREFIXES, IDLE_TIMEOUT, CPU_WAIT, …) and its `note` function.
@@ -22,6 +23,21 @@ bench_services() {
 }
 
 rcli() { redis-cli -u "$REDIS_URL" "$@" </dev/null; }
+
+# bench_redis_url: sets APP_REDIS_URL, how the benchmarked processes reach Redis: BENCH_REDIS=unix
+# (the socket deploy/services.sh opens beside the port; the default when there is one) or tcp.
+# The scripts' own redis-cli calls stay on REDIS_URL.
+bench_redis_url() {
+  case "${BENCH_REDIS:-}" in
+    "") APP_REDIS_URL="${REDIS_UNIX_URL:-$REDIS_URL}" ;;
+    unix)
+      [[ -n "${REDIS_UNIX_URL:-}" ]] \
+        || die "BENCH_REDIS=unix but Redis has no socket (restart it: deploy/services.sh redis-stop && deploy/services.sh redis-start)"
+      APP_REDIS_URL="$REDIS_UNIX_URL" ;;
+    tcp) APP_REDIS_URL="$REDIS_URL" ;;
+    *) die "BENCH_REDIS must be unix or tcp" ;;
+  esac
+}
 
 psql_admin() { PGOPTIONS='-c client_min_messages=warning' "$PSQL" -X -q -At -v ON_ERROR_STOP=1 "$DATABASE_URL" "$@" </dev/null; }
 

@@ -74,6 +74,7 @@ done
 LOADGEN="$BIN/wafleet-loadgen"
 
 bench_services bench-pipeline
+bench_redis_url
 
 SECRET="bench-secret-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 PNID=100000000000002
@@ -93,7 +94,7 @@ counter() {
 
 
 KEY="$("$BIN/wafleetctl" generate-key)"
-echo "== setup: redis $REDIS_URL, postgres ${DATABASE_URL##*@}, database $BENCH_DB," \
+echo "== setup: redis $APP_REDIS_URL, postgres ${DATABASE_URL##*@}, database $BENCH_DB," \
   "$PARTITIONS partitions, $(nproc) cores; $MESSAGES messages from $CONVERSATIONS conversations," \
   "$CONCURRENCY connections; synchronous_commit $(psql_admin -c 'SHOW synchronous_commit')," \
   "redis appendfsync $(rcli config get appendfsync | tail -n1)"
@@ -104,7 +105,7 @@ run() {
   PREFIXES+=("$prefix")
   psql_admin -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)"
   psql_admin -c "CREATE DATABASE $BENCH_DB"
-  env_common=(env DATABASE_URL="$BENCH_DATABASE_URL" REDIS_URL="$REDIS_URL"
+  env_common=(env DATABASE_URL="$BENCH_DATABASE_URL" REDIS_URL="$APP_REDIS_URL"
     WAFLEET_ENCRYPTION_KEY="$KEY" WAFLEET_REDIS_PREFIX="$prefix" WAFLEET_PARTITIONS="$PARTITIONS")
 
   port="$("$LOADGEN" free-port)"

@@ -18,11 +18,12 @@ fn now() -> i64 {
 }
 
 struct Sys {
-    cfg: TestConfig,
     ingest: Ingest,
     sim: Sim,
     pg: PgPool,
     _worker: Option<Worker>,
+    /// Last: fields drop in order, and this one deletes the database and keys the others use.
+    cfg: TestConfig,
 }
 
 async fn system_with(

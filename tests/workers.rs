@@ -10,10 +10,11 @@ const PNID: &str = "106540352242922";
 const T0: i64 = 1_760_000_000;
 
 struct Env {
-    cfg: TestConfig,
     ingest: Ingest,
     worker: Worker,
     pg: PgPool,
+    /// Last: fields drop in order, and this one deletes the database and keys the others use.
+    cfg: TestConfig,
 }
 
 async fn env_with(tweak: impl FnOnce(&mut wafleet::store::channels::ChannelSpec)) -> Env {
@@ -821,6 +822,133 @@ async fn claims_made_together_each_get_their_own_answer() {
             ("sending".to_string(), 1),
         ]
     );
+}
+
+#[tokio::test]
+async fn messages_stored_together_each_get_their_own_result() {
+    use wafleet::store::conversations::{
+        Customer, KnownMessage, NewMessage, Touch, store_known_many,
+    };
+    let e = env().await;
+    for (from, wamid) in [
+        ("57300", "wamid.a1"),
+        ("57301", "wamid.b1"),
+        ("57302", "wamid.c1"),
+    ] {
+        e.send(from, wamid, T0, "hola").await;
+    }
+    e.stored(3).await;
+    e.wait_followups().await;
+    sqlx::query("UPDATE conversations SET owner = 'human' WHERE customer_key = '57301'")
+        .execute(&e.pg)
+        .await
+        .unwrap();
+    let session = |customer: &'static str| {
+        let pg = e.pg.clone();
+        async move {
+            let row: (i64, i32) =
+                sqlx::query_as("SELECT id, session_no FROM conversations WHERE customer_key = $1")
+                    .bind(customer)
+                    .fetch_one(&pg)
+                    .await
+                    .unwrap();
+            row
+        }
+    };
+    let (a, a_session) = session("57300").await;
+    let (b, b_session) = session("57301").await;
+    let (c, c_session) = session("57302").await;
+    let at = chrono::DateTime::from_timestamp(T0 + 60, 0).unwrap();
+    let item = |conversation: i64, session_no: i32, wamid: &str, pii: &[&str]| {
+        let touch = Touch {
+            customer: Customer {
+                key: "",
+                wa_id: None,
+                user_id: None,
+                profile_name: Some("Ana"),
+            },
+            at,
+            session_timeout_secs: 3600,
+            customer_message: true,
+        };
+        let new = NewMessage {
+            wamid,
+            message_type: "text",
+            text_redacted: Some("otra pregunta [EMAIL]"),
+            pii_types: pii.iter().map(|p| p.to_string()).collect(),
+            metadata: serde_json::json!({"n": wamid}),
+            context_wamid: None,
+            sent_at: Some(at),
+            source_entry: "1-0",
+            action: "reply",
+        };
+        KnownMessage::new(conversation, session_no, &touch, &new)
+    };
+    let results = store_known_many(
+        &e.pg,
+        &[
+            item(a, a_session, "wamid.a2", &["EMAIL"]),
+            // A human owns B: stored, but nothing for the bot to do.
+            item(b, b_session, "wamid.b2", &[]),
+            // A stale cache entry (another session since): nothing written.
+            item(c, c_session + 1, "wamid.c2", &[]),
+            // A redelivery: the conversation, but no newly stored message.
+            item(c, c_session, "wamid.c1", &[]),
+            // A second message of A in the same call: stored after the first.
+            item(a, a_session, "wamid.a3", &["EMAIL", "PHONE"]),
+        ],
+    )
+    .await
+    .unwrap();
+    let summary: Vec<Option<(i64, Option<String>)>> = results
+        .iter()
+        .map(|r| {
+            r.as_ref()
+                .map(|(conv, stored)| (conv.id, stored.as_ref().map(|s| s.action.clone())))
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            Some((a, Some("reply".into()))),
+            Some((b, Some("none".into()))),
+            None,
+            Some((c, None)),
+            Some((a, Some("reply".into()))),
+        ]
+    );
+    let stored: Vec<(String, i64, String, Vec<String>, serde_json::Value)> = sqlx::query_as(
+        "SELECT wamid, conversation_id, owner_at_arrival, pii_types, metadata FROM messages
+          WHERE wamid IN ('wamid.a2', 'wamid.a3', 'wamid.b2', 'wamid.c2') ORDER BY id",
+    )
+    .fetch_all(&e.pg)
+    .await
+    .unwrap();
+    let row = |w: &str, conv: i64, owner: &str, pii: &[&str]| {
+        let pii = pii.iter().map(|p| p.to_string()).collect();
+        (
+            w.to_string(),
+            conv,
+            owner.to_string(),
+            pii,
+            serde_json::json!({"n": w}),
+        )
+    };
+    assert_eq!(
+        stored,
+        vec![
+            row("wamid.a2", a, "bot", &["EMAIL"]),
+            row("wamid.b2", b, "human", &[]),
+            row("wamid.a3", a, "bot", &["EMAIL", "PHONE"]),
+        ]
+    );
+    let (activity, profile): (chrono::DateTime<chrono::Utc>, Option<String>) =
+        sqlx::query_as("SELECT last_activity_at, profile_name FROM conversations WHERE id = $1")
+            .bind(a)
+            .fetch_one(&e.pg)
+            .await
+            .unwrap();
+    assert_eq!((activity, profile.as_deref()), (at, Some("Ana")));
 }
 
 #[tokio::test]

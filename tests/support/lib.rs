@@ -104,7 +104,10 @@ impl Drop for Cleanup {
 
 async fn drop_database(url: &str) -> anyhow::Result<()> {
     let name = url.rsplit_once('/').map(|(_, n)| n).unwrap_or_default();
-    anyhow::ensure!(name.starts_with("wafleet_t_"), "not a test database: {name}");
+    anyhow::ensure!(
+        name.starts_with("wafleet_t_"),
+        "not a test database: {name}"
+    );
     let admin = PgPool::connect(&env("DATABASE_URL")).await?;
     sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .execute(&admin)
@@ -127,7 +130,10 @@ async fn delete_keys(redis_url: &str, pattern: &str) -> anyhow::Result<()> {
             .query_async(&mut con)
             .await?;
         if !keys.is_empty() {
-            let _: () = redis::cmd("UNLINK").arg(&keys).query_async(&mut con).await?;
+            let _: () = redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async(&mut con)
+                .await?;
         }
         if next == 0 {
             return Ok(());

@@ -360,9 +360,14 @@ mod tests {
         let stream = keys.inbound(3);
         let long = "m:100000000000001:wamid.HBgM8F36958B0F600FE2000F000000000000FQIAERgSQUFCQkNDRERFRUZGR0dISAA=";
         let mark = keys.seen_beside(&stream, long);
-        let name = mark.strip_prefix("wf:{p3}:seen:").expect("beside its stream");
+        let name = mark
+            .strip_prefix("wf:{p3}:seen:")
+            .expect("beside its stream");
         assert_eq!(name.len(), 22, "{mark}");
-        assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert!(
+            name.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
         // The same update always finds the same mark; another update, or the same one on
         // another stream, does not.
         assert_eq!(mark, keys.seen_beside(&stream, long));

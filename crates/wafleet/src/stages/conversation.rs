@@ -29,10 +29,12 @@ use wafleet_core::pii::Redactor;
 
 use super::channel_settings::ChannelCache;
 use super::channel_settings::ChannelSettings;
-use super::{db_outcome, decode_update, publish_handover};
+use super::{batch_outcome, db_outcome, decode_update, publish_handover};
+use crate::batch::{BatchError, Batcher};
 use crate::store::channels::BotMode;
 use crate::store::conversations::{
-    self as store, Conversation, ConversationRef, Customer, NewMessage, StoredMessage, Touch,
+    self as store, Conversation, ConversationRef, Customer, KnownMessage, NewMessage,
+    StoredMessage, Touch,
 };
 use crate::streams::Keys;
 use crate::worker::{Handler, Job, Outcome, Source, Stage};
@@ -67,6 +69,21 @@ pub struct ConversationStage {
     pub keys: Keys,
     pub channels: ChannelCache,
     pub redactor: Arc<Redactor>,
+    /// Plain messages of conversations known from the session cache, stored together: the
+    /// stage's most frequent write (see [`known_stores`]).
+    pub known_stores: Batcher<KnownMessage, Option<(Conversation, Option<StoredMessage>)>>,
+}
+
+/// The batch behind [`ConversationStage::known_stores`].
+pub fn known_stores(
+    pg: &PgPool,
+) -> Batcher<KnownMessage, Option<(Conversation, Option<StoredMessage>)>> {
+    Batcher::start(
+        "known_stores",
+        256,
+        pg.clone(),
+        |pg, items: Vec<KnownMessage>| async move { store::store_known_many(&pg, &items).await },
+    )
 }
 
 impl Handler for ConversationStage {
@@ -83,6 +100,7 @@ impl Handler for ConversationStage {
         match self.process(job, &message).await {
             Ok(outcome) => outcome,
             Err(StepError::Db(e, doing)) => db_outcome(&e, doing),
+            Err(StepError::Batch(e, doing)) => batch_outcome(&e, doing),
             Err(StepError::Redis(e)) => Outcome::Unavailable {
                 reason: format!("redis: {e}"),
             },
@@ -92,6 +110,7 @@ impl Handler for ConversationStage {
 
 enum StepError {
     Db(sqlx::Error, &'static str),
+    Batch(BatchError, &'static str),
     Redis(anyhow::Error),
 }
 
@@ -187,10 +206,12 @@ impl ConversationStage {
         } else {
             // Nothing else to write with it: one statement.
             let mut found = None;
-            if let Some(known) = cached {
-                found = store::store_message(&self.pg, known, &touch, &new)
+            if let Some(ConversationRef::Known { id, session_no }) = cached {
+                found = self
+                    .known_stores
+                    .run(KnownMessage::new(id, session_no, &touch, &new))
                     .await
-                    .map_err(db("storing the message"))?;
+                    .map_err(|e| StepError::Batch(e, "storing the message"))?;
             }
             count_session_cache(found.is_some());
             match found {

@@ -277,6 +277,7 @@ pub async fn run(
                     keys: keys.clone(),
                     channels: channels.clone(),
                     redactor: redactor.clone(),
+                    known_stores: conversation::known_stores(&pg),
                 };
                 stages.push(conversation::STAGE);
                 tasks.spawn(worker::run_stage(runtime(

@@ -177,6 +177,21 @@ struct StoreRow {
     action: Option<String>,
 }
 
+impl StoreRow {
+    /// The conversation, and the message if this statement stored it.
+    fn into_parts(self) -> (Conversation, Option<StoredMessage>) {
+        let stored = match (self.message_id, self.action) {
+            (Some(id), Some(action)) => Some(StoredMessage {
+                id,
+                conversation_id: self.conversation.id,
+                action,
+            }),
+            _ => None,
+        };
+        (self.conversation, stored)
+    }
+}
+
 /// [`touch`] and [`insert_message`] in one statement (one round trip, one commit), for messages
 /// that need nothing else written with them. `m.action` is the action if the bot owns the
 /// conversation. Returns `None` when a `Known` conversation's cache was stale (nothing written);
@@ -194,17 +209,145 @@ pub async fn store_message(
     let row: Option<StoreRow> = bind_message(touch_query(sql, target, t), m)
         .fetch_optional(pool)
         .await?;
-    Ok(row.map(|r| {
-        let stored = match (r.message_id, r.action) {
-            (Some(id), Some(action)) => Some(StoredMessage {
-                id,
-                conversation_id: r.conversation.id,
-                action,
-            }),
-            _ => None,
-        };
-        (r.conversation, stored)
-    }))
+    Ok(row.map(StoreRow::into_parts))
+}
+
+/// A message for a conversation known from the session cache, with its [`Touch`]: what
+/// [`store_known_many`] stores for many jobs at once. Owned, so it can wait in a batch.
+#[derive(Debug, Clone)]
+pub struct KnownMessage {
+    pub conversation_id: i64,
+    pub session_no: i32,
+    pub wa_id: Option<String>,
+    pub user_id: Option<String>,
+    pub profile_name: Option<String>,
+    pub at: DateTime<Utc>,
+    pub customer_message: bool,
+    pub session_timeout_secs: i64,
+    pub wamid: String,
+    pub message_type: String,
+    pub text_redacted: Option<String>,
+    pub pii_types: Vec<String>,
+    pub metadata: serde_json::Value,
+    pub context_wamid: Option<String>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub source_entry: String,
+    pub action: String,
+}
+
+impl KnownMessage {
+    pub fn new(conversation_id: i64, session_no: i32, t: &Touch<'_>, m: &NewMessage<'_>) -> Self {
+        let owned = |s: Option<&str>| s.map(str::to_string);
+        Self {
+            conversation_id,
+            session_no,
+            wa_id: owned(t.customer.wa_id),
+            user_id: owned(t.customer.user_id),
+            profile_name: owned(t.customer.profile_name),
+            at: t.at,
+            customer_message: t.customer_message,
+            session_timeout_secs: t.session_timeout_secs,
+            wamid: m.wamid.to_string(),
+            message_type: m.message_type.to_string(),
+            text_redacted: owned(m.text_redacted),
+            pii_types: m.pii_types.clone(),
+            metadata: m.metadata.clone(),
+            context_wamid: owned(m.context_wamid),
+            sent_at: m.sent_at,
+            source_entry: m.source_entry.to_string(),
+            action: m.action.to_string(),
+        }
+    }
+}
+
+/// [`store_message`] with `ConversationRef::Known` for many messages in one statement per run of
+/// distinct conversations: each gets what `store_message` would have returned for it alone
+/// (`None` when its cache entry was stale and nothing was written).
+pub async fn store_known_many(
+    pool: &PgPool,
+    items: &[KnownMessage],
+) -> sqlx::Result<Vec<Option<(Conversation, Option<StoredMessage>)>>> {
+    let mut found = vec![None; items.len()];
+    let mut offset = 0;
+    for run in super::distinct_runs(items, |k| [k.conversation_id]) {
+        let col = |f: fn(&KnownMessage) -> Option<String>| run.iter().map(f).collect::<Vec<_>>();
+        let rows: Vec<BatchStoreRow> = sqlx::query_as(
+            "WITH input AS (
+                 SELECT * FROM unnest($1::int8[], $2::int4[], $3::text[], $4::text[], $5::text[],
+                                      $6::timestamptz[], $7::timestamptz[], $8::float8[],
+                                      $9::text[], $10::text[], $11::text[], $12::jsonb[],
+                                      $13::jsonb[], $14::text[], $15::timestamptz[], $16::text[],
+                                      $17::text[])
+                   WITH ORDINALITY AS i(id, session_no, wa_id, user_id, profile_name, at,
+                                        customer_at, timeout, wamid, message_type, text_redacted,
+                                        pii_types, metadata, context_wamid, sent_at, source_entry,
+                                        action, n)
+             ), c AS (
+                 UPDATE conversations SET
+                     wa_id = COALESCE(i.wa_id, conversations.wa_id),
+                     user_id = COALESCE(i.user_id, conversations.user_id),
+                     profile_name = COALESCE(i.profile_name, conversations.profile_name),
+                     last_customer_message_at =
+                         GREATEST(conversations.last_customer_message_at, i.customer_at),
+                     last_activity_at = GREATEST(conversations.last_activity_at, i.at)
+                   FROM input i
+                  WHERE conversations.id = i.id AND conversations.session_no = i.session_no
+                    AND NOT (i.at - conversations.last_activity_at > make_interval(secs => i.timeout))
+                 RETURNING i.n, conversations.id, conversations.channel_id,
+                           conversations.session_no, conversations.owner,
+                           conversations.last_customer_message_at, conversations.last_activity_at
+             ), m AS (
+                 INSERT INTO messages (conversation_id, channel_id, session_no, wamid, message_type,
+                                       text_redacted, pii_types, metadata, context_wamid, sent_at,
+                                       source_entry, owner_at_arrival, action)
+                 SELECT c.id, c.channel_id, c.session_no, i.wamid, i.message_type, i.text_redacted,
+                        ARRAY(SELECT jsonb_array_elements_text(i.pii_types)), i.metadata,
+                        i.context_wamid, i.sent_at, i.source_entry, c.owner,
+                        CASE WHEN c.owner = 'bot' THEN i.action ELSE 'none' END
+                   FROM c JOIN input i ON i.n = c.n
+                 ON CONFLICT (channel_id, wamid) DO NOTHING
+                 RETURNING id, conversation_id, action
+             )
+             SELECT c.*, m.id AS message_id, m.action FROM c LEFT JOIN m ON m.conversation_id = c.id",
+        )
+        .bind(run.iter().map(|k| k.conversation_id).collect::<Vec<_>>())
+        .bind(run.iter().map(|k| k.session_no).collect::<Vec<_>>())
+        .bind(col(|k| k.wa_id.clone()))
+        .bind(col(|k| k.user_id.clone()))
+        .bind(col(|k| k.profile_name.clone()))
+        .bind(run.iter().map(|k| k.at).collect::<Vec<_>>())
+        .bind(run.iter().map(|k| k.customer_message.then_some(k.at)).collect::<Vec<_>>())
+        .bind(run.iter().map(|k| k.session_timeout_secs as f64).collect::<Vec<_>>())
+        .bind(run.iter().map(|k| k.wamid.as_str()).collect::<Vec<_>>())
+        .bind(run.iter().map(|k| k.message_type.as_str()).collect::<Vec<_>>())
+        .bind(col(|k| k.text_redacted.clone()))
+        .bind(run.iter().map(|k| serde_json::json!(k.pii_types)).collect::<Vec<_>>())
+        .bind(run.iter().map(|k| k.metadata.clone()).collect::<Vec<_>>())
+        .bind(col(|k| k.context_wamid.clone()))
+        .bind(run.iter().map(|k| k.sent_at).collect::<Vec<_>>())
+        .bind(run.iter().map(|k| k.source_entry.as_str()).collect::<Vec<_>>())
+        .bind(run.iter().map(|k| k.action.as_str()).collect::<Vec<_>>())
+        .fetch_all(pool)
+        .await?;
+        for r in rows {
+            let Some(slot) = usize::try_from(r.n - 1)
+                .ok()
+                .and_then(|i| found.get_mut(offset + i))
+            else {
+                continue;
+            };
+            *slot = Some(r.row.into_parts());
+        }
+        offset += run.len();
+    }
+    Ok(found)
+}
+
+#[derive(sqlx::FromRow)]
+struct BatchStoreRow {
+    n: i64,
+    #[sqlx(flatten)]
+    row: StoreRow,
 }
 
 /// An inbound message to store (text already redacted).

@@ -6,10 +6,9 @@ use wafleet::config::var;
 use wafleet::stages::process::{self, WorkerProcessSettings};
 use wafleet::telemetry;
 
-/// As in ingest: with mimalloc the worker spends about a fifth less CPU per message than with
-/// glibc's allocator (`BENCH_MESSAGES=15000 just bench-e2e`, one worker: 0.68 against 0.82 ms).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// glibc's allocator, not mimalloc as in ingest: mimalloc took about a fifth off the worker's
+// CPU per message, but with 1,000 model calls in flight it raised the LLM worker's peak RSS from
+// about 70 MB to 116-121 MB, over the 100 MB it must stay within (`just bench-e2e`).
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

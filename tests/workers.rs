@@ -712,7 +712,7 @@ async fn statuses_applied_together_each_get_their_own_result() {
         outbound_id,
     };
     let applied = apply_statuses(
-        &e.pg,
+        &mut e.pg.acquire().await.unwrap(),
         &[
             st("wamid.A", "delivered", 2, None),
             st("wamid.B", "sent", 1, None),
@@ -795,9 +795,12 @@ async fn claims_made_together_each_get_their_own_answer() {
     let done = part("wamid.bot", "notice", "accepted").await;
     let human = part("wamid.human", "reply", "pending").await;
     let ack = part("wamid.human", "handover_ack", "pending").await;
-    let claims = claim_many(&e.pg, &[go, done, human, ack, go])
-        .await
-        .unwrap();
+    let claims = claim_many(
+        &mut e.pg.acquire().await.unwrap(),
+        &[go, done, human, ack, go],
+    )
+    .await
+    .unwrap();
     assert_eq!(
         claims,
         vec![
@@ -885,7 +888,7 @@ async fn messages_stored_together_each_get_their_own_result() {
         KnownMessage::new(conversation, session_no, &touch, &new)
     };
     let results = store_known_many(
-        &e.pg,
+        &mut e.pg.acquire().await.unwrap(),
         &[
             item(a, a_session, "wamid.a2", &["EMAIL"]),
             // A human owns B: stored, but nothing for the bot to do.
@@ -982,14 +985,17 @@ async fn replies_recorded_together_each_get_their_own_answer() {
                 .collect(),
             state: "pending".into(),
         };
-    let first = record_replies(&e.pg, &[record(ids[0], &["uno"])])
-        .await
-        .unwrap();
+    let first = record_replies(
+        &mut e.pg.acquire().await.unwrap(),
+        &[record(ids[0], &["uno"])],
+    )
+    .await
+    .unwrap();
     assert_eq!(first, vec![true]);
     // The first message already has its reply; the second gets one of two parts; the second
     // message again in the same call is answered after the first.
     let fresh = record_replies(
-        &e.pg,
+        &mut e.pg.acquire().await.unwrap(),
         &[
             record(ids[0], &["otra vez"]),
             record(ids[1], &["parte 1", "parte 2"]),

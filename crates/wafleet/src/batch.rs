@@ -5,10 +5,15 @@
 //! all of it (one statement: one round trip, one commit). At low load a batch is one item and
 //! nothing waits; under load batches grow by themselves. A job still gets its result only after
 //! the statement that carried its item committed, so it is acknowledged no earlier than before.
+//!
+//! The task keeps its Postgres connection while batches follow one another and gives it back to
+//! the pool when nothing is queued: sqlx pings a connection (a round trip) every time it returns
+//! to the pool, which would otherwise double the round trips of every batch.
 
-use std::future::Future;
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
+use sqlx::PgConnection;
 use tokio::sync::{mpsc, oneshot};
 
 /// Why an item got no result.
@@ -37,17 +42,32 @@ impl<I, O> Clone for Batcher<I, O> {
 }
 
 impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
-    /// Starts the task. `run` gets the pool and up to `max` items and must answer them in
-    /// order, one result each. `name` labels `wafleet_batch_size{batch}`. The task ends when
-    /// every handle is gone.
-    pub fn start<F, Fut>(name: &'static str, max: usize, pg: sqlx::PgPool, run: F) -> Self
+    /// Starts the task. `run` gets a connection from `pg` and up to `max` items and must answer
+    /// them in order, one result each. `name` labels `wafleet_batch_size{batch}`. The task ends
+    /// when every handle is gone.
+    pub fn start<F>(name: &'static str, max: usize, pg: sqlx::PgPool, run: F) -> Self
     where
-        F: Fn(sqlx::PgPool, Vec<I>) -> Fut + Send + 'static,
-        Fut: Future<Output = sqlx::Result<Vec<O>>> + Send,
+        F: for<'c> Fn(&'c mut PgConnection, Vec<I>) -> BoxFuture<'c, sqlx::Result<Vec<O>>>
+            + Send
+            + 'static,
     {
         let (tx, mut rx) = mpsc::unbounded_channel::<(I, Reply<O>)>();
         tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
+            // The connection, kept while more items are queued; and the first item of the next
+            // batch, if one was.
+            let mut held: Option<sqlx::pool::PoolConnection<sqlx::Postgres>> = None;
+            let mut next = None;
+            loop {
+                let first = match next.take() {
+                    Some(first) => first,
+                    None => {
+                        held = None;
+                        match rx.recv().await {
+                            Some(first) => first,
+                            None => break,
+                        }
+                    }
+                };
                 let mut batch = vec![first];
                 while batch.len() < max.max(1) {
                     match rx.try_recv() {
@@ -64,7 +84,24 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                     .record(batch.len() as f64);
                 let (items, replies): (Vec<I>, Vec<Reply<O>>) = batch.into_iter().unzip();
                 let n = items.len();
-                match run(pg.clone(), items).await {
+                let result = match held.take() {
+                    Some(conn) => Ok(conn),
+                    None => pg.acquire().await,
+                };
+                let result = match result {
+                    Ok(mut conn) => {
+                        let result = run(&mut conn, items).await;
+                        // After an error the connection may be unusable: the pool checks it.
+                        // Kept only while the pool has others to spare, so that batches never
+                        // keep connections from other work.
+                        if result.is_ok() && pg.num_idle() > 0 {
+                            held = Some(conn);
+                        }
+                        result
+                    }
+                    Err(e) => Err(e),
+                };
+                match result {
                     Ok(results) if results.len() == n => {
                         for (reply, result) in replies.into_iter().zip(results) {
                             let _ = reply.send(Ok(result));
@@ -86,6 +123,7 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                         }
                     }
                 }
+                next = rx.try_recv().ok();
             }
         });
         Self { tx }

@@ -82,7 +82,9 @@ pub fn known_stores(
         "known_stores",
         256,
         pg.clone(),
-        |pg, items: Vec<KnownMessage>| async move { store::store_known_many(&pg, &items).await },
+        |conn, items: Vec<KnownMessage>| {
+            Box::pin(async move { store::store_known_many(conn, &items).await })
+        },
     )
 }
 

@@ -54,12 +54,9 @@ pub struct LlmDefaults {
 pub type ReplyWriter = Batcher<ReplyRecord, bool>;
 
 pub fn reply_writer(pg: PgPool) -> ReplyWriter {
-    Batcher::start(
-        "replies",
-        128,
-        pg,
-        |pg, records: Vec<ReplyRecord>| async move { replies::record_replies(&pg, &records).await },
-    )
+    Batcher::start("replies", 128, pg, |conn, records: Vec<ReplyRecord>| {
+        Box::pin(async move { replies::record_replies(conn, &records).await })
+    })
 }
 
 /// Reads the context of many reply jobs in one query.
@@ -70,7 +67,9 @@ pub fn context_reader(pg: PgPool) -> ContextReader {
         "reply_contexts",
         128,
         pg,
-        |pg, wanted: Vec<(i64, i64)>| async move { replies::reply_contexts(&pg, &wanted).await },
+        |conn, wanted: Vec<(i64, i64)>| {
+            Box::pin(async move { replies::reply_contexts(conn, &wanted).await })
+        },
     )
 }
 

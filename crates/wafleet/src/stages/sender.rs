@@ -125,21 +125,18 @@ pub struct SendWrites {
 impl SendWrites {
     pub fn start(pg: &PgPool) -> Self {
         Self {
-            parts: Batcher::start(
-                "reply_parts",
-                256,
-                pg.clone(),
-                |pg, ids: Vec<i64>| async move { replies::reply_parts_many(&pg, &ids).await },
-            ),
-            claims: Batcher::start("claims", 256, pg.clone(), |pg, ids: Vec<i64>| async move {
-                replies::claim_many(&pg, &ids).await
+            parts: Batcher::start("reply_parts", 256, pg.clone(), |conn, ids: Vec<i64>| {
+                Box::pin(async move { replies::reply_parts_many(conn, &ids).await })
+            }),
+            claims: Batcher::start("claims", 256, pg.clone(), |conn, ids: Vec<i64>| {
+                Box::pin(async move { replies::claim_many(conn, &ids).await })
             }),
             accepts: Batcher::start(
                 "accepts",
                 256,
                 pg.clone(),
-                |pg, accepted: Vec<(i64, String)>| async move {
-                    record_accepted_many(&pg, &accepted).await
+                |conn, accepted: Vec<(i64, String)>| {
+                    Box::pin(async move { record_accepted_many(conn, &accepted).await })
                 },
             ),
         }

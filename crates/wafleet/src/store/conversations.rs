@@ -3,7 +3,7 @@
 //! Writes that must happen together happen in one transaction here; callers never compose SQL.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 /// A conversation as the stages see it.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -264,7 +264,7 @@ impl KnownMessage {
 /// distinct conversations: each gets what `store_message` would have returned for it alone
 /// (`None` when its cache entry was stale and nothing was written).
 pub async fn store_known_many(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     items: &[KnownMessage],
 ) -> sqlx::Result<Vec<Option<(Conversation, Option<StoredMessage>)>>> {
     let mut found = vec![None; items.len()];
@@ -327,7 +327,7 @@ pub async fn store_known_many(
         .bind(run.iter().map(|k| k.sent_at).collect::<Vec<_>>())
         .bind(run.iter().map(|k| k.source_entry.as_str()).collect::<Vec<_>>())
         .bind(run.iter().map(|k| k.action.as_str()).collect::<Vec<_>>())
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await?;
         for r in rows {
             let Some(slot) = usize::try_from(r.n - 1)
@@ -548,7 +548,7 @@ pub struct Status {
 /// however many there are. The update re-reads each row it changes, so a concurrent change of
 /// the same message is applied on top of, not over.
 pub async fn apply_statuses(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     statuses: &[Status],
 ) -> sqlx::Result<Vec<StatusApplied>> {
     #[derive(PartialEq, Eq, Hash)]
@@ -563,12 +563,15 @@ pub async fn apply_statuses(
             .flatten()
     });
     for run in runs {
-        results.extend(apply_distinct(pool, run).await?);
+        results.extend(apply_distinct(&mut *conn, run).await?);
     }
     Ok(results)
 }
 
-async fn apply_distinct(pool: &PgPool, statuses: &[Status]) -> sqlx::Result<Vec<StatusApplied>> {
+async fn apply_distinct(
+    conn: &mut PgConnection,
+    statuses: &[Status],
+) -> sqlx::Result<Vec<StatusApplied>> {
     let col = |f: fn(&Status) -> Option<String>| statuses.iter().map(f).collect::<Vec<_>>();
     let rows: Vec<(i64, Option<i64>, bool, bool)> = sqlx::query_as(
         "WITH input AS (
@@ -623,7 +626,7 @@ async fn apply_distinct(pool: &PgPool, statuses: &[Status]) -> sqlx::Result<Vec<
     )
     .bind(col(|s| s.error_title.clone()))
     .bind(statuses.iter().map(|s| s.outbound_id).collect::<Vec<_>>())
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     Ok(rows
         .into_iter()
@@ -639,7 +642,11 @@ async fn apply_distinct(pool: &PgPool, statuses: &[Status]) -> sqlx::Result<Vec<
 
 /// Records Meta's acceptance of an outbound message; see [`record_accepted_many`].
 pub async fn record_accepted(pool: &PgPool, outbound_id: i64, wamid: &str) -> sqlx::Result<()> {
-    record_accepted_many(pool, &[(outbound_id, wamid.to_string())]).await?;
+    record_accepted_many(
+        &mut *pool.acquire().await?,
+        &[(outbound_id, wamid.to_string())],
+    )
+    .await?;
     Ok(())
 }
 
@@ -647,7 +654,7 @@ pub async fn record_accepted(pool: &PgPool, outbound_id: i64, wamid: &str) -> sq
 /// most advanced status that arrived before it (a `failed` one stays final), and marks the
 /// customer's messages they answer as answered. One statement per run of distinct ids.
 pub async fn record_accepted_many(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     accepted: &[(i64, String)],
 ) -> sqlx::Result<Vec<()>> {
     for run in super::distinct_runs(accepted, |(id, _)| [*id]) {
@@ -688,7 +695,7 @@ pub async fn record_accepted_many(
         )
         .bind(&ids)
         .bind(&wamids)
-        .execute(pool)
+        .execute(&mut *conn)
         .await?;
     }
     Ok(vec![(); accepted.len()])

@@ -2,7 +2,7 @@
 //! history given to the model, replies, and the outbound parts' send state (migration 0003).
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 /// The inbound message a reply job answers, with its conversation.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -36,7 +36,7 @@ struct ContextRow {
 /// and the bot's replies. What humans handled and earlier sessions are left out. One query for
 /// all; `None` for a message that does not exist.
 pub async fn reply_contexts(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     wanted: &[(i64, i64)],
 ) -> sqlx::Result<Vec<Option<(ReplyContext, Vec<Turn>)>>> {
     let rows: Vec<ContextRow> = sqlx::query_as(
@@ -81,7 +81,7 @@ pub async fn reply_contexts(
     )
     .bind(wanted.iter().map(|w| w.0).collect::<Vec<_>>())
     .bind(wanted.iter().map(|w| w.1).collect::<Vec<_>>())
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     let mut found: Vec<Option<(ReplyContext, Vec<Turn>)>> = vec![None; wanted.len()];
     for r in rows {
@@ -149,15 +149,21 @@ impl ReplyRecord {
 
 /// Records replies and their parts, each unless its message already has a reply; answers, in
 /// order, whether each was recorded now. One statement per run of distinct messages.
-pub async fn record_replies(pool: &PgPool, replies: &[ReplyRecord]) -> sqlx::Result<Vec<bool>> {
+pub async fn record_replies(
+    conn: &mut PgConnection,
+    replies: &[ReplyRecord],
+) -> sqlx::Result<Vec<bool>> {
     let mut fresh = Vec::with_capacity(replies.len());
     for run in super::distinct_runs(replies, |r| [r.message_id]) {
-        fresh.extend(record_distinct(pool, run).await?);
+        fresh.extend(record_distinct(&mut *conn, run).await?);
     }
     Ok(fresh)
 }
 
-async fn record_distinct(pool: &PgPool, replies: &[ReplyRecord]) -> sqlx::Result<Vec<bool>> {
+async fn record_distinct(
+    conn: &mut PgConnection,
+    replies: &[ReplyRecord],
+) -> sqlx::Result<Vec<bool>> {
     let parts: Vec<(&ReplyRecord, i32, &(String, String))> = replies
         .iter()
         .flat_map(|r| (0..).zip(&r.parts).map(move |(n, p)| (r, n, p)))
@@ -254,7 +260,7 @@ async fn record_distinct(pool: &PgPool, replies: &[ReplyRecord]) -> sqlx::Result
             .map(|(r, _, _)| r.state.as_str())
             .collect::<Vec<_>>(),
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     Ok(rows.into_iter().map(|(_, fresh)| fresh).collect())
 }
@@ -295,12 +301,15 @@ pub async fn part(pool: &PgPool, id: i64) -> sqlx::Result<Option<Part>> {
 }
 
 /// The parts of several replies (by the message each answers), each in order; one query.
-pub async fn reply_parts_many(pool: &PgPool, message_ids: &[i64]) -> sqlx::Result<Vec<Vec<Part>>> {
+pub async fn reply_parts_many(
+    conn: &mut PgConnection,
+    message_ids: &[i64],
+) -> sqlx::Result<Vec<Vec<Part>>> {
     let parts: Vec<Part> = sqlx::query_as(&format!(
         "{PART} WHERE o.reply_to = ANY($1) AND o.kind = 'reply' ORDER BY o.reply_to, o.part_no"
     ))
     .bind(message_ids)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     let mut by_reply: std::collections::HashMap<i64, Vec<Part>> = std::collections::HashMap::new();
     for p in parts {
@@ -331,7 +340,7 @@ pub enum Claim {
 /// design) it becomes `sending`; if it is pending but a human owns the conversation it is
 /// recorded `suppressed`; otherwise its state is reported. Ids must be distinct (a part is sent
 /// by one job at a time); a repeated id is answered with its state after the first.
-pub async fn claim_many(pool: &PgPool, ids: &[i64]) -> sqlx::Result<Vec<Claim>> {
+pub async fn claim_many(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<Vec<Claim>> {
     let rows: Vec<(i64, String, String)> = sqlx::query_as(
         "WITH input AS (
              SELECT DISTINCT id FROM unnest($1::int8[]) AS i(id)
@@ -354,7 +363,7 @@ pub async fn claim_many(pool: &PgPool, ids: &[i64]) -> sqlx::Result<Vec<Claim>> 
          SELECT t.id, t.state, COALESCE(c.state, '') FROM target t LEFT JOIN changed c ON c.id = t.id",
     )
     .bind(ids)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     let by_id: std::collections::HashMap<i64, Claim> = rows
         .into_iter()

@@ -20,7 +20,7 @@
 #
 # Isolation: a fresh Redis key prefix (bench<random>, deleted at exit) and a fresh database
 # wafleet_bench (dropped at exit) on the services of this checkout; nothing else is touched.
-# One run at a time per set of services (the database name is fixed).
+# One run at a time per set of services (the database name is fixed; a lock enforces it).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd -P)"
@@ -34,9 +34,9 @@ BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 BENCH_DB=wafleet_bench
 
 note() { echo "bench-ingest: $*" >&2; }
-# For bench_redis_url; this script's own helpers below replace the rest.
+# Services, psql, rcli and bench_redis_url; this script's own cleanup and CPU helpers below
+# replace the library's.
 source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
-die() { note "$*"; exit 1; }
 
 if [[ "${BENCH_NO_BUILD:-0}" != 1 ]]; then
   note "building release binaries"
@@ -47,20 +47,11 @@ for b in wafleet-ingest wafleet-loadgen wafleetctl; do
 done
 LOADGEN="$BIN/wafleet-loadgen"
 
-deploy/services.sh up
-eval "$(deploy/services.sh env)"
-
-rcli() { redis-cli -u "$REDIS_URL" "$@" </dev/null; }
+bench_services bench-ingest
 bench_redis_url
 [[ "$(rcli config get appendonly | tail -n1)" == yes ]] || die "Redis at $REDIS_URL runs without AOF"
 fsync="$(rcli config get appendfsync | tail -n1)"
 [[ "$fsync" == everysec ]] || die "Redis at $REDIS_URL has appendfsync=$fsync, the benchmark wants everysec"
-
-PSQL="$(command -v psql || ls /usr/lib/postgresql/*/bin/psql 2>/dev/null | tail -n1 || true)"
-[[ -x "$PSQL" ]] || die "psql not found"
-psql_admin() { "$PSQL" -X -q -At -v ON_ERROR_STOP=1 "$DATABASE_URL" "$@" </dev/null; }
-url_noq="${DATABASE_URL%%\?*}"
-BENCH_DATABASE_URL="${url_noq%/*}/$BENCH_DB${DATABASE_URL#"$url_noq"}"
 
 PREFIX="bench$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
 SECRET="bench-secret-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
@@ -106,7 +97,7 @@ KEY="$("$BIN/wafleetctl" generate-key)"
 start_server() {
   local name="$1" ready="$2"
   shift 2
-  "$@" >"$LOGS/$name.log" 2>&1 &
+  "$@" >"$LOGS/$name.log" 2>&1 8>&- &
   SERVER_PID=$!
   if ! "$LOADGEN" wait --url "http://127.0.0.1:$PORT$ready" --timeout-secs 60 2>>"$LOGS/$name.log"; then
     tail -n 20 "$LOGS/$name.log" >&2

@@ -36,6 +36,26 @@ async fn env() -> Env {
 }
 
 impl Env {
+    /// A human agent takes the customer's conversation.
+    async fn hand_to_human(&self, customer: &str) {
+        sqlx::query("UPDATE conversations SET owner = 'human' WHERE customer_key = $1")
+            .bind(customer)
+            .execute(&self.pg)
+            .await
+            .unwrap();
+    }
+
+    /// What the sender records when Meta accepts a part.
+    async fn record_accepted(&self, outbound_id: i64, wamid: &str) {
+        let mut con = self.pg.acquire().await.unwrap();
+        wafleet::store::conversations::record_accepted_many(
+            &mut con,
+            &[(outbound_id, wamid.to_string())],
+        )
+        .await
+        .unwrap();
+    }
+
     async fn send(&self, from: &str, wamid: &str, ts: i64, text: &str) {
         let res = self
             .ingest
@@ -434,9 +454,7 @@ async fn statuses_only_move_forward_and_early_ones_wait_for_their_message() {
         }
     };
     let a = insert(0).await;
-    wafleet::store::conversations::record_accepted(&e.pg, a, "wamid.outA")
-        .await
-        .unwrap();
+    e.record_accepted(a, "wamid.outA").await;
     let delivery = |wamid: &'static str| {
         let pg = e.pg.clone();
         async move {
@@ -503,9 +521,7 @@ async fn statuses_only_move_forward_and_early_ones_wait_for_their_message() {
     })
     .await;
     let b = insert(1).await;
-    wafleet::store::conversations::record_accepted(&e.pg, b, "wamid.outB")
-        .await
-        .unwrap();
+    e.record_accepted(b, "wamid.outB").await;
     let (d, code, state) = delivery("wamid.outB").await.unwrap();
     assert_eq!(
         (d.as_deref(), code, state.as_str()),
@@ -520,9 +536,7 @@ async fn statuses_only_move_forward_and_early_ones_wait_for_their_message() {
 
     // A 131047 failure on a known message hands the conversation to a human.
     let c = insert(2).await;
-    wafleet::store::conversations::record_accepted(&e.pg, c, "wamid.outC")
-        .await
-        .unwrap();
+    e.record_accepted(c, "wamid.outC").await;
     e.post(&status_body(PNID, serde_json::json!([{"id": "wamid.outC", "status": "failed", "timestamp": (T0 + 11).to_string(),
         "recipient_id": "57300", "errors": [{"code": 131047, "title": "Re-engagement message"}]}]))).await;
     eventually("re-engagement handover", Duration::from_secs(20), || {
@@ -651,9 +665,7 @@ async fn an_ambiguous_send_is_reconciled_by_the_callback_id_its_status_echoes() 
         (row().await.1 == "failed").then_some(())
     })
     .await;
-    wafleet::store::conversations::record_accepted(&e.pg, id, "wamid.outD")
-        .await
-        .unwrap();
+    e.record_accepted(id, "wamid.outD").await;
     assert_eq!(
         row().await,
         (
@@ -770,10 +782,7 @@ async fn claims_made_together_each_get_their_own_answer() {
     e.send("57301", "wamid.human", T0, "hola").await;
     e.stored(2).await;
     e.wait_followups().await;
-    sqlx::query("UPDATE conversations SET owner = 'human' WHERE customer_key = '57301'")
-        .execute(&e.pg)
-        .await
-        .unwrap();
+    e.hand_to_human("57301").await;
     let part = |wamid: &'static str, kind: &'static str, state: &'static str| {
         let pg = e.pg.clone();
         async move {
@@ -842,10 +851,7 @@ async fn messages_stored_together_each_get_their_own_result() {
     }
     e.stored(3).await;
     e.wait_followups().await;
-    sqlx::query("UPDATE conversations SET owner = 'human' WHERE customer_key = '57301'")
-        .execute(&e.pg)
-        .await
-        .unwrap();
+    e.hand_to_human("57301").await;
     let session = |customer: &'static str| {
         let pg = e.pg.clone();
         async move {
@@ -865,27 +871,32 @@ async fn messages_stored_together_each_get_their_own_result() {
     let item = |conversation: i64, session_no: i32, wamid: &str, pii: &[&str]| {
         let touch = Touch {
             customer: Customer {
-                key: "",
+                key: String::new(),
                 wa_id: None,
                 user_id: None,
-                profile_name: Some("Ana"),
+                profile_name: Some("Ana".into()),
             },
             at,
             session_timeout_secs: 3600,
             customer_message: true,
         };
-        let new = NewMessage {
-            wamid,
-            message_type: "text",
-            text_redacted: Some("otra pregunta [EMAIL]"),
+        let message = NewMessage {
+            wamid: wamid.into(),
+            message_type: "text".into(),
+            text_redacted: Some("otra pregunta [EMAIL]".into()),
             pii_types: pii.iter().map(|p| p.to_string()).collect(),
             metadata: serde_json::json!({"n": wamid}),
             context_wamid: None,
             sent_at: Some(at),
-            source_entry: "1-0",
+            source_entry: "1-0".into(),
             action: "reply",
         };
-        KnownMessage::new(conversation, session_no, &touch, &new)
+        KnownMessage {
+            conversation_id: conversation,
+            session_no,
+            touch,
+            message,
+        }
     };
     let results = store_known_many(
         &mut e.pg.acquire().await.unwrap(),

@@ -89,7 +89,7 @@ impl Drop for Cleanup {
                     if let Some(url) = database_url {
                         drop_database(&url).await?;
                     }
-                    delete_keys(&redis_url, &pattern).await
+                    delete_keys(&redis_url, &pattern).await.map(drop)
                 };
                 match tokio::time::timeout(Duration::from_secs(10), work).await {
                     Ok(Ok(())) => {}
@@ -116,10 +116,11 @@ async fn drop_database(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn delete_keys(redis_url: &str, pattern: &str) -> anyhow::Result<()> {
+/// Deletes every key matching `pattern`; returns how many there were.
+async fn delete_keys(redis_url: &str, pattern: &str) -> anyhow::Result<usize> {
     let client = redis::Client::open(redis_url)?;
     let mut con = client.get_multiplexed_async_connection().await?;
-    let mut cursor = 0u64;
+    let (mut cursor, mut deleted) = (0u64, 0);
     loop {
         let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
             .arg(cursor)
@@ -129,6 +130,7 @@ async fn delete_keys(redis_url: &str, pattern: &str) -> anyhow::Result<()> {
             .arg(1000)
             .query_async(&mut con)
             .await?;
+        deleted += keys.len();
         if !keys.is_empty() {
             let _: () = redis::cmd("UNLINK")
                 .arg(&keys)
@@ -136,7 +138,7 @@ async fn delete_keys(redis_url: &str, pattern: &str) -> anyhow::Result<()> {
                 .await?;
         }
         if next == 0 {
-            return Ok(());
+            return Ok(deleted);
         }
         cursor = next;
     }
@@ -291,18 +293,9 @@ impl TestConfig {
     /// Deletes ingest's dedup marks, as if they had expired: Meta's next redelivery of an update
     /// gets through to the stages again.
     pub async fn forget_dedup_marks(&self) {
-        let mut con = self.redis().await;
-        let marks: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:*:seen:*", self.prefix))
-            .query_async(&mut con)
-            .await
-            .unwrap();
-        assert!(!marks.is_empty(), "no dedup marks to forget");
-        let _: () = redis::cmd("DEL")
-            .arg(&marks)
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        let pattern = format!("{}:*:seen:*", self.prefix);
+        let deleted = delete_keys(&self.redis_url, &pattern).await.unwrap();
+        assert!(deleted > 0, "no dedup marks to forget");
     }
 
     /// Until the conversation stage has finished every inbound message sent so far: it deletes

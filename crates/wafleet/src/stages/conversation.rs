@@ -148,10 +148,10 @@ impl ConversationStage {
             .split_once(':')
             .map_or(job.conv.as_str(), |(_, c)| c);
         let customer = Customer {
-            key: customer_key,
-            wa_id: m.wa_id.as_deref(),
-            user_id: m.user_id.as_deref(),
-            profile_name: m.profile_name.as_deref(),
+            key: customer_key.to_string(),
+            wa_id: m.wa_id.clone(),
+            user_id: m.user_id.clone(),
+            profile_name: m.profile_name.clone(),
         };
 
         let touch = Touch {
@@ -186,14 +186,14 @@ impl ConversationStage {
             "none"
         };
         let new = NewMessage {
-            wamid: &m.wamid,
-            message_type: &m.message_type,
-            text_redacted: redacted.as_ref().map(|r| r.text.as_str()),
+            wamid: m.wamid.clone(),
+            message_type: m.message_type.clone(),
+            text_redacted: redacted.map(|r| r.text),
             pii_types,
             metadata,
-            context_wamid: m.context_id.as_deref(),
+            context_wamid: m.context_id.clone(),
             sent_at,
-            source_entry: &job.id,
+            source_entry: job.id.clone(),
             action: action_if_bot,
         };
         // The cached session lets a known conversation be touched by primary key; the update
@@ -209,24 +209,24 @@ impl ConversationStage {
             // Nothing else to write with it: one statement.
             let mut found = None;
             if let Some(ConversationRef::Known { id, session_no }) = cached {
+                let known = KnownMessage {
+                    conversation_id: id,
+                    session_no,
+                    touch: touch.clone(),
+                    message: new.clone(),
+                };
                 found = self
                     .known_stores
-                    .run(KnownMessage::new(id, session_no, &touch, &new))
+                    .run(known)
                     .await
                     .map_err(|e| StepError::Batch(e, "storing the message"))?;
             }
             count_session_cache(found.is_some());
             match found {
                 Some(found) => found,
-                None => store::store_message(
-                    &self.pg,
-                    ConversationRef::Channel(channel.id),
-                    &touch,
-                    &new,
-                )
-                .await
-                .map_err(db("storing the message"))?
-                .expect("a conversation found by channel always exists"),
+                None => store::store_message(&self.pg, channel.id, &touch, &new)
+                    .await
+                    .map_err(db("storing the message"))?,
             }
         };
         let (conversation, Some(stored)) = stored else {
@@ -260,8 +260,8 @@ impl ConversationStage {
         &self,
         channel: &ChannelSettings,
         cached: Option<ConversationRef>,
-        touch: &Touch<'_>,
-        mut new: NewMessage<'_>,
+        touch: &Touch,
+        mut new: NewMessage,
         keyword: Option<&str>,
     ) -> Result<(Conversation, Option<StoredMessage>), StepError> {
         let mut tx = self

@@ -24,18 +24,18 @@ impl Conversation {
 
 /// Who the customer is, as far as Meta told us.
 #[derive(Debug, Clone)]
-pub struct Customer<'a> {
-    pub key: &'a str,
-    pub wa_id: Option<&'a str>,
-    pub user_id: Option<&'a str>,
-    pub profile_name: Option<&'a str>,
+pub struct Customer {
+    pub key: String,
+    pub wa_id: Option<String>,
+    pub user_id: Option<String>,
+    pub profile_name: Option<String>,
 }
 
 /// How a message touches its conversation: who sent it, when (the message's own time), the
 /// channel's session timeout, and whether it opens or extends the 24-hour window.
 #[derive(Debug, Clone)]
-pub struct Touch<'a> {
-    pub customer: Customer<'a>,
+pub struct Touch {
+    pub customer: Customer,
     pub at: DateTime<Utc>,
     pub session_timeout_secs: i64,
     pub customer_message: bool,
@@ -124,16 +124,16 @@ pub enum ConversationRef {
 fn touch_query<'q, O: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>>(
     sql: &'q str,
     target: ConversationRef,
-    t: &'q Touch<'q>,
+    t: &'q Touch,
 ) -> sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments> {
     let q = sqlx::query_as(sql);
     let q = match target {
-        ConversationRef::Channel(channel_id) => q.bind(channel_id).bind(t.customer.key),
+        ConversationRef::Channel(channel_id) => q.bind(channel_id).bind(t.customer.key.as_str()),
         ConversationRef::Known { id, session_no } => q.bind(id).bind(session_no),
     };
-    q.bind(t.customer.wa_id)
-        .bind(t.customer.user_id)
-        .bind(t.customer.profile_name)
+    q.bind(t.customer.wa_id.as_deref())
+        .bind(t.customer.user_id.as_deref())
+        .bind(t.customer.profile_name.as_deref())
         .bind(t.at)
         .bind(t.customer_message.then_some(t.at))
         .bind(t.session_timeout_secs as f64)
@@ -144,7 +144,7 @@ fn touch_query<'q, O: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>>(
 pub async fn touch(
     tx: &mut Transaction<'_, Postgres>,
     target: ConversationRef,
-    t: &Touch<'_>,
+    t: &Touch,
 ) -> sqlx::Result<Option<Conversation>> {
     let sql = match target {
         ConversationRef::Channel(_) => concat!(touch_sql!(), conversation_columns!()),
@@ -156,16 +156,16 @@ pub async fn touch(
 /// Binds a message's columns, `wamid` through `action`, as the next nine parameters.
 fn bind_message<'q, O>(
     q: sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments>,
-    m: &'q NewMessage<'q>,
+    m: &'q NewMessage,
 ) -> sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments> {
-    q.bind(m.wamid)
-        .bind(m.message_type)
-        .bind(m.text_redacted)
+    q.bind(m.wamid.as_str())
+        .bind(m.message_type.as_str())
+        .bind(m.text_redacted.as_deref())
         .bind(&m.pii_types)
         .bind(&m.metadata)
-        .bind(m.context_wamid)
+        .bind(m.context_wamid.as_deref())
         .bind(m.sent_at)
-        .bind(m.source_entry)
+        .bind(m.source_entry.as_str())
         .bind(m.action)
 }
 
@@ -192,77 +192,38 @@ impl StoreRow {
     }
 }
 
-/// [`touch`] and [`insert_message`] in one statement (one round trip, one commit), for messages
-/// that need nothing else written with them. `m.action` is the action if the bot owns the
-/// conversation. Returns `None` when a `Known` conversation's cache was stale (nothing written);
-/// else the conversation and the stored message, `None` if it was stored before.
+/// [`touch`] of the channel's conversation and [`insert_message`] in one statement (one round
+/// trip, one commit), for messages that need nothing else written with them. `m.action` is the
+/// action if the bot owns the conversation. Returns the conversation and the stored message,
+/// `None` if it was stored before. (A conversation known from the session cache goes through
+/// [`store_known_many`] instead.)
 pub async fn store_message(
     pool: &PgPool,
-    target: ConversationRef,
-    t: &Touch<'_>,
-    m: &NewMessage<'_>,
-) -> sqlx::Result<Option<(Conversation, Option<StoredMessage>)>> {
-    let sql = match target {
-        ConversationRef::Channel(_) => store_message_sql!(touch_sql!()),
-        ConversationRef::Known { .. } => store_message_sql!(touch_known_sql!()),
-    };
-    let row: Option<StoreRow> = bind_message(touch_query(sql, target, t), m)
-        .fetch_optional(pool)
+    channel_id: i64,
+    t: &Touch,
+    m: &NewMessage,
+) -> sqlx::Result<(Conversation, Option<StoredMessage>)> {
+    let sql = store_message_sql!(touch_sql!());
+    let row: StoreRow = bind_message(touch_query(sql, ConversationRef::Channel(channel_id), t), m)
+        .fetch_one(pool)
         .await?;
-    Ok(row.map(StoreRow::into_parts))
+    Ok(row.into_parts())
 }
 
 /// A message for a conversation known from the session cache, with its [`Touch`]: what
-/// [`store_known_many`] stores for many jobs at once. Owned, so it can wait in a batch.
+/// [`store_known_many`] stores for many jobs at once.
 #[derive(Debug, Clone)]
 pub struct KnownMessage {
     pub conversation_id: i64,
     pub session_no: i32,
-    pub wa_id: Option<String>,
-    pub user_id: Option<String>,
-    pub profile_name: Option<String>,
-    pub at: DateTime<Utc>,
-    pub customer_message: bool,
-    pub session_timeout_secs: i64,
-    pub wamid: String,
-    pub message_type: String,
-    pub text_redacted: Option<String>,
-    pub pii_types: Vec<String>,
-    pub metadata: serde_json::Value,
-    pub context_wamid: Option<String>,
-    pub sent_at: Option<DateTime<Utc>>,
-    pub source_entry: String,
-    pub action: String,
+    pub touch: Touch,
+    pub message: NewMessage,
 }
 
-impl KnownMessage {
-    pub fn new(conversation_id: i64, session_no: i32, t: &Touch<'_>, m: &NewMessage<'_>) -> Self {
-        let owned = |s: Option<&str>| s.map(str::to_string);
-        Self {
-            conversation_id,
-            session_no,
-            wa_id: owned(t.customer.wa_id),
-            user_id: owned(t.customer.user_id),
-            profile_name: owned(t.customer.profile_name),
-            at: t.at,
-            customer_message: t.customer_message,
-            session_timeout_secs: t.session_timeout_secs,
-            wamid: m.wamid.to_string(),
-            message_type: m.message_type.to_string(),
-            text_redacted: owned(m.text_redacted),
-            pii_types: m.pii_types.clone(),
-            metadata: m.metadata.clone(),
-            context_wamid: owned(m.context_wamid),
-            sent_at: m.sent_at,
-            source_entry: m.source_entry.to_string(),
-            action: m.action.to_string(),
-        }
-    }
-}
-
-/// [`store_message`] with `ConversationRef::Known` for many messages in one statement per run of
-/// distinct conversations: each gets what `store_message` would have returned for it alone
-/// (`None` when its cache entry was stale and nothing was written).
+/// [`touch`] with `ConversationRef::Known` and [`insert_message`] for many messages, in one
+/// statement per run of distinct conversations: each gets the conversation and the stored
+/// message (`None` if it was stored before), or `None` when its cache entry was stale and
+/// nothing was written.
 pub async fn store_known_many(
     conn: &mut PgConnection,
     items: &[KnownMessage],
@@ -270,7 +231,11 @@ pub async fn store_known_many(
     let mut found = vec![None; items.len()];
     let mut offset = 0;
     for run in super::distinct_runs(items, |k| [k.conversation_id]) {
-        let col = |f: fn(&KnownMessage) -> Option<String>| run.iter().map(f).collect::<Vec<_>>();
+        let touch =
+            |f: fn(&Touch) -> Option<&str>| run.iter().map(|k| f(&k.touch)).collect::<Vec<_>>();
+        let message = |f: fn(&NewMessage) -> Option<&str>| {
+            run.iter().map(|k| f(&k.message)).collect::<Vec<_>>()
+        };
         let rows: Vec<BatchStoreRow> = sqlx::query_as(
             "WITH input AS (
                  SELECT * FROM unnest($1::int8[], $2::int4[], $3::text[], $4::text[], $5::text[],
@@ -312,21 +277,21 @@ pub async fn store_known_many(
         )
         .bind(run.iter().map(|k| k.conversation_id).collect::<Vec<_>>())
         .bind(run.iter().map(|k| k.session_no).collect::<Vec<_>>())
-        .bind(col(|k| k.wa_id.clone()))
-        .bind(col(|k| k.user_id.clone()))
-        .bind(col(|k| k.profile_name.clone()))
-        .bind(run.iter().map(|k| k.at).collect::<Vec<_>>())
-        .bind(run.iter().map(|k| k.customer_message.then_some(k.at)).collect::<Vec<_>>())
-        .bind(run.iter().map(|k| k.session_timeout_secs as f64).collect::<Vec<_>>())
-        .bind(run.iter().map(|k| k.wamid.as_str()).collect::<Vec<_>>())
-        .bind(run.iter().map(|k| k.message_type.as_str()).collect::<Vec<_>>())
-        .bind(col(|k| k.text_redacted.clone()))
-        .bind(run.iter().map(|k| serde_json::json!(k.pii_types)).collect::<Vec<_>>())
-        .bind(run.iter().map(|k| k.metadata.clone()).collect::<Vec<_>>())
-        .bind(col(|k| k.context_wamid.clone()))
-        .bind(run.iter().map(|k| k.sent_at).collect::<Vec<_>>())
-        .bind(run.iter().map(|k| k.source_entry.as_str()).collect::<Vec<_>>())
-        .bind(run.iter().map(|k| k.action.as_str()).collect::<Vec<_>>())
+        .bind(touch(|t| t.customer.wa_id.as_deref()))
+        .bind(touch(|t| t.customer.user_id.as_deref()))
+        .bind(touch(|t| t.customer.profile_name.as_deref()))
+        .bind(run.iter().map(|k| k.touch.at).collect::<Vec<_>>())
+        .bind(run.iter().map(|k| k.touch.customer_message.then_some(k.touch.at)).collect::<Vec<_>>())
+        .bind(run.iter().map(|k| k.touch.session_timeout_secs as f64).collect::<Vec<_>>())
+        .bind(message(|m| Some(&m.wamid)))
+        .bind(message(|m| Some(&m.message_type)))
+        .bind(message(|m| m.text_redacted.as_deref()))
+        .bind(run.iter().map(|k| serde_json::json!(k.message.pii_types)).collect::<Vec<_>>())
+        .bind(run.iter().map(|k| &k.message.metadata).collect::<Vec<_>>())
+        .bind(message(|m| m.context_wamid.as_deref()))
+        .bind(run.iter().map(|k| k.message.sent_at).collect::<Vec<_>>())
+        .bind(message(|m| Some(&m.source_entry)))
+        .bind(message(|m| Some(m.action)))
         .fetch_all(&mut *conn)
         .await?;
         for r in rows {
@@ -352,16 +317,18 @@ struct BatchStoreRow {
 
 /// An inbound message to store (text already redacted).
 #[derive(Debug, Clone)]
-pub struct NewMessage<'a> {
-    pub wamid: &'a str,
-    pub message_type: &'a str,
-    pub text_redacted: Option<&'a str>,
+pub struct NewMessage {
+    pub wamid: String,
+    pub message_type: String,
+    pub text_redacted: Option<String>,
     pub pii_types: Vec<String>,
     pub metadata: serde_json::Value,
-    pub context_wamid: Option<&'a str>,
+    pub context_wamid: Option<String>,
     pub sent_at: Option<DateTime<Utc>>,
-    pub source_entry: &'a str,
-    pub action: &'a str,
+    /// The stream entry the message came from.
+    pub source_entry: String,
+    /// What the message calls for if the bot owns the conversation.
+    pub action: &'static str,
 }
 
 /// A stored inbound message, as the stage needs it to finish its follow-up work.
@@ -376,7 +343,7 @@ pub struct StoredMessage {
 pub async fn insert_message(
     tx: &mut Transaction<'_, Postgres>,
     conversation: &Conversation,
-    m: &NewMessage<'_>,
+    m: &NewMessage,
 ) -> sqlx::Result<Option<StoredMessage>> {
     let q = sqlx::query_as(
         "INSERT INTO messages (conversation_id, channel_id, session_no, owner_at_arrival, wamid,
@@ -572,7 +539,7 @@ async fn apply_distinct(
     conn: &mut PgConnection,
     statuses: &[Status],
 ) -> sqlx::Result<Vec<StatusApplied>> {
-    let col = |f: fn(&Status) -> Option<String>| statuses.iter().map(f).collect::<Vec<_>>();
+    let col = |f: fn(&Status) -> Option<&str>| statuses.iter().map(f).collect::<Vec<_>>();
     let rows: Vec<(i64, Option<i64>, bool, bool)> = sqlx::query_as(
         "WITH input AS (
              SELECT * FROM unnest($1::text[], $2::text[], $3::int2[], $4::timestamptz[],
@@ -614,8 +581,8 @@ async fn apply_distinct(
            FROM input i LEFT JOIN changed c ON c.n = i.n
           ORDER BY i.n",
     )
-    .bind(col(|s| Some(s.wamid.clone())))
-    .bind(col(|s| Some(s.status.clone())))
+    .bind(col(|s| Some(&s.wamid)))
+    .bind(col(|s| Some(&s.status)))
     .bind(statuses.iter().map(|s| s.rank).collect::<Vec<_>>())
     .bind(statuses.iter().map(|s| s.at).collect::<Vec<_>>())
     .bind(
@@ -624,7 +591,7 @@ async fn apply_distinct(
             .map(|s| s.error_code.map(|c| c as i32))
             .collect::<Vec<_>>(),
     )
-    .bind(col(|s| s.error_title.clone()))
+    .bind(col(|s| s.error_title.as_deref()))
     .bind(statuses.iter().map(|s| s.outbound_id).collect::<Vec<_>>())
     .fetch_all(&mut *conn)
     .await?;
@@ -638,16 +605,6 @@ async fn apply_distinct(
             },
         )
         .collect())
-}
-
-/// Records Meta's acceptance of an outbound message; see [`record_accepted_many`].
-pub async fn record_accepted(pool: &PgPool, outbound_id: i64, wamid: &str) -> sqlx::Result<()> {
-    record_accepted_many(
-        &mut *pool.acquire().await?,
-        &[(outbound_id, wamid.to_string())],
-    )
-    .await?;
-    Ok(())
 }
 
 /// Records Meta's acceptance of outbound messages (`(outbound id, wamid)`), applies to each the

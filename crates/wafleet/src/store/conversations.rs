@@ -231,11 +231,6 @@ pub async fn store_known_many(
     let mut found = vec![None; items.len()];
     let mut offset = 0;
     for run in super::distinct_runs(items, |k| [k.conversation_id]) {
-        let touch =
-            |f: fn(&Touch) -> Option<&str>| run.iter().map(|k| f(&k.touch)).collect::<Vec<_>>();
-        let message = |f: fn(&NewMessage) -> Option<&str>| {
-            run.iter().map(|k| f(&k.message)).collect::<Vec<_>>()
-        };
         let rows: Vec<BatchStoreRow> = sqlx::query_as(
             "WITH input AS (
                  SELECT * FROM unnest($1::int8[], $2::int4[], $3::text[], $4::text[], $5::text[],
@@ -275,23 +270,23 @@ pub async fn store_known_many(
              )
              SELECT c.*, m.id AS message_id, m.action FROM c LEFT JOIN m ON m.conversation_id = c.id",
         )
-        .bind(run.iter().map(|k| k.conversation_id).collect::<Vec<_>>())
-        .bind(run.iter().map(|k| k.session_no).collect::<Vec<_>>())
-        .bind(touch(|t| t.customer.wa_id.as_deref()))
-        .bind(touch(|t| t.customer.user_id.as_deref()))
-        .bind(touch(|t| t.customer.profile_name.as_deref()))
-        .bind(run.iter().map(|k| k.touch.at).collect::<Vec<_>>())
-        .bind(run.iter().map(|k| k.touch.customer_message.then_some(k.touch.at)).collect::<Vec<_>>())
-        .bind(run.iter().map(|k| k.touch.session_timeout_secs as f64).collect::<Vec<_>>())
-        .bind(message(|m| Some(&m.wamid)))
-        .bind(message(|m| Some(&m.message_type)))
-        .bind(message(|m| m.text_redacted.as_deref()))
-        .bind(run.iter().map(|k| serde_json::json!(k.message.pii_types)).collect::<Vec<_>>())
-        .bind(run.iter().map(|k| &k.message.metadata).collect::<Vec<_>>())
-        .bind(message(|m| m.context_wamid.as_deref()))
-        .bind(run.iter().map(|k| k.message.sent_at).collect::<Vec<_>>())
-        .bind(message(|m| Some(&m.source_entry)))
-        .bind(message(|m| Some(m.action)))
+        .bind(super::column(run, |k| k.conversation_id))
+        .bind(super::column(run, |k| k.session_no))
+        .bind(super::column(run, |k| k.touch.customer.wa_id.as_deref()))
+        .bind(super::column(run, |k| k.touch.customer.user_id.as_deref()))
+        .bind(super::column(run, |k| k.touch.customer.profile_name.as_deref()))
+        .bind(super::column(run, |k| k.touch.at))
+        .bind(super::column(run, |k| k.touch.customer_message.then_some(k.touch.at)))
+        .bind(super::column(run, |k| k.touch.session_timeout_secs as f64))
+        .bind(super::column(run, |k| k.message.wamid.as_str()))
+        .bind(super::column(run, |k| k.message.message_type.as_str()))
+        .bind(super::column(run, |k| k.message.text_redacted.as_deref()))
+        .bind(super::column(run, |k| serde_json::json!(k.message.pii_types)))
+        .bind(super::column(run, |k| &k.message.metadata))
+        .bind(super::column(run, |k| k.message.context_wamid.as_deref()))
+        .bind(super::column(run, |k| k.message.sent_at))
+        .bind(super::column(run, |k| k.message.source_entry.as_str()))
+        .bind(super::column(run, |k| k.message.action))
         .fetch_all(&mut *conn)
         .await?;
         for r in rows {
@@ -539,7 +534,6 @@ async fn apply_distinct(
     conn: &mut PgConnection,
     statuses: &[Status],
 ) -> sqlx::Result<Vec<StatusApplied>> {
-    let col = |f: fn(&Status) -> Option<&str>| statuses.iter().map(f).collect::<Vec<_>>();
     let rows: Vec<(i64, Option<i64>, bool, bool)> = sqlx::query_as(
         "WITH input AS (
              SELECT * FROM unnest($1::text[], $2::text[], $3::int2[], $4::timestamptz[],
@@ -581,18 +575,13 @@ async fn apply_distinct(
            FROM input i LEFT JOIN changed c ON c.n = i.n
           ORDER BY i.n",
     )
-    .bind(col(|s| Some(&s.wamid)))
-    .bind(col(|s| Some(&s.status)))
-    .bind(statuses.iter().map(|s| s.rank).collect::<Vec<_>>())
-    .bind(statuses.iter().map(|s| s.at).collect::<Vec<_>>())
-    .bind(
-        statuses
-            .iter()
-            .map(|s| s.error_code.map(|c| c as i32))
-            .collect::<Vec<_>>(),
-    )
-    .bind(col(|s| s.error_title.as_deref()))
-    .bind(statuses.iter().map(|s| s.outbound_id).collect::<Vec<_>>())
+    .bind(super::column(statuses, |s| s.wamid.as_str()))
+    .bind(super::column(statuses, |s| s.status.as_str()))
+    .bind(super::column(statuses, |s| s.rank))
+    .bind(super::column(statuses, |s| s.at))
+    .bind(super::column(statuses, |s| s.error_code.map(|c| c as i32)))
+    .bind(super::column(statuses, |s| s.error_title.as_deref()))
+    .bind(super::column(statuses, |s| s.outbound_id))
     .fetch_all(&mut *conn)
     .await?;
     Ok(rows

@@ -5,6 +5,11 @@ pub mod channels;
 pub mod conversations;
 pub mod replies;
 
+/// One column of a batched statement: `f` of every item, to bind as an array and `unnest`.
+pub(crate) fn column<'a, T, U>(items: &'a [T], f: impl FnMut(&'a T) -> U) -> Vec<U> {
+    items.iter().map(f).collect()
+}
+
 /// Splits `items` into consecutive runs in which no two items share a key, so that a statement
 /// run once per run never has to touch one row twice. A batch of jobs in flight normally holds
 /// one job per conversation, so it is one run.

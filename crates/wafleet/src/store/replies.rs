@@ -79,8 +79,8 @@ pub async fn reply_contexts(
                  ) last
            ) h ON TRUE",
     )
-    .bind(wanted.iter().map(|w| w.0).collect::<Vec<_>>())
-    .bind(wanted.iter().map(|w| w.1).collect::<Vec<_>>())
+    .bind(super::column(wanted, |w| w.0))
+    .bind(super::column(wanted, |w| w.1))
     .fetch_all(&mut *conn)
     .await?;
     let mut found: Vec<Option<(ReplyContext, Vec<Turn>)>> = vec![None; wanted.len()];
@@ -194,72 +194,22 @@ async fn record_distinct(
          SELECT r.message_id, EXISTS (SELECT 1 FROM inserted i WHERE i.message_id = r.message_id)
            FROM r ORDER BY r.n",
     )
-    .bind(replies.iter().map(|r| r.message_id).collect::<Vec<_>>())
-    .bind(
-        replies
-            .iter()
-            .map(|r| r.conversation_id)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        replies
-            .iter()
-            .map(|r| r.outcome.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        replies
-            .iter()
-            .map(|r| r.provider.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        replies
-            .iter()
-            .map(|r| r.model.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(replies.iter().map(|r| r.input_tokens).collect::<Vec<_>>())
-    .bind(replies.iter().map(|r| r.output_tokens).collect::<Vec<_>>())
-    .bind(replies.iter().map(|r| r.canned).collect::<Vec<_>>())
-    .bind(replies.iter().map(|r| &r.failures).collect::<Vec<_>>())
-    .bind(
-        parts
-            .iter()
-            .map(|(r, _, _)| r.message_id)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        parts
-            .iter()
-            .map(|(r, _, _)| r.conversation_id)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        parts
-            .iter()
-            .map(|(r, _, _)| r.channel_id)
-            .collect::<Vec<_>>(),
-    )
-    .bind(parts.iter().map(|(_, n, _)| *n).collect::<Vec<_>>())
-    .bind(
-        parts
-            .iter()
-            .map(|(_, _, p)| p.0.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        parts
-            .iter()
-            .map(|(_, _, p)| p.1.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        parts
-            .iter()
-            .map(|(r, _, _)| r.state.as_str())
-            .collect::<Vec<_>>(),
-    )
+    .bind(super::column(replies, |r| r.message_id))
+    .bind(super::column(replies, |r| r.conversation_id))
+    .bind(super::column(replies, |r| r.outcome.as_str()))
+    .bind(super::column(replies, |r| r.provider.as_deref()))
+    .bind(super::column(replies, |r| r.model.as_deref()))
+    .bind(super::column(replies, |r| r.input_tokens))
+    .bind(super::column(replies, |r| r.output_tokens))
+    .bind(super::column(replies, |r| r.canned))
+    .bind(super::column(replies, |r| &r.failures))
+    .bind(super::column(&parts, |(r, _, _)| r.message_id))
+    .bind(super::column(&parts, |(r, _, _)| r.conversation_id))
+    .bind(super::column(&parts, |(r, _, _)| r.channel_id))
+    .bind(super::column(&parts, |(_, n, _)| *n))
+    .bind(super::column(&parts, |(_, _, p)| p.0.as_str()))
+    .bind(super::column(&parts, |(_, _, p)| p.1.as_str()))
+    .bind(super::column(&parts, |(r, _, _)| r.state.as_str()))
     .fetch_all(&mut *conn)
     .await?;
     Ok(rows.into_iter().map(|(_, fresh)| fresh).collect())

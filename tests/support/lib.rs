@@ -79,27 +79,36 @@ impl Drop for Cleanup {
         // On a thread and runtime of its own: this may run inside the test's runtime, which
         // cannot block on work of its own. Failures only leave litter behind, so they are
         // reported, not raised.
-        let cleanup = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for the cleanup");
-            rt.block_on(async move {
-                let work = async {
-                    if let Some(url) = database_url {
-                        drop_database(&url).await?;
-                    }
-                    delete_keys(&redis_url, &pattern).await.map(drop)
-                };
-                match tokio::time::timeout(Duration::from_secs(10), work).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => eprintln!("test cleanup: {e}"),
-                    Err(_) => eprintln!("test cleanup: timed out"),
+        let cleanup = on_own_runtime(async move {
+            let work = async {
+                if let Some(url) = database_url {
+                    drop_database(&url).await?;
                 }
-            });
+                delete_keys(&redis_url, &pattern).await.map(drop)
+            };
+            match tokio::time::timeout(Duration::from_secs(10), work).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => eprintln!("test cleanup: {e}"),
+                Err(_) => eprintln!("test cleanup: timed out"),
+            }
         });
         let _ = cleanup.join();
     }
+}
+
+/// Runs `work` on a new thread with a runtime of its own, independent of the test's runtime.
+fn on_own_runtime<F>(work: F) -> std::thread::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime of its own")
+            .block_on(work)
+    })
 }
 
 async fn drop_database(url: &str) -> anyhow::Result<()> {
@@ -473,18 +482,12 @@ impl Sim {
         // runs ingest and stages, and would otherwise stamp sends late, behind their work.
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let served = state.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for the simulator");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let _ = wafleet_sim::serve(served, listener, async move {
-                    let _ = stopped.await;
-                })
-                .await;
-            });
+        on_own_runtime(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let _ = wafleet_sim::serve(served, listener, async move {
+                let _ = stopped.await;
+            })
+            .await;
         });
         Self {
             state,

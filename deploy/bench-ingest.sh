@@ -12,6 +12,8 @@
 #   BENCH_RUST_LOG      ingest's RUST_LOG                   (default warn)
 #   BENCH_REDIS         how ingest reaches Redis: unix (the socket deploy/services.sh opens beside
 #                       the port; default when there is one) or tcp
+#   BENCH_PRELOAD_MARKS dedup marks written (and rewritten into the AOF base) before the run, to
+#                       see a Redis that holds days of them, as production does (default 0)
 #   WAFLEET_PARTITIONS, WAFLEET_REDIS_POOL_SIZE, ...  passed through to ingest as usual
 #   WAFLEET_REDIS_PORT / WAFLEET_PG_PORT  which services (see deploy/services.sh)
 #
@@ -61,8 +63,10 @@ SERVER_PID=""
 
 # CPU seconds (user + system) a process has used so far.
 proc_cpu() { sed 's/.*) //' "/proc/$1/stat" | awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", ($12 + $13) / hz }'; }
-# CPU seconds Redis has used, AOF rewrite children included.
+# CPU seconds Redis has used, AOF rewrite children included; redis_rewrite_cpu: the children only.
 redis_cpu() { rcli info cpu | tr -d '\r' | awk -F: '/^used_cpu_(user|sys)(_children)?:/ { t += $2 } END { printf "%.3f", t }'; }
+redis_rewrite_cpu() { rcli info cpu | tr -d '\r' | awk -F: '/^used_cpu_(user|sys)_children:/ { t += $2 } END { printf "%.3f", t }'; }
+redis_persistence() { rcli info persistence | tr -d '\r' | sed -n "s/^$1://p"; }
 
 SERVER_CPU=0
 stop_server() {
@@ -117,8 +121,30 @@ field() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"; }
 echo "== setup: redis $APP_REDIS_URL (appendfsync $fsync), database $BENCH_DB, prefix $PREFIX," \
   "$PARTITIONS partitions, $(nproc) cores"
 
+# Marks as ingest names them (P:{pN}:seen:<22 characters>), 100,000 per script call, then one
+# AOF rewrite so they sit in the base file like the days of marks of a production Redis.
+PRELOAD="${BENCH_PRELOAD_MARKS:-0}"
+[[ "$PRELOAD" =~ ^[0-9]+$ ]] || die "BENCH_PRELOAD_MARKS must be a number, got '$PRELOAD'"
+if ((PRELOAD > 0)); then
+  note "writing $PRELOAD dedup marks under $PREFIX"
+  preload_script="for i = tonumber(ARGV[3]), tonumber(ARGV[4]) do
+    redis.call('SET', ARGV[1] .. ':{p' .. (i % tonumber(ARGV[2])) .. '}:seen:' ..
+      string.sub(redis.sha1hex(ARGV[1] .. i), 1, 22), '1', 'EX', 604800)
+  end"
+  for ((from = 1; from <= PRELOAD; from += 100000)); do
+    to=$((from + 99999 < PRELOAD ? from + 99999 : PRELOAD))
+    rcli eval "$preload_script" 0 "$PREFIX" "$PARTITIONS" "$from" "$to" >/dev/null
+  done
+  until [[ "$(redis_persistence aof_rewrite_in_progress)" == 0 ]]; do sleep 0.2; done
+  rcli bgrewriteaof >/dev/null
+  sleep 0.2
+  until [[ "$(redis_persistence aof_rewrite_in_progress)" == 0 ]]; do sleep 0.2; done
+  note "AOF base now $(($(redis_persistence aof_base_size) / 1000000)) MB"
+fi
+
 PORT="$("$LOADGEN" free-port)"
-redis_cpu_before="$(redis_cpu)"
+redis_cpu_before="$(redis_cpu)" rewrite_cpu_before="$(redis_rewrite_cpu)"
+rewrites_before="$(redis_persistence aof_rewrites)"
 start_server ingest /readyz env \
   DATABASE_URL="$BENCH_DATABASE_URL" WAFLEET_ENCRYPTION_KEY="$KEY" \
   REDIS_URL="$APP_REDIS_URL" WAFLEET_REDIS_PREFIX="$PREFIX" WAFLEET_PARTITIONS="$PARTITIONS" \
@@ -131,6 +157,8 @@ INGEST="$(result ingest)"
 stop_server
 INGEST_CPU="$SERVER_CPU"
 REDIS_CPU="$(awk -v a="$redis_cpu_before" -v b="$(redis_cpu)" 'BEGIN { printf "%.3f", b - a }')"
+REWRITE_CPU="$(awk -v a="$rewrite_cpu_before" -v b="$(redis_rewrite_cpu)" 'BEGIN { printf "%.3f", b - a }')"
+REWRITES=$(($(redis_persistence aof_rewrites) - rewrites_before))
 
 # Sanity: every 200 is exactly one inbound entry; nothing went to quarantine or dead letters.
 stream_total=0
@@ -176,9 +204,11 @@ echo "stream entries = 200s     $stream_total = $ok_total, off-path $off_path  $
 per_req() { awk -v c="$1" -v n="$2" 'BEGIN { printf "%.1f", (n > 0 ? c * 1e6 / n : 0) }'; }
 i_sent="$(field "$INGEST" sent)" c_sent="$(field "$CEILING" sent)"
 i_us="$(per_req "$INGEST_CPU" "$i_sent")" r_us="$(per_req "$REDIS_CPU" "$i_sent")"
+rw_us="$(per_req "$REWRITE_CPU" "$i_sent")"
 c_us="$(per_req "$CEILING_CPU" "$c_sent")"
 il_us="$(field "$INGEST" client_cpu_us)" cl_us="$(field "$CEILING" client_cpu_us)"
-echo "CPU us/request, ingest run   ingest $i_us + redis $r_us + loadgen $il_us"
+echo "CPU us/request, ingest run   ingest $i_us + redis $r_us + loadgen $il_us" \
+  "(redis includes $rw_us of $REWRITES AOF rewrites)"
 echo "CPU us/request, ceiling run  ceiling $c_us + loadgen $cl_us"
 awk -v i="$i_us" -v r="$r_us" -v il="$il_us" -v c="$c_us" -v cl="$cl_us" 'BEGIN {
   printf "CPU-bound ratio estimate   %.2f   (ceiling run CPU / ingest run CPU; redis counts AOF rewrites and any other client)\n",

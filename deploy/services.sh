@@ -133,6 +133,10 @@ pidfile $(rq "$REDIS_PIDFILE")
 logfile $(rq "$REDIS_LOG")
 appendonly yes
 appendfsync everysec
+# Rewrite the AOF when it has grown by 4x its base, not Redis's default 1x: the base is mostly
+# dedup marks (~52 bytes each) while every webhook appends ~1.7 KB, so at the default a Redis
+# holding days of marks rewrites them all every few hundred thousand webhooks (README: Operations).
+auto-aof-rewrite-percentage 400
 save ""
 EOF
   if [[ -n "$REDIS_SOCKET" ]]; then

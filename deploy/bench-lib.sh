@@ -62,7 +62,7 @@ cleanup() {
       rcli --scan --pattern "$p:*" | xargs -r -n 1000 redis-cli -u "$REDIS_URL" unlink >/dev/null 2>&1 || true
     done
   fi
-  psql_admin -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" 2>/dev/null || true
+  [[ -n "${BENCH_KEEP_DB:-}" ]] || psql_admin -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" 2>/dev/null || true
   if ((rc == 0)) && [[ -z "${BENCH_KEEP_LOGS:-}" ]]; then rm -rf "$LOGS"; else note "logs kept in $LOGS"; fi
   exit "$rc"
 }

@@ -6,9 +6,12 @@ use wafleet::config::var;
 use wafleet::stages::process::{self, WorkerProcessSettings};
 use wafleet::telemetry;
 
-// glibc's allocator, not mimalloc as in ingest: mimalloc took about a fifth off the worker's
-// CPU per message, but with 1,000 model calls in flight it raised the LLM worker's peak RSS from
-// about 70 MB to 116-121 MB, over the 100 MB it must stay within (`just bench-e2e`).
+/// jemalloc, not glibc's allocator: glibc's malloc/free were about a quarter of the worker's CPU
+/// (`perf`), and jemalloc takes about that off per message (`just bench-e2e`). Not mimalloc, as
+/// in ingest: with 1,000 model calls in flight it raised the LLM worker's peak RSS to 110-121 MB,
+/// over the 100 MB it must stay within; jemalloc peaks at 71-77 MB there, like glibc.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

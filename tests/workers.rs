@@ -973,29 +973,31 @@ async fn replies_recorded_together_each_get_their_own_answer() {
     e.send("57301", "wamid.two", T0, "hola").await;
     e.stored(2).await;
     e.wait_followups().await;
-    let ids: Vec<(i64, i64, i64)> =
-        sqlx::query_as("SELECT id, conversation_id, channel_id FROM messages ORDER BY wamid")
-            .fetch_all(&e.pg)
-            .await
-            .unwrap();
-    let record =
-        |(message_id, conversation_id, channel_id): (i64, i64, i64), parts: &[&str]| ReplyRecord {
-            message_id,
-            conversation_id,
-            channel_id,
-            outcome: "produced".into(),
-            provider: Some("standin".into()),
-            model: Some("m".into()),
-            input_tokens: Some(10),
-            output_tokens: Some(5),
-            canned: false,
-            failures: serde_json::json!([]),
-            parts: parts
-                .iter()
-                .map(|p| ("reply".to_string(), p.to_string()))
-                .collect(),
-            state: "pending".into(),
-        };
+    let ids: Vec<(i64, i32, i64, i64)> = sqlx::query_as(
+        "SELECT id, session_no, conversation_id, channel_id FROM messages ORDER BY wamid",
+    )
+    .fetch_all(&e.pg)
+    .await
+    .unwrap();
+    let record = |(message_id, session_no, conversation_id, channel_id): (i64, i32, i64, i64),
+                  parts: &[&str]| ReplyRecord {
+        message_id,
+        session_no,
+        conversation_id,
+        channel_id,
+        outcome: "produced".into(),
+        provider: Some("standin".into()),
+        model: Some("m".into()),
+        input_tokens: Some(10),
+        output_tokens: Some(5),
+        canned: false,
+        failures: serde_json::json!([]),
+        parts: parts
+            .iter()
+            .map(|p| ("reply".to_string(), p.to_string()))
+            .collect(),
+        state: "pending".into(),
+    };
     let first = record_replies(
         &mut e.pg.acquire().await.unwrap(),
         &[record(ids[0], &["uno"])],
@@ -1016,16 +1018,18 @@ async fn replies_recorded_together_each_get_their_own_answer() {
     .await
     .unwrap();
     assert_eq!(fresh, vec![false, true, false]);
-    let parts: Vec<(i64, i32, String)> = sqlx::query_as(
-        "SELECT reply_to, part_no, body FROM outbound_messages ORDER BY reply_to, part_no",
+    // Each part belongs to the session of the message it answers (the history reads by session).
+    let parts: Vec<(i64, Option<i32>, i32, String)> = sqlx::query_as(
+        "SELECT reply_to, session_no, part_no, body FROM outbound_messages
+          ORDER BY reply_to, part_no",
     )
     .fetch_all(&e.pg)
     .await
     .unwrap();
     let mut expected = vec![
-        (ids[0].0, 0, "uno".to_string()),
-        (ids[1].0, 0, "parte 1".to_string()),
-        (ids[1].0, 1, "parte 2".to_string()),
+        (ids[0].0, Some(ids[0].1), 0, "uno".to_string()),
+        (ids[1].0, Some(ids[1].1), 0, "parte 1".to_string()),
+        (ids[1].0, Some(ids[1].1), 1, "parte 2".to_string()),
     ];
     expected.sort();
     assert_eq!(parts, expected);

@@ -447,8 +447,9 @@ pub async fn insert_outbound(
     state: &str,
 ) -> sqlx::Result<i64> {
     let id: (i64,) = sqlx::query_as(
-        "INSERT INTO outbound_messages (conversation_id, channel_id, reply_to, part_no, kind, body, state)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
+        "INSERT INTO outbound_messages (conversation_id, channel_id, reply_to, session_no, part_no,
+                                        kind, body, state)
+         VALUES ($1, $2, $3, (SELECT session_no FROM messages WHERE id = $3), $4, $5, $6, $7)
          ON CONFLICT (reply_to, kind, part_no) DO UPDATE SET kind = EXCLUDED.kind
          RETURNING id",
     )

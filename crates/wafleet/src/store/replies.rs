@@ -69,9 +69,9 @@ pub async fn reply_contexts(
                             AND m.action IN ('reply', 'handover')
                          UNION ALL
                          SELECT FALSE, o.body, o.created_at, o.reply_to
-                           FROM outbound_messages o JOIN messages m ON m.id = o.reply_to
+                           FROM outbound_messages o
                           WHERE o.conversation_id = ctx.conversation_id
-                            AND m.session_no = ctx.session_no AND o.reply_to < ctx.message_id
+                            AND o.session_no = ctx.session_no AND o.reply_to < ctx.message_id
                             AND o.kind = 'reply' AND o.state IN ('pending', 'sending', 'accepted')
                      ) t
                      ORDER BY at DESC, ord DESC
@@ -109,6 +109,8 @@ pub struct NewReply<'a> {
 #[derive(Debug, Clone)]
 pub struct ReplyRecord {
     pub message_id: i64,
+    /// The session of the message answered, which its parts belong to.
+    pub session_no: i32,
     pub conversation_id: i64,
     pub channel_id: i64,
     pub outcome: String,
@@ -132,6 +134,7 @@ impl ReplyRecord {
     ) -> Self {
         Self {
             message_id: ctx.message_id,
+            session_no: ctx.session_no,
             conversation_id: ctx.conversation_id,
             channel_id: ctx.channel_id,
             outcome: r.outcome.to_string(),
@@ -182,12 +185,14 @@ async fn record_distinct(
              ON CONFLICT (message_id) DO NOTHING
              RETURNING message_id
          ), parts AS (
-             INSERT INTO outbound_messages (conversation_id, channel_id, reply_to, part_no, kind,
-                                            body, state)
-             SELECT p.conversation_id, p.channel_id, p.reply_to, p.part_no, p.kind, p.body, p.state
+             INSERT INTO outbound_messages (conversation_id, channel_id, reply_to, session_no,
+                                            part_no, kind, body, state)
+             SELECT p.conversation_id, p.channel_id, p.reply_to, p.session_no, p.part_no, p.kind,
+                    p.body, p.state
                FROM unnest($10::int8[], $11::int8[], $12::int8[], $13::int4[], $14::text[],
-                           $15::text[], $16::text[])
-                    AS p(reply_to, conversation_id, channel_id, part_no, kind, body, state)
+                           $15::text[], $16::text[], $17::int4[])
+                    AS p(reply_to, conversation_id, channel_id, part_no, kind, body, state,
+                         session_no)
                JOIN inserted i ON i.message_id = p.reply_to
              ON CONFLICT (reply_to, kind, part_no) DO NOTHING
          )
@@ -210,6 +215,7 @@ async fn record_distinct(
     .bind(super::column(&parts, |(_, _, p)| p.0.as_str()))
     .bind(super::column(&parts, |(_, _, p)| p.1.as_str()))
     .bind(super::column(&parts, |(r, _, _)| r.state.as_str()))
+    .bind(super::column(&parts, |(r, _, _)| r.session_no))
     .fetch_all(&mut *conn)
     .await?;
     Ok(rows.into_iter().map(|(_, fresh)| fresh).collect())

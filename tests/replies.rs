@@ -153,7 +153,15 @@ async fn a_signed_webhook_gets_a_reply_that_quotes_the_customer_message_and_is_t
         .fetch_one(&s.pg)
         .await
         .unwrap();
-    assert_eq!(m.callback_data.as_deref(), Some(id.to_string().as_str()));
+    let callback = m
+        .callback_data
+        .as_deref()
+        .expect("callback data on every send");
+    assert_eq!(
+        s.cfg.cipher().callback_tags().decode(callback),
+        Some(id),
+        "our outbound id, tagged: {callback}"
+    );
     assert_eq!(m.body, body);
     // The simulator reports sent → delivered → read; the status stage follows.
     wait_count(

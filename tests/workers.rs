@@ -645,7 +645,44 @@ async fn an_ambiguous_send_is_reconciled_by_the_callback_id_its_status_echoes() 
         }
         status_body(PNID, serde_json::json!([v]))
     };
-    e.post(&status("sent", T0 + 1, Some(id.to_string()))).await;
+    // Callback data another app on the number set (a bare number, or another install's tag)
+    // is not ours: that status must not take our part for its message.
+    let foreign = |s: &str, wamid: &str, callback: String| {
+        let v = serde_json::json!({"id": wamid, "status": s, "timestamp": (T0 + 1).to_string(),
+            "recipient_id": "57300", "biz_opaque_callback_data": callback});
+        status_body(PNID, serde_json::json!([v]))
+    };
+    let other_install =
+        wafleet::crypto::Cipher::from_key_text(&wafleet::crypto::Cipher::generate_key_text())
+            .unwrap();
+    e.post(&foreign("sent", "wamid.foreign1", id.to_string()))
+        .await;
+    e.post(&foreign(
+        "sent",
+        "wamid.foreign2",
+        other_install.callback_tags().encode(id),
+    ))
+    .await;
+    eventually(
+        "foreign statuses kept aside",
+        Duration::from_secs(20),
+        || async {
+            let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM early_statuses")
+                .fetch_one(&e.pg)
+                .await
+                .unwrap();
+            (n == 2).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(row().await, (None, "sending".to_string(), None));
+    sqlx::query("DELETE FROM early_statuses")
+        .execute(&e.pg)
+        .await
+        .unwrap();
+
+    let ours = e.cfg.cipher().callback_tags().encode(id);
+    e.post(&status("sent", T0 + 1, Some(ours))).await;
     let reconciled = eventually("reconciled", Duration::from_secs(20), || async {
         let r = row().await;
         (r.2.is_some()).then_some(r)
@@ -1038,4 +1075,38 @@ async fn replies_recorded_together_each_get_their_own_answer() {
         .await
         .unwrap();
     assert_eq!(tokens, 30, "usage stored per reply");
+}
+
+#[tokio::test]
+async fn statuses_for_wamids_never_recorded_expire_after_their_ttl() {
+    let cfg = TestConfig::new().await;
+    let pg = cfg.pg().await;
+    // Two statuses of a message another app sent two hours ago, one of ten minutes ago.
+    sqlx::query(
+        "INSERT INTO early_statuses (wamid, status, rank, received_at) VALUES
+             ('wamid.old', 'sent', 1, now() - interval '2 hours'),
+             ('wamid.old', 'delivered', 2, now() - interval '2 hours'),
+             ('wamid.recent', 'sent', 1, now() - interval '10 minutes')",
+    )
+    .execute(&pg)
+    .await
+    .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sweeper = tokio::spawn(wafleet::stages::status::expire_early_statuses(
+        pg.clone(),
+        Duration::from_secs(3600),
+        stop.clone(),
+    ));
+    let left = eventually("old statuses expired", Duration::from_secs(20), || async {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT wamid, status FROM early_statuses ORDER BY wamid, status")
+                .fetch_all(&pg)
+                .await
+                .unwrap();
+        (rows.len() < 3).then_some(rows)
+    })
+    .await;
+    assert_eq!(left, vec![("wamid.recent".to_string(), "sent".to_string())]);
+    stop.cancel();
+    sweeper.await.unwrap();
 }

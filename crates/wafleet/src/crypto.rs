@@ -5,12 +5,18 @@
 //! row or column fails to decrypt instead of silently becoming another channel's token.
 //! Stored form: `0x01 || nonce (12) || ciphertext+tag`. The leading version byte leaves room for a
 //! key rotation scheme. Clear text only ever lives in memory.
+//!
+//! The same key also tags the outbound ids we put in `biz_opaque_callback_data`
+//! ([`CallbackTags`]), so a status echoing callback data that another app on the number, or
+//! another wafleet install, set is never taken for one of our messages.
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use anyhow::{Context, bail};
 use base64::Engine;
+use hmac::{Hmac, Mac};
 use rand::RngCore;
+use sha2::Sha256;
 
 const VERSION: u8 = 1;
 const NONCE_LEN: usize = 12;
@@ -19,6 +25,7 @@ const NONCE_LEN: usize = 12;
 #[derive(Clone)]
 pub struct Cipher {
     aead: Aes256Gcm,
+    callbacks: CallbackTags,
 }
 
 impl std::fmt::Debug for Cipher {
@@ -50,7 +57,13 @@ impl Cipher {
         }
         Ok(Self {
             aead: Aes256Gcm::new_from_slice(&bytes).expect("32-byte key"),
+            callbacks: CallbackTags::derive(&bytes),
         })
+    }
+
+    /// What tags and checks our outbound ids in `biz_opaque_callback_data`.
+    pub fn callback_tags(&self) -> &CallbackTags {
+        &self.callbacks
     }
 
     /// A fresh random key in the text form `from_key_text` reads.
@@ -131,5 +144,97 @@ mod tests {
             "padding is optional"
         );
         assert!(Cipher::from_key_text("not a key at all!").is_err());
+    }
+}
+
+/// Our outbound ids as `biz_opaque_callback_data`: `wf1.<id>.<tag>`, the tag being 72 bits of
+/// HMAC-SHA256 of the id under a key derived from `WAFLEET_ENCRYPTION_KEY`. Meta echoes the value
+/// in every status of the message, and the status stage reconciles an ambiguous send by it; a
+/// bare number, which another app on the same number may well use, would mark one of our unsent
+/// parts accepted with someone else's wamid, and that reply would never go out.
+#[derive(Clone)]
+pub struct CallbackTags {
+    mac: Hmac<Sha256>,
+}
+
+impl std::fmt::Debug for CallbackTags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallbackTags([redacted])")
+    }
+}
+
+const CALLBACK_PREFIX: &str = "wf1.";
+const CALLBACK_TAG_LEN: usize = 9;
+
+impl CallbackTags {
+    fn derive(key: &[u8]) -> Self {
+        let mut kdf =
+            <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes keys of any length");
+        kdf.update(b"wafleet biz_opaque_callback_data v1");
+        let subkey = kdf.finalize().into_bytes();
+        Self {
+            mac: <Hmac<Sha256> as Mac>::new_from_slice(&subkey)
+                .expect("HMAC takes keys of any length"),
+        }
+    }
+
+    fn tag(&self, id: &str) -> Hmac<Sha256> {
+        let mut mac = self.mac.clone();
+        mac.update(id.as_bytes());
+        mac
+    }
+
+    /// The callback data of outbound message `id`.
+    pub fn encode(&self, id: i64) -> String {
+        let id = id.to_string();
+        let tag = self.tag(&id).finalize().into_bytes();
+        let tag = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&tag[..CALLBACK_TAG_LEN]);
+        format!("{CALLBACK_PREFIX}{id}.{tag}")
+    }
+
+    /// The outbound id in callback data we wrote; `None` for anything else (checked in constant
+    /// time).
+    pub fn decode(&self, data: &str) -> Option<i64> {
+        let (id, tag) = data.strip_prefix(CALLBACK_PREFIX)?.split_once('.')?;
+        let tag = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(tag)
+            .ok()
+            .filter(|t| t.len() == CALLBACK_TAG_LEN)?;
+        let parsed: i64 = id.parse().ok()?;
+        // Only the canonical form (no sign, no leading zeros) was ever tagged.
+        (parsed.to_string() == id).then_some(())?;
+        self.tag(id).verify_truncated_left(&tag).ok()?;
+        Some(parsed)
+    }
+}
+
+#[cfg(test)]
+mod callback_tests {
+    use super::*;
+
+    #[test]
+    fn callback_data_reads_back_only_under_its_own_key() {
+        let ours = Cipher::from_key_text(&Cipher::generate_key_text()).unwrap();
+        let theirs = Cipher::from_key_text(&Cipher::generate_key_text()).unwrap();
+        let tags = ours.callback_tags();
+        let data = tags.encode(4217);
+        assert!(data.starts_with("wf1.4217."), "{data}");
+        assert!(
+            data.len() <= 512,
+            "Meta's limit on biz_opaque_callback_data"
+        );
+        assert_eq!(tags.decode(&data), Some(4217));
+        // Another install's tag, a bare id (another app's), a changed id or tag, garbage.
+        assert_eq!(theirs.callback_tags().decode(&data), None);
+        assert_eq!(tags.decode("4217"), None);
+        assert_eq!(tags.decode(&data.replace("4217", "4218")), None);
+        assert_eq!(tags.decode(&data.replace("wf1.4217", "wf1.04217")), None);
+        let mut bad_tag = data.clone();
+        let last = bad_tag.pop().unwrap();
+        bad_tag.push(if last == 'A' { 'B' } else { 'A' });
+        assert_eq!(tags.decode(&bad_tag), None);
+        assert_eq!(tags.decode("wf1.4217"), None);
+        assert_eq!(tags.decode("wf1..x"), None);
+        assert_eq!(tags.decode("job-42"), None);
     }
 }

@@ -110,6 +110,11 @@ impl ChannelCache {
         }
     }
 
+    /// Tags and checks our outbound ids in `biz_opaque_callback_data` (same key as the secrets).
+    pub fn callback_tags(&self) -> &crate::crypto::CallbackTags {
+        self.cipher.callback_tags()
+    }
+
     /// Forgets a channel, so the next lookup reads it again (after this process changed it).
     pub fn forget(&self, phone_number_id: &str) {
         self.lock().remove(phone_number_id);

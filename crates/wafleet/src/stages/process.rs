@@ -45,6 +45,8 @@ pub struct WorkerProcessSettings {
     pub graph: GraphSettings,
     pub llm: LlmSettings,
     pub send: SendPolicy,
+    /// How long a status for a wamid we never recorded is kept (`WAFLEET_EARLY_STATUS_TTL_SECS`).
+    pub early_status_ttl: Duration,
 }
 
 /// Where the Graph API is.
@@ -188,6 +190,8 @@ impl WorkerProcessSettings {
             graph: GraphSettings::from_env()?,
             llm,
             send: SendPolicy::from_env()?,
+            early_status_ttl: Duration::from_secs(parsed("WAFLEET_EARLY_STATUS_TTL_SECS", 86_400)?)
+                .max(Duration::from_secs(1)),
         })
     }
 
@@ -295,6 +299,7 @@ pub async fn run(
                     redis: shared.clone(),
                     keys: keys.clone(),
                     writer: status::status_writer(pg.clone()),
+                    callbacks: channels.callback_tags().clone(),
                 };
                 stages.push(status::STAGE);
                 tasks.spawn(worker::run_stage(runtime(
@@ -370,6 +375,17 @@ pub async fn run(
         stop.clone(),
     ));
     let unanswered = tokio::spawn(sample_unanswered(pg.clone(), stop.clone()));
+    let expiry = settings
+        .stages
+        .iter()
+        .any(|s| s == status::STAGE.name)
+        .then(|| {
+            tokio::spawn(status::expire_early_statuses(
+                pg.clone(),
+                settings.early_status_ttl,
+                stop.clone(),
+            ))
+        });
 
     let mut result = Ok(());
     tokio::select! {
@@ -388,6 +404,9 @@ pub async fn run(
     }
     let _ = sampler.await;
     let _ = unanswered.await;
+    if let Some(expiry) = expiry {
+        let _ = expiry.await;
+    }
     let _ = http.await;
     result
 }

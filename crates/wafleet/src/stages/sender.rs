@@ -5,7 +5,8 @@
 //! Every part is a row in `outbound_messages` before it is sent. Right before a send, one
 //! statement checks that the part is still `pending` and that the bot still owns the
 //! conversation, and marks it `sending` (else it is recorded `suppressed`: a human took over).
-//! Then Meta is called with our outbound id in `biz_opaque_callback_data`.
+//! Then Meta is called with our outbound id, tagged ([`crate::crypto::CallbackTags`]), in
+//! `biz_opaque_callback_data`.
 //! - Accepted → `accepted` with Meta's wamid (statuses that came first are applied).
 //! - The request certainly did not leave (connection refused) → back to `pending`, retried.
 //! - **Ambiguous** (timeout, connection lost after sending): the part stays `sending` and is
@@ -338,7 +339,7 @@ impl SenderStage {
                 .map_err(db("reopening the part"))?;
             return self.pause(channel, "no access token configured").await;
         };
-        let callback = part.id.to_string();
+        let callback = self.channels.callback_tags().encode(part.id);
         let result = self
             .graph
             .send_text(&OutgoingText {

@@ -1,6 +1,8 @@
 //! The status stage: Meta's delivery statuses move our outbound messages' delivery state
 //! forward only (sent → delivered → read; `failed` is final and keeps Meta's code and title).
-//! A status for a wamid we have not recorded yet is kept and applied when the sender records it.
+//! A status for a wamid we have not recorded yet is kept and applied when the sender records it;
+//! one that echoes our tagged outbound id in `biz_opaque_callback_data` reconciles an ambiguous
+//! send (callback data another app set is ignored).
 //! A `failed` 131047 (the 24-hour window had closed) hands the conversation to a human.
 //!
 //! Meta sends three or four statuses per message we send, so they are written together: the
@@ -31,6 +33,8 @@ pub struct StatusStage {
     pub redis: crate::shared_redis::SharedRedis,
     pub keys: Keys,
     pub writer: StatusWriter,
+    /// Reads our outbound id back from `biz_opaque_callback_data`; other callback data is ignored.
+    pub callbacks: crate::crypto::CallbackTags,
 }
 
 /// Applies the statuses of concurrent jobs together (see the module docs).
@@ -69,7 +73,7 @@ impl Handler for StatusStage {
             outbound_id: s
                 .biz_opaque_callback_data
                 .as_deref()
-                .and_then(|v| v.parse().ok()),
+                .and_then(|v| self.callbacks.decode(v)),
         };
         let applied = match self.writer.run(status).await {
             Ok(a) => a,
@@ -104,5 +108,50 @@ impl StatusStage {
         )
         .await?;
         Ok(())
+    }
+}
+
+/// Deletes, once a minute, the statuses kept for a wamid that was never recorded after `ttl`.
+///
+/// Ours are recorded within moments of Meta's answer (and an ambiguous send is reconciled by its
+/// callback id, never kept), so what stays is mostly the statuses of messages other apps sent from
+/// the same number, which would otherwise pile up forever. `wafleet_early_statuses` shows how
+/// many are kept, `wafleet_early_statuses_expired_total` how many went.
+pub async fn expire_early_statuses(
+    pg: PgPool,
+    ttl: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let swept = async {
+            let expired = sqlx::query(
+                "DELETE FROM early_statuses
+                  WHERE received_at < now() - make_interval(secs => $1::float8)",
+            )
+            .bind(ttl.as_secs_f64())
+            .execute(&pg)
+            .await?
+            .rows_affected();
+            let (kept,): (i64,) = sqlx::query_as("SELECT count(*) FROM early_statuses")
+                .fetch_one(&pg)
+                .await?;
+            Ok::<_, sqlx::Error>((expired, kept))
+        };
+        match swept.await {
+            Ok((expired, kept)) => {
+                if expired > 0 {
+                    tracing::info!(expired, kept, "early statuses expired");
+                }
+                metrics::counter!("wafleet_early_statuses_expired_total").increment(expired);
+                metrics::gauge!("wafleet_early_statuses").set(kept as f64);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "expiring early statuses failed; next try in a minute")
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+        }
     }
 }

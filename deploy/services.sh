@@ -487,9 +487,6 @@ case "$cmd" in
     missing=()
     redis_bins || missing+=(redis-server redis-tools)
     pg_find_bin || missing+=(postgresql)
-    # Not a service, but every build needs it and it is the one part a Rust install may lack:
-    # the worker's allocator (jemalloc) is built with make.
-    command -v make >/dev/null || missing+=(make)
     ((${#missing[@]} == 0)) || apt_install "${missing[@]}"
     redis_start
     pg_start

@@ -131,6 +131,42 @@ impl Sys {
 }
 
 #[tokio::test]
+async fn a_slow_read_receipt_does_not_hold_the_model_back() {
+    // Meta answers mark-read in 1.5 s (under the test's 2-s Graph timeout).
+    let s = system_with(
+        SimConfig {
+            read_latency: Duration::from_millis(1500),
+            ..SimConfig::default()
+        },
+        |s| vec![s.standin()],
+        &["conversation", "status", "llm", "sender"],
+    )
+    .await;
+    s.send("573001112233", "wamid.R1", "Hola, ¿hay stock?")
+        .await;
+    let (read_at, asked_at) =
+        eventually("read and model call", Duration::from_secs(30), || async {
+            let read = s
+                .sim
+                .state
+                .reads()
+                .into_iter()
+                .find(|r| r.message_id == "wamid.R1")?;
+            let asked = s.sim.state.llm_requests().into_iter().next()?;
+            Some((read.received_at, asked.received_at))
+        })
+        .await;
+    assert!(
+        asked_at < read_at + 1000,
+        "the model was asked {} ms after the read receipt, not after its 1.5-s answer",
+        asked_at as i64 - read_at as i64
+    );
+    s.sent(1).await;
+    let reads = s.sim.state.reads();
+    assert!(reads.iter().any(|r| r.message_id == "wamid.R1" && r.typing));
+}
+
+#[tokio::test]
 async fn a_signed_webhook_gets_a_reply_that_quotes_the_customer_message_and_is_tracked_to_read() {
     let s = system().await;
     s.send(

@@ -188,7 +188,12 @@ pub(crate) async fn messages(
         );
     }
     if request["status"] == "read" {
-        return mark_read(&sim, phone_number_id, &request);
+        let answer = mark_read(&sim, phone_number_id, &request);
+        let latency = sim.config().read_latency;
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        return answer;
     }
     let send = match Send::parse(&phone_number_id, &request) {
         Ok(send) => send,

@@ -70,6 +70,8 @@ pub struct SimConfig {
     pub read_receipts: bool,
     /// Time every LLM answer takes, like a model generating.
     pub llm_latency: Duration,
+    /// Time a mark-read request takes to be answered (a slow Graph API).
+    pub read_latency: Duration,
     /// `metadata.display_phone_number` of the webhooks.
     pub display_phone_number: String,
     /// `entry[].id` of the webhooks (the WhatsApp Business Account id).
@@ -88,6 +90,7 @@ impl Default for SimConfig {
             status_delay: Duration::from_millis(50),
             read_receipts: true,
             llm_latency: Duration::from_millis(200),
+            read_latency: Duration::ZERO,
             display_phone_number: "15550000000".into(),
             waba_id: "WABA-SIM".into(),
         }

@@ -36,6 +36,9 @@ struct Cli {
     /// Time each LLM answer takes.
     #[arg(long, env = "SIM_LLM_LATENCY_MS", default_value_t = 200)]
     llm_latency_ms: u64,
+    /// Time each mark-read (read receipt + typing indicator) takes to be answered.
+    #[arg(long, env = "SIM_READ_LATENCY_MS", default_value_t = 0)]
+    read_latency_ms: u64,
     /// Throughput per business number (messages/s; Meta: 80). 0: unlimited.
     #[arg(long, env = "SIM_MPS", default_value_t = 80)]
     mps: u32,
@@ -71,6 +74,7 @@ impl Cli {
             webhook,
             status_delay: Duration::from_millis(self.status_delay_ms),
             llm_latency: Duration::from_millis(self.llm_latency_ms),
+            read_latency: Duration::from_millis(self.read_latency_ms),
             ..SimConfig::default()
         };
         Ok((self.listen, config))

@@ -6,12 +6,14 @@ use wafleet::config::var;
 use wafleet::stages::process::{self, WorkerProcessSettings};
 use wafleet::telemetry;
 
-/// jemalloc, not glibc's allocator: glibc's malloc/free were about a quarter of the worker's CPU
-/// (`perf`), and jemalloc takes about that off per message (`just bench-e2e`). Not mimalloc, as
-/// in ingest: with 1,000 model calls in flight it raised the LLM worker's peak RSS to 110-121 MB,
-/// over the 100 MB it must stay within; jemalloc peaks at 71-77 MB there, like glibc.
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+// glibc's allocator. Its malloc/free are about a quarter of the worker's CPU (`perf`), and
+// both faster allocators were measured (`just bench-e2e`) and left out:
+// - mimalloc (as in ingest) took about a fifth off the CPU per message, but with 1,000 model
+//   calls in flight it raised the LLM worker's peak RSS to 110-121 MB, over its 100 MB budget.
+// - jemalloc took about a quarter off (15,000 messages: workers 7.0-9.3 s against 9.8-12.4 s)
+//   at the same peak RSS, but one LLM worker then got 828-1,181 model calls in flight in the
+//   1-s model run (a third of the runs under 1,000, with or without its background thread)
+//   against 1,080-1,199 on glibc.
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -161,9 +161,6 @@ impl LlmStage {
             return Ok(Outcome::Done);
         }
 
-        if channel.bot_mode == BotMode::On {
-            self.mark_read(&channel, &ctx.wamid).await;
-        }
         let request = ChatRequest {
             system: channel
                 .system_prompt
@@ -187,15 +184,25 @@ impl LlmStage {
         } else {
             &channel.providers
         };
-        let reply = reply_with_fallback(
-            &self.llm,
-            providers,
-            &request,
-            &self.defaults.policy,
-            &channel.canned_reply,
-            &mut || rand::random::<f64>(),
-        )
-        .await;
+        // The read receipt and typing indicator go out while the model works, not before it: a
+        // slow Graph API must not hold the customer's answer back.
+        let read = async {
+            if channel.bot_mode == BotMode::On {
+                self.mark_read(&channel, &ctx.wamid).await;
+            }
+        };
+        let mut jitter = || rand::random::<f64>();
+        let (reply, ()) = tokio::join!(
+            reply_with_fallback(
+                &self.llm,
+                providers,
+                &request,
+                &self.defaults.policy,
+                &channel.canned_reply,
+                &mut jitter,
+            ),
+            read
+        );
         let usage = reply.usage.as_ref();
         let failures = json!(
             reply

@@ -59,8 +59,13 @@ async fn system_with(
 }
 
 async fn system() -> Sys {
+    system_with_sim(SimConfig::default()).await
+}
+
+/// Every stage, the stand-in model, and a simulator configured as given.
+async fn system_with_sim(sim_config: SimConfig) -> Sys {
     system_with(
-        SimConfig::default(),
+        sim_config,
         |s| vec![s.standin()],
         &["conversation", "status", "llm", "sender"],
     )
@@ -133,14 +138,10 @@ impl Sys {
 #[tokio::test]
 async fn a_slow_read_receipt_does_not_hold_the_model_back() {
     // Meta answers mark-read in 1.5 s (under the test's 2-s Graph timeout).
-    let s = system_with(
-        SimConfig {
-            read_latency: Duration::from_millis(1500),
-            ..SimConfig::default()
-        },
-        |s| vec![s.standin()],
-        &["conversation", "status", "llm", "sender"],
-    )
+    let s = system_with_sim(SimConfig {
+        read_latency: Duration::from_millis(1500),
+        ..SimConfig::default()
+    })
     .await;
     s.send("573001112233", "wamid.R1", "Hola, ¿hay stock?")
         .await;
@@ -294,14 +295,10 @@ async fn a_handover_keyword_gets_one_acknowledgement_no_model_call_and_no_later_
 
 #[tokio::test]
 async fn a_human_taking_over_while_the_model_thinks_suppresses_the_reply() {
-    let s = system_with(
-        SimConfig {
-            llm_latency: Duration::from_millis(1500),
-            ..Default::default()
-        },
-        |s| vec![s.standin()],
-        &["conversation", "status", "llm", "sender"],
-    )
+    let s = system_with_sim(SimConfig {
+        llm_latency: Duration::from_millis(1500),
+        ..Default::default()
+    })
     .await;
     s.send("573002", "wamid.T1", "¿Tienen la talla M?").await;
     let sim = &s.sim;

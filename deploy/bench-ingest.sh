@@ -67,6 +67,7 @@ proc_cpu() { sed 's/.*) //' "/proc/$1/stat" | awk -v hz="$(getconf CLK_TCK)" '{ 
 redis_cpu() { rcli info cpu | tr -d '\r' | awk -F: '/^used_cpu_(user|sys)(_children)?:/ { t += $2 } END { printf "%.3f", t }'; }
 redis_rewrite_cpu() { rcli info cpu | tr -d '\r' | awk -F: '/^used_cpu_(user|sys)_children:/ { t += $2 } END { printf "%.3f", t }'; }
 redis_persistence() { rcli info persistence | tr -d '\r' | sed -n "s/^$1://p"; }
+rewrite_done() { until [[ "$(redis_persistence aof_rewrite_in_progress)" == 0 ]]; do sleep 0.2; done; }
 
 SERVER_CPU=0
 stop_server() {
@@ -135,10 +136,10 @@ if ((PRELOAD > 0)); then
     to=$((from + 99999 < PRELOAD ? from + 99999 : PRELOAD))
     rcli eval "$preload_script" 0 "$PREFIX" "$PARTITIONS" "$from" "$to" >/dev/null
   done
-  until [[ "$(redis_persistence aof_rewrite_in_progress)" == 0 ]]; do sleep 0.2; done
+  rewrite_done
   rcli bgrewriteaof >/dev/null
   sleep 0.2
-  until [[ "$(redis_persistence aof_rewrite_in_progress)" == 0 ]]; do sleep 0.2; done
+  rewrite_done
   note "AOF base now $(($(redis_persistence aof_base_size) / 1000000)) MB"
 fi
 

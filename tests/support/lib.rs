@@ -418,7 +418,7 @@ impl TestConfig {
                 max_tokens: 512,
             },
             send: Default::default(),
-            early_status_ttl: Duration::from_secs(86_400),
+            early_status_ttl: wafleet::stages::status::DEFAULT_EARLY_STATUS_TTL,
         }
     }
 

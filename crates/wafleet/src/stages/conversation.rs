@@ -71,19 +71,30 @@ pub struct ConversationStage {
     pub redactor: Arc<Redactor>,
     /// Plain messages of conversations known from the session cache, stored together: the
     /// stage's most frequent write (see [`known_stores`]).
-    pub known_stores: Batcher<KnownMessage, Option<(Conversation, Option<StoredMessage>)>>,
+    pub known_stores: KnownStores,
 }
 
+/// Stores a [`KnownMessage`]: the conversation and the stored message (`None` if it was stored
+/// before), or, when the cache entry was stale and nothing was written, the item back, for the
+/// full lookup.
+pub type KnownStores =
+    Batcher<KnownMessage, Result<(Conversation, Option<StoredMessage>), Box<KnownMessage>>>;
+
 /// The batch behind [`ConversationStage::known_stores`].
-pub fn known_stores(
-    pg: &PgPool,
-) -> Batcher<KnownMessage, Option<(Conversation, Option<StoredMessage>)>> {
+pub fn known_stores(pg: &PgPool) -> KnownStores {
     Batcher::start(
         "known_stores",
         256,
         pg.clone(),
         |conn, items: Vec<KnownMessage>| {
-            Box::pin(async move { store::store_known_many(conn, &items).await })
+            Box::pin(async move {
+                let found = store::store_known_many(conn, &items).await?;
+                Ok(found
+                    .into_iter()
+                    .zip(items)
+                    .map(|(found, item)| found.ok_or_else(|| Box::new(item)))
+                    .collect())
+            })
         },
     )
 }
@@ -207,26 +218,37 @@ impl ConversationStage {
                 .await?
         } else {
             // Nothing else to write with it: one statement.
-            let mut found = None;
-            if let Some(ConversationRef::Known { id, session_no }) = cached {
-                let known = KnownMessage {
-                    conversation_id: id,
-                    session_no,
-                    touch: touch.clone(),
-                    message: new.clone(),
+            'store: {
+                let (touch, new) = if let Some(ConversationRef::Known { id, session_no }) = cached {
+                    let known = KnownMessage {
+                        conversation_id: id,
+                        session_no,
+                        touch,
+                        message: new,
+                    };
+                    match self
+                        .known_stores
+                        .run(known)
+                        .await
+                        .map_err(|e| StepError::Batch(e, "storing the message"))?
+                    {
+                        Ok(found) => {
+                            count_session_cache(true);
+                            break 'store found;
+                        }
+                        // The cache was stale: nothing written, the full lookup below.
+                        Err(stale) => {
+                            let KnownMessage { touch, message, .. } = *stale;
+                            (touch, message)
+                        }
+                    }
+                } else {
+                    (touch, new)
                 };
-                found = self
-                    .known_stores
-                    .run(known)
+                count_session_cache(false);
+                store::store_message(&self.pg, channel.id, &touch, &new)
                     .await
-                    .map_err(|e| StepError::Batch(e, "storing the message"))?;
-            }
-            count_session_cache(found.is_some());
-            match found {
-                Some(found) => found,
-                None => store::store_message(&self.pg, channel.id, &touch, &new)
-                    .await
-                    .map_err(db("storing the message"))?,
+                    .map_err(db("storing the message"))?
             }
         };
         let (conversation, Some(stored)) = stored else {

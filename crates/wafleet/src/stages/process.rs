@@ -190,8 +190,11 @@ impl WorkerProcessSettings {
             graph: GraphSettings::from_env()?,
             llm,
             send: SendPolicy::from_env()?,
-            early_status_ttl: Duration::from_secs(parsed("WAFLEET_EARLY_STATUS_TTL_SECS", 86_400)?)
-                .max(Duration::from_secs(1)),
+            early_status_ttl: Duration::from_secs(parsed(
+                "WAFLEET_EARLY_STATUS_TTL_SECS",
+                status::DEFAULT_EARLY_STATUS_TTL.as_secs(),
+            )?)
+            .max(Duration::from_secs(1)),
         })
     }
 

@@ -111,6 +111,10 @@ impl StatusStage {
     }
 }
 
+/// How long a status for a wamid we never recorded is kept by default
+/// (`WAFLEET_EARLY_STATUS_TTL_SECS`).
+pub const DEFAULT_EARLY_STATUS_TTL: std::time::Duration = std::time::Duration::from_secs(86_400);
+
 /// Deletes, once a minute, the statuses kept for a wamid that was never recorded after `ttl`.
 ///
 /// Ours are recorded within moments of Meta's answer (and an ambiguous send is reconciled by its

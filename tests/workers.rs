@@ -1110,3 +1110,37 @@ async fn statuses_for_wamids_never_recorded_expire_after_their_ttl() {
     stop.cancel();
     sweeper.await.unwrap();
 }
+
+#[tokio::test]
+async fn every_connection_plans_with_the_configured_plan_cache_mode() {
+    use wafleet::db::{PlanCacheMode, connect};
+    let url = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let mode = |pool: PgPool| async move {
+        let shown: String = sqlx::query_scalar("SHOW plan_cache_mode")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        shown
+    };
+    let generic = connect(&url, 1, PlanCacheMode::default()).await.unwrap();
+    assert_eq!(mode(generic).await, "force_generic_plan");
+    let custom = connect(&url, 1, PlanCacheMode::Custom).await.unwrap();
+    assert_eq!(mode(custom).await, "force_custom_plan");
+    // `server` sends nothing: the server's own setting (Postgres's default here) stays.
+    let server = connect(&url, 1, PlanCacheMode::Server).await.unwrap();
+    assert_eq!(mode(server).await, "auto");
+    // The setting wins over an `options` of the URL, and the URL's other options still apply.
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let with_options =
+        format!("{url}{sep}options=-c%20plan_cache_mode%3Dauto%20-c%20application_name%3Dwf-test");
+    let pool = connect(&with_options, 1, PlanCacheMode::default())
+        .await
+        .unwrap();
+    let app: String = sqlx::query_scalar("SHOW application_name")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(app, "wf-test");
+    assert_eq!(mode(pool).await, "force_generic_plan");
+}

@@ -292,6 +292,7 @@ impl TestConfig {
             encryption_key: Secret::new(self.key.clone()),
             redis_pool_size: 8,
             database_pool_size: 4,
+            plan_cache_mode: Default::default(),
         }
     }
 

@@ -75,6 +75,8 @@ pub struct CommonSettings {
     pub redis_pool_size: usize,
     /// Connections in this process's Postgres pool.
     pub database_pool_size: u32,
+    /// How Postgres plans the prepared statements (see [`crate::db::PlanCacheMode`]).
+    pub plan_cache_mode: crate::db::PlanCacheMode,
 }
 
 impl CommonSettings {
@@ -97,6 +99,7 @@ impl CommonSettings {
             encryption_key: Secret::new(required("WAFLEET_ENCRYPTION_KEY")?),
             redis_pool_size: parsed("WAFLEET_REDIS_POOL_SIZE", 32)?,
             database_pool_size: parsed("WAFLEET_DATABASE_POOL_SIZE", 10)?,
+            plan_cache_mode: parsed("WAFLEET_PG_PLAN_CACHE_MODE", Default::default())?,
         })
     }
 }

@@ -2,7 +2,7 @@
 //! like the services do; secrets are taken from the environment or flags and stored encrypted.
 
 use clap::{Parser, Subcommand};
-use wafleet::config::{Secret, required};
+use wafleet::config::{Secret, parsed, required};
 use wafleet::crypto::Cipher;
 use wafleet::db;
 use wafleet::store::channels::{self, BotMode, ChannelSpec};
@@ -168,7 +168,12 @@ async fn main() -> anyhow::Result<()> {
     if let Command::Dead(cmd) = &cli.command {
         return dead_letters(cmd).await;
     }
-    let pool = db::connect(&required("DATABASE_URL")?, 2).await?;
+    let pool = db::connect(
+        &required("DATABASE_URL")?,
+        2,
+        parsed("WAFLEET_PG_PLAN_CACHE_MODE", Default::default())?,
+    )
+    .await?;
     db::migrate(&pool).await?;
     let cipher = || Cipher::from_key_text(&required("WAFLEET_ENCRYPTION_KEY")?);
     match cli.command {

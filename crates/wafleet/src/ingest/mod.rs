@@ -69,7 +69,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let common = &settings.common;
     let cipher = Cipher::from_key_text(common.encryption_key.expose())?;
-    let pg = db::connect(common.database_url.expose(), common.database_pool_size).await?;
+    let pg = db::connect(
+        common.database_url.expose(),
+        common.database_pool_size,
+        common.plan_cache_mode,
+    )
+    .await?;
     db::migrate(&pg).await?;
     if let Some(qs) = &settings.quick_start {
         apply_quick_start(&pg, &cipher, qs).await?;

@@ -221,7 +221,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let common = &settings.common;
-    let pg = db::connect(common.database_url.expose(), common.database_pool_size).await?;
+    let pg = db::connect(
+        common.database_url.expose(),
+        common.database_pool_size,
+        common.plan_cache_mode,
+    )
+    .await?;
     db::migrate(&pg).await?;
     // Blocking reads hold a connection per owned partition; leave room for the jobs' own calls.
     // Every owned partition of every stage holds a connection in its blocking read; the jobs'

@@ -294,6 +294,53 @@ async fn a_handover_keyword_gets_one_acknowledgement_no_model_call_and_no_later_
 }
 
 #[tokio::test]
+async fn a_message_sent_while_the_model_answers_the_previous_one_ends_the_next_history() {
+    let s = system_with_sim(SimConfig {
+        llm_latency: Duration::from_millis(1000),
+        ..Default::default()
+    })
+    .await;
+    s.send("573003", "wamid.Q1", "Hola").await;
+    let sim = &s.sim;
+    eventually("the model to be asked", Duration::from_secs(20), || async {
+        (!sim.state.llm_requests().is_empty()).then_some(())
+    })
+    .await;
+    // The second message is stored while the first answer is still being written, so that
+    // answer is recorded after it.
+    s.send("573003", "wamid.Q2", "¿Abren el domingo?").await;
+    let sent = s.sent(2).await;
+    s.settled().await;
+    let requests = s.sim.state.llm_requests();
+    assert_eq!(requests.len(), 2);
+    let turns: Vec<(String, String)> = requests[1].body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] != "system")
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap().to_string(),
+                m["content"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let answer_to_first = sent
+        .iter()
+        .find(|m| m.context_message_id.as_deref() == Some("wamid.Q1"))
+        .expect("the first message answered");
+    assert_eq!(
+        turns,
+        vec![
+            ("user".to_string(), "Hola".to_string()),
+            ("assistant".to_string(), answer_to_first.body.clone()),
+            ("user".to_string(), "¿Abren el domingo?".to_string()),
+        ],
+        "each answer follows its question, and the history ends on the message to answer"
+    );
+}
+
+#[tokio::test]
 async fn a_human_taking_over_while_the_model_thinks_suppresses_the_reply() {
     let s = system_with_sim(SimConfig {
         llm_latency: Duration::from_millis(1500),

@@ -108,6 +108,8 @@ pub fn classify_llm_error(
             500 | 502 | 504 | 408 | 409 => Some(Transient),
             401 | 403 => Some(Auth),
             402 => Some(Quota),
+            // OpenAI reports a reached hard billing limit as 400 `billing_hard_limit_reached`.
+            400 if error.is_openai_quota() => Some(Quota),
             400 | 404 | 413 | 422 => Some(Permanent),
             _ => None,
         },
@@ -346,6 +348,18 @@ mod tests {
             (429, Some("20"), OPENAI_QUOTA, Quota),
             (429, None, OPENAI_CREDIT, Quota),
             (429, None, OPENAI_PROJECT_CAP, Quota),
+            (
+                400,
+                None,
+                r#"{"error":{"message":"Billing hard limit has been reached","type":"invalid_request_error","param":null,"code":"billing_hard_limit_reached"}}"#,
+                Quota,
+            ),
+            (
+                400,
+                None,
+                r#"{"error":{"message":"bad","type":"invalid_request_error","code":null}}"#,
+                Permanent,
+            ),
             (401, None, "", Auth),
             (403, None, "", Auth),
             (

@@ -49,15 +49,17 @@ pub(super) fn request_body(
             Ok(body)
         }
         ProviderKind::OpenAiCompatible => {
-            if req.messages.is_empty() {
+            // Up to the last customer turn: the model answers that, not its own last words.
+            let Some(last_user) = req.messages.iter().rposition(|m| m.role == Role::User) else {
                 return Err(LlmError::Permanent("no user message to answer".to_owned()));
-            }
+            };
+            let history = &req.messages[..=last_user];
             let system = (!req.system.is_empty())
                 .then(|| json!({ "role": "system", "content": req.system }));
             let messages: Vec<Value> = system
                 .into_iter()
                 .chain(
-                    req.messages
+                    history
                         .iter()
                         .map(|m| json!({ "role": m.role.as_str(), "content": m.content })),
                 )
@@ -84,6 +86,11 @@ pub(super) fn alternating(messages: &[ChatMessage]) -> Vec<ChatMessage> {
             }
             _ => out.push(message.clone()),
         }
+    }
+    // A conversation that ends on the bot's turn would be continued, not answered (Anthropic
+    // reads a final assistant message as the start of its reply).
+    while out.last().is_some_and(|m| m.role == Role::Assistant) {
+        out.pop();
     }
     out
 }
@@ -311,6 +318,16 @@ mod tests {
             [user("hi\n\nhours?"), assistant("9 to 5"), user("thanks")]
         );
         assert_eq!(alternating(&[assistant("only the bot")]), []);
+        assert_eq!(
+            alternating(&[
+                user("hi"),
+                assistant("hello"),
+                user("hours?"),
+                assistant("9 to 5")
+            ]),
+            [user("hi"), assistant("hello"), user("hours?")],
+            "never ends on the bot's turn"
+        );
     }
 
     #[test]
@@ -330,10 +347,20 @@ mod tests {
                 Err(LlmError::Permanent(_))
             ));
         }
-        assert!(matches!(
-            request_body(ProviderKind::Anthropic, "m", &req),
-            Err(LlmError::Permanent(_))
-        ));
+        for kind in [ProviderKind::Anthropic, ProviderKind::OpenAiCompatible] {
+            assert!(matches!(
+                request_body(kind, "m", &req),
+                Err(LlmError::Permanent(_))
+            ));
+        }
+        // A history ending on the bot's turn is sent up to the customer's last message.
+        let trailing = ChatRequest {
+            messages: vec![user("hi"), assistant("hello")],
+            ..req.clone()
+        };
+        let body = request_body(ProviderKind::OpenAiCompatible, "m", &trailing).unwrap();
+        assert_eq!(body["messages"].as_array().unwrap().len(), 2, "{body}");
+        assert_eq!(body["messages"][1]["role"], "user", "{body}");
     }
 
     #[test]

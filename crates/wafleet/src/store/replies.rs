@@ -35,6 +35,11 @@ struct ContextRow {
 /// the message, oldest first: the customer's messages (redacted) from stretches the bot handled,
 /// and the bot's replies. What humans handled and earlier sessions are left out. One query for
 /// all; `None` for a message that does not exist.
+///
+/// A reply sits right after the message it answers, not where its creation time would put it:
+/// when a customer sends a second message while the model is still answering the first, the
+/// first answer is recorded after the second message arrived, and ordering by time would end the
+/// history on the bot's own answer, which Anthropic takes as the start of the reply to continue.
 pub async fn reply_contexts(
     conn: &mut PgConnection,
     wanted: &[(i64, i64)],
@@ -56,25 +61,25 @@ pub async fn reply_contexts(
                 COALESCE(h.turn_customer, '{}') AS turn_customer,
                 COALESCE(h.turn_text, '{}') AS turn_text
            FROM ctx LEFT JOIN LATERAL (
-               SELECT array_agg(customer ORDER BY at, ord) AS turn_customer,
-                      array_agg(text ORDER BY at, ord) AS turn_text
+               SELECT array_agg(customer ORDER BY ord, sub) AS turn_customer,
+                      array_agg(text ORDER BY ord, sub) AS turn_text
                  FROM (
-                     SELECT customer, text, at, ord FROM (
-                         SELECT TRUE AS customer, m.text_redacted AS text, m.received_at AS at,
-                                m.id AS ord
+                     SELECT customer, text, ord, sub FROM (
+                         SELECT TRUE AS customer, m.text_redacted AS text, m.id AS ord,
+                                0::int8 AS sub
                            FROM messages m
                           WHERE m.conversation_id = ctx.conversation_id
                             AND m.session_no = ctx.session_no AND m.id <= ctx.message_id
                             AND m.owner_at_arrival = 'bot' AND m.text_redacted IS NOT NULL
                             AND m.action IN ('reply', 'handover')
                          UNION ALL
-                         SELECT FALSE, o.body, o.created_at, o.reply_to
+                         SELECT FALSE, o.body, o.reply_to, o.id
                            FROM outbound_messages o
                           WHERE o.conversation_id = ctx.conversation_id
                             AND o.session_no = ctx.session_no AND o.reply_to < ctx.message_id
                             AND o.kind = 'reply' AND o.state IN ('pending', 'sending', 'accepted')
                      ) t
-                     ORDER BY at DESC, ord DESC
+                     ORDER BY ord DESC, sub DESC
                      LIMIT ctx.lim
                  ) last
            ) h ON TRUE",

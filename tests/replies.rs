@@ -81,6 +81,31 @@ impl Sys {
         );
     }
 
+    /// The turns the `n`-th model call saw, oldest first: (role, text), the system prompt left out.
+    fn model_turns(&self, n: usize) -> Vec<(String, String)> {
+        self.sim.state.llm_requests()[n].body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["role"] != "system")
+            .map(|m| {
+                (
+                    m["role"].as_str().unwrap().to_string(),
+                    m["content"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// Waits until the model has been asked at least once.
+    async fn model_asked(&self) {
+        let sim = &self.sim;
+        eventually("the model to be asked", Duration::from_secs(20), || async {
+            (!sim.state.llm_requests().is_empty()).then_some(())
+        })
+        .await;
+    }
+
     async fn sent(&self, n: usize) -> Vec<wafleet_sim::SentMessage> {
         let sim = &self.sim;
         eventually(
@@ -301,30 +326,14 @@ async fn a_message_sent_while_the_model_answers_the_previous_one_ends_the_next_h
     })
     .await;
     s.send("573003", "wamid.Q1", "Hola").await;
-    let sim = &s.sim;
-    eventually("the model to be asked", Duration::from_secs(20), || async {
-        (!sim.state.llm_requests().is_empty()).then_some(())
-    })
-    .await;
+    s.model_asked().await;
     // The second message is stored while the first answer is still being written, so that
     // answer is recorded after it.
     s.send("573003", "wamid.Q2", "¿Abren el domingo?").await;
     let sent = s.sent(2).await;
     s.settled().await;
-    let requests = s.sim.state.llm_requests();
-    assert_eq!(requests.len(), 2);
-    let turns: Vec<(String, String)> = requests[1].body["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["role"] != "system")
-        .map(|m| {
-            (
-                m["role"].as_str().unwrap().to_string(),
-                m["content"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    assert_eq!(s.sim.state.llm_requests().len(), 2);
+    let turns = s.model_turns(1);
     let answer_to_first = sent
         .iter()
         .find(|m| m.context_message_id.as_deref() == Some("wamid.Q1"))
@@ -348,11 +357,7 @@ async fn a_human_taking_over_while_the_model_thinks_suppresses_the_reply() {
     })
     .await;
     s.send("573002", "wamid.T1", "¿Tienen la talla M?").await;
-    let sim = &s.sim;
-    eventually("the model to be asked", Duration::from_secs(20), || async {
-        (!sim.state.llm_requests().is_empty()).then_some(())
-    })
-    .await;
+    s.model_asked().await;
     // An agent takes the conversation while the model is still answering.
     let (conversation,): (i64,) = sqlx::query_as("SELECT id FROM conversations")
         .fetch_one(&s.pg)
@@ -806,22 +811,7 @@ async fn the_model_sees_the_sessions_last_turns_redacted_without_what_a_human_ha
     let sent = s.sent(5).await;
     s.settled().await;
 
-    // The turns each model call saw, oldest first: (role, text).
-    let turns = |n: usize| -> Vec<(String, String)> {
-        let requests = s.sim.state.llm_requests();
-        requests[n].body["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|m| m["role"] != "system")
-            .map(|m| {
-                (
-                    m["role"].as_str().unwrap().to_string(),
-                    m["content"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
-    };
+    let turns = |n: usize| s.model_turns(n);
     let user = |t: &str| ("user".to_string(), t.to_string());
     let bot = |i: usize| ("assistant".to_string(), sent[i].body.clone());
     assert_eq!(

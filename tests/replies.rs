@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use redis::AsyncCommands;
 use sqlx::PgPool;
 use wafleet::stages::channel_settings::{DEFAULT_CANNED_REPLY, DEFAULT_HANDOVER_ACK};
 use wafleet_sim::{Fault, LlmFault, SimConfig};
@@ -95,6 +96,74 @@ impl Sys {
                 )
             })
             .collect()
+    }
+
+    /// Queues the send job of the (only) reply again, as a redelivery would.
+    async fn redeliver_send(&self) {
+        self.redeliver(|keys, p| keys.outbox(p), "reply_to").await;
+    }
+
+    /// Queues the reply job of the (only) message again, as a redelivery would.
+    async fn redeliver_reply_job(&self) {
+        self.redeliver(|keys, p| keys.replies(p), "message_id")
+            .await;
+    }
+
+    async fn redeliver(
+        &self,
+        stream: impl Fn(&wafleet::streams::Keys, u32) -> String,
+        field: &str,
+    ) {
+        let (message_id, conversation_id, wa_id): (i64, i64, String) = sqlx::query_as(
+            "SELECT m.id, c.id, c.wa_id FROM messages m
+               JOIN conversations c ON c.id = m.conversation_id LIMIT 1",
+        )
+        .fetch_one(&self.pg)
+        .await
+        .unwrap();
+        let conv = format!("{PNID}:{wa_id}");
+        let keys = self.cfg.keys();
+        let _: String = self
+            .cfg
+            .redis()
+            .await
+            .xadd(
+                stream(&keys, keys.partition_of(&conv)),
+                "*",
+                &[
+                    ("conv", conv.clone()),
+                    (field, message_id.to_string()),
+                    ("conversation_id", conversation_id.to_string()),
+                    ("channel", PNID.to_string()),
+                ],
+            )
+            .await
+            .unwrap();
+    }
+
+    /// As if the handover had never been made: the state a crash right before it leaves.
+    async fn undo_handover(&self) {
+        sqlx::query("DELETE FROM handover_events")
+            .execute(&self.pg)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE conversations SET owner = 'bot'")
+            .execute(&self.pg)
+            .await
+            .unwrap();
+    }
+
+    /// A human gives the (only) conversation back to the bot.
+    async fn release(&self) {
+        let (conversation,): (i64,) = sqlx::query_as("SELECT id FROM conversations")
+            .fetch_one(&self.pg)
+            .await
+            .unwrap();
+        assert!(
+            wafleet::store::conversations::release(&self.pg, conversation)
+                .await
+                .unwrap()
+        );
     }
 
     /// Waits until the model has been asked at least once.
@@ -350,6 +419,53 @@ async fn a_message_sent_while_the_model_answers_the_previous_one_ends_the_next_h
 }
 
 #[tokio::test]
+async fn a_handover_the_model_asked_for_is_made_even_when_its_job_runs_again() {
+    let s = system().await;
+    // No handover keyword, so the model is asked; the stand-in asks for a person.
+    s.send("573007", "wamid.M1", "¿Eres humano o robot?").await;
+    wait_count(
+        &s.pg,
+        "SELECT count(*) FROM handover_events WHERE reason = 'model'",
+        1,
+        30,
+    )
+    .await;
+    let sent = s.sent(1).await;
+    s.settled().await;
+
+    // The stage stopped between storing the reply and handing over (a crash, Postgres gone):
+    // the redelivered job hands over without asking the model or acknowledging again.
+    s.undo_handover().await;
+    s.redeliver_reply_job().await;
+    wait_count(
+        &s.pg,
+        "SELECT count(*) FROM handover_events WHERE reason = 'model'",
+        1,
+        30,
+    )
+    .await;
+    s.settled().await;
+    assert_eq!(
+        s.count("SELECT count(*) FROM conversations WHERE owner = 'human'")
+            .await,
+        1
+    );
+    assert_eq!(s.sim.state.llm_requests().len(), 1);
+    assert_eq!(s.sim.state.messages().len(), sent.len());
+
+    // Once a human released it, a redelivery leaves the conversation with the bot.
+    s.release().await;
+    s.redeliver_reply_job().await;
+    s.settled().await;
+    assert_eq!(
+        s.count("SELECT count(*) FROM conversations WHERE owner = 'bot'")
+            .await,
+        1
+    );
+    assert_eq!(s.count("SELECT count(*) FROM handover_events").await, 2);
+}
+
+#[tokio::test]
 async fn a_human_taking_over_while_the_model_thinks_suppresses_the_reply() {
     let s = system_with_sim(SimConfig {
         llm_latency: Duration::from_millis(1500),
@@ -451,6 +567,37 @@ async fn a_131047_is_not_retried_and_hands_the_conversation_to_a_human() {
         s.count("SELECT count(*) FROM handover_events WHERE reason = 're_engagement'")
             .await,
         1
+    );
+
+    // The sender stopped between failing the part and handing over (a crash, Postgres gone):
+    // the redelivered job hands over.
+    s.undo_handover().await;
+    s.redeliver_send().await;
+    wait_count(
+        &s.pg,
+        "SELECT count(*) FROM handover_events WHERE reason = 're_engagement'",
+        1,
+        30,
+    )
+    .await;
+    assert_eq!(
+        s.count("SELECT count(*) FROM conversations WHERE owner = 'human'")
+            .await,
+        1
+    );
+    // A human has since released the conversation: a later redelivery does not take it back.
+    s.release().await;
+    s.redeliver_send().await;
+    s.settled().await;
+    assert_eq!(
+        s.count("SELECT count(*) FROM conversations WHERE owner = 'bot'")
+            .await,
+        1
+    );
+    assert_eq!(s.count("SELECT count(*) FROM handover_events").await, 2);
+    assert!(
+        s.sim.state.messages().is_empty(),
+        "the failed part is never sent"
     );
 }
 

@@ -126,7 +126,13 @@ impl LlmStage {
             });
         };
         if let Some(outcome) = &ctx.reply_outcome {
-            // Answered already (a redelivery): make sure its send is queued, nothing more.
+            // Answered already (a redelivery): the run that stored the reply may have stopped
+            // before its handover or before queueing the send. Both are idempotent.
+            match outcome.as_str() {
+                "handover" => self.hand_over(job, &ctx, "model").await?,
+                "window_closed" => self.hand_over(job, &ctx, "window_closed").await?,
+                _ => {}
+            }
             self.follow_up(job, &ctx, outcome).await?;
             return Ok(Outcome::Done);
         }

@@ -86,6 +86,9 @@ pub async fn publish_handover(
 
 /// Hands a conversation to a human (unless one has it already), stores the event and publishes it
 /// for dashboards. Shared by every stage that can decide a handover; returns whether it changed.
+/// With `message_id`, idempotent per message: a stage that runs again after a crash or an error
+/// calls it again, and a handover already made for that message is not made twice (nor redone
+/// after a human released the conversation), only published again.
 pub async fn hand_over_and_publish(
     pg: &sqlx::PgPool,
     redis: &crate::shared_redis::SharedRedis,
@@ -99,16 +102,33 @@ pub async fn hand_over_and_publish(
         .begin()
         .await
         .map_err(|e| db_outcome(&e, "starting a transaction"))?;
-    let changed =
-        crate::store::conversations::hand_over(&mut tx, conversation_id, reason, None, message_id)
+    let done_before = match message_id {
+        Some(m) => crate::store::conversations::handed_over_for(&mut tx, conversation_id, m)
             .await
-            .map_err(|e| db_outcome(&e, "handing over"))?;
+            .map_err(|e| db_outcome(&e, "reading the handovers"))?,
+        None => false,
+    };
+    let changed = !done_before
+        && crate::store::conversations::hand_over(
+            &mut tx,
+            conversation_id,
+            reason,
+            None,
+            message_id,
+        )
+        .await
+        .map_err(|e| db_outcome(&e, "handing over"))?;
     tx.commit()
         .await
         .map_err(|e| db_outcome(&e, "committing the handover"))?;
     if changed {
         metrics::counter!("wafleet_handovers_total", "reason" => reason.to_string()).increment(1);
         tracing::info!(conversation_id, reason, "conversation handed to a human");
+    }
+    // Published again when this message's handover was done before: the run that did it may have
+    // failed to publish (events are at least once; consumers key them on conversation and
+    // message).
+    if changed || done_before {
         let event = serde_json::json!({
             "kind": "handover", "reason": reason, "conversation_id": conversation_id,
             "message_id": message_id, "phone_number_id": phone_number_id,

@@ -40,6 +40,7 @@ use wafleet_core::retry::{Backoff, pair_rate_backoff};
 
 use super::channel_settings::{ChannelCache, ChannelSettings};
 use super::llm::window_open;
+use super::status::RE_ENGAGEMENT;
 use super::{batch_outcome, db_outcome, hand_over_and_publish};
 use crate::batch::Batcher;
 use crate::graph::{GraphClient, OutgoingText, Recipient, SendResult};
@@ -56,6 +57,9 @@ pub const STAGE: Stage = Stage {
 
 /// Meta's pair rate: one message per 6 s to one customer.
 pub const PAIR_RATE_PER_SEC: f64 = 1.0 / 6.0;
+
+/// The `fail_reason` of a part not sent because the customer's last message is over 24 hours old.
+const WINDOW_CLOSED: &str = "the 24-hour window is closed";
 
 #[derive(Debug, Clone)]
 pub struct SendPolicy {
@@ -237,7 +241,22 @@ impl SenderStage {
                     .await
                     .map_err(db("reopening the part"))?;
             }
-            // accepted, failed, suppressed, shadow: nothing to do.
+            "failed" => {
+                // A redelivery after the run that failed this part stopped early (crash, error):
+                // the parts after it must not go out without it, and a failure that hands the
+                // conversation over must have done so.
+                let code = part.error_code.map(i64::from);
+                if code == Some(RE_ENGAGEMENT) {
+                    self.hand_over(job, part, "re_engagement").await?;
+                } else if part.fail_reason.as_deref() == Some(WINDOW_CLOSED) {
+                    self.hand_over(job, part, "window_closed").await?;
+                }
+                return Ok(Step::StopRest(format!(
+                    "an earlier part failed ({})",
+                    code.map_or_else(|| "no code".to_string(), |c| c.to_string())
+                )));
+            }
+            // accepted, suppressed, shadow: nothing to do.
             _ => return Ok(Step::Next),
         }
         if let Some(until) = channel.sends_paused_until
@@ -252,7 +271,7 @@ impl SenderStage {
             }));
         }
         if !window_open(part.last_customer_message_at, Utc::now()) {
-            replies::mark_failed(&self.pg, part.id, None, "the 24-hour window is closed")
+            replies::mark_failed(&self.pg, part.id, None, WINDOW_CLOSED)
                 .await
                 .map_err(db("failing a part"))?;
             self.hand_over(job, part, "window_closed").await?;

@@ -401,6 +401,23 @@ pub async fn hand_over(
     Ok(changed)
 }
 
+/// Whether the conversation was already handed to a human because of `message_id` (a stage
+/// redoing a handover after a crash or an error must not redo one a human has since released).
+pub async fn handed_over_for(
+    tx: &mut Transaction<'_, Postgres>,
+    conversation_id: i64,
+    message_id: i64,
+) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM handover_events
+                         WHERE conversation_id = $1 AND kind = 'handover' AND message_id = $2)",
+    )
+    .bind(conversation_id)
+    .bind(message_id)
+    .fetch_one(&mut **tx)
+    .await
+}
+
 /// Gives the conversation back to the bot. Returns whether it changed.
 pub async fn release(pool: &PgPool, conversation_id: i64) -> sqlx::Result<bool> {
     let mut tx = pool.begin().await?;

@@ -245,11 +245,14 @@ pub struct Part {
     pub wa_id: Option<String>,
     pub user_id: Option<String>,
     pub last_customer_message_at: Option<DateTime<Utc>>,
+    /// Why a `failed` part failed: Meta's code, or our reason.
+    pub error_code: Option<i32>,
+    pub fail_reason: Option<String>,
 }
 
 const PART: &str = "SELECT o.id, o.conversation_id, o.channel_id, o.kind, o.part_no, o.body, o.state,
         o.attempts, o.sending_at, o.created_at, m.wamid AS inbound_wamid, o.reply_to, c.wa_id, c.user_id,
-        c.last_customer_message_at
+        c.last_customer_message_at, o.error_code, o.fail_reason
    FROM outbound_messages o
    JOIN conversations c ON c.id = o.conversation_id
    LEFT JOIN messages m ON m.id = o.reply_to";

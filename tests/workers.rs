@@ -1144,3 +1144,55 @@ async fn every_connection_plans_with_the_configured_plan_cache_mode() {
     assert_eq!(app, "wf-test");
     assert_eq!(mode(pool).await, "force_generic_plan");
 }
+
+#[tokio::test]
+async fn acceptances_and_statuses_of_the_same_parts_never_deadlock() {
+    use wafleet::store::conversations::{Status, apply_statuses, record_accepted_many};
+    let e = env().await;
+    e.send("57300", "wamid.in", T0, "hola").await;
+    e.stored(1).await;
+    e.wait_followups().await;
+    // Forty parts of one reply, as the sender records them and Meta's statuses find them.
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO outbound_messages (conversation_id, channel_id, reply_to, part_no, kind,
+                                        body, state, wamid)
+         SELECT conversation_id, channel_id, m.id, n, 'reply', 'x', 'sending', 'wamid.P' || n
+           FROM messages m, generate_series(1, 40) n ORDER BY n RETURNING id",
+    )
+    .fetch_all(&e.pg)
+    .await
+    .unwrap();
+    let accepted: Vec<(i64, String)> = ids
+        .iter()
+        .enumerate()
+        .map(|(n, id)| (*id, format!("wamid.P{}", n + 1)))
+        .collect();
+    // The statuses in the opposite order: each statement would lock the rows the other wants
+    // next unless both take their locks in one order.
+    let statuses: Vec<Status> = accepted
+        .iter()
+        .rev()
+        .map(|(_, wamid)| Status {
+            wamid: wamid.clone(),
+            status: "sent".into(),
+            rank: 1,
+            at: None,
+            error_code: None,
+            error_title: None,
+            outbound_id: None,
+        })
+        .collect();
+    for round in 0..60 {
+        sqlx::query("UPDATE outbound_messages SET delivery_rank = 0, delivery = NULL")
+            .execute(&e.pg)
+            .await
+            .unwrap();
+        let (mut a, mut b) = (e.pg.acquire().await.unwrap(), e.pg.acquire().await.unwrap());
+        let (acc, st) = tokio::join!(
+            record_accepted_many(&mut a, &accepted),
+            apply_statuses(&mut b, &statuses)
+        );
+        acc.unwrap_or_else(|err| panic!("round {round}: acceptances failed: {err}"));
+        st.unwrap_or_else(|err| panic!("round {round}: statuses failed: {err}"));
+    }
+}

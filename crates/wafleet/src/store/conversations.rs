@@ -526,7 +526,9 @@ pub struct Status {
 /// One statement per run of statuses with distinct wamids and outbound ids (so no row is
 /// updated twice by one statement; in practice the whole slice): one round trip and one commit
 /// however many there are. The update re-reads each row it changes, so a concurrent change of
-/// the same message is applied on top of, not over.
+/// the same message is applied on top of, not over. Rows are locked in id order first, as
+/// [`record_accepted_many`] does: two statements locking the same parts in different orders
+/// deadlocked, and Postgres's deadlock check waits a second before breaking the tie.
 pub async fn apply_statuses(
     conn: &mut PgConnection,
     statuses: &[Status],
@@ -562,6 +564,9 @@ async fn apply_distinct(
                FROM input i JOIN outbound_messages o
                  ON o.wamid = i.wamid OR (o.id = i.outbound_id AND o.wamid IS NULL)
               ORDER BY i.n, o.wamid IS NULL
+         ), locked AS MATERIALIZED (
+             SELECT o.id FROM outbound_messages o WHERE o.id IN (SELECT oid FROM matched)
+              ORDER BY o.id FOR UPDATE
          ), changed AS (
              UPDATE outbound_messages o SET
                     wamid = i.wamid,
@@ -579,7 +584,7 @@ async fn apply_distinct(
                     error_title = CASE WHEN o.delivery_rank < i.rank AND o.delivery_rank < 4
                                        THEN COALESCE(i.title, o.error_title) ELSE o.error_title END
                FROM matched m JOIN input i ON i.n = m.n
-              WHERE o.id = m.oid
+              WHERE o.id = m.oid AND o.id IN (SELECT id FROM locked)
                 AND ((o.delivery_rank < i.rank AND o.delivery_rank < 4) OR o.wamid IS NULL)
           RETURNING m.n, o.conversation_id, o.delivery_rank = i.rank AS advanced
          ), early AS (
@@ -627,6 +632,9 @@ pub async fn record_accepted_many(
         sqlx::query(
             "WITH input AS (
                  SELECT * FROM unnest($1::int8[], $2::text[]) AS i(id, wamid)
+             ), locked AS MATERIALIZED (
+                 SELECT o.id FROM outbound_messages o WHERE o.id IN (SELECT id FROM input)
+                  ORDER BY o.id FOR UPDATE
              ), e AS (
                  SELECT DISTINCT ON (s.wamid) s.wamid, s.status, s.rank, s.status_at,
                         s.error_code, s.error_title
@@ -649,7 +657,7 @@ pub async fn record_accepted_many(
                         error_title = CASE WHEN o.delivery_rank < e.rank THEN e.error_title
                                            ELSE o.error_title END
                    FROM input i LEFT JOIN e ON e.wamid = i.wamid
-                  WHERE o.id = i.id
+                  WHERE o.id = i.id AND o.id IN (SELECT id FROM locked)
               RETURNING o.reply_to
              ), applied AS (
                  DELETE FROM early_statuses s USING input i WHERE s.wamid = i.wamid

@@ -172,6 +172,43 @@ async fn a_batch_yields_one_entry_per_update_on_the_right_streams() {
         .map(|(_, f)| String::from_utf8_lossy(&f["kind"]).into_owned())
         .collect();
     assert_eq!(kinds, ["error", "event", "event"]);
+    // Errors and events have no id: their marks (named by content) live minutes, not the days a
+    // wamid's does, so a recurrence of the same error is reported again after the window.
+    let ttl_of_marks = |pattern: String| {
+        let mut con = con.clone();
+        async move {
+            let marks: Vec<String> = redis::cmd("KEYS")
+                .arg(pattern)
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            let mut ttls = Vec::new();
+            for m in marks {
+                let ttl: i64 = redis::cmd("TTL")
+                    .arg(m)
+                    .query_async(&mut con)
+                    .await
+                    .unwrap();
+                ttls.push(ttl);
+            }
+            ttls
+        }
+    };
+    let prefix = cfg.keys().prefix().to_string();
+    let event_ttls = ttl_of_marks(format!("{prefix}:{{events}}:seen:*")).await;
+    assert_eq!(event_ttls.len(), 3, "{event_ttls:?}");
+    assert!(
+        event_ttls.iter().all(
+            |t| (1..=wafleet_core::envelope::CONTENT_DEDUP_WINDOW.as_secs() as i64).contains(t)
+        ),
+        "{event_ttls:?}"
+    );
+    let message_ttls = ttl_of_marks(format!("{prefix}:{{p*}}:seen:*")).await;
+    assert_eq!(message_ttls.len(), 7, "4 messages and 3 statuses");
+    assert!(message_ttls.iter().all(|t| *t > 86_400), "{message_ttls:?}");
+    // Within the window a redelivery of the POST adds nothing.
+    assert_eq!(ingest.post_signed(&body, APP_SECRET).await.status(), 200);
+    assert_eq!(read_stream(&mut con, &cfg.keys().events()).await.len(), 3);
     // Updates of one conversation share a partition: message wamid.1 and status of wamid.out1
     // (both customer 573001 on p1) sit on the same partition number.
     let partition_of = |stream: &str| stream.split(['{', '}']).nth(1).unwrap().to_string();

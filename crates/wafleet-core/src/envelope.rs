@@ -144,6 +144,19 @@ impl Update {
         }
     }
 
+    /// How long a redelivery of this update is recognised, at most: `None` for messages and
+    /// statuses (the configured dedup TTL: their wamid names one occurrence), and
+    /// [`CONTENT_DEDUP_WINDOW`] for errors and events, whose key is their content because Meta
+    /// gives them no id. Two occurrences of the same error (a 130429 "Rate limit hit" carries no
+    /// id or time) are byte for byte alike, so a mark kept for days would hide every recurrence
+    /// for days; within the window, a recurrence and a redelivery are one event.
+    pub fn dedup_window(&self) -> Option<std::time::Duration> {
+        match self {
+            Update::Message(_) | Update::Status(_) => None,
+            Update::Error(_) | Update::Event(_) => Some(CONTENT_DEDUP_WINDOW),
+        }
+    }
+
     /// The key that recognises a redelivery of this same update.
     pub fn dedup_key(&self) -> String {
         match self {
@@ -180,6 +193,9 @@ impl Update {
         }
     }
 }
+
+/// How long an error or event is recognised as a redelivery (see [`Update::dedup_window`]).
+pub const CONTENT_DEDUP_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// `phone_number_id:customer`, where the customer is the phone when known, else the BSUID.
 ///

@@ -11,7 +11,7 @@
 //! | `P:{pn}:status` | stream | delivery statuses of our outbound messages, partition n |
 //! | `P:{pn}:seen:<digest>` | string, TTL | dedup mark of an inbound message or status ([`Keys::seen_beside`]: a digest of the dedup key) |
 //! | `P:{events}:stream` | stream | `value.errors[]` items and changes of other fields (templates, account…) |
-//! | `P:{events}:seen:<digest>` | string, TTL | dedup mark of an event |
+//! | `P:{events}:seen:<digest>` | string, TTL 10 min | dedup mark of an error or event (named by its content: [`Update::dedup_window`]) |
 //! | `P:{quarantine}:stream` | stream | updates for unknown or disabled numbers, or senders outside a channel's allowlist: kept for inspection, not processed |
 //! | `P:{quarantine}:seen:<digest>` | string, TTL | dedup mark of a quarantined update |
 //! | `P:{dead}:ingest` | stream | signed bodies or items ingest could not parse, whole, with the reason |
@@ -178,6 +178,8 @@ pub struct Append {
     pub stream: String,
     pub seen: String,
     pub fields: Vec<(&'static str, Bytes)>,
+    /// A shorter life for the dedup mark than the configured TTL ([`Update::dedup_window`]).
+    pub mark_ttl_cap: Option<std::time::Duration>,
 }
 
 impl Append {
@@ -205,6 +207,7 @@ impl Append {
             seen: keys.seen_beside(&stream, &update.dedup_key()),
             stream,
             fields,
+            mark_ttl_cap: update.dedup_window(),
         }
     }
 
@@ -218,6 +221,7 @@ impl Append {
             seen: keys.seen_beside(&stream, &update.dedup_key()),
             stream,
             fields,
+            mark_ttl_cap: update.dedup_window(),
         }
     }
 
@@ -238,6 +242,7 @@ impl Append {
             seen: keys.seen_beside(&stream, &digest),
             stream,
             fields,
+            mark_ttl_cap: None,
         }
     }
 }
@@ -329,7 +334,10 @@ impl Enqueuer {
                 .arg(2)
                 .arg(&a.seen)
                 .arg(&a.stream)
-                .arg(self.ttl_secs);
+                .arg(
+                    a.mark_ttl_cap
+                        .map_or(self.ttl_secs, |cap| cap.as_secs().clamp(1, self.ttl_secs)),
+                );
             for (name, value) in &a.fields {
                 cmd.arg(*name).arg(value.as_ref());
             }

@@ -602,6 +602,72 @@ async fn a_131047_is_not_retried_and_hands_the_conversation_to_a_human() {
 }
 
 #[tokio::test]
+async fn a_message_meta_fails_after_accepting_it_is_sent_again_when_its_code_allows() {
+    let s = system().await;
+    // Meta accepts the first send to this customer, then fails it with a transient 131000.
+    s.sim.state.add_fault(
+        serde_json::from_value::<Fault>(serde_json::json!({
+            "code": 131000, "count": 1, "async": true, "recipient": "573008"
+        }))
+        .unwrap(),
+    );
+    // And fails the first send to another customer with a permanent 131026 (undeliverable).
+    s.sim.state.add_fault(
+        serde_json::from_value::<Fault>(serde_json::json!({
+            "code": 131026, "count": 1, "async": true, "recipient": "573009"
+        }))
+        .unwrap(),
+    );
+    s.send("573008", "wamid.F1", "hola").await;
+    s.send("573009", "wamid.F2", "buenas").await;
+    wait_count(
+        &s.pg,
+        "SELECT count(*) FROM outbound_messages o JOIN conversations c ON c.id = o.conversation_id
+          WHERE c.wa_id = '573008' AND o.state = 'accepted' AND o.delivery = 'read'",
+        1,
+        30,
+    )
+    .await;
+    wait_count(
+        &s.pg,
+        "SELECT count(*) FROM outbound_messages WHERE state = 'failed' AND error_code = 131026",
+        1,
+        30,
+    )
+    .await;
+    s.settled().await;
+    let sends = |to: &str| -> Vec<wafleet_sim::SentMessage> {
+        s.sim
+            .state
+            .messages()
+            .into_iter()
+            .filter(|m| m.recipient == to)
+            .collect()
+    };
+    let again = sends("573008");
+    assert_eq!(
+        again.len(),
+        2,
+        "sent, failed by Meta, sent again: {again:?}"
+    );
+    assert_eq!(again[0].body, again[1].body);
+    assert_eq!(again[1].context_message_id.as_deref(), Some("wamid.F1"));
+    let (wamid,): (Option<String>,) = sqlx::query_as(
+        "SELECT o.wamid FROM outbound_messages o JOIN conversations c ON c.id = o.conversation_id
+          WHERE c.wa_id = '573008'",
+    )
+    .fetch_one(&s.pg)
+    .await
+    .unwrap();
+    assert_eq!(wamid.as_deref(), Some(again[1].wamid.as_str()));
+    assert_eq!(
+        sends("573009").len(),
+        1,
+        "a permanent failure is not sent again"
+    );
+}
+
+#[tokio::test]
 async fn an_expired_token_pauses_the_channel_and_raises_an_alert() {
     let s = system().await;
     s.sim.state.add_fault(

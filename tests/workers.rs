@@ -45,6 +45,25 @@ impl Env {
             .unwrap();
     }
 
+    /// One customer message answered by `n` parts in `sending` (numbered from 0, with wamids
+    /// `<prefix><part_no>` when given), as the sender leaves them while Meta answers; their ids.
+    async fn parts_of_one_reply(&self, n: i32, wamid_prefix: Option<&str>) -> Vec<i64> {
+        self.send("57300", "wamid.in", T0, "hola").await;
+        self.stored(1).await;
+        self.wait_followups().await;
+        sqlx::query_scalar(
+            "INSERT INTO outbound_messages (conversation_id, channel_id, reply_to, part_no, kind,
+                                            body, state, wamid)
+             SELECT conversation_id, channel_id, m.id, n, 'reply', 'x', 'sending', $2 || n
+               FROM messages m, generate_series(0, $1 - 1) n ORDER BY n RETURNING id",
+        )
+        .bind(n)
+        .bind(wamid_prefix)
+        .fetch_all(&self.pg)
+        .await
+        .unwrap()
+    }
+
     /// What the sender records when Meta accepts a part.
     async fn record_accepted(&self, outbound_id: i64, wamid: &str) {
         let mut con = self.pg.acquire().await.unwrap();
@@ -1149,23 +1168,12 @@ async fn every_connection_plans_with_the_configured_plan_cache_mode() {
 async fn acceptances_and_statuses_of_the_same_parts_never_deadlock() {
     use wafleet::store::conversations::{Status, apply_statuses, record_accepted_many};
     let e = env().await;
-    e.send("57300", "wamid.in", T0, "hola").await;
-    e.stored(1).await;
-    e.wait_followups().await;
     // Forty parts of one reply, as the sender records them and Meta's statuses find them.
-    let ids: Vec<i64> = sqlx::query_scalar(
-        "INSERT INTO outbound_messages (conversation_id, channel_id, reply_to, part_no, kind,
-                                        body, state, wamid)
-         SELECT conversation_id, channel_id, m.id, n, 'reply', 'x', 'sending', 'wamid.P' || n
-           FROM messages m, generate_series(1, 40) n ORDER BY n RETURNING id",
-    )
-    .fetch_all(&e.pg)
-    .await
-    .unwrap();
+    let ids = e.parts_of_one_reply(40, Some("wamid.P")).await;
     let accepted: Vec<(i64, String)> = ids
         .iter()
         .enumerate()
-        .map(|(n, id)| (*id, format!("wamid.P{}", n + 1)))
+        .map(|(n, id)| (*id, format!("wamid.P{n}")))
         .collect();
     // The statuses in the opposite order: each statement would lock the rows the other wants
     // next unless both take their locks in one order.
@@ -1195,4 +1203,43 @@ async fn acceptances_and_statuses_of_the_same_parts_never_deadlock() {
         acc.unwrap_or_else(|err| panic!("round {round}: acceptances failed: {err}"));
         st.unwrap_or_else(|err| panic!("round {round}: statuses failed: {err}"));
     }
+}
+
+#[tokio::test]
+async fn an_acceptance_recorded_after_its_failed_status_says_so() {
+    use wafleet::store::conversations::{Acceptance, record_accepted_many};
+    let e = env().await;
+    let ids = e.parts_of_one_reply(3, None).await;
+    // Meta's statuses came first: a failure with a code, one without, and a mere `sent`.
+    sqlx::query(
+        "INSERT INTO early_statuses (wamid, status, rank, error_code, error_title) VALUES
+            ('wamid.0', 'failed', 4, 131000, 'Something went wrong'),
+            ('wamid.1', 'failed', 4, NULL, NULL),
+            ('wamid.2', 'sent', 1, NULL, NULL)",
+    )
+    .execute(&e.pg)
+    .await
+    .unwrap();
+    let accepted: Vec<(i64, String)> = ids
+        .iter()
+        .enumerate()
+        .map(|(n, id)| (*id, format!("wamid.{n}")))
+        .collect();
+    let results = record_accepted_many(&mut e.pg.acquire().await.unwrap(), &accepted)
+        .await
+        .unwrap();
+    assert_eq!(
+        results,
+        vec![
+            Acceptance::FailedFirst { code: Some(131000) },
+            Acceptance::FailedFirst { code: None },
+            Acceptance::Recorded,
+        ]
+    );
+    let states: Vec<String> =
+        sqlx::query_scalar("SELECT state FROM outbound_messages ORDER BY part_no")
+            .fetch_all(&e.pg)
+            .await
+            .unwrap();
+    assert_eq!(states, ["failed", "failed", "accepted"]);
 }

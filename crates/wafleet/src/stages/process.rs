@@ -308,6 +308,7 @@ pub async fn run(
                     keys: keys.clone(),
                     writer: status::status_writer(pg.clone()),
                     callbacks: channels.callback_tags().clone(),
+                    send_policy: Arc::new(settings.send.clone()),
                 };
                 stages.push(status::STAGE);
                 tasks.spawn(worker::run_stage(runtime(

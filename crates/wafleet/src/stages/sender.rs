@@ -35,17 +35,17 @@ use std::time::Duration;
 
 use chrono::Utc;
 use sqlx::PgPool;
-use wafleet_core::graph_error::{ErrorClass, ThrottleScope};
+use wafleet_core::graph_error::{ErrorClass, ThrottleScope, classify_status_error};
 use wafleet_core::retry::{Backoff, pair_rate_backoff};
 
 use super::channel_settings::{ChannelCache, ChannelSettings};
 use super::llm::window_open;
-use super::status::RE_ENGAGEMENT;
+use super::status::{RE_ENGAGEMENT, class_label};
 use super::{batch_outcome, db_outcome, hand_over_and_publish};
 use crate::batch::Batcher;
 use crate::graph::{GraphClient, OutgoingText, Recipient, SendResult};
 use crate::ratelimit::{Budget, Decision, RateLimiter};
-use crate::store::conversations::record_accepted_many;
+use crate::store::conversations::{Acceptance, record_accepted_many};
 use crate::store::replies::{self, Claim, Part};
 use crate::streams::Keys;
 use crate::worker::{Handler, Job, Outcome, Source, Stage};
@@ -122,7 +122,7 @@ impl SendPolicy {
 #[derive(Clone)]
 pub struct SendWrites {
     claims: Batcher<i64, Claim>,
-    accepts: Batcher<(i64, String), ()>,
+    accepts: Batcher<(i64, String), Acceptance>,
     /// Not a write, but read by every job: batched the same way.
     parts: Batcher<i64, Vec<Part>>,
 }
@@ -242,19 +242,38 @@ impl SenderStage {
                     .map_err(db("reopening the part"))?;
             }
             "failed" => {
-                // A redelivery after the run that failed this part stopped early (crash, error):
-                // the parts after it must not go out without it, and a failure that hands the
-                // conversation over must have done so.
                 let code = part.error_code.map(i64::from);
-                if code == Some(RE_ENGAGEMENT) {
-                    self.hand_over(job, part, "re_engagement").await?;
-                } else if part.fail_reason.as_deref() == Some(WINDOW_CLOSED) {
-                    self.hand_over(job, part, "window_closed").await?;
+                let class = code.map(classify_status_error);
+                // Meta failed the message after accepting it, with a code worth another try
+                // (the status stage queued this job): back to pending, sent below. Bounded like
+                // any retry; a part the sender itself gave up on is past those bounds.
+                let tries = part.attempts.max(1) as u32;
+                let age = (Utc::now() - part.created_at).to_std().unwrap_or_default();
+                if class.is_some_and(|c| c.is_retryable() || c == ErrorClass::Config)
+                    && self.policy.backoff.should_retry(tries - 1, age)
+                {
+                    replies::reopen_failed(&self.pg, part.id)
+                        .await
+                        .map_err(db("reopening the failed part"))?;
+                    tracing::warn!(
+                        outbound_id = part.id,
+                        code,
+                        "Meta failed an accepted message; sending it again"
+                    );
+                } else {
+                    // A redelivery after the run that failed this part stopped early (crash,
+                    // error): the parts after it must not go out without it, and a failure that
+                    // hands the conversation over must have done so.
+                    if code == Some(RE_ENGAGEMENT) {
+                        self.hand_over(job, part, "re_engagement").await?;
+                    } else if part.fail_reason.as_deref() == Some(WINDOW_CLOSED) {
+                        self.hand_over(job, part, "window_closed").await?;
+                    }
+                    return Ok(Step::StopRest(format!(
+                        "an earlier part failed ({})",
+                        code.map_or_else(|| "no code".to_string(), |c| c.to_string())
+                    )));
                 }
-                return Ok(Step::StopRest(format!(
-                    "an earlier part failed ({})",
-                    code.map_or_else(|| "no code".to_string(), |c| c.to_string())
-                )));
             }
             // accepted, suppressed, shadow: nothing to do.
             _ => return Ok(Step::Next),
@@ -377,14 +396,21 @@ impl SenderStage {
             .await;
         match result {
             SendResult::Accepted { wamid } => {
-                self.writes
+                let acceptance = self
+                    .writes
                     .accepts
                     .run((part.id, wamid))
                     .await
                     .map_err(|e| batch_outcome(&e, "recording the send"))?;
                 metrics::counter!("wafleet_sender_sends_total", "result" => "accepted")
                     .increment(1);
-                Ok(Step::Next)
+                match acceptance {
+                    Acceptance::Recorded => Ok(Step::Next),
+                    Acceptance::FailedFirst { code } => {
+                        self.failed_before_recorded(job, channel, part, code.map(i64::from))
+                            .await
+                    }
+                }
             }
             SendResult::NotSent { reason } => {
                 replies::unclaim(&self.pg, part.id)
@@ -414,6 +440,54 @@ impl SenderStage {
         }
     }
 
+    /// Meta's `failed` status for the part came in before its acceptance was recorded (the
+    /// status stage could not find the part then): the same decision as for a `failed` status
+    /// that finds it (see the status stage), taken here.
+    async fn failed_before_recorded(
+        &self,
+        job: &Job,
+        channel: &ChannelSettings,
+        part: &Part,
+        code: Option<i64>,
+    ) -> Result<Step, Outcome> {
+        let Some(code) = code else {
+            return Ok(Step::StopRest("an earlier part failed (no code)".into()));
+        };
+        let class = classify_status_error(code);
+        let reason = format!("Meta failed the message it had accepted ({code})");
+        match class {
+            ErrorClass::ReEngagement => {
+                self.hand_over(job, part, "re_engagement").await?;
+                Ok(Step::StopRest(reason))
+            }
+            ErrorClass::Permanent => Ok(Step::StopRest(reason)),
+            ErrorClass::Throttled { .. } | ErrorClass::Transient | ErrorClass::Config => {
+                // `attempts` was read before this send: the zero-based index of the try that failed.
+                let attempt = part.attempts.max(0) as u32;
+                let age = (Utc::now() - part.created_at).to_std().unwrap_or_default();
+                if !self.policy.backoff.should_retry(attempt, age) {
+                    return Ok(Step::Return(Outcome::Dead { reason }));
+                }
+                replies::reopen_failed(&self.pg, part.id)
+                    .await
+                    .map_err(db("reopening the failed part"))?;
+                metrics::counter!("wafleet_failed_statuses_total", "class" => class_label(class), "action" => "resend").increment(1);
+                if class == ErrorClass::Config {
+                    return self
+                        .pause(
+                            channel,
+                            &format!("Graph configuration error {code} in a failed status"),
+                        )
+                        .await;
+                }
+                Ok(Step::Return(Outcome::Retry {
+                    after: self.policy.backoff.next_delay(attempt, rand::random()),
+                    reason,
+                }))
+            }
+        }
+    }
+
     async fn rejected(
         &self,
         job: &Job,
@@ -423,14 +497,8 @@ impl SenderStage {
         message: &str,
         class: ErrorClass,
     ) -> Result<Step, Outcome> {
-        let label = match class {
-            ErrorClass::Throttled { .. } => "throttled",
-            ErrorClass::Transient => "transient",
-            ErrorClass::Permanent => "permanent",
-            ErrorClass::Config => "config",
-            ErrorClass::ReEngagement => "re_engagement",
-        };
-        metrics::counter!("wafleet_sender_sends_total", "result" => label).increment(1);
+        metrics::counter!("wafleet_sender_sends_total", "result" => class_label(class))
+            .increment(1);
         let reopen = || async {
             replies::unclaim(&self.pg, part.id)
                 .await

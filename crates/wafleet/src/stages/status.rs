@@ -3,7 +3,12 @@
 //! A status for a wamid we have not recorded yet is kept and applied when the sender records it;
 //! one that echoes our tagged outbound id in `biz_opaque_callback_data` reconciles an ambiguous
 //! send (callback data another app set is ignored).
-//! A `failed` 131047 (the 24-hour window had closed) hands the conversation to a human.
+//! A `failed` status is classified on its code like a synchronous Graph error (reference C.1:
+//! one classifier for both paths): 131047 (the 24-hour window had closed) hands the conversation
+//! to a human; a throttle or a transient error queues the part's send again, and the sender
+//! sends it again within its attempt and age bounds; a configuration error pauses the
+//! channel's sends and alerts, and the part is sent again once the pause ends; a permanent error
+//! stays as recorded.
 //!
 //! Meta sends three or four statuses per message we send, so they are written together: the
 //! jobs in flight hand their statuses to one [`StatusWriter`] ([`crate::batch`]), which applies
@@ -14,11 +19,14 @@ use chrono::{TimeZone, Utc};
 use sqlx::PgPool;
 use wafleet_core::envelope::Update;
 
-use super::{batch_outcome, decode_update, hand_over_and_publish};
+use super::sender::SendPolicy;
+use super::{batch_outcome, db_outcome, decode_update, hand_over_and_publish};
 use crate::batch::Batcher;
 use crate::store::conversations::{self as store, Status, StatusApplied, delivery_rank};
+use crate::store::replies as store_replies;
 use crate::streams::Keys;
 use crate::worker::{Handler, Job, Outcome, Source, Stage};
+use wafleet_core::graph_error::{ErrorClass, classify_status_error};
 
 pub const STAGE: Stage = Stage {
     name: "status",
@@ -35,6 +43,8 @@ pub struct StatusStage {
     pub writer: StatusWriter,
     /// Reads our outbound id back from `biz_opaque_callback_data`; other callback data is ignored.
     pub callbacks: crate::crypto::CallbackTags,
+    /// The sender's bounds on sending a part again, and how long a configuration error pauses.
+    pub send_policy: std::sync::Arc<SendPolicy>,
 }
 
 /// Applies the statuses of concurrent jobs together (see the module docs).
@@ -91,11 +101,85 @@ impl Handler for StatusStage {
         {
             return outcome;
         }
+        // Also when stale: a redelivery finds the part still failed if the run that applied the
+        // status stopped before sending it again.
+        if s.status == "failed"
+            && applied != StatusApplied::Kept
+            && let Some(code) = s.error_code
+            && let Err(outcome) = self.failed_after_acceptance(job, &s.wamid, code).await
+        {
+            return outcome;
+        }
         Outcome::Done
     }
 }
 
 impl StatusStage {
+    /// Meta failed a message it had accepted: send it again when the code says that can work.
+    async fn failed_after_acceptance(
+        &self,
+        job: &Job,
+        wamid: &str,
+        code: i64,
+    ) -> Result<(), Outcome> {
+        let class = classify_status_error(code);
+        let action = match class {
+            ErrorClass::Throttled { .. } | ErrorClass::Transient | ErrorClass::Config => "resend",
+            ErrorClass::Permanent | ErrorClass::ReEngagement => return Ok(()),
+        };
+        let backoff = &self.send_policy.backoff;
+        let part = store_replies::failed_part_to_retry(
+            &self.pg,
+            wamid,
+            backoff.max_attempts,
+            backoff.max_age,
+        )
+        .await
+        .map_err(|e| db_outcome(&e, "reading the failed part"))?;
+        let Some((outbound_id, channel_id)) = part else {
+            // Resent already, or out of attempts or age: it stays failed.
+            metrics::counter!("wafleet_failed_statuses_total", "class" => class_label(class), "action" => "kept").increment(1);
+            return Ok(());
+        };
+        if class == ErrorClass::Config {
+            let until = Utc::now()
+                + chrono::Duration::from_std(self.send_policy.config_pause).unwrap_or_default();
+            let reason = format!("Graph configuration error {code} in a failed status");
+            store_replies::pause_channel(&self.pg, channel_id, until, &reason)
+                .await
+                .map_err(|e| db_outcome(&e, "pausing the channel"))?;
+            let channel = job.field("channel").unwrap_or("-").to_string();
+            metrics::counter!("wafleet_sender_alerts_total", "channel" => channel.clone(), "kind" => "config").increment(1);
+            tracing::error!(
+                channel,
+                code,
+                "channel sends paused: a failed status needs an operator"
+            );
+        }
+        // The sender reopens the part and sends it again (within its bounds). A redelivery of
+        // this status finds the part still failed if this job never got queued, and queues it.
+        let mut con = self.redis.get().await.map_err(|e| Outcome::Unavailable {
+            reason: format!("redis: {e}"),
+        })?;
+        let fields = [
+            ("conv", job.conv.clone()),
+            ("outbound_id", outbound_id.to_string()),
+        ];
+        let _: String =
+            redis::AsyncCommands::xadd(&mut con, self.keys.outbox(job.partition), "*", &fields)
+                .await
+                .map_err(|e| Outcome::Unavailable {
+                    reason: format!("redis: {e}"),
+                })?;
+        metrics::counter!("wafleet_failed_statuses_total", "class" => class_label(class), "action" => action).increment(1);
+        tracing::info!(
+            outbound_id,
+            code,
+            "Meta failed an accepted message; its send is queued again"
+        );
+        Ok(())
+    }
+
     async fn re_engagement(&self, conversation_id: i64, job: &Job) -> Result<(), Outcome> {
         hand_over_and_publish(
             &self.pg,
@@ -108,6 +192,17 @@ impl StatusStage {
         )
         .await?;
         Ok(())
+    }
+}
+
+/// The metrics label of an error class.
+pub(super) fn class_label(class: ErrorClass) -> &'static str {
+    match class {
+        ErrorClass::Throttled { .. } => "throttled",
+        ErrorClass::Transient => "transient",
+        ErrorClass::Config => "config",
+        ErrorClass::Permanent => "permanent",
+        ErrorClass::ReEngagement => "re_engagement",
     }
 }
 

@@ -619,17 +619,29 @@ async fn apply_distinct(
         .collect())
 }
 
+/// What recording an acceptance found: whether a `failed` status had come first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acceptance {
+    Recorded,
+    /// Meta's `failed` status for this wamid arrived before the acceptance was recorded and is
+    /// now applied: the part is `failed`, with this code when the status carried one.
+    FailedFirst {
+        code: Option<i32>,
+    },
+}
+
 /// Records Meta's acceptance of outbound messages (`(outbound id, wamid)`), applies to each the
 /// most advanced status that arrived before it (a `failed` one stays final), and marks the
 /// customer's messages they answer as answered. One statement per run of distinct ids.
 pub async fn record_accepted_many(
     conn: &mut PgConnection,
     accepted: &[(i64, String)],
-) -> sqlx::Result<Vec<()>> {
+) -> sqlx::Result<Vec<Acceptance>> {
+    let mut results = Vec::with_capacity(accepted.len());
     for run in super::distinct_runs(accepted, |(id, _)| [*id]) {
         let (ids, wamids): (Vec<i64>, Vec<&str>) =
             run.iter().map(|(id, w)| (*id, w.as_str())).unzip();
-        sqlx::query(
+        let rows: Vec<(i64, Option<bool>, Option<i32>)> = sqlx::query_as(
             "WITH input AS (
                  SELECT * FROM unnest($1::int8[], $2::text[]) AS i(id, wamid)
              ), locked AS MATERIALIZED (
@@ -658,17 +670,32 @@ pub async fn record_accepted_many(
                                            ELSE o.error_title END
                    FROM input i LEFT JOIN e ON e.wamid = i.wamid
                   WHERE o.id = i.id AND o.id IN (SELECT id FROM locked)
-              RETURNING o.reply_to
+                    -- Reopened meanwhile (its `failed` status, matched by our callback id,
+                    -- came first and put it back for a resend): that resend records its own.
+                    AND o.state <> 'pending'
+              RETURNING o.id, o.reply_to, e.status = 'failed' AND o.state = 'failed' AS failed_first,
+                        o.error_code
              ), applied AS (
                  DELETE FROM early_statuses s USING input i WHERE s.wamid = i.wamid
+             ), answered AS (
+                 UPDATE messages SET answered_at = COALESCE(answered_at, now())
+                  WHERE id IN (SELECT reply_to FROM accepted)
              )
-             UPDATE messages SET answered_at = COALESCE(answered_at, now())
-              WHERE id IN (SELECT reply_to FROM accepted)",
+             SELECT i.id, a.failed_first, a.error_code
+               FROM input i LEFT JOIN accepted a ON a.id = i.id",
         )
         .bind(&ids)
         .bind(&wamids)
-        .execute(&mut *conn)
+        .fetch_all(&mut *conn)
         .await?;
+        let by_id: std::collections::HashMap<i64, (Option<bool>, Option<i32>)> = rows
+            .into_iter()
+            .map(|(id, failed, code)| (id, (failed, code)))
+            .collect();
+        results.extend(ids.iter().map(|id| match by_id.get(id) {
+            Some((Some(true), code)) => Acceptance::FailedFirst { code: *code },
+            _ => Acceptance::Recorded,
+        }));
     }
-    Ok(vec![(); accepted.len()])
+    Ok(results)
 }

@@ -362,6 +362,42 @@ pub async fn unclaim(pool: &PgPool, id: i64) -> sqlx::Result<()> {
     Ok(())
 }
 
+/// A part Meta failed after accepting it, still `failed` under that wamid and within the send
+/// bounds (fewer than `max_attempts` sends, younger than `max_age`): `(id, channel id)`.
+pub async fn failed_part_to_retry(
+    pool: &PgPool,
+    wamid: &str,
+    max_attempts: u32,
+    max_age: std::time::Duration,
+) -> sqlx::Result<Option<(i64, i64)>> {
+    sqlx::query_as(
+        "SELECT id, channel_id FROM outbound_messages
+          WHERE wamid = $1 AND state = 'failed' AND attempts < $2
+            AND created_at > now() - make_interval(secs => $3)",
+    )
+    .bind(wamid)
+    .bind(i32::try_from(max_attempts).unwrap_or(i32::MAX))
+    .bind(max_age.as_secs_f64())
+    .fetch_optional(pool)
+    .await
+}
+
+/// Puts a failed part back to `pending` for the sender to send again, its wamid and delivery
+/// forgotten (statuses of the failed message no longer find it). Only the sender calls it, right
+/// before claiming the part.
+pub async fn reopen_failed(pool: &PgPool, id: i64) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE outbound_messages
+            SET state = 'pending', wamid = NULL, sending_at = NULL, delivery = NULL,
+                delivery_rank = 0, delivery_at = NULL
+          WHERE id = $1 AND state = 'failed'",
+    )
+    .bind(id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 pub async fn mark_failed(
     pool: &PgPool,
     id: i64,

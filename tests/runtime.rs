@@ -19,10 +19,11 @@ const STAGE: Stage = Stage {
 
 /// Records what it sees; behaviour per entry comes from its fields:
 /// `retry=N` asks for a 300 ms delay on the first N attempts, `panic=1` panics,
-/// `sleep_ms` holds the job that long.
+/// `sleep_ms` holds the job that long, `unavailable=1` answers that a dependency is down.
 #[derive(Default)]
 struct Probe {
     done: Mutex<Vec<(String, String, u32)>>,
+    unavailable: AtomicUsize,
     running: Mutex<HashSet<String>>,
     overlaps: AtomicUsize,
     in_flight: AtomicUsize,
@@ -48,6 +49,12 @@ impl Handler for ProbeHandler {
         this.running.lock().unwrap().remove(&job.conv);
         if job.field("panic").is_some() {
             panic!("probe told to panic");
+        }
+        if job.field("unavailable").is_some() {
+            this.unavailable.fetch_add(1, Ordering::SeqCst);
+            return Outcome::Unavailable {
+                reason: "probe's dependency is down".into(),
+            };
         }
         let retries: u32 = job.field("retry").and_then(|v| v.parse().ok()).unwrap_or(0);
         if job.attempt < retries {
@@ -167,6 +174,33 @@ async fn a_delayed_retry_keeps_its_conversation_in_order_without_blocking_others
     let held: bool = con.exists(keys.held("probe", 0, "A")).await.unwrap();
     assert_eq!((len, delayed, held), (0, 0, false));
     running.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_given_up_on_at_shutdown_keeps_the_later_jobs_of_its_conversation_behind_it() {
+    let cfg = TestConfig {
+        partitions: 1,
+        ..TestConfig::new().await
+    };
+    // a1 finds its dependency down until the worker stops; a2 would succeed.
+    add(&cfg, "A", &[("name", "a1"), ("unavailable", "1")]).await;
+    add(&cfg, "A", &[("name", "a2")]).await;
+    let probe = Arc::new(Probe::default());
+    let running = start(&cfg, probe.clone(), |_| {});
+    eventually("a1 to be tried", Duration::from_secs(20), || async {
+        (probe.unavailable.load(Ordering::SeqCst) > 0).then_some(())
+    })
+    .await;
+    running.stop().await;
+    assert!(
+        probe.done.lock().unwrap().is_empty(),
+        "a2 ran before a1, which is still pending: {:?}",
+        probe.done.lock().unwrap()
+    );
+    let keys = cfg.keys();
+    let mut con = cfg.redis().await;
+    let len: usize = con.xlen(keys.inbound(0)).await.unwrap();
+    assert_eq!(len, 2, "both left for the next owner");
 }
 
 #[tokio::test]

@@ -445,14 +445,29 @@ impl<H: Handler> Partition<H> {
             };
             match work {
                 Work::Fresh(job, permit) => {
-                    self.process_fresh(job).await;
+                    let settled = self.process_fresh(job).await;
                     drop(permit);
+                    if !settled {
+                        // Left pending (the partition is being given up): every later job of
+                        // the conversation stays pending too, so the next owner runs them after
+                        // it, in order.
+                        self.abandon_lane(&conv);
+                        return;
+                    }
                 }
                 Work::Drain => {
                     self.drain(&conv).await;
                     self.draining.lock().expect("draining lock").remove(&conv);
                 }
             }
+        }
+    }
+
+    /// Drops a lane's queued work, leaving its jobs pending in the stream.
+    fn abandon_lane(&self, conv: &str) {
+        let queued = self.lanes.lock().expect("lanes lock").remove(conv);
+        if queued.is_some_and(|q| q.iter().any(|w| matches!(w, Work::Drain))) {
+            self.draining.lock().expect("draining lock").remove(conv);
         }
     }
 
@@ -544,7 +559,9 @@ impl<H: Handler> Partition<H> {
         }
     }
 
-    async fn process_fresh(&self, job: Job) {
+    /// Runs a fresh job to its end; false when it was left pending instead (given up on while
+    /// the partition is released).
+    async fn process_fresh(&self, job: Job) -> bool {
         if job.deliveries > self.rt.settings.max_deliveries {
             let reason = format!(
                 "delivered {} times (limit {})",
@@ -555,7 +572,7 @@ impl<H: Handler> Partition<H> {
             tracing::warn!(stage = self.group(), id = %job.id, reason, "poison entry dead-lettered");
             self.dead_letter(&job, &reason).await;
             self.ack(&job).await;
-            return;
+            return true;
         }
         // A parked conversation keeps its order: this job waits behind the held ones.
         let Some(parked) = self
@@ -566,19 +583,19 @@ impl<H: Handler> Partition<H> {
             })
             .await
         else {
-            return;
+            return false;
         };
         if parked {
             let payload = serde_json::to_string(&job).expect("jobs serialise");
-            self.park(
-                "parking a job behind its conversation",
-                &self.scripts.park_behind,
-                &job,
-                &payload,
-                now_ms(),
-            )
-            .await;
-            return;
+            return self
+                .park(
+                    "parking a job behind its conversation",
+                    &self.scripts.park_behind,
+                    &job,
+                    &payload,
+                    now_ms(),
+                )
+                .await;
         }
         match self.settle(&job).await {
             Settled::Done => self.ack(&job).await,
@@ -588,18 +605,20 @@ impl<H: Handler> Partition<H> {
             }
             Settled::Later { due, counts } => {
                 let payload = later_payload(&job, counts);
-                self.park(
-                    "parking a job for a delayed retry",
-                    &self.scripts.park_head,
-                    &job,
-                    &payload,
-                    due,
-                )
-                .await;
+                return self
+                    .park(
+                        "parking a job for a delayed retry",
+                        &self.scripts.park_head,
+                        &job,
+                        &payload,
+                        due,
+                    )
+                    .await;
             }
             // Left pending: the next owner (or this one, later) picks it up.
-            Settled::Abandoned => {}
+            Settled::Abandoned => return false,
         }
+        true
     }
 
     /// Runs the handler until it settles: waits out unavailable dependencies (not counted as
@@ -645,7 +664,7 @@ impl<H: Handler> Partition<H> {
         job: &Job,
         payload: &str,
         score: i64,
-    ) {
+    ) -> bool {
         self.persist(doing, || async {
             let mut con = self.con().await?;
             let _: i64 = script
@@ -661,7 +680,8 @@ impl<H: Handler> Partition<H> {
                 .await?;
             Ok(())
         })
-        .await;
+        .await
+        .is_some()
     }
 
     async fn ack(&self, job: &Job) {

@@ -68,10 +68,16 @@ pub struct Reply {
 /// (pass `|| rand::random()` in prod, a fixed fn in tests).
 ///
 /// Per failed try: rate limits wait `retry-after` when it is at most `max_retry_after` (else the
-/// next provider is tried at once), or back off when no `retry-after` came; overload honours a
-/// `retry-after` the same way and otherwise backs off, like transient errors and timeouts, with
-/// `backoff.next_delay(attempt, jitter())`. Auth, quota and permanent errors move to the next
-/// provider at once. A wait that would outlast the overall deadline moves on instead of waiting.
+/// next provider is tried at once; the last provider waits it out if the deadline allows), or
+/// back off when no `retry-after` came; overload honours a `retry-after` the same way and
+/// otherwise backs off, like transient errors, with `backoff.next_delay(attempt, jitter())`. A
+/// timeout moves on to the next provider (only the last one is tried again): a provider that hangs
+/// once is likely to hang again. Auth, quota and permanent errors move to the next provider at
+/// once.
+///
+/// Time: each provider may use an equal share of what is left of the overall deadline when its
+/// turn comes (the last one, all of it), so one that hangs cannot leave the others none. A wait
+/// that would outlast the provider's share moves on instead of waiting.
 ///
 /// The canned reply goes through the same handover detection, so an operator may write
 /// `[[HANDOVER]] Sorry, a colleague will answer shortly.` to make every canned reply a handover.
@@ -102,8 +108,12 @@ pub async fn reply_with_fallback(
                 "falling back to the next LLM provider"
             );
         }
+        let last = index + 1 == providers.len();
+        let providers_left = u32::try_from(providers.len() - index).unwrap_or(u32::MAX);
+        let provider_end =
+            Instant::now() + overall_end.saturating_duration_since(Instant::now()) / providers_left;
         for attempt in 0..attempts {
-            let remaining = overall_end.saturating_duration_since(Instant::now());
+            let remaining = provider_end.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 break;
             }
@@ -130,10 +140,10 @@ pub async fn reply_with_fallback(
             if attempt + 1 >= attempts {
                 break;
             }
-            let Some(wait) = wait_before_retry(&error, attempt, policy, jitter) else {
+            let Some(wait) = wait_before_retry(&error, attempt, policy, jitter, last) else {
                 break;
             };
-            if Instant::now() + wait >= overall_end {
+            if Instant::now() + wait >= provider_end {
                 break;
             }
             tokio::time::sleep(wait).await;
@@ -164,18 +174,20 @@ pub async fn reply_with_fallback(
     }
 }
 
-/// How long to wait before trying the same provider again, or `None` to move on now.
+/// How long to wait before trying the same provider again, or `None` to move on now. `last`:
+/// no provider comes after this one, so waiting is the only way to an answer.
 fn wait_before_retry(
     error: &LlmError,
     attempt: u32,
     policy: &FallbackPolicy,
     jitter: &mut (dyn FnMut() -> f64 + Send),
+    last: bool,
 ) -> Option<Duration> {
-    if !error.is_retryable() {
+    if !error.is_retryable() || (matches!(error, LlmError::Timeout) && !last) {
         return None;
     }
     match error.retry_after() {
-        Some(retry_after) if retry_after <= policy.max_retry_after => Some(retry_after),
+        Some(retry_after) if retry_after <= policy.max_retry_after || last => Some(retry_after),
         Some(_too_long) => None,
         None => Some(policy.backoff.next_delay(attempt, jitter())),
     }
@@ -238,14 +250,30 @@ mod tests {
                 2,
                 Some(Duration::from_millis(200)),
             ),
-            (LlmError::Timeout, 0, Some(Duration::from_millis(50))),
+            (LlmError::Timeout, 0, None),
             (LlmError::Auth("x".into()), 0, None),
             (LlmError::Quota("x".into()), 0, None),
             (LlmError::Permanent("x".into()), 0, None),
         ];
         for (error, attempt, expected) in cases {
-            let got = wait_before_retry(&error, attempt, &policy(), &mut || 0.5);
+            let got = wait_before_retry(&error, attempt, &policy(), &mut || 0.5, false);
             assert_eq!(got, expected, "{error:?} attempt {attempt}");
+        }
+        // The last provider: a timeout is tried again, a long retry-after waited out.
+        let last = [
+            (LlmError::Timeout, 0, Some(Duration::from_millis(50))),
+            (
+                LlmError::RateLimited {
+                    retry_after: secs(30),
+                },
+                0,
+                secs(30),
+            ),
+            (LlmError::Quota("x".into()), 0, None),
+        ];
+        for (error, attempt, expected) in last {
+            let got = wait_before_retry(&error, attempt, &policy(), &mut || 0.5, true);
+            assert_eq!(got, expected, "last provider: {error:?} attempt {attempt}");
         }
     }
 }

@@ -32,6 +32,16 @@ async fn system_with(
     providers: impl FnOnce(&Sim) -> Vec<wafleet::llm::ProviderConfig>,
     stages: &[&str],
 ) -> Sys {
+    system_tweaked(sim_config, providers, stages, |_| {}).await
+}
+
+/// [`system_with`], with the worker's settings changed by `tweak` first.
+async fn system_tweaked(
+    sim_config: SimConfig,
+    providers: impl FnOnce(&Sim) -> Vec<wafleet::llm::ProviderConfig>,
+    stages: &[&str],
+    tweak: impl FnOnce(&mut wafleet::stages::process::WorkerProcessSettings),
+) -> Sys {
     let cfg = TestConfig::new().await;
     cfg.add_channel(PNID, |_| {}).await;
     let ingest = Ingest::start(cfg.ingest_settings()).await;
@@ -48,7 +58,9 @@ async fn system_with(
     let worker = if stages.is_empty() {
         None
     } else {
-        Some(Worker::start(cfg.pipeline_settings(stages, &sim, providers)).await)
+        let mut settings = cfg.pipeline_settings(stages, &sim, providers);
+        tweak(&mut settings);
+        Some(Worker::start(settings).await)
     };
     Sys {
         cfg,
@@ -664,6 +676,41 @@ async fn a_message_meta_fails_after_accepting_it_is_sent_again_when_its_code_all
         sends("573009").len(),
         1,
         "a permanent failure is not sent again"
+    );
+}
+
+#[tokio::test]
+async fn throttles_do_not_use_up_the_attempts_a_transient_error_is_allowed() {
+    // Three sends in all for transient errors; Meta throttles the number three times first.
+    let s = system_tweaked(
+        SimConfig::default(),
+        |s| vec![s.standin()],
+        &["conversation", "status", "llm", "sender"],
+        |w| w.send.backoff.max_attempts = 3,
+    )
+    .await;
+    // Every try takes a slot of the customer's pair budget: enough of them not to wait for it.
+    sqlx::query("UPDATE channels SET pair_burst = 10")
+        .execute(&s.pg)
+        .await
+        .unwrap();
+    s.sim.state.add_fault(
+        serde_json::from_value::<Fault>(serde_json::json!({"code": 130429, "count": 3})).unwrap(),
+    );
+    s.sim.state.add_fault(
+        serde_json::from_value::<Fault>(serde_json::json!({"code": 131000, "count": 2})).unwrap(),
+    );
+    s.send("573010", "wamid.T9", "hola").await;
+    let sent = s.sent(1).await;
+    assert_eq!(sent[0].context_message_id.as_deref(), Some("wamid.T9"));
+    s.settled().await;
+    let (attempts,): (i32,) = sqlx::query_as("SELECT attempts FROM outbound_messages")
+        .fetch_one(&s.pg)
+        .await
+        .unwrap();
+    assert_eq!(
+        attempts, 3,
+        "two transient failures and the send, not the throttles"
     );
 }
 

@@ -372,7 +372,7 @@ impl SenderStage {
             Claim::NotPending(_) => return Ok(Step::Next),
         }
         let Some(token) = &channel.access_token else {
-            replies::unclaim(&self.pg, part.id)
+            replies::unclaim_uncounted(&self.pg, part.id)
                 .await
                 .map_err(db("reopening the part"))?;
             return self.pause(channel, "no access token configured").await;
@@ -413,7 +413,7 @@ impl SenderStage {
                 }
             }
             SendResult::NotSent { reason } => {
-                replies::unclaim(&self.pg, part.id)
+                replies::unclaim_uncounted(&self.pg, part.id)
                     .await
                     .map_err(db("reopening the part"))?;
                 Ok(Step::Return(Outcome::Unavailable {
@@ -504,9 +504,20 @@ impl SenderStage {
                 .await
                 .map_err(db("reopening the part"))
         };
+        // Held back, not failed: the attempt is given back. Except on the pair limit, whose
+        // backoff (Meta's 4^X) grows with the attempts.
+        let hold = || async {
+            replies::unclaim_uncounted(&self.pg, part.id)
+                .await
+                .map_err(db("reopening the part"))
+        };
         match class {
             ErrorClass::Throttled { scope } => {
-                reopen().await?;
+                if scope == ThrottleScope::Recipient {
+                    reopen().await?;
+                } else {
+                    hold().await?;
+                }
                 let mut con = self.redis.get().await.map_err(redis_down)?;
                 let after = match scope {
                     ThrottleScope::Recipient => {
@@ -585,7 +596,7 @@ impl SenderStage {
                 ))
             }
             ErrorClass::Config => {
-                reopen().await?;
+                hold().await?;
                 self.pause(
                     channel,
                     &format!("Graph configuration error {code}: {message}"),

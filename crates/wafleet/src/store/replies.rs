@@ -362,6 +362,20 @@ pub async fn unclaim(pool: &PgPool, id: i64) -> sqlx::Result<()> {
     Ok(())
 }
 
+/// [`unclaim`], and the claim's attempt given back: the send was held back (a throttle, a paused
+/// channel, a request that never left), which says nothing about whether the message can go, so
+/// it must not use up the attempts transient errors are bounded by.
+pub async fn unclaim_uncounted(pool: &PgPool, id: i64) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE outbound_messages SET state = 'pending', attempts = GREATEST(attempts - 1, 0)
+          WHERE id = $1 AND state = 'sending'",
+    )
+    .bind(id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// A part Meta failed after accepting it, still `failed` under that wamid and within the send
 /// bounds (fewer than `max_attempts` sends, younger than `max_age`): `(id, channel id)`.
 pub async fn failed_part_to_retry(

@@ -1243,3 +1243,51 @@ async fn an_acceptance_recorded_after_its_failed_status_says_so() {
             .unwrap();
     assert_eq!(states, ["failed", "failed", "accepted"]);
 }
+
+#[tokio::test]
+async fn a_row_postgres_refuses_fails_alone_not_the_batch_it_came_in() {
+    use wafleet::batch::Batcher;
+    let cfg = TestConfig::new().await;
+    let pg = cfg.pg().await;
+    sqlx::query("CREATE TABLE batch_probe (v text NOT NULL)")
+        .execute(&pg)
+        .await
+        .unwrap();
+    let batcher: Batcher<String, ()> =
+        Batcher::start("probe", 16, pg.clone(), |conn, items: &[String]| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO batch_probe SELECT unnest($1::text[])")
+                    .bind(items)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(vec![(); items.len()])
+            })
+        });
+    // Queued together, so they share one statement; Postgres refuses a NUL in text.
+    let items = ["a", "b", "bad\0", "c", "d"];
+    let results = futures::future::join_all(items.iter().map(|v| batcher.run(v.to_string()))).await;
+    let failed: Vec<&str> = items
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| r.is_err())
+        .map(|(v, _)| *v)
+        .collect();
+    assert_eq!(failed, ["bad\0"]);
+    let stored: Vec<String> = sqlx::query_scalar("SELECT v FROM batch_probe ORDER BY v")
+        .fetch_all(&pg)
+        .await
+        .unwrap();
+    assert_eq!(stored, ["a", "b", "c", "d"]);
+}
+
+#[tokio::test]
+async fn a_message_with_nul_characters_is_stored_without_them() {
+    let e = env().await;
+    e.send("573001112234", "wamid.NUL", T0, "hola\u{0} mundo\u{0}")
+        .await;
+    e.stored(1).await;
+    e.wait_followups().await;
+    let (_, text, _, action, _) = e.message("wamid.NUL").await;
+    assert_eq!(text.as_deref(), Some("hola mundo"));
+    assert_eq!(action, "reply");
+}

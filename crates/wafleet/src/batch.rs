@@ -28,6 +28,35 @@ pub enum BatchError {
 
 type Reply<O> = oneshot::Sender<Result<O, BatchError>>;
 
+/// Whether Postgres refused the statement itself (a row, a constraint), as opposed to being
+/// unavailable (SQLSTATE classes 08, 40, 53, 57, 58, or no answer at all), which every item of
+/// the batch would meet alone too.
+fn refused(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            !["08", "40", "53", "57", "58"]
+                .iter()
+                .any(|c| code.starts_with(c))
+        }
+        _ => false,
+    }
+}
+
+/// Answers each item with its own result from running it alone.
+fn answer_each<O>(name: &str, replies: Vec<Reply<O>>, each: Vec<sqlx::Result<Option<O>>>) {
+    for (reply, result) in replies.into_iter().zip(each) {
+        let result = match result {
+            Ok(Some(one)) => Ok(one),
+            Ok(None) => Err(BatchError::Db(Arc::new(sqlx::Error::Protocol(format!(
+                "{name}: no result for an item run alone"
+            ))))),
+            Err(e) => Err(BatchError::Db(Arc::new(e))),
+        };
+        let _ = reply.send(result);
+    }
+}
+
 /// A handle on one batching task; cheap to clone.
 pub struct Batcher<I, O> {
     tx: mpsc::UnboundedSender<(I, Reply<O>)>,
@@ -41,13 +70,17 @@ impl<I, O> Clone for Batcher<I, O> {
     }
 }
 
-impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
+impl<I: Send + Sync + 'static, O: Send + 'static> Batcher<I, O> {
     /// Starts the task. `run` gets a connection from `pg` and up to `max` items and must answer
     /// them in order, one result each. `name` labels `wafleet_batch_size{batch}`. The task ends
     /// when every handle is gone.
+    ///
+    /// When a statement carrying several items fails with an error that is not about the
+    /// database being unavailable (a row it refuses, say), each item is run again alone, so the
+    /// one Postgres refuses fails and the others, of other conversations and channels, go through.
     pub fn start<F>(name: &'static str, max: usize, pg: sqlx::PgPool, run: F) -> Self
     where
-        F: for<'c> Fn(&'c mut PgConnection, Vec<I>) -> BoxFuture<'c, sqlx::Result<Vec<O>>>
+        F: for<'c> Fn(&'c mut PgConnection, &'c [I]) -> BoxFuture<'c, sqlx::Result<Vec<O>>>
             + Send
             + 'static,
     {
@@ -90,7 +123,30 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                 };
                 let result = match result {
                     Ok(mut conn) => {
-                        let result = run(&mut conn, items).await;
+                        let result = run(&mut conn, &items).await;
+                        if n > 1
+                            && let Err(e) = &result
+                            && refused(e)
+                        {
+                            metrics::counter!("wafleet_batch_splits_total", "batch" => name)
+                                .increment(1);
+                            tracing::warn!(batch = name, items = n, error = %e,
+                                "a batch statement was refused; running its items one by one");
+                            let mut each = Vec::with_capacity(n);
+                            for item in &items {
+                                each.push(
+                                    run(&mut conn, std::slice::from_ref(item))
+                                        .await
+                                        .map(|mut one| one.pop()),
+                                );
+                            }
+                            answer_each(name, replies, each);
+                            if pg.num_idle() > 0 {
+                                held = Some(conn);
+                            }
+                            next = rx.try_recv().ok();
+                            continue;
+                        }
                         // After an error the connection may be unusable: the pool checks it.
                         // Kept only while the pool has others to spare, so that batches never
                         // keep connections from other work.

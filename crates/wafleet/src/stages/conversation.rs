@@ -86,13 +86,14 @@ pub fn known_stores(pg: &PgPool) -> KnownStores {
         "known_stores",
         256,
         pg.clone(),
-        |conn, items: Vec<KnownMessage>| {
+        |conn, items: &[KnownMessage]| {
             Box::pin(async move {
-                let found = store::store_known_many(conn, &items).await?;
+                let found = store::store_known_many(conn, items).await?;
+                // Rare (a stale cache entry): only then is the item copied back.
                 Ok(found
                     .into_iter()
                     .zip(items)
-                    .map(|(found, item)| found.ok_or_else(|| Box::new(item)))
+                    .map(|(found, item)| found.ok_or_else(|| Box::new(item.clone())))
                     .collect())
             })
         },
@@ -143,7 +144,10 @@ impl ConversationStage {
                 reason: format!("no channel {}", m.origin.phone_number_id),
             });
         };
-        let redacted = m.text.as_deref().map(|t| self.redactor.redact(t));
+        let redacted = m
+            .text
+            .as_deref()
+            .map(|t| self.redactor.redact(&without_nul(t)));
         let mut pii_types: Vec<String> = redacted
             .iter()
             .flat_map(|r| r.spans.iter().map(|s| s.kind.as_str().to_string()))
@@ -162,7 +166,10 @@ impl ConversationStage {
             key: customer_key.to_string(),
             wa_id: m.wa_id.clone(),
             user_id: m.user_id.clone(),
-            profile_name: m.profile_name.clone(),
+            profile_name: m
+                .profile_name
+                .as_deref()
+                .map(|p| without_nul(p).into_owned()),
         };
 
         let touch = Touch {
@@ -492,6 +499,16 @@ fn count_session_cache(hit: bool) {
         .increment(1);
 }
 
+/// `s` without NUL characters, which JSON and Rust strings allow and Postgres text and JSONB
+/// refuse: a message carrying one would otherwise never be stored.
+fn without_nul(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        std::borrow::Cow::Owned(s.replace('\0', ""))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
 /// Type-specific facts worth keeping, with free text redacted.
 fn metadata_of(m: &InboundMessage, redactor: &Redactor, pii: &mut Vec<String>) -> Value {
     let raw: Value = serde_json::from_str(m.raw.get()).unwrap_or(Value::Null);
@@ -499,7 +516,7 @@ fn metadata_of(m: &InboundMessage, redactor: &Redactor, pii: &mut Vec<String>) -
     let mut redact = |v: &Value| -> Value {
         match v.as_str() {
             Some(s) => {
-                let r = redactor.redact(s);
+                let r = redactor.redact(&without_nul(s));
                 pii.extend(r.spans.iter().map(|s| s.kind.as_str().to_string()));
                 Value::String(r.text)
             }

@@ -54,8 +54,8 @@ pub struct LlmDefaults {
 pub type ReplyWriter = Batcher<ReplyRecord, bool>;
 
 pub fn reply_writer(pg: PgPool) -> ReplyWriter {
-    Batcher::start("replies", 128, pg, |conn, records: Vec<ReplyRecord>| {
-        Box::pin(async move { replies::record_replies(conn, &records).await })
+    Batcher::start("replies", 128, pg, |conn, records: &[ReplyRecord]| {
+        Box::pin(async move { replies::record_replies(conn, records).await })
     })
 }
 
@@ -63,14 +63,9 @@ pub fn reply_writer(pg: PgPool) -> ReplyWriter {
 pub type ContextReader = Batcher<(i64, i64), Option<(ReplyContext, Vec<replies::Turn>)>>;
 
 pub fn context_reader(pg: PgPool) -> ContextReader {
-    Batcher::start(
-        "reply_contexts",
-        128,
-        pg,
-        |conn, wanted: Vec<(i64, i64)>| {
-            Box::pin(async move { replies::reply_contexts(conn, &wanted).await })
-        },
-    )
+    Batcher::start("reply_contexts", 128, pg, |conn, wanted: &[(i64, i64)]| {
+        Box::pin(async move { replies::reply_contexts(conn, wanted).await })
+    })
 }
 
 pub struct LlmStage {

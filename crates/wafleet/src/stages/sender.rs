@@ -130,18 +130,18 @@ pub struct SendWrites {
 impl SendWrites {
     pub fn start(pg: &PgPool) -> Self {
         Self {
-            parts: Batcher::start("reply_parts", 256, pg.clone(), |conn, ids: Vec<i64>| {
-                Box::pin(async move { replies::reply_parts_many(conn, &ids).await })
+            parts: Batcher::start("reply_parts", 256, pg.clone(), |conn, ids: &[i64]| {
+                Box::pin(async move { replies::reply_parts_many(conn, ids).await })
             }),
-            claims: Batcher::start("claims", 256, pg.clone(), |conn, ids: Vec<i64>| {
-                Box::pin(async move { replies::claim_many(conn, &ids).await })
+            claims: Batcher::start("claims", 256, pg.clone(), |conn, ids: &[i64]| {
+                Box::pin(async move { replies::claim_many(conn, ids).await })
             }),
             accepts: Batcher::start(
                 "accepts",
                 256,
                 pg.clone(),
-                |conn, accepted: Vec<(i64, String)>| {
-                    Box::pin(async move { record_accepted_many(conn, &accepted).await })
+                |conn, accepted: &[(i64, String)]| {
+                    Box::pin(async move { record_accepted_many(conn, accepted).await })
                 },
             ),
         }

@@ -52,8 +52,8 @@ pub type StatusWriter = Batcher<Status, StatusApplied>;
 
 /// Starts the status writer: up to 256 statuses per statement.
 pub fn status_writer(pg: PgPool) -> StatusWriter {
-    Batcher::start("statuses", 256, pg, |conn, statuses: Vec<Status>| {
-        Box::pin(async move { store::apply_statuses(conn, &statuses).await })
+    Batcher::start("statuses", 256, pg, |conn, statuses: &[Status]| {
+        Box::pin(async move { store::apply_statuses(conn, statuses).await })
     })
 }
 

@@ -88,7 +88,11 @@ pub async fn run_stage<H: Handler>(rt: StageRuntime<H>) -> anyhow::Result<()> {
             let now = chrono::Utc::now().timestamp_millis();
             let _: () = redis::pipe()
                 .zadd(&workers_key, &consumer, now)
-                .zrembyscore(&workers_key, "-inf", now - 2 * ttl.as_millis() as i64)
+                // Silent for a lease TTL: dead (a live process beats every round, at least
+                // once a second). Its leases expire at about the same time, so its partitions
+                // are taken as soon as they are free; kept for longer, it would still count in
+                // the share and leave them idle for another TTL.
+                .zrembyscore(&workers_key, "-inf", now - ttl.as_millis() as i64)
                 .query_async(&mut con)
                 .await?;
             let live: u32 = con.zcard(&workers_key).await?;

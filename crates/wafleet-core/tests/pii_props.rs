@@ -86,10 +86,11 @@ fn card_number() -> impl Strategy<Value = String> {
         })
 }
 
-/// The card's digits split into groups of 1–6 joined by nothing, a space or a dash.
+/// The card's digits split into groups of 1–6 joined by nothing, a space, a dash, a dot or a
+/// slash.
 fn grouped(card: String) -> impl Strategy<Value = (String, String)> {
     let n = card.len();
-    proptest::collection::vec((1usize..=6, 0u8..3), 1..=n).prop_map(move |cuts| {
+    proptest::collection::vec((1usize..=6, 0u8..5), 1..=n).prop_map(move |cuts| {
         let mut out = String::new();
         let mut i = 0;
         for (size, sep) in cuts {
@@ -98,7 +99,7 @@ fn grouped(card: String) -> impl Strategy<Value = (String, String)> {
             }
             let e = (i + size).min(n);
             if i > 0 {
-                out.push_str(["", " ", "-"][sep as usize]);
+                out.push_str(["", " ", "-", ".", "/"][sep as usize]);
             }
             out.push_str(&card[i..e]);
             i = e;

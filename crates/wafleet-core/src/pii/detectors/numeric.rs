@@ -229,8 +229,9 @@ fn thirteen_digit_code(ctx: &Ctx<'_>, c: &Chunk<'_>, d: &[u8]) -> bool {
             .is_some_and(|k| k.kind == Kw::Neg)
 }
 
-/// Adds every payment card: 13–19 digits, grouped by spaces or dashes any way, Luhn-valid
-/// with an issuer prefix. Runs before any context-based detector.
+/// Adds every payment card: 13–19 digits, grouped by spaces, dashes, dots ("4111.1111.…", common
+/// in Latin America) or slashes any way, Luhn-valid with an issuer prefix. Runs before any
+/// context-based detector.
 pub fn find_cards(ctx: &Ctx<'_>, found: &mut Found) {
     for_each_chunk(ctx, found, |c, found| {
         let mut i = 0;
@@ -239,7 +240,12 @@ pub fn find_cards(ctx: &Ctx<'_>, found: &mut Found) {
             let mut n = 0;
             let mut best = None;
             for j in i..c.len() {
-                if j > i && !c.sep(j).iter().all(|&s| s == b' ' || s == b'-') {
+                if j > i
+                    && !c
+                        .sep(j)
+                        .iter()
+                        .all(|&s| matches!(s, b' ' | b'-' | b'.' | b'/'))
+                {
                     break;
                 }
                 let (s, e) = c.group(j);

@@ -303,3 +303,60 @@ async fn a_lease_shorter_than_the_job_deadline_is_refused() {
         "run_stage refuses to start"
     );
 }
+
+#[tokio::test]
+async fn queue_lag_counts_unread_entries_when_redis_cannot_tell() {
+    use wafleet::worker::sampler::stream_figures;
+    let cfg = TestConfig::new().await;
+    let mut con = cfg.redis().await;
+    let stream = format!("{}:lagprobe", cfg.keys().prefix());
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("g")
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        let id: String = con.xadd(&stream, "*", &[("n", n)]).await.unwrap();
+        ids.push(id);
+    }
+    // The group reads two; the second is done and deleted while the first is still running,
+    // as a worker does: Redis no longer knows the lag.
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g")
+        .arg("c")
+        .arg("COUNT")
+        .arg(2)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let _: () = redis::pipe()
+        .cmd("XACK")
+        .arg(&stream)
+        .arg("g")
+        .arg(&ids[1])
+        .ignore()
+        .cmd("XDEL")
+        .arg(&stream)
+        .arg(&ids[1])
+        .ignore()
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let figures = stream_figures(&mut con, &stream, "g").await.unwrap();
+    assert_eq!(
+        (figures.len, figures.pending, figures.lag),
+        (3, 1, 2),
+        "{figures:?}"
+    );
+    assert_eq!(figures.oldest.as_deref(), Some(ids[0].as_str()));
+    let _: () = con.del(&stream).await.unwrap();
+}

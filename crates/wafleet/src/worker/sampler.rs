@@ -51,28 +51,14 @@ pub async fn sample(redis: &deadpool_redis::Pool, keys: &Keys, stage: Stage) -> 
     let mut delayed_total = 0u64;
     for p in 0..keys.partitions() {
         let stream = stage.stream(keys, p);
-        let len: u64 = con.xlen(&stream).await?;
-        let groups: redis::Value = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(&stream)
-            .query_async(&mut con)
-            .await
-            .unwrap_or(redis::Value::Nil);
-        let (pending, lag) = group_info(&groups, stage.name);
-        let summary: redis::Value = redis::cmd("XPENDING")
-            .arg(&stream)
-            .arg(stage.name)
-            .query_async(&mut con)
-            .await
-            .unwrap_or(redis::Value::Nil);
-        let oldest = match &summary {
-            redis::Value::Array(v) if v.len() >= 2 => redis::from_redis_value::<String>(&v[1]).ok(),
-            _ => None,
-        };
+        let StreamFigures {
+            len,
+            pending,
+            lag,
+            oldest,
+        } = stream_figures(&mut con, &stream, stage.name).await?;
         let delayed: u64 = con.zcard(keys.delayed(stage.name, p)).await?;
         delayed_total += delayed;
-        // Without the group yet, everything in the stream is lag.
-        let lag = lag.unwrap_or(len);
         backlog += lag + pending;
         let labels = [("stage", stage.name.to_string()), ("stream", stream)];
         metrics::gauge!("wafleet_stream_length", &labels).set(len as f64);
@@ -88,6 +74,58 @@ pub async fn sample(redis: &deadpool_redis::Pool, keys: &Keys, stage: Stage) -> 
     metrics::gauge!("wafleet_stage_backlog", "stage" => stage.name)
         .set((backlog + delayed_total) as f64);
     Ok(())
+}
+
+/// One partition stream as a consumer group sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamFigures {
+    pub len: u64,
+    /// Read by the group, not acknowledged yet.
+    pub pending: u64,
+    /// Not read by the group yet.
+    pub lag: u64,
+    /// Id of the oldest pending entry.
+    pub oldest: Option<String>,
+}
+
+/// Reads [`StreamFigures`] of `stream` for `group`.
+pub async fn stream_figures(
+    con: &mut impl redis::aio::ConnectionLike,
+    stream: &str,
+    group: &str,
+) -> anyhow::Result<StreamFigures> {
+    let len: u64 = redis::cmd("XLEN").arg(stream).query_async(con).await?;
+    let groups: redis::Value = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(con)
+        .await
+        .unwrap_or(redis::Value::Nil);
+    let (pending, lag) = group_info(&groups, group);
+    let summary: redis::Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .query_async(con)
+        .await
+        .unwrap_or(redis::Value::Nil);
+    let oldest = match &summary {
+        redis::Value::Array(v) if v.len() >= 2 => redis::from_redis_value::<String>(&v[1]).ok(),
+        _ => None,
+    };
+    Ok(StreamFigures {
+        len,
+        pending,
+        lag: unread(len, pending, lag),
+        oldest,
+    })
+}
+
+/// Entries the group has not read yet. Redis reports `lag` as nil when it cannot tell, which is
+/// whenever entries were deleted out of order (we delete each entry once it is done, so older
+/// pending entries below newer unread ones make it nil all the time under load); the stream
+/// then holds exactly the pending and the unread entries. Without the group yet, all of it.
+fn unread(len: u64, pending: u64, lag: Option<u64>) -> u64 {
+    lag.unwrap_or(len.saturating_sub(pending))
 }
 
 /// `pending` and `lag` of our group from an `XINFO GROUPS` reply.

@@ -478,6 +478,36 @@ async fn a_handover_the_model_asked_for_is_made_even_when_its_job_runs_again() {
 }
 
 #[tokio::test]
+async fn the_models_handover_message_is_formatted_like_any_answer() {
+    let s = system().await;
+    s.sim.state.add_llm_fault(
+        serde_json::from_value::<LlmFault>(serde_json::json!({
+            "status": 200,
+            "body": {
+                "model": "standin",
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                    "role": "assistant",
+                    "content": "[[HANDOVER]] Te paso con un **asesor**: [aquí](https://x.co)"
+                }}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 9}
+            }
+        }))
+        .unwrap(),
+    );
+    s.send("573011", "wamid.HF", "Tengo un problema con mi pedido")
+        .await;
+    let sent = s.sent(1).await;
+    assert_eq!(sent[0].body, "Te paso con un *asesor*: aquí (https://x.co)");
+    wait_count(
+        &s.pg,
+        "SELECT count(*) FROM handover_events WHERE reason = 'model'",
+        1,
+        30,
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn a_human_taking_over_while_the_model_thinks_suppresses_the_reply() {
     let s = system_with_sim(SimConfig {
         llm_latency: Duration::from_millis(1500),

@@ -231,10 +231,15 @@ impl LlmStage {
         };
         let state = if shadow { "shadow" } else { "pending" };
         let parts: Vec<(String, String)> = if reply.wants_human {
+            // The model's own words go through the same formatting as any answer; one part
+            // (it is meant to be a sentence: anything past 4096 characters is cut at a boundary).
             let ack = if reply.text.trim().is_empty() {
                 channel.handover_ack.clone()
             } else {
-                reply.text.clone()
+                split_message(&markdown_to_whatsapp(&reply.text), WHATSAPP_MAX_CHARS)
+                    .into_iter()
+                    .next()
+                    .unwrap_or_default()
             };
             if ack.is_empty() {
                 vec![]

@@ -508,6 +508,41 @@ async fn the_models_handover_message_is_formatted_like_any_answer() {
 }
 
 #[tokio::test]
+async fn a_model_asking_for_a_person_after_a_keyword_handover_does_not_acknowledge_twice() {
+    let s = system_with_sim(SimConfig {
+        llm_latency: Duration::from_millis(1000),
+        ..Default::default()
+    })
+    .await;
+    // The stand-in answers this with the handover marker, a second after being asked.
+    s.send("573012", "wamid.K1", "¿Eres humano o robot?").await;
+    s.model_asked().await;
+    // Meanwhile the customer asks for a person with a keyword: handed over and acknowledged.
+    s.send("573012", "wamid.K2", "quiero hablar con un humano")
+        .await;
+    wait_count(
+        &s.pg,
+        "SELECT count(*) FROM outbound_messages WHERE kind = 'handover_ack'",
+        2,
+        30,
+    )
+    .await;
+    s.settled().await;
+    let sent = s.sim.state.messages();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].body, DEFAULT_HANDOVER_ACK);
+    assert_eq!(sent[0].context_message_id.as_deref(), Some("wamid.K2"));
+    assert_eq!(
+        s.count(
+            "SELECT count(*) FROM outbound_messages o JOIN messages m ON m.id = o.reply_to
+              WHERE m.wamid = 'wamid.K1' AND o.state = 'suppressed'"
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test]
 async fn a_human_taking_over_while_the_model_thinks_suppresses_the_reply() {
     let s = system_with_sim(SimConfig {
         llm_latency: Duration::from_millis(1500),

@@ -309,7 +309,17 @@ pub async fn claim_many(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<Ve
         "WITH input AS (
              SELECT DISTINCT id FROM unnest($1::int8[]) AS i(id)
          ), target AS (
-             SELECT o.id, o.state, (c.owner = 'bot' OR o.kind = 'handover_ack') AS may_send
+             -- A handover's acknowledgement goes out although a human now owns the
+             -- conversation, but only the acknowledgement of the handover that happened: a
+             -- model that asks for a person after a keyword already handed over must not
+             -- acknowledge a second time.
+             SELECT o.id, o.state,
+                    (c.owner = 'bot'
+                     OR (o.kind = 'handover_ack'
+                         AND EXISTS (SELECT 1 FROM handover_events h
+                                      WHERE h.conversation_id = o.conversation_id
+                                        AND h.kind = 'handover' AND h.message_id = o.reply_to)))
+                    AS may_send
                FROM outbound_messages o
                JOIN input i ON i.id = o.id
                JOIN conversations c ON c.id = o.conversation_id

@@ -1291,3 +1291,37 @@ async fn a_message_with_nul_characters_is_stored_without_them() {
     assert_eq!(text.as_deref(), Some("hola mundo"));
     assert_eq!(action, "reply");
 }
+
+#[tokio::test]
+async fn a_message_queued_before_its_channel_was_disabled_is_stored_not_answered() {
+    use wafleet::streams::{Append, Enqueuer};
+    let e = env().await;
+    // Disabled after ingest accepted the message: it is already on the stream.
+    sqlx::query("UPDATE channels SET enabled = FALSE")
+        .execute(&e.pg)
+        .await
+        .unwrap();
+    let body = text_message(PNID, "57301", "wamid.DIS", T0, "¿tienen envíos?");
+    let parsed = wafleet_core::webhook::parse(&body).unwrap();
+    let keys = e.cfg.keys();
+    let appends: Vec<Append> = parsed
+        .updates
+        .iter()
+        .map(|u| Append::update(&keys, u, T0 * 1000))
+        .collect();
+    let mut con = e.cfg.redis().await;
+    Enqueuer::new(Duration::from_secs(60))
+        .append_all(&mut con, &appends)
+        .await
+        .unwrap();
+    e.stored(1).await;
+    e.wait_followups().await;
+    let (_, text, _, action, _) = e.message("wamid.DIS").await;
+    assert_eq!(text.as_deref(), Some("¿tienen envíos?"));
+    assert_eq!(action, "none", "no reply job for a disabled channel");
+    let mut replies = 0;
+    for p in 0..keys.partitions() {
+        replies += e.stream_len(&keys.replies(p)).await;
+    }
+    assert_eq!(replies, 0);
+}

@@ -52,6 +52,15 @@ pub struct ChannelSettings {
     pub providers: Vec<ProviderConfig>,
 }
 
+impl ChannelSettings {
+    /// Whether the bot writes to this channel's customers at all: not when its mode is `off`,
+    /// nor when the channel is disabled (ingest keeps its new updates aside; what was already
+    /// queued when it was disabled is stored, not answered).
+    pub fn bot_answers(&self) -> bool {
+        self.enabled && self.bot_mode != BotMode::Off
+    }
+}
+
 #[derive(sqlx::FromRow, PartialEq)]
 struct Row {
     id: i64,

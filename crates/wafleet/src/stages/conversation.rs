@@ -194,7 +194,7 @@ impl ConversationStage {
             "none"
         } else if keyword.is_some() {
             "handover"
-        } else if channel.bot_mode == BotMode::Off {
+        } else if !channel.bot_answers() {
             "none"
         } else if text.is_some() {
             "reply"
@@ -338,7 +338,7 @@ impl ConversationStage {
                 )
                 .await
                 .map_err(db("handing over"))?;
-                if channel.bot_mode != BotMode::Off && !channel.handover_ack.is_empty() {
+                if channel.bot_answers() && !channel.handover_ack.is_empty() {
                     store::insert_outbound(
                         &mut tx,
                         (conversation.id, conversation.channel_id),

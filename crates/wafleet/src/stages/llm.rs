@@ -132,7 +132,7 @@ impl LlmStage {
             return Ok(Outcome::Done);
         }
 
-        if ctx.owner != "bot" || channel.bot_mode == BotMode::Off {
+        if ctx.owner != "bot" || !channel.bot_answers() {
             self.record(
                 &ctx,
                 &NewReply {

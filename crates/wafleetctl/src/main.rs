@@ -198,6 +198,19 @@ async fn main() -> anyhow::Result<()> {
                 .arg(keys.session_cache(&format!("{pnid}:{customer}")))
                 .query_async(&mut con)
                 .await?;
+            if changed {
+                // Dashboards learn it the way they learn of handovers.
+                let shared = wafleet::shared_redis::SharedRedis::new(
+                    settings.redis_url.expose(),
+                    wafleet::shared_redis::CONNECT_TIMEOUT,
+                )?;
+                let event = serde_json::json!({
+                    "kind": "release", "reason": "agent", "conversation_id": conversation_id,
+                    "message_id": null, "phone_number_id": pnid,
+                    "at": chrono::Utc::now().to_rfc3339(),
+                });
+                wafleet::stages::publish_handover(&shared, &keys, &event).await?;
+            }
             println!(
                 "conversation {conversation_id} {}",
                 if changed {

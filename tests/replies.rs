@@ -780,6 +780,85 @@ async fn throttles_do_not_use_up_the_attempts_a_transient_error_is_allowed() {
 }
 
 #[tokio::test]
+async fn a_send_meta_accepted_while_postgres_would_not_record_it_is_never_sent_again() {
+    // No status stage: only the sender itself can learn the wamid back. A send with no
+    // recorded outcome is taken as lost after 300 ms.
+    let s = system_tweaked(
+        SimConfig::default(),
+        |s| vec![s.standin()],
+        &["conversation", "llm", "sender"],
+        |w| {
+            w.send.ambiguous_resend_after = Duration::from_millis(300);
+            w.send.ambiguous_check = Duration::from_millis(100);
+        },
+    )
+    .await;
+    // Postgres refuses to record any wamid ("insufficient resources": unavailable, retried)
+    // until the gate opens; every refusal is counted (a sequence survives the rollback).
+    for statement in [
+        "CREATE SEQUENCE refused_accepts",
+        "CREATE TABLE accept_gate (closed boolean NOT NULL)",
+        "INSERT INTO accept_gate VALUES (TRUE)",
+        "CREATE FUNCTION refuse_accept() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.wamid IS NOT NULL AND OLD.wamid IS NULL AND (SELECT closed FROM accept_gate) THEN
+             PERFORM nextval('refused_accepts');
+             RAISE EXCEPTION 'not now' USING ERRCODE = '53000';
+           END IF;
+           RETURN NEW;
+         END $$",
+        "CREATE TRIGGER refuse_accept BEFORE UPDATE ON outbound_messages
+           FOR EACH ROW EXECUTE FUNCTION refuse_accept()",
+    ] {
+        sqlx::query(statement).execute(&s.pg).await.unwrap();
+    }
+    s.send("573013", "wamid.NR", "hola").await;
+    let sent = s.sent(1).await;
+    // Several runs of the job meet the refusal, the later ones long after the resend delay.
+    wait_count(
+        &s.pg,
+        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM refused_accepts",
+        4,
+        30,
+    )
+    .await;
+    sqlx::query("UPDATE accept_gate SET closed = FALSE")
+        .execute(&s.pg)
+        .await
+        .unwrap();
+    wait_count(
+        &s.pg,
+        "SELECT count(*) FROM outbound_messages WHERE state = 'accepted'",
+        1,
+        30,
+    )
+    .await;
+    // (No status stage: the status streams never drain, so wait for the sender's alone.)
+    let cfg = &s.cfg;
+    eventually(
+        "the sends to finish",
+        Duration::from_secs(30),
+        || async move {
+            let keys = cfg.keys();
+            let mut con = cfg.redis().await;
+            for p in 0..keys.partitions() {
+                if !read_stream(&mut con, &keys.outbox(p)).await.is_empty() {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    assert_eq!(s.sim.state.messages().len(), 1, "sent once");
+    let (wamid,): (Option<String>,) = sqlx::query_as("SELECT wamid FROM outbound_messages")
+        .fetch_one(&s.pg)
+        .await
+        .unwrap();
+    assert_eq!(wamid.as_deref(), Some(sent[0].wamid.as_str()));
+}
+
+#[tokio::test]
 async fn an_expired_token_pauses_the_channel_and_raises_an_alert() {
     let s = system().await;
     s.sim.state.add_fault(

@@ -839,6 +839,14 @@ async fn claims_made_together_each_get_their_own_answer() {
     e.stored(2).await;
     e.wait_followups().await;
     e.hand_to_human("57301").await;
+    // Handed over because of that message: its acknowledgement may still go out.
+    sqlx::query(
+        "INSERT INTO handover_events (conversation_id, kind, reason, message_id)
+         SELECT conversation_id, 'handover', 'keyword', id FROM messages WHERE wamid = 'wamid.human'",
+    )
+    .execute(&e.pg)
+    .await
+    .unwrap();
     let part = |wamid: &'static str, kind: &'static str, state: &'static str| {
         let pg = e.pg.clone();
         async move {

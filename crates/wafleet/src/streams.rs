@@ -22,6 +22,7 @@
 //! | `P:{events}:handover` | stream | handover and release events for dashboards (field `event`, JSON) |
 //! | `P:events:handover` | pub/sub channel | the same events, live |
 //! | `P:{pn}:session:<conv>` | string, TTL 1 d | cached conversation id, session and owner of a conversation key |
+//! | `P:{pn}:wamid:<outbound id>` | string, TTL 7 d | the wamid of a part Meta accepted while Postgres would not record it: recorded from here, never sent again |
 //!
 //! The worker runtime adds its own keys per stage (leases, delayed retries, dead letters): see
 //! `crate::worker`.
@@ -100,6 +101,10 @@ impl Keys {
     /// A parked conversation's jobs, oldest first.
     pub fn held(&self, stage: &str, partition: u32, conv: &str) -> String {
         format!("{}:{{p{partition}}}:held:{stage}:{conv}", self.prefix)
+    }
+    /// The wamid Meta gave an outbound part, kept while Postgres would not record it.
+    pub fn unrecorded_wamid(&self, partition: u32, outbound_id: i64) -> String {
+        format!("{}:{{p{partition}}}:wamid:{outbound_id}", self.prefix)
     }
     /// Live processes of a stage.
     pub fn workers(&self, stage: &str) -> String {

@@ -34,6 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use redis::AsyncCommands;
 use sqlx::PgPool;
 use wafleet_core::graph_error::{ErrorClass, ThrottleScope, classify_status_error};
 use wafleet_core::retry::{Backoff, pair_rate_backoff};
@@ -57,6 +58,10 @@ pub const STAGE: Stage = Stage {
 
 /// Meta's pair rate: one message per 6 s to one customer.
 pub const PAIR_RATE_PER_SEC: f64 = 1.0 / 6.0;
+
+/// How long a wamid Postgres would not record is kept in Redis (longer than any outage a job
+/// outlives: the job is dead-lettered after `WAFLEET_SEND_MAX_AGE_MS` anyway).
+const UNRECORDED_WAMID_TTL: Duration = Duration::from_secs(7 * 86_400);
 
 /// The `fail_reason` of a part not sent because the customer's last message is over 24 hours old.
 const WINDOW_CLOSED: &str = "the 24-hour window is closed";
@@ -223,6 +228,10 @@ impl SenderStage {
         match part.state.as_str() {
             "pending" => {}
             "sending" => {
+                // Meta accepted it, but recording that failed: record it now, never resend.
+                if let Some(wamid) = self.unrecorded_wamid(job, part).await? {
+                    return self.record_acceptance(job, channel, part, wamid).await;
+                }
                 let age = part.sending_at.map_or(Duration::MAX, |t| {
                     (Utc::now() - t).to_std().unwrap_or_default()
                 });
@@ -396,21 +405,9 @@ impl SenderStage {
             .await;
         match result {
             SendResult::Accepted { wamid } => {
-                let acceptance = self
-                    .writes
-                    .accepts
-                    .run((part.id, wamid))
-                    .await
-                    .map_err(|e| batch_outcome(&e, "recording the send"))?;
                 metrics::counter!("wafleet_sender_sends_total", "result" => "accepted")
                     .increment(1);
-                match acceptance {
-                    Acceptance::Recorded => Ok(Step::Next),
-                    Acceptance::FailedFirst { code } => {
-                        self.failed_before_recorded(job, channel, part, code.map(i64::from))
-                            .await
-                    }
-                }
+                self.record_acceptance(job, channel, part, wamid).await
             }
             SendResult::NotSent { reason } => {
                 replies::unclaim_uncounted(&self.pg, part.id)
@@ -438,6 +435,54 @@ impl SenderStage {
                     .await
             }
         }
+    }
+
+    /// Records Meta's acceptance of a part. If Postgres will not take it, the wamid is kept in
+    /// Redis first, so the job's next run records it from there: the part stays `sending`, and
+    /// without the wamid a run after `ambiguous_resend_after` would send it a second time.
+    async fn record_acceptance(
+        &self,
+        job: &Job,
+        channel: &ChannelSettings,
+        part: &Part,
+        wamid: String,
+    ) -> Result<Step, Outcome> {
+        let key = self.keys.unrecorded_wamid(job.partition, part.id);
+        let acceptance = match self.writes.accepts.run((part.id, wamid.clone())).await {
+            Ok(a) => a,
+            Err(e) => {
+                let outcome = batch_outcome(&e, "recording the send");
+                let mut con = self.redis.get().await.map_err(redis_down)?;
+                let _: () = con
+                    .set_ex(&key, &wamid, UNRECORDED_WAMID_TTL.as_secs())
+                    .await
+                    .map_err(redis_down)?;
+                tracing::warn!(
+                    outbound_id = part.id,
+                    "accepted send not recorded yet; its wamid is kept in Redis"
+                );
+                return Err(outcome);
+            }
+        };
+        if let Ok(mut con) = self.redis.get().await {
+            // Usually there is none; a leftover only costs its TTL.
+            let _: Result<(), _> = con.del(&key).await;
+        }
+        match acceptance {
+            Acceptance::Recorded => Ok(Step::Next),
+            Acceptance::FailedFirst { code } => {
+                self.failed_before_recorded(job, channel, part, code.map(i64::from))
+                    .await
+            }
+        }
+    }
+
+    /// The wamid kept by [`Self::record_acceptance`] for a part still `sending`, if any.
+    async fn unrecorded_wamid(&self, job: &Job, part: &Part) -> Result<Option<String>, Outcome> {
+        let mut con = self.redis.get().await.map_err(redis_down)?;
+        con.get(self.keys.unrecorded_wamid(job.partition, part.id))
+            .await
+            .map_err(redis_down)
     }
 
     /// Meta's `failed` status for the part came in before its acceptance was recorded (the

@@ -672,3 +672,39 @@ async fn a_failed_append_leaves_no_dedup_mark_so_the_redelivery_gets_through() {
     assert_eq!((first[0], again[0]), (Appended::Added, Appended::Duplicate));
     assert_eq!(read_stream(&mut con, &append.stream).await.len(), 1);
 }
+
+#[tokio::test]
+async fn a_redis_connection_that_goes_silent_is_replaced() {
+    // Ingest reaches Redis through a proxy that can black-hole the live connection (a failover
+    // or a lost host: no reset, no answer), while new connections get through.
+    let mut cfg = TestConfig::new().await;
+    let target = cfg
+        .redis_url
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .to_string();
+    let proxy = wafleet_tests::proxy::Proxy::start(target).await;
+    cfg.redis_url = format!("redis://127.0.0.1:{}", proxy.port);
+    cfg.add_channel("106540352242922", |_| {}).await;
+    let ingest = Ingest::start(cfg.ingest_settings()).await;
+    let body = |n: u32| text_body("106540352242922", "57300", &format!("wamid.S{n}"), "hola");
+    assert_eq!(ingest.post_signed(&body(0), APP_SECRET).await.status(), 200);
+
+    proxy.black_hole();
+    assert_eq!(
+        ingest.post_signed(&body(1), APP_SECRET).await.status(),
+        503,
+        "no answer within WAFLEET_REDIS_TIMEOUT_MS"
+    );
+    // The silent connection is given up and a new one opened: webhooks are accepted again.
+    let n = std::sync::atomic::AtomicU32::new(1);
+    eventually(
+        "ingest to accept again",
+        Duration::from_secs(40),
+        || async {
+            let next = body(n.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1);
+            (ingest.post_signed(&next, APP_SECRET).await.status() == 200).then_some(())
+        },
+    )
+    .await;
+}

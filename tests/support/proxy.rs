@@ -12,6 +12,9 @@ pub struct Proxy {
     up: Arc<AtomicBool>,
     /// Cancelled to drop every live connection; replaced on each cut.
     conns: Arc<std::sync::Mutex<CancellationToken>>,
+    /// Cancelled to stop forwarding on every live connection while keeping it open (a network
+    /// that black-holes packets); replaced on each use.
+    holes: Arc<std::sync::Mutex<CancellationToken>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -21,9 +24,11 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let up = Arc::new(AtomicBool::new(true));
         let conns = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
+        let holes = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
         let task = tokio::spawn({
             let up = up.clone();
             let conns = conns.clone();
+            let holes = holes.clone();
             async move {
                 while let Ok((mut inbound, _)) = listener.accept().await {
                     if !up.load(Ordering::SeqCst) {
@@ -31,15 +36,22 @@ impl Proxy {
                         continue;
                     }
                     let cut = conns.lock().unwrap().clone();
+                    let hole = holes.lock().unwrap().clone();
                     let target = target.clone();
                     tokio::spawn(async move {
                         let Ok(mut outbound) = TcpStream::connect(&target).await else {
                             return;
                         };
-                        tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                            _ = cut.cancelled() => {}
+                        let black_holed = tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => false,
+                            _ = cut.cancelled() => false,
+                            _ = hole.cancelled() => true,
+                        };
+                        if black_holed {
+                            // Nothing passes any more, but neither side learns it.
+                            cut.cancelled().await;
                         }
+                        drop((inbound, outbound));
                     });
                 }
             }
@@ -48,8 +60,17 @@ impl Proxy {
             port,
             up,
             conns,
+            holes,
             task,
         }
+    }
+
+    /// Live connections stop passing anything yet stay open, as when a network path dies
+    /// without a reset; new connections work.
+    pub fn black_hole(&self) {
+        let mut h = self.holes.lock().unwrap();
+        h.cancel();
+        *h = CancellationToken::new();
     }
 
     /// Drops every connection and refuses new ones.

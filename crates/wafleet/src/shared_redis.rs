@@ -14,7 +14,8 @@
 //! - A command failing with an error that means the connection is gone (reset, refused, EOF,
 //!   broken pipe: [`redis::RedisError::is_unrecoverable_error`]) drops the shared connection;
 //!   the next caller opens a new one. Slow answers do not: the caller's own timeout handles
-//!   those, and the connection stays usable.
+//!   those, and the connection stays usable, unless no answer comes for [`RESPONSE_TIMEOUT`]
+//!   (a black-holed network path): then it is dropped too.
 //! - Opening is bounded by `connect_timeout`, and one caller opens while the others wait for it,
 //!   so an outage costs one connection attempt at a time, not one per request.
 
@@ -27,6 +28,12 @@ use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
 /// Bound on opening the connection, so an outage turns into errors, not hangs.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A command unanswered this long means the connection is dead even if no error says so (a
+/// failover or a lost host black-holes packets without a reset, and TCP takes about 15 minutes
+/// to give up): the connection is dropped and the next caller opens a new one. Far above any
+/// answer Redis gives a live connection; callers keep their own, shorter timeouts.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A cheap handle (clone it freely) on the process's shared connection.
 #[derive(Clone)]
@@ -43,6 +50,8 @@ struct Inner {
     opening: tokio::sync::Mutex<()>,
     /// Incremented per opened connection, so a failure only drops the connection it happened on.
     generation: AtomicU64,
+    /// A probe of the connection is running (see [`ProbeOnDrop`]).
+    probing: std::sync::atomic::AtomicBool,
 }
 
 impl SharedRedis {
@@ -55,6 +64,7 @@ impl SharedRedis {
                 current: std::sync::Mutex::new(None),
                 opening: tokio::sync::Mutex::new(()),
                 generation: AtomicU64::new(0),
+                probing: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -115,20 +125,87 @@ impl SharedConnection {
         if let Err(e) = &result
             && e.is_unrecoverable_error()
         {
-            let mut current = lock(&self.owner);
-            if current.as_ref().is_some_and(|(g, _)| *g == self.generation) {
-                *current = None;
-            }
+            forget(&self.owner, self.generation);
         }
         result
+    }
+
+    /// `result`, or the connection dropped when it did not come within [`RESPONSE_TIMEOUT`].
+    /// A caller that gives up sooner (its own timeout) leaves a probe behind: a `PING` on the
+    /// same connection that drops it unless answered within [`RESPONSE_TIMEOUT`].
+    async fn answered<T>(
+        &self,
+        result: impl std::future::Future<Output = RedisResult<T>>,
+    ) -> RedisResult<T> {
+        let mut guard = ProbeOnDrop {
+            con: Some(self.con.clone()),
+            generation: self.generation,
+            owner: self.owner.clone(),
+        };
+        let result = tokio::time::timeout(RESPONSE_TIMEOUT, result).await;
+        guard.con = None;
+        match result {
+            Ok(result) => self.check(result),
+            Err(_) => {
+                forget(&self.owner, self.generation);
+                tracing::warn!(timeout = ?RESPONSE_TIMEOUT, "Redis did not answer; reconnecting");
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no answer from Redis; the connection was dropped",
+                )
+                .into())
+            }
+        }
+    }
+}
+
+/// Drops the shared connection, if it is still generation `generation`.
+fn forget(owner: &Inner, generation: u64) {
+    let mut current = lock(owner);
+    if current.as_ref().is_some_and(|(g, _)| *g == generation) {
+        *current = None;
+    }
+}
+
+/// Armed while a command waits for its answer; dropped armed (the caller gave up first), it
+/// checks the connection with a `PING`, one probe per connection at a time.
+struct ProbeOnDrop {
+    con: Option<MultiplexedConnection>,
+    generation: u64,
+    owner: Arc<Inner>,
+}
+
+impl Drop for ProbeOnDrop {
+    fn drop(&mut self) {
+        let Some(mut con) = self.con.take() else {
+            return;
+        };
+        if self.owner.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.owner.probing.store(false, Ordering::Release);
+            return;
+        };
+        let (owner, generation) = (self.owner.clone(), self.generation);
+        runtime.spawn(async move {
+            let cmd = redis::cmd("PING");
+            let ping = cmd.query_async::<String>(&mut con);
+            let alive = matches!(tokio::time::timeout(RESPONSE_TIMEOUT, ping).await, Ok(Ok(_)));
+            if !alive {
+                forget(&owner, generation);
+                tracing::warn!(timeout = ?RESPONSE_TIMEOUT, "Redis did not answer a probe; reconnecting");
+            }
+            owner.probing.store(false, Ordering::Release);
+        });
     }
 }
 
 impl ConnectionLike for SharedConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
-            let result = self.con.req_packed_command(cmd).await;
-            self.check(result)
+            let mut con = self.con.clone();
+            self.answered(con.req_packed_command(cmd)).await
         })
     }
 
@@ -139,8 +216,9 @@ impl ConnectionLike for SharedConnection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
-            let result = self.con.req_packed_commands(cmd, offset, count).await;
-            self.check(result)
+            let mut con = self.con.clone();
+            self.answered(con.req_packed_commands(cmd, offset, count))
+                .await
         })
     }
 

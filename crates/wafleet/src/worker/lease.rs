@@ -198,6 +198,14 @@ pub async fn run_stage<H: Handler>(rt: StageRuntime<H>) -> anyhow::Result<()> {
                 .set(owned.len() as f64);
             Ok::<(), anyhow::Error>(())
         };
+        // Bounded: commands on a dead connection may go unanswered for a while, and the check
+        // below must run in time.
+        let round = async {
+            match tokio::time::timeout(ttl / 3, round).await {
+                Ok(result) => result,
+                Err(_) => Err(anyhow::anyhow!("no answer from Redis within {:?}", ttl / 3)),
+            }
+        };
         if let Err(e) = round.await {
             metrics::counter!("wafleet_worker_redis_errors_total", "stage" => stage).increment(1);
             tracing::warn!(stage, error = %e, "lease round failed");

@@ -895,6 +895,39 @@ async fn an_expired_token_pauses_the_channel_and_raises_an_alert() {
 }
 
 #[tokio::test]
+async fn clearing_a_pause_resumes_the_held_sends_before_the_pause_would_end() {
+    // A 10-minute pause, looked at again every 300 ms.
+    let s = system_tweaked(
+        SimConfig::default(),
+        |s| vec![s.standin()],
+        &["conversation", "status", "llm", "sender"],
+        |w| w.send.paused_recheck = Duration::from_millis(300),
+    )
+    .await;
+    s.sim.state.add_fault(
+        serde_json::from_value::<Fault>(
+            serde_json::json!({"code": 190, "http_status": 401, "count": 1}),
+        )
+        .unwrap(),
+    );
+    s.send("573014", "wamid.P1", "hola").await;
+    wait_count(
+        &s.pg,
+        "SELECT count(*) FROM channels WHERE sends_paused_until > now() + interval '5 minutes'",
+        1,
+        30,
+    )
+    .await;
+    // The operator fixes the token and clears the pause.
+    sqlx::query("UPDATE channels SET sends_paused_until = NULL")
+        .execute(&s.pg)
+        .await
+        .unwrap();
+    let sent = s.sent(1).await;
+    assert_eq!(sent[0].context_message_id.as_deref(), Some("wamid.P1"));
+}
+
+#[tokio::test]
 async fn a_long_markdown_reply_arrives_in_ordered_parts_within_the_limit() {
     // A model that writes a long Markdown answer.
     let long = (1..=40)

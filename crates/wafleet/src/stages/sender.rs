@@ -76,6 +76,9 @@ pub struct SendPolicy {
     pub ambiguous_resend_after: Duration,
     /// How long a configuration error pauses a channel's sends.
     pub config_pause: Duration,
+    /// How often a job held by a paused channel looks again, so that an operator who clears the
+    /// pause (`sends_paused_until = NULL`) sees sends resume within this, not at the pause's end.
+    pub paused_recheck: Duration,
     /// Waits for the rate limiter up to this long in all, in process; longer waits park the job.
     /// Must stay well below the stage's job deadline.
     pub max_inline_wait: Duration,
@@ -93,6 +96,7 @@ impl Default for SendPolicy {
             ambiguous_check: Duration::from_secs(15),
             ambiguous_resend_after: Duration::from_secs(120),
             config_pause: Duration::from_secs(600),
+            paused_recheck: Duration::from_secs(30),
             max_inline_wait: Duration::from_secs(1),
         }
     }
@@ -117,6 +121,7 @@ impl SendPolicy {
                 d.ambiguous_resend_after,
             )?,
             config_pause: ms("WAFLEET_SEND_CONFIG_PAUSE_MS", d.config_pause)?,
+            paused_recheck: d.paused_recheck,
             max_inline_wait: d.max_inline_wait,
         })
     }
@@ -294,7 +299,8 @@ impl SenderStage {
                 after: (until - Utc::now())
                     .to_std()
                     .unwrap_or_default()
-                    .max(Duration::from_secs(1)),
+                    .min(self.policy.paused_recheck)
+                    .max(Duration::from_millis(100)),
                 reason: "channel sends are paused".into(),
             }));
         }
@@ -662,7 +668,7 @@ impl SenderStage {
         metrics::counter!("wafleet_sender_alerts_total", "channel" => channel.phone_number_id.clone(), "kind" => "config").increment(1);
         tracing::error!(channel = %channel.phone_number_id, reason, "channel sends paused: needs an operator");
         Ok(Step::Return(Outcome::Defer {
-            after: self.policy.config_pause,
+            after: self.policy.config_pause.min(self.policy.paused_recheck),
             reason: reason.to_string(),
         }))
     }

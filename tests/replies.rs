@@ -543,6 +543,30 @@ async fn a_model_asking_for_a_person_after_a_keyword_handover_does_not_acknowled
 }
 
 #[tokio::test]
+async fn after_a_release_the_model_sees_the_request_for_a_person_was_answered() {
+    let s = system().await;
+    s.send("573015", "wamid.R1", "quiero hablar con un humano")
+        .await;
+    s.sent(1).await;
+    s.settled().await;
+    s.release().await;
+    s.send("573015", "wamid.R2", "¿A qué hora cierran?").await;
+    s.sent(2).await;
+    assert_eq!(s.sim.state.llm_requests().len(), 1);
+    assert_eq!(
+        s.model_turns(0),
+        vec![
+            (
+                "user".to_string(),
+                "quiero hablar con un humano".to_string()
+            ),
+            ("assistant".to_string(), DEFAULT_HANDOVER_ACK.to_string()),
+            ("user".to_string(), "¿A qué hora cierran?".to_string()),
+        ]
+    );
+}
+
+#[tokio::test]
 async fn a_human_taking_over_while_the_model_thinks_suppresses_the_reply() {
     let s = system_with_sim(SimConfig {
         llm_latency: Duration::from_millis(1500),

@@ -36,6 +36,10 @@ struct ContextRow {
 /// and the bot's replies. What humans handled and earlier sessions are left out. One query for
 /// all; `None` for a message that does not exist.
 ///
+/// A handover's acknowledgement is one of the bot's turns: after a human gives the conversation
+/// back, the model sees that the request for a person was answered, rather than a request it
+/// should hand over again for.
+///
 /// A reply sits right after the message it answers, not where its creation time would put it:
 /// when a customer sends a second message while the model is still answering the first, the
 /// first answer is recorded after the second message arrived, and ordering by time would end the
@@ -77,7 +81,8 @@ pub async fn reply_contexts(
                            FROM outbound_messages o
                           WHERE o.conversation_id = ctx.conversation_id
                             AND o.session_no = ctx.session_no AND o.reply_to < ctx.message_id
-                            AND o.kind = 'reply' AND o.state IN ('pending', 'sending', 'accepted')
+                            AND o.kind IN ('reply', 'handover_ack')
+                            AND o.state IN ('pending', 'sending', 'accepted')
                      ) t
                      ORDER BY ord DESC, sub DESC
                      LIMIT ctx.lim

@@ -883,6 +883,27 @@ async fn a_send_meta_accepted_while_postgres_would_not_record_it_is_never_sent_a
 }
 
 #[tokio::test]
+async fn the_spam_rate_limit_raises_an_alert() {
+    let s = system().await;
+    let before = metric_value(
+        &wafleet::telemetry::metrics_handle().render(),
+        r#"wafleet_sender_alerts_total{channel="106540352242922",kind="spam_limit"}"#,
+    );
+    s.sim.state.add_fault(
+        serde_json::from_value::<Fault>(serde_json::json!({"code": 131048, "count": 1})).unwrap(),
+    );
+    s.send("573016", "wamid.SP", "hola").await;
+    eventually("the spam-limit alert", Duration::from_secs(30), || async {
+        let now = metric_value(
+            &wafleet::telemetry::metrics_handle().render(),
+            r#"wafleet_sender_alerts_total{channel="106540352242922",kind="spam_limit"}"#,
+        );
+        (now > before).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn an_expired_token_pauses_the_channel_and_raises_an_alert() {
     let s = system().await;
     s.sim.state.add_fault(

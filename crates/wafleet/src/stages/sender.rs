@@ -594,6 +594,11 @@ impl SenderStage {
                         d
                     }
                     _ => {
+                        if scope == ThrottleScope::Spam {
+                            // 131048: Meta thinks the number spams; its quality needs a person.
+                            metrics::counter!("wafleet_sender_alerts_total", "channel" => channel.phone_number_id.clone(), "kind" => "spam_limit").increment(1);
+                            tracing::error!(channel = %channel.phone_number_id, code, "spam rate limit hit: check the number's quality rating");
+                        }
                         let d = Duration::from_secs(60);
                         self.limiter
                             .pause_number(&mut con, &channel.phone_number_id, d)

@@ -235,7 +235,9 @@ impl SenderStage {
             "sending" => {
                 // Meta accepted it, but recording that failed: record it now, never resend.
                 if let Some(wamid) = self.unrecorded_wamid(job, part).await? {
-                    return self.record_acceptance(job, channel, part, wamid).await;
+                    return self
+                        .record_acceptance(job, channel, part, wamid, Stashed::Yes)
+                        .await;
                 }
                 let age = part.sending_at.map_or(Duration::MAX, |t| {
                     (Utc::now() - t).to_std().unwrap_or_default()
@@ -413,7 +415,8 @@ impl SenderStage {
             SendResult::Accepted { wamid } => {
                 metrics::counter!("wafleet_sender_sends_total", "result" => "accepted")
                     .increment(1);
-                self.record_acceptance(job, channel, part, wamid).await
+                self.record_acceptance(job, channel, part, wamid, Stashed::No)
+                    .await
             }
             SendResult::NotSent { reason } => {
                 replies::unclaim_uncounted(&self.pg, part.id)
@@ -452,6 +455,7 @@ impl SenderStage {
         channel: &ChannelSettings,
         part: &Part,
         wamid: String,
+        stashed: Stashed,
     ) -> Result<Step, Outcome> {
         let key = self.keys.unrecorded_wamid(job.partition, part.id);
         let acceptance = match self.writes.accepts.run((part.id, wamid.clone())).await {
@@ -470,8 +474,11 @@ impl SenderStage {
                 return Err(outcome);
             }
         };
-        if let Ok(mut con) = self.redis.get().await {
-            // Usually there is none; a leftover only costs its TTL.
+        // Only a wamid read back from Redis has a key to clear (a leftover only costs its TTL):
+        // a fresh acceptance, the common case, costs no Redis round trip.
+        if stashed == Stashed::Yes
+            && let Ok(mut con) = self.redis.get().await
+        {
             let _: Result<(), _> = con.del(&key).await;
         }
         match acceptance {
@@ -692,6 +699,13 @@ impl SenderStage {
         .await?;
         Ok(())
     }
+}
+
+/// Whether a wamid being recorded was read back from Redis ([`SenderStage::record_acceptance`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stashed {
+    Yes,
+    No,
 }
 
 /// What to do after one part.

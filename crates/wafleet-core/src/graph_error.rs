@@ -42,6 +42,17 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
+    /// The class as a metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Throttled { .. } => "throttled",
+            Self::Transient => "transient",
+            Self::Config => "config",
+            Self::Permanent => "permanent",
+            Self::ReEngagement => "re_engagement",
+        }
+    }
+
     /// Whether retrying the same request later can succeed without anyone changing anything.
     pub fn is_retryable(self) -> bool {
         matches!(self, Self::Throttled { .. } | Self::Transient)

@@ -29,7 +29,7 @@ use wafleet_core::pii::Redactor;
 
 use super::channel_settings::ChannelCache;
 use super::channel_settings::ChannelSettings;
-use super::{batch_outcome, db_outcome, decode_update, publish_handover};
+use super::{batch_outcome, db_outcome, decode_update, publish_handover, redis_down};
 use crate::batch::{BatchError, Batcher};
 use crate::store::channels::BotMode;
 use crate::store::conversations::{
@@ -115,9 +115,7 @@ impl Handler for ConversationStage {
             Ok(outcome) => outcome,
             Err(StepError::Db(e, doing)) => db_outcome(&e, doing),
             Err(StepError::Batch(e, doing)) => batch_outcome(&e, doing),
-            Err(StepError::Redis(e)) => Outcome::Unavailable {
-                reason: format!("redis: {e}"),
-            },
+            Err(StepError::Redis(e)) => redis_down(e),
         }
     }
 }

@@ -22,7 +22,7 @@ use sqlx::PgPool;
 use wafleet_core::format::{WHATSAPP_MAX_CHARS, markdown_to_whatsapp, split_message};
 
 use super::channel_settings::{ChannelCache, ChannelSettings};
-use super::{batch_outcome, db_outcome, hand_over_and_publish};
+use super::{batch_outcome, db_outcome, hand_over_and_publish, redis_down};
 use crate::batch::Batcher;
 use crate::graph::GraphClient;
 use crate::llm::{
@@ -317,15 +317,11 @@ impl LlmStage {
             }
             _ => return Ok(()),
         };
-        let mut con = self.redis.get().await.map_err(|e| Outcome::Unavailable {
-            reason: format!("redis: {e}"),
-        })?;
+        let mut con = self.redis.get().await.map_err(redis_down)?;
         let _: String = con
             .xadd(self.keys.outbox(job.partition), "*", &fields)
             .await
-            .map_err(|e| Outcome::Unavailable {
-                reason: format!("redis: {e}"),
-            })?;
+            .map_err(redis_down)?;
         Ok(())
     }
 

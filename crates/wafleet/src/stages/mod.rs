@@ -46,6 +46,13 @@ pub fn db_outcome(e: &sqlx::Error, doing: &str) -> crate::worker::Outcome {
     }
 }
 
+/// A Redis step failed: wait for Redis and run the job again.
+pub fn redis_down(e: impl std::fmt::Display) -> crate::worker::Outcome {
+    crate::worker::Outcome::Unavailable {
+        reason: format!("redis: {e}"),
+    }
+}
+
 /// [`db_outcome`] for a statement run through a [`crate::batch::Batcher`].
 pub fn batch_outcome(e: &crate::batch::BatchError, doing: &str) -> crate::worker::Outcome {
     match e {

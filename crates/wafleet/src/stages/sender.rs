@@ -41,13 +41,13 @@ use wafleet_core::retry::{Backoff, pair_rate_backoff};
 
 use super::channel_settings::{ChannelCache, ChannelSettings};
 use super::llm::window_open;
-use super::status::{RE_ENGAGEMENT, class_label};
-use super::{batch_outcome, db_outcome, hand_over_and_publish};
+use super::status::RE_ENGAGEMENT;
+use super::{batch_outcome, db_outcome, hand_over_and_publish, redis_down};
 use crate::batch::Batcher;
 use crate::graph::{GraphClient, OutgoingText, Recipient, SendResult};
 use crate::ratelimit::{Budget, Decision, RateLimiter};
 use crate::store::conversations::{Acceptance, record_accepted_many};
-use crate::store::replies::{self, Claim, Part};
+use crate::store::replies::{self, Attempt, Claim, Part};
 use crate::streams::Keys;
 use crate::worker::{Handler, Job, Outcome, Source, Stage};
 
@@ -173,12 +173,6 @@ fn db(doing: &'static str) -> impl Fn(sqlx::Error) -> Outcome {
     move |e| db_outcome(&e, doing)
 }
 
-fn redis_down(e: impl std::fmt::Display) -> Outcome {
-    Outcome::Unavailable {
-        reason: format!("redis: {e}"),
-    }
-}
-
 impl Handler for SenderStage {
     async fn handle(&self, job: &Job) -> Outcome {
         match self.process(job).await {
@@ -253,7 +247,7 @@ impl SenderStage {
                     outbound_id = part.id,
                     "no status confirmed an ambiguous send; sending again"
                 );
-                replies::unclaim(&self.pg, part.id)
+                replies::unclaim(&self.pg, part.id, Attempt::Counted)
                     .await
                     .map_err(db("reopening the part"))?;
             }
@@ -389,7 +383,7 @@ impl SenderStage {
             Claim::NotPending(_) => return Ok(Step::Next),
         }
         let Some(token) = &channel.access_token else {
-            replies::unclaim_uncounted(&self.pg, part.id)
+            replies::unclaim(&self.pg, part.id, Attempt::GivenBack)
                 .await
                 .map_err(db("reopening the part"))?;
             return self.pause(channel, "no access token configured").await;
@@ -419,7 +413,7 @@ impl SenderStage {
                     .await
             }
             SendResult::NotSent { reason } => {
-                replies::unclaim_uncounted(&self.pg, part.id)
+                replies::unclaim(&self.pg, part.id, Attempt::GivenBack)
                     .await
                     .map_err(db("reopening the part"))?;
                 Ok(Step::Return(Outcome::Unavailable {
@@ -529,7 +523,7 @@ impl SenderStage {
                 replies::reopen_failed(&self.pg, part.id)
                     .await
                     .map_err(db("reopening the failed part"))?;
-                metrics::counter!("wafleet_failed_statuses_total", "class" => class_label(class), "action" => "resend").increment(1);
+                metrics::counter!("wafleet_failed_statuses_total", "class" => class.label(), "action" => "resend").increment(1);
                 if class == ErrorClass::Config {
                     return self
                         .pause(
@@ -555,17 +549,16 @@ impl SenderStage {
         message: &str,
         class: ErrorClass,
     ) -> Result<Step, Outcome> {
-        metrics::counter!("wafleet_sender_sends_total", "result" => class_label(class))
-            .increment(1);
+        metrics::counter!("wafleet_sender_sends_total", "result" => class.label()).increment(1);
         let reopen = || async {
-            replies::unclaim(&self.pg, part.id)
+            replies::unclaim(&self.pg, part.id, Attempt::Counted)
                 .await
                 .map_err(db("reopening the part"))
         };
         // Held back, not failed: the attempt is given back. Except on the pair limit, whose
         // backoff (Meta's 4^X) grows with the attempts.
         let hold = || async {
-            replies::unclaim_uncounted(&self.pg, part.id)
+            replies::unclaim(&self.pg, part.id, Attempt::GivenBack)
                 .await
                 .map_err(db("reopening the part"))
         };

@@ -20,7 +20,7 @@ use sqlx::PgPool;
 use wafleet_core::envelope::Update;
 
 use super::sender::SendPolicy;
-use super::{batch_outcome, db_outcome, decode_update, hand_over_and_publish};
+use super::{batch_outcome, db_outcome, decode_update, hand_over_and_publish, redis_down};
 use crate::batch::Batcher;
 use crate::store::conversations::{self as store, Status, StatusApplied, delivery_rank};
 use crate::store::replies as store_replies;
@@ -138,7 +138,7 @@ impl StatusStage {
         .map_err(|e| db_outcome(&e, "reading the failed part"))?;
         let Some((outbound_id, channel_id)) = part else {
             // Resent already, or out of attempts or age: it stays failed.
-            metrics::counter!("wafleet_failed_statuses_total", "class" => class_label(class), "action" => "kept").increment(1);
+            metrics::counter!("wafleet_failed_statuses_total", "class" => class.label(), "action" => "kept").increment(1);
             return Ok(());
         };
         if class == ErrorClass::Config {
@@ -158,9 +158,7 @@ impl StatusStage {
         }
         // The sender reopens the part and sends it again (within its bounds). A redelivery of
         // this status finds the part still failed if this job never got queued, and queues it.
-        let mut con = self.redis.get().await.map_err(|e| Outcome::Unavailable {
-            reason: format!("redis: {e}"),
-        })?;
+        let mut con = self.redis.get().await.map_err(redis_down)?;
         let fields = [
             ("conv", job.conv.clone()),
             ("outbound_id", outbound_id.to_string()),
@@ -168,10 +166,8 @@ impl StatusStage {
         let _: String =
             redis::AsyncCommands::xadd(&mut con, self.keys.outbox(job.partition), "*", &fields)
                 .await
-                .map_err(|e| Outcome::Unavailable {
-                    reason: format!("redis: {e}"),
-                })?;
-        metrics::counter!("wafleet_failed_statuses_total", "class" => class_label(class), "action" => action).increment(1);
+                .map_err(redis_down)?;
+        metrics::counter!("wafleet_failed_statuses_total", "class" => class.label(), "action" => action).increment(1);
         tracing::info!(
             outbound_id,
             code,
@@ -192,17 +188,6 @@ impl StatusStage {
         )
         .await?;
         Ok(())
-    }
-}
-
-/// The metrics label of an error class.
-pub(super) fn class_label(class: ErrorClass) -> &'static str {
-    match class {
-        ErrorClass::Throttled { .. } => "throttled",
-        ErrorClass::Transient => "transient",
-        ErrorClass::Config => "config",
-        ErrorClass::Permanent => "permanent",
-        ErrorClass::ReEngagement => "re_engagement",
     }
 }
 

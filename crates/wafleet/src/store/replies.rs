@@ -366,26 +366,25 @@ pub async fn claim_many(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<Ve
         .collect())
 }
 
-/// A send that certainly did not happen goes back to `pending`.
-pub async fn unclaim(pool: &PgPool, id: i64) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE outbound_messages SET state = 'pending' WHERE id = $1 AND state = 'sending'",
-    )
-    .bind(id)
-    .execute(pool)
-    .await?;
-    Ok(())
+/// Whether putting a claimed part back to `pending` keeps the attempt its claim counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// The send was tried (a transient error, a resend after an ambiguous send).
+    Counted,
+    /// The send was held back (a throttle, a paused channel, a request that never left), which
+    /// says nothing about whether the message can go, so it must not use up the attempts
+    /// transient errors are bounded by.
+    GivenBack,
 }
 
-/// [`unclaim`], and the claim's attempt given back: the send was held back (a throttle, a paused
-/// channel, a request that never left), which says nothing about whether the message can go, so
-/// it must not use up the attempts transient errors are bounded by.
-pub async fn unclaim_uncounted(pool: &PgPool, id: i64) -> sqlx::Result<()> {
+/// Puts a part claimed for sending back to `pending`.
+pub async fn unclaim(pool: &PgPool, id: i64, attempt: Attempt) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE outbound_messages SET state = 'pending', attempts = GREATEST(attempts - 1, 0)
+        "UPDATE outbound_messages SET state = 'pending', attempts = GREATEST(attempts - $2, 0)
           WHERE id = $1 AND state = 'sending'",
     )
     .bind(id)
+    .bind(i32::from(attempt == Attempt::GivenBack))
     .execute(pool)
     .await?;
     Ok(())

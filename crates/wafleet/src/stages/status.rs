@@ -127,16 +127,16 @@ impl StatusStage {
             ErrorClass::Throttled { .. } | ErrorClass::Transient | ErrorClass::Config => "resend",
             ErrorClass::Permanent | ErrorClass::ReEngagement => return Ok(()),
         };
-        let backoff = &self.send_policy.backoff;
-        let part = store_replies::failed_part_to_retry(
-            &self.pg,
-            wamid,
-            backoff.max_attempts,
-            backoff.max_age,
-        )
-        .await
-        .map_err(|e| db_outcome(&e, "reading the failed part"))?;
-        let Some((outbound_id, channel_id)) = part else {
+        let part = store_replies::failed_part(&self.pg, wamid)
+            .await
+            .map_err(|e| db_outcome(&e, "reading the failed part"))?;
+        // Within the sender's bounds, judged as the sender does (`attempts` counts the sends).
+        let retry = part.filter(|(_, _, attempts, created_at)| {
+            let age = (Utc::now() - *created_at).to_std().unwrap_or_default();
+            let tries = (*attempts).max(1) as u32;
+            self.send_policy.backoff.should_retry(tries - 1, age)
+        });
+        let Some((outbound_id, channel_id, _, _)) = retry else {
             // Resent already, or out of attempts or age: it stays failed.
             metrics::counter!("wafleet_failed_statuses_total", "class" => class.label(), "action" => "kept").increment(1);
             return Ok(());

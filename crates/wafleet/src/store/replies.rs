@@ -390,22 +390,17 @@ pub async fn unclaim(pool: &PgPool, id: i64, attempt: Attempt) -> sqlx::Result<(
     Ok(())
 }
 
-/// A part Meta failed after accepting it, still `failed` under that wamid and within the send
-/// bounds (fewer than `max_attempts` sends, younger than `max_age`): `(id, channel id)`.
-pub async fn failed_part_to_retry(
+/// A part Meta failed after accepting it, still `failed` under that wamid:
+/// `(id, channel id, attempts, created_at)`.
+pub async fn failed_part(
     pool: &PgPool,
     wamid: &str,
-    max_attempts: u32,
-    max_age: std::time::Duration,
-) -> sqlx::Result<Option<(i64, i64)>> {
+) -> sqlx::Result<Option<(i64, i64, i32, DateTime<Utc>)>> {
     sqlx::query_as(
-        "SELECT id, channel_id FROM outbound_messages
-          WHERE wamid = $1 AND state = 'failed' AND attempts < $2
-            AND created_at > now() - make_interval(secs => $3)",
+        "SELECT id, channel_id, attempts, created_at FROM outbound_messages
+          WHERE wamid = $1 AND state = 'failed'",
     )
     .bind(wamid)
-    .bind(i32::try_from(max_attempts).unwrap_or(i32::MAX))
-    .bind(max_age.as_secs_f64())
     .fetch_optional(pool)
     .await
 }

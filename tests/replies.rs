@@ -85,6 +85,27 @@ async fn system_with_sim(sim_config: SimConfig) -> Sys {
     .await
 }
 
+/// Every stage, with `max_attempts` sends allowed for transient errors, and a pair budget large
+/// enough that no try waits for it (every try takes a slot).
+async fn system_retrying(max_attempts: u32) -> Sys {
+    let s = system_tweaked(
+        SimConfig::default(),
+        |s| vec![s.standin()],
+        &["conversation", "status", "llm", "sender"],
+        |w| w.send.backoff.max_attempts = max_attempts,
+    )
+    .await;
+    sqlx::query("UPDATE channels SET pair_burst = 10")
+        .execute(&s.pg)
+        .await
+        .unwrap();
+    s
+}
+
+fn fault(spec: serde_json::Value) -> Fault {
+    serde_json::from_value(spec).unwrap()
+}
+
 impl Sys {
     async fn send(&self, from: &str, wamid: &str, text: &str) {
         let body = text_message(PNID, from, wamid, now(), text);
@@ -769,26 +790,76 @@ async fn a_message_meta_fails_after_accepting_it_is_sent_again_when_its_code_all
 }
 
 #[tokio::test]
-async fn throttles_do_not_use_up_the_attempts_a_transient_error_is_allowed() {
-    // Three sends in all for transient errors; Meta throttles the number three times first.
-    let s = system_tweaked(
-        SimConfig::default(),
-        |s| vec![s.standin()],
-        &["conversation", "status", "llm", "sender"],
-        |w| w.send.backoff.max_attempts = 3,
+async fn replaying_a_reply_that_ran_out_of_retries_sends_it_once() {
+    let s = system_retrying(2).await;
+    s.sim
+        .state
+        .add_fault(fault(serde_json::json!({"code": 131000, "count": 2})));
+    s.send("573011", "wamid.R1", "hola").await;
+    wait_count(
+        &s.pg,
+        "SELECT count(*) FROM outbound_messages WHERE state = 'failed' AND error_code = 131000",
+        1,
+        30,
     )
     .await;
-    // Every try takes a slot of the customer's pair budget: enough of them not to wait for it.
-    sqlx::query("UPDATE channels SET pair_burst = 10")
-        .execute(&s.pg)
+    let keys = s.cfg.keys();
+    let mut con = s.cfg.redis().await;
+    let letters = eventually(
+        "the send job's dead letter",
+        Duration::from_secs(30),
+        || {
+            let (keys, mut con) = (keys.clone(), con.clone());
+            async move {
+                let l = wafleet::dead_letters::read(&mut con, &keys, "sender")
+                    .await
+                    .unwrap();
+                (!l.is_empty()).then_some(l)
+            }
+        },
+    )
+    .await;
+    assert_eq!(letters.len(), 1);
+    assert!(s.sim.state.messages().is_empty(), "both tries failed");
+
+    wafleet::dead_letters::replay(&mut con, &s.pg, &keys, "sender", &letters[0])
         .await
         .unwrap();
-    s.sim.state.add_fault(
-        serde_json::from_value::<Fault>(serde_json::json!({"code": 130429, "count": 3})).unwrap(),
+    let sent = s.sent(1).await;
+    assert_eq!(sent[0].context_message_id.as_deref(), Some("wamid.R1"));
+    wait_count(
+        &s.pg,
+        "SELECT count(*) FROM outbound_messages
+          WHERE state = 'accepted' AND attempts = 1 AND error_code IS NULL AND retries_since IS NOT NULL",
+        1,
+        30,
+    )
+    .await;
+    assert!(
+        wafleet::dead_letters::read(&mut con, &keys, "sender")
+            .await
+            .unwrap()
+            .is_empty()
     );
-    s.sim.state.add_fault(
-        serde_json::from_value::<Fault>(serde_json::json!({"code": 131000, "count": 2})).unwrap(),
-    );
+    // The same dead letter replayed again (an operator repeating a replay that looked stuck):
+    // the part was accepted, so nothing more goes out.
+    wafleet::dead_letters::replay(&mut con, &s.pg, &keys, "sender", &letters[0])
+        .await
+        .unwrap();
+    s.settled().await;
+    assert_eq!(s.sim.state.messages().len(), 1, "sent once");
+}
+
+#[tokio::test]
+async fn throttles_do_not_use_up_the_attempts_a_transient_error_is_allowed() {
+    // Three sends in all for transient errors; Meta throttles the number three times first.
+    let s = system_retrying(3).await;
+    s.sim
+        .state
+        .add_fault(fault(serde_json::json!({"code": 130429, "count": 3})));
+    s.sim
+        .state
+        .add_fault(fault(serde_json::json!({"code": 131000, "count": 2})));
     s.send("573010", "wamid.T9", "hola").await;
     let sent = s.sent(1).await;
     assert_eq!(sent[0].context_message_id.as_deref(), Some("wamid.T9"));

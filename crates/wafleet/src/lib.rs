@@ -8,6 +8,7 @@
 //! - [`config`]: typed settings from the environment; secrets wrapped so they never print.
 //! - [`crypto`]: AES-256-GCM encryption of tokens and secrets at rest.
 //! - [`db`]: the Postgres pool and migrations.
+//! - [`dead_letters`]: reading and replaying a stage's dead letters.
 //! - [`store`]: Postgres tables (channels).
 //! - [`streams`]: the Redis key layout and the atomic dedup + enqueue step. The one place where
 //!   stream names, fields and partitioning are defined.
@@ -27,6 +28,7 @@ pub mod channels;
 pub mod config;
 pub mod crypto;
 pub mod db;
+pub mod dead_letters;
 pub mod graph;
 pub mod ingest;
 pub mod llm;

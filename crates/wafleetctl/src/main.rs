@@ -321,97 +321,50 @@ async fn sqlx_query_key(
         .ok_or_else(|| anyhow::anyhow!("no conversation {conversation_id}"))
 }
 
-/// Fields the runtime adds to a dead letter; a replay strips them.
-const DEAD_FIELDS: &[&str] = &[
-    "reason",
-    "stage",
-    "source_stream",
-    "source_id",
-    "deliveries",
-    "attempts",
-    "dead_at",
-];
-
 async fn dead_letters(cmd: &DeadCommand) -> anyhow::Result<()> {
+    use wafleet::dead_letters;
     let settings = wafleet::config::CommonSettings::from_env()?;
     let keys = wafleet::streams::Keys::new(settings.redis_prefix.clone(), settings.partitions);
     let mut con = redis::Client::open(settings.redis_url.expose().as_str())?
         .get_multiplexed_async_connection()
         .await?;
-    let (stage, wanted, all, limit) = match cmd {
-        DeadCommand::List { stage, limit } => (stage, Vec::new(), true, *limit),
-        DeadCommand::Replay { stage, ids, all } => (stage, ids.clone(), *all, usize::MAX),
-    };
-    anyhow::ensure!(
-        all || !wanted.is_empty(),
-        "give entry ids to replay, or --all"
-    );
-    let dead = keys.dead(stage);
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(&dead)
-        .arg("-")
-        .arg("+")
-        .query_async(&mut con)
-        .await?;
-    let text = |e: &redis::streams::StreamId, k: &str| -> String {
-        e.map
-            .get(k)
-            .and_then(|v| redis::from_redis_value::<String>(v).ok())
-            .unwrap_or_default()
-    };
-    let mut replayed = 0;
-    for entry in reply
-        .ids
-        .iter()
-        .filter(|e| all || wanted.contains(&e.id))
-        .take(limit)
-    {
-        match cmd {
-            DeadCommand::List { .. } => println!(
-                "{}  source={} {}  deliveries={} attempts={}  reason={}",
-                entry.id,
-                text(entry, "source_stream"),
-                text(entry, "source_id"),
-                text(entry, "deliveries"),
-                text(entry, "attempts"),
-                text(entry, "reason")
-            ),
-            DeadCommand::Replay { .. } => {
-                let source = text(entry, "source_stream");
-                anyhow::ensure!(
-                    !source.is_empty(),
-                    "dead letter {} has no source_stream",
-                    entry.id
+    match cmd {
+        DeadCommand::List { stage, limit } => {
+            for letter in dead_letters::read(&mut con, &keys, stage)
+                .await?
+                .iter()
+                .take(*limit)
+            {
+                println!(
+                    "{}  source={} {}  deliveries={} attempts={}  reason={}",
+                    letter.id,
+                    letter.text("source_stream"),
+                    letter.text("source_id"),
+                    letter.text("deliveries"),
+                    letter.text("attempts"),
+                    letter.text("reason")
                 );
-                let fields: Vec<(String, Vec<u8>)> = entry
-                    .map
-                    .iter()
-                    .filter(|(k, _)| !DEAD_FIELDS.contains(&k.as_str()))
-                    .filter_map(|(k, v)| {
-                        redis::from_redis_value::<Vec<u8>>(v)
-                            .ok()
-                            .map(|v| (k.clone(), v))
-                    })
-                    .collect();
-                // Two steps, add first: a failure in between leaves a copy, never a loss (and the
-                // streams live on different Redis Cluster slots, so no transaction spans them).
-                let _: String = redis::cmd("XADD")
-                    .arg(&source)
-                    .arg("*")
-                    .arg(&fields)
-                    .query_async(&mut con)
-                    .await?;
-                let _: i64 = redis::cmd("XDEL")
-                    .arg(&dead)
-                    .arg(&entry.id)
-                    .query_async(&mut con)
-                    .await?;
-                replayed += 1;
             }
         }
-    }
-    if let DeadCommand::Replay { .. } = cmd {
-        println!("replayed {replayed} dead letter(s) from {dead}");
+        DeadCommand::Replay { stage, ids, all } => {
+            anyhow::ensure!(
+                *all || !ids.is_empty(),
+                "give entry ids to replay, or --all"
+            );
+            let pg =
+                db::connect(settings.database_url.expose(), 2, settings.plan_cache_mode).await?;
+            let mut replayed = 0;
+            for letter in dead_letters::read(&mut con, &keys, stage).await? {
+                if *all || ids.contains(&letter.id) {
+                    dead_letters::replay(&mut con, &pg, &keys, stage, &letter).await?;
+                    replayed += 1;
+                }
+            }
+            println!(
+                "replayed {replayed} dead letter(s) from {}",
+                keys.dead(stage)
+            );
+        }
     }
     Ok(())
 }

@@ -258,7 +258,9 @@ impl SenderStage {
                 // (the status stage queued this job): back to pending, sent below. Bounded like
                 // any retry; a part the sender itself gave up on is past those bounds.
                 let tries = part.attempts.max(1) as u32;
-                let age = (Utc::now() - part.created_at).to_std().unwrap_or_default();
+                let age = (Utc::now() - part.retries_since)
+                    .to_std()
+                    .unwrap_or_default();
                 if class.is_some_and(|c| c.is_retryable() || c == ErrorClass::Config)
                     && self.policy.backoff.should_retry(tries - 1, age)
                 {
@@ -516,7 +518,9 @@ impl SenderStage {
             ErrorClass::Throttled { .. } | ErrorClass::Transient | ErrorClass::Config => {
                 // `attempts` was read before this send: the zero-based index of the try that failed.
                 let attempt = part.attempts.max(0) as u32;
-                let age = (Utc::now() - part.created_at).to_std().unwrap_or_default();
+                let age = (Utc::now() - part.retries_since)
+                    .to_std()
+                    .unwrap_or_default();
                 if !self.policy.backoff.should_retry(attempt, age) {
                     return Ok(Step::Return(Outcome::Dead { reason }));
                 }
@@ -616,7 +620,9 @@ impl SenderStage {
                 reopen().await?;
                 // Zero-based index of the try that just failed (`attempts` was read before it).
                 let attempt = part.attempts.max(0) as u32;
-                let age = (Utc::now() - part.created_at).to_std().unwrap_or_default();
+                let age = (Utc::now() - part.retries_since)
+                    .to_std()
+                    .unwrap_or_default();
                 if self.policy.backoff.should_retry(attempt, age) {
                     let after = self.policy.backoff.next_delay(attempt, rand::random());
                     Ok(Step::Return(Outcome::Retry {

@@ -131,8 +131,8 @@ impl StatusStage {
             .await
             .map_err(|e| db_outcome(&e, "reading the failed part"))?;
         // Within the sender's bounds, judged as the sender does (`attempts` counts the sends).
-        let retry = part.filter(|(_, _, attempts, created_at)| {
-            let age = (Utc::now() - *created_at).to_std().unwrap_or_default();
+        let retry = part.filter(|(_, _, attempts, retries_since)| {
+            let age = (Utc::now() - *retries_since).to_std().unwrap_or_default();
             let tries = (*attempts).max(1) as u32;
             self.send_policy.backoff.should_retry(tries - 1, age)
         });

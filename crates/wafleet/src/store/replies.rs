@@ -244,6 +244,8 @@ pub struct Part {
     pub attempts: i32,
     pub sending_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    /// Where the age bound of its retries counts from: `created_at`, or the last replay.
+    pub retries_since: DateTime<Utc>,
     /// The customer's message this answers (quoted by the first part).
     pub inbound_wamid: Option<String>,
     pub reply_to: Option<i64>,
@@ -256,7 +258,8 @@ pub struct Part {
 }
 
 const PART: &str = "SELECT o.id, o.conversation_id, o.channel_id, o.kind, o.part_no, o.body, o.state,
-        o.attempts, o.sending_at, o.created_at, m.wamid AS inbound_wamid, o.reply_to, c.wa_id, c.user_id,
+        o.attempts, o.sending_at, o.created_at, COALESCE(o.retries_since, o.created_at) AS retries_since,
+        m.wamid AS inbound_wamid, o.reply_to, c.wa_id, c.user_id,
         c.last_customer_message_at, o.error_code, o.fail_reason
    FROM outbound_messages o
    JOIN conversations c ON c.id = o.conversation_id
@@ -391,13 +394,13 @@ pub async fn unclaim(pool: &PgPool, id: i64, attempt: Attempt) -> sqlx::Result<(
 }
 
 /// A part Meta failed after accepting it, still `failed` under that wamid:
-/// `(id, channel id, attempts, created_at)`.
+/// `(id, channel id, attempts, where its retries' age counts from)`.
 pub async fn failed_part(
     pool: &PgPool,
     wamid: &str,
 ) -> sqlx::Result<Option<(i64, i64, i32, DateTime<Utc>)>> {
     sqlx::query_as(
-        "SELECT id, channel_id, attempts, created_at FROM outbound_messages
+        "SELECT id, channel_id, attempts, COALESCE(retries_since, created_at) FROM outbound_messages
           WHERE wamid = $1 AND state = 'failed'",
     )
     .bind(wamid)
@@ -419,6 +422,31 @@ pub async fn reopen_failed(pool: &PgPool, id: i64) -> sqlx::Result<()> {
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// What an operator's replay of a send job's dead letter does first: the job's failed parts (one
+/// part, or every part of the reply to a message) go back to `pending` with a fresh round of
+/// retries (attempts 0, age counted from now) and their failure forgotten. Parts Meta accepted,
+/// suppressed or still pending are left alone, so a replay never sends an accepted part again.
+/// Returns how many parts were reopened.
+pub async fn reopen_for_replay(
+    pool: &PgPool,
+    outbound_id: Option<i64>,
+    reply_to: Option<i64>,
+) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "UPDATE outbound_messages
+            SET state = 'pending', attempts = 0, retries_since = now(), wamid = NULL,
+                sending_at = NULL, delivery = NULL, delivery_rank = 0, delivery_at = NULL,
+                error_code = NULL, error_title = NULL, fail_reason = NULL
+          WHERE state = 'failed'
+            AND (id = $1 OR (reply_to = $2 AND kind = 'reply'))",
+    )
+    .bind(outbound_id)
+    .bind(reply_to)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 pub async fn mark_failed(

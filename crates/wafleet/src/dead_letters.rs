@@ -1,0 +1,120 @@
+//! Reading and replaying a stage's dead letters (`wafleetctl dead list|replay`).
+//!
+//! A dead letter is the job as it was, plus the fields the runtime added when it gave up on it
+//! ([`RUNTIME_FIELDS`]). A replay puts the job back on the stream it came from and removes the
+//! dead letter. Replaying a send job also reopens its failed parts first (see
+//! [`crate::store::replies::reopen_for_replay`]): the sender skips failed parts, so without that
+//! a replay of a reply that ran out of retries would send nothing.
+
+use redis::aio::ConnectionLike;
+use redis::streams::{StreamId, StreamRangeReply};
+use sqlx::PgPool;
+
+use crate::stages::sender;
+use crate::store::replies;
+use crate::streams::Keys;
+
+/// Fields the runtime adds to a dead letter; a replay strips them.
+pub const RUNTIME_FIELDS: &[&str] = &[
+    "reason",
+    "stage",
+    "source_stream",
+    "source_id",
+    "deliveries",
+    "attempts",
+    "dead_at",
+];
+
+/// One dead letter: its entry id on the dead-letter stream and its fields.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub id: String,
+    entry: StreamId,
+}
+
+impl DeadLetter {
+    /// A field as text ("" when absent or not text).
+    pub fn text(&self, field: &str) -> String {
+        self.entry
+            .map
+            .get(field)
+            .and_then(|v| redis::from_redis_value::<String>(v).ok())
+            .unwrap_or_default()
+    }
+
+    /// The job's own fields, as they were when it was queued.
+    fn job_fields(&self) -> Vec<(String, Vec<u8>)> {
+        self.entry
+            .map
+            .iter()
+            .filter(|(k, _)| !RUNTIME_FIELDS.contains(&k.as_str()))
+            .filter_map(|(k, v)| {
+                redis::from_redis_value::<Vec<u8>>(v)
+                    .ok()
+                    .map(|v| (k.clone(), v))
+            })
+            .collect()
+    }
+}
+
+/// Every dead letter of `stage`, oldest first.
+pub async fn read<C: ConnectionLike>(
+    con: &mut C,
+    keys: &Keys,
+    stage: &str,
+) -> redis::RedisResult<Vec<DeadLetter>> {
+    let reply: StreamRangeReply = redis::cmd("XRANGE")
+        .arg(keys.dead(stage))
+        .arg("-")
+        .arg("+")
+        .query_async(con)
+        .await?;
+    Ok(reply
+        .ids
+        .into_iter()
+        .map(|entry| DeadLetter {
+            id: entry.id.clone(),
+            entry,
+        })
+        .collect())
+}
+
+/// Puts one dead letter of `stage` back on its source stream and removes it from the dead-letter
+/// stream. A send job's failed parts are reopened first.
+///
+/// The steps run in that order, each safe to repeat: a failure part way leaves the dead letter in
+/// place (or a copy of the job queued), never a loss, and running the replay again finishes it. A
+/// job queued twice is harmless: its parts are claimed once each.
+pub async fn replay<C: ConnectionLike>(
+    con: &mut C,
+    pg: &PgPool,
+    keys: &Keys,
+    stage: &str,
+    letter: &DeadLetter,
+) -> anyhow::Result<()> {
+    let source = letter.text("source_stream");
+    anyhow::ensure!(
+        !source.is_empty(),
+        "dead letter {} has no source_stream",
+        letter.id
+    );
+    if stage == sender::STAGE.name {
+        let id = |f: &str| letter.text(f).parse::<i64>().ok();
+        let reopened = replies::reopen_for_replay(pg, id("outbound_id"), id("reply_to")).await?;
+        tracing::info!(dead_letter = %letter.id, reopened, "failed parts reopened for a replay");
+    }
+    // Two steps, add first; the streams live on different Redis Cluster slots, so no
+    // transaction spans them.
+    let _: String = redis::cmd("XADD")
+        .arg(&source)
+        .arg("*")
+        .arg(letter.job_fields())
+        .query_async(con)
+        .await?;
+    let _: i64 = redis::cmd("XDEL")
+        .arg(keys.dead(stage))
+        .arg(&letter.id)
+        .query_async(con)
+        .await?;
+    Ok(())
+}

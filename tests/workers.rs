@@ -1333,3 +1333,51 @@ async fn a_message_queued_before_its_channel_was_disabled_is_stored_not_answered
     }
     assert_eq!(replies, 0);
 }
+
+#[tokio::test]
+async fn what_was_kept_aside_is_removed_after_the_retention_period() {
+    let cfg = TestConfig::new().await;
+    let keys = cfg.keys();
+    let mut con = cfg.redis().await;
+    let streams = [
+        keys.events(),
+        keys.quarantine(),
+        keys.ingest_dead(),
+        keys.dead("conversation"),
+        keys.dead("sender"),
+    ];
+    // An entry from 20 days ago and one from now on each; the ids carry their Unix ms.
+    let old = chrono::Utc::now().timestamp_millis() - 20 * 86_400_000;
+    for s in &streams {
+        let _: String = redis::cmd("XADD")
+            .arg(s)
+            .arg(format!("{old}-0"))
+            .arg("text")
+            .arg("mi tarjeta es 4111 1111 1111 1111")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let _: String = redis::cmd("XADD")
+            .arg(s)
+            .arg("*")
+            .arg("text")
+            .arg("hola")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+    let mut settings = cfg.worker_settings(&["conversation"]);
+    settings.retention = Some(Duration::from_secs(14 * 86_400));
+    let _worker = Worker::start(settings).await;
+    for s in &streams {
+        let kept = eventually(&format!("{s} trimmed"), Duration::from_secs(20), || {
+            let mut con = con.clone();
+            async move {
+                let entries = read_stream(&mut con, s).await;
+                (entries.len() == 1).then_some(entries)
+            }
+        })
+        .await;
+        assert_eq!(kept[0].1["text"], b"hola", "{s}: the recent entry stays");
+    }
+}

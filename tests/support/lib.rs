@@ -420,6 +420,7 @@ impl TestConfig {
             },
             send: Default::default(),
             early_status_ttl: wafleet::stages::status::DEFAULT_EARLY_STATUS_TTL,
+            retention: Some(wafleet::worker::retention::DEFAULT_RETENTION),
         }
     }
 

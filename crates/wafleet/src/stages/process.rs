@@ -47,6 +47,9 @@ pub struct WorkerProcessSettings {
     pub send: SendPolicy,
     /// How long a status for a wamid we never recorded is kept (`WAFLEET_EARLY_STATUS_TTL_SECS`).
     pub early_status_ttl: Duration,
+    /// How long events, quarantine and dead letters are kept (`WAFLEET_RETENTION_DAYS`; `None`
+    /// keeps them until an operator deletes them). See [`crate::worker::retention`].
+    pub retention: Option<Duration>,
 }
 
 /// Where the Graph API is.
@@ -195,6 +198,13 @@ impl WorkerProcessSettings {
                 status::DEFAULT_EARLY_STATUS_TTL.as_secs(),
             )?)
             .max(Duration::from_secs(1)),
+            retention: match parsed(
+                "WAFLEET_RETENTION_DAYS",
+                worker::retention::DEFAULT_RETENTION.as_secs() / 86_400,
+            )? {
+                0 => None,
+                days => Some(Duration::from_secs(days * 86_400)),
+            },
         })
     }
 
@@ -384,6 +394,15 @@ pub async fn run(
         stop.clone(),
     ));
     let unanswered = tokio::spawn(sample_unanswered(pg.clone(), stop.clone()));
+    let retention = settings.retention.map(|keep| {
+        tokio::spawn(worker::retention::run(
+            redis.clone(),
+            keys.clone(),
+            ALL_STAGES.to_vec(),
+            keep,
+            stop.clone(),
+        ))
+    });
     let expiry = settings
         .stages
         .iter()
@@ -413,6 +432,9 @@ pub async fn run(
     }
     let _ = sampler.await;
     let _ = unanswered.await;
+    if let Some(retention) = retention {
+        let _ = retention.await;
+    }
     if let Some(expiry) = expiry {
         let _ = expiry.await;
     }

@@ -32,6 +32,7 @@
 
 mod lease;
 mod partition;
+pub mod retention;
 pub mod sampler;
 
 use std::collections::HashMap;

@@ -290,6 +290,30 @@ impl<H: Handler> Partition<H> {
         if claimed.is_empty() {
             return Ok(());
         }
+        // A lane runs one job of its conversation at a time, so of each conversation's claimed
+        // entries only the oldest can have been running when the last owner stopped; the others
+        // were waiting behind it and never started. The claim counted a delivery for each: set
+        // theirs back to this one, or a job crashing its process would take its conversation's
+        // next messages to the dead-letter stream with it.
+        let mut convs = std::collections::HashSet::new();
+        let waiting: Vec<&str> = claimed
+            .iter()
+            .filter(|e| !convs.insert(conv_of(e)))
+            .map(|e| e.id.as_str())
+            .collect();
+        for ids in waiting.chunks(200) {
+            let _: redis::Value = redis::cmd("XCLAIM")
+                .arg(&self.stream)
+                .arg(self.group())
+                .arg(&self.consumer)
+                .arg(0)
+                .arg(ids)
+                .arg("RETRYCOUNT")
+                .arg(1)
+                .arg("JUSTID")
+                .query_async(&mut con)
+                .await?;
+        }
         let deliveries = self.delivery_counts(&mut con).await?;
         tracing::info!(
             stage = self.group(),
@@ -397,10 +421,7 @@ impl<H: Handler> Partition<H> {
                     .map(|v| (k.clone(), v))
             })
             .collect();
-        let conv = fields
-            .get("conv")
-            .cloned()
-            .unwrap_or_else(|| entry.id.clone());
+        let conv = conv_of(&entry);
         let job = Job {
             id: entry.id,
             partition: self.partition,
@@ -815,4 +836,13 @@ impl<H: Handler> Partition<H> {
         })
         .await;
     }
+}
+
+/// The conversation an entry belongs to (its `conv` field; an entry without one is its own).
+fn conv_of(entry: &StreamId) -> String {
+    entry
+        .map
+        .get("conv")
+        .and_then(|v| redis::from_redis_value::<String>(v).ok())
+        .unwrap_or_else(|| entry.id.clone())
 }

@@ -268,6 +268,33 @@ async fn jobs_in_flight_stay_within_the_bound_and_a_conversation_never_runs_twic
 }
 
 #[tokio::test]
+async fn delayed_retries_run_within_the_in_flight_bound_too() {
+    let cfg = TestConfig {
+        partitions: 2,
+        ..TestConfig::new().await
+    };
+    let probe = Arc::new(Probe::default());
+    let running = start(&cfg, probe.clone(), |s| s.max_in_flight = 3);
+    // Thirty conversations each park their job once; the retries all fall due together.
+    for i in 0..30 {
+        add(
+            &cfg,
+            &format!("r{i}"),
+            &[("name", "x"), ("retry", "1"), ("sleep_ms", "40")],
+        )
+        .await;
+    }
+    wait_done(&probe, 30).await;
+    assert!(
+        probe.done.lock().unwrap().iter().all(|(_, _, a)| *a == 1),
+        "every job ran from its delayed retry"
+    );
+    let peak = probe.max_in_flight.load(Ordering::SeqCst);
+    assert!(peak <= 3, "{peak} jobs ran at once, the bound is 3");
+    running.stop().await;
+}
+
+#[tokio::test]
 async fn a_consumer_group_lost_with_a_redis_restart_is_recreated() {
     let cfg = TestConfig {
         partitions: 1,

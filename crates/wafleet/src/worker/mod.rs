@@ -11,7 +11,8 @@
 //!   another in stream order (a lane per conversation) while different conversations run
 //!   concurrently. A conversation whose job waits for a delayed retry is *parked*: its later jobs
 //!   are appended behind it in a held list instead of overtaking it.
-//! - **Bounded.** At most `max_in_flight` jobs per process; reading stops when the bound is hit.
+//! - **Bounded.** At most `max_in_flight` jobs per process, delayed retries included; reading
+//!   and draining due retries wait when the bound is hit.
 //! - **Crash-proof retries.** A delayed retry is a held list `P:{pn}:held:<stage>:<conv>` plus the
 //!   conversation in the sorted set `P:{pn}:delayed:<stage>` scored by due time; the partition
 //!   owner's scheduler drains due conversations. Both live in Redis, so a new owner resumes them.

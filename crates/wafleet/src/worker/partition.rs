@@ -97,8 +97,8 @@ enum Settled {
 enum Work {
     /// An entry read from the stream (or claimed), holding its in-flight permit.
     Fresh(Job, OwnedSemaphorePermit),
-    /// Run the conversation's held jobs, oldest first.
-    Drain,
+    /// Run the conversation's held jobs, oldest first, one at a time under this permit.
+    Drain(OwnedSemaphorePermit),
 }
 
 /// Everything one partition's tasks share.
@@ -476,8 +476,9 @@ impl<H: Handler> Partition<H> {
                         return;
                     }
                 }
-                Work::Drain => {
+                Work::Drain(permit) => {
                     self.drain(&conv).await;
+                    drop(permit);
                     self.draining.lock().expect("draining lock").remove(&conv);
                 }
             }
@@ -487,7 +488,7 @@ impl<H: Handler> Partition<H> {
     /// Drops a lane's queued work, leaving its jobs pending in the stream.
     fn abandon_lane(&self, conv: &str) {
         let queued = self.lanes.lock().expect("lanes lock").remove(conv);
-        if queued.is_some_and(|q| q.iter().any(|w| matches!(w, Work::Drain))) {
+        if queued.is_some_and(|q| q.iter().any(|w| matches!(w, Work::Drain(_)))) {
             self.draining.lock().expect("draining lock").remove(conv);
         }
     }
@@ -498,14 +499,23 @@ impl<H: Handler> Partition<H> {
             .zrangebyscore_limit(self.delayed_key(), "-inf", now_ms(), 0, 100)
             .await?;
         for conv in due {
-            if self
-                .draining
+            if self.draining.lock().expect("draining lock").contains(&conv) {
+                continue;
+            }
+            // A drain runs jobs like a fresh read does, so it takes an in-flight permit first,
+            // waiting its turn with the readers (this partition reads nothing meanwhile). It is
+            // taken here, never inside a lane: the jobs queued in lanes hold permits, and a lane
+            // waiting for one could wait for itself.
+            let permit = tokio::select! {
+                p = self.permits.clone().acquire_owned() => p?,
+                _ = self.soft.cancelled() => return Ok(()),
+                _ = self.hard.cancelled() => return Ok(()),
+            };
+            self.draining
                 .lock()
                 .expect("draining lock")
-                .insert(conv.clone())
-            {
-                self.dispatch(conv, Work::Drain);
-            }
+                .insert(conv.clone());
+            self.dispatch(conv, Work::Drain(permit));
         }
         Ok(())
     }
@@ -789,8 +799,7 @@ impl<H: Handler> Partition<H> {
                     continue;
                 }
             };
-            // No in-flight permit here: jobs queued behind this drain on the same lane may hold
-            // them all, and waiting for one would deadlock the lane.
+            // Under the drain's own permit, taken by the scheduler (see `schedule_due`).
             match self.settle(&job).await {
                 Settled::Done => self.pop_head(&held, &payload).await,
                 Settled::Dead(reason) => {

@@ -149,6 +149,21 @@ impl Redactor {
 
     /// The personal data in `text`: sorted, non-overlapping, on character boundaries.
     pub fn find(&self, text: &str) -> Vec<Span> {
+        // Digits grouped by a no-break or thin space (pasted from a banking app, or the French
+        // way) are grouped all the same, but the detectors read ASCII: they read a copy with
+        // ASCII spaces, and the spans are mapped back onto `text`.
+        if let Some((plain, origin)) = text::with_ascii_spaces(text) {
+            let mut spans = self.find_ascii_spaced(&plain);
+            for s in &mut spans {
+                s.start = origin[s.start];
+                s.end = origin[s.end];
+            }
+            return spans;
+        }
+        self.find_ascii_spaced(text)
+    }
+
+    fn find_ascii_spaced(&self, text: &str) -> Vec<Span> {
         let b = text.as_bytes();
         let has_at = memchr::memchr(b'@', b).is_some();
         let has_scheme = self.scheme.find(b).is_some();

@@ -37,6 +37,32 @@ fn every_type_gets_its_placeholder() {
 }
 
 #[test]
+fn numbers_grouped_by_unicode_spaces_are_found_and_the_rest_is_kept() {
+    for (t, want) in [
+        // No-break spaces, as banking apps copy a card number.
+        (
+            "tarjeta 4111\u{a0}1111\u{a0}1111\u{a0}1111 ok",
+            "tarjeta [CARD] ok",
+        ),
+        // Narrow no-break spaces, the French grouping; thin spaces.
+        (
+            "carte 4111\u{202f}1111\u{202f}1111\u{202f}1111",
+            "carte [CARD]",
+        ),
+        ("cel 300\u{2009}123\u{2009}4567", "cel [PHONE]"),
+        // Accents before and after the number keep their place.
+        (
+            "número\u{a0}de tarjeta: 5555\u{a0}5555\u{a0}5555\u{a0}4444, ¿está bien?",
+            "número\u{a0}de tarjeta: [CARD], ¿está bien?",
+        ),
+        // A price with a no-break space is not personal data.
+        ("total 1\u{a0}299,90\u{a0}€", "total 1\u{a0}299,90\u{a0}€"),
+    ] {
+        assert_eq!(redact(t), want, "{t:?}");
+    }
+}
+
+#[test]
 fn spans_are_sorted_disjoint_and_point_into_the_input() {
     let t = "Soy Ana (ana@x.co), cel +57 300 123 4567, vivo en Cra 7 No. 72-41 y mi CC es 1.023.456.789";
     let r = Redactor::new().redact(t);

@@ -31,6 +31,38 @@ pub fn word_end(text: &str, i: usize) -> bool {
     i >= text.len() || char_at(text, i).is_none_or(|c| !c.is_alphanumeric())
 }
 
+/// The Unicode space separators other than the ASCII space: no-break (U+00A0), the typographic
+/// spaces (U+2000–U+200A, among them the figure and thin spaces), narrow no-break (U+202F, the
+/// French digit grouping), medium mathematical (U+205F), ideographic (U+3000) and Ogham (U+1680).
+fn is_unicode_space(c: char) -> bool {
+    matches!(
+        c,
+        '\u{A0}' | '\u{1680}' | '\u{2000}'..='\u{200A}' | '\u{202F}' | '\u{205F}' | '\u{3000}'
+    )
+}
+
+/// `text` with every Unicode space separator replaced by one ASCII space, and for each byte
+/// offset of that copy (its length included) the offset in `text` it came from; `None` when
+/// `text` has no such space (the common case, at the cost of one scan of a non-ASCII text).
+pub fn with_ascii_spaces(text: &str) -> Option<(String, Vec<usize>)> {
+    if text.is_ascii() || !text.chars().any(is_unicode_space) {
+        return None;
+    }
+    let mut plain = String::with_capacity(text.len());
+    let mut origin = Vec::with_capacity(text.len() + 1);
+    for (i, c) in text.char_indices() {
+        if is_unicode_space(c) {
+            plain.push(' ');
+            origin.push(i);
+        } else {
+            plain.push(c);
+            origin.extend(i..i + c.len_utf8());
+        }
+    }
+    origin.push(text.len());
+    Some((plain, origin))
+}
+
 /// Largest character boundary ≤ `i`.
 pub fn char_floor(text: &str, mut i: usize) -> usize {
     i = i.min(text.len());

@@ -975,6 +975,46 @@ async fn the_spam_rate_limit_raises_an_alert() {
 }
 
 #[tokio::test]
+async fn the_business_accounts_rate_limit_pauses_every_number_of_the_account() {
+    let s = system().await;
+    // Two more numbers: one of the same business account, one of another.
+    sqlx::query("UPDATE channels SET waba_id = 'waba-1'")
+        .execute(&s.pg)
+        .await
+        .unwrap();
+    s.cfg
+        .add_channel("106540352242923", |c| c.waba_id = Some("waba-1".into()))
+        .await;
+    s.cfg
+        .add_channel("106540352242924", |c| c.waba_id = Some("waba-2".into()))
+        .await;
+    s.sim
+        .state
+        .add_fault(fault(serde_json::json!({"code": 80007, "count": 1})));
+    s.send("573017", "wamid.WB", "hola").await;
+    let keys = wafleet::ratelimit::RateLimitKeys::new(s.cfg.prefix.clone());
+    let mut con = s.cfg.redis().await;
+    let paused = |con: &mut redis::aio::MultiplexedConnection, number: &str| {
+        let key = keys.paused(number);
+        let mut con = con.clone();
+        async move { con.exists::<_, bool>(key).await.unwrap() }
+    };
+    eventually("the sending number paused", Duration::from_secs(30), || {
+        let p = paused(&mut con, PNID);
+        async move { p.await.then_some(()) }
+    })
+    .await;
+    assert!(
+        paused(&mut con, "106540352242923").await,
+        "the account's other number waits too"
+    );
+    assert!(
+        !paused(&mut con, "106540352242924").await,
+        "another account's number does not"
+    );
+}
+
+#[tokio::test]
 async fn an_expired_token_pauses_the_channel_and_raises_an_alert() {
     let s = system().await;
     s.sim.state.add_fault(

@@ -21,7 +21,8 @@
 //!
 //! # Errors, classified on `error.code` (not the HTTP status)
 //! - throttling (130429 number, 131056 pair, 4/80007/131048 account-wide) → the shared limiter
-//!   is pushed back and the job deferred (not counted as an attempt);
+//!   is pushed back and the job deferred (not counted as an attempt); 80007 pauses every number
+//!   of the business account, 4 (the app's limit; the app is not recorded) and 131048 the number;
 //! - transient → retried through the delayed set with exponential backoff and full jitter,
 //!   bounded in attempts and total age, then failed and dead-lettered;
 //! - permanent → failed at once with Meta's code and reason; later parts are skipped;
@@ -595,6 +596,25 @@ impl SenderStage {
                             .pause_number(&mut con, &channel.phone_number_id, d)
                             .await
                             .map_err(redis_down)?;
+                        d
+                    }
+                    ThrottleScope::Waba => {
+                        // 80007 limits the whole account: every number of it waits, not only
+                        // the one that met the limit first.
+                        let d = Duration::from_secs(60);
+                        let numbers = crate::store::channels::waba_numbers(&self.pg, channel.id)
+                            .await
+                            .map_err(db("reading the account's numbers"))?;
+                        for number in numbers
+                            .iter()
+                            .chain(numbers.is_empty().then_some(&channel.phone_number_id))
+                        {
+                            self.limiter
+                                .pause_number(&mut con, number, d)
+                                .await
+                                .map_err(redis_down)?;
+                        }
+                        tracing::warn!(channel = %channel.phone_number_id, numbers = numbers.len(), "the business account's rate limit (80007): its numbers pause");
                         d
                     }
                     _ => {

@@ -287,6 +287,20 @@ pub async fn set_provider(
 }
 
 /// Removes a channel's own chain (it falls back to the process-wide models).
+/// The business numbers of the channel's WhatsApp Business Account, its own included (only its
+/// own when its WABA id is not recorded).
+pub async fn waba_numbers(pool: &PgPool, channel_id: i64) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT o.phone_number_id FROM channels c
+           JOIN channels o ON o.id = c.id OR o.waba_id = c.waba_id
+          WHERE c.id = $1
+          ORDER BY o.id",
+    )
+    .bind(channel_id)
+    .fetch_all(pool)
+    .await
+}
+
 pub async fn clear_providers(pool: &PgPool, phone_number_id: &str) -> anyhow::Result<u64> {
     let done = sqlx::query(
         "DELETE FROM channel_llm_providers WHERE channel_id = (SELECT id FROM channels WHERE phone_number_id = $1)",

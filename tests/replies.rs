@@ -75,6 +75,19 @@ async fn system() -> Sys {
     system_with_sim(SimConfig::default()).await
 }
 
+/// Every stage and the stand-in model, with the worker's settings changed by `tweak`.
+async fn system_with_settings(
+    tweak: impl FnOnce(&mut wafleet::stages::process::WorkerProcessSettings),
+) -> Sys {
+    system_tweaked(
+        SimConfig::default(),
+        |s| vec![s.standin()],
+        &["conversation", "status", "llm", "sender"],
+        tweak,
+    )
+    .await
+}
+
 /// Every stage, the stand-in model, and a simulator configured as given.
 async fn system_with_sim(sim_config: SimConfig) -> Sys {
     system_with(
@@ -88,13 +101,7 @@ async fn system_with_sim(sim_config: SimConfig) -> Sys {
 /// Every stage, with `max_attempts` sends allowed for transient errors, and a pair budget large
 /// enough that no try waits for it (every try takes a slot).
 async fn system_retrying(max_attempts: u32) -> Sys {
-    let s = system_tweaked(
-        SimConfig::default(),
-        |s| vec![s.standin()],
-        &["conversation", "status", "llm", "sender"],
-        |w| w.send.backoff.max_attempts = max_attempts,
-    )
-    .await;
+    let s = system_with_settings(|w| w.send.backoff.max_attempts = max_attempts).await;
     sqlx::query("UPDATE channels SET pair_burst = 10")
         .execute(&s.pg)
         .await
@@ -665,9 +672,9 @@ async fn the_second_provider_answers_when_the_first_fails_and_the_canned_reply_w
 #[tokio::test]
 async fn a_131047_is_not_retried_and_hands_the_conversation_to_a_human() {
     let s = system().await;
-    s.sim.state.add_fault(
-        serde_json::from_value::<Fault>(serde_json::json!({"code": 131047, "count": 1})).unwrap(),
-    );
+    s.sim
+        .state
+        .add_fault(fault(serde_json::json!({"code": 131047, "count": 1})));
     s.send("573005", "wamid.W1", "hola").await;
     wait_count(
         &s.pg,
@@ -727,19 +734,13 @@ async fn a_131047_is_not_retried_and_hands_the_conversation_to_a_human() {
 async fn a_message_meta_fails_after_accepting_it_is_sent_again_when_its_code_allows() {
     let s = system().await;
     // Meta accepts the first send to this customer, then fails it with a transient 131000.
-    s.sim.state.add_fault(
-        serde_json::from_value::<Fault>(serde_json::json!({
-            "code": 131000, "count": 1, "async": true, "recipient": "573008"
-        }))
-        .unwrap(),
-    );
+    s.sim.state.add_fault(fault(serde_json::json!({
+        "code": 131000, "count": 1, "async": true, "recipient": "573008"
+    })));
     // And fails the first send to another customer with a permanent 131026 (undeliverable).
-    s.sim.state.add_fault(
-        serde_json::from_value::<Fault>(serde_json::json!({
-            "code": 131026, "count": 1, "async": true, "recipient": "573009"
-        }))
-        .unwrap(),
-    );
+    s.sim.state.add_fault(fault(serde_json::json!({
+        "code": 131026, "count": 1, "async": true, "recipient": "573009"
+    })));
     s.send("573008", "wamid.F1", "hola").await;
     s.send("573009", "wamid.F2", "buenas").await;
     wait_count(
@@ -960,9 +961,9 @@ async fn the_spam_rate_limit_raises_an_alert() {
         &wafleet::telemetry::metrics_handle().render(),
         r#"wafleet_sender_alerts_total{channel="106540352242922",kind="spam_limit"}"#,
     );
-    s.sim.state.add_fault(
-        serde_json::from_value::<Fault>(serde_json::json!({"code": 131048, "count": 1})).unwrap(),
-    );
+    s.sim
+        .state
+        .add_fault(fault(serde_json::json!({"code": 131048, "count": 1})));
     s.send("573016", "wamid.SP", "hola").await;
     eventually("the spam-limit alert", Duration::from_secs(30), || async {
         let now = metric_value(
@@ -1017,12 +1018,9 @@ async fn the_business_accounts_rate_limit_pauses_every_number_of_the_account() {
 #[tokio::test]
 async fn an_expired_token_pauses_the_channel_and_raises_an_alert() {
     let s = system().await;
-    s.sim.state.add_fault(
-        serde_json::from_value::<Fault>(
-            serde_json::json!({"code": 190, "http_status": 401, "count": 1}),
-        )
-        .unwrap(),
-    );
+    s.sim.state.add_fault(fault(
+        serde_json::json!({"code": 190, "http_status": 401, "count": 1}),
+    ));
     s.send("573006", "wamid.X1", "hola").await;
     wait_count(
         &s.pg,
@@ -1053,19 +1051,10 @@ async fn an_expired_token_pauses_the_channel_and_raises_an_alert() {
 #[tokio::test]
 async fn clearing_a_pause_resumes_the_held_sends_before_the_pause_would_end() {
     // A 10-minute pause, looked at again every 300 ms.
-    let s = system_tweaked(
-        SimConfig::default(),
-        |s| vec![s.standin()],
-        &["conversation", "status", "llm", "sender"],
-        |w| w.send.paused_recheck = Duration::from_millis(300),
-    )
-    .await;
-    s.sim.state.add_fault(
-        serde_json::from_value::<Fault>(
-            serde_json::json!({"code": 190, "http_status": 401, "count": 1}),
-        )
-        .unwrap(),
-    );
+    let s = system_with_settings(|w| w.send.paused_recheck = Duration::from_millis(300)).await;
+    s.sim.state.add_fault(fault(
+        serde_json::json!({"code": 190, "http_status": 401, "count": 1}),
+    ));
     s.send("573014", "wamid.P1", "hola").await;
     wait_count(
         &s.pg,
@@ -1181,9 +1170,9 @@ async fn three_sender_processes_under_a_throttling_storm_send_everything_within_
         .execute(&s.pg)
         .await
         .unwrap();
-    s.sim.state.add_fault(
-        serde_json::from_value::<Fault>(serde_json::json!({"code": 130429, "count": 8})).unwrap(),
-    );
+    s.sim
+        .state
+        .add_fault(fault(serde_json::json!({"code": 130429, "count": 8})));
     let env = s.cfg.pipeline_env(&s.sim);
     let _senders: Vec<_> = (0..3)
         .map(|_| ChildWorker::spawn_with(BIN, env.clone(), "real", &[("WAFLEET_STAGES", "sender")]))
@@ -1237,12 +1226,9 @@ async fn three_sender_processes_under_a_throttling_storm_send_everything_within_
 #[tokio::test]
 async fn a_131056_slows_only_its_recipient() {
     let s = system().await;
-    s.sim.state.add_fault(
-        serde_json::from_value::<Fault>(
-            serde_json::json!({"code": 131056, "count": 2, "recipient": "573100"}),
-        )
-        .unwrap(),
-    );
+    s.sim.state.add_fault(fault(
+        serde_json::json!({"code": 131056, "count": 2, "recipient": "573100"}),
+    ));
     s.send("573100", "wamid.P1", "hola").await;
     for i in 0..5 {
         s.send(&format!("57320{i}"), &format!("wamid.O{i}"), "hola")

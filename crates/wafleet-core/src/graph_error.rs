@@ -57,6 +57,12 @@ impl ErrorClass {
     pub fn is_retryable(self) -> bool {
         matches!(self, Self::Throttled { .. } | Self::Transient)
     }
+
+    /// Whether the same message may be sent again after failing with this class: it is
+    /// retryable, or it will go once an operator fixed the configuration.
+    pub fn worth_resending(self) -> bool {
+        self.is_retryable() || self == Self::Config
+    }
 }
 
 /// The `error` object of a Graph API error response, with every field except `code` optional.

@@ -43,18 +43,31 @@ fn refused(e: &sqlx::Error) -> bool {
     }
 }
 
-/// Answers each item with its own result from running it alone.
-fn answer_each<O>(name: &str, replies: Vec<Reply<O>>, each: Vec<sqlx::Result<Option<O>>>) {
-    for (reply, result) in replies.into_iter().zip(each) {
-        let result = match result {
+/// Each item's answer from running it alone.
+fn answer_each<O>(name: &str, each: Vec<sqlx::Result<Option<O>>>) -> Vec<Result<O, BatchError>> {
+    each.into_iter()
+        .map(|result| match result {
             Ok(Some(one)) => Ok(one),
             Ok(None) => Err(BatchError::Db(Arc::new(sqlx::Error::Protocol(format!(
                 "{name}: no result for an item run alone"
             ))))),
             Err(e) => Err(BatchError::Db(Arc::new(e))),
-        };
-        let _ = reply.send(result);
-    }
+        })
+        .collect()
+}
+
+/// Each of `n` items' answer from one statement run for all of them: its own result, or the
+/// statement's error (also when it answered a different number of items).
+fn answer_all<O>(name: &str, n: usize, result: sqlx::Result<Vec<O>>) -> Vec<Result<O, BatchError>> {
+    let e = match result {
+        Ok(results) if results.len() == n => return results.into_iter().map(Ok).collect(),
+        Ok(results) => {
+            sqlx::Error::Protocol(format!("{name}: {} results for {n} items", results.len()))
+        }
+        Err(e) => e,
+    };
+    let e = Arc::new(e);
+    (0..n).map(|_| Err(BatchError::Db(e.clone()))).collect()
 }
 
 /// A handle on one batching task; cheap to clone.
@@ -117,67 +130,46 @@ impl<I: Send + Sync + 'static, O: Send + 'static> Batcher<I, O> {
                     .record(batch.len() as f64);
                 let (items, replies): (Vec<I>, Vec<Reply<O>>) = batch.into_iter().unzip();
                 let n = items.len();
-                let result = match held.take() {
+                let conn = match held.take() {
                     Some(conn) => Ok(conn),
                     None => pg.acquire().await,
                 };
-                let result = match result {
+                let answers = match conn {
                     Ok(mut conn) => {
-                        let result = run(&mut conn, &items).await;
-                        if n > 1
-                            && let Err(e) = &result
-                            && refused(e)
-                        {
-                            metrics::counter!("wafleet_batch_splits_total", "batch" => name)
-                                .increment(1);
-                            tracing::warn!(batch = name, items = n, error = %e,
-                                "a batch statement was refused; running its items one by one");
-                            let mut each = Vec::with_capacity(n);
-                            for item in &items {
-                                each.push(
-                                    run(&mut conn, std::slice::from_ref(item))
-                                        .await
-                                        .map(|mut one| one.pop()),
-                                );
+                        let (answers, last_ok) = match run(&mut conn, &items).await {
+                            Err(e) if n > 1 && refused(&e) => {
+                                metrics::counter!("wafleet_batch_splits_total", "batch" => name)
+                                    .increment(1);
+                                tracing::warn!(batch = name, items = n, error = %e,
+                                    "a batch statement was refused; running its items one by one");
+                                let mut each = Vec::with_capacity(n);
+                                for item in &items {
+                                    each.push(
+                                        run(&mut conn, std::slice::from_ref(item))
+                                            .await
+                                            .map(|mut one| one.pop()),
+                                    );
+                                }
+                                let last_ok = each.last().is_some_and(Result::is_ok);
+                                (answer_each(name, each), last_ok)
                             }
-                            answer_each(name, replies, each);
-                            if pg.num_idle() > 0 {
-                                held = Some(conn);
+                            result => {
+                                let ok = result.is_ok();
+                                (answer_all(name, n, result), ok)
                             }
-                            next = rx.try_recv().ok();
-                            continue;
-                        }
+                        };
                         // After an error the connection may be unusable: the pool checks it.
                         // Kept only while the pool has others to spare, so that batches never
                         // keep connections from other work.
-                        if result.is_ok() && pg.num_idle() > 0 {
+                        if last_ok && pg.num_idle() > 0 {
                             held = Some(conn);
                         }
-                        result
+                        answers
                     }
-                    Err(e) => Err(e),
+                    Err(e) => answer_all(name, n, Err(e)),
                 };
-                match result {
-                    Ok(results) if results.len() == n => {
-                        for (reply, result) in replies.into_iter().zip(results) {
-                            let _ = reply.send(Ok(result));
-                        }
-                    }
-                    Ok(results) => {
-                        let e = Arc::new(sqlx::Error::Protocol(format!(
-                            "{name}: {} results for {n} items",
-                            results.len()
-                        )));
-                        for reply in replies {
-                            let _ = reply.send(Err(BatchError::Db(e.clone())));
-                        }
-                    }
-                    Err(e) => {
-                        let e = Arc::new(e);
-                        for reply in replies {
-                            let _ = reply.send(Err(BatchError::Db(e.clone())));
-                        }
-                    }
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(answer);
                 }
                 next = rx.try_recv().ok();
             }

@@ -28,11 +28,15 @@ pub const RUNTIME_FIELDS: &[&str] = &[
 /// One dead letter: its entry id on the dead-letter stream and its fields.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
-    pub id: String,
     entry: StreamId,
 }
 
 impl DeadLetter {
+    /// Its entry id on the dead-letter stream.
+    pub fn id(&self) -> &str {
+        &self.entry.id
+    }
+
     /// A field as text ("" when absent or not text).
     pub fn text(&self, field: &str) -> String {
         self.entry
@@ -72,10 +76,7 @@ pub async fn read<C: ConnectionLike>(
     Ok(reply
         .ids
         .into_iter()
-        .map(|entry| DeadLetter {
-            id: entry.id.clone(),
-            entry,
-        })
+        .map(|entry| DeadLetter { entry })
         .collect())
 }
 
@@ -96,12 +97,16 @@ pub async fn replay<C: ConnectionLike>(
     anyhow::ensure!(
         !source.is_empty(),
         "dead letter {} has no source_stream",
-        letter.id
+        letter.id()
     );
     if stage == sender::STAGE.name {
         let id = |f: &str| letter.text(f).parse::<i64>().ok();
         let reopened = replies::reopen_for_replay(pg, id("outbound_id"), id("reply_to")).await?;
-        tracing::info!(dead_letter = %letter.id, reopened, "failed parts reopened for a replay");
+        tracing::info!(
+            dead_letter = letter.id(),
+            reopened,
+            "failed parts reopened for a replay"
+        );
     }
     // Two steps, add first; the streams live on different Redis Cluster slots, so no
     // transaction spans them.
@@ -113,7 +118,7 @@ pub async fn replay<C: ConnectionLike>(
         .await?;
     let _: i64 = redis::cmd("XDEL")
         .arg(keys.dead(stage))
-        .arg(&letter.id)
+        .arg(letter.id())
         .query_async(con)
         .await?;
     Ok(())

@@ -120,41 +120,36 @@ pub struct SharedConnection {
     owner: Arc<Inner>,
 }
 
-impl SharedConnection {
-    fn check<T>(&self, result: RedisResult<T>) -> RedisResult<T> {
-        if let Err(e) = &result
-            && e.is_unrecoverable_error()
-        {
-            forget(&self.owner, self.generation);
+/// `result`, or the connection dropped when it did not come within [`RESPONSE_TIMEOUT`] or came
+/// as an error that means the connection is gone. A caller that gives up sooner (its own
+/// timeout) leaves a probe behind: a `PING` on the same connection that drops it unless answered
+/// within [`RESPONSE_TIMEOUT`].
+async fn answered<T>(
+    owner: &Arc<Inner>,
+    generation: u64,
+    result: impl std::future::Future<Output = RedisResult<T>>,
+) -> RedisResult<T> {
+    let mut guard = ProbeOnDrop {
+        owner,
+        generation,
+        armed: true,
+    };
+    let result = tokio::time::timeout(RESPONSE_TIMEOUT, result).await;
+    guard.armed = false;
+    match result {
+        Ok(Err(e)) if e.is_unrecoverable_error() => {
+            forget(owner, generation);
+            Err(e)
         }
-        result
-    }
-
-    /// `result`, or the connection dropped when it did not come within [`RESPONSE_TIMEOUT`].
-    /// A caller that gives up sooner (its own timeout) leaves a probe behind: a `PING` on the
-    /// same connection that drops it unless answered within [`RESPONSE_TIMEOUT`].
-    async fn answered<T>(
-        &self,
-        result: impl std::future::Future<Output = RedisResult<T>>,
-    ) -> RedisResult<T> {
-        let mut guard = ProbeOnDrop {
-            con: Some(self.con.clone()),
-            generation: self.generation,
-            owner: self.owner.clone(),
-        };
-        let result = tokio::time::timeout(RESPONSE_TIMEOUT, result).await;
-        guard.con = None;
-        match result {
-            Ok(result) => self.check(result),
-            Err(_) => {
-                forget(&self.owner, self.generation);
-                tracing::warn!(timeout = ?RESPONSE_TIMEOUT, "Redis did not answer; reconnecting");
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "no answer from Redis; the connection was dropped",
-                )
-                .into())
-            }
+        Ok(result) => result,
+        Err(_) => {
+            forget(owner, generation);
+            tracing::warn!(timeout = ?RESPONSE_TIMEOUT, "Redis did not answer; reconnecting");
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no answer from Redis; the connection was dropped",
+            )
+            .into())
         }
     }
 }
@@ -169,25 +164,27 @@ fn forget(owner: &Inner, generation: u64) {
 
 /// Armed while a command waits for its answer; dropped armed (the caller gave up first), it
 /// checks the connection with a `PING`, one probe per connection at a time.
-struct ProbeOnDrop {
-    con: Option<MultiplexedConnection>,
+struct ProbeOnDrop<'a> {
+    owner: &'a Arc<Inner>,
     generation: u64,
-    owner: Arc<Inner>,
+    armed: bool,
 }
 
-impl Drop for ProbeOnDrop {
+impl Drop for ProbeOnDrop<'_> {
     fn drop(&mut self) {
-        let Some(mut con) = self.con.take() else {
-            return;
-        };
-        if self.owner.probing.swap(true, Ordering::AcqRel) {
+        if !self.armed || self.owner.probing.swap(true, Ordering::AcqRel) {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.owner.probing.store(false, Ordering::Release);
+        let (owner, generation) = (self.owner.clone(), self.generation);
+        // The connection the command went out on, unless it was dropped already.
+        let con = lock(&owner)
+            .as_ref()
+            .filter(|(g, _)| *g == generation)
+            .map(|(_, con)| con.clone());
+        let (Some(mut con), Ok(runtime)) = (con, tokio::runtime::Handle::try_current()) else {
+            owner.probing.store(false, Ordering::Release);
             return;
         };
-        let (owner, generation) = (self.owner.clone(), self.generation);
         runtime.spawn(async move {
             let cmd = redis::cmd("PING");
             let ping = cmd.query_async::<String>(&mut con);
@@ -203,10 +200,12 @@ impl Drop for ProbeOnDrop {
 
 impl ConnectionLike for SharedConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        Box::pin(async move {
-            let mut con = self.con.clone();
-            self.answered(con.req_packed_command(cmd)).await
-        })
+        let Self {
+            con,
+            generation,
+            owner,
+        } = self;
+        Box::pin(answered(owner, *generation, con.req_packed_command(cmd)))
     }
 
     fn req_packed_commands<'a>(
@@ -215,11 +214,16 @@ impl ConnectionLike for SharedConnection {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        Box::pin(async move {
-            let mut con = self.con.clone();
-            self.answered(con.req_packed_commands(cmd, offset, count))
-                .await
-        })
+        let Self {
+            con,
+            generation,
+            owner,
+        } = self;
+        Box::pin(answered(
+            owner,
+            *generation,
+            con.req_packed_commands(cmd, offset, count),
+        ))
     }
 
     fn get_db(&self) -> i64 {

@@ -200,16 +200,14 @@ async fn main() -> anyhow::Result<()> {
                 .await?;
             if changed {
                 // Dashboards learn it the way they learn of handovers.
-                let shared = wafleet::shared_redis::SharedRedis::new(
-                    settings.redis_url.expose(),
-                    wafleet::shared_redis::CONNECT_TIMEOUT,
-                )?;
-                let event = serde_json::json!({
-                    "kind": "release", "reason": "agent", "conversation_id": conversation_id,
-                    "message_id": null, "phone_number_id": pnid,
-                    "at": chrono::Utc::now().to_rfc3339(),
-                });
-                wafleet::stages::publish_handover(&shared, &keys, &event).await?;
+                let change = wafleet::stages::OwnerChange {
+                    kind: "release",
+                    reason: "agent",
+                    conversation_id,
+                    message_id: None,
+                    phone_number_id: Some(&pnid),
+                };
+                wafleet::stages::publish_handover(&mut con, &keys, &change).await?;
             }
             println!(
                 "conversation {conversation_id} {}",
@@ -337,7 +335,7 @@ async fn dead_letters(cmd: &DeadCommand) -> anyhow::Result<()> {
             {
                 println!(
                     "{}  source={} {}  deliveries={} attempts={}  reason={}",
-                    letter.id,
+                    letter.id(),
                     letter.text("source_stream"),
                     letter.text("source_id"),
                     letter.text("deliveries"),
@@ -355,7 +353,7 @@ async fn dead_letters(cmd: &DeadCommand) -> anyhow::Result<()> {
                 db::connect(settings.database_url.expose(), 2, settings.plan_cache_mode).await?;
             let mut replayed = 0;
             for letter in dead_letters::read(&mut con, &keys, stage).await? {
-                if *all || ids.contains(&letter.id) {
+                if *all || ids.iter().any(|id| id == letter.id()) {
                     dead_letters::replay(&mut con, &pg, &keys, stage, &letter).await?;
                     replayed += 1;
                 }

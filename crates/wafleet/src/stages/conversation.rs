@@ -29,7 +29,7 @@ use wafleet_core::pii::Redactor;
 
 use super::channel_settings::ChannelCache;
 use super::channel_settings::ChannelSettings;
-use super::{batch_outcome, db_outcome, decode_update, publish_handover, redis_down};
+use super::{OwnerChange, batch_outcome, db_outcome, decode_update, publish_handover, redis_down};
 use crate::batch::{BatchError, Batcher};
 use crate::store::channels::BotMode;
 use crate::store::conversations::{
@@ -446,19 +446,17 @@ impl ConversationStage {
                         .await
                         .map_err(redis)?;
                 }
-                drop(con);
                 if stored.action == "handover" {
-                    let event = json!({
-                        "kind": "handover",
-                        "reason": "keyword",
-                        "conversation_id": stored.conversation_id,
-                        "message_id": stored.id,
-                        "phone_number_id": job.field("channel"),
-                        "at": Utc::now().to_rfc3339(),
-                    });
-                    publish_handover(&self.redis, &self.keys, &event)
+                    let change = OwnerChange {
+                        kind: "handover",
+                        reason: "keyword",
+                        conversation_id: stored.conversation_id,
+                        message_id: Some(stored.id),
+                        phone_number_id: job.field("channel"),
+                    };
+                    publish_handover(&mut con, &self.keys, &change)
                         .await
-                        .map_err(StepError::Redis)?;
+                        .map_err(redis)?;
                 }
             }
             _ => {}

@@ -63,16 +63,34 @@ pub fn batch_outcome(e: &crate::batch::BatchError, doing: &str) -> crate::worker
     }
 }
 
-/// Publishes a handover event on the dashboard stream and channel. Carries ids, never text or
-/// phone numbers.
+/// A change of who answers a conversation, as dashboards receive it ([`publish_handover`]).
+/// Carries ids, never text or phone numbers of customers.
+pub struct OwnerChange<'a> {
+    /// `handover` (to a human) or `release` (back to the bot).
+    pub kind: &'static str,
+    /// What decided it: `keyword`, `model`, `window_closed`, `re_engagement`, `agent`…
+    pub reason: &'a str,
+    pub conversation_id: i64,
+    /// The customer's message that caused it, if one did.
+    pub message_id: Option<i64>,
+    /// The business number.
+    pub phone_number_id: Option<&'a str>,
+}
+
+/// Publishes an owner change on the dashboard stream and channel, as one JSON event (the fields
+/// of [`OwnerChange`] and `at`, now).
 pub async fn publish_handover(
-    redis: &crate::shared_redis::SharedRedis,
+    con: &mut impl redis::aio::ConnectionLike,
     keys: &Keys,
-    event: &serde_json::Value,
-) -> anyhow::Result<()> {
-    let mut con = redis.get().await?;
-    let json = event.to_string();
-    let _: () = redis::pipe()
+    change: &OwnerChange<'_>,
+) -> redis::RedisResult<()> {
+    let json = serde_json::json!({
+        "kind": change.kind, "reason": change.reason, "conversation_id": change.conversation_id,
+        "message_id": change.message_id, "phone_number_id": change.phone_number_id,
+        "at": chrono::Utc::now().to_rfc3339(),
+    })
+    .to_string();
+    redis::pipe()
         .cmd("XADD")
         .arg(keys.handover_stream())
         .arg("MAXLEN")
@@ -86,9 +104,8 @@ pub async fn publish_handover(
         .arg(keys.handover_channel())
         .arg(&json)
         .ignore()
-        .query_async(&mut con)
-        .await?;
-    Ok(())
+        .query_async(con)
+        .await
 }
 
 /// Hands a conversation to a human (unless one has it already), stores the event and publishes it
@@ -136,16 +153,19 @@ pub async fn hand_over_and_publish(
     // failed to publish (events are at least once; consumers key them on conversation and
     // message).
     if changed || done_before {
-        let event = serde_json::json!({
-            "kind": "handover", "reason": reason, "conversation_id": conversation_id,
-            "message_id": message_id, "phone_number_id": phone_number_id,
-            "at": chrono::Utc::now().to_rfc3339(),
-        });
-        publish_handover(redis, keys, &event).await.map_err(|e| {
-            crate::worker::Outcome::Unavailable {
+        let change = OwnerChange {
+            kind: "handover",
+            reason,
+            conversation_id,
+            message_id,
+            phone_number_id,
+        };
+        let mut con = redis.get().await.map_err(redis_down)?;
+        publish_handover(&mut con, keys, &change)
+            .await
+            .map_err(|e| crate::worker::Outcome::Unavailable {
                 reason: format!("publishing the handover: {e}"),
-            }
-        })?;
+            })?;
     }
     Ok(changed)
 }

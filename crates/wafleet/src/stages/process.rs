@@ -398,7 +398,7 @@ pub async fn run(
         tokio::spawn(worker::retention::run(
             redis.clone(),
             keys.clone(),
-            ALL_STAGES.to_vec(),
+            ALL_STAGES,
             keep,
             stop.clone(),
         ))

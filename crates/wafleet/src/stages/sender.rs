@@ -34,7 +34,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
 use sqlx::PgPool;
 use wafleet_core::graph_error::{ErrorClass, ThrottleScope, classify_status_error};
@@ -126,6 +126,47 @@ impl SendPolicy {
             max_inline_wait: d.max_inline_wait,
         })
     }
+}
+
+impl SendPolicy {
+    /// Whether a part whose try `failed_try` (zero-based) failed with `class` is sent again: the
+    /// class is worth it and the retries are within their attempt and age bounds, the age counted
+    /// from `retries_since` ([`Part::retries_since`]). The one rule for a synchronous error, a
+    /// `failed` status that finds its part (status stage) and one that came first (sender).
+    pub fn resends(
+        &self,
+        class: ErrorClass,
+        failed_try: u32,
+        retries_since: DateTime<Utc>,
+    ) -> bool {
+        class.worth_resending()
+            && self
+                .backoff
+                .should_retry(failed_try, elapsed_since(retries_since))
+    }
+}
+
+/// Time since `since` (zero if it is in the future).
+fn elapsed_since(since: DateTime<Utc>) -> Duration {
+    (Utc::now() - since).to_std().unwrap_or_default()
+}
+
+/// Stops a channel's sends for `policy.config_pause` and raises the alert: a configuration error
+/// (expired token, permissions, locked account) needs an operator, not retries.
+pub async fn pause_sends(
+    pg: &PgPool,
+    policy: &SendPolicy,
+    channel_id: i64,
+    phone_number_id: &str,
+    reason: &str,
+) -> Result<(), Outcome> {
+    let until = Utc::now() + chrono::Duration::from_std(policy.config_pause).unwrap_or_default();
+    replies::pause_channel(pg, channel_id, until, reason)
+        .await
+        .map_err(db("pausing the channel"))?;
+    metrics::counter!("wafleet_sender_alerts_total", "channel" => phone_number_id.to_string(), "kind" => "config").increment(1);
+    tracing::error!(channel = %phone_number_id, reason, "channel sends paused: needs an operator");
+    Ok(())
 }
 
 /// The sender's two writes per part, each run for many jobs at once (see [`crate::batch`]):
@@ -234,9 +275,7 @@ impl SenderStage {
                         .record_acceptance(job, channel, part, wamid, Stashed::Yes)
                         .await;
                 }
-                let age = part.sending_at.map_or(Duration::MAX, |t| {
-                    (Utc::now() - t).to_std().unwrap_or_default()
-                });
+                let age = part.sending_at.map_or(Duration::MAX, elapsed_since);
                 if age < self.policy.ambiguous_resend_after {
                     return Ok(Step::Return(Outcome::Defer {
                         after: self.policy.ambiguous_check,
@@ -254,17 +293,15 @@ impl SenderStage {
             }
             "failed" => {
                 let code = part.error_code.map(i64::from);
-                let class = code.map(classify_status_error);
                 // Meta failed the message after accepting it, with a code worth another try
                 // (the status stage queued this job): back to pending, sent below. Bounded like
-                // any retry; a part the sender itself gave up on is past those bounds.
-                let tries = part.attempts.max(1) as u32;
-                let age = (Utc::now() - part.retries_since)
-                    .to_std()
-                    .unwrap_or_default();
-                if class.is_some_and(|c| c.is_retryable() || c == ErrorClass::Config)
-                    && self.policy.backoff.should_retry(tries - 1, age)
-                {
+                // any retry (`attempts` counts the sends, the last one failed); a part the
+                // sender itself gave up on is past those bounds.
+                let failed_try = part.attempts.max(1) as u32 - 1;
+                if code.is_some_and(|c| {
+                    self.policy
+                        .resends(classify_status_error(c), failed_try, part.retries_since)
+                }) {
                     replies::reopen_failed(&self.pg, part.id)
                         .await
                         .map_err(db("reopening the failed part"))?;
@@ -519,10 +556,7 @@ impl SenderStage {
             ErrorClass::Throttled { .. } | ErrorClass::Transient | ErrorClass::Config => {
                 // `attempts` was read before this send: the zero-based index of the try that failed.
                 let attempt = part.attempts.max(0) as u32;
-                let age = (Utc::now() - part.retries_since)
-                    .to_std()
-                    .unwrap_or_default();
-                if !self.policy.backoff.should_retry(attempt, age) {
+                if !self.policy.resends(class, attempt, part.retries_since) {
                     return Ok(Step::Return(Outcome::Dead { reason }));
                 }
                 replies::reopen_failed(&self.pg, part.id)
@@ -590,44 +624,37 @@ impl SenderStage {
                             .map_err(redis_down)?;
                         d
                     }
-                    ThrottleScope::Number => {
-                        let d = Duration::from_millis(500 + rand::random::<u64>() % 1000);
-                        self.limiter
-                            .pause_number(&mut con, &channel.phone_number_id, d)
-                            .await
-                            .map_err(redis_down)?;
-                        d
-                    }
-                    ThrottleScope::Waba => {
-                        // 80007 limits the whole account: every number of it waits, not only
-                        // the one that met the limit first.
-                        let d = Duration::from_secs(60);
-                        let numbers = crate::store::channels::waba_numbers(&self.pg, channel.id)
-                            .await
-                            .map_err(db("reading the account's numbers"))?;
-                        for number in numbers
-                            .iter()
-                            .chain(numbers.is_empty().then_some(&channel.phone_number_id))
-                        {
-                            self.limiter
-                                .pause_number(&mut con, number, d)
-                                .await
-                                .map_err(redis_down)?;
-                        }
-                        tracing::warn!(channel = %channel.phone_number_id, numbers = numbers.len(), "the business account's rate limit (80007): its numbers pause");
-                        d
-                    }
                     _ => {
+                        // A short, jittered pause smooths the number's rate (130429). The others
+                        // hold for a minute: 80007 every number of the business account, 4 (the
+                        // app's limit; the app is not recorded) and 131048 the number.
+                        let (d, numbers) = match scope {
+                            ThrottleScope::Number => (
+                                Duration::from_millis(500 + rand::random::<u64>() % 1000),
+                                vec![channel.phone_number_id.clone()],
+                            ),
+                            ThrottleScope::Waba => (
+                                Duration::from_secs(60),
+                                crate::store::channels::waba_numbers(&self.pg, channel.id)
+                                    .await
+                                    .map_err(db("reading the account's numbers"))?,
+                            ),
+                            _ => (
+                                Duration::from_secs(60),
+                                vec![channel.phone_number_id.clone()],
+                            ),
+                        };
                         if scope == ThrottleScope::Spam {
                             // 131048: Meta thinks the number spams; its quality needs a person.
                             metrics::counter!("wafleet_sender_alerts_total", "channel" => channel.phone_number_id.clone(), "kind" => "spam_limit").increment(1);
                             tracing::error!(channel = %channel.phone_number_id, code, "spam rate limit hit: check the number's quality rating");
                         }
-                        let d = Duration::from_secs(60);
-                        self.limiter
-                            .pause_number(&mut con, &channel.phone_number_id, d)
-                            .await
-                            .map_err(redis_down)?;
+                        for number in &numbers {
+                            self.limiter
+                                .pause_number(&mut con, number, d)
+                                .await
+                                .map_err(redis_down)?;
+                        }
                         d
                     }
                 };
@@ -640,10 +667,7 @@ impl SenderStage {
                 reopen().await?;
                 // Zero-based index of the try that just failed (`attempts` was read before it).
                 let attempt = part.attempts.max(0) as u32;
-                let age = (Utc::now() - part.retries_since)
-                    .to_std()
-                    .unwrap_or_default();
-                if self.policy.backoff.should_retry(attempt, age) {
+                if self.policy.resends(class, attempt, part.retries_since) {
                     let after = self.policy.backoff.next_delay(attempt, rand::random());
                     Ok(Step::Return(Outcome::Retry {
                         after,
@@ -690,14 +714,15 @@ impl SenderStage {
 
     /// A configuration problem needs an operator: pause the channel's sends and alert.
     async fn pause(&self, channel: &ChannelSettings, reason: &str) -> Result<Step, Outcome> {
-        let until =
-            Utc::now() + chrono::Duration::from_std(self.policy.config_pause).unwrap_or_default();
-        replies::pause_channel(&self.pg, channel.id, until, reason)
-            .await
-            .map_err(db("pausing the channel"))?;
+        pause_sends(
+            &self.pg,
+            &self.policy,
+            channel.id,
+            &channel.phone_number_id,
+            reason,
+        )
+        .await?;
         self.channels.forget(&channel.phone_number_id);
-        metrics::counter!("wafleet_sender_alerts_total", "channel" => channel.phone_number_id.clone(), "kind" => "config").increment(1);
-        tracing::error!(channel = %channel.phone_number_id, reason, "channel sends paused: needs an operator");
         Ok(Step::Return(Outcome::Defer {
             after: self.policy.config_pause.min(self.policy.paused_recheck),
             reason: reason.to_string(),

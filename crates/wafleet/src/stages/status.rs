@@ -19,7 +19,7 @@ use chrono::{TimeZone, Utc};
 use sqlx::PgPool;
 use wafleet_core::envelope::Update;
 
-use super::sender::SendPolicy;
+use super::sender::{SendPolicy, pause_sends};
 use super::{batch_outcome, db_outcome, decode_update, hand_over_and_publish, redis_down};
 use crate::batch::Batcher;
 use crate::store::conversations::{self as store, Status, StatusApplied, delivery_rank};
@@ -123,18 +123,16 @@ impl StatusStage {
         code: i64,
     ) -> Result<(), Outcome> {
         let class = classify_status_error(code);
-        let action = match class {
-            ErrorClass::Throttled { .. } | ErrorClass::Transient | ErrorClass::Config => "resend",
-            ErrorClass::Permanent | ErrorClass::ReEngagement => return Ok(()),
-        };
+        if !class.worth_resending() {
+            return Ok(());
+        }
         let part = store_replies::failed_part(&self.pg, wamid)
             .await
             .map_err(|e| db_outcome(&e, "reading the failed part"))?;
-        // Within the sender's bounds, judged as the sender does (`attempts` counts the sends).
+        // Judged as the sender does (`attempts` counts the sends, the last one failed).
         let retry = part.filter(|(_, _, attempts, retries_since)| {
-            let age = (Utc::now() - *retries_since).to_std().unwrap_or_default();
-            let tries = (*attempts).max(1) as u32;
-            self.send_policy.backoff.should_retry(tries - 1, age)
+            self.send_policy
+                .resends(class, (*attempts).max(1) as u32 - 1, *retries_since)
         });
         let Some((outbound_id, channel_id, _, _)) = retry else {
             // Resent already, or out of attempts or age: it stays failed.
@@ -142,19 +140,14 @@ impl StatusStage {
             return Ok(());
         };
         if class == ErrorClass::Config {
-            let until = Utc::now()
-                + chrono::Duration::from_std(self.send_policy.config_pause).unwrap_or_default();
-            let reason = format!("Graph configuration error {code} in a failed status");
-            store_replies::pause_channel(&self.pg, channel_id, until, &reason)
-                .await
-                .map_err(|e| db_outcome(&e, "pausing the channel"))?;
-            let channel = job.field("channel").unwrap_or("-").to_string();
-            metrics::counter!("wafleet_sender_alerts_total", "channel" => channel.clone(), "kind" => "config").increment(1);
-            tracing::error!(
-                channel,
-                code,
-                "channel sends paused: a failed status needs an operator"
-            );
+            pause_sends(
+                &self.pg,
+                &self.send_policy,
+                channel_id,
+                job.field("channel").unwrap_or("-"),
+                &format!("Graph configuration error {code} in a failed status"),
+            )
+            .await?;
         }
         // The sender reopens the part and sends it again (within its bounds). A redelivery of
         // this status finds the part still failed if this job never got queued, and queues it.
@@ -167,7 +160,7 @@ impl StatusStage {
             redis::AsyncCommands::xadd(&mut con, self.keys.outbox(job.partition), "*", &fields)
                 .await
                 .map_err(redis_down)?;
-        metrics::counter!("wafleet_failed_statuses_total", "class" => class.label(), "action" => action).increment(1);
+        metrics::counter!("wafleet_failed_statuses_total", "class" => class.label(), "action" => "resend").increment(1);
         tracing::info!(
             outbound_id,
             code,

@@ -286,7 +286,6 @@ pub async fn set_provider(
     Ok(())
 }
 
-/// Removes a channel's own chain (it falls back to the process-wide models).
 /// The business numbers of the channel's WhatsApp Business Account, its own included (only its
 /// own when its WABA id is not recorded).
 pub async fn waba_numbers(pool: &PgPool, channel_id: i64) -> sqlx::Result<Vec<String>> {
@@ -301,6 +300,7 @@ pub async fn waba_numbers(pool: &PgPool, channel_id: i64) -> sqlx::Result<Vec<St
     .await
 }
 
+/// Removes a channel's own chain (it falls back to the process-wide models).
 pub async fn clear_providers(pool: &PgPool, phone_number_id: &str) -> anyhow::Result<u64> {
     let done = sqlx::query(
         "DELETE FROM channel_llm_providers WHERE channel_id = (SELECT id FROM channels WHERE phone_number_id = $1)",

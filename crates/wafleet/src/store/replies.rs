@@ -408,16 +408,18 @@ pub async fn failed_part(
     .await
 }
 
+/// What reopening a failed part sets: `pending`, with the failed message's wamid and delivery
+/// forgotten (statuses of the failed message no longer find it).
+const REOPEN: &str = "state = 'pending', wamid = NULL, sending_at = NULL, delivery = NULL,
+                      delivery_rank = 0, delivery_at = NULL";
+
 /// Puts a failed part back to `pending` for the sender to send again, its wamid and delivery
 /// forgotten (statuses of the failed message no longer find it). Only the sender calls it, right
 /// before claiming the part.
 pub async fn reopen_failed(pool: &PgPool, id: i64) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE outbound_messages
-            SET state = 'pending', wamid = NULL, sending_at = NULL, delivery = NULL,
-                delivery_rank = 0, delivery_at = NULL
-          WHERE id = $1 AND state = 'failed'",
-    )
+    sqlx::query(&format!(
+        "UPDATE outbound_messages SET {REOPEN} WHERE id = $1 AND state = 'failed'"
+    ))
     .bind(id)
     .execute(pool)
     .await?;
@@ -434,14 +436,13 @@ pub async fn reopen_for_replay(
     outbound_id: Option<i64>,
     reply_to: Option<i64>,
 ) -> sqlx::Result<u64> {
-    let done = sqlx::query(
+    let done = sqlx::query(&format!(
         "UPDATE outbound_messages
-            SET state = 'pending', attempts = 0, retries_since = now(), wamid = NULL,
-                sending_at = NULL, delivery = NULL, delivery_rank = 0, delivery_at = NULL,
+            SET {REOPEN}, attempts = 0, retries_since = now(),
                 error_code = NULL, error_title = NULL, fail_reason = NULL
           WHERE state = 'failed'
-            AND (id = $1 OR (reply_to = $2 AND kind = 'reply'))",
-    )
+            AND (id = $1 OR (reply_to = $2 AND kind = 'reply'))"
+    ))
     .bind(outbound_id)
     .bind(reply_to)
     .execute(pool)

@@ -52,14 +52,14 @@ pub async fn trim_once<C: redis::aio::ConnectionLike>(
 pub async fn run(
     redis: deadpool_redis::Pool,
     keys: Keys,
-    stages: Vec<&'static str>,
+    stages: &'static [&'static str],
     retention: Duration,
     stop: CancellationToken,
 ) {
     loop {
         let pass = async {
             let mut con = redis.get().await?;
-            Ok::<_, anyhow::Error>(trim_once(&mut con, &keys, &stages, retention).await?)
+            Ok::<_, anyhow::Error>(trim_once(&mut con, &keys, stages, retention).await?)
         };
         match pass.await {
             Ok(trimmed) => {

@@ -975,23 +975,27 @@ async fn the_spam_rate_limit_raises_an_alert() {
     .await;
 }
 
-#[tokio::test]
-async fn the_business_accounts_rate_limit_pauses_every_number_of_the_account() {
-    let s = system().await;
-    // Two more numbers: one of the same business account, one of another.
+/// Meta's `code` (a limit wider than one number) met by the channel's send: the sending number
+/// (of business account `waba-1`) and `sibling` wait, `stranger` does not. `sibling` and
+/// `stranger` are added with their tweaks.
+async fn a_wide_rate_limit_pauses(
+    s: &Sys,
+    code: i64,
+    sibling: impl FnOnce(&mut wafleet::store::channels::ChannelSpec),
+    stranger: impl FnOnce(&mut wafleet::store::channels::ChannelSpec),
+) {
+    const SIBLING: &str = "106540352242923";
+    const STRANGER: &str = "106540352242924";
+    // The sending number's business account; the tweaks say whether the others share it.
     sqlx::query("UPDATE channels SET waba_id = 'waba-1'")
         .execute(&s.pg)
         .await
         .unwrap();
-    s.cfg
-        .add_channel("106540352242923", |c| c.waba_id = Some("waba-1".into()))
-        .await;
-    s.cfg
-        .add_channel("106540352242924", |c| c.waba_id = Some("waba-2".into()))
-        .await;
+    s.cfg.add_channel(SIBLING, sibling).await;
+    s.cfg.add_channel(STRANGER, stranger).await;
     s.sim
         .state
-        .add_fault(fault(serde_json::json!({"code": 80007, "count": 1})));
+        .add_fault(fault(serde_json::json!({"code": code, "count": 1})));
     s.send("573017", "wamid.WB", "hola").await;
     let keys = wafleet::ratelimit::RateLimitKeys::new(s.cfg.prefix.clone());
     let mut con = s.cfg.redis().await;
@@ -1006,13 +1010,50 @@ async fn the_business_accounts_rate_limit_pauses_every_number_of_the_account() {
     })
     .await;
     assert!(
-        paused(&mut con, "106540352242923").await,
-        "the account's other number waits too"
+        paused(&mut con, SIBLING).await,
+        "{code}: the other number under the same limit waits too"
     );
     assert!(
-        !paused(&mut con, "106540352242924").await,
-        "another account's number does not"
+        !paused(&mut con, STRANGER).await,
+        "{code}: a number outside the limit does not"
     );
+}
+
+#[tokio::test]
+async fn the_business_accounts_rate_limit_pauses_every_number_of_the_account() {
+    let s = system().await;
+    a_wide_rate_limit_pauses(
+        &s,
+        80007,
+        |c| c.waba_id = Some("waba-1".into()),
+        |c| c.waba_id = Some("waba-2".into()),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_apps_rate_limit_pauses_every_number_of_the_app() {
+    let s = system().await;
+    // Same app: signed by the same app secret (here the second one of a rotation); another app
+    // has its own secret. All three share one business account, which must not matter.
+    a_wide_rate_limit_pauses(
+        &s,
+        4,
+        |c| {
+            c.app_secrets = Some(vec![
+                wafleet::config::Secret::new("the-apps-next-secret".into()),
+                wafleet::config::Secret::new(APP_SECRET.into()),
+            ]);
+            c.waba_id = Some("waba-1".into());
+        },
+        |c| {
+            c.app_secrets = Some(vec![wafleet::config::Secret::new(
+                "another-apps-secret".into(),
+            )]);
+            c.waba_id = Some("waba-1".into());
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -124,6 +124,11 @@ impl ChannelCache {
         self.cipher.callback_tags()
     }
 
+    /// The numbers of the channel's Meta app ([`crate::store::channels::app_numbers`]).
+    pub async fn app_numbers(&self, channel_id: i64) -> anyhow::Result<Vec<String>> {
+        crate::store::channels::app_numbers(&self.pg, &self.cipher, channel_id).await
+    }
+
     /// Forgets a channel, so the next lookup reads it again (after this process changed it).
     pub fn forget(&self, phone_number_id: &str) {
         self.lock().remove(phone_number_id);

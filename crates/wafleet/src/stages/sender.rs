@@ -22,7 +22,8 @@
 //! # Errors, classified on `error.code` (not the HTTP status)
 //! - throttling (130429 number, 131056 pair, 4/80007/131048 account-wide) → the shared limiter
 //!   is pushed back and the job deferred (not counted as an attempt); 80007 pauses every number
-//!   of the business account, 4 (the app's limit; the app is not recorded) and 131048 the number;
+//!   of the business account, 4 every number of the Meta app (the channels its app secrets
+//!   sign) and 131048 the number;
 //! - transient → retried through the delayed set with exponential backoff and full jitter,
 //!   bounded in attempts and total age, then failed and dead-lettered;
 //! - permanent → failed at once with Meta's code and reason; later parts are skipped;
@@ -626,8 +627,9 @@ impl SenderStage {
                     }
                     _ => {
                         // A short, jittered pause smooths the number's rate (130429). The others
-                        // hold for a minute: 80007 every number of the business account, 4 (the
-                        // app's limit; the app is not recorded) and 131048 the number.
+                        // hold for a minute: 80007 every number of the business account, 4 every
+                        // number of the Meta app (the channels its app secrets sign), 131048 the
+                        // number.
                         let (d, numbers) = match scope {
                             ThrottleScope::Number => (
                                 Duration::from_millis(500 + rand::random::<u64>() % 1000),
@@ -638,6 +640,14 @@ impl SenderStage {
                                 crate::store::channels::waba_numbers(&self.pg, channel.id)
                                     .await
                                     .map_err(db("reading the account's numbers"))?,
+                            ),
+                            ThrottleScope::App => (
+                                Duration::from_secs(60),
+                                self.channels.app_numbers(channel.id).await.map_err(|e| {
+                                    Outcome::Unavailable {
+                                        reason: format!("reading the app's numbers: {e:#}"),
+                                    }
+                                })?,
                             ),
                             _ => (
                                 Duration::from_secs(60),

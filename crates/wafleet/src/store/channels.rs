@@ -300,6 +300,33 @@ pub async fn waba_numbers(pool: &PgPool, channel_id: i64) -> sqlx::Result<Vec<St
     .await
 }
 
+/// The business numbers of the channel's Meta app: every channel whose webhooks one of this
+/// channel's app secrets signs (an app secret is the app's identity), its own included (only its
+/// own when it has no app secret recorded). Decrypts every channel's secrets: for rare events
+/// (the app's rate limit), not for the hot path.
+pub async fn app_numbers(
+    pool: &PgPool,
+    cipher: &Cipher,
+    channel_id: i64,
+) -> anyhow::Result<Vec<String>> {
+    let all = list(pool, cipher).await?;
+    let mine: std::collections::HashSet<&[u8]> = all
+        .iter()
+        .filter(|c| c.id == channel_id)
+        .flat_map(|c| c.app_secrets.iter().map(|s| s.expose().as_slice()))
+        .collect();
+    Ok(all
+        .iter()
+        .filter(|c| {
+            c.id == channel_id
+                || c.app_secrets
+                    .iter()
+                    .any(|s| mine.contains(s.expose().as_slice()))
+        })
+        .map(|c| c.phone_number_id.clone())
+        .collect())
+}
+
 /// Removes a channel's own chain (it falls back to the process-wide models).
 pub async fn clear_providers(pool: &PgPool, phone_number_id: &str) -> anyhow::Result<u64> {
     let done = sqlx::query(

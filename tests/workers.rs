@@ -1381,3 +1381,74 @@ async fn what_was_kept_aside_is_removed_after_the_retention_period() {
         assert_eq!(kept[0].1["text"], b"hola", "{s}: the recent entry stays");
     }
 }
+
+/// A text message as Meta sends it in the BSUID era: `from_user_id` and `contacts[].user_id`
+/// always, the phone (`from`, `wa_id`) only when Meta shows it.
+fn bsuid_message(phone: Option<&str>, user_id: &str, wamid: &str, ts: i64) -> Vec<u8> {
+    let mut contact = serde_json::json!({"profile": {"name": "Cliente"}, "user_id": user_id});
+    let mut message = serde_json::json!({
+        "from_user_id": user_id, "id": wamid, "timestamp": ts.to_string(), "type": "text",
+        "text": {"body": "hola"}
+    });
+    if let Some(phone) = phone {
+        contact["wa_id"] = phone.into();
+        message["from"] = phone.into();
+    }
+    serde_json::to_vec(&serde_json::json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "WABA1", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550000000", "phone_number_id": PNID},
+            "contacts": [contact], "messages": [message]}}]}]
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_customer_is_one_conversation_whether_meta_names_them_by_phone_or_by_bsuid() {
+    let e = env().await;
+    // Ana writes with a username (no phone), then from a chat where Meta shows her phone, then
+    // with the username again; Luis first with his phone, then with his username only.
+    let sends = [
+        (None, "CO.ana", "wamid.a1"),
+        (Some("573001"), "CO.ana", "wamid.a2"),
+        (None, "CO.ana", "wamid.a3"),
+        (Some("573002"), "CO.luis", "wamid.l1"),
+        (None, "CO.luis", "wamid.l2"),
+    ];
+    for (n, (phone, user, wamid)) in sends.into_iter().enumerate() {
+        e.post(&bsuid_message(phone, user, wamid, T0 + n as i64))
+            .await;
+        // One at a time: each message must find the conversation the one before it made.
+        e.stored(n as i64 + 1).await;
+    }
+    type Row = (String, Option<String>, Option<String>, Vec<String>);
+    let conversations: Vec<Row> = sqlx::query_as(
+        "SELECT c.customer_key, c.wa_id, c.user_id, array_agg(m.wamid ORDER BY m.id)
+               FROM conversations c JOIN messages m ON m.conversation_id = c.id
+              GROUP BY c.id ORDER BY c.id",
+    )
+    .fetch_all(&e.pg)
+    .await
+    .unwrap();
+    let conv = |key: &str, phone: &str, user: &str, wamids: &[&str]| {
+        (
+            key.to_string(),
+            Some(phone.to_string()),
+            Some(user.to_string()),
+            wamids.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(
+        conversations,
+        vec![
+            conv(
+                "CO.ana",
+                "573001",
+                "CO.ana",
+                &["wamid.a1", "wamid.a2", "wamid.a3"]
+            ),
+            conv("573002", "573002", "CO.luis", &["wamid.l1", "wamid.l2"]),
+        ]
+    );
+}

@@ -48,11 +48,24 @@ pub struct Touch {
 
 /// Finds or creates the conversation; a conversation idle for longer than the session timeout
 /// (by message times) starts a new session.
+///
+/// One customer, one conversation, whichever way Meta names them: the key is the phone number
+/// when the message carries one, else the business-scoped user id (BSUID), and a customer can
+/// move between the two (a username hides the phone; messaging the phone brings it back). So the
+/// key of the message is used only when no conversation of the channel already has this BSUID:
+/// a conversation keyed by the phone is found by a message with the BSUID alone, and one keyed
+/// by the BSUID by a later message with phone and BSUID (which records the phone on it).
 macro_rules! touch_sql {
     () => {
         "INSERT INTO conversations (channel_id, customer_key, wa_id, user_id, profile_name,
                                     session_started_at, last_customer_message_at, last_activity_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $6)
+         VALUES ($1,
+                 COALESCE((SELECT customer_key FROM conversations
+                            WHERE channel_id = $1 AND customer_key = $2),
+                          (SELECT customer_key FROM conversations
+                            WHERE channel_id = $1 AND user_id = $4 ORDER BY id LIMIT 1),
+                          $2),
+                 $3, $4, $5, $6, $7, $6)
          ON CONFLICT (channel_id, customer_key) DO UPDATE SET
              wa_id = COALESCE(EXCLUDED.wa_id, conversations.wa_id),
              user_id = COALESCE(EXCLUDED.user_id, conversations.user_id),

@@ -114,6 +114,30 @@ fn grouped(card: String) -> impl Strategy<Value = (String, String)> {
     })
 }
 
+/// The card's digits over several lines: groups of 4–8 digits (a shorter rest joins the group
+/// before it), each line break `\n` or `\r\n` with or without spaces around it.
+fn over_lines(card: String) -> impl Strategy<Value = (String, String)> {
+    let n = card.len();
+    proptest::collection::vec((4usize..=8, 0u8..4), 2..=4).prop_map(move |cuts| {
+        let mut bounds = vec![0];
+        for (size, _) in &cuts {
+            let last = *bounds.last().unwrap();
+            if n - last >= size + 4 {
+                bounds.push(last + size);
+            }
+        }
+        bounds.push(n);
+        let mut out = String::new();
+        for (k, w) in bounds.windows(2).enumerate() {
+            if k > 0 {
+                out.push_str(["\n", " \n", "\r\n", "\n "][cuts[k % cuts.len()].1 as usize]);
+            }
+            out.push_str(&card[w[0]..w[1]]);
+        }
+        (card.clone(), out)
+    })
+}
+
 fn digits_only(s: &str) -> String {
     s.chars().filter(char::is_ascii_digit).collect()
 }
@@ -143,6 +167,21 @@ proptest! {
         prop_assume!(!(digits.len() == 13 && ean13_valid(digits.as_bytes())));
         let text = format!("{before}{open}{written}{close}{after}");
         check_well_formed(&text);
+        let out = redactor().redact(&text).text;
+        prop_assert!(
+            !digits_only(&out).contains(&digits),
+            "card {digits} survived: {text:?} -> {out:?}"
+        );
+    }
+
+    #[test]
+    fn no_card_survives_written_over_several_lines(
+        (digits, written) in card_number().prop_flat_map(over_lines),
+        before in chatty(),
+        after in chatty(),
+    ) {
+        prop_assume!(!(digits.len() == 13 && ean13_valid(digits.as_bytes())));
+        let text = format!("{before}\n{written}\n{after}");
         let out = redactor().redact(&text).text;
         prop_assert!(
             !digits_only(&out).contains(&digits),

@@ -58,7 +58,7 @@ pub fn find(ctx: &Ctx<'_>, found: &mut Found) {
             continue;
         }
         let limit = found.next_start(start, ctx.b.len());
-        let chunk = Chunk::parse(ctx.b, start, limit);
+        let chunk = Chunk::parse(ctx.b, start, limit, false);
         if is_price_context(ctx, &chunk) {
             continue;
         }

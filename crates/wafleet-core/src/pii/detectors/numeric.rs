@@ -66,9 +66,29 @@ fn valid_sep(s: &[u8]) -> bool {
     true
 }
 
+/// The longest separator read across lines: spaces or a tab on either side of `\r\n`.
+const LINE_SEP_MAX: usize = 6;
+
+fn line_break(s: &[u8]) -> bool {
+    s.iter().any(|&c| matches!(c, b'\n' | b'\r'))
+}
+
+/// One line break (`\n` or `\r\n`) with only spaces or tabs around it.
+fn valid_line_sep(s: &[u8]) -> bool {
+    let core: Vec<u8> = s
+        .iter()
+        .copied()
+        .filter(|c| !matches!(c, b' ' | b'\t'))
+        .collect();
+    core == b"\n" || core == b"\r\n"
+}
+
 impl<'a> Chunk<'a> {
-    /// Reads the chunk whose first digit is at `first`, not reading past `limit`.
-    pub fn parse(b: &'a [u8], first: usize, limit: usize) -> Chunk<'a> {
+    /// Reads the chunk whose first digit is at `first`, not reading past `limit`. A line break
+    /// ends the chunk (a new line is a new thought) unless `across_lines`: then one line break,
+    /// with spaces around it, separates groups like a space does (for cards only, see
+    /// [`find_cards`]).
+    pub fn parse(b: &'a [u8], first: usize, limit: usize, across_lines: bool) -> Chunk<'a> {
         let mut c = Chunk {
             b,
             start: first,
@@ -102,11 +122,23 @@ impl<'a> Chunk<'a> {
                 break;
             }
             let mut q = p;
-            while q < limit && q - p < 3 && matches!(b[q], b' ' | b'-' | b'.' | b'/' | b'(' | b')')
+            let (max_sep, line) = if across_lines {
+                (LINE_SEP_MAX, &[b'\n', b'\r', b'\t'][..])
+            } else {
+                (3, &[][..])
+            };
+            while q < limit
+                && q - p < max_sep
+                && (matches!(b[q], b' ' | b'-' | b'.' | b'/' | b'(' | b')') || line.contains(&b[q]))
             {
                 q += 1;
             }
-            if q == p || q >= limit || !b[q].is_ascii_digit() || !valid_sep(&b[p..q]) {
+            let sep_ok = if across_lines && line_break(&b[p..q]) {
+                valid_line_sep(&b[p..q])
+            } else {
+                valid_sep(&b[p..q])
+            };
+            if q == p || q >= limit || !b[q].is_ascii_digit() || !sep_ok {
                 break;
             }
             p = q;
@@ -191,7 +223,12 @@ impl<'a> Chunk<'a> {
 }
 
 /// Iterates over the chunks of unclaimed digits in the message.
-fn for_each_chunk(ctx: &Ctx<'_>, found: &mut Found, mut f: impl FnMut(&Chunk<'_>, &mut Found)) {
+fn for_each_chunk(
+    ctx: &Ctx<'_>,
+    found: &mut Found,
+    across_lines: bool,
+    mut f: impl FnMut(&Chunk<'_>, &mut Found),
+) {
     let b = ctx.b;
     let mut p = 0;
     while p < b.len() {
@@ -211,7 +248,7 @@ fn for_each_chunk(ctx: &Ctx<'_>, found: &mut Found, mut f: impl FnMut(&Chunk<'_>
             continue;
         }
         let limit = found.next_start(p, b.len());
-        let chunk = Chunk::parse(b, p, limit);
+        let chunk = Chunk::parse(b, p, limit, across_lines);
         f(&chunk, found);
         p = chunk.end.max(p + 1);
     }
@@ -232,20 +269,30 @@ fn thirteen_digit_code(ctx: &Ctx<'_>, c: &Chunk<'_>, d: &[u8]) -> bool {
 /// Adds every payment card: 13–19 digits, grouped by spaces, dashes, dots ("4111.1111.…", common
 /// in Latin America) or slashes any way, Luhn-valid with an issuer prefix. Runs before any
 /// context-based detector.
+///
+/// A card typed over several lines ("4111 1111\n1111 1111") is one card too, when every group
+/// of it has at least [`MIN_GROUP_ACROSS_LINES`] digits: short numbers one per line (quantities,
+/// a list) are not joined into one.
 pub fn find_cards(ctx: &Ctx<'_>, found: &mut Found) {
-    for_each_chunk(ctx, found, |c, found| {
+    for_each_chunk(ctx, found, true, |c, found| {
         let mut i = 0;
         while i < c.len() {
             let mut buf = [0u8; 19];
             let mut n = 0;
             let mut best = None;
+            let mut lines = false;
+            let mut short_group = false;
             for j in i..c.len() {
-                if j > i
-                    && !c
-                        .sep(j)
-                        .iter()
-                        .all(|&s| matches!(s, b' ' | b'-' | b'.' | b'/'))
-                {
+                if j > i {
+                    let sep = c.sep(j);
+                    if line_break(sep) {
+                        lines = true;
+                    } else if !sep.iter().all(|&s| matches!(s, b' ' | b'-' | b'.' | b'/')) {
+                        break;
+                    }
+                }
+                short_group |= c.glen(j) < MIN_GROUP_ACROSS_LINES;
+                if lines && short_group {
                     break;
                 }
                 let (s, e) = c.group(j);
@@ -267,6 +314,9 @@ pub fn find_cards(ctx: &Ctx<'_>, found: &mut Found) {
         }
     });
 }
+
+/// The fewest digits in each group of a card written over several lines.
+const MIN_GROUP_ACROSS_LINES: usize = 4;
 
 /// A checksummed identity number found in a chunk.
 pub struct IdHit {
@@ -758,7 +808,7 @@ fn numbered(b: &[u8], start: usize) -> bool {
 
 /// Adds checksummed identity numbers, IPv4 addresses and phones.
 pub fn find_rest(ctx: &Ctx<'_>, found: &mut Found) {
-    for_each_chunk(ctx, found, |c, found| classify(ctx, c, found));
+    for_each_chunk(ctx, found, false, |c, found| classify(ctx, c, found));
 }
 
 fn classify(ctx: &Ctx<'_>, c: &Chunk<'_>, found: &mut Found) {
@@ -843,6 +893,45 @@ mod tests {
             ("abc4111111111111111", "4111111111111111"),
         ] {
             assert_eq!(run(t), vec![(want, PiiType::Card)], "{t}");
+        }
+    }
+
+    #[test]
+    fn a_card_typed_over_several_lines_is_one_card() {
+        for (t, want) in [
+            (
+                "mi tarjeta:\n4111 1111\n1111 1111\ngracias",
+                "4111 1111\n1111 1111",
+            ),
+            ("4111\n1111\n1111\n1111", "4111\n1111\n1111\n1111"),
+            ("amex 3782 \r\n 822463\n10005", "3782 \r\n 822463\n10005"),
+            ("41111111\n11111111 ok", "41111111\n11111111"),
+            // A card on its line, then a short number on the next: the card alone.
+            ("4111 1111 1111 1111\n2 unidades", "4111 1111 1111 1111"),
+            ("pedido 12\n4111 1111 1111 1111", "4111 1111 1111 1111"),
+        ] {
+            let cards: Vec<_> = run(t)
+                .into_iter()
+                .filter(|(_, k)| *k == PiiType::Card)
+                .collect();
+            assert_eq!(cards, vec![(want, PiiType::Card)], "{t:?}");
+        }
+    }
+
+    #[test]
+    fn short_numbers_one_per_line_or_a_blank_line_apart_are_not_joined_into_a_card() {
+        for t in [
+            // 4111111111111111 with short groups: a list, not a card.
+            "41\n11\n11\n11\n11\n11\n11\n11",
+            "411\n1111\n1111\n1111\n1",
+            // Two line breaks: two thoughts.
+            "4111 1111\n\n1111 1111",
+        ] {
+            assert!(
+                run(t).iter().all(|(_, k)| *k != PiiType::Card),
+                "{t:?}: {:?}",
+                run(t)
+            );
         }
     }
 

@@ -14,8 +14,9 @@ use crate::stages::sender;
 use crate::store::replies;
 use crate::streams::Keys;
 
-/// Fields the runtime adds to a dead letter; a replay strips them.
-pub const RUNTIME_FIELDS: &[&str] = &[
+/// Fields the runtime adds to a dead letter ([`GaveUp::fields`], in this order); a replay strips
+/// them.
+pub const RUNTIME_FIELDS: [&str; 7] = [
     "reason",
     "stage",
     "source_stream",
@@ -24,6 +25,36 @@ pub const RUNTIME_FIELDS: &[&str] = &[
     "attempts",
     "dead_at",
 ];
+
+/// What the worker runtime records beside a job it gave up on.
+pub struct GaveUp<'a> {
+    pub reason: &'a str,
+    /// The stage (consumer group) that gave up.
+    pub stage: &'a str,
+    /// Where the job was read from, and its entry id there.
+    pub source_stream: &'a str,
+    pub source_id: &'a str,
+    pub deliveries: u64,
+    pub attempts: u32,
+    /// Unix milliseconds.
+    pub dead_at_ms: i64,
+}
+
+impl GaveUp<'_> {
+    /// The fields added to the job's own, named by [`RUNTIME_FIELDS`].
+    pub fn fields(&self) -> impl Iterator<Item = (String, String)> + use<> {
+        let values = [
+            self.reason.to_string(),
+            self.stage.to_string(),
+            self.source_stream.to_string(),
+            self.source_id.to_string(),
+            self.deliveries.to_string(),
+            self.attempts.to_string(),
+            self.dead_at_ms.to_string(),
+        ];
+        RUNTIME_FIELDS.into_iter().map(String::from).zip(values)
+    }
+}
 
 /// One dead letter: its entry id on the dead-letter stream and its fields.
 #[derive(Debug, Clone)]

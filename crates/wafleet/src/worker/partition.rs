@@ -734,15 +734,18 @@ impl<H: Handler> Partition<H> {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        fields.extend([
-            ("reason".into(), reason.to_string()),
-            ("stage".into(), self.group().to_string()),
-            ("source_stream".into(), self.stream.clone()),
-            ("source_id".into(), job.id.clone()),
-            ("deliveries".into(), job.deliveries.to_string()),
-            ("attempts".into(), job.attempt.to_string()),
-            ("dead_at".into(), now_ms().to_string()),
-        ]);
+        fields.extend(
+            crate::dead_letters::GaveUp {
+                reason,
+                stage: self.group(),
+                source_stream: &self.stream,
+                source_id: &job.id,
+                deliveries: job.deliveries,
+                attempts: job.attempt,
+                dead_at_ms: now_ms(),
+            }
+            .fields(),
+        );
         self.persist("writing a dead letter", || async {
             let mut con = self.con().await?;
             let _: String = con.xadd(&dead, "*", &fields).await?;

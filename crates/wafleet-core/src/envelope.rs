@@ -200,9 +200,10 @@ pub const CONTENT_DEDUP_WINDOW: std::time::Duration = std::time::Duration::from_
 /// `phone_number_id:customer`, where the customer is the phone when known, else the BSUID.
 ///
 /// The phone wins because Meta keeps sending it for customers we talk to. A customer first seen
-/// by BSUID only and later with a phone lands on another key, and today on another conversation
-/// too (the conversation stage stores both ids but does not merge the two): its owner and
-/// history do not carry over, and ordering across that switch is not guaranteed.
+/// by BSUID only and later with a phone (or the other way round) lands on another key, so on
+/// another stream partition: ordering across that switch is not guaranteed. The conversation is
+/// the same one: the conversation stage finds it by the BSUID it already recorded
+/// (`wafleet::store::conversations`), so owner and history carry over.
 pub fn conversation_key(
     phone_number_id: &str,
     wa_id: Option<&str>,

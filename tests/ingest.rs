@@ -708,3 +708,137 @@ async fn a_redis_connection_that_goes_silent_is_replaced() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn quarantined_updates_are_replayed_once_their_channel_exists_and_never_twice() {
+    use wafleet::quarantine::{self, Replayed};
+    let (cfg, ingest) = setup().await;
+    let late = "106540352242999";
+    // Another tenant's app: its secret signs a message for one of our numbers.
+    cfg.add_channel("106540352242998", |c| {
+        c.app_secrets = Some(vec![wafleet::config::Secret::new("other-app".into())])
+    })
+    .await;
+    let forged = text_body(FIXTURE_NUMBERS[0], "573009", "wamid.QF", "hola");
+    // Two messages for a number nobody added yet.
+    for body in [
+        text_body(late, "573001", "wamid.Q1", "hola"),
+        text_body(late, "573002", "wamid.Q2", "hola"),
+    ] {
+        assert_eq!(ingest.post_signed(&body, APP_SECRET).await.status(), 200);
+    }
+    let con = cfg.redis().await;
+    let keys = cfg.keys();
+    let enqueuer = wafleet::streams::Enqueuer::new(Duration::from_secs(3600));
+    eventually(
+        "the forged message quarantined",
+        Duration::from_secs(10),
+        || {
+            let ingest = &ingest;
+            let forged = &forged;
+            let cfg = &cfg;
+            async move {
+                ingest.post_signed(forged, "other-app").await;
+                quarantined_for(cfg, "signed_by_another_app")
+                    .await
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let registry = || async {
+        wafleet::channels::load(&cfg.pg().await, &cfg.cipher())
+            .await
+            .unwrap()
+    };
+    let replay_all = |registry: wafleet::channels::Registry| {
+        let keys = keys.clone();
+        let enqueuer = enqueuer.clone();
+        let mut con = con.clone();
+        async move {
+            let mut done = Vec::new();
+            for kept in quarantine::read(&mut con, &keys).await.unwrap() {
+                let r = quarantine::replay(&mut con, &keys, &enqueuer, &registry, &kept)
+                    .await
+                    .unwrap();
+                done.push((kept.text("reason"), r));
+            }
+            done
+        }
+    };
+
+    // Nothing changed yet: everything is still refused and stays.
+    let first = replay_all(registry().await).await;
+    assert_eq!(first.len(), 3, "{first:?}");
+    assert!(
+        first.iter().all(|(_, r)| matches!(r, Replayed::Refused(_))),
+        "{first:?}"
+    );
+
+    // The operator adds the number; Meta happens to deliver Q2 again, which now goes through.
+    cfg.add_channel(late, |_| {}).await;
+    let inbound_wamids = |con: redis::aio::MultiplexedConnection| {
+        let streams = inbound_streams(&cfg);
+        async move {
+            let mut con = con;
+            all_updates(&mut con, &streams)
+                .await
+                .into_iter()
+                .filter_map(|(_, u)| match u {
+                    Update::Message(m) => Some(m.wamid),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    eventually(
+        "Q2 delivered again and enqueued",
+        Duration::from_secs(10),
+        || {
+            let body = text_body(late, "573002", "wamid.Q2", "hola");
+            let ingest = &ingest;
+            let wamids = inbound_wamids(con.clone());
+            async move {
+                ingest.post_signed(&body, APP_SECRET).await;
+                wamids.await.contains(&"wamid.Q2".to_string()).then_some(())
+            }
+        },
+    )
+    .await;
+
+    let second = replay_all(registry().await).await;
+    let mut outcomes: Vec<_> = second.into_iter().map(|(_, r)| r).collect();
+    outcomes.sort_by_key(|r| format!("{r:?}"));
+    assert_eq!(
+        outcomes,
+        vec![
+            Replayed::Duplicate,
+            Replayed::Enqueued,
+            Replayed::Refused("signed_by_another_app"),
+        ]
+    );
+    let mut wamids = inbound_wamids(con.clone()).await;
+    wamids.sort();
+    assert_eq!(
+        wamids,
+        vec!["wamid.Q1", "wamid.Q2"],
+        "each once, the forged one not at all"
+    );
+    let left = quarantine::read(&mut con.clone(), &keys).await.unwrap();
+    assert_eq!(
+        left.iter().map(|k| k.text("reason")).collect::<Vec<_>>(),
+        vec!["signed_by_another_app"],
+        "what was replayed or found enqueued left the quarantine"
+    );
+
+    // A third replay changes nothing.
+    let third = replay_all(registry().await).await;
+    assert_eq!(
+        third,
+        vec![(
+            "signed_by_another_app".to_string(),
+            Replayed::Refused("signed_by_another_app")
+        )]
+    );
+    assert_eq!(inbound_wamids(con.clone()).await.len(), 2);
+}

@@ -13,10 +13,15 @@ use std::time::Duration;
 use sqlx::PgPool;
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
+use wafleet_core::envelope::Update;
 use wafleet_core::signature::AppSecret;
 
 use crate::crypto::Cipher;
 use crate::store::channels::{self, BotMode, Channel};
+
+/// Quarantine reason: signed with the secret of an app the number is not linked to. Never
+/// replayed: another tenant's app could have forged it.
+pub const SIGNED_BY_ANOTHER_APP: &str = "signed_by_another_app";
 
 /// What ingest needs to route one business number.
 #[derive(Debug, Clone)]
@@ -80,6 +85,34 @@ impl Registry {
 
     pub fn route(&self, phone_number_id: &str) -> Option<&ChannelRoute> {
         self.routes.get(phone_number_id)
+    }
+
+    /// Why `update` is kept out of processing (quarantined), if it is: an unknown or disabled
+    /// number, a sender outside the allowlist, or (given `signed_by`, the index of the app secret
+    /// whose signature matched) a signature by an app the number is not linked to. Updates that
+    /// belong to no number (account events) always pass.
+    pub fn refusal(&self, update: &Update, signed_by: Option<usize>) -> Option<&'static str> {
+        let pnid = update.phone_number_id()?;
+        let Some(route) = self.route(pnid) else {
+            return Some("unknown_channel");
+        };
+        if !route.enabled {
+            return Some("channel_disabled");
+        }
+        if signed_by.is_some_and(|id| !route.secret_ids.contains(&id)) {
+            return Some(SIGNED_BY_ANOTHER_APP);
+        }
+        if let Update::Message(m) = update {
+            let allowed = route.allowlist.is_empty()
+                || [&m.wa_id, &m.user_id]
+                    .into_iter()
+                    .flatten()
+                    .any(|id| route.allowlist.contains(id));
+            if !allowed {
+                return Some("sender_not_allowed");
+            }
+        }
+        None
     }
 
     pub fn len(&self) -> usize {

@@ -155,6 +155,15 @@ pub struct IngestSettings {
 /// 3 MiB: Meta's documented maximum payload.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
+/// `WAFLEET_DEDUP_TTL_SECS`: how long a redelivery is recognised (Meta retries for 7 days).
+/// Read by ingest and by whatever enqueues as ingest does (`wafleetctl quarantine replay`).
+pub fn dedup_ttl() -> anyhow::Result<Duration> {
+    Ok(Duration::from_secs(parsed(
+        "WAFLEET_DEDUP_TTL_SECS",
+        7 * 24 * 3600,
+    )?))
+}
+
 impl IngestSettings {
     pub fn from_env() -> anyhow::Result<Self> {
         let listen = var("WAFLEET_INGEST_ADDR").unwrap_or_else(|| "127.0.0.1:8080".into());
@@ -164,7 +173,7 @@ impl IngestSettings {
                 .parse()
                 .with_context(|| format!("WAFLEET_INGEST_ADDR={listen:?} is not an address"))?,
             max_body_bytes: parsed("WAFLEET_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)?,
-            dedup_ttl: Duration::from_secs(parsed("WAFLEET_DEDUP_TTL_SECS", 7 * 24 * 3600)?),
+            dedup_ttl: dedup_ttl()?,
             redis_timeout: millis("WAFLEET_REDIS_TIMEOUT_MS", 2000)?,
             channel_refresh: millis("WAFLEET_CHANNEL_REFRESH_MS", 2000)?,
             shutdown_grace: Duration::from_secs(parsed("WAFLEET_SHUTDOWN_GRACE_SECS", 20)?),

@@ -7,12 +7,11 @@
 //! a replay of a reply that ran out of retries would send nothing.
 
 use redis::aio::ConnectionLike;
-use redis::streams::{StreamId, StreamRangeReply};
 use sqlx::PgPool;
 
 use crate::stages::sender;
 use crate::store::replies;
-use crate::streams::Keys;
+use crate::streams::{Keys, StoredEntry, read_whole};
 
 /// Fields the runtime adds to a dead letter ([`GaveUp::fields`], in this order); a replay strips
 /// them.
@@ -57,40 +56,7 @@ impl GaveUp<'_> {
 }
 
 /// One dead letter: its entry id on the dead-letter stream and its fields.
-#[derive(Debug, Clone)]
-pub struct DeadLetter {
-    entry: StreamId,
-}
-
-impl DeadLetter {
-    /// Its entry id on the dead-letter stream.
-    pub fn id(&self) -> &str {
-        &self.entry.id
-    }
-
-    /// A field as text ("" when absent or not text).
-    pub fn text(&self, field: &str) -> String {
-        self.entry
-            .map
-            .get(field)
-            .and_then(|v| redis::from_redis_value::<String>(v).ok())
-            .unwrap_or_default()
-    }
-
-    /// The job's own fields, as they were when it was queued.
-    fn job_fields(&self) -> Vec<(String, Vec<u8>)> {
-        self.entry
-            .map
-            .iter()
-            .filter(|(k, _)| !RUNTIME_FIELDS.contains(&k.as_str()))
-            .filter_map(|(k, v)| {
-                redis::from_redis_value::<Vec<u8>>(v)
-                    .ok()
-                    .map(|v| (k.clone(), v))
-            })
-            .collect()
-    }
-}
+pub type DeadLetter = StoredEntry;
 
 /// Every dead letter of `stage`, oldest first.
 pub async fn read<C: ConnectionLike>(
@@ -98,17 +64,7 @@ pub async fn read<C: ConnectionLike>(
     keys: &Keys,
     stage: &str,
 ) -> redis::RedisResult<Vec<DeadLetter>> {
-    let reply: StreamRangeReply = redis::cmd("XRANGE")
-        .arg(keys.dead(stage))
-        .arg("-")
-        .arg("+")
-        .query_async(con)
-        .await?;
-    Ok(reply
-        .ids
-        .into_iter()
-        .map(|entry| DeadLetter { entry })
-        .collect())
+    read_whole(con, &keys.dead(stage)).await
 }
 
 /// Puts one dead letter of `stage` back on its source stream and removes it from the dead-letter
@@ -144,7 +100,7 @@ pub async fn replay<C: ConnectionLike>(
     let _: String = redis::cmd("XADD")
         .arg(&source)
         .arg("*")
-        .arg(letter.job_fields())
+        .arg(letter.fields_except(&RUNTIME_FIELDS))
         .query_async(con)
         .await?;
     let _: i64 = redis::cmd("XDEL")

@@ -32,6 +32,7 @@ pub mod dead_letters;
 pub mod graph;
 pub mod ingest;
 pub mod llm;
+pub mod quarantine;
 pub mod ratelimit;
 pub mod shared_redis;
 pub mod stages;

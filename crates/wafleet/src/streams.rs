@@ -351,6 +351,60 @@ impl Enqueuer {
     }
 }
 
+/// An entry read back whole from a stream that operators inspect (dead letters, quarantine).
+#[derive(Debug, Clone)]
+pub struct StoredEntry {
+    entry: redis::streams::StreamId,
+}
+
+impl StoredEntry {
+    /// Its entry id on the stream.
+    pub fn id(&self) -> &str {
+        &self.entry.id
+    }
+
+    /// A field as text ("" when absent or not text).
+    pub fn text(&self, field: &str) -> String {
+        self.entry
+            .map
+            .get(field)
+            .and_then(|v| redis::from_redis_value::<String>(v).ok())
+            .unwrap_or_default()
+    }
+
+    /// Every field as bytes, except those named in `except`.
+    pub fn fields_except(&self, except: &[&str]) -> Vec<(String, Vec<u8>)> {
+        self.entry
+            .map
+            .iter()
+            .filter(|(k, _)| !except.contains(&k.as_str()))
+            .filter_map(|(k, v)| {
+                redis::from_redis_value::<Vec<u8>>(v)
+                    .ok()
+                    .map(|v| (k.clone(), v))
+            })
+            .collect()
+    }
+}
+
+/// Every entry of `stream`, oldest first.
+pub async fn read_whole<C: redis::aio::ConnectionLike>(
+    con: &mut C,
+    stream: &str,
+) -> RedisResult<Vec<StoredEntry>> {
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query_async(con)
+        .await?;
+    Ok(reply
+        .ids
+        .into_iter()
+        .map(|entry| StoredEntry { entry })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,8 +39,29 @@ enum Command {
     /// Inspect and replay dead letters.
     #[command(subcommand)]
     Dead(DeadCommand),
+    /// Inspect what ingest kept aside (unknown or disabled numbers, senders outside the
+    /// allowlist) and replay it once the cause is fixed.
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
     /// Hand a conversation back to the bot.
     Release { conversation_id: i64 },
+}
+
+#[derive(Subcommand)]
+enum QuarantineCommand {
+    /// List quarantined updates (ids, reasons, numbers, kinds; never message text).
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Enqueue quarantined updates that the channels as they are now accept, exactly as ingest
+    /// would have (duplicates of what Meta sent again are skipped), and remove them from the
+    /// quarantine; those still refused stay. Give entry ids, or --all.
+    Replay {
+        ids: Vec<String>,
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -168,6 +189,9 @@ async fn main() -> anyhow::Result<()> {
     if let Command::Dead(cmd) = &cli.command {
         return dead_letters(cmd).await;
     }
+    if let Command::Quarantine(cmd) = &cli.command {
+        return quarantine(cmd).await;
+    }
     let pool = db::connect(
         &required("DATABASE_URL")?,
         2,
@@ -181,7 +205,8 @@ async fn main() -> anyhow::Result<()> {
         Command::GenerateKey
         | Command::SendWebhook { .. }
         | Command::Probe { .. }
-        | Command::Dead(_) => {
+        | Command::Dead(_)
+        | Command::Quarantine(_) => {
             unreachable!("handled above")
         }
         Command::Release { conversation_id } => {
@@ -321,11 +346,7 @@ async fn sqlx_query_key(
 
 async fn dead_letters(cmd: &DeadCommand) -> anyhow::Result<()> {
     use wafleet::dead_letters;
-    let settings = wafleet::config::CommonSettings::from_env()?;
-    let keys = wafleet::streams::Keys::new(settings.redis_prefix.clone(), settings.partitions);
-    let mut con = redis::Client::open(settings.redis_url.expose().as_str())?
-        .get_multiplexed_async_connection()
-        .await?;
+    let (settings, keys, mut con) = redis_side().await?;
     match cmd {
         DeadCommand::List { stage, limit } => {
             for letter in dead_letters::read(&mut con, &keys, stage)
@@ -365,4 +386,71 @@ async fn dead_letters(cmd: &DeadCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn quarantine(cmd: &QuarantineCommand) -> anyhow::Result<()> {
+    use wafleet::quarantine::{self, Replayed};
+    let (settings, keys, mut con) = redis_side().await?;
+    match cmd {
+        QuarantineCommand::List { limit } => {
+            for kept in quarantine::read(&mut con, &keys).await?.iter().take(*limit) {
+                println!(
+                    "{}  reason={}  channel={}  kind={}  received_at={}",
+                    kept.id(),
+                    kept.text("reason"),
+                    kept.text("channel"),
+                    kept.text("kind"),
+                    kept.text("received_at")
+                );
+            }
+        }
+        QuarantineCommand::Replay { ids, all } => {
+            anyhow::ensure!(
+                *all || !ids.is_empty(),
+                "give entry ids to replay, or --all"
+            );
+            let pg =
+                db::connect(settings.database_url.expose(), 2, settings.plan_cache_mode).await?;
+            let cipher = Cipher::from_key_text(settings.encryption_key.expose())?;
+            let registry = wafleet::channels::load(&pg, &cipher).await?;
+            let enqueuer = wafleet::streams::Enqueuer::new(wafleet::config::dedup_ttl()?);
+            let (mut enqueued, mut duplicates, mut left) = (0, 0, 0);
+            for kept in quarantine::read(&mut con, &keys).await? {
+                if !*all && !ids.iter().any(|id| id == kept.id()) {
+                    continue;
+                }
+                match quarantine::replay(&mut con, &keys, &enqueuer, &registry, &kept).await? {
+                    Replayed::Enqueued => enqueued += 1,
+                    Replayed::Duplicate => duplicates += 1,
+                    Replayed::Refused(reason) => {
+                        left += 1;
+                        println!("{}  still refused: {reason}", kept.id());
+                    }
+                    Replayed::Unreadable(e) => {
+                        left += 1;
+                        println!("{}  unreadable: {e}", kept.id());
+                    }
+                }
+            }
+            println!(
+                "enqueued {enqueued}, already enqueued {duplicates}, left in {} {left}",
+                keys.quarantine()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Settings, key layout and a Redis connection, for the commands that work on streams.
+async fn redis_side() -> anyhow::Result<(
+    wafleet::config::CommonSettings,
+    wafleet::streams::Keys,
+    redis::aio::MultiplexedConnection,
+)> {
+    let settings = wafleet::config::CommonSettings::from_env()?;
+    let keys = wafleet::streams::Keys::new(settings.redis_prefix.clone(), settings.partitions);
+    let con = redis::Client::open(settings.redis_url.expose().as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
+    Ok((settings, keys, con))
 }

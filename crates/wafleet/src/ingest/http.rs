@@ -14,7 +14,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use wafleet_core::envelope::Update;
 use wafleet_core::signature;
 use wafleet_core::webhook;
 
@@ -148,35 +147,6 @@ async fn receive(
     outcome
 }
 
-/// Why an update is kept out of processing.
-fn quarantine_reason(
-    registry: &crate::channels::Registry,
-    update: &Update,
-    secret_id: usize,
-) -> Option<&'static str> {
-    let pnid = update.phone_number_id()?;
-    let Some(route) = registry.route(pnid) else {
-        return Some("unknown_channel");
-    };
-    if !route.enabled {
-        return Some("channel_disabled");
-    }
-    if !route.secret_ids.contains(&secret_id) {
-        return Some("signed_by_another_app");
-    }
-    if let Update::Message(m) = update {
-        let allowed = route.allowlist.is_empty()
-            || [&m.wa_id, &m.user_id]
-                .into_iter()
-                .flatten()
-                .any(|id| route.allowlist.contains(id));
-        if !allowed {
-            return Some("sender_not_allowed");
-        }
-    }
-    None
-}
-
 async fn handle(state: &AppState, headers: &HeaderMap, body: Bytes) -> Outcome {
     let registry = state.registry.current();
     let header = headers
@@ -209,7 +179,7 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Bytes) -> Outcome {
         Ok(parsed) => {
             for update in &parsed.updates {
                 let kind = update.kind().as_str();
-                let quarantined = quarantine_reason(&registry, update, secret_id);
+                let quarantined = registry.refusal(update, Some(secret_id));
                 match quarantined {
                     None => appends.push(Append::update(&state.keys, update, received_at)),
                     Some(reason) => {

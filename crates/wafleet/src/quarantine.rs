@@ -1,0 +1,72 @@
+//! Reading and replaying what ingest kept aside (`wafleetctl quarantine list|replay`).
+//!
+//! Ingest answers Meta 200 for an update it will not process (an unknown or disabled number, a
+//! sender outside the allowlist, a signature by another app) and keeps it on
+//! `P:{quarantine}:stream`, since Meta would never send it again. Once the operator fixes the
+//! cause (adds or enables the channel, widens the allowlist), a replay puts each entry through
+//! the same checks ingest makes, against the channels as they are now, and enqueues what passes
+//! exactly as ingest would have: same stream, same fields, same dedup mark, so an update Meta
+//! delivered again after the fix is not processed twice. A replayed or duplicate entry leaves
+//! the quarantine; one still refused stays. Updates signed by another app are never replayed:
+//! another tenant's app could have written them.
+
+use redis::aio::ConnectionLike;
+use wafleet_core::envelope::Update;
+
+use crate::channels::{Registry, SIGNED_BY_ANOTHER_APP};
+use crate::streams::{Append, Appended, Enqueuer, Keys, StoredEntry, read_whole};
+
+/// One quarantined update: its entry id and fields.
+pub type Kept = StoredEntry;
+
+/// Every quarantined update, oldest first.
+pub async fn read<C: ConnectionLike>(con: &mut C, keys: &Keys) -> redis::RedisResult<Vec<Kept>> {
+    read_whole(con, &keys.quarantine()).await
+}
+
+/// What a replay did with one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replayed {
+    /// Enqueued for processing; removed from the quarantine.
+    Enqueued,
+    /// Already enqueued (Meta delivered it again after the fix); removed from the quarantine.
+    Duplicate,
+    /// Still refused, for this reason; left in the quarantine.
+    Refused(&'static str),
+    /// The entry holds no readable update; left in the quarantine.
+    Unreadable(String),
+}
+
+/// Replays one entry against `registry` (the channels as they are now).
+pub async fn replay<C: ConnectionLike>(
+    con: &mut C,
+    keys: &Keys,
+    enqueuer: &Enqueuer,
+    registry: &Registry,
+    kept: &Kept,
+) -> redis::RedisResult<Replayed> {
+    if kept.text("reason") == SIGNED_BY_ANOTHER_APP {
+        return Ok(Replayed::Refused(SIGNED_BY_ANOTHER_APP));
+    }
+    let update: Update = match serde_json::from_str(&kept.text("update")) {
+        Ok(u) => u,
+        Err(e) => return Ok(Replayed::Unreadable(e.to_string())),
+    };
+    if let Some(reason) = registry.refusal(&update, None) {
+        return Ok(Replayed::Refused(reason));
+    }
+    let received_at = kept.text("received_at").parse().unwrap_or_default();
+    let append = Append::update(keys, &update, received_at);
+    let appended = enqueuer.append_all(con, &[append]).await?;
+    // Enqueued (or found enqueued) first, removed second: a crash in between leaves the entry,
+    // and replaying it again meets its dedup mark.
+    let _: i64 = redis::cmd("XDEL")
+        .arg(keys.quarantine())
+        .arg(kept.id())
+        .query_async(con)
+        .await?;
+    Ok(match appended.first() {
+        Some(Appended::Added) => Replayed::Enqueued,
+        _ => Replayed::Duplicate,
+    })
+}

@@ -14,8 +14,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     telemetry::init_logging();
     let settings = IngestSettings::from_env()?;
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("binding {}", settings.listen))?;
+    let listener =
+        wafleet::listen(settings.listen).with_context(|| format!("binding {}", settings.listen))?;
     ingest::run(settings, listener, wafleet::shutdown_signal()).await
 }

@@ -93,9 +93,19 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let (listen, config) = Cli::parse().into_config()?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
+    // Model calls arrive in bursts (a worker starting with a full queue opens one connection per
+    // call): queue up to the kernel's cap instead of tokio's 1024, or the rest wait a second for
+    // their SYN retransmission.
+    let socket = if listen.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket
+        .bind(listen)
         .with_context(|| format!("binding {listen} (SIM_LISTEN)"))?;
+    let listener = socket.listen(4096)?;
     wafleet_sim::run(config, listener, shutdown_signal()).await
 }
 

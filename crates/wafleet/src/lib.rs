@@ -41,6 +41,25 @@ pub mod streams;
 pub mod telemetry;
 pub mod worker;
 
+/// Pending connections a listener queues before it accepts them (the kernel caps it at
+/// `net.core.somaxconn`, 4096 on current Linux). tokio's `TcpListener::bind` asks for 1024; a
+/// burst of more new connections than that (Meta's deliveries after an outage, a fleet of
+/// workers starting) has its SYNs dropped, and each dropped client waits a full second for its
+/// retransmission.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a TCP listener on `addr` with [`LISTEN_BACKLOG`].
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Completes on SIGTERM or Ctrl-C: what every binary passes as its shutdown future.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

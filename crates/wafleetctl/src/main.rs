@@ -262,6 +262,7 @@ async fn main() -> anyhow::Result<()> {
             };
             let id = channels::upsert(&pool, &cipher()?, &spec).await?;
             println!("channel {} saved (id {id})", a.phone_number_id);
+            hint_quarantine(&a.phone_number_id).await;
         }
         Command::Channel(ChannelCommand::List) => {
             let all = channels::list(&pool, &cipher()?).await?;
@@ -316,9 +317,33 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Channel(ChannelCommand::Enable { phone_number_id }) => {
             set(&pool, &phone_number_id, true).await?;
+            hint_quarantine(&phone_number_id).await;
         }
     }
     Ok(())
+}
+
+/// After a channel was added or enabled: says how many of its updates ingest kept aside while
+/// it was unknown or disabled, and how to replay them. Best effort: Redis out of reach (or slow)
+/// only skips the hint.
+async fn hint_quarantine(phone_number_id: &str) {
+    let count = async {
+        let (_, keys, mut con) = redis_side().await?;
+        let kept = wafleet::quarantine::read(&mut con, &keys).await?;
+        anyhow::Ok(
+            kept.iter()
+                .filter(|k| k.text("channel") == phone_number_id)
+                .count(),
+        )
+    };
+    if let Ok(Ok(n)) = tokio::time::timeout(std::time::Duration::from_secs(5), count).await
+        && n > 0
+    {
+        println!(
+            "{n} update(s) for {phone_number_id} are in quarantine: `wafleetctl quarantine list` \
+             shows them, `wafleetctl quarantine replay --all` enqueues those the channels now accept"
+        );
+    }
 }
 
 fn yes(b: bool) -> &'static str {

@@ -213,12 +213,7 @@ async fn main() -> anyhow::Result<()> {
             let changed = wafleet::store::conversations::release(&pool, conversation_id).await?;
             // The conversation stage caches owner and session per conversation key: drop it.
             let (pnid, customer): (String, String) = sqlx_query_key(&pool, conversation_id).await?;
-            let settings = wafleet::config::CommonSettings::from_env()?;
-            let keys =
-                wafleet::streams::Keys::new(settings.redis_prefix.clone(), settings.partitions);
-            let mut con = redis::Client::open(settings.redis_url.expose().as_str())?
-                .get_multiplexed_async_connection()
-                .await?;
+            let (_, keys, mut con) = redis_side().await?;
             let _: () = redis::cmd("DEL")
                 .arg(keys.session_cache(&format!("{pnid}:{customer}")))
                 .query_async(&mut con)

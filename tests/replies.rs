@@ -1070,11 +1070,19 @@ async fn an_expired_token_pauses_the_channel_and_raises_an_alert() {
         30,
     )
     .await;
-    let alerts = metric_value(
-        &wafleet::telemetry::metrics_handle().render(),
-        r#"wafleet_sender_alerts_total{kind="config"}"#,
-    );
-    assert!(alerts >= 1.0);
+    // The alert is counted right after the pause commits: wait for it, not just the pause.
+    eventually(
+        "the configuration alert",
+        Duration::from_secs(10),
+        || async {
+            let alerts = metric_value(
+                &wafleet::telemetry::metrics_handle().render(),
+                r#"wafleet_sender_alerts_total{kind="config"}"#,
+            );
+            (alerts >= 1.0).then_some(())
+        },
+    )
+    .await;
     let (reason,): (Option<String>,) = sqlx::query_as("SELECT sends_paused_reason FROM channels")
         .fetch_one(&s.pg)
         .await

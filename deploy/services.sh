@@ -487,6 +487,9 @@ case "$cmd" in
     missing=()
     redis_bins || missing+=(redis-server redis-tools)
     pg_find_bin || missing+=(postgresql)
+    # Not a service, but the one build tool a Rust install may lack: the worker's allocator
+    # (jemalloc) is compiled with make, and every recipe brings the services up before building.
+    command -v make >/dev/null || missing+=(make)
     ((${#missing[@]} == 0)) || apt_install "${missing[@]}"
     redis_start
     pg_start

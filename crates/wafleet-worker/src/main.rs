@@ -6,14 +6,13 @@ use wafleet::config::var;
 use wafleet::stages::process::{self, WorkerProcessSettings};
 use wafleet::telemetry;
 
-// glibc's allocator. Its malloc/free are about a quarter of the worker's CPU (`perf`), and
-// both faster allocators were measured (`just bench-e2e`) and left out:
-// - mimalloc (as in ingest) took about a fifth off the CPU per message, but with 1,000 model
-//   calls in flight it raised the LLM worker's peak RSS to 110-121 MB, over its 100 MB budget.
-// - jemalloc took about a quarter off (15,000 messages: workers 7.0-9.3 s against 9.8-12.4 s)
-//   at the same peak RSS, but one LLM worker then got 828-1,181 model calls in flight in the
-//   1-s model run (a third of the runs under 1,000, with or without its background thread)
-//   against 1,080-1,199 on glibc.
+// jemalloc: glibc's malloc/free were about a quarter of the worker's CPU (`perf`), and jemalloc
+// takes about that off per message (`just bench-e2e`) at the same memory: one LLM worker with
+// 1,200 model calls in flight peaks at 79-87 MB, within its 100 MB budget. Not mimalloc, as in
+// ingest: it raised that peak to 110-121 MB. (An earlier trial blamed jemalloc for in-flight
+// peaks below 1,000; the cause was the simulator's listen queue dropping SYNs, since fixed.)
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

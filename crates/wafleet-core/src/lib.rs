@@ -24,3 +24,19 @@ pub mod pii;
 pub mod retry;
 pub mod signature;
 pub mod webhook;
+
+/// A JSON decoding error told without the input it may quote: what went wrong and where.
+///
+/// serde's own message quotes the offending value (`invalid type: string "…"`), which in a
+/// webhook, a job or a model's answer can be message text or a name. Anything that may reach a
+/// log uses this instead; the input itself stays where it is kept (a dead letter, a job).
+pub fn json_error_without_input(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Io => "read error",
+        Category::Syntax => "invalid JSON",
+        Category::Data => "unexpected shape",
+        Category::Eof => "truncated JSON",
+    };
+    format!("{what} at line {} column {}", e.line(), e.column())
+}

@@ -26,19 +26,48 @@ pub struct Parsed {
 }
 
 /// One item that could not become an update, kept with the reason.
+///
+/// `reason` never quotes the payload, so it may be logged; `detail` is serde's own message, which
+/// can quote a string of the item (`invalid type: string "…"`: message text, a name), so it only
+/// goes where the item itself is kept (the dead-letter stream).
 #[derive(Debug, Clone)]
 pub struct Rejected {
     pub reason: String,
+    pub detail: Option<String>,
     pub raw: String,
 }
 
-/// The whole body is unusable.
+impl Rejected {
+    /// The reason with serde's detail, for the dead-letter stream.
+    pub fn full_reason(&self) -> String {
+        with_detail(&self.reason, self.detail.as_deref())
+    }
+}
+
+/// The whole body is unusable. Its `Display` never quotes the payload (see [`Rejected`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Malformed {
-    #[error("body is not valid JSON: {0}")]
-    Json(String),
+    #[error("body is not a JSON webhook: {reason}")]
+    Json { reason: String, detail: String },
     #[error("body is not a WhatsApp webhook: {0}")]
     Shape(String),
+}
+
+impl Malformed {
+    /// The reason with serde's detail, for the dead-letter stream.
+    pub fn full_reason(&self) -> String {
+        match self {
+            Malformed::Json { detail, .. } => with_detail(&self.to_string(), Some(detail)),
+            Malformed::Shape(_) => self.to_string(),
+        }
+    }
+}
+
+fn with_detail(reason: &str, detail: Option<&str>) -> String {
+    match detail {
+        Some(detail) => format!("{reason} ({detail})"),
+        None => reason.to_owned(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -187,10 +216,17 @@ struct ErrorHead {
 
 /// Parses a verified webhook body.
 pub fn parse(body: &[u8]) -> Result<Parsed, Malformed> {
-    let body: Body = serde_json::from_slice(body).map_err(|e| Malformed::Json(e.to_string()))?;
+    let body: Body = serde_json::from_slice(body).map_err(|e| Malformed::Json {
+        reason: crate::json_error_without_input(&e),
+        detail: e.to_string(),
+    })?;
     match body.object.as_deref() {
         Some(WHATSAPP_OBJECT) => {}
-        Some(other) => return Err(Malformed::Shape(format!("unexpected object {other:?}"))),
+        Some(_) => {
+            return Err(Malformed::Shape(format!(
+                "\"object\" is not {WHATSAPP_OBJECT:?}"
+            )));
+        }
         None => return Err(Malformed::Shape("missing \"object\"".into())),
     }
     let entries = body
@@ -227,8 +263,13 @@ pub fn parse(body: &[u8]) -> Result<Parsed, Malformed> {
 
 impl Parsed {
     fn reject(&mut self, reason: impl Into<String>, raw: &RawValue) {
+        self.reject_with(reason, None, raw);
+    }
+
+    fn reject_with(&mut self, reason: impl Into<String>, detail: Option<String>, raw: &RawValue) {
         self.rejected.push(Rejected {
             reason: reason.into(),
+            detail,
             raw: raw.get().to_owned(),
         });
     }
@@ -239,7 +280,11 @@ fn item<'a, T: Deserialize<'a>>(raw: &'a RawValue, what: &str, parsed: &mut Pars
     match serde_json::from_str(raw.get()) {
         Ok(v) => Some(v),
         Err(e) => {
-            parsed.reject(format!("{what} has an unexpected shape: {e}"), raw);
+            parsed.reject_with(
+                format!("{what}: {}", crate::json_error_without_input(&e)),
+                Some(e.to_string()),
+                raw,
+            );
             None
         }
     }
@@ -524,6 +569,40 @@ mod tests {
                 .updates
                 .is_empty()
         );
+    }
+
+    /// Reasons are logged; serde's messages quote the payload (`invalid type: string "…"`).
+    #[test]
+    fn reasons_never_quote_the_payload_and_the_dead_letter_detail_does() {
+        let secret = "tarjeta 4111 1111 1111 1111 de Ana";
+        let item = format!(
+            r#"{{"object":"whatsapp_business_account","entry":[{{"id":"W","changes":[
+              {{"field":"messages","value":{{"metadata":{{"phone_number_id":"P"}},
+                "messages":[{{"from":"1","id":"wamid.A","type":"text","text":"{secret}"}}]}}}}]}}]}}"#
+        );
+        let p = parse(item.as_bytes()).unwrap();
+        assert_eq!(p.rejected.len(), 1, "{:?}", p.rejected);
+        let rejected = &p.rejected[0];
+        assert!(!rejected.reason.contains("4111"), "{}", rejected.reason);
+        assert!(
+            rejected
+                .reason
+                .starts_with("message: unexpected shape at line"),
+            "{}",
+            rejected.reason
+        );
+        assert!(
+            rejected.full_reason().contains(secret),
+            "{}",
+            rejected.full_reason()
+        );
+
+        let body = format!(r#"{{"object":"whatsapp_business_account","entry":"{secret}"}}"#);
+        let e = parse(body.as_bytes()).unwrap_err();
+        assert!(!e.to_string().contains("4111"), "{e}");
+        assert!(e.full_reason().contains(secret), "{}", e.full_reason());
+        let e = parse(format!(r#"{{"object":"{secret}","entry":[]}}"#).as_bytes()).unwrap_err();
+        assert!(!e.to_string().contains("4111"), "{e}");
     }
 
     proptest::proptest! {

@@ -170,7 +170,7 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Bytes) -> Outcome {
             appends.push(Append::dead(
                 &state.keys,
                 body.clone(),
-                &e.to_string(),
+                &e.full_reason(),
                 received_at,
             ));
             labels.push(("dead", None));
@@ -196,10 +196,11 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Bytes) -> Outcome {
             }
             for rejected in parsed.rejected {
                 tracing::warn!(reason = %rejected.reason, "webhook item rejected; dead-lettered");
+                let reason = rejected.full_reason();
                 appends.push(Append::dead(
                     &state.keys,
                     Bytes::from(rejected.raw),
-                    &rejected.reason,
+                    &reason,
                     received_at,
                 ));
                 labels.push(("dead", None));

@@ -107,12 +107,20 @@ pub(super) struct Parsed {
 /// Reads a 2xx body. Bodies that are not the expected JSON are [`LlmError::Transient`] (a cut
 /// connection or a proxy's page may well be followed by a good answer); an answer without text is
 /// [`LlmError::Permanent`] ("empty completion"): asking again the same way rarely helps.
+/// A model's answer that does not decode. serde's message would quote the answer, which is the
+/// model's text about a customer: only where it broke is kept.
+fn unreadable(e: serde_json::Error) -> LlmError {
+    LlmError::Transient(format!(
+        "unreadable response: {}",
+        wafleet_core::json_error_without_input(&e)
+    ))
+}
+
 pub(super) fn parse_response(kind: ProviderKind, body: &[u8]) -> Result<Parsed, LlmError> {
     let body = strip_leading_keepalive(body);
     match kind {
         ProviderKind::Anthropic => {
-            let parsed: AnthropicResponse = serde_json::from_slice(body)
-                .map_err(|e| LlmError::Transient(format!("unreadable response: {e}")))?;
+            let parsed: AnthropicResponse = serde_json::from_slice(body).map_err(unreadable)?;
             let text: String = parsed
                 .content
                 .iter()
@@ -130,8 +138,7 @@ pub(super) fn parse_response(kind: ProviderKind, body: &[u8]) -> Result<Parsed, 
             })
         }
         ProviderKind::OpenAiCompatible => {
-            let parsed: OpenAiResponse = serde_json::from_slice(body)
-                .map_err(|e| LlmError::Transient(format!("unreadable response: {e}")))?;
+            let parsed: OpenAiResponse = serde_json::from_slice(body).map_err(unreadable)?;
             let choice = parsed.choices.into_iter().next();
             let (text, stop_reason) = match choice {
                 Some(choice) => (

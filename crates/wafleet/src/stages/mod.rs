@@ -179,7 +179,10 @@ pub fn decode_update(
     match job.field("update").map(serde_json::from_str) {
         Some(Ok(u)) => Ok(u),
         Some(Err(e)) => Err(Outcome::Dead {
-            reason: format!("update does not decode: {e}"),
+            reason: format!(
+                "update does not decode: {}",
+                wafleet_core::json_error_without_input(&e)
+            ),
         }),
         None => Err(Outcome::Dead {
             reason: "entry has no update field".into(),

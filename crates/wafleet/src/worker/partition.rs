@@ -796,8 +796,14 @@ impl<H: Handler> Partition<H> {
                         attempt: 0,
                         deliveries: 0,
                     };
-                    self.dead_letter(&stub, &format!("held job does not decode: {e}"))
-                        .await;
+                    self.dead_letter(
+                        &stub,
+                        &format!(
+                            "held job does not decode: {}",
+                            wafleet_core::json_error_without_input(&e)
+                        ),
+                    )
+                    .await;
                     self.pop_head(&held, &payload).await;
                     continue;
                 }

@@ -876,6 +876,52 @@ async fn throttles_do_not_use_up_the_attempts_a_transient_error_is_allowed() {
 }
 
 #[tokio::test]
+async fn sends_meta_never_answers_are_resent_only_within_the_retry_bounds() {
+    // No status stage, and Meta takes every send but never answers: each send is ambiguous and,
+    // with no status to reconcile it, taken as lost after 200 ms. Three attempts in all.
+    let s = system_tweaked(
+        SimConfig::default(),
+        |s| vec![s.standin()],
+        &["conversation", "llm", "sender"],
+        |w| {
+            w.graph.timeout = Duration::from_millis(300);
+            w.send.ambiguous_resend_after = Duration::from_millis(200);
+            w.send.ambiguous_check = Duration::from_millis(50);
+            w.send.backoff.max_attempts = 3;
+        },
+    )
+    .await;
+    s.sim
+        .state
+        .add_fault(fault(serde_json::json!({"hang": true, "count": 1000})));
+    s.send("573014", "wamid.HANG", "hola").await;
+    wait_count(
+        &s.pg,
+        "SELECT count(*) FROM outbound_messages WHERE state = 'failed'
+            AND fail_reason LIKE '%answered none of 3 sends%'",
+        1,
+        30,
+    )
+    .await;
+    let cfg = &s.cfg;
+    eventually(
+        "the job on the sender's dead-letter stream",
+        Duration::from_secs(30),
+        || async move {
+            let mut con = cfg.redis().await;
+            let dead = read_stream(&mut con, &cfg.keys().dead("sender")).await;
+            (dead.len() == 1).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        s.sim.state.messages().len(),
+        3,
+        "sent once and resent twice, never more"
+    );
+}
+
+#[tokio::test]
 async fn a_send_meta_accepted_while_postgres_would_not_record_it_is_never_sent_again() {
     // No status stage: only the sender itself can learn the wamid back. A send with no
     // recorded outcome is taken as lost after 300 ms.

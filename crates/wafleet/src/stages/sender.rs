@@ -15,7 +15,9 @@
 //!   [`SendPolicy::ambiguous_check`]; only when no status arrived within
 //!   [`SendPolicy::ambiguous_resend_after`] is the part considered lost and sent again. Meta
 //!   sends `sent` within seconds of accepting, so a duplicate needs Meta to have accepted a
-//!   message and stayed silent about it for that long.
+//!   message and stayed silent about it for that long. Resends of unanswered sends count as
+//!   attempts and are bounded like transient errors (attempts and age); past the bounds the part
+//!   is `failed` and the job dead-lettered (`wafleet_sender_ambiguous_given_up_total`).
 //!
 //! A crash, a reclaim or a redelivery re-runs the job; parts already `accepted` are skipped.
 //!
@@ -282,6 +284,25 @@ impl SenderStage {
                         after: self.policy.ambiguous_check,
                         reason: "waiting for a status to confirm an ambiguous send".into(),
                     }));
+                }
+                // Bounded like any retry: `attempts` counts the sends, the unanswered one
+                // included, so its zero-based index is attempts - 1. Past the bounds the part
+                // fails rather than risk yet another copy reaching the customer.
+                let unanswered_try = part.attempts.max(1) as u32 - 1;
+                if !self
+                    .policy
+                    .resends(ErrorClass::Transient, unanswered_try, part.retries_since)
+                {
+                    let reason = format!(
+                        "gave up: Meta answered none of {} sends and no status came for them",
+                        part.attempts
+                    );
+                    replies::mark_failed(&self.pg, part.id, None, &reason)
+                        .await
+                        .map_err(db("failing a part"))?;
+                    metrics::counter!("wafleet_sender_ambiguous_given_up_total").increment(1);
+                    tracing::error!(outbound_id = part.id, attempts = part.attempts, "{reason}");
+                    return Ok(Step::Return(Outcome::Dead { reason }));
                 }
                 metrics::counter!("wafleet_sender_ambiguous_resends_total").increment(1);
                 tracing::warn!(

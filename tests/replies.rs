@@ -330,7 +330,10 @@ async fn a_signed_webhook_gets_a_reply_that_quotes_the_customer_message_and_is_t
         .expect("callback data on every send");
     assert_eq!(
         s.cfg.cipher().callback_tags().decode(callback),
-        Some(id),
+        Some(wafleet::crypto::Callback {
+            outbound_id: id,
+            send_try: Some(1)
+        }),
         "our outbound id, tagged: {callback}"
     );
     assert_eq!(m.body, body);

@@ -637,10 +637,10 @@ async fn an_ambiguous_send_is_reconciled_by_the_callback_id_its_status_echoes() 
     e.send("57300", "wamid.in", T0, "hola").await;
     e.stored(1).await;
     e.wait_followups().await;
-    // A part whose send timed out: `sending`, no wamid known.
+    // A part whose second send timed out: `sending`, no wamid known.
     let (id,): (i64,) = sqlx::query_as(
-        "INSERT INTO outbound_messages (conversation_id, channel_id, reply_to, part_no, kind, body, state)
-         SELECT conversation_id, channel_id, id, 0, 'reply', 'x', 'sending' FROM messages RETURNING id",
+        "INSERT INTO outbound_messages (conversation_id, channel_id, reply_to, part_no, kind, body, state, attempts)
+         SELECT conversation_id, channel_id, id, 0, 'reply', 'x', 'sending', 2 FROM messages RETURNING id",
     )
     .fetch_one(&e.pg)
     .await
@@ -679,18 +679,25 @@ async fn an_ambiguous_send_is_reconciled_by_the_callback_id_its_status_echoes() 
     e.post(&foreign(
         "sent",
         "wamid.foreign2",
-        other_install.callback_tags().encode(id),
+        other_install.callback_tags().encode(id, 2),
+    ))
+    .await;
+    // Ours, but a late status of the part's first send (which failed): not the second send's.
+    e.post(&foreign(
+        "sent",
+        "wamid.first_send",
+        e.cfg.cipher().callback_tags().encode(id, 1),
     ))
     .await;
     eventually(
-        "foreign statuses kept aside",
+        "foreign and earlier sends' statuses kept aside",
         Duration::from_secs(20),
         || async {
             let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM early_statuses")
                 .fetch_one(&e.pg)
                 .await
                 .unwrap();
-            (n == 2).then_some(())
+            (n == 3).then_some(())
         },
     )
     .await;
@@ -700,7 +707,7 @@ async fn an_ambiguous_send_is_reconciled_by_the_callback_id_its_status_echoes() 
         .await
         .unwrap();
 
-    let ours = e.cfg.cipher().callback_tags().encode(id);
+    let ours = e.cfg.cipher().callback_tags().encode(id, 2);
     e.post(&status("sent", T0 + 1, Some(ours))).await;
     let reconciled = eventually("reconciled", Duration::from_secs(20), || async {
         let r = row().await;
@@ -777,7 +784,10 @@ async fn statuses_applied_together_each_get_their_own_result() {
         at: None,
         error_code: None,
         error_title: None,
-        outbound_id,
+        callback: outbound_id.map(|outbound_id| wafleet::crypto::Callback {
+            outbound_id,
+            send_try: None,
+        }),
     };
     let applied = apply_statuses(
         &mut e.pg.acquire().await.unwrap(),
@@ -1195,7 +1205,7 @@ async fn acceptances_and_statuses_of_the_same_parts_never_deadlock() {
             at: None,
             error_code: None,
             error_title: None,
-            outbound_id: None,
+            callback: None,
         })
         .collect();
     for round in 0..60 {

@@ -147,11 +147,17 @@ mod tests {
     }
 }
 
-/// Our outbound ids as `biz_opaque_callback_data`: `wf1.<id>.<tag>`, the tag being 72 bits of
-/// HMAC-SHA256 of the id under a key derived from `WAFLEET_ENCRYPTION_KEY`. Meta echoes the value
-/// in every status of the message, and the status stage reconciles an ambiguous send by it; a
-/// bare number, which another app on the same number may well use, would mark one of our unsent
-/// parts accepted with someone else's wamid, and that reply would never go out.
+/// Our outbound ids as `biz_opaque_callback_data`: `wf2.<id>.<try>.<tag>`, `try` being which send
+/// of the part this is (its `attempts` once claimed) and the tag 72 bits of HMAC-SHA256 of
+/// `<id>.<try>` under a key derived from `WAFLEET_ENCRYPTION_KEY`. Meta echoes the value in every
+/// status of the message, and the status stage reconciles an ambiguous send by it.
+/// - The tag: a bare number, which another app on the same number may well use, would mark one of
+///   our unsent parts accepted with someone else's wamid, and that reply would never go out.
+/// - The try: a part sent again (its first send failed, or went unanswered) must not take a late
+///   status of the earlier send for its own; that would record the failed message's wamid as the
+///   resend's, or fail the resend in flight.
+///
+/// `wf1.<id>.<tag>` (before the try was written) still reads back, with no try.
 #[derive(Clone)]
 pub struct CallbackTags {
     mac: Hmac<Sha256>,
@@ -163,7 +169,14 @@ impl std::fmt::Debug for CallbackTags {
     }
 }
 
-const CALLBACK_PREFIX: &str = "wf1.";
+/// What our callback data says: which outbound part, and which send of it (`None` in data
+/// written before sends were numbered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Callback {
+    pub outbound_id: i64,
+    pub send_try: Option<i32>,
+}
+
 const CALLBACK_TAG_LEN: usize = 9;
 
 impl CallbackTags {
@@ -178,34 +191,48 @@ impl CallbackTags {
         }
     }
 
-    fn tag(&self, id: &str) -> Hmac<Sha256> {
+    fn tag(&self, signed: &str) -> Hmac<Sha256> {
         let mut mac = self.mac.clone();
-        mac.update(id.as_bytes());
+        mac.update(signed.as_bytes());
         mac
     }
 
-    /// The callback data of outbound message `id`.
-    pub fn encode(&self, id: i64) -> String {
-        let id = id.to_string();
-        let tag = self.tag(&id).finalize().into_bytes();
+    /// The callback data of send `send_try` of outbound message `id`.
+    pub fn encode(&self, id: i64, send_try: i32) -> String {
+        let signed = format!("{id}.{send_try}");
+        let tag = self.tag(&signed).finalize().into_bytes();
         let tag = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&tag[..CALLBACK_TAG_LEN]);
-        format!("{CALLBACK_PREFIX}{id}.{tag}")
+        format!("wf2.{signed}.{tag}")
     }
 
-    /// The outbound id in callback data we wrote; `None` for anything else (checked in constant
-    /// time).
-    pub fn decode(&self, data: &str) -> Option<i64> {
-        let (id, tag) = data.strip_prefix(CALLBACK_PREFIX)?.split_once('.')?;
+    /// What callback data we wrote says; `None` for anything else (checked in constant time).
+    pub fn decode(&self, data: &str) -> Option<Callback> {
+        let (signed, send_try) = if let Some(rest) = data.strip_prefix("wf2.") {
+            let (signed, _) = rest.rsplit_once('.')?;
+            let (_, send_try) = signed.split_once('.')?;
+            (signed, Some(canonical::<i32>(send_try)?))
+        } else {
+            let (signed, _) = data.strip_prefix("wf1.")?.rsplit_once('.')?;
+            (signed, None)
+        };
+        let tag = data.rsplit_once('.')?.1;
+        let outbound_id = canonical::<i64>(signed.split('.').next()?)?;
         let tag = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(tag)
             .ok()
             .filter(|t| t.len() == CALLBACK_TAG_LEN)?;
-        let parsed: i64 = id.parse().ok()?;
-        // Only the canonical form (no sign, no leading zeros) was ever tagged.
-        (parsed.to_string() == id).then_some(())?;
-        self.tag(id).verify_truncated_left(&tag).ok()?;
-        Some(parsed)
+        self.tag(signed).verify_truncated_left(&tag).ok()?;
+        Some(Callback {
+            outbound_id,
+            send_try,
+        })
     }
+}
+
+/// A number in the only form we ever tag (no sign, no leading zeros).
+fn canonical<T: std::str::FromStr + ToString>(text: &str) -> Option<T> {
+    let n: T = text.parse().ok()?;
+    (n.to_string() == text).then_some(n)
 }
 
 #[cfg(test)]
@@ -217,24 +244,44 @@ mod callback_tests {
         let ours = Cipher::from_key_text(&Cipher::generate_key_text()).unwrap();
         let theirs = Cipher::from_key_text(&Cipher::generate_key_text()).unwrap();
         let tags = ours.callback_tags();
-        let data = tags.encode(4217);
-        assert!(data.starts_with("wf1.4217."), "{data}");
+        let data = tags.encode(4217, 2);
+        assert!(data.starts_with("wf2.4217.2."), "{data}");
         assert!(
             data.len() <= 512,
             "Meta's limit on biz_opaque_callback_data"
         );
-        assert_eq!(tags.decode(&data), Some(4217));
+        let ours_2 = Some(Callback {
+            outbound_id: 4217,
+            send_try: Some(2),
+        });
+        assert_eq!(tags.decode(&data), ours_2);
         // Another install's tag, a bare id (another app's), a changed id or tag, garbage.
         assert_eq!(theirs.callback_tags().decode(&data), None);
         assert_eq!(tags.decode("4217"), None);
         assert_eq!(tags.decode(&data.replace("4217", "4218")), None);
-        assert_eq!(tags.decode(&data.replace("wf1.4217", "wf1.04217")), None);
+        assert_eq!(tags.decode(&data.replace("wf2.4217.2", "wf2.4217.3")), None);
+        assert_eq!(tags.decode(&data.replace("wf2.4217", "wf2.04217")), None);
+        assert_eq!(tags.decode(&data.replace(".2.", ".02.")), None);
+        assert_eq!(tags.decode(&data.replace("wf2.4217.2", "wf1.4217")), None);
         let mut bad_tag = data.clone();
         let last = bad_tag.pop().unwrap();
         bad_tag.push(if last == 'A' { 'B' } else { 'A' });
         assert_eq!(tags.decode(&bad_tag), None);
         assert_eq!(tags.decode("wf1.4217"), None);
         assert_eq!(tags.decode("wf1..x"), None);
+        assert_eq!(tags.decode("wf2.4217.x"), None);
+        assert_eq!(tags.decode("wf2..."), None);
         assert_eq!(tags.decode("job-42"), None);
+        // Data written before sends were numbered reads back without a try.
+        let legacy = tags.tag("4217").finalize().into_bytes();
+        let legacy =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&legacy[..CALLBACK_TAG_LEN]);
+        assert_eq!(
+            tags.decode(&format!("wf1.4217.{legacy}")),
+            Some(Callback {
+                outbound_id: 4217,
+                send_try: None
+            })
+        );
     }
 }

@@ -450,7 +450,11 @@ impl SenderStage {
                 .map_err(db("reopening the part"))?;
             return self.pause(channel, "no access token configured").await;
         };
-        let callback = self.channels.callback_tags().encode(part.id);
+        // Claimed: `attempts` (read before the claim) went up by one, and this is that send.
+        let callback = self
+            .channels
+            .callback_tags()
+            .encode(part.id, part.attempts + 1);
         let result = self
             .graph
             .send_text(&OutgoingText {

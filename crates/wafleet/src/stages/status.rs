@@ -80,7 +80,7 @@ impl Handler for StatusStage {
             at: s.timestamp.and_then(|t| Utc.timestamp_opt(t, 0).single()),
             error_code: s.error_code,
             error_title: s.error_title.clone(),
-            outbound_id: s
+            callback: s
                 .biz_opaque_callback_data
                 .as_deref()
                 .and_then(|v| self.callbacks.decode(v)),

@@ -526,8 +526,8 @@ pub struct Status {
     pub at: Option<DateTime<Utc>>,
     pub error_code: Option<i64>,
     pub error_title: Option<String>,
-    /// Our outbound id, echoed through `biz_opaque_callback_data`.
-    pub outbound_id: Option<i64>,
+    /// Our outbound id and send, echoed through `biz_opaque_callback_data`.
+    pub callback: Option<crate::crypto::Callback>,
 }
 
 /// Applies statuses, forward only with `failed` final, and answers each in order. A status finds
@@ -553,9 +553,12 @@ pub async fn apply_statuses(
     }
     let mut results = Vec::with_capacity(statuses.len());
     let runs = super::distinct_runs(statuses, |s| {
-        [Some(Key::Wamid(&s.wamid)), s.outbound_id.map(Key::Outbound)]
-            .into_iter()
-            .flatten()
+        [
+            Some(Key::Wamid(&s.wamid)),
+            s.callback.map(|c| Key::Outbound(c.outbound_id)),
+        ]
+        .into_iter()
+        .flatten()
     });
     for run in runs {
         results.extend(apply_distinct(&mut *conn, run).await?);
@@ -570,12 +573,17 @@ async fn apply_distinct(
     let rows: Vec<(i64, Option<i64>, bool, bool)> = sqlx::query_as(
         "WITH input AS (
              SELECT * FROM unnest($1::text[], $2::text[], $3::int2[], $4::timestamptz[],
-                                  $5::int4[], $6::text[], $7::int8[])
-                 WITH ORDINALITY AS s(wamid, status, rank, at, code, title, outbound_id, n)
+                                  $5::int4[], $6::text[], $7::int8[], $8::int4[])
+                 WITH ORDINALITY AS s(wamid, status, rank, at, code, title, outbound_id,
+                                      send_try, n)
          ), matched AS (
+             -- By callback only the send that status is about: a part sent again has a higher
+             -- `attempts`, and an earlier send's late status is not the resend's.
              SELECT DISTINCT ON (i.n) i.n, o.id AS oid
                FROM input i JOIN outbound_messages o
-                 ON o.wamid = i.wamid OR (o.id = i.outbound_id AND o.wamid IS NULL)
+                 ON o.wamid = i.wamid
+                    OR (o.id = i.outbound_id AND o.wamid IS NULL
+                        AND (i.send_try IS NULL OR o.attempts = i.send_try))
               ORDER BY i.n, o.wamid IS NULL
          ), locked AS MATERIALIZED (
              SELECT o.id FROM outbound_messages o WHERE o.id IN (SELECT oid FROM matched)
@@ -617,7 +625,12 @@ async fn apply_distinct(
     .bind(super::column(statuses, |s| s.at))
     .bind(super::column(statuses, |s| s.error_code.map(|c| c as i32)))
     .bind(super::column(statuses, |s| s.error_title.as_deref()))
-    .bind(super::column(statuses, |s| s.outbound_id))
+    .bind(super::column(statuses, |s| {
+        s.callback.map(|c| c.outbound_id)
+    }))
+    .bind(super::column(statuses, |s| {
+        s.callback.and_then(|c| c.send_try)
+    }))
     .fetch_all(&mut *conn)
     .await?;
     Ok(rows

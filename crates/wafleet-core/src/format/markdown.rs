@@ -297,23 +297,164 @@ impl TreeBuilder {
         }
     }
 
-    /// Inline HTML is dropped, except `<br>` which is a line break.
+    /// Inline HTML elements are dropped, except `<br>` which is a line break. Anything else
+    /// CommonMark reads as a tag (`<order number>`, `<nombre>`: a placeholder the model wrote
+    /// for the customer to fill in) stays as written.
     fn inline_html(&mut self, html: &str) {
         if is_break_tag(html) {
             self.inline(Inline::Break);
+        } else if !is_html_markup(html) {
+            self.inline(Inline::Text(html.to_owned()));
         }
     }
 }
 
-fn is_break_tag(html: &str) -> bool {
-    let tag = html.trim().trim_start_matches('<').trim_end_matches('>');
-    let name: String = tag
+/// The lowercase element name of a tag (`<br/>`, `</B>`, `<a href=…>` → `br`, `b`, `a`).
+fn tag_name(tag: &str) -> String {
+    tag.trim()
+        .trim_start_matches('<')
         .trim_start_matches('/')
         .chars()
         .take_while(|c| c.is_ascii_alphanumeric())
-        .collect();
-    name.eq_ignore_ascii_case("br")
+        .collect::<String>()
+        .to_ascii_lowercase()
 }
+
+fn is_break_tag(html: &str) -> bool {
+    tag_name(html) == "br"
+}
+
+/// Whether CommonMark's "HTML" is markup to remove: a comment, a declaration or processing
+/// instruction, or a tag of an HTML element. Other tags are words in angle brackets.
+fn is_html_markup(html: &str) -> bool {
+    let html = html.trim_start();
+    html.starts_with("<!")
+        || html.starts_with("<?")
+        || HTML_ELEMENTS.contains(&tag_name(html).as_str())
+}
+
+/// The HTML elements a model might write (HTML's own list, less the obsolete and the obscure).
+const HTML_ELEMENTS: &[&str] = &[
+    "a",
+    "abbr",
+    "address",
+    "area",
+    "article",
+    "aside",
+    "audio",
+    "b",
+    "base",
+    "bdi",
+    "bdo",
+    "big",
+    "blockquote",
+    "body",
+    "br",
+    "button",
+    "canvas",
+    "caption",
+    "center",
+    "cite",
+    "code",
+    "col",
+    "colgroup",
+    "data",
+    "datalist",
+    "dd",
+    "del",
+    "details",
+    "dfn",
+    "dialog",
+    "div",
+    "dl",
+    "dt",
+    "em",
+    "embed",
+    "fieldset",
+    "figcaption",
+    "figure",
+    "font",
+    "footer",
+    "form",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "head",
+    "header",
+    "hgroup",
+    "hr",
+    "html",
+    "i",
+    "iframe",
+    "img",
+    "input",
+    "ins",
+    "kbd",
+    "label",
+    "legend",
+    "li",
+    "link",
+    "main",
+    "map",
+    "mark",
+    "menu",
+    "meta",
+    "meter",
+    "nav",
+    "noscript",
+    "object",
+    "ol",
+    "optgroup",
+    "option",
+    "output",
+    "p",
+    "param",
+    "picture",
+    "pre",
+    "progress",
+    "q",
+    "rp",
+    "rt",
+    "ruby",
+    "s",
+    "samp",
+    "script",
+    "search",
+    "section",
+    "select",
+    "slot",
+    "small",
+    "source",
+    "span",
+    "strike",
+    "strong",
+    "style",
+    "sub",
+    "summary",
+    "sup",
+    "svg",
+    "table",
+    "tbody",
+    "td",
+    "template",
+    "textarea",
+    "tfoot",
+    "th",
+    "thead",
+    "time",
+    "title",
+    "tr",
+    "track",
+    "tt",
+    "u",
+    "ul",
+    "var",
+    "video",
+    "wbr",
+];
 
 // ---------------------------------------------------------------------------------------------
 // Blocks → lines
@@ -685,7 +826,7 @@ fn strip_html(html: &str) -> String {
             .next()
             .is_some_and(|c| c.is_ascii_alphabetic() || matches!(c, '/' | '!' | '?'));
         match after.find('>') {
-            Some(gt) if looks_like_tag => {
+            Some(gt) if looks_like_tag && is_html_markup(&after[..=gt]) => {
                 let tag = &after[..=gt];
                 if is_break_tag(tag) || is_block_tag(tag) {
                     out.push('\n');
@@ -703,15 +844,8 @@ fn strip_html(html: &str) -> String {
 }
 
 fn is_block_tag(tag: &str) -> bool {
-    let name: String = tag
-        .trim_start_matches('<')
-        .trim_start_matches('/')
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric())
-        .collect::<String>()
-        .to_ascii_lowercase();
     matches!(
-        name.as_str(),
+        tag_name(tag).as_str(),
         "p" | "div"
             | "li"
             | "tr"
@@ -886,6 +1020,21 @@ mod tests {
             ("a <!-- hidden --> b", "a  b"),
             ("<!-- comment -->\n\ntext", "text"),
             ("x &lt; y", "x < y"),
+            // Words in angle brackets are not HTML elements: the model's placeholders stay.
+            (
+                "Envíanos tu <order number>, por favor",
+                "Envíanos tu <order number>, por favor",
+            ),
+            (
+                "Escribe a <nombre>@ejemplo.com",
+                "Escribe a <nombre>@ejemplo.com",
+            ),
+            ("<nombre>\n\nGracias", "<nombre>\n\nGracias"),
+            (
+                "<div>Tu <codigo> es <b>válido</b></div>",
+                "Tu <codigo> es válido",
+            ),
+            ("a <B>b</B> <Br/>c", "a b\nc"),
         ];
         for (md, expected) in cases {
             assert_eq!(markdown_to_whatsapp(md), expected, "{md:?}");

@@ -195,6 +195,38 @@ async fn an_inbound_message_is_stored_redacted_on_its_conversation_before_any_re
 }
 
 #[tokio::test]
+async fn any_message_the_customer_sends_opens_the_window_but_a_reaction_does_not() {
+    let e = env().await;
+    let window = || async {
+        let (last,): (Option<chrono::DateTime<chrono::Utc>>,) =
+            sqlx::query_as("SELECT last_customer_message_at FROM conversations")
+                .fetch_one(&e.pg)
+                .await
+                .unwrap();
+        last.map(|t| t.timestamp())
+    };
+    let reaction = serde_json::json!({"from": "573002", "id": "wamid.R", "timestamp": T0.to_string(),
+        "type": "reaction", "reaction": {"message_id": "wamid.ours", "emoji": "👍"}});
+    e.post(&message_body(PNID, "573002", reaction)).await;
+    e.stored(1).await;
+    e.wait_followups().await;
+    assert_eq!(
+        window().await,
+        None,
+        "Meta does not say a reaction opens it"
+    );
+    // A poll: a type the Cloud API does not support, but a message the customer sent.
+    let poll = serde_json::json!({"from": "573002", "id": "wamid.U", "timestamp": (T0 + 5).to_string(),
+        "type": "unsupported", "unsupported": {"type": "poll_creation"},
+        "errors": [{"code": 131051, "title": "Message type unknown"}]});
+    e.post(&message_body(PNID, "573002", poll)).await;
+    e.stored(2).await;
+    e.wait_followups().await;
+    assert_eq!(window().await, Some(T0 + 5));
+    e.worker.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_redelivered_message_is_stored_once_and_its_reply_job_queued_again() {
     let e = env().await;
     e.send("573001", "wamid.ONCE", T0, "hola").await;

@@ -91,17 +91,60 @@ struct Change<'a> {
     value: Option<&'a RawValue>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default)]
 struct MessagesValue<'a> {
     metadata: Option<Metadata>,
-    #[serde(default)]
     contacts: Vec<Contact>,
-    #[serde(borrow, default)]
     messages: Vec<&'a RawValue>,
-    #[serde(borrow, default)]
     statuses: Vec<&'a RawValue>,
-    #[serde(borrow, default)]
     errors: Vec<&'a RawValue>,
+    /// A key we do not know holds a non-empty list: items of a kind this parser does not know
+    /// (Meta adds some now and then), kept whole as an event rather than answered 200 and lost.
+    unknown_items: bool,
+}
+
+/// By hand, not derived: a derive cannot see the keys it does not know without buffering the
+/// whole value (`flatten`), and this runs for every webhook.
+impl<'de: 'a, 'a> Deserialize<'de> for MessagesValue<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visitor<'a> {
+            type Value = MessagesValue<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a messages value object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Self::Value, M::Error> {
+                let mut v = MessagesValue::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "metadata" => v.metadata = map.next_value()?,
+                        "contacts" => {
+                            v.contacts = map.next_value::<Option<_>>()?.unwrap_or_default()
+                        }
+                        "messages" => {
+                            v.messages = map.next_value::<Option<_>>()?.unwrap_or_default()
+                        }
+                        "statuses" => {
+                            v.statuses = map.next_value::<Option<_>>()?.unwrap_or_default()
+                        }
+                        "errors" => v.errors = map.next_value::<Option<_>>()?.unwrap_or_default(),
+                        _ => {
+                            let raw: &'de RawValue = map.next_value()?;
+                            let list = raw.get().trim_start();
+                            if list.starts_with('[') && !list[1..].trim_start().starts_with(']') {
+                                v.unknown_items = true;
+                            }
+                        }
+                    }
+                }
+                Ok(v)
+            }
+        }
+        deserializer.deserialize_map(Visitor(std::marker::PhantomData))
+    }
 }
 
 #[derive(Deserialize)]
@@ -300,6 +343,15 @@ fn parse_messages_value(value: &RawValue, waba_id: Option<String>, parsed: &mut 
         parsed.reject("messages value without metadata.phone_number_id", value);
         return;
     };
+    if v.unknown_items || (v.messages.is_empty() && v.statuses.is_empty() && v.errors.is_empty()) {
+        // Nothing we know how to take apart, or items of a kind we do not know beside them:
+        // the whole value goes on the events stream, as a change of another field would.
+        parsed.updates.push(Update::Event(FieldEvent {
+            waba_id: waba_id.clone(),
+            field: "messages".into(),
+            raw: value.to_owned(),
+        }));
+    }
     let origin = Origin {
         phone_number_id,
         display_phone_number: metadata
@@ -569,6 +621,51 @@ mod tests {
                 .updates
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_messages_value_with_items_of_an_unknown_kind_is_kept_whole_as_an_event() {
+        let body = r#"{"object":"whatsapp_business_account","entry":[{"id":"W","changes":[
+            {"field":"messages","value":{"messaging_product":"whatsapp","metadata":{"phone_number_id":"P"},
+              "calls":[{"id":"call.1","event":"connect"}]}},
+            {"field":"messages","value":{"metadata":{"phone_number_id":"P"},"calls":[{"id":"call.2"}],
+              "messages":[{"from":"1","id":"wamid.M","type":"text","text":{"body":"hola"}}]}},
+            {"field":"messages","value":{"metadata":{"phone_number_id":"P"},"new_flag":true,"more":{},
+              "empty_list":[ ],"messages":[{"from":"1","id":"wamid.N","type":"text","text":{"body":"hola"}}]}},
+            {"field":"messages","value":{"metadata":{"phone_number_id":"P"}}}]}]}"#;
+        let p = parse(body.as_bytes()).unwrap();
+        assert!(p.rejected.is_empty(), "{:?}", p.rejected);
+        let events: Vec<_> = p
+            .updates
+            .iter()
+            .filter_map(|u| match u {
+                Update::Event(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(events.len(), 3, "{:?}", p.updates);
+        assert!(
+            events
+                .iter()
+                .all(|e| e.field == "messages" && e.waba_id.as_deref() == Some("W"))
+        );
+        assert!(events[0].raw.get().contains("call.1"));
+        assert!(events[1].raw.get().contains("call.2") && events[1].raw.get().contains("wamid.M"));
+        assert_eq!(
+            events[2].raw.get(),
+            r#"{"metadata":{"phone_number_id":"P"}}"#
+        );
+        // The messages beside them are taken apart as usual; unknown scalars, objects and
+        // empty lists are not items.
+        let wamids: Vec<_> = p
+            .updates
+            .iter()
+            .filter_map(|u| match u {
+                Update::Message(m) => Some(m.wamid.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(wamids, ["wamid.M", "wamid.N"]);
     }
 
     /// Reasons are logged; serde's messages quote the payload (`invalid type: string "…"`).

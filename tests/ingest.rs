@@ -536,6 +536,34 @@ async fn channel_changes_are_seen_within_seconds_and_disabled_or_unlisted_sender
         all_updates(&mut con, &inbound_streams(&cfg)).await.len(),
         before + 1
     );
+
+    // Two edits at once: the one stamped first commits after a poll saw the other, so its
+    // time is older than the newest the poll knows, and the row count does not move. Simulated
+    // by stamping the change with an old time; it is seen all the same.
+    let pg = cfg.pg().await;
+    for statement in [
+        "ALTER TABLE channels DISABLE TRIGGER channels_touch",
+        "UPDATE channels SET enabled = TRUE, updated_at = updated_at - interval '1 hour'
+          WHERE phone_number_id = '555000111'",
+        "ALTER TABLE channels ENABLE TRIGGER channels_touch",
+    ] {
+        sqlx::query(statement).execute(&pg).await.unwrap();
+    }
+    let before = all_updates(&mut con, &inbound_streams(&cfg)).await.len();
+    post_until(
+        &ingest,
+        "ingest to see the channel enabled again",
+        new_number,
+        "57300",
+        "E",
+        || async {
+            all_updates(&mut cfg.redis().await, &inbound_streams(&cfg))
+                .await
+                .len()
+                > before
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -158,11 +158,18 @@ pub async fn get(
 }
 
 /// A cheap fingerprint of the table: it changes whenever a row is added, changed or removed.
-pub async fn fingerprint(pool: &PgPool) -> anyhow::Result<(i64, Option<DateTime<Utc>>)> {
-    sqlx::query_as("SELECT count(*), max(updated_at) FROM channels")
-        .fetch_one(pool)
-        .await
-        .context("reading the channels fingerprint")
+///
+/// A digest of every row's (id, updated_at), not `max(updated_at)`: two edits at once can commit
+/// in the other order than they were stamped, and the one that commits last then carries the
+/// older time, which a poll that already saw the newer one would never notice.
+pub async fn fingerprint(pool: &PgPool) -> anyhow::Result<(i64, Option<String>)> {
+    sqlx::query_as(
+        "SELECT count(*), md5(string_agg(id::text || '@' || updated_at::text, ',' ORDER BY id))
+           FROM channels",
+    )
+    .fetch_one(pool)
+    .await
+    .context("reading the channels fingerprint")
 }
 
 /// Inserts the channel, or updates the fields the spec sets. Returns the row id.

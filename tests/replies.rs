@@ -855,6 +855,34 @@ async fn replaying_a_reply_that_ran_out_of_retries_sends_it_once() {
 }
 
 #[tokio::test]
+async fn a_parts_own_retry_bounds_govern_its_resends_not_the_workers_job_attempts() {
+    // The worker gives a job 3 attempts (test settings); the send policy gives a part 8. Four
+    // transient errors in a row: the part is resent until it goes out, and is never left
+    // `pending` by a job dead-lettered under it.
+    let s = system_retrying(8).await;
+    s.sim
+        .state
+        .add_fault(fault(serde_json::json!({"code": 131000, "count": 4})));
+    s.send("573015", "wamid.B4", "hola").await;
+    let sent = s.sent(1).await;
+    assert_eq!(sent[0].context_message_id.as_deref(), Some("wamid.B4"));
+    s.settled().await;
+    let (state, attempts): (String, i32) =
+        sqlx::query_as("SELECT state, attempts FROM outbound_messages")
+            .fetch_one(&s.pg)
+            .await
+            .unwrap();
+    assert_eq!((state.as_str(), attempts), ("accepted", 5));
+    let mut con = s.cfg.redis().await;
+    assert!(
+        wafleet::dead_letters::read(&mut con, &s.cfg.keys(), "sender")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
 async fn throttles_do_not_use_up_the_attempts_a_transient_error_is_allowed() {
     // Three sends in all for transient errors; Meta throttles the number three times first.
     let s = system_retrying(3).await;

@@ -597,7 +597,8 @@ impl SenderStage {
                         )
                         .await;
                 }
-                Ok(Step::Return(Outcome::Retry {
+                // Deferred, not a worker retry: the part's own bounds (just checked) end it.
+                Ok(Step::Return(Outcome::Defer {
                     after: self.policy.backoff.next_delay(attempt, rand::random()),
                     reason,
                 }))
@@ -704,7 +705,11 @@ impl SenderStage {
                 let attempt = part.attempts.max(0) as u32;
                 if self.policy.resends(class, attempt, part.retries_since) {
                     let after = self.policy.backoff.next_delay(attempt, rand::random());
-                    Ok(Step::Return(Outcome::Retry {
+                    // Deferred, not a worker retry: this part's attempts and age bound its
+                    // resends (just checked). Counted again per job, the parts of one reply would
+                    // share the worker's `WAFLEET_MAX_ATTEMPTS`, and the job would be
+                    // dead-lettered with a part back at `pending`, never sent nor failed.
+                    Ok(Step::Return(Outcome::Defer {
                         after,
                         reason: format!("transient Graph error {code}"),
                     }))

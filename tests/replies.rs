@@ -855,6 +855,41 @@ async fn replaying_a_reply_that_ran_out_of_retries_sends_it_once() {
 }
 
 #[tokio::test]
+async fn an_unreachable_graph_api_is_waited_for_only_up_to_the_retry_age() {
+    // Nothing listens where the Graph API should be: every send is refused before it leaves.
+    let s = system_tweaked(
+        SimConfig::default(),
+        |s| vec![s.standin()],
+        &["conversation", "llm", "sender"],
+        |w| {
+            w.graph.base_url = "http://127.0.0.1:9".into();
+            w.send.backoff.max_age = Duration::from_secs(1);
+        },
+    )
+    .await;
+    s.send("573016", "wamid.UNR", "hola").await;
+    wait_count(
+        &s.pg,
+        "SELECT count(*) FROM outbound_messages
+          WHERE state = 'failed' AND fail_reason LIKE 'gave up: Graph API unreachable%'",
+        1,
+        30,
+    )
+    .await;
+    let cfg = &s.cfg;
+    eventually(
+        "the job on the sender's dead-letter stream",
+        Duration::from_secs(30),
+        || async move {
+            let mut con = cfg.redis().await;
+            let dead = read_stream(&mut con, &cfg.keys().dead("sender")).await;
+            (dead.len() == 1).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn a_parts_own_retry_bounds_govern_its_resends_not_the_workers_job_attempts() {
     // The worker gives a job 3 attempts (test settings); the send policy gives a part 8. Four
     // transient errors in a row: the part is resent until it goes out, and is never left

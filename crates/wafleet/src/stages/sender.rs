@@ -479,6 +479,20 @@ impl SenderStage {
                     .await
             }
             SendResult::NotSent { reason } => {
+                // The request never left: no attempt is used up, and the job waits for the Graph
+                // API like for any dependency, but not past the age bound of a part's retries
+                // (a reply hours late confuses more than it helps; the dead letter can be
+                // replayed).
+                if elapsed_since(part.retries_since) >= self.policy.backoff.max_age {
+                    let reason = format!(
+                        "gave up: Graph API unreachable for longer than {:?} ({reason})",
+                        self.policy.backoff.max_age
+                    );
+                    replies::mark_failed(&self.pg, part.id, None, &reason)
+                        .await
+                        .map_err(db("failing a part"))?;
+                    return Ok(Step::Return(Outcome::Dead { reason }));
+                }
                 replies::unclaim(&self.pg, part.id, Attempt::GivenBack)
                     .await
                     .map_err(db("reopening the part"))?;

@@ -228,6 +228,21 @@ impl Sys {
         .await
     }
 
+    /// Waits for exactly one job on the sender's dead-letter stream.
+    async fn one_sender_dead_letter(&self) {
+        let cfg = &self.cfg;
+        eventually(
+            "the job on the sender's dead-letter stream",
+            Duration::from_secs(30),
+            || async move {
+                let mut con = cfg.redis().await;
+                let dead = read_stream(&mut con, &cfg.keys().dead("sender")).await;
+                (dead.len() == 1).then_some(())
+            },
+        )
+        .await;
+    }
+
     async fn count(&self, sql: &str) -> i64 {
         count(&self.pg, sql).await
     }
@@ -876,17 +891,7 @@ async fn an_unreachable_graph_api_is_waited_for_only_up_to_the_retry_age() {
         30,
     )
     .await;
-    let cfg = &s.cfg;
-    eventually(
-        "the job on the sender's dead-letter stream",
-        Duration::from_secs(30),
-        || async move {
-            let mut con = cfg.redis().await;
-            let dead = read_stream(&mut con, &cfg.keys().dead("sender")).await;
-            (dead.len() == 1).then_some(())
-        },
-    )
-    .await;
+    s.one_sender_dead_letter().await;
 }
 
 #[tokio::test]
@@ -969,17 +974,7 @@ async fn sends_meta_never_answers_are_resent_only_within_the_retry_bounds() {
         30,
     )
     .await;
-    let cfg = &s.cfg;
-    eventually(
-        "the job on the sender's dead-letter stream",
-        Duration::from_secs(30),
-        || async move {
-            let mut con = cfg.redis().await;
-            let dead = read_stream(&mut con, &cfg.keys().dead("sender")).await;
-            (dead.len() == 1).then_some(())
-        },
-    )
-    .await;
+    s.one_sender_dead_letter().await;
     assert_eq!(
         s.sim.state.messages().len(),
         3,

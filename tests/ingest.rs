@@ -356,11 +356,56 @@ async fn refusals_get_their_answer_and_move_their_counters() {
         200,
         "signed empty body"
     );
+    // Well-formed, but no item in it can be keyed: every one dead-lettered, so malformed too.
+    let unkeyable = message_body(
+        pnid,
+        "573001",
+        serde_json::json!({"from": "573001", "type": "text", "text": {"body": "sin id"}}),
+    );
+    assert_eq!(
+        ingest.post_signed(&unkeyable, APP_SECRET).await.status(),
+        200
+    );
     assert_eq!(
         ingest
             .metric(r#"wafleet_ingest_requests_total{outcome="malformed"}"#)
             .await,
-        3.0
+        4.0
+    );
+
+    // A client that goes away mid-body: counted as aborted, not as Redis being unavailable.
+    {
+        use tokio::io::AsyncWriteExt;
+        let addr = ingest.url.trim_start_matches("http://");
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(
+            format!(
+                "POST /webhooks/whatsapp HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 100\r\n\
+                 x-hub-signature-256: {good}\r\n\r\n{{\"object\""
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        drop(tcp);
+    }
+    eventually(
+        "the aborted request counted",
+        Duration::from_secs(10),
+        || async {
+            (ingest
+                .metric(r#"wafleet_ingest_requests_total{outcome="aborted"}"#)
+                .await
+                == 1.0)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        ingest
+            .metric(r#"wafleet_ingest_requests_total{outcome="unavailable"}"#)
+            .await,
+        0.0
     );
 
     let unknown = text_body("999999999", "573001", "wamid.U1", "hola");
@@ -381,7 +426,7 @@ async fn refusals_get_their_answer_and_move_their_counters() {
     let mut con = cfg.redis().await;
     let keys = cfg.keys();
     let dead = read_stream(&mut con, &keys.ingest_dead()).await;
-    assert_eq!(dead.len(), 3);
+    assert_eq!(dead.len(), 4, "three bodies, and the item that could not be keyed");
     let with_body: Vec<_> = dead
         .iter()
         .filter(|(_, f)| f["body"] == malformed)

@@ -36,6 +36,9 @@ pub enum Outcome {
     UnknownChannel,
     /// Redis did not acknowledge in time: 503, Meta retries.
     Unavailable,
+    /// The body could not be read to its end (the client went away mid-body): nothing to keep,
+    /// and nothing to do with Redis being away.
+    Aborted,
 }
 
 impl Outcome {
@@ -48,6 +51,7 @@ impl Outcome {
             Outcome::Malformed => "malformed",
             Outcome::UnknownChannel => "unknown_channel",
             Outcome::Unavailable => "unavailable",
+            Outcome::Aborted => "aborted",
         }
     }
 
@@ -60,6 +64,7 @@ impl Outcome {
             Outcome::BadSignature => StatusCode::UNAUTHORIZED,
             Outcome::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Outcome::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Outcome::Aborted => StatusCode::BAD_REQUEST,
         }
     }
 }
@@ -71,6 +76,7 @@ impl IntoResponse for Outcome {
             StatusCode::OK => "ok",
             StatusCode::UNAUTHORIZED => "unauthorized",
             StatusCode::PAYLOAD_TOO_LARGE => "payload too large",
+            StatusCode::BAD_REQUEST => "incomplete body",
             _ => "unavailable, retry later",
         };
         let mut res = (self.status(), body).into_response();
@@ -138,7 +144,7 @@ async fn receive(
         Err(rejection) => {
             // The body could not even be read (client went away mid-body): nothing to keep.
             tracing::warn!(error = %rejection, "webhook body could not be read");
-            Outcome::Unavailable
+            Outcome::Aborted
         }
     };
     metrics::counter!("wafleet_ingest_requests_total", "outcome" => outcome.as_str()).increment(1);
@@ -249,7 +255,9 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Bytes) -> Outcome {
         added = added_for_processing,
         "webhook enqueued"
     );
-    if malformed {
+    // Signed and JSON, but every item in it was dead-lettered: as malformed as a broken body.
+    let all_dead = !labels.is_empty() && labels.iter().all(|(kind, _)| *kind == "dead");
+    if malformed || all_dead {
         Outcome::Malformed
     } else if all_duplicates {
         Outcome::Duplicate

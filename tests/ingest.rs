@@ -426,7 +426,11 @@ async fn refusals_get_their_answer_and_move_their_counters() {
     let mut con = cfg.redis().await;
     let keys = cfg.keys();
     let dead = read_stream(&mut con, &keys.ingest_dead()).await;
-    assert_eq!(dead.len(), 4, "three bodies, and the item that could not be keyed");
+    assert_eq!(
+        dead.len(),
+        4,
+        "three bodies, and the item that could not be keyed"
+    );
     let with_body: Vec<_> = dead
         .iter()
         .filter(|(_, f)| f["body"] == malformed)

@@ -206,6 +206,8 @@ struct MessageHead {
     document: Option<Caption>,
     button: Option<ButtonHead>,
     interactive: Option<InteractiveHead>,
+    /// An order's note to the business (`order.text`).
+    order: Option<ButtonHead>,
 }
 
 #[derive(Deserialize)]
@@ -384,6 +386,7 @@ fn parse_messages_value(value: &RawValue, waba_id: Option<String>, parsed: &mut 
                     .find_map(|c| c.caption)
             })
             .or_else(|| head.button.and_then(|b| b.text))
+            .or_else(|| head.order.and_then(|o| o.text))
             .or_else(|| {
                 head.interactive
                     .and_then(|i| i.button_reply.or(i.list_reply))
@@ -666,6 +669,23 @@ mod tests {
             })
             .collect();
         assert_eq!(wamids, ["wamid.M", "wamid.N"]);
+    }
+
+    #[test]
+    fn an_orders_note_is_its_text() {
+        let body = r#"{"object":"whatsapp_business_account","entry":[{"id":"W","changes":[
+            {"field":"messages","value":{"metadata":{"phone_number_id":"P"},
+              "messages":[{"from":"1","id":"wamid.O","type":"order","order":{"catalog_id":"C",
+                "text":"Sin cebolla, por favor","product_items":[{"product_retailer_id":"r1",
+                "quantity":2,"item_price":"9.5","currency":"EUR"}]}}]}}]}]}"#;
+        let p = parse(body.as_bytes()).unwrap();
+        let Update::Message(m) = &p.updates[0] else {
+            panic!("{:?}", p.updates)
+        };
+        assert_eq!(
+            (m.message_type.as_str(), m.text.as_deref()),
+            ("order", Some("Sin cebolla, por favor"))
+        );
     }
 
     /// Reasons are logged; serde's messages quote the payload (`invalid type: string "…"`).

@@ -3,8 +3,11 @@
 //! Per stage and partition stream: `wafleet_stream_length`, `wafleet_stream_pending` (read but
 //! not finished), `wafleet_stream_lag` (not yet read by the group), `wafleet_stream_oldest_pending_seconds`;
 //! per stage: `wafleet_delayed_conversations`, `wafleet_dead_letters`, and
-//! `wafleet_stage_backlog` (lag + pending + held, summed over partitions), the one number to
+//! `wafleet_stage_backlog` (lag + pending + parked conversations, each counted once however
+//! many jobs it holds, summed over partitions), the one number to
 //! scale workers on. Every worker samples the same values; dashboards should take the max.
+//! `wafleet_queue_sampled_at_seconds{stage}` is when they were last sampled (a failed sample,
+//! counted in `wafleet_queue_sample_errors_total{stage}`, leaves the gauges as they were).
 
 use std::time::Duration;
 
@@ -24,8 +27,18 @@ pub async fn run(
 ) {
     loop {
         for stage in &stages {
-            if let Err(e) = sample(&redis, &keys, *stage).await {
-                tracing::debug!(stage = stage.name, error = %e, "queue sampling failed");
+            match sample(&redis, &keys, *stage).await {
+                // When the gauges were last true: a failed sample leaves them at their last
+                // values, and a dashboard (or an autoscaler) must be able to tell.
+                Ok(()) => {
+                    metrics::gauge!("wafleet_queue_sampled_at_seconds", "stage" => stage.name)
+                        .set(chrono::Utc::now().timestamp() as f64)
+                }
+                Err(e) => {
+                    metrics::counter!("wafleet_queue_sample_errors_total", "stage" => stage.name)
+                        .increment(1);
+                    tracing::warn!(stage = stage.name, error = %e, "queue sampling failed; the queue gauges keep their last values");
+                }
             }
         }
         tokio::select! {

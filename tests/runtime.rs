@@ -387,3 +387,53 @@ async fn queue_lag_counts_unread_entries_when_redis_cannot_tell() {
     assert_eq!(figures.oldest.as_deref(), Some(ids[0].as_str()));
     let _: () = con.del(&stream).await.unwrap();
 }
+
+#[tokio::test]
+async fn queue_gauges_say_when_they_were_sampled_and_a_failed_sample_is_counted() {
+    use wafleet::worker::sampler;
+    wafleet::telemetry::metrics_handle();
+    let cfg = TestConfig::new().await;
+    let render = || wafleet::telemetry::metrics_handle().render();
+    let sampled_at = r#"wafleet_queue_sampled_at_seconds{stage="gaugeprobe"}"#;
+    let errors = r#"wafleet_queue_sample_errors_total{stage="gaugeprobe"}"#;
+    let stage = Stage {
+        name: "gaugeprobe",
+        source: Source::Inbound,
+    };
+    let sample_with = |url: String| {
+        let keys = cfg.keys();
+        async move {
+            let pool = wafleet::shared_redis::blocking_pool(&url, 1).unwrap();
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(sampler::run(
+                pool,
+                keys,
+                vec![stage],
+                Duration::from_millis(50),
+                stop.clone(),
+            ));
+            (stop, task)
+        }
+    };
+
+    // Nothing listens there: the sample fails, visibly, and no time is claimed for it.
+    let (stop, task) = sample_with("redis://127.0.0.1:9".into()).await;
+    eventually(
+        "a failed sample counted",
+        Duration::from_secs(20),
+        || async { (metric_value(&render(), errors) >= 1.0).then_some(()) },
+    )
+    .await;
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(metric_value(&render(), sampled_at), 0.0);
+
+    let before = chrono::Utc::now().timestamp() as f64;
+    let (stop, task) = sample_with(cfg.redis_url.clone()).await;
+    eventually("a sample's time", Duration::from_secs(20), || async {
+        (metric_value(&render(), sampled_at) >= before).then_some(())
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap();
+}

@@ -645,6 +645,12 @@ async fn a_human_taking_over_while_the_model_thinks_suppresses_the_reply() {
         s.sim.state.messages().is_empty(),
         "nothing reached the customer"
     );
+    assert_eq!(
+        s.count("SELECT count(*) FROM messages WHERE answered_at IS NULL")
+            .await,
+        0,
+        "the bot is done with the message: it no longer counts as waiting for an answer"
+    );
 }
 
 #[tokio::test]
@@ -714,6 +720,12 @@ async fn a_131047_is_not_retried_and_hands_the_conversation_to_a_human() {
         s.count("SELECT count(*) FROM handover_events WHERE reason = 're_engagement'")
             .await,
         1
+    );
+    assert_eq!(
+        s.count("SELECT count(*) FROM messages WHERE answered_at IS NULL")
+            .await,
+        0,
+        "a failed reply leaves nothing waiting for the bot"
     );
 
     // The sender stopped between failing the part and handing over (a crash, Postgres gone):

@@ -205,6 +205,13 @@ async fn record_distinct(
                          session_no)
                JOIN inserted i ON i.message_id = p.reply_to
              ON CONFLICT (reply_to, kind, part_no) DO NOTHING
+         ), settled AS (
+             -- Nothing of this reply will be sent (suppressed, shadow, window closed): the bot
+             -- is done with the message, which stops counting as waiting for an answer.
+             UPDATE messages SET answered_at = COALESCE(answered_at, now())
+              WHERE id IN (SELECT i.message_id FROM inserted i
+                             JOIN unnest($1::int8[], $18::bool[]) AS s(message_id, settles)
+                               ON s.message_id = i.message_id AND s.settles)
          )
          SELECT r.message_id, EXISTS (SELECT 1 FROM inserted i WHERE i.message_id = r.message_id)
            FROM r ORDER BY r.n",
@@ -226,6 +233,9 @@ async fn record_distinct(
     .bind(super::column(&parts, |(_, _, p)| p.1.as_str()))
     .bind(super::column(&parts, |(r, _, _)| r.state.as_str()))
     .bind(super::column(&parts, |(r, _, _)| r.session_no))
+    .bind(super::column(replies, |r| {
+        r.parts.is_empty() || r.state != "pending"
+    }))
     .fetch_all(&mut *conn)
     .await?;
     Ok(rows.into_iter().map(|(_, fresh)| fresh).collect())
@@ -340,7 +350,12 @@ pub async fn claim_many(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<Ve
                                        ELSE 'a human owns the conversation' END
                FROM target t
               WHERE o.id = t.id AND o.state = 'pending'
-          RETURNING o.id, o.state
+          RETURNING o.id, o.state, o.reply_to
+         ), settled AS (
+             -- A suppressed part's message gets no answer from the bot: it stops counting as
+             -- waiting for one (`wafleet_oldest_unanswered_seconds`).
+             UPDATE messages SET answered_at = COALESCE(answered_at, now())
+              WHERE id IN (SELECT reply_to FROM changed WHERE state = 'suppressed')
          )
          SELECT t.id, t.state, COALESCE(c.state, '') FROM target t LEFT JOIN changed c ON c.id = t.id",
     )
@@ -456,9 +471,17 @@ pub async fn mark_failed(
     code: Option<i64>,
     reason: &str,
 ) -> sqlx::Result<()> {
+    // The message it answers will get no answer from the bot: it stops counting as waiting for
+    // one (`wafleet_oldest_unanswered_seconds`).
     sqlx::query(
-        "UPDATE outbound_messages SET state = 'failed', error_code = COALESCE($2, error_code), fail_reason = $3
-          WHERE id = $1 AND state IN ('pending', 'sending')",
+        "WITH failed AS (
+             UPDATE outbound_messages SET state = 'failed', error_code = COALESCE($2, error_code),
+                    fail_reason = $3
+              WHERE id = $1 AND state IN ('pending', 'sending')
+          RETURNING reply_to
+         )
+         UPDATE messages SET answered_at = COALESCE(answered_at, now())
+          WHERE id IN (SELECT reply_to FROM failed)",
     )
     .bind(id)
     .bind(code.map(|c| c as i32))

@@ -554,6 +554,42 @@ async fn the_models_handover_message_is_formatted_like_any_answer() {
 }
 
 #[tokio::test]
+async fn in_shadow_mode_the_models_handover_is_recorded_but_not_made() {
+    let s = system().await;
+    sqlx::query("UPDATE channels SET bot_mode = 'shadow'")
+        .execute(&s.pg)
+        .await
+        .unwrap();
+    // The stand-in answers this with the handover marker.
+    s.send("573017", "wamid.SH1", "¿Eres humano o robot?").await;
+    wait_count(
+        &s.pg,
+        "SELECT count(*) FROM replies WHERE outcome = 'handover'",
+        1,
+        30,
+    )
+    .await;
+    s.send("573017", "wamid.SH2", "¿Tienen envíos a Lima?")
+        .await;
+    wait_count(
+        &s.pg,
+        "SELECT count(*) FROM replies WHERE outcome = 'shadow'",
+        1,
+        30,
+    )
+    .await;
+    s.settled().await;
+    assert_eq!(
+        s.count("SELECT count(*) FROM conversations WHERE owner = 'bot'")
+            .await,
+        1,
+        "people run a shadow conversation: the model's wish changes nothing"
+    );
+    assert_eq!(s.count("SELECT count(*) FROM handover_events").await, 0);
+    assert!(s.sim.state.messages().is_empty(), "shadow never sends");
+}
+
+#[tokio::test]
 async fn a_model_asking_for_a_person_after_a_keyword_handover_does_not_acknowledge_twice() {
     let s = system_with_sim(SimConfig {
         llm_latency: Duration::from_millis(1000),

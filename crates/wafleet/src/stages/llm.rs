@@ -120,10 +120,15 @@ impl LlmStage {
                 reason: format!("no message {message_id}"),
             });
         };
+        // Shadow mode records what the bot would do and does none of it: no send, and no
+        // handover either (people run the conversation; a handover would also silence the
+        // shadow replies that follow).
+        let shadow = channel.bot_mode == BotMode::Shadow;
         if let Some(outcome) = &ctx.reply_outcome {
             // Answered already (a redelivery): the run that stored the reply may have stopped
             // before its handover or before queueing the send. Both are idempotent.
             match outcome.as_str() {
+                _ if shadow => {}
                 "handover" => self.hand_over(job, &ctx, "model").await?,
                 "window_closed" => self.hand_over(job, &ctx, "window_closed").await?,
                 _ => {}
@@ -157,7 +162,9 @@ impl LlmStage {
                 "pending",
             )
             .await?;
-            self.hand_over(job, &ctx, "window_closed").await?;
+            if !shadow {
+                self.hand_over(job, &ctx, "window_closed").await?;
+            }
             metrics::counter!("wafleet_replies_total", "outcome" => "window_closed").increment(1);
             return Ok(Outcome::Done);
         }
@@ -212,7 +219,6 @@ impl LlmStage {
                 .map(|(p, e)| json!({"provider": p, "error": e}))
                 .collect::<Vec<_>>()
         );
-        let shadow = channel.bot_mode == BotMode::Shadow;
         let outcome = if reply.wants_human {
             "handover"
         } else if shadow {
@@ -253,7 +259,7 @@ impl LlmStage {
                 .collect()
         };
         let fresh = self.record(&ctx, &new, parts, state).await?;
-        if fresh && reply.wants_human {
+        if fresh && reply.wants_human && !shadow {
             self.hand_over(job, &ctx, "model").await?;
         }
         metrics::counter!("wafleet_replies_total", "outcome" => outcome).increment(1);

@@ -28,6 +28,8 @@ struct Probe {
     overlaps: AtomicUsize,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    /// While set, a job with `needs_dependency` finds its dependency down.
+    down: std::sync::atomic::AtomicBool,
 }
 
 struct ProbeHandler(Arc<Probe>);
@@ -50,7 +52,9 @@ impl Handler for ProbeHandler {
         if job.field("panic").is_some() {
             panic!("probe told to panic");
         }
-        if job.field("unavailable").is_some() {
+        if job.field("unavailable").is_some()
+            || (job.field("needs_dependency").is_some() && this.down.load(Ordering::SeqCst))
+        {
             this.unavailable.fetch_add(1, Ordering::SeqCst);
             return Outcome::Unavailable {
                 reason: "probe's dependency is down".into(),
@@ -201,6 +205,35 @@ async fn a_job_given_up_on_at_shutdown_keeps_the_later_jobs_of_its_conversation_
     let mut con = cfg.redis().await;
     let len: usize = con.xlen(keys.inbound(0)).await.unwrap();
     assert_eq!(len, 2, "both left for the next owner");
+}
+
+#[tokio::test]
+async fn a_job_waiting_out_an_outage_is_not_dead_lettered_by_partition_moves() {
+    let cfg = TestConfig {
+        partitions: 1,
+        ..TestConfig::new().await
+    };
+    let probe = Arc::new(Probe::default());
+    probe.down.store(true, Ordering::SeqCst);
+    add(&cfg, "A", &[("name", "a1"), ("needs_dependency", "1")]).await;
+    // The partition changes hands more often than max_deliveries (3 in tests) while the
+    // dependency is down; every owner finds it down and gives the job up on release.
+    let rounds = cfg.worker_runtime().max_deliveries as usize + 2;
+    for round in 1..=rounds {
+        let running = start(&cfg, probe.clone(), |_| {});
+        eventually("the job to be tried", Duration::from_secs(20), || async {
+            (probe.unavailable.load(Ordering::SeqCst) >= round).then_some(())
+        })
+        .await;
+        running.stop().await;
+    }
+    probe.down.store(false, Ordering::SeqCst);
+    let running = start(&cfg, probe.clone(), |_| {});
+    wait_done(&probe, 1).await;
+    running.stop().await;
+    let mut con = cfg.redis().await;
+    let dead: usize = con.xlen(cfg.keys().dead("probe")).await.unwrap();
+    assert_eq!(dead, 0, "it never failed: it waited");
 }
 
 #[tokio::test]

@@ -647,9 +647,39 @@ impl<H: Handler> Partition<H> {
                     .await;
             }
             // Left pending: the next owner (or this one, later) picks it up.
-            Settled::Abandoned => return false,
+            Settled::Abandoned => {
+                self.give_back_delivery(&job).await;
+                return false;
+            }
         }
         true
+    }
+
+    /// A job given up on while the partition is released (its dependency was down) did not
+    /// crash anything, so this delivery must not count towards `max_deliveries`: the next
+    /// owner's claim adds one, so it is set one back first. Otherwise an outage with a few
+    /// partition moves (workers added by an autoscaler watching the backlog grow, a restart)
+    /// would send jobs that never failed to the dead-letter stream. Best effort: when Redis
+    /// itself is away this fails, and the delivery counts.
+    async fn give_back_delivery(&self, job: &Job) {
+        let result: anyhow::Result<redis::Value> = async {
+            let mut con = self.con().await?;
+            Ok(redis::cmd("XCLAIM")
+                .arg(&self.stream)
+                .arg(self.group())
+                .arg(&self.consumer)
+                .arg(0)
+                .arg(&job.id)
+                .arg("RETRYCOUNT")
+                .arg(job.deliveries.saturating_sub(1))
+                .arg("JUSTID")
+                .query_async(&mut con)
+                .await?)
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(stage = self.group(), id = %job.id, error = %e, "could not give back the delivery of a job left pending");
+        }
     }
 
     /// Runs the handler until it settles: waits out unavailable dependencies (not counted as

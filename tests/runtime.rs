@@ -470,3 +470,72 @@ async fn queue_gauges_say_when_they_were_sampled_and_a_failed_sample_is_counted(
     stop.cancel();
     task.await.unwrap();
 }
+
+/// A conversation parked with `jobs` (name, unfinished held runs) in its held list, due now.
+async fn park(cfg: &TestConfig, conv: &str, jobs: &[(&str, u64)]) {
+    let keys = cfg.keys();
+    let mut con = cfg.redis().await;
+    for (n, (name, runs)) in jobs.iter().enumerate() {
+        let job = serde_json::json!({"id": format!("{}-0", n + 1), "partition": 0, "conv": conv,
+            "fields": {"conv": conv, "name": name, "needs_dependency": "1"},
+            "attempt": 0, "deliveries": 1, "unfinished_held_runs": runs});
+        let _: () = con
+            .rpush(keys.held("probe", 0, conv), job.to_string())
+            .await
+            .unwrap();
+    }
+    let _: () = con.zadd(keys.delayed("probe", 0), conv, 0).await.unwrap();
+}
+
+async fn held_head_runs(cfg: &TestConfig, conv: &str) -> u64 {
+    let mut con = cfg.redis().await;
+    let head: String = con
+        .lindex(cfg.keys().held("probe", 0, conv), 0)
+        .await
+        .unwrap();
+    let head: serde_json::Value = serde_json::from_str(&head).unwrap();
+    head["unfinished_held_runs"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn a_held_job_counts_its_run_until_it_ends_and_one_that_keeps_killing_workers_is_dead_lettered()
+ {
+    let cfg = TestConfig {
+        partitions: 1,
+        ..TestConfig::new().await
+    };
+    let limit = cfg.worker_runtime().max_deliveries;
+    // A run counts while it goes on (a process that dies under it leaves it counted), and a
+    // run given up on gracefully gives it back.
+    park(&cfg, "A", &[("a1", 0)]).await;
+    let probe = Arc::new(Probe::default());
+    probe.down.store(true, Ordering::SeqCst);
+    let running = start(&cfg, probe.clone(), |_| {});
+    eventually("a1 to be tried", Duration::from_secs(20), || async {
+        (probe.unavailable.load(Ordering::SeqCst) > 0).then_some(())
+    })
+    .await;
+    assert_eq!(held_head_runs(&cfg, "A").await, 1);
+    running.stop().await;
+    assert_eq!(held_head_runs(&cfg, "A").await, 0);
+
+    // Runs of b1 died under `limit` workers in turn: it is not run again, and b2 goes on.
+    probe.down.store(false, Ordering::SeqCst);
+    park(&cfg, "B", &[("b1", limit), ("b2", 0)]).await;
+    let running = start(&cfg, probe.clone(), |_| {});
+    wait_done(&probe, 2).await;
+    running.stop().await;
+    let mut names: Vec<String> = probe
+        .done
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, n, _)| n.clone())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a1", "b2"]);
+    let mut con = cfg.redis().await;
+    let dead = read_stream(&mut con, &cfg.keys().dead("probe")).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].1["name"], b"b1");
+}

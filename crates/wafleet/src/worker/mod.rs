@@ -92,6 +92,11 @@ pub struct Job {
     /// How many times Redis delivered the entry (1 on first read; more after reclaims).
     #[serde(default)]
     pub deliveries: u64,
+    /// Runs of this job from its conversation's held list that never ended: the process died
+    /// under them (a run that ends, in any way, sets it back). A held job is no stream entry, so
+    /// this stands in for `deliveries` against `max_deliveries`.
+    #[serde(default)]
+    pub unfinished_held_runs: u64,
 }
 
 impl Job {

@@ -41,6 +41,12 @@ redis.call('XDEL', KEYS[3], ARGV[5])
 return 1
 ";
 
+/// Replaces the head of a held list if it is still `old`. KEYS: held. ARGV: old, new payload.
+const REPLACE_HEAD: &str = r"
+if redis.call('LINDEX', KEYS[1], 0) == ARGV[1] then redis.call('LSET', KEYS[1], 0, ARGV[2]) end
+return 1
+";
+
 /// A held job is finished: pop it if it is still the head. KEYS: held. ARGV: payload.
 const POP_HEAD: &str = r"
 if redis.call('LINDEX', KEYS[1], 0) == ARGV[1] then redis.call('LPOP', KEYS[1]) end
@@ -65,6 +71,7 @@ pub(super) struct Scripts {
     park_head: redis::Script,
     park_behind: redis::Script,
     pop_head: redis::Script,
+    replace_head: redis::Script,
     repark_head: redis::Script,
     finish_drain: redis::Script,
 }
@@ -75,6 +82,7 @@ impl Scripts {
             park_head: redis::Script::new(PARK_HEAD),
             park_behind: redis::Script::new(PARK_BEHIND),
             pop_head: redis::Script::new(POP_HEAD),
+            replace_head: redis::Script::new(REPLACE_HEAD),
             repark_head: redis::Script::new(REPARK_HEAD),
             finish_drain: redis::Script::new(FINISH_DRAIN),
         }
@@ -429,6 +437,7 @@ impl<H: Handler> Partition<H> {
             fields,
             attempt: 0,
             deliveries,
+            unfinished_held_runs: 0,
         };
         self.dispatch(conv, Work::Fresh(job, permit));
     }
@@ -825,6 +834,7 @@ impl<H: Handler> Partition<H> {
                         fields: HashMap::from([("payload".into(), payload.clone())]),
                         attempt: 0,
                         deliveries: 0,
+                        unfinished_held_runs: 0,
                     };
                     self.dead_letter(
                         &stub,
@@ -838,6 +848,27 @@ impl<H: Handler> Partition<H> {
                     continue;
                 }
             };
+            // A job whose runs keep killing the process: dead-lettered, not run again (else
+            // every owner of the partition would crash on it in turn).
+            let limit = self.rt.settings.max_deliveries;
+            if job.unfinished_held_runs >= limit {
+                let reason =
+                    format!("held job: {limit} runs never ended (the worker died under them)");
+                tracing::warn!(stage = self.group(), id = %job.id, reason, "poison held job dead-lettered");
+                self.dead_letter(&job, &reason).await;
+                self.pop_head(&held, &payload).await;
+                continue;
+            }
+            // This run counts until it ends; every ending below writes the job back without it.
+            let running = Job {
+                unfinished_held_runs: job.unfinished_held_runs + 1,
+                ..job.clone()
+            };
+            let original = payload;
+            let payload = serde_json::to_string(&running).expect("jobs serialise");
+            if !self.replace_head(&held, &original, &payload).await {
+                return;
+            }
             // Under the drain's own permit, taken by the scheduler (see `schedule_due`).
             match self.settle(&job).await {
                 Settled::Done => self.pop_head(&held, &payload).await,
@@ -865,9 +896,32 @@ impl<H: Handler> Partition<H> {
                     .await;
                     return;
                 }
-                Settled::Abandoned => return,
+                Settled::Abandoned => {
+                    // Given up on gracefully (the partition is released): not a death.
+                    self.replace_head(&held, &payload, &original).await;
+                    return;
+                }
             }
         }
+    }
+
+    /// Replaces the held list's head if it is still `old`; false when Redis could not be
+    /// reached before the partition was released.
+    async fn replace_head(&self, held: &str, old: &str, new: &str) -> bool {
+        self.persist("counting a held job's run", || async {
+            let mut con = self.con().await?;
+            let _: i64 = self
+                .scripts
+                .replace_head
+                .key(held)
+                .arg(old)
+                .arg(new)
+                .invoke_async(&mut con)
+                .await?;
+            Ok(())
+        })
+        .await
+        .is_some()
     }
 
     async fn pop_head(&self, held: &str, payload: &str) {

@@ -616,6 +616,41 @@ async fn channel_changes_are_seen_within_seconds_and_disabled_or_unlisted_sender
 }
 
 #[tokio::test]
+async fn a_sender_that_stalls_mid_body_is_cut_off_and_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cfg = TestConfig::new().await;
+    let ingest = Ingest::start(wafleet::config::IngestSettings {
+        request_timeout: Duration::from_millis(300),
+        ..cfg.ingest_settings()
+    })
+    .await;
+    let addr = ingest.url.trim_start_matches("http://").to_string();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tcp.write_all(
+        format!(
+            "POST /webhooks/whatsapp HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 100\r\n\r\n{{\"obj"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // The rest of the body never comes; the connection stays open.
+    let mut answer = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut answer))
+        .await
+        .expect("an answer within the timeout")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(
+        ingest
+            .metric(r#"wafleet_ingest_requests_total{outcome="timeout"}"#)
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
 async fn redis_down_answers_503_and_the_redelivery_after_restart_is_enqueued_once() {
     let mut redis = RedisServer::start().await;
     let mut cfg = TestConfig::new().await;

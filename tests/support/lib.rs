@@ -378,6 +378,7 @@ impl TestConfig {
             redis_timeout: Duration::from_millis(1500),
             channel_refresh: Duration::from_millis(200),
             shutdown_grace: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
             quick_start: None,
         }
     }

@@ -149,6 +149,8 @@ pub struct IngestSettings {
     pub channel_refresh: Duration,
     /// How long in-flight requests get to finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// Bound on one whole request, body included: a slow or stalled sender is cut off (408).
+    pub request_timeout: Duration,
     pub quick_start: Option<QuickStartChannel>,
 }
 
@@ -177,6 +179,7 @@ impl IngestSettings {
             redis_timeout: millis("WAFLEET_REDIS_TIMEOUT_MS", 2000)?,
             channel_refresh: millis("WAFLEET_CHANNEL_REFRESH_MS", 2000)?,
             shutdown_grace: Duration::from_secs(parsed("WAFLEET_SHUTDOWN_GRACE_SECS", 20)?),
+            request_timeout: millis("WAFLEET_INGEST_REQUEST_TIMEOUT_MS", 30_000)?,
             quick_start: QuickStartChannel::from_env()?,
         })
     }

@@ -88,7 +88,7 @@ impl IntoResponse for Outcome {
     }
 }
 
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+pub fn router(state: AppState, max_body_bytes: usize, request_timeout: Duration) -> Router {
     Router::new()
         .route("/webhooks/whatsapp", get(verify).post(receive))
         .route("/metrics", get(metrics))
@@ -98,14 +98,25 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         // Bounds a slow sender holding a connection; a 3 MB body arrives well within it.
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(30),
+            request_timeout,
         ))
+        // Outside the timeout: a request it cut off never reached the end of `receive`, so it
+        // is counted here.
+        .layer(axum::middleware::map_response(count_timeouts))
         // Behind an Arc: axum clones the state for every request, and `AppState` holds owned
         // strings (the enqueue script) that would otherwise be copied per webhook.
         .with_state(Arc::new(state))
 }
 
 /// Meta's subscription handshake.
+async fn count_timeouts(res: Response) -> Response {
+    if res.status() == StatusCode::REQUEST_TIMEOUT {
+        tracing::warn!("request cut off by WAFLEET_INGEST_REQUEST_TIMEOUT_MS");
+        metrics::counter!("wafleet_ingest_requests_total", "outcome" => "timeout").increment(1);
+    }
+    res
+}
+
 async fn verify(
     State(state): State<Arc<AppState>>,
     Query(q): Query<HashMap<String, String>>,

@@ -107,7 +107,7 @@ pub async fn run(
         redis_timeout: settings.redis_timeout,
         metrics: telemetry::metrics_handle(),
     };
-    let app = router(state, settings.max_body_bytes);
+    let app = router(state, settings.max_body_bytes, settings.request_timeout);
     tracing::info!(addr = %listener.local_addr()?, "ingest listening");
 
     let draining = CancellationToken::new();

@@ -207,16 +207,15 @@ impl CallbackTags {
 
     /// What callback data we wrote says; `None` for anything else (checked in constant time).
     pub fn decode(&self, data: &str) -> Option<Callback> {
-        let (signed, send_try) = if let Some(rest) = data.strip_prefix("wf2.") {
-            let (signed, _) = rest.rsplit_once('.')?;
-            let (_, send_try) = signed.split_once('.')?;
-            (signed, Some(canonical::<i32>(send_try)?))
+        let (head, tag) = data.rsplit_once('.')?;
+        let (signed, outbound_id, send_try) = if let Some(signed) = head.strip_prefix("wf2.") {
+            let (id, send_try) = signed.split_once('.')?;
+            (signed, id, Some(canonical::<i32>(send_try)?))
         } else {
-            let (signed, _) = data.strip_prefix("wf1.")?.rsplit_once('.')?;
-            (signed, None)
+            let id = head.strip_prefix("wf1.")?;
+            (id, id, None)
         };
-        let tag = data.rsplit_once('.')?.1;
-        let outbound_id = canonical::<i64>(signed.split('.').next()?)?;
+        let outbound_id = canonical::<i64>(outbound_id)?;
         let tag = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(tag)
             .ok()

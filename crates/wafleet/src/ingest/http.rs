@@ -108,7 +108,7 @@ pub fn router(state: AppState, max_body_bytes: usize, request_timeout: Duration)
         .with_state(Arc::new(state))
 }
 
-/// Meta's subscription handshake.
+/// Counts the requests the timeout layer cut off (they never reach the end of `receive`).
 async fn count_timeouts(res: Response) -> Response {
     if res.status() == StatusCode::REQUEST_TIMEOUT {
         tracing::warn!("request cut off by WAFLEET_INGEST_REQUEST_TIMEOUT_MS");
@@ -117,6 +117,7 @@ async fn count_timeouts(res: Response) -> Response {
     res
 }
 
+/// Meta's subscription handshake.
 async fn verify(
     State(state): State<Arc<AppState>>,
     Query(q): Query<HashMap<String, String>>,

@@ -104,9 +104,6 @@ pub(super) struct Parsed {
     pub stop_reason: Option<String>,
 }
 
-/// Reads a 2xx body. Bodies that are not the expected JSON are [`LlmError::Transient`] (a cut
-/// connection or a proxy's page may well be followed by a good answer); an answer without text is
-/// [`LlmError::Permanent`] ("empty completion"): asking again the same way rarely helps.
 /// A model's answer that does not decode. serde's message would quote the answer, which is the
 /// model's text about a customer: only where it broke is kept.
 fn unreadable(e: serde_json::Error) -> LlmError {
@@ -116,6 +113,9 @@ fn unreadable(e: serde_json::Error) -> LlmError {
     ))
 }
 
+/// Reads a 2xx body. Bodies that are not the expected JSON are [`LlmError::Transient`] (a cut
+/// connection or a proxy's page may well be followed by a good answer); an answer without text is
+/// [`LlmError::Permanent`] ("empty completion"): asking again the same way rarely helps.
 pub(super) fn parse_response(kind: ProviderKind, body: &[u8]) -> Result<Parsed, LlmError> {
     let body = strip_leading_keepalive(body);
     match kind {

@@ -44,15 +44,13 @@ pub const STAGE: Stage = Stage {
     source: Source::Inbound,
 };
 
-/// Message types that do not open or extend the customer-service window; every other type does.
-/// Meta: any message the user sends opens it (reference E), so a type we do not know yet, an
+/// Message types that are not the customer saying something: they never get anything back, and
+/// they do not open or extend the customer-service window. Every other type does both. Meta:
+/// any message the user sends opens the window (reference E), so a type we do not know yet, an
 /// `unsupported` one (a poll, a GIF) or a legacy `unknown` counts. Left out: what Meta writes
 /// (`system`), what is not a message (`request_welcome`: the chat was opened), and what Meta does
 /// not say resets it (a `reaction`, or a deletion or edit of an earlier message).
-const NOT_WINDOW_TYPES: &[&str] = &["reaction", "system", "request_welcome", "revoke", "edit"];
-
-/// Types that never get anything back.
-const SILENT_TYPES: &[&str] = &["reaction", "system", "revoke", "edit", "request_welcome"];
+const SILENT_TYPES: &[&str] = &["reaction", "system", "request_welcome", "revoke", "edit"];
 
 pub struct ConversationStage {
     pub pg: PgPool,
@@ -165,7 +163,7 @@ impl ConversationStage {
             customer,
             at,
             session_timeout_secs: channel.session_timeout_secs,
-            customer_message: !NOT_WINDOW_TYPES.contains(&m.message_type.as_str()),
+            customer_message: !SILENT_TYPES.contains(&m.message_type.as_str()),
         };
         let text = redacted
             .as_ref()

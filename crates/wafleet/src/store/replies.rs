@@ -184,9 +184,9 @@ async fn record_distinct(
     let rows: Vec<(i64, bool)> = sqlx::query_as(
         "WITH r AS (
              SELECT * FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[],
-                                  $6::int4[], $7::int4[], $8::bool[], $9::jsonb[])
+                                  $6::int4[], $7::int4[], $8::bool[], $9::jsonb[], $18::bool[])
                  WITH ORDINALITY AS r(message_id, conversation_id, outcome, provider, model,
-                                      input_tokens, output_tokens, canned, failures, n)
+                                      input_tokens, output_tokens, canned, failures, settles, n)
          ), inserted AS (
              INSERT INTO replies (message_id, conversation_id, outcome, provider, model,
                                   input_tokens, output_tokens, canned, failures)
@@ -209,9 +209,8 @@ async fn record_distinct(
              -- Nothing of this reply will be sent (suppressed, shadow, window closed): the bot
              -- is done with the message, which stops counting as waiting for an answer.
              UPDATE messages SET answered_at = COALESCE(answered_at, now())
-              WHERE id IN (SELECT i.message_id FROM inserted i
-                             JOIN unnest($1::int8[], $18::bool[]) AS s(message_id, settles)
-                               ON s.message_id = i.message_id AND s.settles)
+              WHERE id IN (SELECT message_id FROM inserted JOIN r USING (message_id)
+                            WHERE r.settles)
          )
          SELECT r.message_id, EXISTS (SELECT 1 FROM inserted i WHERE i.message_id = r.message_id)
            FROM r ORDER BY r.n",

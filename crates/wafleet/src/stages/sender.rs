@@ -297,12 +297,9 @@ impl SenderStage {
                         "gave up: Meta answered none of {} sends and no status came for them",
                         part.attempts
                     );
-                    replies::mark_failed(&self.pg, part.id, None, &reason)
-                        .await
-                        .map_err(db("failing a part"))?;
                     metrics::counter!("wafleet_sender_ambiguous_given_up_total").increment(1);
                     tracing::error!(outbound_id = part.id, attempts = part.attempts, "{reason}");
-                    return Ok(Step::Return(Outcome::Dead { reason }));
+                    return self.give_up(part, None, reason).await;
                 }
                 metrics::counter!("wafleet_sender_ambiguous_resends_total").increment(1);
                 tracing::warn!(
@@ -488,10 +485,7 @@ impl SenderStage {
                         "gave up: Graph API unreachable for longer than {:?} ({reason})",
                         self.policy.backoff.max_age
                     );
-                    replies::mark_failed(&self.pg, part.id, None, &reason)
-                        .await
-                        .map_err(db("failing a part"))?;
-                    return Ok(Step::Return(Outcome::Dead { reason }));
+                    return self.give_up(part, None, reason).await;
                 }
                 replies::unclaim(&self.pg, part.id, Attempt::GivenBack)
                     .await
@@ -620,6 +614,20 @@ impl SenderStage {
         }
     }
 
+    /// Past a part's retry bounds: the part fails with the reason, and the job goes to the
+    /// dead-letter stream (an operator's replay sends the part again).
+    async fn give_up(
+        &self,
+        part: &Part,
+        code: Option<i64>,
+        reason: String,
+    ) -> Result<Step, Outcome> {
+        replies::mark_failed(&self.pg, part.id, code, &reason)
+            .await
+            .map_err(db("failing a part"))?;
+        Ok(Step::Return(Outcome::Dead { reason }))
+    }
+
     async fn rejected(
         &self,
         job: &Job,
@@ -729,10 +737,7 @@ impl SenderStage {
                     }))
                 } else {
                     let reason = format!("gave up on transient Graph error {code}: {message}");
-                    replies::mark_failed(&self.pg, part.id, Some(code), &reason)
-                        .await
-                        .map_err(db("failing a part"))?;
-                    Ok(Step::Return(Outcome::Dead { reason }))
+                    self.give_up(part, Some(code), reason).await
                 }
             }
             ErrorClass::Permanent => {

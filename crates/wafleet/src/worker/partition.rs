@@ -908,35 +908,33 @@ impl<H: Handler> Partition<H> {
     /// Replaces the held list's head if it is still `old`; false when Redis could not be
     /// reached before the partition was released.
     async fn replace_head(&self, held: &str, old: &str, new: &str) -> bool {
-        self.persist("counting a held job's run", || async {
+        let script = &self.scripts.replace_head;
+        self.on_held_head("counting a held job's run", script, held, &[old, new])
+            .await
+    }
+
+    async fn pop_head(&self, held: &str, payload: &str) {
+        let script = &self.scripts.pop_head;
+        self.on_held_head("removing a finished held job", script, held, &[payload])
+            .await;
+    }
+
+    /// Runs a script on a held list (its only key) until Redis takes it; false when the
+    /// partition was released first.
+    async fn on_held_head(
+        &self,
+        doing: &str,
+        script: &redis::Script,
+        held: &str,
+        args: &[&str],
+    ) -> bool {
+        self.persist(doing, || async {
             let mut con = self.con().await?;
-            let _: i64 = self
-                .scripts
-                .replace_head
-                .key(held)
-                .arg(old)
-                .arg(new)
-                .invoke_async(&mut con)
-                .await?;
+            let _: i64 = script.key(held).arg(args).invoke_async(&mut con).await?;
             Ok(())
         })
         .await
         .is_some()
-    }
-
-    async fn pop_head(&self, held: &str, payload: &str) {
-        self.persist("removing a finished held job", || async {
-            let mut con = self.con().await?;
-            let _: i64 = self
-                .scripts
-                .pop_head
-                .key(held)
-                .arg(payload)
-                .invoke_async(&mut con)
-                .await?;
-            Ok(())
-        })
-        .await;
     }
 }
 

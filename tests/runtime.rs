@@ -476,11 +476,23 @@ async fn park(cfg: &TestConfig, conv: &str, jobs: &[(&str, u64)]) {
     let keys = cfg.keys();
     let mut con = cfg.redis().await;
     for (n, (name, runs)) in jobs.iter().enumerate() {
-        let job = serde_json::json!({"id": format!("{}-0", n + 1), "partition": 0, "conv": conv,
-            "fields": {"conv": conv, "name": name, "needs_dependency": "1"},
-            "attempt": 0, "deliveries": 1, "unfinished_held_runs": runs});
+        let job = Job {
+            id: format!("{}-0", n + 1),
+            partition: 0,
+            conv: conv.into(),
+            fields: [("conv", conv), ("name", name), ("needs_dependency", "1")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            attempt: 0,
+            deliveries: 1,
+            unfinished_held_runs: *runs,
+        };
         let _: () = con
-            .rpush(keys.held("probe", 0, conv), job.to_string())
+            .rpush(
+                keys.held("probe", 0, conv),
+                serde_json::to_string(&job).unwrap(),
+            )
             .await
             .unwrap();
     }
@@ -493,8 +505,9 @@ async fn held_head_runs(cfg: &TestConfig, conv: &str) -> u64 {
         .lindex(cfg.keys().held("probe", 0, conv), 0)
         .await
         .unwrap();
-    let head: serde_json::Value = serde_json::from_str(&head).unwrap();
-    head["unfinished_held_runs"].as_u64().unwrap()
+    serde_json::from_str::<Job>(&head)
+        .unwrap()
+        .unfinished_held_runs
 }
 
 #[tokio::test]

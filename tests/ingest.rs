@@ -826,6 +826,62 @@ async fn a_redis_connection_that_goes_silent_is_replaced() {
 }
 
 #[tokio::test]
+async fn an_accounts_events_signed_by_another_tenants_app_are_quarantined() {
+    let cfg = TestConfig::new().await;
+    cfg.add_channel(FIXTURE_NUMBERS[0], |c| c.waba_id = Some("W-OURS".into()))
+        .await;
+    cfg.add_channel("106540352242998", |c| {
+        c.waba_id = Some("W-OTHER".into());
+        c.app_secrets = Some(vec![wafleet::config::Secret::new("other-app".into())]);
+    })
+    .await;
+    let ingest = Ingest::start(cfg.ingest_settings()).await;
+    let event = |waba: &str, n: u32| {
+        serde_json::to_vec(&serde_json::json!({"object": "whatsapp_business_account", "entry": [
+            {"id": waba, "changes": [
+                {"field": "message_template_status_update", "value": {"event": "REJECTED", "n": n}}]}]}))
+        .unwrap()
+    };
+    // Our app writes about the other tenant's account: kept aside, never on the events stream.
+    let forged = ingest.post_signed(&event("W-OTHER", 1), APP_SECRET).await;
+    assert_eq!(forged.status(), 200);
+    // Each account's own app, and an account no channel names: on the events stream.
+    for (waba, n, secret) in [
+        ("W-OTHER", 2, "other-app"),
+        ("W-OURS", 3, APP_SECRET),
+        ("W-NOBODY", 4, "other-app"),
+    ] {
+        let res = ingest.post_signed(&event(waba, n), secret).await;
+        assert_eq!(res.status(), 200, "{waba}");
+    }
+
+    let mut con = cfg.redis().await;
+    let n_of = |fields: &HashMap<String, Vec<u8>>| {
+        let update: Update = serde_json::from_slice(&fields["update"]).unwrap();
+        match update {
+            Update::Event(e) => {
+                serde_json::from_str::<serde_json::Value>(e.raw.get()).unwrap()["n"]
+                    .as_u64()
+                    .unwrap()
+            }
+            other => panic!("not an event: {other:?}"),
+        }
+    };
+    let events = read_stream(&mut con, &cfg.keys().events()).await;
+    assert_eq!(
+        events.iter().map(|(_, f)| n_of(f)).collect::<Vec<_>>(),
+        [2, 3, 4]
+    );
+    let kept = read_stream(&mut con, &cfg.keys().quarantine()).await;
+    assert_eq!(
+        kept.iter()
+            .map(|(_, f)| (n_of(f), String::from_utf8_lossy(&f["reason"]).into_owned()))
+            .collect::<Vec<_>>(),
+        [(1, "signed_by_another_app".to_string())]
+    );
+}
+
+#[tokio::test]
 async fn quarantined_updates_are_replayed_once_their_channel_exists_and_never_twice() {
     use wafleet::quarantine::{self, Replayed};
     let (cfg, ingest) = setup().await;

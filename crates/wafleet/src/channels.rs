@@ -2,7 +2,7 @@
 //!
 //! Ingest must answer Meta in milliseconds and keep answering when Postgres is briefly away, so
 //! it never reads Postgres on the request path. A background task polls a cheap fingerprint of the
-//! `channels` table (row count and newest `updated_at`) every `WAFLEET_CHANNEL_REFRESH_MS` and
+//! `channels` table (a digest of every row's id and `updated_at`) every `WAFLEET_CHANNEL_REFRESH_MS` and
 //! rebuilds the registry when it changes; requests read the current snapshot through an `Arc`
 //! swap. A failed refresh keeps the last good snapshot and is logged and counted.
 
@@ -41,6 +41,9 @@ pub struct Registry {
     pub secrets: Vec<AppSecret>,
     verify_tokens: Vec<Vec<u8>>,
     routes: HashMap<String, ChannelRoute>,
+    /// Per WhatsApp Business Account id (`channels.waba_id`), the app secrets of its numbers:
+    /// who may sign the account's events (template and account updates name no number).
+    waba_secrets: HashMap<String, HashSet<usize>>,
 }
 
 impl Registry {
@@ -49,6 +52,7 @@ impl Registry {
         let mut secrets = Vec::new();
         let mut verify_tokens = Vec::new();
         let mut routes = HashMap::new();
+        let mut waba_secrets: HashMap<String, HashSet<usize>> = HashMap::new();
         for ch in channels {
             let secret_ids = ch
                 .app_secrets
@@ -62,6 +66,12 @@ impl Registry {
                         })
                 })
                 .collect();
+            if let Some(waba) = &ch.waba_id {
+                waba_secrets
+                    .entry(waba.clone())
+                    .or_default()
+                    .extend(&secret_ids);
+            }
             if let (Some(token), true) = (&ch.verify_token, ch.enabled) {
                 verify_tokens.push(token.expose().as_bytes().to_vec());
             }
@@ -80,6 +90,7 @@ impl Registry {
             secrets,
             verify_tokens,
             routes,
+            waba_secrets,
         }
     }
 
@@ -89,9 +100,22 @@ impl Registry {
 
     /// Why `update` is kept out of processing (quarantined), if it is: an unknown or disabled
     /// number, a sender outside the allowlist, or (given `signed_by`, the index of the app secret
-    /// whose signature matched) a signature by an app the number is not linked to. Updates that
-    /// belong to no number (account events) always pass.
+    /// whose signature matched) a signature by an app the number is not linked to.
+    ///
+    /// Account events name no number, only their business account: one for an account some
+    /// channel belongs to (`waba_id`) must be signed by the app of one of its numbers; one for an
+    /// account no channel names passes (there is nothing to check it against).
     pub fn refusal(&self, update: &Update, signed_by: Option<usize>) -> Option<&'static str> {
+        if let Update::Event(event) = update {
+            let linked = event
+                .waba_id
+                .as_ref()
+                .and_then(|w| self.waba_secrets.get(w));
+            return match (linked, signed_by) {
+                (Some(ids), Some(id)) if !ids.contains(&id) => Some(SIGNED_BY_ANOTHER_APP),
+                _ => None,
+            };
+        }
         let pnid = update.phone_number_id()?;
         let Some(route) = self.route(pnid) else {
             return Some("unknown_channel");
@@ -194,5 +218,77 @@ pub async fn refresh_loop(
                 tracing::error!(error = %e, "channel reload failed; serving the last snapshot");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+    use wafleet_core::envelope::FieldEvent;
+    use wafleet_core::signature;
+
+    fn channel(pnid: &str, waba: Option<&str>, secret: &str) -> Channel {
+        Channel {
+            id: 1,
+            phone_number_id: pnid.into(),
+            waba_id: waba.map(Into::into),
+            display_phone_number: None,
+            name: pnid.into(),
+            app_secrets: vec![Secret::new(secret.as_bytes().to_vec())],
+            verify_token: None,
+            access_token: None,
+            enabled: true,
+            bot_mode: BotMode::On,
+            phone_allowlist: Vec::new(),
+            updated_at: chrono::Utc::now(),
+        }
+    }
+
+    fn event(waba: Option<&str>) -> Update {
+        Update::Event(FieldEvent {
+            waba_id: waba.map(Into::into),
+            field: "account_update".into(),
+            raw: serde_json::value::RawValue::from_string(r#"{"event":"X"}"#.into()).unwrap(),
+        })
+    }
+
+    #[test]
+    fn an_accounts_events_must_be_signed_by_the_app_of_one_of_its_numbers() {
+        let registry = Registry::build(&[
+            channel("1", Some("W-A"), "app-a"),
+            channel("2", Some("W-A"), "app-a2"),
+            channel("3", Some("W-B"), "app-b"),
+            channel("4", None, "app-c"),
+        ]);
+        // The index ingest gets when `secret` signed the POST.
+        let signer = |secret: &str| {
+            let header = signature::sign(b"{}", secret.as_bytes());
+            signature::verify(b"{}", Some(header.as_bytes()), &registry.secrets).ok()
+        };
+        let (a, a2, b, c) = (
+            signer("app-a"),
+            signer("app-a2"),
+            signer("app-b"),
+            signer("app-c"),
+        );
+        assert!([a, a2, b, c].iter().all(Option::is_some));
+
+        // Either number's app may sign for account A; account B's app may not.
+        assert_eq!(registry.refusal(&event(Some("W-A")), a), None);
+        assert_eq!(registry.refusal(&event(Some("W-A")), a2), None);
+        assert_eq!(
+            registry.refusal(&event(Some("W-A")), b),
+            Some(SIGNED_BY_ANOTHER_APP)
+        );
+        assert_eq!(
+            registry.refusal(&event(Some("W-B")), c),
+            Some(SIGNED_BY_ANOTHER_APP)
+        );
+        // An account no channel names, or an event naming none, cannot be checked: it passes.
+        assert_eq!(registry.refusal(&event(Some("W-Z")), b), None);
+        assert_eq!(registry.refusal(&event(None), b), None);
+        // A replay (no signer known) is not refused for the signature.
+        assert_eq!(registry.refusal(&event(Some("W-A")), None), None);
     }
 }

@@ -918,6 +918,9 @@ async fn quarantined_updates_are_replayed_once_their_channel_exists_and_never_tw
         },
     )
     .await;
+    // And one the other tenant's app wrote for the number nobody added yet.
+    let q3 = text_body(late, "573003", "wamid.Q3", "hola");
+    assert_eq!(ingest.post_signed(&q3, "other-app").await.status(), 200);
     let registry = || async {
         wafleet::channels::load(&cfg.pg().await, &cfg.cipher())
             .await
@@ -941,7 +944,7 @@ async fn quarantined_updates_are_replayed_once_their_channel_exists_and_never_tw
 
     // Nothing changed yet: everything is still refused and stays.
     let first = replay_all(registry().await).await;
-    assert_eq!(first.len(), 3, "{first:?}");
+    assert_eq!(first.len(), 4, "{first:?}");
     assert!(
         first.iter().all(|(_, r)| matches!(r, Replayed::Refused(_))),
         "{first:?}"
@@ -981,11 +984,13 @@ async fn quarantined_updates_are_replayed_once_their_channel_exists_and_never_tw
     let second = replay_all(registry().await).await;
     let mut outcomes: Vec<_> = second.into_iter().map(|(_, r)| r).collect();
     outcomes.sort_by_key(|r| format!("{r:?}"));
+    // Q3 was kept as `unknown_channel`, but the number, now added, is not the other app's.
     assert_eq!(
         outcomes,
         vec![
             Replayed::Duplicate,
             Replayed::Enqueued,
+            Replayed::Refused("signed_by_another_app"),
             Replayed::Refused("signed_by_another_app"),
         ]
     );
@@ -999,7 +1004,7 @@ async fn quarantined_updates_are_replayed_once_their_channel_exists_and_never_tw
     let left = quarantine::read(&mut con.clone(), &keys).await.unwrap();
     assert_eq!(
         left.iter().map(|k| k.text("reason")).collect::<Vec<_>>(),
-        vec!["signed_by_another_app"],
+        vec!["signed_by_another_app", "unknown_channel"],
         "what was replayed or found enqueued left the quarantine"
     );
 
@@ -1007,10 +1012,16 @@ async fn quarantined_updates_are_replayed_once_their_channel_exists_and_never_tw
     let third = replay_all(registry().await).await;
     assert_eq!(
         third,
-        vec![(
-            "signed_by_another_app".to_string(),
-            Replayed::Refused("signed_by_another_app")
-        )]
+        vec![
+            (
+                "signed_by_another_app".to_string(),
+                Replayed::Refused("signed_by_another_app")
+            ),
+            (
+                "unknown_channel".to_string(),
+                Replayed::Refused("signed_by_another_app")
+            )
+        ]
     );
     assert_eq!(inbound_wamids(con.clone()).await.len(), 2);
 }

@@ -23,6 +23,11 @@ use crate::store::channels::{self, BotMode, Channel};
 /// replayed: another tenant's app could have forged it.
 pub const SIGNED_BY_ANOTHER_APP: &str = "signed_by_another_app";
 
+/// Replay refusal: the app that signed a quarantined update is not one any channel holds now
+/// (its secret was removed since), or the entry predates signers being kept. Which numbers it
+/// may speak for cannot be checked, so it is not replayed.
+pub const SIGNER_UNKNOWN: &str = "signer_unknown";
+
 /// What ingest needs to route one business number.
 #[derive(Debug, Clone)]
 pub struct ChannelRoute {
@@ -39,6 +44,8 @@ pub struct ChannelRoute {
 pub struct Registry {
     /// Distinct app secrets across all channels; a POST is verified against each.
     pub secrets: Vec<AppSecret>,
+    /// Each secret's [`AppSecret::fingerprint`], by the same index.
+    fingerprints: Vec<String>,
     verify_tokens: Vec<Vec<u8>>,
     routes: HashMap<String, ChannelRoute>,
     /// Per WhatsApp Business Account id (`channels.waba_id`), the app secrets of its numbers:
@@ -87,6 +94,7 @@ impl Registry {
             );
         }
         Self {
+            fingerprints: secrets.iter().map(AppSecret::fingerprint).collect(),
             secrets,
             verify_tokens,
             routes,
@@ -94,25 +102,38 @@ impl Registry {
         }
     }
 
+    /// The fingerprint of the secret at `signed_by` (the index [`signature::verify`] returned),
+    /// kept with quarantined updates.
+    ///
+    /// [`signature::verify`]: wafleet_core::signature::verify
+    pub fn signer_fingerprint(&self, signed_by: usize) -> &str {
+        self.fingerprints.get(signed_by).map_or("", String::as_str)
+    }
+
+    /// The index of the secret with this fingerprint, if a channel still holds it.
+    pub fn signer_by_fingerprint(&self, fingerprint: &str) -> Option<usize> {
+        self.fingerprints.iter().position(|f| f == fingerprint)
+    }
+
     pub fn route(&self, phone_number_id: &str) -> Option<&ChannelRoute> {
         self.routes.get(phone_number_id)
     }
 
     /// Why `update` is kept out of processing (quarantined), if it is: an unknown or disabled
-    /// number, a sender outside the allowlist, or (given `signed_by`, the index of the app secret
-    /// whose signature matched) a signature by an app the number is not linked to.
+    /// number, a sender outside the allowlist, or a signature by an app the number is not linked
+    /// to (`signed_by`: the index of the app secret whose signature matched).
     ///
     /// Account events name no number, only their business account: one for an account some
     /// channel belongs to (`waba_id`) must be signed by the app of one of its numbers; one for an
     /// account no channel names passes (there is nothing to check it against).
-    pub fn refusal(&self, update: &Update, signed_by: Option<usize>) -> Option<&'static str> {
+    pub fn refusal(&self, update: &Update, signed_by: usize) -> Option<&'static str> {
         if let Update::Event(event) = update {
             let linked = event
                 .waba_id
                 .as_ref()
                 .and_then(|w| self.waba_secrets.get(w));
-            return match (linked, signed_by) {
-                (Some(ids), Some(id)) if !ids.contains(&id) => Some(SIGNED_BY_ANOTHER_APP),
+            return match linked {
+                Some(ids) if !ids.contains(&signed_by) => Some(SIGNED_BY_ANOTHER_APP),
                 _ => None,
             };
         }
@@ -123,7 +144,7 @@ impl Registry {
         if !route.enabled {
             return Some("channel_disabled");
         }
-        if signed_by.is_some_and(|id| !route.secret_ids.contains(&id)) {
+        if !route.secret_ids.contains(&signed_by) {
             return Some(SIGNED_BY_ANOTHER_APP);
         }
         if let Update::Message(m) = update {
@@ -266,13 +287,7 @@ mod tests {
             let header = signature::sign(b"{}", secret.as_bytes());
             signature::verify(b"{}", Some(header.as_bytes()), &registry.secrets).ok()
         };
-        let (a, a2, b, c) = (
-            signer("app-a"),
-            signer("app-a2"),
-            signer("app-b"),
-            signer("app-c"),
-        );
-        assert!([a, a2, b, c].iter().all(Option::is_some));
+        let [a, a2, b, c] = ["app-a", "app-a2", "app-b", "app-c"].map(|s| signer(s).unwrap());
 
         // Either number's app may sign for account A; account B's app may not.
         assert_eq!(registry.refusal(&event(Some("W-A")), a), None);
@@ -288,7 +303,25 @@ mod tests {
         // An account no channel names, or an event naming none, cannot be checked: it passes.
         assert_eq!(registry.refusal(&event(Some("W-Z")), b), None);
         assert_eq!(registry.refusal(&event(None), b), None);
-        // A replay (no signer known) is not refused for the signature.
-        assert_eq!(registry.refusal(&event(Some("W-A")), None), None);
+        // A quarantined update names its signer by fingerprint, found again after a reload.
+        let fingerprint = registry.signer_fingerprint(b).to_string();
+        let reloaded = Registry::build(&[
+            channel("3", Some("W-B"), "app-b"),
+            channel("1", Some("W-A"), "app-a"),
+        ]);
+        let again = reloaded.signer_by_fingerprint(&fingerprint).unwrap();
+        assert_eq!(
+            reloaded.refusal(&event(Some("W-A")), again),
+            Some(SIGNED_BY_ANOTHER_APP)
+        );
+        assert_eq!(reloaded.refusal(&event(Some("W-B")), again), None);
+        assert_eq!(
+            reloaded.signer_by_fingerprint(&registry.signer_fingerprint(a2).to_string()),
+            None
+        );
+        assert_ne!(
+            registry.signer_fingerprint(a),
+            registry.signer_fingerprint(a2)
+        );
     }
 }

@@ -8,12 +8,14 @@
 //! exactly as ingest would have: same stream, same fields, same dedup mark, so an update Meta
 //! delivered again after the fix is not processed twice. A replayed or duplicate entry leaves
 //! the quarantine; one still refused stays. Updates signed by another app are never replayed:
-//! another tenant's app could have written them.
+//! another tenant's app could have written them. That check is made again on replay against the
+//! app that signed the POST (kept as a fingerprint), whatever the first reason was: an update
+//! another app wrote for a number nobody had added yet is refused once the number is added too.
 
 use redis::aio::ConnectionLike;
 use wafleet_core::envelope::Update;
 
-use crate::channels::{Registry, SIGNED_BY_ANOTHER_APP};
+use crate::channels::{Registry, SIGNED_BY_ANOTHER_APP, SIGNER_UNKNOWN};
 use crate::streams::{Append, Appended, Enqueuer, Keys, StoredEntry, read_whole};
 
 /// One quarantined update: its entry id and fields.
@@ -50,9 +52,17 @@ pub async fn replay<C: ConnectionLike>(
     }
     let update: Update = match serde_json::from_str(&kept.text("update")) {
         Ok(u) => u,
-        Err(e) => return Ok(Replayed::Unreadable(e.to_string())),
+        // Never serde's own message: it quotes the payload.
+        Err(e) => {
+            return Ok(Replayed::Unreadable(
+                wafleet_core::json_error_without_input(&e),
+            ));
+        }
     };
-    if let Some(reason) = registry.refusal(&update, None) {
+    let Some(signer) = registry.signer_by_fingerprint(&kept.text("signer")) else {
+        return Ok(Replayed::Refused(SIGNER_UNKNOWN));
+    };
+    if let Some(reason) = registry.refusal(&update, signer) {
         return Ok(Replayed::Refused(reason));
     }
     let received_at = kept.text("received_at").parse().unwrap_or_default();

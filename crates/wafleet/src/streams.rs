@@ -43,6 +43,7 @@
 //! | `conv` | inbound, status | the conversation key |
 //! | `update` | all but dead | the [`Update`] as JSON: parsed essentials plus the item's raw JSON |
 //! | `reason` | quarantine, dead | why the entry is there |
+//! | `signer` | quarantine | fingerprint of the app secret that signed the POST ([`wafleet_core::signature::AppSecret::fingerprint`]), checked again on replay |
 //! | `body` | dead | the rejected body or item, byte for byte |
 //! | `received_at` | all | Unix milliseconds when ingest received the POST |
 //!
@@ -216,11 +217,19 @@ impl Append {
         }
     }
 
-    /// The entry that keeps an update out of processing, for inspection.
-    pub fn quarantine(keys: &Keys, update: &Update, reason: &str, received_at_ms: i64) -> Self {
+    /// The entry that keeps an update out of processing, for inspection; `signer` is the
+    /// fingerprint of the app secret that signed it.
+    pub fn quarantine(
+        keys: &Keys,
+        update: &Update,
+        reason: &str,
+        signer: &str,
+        received_at_ms: i64,
+    ) -> Self {
         let stream = keys.quarantine();
         let mut fields = base_fields(update, received_at_ms);
         fields.push(("reason", Bytes::copy_from_slice(reason.as_bytes())));
+        fields.push(("signer", Bytes::copy_from_slice(signer.as_bytes())));
         fields.push(("update", update_json(update)));
         Self {
             seen: keys.seen_beside(&stream, &update.dedup_key()),

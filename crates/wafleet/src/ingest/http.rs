@@ -197,7 +197,7 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Bytes) -> Outcome {
         Ok(parsed) => {
             for update in &parsed.updates {
                 let kind = update.kind().as_str();
-                let quarantined = registry.refusal(update, Some(secret_id));
+                let quarantined = registry.refusal(update, secret_id);
                 match quarantined {
                     None => appends.push(Append::update(&state.keys, update, received_at)),
                     Some(reason) => {
@@ -207,7 +207,13 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Bytes) -> Outcome {
                             kind,
                             "update quarantined"
                         );
-                        appends.push(Append::quarantine(&state.keys, update, reason, received_at));
+                        appends.push(Append::quarantine(
+                            &state.keys,
+                            update,
+                            reason,
+                            registry.signer_fingerprint(secret_id),
+                            received_at,
+                        ));
                     }
                 }
                 labels.push((kind, quarantined));

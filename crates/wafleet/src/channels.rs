@@ -316,7 +316,7 @@ mod tests {
         );
         assert_eq!(reloaded.refusal(&event(Some("W-B")), again), None);
         assert_eq!(
-            reloaded.signer_by_fingerprint(&registry.signer_fingerprint(a2).to_string()),
+            reloaded.signer_by_fingerprint(registry.signer_fingerprint(a2)),
             None
         );
         assert_ne!(

@@ -1,5 +1,11 @@
 //! `wafleetctl`: the operator's command line. Reads `DATABASE_URL` and `WAFLEET_ENCRYPTION_KEY`
-//! like the services do; secrets are taken from the environment or flags and stored encrypted.
+//! like the services do; secrets are stored encrypted.
+//!
+//! A secret flag takes the secret itself, `env:NAME` (read from that variable) or `file:PATH`
+//! (read from that file, without its trailing newline), so it need not appear in `ps` or the
+//! shell history. `channel add` never falls back to the environment on its own: with
+//! `WHATSAPP_APP_SECRET` set for one number, changing another number's bot mode must not give it
+//! that number's secrets.
 
 use clap::{Parser, Subcommand};
 use wafleet::config::{Secret, parsed, required};
@@ -28,7 +34,8 @@ enum Command {
         /// The ingest endpoint, e.g. http://127.0.0.1:8080/webhooks/whatsapp
         #[arg(long)]
         url: String,
-        /// The app secret to sign with.
+        /// The app secret to sign with: the secret, env:NAME or file:PATH; WHATSAPP_APP_SECRET
+        /// when not given.
         #[arg(long, env = "WHATSAPP_APP_SECRET", hide_env_values = true)]
         secret: String,
         /// A file holding the JSON body, sent byte for byte.
@@ -98,6 +105,7 @@ struct ModelArgs {
     base_url: String,
     #[arg(long)]
     model: String,
+    /// The key, env:NAME or file:PATH; WAFLEET_MODEL_API_KEY when not given.
     #[arg(long, env = "WAFLEET_MODEL_API_KEY", hide_env_values = true)]
     api_key: String,
 }
@@ -133,16 +141,15 @@ struct AddArgs {
     display_phone_number: Option<String>,
     #[arg(long)]
     name: Option<String>,
-    /// App secret that signs the webhooks; repeat it to accept several during a rotation.
-    #[arg(
-        long = "app-secret",
-        env = "WHATSAPP_APP_SECRET",
-        hide_env_values = true
-    )]
+    /// App secret that signs the webhooks; repeat it to accept several during a rotation. The
+    /// secret, env:NAME or file:PATH.
+    #[arg(long = "app-secret")]
     app_secrets: Vec<String>,
-    #[arg(long, env = "WHATSAPP_VERIFY_TOKEN", hide_env_values = true)]
+    /// The secret, env:NAME or file:PATH.
+    #[arg(long)]
     verify_token: Option<String>,
-    #[arg(long, env = "WHATSAPP_ACCESS_TOKEN", hide_env_values = true)]
+    /// The secret, env:NAME or file:PATH.
+    #[arg(long)]
     access_token: Option<String>,
     /// on, shadow or off.
     #[arg(long)]
@@ -155,6 +162,22 @@ struct AddArgs {
     clear_allowlist: bool,
 }
 
+/// A secret flag's value: the secret itself, `env:NAME` or `file:PATH`. Errors name the variable
+/// or file, never the value.
+fn secret_value(arg: &str) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let value = if let Some(name) = arg.strip_prefix("env:") {
+        std::env::var(name).with_context(|| format!("{name} is not set (or not UTF-8)"))?
+    } else if let Some(path) = arg.strip_prefix("file:") {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+        text.trim_end_matches(['\n', '\r']).to_string()
+    } else {
+        arg.to_string()
+    };
+    anyhow::ensure!(!value.is_empty(), "an empty secret was given");
+    Ok(value)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -164,7 +187,7 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Command::SendWebhook { url, secret, file } = &cli.command {
         let body = std::fs::read(file)?;
-        let signature = wafleet_core::signature::sign(&body, secret.as_bytes());
+        let signature = wafleet_core::signature::sign(&body, secret_value(secret)?.as_bytes());
         let res = reqwest::Client::new()
             .post(url)
             .header("content-type", "application/json")
@@ -172,11 +195,14 @@ async fn main() -> anyhow::Result<()> {
             .body(body)
             .send()
             .await?;
+        let status = res.status();
         println!(
             "{} {}",
-            res.status().as_u16(),
+            status.as_u16(),
             res.text().await.unwrap_or_default()
         );
+        // Scripts (deploy/run.sh) must see a refused webhook.
+        anyhow::ensure!(status.is_success(), "ingest answered {status}");
         return Ok(());
     }
     if let Command::Probe { url } = &cli.command {
@@ -244,10 +270,28 @@ async fn main() -> anyhow::Result<()> {
                 waba_id: a.waba_id,
                 display_phone_number: a.display_phone_number,
                 name: a.name,
-                app_secrets: (!a.app_secrets.is_empty())
-                    .then(|| a.app_secrets.into_iter().map(Secret::new).collect()),
-                verify_token: a.verify_token.map(Secret::new),
-                access_token: a.access_token.map(Secret::new),
+                app_secrets: if a.app_secrets.is_empty() {
+                    None
+                } else {
+                    Some(
+                        a.app_secrets
+                            .iter()
+                            .map(|v| secret_value(v).map(Secret::new))
+                            .collect::<anyhow::Result<_>>()?,
+                    )
+                },
+                verify_token: a
+                    .verify_token
+                    .as_deref()
+                    .map(secret_value)
+                    .transpose()?
+                    .map(Secret::new),
+                access_token: a
+                    .access_token
+                    .as_deref()
+                    .map(secret_value)
+                    .transpose()?
+                    .map(Secret::new),
                 bot_mode: a.bot_mode,
                 phone_allowlist: if a.clear_allowlist {
                     Some(Vec::new())
@@ -295,7 +339,7 @@ async fn main() -> anyhow::Result<()> {
                 kind: m.kind,
                 base_url: m.base_url,
                 model: m.model,
-                api_key: Secret::new(m.api_key),
+                api_key: Secret::new(secret_value(&m.api_key)?),
             };
             channels::set_provider(&pool, &cipher()?, &m.phone_number_id, &spec).await?;
             println!(
@@ -473,4 +517,65 @@ async fn redis_side() -> anyhow::Result<(
         .get_multiplexed_async_connection()
         .await?;
     Ok((settings, keys, con))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn channel_add_takes_no_secret_from_the_environment_on_its_own() {
+        let cli = Cli::command();
+        let add = cli
+            .find_subcommand("channel")
+            .and_then(|c| c.find_subcommand("add"))
+            .expect("channel add");
+        let from_env: Vec<_> = add
+            .get_arguments()
+            .filter(|a| a.get_env().is_some())
+            .map(|a| a.get_id().to_string())
+            .collect();
+        assert!(from_env.is_empty(), "{from_env:?}");
+        // A secret flag not given stays unset (the upsert then leaves the stored one alone).
+        let parsed = Cli::try_parse_from([
+            "wafleetctl",
+            "channel",
+            "add",
+            "--phone-number-id",
+            "1",
+            "--bot-mode",
+            "shadow",
+        ])
+        .unwrap();
+        let Command::Channel(ChannelCommand::Add(a)) = parsed.command else {
+            panic!("not channel add")
+        };
+        assert!(a.app_secrets.is_empty() && a.verify_token.is_none() && a.access_token.is_none());
+    }
+
+    #[test]
+    fn a_secret_flag_reads_a_variable_or_a_file_and_errors_never_show_the_value() {
+        assert_eq!(secret_value("s3cret").unwrap(), "s3cret");
+        let path = std::env::temp_dir().join(format!("wafleetctl-secret-{}", std::process::id()));
+        std::fs::write(&path, "from-file\n").unwrap();
+        assert_eq!(
+            secret_value(&format!("file:{}", path.display())).unwrap(),
+            "from-file"
+        );
+        std::fs::remove_file(&path).unwrap();
+        let missing = secret_value(&format!("file:{}", path.display())).unwrap_err();
+        assert!(format!("{missing:#}").contains("reading"), "{missing:#}");
+        // PATH is set in any test environment.
+        assert_eq!(
+            secret_value("env:PATH").unwrap(),
+            std::env::var("PATH").unwrap()
+        );
+        let unset = secret_value("env:WAFLEETCTL_TEST_NEVER_SET").unwrap_err();
+        assert_eq!(
+            unset.to_string(),
+            "WAFLEETCTL_TEST_NEVER_SET is not set (or not UTF-8)"
+        );
+        assert!(secret_value("").is_err());
+    }
 }

@@ -826,6 +826,67 @@ async fn a_redis_connection_that_goes_silent_is_replaced() {
 }
 
 #[tokio::test]
+async fn a_channel_whose_secrets_do_not_decrypt_is_left_out_and_the_others_are_served() {
+    let cfg = TestConfig::new().await;
+    let (good, bad, later) = (FIXTURE_NUMBERS[0], "555000222", "555000333");
+    cfg.add_channel(good, |_| {}).await;
+    cfg.add_channel(bad, |_| {}).await;
+    // Changed by hand: an app secret sealed for another number.
+    let foreign = cfg
+        .cipher()
+        .encrypt("channel:999:app_secret", APP_SECRET.as_bytes());
+    sqlx::query("UPDATE channels SET app_secrets = ARRAY[$1] WHERE phone_number_id = $2")
+        .bind(&foreign)
+        .bind(bad)
+        .execute(&cfg.pg().await)
+        .await
+        .unwrap();
+    // Ingest starts all the same, and serves the good channel.
+    let ingest = Ingest::start(cfg.ingest_settings()).await;
+    for (pnid, wamid) in [(good, "wamid.G1"), (bad, "wamid.B1")] {
+        let res = ingest
+            .post_signed(&text_body(pnid, "57300", wamid, "hola"), APP_SECRET)
+            .await;
+        assert_eq!(res.status(), 200, "{pnid}");
+    }
+    let mut con = cfg.redis().await;
+    let wamids = |updates: Vec<(String, Update)>| {
+        updates
+            .into_iter()
+            .filter_map(|(_, u)| match u {
+                Update::Message(m) => Some(m.wamid),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        wamids(all_updates(&mut con, &inbound_streams(&cfg)).await),
+        ["wamid.G1"]
+    );
+    assert!(quarantined_for(&cfg, "unknown_channel").await);
+    // The bad row does not hold back the other channels' changes.
+    cfg.add_channel(later, |_| {}).await;
+    eventually(
+        "the channel added later served",
+        Duration::from_secs(10),
+        || {
+            let ingest = &ingest;
+            let cfg = &cfg;
+            let con = con.clone();
+            async move {
+                let body = text_body(later, "57301", "wamid.L1", "hola");
+                ingest.post_signed(&body, APP_SECRET).await;
+                let mut con = con;
+                wamids(all_updates(&mut con, &inbound_streams(cfg)).await)
+                    .contains(&"wamid.L1".to_string())
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn an_accounts_events_signed_by_another_tenants_app_are_quarantined() {
     let cfg = TestConfig::new().await;
     cfg.add_channel(FIXTURE_NUMBERS[0], |c| c.waba_id = Some("W-OURS".into()))

@@ -207,6 +207,21 @@ impl Sys {
     }
 
     /// Waits until the model has been asked at least once.
+    /// Gives the channel a model chain of its own: "shop-model" on the simulator.
+    async fn add_shop_model(&self) {
+        let spec = wafleet::store::channels::ProviderSpec {
+            position: 0,
+            name: "shop-model".into(),
+            kind: "openai".into(),
+            base_url: format!("{}/v1", self.sim.url),
+            model: "shop-model-1".into(),
+            api_key: wafleet::config::Secret::new("sk-shop-secret".into()),
+        };
+        wafleet::store::channels::set_provider(&self.pg, &self.cfg.cipher(), PNID, &spec)
+            .await
+            .unwrap();
+    }
+
     async fn model_asked(&self) {
         let sim = &self.sim;
         eventually("the model to be asked", Duration::from_secs(20), || async {
@@ -1504,17 +1519,7 @@ async fn a_channel_answers_with_its_own_model_chain_and_its_key_is_stored_encryp
         &["conversation", "status", "llm", "sender"],
     )
     .await;
-    let spec = wafleet::store::channels::ProviderSpec {
-        position: 0,
-        name: "shop-model".into(),
-        kind: "openai".into(),
-        base_url: format!("{}/v1", s.sim.url),
-        model: "shop-model-1".into(),
-        api_key: wafleet::config::Secret::new("sk-shop-secret".into()),
-    };
-    wafleet::store::channels::set_provider(&s.pg, &s.cfg.cipher(), PNID, &spec)
-        .await
-        .unwrap();
+    s.add_shop_model().await;
     let (stored,): (Vec<u8>,) = sqlx::query_as("SELECT api_key FROM channel_llm_providers")
         .fetch_one(&s.pg)
         .await
@@ -1533,6 +1538,87 @@ async fn a_channel_answers_with_its_own_model_chain_and_its_key_is_stored_encryp
     assert_eq!(provider.as_deref(), Some("shop-model"));
     assert_eq!(s.sim.state.llm_requests()[0].model, "shop-model-1");
     assert!(model.is_some());
+}
+
+#[tokio::test]
+async fn a_model_key_that_does_not_decrypt_is_skipped_and_the_canned_reply_answers() {
+    // The process-wide chain is the stand-in; the channel has a chain of its own.
+    let s = system().await;
+    s.add_shop_model().await;
+    // Renamed by hand: the key was sealed to the old name and no longer opens.
+    sqlx::query("UPDATE channel_llm_providers SET name = 'renamed'")
+        .execute(&s.pg)
+        .await
+        .unwrap();
+    s.send("573010", "wamid.K1", "Hola").await;
+    let sent = s.sent(1).await;
+    assert_eq!(sent[0].body, DEFAULT_CANNED_REPLY);
+    assert!(
+        s.sim.state.llm_requests().is_empty(),
+        "neither the unreadable model nor the process-wide one was called"
+    );
+    let alerts = metric_value(
+        &wafleet::telemetry::metrics_handle().render(),
+        r#"wafleet_secrets_unreadable_total{channel="106540352242922",secret="llm:renamed"}"#,
+    );
+    assert!(alerts >= 1.0, "{alerts}");
+    assert_eq!(
+        s.count("SELECT count(*) FROM replies WHERE canned").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn an_access_token_that_does_not_decrypt_pauses_the_channel_instead_of_dead_lettering() {
+    let s = system().await;
+    // Sealed for another number: valid ciphertext, but not this channel's.
+    let other = s
+        .cfg
+        .cipher()
+        .encrypt("channel:999:access_token", b"token-999");
+    sqlx::query("UPDATE channels SET access_token = $1")
+        .bind(&other)
+        .execute(&s.pg)
+        .await
+        .unwrap();
+    s.send("573011", "wamid.K2", "hola").await;
+    wait_count(
+        &s.pg,
+        "SELECT count(*) FROM channels WHERE sends_paused_until > now()
+           AND sends_paused_reason LIKE '%does not decrypt%'",
+        1,
+        30,
+    )
+    .await;
+    assert_eq!(
+        s.count("SELECT count(*) FROM outbound_messages WHERE state = 'pending'")
+            .await,
+        1,
+        "kept for after the fix"
+    );
+    let mut con = s.cfg.redis().await;
+    let dead: usize = con.xlen(s.cfg.keys().dead("sender")).await.unwrap();
+    assert_eq!(dead, 0);
+    assert!(s.sim.state.messages().is_empty());
+}
+
+#[tokio::test]
+async fn a_worker_with_another_encryption_key_refuses_to_start() {
+    let cfg = TestConfig::new().await;
+    cfg.add_channel(PNID, |_| {}).await;
+    let sim = Sim::start(SimConfig::default(), None).await;
+    let mut settings = cfg.pipeline_settings(&["sender"], &sim, vec![]);
+    settings.common.encryption_key =
+        wafleet::config::Secret::new(wafleet::crypto::Cipher::generate_key_text());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let run = wafleet::stages::process::run(settings, listener, std::future::pending());
+    let error = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("it stops instead of serving")
+        .expect_err("it refuses to start");
+    let text = format!("{error:#}");
+    assert!(text.contains(&format!("channel {PNID}")), "{text}");
+    assert!(text.contains("WAFLEET_ENCRYPTION_KEY"), "{text}");
 }
 
 #[tokio::test]

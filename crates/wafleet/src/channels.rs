@@ -196,9 +196,13 @@ impl SharedRegistry {
     }
 }
 
-/// Loads every channel and builds a registry.
+/// Loads every channel whose secrets decrypt and builds a registry (see
+/// [`channels::list_readable`]: a channel that does not decrypt is left out, and its updates are
+/// quarantined as `unknown_channel` until it is fixed).
 pub async fn load(pool: &PgPool, cipher: &Cipher) -> anyhow::Result<Registry> {
-    Ok(Registry::build(&channels::list(pool, cipher).await?))
+    Ok(Registry::build(
+        &channels::list_readable(pool, cipher).await?,
+    ))
 }
 
 /// Keeps `shared` in step with the `channels` table until `stop` fires.

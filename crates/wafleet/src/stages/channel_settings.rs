@@ -48,7 +48,13 @@ pub struct ChannelSettings {
     pub sends_paused_until: Option<chrono::DateTime<chrono::Utc>>,
     /// Decrypted in memory only.
     pub access_token: Option<Secret<String>>,
-    /// The channel's own model chain; empty means the process defaults.
+    /// The stored access token would not decrypt (another `WAFLEET_ENCRYPTION_KEY` stored it, or
+    /// the row was changed by hand): the sender pauses the channel and alerts.
+    pub access_token_unreadable: bool,
+    /// Whether the channel has a model chain of its own (else the process defaults serve it).
+    pub own_chain: bool,
+    /// The channel's own models whose keys decrypt, in order (a model whose key does not is left
+    /// out and alerted on: the others, then the canned reply, answer).
     pub providers: Vec<ProviderConfig>,
 }
 
@@ -221,35 +227,50 @@ impl ChannelCache {
         Ok(settings)
     }
 
+    /// Builds a channel's settings. A secret that does not decrypt does not fail the channel:
+    /// it is logged and counted (`wafleet_secrets_unreadable_total{channel,secret}`) once per
+    /// change of the rows, and left out, so a job is never dead-lettered for it.
     fn build(&self, r: &Row, rows: &[ProviderRow]) -> sqlx::Result<ChannelSettings> {
         let pnid = &r.phone_number_id;
-        let decrypt = |field: &str, v: &[u8]| -> sqlx::Result<String> {
+        let decrypt = |field: &str, v: &[u8]| -> Option<String> {
             let plain = self
                 .cipher
                 .decrypt(&format!("channel:{pnid}:{field}"), v)
-                .map_err(|e| sqlx::Error::Decode(e.into()))?;
-            String::from_utf8(plain).map_err(|e| sqlx::Error::Decode(e.into()))
+                .ok()
+                .and_then(|plain| String::from_utf8(plain).ok());
+            if plain.is_none() {
+                metrics::counter!("wafleet_secrets_unreadable_total", "channel" => pnid.clone(), "secret" => field.to_string())
+                    .increment(1);
+                tracing::error!(channel = %pnid, secret = field,
+                    "a stored secret does not decrypt with WAFLEET_ENCRYPTION_KEY (stored with another key, or changed by hand); it is not used");
+            }
+            plain
         };
         let mut providers = Vec::with_capacity(rows.len());
         for p in rows {
+            let kind = p
+                .kind
+                .parse::<ProviderKind>()
+                .map_err(|e| sqlx::Error::Decode(format!("{e:?}").into()))?;
+            let Some(api_key) = decrypt(&format!("llm:{}", p.name), &p.api_key) else {
+                continue;
+            };
             providers.push(ProviderConfig {
-                kind: p
-                    .kind
-                    .parse::<ProviderKind>()
-                    .map_err(|e| sqlx::Error::Decode(format!("{e:?}").into()))?,
-                api_key: Secret::new(decrypt(&format!("llm:{}", p.name), &p.api_key)?),
+                kind,
+                api_key: Secret::new(api_key),
                 name: p.name.clone(),
                 base_url: p.base_url.clone(),
                 model: p.model.clone(),
             });
         }
+        let access_token = r
+            .access_token
+            .as_deref()
+            .map(|t| decrypt("access_token", t));
         Ok(ChannelSettings {
-            access_token: r
-                .access_token
-                .as_deref()
-                .map(|t| decrypt("access_token", t))
-                .transpose()?
-                .map(Secret::new),
+            access_token_unreadable: matches!(access_token, Some(None)),
+            access_token: access_token.flatten().map(Secret::new),
+            own_chain: !rows.is_empty(),
             id: r.id,
             phone_number_id: r.phone_number_id.clone(),
             enabled: r.enabled,

@@ -187,10 +187,12 @@ impl LlmStage {
                 .collect(),
             max_tokens: self.defaults.max_tokens,
         };
-        let providers = if channel.providers.is_empty() {
-            &self.defaults.providers
-        } else {
+        // A channel's own chain, even when none of its keys decrypt (then the canned reply): its
+        // customers' conversations never go to a model its operator did not choose.
+        let providers = if channel.own_chain {
             &channel.providers
+        } else {
+            &self.defaults.providers
         };
         // The read receipt and typing indicator go out while the model works, not before it: a
         // slow Graph API must not hold the customer's answer back.

@@ -238,6 +238,11 @@ pub async fn run(
     )
     .await?;
     db::migrate(&pg).await?;
+    let cipher = Cipher::from_key_text(common.encryption_key.expose())?;
+    // A worker holding another key than the one that stored the channels' secrets could send
+    // nothing and call no model: it refuses to start, as ingest does. (One channel that does not
+    // decrypt is only logged: the sender pauses it, the others are served.)
+    crate::store::channels::list_readable(&pg, &cipher).await?;
     // Blocking reads hold a connection per owned partition; leave room for the jobs' own calls.
     // Every owned partition of every stage holds a connection in its blocking read; the jobs'
     // own calls need room beyond that, or they queue behind reads that block for up to 500 ms.
@@ -282,7 +287,6 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     let mut stages = Vec::new();
     let redactor = Arc::new(Redactor::new());
-    let cipher = Cipher::from_key_text(common.encryption_key.expose())?;
     let channels = ChannelCache::new(pg.clone(), cipher);
     let graph = GraphClient::new(
         settings.graph.base_url.clone(),

@@ -445,7 +445,12 @@ impl SenderStage {
             replies::unclaim(&self.pg, part.id, Attempt::GivenBack)
                 .await
                 .map_err(db("reopening the part"))?;
-            return self.pause(channel, "no access token configured").await;
+            let reason = if channel.access_token_unreadable {
+                "the access token does not decrypt with WAFLEET_ENCRYPTION_KEY"
+            } else {
+                "no access token configured"
+            };
+            return self.pause(channel, reason).await;
         };
         // Claimed: `attempts` (read before the claim) went up by one, and this is that send.
         let callback = self

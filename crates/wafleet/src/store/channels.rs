@@ -76,7 +76,7 @@ fn owner(phone_number_id: &str, field: &str) -> String {
     format!("channel:{phone_number_id}:{field}")
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, Clone)]
 struct Row {
     id: i64,
     phone_number_id: String,
@@ -132,14 +132,70 @@ impl Row {
 const COLUMNS: &str = "id, phone_number_id, waba_id, display_phone_number, name, app_secrets, \
     verify_token, access_token, enabled, bot_mode, phone_allowlist, updated_at";
 
-/// Every channel, decrypted. A row that does not decrypt is an error naming the channel: it means
-/// the wrong `WAFLEET_ENCRYPTION_KEY`, and serving without it would answer 401 to real traffic.
+/// Every channel, decrypted. A row that does not decrypt is an error naming the channel.
 pub async fn list(pool: &PgPool, cipher: &Cipher) -> anyhow::Result<Vec<Channel>> {
     let rows: Vec<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM channels ORDER BY id"))
         .fetch_all(pool)
         .await
         .context("listing channels")?;
-    rows.into_iter().map(|r| r.decrypt(cipher)).collect()
+    rows.into_iter()
+        .map(|r| {
+            let pnid = r.phone_number_id.clone();
+            r.decrypt(cipher).with_context(|| unreadable(&pnid))
+        })
+        .collect()
+}
+
+fn unreadable(pnid: &str) -> String {
+    format!(
+        "channel {pnid}: its secrets do not decrypt (is WAFLEET_ENCRYPTION_KEY the key they were stored with?)"
+    )
+}
+
+/// Every channel whose secrets decrypt, for the processes that serve them. A channel whose app
+/// secrets or verify token do not (its row changed by hand, or written with another key) is
+/// logged, counted (`wafleet_secrets_unreadable_total{channel,secret="channel"}`) and left out;
+/// one whose access token alone does not is kept without it (`secret="access_token"`). One bad row
+/// neither stops a fleet from starting nor the other channels' changes from being seen. When
+/// channels exist and none decrypts, the key itself is wrong: that is the error, and ingest and
+/// workers refuse to start with it.
+pub async fn list_readable(pool: &PgPool, cipher: &Cipher) -> anyhow::Result<Vec<Channel>> {
+    let rows: Vec<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM channels ORDER BY id"))
+        .fetch_all(pool)
+        .await
+        .context("listing channels")?;
+    let mut readable = Vec::with_capacity(rows.len());
+    let mut last_error = None;
+    for row in rows {
+        let pnid = row.phone_number_id.clone();
+        // Ingest needs the app secrets and verify token; an access token that alone does not
+        // decrypt leaves the channel served without it (the sender pauses it and alerts).
+        let without_token = Row {
+            access_token: None,
+            ..row.clone()
+        };
+        let (result, what) = match row.decrypt(cipher) {
+            Ok(channel) => (Ok(channel), None),
+            Err(e) => match without_token.decrypt(cipher) {
+                Ok(channel) => (Ok(channel), Some("access_token")),
+                Err(_) => (Err(e), Some("channel")),
+            },
+        };
+        if let Some(what) = what {
+            metrics::counter!("wafleet_secrets_unreadable_total", "channel" => pnid.clone(), "secret" => what)
+                .increment(1);
+            tracing::error!(channel = %pnid, secret = what,
+                "a channel's secret does not decrypt with WAFLEET_ENCRYPTION_KEY; it is not used");
+        }
+        match result {
+            Ok(channel) => readable.push(channel),
+            Err(e) => last_error = Some(e.context(unreadable(&pnid))),
+        }
+    }
+    match last_error {
+        Some(e) if readable.is_empty() => Err(e),
+        _ => Ok(readable),
+    }
 }
 
 pub async fn get(

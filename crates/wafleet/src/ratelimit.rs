@@ -14,8 +14,10 @@
 //! window of length `W`, at most `burst + W / T` messages conform. One `SET` per key, no refill loop.
 //!
 //! [`ACQUIRE_SCRIPT`] evaluates the number budget and the pair budget together and commits both
-//! only if both conform; otherwise it commits nothing and returns how long until both would
-//! conform, so a refusal never consumes anyone's budget. It reads the clock with `redis.call('TIME')`:
+//! only if both conform, now or at the first moment within the caller's horizon when both do (the
+//! caller then sleeps until that moment and sends: its slot is reserved); otherwise it commits
+//! nothing and returns how long until both would conform, so a refusal never consumes anyone's
+//! budget. It reads the clock with `redis.call('TIME')`:
 //! only Redis's clock matters, so skew between sender machines cannot inflate the rate. (Redis 5+
 //! replicates script *effects*, so a non-deterministic command inside a script is allowed.)
 //!
@@ -48,51 +50,57 @@
 //! more than the budget says. Redis already answers a refusal with the exact wait, so a caller
 //! sleeps instead of polling: one round trip per send attempt, well under Redis's capacity at
 //! 80–1000 messages/s per number. (`governor` does serve in the simulator, where one process owns
-//! the whole limit.)
+//! the whole limit.) Scheduled slots keep it to one round trip per send even under contention.
 
 use std::time::Duration;
 
 use redis::RedisError;
 
-/// Atomically checks holds and both budgets; commits both TATs only if everything conforms.
+/// Atomically checks holds and both budgets; commits both TATs only if everything conforms, now
+/// or within the horizon.
 ///
 /// `KEYS`: number TAT, pair TAT, number pause, recipient penalty.
-/// `ARGV`: number interval µs, number burst, pair interval µs, pair burst (interval 0 = no limit).
-/// Returns 0 for go, else the wait in µs.
+/// `ARGV`: number interval µs, number burst, pair interval µs, pair burst (interval 0 = no limit),
+/// horizon µs.
+/// Returns 0 for go now; `-w` when the slot `w` µs from now is taken (send then); `w > 0` when
+/// nothing was taken (a hold, or no slot within the horizon): ask again in `w` µs.
 pub const ACQUIRE_SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local wait = 0
+local hold = 0
 
 for i = 3, 4 do
   local held = redis.call('PTTL', KEYS[i])
-  if held > 0 and held * 1000 > wait then wait = held * 1000 end
+  if held > 0 and held * 1000 > hold then hold = held * 1000 end
 end
 
+-- How long until this budget has room, and its TAT (at least now).
 local function gcra(key, interval, burst)
-  if interval <= 0 then return 0, nil end
+  if interval <= 0 then return 0, 0 end
   local stored = redis.call('GET', key)
   local tat = stored and tonumber(stored) or 0
   if tat < now then tat = now end
-  local new_tat = tat + interval
-  local allow_at = new_tat - interval * burst
-  if allow_at > now then return allow_at - now, nil end
-  return 0, new_tat
+  local wait = tat + interval - interval * burst - now
+  if wait < 0 then wait = 0 end
+  return wait, tat
 end
 
-local number_wait, number_tat = gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
-local pair_wait, pair_tat = gcra(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]))
-if number_wait > wait then wait = number_wait end
-if pair_wait > wait then wait = pair_wait end
-if wait > 0 then return math.ceil(wait) end
+local number_interval, pair_interval = tonumber(ARGV[1]), tonumber(ARGV[3])
+local number_wait, number_tat = gcra(KEYS[1], number_interval, tonumber(ARGV[2]))
+local pair_wait, pair_tat = gcra(KEYS[2], pair_interval, tonumber(ARGV[4]))
+local wait = math.max(number_wait, pair_wait)
+if hold > 0 or wait > tonumber(ARGV[5]) then return math.ceil(math.max(hold, wait)) end
 
-if number_tat then
-  redis.call('SET', KEYS[1], string.format('%d', number_tat), 'PX', math.ceil((number_tat - now) / 1000) + 1)
+-- Both budgets are charged at the moment the message goes, which conforms for both.
+local send_at = now + wait
+local function commit(key, interval, tat)
+  if interval <= 0 then return end
+  local new_tat = math.max(tat, send_at) + interval
+  redis.call('SET', key, string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
 end
-if pair_tat then
-  redis.call('SET', KEYS[2], string.format('%d', pair_tat), 'PX', math.ceil((pair_tat - now) / 1000) + 1)
-end
-return 0
+commit(KEYS[1], number_interval, number_tat)
+commit(KEYS[2], pair_interval, pair_tat)
+return -wait
 "#;
 
 /// Sets a hold key for `ARGV[1]` ms unless it already lasts at least that long.
@@ -151,7 +159,11 @@ impl Budget {
 pub enum Decision {
     /// Both budgets had room; the slot is taken. Send now.
     Go,
-    /// Nothing was taken. Ask again after this long (it is exact unless others take the slot first).
+    /// The first slot both budgets have, this long from now, is taken for this send: sleep, then
+    /// send without asking again.
+    Scheduled(Duration),
+    /// Nothing was taken (a hold, or no slot within the horizon asked for). Ask again after this
+    /// long (it is exact unless others take the slot first).
     Wait(Duration),
 }
 
@@ -208,8 +220,14 @@ impl RateLimiter {
     }
 
     /// Takes one send slot from `phone_number_id`'s `number` budget and from its `pair` budget to
-    /// `recipient`, both or neither. Budgets are arguments, not stored, so a number's throughput
+    /// `recipient`, both or neither: now ([`Decision::Go`]), or the first slot within `horizon`
+    /// ([`Decision::Scheduled`]). Budgets are arguments, not stored, so a number's throughput
     /// can change (80 → 1000 mps) without touching Redis; every process must pass the same ones.
+    ///
+    /// Scheduling is what lets a busy number reach its rate: senders that had to wait each get
+    /// their own slot, one interval apart, instead of all waking at the same moment, racing for
+    /// one slot and losing the time each late ask costs (with a burst of 1, a slot nobody takes
+    /// on time is gone).
     pub async fn acquire<C>(
         &self,
         con: &mut C,
@@ -217,11 +235,12 @@ impl RateLimiter {
         recipient: &str,
         number: Budget,
         pair: Budget,
+        horizon: Duration,
     ) -> Result<Decision, RedisError>
     where
         C: redis::aio::ConnectionLike,
     {
-        let wait_micros: u64 = self
+        let micros: i64 = self
             .acquire
             .key(self.keys.number(phone_number_id))
             .key(self.keys.pair(phone_number_id, recipient))
@@ -231,11 +250,13 @@ impl RateLimiter {
             .arg(number.burst())
             .arg(pair.interval_micros())
             .arg(pair.burst())
+            .arg(horizon.as_micros().min(i64::MAX as u128) as i64)
             .invoke_async(con)
             .await?;
-        Ok(match wait_micros {
+        Ok(match micros {
             0 => Decision::Go,
-            us => Decision::Wait(Duration::from_micros(us)),
+            us if us < 0 => Decision::Scheduled(Duration::from_micros(us.unsigned_abs())),
+            us => Decision::Wait(Duration::from_micros(us as u64)),
         })
     }
 

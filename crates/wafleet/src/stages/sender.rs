@@ -383,8 +383,8 @@ impl SenderStage {
         };
 
         // The fleet-wide budgets: the business number's throughput and the customer's pair rate.
-        // Short waits happen here; once they add up past `max_inline_wait` (well inside the job
-        // deadline) the job is parked instead, which frees the lane's slot.
+        // A slot within `max_inline_wait` (well inside the job deadline) is taken and waited
+        // for here; a later one, or a hold, parks the job instead, which frees the lane's slot.
         let mut waited = Duration::ZERO;
         loop {
             let mut con = self.redis.get().await.map_err(redis_down)?;
@@ -402,11 +402,17 @@ impl SenderStage {
                         per_second: PAIR_RATE_PER_SEC,
                         burst: channel.pair_burst,
                     },
+                    self.policy.max_inline_wait.saturating_sub(waited),
                 )
                 .await
                 .map_err(redis_down)?;
             match decision {
                 Decision::Go => break,
+                // Our slot: nobody else takes it meanwhile.
+                Decision::Scheduled(d) => {
+                    tokio::time::sleep(d).await;
+                    break;
+                }
                 Decision::Wait(d) if waited + d <= self.policy.max_inline_wait => {
                     waited += d;
                     tokio::time::sleep(d).await;

@@ -36,6 +36,46 @@ fn scheduled_in(decision: Decision) -> Duration {
     }
 }
 
+/// Eight tasks, standing in for sender processes, each asking `number` for slots (one recipient
+/// per ask) until `run` is over and sleeping out every wait and scheduled slot. Every answer, with
+/// when it came (since the start).
+async fn busy_senders(
+    limiter: &RateLimiter,
+    number: Budget,
+    horizon: Duration,
+    run: Duration,
+) -> Vec<(Duration, Decision)> {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for task in 0..8 {
+        let limiter = limiter.clone();
+        let mut con = connection().await;
+        tasks.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            let mut n = 0;
+            while start.elapsed() < run {
+                n += 1;
+                let recipient = format!("57300{task}{n:05}");
+                let decision = limiter
+                    .acquire(&mut con, PNID, &recipient, number, NO_LIMIT, horizon)
+                    .await
+                    .unwrap();
+                answers.push((start.elapsed(), decision));
+                match decision {
+                    Decision::Go => {}
+                    Decision::Wait(d) | Decision::Scheduled(d) => tokio::time::sleep(d).await,
+                }
+            }
+            answers
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    all
+}
+
 #[tokio::test]
 async fn concurrent_senders_stay_within_rate_plus_burst_in_every_second() {
     const RATE: f64 = 50.0;
@@ -44,34 +84,15 @@ async fn concurrent_senders_stay_within_rate_plus_burst_in_every_second() {
     let limiter = RateLimiter::new(unique_prefix());
     let number = Budget::new(RATE, BURST);
     let start = Instant::now();
-
-    let mut tasks = Vec::new();
-    for task in 0..8 {
-        let limiter = limiter.clone();
-        let mut con = connection().await;
-        tasks.push(tokio::spawn(async move {
-            let mut granted = Vec::new();
-            let mut n = 0;
-            while start.elapsed() < RUN {
-                n += 1;
-                let recipient = format!("57300{task}{n:05}");
-                match limiter
-                    .acquire(&mut con, PNID, &recipient, number, NO_LIMIT, Duration::ZERO)
-                    .await
-                    .unwrap()
-                {
-                    Decision::Go => granted.push(start.elapsed()),
-                    Decision::Wait(d) => tokio::time::sleep(d).await,
-                    Decision::Scheduled(d) => panic!("scheduled {d:?} without a horizon"),
-                }
-            }
-            granted
-        }));
-    }
-    let mut granted: Vec<Duration> = Vec::new();
-    for task in tasks {
-        granted.extend(task.await.unwrap());
-    }
+    let mut granted: Vec<Duration> = busy_senders(&limiter, number, Duration::ZERO, RUN)
+        .await
+        .into_iter()
+        .filter_map(|(at, decision)| match decision {
+            Decision::Go => Some(at),
+            Decision::Wait(_) => None,
+            Decision::Scheduled(d) => panic!("scheduled {d:?} without a horizon"),
+        })
+        .collect();
     granted.sort();
     let elapsed = start.elapsed().as_secs_f64();
 
@@ -278,46 +299,16 @@ async fn busy_senders_taking_scheduled_slots_reach_the_rate_and_never_pass_it() 
     const RUN: Duration = Duration::from_millis(2000);
     let limiter = RateLimiter::new(unique_prefix());
     let number = Budget::new(RATE, 1);
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for task in 0..8 {
-        let limiter = limiter.clone();
-        let mut con = connection().await;
-        tasks.push(tokio::spawn(async move {
-            // When each taken slot is due, on this test's clock.
-            let mut slots = Vec::new();
-            let mut n = 0;
-            while start.elapsed() < RUN {
-                n += 1;
-                let recipient = format!("57300{task}{n:05}");
-                let asked = start.elapsed();
-                match limiter
-                    .acquire(
-                        &mut con,
-                        PNID,
-                        &recipient,
-                        number,
-                        NO_LIMIT,
-                        Duration::from_secs(1),
-                    )
-                    .await
-                    .unwrap()
-                {
-                    Decision::Go => slots.push(asked),
-                    Decision::Scheduled(d) => {
-                        slots.push(asked + d);
-                        tokio::time::sleep(d).await;
-                    }
-                    Decision::Wait(d) => tokio::time::sleep(d).await,
-                }
-            }
-            slots
-        }));
-    }
-    let mut slots: Vec<Duration> = Vec::new();
-    for task in tasks {
-        slots.extend(task.await.unwrap());
-    }
+    // When each taken slot is due, on this test's clock.
+    let mut slots: Vec<Duration> = busy_senders(&limiter, number, Duration::from_secs(1), RUN)
+        .await
+        .into_iter()
+        .filter_map(|(at, decision)| match decision {
+            Decision::Go => Some(at),
+            Decision::Scheduled(d) => Some(at + d),
+            Decision::Wait(_) => None,
+        })
+        .collect();
     slots.sort();
     let in_run = slots.iter().filter(|t| **t < RUN).count();
     eprintln!("{in_run} slots due within {RUN:?} at {RATE}/s");

@@ -386,3 +386,46 @@ async fn a_slot_is_scheduled_only_within_the_horizon_and_for_both_budgets() {
         .unwrap();
     assert!(matches!(held, Decision::Wait(d) if d > second), "{held:?}");
 }
+
+#[tokio::test]
+async fn pair_rate_failures_are_counted_per_recipient_for_metas_4_to_the_x_schedule() {
+    let limiter = RateLimiter::new(unique_prefix());
+    let mut con = connection().await;
+    let fail = |to: &'static str| {
+        let limiter = limiter.clone();
+        async move {
+            let mut con = connection().await;
+            limiter.pair_rate_failure(&mut con, PNID, to).await.unwrap()
+        }
+    };
+    let secs = Duration::from_secs;
+    assert_eq!(fail("111").await, secs(1));
+    assert_eq!(fail("111").await, secs(4));
+    assert_eq!(fail("111").await, secs(16));
+    // Another customer of the number starts at Meta's first step.
+    assert_eq!(fail("222").await, secs(1));
+    // The hold is in place for the recipient, as long as its last step.
+    let wait = wait_of(
+        limiter
+            .acquire(
+                &mut con,
+                PNID,
+                "111",
+                Budget::NUMBER_DEFAULT,
+                NO_LIMIT,
+                Duration::ZERO,
+            )
+            .await
+            .unwrap(),
+    );
+    assert!(wait > secs(15) && wait <= secs(16), "{wait:?}");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(limiter.keys().strikes(PNID, "111"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(
+        ttl > 3_590_000 && ttl <= 3_600_000,
+        "forgotten an hour after the last: {ttl}"
+    );
+}

@@ -958,6 +958,26 @@ async fn an_unreachable_graph_api_is_waited_for_only_up_to_the_retry_age() {
 }
 
 #[tokio::test]
+async fn a_throttled_send_is_held_back_only_up_to_the_retry_age() {
+    // Meta throttles the number on every try.
+    let s = system_with_settings(|w| w.send.backoff.max_age = Duration::from_secs(2)).await;
+    s.sim
+        .state
+        .add_fault(fault(serde_json::json!({"code": 130429, "count": 1000})));
+    s.send("573017", "wamid.THR", "hola").await;
+    wait_count(
+        &s.pg,
+        "SELECT count(*) FROM outbound_messages
+          WHERE state = 'failed' AND error_code = 130429 AND fail_reason LIKE 'gave up: throttled%'",
+        1,
+        30,
+    )
+    .await;
+    s.one_sender_dead_letter().await;
+    assert!(s.sim.state.messages().is_empty());
+}
+
+#[tokio::test]
 async fn a_parts_own_retry_bounds_govern_its_resends_not_the_workers_job_attempts() {
     // The worker gives a job 3 attempts (test settings); the send policy gives a part 8. Four
     // transient errors in a row: the part is resent until it goes out, and is never left
@@ -987,11 +1007,15 @@ async fn a_parts_own_retry_bounds_govern_its_resends_not_the_workers_job_attempt
 
 #[tokio::test]
 async fn throttles_do_not_use_up_the_attempts_a_transient_error_is_allowed() {
-    // Three sends in all for transient errors; Meta throttles the number three times first.
+    // Three sends in all for transient errors; Meta throttles the number three times first, and
+    // the pair once.
     let s = system_retrying(3).await;
     s.sim
         .state
         .add_fault(fault(serde_json::json!({"code": 130429, "count": 3})));
+    s.sim
+        .state
+        .add_fault(fault(serde_json::json!({"code": 131056, "count": 1})));
     s.sim
         .state
         .add_fault(fault(serde_json::json!({"code": 131000, "count": 2})));

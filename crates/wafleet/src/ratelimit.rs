@@ -31,6 +31,7 @@
 //! | `P:{rl:<pnid>}:to:<recipient>` | string (µs), TTL | TAT of the pair budget to one recipient |
 //! | `P:{rl:<pnid>}:paused` | string, TTL | the number is paused (after 130429/131048 storms) until it expires |
 //! | `P:{rl:<pnid>}:penalty:<recipient>` | string, TTL | that recipient is held back (after 131056) until it expires |
+//! | `P:{rl:<pnid>}:strikes:<recipient>` | integer, TTL 1 h | 131056 errors for that recipient (Meta's X in 4^X s); forgotten an hour after the last |
 //!
 //! TATs expire once they are in the past (a missing key and an old TAT mean the same: a full
 //! bucket), so idle recipients cost no memory. `<recipient>` is the `wa_id` or the business-scoped
@@ -41,7 +42,9 @@
 //! TTL; [`ACQUIRE_SCRIPT`] answers `Wait` while either hold of a request exists. A hold is only ever
 //! extended, never shortened, by a later call. The budgets themselves are untouched, so after a
 //! hold the recipient may use its configured burst again; a repeated 131056 then earns a longer
-//! hold (Meta's 4^X schedule, [`wafleet_core::retry::pair_rate_backoff`]).
+//! hold (Meta's 4^X schedule, [`wafleet_core::retry::pair_rate_backoff`]): X is counted per
+//! recipient by [`RateLimiter::pair_rate_failure`], not per message, so every message to that
+//! customer backs off together and none uses up its retry attempts on it.
 //!
 //! # Why no local (`governor`) limiter in front
 //! A per-process limiter would only save Redis round trips when it refuses, and it cannot give a
@@ -111,6 +114,10 @@ if redis.call('PTTL', KEYS[1]) < ms then
 end
 return 0
 "#;
+
+/// How long a recipient's 131056 count is kept after its last one: a customer who has not
+/// tripped the pair rate for this long starts again at Meta's first step (1 s).
+pub const PAIR_STRIKES_TTL: Duration = Duration::from_secs(3600);
 
 /// A rate: `per_second` messages on average, up to `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -187,6 +194,12 @@ impl RateLimitKeys {
     }
     pub fn paused(&self, phone_number_id: &str) -> String {
         format!("{}:{{rl:{phone_number_id}}}:paused", self.prefix)
+    }
+    pub fn strikes(&self, phone_number_id: &str, recipient: &str) -> String {
+        format!(
+            "{}:{{rl:{phone_number_id}}}:strikes:{recipient}",
+            self.prefix
+        )
     }
     pub fn penalty(&self, phone_number_id: &str, recipient: &str) -> String {
         format!(
@@ -274,6 +287,34 @@ impl RateLimiter {
     {
         self.set_hold(con, self.keys.penalty(phone_number_id, recipient), for_)
             .await
+    }
+
+    /// Meta refused a message to `recipient` for the pair rate (131056): counts the failure and
+    /// holds the recipient back for 4^X s (X: its failures before this one within the last
+    /// hour, [`PAIR_STRIKES_TTL`]). Returns the hold.
+    pub async fn pair_rate_failure<C>(
+        &self,
+        con: &mut C,
+        phone_number_id: &str,
+        recipient: &str,
+    ) -> Result<Duration, RedisError>
+    where
+        C: redis::aio::ConnectionLike,
+    {
+        let strikes = self.keys.strikes(phone_number_id, recipient);
+        let (count,): (i64,) = redis::pipe()
+            .cmd("INCR")
+            .arg(&strikes)
+            .cmd("PEXPIRE")
+            .arg(&strikes)
+            .arg(PAIR_STRIKES_TTL.as_millis() as u64)
+            .ignore()
+            .query_async(con)
+            .await?;
+        let hold = wafleet_core::retry::pair_rate_backoff((count - 1).clamp(0, 64) as u32);
+        self.penalize_recipient(con, phone_number_id, recipient, hold)
+            .await?;
+        Ok(hold)
     }
 
     /// Holds back every send of a business number for `for_` (after a storm of 130429, or a

@@ -25,7 +25,7 @@
 //! - throttling (130429 number, 131056 pair, 4/80007/131048 account-wide) → the shared limiter
 //!   is pushed back and the job deferred (not counted as an attempt); 80007 pauses every number
 //!   of the business account, 4 every number of the Meta app (the channels its app secrets
-//!   sign) and 131048 the number;
+//!   sign) and 131048 the number; past the retry age the part is given up all the same;
 //! - transient → retried through the delayed set with exponential backoff and full jitter,
 //!   bounded in attempts and total age, then failed and dead-lettered;
 //! - permanent → failed at once with Meta's code and reason; later parts are skipped;
@@ -41,7 +41,7 @@ use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
 use sqlx::PgPool;
 use wafleet_core::graph_error::{ErrorClass, ThrottleScope, classify_status_error};
-use wafleet_core::retry::{Backoff, pair_rate_backoff};
+use wafleet_core::retry::Backoff;
 
 use super::channel_settings::{ChannelCache, ChannelSettings};
 use super::llm::window_open;
@@ -417,6 +417,13 @@ impl SenderStage {
                     waited += d;
                     tokio::time::sleep(d).await;
                 }
+                Decision::Wait(_) if self.too_old(part) => {
+                    let reason = format!(
+                        "gave up: held back by the rate limits for longer than {:?}",
+                        self.policy.backoff.max_age
+                    );
+                    return self.give_up(part, None, reason).await;
+                }
                 Decision::Wait(d) => {
                     metrics::counter!("wafleet_sender_deferred_total", "reason" => "rate_limit")
                         .increment(1);
@@ -491,7 +498,7 @@ impl SenderStage {
                 // API like for any dependency, but not past the age bound of a part's retries
                 // (a reply hours late confuses more than it helps; the dead letter can be
                 // replayed).
-                if elapsed_since(part.retries_since) >= self.policy.backoff.max_age {
+                if self.too_old(part) {
                     let reason = format!(
                         "gave up: Graph API unreachable for longer than {:?} ({reason})",
                         self.policy.backoff.max_age
@@ -627,6 +634,13 @@ impl SenderStage {
 
     /// Past a part's retry bounds: the part fails with the reason, and the job goes to the
     /// dead-letter stream (an operator's replay sends the part again).
+    /// Whether a part is past the age bound of its retries (`WAFLEET_SEND_MAX_AGE_MS`): then it is
+    /// given up whatever holds it back (throttling, the rate limits, an unreachable Graph API),
+    /// as one that keeps failing is; a configuration pause alone keeps it for the operator's fix.
+    fn too_old(&self, part: &Part) -> bool {
+        elapsed_since(part.retries_since) >= self.policy.backoff.max_age
+    }
+
     async fn give_up(
         &self,
         part: &Part,
@@ -654,8 +668,8 @@ impl SenderStage {
                 .await
                 .map_err(db("reopening the part"))
         };
-        // Held back, not failed: the attempt is given back. Except on the pair limit, whose
-        // backoff (Meta's 4^X) grows with the attempts.
+        // Held back, not failed: the attempt is given back (the pair limit's 4^X counts the
+        // recipient's failures in Redis, not the part's attempts).
         let hold = || async {
             replies::unclaim(&self.pg, part.id, Attempt::GivenBack)
                 .await
@@ -663,26 +677,20 @@ impl SenderStage {
         };
         match class {
             ErrorClass::Throttled { scope } => {
-                if scope == ThrottleScope::Recipient {
-                    reopen().await?;
-                } else {
-                    hold().await?;
-                }
+                hold().await?;
                 let mut con = self.redis.get().await.map_err(redis_down)?;
                 let after = match scope {
                     ThrottleScope::Recipient => {
-                        // `attempts` before this try: 0 on the first failure → 1 s, then 4 s, 16 s…
-                        let d = pair_rate_backoff(part.attempts.max(0) as u32);
+                        // The recipient's failures so far: 1 s on the first, then 4 s, 16 s…
                         let recipient = part
                             .wa_id
                             .as_deref()
                             .or(part.user_id.as_deref())
                             .unwrap_or("-");
                         self.limiter
-                            .penalize_recipient(&mut con, &channel.phone_number_id, recipient, d)
+                            .pair_rate_failure(&mut con, &channel.phone_number_id, recipient)
                             .await
-                            .map_err(redis_down)?;
-                        d
+                            .map_err(redis_down)?
                     }
                     _ => {
                         // A short, jittered pause smooths the number's rate (130429). The others
@@ -727,6 +735,13 @@ impl SenderStage {
                         d
                     }
                 };
+                if self.too_old(part) {
+                    let reason = format!(
+                        "gave up: throttled by Meta ({code}) past {:?}",
+                        self.policy.backoff.max_age
+                    );
+                    return self.give_up(part, Some(code), reason).await;
+                }
                 Ok(Step::Return(Outcome::Defer {
                     after,
                     reason: format!("throttled by Meta ({code})"),

@@ -1086,3 +1086,36 @@ async fn quarantined_updates_are_replayed_once_their_channel_exists_and_never_tw
     );
     assert_eq!(inbound_wamids(con.clone()).await.len(), 2);
 }
+
+#[tokio::test]
+async fn streams_kept_for_inspection_are_read_a_page_at_a_time_and_whole() {
+    let cfg = TestConfig::new().await;
+    let mut con = cfg.redis().await;
+    let stream = cfg.keys().quarantine();
+    for n in 0..450 {
+        let _: String = redis::cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg("n")
+            .arg(n)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+    let n_of = |e: &wafleet::streams::StoredEntry| e.text("n").parse::<u32>().unwrap();
+    let whole = wafleet::streams::read_whole(&mut con, &stream)
+        .await
+        .unwrap();
+    assert_eq!(
+        whole.iter().map(n_of).collect::<Vec<_>>(),
+        (0..450).collect::<Vec<_>>()
+    );
+    let first = wafleet::streams::read_after(&mut con, &stream, None, 5)
+        .await
+        .unwrap();
+    assert_eq!(first.iter().map(n_of).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+    let next = wafleet::streams::read_after(&mut con, &stream, Some(first[4].id()), 2)
+        .await
+        .unwrap();
+    assert_eq!(next.iter().map(n_of).collect::<Vec<_>>(), [5, 6]);
+}

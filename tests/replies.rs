@@ -904,7 +904,7 @@ async fn replaying_a_reply_that_ran_out_of_retries_sends_it_once() {
     assert_eq!(letters.len(), 1);
     assert!(s.sim.state.messages().is_empty(), "both tries failed");
 
-    wafleet::dead_letters::replay(&mut con, &s.pg, &keys, "sender", &letters[0])
+    wafleet::dead_letters::replay(&mut con, &s.pg, &keys, "sender", &letters[0], false)
         .await
         .unwrap();
     let sent = s.sent(1).await;
@@ -925,7 +925,7 @@ async fn replaying_a_reply_that_ran_out_of_retries_sends_it_once() {
     );
     // The same dead letter replayed again (an operator repeating a replay that looked stuck):
     // the part was accepted, so nothing more goes out.
-    wafleet::dead_letters::replay(&mut con, &s.pg, &keys, "sender", &letters[0])
+    wafleet::dead_letters::replay(&mut con, &s.pg, &keys, "sender", &letters[0], false)
         .await
         .unwrap();
     s.settled().await;
@@ -1067,6 +1067,43 @@ async fn sends_meta_never_answers_are_resent_only_within_the_retry_bounds() {
         3,
         "sent once and resent twice, never more"
     );
+    // An operator's replay leaves the part failed: one of those sends may have reached the
+    // customer. Only asked to, it sends again.
+    let mut con = s.cfg.redis().await;
+    let keys = s.cfg.keys();
+    let letters = wafleet::dead_letters::read(&mut con, &keys, "sender")
+        .await
+        .unwrap();
+    let parts = wafleet::dead_letters::replay(&mut con, &s.pg, &keys, "sender", &letters[0], false)
+        .await
+        .unwrap();
+    assert_eq!((parts.reopened, parts.unanswered), (0, 1));
+    eventually(
+        "the replayed job to run",
+        Duration::from_secs(30),
+        || async {
+            let done = metric_value(
+                &wafleet::telemetry::metrics_handle().render(),
+                r#"wafleet_jobs_total{stage="sender",outcome="done"}"#,
+            );
+            (done >= 1.0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(s.sim.state.messages().len(), 3, "nothing more sent");
+    assert_eq!(
+        s.count("SELECT count(*) FROM outbound_messages WHERE state = 'failed'")
+            .await,
+        1
+    );
+    let (id,): (i64,) = sqlx::query_as("SELECT id FROM outbound_messages")
+        .fetch_one(&s.pg)
+        .await
+        .unwrap();
+    let asked = wafleet::store::replies::reopen_for_replay(&s.pg, Some(id), None, true)
+        .await
+        .unwrap();
+    assert_eq!((asked.reopened, asked.unanswered), (1, 0));
 }
 
 #[tokio::test]

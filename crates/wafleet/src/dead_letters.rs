@@ -68,7 +68,9 @@ pub async fn read<C: ConnectionLike>(
 }
 
 /// Puts one dead letter of `stage` back on its source stream and removes it from the dead-letter
-/// stream. A send job's failed parts are reopened first.
+/// stream. A send job's failed parts are reopened first (those whose sends Meta never answered
+/// only with `resend_unanswered`: see [`replies::reopen_for_replay`]); what was done to them is
+/// returned.
 ///
 /// The steps run in that order, each safe to repeat: a failure part way leaves the dead letter in
 /// place (or a copy of the job queued), never a loss, and running the replay again finishes it. A
@@ -79,19 +81,24 @@ pub async fn replay<C: ConnectionLike>(
     keys: &Keys,
     stage: &str,
     letter: &DeadLetter,
-) -> anyhow::Result<()> {
+    resend_unanswered: bool,
+) -> anyhow::Result<replies::Reopened> {
     let source = letter.text("source_stream");
     anyhow::ensure!(
         !source.is_empty(),
         "dead letter {} has no source_stream",
         letter.id()
     );
+    let mut parts = replies::Reopened::default();
     if stage == sender::STAGE.name {
         let id = |f: &str| letter.text(f).parse::<i64>().ok();
-        let reopened = replies::reopen_for_replay(pg, id("outbound_id"), id("reply_to")).await?;
+        parts =
+            replies::reopen_for_replay(pg, id("outbound_id"), id("reply_to"), resend_unanswered)
+                .await?;
         tracing::info!(
             dead_letter = letter.id(),
-            reopened,
+            reopened = parts.reopened,
+            unanswered = parts.unanswered,
             "failed parts reopened for a replay"
         );
     }
@@ -108,5 +115,5 @@ pub async fn replay<C: ConnectionLike>(
         .arg(letter.id())
         .query_async(con)
         .await?;
-    Ok(())
+    Ok(parts)
 }

@@ -396,15 +396,26 @@ impl StoredEntry {
     }
 }
 
-/// Every entry of `stream`, oldest first.
-pub async fn read_whole<C: redis::aio::ConnectionLike>(
+/// Entries read per `XRANGE` when reading a stream whole: a stream of dead letters can hold
+/// thousands of bodies of up to 3 MB, and one unbounded `XRANGE` would keep Redis from everyone
+/// else (ingest answering 503) for as long as it takes to send them.
+const PAGE: usize = 200;
+
+/// Up to `count` entries of `stream` after the entry id `after` (from the start when `None`),
+/// oldest first.
+pub async fn read_after<C: redis::aio::ConnectionLike>(
     con: &mut C,
     stream: &str,
+    after: Option<&str>,
+    count: usize,
 ) -> RedisResult<Vec<StoredEntry>> {
+    let start = after.map_or_else(|| "-".to_string(), |id| format!("({id}"));
     let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
         .arg(stream)
-        .arg("-")
+        .arg(start)
         .arg("+")
+        .arg("COUNT")
+        .arg(count.max(1))
         .query_async(con)
         .await?;
     Ok(reply
@@ -412,6 +423,23 @@ pub async fn read_whole<C: redis::aio::ConnectionLike>(
         .into_iter()
         .map(|entry| StoredEntry { entry })
         .collect())
+}
+
+/// Every entry of `stream`, oldest first, read [`PAGE`] entries at a time.
+pub async fn read_whole<C: redis::aio::ConnectionLike>(
+    con: &mut C,
+    stream: &str,
+) -> RedisResult<Vec<StoredEntry>> {
+    let mut all: Vec<StoredEntry> = Vec::new();
+    loop {
+        let after = all.last().map(|e| e.id().to_string());
+        let page = read_after(con, stream, after.as_deref(), PAGE).await?;
+        let done = page.len() < PAGE;
+        all.extend(page);
+        if done {
+            return Ok(all);
+        }
+    }
 }
 
 #[cfg(test)]

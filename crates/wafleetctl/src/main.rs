@@ -7,6 +7,7 @@
 //! `WHATSAPP_APP_SECRET` set for one number, changing another number's bot mode must not give it
 //! that number's secrets.
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use wafleet::config::{Secret, parsed, required};
 use wafleet::crypto::Cipher;
@@ -120,12 +121,16 @@ enum DeadCommand {
         limit: usize,
     },
     /// Put dead letters back on the stream they came from and remove them from the dead-letter
-    /// stream. Give entry ids, or --all.
+    /// stream. Give entry ids, or --all. A sender job's failed parts are sent again, except those
+    /// whose sends Meta never answered (one may have reached the customer) unless
+    /// --resend-unanswered.
     Replay {
         stage: String,
         ids: Vec<String>,
         #[arg(long)]
         all: bool,
+        #[arg(long)]
+        resend_unanswered: bool,
     },
 }
 
@@ -165,7 +170,6 @@ struct AddArgs {
 /// A secret flag's value: the secret itself, `env:NAME` or `file:PATH`. Errors name the variable
 /// or file, never the value.
 fn secret_value(arg: &str) -> anyhow::Result<String> {
-    use anyhow::Context;
     let value = if let Some(name) = arg.strip_prefix("env:") {
         std::env::var(name).with_context(|| format!("{name} is not set (or not UTF-8)"))?
     } else if let Some(path) = arg.strip_prefix("file:") {
@@ -410,13 +414,19 @@ async fn sqlx_query_key(
 
 async fn dead_letters(cmd: &DeadCommand) -> anyhow::Result<()> {
     use wafleet::dead_letters;
+    let stage = match cmd {
+        DeadCommand::List { stage, .. } | DeadCommand::Replay { stage, .. } => stage,
+    };
+    anyhow::ensure!(
+        wafleet::stages::process::ALL_STAGES.contains(&stage.as_str()),
+        "unknown stage {stage:?}: one of {}",
+        wafleet::stages::process::ALL_STAGES.join(", ")
+    );
     let (settings, keys, mut con) = redis_side().await?;
     match cmd {
         DeadCommand::List { stage, limit } => {
-            for letter in dead_letters::read(&mut con, &keys, stage)
-                .await?
-                .iter()
-                .take(*limit)
+            for letter in
+                wafleet::streams::read_after(&mut con, &keys.dead(stage), None, *limit).await?
             {
                 println!(
                     "{}  source={} {}  deliveries={} attempts={}  reason={}",
@@ -429,22 +439,53 @@ async fn dead_letters(cmd: &DeadCommand) -> anyhow::Result<()> {
                 );
             }
         }
-        DeadCommand::Replay { stage, ids, all } => {
+        DeadCommand::Replay {
+            stage,
+            ids,
+            all,
+            resend_unanswered,
+        } => {
             anyhow::ensure!(
                 *all || !ids.is_empty(),
                 "give entry ids to replay, or --all"
             );
             let pg =
                 db::connect(settings.database_url.expose(), 2, settings.plan_cache_mode).await?;
-            let mut replayed = 0;
+            let (mut replayed, mut unanswered) = (0, 0);
+            let mut found = Vec::new();
             for letter in dead_letters::read(&mut con, &keys, stage).await? {
                 if *all || ids.iter().any(|id| id == letter.id()) {
-                    dead_letters::replay(&mut con, &pg, &keys, stage, &letter).await?;
+                    let parts = dead_letters::replay(
+                        &mut con,
+                        &pg,
+                        &keys,
+                        stage,
+                        &letter,
+                        *resend_unanswered,
+                    )
+                    .await
+                    .with_context(|| {
+                        format!("replaying {} (after {replayed} replayed)", letter.id())
+                    })?;
                     replayed += 1;
+                    unanswered += parts.unanswered;
+                    found.push(letter.id().to_string());
                 }
             }
             println!(
                 "replayed {replayed} dead letter(s) from {}",
+                keys.dead(stage)
+            );
+            if unanswered > 0 {
+                println!(
+                    "{unanswered} part(s) left failed: Meta answered none of their sends, so one \
+                     may have reached the customer; --resend-unanswered sends them again"
+                );
+            }
+            let missing: Vec<_> = ids.iter().filter(|id| !found.contains(id)).collect();
+            anyhow::ensure!(
+                missing.is_empty(),
+                "no dead letter {missing:?} in {}",
                 keys.dead(stage)
             );
         }
@@ -457,7 +498,9 @@ async fn quarantine(cmd: &QuarantineCommand) -> anyhow::Result<()> {
     let (settings, keys, mut con) = redis_side().await?;
     match cmd {
         QuarantineCommand::List { limit } => {
-            for kept in quarantine::read(&mut con, &keys).await?.iter().take(*limit) {
+            for kept in
+                wafleet::streams::read_after(&mut con, &keys.quarantine(), None, *limit).await?
+            {
                 println!(
                     "{}  reason={}  channel={}  kind={}  received_at={}",
                     kept.id(),
@@ -479,10 +522,12 @@ async fn quarantine(cmd: &QuarantineCommand) -> anyhow::Result<()> {
             let registry = wafleet::channels::load(&pg, &cipher).await?;
             let enqueuer = wafleet::streams::Enqueuer::new(wafleet::config::dedup_ttl()?);
             let (mut enqueued, mut duplicates, mut left) = (0, 0, 0);
+            let mut found = Vec::new();
             for kept in quarantine::read(&mut con, &keys).await? {
                 if !*all && !ids.iter().any(|id| id == kept.id()) {
                     continue;
                 }
+                found.push(kept.id().to_string());
                 match quarantine::replay(&mut con, &keys, &enqueuer, &registry, &kept).await? {
                     Replayed::Enqueued => enqueued += 1,
                     Replayed::Duplicate => duplicates += 1,
@@ -498,6 +543,12 @@ async fn quarantine(cmd: &QuarantineCommand) -> anyhow::Result<()> {
             }
             println!(
                 "enqueued {enqueued}, already enqueued {duplicates}, left in {} {left}",
+                keys.quarantine()
+            );
+            let missing: Vec<_> = ids.iter().filter(|id| !found.contains(id)).collect();
+            anyhow::ensure!(
+                missing.is_empty(),
+                "no entry {missing:?} in {}",
                 keys.quarantine()
             );
         }

@@ -294,7 +294,8 @@ impl SenderStage {
                     .resends(ErrorClass::Transient, unanswered_try, part.retries_since)
                 {
                     let reason = format!(
-                        "gave up: Meta answered none of {} sends and no status came for them",
+                        "{} {} sends and no status came for them",
+                        replies::UNANSWERED,
                         part.attempts
                     );
                     metrics::counter!("wafleet_sender_ambiguous_given_up_total").increment(1);

@@ -440,28 +440,57 @@ pub async fn reopen_failed(pool: &PgPool, id: i64) -> sqlx::Result<()> {
     Ok(())
 }
 
+/// How the reason of a part given up after unanswered sends begins (the sender writes it): Meta
+/// may have delivered one of them without a status ever coming back.
+pub const UNANSWERED: &str = "gave up: Meta answered none of";
+
+/// What a replay did to a send job's parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Reopened {
+    /// Failed parts put back to `pending`.
+    pub reopened: u64,
+    /// Failed parts left failed because their sends went unanswered ([`UNANSWERED`]).
+    pub unanswered: u64,
+}
+
 /// What an operator's replay of a send job's dead letter does first: the job's failed parts (one
 /// part, or every part of the reply to a message) go back to `pending` with a fresh round of
 /// retries (attempts 0, age counted from now) and their failure forgotten. Parts Meta accepted,
 /// suppressed or still pending are left alone, so a replay never sends an accepted part again.
-/// Returns how many parts were reopened.
+/// Nor, unless `resend_unanswered`, a part given up because Meta answered none of its sends:
+/// one of them may have reached the customer, and sending again is the operator's call.
 pub async fn reopen_for_replay(
     pool: &PgPool,
     outbound_id: Option<i64>,
     reply_to: Option<i64>,
-) -> sqlx::Result<u64> {
-    let done = sqlx::query(&format!(
-        "UPDATE outbound_messages
-            SET {REOPEN}, attempts = 0, retries_since = now(),
-                error_code = NULL, error_title = NULL, fail_reason = NULL
-          WHERE state = 'failed'
-            AND (id = $1 OR (reply_to = $2 AND kind = 'reply'))"
+    resend_unanswered: bool,
+) -> sqlx::Result<Reopened> {
+    let (reopened, unanswered): (i64, i64) = sqlx::query_as(&format!(
+        "WITH target AS (
+             SELECT id, starts_with(COALESCE(fail_reason, ''), $3) AS unanswered
+               FROM outbound_messages
+              WHERE state = 'failed' AND (id = $1 OR (reply_to = $2 AND kind = 'reply'))
+         ), reopened AS (
+             UPDATE outbound_messages o
+                SET {REOPEN}, attempts = 0, retries_since = now(),
+                    error_code = NULL, error_title = NULL, fail_reason = NULL
+               FROM target t
+              WHERE o.id = t.id AND o.state = 'failed' AND (NOT t.unanswered OR $4)
+          RETURNING o.id
+         )
+         SELECT (SELECT count(*) FROM reopened),
+                (SELECT count(*) FROM target WHERE unanswered AND NOT $4)"
     ))
     .bind(outbound_id)
     .bind(reply_to)
-    .execute(pool)
+    .bind(UNANSWERED)
+    .bind(resend_unanswered)
+    .fetch_one(pool)
     .await?;
-    Ok(done.rows_affected())
+    Ok(Reopened {
+        reopened: reopened as u64,
+        unanswered: unanswered as u64,
+    })
 }
 
 pub async fn mark_failed(

@@ -348,3 +348,31 @@ async fn a_process_that_joins_gets_its_share_within_seconds_with_the_default_lea
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_setting_of_zero_or_a_bad_log_format_stops_the_worker_naming_the_variable() {
+    let cfg = TestConfig::new().await;
+    for (name, value) in [
+        ("WAFLEET_MAX_IN_FLIGHT", "0"),
+        ("WAFLEET_JOB_DEADLINE_MS", "0"),
+        ("WAFLEET_SEND_MAX_ATTEMPTS", "0"),
+        ("WAFLEET_GRAPH_TIMEOUT_MS", "0"),
+        ("WAFLEET_DATABASE_POOL_SIZE", "0"),
+        ("WAFLEET_LOG_FORMAT", "yaml"),
+        ("RUST_LOG", "wafleet=loud"),
+    ] {
+        let run = tokio::process::Command::new(BIN)
+            .envs(cfg.worker_env())
+            .env("TEST_WORKER_MODE", "real")
+            .env(name, value)
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .unwrap_or_else(|_| panic!("{name}={value} was taken: the worker kept running"))
+            .unwrap();
+        assert!(!out.status.success(), "{name}={value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(name), "{name}={value}: {stderr}");
+    }
+}

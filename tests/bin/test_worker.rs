@@ -39,6 +39,7 @@ impl Handler for Crasher {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    wafleet::telemetry::check_logging_env()?;
     wafleet::telemetry::init_logging();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     match std::env::var("TEST_WORKER_MODE").as_deref() {

@@ -12,6 +12,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    telemetry::check_logging_env()?;
     telemetry::init_logging();
     let settings = IngestSettings::from_env()?;
     let listener =

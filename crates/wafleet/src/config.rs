@@ -1,7 +1,8 @@
 //! Typed settings from the environment.
 //!
-//! Every variable is read here and nowhere else, parsed into its type at start-up, and a bad
-//! value fails start-up with a message naming the variable. Secrets are wrapped in [`Secret`],
+//! Variables are read through these helpers (the stages' own settings in their modules), parsed
+//! into their types at start-up, and a bad value fails start-up with a message naming the
+//! variable. Secrets are wrapped in [`Secret`],
 //! whose `Debug` prints `[redacted]`, so a settings struct can be logged whole.
 
 use std::net::SocketAddr;
@@ -53,8 +54,27 @@ where
     }
 }
 
-fn millis(name: &str, default_ms: u64) -> anyhow::Result<Duration> {
-    Ok(Duration::from_millis(parsed(name, default_ms)?))
+/// [`parsed`] for a count or size where 0 makes no sense (a pool of no connections, no attempts,
+/// nothing in flight): 0 fails start-up with a message naming the variable.
+pub fn positive<T>(name: &str, default: T) -> anyhow::Result<T>
+where
+    T: FromStr + PartialEq + Default,
+    T::Err: std::fmt::Display,
+{
+    let value = parsed(name, default)?;
+    if value == T::default() {
+        bail!("{name} must be at least 1");
+    }
+    Ok(value)
+}
+
+/// A duration in whole milliseconds, at least 1 (a timeout or interval of 0 would fail every
+/// request, or spin).
+pub fn millis(name: &str, default: Duration) -> anyhow::Result<Duration> {
+    Ok(Duration::from_millis(positive(
+        name,
+        default.as_millis() as u64,
+    )?))
 }
 
 /// What every process needs: where Redis and Postgres are, how keys are laid out, and the key
@@ -97,8 +117,8 @@ impl CommonSettings {
             redis_prefix,
             partitions,
             encryption_key: Secret::new(required("WAFLEET_ENCRYPTION_KEY")?),
-            redis_pool_size: parsed("WAFLEET_REDIS_POOL_SIZE", 32)?,
-            database_pool_size: parsed("WAFLEET_DATABASE_POOL_SIZE", 10)?,
+            redis_pool_size: positive("WAFLEET_REDIS_POOL_SIZE", 32)?,
+            database_pool_size: positive("WAFLEET_DATABASE_POOL_SIZE", 10)?,
             plan_cache_mode: parsed("WAFLEET_PG_PLAN_CACHE_MODE", Default::default())?,
         })
     }
@@ -160,7 +180,7 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 /// `WAFLEET_DEDUP_TTL_SECS`: how long a redelivery is recognised (Meta retries for 7 days).
 /// Read by ingest and by whatever enqueues as ingest does (`wafleetctl quarantine replay`).
 pub fn dedup_ttl() -> anyhow::Result<Duration> {
-    Ok(Duration::from_secs(parsed(
+    Ok(Duration::from_secs(positive(
         "WAFLEET_DEDUP_TTL_SECS",
         7 * 24 * 3600,
     )?))
@@ -174,12 +194,15 @@ impl IngestSettings {
             listen: listen
                 .parse()
                 .with_context(|| format!("WAFLEET_INGEST_ADDR={listen:?} is not an address"))?,
-            max_body_bytes: parsed("WAFLEET_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)?,
+            max_body_bytes: positive("WAFLEET_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)?,
             dedup_ttl: dedup_ttl()?,
-            redis_timeout: millis("WAFLEET_REDIS_TIMEOUT_MS", 2000)?,
-            channel_refresh: millis("WAFLEET_CHANNEL_REFRESH_MS", 2000)?,
+            redis_timeout: millis("WAFLEET_REDIS_TIMEOUT_MS", Duration::from_millis(2000))?,
+            channel_refresh: millis("WAFLEET_CHANNEL_REFRESH_MS", Duration::from_millis(2000))?,
             shutdown_grace: Duration::from_secs(parsed("WAFLEET_SHUTDOWN_GRACE_SECS", 20)?),
-            request_timeout: millis("WAFLEET_INGEST_REQUEST_TIMEOUT_MS", 30_000)?,
+            request_timeout: millis(
+                "WAFLEET_INGEST_REQUEST_TIMEOUT_MS",
+                Duration::from_millis(30_000),
+            )?,
             quick_start: QuickStartChannel::from_env()?,
         })
     }

@@ -17,12 +17,46 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     10.0, 30.0,
 ];
 
+/// The log filter (`RUST_LOG`, default `info`) and whether lines are JSON (`WAFLEET_LOG_FORMAT`:
+/// `text`, the default, or `json`). A value that does not parse is an error naming the variable.
+pub fn log_settings(
+    rust_log: Option<&str>,
+    format: Option<&str>,
+) -> anyhow::Result<(EnvFilter, bool)> {
+    let filter = match rust_log {
+        None => EnvFilter::new("info"),
+        Some(v) => {
+            EnvFilter::try_new(v).map_err(|e| anyhow::anyhow!("RUST_LOG={v:?} is invalid: {e}"))?
+        }
+    };
+    let json = match format {
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(other) => anyhow::bail!("WAFLEET_LOG_FORMAT={other:?} is invalid: text or json"),
+    };
+    Ok((filter, json))
+}
+
+/// Checks `RUST_LOG` and `WAFLEET_LOG_FORMAT`: the binaries call it first, so a bad value stops
+/// them instead of logging at another level or format than asked.
+pub fn check_logging_env() -> anyhow::Result<()> {
+    log_settings(
+        crate::config::var("RUST_LOG").as_deref(),
+        crate::config::var("WAFLEET_LOG_FORMAT").as_deref(),
+    )
+    .map(|_| ())
+}
+
 /// Initialises logging once per process (later calls are no-ops, so tests may call it freely).
+/// Bad logging variables fall back to the defaults here; [`check_logging_env`] refuses them.
 pub fn init_logging() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
-        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-        let json = std::env::var("WAFLEET_LOG_FORMAT").is_ok_and(|v| v == "json");
+        let (filter, json) = log_settings(
+            crate::config::var("RUST_LOG").as_deref(),
+            crate::config::var("WAFLEET_LOG_FORMAT").as_deref(),
+        )
+        .unwrap_or_else(|_| (EnvFilter::new("info"), false));
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_target(false);
@@ -65,4 +99,31 @@ pub fn metrics_handle() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logging_variables_that_do_not_parse_are_errors_naming_them() {
+        let (_, json) = log_settings(None, None).unwrap();
+        assert!(!json);
+        assert!(
+            log_settings(Some("wafleet=debug,warn"), Some("json"))
+                .unwrap()
+                .1
+        );
+        assert!(!log_settings(Some("debug"), Some("text")).unwrap().1);
+        let bad_level = log_settings(Some("wafleet=loud"), None).unwrap_err();
+        assert!(
+            bad_level.to_string().starts_with("RUST_LOG="),
+            "{bad_level}"
+        );
+        let bad_format = log_settings(None, Some("yaml")).unwrap_err();
+        assert_eq!(
+            bad_format.to_string(),
+            "WAFLEET_LOG_FORMAT=\"yaml\" is invalid: text or json"
+        );
+    }
 }

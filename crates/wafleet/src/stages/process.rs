@@ -22,7 +22,7 @@ use std::collections::HashMap;
 
 use super::llm::{self as llm_stage, LlmDefaults, LlmStage};
 use super::sender::{self, SendPolicy, SendWrites, SenderStage};
-use crate::config::{CommonSettings, Secret, parsed, var};
+use crate::config::{CommonSettings, Secret, millis, parsed, positive, var};
 use crate::crypto::Cipher;
 use crate::graph::GraphClient;
 use crate::llm::{FallbackPolicy, LlmClient, ProviderConfig, ProviderKind};
@@ -67,7 +67,7 @@ impl GraphSettings {
                 .unwrap_or_else(|| crate::graph::DEFAULT_BASE_URL.into()),
             version: var("WAFLEET_GRAPH_API_VERSION")
                 .unwrap_or_else(|| crate::graph::DEFAULT_VERSION.into()),
-            timeout: Duration::from_millis(parsed("WAFLEET_GRAPH_TIMEOUT_MS", 10_000)?),
+            timeout: millis("WAFLEET_GRAPH_TIMEOUT_MS", Duration::from_secs(10))?,
         })
     }
 }
@@ -117,18 +117,12 @@ impl LlmSettings {
             });
         }
         let mut policy = FallbackPolicy::default();
-        policy.overall_deadline = Duration::from_millis(parsed(
-            "WAFLEET_LLM_DEADLINE_MS",
-            policy.overall_deadline.as_millis() as u64,
-        )?);
-        policy.call_deadline = Duration::from_millis(parsed(
-            "WAFLEET_LLM_CALL_DEADLINE_MS",
-            policy.call_deadline.as_millis() as u64,
-        )?);
+        policy.overall_deadline = millis("WAFLEET_LLM_DEADLINE_MS", policy.overall_deadline)?;
+        policy.call_deadline = millis("WAFLEET_LLM_CALL_DEADLINE_MS", policy.call_deadline)?;
         Ok(Self {
             providers,
             policy,
-            max_tokens: parsed("WAFLEET_LLM_MAX_TOKENS", 1024)?,
+            max_tokens: positive("WAFLEET_LLM_MAX_TOKENS", 1024)?,
         })
     }
 }
@@ -149,15 +143,9 @@ fn stage_runtime(
         s.lease_ttl = s.lease_ttl.max(s.job_deadline + Duration::from_secs(15));
     }
     let upper = stage.to_uppercase();
-    s.max_in_flight = parsed(&format!("WAFLEET_{upper}_MAX_IN_FLIGHT"), s.max_in_flight)?;
-    s.job_deadline = Duration::from_millis(parsed(
-        &format!("WAFLEET_{upper}_JOB_DEADLINE_MS"),
-        s.job_deadline.as_millis() as u64,
-    )?);
-    s.lease_ttl = Duration::from_millis(parsed(
-        &format!("WAFLEET_{upper}_LEASE_TTL_MS"),
-        s.lease_ttl.as_millis() as u64,
-    )?);
+    s.max_in_flight = positive(&format!("WAFLEET_{upper}_MAX_IN_FLIGHT"), s.max_in_flight)?;
+    s.job_deadline = millis(&format!("WAFLEET_{upper}_JOB_DEADLINE_MS"), s.job_deadline)?;
+    s.lease_ttl = millis(&format!("WAFLEET_{upper}_LEASE_TTL_MS"), s.lease_ttl)?;
     s.validate()
         .map_err(|e| anyhow::anyhow!("stage {stage}: {e}"))?;
     Ok(s)

@@ -108,14 +108,11 @@ impl Default for SendPolicy {
 
 impl SendPolicy {
     pub fn from_env() -> anyhow::Result<Self> {
-        use crate::config::parsed;
+        use crate::config::{millis as ms, positive};
         let d = Self::default();
-        let ms = |name: &str, v: Duration| -> anyhow::Result<Duration> {
-            Ok(Duration::from_millis(parsed(name, v.as_millis() as u64)?))
-        };
         Ok(Self {
             backoff: Backoff {
-                max_attempts: parsed("WAFLEET_SEND_MAX_ATTEMPTS", d.backoff.max_attempts)?,
+                max_attempts: positive("WAFLEET_SEND_MAX_ATTEMPTS", d.backoff.max_attempts)?,
                 max_age: ms("WAFLEET_SEND_MAX_AGE_MS", d.backoff.max_age)?,
                 ..d.backoff
             },

@@ -205,20 +205,14 @@ impl WorkerSettings {
     }
 
     pub fn from_env() -> anyhow::Result<Self> {
-        use crate::config::parsed;
+        use crate::config::{millis as ms, parsed, positive};
         let d = Self::default();
-        let ms = |name: &str, default: Duration| -> anyhow::Result<Duration> {
-            Ok(Duration::from_millis(parsed(
-                name,
-                default.as_millis() as u64,
-            )?))
-        };
         let s = Self {
-            max_in_flight: parsed("WAFLEET_MAX_IN_FLIGHT", d.max_in_flight)?,
+            max_in_flight: positive("WAFLEET_MAX_IN_FLIGHT", d.max_in_flight)?,
             job_deadline: ms("WAFLEET_JOB_DEADLINE_MS", d.job_deadline)?,
             lease_ttl: ms("WAFLEET_LEASE_TTL_MS", d.lease_ttl)?,
-            max_deliveries: parsed("WAFLEET_MAX_DELIVERIES", d.max_deliveries)?,
-            max_attempts: parsed("WAFLEET_MAX_ATTEMPTS", d.max_attempts)?,
+            max_deliveries: positive("WAFLEET_MAX_DELIVERIES", d.max_deliveries)?,
+            max_attempts: positive("WAFLEET_MAX_ATTEMPTS", d.max_attempts)?,
             backoff_base: ms("WAFLEET_BACKOFF_BASE_MS", d.backoff_base)?,
             backoff_max: ms("WAFLEET_BACKOFF_MAX_MS", d.backoff_max)?,
             shutdown_grace: Duration::from_secs(parsed("WAFLEET_SHUTDOWN_GRACE_SECS", 20)?),

@@ -429,3 +429,47 @@ async fn pair_rate_failures_are_counted_per_recipient_for_metas_4_to_the_x_sched
         "forgotten an hour after the last: {ttl}"
     );
 }
+
+#[tokio::test]
+async fn customers_messages_use_the_numbers_budget_up_to_a_second_ahead() {
+    let limiter = RateLimiter::new(unique_prefix());
+    let number = Budget::new(10.0, 1);
+    let charge = |n: usize| {
+        let limiter = limiter.clone();
+        async move {
+            let mut con = connection().await;
+            for _ in 0..n {
+                limiter
+                    .charge_inbound(&mut con, PNID, number)
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    let next_reply = |number_id: &'static str| {
+        let limiter = limiter.clone();
+        async move {
+            let mut con = connection().await;
+            limiter
+                .acquire(&mut con, number_id, "1", number, NO_LIMIT, Duration::ZERO)
+                .await
+                .unwrap()
+        }
+    };
+    // Three customers' messages at 10/s: the next reply waits for the three slots they used.
+    charge(3).await;
+    let wait = wait_of(next_reply(PNID).await);
+    assert!(
+        wait > Duration::from_millis(150) && wait <= Duration::from_millis(300),
+        "{wait:?}"
+    );
+    // A flood holds replies back for at most a second, not the 10 s it would take at the rate.
+    charge(100).await;
+    let wait = wait_of(next_reply(PNID).await);
+    assert!(
+        wait > Duration::from_millis(800) && wait <= Duration::from_secs(1),
+        "{wait:?}"
+    );
+    // Another number's budget is untouched.
+    assert_eq!(next_reply("999").await, Decision::Go);
+}

@@ -1504,6 +1504,33 @@ async fn three_sender_processes_under_a_throttling_storm_send_everything_within_
 }
 
 #[tokio::test]
+async fn each_customer_message_is_charged_to_the_numbers_throughput() {
+    let s = system_with(
+        SimConfig::default(),
+        |s| vec![s.standin()],
+        &["conversation"],
+    )
+    .await;
+    // One message a second: a customer's message holds the number's budget for a second.
+    sqlx::query("UPDATE channels SET send_rate_per_sec = 1")
+        .execute(&s.pg)
+        .await
+        .unwrap();
+    let key = wafleet::ratelimit::RateLimitKeys::new(s.cfg.keys().prefix()).number(PNID);
+    let con = s.cfg.redis().await;
+    let held = || {
+        let (mut con, key) = (con.clone(), key.clone());
+        async move {
+            let ttl: i64 = con.pttl(&key).await.unwrap();
+            (ttl > 0).then_some(())
+        }
+    };
+    assert!(held().await.is_none());
+    s.send("573020", "wamid.C1", "hola").await;
+    eventually("the number's budget charged", Duration::from_secs(10), held).await;
+}
+
+#[tokio::test]
 async fn a_131056_slows_only_its_recipient() {
     let s = system().await;
     s.sim.state.add_fault(fault(

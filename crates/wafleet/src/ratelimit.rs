@@ -13,6 +13,10 @@
 //! `max(TAT, now) + T - now <= burst × T`; if it does, TAT moves to `max(TAT, now) + T`. In any
 //! window of length `W`, at most `burst + W / T` messages conform. One `SET` per key, no refill loop.
 //!
+//! Meta counts the customers' messages against the number's throughput too: the conversation
+//! stage charges each one to the number budget ([`RateLimiter::charge_inbound`], never refused,
+//! its debt capped at a second), so replies leave room for them.
+//!
 //! [`ACQUIRE_SCRIPT`] evaluates the number budget and the pair budget together and commits both
 //! only if both conform, now or at the first moment within the caller's horizon when both do (the
 //! caller then sleeps until that moment and sends: its slot is reserved); otherwise it commits
@@ -105,6 +109,30 @@ commit(KEYS[1], number_interval, number_tat)
 commit(KEYS[2], pair_interval, pair_tat)
 return -wait
 "#;
+
+/// Charges the number budget for messages that already happened (the customers' own: Meta counts
+/// inbound messages against the number's throughput too). The debt is capped at `ARGV[3]` µs
+/// ahead of now: Meta's accounting is per second, so a flood of inbound messages holds replies
+/// back for at most that long after it, not for as long as the flood would take at the rate.
+///
+/// `KEYS`: number TAT. `ARGV`: interval µs, messages, cap µs.
+const CHARGE_SCRIPT: &str = r#"
+local interval = tonumber(ARGV[1])
+if interval <= 0 then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local stored = redis.call('GET', KEYS[1])
+local tat = stored and tonumber(stored) or 0
+if tat < now then tat = now end
+local new_tat = math.min(tat + interval * tonumber(ARGV[2]), now + tonumber(ARGV[3]))
+if new_tat > tat then
+  redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+end
+return 0
+"#;
+
+/// How far ahead of now inbound messages may push the number's budget ([`CHARGE_SCRIPT`]).
+pub const INBOUND_DEBT_CAP: Duration = Duration::from_secs(1);
 
 /// Sets a hold key for `ARGV[1]` ms unless it already lasts at least that long.
 const HOLD_SCRIPT: &str = r#"
@@ -217,6 +245,7 @@ pub struct RateLimiter {
     /// Loaded by hash on first use (and again if Redis restarted and forgot it).
     acquire: redis::Script,
     hold: redis::Script,
+    charge: redis::Script,
 }
 
 impl RateLimiter {
@@ -225,6 +254,7 @@ impl RateLimiter {
             keys: RateLimitKeys::new(prefix),
             acquire: redis::Script::new(ACQUIRE_SCRIPT),
             hold: redis::Script::new(HOLD_SCRIPT),
+            charge: redis::Script::new(CHARGE_SCRIPT),
         }
     }
 
@@ -287,6 +317,30 @@ impl RateLimiter {
     {
         self.set_hold(con, self.keys.penalty(phone_number_id, recipient), for_)
             .await
+    }
+
+    /// Counts a customer's message against `phone_number_id`'s `number` budget: Meta's
+    /// throughput counts inbound and outbound messages alike (reference C.3), so replies leave
+    /// room for what customers send. Never refused, never waits; the debt is capped at
+    /// [`INBOUND_DEBT_CAP`].
+    pub async fn charge_inbound<C>(
+        &self,
+        con: &mut C,
+        phone_number_id: &str,
+        number: Budget,
+    ) -> Result<(), RedisError>
+    where
+        C: redis::aio::ConnectionLike,
+    {
+        let _: i64 = self
+            .charge
+            .key(self.keys.number(phone_number_id))
+            .arg(number.interval_micros())
+            .arg(1)
+            .arg(INBOUND_DEBT_CAP.as_micros() as u64)
+            .invoke_async(con)
+            .await?;
+        Ok(())
     }
 
     /// Meta refused a message to `recipient` for the pair rate (131056): counts the failure and

@@ -58,6 +58,8 @@ pub struct ConversationStage {
     pub keys: Keys,
     pub channels: ChannelCache,
     pub redactor: Arc<Redactor>,
+    /// Charges each new customer message to its number's throughput budget.
+    pub limiter: crate::ratelimit::RateLimiter,
     /// Plain messages of conversations known from the session cache, stored together: the
     /// stage's most frequent write (see [`known_stores`]).
     pub known_stores: KnownStores,
@@ -262,9 +264,10 @@ impl ConversationStage {
         } else {
             &conversation.owner
         };
-        let ((), followed) = tokio::join!(
+        let ((), followed, ()) = tokio::join!(
             self.cache_session(&job.conv, conversation.id, conversation.session_no, owner),
             self.follow_up(job, &stored),
+            self.charge_inbound(&channel),
         );
         followed?;
         Ok(Outcome::Done)
@@ -380,6 +383,23 @@ impl ConversationStage {
                 after: std::time::Duration::from_millis(200),
                 reason: "message stored concurrently".into(),
             }),
+        }
+    }
+
+    /// Counts the customer's message against the number's throughput, as Meta does. Best effort:
+    /// a failure costs at most a throttled reply later (which the sender handles), so it is
+    /// logged and counted, not retried.
+    async fn charge_inbound(&self, channel: &ChannelSettings) {
+        let charged = async {
+            let mut con = self.redis.get().await?;
+            let number = crate::ratelimit::Budget::new(f64::from(channel.send_rate_per_sec), 1);
+            self.limiter
+                .charge_inbound(&mut con, &channel.phone_number_id, number)
+                .await
+        };
+        if let Err(e) = charged.await {
+            metrics::counter!("wafleet_inbound_charge_errors_total").increment(1);
+            tracing::warn!(error = %e, "could not charge an inbound message to the number's rate budget");
         }
     }
 

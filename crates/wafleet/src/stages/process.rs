@@ -291,6 +291,7 @@ pub async fn run(
                     keys: keys.clone(),
                     channels: channels.clone(),
                     redactor: redactor.clone(),
+                    limiter: RateLimiter::new(common.redis_prefix.clone()),
                     known_stores: conversation::known_stores(&pg),
                 };
                 stages.push(conversation::STAGE);

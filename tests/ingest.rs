@@ -1119,3 +1119,99 @@ async fn streams_kept_for_inspection_are_read_a_page_at_a_time_and_whole() {
         .unwrap();
     assert_eq!(next.iter().map(n_of).collect::<Vec<_>>(), [5, 6]);
 }
+
+#[tokio::test]
+async fn rotating_the_encryption_key_reseals_every_secret_at_once_or_not_at_all() {
+    use wafleet::crypto::Cipher;
+    use wafleet::store::channels::{self, Resealed};
+    let cfg = TestConfig::new().await;
+    let pg = cfg.pg().await;
+    let (first, second) = (FIXTURE_NUMBERS[0], "555000444");
+    cfg.add_channel(first, |_| {}).await;
+    cfg.add_channel(second, |_| {}).await;
+    let model = channels::ProviderSpec {
+        position: 0,
+        name: "shop-model".into(),
+        kind: "openai".into(),
+        base_url: "http://127.0.0.1:9/v1".into(),
+        model: "m".into(),
+        api_key: wafleet::config::Secret::new("sk-shop".into()),
+    };
+    channels::set_provider(&pg, &cfg.cipher(), first, &model)
+        .await
+        .unwrap();
+    let new_key = Cipher::generate_key_text();
+    let rotated = Cipher::from_key_text(&new_key)
+        .unwrap()
+        .with_other_keys([cfg.key.as_str()])
+        .unwrap();
+    let new_only = Cipher::from_key_text(&new_key).unwrap();
+
+    // One secret no key opens (changed by hand): nothing is resealed.
+    let foreign = Cipher::from_key_text(&Cipher::generate_key_text())
+        .unwrap()
+        .encrypt(&format!("channel:{second}:access_token"), b"x");
+    sqlx::query("UPDATE channels SET access_token = $1 WHERE phone_number_id = $2")
+        .bind(&foreign)
+        .bind(second)
+        .execute(&pg)
+        .await
+        .unwrap();
+    let e = channels::reseal_all(&pg, &rotated).await.unwrap_err();
+    assert!(format!("{e:#}").contains(second), "{e:#}");
+    assert!(
+        channels::get(&pg, &cfg.cipher(), first).await.is_ok(),
+        "untouched"
+    );
+    assert!(channels::get(&pg, &new_only, first).await.is_err());
+
+    // Fixed: every secret (two channels' app secret, verify and access token, one model's key)
+    // is sealed with the new key, which alone now opens them; a second run changes nothing.
+    sqlx::query("UPDATE channels SET access_token = $1 WHERE phone_number_id = $2")
+        .bind(
+            cfg.cipher()
+                .encrypt(&format!("channel:{second}:access_token"), b"x"),
+        )
+        .bind(second)
+        .execute(&pg)
+        .await
+        .unwrap();
+    let done = channels::reseal_all(&pg, &rotated).await.unwrap();
+    assert_eq!(
+        done,
+        Resealed {
+            resealed: 7,
+            current: 0
+        }
+    );
+    assert_eq!(channels::list(&pg, &new_only).await.unwrap().len(), 2);
+    assert!(channels::list(&pg, &cfg.cipher()).await.is_err());
+    let (stored,): (Vec<u8>,) = sqlx::query_as("SELECT api_key FROM channel_llm_providers")
+        .fetch_one(&pg)
+        .await
+        .unwrap();
+    assert_eq!(
+        new_only
+            .decrypt(&format!("channel:{first}:llm:shop-model"), &stored)
+            .unwrap(),
+        b"sk-shop"
+    );
+    assert_eq!(
+        channels::reseal_all(&pg, &rotated).await.unwrap(),
+        Resealed {
+            resealed: 0,
+            current: 7
+        }
+    );
+
+    // Ingest on the new key serves the channels.
+    let mut settings = cfg.ingest_settings();
+    settings.common.encryption_key = wafleet::config::Secret::new(new_key);
+    let ingest = Ingest::start(settings).await;
+    let res = ingest
+        .post_signed(&text_body(first, "57300", "wamid.ROT", "hola"), APP_SECRET)
+        .await;
+    assert_eq!(res.status(), 200);
+    let mut con = cfg.redis().await;
+    assert_eq!(all_updates(&mut con, &inbound_streams(&cfg)).await.len(), 1);
+}

@@ -290,6 +290,7 @@ impl TestConfig {
             redis_prefix: self.prefix.clone(),
             partitions: self.partitions,
             encryption_key: Secret::new(self.key.clone()),
+            other_encryption_keys: Vec::new(),
             redis_pool_size: 8,
             database_pool_size: 4,
             plan_cache_mode: Default::default(),

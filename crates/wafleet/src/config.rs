@@ -89,6 +89,9 @@ pub struct CommonSettings {
     /// with the streams drained (it re-maps conversations to partitions).
     pub partitions: u32,
     pub encryption_key: Secret<String>,
+    /// `WAFLEET_ENCRYPTION_KEY_PREVIOUS` (comma-separated): keys that still decrypt what they
+    /// sealed, during a key rotation.
+    pub other_encryption_keys: Vec<Secret<String>>,
     /// Connections in this process's Redis pool, for processes that hold a connection per task
     /// (blocking reads). Ingest does not use it: it shares one multiplexed connection
     /// ([`crate::shared_redis`]).
@@ -117,11 +120,42 @@ impl CommonSettings {
             redis_prefix,
             partitions,
             encryption_key: Secret::new(required("WAFLEET_ENCRYPTION_KEY")?),
+            other_encryption_keys: other_encryption_keys(),
             redis_pool_size: positive("WAFLEET_REDIS_POOL_SIZE", 32)?,
             database_pool_size: positive("WAFLEET_DATABASE_POOL_SIZE", 10)?,
             plan_cache_mode: parsed("WAFLEET_PG_PLAN_CACHE_MODE", Default::default())?,
         })
     }
+}
+
+impl CommonSettings {
+    /// The cipher of `WAFLEET_ENCRYPTION_KEY` and `WAFLEET_ENCRYPTION_KEY_PREVIOUS`.
+    pub fn cipher(&self) -> anyhow::Result<crate::crypto::Cipher> {
+        crate::crypto::Cipher::from_key_text(self.encryption_key.expose())?.with_other_keys(
+            self.other_encryption_keys
+                .iter()
+                .map(|k| k.expose().as_str()),
+        )
+    }
+}
+
+fn other_encryption_keys() -> Vec<Secret<String>> {
+    var("WAFLEET_ENCRYPTION_KEY_PREVIOUS")
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(|k| Secret::new(k.to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The cipher from `WAFLEET_ENCRYPTION_KEY` and `WAFLEET_ENCRYPTION_KEY_PREVIOUS`, for tools that
+/// need nothing else of [`CommonSettings`].
+pub fn cipher_from_env() -> anyhow::Result<crate::crypto::Cipher> {
+    crate::crypto::Cipher::from_key_text(&required("WAFLEET_ENCRYPTION_KEY")?)?
+        .with_other_keys(other_encryption_keys().iter().map(|k| k.expose().as_str()))
 }
 
 /// The single channel of the quick start, from the variables WhatsApp users already know.

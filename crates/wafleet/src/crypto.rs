@@ -3,8 +3,15 @@
 //! AES-256-GCM with a random 96-bit nonce per value, and the owner of the value (for example
 //! `channel:106540352242922:access_token`) as associated data, so a ciphertext copied into another
 //! row or column fails to decrypt instead of silently becoming another channel's token.
-//! Stored form: `0x01 || nonce (12) || ciphertext+tag`. The leading version byte leaves room for a
-//! key rotation scheme. Clear text only ever lives in memory.
+//! Stored form: `0x01 || nonce (12) || ciphertext+tag`. Clear text only ever lives in memory.
+//!
+//! # Rotating the key
+//! A [`Cipher`] holds the current key, with which everything is sealed and tagged, and any number
+//! of other keys that still open what they sealed (`WAFLEET_ENCRYPTION_KEY_PREVIOUS`): the old
+//! key after a rotation, or the next one before it. `wafleetctl rotate-secrets` then seals every
+//! stored secret again with the current key ([`crate::store::channels::reseal_all`]). The steps,
+//! each a rolling restart that never leaves a process unable to read what another wrote, are in
+//! the README (Operations).
 //!
 //! The same key also tags the outbound ids we put in `biz_opaque_callback_data`
 //! ([`CallbackTags`]), so a status echoing callback data that another app on the number, or
@@ -21,10 +28,10 @@ use sha2::Sha256;
 const VERSION: u8 = 1;
 const NONCE_LEN: usize = 12;
 
-/// The process's data-encryption key.
+/// The process's data-encryption keys: the current one first, then those that only decrypt.
 #[derive(Clone)]
 pub struct Cipher {
-    aead: Aes256Gcm,
+    aeads: Vec<Aes256Gcm>,
     callbacks: CallbackTags,
 }
 
@@ -34,31 +41,50 @@ impl std::fmt::Debug for Cipher {
     }
 }
 
+/// Parses a key: 32 bytes as base64 (standard or URL-safe, padding optional) or 64 hex digits.
+/// Errors name `var`, never the value.
+fn parse_key(text: &str, var: &str) -> anyhow::Result<Vec<u8>> {
+    let text = text.trim();
+    let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        hex::decode(text).with_context(|| format!("bad hex in {var}"))?
+    } else {
+        use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+        // Padding is optional: shells and env files lose trailing '=' easily.
+        let unpadded = text.trim_end_matches('=');
+        STANDARD_NO_PAD
+            .decode(unpadded)
+            .or_else(|_| URL_SAFE_NO_PAD.decode(unpadded))
+            .with_context(|| format!("{var} is neither 64 hex digits nor base64"))?
+    };
+    if bytes.len() != 32 {
+        bail!("{var} must decode to 32 bytes, got {}", bytes.len());
+    }
+    Ok(bytes)
+}
+
 impl Cipher {
     /// Parses `WAFLEET_ENCRYPTION_KEY`: 32 bytes as base64 (standard or URL-safe) or 64 hex digits.
     pub fn from_key_text(text: &str) -> anyhow::Result<Self> {
-        let text = text.trim();
-        let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-            hex::decode(text).context("bad hex in WAFLEET_ENCRYPTION_KEY")?
-        } else {
-            use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
-            // Padding is optional: shells and env files lose trailing '=' easily.
-            let unpadded = text.trim_end_matches('=');
-            STANDARD_NO_PAD
-                .decode(unpadded)
-                .or_else(|_| URL_SAFE_NO_PAD.decode(unpadded))
-                .context("WAFLEET_ENCRYPTION_KEY is neither 64 hex digits nor base64")?
-        };
-        if bytes.len() != 32 {
-            bail!(
-                "WAFLEET_ENCRYPTION_KEY must decode to 32 bytes, got {}",
-                bytes.len()
-            );
-        }
+        let bytes = parse_key(text, "WAFLEET_ENCRYPTION_KEY")?;
         Ok(Self {
-            aead: Aes256Gcm::new_from_slice(&bytes).expect("32-byte key"),
+            aeads: vec![Aes256Gcm::new_from_slice(&bytes).expect("32-byte key")],
             callbacks: CallbackTags::derive(&bytes),
         })
+    }
+
+    /// Adds keys that open (and check the callback tags of) what they sealed, but seal nothing:
+    /// `WAFLEET_ENCRYPTION_KEY_PREVIOUS`.
+    pub fn with_other_keys<'a>(
+        mut self,
+        texts: impl IntoIterator<Item = &'a str>,
+    ) -> anyhow::Result<Self> {
+        for text in texts {
+            let bytes = parse_key(text, "WAFLEET_ENCRYPTION_KEY_PREVIOUS")?;
+            self.aeads
+                .push(Aes256Gcm::new_from_slice(&bytes).expect("32-byte key"));
+            self.callbacks.macs.push(CallbackTags::subkey(&bytes));
+        }
+        Ok(self)
     }
 
     /// What tags and checks our outbound ids in `biz_opaque_callback_data`.
@@ -73,11 +99,11 @@ impl Cipher {
         base64::engine::general_purpose::STANDARD.encode(key)
     }
 
+    /// Seals `plain` with the current key, bound to `owner`.
     pub fn encrypt(&self, owner: &str, plain: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::thread_rng().fill_bytes(&mut nonce);
-        let sealed = self
-            .aead
+        let sealed = self.aeads[0]
             .encrypt(
                 Nonce::from_slice(&nonce),
                 Payload {
@@ -93,22 +119,39 @@ impl Cipher {
         out
     }
 
+    /// Opens a value sealed for `owner` with any of the keys, the current one first.
     pub fn decrypt(&self, owner: &str, stored: &[u8]) -> anyhow::Result<Vec<u8>> {
+        self.open(owner, stored).map(|(plain, _)| plain)
+    }
+
+    /// [`Cipher::decrypt`], and whether it took another key than the current one.
+    fn open(&self, owner: &str, stored: &[u8]) -> anyhow::Result<(Vec<u8>, bool)> {
         if stored.len() < 1 + NONCE_LEN + 16 || stored[0] != VERSION {
             bail!("stored secret for {owner} has an unknown format");
         }
         let (nonce, sealed) = stored[1..].split_at(NONCE_LEN);
-        self.aead
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
+        self.aeads
+            .iter()
+            .enumerate()
+            .find_map(|(i, aead)| {
+                let payload = Payload {
                     msg: sealed,
                     aad: owner.as_bytes(),
-                },
-            )
-            .map_err(|_| {
-                anyhow::anyhow!("secret for {owner} does not decrypt with WAFLEET_ENCRYPTION_KEY")
+                };
+                aead.decrypt(Nonce::from_slice(nonce), payload)
+                    .ok()
+                    .map(|plain| (plain, i > 0))
             })
+            .with_context(|| {
+                format!("secret for {owner} does not decrypt with WAFLEET_ENCRYPTION_KEY (nor WAFLEET_ENCRYPTION_KEY_PREVIOUS)")
+            })
+    }
+
+    /// The value sealed again with the current key, if another key sealed it (`None`: already
+    /// current). An error when no key opens it.
+    pub fn reseal(&self, owner: &str, stored: &[u8]) -> anyhow::Result<Option<Vec<u8>>> {
+        let (plain, old) = self.open(owner, stored)?;
+        Ok(old.then(|| self.encrypt(owner, &plain)))
     }
 }
 
@@ -131,6 +174,64 @@ mod tests {
         assert!(c.decrypt("channel:2:access_token", &sealed).is_err());
         let other = Cipher::from_key_text(&Cipher::generate_key_text()).unwrap();
         assert!(other.decrypt("channel:1:access_token", &sealed).is_err());
+    }
+
+    #[test]
+    fn after_a_rotation_the_old_key_still_opens_and_checks_but_never_seals() {
+        let (old_text, new_text) = (Cipher::generate_key_text(), Cipher::generate_key_text());
+        let old = Cipher::from_key_text(&old_text).unwrap();
+        let sealed_before = old.encrypt("channel:1:access_token", b"EAAG-token");
+        let tagged_before = old.callback_tags().encode(42, 1);
+
+        let rotated = Cipher::from_key_text(&new_text)
+            .unwrap()
+            .with_other_keys([old_text.as_str()])
+            .unwrap();
+        assert_eq!(
+            rotated
+                .decrypt("channel:1:access_token", &sealed_before)
+                .unwrap(),
+            b"EAAG-token"
+        );
+        assert!(rotated.callback_tags().decode(&tagged_before).is_some());
+        // What it seals and tags, the new key alone opens and checks.
+        let new_only = Cipher::from_key_text(&new_text).unwrap();
+        let resealed = rotated
+            .reseal("channel:1:access_token", &sealed_before)
+            .unwrap()
+            .expect("sealed by the old key");
+        assert_eq!(
+            new_only
+                .decrypt("channel:1:access_token", &resealed)
+                .unwrap(),
+            b"EAAG-token"
+        );
+        assert!(old.decrypt("channel:1:access_token", &resealed).is_err());
+        assert_eq!(
+            rotated.reseal("channel:1:access_token", &resealed).unwrap(),
+            None
+        );
+        let tagged_after = rotated.callback_tags().encode(42, 2);
+        assert!(new_only.callback_tags().decode(&tagged_after).is_some());
+        assert!(old.callback_tags().decode(&tagged_after).is_none());
+        // Neither key: an error naming both variables, never the value.
+        let stranger = Cipher::from_key_text(&Cipher::generate_key_text()).unwrap();
+        let e = stranger
+            .decrypt("channel:1:access_token", &sealed_before)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("WAFLEET_ENCRYPTION_KEY_PREVIOUS") && !e.contains("EAAG"),
+            "{e}"
+        );
+        assert!(
+            Cipher::from_key_text(&new_text)
+                .unwrap()
+                .with_other_keys(["short"])
+                .unwrap_err()
+                .to_string()
+                .contains("WAFLEET_ENCRYPTION_KEY_PREVIOUS")
+        );
     }
 
     #[test]
@@ -160,7 +261,8 @@ mod tests {
 /// `wf1.<id>.<tag>` (before the try was written) still reads back, with no try.
 #[derive(Clone)]
 pub struct CallbackTags {
-    mac: Hmac<Sha256>,
+    /// The current key's first (it tags), then the other keys' (they only check).
+    macs: Vec<Hmac<Sha256>>,
 }
 
 impl std::fmt::Debug for CallbackTags {
@@ -181,18 +283,21 @@ const CALLBACK_TAG_LEN: usize = 9;
 
 impl CallbackTags {
     fn derive(key: &[u8]) -> Self {
+        Self {
+            macs: vec![Self::subkey(key)],
+        }
+    }
+
+    fn subkey(key: &[u8]) -> Hmac<Sha256> {
         let mut kdf =
             <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes keys of any length");
         kdf.update(b"wafleet biz_opaque_callback_data v1");
         let subkey = kdf.finalize().into_bytes();
-        Self {
-            mac: <Hmac<Sha256> as Mac>::new_from_slice(&subkey)
-                .expect("HMAC takes keys of any length"),
-        }
+        <Hmac<Sha256> as Mac>::new_from_slice(&subkey).expect("HMAC takes keys of any length")
     }
 
-    fn tag(&self, signed: &str) -> Hmac<Sha256> {
-        let mut mac = self.mac.clone();
+    fn tag_with(mac: &Hmac<Sha256>, signed: &str) -> Hmac<Sha256> {
+        let mut mac = mac.clone();
         mac.update(signed.as_bytes());
         mac
     }
@@ -200,7 +305,9 @@ impl CallbackTags {
     /// The callback data of send `send_try` of outbound message `id`.
     pub fn encode(&self, id: i64, send_try: i32) -> String {
         let signed = format!("{id}.{send_try}");
-        let tag = self.tag(&signed).finalize().into_bytes();
+        let tag = Self::tag_with(&self.macs[0], &signed)
+            .finalize()
+            .into_bytes();
         let tag = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&tag[..CALLBACK_TAG_LEN]);
         format!("wf2.{signed}.{tag}")
     }
@@ -220,7 +327,16 @@ impl CallbackTags {
             .decode(tag)
             .ok()
             .filter(|t| t.len() == CALLBACK_TAG_LEN)?;
-        self.tag(signed).verify_truncated_left(&tag).ok()?;
+        // Any key's tag (data written before a rotation stays ours); each checked in constant
+        // time.
+        self.macs
+            .iter()
+            .any(|mac| {
+                Self::tag_with(mac, signed)
+                    .verify_truncated_left(&tag)
+                    .is_ok()
+            })
+            .then_some(())?;
         Some(Callback {
             outbound_id,
             send_try,
@@ -272,7 +388,9 @@ mod callback_tests {
         assert_eq!(tags.decode("wf2..."), None);
         assert_eq!(tags.decode("job-42"), None);
         // Data written before sends were numbered reads back without a try.
-        let legacy = tags.tag("4217").finalize().into_bytes();
+        let legacy = CallbackTags::tag_with(&tags.macs[0], "4217")
+            .finalize()
+            .into_bytes();
         let legacy =
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&legacy[..CALLBACK_TAG_LEN]);
         assert_eq!(

@@ -27,6 +27,9 @@ enum Command {
     Migrate,
     /// Print a fresh random WAFLEET_ENCRYPTION_KEY.
     GenerateKey,
+    /// Seal every stored secret again with WAFLEET_ENCRYPTION_KEY, opening it with that key or
+    /// one of WAFLEET_ENCRYPTION_KEY_PREVIOUS (a key rotation; see the README).
+    RotateSecrets,
     /// Manage channels (business numbers).
     #[command(subcommand)]
     Channel(ChannelCommand),
@@ -229,9 +232,16 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     db::migrate(&pool).await?;
-    let cipher = || Cipher::from_key_text(&required("WAFLEET_ENCRYPTION_KEY")?);
+    let cipher = wafleet::config::cipher_from_env;
     match cli.command {
         Command::Migrate => println!("migrations applied"),
+        Command::RotateSecrets => {
+            let done = channels::reseal_all(&pool, &cipher()?).await?;
+            println!(
+                "{} secret(s) sealed again with WAFLEET_ENCRYPTION_KEY, {} already were",
+                done.resealed, done.current
+            );
+        }
         Command::GenerateKey
         | Command::SendWebhook { .. }
         | Command::Probe { .. }
@@ -518,7 +528,7 @@ async fn quarantine(cmd: &QuarantineCommand) -> anyhow::Result<()> {
             );
             let pg =
                 db::connect(settings.database_url.expose(), 2, settings.plan_cache_mode).await?;
-            let cipher = Cipher::from_key_text(settings.encryption_key.expose())?;
+            let cipher = settings.cipher()?;
             let registry = wafleet::channels::load(&pg, &cipher).await?;
             let enqueuer = wafleet::streams::Enqueuer::new(wafleet::config::dedup_ttl()?);
             let (mut enqueued, mut duplicates, mut left) = (0, 0, 0);

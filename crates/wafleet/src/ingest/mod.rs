@@ -68,7 +68,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let common = &settings.common;
-    let cipher = Cipher::from_key_text(common.encryption_key.expose())?;
+    let cipher = common.cipher()?;
     let pg = db::connect(
         common.database_url.expose(),
         common.database_pool_size,

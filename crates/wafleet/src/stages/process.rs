@@ -23,7 +23,6 @@ use std::collections::HashMap;
 use super::llm::{self as llm_stage, LlmDefaults, LlmStage};
 use super::sender::{self, SendPolicy, SendWrites, SenderStage};
 use crate::config::{CommonSettings, Secret, millis, parsed, positive, var};
-use crate::crypto::Cipher;
 use crate::graph::GraphClient;
 use crate::llm::{FallbackPolicy, LlmClient, ProviderConfig, ProviderKind};
 use crate::ratelimit::RateLimiter;
@@ -226,7 +225,7 @@ pub async fn run(
     )
     .await?;
     db::migrate(&pg).await?;
-    let cipher = Cipher::from_key_text(common.encryption_key.expose())?;
+    let cipher = common.cipher()?;
     // A worker holding another key than the one that stored the channels' secrets could send
     // nothing and call no model: it refuses to start, as ingest does. (One channel that does not
     // decrypt is only logged: the sender pauses it, the others are served.)

@@ -275,6 +275,92 @@ pub async fn upsert(pool: &PgPool, cipher: &Cipher, spec: &ChannelSpec) -> anyho
     Ok(id.0)
 }
 
+/// What [`reseal_all`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Resealed {
+    /// Secrets sealed again with the current key.
+    pub resealed: usize,
+    /// Secrets already sealed with it.
+    pub current: usize,
+}
+
+/// Seals every stored secret (channels' app secrets, verify and access tokens, their models' API
+/// keys) again with the current key, after a key rotation: opened with any key the cipher
+/// holds. One transaction with the rows locked: a secret no key opens fails the whole of it,
+/// naming the channel, and nothing is changed. Running it again changes nothing.
+pub async fn reseal_all(pool: &PgPool, cipher: &Cipher) -> anyhow::Result<Resealed> {
+    type ChannelSecrets = (i64, String, Vec<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
+    let mut done = Resealed::default();
+    let mut reseal = |owner: &str, stored: &[u8]| -> anyhow::Result<Vec<u8>> {
+        Ok(match cipher.reseal(owner, stored)? {
+            Some(sealed) => {
+                done.resealed += 1;
+                sealed
+            }
+            None => {
+                done.current += 1;
+                stored.to_vec()
+            }
+        })
+    };
+    let mut tx = pool.begin().await?;
+    let channels: Vec<ChannelSecrets> = sqlx::query_as(
+        "SELECT id, phone_number_id, app_secrets, verify_token, access_token
+           FROM channels ORDER BY id FOR UPDATE",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .context("reading the channels")?;
+    for (id, pnid, app_secrets, verify_token, access_token) in channels {
+        let app_secrets = app_secrets
+            .iter()
+            .map(|v| reseal(&owner(&pnid, "app_secret"), v))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .with_context(|| format!("channel {pnid}"))?;
+        let mut field = |name: &str, v: Option<Vec<u8>>| {
+            v.map(|v| reseal(&owner(&pnid, name), &v))
+                .transpose()
+                .with_context(|| format!("channel {pnid}"))
+        };
+        let verify_token = field("verify_token", verify_token)?;
+        let access_token = field("access_token", access_token)?;
+        sqlx::query(
+            "UPDATE channels SET app_secrets = $2, verify_token = $3, access_token = $4
+              WHERE id = $1",
+        )
+        .bind(id)
+        .bind(&app_secrets)
+        .bind(&verify_token)
+        .bind(&access_token)
+        .execute(&mut *tx)
+        .await
+        .context("saving a channel")?;
+    }
+    let models: Vec<(i64, i32, String, String, Vec<u8>)> = sqlx::query_as(
+        "SELECT p.channel_id, p.position, c.phone_number_id, p.name, p.api_key
+           FROM channel_llm_providers p JOIN channels c ON c.id = p.channel_id
+          ORDER BY p.channel_id, p.position FOR UPDATE OF p",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .context("reading the channels' models")?;
+    for (channel_id, position, pnid, name, api_key) in models {
+        let api_key = reseal(&owner(&pnid, &format!("llm:{name}")), &api_key)
+            .with_context(|| format!("channel {pnid}, model {name}"))?;
+        sqlx::query(
+            "UPDATE channel_llm_providers SET api_key = $3 WHERE channel_id = $1 AND position = $2",
+        )
+        .bind(channel_id)
+        .bind(position)
+        .bind(&api_key)
+        .execute(&mut *tx)
+        .await
+        .context("saving a model")?;
+    }
+    tx.commit().await?;
+    Ok(done)
+}
+
 /// Enables or disables a channel. Returns false when there is no such channel.
 pub async fn set_enabled(
     pool: &PgPool,

@@ -1070,8 +1070,8 @@ async fn sends_meta_never_answers_are_resent_only_within_the_retry_bounds() {
         3,
         "sent once and resent twice, never more"
     );
-    // An operator's replay leaves the part failed: one of those sends may have reached the
-    // customer. Only asked to, it sends again.
+    // An operator's replay leaves the part failed and the dead letter in place: one of those
+    // sends may have reached the customer. Asked to, it sends again.
     let mut con = s.cfg.redis().await;
     let keys = s.cfg.keys();
     let letters = wafleet::dead_letters::read(&mut con, &keys, "sender")
@@ -1081,32 +1081,32 @@ async fn sends_meta_never_answers_are_resent_only_within_the_retry_bounds() {
         .await
         .unwrap();
     assert_eq!((parts.reopened, parts.unanswered), (0, 1));
-    eventually(
-        "the replayed job to run",
-        Duration::from_secs(30),
-        || async {
-            let done = metric_value(
-                &wafleet::telemetry::metrics_handle().render(),
-                r#"wafleet_jobs_total{stage="sender",outcome="done"}"#,
-            );
-            (done >= 1.0).then_some(())
-        },
-    )
-    .await;
-    assert_eq!(s.sim.state.messages().len(), 3, "nothing more sent");
+    let kept = wafleet::dead_letters::read(&mut con, &keys, "sender")
+        .await
+        .unwrap();
+    assert_eq!(
+        kept.len(),
+        1,
+        "the dead letter stays for a replay that asks"
+    );
     assert_eq!(
         s.count("SELECT count(*) FROM outbound_messages WHERE state = 'failed'")
             .await,
         1
     );
-    let (id,): (i64,) = sqlx::query_as("SELECT id FROM outbound_messages")
-        .fetch_one(&s.pg)
+    // Meta answers again (the simulator forgets its faults and what it received).
+    s.sim.state.reset();
+    let parts = wafleet::dead_letters::replay(&mut con, &s.pg, &keys, "sender", &kept[0], true)
         .await
         .unwrap();
-    let asked = wafleet::store::replies::reopen_for_replay(&s.pg, Some(id), None, true)
-        .await
-        .unwrap();
-    assert_eq!((asked.reopened, asked.unanswered), (1, 0));
+    assert_eq!((parts.reopened, parts.unanswered), (1, 0));
+    s.sent(1).await;
+    assert!(
+        wafleet::dead_letters::read(&mut con, &keys, "sender")
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -1327,6 +1327,16 @@ async fn an_expired_token_pauses_the_channel_and_raises_an_alert() {
             .await,
         1,
         "kept for after the fix"
+    );
+    // Its retry age starts again with the pause, so an outage longer than the age bound does
+    // not leave it too old to send once fixed.
+    assert_eq!(
+        s.count(
+            "SELECT count(*) FROM outbound_messages o JOIN channels c ON c.id = o.channel_id
+              WHERE o.retries_since >= c.sends_paused_until - interval '11 minutes'"
+        )
+        .await,
+        1
     );
     assert!(s.sim.state.messages().is_empty());
 }

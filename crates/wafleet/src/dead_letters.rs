@@ -68,9 +68,10 @@ pub async fn read<C: ConnectionLike>(
 }
 
 /// Puts one dead letter of `stage` back on its source stream and removes it from the dead-letter
-/// stream. A send job's failed parts are reopened first (those whose sends Meta never answered
-/// only with `resend_unanswered`: see [`replies::reopen_for_replay`]); what was done to them is
-/// returned.
+/// stream. A send job's failed parts are reopened first; what was done to them is returned. A
+/// send job with a part whose sends Meta never answered is left as it is, dead letter included,
+/// unless `resend_unanswered` (see [`replies::reopen_for_replay`]): `unanswered` then says how
+/// many such parts kept it.
 ///
 /// The steps run in that order, each safe to repeat: a failure part way leaves the dead letter in
 /// place (or a copy of the job queued), never a loss, and running the replay again finishes it. A
@@ -101,6 +102,9 @@ pub async fn replay<C: ConnectionLike>(
             unanswered = parts.unanswered,
             "failed parts reopened for a replay"
         );
+        if parts.unanswered > 0 {
+            return Ok(parts);
+        }
     }
     // Two steps, add first; the streams live on different Redis Cluster slots, so no
     // transaction spans them.

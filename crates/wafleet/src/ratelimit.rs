@@ -18,8 +18,10 @@
 //! its debt capped at a second), so replies leave room for them.
 //!
 //! [`ACQUIRE_SCRIPT`] evaluates the number budget and the pair budget together and commits both
-//! only if both conform, now or at the first moment within the caller's horizon when both do (the
-//! caller then sleeps until that moment and sends: its slot is reserved); otherwise it commits
+//! only if both conform, now or, when only the number's queue stands in the way, at its first free
+//! slot within the caller's horizon (the caller then sleeps until that moment and sends: its slot
+//! is reserved; a slot taken for a message waiting on its recipient's pair budget would hold the
+//! number's other recipients back with it); otherwise it commits
 //! nothing and returns how long until both would conform, so a refusal never consumes anyone's
 //! budget. It reads the clock with `redis.call('TIME')`:
 //! only Redis's clock matters, so skew between sender machines cannot inflate the rate. (Redis 5+
@@ -69,8 +71,9 @@ use redis::RedisError;
 /// `KEYS`: number TAT, pair TAT, number pause, recipient penalty.
 /// `ARGV`: number interval µs, number burst, pair interval µs, pair burst (interval 0 = no limit),
 /// horizon µs.
-/// Returns 0 for go now; `-w` when the slot `w` µs from now is taken (send then); `w > 0` when
-/// nothing was taken (a hold, or no slot within the horizon): ask again in `w` µs.
+/// Returns 0 for go now; `-w` when the number's slot `w` µs from now is taken (send then); `w > 0`
+/// when nothing was taken (a hold, a wait on the recipient's pair budget, or no slot within the
+/// horizon): ask again in `w` µs.
 pub const ACQUIRE_SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -96,7 +99,11 @@ local number_interval, pair_interval = tonumber(ARGV[1]), tonumber(ARGV[3])
 local number_wait, number_tat = gcra(KEYS[1], number_interval, tonumber(ARGV[2]))
 local pair_wait, pair_tat = gcra(KEYS[2], pair_interval, tonumber(ARGV[4]))
 local wait = math.max(number_wait, pair_wait)
-if hold > 0 or wait > tonumber(ARGV[5]) then return math.ceil(math.max(hold, wait)) end
+-- Only the number's own queue is scheduled ahead: a slot taken for a message that waits on its
+-- recipient would hold every other recipient of the number back until then.
+if hold > 0 or wait > tonumber(ARGV[5]) or pair_wait > number_wait then
+  return math.ceil(math.max(hold, wait))
+end
 
 -- Both budgets are charged at the moment the message goes, which conforms for both.
 local send_at = now + wait
@@ -194,11 +201,12 @@ impl Budget {
 pub enum Decision {
     /// Both budgets had room; the slot is taken. Send now.
     Go,
-    /// The first slot both budgets have, this long from now, is taken for this send: sleep, then
-    /// send without asking again.
+    /// The number's next free slot, this long from now, is taken for this send: sleep, then send
+    /// without asking again.
     Scheduled(Duration),
-    /// Nothing was taken (a hold, or no slot within the horizon asked for). Ask again after this
-    /// long (it is exact unless others take the slot first).
+    /// Nothing was taken (a hold, a wait on the recipient's pair budget, or no slot within the
+    /// horizon asked for). Ask again after this long (it is exact unless others take the slot
+    /// first).
     Wait(Duration),
 }
 
@@ -263,8 +271,8 @@ impl RateLimiter {
     }
 
     /// Takes one send slot from `phone_number_id`'s `number` budget and from its `pair` budget to
-    /// `recipient`, both or neither: now ([`Decision::Go`]), or the first slot within `horizon`
-    /// ([`Decision::Scheduled`]). Budgets are arguments, not stored, so a number's throughput
+    /// `recipient`, both or neither: now ([`Decision::Go`]), or, when only the number's budget is
+    /// short, its first free slot within `horizon` ([`Decision::Scheduled`]). Budgets are arguments, not stored, so a number's throughput
     /// can change (80 → 1000 mps) without touching Redis; every process must pass the same ones.
     ///
     /// Scheduling is what lets a busy number reach its rate: senders that had to wait each get

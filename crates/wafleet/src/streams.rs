@@ -409,13 +409,17 @@ pub async fn read_after<C: redis::aio::ConnectionLike>(
     after: Option<&str>,
     count: usize,
 ) -> RedisResult<Vec<StoredEntry>> {
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    // `(id`, an exclusive start, needs Redis 6.2 or later.
     let start = after.map_or_else(|| "-".to_string(), |id| format!("({id}"));
     let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
         .arg(stream)
         .arg(start)
         .arg("+")
         .arg("COUNT")
-        .arg(count.max(1))
+        .arg(count)
         .query_async(con)
         .await?;
     Ok(reply

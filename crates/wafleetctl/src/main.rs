@@ -477,21 +477,24 @@ async fn dead_letters(cmd: &DeadCommand) -> anyhow::Result<()> {
                     .with_context(|| {
                         format!("replaying {} (after {replayed} replayed)", letter.id())
                     })?;
-                    replayed += 1;
-                    unanswered += parts.unanswered;
                     found.push(letter.id().to_string());
+                    if parts.unanswered > 0 {
+                        unanswered += 1;
+                        println!(
+                            "{}  kept: {} part(s) whose sends Meta never answered (one may have \
+                             reached the customer); --resend-unanswered sends them again",
+                            letter.id(),
+                            parts.unanswered
+                        );
+                    } else {
+                        replayed += 1;
+                    }
                 }
             }
             println!(
-                "replayed {replayed} dead letter(s) from {}",
+                "replayed {replayed} dead letter(s) from {}, kept {unanswered}",
                 keys.dead(stage)
             );
-            if unanswered > 0 {
-                println!(
-                    "{unanswered} part(s) left failed: Meta answered none of their sends, so one \
-                     may have reached the customer; --resend-unanswered sends them again"
-                );
-            }
             let missing: Vec<_> = ids.iter().filter(|id| !found.contains(id)).collect();
             anyhow::ensure!(
                 missing.is_empty(),

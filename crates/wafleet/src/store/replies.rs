@@ -458,7 +458,10 @@ pub struct Reopened {
 /// retries (attempts 0, age counted from now) and their failure forgotten. Parts Meta accepted,
 /// suppressed or still pending are left alone, so a replay never sends an accepted part again.
 /// Nor, unless `resend_unanswered`, a part given up because Meta answered none of its sends:
-/// one of them may have reached the customer, and sending again is the operator's call.
+/// one of them may have reached the customer, and sending again is the operator's call. When the
+/// job has such a part and `resend_unanswered` is not given, nothing is reopened (the reply's
+/// parts go out in order, so its later parts could not go without it either): the caller keeps
+/// the dead letter for a replay that asks.
 pub async fn reopen_for_replay(
     pool: &PgPool,
     outbound_id: Option<i64>,
@@ -475,7 +478,8 @@ pub async fn reopen_for_replay(
                 SET {REOPEN}, attempts = 0, retries_since = now(),
                     error_code = NULL, error_title = NULL, fail_reason = NULL
                FROM target t
-              WHERE o.id = t.id AND o.state = 'failed' AND (NOT t.unanswered OR $4)
+              WHERE o.id = t.id AND o.state = 'failed'
+                AND ($4 OR NOT EXISTS (SELECT 1 FROM target WHERE unanswered))
           RETURNING o.id
          )
          SELECT (SELECT count(*) FROM reopened),
@@ -526,8 +530,14 @@ pub async fn pause_channel(
     until: DateTime<Utc>,
     reason: &str,
 ) -> sqlx::Result<()> {
+    // A pause keeps the channel's parts for the operator's fix: their retry age starts again, so
+    // a long outage does not leave them too old to send once it is fixed.
     sqlx::query(
-        "UPDATE channels SET sends_paused_until = $2, sends_paused_reason = $3 WHERE id = $1",
+        "WITH kept AS (
+             UPDATE outbound_messages SET retries_since = now()
+              WHERE channel_id = $1 AND state = 'pending'
+         )
+         UPDATE channels SET sends_paused_until = $2, sends_paused_reason = $3 WHERE id = $1",
     )
     .bind(channel_id)
     .bind(until)

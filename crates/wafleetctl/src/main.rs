@@ -318,7 +318,10 @@ async fn main() -> anyhow::Result<()> {
             hint_quarantine(&a.phone_number_id).await;
         }
         Command::Channel(ChannelCommand::List) => {
-            let all = channels::list(&pool, &cipher()?).await?;
+            // One channel whose secrets do not decrypt must not hide the others from the
+            // operator looking for it.
+            let all = channels::list_readable(&pool, &cipher()?).await?;
+            let hidden = channels::count(&pool).await? - all.len() as i64;
             println!(
                 "{:<20} {:<18} {:<16} {:<8} {:<7} {:>7} {:>6} {:>6} {:>9}",
                 "PHONE_NUMBER_ID",
@@ -343,6 +346,12 @@ async fn main() -> anyhow::Result<()> {
                     yes(c.verify_token.is_some()),
                     yes(c.access_token.is_some()),
                     c.phone_allowlist.len(),
+                );
+            }
+            if hidden > 0 {
+                println!(
+                    "{hidden} channel(s) not shown: their app secrets or verify token do not \
+                     decrypt with WAFLEET_ENCRYPTION_KEY (or WAFLEET_ENCRYPTION_KEY_PREVIOUS)"
                 );
             }
         }

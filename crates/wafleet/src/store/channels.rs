@@ -198,6 +198,15 @@ pub async fn list_readable(pool: &PgPool, cipher: &Cipher) -> anyhow::Result<Vec
     }
 }
 
+/// How many channels there are, readable or not.
+pub async fn count(pool: &PgPool) -> anyhow::Result<i64> {
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM channels")
+        .fetch_one(pool)
+        .await
+        .context("counting channels")?;
+    Ok(n)
+}
+
 pub async fn get(
     pool: &PgPool,
     cipher: &Cipher,

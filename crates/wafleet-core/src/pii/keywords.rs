@@ -98,8 +98,11 @@ const NEG: &[&str] = &[
     "cotizacion", "quote", "reserva", "booking", "confirmation", "confirmación", "confirmacion",
     "versión", "version", "versão", "versao", "firmware", "nit", "paquete", "package", "encomenda",
     "objeto", "remesa", "consecutivo", "número de orden", "número de pedido", "order number",
-    "tracking number", "solicitud", "pqr", "incidencia", "chamado", "ticket number", "cuenta",
-    "conta", "account", "producto", "produto", "product", "reference", "ref number",
+    "tracking number", "solicitud", "pqr", "incidencia", "chamado", "ticket number",
+    // A customer's account number with the business; a bare "cuenta" or "account" is not
+    // enough ("mi cuenta Nequi es 3001234567": a Nequi account is a phone number).
+    "número de cuenta", "numero de cuenta", "número da conta", "numero da conta",
+    "account number", "account no", "account #", "producto", "produto", "product", "reference", "ref number",
     "confirmation number", "tracking no",
 ];
 

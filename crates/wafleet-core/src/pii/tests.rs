@@ -99,3 +99,20 @@ fn type_names_round_trip() {
         assert_eq!(t.placeholder(), format!("[{}]", t.as_str()));
     }
 }
+
+#[test]
+fn an_account_word_does_not_make_a_phone_a_reference_number() {
+    // Nequi and Daviplata accounts are phone numbers; "account" is not "order".
+    for (t, want) in [
+        (
+            "mi cuenta Nequi es 3001234567",
+            "mi cuenta Nequi es [PHONE]",
+        ),
+        ("cuenta nequi 300 123 4567", "cuenta nequi [PHONE]"),
+        ("account (650) 555-1234", "account [PHONE]"),
+        ("my account 650-555-1234", "my account [PHONE]"),
+        ("la cuenta 12345 tiene saldo", "la cuenta 12345 tiene saldo"),
+    ] {
+        assert_eq!(redact(t), want, "{t}");
+    }
+}

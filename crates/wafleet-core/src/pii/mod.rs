@@ -1,6 +1,6 @@
 //! # PII redaction
 //!
-//! Finds personal data in customer messages (Spanish, Portuguese, English; Colombia, Brazil,
+//! Finds personal data and secrets in customer messages (Spanish, Portuguese, English; Colombia, Brazil,
 //! Mexico, Spain, Portugal, the US) and replaces each finding with a typed placeholder such as
 //! `[PHONE]`, before the text is stored or sent to a model.
 //!
@@ -14,7 +14,9 @@
 //! nobody claimed before it, so spans never overlap:
 //!
 //! 1. `detectors::url` — URLs carrying `user:password@` or token/key/secret parameters;
-//! 2. `detectors::email`;
+//! 2. `detectors::email`, then `detectors::secret` — passwords, PINs, CVVs, one-time codes
+//!    after the word that names them (the only detector that also runs on messages without a
+//!    digit, `@` or `://`);
 //! 3. `detectors::iban` — mod-97 checked;
 //! 4. `detectors::ip` — IPv6 (IPv4 is found with the other numbers);
 //! 5. cards, in `detectors::numeric` — Luhn plus issuer prefix, any grouping, *before* any
@@ -59,10 +61,12 @@ pub enum PiiType {
     UrlCredentials,
     Dob,
     Address,
+    /// A password, PIN, card security code or one-time code, after the word that names it.
+    Secret,
 }
 
 impl PiiType {
-    pub const ALL: [PiiType; 9] = [
+    pub const ALL: [PiiType; 10] = [
         PiiType::Email,
         PiiType::Phone,
         PiiType::Card,
@@ -72,6 +76,7 @@ impl PiiType {
         PiiType::UrlCredentials,
         PiiType::Dob,
         PiiType::Address,
+        PiiType::Secret,
     ];
 
     /// The text that replaces a finding of this type, e.g. `[EMAIL]`.
@@ -86,6 +91,7 @@ impl PiiType {
             PiiType::UrlCredentials => "[URL_CREDENTIALS]",
             PiiType::Dob => "[DOB]",
             PiiType::Address => "[ADDRESS]",
+            PiiType::Secret => "[SECRET]",
         }
     }
 
@@ -101,6 +107,7 @@ impl PiiType {
             PiiType::UrlCredentials => "URL_CREDENTIALS",
             PiiType::Dob => "DOB",
             PiiType::Address => "ADDRESS",
+            PiiType::Secret => "SECRET",
         }
     }
 
@@ -129,6 +136,7 @@ pub struct Redacted {
 /// The redactor. Build it once; it is `Send + Sync` and every method takes `&self`.
 pub struct Redactor {
     keywords: Keywords,
+    secrets: detectors::secret::Secrets,
     scheme: memchr::memmem::Finder<'static>,
 }
 
@@ -143,6 +151,7 @@ impl Redactor {
     pub fn new() -> Self {
         Redactor {
             keywords: Keywords::new(),
+            secrets: detectors::secret::Secrets::new(),
             scheme: memchr::memmem::Finder::new("://"),
         }
     }
@@ -169,7 +178,9 @@ impl Redactor {
         let has_scheme = self.scheme.find(b).is_some();
         let has_digit = b.iter().any(u8::is_ascii_digit);
         if !has_digit && !has_at && !has_scheme {
-            return Vec::new();
+            let mut found = Found::default();
+            self.secrets.find(text, &mut found);
+            return found.spans;
         }
         let mut found = Found::default();
         if has_scheme {
@@ -178,6 +189,8 @@ impl Redactor {
         if has_at {
             detectors::email::find(text, &mut found);
         }
+        // Passwords need no digit, so this one runs on every message.
+        self.secrets.find(text, &mut found);
         if has_digit {
             let mut kws = Vec::new();
             self.keywords.find(text, &mut kws);

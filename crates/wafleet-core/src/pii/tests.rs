@@ -31,6 +31,7 @@ fn every_type_gets_its_placeholder() {
         ("https://a:b@x.com", "[URL_CREDENTIALS]"),
         ("nací el 01/02/1990", "nací el [DOB]"),
         ("Calle 45 # 12-34", "[ADDRESS]"),
+        ("mi contraseña es hunter2", "mi contraseña es [SECRET]"),
     ] {
         assert_eq!(redact(t), want, "{t}");
     }

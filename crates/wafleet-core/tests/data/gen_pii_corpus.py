@@ -723,6 +723,7 @@ TRAP_CLAUSES = {
         "lo pagué a {PRICE}", "vi que el kit está en {PRICE} con el {PCT} de descuento",
         "me llegó el {DATE} pero estaba roto", "¿me lo pueden entregar el {DATE}?",
         "la entrega dice {DATE} entre las {TIME} y las {TIME}", "estoy disponible a partir de las {TIME}",
+        "olvidé mi contraseña, ¿me ayudan?", "la contraseña no funciona", "es clave que llegue hoy",
         "el {SKU} no aparece en la tienda", "el código de barras es {EAN}", "EAN {EAN}",
         "¿tienen este producto? {URL}", "vi esto en la página {URL}", "la factura {INVOICE} tiene un error",
         "necesito la factura electrónica del pedido {ORDER}", "quiero {QTY} unidades de {PRODUCT}",
@@ -755,6 +756,7 @@ TRAP_CLAUSES = {
         "a encomenda {TRACK} está parada", "o aniversário da minha mãe é dia {SHORTDATE}, chega antes?",
     ],
     "en": [
+        "I forgot my password", "password reset please", "I'll pass on the gift wrap",
         "my order {ORDER} hasn't arrived", "order number {ORDER}", "tracking number {TRACK}",
         "the tracking says {TRACK}", "I paid {PRICE} but the site said {PRICE}", "is shipping {PRICE}?",
         "it arrived on {DATE} but it was damaged", "can you deliver on {DATE}?", "I'm home after {TIME}",
@@ -943,6 +945,19 @@ PII_CLAUSES = {
         "I was born on {DOB}", "DOB: {DOB}", "date of birth {DOB}", "my date of birth is {DOB}",
         "born {DOB}", "birthday: {DOB}",
     ],
+    ("es", "SECRET"): [
+        "mi contraseña es {PWD}", "contraseña: {PWD}", "la clave de mi cuenta es {PWD}",
+        "usuario {NAMEUSER} clave {PWD}", "el pin de la tarjeta es {CODE}", "cvv {CODE}",
+        "me llegó el código de verificación {CODE}", "código de seguridad: {CODE}",
+    ],
+    ("pt", "SECRET"): [
+        "minha senha é {PWD}", "senha: {PWD}", "o pin é {CODE}", "código de verificação {CODE}",
+        "cvv {CODE}",
+    ],
+    ("en", "SECRET"): [
+        "my password is {PWD}", "password: {PWD}", "user {NAMEUSER} pass {PWD}", "PIN {CODE}",
+        "the verification code is {CODE}", "security code {CODE}", "cvv {CODE}",
+    ],
     ("es", "ADDR"): [
         "mi dirección es {ADDR}, {CITY}", "envíenlo a la {ADDR}", "vivo en la {ADDR} barrio {HOOD}",
         "dirección: {ADDR}", "entregar en {ADDR}, {CITY}", "{ADDR}", "la dirección de entrega es {ADDR}",
@@ -984,7 +999,8 @@ FORMS = {
 
 SLOT_TYPE = {"PHONE": "PHONE", "EMAIL": "EMAIL", "CARD": "CARD", "IBAN": "IBAN", "CEDULA": "NATIONAL_ID",
              "CPF": "NATIONAL_ID", "CNPJ": "NATIONAL_ID", "DNI": "NATIONAL_ID", "NIE": "NATIONAL_ID",
-             "SSN": "NATIONAL_ID", "IP": "IP", "URLC": "URL_CREDENTIALS", "DOB": "DOB", "ADDR": "ADDRESS"}
+             "SSN": "NATIONAL_ID", "IP": "IP", "URLC": "URL_CREDENTIALS", "DOB": "DOB", "ADDR": "ADDRESS",
+             "PWD": "SECRET", "CODE": "SECRET"}
 
 
 def pii_value(slot, lang, country, tmpl):
@@ -1018,17 +1034,23 @@ def pii_value(slot, lang, country, tmpl):
         return dob_value(lang)
     if slot == "ADDR":
         return address(country)
+    if slot == "PWD":
+        word = R.choice(["Sol", "perro", "Luna", "hunter", "Casa", "gatito", "Maria", "tigre"])
+        return R.choice([f"{word}{R.randrange(1, 9999)}", f"{word.capitalize()}{R.randrange(10, 99)}!",
+                         f"{word}_{R.randrange(100, 999)}", f"{word.upper()}{R.randrange(1, 99)}"])
+    if slot == "CODE":
+        return str(R.randrange(100, 99999999))[: R.choice([3, 4, 6, 6, 8])]
     raise KeyError(slot)
 
 
 # Which PII kinds each country's customers send, with weights.
 KINDS = {
-    "CO": [("PHONE", 8), ("EMAIL", 6), ("CARD", 3), ("CEDULA", 5), ("ADDR", 7), ("IP", 1), ("URLC", 1), ("DOB", 2), ("IBAN", 0.5)],
-    "MX": [("PHONE", 8), ("EMAIL", 6), ("CARD", 3), ("ADDR", 4), ("IP", 1), ("URLC", 1), ("DOB", 2)],
-    "ES": [("PHONE", 6), ("EMAIL", 5), ("CARD", 3), ("DNI", 3), ("NIE", 1.5), ("ADDR", 5), ("IBAN", 4), ("IP", 1), ("URLC", 1), ("DOB", 2)],
-    "BR": [("PHONE", 8), ("EMAIL", 6), ("CARD", 3), ("CPF", 5), ("CNPJ", 1.5), ("ADDR", 6), ("IP", 1), ("URLC", 1), ("DOB", 2), ("IBAN", 0.5)],
-    "PT": [("PHONE", 6), ("EMAIL", 5), ("CARD", 2), ("ADDR", 4), ("IBAN", 4), ("IP", 1), ("URLC", 1), ("DOB", 2)],
-    "US": [("PHONE", 8), ("EMAIL", 6), ("CARD", 4), ("SSN", 3), ("ADDR", 6), ("IBAN", 1), ("IP", 2), ("URLC", 2), ("DOB", 3)],
+    "CO": [("PHONE", 8), ("EMAIL", 6), ("CARD", 3), ("CEDULA", 5), ("ADDR", 7), ("IP", 1), ("URLC", 1), ("DOB", 2), ("IBAN", 0.5), ("SECRET", 1)],
+    "MX": [("PHONE", 8), ("EMAIL", 6), ("CARD", 3), ("ADDR", 4), ("IP", 1), ("URLC", 1), ("DOB", 2), ("SECRET", 1)],
+    "ES": [("PHONE", 6), ("EMAIL", 5), ("CARD", 3), ("DNI", 3), ("NIE", 1.5), ("ADDR", 5), ("IBAN", 4), ("IP", 1), ("URLC", 1), ("DOB", 2), ("SECRET", 1)],
+    "BR": [("PHONE", 8), ("EMAIL", 6), ("CARD", 3), ("CPF", 5), ("CNPJ", 1.5), ("ADDR", 6), ("IP", 1), ("URLC", 1), ("DOB", 2), ("IBAN", 0.5), ("SECRET", 1)],
+    "PT": [("PHONE", 6), ("EMAIL", 5), ("CARD", 2), ("ADDR", 4), ("IBAN", 4), ("IP", 1), ("URLC", 1), ("DOB", 2), ("SECRET", 1)],
+    "US": [("PHONE", 8), ("EMAIL", 6), ("CARD", 4), ("SSN", 3), ("ADDR", 6), ("IBAN", 1), ("IP", 2), ("URLC", 2), ("DOB", 3), ("SECRET", 1)],
 }
 LANG = {"CO": "es", "MX": "es", "ES": "es", "BR": "pt", "PT": "pt", "US": "en"}
 COUNTRY_WEIGHTS = [("CO", 30), ("MX", 10), ("ES", 10), ("BR", 25), ("PT", 8), ("US", 17)]
@@ -1092,7 +1114,9 @@ def render(msg, tmpl, lang, country, pii_ok=True):
         elif slot == "NAME":
             msg.add(f"{R.choice(FIRST[lang]).title()} {R.choice(LAST[lang]).title()}")
         elif slot == "CVV":
-            msg.add(digits(3))
+            msg.add(digits(3), kind="SECRET")
+        elif slot == "NAMEUSER":
+            msg.add(R.choice(["admin", "ana.gomez", "jperez", "cliente01", "maria_r"]))
         else:
             msg.add(trap_value(slot, lang, country), trap=slot)
         pos = m.end()

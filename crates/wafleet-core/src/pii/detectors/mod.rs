@@ -9,6 +9,7 @@ pub mod iban;
 pub mod idctx;
 pub mod ip;
 pub mod numeric;
+pub mod secret;
 pub mod url;
 
 /// Runs `finders` in order over `t` like the redactor does, for the detectors' own tests.

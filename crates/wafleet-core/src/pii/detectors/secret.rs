@@ -1,0 +1,169 @@
+//! Secrets a customer types in the clear: passwords, PINs, card security codes, one-time codes.
+//!
+//! Anchored on the word that names them ("contraseña", "password", "senha", "PIN", "CVV",
+//! "código de verificación"…): the token that follows, past a few linking words ("es", "is",
+//! ":", "de mi cuenta"), is the secret when it looks like one. A word of the sentence is left
+//! alone, so "la contraseña no funciona" or "es clave que llegue hoy" keep their meaning:
+//! - after a password word: a token with a digit, a symbol or a capital inside it
+//!   ("hunter2", "Perro123!", "SolYLuna"), or any token written as a value ("contraseña:
+//!   gatito", "password = gatito");
+//! - after a code word (PIN, CVV, OTP, verification code): 3 to 8 digits.
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+
+use super::super::text::{word_end, word_start};
+use super::super::{Found, PiiType};
+
+/// The word names a password-like secret (`false`) or a numeric code (`true`).
+#[rustfmt::skip]
+const WORDS: &[(&str, bool)] = &[
+    ("contraseña", false), ("contrasena", false), ("CONTRASEÑA", false), ("password", false),
+    ("passwd", false), ("pass", false), ("pwd", false), ("senha", false), ("clave", false),
+    ("clave de acceso", false), ("palavra-passe", false),
+    ("pin", true), ("nip", true), ("cvv", true), ("cvv2", true), ("cvc", true), ("cvc2", true),
+    ("otp", true), ("código de verificación", true), ("codigo de verificacion", true),
+    ("código de seguridad", true), ("codigo de seguridad", true), ("código de verificação", true),
+    ("codigo de verificacao", true), ("verification code", true), ("security code", true),
+    ("one-time code", true), ("one time code", true), ("código otp", true), ("codigo otp", true),
+];
+
+/// Words that may stand between the name of a secret and the secret.
+#[rustfmt::skip]
+const LINKING: &[&str] = &[
+    "es", "is", "era", "was", "é", "e", "de", "da", "do", "del", "mi", "my", "minha", "meu", "la",
+    "el", "a", "o", "the", "cuenta", "conta", "account", "tarjeta", "cartão", "cartao", "card",
+    "acceso", "acesso", "access", "actual", "nueva", "nova", "new", "wifi", "app", "banco",
+    "bank", "temporal", "temporary", "sería", "seria", "would", "be", "usuario", "user",
+];
+
+/// The secret-word automaton; built once with the [`Redactor`](super::super::Redactor).
+pub struct Secrets {
+    ac: AhoCorasick,
+}
+
+impl Default for Secrets {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Secrets {
+    pub fn new() -> Self {
+        let ac = AhoCorasickBuilder::new()
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(WORDS.iter().map(|(w, _)| *w))
+            .expect("the secret words compile");
+        Secrets { ac }
+    }
+
+    /// Claims the secret after each word that names one.
+    pub fn find(&self, text: &str, found: &mut Found) {
+        for m in self.ac.find_iter(text) {
+            if !word_start(text, m.start()) || !word_end(text, m.end()) {
+                continue;
+            }
+            let numeric = WORDS[m.pattern().as_usize()].1;
+            if let Some((start, end)) = secret_after(text, m.end(), numeric) {
+                found.push(start, end, PiiType::Secret);
+            }
+        }
+    }
+}
+
+/// The secret that follows a secret word ending at `pos`, if one does.
+fn secret_after(text: &str, mut pos: usize, numeric: bool) -> Option<(usize, usize)> {
+    let b = text.as_bytes();
+    let mut as_value = false;
+    for _ in 0..6 {
+        while pos < b.len() && matches!(b[pos], b' ' | b'\t') {
+            pos += 1;
+        }
+        if pos < b.len() && matches!(b[pos], b':' | b'=') {
+            as_value = true;
+            pos += 1;
+            continue;
+        }
+        let end = token_end(b, pos);
+        if end == pos {
+            return None;
+        }
+        let token = &text[pos..end];
+        if LINKING.iter().any(|w| token.eq_ignore_ascii_case(w)) {
+            pos = end;
+            continue;
+        }
+        // A closing '!' is often part of a password; a full stop or comma is the sentence's.
+        let token = token.trim_end_matches(['.', ',', '?', ';', ')']);
+        let end = pos + token.len();
+        let looks_secret = if numeric {
+            (3..=8).contains(&token.len()) && token.bytes().all(|c| c.is_ascii_digit())
+        } else {
+            token.chars().count() >= 4
+                && (as_value
+                    || token.bytes().any(|c| c.is_ascii_digit())
+                    || token.bytes().skip(1).any(|c| c.is_ascii_uppercase())
+                    || token.bytes().any(|c| c.is_ascii_punctuation()))
+        };
+        return looks_secret.then_some((pos, end));
+    }
+    None
+}
+
+/// Where the whitespace-delimited token starting at `pos` ends.
+fn token_end(b: &[u8], pos: usize) -> usize {
+    let mut end = pos;
+    while end < b.len() && !b[end].is_ascii_whitespace() {
+        end += 1;
+    }
+    end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secrets(t: &str) -> Vec<&str> {
+        let mut found = Found::default();
+        Secrets::new().find(t, &mut found);
+        found.spans.iter().map(|s| &t[s.start..s.end]).collect()
+    }
+
+    #[test]
+    fn the_secret_after_its_name_is_found() {
+        for (t, want) in [
+            ("mi contraseña es hunter2", "hunter2"),
+            ("Contraseña: Sol2024", "Sol2024"),
+            ("la clave de mi cuenta es Perro123!", "Perro123!"),
+            ("user admin pass secret123", "secret123"),
+            ("minha senha é Ab12cd!", "Ab12cd!"),
+            ("password = gatito", "gatito"),
+            ("mi pin 4321", "4321"),
+            ("tarjeta terminada en 1111 cvv 123 vence 12/27", "123"),
+            ("código de verificación 482913.", "482913"),
+            ("the OTP is 55 1234", ""),
+        ] {
+            let got = secrets(t);
+            if want.is_empty() {
+                assert!(got.is_empty(), "{t}: {got:?}");
+            } else {
+                assert_eq!(got, [want], "{t}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_word_of_the_sentence_is_not_a_secret() {
+        for t in [
+            "la contraseña no funciona",
+            "olvidé mi contraseña, ¿me ayudan?",
+            "es clave que llegue hoy",
+            "I'll pass on that one",
+            "el pin de la chaqueta se cayó",
+            "password reset please",
+            "mi contraseña es incorrecta",
+        ] {
+            assert!(secrets(t).is_empty(), "{t}: {:?}", secrets(t));
+        }
+    }
+}

@@ -1544,6 +1544,34 @@ async fn each_customer_message_is_charged_to_the_numbers_throughput() {
 }
 
 #[tokio::test]
+async fn a_card_typed_across_two_messages_never_reaches_the_model_whole() {
+    let s = system().await;
+    s.send("573021", "wamid.SPLIT1", "mi tarjeta es 4111 1111")
+        .await;
+    s.send("573021", "wamid.SPLIT2", "1111 1111").await;
+    // Each message gets its reply; the second's history holds both (with the first reply between).
+    s.sent(2).await;
+    let bodies: Vec<String> = s
+        .sim
+        .state
+        .llm_requests()
+        .iter()
+        .map(|r| r.body.to_string())
+        .collect();
+    assert!(
+        bodies.iter().any(|b| b.contains("mi tarjeta es [CARD]")),
+        "{bodies:#?}"
+    );
+    // The first half alone, before the second came, is not a card; never both halves together.
+    assert!(
+        bodies
+            .iter()
+            .all(|b| !(b.contains("4111 1111") && b.contains("1111 1111"))),
+        "{bodies:#?}"
+    );
+}
+
+#[tokio::test]
 async fn a_131056_slows_only_its_recipient() {
     let s = system().await;
     s.sim.state.add_fault(fault(

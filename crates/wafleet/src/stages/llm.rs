@@ -78,6 +78,48 @@ pub struct LlmStage {
     pub llm: LlmClient,
     pub graph: GraphClient,
     pub defaults: Arc<LlmDefaults>,
+    /// Redacts what only the customer's turns together give away.
+    pub redactor: Arc<wafleet_core::pii::Redactor>,
+}
+
+/// Redacts what the customer's turns give away only read together: a card or a phone typed
+/// across two messages ("4111 1111", then "1111 1111", maybe with the bot's answer between).
+/// Each turn was redacted when it was stored, but the model reads the whole history at once.
+/// The customer's turns are read joined by line breaks; a finding that crosses from one turn
+/// into another is replaced by its placeholder in the turn where it starts and removed from the
+/// others. Findings within one turn were made when it was stored and are left alone.
+pub fn redact_across_turns(redactor: &wafleet_core::pii::Redactor, turns: &mut [(bool, String)]) {
+    let customer: Vec<usize> = (0..turns.len()).filter(|&i| turns[i].0).collect();
+    if customer.len() < 2 {
+        return;
+    }
+    let mut joined = String::new();
+    let mut starts = Vec::with_capacity(customer.len());
+    for &i in &customer {
+        if !starts.is_empty() {
+            joined.push('\n');
+        }
+        starts.push(joined.len());
+        joined.push_str(&turns[i].1);
+    }
+    for span in redactor.find(&joined).iter().rev() {
+        let first = starts.partition_point(|&s| s <= span.start) - 1;
+        let last = starts.partition_point(|&s| s < span.end) - 1;
+        if first == last {
+            continue;
+        }
+        for k in (first..=last).rev() {
+            let text = &mut turns[customer[k]].1;
+            let from = span.start.saturating_sub(starts[k]).min(text.len());
+            let to = (span.end - starts[k]).min(text.len());
+            let with = if k == first {
+                span.kind.placeholder()
+            } else {
+                ""
+            };
+            text.replace_range(from..to, with);
+        }
+    }
 }
 
 /// Whether the 24-hour window is still open for a customer whose last message was at `last`.
@@ -115,11 +157,12 @@ impl LlmStage {
             .run((message_id, channel.history_limit))
             .await
             .map_err(|e| batch_outcome(&e, "reading the message"))?;
-        let Some((ctx, turns)) = found else {
+        let Some((ctx, mut turns)) = found else {
             return Ok(Outcome::Dead {
                 reason: format!("no message {message_id}"),
             });
         };
+        redact_across_turns(&self.redactor, &mut turns);
         // Shadow mode records what the bot would do and does none of it: no send, and no
         // handover either (people run the conversation; a handover would also silence the
         // shadow replies that follow).
@@ -353,6 +396,37 @@ impl LlmStage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_card_typed_across_two_messages_is_redacted_where_it_starts() {
+        let redactor = wafleet_core::pii::Redactor::new();
+        let mut turns = vec![
+            (true, "hola".to_string()),
+            (false, "¿en qué te ayudo?".to_string()),
+            (true, "mi tarjeta es 4111 1111".to_string()),
+            (false, "¿y el resto?".to_string()),
+            (true, "1111 1111 gracias".to_string()),
+            (true, "y mi pedido 100234567".to_string()),
+        ];
+        redact_across_turns(&redactor, &mut turns);
+        let texts: Vec<&str> = turns.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "hola",
+                "¿en qué te ayudo?",
+                "mi tarjeta es [CARD]",
+                "¿y el resto?",
+                " gracias",
+                "y mi pedido 100234567"
+            ]
+        );
+        // Turns that give nothing away together are left as they are.
+        let mut clean = vec![(true, "tengo 2".to_string()), (true, "3 cajas".to_string())];
+        redact_across_turns(&redactor, &mut clean);
+        assert_eq!(clean[0].1, "tengo 2");
+        assert_eq!(clean[1].1, "3 cajas");
+    }
 
     #[test]
     fn the_window_is_measured_from_the_last_customer_message_with_a_margin() {

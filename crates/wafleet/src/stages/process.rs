@@ -338,6 +338,7 @@ pub async fn run(
                     channels: channels.clone(),
                     llm: LlmClient::new(),
                     graph: graph.clone(),
+                    redactor: redactor.clone(),
                     defaults: Arc::new(LlmDefaults {
                         providers: settings.llm.providers.clone(),
                         policy: settings.llm.policy,

@@ -408,6 +408,13 @@ async fn hint_quarantine(phone_number_id: &str) {
     }
 }
 
+/// An error naming the entry ids asked for that `stream` did not hold.
+fn all_found(ids: &[String], found: &[String], stream: &str) -> anyhow::Result<()> {
+    let missing: Vec<_> = ids.iter().filter(|id| !found.contains(id)).collect();
+    anyhow::ensure!(missing.is_empty(), "no entry {missing:?} in {stream}");
+    Ok(())
+}
+
 fn yes(b: bool) -> &'static str {
     if b { "yes" } else { "no" }
 }
@@ -504,12 +511,7 @@ async fn dead_letters(cmd: &DeadCommand) -> anyhow::Result<()> {
                 "replayed {replayed} dead letter(s) from {}, kept {unanswered}",
                 keys.dead(stage)
             );
-            let missing: Vec<_> = ids.iter().filter(|id| !found.contains(id)).collect();
-            anyhow::ensure!(
-                missing.is_empty(),
-                "no dead letter {missing:?} in {}",
-                keys.dead(stage)
-            );
+            all_found(ids, &found, &keys.dead(stage))?;
         }
     }
     Ok(())
@@ -567,12 +569,7 @@ async fn quarantine(cmd: &QuarantineCommand) -> anyhow::Result<()> {
                 "enqueued {enqueued}, already enqueued {duplicates}, left in {} {left}",
                 keys.quarantine()
             );
-            let missing: Vec<_> = ids.iter().filter(|id| !found.contains(id)).collect();
-            anyhow::ensure!(
-                missing.is_empty(),
-                "no entry {missing:?} in {}",
-                keys.quarantine()
-            );
+            all_found(ids, &found, &keys.quarantine())?;
         }
     }
     Ok(())

@@ -16,7 +16,7 @@ use wafleet_core::handover::HandoverMatcher;
 use crate::config::Secret;
 use crate::crypto::Cipher;
 use crate::llm::{ProviderConfig, ProviderKind};
-use crate::store::channels::BotMode;
+use crate::store::channels::{BotMode, open_text, report_unreadable};
 
 /// Default acknowledgement when a conversation is handed to a human.
 pub const DEFAULT_HANDOVER_ACK: &str =
@@ -232,19 +232,10 @@ impl ChannelCache {
     /// change of the rows, and left out, so a job is never dead-lettered for it.
     fn build(&self, r: &Row, rows: &[ProviderRow]) -> sqlx::Result<ChannelSettings> {
         let pnid = &r.phone_number_id;
-        let decrypt = |field: &str, v: &[u8]| -> Option<String> {
-            let plain = self
-                .cipher
-                .decrypt(&format!("channel:{pnid}:{field}"), v)
+        let decrypt = |field: &str, v: &[u8]| {
+            open_text(&self.cipher, pnid, field, v)
+                .inspect_err(|_| report_unreadable(pnid, field))
                 .ok()
-                .and_then(|plain| String::from_utf8(plain).ok());
-            if plain.is_none() {
-                metrics::counter!("wafleet_secrets_unreadable_total", "channel" => pnid.clone(), "secret" => field.to_string())
-                    .increment(1);
-                tracing::error!(channel = %pnid, secret = field,
-                    "a stored secret does not decrypt with WAFLEET_ENCRYPTION_KEY (stored with another key, or changed by hand); it is not used");
-            }
-            plain
         };
         let mut providers = Vec::with_capacity(rows.len());
         for p in rows {
@@ -257,7 +248,7 @@ impl ChannelCache {
             };
             providers.push(ProviderConfig {
                 kind,
-                api_key: Secret::new(api_key),
+                api_key,
                 name: p.name.clone(),
                 base_url: p.base_url.clone(),
                 model: p.model.clone(),
@@ -269,7 +260,7 @@ impl ChannelCache {
             .map(|t| decrypt("access_token", t));
         Ok(ChannelSettings {
             access_token_unreadable: matches!(access_token, Some(None)),
-            access_token: access_token.flatten().map(Secret::new),
+            access_token: access_token.flatten(),
             own_chain: !rows.is_empty(),
             id: r.id,
             phone_number_id: r.phone_number_id.clone(),

@@ -72,11 +72,34 @@ pub struct ChannelSpec {
     pub phone_allowlist: Option<Vec<String>>,
 }
 
-fn owner(phone_number_id: &str, field: &str) -> String {
+/// What a channel's secret is bound to when sealed (the AEAD's associated data).
+pub fn owner(phone_number_id: &str, field: &str) -> String {
     format!("channel:{phone_number_id}:{field}")
 }
 
-#[derive(sqlx::FromRow, Clone)]
+/// Opens a channel's text secret (`field`: `access_token`, `verify_token`, `llm:<name>`).
+pub fn open_text(
+    cipher: &Cipher,
+    phone_number_id: &str,
+    field: &str,
+    sealed: &[u8],
+) -> anyhow::Result<Secret<String>> {
+    let plain = cipher.decrypt(&owner(phone_number_id, field), sealed)?;
+    Ok(Secret::new(
+        String::from_utf8(plain).context("secret is not UTF-8")?,
+    ))
+}
+
+/// Logs and counts (`wafleet_secrets_unreadable_total{channel,secret}`) a stored secret that
+/// does not decrypt and is therefore not used.
+pub fn report_unreadable(phone_number_id: &str, secret: &str) {
+    metrics::counter!("wafleet_secrets_unreadable_total", "channel" => phone_number_id.to_string(), "secret" => secret.to_string())
+        .increment(1);
+    tracing::error!(channel = %phone_number_id, secret,
+        "a stored secret does not decrypt with WAFLEET_ENCRYPTION_KEY (stored with another key, or changed by hand); it is not used");
+}
+
+#[derive(sqlx::FromRow)]
 struct Row {
     id: i64,
     phone_number_id: String,
@@ -95,14 +118,8 @@ struct Row {
 impl Row {
     fn decrypt(self, cipher: &Cipher) -> anyhow::Result<Channel> {
         let pnid = &self.phone_number_id;
-        let text = |field: &str, v: Option<Vec<u8>>| -> anyhow::Result<Option<Secret<String>>> {
-            v.map(|v| {
-                let plain = cipher.decrypt(&owner(pnid, field), &v)?;
-                Ok(Secret::new(
-                    String::from_utf8(plain).context("secret is not UTF-8")?,
-                ))
-            })
-            .transpose()
+        let text = |field: &str, v: Option<Vec<u8>>| {
+            v.map(|v| open_text(cipher, pnid, field, &v)).transpose()
         };
         Ok(Channel {
             app_secrets: self
@@ -134,16 +151,22 @@ const COLUMNS: &str = "id, phone_number_id, waba_id, display_phone_number, name,
 
 /// Every channel, decrypted. A row that does not decrypt is an error naming the channel.
 pub async fn list(pool: &PgPool, cipher: &Cipher) -> anyhow::Result<Vec<Channel>> {
-    let rows: Vec<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM channels ORDER BY id"))
-        .fetch_all(pool)
-        .await
-        .context("listing channels")?;
-    rows.into_iter()
+    rows(pool)
+        .await?
+        .into_iter()
         .map(|r| {
             let pnid = r.phone_number_id.clone();
             r.decrypt(cipher).with_context(|| unreadable(&pnid))
         })
         .collect()
+}
+
+/// Every row, still sealed.
+async fn rows(pool: &PgPool) -> anyhow::Result<Vec<Row>> {
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM channels ORDER BY id"))
+        .fetch_all(pool)
+        .await
+        .context("listing channels")
 }
 
 fn unreadable(pnid: &str) -> String {
@@ -160,36 +183,27 @@ fn unreadable(pnid: &str) -> String {
 /// channels exist and none decrypts, the key itself is wrong: that is the error, and ingest and
 /// workers refuse to start with it.
 pub async fn list_readable(pool: &PgPool, cipher: &Cipher) -> anyhow::Result<Vec<Channel>> {
-    let rows: Vec<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM channels ORDER BY id"))
-        .fetch_all(pool)
-        .await
-        .context("listing channels")?;
+    let rows = rows(pool).await?;
     let mut readable = Vec::with_capacity(rows.len());
     let mut last_error = None;
-    for row in rows {
+    for mut row in rows {
         let pnid = row.phone_number_id.clone();
         // Ingest needs the app secrets and verify token; an access token that alone does not
         // decrypt leaves the channel served without it (the sender pauses it and alerts).
-        let without_token = Row {
-            access_token: None,
-            ..row.clone()
-        };
-        let (result, what) = match row.decrypt(cipher) {
-            Ok(channel) => (Ok(channel), None),
-            Err(e) => match without_token.decrypt(cipher) {
-                Ok(channel) => (Ok(channel), Some("access_token")),
-                Err(_) => (Err(e), Some("channel")),
-            },
-        };
-        if let Some(what) = what {
-            metrics::counter!("wafleet_secrets_unreadable_total", "channel" => pnid.clone(), "secret" => what)
-                .increment(1);
-            tracing::error!(channel = %pnid, secret = what,
-                "a channel's secret does not decrypt with WAFLEET_ENCRYPTION_KEY; it is not used");
-        }
-        match result {
-            Ok(channel) => readable.push(channel),
-            Err(e) => last_error = Some(e.context(unreadable(&pnid))),
+        let token = row.access_token.take();
+        match row.decrypt(cipher) {
+            Ok(mut channel) => {
+                if let Some(sealed) = token {
+                    channel.access_token = open_text(cipher, &pnid, "access_token", &sealed)
+                        .inspect_err(|_| report_unreadable(&pnid, "access_token"))
+                        .ok();
+                }
+                readable.push(channel);
+            }
+            Err(e) => {
+                report_unreadable(&pnid, "channel");
+                last_error = Some(e.context(unreadable(&pnid)));
+            }
         }
     }
     match last_error {

@@ -1,6 +1,7 @@
 //! Check-digit arithmetic for the identifiers the redactor recognises: Luhn and issuer prefixes
 //! for payment cards, mod-97 for IBANs, the two mod-11 digits of Brazil's CPF and CNPJ, the
-//! mod-23 letter of Spain's DNI and NIE, and the structural rules of a US SSN.
+//! mod-23 letter of Spain's DNI and NIE, the structural rules of a US SSN, and Mexico's three:
+//! the CURP's and RFC's check characters and the CLABE's weighted mod-10 digit.
 //!
 //! Every function takes the bare characters (digits only, or the IBAN without spaces) and never
 //! panics: a malformed argument is simply "not valid". Nothing here looks at context; deciding
@@ -239,6 +240,128 @@ pub fn iban_length(country: [u8; 2]) -> Option<usize> {
     })
 }
 
+/// Mexico's CLABE (the 18-digit interbank account number): weights 3, 7, 1 over the first 17
+/// digits, each product taken mod 10; the 18th digit is (10 - sum mod 10) mod 10.
+pub fn clabe_valid(digits: &[u8]) -> bool {
+    if digits.len() != 18 || !digits.iter().all(u8::is_ascii_digit) {
+        return false;
+    }
+    const W: [u32; 3] = [3, 7, 1];
+    let s: u32 = digits[..17]
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| (u32::from(c - b'0') * W[i % 3]) % 10)
+        .sum();
+    (10 - s % 10) % 10 == u32::from(digits[17] - b'0')
+}
+
+/// A day that exists in a two-digit-year calendar (`YYMMDD`), as CURPs and RFCs write birth dates.
+pub fn yymmdd_valid(d: &[u8]) -> bool {
+    if d.len() != 6 || !d.iter().all(u8::is_ascii_digit) {
+        return false;
+    }
+    let n = |i: usize| u32::from(d[i] - b'0') * 10 + u32::from(d[i + 1] - b'0');
+    let (yy, mm, dd) = (n(0), n(2), n(4));
+    let days = match mm {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        // Any year ending in 00 could be 2000, a leap year.
+        2 if yy % 4 == 0 => 29,
+        2 => 28,
+        _ => return false,
+    };
+    (1..=days).contains(&dd)
+}
+
+/// The value of a CURP character in RENAPO's alphabet `0-9 A-N Ñ O-Z` (Ñ is written as X in a
+/// CURP, but the alphabet keeps its place, so O..Z count one higher than their ASCII rank).
+fn curp_value(c: u8) -> Option<u32> {
+    match c.to_ascii_uppercase() {
+        c @ b'0'..=b'9' => Some(u32::from(c - b'0')),
+        c @ b'A'..=b'N' => Some(u32::from(c - b'A') + 10),
+        c @ b'O'..=b'Z' => Some(u32::from(c - b'O') + 25),
+        _ => None,
+    }
+}
+
+/// The 32 Mexican states (and NE, born abroad) as the CURP abbreviates them.
+const CURP_STATES: [&[u8; 2]; 33] = [
+    b"AS", b"BC", b"BS", b"CC", b"CL", b"CM", b"CS", b"CH", b"DF", b"DG", b"GT", b"GR", b"HG",
+    b"JC", b"MC", b"MN", b"MS", b"NT", b"NL", b"OC", b"PL", b"QT", b"QR", b"SP", b"SL", b"SR",
+    b"TC", b"TS", b"TL", b"VZ", b"YN", b"ZS", b"NE",
+];
+
+/// Mexico's CURP, 18 characters in either case: four letters (the second a vowel or X), the
+/// birth date `YYMMDD`, sex (H, M or X), the state, three consonants, one letter or digit, and a
+/// check digit over the first 17 (weights 18 down to 2, mod 10).
+pub fn curp_valid(s: &[u8]) -> bool {
+    if s.len() != 18 {
+        return false;
+    }
+    let u: Vec<u8> = s.iter().map(u8::to_ascii_uppercase).collect();
+    let consonant = |c: u8| c.is_ascii_uppercase() && !b"AEIOU".contains(&c);
+    let shape = u[..4].iter().all(u8::is_ascii_uppercase)
+        && b"AEIOUX".contains(&u[1])
+        && yymmdd_valid(&u[4..10])
+        && b"HMX".contains(&u[10])
+        && CURP_STATES.iter().any(|st| st[..] == u[11..13])
+        && u[13..16].iter().all(|&c| consonant(c))
+        && u[16].is_ascii_alphanumeric()
+        && u[17].is_ascii_digit();
+    if !shape {
+        return false;
+    }
+    let mut sum = 0u32;
+    for (i, &c) in u[..17].iter().enumerate() {
+        let Some(v) = curp_value(c) else { return false };
+        sum += v * (18 - i as u32);
+    }
+    (10 - sum % 10) % 10 == u32::from(u[17] - b'0')
+}
+
+/// The value of an RFC character in SAT's alphabet `0-9 A-N & O-Z space Ñ`.
+fn rfc_value(c: u8) -> Option<u32> {
+    match c.to_ascii_uppercase() {
+        c @ b'0'..=b'9' => Some(u32::from(c - b'0')),
+        c @ b'A'..=b'N' => Some(u32::from(c - b'A') + 10),
+        b'&' => Some(24),
+        c @ b'O'..=b'Z' => Some(u32::from(c - b'O') + 25),
+        b' ' => Some(37),
+        _ => None,
+    }
+}
+
+/// The shape of a person's RFC (Mexico's tax id), 13 characters in either case: four letters
+/// (or `&`), the birth date `YYMMDD`, and a three-character homoclave whose last is a digit or A.
+/// A company's RFC has three letters; it is not personal data and is left alone.
+pub fn rfc_person_shape(s: &[u8]) -> bool {
+    s.len() == 13
+        && s[..4].iter().all(|&c| c.is_ascii_alphabetic() || c == b'&')
+        && yymmdd_valid(&s[4..10])
+        && s[10..12].iter().all(u8::is_ascii_alphanumeric)
+        && (s[12].is_ascii_digit() || s[12].eq_ignore_ascii_case(&b'A'))
+}
+
+/// A person's RFC whose check character (weights 13 down to 2 over the first 12, mod 11; 10 is
+/// written A) is right.
+pub fn rfc_person_valid(s: &[u8]) -> bool {
+    if !rfc_person_shape(s) {
+        return false;
+    }
+    let mut sum = 0u32;
+    for (i, &c) in s[..12].iter().enumerate() {
+        let Some(v) = rfc_value(c) else { return false };
+        sum += v * (13 - i as u32);
+    }
+    let check = (11 - sum % 11) % 11;
+    let want = if check == 10 {
+        b'A'
+    } else {
+        b'0' + check as u8
+    };
+    s[12].to_ascii_uppercase() == want
+}
+
 /// GS1 EAN-13 check digit (weights 1,3 from the left). Not used to *redact* anything — barcodes
 /// are not personal data — but kept here so tests and the corpus agree on what a valid one is.
 pub fn ean13_valid(digits: &[u8]) -> bool {
@@ -350,5 +473,30 @@ mod tests {
     fn ean13_check_digit() {
         assert!(ean13_valid(b"4006381333931"));
         assert!(!ean13_valid(b"4006381333932"));
+    }
+
+    #[test]
+    fn mexican_identifiers() {
+        // Published examples (python-stdnum's mx.curp and mx.rfc, the `clabe` package), one
+        // character off, and well-formed but impossible ones.
+        assert!(curp_valid(b"BOXW310820HNERXN09"));
+        assert!(curp_valid(b"boxw310820hnerxn09"));
+        assert!(!curp_valid(b"BOXW310820HNERXN08"));
+        assert!(!curp_valid(b"BOXW311320HNERXN09"), "month 13");
+        assert!(!curp_valid(b"BOXW310820HZZRXN09"), "no state ZZ");
+        assert!(rfc_person_valid(b"GODE561231GR8"));
+        assert!(!rfc_person_valid(b"GODE561231GR9"));
+        assert!(
+            !rfc_person_valid(b"GOD561231GR8"),
+            "a company's RFC is not a person's"
+        );
+        assert!(rfc_person_shape(b"GODE561231GR9"));
+        assert!(!rfc_person_shape(b"GODE560231GR8"), "31 February");
+        assert!(clabe_valid(b"002000000000000008"));
+        assert!(clabe_valid(b"032180000118359719"));
+        assert!(!clabe_valid(b"032180000118359718"));
+        assert!(!clabe_valid(b"03218000011835971"), "17 digits");
+        assert!(yymmdd_valid(b"000229"), "2000 was a leap year");
+        assert!(!yymmdd_valid(b"010229"));
     }
 }

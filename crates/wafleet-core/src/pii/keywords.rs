@@ -16,6 +16,8 @@ pub enum Kw {
     Phone,
     /// A national identity number follows.
     Id(IdKw),
+    /// A Mexican bank account (CLABE) follows ("CLABE", "SPEI").
+    Bank,
     /// A date of birth follows ("nací el", "DOB").
     Dob,
     /// A birthday: a birth date follows unless it is the party's date ("la fiesta de
@@ -40,6 +42,8 @@ pub enum IdKw {
     /// CPF, CNPJ, DNI, NIE, NIF: checksummed, so they need no context, but the word still marks
     /// a number as "not a phone".
     Checksummed,
+    /// Mexico's RFC and CURP: letters and digits, found by `detectors::mx`.
+    Mexican,
 }
 
 /// One context word found in a message.
@@ -74,6 +78,12 @@ const SSN: &[&str] = &[
 
 const CHECKSUMMED: &[&str] = &["cpf", "cnpj", "dni", "nie", "nif", "n.i.f.", "d.n.i."];
 
+const MEXICAN: &[&str] = &["rfc", "r.f.c.", "curp", "c.u.r.p."];
+
+// Narrow on purpose: "transferencia" or "cuenta" before a number says nothing about it (a Nequi
+// account is a phone number; "número de cuenta" is a customer's account with the business).
+const BANK: &[&str] = &["clabe", "cuenta clabe", "clabe interbancaria", "spei"];
+
 #[rustfmt::skip]
 const DOB: &[&str] = &[
     "nací", "naci", "nacido", "nacida", "nacimiento", "fecha de nacimiento", "f. nacimiento",
@@ -104,6 +114,8 @@ const NEG: &[&str] = &[
     "número de cuenta", "numero de cuenta", "número da conta", "numero da conta",
     "account number", "account no", "account #", "producto", "produto", "product", "reference", "ref number",
     "confirmation number", "tracking no",
+    // Mexico's word for a ticket, order or payment reference.
+    "folio",
 ];
 
 /// Street types written before the name. `strong` ones are abbreviations nobody uses in
@@ -163,11 +175,13 @@ impl Keywords {
     pub fn new() -> Self {
         let mut pats: Vec<String> = Vec::new();
         let mut kinds = Vec::new();
-        let groups: [(&[&str], Kw); 11] = [
+        let groups: [(&[&str], Kw); 13] = [
             (PHONE, Kw::Phone),
             (CEDULA, Kw::Id(IdKw::Cedula)),
             (SSN, Kw::Id(IdKw::Ssn)),
             (CHECKSUMMED, Kw::Id(IdKw::Checksummed)),
+            (MEXICAN, Kw::Id(IdKw::Mexican)),
+            (BANK, Kw::Bank),
             (DOB, Kw::Dob),
             (BIRTHDAY, Kw::Birthday),
             (NEG, Kw::Neg),

@@ -17,7 +17,9 @@
 //! 2. `detectors::email`, then `detectors::secret` — passwords, PINs, CVVs, one-time codes
 //!    after the word that names them (the only detector that also runs on messages without a
 //!    digit, `@` or `://`);
-//! 3. `detectors::iban` — mod-97 checked;
+//! 3. `detectors::iban` — mod-97 checked; then `detectors::mx` — Mexico's CURP and RFC by
+//!    their check characters, and the CLABE (18-digit bank account) by its check digit, after
+//!    "CLABE"/"SPEI" or, bare, when it starts with a major bank's code;
 //! 4. `detectors::ip` — IPv6 (IPv4 is found with the other numbers);
 //! 5. cards, in `detectors::numeric` — Luhn plus issuer prefix, any grouping, *before* any
 //!    context rule can claim their digits: a card number is never left in the output (one
@@ -56,6 +58,8 @@ pub enum PiiType {
     Phone,
     Card,
     Iban,
+    /// A bank account number that is not an IBAN: Mexico's CLABE.
+    BankAccount,
     NationalId,
     Ip,
     UrlCredentials,
@@ -66,11 +70,12 @@ pub enum PiiType {
 }
 
 impl PiiType {
-    pub const ALL: [PiiType; 10] = [
+    pub const ALL: [PiiType; 11] = [
         PiiType::Email,
         PiiType::Phone,
         PiiType::Card,
         PiiType::Iban,
+        PiiType::BankAccount,
         PiiType::NationalId,
         PiiType::Ip,
         PiiType::UrlCredentials,
@@ -86,6 +91,7 @@ impl PiiType {
             PiiType::Phone => "[PHONE]",
             PiiType::Card => "[CARD]",
             PiiType::Iban => "[IBAN]",
+            PiiType::BankAccount => "[BANK_ACCOUNT]",
             PiiType::NationalId => "[NATIONAL_ID]",
             PiiType::Ip => "[IP]",
             PiiType::UrlCredentials => "[URL_CREDENTIALS]",
@@ -102,6 +108,7 @@ impl PiiType {
             PiiType::Phone => "PHONE",
             PiiType::Card => "CARD",
             PiiType::Iban => "IBAN",
+            PiiType::BankAccount => "BANK_ACCOUNT",
             PiiType::NationalId => "NATIONAL_ID",
             PiiType::Ip => "IP",
             PiiType::UrlCredentials => "URL_CREDENTIALS",
@@ -196,6 +203,7 @@ impl Redactor {
             self.keywords.find(text, &mut kws);
             let ctx = Ctx { text, b, kws: &kws };
             detectors::iban::find(&ctx, &mut found);
+            detectors::mx::find(&ctx, &mut found);
             if memchr::memchr(b':', b).is_some() {
                 detectors::ip::find_v6(&ctx, &mut found);
             }

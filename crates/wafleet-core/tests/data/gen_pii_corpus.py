@@ -13,7 +13,11 @@ About half the messages carry personal data; the other half are clean but full o
 (order, tracking and invoice numbers, prices, dates, SKUs, valid EAN-13 barcodes, product
 links, times, percentages, Luhn-invalid 16-digit numbers, street words without a house number).
 PII messages also carry traps, so precision is measured where it is hard. Check digits (Luhn,
-mod-97, CPF/CNPJ mod-11, DNI/NIE mod-23, EAN-13) are computed, never hard-coded.
+mod-97, CPF/CNPJ mod-11, DNI/NIE mod-23, EAN-13, CURP, RFC, CLABE) are computed, never
+hard-coded.
+
+Mexico's CURP, RFC and CLABE come in extra Mexican messages generated after the rest, so adding
+them left every earlier message as it was.
 """
 
 import json
@@ -1183,12 +1187,153 @@ def main():
         out.append(message(True))
     for _ in range(N_CLEAN):
         out.append(message(False))
+    for _ in range(N_MX_PII):
+        out.append(mx_message(True))
+    for _ in range(N_MX_CLEAN):
+        out.append(mx_message(False))
     R.shuffle(out)
     for m in out:
         b = m["text"].encode("utf-8")
         for s in m["spans"]:
             assert b[s["start"]:s["end"]].decode("utf-8"), m
         sys.stdout.write(json.dumps(m, ensure_ascii=False) + "\n")
+
+
+# --------------------------------------------------------------------------- Mexico
+
+N_MX_PII = 150
+N_MX_CLEAN = 70
+
+CURP_ALPHABET = "0123456789ABCDEFGHIJKLMNÑOPQRSTUVWXYZ"
+RFC_ALPHABET = "0123456789ABCDEFGHIJKLMN&OPQRSTUVWXYZ Ñ"
+CURP_STATES = ["AS", "BC", "BS", "CC", "CL", "CM", "CS", "CH", "DF", "DG", "GT", "GR", "HG", "JC", "MC",
+               "MN", "MS", "NT", "NL", "OC", "PL", "QT", "QR", "SP", "SL", "SR", "TC", "TS", "TL", "VZ",
+               "YN", "ZS", "NE"]
+CONSONANTS = "BCDFGHJKLMNPQRSTVWXYZ"
+# Banks most people hold accounts at (a bare CLABE is recognised from these) and some others.
+COMMON_BANKS = ["002", "012", "014", "021", "030", "036", "044", "058", "062", "072", "127", "130",
+                "137", "638", "646", "722"]
+OTHER_BANKS = ["006", "019", "042", "059", "060", "106", "113", "132", "133", "136", "143", "145"]
+
+
+def yymmdd():
+    return f"{R.randrange(40, 100) if R.random() < 0.8 else R.randrange(0, 6):02d}" \
+           f"{R.randrange(1, 13):02d}{R.randrange(1, 29):02d}"
+
+
+def curp_value():
+    body = (R.choice("BCDFGHJKLMNPRSTVZ") + R.choice("AEIOUX") + R.choice("ABCDEGHLMNOPRSTVZ")
+            + R.choice("ABCDEGHIJLMNPRSV") + yymmdd() + R.choice("HM") + R.choice(CURP_STATES)
+            + "".join(R.choice(CONSONANTS) for _ in range(3)) + R.choice("0123456789ABC"))
+    t = sum(CURP_ALPHABET.index(c) * (18 - i) for i, c in enumerate(body))
+    curp = body + str((10 - t % 10) % 10)
+    return curp.lower() if R.random() < 0.1 else curp
+
+
+def rfc_check(first12):
+    t = sum(RFC_ALPHABET.index(c) * (13 - i) for i, c in enumerate(first12))
+    c = (11 - t % 11) % 11
+    return "A" if c == 10 else str(c)
+
+
+def rfc_value(letters=4):
+    head = "".join(R.choice("ABCDEFGHILMNOPRSTVZ") for _ in range(letters)) + yymmdd()
+    homo = R.choice("ABCDEFGHJKLMNPRSTUVWXYZ123456789") + R.choice("ABCDEFGHJKLMNPRSTUVWXYZ123456789")
+    first = head + homo
+    rfc = first + rfc_check(("   " + first)[-12:])
+    if letters == 4 and R.random() < 0.12:
+        rfc = f"{rfc[:4]}-{rfc[4:10]}-{rfc[10:]}"
+    return rfc
+
+
+def clabe_digits(banks):
+    body = R.choice(banks) + digits(14)
+    w = [3, 7, 1]
+    t = sum((int(c) * w[i % 3]) % 10 for i, c in enumerate(body))
+    return body + str((10 - t % 10) % 10)
+
+
+def clabe_value(tmpl):
+    named = any(w in SLOT_RE.sub("", tmpl).lower() for w in ("clabe", "spei"))
+    d = clabe_digits(COMMON_BANKS + OTHER_BANKS if named else COMMON_BANKS)
+    if named and R.random() < 0.25:
+        return " ".join(d[i:i + 4] for i in range(0, 18, 4))
+    if named and R.random() < 0.1:
+        return f"{d[:3]}-{d[3:6]}-{d[6:17]}-{d[17]}"
+    return d
+
+
+MX_SLOTS = {"CURP": "NATIONAL_ID", "RFC": "NATIONAL_ID", "CLABE": "BANK_ACCOUNT"}
+MX_CLAUSES = {
+    "CURP": ["mi CURP es {CURP}", "CURP: {CURP}", "{CURP}", "te paso mi curp {CURP}",
+             "para el registro mi CURP {CURP}", "la CURP de mi mamá es {CURP}", "curp {CURP} gracias"],
+    "RFC": ["mi RFC es {RFC}", "RFC: {RFC}", "necesito factura a nombre de {NAME}, RFC {RFC}",
+            "me facturan a {RFC} por favor", "{RFC}", "factura con RFC {RFC} y uso CFDI G03",
+            "mis datos fiscales: {RFC}"],
+    "CLABE": ["mi CLABE es {CLABE}", "CLABE interbancaria: {CLABE}",
+              "deposítenme el reembolso a la cuenta CLABE {CLABE}", "por SPEI a la {CLABE}",
+              "{CLABE}", "la clabe {CLABE} está a nombre de {NAME}", "transfiéranme a {CLABE} por favor",
+              "el reembolso a esta cuenta: {CLABE}"],
+}
+MX_TRAPS = [
+    "mi pedido {CLABELIKE} no ha llegado", "el número de guía es {CLABELIKE}",
+    "folio {CLABELIKE}", "facturar a la empresa, RFC {RFCMORAL}", "el modelo {SKUMX} no prende",
+    "referencia de pago {CLABELIKE}", "el ticket {TICKETMX} de la tienda", "el pedido {ORDER} sigue sin llegar",
+    "pagué {PRICE} en OXXO", "llegó el {DATE} pero incompleto",
+]
+
+
+def mx_trap_value(slot):
+    if slot == "CLABELIKE":
+        # An 18-digit number with a right CLABE check digit: only its context says what it is.
+        return clabe_digits(COMMON_BANKS + OTHER_BANKS + ["900", "100", "800"])
+    if slot == "RFCMORAL":
+        return rfc_value(letters=3)
+    if slot == "SKUMX":
+        return R.choice(["LAPT", "TVLG", "REFR", "CELU"]) + f"{R.randrange(13, 99):02d}" \
+               f"{R.randrange(13, 99):02d}{R.randrange(32, 99):02d}" + R.choice(["ABC", "X01", "MX2"])
+    if slot == "TICKETMX":
+        return f"{R.randrange(7000, 9999)} {R.randrange(1000, 9999)} {R.randrange(1000, 9999)} {digits(4)}"
+    return trap_value(slot, "es", "MX")
+
+
+def mx_render(msg, tmpl):
+    pos = 0
+    for m in SLOT_RE.finditer(tmpl):
+        msg.add(tmpl[pos:m.start()])
+        slot = m.group(1)
+        if slot in MX_SLOTS:
+            value = {"CURP": curp_value, "RFC": rfc_value}.get(slot, lambda: clabe_value(tmpl))()
+            msg.add(value, kind=MX_SLOTS[slot])
+        elif slot == "NAME":
+            msg.add(f"{R.choice(FIRST['es']).title()} {R.choice(LAST['es']).title()}")
+        else:
+            msg.add(mx_trap_value(slot), trap=slot)
+        pos = m.end()
+    msg.add(tmpl[pos:])
+
+
+def mx_message(has_pii):
+    msg = Msg()
+    g = R.choice(GREET["es"])
+    if g:
+        msg.add(g + R.choice([", ", "! ", ". ", "\n", " "]))
+    parts = []
+    if has_pii:
+        parts.append(MX_CLAUSES[R.choices(["CLABE", "CURP", "RFC"], [5, 4, 4])[0]])
+        if R.random() < 0.45:
+            parts.append(MX_TRAPS)
+        R.shuffle(parts)
+    else:
+        parts = [MX_TRAPS for _ in range(R.choice([1, 1, 2]))]
+    for i, pool in enumerate(parts):
+        if i:
+            msg.add(joiner(msg.text()))
+        mx_render(msg, R.choice(pool))
+    c = R.choice(CLOSE["es"])
+    if c:
+        msg.add(joiner(msg.text()).replace(", ", ". ") + c)
+    return {"text": msg.text(), "spans": msg.spans, "lang": "es", "country": "MX", "traps": msg.traps}
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ const MAX_GAP_WORDS: usize = 4;
 pub fn find(ctx: &Ctx<'_>, found: &mut Found) {
     for (ki, k) in ctx.kws.iter().enumerate() {
         let Kw::Id(kind) = k.kind else { continue };
-        if kind == IdKw::Checksummed {
+        if matches!(kind, IdKw::Checksummed | IdKw::Mexican) {
             continue;
         }
         let mut c = Cursor::new(ctx.text, k.end);

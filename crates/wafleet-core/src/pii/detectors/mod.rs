@@ -8,6 +8,7 @@ pub mod email;
 pub mod iban;
 pub mod idctx;
 pub mod ip;
+pub mod mx;
 pub mod numeric;
 pub mod secret;
 pub mod url;

@@ -319,6 +319,23 @@ pub fn curp_valid(s: &[u8]) -> bool {
     (10 - sum % 10) % 10 == u32::from(u[17] - b'0')
 }
 
+/// The shape of the key on a Mexican voter card (INE's "clave de elector"), 18 characters in
+/// either case: six letters from the names, the birth date `YYMMDD`, the state of birth (01–32,
+/// 87 and 88 for born abroad), sex (H or M) and three digits. It has no check digit; the date,
+/// the state and the fixed layout are what tell it apart.
+pub fn elector_key_shape(s: &[u8]) -> bool {
+    s.len() == 18
+        && s[..6].iter().all(u8::is_ascii_alphabetic)
+        && yymmdd_valid(&s[6..12])
+        && s[12..14].iter().all(u8::is_ascii_digit)
+        && {
+            let state = u32::from(s[12] - b'0') * 10 + u32::from(s[13] - b'0');
+            (1..=32).contains(&state) || state == 87 || state == 88
+        }
+        && b"HM".contains(&s[14].to_ascii_uppercase())
+        && s[15..].iter().all(u8::is_ascii_digit)
+}
+
 /// The value of an RFC character in SAT's alphabet `0-9 A-N & O-Z space Ñ`.
 fn rfc_value(c: u8) -> Option<u32> {
     match c.to_ascii_uppercase() {
@@ -496,6 +513,9 @@ mod tests {
         assert!(clabe_valid(b"032180000118359719"));
         assert!(!clabe_valid(b"032180000118359718"));
         assert!(!clabe_valid(b"03218000011835971"), "17 digits");
+        assert!(elector_key_shape(b"GMVLMR80070501M100"));
+        assert!(!elector_key_shape(b"GMVLMR80070540M100"), "no state 40");
+        assert!(!elector_key_shape(b"GMVLMR80130501M100"), "month 13");
         assert!(yymmdd_valid(b"000229"), "2000 was a leap year");
         assert!(!yymmdd_valid(b"010229"));
     }

@@ -44,6 +44,8 @@ pub enum IdKw {
     Checksummed,
     /// Mexico's RFC and CURP: letters and digits, found by `detectors::mx`.
     Mexican,
+    /// A passport number follows (`detectors::passport`).
+    Passport,
 }
 
 /// One context word found in a message.
@@ -79,6 +81,14 @@ const SSN: &[&str] = &[
 const CHECKSUMMED: &[&str] = &["cpf", "cnpj", "dni", "nie", "nif", "n.i.f.", "d.n.i."];
 
 const MEXICAN: &[&str] = &["rfc", "r.f.c.", "curp", "c.u.r.p."];
+
+const PASSPORT: &[&str] = &[
+    "pasaporte",
+    "passaporte",
+    "passport",
+    "passport number",
+    "passport no",
+];
 
 // Narrow on purpose: "transferencia" or "cuenta" before a number says nothing about it (a Nequi
 // account is a phone number; "número de cuenta" is a customer's account with the business).
@@ -175,12 +185,13 @@ impl Keywords {
     pub fn new() -> Self {
         let mut pats: Vec<String> = Vec::new();
         let mut kinds = Vec::new();
-        let groups: [(&[&str], Kw); 13] = [
+        let groups: [(&[&str], Kw); 14] = [
             (PHONE, Kw::Phone),
             (CEDULA, Kw::Id(IdKw::Cedula)),
             (SSN, Kw::Id(IdKw::Ssn)),
             (CHECKSUMMED, Kw::Id(IdKw::Checksummed)),
             (MEXICAN, Kw::Id(IdKw::Mexican)),
+            (PASSPORT, Kw::Id(IdKw::Passport)),
             (BANK, Kw::Bank),
             (DOB, Kw::Dob),
             (BIRTHDAY, Kw::Birthday),

@@ -26,7 +26,8 @@
 //!    documented exception: a 13-digit number that is also a valid EAN-13, right after a product
 //!    or order word, is a barcode — 13-digit cards are no longer issued);
 //! 6. `detectors::dob` — dates, only right after a birth word ("nací el", "DOB");
-//! 7. `detectors::idctx` — numbers right after an identity word ("cédula", "SSN");
+//! 7. `detectors::idctx` — numbers right after an identity word ("cédula", "SSN"), then
+//!    `detectors::passport` — letters and digits right after "pasaporte"/"passport";
 //! 8. `detectors::address` — street addresses, anchored on street words;
 //! 9. the rest of `detectors::numeric` — CPF/CNPJ/DNI/NIE/SSN by their check digits, IPv4,
 //!    phones by numbering plan and grouping, with prices, dates, order and tracking numbers
@@ -210,6 +211,7 @@ impl Redactor {
             detectors::numeric::find_cards(&ctx, &mut found);
             detectors::dob::find(&ctx, &mut found);
             detectors::idctx::find(&ctx, &mut found);
+            detectors::passport::find(&ctx, &mut found);
             detectors::address::find(&ctx, &mut found);
             detectors::numeric::find_rest(&ctx, &mut found);
         }

@@ -16,8 +16,8 @@ PII messages also carry traps, so precision is measured where it is hard. Check 
 mod-97, CPF/CNPJ mod-11, DNI/NIE mod-23, EAN-13, CURP, RFC, CLABE) are computed, never
 hard-coded.
 
-Mexico's CURP, RFC and CLABE come in extra Mexican messages generated after the rest, so adding
-them left every earlier message as it was.
+Mexico's CURP, RFC, voter-card key and CLABE, and passports, come in extra messages generated
+after the rest, so adding them left every earlier message as it was.
 """
 
 import json
@@ -1191,6 +1191,8 @@ def main():
         out.append(mx_message(True))
     for _ in range(N_MX_CLEAN):
         out.append(mx_message(False))
+    for i in range(N_PASSPORT):
+        out.append(passport_message("pt" if i % 2 else "en", i % 3 != 0))
     R.shuffle(out)
     for m in out:
         b = m["text"].encode("utf-8")
@@ -1201,8 +1203,9 @@ def main():
 
 # --------------------------------------------------------------------------- Mexico
 
-N_MX_PII = 150
+N_MX_PII = 180
 N_MX_CLEAN = 70
+N_PASSPORT = 40
 
 CURP_ALPHABET = "0123456789ABCDEFGHIJKLMNÑOPQRSTUVWXYZ"
 RFC_ALPHABET = "0123456789ABCDEFGHIJKLMN&OPQRSTUVWXYZ Ñ"
@@ -1263,7 +1266,21 @@ def clabe_value(tmpl):
     return d
 
 
-MX_SLOTS = {"CURP": "NATIONAL_ID", "RFC": "NATIONAL_ID", "CLABE": "BANK_ACCOUNT"}
+def ine_value():
+    key = ("".join(R.choice("ABCDEFGHIJLMNOPRSTUVZ") for _ in range(6)) + yymmdd()
+           + f"{R.randrange(1, 33):02d}" + R.choice("HM") + digits(3))
+    return key.lower() if R.random() < 0.1 else key
+
+
+def passport_value():
+    return R.choice([R.choice("GN") + digits(8), R.choice(["AB", "AQ", "PE"]) + digits(7),
+                     R.choice(["FZ", "GA", "YB"]) + digits(6), R.choice(["PAA", "PAB", "XDA"]) + digits(6),
+                     R.choice("123456789") + digits(8), R.choice("CP") + digits(6)])
+
+
+MX_SLOTS = {"CURP": "NATIONAL_ID", "RFC": "NATIONAL_ID", "CLABE": "BANK_ACCOUNT", "INE": "NATIONAL_ID",
+            "PASSPORT": "NATIONAL_ID"}
+MX_VALUES = {"CURP": curp_value, "RFC": rfc_value, "INE": ine_value, "PASSPORT": passport_value}
 MX_CLAUSES = {
     "CURP": ["mi CURP es {CURP}", "CURP: {CURP}", "{CURP}", "te paso mi curp {CURP}",
              "para el registro mi CURP {CURP}", "la CURP de mi mamá es {CURP}", "curp {CURP} gracias"],
@@ -1274,12 +1291,26 @@ MX_CLAUSES = {
               "deposítenme el reembolso a la cuenta CLABE {CLABE}", "por SPEI a la {CLABE}",
               "{CLABE}", "la clabe {CLABE} está a nombre de {NAME}", "transfiéranme a {CLABE} por favor",
               "el reembolso a esta cuenta: {CLABE}"],
+    "INE": ["mi clave de elector es {INE}", "INE: {INE}", "la clave de mi credencial es {INE}", "{INE}",
+            "clave de elector {INE} sección 1234"],
+    "PASSPORT": ["mi pasaporte es {PASSPORT}", "pasaporte número {PASSPORT}", "viajo con pasaporte {PASSPORT}",
+                 "pasaporte mexicano: {PASSPORT}", "el número de pasaporte es {PASSPORT}"],
+}
+PASSPORT_CLAUSES = {
+    "pt": ["meu passaporte é {PASSPORT}", "passaporte nº {PASSPORT}", "número do passaporte: {PASSPORT}"],
+    "en": ["my passport number is {PASSPORT}", "passport {PASSPORT}", "Passport #: {PASSPORT}",
+           "passport no. {PASSPORT}, expires 2031"],
+}
+PASSPORT_TRAPS = {
+    "pt": ["o passaporte venceu, pedido {ORDER}", "a foto do passaporte custa {PRICE}"],
+    "en": ["passport photo costs {PRICE}", "my passport expired, order {ORDER} still pending"],
 }
 MX_TRAPS = [
     "mi pedido {CLABELIKE} no ha llegado", "el número de guía es {CLABELIKE}",
     "folio {CLABELIKE}", "facturar a la empresa, RFC {RFCMORAL}", "el modelo {SKUMX} no prende",
     "referencia de pago {CLABELIKE}", "el ticket {TICKETMX} de la tienda", "el pedido {ORDER} sigue sin llegar",
     "pagué {PRICE} en OXXO", "llegó el {DATE} pero incompleto",
+    "el trámite del pasaporte cuesta {PRICE}", "mi pasaporte venció, el pedido {ORDER} lo recojo con la INE",
 ]
 
 
@@ -1303,7 +1334,7 @@ def mx_render(msg, tmpl):
         msg.add(tmpl[pos:m.start()])
         slot = m.group(1)
         if slot in MX_SLOTS:
-            value = {"CURP": curp_value, "RFC": rfc_value}.get(slot, lambda: clabe_value(tmpl))()
+            value = MX_VALUES.get(slot, lambda: clabe_value(tmpl))()
             msg.add(value, kind=MX_SLOTS[slot])
         elif slot == "NAME":
             msg.add(f"{R.choice(FIRST['es']).title()} {R.choice(LAST['es']).title()}")
@@ -1320,7 +1351,7 @@ def mx_message(has_pii):
         msg.add(g + R.choice([", ", "! ", ". ", "\n", " "]))
     parts = []
     if has_pii:
-        parts.append(MX_CLAUSES[R.choices(["CLABE", "CURP", "RFC"], [5, 4, 4])[0]])
+        parts.append(MX_CLAUSES[R.choices(["CLABE", "CURP", "RFC", "INE", "PASSPORT"], [5, 4, 4, 3, 2])[0]])
         if R.random() < 0.45:
             parts.append(MX_TRAPS)
         R.shuffle(parts)
@@ -1334,6 +1365,32 @@ def mx_message(has_pii):
     if c:
         msg.add(joiner(msg.text()).replace(", ", ". ") + c)
     return {"text": msg.text(), "spans": msg.spans, "lang": "es", "country": "MX", "traps": msg.traps}
+
+
+def passport_message(lang, has_pii):
+    msg = Msg()
+    g = R.choice(GREET[lang])
+    if g:
+        msg.add(g + R.choice([", ", "! ", ". ", "\n", " "]))
+    pools = [PASSPORT_CLAUSES[lang]] if has_pii else []
+    pools += [PASSPORT_TRAPS[lang]] if not has_pii or R.random() < 0.4 else []
+    R.shuffle(pools)
+    for i, pool in enumerate(pools):
+        if i:
+            msg.add(joiner(msg.text()))
+        tmpl = R.choice(pool)
+        pos = 0
+        for m in SLOT_RE.finditer(tmpl):
+            msg.add(tmpl[pos:m.start()])
+            slot = m.group(1)
+            if slot == "PASSPORT":
+                msg.add(passport_value(), kind="NATIONAL_ID")
+            else:
+                msg.add(trap_value(slot, lang, "US" if lang == "en" else "BR"), trap=slot)
+            pos = m.end()
+        msg.add(tmpl[pos:])
+    country = "US" if lang == "en" else "BR"
+    return {"text": msg.text(), "spans": msg.spans, "lang": lang, "country": country, "traps": msg.traps}
 
 
 if __name__ == "__main__":

@@ -267,10 +267,7 @@ mod tests {
     use super::*;
 
     fn dobs(t: &str) -> Vec<&str> {
-        crate::pii::detectors::detect(t, &[find])
-            .into_iter()
-            .map(|(s, _)| s)
-            .collect()
+        crate::pii::detectors::detect_texts(t, find)
     }
 
     #[test]

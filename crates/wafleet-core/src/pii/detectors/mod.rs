@@ -10,6 +10,7 @@ pub mod idctx;
 pub mod ip;
 pub mod mx;
 pub mod numeric;
+pub mod passport;
 pub mod secret;
 pub mod url;
 
@@ -35,4 +36,10 @@ pub(crate) fn detect<'t>(
         .iter()
         .map(|s| (&t[s.start..s.end], s.kind))
         .collect()
+}
+
+/// The texts of what [`detect`] finds with one finder, for the detectors' own tests.
+#[cfg(test)]
+pub(crate) fn detect_texts(t: &str, finder: fn(&super::Ctx<'_>, &mut super::Found)) -> Vec<&str> {
+    detect(t, &[finder]).into_iter().map(|(s, _)| s).collect()
 }

@@ -1,7 +1,8 @@
 //! Mexico's identifiers, which the digit-based detectors cannot see: the CURP (18 letters and
 //! digits) and a person's RFC (13, "GODE561231GR8", also written "GODE-561231-GR8"), both with
-//! a check character; and the CLABE, the 18-digit interbank account number customers give for
-//! refunds, with its check digit.
+//! a check character; the key on the voter card (INE's "clave de elector", 18, no check digit
+//! but a fixed layout with a date and a state); and the CLABE, the 18-digit interbank account
+//! number customers give for refunds, with its check digit.
 //!
 //! A CURP needs no context: its shape (a real date, a state, sex) and its check digit leave
 //! nothing else it could be. An RFC with a right check character needs none either; one whose
@@ -10,7 +11,9 @@
 //! 18-digit number that starts with the code of a bank most Mexicans use and no order or
 //! tracking word comes before it: its check digit alone would pass one order number in ten.
 
-use crate::pii::checksums::{clabe_valid, curp_valid, rfc_person_shape, rfc_person_valid};
+use crate::pii::checksums::{
+    clabe_valid, curp_valid, elector_key_shape, rfc_person_shape, rfc_person_valid,
+};
 use crate::pii::keywords::{IdKw, Kw};
 use crate::pii::text::{word_end, word_start};
 use crate::pii::{Ctx, Found, PiiType};
@@ -92,7 +95,7 @@ fn identifier_at(
             PiiType::BankAccount,
         ));
     }
-    if run.len() == 18 && curp_valid(run) {
+    if run.len() == 18 && (curp_valid(run) || elector_key_shape(run)) {
         return Some((s, e, PiiType::NationalId));
     }
     if run.len() == 13 && rfc_ok(ctx, s, run) {
@@ -194,6 +197,7 @@ mod tests {
             ("rfc gode 561231 gr8", "gode 561231 gr8"),
             // A wrong check character, but right after "RFC".
             ("mi RFC es GODE561231GR9", "GODE561231GR9"),
+            ("clave de elector GMVLMR80070501M100", "GMVLMR80070501M100"),
         ] {
             assert_eq!(found(t), vec![(want, PiiType::NationalId)], "{t}");
         }

@@ -6,7 +6,10 @@
 //! alone, so "la contraseña no funciona" or "es clave que llegue hoy" keep their meaning:
 //! - after a password word: a token with a digit, a symbol or a capital inside it
 //!   ("hunter2", "Perro123!", "SolYLuna"), or any token written as a value ("contraseña:
-//!   gatito", "password = gatito");
+//!   gatito", "password = gatito"), or a plain word that ends the clause after "es"/"is"/"é"
+//!   ("mi contraseña es gatito", "my password is sunshine, thanks") unless it is one of the
+//!   words that describe a password rather than be one ("incorrecta", "wrong", "la misma",
+//!   "bloqueada", "expired");
 //! - after a code word (PIN, CVV, OTP, verification code): 3 to 8 digits.
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
@@ -34,6 +37,46 @@ const LINKING: &[&str] = &[
     "el", "a", "o", "the", "cuenta", "conta", "account", "tarjeta", "cartão", "cartao", "card",
     "acceso", "acesso", "access", "actual", "nueva", "nova", "new", "wifi", "app", "banco",
     "bank", "temporal", "temporary", "sería", "seria", "would", "be", "usuario", "user",
+];
+
+/// The linking words that say what the secret *is*: after them a plain word may be the secret.
+const COPULAS: &[&str] = &["es", "is", "era", "was", "é", "e"];
+
+/// Words that describe a password (or stand before such a word) rather than spell one: after
+/// "mi contraseña es" they keep their meaning. Participles ("bloqueada", "expired") and adverbs
+/// ("-mente") are told by their endings in [`describes`].
+#[rustfmt::skip]
+const DESCRIBING: &[&str] = &[
+    // es
+    "incorrecta", "incorrecto", "correcta", "correcto", "inválida", "invalida", "inválido",
+    "invalido", "válida", "valida", "válido", "valido", "nueva", "nuevo", "vieja", "viejo",
+    "antigua", "antiguo", "larga", "largo", "corta", "corto", "segura", "seguro", "insegura",
+    "débil", "debil", "fuerte", "mala", "malo", "buena", "bueno", "errónea", "erronea",
+    "diferente", "distinta", "distinto", "igual", "misma", "mismo", "otra", "otro", "muy",
+    "demasiado", "demasiada", "obligatoria", "necesaria", "sensible", "temporal", "provisional",
+    "esta", "esa", "este", "ese", "eso", "esto", "secreta", "secreto", "privada", "personal",
+    "importante", "simple", "fácil", "facil", "difícil", "dificil", "complicada", "confidencial",
+    "vencida", "caducada", "vacía", "vacia", "ninguna", "nada", "siempre", "antes", "ayer", "hoy",
+    "mía", "mia", "tuya", "suya", "única", "unica", "aleatoria", "numérica", "numerica",
+    // pt
+    "errada", "errado", "incorreta", "incorreto", "correta", "nova", "novo", "antiga", "antigo",
+    "muito", "mesma", "outra", "fraca", "fraco", "forte", "obrigatória", "obrigatoria",
+    "temporária", "temporaria", "provisória", "provisoria", "curta", "longa", "certa", "certo",
+    "ruim", "boa", "essa", "esse", "isso", "isto", "aquela", "pessoal", "fácil", "difícil",
+    "vazia", "nenhuma", "sempre", "ontem", "hoje", "minha", "sua", "secreta",
+    // en
+    "incorrect", "correct", "wrong", "invalid", "valid", "new", "old", "too", "very", "same",
+    "different", "weak", "strong", "required", "temporary", "short", "long", "fine", "right",
+    "good", "bad", "secure", "insecure", "case", "this", "that", "it", "not", "secret",
+    "private", "personal", "important", "simple", "easy", "hard", "complicated", "confidential",
+    "empty", "blank", "none", "always", "before", "yesterday", "today", "mine", "yours",
+    "unique", "random", "numeric", "okay", "ok", "fine", "there", "here", "what", "which",
+];
+
+/// Words that may follow the secret in the same sentence without being part of it.
+const AFTER_SECRET: &[&str] = &[
+    "y", "e", "and", "pero", "but", "mas", "por", "please", "pls", "porfa", "gracias", "thanks",
+    "obrigado", "obrigada", "thank",
 ];
 
 /// The secret-word automaton; built once with the [`Redactor`](super::super::Redactor).
@@ -75,6 +118,7 @@ impl Secrets {
 fn secret_after(text: &str, mut pos: usize, numeric: bool) -> Option<(usize, usize)> {
     let b = text.as_bytes();
     let mut as_value = false;
+    let mut copula = false;
     for _ in 0..6 {
         while pos < b.len() && matches!(b[pos], b' ' | b'\t') {
             pos += 1;
@@ -90,6 +134,7 @@ fn secret_after(text: &str, mut pos: usize, numeric: bool) -> Option<(usize, usi
         }
         let token = &text[pos..end];
         if LINKING.iter().any(|w| token.eq_ignore_ascii_case(w)) {
+            copula |= COPULAS.iter().any(|w| token.eq_ignore_ascii_case(w));
             pos = end;
             continue;
         }
@@ -103,11 +148,41 @@ fn secret_after(text: &str, mut pos: usize, numeric: bool) -> Option<(usize, usi
                 && (as_value
                     || token.bytes().any(|c| c.is_ascii_digit())
                     || token.bytes().skip(1).any(|c| c.is_ascii_uppercase())
-                    || token.bytes().any(|c| c.is_ascii_punctuation()))
+                    || token.bytes().any(|c| c.is_ascii_punctuation())
+                    || (copula && !describes(token) && clause_ends(text, end)))
         };
         return looks_secret.then_some((pos, end));
     }
     None
+}
+
+/// Whether a plain word describes a password instead of being one: a listed word, a participle
+/// ("bloqueada", "cambiado", "expired") or an adverb ("-mente").
+fn describes(word: &str) -> bool {
+    let w = word.to_lowercase();
+    DESCRIBING.contains(&w.as_str())
+        || [
+            "ada", "ado", "ida", "ido", "adas", "ados", "mente", "ed", "ing",
+        ]
+        .iter()
+        .any(|e| w.ends_with(e))
+}
+
+/// Whether the sentence ends right after byte `end` (or goes on with "y", "please"…): a plain
+/// word followed by more words ("es gatito el nombre de mi gato") is part of the sentence.
+fn clause_ends(text: &str, end: usize) -> bool {
+    let rest = text[end..].trim_start_matches([' ', '\t']);
+    match rest.bytes().next() {
+        None => true,
+        Some(c) if !c.is_ascii_alphanumeric() && c < 0x80 => true,
+        _ => {
+            let next = rest
+                .split(|c: char| !c.is_alphanumeric())
+                .next()
+                .unwrap_or("");
+            AFTER_SECRET.iter().any(|w| next.eq_ignore_ascii_case(w))
+        }
+    }
 }
 
 /// Where the whitespace-delimited token starting at `pos` ends.
@@ -142,6 +217,10 @@ mod tests {
             ("tarjeta terminada en 1111 cvv 123 vence 12/27", "123"),
             ("código de verificación 482913.", "482913"),
             ("the OTP is 55 1234", ""),
+            ("mi contraseña es gatito", "gatito"),
+            ("my password is sunshine, thanks", "sunshine"),
+            ("a senha é batata e não entra", "batata"),
+            ("la clave era tortuga.", "tortuga"),
         ] {
             let got = secrets(t);
             if want.is_empty() {
@@ -162,6 +241,14 @@ mod tests {
             "el pin de la chaqueta se cayó",
             "password reset please",
             "mi contraseña es incorrecta",
+            "mi contraseña es la misma de siempre",
+            "my password is wrong",
+            "a senha está bloqueada",
+            "mi contraseña es bloqueada por el banco",
+            "my password is expired",
+            "la contraseña es muy larga",
+            "mi contraseña es gatito el nombre de mi gato",
+            "my password is not working",
         ] {
             assert!(secrets(t).is_empty(), "{t}: {:?}", secrets(t));
         }

@@ -23,6 +23,11 @@ use crate::store::channels::{self, BotMode, Channel};
 /// replayed: another tenant's app could have forged it.
 pub const SIGNED_BY_ANOTHER_APP: &str = "signed_by_another_app";
 
+/// Quarantine reason: an account event for a business account one of whose channels does not
+/// decrypt, signed by no app ingest can read: it may be that channel's own app. Replayed once
+/// the channel is fixed and its app is known to have signed it.
+pub const CHANNEL_UNREADABLE: &str = "channel_unreadable";
+
 /// Replay refusal: the app that signed a quarantined update is not one any channel holds now
 /// (its secret was removed since), or the entry predates signers being kept. Which numbers it
 /// may speak for cannot be checked, so it is not replayed.
@@ -51,10 +56,19 @@ pub struct Registry {
     /// Per WhatsApp Business Account id (`channels.waba_id`), the app secrets of its numbers:
     /// who may sign the account's events (template and account updates name no number).
     waba_secrets: HashMap<String, HashSet<usize>>,
+    /// Business accounts with a channel whose secrets do not decrypt: who else may sign their
+    /// events is unknown.
+    unreadable_wabas: HashSet<String>,
 }
 
 impl Registry {
     pub fn build(channels: &[Channel]) -> Self {
+        Self::build_with_unreadable(channels, &[])
+    }
+
+    /// [`Registry::build`], knowing the business accounts of the channels that could not be
+    /// read (see [`channels::read_all`]).
+    pub fn build_with_unreadable(channels: &[Channel], unreadable_wabas: &[String]) -> Self {
         let mut secret_index: HashMap<&[u8], usize> = HashMap::new();
         let mut secrets = Vec::new();
         let mut verify_tokens = Vec::new();
@@ -93,12 +107,17 @@ impl Registry {
                 },
             );
         }
+        for waba in unreadable_wabas {
+            // Named by a channel, so its events are checked, even when no readable channel has it.
+            waba_secrets.entry(waba.clone()).or_default();
+        }
         Self {
             fingerprints: secrets.iter().map(AppSecret::fingerprint).collect(),
             secrets,
             verify_tokens,
             routes,
             waba_secrets,
+            unreadable_wabas: unreadable_wabas.iter().cloned().collect(),
         }
     }
 
@@ -125,7 +144,9 @@ impl Registry {
     ///
     /// Account events name no number, only their business account: one for an account some
     /// channel belongs to (`waba_id`) must be signed by the app of one of its numbers; one for an
-    /// account no channel names passes (there is nothing to check it against).
+    /// account no channel names passes (there is nothing to check it against). While one of the
+    /// account's channels does not decrypt, an event no readable number's app signed is kept as
+    /// [`CHANNEL_UNREADABLE`] (it may be that channel's), not passed.
     pub fn refusal(&self, update: &Update, signed_by: usize) -> Option<&'static str> {
         if let Update::Event(event) = update {
             let linked = event
@@ -133,7 +154,17 @@ impl Registry {
                 .as_ref()
                 .and_then(|w| self.waba_secrets.get(w));
             return match linked {
-                Some(ids) if !ids.contains(&signed_by) => Some(SIGNED_BY_ANOTHER_APP),
+                Some(ids) if !ids.contains(&signed_by) => {
+                    let unreadable = event
+                        .waba_id
+                        .as_ref()
+                        .is_some_and(|w| self.unreadable_wabas.contains(w));
+                    Some(if unreadable {
+                        CHANNEL_UNREADABLE
+                    } else {
+                        SIGNED_BY_ANOTHER_APP
+                    })
+                }
                 _ => None,
             };
         }
@@ -200,8 +231,10 @@ impl SharedRegistry {
 /// [`channels::list_readable`]: a channel that does not decrypt is left out, and its updates are
 /// quarantined as `unknown_channel` until it is fixed).
 pub async fn load(pool: &PgPool, cipher: &Cipher) -> anyhow::Result<Registry> {
-    Ok(Registry::build(
-        &channels::list_readable(pool, cipher).await?,
+    let read = channels::read_all(pool, cipher).await?;
+    Ok(Registry::build_with_unreadable(
+        &read.channels,
+        &read.unreadable_wabas,
     ))
 }
 
@@ -326,6 +359,36 @@ mod tests {
         assert_ne!(
             registry.signer_fingerprint(a),
             registry.signer_fingerprint(a2)
+        );
+    }
+
+    #[test]
+    fn an_account_with_an_unreadable_channel_lets_no_other_app_sign_its_events() {
+        // Account W-U's only channel does not decrypt; W-A's second one does not either.
+        let registry = Registry::build_with_unreadable(
+            &[
+                channel("1", Some("W-A"), "app-a"),
+                channel("3", Some("W-B"), "app-b"),
+            ],
+            &["W-U".to_string(), "W-A".to_string()],
+        );
+        let signer = |secret: &str| {
+            let header = signature::sign(b"{}", secret.as_bytes());
+            signature::verify(b"{}", Some(header.as_bytes()), &registry.secrets).unwrap()
+        };
+        let (a, b) = (signer("app-a"), signer("app-b"));
+        assert_eq!(
+            registry.refusal(&event(Some("W-U")), b),
+            Some(CHANNEL_UNREADABLE)
+        );
+        assert_eq!(registry.refusal(&event(Some("W-A")), a), None);
+        assert_eq!(
+            registry.refusal(&event(Some("W-A")), b),
+            Some(CHANNEL_UNREADABLE)
+        );
+        assert_eq!(
+            registry.refusal(&event(Some("W-B")), a),
+            Some(SIGNED_BY_ANOTHER_APP)
         );
     }
 }

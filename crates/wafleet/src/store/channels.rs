@@ -183,11 +183,27 @@ fn unreadable(pnid: &str) -> String {
 /// channels exist and none decrypts, the key itself is wrong: that is the error, and ingest and
 /// workers refuse to start with it.
 pub async fn list_readable(pool: &PgPool, cipher: &Cipher) -> anyhow::Result<Vec<Channel>> {
+    Ok(read_all(pool, cipher).await?.channels)
+}
+
+/// What [`read_all`] found: the channels that decrypt, and the business accounts of those that
+/// do not.
+pub struct Readable {
+    pub channels: Vec<Channel>,
+    /// `waba_id`s of unreadable channels: ingest must not let anyone sign these accounts' events
+    /// while it cannot tell which app is theirs.
+    pub unreadable_wabas: Vec<String>,
+}
+
+/// [`list_readable`], keeping the business accounts of the channels it leaves out.
+pub async fn read_all(pool: &PgPool, cipher: &Cipher) -> anyhow::Result<Readable> {
     let rows = rows(pool).await?;
     let mut readable = Vec::with_capacity(rows.len());
+    let mut unreadable_wabas = Vec::new();
     let mut last_error = None;
     for mut row in rows {
         let pnid = row.phone_number_id.clone();
+        let waba = row.waba_id.clone();
         // Ingest needs the app secrets and verify token; an access token that alone does not
         // decrypt leaves the channel served without it (the sender pauses it and alerts).
         let token = row.access_token.take();
@@ -202,13 +218,17 @@ pub async fn list_readable(pool: &PgPool, cipher: &Cipher) -> anyhow::Result<Vec
             }
             Err(e) => {
                 report_unreadable(&pnid, "channel");
+                unreadable_wabas.extend(waba);
                 last_error = Some(e.context(unreadable(&pnid)));
             }
         }
     }
     match last_error {
         Some(e) if readable.is_empty() => Err(e),
-        _ => Ok(readable),
+        _ => Ok(Readable {
+            channels: readable,
+            unreadable_wabas,
+        }),
     }
 }
 

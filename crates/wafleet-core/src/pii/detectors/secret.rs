@@ -6,7 +6,7 @@
 //! alone, so "la contraseña no funciona" or "es clave que llegue hoy" keep their meaning:
 //! - after a password word: a token with a digit, a symbol or a capital inside it
 //!   ("hunter2", "Perro123!", "SolYLuna"), or any token written as a value ("contraseña:
-//!   gatito", "password = gatito"), or a plain word that ends the clause after "es"/"is"/"é"
+//!   gatito", "password = gatito"), or a plain word that ends the clause right after "es"/"is"/"é"
 //!   ("mi contraseña es gatito", "my password is sunshine, thanks") unless it is one of the
 //!   words that describe a password rather than be one ("incorrecta", "wrong", "la misma",
 //!   "bloqueada", "expired");
@@ -58,6 +58,7 @@ const DESCRIBING: &[&str] = &[
     "importante", "simple", "fácil", "facil", "difícil", "dificil", "complicada", "confidencial",
     "vencida", "caducada", "vacía", "vacia", "ninguna", "nada", "siempre", "antes", "ayer", "hoy",
     "mía", "mia", "tuya", "suya", "única", "unica", "aleatoria", "numérica", "numerica",
+    "alfanumérica", "alfanumerica", "bancaria", "bancario",
     // pt
     "errada", "errado", "incorreta", "incorreto", "correta", "nova", "novo", "antiga", "antigo",
     "muito", "mesma", "outra", "fraca", "fraco", "forte", "obrigatória", "obrigatoria",
@@ -70,7 +71,8 @@ const DESCRIBING: &[&str] = &[
     "good", "bad", "secure", "insecure", "case", "this", "that", "it", "not", "secret",
     "private", "personal", "important", "simple", "easy", "hard", "complicated", "confidential",
     "empty", "blank", "none", "always", "before", "yesterday", "today", "mine", "yours",
-    "unique", "random", "numeric", "okay", "ok", "fine", "there", "here", "what", "which",
+    "unique", "random", "numeric", "alphanumeric", "okay", "ok", "there", "here", "what",
+    "which",
 ];
 
 /// Words that may follow the secret in the same sentence without being part of it.
@@ -134,7 +136,9 @@ fn secret_after(text: &str, mut pos: usize, numeric: bool) -> Option<(usize, usi
         }
         let token = &text[pos..end];
         if LINKING.iter().any(|w| token.eq_ignore_ascii_case(w)) {
-            copula |= COPULAS.iter().any(|w| token.eq_ignore_ascii_case(w));
+            // Only the word right after "es" may be a plain-word secret: "es la de mi correo"
+            // and "es la misma" describe it.
+            copula = COPULAS.iter().any(|w| token.eq_ignore_ascii_case(w));
             pos = end;
             continue;
         }
@@ -162,7 +166,8 @@ fn describes(word: &str) -> bool {
     let w = word.to_lowercase();
     DESCRIBING.contains(&w.as_str())
         || [
-            "ada", "ado", "ida", "ido", "adas", "ados", "mente", "ed", "ing",
+            "ada", "ado", "ida", "ido", "adas", "ados", "mente", "ísima", "ísimo", "isima", "ed",
+            "ing",
         ]
         .iter()
         .any(|e| w.ends_with(e))
@@ -249,6 +254,9 @@ mod tests {
             "la contraseña es muy larga",
             "mi contraseña es gatito el nombre de mi gato",
             "my password is not working",
+            "mi contraseña es la de mi correo",
+            "mi contraseña es larguísima",
+            "la clave es alfanumérica",
         ] {
             assert!(secrets(t).is_empty(), "{t}: {:?}", secrets(t));
         }

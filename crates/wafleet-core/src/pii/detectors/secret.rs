@@ -6,10 +6,10 @@
 //! alone, so "la contraseña no funciona" or "es clave que llegue hoy" keep their meaning:
 //! - after a password word: a token with a digit, a symbol or a capital inside it
 //!   ("hunter2", "Perro123!", "SolYLuna"), or any token written as a value ("contraseña:
-//!   gatito", "password = gatito"), or a plain word that ends the clause right after "es"/"is"/"é"
-//!   ("mi contraseña es gatito", "my password is sunshine, thanks") unless it is one of the
-//!   words that describe a password rather than be one ("incorrecta", "wrong", "la misma",
-//!   "bloqueada", "expired");
+//!   gatito", "password = gatito"), or a plain word right after "es"/"is"/"é" that ends the
+//!   clause ("mi contraseña es gatito", "my password is sunshine, thanks") unless it is one of
+//!   the words that describe a password rather than be one ("incorrecta", "wrong", "bloqueada",
+//!   "expired");
 //! - after a code word (PIN, CVV, OTP, verification code): 3 to 8 digits.
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};

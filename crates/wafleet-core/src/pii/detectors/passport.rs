@@ -12,7 +12,7 @@ const MAX_GAP_WORDS: usize = 3;
 
 /// Adds the passport numbers that follow passport words.
 pub fn find(ctx: &Ctx<'_>, found: &mut Found) {
-    for k in ctx.kws {
+    for (ki, k) in ctx.kws.iter().enumerate() {
         if k.kind != Kw::Id(IdKw::Passport) {
             continue;
         }
@@ -24,6 +24,14 @@ pub fn find(ctx: &Ctx<'_>, found: &mut Found) {
                 c.skip_spaces();
             }
             let start = c.pos;
+            // An order or reference word on the way speaks for what follows it ("pasaporte para
+            // el pedido 12345678"); "número" does not.
+            if ctx.kws[ki + 1..]
+                .iter()
+                .any(|n| n.start == start && n.kind == Kw::Neg)
+            {
+                break;
+            }
             if let Some((s, e)) = c.alnum()
                 && word_end(ctx.text, e)
                 && passport_shaped(&ctx.b[s..e])
@@ -88,6 +96,7 @@ mod tests {
             "pasaporte ABCD123456",
             "pasaporte 12345",
             "passport renewal in 3 weeks, order 123456789",
+            "necesito el pasaporte para el pedido 12345678",
         ] {
             assert!(found(t).is_empty(), "{t}: {:?}", found(t));
         }

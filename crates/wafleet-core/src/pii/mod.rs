@@ -23,8 +23,8 @@
 //! 4. `detectors::ip` — IPv6 (IPv4 is found with the other numbers);
 //! 5. cards, in `detectors::numeric` — Luhn plus issuer prefix, any grouping, *before* any
 //!    context rule can claim their digits: a card number is never left in the output (one
-//!    documented exception: a 13-digit number right after a product or order word is a barcode
-//!    or an order number — 13-digit cards are no longer issued);
+//!    documented exception: a 13-digit number that is also a valid EAN-13, right after a product
+//!    or order word, is a barcode — 13-digit cards are no longer issued);
 //! 6. `detectors::dob` — dates, only right after a birth word ("nací el", "DOB");
 //! 7. `detectors::idctx` — numbers right after an identity word ("cédula", "SSN"), then
 //!    `detectors::passport` — letters and digits right after "pasaporte"/"passport";

@@ -40,7 +40,8 @@ const LINKING: &[&str] = &[
 ];
 
 /// The linking words that say what the secret *is*: after them a plain word may be the secret.
-const COPULAS: &[&str] = &["es", "is", "era", "was", "é", "e"];
+// Not "e": in Portuguese it is also "and" ("esqueci a senha e agora?").
+const COPULAS: &[&str] = &["es", "is", "era", "was", "é"];
 
 /// Words that describe a password (or stand before such a word) rather than spell one: after
 /// "mi contraseña es" they keep their meaning. Participles ("bloqueada", "expired") and adverbs
@@ -72,6 +73,7 @@ const DESCRIBING: &[&str] = &[
     "private", "personal", "important", "simple", "easy", "hard", "complicated", "confidential",
     "empty", "blank", "none", "always", "before", "yesterday", "today", "mine", "yours",
     "unique", "random", "numeric", "alphanumeric", "okay", "ok", "there", "here", "what",
+    "ready", "lost", "broken", "gone", "missing", "paciencia",
     "which",
 ];
 
@@ -179,7 +181,8 @@ fn clause_ends(text: &str, end: usize) -> bool {
     let rest = text[end..].trim_start_matches([' ', '\t']);
     match rest.bytes().next() {
         None => true,
-        Some(c) if !c.is_ascii_alphanumeric() && c < 0x80 => true,
+        // Punctuation, an emoji, "¿", "…": the word ends its clause.
+        Some(_) if !rest.chars().next().is_some_and(char::is_alphanumeric) => true,
         _ => {
             let next = rest
                 .split(|c: char| !c.is_alphanumeric())
@@ -226,6 +229,8 @@ mod tests {
             ("my password is sunshine, thanks", "sunshine"),
             ("a senha é batata e não entra", "batata"),
             ("la clave era tortuga.", "tortuga"),
+            ("mi contraseña es gatito 🙏", "gatito"),
+            ("mi contraseña es gatito ¿me ayudan?", "gatito"),
         ] {
             let got = secrets(t);
             if want.is_empty() {
@@ -257,6 +262,8 @@ mod tests {
             "mi contraseña es la de mi correo",
             "mi contraseña es larguísima",
             "la clave es alfanumérica",
+            "esqueci a senha e agora?",
+            "my boarding pass is ready",
         ] {
             assert!(secrets(t).is_empty(), "{t}: {:?}", secrets(t));
         }

@@ -190,9 +190,9 @@ pub fn parse_date(text: &str, pos: usize) -> Option<(usize, usize)> {
     let save = c;
     if let Some((s, e)) = c.digits() {
         let a_len = e - s;
-        let a = c.b[s..e]
-            .iter()
-            .fold(0u32, |x, &d| x * 10 + u32::from(d - b'0'));
+        let a = c.b[s..e].iter().fold(0u32, |x, &d| {
+            x.saturating_mul(10).saturating_add(u32::from(d - b'0'))
+        });
         if let Some(sep @ (b'/' | b'-' | b'.')) = c.peek() {
             c.pos += 1;
             let b_ = num(&mut c, 1, 2);
@@ -201,9 +201,9 @@ pub fn parse_date(text: &str, pos: usize) -> Option<(usize, usize)> {
                 && let Some((ys, ye)) = c.digits()
             {
                 let y_len = ye - ys;
-                let y = c.b[ys..ye]
-                    .iter()
-                    .fold(0u32, |x, &d| x * 10 + u32::from(d - b'0'));
+                let y = c.b[ys..ye].iter().fold(0u32, |x, &d| {
+                    x.saturating_mul(10).saturating_add(u32::from(d - b'0'))
+                });
                 let end_ok = c.peek().is_none_or(|n| !n.is_ascii_alphanumeric())
                     && !(matches!(c.peek(), Some(b'/' | b'-' | b'.'))
                         && c.peek_at(1).is_some_and(|n| n.is_ascii_digit()));
@@ -268,6 +268,17 @@ mod tests {
 
     fn dobs(t: &str) -> Vec<&str> {
         crate::pii::detectors::detect_texts(t, find)
+    }
+
+    #[test]
+    fn long_digit_runs_after_a_birth_word_do_not_overflow() {
+        for t in [
+            "DOB 087820518386926753",
+            "fecha de nacimiento: 99999999999/1/1990",
+            "nací el 4294967296-01-90",
+        ] {
+            let _ = dobs(t);
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! 1990", "15 de março de 1990", "March 15, 1990", "15th of March 1990", "15 Mar 1990".
 //! Delivery dates and other plain dates ("entrega el 15/03/2024") are left alone.
 
+use crate::pii::detectors::numeric::val;
 use crate::pii::keywords::Kw;
 use crate::pii::text::{Cursor, lower};
 use crate::pii::{Ctx, Found, PiiType};
@@ -161,11 +162,7 @@ fn num(c: &mut Cursor<'_>, min: usize, max: usize) -> Option<u32> {
         *c = save;
         return None;
     }
-    Some(
-        c.b[s..e]
-            .iter()
-            .fold(0u32, |a, &d| a * 10 + u32::from(d - b'0')),
-    )
+    Some(val(&c.b[s..e]))
 }
 
 fn ordinal_suffix(c: &mut Cursor<'_>) {
@@ -190,9 +187,7 @@ pub fn parse_date(text: &str, pos: usize) -> Option<(usize, usize)> {
     let save = c;
     if let Some((s, e)) = c.digits() {
         let a_len = e - s;
-        let a = c.b[s..e].iter().fold(0u32, |x, &d| {
-            x.saturating_mul(10).saturating_add(u32::from(d - b'0'))
-        });
+        let a = val(&c.b[s..e]);
         if let Some(sep @ (b'/' | b'-' | b'.')) = c.peek() {
             c.pos += 1;
             let b_ = num(&mut c, 1, 2);
@@ -201,9 +196,7 @@ pub fn parse_date(text: &str, pos: usize) -> Option<(usize, usize)> {
                 && let Some((ys, ye)) = c.digits()
             {
                 let y_len = ye - ys;
-                let y = c.b[ys..ye].iter().fold(0u32, |x, &d| {
-                    x.saturating_mul(10).saturating_add(u32::from(d - b'0'))
-                });
+                let y = val(&c.b[ys..ye]);
                 let end_ok = c.peek().is_none_or(|n| !n.is_ascii_alphanumeric())
                     && !(matches!(c.peek(), Some(b'/' | b'-' | b'.'))
                         && c.peek_at(1).is_some_and(|n| n.is_ascii_digit()));

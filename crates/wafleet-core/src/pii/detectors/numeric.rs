@@ -539,7 +539,9 @@ fn thousands(c: &Chunk<'_>, i: usize) -> Option<usize> {
     (j > i).then_some(j)
 }
 
-fn val(b: &[u8]) -> u32 {
+/// The value of a run of ASCII digits, saturating (a long run after a date word must not
+/// overflow).
+pub fn val(b: &[u8]) -> u32 {
     b.iter().fold(0u32, |a, &d| {
         a.saturating_mul(10).saturating_add(u32::from(d - b'0'))
     })

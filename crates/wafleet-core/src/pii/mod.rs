@@ -49,7 +49,7 @@ mod text;
 
 use serde::{Deserialize, Serialize};
 
-use keywords::{Keywords, KwMatch};
+use keywords::{Keywords, Kw, KwMatch};
 
 /// The kinds of personal data the redactor recognises.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -265,6 +265,12 @@ impl Ctx<'_> {
             .filter(|k| k.end + window >= pos)
             .filter(|k| gap_is_one_phrase(&self.b[k.end..pos]))
             .copied()
+    }
+
+    /// Whether the context word nearest before `pos` (see [`Ctx::nearest_before`]) is of `kind`.
+    pub fn follows(&self, pos: usize, window: usize, kind: Kw) -> bool {
+        self.nearest_before(pos, window)
+            .is_some_and(|k| k.kind == kind)
     }
 }
 

@@ -88,7 +88,7 @@ fn identifier_at(
     }
     let digits_only = run.iter().all(u8::is_ascii_digit);
     if run.len() == 18 && digits_only {
-        let named = has_bank_word && after(ctx, s, Kw::Bank);
+        let named = has_bank_word && ctx.follows(s, CONTEXT_WINDOW, Kw::Bank);
         return (clabe_valid(run) && (named || bare_clabe_ok(ctx, s, run))).then_some((
             s,
             e,
@@ -102,14 +102,15 @@ fn identifier_at(
         return Some((s, e, PiiType::NationalId));
     }
     // A CLABE in groups after its word: "CLABE 0021 8007 0012 3456 78", "002-180-...".
-    if digits_only && run.len() < 18 && has_bank_word && after(ctx, s, Kw::Bank) {
+    if digits_only && run.len() < 18 && has_bank_word && ctx.follows(s, CONTEXT_WINDOW, Kw::Bank) {
         return grouped_clabe(ctx, s).map(|end| (s, end, PiiType::BankAccount));
     }
     None
 }
 
 fn rfc_ok(ctx: &Ctx<'_>, s: usize, rfc: &[u8]) -> bool {
-    rfc_person_valid(rfc) || (rfc_person_shape(rfc) && after(ctx, s, Kw::Id(IdKw::Mexican)))
+    rfc_person_valid(rfc)
+        || (rfc_person_shape(rfc) && ctx.follows(s, CONTEXT_WINDOW, Kw::Id(IdKw::Mexican)))
 }
 
 /// The end of a person's RFC written in three groups from `s` ("GODE 561231 GR8").
@@ -166,17 +167,9 @@ fn grouped_clabe(ctx: &Ctx<'_>, s: usize) -> Option<usize> {
     }
 }
 
-/// Whether the nearest context word before `pos` (within one phrase) is of `kind`.
-fn after(ctx: &Ctx<'_>, pos: usize, kind: Kw) -> bool {
-    ctx.nearest_before(pos, CONTEXT_WINDOW)
-        .is_some_and(|k| k.kind == kind)
-}
-
 fn bare_clabe_ok(ctx: &Ctx<'_>, s: usize, clabe: &[u8]) -> bool {
     COMMON_BANKS.iter().any(|code| clabe.starts_with(&code[..]))
-        && !ctx
-            .nearest_before(s, CONTEXT_WINDOW)
-            .is_some_and(|k| k.kind == Kw::Neg)
+        && !ctx.follows(s, CONTEXT_WINDOW, Kw::Neg)
 }
 
 #[cfg(test)]

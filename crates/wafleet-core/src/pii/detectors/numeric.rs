@@ -258,11 +258,7 @@ fn for_each_chunk(
 /// Luhn-valid number goes": 13-digit cards (old Visa) are no longer issued, while German
 /// barcodes (GS1 400–440) ship on every Nivea jar.
 fn thirteen_digit_code(ctx: &Ctx<'_>, c: &Chunk<'_>, d: &[u8]) -> bool {
-    d.len() == 13
-        && ean13_valid(d)
-        && ctx
-            .nearest_before(c.start, CONTEXT_WINDOW)
-            .is_some_and(|k| k.kind == Kw::Neg)
+    d.len() == 13 && ean13_valid(d) && ctx.follows(c.start, CONTEXT_WINDOW, Kw::Neg)
 }
 
 /// Adds every payment card: 13–19 digits, grouped by spaces, dashes, dots ("4111.1111.…", common

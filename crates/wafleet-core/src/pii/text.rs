@@ -126,6 +126,15 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    /// Consumes the ordinal sign of "nº" / "n°" if it is next.
+    pub fn eat_ordinal(&mut self) {
+        for o in ["º", "°"] {
+            if self.b[self.pos..].starts_with(o.as_bytes()) {
+                self.pos += o.len();
+            }
+        }
+    }
+
     /// Consumes an ASCII-case-insensitive literal if it is next and ends a word.
     pub fn eat_word_ci(&mut self, lit: &str) -> bool {
         let l = lit.as_bytes();

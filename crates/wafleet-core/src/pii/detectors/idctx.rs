@@ -45,12 +45,7 @@ pub fn find(ctx: &Ctx<'_>, found: &mut Found) {
             if words >= MAX_GAP_WORDS || c.letters().is_none() {
                 break None;
             }
-            // "nº", "n°" after the word.
-            for o in ["º", "°"] {
-                if c.b[c.pos..].starts_with(o.as_bytes()) {
-                    c.pos += o.len();
-                }
-            }
+            c.eat_ordinal();
             words += 1;
         };
         let Some(start) = start else { continue };

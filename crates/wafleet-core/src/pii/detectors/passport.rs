@@ -47,12 +47,7 @@ pub fn find(ctx: &Ctx<'_>, found: &mut Found) {
             if c.letters().is_none() {
                 break;
             }
-            // "nº", "n°".
-            for o in ["º", "°"] {
-                if c.b[c.pos..].starts_with(o.as_bytes()) {
-                    c.pos += o.len();
-                }
-            }
+            c.eat_ordinal();
             if !word_end(ctx.text, c.pos) {
                 break;
             }

@@ -53,12 +53,18 @@ pub struct Registry {
     fingerprints: Vec<String>,
     verify_tokens: Vec<Vec<u8>>,
     routes: HashMap<String, ChannelRoute>,
-    /// Per WhatsApp Business Account id (`channels.waba_id`), the app secrets of its numbers:
-    /// who may sign the account's events (template and account updates name no number).
-    waba_secrets: HashMap<String, HashSet<usize>>,
-    /// Business accounts with a channel whose secrets do not decrypt: who else may sign their
-    /// events is unknown.
-    unreadable_wabas: HashSet<String>,
+    /// Per WhatsApp Business Account id (`channels.waba_id`), who may sign the account's events
+    /// (template and account updates name no number).
+    waba_signers: HashMap<String, WabaSigners>,
+}
+
+/// Who may sign one business account's events.
+#[derive(Debug, Default)]
+struct WabaSigners {
+    /// The app secrets of the account's readable numbers.
+    secret_ids: HashSet<usize>,
+    /// One of the account's channels does not decrypt: who else may sign is unknown.
+    unreadable: bool,
 }
 
 impl Registry {
@@ -73,7 +79,7 @@ impl Registry {
         let mut secrets = Vec::new();
         let mut verify_tokens = Vec::new();
         let mut routes = HashMap::new();
-        let mut waba_secrets: HashMap<String, HashSet<usize>> = HashMap::new();
+        let mut waba_signers: HashMap<String, WabaSigners> = HashMap::new();
         for ch in channels {
             let secret_ids = ch
                 .app_secrets
@@ -88,9 +94,10 @@ impl Registry {
                 })
                 .collect();
             if let Some(waba) = &ch.waba_id {
-                waba_secrets
+                waba_signers
                     .entry(waba.clone())
                     .or_default()
+                    .secret_ids
                     .extend(&secret_ids);
             }
             if let (Some(token), true) = (&ch.verify_token, ch.enabled) {
@@ -109,15 +116,14 @@ impl Registry {
         }
         for waba in unreadable_wabas {
             // Named by a channel, so its events are checked, even when no readable channel has it.
-            waba_secrets.entry(waba.clone()).or_default();
+            waba_signers.entry(waba.clone()).or_default().unreadable = true;
         }
         Self {
             fingerprints: secrets.iter().map(AppSecret::fingerprint).collect(),
             secrets,
             verify_tokens,
             routes,
-            waba_secrets,
-            unreadable_wabas: unreadable_wabas.iter().cloned().collect(),
+            waba_signers,
         }
     }
 
@@ -149,22 +155,16 @@ impl Registry {
     /// [`CHANNEL_UNREADABLE`] (it may be that channel's), not passed.
     pub fn refusal(&self, update: &Update, signed_by: usize) -> Option<&'static str> {
         if let Update::Event(event) = update {
-            let linked = event
+            let signers = event
                 .waba_id
                 .as_ref()
-                .and_then(|w| self.waba_secrets.get(w));
-            return match linked {
-                Some(ids) if !ids.contains(&signed_by) => {
-                    let unreadable = event
-                        .waba_id
-                        .as_ref()
-                        .is_some_and(|w| self.unreadable_wabas.contains(w));
-                    Some(if unreadable {
-                        CHANNEL_UNREADABLE
-                    } else {
-                        SIGNED_BY_ANOTHER_APP
-                    })
-                }
+                .and_then(|w| self.waba_signers.get(w));
+            return match signers {
+                Some(s) if !s.secret_ids.contains(&signed_by) => Some(if s.unreadable {
+                    CHANNEL_UNREADABLE
+                } else {
+                    SIGNED_BY_ANOTHER_APP
+                }),
                 _ => None,
             };
         }

@@ -59,22 +59,21 @@ const DESCRIBING: &[&str] = &[
     "importante", "simple", "fácil", "facil", "difícil", "dificil", "complicada", "confidencial",
     "vencida", "caducada", "vacía", "vacia", "ninguna", "nada", "siempre", "antes", "ayer", "hoy",
     "mía", "mia", "tuya", "suya", "única", "unica", "aleatoria", "numérica", "numerica",
-    "alfanumérica", "alfanumerica", "bancaria", "bancario",
+    "alfanumérica", "alfanumerica", "bancaria", "bancario", "paciencia",
     // pt
     "errada", "errado", "incorreta", "incorreto", "correta", "nova", "novo", "antiga", "antigo",
     "muito", "mesma", "outra", "fraca", "fraco", "forte", "obrigatória", "obrigatoria",
     "temporária", "temporaria", "provisória", "provisoria", "curta", "longa", "certa", "certo",
-    "ruim", "boa", "essa", "esse", "isso", "isto", "aquela", "pessoal", "fácil", "difícil",
-    "vazia", "nenhuma", "sempre", "ontem", "hoje", "minha", "sua", "secreta",
-    // en
+    "ruim", "boa", "essa", "esse", "isso", "isto", "aquela", "pessoal", "vazia", "nenhuma",
+    "sempre", "ontem", "hoje", "minha", "sua",
+    // en ("personal" and "simple" are in es)
     "incorrect", "correct", "wrong", "invalid", "valid", "new", "old", "too", "very", "same",
     "different", "weak", "strong", "required", "temporary", "short", "long", "fine", "right",
     "good", "bad", "secure", "insecure", "case", "this", "that", "it", "not", "secret",
-    "private", "personal", "important", "simple", "easy", "hard", "complicated", "confidential",
+    "private", "important", "easy", "hard", "complicated", "confidential",
     "empty", "blank", "none", "always", "before", "yesterday", "today", "mine", "yours",
     "unique", "random", "numeric", "alphanumeric", "okay", "ok", "there", "here", "what",
-    "ready", "lost", "broken", "gone", "missing", "paciencia",
-    "which",
+    "ready", "lost", "broken", "gone", "missing", "which",
 ];
 
 /// Words that may follow the secret in the same sentence without being part of it.
@@ -179,11 +178,11 @@ fn describes(word: &str) -> bool {
 /// word followed by more words ("es gatito el nombre de mi gato") is part of the sentence.
 fn clause_ends(text: &str, end: usize) -> bool {
     let rest = text[end..].trim_start_matches([' ', '\t']);
-    match rest.bytes().next() {
+    match rest.chars().next() {
         None => true,
         // Punctuation, an emoji, "¿", "…": the word ends its clause.
-        Some(_) if !rest.chars().next().is_some_and(char::is_alphanumeric) => true,
-        _ => {
+        Some(c) if !c.is_alphanumeric() => true,
+        Some(_) => {
             let next = rest
                 .split(|c: char| !c.is_alphanumeric())
                 .next()

@@ -92,7 +92,14 @@ const PASSPORT: &[&str] = &[
 
 // Narrow on purpose: "transferencia" or "cuenta" before a number says nothing about it (a Nequi
 // account is a phone number; "número de cuenta" is a customer's account with the business).
-const BANK: &[&str] = &["clabe", "cuenta clabe", "clabe interbancaria", "spei"];
+const BANK: &[&str] = &[
+    "clabe",
+    "cuenta clabe",
+    "clabe interbancaria",
+    "clave interbancaria",
+    "cuenta interbancaria",
+    "spei",
+];
 
 #[rustfmt::skip]
 const DOB: &[&str] = &[

@@ -16,8 +16,8 @@ PII messages also carry traps, so precision is measured where it is hard. Check 
 mod-97, CPF/CNPJ mod-11, DNI/NIE mod-23, EAN-13, CURP, RFC, CLABE) are computed, never
 hard-coded.
 
-Mexico's CURP, RFC, voter-card key and CLABE, and passports, come in extra messages generated
-after the rest, so adding them left every earlier message as it was.
+Mexico's CURP, RFC, voter-card key and CLABE, passports, and CLABEs after account phrases come
+in extra messages generated after the rest, so adding them left every earlier message as it was.
 """
 
 import json
@@ -1193,6 +1193,8 @@ def main():
         out.append(mx_message(False))
     for i in range(N_PASSPORT):
         out.append(passport_message("pt" if i % 2 else "en", i % 3 != 0))
+    for i in range(N_ACCOUNT):
+        out.append(account_message(i % 4 != 0))
     R.shuffle(out)
     for m in out:
         b = m["text"].encode("utf-8")
@@ -1328,6 +1330,29 @@ def mx_trap_value(slot):
     return trap_value(slot, "es", "MX")
 
 
+def greeted(lang):
+    """A new message, opened with a greeting or not."""
+    msg = Msg()
+    g = R.choice(GREET[lang])
+    if g:
+        msg.add(g + R.choice([", ", "! ", ". ", "\n", " "]))
+    return msg
+
+
+def render_pools(msg, pools, fill):
+    """Adds a template from each pool, joined; `fill(slot)` adds each slot's value."""
+    for i, pool in enumerate(pools):
+        if i:
+            msg.add(joiner(msg.text()))
+        tmpl = R.choice(pool)
+        pos = 0
+        for m in SLOT_RE.finditer(tmpl):
+            msg.add(tmpl[pos:m.start()])
+            fill(m.group(1))
+            pos = m.end()
+        msg.add(tmpl[pos:])
+
+
 def mx_render(msg, tmpl):
     pos = 0
     for m in SLOT_RE.finditer(tmpl):
@@ -1345,10 +1370,7 @@ def mx_render(msg, tmpl):
 
 
 def mx_message(has_pii):
-    msg = Msg()
-    g = R.choice(GREET["es"])
-    if g:
-        msg.add(g + R.choice([", ", "! ", ". ", "\n", " "]))
+    msg = greeted("es")
     parts = []
     if has_pii:
         parts.append(MX_CLAUSES[R.choices(["CLABE", "CURP", "RFC", "INE", "PASSPORT"], [5, 4, 4, 3, 2])[0]])
@@ -1368,29 +1390,57 @@ def mx_message(has_pii):
 
 
 def passport_message(lang, has_pii):
-    msg = Msg()
-    g = R.choice(GREET[lang])
-    if g:
-        msg.add(g + R.choice([", ", "! ", ". ", "\n", " "]))
+    msg = greeted(lang)
     pools = [PASSPORT_CLAUSES[lang]] if has_pii else []
     pools += [PASSPORT_TRAPS[lang]] if not has_pii or R.random() < 0.4 else []
     R.shuffle(pools)
-    for i, pool in enumerate(pools):
-        if i:
-            msg.add(joiner(msg.text()))
-        tmpl = R.choice(pool)
-        pos = 0
-        for m in SLOT_RE.finditer(tmpl):
-            msg.add(tmpl[pos:m.start()])
-            slot = m.group(1)
-            if slot == "PASSPORT":
-                msg.add(passport_value(), kind="NATIONAL_ID")
-            else:
-                msg.add(trap_value(slot, lang, "US" if lang == "en" else "BR"), trap=slot)
-            pos = m.end()
-        msg.add(tmpl[pos:])
+
+    def fill(slot):
+        if slot == "PASSPORT":
+            msg.add(passport_value(), kind="NATIONAL_ID")
+        else:
+            msg.add(trap_value(slot, lang, "US" if lang == "en" else "BR"), trap=slot)
+
+    render_pools(msg, pools, fill)
     country = "US" if lang == "en" else "BR"
     return {"text": msg.text(), "spans": msg.spans, "lang": lang, "country": country, "traps": msg.traps}
+
+
+# CLABEs after an account phrase or "clave interbancaria" (appended after the messages above, so
+# those stay as they were), and 18-digit account numbers that are no CLABE.
+N_ACCOUNT = 40
+ACCOUNT_CLAUSES = ["mi número de cuenta es {CLABE}", "número de cuenta: {CLABE}",
+                   "clave interbancaria {CLABE}", "la cuenta interbancaria es {CLABE} a nombre de {NAME}",
+                   "numero de cuenta {CLABE} de {NAME}", "account number {CLABE}"]
+ACCOUNT_TRAPS = ["mi número de cuenta con ustedes es {ACCTLIKE}", "número de cuenta {ACCT}",
+                 "el número de cuenta {ACCTLIKE} no me deja pagar"]
+
+
+def account_message(has_pii):
+    msg = greeted("es")
+    pools = [ACCOUNT_CLAUSES] if has_pii else []
+    pools += [ACCOUNT_TRAPS] if not has_pii or R.random() < 0.3 else []
+    R.shuffle(pools)
+
+    def fill(slot):
+        if slot == "CLABE":
+            d = clabe_digits(COMMON_BANKS + OTHER_BANKS)
+            if R.random() < 0.25:
+                d = " ".join(d[i:i + 4] for i in range(0, 18, 4))
+            msg.add(d, kind="BANK_ACCOUNT")
+        elif slot == "NAME":
+            msg.add(f"{R.choice(FIRST['es']).title()} {R.choice(LAST['es']).title()}")
+        elif slot == "ACCTLIKE":
+            # A right CLABE check digit, but no bank has that code.
+            msg.add(clabe_digits(["900", "100", "800", "999"]), trap=slot)
+        else:
+            msg.add(digits(R.choice([8, 10, 12])), trap=slot)
+
+    render_pools(msg, pools, fill)
+    c = R.choice(CLOSE["es"])
+    if c:
+        msg.add(joiner(msg.text()).replace(", ", ". ") + c)
+    return {"text": msg.text(), "spans": msg.spans, "lang": "es", "country": "MX", "traps": msg.traps}
 
 
 if __name__ == "__main__":

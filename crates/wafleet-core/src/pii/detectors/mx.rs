@@ -7,9 +7,11 @@
 //! A CURP needs no context: its shape (a real date, a state, sex) and its check digit leave
 //! nothing else it could be. An RFC with a right check character needs none either; one whose
 //! check character is wrong is still taken right after "RFC" (people mistype it, and SAT issued
-//! some that do not check). A CLABE is taken after "CLABE" or "SPEI", or bare when it is a solid
-//! 18-digit number that starts with the code of a bank most Mexicans use and no order or
-//! tracking word comes before it: its check digit alone would pass one order number in ten.
+//! some that do not check). A CLABE is taken after "CLABE", "clave interbancaria" or "SPEI";
+//! after "número de cuenta" or "account number" when it starts with the code of a bank in SPEI;
+//! or bare when it is a solid 18-digit number that starts with the code of a bank most Mexicans
+//! use and no order or tracking word comes before it: its check digit alone would pass one
+//! order number in ten.
 
 use crate::pii::checksums::{
     clabe_valid, curp_valid, elector_key_shape, rfc_person_shape, rfc_person_valid,
@@ -27,6 +29,19 @@ const CONTEXT_WINDOW: usize = 40;
 const COMMON_BANKS: [&[u8; 3]; 16] = [
     b"002", b"012", b"014", b"021", b"030", b"036", b"044", b"058", b"062", b"072", b"127", b"130",
     b"137", b"638", b"646", b"722",
+];
+
+/// Banxico codes of every bank and payment institution in SPEI (the first three digits of a
+/// CLABE), clearing houses left out.
+#[rustfmt::skip]
+const SPEI_BANKS: [&[u8; 3]; 82] = [
+    b"002", b"006", b"009", b"012", b"014", b"019", b"021", b"030", b"036", b"042", b"044", b"058",
+    b"059", b"060", b"062", b"072", b"102", b"103", b"106", b"108", b"110", b"112", b"113", b"127",
+    b"128", b"129", b"130", b"132", b"133", b"135", b"136", b"137", b"138", b"140", b"141", b"143",
+    b"145", b"147", b"148", b"150", b"151", b"152", b"154", b"155", b"156", b"157", b"158", b"159",
+    b"160", b"166", b"168", b"600", b"601", b"602", b"605", b"608", b"616", b"617", b"620", b"630",
+    b"631", b"634", b"638", b"646", b"652", b"653", b"656", b"659", b"661", b"670", b"677", b"680",
+    b"683", b"684", b"685", b"686", b"688", b"689", b"706", b"710", b"722", b"723",
 ];
 
 /// Adds every CURP, person's RFC and CLABE in the message.
@@ -88,8 +103,7 @@ fn identifier_at(
     }
     let digits_only = run.iter().all(u8::is_ascii_digit);
     if run.len() == 18 && digits_only {
-        let named = has_bank_word && ctx.follows(s, CONTEXT_WINDOW, Kw::Bank);
-        return (clabe_valid(run) && (named || bare_clabe_ok(ctx, s, run))).then_some((
+        return (clabe_valid(run) && clabe_context_ok(ctx, s, run, has_bank_word)).then_some((
             s,
             e,
             PiiType::BankAccount,
@@ -101,11 +115,49 @@ fn identifier_at(
     if run.len() == 13 && rfc_ok(ctx, s, run) {
         return Some((s, e, PiiType::NationalId));
     }
-    // A CLABE in groups after its word: "CLABE 0021 8007 0012 3456 78", "002-180-...".
-    if digits_only && run.len() < 18 && has_bank_word && ctx.follows(s, CONTEXT_WINDOW, Kw::Bank) {
-        return grouped_clabe(ctx, s).map(|end| (s, end, PiiType::BankAccount));
+    // A CLABE in groups after its word: "CLABE 0021 8007 0012 3456 78", "002-180-...", or after
+    // an account phrase.
+    if digits_only && run.len() < 18 {
+        let named = has_bank_word && ctx.follows(s, CONTEXT_WINDOW, Kw::Bank);
+        if named || after_account_phrase(ctx, s) {
+            return grouped_clabe(ctx, s)
+                .filter(|(_, digits)| named || from_bank(&SPEI_BANKS, digits))
+                .map(|(end, _)| (s, end, PiiType::BankAccount));
+        }
     }
     None
+}
+
+/// Whether the CLABE-valid number `clabe` at `s` is taken, by what comes before it: "CLABE" or
+/// "SPEI" (any number); an account phrase (a bank in SPEI); nothing that makes it an order or a
+/// reference (a major bank).
+fn clabe_context_ok(ctx: &Ctx<'_>, s: usize, clabe: &[u8], has_bank_word: bool) -> bool {
+    if has_bank_word && ctx.follows(s, CONTEXT_WINDOW, Kw::Bank) {
+        return true;
+    }
+    if ctx.follows(s, CONTEXT_WINDOW, Kw::Neg) {
+        return after_account_phrase(ctx, s) && from_bank(&SPEI_BANKS, clabe);
+    }
+    from_bank(&COMMON_BANKS, clabe)
+}
+
+/// Whether the nearest context word before `s` is an account phrase ("número de cuenta",
+/// "account number"). Those are order words for the digit detectors (a customer's account with
+/// the business), but an 18-digit number with a CLABE check digit and a bank's code after one is
+/// the customer's bank account.
+fn after_account_phrase(ctx: &Ctx<'_>, s: usize) -> bool {
+    let names = |word: &[u8], what: &[u8]| {
+        word.windows(what.len())
+            .any(|w| w.eq_ignore_ascii_case(what))
+    };
+    ctx.nearest_before(s, CONTEXT_WINDOW).is_some_and(|k| {
+        let word = &ctx.b[k.start..k.end];
+        k.kind == Kw::Neg && (names(word, b"cuenta") || names(word, b"account"))
+    })
+}
+
+fn from_bank(banks: &[&[u8; 3]], clabe: &[u8]) -> bool {
+    banks.iter().any(|code| clabe.starts_with(&code[..]))
 }
 
 fn rfc_ok(ctx: &Ctx<'_>, s: usize, rfc: &[u8]) -> bool {
@@ -141,8 +193,9 @@ fn spaced_rfc(ctx: &Ctx<'_>, s: usize) -> Option<usize> {
     (word_end(ctx.text, i) && rfc_ok(ctx, s, &rfc)).then_some(i)
 }
 
-/// The end of an 18-digit CLABE written in groups (single spaces or dashes) from `s`.
-fn grouped_clabe(ctx: &Ctx<'_>, s: usize) -> Option<usize> {
+/// The end and the digits of an 18-digit CLABE written in groups (single spaces or dashes) from
+/// `s`.
+fn grouped_clabe(ctx: &Ctx<'_>, s: usize) -> Option<(usize, [u8; 18])> {
     let b = ctx.b;
     let mut digits = [0u8; 18];
     let mut n = 0;
@@ -157,7 +210,7 @@ fn grouped_clabe(ctx: &Ctx<'_>, s: usize) -> Option<usize> {
             i += 1;
         }
         if n == 18 {
-            return (word_end(ctx.text, i) && clabe_valid(&digits)).then_some(i);
+            return (word_end(ctx.text, i) && clabe_valid(&digits)).then_some((i, digits));
         }
         if i + 1 < b.len() && matches!(b[i], b' ' | b'-') && b[i + 1].is_ascii_digit() {
             i += 1;
@@ -165,11 +218,6 @@ fn grouped_clabe(ctx: &Ctx<'_>, s: usize) -> Option<usize> {
             return None;
         }
     }
-}
-
-fn bare_clabe_ok(ctx: &Ctx<'_>, s: usize, clabe: &[u8]) -> bool {
-    COMMON_BANKS.iter().any(|code| clabe.starts_with(&code[..]))
-        && !ctx.follows(s, CONTEXT_WINDOW, Kw::Neg)
 }
 
 #[cfg(test)]
@@ -207,6 +255,20 @@ mod tests {
             ("por SPEI a 032-180-00011835971-9", "032-180-00011835971-9"),
             // Bare, from Banamex.
             ("deposítenme a 002000000000000008", "002000000000000008"),
+            (
+                "clave interbancaria 002180700123456788",
+                "002180700123456788",
+            ),
+            // After an account phrase: a bank in SPEI, solid or in groups.
+            (
+                "mi número de cuenta es 002180700123456788",
+                "002180700123456788",
+            ),
+            (
+                "numero de cuenta 1361 8001 2345 6789 08",
+                "1361 8001 2345 6789 08",
+            ),
+            ("account number: 656180012345678909", "656180012345678909"),
         ] {
             assert_eq!(found(t), vec![(want, PiiType::BankAccount)], "{t}");
         }
@@ -224,6 +286,10 @@ mod tests {
             // Right check digit, but an order number, or no major bank's code.
             "pedido 002000000000000008",
             "el número 999000000000000001",
+            // After an account phrase, but no bank has that code, or a wrong check digit.
+            "número de cuenta 999180012345678909",
+            "numero de cuenta 9991 8001 2345 6789 09",
+            "número de cuenta 002180700123456789",
             "SKU ABCD991301XYZ",
         ] {
             assert!(found(t).is_empty(), "{t}: {:?}", found(t));

@@ -146,6 +146,20 @@ fn secret_after(text: &str, mut pos: usize, numeric: bool) -> Option<(usize, usi
         // A closing '!' is often part of a password; a full stop or comma is the sentence's.
         let token = token.trim_end_matches(['.', ',', '?', ';', ')']);
         let end = pos + token.len();
+        // A number in groups ("482 913", "0021 8007 0012") is one secret, whole.
+        let lead_end = pos + token.bytes().take_while(u8::is_ascii_digit).count();
+        if lead_end > pos {
+            let grouped_end = digit_groups_end(b, lead_end);
+            if grouped_end > lead_end && grouped_end >= end {
+                let n = b[pos..grouped_end]
+                    .iter()
+                    .filter(|c| c.is_ascii_digit())
+                    .count();
+                if (!numeric && n >= 4) || (3..=8).contains(&n) {
+                    return Some((pos, grouped_end));
+                }
+            }
+        }
         let looks_secret = if numeric {
             (3..=8).contains(&token.len()) && token.bytes().all(|c| c.is_ascii_digit())
         } else {
@@ -197,6 +211,30 @@ fn clause_ends(text: &str, end: usize) -> bool {
     }
 }
 
+/// Where the groups of digits that go on from the digits ending at `end` end: a single space
+/// or dash before each group; a group that runs into a letter, a date, a time or a decimal is
+/// not one.
+fn digit_groups_end(b: &[u8], mut end: usize) -> usize {
+    while end + 1 < b.len() && matches!(b[end], b' ' | b'-') && b[end + 1].is_ascii_digit() {
+        let mut e = end + 1;
+        while e < b.len() && b[e].is_ascii_digit() {
+            e += 1;
+        }
+        // "123 12/27", "4829 12:30", "482 9.5": the next group belongs to a date, a time or an
+        // amount.
+        let goes_on = |i: usize| b.get(i).is_some_and(u8::is_ascii_digit);
+        if e < b.len()
+            && (b[e].is_ascii_alphabetic()
+                || matches!(b[e], b'/' | b':')
+                || (matches!(b[e], b'.' | b',') && goes_on(e + 1)))
+        {
+            break;
+        }
+        end = e;
+    }
+    end
+}
+
 /// Where the whitespace-delimited token starting at `pos` ends.
 fn token_end(b: &[u8], pos: usize) -> usize {
     let mut end = pos;
@@ -228,7 +266,17 @@ mod tests {
             ("mi pin 4321", "4321"),
             ("tarjeta terminada en 1111 cvv 123 vence 12/27", "123"),
             ("código de verificación 482913.", "482913"),
-            ("the OTP is 55 1234", ""),
+            // A code in groups is one code.
+            ("the OTP is 55 1234", "55 1234"),
+            ("código de verificación 482 913.", "482 913"),
+            (
+                "la clave es 0021 8007 0012 3456 78",
+                "0021 8007 0012 3456 78",
+            ),
+            ("mi pin es 12-34 gracias", "12-34"),
+            // Not a group of the code: an expiry date, a time.
+            ("cvv 123 12/27", "123"),
+            ("el código otp 4829 12:30 no llegó", "4829"),
             ("mi contraseña es gatito", "gatito"),
             ("my password is sunshine, thanks", "sunshine"),
             ("a senha é batata e não entra", "batata"),

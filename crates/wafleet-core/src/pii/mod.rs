@@ -197,9 +197,10 @@ impl Redactor {
         if has_at {
             detectors::email::find(text, &mut found);
         }
-        // Passwords need no digit, so this one runs on every message.
-        self.secrets.find(text, &mut found);
-        if has_digit {
+        if !has_digit {
+            // Passwords need no digit.
+            self.secrets.find(text, &mut found);
+        } else {
             let mut kws = Vec::new();
             self.keywords.find(text, &mut kws);
             let ctx = Ctx { text, b, kws: &kws };
@@ -209,6 +210,8 @@ impl Redactor {
                 detectors::ip::find_v6(&ctx, &mut found);
             }
             detectors::numeric::find_cards(&ctx, &mut found);
+            // After the cards: "pin 4111 1111 1111 1111" is a card, not a PIN and 12 digits.
+            self.secrets.find(text, &mut found);
             detectors::dob::find(&ctx, &mut found);
             detectors::idctx::find(&ctx, &mut found);
             detectors::passport::find(&ctx, &mut found);

@@ -117,3 +117,18 @@ fn an_account_word_does_not_make_a_phone_a_reference_number() {
         assert_eq!(redact(t), want, "{t}");
     }
 }
+
+#[test]
+fn a_card_after_a_secret_word_is_a_card_whole() {
+    for (t, want) in [
+        ("pin 4111 1111 1111 1111", "pin [CARD]"),
+        ("clave 4111111111111111 gracias", "clave [CARD] gracias"),
+        // The code after the card is still a secret.
+        (
+            "tarjeta 4111 1111 1111 1111 cvv 123",
+            "tarjeta [CARD] cvv [SECRET]",
+        ),
+    ] {
+        assert_eq!(redact(t), want, "{t}");
+    }
+}

@@ -14,7 +14,7 @@
 //! - `wire`: the two JSON dialects, pure functions from [`ChatRequest`] to a body and from a body
 //!   to a [`Completion`].
 //! - `fallback`: [`reply_with_fallback`] and its [`FallbackPolicy`].
-//! - `prompt`: [`default_system_prompt`].
+//! - `prompt`: [`default_system_prompt`], and [`system_prompt`] for a channel's own.
 //!
 //! # Deadlines, not idle timeouts
 //! DeepSeek, when busy, holds a non-streaming request open and writes blank lines until it can
@@ -55,7 +55,7 @@ use crate::config::Secret;
 
 pub use client::LlmClient;
 pub use fallback::{FallbackPolicy, Reply, reply_with_fallback};
-pub use prompt::default_system_prompt;
+pub use prompt::{default_system_prompt, system_prompt};
 
 /// What the model writes to hand the conversation over to a human. See the module docs.
 pub const HANDOVER_MARKER: &str = "[[HANDOVER]]";

@@ -1,5 +1,7 @@
-//! The default system prompt. Channels may configure their own; whatever they write should keep
-//! the handover instruction, since [`super::reply_with_fallback`] relies on the marker.
+//! The system prompt: the built-in one, or the channel's own. A channel's own prompt that does
+//! not mention [`super::HANDOVER_MARKER`] gets the built-in handover rules appended, since
+//! [`super::reply_with_fallback`] relies on the marker: a shop that writes its prompt must not
+//! lose the model's handover without noticing.
 
 /// A multilingual customer-support prompt for WhatsApp.
 ///
@@ -7,12 +9,22 @@
 /// or identity documents, and to write exactly [`super::HANDOVER_MARKER`] (optionally followed by a
 /// short message for the customer) when a person must take over. The marker is stripped before the
 /// customer sees the text and sets [`super::Reply::wants_human`].
-pub fn default_system_prompt() -> &'static str {
-    PROMPT
+pub fn default_system_prompt() -> String {
+    format!("{PROMPT}{HANDOVER_RULES}")
+}
+
+/// The prompt for a channel: its own (`custom`), with the handover rules appended when it does
+/// not mention the marker itself, or the default.
+pub fn system_prompt(custom: Option<&str>) -> String {
+    match custom {
+        Some(own) if own.contains(super::HANDOVER_MARKER) => own.to_string(),
+        Some(own) => format!("{}\n\n{HANDOVER_RULES}", own.trim_end()),
+        None => default_system_prompt(),
+    }
 }
 
 // Kept in English: models follow English instructions best and still answer in the customer's
-// language when told to. The marker literal must equal `HANDOVER_MARKER` (a test checks it).
+// language when told to.
 const PROMPT: &str = "\
 You are the customer support assistant of this business, chatting with customers on WhatsApp.
 
@@ -26,6 +38,10 @@ Facts and safety:
 - Never ask for, repeat or store card numbers, CVV codes, bank passwords, PINs, one-time codes, or identity document numbers (ID, passport, tax ID). If the customer sends such data, tell them not to share it in this chat.
 - Do not make promises about refunds, discounts or deadlines that you were not told you can make.
 
+";
+
+// The marker literal must equal `HANDOVER_MARKER` (a test checks it).
+const HANDOVER_RULES: &str = "\
 Handing over to a person:
 - When the customer asks for a human, is upset or complaining, needs something you cannot do (payments, refunds, account changes, legal or medical matters), or you cannot help after one attempt, reply with exactly [[HANDOVER]] followed, optionally, by one short sentence for the customer in their language, for example: [[HANDOVER]] I'm passing you to a colleague who will reply shortly.
 - Write [[HANDOVER]] exactly like that, in English and in capitals, whatever the customer's language. Never use it otherwise, and never explain it.";
@@ -42,5 +58,21 @@ mod tests {
         for topic in ["language", "brief", "card numbers", "identity document"] {
             assert!(prompt.contains(topic), "{topic}");
         }
+    }
+
+    #[test]
+    fn a_channels_own_prompt_keeps_the_handover_rules() {
+        let own = "Eres el asistente de la Tienda Sol. Responde en español.";
+        let prompt = system_prompt(Some(own));
+        assert!(prompt.starts_with(own));
+        assert!(prompt.contains(HANDOVER_MARKER));
+        assert!(
+            !prompt.contains("card numbers"),
+            "only the handover rules are added"
+        );
+        // A prompt that has its own handover instruction is used as written.
+        let with_marker = format!("Si piden una persona, escribe {HANDOVER_MARKER}.");
+        assert_eq!(system_prompt(Some(&with_marker)), with_marker);
+        assert_eq!(system_prompt(None), default_system_prompt());
     }
 }

@@ -26,8 +26,8 @@ use super::{batch_outcome, db_outcome, hand_over_and_publish, redis_down};
 use crate::batch::Batcher;
 use crate::graph::GraphClient;
 use crate::llm::{
-    ChatMessage, ChatRequest, FallbackPolicy, LlmClient, ProviderConfig, Role,
-    default_system_prompt, reply_with_fallback,
+    ChatMessage, ChatRequest, FallbackPolicy, LlmClient, ProviderConfig, Role, reply_with_fallback,
+    system_prompt,
 };
 use crate::store::channels::BotMode;
 use crate::store::replies::{self, NewReply, ReplyContext, ReplyRecord};
@@ -213,10 +213,7 @@ impl LlmStage {
         }
 
         let request = ChatRequest {
-            system: channel
-                .system_prompt
-                .clone()
-                .unwrap_or_else(|| default_system_prompt().to_string()),
+            system: system_prompt(channel.system_prompt.as_deref()),
             messages: turns
                 .into_iter()
                 .map(|(customer, content)| ChatMessage {

@@ -25,10 +25,20 @@ pub enum Kw {
     Birthday,
     /// The number that follows is a business identifier: order, tracking, invoice, SKU, version.
     Neg,
+    /// "número de cuenta", "account number": a business identifier too (the customer's account
+    /// with the business, see [`Kw::is_neg`]), except that a bank account (CLABE) may follow.
+    Account,
     /// A street type that comes *before* the street name (Latin American and Iberian style).
     Street { strong: bool },
     /// A street type that comes *after* the name (US style: "Main St").
     Suffix { abbrev: bool },
+}
+
+impl Kw {
+    /// Whether the word makes the number after it a business identifier, not personal data.
+    pub fn is_neg(self) -> bool {
+        matches!(self, Kw::Neg | Kw::Account)
+    }
 }
 
 /// Which identifier an identity word announces.
@@ -92,12 +102,9 @@ const PASSPORT: &[&str] = &[
 
 // Narrow on purpose: "transferencia" or "cuenta" before a number says nothing about it (a Nequi
 // account is a phone number; "número de cuenta" is a customer's account with the business).
+#[rustfmt::skip]
 const BANK: &[&str] = &[
-    "clabe",
-    "cuenta clabe",
-    "clabe interbancaria",
-    "clave interbancaria",
-    "cuenta interbancaria",
+    "clabe", "cuenta clabe", "clabe interbancaria", "clave interbancaria", "cuenta interbancaria",
     "spei",
 ];
 
@@ -126,13 +133,17 @@ const NEG: &[&str] = &[
     "versión", "version", "versão", "versao", "firmware", "nit", "paquete", "package", "encomenda",
     "objeto", "remesa", "consecutivo", "número de orden", "número de pedido", "order number",
     "tracking number", "solicitud", "pqr", "incidencia", "chamado", "ticket number",
-    // A customer's account number with the business; a bare "cuenta" or "account" is not
-    // enough ("mi cuenta Nequi es 3001234567": a Nequi account is a phone number).
-    "número de cuenta", "numero de cuenta", "número da conta", "numero da conta",
-    "account number", "account no", "account #", "producto", "produto", "product", "reference", "ref number",
+    "número da conta", "numero da conta", "producto", "produto", "product", "reference", "ref number",
     "confirmation number", "tracking no",
     // Mexico's word for a ticket, order or payment reference.
     "folio",
+];
+
+/// A customer's account number with the business ([`Kw::Account`]); a bare "cuenta" or
+/// "account" is not enough ("mi cuenta Nequi es 3001234567": a Nequi account is a phone number).
+#[rustfmt::skip]
+const ACCOUNT: &[&str] = &[
+    "número de cuenta", "numero de cuenta", "account number", "account no", "account #",
 ];
 
 /// Street types written before the name. `strong` ones are abbreviations nobody uses in
@@ -192,7 +203,7 @@ impl Keywords {
     pub fn new() -> Self {
         let mut pats: Vec<String> = Vec::new();
         let mut kinds = Vec::new();
-        let groups: [(&[&str], Kw); 14] = [
+        let groups: [(&[&str], Kw); 15] = [
             (PHONE, Kw::Phone),
             (CEDULA, Kw::Id(IdKw::Cedula)),
             (SSN, Kw::Id(IdKw::Ssn)),
@@ -203,6 +214,7 @@ impl Keywords {
             (DOB, Kw::Dob),
             (BIRTHDAY, Kw::Birthday),
             (NEG, Kw::Neg),
+            (ACCOUNT, Kw::Account),
             (STREET_STRONG, Kw::Street { strong: true }),
             (STREET_WEAK, Kw::Street { strong: false }),
             (SUFFIX_ABBREV, Kw::Suffix { abbrev: true }),

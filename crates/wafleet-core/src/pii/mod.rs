@@ -270,10 +270,14 @@ impl Ctx<'_> {
             .copied()
     }
 
-    /// Whether the context word nearest before `pos` (see [`Ctx::nearest_before`]) is of `kind`.
+    /// The kind of the context word nearest before `pos` (see [`Ctx::nearest_before`]).
+    pub fn nearest_kind(&self, pos: usize, window: usize) -> Option<Kw> {
+        self.nearest_before(pos, window).map(|k| k.kind)
+    }
+
+    /// Whether the context word nearest before `pos` is of `kind`.
     pub fn follows(&self, pos: usize, window: usize, kind: Kw) -> bool {
-        self.nearest_before(pos, window)
-            .is_some_and(|k| k.kind == kind)
+        self.nearest_kind(pos, window) == Some(kind)
     }
 }
 

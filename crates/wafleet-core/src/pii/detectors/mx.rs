@@ -16,7 +16,7 @@
 use crate::pii::checksums::{
     clabe_valid, curp_valid, elector_key_shape, rfc_person_shape, rfc_person_valid,
 };
-use crate::pii::keywords::{IdKw, Kw, KwMatch};
+use crate::pii::keywords::{IdKw, Kw};
 use crate::pii::text::{word_end, word_start};
 use crate::pii::{Ctx, Found, PiiType};
 
@@ -50,11 +50,12 @@ pub fn find(ctx: &Ctx<'_>, found: &mut Found) {
     if b.len() < 13 {
         return;
     }
-    // Which CLABE words the message has at all, so the common message pays nothing for them.
-    let words = ClabeWords {
-        bank: ctx.kws.iter().any(|k| k.kind == Kw::Bank),
-        account: ctx.kws.iter().any(|k| is_account_phrase(ctx, k)),
-    };
+    // Whether the message names a CLABE or an account at all: a CLABE in groups is only looked
+    // for after such a word, so the common message pays nothing for it.
+    let clabe_words = ctx
+        .kws
+        .iter()
+        .any(|k| matches!(k.kind, Kw::Bank | Kw::Account));
     // Every identifier here holds digits: visit each run of them once, and look at the word
     // (letters and digits) around it.
     let mut p = 0;
@@ -72,7 +73,7 @@ pub fn find(ctx: &Ctx<'_>, found: &mut Found) {
         if !word_start(ctx.text, s) {
             continue;
         }
-        let hit = identifier_at(ctx, s, e, words).or_else(|| {
+        let hit = identifier_at(ctx, s, e, clabe_words).or_else(|| {
             // "GODE 561231 GR8": the date group, after four letters and a separator.
             (e - s == 6 && s >= 5 && matches!(b[s - 1], b' ' | b'-'))
                 .then(|| s - 5)
@@ -94,19 +95,12 @@ fn is_id_byte(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'&'
 }
 
-/// Whether a message has a word that names a CLABE ("CLABE", "SPEI") or an account phrase.
-#[derive(Clone, Copy)]
-struct ClabeWords {
-    bank: bool,
-    account: bool,
-}
-
 /// The identifier that is the word `s..e` (or, for a CLABE in groups, starts with it).
 fn identifier_at(
     ctx: &Ctx<'_>,
     s: usize,
     e: usize,
-    words: ClabeWords,
+    clabe_words: bool,
 ) -> Option<(usize, usize, PiiType)> {
     let run = &ctx.b[s..e];
     if !word_end(ctx.text, e) {
@@ -114,7 +108,7 @@ fn identifier_at(
     }
     let digits_only = run.iter().all(u8::is_ascii_digit);
     if run.len() == 18 && digits_only {
-        return (clabe_valid(run) && clabe_context_ok(ctx, s, run, words)).then_some((
+        return (clabe_valid(run) && clabe_allowed(ctx, s, run, false)).then_some((
             s,
             e,
             PiiType::BankAccount,
@@ -126,48 +120,26 @@ fn identifier_at(
     if run.len() == 13 && rfc_ok(ctx, s, run) {
         return Some((s, e, PiiType::NationalId));
     }
-    // A CLABE in groups after its word: "CLABE 0021 8007 0012 3456 78", "002-180-...", or after
-    // an account phrase.
-    if digits_only && run.len() < 18 {
-        let named = words.bank && ctx.follows(s, CONTEXT_WINDOW, Kw::Bank);
-        if named || (words.account && after_account_phrase(ctx, s)) {
-            return grouped_clabe(ctx, s)
-                .filter(|(_, digits)| named || from_bank(&SPEI_BANKS, digits))
-                .map(|(end, _)| (s, end, PiiType::BankAccount));
-        }
+    // A CLABE in groups after its word: "CLABE 0021 8007 0012 3456 78", "002-180-...".
+    if digits_only && run.len() < 18 && clabe_words {
+        return grouped_clabe(ctx, s)
+            .filter(|(_, digits)| clabe_allowed(ctx, s, digits, true))
+            .map(|(end, _)| (s, end, PiiType::BankAccount));
     }
     None
 }
 
-/// Whether the CLABE-valid number `clabe` at `s` is taken, by what comes before it: "CLABE" or
-/// "SPEI" (any number); an account phrase (a bank in SPEI); nothing that makes it an order or a
-/// reference (a major bank).
-fn clabe_context_ok(ctx: &Ctx<'_>, s: usize, clabe: &[u8], words: ClabeWords) -> bool {
-    if words.bank && ctx.follows(s, CONTEXT_WINDOW, Kw::Bank) {
-        return true;
+/// Whether the CLABE-valid number `clabe` at `s` is taken, by the context word before it:
+/// "CLABE" or "SPEI", any number; an account phrase ("número de cuenta", an order word for the
+/// digit detectors), one that starts with the code of a bank in SPEI; no order or reference
+/// word, a solid number (not `grouped`) from a major bank.
+fn clabe_allowed(ctx: &Ctx<'_>, s: usize, clabe: &[u8], grouped: bool) -> bool {
+    match ctx.nearest_kind(s, CONTEXT_WINDOW) {
+        Some(Kw::Bank) => true,
+        Some(Kw::Account) => from_bank(&SPEI_BANKS, clabe),
+        Some(k) if k.is_neg() => false,
+        _ => !grouped && from_bank(&COMMON_BANKS, clabe),
     }
-    if ctx.follows(s, CONTEXT_WINDOW, Kw::Neg) {
-        return words.account && after_account_phrase(ctx, s) && from_bank(&SPEI_BANKS, clabe);
-    }
-    from_bank(&COMMON_BANKS, clabe)
-}
-
-/// Whether the nearest context word before `s` is an account phrase ("número de cuenta",
-/// "account number"). Those are order words for the digit detectors (a customer's account with
-/// the business), but an 18-digit number with a CLABE check digit and a bank's code after one is
-/// the customer's bank account.
-fn after_account_phrase(ctx: &Ctx<'_>, s: usize) -> bool {
-    ctx.nearest_before(s, CONTEXT_WINDOW)
-        .is_some_and(|k| is_account_phrase(ctx, &k))
-}
-
-fn is_account_phrase(ctx: &Ctx<'_>, k: &KwMatch) -> bool {
-    let word = &ctx.b[k.start..k.end];
-    let names = |what: &[u8]| {
-        word.windows(what.len())
-            .any(|w| w.eq_ignore_ascii_case(what))
-    };
-    k.kind == Kw::Neg && (names(b"cuenta") || names(b"account"))
 }
 
 fn from_bank(banks: &[&[u8; 3]], clabe: &[u8]) -> bool {

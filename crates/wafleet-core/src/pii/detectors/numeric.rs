@@ -258,7 +258,11 @@ fn for_each_chunk(
 /// Luhn-valid number goes": 13-digit cards (old Visa) are no longer issued, while German
 /// barcodes (GS1 400–440) ship on every Nivea jar.
 fn thirteen_digit_code(ctx: &Ctx<'_>, c: &Chunk<'_>, d: &[u8]) -> bool {
-    d.len() == 13 && ean13_valid(d) && ctx.follows(c.start, CONTEXT_WINDOW, Kw::Neg)
+    d.len() == 13
+        && ean13_valid(d)
+        && ctx
+            .nearest_kind(c.start, CONTEXT_WINDOW)
+            .is_some_and(Kw::is_neg)
 }
 
 /// Adds every payment card: 13–19 digits, grouped by spaces, dashes, dots ("4111.1111.…", common
@@ -810,8 +814,8 @@ pub fn find_rest(ctx: &Ctx<'_>, found: &mut Found) {
 
 fn classify(ctx: &Ctx<'_>, c: &Chunk<'_>, found: &mut Found) {
     let b = ctx.b;
-    let near = ctx.nearest_before(c.start, CONTEXT_WINDOW).map(|k| k.kind);
-    let neg = near == Some(Kw::Neg) || numbered(b, c.start);
+    let near = ctx.nearest_kind(c.start, CONTEXT_WINDOW);
+    let neg = near.is_some_and(Kw::is_neg) || numbered(b, c.start);
     let announced = near == Some(Kw::Phone);
     let code = c.code_glued();
     let price = is_price_context(ctx, c);

@@ -28,7 +28,7 @@ pub fn find(ctx: &Ctx<'_>, found: &mut Found) {
             // el pedido 12345678"); "número" does not.
             if ctx.kws[ki + 1..]
                 .iter()
-                .any(|n| n.start == start && n.kind == Kw::Neg)
+                .any(|n| n.start == start && n.kind.is_neg())
             {
                 break;
             }

@@ -146,18 +146,26 @@ fn secret_after(text: &str, mut pos: usize, numeric: bool) -> Option<(usize, usi
         // A closing '!' is often part of a password; a full stop or comma is the sentence's.
         let token = token.trim_end_matches(['.', ',', '?', ';', ')']);
         let end = pos + token.len();
-        // A number in groups ("482 913", "0021 8007 0012") is one secret, whole.
+        // A number, in groups or not ("482 913", "0021 8007 0012", "4829"), is judged by its
+        // digits and taken whole.
         let lead_end = pos + token.bytes().take_while(u8::is_ascii_digit).count();
-        if lead_end > pos {
-            let grouped_end = digit_groups_end(b, lead_end);
-            if grouped_end > lead_end && grouped_end >= end {
-                let n = b[pos..grouped_end]
-                    .iter()
-                    .filter(|c| c.is_ascii_digit())
-                    .count();
-                if (!numeric && n >= 4) || (3..=8).contains(&n) {
-                    return Some((pos, grouped_end));
-                }
+        let number_end = if lead_end > pos {
+            digit_groups_end(b, lead_end)
+        } else {
+            pos
+        };
+        if number_end >= end {
+            let n = b[pos..number_end]
+                .iter()
+                .filter(|c| c.is_ascii_digit())
+                .count();
+            let enough = if numeric {
+                (3..=8).contains(&n)
+            } else {
+                n >= 4
+            };
+            if enough {
+                return Some((pos, number_end));
             }
         }
         let looks_secret = if numeric {
@@ -274,6 +282,8 @@ mod tests {
                 "0021 8007 0012 3456 78",
             ),
             ("mi pin es 12-34 gracias", "12-34"),
+            // Three digits are too few for a password, grouped or not.
+            ("la clave es 12 3", ""),
             // Not a group of the code: an expiry date, a time.
             ("cvv 123 12/27", "123"),
             ("el código otp 4829 12:30 no llegó", "4829"),

@@ -1104,6 +1104,17 @@ class Msg:
         return "".join(self.buf)
 
 
+def person_name(lang):
+    return f"{R.choice(FIRST[lang]).title()} {R.choice(LAST[lang]).title()}"
+
+
+def close(msg, lang):
+    """Ends the message with a closing line, or not."""
+    c = R.choice(CLOSE[lang])
+    if c:
+        msg.add(joiner(msg.text()).replace(", ", ". ") + c)
+
+
 def render(msg, tmpl, lang, country, pii_ok=True):
     pos = 0
     for m in SLOT_RE.finditer(tmpl):
@@ -1116,7 +1127,7 @@ def render(msg, tmpl, lang, country, pii_ok=True):
         elif slot == "HOOD":
             msg.add(R.choice(HOODS[country]))
         elif slot == "NAME":
-            msg.add(f"{R.choice(FIRST[lang]).title()} {R.choice(LAST[lang]).title()}")
+            msg.add(person_name(lang))
         elif slot == "CVV":
             msg.add(digits(3), kind="SECRET")
         elif slot == "NAMEUSER":
@@ -1172,9 +1183,7 @@ def message(has_pii):
             render(msg, R.choice(FORMS[country]), lang, country)
         else:
             msg.add(R.choice(FILLER[lang]))
-    c = R.choice(CLOSE[lang])
-    if c:
-        msg.add(joiner(msg.text()).replace(", ", ". ") + c)
+    close(msg, lang)
     text = msg.text()
     if R.random() < 0.05 and not has_pii:
         text = text.lower()
@@ -1340,7 +1349,7 @@ def greeted(lang):
 
 
 def render_pools(msg, pools, fill):
-    """Adds a template from each pool, joined; `fill(slot)` adds each slot's value."""
+    """Adds a template from each pool, joined; `fill(slot, tmpl)` adds each slot's value."""
     for i, pool in enumerate(pools):
         if i:
             msg.add(joiner(msg.text()))
@@ -1348,25 +1357,9 @@ def render_pools(msg, pools, fill):
         pos = 0
         for m in SLOT_RE.finditer(tmpl):
             msg.add(tmpl[pos:m.start()])
-            fill(m.group(1))
+            fill(m.group(1), tmpl)
             pos = m.end()
         msg.add(tmpl[pos:])
-
-
-def mx_render(msg, tmpl):
-    pos = 0
-    for m in SLOT_RE.finditer(tmpl):
-        msg.add(tmpl[pos:m.start()])
-        slot = m.group(1)
-        if slot in MX_SLOTS:
-            value = MX_VALUES.get(slot, lambda: clabe_value(tmpl))()
-            msg.add(value, kind=MX_SLOTS[slot])
-        elif slot == "NAME":
-            msg.add(f"{R.choice(FIRST['es']).title()} {R.choice(LAST['es']).title()}")
-        else:
-            msg.add(mx_trap_value(slot), trap=slot)
-        pos = m.end()
-    msg.add(tmpl[pos:])
 
 
 def mx_message(has_pii):
@@ -1379,13 +1372,18 @@ def mx_message(has_pii):
         R.shuffle(parts)
     else:
         parts = [MX_TRAPS for _ in range(R.choice([1, 1, 2]))]
-    for i, pool in enumerate(parts):
-        if i:
-            msg.add(joiner(msg.text()))
-        mx_render(msg, R.choice(pool))
-    c = R.choice(CLOSE["es"])
-    if c:
-        msg.add(joiner(msg.text()).replace(", ", ". ") + c)
+
+    def fill(slot, tmpl):
+        if slot in MX_SLOTS:
+            value = MX_VALUES.get(slot, lambda: clabe_value(tmpl))()
+            msg.add(value, kind=MX_SLOTS[slot])
+        elif slot == "NAME":
+            msg.add(person_name("es"))
+        else:
+            msg.add(mx_trap_value(slot), trap=slot)
+
+    render_pools(msg, parts, fill)
+    close(msg, "es")
     return {"text": msg.text(), "spans": msg.spans, "lang": "es", "country": "MX", "traps": msg.traps}
 
 
@@ -1395,7 +1393,7 @@ def passport_message(lang, has_pii):
     pools += [PASSPORT_TRAPS[lang]] if not has_pii or R.random() < 0.4 else []
     R.shuffle(pools)
 
-    def fill(slot):
+    def fill(slot, _tmpl):
         if slot == "PASSPORT":
             msg.add(passport_value(), kind="NATIONAL_ID")
         else:
@@ -1422,14 +1420,14 @@ def account_message(has_pii):
     pools += [ACCOUNT_TRAPS] if not has_pii or R.random() < 0.3 else []
     R.shuffle(pools)
 
-    def fill(slot):
+    def fill(slot, _tmpl):
         if slot == "CLABE":
             d = clabe_digits(COMMON_BANKS + OTHER_BANKS)
             if R.random() < 0.25:
                 d = " ".join(d[i:i + 4] for i in range(0, 18, 4))
             msg.add(d, kind="BANK_ACCOUNT")
         elif slot == "NAME":
-            msg.add(f"{R.choice(FIRST['es']).title()} {R.choice(LAST['es']).title()}")
+            msg.add(person_name("es"))
         elif slot == "ACCTLIKE":
             # A right CLABE check digit, but no bank has that code.
             msg.add(clabe_digits(["900", "100", "800", "999"]), trap=slot)
@@ -1437,9 +1435,7 @@ def account_message(has_pii):
             msg.add(digits(R.choice([8, 10, 12])), trap=slot)
 
     render_pools(msg, pools, fill)
-    c = R.choice(CLOSE["es"])
-    if c:
-        msg.add(joiner(msg.text()).replace(", ", ". ") + c)
+    close(msg, "es")
     return {"text": msg.text(), "spans": msg.spans, "lang": "es", "country": "MX", "traps": msg.traps}
 
 

@@ -274,11 +274,6 @@ impl Ctx<'_> {
     pub fn nearest_kind(&self, pos: usize, window: usize) -> Option<Kw> {
         self.nearest_before(pos, window).map(|k| k.kind)
     }
-
-    /// Whether the context word nearest before `pos` is of `kind`.
-    pub fn follows(&self, pos: usize, window: usize, kind: Kw) -> bool {
-        self.nearest_kind(pos, window) == Some(kind)
-    }
 }
 
 /// Whether the bytes between a context word and a number keep them in one phrase: no other

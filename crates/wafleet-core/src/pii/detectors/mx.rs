@@ -148,7 +148,8 @@ fn from_bank(banks: &[&[u8; 3]], clabe: &[u8]) -> bool {
 
 fn rfc_ok(ctx: &Ctx<'_>, s: usize, rfc: &[u8]) -> bool {
     rfc_person_valid(rfc)
-        || (rfc_person_shape(rfc) && ctx.follows(s, CONTEXT_WINDOW, Kw::Id(IdKw::Mexican)))
+        || (rfc_person_shape(rfc)
+            && ctx.nearest_kind(s, CONTEXT_WINDOW) == Some(Kw::Id(IdKw::Mexican)))
 }
 
 /// The end of a person's RFC written in three groups from `s` ("GODE 561231 GR8").

@@ -114,6 +114,17 @@ post deploy/samples/en_2_handover.json
 wait_for "SELECT count(*) FROM outbound_messages o JOIN messages m ON m.id = o.reply_to
            WHERE m.wamid LIKE 'wamid.demo-%-$run_id' AND o.state = 'accepted'" 3
 
+# The English customer asked for a person: an agent answers through wafleet and gives the
+# conversation back to the bot.
+conv=$(psql "$DATABASE_URL" -Atc "SELECT conversation_id FROM messages WHERE wamid = 'wamid.demo-en2-$run_id'")
+echo
+echo "a human agent answers the customer who asked for one (wafleetctl conversation reply $conv …):"
+$bin/wafleetctl conversation reply "$conv" --agent sam "Hi, I'm Sam from the team. I can help you with your order now."
+wait_for "SELECT count(*) FROM outbound_messages WHERE conversation_id = $conv AND kind = 'agent' AND state = 'accepted'" 1
+echo "the conversation as the agent sees it (wafleetctl conversation show $conv):"
+$bin/wafleetctl conversation show "$conv" | sed 's/^/  /'
+$bin/wafleetctl conversation release "$conv"
+
 echo
 echo "what was stored (text redacted before any model saw it):"
 psql "$DATABASE_URL" -P pager=off -c "
@@ -123,7 +134,7 @@ psql "$DATABASE_URL" -P pager=off -c "
 echo "what the simulated customers received (Graph API simulator):"
 $bin/wafleetctl probe "$sim/_sim/messages" | python3 -c '
 import json, sys
-for m in json.load(sys.stdin)[-3:]:
+for m in json.load(sys.stdin)[-4:]:
     print("  to %-14s quoting %-34.34s %r" % (m["to"], m["context_message_id"] or "-", m["body"][:100]))
 ' 2>/dev/null || $bin/wafleetctl probe "$sim/_sim/messages"
 echo

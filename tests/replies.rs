@@ -1846,3 +1846,217 @@ async fn the_model_sees_the_sessions_last_turns_redacted_without_what_a_human_ha
         ]
     );
 }
+
+/// The (only) conversation's id.
+async fn the_conversation(pg: &PgPool) -> i64 {
+    let (id,): (i64,) = sqlx::query_as("SELECT id FROM conversations")
+        .fetch_one(pg)
+        .await
+        .unwrap();
+    id
+}
+
+impl Sys {
+    async fn agent_reply(
+        &self,
+        conversation_id: i64,
+        text: &str,
+        reference: &str,
+    ) -> Result<wafleet::agents::Queued, wafleet::agents::AgentError> {
+        wafleet::agents::reply(
+            &self.pg,
+            &mut self.cfg.redis().await,
+            &self.cfg.keys(),
+            &wafleet::agents::Reply {
+                conversation_id,
+                text,
+                reference,
+                agent: Some("ana"),
+            },
+        )
+        .await
+    }
+
+    /// The owner-change events dashboards received: (kind, reason).
+    async fn owner_events(&self) -> Vec<(String, String)> {
+        let mut con = self.cfg.redis().await;
+        read_stream(&mut con, &self.cfg.keys().handover_stream())
+            .await
+            .into_iter()
+            .map(|(_, f)| {
+                let e: serde_json::Value = serde_json::from_slice(&f["event"]).unwrap();
+                (
+                    e["kind"].as_str().unwrap().to_string(),
+                    e["reason"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn an_agent_takes_a_conversation_writes_to_the_customer_once_and_gives_it_back() {
+    let s = system().await;
+    sqlx::query("UPDATE channels SET pair_burst = 10")
+        .execute(&s.pg)
+        .await
+        .unwrap();
+    s.send("573010", "wamid.A1", "hola, ¿tienen envíos?").await;
+    s.sent(1).await;
+    let id = the_conversation(&s.pg).await;
+    let (pg, mut con, keys) = (&s.pg, s.cfg.redis().await, s.cfg.keys());
+
+    assert!(
+        wafleet::agents::take(pg, &mut con, &keys, id)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !wafleet::agents::take(pg, &mut con, &keys, id)
+            .await
+            .unwrap(),
+        "a second take changes nothing"
+    );
+    assert_eq!(
+        s.owner_events().await,
+        vec![("handover".to_string(), "agent".to_string())],
+        "dashboards learn of the take once"
+    );
+
+    // The customer writes while the agent has the conversation: the bot stays silent.
+    s.send("573010", "wamid.A2", "¿me llaman, por favor?").await;
+    wait_count(pg, "SELECT count(*) FROM messages", 2, 30).await;
+    s.settled().await;
+    assert_eq!(s.sim.state.messages().len(), 1, "no bot reply");
+    assert_eq!(s.sim.state.llm_requests().len(), 1, "no model call");
+
+    // The agent answers; the same request again (a retry) sends nothing more.
+    let text = "Hola, soy Ana. Te llamo en 5 minutos.";
+    let first = s.agent_reply(id, text, "ref-1").await.unwrap();
+    assert!(first.fresh);
+    assert_eq!(first.part_ids.len(), 1);
+    let sent = s.sent(2).await;
+    assert_eq!(sent[1].body, text, "sent as written");
+    assert_eq!(sent[1].recipient, "573010");
+    assert_eq!(
+        sent[1].context_message_id, None,
+        "an agent's message quotes nothing"
+    );
+    let again = s.agent_reply(id, text, "ref-1").await.unwrap();
+    assert_eq!(again.part_ids, first.part_ids);
+    assert!(!again.fresh);
+    assert!(matches!(
+        s.agent_reply(id, "otra cosa", "ref-1").await,
+        Err(wafleet::agents::AgentError::ReferenceTaken { .. })
+    ));
+    s.settled().await;
+    assert_eq!(s.sim.state.messages().len(), 2, "one message per reference");
+    wait_count(
+        pg,
+        "SELECT count(*) FROM outbound_messages WHERE kind = 'agent' AND state = 'accepted'
+            AND agent = 'ana'",
+        1,
+        30,
+    )
+    .await;
+
+    // Given back: the bot answers the next message, and the model sees neither the message the
+    // agent handled nor the agent's answer.
+    assert!(
+        wafleet::agents::release(pg, &mut con, &keys, id)
+            .await
+            .unwrap()
+    );
+    s.send("573010", "wamid.A3", "gracias").await;
+    s.sent(3).await;
+    let turns = s.model_turns(1);
+    assert_eq!(turns.last().unwrap().1, "gracias");
+    assert!(
+        turns
+            .iter()
+            .all(|(_, t)| !t.contains("llaman") && !t.contains("Ana")),
+        "{turns:?}"
+    );
+    assert_eq!(
+        s.owner_events().await,
+        vec![
+            ("handover".to_string(), "agent".to_string()),
+            ("release".to_string(), "agent".to_string())
+        ]
+    );
+
+    // The transcript holds both sides in order.
+    let lines = wafleet::store::agents::transcript(pg, id, 10)
+        .await
+        .unwrap()
+        .unwrap();
+    let sides: Vec<&str> = lines.iter().map(|l| l.side.as_str()).collect();
+    assert_eq!(
+        sides,
+        ["customer", "bot", "customer", "agent", "customer", "bot"]
+    );
+    assert_eq!(lines[3].text.as_deref(), Some(text));
+    assert_eq!(lines[3].agent.as_deref(), Some("ana"));
+}
+
+#[tokio::test]
+async fn an_agent_cannot_write_into_a_bot_conversation_nor_outside_the_window_and_long_text_is_split()
+ {
+    use wafleet::agents::AgentError;
+    let s = system().await;
+    sqlx::query("UPDATE channels SET pair_burst = 10")
+        .execute(&s.pg)
+        .await
+        .unwrap();
+    s.send("573011", "wamid.B1", "hola").await;
+    s.sent(1).await;
+    let id = the_conversation(&s.pg).await;
+    assert!(matches!(
+        s.agent_reply(id, "hola", "r").await,
+        Err(AgentError::WithTheBot(i)) if i == id
+    ));
+    assert!(matches!(
+        s.agent_reply(id + 1000, "hola", "r").await,
+        Err(AgentError::NoConversation(_))
+    ));
+    let (pg, mut con, keys) = (&s.pg, s.cfg.redis().await, s.cfg.keys());
+    assert!(
+        wafleet::agents::take(pg, &mut con, &keys, id)
+            .await
+            .unwrap()
+    );
+    assert!(matches!(
+        s.agent_reply(id, "  \n ", "r").await,
+        Err(AgentError::Empty)
+    ));
+    sqlx::query("UPDATE conversations SET last_customer_message_at = now() - interval '25 hours'")
+        .execute(pg)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.agent_reply(id, "hola", "r").await,
+        Err(AgentError::WindowClosed { .. })
+    ));
+    assert_eq!(
+        s.count("SELECT count(*) FROM outbound_messages WHERE kind = 'agent'")
+            .await,
+        0,
+        "nothing recorded for a refused message"
+    );
+
+    // Inside the window, a long message goes out in parts, in order.
+    sqlx::query("UPDATE conversations SET last_customer_message_at = now()")
+        .execute(pg)
+        .await
+        .unwrap();
+    // Three paragraphs of ~1,700 characters: two fit in a part, the third goes in the next.
+    let paragraph = "Revisé tu pedido y el envío sale mañana por la mañana. ".repeat(30);
+    let long = [paragraph.trim_end(); 3].join("\n\n");
+    assert!(long.chars().count() > 4096);
+    let queued = s.agent_reply(id, &long, "long").await.unwrap();
+    assert_eq!(queued.part_ids.len(), 2);
+    let sent = s.sent(3).await;
+    let parts: Vec<&str> = sent[1..].iter().map(|m| m.body.as_str()).collect();
+    assert!(parts.iter().all(|p| p.chars().count() <= 4096));
+    assert_eq!(parts.join("\n\n"), long);
+}

@@ -102,7 +102,17 @@ pub struct CommonSettings {
     pub plan_cache_mode: crate::db::PlanCacheMode,
 }
 
-impl CommonSettings {
+/// Where Redis is and how wafleet lays out its keys: all a tool that works only on streams needs
+/// (no encryption key).
+#[derive(Debug, Clone)]
+pub struct RedisLayout {
+    pub redis_url: Secret<String>,
+    pub redis_prefix: String,
+    pub partitions: u32,
+}
+
+impl RedisLayout {
+    /// `REDIS_URL`, `WAFLEET_REDIS_PREFIX`, `WAFLEET_PARTITIONS`.
     pub fn from_env() -> anyhow::Result<Self> {
         let partitions: u32 = parsed("WAFLEET_PARTITIONS", 16)?;
         if partitions == 0 || partitions > 4096 {
@@ -116,6 +126,21 @@ impl CommonSettings {
         }
         Ok(Self {
             redis_url: Secret::new(required("REDIS_URL")?),
+            redis_prefix,
+            partitions,
+        })
+    }
+}
+
+impl CommonSettings {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let RedisLayout {
+            redis_url,
+            redis_prefix,
+            partitions,
+        } = RedisLayout::from_env()?;
+        Ok(Self {
+            redis_url,
             database_url: Secret::new(required("DATABASE_URL")?),
             redis_prefix,
             partitions,

@@ -92,10 +92,9 @@ pub async fn replay<C: ConnectionLike>(
     );
     let mut parts = replies::Reopened::default();
     if stage == sender::STAGE.name {
-        let id = |f: &str| letter.text(f).parse::<i64>().ok();
-        parts =
-            replies::reopen_for_replay(pg, id("outbound_id"), id("reply_to"), resend_unanswered)
-                .await?;
+        let outbound_ids = sender::outbound_ids(&letter.text("outbound_id")).unwrap_or_default();
+        let reply_to = letter.text("reply_to").parse::<i64>().ok();
+        parts = replies::reopen_for_replay(pg, &outbound_ids, reply_to, resend_unanswered).await?;
         tracing::info!(
             dead_letter = letter.id(),
             reopened = parts.reopened,

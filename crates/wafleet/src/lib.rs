@@ -23,6 +23,7 @@
 //! - [`ratelimit`]: the fleet-wide send limiter in Redis (number throughput + per-recipient pair
 //!   rate, GCRA in one script), with penalties and pauses.
 
+pub mod agents;
 pub mod batch;
 pub mod channels;
 pub mod config;

@@ -54,7 +54,50 @@ enum Command {
     /// allowlist) and replay it once the cause is fixed.
     #[command(subcommand)]
     Quarantine(QuarantineCommand),
-    /// Hand a conversation back to the bot.
+    /// What human agents do: list conversations, read one, take it from the bot, write to the
+    /// customer, give it back.
+    #[command(subcommand)]
+    Conversation(ConversationCommand),
+    /// Hand a conversation back to the bot (the same as `conversation release`).
+    #[command(hide = true)]
+    Release { conversation_id: i64 },
+}
+
+#[derive(Subcommand)]
+enum ConversationCommand {
+    /// List conversations, most recently active first (ids, owner, numbers, waiting messages).
+    List {
+        /// Only those a human owns.
+        #[arg(long)]
+        human: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Print a conversation's last messages, both sides, as stored (redacted).
+    Show {
+        conversation_id: i64,
+        #[arg(long, default_value_t = 30)]
+        last: i64,
+    },
+    /// Take a conversation from the bot: it answers none of the customer's later messages, and
+    /// a reply it is still writing is not sent.
+    Take { conversation_id: i64 },
+    /// Send the customer a message as a human agent (the conversation must be with a human and
+    /// the customer's last message less than 24 hours old). Sent as written, through the same
+    /// rate limits and at-most-once sending as the bot's replies.
+    Reply {
+        conversation_id: i64,
+        /// The message; `-` reads it from standard input.
+        text: String,
+        /// Makes the request safe to repeat: the same reference in the same conversation never
+        /// sends twice. A fresh one when not given (printed, to retry with).
+        #[arg(long)]
+        reference: Option<String>,
+        /// Who writes (kept with the message).
+        #[arg(long)]
+        agent: Option<String>,
+    },
+    /// Give a conversation back to the bot: it answers the customer's next message.
     Release { conversation_id: i64 },
 }
 
@@ -250,34 +293,9 @@ async fn main() -> anyhow::Result<()> {
             unreachable!("handled above")
         }
         Command::Release { conversation_id } => {
-            let changed = wafleet::store::conversations::release(&pool, conversation_id).await?;
-            // The conversation stage caches owner and session per conversation key: drop it.
-            let (pnid, customer): (String, String) = sqlx_query_key(&pool, conversation_id).await?;
-            let (_, keys, mut con) = redis_side().await?;
-            let _: () = redis::cmd("DEL")
-                .arg(keys.session_cache(&format!("{pnid}:{customer}")))
-                .query_async(&mut con)
-                .await?;
-            if changed {
-                // Dashboards learn it the way they learn of handovers.
-                let change = wafleet::stages::OwnerChange {
-                    kind: "release",
-                    reason: "agent",
-                    conversation_id,
-                    message_id: None,
-                    phone_number_id: Some(&pnid),
-                };
-                wafleet::stages::publish_handover(&mut con, &keys, &change).await?;
-            }
-            println!(
-                "conversation {conversation_id} {}",
-                if changed {
-                    "given back to the bot"
-                } else {
-                    "was not with a human"
-                }
-            );
+            conversation(&pool, ConversationCommand::Release { conversation_id }).await?;
         }
+        Command::Conversation(cmd) => conversation(&pool, cmd).await?,
         Command::Channel(ChannelCommand::Add(a)) => {
             let spec = ChannelSpec {
                 phone_number_id: a.phone_number_id.clone(),
@@ -390,7 +408,7 @@ async fn main() -> anyhow::Result<()> {
 /// only skips the hint.
 async fn hint_quarantine(phone_number_id: &str) {
     let count = async {
-        let (_, keys, mut con) = redis_side().await?;
+        let (keys, mut con) = redis_side().await?;
         let kept = wafleet::quarantine::read(&mut con, &keys).await?;
         anyhow::Ok(
             kept.iter()
@@ -429,13 +447,125 @@ async fn set(pool: &wafleet::db::PgPool, pnid: &str, enabled: bool) -> anyhow::R
     Ok(())
 }
 
-async fn sqlx_query_key(
-    pool: &wafleet::db::PgPool,
-    conversation_id: i64,
-) -> anyhow::Result<(String, String)> {
-    wafleet::store::conversations::conversation_key(pool, conversation_id)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no conversation {conversation_id}"))
+async fn conversation(pool: &wafleet::db::PgPool, cmd: ConversationCommand) -> anyhow::Result<()> {
+    use wafleet::agents;
+    use wafleet::store::agents as store;
+    let age = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map_or_else(
+            || "-".to_string(),
+            |t| {
+                let secs = (chrono::Utc::now() - t).num_seconds().max(0);
+                match secs {
+                    s if s < 120 => format!("{s}s"),
+                    s if s < 7_200 => format!("{}m", s / 60),
+                    s if s < 172_800 => format!("{}h", s / 3_600),
+                    s => format!("{}d", s / 86_400),
+                }
+            },
+        )
+    };
+    match cmd {
+        ConversationCommand::List { human, limit } => {
+            let list = store::conversations(pool, human, limit).await?;
+            println!("id\towner\tnumber\tcustomer\tname\twaiting\tlast message\thuman since");
+            for c in &list {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    c.id,
+                    c.owner,
+                    c.phone_number_id,
+                    c.customer_key,
+                    c.profile_name.as_deref().unwrap_or("-"),
+                    c.waiting,
+                    age(c.last_customer_message_at),
+                    if c.owner == "human" {
+                        age(c.handed_over_at)
+                    } else {
+                        "-".to_string()
+                    },
+                );
+            }
+        }
+        ConversationCommand::Show {
+            conversation_id,
+            last,
+        } => {
+            let lines = store::transcript(pool, conversation_id, last)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("there is no conversation {conversation_id}"))?;
+            for l in lines {
+                let who = match (&l.side[..], &l.agent) {
+                    ("agent", Some(name)) => format!("agent {name}"),
+                    _ => l.side.clone(),
+                };
+                let state = match (&l.state, &l.delivery) {
+                    (Some(s), Some(d)) => format!(" [{s}, {d}]"),
+                    (Some(s), None) => format!(" [{s}]"),
+                    _ => String::new(),
+                };
+                let text = l.text.unwrap_or_else(|| format!("({})", l.kind));
+                println!("{}  {who}{state}: {text}", l.at.format("%Y-%m-%d %H:%M:%S"));
+            }
+        }
+        ConversationCommand::Take { conversation_id }
+        | ConversationCommand::Release { conversation_id } => {
+            let take = matches!(cmd, ConversationCommand::Take { .. });
+            let (keys, mut con) = redis_side().await?;
+            let (changed, done, already) = if take {
+                let changed = agents::take(pool, &mut con, &keys, conversation_id).await?;
+                (changed, "taken from the bot", "was already with a human")
+            } else {
+                let changed = agents::release(pool, &mut con, &keys, conversation_id).await?;
+                (changed, "given back to the bot", "was not with a human")
+            };
+            println!(
+                "conversation {conversation_id} {}",
+                if changed { done } else { already }
+            );
+        }
+        ConversationCommand::Reply {
+            conversation_id,
+            text,
+            reference,
+            agent,
+        } => {
+            let text = if text == "-" {
+                std::io::read_to_string(std::io::stdin()).context("reading the message")?
+            } else {
+                text
+            };
+            let reference = reference.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            let (keys, mut con) = redis_side().await?;
+            let queued = agents::reply(
+                pool,
+                &mut con,
+                &keys,
+                &agents::Reply {
+                    conversation_id,
+                    text: &text,
+                    reference: &reference,
+                    agent: agent.as_deref(),
+                },
+            )
+            .await?;
+            println!(
+                "{} in {} part(s) (outbound {}); reference {reference}",
+                if queued.fresh {
+                    "queued"
+                } else {
+                    "already queued with this reference, nothing new sent"
+                },
+                queued.part_ids.len(),
+                queued
+                    .part_ids
+                    .iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn dead_letters(cmd: &DeadCommand) -> anyhow::Result<()> {
@@ -448,7 +578,8 @@ async fn dead_letters(cmd: &DeadCommand) -> anyhow::Result<()> {
         "unknown stage {stage:?}: one of {}",
         wafleet::stages::process::ALL_STAGES.join(", ")
     );
-    let (settings, keys, mut con) = redis_side().await?;
+    let settings = wafleet::config::CommonSettings::from_env()?;
+    let (keys, mut con) = redis_side().await?;
     match cmd {
         DeadCommand::List { stage, limit } => {
             for letter in
@@ -519,7 +650,8 @@ async fn dead_letters(cmd: &DeadCommand) -> anyhow::Result<()> {
 
 async fn quarantine(cmd: &QuarantineCommand) -> anyhow::Result<()> {
     use wafleet::quarantine::{self, Replayed};
-    let (settings, keys, mut con) = redis_side().await?;
+    let settings = wafleet::config::CommonSettings::from_env()?;
+    let (keys, mut con) = redis_side().await?;
     match cmd {
         QuarantineCommand::List { limit } => {
             for kept in
@@ -575,18 +707,16 @@ async fn quarantine(cmd: &QuarantineCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Settings, key layout and a Redis connection, for the commands that work on streams.
-async fn redis_side() -> anyhow::Result<(
-    wafleet::config::CommonSettings,
-    wafleet::streams::Keys,
-    redis::aio::MultiplexedConnection,
-)> {
-    let settings = wafleet::config::CommonSettings::from_env()?;
-    let keys = wafleet::streams::Keys::new(settings.redis_prefix.clone(), settings.partitions);
-    let con = redis::Client::open(settings.redis_url.expose().as_str())?
+/// The key layout and a Redis connection, for the commands that work on streams (they need no
+/// encryption key).
+async fn redis_side() -> anyhow::Result<(wafleet::streams::Keys, redis::aio::MultiplexedConnection)>
+{
+    let layout = wafleet::config::RedisLayout::from_env()?;
+    let keys = wafleet::streams::Keys::new(layout.redis_prefix.clone(), layout.partitions);
+    let con = redis::Client::open(layout.redis_url.expose().as_str())?
         .get_multiplexed_async_connection()
         .await?;
-    Ok((settings, keys, con))
+    Ok((keys, con))
 }
 
 #[cfg(test)]

@@ -147,6 +147,12 @@ impl SendPolicy {
 }
 
 /// Time since `since` (zero if it is in the future).
+/// The parts a send job names in its `outbound_id` field: one id, or several separated by commas
+/// (the parts of an agent's message, sent in that order); `None` unless every one is a number.
+pub fn outbound_ids(field: &str) -> Option<Vec<i64>> {
+    field.split(',').map(|id| id.trim().parse().ok()).collect()
+}
+
 fn elapsed_since(since: DateTime<Utc>) -> Duration {
     (Utc::now() - since).to_std().unwrap_or_default()
 }
@@ -225,12 +231,10 @@ impl Handler for SenderStage {
 
 impl SenderStage {
     async fn process(&self, job: &Job) -> Result<Outcome, Outcome> {
-        let parts = if let Some(id) = job.field("outbound_id").and_then(|v| v.parse().ok()) {
-            replies::part(&self.pg, id)
+        let parts = if let Some(ids) = job.field("outbound_id").and_then(outbound_ids) {
+            replies::parts(&self.pg, &ids)
                 .await
-                .map_err(db("reading the part"))?
-                .into_iter()
-                .collect()
+                .map_err(db("reading the parts"))?
         } else if let Some(message_id) = job.field("reply_to").and_then(|v| v.parse().ok()) {
             self.writes
                 .parts
@@ -841,4 +845,18 @@ enum Step {
     /// This part ended the reply (failed for good): mark the later parts failed with the reason.
     StopRest(String),
     Return(Outcome),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::outbound_ids;
+
+    #[test]
+    fn a_send_job_names_one_part_or_several_in_order() {
+        assert_eq!(outbound_ids("12"), Some(vec![12]));
+        assert_eq!(outbound_ids("12,9,30"), Some(vec![12, 9, 30]));
+        assert_eq!(outbound_ids(""), None);
+        assert_eq!(outbound_ids("12,x"), None);
+        assert_eq!(outbound_ids("12,"), None);
+    }
 }

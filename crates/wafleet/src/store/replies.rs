@@ -274,11 +274,15 @@ const PART: &str = "SELECT o.id, o.conversation_id, o.channel_id, o.kind, o.part
    JOIN conversations c ON c.id = o.conversation_id
    LEFT JOIN messages m ON m.id = o.reply_to";
 
-pub async fn part(pool: &PgPool, id: i64) -> sqlx::Result<Option<Part>> {
-    sqlx::query_as(&format!("{PART} WHERE o.id = $1"))
-        .bind(id)
-        .fetch_optional(pool)
-        .await
+/// Parts by id, in the order given (the parts of an agent's message, or a single part); ids
+/// that do not exist are left out.
+pub async fn parts(pool: &PgPool, ids: &[i64]) -> sqlx::Result<Vec<Part>> {
+    sqlx::query_as(&format!(
+        "{PART} JOIN unnest($1::int8[]) WITH ORDINALITY AS i(id, n) ON i.id = o.id ORDER BY i.n"
+    ))
+    .bind(ids)
+    .fetch_all(pool)
+    .await
 }
 
 /// The parts of several replies (by the message each answers), each in order; one query.
@@ -317,8 +321,8 @@ pub enum Claim {
 }
 
 /// For each part, in one statement: if it is still pending and the bot still owns the
-/// conversation (an acknowledgement of a handover is sent to a human-owned conversation by
-/// design) it becomes `sending`; if it is pending but a human owns the conversation it is
+/// conversation (an acknowledgement of a handover and an agent's message are sent to a
+/// human-owned conversation by design) it becomes `sending`; if it is pending but a human owns the conversation it is
 /// recorded `suppressed`; otherwise its state is reported. Ids must be distinct (a part is sent
 /// by one job at a time); a repeated id is answered with its state after the first.
 pub async fn claim_many(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<Vec<Claim>> {
@@ -329,9 +333,11 @@ pub async fn claim_many(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<Ve
              -- A handover's acknowledgement goes out although a human now owns the
              -- conversation, but only the acknowledgement of the handover that happened: a
              -- model that asks for a person after a keyword already handed over must not
-             -- acknowledge a second time.
+             -- acknowledge a second time. An agent's message goes out whoever owns the
+             -- conversation: the agent wrote it on purpose, and may release the conversation
+             -- before it is sent.
              SELECT o.id, o.state,
-                    (c.owner = 'bot'
+                    (c.owner = 'bot' OR o.kind = 'agent'
                      OR (o.kind = 'handover_ack'
                          AND EXISTS (SELECT 1 FROM handover_events h
                                       WHERE h.conversation_id = o.conversation_id
@@ -453,8 +459,8 @@ pub struct Reopened {
     pub unanswered: u64,
 }
 
-/// What an operator's replay of a send job's dead letter does first: the job's failed parts (one
-/// part, or every part of the reply to a message) go back to `pending` with a fresh round of
+/// What an operator's replay of a send job's dead letter does first: the job's failed parts (the
+/// parts it names, or every part of the reply to a message) go back to `pending` with a fresh round of
 /// retries (attempts 0, age counted from now) and their failure forgotten. Parts Meta accepted,
 /// suppressed or still pending are left alone, so a replay never sends an accepted part again.
 /// Nor, unless `resend_unanswered`, a part given up because Meta answered none of its sends:
@@ -464,7 +470,7 @@ pub struct Reopened {
 /// the dead letter for a replay that asks.
 pub async fn reopen_for_replay(
     pool: &PgPool,
-    outbound_id: Option<i64>,
+    outbound_ids: &[i64],
     reply_to: Option<i64>,
     resend_unanswered: bool,
 ) -> sqlx::Result<Reopened> {
@@ -472,7 +478,7 @@ pub async fn reopen_for_replay(
         "WITH target AS (
              SELECT id, starts_with(COALESCE(fail_reason, ''), $3) AS unanswered
                FROM outbound_messages
-              WHERE state = 'failed' AND (id = $1 OR (reply_to = $2 AND kind = 'reply'))
+              WHERE state = 'failed' AND (id = ANY($1) OR (reply_to = $2 AND kind = 'reply'))
          ), reopened AS (
              UPDATE outbound_messages o
                 SET {REOPEN}, attempts = 0, retries_since = now(),
@@ -485,7 +491,7 @@ pub async fn reopen_for_replay(
          SELECT (SELECT count(*) FROM reopened),
                 (SELECT count(*) FROM target WHERE unanswered AND NOT $4)"
     ))
-    .bind(outbound_id)
+    .bind(outbound_ids)
     .bind(reply_to)
     .bind(UNANSWERED)
     .bind(resend_unanswered)

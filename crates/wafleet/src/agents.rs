@@ -1,0 +1,224 @@
+//! What human agents do through wafleet: take a conversation from the bot, write to the customer,
+//! and give the conversation back (`wafleetctl conversation take|reply|release`).
+//!
+//! - **Take**: the conversation becomes the human's at once. The bot answers none of the
+//!   customer's later messages, and a reply the model is still writing is suppressed at the
+//!   sender's check right before the send. Dashboards receive the change like any handover
+//!   (reason `agent`).
+//! - **Reply**: the agent's text, sent as written (no Markdown conversion) and split at 4,096
+//!   characters, is recorded as outbound parts of kind `agent` and queued for the sender stage,
+//!   which sends it like the bot's replies: within the fleet-wide rate limits, at most once once
+//!   Meta accepted it, with delivery statuses recorded. Only while a human owns the conversation
+//!   and the customer's 24-hour window is open (a free-form message outside it would be refused
+//!   by Meta). A request carries a reference: sent again with the same one (a retry after a
+//!   timeout), it records and sends nothing new. The model never sees an agent's messages: the
+//!   history it gets leaves out what humans handled.
+//! - **Release**: the bot answers the customer's next message again.
+
+use chrono::Utc;
+use redis::aio::ConnectionLike;
+use sqlx::PgPool;
+use wafleet_core::format::split::{WHATSAPP_MAX_CHARS, split_message};
+
+use crate::stages::{OwnerChange, publish_handover};
+use crate::store::agents::{AgentMessage, Recorded, record_agent_message};
+use crate::store::conversations;
+use crate::streams::Keys;
+
+/// Why an agent's request was refused. The messages are written for the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("there is no conversation {0}")]
+    NoConversation(i64),
+    #[error(
+        "conversation {0} is with the bot: take it first (wafleetctl conversation take {0}), or \
+         the bot and you would both answer"
+    )]
+    WithTheBot(i64),
+    #[error(
+        "the customer's last message in conversation {id} {age}: WhatsApp takes free-form \
+         messages only within 24 hours of it (only a template can reach them now)"
+    )]
+    WindowClosed { id: i64, age: String },
+    #[error("the message is empty")]
+    Empty,
+    #[error(
+        "reference {reference:?} was already used in conversation {id} for another text: use a \
+         new reference for a new message"
+    )]
+    ReferenceTaken { id: i64, reference: String },
+    #[error("Postgres: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// A human takes the conversation from the bot. Returns whether it changed (false when a human
+/// had it already).
+pub async fn take(
+    pg: &PgPool,
+    con: &mut impl ConnectionLike,
+    keys: &Keys,
+    conversation_id: i64,
+) -> Result<bool, AgentError> {
+    change_owner(pg, con, keys, conversation_id, Owner::Human).await
+}
+
+/// A human gives the conversation back to the bot. Returns whether it changed (false when the
+/// bot had it already).
+pub async fn release(
+    pg: &PgPool,
+    con: &mut impl ConnectionLike,
+    keys: &Keys,
+    conversation_id: i64,
+) -> Result<bool, AgentError> {
+    change_owner(pg, con, keys, conversation_id, Owner::Bot).await
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    Human,
+    Bot,
+}
+
+/// Gives the conversation to `to` in Postgres; then the conversation stage's cached entry for it
+/// (which carries the owner) is dropped, and dashboards are told when it changed.
+async fn change_owner(
+    pg: &PgPool,
+    con: &mut impl ConnectionLike,
+    keys: &Keys,
+    conversation_id: i64,
+    to: Owner,
+) -> Result<bool, AgentError> {
+    let (pnid, customer) = conversations::conversation_key(pg, conversation_id)
+        .await?
+        .ok_or(AgentError::NoConversation(conversation_id))?;
+    let changed = match to {
+        Owner::Human => {
+            let mut tx = pg.begin().await?;
+            let changed =
+                conversations::hand_over(&mut tx, conversation_id, "agent", None, None).await?;
+            tx.commit().await?;
+            changed
+        }
+        Owner::Bot => conversations::release(pg, conversation_id).await?,
+    };
+    let kind = match to {
+        Owner::Human => "handover",
+        Owner::Bot => "release",
+    };
+    if changed {
+        if to == Owner::Human {
+            metrics::counter!("wafleet_handovers_total", "reason" => "agent").increment(1);
+        }
+        tracing::info!(
+            conversation_id,
+            kind,
+            "an agent changed who answers the conversation"
+        );
+    }
+    let _: () = redis::cmd("DEL")
+        .arg(keys.session_cache(&format!("{pnid}:{customer}")))
+        .query_async(con)
+        .await?;
+    if changed {
+        let change = OwnerChange {
+            kind,
+            reason: "agent",
+            conversation_id,
+            message_id: None,
+            phone_number_id: Some(&pnid),
+        };
+        publish_handover(con, keys, &change).await?;
+    }
+    Ok(changed)
+}
+
+/// An agent's message for the customer of a conversation.
+#[derive(Debug, Clone)]
+pub struct Reply<'a> {
+    pub conversation_id: i64,
+    pub text: &'a str,
+    /// Makes the request idempotent within the conversation (a retry with the same reference
+    /// sends nothing twice).
+    pub reference: &'a str,
+    /// Who wrote it, kept with the message.
+    pub agent: Option<&'a str>,
+}
+
+/// What [`reply`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    /// The outbound parts, in order.
+    pub part_ids: Vec<i64>,
+    /// Whether they were recorded by this request (else by an earlier one with the reference).
+    pub fresh: bool,
+}
+
+/// Records an agent's message and queues its send. A request repeated with the same reference
+/// records nothing new and queues the send again, which the sender takes as a no-op for parts
+/// already sent (the first request may have failed between recording and queueing).
+pub async fn reply(
+    pg: &PgPool,
+    con: &mut impl ConnectionLike,
+    keys: &Keys,
+    reply: &Reply<'_>,
+) -> Result<Queued, AgentError> {
+    let text = reply.text.trim();
+    if text.is_empty() {
+        return Err(AgentError::Empty);
+    }
+    let parts = split_message(text, WHATSAPP_MAX_CHARS);
+    let msg = AgentMessage {
+        conversation_id: reply.conversation_id,
+        reference: reply.reference,
+        agent: reply.agent,
+        parts: &parts,
+    };
+    let now = Utc::now();
+    let id = reply.conversation_id;
+    let (ids, fresh, conv) = match record_agent_message(pg, &msg, now).await? {
+        Recorded::Parts {
+            ids,
+            fresh,
+            conversation_key,
+        } => (ids, fresh, conversation_key),
+        Recorded::NoConversation => return Err(AgentError::NoConversation(id)),
+        Recorded::WithTheBot => return Err(AgentError::WithTheBot(id)),
+        Recorded::WindowClosed { last } => {
+            let age = match last {
+                Some(t) => format!("is {} hours old", (now - t).num_hours()),
+                None => "is unknown".to_string(),
+            };
+            return Err(AgentError::WindowClosed { id, age });
+        }
+        Recorded::ReferenceTaken => {
+            return Err(AgentError::ReferenceTaken {
+                id,
+                reference: reply.reference.to_string(),
+            });
+        }
+    };
+    let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+    let _: String = redis::cmd("XADD")
+        .arg(keys.outbox(keys.partition_of(&conv)))
+        .arg("*")
+        .arg("conv")
+        .arg(&conv)
+        .arg("outbound_id")
+        .arg(&list)
+        .query_async(con)
+        .await?;
+    if fresh {
+        metrics::counter!("wafleet_agent_messages_total").increment(1);
+        tracing::info!(
+            conversation_id = id,
+            parts = ids.len(),
+            "an agent's message is queued"
+        );
+    }
+    Ok(Queued {
+        part_ids: ids,
+        fresh,
+    })
+}

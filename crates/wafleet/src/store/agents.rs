@@ -1,0 +1,245 @@
+//! What human agents read and write: the conversations they work on, a conversation's transcript
+//! (redacted, as stored), and their own messages to customers (migration 0008).
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+/// A conversation as an agent's list shows it. Carries the customer's number: for the people who
+/// answer the customer, never for logs.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ConversationSummary {
+    pub id: i64,
+    pub phone_number_id: String,
+    pub customer_key: String,
+    pub profile_name: Option<String>,
+    pub owner: String,
+    pub handed_over_at: Option<DateTime<Utc>>,
+    pub last_customer_message_at: Option<DateTime<Utc>>,
+    pub last_activity_at: DateTime<Utc>,
+    /// The customer's messages since the last message written to them (by the bot or an agent),
+    /// sent or on its way.
+    pub waiting: i64,
+}
+
+/// The conversations most recently active first, only those a human owns when `human_only`.
+pub async fn conversations(
+    pool: &PgPool,
+    human_only: bool,
+    limit: i64,
+) -> sqlx::Result<Vec<ConversationSummary>> {
+    sqlx::query_as(
+        "SELECT c.id, ch.phone_number_id, c.customer_key, c.profile_name, c.owner,
+                c.handed_over_at, c.last_customer_message_at, c.last_activity_at,
+                (SELECT count(*) FROM messages m
+                  WHERE m.conversation_id = c.id
+                    AND m.received_at > COALESCE(
+                        (SELECT max(o.created_at) FROM outbound_messages o
+                          WHERE o.conversation_id = c.id
+                            AND o.state IN ('pending', 'sending', 'accepted')), '-infinity'))
+                  AS waiting
+           FROM conversations c JOIN channels ch ON ch.id = c.channel_id
+          WHERE NOT $1 OR c.owner = 'human'
+          ORDER BY c.last_activity_at DESC, c.id DESC
+          LIMIT $2",
+    )
+    .bind(human_only)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// One line of a transcript.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Line {
+    pub at: DateTime<Utc>,
+    /// `customer`, `bot` or `agent`.
+    pub side: String,
+    /// The agent who wrote an agent's message, if they gave a name.
+    pub agent: Option<String>,
+    /// A customer's message type (`text`, `image`…), or an outbound part's kind.
+    pub kind: String,
+    /// Redacted text; `None` for a message without text (media, location…).
+    pub text: Option<String>,
+    /// An outbound part's send state (`pending`, `accepted`, `failed`, `suppressed`…) and, once
+    /// Meta reported it, delivery (`delivered`, `read`…).
+    pub state: Option<String>,
+    pub delivery: Option<String>,
+}
+
+/// The last `last` lines of a conversation, both sides, oldest first; `None` when there is no
+/// such conversation.
+pub async fn transcript(
+    pool: &PgPool,
+    conversation_id: i64,
+    last: i64,
+) -> sqlx::Result<Option<Vec<Line>>> {
+    let exists: Option<(i64,)> = sqlx::query_as("SELECT id FROM conversations WHERE id = $1")
+        .bind(conversation_id)
+        .fetch_optional(pool)
+        .await?;
+    if exists.is_none() {
+        return Ok(None);
+    }
+    let lines = sqlx::query_as(
+        "SELECT * FROM (
+             SELECT m.received_at AS at, 'customer' AS side, NULL::text AS agent,
+                    m.message_type AS kind, m.text_redacted AS text, NULL::text AS state,
+                    NULL::text AS delivery, m.id AS ord, 0 AS sub
+               FROM messages m WHERE m.conversation_id = $1
+             UNION ALL
+             SELECT o.created_at, CASE WHEN o.kind = 'agent' THEN 'agent' ELSE 'bot' END,
+                    o.agent, o.kind, o.body, o.state, o.delivery,
+                    -- A reply sits right after the message it answers; an agent's message where
+                    -- it was written.
+                    COALESCE(o.reply_to, (SELECT max(m.id) FROM messages m
+                                           WHERE m.conversation_id = $1
+                                             AND m.received_at <= o.created_at)),
+                    1
+               FROM outbound_messages o WHERE o.conversation_id = $1
+         ) t
+          ORDER BY ord DESC NULLS LAST, sub DESC, at DESC
+          LIMIT $2",
+    )
+    .bind(conversation_id)
+    .bind(last)
+    .fetch_all(pool)
+    .await?;
+    let mut lines: Vec<Line> = lines;
+    lines.reverse();
+    Ok(Some(lines))
+}
+
+/// An agent's message to record.
+#[derive(Debug, Clone)]
+pub struct AgentMessage<'a> {
+    pub conversation_id: i64,
+    /// Makes the request idempotent within the conversation.
+    pub reference: &'a str,
+    pub agent: Option<&'a str>,
+    /// The message split into parts of at most 4,096 characters.
+    pub parts: &'a [String],
+}
+
+/// What recording an agent's message did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// The parts, in order, and whether they were recorded now (else by an earlier request
+    /// with the same reference). `conversation_key` is `phone_number_id:customer_key`.
+    Parts {
+        ids: Vec<i64>,
+        fresh: bool,
+        conversation_key: String,
+    },
+    NoConversation,
+    /// The bot owns the conversation: a human must take it first.
+    WithTheBot,
+    /// The customer's last message (by its own time) is 24 hours old or more, or there is none.
+    WindowClosed {
+        last: Option<DateTime<Utc>>,
+    },
+    /// The reference was used before in this conversation for another text.
+    ReferenceTaken,
+}
+
+/// Records an agent's message as `pending` parts of kind `agent`, in one transaction, unless a
+/// request with the same reference recorded it before (then its parts are answered). Checked in
+/// the same transaction, with the conversation's row locked against a concurrent take or
+/// release: a human owns the conversation, and the customer's 24-hour window is open at `now`.
+pub async fn record_agent_message(
+    pool: &PgPool,
+    msg: &AgentMessage<'_>,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Recorded> {
+    let mut tx = pool.begin().await?;
+    let conversation: Option<Target> = sqlx::query_as(
+        "SELECT c.owner, c.session_no, c.last_customer_message_at, c.channel_id,
+                ch.phone_number_id, c.customer_key
+           FROM conversations c JOIN channels ch ON ch.id = c.channel_id
+          WHERE c.id = $1 FOR SHARE OF c",
+    )
+    .bind(msg.conversation_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(Target {
+        owner,
+        session_no,
+        last_customer_message_at: last,
+        channel_id,
+        phone_number_id: pnid,
+        customer_key: customer,
+    }) = conversation
+    else {
+        return Ok(Recorded::NoConversation);
+    };
+    let recorded_before = recorded(&mut tx, msg).await?;
+    let mut fresh = false;
+    if recorded_before.is_empty() {
+        if owner != "human" {
+            return Ok(Recorded::WithTheBot);
+        }
+        if !crate::stages::llm::window_open(last, now) {
+            return Ok(Recorded::WindowClosed { last });
+        }
+        let numbers: Vec<i32> = (0..).take(msg.parts.len()).collect();
+        let inserted = sqlx::query(
+            "INSERT INTO outbound_messages (conversation_id, channel_id, session_no, part_no, kind,
+                                            body, agent_ref, agent)
+             SELECT $1, $2, $3, p.part_no, 'agent', p.body, $4, $5
+               FROM unnest($6::int4[], $7::text[]) AS p(part_no, body)
+             ON CONFLICT (conversation_id, agent_ref, part_no) WHERE agent_ref IS NOT NULL
+             DO NOTHING",
+        )
+        .bind(msg.conversation_id)
+        .bind(channel_id)
+        .bind(session_no)
+        .bind(msg.reference)
+        .bind(msg.agent)
+        .bind(&numbers)
+        .bind(msg.parts)
+        .execute(&mut *tx)
+        .await?;
+        fresh = inserted.rows_affected() > 0;
+    }
+    // Read back whatever holds the reference now: a concurrent request with the same reference
+    // may have recorded it first.
+    let rows = if recorded_before.is_empty() {
+        recorded(&mut tx, msg).await?
+    } else {
+        recorded_before
+    };
+    if rows.len() != msg.parts.len() || rows.iter().zip(msg.parts).any(|((_, b), p)| b != p) {
+        return Ok(Recorded::ReferenceTaken);
+    }
+    tx.commit().await?;
+    Ok(Recorded::Parts {
+        ids: rows.into_iter().map(|(id, _)| id).collect(),
+        fresh,
+        conversation_key: format!("{pnid}:{customer}"),
+    })
+}
+
+/// The conversation an agent's message goes to, as [`record_agent_message`] checks it.
+#[derive(sqlx::FromRow)]
+struct Target {
+    owner: String,
+    session_no: i32,
+    last_customer_message_at: Option<DateTime<Utc>>,
+    channel_id: i64,
+    phone_number_id: String,
+    customer_key: String,
+}
+
+/// The parts recorded under a message's reference, in order.
+async fn recorded(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    msg: &AgentMessage<'_>,
+) -> sqlx::Result<Vec<(i64, String)>> {
+    sqlx::query_as(
+        "SELECT id, body FROM outbound_messages
+          WHERE conversation_id = $1 AND agent_ref = $2 ORDER BY part_no",
+    )
+    .bind(msg.conversation_id)
+    .bind(msg.reference)
+    .fetch_all(&mut **tx)
+    .await
+}

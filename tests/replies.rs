@@ -2060,3 +2060,150 @@ async fn an_agent_cannot_write_into_a_bot_conversation_nor_outside_the_window_an
     assert!(parts.iter().all(|p| p.chars().count() <= 4096));
     assert_eq!(parts.join("\n\n"), long);
 }
+
+async fn release_idle(s: &Sys) -> usize {
+    wafleet::agents::release_idle(&s.pg, &mut s.cfg.redis().await, &s.cfg.keys())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_conversation_idle_with_a_human_goes_back_to_the_bot_unless_the_channel_keeps_it() {
+    let s = system().await;
+    sqlx::query("UPDATE channels SET pair_burst = 10")
+        .execute(&s.pg)
+        .await
+        .unwrap();
+    s.send("573012", "wamid.I1", "hola").await;
+    s.sent(1).await;
+    let id = the_conversation(&s.pg).await;
+    let (pg, mut con, keys) = (&s.pg, s.cfg.redis().await, s.cfg.keys());
+    let make_idle = || async {
+        sqlx::query(
+            "UPDATE conversations SET last_activity_at = now() - interval '2 days',
+                                      handed_over_at = now() - interval '2 days'",
+        )
+        .execute(pg)
+        .await
+        .unwrap();
+    };
+    let owner = || async {
+        let (o,): (String,) = sqlx::query_as("SELECT owner FROM conversations")
+            .fetch_one(pg)
+            .await
+            .unwrap();
+        o
+    };
+
+    wafleet::agents::take(pg, &mut con, &keys, id)
+        .await
+        .unwrap();
+    assert_eq!(release_idle(&s).await, 0, "just taken: not idle");
+    make_idle().await;
+    assert_eq!(release_idle(&s).await, 1);
+    assert_eq!(owner().await, "bot");
+    assert_eq!(release_idle(&s).await, 0, "released once");
+    assert_eq!(
+        s.count("SELECT count(*) FROM handover_events WHERE kind = 'release' AND reason = 'idle'")
+            .await,
+        1
+    );
+    assert_eq!(
+        s.owner_events().await.last().unwrap(),
+        &("release".to_string(), "idle".to_string())
+    );
+
+    // An agent who wrote recently keeps the conversation, however old the rest is.
+    wafleet::agents::take(pg, &mut con, &keys, id)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE conversations SET last_customer_message_at = now()")
+        .execute(pg)
+        .await
+        .unwrap();
+    s.agent_reply(id, "Sigo revisando tu caso.", "busy")
+        .await
+        .unwrap();
+    make_idle().await;
+    assert_eq!(release_idle(&s).await, 0);
+    sqlx::query("UPDATE outbound_messages SET created_at = now() - interval '2 days'")
+        .execute(pg)
+        .await
+        .unwrap();
+    // A channel that keeps conversations with humans until they are released.
+    sqlx::query("UPDATE channels SET human_release_after_secs = NULL")
+        .execute(pg)
+        .await
+        .unwrap();
+    assert_eq!(release_idle(&s).await, 0);
+    assert_eq!(owner().await, "human");
+
+    // Every worker gives idle conversations back by itself, first when it starts.
+    sqlx::query("UPDATE channels SET human_release_after_secs = 3600")
+        .execute(pg)
+        .await
+        .unwrap();
+    let _second = Worker::start(s.cfg.pipeline_settings(&["status"], &s.sim, vec![])).await;
+    wait_count(
+        pg,
+        "SELECT count(*) FROM conversations WHERE owner = 'bot'",
+        1,
+        30,
+    )
+    .await;
+    // And the bot answers the customer's next message again.
+    let before = s.sim.state.messages().len();
+    s.send("573012", "wamid.I2", "¿siguen ahí?").await;
+    let sent = s.sent(before + 1).await;
+    assert_eq!(sent[before].context_message_id.as_deref(), Some("wamid.I2"));
+}
+
+#[tokio::test]
+async fn how_long_customers_wait_for_a_human_is_measured_per_channel() {
+    let s = system().await;
+    s.send("573013", "wamid.W1", "hola").await;
+    s.sent(1).await;
+    let id = the_conversation(&s.pg).await;
+    let pg = &s.pg;
+    let waits = || async {
+        let w = wafleet::store::agents::human_waits(pg).await.unwrap();
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].phone_number_id, PNID);
+        (w[0].conversations, w[0].oldest_wait_secs)
+    };
+    assert_eq!(waits().await, (0, 0.0), "nobody waits for a human");
+
+    wafleet::agents::take(pg, &mut s.cfg.redis().await, &s.cfg.keys(), id)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE conversations SET handed_over_at = now() - interval '100 seconds'")
+        .execute(pg)
+        .await
+        .unwrap();
+    let (n, wait) = waits().await;
+    assert_eq!(n, 1);
+    assert!(
+        (100.0..160.0).contains(&wait),
+        "waiting since the handover: {wait}"
+    );
+
+    // The agent answers: nobody waits until the customer writes again.
+    s.agent_reply(id, "Hola, te ayudo yo.", "w1").await.unwrap();
+    assert_eq!(waits().await, (1, 0.0));
+    s.send("573013", "wamid.W2", "gracias, una pregunta más")
+        .await;
+    wait_count(pg, "SELECT count(*) FROM messages", 2, 30).await;
+    for sql in [
+        "UPDATE conversations SET handed_over_at = now() - interval '500 seconds'",
+        "UPDATE outbound_messages SET created_at = now() - interval '400 seconds' WHERE kind = 'agent'",
+        "UPDATE messages SET received_at = now() - interval '300 seconds' WHERE wamid = 'wamid.W2'",
+    ] {
+        sqlx::query(sql).execute(pg).await.unwrap();
+    }
+    let (n, wait) = waits().await;
+    assert_eq!(n, 1);
+    assert!(
+        (300.0..360.0).contains(&wait),
+        "waiting since the customer's message after the agent's: {wait}"
+    );
+}

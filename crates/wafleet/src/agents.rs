@@ -13,7 +13,10 @@
 //!   by Meta). A request carries a reference: sent again with the same one (a retry after a
 //!   timeout), it records and sends nothing new. The model never sees an agent's messages: the
 //!   history it gets leaves out what humans handled.
-//! - **Release**: the bot answers the customer's next message again.
+//! - **Release**: the bot answers the customer's next message again. A conversation in which
+//!   nothing happened for its channel's `human_release_after_secs` (default a day) goes back to
+//!   the bot by itself ([`release_idle_loop`], in every worker), so a forgotten conversation does
+//!   not leave its customer without answers for good.
 
 use chrono::Utc;
 use redis::aio::ConnectionLike;
@@ -51,6 +54,8 @@ pub enum AgentError {
     Db(#[from] sqlx::Error),
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("Redis: {0}")]
+    RedisPool(#[from] deadpool_redis::PoolError),
 }
 
 /// A human takes the conversation from the bot. Returns whether it changed (false when a human
@@ -108,30 +113,127 @@ async fn change_owner(
         Owner::Bot => "release",
     };
     if changed {
-        if to == Owner::Human {
-            metrics::counter!("wafleet_handovers_total", "reason" => "agent").increment(1);
-        }
         tracing::info!(
             conversation_id,
             kind,
             "an agent changed who answers the conversation"
         );
     }
+    owner_changed(
+        con,
+        keys,
+        kind,
+        "agent",
+        conversation_id,
+        &pnid,
+        &customer,
+        changed,
+    )
+    .await?;
+    Ok(changed)
+}
+
+/// After an owner change in Postgres: the conversation stage's cached entry for the conversation
+/// (which carries the owner) is dropped, and, when it changed, dashboards are told and it is
+/// counted.
+#[allow(clippy::too_many_arguments)]
+async fn owner_changed(
+    con: &mut impl ConnectionLike,
+    keys: &Keys,
+    kind: &'static str,
+    reason: &'static str,
+    conversation_id: i64,
+    pnid: &str,
+    customer: &str,
+    changed: bool,
+) -> Result<(), AgentError> {
     let _: () = redis::cmd("DEL")
         .arg(keys.session_cache(&format!("{pnid}:{customer}")))
         .query_async(con)
         .await?;
     if changed {
+        let counter = if kind == "handover" {
+            "wafleet_handovers_total"
+        } else {
+            "wafleet_releases_total"
+        };
+        metrics::counter!(counter, "reason" => reason).increment(1);
         let change = OwnerChange {
             kind,
-            reason: "agent",
+            reason,
             conversation_id,
             message_id: None,
-            phone_number_id: Some(&pnid),
+            phone_number_id: Some(pnid),
         };
         publish_handover(con, keys, &change).await?;
     }
-    Ok(changed)
+    Ok(())
+}
+
+/// How many idle conversations one pass of [`release_idle`] gives back at most.
+const RELEASE_BATCH: i64 = 500;
+
+/// Gives back to the bot the human-owned conversations that have been idle for their channel's
+/// `human_release_after_secs` (see [`crate::store::agents::release_idle`]), then tells dashboards
+/// (`release`, reason `idle`). Returns how many were given back. Safe in every worker at once:
+/// each conversation is given back by one of them.
+pub async fn release_idle(
+    pg: &PgPool,
+    con: &mut impl ConnectionLike,
+    keys: &Keys,
+) -> Result<usize, AgentError> {
+    let mut total = 0;
+    loop {
+        let released = crate::store::agents::release_idle(pg, RELEASE_BATCH).await?;
+        for r in &released {
+            tracing::info!(
+                conversation_id = r.conversation_id,
+                "a conversation idle with a human went back to the bot"
+            );
+            owner_changed(
+                con,
+                keys,
+                "release",
+                "idle",
+                r.conversation_id,
+                &r.phone_number_id,
+                &r.customer_key,
+                true,
+            )
+            .await?;
+        }
+        total += released.len();
+        if (released.len() as i64) < RELEASE_BATCH {
+            return Ok(total);
+        }
+    }
+}
+
+/// Runs [`release_idle`] at once, then every `every`, until `stop`. A pass that fails (Postgres
+/// or Redis away) is logged and counted in `wafleet_idle_release_errors_total`; the next pass
+/// finds what it left. (A conversation released in Postgres whose event Redis did not take is
+/// not announced again: dashboards miss that event, and the release stays.)
+pub async fn release_idle_loop(
+    pg: PgPool,
+    redis: deadpool_redis::Pool,
+    keys: Keys,
+    every: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let pass = async {
+            let mut con = redis.get().await?;
+            release_idle(&pg, &mut con, &keys).await
+        };
+        if let Err(e) = pass.await {
+            metrics::counter!("wafleet_idle_release_errors_total").increment(1);
+            tracing::warn!(error = %e, "giving idle conversations back to the bot failed; next try later");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
 }
 
 /// An agent's message for the customer of a conversation.

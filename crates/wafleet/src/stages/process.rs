@@ -387,6 +387,13 @@ pub async fn run(
         stop.clone(),
     ));
     let unanswered = tokio::spawn(sample_unanswered(pg.clone(), stop.clone()));
+    let idle_release = tokio::spawn(crate::agents::release_idle_loop(
+        pg.clone(),
+        redis.clone(),
+        keys.clone(),
+        IDLE_RELEASE_EVERY,
+        stop.clone(),
+    ));
     let retention = settings.retention.map(|keep| {
         tokio::spawn(worker::retention::run(
             redis.clone(),
@@ -425,6 +432,7 @@ pub async fn run(
     }
     let _ = sampler.await;
     let _ = unanswered.await;
+    let _ = idle_release.await;
     if let Some(retention) = retention {
         let _ = retention.await;
     }
@@ -454,8 +462,12 @@ fn runtime<H>(
     }
 }
 
+/// How often a worker gives idle human-owned conversations back to the bot.
+const IDLE_RELEASE_EVERY: Duration = Duration::from_secs(60);
+
 /// `wafleet_oldest_unanswered_seconds{channel}`: age of the oldest inbound message per channel
-/// that is waiting for a bot reply.
+/// that is waiting for a bot reply; and what waits for humans: `wafleet_human_conversations` and
+/// `wafleet_oldest_human_wait_seconds` per channel ([`crate::store::agents::human_waits`]).
 async fn sample_unanswered(pg: sqlx::PgPool, stop: CancellationToken) {
     let mut seen: Vec<String> = Vec::new();
     loop {
@@ -475,6 +487,14 @@ async fn sample_unanswered(pg: sqlx::PgPool, stop: CancellationToken) {
                 if !seen.contains(&channel) {
                     seen.push(channel);
                 }
+            }
+        }
+        if let Ok(waits) = crate::store::agents::human_waits(&pg).await {
+            for w in waits {
+                metrics::gauge!("wafleet_human_conversations", "channel" => w.phone_number_id.clone())
+                    .set(w.conversations as f64);
+                metrics::gauge!("wafleet_oldest_human_wait_seconds", "channel" => w.phone_number_id)
+                    .set(w.oldest_wait_secs);
             }
         }
         tokio::select! {

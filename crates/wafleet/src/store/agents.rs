@@ -243,3 +243,79 @@ async fn recorded(
     .fetch_all(&mut **tx)
     .await
 }
+
+/// A conversation given back to the bot because it was idle.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Released {
+    pub conversation_id: i64,
+    pub phone_number_id: String,
+    pub customer_key: String,
+}
+
+/// Gives back to the bot, with a `release` event (reason `idle`), up to `limit` human-owned
+/// conversations in which nothing happened (customer message, agent message, handover) for their
+/// channel's `human_release_after_secs`. Rows another transaction holds (a message being stored)
+/// are skipped, and an idle conversation is checked again once locked: a message stored
+/// meanwhile keeps it with the human.
+pub async fn release_idle(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<Released>> {
+    sqlx::query_as(
+        "WITH idle AS (
+             SELECT c.id FROM conversations c JOIN channels ch ON ch.id = c.channel_id
+              WHERE c.owner = 'human' AND ch.human_release_after_secs IS NOT NULL
+                AND GREATEST(c.last_activity_at, c.handed_over_at,
+                             (SELECT max(o.created_at) FROM outbound_messages o
+                               WHERE o.conversation_id = c.id AND o.kind = 'agent'))
+                    < now() - make_interval(secs => ch.human_release_after_secs)
+              ORDER BY c.id
+              LIMIT $1
+                FOR UPDATE OF c SKIP LOCKED
+         ), released AS (
+             UPDATE conversations c SET owner = 'bot'
+               FROM idle WHERE c.id = idle.id AND c.owner = 'human'
+             RETURNING c.id, c.channel_id, c.customer_key
+         ), events AS (
+             INSERT INTO handover_events (conversation_id, kind, reason)
+             SELECT id, 'release', 'idle' FROM released
+         )
+         SELECT r.id AS conversation_id, ch.phone_number_id, r.customer_key
+           FROM released r JOIN channels ch ON ch.id = r.channel_id
+          ORDER BY r.id",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// How long customers wait for humans, per channel.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct HumanWait {
+    pub phone_number_id: String,
+    /// Conversations a human owns.
+    pub conversations: i64,
+    /// The longest wait, in seconds: since the handover when no agent wrote since, else since
+    /// the customer's first message after the agent's last one (0 when none waits).
+    pub oldest_wait_secs: f64,
+}
+
+/// [`HumanWait`] of every channel.
+pub async fn human_waits(pool: &PgPool) -> sqlx::Result<Vec<HumanWait>> {
+    sqlx::query_as(
+        "SELECT ch.phone_number_id, count(c.id) AS conversations,
+                COALESCE(max(EXTRACT(EPOCH FROM now() - CASE
+                    WHEN a.last_agent IS NULL OR a.last_agent < c.handed_over_at
+                        THEN c.handed_over_at
+                    ELSE (SELECT min(m.received_at) FROM messages m
+                           WHERE m.conversation_id = c.id AND m.received_at > a.last_agent)
+                END)), 0)::float8 AS oldest_wait_secs
+           FROM channels ch
+           LEFT JOIN conversations c ON c.channel_id = ch.id AND c.owner = 'human'
+           LEFT JOIN LATERAL (
+               SELECT max(o.created_at) AS last_agent FROM outbound_messages o
+                WHERE o.conversation_id = c.id AND o.kind = 'agent'
+           ) a ON TRUE
+          GROUP BY ch.phone_number_id
+          ORDER BY ch.phone_number_id",
+    )
+    .fetch_all(pool)
+    .await
+}

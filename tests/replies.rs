@@ -1929,6 +1929,14 @@ async fn an_agent_takes_a_conversation_writes_to_the_customer_once_and_gives_it_
     s.settled().await;
     assert_eq!(s.sim.state.messages().len(), 1, "no bot reply");
     assert_eq!(s.sim.state.llm_requests().len(), 1, "no model call");
+    // The agents' dashboard learns of the message.
+    assert_eq!(
+        s.owner_events().await,
+        vec![
+            ("handover".to_string(), "agent".to_string()),
+            ("message".to_string(), "customer".to_string())
+        ]
+    );
 
     // The agent answers; the same request again (a retry) sends nothing more.
     let text = "Hola, soy Ana. Te llamo en 5 minutos.";
@@ -1981,8 +1989,10 @@ async fn an_agent_takes_a_conversation_writes_to_the_customer_once_and_gives_it_
         s.owner_events().await,
         vec![
             ("handover".to_string(), "agent".to_string()),
+            ("message".to_string(), "customer".to_string()),
             ("release".to_string(), "agent".to_string())
-        ]
+        ],
+        "the message the bot answers after the release is no event"
     );
 
     // The transcript holds both sides in order.

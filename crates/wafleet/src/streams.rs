@@ -19,7 +19,7 @@
 //! | `P:{pn}:replies` | stream | reply jobs from the conversation stage to the LLM stage, partition n |
 //! | `P:{pn}:outbox` | stream | send jobs for the sender stage, partition n |
 //!
-//! | `P:{events}:handover` | stream | handover and release events for dashboards (field `event`, JSON) |
+//! | `P:{events}:handover` | stream | handover and release events, and customers' messages in conversations humans answer, for dashboards (field `event`, JSON) |
 //! | `P:events:handover` | pub/sub channel | the same events, live |
 //! | `P:{pn}:session:<conv>` | string, TTL 1 d | cached conversation id, session and owner of a conversation key |
 //! | `P:{pn}:wamid:<outbound id>` | string, TTL 7 d | the wamid of a part Meta accepted while Postgres would not record it: recorded from here, never sent again |

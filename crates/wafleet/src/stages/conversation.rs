@@ -468,6 +468,25 @@ impl ConversationStage {
                         .map_err(redis)?;
                 }
             }
+            // A human answers this conversation: their dashboard learns of the customer's
+            // message (again after a redelivery: consumers key events on the message id).
+            "none" if stored.owner_at_arrival == "human" => {
+                let mut con = self
+                    .redis
+                    .get()
+                    .await
+                    .map_err(|e| StepError::Redis(e.into()))?;
+                let event = OwnerChange {
+                    kind: "message",
+                    reason: "customer",
+                    conversation_id: stored.conversation_id,
+                    message_id: Some(stored.id),
+                    phone_number_id: job.field("channel"),
+                };
+                publish_handover(&mut con, &self.keys, &event)
+                    .await
+                    .map_err(redis)?;
+            }
             _ => {}
         }
         Ok(())

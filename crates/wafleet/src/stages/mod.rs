@@ -63,12 +63,14 @@ pub fn batch_outcome(e: &crate::batch::BatchError, doing: &str) -> crate::worker
     }
 }
 
-/// A change of who answers a conversation, as dashboards receive it ([`publish_handover`]).
-/// Carries ids, never text or phone numbers of customers.
+/// A change of who answers a conversation, as dashboards receive it ([`publish_handover`]); or
+/// a customer's message in a conversation a human answers (`message`), which their agents must
+/// see. Carries ids, never text or phone numbers of customers.
 pub struct OwnerChange<'a> {
-    /// `handover` (to a human) or `release` (back to the bot).
+    /// `handover` (to a human), `release` (back to the bot) or `message`.
     pub kind: &'static str,
-    /// What decided it: `keyword`, `model`, `window_closed`, `re_engagement`, `agent`…
+    /// What decided it: `keyword`, `model`, `window_closed`, `re_engagement`, `agent`, `idle`
+    /// (`customer` for a message)…
     pub reason: &'a str,
     pub conversation_id: i64,
     /// The customer's message that caused it, if one did.

@@ -118,9 +118,9 @@ macro_rules! store_message_sql {
                         c.owner, CASE WHEN c.owner = 'bot' THEN $17 ELSE 'none' END
                    FROM c
                  ON CONFLICT (channel_id, wamid) DO NOTHING
-                 RETURNING id, conversation_id, action
+                 RETURNING id, conversation_id, action, owner_at_arrival
              )
-             SELECT c.*, m.id AS message_id, m.action FROM c LEFT JOIN m ON TRUE"
+             SELECT c.*, m.id AS message_id, m.action, m.owner_at_arrival FROM c LEFT JOIN m ON TRUE"
         )
     };
 }
@@ -188,16 +188,18 @@ struct StoreRow {
     conversation: Conversation,
     message_id: Option<i64>,
     action: Option<String>,
+    owner_at_arrival: Option<String>,
 }
 
 impl StoreRow {
     /// The conversation, and the message if this statement stored it.
     fn into_parts(self) -> (Conversation, Option<StoredMessage>) {
-        let stored = match (self.message_id, self.action) {
-            (Some(id), Some(action)) => Some(StoredMessage {
+        let stored = match (self.message_id, self.action, self.owner_at_arrival) {
+            (Some(id), Some(action), Some(owner_at_arrival)) => Some(StoredMessage {
                 id,
                 conversation_id: self.conversation.id,
                 action,
+                owner_at_arrival,
             }),
             _ => None,
         };
@@ -279,9 +281,9 @@ pub async fn store_known_many(
                         CASE WHEN c.owner = 'bot' THEN i.action ELSE 'none' END
                    FROM c JOIN input i ON i.n = c.n
                  ON CONFLICT (channel_id, wamid) DO NOTHING
-                 RETURNING id, conversation_id, action
+                 RETURNING id, conversation_id, action, owner_at_arrival
              )
-             SELECT c.*, m.id AS message_id, m.action FROM c LEFT JOIN m ON m.conversation_id = c.id",
+             SELECT c.*, m.id AS message_id, m.action, m.owner_at_arrival FROM c LEFT JOIN m ON m.conversation_id = c.id",
         )
         .bind(super::column(run, |k| k.conversation_id))
         .bind(super::column(run, |k| k.session_no))
@@ -345,6 +347,8 @@ pub struct StoredMessage {
     pub id: i64,
     pub conversation_id: i64,
     pub action: String,
+    /// Who owned the conversation when it arrived (`bot` or `human`).
+    pub owner_at_arrival: String,
 }
 
 /// Inserts the message unless it is already stored. Returns `(message, inserted)`.
@@ -359,7 +363,7 @@ pub async fn insert_message(
                                sent_at, source_entry, action)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
          ON CONFLICT (channel_id, wamid) DO NOTHING
-         RETURNING id, conversation_id, action",
+         RETURNING id, conversation_id, action, owner_at_arrival",
     )
     .bind(conversation.id)
     .bind(conversation.channel_id)
@@ -374,7 +378,8 @@ pub async fn find_message(
     wamid: &str,
 ) -> sqlx::Result<Option<StoredMessage>> {
     sqlx::query_as(
-        "SELECT id, conversation_id, action FROM messages WHERE channel_id = $1 AND wamid = $2",
+        "SELECT id, conversation_id, action, owner_at_arrival FROM messages
+          WHERE channel_id = $1 AND wamid = $2",
     )
     .bind(channel_id)
     .bind(wamid)

@@ -2217,3 +2217,95 @@ async fn how_long_customers_wait_for_a_human_is_measured_per_channel() {
         "waiting since the customer's message after the agent's: {wait}"
     );
 }
+
+#[tokio::test]
+async fn a_failed_agent_message_repeated_after_a_release_neither_resends_nor_takes_the_conversation_back()
+ {
+    let s = system().await;
+    sqlx::query("UPDATE channels SET pair_burst = 10")
+        .execute(&s.pg)
+        .await
+        .unwrap();
+    s.send("573014", "wamid.F1", "hola").await;
+    s.sent(1).await;
+    let id = the_conversation(&s.pg).await;
+    let (pg, mut con, keys) = (&s.pg, s.cfg.redis().await, s.cfg.keys());
+    wafleet::agents::take(pg, &mut con, &keys, id)
+        .await
+        .unwrap();
+    // Meta refuses the agent's message: the customer's window is closed by Meta's count.
+    s.sim
+        .state
+        .add_fault(fault(serde_json::json!({"code": 131047, "count": 1})));
+    // A three-part message, so the transcript shows its parts in order too.
+    let paragraph =
+        |n: usize| format!("Parte {n}. ") + &"Revisamos tu pedido con cuidado. ".repeat(100);
+    let text = [paragraph(1), paragraph(2), paragraph(3)]
+        .map(|p| p.trim_end().to_string())
+        .join("\n\n");
+    let first = s.agent_reply(id, &text, "late").await.unwrap();
+    assert_eq!(first.part_ids.len(), 3);
+    wait_count(
+        pg,
+        "SELECT count(*) FROM outbound_messages WHERE kind = 'agent' AND state = 'failed'",
+        3,
+        30,
+    )
+    .await;
+    s.settled().await;
+    assert!(
+        wafleet::agents::release(pg, &mut con, &keys, id)
+            .await
+            .unwrap()
+    );
+
+    // The agent repeats the request: nothing is queued, sent, or taken back from the bot.
+    let again = s.agent_reply(id, &text, "late").await.unwrap();
+    assert!(!again.fresh && !again.queued);
+    assert_eq!(again.states, ["failed", "failed", "failed"]);
+    s.settled().await;
+    assert_eq!(
+        s.sim.state.messages().len(),
+        1,
+        "only the bot's first reply went out"
+    );
+    let (owner,): (String,) = sqlx::query_as("SELECT owner FROM conversations")
+        .fetch_one(pg)
+        .await
+        .unwrap();
+    assert_eq!(owner, "bot");
+
+    // A send job for those parts run again (a redelivery) takes nothing back either.
+    let conv = format!("{PNID}:573014");
+    let list = first
+        .part_ids
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let _: String = con
+        .xadd(
+            keys.outbox(keys.partition_of(&conv)),
+            "*",
+            &[("conv", conv.as_str()), ("outbound_id", list.as_str())],
+        )
+        .await
+        .unwrap();
+    s.settled().await;
+    let (owner,): (String,) = sqlx::query_as("SELECT owner FROM conversations")
+        .fetch_one(pg)
+        .await
+        .unwrap();
+    assert_eq!(owner, "bot");
+
+    let lines = wafleet::store::agents::transcript(pg, id, 10)
+        .await
+        .unwrap()
+        .unwrap();
+    let agent: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.side == "agent")
+        .map(|l| &l.text.as_deref().unwrap()[..7])
+        .collect();
+    assert_eq!(agent, ["Parte 1", "Parte 2", "Parte 3"]);
+}

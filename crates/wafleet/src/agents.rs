@@ -253,13 +253,18 @@ pub struct Reply<'a> {
 pub struct Queued {
     /// The outbound parts, in order.
     pub part_ids: Vec<i64>,
+    /// Their send states (`pending`, `sending`, `accepted`, `failed`…) when recorded or found.
+    pub states: Vec<String>,
     /// Whether they were recorded by this request (else by an earlier one with the reference).
     pub fresh: bool,
+    /// Whether a send job was queued by this request.
+    pub queued: bool,
 }
 
 /// Records an agent's message and queues its send. A request repeated with the same reference
-/// records nothing new and queues the send again, which the sender takes as a no-op for parts
-/// already sent (the first request may have failed between recording and queueing).
+/// records nothing new; it queues the send again while a part is still `pending` or `sending`
+/// (the first request may have failed between recording and queueing; the sender skips parts
+/// already sent), and not once every part is settled (accepted or failed: the states say which).
 pub async fn reply(
     pg: &PgPool,
     con: &mut impl ConnectionLike,
@@ -279,12 +284,13 @@ pub async fn reply(
     };
     let now = Utc::now();
     let id = reply.conversation_id;
-    let (ids, fresh, conv) = match record_agent_message(pg, &msg, now).await? {
+    let (ids, states, fresh, conv) = match record_agent_message(pg, &msg, now).await? {
         Recorded::Parts {
             ids,
+            states,
             fresh,
             conversation_key,
-        } => (ids, fresh, conversation_key),
+        } => (ids, states, fresh, conversation_key),
         Recorded::NoConversation => return Err(AgentError::NoConversation(id)),
         Recorded::WithTheBot => return Err(AgentError::WithTheBot(id)),
         Recorded::WindowClosed { last } => {
@@ -301,16 +307,19 @@ pub async fn reply(
             });
         }
     };
-    let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
-    let _: String = redis::cmd("XADD")
-        .arg(keys.outbox(keys.partition_of(&conv)))
-        .arg("*")
-        .arg("conv")
-        .arg(&conv)
-        .arg("outbound_id")
-        .arg(&list)
-        .query_async(con)
-        .await?;
+    let queued = fresh || states.iter().any(|s| s == "pending" || s == "sending");
+    if queued {
+        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        let _: String = redis::cmd("XADD")
+            .arg(keys.outbox(keys.partition_of(&conv)))
+            .arg("*")
+            .arg("conv")
+            .arg(&conv)
+            .arg("outbound_id")
+            .arg(&list)
+            .query_async(con)
+            .await?;
+    }
     if fresh {
         metrics::counter!("wafleet_agent_messages_total").increment(1);
         tracing::info!(
@@ -321,6 +330,8 @@ pub async fn reply(
     }
     Ok(Queued {
         part_ids: ids,
+        states,
         fresh,
+        queued,
     })
 }

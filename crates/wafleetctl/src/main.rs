@@ -70,13 +70,13 @@ enum ConversationCommand {
         /// Only those a human owns.
         #[arg(long)]
         human: bool,
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..))]
         limit: i64,
     },
     /// Print a conversation's last messages, both sides, as stored (redacted).
     Show {
         conversation_id: i64,
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(i64).range(1..))]
         last: i64,
     },
     /// Take a conversation from the bot: it answers none of the customer's later messages, and
@@ -268,12 +268,7 @@ async fn main() -> anyhow::Result<()> {
     if let Command::Quarantine(cmd) = &cli.command {
         return quarantine(cmd).await;
     }
-    let pool = db::connect(
-        &required("DATABASE_URL")?,
-        2,
-        parsed("WAFLEET_PG_PLAN_CACHE_MODE", Default::default())?,
-    )
-    .await?;
+    let pool = pg_from_env().await?;
     db::migrate(&pool).await?;
     let cipher = wafleet::config::cipher_from_env;
     match cli.command {
@@ -535,6 +530,9 @@ async fn conversation(pool: &wafleet::db::PgPool, cmd: ConversationCommand) -> a
                 text
             };
             let reference = reference.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            // Before anything can fail: a request that fails after recording the message must be
+            // repeated with this reference, or the message waits unsent (or goes twice).
+            eprintln!("reference {reference} (repeat with --reference {reference} if this fails)");
             let (keys, mut con) = redis_side().await?;
             let queued = agents::reply(
                 pool,
@@ -548,20 +546,18 @@ async fn conversation(pool: &wafleet::db::PgPool, cmd: ConversationCommand) -> a
                 },
             )
             .await?;
+            let list = |v: Vec<String>| v.join(",");
             println!(
-                "{} in {} part(s) (outbound {}); reference {reference}",
-                if queued.fresh {
-                    "queued"
-                } else {
-                    "already queued with this reference, nothing new sent"
+                "{} in {} part(s) (outbound {}; {}); reference {reference}",
+                match (queued.fresh, queued.queued) {
+                    (true, _) => "queued",
+                    (false, true) => "recorded before with this reference; its send queued again",
+                    (false, false) =>
+                        "recorded and settled before with this reference; nothing sent",
                 },
                 queued.part_ids.len(),
-                queued
-                    .part_ids
-                    .iter()
-                    .map(i64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",")
+                list(queued.part_ids.iter().map(i64::to_string).collect()),
+                list(queued.states),
             );
         }
     }
@@ -578,7 +574,6 @@ async fn dead_letters(cmd: &DeadCommand) -> anyhow::Result<()> {
         "unknown stage {stage:?}: one of {}",
         wafleet::stages::process::ALL_STAGES.join(", ")
     );
-    let settings = wafleet::config::CommonSettings::from_env()?;
     let (keys, mut con) = redis_side().await?;
     match cmd {
         DeadCommand::List { stage, limit } => {
@@ -606,8 +601,7 @@ async fn dead_letters(cmd: &DeadCommand) -> anyhow::Result<()> {
                 *all || !ids.is_empty(),
                 "give entry ids to replay, or --all"
             );
-            let pg =
-                db::connect(settings.database_url.expose(), 2, settings.plan_cache_mode).await?;
+            let pg = pg_from_env().await?;
             let (mut replayed, mut unanswered) = (0, 0);
             let mut found = Vec::new();
             for letter in dead_letters::read(&mut con, &keys, stage).await? {
@@ -650,7 +644,6 @@ async fn dead_letters(cmd: &DeadCommand) -> anyhow::Result<()> {
 
 async fn quarantine(cmd: &QuarantineCommand) -> anyhow::Result<()> {
     use wafleet::quarantine::{self, Replayed};
-    let settings = wafleet::config::CommonSettings::from_env()?;
     let (keys, mut con) = redis_side().await?;
     match cmd {
         QuarantineCommand::List { limit } => {
@@ -672,9 +665,8 @@ async fn quarantine(cmd: &QuarantineCommand) -> anyhow::Result<()> {
                 *all || !ids.is_empty(),
                 "give entry ids to replay, or --all"
             );
-            let pg =
-                db::connect(settings.database_url.expose(), 2, settings.plan_cache_mode).await?;
-            let cipher = settings.cipher()?;
+            let pg = pg_from_env().await?;
+            let cipher = wafleet::config::cipher_from_env()?;
             let registry = wafleet::channels::load(&pg, &cipher).await?;
             let enqueuer = wafleet::streams::Enqueuer::new(wafleet::config::dedup_ttl()?);
             let (mut enqueued, mut duplicates, mut left) = (0, 0, 0);
@@ -705,6 +697,16 @@ async fn quarantine(cmd: &QuarantineCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A small pool on `DATABASE_URL`.
+async fn pg_from_env() -> anyhow::Result<wafleet::db::PgPool> {
+    db::connect(
+        &required("DATABASE_URL")?,
+        2,
+        parsed("WAFLEET_PG_PLAN_CACHE_MODE", Default::default())?,
+    )
+    .await
 }
 
 /// The key layout and a Redis connection, for the commands that work on streams (they need no

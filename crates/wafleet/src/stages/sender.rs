@@ -146,13 +146,13 @@ impl SendPolicy {
     }
 }
 
-/// Time since `since` (zero if it is in the future).
 /// The parts a send job names in its `outbound_id` field: one id, or several separated by commas
 /// (the parts of an agent's message, sent in that order); `None` unless every one is a number.
 pub fn outbound_ids(field: &str) -> Option<Vec<i64>> {
     field.split(',').map(|id| id.trim().parse().ok()).collect()
 }
 
+/// Time since `since` (zero if it is in the future).
 fn elapsed_since(since: DateTime<Utc>) -> Duration {
     (Utc::now() - since).to_std().unwrap_or_default()
 }
@@ -334,11 +334,21 @@ impl SenderStage {
                 } else {
                     // A redelivery after the run that failed this part stopped early (crash,
                     // error): the parts after it must not go out without it, and a failure that
-                    // hands the conversation over must have done so.
-                    if code == Some(RE_ENGAGEMENT) {
-                        self.hand_over(job, part, "re_engagement").await?;
+                    // hands the conversation over must have done so. Not an agent's part: a
+                    // human had the conversation when it was written, and nothing ties the
+                    // handover to this failure (it has no customer message), so doing it again
+                    // would take back a conversation the agent has since released.
+                    let redo = if part.kind == "agent" {
+                        None
+                    } else if code == Some(RE_ENGAGEMENT) {
+                        Some("re_engagement")
                     } else if part.fail_reason.as_deref() == Some(WINDOW_CLOSED) {
-                        self.hand_over(job, part, "window_closed").await?;
+                        Some("window_closed")
+                    } else {
+                        None
+                    };
+                    if let Some(reason) = redo {
+                        self.hand_over(job, part, reason).await?;
                     }
                     return Ok(Step::StopRest(format!(
                         "an earlier part failed ({})",

@@ -84,7 +84,7 @@ pub async fn transcript(
         "SELECT * FROM (
              SELECT m.received_at AS at, 'customer' AS side, NULL::text AS agent,
                     m.message_type AS kind, m.text_redacted AS text, NULL::text AS state,
-                    NULL::text AS delivery, m.id AS ord, 0 AS sub
+                    NULL::text AS delivery, m.id AS ord, 0 AS sub, m.id AS tie
                FROM messages m WHERE m.conversation_id = $1
              UNION ALL
              SELECT o.created_at, CASE WHEN o.kind = 'agent' THEN 'agent' ELSE 'bot' END,
@@ -94,10 +94,11 @@ pub async fn transcript(
                     COALESCE(o.reply_to, (SELECT max(m.id) FROM messages m
                                            WHERE m.conversation_id = $1
                                              AND m.received_at <= o.created_at)),
-                    1
+                    1, o.id
                FROM outbound_messages o WHERE o.conversation_id = $1
          ) t
-          ORDER BY ord DESC NULLS LAST, sub DESC, at DESC
+          -- The parts of one message share their creation time: their ids keep them in order.
+          ORDER BY ord DESC NULLS LAST, sub DESC, at DESC, tie DESC
           LIMIT $2",
     )
     .bind(conversation_id)
@@ -123,10 +124,12 @@ pub struct AgentMessage<'a> {
 /// What recording an agent's message did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
-    /// The parts, in order, and whether they were recorded now (else by an earlier request
-    /// with the same reference). `conversation_key` is `phone_number_id:customer_key`.
+    /// The parts, in order, with their send states, and whether they were recorded now (else
+    /// by an earlier request with the same reference). `conversation_key` is the key the
+    /// conversation's jobs run under (its lane and partition).
     Parts {
         ids: Vec<i64>,
+        states: Vec<String>,
         fresh: bool,
         conversation_key: String,
     },
@@ -153,7 +156,7 @@ pub async fn record_agent_message(
     let mut tx = pool.begin().await?;
     let conversation: Option<Target> = sqlx::query_as(
         "SELECT c.owner, c.session_no, c.last_customer_message_at, c.channel_id,
-                ch.phone_number_id, c.customer_key
+                ch.phone_number_id, c.customer_key, c.wa_id, c.user_id
            FROM conversations c JOIN channels ch ON ch.id = c.channel_id
           WHERE c.id = $1 FOR SHARE OF c",
     )
@@ -167,6 +170,8 @@ pub async fn record_agent_message(
         channel_id,
         phone_number_id: pnid,
         customer_key: customer,
+        wa_id,
+        user_id,
     }) = conversation
     else {
         return Ok(Recorded::NoConversation);
@@ -207,14 +212,22 @@ pub async fn record_agent_message(
     } else {
         recorded_before
     };
-    if rows.len() != msg.parts.len() || rows.iter().zip(msg.parts).any(|((_, b), p)| b != p) {
+    if rows.len() != msg.parts.len() || rows.iter().zip(msg.parts).any(|((_, b, _), p)| b != p) {
         return Ok(Recorded::ReferenceTaken);
     }
     tx.commit().await?;
+    let (ids, states) = rows.into_iter().map(|(id, _, state)| (id, state)).unzip();
     Ok(Recorded::Parts {
-        ids: rows.into_iter().map(|(id, _)| id).collect(),
+        ids,
+        states,
         fresh,
-        conversation_key: format!("{pnid}:{customer}"),
+        // As ingest names the conversation of a message with these ids.
+        conversation_key: wafleet_core::envelope::conversation_key(
+            &pnid,
+            wa_id.as_deref(),
+            user_id.as_deref(),
+            &customer,
+        ),
     })
 }
 
@@ -227,15 +240,17 @@ struct Target {
     channel_id: i64,
     phone_number_id: String,
     customer_key: String,
+    wa_id: Option<String>,
+    user_id: Option<String>,
 }
 
-/// The parts recorded under a message's reference, in order.
+/// The parts recorded under a message's reference, in order: id, body, state.
 async fn recorded(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     msg: &AgentMessage<'_>,
-) -> sqlx::Result<Vec<(i64, String)>> {
+) -> sqlx::Result<Vec<(i64, String, String)>> {
     sqlx::query_as(
-        "SELECT id, body FROM outbound_messages
+        "SELECT id, body, state FROM outbound_messages
           WHERE conversation_id = $1 AND agent_ref = $2 ORDER BY part_no",
     )
     .bind(msg.conversation_id)

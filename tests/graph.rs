@@ -51,6 +51,7 @@ fn text(to: Recipient<'static>) -> OutgoingText<'static> {
         reply_to: None,
         callback_data: None,
         preview_url: false,
+        template: None,
     }
 }
 

@@ -2309,3 +2309,90 @@ async fn a_failed_agent_message_repeated_after_a_release_neither_resends_nor_tak
         .collect();
     assert_eq!(agent, ["Parte 1", "Parte 2", "Parte 3"]);
 }
+
+#[tokio::test]
+async fn an_agent_re_engages_a_customer_outside_the_window_with_a_template_and_meta_refusals_are_not_retried()
+ {
+    use wafleet::agents::{AgentError, Template};
+    let s = system().await;
+    sqlx::query("UPDATE channels SET pair_burst = 10")
+        .execute(&s.pg)
+        .await
+        .unwrap();
+    s.send("573015", "wamid.T1", "hola").await;
+    s.sent(1).await;
+    let id = the_conversation(&s.pg).await;
+    let (pg, mut con, keys) = (&s.pg, s.cfg.redis().await, s.cfg.keys());
+    let params = ["Camila".to_string(), "100234".to_string()];
+    let template = |reference: &'static str| Template {
+        conversation_id: id,
+        name: "order_update",
+        language: "es",
+        body_params: &params,
+        reference,
+        agent: Some("ana"),
+    };
+    assert!(matches!(
+        wafleet::agents::template(pg, &mut con, &keys, &template("t0")).await,
+        Err(AgentError::WithTheBot(_))
+    ));
+    wafleet::agents::take(pg, &mut con, &keys, id)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE conversations SET last_customer_message_at = now() - interval '3 days'")
+        .execute(pg)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.agent_reply(id, "¿Sigues ahí?", "text").await,
+        Err(AgentError::WindowClosed { .. })
+    ));
+
+    let queued = wafleet::agents::template(pg, &mut con, &keys, &template("t1"))
+        .await
+        .unwrap();
+    assert!(queued.fresh);
+    let sent = s.sent(2).await;
+    assert_eq!(sent[1].kind, "template");
+    assert_eq!(sent[1].context_message_id, None);
+    assert_eq!(
+        sent[1].template,
+        Some(serde_json::json!({
+            "name": "order_update",
+            "language": {"code": "es"},
+            "components": [{"type": "body", "parameters": [
+                {"type": "text", "text": "Camila"}, {"type": "text", "text": "100234"}
+            ]}]
+        }))
+    );
+    wait_count(
+        pg,
+        "SELECT count(*) FROM outbound_messages WHERE kind = 'template' AND state = 'accepted'",
+        1,
+        30,
+    )
+    .await;
+
+    // A template Meta does not know fails at once with Meta's code, and nothing is retried.
+    s.sim
+        .state
+        .add_fault(fault(serde_json::json!({"code": 132001, "count": 1})));
+    wafleet::agents::template(pg, &mut con, &keys, &template("t2"))
+        .await
+        .unwrap();
+    wait_count(
+        pg,
+        "SELECT count(*) FROM outbound_messages WHERE kind = 'template' AND state = 'failed'
+            AND error_code = 132001",
+        1,
+        30,
+    )
+    .await;
+    s.settled().await;
+    assert_eq!(s.sim.state.messages().len(), 2);
+    let (owner,): (String,) = sqlx::query_as("SELECT owner FROM conversations")
+        .fetch_one(pg)
+        .await
+        .unwrap();
+    assert_eq!(owner, "human");
+}

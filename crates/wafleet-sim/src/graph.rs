@@ -121,6 +121,9 @@ pub struct SentMessage {
     pub kind: String,
     /// `text.body` (empty for other types).
     pub body: String,
+    /// The `template` object of a template send.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<Value>,
     pub preview_url: bool,
     pub context_message_id: Option<String>,
     pub callback_data: Option<String>,
@@ -332,6 +335,7 @@ struct Send {
     recipient: String,
     kind: String,
     body: String,
+    template: Option<Value>,
     preview_url: bool,
     context_message_id: Option<String>,
     callback_data: Option<String>,
@@ -386,11 +390,32 @@ impl Send {
         } else {
             (String::new(), false)
         };
+        let template = if kind == "template" {
+            let t = &request["template"];
+            for (value, name) in [
+                (&t["name"], "name"),
+                (&t["language"]["code"], "language.code"),
+            ] {
+                if value.as_str().is_none_or(str::is_empty) {
+                    return Err(Refusal::new(
+                        400,
+                        131008,
+                        Some(&format!(
+                            "(#131008) Required parameter is missing: template.{name}"
+                        )),
+                    ));
+                }
+            }
+            Some(t.clone())
+        } else {
+            None
+        };
         Ok(Self {
             to: to.map(str::to_owned),
             recipient,
             kind,
             body,
+            template,
             preview_url,
             context_message_id: request["context"]["message_id"].as_str().map(str::to_owned),
             callback_data: request["biz_opaque_callback_data"]
@@ -406,6 +431,7 @@ impl Send {
             recipient: self.recipient,
             kind: self.kind,
             body: self.body,
+            template: self.template,
             preview_url: self.preview_url,
             context_message_id: self.context_message_id,
             callback_data: self.callback_data,

@@ -40,7 +40,8 @@ pub enum AgentError {
     WithTheBot(i64),
     #[error(
         "the customer's last message in conversation {id} {age}: WhatsApp takes free-form \
-         messages only within 24 hours of it (only a template can reach them now)"
+         messages only within 24 hours of it; only an approved template reaches them now \
+         (wafleetctl conversation template {id} NAME --language CODE)"
     )]
     WindowClosed { id: i64, age: String },
     #[error("the message is empty")]
@@ -278,13 +279,75 @@ pub async fn reply(
     let parts = split_message(text, WHATSAPP_MAX_CHARS);
     let msg = AgentMessage {
         conversation_id: reply.conversation_id,
+        kind: "agent",
         reference: reply.reference,
         agent: reply.agent,
         parts: &parts,
     };
+    record_and_queue(pg, con, keys, &msg).await
+}
+
+/// An approved template an agent sends to re-engage a customer (also outside the 24-hour window,
+/// where nothing else reaches them).
+#[derive(Debug, Clone)]
+pub struct Template<'a> {
+    pub conversation_id: i64,
+    /// The template's name as approved in the business account.
+    pub name: &'a str,
+    /// Its language code, e.g. `es`, `en_US`.
+    pub language: &'a str,
+    /// The body's parameters, `{{1}}`, `{{2}}`… in order (text only).
+    pub body_params: &'a [String],
+    pub reference: &'a str,
+    pub agent: Option<&'a str>,
+}
+
+/// The Graph API's `template` object of `t`.
+pub fn template_object(t: &Template<'_>) -> serde_json::Value {
+    let mut object = serde_json::json!({"name": t.name, "language": {"code": t.language}});
+    if !t.body_params.is_empty() {
+        let parameters: Vec<serde_json::Value> = t
+            .body_params
+            .iter()
+            .map(|p| serde_json::json!({"type": "text", "text": p}))
+            .collect();
+        object["components"] = serde_json::json!([{"type": "body", "parameters": parameters}]);
+    }
+    object
+}
+
+/// Records an agent's template and queues its send, as [`reply`] does for a message; only the
+/// 24-hour window is not required. Meta refuses a template it does not know or whose parameters
+/// do not match (132xxx): the part fails with Meta's reason, not retried.
+pub async fn template(
+    pg: &PgPool,
+    con: &mut impl ConnectionLike,
+    keys: &Keys,
+    t: &Template<'_>,
+) -> Result<Queued, AgentError> {
+    if t.name.trim().is_empty() || t.language.trim().is_empty() {
+        return Err(AgentError::Empty);
+    }
+    let parts = [template_object(t).to_string()];
+    let msg = AgentMessage {
+        conversation_id: t.conversation_id,
+        kind: "template",
+        reference: t.reference,
+        agent: t.agent,
+        parts: &parts,
+    };
+    record_and_queue(pg, con, keys, &msg).await
+}
+
+async fn record_and_queue(
+    pg: &PgPool,
+    con: &mut impl ConnectionLike,
+    keys: &Keys,
+    msg: &AgentMessage<'_>,
+) -> Result<Queued, AgentError> {
     let now = Utc::now();
-    let id = reply.conversation_id;
-    let (ids, states, fresh, conv) = match record_agent_message(pg, &msg, now).await? {
+    let id = msg.conversation_id;
+    let (ids, states, fresh, conv) = match record_agent_message(pg, msg, now).await? {
         Recorded::Parts {
             ids,
             states,
@@ -303,7 +366,7 @@ pub async fn reply(
         Recorded::ReferenceTaken => {
             return Err(AgentError::ReferenceTaken {
                 id,
-                reference: reply.reference.to_string(),
+                reference: msg.reference.to_string(),
             });
         }
     };
@@ -321,7 +384,8 @@ pub async fn reply(
             .await?;
     }
     if fresh {
-        metrics::counter!("wafleet_agent_messages_total").increment(1);
+        metrics::counter!("wafleet_agent_messages_total", "kind" => msg.kind.to_string())
+            .increment(1);
         tracing::info!(
             conversation_id = id,
             parts = ids.len(),

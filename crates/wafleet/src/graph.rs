@@ -80,6 +80,10 @@ pub struct OutgoingText<'a> {
     pub callback_data: Option<&'a str>,
     /// `text.preview_url`: render a preview of the first URL in the body.
     pub preview_url: bool,
+    /// An approved template to send instead of the text (`type: template`; `body` is then
+    /// ignored): `{"name", "language": {"code"}, "components"?}`. The only message Meta takes
+    /// outside the 24-hour window.
+    pub template: Option<&'a serde_json::Value>,
 }
 
 /// Who receives a message.
@@ -406,7 +410,10 @@ struct TextRequest<'a> {
     context: Option<Context<'a>>,
     #[serde(rename = "type")]
     kind: &'static str,
-    text: Text<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<Text<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    template: Option<&'a serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     biz_opaque_callback_data: Option<&'a str>,
 }
@@ -436,11 +443,16 @@ impl<'a> From<&OutgoingText<'a>> for TextRequest<'a> {
             to,
             recipient,
             context: m.reply_to.map(|message_id| Context { message_id }),
-            kind: "text",
-            text: Text {
+            kind: if m.template.is_some() {
+                "template"
+            } else {
+                "text"
+            },
+            text: m.template.is_none().then_some(Text {
                 preview_url: m.preview_url,
                 body: m.body,
-            },
+            }),
+            template: m.template,
             biz_opaque_callback_data: m.callback_data,
         }
     }
@@ -476,6 +488,7 @@ mod tests {
             reply_to: None,
             callback_data: None,
             preview_url: false,
+            template: None,
         }
     }
 
@@ -512,6 +525,27 @@ mod tests {
                 "to": "+16505551234",
                 "type": "text",
                 "text": {"preview_url": false, "body": "Hola, ¿cómo te ayudo?"}
+            })
+        );
+    }
+
+    #[test]
+    fn a_template_is_sent_instead_of_the_text() {
+        let template = json!({"name": "order_update", "language": {"code": "es"}});
+        let m = OutgoingText {
+            callback_data: Some("job-43"),
+            template: Some(&template),
+            ..text(Recipient::Phone("573001234567"))
+        };
+        assert_eq!(
+            serde_json::to_value(TextRequest::from(&m)).unwrap(),
+            json!({
+                "messaging_product": "whatsapp",
+                "recipient_type": "individual",
+                "to": "+573001234567",
+                "type": "template",
+                "template": {"name": "order_update", "language": {"code": "es"}},
+                "biz_opaque_callback_data": "job-43"
             })
         );
     }

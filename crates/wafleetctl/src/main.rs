@@ -97,6 +97,25 @@ enum ConversationCommand {
         #[arg(long)]
         agent: Option<String>,
     },
+    /// Send the customer an approved template as a human agent: the one message WhatsApp takes
+    /// more than 24 hours after the customer's last message. The conversation must be with a
+    /// human.
+    Template {
+        conversation_id: i64,
+        /// The template's name as approved in the business account.
+        name: String,
+        /// Its language code, e.g. es, en_US.
+        #[arg(long)]
+        language: String,
+        /// The body's parameters ({{1}}, {{2}}…), in order; repeatable.
+        #[arg(long = "param")]
+        params: Vec<String>,
+        /// As for `reply`.
+        #[arg(long)]
+        reference: Option<String>,
+        #[arg(long)]
+        agent: Option<String>,
+    },
     /// Give a conversation back to the bot: it answers the customer's next message.
     Release { conversation_id: i64 },
 }
@@ -498,7 +517,11 @@ async fn conversation(pool: &wafleet::db::PgPool, cmd: ConversationCommand) -> a
                     (Some(s), None) => format!(" [{s}]"),
                     _ => String::new(),
                 };
-                let text = l.text.unwrap_or_else(|| format!("({})", l.kind));
+                let text = match (l.kind.as_str(), l.text) {
+                    ("template", Some(t)) => describe_template(&t),
+                    (_, Some(t)) => t,
+                    (kind, None) => format!("({kind})"),
+                };
                 println!("{}  {who}{state}: {text}", l.at.format("%Y-%m-%d %H:%M:%S"));
             }
         }
@@ -529,10 +552,7 @@ async fn conversation(pool: &wafleet::db::PgPool, cmd: ConversationCommand) -> a
             } else {
                 text
             };
-            let reference = reference.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-            // Before anything can fail: a request that fails after recording the message must be
-            // repeated with this reference, or the message waits unsent (or goes twice).
-            eprintln!("reference {reference} (repeat with --reference {reference} if this fails)");
+            let reference = announce_reference(reference);
             let (keys, mut con) = redis_side().await?;
             let queued = agents::reply(
                 pool,
@@ -546,22 +566,83 @@ async fn conversation(pool: &wafleet::db::PgPool, cmd: ConversationCommand) -> a
                 },
             )
             .await?;
-            let list = |v: Vec<String>| v.join(",");
-            println!(
-                "{} in {} part(s) (outbound {}; {}); reference {reference}",
-                match (queued.fresh, queued.queued) {
-                    (true, _) => "queued",
-                    (false, true) => "recorded before with this reference; its send queued again",
-                    (false, false) =>
-                        "recorded and settled before with this reference; nothing sent",
+            print_queued(&queued, &reference);
+        }
+        ConversationCommand::Template {
+            conversation_id,
+            name,
+            language,
+            params,
+            reference,
+            agent,
+        } => {
+            let reference = announce_reference(reference);
+            let (keys, mut con) = redis_side().await?;
+            let queued = agents::template(
+                pool,
+                &mut con,
+                &keys,
+                &agents::Template {
+                    conversation_id,
+                    name: &name,
+                    language: &language,
+                    body_params: &params,
+                    reference: &reference,
+                    agent: agent.as_deref(),
                 },
-                queued.part_ids.len(),
-                list(queued.part_ids.iter().map(i64::to_string).collect()),
-                list(queued.states),
-            );
+            )
+            .await?;
+            print_queued(&queued, &reference);
         }
     }
     Ok(())
+}
+
+/// A template part as a transcript line: its name, language and body parameters.
+fn describe_template(json: &str) -> String {
+    let t: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+    let params: Vec<&str> = t["components"][0]["parameters"]
+        .as_array()
+        .map(|ps| ps.iter().filter_map(|p| p["text"].as_str()).collect())
+        .unwrap_or_default();
+    format!(
+        "(template {} [{}]{})",
+        t["name"].as_str().unwrap_or("?"),
+        t["language"]["code"].as_str().unwrap_or("?"),
+        if params.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", params.join(" | "))
+        }
+    )
+}
+
+/// The reference of an agent's request, a fresh one when not given, printed before anything can
+/// fail: a request that fails after recording the message must be repeated with it, or the
+/// message waits unsent (or goes twice).
+fn announce_reference(reference: Option<String>) -> String {
+    let reference = reference.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    eprintln!("reference {reference} (repeat with --reference {reference} if this fails)");
+    reference
+}
+
+fn print_queued(queued: &wafleet::agents::Queued, reference: &str) {
+    println!(
+        "{} in {} part(s) (outbound {}; {}); reference {reference}",
+        match (queued.fresh, queued.queued) {
+            (true, _) => "queued",
+            (false, true) => "recorded before with this reference; its send queued again",
+            (false, false) => "recorded and settled before with this reference; nothing sent",
+        },
+        queued.part_ids.len(),
+        queued
+            .part_ids
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+        queued.states.join(","),
+    );
 }
 
 async fn dead_letters(cmd: &DeadCommand) -> anyhow::Result<()> {

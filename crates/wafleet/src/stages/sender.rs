@@ -146,6 +146,12 @@ impl SendPolicy {
     }
 }
 
+/// Whether a part's kind is one an agent writes (a message or a template), which goes out to a
+/// conversation a human owns and never hands it over again when it fails.
+pub fn written_by_agent(kind: &str) -> bool {
+    matches!(kind, "agent" | "template")
+}
+
 /// The parts a send job names in its `outbound_id` field: one id, or several separated by commas
 /// (the parts of an agent's message, sent in that order); `None` unless every one is a number.
 pub fn outbound_ids(field: &str) -> Option<Vec<i64>> {
@@ -338,7 +344,7 @@ impl SenderStage {
                     // human had the conversation when it was written, and nothing ties the
                     // handover to this failure (it has no customer message), so doing it again
                     // would take back a conversation the agent has since released.
-                    let redo = if part.kind == "agent" {
+                    let redo = if written_by_agent(&part.kind) {
                         None
                     } else if code == Some(RE_ENGAGEMENT) {
                         Some("re_engagement")
@@ -371,7 +377,22 @@ impl SenderStage {
                 reason: "channel sends are paused".into(),
             }));
         }
-        if !window_open(part.last_customer_message_at, Utc::now()) {
+        // An agent's template: the one message Meta takes outside the 24-hour window.
+        let template = if part.kind == "template" {
+            match serde_json::from_str::<serde_json::Value>(&part.body) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    let reason = format!("the template is not valid JSON: {e}");
+                    replies::mark_failed(&self.pg, part.id, None, &reason)
+                        .await
+                        .map_err(db("failing a part"))?;
+                    return Ok(Step::StopRest(reason));
+                }
+            }
+        } else {
+            None
+        };
+        if template.is_none() && !window_open(part.last_customer_message_at, Utc::now()) {
             replies::mark_failed(&self.pg, part.id, None, WINDOW_CLOSED)
                 .await
                 .map_err(db("failing a part"))?;
@@ -496,6 +517,7 @@ impl SenderStage {
                 },
                 callback_data: Some(&callback),
                 preview_url: false,
+                template: template.as_ref(),
             })
             .await;
         match result {

@@ -87,7 +87,7 @@ pub async fn transcript(
                     NULL::text AS delivery, m.id AS ord, 0 AS sub, m.id AS tie
                FROM messages m WHERE m.conversation_id = $1
              UNION ALL
-             SELECT o.created_at, CASE WHEN o.kind = 'agent' THEN 'agent' ELSE 'bot' END,
+             SELECT o.created_at, CASE WHEN o.kind IN ('agent', 'template') THEN 'agent' ELSE 'bot' END,
                     o.agent, o.kind, o.body, o.state, o.delivery,
                     -- A reply sits right after the message it answers; an agent's message where
                     -- it was written.
@@ -114,6 +114,9 @@ pub async fn transcript(
 #[derive(Debug, Clone)]
 pub struct AgentMessage<'a> {
     pub conversation_id: i64,
+    /// `agent` (text, only inside the 24-hour window) or `template` (one part: the template
+    /// object as JSON, also outside the window).
+    pub kind: &'a str,
     /// Makes the request idempotent within the conversation.
     pub reference: &'a str,
     pub agent: Option<&'a str>,
@@ -144,10 +147,11 @@ pub enum Recorded {
     ReferenceTaken,
 }
 
-/// Records an agent's message as `pending` parts of kind `agent`, in one transaction, unless a
+/// Records an agent's message as `pending` parts of its kind, in one transaction, unless a
 /// request with the same reference recorded it before (then its parts are answered). Checked in
 /// the same transaction, with the conversation's row locked against a concurrent take or
-/// release: a human owns the conversation, and the customer's 24-hour window is open at `now`.
+/// release: a human owns the conversation, and (except for a template) the customer's 24-hour
+/// window is open at `now`.
 pub async fn record_agent_message(
     pool: &PgPool,
     msg: &AgentMessage<'_>,
@@ -182,14 +186,14 @@ pub async fn record_agent_message(
         if owner != "human" {
             return Ok(Recorded::WithTheBot);
         }
-        if !crate::stages::llm::window_open(last, now) {
+        if msg.kind != "template" && !crate::stages::llm::window_open(last, now) {
             return Ok(Recorded::WindowClosed { last });
         }
         let numbers: Vec<i32> = (0..).take(msg.parts.len()).collect();
         let inserted = sqlx::query(
             "INSERT INTO outbound_messages (conversation_id, channel_id, session_no, part_no, kind,
                                             body, agent_ref, agent)
-             SELECT $1, $2, $3, p.part_no, 'agent', p.body, $4, $5
+             SELECT $1, $2, $3, p.part_no, $8, p.body, $4, $5
                FROM unnest($6::int4[], $7::text[]) AS p(part_no, body)
              ON CONFLICT (conversation_id, agent_ref, part_no) WHERE agent_ref IS NOT NULL
              DO NOTHING",
@@ -201,6 +205,7 @@ pub async fn record_agent_message(
         .bind(msg.agent)
         .bind(&numbers)
         .bind(msg.parts)
+        .bind(msg.kind)
         .execute(&mut *tx)
         .await?;
         fresh = inserted.rows_affected() > 0;
@@ -279,7 +284,7 @@ pub async fn release_idle(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<Release
               WHERE c.owner = 'human' AND ch.human_release_after_secs IS NOT NULL
                 AND GREATEST(c.last_activity_at, c.handed_over_at,
                              (SELECT max(o.created_at) FROM outbound_messages o
-                               WHERE o.conversation_id = c.id AND o.kind = 'agent'))
+                               WHERE o.conversation_id = c.id AND o.kind IN ('agent', 'template')))
                     < now() - make_interval(secs => ch.human_release_after_secs)
               ORDER BY c.id
               LIMIT $1
@@ -326,7 +331,7 @@ pub async fn human_waits(pool: &PgPool) -> sqlx::Result<Vec<HumanWait>> {
            LEFT JOIN conversations c ON c.channel_id = ch.id AND c.owner = 'human'
            LEFT JOIN LATERAL (
                SELECT max(o.created_at) AS last_agent FROM outbound_messages o
-                WHERE o.conversation_id = c.id AND o.kind = 'agent'
+                WHERE o.conversation_id = c.id AND o.kind IN ('agent', 'template')
            ) a ON TRUE
           GROUP BY ch.phone_number_id
           ORDER BY ch.phone_number_id",

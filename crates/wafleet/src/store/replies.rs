@@ -333,11 +333,11 @@ pub async fn claim_many(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<Ve
              -- A handover's acknowledgement goes out although a human now owns the
              -- conversation, but only the acknowledgement of the handover that happened: a
              -- model that asks for a person after a keyword already handed over must not
-             -- acknowledge a second time. An agent's message goes out whoever owns the
-             -- conversation: the agent wrote it on purpose, and may release the conversation
+             -- acknowledge a second time. An agent's message or template goes out whoever owns
+             -- the conversation: the agent wrote it on purpose, and may release the conversation
              -- before it is sent.
              SELECT o.id, o.state,
-                    (c.owner = 'bot' OR o.kind = 'agent'
+                    (c.owner = 'bot' OR o.kind IN ('agent', 'template')
                      OR (o.kind = 'handover_ack'
                          AND EXISTS (SELECT 1 FROM handover_events h
                                       WHERE h.conversation_id = o.conversation_id

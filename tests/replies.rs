@@ -2396,3 +2396,99 @@ async fn an_agent_re_engages_a_customer_outside_the_window_with_a_template_and_m
         .unwrap();
     assert_eq!(owner, "human");
 }
+
+#[tokio::test]
+async fn erasing_a_customer_removes_their_texts_identifiers_and_kept_aside_entries_and_nobody_elses()
+ {
+    let s = system().await;
+    sqlx::query("UPDATE channels SET pair_burst = 10")
+        .execute(&s.pg)
+        .await
+        .unwrap();
+    s.send(
+        "573016",
+        "wamid.E1",
+        "Hola, soy Camila Rojas, vivo en la Calle 5",
+    )
+    .await;
+    s.send("573017", "wamid.E2", "hola, ¿abren hoy?").await;
+    s.sent(2).await;
+    wait_count(
+        &s.pg,
+        "SELECT count(*) FROM outbound_messages WHERE state = 'accepted'",
+        2,
+        30,
+    )
+    .await;
+    // Both customers also wrote to a number nobody added yet: kept aside in quarantine.
+    for (from, wamid) in [("573016", "wamid.Q1"), ("573017", "wamid.Q2")] {
+        let body = text_message("999000111", from, wamid, now(), "hola");
+        assert_eq!(s.ingest.post_signed(&body, APP_SECRET).await.status(), 200);
+    }
+    let (pg, mut con, keys) = (&s.pg, s.cfg.redis().await, s.cfg.keys());
+    assert_eq!(read_stream(&mut con, &keys.quarantine()).await.len(), 2);
+
+    assert_eq!(
+        wafleet::agents::erase_customer(pg, &mut con, &keys, PNID, "573099")
+            .await
+            .unwrap(),
+        None,
+        "no such customer"
+    );
+    let erased = wafleet::agents::erase_customer(pg, &mut con, &keys, PNID, "573016")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(erased.rows.conversations.len(), 1);
+    assert_eq!((erased.rows.messages, erased.rows.outbound), (1, 1));
+    assert_eq!(
+        erased.stream_entries.iter().map(|(_, n)| n).sum::<usize>(),
+        1
+    );
+    let id = erased.rows.conversations[0];
+
+    let (key, wa_id, name): (String, Option<String>, Option<String>) =
+        sqlx::query_as("SELECT customer_key, wa_id, profile_name FROM conversations WHERE id = $1")
+            .bind(id)
+            .fetch_one(pg)
+            .await
+            .unwrap();
+    assert_eq!((key, wa_id, name), (format!("erased:{id}"), None, None));
+    assert_eq!(
+        s.count("SELECT count(*) FROM messages WHERE text_redacted LIKE '%Camila%'")
+            .await,
+        0
+    );
+    assert_eq!(
+        s.count("SELECT count(*) FROM outbound_messages WHERE body LIKE '%Camila%'")
+            .await,
+        0,
+        "the reply quoted the customer"
+    );
+    // The other customer keeps everything.
+    assert_eq!(
+        s.count(
+            "SELECT count(*) FROM messages m JOIN conversations c ON c.id = m.conversation_id
+              WHERE c.wa_id = '573017' AND m.text_redacted = 'hola, ¿abren hoy?'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        s.count("SELECT count(*) FROM outbound_messages WHERE body <> ''")
+            .await,
+        1
+    );
+    let kept = read_stream(&mut con, &keys.quarantine()).await;
+    assert_eq!(kept.len(), 1);
+    assert!(String::from_utf8_lossy(&kept[0].1["update"]).contains("573017"));
+
+    // Writing again starts afresh: a new conversation, and the model sees only the new message.
+    s.send("573016", "wamid.E3", "¿tienen envíos?").await;
+    s.sent(3).await;
+    assert_eq!(
+        s.model_turns(2),
+        vec![("user".to_string(), "¿tienen envíos?".to_string())]
+    );
+    assert_eq!(s.count("SELECT count(*) FROM conversations").await, 3);
+}

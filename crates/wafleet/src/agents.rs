@@ -399,3 +399,88 @@ async fn record_and_queue(
         queued,
     })
 }
+
+/// What [`erase_customer`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Erased {
+    pub rows: crate::store::agents::ErasedRows,
+    /// Entries removed from the kept-aside streams (events, quarantine, dead letters), by stream.
+    pub stream_entries: Vec<(String, usize)>,
+}
+
+/// Erases a customer of a channel on their request: Postgres as
+/// [`crate::store::agents::erase_customer`] describes, then the conversation stage's cached
+/// entries, and every entry of the kept-aside streams (events, quarantine, dead letters, which
+/// keep raw updates) that names one of the customer's identifiers. Run it when the customer's
+/// messages are no longer in flight: a message still queued is stored afterwards as a new
+/// conversation. `None` when the channel has no such customer.
+pub async fn erase_customer(
+    pg: &PgPool,
+    con: &mut impl ConnectionLike,
+    keys: &Keys,
+    phone_number_id: &str,
+    customer: &str,
+) -> Result<Option<Erased>, AgentError> {
+    let Some(rows) = crate::store::agents::erase_customer(pg, phone_number_id, customer).await?
+    else {
+        return Ok(None);
+    };
+    tracing::info!(
+        conversations = rows.conversations.len(),
+        messages = rows.messages,
+        outbound = rows.outbound,
+        "a customer's data was erased"
+    );
+    let mut del = redis::cmd("DEL");
+    for id in &rows.identifiers {
+        del.arg(keys.session_cache(&format!("{phone_number_id}:{id}")));
+    }
+    let _: () = del.query_async(con).await?;
+    let finders: Vec<memchr::memmem::Finder<'_>> = rows
+        .identifiers
+        .iter()
+        .map(|id| memchr::memmem::Finder::new(id.as_bytes()))
+        .collect();
+    let mut stream_entries = Vec::new();
+    for stream in
+        crate::worker::retention::kept_aside_streams(keys, crate::stages::process::ALL_STAGES)
+    {
+        let mut removed = 0;
+        let mut after: Option<String> = None;
+        loop {
+            let page =
+                crate::streams::read_after(con, &stream, after.as_deref(), crate::streams::PAGE)
+                    .await?;
+            let full = page.len() == crate::streams::PAGE;
+            after = page.last().map(|e| e.id().to_string());
+            let naming: Vec<&str> = page
+                .iter()
+                .filter(|e| {
+                    e.fields_except(&[])
+                        .iter()
+                        .any(|(_, v)| finders.iter().any(|f| f.find(v).is_some()))
+                })
+                .map(|e| e.id())
+                .collect();
+            if !naming.is_empty() {
+                let n: usize = redis::cmd("XDEL")
+                    .arg(&stream)
+                    .arg(&naming)
+                    .query_async(con)
+                    .await?;
+                removed += n;
+            }
+            if !full {
+                break;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(stream, removed, "entries naming an erased customer removed");
+        }
+        stream_entries.push((stream, removed));
+    }
+    Ok(Some(Erased {
+        rows,
+        stream_entries,
+    }))
+}

@@ -399,7 +399,7 @@ impl StoredEntry {
 /// Entries read per `XRANGE` when reading a stream whole: a stream of dead letters can hold
 /// thousands of bodies of up to 3 MB, and one unbounded `XRANGE` would keep Redis from everyone
 /// else (ingest answering 503) for as long as it takes to send them.
-const PAGE: usize = 200;
+pub(crate) const PAGE: usize = 200;
 
 /// Up to `count` entries of `stream` after the entry id `after` (from the start when `None`),
 /// oldest first.

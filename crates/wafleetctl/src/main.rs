@@ -58,9 +58,29 @@ enum Command {
     /// customer, give it back.
     #[command(subcommand)]
     Conversation(ConversationCommand),
+    /// A customer's data (their rights over it).
+    #[command(subcommand)]
+    Customer(CustomerCommand),
     /// Hand a conversation back to the bot (the same as `conversation release`).
     #[command(hide = true)]
     Release { conversation_id: i64 },
+}
+
+#[derive(Subcommand)]
+enum CustomerCommand {
+    /// Erase what wafleet keeps of a customer of a number, on their request: message texts,
+    /// what was written to them, their number, business-scoped id and profile name, and the
+    /// kept-aside Redis entries naming them. Ids, states, times and token counts stay. Cannot be
+    /// undone.
+    Erase {
+        /// The business number's phone_number_id.
+        phone_number_id: String,
+        /// The customer: wa_id digits or business-scoped user id.
+        customer: String,
+        /// Confirms the erasure.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -310,6 +330,38 @@ async fn main() -> anyhow::Result<()> {
             conversation(&pool, ConversationCommand::Release { conversation_id }).await?;
         }
         Command::Conversation(cmd) => conversation(&pool, cmd).await?,
+        Command::Customer(CustomerCommand::Erase {
+            phone_number_id,
+            customer,
+            yes,
+        }) => {
+            anyhow::ensure!(yes, "erasing cannot be undone: add --yes to confirm");
+            let (keys, mut con) = redis_side().await?;
+            let erased = wafleet::agents::erase_customer(
+                &pool,
+                &mut con,
+                &keys,
+                &phone_number_id,
+                &customer,
+            )
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("number {phone_number_id} has no such customer"))?;
+            let streams: usize = erased.stream_entries.iter().map(|(_, n)| n).sum();
+            println!(
+                "erased: {} conversation(s) ({}), {} message(s), {} outbound part(s), {streams} \
+                 kept-aside Redis entr(y/ies)",
+                erased.rows.conversations.len(),
+                erased
+                    .rows
+                    .conversations
+                    .iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                erased.rows.messages,
+                erased.rows.outbound
+            );
+        }
         Command::Channel(ChannelCommand::Add(a)) => {
             let spec = ChannelSpec {
                 phone_number_id: a.phone_number_id.clone(),

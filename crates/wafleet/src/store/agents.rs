@@ -339,3 +339,94 @@ pub async fn human_waits(pool: &PgPool) -> sqlx::Result<Vec<HumanWait>> {
     .fetch_all(pool)
     .await
 }
+
+/// What erasing a customer changed in Postgres.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErasedRows {
+    pub conversations: Vec<i64>,
+    /// Their identifiers as they were (phone, business-scoped id, conversation key), for the
+    /// Redis side of the erasure.
+    pub identifiers: Vec<String>,
+    pub messages: u64,
+    pub outbound: u64,
+}
+
+/// Erases what Postgres holds of one customer of a channel (found by phone, business-scoped id
+/// or conversation key), in one transaction: their conversations lose the customer's
+/// identifiers and profile name (the conversation key becomes `erased:<id>`, so a later message
+/// starts a new conversation), their messages lose text, metadata and quoted ids, and every
+/// message written to them (bot, agent, template) loses its body (one not sent yet fails
+/// instead of going out empty). Ids, wamids (which keep Meta's
+/// redeliveries and statuses from being taken for new messages), states, times and token counts
+/// stay, so metrics and usage still add up. Returns `None` when the channel has no such customer.
+pub async fn erase_customer(
+    pool: &PgPool,
+    phone_number_id: &str,
+    customer: &str,
+) -> sqlx::Result<Option<ErasedRows>> {
+    let mut tx = pool.begin().await?;
+    let found: Vec<(i64, String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT c.id, c.customer_key, c.wa_id, c.user_id
+           FROM conversations c JOIN channels ch ON ch.id = c.channel_id
+          WHERE ch.phone_number_id = $1
+            AND (c.customer_key = $2 OR c.wa_id = $2 OR c.user_id = $2)
+          ORDER BY c.id
+            FOR UPDATE OF c",
+    )
+    .bind(phone_number_id)
+    .bind(customer)
+    .fetch_all(&mut *tx)
+    .await?;
+    if found.is_empty() {
+        return Ok(None);
+    }
+    let ids: Vec<i64> = found.iter().map(|f| f.0).collect();
+    let mut identifiers: Vec<String> = Vec::new();
+    for (_, key, wa_id, user_id) in &found {
+        for v in [Some(key), wa_id.as_ref(), user_id.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            if !identifiers.contains(v) {
+                identifiers.push(v.clone());
+            }
+        }
+    }
+    let messages = sqlx::query(
+        "UPDATE messages SET text_redacted = NULL, metadata = '{}', context_wamid = NULL,
+                             pii_types = '{}'
+          WHERE conversation_id = ANY($1)",
+    )
+    .bind(&ids)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    // A part not sent yet will not be: its text is gone.
+    let outbound = sqlx::query(
+        "UPDATE outbound_messages
+            SET body = '',
+                fail_reason = CASE WHEN state = 'pending' THEN 'the customer''s data was erased'
+                                   ELSE fail_reason END,
+                state = CASE WHEN state = 'pending' THEN 'failed' ELSE state END
+          WHERE conversation_id = ANY($1)",
+    )
+    .bind(&ids)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    sqlx::query(
+        "UPDATE conversations SET customer_key = 'erased:' || id, wa_id = NULL, user_id = NULL,
+                                  profile_name = NULL
+          WHERE id = ANY($1)",
+    )
+    .bind(&ids)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some(ErasedRows {
+        conversations: ids,
+        identifiers,
+        messages,
+        outbound,
+    }))
+}

@@ -1847,6 +1847,24 @@ async fn the_model_sees_the_sessions_last_turns_redacted_without_what_a_human_ha
     );
 }
 
+impl Sys {
+    /// An agent takes the conversation; whether it changed.
+    async fn take(&self, id: i64) -> bool {
+        wafleet::agents::take(&self.pg, &mut self.cfg.redis().await, &self.cfg.keys(), id)
+            .await
+            .unwrap()
+    }
+
+    /// The owner of the (only) conversation.
+    async fn owner(&self) -> String {
+        let (o,): (String,) = sqlx::query_as("SELECT owner FROM conversations")
+            .fetch_one(&self.pg)
+            .await
+            .unwrap();
+        o
+    }
+}
+
 /// The (only) conversation's id.
 async fn the_conversation(pg: &PgPool) -> i64 {
     let (id,): (i64,) = sqlx::query_as("SELECT id FROM conversations")
@@ -2087,7 +2105,7 @@ async fn a_conversation_idle_with_a_human_goes_back_to_the_bot_unless_the_channe
     s.send("573012", "wamid.I1", "hola").await;
     s.sent(1).await;
     let id = the_conversation(&s.pg).await;
-    let (pg, mut con, keys) = (&s.pg, s.cfg.redis().await, s.cfg.keys());
+    let pg = &s.pg;
     let make_idle = || async {
         sqlx::query(
             "UPDATE conversations SET last_activity_at = now() - interval '2 days',
@@ -2097,21 +2115,12 @@ async fn a_conversation_idle_with_a_human_goes_back_to_the_bot_unless_the_channe
         .await
         .unwrap();
     };
-    let owner = || async {
-        let (o,): (String,) = sqlx::query_as("SELECT owner FROM conversations")
-            .fetch_one(pg)
-            .await
-            .unwrap();
-        o
-    };
 
-    wafleet::agents::take(pg, &mut con, &keys, id)
-        .await
-        .unwrap();
+    s.take(id).await;
     assert_eq!(release_idle(&s).await, 0, "just taken: not idle");
     make_idle().await;
     assert_eq!(release_idle(&s).await, 1);
-    assert_eq!(owner().await, "bot");
+    assert_eq!(s.owner().await, "bot");
     assert_eq!(release_idle(&s).await, 0, "released once");
     assert_eq!(
         s.count("SELECT count(*) FROM handover_events WHERE kind = 'release' AND reason = 'idle'")
@@ -2124,9 +2133,7 @@ async fn a_conversation_idle_with_a_human_goes_back_to_the_bot_unless_the_channe
     );
 
     // An agent who wrote recently keeps the conversation, however old the rest is.
-    wafleet::agents::take(pg, &mut con, &keys, id)
-        .await
-        .unwrap();
+    s.take(id).await;
     sqlx::query("UPDATE conversations SET last_customer_message_at = now()")
         .execute(pg)
         .await
@@ -2146,7 +2153,7 @@ async fn a_conversation_idle_with_a_human_goes_back_to_the_bot_unless_the_channe
         .await
         .unwrap();
     assert_eq!(release_idle(&s).await, 0);
-    assert_eq!(owner().await, "human");
+    assert_eq!(s.owner().await, "human");
 
     // Every worker gives idle conversations back by itself, first when it starts.
     sqlx::query("UPDATE channels SET human_release_after_secs = 3600")
@@ -2230,9 +2237,7 @@ async fn a_failed_agent_message_repeated_after_a_release_neither_resends_nor_tak
     s.sent(1).await;
     let id = the_conversation(&s.pg).await;
     let (pg, mut con, keys) = (&s.pg, s.cfg.redis().await, s.cfg.keys());
-    wafleet::agents::take(pg, &mut con, &keys, id)
-        .await
-        .unwrap();
+    s.take(id).await;
     // Meta refuses the agent's message: the customer's window is closed by Meta's count.
     s.sim
         .state
@@ -2269,11 +2274,7 @@ async fn a_failed_agent_message_repeated_after_a_release_neither_resends_nor_tak
         1,
         "only the bot's first reply went out"
     );
-    let (owner,): (String,) = sqlx::query_as("SELECT owner FROM conversations")
-        .fetch_one(pg)
-        .await
-        .unwrap();
-    assert_eq!(owner, "bot");
+    assert_eq!(s.owner().await, "bot");
 
     // A send job for those parts run again (a redelivery) takes nothing back either.
     let conv = format!("{PNID}:573014");
@@ -2292,11 +2293,7 @@ async fn a_failed_agent_message_repeated_after_a_release_neither_resends_nor_tak
         .await
         .unwrap();
     s.settled().await;
-    let (owner,): (String,) = sqlx::query_as("SELECT owner FROM conversations")
-        .fetch_one(pg)
-        .await
-        .unwrap();
-    assert_eq!(owner, "bot");
+    assert_eq!(s.owner().await, "bot");
 
     let lines = wafleet::store::agents::transcript(pg, id, 10)
         .await
@@ -2336,9 +2333,7 @@ async fn an_agent_re_engages_a_customer_outside_the_window_with_a_template_and_m
         wafleet::agents::template(pg, &mut con, &keys, &template("t0")).await,
         Err(AgentError::WithTheBot(_))
     ));
-    wafleet::agents::take(pg, &mut con, &keys, id)
-        .await
-        .unwrap();
+    s.take(id).await;
     sqlx::query("UPDATE conversations SET last_customer_message_at = now() - interval '3 days'")
         .execute(pg)
         .await
@@ -2390,11 +2385,7 @@ async fn an_agent_re_engages_a_customer_outside_the_window_with_a_template_and_m
     .await;
     s.settled().await;
     assert_eq!(s.sim.state.messages().len(), 2);
-    let (owner,): (String,) = sqlx::query_as("SELECT owner FROM conversations")
-        .fetch_one(pg)
-        .await
-        .unwrap();
-    assert_eq!(owner, "human");
+    assert_eq!(s.owner().await, "human");
 }
 
 #[tokio::test]
@@ -2491,4 +2482,92 @@ async fn erasing_a_customer_removes_their_texts_identifiers_and_kept_aside_entri
         vec![("user".to_string(), "¿tienen envíos?".to_string())]
     );
     assert_eq!(s.count("SELECT count(*) FROM conversations").await, 3);
+}
+
+#[tokio::test]
+async fn usage_adds_up_per_channel_and_per_model_within_the_period() {
+    use wafleet::store::usage;
+    let s = system().await;
+    s.cfg.add_channel("200000000000001", |_| {}).await;
+    s.send("573018", "wamid.U1", "hola").await;
+    s.send("573019", "wamid.U2", "¿abren hoy?").await;
+    s.sent(2).await;
+    s.send("573018", "wamid.U3", "¿y mañana?").await;
+    s.sent(3).await;
+    let pg = &s.pg;
+    let (id,): (i64,) = sqlx::query_as("SELECT id FROM conversations WHERE wa_id = '573018'")
+        .fetch_one(pg)
+        .await
+        .unwrap();
+    s.take(id).await;
+    s.agent_reply(id, "Hola, te escribe Ana.", "u")
+        .await
+        .unwrap();
+    wait_count(
+        pg,
+        "SELECT count(*) FROM outbound_messages WHERE state = 'accepted'",
+        4,
+        30,
+    )
+    .await;
+
+    let (input, output): (i64, i64) =
+        sqlx::query_as("SELECT sum(input_tokens)::int8, sum(output_tokens)::int8 FROM replies")
+            .fetch_one(pg)
+            .await
+            .unwrap();
+    assert!(input > 0 && output > 0);
+    let now = chrono::Utc::now();
+    let hour = chrono::Duration::hours(1);
+    let all = usage::by_channel(pg, now - hour, now + hour).await.unwrap();
+    assert_eq!(
+        all,
+        vec![
+            usage::ChannelUsage {
+                phone_number_id: PNID.into(),
+                customer_messages: 3,
+                conversations: 2,
+                model_replies: 3,
+                canned_replies: 0,
+                input_tokens: input,
+                output_tokens: output,
+                sent_by_bot: 3,
+                sent_by_agents: 1,
+                failed: 0,
+                handovers: 1,
+            },
+            usage::ChannelUsage {
+                phone_number_id: "200000000000001".into(),
+                customer_messages: 0,
+                conversations: 0,
+                model_replies: 0,
+                canned_replies: 0,
+                input_tokens: 0,
+                output_tokens: 0,
+                sent_by_bot: 0,
+                sent_by_agents: 0,
+                failed: 0,
+                handovers: 0,
+            },
+        ]
+    );
+    let models = usage::by_model(pg, now - hour, now + hour).await.unwrap();
+    assert_eq!(models.len(), 1);
+    assert_eq!(
+        (
+            models[0].replies,
+            models[0].input_tokens,
+            models[0].output_tokens
+        ),
+        (3, input, output)
+    );
+    // Nothing of it falls in yesterday.
+    let yesterday = usage::by_channel(pg, now - hour * 48, now - hour * 24)
+        .await
+        .unwrap();
+    assert!(
+        yesterday
+            .iter()
+            .all(|u| u.customer_messages == 0 && u.input_tokens == 0 && u.sent_by_bot == 0)
+    );
 }

@@ -58,6 +58,17 @@ enum Command {
     /// customer, give it back.
     #[command(subcommand)]
     Conversation(ConversationCommand),
+    /// What each number used over a period: customer messages, replies, tokens by model,
+    /// messages sent by the bot and by agents, failures, handovers (for billing the businesses
+    /// a platform hosts, or watching model spend).
+    Usage {
+        /// First day (UTC, YYYY-MM-DD), included; 30 days ago when not given.
+        #[arg(long)]
+        from: Option<chrono::NaiveDate>,
+        /// Last day (UTC, YYYY-MM-DD), included; today when not given.
+        #[arg(long)]
+        to: Option<chrono::NaiveDate>,
+    },
     /// A customer's data (their rights over it).
     #[command(subcommand)]
     Customer(CustomerCommand),
@@ -330,6 +341,7 @@ async fn main() -> anyhow::Result<()> {
             conversation(&pool, ConversationCommand::Release { conversation_id }).await?;
         }
         Command::Conversation(cmd) => conversation(&pool, cmd).await?,
+        Command::Usage { from, to } => usage(&pool, from, to).await?,
         Command::Customer(CustomerCommand::Erase {
             phone_number_id,
             customer,
@@ -676,6 +688,55 @@ fn announce_reference(reference: Option<String>) -> String {
     let reference = reference.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     eprintln!("reference {reference} (repeat with --reference {reference} if this fails)");
     reference
+}
+
+async fn usage(
+    pool: &wafleet::db::PgPool,
+    from: Option<chrono::NaiveDate>,
+    to: Option<chrono::NaiveDate>,
+) -> anyhow::Result<()> {
+    use wafleet::store::usage;
+    let today = chrono::Utc::now().date_naive();
+    let to = to.unwrap_or(today);
+    let from = from.unwrap_or(to - chrono::Days::new(29));
+    anyhow::ensure!(from <= to, "--from {from} is after --to {to}");
+    let start = from.and_time(chrono::NaiveTime::MIN).and_utc();
+    let end = (to + chrono::Days::new(1))
+        .and_time(chrono::NaiveTime::MIN)
+        .and_utc();
+    println!("usage from {from} to {to} (UTC, both days included)");
+    println!(
+        "number\tcustomer messages\tconversations\tmodel replies\tcanned\tinput tokens\t\
+         output tokens\tsent by bot\tsent by agents\tfailed\thandovers"
+    );
+    for u in usage::by_channel(pool, start, end).await? {
+        println!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            u.phone_number_id,
+            u.customer_messages,
+            u.conversations,
+            u.model_replies,
+            u.canned_replies,
+            u.input_tokens,
+            u.output_tokens,
+            u.sent_by_bot,
+            u.sent_by_agents,
+            u.failed,
+            u.handovers
+        );
+    }
+    let models = usage::by_model(pool, start, end).await?;
+    if !models.is_empty() {
+        println!();
+        println!("number\tprovider\tmodel\treplies\tinput tokens\toutput tokens");
+        for m in models {
+            println!(
+                "{}\t{}\t{}\t{}\t{}\t{}",
+                m.phone_number_id, m.provider, m.model, m.replies, m.input_tokens, m.output_tokens
+            );
+        }
+    }
+    Ok(())
 }
 
 fn print_queued(queued: &wafleet::agents::Queued, reference: &str) {

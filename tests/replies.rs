@@ -2571,3 +2571,50 @@ async fn usage_adds_up_per_channel_and_per_model_within_the_period() {
             .all(|u| u.customer_messages == 0 && u.input_tokens == 0 && u.sent_by_bot == 0)
     );
 }
+
+#[tokio::test]
+async fn a_channel_setting_changed_by_name_is_what_the_workers_use() {
+    use wafleet::store::settings::{self, Setting, Value};
+    let s = system().await;
+    for (setting, raw) in [
+        (Setting::HandoverKeywords, "asesor, persona real"),
+        (Setting::HandoverAck, "Te paso con un asesor."),
+    ] {
+        let value = setting.parse(raw).unwrap();
+        assert!(settings::set(&s.pg, PNID, setting, &value).await.unwrap());
+    }
+    assert!(
+        !settings::set(&s.pg, "999", Setting::PairBurst, &Value::Int(5))
+            .await
+            .unwrap(),
+        "no such channel"
+    );
+    let shown = settings::show(&s.pg, PNID).await.unwrap().unwrap();
+    assert!(shown.contains(&("handover_keywords", "asesor, persona real".to_string())));
+    assert!(shown.contains(&("media_notice", "(none)".to_string())));
+
+    // The channel's own phrase hands over; the built-in ones no longer do.
+    s.send("573020", "wamid.S1", "quiero hablar con un agente")
+        .await;
+    s.sent(1).await;
+    assert_eq!(s.sim.state.llm_requests().len(), 1, "a plain message now");
+    s.send("573020", "wamid.S2", "mejor con una persona real").await;
+    let sent = s.sent(2).await;
+    assert_eq!(sent[1].body, "Te paso con un asesor.");
+    s.settled().await;
+    assert_eq!(
+        s.sim.state.llm_requests().len(),
+        1,
+        "no model call for the handover"
+    );
+    assert_eq!(s.owner().await, "human");
+
+    // Back to the defaults.
+    assert!(
+        settings::set(&s.pg, PNID, Setting::HandoverKeywords, &Value::Default)
+            .await
+            .unwrap()
+    );
+    let shown = settings::show(&s.pg, PNID).await.unwrap().unwrap();
+    assert!(shown.contains(&("handover_keywords", "(default)".to_string())));
+}

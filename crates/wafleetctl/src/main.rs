@@ -13,6 +13,7 @@ use wafleet::config::{Secret, parsed, required};
 use wafleet::crypto::Cipher;
 use wafleet::db;
 use wafleet::store::channels::{self, BotMode, ChannelSpec};
+use wafleet::store::settings;
 
 #[derive(Parser)]
 #[command(name = "wafleetctl", about = "Operate a wafleet deployment")]
@@ -182,6 +183,24 @@ enum ChannelCommand {
     Model(ModelArgs),
     /// Remove a channel's own models (the process-wide ones apply again).
     ClearModels { phone_number_id: String },
+    /// Change one setting: system_prompt, history_limit, canned_reply, handover_keywords
+    /// (comma-separated), handover_ack ('' sends none), media_notice ('' sends none),
+    /// session_timeout_secs, human_release_after_secs (or `never`), send_rate_per_sec, pair_burst.
+    /// Workers see it within seconds.
+    Set {
+        phone_number_id: String,
+        setting: String,
+        /// The value; `@PATH` reads it from a file, `-` from standard input.
+        value: String,
+    },
+    /// Put one setting back to its default (the built-in text or keywords, the documented
+    /// number).
+    Unset {
+        phone_number_id: String,
+        setting: String,
+    },
+    /// Print a channel's settings (no secrets).
+    Show { phone_number_id: String },
 }
 
 #[derive(clap::Args)]
@@ -477,7 +496,81 @@ async fn main() -> anyhow::Result<()> {
             set(&pool, &phone_number_id, true).await?;
             hint_quarantine(&phone_number_id).await;
         }
+        Command::Channel(ChannelCommand::Set {
+            phone_number_id,
+            setting,
+            value,
+        }) => {
+            // From a file or stdin without the trailing newline editors add.
+            let raw = if value == "-" {
+                trim_newline(
+                    std::io::read_to_string(std::io::stdin()).context("reading the value")?,
+                )
+            } else if let Some(path) = value.strip_prefix('@') {
+                trim_newline(
+                    std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?,
+                )
+            } else {
+                value
+            };
+            let setting = setting_named(&setting)?;
+            let value = setting.parse(&raw).map_err(anyhow::Error::msg)?;
+            change_setting(&pool, &phone_number_id, setting, &value).await?;
+        }
+        Command::Channel(ChannelCommand::Unset {
+            phone_number_id,
+            setting,
+        }) => {
+            let setting = setting_named(&setting)?;
+            change_setting(&pool, &phone_number_id, setting, &settings::Value::Default).await?;
+        }
+        Command::Channel(ChannelCommand::Show { phone_number_id }) => {
+            let shown = settings::show(&pool, &phone_number_id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no channel {phone_number_id}"))?;
+            for (name, value) in shown {
+                println!("{name}: {value}");
+            }
+        }
     }
+    Ok(())
+}
+
+fn trim_newline(mut s: String) -> String {
+    while s.ends_with('\n') || s.ends_with('\r') {
+        s.pop();
+    }
+    s
+}
+
+fn setting_named(name: &str) -> anyhow::Result<settings::Setting> {
+    settings::Setting::from_name(name).ok_or_else(|| {
+        anyhow::anyhow!(
+            "unknown setting {name:?}: one of {}",
+            settings::Setting::ALL.map(|s| s.name()).join(", ")
+        )
+    })
+}
+
+async fn change_setting(
+    pool: &wafleet::db::PgPool,
+    phone_number_id: &str,
+    setting: settings::Setting,
+    value: &settings::Value,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        settings::set(pool, phone_number_id, setting, value).await?,
+        "no channel {phone_number_id}"
+    );
+    println!(
+        "{} of {phone_number_id} {}; workers use it within seconds",
+        setting.name(),
+        if *value == settings::Value::Default {
+            "back to its default"
+        } else {
+            "changed"
+        }
+    );
     Ok(())
 }
 

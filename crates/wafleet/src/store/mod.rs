@@ -5,6 +5,7 @@ pub mod agents;
 pub mod channels;
 pub mod conversations;
 pub mod replies;
+pub mod settings;
 pub mod usage;
 
 /// One column of a batched statement: `f` of every item, to bind as an array and `unnest`.

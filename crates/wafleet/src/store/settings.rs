@@ -1,0 +1,206 @@
+//! The per-channel settings an operator changes by name (`wafleetctl channel set|unset|show`),
+//! each a column of `channels`. Workers see a change within seconds (their channel cache).
+
+use sqlx::PgPool;
+
+/// A setting, by the name operators use (the column's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    SystemPrompt,
+    HistoryLimit,
+    CannedReply,
+    HandoverKeywords,
+    HandoverAck,
+    MediaNotice,
+    SessionTimeoutSecs,
+    HumanReleaseAfterSecs,
+    SendRatePerSec,
+    PairBurst,
+}
+
+/// What a setting is set to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Int(i32),
+    Text(String),
+    List(Vec<String>),
+    /// The column's default: the built-in text for the texts, the built-in list of keywords,
+    /// the documented number for the numbers.
+    Default,
+    /// `human_release_after_secs` only: conversations stay with humans until released.
+    Never,
+}
+
+impl Setting {
+    pub const ALL: [Setting; 10] = [
+        Setting::SystemPrompt,
+        Setting::HistoryLimit,
+        Setting::CannedReply,
+        Setting::HandoverKeywords,
+        Setting::HandoverAck,
+        Setting::MediaNotice,
+        Setting::SessionTimeoutSecs,
+        Setting::HumanReleaseAfterSecs,
+        Setting::SendRatePerSec,
+        Setting::PairBurst,
+    ];
+
+    /// The setting's name, which is also its column.
+    pub fn name(self) -> &'static str {
+        match self {
+            Setting::SystemPrompt => "system_prompt",
+            Setting::HistoryLimit => "history_limit",
+            Setting::CannedReply => "canned_reply",
+            Setting::HandoverKeywords => "handover_keywords",
+            Setting::HandoverAck => "handover_ack",
+            Setting::MediaNotice => "media_notice",
+            Setting::SessionTimeoutSecs => "session_timeout_secs",
+            Setting::HumanReleaseAfterSecs => "human_release_after_secs",
+            Setting::SendRatePerSec => "send_rate_per_sec",
+            Setting::PairBurst => "pair_burst",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Setting> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// Parses a value given as text: a positive number for the numbers (`never` too for
+    /// `human_release_after_secs`), comma-separated phrases for the keywords, anything for the
+    /// texts (`''` for the acknowledgement or the notice means none is sent).
+    pub fn parse(self, raw: &str) -> Result<Value, String> {
+        match self {
+            Setting::SystemPrompt | Setting::CannedReply if raw.trim().is_empty() => Err(format!(
+                "{} cannot be empty: unset it for the built-in one",
+                self.name()
+            )),
+            Setting::SystemPrompt
+            | Setting::CannedReply
+            | Setting::HandoverAck
+            | Setting::MediaNotice => Ok(Value::Text(raw.to_string())),
+            Setting::HandoverKeywords => {
+                let list: Vec<String> = raw
+                    .split(',')
+                    .map(|k| k.trim().to_string())
+                    .filter(|k| !k.is_empty())
+                    .collect();
+                if list.is_empty() {
+                    Err("give at least one phrase, comma-separated".into())
+                } else {
+                    Ok(Value::List(list))
+                }
+            }
+            Setting::HumanReleaseAfterSecs if raw.trim() == "never" => Ok(Value::Never),
+            Setting::HistoryLimit
+            | Setting::SessionTimeoutSecs
+            | Setting::HumanReleaseAfterSecs
+            | Setting::SendRatePerSec
+            | Setting::PairBurst => match raw.trim().parse::<i32>() {
+                Ok(n) if n > 0 => Ok(Value::Int(n)),
+                _ => Err(format!(
+                    "{} takes a whole number above 0{}, not {raw:?}",
+                    self.name(),
+                    if self == Setting::HumanReleaseAfterSecs {
+                        " or `never`"
+                    } else {
+                        ""
+                    }
+                )),
+            },
+        }
+    }
+}
+
+/// Sets one setting of a channel; `false` when there is no such channel.
+pub async fn set(
+    pool: &PgPool,
+    phone_number_id: &str,
+    setting: Setting,
+    value: &Value,
+) -> sqlx::Result<bool> {
+    // The column comes from `Setting::name`, never from the caller's text.
+    let column = setting.name();
+    let q = match value {
+        Value::Default => {
+            format!("UPDATE channels SET {column} = DEFAULT WHERE phone_number_id = $1")
+        }
+        Value::Never => format!("UPDATE channels SET {column} = NULL WHERE phone_number_id = $1"),
+        _ => format!("UPDATE channels SET {column} = $2 WHERE phone_number_id = $1"),
+    };
+    let q = sqlx::query(&q).bind(phone_number_id);
+    let q = match value {
+        Value::Int(n) => q.bind(*n),
+        Value::Text(t) => q.bind(t.as_str()),
+        Value::List(l) => q.bind(l),
+        Value::Default | Value::Never => q,
+    };
+    Ok(q.execute(pool).await?.rows_affected() == 1)
+}
+
+/// Every setting of a channel as text (`(default)` where the built-in applies, `(none)` where
+/// nothing is sent, `never` for a human release that never comes); `None` when there is no such
+/// channel.
+pub async fn show(
+    pool: &PgPool,
+    phone_number_id: &str,
+) -> sqlx::Result<Option<Vec<(&'static str, String)>>> {
+    let row: Option<Vec<Option<String>>> = sqlx::query_scalar(
+        "SELECT ARRAY[system_prompt, history_limit::text, canned_reply,
+                      array_to_string(handover_keywords, ', '), handover_ack, media_notice,
+                      session_timeout_secs::text, COALESCE(human_release_after_secs::text, 'never'),
+                      send_rate_per_sec::text, pair_burst::text]
+           FROM channels WHERE phone_number_id = $1",
+    )
+    .bind(phone_number_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|values| {
+        Setting::ALL
+            .iter()
+            .zip(values)
+            .map(|(s, v)| {
+                let shown = match (s, v) {
+                    // NULL or '' sends no notice; '' sends no acknowledgement.
+                    (Setting::MediaNotice, None) => "(none)".to_string(),
+                    (Setting::MediaNotice | Setting::HandoverAck, Some(v)) if v.is_empty() => {
+                        "(none)".to_string()
+                    }
+                    (_, Some(v)) => v,
+                    (_, None) => "(default)".to_string(),
+                };
+                (s.name(), shown)
+            })
+            .collect()
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_checked_before_anything_is_written() {
+        let n = |s: Setting, raw: &str| s.parse(raw);
+        assert_eq!(n(Setting::HistoryLimit, "12"), Ok(Value::Int(12)));
+        assert!(n(Setting::HistoryLimit, "0").is_err());
+        assert!(n(Setting::PairBurst, "-3").is_err());
+        assert!(n(Setting::SendRatePerSec, "lots").is_err());
+        assert_eq!(n(Setting::HumanReleaseAfterSecs, "never"), Ok(Value::Never));
+        assert!(n(Setting::SessionTimeoutSecs, "never").is_err());
+        assert_eq!(
+            n(Setting::HandoverKeywords, " asesor, hablar con alguien ,,"),
+            Ok(Value::List(vec![
+                "asesor".into(),
+                "hablar con alguien".into()
+            ]))
+        );
+        assert!(n(Setting::HandoverKeywords, " , ").is_err());
+        assert!(n(Setting::SystemPrompt, "  ").is_err());
+        assert_eq!(n(Setting::HandoverAck, ""), Ok(Value::Text(String::new())));
+        assert_eq!(Setting::from_name("pair_burst"), Some(Setting::PairBurst));
+        assert_eq!(Setting::from_name("access_token"), None);
+        for s in Setting::ALL {
+            assert_eq!(Setting::from_name(s.name()), Some(s));
+        }
+    }
+}

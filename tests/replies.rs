@@ -2106,10 +2106,13 @@ async fn a_conversation_idle_with_a_human_goes_back_to_the_bot_unless_the_channe
     s.sent(1).await;
     let id = the_conversation(&s.pg).await;
     let pg = &s.pg;
+    // Ages what happened in the conversation by two days: the customer's last message, the
+    // handover and the agent's last action.
     let make_idle = || async {
         sqlx::query(
             "UPDATE conversations SET last_activity_at = now() - interval '2 days',
-                                      handed_over_at = now() - interval '2 days'",
+                                      handed_over_at = now() - interval '2 days',
+                                      agent_activity_at = now() - interval '2 days'",
         )
         .execute(pg)
         .await
@@ -2132,22 +2135,33 @@ async fn a_conversation_idle_with_a_human_goes_back_to_the_bot_unless_the_channe
         &("release".to_string(), "idle".to_string())
     );
 
-    // An agent who wrote recently keeps the conversation, however old the rest is.
+    // A customer who wrote recently keeps the conversation with the human.
     s.take(id).await;
+    make_idle().await;
+    sqlx::query("UPDATE conversations SET last_activity_at = now()")
+        .execute(pg)
+        .await
+        .unwrap();
+    assert_eq!(release_idle(&s).await, 0);
+
+    // So does an agent who wrote recently, however old the rest is.
     sqlx::query("UPDATE conversations SET last_customer_message_at = now()")
         .execute(pg)
         .await
         .unwrap();
+    make_idle().await;
     s.agent_reply(id, "Sigo revisando tu caso.", "busy")
         .await
         .unwrap();
-    make_idle().await;
     assert_eq!(release_idle(&s).await, 0);
-    sqlx::query("UPDATE outbound_messages SET created_at = now() - interval '2 days'")
-        .execute(pg)
-        .await
-        .unwrap();
+
+    // And an agent who picks up a conversation a human already had.
+    make_idle().await;
+    assert!(!s.take(id).await, "a human had it already");
+    assert_eq!(release_idle(&s).await, 0);
+
     // A channel that keeps conversations with humans until they are released.
+    make_idle().await;
     sqlx::query("UPDATE channels SET human_release_after_secs = NULL")
         .execute(pg)
         .await
@@ -2367,6 +2381,19 @@ async fn an_agent_re_engages_a_customer_outside_the_window_with_a_template_and_m
         30,
     )
     .await;
+    // The same request again: nothing recorded, queued or sent.
+    let again = wafleet::agents::template(pg, &mut con, &keys, &template("t1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.part_ids, again.states, again.fresh, again.queued),
+        (
+            queued.part_ids.clone(),
+            vec!["accepted".to_string()],
+            false,
+            false
+        )
+    );
 
     // A template Meta does not know fails at once with Meta's code, and nothing is retried.
     s.sim
@@ -2598,7 +2625,8 @@ async fn a_channel_setting_changed_by_name_is_what_the_workers_use() {
         .await;
     s.sent(1).await;
     assert_eq!(s.sim.state.llm_requests().len(), 1, "a plain message now");
-    s.send("573020", "wamid.S2", "mejor con una persona real").await;
+    s.send("573020", "wamid.S2", "mejor con una persona real")
+        .await;
     let sent = s.sent(2).await;
     assert_eq!(sent[1].body, "Te paso con un asesor.");
     s.settled().await;
@@ -2617,4 +2645,57 @@ async fn a_channel_setting_changed_by_name_is_what_the_workers_use() {
     );
     let shown = settings::show(&s.pg, PNID).await.unwrap().unwrap();
     assert!(shown.contains(&("handover_keywords", "(default)".to_string())));
+}
+
+#[tokio::test]
+async fn an_agent_message_that_reaches_the_sender_after_the_window_closed_fails_and_hands_nothing_over()
+ {
+    // No sender yet: the agent's message waits in the outbox.
+    let s = system_with(
+        SimConfig::default(),
+        |s| vec![s.standin()],
+        &["conversation", "status", "llm"],
+    )
+    .await;
+    sqlx::query("UPDATE channels SET bot_mode = 'off'")
+        .execute(&s.pg)
+        .await
+        .unwrap();
+    s.send("573021", "wamid.L1", "hola").await;
+    wait_count(&s.pg, "SELECT count(*) FROM messages", 1, 30).await;
+    let id = the_conversation(&s.pg).await;
+    s.take(id).await;
+    s.agent_reply(id, "Te escribo mañana.", "late")
+        .await
+        .unwrap();
+    let (pg, mut con, keys) = (&s.pg, s.cfg.redis().await, s.cfg.keys());
+    wafleet::agents::release(pg, &mut con, &keys, id)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE conversations SET last_customer_message_at = now() - interval '25 hours'")
+        .execute(pg)
+        .await
+        .unwrap();
+
+    let _sender = Worker::start(s.cfg.pipeline_settings(&["sender"], &s.sim, vec![])).await;
+    wait_count(
+        pg,
+        "SELECT count(*) FROM outbound_messages
+          WHERE kind = 'agent' AND state = 'failed' AND fail_reason = 'the 24-hour window is closed'",
+        1,
+        30,
+    )
+    .await;
+    s.settled().await;
+    assert!(s.sim.state.messages().is_empty(), "nothing went out");
+    assert_eq!(s.owner().await, "bot", "the release stands");
+    assert_eq!(
+        s.owner_events()
+            .await
+            .iter()
+            .filter(|(kind, _)| kind == "handover")
+            .count(),
+        1,
+        "only the agent's take"
+    );
 }

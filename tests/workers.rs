@@ -838,7 +838,10 @@ async fn statuses_applied_together_each_get_their_own_result() {
         .fetch_one(&e.pg)
         .await
         .unwrap();
-    let advanced = StatusApplied::Advanced { conversation_id };
+    let advanced = StatusApplied::Advanced {
+        conversation_id,
+        by_agent: false,
+    };
     assert_eq!(
         applied,
         vec![

@@ -104,6 +104,9 @@ async fn change_owner(
             let mut tx = pg.begin().await?;
             let changed =
                 conversations::hand_over(&mut tx, conversation_id, "agent", None, None).await?;
+            // Also when a human had it already: an agent picking up a conversation idle for
+            // almost a day must not see it given back to the bot a minute later.
+            crate::store::agents::touch_agent_activity(&mut tx, conversation_id).await?;
             tx.commit().await?;
             changed
         }
@@ -191,7 +194,8 @@ pub async fn release_idle(
                 conversation_id = r.conversation_id,
                 "a conversation idle with a human went back to the bot"
             );
-            owner_changed(
+            // Released already: a failed announcement must not keep the others from theirs.
+            if let Err(e) = owner_changed(
                 con,
                 keys,
                 "release",
@@ -201,7 +205,15 @@ pub async fn release_idle(
                 &r.customer_key,
                 true,
             )
-            .await?;
+            .await
+            {
+                metrics::counter!("wafleet_idle_release_errors_total").increment(1);
+                tracing::warn!(
+                    conversation_id = r.conversation_id,
+                    error = %e,
+                    "an idle release was made but dashboards were not told"
+                );
+            }
         }
         total += released.len();
         if (released.len() as i64) < RELEASE_BATCH {

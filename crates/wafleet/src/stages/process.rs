@@ -489,7 +489,12 @@ async fn sample_unanswered(pg: sqlx::PgPool, stop: CancellationToken) {
                 }
             }
         }
-        if let Ok(waits) = crate::store::agents::human_waits(&pg).await {
+        let waits = crate::store::agents::human_waits(&pg).await;
+        if let Err(e) = &waits {
+            metrics::counter!("wafleet_human_wait_sample_errors_total").increment(1);
+            tracing::warn!(error = %e, "sampling the waits for humans failed; the gauges keep their last values");
+        }
+        if let Ok(waits) = waits {
             for w in waits {
                 metrics::gauge!("wafleet_human_conversations", "channel" => w.phone_number_id.clone())
                     .set(w.conversations as f64);

@@ -340,21 +340,11 @@ impl SenderStage {
                 } else {
                     // A redelivery after the run that failed this part stopped early (crash,
                     // error): the parts after it must not go out without it, and a failure that
-                    // hands the conversation over must have done so. Not an agent's part: a
-                    // human had the conversation when it was written, and nothing ties the
-                    // handover to this failure (it has no customer message), so doing it again
-                    // would take back a conversation the agent has since released.
-                    let redo = if written_by_agent(&part.kind) {
-                        None
-                    } else if code == Some(RE_ENGAGEMENT) {
-                        Some("re_engagement")
+                    // hands the conversation over must have done so.
+                    if code == Some(RE_ENGAGEMENT) {
+                        self.hand_over(job, part, "re_engagement").await?;
                     } else if part.fail_reason.as_deref() == Some(WINDOW_CLOSED) {
-                        Some("window_closed")
-                    } else {
-                        None
-                    };
-                    if let Some(reason) = redo {
-                        self.hand_over(job, part, reason).await?;
+                        self.hand_over(job, part, "window_closed").await?;
                     }
                     return Ok(Step::StopRest(format!(
                         "an earlier part failed ({})",
@@ -848,7 +838,14 @@ impl SenderStage {
         }))
     }
 
+    /// Hands the conversation of a part that cannot reach the customer to a human. Not for an
+    /// agent's part: a human had the conversation when it was written, and nothing ties a
+    /// handover to its failure (it answers no customer message), so a later run would take back
+    /// a conversation the agent has since released.
     async fn hand_over(&self, job: &Job, part: &Part, reason: &str) -> Result<(), Outcome> {
+        if written_by_agent(&part.kind) {
+            return Ok(());
+        }
         let pnid = job.conv.split(':').next();
         hand_over_and_publish(
             &self.pg,

@@ -95,8 +95,15 @@ impl Handler for StatusStage {
             StatusApplied::Kept => "kept",
         };
         metrics::counter!("wafleet_statuses_total", "result" => label).increment(1);
-        if let (StatusApplied::Advanced { conversation_id }, Some(RE_ENGAGEMENT)) =
-            (&applied, s.error_code)
+        // Not for an agent's message or template: a human had the conversation when it was
+        // written, and may have released it since.
+        if let (
+            StatusApplied::Advanced {
+                conversation_id,
+                by_agent: false,
+            },
+            Some(RE_ENGAGEMENT),
+        ) = (&applied, s.error_code)
             && let Err(outcome) = self.re_engagement(*conversation_id, job).await
         {
             return outcome;

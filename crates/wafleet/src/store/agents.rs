@@ -149,8 +149,8 @@ pub enum Recorded {
 
 /// Records an agent's message as `pending` parts of its kind, in one transaction, unless a
 /// request with the same reference recorded it before (then its parts are answered). Checked in
-/// the same transaction, with the conversation's row locked against a concurrent take or
-/// release: a human owns the conversation, and (except for a template) the customer's 24-hour
+/// the same transaction, with the conversation's row locked against a concurrent take, release
+/// or idle release: a human owns the conversation, and (except for a template) the customer's 24-hour
 /// window is open at `now`.
 pub async fn record_agent_message(
     pool: &PgPool,
@@ -158,11 +158,14 @@ pub async fn record_agent_message(
     now: DateTime<Utc>,
 ) -> sqlx::Result<Recorded> {
     let mut tx = pool.begin().await?;
+    // Locks the conversation against a concurrent take, release or idle release, and records
+    // the agent's activity (kept only if the message is recorded: a refusal rolls back).
     let conversation: Option<Target> = sqlx::query_as(
-        "SELECT c.owner, c.session_no, c.last_customer_message_at, c.channel_id,
-                ch.phone_number_id, c.customer_key, c.wa_id, c.user_id
-           FROM conversations c JOIN channels ch ON ch.id = c.channel_id
-          WHERE c.id = $1 FOR SHARE OF c",
+        "UPDATE conversations c SET agent_activity_at = now()
+           FROM channels ch
+          WHERE ch.id = c.channel_id AND c.id = $1
+      RETURNING c.owner, c.session_no, c.last_customer_message_at, c.channel_id,
+                ch.phone_number_id, c.customer_key, c.wa_id, c.user_id",
     )
     .bind(msg.conversation_id)
     .fetch_optional(&mut *tx)
@@ -273,8 +276,8 @@ pub struct Released {
 }
 
 /// Gives back to the bot, with a `release` event (reason `idle`), up to `limit` human-owned
-/// conversations in which nothing happened (customer message, agent message, handover) for their
-/// channel's `human_release_after_secs`. Rows another transaction holds (a message being stored)
+/// conversations in which nothing happened (customer message, handover, an agent taking it or
+/// writing in it: `agent_activity_at`) for their channel's `human_release_after_secs`. Rows another transaction holds (a message being stored)
 /// are skipped, and an idle conversation is checked again once locked: a message stored
 /// meanwhile keeps it with the human.
 pub async fn release_idle(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<Released>> {
@@ -282,9 +285,7 @@ pub async fn release_idle(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<Release
         "WITH idle AS (
              SELECT c.id FROM conversations c JOIN channels ch ON ch.id = c.channel_id
               WHERE c.owner = 'human' AND ch.human_release_after_secs IS NOT NULL
-                AND GREATEST(c.last_activity_at, c.handed_over_at,
-                             (SELECT max(o.created_at) FROM outbound_messages o
-                               WHERE o.conversation_id = c.id AND o.kind IN ('agent', 'template')))
+                AND GREATEST(c.last_activity_at, c.handed_over_at, c.agent_activity_at)
                     < now() - make_interval(secs => ch.human_release_after_secs)
               ORDER BY c.id
               LIMIT $1
@@ -313,7 +314,8 @@ pub struct HumanWait {
     /// Conversations a human owns.
     pub conversations: i64,
     /// The longest wait, in seconds: since the handover when no agent wrote since, else since
-    /// the customer's first message after the agent's last one (0 when none waits).
+    /// the customer's first message after the agent's last one (0 when none waits). A message
+    /// or template that failed does not count as written.
     pub oldest_wait_secs: f64,
 }
 
@@ -332,6 +334,7 @@ pub async fn human_waits(pool: &PgPool) -> sqlx::Result<Vec<HumanWait>> {
            LEFT JOIN LATERAL (
                SELECT max(o.created_at) AS last_agent FROM outbound_messages o
                 WHERE o.conversation_id = c.id AND o.kind IN ('agent', 'template')
+                  AND o.state IN ('pending', 'sending', 'accepted')
            ) a ON TRUE
           GROUP BY ch.phone_number_id
           ORDER BY ch.phone_number_id",
@@ -429,4 +432,16 @@ pub async fn erase_customer(
         messages,
         outbound,
     }))
+}
+
+/// Records that an agent acted in the conversation (took it): the idle release counts from now.
+pub async fn touch_agent_activity(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    conversation_id: i64,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE conversations SET agent_activity_at = now() WHERE id = $1")
+        .bind(conversation_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }

@@ -514,8 +514,12 @@ pub fn delivery_rank(status: &str) -> Option<i16> {
 /// What applying a status did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StatusApplied {
-    /// The outbound message moved forward; carries its conversation.
-    Advanced { conversation_id: i64 },
+    /// The outbound message moved forward; carries its conversation, and whether an agent
+    /// wrote it (a message or template, which never hands the conversation over when it fails).
+    Advanced {
+        conversation_id: i64,
+        by_agent: bool,
+    },
     /// Known message, but the status is not newer (or the message already failed).
     Stale,
     /// No outbound message with that wamid yet: kept for later.
@@ -575,7 +579,7 @@ async fn apply_distinct(
     conn: &mut PgConnection,
     statuses: &[Status],
 ) -> sqlx::Result<Vec<StatusApplied>> {
-    let rows: Vec<(i64, Option<i64>, bool, bool)> = sqlx::query_as(
+    let rows: Vec<(i64, Option<i64>, bool, bool, bool)> = sqlx::query_as(
         "WITH input AS (
              SELECT * FROM unnest($1::text[], $2::text[], $3::int2[], $4::timestamptz[],
                                   $5::int4[], $6::text[], $7::int8[], $8::int4[])
@@ -612,7 +616,8 @@ async fn apply_distinct(
                FROM matched m JOIN input i ON i.n = m.n
               WHERE o.id = m.oid AND o.id IN (SELECT id FROM locked)
                 AND ((o.delivery_rank < i.rank AND o.delivery_rank < 4) OR o.wamid IS NULL)
-          RETURNING m.n, o.conversation_id, o.delivery_rank = i.rank AS advanced
+          RETURNING m.n, o.conversation_id, o.delivery_rank = i.rank AS advanced,
+                    o.kind IN ('agent', 'template') AS by_agent
          ), early AS (
              INSERT INTO early_statuses (wamid, status, rank, status_at, error_code, error_title)
              SELECT wamid, status, rank, at, code, title FROM input i
@@ -620,7 +625,7 @@ async fn apply_distinct(
              ON CONFLICT DO NOTHING
          )
          SELECT i.n, c.conversation_id, COALESCE(c.advanced, FALSE),
-                EXISTS (SELECT 1 FROM matched m WHERE m.n = i.n)
+                EXISTS (SELECT 1 FROM matched m WHERE m.n = i.n), COALESCE(c.by_agent, FALSE)
            FROM input i LEFT JOIN changed c ON c.n = i.n
           ORDER BY i.n",
     )
@@ -641,8 +646,11 @@ async fn apply_distinct(
     Ok(rows
         .into_iter()
         .map(
-            |(_, conversation, advanced, known)| match (conversation, advanced, known) {
-                (Some(conversation_id), true, _) => StatusApplied::Advanced { conversation_id },
+            |(_, conversation, advanced, known, by_agent)| match (conversation, advanced, known) {
+                (Some(conversation_id), true, _) => StatusApplied::Advanced {
+                    conversation_id,
+                    by_agent,
+                },
                 (_, _, true) => StatusApplied::Stale,
                 _ => StatusApplied::Kept,
             },

@@ -2501,7 +2501,16 @@ async fn erasing_a_customer_removes_their_texts_identifiers_and_kept_aside_entri
     assert_eq!(kept.len(), 1);
     assert!(String::from_utf8_lossy(&kept[0].1["update"]).contains("573017"));
 
-    // Writing again starts afresh: a new conversation, and the model sees only the new message.
+    // Writing again starts afresh: a new conversation, and the model sees only the new message;
+    // even when a worker cached the erased conversation again just before (a message stored
+    // while the erasure ran).
+    let _: () = con
+        .set(
+            keys.session_cache(&format!("{PNID}:573016")),
+            serde_json::json!({"conversation_id": id, "session_no": 1, "owner": "bot"}).to_string(),
+        )
+        .await
+        .unwrap();
     s.send("573016", "wamid.E3", "¿tienen envíos?").await;
     s.sent(3).await;
     assert_eq!(
@@ -2509,6 +2518,14 @@ async fn erasing_a_customer_removes_their_texts_identifiers_and_kept_aside_entri
         vec![("user".to_string(), "¿tienen envíos?".to_string())]
     );
     assert_eq!(s.count("SELECT count(*) FROM conversations").await, 3);
+    assert_eq!(
+        s.count(&format!(
+            "SELECT count(*) FROM messages WHERE conversation_id = {id}"
+        ))
+        .await,
+        1,
+        "nothing new in the erased conversation"
+    );
 }
 
 #[tokio::test]

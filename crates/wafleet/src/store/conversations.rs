@@ -81,7 +81,8 @@ macro_rules! touch_sql {
 
 /// [`touch_sql`] for a conversation whose id and session are known (from the session cache):
 /// an update by primary key that matches nothing when the cache is stale (another session
-/// started, or this message opens a new one).
+/// started, this message opens a new one, or the customer was erased meanwhile: their next
+/// message must start a new conversation, not land in the erased one).
 macro_rules! touch_known_sql {
     () => {
         "UPDATE conversations SET
@@ -90,7 +91,7 @@ macro_rules! touch_known_sql {
              profile_name = COALESCE($5, profile_name),
              last_customer_message_at = GREATEST(last_customer_message_at, $7),
              last_activity_at = GREATEST(last_activity_at, $6)
-         WHERE id = $1 AND session_no = $2
+         WHERE id = $1 AND session_no = $2 AND customer_key NOT LIKE 'erased:%'
            AND NOT ($6 - last_activity_at > make_interval(secs => $8))"
     };
 }
@@ -267,6 +268,7 @@ pub async fn store_known_many(
                      last_activity_at = GREATEST(conversations.last_activity_at, i.at)
                    FROM input i
                   WHERE conversations.id = i.id AND conversations.session_no = i.session_no
+                    AND conversations.customer_key NOT LIKE 'erased:%'
                     AND NOT (i.at - conversations.last_activity_at > make_interval(secs => i.timeout))
                  RETURNING i.n, conversations.id, conversations.channel_id,
                            conversations.session_no, conversations.owner,

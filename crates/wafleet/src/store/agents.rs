@@ -368,32 +368,43 @@ pub async fn erase_customer(
     customer: &str,
 ) -> sqlx::Result<Option<ErasedRows>> {
     let mut tx = pool.begin().await?;
-    let found: Vec<(i64, String, Option<String>, Option<String>)> = sqlx::query_as(
-        "SELECT c.id, c.customer_key, c.wa_id, c.user_id
-           FROM conversations c JOIN channels ch ON ch.id = c.channel_id
-          WHERE ch.phone_number_id = $1
-            AND (c.customer_key = $2 OR c.wa_id = $2 OR c.user_id = $2)
-          ORDER BY c.id
-            FOR UPDATE OF c",
-    )
-    .bind(phone_number_id)
-    .bind(customer)
-    .fetch_all(&mut *tx)
-    .await?;
-    if found.is_empty() {
-        return Ok(None);
-    }
-    let ids: Vec<i64> = found.iter().map(|f| f.0).collect();
-    let mut identifiers: Vec<String> = Vec::new();
-    for (_, key, wa_id, user_id) in &found {
-        for v in [Some(key), wa_id.as_ref(), user_id.as_ref()]
-            .into_iter()
-            .flatten()
-        {
-            if !identifiers.contains(v) {
-                identifiers.push(v.clone());
+    // A customer can have a conversation keyed by their phone and another by their
+    // business-scoped id: follow every identifier found until no new conversation turns up.
+    let mut identifiers: Vec<String> = vec![customer.to_string()];
+    let mut ids: Vec<i64> = Vec::new();
+    loop {
+        let found: Vec<(i64, String, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT c.id, c.customer_key, c.wa_id, c.user_id
+               FROM conversations c JOIN channels ch ON ch.id = c.channel_id
+              WHERE ch.phone_number_id = $1
+                AND (c.customer_key = ANY($2) OR c.wa_id = ANY($2) OR c.user_id = ANY($2))
+              ORDER BY c.id
+                FOR UPDATE OF c",
+        )
+        .bind(phone_number_id)
+        .bind(&identifiers)
+        .fetch_all(&mut *tx)
+        .await?;
+        let before = (ids.len(), identifiers.len());
+        for (id, key, wa_id, user_id) in &found {
+            if !ids.contains(id) {
+                ids.push(*id);
+            }
+            for v in [Some(key), wa_id.as_ref(), user_id.as_ref()]
+                .into_iter()
+                .flatten()
+            {
+                if !identifiers.contains(v) {
+                    identifiers.push(v.clone());
+                }
             }
         }
+        if (ids.len(), identifiers.len()) == before {
+            break;
+        }
+    }
+    if ids.is_empty() {
+        return Ok(None);
     }
     let messages = sqlx::query(
         "UPDATE messages SET text_redacted = NULL, metadata = '{}', context_wamid = NULL,
@@ -417,6 +428,14 @@ pub async fn erase_customer(
     .execute(&mut *tx)
     .await?
     .rows_affected();
+    // Nothing of theirs waits for an answer any more (`wafleet_oldest_unanswered_seconds`).
+    sqlx::query(
+        "UPDATE messages SET answered_at = COALESCE(answered_at, now())
+          WHERE conversation_id = ANY($1)",
+    )
+    .bind(&ids)
+    .execute(&mut *tx)
+    .await?;
     sqlx::query(
         "UPDATE conversations SET customer_key = 'erased:' || id, wa_id = NULL, user_id = NULL,
                                   profile_name = NULL

@@ -74,6 +74,21 @@ impl Setting {
                 "{} cannot be empty: unset it for the built-in one",
                 self.name()
             )),
+            // Sent to customers as one message: blank (other than '' for none) or longer than
+            // WhatsApp takes would fail every time.
+            Setting::CannedReply | Setting::HandoverAck | Setting::MediaNotice
+                if !raw.is_empty() && raw.trim().is_empty() =>
+            {
+                Err(format!("{} is blank: give '' to send none", self.name()))
+            }
+            Setting::CannedReply | Setting::HandoverAck | Setting::MediaNotice
+                if raw.chars().count() > 4096 =>
+            {
+                Err(format!(
+                    "{} is longer than WhatsApp's 4,096 characters",
+                    self.name()
+                ))
+            }
             Setting::SystemPrompt
             | Setting::CannedReply
             | Setting::HandoverAck
@@ -197,6 +212,8 @@ mod tests {
         assert!(n(Setting::HandoverKeywords, " , ").is_err());
         assert!(n(Setting::SystemPrompt, "  ").is_err());
         assert_eq!(n(Setting::HandoverAck, ""), Ok(Value::Text(String::new())));
+        assert!(n(Setting::HandoverAck, "  ").is_err());
+        assert!(n(Setting::MediaNotice, &"x".repeat(4097)).is_err());
         assert_eq!(Setting::from_name("pair_burst"), Some(Setting::PairBurst));
         assert_eq!(Setting::from_name("access_token"), None);
         for s in Setting::ALL {

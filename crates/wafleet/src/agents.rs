@@ -99,7 +99,7 @@ async fn change_owner(
     let (pnid, customer) = conversations::conversation_key(pg, conversation_id)
         .await?
         .ok_or(AgentError::NoConversation(conversation_id))?;
-    let changed = match to {
+    let (changed, kind) = match to {
         Owner::Human => {
             let mut tx = pg.begin().await?;
             let changed =
@@ -108,13 +108,12 @@ async fn change_owner(
             // almost a day must not see it given back to the bot a minute later.
             crate::store::agents::touch_agent_activity(&mut tx, conversation_id).await?;
             tx.commit().await?;
-            changed
+            (changed, "handover")
         }
-        Owner::Bot => conversations::release(pg, conversation_id).await?,
-    };
-    let kind = match to {
-        Owner::Human => "handover",
-        Owner::Bot => "release",
+        Owner::Bot => (
+            conversations::release(pg, conversation_id).await?,
+            "release",
+        ),
     };
     if changed {
         tracing::info!(

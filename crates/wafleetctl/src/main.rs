@@ -289,7 +289,7 @@ fn secret_value(arg: &str) -> anyhow::Result<String> {
         std::env::var(name).with_context(|| format!("{name} is not set (or not UTF-8)"))?
     } else if let Some(path) = arg.strip_prefix("file:") {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
-        text.trim_end_matches(['\n', '\r']).to_string()
+        without_trailing_newline(text)
     } else {
         arg.to_string()
     };
@@ -501,13 +501,12 @@ async fn main() -> anyhow::Result<()> {
             setting,
             value,
         }) => {
-            // From a file or stdin without the trailing newline editors add.
             let raw = if value == "-" {
-                trim_newline(
+                without_trailing_newline(
                     std::io::read_to_string(std::io::stdin()).context("reading the value")?,
                 )
             } else if let Some(path) = value.strip_prefix('@') {
-                trim_newline(
+                without_trailing_newline(
                     std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?,
                 )
             } else {
@@ -536,10 +535,9 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn trim_newline(mut s: String) -> String {
-    while s.ends_with('\n') || s.ends_with('\r') {
-        s.pop();
-    }
+/// A value read from a file or stdin, without the trailing newline editors add.
+fn without_trailing_newline(mut s: String) -> String {
+    s.truncate(s.trim_end_matches(['\n', '\r']).len());
     s
 }
 

@@ -2438,31 +2438,54 @@ async fn erasing_a_customer_removes_their_texts_identifiers_and_kept_aside_entri
         30,
     )
     .await;
-    // Both customers also wrote to a number nobody added yet: kept aside in quarantine.
-    for (from, wamid) in [("573016", "wamid.Q1"), ("573017", "wamid.Q2")] {
-        let body = text_message("999000111", from, wamid, now(), "hola");
+    // Customers also wrote to a number nobody added yet: kept aside in quarantine. One of them
+    // has a number that contains Camila's.
+    const UNKNOWN: &str = "999000111";
+    for (from, wamid) in [
+        ("573016", "wamid.Q1"),
+        ("573017", "wamid.Q2"),
+        ("5730160", "wamid.Q3"),
+    ] {
+        let body = text_message(UNKNOWN, from, wamid, now(), "hola");
         assert_eq!(s.ingest.post_signed(&body, APP_SECRET).await.status(), 200);
     }
     let (pg, mut con, keys) = (&s.pg, s.cfg.redis().await, s.cfg.keys());
-    assert_eq!(read_stream(&mut con, &keys.quarantine()).await.len(), 2);
+    assert_eq!(read_stream(&mut con, &keys.quarantine()).await.len(), 3);
+    // A retry of hers is parked for later in the model stage.
+    let conv = format!("{PNID}:573016");
+    let p = keys.partition_of(&conv);
+    let _: () = con
+        .rpush(keys.held("llm", p, &conv), "{\"a parked\":\"job\"}")
+        .await
+        .unwrap();
+    let due = chrono::Utc::now().timestamp_millis() + 3_600_000;
+    let _: () = con.zadd(keys.delayed("llm", p), &conv, due).await.unwrap();
 
     assert_eq!(
-        wafleet::agents::erase_customer(pg, &mut con, &keys, PNID, "573099")
+        wafleet::erasure::erase_customer(pg, &mut con, &keys, PNID, "573099")
             .await
             .unwrap(),
         None,
         "no such customer"
     );
-    let erased = wafleet::agents::erase_customer(pg, &mut con, &keys, PNID, "573016")
+    // Her number as an operator may write it.
+    let erased = wafleet::erasure::erase_customer(pg, &mut con, &keys, PNID, "+57 30-16")
         .await
         .unwrap()
         .unwrap();
     assert_eq!(erased.rows.conversations.len(), 1);
     assert_eq!((erased.rows.messages, erased.rows.outbound), (1, 1));
-    assert_eq!(
-        erased.stream_entries.iter().map(|(_, n)| n).sum::<usize>(),
-        1
+    assert_eq!(erased.parked_jobs, 1);
+    assert!(
+        !con.exists::<_, bool>(keys.held("llm", p, &conv))
+            .await
+            .unwrap()
     );
+    let parked: usize = con.zcard(keys.delayed("llm", p)).await.unwrap();
+    assert_eq!(parked, 0);
+    // Quarantined messages to another number are that number's business, not this erasure's.
+    assert_eq!(erased.stream_entries_removed(), 0);
+    assert_eq!(read_stream(&mut con, &keys.quarantine()).await.len(), 3);
     let id = erased.rows.conversations[0];
 
     let (key, wa_id, name): (String, Option<String>, Option<String>) =
@@ -2483,23 +2506,75 @@ async fn erasing_a_customer_removes_their_texts_identifiers_and_kept_aside_entri
         0,
         "the reply quoted the customer"
     );
+    // Meta's wamids encode the customer's number: hashed, still one per message.
+    assert_eq!(
+        s.count(&format!(
+            "SELECT count(*) FROM messages WHERE conversation_id = {id} AND wamid LIKE 'erased:%'"
+        ))
+        .await,
+        1
+    );
+    assert_eq!(
+        s.count(&format!(
+            "SELECT count(*) FROM outbound_messages WHERE conversation_id = {id}
+                AND wamid LIKE 'erased:%'"
+        ))
+        .await,
+        1
+    );
+    assert_eq!(
+        s.count("SELECT count(*) FROM messages WHERE wamid = 'wamid.E1'")
+            .await,
+        0
+    );
     // The other customer keeps everything.
     assert_eq!(
         s.count(
             "SELECT count(*) FROM messages m JOIN conversations c ON c.id = m.conversation_id
-              WHERE c.wa_id = '573017' AND m.text_redacted = 'hola, ¿abren hoy?'"
+              WHERE c.wa_id = '573017' AND m.text_redacted = 'hola, ¿abren hoy?'
+                AND m.wamid = 'wamid.E2'"
         )
         .await,
         1
     );
     assert_eq!(
-        s.count("SELECT count(*) FROM outbound_messages WHERE body <> ''")
-            .await,
+        s.count(
+            "SELECT count(*) FROM outbound_messages WHERE body <> '' AND wamid NOT LIKE 'erased:%'"
+        )
+        .await,
         1
     );
-    let kept = read_stream(&mut con, &keys.quarantine()).await;
-    assert_eq!(kept.len(), 1);
-    assert!(String::from_utf8_lossy(&kept[0].1["update"]).contains("573017"));
+
+    // Erased at the other number too, where she is known only in quarantine; the customer whose
+    // number contains hers keeps their entry.
+    let there = wafleet::erasure::erase_customer(pg, &mut con, &keys, UNKNOWN, "573016")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            there.rows.conversations.len(),
+            there.stream_entries_removed()
+        ),
+        (0, 1)
+    );
+    let mut kept: Vec<String> = read_stream(&mut con, &keys.quarantine())
+        .await
+        .iter()
+        .map(|(_, f)| {
+            let update: serde_json::Value = serde_json::from_slice(&f["update"]).unwrap();
+            update["message"]["wa_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["5730160", "573017"]);
+    // Nothing is left to find.
+    assert_eq!(
+        wafleet::erasure::erase_customer(pg, &mut con, &keys, PNID, "573016")
+            .await
+            .unwrap(),
+        None
+    );
 
     // Writing again starts afresh: a new conversation, and the model sees only the new message;
     // even when a worker cached the erased conversation again just before (a message stored
@@ -2507,7 +2582,7 @@ async fn erasing_a_customer_removes_their_texts_identifiers_and_kept_aside_entri
     let _: () = con
         .set(
             keys.session_cache(&format!("{PNID}:573016")),
-            serde_json::json!({"conversation_id": id, "session_no": 1, "owner": "bot"}).to_string(),
+            serde_json::json!({"conversation_id": id, "session_no": 1}).to_string(),
         )
         .await
         .unwrap();
@@ -2526,6 +2601,36 @@ async fn erasing_a_customer_removes_their_texts_identifiers_and_kept_aside_entri
         1,
         "nothing new in the erased conversation"
     );
+    // Nothing of hers counts as waiting for an answer.
+    s.settled().await;
+    assert_eq!(
+        s.count("SELECT count(*) FROM messages WHERE answered_at IS NULL")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_reply_the_model_finishes_after_its_customer_was_erased_is_neither_kept_nor_sent() {
+    let s = system_with_sim(SimConfig {
+        llm_latency: Duration::from_millis(1500),
+        ..Default::default()
+    })
+    .await;
+    s.send("573020", "wamid.R1", "Soy Camila, ¿tienen la talla M?")
+        .await;
+    s.model_asked().await;
+    let (pg, mut con, keys) = (&s.pg, s.cfg.redis().await, s.cfg.keys());
+    let erased = wafleet::erasure::erase_customer(pg, &mut con, &keys, PNID, "573020")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(erased.rows.conversations.len(), 1);
+    // The model's answer arrives afterwards: the reply is counted, nothing is written to her.
+    wait_count(pg, "SELECT count(*) FROM replies", 1, 30).await;
+    s.settled().await;
+    assert_eq!(s.count("SELECT count(*) FROM outbound_messages").await, 0);
+    assert!(s.sim.state.messages().is_empty(), "nothing reached her");
 }
 
 #[tokio::test]
@@ -2618,17 +2723,17 @@ async fn usage_adds_up_per_channel_and_per_model_within_the_period() {
 
 #[tokio::test]
 async fn a_channel_setting_changed_by_name_is_what_the_workers_use() {
-    use wafleet::store::settings::{self, Setting, Value};
+    use wafleet::store::settings::{self, Setting};
     let s = system().await;
     for (setting, raw) in [
         (Setting::HandoverKeywords, "asesor, persona real"),
         (Setting::HandoverAck, "Te paso con un asesor."),
     ] {
-        let value = setting.parse(raw).unwrap();
-        assert!(settings::set(&s.pg, PNID, setting, &value).await.unwrap());
+        let change = setting.parse(raw).unwrap();
+        assert!(settings::set(&s.pg, PNID, &change).await.unwrap());
     }
     assert!(
-        !settings::set(&s.pg, "999", Setting::PairBurst, &Value::Int(5))
+        !settings::set(&s.pg, "999", &Setting::PairBurst.parse("5").unwrap())
             .await
             .unwrap(),
         "no such channel"
@@ -2656,7 +2761,7 @@ async fn a_channel_setting_changed_by_name_is_what_the_workers_use() {
 
     // Back to the defaults.
     assert!(
-        settings::set(&s.pg, PNID, Setting::HandoverKeywords, &Value::Default)
+        settings::set(&s.pg, PNID, &Setting::HandoverKeywords.reset())
             .await
             .unwrap()
     );

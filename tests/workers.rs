@@ -1497,3 +1497,56 @@ async fn a_customer_is_one_conversation_whether_meta_names_them_by_phone_or_by_b
         ]
     );
 }
+
+#[tokio::test]
+async fn a_message_by_bsuid_alone_during_an_erasure_does_not_bring_back_the_erased_phone() {
+    let e = env().await;
+    e.post(&bsuid_message(Some("573003"), "CO.eva", "wamid.e1", T0))
+        .await;
+    e.stored(1).await;
+    // An erasure holds Eva's conversation: renamed, without phone or BSUID, not committed yet.
+    let mut erasing = e.pg.begin().await.unwrap();
+    sqlx::query(
+        "UPDATE conversations SET customer_key = 'erased:' || id, wa_id = NULL, user_id = NULL",
+    )
+    .execute(&mut *erasing)
+    .await
+    .unwrap();
+    // She writes with her username meanwhile: storing it waits on the erasure's lock.
+    e.post(&bsuid_message(None, "CO.eva", "wamid.e2", T0 + 1))
+        .await;
+    let pg = e.pg.clone();
+    eventually(
+        "the message's store waiting on the erasure",
+        Duration::from_secs(20),
+        || {
+            let pg = pg.clone();
+            async move {
+                let (n,): (i64,) = sqlx::query_as(
+                    "SELECT count(*) FROM pg_stat_activity
+                      WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                )
+                .fetch_one(&pg)
+                .await
+                .ok()?;
+                (n > 0).then_some(())
+            }
+        },
+    )
+    .await;
+    erasing.commit().await.unwrap();
+    e.stored(2).await;
+    let rows: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT c.customer_key, c.wa_id, c.user_id
+           FROM conversations c JOIN messages m ON m.conversation_id = c.id
+          WHERE m.wamid = 'wamid.e2'",
+    )
+    .fetch_all(&e.pg)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![("CO.eva".to_string(), None, Some("CO.eva".to_string()))],
+        "a new conversation keyed by what the message carries"
+    );
+}

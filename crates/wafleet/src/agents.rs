@@ -33,6 +33,8 @@ use crate::streams::Keys;
 pub enum AgentError {
     #[error("there is no conversation {0}")]
     NoConversation(i64),
+    #[error("conversation {0}'s customer was erased: there is nobody to write to")]
+    Erased(i64),
     #[error(
         "conversation {0} is with the bot: take it first (wafleetctl conversation take {0}), or \
          the bot and you would both answer"
@@ -96,7 +98,7 @@ async fn change_owner(
     conversation_id: i64,
     to: Owner,
 ) -> Result<bool, AgentError> {
-    let (pnid, customer) = conversations::conversation_key(pg, conversation_id)
+    let pnid = conversations::phone_number_id(pg, conversation_id)
         .await?
         .ok_or(AgentError::NoConversation(conversation_id))?;
     let (changed, kind) = match to {
@@ -122,24 +124,13 @@ async fn change_owner(
             "an agent changed who answers the conversation"
         );
     }
-    owner_changed(
-        con,
-        keys,
-        kind,
-        "agent",
-        conversation_id,
-        &pnid,
-        &customer,
-        changed,
-    )
-    .await?;
+    owner_changed(con, keys, kind, "agent", conversation_id, &pnid, changed).await?;
     Ok(changed)
 }
 
-/// After an owner change in Postgres: the conversation stage's cached entry for the conversation
-/// (which carries the owner) is dropped, and, when it changed, dashboards are told and it is
-/// counted.
-#[allow(clippy::too_many_arguments)]
+/// After an owner change in Postgres, when it changed: dashboards are told and it is counted.
+/// (Nothing cached needs dropping: the conversation stage caches a conversation's id and
+/// session, never its owner, which it reads where it stores each message.)
 async fn owner_changed(
     con: &mut impl ConnectionLike,
     keys: &Keys,
@@ -147,13 +138,8 @@ async fn owner_changed(
     reason: &'static str,
     conversation_id: i64,
     pnid: &str,
-    customer: &str,
     changed: bool,
 ) -> Result<(), AgentError> {
-    let _: () = redis::cmd("DEL")
-        .arg(keys.session_cache(&format!("{pnid}:{customer}")))
-        .query_async(con)
-        .await?;
     if changed {
         let counter = if kind == "handover" {
             "wafleet_handovers_total"
@@ -201,7 +187,6 @@ pub async fn release_idle(
                 "idle",
                 r.conversation_id,
                 &r.phone_number_id,
-                &r.customer_key,
                 true,
             )
             .await
@@ -366,6 +351,7 @@ async fn record_and_queue(
             conversation_key,
         } => (ids, states, fresh, conversation_key),
         Recorded::NoConversation => return Err(AgentError::NoConversation(id)),
+        Recorded::Erased => return Err(AgentError::Erased(id)),
         Recorded::WithTheBot => return Err(AgentError::WithTheBot(id)),
         Recorded::WindowClosed { last } => {
             let age = match last {
@@ -409,89 +395,4 @@ async fn record_and_queue(
         fresh,
         queued,
     })
-}
-
-/// What [`erase_customer`] removed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Erased {
-    pub rows: crate::store::agents::ErasedRows,
-    /// Entries removed from the kept-aside streams (events, quarantine, dead letters), by stream.
-    pub stream_entries: Vec<(String, usize)>,
-}
-
-/// Erases a customer of a channel on their request: Postgres as
-/// [`crate::store::agents::erase_customer`] describes, then the conversation stage's cached
-/// entries, and every entry of the kept-aside streams (events, quarantine, dead letters, which
-/// keep raw updates) that names one of the customer's identifiers. Run it when the customer's
-/// messages are no longer in flight: a message still queued is stored afterwards as a new
-/// conversation. `None` when the channel has no such customer.
-pub async fn erase_customer(
-    pg: &PgPool,
-    con: &mut impl ConnectionLike,
-    keys: &Keys,
-    phone_number_id: &str,
-    customer: &str,
-) -> Result<Option<Erased>, AgentError> {
-    let Some(rows) = crate::store::agents::erase_customer(pg, phone_number_id, customer).await?
-    else {
-        return Ok(None);
-    };
-    tracing::info!(
-        conversations = rows.conversations.len(),
-        messages = rows.messages,
-        outbound = rows.outbound,
-        "a customer's data was erased"
-    );
-    let mut del = redis::cmd("DEL");
-    for id in &rows.identifiers {
-        del.arg(keys.session_cache(&format!("{phone_number_id}:{id}")));
-    }
-    let _: () = del.query_async(con).await?;
-    let finders: Vec<memchr::memmem::Finder<'_>> = rows
-        .identifiers
-        .iter()
-        .map(|id| memchr::memmem::Finder::new(id.as_bytes()))
-        .collect();
-    let mut stream_entries = Vec::new();
-    for stream in
-        crate::worker::retention::kept_aside_streams(keys, crate::stages::process::ALL_STAGES)
-    {
-        let mut removed = 0;
-        let mut after: Option<String> = None;
-        loop {
-            let page =
-                crate::streams::read_after(con, &stream, after.as_deref(), crate::streams::PAGE)
-                    .await?;
-            let full = page.len() == crate::streams::PAGE;
-            after = page.last().map(|e| e.id().to_string());
-            let naming: Vec<&str> = page
-                .iter()
-                .filter(|e| {
-                    e.fields_except(&[])
-                        .iter()
-                        .any(|(_, v)| finders.iter().any(|f| f.find(v).is_some()))
-                })
-                .map(|e| e.id())
-                .collect();
-            if !naming.is_empty() {
-                let n: usize = redis::cmd("XDEL")
-                    .arg(&stream)
-                    .arg(&naming)
-                    .query_async(con)
-                    .await?;
-                removed += n;
-            }
-            if !full {
-                break;
-            }
-        }
-        if removed > 0 {
-            tracing::info!(stream, removed, "entries naming an erased customer removed");
-        }
-        stream_entries.push((stream, removed));
-    }
-    Ok(Some(Erased {
-        rows,
-        stream_entries,
-    }))
 }

@@ -9,6 +9,7 @@
 //! - [`crypto`]: AES-256-GCM encryption of tokens and secrets at rest.
 //! - [`db`]: the Postgres pool and migrations.
 //! - [`dead_letters`]: reading and replaying a stage's dead letters.
+//! - [`erasure`]: erasing a customer on their request, from Postgres and Redis.
 //! - [`store`]: Postgres tables (channels).
 //! - [`streams`]: the Redis key layout and the atomic dedup + enqueue step. The one place where
 //!   stream names, fields and partitioning are defined.
@@ -30,6 +31,7 @@ pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod dead_letters;
+pub mod erasure;
 pub mod graph;
 pub mod ingest;
 pub mod llm;

@@ -21,7 +21,7 @@
 //!
 //! | `P:{events}:handover` | stream | handover and release events, and customers' messages in conversations humans answer, for dashboards (field `event`, JSON) |
 //! | `P:events:handover` | pub/sub channel | the same events, live |
-//! | `P:{pn}:session:<conv>` | string, TTL 1 d | cached conversation id, session and owner of a conversation key |
+//! | `P:{pn}:session:<conv>` | string, TTL 1 d | cached conversation id and session of a conversation key (never the owner, read with each message) |
 //! | `P:{pn}:wamid:<outbound id>` | string, TTL 7 d | the wamid of a part Meta accepted while Postgres would not record it: recorded from here, never sent again |
 //!
 //! The worker runtime adds its own keys per stage (leases, delayed retries, dead letters): see

@@ -81,13 +81,14 @@ enum Command {
 #[derive(Subcommand)]
 enum CustomerCommand {
     /// Erase what wafleet keeps of a customer of a number, on their request: message texts,
-    /// what was written to them, their number, business-scoped id and profile name, and the
-    /// kept-aside Redis entries naming them. Ids, states, times and token counts stay. Cannot be
-    /// undone.
+    /// what was written to them, their number, business-scoped id, profile name and wamids, the
+    /// kept-aside Redis entries naming them and their parked retries. Ids, states, times and
+    /// token counts stay. Cannot be undone.
     Erase {
         /// The business number's phone_number_id.
         phone_number_id: String,
-        /// The customer: wa_id digits or business-scoped user id.
+        /// The customer: their phone number with country code, in any notation (+57 301 600 0000),
+        /// or their business-scoped user id.
         customer: String,
         /// Confirms the erasure.
         #[arg(long)]
@@ -368,7 +369,7 @@ async fn main() -> anyhow::Result<()> {
         }) => {
             anyhow::ensure!(yes, "erasing cannot be undone: add --yes to confirm");
             let (keys, mut con) = redis_side().await?;
-            let erased = wafleet::agents::erase_customer(
+            let erased = wafleet::erasure::erase_customer(
                 &pool,
                 &mut con,
                 &keys,
@@ -377,20 +378,21 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?
             .ok_or_else(|| anyhow::anyhow!("number {phone_number_id} has no such customer"))?;
-            let streams: usize = erased.stream_entries.iter().map(|(_, n)| n).sum();
+            let ids: Vec<String> = erased
+                .rows
+                .conversations
+                .iter()
+                .map(i64::to_string)
+                .collect();
             println!(
-                "erased: {} conversation(s) ({}), {} message(s), {} outbound part(s), {streams} \
-                 kept-aside Redis entr(y/ies)",
-                erased.rows.conversations.len(),
-                erased
-                    .rows
-                    .conversations
-                    .iter()
-                    .map(i64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
+                "erased: {} conversation(s) ({}), {} message(s), {} outbound part(s), {} \
+                 kept-aside Redis entr(y/ies), {} parked job(s)",
+                ids.len(),
+                ids.join(","),
                 erased.rows.messages,
-                erased.rows.outbound
+                erased.rows.outbound,
+                erased.stream_entries_removed(),
+                erased.parked_jobs
             );
         }
         Command::Channel(ChannelCommand::Add(a)) => {
@@ -513,15 +515,15 @@ async fn main() -> anyhow::Result<()> {
                 value
             };
             let setting = setting_named(&setting)?;
-            let value = setting.parse(&raw).map_err(anyhow::Error::msg)?;
-            change_setting(&pool, &phone_number_id, setting, &value).await?;
+            let change = setting.parse(&raw).map_err(anyhow::Error::msg)?;
+            change_setting(&pool, &phone_number_id, &change).await?;
         }
         Command::Channel(ChannelCommand::Unset {
             phone_number_id,
             setting,
         }) => {
             let setting = setting_named(&setting)?;
-            change_setting(&pool, &phone_number_id, setting, &settings::Value::Default).await?;
+            change_setting(&pool, &phone_number_id, &setting.reset()).await?;
         }
         Command::Channel(ChannelCommand::Show { phone_number_id }) => {
             let shown = settings::show(&pool, &phone_number_id)
@@ -553,17 +555,16 @@ fn setting_named(name: &str) -> anyhow::Result<settings::Setting> {
 async fn change_setting(
     pool: &wafleet::db::PgPool,
     phone_number_id: &str,
-    setting: settings::Setting,
-    value: &settings::Value,
+    change: &settings::Change,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
-        settings::set(pool, phone_number_id, setting, value).await?,
+        settings::set(pool, phone_number_id, change).await?,
         "no channel {phone_number_id}"
     );
     println!(
         "{} of {phone_number_id} {}; workers use it within seconds",
-        setting.name(),
-        if *value == settings::Value::Default {
+        change.setting().name(),
+        if *change.value() == settings::Value::Default {
             "back to its default"
         } else {
             "changed"

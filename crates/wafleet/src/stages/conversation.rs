@@ -259,13 +259,8 @@ impl ConversationStage {
             tracing::info!(conversation_id = conversation.id, wamid = %m.wamid, "conversation handed to a human");
         }
         // Independent writes: together they go out in one round trip on the shared connection.
-        let owner = if stored.action == "handover" {
-            "human"
-        } else {
-            &conversation.owner
-        };
         let ((), followed, ()) = tokio::join!(
-            self.cache_session(&job.conv, conversation.id, conversation.session_no, owner),
+            self.cache_session(&job.conv, conversation.id, conversation.session_no),
             self.follow_up(job, &stored),
             self.charge_inbound(&channel),
         );
@@ -504,12 +499,11 @@ impl ConversationStage {
     }
 
     /// Write-through cache of the conversation behind a conversation key, rewritten after every
-    /// message (so a new session or owner replaces it) and deleted when an agent releases the
-    /// conversation.
-    async fn cache_session(&self, conv: &str, conversation_id: i64, session_no: i32, owner: &str) {
+    /// message (so a new session replaces it). Never the owner: that is read where each message
+    /// is stored, in the same statement.
+    async fn cache_session(&self, conv: &str, conversation_id: i64, session_no: i32) {
         let value =
-            json!({"conversation_id": conversation_id, "session_no": session_no, "owner": owner})
-                .to_string();
+            json!({"conversation_id": conversation_id, "session_no": session_no}).to_string();
         if let Ok(mut con) = self.redis.get().await {
             let _: redis::RedisResult<()> = con
                 .set_ex(self.keys.session_cache(conv), value, 86_400)

@@ -137,6 +137,8 @@ pub enum Recorded {
         conversation_key: String,
     },
     NoConversation,
+    /// The conversation's customer was erased: there is nobody to write to.
+    Erased,
     /// The bot owns the conversation: a human must take it first.
     WithTheBot,
     /// The customer's last message (by its own time) is 24 hours old or more, or there is none.
@@ -186,6 +188,9 @@ pub async fn record_agent_message(
     let recorded_before = recorded(&mut tx, msg).await?;
     let mut fresh = false;
     if recorded_before.is_empty() {
+        if customer.starts_with("erased:") {
+            return Ok(Recorded::Erased);
+        }
         if owner != "human" {
             return Ok(Recorded::WithTheBot);
         }
@@ -272,7 +277,6 @@ async fn recorded(
 pub struct Released {
     pub conversation_id: i64,
     pub phone_number_id: String,
-    pub customer_key: String,
 }
 
 /// Gives back to the bot, with a `release` event (reason `idle`), up to `limit` human-owned
@@ -293,12 +297,12 @@ pub async fn release_idle(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<Release
          ), released AS (
              UPDATE conversations c SET owner = 'bot'
                FROM idle WHERE c.id = idle.id AND c.owner = 'human'
-             RETURNING c.id, c.channel_id, c.customer_key
+             RETURNING c.id, c.channel_id
          ), events AS (
              INSERT INTO handover_events (conversation_id, kind, reason)
              SELECT id, 'release', 'idle' FROM released
          )
-         SELECT r.id AS conversation_id, ch.phone_number_id, r.customer_key
+         SELECT r.id AS conversation_id, ch.phone_number_id
            FROM released r JOIN channels ch ON ch.id = r.channel_id
           ORDER BY r.id",
     )
@@ -341,116 +345,6 @@ pub async fn human_waits(pool: &PgPool) -> sqlx::Result<Vec<HumanWait>> {
     )
     .fetch_all(pool)
     .await
-}
-
-/// What erasing a customer changed in Postgres.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ErasedRows {
-    pub conversations: Vec<i64>,
-    /// Their identifiers as they were (phone, business-scoped id, conversation key), for the
-    /// Redis side of the erasure.
-    pub identifiers: Vec<String>,
-    pub messages: u64,
-    pub outbound: u64,
-}
-
-/// Erases what Postgres holds of one customer of a channel (found by phone, business-scoped id
-/// or conversation key), in one transaction: their conversations lose the customer's
-/// identifiers and profile name (the conversation key becomes `erased:<id>`, so a later message
-/// starts a new conversation), their messages lose text, metadata and quoted ids, and every
-/// message written to them (bot, agent, template) loses its body (one not sent yet fails
-/// instead of going out empty). Ids, wamids (which keep Meta's
-/// redeliveries and statuses from being taken for new messages), states, times and token counts
-/// stay, so metrics and usage still add up. Returns `None` when the channel has no such customer.
-pub async fn erase_customer(
-    pool: &PgPool,
-    phone_number_id: &str,
-    customer: &str,
-) -> sqlx::Result<Option<ErasedRows>> {
-    let mut tx = pool.begin().await?;
-    // A customer can have a conversation keyed by their phone and another by their
-    // business-scoped id: follow every identifier found until no new conversation turns up.
-    let mut identifiers: Vec<String> = vec![customer.to_string()];
-    let mut ids: Vec<i64> = Vec::new();
-    loop {
-        let found: Vec<(i64, String, Option<String>, Option<String>)> = sqlx::query_as(
-            "SELECT c.id, c.customer_key, c.wa_id, c.user_id
-               FROM conversations c JOIN channels ch ON ch.id = c.channel_id
-              WHERE ch.phone_number_id = $1
-                AND (c.customer_key = ANY($2) OR c.wa_id = ANY($2) OR c.user_id = ANY($2))
-              ORDER BY c.id
-                FOR UPDATE OF c",
-        )
-        .bind(phone_number_id)
-        .bind(&identifiers)
-        .fetch_all(&mut *tx)
-        .await?;
-        let before = (ids.len(), identifiers.len());
-        for (id, key, wa_id, user_id) in &found {
-            if !ids.contains(id) {
-                ids.push(*id);
-            }
-            for v in [Some(key), wa_id.as_ref(), user_id.as_ref()]
-                .into_iter()
-                .flatten()
-            {
-                if !identifiers.contains(v) {
-                    identifiers.push(v.clone());
-                }
-            }
-        }
-        if (ids.len(), identifiers.len()) == before {
-            break;
-        }
-    }
-    if ids.is_empty() {
-        return Ok(None);
-    }
-    let messages = sqlx::query(
-        "UPDATE messages SET text_redacted = NULL, metadata = '{}', context_wamid = NULL,
-                             pii_types = '{}'
-          WHERE conversation_id = ANY($1)",
-    )
-    .bind(&ids)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    // A part not sent yet will not be: its text is gone.
-    let outbound = sqlx::query(
-        "UPDATE outbound_messages
-            SET body = '',
-                fail_reason = CASE WHEN state = 'pending' THEN 'the customer''s data was erased'
-                                   ELSE fail_reason END,
-                state = CASE WHEN state = 'pending' THEN 'failed' ELSE state END
-          WHERE conversation_id = ANY($1)",
-    )
-    .bind(&ids)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    // Nothing of theirs waits for an answer any more (`wafleet_oldest_unanswered_seconds`).
-    sqlx::query(
-        "UPDATE messages SET answered_at = COALESCE(answered_at, now())
-          WHERE conversation_id = ANY($1)",
-    )
-    .bind(&ids)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "UPDATE conversations SET customer_key = 'erased:' || id, wa_id = NULL, user_id = NULL,
-                                  profile_name = NULL
-          WHERE id = ANY($1)",
-    )
-    .bind(&ids)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(Some(ErasedRows {
-        conversations: ids,
-        identifiers,
-        messages,
-        outbound,
-    }))
 }
 
 /// Records that an agent acted in the conversation (took it): the idle release counts from now.

@@ -54,7 +54,9 @@ pub struct Touch {
 /// move between the two (a username hides the phone; messaging the phone brings it back). So the
 /// key of the message is used only when no conversation of the channel already has this BSUID:
 /// a conversation keyed by the phone is found by a message with the BSUID alone, and one keyed
-/// by the BSUID by a later message with phone and BSUID (which records the phone on it).
+/// by the BSUID by a later message with phone and BSUID (which records the phone on it). The
+/// conversation found by BSUID is read `FOR SHARE`: while an erasure holds it, the read waits and
+/// then sees it without the BSUID, so the message does not bring back the erased phone as its key.
 macro_rules! touch_sql {
     () => {
         "INSERT INTO conversations (channel_id, customer_key, wa_id, user_id, profile_name,
@@ -63,7 +65,8 @@ macro_rules! touch_sql {
                  COALESCE((SELECT customer_key FROM conversations
                             WHERE channel_id = $1 AND customer_key = $2),
                           (SELECT customer_key FROM conversations
-                            WHERE channel_id = $1 AND user_id = $4 ORDER BY id LIMIT 1),
+                            WHERE channel_id = $1 AND user_id = $4 ORDER BY id LIMIT 1
+                              FOR SHARE),
                           $2),
                  $3, $4, $5, $6, $7, $6)
          ON CONFLICT (channel_id, customer_key) DO UPDATE SET
@@ -458,13 +461,10 @@ pub async fn release(pool: &PgPool, conversation_id: i64) -> sqlx::Result<bool> 
     Ok(changed)
 }
 
-/// The conversation key (`phone_number_id:customer`) of a conversation.
-pub async fn conversation_key(
-    pool: &PgPool,
-    conversation_id: i64,
-) -> sqlx::Result<Option<(String, String)>> {
-    sqlx::query_as(
-        "SELECT ch.phone_number_id, c.customer_key FROM conversations c
+/// The business number (`phone_number_id`) a conversation is with.
+pub async fn phone_number_id(pool: &PgPool, conversation_id: i64) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar(
+        "SELECT ch.phone_number_id FROM conversations c
            JOIN channels ch ON ch.id = c.channel_id WHERE c.id = $1",
     )
     .bind(conversation_id)

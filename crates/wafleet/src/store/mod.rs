@@ -4,6 +4,7 @@
 pub mod agents;
 pub mod channels;
 pub mod conversations;
+pub mod erasure;
 pub mod replies;
 pub mod settings;
 pub mod usage;

@@ -204,6 +204,9 @@ async fn record_distinct(
                     AS p(reply_to, conversation_id, channel_id, part_no, kind, body, state,
                          session_no)
                JOIN inserted i ON i.message_id = p.reply_to
+               -- Nothing is written to a customer erased meanwhile (crate::erasure).
+               JOIN conversations c ON c.id = p.conversation_id
+                                   AND c.customer_key NOT LIKE 'erased:%'
              ON CONFLICT (reply_to, kind, part_no) DO NOTHING
          ), settled AS (
              -- Nothing of this reply will be sent (suppressed, shadow, window closed): the bot

@@ -66,9 +66,35 @@ impl Setting {
     }
 
     /// Parses a value given as text: a positive number for the numbers (`never` too for
-    /// `human_release_after_secs`), comma-separated phrases for the keywords, anything for the
-    /// texts (`''` for the acknowledgement or the notice means none is sent).
-    pub fn parse(self, raw: &str) -> Result<Value, String> {
+    /// `human_release_after_secs`; at most Meta's 1,000 messages/s for `send_rate_per_sec` and
+    /// its burst of 45 for `pair_burst`), comma-separated phrases with a letter or digit each for
+    /// the keywords, anything for the texts (`''` for the acknowledgement or the notice means
+    /// none is sent).
+    pub fn parse(self, raw: &str) -> Result<Change, String> {
+        self.parse_value(raw).map(|value| Change {
+            setting: self,
+            value,
+        })
+    }
+
+    /// Back to the setting's default.
+    pub fn reset(self) -> Change {
+        Change {
+            setting: self,
+            value: Value::Default,
+        }
+    }
+
+    /// The most a number setting takes: what Meta allows.
+    fn max(self) -> Option<i32> {
+        match self {
+            Setting::SendRatePerSec => Some(1000),
+            Setting::PairBurst => Some(45),
+            _ => None,
+        }
+    }
+
+    fn parse_value(self, raw: &str) -> Result<Value, String> {
         match self {
             Setting::SystemPrompt | Setting::CannedReply if raw.trim().is_empty() => Err(format!(
                 "{} cannot be empty: unset it for the built-in one",
@@ -100,9 +126,17 @@ impl Setting {
                     .filter(|k| !k.is_empty())
                     .collect();
                 if list.is_empty() {
-                    Err("give at least one phrase, comma-separated".into())
-                } else {
-                    Ok(Value::List(list))
+                    return Err("give at least one phrase, comma-separated".into());
+                }
+                // Matched on letters and digits only: a phrase without any would never match.
+                match list
+                    .iter()
+                    .find(|k| wafleet_core::handover::normalize(k).is_empty())
+                {
+                    Some(k) => Err(format!(
+                        "{k:?} has no letter or digit: keywords are matched on words"
+                    )),
+                    None => Ok(Value::List(list)),
                 }
             }
             Setting::HumanReleaseAfterSecs if raw.trim() == "never" => Ok(Value::Never),
@@ -111,6 +145,11 @@ impl Setting {
             | Setting::HumanReleaseAfterSecs
             | Setting::SendRatePerSec
             | Setting::PairBurst => match raw.trim().parse::<i32>() {
+                Ok(n) if n > self.max().unwrap_or(i32::MAX) => Err(format!(
+                    "{} takes at most {} (what Meta allows), not {n}",
+                    self.name(),
+                    self.max().unwrap_or(i32::MAX)
+                )),
                 Ok(n) if n > 0 => Ok(Value::Int(n)),
                 _ => Err(format!(
                     "{} takes a whole number above 0{}, not {raw:?}",
@@ -126,13 +165,26 @@ impl Setting {
     }
 }
 
-/// Sets one setting of a channel; `false` when there is no such channel.
-pub async fn set(
-    pool: &PgPool,
-    phone_number_id: &str,
+/// A checked change of one setting. Made only by [`Setting::parse`] and [`Setting::reset`], so
+/// its value always fits its setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
     setting: Setting,
-    value: &Value,
-) -> sqlx::Result<bool> {
+    value: Value,
+}
+
+impl Change {
+    pub fn setting(&self) -> Setting {
+        self.setting
+    }
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+}
+
+/// Makes one change to a channel's settings; `false` when there is no such channel.
+pub async fn set(pool: &PgPool, phone_number_id: &str, change: &Change) -> sqlx::Result<bool> {
+    let Change { setting, value } = change;
     // The column comes from `Setting::name`, never from the caller's text.
     let column = setting.name();
     let q = match value {
@@ -195,7 +247,7 @@ mod tests {
 
     #[test]
     fn values_are_checked_before_anything_is_written() {
-        let n = |s: Setting, raw: &str| s.parse(raw);
+        let n = |s: Setting, raw: &str| s.parse(raw).map(|c| c.value().clone());
         assert_eq!(n(Setting::HistoryLimit, "12"), Ok(Value::Int(12)));
         assert!(n(Setting::HistoryLimit, "0").is_err());
         assert!(n(Setting::PairBurst, "-3").is_err());
@@ -210,6 +262,15 @@ mod tests {
             ]))
         );
         assert!(n(Setting::HandoverKeywords, " , ").is_err());
+        // A phrase of punctuation or emoji only would never match.
+        assert!(n(Setting::HandoverKeywords, "asesor, ¿?").is_err());
+        assert!(n(Setting::HandoverKeywords, "🙋").is_err());
+        // Meta's ceilings.
+        assert_eq!(n(Setting::PairBurst, "45"), Ok(Value::Int(45)));
+        assert!(n(Setting::PairBurst, "46").is_err());
+        assert_eq!(n(Setting::SendRatePerSec, "1000"), Ok(Value::Int(1000)));
+        assert!(n(Setting::SendRatePerSec, "1001").is_err());
+        assert_eq!(Setting::PairBurst.reset().value(), &Value::Default);
         assert!(n(Setting::SystemPrompt, "  ").is_err());
         assert_eq!(n(Setting::HandoverAck, ""), Ok(Value::Text(String::new())));
         assert!(n(Setting::HandoverAck, "  ").is_err());

@@ -21,6 +21,8 @@ pub struct ChannelUsage {
     pub sent_by_bot: i64,
     pub sent_by_agents: i64,
     pub failed: i64,
+    /// Conversations handed to a human, for any reason (a keyword, the model, a closed window,
+    /// an agent taking it), by when.
     pub handovers: i64,
 }
 
@@ -30,8 +32,38 @@ pub async fn by_channel(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> sqlx::Result<Vec<ChannelUsage>> {
+    // Each table is read once, grouped by channel (a per-channel subquery would read the
+    // period's rows once per channel: minutes instead of a second for 200 numbers).
     sqlx::query_as(
-        "SELECT ch.phone_number_id,
+        "WITH m AS (
+             SELECT channel_id, count(*) AS n, count(DISTINCT conversation_id) AS conversations
+               FROM messages WHERE received_at >= $1 AND received_at < $2
+              GROUP BY channel_id
+         ), r AS (
+             SELECT c.channel_id,
+                    count(*) FILTER (WHERE r.provider IS NOT NULL AND NOT r.canned) AS model,
+                    count(*) FILTER (WHERE r.canned) AS canned,
+                    sum(r.input_tokens)::int8 AS input_tokens,
+                    sum(r.output_tokens)::int8 AS output_tokens
+               FROM replies r JOIN conversations c ON c.id = r.conversation_id
+              WHERE r.created_at >= $1 AND r.created_at < $2
+              GROUP BY c.channel_id
+         ), o AS (
+             SELECT channel_id,
+                    count(*) FILTER (WHERE state = 'accepted'
+                                       AND kind NOT IN ('agent', 'template')) AS bot,
+                    count(*) FILTER (WHERE state = 'accepted'
+                                       AND kind IN ('agent', 'template')) AS agents,
+                    count(*) FILTER (WHERE state = 'failed') AS failed
+               FROM outbound_messages WHERE created_at >= $1 AND created_at < $2
+              GROUP BY channel_id
+         ), h AS (
+             SELECT c.channel_id, count(*) AS n
+               FROM handover_events e JOIN conversations c ON c.id = e.conversation_id
+              WHERE e.kind = 'handover' AND e.created_at >= $1 AND e.created_at < $2
+              GROUP BY c.channel_id
+         )
+         SELECT ch.phone_number_id,
                 COALESCE(m.n, 0) AS customer_messages, COALESCE(m.conversations, 0) AS conversations,
                 COALESCE(r.model, 0) AS model_replies, COALESCE(r.canned, 0) AS canned_replies,
                 COALESCE(r.input_tokens, 0) AS input_tokens,
@@ -39,33 +71,10 @@ pub async fn by_channel(
                 COALESCE(o.bot, 0) AS sent_by_bot, COALESCE(o.agents, 0) AS sent_by_agents,
                 COALESCE(o.failed, 0) AS failed, COALESCE(h.n, 0) AS handovers
            FROM channels ch
-           LEFT JOIN LATERAL (
-               SELECT count(*) AS n, count(DISTINCT conversation_id) AS conversations
-                 FROM messages WHERE channel_id = ch.id AND received_at >= $1 AND received_at < $2
-           ) m ON TRUE
-           LEFT JOIN LATERAL (
-               SELECT count(*) FILTER (WHERE r.provider IS NOT NULL AND NOT r.canned) AS model,
-                      count(*) FILTER (WHERE r.canned) AS canned,
-                      sum(r.input_tokens)::int8 AS input_tokens,
-                      sum(r.output_tokens)::int8 AS output_tokens
-                 FROM replies r JOIN conversations c ON c.id = r.conversation_id
-                WHERE c.channel_id = ch.id AND r.created_at >= $1 AND r.created_at < $2
-           ) r ON TRUE
-           LEFT JOIN LATERAL (
-               SELECT count(*) FILTER (WHERE state = 'accepted'
-                                         AND kind NOT IN ('agent', 'template')) AS bot,
-                      count(*) FILTER (WHERE state = 'accepted'
-                                         AND kind IN ('agent', 'template')) AS agents,
-                      count(*) FILTER (WHERE state = 'failed') AS failed
-                 FROM outbound_messages
-                WHERE channel_id = ch.id AND created_at >= $1 AND created_at < $2
-           ) o ON TRUE
-           LEFT JOIN LATERAL (
-               SELECT count(*) AS n FROM handover_events e
-                 JOIN conversations c ON c.id = e.conversation_id
-                WHERE c.channel_id = ch.id AND e.kind = 'handover'
-                  AND e.created_at >= $1 AND e.created_at < $2
-           ) h ON TRUE
+           LEFT JOIN m ON m.channel_id = ch.id
+           LEFT JOIN r ON r.channel_id = ch.id
+           LEFT JOIN o ON o.channel_id = ch.id
+           LEFT JOIN h ON h.channel_id = ch.id
           ORDER BY ch.phone_number_id",
     )
     .bind(from)

@@ -1,0 +1,178 @@
+//! What Postgres holds of one customer of a channel, found and erased (see [`crate::erasure`]).
+
+use sqlx::{PgConnection, PgPool};
+
+/// One customer of a channel as Postgres knows them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Found {
+    /// Their conversations.
+    pub conversations: Vec<i64>,
+    /// Every identifier they are known by: the one asked for, then the phone, business-scoped
+    /// id and conversation key of each conversation found.
+    pub identifiers: Vec<String>,
+    /// The channel's WhatsApp Business Account, which names updates that carry no number.
+    pub waba_id: Option<String>,
+}
+
+/// Finds a channel's customer by any of `identifiers` (phone, business-scoped id or
+/// conversation key), following every identifier found: a customer can have a conversation keyed
+/// by their phone and another by their business-scoped id. `lock` takes the conversations
+/// `FOR UPDATE`, which also waits for every transaction still writing under them.
+async fn find(
+    conn: &mut PgConnection,
+    phone_number_id: &str,
+    identifiers: &[String],
+    lock: bool,
+) -> sqlx::Result<Found> {
+    let mut found = Found {
+        identifiers: identifiers.to_vec(),
+        ..Found::default()
+    };
+    let sql = format!(
+        "SELECT c.id, c.customer_key, c.wa_id, c.user_id
+           FROM conversations c JOIN channels ch ON ch.id = c.channel_id
+          WHERE ch.phone_number_id = $1
+            AND (c.customer_key = ANY($2) OR c.wa_id = ANY($2) OR c.user_id = ANY($2))
+          ORDER BY c.id{}",
+        if lock { " FOR UPDATE OF c" } else { "" }
+    );
+    loop {
+        let rows: Vec<(i64, String, Option<String>, Option<String>)> = sqlx::query_as(&sql)
+            .bind(phone_number_id)
+            .bind(&found.identifiers)
+            .fetch_all(&mut *conn)
+            .await?;
+        let before = (found.conversations.len(), found.identifiers.len());
+        for (id, key, wa_id, user_id) in rows {
+            if !found.conversations.contains(&id) {
+                found.conversations.push(id);
+            }
+            for v in [Some(key), wa_id, user_id].into_iter().flatten() {
+                if !found.identifiers.contains(&v) {
+                    found.identifiers.push(v);
+                }
+            }
+        }
+        if (found.conversations.len(), found.identifiers.len()) == before {
+            break;
+        }
+    }
+    found.waba_id = sqlx::query_scalar("SELECT waba_id FROM channels WHERE phone_number_id = $1")
+        .bind(phone_number_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .flatten();
+    Ok(found)
+}
+
+/// The customer as Postgres knows them now, without changing anything: what the Redis side of
+/// the erasure looks for before Postgres forgets the identifiers.
+pub async fn find_customer(
+    pool: &PgPool,
+    phone_number_id: &str,
+    customer: &str,
+) -> sqlx::Result<Found> {
+    let mut conn = pool.acquire().await?;
+    find(&mut conn, phone_number_id, &[customer.to_string()], false).await
+}
+
+/// What erasing a customer changed in Postgres.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErasedRows {
+    pub conversations: Vec<i64>,
+    pub messages: u64,
+    pub outbound: u64,
+}
+
+/// Erases what Postgres holds of the customer known by `identifiers`: their conversations lose
+/// the customer's identifiers and profile name (the conversation key becomes `erased:<id>`, so a
+/// later message starts a new conversation), their messages lose text, metadata and quoted ids,
+/// every message written to them (bot, agent, template) loses its body (one not sent yet fails
+/// instead of going out), and the wamids of both (Meta's wamids encode the customer's number)
+/// become `erased:<sha-256>`, so each stays distinct. Ids, states, times and token counts stay, so
+/// metrics and usage still add up.
+///
+/// Two transactions. The first finds and locks the conversations and erases them. The second
+/// locks them again, which waits for every transaction that was writing under them meanwhile
+/// (a reply the model finished during the first, whose outbound rows hold the conversation's
+/// key share), and erases what they wrote. Replies recorded later find the conversation erased
+/// and record no parts ([`crate::store::replies::record_replies`]).
+pub async fn erase_customer(
+    pool: &PgPool,
+    phone_number_id: &str,
+    identifiers: &[String],
+) -> sqlx::Result<ErasedRows> {
+    let mut tx = pool.begin().await?;
+    let found = find(&mut tx, phone_number_id, identifiers, true).await?;
+    let ids = found.conversations;
+    if ids.is_empty() {
+        return Ok(ErasedRows::default());
+    }
+    let (messages, outbound) = scrub(&mut tx, &ids).await?;
+    sqlx::query(
+        "UPDATE conversations SET customer_key = 'erased:' || id, wa_id = NULL, user_id = NULL,
+                                  profile_name = NULL
+          WHERE id = ANY($1)",
+    )
+    .bind(&ids)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT id FROM conversations WHERE id = ANY($1) FOR UPDATE")
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+    let (late_messages, late_outbound) = scrub(&mut tx, &ids).await?;
+    tx.commit().await?;
+    Ok(ErasedRows {
+        conversations: ids,
+        messages: messages + late_messages,
+        outbound: outbound + late_outbound,
+    })
+}
+
+/// Erases the conversations' messages and outbound parts; answers how many of each it changed
+/// (those already erased are left alone).
+async fn scrub(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<(u64, u64)> {
+    let messages = sqlx::query(
+        "UPDATE messages
+            SET text_redacted = NULL, metadata = '{}', context_wamid = NULL, pii_types = '{}',
+                wamid = 'erased:' || encode(sha256(convert_to(wamid, 'UTF8')), 'hex'),
+                -- Nothing of theirs waits for an answer any more.
+                answered_at = COALESCE(answered_at, now())
+          WHERE conversation_id = ANY($1) AND wamid NOT LIKE 'erased:%'",
+    )
+    .bind(ids)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    sqlx::query(
+        "DELETE FROM early_statuses
+          WHERE wamid IN (SELECT wamid FROM outbound_messages
+                           WHERE conversation_id = ANY($1) AND wamid IS NOT NULL)",
+    )
+    .bind(ids)
+    .execute(&mut *conn)
+    .await?;
+    // A part not sent yet will not be: its text is gone.
+    let outbound = sqlx::query(
+        "UPDATE outbound_messages
+            SET body = '',
+                wamid = CASE WHEN wamid IS NULL OR wamid LIKE 'erased:%' THEN wamid
+                             ELSE 'erased:' || encode(sha256(convert_to(wamid, 'UTF8')), 'hex')
+                        END,
+                fail_reason = CASE WHEN state = 'pending' THEN 'the customer''s data was erased'
+                                   ELSE fail_reason END,
+                state = CASE WHEN state = 'pending' THEN 'failed' ELSE state END
+          WHERE conversation_id = ANY($1)
+            AND (body <> '' OR state = 'pending'
+                 OR (wamid IS NOT NULL AND wamid NOT LIKE 'erased:%'))",
+    )
+    .bind(ids)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok((messages, outbound))
+}

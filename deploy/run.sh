@@ -40,7 +40,7 @@ while IFS= read -r line; do
 done < "$dev_env"
 
 echo "building release binaries…" >&2
-cargo build --release -q -p wafleet-ingest -p wafleet-worker -p wafleetctl -p wafleet-sim
+cargo build --release -q -p wafleet-ingest -p wafleet-worker -p wafleet-api -p wafleetctl -p wafleet-sim
 bin=target/release
 $bin/wafleetctl migrate
 
@@ -65,11 +65,16 @@ export WAFLEET_GRAPH_BASE_URL=${WAFLEET_GRAPH_BASE_URL:-$sim}
 export WAFLEET_LLM_STANDIN_URL=${WAFLEET_LLM_STANDIN_URL:-$sim/v1}
 $bin/wafleet-worker > .wafleet/worker.log 2>&1 &
 pids+=($!)
+# The agent API dashboards call.
+export WAFLEET_API_ADDR=${WAFLEET_API_ADDR:-127.0.0.1:8081}
+$bin/wafleet-api > .wafleet/api.log 2>&1 &
+pids+=($!)
 
 ingest="http://$WAFLEET_INGEST_ADDR"
 metrics="http://$WAFLEET_WORKER_METRICS_ADDR"
 for _ in $(seq 1 100); do
-    if $bin/wafleetctl probe "$ingest/readyz" >/dev/null 2>&1 && $bin/wafleetctl probe "$metrics/readyz" >/dev/null 2>&1; then
+    if $bin/wafleetctl probe "$ingest/readyz" >/dev/null 2>&1 && $bin/wafleetctl probe "$metrics/readyz" >/dev/null 2>&1 \
+        && $bin/wafleetctl probe "http://$WAFLEET_API_ADDR/readyz" >/dev/null 2>&1; then
         break
     fi
     sleep 0.1
@@ -80,8 +85,9 @@ echo
 echo "wafleet is running:"
 echo "  webhook   $ingest/webhooks/whatsapp   (verify token: $WHATSAPP_VERIFY_TOKEN)"
 echo "  metrics   $ingest/metrics  and  $metrics/metrics"
+echo "  agent API http://$WAFLEET_API_ADDR/api/v1/conversations (tokens: wafleetctl api-token add NAME)"
 echo "  Graph API $WAFLEET_GRAPH_BASE_URL (simulator: $sim/_sim/messages lists what customers received)"
-echo "  logs      .wafleet/ingest.log  .wafleet/worker.log  .wafleet/sim.log"
+echo "  logs      .wafleet/ingest.log  .wafleet/worker.log  .wafleet/api.log  .wafleet/sim.log"
 echo
 
 run_id=$(date +%s%N)
@@ -114,16 +120,33 @@ post deploy/samples/en_2_handover.json
 wait_for "SELECT count(*) FROM outbound_messages o JOIN messages m ON m.id = o.reply_to
            WHERE m.wamid LIKE 'wamid.demo-%-$run_id' AND o.state = 'accepted'" 3
 
-# The English customer asked for a person: an agent answers through wafleet and gives the
-# conversation back to the bot.
+# The English customer asked for a person: an agent answers through the agent API (what a
+# dashboard calls) and gives the conversation back to the bot.
 conv=$(psql "$DATABASE_URL" -Atc "SELECT conversation_id FROM messages WHERE wamid = 'wamid.demo-en2-$run_id'")
+token=$($bin/wafleetctl api-token add "demo-$run_id" --number "$WHATSAPP_PHONE_NUMBER_ID" 2>/dev/null)
+api() { # METHOD PATH [JSON]: the agent API with the demo's token
+    API_URL="http://$WAFLEET_API_ADDR" API_TOKEN="$token" API_KEY="demo-$run_id" python3 -c '
+import json, os, sys, urllib.request, urllib.error
+method, path = sys.argv[1], sys.argv[2]
+body = sys.argv[3].encode() if len(sys.argv) > 3 else None
+req = urllib.request.Request(os.environ["API_URL"] + path, data=body, method=method,
+    headers={"Authorization": "Bearer " + os.environ["API_TOKEN"],
+             "Content-Type": "application/json", "Idempotency-Key": os.environ["API_KEY"]})
+try:
+    print("  %s %s -> %s" % (method, path, urllib.request.urlopen(req).read().decode()[:300]))
+except urllib.error.HTTPError as e:
+    print("  %s %s -> %s %s" % (method, path, e.code, e.read().decode()))
+' "$@"
+}
 echo
-echo "a human agent answers the customer who asked for one (wafleetctl conversation reply $conv …):"
-$bin/wafleetctl conversation reply "$conv" --agent sam "Hi, I'm Sam from the team. I can help you with your order now."
+echo "a human agent answers the customer who asked for one, through the agent API:"
+api GET "/api/v1/conversations?owner=human&limit=1"
+api POST "/api/v1/conversations/$conv/messages" '{"text": "Hi, I am Sam from the team. I can help you with your order now.", "agent": "sam"}'
 wait_for "SELECT count(*) FROM outbound_messages WHERE conversation_id = $conv AND kind = 'agent' AND state = 'accepted'" 1
 echo "the conversation as the agent sees it (wafleetctl conversation show $conv):"
 $bin/wafleetctl conversation show "$conv" | sed 's/^/  /'
-$bin/wafleetctl conversation release "$conv"
+api POST "/api/v1/conversations/$conv/release"
+$bin/wafleetctl api-token revoke "demo-$run_id" >/dev/null
 
 echo
 echo "what was stored (text redacted before any model saw it):"

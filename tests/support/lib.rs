@@ -666,6 +666,23 @@ impl Drop for ChildWorker {
     }
 }
 
+/// Waits until the service at `url` answers `/healthz`.
+pub async fn wait_healthy(http: &reqwest::Client, url: &str, what: &str) {
+    let health = format!("{url}/healthz");
+    eventually(
+        &format!("{what} to answer /healthz"),
+        Duration::from_secs(20),
+        || async {
+            http.get(&health)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+        },
+    )
+    .await;
+}
+
 /// A running ingest service.
 pub struct Ingest {
     pub url: String,
@@ -684,19 +701,7 @@ impl Ingest {
             let _ = rx.await;
         }));
         let http = reqwest::Client::new();
-        let health = format!("{url}/healthz");
-        eventually("ingest to answer /healthz", Duration::from_secs(20), || {
-            let http = http.clone();
-            let health = health.clone();
-            async move {
-                http.get(&health)
-                    .send()
-                    .await
-                    .ok()
-                    .filter(|r| r.status().is_success())
-            }
-        })
-        .await;
+        wait_healthy(&http, &url, "ingest").await;
         Self {
             url,
             http,
@@ -724,16 +729,7 @@ impl Ingest {
 
     /// Current value of a counter or gauge line of `/metrics` (0 when absent).
     pub async fn metric(&self, name_and_labels: &str) -> f64 {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        metric_value(&text, name_and_labels)
+        scrape_metric(&self.http, &self.url, name_and_labels).await
     }
 
     /// Signals shutdown and waits for `run` to return.
@@ -749,6 +745,20 @@ impl Drop for Ingest {
             task.abort();
         }
     }
+}
+
+/// Current value of a counter or gauge line of the `/metrics` of the service at `url` (0 when
+/// absent).
+pub async fn scrape_metric(http: &reqwest::Client, url: &str, name_and_labels: &str) -> f64 {
+    let text = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metric_value(&text, name_and_labels)
 }
 
 /// Finds `name{labels} value` in a Prometheus exposition (labels in any order).

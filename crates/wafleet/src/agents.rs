@@ -89,8 +89,7 @@ enum Owner {
     Bot,
 }
 
-/// Gives the conversation to `to` in Postgres; then the conversation stage's cached entry for it
-/// (which carries the owner) is dropped, and dashboards are told when it changed.
+/// Gives the conversation to `to` in Postgres; dashboards are told when it changed.
 async fn change_owner(
     pg: &PgPool,
     con: &mut impl ConnectionLike,

@@ -5,6 +5,8 @@
 //! the `run` functions here, which tests call directly on port 0.
 //!
 //! # Layout
+//! - [`api`]: the agent API (`wafleet-api`): conversations, takes, releases, agents' messages
+//!   and live events over HTTP, behind bearer tokens.
 //! - [`config`]: typed settings from the environment; secrets wrapped so they never print.
 //! - [`crypto`]: AES-256-GCM encryption of tokens and secrets at rest.
 //! - [`db`]: the Postgres pool and migrations.
@@ -25,6 +27,7 @@
 //!   rate, GCRA in one script), with penalties and pauses.
 
 pub mod agents;
+pub mod api;
 pub mod batch;
 pub mod channels;
 pub mod config;
@@ -61,6 +64,33 @@ pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpList
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then lets in-flight requests finish for
+/// up to `grace` (SIGTERM drains; a request still running after it is cut off). `draining` is
+/// cancelled when the drain starts, for what must end first (long-lived responses).
+pub async fn serve_draining(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    grace: std::time::Duration,
+    draining: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let serve = axum::serve(listener, app).with_graceful_shutdown({
+        let draining = draining.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutdown requested; draining in-flight requests");
+            draining.cancel();
+        }
+    });
+    tokio::select! {
+        r = serve => Ok(r?),
+        _ = async { draining.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "drain exceeded the grace period; exiting with requests in flight");
+            Ok(())
+        }
+    }
 }
 
 /// Completes on SIGTERM or Ctrl-C: what every binary passes as its shutdown future.

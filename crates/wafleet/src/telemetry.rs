@@ -101,6 +101,48 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// Every service's `/readyz`: 200 when Redis (a connection from `con`, then `PING`) and Postgres
+/// (`SELECT 1`) both answer within a second, else 503; the body says which is down.
+pub async fn readiness<C: redis::aio::ConnectionLike>(
+    con: impl std::future::Future<Output = Option<C>>,
+    pg: &sqlx::PgPool,
+) -> (axum::http::StatusCode, String) {
+    let redis_ok = async {
+        let mut con = con.await?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut con)
+            .await
+            .ok()
+    };
+    let pg_ok = sqlx::query("SELECT 1").execute(pg);
+    let second = std::time::Duration::from_secs(1);
+    let (r, g) = tokio::join!(
+        tokio::time::timeout(second, redis_ok),
+        tokio::time::timeout(second, pg_ok)
+    );
+    let (r, g) = (matches!(r, Ok(Some(_))), matches!(g, Ok(Ok(_))));
+    let up = |ok| if ok { "up" } else { "down" };
+    let status = if r && g {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, format!("redis: {}\npostgres: {}\n", up(r), up(g)))
+}
+
+/// Every service's `/metrics`: the process's Prometheus exposition.
+pub fn exposition(handle: &PrometheusHandle) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        handle.render(),
+    )
+        .into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

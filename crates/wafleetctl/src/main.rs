@@ -73,9 +73,29 @@ enum Command {
     /// A customer's data (their rights over it).
     #[command(subcommand)]
     Customer(CustomerCommand),
+    /// Bearer tokens of the agent API (`wafleet-api`), one per dashboard or team.
+    #[command(subcommand)]
+    ApiToken(ApiTokenCommand),
     /// Hand a conversation back to the bot (the same as `conversation release`).
     #[command(hide = true)]
     Release { conversation_id: i64 },
+}
+
+#[derive(Subcommand)]
+enum ApiTokenCommand {
+    /// Make a token and print it (only once: Postgres keeps a SHA-256 of it).
+    Add {
+        /// A name for it (the dashboard or team), unique; logs name tokens by it.
+        name: String,
+        /// A business number (phone_number_id) the token reaches; repeat for several. Without
+        /// any, it reaches every number (a platform's own dashboard).
+        #[arg(long = "number")]
+        numbers: Vec<String>,
+    },
+    /// List the tokens: name, numbers, when made and revoked (never the tokens).
+    List,
+    /// Revoke a token at once.
+    Revoke { name: String },
 }
 
 #[derive(Subcommand)]
@@ -362,6 +382,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Conversation(cmd) => conversation(&pool, cmd).await?,
         Command::Usage { from, to } => usage(&pool, from, to).await?,
+        Command::ApiToken(cmd) => api_token(&pool, cmd).await?,
         Command::Customer(CustomerCommand::Erase {
             phone_number_id,
             customer,
@@ -537,6 +558,60 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn api_token(pool: &wafleet::db::PgPool, cmd: ApiTokenCommand) -> anyhow::Result<()> {
+    use wafleet::store::api_tokens;
+    match cmd {
+        ApiTokenCommand::Add { name, numbers } => {
+            anyhow::ensure!(!name.trim().is_empty(), "give the token a name");
+            let unknown = api_tokens::unknown_numbers(pool, &numbers).await?;
+            anyhow::ensure!(
+                unknown.is_empty(),
+                "no channel has the number(s) {}",
+                unknown.join(", ")
+            );
+            let token = api_tokens::add(pool, name.trim(), &numbers)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("a token named {name:?} exists already"))?;
+            eprintln!(
+                "token {name:?} for {}; shown only now, keep it in the dashboard's secrets:",
+                if numbers.is_empty() {
+                    "every number".to_string()
+                } else {
+                    numbers.join(", ")
+                }
+            );
+            println!("{token}");
+        }
+        ApiTokenCommand::List => {
+            println!("name\tnumbers\tcreated\trevoked");
+            for t in api_tokens::list(pool).await? {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    t.name,
+                    if t.phone_number_ids.is_empty() {
+                        "all".to_string()
+                    } else {
+                        t.phone_number_ids.join(",")
+                    },
+                    t.created_at.format("%Y-%m-%d %H:%M"),
+                    t.revoked_at.map_or_else(
+                        || "-".to_string(),
+                        |t| t.format("%Y-%m-%d %H:%M").to_string()
+                    )
+                );
+            }
+        }
+        ApiTokenCommand::Revoke { name } => {
+            anyhow::ensure!(
+                api_tokens::revoke(pool, &name).await?,
+                "no live token named {name:?}"
+            );
+            println!("token {name:?} revoked; the API refuses it from now on");
+        }
+    }
+    Ok(())
+}
+
 /// A value read from a file or stdin, without the trailing newline editors add.
 fn without_trailing_newline(mut s: String) -> String {
     s.truncate(s.trim_end_matches(['\n', '\r']).len());
@@ -636,7 +711,7 @@ async fn conversation(pool: &wafleet::db::PgPool, cmd: ConversationCommand) -> a
     };
     match cmd {
         ConversationCommand::List { human, limit } => {
-            let list = store::conversations(pool, human, limit).await?;
+            let list = store::conversations(pool, human, &[], limit).await?;
             println!("id\towner\tnumber\tcustomer\tname\twaiting\tlast message\thuman since");
             for c in &list {
                 println!(

@@ -315,37 +315,11 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         }
         _ => metrics::counter!("wafleet_metrics_scrape_errors_total").increment(1),
     }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
-        .into_response()
+    crate::telemetry::exposition(&state.metrics)
 }
 
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    let redis_ok = async {
-        let mut con = state.redis.get().await.ok()?;
-        redis::cmd("PING")
-            .query_async::<String>(&mut con)
-            .await
-            .ok()
-    };
-    let pg_ok = sqlx::query("SELECT 1").execute(&state.pg);
-    let (redis_ok, pg_ok) = tokio::join!(
-        tokio::time::timeout(Duration::from_secs(1), redis_ok),
-        tokio::time::timeout(Duration::from_secs(1), pg_ok),
-    );
-    let redis_ok = matches!(redis_ok, Ok(Some(_)));
-    let pg_ok = matches!(pg_ok, Ok(Ok(_)));
-    let body = format!("redis: {}\npostgres: {}\n", up(redis_ok), up(pg_ok));
-    let status = if redis_ok && pg_ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, body).into_response()
-}
-
-fn up(ok: bool) -> &'static str {
-    if ok { "up" } else { "down" }
+    crate::telemetry::readiness(async { state.redis.get().await.ok() }, &state.pg)
+        .await
+        .into_response()
 }

@@ -110,23 +110,15 @@ pub async fn run(
     let app = router(state, settings.max_body_bytes, settings.request_timeout);
     tracing::info!(addr = %listener.local_addr()?, "ingest listening");
 
-    let draining = CancellationToken::new();
-    let serve = axum::serve(listener, app).with_graceful_shutdown({
-        let draining = draining.clone();
-        async move {
-            shutdown.await;
-            tracing::info!("shutdown requested; draining in-flight requests");
-            draining.cancel();
-        }
-    });
-    let grace = settings.shutdown_grace;
-    let result = tokio::select! {
-        r = serve => r.context("serving HTTP"),
-        _ = async { draining.cancelled().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!(?grace, "drain exceeded the grace period; exiting with requests in flight");
-            Ok(())
-        }
-    };
+    let result = crate::serve_draining(
+        listener,
+        app,
+        shutdown,
+        settings.shutdown_grace,
+        CancellationToken::new(),
+    )
+    .await
+    .context("serving HTTP");
     stop.cancel();
     let _ = refresher.await;
     tracing::info!("ingest stopped");

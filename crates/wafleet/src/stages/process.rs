@@ -8,7 +8,6 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
@@ -254,12 +253,7 @@ pub async fn run(
     let app = Router::new()
         .route(
             "/metrics",
-            get(|State(p): State<Probe>| async move {
-                (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    p.metrics.render(),
-                )
-            }),
+            get(|State(p): State<Probe>| async move { telemetry::exposition(&p.metrics) }),
         )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
@@ -510,30 +504,5 @@ async fn sample_unanswered(pg: sqlx::PgPool, stop: CancellationToken) {
 }
 
 async fn ready(State(p): State<Probe>) -> impl IntoResponse {
-    let redis_ok = async {
-        let mut con = p.redis.get().await.ok()?;
-        redis::cmd("PING")
-            .query_async::<String>(&mut con)
-            .await
-            .ok()
-    };
-    let pg_ok = sqlx::query("SELECT 1").execute(&p.pg);
-    let (r, g) = tokio::join!(
-        tokio::time::timeout(Duration::from_secs(1), redis_ok),
-        tokio::time::timeout(Duration::from_secs(1), pg_ok)
-    );
-    let (r, g) = (matches!(r, Ok(Some(_))), matches!(g, Ok(Ok(_))));
-    let status = if r && g {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        format!(
-            "redis: {}\npostgres: {}\n",
-            if r { "up" } else { "down" },
-            if g { "up" } else { "down" }
-        ),
-    )
+    crate::telemetry::readiness(async { p.redis.get().await.ok() }, &p.pg).await
 }

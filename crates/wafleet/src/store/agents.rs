@@ -6,7 +6,7 @@ use sqlx::PgPool;
 
 /// A conversation as an agent's list shows it. Carries the customer's number: for the people who
 /// answer the customer, never for logs.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct ConversationSummary {
     pub id: i64,
     pub phone_number_id: String,
@@ -21,10 +21,12 @@ pub struct ConversationSummary {
     pub waiting: i64,
 }
 
-/// The conversations most recently active first, only those a human owns when `human_only`.
+/// The conversations most recently active first, only those a human owns when `human_only`,
+/// only those of `numbers` (phone_number_ids) unless it is empty.
 pub async fn conversations(
     pool: &PgPool,
     human_only: bool,
+    numbers: &[String],
     limit: i64,
 ) -> sqlx::Result<Vec<ConversationSummary>> {
     sqlx::query_as(
@@ -38,18 +40,20 @@ pub async fn conversations(
                             AND o.state IN ('pending', 'sending', 'accepted')), '-infinity'))
                   AS waiting
            FROM conversations c JOIN channels ch ON ch.id = c.channel_id
-          WHERE NOT $1 OR c.owner = 'human'
+          WHERE (NOT $1 OR c.owner = 'human')
+            AND (cardinality($3::text[]) = 0 OR ch.phone_number_id = ANY($3))
           ORDER BY c.last_activity_at DESC, c.id DESC
           LIMIT $2",
     )
     .bind(human_only)
     .bind(limit)
+    .bind(numbers)
     .fetch_all(pool)
     .await
 }
 
 /// One line of a transcript.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct Line {
     pub at: DateTime<Utc>,
     /// `customer`, `bot` or `agent`.

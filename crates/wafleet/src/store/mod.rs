@@ -2,6 +2,7 @@
 //! code that writes SQL for it.
 
 pub mod agents;
+pub mod api_tokens;
 pub mod channels;
 pub mod conversations;
 pub mod erasure;

@@ -1,0 +1,671 @@
+//! The agent API (`wafleet-api`): what a dashboard or an inbox calls for the human agents who
+//! take conversations over. The same operations as `wafleetctl conversation`
+//! ([`crate::agents`]), over HTTP with JSON, and the live feed of handovers, releases and
+//! customers' messages to humans as server-sent events.
+//!
+//! Every request but `/healthz`, `/readyz` and `/metrics` carries `Authorization: Bearer
+//! <token>` (made by `wafleetctl api-token add`, see [`crate::store::api_tokens`]). A token
+//! scoped to some business numbers sees only their conversations and events: another number's
+//! conversation answers 404, as one that does not exist.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | `/api/v1/conversations?owner=human&limit=50` | conversations, most recently active first |
+//! | GET | `/api/v1/conversations/{id}?last=50` | one conversation and its transcript (redacted) |
+//! | POST | `/api/v1/conversations/{id}/take` | a human takes it from the bot |
+//! | POST | `/api/v1/conversations/{id}/release` | back to the bot |
+//! | POST | `/api/v1/conversations/{id}/messages` | `{"text", "agent"?}` written to the customer |
+//! | POST | `/api/v1/conversations/{id}/templates` | `{"name", "language", "params"?, "agent"?}` |
+//! | GET | `/api/v1/events` | server-sent events; resumes after `Last-Event-ID` |
+//!
+//! A message or template needs an `Idempotency-Key` header (or `"reference"` in the body): the
+//! same key in the same conversation records and sends nothing twice, so a dashboard can retry
+//! after a timeout. Errors answer `{"error": "..."}`: 400 a bad request, 401 no or a bad token,
+//! 404 no such conversation (for this token), 409 the conversation is with the bot, the 24-hour
+//! window closed or the key was used for another text, 410 the customer was erased, 503 Postgres
+//! or Redis out of reach (retry).
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use redis::AsyncCommands;
+use redis::streams::{StreamReadOptions, StreamReadReply};
+use serde::Deserialize;
+use serde_json::json;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::agents::{self, AgentError};
+use crate::config::{RedisLayout, Secret, millis, parsed, positive, required, var};
+use crate::shared_redis::SharedRedis;
+use crate::store::api_tokens::{self, Scope};
+use crate::streams::Keys;
+
+/// The API's settings, from the environment.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// `WAFLEET_API_ADDR` (default `127.0.0.1:8081`).
+    pub listen: SocketAddr,
+    pub database_url: Secret<String>,
+    pub redis: RedisLayout,
+    /// `WAFLEET_DATABASE_POOL_SIZE` (default 10).
+    pub database_pool_size: u32,
+    pub plan_cache_mode: crate::db::PlanCacheMode,
+    /// `WAFLEET_API_MAX_EVENT_STREAMS` (default 256): event streams open at once, each holding
+    /// a Redis connection of its own; one more is answered 503.
+    pub max_event_streams: usize,
+    /// `WAFLEET_API_REQUEST_TIMEOUT_MS` (default 10,000) for every request but the event stream.
+    pub request_timeout: Duration,
+    /// `WAFLEET_SHUTDOWN_GRACE_SECS` (default 20): how long SIGTERM waits for requests.
+    pub shutdown_grace: Duration,
+}
+
+impl ApiSettings {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let listen = var("WAFLEET_API_ADDR").unwrap_or_else(|| "127.0.0.1:8081".into());
+        Ok(Self {
+            listen: listen
+                .parse()
+                .with_context(|| format!("WAFLEET_API_ADDR={listen:?} is not an address"))?,
+            database_url: Secret::new(required("DATABASE_URL")?),
+            redis: RedisLayout::from_env()?,
+            database_pool_size: positive("WAFLEET_DATABASE_POOL_SIZE", 10)?,
+            plan_cache_mode: parsed("WAFLEET_PG_PLAN_CACHE_MODE", Default::default())?,
+            max_event_streams: positive("WAFLEET_API_MAX_EVENT_STREAMS", 256)?,
+            request_timeout: millis("WAFLEET_API_REQUEST_TIMEOUT_MS", Duration::from_secs(10))?,
+            shutdown_grace: Duration::from_secs(parsed("WAFLEET_SHUTDOWN_GRACE_SECS", 20)?),
+        })
+    }
+}
+
+struct AppState {
+    pg: PgPool,
+    redis: SharedRedis,
+    /// Dedicated connections for the event streams' blocking reads.
+    blocking: deadpool_redis::Pool,
+    keys: Keys,
+    event_streams: Arc<tokio::sync::Semaphore>,
+    metrics: PrometheusHandle,
+    /// Cancelled on shutdown: open event streams end, so the drain does not wait on them.
+    stopping: CancellationToken,
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then drains requests for up to the
+/// grace period.
+pub async fn run(
+    settings: ApiSettings,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let pg = crate::db::connect(
+        settings.database_url.expose(),
+        settings.database_pool_size,
+        settings.plan_cache_mode,
+    )
+    .await?;
+    crate::db::migrate(&pg).await?;
+    let url = settings.redis.redis_url.expose();
+    let state = AppState {
+        pg,
+        redis: SharedRedis::new(url, crate::shared_redis::CONNECT_TIMEOUT)
+            .context("parsing REDIS_URL")?,
+        blocking: crate::shared_redis::blocking_pool(url, settings.max_event_streams)?,
+        keys: Keys::new(
+            settings.redis.redis_prefix.clone(),
+            settings.redis.partitions,
+        ),
+        event_streams: Arc::new(tokio::sync::Semaphore::new(settings.max_event_streams)),
+        metrics: crate::telemetry::metrics_handle(),
+        stopping: CancellationToken::new(),
+    };
+    let stopping = state.stopping.clone();
+    let app = router(Arc::new(state), settings.request_timeout);
+    tracing::info!(addr = %listener.local_addr()?, "agent API listening");
+    // Open event streams end when the drain starts: they would hold it for the whole grace.
+    crate::serve_draining(listener, app, shutdown, settings.shutdown_grace, stopping)
+        .await
+        .context("serving HTTP")?;
+    tracing::info!("agent API stopped");
+    Ok(())
+}
+
+fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
+    let bounded = Router::new()
+        .route("/api/v1/conversations", get(list))
+        .route("/api/v1/conversations/{id}", get(show))
+        .route("/api/v1/conversations/{id}/take", post(take))
+        .route("/api/v1/conversations/{id}/release", post(release))
+        .route("/api/v1/conversations/{id}/messages", post(message))
+        .route("/api/v1/conversations/{id}/templates", post(template))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            request_timeout,
+        ));
+    Router::new()
+        // An event stream lasts as long as the dashboard keeps it open.
+        .route("/api/v1/events", get(events))
+        .merge(bounded)
+        // An agent's message is at most a few thousand characters; a template's parameters less.
+        .layer(axum::extract::DefaultBodyLimit::max(256 * 1024))
+        .layer(axum::middleware::map_response(count))
+        .with_state(state)
+}
+
+/// Counts every answer by its status.
+async fn count(res: Response) -> Response {
+    metrics::counter!("wafleet_api_requests_total", "status" => res.status().as_u16().to_string())
+        .increment(1);
+    res
+}
+
+/// An error, answered as `{"error": "..."}` with its status.
+#[derive(Debug)]
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut res = (self.0, Json(json!({ "error": self.1 }))).into_response();
+        if self.0 == StatusCode::UNAUTHORIZED {
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                "Bearer".parse().expect("a header"),
+            );
+        }
+        res
+    }
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> ApiError {
+    tracing::warn!(error = %e, "{what}");
+    ApiError(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("{what}: try again"),
+    )
+}
+
+impl From<AgentError> for ApiError {
+    fn from(e: AgentError) -> Self {
+        let status = match &e {
+            AgentError::NoConversation(_) => StatusCode::NOT_FOUND,
+            AgentError::Erased(_) => StatusCode::GONE,
+            AgentError::WithTheBot(_)
+            | AgentError::WindowClosed { .. }
+            | AgentError::ReferenceTaken { .. } => StatusCode::CONFLICT,
+            AgentError::Empty => StatusCode::BAD_REQUEST,
+            AgentError::Db(_) => return unavailable("Postgres out of reach", e),
+            AgentError::Redis(_) | AgentError::RedisPool(_) => {
+                return unavailable("Redis out of reach", e);
+            }
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+/// The caller's token, checked against Postgres on every request (a revoked token stops at once).
+struct Authed(Scope);
+
+impl FromRequestParts<Arc<AppState>> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let unauthorized = || {
+            ApiError(
+                StatusCode::UNAUTHORIZED,
+                "a valid bearer token is needed (wafleetctl api-token add)".into(),
+            )
+        };
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(unauthorized)?;
+        match api_tokens::authenticate(&state.pg, token).await {
+            Ok(Some(scope)) => Ok(Authed(scope)),
+            Ok(None) => {
+                metrics::counter!("wafleet_api_unauthorized_total").increment(1);
+                Err(unauthorized())
+            }
+            Err(e) => Err(unavailable("Postgres out of reach", e)),
+        }
+    }
+}
+
+/// The conversation, if it exists and the token reaches its number; else 404 (a conversation of
+/// another number is not told apart from one that does not exist).
+async fn reachable(state: &AppState, scope: &Scope, id: i64) -> Result<(), ApiError> {
+    let number = crate::store::conversations::phone_number_id(&state.pg, id)
+        .await
+        .map_err(|e| unavailable("Postgres out of reach", e))?;
+    match number {
+        Some(n) if scope.reaches(&n) => Ok(()),
+        _ => Err(AgentError::NoConversation(id).into()),
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    /// `human` for the conversations humans own; anything else or nothing: all.
+    owner: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list(
+    State(state): State<Arc<AppState>>,
+    Authed(scope): Authed,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let human_only = match q.owner.as_deref() {
+        None | Some("all") => false,
+        Some("human") => true,
+        Some(other) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("owner is `human` or `all`, not {other:?}"),
+            ));
+        }
+    };
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let list =
+        crate::store::agents::conversations(&state.pg, human_only, &scope.phone_number_ids, limit)
+            .await
+            .map_err(|e| unavailable("Postgres out of reach", e))?;
+    Ok(Json(list).into_response())
+}
+
+#[derive(Deserialize)]
+struct ShowQuery {
+    last: Option<i64>,
+}
+
+async fn show(
+    State(state): State<Arc<AppState>>,
+    Authed(scope): Authed,
+    Path(id): Path<i64>,
+    Query(q): Query<ShowQuery>,
+) -> Result<Response, ApiError> {
+    reachable(&state, &scope, id).await?;
+    let last = q.last.unwrap_or(50).clamp(1, 1000);
+    let lines = crate::store::agents::transcript(&state.pg, id, last)
+        .await
+        .map_err(|e| unavailable("Postgres out of reach", e))?
+        .ok_or(AgentError::NoConversation(id))?;
+    Ok(Json(json!({ "conversation_id": id, "lines": lines })).into_response())
+}
+
+async fn take(
+    State(state): State<Arc<AppState>>,
+    Authed(scope): Authed,
+    Path(id): Path<i64>,
+) -> Result<Response, ApiError> {
+    owner_change(&state, &scope, id, true).await
+}
+
+async fn release(
+    State(state): State<Arc<AppState>>,
+    Authed(scope): Authed,
+    Path(id): Path<i64>,
+) -> Result<Response, ApiError> {
+    owner_change(&state, &scope, id, false).await
+}
+
+async fn owner_change(
+    state: &AppState,
+    scope: &Scope,
+    id: i64,
+    take: bool,
+) -> Result<Response, ApiError> {
+    let mut con = writable(state, scope, id).await?;
+    let changed = if take {
+        agents::take(&state.pg, &mut con, &state.keys, id).await?
+    } else {
+        agents::release(&state.pg, &mut con, &state.keys, id).await?
+    };
+    tracing::info!(token = %scope.name, conversation_id = id, take, changed, "owner changed through the API");
+    Ok(Json(json!({
+        "conversation_id": id,
+        "owner": if take { "human" } else { "bot" },
+        "changed": changed,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+struct MessageBody {
+    text: String,
+    reference: Option<String>,
+    agent: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TemplateBody {
+    name: String,
+    language: String,
+    #[serde(default)]
+    params: Vec<String>,
+    reference: Option<String>,
+    agent: Option<String>,
+}
+
+/// The request's idempotency key: the `Idempotency-Key` header, else `reference` in the body.
+fn reference(headers: &HeaderMap, body: Option<String>) -> Result<String, ApiError> {
+    let header = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    header
+        .or(body)
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty() && r.len() <= 200)
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                "give an Idempotency-Key header (up to 200 characters): a retry with the same key \
+                 sends nothing twice"
+                    .into(),
+            )
+        })
+}
+
+fn queued(id: i64, reference: &str, q: &agents::Queued) -> Response {
+    let status = if q.fresh {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    (
+        status,
+        Json(json!({
+            "conversation_id": id,
+            "reference": reference,
+            "part_ids": q.part_ids,
+            "states": q.states,
+            "fresh": q.fresh,
+        })),
+    )
+        .into_response()
+}
+
+/// A JSON body, or 400 naming what is wrong with it.
+fn body<T: serde::de::DeserializeOwned>(
+    body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, ApiError> {
+    body.map(|Json(b)| b)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))
+}
+
+async fn message(
+    State(state): State<Arc<AppState>>,
+    Authed(scope): Authed,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    b: Result<Json<MessageBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let b = body(b)?;
+    let reference = reference(&headers, b.reference)?;
+    let mut con = writable(&state, &scope, id).await?;
+    let q = agents::reply(
+        &state.pg,
+        &mut con,
+        &state.keys,
+        &agents::Reply {
+            conversation_id: id,
+            text: &b.text,
+            reference: &reference,
+            agent: b.agent.as_deref(),
+        },
+    )
+    .await?;
+    Ok(queued(id, &reference, &q))
+}
+
+async fn template(
+    State(state): State<Arc<AppState>>,
+    Authed(scope): Authed,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    b: Result<Json<TemplateBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let b = body(b)?;
+    let reference = reference(&headers, b.reference)?;
+    if b.name.trim().is_empty() || b.language.trim().is_empty() {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "a template needs its name and language".into(),
+        ));
+    }
+    let mut con = writable(&state, &scope, id).await?;
+    let q = agents::template(
+        &state.pg,
+        &mut con,
+        &state.keys,
+        &agents::Template {
+            conversation_id: id,
+            name: b.name.trim(),
+            language: b.language.trim(),
+            body_params: &b.params,
+            reference: &reference,
+            agent: b.agent.as_deref(),
+        },
+    )
+    .await?;
+    Ok(queued(id, &reference, &q))
+}
+
+/// Before an agent writes: the conversation is the token's, and Redis (where the send is
+/// queued) is there.
+async fn writable(
+    state: &AppState,
+    scope: &Scope,
+    id: i64,
+) -> Result<crate::shared_redis::SharedConnection, ApiError> {
+    reachable(state, scope, id).await?;
+    state
+        .redis
+        .get()
+        .await
+        .map_err(|e| unavailable("Redis out of reach", e))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    /// Where to resume, like `Last-Event-ID` (which wins): the id of the last event received.
+    after: Option<String>,
+}
+
+/// How long one blocking read of the event stream waits before it reads again.
+const EVENTS_BLOCK: Duration = Duration::from_secs(5);
+
+/// The dashboard stream (`P:{events}:handover`) as server-sent events: `id` the stream entry id,
+/// `event` the kind (`handover`, `release`, `message`), `data` the JSON event (ids, never text).
+/// From `Last-Event-ID` (or `?after=`) when given, else from now; only the token's numbers.
+async fn events(
+    State(state): State<Arc<AppState>>,
+    Authed(scope): Authed,
+    headers: HeaderMap,
+    Query(q): Query<EventsQuery>,
+) -> Result<Response, ApiError> {
+    let permit = state
+        .event_streams
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many event streams open (WAFLEET_API_MAX_EVENT_STREAMS)".into(),
+            )
+        })?;
+    let stream_key = state.keys.handover_stream();
+    let after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or(q.after);
+    let cursor = match after {
+        Some(id) if is_stream_id(&id) => id,
+        Some(id) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("{id:?} is not an event id"),
+            ));
+        }
+        // From now: the newest entry's id, so nothing added between two reads is missed.
+        None => {
+            let mut con = state
+                .redis
+                .get()
+                .await
+                .map_err(|e| unavailable("Redis out of reach", e))?;
+            let last: redis::streams::StreamRangeReply = con
+                .xrevrange_count(&stream_key, "+", "-", 1)
+                .await
+                .map_err(|e| unavailable("Redis out of reach", e))?;
+            last.ids
+                .first()
+                .map_or_else(|| "0-0".to_string(), |e| e.id.clone())
+        }
+    };
+    tracing::info!(token = %scope.name, "event stream opened");
+    metrics::gauge!("wafleet_api_event_streams").increment(1.0);
+    let feed = Feed {
+        state: state.clone(),
+        scope,
+        stream_key,
+        cursor,
+        ready: VecDeque::new(),
+        _permit: permit,
+    };
+    let stream = futures::stream::unfold(feed, |mut feed| async move {
+        let event = feed.next().await?;
+        Some((Ok::<_, Infallible>(event), feed))
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+fn is_stream_id(id: &str) -> bool {
+    let mut parts = id.splitn(2, '-');
+    let digits =
+        |s: Option<&str>| s.is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()));
+    digits(parts.next()) && digits(parts.next())
+}
+
+/// One open event stream: where it is on the Redis stream, and events read but not yet sent.
+struct Feed {
+    state: Arc<AppState>,
+    scope: Scope,
+    stream_key: String,
+    cursor: String,
+    ready: VecDeque<Event>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        metrics::gauge!("wafleet_api_event_streams").decrement(1.0);
+    }
+}
+
+impl Feed {
+    /// The next event for this token; `None` ends the stream (shutdown, or Redis failed: the
+    /// dashboard reconnects with `Last-Event-ID` and misses nothing).
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(e) = self.ready.pop_front() {
+                return Some(e);
+            }
+            let read = async {
+                let mut con = self.state.blocking.get().await.map_err(|e| e.to_string())?;
+                let opts = StreamReadOptions::default()
+                    .count(100)
+                    .block(EVENTS_BLOCK.as_millis() as usize);
+                let reply: Option<StreamReadReply> = con
+                    .xread_options(&[&self.stream_key], &[&self.cursor], &opts)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(reply)
+            };
+            let reply = tokio::select! {
+                _ = self.state.stopping.cancelled() => return None,
+                r = read => r,
+            };
+            let reply = match reply {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "event stream read failed; closing it");
+                    metrics::counter!("wafleet_api_event_stream_errors_total").increment(1);
+                    return None;
+                }
+            };
+            for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+                self.cursor = entry.id.clone();
+                let Some(json) = entry
+                    .map
+                    .get("event")
+                    .and_then(|v| redis::from_redis_value::<String>(v).ok())
+                else {
+                    continue;
+                };
+                let Ok(parsed) = serde_json::from_str::<serde_json::Value>(&json) else {
+                    continue;
+                };
+                let number = parsed["phone_number_id"].as_str();
+                // A scoped token sees only events that name one of its numbers.
+                if !self.scope.phone_number_ids.is_empty()
+                    && !number.is_some_and(|n| self.scope.reaches(n))
+                {
+                    continue;
+                }
+                let kind = parsed["kind"].as_str().unwrap_or("event").to_string();
+                self.ready
+                    .push_back(Event::default().id(entry.id).event(kind).data(json));
+            }
+        }
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    crate::telemetry::exposition(&state.metrics)
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    crate::telemetry::readiness(async { state.redis.get().await.ok() }, &state.pg)
+        .await
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_stream_ids_resume_an_event_stream() {
+        for ok in ["0-0", "1733356800000-12"] {
+            assert!(is_stream_id(ok), "{ok}");
+        }
+        for bad in ["", "-", "12", "12-", "-3", "a-1", "1-2-3", "$", "+"] {
+            assert!(!is_stream_id(bad), "{bad}");
+        }
+    }
+}

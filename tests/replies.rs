@@ -109,6 +109,21 @@ async fn system_retrying(max_attempts: u32) -> Sys {
     s
 }
 
+/// The model's next answer, whatever it is asked.
+fn model_says(content: &str) -> LlmFault {
+    serde_json::from_value(serde_json::json!({
+        "status": 200,
+        "body": {
+            "model": "standin",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                "role": "assistant", "content": content
+            }}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 9}
+        }
+    }))
+    .unwrap()
+}
+
 fn fault(spec: serde_json::Value) -> Fault {
     serde_json::from_value(spec).unwrap()
 }
@@ -541,20 +556,9 @@ async fn a_handover_the_model_asked_for_is_made_even_when_its_job_runs_again() {
 #[tokio::test]
 async fn the_models_handover_message_is_formatted_like_any_answer() {
     let s = system().await;
-    s.sim.state.add_llm_fault(
-        serde_json::from_value::<LlmFault>(serde_json::json!({
-            "status": 200,
-            "body": {
-                "model": "standin",
-                "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                    "role": "assistant",
-                    "content": "[[HANDOVER]] Te paso con un **asesor**: [aquí](https://x.co)"
-                }}],
-                "usage": {"prompt_tokens": 5, "completion_tokens": 9}
-            }
-        }))
-        .unwrap(),
-    );
+    s.sim.state.add_llm_fault(model_says(
+        "[[HANDOVER]] Te paso con un **asesor**: [aquí](https://x.co)",
+    ));
     s.send("573011", "wamid.HF", "Tengo un problema con mi pedido")
         .await;
     let sent = s.sent(1).await;
@@ -2820,4 +2824,63 @@ async fn an_agent_message_that_reaches_the_sender_after_the_window_closed_fails_
         1,
         "only the agent's take"
     );
+}
+
+/// Sets the channel's business hours (in UTC) and after-hours acknowledgement by name.
+async fn set_hours(pg: &PgPool, schedule: &str, ack: &str) {
+    use wafleet::store::settings::{self, Setting};
+    for (setting, raw) in [
+        (Setting::BusinessHours, schedule),
+        (Setting::BusinessHoursTz, "UTC"),
+        (Setting::AfterHoursAck, ack),
+    ] {
+        assert!(
+            settings::set(pg, PNID, &setting.parse(raw).unwrap())
+                .await
+                .unwrap()
+        );
+    }
+}
+
+const AFTER_HOURS: &str = "Nuestro equipo atiende de 9:00 a 10:00; te escribimos apenas volvamos.";
+
+#[tokio::test]
+async fn outside_business_hours_a_customer_who_asks_for_a_person_is_told_the_team_is_away() {
+    use chrono::Datelike;
+    let s = system().await;
+    // Open only on a day three days from now: closed now, whatever the hour.
+    let days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+    let open_day = days[(chrono::Utc::now().weekday().num_days_from_monday() as usize + 3) % 7];
+    set_hours(&s.pg, &format!("{open_day} 09:00-10:00"), AFTER_HOURS).await;
+    // A keyword, and the model asking for a person in its own words: both hand over, and both
+    // customers are told the team is away (not that a person is coming now).
+    s.send("573040", "wamid.H1", "quiero hablar con un humano")
+        .await;
+    s.sim
+        .state
+        .add_llm_fault(model_says("[[HANDOVER]] Te paso con un asesor ya mismo."));
+    s.send("573041", "wamid.H2", "Tengo un problema con mi pedido")
+        .await;
+    let sent = s.sent(2).await;
+    assert_eq!(
+        sent.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(),
+        [AFTER_HOURS, AFTER_HOURS]
+    );
+    wait_count(
+        &s.pg,
+        "SELECT count(*) FROM conversations WHERE owner = 'human'",
+        2,
+        30,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn within_business_hours_the_usual_acknowledgement_is_sent() {
+    let s = system().await;
+    set_hours(&s.pg, "mon-sun 00:00-24:00", AFTER_HOURS).await;
+    s.send("573042", "wamid.H3", "quiero hablar con un humano")
+        .await;
+    let sent = s.sent(1).await;
+    assert_eq!(sent[0].body, DEFAULT_HANDOVER_ACK);
 }

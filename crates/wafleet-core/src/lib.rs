@@ -11,6 +11,7 @@
 //! - [`pii`]: redaction of personal data into typed placeholders.
 //! - [`format`](mod@format): Markdown → WhatsApp formatting and splitting replies into ≤ 4096-char parts.
 //! - [`handover`]: accent- and case-insensitive whole-word detection of "I want a human" (es/en/pt).
+//! - [`hours`]: business hours as a weekly schedule (`mon-fri 09:00-18:00; sat 10:00-14:00`).
 //! - [`retry`]: backoff and retry limits as data; jitter and age come in as arguments.
 //! - [`graph_error`]: Graph API errors parsed and classified on `error.code` (throttle, transient, …).
 //! - [`llm_error`]: LLM provider failures classified (rate limit, overload, quota, auth, …).
@@ -19,6 +20,7 @@ pub mod envelope;
 pub mod format;
 pub mod graph_error;
 pub mod handover;
+pub mod hours;
 pub mod llm_error;
 pub mod pii;
 pub mod retry;

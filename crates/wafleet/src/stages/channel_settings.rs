@@ -37,6 +37,9 @@ pub struct ChannelSettings {
     pub handover: HandoverMatcher,
     /// Empty: no acknowledgement.
     pub handover_ack: String,
+    /// When the channel's people answer (`None`: always), and what a customer who asks for one
+    /// outside those hours is told instead of `handover_ack`.
+    pub hours: Option<BusinessHours>,
     /// Empty: no notice.
     pub media_notice: String,
     /// `None`: the built-in prompt.
@@ -58,7 +61,38 @@ pub struct ChannelSettings {
     pub providers: Vec<ProviderConfig>,
 }
 
+/// A channel's business hours, in its own time zone.
+#[derive(Debug)]
+pub struct BusinessHours {
+    pub schedule: wafleet_core::hours::Schedule,
+    pub tz: chrono_tz::Tz,
+    /// `None`: the usual acknowledgement; empty: none.
+    pub after_hours_ack: Option<String>,
+}
+
+impl BusinessHours {
+    pub fn open_at(&self, at: chrono::DateTime<chrono::Utc>) -> bool {
+        use chrono::{Datelike, Timelike};
+        let local = at.with_timezone(&self.tz);
+        self.schedule.is_open(
+            local.weekday().num_days_from_monday(),
+            local.hour() * 60 + local.minute(),
+        )
+    }
+}
+
 impl ChannelSettings {
+    /// What a customer handed to a person at `at` is told instead of the usual acknowledgement
+    /// (`handover_ack`, or the model's own words), because the channel's people are not there
+    /// then: `None` within business hours, or without an after-hours acknowledgement; empty:
+    /// nothing.
+    pub fn after_hours_ack_at(&self, at: chrono::DateTime<chrono::Utc>) -> Option<&str> {
+        self.hours
+            .as_ref()
+            .filter(|h| !h.open_at(at))
+            .and_then(|h| h.after_hours_ack.as_deref())
+    }
+
     /// Whether the bot writes to this channel's customers at all: not when its mode is `off`,
     /// nor when the channel is disabled (ingest keeps its new updates aside; what was already
     /// queued when it was disabled is stored, not answered).
@@ -84,6 +118,9 @@ struct Row {
     pair_burst: i32,
     sends_paused_until: Option<chrono::DateTime<chrono::Utc>>,
     access_token: Option<Vec<u8>>,
+    business_hours: Option<String>,
+    business_hours_tz: String,
+    after_hours_ack: Option<String>,
 }
 
 #[derive(sqlx::FromRow, PartialEq)]
@@ -187,7 +224,8 @@ impl ChannelCache {
         let row: Option<Row> = sqlx::query_as(
             "SELECT id, phone_number_id, enabled, bot_mode, session_timeout_secs, handover_keywords,
                     handover_ack, media_notice, system_prompt, history_limit, canned_reply,
-                    send_rate_per_sec, pair_burst, sends_paused_until, access_token
+                    send_rate_per_sec, pair_burst, sends_paused_until, access_token,
+                    business_hours, business_hours_tz, after_hours_ack
                FROM channels WHERE phone_number_id = $1",
         )
         .bind(phone_number_id)
@@ -275,6 +313,7 @@ impl ChannelCache {
                 .handover_ack
                 .clone()
                 .unwrap_or_else(|| DEFAULT_HANDOVER_ACK.into()),
+            hours: business_hours(r),
             media_notice: r.media_notice.clone().unwrap_or_default(),
             system_prompt: r.system_prompt.clone(),
             history_limit: i64::from(r.history_limit),
@@ -287,5 +326,58 @@ impl ChannelCache {
             sends_paused_until: r.sends_paused_until,
             providers,
         })
+    }
+}
+
+/// A channel's business hours as stored. A schedule or zone that does not parse (the row was
+/// changed by hand: `wafleetctl channel set` checks both) is logged and counted, and the
+/// channel is taken as always open, so no customer is told the team is away when it is not.
+fn business_hours(r: &Row) -> Option<BusinessHours> {
+    let text = r.business_hours.as_deref()?;
+    let parsed = text
+        .parse::<wafleet_core::hours::Schedule>()
+        .map_err(|e| e.to_string())
+        .and_then(|schedule| {
+            let tz = r
+                .business_hours_tz
+                .parse::<chrono_tz::Tz>()
+                .map_err(|_| format!("{:?} is not a time zone", r.business_hours_tz))?;
+            Ok((schedule, tz))
+        });
+    match parsed {
+        Ok((schedule, tz)) => Some(BusinessHours {
+            schedule,
+            tz,
+            after_hours_ack: r.after_hours_ack.clone(),
+        }),
+        Err(e) => {
+            tracing::warn!(channel = %r.phone_number_id, error = %e, "business hours ignored");
+            metrics::counter!("wafleet_channel_setting_errors_total", "channel" => r.phone_number_id.clone(), "setting" => "business_hours").increment(1);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+
+    #[test]
+    fn business_hours_are_read_in_the_channels_time_zone() {
+        let hours = BusinessHours {
+            schedule: "mon-fri 09:00-18:00".parse().unwrap(),
+            tz: "America/Bogota".parse().unwrap(),
+            after_hours_ack: None,
+        };
+        // Monday 7 December 2026: 14:00 UTC is 09:00 in Bogotá (UTC-5).
+        let at = |d, h, m| Utc.with_ymd_and_hms(2026, 12, d, h, m, 0).unwrap();
+        assert!(!hours.open_at(at(7, 13, 59)));
+        assert!(hours.open_at(at(7, 14, 0)));
+        assert!(hours.open_at(at(7, 22, 59)));
+        assert!(!hours.open_at(at(7, 23, 0)), "18:00 in Bogotá");
+        // Saturday 04:00 UTC is still Friday 23:00 in Bogotá: closed; Friday 20:00 UTC open.
+        assert!(hours.open_at(at(11, 20, 0)));
+        assert!(!hours.open_at(at(12, 4, 0)));
     }
 }

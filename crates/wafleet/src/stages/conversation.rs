@@ -323,14 +323,17 @@ impl ConversationStage {
                 )
                 .await
                 .map_err(db("handing over"))?;
-                if channel.bot_answers() && !channel.handover_ack.is_empty() {
+                let ack = channel
+                    .after_hours_ack_at(chrono::Utc::now())
+                    .unwrap_or(&channel.handover_ack);
+                if channel.bot_answers() && !ack.is_empty() {
                     store::insert_outbound(
                         &mut tx,
                         (conversation.id, conversation.channel_id),
                         Some(stored.id),
                         "handover_ack",
                         0,
-                        &channel.handover_ack,
+                        ack,
                         outbound_state,
                     )
                     .await

@@ -281,7 +281,10 @@ impl LlmStage {
         let parts: Vec<(String, String)> = if reply.wants_human {
             // The model's own words go through the same formatting as any answer; one part
             // (it is meant to be a sentence: anything past 4096 characters is cut at a boundary).
-            let ack = if reply.text.trim().is_empty() {
+            // Outside business hours the model's words would promise a person who is not there.
+            let ack = if let Some(after_hours) = channel.after_hours_ack_at(chrono::Utc::now()) {
+                after_hours.to_string()
+            } else if reply.text.trim().is_empty() {
                 channel.handover_ack.clone()
             } else {
                 split_message(&markdown_to_whatsapp(&reply.text), WHATSAPP_MAX_CHARS)

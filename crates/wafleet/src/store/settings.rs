@@ -16,6 +16,9 @@ pub enum Setting {
     HumanReleaseAfterSecs,
     SendRatePerSec,
     PairBurst,
+    BusinessHours,
+    BusinessHoursTz,
+    AfterHoursAck,
 }
 
 /// What a setting is set to.
@@ -32,7 +35,7 @@ pub enum Value {
 }
 
 impl Setting {
-    pub const ALL: [Setting; 10] = [
+    pub const ALL: [Setting; 13] = [
         Setting::SystemPrompt,
         Setting::HistoryLimit,
         Setting::CannedReply,
@@ -43,6 +46,9 @@ impl Setting {
         Setting::HumanReleaseAfterSecs,
         Setting::SendRatePerSec,
         Setting::PairBurst,
+        Setting::BusinessHours,
+        Setting::BusinessHoursTz,
+        Setting::AfterHoursAck,
     ];
 
     /// The setting's name, which is also its column.
@@ -58,6 +64,9 @@ impl Setting {
             Setting::HumanReleaseAfterSecs => "human_release_after_secs",
             Setting::SendRatePerSec => "send_rate_per_sec",
             Setting::PairBurst => "pair_burst",
+            Setting::BusinessHours => "business_hours",
+            Setting::BusinessHoursTz => "business_hours_tz",
+            Setting::AfterHoursAck => "after_hours_ack",
         }
     }
 
@@ -102,12 +111,18 @@ impl Setting {
             )),
             // Sent to customers as one message: blank (other than '' for none) or longer than
             // WhatsApp takes would fail every time.
-            Setting::CannedReply | Setting::HandoverAck | Setting::MediaNotice
+            Setting::CannedReply
+            | Setting::HandoverAck
+            | Setting::MediaNotice
+            | Setting::AfterHoursAck
                 if !raw.is_empty() && raw.trim().is_empty() =>
             {
                 Err(format!("{} is blank: give '' to send none", self.name()))
             }
-            Setting::CannedReply | Setting::HandoverAck | Setting::MediaNotice
+            Setting::CannedReply
+            | Setting::HandoverAck
+            | Setting::MediaNotice
+            | Setting::AfterHoursAck
                 if raw.chars().count() > 4096 =>
             {
                 Err(format!(
@@ -118,7 +133,23 @@ impl Setting {
             Setting::SystemPrompt
             | Setting::CannedReply
             | Setting::HandoverAck
-            | Setting::MediaNotice => Ok(Value::Text(raw.to_string())),
+            | Setting::MediaNotice
+            | Setting::AfterHoursAck => Ok(Value::Text(raw.to_string())),
+            // Stored in its canonical form, which is also how `show` prints it.
+            Setting::BusinessHours => raw
+                .parse::<wafleet_core::hours::Schedule>()
+                .map(|s| Value::Text(s.to_string()))
+                .map_err(|e| format!("business_hours: {e}")),
+            Setting::BusinessHoursTz => raw
+                .trim()
+                .parse::<chrono_tz::Tz>()
+                .map(|tz| Value::Text(tz.name().to_string()))
+                .map_err(|_| {
+                    format!(
+                        "business_hours_tz takes an IANA time zone (America/Bogota, Europe/Madrid, \
+                         UTC…), not {raw:?}"
+                    )
+                }),
             Setting::HandoverKeywords => {
                 let list: Vec<String> = raw
                     .split(',')
@@ -215,7 +246,8 @@ pub async fn show(
         "SELECT ARRAY[system_prompt, history_limit::text, canned_reply,
                       array_to_string(handover_keywords, ', '), handover_ack, media_notice,
                       session_timeout_secs::text, COALESCE(human_release_after_secs::text, 'never'),
-                      send_rate_per_sec::text, pair_burst::text]
+                      send_rate_per_sec::text, pair_burst::text,
+                      COALESCE(business_hours, 'always open'), business_hours_tz, after_hours_ack]
            FROM channels WHERE phone_number_id = $1",
     )
     .bind(phone_number_id)
@@ -229,9 +261,11 @@ pub async fn show(
                 let shown = match (s, v) {
                     // NULL or '' sends no notice; '' sends no acknowledgement.
                     (Setting::MediaNotice, None) => "(none)".to_string(),
-                    (Setting::MediaNotice | Setting::HandoverAck, Some(v)) if v.is_empty() => {
-                        "(none)".to_string()
-                    }
+                    (Setting::AfterHoursAck, None) => "(the handover_ack)".to_string(),
+                    (
+                        Setting::MediaNotice | Setting::HandoverAck | Setting::AfterHoursAck,
+                        Some(v),
+                    ) if v.is_empty() => "(none)".to_string(),
                     (_, Some(v)) => v,
                     (_, None) => "(default)".to_string(),
                 };
@@ -271,6 +305,18 @@ mod tests {
         assert_eq!(n(Setting::SendRatePerSec, "1000"), Ok(Value::Int(1000)));
         assert!(n(Setting::SendRatePerSec, "1001").is_err());
         assert_eq!(Setting::PairBurst.reset().value(), &Value::Default);
+        // Hours are stored in their canonical form; a zone must be one of the IANA database.
+        assert_eq!(
+            n(Setting::BusinessHours, "Mon-Tue 09:00-18:00"),
+            Ok(Value::Text("mon 09:00-18:00; tue 09:00-18:00".into()))
+        );
+        assert!(n(Setting::BusinessHours, "mon 18:00-09:00").is_err());
+        assert_eq!(
+            n(Setting::BusinessHoursTz, " America/Bogota "),
+            Ok(Value::Text("America/Bogota".into()))
+        );
+        assert!(n(Setting::BusinessHoursTz, "Bogota").is_err());
+        assert!(n(Setting::AfterHoursAck, "  ").is_err());
         assert!(n(Setting::SystemPrompt, "  ").is_err());
         assert_eq!(n(Setting::HandoverAck, ""), Ok(Value::Text(String::new())));
         assert!(n(Setting::HandoverAck, "  ").is_err());

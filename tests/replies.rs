@@ -2884,3 +2884,104 @@ async fn within_business_hours_the_usual_acknowledgement_is_sent() {
     let sent = s.sent(1).await;
     assert_eq!(sent[0].body, DEFAULT_HANDOVER_ACK);
 }
+
+#[tokio::test]
+async fn the_model_is_given_the_knowledge_base_entries_that_match_the_customers_message() {
+    use wafleet::store::knowledge::{self, Put};
+    let s = system().await;
+    let put = |title: &'static str, body: &'static str, language: &'static str| {
+        let pg = s.pg.clone();
+        async move {
+            knowledge::put(&pg, PNID, title, body, language)
+                .await
+                .unwrap()
+        }
+    };
+    let shipping = "Hacemos envíos a toda Colombia en 2 a 4 días hábiles; a Medellín y Bogotá \
+                    llegan al día siguiente.";
+    assert_eq!(
+        put("Envíos y entregas", shipping, "spanish").await,
+        Put::Added
+    );
+    assert_eq!(
+        put(
+            "Horario de la tienda",
+            "Abrimos de lunes a sábado de 9:00 a 19:00.",
+            "spanish"
+        )
+        .await,
+        Put::Added
+    );
+    assert_eq!(
+        put("Devoluciones", "Hasta 15 días.", "spanish").await,
+        Put::Added
+    );
+    assert_eq!(
+        put(
+            "Devoluciones",
+            "Aceptamos devoluciones hasta 30 días después de la compra.",
+            "spanish"
+        )
+        .await,
+        Put::Replaced
+    );
+    assert_eq!(
+        put("Pagos", "Tarjeta o PSE.", "klingon").await,
+        Put::UnknownLanguage
+    );
+    assert_eq!(
+        knowledge::put(&s.pg, "999", "Pagos", "Tarjeta o PSE.", "spanish")
+            .await
+            .unwrap(),
+        Put::NoChannel
+    );
+    let system_of = |n: usize| {
+        s.sim.state.llm_requests()[n].body["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+
+    // Singular for plural, without the accents: stemmed in the entry's language.
+    s.send("573050", "wamid.K1", "¿Hacen envio a Medellin?")
+        .await;
+    s.sent(1).await;
+    let system = system_of(0);
+    assert!(
+        system.contains(&format!("### Envíos y entregas\n{shipping}")),
+        "{system}"
+    );
+    assert!(!system.contains("Horario de la tienda"), "{system}");
+    assert!(!system.contains("Devoluciones"), "{system}");
+
+    s.send("573051", "wamid.K2", "¿puedo hacer devoluciones?")
+        .await;
+    s.sent(2).await;
+    let system = system_of(1);
+    assert!(
+        system.contains("hasta 30 días"),
+        "the replaced text: {system}"
+    );
+    assert!(!system.contains("Hasta 15 días"), "{system}");
+
+    s.send("573052", "wamid.K3", "hola").await;
+    s.sent(3).await;
+    assert!(
+        !system_of(2).contains("Reference information"),
+        "nothing matches"
+    );
+    assert!(
+        knowledge::remove(&s.pg, PNID, "Devoluciones")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        knowledge::list(&s.pg, PNID)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.title.as_str())
+            .collect::<Vec<_>>(),
+        ["Envíos y entregas", "Horario de la tienda"]
+    );
+}

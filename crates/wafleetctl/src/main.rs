@@ -76,9 +76,36 @@ enum Command {
     /// Bearer tokens of the agent API (`wafleet-api`), one per dashboard or team.
     #[command(subcommand)]
     ApiToken(ApiTokenCommand),
+    /// A number's knowledge base: entries the model is given when a customer's message matches
+    /// them (full-text search), so it answers from the business's facts.
+    #[command(subcommand)]
+    Knowledge(KnowledgeCommand),
     /// Hand a conversation back to the bot (the same as `conversation release`).
     #[command(hide = true)]
     Release { conversation_id: i64 },
+}
+
+#[derive(Subcommand)]
+enum KnowledgeCommand {
+    /// Add an entry, or replace the one with the same title.
+    Add {
+        phone_number_id: String,
+        /// What it is about (its words weigh most in the search), e.g. "Envíos y entregas".
+        title: String,
+        /// The text (at most 4,000 characters); `@PATH` reads it from a file, `-` from stdin.
+        text: String,
+        /// The Postgres text search configuration it is written in: how words are stemmed
+        /// (`spanish`, `english`, `portuguese`…; `simple` matches words as written).
+        #[arg(long, default_value = "simple")]
+        language: String,
+    },
+    /// List a number's entries (titles, language, size).
+    List { phone_number_id: String },
+    /// Remove an entry.
+    Remove {
+        phone_number_id: String,
+        title: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -383,6 +410,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Conversation(cmd) => conversation(&pool, cmd).await?,
         Command::Usage { from, to } => usage(&pool, from, to).await?,
         Command::ApiToken(cmd) => api_token(&pool, cmd).await?,
+        Command::Knowledge(cmd) => knowledge(&pool, cmd).await?,
         Command::Customer(CustomerCommand::Erase {
             phone_number_id,
             customer,
@@ -524,17 +552,7 @@ async fn main() -> anyhow::Result<()> {
             setting,
             value,
         }) => {
-            let raw = if value == "-" {
-                without_trailing_newline(
-                    std::io::read_to_string(std::io::stdin()).context("reading the value")?,
-                )
-            } else if let Some(path) = value.strip_prefix('@') {
-                without_trailing_newline(
-                    std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?,
-                )
-            } else {
-                value
-            };
+            let raw = value_or_file(value)?;
             let setting = setting_named(&setting)?;
             let change = setting.parse(&raw).map_err(anyhow::Error::msg)?;
             change_setting(&pool, &phone_number_id, &change).await?;
@@ -607,6 +625,76 @@ async fn api_token(pool: &wafleet::db::PgPool, cmd: ApiTokenCommand) -> anyhow::
                 "no live token named {name:?}"
             );
             println!("token {name:?} revoked; the API refuses it from now on");
+        }
+    }
+    Ok(())
+}
+
+/// A value as given: `-` reads it from stdin, `@PATH` from a file (either without the trailing
+/// newline editors add), anything else is the value itself.
+fn value_or_file(value: String) -> anyhow::Result<String> {
+    Ok(if value == "-" {
+        without_trailing_newline(
+            std::io::read_to_string(std::io::stdin()).context("reading the value")?,
+        )
+    } else if let Some(path) = value.strip_prefix('@') {
+        without_trailing_newline(
+            std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?,
+        )
+    } else {
+        value
+    })
+}
+
+async fn knowledge(pool: &wafleet::db::PgPool, cmd: KnowledgeCommand) -> anyhow::Result<()> {
+    use wafleet::store::knowledge::{self, MAX_BODY_CHARS, Put};
+    match cmd {
+        KnowledgeCommand::Add {
+            phone_number_id,
+            title,
+            text,
+            language,
+        } => {
+            let body = value_or_file(text)?;
+            let title = title.trim();
+            anyhow::ensure!(!title.is_empty(), "give the entry a title");
+            anyhow::ensure!(!body.trim().is_empty(), "the entry is empty");
+            let chars = body.chars().count();
+            anyhow::ensure!(
+                chars <= MAX_BODY_CHARS,
+                "the entry has {chars} characters; at most {MAX_BODY_CHARS} go to the model: split it"
+            );
+            match knowledge::put(pool, &phone_number_id, title, &body, &language).await? {
+                Put::Added => println!("entry {title:?} added to {phone_number_id}"),
+                Put::Replaced => println!("entry {title:?} of {phone_number_id} replaced"),
+                Put::NoChannel => anyhow::bail!("no channel {phone_number_id}"),
+                Put::UnknownLanguage => anyhow::bail!(
+                    "Postgres has no text search configuration {language:?} (spanish, english, \
+                     portuguese, simple…: SELECT cfgname FROM pg_ts_config)"
+                ),
+            }
+        }
+        KnowledgeCommand::List { phone_number_id } => {
+            println!("title\tlanguage\tcharacters\tupdated");
+            for e in knowledge::list(pool, &phone_number_id).await? {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    e.title,
+                    e.language,
+                    e.chars,
+                    e.updated_at.format("%Y-%m-%d %H:%M")
+                );
+            }
+        }
+        KnowledgeCommand::Remove {
+            phone_number_id,
+            title,
+        } => {
+            anyhow::ensure!(
+                knowledge::remove(pool, &phone_number_id, &title).await?,
+                "{phone_number_id} has no entry {title:?}"
+            );
+            println!("entry {title:?} removed from {phone_number_id}");
         }
     }
     Ok(())

@@ -23,6 +23,23 @@ pub fn system_prompt(custom: Option<&str>) -> String {
     }
 }
 
+/// The system prompt with the business's knowledge-base entries that match the customer's
+/// message (title, body), best first: the facts the built-in prompt tells the model to stick to.
+pub fn with_knowledge(system: String, entries: &[(String, String)]) -> String {
+    if entries.is_empty() {
+        return system;
+    }
+    let mut out = system;
+    out.push_str(
+        "\n\nReference information from the business (use it when it answers the customer's \
+         question; it is the only source of facts about the business beyond these instructions):\n",
+    );
+    for (title, body) in entries {
+        out.push_str(&format!("\n### {}\n{}\n", title.trim(), body.trim()));
+    }
+    out
+}
+
 // Kept in English: models follow English instructions best and still answer in the customer's
 // language when told to.
 const PROMPT: &str = "\

@@ -27,7 +27,7 @@ use crate::batch::Batcher;
 use crate::graph::GraphClient;
 use crate::llm::{
     ChatMessage, ChatRequest, FallbackPolicy, LlmClient, ProviderConfig, Role, reply_with_fallback,
-    system_prompt,
+    system_prompt, with_knowledge,
 };
 use crate::store::channels::BotMode;
 use crate::store::replies::{self, NewReply, ReplyContext, ReplyRecord};
@@ -145,6 +145,9 @@ impl Handler for LlmStage {
     }
 }
 
+/// Knowledge-base entries given to the model with each request, at most.
+const KNOWLEDGE_ENTRIES: i64 = 3;
+
 fn db(doing: &'static str) -> impl Fn(sqlx::Error) -> Outcome {
     move |e| db_outcome(&e, doing)
 }
@@ -212,8 +215,9 @@ impl LlmStage {
             return Ok(Outcome::Done);
         }
 
+        let knowledge = self.knowledge(&channel, &turns).await?;
         let request = ChatRequest {
-            system: system_prompt(channel.system_prompt.as_deref()),
+            system: with_knowledge(system_prompt(channel.system_prompt.as_deref()), &knowledge),
             messages: turns
                 .into_iter()
                 .map(|(customer, content)| ChatMessage {
@@ -313,6 +317,28 @@ impl LlmStage {
         }
         self.follow_up(job, &ctx, outcome).await?;
         Ok(Outcome::Done)
+    }
+
+    /// The channel's knowledge-base entries that match the customer's latest message (redacted,
+    /// as the model sees it), best first; nothing for a channel without entries (no query).
+    async fn knowledge(
+        &self,
+        channel: &ChannelSettings,
+        turns: &[(bool, String)],
+    ) -> Result<Vec<(String, String)>, Outcome> {
+        if channel.knowledge_entries == 0 {
+            return Ok(Vec::new());
+        }
+        let Some((_, latest)) = turns.iter().rev().find(|(customer, _)| *customer) else {
+            return Ok(Vec::new());
+        };
+        let found =
+            crate::store::knowledge::relevant(&self.pg, channel.id, latest, KNOWLEDGE_ENTRIES)
+                .await
+                .map_err(db("searching the knowledge base"))?;
+        metrics::counter!("wafleet_knowledge_searches_total", "found" => if found.is_empty() { "none" } else { "some" })
+            .increment(1);
+        Ok(found)
     }
 
     /// Stores the reply and its parts together; false when it was already stored.

@@ -6,6 +6,7 @@ pub mod api_tokens;
 pub mod channels;
 pub mod conversations;
 pub mod erasure;
+pub mod knowledge;
 pub mod replies;
 pub mod settings;
 pub mod usage;

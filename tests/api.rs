@@ -79,6 +79,18 @@ impl Api {
         )
     }
 
+    /// Opens the event stream, resuming after `last` when given.
+    async fn events(&self, token: &str, last: Option<&str>) -> reqwest::Response {
+        let mut req = self
+            .http
+            .get(format!("{}/api/v1/events", self.url))
+            .bearer_auth(token);
+        if let Some(id) = last {
+            req = req.header("last-event-id", id);
+        }
+        req.send().await.unwrap()
+    }
+
     async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
         self.call(reqwest::Method::GET, path, Some(token), None, None)
             .await
@@ -176,6 +188,17 @@ impl Sys {
             .fetch_one(&self.pg)
             .await
             .unwrap();
+        id
+    }
+
+    /// A customer's conversation with `number`, which the shop's agent then takes.
+    async fn taken(&self, number: &str, from: &str, wamid: &str) -> i64 {
+        let id = self.customer_writes(number, from, wamid, 1).await;
+        let (status, _) = self
+            .api
+            .post(&format!("/api/v1/conversations/{id}/take"), &self.shop)
+            .await;
+        assert_eq!(status, StatusCode::OK);
         id
     }
 
@@ -381,7 +404,8 @@ async fn read_events(res: &mut reqwest::Response, n: usize) -> Vec<(String, Stri
                         e.2 = serde_json::from_str(v.trim()).unwrap();
                     }
                 }
-                if !e.0.is_empty() {
+                // A block with only an id (the resume point sent first) dispatches no event.
+                if !e.0.is_empty() && !e.2.is_null() {
                     events.push(e);
                 }
             }
@@ -399,20 +423,11 @@ async fn the_event_stream_brings_handovers_live_only_for_the_tokens_numbers_and_
     let shop_conv = s.customer_writes(SHOP, "573032", "wamid.C1", 1).await;
     let other_conv = s.customer_writes(OTHER, "573033", "wamid.C2", 2).await;
     let api = &s.api;
-    let open = |token: String, last: Option<String>| {
-        let mut req = api
-            .http
-            .get(format!("{}/api/v1/events", api.url))
-            .bearer_auth(token);
-        if let Some(id) = last {
-            req = req.header("last-event-id", id);
-        }
-        async move {
-            let res = req.send().await.unwrap();
-            assert_eq!(res.status(), StatusCode::OK);
-            assert_eq!(res.headers()["content-type"], "text/event-stream");
-            res
-        }
+    let open = |token: String, last: Option<String>| async move {
+        let res = api.events(&token, last.as_deref()).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()["content-type"], "text/event-stream");
+        res
     };
     // From now: the stream is open before anything happens.
     let mut live = open(s.shop.clone(), None).await;
@@ -460,4 +475,143 @@ async fn the_event_stream_brings_handovers_live_only_for_the_tokens_numbers_and_
     );
     drop((live, other, resumed));
     let _ = &s.cfg;
+}
+
+#[tokio::test]
+async fn a_revoked_token_stops_receiving_events_on_its_open_stream() {
+    let s = system().await;
+    let id = s.customer_writes(SHOP, "573040", "wamid.V1", 1).await;
+    let api = &s.api;
+    let live = api.events(&s.shop, None).await;
+    assert_eq!(live.status(), StatusCode::OK);
+    // The token leaks; the operator revokes it ("the API refuses it from now on").
+    assert!(api_tokens::revoke(&s.pg, "shop").await.unwrap());
+    assert_eq!(
+        api.get("/api/v1/conversations", &s.shop).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    // Activity afterwards must not reach the revoked token's open stream.
+    api.post(&format!("/api/v1/conversations/{id}/take"), &s.all)
+        .await;
+    // The stream ends at its next read, without the event.
+    let rest = tokio::time::timeout(Duration::from_secs(30), live.text())
+        .await
+        .expect("the stream closes")
+        .unwrap();
+    assert!(
+        !rest.contains("event:"),
+        "the revoked token still receives events: {rest:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_nul_character_in_an_agents_message_is_a_bad_request_not_an_outage() {
+    let s = system().await;
+    let id = s.taken(SHOP, "573041", "wamid.N1").await;
+    let api = &s.api;
+    // Valid JSON; Postgres TEXT cannot hold U+0000.
+    let (status, body) = api.write(id, &s.shop, "nul-1", "hola\u{0}").await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "a permanent input error answered as retryable: {body}"
+    );
+}
+
+#[tokio::test]
+async fn an_event_id_redis_refuses_is_a_bad_request_not_an_empty_stream() {
+    let s = system().await;
+    let api = &s.api;
+    let res = api.events(&s.shop, Some("99999999999999999999-0")).await;
+    let status = res.status();
+    let body = tokio::time::timeout(Duration::from_secs(10), res.text())
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "answered {status} with body {body:?} (the stream closed at once: EventSource reconnects forever)"
+    );
+}
+
+#[tokio::test]
+async fn event_streams_a_client_closed_give_their_slot_back() {
+    let s = system().await;
+    let api = &s.api;
+    let open = || async { Ok::<_, ()>(api.events(&s.shop, None).await) };
+    // max_event_streams is 4 in these tests.
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        let res = open().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        streams.push(res);
+    }
+    // The dashboard is reloaded: its connections close.
+    assert_eq!(
+        open().await.unwrap().status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a fifth stream is over WAFLEET_API_MAX_EVENT_STREAMS"
+    );
+    drop(streams);
+    eventually(
+        "a slot given back by a closed stream",
+        Duration::from_secs(20),
+        || async { (open().await.unwrap().status() == StatusCode::OK).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn retrying_a_message_after_the_customer_was_erased_answers_gone() {
+    let s = system().await;
+    let id = s.taken(SHOP, "573042", "wamid.G1").await;
+    let api = &s.api;
+    let (status, _) = api.write(id, &s.shop, "g1", "Hola, soy Lucía").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    s.sent(2).await;
+    let mut con = s.cfg.redis().await;
+    wafleet::erasure::erase_customer(&s.pg, &mut con, &s.cfg.keys(), SHOP, "573042")
+        .await
+        .unwrap()
+        .unwrap();
+    // The dashboard's retry of the same request (it timed out before the erasure).
+    let (status, body) = api.write(id, &s.shop, "g1", "Hola, soy Lucía").await;
+    assert_eq!(status, StatusCode::GONE, "{body}");
+}
+
+#[tokio::test]
+async fn a_stream_opened_from_now_that_drops_before_its_first_event_misses_nothing() {
+    let s = system().await;
+    let id = s.customer_writes(SHOP, "573043", "wamid.F1", 1).await;
+    let api = &s.api;
+    // A dashboard on a quiet number: open from now, nothing happens, the connection drops
+    // (an API redeploy, a proxy). It has received no id, so it reconnects without one.
+    let mut first = api.events(&s.shop, None).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    // What an EventSource keeps as lastEventId: any `id:` line the stream sent so far.
+    let mut last_id = None;
+    let mut seen = String::new();
+    while let Ok(Some(chunk)) = tokio::time::timeout(Duration::from_secs(1), first.chunk())
+        .await
+        .map(|c| c.unwrap())
+    {
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+        for line in seen.lines() {
+            if let Some(v) = line.strip_prefix("id:") {
+                last_id = Some(v.trim().to_string());
+            }
+        }
+    }
+    drop(first);
+    // Meanwhile a customer is handed to a human.
+    api.post(&format!("/api/v1/conversations/{id}/take"), &s.all)
+        .await;
+    let mut again = api.events(&s.shop, last_id.as_deref()).await;
+    let got = tokio::time::timeout(Duration::from_secs(8), read_events(&mut again, 1)).await;
+    assert!(
+        got.is_ok(),
+        "the handover made while the dashboard reconnected is never delivered (the stream gave \
+         no id to resume from)"
+    );
 }

@@ -2985,3 +2985,116 @@ async fn the_model_is_given_the_knowledge_base_entries_that_match_the_customers_
         ["Envíos y entregas", "Horario de la tienda"]
     );
 }
+
+#[tokio::test]
+async fn erasure_removes_the_senders_dead_letters_naming_the_customer() {
+    // A reply that ran out of retries: the runtime dead-letters its outbox job, whose `conv`
+    // field is `<number>:<customer's phone>` (outbox jobs carry no `channel` field).
+    let s = system_retrying(2).await;
+    s.sim
+        .state
+        .add_fault(fault(serde_json::json!({"code": 131000, "count": 2})));
+    s.send("573011", "wamid.R1", "hola").await;
+    s.one_sender_dead_letter().await;
+    let (pg, mut con, keys) = (&s.pg, s.cfg.redis().await, s.cfg.keys());
+    let before = read_stream(&mut con, &keys.dead("sender")).await;
+    assert_eq!(
+        before[0].1["conv"].as_slice(),
+        format!("{PNID}:573011").as_bytes(),
+        "the dead letter names the customer's phone"
+    );
+    let erased = wafleet::erasure::erase_customer(pg, &mut con, &keys, PNID, "573011")
+        .await
+        .unwrap()
+        .unwrap();
+    let left = read_stream(&mut con, &keys.dead("sender")).await;
+    assert!(
+        left.is_empty(),
+        "the sender's dead letter still names the erased customer's phone: {:?} (erasure reported {:?})",
+        left.iter()
+            .map(|(_, f)| String::from_utf8_lossy(&f["conv"]).to_string())
+            .collect::<Vec<_>>(),
+        erased.stream_entries
+    );
+}
+
+#[tokio::test]
+async fn a_send_in_flight_during_an_erasure_does_not_bring_back_the_customers_wamid() {
+    let s = system().await;
+    // Meta takes 1.2 s to answer the next send (the test Graph timeout is 2 s).
+    s.sim
+        .state
+        .add_fault(fault(serde_json::json!({"delay_ms": 1200, "count": 1})));
+    s.send("573050", "wamid.S1", "hola, soy Camila").await;
+    // The reply is on its way to Meta.
+    wait_count(
+        &s.pg,
+        "SELECT count(*) FROM outbound_messages WHERE state = 'sending'",
+        1,
+        30,
+    )
+    .await;
+    let (pg, mut con, keys) = (&s.pg, s.cfg.redis().await, s.cfg.keys());
+    let erased = wafleet::erasure::erase_customer(pg, &mut con, &keys, PNID, "573050")
+        .await
+        .unwrap()
+        .unwrap();
+    let id = erased.rows.conversations[0];
+    s.sent(1).await;
+    s.settled().await;
+    let (wamid, state): (Option<String>, String) =
+        sqlx::query_as("SELECT wamid, state FROM outbound_messages WHERE conversation_id = $1")
+            .bind(id)
+            .fetch_one(pg)
+            .await
+            .unwrap();
+    assert!(
+        wamid.as_deref().is_none_or(|w| w.starts_with("erased:")),
+        "Meta's raw wamid is back on the erased customer's row after the erasure: {wamid:?} ({state})"
+    );
+}
+
+#[tokio::test]
+async fn an_erasure_and_a_reply_being_recorded_do_not_deadlock() {
+    let s = system().await;
+    s.send("573060", "wamid.DL1", "hola").await;
+    s.sent(1).await;
+    s.settled().await;
+    let pg = &s.pg;
+    let (conv, message): (i64, i64) = sqlx::query_as(
+        "SELECT c.id, m.id FROM conversations c JOIN messages m ON m.conversation_id = c.id
+          WHERE c.wa_id = '573060'",
+    )
+    .fetch_one(pg)
+    .await
+    .unwrap();
+    // A reply being recorded: its foreign keys share the message, then the conversation.
+    let mut reply = pg.begin().await.unwrap();
+    sqlx::query("SELECT id FROM messages WHERE id = $1 FOR KEY SHARE")
+        .bind(message)
+        .fetch_all(&mut *reply)
+        .await
+        .unwrap();
+    let erasing = {
+        let (pg, mut con, keys) = (pg.clone(), s.cfg.redis().await, s.cfg.keys());
+        tokio::spawn(async move {
+            wafleet::erasure::erase_customer(&pg, &mut con, &keys, PNID, "573060").await
+        })
+    };
+    wait_count(
+        pg,
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        1,
+        30,
+    )
+    .await;
+    sqlx::query("SELECT id FROM conversations WHERE id = $1 FOR KEY SHARE")
+        .bind(conv)
+        .fetch_all(&mut *reply)
+        .await
+        .expect("the reply gets its conversation: the erasure waits for it without holding it");
+    reply.commit().await.unwrap();
+    let erased = erasing.await.unwrap().unwrap().unwrap();
+    assert_eq!(erased.rows.conversations, vec![conv]);
+}

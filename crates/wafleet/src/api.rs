@@ -207,6 +207,13 @@ impl From<AgentError> for ApiError {
             | AgentError::WindowClosed { .. }
             | AgentError::ReferenceTaken { .. } => StatusCode::CONFLICT,
             AgentError::Empty => StatusCode::BAD_REQUEST,
+            // Postgres refusing the data itself (class 22: a NUL, an encoding) is the request's
+            // fault: retrying it would fail the same way.
+            AgentError::Db(sqlx::Error::Database(d))
+                if d.code().is_some_and(|c| c.starts_with("22")) =>
+            {
+                StatusCode::BAD_REQUEST
+            }
             AgentError::Db(_) => return unavailable("Postgres out of reach", e),
             AgentError::Redis(_) | AgentError::RedisPool(_) => {
                 return unavailable("Redis out of reach", e);
@@ -214,6 +221,16 @@ impl From<AgentError> for ApiError {
         };
         ApiError(status, e.to_string())
     }
+}
+
+/// The bearer token of a request, if it has one.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 /// The caller's token, checked against Postgres on every request (a revoked token stops at once).
@@ -232,14 +249,7 @@ impl FromRequestParts<Arc<AppState>> for Authed {
                 "a valid bearer token is needed (wafleetctl api-token add)".into(),
             )
         };
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(unauthorized)?;
+        let token = bearer(&parts.headers).ok_or_else(unauthorized)?;
         match api_tokens::authenticate(&state.pg, token).await {
             Ok(Some(scope)) => Ok(Authed(scope)),
             Ok(None) => {
@@ -410,8 +420,19 @@ fn queued(id: i64, reference: &str, q: &agents::Queued) -> Response {
 fn body<T: serde::de::DeserializeOwned>(
     body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
 ) -> Result<T, ApiError> {
-    body.map(|Json(b)| b)
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))
+    let Json(body) = body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    Ok(body)
+}
+
+/// Text Postgres would refuse (a NUL character) is refused here, as the request's fault.
+fn no_nul<'a>(texts: impl IntoIterator<Item = Option<&'a str>>) -> Result<(), ApiError> {
+    if texts.into_iter().flatten().any(|t| t.contains('\0')) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "text with a NUL character (\\u0000) cannot be stored or sent".into(),
+        ));
+    }
+    Ok(())
 }
 
 async fn message(
@@ -422,6 +443,11 @@ async fn message(
     b: Result<Json<MessageBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let b = body(b)?;
+    no_nul([
+        Some(b.text.as_str()),
+        b.agent.as_deref(),
+        b.reference.as_deref(),
+    ])?;
     let reference = reference(&headers, b.reference)?;
     let mut con = writable(&state, &scope, id).await?;
     let q = agents::reply(
@@ -447,6 +473,16 @@ async fn template(
     b: Result<Json<TemplateBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let b = body(b)?;
+    no_nul(
+        [
+            Some(b.name.as_str()),
+            Some(b.language.as_str()),
+            b.agent.as_deref(),
+            b.reference.as_deref(),
+        ]
+        .into_iter()
+        .chain(b.params.iter().map(|p| Some(p.as_str()))),
+    )?;
     let reference = reference(&headers, b.reference)?;
     if b.name.trim().is_empty() || b.language.trim().is_empty() {
         return Err(ApiError(
@@ -545,14 +581,19 @@ async fn events(
                 .map_or_else(|| "0-0".to_string(), |e| e.id.clone())
         }
     };
+    let token = bearer(&headers).unwrap_or_default().to_string();
     tracing::info!(token = %scope.name, "event stream opened");
     metrics::gauge!("wafleet_api_event_streams").increment(1.0);
+    // The position first, without an event: a client that drops before the first event
+    // reconnects from here (`Last-Event-ID`), not from whenever it comes back.
+    let start = Event::default().id(cursor.clone()).comment("resume point");
     let feed = Feed {
         state: state.clone(),
         scope,
+        token,
         stream_key,
         cursor,
-        ready: VecDeque::new(),
+        ready: VecDeque::from([start]),
         _permit: permit,
     };
     let stream = futures::stream::unfold(feed, |mut feed| async move {
@@ -565,16 +606,19 @@ async fn events(
 }
 
 fn is_stream_id(id: &str) -> bool {
-    let mut parts = id.splitn(2, '-');
-    let digits =
-        |s: Option<&str>| s.is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()));
-    digits(parts.next()) && digits(parts.next())
+    // What Redis takes: two unsigned 64-bit numbers.
+    let number = |s: &str| !s.starts_with('+') && s.parse::<u64>().is_ok();
+    id.split_once('-')
+        .is_some_and(|(ms, seq)| number(ms) && number(seq))
 }
 
 /// One open event stream: where it is on the Redis stream, and events read but not yet sent.
 struct Feed {
     state: Arc<AppState>,
     scope: Scope,
+    /// Checked again after every read: a token revoked while its stream is open gets nothing
+    /// more.
+    token: String,
     stream_key: String,
     cursor: String,
     ready: VecDeque<Event>,
@@ -618,6 +662,18 @@ impl Feed {
                     return None;
                 }
             };
+            match api_tokens::authenticate(&self.state.pg, &self.token).await {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    tracing::info!(token = %self.scope.name, "token revoked; event stream closed");
+                    return None;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "token check failed; closing the event stream");
+                    metrics::counter!("wafleet_api_event_stream_errors_total").increment(1);
+                    return None;
+                }
+            }
             for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
                 self.cursor = entry.id.clone();
                 let Some(json) = entry
@@ -664,7 +720,19 @@ mod tests {
         for ok in ["0-0", "1733356800000-12"] {
             assert!(is_stream_id(ok), "{ok}");
         }
-        for bad in ["", "-", "12", "12-", "-3", "a-1", "1-2-3", "$", "+"] {
+        for bad in [
+            "",
+            "-",
+            "12",
+            "12-",
+            "-3",
+            "a-1",
+            "1-2-3",
+            "$",
+            "+",
+            "+1-0",
+            "99999999999999999999-0",
+        ] {
             assert!(!is_stream_id(bad), "{bad}");
         }
     }

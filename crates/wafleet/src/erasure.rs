@@ -228,8 +228,17 @@ pub fn names_customer(
         .iter()
         .find(|(k, _)| k == "channel")
         .map(|(_, v)| v.as_slice());
+    let conv_prefix = format!("{phone_number_id}:");
     let belongs = match channel {
         Some(c) if c != b"-" => c == phone_number_id.as_bytes(),
+        // Jobs between stages (a stage's dead letters) carry the conversation key, not always
+        // the channel.
+        _ if fields
+            .iter()
+            .any(|(k, v)| k == "conv" && v.starts_with(conv_prefix.as_bytes())) =>
+        {
+            true
+        }
         _ => {
             let quoted: Vec<String> = std::iter::once(phone_number_id)
                 .chain(waba_id)
@@ -359,7 +368,11 @@ mod tests {
             None,
             &customer
         ));
-        // A stage's dead letter names them by its conversation key; a business-scoped id too.
+        // A stage's dead letter names them by its conversation key (a sender's job carries no
+        // channel); a business-scoped id too.
+        let outbox = fields(&[("conv", "111:573016"), ("outbound_id", "7")]);
+        assert!(names_customer(&outbox, "111", None, &customer));
+        assert!(!names_customer(&outbox, "222", None, &customer));
         let dead = fields(&[("channel", "111"), ("conv", "111:US.1349"), ("reason", "x")]);
         assert!(names_customer(&dead, "111", None, &customer));
         let other = fields(&[

@@ -189,12 +189,14 @@ pub async fn record_agent_message(
     else {
         return Ok(Recorded::NoConversation);
     };
+    // Before the reference is compared: an erased message's text is gone, and a retry would
+    // otherwise look like another text under the same reference.
+    if customer.starts_with("erased:") {
+        return Ok(Recorded::Erased);
+    }
     let recorded_before = recorded(&mut tx, msg).await?;
     let mut fresh = false;
     if recorded_before.is_empty() {
-        if customer.starts_with("erased:") {
-            return Ok(Recorded::Erased);
-        }
         if owner != "human" {
             return Ok(Recorded::WithTheBot);
         }

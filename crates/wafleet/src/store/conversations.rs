@@ -624,6 +624,10 @@ async fn apply_distinct(
              INSERT INTO early_statuses (wamid, status, rank, status_at, error_code, error_title)
              SELECT wamid, status, rank, at, code, title FROM input i
               WHERE NOT EXISTS (SELECT 1 FROM matched m WHERE m.n = i.n)
+                -- Nor a status of a part whose customer was erased (its wamid is a digest now).
+                AND NOT EXISTS (
+                    SELECT 1 FROM outbound_messages o
+                     WHERE o.wamid = 'erased:' || encode(sha256(convert_to(i.wamid, 'UTF8')), 'hex'))
              ON CONFLICT DO NOTHING
          )
          SELECT i.n, c.conversation_id, COALESCE(c.advanced, FALSE),
@@ -695,7 +699,14 @@ pub async fn record_accepted_many(
                   ORDER BY s.wamid, s.rank DESC
              ), accepted AS (
                  UPDATE outbound_messages o SET
-                        wamid = i.wamid,
+                        -- A part sent while its customer was erased (crate::erasure) keeps only
+                        -- the digest of Meta's wamid, which encodes the customer's number.
+                        wamid = CASE WHEN o.body = '' AND EXISTS (
+                                         SELECT 1 FROM conversations c
+                                          WHERE c.id = o.conversation_id
+                                            AND c.customer_key LIKE 'erased:%')
+                                     THEN 'erased:' || encode(sha256(convert_to(i.wamid, 'UTF8')), 'hex')
+                                     ELSE i.wamid END,
                         state = CASE WHEN o.delivery_rank >= 4 THEN o.state
                                      WHEN o.delivery_rank < e.rank AND e.status = 'failed' THEN 'failed'
                                      ELSE 'accepted' END,

@@ -103,6 +103,11 @@ pub async fn erase_customer(
     identifiers: &[String],
 ) -> sqlx::Result<ErasedRows> {
     let mut tx = pool.begin().await?;
+    // Messages before conversations, the order in which recording a reply takes them (its
+    // foreign keys share the message, then the conversation): the other order deadlocks, since
+    // hashing a message's wamid (a unique key) conflicts with the reply's key share.
+    let unlocked = find(&mut tx, phone_number_id, identifiers, false).await?;
+    lock_messages(&mut tx, &unlocked.conversations).await?;
     let found = find(&mut tx, phone_number_id, identifiers, true).await?;
     let ids = found.conversations;
     if ids.is_empty() {
@@ -120,6 +125,7 @@ pub async fn erase_customer(
     tx.commit().await?;
 
     let mut tx = pool.begin().await?;
+    lock_messages(&mut tx, &ids).await?;
     sqlx::query("SELECT id FROM conversations WHERE id = ANY($1) FOR UPDATE")
         .bind(&ids)
         .fetch_all(&mut *tx)
@@ -131,6 +137,16 @@ pub async fn erase_customer(
         messages: messages + late_messages,
         outbound: outbound + late_outbound,
     })
+}
+
+/// Locks the conversations' messages, waiting for every transaction that holds one of them (a
+/// reply being recorded).
+async fn lock_messages(conn: &mut PgConnection, conversations: &[i64]) -> sqlx::Result<()> {
+    sqlx::query("SELECT id FROM messages WHERE conversation_id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(conversations)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 /// Erases the conversations' messages and outbound parts; answers how many of each it changed

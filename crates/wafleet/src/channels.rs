@@ -246,7 +246,10 @@ pub async fn refresh_loop(
     every: Duration,
     stop: CancellationToken,
 ) {
-    let mut last = channels::fingerprint(&pool).await.ok();
+    // No fingerprint yet: the first tick reloads. Reading one here instead could see a change
+    // made after the caller loaded its snapshot (this task may first run much later), and that
+    // change would then never be loaded.
+    let mut last = None;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

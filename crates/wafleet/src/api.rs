@@ -198,6 +198,14 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> ApiError {
     )
 }
 
+fn pg_down(e: impl std::fmt::Display) -> ApiError {
+    unavailable("Postgres out of reach", e)
+}
+
+fn redis_down(e: impl std::fmt::Display) -> ApiError {
+    unavailable("Redis out of reach", e)
+}
+
 impl From<AgentError> for ApiError {
     fn from(e: AgentError) -> Self {
         let status = match &e {
@@ -214,9 +222,9 @@ impl From<AgentError> for ApiError {
             {
                 StatusCode::BAD_REQUEST
             }
-            AgentError::Db(_) => return unavailable("Postgres out of reach", e),
+            AgentError::Db(_) => return pg_down(e),
             AgentError::Redis(_) | AgentError::RedisPool(_) => {
-                return unavailable("Redis out of reach", e);
+                return redis_down(e);
             }
         };
         ApiError(status, e.to_string())
@@ -256,7 +264,7 @@ impl FromRequestParts<Arc<AppState>> for Authed {
                 metrics::counter!("wafleet_api_unauthorized_total").increment(1);
                 Err(unauthorized())
             }
-            Err(e) => Err(unavailable("Postgres out of reach", e)),
+            Err(e) => Err(pg_down(e)),
         }
     }
 }
@@ -266,7 +274,7 @@ impl FromRequestParts<Arc<AppState>> for Authed {
 async fn reachable(state: &AppState, scope: &Scope, id: i64) -> Result<(), ApiError> {
     let number = crate::store::conversations::phone_number_id(&state.pg, id)
         .await
-        .map_err(|e| unavailable("Postgres out of reach", e))?;
+        .map_err(pg_down)?;
     match number {
         Some(n) if scope.reaches(&n) => Ok(()),
         _ => Err(AgentError::NoConversation(id).into()),
@@ -299,7 +307,7 @@ async fn list(
     let list =
         crate::store::agents::conversations(&state.pg, human_only, &scope.phone_number_ids, limit)
             .await
-            .map_err(|e| unavailable("Postgres out of reach", e))?;
+            .map_err(pg_down)?;
     Ok(Json(list).into_response())
 }
 
@@ -318,7 +326,7 @@ async fn show(
     let last = q.last.unwrap_or(50).clamp(1, 1000);
     let lines = crate::store::agents::transcript(&state.pg, id, last)
         .await
-        .map_err(|e| unavailable("Postgres out of reach", e))?
+        .map_err(pg_down)?
         .ok_or(AgentError::NoConversation(id))?;
     Ok(Json(json!({ "conversation_id": id, "lines": lines })).into_response())
 }
@@ -516,11 +524,7 @@ async fn writable(
     id: i64,
 ) -> Result<crate::shared_redis::SharedConnection, ApiError> {
     reachable(state, scope, id).await?;
-    state
-        .redis
-        .get()
-        .await
-        .map_err(|e| unavailable("Redis out of reach", e))
+    state.redis.get().await.map_err(redis_down)
 }
 
 #[derive(Deserialize)]
@@ -567,15 +571,11 @@ async fn events(
         }
         // From now: the newest entry's id, so nothing added between two reads is missed.
         None => {
-            let mut con = state
-                .redis
-                .get()
-                .await
-                .map_err(|e| unavailable("Redis out of reach", e))?;
+            let mut con = state.redis.get().await.map_err(redis_down)?;
             let last: redis::streams::StreamRangeReply = con
                 .xrevrange_count(&stream_key, "+", "-", 1)
                 .await
-                .map_err(|e| unavailable("Redis out of reach", e))?;
+                .map_err(redis_down)?;
             last.ids
                 .first()
                 .map_or_else(|| "0-0".to_string(), |e| e.id.clone())

@@ -238,18 +238,19 @@ pub async fn load(pool: &PgPool, cipher: &Cipher) -> anyhow::Result<Registry> {
     ))
 }
 
-/// Keeps `shared` in step with the `channels` table until `stop` fires.
+/// Keeps `shared` in step with the `channels` table until `stop` fires. `loaded_at` is the
+/// table's fingerprint read before `shared` was loaded (`None`: reload at the first tick). Read
+/// here instead, it could include a change made after the snapshot (this task may first run much
+/// later), and that change would never be loaded.
 pub async fn refresh_loop(
     pool: PgPool,
     cipher: Cipher,
     shared: SharedRegistry,
+    loaded_at: Option<(i64, Option<String>)>,
     every: Duration,
     stop: CancellationToken,
 ) {
-    // No fingerprint yet: the first tick reloads. Reading one here instead could see a change
-    // made after the caller loaded its snapshot (this task may first run much later), and that
-    // change would then never be loaded.
-    let mut last = None;
+    let mut last = loaded_at;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -80,8 +80,7 @@ pub async fn erase_customer(
         normalise_customer(customer).ok_or_else(|| ErasureError::BadCustomer(customer.into()))?;
     let found = crate::store::erasure::find_customer(pg, phone_number_id, &customer).await?;
     let before = scrub_redis(con, keys, phone_number_id, &found).await?;
-    let rows =
-        crate::store::erasure::erase_customer(pg, phone_number_id, &found.identifiers).await?;
+    let rows = crate::store::erasure::erase_customer(pg, phone_number_id, &found).await?;
     if !rows.conversations.is_empty() {
         tracing::info!(
             conversations = rows.conversations.len(),
@@ -121,33 +120,36 @@ async fn scrub_redis(
     found: &Found,
 ) -> redis::RedisResult<Scrubbed> {
     let rl = RateLimitKeys::new(keys.prefix());
-    let mut parked_jobs = 0;
+    // One round trip for every key named by the customer. A parked conversation's held list
+    // goes with its place in the delayed set; a worker draining it at this moment finds it
+    // empty and unschedules it.
+    let mut pipe = redis::pipe();
+    let mut held = Vec::new();
     for id in &found.identifiers {
         let conv = format!("{phone_number_id}:{id}");
-        let _: () = redis::cmd("DEL")
-            .arg(keys.session_cache(&conv))
-            .arg(rl.pair(phone_number_id, id))
-            .arg(rl.penalty(phone_number_id, id))
-            .arg(rl.strikes(phone_number_id, id))
-            .query_async(con)
-            .await?;
-        // A parked conversation's held list goes with its place in the delayed set; a worker
-        // draining it at this moment finds it empty and unschedules it.
+        pipe.del(&[
+            keys.session_cache(&conv),
+            rl.pair(phone_number_id, id),
+            rl.penalty(phone_number_id, id),
+            rl.strikes(phone_number_id, id),
+        ])
+        .ignore();
         let p = keys.partition_of(&conv);
         for stage in crate::stages::process::ALL_STAGES {
-            let held = keys.held(stage, p, &conv);
-            let (jobs, _, _): (usize, (), ()) = redis::pipe()
-                .atomic()
-                .llen(&held)
-                .del(&held)
+            let list = keys.held(stage, p, &conv);
+            pipe.llen(&list)
+                .del(&list)
+                .ignore()
                 .zrem(keys.delayed(stage, p), &conv)
-                .query_async(con)
-                .await?;
-            if jobs > 0 {
-                tracing::info!(stage, jobs, "parked jobs of an erased customer dropped");
-            }
-            parked_jobs += jobs;
+                .ignore();
+            held.push(stage);
         }
+    }
+    let lengths: Vec<usize> = pipe.query_async(con).await?;
+    let mut parked_jobs = 0;
+    for (stage, jobs) in held.into_iter().zip(lengths).filter(|(_, n)| *n > 0) {
+        tracing::info!(stage, jobs, "parked jobs of an erased customer dropped");
+        parked_jobs += jobs;
     }
     let mut stream_entries = Vec::new();
     for stream in

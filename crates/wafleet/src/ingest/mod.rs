@@ -79,6 +79,8 @@ pub async fn run(
     if let Some(qs) = &settings.quick_start {
         apply_quick_start(&pg, &cipher, qs).await?;
     }
+    // Read before the snapshot: a change made while it loads is then seen by the refresher.
+    let loaded_at = crate::store::channels::fingerprint(&pg).await.ok();
     let registry = SharedRegistry::new(channels::load(&pg, &cipher).await?);
     tracing::info!(
         channels = registry.current().len(),
@@ -90,6 +92,7 @@ pub async fn run(
         pg.clone(),
         cipher,
         registry.clone(),
+        loaded_at,
         settings.channel_refresh,
         stop.clone(),
     ));

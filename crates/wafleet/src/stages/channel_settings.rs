@@ -45,8 +45,8 @@ pub struct ChannelSettings {
     /// `None`: the built-in prompt.
     pub system_prompt: Option<String>,
     pub history_limit: i64,
-    /// Entries in the channel's knowledge base (0: no search for its messages).
-    pub knowledge_entries: i64,
+    /// Whether the channel has a knowledge base (else no search for its messages).
+    pub has_knowledge: bool,
     pub canned_reply: String,
     pub send_rate_per_sec: u32,
     pub pair_burst: u32,
@@ -123,7 +123,7 @@ struct Row {
     business_hours: Option<String>,
     business_hours_tz: String,
     after_hours_ack: Option<String>,
-    knowledge_entries: i64,
+    has_knowledge: bool,
 }
 
 #[derive(sqlx::FromRow, PartialEq)]
@@ -229,8 +229,8 @@ impl ChannelCache {
                     handover_ack, media_notice, system_prompt, history_limit, canned_reply,
                     send_rate_per_sec, pair_burst, sends_paused_until, access_token,
                     business_hours, business_hours_tz, after_hours_ack,
-                    (SELECT count(*) FROM knowledge_entries k WHERE k.channel_id = channels.id)
-                        AS knowledge_entries
+                    EXISTS (SELECT 1 FROM knowledge_entries k WHERE k.channel_id = channels.id)
+                        AS has_knowledge
                FROM channels WHERE phone_number_id = $1",
         )
         .bind(phone_number_id)
@@ -322,7 +322,7 @@ impl ChannelCache {
             media_notice: r.media_notice.clone().unwrap_or_default(),
             system_prompt: r.system_prompt.clone(),
             history_limit: i64::from(r.history_limit),
-            knowledge_entries: r.knowledge_entries,
+            has_knowledge: r.has_knowledge,
             canned_reply: r
                 .canned_reply
                 .clone()

@@ -326,7 +326,7 @@ impl LlmStage {
         channel: &ChannelSettings,
         turns: &[(bool, String)],
     ) -> Result<Vec<(String, String)>, Outcome> {
-        if channel.knowledge_entries == 0 {
+        if !channel.has_knowledge {
             return Ok(Vec::new());
         }
         let Some((_, latest)) = turns.iter().rev().find(|(customer, _)| *customer) else {

@@ -627,7 +627,7 @@ async fn apply_distinct(
                 -- Nor a status of a part whose customer was erased (its wamid is a digest now).
                 AND NOT EXISTS (
                     SELECT 1 FROM outbound_messages o
-                     WHERE o.wamid = 'erased:' || encode(sha256(convert_to(i.wamid, 'UTF8')), 'hex'))
+                     WHERE o.wamid = erased_wamid(i.wamid))
              ON CONFLICT DO NOTHING
          )
          SELECT i.n, c.conversation_id, COALESCE(c.advanced, FALSE),
@@ -705,7 +705,7 @@ pub async fn record_accepted_many(
                                          SELECT 1 FROM conversations c
                                           WHERE c.id = o.conversation_id
                                             AND c.customer_key LIKE 'erased:%')
-                                     THEN 'erased:' || encode(sha256(convert_to(i.wamid, 'UTF8')), 'hex')
+                                     THEN erased_wamid(i.wamid)
                                      ELSE i.wamid END,
                         state = CASE WHEN o.delivery_rank >= 4 THEN o.state
                                      WHEN o.delivery_rank < e.rank AND e.status = 'failed' THEN 'failed'

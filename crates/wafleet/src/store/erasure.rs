@@ -57,11 +57,6 @@ async fn find(
             break;
         }
     }
-    found.waba_id = sqlx::query_scalar("SELECT waba_id FROM channels WHERE phone_number_id = $1")
-        .bind(phone_number_id)
-        .fetch_optional(&mut *conn)
-        .await?
-        .flatten();
     Ok(found)
 }
 
@@ -73,7 +68,13 @@ pub async fn find_customer(
     customer: &str,
 ) -> sqlx::Result<Found> {
     let mut conn = pool.acquire().await?;
-    find(&mut conn, phone_number_id, &[customer.to_string()], false).await
+    let mut found = find(&mut conn, phone_number_id, &[customer.to_string()], false).await?;
+    found.waba_id = sqlx::query_scalar("SELECT waba_id FROM channels WHERE phone_number_id = $1")
+        .bind(phone_number_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .flatten();
+    Ok(found)
 }
 
 /// What erasing a customer changed in Postgres.
@@ -84,7 +85,8 @@ pub struct ErasedRows {
     pub outbound: u64,
 }
 
-/// Erases what Postgres holds of the customer known by `identifiers`: their conversations lose
+/// Erases what Postgres holds of the customer `known` ([`find_customer`]; found again, locked, by
+/// its identifiers, so a conversation started since is erased too): their conversations lose
 /// the customer's identifiers and profile name (the conversation key becomes `erased:<id>`, so a
 /// later message starts a new conversation), their messages lose text, metadata and quoted ids,
 /// every message written to them (bot, agent, template) loses its body (one not sent yet fails
@@ -100,15 +102,14 @@ pub struct ErasedRows {
 pub async fn erase_customer(
     pool: &PgPool,
     phone_number_id: &str,
-    identifiers: &[String],
+    known: &Found,
 ) -> sqlx::Result<ErasedRows> {
     let mut tx = pool.begin().await?;
     // Messages before conversations, the order in which recording a reply takes them (its
     // foreign keys share the message, then the conversation): the other order deadlocks, since
     // hashing a message's wamid (a unique key) conflicts with the reply's key share.
-    let unlocked = find(&mut tx, phone_number_id, identifiers, false).await?;
-    lock_messages(&mut tx, &unlocked.conversations).await?;
-    let found = find(&mut tx, phone_number_id, identifiers, true).await?;
+    lock_messages(&mut tx, &known.conversations).await?;
+    let found = find(&mut tx, phone_number_id, &known.identifiers, true).await?;
     let ids = found.conversations;
     if ids.is_empty() {
         return Ok(ErasedRows::default());
@@ -155,7 +156,7 @@ async fn scrub(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<(u64, u64)>
     let messages = sqlx::query(
         "UPDATE messages
             SET text_redacted = NULL, metadata = '{}', context_wamid = NULL, pii_types = '{}',
-                wamid = 'erased:' || encode(sha256(convert_to(wamid, 'UTF8')), 'hex'),
+                wamid = erased_wamid(wamid),
                 -- Nothing of theirs waits for an answer any more.
                 answered_at = COALESCE(answered_at, now())
           WHERE conversation_id = ANY($1) AND wamid NOT LIKE 'erased:%'",
@@ -177,7 +178,7 @@ async fn scrub(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<(u64, u64)>
         "UPDATE outbound_messages
             SET body = '',
                 wamid = CASE WHEN wamid IS NULL OR wamid LIKE 'erased:%' THEN wamid
-                             ELSE 'erased:' || encode(sha256(convert_to(wamid, 'UTF8')), 'hex')
+                             ELSE erased_wamid(wamid)
                         END,
                 fail_reason = CASE WHEN state = 'pending' THEN 'the customer''s data was erased'
                                    ELSE fail_reason END,

@@ -23,6 +23,11 @@ struct Api {
 
 impl Api {
     async fn start(cfg: &TestConfig) -> Self {
+        Self::start_with(cfg, Some(cfg.cipher())).await
+    }
+
+    /// The API with or without the encryption key (without it, channels cannot be changed).
+    async fn start_with(cfg: &TestConfig, cipher: Option<wafleet::crypto::Cipher>) -> Self {
         let settings = wafleet::api::ApiSettings {
             listen: "127.0.0.1:0".parse().unwrap(),
             database_url: Secret::new(cfg.database_url.clone()),
@@ -36,6 +41,7 @@ impl Api {
             max_event_streams: 4,
             request_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(1),
+            cipher,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -101,6 +107,11 @@ impl Api {
             .await
     }
 
+    async fn put(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::PUT, path, Some(token), None, Some(body))
+            .await
+    }
+
     async fn write(&self, id: i64, token: &str, key: &str, text: &str) -> (StatusCode, Value) {
         self.call(
             reqwest::Method::POST,
@@ -153,7 +164,10 @@ async fn system() -> Sys {
         let pg = pg.clone();
         async move {
             let numbers: Vec<String> = numbers.iter().map(|n| n.to_string()).collect();
-            api_tokens::add(&pg, name, &numbers).await.unwrap().unwrap()
+            api_tokens::add(&pg, name, &api_tokens::Grant::Agents(numbers))
+                .await
+                .unwrap()
+                .unwrap()
         }
     };
     let (all, shop, other) = (
@@ -613,5 +627,305 @@ async fn a_stream_opened_from_now_that_drops_before_its_first_event_misses_nothi
         got.is_ok(),
         "the handover made while the dashboard reconnected is never delivered (the stream gave \
          no id to resume from)"
+    );
+}
+
+/// A deployment with no channel yet: ingest and the API, and tokens of each kind.
+struct Platform {
+    api: Api,
+    ingest: Ingest,
+    pg: PgPool,
+    cfg: TestConfig,
+    admin: String,
+    /// Every number, but no channel management.
+    agents: String,
+    /// Only `OTHER`'s.
+    other: String,
+}
+
+async fn platform() -> Platform {
+    let cfg = TestConfig::new().await;
+    cfg.add_channel(OTHER, |_| {}).await;
+    let pg = cfg.pg().await;
+    let add = |name: &'static str, grant: api_tokens::Grant| {
+        let pg = pg.clone();
+        async move { api_tokens::add(&pg, name, &grant).await.unwrap().unwrap() }
+    };
+    Platform {
+        admin: add("console", api_tokens::Grant::Admin).await,
+        agents: add("agents", api_tokens::Grant::Agents(vec![])).await,
+        other: add("other", api_tokens::Grant::Agents(vec![OTHER.into()])).await,
+        ingest: Ingest::start(cfg.ingest_settings()).await,
+        api: Api::start(&cfg).await,
+        pg,
+        cfg,
+    }
+}
+
+const NEW_SECRET: &str = "app-secret-of-the-new-number";
+const NEW_TOKEN: &str = "EAAG-access-token-of-the-new-number";
+const NEW_KEY: &str = "sk-ant-key-of-the-new-number";
+
+#[tokio::test]
+async fn an_admin_connects_a_number_through_the_api_and_ingest_serves_it() {
+    let p = platform().await;
+    let path = format!("/api/v1/channels/{SHOP}");
+    let new = json!({
+        "name": "Tienda Kaiu",
+        "waba_id": "102290129340398",
+        "app_secrets": [NEW_SECRET],
+        "verify_token": "verify-the-new-number",
+        "access_token": NEW_TOKEN,
+        "settings": {"history_limit": 8, "handover_keywords": ["asesor", "hablar con alguien"]},
+        "models": [{"name": "claude", "kind": "anthropic", "base_url": "https://api.anthropic.com",
+                    "model": "claude-sonnet-4-5", "api_key": NEW_KEY}],
+    });
+    // An agents' token reaches every number but manages none.
+    let (status, _) = p.api.put(&path, &p.agents, new.clone()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = p.api.get(&path, &p.admin).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "a refused PUT added the channel"
+    );
+
+    let (status, shown) = p.api.put(&path, &p.admin, new.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{shown}");
+    assert_eq!(shown["name"], "Tienda Kaiu");
+    assert_eq!(shown["app_secrets"], 1);
+    assert_eq!(shown["access_token"], true);
+    assert_eq!(shown["settings"]["history_limit"], "8");
+    assert_eq!(
+        shown["settings"]["handover_keywords"],
+        "asesor, hablar con alguien"
+    );
+    assert_eq!(shown["models"][0]["model"], "claude-sonnet-4-5");
+    // No answer carries a secret, and Postgres holds them sealed.
+    let text = shown.to_string();
+    for secret in [NEW_SECRET, NEW_TOKEN, NEW_KEY, "verify-the-new-number"] {
+        assert!(!text.contains(secret), "the answer shows a secret");
+    }
+    let dump: String = sqlx::query_scalar(
+        "SELECT c::text || string_agg(p::text, '') FROM channels c
+           JOIN channel_llm_providers p ON p.channel_id = c.id
+          WHERE c.phone_number_id = $1 GROUP BY c.*",
+    )
+    .bind(SHOP)
+    .fetch_one(&p.pg)
+    .await
+    .unwrap();
+    for secret in [NEW_SECRET, NEW_TOKEN, NEW_KEY] {
+        let hex = hex::encode(secret);
+        assert!(
+            !dump.contains(secret) && !dump.contains(&hex),
+            "a secret is stored in the clear"
+        );
+    }
+
+    // Ingest sees the new number within seconds: its verify token answers Meta's handshake,
+    // and a webhook signed with its app secret goes onto the streams.
+    let http = reqwest::Client::new();
+    let verify = format!(
+        "{}/webhooks/whatsapp?hub.mode=subscribe&hub.verify_token=verify-the-new-number&hub.challenge=4242",
+        p.ingest.url
+    );
+    eventually(
+        "ingest to know the new number",
+        Duration::from_secs(10),
+        || {
+            let (http, verify) = (http.clone(), verify.clone());
+            async move {
+                let res = http.get(&verify).send().await.ok()?;
+                (res.status() == 200).then_some(())
+            }
+        },
+    )
+    .await;
+    let body = text_message(
+        SHOP,
+        "573001",
+        "wamid.NEW1",
+        chrono::Utc::now().timestamp(),
+        "hola",
+    );
+    assert_eq!(p.ingest.post_signed(&body, NEW_SECRET).await.status(), 200);
+    let mut con = p.cfg.redis().await;
+    let keys = p.cfg.keys();
+    let inbound: Vec<String> = (0..p.cfg.partitions).map(|n| keys.inbound(n)).collect();
+    let updates = all_updates(&mut con, &inbound).await;
+    assert_eq!(
+        updates.len(),
+        1,
+        "the new number's message was not enqueued"
+    );
+
+    // A change of one field leaves the others, secrets included, as they were.
+    let (status, shown) = p.api.put(&path, &p.admin, json!({"bot_mode": "off"})).await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    assert_eq!(shown["bot_mode"], "off");
+    assert_eq!(shown["models"].as_array().unwrap().len(), 1);
+    let stored = wafleet::store::channels::get(&p.pg, &p.cfg.cipher(), SHOP)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.access_token.unwrap().expose(), NEW_TOKEN);
+    assert_eq!(stored.app_secrets.len(), 1);
+
+    // A PUT is checked whole: one bad setting and the bot mode before it is not changed either.
+    let (status, refused) = p
+        .api
+        .put(
+            &path,
+            &p.admin,
+            json!({"bot_mode": "on", "settings": {"pair_burst": 99}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(refused["error"].as_str().unwrap().contains("pair_burst"));
+    let (_, shown) = p.api.get(&path, &p.admin).await;
+    assert_eq!(shown["bot_mode"], "off");
+    // A misspelt field is refused, not taken for "leave it as it is".
+    let (status, _) = p
+        .api
+        .put(&path, &p.admin, json!({"app_secret": "rotated"}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // Disabling stops serving it; `[]` removes its own models; null puts a setting back.
+    let (status, shown) = p
+        .api
+        .put(
+            &path,
+            &p.admin,
+            json!({"enabled": false, "models": [], "settings": {"history_limit": null}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    assert_eq!(shown["enabled"], false);
+    assert_eq!(shown["models"], json!([]));
+    assert_eq!(shown["settings"]["history_limit"], "20");
+
+    // Tokens see only the channels they reach.
+    let (_, all) = p.api.get("/api/v1/channels", &p.agents).await;
+    assert_eq!(all.as_array().unwrap().len(), 2);
+    let (_, mine) = p.api.get("/api/v1/channels", &p.other).await;
+    let numbers: Vec<&str> = mine
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["phone_number_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(numbers, vec![OTHER]);
+    let (status, _) = p.api.get(&path, &p.other).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn an_admin_keeps_a_numbers_knowledge_base_through_the_api() {
+    let p = platform().await;
+    let entry = |title: &str| format!("/api/v1/channels/{OTHER}/knowledge/{title}");
+    let text = "Enviamos a toda Colombia: Medellín y Bogotá en 2 días hábiles.";
+    let (status, _) = p
+        .api
+        .put(&entry("Envíos"), &p.other, json!({"text": text}))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // Added, then replaced by the same title.
+    for want in [StatusCode::CREATED, StatusCode::OK] {
+        let (status, body) = p
+            .api
+            .put(
+                &entry("Env%C3%ADos"),
+                &p.admin,
+                json!({"text": text, "language": "spanish"}),
+            )
+            .await;
+        assert_eq!(status, want, "{body}");
+    }
+    // What the LLM stage finds for a customer's message.
+    let (channel_id,): (i64,) =
+        sqlx::query_as("SELECT id FROM channels WHERE phone_number_id = $1")
+            .bind(OTHER)
+            .fetch_one(&p.pg)
+            .await
+            .unwrap();
+    let found =
+        wafleet::store::knowledge::relevant(&p.pg, channel_id, "¿hacen envíos a Medellín?", 3)
+            .await
+            .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].0, "Envíos");
+
+    let (status, body) = p
+        .api
+        .put(
+            &entry("x"),
+            &p.admin,
+            json!({"text": text, "language": "klingon"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, _) = p
+        .api
+        .put(
+            "/api/v1/channels/999/knowledge/x",
+            &p.admin,
+            json!({"text": text}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let list = format!("/api/v1/channels/{OTHER}/knowledge");
+    let (status, entries) = p.api.get(&list, &p.other).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(entries[0]["title"], "Envíos");
+    assert_eq!(entries[0]["language"], "spanish");
+
+    let envios = entry("Env%C3%ADos");
+    let delete = |token: String| {
+        let (api, path) = (&p.api, envios.clone());
+        async move {
+            api.call(reqwest::Method::DELETE, &path, Some(&token), None, None)
+                .await
+        }
+    };
+    assert_eq!(delete(p.other.clone()).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(delete(p.admin.clone()).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(delete(p.admin.clone()).await.0, StatusCode::NOT_FOUND);
+    let (_, entries) = p.api.get(&list, &p.admin).await;
+    assert_eq!(entries, json!([]));
+}
+
+#[tokio::test]
+async fn without_the_encryption_key_the_api_shows_channels_but_changes_none() {
+    let p = platform().await;
+    let keyless = Api::start_with(&p.cfg, None).await;
+    let (status, body) = keyless
+        .put(
+            &format!("/api/v1/channels/{OTHER}"),
+            &p.admin,
+            json!({"access_token": "EAAG-new"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("WAFLEET_ENCRYPTION_KEY")
+    );
+    let (status, shown) = keyless
+        .get(&format!("/api/v1/channels/{OTHER}"), &p.admin)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(shown["access_token"], true);
+    let stored = wafleet::store::channels::get(&p.pg, &p.cfg.cipher(), OTHER)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stored.access_token.unwrap().expose(),
+        &format!("token-{OTHER}")
     );
 }

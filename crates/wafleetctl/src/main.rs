@@ -96,7 +96,7 @@ enum KnowledgeCommand {
         text: String,
         /// The Postgres text search configuration it is written in: how words are stemmed
         /// (`spanish`, `english`, `portuguese`…; `simple` matches words as written).
-        #[arg(long, default_value = "simple")]
+        #[arg(long, default_value = wafleet::store::knowledge::DEFAULT_LANGUAGE)]
         language: String,
     },
     /// List a number's entries (titles, language, size).
@@ -118,6 +118,9 @@ enum ApiTokenCommand {
         /// any, it reaches every number (a platform's own dashboard).
         #[arg(long = "number")]
         numbers: Vec<String>,
+        /// An admin token: every number, and it manages channels (`/api/v1/channels`).
+        #[arg(long, conflicts_with = "numbers")]
+        admin: bool,
     },
     /// List the tokens: name, numbers, when made and revoked (never the tokens).
     List,
@@ -478,9 +481,15 @@ async fn main() -> anyhow::Result<()> {
                 } else {
                     (!a.allowlist.is_empty()).then_some(a.allowlist)
                 },
+                enabled: None,
             };
-            let id = channels::upsert(&pool, &cipher()?, &spec).await?;
-            println!("channel {} saved (id {id})", a.phone_number_id);
+            let saved = channels::upsert(&pool, &cipher()?, &spec).await?;
+            println!(
+                "channel {} {} (id {})",
+                a.phone_number_id,
+                if saved.created { "added" } else { "saved" },
+                saved.id
+            );
             hint_quarantine(&a.phone_number_id).await;
         }
         Command::Channel(ChannelCommand::List) => {
@@ -579,7 +588,11 @@ async fn main() -> anyhow::Result<()> {
 async fn api_token(pool: &wafleet::db::PgPool, cmd: ApiTokenCommand) -> anyhow::Result<()> {
     use wafleet::store::api_tokens;
     match cmd {
-        ApiTokenCommand::Add { name, numbers } => {
+        ApiTokenCommand::Add {
+            name,
+            numbers,
+            admin,
+        } => {
             anyhow::ensure!(!name.trim().is_empty(), "give the token a name");
             let unknown = api_tokens::unknown_numbers(pool, &numbers).await?;
             anyhow::ensure!(
@@ -587,12 +600,19 @@ async fn api_token(pool: &wafleet::db::PgPool, cmd: ApiTokenCommand) -> anyhow::
                 "no channel has the number(s) {}",
                 unknown.join(", ")
             );
-            let token = api_tokens::add(pool, name.trim(), &numbers)
+            let grant = if admin {
+                api_tokens::Grant::Admin
+            } else {
+                api_tokens::Grant::Agents(numbers.clone())
+            };
+            let token = api_tokens::add(pool, name.trim(), &grant)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("a token named {name:?} exists already"))?;
             eprintln!(
                 "token {name:?} for {}; shown only now, keep it in the dashboard's secrets:",
-                if numbers.is_empty() {
+                if admin {
+                    "managing channels, every number".to_string()
+                } else if numbers.is_empty() {
                     "every number".to_string()
                 } else {
                     numbers.join(", ")
@@ -606,7 +626,9 @@ async fn api_token(pool: &wafleet::db::PgPool, cmd: ApiTokenCommand) -> anyhow::
                 println!(
                     "{}\t{}\t{}\t{}",
                     t.name,
-                    if t.phone_number_ids.is_empty() {
+                    if t.admin {
+                        "all (admin)".to_string()
+                    } else if t.phone_number_ids.is_empty() {
                         "all".to_string()
                     } else {
                         t.phone_number_ids.join(",")
@@ -647,7 +669,7 @@ fn value_or_file(value: String) -> anyhow::Result<String> {
 }
 
 async fn knowledge(pool: &wafleet::db::PgPool, cmd: KnowledgeCommand) -> anyhow::Result<()> {
-    use wafleet::store::knowledge::{self, MAX_BODY_CHARS, Put};
+    use wafleet::store::knowledge::{self, Put};
     match cmd {
         KnowledgeCommand::Add {
             phone_number_id,
@@ -657,13 +679,7 @@ async fn knowledge(pool: &wafleet::db::PgPool, cmd: KnowledgeCommand) -> anyhow:
         } => {
             let body = value_or_file(text)?;
             let title = title.trim();
-            anyhow::ensure!(!title.is_empty(), "give the entry a title");
-            anyhow::ensure!(!body.trim().is_empty(), "the entry is empty");
-            let chars = body.chars().count();
-            anyhow::ensure!(
-                chars <= MAX_BODY_CHARS,
-                "the entry has {chars} characters; at most {MAX_BODY_CHARS} go to the model: split it"
-            );
+            knowledge::check(title, &body).map_err(anyhow::Error::msg)?;
             match knowledge::put(pool, &phone_number_id, title, &body, &language).await? {
                 Put::Added => println!("entry {title:?} added to {phone_number_id}"),
                 Put::Replaced => println!("entry {title:?} of {phone_number_id} replaced"),

@@ -14,6 +14,8 @@ pub struct Scope {
     pub name: String,
     /// The business numbers it reaches; empty: every number.
     pub phone_number_ids: Vec<String>,
+    /// Whether it manages channels (migration 0016); an admin token reaches every number.
+    pub admin: bool,
 }
 
 impl Scope {
@@ -29,6 +31,7 @@ impl Scope {
 pub struct TokenInfo {
     pub name: String,
     pub phone_number_ids: Vec<String>,
+    pub admin: bool,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
 }
@@ -37,23 +40,34 @@ fn digest(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
-/// Makes a token named `name` reaching `phone_number_ids` (empty: every number) and returns it:
-/// `wfa_` and 64 hex digits (256 random bits). `None` when the name is taken.
-pub async fn add(
-    pool: &PgPool,
-    name: &str,
-    phone_number_ids: &[String],
-) -> sqlx::Result<Option<String>> {
+/// What a new token may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grant {
+    /// An agents' token reaching these business numbers (empty: every number).
+    Agents(Vec<String>),
+    /// An admin token: every number, and managing channels.
+    Admin,
+}
+
+/// Makes a token named `name` with `grant` and returns it: `wfa_` and 64 hex digits (256 random
+/// bits). `None` when the name is taken.
+pub async fn add(pool: &PgPool, name: &str, grant: &Grant) -> sqlx::Result<Option<String>> {
+    let (phone_number_ids, admin) = match grant {
+        Grant::Agents(numbers) => (numbers.as_slice(), false),
+        Grant::Admin => (&[][..], true),
+    };
     let mut secret = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut secret);
     let token = format!("wfa_{}", hex::encode(secret));
     let added = sqlx::query(
-        "INSERT INTO api_tokens (name, token_sha256, phone_number_ids) VALUES ($1, $2, $3)
+        "INSERT INTO api_tokens (name, token_sha256, phone_number_ids, admin)
+         VALUES ($1, $2, $3, $4)
          ON CONFLICT (name) DO NOTHING",
     )
     .bind(name)
     .bind(digest(&token))
     .bind(phone_number_ids)
+    .bind(admin)
     .execute(pool)
     .await?
     .rows_affected();
@@ -74,7 +88,8 @@ pub async fn unknown_numbers(pool: &PgPool, numbers: &[String]) -> sqlx::Result<
 /// Every token, revoked ones included, by name.
 pub async fn list(pool: &PgPool) -> sqlx::Result<Vec<TokenInfo>> {
     sqlx::query_as(
-        "SELECT name, phone_number_ids, created_at, revoked_at FROM api_tokens ORDER BY name",
+        "SELECT name, phone_number_ids, admin, created_at, revoked_at FROM api_tokens
+          ORDER BY name",
     )
     .fetch_all(pool)
     .await
@@ -96,15 +111,16 @@ pub async fn revoke(pool: &PgPool, name: &str) -> sqlx::Result<bool> {
 /// The scope of a live token; `None` for an unknown or revoked one. Looked up by the token's
 /// digest, so neither the token nor a prefix of it is ever compared.
 pub async fn authenticate(pool: &PgPool, token: &str) -> sqlx::Result<Option<Scope>> {
-    let row: Option<(String, Vec<String>)> = sqlx::query_as(
-        "SELECT name, phone_number_ids FROM api_tokens
+    let row: Option<(String, Vec<String>, bool)> = sqlx::query_as(
+        "SELECT name, phone_number_ids, admin FROM api_tokens
           WHERE token_sha256 = $1 AND revoked_at IS NULL",
     )
     .bind(digest(token))
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|(name, phone_number_ids)| Scope {
+    Ok(row.map(|(name, phone_number_ids, admin)| Scope {
         name,
         phone_number_ids,
+        admin,
     }))
 }

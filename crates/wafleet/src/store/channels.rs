@@ -70,6 +70,55 @@ pub struct ChannelSpec {
     pub access_token: Option<Secret<String>>,
     pub bot_mode: Option<BotMode>,
     pub phone_allowlist: Option<Vec<String>>,
+    /// Serve the number (`true` on insert when not given).
+    pub enabled: Option<bool>,
+}
+
+impl ChannelSpec {
+    /// What is wrong with the spec, before anything is written: the phone_number_id is Meta's
+    /// numeric id, a secret given is not blank, an allowlist holds customers' ids (digits or business-scoped ids).
+    pub fn check(&self) -> Result<(), String> {
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(self.phone_number_id.trim()) {
+            return Err(format!(
+                "phone_number_id must be Meta's numeric id, got {:?}",
+                self.phone_number_id
+            ));
+        }
+        let blank = |s: &Secret<String>| s.expose().trim().is_empty();
+        if let Some(secrets) = &self.app_secrets
+            && (secrets.is_empty() || secrets.iter().any(blank))
+        {
+            return Err("app_secrets must hold at least one secret, none blank".into());
+        }
+        for (name, secret) in [
+            ("verify_token", &self.verify_token),
+            ("access_token", &self.access_token),
+        ] {
+            if secret.as_ref().is_some_and(blank) {
+                return Err(format!("{name} is blank"));
+            }
+        }
+        if let Some(bad) = self.phone_allowlist.iter().flatten().find(|c| {
+            c.is_empty()
+                || !c
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+        }) {
+            return Err(format!(
+                "the allowlist takes customers' wa_id digits or business-scoped ids, not {bad:?}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What [`upsert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Saved {
+    pub id: i64,
+    /// The number was not there before.
+    pub created: bool,
 }
 
 /// What a channel's secret is bound to when sealed (the AEAD's associated data).
@@ -271,13 +320,14 @@ pub async fn fingerprint(pool: &PgPool) -> anyhow::Result<(i64, Option<String>)>
     .context("reading the channels fingerprint")
 }
 
-/// Inserts the channel, or updates the fields the spec sets. Returns the row id.
-pub async fn upsert(pool: &PgPool, cipher: &Cipher, spec: &ChannelSpec) -> anyhow::Result<i64> {
+/// Inserts the channel, or updates the fields the spec sets (after [`ChannelSpec::check`]).
+pub async fn upsert<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    cipher: &Cipher,
+    spec: &ChannelSpec,
+) -> anyhow::Result<Saved> {
+    spec.check().map_err(anyhow::Error::msg)?;
     let pnid = spec.phone_number_id.trim();
-    anyhow::ensure!(
-        !pnid.is_empty() && pnid.bytes().all(|b| b.is_ascii_digit()),
-        "phone_number_id must be Meta's numeric id, got {pnid:?}"
-    );
     let secrets: Option<Vec<Vec<u8>>> = spec.app_secrets.as_ref().map(|all| {
         all.iter()
             .map(|s| cipher.encrypt(&owner(pnid, "app_secret"), s.expose().as_bytes()))
@@ -287,11 +337,11 @@ pub async fn upsert(pool: &PgPool, cipher: &Cipher, spec: &ChannelSpec) -> anyho
         v.as_ref()
             .map(|s| cipher.encrypt(&owner(pnid, field), s.expose().as_bytes()))
     };
-    let id: (i64,) = sqlx::query_as(
+    let (id, created): (i64, bool) = sqlx::query_as(
         "INSERT INTO channels (phone_number_id, waba_id, display_phone_number, name, app_secrets,
-                               verify_token, access_token, bot_mode, phone_allowlist)
+                               verify_token, access_token, bot_mode, phone_allowlist, enabled)
          VALUES ($1, $2, $3, COALESCE($4, ''), COALESCE($5, '{}'), $6, $7, COALESCE($8, 'on'),
-                 COALESCE($9, '{}'))
+                 COALESCE($9, '{}'), COALESCE($10, true))
          ON CONFLICT (phone_number_id) DO UPDATE SET
              waba_id = COALESCE($2, channels.waba_id),
              display_phone_number = COALESCE($3, channels.display_phone_number),
@@ -300,8 +350,9 @@ pub async fn upsert(pool: &PgPool, cipher: &Cipher, spec: &ChannelSpec) -> anyho
              verify_token = COALESCE($6, channels.verify_token),
              access_token = COALESCE($7, channels.access_token),
              bot_mode = COALESCE($8, channels.bot_mode),
-             phone_allowlist = COALESCE($9, channels.phone_allowlist)
-         RETURNING id",
+             phone_allowlist = COALESCE($9, channels.phone_allowlist),
+             enabled = COALESCE($10, channels.enabled)
+         RETURNING id, (xmax = 0)",
     )
     .bind(pnid)
     .bind(&spec.waba_id)
@@ -312,10 +363,11 @@ pub async fn upsert(pool: &PgPool, cipher: &Cipher, spec: &ChannelSpec) -> anyho
     .bind(seal("access_token", &spec.access_token))
     .bind(spec.bot_mode.map(BotMode::as_str))
     .bind(&spec.phone_allowlist)
-    .fetch_one(pool)
+    .bind(spec.enabled)
+    .fetch_one(db)
     .await
     .context("saving the channel")?;
-    Ok(id.0)
+    Ok(Saved { id, created })
 }
 
 /// What [`reseal_all`] did.
@@ -405,15 +457,15 @@ pub async fn reseal_all(pool: &PgPool, cipher: &Cipher) -> anyhow::Result<Reseal
 }
 
 /// Enables or disables a channel. Returns false when there is no such channel.
-pub async fn set_enabled(
-    pool: &PgPool,
+pub async fn set_enabled<'e>(
+    db: impl sqlx::PgExecutor<'e>,
     phone_number_id: &str,
     enabled: bool,
 ) -> anyhow::Result<bool> {
     let done = sqlx::query("UPDATE channels SET enabled = $2 WHERE phone_number_id = $1")
         .bind(phone_number_id)
         .bind(enabled)
-        .execute(pool)
+        .execute(db)
         .await
         .context("changing the channel")?;
     Ok(done.rows_affected() == 1)
@@ -433,25 +485,56 @@ pub struct ProviderSpec {
     pub api_key: Secret<String>,
 }
 
+impl ProviderSpec {
+    /// What is wrong with the model, before anything is written.
+    pub fn check(&self) -> Result<(), String> {
+        if !matches!(self.kind.as_str(), "anthropic" | "openai") {
+            return Err(format!(
+                "kind must be anthropic or openai, not {:?}",
+                self.kind
+            ));
+        }
+        if self.position < 0 {
+            return Err(format!("position must be 0 or more, not {}", self.position));
+        }
+        for (field, value) in [
+            ("name", &self.name),
+            ("model", &self.model),
+            ("api_key", self.api_key.expose()),
+        ] {
+            if value.trim().is_empty() {
+                return Err(format!("a model's {field} cannot be blank"));
+            }
+        }
+        match reqwest::Url::parse(&self.base_url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(()),
+            _ => Err(format!(
+                "base_url must be an http(s) URL, not {:?}",
+                self.base_url
+            )),
+        }
+    }
+}
+
 /// Sets (or replaces) the model at `position` of a channel's chain; the key is stored encrypted.
-pub async fn set_provider(
-    pool: &PgPool,
+/// Moves the channel's `updated_at`, so workers notice within seconds (their channel cache is
+/// short-lived).
+pub async fn set_provider<'e>(
+    db: impl sqlx::PgExecutor<'e>,
     cipher: &Cipher,
     phone_number_id: &str,
     p: &ProviderSpec,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        matches!(p.kind.as_str(), "anthropic" | "openai"),
-        "kind must be anthropic or openai, not {:?}",
-        p.kind
-    );
+    p.check().map_err(anyhow::Error::msg)?;
     let key = cipher.encrypt(
         &owner(phone_number_id, &format!("llm:{}", p.name)),
         p.api_key.expose().as_bytes(),
     );
     let done = sqlx::query(
-        "INSERT INTO channel_llm_providers (channel_id, position, name, kind, base_url, model, api_key)
-         SELECT id, $2, $3, $4, $5, $6, $7 FROM channels WHERE phone_number_id = $1
+        "WITH ch AS (UPDATE channels SET updated_at = now() WHERE phone_number_id = $1
+                     RETURNING id)
+         INSERT INTO channel_llm_providers (channel_id, position, name, kind, base_url, model, api_key)
+         SELECT id, $2, $3, $4, $5, $6, $7 FROM ch
          ON CONFLICT (channel_id, position) DO UPDATE SET
              name = EXCLUDED.name, kind = EXCLUDED.kind, base_url = EXCLUDED.base_url,
              model = EXCLUDED.model, api_key = EXCLUDED.api_key",
@@ -463,18 +546,13 @@ pub async fn set_provider(
     .bind(&p.base_url)
     .bind(&p.model)
     .bind(key)
-    .execute(pool)
+    .execute(db)
     .await
     .context("saving the model")?;
     anyhow::ensure!(
         done.rows_affected() == 1,
         "no channel with phone_number_id {phone_number_id}"
     );
-    // Workers notice within seconds (their channel cache is short-lived).
-    sqlx::query("UPDATE channels SET updated_at = now() WHERE phone_number_id = $1")
-        .bind(phone_number_id)
-        .execute(pool)
-        .await?;
     Ok(())
 }
 
@@ -520,12 +598,73 @@ pub async fn app_numbers(
 }
 
 /// Removes a channel's own chain (it falls back to the process-wide models).
-pub async fn clear_providers(pool: &PgPool, phone_number_id: &str) -> anyhow::Result<u64> {
+pub async fn clear_providers<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    phone_number_id: &str,
+) -> anyhow::Result<u64> {
     let done = sqlx::query(
-        "DELETE FROM channel_llm_providers WHERE channel_id = (SELECT id FROM channels WHERE phone_number_id = $1)",
+        "WITH ch AS (UPDATE channels SET updated_at = now() WHERE phone_number_id = $1
+                     RETURNING id)
+         DELETE FROM channel_llm_providers WHERE channel_id = (SELECT id FROM ch)",
     )
     .bind(phone_number_id)
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// A channel as the API and `wafleetctl channel list` show it: no secret, only whether each is
+/// set. Read without decrypting anything, so a process without the encryption key can show it.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct Summary {
+    pub phone_number_id: String,
+    pub waba_id: Option<String>,
+    pub display_phone_number: Option<String>,
+    pub name: String,
+    pub enabled: bool,
+    pub bot_mode: String,
+    /// How many app secrets sign its webhooks (two during a rotation).
+    pub app_secrets: i32,
+    pub verify_token: bool,
+    pub access_token: bool,
+    pub phone_allowlist: Vec<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The channels among `numbers` (every channel when empty), by phone_number_id.
+pub async fn summaries(pool: &PgPool, numbers: &[String]) -> sqlx::Result<Vec<Summary>> {
+    sqlx::query_as(
+        "SELECT phone_number_id, waba_id, display_phone_number, name, enabled, bot_mode,
+                cardinality(app_secrets) AS app_secrets, verify_token IS NOT NULL AS verify_token,
+                access_token IS NOT NULL AS access_token, phone_allowlist, updated_at
+           FROM channels
+          WHERE cardinality($1::text[]) = 0 OR phone_number_id = ANY($1)
+          ORDER BY phone_number_id",
+    )
+    .bind(numbers)
+    .fetch_all(pool)
+    .await
+}
+
+/// One model of a channel's chain, without its key.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct ModelInfo {
+    pub position: i32,
+    pub name: String,
+    pub kind: String,
+    pub base_url: String,
+    pub model: String,
+}
+
+/// A channel's own chain of models, first tried first.
+pub async fn models(pool: &PgPool, phone_number_id: &str) -> sqlx::Result<Vec<ModelInfo>> {
+    sqlx::query_as(
+        "SELECT p.position, p.name, p.kind, p.base_url, p.model
+           FROM channel_llm_providers p JOIN channels c ON c.id = p.channel_id
+          WHERE c.phone_number_id = $1
+          ORDER BY p.position",
+    )
+    .bind(phone_number_id)
+    .fetch_all(pool)
+    .await
 }

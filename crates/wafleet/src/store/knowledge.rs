@@ -19,7 +19,29 @@ pub enum Put {
     UnknownLanguage,
 }
 
-/// Adds an entry to a channel's knowledge base, or replaces the one with the same title.
+/// The language of an entry when none is given: words matched as written.
+pub const DEFAULT_LANGUAGE: &str = "simple";
+
+/// What is wrong with an entry, before anything is written: a title, a body, and no more of it
+/// than goes to the model.
+pub fn check(title: &str, body: &str) -> Result<(), String> {
+    if title.trim().is_empty() {
+        return Err("give the entry a title".into());
+    }
+    if body.trim().is_empty() {
+        return Err("the entry is empty".into());
+    }
+    let chars = body.chars().count();
+    if chars > MAX_BODY_CHARS {
+        return Err(format!(
+            "the entry has {chars} characters; at most {MAX_BODY_CHARS} go to the model: split it"
+        ));
+    }
+    Ok(())
+}
+
+/// Adds an entry to a channel's knowledge base, or replaces the one with the same title (after
+/// [`check`]).
 pub async fn put(
     pool: &PgPool,
     phone_number_id: &str,
@@ -59,8 +81,8 @@ pub async fn put(
     })
 }
 
-/// An entry as `wafleetctl knowledge list` shows it.
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// An entry as `wafleetctl knowledge list` and the API show it.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
 pub struct EntryInfo {
     pub title: String,
     pub language: String,

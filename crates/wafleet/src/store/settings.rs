@@ -214,7 +214,11 @@ impl Change {
 }
 
 /// Makes one change to a channel's settings; `false` when there is no such channel.
-pub async fn set(pool: &PgPool, phone_number_id: &str, change: &Change) -> sqlx::Result<bool> {
+pub async fn set<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    phone_number_id: &str,
+    change: &Change,
+) -> sqlx::Result<bool> {
     let Change { setting, value } = change;
     // The column comes from `Setting::name`, never from the caller's text.
     let column = setting.name();
@@ -232,7 +236,7 @@ pub async fn set(pool: &PgPool, phone_number_id: &str, change: &Change) -> sqlx:
         Value::List(l) => q.bind(l),
         Value::Default | Value::Never => q,
     };
-    Ok(q.execute(pool).await?.rows_affected() == 1)
+    Ok(q.execute(db).await?.rows_affected() == 1)
 }
 
 /// Every setting of a channel as text (`(default)` where the built-in applies, `(none)` where

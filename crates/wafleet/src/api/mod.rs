@@ -17,13 +17,14 @@
 //! | POST | `/api/v1/conversations/{id}/messages` | `{"text", "agent"?}` written to the customer |
 //! | POST | `/api/v1/conversations/{id}/templates` | `{"name", "language", "params"?, "agent"?}` |
 //! | GET | `/api/v1/events` | server-sent events; resumes after `Last-Event-ID` |
+//! | GET, PUT | `/api/v1/channels[/{pnid}[/knowledge[/{title}]]]` | channels: see [`channels`] |
 //!
 //! A message or template needs an `Idempotency-Key` header (or `"reference"` in the body): the
 //! same key in the same conversation records and sends nothing twice, so a dashboard can retry
 //! after a timeout. Errors answer `{"error": "..."}`: 400 a bad request, 401 no or a bad token,
 //! 404 no such conversation (for this token), 409 the conversation is with the bot, the 24-hour
 //! window closed or the key was used for another text, 410 the customer was erased, 503 Postgres
-//! or Redis out of reach (retry).
+//! or Redis out of reach (retry). Changing a channel needs an admin token (403 otherwise).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -53,6 +54,8 @@ use crate::shared_redis::SharedRedis;
 use crate::store::api_tokens::{self, Scope};
 use crate::streams::Keys;
 
+mod channels;
+
 /// The API's settings, from the environment.
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
@@ -70,6 +73,9 @@ pub struct ApiSettings {
     pub request_timeout: Duration,
     /// `WAFLEET_SHUTDOWN_GRACE_SECS` (default 20): how long SIGTERM waits for requests.
     pub shutdown_grace: Duration,
+    /// `WAFLEET_ENCRYPTION_KEY` (and `WAFLEET_ENCRYPTION_KEY_PREVIOUS`) when set: needed only to
+    /// change channels (their secrets are sealed with it).
+    pub cipher: Option<crate::crypto::Cipher>,
 }
 
 impl ApiSettings {
@@ -86,6 +92,9 @@ impl ApiSettings {
             max_event_streams: positive("WAFLEET_API_MAX_EVENT_STREAMS", 256)?,
             request_timeout: millis("WAFLEET_API_REQUEST_TIMEOUT_MS", Duration::from_secs(10))?,
             shutdown_grace: Duration::from_secs(parsed("WAFLEET_SHUTDOWN_GRACE_SECS", 20)?),
+            cipher: var("WAFLEET_ENCRYPTION_KEY")
+                .map(|_| crate::config::cipher_from_env())
+                .transpose()?,
         })
     }
 }
@@ -100,6 +109,8 @@ struct AppState {
     metrics: PrometheusHandle,
     /// Cancelled on shutdown: open event streams end, so the drain does not wait on them.
     stopping: CancellationToken,
+    /// Seals channels' secrets; without it channels cannot be changed.
+    cipher: Option<crate::crypto::Cipher>,
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then drains requests for up to the
@@ -129,6 +140,7 @@ pub async fn run(
         event_streams: Arc::new(tokio::sync::Semaphore::new(settings.max_event_streams)),
         metrics: crate::telemetry::metrics_handle(),
         stopping: CancellationToken::new(),
+        cipher: settings.cipher,
     };
     let stopping = state.stopping.clone();
     let app = router(Arc::new(state), settings.request_timeout);
@@ -152,6 +164,7 @@ fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .merge(channels::routes())
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             request_timeout,

@@ -112,13 +112,16 @@ wait_for() { # SQL returning a number, wanted value
     done
     echo "(timed out waiting: $1)" >&2
 }
+# The demo number gives the model the photos customers send (fetched from the simulator).
+$bin/wafleetctl channel set "$WHATSAPP_PHONE_NUMBER_ID" images_to_model on >/dev/null
 post deploy/samples/es_text_pii.json
 post deploy/samples/en_1_question.json
 wait_for "SELECT count(*) FROM outbound_messages o JOIN messages m ON m.id = o.reply_to
            WHERE m.wamid LIKE 'wamid.demo-%-$run_id' AND o.state = 'accepted'" 2
+post deploy/samples/es_2_image.json
 post deploy/samples/en_2_handover.json
 wait_for "SELECT count(*) FROM outbound_messages o JOIN messages m ON m.id = o.reply_to
-           WHERE m.wamid LIKE 'wamid.demo-%-$run_id' AND o.state = 'accepted'" 3
+           WHERE m.wamid LIKE 'wamid.demo-%-$run_id' AND o.state = 'accepted'" 4
 
 # The English customer asked for a person: an agent answers through the agent API (what a
 # dashboard calls) and gives the conversation back to the bot.
@@ -157,9 +160,18 @@ psql "$DATABASE_URL" -P pager=off -c "
 echo "what the simulated customers received (Graph API simulator):"
 $bin/wafleetctl probe "$sim/_sim/messages" | python3 -c '
 import json, sys
-for m in json.load(sys.stdin)[-4:]:
+for m in json.load(sys.stdin)[-5:]:
     print("  to %-14s quoting %-34.34s %r" % (m["to"], m["context_message_id"] or "-", m["body"][:100]))
 ' 2>/dev/null || $bin/wafleetctl probe "$sim/_sim/messages"
+echo "photos the model was given (inline in its requests, never stored):"
+$bin/wafleetctl probe "$sim/_sim/llm_requests" | python3 -c '
+import json, sys
+for r in json.load(sys.stdin):
+    for m in r["body"]["messages"]:
+        if isinstance(m["content"], list):
+            parts = [p["type"] for p in m["content"]]
+            print("  %s request, customer turn with %s" % (r["provider"], " + ".join(parts)))
+' 2>/dev/null || true
 echo
 echo "delivery as reported back by status webhooks:"
 psql "$DATABASE_URL" -P pager=off -Atc "

@@ -3098,3 +3098,135 @@ async fn an_erasure_and_a_reply_being_recorded_do_not_deadlock() {
     let erased = erasing.await.unwrap().unwrap().unwrap();
     assert_eq!(erased.rows.conversations, vec![conv]);
 }
+
+/// A webhook with an image the customer sent (Meta's media id `media_id`), with a caption or not.
+fn image_message(from: &str, wamid: &str, media_id: &str, caption: Option<&str>) -> Vec<u8> {
+    let mut image = serde_json::json!({"id": media_id, "mime_type": "image/jpeg", "sha256": "x"});
+    if let Some(c) = caption {
+        image["caption"] = c.into();
+    }
+    message_body(
+        PNID,
+        from,
+        serde_json::json!({"from": from, "id": wamid, "timestamp": now().to_string(),
+                           "type": "image", "image": image}),
+    )
+}
+
+impl Sys {
+    async fn post(&self, body: &[u8]) {
+        assert_eq!(
+            self.ingest.post_signed(body, APP_SECRET).await.status(),
+            200
+        );
+    }
+
+    async fn set(&self, setting: wafleet::store::settings::Setting, raw: &str) {
+        let change = setting.parse(raw).unwrap();
+        assert!(
+            wafleet::store::settings::set(&self.pg, PNID, &change)
+                .await
+                .unwrap()
+        );
+    }
+
+    /// The last user turn of every model request so far, as sent.
+    fn last_user_turns(&self) -> Vec<serde_json::Value> {
+        self.sim
+            .state
+            .llm_requests()
+            .iter()
+            .map(|r| {
+                r.body["messages"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .rev()
+                    .find(|m| m["role"] == "user")
+                    .unwrap()["content"]
+                    .clone()
+            })
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn the_model_sees_the_image_a_customer_sends_when_the_channel_gives_it_images() {
+    use base64::Engine;
+    use wafleet::store::settings::Setting;
+    let s = system_with(
+        SimConfig::default(),
+        |sim| vec![sim.anthropic()],
+        &["conversation", "status", "llm", "sender"],
+    )
+    .await;
+    s.set(Setting::ImagesToModel, "on").await;
+    s.post(&image_message("573050", "wamid.I1", "png-photo-1", None))
+        .await;
+    s.sent(1).await;
+    s.post(&image_message(
+        "573050",
+        "wamid.I2",
+        "photo-2",
+        Some("¿lo tienen en azul?"),
+    ))
+    .await;
+    s.sent(2).await;
+    let turns = s.last_user_turns();
+    assert_eq!(turns.len(), 2);
+    let data =
+        |id: &str| base64::engine::general_purpose::STANDARD.encode(wafleet_sim::media_bytes(id));
+    // Anthropic's image block, with Meta's bytes inline; an image without caption adds no text.
+    assert_eq!(
+        turns[0],
+        serde_json::json!([{"type": "image", "source": {"type": "base64",
+            "media_type": "image/png", "data": data("png-photo-1")}}, {"type": "text", "text": "[image]"}])
+    );
+    // The second request has the first image only as a mention in the history, and the new one
+    // with its caption.
+    assert_eq!(turns[1][0]["source"]["data"], data("photo-2"));
+    assert_eq!(turns[1][0]["source"]["media_type"], "image/jpeg");
+    assert_eq!(turns[1][1]["text"], "[image] ¿lo tienen en azul?");
+    let history = &s.sim.state.llm_requests()[1].body["messages"];
+    assert_eq!(history[0]["content"], "[image]");
+}
+
+#[tokio::test]
+async fn an_image_the_model_cannot_be_given_still_gets_an_answer() {
+    use wafleet::store::settings::Setting;
+    let s = system().await;
+    s.set(Setting::ImagesToModel, "on").await;
+    // Meta no longer has one; another is larger than a model takes; a third is not an image
+    // format models read. Every customer is answered, the model told an image was sent.
+    s.post(&image_message("573052", "wamid.J2", "missing-4", None))
+        .await;
+    s.post(&image_message("573053", "wamid.J3", "huge-5", Some("mira")))
+        .await;
+    s.post(&image_message(
+        "573054",
+        "wamid.J4",
+        "pdf-6",
+        Some("factura"),
+    ))
+    .await;
+    s.sent(3).await;
+    let mut turns: Vec<String> = s
+        .last_user_turns()
+        .into_iter()
+        .map(|t| t.as_str().expect("text only, no image part").to_string())
+        .collect();
+    turns.sort();
+    assert_eq!(turns, ["[image]", "[image] factura", "[image] mira"]);
+}
+
+#[tokio::test]
+async fn an_image_a_channel_does_not_give_to_the_model_gets_the_notice_and_no_model_call() {
+    use wafleet::store::settings::Setting;
+    let s = system().await;
+    s.set(Setting::MediaNotice, "Por ahora solo leo texto.")
+        .await;
+    s.post(&image_message("573051", "wamid.J1", "photo-3", None))
+        .await;
+    assert_eq!(s.sent(1).await[0].body, "Por ahora solo leo texto.");
+    assert!(s.sim.state.llm_requests().is_empty());
+}

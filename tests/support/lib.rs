@@ -419,6 +419,8 @@ impl TestConfig {
                 providers: vec![],
                 policy: Default::default(),
                 max_tokens: 512,
+                image_max_bytes: 3_750_000,
+                image_max_in_flight: 4,
             },
             send: Default::default(),
             early_status_ttl: wafleet::stages::status::DEFAULT_EARLY_STATUS_TTL,

@@ -273,13 +273,7 @@ fn check_token(
     phone_number_id: &str,
     headers: &HeaderMap,
 ) -> Result<(), Refusal> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty());
-    let Some(bearer) = bearer else {
+    let Some(bearer) = crate::bearer(headers) else {
         return Err(Refusal::new(
             401,
             190,

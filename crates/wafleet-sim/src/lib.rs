@@ -12,6 +12,7 @@
 //! - [`SimConfig`] and [`run`] / [`serve`] / [`router`]: the server, started by tests on port 0.
 //! - `graph`: `POST /{version}/{phone_number_id}/messages` (auth, validation, throughput and pair
 //!   limits, fault injection) and the status webhooks it sends afterwards.
+//! - `media`: `GET /{version}/{media_id}` and the download it points to, customers' media files.
 //! - `llm`: `POST /v1/chat/completions` (also `/chat/completions`, DeepSeek's path) and
 //!   `POST /v1/messages`, canned context-aware answers in the customer's language.
 //!
@@ -29,6 +30,7 @@
 
 mod graph;
 mod llm;
+mod media;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -47,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use graph::{Fault, ReadReceipt, SentMessage, WebhookDelivery};
 pub use llm::{HANDOVER_MARKER, LlmFault, LlmRequest, reply_for};
+pub use media::media_bytes;
 
 /// How the simulator behaves. [`Default`] matches Meta's defaults where Meta has one.
 #[derive(Debug, Clone)]
@@ -199,6 +202,16 @@ impl SimState {
     }
 }
 
+/// The bearer token of a request, if it has a non-empty one.
+fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
 /// A poisoned lock only means a handler panicked mid-update of a log; keep serving.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -222,6 +235,8 @@ pub fn router(state: SimState) -> Router {
         .route("/v1/chat/completions", post(llm::chat_completions))
         .route("/chat/completions", post(llm::chat_completions))
         .route("/v1/messages", post(llm::anthropic_messages))
+        .route("/{version}/{media_id}", get(media::info))
+        .route("/_sim/media/{media_id}", get(media::download))
         .route("/_sim/faults", post(add_fault))
         .route("/_sim/llm_faults", post(add_llm_fault))
         .route(

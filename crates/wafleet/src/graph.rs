@@ -280,6 +280,157 @@ impl GraphClient {
     }
 }
 
+/// A customer's media file, fetched from Meta.
+pub struct Media {
+    /// As Meta gave it, without parameters, lowercase (`image/jpeg`).
+    pub mime_type: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Why a customer's media file was not fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    #[error("Meta refused the media: HTTP {http_status}, code {code}")]
+    Rejected { http_status: u16, code: i64 },
+    #[error("the media is {size} bytes, more than the {max} taken")]
+    TooLarge { size: u64, max: u64 },
+    #[error("the media is {0:?}, which is not taken")]
+    Unsupported(String),
+    #[error("fetching the media failed: {0}")]
+    Transport(String),
+}
+
+impl MediaError {
+    /// The metric label of the failure.
+    pub fn label(&self) -> &'static str {
+        match self {
+            MediaError::Rejected { .. } => "rejected",
+            MediaError::TooLarge { .. } => "too_large",
+            MediaError::Unsupported(_) => "unsupported",
+            MediaError::Transport(_) => "transport",
+        }
+    }
+}
+
+/// What `GET /{version}/{media_id}` answers (more fields exist; these are the ones used).
+#[derive(serde::Deserialize)]
+struct MediaInfo {
+    url: String,
+    mime_type: String,
+    file_size: Option<u64>,
+}
+
+impl GraphClient {
+    /// Fetches a customer's media file (an image they sent): its URL from
+    /// `GET /{version}/{media_id}`, then the file from that short-lived URL, both with the
+    /// channel's token. Refused before downloading when Meta's media type is not in `accepted`
+    /// or its size is over `max_bytes`; the download stops as soon as it passes `max_bytes`.
+    pub async fn fetch_media(
+        &self,
+        token: &str,
+        media_id: &str,
+        max_bytes: u64,
+        accepted: &[&str],
+    ) -> Result<Media, MediaError> {
+        let started = Instant::now();
+        let fetched = async {
+            let transport = |e: reqwest::Error| MediaError::Transport(describe(&e));
+            if media_id.is_empty()
+                || !media_id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+            {
+                return Err(MediaError::Transport("not a Graph API media id".into()));
+            }
+            let url = format!("{}/{}/{}", self.base_url, self.version, media_id);
+            let response = self
+                .http
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .map_err(transport)?;
+            let status = response.status().as_u16();
+            let body = response.bytes().await.map_err(transport)?;
+            if !response_is_2xx(status) {
+                let code = parse_graph_error(&body).map_or(UNPARSED_ERROR_CODE, |e| e.code);
+                return Err(MediaError::Rejected {
+                    http_status: status,
+                    code,
+                });
+            }
+            let info: MediaInfo = serde_json::from_slice(&body).map_err(|e| {
+                MediaError::Transport(format!(
+                    "unreadable media info: {}",
+                    wafleet_core::json_error_without_input(&e)
+                ))
+            })?;
+            let mime_type = info
+                .mime_type
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase();
+            if !accepted.contains(&mime_type.as_str()) {
+                return Err(MediaError::Unsupported(mime_type));
+            }
+            if let Some(size) = info.file_size.filter(|&s| s > max_bytes) {
+                return Err(MediaError::TooLarge {
+                    size,
+                    max: max_bytes,
+                });
+            }
+            // The token goes only where Meta's own answer points, and only over TLS (or to the
+            // same plain-HTTP host the client is configured for: the simulator).
+            let target = reqwest::Url::parse(&info.url)
+                .map_err(|_| MediaError::Transport("the media URL does not parse".into()))?;
+            let base = reqwest::Url::parse(&self.base_url).ok();
+            let same_host = base
+                .as_ref()
+                .is_some_and(|b| b.host_str() == target.host_str() && b.port() == target.port());
+            if target.scheme() != "https" && !same_host {
+                return Err(MediaError::Transport("the media URL is not https".into()));
+            }
+            let mut response = self
+                .http
+                .get(target)
+                .bearer_auth(token)
+                .send()
+                .await
+                .map_err(transport)?;
+            let status = response.status().as_u16();
+            if !response_is_2xx(status) {
+                return Err(MediaError::Rejected {
+                    http_status: status,
+                    code: UNPARSED_ERROR_CODE,
+                });
+            }
+            if let Some(size) = response.content_length().filter(|&s| s > max_bytes) {
+                return Err(MediaError::TooLarge {
+                    size,
+                    max: max_bytes,
+                });
+            }
+            let mut bytes = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(transport)? {
+                bytes.extend_from_slice(&chunk);
+                if bytes.len() as u64 > max_bytes {
+                    return Err(MediaError::TooLarge {
+                        size: bytes.len() as u64,
+                        max: max_bytes,
+                    });
+                }
+            }
+            Ok(Media { mime_type, bytes })
+        }
+        .await;
+        metrics::histogram!("wafleet_graph_call_seconds", "call" => "media")
+            .record(started.elapsed().as_secs_f64());
+        fetched
+    }
+}
+
 fn response_is_2xx(status: u16) -> bool {
     (200..300).contains(&status)
 }

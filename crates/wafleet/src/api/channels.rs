@@ -210,6 +210,7 @@ fn setting_change(name: &str, value: &Value) -> Result<Change, String> {
         Value::Null => return Ok(setting.reset()),
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
+        Value::Bool(b) if setting == Setting::ImagesToModel => b.to_string(),
         Value::Array(items) if setting == Setting::HandoverKeywords => {
             let phrases = items
                 .iter()
@@ -481,6 +482,11 @@ mod tests {
         // A comma inside one phrase would silently make it two.
         assert!(v("handover_keywords", json!(["asesor, humano"])).is_err());
         assert!(v("system_prompt", json!(["a"])).is_err());
+        assert_eq!(
+            v("images_to_model", json!(true)),
+            Ok(SettingValue::Bool(true))
+        );
+        assert!(v("history_limit", json!(true)).is_err());
     }
 
     fn body(v: Value) -> ChannelBody {

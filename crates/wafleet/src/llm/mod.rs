@@ -83,6 +83,42 @@ impl Role {
 pub struct ChatMessage {
     pub role: Role,
     pub content: String,
+    /// Images the customer sent with this turn (only the message being answered carries them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<Image>,
+}
+
+/// An image for the model, as both dialects take it inline: its media type and its bytes in
+/// base64.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    /// `image/jpeg`, `image/png`, `image/gif` or `image/webp`: what both providers read.
+    pub media_type: String,
+    pub base64: String,
+}
+
+impl Image {
+    /// The media types both providers read.
+    pub const MEDIA_TYPES: [&'static str; 4] =
+        ["image/jpeg", "image/png", "image/gif", "image/webp"];
+
+    pub fn new(media_type: &str, bytes: &[u8]) -> Self {
+        use base64::Engine;
+        Self {
+            media_type: media_type.to_string(),
+            base64: base64::engine::general_purpose::STANDARD.encode(bytes),
+        }
+    }
+}
+
+/// The media type and size, never the bytes (the customer's photo).
+impl fmt::Debug for Image {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Image")
+            .field("media_type", &self.media_type)
+            .field("base64_len", &self.base64.len())
+            .finish()
+    }
 }
 
 impl ChatMessage {
@@ -90,6 +126,7 @@ impl ChatMessage {
         Self {
             role: Role::User,
             content: content.into(),
+            images: Vec::new(),
         }
     }
 
@@ -97,6 +134,7 @@ impl ChatMessage {
         Self {
             role: Role::Assistant,
             content: content.into(),
+            images: Vec::new(),
         }
     }
 }
@@ -107,6 +145,7 @@ impl fmt::Debug for ChatMessage {
         f.debug_struct("ChatMessage")
             .field("role", &self.role)
             .field("content_chars", &self.content.chars().count())
+            .field("images", &self.images)
             .finish()
     }
 }

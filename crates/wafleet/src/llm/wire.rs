@@ -33,10 +33,7 @@ pub(super) fn request_body(
             if messages.is_empty() {
                 return Err(LlmError::Permanent("no user message to answer".to_owned()));
             }
-            let messages: Vec<Value> = messages
-                .iter()
-                .map(|m| json!({ "role": m.role.as_str(), "content": m.content }))
-                .collect();
+            let messages: Vec<Value> = messages.iter().map(anthropic_message).collect();
             let mut body = json!({
                 "model": model,
                 "max_tokens": req.max_tokens,
@@ -58,11 +55,7 @@ pub(super) fn request_body(
                 .then(|| json!({ "role": "system", "content": req.system }));
             let messages: Vec<Value> = system
                 .into_iter()
-                .chain(
-                    history
-                        .iter()
-                        .map(|m| json!({ "role": m.role.as_str(), "content": m.content })),
-                )
+                .chain(history.iter().map(openai_message))
                 .collect();
             Ok(json!({
                 "model": model,
@@ -71,6 +64,43 @@ pub(super) fn request_body(
             }))
         }
     }
+}
+
+/// A turn in Anthropic's shape: its text as a string, or, with images, the image blocks and then
+/// the text block (left out when empty: Anthropic refuses an empty text block).
+fn anthropic_message(m: &ChatMessage) -> Value {
+    if m.images.is_empty() {
+        return json!({ "role": m.role.as_str(), "content": m.content });
+    }
+    let mut blocks: Vec<Value> = m
+        .images
+        .iter()
+        .map(|i| {
+            json!({"type": "image",
+                   "source": {"type": "base64", "media_type": i.media_type, "data": i.base64}})
+        })
+        .collect();
+    if !m.content.trim().is_empty() {
+        blocks.push(json!({"type": "text", "text": m.content}));
+    }
+    json!({ "role": m.role.as_str(), "content": blocks })
+}
+
+/// A turn in the OpenAI shape: its text as a string, or, with images, a text part and an
+/// `image_url` part per image with the image inline as a `data:` URL.
+fn openai_message(m: &ChatMessage) -> Value {
+    if m.images.is_empty() {
+        return json!({ "role": m.role.as_str(), "content": m.content });
+    }
+    let mut parts = Vec::with_capacity(m.images.len() + 1);
+    if !m.content.trim().is_empty() {
+        parts.push(json!({"type": "text", "text": m.content}));
+    }
+    parts.extend(m.images.iter().map(|i| {
+        json!({"type": "image_url",
+               "image_url": {"url": format!("data:{};base64,{}", i.media_type, i.base64)}})
+    }));
+    json!({ "role": m.role.as_str(), "content": parts })
 }
 
 /// Reshapes history into what Anthropic accepts: starts with a user turn, roles alternate.
@@ -83,6 +113,7 @@ pub(super) fn alternating(messages: &[ChatMessage]) -> Vec<ChatMessage> {
             Some(last) if last.role == message.role => {
                 last.content.push_str("\n\n");
                 last.content.push_str(&message.content);
+                last.images.extend(message.images.iter().cloned());
             }
             _ => out.push(message.clone()),
         }
@@ -263,6 +294,44 @@ mod tests {
     }
     fn assistant(s: &str) -> ChatMessage {
         ChatMessage::assistant(s)
+    }
+
+    #[test]
+    fn an_image_goes_inline_in_each_dialect_and_an_empty_caption_adds_no_text() {
+        let mut photo = user("");
+        photo
+            .images
+            .push(super::super::Image::new("image/png", b"\x89PNG"));
+        let mut captioned = user("¿tienen este en azul?");
+        captioned.images = photo.images.clone();
+        let req = |m: ChatMessage| ChatRequest {
+            system: String::new(),
+            messages: vec![user("hola"), assistant("¡Hola!"), m],
+            max_tokens: 100,
+        };
+        let a = request_body(ProviderKind::Anthropic, "m", &req(photo.clone())).unwrap();
+        assert_eq!(
+            a["messages"][2]["content"],
+            json!([{"type": "image",
+                    "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw=="}}])
+        );
+        let a = request_body(ProviderKind::Anthropic, "m", &req(captioned.clone())).unwrap();
+        assert_eq!(
+            a["messages"][2]["content"][1]["text"],
+            "¿tienen este en azul?"
+        );
+        let o = request_body(ProviderKind::OpenAiCompatible, "m", &req(captioned)).unwrap();
+        assert_eq!(
+            o["messages"][2]["content"],
+            json!([{"type": "text", "text": "¿tienen este en azul?"},
+                   {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw=="}}])
+        );
+        // Turns without images keep the plain string content.
+        assert_eq!(o["messages"][0]["content"], "hola");
+        // Merged turns keep their images.
+        let merged = alternating(&[user("mira"), photo]);
+        assert_eq!(merged.len(), 1);
+        assert_eq!(merged[0].images.len(), 1);
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct ChannelSettings {
     pub hours: Option<BusinessHours>,
     /// Empty: no notice.
     pub media_notice: String,
+    /// Whether the model sees the images customers send (`images_to_model`).
+    pub images_to_model: bool,
     /// `None`: the built-in prompt.
     pub system_prompt: Option<String>,
     pub history_limit: i64,
@@ -124,6 +126,7 @@ struct Row {
     business_hours_tz: String,
     after_hours_ack: Option<String>,
     has_knowledge: bool,
+    images_to_model: bool,
 }
 
 #[derive(sqlx::FromRow, PartialEq)]
@@ -228,7 +231,7 @@ impl ChannelCache {
             "SELECT id, phone_number_id, enabled, bot_mode, session_timeout_secs, handover_keywords,
                     handover_ack, media_notice, system_prompt, history_limit, canned_reply,
                     send_rate_per_sec, pair_burst, sends_paused_until, access_token,
-                    business_hours, business_hours_tz, after_hours_ack,
+                    business_hours, business_hours_tz, after_hours_ack, images_to_model,
                     EXISTS (SELECT 1 FROM knowledge_entries k WHERE k.channel_id = channels.id)
                         AS has_knowledge
                FROM channels WHERE phone_number_id = $1",
@@ -320,6 +323,7 @@ impl ChannelCache {
                 .unwrap_or_else(|| DEFAULT_HANDOVER_ACK.into()),
             hours: business_hours(r),
             media_notice: r.media_notice.clone().unwrap_or_default(),
+            images_to_model: r.images_to_model,
             system_prompt: r.system_prompt.clone(),
             history_limit: i64::from(r.history_limit),
             has_knowledge: r.has_knowledge,

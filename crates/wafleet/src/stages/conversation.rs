@@ -185,7 +185,7 @@ impl ConversationStage {
             "handover"
         } else if !channel.bot_answers() {
             "none"
-        } else if text.is_some() {
+        } else if text.is_some() || (m.message_type == "image" && channel.images_to_model) {
             "reply"
         } else if !channel.media_notice.is_empty() {
             "notice"

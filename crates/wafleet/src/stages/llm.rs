@@ -48,6 +48,10 @@ pub struct LlmDefaults {
     pub providers: Vec<ProviderConfig>,
     pub policy: FallbackPolicy,
     pub max_tokens: u32,
+    /// The largest image given to the model.
+    pub image_max_bytes: u64,
+    /// Images held at once, from download until the model answered.
+    pub images: Arc<tokio::sync::Semaphore>,
 }
 
 /// Records replies of many jobs in one statement (see [`crate::batch`]).
@@ -216,19 +220,30 @@ impl LlmStage {
         }
 
         let knowledge = self.knowledge(&channel, &turns).await?;
+        // Held until the model answered: the image is in memory until then.
+        let (image, _image_permit) = self.image(&channel, &ctx).await;
+        let mut messages: Vec<ChatMessage> = turns
+            .into_iter()
+            .map(|(customer, content)| ChatMessage {
+                role: if customer {
+                    Role::User
+                } else {
+                    Role::Assistant
+                },
+                content,
+                images: Vec::new(),
+            })
+            .collect();
+        // The message answered is the last customer turn.
+        if let (Some(image), Some(last)) = (
+            image,
+            messages.iter_mut().rev().find(|m| m.role == Role::User),
+        ) {
+            last.images.push(image);
+        }
         let request = ChatRequest {
             system: with_knowledge(system_prompt(channel.system_prompt.as_deref()), &knowledge),
-            messages: turns
-                .into_iter()
-                .map(|(customer, content)| ChatMessage {
-                    role: if customer {
-                        Role::User
-                    } else {
-                        Role::Assistant
-                    },
-                    content,
-                })
-                .collect(),
+            messages,
             max_tokens: self.defaults.max_tokens,
         };
         // A channel's own chain, even when none of its keys decrypt (then the canned reply): its
@@ -317,6 +332,56 @@ impl LlmStage {
         }
         self.follow_up(job, &ctx, outcome).await?;
         Ok(Outcome::Done)
+    }
+
+    /// The image the customer sent with the message answered, fetched from Meta, when the
+    /// channel gives images to the model; with the permit that bounds images in memory. Any
+    /// failure is logged and counted (`wafleet_images_total{result}`) and the model answers
+    /// without it: the turn's text says an image was sent.
+    async fn image(
+        &self,
+        channel: &ChannelSettings,
+        ctx: &ReplyContext,
+    ) -> (
+        Option<crate::llm::Image>,
+        Option<tokio::sync::OwnedSemaphorePermit>,
+    ) {
+        let (true, "image", Some(media_id)) = (
+            channel.images_to_model,
+            ctx.message_type.as_str(),
+            ctx.media_id.as_deref(),
+        ) else {
+            return (None, None);
+        };
+        let Some(token) = &channel.access_token else {
+            metrics::counter!("wafleet_images_total", "result" => "no_token").increment(1);
+            return (None, None);
+        };
+        let permit = self.defaults.images.clone().acquire_owned().await.ok();
+        let fetched = self
+            .graph
+            .fetch_media(
+                token.expose(),
+                media_id,
+                self.defaults.image_max_bytes,
+                &crate::llm::Image::MEDIA_TYPES,
+            )
+            .await;
+        match fetched {
+            Ok(media) => {
+                metrics::counter!("wafleet_images_total", "result" => "given").increment(1);
+                (
+                    Some(crate::llm::Image::new(&media.mime_type, &media.bytes)),
+                    permit,
+                )
+            }
+            Err(e) => {
+                metrics::counter!("wafleet_images_total", "result" => e.label()).increment(1);
+                tracing::warn!(channel = %channel.phone_number_id, message_id = ctx.message_id,
+                    error = %e, "the customer's image is not given to the model");
+                (None, None)
+            }
+        }
     }
 
     /// The channel's knowledge-base entries that match the customer's latest message (redacted,

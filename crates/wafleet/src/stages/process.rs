@@ -76,6 +76,12 @@ pub struct LlmSettings {
     pub providers: Vec<ProviderConfig>,
     pub policy: FallbackPolicy,
     pub max_tokens: u32,
+    /// `WAFLEET_IMAGE_MAX_BYTES` (default 3,750,000: Anthropic takes images up to 5 MB in
+    /// base64): a larger image the customer sent is not given to the model.
+    pub image_max_bytes: u64,
+    /// `WAFLEET_IMAGE_MAX_IN_FLIGHT` (default 16): images held in memory at once, from their
+    /// download until the model answered; more wait.
+    pub image_max_in_flight: usize,
 }
 
 impl LlmSettings {
@@ -121,6 +127,8 @@ impl LlmSettings {
             providers,
             policy,
             max_tokens: positive("WAFLEET_LLM_MAX_TOKENS", 1024)?,
+            image_max_bytes: positive("WAFLEET_IMAGE_MAX_BYTES", 3_750_000)?,
+            image_max_in_flight: positive("WAFLEET_IMAGE_MAX_IN_FLIGHT", 16)?,
         })
     }
 }
@@ -337,6 +345,10 @@ pub async fn run(
                         providers: settings.llm.providers.clone(),
                         policy: settings.llm.policy,
                         max_tokens: settings.llm.max_tokens,
+                        image_max_bytes: settings.llm.image_max_bytes,
+                        images: Arc::new(tokio::sync::Semaphore::new(
+                            settings.llm.image_max_in_flight,
+                        )),
                     }),
                 };
                 stages.push(llm_stage::STAGE);

@@ -16,7 +16,15 @@ pub struct ReplyContext {
     pub last_customer_message_at: Option<DateTime<Utc>>,
     /// The outcome already recorded for this message (a redelivered job), if any.
     pub reply_outcome: Option<String>,
+    /// The message's type (`text`, `image`…).
+    pub message_type: String,
+    /// Meta's media id of an image, video, audio, document or sticker message.
+    pub media_id: Option<String>,
 }
+
+/// How an image stands in a turn's text: the model is told one was sent even when it does not
+/// see it (an earlier message, a channel whose images do not go to the model, a failed fetch).
+pub const IMAGE_MARKER: &str = "[image]";
 
 /// One turn of history: `true` for the customer, `false` for the bot.
 pub type Turn = (bool, String);
@@ -54,7 +62,7 @@ pub async fn reply_contexts(
          ), ctx AS (
              SELECT i.n, i.lim, m.id AS message_id, m.wamid, m.session_no,
                     c.id AS conversation_id, c.channel_id, c.owner, c.last_customer_message_at,
-                    r.outcome AS reply_outcome
+                    r.outcome AS reply_outcome, m.message_type, m.metadata->>'id' AS media_id
                FROM input i
                JOIN messages m ON m.id = i.message_id
                JOIN conversations c ON c.id = m.conversation_id
@@ -62,6 +70,7 @@ pub async fn reply_contexts(
          )
          SELECT ctx.n, ctx.message_id, ctx.wamid, ctx.session_no, ctx.conversation_id,
                 ctx.channel_id, ctx.owner, ctx.last_customer_message_at, ctx.reply_outcome,
+                ctx.message_type, ctx.media_id,
                 COALESCE(h.turn_customer, '{}') AS turn_customer,
                 COALESCE(h.turn_text, '{}') AS turn_text
            FROM ctx LEFT JOIN LATERAL (
@@ -69,12 +78,17 @@ pub async fn reply_contexts(
                       array_agg(text ORDER BY ord, sub) AS turn_text
                  FROM (
                      SELECT customer, text, ord, sub FROM (
-                         SELECT TRUE AS customer, m.text_redacted AS text, m.id AS ord,
-                                0::int8 AS sub
+                         -- An image is a turn with or without its caption ($3 before it).
+                         SELECT TRUE AS customer,
+                                CASE WHEN m.message_type = 'image'
+                                     THEN concat_ws(' ', $3::text, m.text_redacted)
+                                     ELSE m.text_redacted END AS text,
+                                m.id AS ord, 0::int8 AS sub
                            FROM messages m
                           WHERE m.conversation_id = ctx.conversation_id
                             AND m.session_no = ctx.session_no AND m.id <= ctx.message_id
-                            AND m.owner_at_arrival = 'bot' AND m.text_redacted IS NOT NULL
+                            AND m.owner_at_arrival = 'bot'
+                            AND (m.text_redacted IS NOT NULL OR m.message_type = 'image')
                             AND m.action IN ('reply', 'handover')
                          UNION ALL
                          SELECT FALSE, o.body, o.reply_to, o.id
@@ -91,6 +105,7 @@ pub async fn reply_contexts(
     )
     .bind(super::column(wanted, |w| w.0))
     .bind(super::column(wanted, |w| w.1))
+    .bind(IMAGE_MARKER)
     .fetch_all(&mut *conn)
     .await?;
     let mut found: Vec<Option<(ReplyContext, Vec<Turn>)>> = vec![None; wanted.len()];

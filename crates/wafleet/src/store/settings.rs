@@ -19,12 +19,14 @@ pub enum Setting {
     BusinessHours,
     BusinessHoursTz,
     AfterHoursAck,
+    ImagesToModel,
 }
 
 /// What a setting is set to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
     Int(i32),
+    Bool(bool),
     Text(String),
     List(Vec<String>),
     /// The column's default: the built-in text for the texts, the built-in list of keywords,
@@ -35,7 +37,7 @@ pub enum Value {
 }
 
 impl Setting {
-    pub const ALL: [Setting; 13] = [
+    pub const ALL: [Setting; 14] = [
         Setting::SystemPrompt,
         Setting::HistoryLimit,
         Setting::CannedReply,
@@ -49,6 +51,7 @@ impl Setting {
         Setting::BusinessHours,
         Setting::BusinessHoursTz,
         Setting::AfterHoursAck,
+        Setting::ImagesToModel,
     ];
 
     /// The setting's name, which is also its column.
@@ -67,6 +70,7 @@ impl Setting {
             Setting::BusinessHours => "business_hours",
             Setting::BusinessHoursTz => "business_hours_tz",
             Setting::AfterHoursAck => "after_hours_ack",
+            Setting::ImagesToModel => "images_to_model",
         }
     }
 
@@ -170,6 +174,11 @@ impl Setting {
                     None => Ok(Value::List(list)),
                 }
             }
+            Setting::ImagesToModel => match raw.trim().to_ascii_lowercase().as_str() {
+                "on" | "true" | "yes" => Ok(Value::Bool(true)),
+                "off" | "false" | "no" => Ok(Value::Bool(false)),
+                other => Err(format!("{} is on or off, not {other:?}", self.name())),
+            },
             Setting::HumanReleaseAfterSecs if raw.trim() == "never" => Ok(Value::Never),
             Setting::HistoryLimit
             | Setting::SessionTimeoutSecs
@@ -232,6 +241,7 @@ pub async fn set<'e>(
     let q = sqlx::query(&q).bind(phone_number_id);
     let q = match value {
         Value::Int(n) => q.bind(*n),
+        Value::Bool(b) => q.bind(*b),
         Value::Text(t) => q.bind(t.as_str()),
         Value::List(l) => q.bind(l),
         Value::Default | Value::Never => q,
@@ -251,7 +261,8 @@ pub async fn show(
                       array_to_string(handover_keywords, ', '), handover_ack, media_notice,
                       session_timeout_secs::text, COALESCE(human_release_after_secs::text, 'never'),
                       send_rate_per_sec::text, pair_burst::text,
-                      COALESCE(business_hours, 'always open'), business_hours_tz, after_hours_ack]
+                      COALESCE(business_hours, 'always open'), business_hours_tz, after_hours_ack,
+                      CASE WHEN images_to_model THEN 'on' ELSE 'off' END]
            FROM channels WHERE phone_number_id = $1",
     )
     .bind(phone_number_id)
@@ -291,6 +302,9 @@ mod tests {
         assert!(n(Setting::PairBurst, "-3").is_err());
         assert!(n(Setting::SendRatePerSec, "lots").is_err());
         assert_eq!(n(Setting::HumanReleaseAfterSecs, "never"), Ok(Value::Never));
+        assert_eq!(n(Setting::ImagesToModel, " ON"), Ok(Value::Bool(true)));
+        assert_eq!(n(Setting::ImagesToModel, "no"), Ok(Value::Bool(false)));
+        assert!(n(Setting::ImagesToModel, "maybe").is_err());
         assert!(n(Setting::SessionTimeoutSecs, "never").is_err());
         assert_eq!(
             n(Setting::HandoverKeywords, " asesor, hablar con alguien ,,"),

@@ -1,0 +1,96 @@
+//! The media of customers' messages, as Meta serves it: `GET /{version}/{media_id}` answers
+//! `{messaging_product, url, mime_type, sha256, file_size, id}`, and `GET /_sim/media/{media_id}`
+//! (the `url`, short-lived at Meta) answers the bytes. Both want a bearer token the simulator
+//! knows (any non-empty one when [`crate::SimConfig::tokens`] is empty).
+//!
+//! Any id is a file whose bytes are [`media_bytes`], so a test can tell which file reached the
+//! model. Its prefix picks what it is: `png-…` an `image/png`, `pdf-…` an `application/pdf`,
+//! `huge-…` a 6 MB `image/jpeg`, `missing-…` does not exist (Graph error 100); anything else is
+//! an `image/jpeg`.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::SimState;
+
+/// The bytes of media `id`.
+pub fn media_bytes(id: &str) -> Vec<u8> {
+    if id.starts_with("huge-") {
+        return vec![0xFF; 6 * 1024 * 1024];
+    }
+    format!("wafleet-sim media {id}").into_bytes()
+}
+
+fn mime_type(id: &str) -> &'static str {
+    if id.starts_with("png-") {
+        "image/png"
+    } else if id.starts_with("pdf-") {
+        "application/pdf"
+    } else {
+        "image/jpeg"
+    }
+}
+
+fn authorised(sim: &SimState, headers: &HeaderMap) -> bool {
+    let tokens = &sim.config().tokens;
+    crate::bearer(headers).is_some_and(|b| tokens.is_empty() || tokens.values().any(|t| t == b))
+}
+
+fn refused(status: u16, code: i64, message: &str) -> Response {
+    let body = json!({"error": {"message": message, "type": "OAuthException", "code": code,
+                                "fbtrace_id": "AsimMedia"}});
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+        axum::Json(body),
+    )
+        .into_response()
+}
+
+/// `GET /{version}/{media_id}`: where to download it.
+pub(crate) async fn info(
+    State(sim): State<SimState>,
+    Path((_version, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if !authorised(&sim, &headers) {
+        return refused(401, 190, "Error validating access token.");
+    }
+    if id.starts_with("missing-") {
+        return refused(
+            400,
+            100,
+            &format!("Unsupported get request. Object with ID '{id}' does not exist"),
+        );
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    let bytes = media_bytes(&id);
+    axum::Json(json!({
+        "messaging_product": "whatsapp",
+        "url": format!("http://{host}/_sim/media/{id}"),
+        "mime_type": mime_type(&id),
+        "sha256": "c2ltdWxhdGVk",
+        "file_size": bytes.len(),
+        "id": id,
+    }))
+    .into_response()
+}
+
+/// `GET /_sim/media/{media_id}`: the file.
+pub(crate) async fn download(
+    State(sim): State<SimState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !authorised(&sim, &headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    if id.starts_with("missing-") {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    ([(header::CONTENT_TYPE, mime_type(&id))], media_bytes(&id)).into_response()
+}

@@ -929,3 +929,77 @@ async fn without_the_encryption_key_the_api_shows_channels_but_changes_none() {
         &format!("token-{OTHER}")
     );
 }
+
+#[tokio::test]
+async fn a_business_starts_a_conversation_with_a_template_to_a_customer_who_never_wrote() {
+    let s = system().await;
+    let api = &s.api;
+    let path = format!("/api/v1/channels/{SHOP}/templates");
+    let start = |token: &str, key: &str, to: &str, answered_by: &str| {
+        let body = json!({"to": to, "name": "order_shipped", "language": "es",
+                          "params": ["#1042"], "answered_by": answered_by});
+        let (token, key) = (token.to_string(), key.to_string());
+        let path = path.clone();
+        async move {
+            api.call(
+                reqwest::Method::POST,
+                &path,
+                Some(&token),
+                Some(&key),
+                Some(body),
+            )
+            .await
+        }
+    };
+    // Another number's token does not reach this one; a phone must be a phone.
+    assert_eq!(
+        start(&s.other, "o0", "573005550101", "bot").await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        start(&s.shop, "o0", "hola", "bot").await.0,
+        StatusCode::BAD_REQUEST
+    );
+
+    // An order update the bot can talk about: the conversation stays with the bot.
+    let (status, first) = start(&s.shop, "o1", "+57 300 555-0101", "bot").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    let id = first["conversation_id"].as_i64().unwrap();
+    let sent = s.sent(1).await;
+    assert_eq!(sent[0].recipient, "573005550101");
+    assert_eq!(sent[0].kind, "template");
+    assert_eq!(sent[0].template.as_ref().unwrap()["name"], "order_shipped");
+    // The dashboard's retry records and sends nothing twice.
+    let (status, again) = start(&s.shop, "o1", "+57 300 555-0101", "bot").await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["conversation_id"], id);
+    // The customer answers in the same conversation, and the bot replies.
+    let replied = s.customer_writes(SHOP, "573005550101", "wamid.O1", 2).await;
+    assert_eq!(replied, id);
+    assert_eq!(s.sim.state.messages().len(), 2, "the template went twice");
+
+    // An agent following up: a human takes the conversation, and the customer's answer gets
+    // no bot reply.
+    let (status, taken) = start(&s.shop, "o2", "573005550102", "human").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{taken}");
+    s.sent(3).await;
+    let owner: String = sqlx::query_scalar("SELECT owner FROM conversations WHERE id = $1")
+        .bind(taken["conversation_id"].as_i64().unwrap())
+        .fetch_one(&s.pg)
+        .await
+        .unwrap();
+    assert_eq!(owner, "human");
+
+    // A number that serves only its allowlist starts no conversation with anyone else.
+    sqlx::query(
+        "UPDATE channels SET phone_allowlist = '{573009999999}' WHERE phone_number_id = $1",
+    )
+    .bind(SHOP)
+    .execute(&s.pg)
+    .await
+    .unwrap();
+    assert_eq!(
+        start(&s.shop, "o3", "573005550103", "bot").await.0,
+        StatusCode::CONFLICT
+    );
+}

@@ -48,6 +48,13 @@ pub enum AgentError {
     WindowClosed { id: i64, age: String },
     #[error("the message is empty")]
     Empty,
+    /// Not echoed: it is a customer's phone.
+    #[error("the customer must be given by their phone number: 8 to 15 digits, in any notation")]
+    BadPhone(String),
+    #[error("there is no channel {0}")]
+    NoChannel(String),
+    #[error("channel {0} serves only the customers on its allowlist, and this one is not")]
+    NotAllowed(String),
     #[error(
         "reference {reference:?} was already used in conversation {id} for another text: use a \
          new reference for a new message"
@@ -278,6 +285,7 @@ pub async fn reply(
         reference: reply.reference,
         agent: reply.agent,
         parts: &parts,
+        any_owner: false,
     };
     record_and_queue(pg, con, keys, &msg).await
 }
@@ -330,8 +338,79 @@ pub async fn template(
         reference: t.reference,
         agent: t.agent,
         parts: &parts,
+        any_owner: false,
     };
     record_and_queue(pg, con, keys, &msg).await
+}
+
+/// Who answers a customer who replies to a business's first message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answerer {
+    /// The conversation is taken by a human (an agent following up).
+    Human,
+    /// It stays with whoever has it: the bot for a new one (an order update the bot can talk
+    /// about).
+    Bot,
+}
+
+/// A template a business sends to a customer by their phone, whether or not they ever wrote:
+/// how a conversation is started (the 24-hour window is closed until the customer answers).
+#[derive(Debug, Clone)]
+pub struct Outreach<'a> {
+    pub phone_number_id: &'a str,
+    /// The customer's phone in any notation (`+57 301 600-0000`).
+    pub to: &'a str,
+    pub name: &'a str,
+    pub language: &'a str,
+    pub body_params: &'a [String],
+    /// Idempotent within the customer's conversation.
+    pub reference: &'a str,
+    pub agent: Option<&'a str>,
+    pub answerer: Answerer,
+}
+
+/// Finds or makes the customer's conversation, takes it for a human when asked, records the
+/// template and queues its send; answers the conversation id with what [`template`] answers.
+/// Repeated with the same reference, it records and sends nothing twice.
+pub async fn outreach(
+    pg: &PgPool,
+    con: &mut impl ConnectionLike,
+    keys: &Keys,
+    o: &Outreach<'_>,
+) -> Result<(i64, Queued), AgentError> {
+    use crate::store::agents::{Opened, open_conversation};
+    if o.name.trim().is_empty() || o.language.trim().is_empty() {
+        return Err(AgentError::Empty);
+    }
+    let wa_id = crate::erasure::normalise_customer(o.to)
+        .filter(|d| d.bytes().all(|b| b.is_ascii_digit()) && (8..=15).contains(&d.len()))
+        .ok_or_else(|| AgentError::BadPhone(o.to.to_string()))?;
+    let id = match open_conversation(pg, o.phone_number_id, &wa_id).await? {
+        Opened::Conversation(id) => id,
+        Opened::NoChannel => return Err(AgentError::NoChannel(o.phone_number_id.into())),
+        Opened::NotAllowed => return Err(AgentError::NotAllowed(o.phone_number_id.into())),
+    };
+    if o.answerer == Answerer::Human {
+        take(pg, con, keys, id).await?;
+    }
+    let t = Template {
+        conversation_id: id,
+        name: o.name,
+        language: o.language,
+        body_params: o.body_params,
+        reference: o.reference,
+        agent: o.agent,
+    };
+    let parts = [template_object(&t).to_string()];
+    let msg = AgentMessage {
+        conversation_id: id,
+        kind: "template",
+        reference: o.reference,
+        agent: o.agent,
+        parts: &parts,
+        any_owner: o.answerer == Answerer::Bot,
+    };
+    Ok((id, record_and_queue(pg, con, keys, &msg).await?))
 }
 
 async fn record_and_queue(

@@ -185,22 +185,42 @@ enum ConversationCommand {
     /// human.
     Template {
         conversation_id: i64,
-        /// The template's name as approved in the business account.
-        name: String,
-        /// Its language code, e.g. es, en_US.
-        #[arg(long)]
-        language: String,
-        /// The body's parameters ({{1}}, {{2}}…), in order; repeatable.
-        #[arg(long = "param")]
-        params: Vec<String>,
-        /// As for `reply`.
-        #[arg(long)]
-        reference: Option<String>,
-        #[arg(long)]
-        agent: Option<String>,
+        #[command(flatten)]
+        template: TemplateArgs,
     },
     /// Give a conversation back to the bot: it answers the customer's next message.
     Release { conversation_id: i64 },
+    /// Send an approved template to a customer by their phone, whether or not they ever wrote:
+    /// starts their conversation (an order update, an agent following up). A human takes it,
+    /// unless --bot.
+    Start {
+        phone_number_id: String,
+        /// The customer's phone, any notation (+57 301 600-0000).
+        to: String,
+        #[command(flatten)]
+        template: TemplateArgs,
+        /// Leave the conversation with the bot (new ones start with it): it answers the reply.
+        #[arg(long)]
+        bot: bool,
+    },
+}
+
+/// An approved template, as `conversation template` and `conversation start` take it.
+#[derive(clap::Args)]
+struct TemplateArgs {
+    /// The template's name as approved in the business account.
+    name: String,
+    /// Its language code, e.g. es, en_US.
+    #[arg(long)]
+    language: String,
+    /// The body's parameters ({{1}}, {{2}}…), in order; repeatable.
+    #[arg(long = "param")]
+    params: Vec<String>,
+    /// As for `reply`.
+    #[arg(long)]
+    reference: Option<String>,
+    #[arg(long)]
+    agent: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -905,11 +925,14 @@ async fn conversation(pool: &wafleet::db::PgPool, cmd: ConversationCommand) -> a
         }
         ConversationCommand::Template {
             conversation_id,
-            name,
-            language,
-            params,
-            reference,
-            agent,
+            template:
+                TemplateArgs {
+                    name,
+                    language,
+                    params,
+                    reference,
+                    agent,
+                },
         } => {
             let reference = announce_reference(reference);
             let (keys, mut con) = redis_side().await?;
@@ -927,6 +950,44 @@ async fn conversation(pool: &wafleet::db::PgPool, cmd: ConversationCommand) -> a
                 },
             )
             .await?;
+            print_queued(&queued, &reference);
+        }
+        ConversationCommand::Start {
+            phone_number_id,
+            to,
+            template:
+                TemplateArgs {
+                    name,
+                    language,
+                    params,
+                    reference,
+                    agent,
+                },
+            bot,
+        } => {
+            let reference = announce_reference(reference);
+            let (keys, mut con) = redis_side().await?;
+            let (id, queued) = agents::outreach(
+                pool,
+                &mut con,
+                &keys,
+                &agents::Outreach {
+                    phone_number_id: &phone_number_id,
+                    to: &to,
+                    name: &name,
+                    language: &language,
+                    body_params: &params,
+                    reference: &reference,
+                    agent: agent.as_deref(),
+                    answerer: if bot {
+                        agents::Answerer::Bot
+                    } else {
+                        agents::Answerer::Human
+                    },
+                },
+            )
+            .await?;
+            println!("conversation {id}");
             print_queued(&queued, &reference);
         }
     }

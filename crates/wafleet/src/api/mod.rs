@@ -16,6 +16,7 @@
 //! | POST | `/api/v1/conversations/{id}/release` | back to the bot |
 //! | POST | `/api/v1/conversations/{id}/messages` | `{"text", "agent"?}` written to the customer |
 //! | POST | `/api/v1/conversations/{id}/templates` | `{"name", "language", "params"?, "agent"?}` |
+//! | POST | `/api/v1/channels/{pnid}/templates` | `{"to", "name", "language", "params"?, "agent"?, "answered_by"?}`: starts a conversation |
 //! | GET | `/api/v1/events` | server-sent events; resumes after `Last-Event-ID` |
 //! | GET, PUT | `/api/v1/channels[/{pnid}[/knowledge[/{title}]]]` | channels: see [`channels`] |
 //!
@@ -161,6 +162,7 @@ fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
         .route("/api/v1/conversations/{id}/release", post(release))
         .route("/api/v1/conversations/{id}/messages", post(message))
         .route("/api/v1/conversations/{id}/templates", post(template))
+        .route("/api/v1/channels/{pnid}/templates", post(outreach))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
@@ -222,7 +224,9 @@ fn redis_down(e: impl std::fmt::Display) -> ApiError {
 impl From<AgentError> for ApiError {
     fn from(e: AgentError) -> Self {
         let status = match &e {
-            AgentError::NoConversation(_) => StatusCode::NOT_FOUND,
+            AgentError::NoConversation(_) | AgentError::NoChannel(_) => StatusCode::NOT_FOUND,
+            AgentError::NotAllowed(_) => StatusCode::CONFLICT,
+            AgentError::BadPhone(_) => StatusCode::BAD_REQUEST,
             AgentError::Erased(_) => StatusCode::GONE,
             AgentError::WithTheBot(_)
             | AgentError::WindowClosed { .. }
@@ -398,6 +402,32 @@ struct TemplateBody {
     agent: Option<String>,
 }
 
+impl TemplateBody {
+    /// Checks the template (and `more` text of the request) and answers the request's
+    /// idempotency key.
+    fn check(&self, headers: &HeaderMap, more: Option<&str>) -> Result<String, ApiError> {
+        no_nul(
+            [
+                Some(self.name.as_str()),
+                Some(self.language.as_str()),
+                self.agent.as_deref(),
+                self.reference.as_deref(),
+                more,
+            ]
+            .into_iter()
+            .chain(self.params.iter().map(|p| Some(p.as_str()))),
+        )?;
+        let reference = reference(headers, self.reference.clone())?;
+        if self.name.trim().is_empty() || self.language.trim().is_empty() {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "a template needs its name and language".into(),
+            ));
+        }
+        Ok(reference)
+    }
+}
+
 /// The request's idempotency key: the `Idempotency-Key` header, else `reference` in the body.
 fn reference(headers: &HeaderMap, body: Option<String>) -> Result<String, ApiError> {
     let header = headers
@@ -494,23 +524,7 @@ async fn template(
     b: Result<Json<TemplateBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let b = body(b)?;
-    no_nul(
-        [
-            Some(b.name.as_str()),
-            Some(b.language.as_str()),
-            b.agent.as_deref(),
-            b.reference.as_deref(),
-        ]
-        .into_iter()
-        .chain(b.params.iter().map(|p| Some(p.as_str()))),
-    )?;
-    let reference = reference(&headers, b.reference)?;
-    if b.name.trim().is_empty() || b.language.trim().is_empty() {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            "a template needs its name and language".into(),
-        ));
-    }
+    let reference = b.check(&headers, None)?;
     let mut con = writable(&state, &scope, id).await?;
     let q = agents::template(
         &state.pg,
@@ -526,6 +540,62 @@ async fn template(
         },
     )
     .await?;
+    Ok(queued(id, &reference, &q))
+}
+
+#[derive(Deserialize)]
+struct OutreachBody {
+    /// The customer's phone, any notation.
+    to: String,
+    #[serde(flatten)]
+    template: TemplateBody,
+    /// `human` (default: the conversation is taken) or `bot`: who answers the customer's reply.
+    answered_by: Option<String>,
+}
+
+/// A template to a customer by their phone, starting their conversation if they have none.
+async fn outreach(
+    State(state): State<Arc<AppState>>,
+    Authed(scope): Authed,
+    Path(pnid): Path<String>,
+    headers: HeaderMap,
+    b: Result<Json<OutreachBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let b = body(b)?;
+    let t = &b.template;
+    let reference = t.check(&headers, Some(&b.to))?;
+    if !scope.reaches(&pnid) {
+        return Err(AgentError::NoChannel(pnid).into());
+    }
+    let answerer = match b.answered_by.as_deref() {
+        None | Some("human") => agents::Answerer::Human,
+        Some("bot") => agents::Answerer::Bot,
+        Some(other) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("answered_by is `human` or `bot`, not {other:?}"),
+            ));
+        }
+    };
+    let mut con = state.redis.get().await.map_err(redis_down)?;
+    let (id, q) = agents::outreach(
+        &state.pg,
+        &mut con,
+        &state.keys,
+        &agents::Outreach {
+            phone_number_id: &pnid,
+            to: &b.to,
+            name: t.name.trim(),
+            language: t.language.trim(),
+            body_params: &t.params,
+            reference: &reference,
+            agent: t.agent.as_deref(),
+            answerer,
+        },
+    )
+    .await?;
+    tracing::info!(token = %scope.name, channel = %pnid, conversation_id = id, fresh = q.fresh,
+        "a template to a customer by phone through the API");
     Ok(queued(id, &reference, &q))
 }
 

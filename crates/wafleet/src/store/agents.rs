@@ -126,6 +126,9 @@ pub struct AgentMessage<'a> {
     pub agent: Option<&'a str>,
     /// The message split into parts of at most 4,096 characters.
     pub parts: &'a [String],
+    /// Recorded whoever owns the conversation (a business's template that leaves the bot
+    /// answering); else only while a human owns it.
+    pub any_owner: bool,
 }
 
 /// What recording an agent's message did.
@@ -197,7 +200,7 @@ pub async fn record_agent_message(
     let recorded_before = recorded(&mut tx, msg).await?;
     let mut fresh = false;
     if recorded_before.is_empty() {
-        if owner != "human" {
+        if owner != "human" && !msg.any_owner {
             return Ok(Recorded::WithTheBot);
         }
         if msg.kind != "template" && !crate::stages::llm::window_open(last, now) {
@@ -248,6 +251,62 @@ pub async fn record_agent_message(
             &customer,
         ),
     })
+}
+
+/// Where a business's first message to a customer goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opened {
+    /// The customer's conversation with the number, found or made now.
+    Conversation(i64),
+    NoChannel,
+    /// The number serves only the customers on its allowlist, and this one is not.
+    NotAllowed,
+}
+
+/// The conversation of a channel's customer by their phone (`wa_id` digits): the one they have
+/// (by phone, also one keyed by a business-scoped id that knows the phone), or a new one, owned by
+/// the bot, with no customer message yet (the 24-hour window is closed: only templates reach
+/// them).
+pub async fn open_conversation(
+    pool: &PgPool,
+    phone_number_id: &str,
+    wa_id: &str,
+) -> sqlx::Result<Opened> {
+    // Twice at most: a concurrent call may make the row between this statement's snapshot and
+    // its insert (which then does nothing); the second run sees it.
+    for _ in 0..2 {
+        let row: Option<(bool, Option<i64>)> = sqlx::query_as(
+            "WITH ch AS (
+                 SELECT id, cardinality(phone_allowlist) = 0 OR $2 = ANY(phone_allowlist) AS allowed
+                   FROM channels WHERE phone_number_id = $1
+             ), found AS (
+                 SELECT c.id FROM conversations c JOIN ch ON c.channel_id = ch.id
+                  WHERE c.customer_key = $2 OR c.wa_id = $2
+                  ORDER BY c.customer_key = $2 DESC, c.id LIMIT 1
+             ), made AS (
+                 INSERT INTO conversations (channel_id, customer_key, wa_id, session_started_at,
+                                            last_activity_at)
+                 SELECT ch.id, $2, $2, now(), now() FROM ch
+                  WHERE ch.allowed AND NOT EXISTS (SELECT 1 FROM found)
+                 ON CONFLICT (channel_id, customer_key) DO NOTHING
+                 RETURNING id
+             )
+             SELECT ch.allowed, COALESCE((SELECT id FROM found), (SELECT id FROM made)) FROM ch",
+        )
+        .bind(phone_number_id)
+        .bind(wa_id)
+        .fetch_optional(pool)
+        .await?;
+        match row {
+            None => return Ok(Opened::NoChannel),
+            Some((false, _)) => return Ok(Opened::NotAllowed),
+            Some((true, Some(id))) => return Ok(Opened::Conversation(id)),
+            Some((true, None)) => continue,
+        }
+    }
+    Err(sqlx::Error::Protocol(
+        "the customer's conversation was neither found nor made".into(),
+    ))
 }
 
 /// The conversation an agent's message goes to, as [`record_agent_message`] checks it.

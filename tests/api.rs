@@ -23,11 +23,16 @@ struct Api {
 
 impl Api {
     async fn start(cfg: &TestConfig) -> Self {
-        Self::start_with(cfg, Some(cfg.cipher())).await
+        Self::start_with(cfg, Some(cfg.cipher()), "http://127.0.0.1:9").await
     }
 
-    /// The API with or without the encryption key (without it, channels cannot be changed).
-    async fn start_with(cfg: &TestConfig, cipher: Option<wafleet::crypto::Cipher>) -> Self {
+    /// The API with or without the encryption key (without it, channels cannot be changed), its
+    /// Graph API at `graph`.
+    async fn start_with(
+        cfg: &TestConfig,
+        cipher: Option<wafleet::crypto::Cipher>,
+        graph: &str,
+    ) -> Self {
         let settings = wafleet::api::ApiSettings {
             listen: "127.0.0.1:0".parse().unwrap(),
             database_url: Secret::new(cfg.database_url.clone()),
@@ -42,6 +47,12 @@ impl Api {
             request_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(1),
             cipher,
+            graph: wafleet::stages::process::GraphSettings {
+                base_url: graph.into(),
+                version: "v23.0".into(),
+                timeout: Duration::from_secs(5),
+            },
+            media_max_bytes: 1024 * 1024,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -176,7 +187,7 @@ async fn system() -> Sys {
         token("other", &[OTHER]).await,
     );
     Sys {
-        api: Api::start(&cfg).await,
+        api: Api::start_with(&cfg, Some(cfg.cipher()), &sim.url).await,
         ingest,
         sim,
         pg,
@@ -900,7 +911,7 @@ async fn an_admin_keeps_a_numbers_knowledge_base_through_the_api() {
 #[tokio::test]
 async fn without_the_encryption_key_the_api_shows_channels_but_changes_none() {
     let p = platform().await;
-    let keyless = Api::start_with(&p.cfg, None).await;
+    let keyless = Api::start_with(&p.cfg, None, "http://127.0.0.1:9").await;
     let (status, body) = keyless
         .put(
             &format!("/api/v1/channels/{OTHER}"),
@@ -1002,4 +1013,109 @@ async fn a_business_starts_a_conversation_with_a_template_to_a_customer_who_neve
         start(&s.shop, "o3", "573005550103", "bot").await.0,
         StatusCode::CONFLICT
     );
+}
+
+#[tokio::test]
+async fn an_agent_sees_the_photo_a_customer_sent_streamed_from_meta() {
+    let s = system().await;
+    let api = &s.api;
+    let photo = |wamid: &str, media_id: &str| {
+        message_body(
+            SHOP,
+            "573060",
+            json!({"from": "573060", "id": wamid, "timestamp": chrono::Utc::now().timestamp().to_string(),
+                   "type": "image", "image": {"id": media_id, "mime_type": "image/jpeg", "sha256": "x"}}),
+        )
+    };
+    let id = s.customer_writes(SHOP, "573060", "wamid.M0", 1).await;
+    for (wamid, media_id) in [
+        ("wamid.M1", "photo-77"),
+        ("wamid.M2", "missing-78"),
+        ("wamid.M3", "huge-79"),
+    ] {
+        assert_eq!(
+            s.ingest
+                .post_signed(&photo(wamid, media_id), APP_SECRET)
+                .await
+                .status(),
+            200
+        );
+    }
+    let message = |wamid: &'static str| {
+        let pg = s.pg.clone();
+        async move {
+            eventually("the photo stored", Duration::from_secs(10), || {
+                let pg = pg.clone();
+                async move {
+                    sqlx::query_scalar::<_, i64>("SELECT id FROM messages WHERE wamid = $1")
+                        .bind(wamid)
+                        .fetch_optional(&pg)
+                        .await
+                        .unwrap()
+                }
+            })
+            .await
+        }
+    };
+    let get = |token: String, path: String| {
+        let http = api.http.clone();
+        let url = format!("{}{path}", api.url);
+        async move { http.get(url).bearer_auth(token).send().await.unwrap() }
+    };
+    let m1 = message("wamid.M1").await;
+    // The transcript names the message, which is how a dashboard finds the file.
+    let (_, shown) = api
+        .get(&format!("/api/v1/conversations/{id}"), &s.shop)
+        .await;
+    assert!(
+        shown["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["message_id"] == m1 && l["kind"] == "image"),
+        "{shown}"
+    );
+    let res = get(
+        s.shop.clone(),
+        format!("/api/v1/conversations/{id}/media/{m1}"),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let headers = res.headers().clone();
+    assert_eq!(headers["content-type"], "image/jpeg");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["cache-control"], "private, no-store");
+    assert_eq!(
+        res.bytes().await.unwrap().as_ref(),
+        wafleet_sim::media_bytes("photo-77").as_slice()
+    );
+    // Another number's token, a message of another conversation or one without media: 404.
+    let res = get(
+        s.other.clone(),
+        format!("/api/v1/conversations/{id}/media/{m1}"),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let m0 = message("wamid.M0").await;
+    let res = get(
+        s.shop.clone(),
+        format!("/api/v1/conversations/{id}/media/{m0}"),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    // Meta no longer has it: 404; larger than the API passes on: 502, before any download.
+    let m2 = message("wamid.M2").await;
+    let res = get(
+        s.shop.clone(),
+        format!("/api/v1/conversations/{id}/media/{m2}"),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let m3 = message("wamid.M3").await;
+    let res = get(
+        s.shop.clone(),
+        format!("/api/v1/conversations/{id}/media/{m3}"),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
 }

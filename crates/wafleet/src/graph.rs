@@ -320,11 +320,18 @@ struct MediaInfo {
     file_size: Option<u64>,
 }
 
+/// A customer's media file on its way from Meta: its type and size, and the response whose body
+/// is the file.
+pub struct OpenMedia {
+    pub mime_type: String,
+    /// The size Meta's download answer states, when it does.
+    pub length: Option<u64>,
+    pub response: reqwest::Response,
+}
+
 impl GraphClient {
-    /// Fetches a customer's media file (an image they sent): its URL from
-    /// `GET /{version}/{media_id}`, then the file from that short-lived URL, both with the
-    /// channel's token. Refused before downloading when Meta's media type is not in `accepted`
-    /// or its size is over `max_bytes`; the download stops as soon as it passes `max_bytes`.
+    /// Fetches a customer's media file (an image they sent), whole: [`Self::open_media`], then
+    /// the body, stopped as soon as it passes `max_bytes`.
     pub async fn fetch_media(
         &self,
         token: &str,
@@ -334,86 +341,19 @@ impl GraphClient {
     ) -> Result<Media, MediaError> {
         let started = Instant::now();
         let fetched = async {
-            let transport = |e: reqwest::Error| MediaError::Transport(describe(&e));
-            if media_id.is_empty()
-                || !media_id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
-            {
-                return Err(MediaError::Transport("not a Graph API media id".into()));
-            }
-            let url = format!("{}/{}/{}", self.base_url, self.version, media_id);
-            let response = self
-                .http
-                .get(url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .map_err(transport)?;
-            let status = response.status().as_u16();
-            let body = response.bytes().await.map_err(transport)?;
-            if !response_is_2xx(status) {
-                let code = parse_graph_error(&body).map_or(UNPARSED_ERROR_CODE, |e| e.code);
-                return Err(MediaError::Rejected {
-                    http_status: status,
-                    code,
-                });
-            }
-            let info: MediaInfo = serde_json::from_slice(&body).map_err(|e| {
-                MediaError::Transport(format!(
-                    "unreadable media info: {}",
-                    wafleet_core::json_error_without_input(&e)
-                ))
-            })?;
-            let mime_type = info
-                .mime_type
-                .split(';')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_ascii_lowercase();
-            if !accepted.contains(&mime_type.as_str()) {
-                return Err(MediaError::Unsupported(mime_type));
-            }
-            if let Some(size) = info.file_size.filter(|&s| s > max_bytes) {
-                return Err(MediaError::TooLarge {
-                    size,
-                    max: max_bytes,
-                });
-            }
-            // The token goes only where Meta's own answer points, and only over TLS (or to the
-            // same plain-HTTP host the client is configured for: the simulator).
-            let target = reqwest::Url::parse(&info.url)
-                .map_err(|_| MediaError::Transport("the media URL does not parse".into()))?;
-            let base = reqwest::Url::parse(&self.base_url).ok();
-            let same_host = base
-                .as_ref()
-                .is_some_and(|b| b.host_str() == target.host_str() && b.port() == target.port());
-            if target.scheme() != "https" && !same_host {
-                return Err(MediaError::Transport("the media URL is not https".into()));
-            }
-            let mut response = self
-                .http
-                .get(target)
-                .bearer_auth(token)
-                .send()
-                .await
-                .map_err(transport)?;
-            let status = response.status().as_u16();
-            if !response_is_2xx(status) {
-                return Err(MediaError::Rejected {
-                    http_status: status,
-                    code: UNPARSED_ERROR_CODE,
-                });
-            }
-            if let Some(size) = response.content_length().filter(|&s| s > max_bytes) {
-                return Err(MediaError::TooLarge {
-                    size,
-                    max: max_bytes,
-                });
-            }
+            let OpenMedia {
+                mime_type,
+                mut response,
+                ..
+            } = self
+                .open_media(token, media_id, max_bytes, accepted)
+                .await?;
             let mut bytes = Vec::new();
-            while let Some(chunk) = response.chunk().await.map_err(transport)? {
+            while let Some(chunk) = response
+                .chunk()
+                .await
+                .map_err(|e| MediaError::Transport(describe(&e)))?
+            {
                 bytes.extend_from_slice(&chunk);
                 if bytes.len() as u64 > max_bytes {
                     return Err(MediaError::TooLarge {
@@ -428,6 +368,103 @@ impl GraphClient {
         metrics::histogram!("wafleet_graph_call_seconds", "call" => "media")
             .record(started.elapsed().as_secs_f64());
         fetched
+    }
+
+    /// Opens a customer's media file: its URL from `GET /{version}/{media_id}`, then the
+    /// download from that short-lived URL, both with the channel's token; the body is left to
+    /// the caller. Refused before downloading when Meta's media type is not in `accepted`
+    /// (empty: any) or a stated size is over `max_bytes`.
+    pub async fn open_media(
+        &self,
+        token: &str,
+        media_id: &str,
+        max_bytes: u64,
+        accepted: &[&str],
+    ) -> Result<OpenMedia, MediaError> {
+        let transport = |e: reqwest::Error| MediaError::Transport(describe(&e));
+        if media_id.is_empty()
+            || !media_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        {
+            return Err(MediaError::Transport("not a Graph API media id".into()));
+        }
+        let url = format!("{}/{}/{}", self.base_url, self.version, media_id);
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = response.status().as_u16();
+        let body = response.bytes().await.map_err(transport)?;
+        if !response_is_2xx(status) {
+            let code = parse_graph_error(&body).map_or(UNPARSED_ERROR_CODE, |e| e.code);
+            return Err(MediaError::Rejected {
+                http_status: status,
+                code,
+            });
+        }
+        let info: MediaInfo = serde_json::from_slice(&body).map_err(|e| {
+            MediaError::Transport(format!(
+                "unreadable media info: {}",
+                wafleet_core::json_error_without_input(&e)
+            ))
+        })?;
+        let mime_type = info
+            .mime_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        if !accepted.is_empty() && !accepted.contains(&mime_type.as_str()) {
+            return Err(MediaError::Unsupported(mime_type));
+        }
+        let too_large = |size: u64| MediaError::TooLarge {
+            size,
+            max: max_bytes,
+        };
+        if let Some(size) = info.file_size.filter(|&s| s > max_bytes) {
+            return Err(too_large(size));
+        }
+        // The token goes only where Meta's own answer points, and only over TLS (or to the
+        // same plain-HTTP host the client is configured for: the simulator).
+        let target = reqwest::Url::parse(&info.url)
+            .map_err(|_| MediaError::Transport("the media URL does not parse".into()))?;
+        let base = reqwest::Url::parse(&self.base_url).ok();
+        let same_origin = base.as_ref().is_some_and(|b| {
+            b.scheme() == target.scheme()
+                && b.host_str() == target.host_str()
+                && b.port_or_known_default() == target.port_or_known_default()
+        });
+        if target.scheme() != "https" && !same_origin {
+            return Err(MediaError::Transport("the media URL is not https".into()));
+        }
+        let response = self
+            .http
+            .get(target)
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = response.status().as_u16();
+        if !response_is_2xx(status) {
+            return Err(MediaError::Rejected {
+                http_status: status,
+                code: UNPARSED_ERROR_CODE,
+            });
+        }
+        let length = response.content_length();
+        if let Some(size) = length.filter(|&s| s > max_bytes) {
+            return Err(too_large(size));
+        }
+        Ok(OpenMedia {
+            mime_type,
+            length,
+            response,
+        })
     }
 }
 

@@ -15,6 +15,7 @@
 //! | POST | `/api/v1/conversations/{id}/take` | a human takes it from the bot |
 //! | POST | `/api/v1/conversations/{id}/release` | back to the bot |
 //! | POST | `/api/v1/conversations/{id}/messages` | `{"text", "agent"?}` written to the customer |
+//! | GET | `/api/v1/conversations/{id}/media/{message_id}` | the file a customer sent (photo, voice note…), from Meta |
 //! | POST | `/api/v1/conversations/{id}/templates` | `{"name", "language", "params"?, "agent"?}` |
 //! | POST | `/api/v1/channels/{pnid}/templates` | `{"to", "name", "language", "params"?, "agent"?, "answered_by"?}`: starts a conversation |
 //! | GET | `/api/v1/events` | server-sent events; resumes after `Last-Event-ID` |
@@ -75,8 +76,15 @@ pub struct ApiSettings {
     /// `WAFLEET_SHUTDOWN_GRACE_SECS` (default 20): how long SIGTERM waits for requests.
     pub shutdown_grace: Duration,
     /// `WAFLEET_ENCRYPTION_KEY` (and `WAFLEET_ENCRYPTION_KEY_PREVIOUS`) when set: needed only to
-    /// change channels (their secrets are sealed with it).
+    /// change channels (their secrets are sealed with it) and to fetch customers' media (with the
+    /// channel's access token).
     pub cipher: Option<crate::crypto::Cipher>,
+    /// Where customers' media is fetched (`WAFLEET_GRAPH_BASE_URL`, `WAFLEET_GRAPH_API_VERSION`,
+    /// `WAFLEET_GRAPH_TIMEOUT_MS`, as for the workers).
+    pub graph: crate::stages::process::GraphSettings,
+    /// `WAFLEET_API_MEDIA_MAX_BYTES` (default 16 MiB): the largest customer's file the API
+    /// passes on to an agent.
+    pub media_max_bytes: u64,
 }
 
 impl ApiSettings {
@@ -96,6 +104,8 @@ impl ApiSettings {
             cipher: var("WAFLEET_ENCRYPTION_KEY")
                 .map(|_| crate::config::cipher_from_env())
                 .transpose()?,
+            graph: crate::stages::process::GraphSettings::from_env()?,
+            media_max_bytes: positive("WAFLEET_API_MEDIA_MAX_BYTES", 16 * 1024 * 1024)?,
         })
     }
 }
@@ -110,8 +120,10 @@ struct AppState {
     metrics: PrometheusHandle,
     /// Cancelled on shutdown: open event streams end, so the drain does not wait on them.
     stopping: CancellationToken,
-    /// Seals channels' secrets; without it channels cannot be changed.
+    /// Seals channels' secrets; without it channels cannot be changed nor media fetched.
     cipher: Option<crate::crypto::Cipher>,
+    graph: crate::graph::GraphClient,
+    media_max_bytes: u64,
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then drains requests for up to the
@@ -142,6 +154,12 @@ pub async fn run(
         metrics: crate::telemetry::metrics_handle(),
         stopping: CancellationToken::new(),
         cipher: settings.cipher,
+        graph: crate::graph::GraphClient::new(
+            settings.graph.base_url,
+            settings.graph.version,
+            settings.graph.timeout,
+        ),
+        media_max_bytes: settings.media_max_bytes,
     };
     let stopping = state.stopping.clone();
     let app = router(Arc::new(state), settings.request_timeout);
@@ -163,6 +181,7 @@ fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
         .route("/api/v1/conversations/{id}/messages", post(message))
         .route("/api/v1/conversations/{id}/templates", post(template))
         .route("/api/v1/channels/{pnid}/templates", post(outreach))
+        .route("/api/v1/conversations/{id}/media/{message_id}", get(media))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
@@ -597,6 +616,118 @@ async fn outreach(
     tracing::info!(token = %scope.name, channel = %pnid, conversation_id = id, fresh = q.fresh,
         "a template to a customer by phone through the API");
     Ok(queued(id, &reference, &q))
+}
+
+/// The file a customer sent in a conversation (a photo, a voice note, a document), streamed from
+/// Meta with the channel's token; never stored. Served so a browser neither runs nor sniffs it.
+async fn media(
+    State(state): State<Arc<AppState>>,
+    Authed(scope): Authed,
+    Path((id, message_id)): Path<(i64, i64)>,
+) -> Result<Response, ApiError> {
+    use crate::graph::{MediaError, OpenMedia};
+    reachable(&state, &scope, id).await?;
+    let Some(cipher) = &state.cipher else {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this API process has no WAFLEET_ENCRYPTION_KEY: it cannot use the channel's token"
+                .into(),
+        ));
+    };
+    let (pnid, media_id) = crate::store::agents::media_of(&state.pg, id, message_id)
+        .await
+        .map_err(pg_down)?
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                format!("conversation {id} has no media message {message_id}"),
+            )
+        })?;
+    let media_id = media_id.ok_or_else(|| {
+        ApiError(
+            StatusCode::GONE,
+            "the file is no longer known (its customer was erased)".into(),
+        )
+    })?;
+    let channel = crate::store::channels::get(&state.pg, cipher, &pnid)
+        .await
+        .map_err(|e| pg_down(format!("{e:#}")))?;
+    let Some(token) = channel.and_then(|c| c.access_token) else {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("channel {pnid} has no access token"),
+        ));
+    };
+    let opened = state
+        .graph
+        .open_media(token.expose(), &media_id, state.media_max_bytes, &[])
+        .await;
+    let OpenMedia {
+        mime_type,
+        length,
+        response,
+    } = match opened {
+        Ok(open) => open,
+        Err(e) => {
+            let result = e.label();
+            metrics::counter!("wafleet_api_media_total", "result" => result).increment(1);
+            tracing::warn!(conversation_id = id, message_id, error = %e, "a customer's file was not fetched");
+            return Err(match e {
+                MediaError::Rejected {
+                    http_status: 404, ..
+                }
+                | MediaError::Rejected { code: 100, .. } => {
+                    ApiError(StatusCode::NOT_FOUND, "Meta no longer has this file".into())
+                }
+                other => ApiError(StatusCode::BAD_GATEWAY, other.to_string()),
+            });
+        }
+    };
+    metrics::counter!("wafleet_api_media_total", "result" => "served").increment(1);
+    // Past the limit the stream ends in an error (the client sees a cut download), for a file
+    // whose size Meta did not state.
+    let max = state.media_max_bytes;
+    let mut seen = 0u64;
+    let body = futures::StreamExt::map(response.bytes_stream(), move |chunk| {
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        seen += chunk.len() as u64;
+        if seen > max {
+            return Err(std::io::Error::other(
+                "the file is larger than WAFLEET_API_MEDIA_MAX_BYTES",
+            ));
+        }
+        Ok(chunk)
+    });
+    let inline = ["image/", "audio/", "video/"]
+        .iter()
+        .any(|p| mime_type.starts_with(p));
+    let mut res = axum::body::Body::from_stream(body).into_response();
+    let headers = res.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_str(&mime_type)
+            .unwrap_or(header::HeaderValue::from_static("application/octet-stream")),
+    );
+    if let Some(n) = length {
+        headers.insert(header::CONTENT_LENGTH, n.into());
+    }
+    headers.insert(
+        header::CONTENT_DISPOSITION,
+        header::HeaderValue::from_static(if inline { "inline" } else { "attachment" }),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static("default-src 'none'; sandbox"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("private, no-store"),
+    );
+    Ok(res)
 }
 
 /// Before an agent writes: the conversation is the token's, and Redis (where the send is

@@ -55,6 +55,9 @@ pub async fn conversations(
 /// One line of a transcript.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct Line {
+    /// A customer's message's id (its file, if it has one, is
+    /// `GET /api/v1/conversations/{id}/media/{message_id}`); `None` for the bot's and agents'.
+    pub message_id: Option<i64>,
     pub at: DateTime<Utc>,
     /// `customer`, `bot` or `agent`.
     pub side: String,
@@ -86,12 +89,14 @@ pub async fn transcript(
     }
     let lines = sqlx::query_as(
         "SELECT * FROM (
-             SELECT m.received_at AS at, 'customer' AS side, NULL::text AS agent,
+             SELECT m.id AS message_id, m.received_at AS at, 'customer' AS side,
+                    NULL::text AS agent,
                     m.message_type AS kind, m.text_redacted AS text, NULL::text AS state,
                     NULL::text AS delivery, m.id AS ord, 0 AS sub, m.id AS tie
                FROM messages m WHERE m.conversation_id = $1
              UNION ALL
-             SELECT o.created_at, CASE WHEN o.kind IN ('agent', 'template') THEN 'agent' ELSE 'bot' END,
+             SELECT NULL::int8, o.created_at,
+                    CASE WHEN o.kind IN ('agent', 'template') THEN 'agent' ELSE 'bot' END,
                     o.agent, o.kind, o.body, o.state, o.delivery,
                     -- A reply sits right after the message it answers; an agent's message where
                     -- it was written.
@@ -251,6 +256,27 @@ pub async fn record_agent_message(
             &customer,
         ),
     })
+}
+
+/// Meta's media id of a customer's message in a conversation (an image, audio, video, document
+/// or sticker), with the conversation's business number: `None` when the conversation has no
+/// such message; the id `None` when the message carries no media (or its customer was erased).
+pub async fn media_of(
+    pool: &PgPool,
+    conversation_id: i64,
+    message_id: i64,
+) -> sqlx::Result<Option<(String, Option<String>)>> {
+    sqlx::query_as(
+        "SELECT ch.phone_number_id, m.metadata->>'id'
+           FROM messages m JOIN conversations c ON c.id = m.conversation_id
+           JOIN channels ch ON ch.id = c.channel_id
+          WHERE m.id = $2 AND m.conversation_id = $1
+            AND m.message_type IN ('image', 'audio', 'video', 'document', 'sticker')",
+    )
+    .bind(conversation_id)
+    .bind(message_id)
+    .fetch_optional(pool)
+    .await
 }
 
 /// Where a business's first message to a customer goes.

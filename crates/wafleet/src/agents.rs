@@ -328,9 +328,29 @@ pub async fn template(
     keys: &Keys,
     t: &Template<'_>,
 ) -> Result<Queued, AgentError> {
-    if t.name.trim().is_empty() || t.language.trim().is_empty() {
-        return Err(AgentError::Empty);
+    queue_template(pg, con, keys, t, false).await
+}
+
+impl Template<'_> {
+    /// A template needs its name and language.
+    fn check(&self) -> Result<(), AgentError> {
+        if self.name.trim().is_empty() || self.language.trim().is_empty() {
+            return Err(AgentError::Empty);
+        }
+        Ok(())
     }
+}
+
+/// Records a template (while a human owns the conversation, or whoever does with `any_owner`)
+/// and queues its send.
+async fn queue_template(
+    pg: &PgPool,
+    con: &mut impl ConnectionLike,
+    keys: &Keys,
+    t: &Template<'_>,
+    any_owner: bool,
+) -> Result<Queued, AgentError> {
+    t.check()?;
     let parts = [template_object(t).to_string()];
     let msg = AgentMessage {
         conversation_id: t.conversation_id,
@@ -338,7 +358,7 @@ pub async fn template(
         reference: t.reference,
         agent: t.agent,
         parts: &parts,
-        any_owner: false,
+        any_owner,
     };
     record_and_queue(pg, con, keys, &msg).await
 }
@@ -379,9 +399,16 @@ pub async fn outreach(
     o: &Outreach<'_>,
 ) -> Result<(i64, Queued), AgentError> {
     use crate::store::agents::{Opened, open_conversation};
-    if o.name.trim().is_empty() || o.language.trim().is_empty() {
-        return Err(AgentError::Empty);
-    }
+    let mut t = Template {
+        conversation_id: 0,
+        name: o.name,
+        language: o.language,
+        body_params: o.body_params,
+        reference: o.reference,
+        agent: o.agent,
+    };
+    // Before a conversation is made for it.
+    t.check()?;
     let wa_id = crate::erasure::normalise_customer(o.to)
         .filter(|d| d.bytes().all(|b| b.is_ascii_digit()) && (8..=15).contains(&d.len()))
         .ok_or_else(|| AgentError::BadPhone(o.to.to_string()))?;
@@ -393,24 +420,9 @@ pub async fn outreach(
     if o.answerer == Answerer::Human {
         take(pg, con, keys, id).await?;
     }
-    let t = Template {
-        conversation_id: id,
-        name: o.name,
-        language: o.language,
-        body_params: o.body_params,
-        reference: o.reference,
-        agent: o.agent,
-    };
-    let parts = [template_object(&t).to_string()];
-    let msg = AgentMessage {
-        conversation_id: id,
-        kind: "template",
-        reference: o.reference,
-        agent: o.agent,
-        parts: &parts,
-        any_owner: o.answerer == Answerer::Bot,
-    };
-    Ok((id, record_and_queue(pg, con, keys, &msg).await?))
+    t.conversation_id = id;
+    let queued = queue_template(pg, con, keys, &t, o.answerer == Answerer::Bot).await?;
+    Ok((id, queued))
 }
 
 async fn record_and_queue(

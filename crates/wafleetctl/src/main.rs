@@ -925,16 +925,9 @@ async fn conversation(pool: &wafleet::db::PgPool, cmd: ConversationCommand) -> a
         }
         ConversationCommand::Template {
             conversation_id,
-            template:
-                TemplateArgs {
-                    name,
-                    language,
-                    params,
-                    reference,
-                    agent,
-                },
+            template: t,
         } => {
-            let reference = announce_reference(reference);
+            let reference = announce_reference(t.reference);
             let (keys, mut con) = redis_side().await?;
             let queued = agents::template(
                 pool,
@@ -942,11 +935,11 @@ async fn conversation(pool: &wafleet::db::PgPool, cmd: ConversationCommand) -> a
                 &keys,
                 &agents::Template {
                     conversation_id,
-                    name: &name,
-                    language: &language,
-                    body_params: &params,
+                    name: &t.name,
+                    language: &t.language,
+                    body_params: &t.params,
                     reference: &reference,
-                    agent: agent.as_deref(),
+                    agent: t.agent.as_deref(),
                 },
             )
             .await?;
@@ -955,17 +948,10 @@ async fn conversation(pool: &wafleet::db::PgPool, cmd: ConversationCommand) -> a
         ConversationCommand::Start {
             phone_number_id,
             to,
-            template:
-                TemplateArgs {
-                    name,
-                    language,
-                    params,
-                    reference,
-                    agent,
-                },
+            template: t,
             bot,
         } => {
-            let reference = announce_reference(reference);
+            let reference = announce_reference(t.reference);
             let (keys, mut con) = redis_side().await?;
             let (id, queued) = agents::outreach(
                 pool,
@@ -974,11 +960,11 @@ async fn conversation(pool: &wafleet::db::PgPool, cmd: ConversationCommand) -> a
                 &agents::Outreach {
                     phone_number_id: &phone_number_id,
                     to: &to,
-                    name: &name,
-                    language: &language,
-                    body_params: &params,
+                    name: &t.name,
+                    language: &t.language,
+                    body_params: &t.params,
                     reference: &reference,
-                    agent: agent.as_deref(),
+                    agent: t.agent.as_deref(),
                     answerer: if bot {
                         agents::Answerer::Bot
                     } else {

@@ -626,7 +626,18 @@ async fn media(
     Path((id, message_id)): Path<(i64, i64)>,
 ) -> Result<Response, ApiError> {
     use crate::graph::{MediaError, OpenMedia};
-    reachable(&state, &scope, id).await?;
+    // One lookup: the message, its conversation's number (a number the token does not reach
+    // answers 404 as a conversation that does not exist) and its media id.
+    let (pnid, media_id) = crate::store::agents::media_of(&state.pg, id, message_id)
+        .await
+        .map_err(pg_down)?
+        .filter(|(pnid, _)| scope.reaches(pnid))
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                format!("conversation {id} has no media message {message_id}"),
+            )
+        })?;
     let Some(cipher) = &state.cipher else {
         return Err(ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -634,30 +645,21 @@ async fn media(
                 .into(),
         ));
     };
-    let (pnid, media_id) = crate::store::agents::media_of(&state.pg, id, message_id)
-        .await
-        .map_err(pg_down)?
-        .ok_or_else(|| {
-            ApiError(
-                StatusCode::NOT_FOUND,
-                format!("conversation {id} has no media message {message_id}"),
-            )
-        })?;
     let media_id = media_id.ok_or_else(|| {
         ApiError(
             StatusCode::GONE,
             "the file is no longer known (its customer was erased)".into(),
         )
     })?;
-    let channel = crate::store::channels::get(&state.pg, cipher, &pnid)
+    let token = crate::store::channels::access_token(&state.pg, cipher, &pnid)
         .await
-        .map_err(|e| pg_down(format!("{e:#}")))?;
-    let Some(token) = channel.and_then(|c| c.access_token) else {
-        return Err(ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("channel {pnid} has no access token"),
-        ));
-    };
+        .map_err(|e| pg_down(format!("{e:#}")))?
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("channel {pnid} has no access token"),
+            )
+        })?;
     let opened = state
         .graph
         .open_media(token.expose(), &media_id, state.media_max_bytes, &[])

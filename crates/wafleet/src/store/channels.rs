@@ -305,6 +305,25 @@ pub async fn get(
     row.map(|r| r.decrypt(cipher)).transpose()
 }
 
+/// A channel's access token, decrypted (only it: not the channel's other secrets); `None` when
+/// the channel or its token does not exist.
+pub async fn access_token(
+    pool: &PgPool,
+    cipher: &Cipher,
+    phone_number_id: &str,
+) -> anyhow::Result<Option<Secret<String>>> {
+    let sealed: Option<Option<Vec<u8>>> =
+        sqlx::query_scalar("SELECT access_token FROM channels WHERE phone_number_id = $1")
+            .bind(phone_number_id)
+            .fetch_optional(pool)
+            .await
+            .context("reading a channel's access token")?;
+    sealed
+        .flatten()
+        .map(|t| open_text(cipher, phone_number_id, "access_token", &t))
+        .transpose()
+}
+
 /// A cheap fingerprint of the table: it changes whenever a row is added, changed or removed.
 ///
 /// A digest of every row's (id, updated_at), not `max(updated_at)`: two edits at once can commit

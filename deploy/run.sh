@@ -63,6 +63,11 @@ $bin/wafleet-sim --listen "$SIM_LISTEN" --webhook-url "http://$WAFLEET_INGEST_AD
 pids+=($!)
 export WAFLEET_GRAPH_BASE_URL=${WAFLEET_GRAPH_BASE_URL:-$sim}
 export WAFLEET_LLM_STANDIN_URL=${WAFLEET_LLM_STANDIN_URL:-$sim/v1}
+# The demo's voice notes are the simulator's: its speech to text transcribes them (a real
+# transcriber could not read them). Set both to use another.
+if [[ -z ${WAFLEET_TRANSCRIBE_BASE_URL:-} ]]; then
+    export WAFLEET_TRANSCRIBE_BASE_URL=$sim/v1 WAFLEET_TRANSCRIBE_API_KEY=standin WAFLEET_TRANSCRIBE_MODEL=standin
+fi
 $bin/wafleet-worker > .wafleet/worker.log 2>&1 &
 pids+=($!)
 # The agent API dashboards call.
@@ -114,6 +119,8 @@ wait_for() { # SQL returning a number, wanted value
 }
 # The demo number gives the model the photos customers send (fetched from the simulator).
 $bin/wafleetctl channel set "$WHATSAPP_PHONE_NUMBER_ID" images_to_model on >/dev/null
+# ... and answers the voice notes they send (transcribed by the simulator).
+$bin/wafleetctl channel set "$WHATSAPP_PHONE_NUMBER_ID" transcribe_audio on >/dev/null
 post deploy/samples/es_text_pii.json
 post deploy/samples/en_1_question.json
 wait_for "SELECT count(*) FROM outbound_messages o JOIN messages m ON m.id = o.reply_to
@@ -122,6 +129,9 @@ post deploy/samples/es_2_image.json
 post deploy/samples/en_2_handover.json
 wait_for "SELECT count(*) FROM outbound_messages o JOIN messages m ON m.id = o.reply_to
            WHERE m.wamid LIKE 'wamid.demo-%-$run_id' AND o.state = 'accepted'" 4
+post deploy/samples/es_3_voice.json
+wait_for "SELECT count(*) FROM outbound_messages o JOIN messages m ON m.id = o.reply_to
+           WHERE m.wamid LIKE 'wamid.demo-%-$run_id' AND o.state = 'accepted'" 5
 
 # The English customer asked for a person: an agent answers through the agent API (what a
 # dashboard calls) and gives the conversation back to the bot.

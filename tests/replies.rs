@@ -3230,3 +3230,172 @@ async fn an_image_a_channel_does_not_give_to_the_model_gets_the_notice_and_no_mo
     assert_eq!(s.sent(1).await[0].body, "Por ahora solo leo texto.");
     assert!(s.sim.state.llm_requests().is_empty());
 }
+
+/// A webhook with a voice note that says `spoken` (the simulator's transcript of media id
+/// `ogg-<hex of spoken>`), or with the recording `media_id` when `spoken` is `None`.
+fn voice_note(from: &str, wamid: &str, spoken: Option<&str>, media_id: &str) -> Vec<u8> {
+    let id = spoken.map_or_else(
+        || media_id.to_string(),
+        |s| format!("ogg-{}", hex::encode(s)),
+    );
+    message_body(
+        PNID,
+        from,
+        serde_json::json!({"from": from, "id": wamid, "timestamp": now().to_string(),
+                           "type": "audio", "audio": {"id": id, "mime_type": "audio/ogg; codecs=opus",
+                                                       "sha256": "x", "voice": true}}),
+    )
+}
+
+#[tokio::test]
+async fn a_voice_note_is_transcribed_redacted_stored_and_answered_like_text() {
+    use wafleet::store::settings::Setting;
+    let s = system().await;
+    s.set(Setting::TranscribeAudio, "on").await;
+    let said = "¿Hacen envíos a Medellín? Mi tarjeta es 4111 1111 1111 1111";
+    s.post(&voice_note("573060", "wamid.V1", Some(said), ""))
+        .await;
+    let sent = s.sent(1).await;
+    assert_eq!(sent[0].context_message_id.as_deref(), Some("wamid.V1"));
+    // The transcriber got Meta's recording, as an ogg file, from the configured model.
+    let heard = s.sim.state.transcriptions();
+    assert_eq!(heard.len(), 1);
+    let id = format!("ogg-{}", hex::encode(said));
+    assert_eq!(heard[0].file.as_bytes(), wafleet_sim::media_bytes(&id));
+    assert_eq!(heard[0].model, "whisper-1");
+    assert_eq!(heard[0].file_name, "voice.ogg");
+    assert_eq!(heard[0].content_type, "audio/ogg");
+    // The model reads the transcript, redacted, as the customer's turn.
+    let redacted = "¿Hacen envíos a Medellín? Mi tarjeta es [CARD]";
+    assert_eq!(
+        s.sim.state.llm_requests()[0].last_user_message,
+        format!("[voice note] {redacted}")
+    );
+    // It is the message's text from now on (redacted), never the card.
+    let (text, pii): (Option<String>, Vec<String>) =
+        sqlx::query_as("SELECT text_redacted, pii_types FROM messages WHERE wamid = 'wamid.V1'")
+            .fetch_one(&s.pg)
+            .await
+            .unwrap();
+    assert_eq!(text.as_deref(), Some(redacted));
+    assert_eq!(pii, ["CARD"]);
+    // The next answer has it in the history, without transcribing it again.
+    s.post(&text_message(PNID, "573060", "wamid.V2", now(), "gracias"))
+        .await;
+    s.sent(2).await;
+    let history = &s.sim.state.llm_requests()[1].body["messages"];
+    let customer: Vec<&serde_json::Value> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .map(|m| &m["content"])
+        .collect();
+    assert_eq!(
+        customer,
+        [
+            &serde_json::json!(format!("[voice note] {redacted}")),
+            &serde_json::json!("gracias")
+        ]
+    );
+    assert_eq!(s.sim.state.transcriptions().len(), 1);
+}
+
+#[tokio::test]
+async fn a_voice_note_that_cannot_be_transcribed_still_gets_an_answer() {
+    use wafleet::store::settings::Setting;
+    let s = system().await;
+    s.set(Setting::TranscribeAudio, "on").await;
+    // The transcriber refuses one as unreadable; one is a format it does not take (not
+    // downloaded); Meta no longer has the third.
+    s.post(&voice_note("573061", "wamid.W1", None, "ogg-corrupt-1"))
+        .await;
+    s.post(&voice_note("573062", "wamid.W2", None, "amr-2"))
+        .await;
+    s.post(&voice_note("573063", "wamid.W3", None, "missing-3"))
+        .await;
+    s.sent(3).await;
+    let turns: Vec<String> = s
+        .sim
+        .state
+        .llm_requests()
+        .iter()
+        .map(|r| r.last_user_message.clone())
+        .collect();
+    assert_eq!(turns, [wafleet::store::replies::VOICE_UNHEARD; 3]);
+    let files: Vec<String> = s
+        .sim
+        .state
+        .transcriptions()
+        .into_iter()
+        .map(|t| t.file)
+        .collect();
+    assert_eq!(files, ["wafleet-sim media ogg-corrupt-1"]);
+    // Nothing was stored as their text.
+    let (with_text,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM messages WHERE text_redacted IS NOT NULL")
+            .fetch_one(&s.pg)
+            .await
+            .unwrap();
+    assert_eq!(with_text, 0);
+}
+
+#[tokio::test]
+async fn a_transcriber_that_is_briefly_unavailable_is_asked_again() {
+    use wafleet::store::settings::Setting;
+    let s = system().await;
+    s.set(Setting::TranscribeAudio, "on").await;
+    s.sim.state.add_llm_fault(
+        serde_json::from_value(serde_json::json!({"status": 503, "provider": "transcription"}))
+            .unwrap(),
+    );
+    s.post(&voice_note(
+        "573064",
+        "wamid.X1",
+        Some("hola, ¿abren hoy?"),
+        "",
+    ))
+    .await;
+    s.sent(1).await;
+    assert_eq!(
+        s.sim.state.llm_requests()[0].last_user_message,
+        "[voice note] hola, ¿abren hoy?"
+    );
+    // The 503 was not recorded; the second try was.
+    assert_eq!(s.sim.state.transcriptions().len(), 1);
+}
+
+#[tokio::test]
+async fn asking_for_a_person_in_a_voice_note_hands_over_without_the_model() {
+    use wafleet::store::settings::Setting;
+    let s = system().await;
+    s.set(Setting::TranscribeAudio, "on").await;
+    s.post(&voice_note(
+        "573065",
+        "wamid.Y1",
+        Some("Buenas, quiero hablar con un asesor por favor"),
+        "",
+    ))
+    .await;
+    let sent = s.sent(1).await;
+    assert_eq!(sent[0].body, DEFAULT_HANDOVER_ACK);
+    assert_eq!(s.owner().await, "human");
+    assert!(s.sim.state.llm_requests().is_empty());
+    assert_eq!(
+        s.owner_events().await,
+        [("handover".to_string(), "keyword".to_string())]
+    );
+}
+
+#[tokio::test]
+async fn a_channel_that_does_not_transcribe_sends_the_notice_for_a_voice_note() {
+    use wafleet::store::settings::Setting;
+    let s = system().await;
+    s.set(Setting::MediaNotice, "Por ahora solo leo texto.")
+        .await;
+    s.post(&voice_note("573066", "wamid.Z1", Some("hola"), ""))
+        .await;
+    assert_eq!(s.sent(1).await[0].body, "Por ahora solo leo texto.");
+    assert!(s.sim.state.transcriptions().is_empty());
+    assert!(s.sim.state.llm_requests().is_empty());
+}

@@ -421,6 +421,8 @@ impl TestConfig {
                 max_tokens: 512,
                 image_max_bytes: 3_750_000,
                 image_max_in_flight: 4,
+                transcriber: None,
+                audio_max_bytes: 16 * 1024 * 1024,
             },
             send: Default::default(),
             early_status_ttl: wafleet::stages::status::DEFAULT_EARLY_STATUS_TTL,
@@ -514,6 +516,17 @@ impl Sim {
         }
     }
 
+    /// The simulator's speech to text, as the workers' transcriber.
+    pub fn transcriber(&self) -> wafleet::llm::ProviderConfig {
+        wafleet::llm::ProviderConfig {
+            name: "transcription".into(),
+            kind: wafleet::llm::ProviderKind::OpenAiCompatible,
+            base_url: format!("{}/v1", self.url),
+            model: "whisper-1".into(),
+            api_key: Secret::new("k".into()),
+        }
+    }
+
     /// The stand-in model, spoken to as Anthropic.
     pub fn anthropic(&self) -> wafleet::llm::ProviderConfig {
         wafleet::llm::ProviderConfig {
@@ -537,6 +550,7 @@ impl TestConfig {
         let mut s = self.worker_settings(stages);
         s.graph.base_url = sim.url.clone();
         s.llm.providers = providers;
+        s.llm.transcriber = Some(sim.transcriber());
         s.llm.policy = wafleet::llm::FallbackPolicy {
             attempts_per_provider: 2,
             overall_deadline: Duration::from_secs(5),

@@ -14,7 +14,8 @@
 //!   limits, fault injection) and the status webhooks it sends afterwards.
 //! - `media`: `GET /{version}/{media_id}` and the download it points to, customers' media files.
 //! - `llm`: `POST /v1/chat/completions` (also `/chat/completions`, DeepSeek's path) and
-//!   `POST /v1/messages`, canned context-aware answers in the customer's language.
+//!   `POST /v1/messages`, canned context-aware answers in the customer's language, and
+//!   `POST /v1/audio/transcriptions`, OpenAI's speech to text.
 //!
 //! # Admin endpoints (`/_sim/…`)
 //! | route | what |
@@ -25,6 +26,7 @@
 //! | `GET /_sim/reads` | every mark-read / typing call ([`ReadReceipt`]) |
 //! | `GET /_sim/webhooks` | every status webhook posted ([`WebhookDelivery`]) and how it was answered |
 //! | `GET /_sim/llm_requests` | every LLM request ([`LlmRequest`]), whole |
+//! | `GET /_sim/transcriptions` | every transcription request ([`TranscriptionRequest`]) |
 //! | `POST /_sim/reset` | forget all of the above, queued faults and rate-limit state |
 //! | `GET /healthz` | `ok` |
 
@@ -48,7 +50,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use graph::{Fault, ReadReceipt, SentMessage, WebhookDelivery};
-pub use llm::{HANDOVER_MARKER, LlmFault, LlmRequest, reply_for};
+pub use llm::{
+    HANDOVER_MARKER, LlmFault, LlmRequest, TranscriptionRequest, reply_for, transcript_of,
+};
 pub use media::media_bytes;
 
 /// How the simulator behaves. [`Default`] matches Meta's defaults where Meta has one.
@@ -136,6 +140,7 @@ struct Inner {
     reads: Mutex<Vec<ReadReceipt>>,
     webhooks: Mutex<Vec<WebhookDelivery>>,
     llm_requests: Mutex<Vec<LlmRequest>>,
+    transcriptions: Mutex<Vec<TranscriptionRequest>>,
     /// Sequence number of wamids and response ids.
     next_id: AtomicU64,
     /// Random per instance, so wamids of two simulator runs never collide in one database.
@@ -158,6 +163,7 @@ impl SimState {
             reads: Mutex::default(),
             webhooks: Mutex::default(),
             llm_requests: Mutex::default(),
+            transcriptions: Mutex::default(),
             next_id: AtomicU64::new(1),
             instance: rand::random(),
             config,
@@ -179,6 +185,9 @@ impl SimState {
     pub fn llm_requests(&self) -> Vec<LlmRequest> {
         lock(&self.0.llm_requests).clone()
     }
+    pub fn transcriptions(&self) -> Vec<TranscriptionRequest> {
+        lock(&self.0.transcriptions).clone()
+    }
     pub fn add_fault(&self, fault: Fault) {
         lock(&self.0.faults).push(fault);
     }
@@ -194,6 +203,7 @@ impl SimState {
         lock(&self.0.reads).clear();
         lock(&self.0.webhooks).clear();
         lock(&self.0.llm_requests).clear();
+        lock(&self.0.transcriptions).clear();
     }
 
     fn next_id(&self) -> String {
@@ -235,6 +245,8 @@ pub fn router(state: SimState) -> Router {
         .route("/v1/chat/completions", post(llm::chat_completions))
         .route("/chat/completions", post(llm::chat_completions))
         .route("/v1/messages", post(llm::anthropic_messages))
+        .route("/v1/audio/transcriptions", post(llm::transcriptions))
+        .route("/audio/transcriptions", post(llm::transcriptions))
         .route("/{version}/{media_id}", get(media::info))
         .route("/_sim/media/{media_id}", get(media::download))
         .route("/_sim/faults", post(add_fault))
@@ -254,6 +266,10 @@ pub fn router(state: SimState) -> Router {
         .route(
             "/_sim/llm_requests",
             get(|State(s): State<SimState>| async move { Json(s.llm_requests()) }),
+        )
+        .route(
+            "/_sim/transcriptions",
+            get(|State(s): State<SimState>| async move { Json(s.transcriptions()) }),
         )
         .route("/_sim/reset", post(reset))
         .with_state(state)

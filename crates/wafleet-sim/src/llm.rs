@@ -11,6 +11,11 @@
 //!
 //! Queued [`LlmFault`]s answer the next `count` matching requests with an error in the provider's
 //! shape (or a given body), with `retry-after` when set.
+//!
+//! `POST /v1/audio/transcriptions` (also `/audio/transcriptions`) takes OpenAI's multipart form
+//! (`file`, `model`) and answers `{"text": …}`: [`transcript_of`] the file, so a test decides
+//! what a voice note says by its media id (see `media`). Only faults whose `provider` is
+//! `transcription` apply to it.
 
 use std::time::Duration;
 
@@ -41,7 +46,8 @@ pub struct LlmFault {
     /// provider's error shape for the status.
     #[serde(default)]
     pub body: Option<Value>,
-    /// `openai` or `anthropic`; `null` matches both.
+    /// `openai` or `anthropic`; `null` matches both. `transcription` matches transcriptions
+    /// only.
     #[serde(default)]
     pub provider: Option<String>,
     /// Waited before answering.
@@ -130,7 +136,11 @@ async fn complete(sim: SimState, provider: Provider, body: Bytes) -> Response {
         let mut faults = lock(&sim.0.llm_faults);
         faults
             .iter_mut()
-            .find(|f| f.count > 0 && f.provider.as_deref().is_none_or(|p| p == provider.name()))
+            .find(|f| {
+                f.count > 0
+                    && f.provider.as_deref() != Some("transcription")
+                    && f.provider.as_deref().is_none_or(|p| p == provider.name())
+            })
             .map(|f| {
                 f.count -= 1;
                 f.clone()
@@ -214,6 +224,108 @@ async fn complete(sim: SimState, provider: Provider, body: Bytes) -> Response {
         headers.insert(request_id_header, value);
     }
     (StatusCode::OK, headers, Json(body)).into_response()
+}
+
+/// One transcription request, as `GET /_sim/transcriptions` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TranscriptionRequest {
+    pub model: String,
+    pub file_name: String,
+    pub content_type: String,
+    /// The file, as text (the simulator's media are text).
+    pub file: String,
+    /// What was answered (`None`: an error).
+    pub transcript: Option<String>,
+    pub received_at: u64,
+}
+
+/// What the recording `file` says: a simulator voice note (`media_bytes("ogg-<hex>")`) says the
+/// UTF-8 text its id spells in hex; any other file says `transcript of <file>`; `None` for a
+/// file whose id contains `corrupt` (answered 400, as OpenAI does an unreadable file).
+pub fn transcript_of(file: &str) -> Option<String> {
+    if file.contains("corrupt") {
+        return None;
+    }
+    let spoken = file
+        .strip_prefix("wafleet-sim media ogg-")
+        .and_then(|h| hex::decode(h).ok())
+        .and_then(|b| String::from_utf8(b).ok());
+    Some(spoken.unwrap_or_else(|| format!("transcript of {file}")))
+}
+
+pub(crate) async fn transcriptions(
+    State(sim): State<SimState>,
+    mut form: axum::extract::Multipart,
+) -> Response {
+    let provider = Provider::OpenAi;
+    let fault = {
+        let mut faults = lock(&sim.0.llm_faults);
+        faults
+            .iter_mut()
+            .find(|f| f.count > 0 && f.provider.as_deref() == Some("transcription"))
+            .map(|f| {
+                f.count -= 1;
+                f.clone()
+            })
+    };
+    if let Some(fault) = fault {
+        return injected(provider, fault).await;
+    }
+    let (mut model, mut file) = (None, None);
+    loop {
+        match form.next_field().await {
+            Ok(Some(field)) => {
+                let name = field.name().unwrap_or_default().to_string();
+                let file_name = field.file_name().unwrap_or_default().to_string();
+                let content_type = field.content_type().unwrap_or_default().to_string();
+                let Ok(bytes) = field.bytes().await else {
+                    return provider.error(400, "The multipart body could not be read.");
+                };
+                match name.as_str() {
+                    "model" => model = Some(String::from_utf8_lossy(&bytes).into_owned()),
+                    "file" => file = Some((file_name, content_type, bytes)),
+                    _ => {}
+                }
+            }
+            Ok(None) => break,
+            Err(_) => return provider.error(400, "The request is not multipart/form-data."),
+        }
+    }
+    let Some(model) = model else {
+        return provider.error(400, "model: field required");
+    };
+    let Some((file_name, content_type, bytes)) = file else {
+        return provider.error(400, "file: field required");
+    };
+    let known = [
+        "flac", "mp3", "mp4", "mpeg", "mpga", "m4a", "ogg", "wav", "webm",
+    ];
+    if !known
+        .iter()
+        .any(|ext| file_name.ends_with(&format!(".{ext}")))
+    {
+        return provider.error(
+            400,
+            &format!("Invalid file format. Supported formats: {known:?}"),
+        );
+    }
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let transcript = transcript_of(&text);
+    lock(&sim.0.transcriptions).push(TranscriptionRequest {
+        model,
+        file_name,
+        content_type,
+        file: text,
+        transcript: transcript.clone(),
+        received_at: now_ms(),
+    });
+    match transcript {
+        Some(text) => Json(json!({"text": text})).into_response(),
+        None => provider.error(
+            400,
+            "Audio file might be corrupted or unsupported (wafleet-sim).",
+        ),
+    }
 }
 
 async fn injected(provider: Provider, fault: LlmFault) -> Response {

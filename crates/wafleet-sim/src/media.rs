@@ -5,8 +5,9 @@
 //!
 //! Any id is a file whose bytes are [`media_bytes`], so a test can tell which file reached the
 //! model. Its prefix picks what it is: `png-…` an `image/png`, `pdf-…` an `application/pdf`,
-//! `huge-…` a 6 MB `image/jpeg`, `missing-…` does not exist (Graph error 100); anything else is
-//! an `image/jpeg`.
+//! `ogg-…` a voice note (`audio/ogg; codecs=opus`, see the transcription stand-in in `llm`),
+//! `amr-…` an `audio/amr` recording, `huge-…` a 6 MB `image/jpeg`, `missing-…` does not exist
+//! (Graph error 100); anything else is an `image/jpeg`.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -28,6 +29,10 @@ fn mime_type(id: &str) -> &'static str {
         "image/png"
     } else if id.starts_with("pdf-") {
         "application/pdf"
+    } else if id.starts_with("ogg-") {
+        "audio/ogg; codecs=opus"
+    } else if id.starts_with("amr-") {
+        "audio/amr"
     } else {
         "image/jpeg"
     }

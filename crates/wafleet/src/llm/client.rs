@@ -59,8 +59,76 @@ impl LlmClient {
             Ok(result) => result,
             Err(_elapsed) => Err(LlmError::Timeout),
         };
-        record(p, &result, started.elapsed());
+        record(p, result.as_ref().map(|c| c.usage), started.elapsed());
         result
+    }
+
+    /// Transcribes a recording (`mime_type` one of [`super::AUDIO_TYPES`]) with an
+    /// OpenAI-compatible `POST {base_url}/audio/transcriptions` (OpenAI, Groq, a self-hosted
+    /// Whisper server): multipart `file` and `model`, answered `{"text": …}`. One call, bounded
+    /// by `deadline` for the whole of it, with the same error classes, metrics and alerts as a
+    /// model call under the provider's name. A blank transcript (silence) is
+    /// [`LlmError::Permanent`].
+    pub async fn transcribe(
+        &self,
+        p: &ProviderConfig,
+        mime_type: &str,
+        audio: Vec<u8>,
+        deadline: Duration,
+    ) -> Result<String, LlmError> {
+        let started = Instant::now();
+        let call = self.transcription_call(p, mime_type, audio);
+        let result = match tokio::time::timeout(deadline, call).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(LlmError::Timeout),
+        };
+        record(
+            p,
+            result.as_ref().map(|_| super::Usage::default()),
+            started.elapsed(),
+        );
+        result
+    }
+
+    async fn transcription_call(
+        &self,
+        p: &ProviderConfig,
+        mime_type: &str,
+        audio: Vec<u8>,
+    ) -> Result<String, LlmError> {
+        let file = reqwest::multipart::Part::bytes(audio)
+            .file_name(super::audio_file_name(mime_type))
+            .mime_str(mime_type)
+            .map_err(|_| LlmError::Permanent(format!("{mime_type:?} is not a media type")))?;
+        let form = reqwest::multipart::Form::new()
+            .part("file", file)
+            .text("model", p.model.clone())
+            .text("response_format", "json");
+        let url = format!(
+            "{}/audio/transcriptions",
+            p.base_url.trim().trim_end_matches('/')
+        );
+        let request = self
+            .http
+            .post(url)
+            .header(AUTHORIZATION, format!("Bearer {}", p.api_key.expose()))
+            .multipart(form);
+        let body = answer(request, ProviderKind::OpenAiCompatible).await?;
+        #[derive(serde::Deserialize)]
+        struct Transcription {
+            text: String,
+        }
+        let parsed: Transcription = serde_json::from_slice(&body).map_err(|e| {
+            LlmError::Transient(format!(
+                "unreadable transcription: {}",
+                wafleet_core::json_error_without_input(&e)
+            ))
+        })?;
+        let text = parsed.text.trim();
+        if text.is_empty() {
+            return Err(LlmError::Permanent("the transcript is empty".into()));
+        }
+        Ok(text.to_string())
     }
 
     async fn call(&self, p: &ProviderConfig, req: &ChatRequest) -> Result<Completion, LlmError> {
@@ -79,20 +147,7 @@ impl LlmClient {
             }
         };
 
-        let mut response = request.send().await.map_err(transport_error)?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = read_body(&mut response).await?;
-
-        if !(200..300).contains(&status) || wire::is_error_body(&body) {
-            let class =
-                classify_llm_error(p.kind.classifier(), status, retry_after.as_deref(), &body);
-            return Err(to_error(class, status, &body));
-        }
+        let body = answer(request, p.kind).await?;
         let parsed = wire::parse_response(p.kind, &body)?;
         Ok(Completion {
             text: parsed.text,
@@ -102,6 +157,24 @@ impl LlmClient {
             stop_reason: parsed.stop_reason,
         })
     }
+}
+
+/// Sends `request` and reads its answer's body; an error status (or an error body with 200) is
+/// classified by `kind`'s error classes.
+async fn answer(request: reqwest::RequestBuilder, kind: ProviderKind) -> Result<Vec<u8>, LlmError> {
+    let mut response = request.send().await.map_err(transport_error)?;
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = read_body(&mut response).await?;
+    if !(200..300).contains(&status) || wire::is_error_body(&body) {
+        let class = classify_llm_error(kind.classifier(), status, retry_after.as_deref(), &body);
+        return Err(to_error(class, status, &body));
+    }
+    Ok(body)
 }
 
 /// Reads the body in chunks so that a runaway answer is cut at [`MAX_BODY_BYTES`].
@@ -147,7 +220,7 @@ fn to_error(class: LlmErrorClass, status: u16, body: &[u8]) -> LlmError {
     }
 }
 
-fn record(p: &ProviderConfig, result: &Result<Completion, LlmError>, elapsed: Duration) {
+fn record(p: &ProviderConfig, result: Result<super::Usage, &LlmError>, elapsed: Duration) {
     let provider = p.name.clone();
     metrics::histogram!("wafleet_llm_request_duration_seconds", "provider" => provider.clone())
         .record(elapsed.as_secs_f64());
@@ -158,11 +231,11 @@ fn record(p: &ProviderConfig, result: &Result<Completion, LlmError>, elapsed: Du
     metrics::counter!("wafleet_llm_requests_total", "provider" => provider.clone(), "outcome" => outcome)
         .increment(1);
     match result {
-        Ok(completion) => {
+        Ok(usage) => {
             metrics::counter!("wafleet_llm_tokens_total", "provider" => provider.clone(), "kind" => "input")
-                .increment(completion.usage.input_tokens.into());
+                .increment(usage.input_tokens.into());
             metrics::counter!("wafleet_llm_tokens_total", "provider" => provider, "kind" => "output")
-                .increment(completion.usage.output_tokens.into());
+                .increment(usage.output_tokens.into());
         }
         Err(error @ (LlmError::Auth(_) | LlmError::Quota(_))) => {
             let kind = error.outcome();

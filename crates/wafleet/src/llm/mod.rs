@@ -88,6 +88,31 @@ pub struct ChatMessage {
     pub images: Vec<Image>,
 }
 
+/// The recordings a transcription endpoint takes (OpenAI's list: flac, mp3, mp4, mpeg, mpga,
+/// m4a, ogg, wav, webm), as Meta names their media types. WhatsApp's voice notes are
+/// `audio/ogg` (opus); `audio/aac` and `audio/amr`, which WhatsApp also carries, are not taken.
+pub const AUDIO_TYPES: [&str; 6] = [
+    "audio/ogg",
+    "audio/mpeg",
+    "audio/mp4",
+    "audio/wav",
+    "audio/webm",
+    "audio/flac",
+];
+
+/// The file name a recording is uploaded under: transcription endpoints read the format from
+/// its extension.
+pub fn audio_file_name(mime_type: &str) -> &'static str {
+    match mime_type {
+        "audio/mpeg" => "audio.mp3",
+        "audio/mp4" => "audio.m4a",
+        "audio/wav" => "audio.wav",
+        "audio/webm" => "audio.webm",
+        "audio/flac" => "audio.flac",
+        _ => "voice.ogg",
+    }
+}
+
 /// An image for the model, as both dialects take it inline: its media type and its bytes in
 /// base64.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]

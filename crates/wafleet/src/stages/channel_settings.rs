@@ -44,6 +44,8 @@ pub struct ChannelSettings {
     pub media_notice: String,
     /// Whether the model sees the images customers send (`images_to_model`).
     pub images_to_model: bool,
+    /// Whether voice notes and audio files are transcribed and answered (`transcribe_audio`).
+    pub transcribe_audio: bool,
     /// `None`: the built-in prompt.
     pub system_prompt: Option<String>,
     pub history_limit: i64,
@@ -127,6 +129,7 @@ struct Row {
     after_hours_ack: Option<String>,
     has_knowledge: bool,
     images_to_model: bool,
+    transcribe_audio: bool,
 }
 
 #[derive(sqlx::FromRow, PartialEq)]
@@ -232,6 +235,7 @@ impl ChannelCache {
                     handover_ack, media_notice, system_prompt, history_limit, canned_reply,
                     send_rate_per_sec, pair_burst, sends_paused_until, access_token,
                     business_hours, business_hours_tz, after_hours_ack, images_to_model,
+                    transcribe_audio,
                     EXISTS (SELECT 1 FROM knowledge_entries k WHERE k.channel_id = channels.id)
                         AS has_knowledge
                FROM channels WHERE phone_number_id = $1",
@@ -324,6 +328,7 @@ impl ChannelCache {
             hours: business_hours(r),
             media_notice: r.media_notice.clone().unwrap_or_default(),
             images_to_model: r.images_to_model,
+            transcribe_audio: r.transcribe_audio,
             system_prompt: r.system_prompt.clone(),
             history_limit: i64::from(r.history_limit),
             has_knowledge: r.has_knowledge,

@@ -185,7 +185,10 @@ impl ConversationStage {
             "handover"
         } else if !channel.bot_answers() {
             "none"
-        } else if text.is_some() || (m.message_type == "image" && channel.images_to_model) {
+        } else if text.is_some()
+            || (m.message_type == "image" && channel.images_to_model)
+            || (m.message_type == "audio" && channel.transcribe_audio)
+        {
             "reply"
         } else if !channel.media_notice.is_empty() {
             "notice"

@@ -26,8 +26,8 @@ use super::{batch_outcome, db_outcome, hand_over_and_publish, redis_down};
 use crate::batch::Batcher;
 use crate::graph::GraphClient;
 use crate::llm::{
-    ChatMessage, ChatRequest, FallbackPolicy, LlmClient, ProviderConfig, Role, reply_with_fallback,
-    system_prompt, with_knowledge,
+    ChatMessage, ChatRequest, FallbackPolicy, LlmClient, LlmError, ProviderConfig, Reply, Role,
+    reply_with_fallback, system_prompt, with_knowledge,
 };
 use crate::store::channels::BotMode;
 use crate::store::replies::{self, NewReply, ReplyContext, ReplyRecord};
@@ -50,8 +50,34 @@ pub struct LlmDefaults {
     pub max_tokens: u32,
     /// The largest image given to the model.
     pub image_max_bytes: u64,
-    /// Images held at once, from download until the model answered.
+    /// Images held at once, from download until the model answered; also voice notes, from
+    /// download until transcribed.
     pub images: Arc<tokio::sync::Semaphore>,
+    /// Where voice notes are transcribed (an OpenAI-compatible `/audio/transcriptions`), when
+    /// configured.
+    pub transcriber: Option<ProviderConfig>,
+    /// The largest recording downloaded for transcription.
+    pub audio_max_bytes: u64,
+}
+
+/// Tries of a transcription (or of the recording's download) that failed for a reason that may
+/// pass, each a retry of the job; after them the model answers without knowing what was said.
+const TRANSCRIPTION_TRIES: u32 = 3;
+
+/// What became of the voice note a reply job answers.
+enum Voice {
+    /// Not a voice note to transcribe (another type, or a channel that does not transcribe).
+    Nothing,
+    /// Its transcript, as the model reads it (redacted, stored), and the handover phrase it
+    /// contains, if any.
+    Heard {
+        turn: String,
+        keyword: Option<String>,
+    },
+    /// It could not be transcribed: the model is told a voice note came.
+    Unheard,
+    /// Transcribed by an earlier run: the history's last turn has it.
+    Stored,
 }
 
 /// Records replies of many jobs in one statement (see [`crate::batch`]).
@@ -219,7 +245,30 @@ impl LlmStage {
             return Ok(Outcome::Done);
         }
 
-        let knowledge = self.knowledge(&channel, &turns).await?;
+        // A voice note is answered like the text it says; asking for a person in it hands over
+        // at once, as typing the phrase does.
+        let mut keyword = None;
+        match self.voice(job, &channel, &ctx).await? {
+            Voice::Nothing => {}
+            Voice::Heard { turn, keyword: k } => {
+                turns.push((true, turn));
+                keyword = k;
+            }
+            Voice::Unheard => turns.push((true, replies::VOICE_UNHEARD.to_string())),
+            Voice::Stored => {
+                keyword = turns
+                    .iter()
+                    .rev()
+                    .find(|(customer, _)| *customer)
+                    .and_then(|(_, text)| channel.handover.find(text))
+                    .map(str::to_string);
+            }
+        }
+        let knowledge = if keyword.is_some() {
+            Vec::new()
+        } else {
+            self.knowledge(&channel, &turns).await?
+        };
         // Held until the model answered: the image is in memory until then.
         let (image, _image_permit) = self.image(&channel, &ctx).await;
         let mut messages: Vec<ChatMessage> = turns
@@ -261,17 +310,31 @@ impl LlmStage {
             }
         };
         let mut jitter = || rand::random::<f64>();
-        let (reply, ()) = tokio::join!(
-            reply_with_fallback(
-                &self.llm,
-                providers,
-                &request,
-                &self.defaults.policy,
-                &channel.canned_reply,
-                &mut jitter,
-            ),
-            read
-        );
+        let reply = if keyword.is_some() {
+            // No model: the customer asked for a person.
+            Reply {
+                text: String::new(),
+                usage: None,
+                provider: None,
+                model: None,
+                canned: false,
+                wants_human: true,
+                failures: Vec::new(),
+            }
+        } else {
+            let (reply, ()) = tokio::join!(
+                reply_with_fallback(
+                    &self.llm,
+                    providers,
+                    &request,
+                    &self.defaults.policy,
+                    &channel.canned_reply,
+                    &mut jitter,
+                ),
+                read
+            );
+            reply
+        };
         let usage = reply.usage.as_ref();
         let failures = json!(
             reply
@@ -324,7 +387,12 @@ impl LlmStage {
         };
         let fresh = self.record(&ctx, &new, parts, state).await?;
         if fresh && reply.wants_human && !shadow {
-            self.hand_over(job, &ctx, "model").await?;
+            let reason = if keyword.is_some() {
+                "keyword"
+            } else {
+                "model"
+            };
+            self.hand_over(job, &ctx, reason).await?;
         }
         metrics::counter!("wafleet_replies_total", "outcome" => outcome).increment(1);
         if reply.canned {
@@ -382,6 +450,116 @@ impl LlmStage {
                 (None, None)
             }
         }
+    }
+
+    /// The voice note (or audio file) the reply job answers, transcribed when the channel
+    /// transcribes them: the recording is downloaded from Meta with the channel's token (held in
+    /// memory under the image permits, never stored), sent to the transcriber, and the
+    /// transcript redacted and stored as the message's text, so the history has it from then on.
+    /// A failure that may pass (the transcriber or Meta unreachable, overloaded, rate limiting)
+    /// retries the job, [`TRANSCRIPTION_TRIES`] tries in all; any other, or the last, leaves the
+    /// voice note unheard. Each result is counted in `wafleet_transcriptions_total{result}`.
+    async fn voice(
+        &self,
+        job: &Job,
+        channel: &ChannelSettings,
+        ctx: &ReplyContext,
+    ) -> Result<Voice, Outcome> {
+        let (true, "audio", Some(media_id)) = (
+            channel.transcribe_audio,
+            ctx.message_type.as_str(),
+            ctx.media_id.as_deref(),
+        ) else {
+            return Ok(Voice::Nothing);
+        };
+        if ctx.has_text {
+            // Transcribed by an earlier run that stopped before the reply was stored: the
+            // history ends with it; only the handover phrase is looked for again.
+            return Ok(Voice::Stored);
+        }
+        let count = |result: &'static str| {
+            metrics::counter!("wafleet_transcriptions_total", "result" => result).increment(1);
+        };
+        let unheard = |result: &'static str, error: &dyn std::fmt::Display| {
+            count(result);
+            tracing::warn!(channel = %channel.phone_number_id, message_id = ctx.message_id,
+                result, error = %error, "the customer's voice note is not transcribed");
+            Ok(Voice::Unheard)
+        };
+        let again = |result: &'static str, error: &dyn std::fmt::Display, after: Duration| {
+            count(result);
+            tracing::info!(channel = %channel.phone_number_id, message_id = ctx.message_id,
+                result, error = %error, attempt = job.attempt,
+                "the customer's voice note is not transcribed yet; trying again");
+            Err(Outcome::Retry {
+                after,
+                reason: format!("transcription: {error}"),
+            })
+        };
+        let last_try = job.attempt + 1 >= TRANSCRIPTION_TRIES;
+        let backoff = Duration::from_secs(2 << job.attempt.min(4));
+        let Some(transcriber) = &self.defaults.transcriber else {
+            return unheard("no_transcriber", &"no transcription provider is configured");
+        };
+        let Some(token) = &channel.access_token else {
+            return unheard("no_token", &"the channel has no readable access token");
+        };
+        let _permit = self.defaults.images.clone().acquire_owned().await.ok();
+        let media = match self
+            .graph
+            .fetch_media(
+                token.expose(),
+                media_id,
+                self.defaults.audio_max_bytes,
+                &crate::llm::AUDIO_TYPES,
+            )
+            .await
+        {
+            Ok(media) => media,
+            Err(e @ crate::graph::MediaError::Transport(_)) if !last_try => {
+                return again("transport", &e, backoff);
+            }
+            Err(e) => return unheard(e.label(), &e),
+        };
+        let transcript = self
+            .llm
+            .transcribe(
+                transcriber,
+                &media.mime_type,
+                media.bytes,
+                self.defaults.policy.call_deadline,
+            )
+            .await;
+        let text = match transcript {
+            Ok(text) => text,
+            Err(e) if e.is_retryable() && !last_try => {
+                let after = match &e {
+                    LlmError::RateLimited { retry_after }
+                    | LlmError::Overloaded { retry_after } => {
+                        retry_after.unwrap_or(backoff).max(backoff)
+                    }
+                    _ => backoff,
+                };
+                return again("provider_error", &e, after);
+            }
+            Err(e) => return unheard("provider_error", &e),
+        };
+        let redacted = self.redactor.redact(&text);
+        let pii: Vec<String> = redacted
+            .spans
+            .iter()
+            .map(|s| s.kind.as_str().to_string())
+            .collect();
+        replies::store_transcript(&self.pg, ctx.message_id, &redacted.text, &pii)
+            .await
+            .map_err(db("storing the transcript"))?;
+        count("transcribed");
+        // Matched on what was said, as a typed phrase is matched on what was typed.
+        let keyword = channel.handover.find(&text).map(str::to_string);
+        Ok(Voice::Heard {
+            turn: format!("{} {}", replies::VOICE_MARKER, redacted.text),
+            keyword,
+        })
     }
 
     /// The channel's knowledge-base entries that match the customer's latest message (redacted,

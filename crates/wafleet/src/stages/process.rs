@@ -82,6 +82,15 @@ pub struct LlmSettings {
     /// `WAFLEET_IMAGE_MAX_IN_FLIGHT` (default 16): images held in memory at once, from their
     /// download until the model answered; more wait.
     pub image_max_in_flight: usize,
+    /// Where voice notes are transcribed: `WAFLEET_TRANSCRIBE_API_KEY` at
+    /// `WAFLEET_TRANSCRIBE_BASE_URL` (default `https://api.openai.com/v1`) with
+    /// `WAFLEET_TRANSCRIBE_MODEL` (default `whisper-1`); without its own key, `OPENAI_API_KEY`
+    /// when the OpenAI-compatible provider is at that same base URL, else the stand-in when the
+    /// stand-in answers. `None`: voice notes are not transcribed.
+    pub transcriber: Option<ProviderConfig>,
+    /// `WAFLEET_AUDIO_MAX_BYTES` (default 16 MiB, Meta's limit for audio): a larger recording is
+    /// not downloaded for transcription.
+    pub audio_max_bytes: u64,
 }
 
 impl LlmSettings {
@@ -120,6 +129,36 @@ impl LlmSettings {
                 api_key: Secret::new("standin".into()),
             });
         }
+        let transcription_url = var("WAFLEET_TRANSCRIBE_BASE_URL")
+            .unwrap_or_else(|| "https://api.openai.com/v1".into());
+        let same_base =
+            |a: &str, b: &str| a.trim().trim_end_matches('/') == b.trim().trim_end_matches('/');
+        let transcription_key = var("WAFLEET_TRANSCRIBE_API_KEY").or_else(|| {
+            providers
+                .iter()
+                .find(|p| {
+                    p.kind == ProviderKind::OpenAiCompatible
+                        && p.name != "standin"
+                        && same_base(&p.base_url, &transcription_url)
+                })
+                .map(|p| p.api_key.expose().to_string())
+        });
+        let transcriber = match transcription_key {
+            Some(key) => Some(ProviderConfig {
+                name: "transcription".into(),
+                kind: ProviderKind::OpenAiCompatible,
+                base_url: transcription_url,
+                model: var("WAFLEET_TRANSCRIBE_MODEL").unwrap_or_else(|| "whisper-1".into()),
+                api_key: Secret::new(key),
+            }),
+            None => providers
+                .iter()
+                .find(|p| p.name == "standin")
+                .map(|standin| ProviderConfig {
+                    name: "transcription".into(),
+                    ..standin.clone()
+                }),
+        };
         let mut policy = FallbackPolicy::default();
         policy.overall_deadline = millis("WAFLEET_LLM_DEADLINE_MS", policy.overall_deadline)?;
         policy.call_deadline = millis("WAFLEET_LLM_CALL_DEADLINE_MS", policy.call_deadline)?;
@@ -129,6 +168,8 @@ impl LlmSettings {
             max_tokens: positive("WAFLEET_LLM_MAX_TOKENS", 1024)?,
             image_max_bytes: positive("WAFLEET_IMAGE_MAX_BYTES", 3_750_000)?,
             image_max_in_flight: positive("WAFLEET_IMAGE_MAX_IN_FLIGHT", 16)?,
+            transcriber,
+            audio_max_bytes: positive("WAFLEET_AUDIO_MAX_BYTES", 16 * 1024 * 1024)?,
         })
     }
 }
@@ -143,9 +184,15 @@ fn stage_runtime(
     let mut s = base.clone();
     if stage == "llm" {
         s.max_in_flight = s.max_in_flight.max(1024);
+        // A voice note is downloaded (two Graph calls) and transcribed before the chain runs.
+        let transcription = if llm.transcriber.is_some() {
+            llm.policy.call_deadline + Duration::from_secs(30)
+        } else {
+            Duration::ZERO
+        };
         s.job_deadline = s
             .job_deadline
-            .max(llm.policy.overall_deadline + Duration::from_secs(15));
+            .max(llm.policy.overall_deadline + transcription + Duration::from_secs(15));
         s.lease_ttl = s.lease_ttl.max(s.job_deadline + Duration::from_secs(15));
     }
     let upper = stage.to_uppercase();
@@ -349,6 +396,8 @@ pub async fn run(
                         images: Arc::new(tokio::sync::Semaphore::new(
                             settings.llm.image_max_in_flight,
                         )),
+                        transcriber: settings.llm.transcriber.clone(),
+                        audio_max_bytes: settings.llm.audio_max_bytes,
                     }),
                 };
                 stages.push(llm_stage::STAGE);

@@ -20,11 +20,20 @@ pub struct ReplyContext {
     pub message_type: String,
     /// Meta's media id of an image, video, audio, document or sticker message.
     pub media_id: Option<String>,
+    /// Whether the message has text: typed, a caption, or a voice note's stored transcript.
+    pub has_text: bool,
 }
 
 /// How an image stands in a turn's text: the model is told one was sent even when it does not
 /// see it (an earlier message, a channel whose images do not go to the model, a failed fetch).
 pub const IMAGE_MARKER: &str = "[image]";
+
+/// How a transcribed voice note (or audio file) stands in a turn's text, before its transcript.
+pub const VOICE_MARKER: &str = "[voice note]";
+
+/// How a voice note stands in the turn the model answers when it could not be transcribed (the
+/// model is told one was sent, and that it does not know what it says).
+pub const VOICE_UNHEARD: &str = "[voice note: it could not be transcribed]";
 
 /// One turn of history: `true` for the customer, `false` for the bot.
 pub type Turn = (bool, String);
@@ -62,7 +71,8 @@ pub async fn reply_contexts(
          ), ctx AS (
              SELECT i.n, i.lim, m.id AS message_id, m.wamid, m.session_no,
                     c.id AS conversation_id, c.channel_id, c.owner, c.last_customer_message_at,
-                    r.outcome AS reply_outcome, m.message_type, m.metadata->>'id' AS media_id
+                    r.outcome AS reply_outcome, m.message_type, m.metadata->>'id' AS media_id,
+                    m.text_redacted IS NOT NULL AS has_text
                FROM input i
                JOIN messages m ON m.id = i.message_id
                JOIN conversations c ON c.id = m.conversation_id
@@ -70,7 +80,7 @@ pub async fn reply_contexts(
          )
          SELECT ctx.n, ctx.message_id, ctx.wamid, ctx.session_no, ctx.conversation_id,
                 ctx.channel_id, ctx.owner, ctx.last_customer_message_at, ctx.reply_outcome,
-                ctx.message_type, ctx.media_id,
+                ctx.message_type, ctx.media_id, ctx.has_text,
                 COALESCE(h.turn_customer, '{}') AS turn_customer,
                 COALESCE(h.turn_text, '{}') AS turn_text
            FROM ctx LEFT JOIN LATERAL (
@@ -78,10 +88,13 @@ pub async fn reply_contexts(
                       array_agg(text ORDER BY ord, sub) AS turn_text
                  FROM (
                      SELECT customer, text, ord, sub FROM (
-                         -- An image is a turn with or without its caption ($3 before it).
+                         -- An image is a turn with or without its caption ($3 before it);
+                         -- a voice note is one once transcribed ($4 before the transcript).
                          SELECT TRUE AS customer,
                                 CASE WHEN m.message_type = 'image'
                                      THEN concat_ws(' ', $3::text, m.text_redacted)
+                                     WHEN m.message_type = 'audio'
+                                     THEN concat_ws(' ', $4::text, m.text_redacted)
                                      ELSE m.text_redacted END AS text,
                                 m.id AS ord, 0::int8 AS sub
                            FROM messages m
@@ -106,6 +119,7 @@ pub async fn reply_contexts(
     .bind(super::column(wanted, |w| w.0))
     .bind(super::column(wanted, |w| w.1))
     .bind(IMAGE_MARKER)
+    .bind(VOICE_MARKER)
     .fetch_all(&mut *conn)
     .await?;
     let mut found: Vec<Option<(ReplyContext, Vec<Turn>)>> = vec![None; wanted.len()];
@@ -116,6 +130,30 @@ pub async fn reply_contexts(
         }
     }
     Ok(found)
+}
+
+/// Stores a voice note's transcript, redacted, as its message's text, adding the kinds of
+/// personal data taken out of it; from then on it is a turn of the history like typed text.
+/// `false` when the message has text already (a redelivered job stored it first) or was erased
+/// meanwhile (erasure empties its metadata, media id included): nothing is written then.
+pub async fn store_transcript(
+    pool: &PgPool,
+    message_id: i64,
+    text_redacted: &str,
+    pii_types: &[String],
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE messages
+            SET text_redacted = $2,
+                pii_types = ARRAY(SELECT DISTINCT t FROM unnest(pii_types || $3::text[]) AS t ORDER BY t)
+          WHERE id = $1 AND text_redacted IS NULL AND metadata ? 'id'",
+    )
+    .bind(message_id)
+    .bind(text_redacted)
+    .bind(pii_types)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// What the model produced (or why nothing was asked).

@@ -20,6 +20,7 @@ pub enum Setting {
     BusinessHoursTz,
     AfterHoursAck,
     ImagesToModel,
+    TranscribeAudio,
 }
 
 /// What a setting is set to.
@@ -37,7 +38,7 @@ pub enum Value {
 }
 
 impl Setting {
-    pub const ALL: [Setting; 14] = [
+    pub const ALL: [Setting; 15] = [
         Setting::SystemPrompt,
         Setting::HistoryLimit,
         Setting::CannedReply,
@@ -52,6 +53,7 @@ impl Setting {
         Setting::BusinessHoursTz,
         Setting::AfterHoursAck,
         Setting::ImagesToModel,
+        Setting::TranscribeAudio,
     ];
 
     /// The setting's name, which is also its column.
@@ -71,6 +73,7 @@ impl Setting {
             Setting::BusinessHoursTz => "business_hours_tz",
             Setting::AfterHoursAck => "after_hours_ack",
             Setting::ImagesToModel => "images_to_model",
+            Setting::TranscribeAudio => "transcribe_audio",
         }
     }
 
@@ -174,11 +177,13 @@ impl Setting {
                     None => Ok(Value::List(list)),
                 }
             }
-            Setting::ImagesToModel => match raw.trim().to_ascii_lowercase().as_str() {
-                "on" | "true" | "yes" => Ok(Value::Bool(true)),
-                "off" | "false" | "no" => Ok(Value::Bool(false)),
-                other => Err(format!("{} is on or off, not {other:?}", self.name())),
-            },
+            Setting::ImagesToModel | Setting::TranscribeAudio => {
+                match raw.trim().to_ascii_lowercase().as_str() {
+                    "on" | "true" | "yes" => Ok(Value::Bool(true)),
+                    "off" | "false" | "no" => Ok(Value::Bool(false)),
+                    other => Err(format!("{} is on or off, not {other:?}", self.name())),
+                }
+            }
             Setting::HumanReleaseAfterSecs if raw.trim() == "never" => Ok(Value::Never),
             Setting::HistoryLimit
             | Setting::SessionTimeoutSecs
@@ -262,7 +267,8 @@ pub async fn show(
                       session_timeout_secs::text, COALESCE(human_release_after_secs::text, 'never'),
                       send_rate_per_sec::text, pair_burst::text,
                       COALESCE(business_hours, 'always open'), business_hours_tz, after_hours_ack,
-                      CASE WHEN images_to_model THEN 'on' ELSE 'off' END]
+                      CASE WHEN images_to_model THEN 'on' ELSE 'off' END,
+                      CASE WHEN transcribe_audio THEN 'on' ELSE 'off' END]
            FROM channels WHERE phone_number_id = $1",
     )
     .bind(phone_number_id)
@@ -305,6 +311,8 @@ mod tests {
         assert_eq!(n(Setting::ImagesToModel, " ON"), Ok(Value::Bool(true)));
         assert_eq!(n(Setting::ImagesToModel, "no"), Ok(Value::Bool(false)));
         assert!(n(Setting::ImagesToModel, "maybe").is_err());
+        assert_eq!(n(Setting::TranscribeAudio, "on"), Ok(Value::Bool(true)));
+        assert!(n(Setting::TranscribeAudio, "sometimes").is_err());
         assert!(n(Setting::SessionTimeoutSecs, "never").is_err());
         assert_eq!(
             n(Setting::HandoverKeywords, " asesor, hablar con alguien ,,"),

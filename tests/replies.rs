@@ -3399,3 +3399,35 @@ async fn a_channel_that_does_not_transcribe_sends_the_notice_for_a_voice_note() 
     assert!(s.sim.state.transcriptions().is_empty());
     assert!(s.sim.state.llm_requests().is_empty());
 }
+
+#[tokio::test]
+async fn a_voice_note_transcribed_by_a_run_that_stopped_is_not_transcribed_again() {
+    use wafleet::store::settings::Setting;
+    // Only the conversation stage at first: the reply job waits on its stream.
+    let s = system_with(
+        SimConfig::default(),
+        |sim| vec![sim.standin()],
+        &["conversation"],
+    )
+    .await;
+    s.set(Setting::TranscribeAudio, "on").await;
+    s.post(&voice_note("573067", "wamid.T1", Some("lo que sea"), ""))
+        .await;
+    wait_count(&s.pg, "SELECT count(*) FROM messages", 1, 30).await;
+    // An earlier LLM run stored the transcript and stopped before the reply was recorded; what
+    // the customer said was a handover phrase.
+    sqlx::query("UPDATE messages SET text_redacted = 'necesito hablar con una persona ya'")
+        .execute(&s.pg)
+        .await
+        .unwrap();
+    let _llm = Worker::start(s.cfg.pipeline_settings(
+        &["llm", "sender"],
+        &s.sim,
+        vec![s.sim.standin()],
+    ))
+    .await;
+    assert_eq!(s.sent(1).await[0].body, DEFAULT_HANDOVER_ACK);
+    assert_eq!(s.owner().await, "human");
+    assert!(s.sim.state.transcriptions().is_empty());
+    assert!(s.sim.state.llm_requests().is_empty());
+}

@@ -3431,3 +3431,72 @@ async fn a_voice_note_transcribed_by_a_run_that_stopped_is_not_transcribed_again
     assert!(s.sim.state.transcriptions().is_empty());
     assert!(s.sim.state.llm_requests().is_empty());
 }
+
+/// A webhook with a document the customer sent.
+fn document_message(
+    from: &str,
+    wamid: &str,
+    media_id: &str,
+    filename: &str,
+    caption: Option<&str>,
+) -> Vec<u8> {
+    let mut document = serde_json::json!({"id": media_id, "mime_type": "application/pdf",
+                                          "sha256": "x", "filename": filename});
+    if let Some(c) = caption {
+        document["caption"] = c.into();
+    }
+    message_body(
+        PNID,
+        from,
+        serde_json::json!({"from": from, "id": wamid, "timestamp": now().to_string(),
+                           "type": "document", "document": document}),
+    )
+}
+
+#[tokio::test]
+async fn the_model_reads_the_pdf_a_customer_sends_when_the_channel_gives_it_documents() {
+    use base64::Engine;
+    use wafleet::store::settings::Setting;
+    let s = system_with(
+        SimConfig::default(),
+        |sim| vec![sim.anthropic()],
+        &["conversation", "status", "llm", "sender"],
+    )
+    .await;
+    s.set(Setting::DocumentsToModel, "on").await;
+    s.post(&document_message(
+        "573070",
+        "wamid.D1",
+        "pdf-invoice-1",
+        "factura.pdf",
+        Some("aquí está la factura"),
+    ))
+    .await;
+    s.sent(1).await;
+    // Not a PDF at Meta (the simulator serves it as a JPEG): the model is told of it only.
+    s.post(&document_message(
+        "573070",
+        "wamid.D2",
+        "sheet-2",
+        "pedido.xlsx",
+        None,
+    ))
+    .await;
+    s.sent(2).await;
+    let turns = s.last_user_turns();
+    let data =
+        base64::engine::general_purpose::STANDARD.encode(wafleet_sim::media_bytes("pdf-invoice-1"));
+    assert_eq!(
+        turns[0],
+        serde_json::json!([{"type": "document", "source": {"type": "base64",
+            "media_type": "application/pdf", "data": data}},
+            {"type": "text", "text": "[document: factura.pdf] aquí está la factura"}])
+    );
+    assert_eq!(turns[1], "[document: pedido.xlsx]");
+    // The first document is in the second request's history as its mention only.
+    let history = &s.sim.state.llm_requests()[1].body["messages"];
+    assert_eq!(
+        history[0]["content"],
+        "[document: factura.pdf] aquí está la factura"
+    );
+}

@@ -421,6 +421,7 @@ impl TestConfig {
                 max_tokens: 512,
                 image_max_bytes: 3_750_000,
                 image_max_in_flight: 4,
+                document_max_bytes: 5_000_000,
                 transcriber: None,
                 audio_max_bytes: 16 * 1024 * 1024,
             },

@@ -210,7 +210,12 @@ fn setting_change(name: &str, value: &Value) -> Result<Change, String> {
         Value::Null => return Ok(setting.reset()),
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
-        Value::Bool(b) if matches!(setting, Setting::ImagesToModel | Setting::TranscribeAudio) => {
+        Value::Bool(b)
+            if matches!(
+                setting,
+                Setting::ImagesToModel | Setting::TranscribeAudio | Setting::DocumentsToModel
+            ) =>
+        {
             b.to_string()
         }
         Value::Array(items) if setting == Setting::HandoverKeywords => {

@@ -83,9 +83,10 @@ impl Role {
 pub struct ChatMessage {
     pub role: Role,
     pub content: String,
-    /// Images the customer sent with this turn (only the message being answered carries them).
+    /// Images and documents the customer sent with this turn (only the message being answered
+    /// carries them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub images: Vec<Image>,
+    pub attachments: Vec<Attachment>,
 }
 
 /// The recordings a transcription endpoint takes (OpenAI's list: flac, mp3, mp4, mpeg, mpga,
@@ -113,19 +114,23 @@ pub fn audio_file_name(mime_type: &str) -> &'static str {
     }
 }
 
-/// An image for the model, as both dialects take it inline: its media type and its bytes in
-/// base64.
+/// An image or a PDF for the model, as both dialects take it inline: its media type and its
+/// bytes in base64.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Image {
-    /// `image/jpeg`, `image/png`, `image/gif` or `image/webp`: what both providers read.
+pub struct Attachment {
+    /// One of [`Attachment::IMAGE_TYPES`] or [`Attachment::DOCUMENT_TYPES`]: what both
+    /// providers read.
     pub media_type: String,
     pub base64: String,
 }
 
-impl Image {
-    /// The media types both providers read.
-    pub const MEDIA_TYPES: [&'static str; 4] =
+impl Attachment {
+    /// The image types both providers read.
+    pub const IMAGE_TYPES: [&'static str; 4] =
         ["image/jpeg", "image/png", "image/gif", "image/webp"];
+    /// The document types both providers read (Anthropic's `document` block, OpenAI's `file`
+    /// part).
+    pub const DOCUMENT_TYPES: [&'static str; 1] = ["application/pdf"];
 
     pub fn new(media_type: &str, bytes: &[u8]) -> Self {
         use base64::Engine;
@@ -134,12 +139,17 @@ impl Image {
             base64: base64::engine::general_purpose::STANDARD.encode(bytes),
         }
     }
+
+    /// Whether it is a document (else an image).
+    pub fn is_document(&self) -> bool {
+        Self::DOCUMENT_TYPES.contains(&self.media_type.as_str())
+    }
 }
 
-/// The media type and size, never the bytes (the customer's photo).
-impl fmt::Debug for Image {
+/// The media type and size, never the bytes (the customer's photo or file).
+impl fmt::Debug for Attachment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Image")
+        f.debug_struct("Attachment")
             .field("media_type", &self.media_type)
             .field("base64_len", &self.base64.len())
             .finish()
@@ -151,7 +161,7 @@ impl ChatMessage {
         Self {
             role: Role::User,
             content: content.into(),
-            images: Vec::new(),
+            attachments: Vec::new(),
         }
     }
 
@@ -159,7 +169,7 @@ impl ChatMessage {
         Self {
             role: Role::Assistant,
             content: content.into(),
-            images: Vec::new(),
+            attachments: Vec::new(),
         }
     }
 }
@@ -170,7 +180,7 @@ impl fmt::Debug for ChatMessage {
         f.debug_struct("ChatMessage")
             .field("role", &self.role)
             .field("content_chars", &self.content.chars().count())
-            .field("images", &self.images)
+            .field("attachments", &self.attachments)
             .finish()
     }
 }

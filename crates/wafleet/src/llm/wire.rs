@@ -66,18 +66,20 @@ pub(super) fn request_body(
     }
 }
 
-/// A turn in Anthropic's shape: its text as a string, or, with images, the image blocks and then
-/// the text block (left out when empty: Anthropic refuses an empty text block).
+/// A turn in Anthropic's shape: its text as a string, or, with attachments, an `image` or
+/// `document` block per attachment and then the text block (left out when empty: Anthropic
+/// refuses an empty text block).
 fn anthropic_message(m: &ChatMessage) -> Value {
-    if m.images.is_empty() {
+    if m.attachments.is_empty() {
         return json!({ "role": m.role.as_str(), "content": m.content });
     }
     let mut blocks: Vec<Value> = m
-        .images
+        .attachments
         .iter()
-        .map(|i| {
-            json!({"type": "image",
-                   "source": {"type": "base64", "media_type": i.media_type, "data": i.base64}})
+        .map(|a| {
+            let kind = if a.is_document() { "document" } else { "image" };
+            json!({"type": kind,
+                   "source": {"type": "base64", "media_type": a.media_type, "data": a.base64}})
         })
         .collect();
     if !m.content.trim().is_empty() {
@@ -86,19 +88,23 @@ fn anthropic_message(m: &ChatMessage) -> Value {
     json!({ "role": m.role.as_str(), "content": blocks })
 }
 
-/// A turn in the OpenAI shape: its text as a string, or, with images, a text part and an
-/// `image_url` part per image with the image inline as a `data:` URL.
+/// A turn in the OpenAI shape: its text as a string, or, with attachments, a text part and,
+/// inline as `data:` URLs, an `image_url` part per image and a `file` part per document.
 fn openai_message(m: &ChatMessage) -> Value {
-    if m.images.is_empty() {
+    if m.attachments.is_empty() {
         return json!({ "role": m.role.as_str(), "content": m.content });
     }
-    let mut parts = Vec::with_capacity(m.images.len() + 1);
+    let mut parts = Vec::with_capacity(m.attachments.len() + 1);
     if !m.content.trim().is_empty() {
         parts.push(json!({"type": "text", "text": m.content}));
     }
-    parts.extend(m.images.iter().map(|i| {
-        json!({"type": "image_url",
-               "image_url": {"url": format!("data:{};base64,{}", i.media_type, i.base64)}})
+    parts.extend(m.attachments.iter().map(|a| {
+        let url = format!("data:{};base64,{}", a.media_type, a.base64);
+        if a.is_document() {
+            json!({"type": "file", "file": {"filename": "document.pdf", "file_data": url}})
+        } else {
+            json!({"type": "image_url", "image_url": {"url": url}})
+        }
     }));
     json!({ "role": m.role.as_str(), "content": parts })
 }
@@ -113,7 +119,7 @@ pub(super) fn alternating(messages: &[ChatMessage]) -> Vec<ChatMessage> {
             Some(last) if last.role == message.role => {
                 last.content.push_str("\n\n");
                 last.content.push_str(&message.content);
-                last.images.extend(message.images.iter().cloned());
+                last.attachments.extend(message.attachments.iter().cloned());
             }
             _ => out.push(message.clone()),
         }
@@ -300,10 +306,10 @@ mod tests {
     fn an_image_goes_inline_in_each_dialect_and_an_empty_caption_adds_no_text() {
         let mut photo = user("");
         photo
-            .images
-            .push(super::super::Image::new("image/png", b"\x89PNG"));
+            .attachments
+            .push(super::super::Attachment::new("image/png", b"\x89PNG"));
         let mut captioned = user("¿tienen este en azul?");
-        captioned.images = photo.images.clone();
+        captioned.attachments = photo.attachments.clone();
         let req = |m: ChatMessage| ChatRequest {
             system: String::new(),
             messages: vec![user("hola"), assistant("¡Hola!"), m],
@@ -331,7 +337,35 @@ mod tests {
         // Merged turns keep their images.
         let merged = alternating(&[user("mira"), photo]);
         assert_eq!(merged.len(), 1);
-        assert_eq!(merged[0].images.len(), 1);
+        assert_eq!(merged[0].attachments.len(), 1);
+    }
+
+    #[test]
+    fn a_pdf_goes_inline_as_a_document_block_or_a_file_part() {
+        let mut invoice = user("[document: factura.pdf] aquí está");
+        invoice.attachments.push(super::super::Attachment::new(
+            "application/pdf",
+            b"%PDF-1.7",
+        ));
+        let req = ChatRequest {
+            system: String::new(),
+            messages: vec![invoice],
+            max_tokens: 100,
+        };
+        let a = request_body(ProviderKind::Anthropic, "m", &req).unwrap();
+        assert_eq!(
+            a["messages"][0]["content"],
+            json!([{"type": "document",
+                    "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0xLjc="}},
+                   {"type": "text", "text": "[document: factura.pdf] aquí está"}])
+        );
+        let o = request_body(ProviderKind::OpenAiCompatible, "m", &req).unwrap();
+        assert_eq!(
+            o["messages"][0]["content"],
+            json!([{"type": "text", "text": "[document: factura.pdf] aquí está"},
+                   {"type": "file", "file": {"filename": "document.pdf",
+                                              "file_data": "data:application/pdf;base64,JVBERi0xLjc="}}])
+        );
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub struct ChannelSettings {
     pub images_to_model: bool,
     /// Whether voice notes and audio files are transcribed and answered (`transcribe_audio`).
     pub transcribe_audio: bool,
+    /// Whether the model reads the PDFs customers send (`documents_to_model`).
+    pub documents_to_model: bool,
     /// `None`: the built-in prompt.
     pub system_prompt: Option<String>,
     pub history_limit: i64,
@@ -130,6 +132,7 @@ struct Row {
     has_knowledge: bool,
     images_to_model: bool,
     transcribe_audio: bool,
+    documents_to_model: bool,
 }
 
 #[derive(sqlx::FromRow, PartialEq)]
@@ -235,7 +238,7 @@ impl ChannelCache {
                     handover_ack, media_notice, system_prompt, history_limit, canned_reply,
                     send_rate_per_sec, pair_burst, sends_paused_until, access_token,
                     business_hours, business_hours_tz, after_hours_ack, images_to_model,
-                    transcribe_audio,
+                    transcribe_audio, documents_to_model,
                     EXISTS (SELECT 1 FROM knowledge_entries k WHERE k.channel_id = channels.id)
                         AS has_knowledge
                FROM channels WHERE phone_number_id = $1",
@@ -329,6 +332,7 @@ impl ChannelCache {
             media_notice: r.media_notice.clone().unwrap_or_default(),
             images_to_model: r.images_to_model,
             transcribe_audio: r.transcribe_audio,
+            documents_to_model: r.documents_to_model,
             system_prompt: r.system_prompt.clone(),
             history_limit: i64::from(r.history_limit),
             has_knowledge: r.has_knowledge,

@@ -188,6 +188,7 @@ impl ConversationStage {
         } else if text.is_some()
             || (m.message_type == "image" && channel.images_to_model)
             || (m.message_type == "audio" && channel.transcribe_audio)
+            || (m.message_type == "document" && channel.documents_to_model)
         {
             "reply"
         } else if !channel.media_notice.is_empty() {

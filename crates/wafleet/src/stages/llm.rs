@@ -50,8 +50,10 @@ pub struct LlmDefaults {
     pub max_tokens: u32,
     /// The largest image given to the model.
     pub image_max_bytes: u64,
-    /// Images held at once, from download until the model answered; also voice notes, from
-    /// download until transcribed.
+    /// The largest document given to the model.
+    pub document_max_bytes: u64,
+    /// Images and documents held at once, from download until the model answered; also voice
+    /// notes, from download until transcribed.
     pub images: Arc<tokio::sync::Semaphore>,
     /// Where voice notes are transcribed (an OpenAI-compatible `/audio/transcriptions`), when
     /// configured.
@@ -269,8 +271,8 @@ impl LlmStage {
         } else {
             self.knowledge(&channel, &turns).await?
         };
-        // Held until the model answered: the image is in memory until then.
-        let (image, _image_permit) = self.image(&channel, &ctx).await;
+        // Held until the model answered: the file is in memory until then.
+        let (attachment, _attachment_permit) = self.attachment(&channel, &ctx).await;
         let mut messages: Vec<ChatMessage> = turns
             .into_iter()
             .map(|(customer, content)| ChatMessage {
@@ -280,15 +282,15 @@ impl LlmStage {
                     Role::Assistant
                 },
                 content,
-                images: Vec::new(),
+                attachments: Vec::new(),
             })
             .collect();
         // The message answered is the last customer turn.
-        if let (Some(image), Some(last)) = (
-            image,
+        if let (Some(attachment), Some(last)) = (
+            attachment,
             messages.iter_mut().rev().find(|m| m.role == Role::User),
         ) {
-            last.images.push(image);
+            last.attachments.push(attachment);
         }
         let request = ChatRequest {
             system: with_knowledge(system_prompt(channel.system_prompt.as_deref()), &knowledge),
@@ -402,51 +404,58 @@ impl LlmStage {
         Ok(Outcome::Done)
     }
 
-    /// The image the customer sent with the message answered, fetched from Meta, when the
-    /// channel gives images to the model; with the permit that bounds images in memory. Any
-    /// failure is logged and counted (`wafleet_images_total{result}`) and the model answers
-    /// without it: the turn's text says an image was sent.
-    async fn image(
+    /// The image or PDF the customer sent with the message answered, fetched from Meta, when the
+    /// channel gives images (`images_to_model`) or documents (`documents_to_model`) to the
+    /// model; with the permit that bounds them in memory. Any failure is logged and counted
+    /// (`wafleet_images_total{result}`, `wafleet_documents_total{result}`) and the model answers
+    /// without it: the turn's text says an image or a document was sent.
+    async fn attachment(
         &self,
         channel: &ChannelSettings,
         ctx: &ReplyContext,
     ) -> (
-        Option<crate::llm::Image>,
+        Option<crate::llm::Attachment>,
         Option<tokio::sync::OwnedSemaphorePermit>,
     ) {
-        let (true, "image", Some(media_id)) = (
-            channel.images_to_model,
-            ctx.message_type.as_str(),
-            ctx.media_id.as_deref(),
-        ) else {
+        use crate::llm::Attachment;
+        let (metric, accepted, max_bytes): (_, &[&str], _) = match ctx.message_type.as_str() {
+            "image" if channel.images_to_model => (
+                "wafleet_images_total",
+                &Attachment::IMAGE_TYPES,
+                self.defaults.image_max_bytes,
+            ),
+            "document" if channel.documents_to_model => (
+                "wafleet_documents_total",
+                &Attachment::DOCUMENT_TYPES,
+                self.defaults.document_max_bytes,
+            ),
+            _ => return (None, None),
+        };
+        let Some(media_id) = ctx.media_id.as_deref() else {
             return (None, None);
         };
         let Some(token) = &channel.access_token else {
-            metrics::counter!("wafleet_images_total", "result" => "no_token").increment(1);
+            metrics::counter!(metric, "result" => "no_token").increment(1);
             return (None, None);
         };
         let permit = self.defaults.images.clone().acquire_owned().await.ok();
         let fetched = self
             .graph
-            .fetch_media(
-                token.expose(),
-                media_id,
-                self.defaults.image_max_bytes,
-                &crate::llm::Image::MEDIA_TYPES,
-            )
+            .fetch_media(token.expose(), media_id, max_bytes, accepted)
             .await;
         match fetched {
             Ok(media) => {
-                metrics::counter!("wafleet_images_total", "result" => "given").increment(1);
+                metrics::counter!(metric, "result" => "given").increment(1);
                 (
-                    Some(crate::llm::Image::new(&media.mime_type, &media.bytes)),
+                    Some(Attachment::new(&media.mime_type, &media.bytes)),
                     permit,
                 )
             }
             Err(e) => {
-                metrics::counter!("wafleet_images_total", "result" => e.label()).increment(1);
+                metrics::counter!(metric, "result" => e.label()).increment(1);
                 tracing::warn!(channel = %channel.phone_number_id, message_id = ctx.message_id,
-                    error = %e, "the customer's image is not given to the model");
+                    kind = %ctx.message_type, error = %e,
+                    "the customer's file is not given to the model");
                 (None, None)
             }
         }

@@ -82,6 +82,9 @@ pub struct LlmSettings {
     /// `WAFLEET_IMAGE_MAX_IN_FLIGHT` (default 16): images held in memory at once, from their
     /// download until the model answered; more wait.
     pub image_max_in_flight: usize,
+    /// `WAFLEET_DOCUMENT_MAX_BYTES` (default 5 MB): a larger PDF the customer sent is not given
+    /// to the model.
+    pub document_max_bytes: u64,
     /// Where voice notes are transcribed: `WAFLEET_TRANSCRIBE_API_KEY` at
     /// `WAFLEET_TRANSCRIBE_BASE_URL` (default `https://api.openai.com/v1`) with
     /// `WAFLEET_TRANSCRIBE_MODEL` (default `whisper-1`); without its own key, `OPENAI_API_KEY`
@@ -168,6 +171,7 @@ impl LlmSettings {
             max_tokens: positive("WAFLEET_LLM_MAX_TOKENS", 1024)?,
             image_max_bytes: positive("WAFLEET_IMAGE_MAX_BYTES", 3_750_000)?,
             image_max_in_flight: positive("WAFLEET_IMAGE_MAX_IN_FLIGHT", 16)?,
+            document_max_bytes: positive("WAFLEET_DOCUMENT_MAX_BYTES", 5_000_000)?,
             transcriber,
             audio_max_bytes: positive("WAFLEET_AUDIO_MAX_BYTES", 16 * 1024 * 1024)?,
         })
@@ -393,6 +397,7 @@ pub async fn run(
                         policy: settings.llm.policy,
                         max_tokens: settings.llm.max_tokens,
                         image_max_bytes: settings.llm.image_max_bytes,
+                        document_max_bytes: settings.llm.document_max_bytes,
                         images: Arc::new(tokio::sync::Semaphore::new(
                             settings.llm.image_max_in_flight,
                         )),

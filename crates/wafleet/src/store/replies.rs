@@ -28,6 +28,10 @@ pub struct ReplyContext {
 /// see it (an earlier message, a channel whose images do not go to the model, a failed fetch).
 pub const IMAGE_MARKER: &str = "[image]";
 
+/// How a document stands in a turn's text, before its file name (redacted) and its caption:
+/// `[document: factura.pdf] aquí está`.
+pub const DOCUMENT_MARKER: &str = "[document";
+
 /// How a transcribed voice note (or audio file) stands in a turn's text, before its transcript.
 pub const VOICE_MARKER: &str = "[voice note]";
 
@@ -88,20 +92,26 @@ pub async fn reply_contexts(
                       array_agg(text ORDER BY ord, sub) AS turn_text
                  FROM (
                      SELECT customer, text, ord, sub FROM (
-                         -- An image is a turn with or without its caption ($3 before it);
-                         -- a voice note is one once transcribed ($4 before the transcript).
+                         -- An image is a turn with or without its caption ($3 before it), and
+                         -- so is a document ($5, its file name, before it); a voice note is one
+                         -- once transcribed ($4 before the transcript).
                          SELECT TRUE AS customer,
                                 CASE WHEN m.message_type = 'image'
                                      THEN concat_ws(' ', $3::text, m.text_redacted)
                                      WHEN m.message_type = 'audio'
                                      THEN concat_ws(' ', $4::text, m.text_redacted)
+                                     WHEN m.message_type = 'document'
+                                     THEN concat_ws(' ', $5::text
+                                              || coalesce(': ' || (m.metadata->>'filename'), '')
+                                              || ']',
+                                          m.text_redacted)
                                      ELSE m.text_redacted END AS text,
                                 m.id AS ord, 0::int8 AS sub
                            FROM messages m
                           WHERE m.conversation_id = ctx.conversation_id
                             AND m.session_no = ctx.session_no AND m.id <= ctx.message_id
                             AND m.owner_at_arrival = 'bot'
-                            AND (m.text_redacted IS NOT NULL OR m.message_type = 'image')
+                            AND (m.text_redacted IS NOT NULL OR m.message_type IN ('image', 'document'))
                             AND m.action IN ('reply', 'handover')
                          UNION ALL
                          SELECT FALSE, o.body, o.reply_to, o.id
@@ -120,6 +130,7 @@ pub async fn reply_contexts(
     .bind(super::column(wanted, |w| w.1))
     .bind(IMAGE_MARKER)
     .bind(VOICE_MARKER)
+    .bind(DOCUMENT_MARKER)
     .fetch_all(&mut *conn)
     .await?;
     let mut found: Vec<Option<(ReplyContext, Vec<Turn>)>> = vec![None; wanted.len()];

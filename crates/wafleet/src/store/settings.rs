@@ -21,6 +21,7 @@ pub enum Setting {
     AfterHoursAck,
     ImagesToModel,
     TranscribeAudio,
+    DocumentsToModel,
 }
 
 /// What a setting is set to.
@@ -38,7 +39,7 @@ pub enum Value {
 }
 
 impl Setting {
-    pub const ALL: [Setting; 15] = [
+    pub const ALL: [Setting; 16] = [
         Setting::SystemPrompt,
         Setting::HistoryLimit,
         Setting::CannedReply,
@@ -54,6 +55,7 @@ impl Setting {
         Setting::AfterHoursAck,
         Setting::ImagesToModel,
         Setting::TranscribeAudio,
+        Setting::DocumentsToModel,
     ];
 
     /// The setting's name, which is also its column.
@@ -74,6 +76,7 @@ impl Setting {
             Setting::AfterHoursAck => "after_hours_ack",
             Setting::ImagesToModel => "images_to_model",
             Setting::TranscribeAudio => "transcribe_audio",
+            Setting::DocumentsToModel => "documents_to_model",
         }
     }
 
@@ -177,7 +180,7 @@ impl Setting {
                     None => Ok(Value::List(list)),
                 }
             }
-            Setting::ImagesToModel | Setting::TranscribeAudio => {
+            Setting::ImagesToModel | Setting::TranscribeAudio | Setting::DocumentsToModel => {
                 match raw.trim().to_ascii_lowercase().as_str() {
                     "on" | "true" | "yes" => Ok(Value::Bool(true)),
                     "off" | "false" | "no" => Ok(Value::Bool(false)),
@@ -268,7 +271,8 @@ pub async fn show(
                       send_rate_per_sec::text, pair_burst::text,
                       COALESCE(business_hours, 'always open'), business_hours_tz, after_hours_ack,
                       CASE WHEN images_to_model THEN 'on' ELSE 'off' END,
-                      CASE WHEN transcribe_audio THEN 'on' ELSE 'off' END]
+                      CASE WHEN transcribe_audio THEN 'on' ELSE 'off' END,
+                      CASE WHEN documents_to_model THEN 'on' ELSE 'off' END]
            FROM channels WHERE phone_number_id = $1",
     )
     .bind(phone_number_id)

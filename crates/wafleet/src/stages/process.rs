@@ -132,36 +132,7 @@ impl LlmSettings {
                 api_key: Secret::new("standin".into()),
             });
         }
-        let transcription_url = var("WAFLEET_TRANSCRIBE_BASE_URL")
-            .unwrap_or_else(|| "https://api.openai.com/v1".into());
-        let same_base =
-            |a: &str, b: &str| a.trim().trim_end_matches('/') == b.trim().trim_end_matches('/');
-        let transcription_key = var("WAFLEET_TRANSCRIBE_API_KEY").or_else(|| {
-            providers
-                .iter()
-                .find(|p| {
-                    p.kind == ProviderKind::OpenAiCompatible
-                        && p.name != "standin"
-                        && same_base(&p.base_url, &transcription_url)
-                })
-                .map(|p| p.api_key.expose().to_string())
-        });
-        let transcriber = match transcription_key {
-            Some(key) => Some(ProviderConfig {
-                name: "transcription".into(),
-                kind: ProviderKind::OpenAiCompatible,
-                base_url: transcription_url,
-                model: var("WAFLEET_TRANSCRIBE_MODEL").unwrap_or_else(|| "whisper-1".into()),
-                api_key: Secret::new(key),
-            }),
-            None => providers
-                .iter()
-                .find(|p| p.name == "standin")
-                .map(|standin| ProviderConfig {
-                    name: "transcription".into(),
-                    ..standin.clone()
-                }),
-        };
+        let transcriber = transcriber(&providers, var);
         let mut policy = FallbackPolicy::default();
         policy.overall_deadline = millis("WAFLEET_LLM_DEADLINE_MS", policy.overall_deadline)?;
         policy.call_deadline = millis("WAFLEET_LLM_CALL_DEADLINE_MS", policy.call_deadline)?;
@@ -175,6 +146,44 @@ impl LlmSettings {
             transcriber,
             audio_max_bytes: positive("WAFLEET_AUDIO_MAX_BYTES", 16 * 1024 * 1024)?,
         })
+    }
+}
+
+/// The transcriber [`LlmSettings::transcriber`] describes, from the model chain and the
+/// variables `var` reads.
+fn transcriber(
+    providers: &[ProviderConfig],
+    var: impl Fn(&str) -> Option<String>,
+) -> Option<ProviderConfig> {
+    let base_url =
+        var("WAFLEET_TRANSCRIBE_BASE_URL").unwrap_or_else(|| "https://api.openai.com/v1".into());
+    let same_base =
+        |a: &str, b: &str| a.trim().trim_end_matches('/') == b.trim().trim_end_matches('/');
+    let key = var("WAFLEET_TRANSCRIBE_API_KEY").or_else(|| {
+        providers
+            .iter()
+            .find(|p| {
+                p.kind == ProviderKind::OpenAiCompatible
+                    && p.name != "standin"
+                    && same_base(&p.base_url, &base_url)
+            })
+            .map(|p| p.api_key.expose().to_string())
+    });
+    match key {
+        Some(key) => Some(ProviderConfig {
+            name: "transcription".into(),
+            kind: ProviderKind::OpenAiCompatible,
+            base_url,
+            model: var("WAFLEET_TRANSCRIBE_MODEL").unwrap_or_else(|| "whisper-1".into()),
+            api_key: Secret::new(key),
+        }),
+        None => providers
+            .iter()
+            .find(|p| p.name == "standin")
+            .map(|standin| ProviderConfig {
+                name: "transcription".into(),
+                ..standin.clone()
+            }),
     }
 }
 
@@ -571,4 +580,101 @@ async fn sample_unanswered(pg: sqlx::PgPool, stop: CancellationToken) {
 
 async fn ready(State(p): State<Probe>) -> impl IntoResponse {
     crate::telemetry::readiness(async { p.redis.get().await.ok() }, &p.pg).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider(name: &str, kind: ProviderKind, base_url: &str, key: &str) -> ProviderConfig {
+        ProviderConfig {
+            name: name.into(),
+            kind,
+            base_url: base_url.into(),
+            model: "m".into(),
+            api_key: Secret::new(key.into()),
+        }
+    }
+
+    #[test]
+    fn the_transcriber_takes_its_own_key_else_the_openai_key_for_the_same_host_else_the_stand_in() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let openai = provider(
+            "openai",
+            ProviderKind::OpenAiCompatible,
+            "https://api.openai.com/v1/",
+            "sk-openai",
+        );
+        let deepseek = provider(
+            "deepseek",
+            ProviderKind::OpenAiCompatible,
+            "https://api.deepseek.com",
+            "sk-deepseek",
+        );
+        let claude = provider(
+            "anthropic",
+            ProviderKind::Anthropic,
+            "https://api.openai.com/v1",
+            "sk-ant",
+        );
+        let standin = provider(
+            "standin",
+            ProviderKind::OpenAiCompatible,
+            "http://127.0.0.1:8090/v1",
+            "standin",
+        );
+        let key = |t: Option<ProviderConfig>| {
+            t.map(|t| (t.base_url, t.model, t.api_key.expose().to_string()))
+        };
+
+        // OpenAI's key serves OpenAI's transcriptions; DeepSeek's and Anthropic's never do.
+        assert_eq!(
+            key(transcriber(&[claude.clone(), openai.clone()], env(&[]))),
+            Some((
+                "https://api.openai.com/v1".into(),
+                "whisper-1".into(),
+                "sk-openai".into()
+            ))
+        );
+        assert_eq!(
+            key(transcriber(&[claude.clone(), deepseek.clone()], env(&[]))),
+            None
+        );
+        // Its own key and place win.
+        assert_eq!(
+            key(transcriber(
+                &[openai],
+                env(&[
+                    ("WAFLEET_TRANSCRIBE_API_KEY", "gsk-groq"),
+                    (
+                        "WAFLEET_TRANSCRIBE_BASE_URL",
+                        "https://api.groq.com/openai/v1"
+                    ),
+                    ("WAFLEET_TRANSCRIBE_MODEL", "whisper-large-v3"),
+                ])
+            )),
+            Some((
+                "https://api.groq.com/openai/v1".into(),
+                "whisper-large-v3".into(),
+                "gsk-groq".into()
+            ))
+        );
+        // Without any key, the stand-in transcribes (the demo).
+        assert_eq!(
+            key(transcriber(&[standin], env(&[]))),
+            Some((
+                "http://127.0.0.1:8090/v1".into(),
+                "m".into(),
+                "standin".into()
+            ))
+        );
+        assert_eq!(key(transcriber(&[deepseek], env(&[]))), None);
+    }
 }

@@ -1000,6 +1000,40 @@ async fn a_business_starts_a_conversation_with_a_template_to_a_customer_who_neve
         .await
         .unwrap();
     assert_eq!(owner, "human");
+    // The agent gives it back; the dashboard's retry of its first request does not take it
+    // again, and a request reusing the reference for another template is refused and takes
+    // nothing either.
+    let taken_id = taken["conversation_id"].as_i64().unwrap();
+    let (status, _) = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/conversations/{taken_id}/release"),
+            Some(&s.shop),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, again) = start(&s.shop, "o2", "573005550102", "human").await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    let other = json!({"to": "573005550102", "name": "order_delayed", "language": "es",
+                       "answered_by": "human"});
+    let (status, refused) = api
+        .call(
+            reqwest::Method::POST,
+            &path,
+            Some(&s.shop),
+            Some("o2"),
+            Some(other),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    let owner: String = sqlx::query_scalar("SELECT owner FROM conversations WHERE id = $1")
+        .bind(taken_id)
+        .fetch_one(&s.pg)
+        .await
+        .unwrap();
+    assert_eq!(owner, "bot");
 
     // A number that serves only its allowlist starts no conversation with anyone else.
     sqlx::query(

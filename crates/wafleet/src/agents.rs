@@ -417,11 +417,17 @@ pub async fn outreach(
         Opened::NoChannel => return Err(AgentError::NoChannel(o.phone_number_id.into())),
         Opened::NotAllowed => return Err(AgentError::NotAllowed(o.phone_number_id.into())),
     };
-    if o.answerer == Answerer::Human {
+    t.conversation_id = id;
+    // Recorded whoever owns the conversation, and only then taken: a request refused (a
+    // reference already used for another template) takes nothing, and a retry after an agent
+    // gave the conversation back does not take it again. A retry of a request that recorded the
+    // template and failed before the take (its part still waiting to be sent) takes it.
+    let queued = queue_template(pg, con, keys, &t, true).await?;
+    if o.answerer == Answerer::Human
+        && (queued.fresh || queued.states.iter().any(|s| s == "pending"))
+    {
         take(pg, con, keys, id).await?;
     }
-    t.conversation_id = id;
-    let queued = queue_template(pg, con, keys, &t, o.answerer == Answerer::Bot).await?;
     Ok((id, queued))
 }
 

@@ -3500,3 +3500,57 @@ async fn the_model_reads_the_pdf_a_customer_sends_when_the_channel_gives_it_docu
         "[document: factura.pdf] aquí está la factura"
     );
 }
+
+#[tokio::test]
+async fn a_transcriber_still_failing_on_the_last_attempt_the_worker_allows_leaves_an_answer() {
+    use wafleet::store::settings::Setting;
+    // Two attempts allowed, fewer than the three tries a transcription gets otherwise.
+    let s = system_with_settings(|w| w.runtime.max_attempts = 2).await;
+    s.set(Setting::TranscribeAudio, "on").await;
+    s.sim.state.add_llm_fault(
+        serde_json::from_value(
+            serde_json::json!({"status": 503, "count": 2, "provider": "transcription"}),
+        )
+        .unwrap(),
+    );
+    s.post(&voice_note("573068", "wamid.U1", Some("hola"), ""))
+        .await;
+    s.sent(1).await;
+    assert_eq!(
+        s.sim.state.llm_requests()[0].last_user_message,
+        wafleet::store::replies::VOICE_UNHEARD
+    );
+}
+
+#[tokio::test]
+async fn a_card_begun_in_a_typed_message_and_finished_in_a_voice_note_never_reaches_the_model() {
+    use wafleet::store::settings::Setting;
+    let s = system().await;
+    s.set(Setting::TranscribeAudio, "on").await;
+    s.post(&text_message(
+        PNID,
+        "573069",
+        "wamid.C1",
+        now(),
+        "mi tarjeta es 4111 1111",
+    ))
+    .await;
+    s.sent(1).await;
+    s.post(&voice_note(
+        "573069",
+        "wamid.C2",
+        Some("1111 1111 gracias"),
+        "",
+    ))
+    .await;
+    s.sent(2).await;
+    let request = &s.sim.state.llm_requests()[1].body["messages"];
+    let said: Vec<&str> = request
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(said, ["mi tarjeta es [CARD]", "[voice note]  gracias"]);
+}

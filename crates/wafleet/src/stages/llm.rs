@@ -60,6 +60,35 @@ pub struct LlmDefaults {
     pub transcriber: Option<ProviderConfig>,
     /// The largest recording downloaded for transcription.
     pub audio_max_bytes: u64,
+    /// The stage's `max_attempts`: a transcription retried past it would dead-letter the job.
+    pub max_attempts: u32,
+}
+
+/// The longest a job waits for a permit to hold a file in memory
+/// ([`LlmDefaults::images`]); past it, an image or document is left out (`busy`) and a voice
+/// note's job is deferred, so the wait never eats the job's deadline.
+pub const MEDIA_PERMIT_WAIT: Duration = Duration::from_secs(10);
+
+/// Whether Meta's refusal to serve a customer's file may pass: a server error or throttling.
+fn may_pass(e: &crate::graph::MediaError) -> bool {
+    match e {
+        crate::graph::MediaError::Transport(_) => true,
+        crate::graph::MediaError::Rejected { http_status, code } => {
+            *http_status >= 500 || *http_status == 429 || matches!(code, 4 | 80007 | 130429)
+        }
+        _ => false,
+    }
+}
+
+/// A permit to hold a file in memory, waiting at most [`MEDIA_PERMIT_WAIT`]; `None` when none
+/// came in time.
+async fn media_permit(
+    permits: &Arc<tokio::sync::Semaphore>,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    tokio::time::timeout(MEDIA_PERMIT_WAIT, permits.clone().acquire_owned())
+        .await
+        .ok()
+        .and_then(Result::ok)
 }
 
 /// Tries of a transcription (or of the recording's download) that failed for a reason that may
@@ -125,14 +154,17 @@ pub fn redact_across_turns(redactor: &wafleet_core::pii::Redactor, turns: &mut [
     if customer.len() < 2 {
         return;
     }
+    // Each turn's text is read after its marker (`[image]`, `[voice note]`, `[document: …]`):
+    // "4111 1111" typed, then "1111 1111" said, is one card.
+    let skips: Vec<usize> = customer.iter().map(|&i| marker_len(&turns[i].1)).collect();
     let mut joined = String::new();
     let mut starts = Vec::with_capacity(customer.len());
-    for &i in &customer {
+    for (k, &i) in customer.iter().enumerate() {
         if !starts.is_empty() {
             joined.push('\n');
         }
         starts.push(joined.len());
-        joined.push_str(&turns[i].1);
+        joined.push_str(&turns[i].1[skips[k]..]);
     }
     for span in redactor.find(&joined).iter().rev() {
         let first = starts.partition_point(|&s| s <= span.start) - 1;
@@ -142,8 +174,8 @@ pub fn redact_across_turns(redactor: &wafleet_core::pii::Redactor, turns: &mut [
         }
         for k in (first..=last).rev() {
             let text = &mut turns[customer[k]].1;
-            let from = span.start.saturating_sub(starts[k]).min(text.len());
-            let to = (span.end - starts[k]).min(text.len());
+            let from = (skips[k] + span.start.saturating_sub(starts[k])).min(text.len());
+            let to = (skips[k] + (span.end - starts[k])).min(text.len());
             let with = if k == first {
                 span.kind.placeholder()
             } else {
@@ -151,6 +183,25 @@ pub fn redact_across_turns(redactor: &wafleet_core::pii::Redactor, turns: &mut [
             };
             text.replace_range(from..to, with);
         }
+    }
+}
+
+/// The length of the marker a customer's turn starts with, with the space after it: what
+/// stands for an image, a voice note or a document (see `store::replies`); 0 without one.
+fn marker_len(text: &str) -> usize {
+    let marked = [replies::IMAGE_MARKER, replies::VOICE_MARKER]
+        .into_iter()
+        .find(|m| text.starts_with(m))
+        .map(str::len)
+        .or_else(|| {
+            text.starts_with(replies::DOCUMENT_MARKER)
+                .then(|| text.find(']').map(|end| end + 1))
+                .flatten()
+        });
+    match marked {
+        Some(n) if text[n..].starts_with(' ') => n + 1,
+        Some(n) => n,
+        None => 0,
     }
 }
 
@@ -197,7 +248,6 @@ impl LlmStage {
                 reason: format!("no message {message_id}"),
             });
         };
-        redact_across_turns(&self.redactor, &mut turns);
         // Shadow mode records what the bot would do and does none of it: no send, and no
         // handover either (people run the conversation; a handover would also silence the
         // shadow replies that follow).
@@ -266,6 +316,9 @@ impl LlmStage {
                     .map(str::to_string);
             }
         }
+        // With the voice note's transcript among the turns: a card begun in a typed message
+        // and finished in a voice note is redacted too.
+        redact_across_turns(&self.redactor, &mut turns);
         let knowledge = if keyword.is_some() {
             Vec::new()
         } else {
@@ -438,7 +491,12 @@ impl LlmStage {
             metrics::counter!(metric, "result" => "no_token").increment(1);
             return (None, None);
         };
-        let permit = self.defaults.images.clone().acquire_owned().await.ok();
+        let Some(permit) = media_permit(&self.defaults.images).await else {
+            metrics::counter!(metric, "result" => "busy").increment(1);
+            tracing::warn!(channel = %channel.phone_number_id, message_id = ctx.message_id,
+                "the customer's file is not given to the model: too many files in memory");
+            return (None, None);
+        };
         let fetched = self
             .graph
             .fetch_media(token.expose(), media_id, max_bytes, accepted)
@@ -448,7 +506,7 @@ impl LlmStage {
                 metrics::counter!(metric, "result" => "given").increment(1);
                 (
                     Some(Attachment::new(&media.mime_type, &media.bytes)),
-                    permit,
+                    Some(permit),
                 )
             }
             Err(e) => {
@@ -505,7 +563,7 @@ impl LlmStage {
                 reason: format!("transcription: {error}"),
             })
         };
-        let last_try = job.attempt + 1 >= TRANSCRIPTION_TRIES;
+        let last_try = job.attempt + 1 >= TRANSCRIPTION_TRIES.min(self.defaults.max_attempts);
         let backoff = Duration::from_secs(2 << job.attempt.min(4));
         let Some(transcriber) = &self.defaults.transcriber else {
             return unheard("no_transcriber", &"no transcription provider is configured");
@@ -513,7 +571,13 @@ impl LlmStage {
         let Some(token) = &channel.access_token else {
             return unheard("no_token", &"the channel has no readable access token");
         };
-        let _permit = self.defaults.images.clone().acquire_owned().await.ok();
+        let Some(_permit) = media_permit(&self.defaults.images).await else {
+            count("busy");
+            return Err(Outcome::Defer {
+                after: Duration::from_secs(1),
+                reason: "too many files in memory to download a voice note".into(),
+            });
+        };
         let media = match self
             .graph
             .fetch_media(
@@ -525,9 +589,7 @@ impl LlmStage {
             .await
         {
             Ok(media) => media,
-            Err(e @ crate::graph::MediaError::Transport(_)) if !last_try => {
-                return again("transport", &e, backoff);
-            }
+            Err(e) if may_pass(&e) && !last_try => return again(e.label(), &e, backoff),
             Err(e) => return unheard(e.label(), &e),
         };
         let transcript = self
@@ -676,6 +738,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn meta_failing_to_serve_a_file_may_pass_when_it_is_down_or_throttling() {
+        use crate::graph::MediaError;
+        let rejected = |http_status, code| MediaError::Rejected { http_status, code };
+        assert!(may_pass(&MediaError::Transport("reset".into())));
+        assert!(may_pass(&rejected(503, 2)));
+        assert!(may_pass(&rejected(429, 0)));
+        assert!(may_pass(&rejected(400, 130429)));
+        assert!(may_pass(&rejected(400, 80007)));
+        assert!(!may_pass(&rejected(400, 100)));
+        assert!(!may_pass(&rejected(401, 190)));
+        assert!(!may_pass(&MediaError::TooLarge { size: 2, max: 1 }));
+        assert!(!may_pass(&MediaError::Unsupported("audio/amr".into())));
+    }
+
+    #[test]
     fn a_card_typed_across_two_messages_is_redacted_where_it_starts() {
         let redactor = wafleet_core::pii::Redactor::new();
         let mut turns = vec![
@@ -697,6 +774,24 @@ mod tests {
                 "¿y el resto?",
                 " gracias",
                 "y mi pedido 100234567"
+            ]
+        );
+        // A voice note's transcript or an image's caption is read after its marker.
+        let mut marked = vec![
+            (true, "mi tarjeta es 4111 1111".to_string()),
+            (true, "[voice note] 1111 1111 gracias".to_string()),
+            (true, "[document: a.pdf] 4111 1111".to_string()),
+            (true, "[image] 1111 1111".to_string()),
+        ];
+        redact_across_turns(&redactor, &mut marked);
+        let texts: Vec<&str> = marked.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "mi tarjeta es [CARD]",
+                "[voice note]  gracias",
+                "[document: a.pdf] [CARD]",
+                "[image] "
             ]
         );
         // Turns that give nothing away together are left as they are.

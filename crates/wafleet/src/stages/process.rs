@@ -197,15 +197,17 @@ fn stage_runtime(
     let mut s = base.clone();
     if stage == "llm" {
         s.max_in_flight = s.max_in_flight.max(1024);
-        // A voice note is downloaded (two Graph calls) and transcribed before the chain runs.
+        // Before the chain runs: a customer's file waits for its permit and is downloaded (two
+        // Graph calls, 10 s each by default), and a voice note is transcribed.
+        let media = llm_stage::MEDIA_PERMIT_WAIT + Duration::from_secs(20);
         let transcription = if llm.transcriber.is_some() {
-            llm.policy.call_deadline + Duration::from_secs(30)
+            llm.policy.call_deadline
         } else {
             Duration::ZERO
         };
         s.job_deadline = s
             .job_deadline
-            .max(llm.policy.overall_deadline + transcription + Duration::from_secs(15));
+            .max(llm.policy.overall_deadline + media + transcription + Duration::from_secs(15));
         s.lease_ttl = s.lease_ttl.max(s.job_deadline + Duration::from_secs(15));
     }
     let upper = stage.to_uppercase();
@@ -412,6 +414,7 @@ pub async fn run(
                         )),
                         transcriber: settings.llm.transcriber.clone(),
                         audio_max_bytes: settings.llm.audio_max_bytes,
+                        max_attempts: rt.max_attempts,
                     }),
                 };
                 stages.push(llm_stage::STAGE);

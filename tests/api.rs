@@ -701,6 +701,19 @@ async fn an_admin_connects_a_number_through_the_api_and_ingest_serves_it() {
         "a refused PUT added the channel"
     );
 
+    // A number with spaces around it in the path is refused, not stored half-trimmed.
+    let (status, _) = p
+        .api
+        .put(
+            &format!("/api/v1/channels/%20{SHOP}"),
+            &p.admin,
+            new.clone(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = p.api.get(&path, &p.admin).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
     let (status, shown) = p.api.put(&path, &p.admin, new.clone()).await;
     assert_eq!(status, StatusCode::CREATED, "{shown}");
     assert_eq!(shown["name"], "Tienda Kaiu");

@@ -334,6 +334,14 @@ async fn save(
     b: Result<Json<ChannelBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     admin(&scope)?;
+    // The id names every row written: one with spaces around it would be stored trimmed for
+    // the channel and untrimmed for its settings (which would then match no row).
+    if pnid.trim() != pnid {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "the phone number id in the path has spaces around it".into(),
+        ));
+    }
     let b = body(b)?;
     no_nul(b.texts().map(Some))?;
     let Some(cipher) = &state.cipher else {

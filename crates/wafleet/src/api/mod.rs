@@ -3,10 +3,11 @@
 //! ([`crate::agents`]), over HTTP with JSON, and the live feed of handovers, releases and
 //! customers' messages to humans as server-sent events.
 //!
-//! Every request but `/healthz`, `/readyz` and `/metrics` carries `Authorization: Bearer
-//! <token>` (made by `wafleetctl api-token add`, see [`crate::store::api_tokens`]). A token
-//! scoped to some business numbers sees only their conversations and events: another number's
-//! conversation answers 404, as one that does not exist.
+//! Every request but `/healthz`, `/readyz`, `/metrics` and `/api/v1/openapi.yaml` carries
+//! `Authorization: Bearer <token>` (made by `wafleetctl api-token add`, see
+//! [`crate::store::api_tokens`]). A token scoped to some business numbers sees only their
+//! conversations and events: another number's conversation answers 404, as one that does not
+//! exist.
 //!
 //! | method | path | what |
 //! |---|---|---|
@@ -20,6 +21,7 @@
 //! | POST | `/api/v1/channels/{pnid}/templates` | `{"to", "name", "language", "params"?, "agent"?, "answered_by"?}`: starts a conversation |
 //! | GET | `/api/v1/events` | server-sent events; resumes after `Last-Event-ID` |
 //! | GET, PUT | `/api/v1/channels[/{pnid}[/knowledge[/{title}]]]` | channels: see [`channels`] |
+//! | GET | `/api/v1/openapi.yaml` | this API's OpenAPI 3.1 document (`openapi.yaml`), no token |
 //!
 //! A message or template needs an `Idempotency-Key` header (or `"reference"` in the body): the
 //! same key in the same conversation records and sends nothing twice, so a dashboard can retry
@@ -185,6 +187,7 @@ fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .route("/api/v1/openapi.yaml", get(openapi))
         .merge(channels::routes())
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -919,6 +922,14 @@ impl Feed {
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     crate::telemetry::exposition(&state.metrics)
+}
+
+/// The OpenAPI document, served as written; `tests/openapi.rs` keeps it true to the router.
+async fn openapi() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/yaml")],
+        include_str!("openapi.yaml"),
+    )
 }
 
 async fn ready(State(state): State<Arc<AppState>>) -> Response {

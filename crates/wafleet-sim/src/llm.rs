@@ -132,20 +132,9 @@ pub(crate) async fn anthropic_messages(State(sim): State<SimState>, body: Bytes)
 }
 
 async fn complete(sim: SimState, provider: Provider, body: Bytes) -> Response {
-    let fault = {
-        let mut faults = lock(&sim.0.llm_faults);
-        faults
-            .iter_mut()
-            .find(|f| {
-                f.count > 0
-                    && f.provider.as_deref() != Some("transcription")
-                    && f.provider.as_deref().is_none_or(|p| p == provider.name())
-            })
-            .map(|f| {
-                f.count -= 1;
-                f.clone()
-            })
-    };
+    let fault = take_fault(&sim, |p| {
+        p != Some("transcription") && p.is_none_or(|p| p == provider.name())
+    });
     if let Some(fault) = fault {
         return injected(provider, fault).await;
     }
@@ -258,17 +247,7 @@ pub(crate) async fn transcriptions(
     mut form: axum::extract::Multipart,
 ) -> Response {
     let provider = Provider::OpenAi;
-    let fault = {
-        let mut faults = lock(&sim.0.llm_faults);
-        faults
-            .iter_mut()
-            .find(|f| f.count > 0 && f.provider.as_deref() == Some("transcription"))
-            .map(|f| {
-                f.count -= 1;
-                f.clone()
-            })
-    };
-    if let Some(fault) = fault {
+    if let Some(fault) = take_fault(&sim, |p| p == Some("transcription")) {
         return injected(provider, fault).await;
     }
     let (mut model, mut file) = (None, None);
@@ -326,6 +305,18 @@ pub(crate) async fn transcriptions(
             "Audio file might be corrupted or unsupported (wafleet-sim).",
         ),
     }
+}
+
+/// The first queued fault left whose `provider` `applies` to, counted down by one.
+fn take_fault(sim: &SimState, applies: impl Fn(Option<&str>) -> bool) -> Option<LlmFault> {
+    let mut faults = lock(&sim.0.llm_faults);
+    faults
+        .iter_mut()
+        .find(|f| f.count > 0 && applies(f.provider.as_deref()))
+        .map(|f| {
+            f.count -= 1;
+            f.clone()
+        })
 }
 
 async fn injected(provider: Provider, fault: LlmFault) -> Response {

@@ -69,12 +69,15 @@ pub struct LlmDefaults {
 /// note's job is deferred, so the wait never eats the job's deadline.
 pub const MEDIA_PERMIT_WAIT: Duration = Duration::from_secs(10);
 
-/// Whether Meta's refusal to serve a customer's file may pass: a server error or throttling.
+/// Whether Meta's refusal to serve a customer's file may pass: Meta unreachable, a server
+/// error or a 429, or a code the Graph error table calls throttling or transient.
 fn may_pass(e: &crate::graph::MediaError) -> bool {
     match e {
         crate::graph::MediaError::Transport(_) => true,
         crate::graph::MediaError::Rejected { http_status, code } => {
-            *http_status >= 500 || *http_status == 429 || matches!(code, 4 | 80007 | 130429)
+            *http_status >= 500
+                || *http_status == 429
+                || wafleet_core::graph_error::classify(*code, *http_status, None).is_retryable()
         }
         _ => false,
     }

@@ -1063,6 +1063,102 @@ async fn a_business_starts_a_conversation_with_a_template_to_a_customer_who_neve
 }
 
 #[tokio::test]
+async fn a_mexican_customer_dialled_without_the_1_answers_in_the_conversation_the_agent_holds() {
+    let s = system().await;
+    let api = &s.api;
+    let path = format!("/api/v1/channels/{SHOP}/templates");
+    let shop = &s.shop;
+    let start = |key: &str, to: &str, answered_by: &str| {
+        let body = json!({"to": to, "name": "order_shipped", "language": "es",
+                          "params": ["#2048"], "answered_by": answered_by});
+        let (key, path) = (key.to_string(), path.clone());
+        async move {
+            api.call(
+                reqwest::Method::POST,
+                &path,
+                Some(shop),
+                Some(&key),
+                Some(body),
+            )
+            .await
+        }
+    };
+    // The business dials 52 + ten digits; Meta names the account 521 + the ten digits.
+    let (status, first) = start("mx1", "+52 55 1234 5678", "human").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    let id = first["conversation_id"].as_i64().unwrap();
+    assert_eq!(s.sent(1).await[0].recipient, "525512345678");
+    let pg = &s.pg;
+    eventually(
+        "the conversation keyed by Meta's wa_id",
+        Duration::from_secs(30),
+        || async move {
+            let (key, wa_id): (String, Option<String>) =
+                sqlx::query_as("SELECT customer_key, wa_id FROM conversations WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(pg)
+                    .await
+                    .unwrap();
+            (key == "5215512345678" && wa_id.as_deref() == Some("5215512345678")).then_some(())
+        },
+    )
+    .await;
+
+    // The customer's answer comes from the wa_id: it lands in the conversation the agent holds,
+    // and the bot does not answer it.
+    let answer = text_message(
+        SHOP,
+        "5215512345678",
+        "wamid.MX1",
+        chrono::Utc::now().timestamp(),
+        "¿cuándo llega?",
+    );
+    assert_eq!(
+        s.ingest.post_signed(&answer, APP_SECRET).await.status(),
+        200
+    );
+    let stored = eventually(
+        "the answer stored",
+        Duration::from_secs(30),
+        || async move {
+            sqlx::query_as::<_, (i64, String)>(
+                "SELECT conversation_id, owner_at_arrival FROM messages WHERE wamid = 'wamid.MX1'",
+            )
+            .fetch_optional(pg)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
+    assert_eq!(stored, (id, "human".to_string()));
+    let conversations: i64 = sqlx::query_scalar("SELECT count(*) FROM conversations")
+        .fetch_one(pg)
+        .await
+        .unwrap();
+    assert_eq!(conversations, 1);
+
+    // Dialled either way, the next template finds that conversation; an allowlist that lists
+    // the customer in the other notation lets the business reach them.
+    sqlx::query(
+        "UPDATE channels SET phone_allowlist = '{525512345678}' WHERE phone_number_id = $1",
+    )
+    .bind(SHOP)
+    .execute(pg)
+    .await
+    .unwrap();
+    for (key, to) in [("mx2", "525512345678"), ("mx3", "+52 1 55 1234 5678")] {
+        let (status, again) = start(key, to, "bot").await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{again}");
+        assert_eq!(again["conversation_id"], id, "{to}");
+    }
+    assert_eq!(
+        s.sent(3).await.len(),
+        3,
+        "no bot reply to the customer's answer"
+    );
+}
+
+#[tokio::test]
 async fn an_agent_sees_the_photo_a_customer_sent_streamed_from_meta() {
     let s = system().await;
     let api = &s.api;

@@ -64,9 +64,10 @@ async fn a_reply_reaches_meta_with_context_callback_data_and_a_plus() {
         preview_url: true,
         ..text(Recipient::Phone("573001234567"))
     };
-    let SendResult::Accepted { wamid } = client(&sim.url).send_text(&m).await else {
+    let SendResult::Accepted { wamid, wa_id } = client(&sim.url).send_text(&m).await else {
         panic!("accepted");
     };
+    assert_eq!(wa_id.as_deref(), Some("573001234567"));
     let sent = sim.state.messages();
     assert_eq!(sent.len(), 1);
     let s = &sent[0];
@@ -77,6 +78,16 @@ async fn a_reply_reaches_meta_with_context_callback_data_and_a_plus() {
     assert_eq!(s.context_message_id.as_deref(), Some("wamid.IN1"));
     assert_eq!(s.callback_data.as_deref(), Some("job-7"));
     assert!(s.preview_url);
+}
+
+#[tokio::test]
+async fn meta_names_the_customer_a_rewritten_mobile_reaches() {
+    let sim = sim().await;
+    let m = text(Recipient::Phone("525512345678"));
+    let SendResult::Accepted { wa_id, .. } = client(&sim.url).send_text(&m).await else {
+        panic!("accepted");
+    };
+    assert_eq!(wa_id.as_deref(), Some("5215512345678"));
 }
 
 #[tokio::test]

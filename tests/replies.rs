@@ -3055,6 +3055,29 @@ async fn a_send_in_flight_during_an_erasure_does_not_bring_back_the_customers_wa
 }
 
 #[tokio::test]
+async fn a_mexican_customer_is_erased_by_their_number_as_they_write_it_without_the_1() {
+    let s = system().await;
+    // Meta names the account 521 + ten digits; the customer gives 52 + the ten digits.
+    s.send("5215512345678", "wamid.MXE1", "hola").await;
+    s.sent(1).await;
+    s.settled().await;
+    let (pg, mut con, keys) = (&s.pg, s.cfg.redis().await, s.cfg.keys());
+    let erased = wafleet::erasure::erase_customer(pg, &mut con, &keys, PNID, "+52 55 1234 5678")
+        .await
+        .unwrap()
+        .expect("the customer is found");
+    assert_eq!(erased.rows.conversations.len(), 1);
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM conversations WHERE wa_id = '5215512345678'
+            OR customer_key = '5215512345678'",
+    )
+    .fetch_one(pg)
+    .await
+    .unwrap();
+    assert_eq!(left, 0);
+}
+
+#[tokio::test]
 async fn an_erasure_and_a_reply_being_recorded_do_not_deadlock() {
     let s = system().await;
     s.send("573060", "wamid.DL1", "hola").await;

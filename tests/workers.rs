@@ -69,7 +69,10 @@ impl Env {
         let mut con = self.pg.acquire().await.unwrap();
         wafleet::store::conversations::record_accepted_many(
             &mut con,
-            &[(outbound_id, wamid.to_string())],
+            &[wafleet::store::conversations::Accepted::new(
+                outbound_id,
+                wamid,
+            )],
         )
         .await
         .unwrap();
@@ -1219,22 +1222,22 @@ async fn every_connection_plans_with_the_configured_plan_cache_mode() {
 
 #[tokio::test]
 async fn acceptances_and_statuses_of_the_same_parts_never_deadlock() {
-    use wafleet::store::conversations::{Status, apply_statuses, record_accepted_many};
+    use wafleet::store::conversations::{Accepted, Status, apply_statuses, record_accepted_many};
     let e = env().await;
     // Forty parts of one reply, as the sender records them and Meta's statuses find them.
     let ids = e.parts_of_one_reply(40, Some("wamid.P")).await;
-    let accepted: Vec<(i64, String)> = ids
+    let accepted: Vec<Accepted> = ids
         .iter()
         .enumerate()
-        .map(|(n, id)| (*id, format!("wamid.P{n}")))
+        .map(|(n, id)| Accepted::new(*id, format!("wamid.P{n}")))
         .collect();
     // The statuses in the opposite order: each statement would lock the rows the other wants
     // next unless both take their locks in one order.
     let statuses: Vec<Status> = accepted
         .iter()
         .rev()
-        .map(|(_, wamid)| Status {
-            wamid: wamid.clone(),
+        .map(|a| Status {
+            wamid: a.wamid.clone(),
             status: "sent".into(),
             rank: 1,
             at: None,
@@ -1260,7 +1263,7 @@ async fn acceptances_and_statuses_of_the_same_parts_never_deadlock() {
 
 #[tokio::test]
 async fn an_acceptance_recorded_after_its_failed_status_says_so() {
-    use wafleet::store::conversations::{Acceptance, record_accepted_many};
+    use wafleet::store::conversations::{Acceptance, Accepted, record_accepted_many};
     let e = env().await;
     let ids = e.parts_of_one_reply(3, None).await;
     // Meta's statuses came first: a failure with a code, one without, and a mere `sent`.
@@ -1273,10 +1276,10 @@ async fn an_acceptance_recorded_after_its_failed_status_says_so() {
     .execute(&e.pg)
     .await
     .unwrap();
-    let accepted: Vec<(i64, String)> = ids
+    let accepted: Vec<Accepted> = ids
         .iter()
         .enumerate()
-        .map(|(n, id)| (*id, format!("wamid.{n}")))
+        .map(|(n, id)| Accepted::new(*id, format!("wamid.{n}")))
         .collect();
     let results = record_accepted_many(&mut e.pg.acquire().await.unwrap(), &accepted)
         .await
@@ -1295,6 +1298,51 @@ async fn an_acceptance_recorded_after_its_failed_status_says_so() {
             .await
             .unwrap();
     assert_eq!(states, ["failed", "failed", "accepted"]);
+}
+
+#[tokio::test]
+async fn an_acceptance_re_keys_the_conversation_by_the_wa_id_meta_named_unless_it_is_taken() {
+    use wafleet::store::conversations::{Accepted, record_accepted_many};
+    let e = env().await;
+    let ids = e.parts_of_one_reply(2, None).await;
+    // Another customer of the number already has a conversation under 573009.
+    sqlx::query(
+        "INSERT INTO conversations (channel_id, customer_key, wa_id, session_started_at,
+                                    last_activity_at)
+         SELECT channel_id, '573009', '573009', now(), now() FROM conversations",
+    )
+    .execute(&e.pg)
+    .await
+    .unwrap();
+    let key = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT customer_key FROM conversations c JOIN outbound_messages o
+                 ON o.conversation_id = c.id WHERE o.id = $1",
+        )
+        .bind(ids[0])
+        .fetch_one(&e.pg)
+        .await
+        .unwrap()
+    };
+    let accepted = |n: usize, wa_id: &str| Accepted {
+        adopt_wa_id: Some(wa_id.into()),
+        ..Accepted::new(ids[n], format!("wamid.K{n}"))
+    };
+    let mut con = e.pg.acquire().await.unwrap();
+    record_accepted_many(&mut con, &[accepted(0, "573009")])
+        .await
+        .unwrap();
+    assert_eq!(key().await, "57300", "573009 is another conversation's");
+    record_accepted_many(&mut con, &[accepted(1, "5730001")])
+        .await
+        .unwrap();
+    assert_eq!(key().await, "5730001");
+    let states: Vec<String> =
+        sqlx::query_scalar("SELECT state FROM outbound_messages ORDER BY part_no")
+            .fetch_all(&e.pg)
+            .await
+            .unwrap();
+    assert_eq!(states, ["accepted", "accepted"]);
 }
 
 #[tokio::test]

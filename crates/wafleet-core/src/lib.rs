@@ -11,6 +11,7 @@
 //! - [`pii`]: redaction of personal data into typed placeholders.
 //! - [`format`](mod@format): Markdown → WhatsApp formatting and splitting replies into ≤ 4096-char parts.
 //! - [`handover`]: accent- and case-insensitive whole-word detection of "I want a human" (es/en/pt).
+//! - [`phone`]: the notations of one phone number (Mexico's and Brazil's rewritten mobiles).
 //! - [`hours`]: business hours as a weekly schedule (`mon-fri 09:00-18:00; sat 10:00-14:00`).
 //! - [`retry`]: backoff and retry limits as data; jitter and age come in as arguments.
 //! - [`graph_error`]: Graph API errors parsed and classified on `error.code` (throttle, transient, …).
@@ -22,6 +23,7 @@ pub mod graph_error;
 pub mod handover;
 pub mod hours;
 pub mod llm_error;
+pub mod phone;
 pub mod pii;
 pub mod retry;
 pub mod signature;

@@ -437,8 +437,22 @@ impl Send {
 
 fn contact(m: &SentMessage) -> Value {
     match &m.to {
-        Some(to) => json!({"input": to, "wa_id": m.recipient}),
+        Some(to) => json!({"input": to, "wa_id": wa_id_of(&m.recipient)}),
         None => json!({"input": m.recipient, "user_id": m.recipient}),
+    }
+}
+
+/// How Meta names the customer a phone reaches: the digits sent, except that a Mexican mobile
+/// dialled as 52 + ten digits belongs to an account named 521 + the ten digits, as many still are.
+pub fn wa_id_of(recipient: &str) -> String {
+    let mexican = recipient.len() == 12
+        && recipient.starts_with("52")
+        && !recipient[2..].starts_with('1')
+        && recipient.bytes().all(|b| b.is_ascii_digit());
+    if mexican {
+        format!("521{}", &recipient[2..])
+    } else {
+        recipient.to_string()
     }
 }
 
@@ -643,7 +657,7 @@ fn unix_seconds() -> String {
 
 fn recipient_fields(m: &SentMessage, status: &mut Value) {
     if m.to.is_some() {
-        status["recipient_id"] = json!(m.recipient);
+        status["recipient_id"] = json!(wa_id_of(&m.recipient));
     } else {
         status["recipient_user_id"] = json!(m.recipient);
     }

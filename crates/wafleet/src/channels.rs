@@ -179,11 +179,17 @@ impl Registry {
             return Some(SIGNED_BY_ANOTHER_APP);
         }
         if let Update::Message(m) = update {
+            // A Mexican or Brazilian customer's wa_id may be the other notation of the number
+            // the business listed (see wafleet_core::phone).
             let allowed = route.allowlist.is_empty()
                 || [&m.wa_id, &m.user_id]
                     .into_iter()
                     .flatten()
-                    .any(|id| route.allowlist.contains(id));
+                    .any(|id| route.allowlist.contains(id))
+                || m.wa_id
+                    .as_deref()
+                    .and_then(wafleet_core::phone::other_form)
+                    .is_some_and(|other| route.allowlist.contains(&other));
             if !allowed {
                 return Some("sender_not_allowed");
             }
@@ -364,6 +370,32 @@ mod tests {
             registry.signer_fingerprint(a),
             registry.signer_fingerprint(a2)
         );
+    }
+
+    #[test]
+    fn an_allowlist_lets_in_a_customer_named_in_the_other_notation_of_their_number() {
+        let mut ch = channel("1", None, "app");
+        ch.phone_allowlist = vec!["525512345678".into(), "5511987654321".into()];
+        let registry = Registry::build(&[ch]);
+        let header = signature::sign(b"{}", b"app");
+        let signer = signature::verify(b"{}", Some(header.as_bytes()), &registry.secrets).unwrap();
+        let from = |wa_id: &str| {
+            let body = serde_json::json!({"object": "whatsapp_business_account", "entry": [{
+                "id": "W", "changes": [{"field": "messages", "value": {
+                    "messaging_product": "whatsapp",
+                    "metadata": {"display_phone_number": "1", "phone_number_id": "1"},
+                    "contacts": [{"profile": {"name": "C"}, "wa_id": wa_id}],
+                    "messages": [{"from": wa_id, "id": "wamid.A", "timestamp": "1",
+                                  "type": "text", "text": {"body": "hola"}}]}}]}]});
+            let parsed = wafleet_core::webhook::parse(body.to_string().as_bytes()).unwrap();
+            registry.refusal(&parsed.updates[0], signer)
+        };
+        // Meta names these customers 521… and 55 11 8…: the allowlist lists 52 … and 55 11 9 8….
+        assert_eq!(from("5215512345678"), None);
+        assert_eq!(from("551187654321"), None);
+        assert_eq!(from("525512345678"), None);
+        assert_eq!(from("5215512345679"), Some("sender_not_allowed"));
+        assert_eq!(from("573005550101"), Some("sender_not_allowed"));
     }
 
     #[test]

@@ -101,6 +101,9 @@ pub enum Recipient<'a> {
 pub enum SendResult {
     Accepted {
         wamid: String,
+        /// `contacts[0].wa_id`: how Meta names the customer, which for a phone dialled in another
+        /// notation (Mexico's and Brazil's rewritten mobiles) is not the number sent.
+        wa_id: Option<String>,
     },
     Rejected {
         http_status: u16,
@@ -108,13 +111,9 @@ pub enum SendResult {
         class: ErrorClass,
     },
     /// The request may have reached Meta: do not resend blindly.
-    Ambiguous {
-        reason: String,
-    },
+    Ambiguous { reason: String },
     /// The request certainly did not reach Meta: safe to retry.
-    NotSent {
-        reason: String,
-    },
+    NotSent { reason: String },
 }
 
 /// Why a mark-read / typing call failed. These calls are idempotent, so the sender may retry any of
@@ -201,8 +200,8 @@ impl GraphClient {
                         error: unparsed_error(status, &describe(&e)),
                         class: classify(UNPARSED_ERROR_CODE, status, None),
                     },
-                    Ok(body) if response_is_2xx(status) => match wamid_of(&body) {
-                        Some(wamid) => SendResult::Accepted { wamid },
+                    Ok(body) if response_is_2xx(status) => match accepted_of(&body) {
+                        Some((wamid, wa_id)) => SendResult::Accepted { wamid, wa_id },
                         None => SendResult::Ambiguous {
                             reason: format!("HTTP {status} without messages[0].id"),
                         },
@@ -537,22 +536,36 @@ fn unparsed_error(status: u16, what: &str) -> GraphError {
     }
 }
 
-fn wamid_of(body: &[u8]) -> Option<String> {
+/// Meta's acceptance: `messages[0].id`, and `contacts[0].wa_id` when it names one.
+fn accepted_of(body: &[u8]) -> Option<(String, Option<String>)> {
     #[derive(serde::Deserialize)]
     struct Accepted {
         messages: Vec<Message>,
+        #[serde(default)]
+        contacts: Vec<Contact>,
     }
     #[derive(serde::Deserialize)]
     struct Message {
         id: String,
     }
+    #[derive(serde::Deserialize)]
+    struct Contact {
+        wa_id: Option<String>,
+    }
     let accepted: Accepted = serde_json::from_slice(body).ok()?;
-    accepted
+    let wamid = accepted
         .messages
         .into_iter()
         .next()
         .map(|m| m.id)
-        .filter(|id| !id.is_empty())
+        .filter(|id| !id.is_empty())?;
+    let wa_id = accepted
+        .contacts
+        .into_iter()
+        .next()
+        .and_then(|c| c.wa_id)
+        .filter(|w| !w.is_empty());
+    Some((wamid, wa_id))
 }
 
 fn record(phone_number_id: &str, call: &'static str, result: &SendResult, started: Instant) {
@@ -801,12 +814,24 @@ mod tests {
     }
 
     #[test]
-    fn the_wamid_is_read_from_messages_0_id() {
-        let body = br#"{"messaging_product":"whatsapp","contacts":[{"input":"+1","wa_id":"1"}],"messages":[{"id":"wamid.X"}]}"#;
-        assert_eq!(wamid_of(body).as_deref(), Some("wamid.X"));
-        assert_eq!(wamid_of(br#"{"messages":[]}"#), None);
-        assert_eq!(wamid_of(br#"{"messages":[{"id":""}]}"#), None);
-        assert_eq!(wamid_of(b"{"), None);
+    fn the_wamid_is_read_from_messages_0_id_and_the_customer_from_contacts_0_wa_id() {
+        let body = br#"{"messaging_product":"whatsapp","contacts":[{"input":"+525512345678","wa_id":"5215512345678"}],"messages":[{"id":"wamid.X"}]}"#;
+        assert_eq!(
+            accepted_of(body),
+            Some(("wamid.X".into(), Some("5215512345678".into())))
+        );
+        // A send to a business-scoped id names no wa_id; the wamid alone is an acceptance.
+        assert_eq!(
+            accepted_of(br#"{"contacts":[{"input":"US.1","user_id":"US.1"}],"messages":[{"id":"wamid.Y"}]}"#),
+            Some(("wamid.Y".into(), None))
+        );
+        assert_eq!(
+            accepted_of(br#"{"messages":[{"id":"wamid.Z"}]}"#),
+            Some(("wamid.Z".into(), None))
+        );
+        assert_eq!(accepted_of(br#"{"messages":[]}"#), None);
+        assert_eq!(accepted_of(br#"{"messages":[{"id":""}]}"#), None);
+        assert_eq!(accepted_of(b"{"), None);
     }
 
     #[test]

@@ -50,7 +50,7 @@ use super::{batch_outcome, db_outcome, hand_over_and_publish, redis_down};
 use crate::batch::Batcher;
 use crate::graph::{GraphClient, OutgoingText, Recipient, SendResult};
 use crate::ratelimit::{Budget, Decision, RateLimiter};
-use crate::store::conversations::{Acceptance, record_accepted_many};
+use crate::store::conversations::{Acceptance, Accepted, record_accepted_many};
 use crate::store::replies::{self, Attempt, Claim, Part};
 use crate::streams::Keys;
 use crate::worker::{Handler, Job, Outcome, Source, Stage};
@@ -186,7 +186,7 @@ pub async fn pause_sends(
 #[derive(Clone)]
 pub struct SendWrites {
     claims: Batcher<i64, Claim>,
-    accepts: Batcher<(i64, String), Acceptance>,
+    accepts: Batcher<Accepted, Acceptance>,
     /// Not a write, but read by every job: batched the same way.
     parts: Batcher<i64, Vec<Part>>,
 }
@@ -200,14 +200,9 @@ impl SendWrites {
             claims: Batcher::start("claims", 256, pg.clone(), |conn, ids: &[i64]| {
                 Box::pin(async move { replies::claim_many(conn, ids).await })
             }),
-            accepts: Batcher::start(
-                "accepts",
-                256,
-                pg.clone(),
-                |conn, accepted: &[(i64, String)]| {
-                    Box::pin(async move { record_accepted_many(conn, accepted).await })
-                },
-            ),
+            accepts: Batcher::start("accepts", 256, pg.clone(), |conn, accepted: &[Accepted]| {
+                Box::pin(async move { record_accepted_many(conn, accepted).await })
+            }),
         }
     }
 }
@@ -280,9 +275,9 @@ impl SenderStage {
             "pending" => {}
             "sending" => {
                 // Meta accepted it, but recording that failed: record it now, never resend.
-                if let Some(wamid) = self.unrecorded_wamid(job, part).await? {
+                if let Some(accepted) = self.unrecorded_wamid(job, part).await? {
                     return self
-                        .record_acceptance(job, channel, part, wamid, Stashed::Yes)
+                        .record_acceptance(job, channel, part, accepted, Stashed::Yes)
                         .await;
                 }
                 let age = part.sending_at.map_or(Duration::MAX, elapsed_since);
@@ -511,10 +506,25 @@ impl SenderStage {
             })
             .await;
         match result {
-            SendResult::Accepted { wamid } => {
+            SendResult::Accepted { wamid, wa_id } => {
                 metrics::counter!("wafleet_sender_sends_total", "result" => "accepted")
                     .increment(1);
-                self.record_acceptance(job, channel, part, wamid, Stashed::No)
+                let mut accepted = Accepted::new(part.id, wamid);
+                // Meta names the customer otherwise than the number dialled: their answers will
+                // come from that wa_id, and must find this conversation.
+                if let (Recipient::Phone(dialled), Some(wa_id)) = (to, wa_id)
+                    && wa_id.bytes().all(|b| b.is_ascii_digit())
+                    && wa_id != dialled.trim_start_matches('+')
+                {
+                    metrics::counter!("wafleet_sender_customer_renamed_total").increment(1);
+                    tracing::info!(
+                        outbound_id = part.id,
+                        "Meta names the customer by another notation of the number dialled; \
+                         the conversation takes it"
+                    );
+                    accepted.adopt_wa_id = Some(wa_id);
+                }
+                self.record_acceptance(job, channel, part, accepted, Stashed::No)
                     .await
             }
             SendResult::NotSent { reason } => {
@@ -564,17 +574,22 @@ impl SenderStage {
         job: &Job,
         channel: &ChannelSettings,
         part: &Part,
-        wamid: String,
+        accepted: Accepted,
         stashed: Stashed,
     ) -> Result<Step, Outcome> {
         let key = self.keys.unrecorded_wamid(job.partition, part.id);
-        let acceptance = match self.writes.accepts.run((part.id, wamid.clone())).await {
+        // The wamid, and the wa_id to adopt after a space when there is one.
+        let stash = match &accepted.adopt_wa_id {
+            Some(wa_id) => format!("{} {wa_id}", accepted.wamid),
+            None => accepted.wamid.clone(),
+        };
+        let acceptance = match self.writes.accepts.run(accepted).await {
             Ok(a) => a,
             Err(e) => {
                 let outcome = batch_outcome(&e, "recording the send");
                 let mut con = self.redis.get().await.map_err(redis_down)?;
                 let _: () = con
-                    .set_ex(&key, &wamid, UNRECORDED_WAMID_TTL.as_secs())
+                    .set_ex(&key, &stash, UNRECORDED_WAMID_TTL.as_secs())
                     .await
                     .map_err(redis_down)?;
                 tracing::warn!(
@@ -600,12 +615,19 @@ impl SenderStage {
         }
     }
 
-    /// The wamid kept by [`Self::record_acceptance`] for a part still `sending`, if any.
-    async fn unrecorded_wamid(&self, job: &Job, part: &Part) -> Result<Option<String>, Outcome> {
+    /// The acceptance kept by [`Self::record_acceptance`] for a part still `sending`, if any.
+    async fn unrecorded_wamid(&self, job: &Job, part: &Part) -> Result<Option<Accepted>, Outcome> {
         let mut con = self.redis.get().await.map_err(redis_down)?;
-        con.get(self.keys.unrecorded_wamid(job.partition, part.id))
+        let stash: Option<String> = con
+            .get(self.keys.unrecorded_wamid(job.partition, part.id))
             .await
-            .map_err(redis_down)
+            .map_err(redis_down)?;
+        Ok(stash.map(|s| {
+            let mut fields = s.split(' ');
+            let mut accepted = Accepted::new(part.id, fields.next().unwrap_or_default());
+            accepted.adopt_wa_id = fields.next().map(str::to_string);
+            accepted
+        }))
     }
 
     /// Meta's `failed` status for the part came in before its acceptance was recorded (the

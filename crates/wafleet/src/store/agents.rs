@@ -290,25 +290,28 @@ pub enum Opened {
 }
 
 /// The conversation of a channel's customer by their phone (`wa_id` digits): the one they have
-/// (by phone, also one keyed by a business-scoped id that knows the phone), or a new one, owned by
-/// the bot, with no customer message yet (the 24-hour window is closed: only templates reach
-/// them).
+/// (by phone, in either notation of a Mexican or Brazilian mobile, also one keyed by a
+/// business-scoped id that knows the phone), or a new one, owned by the bot, with no customer
+/// message yet (the 24-hour window is closed: only templates reach them). The allowlist is read
+/// the same way. A new conversation is keyed by the number as given; when Meta names the
+/// customer otherwise, the sender adopts Meta's `wa_id` (see `record_accepted_many`).
 pub async fn open_conversation(
     pool: &PgPool,
     phone_number_id: &str,
     wa_id: &str,
 ) -> sqlx::Result<Opened> {
+    let forms = wafleet_core::phone::forms(wa_id);
     // Twice at most: a concurrent call may make the row between this statement's snapshot and
     // its insert (which then does nothing); the second run sees it.
     for _ in 0..2 {
         let row: Option<(bool, Option<i64>)> = sqlx::query_as(
             "WITH ch AS (
-                 SELECT id, cardinality(phone_allowlist) = 0 OR $2 = ANY(phone_allowlist) AS allowed
+                 SELECT id, cardinality(phone_allowlist) = 0 OR phone_allowlist && $3 AS allowed
                    FROM channels WHERE phone_number_id = $1
              ), found AS (
                  SELECT c.id FROM conversations c JOIN ch ON c.channel_id = ch.id
-                  WHERE c.customer_key = $2 OR c.wa_id = $2
-                  ORDER BY c.customer_key = $2 DESC, c.id LIMIT 1
+                  WHERE c.customer_key = ANY($3) OR c.wa_id = ANY($3)
+                  ORDER BY c.customer_key = $2 DESC, c.customer_key = ANY($3) DESC, c.id LIMIT 1
              ), made AS (
                  INSERT INTO conversations (channel_id, customer_key, wa_id, session_started_at,
                                             last_activity_at)
@@ -321,6 +324,7 @@ pub async fn open_conversation(
         )
         .bind(phone_number_id)
         .bind(wa_id)
+        .bind(&forms)
         .fetch_optional(pool)
         .await?;
         match row {

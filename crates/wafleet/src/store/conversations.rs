@@ -675,20 +675,44 @@ pub enum Acceptance {
     },
 }
 
-/// Records Meta's acceptance of outbound messages (`(outbound id, wamid)`), applies to each the
-/// most advanced status that arrived before it (a `failed` one stays final), and marks the
-/// customer's messages they answer as answered. One statement per run of distinct ids.
+/// Meta's acceptance of one outbound message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub outbound_id: i64,
+    pub wamid: String,
+    /// How Meta named the customer when that is not the number the part was sent to (Mexico's
+    /// and Brazil's rewritten mobiles, see `wafleet_core::phone`): the conversation, made by a
+    /// business's first message to the number it dialled, takes it as its key, so the
+    /// customer's answers, which come from this `wa_id`, find it.
+    pub adopt_wa_id: Option<String>,
+}
+
+impl Accepted {
+    pub fn new(outbound_id: i64, wamid: impl Into<String>) -> Self {
+        Self {
+            outbound_id,
+            wamid: wamid.into(),
+            adopt_wa_id: None,
+        }
+    }
+}
+
+/// Records Meta's acceptance of outbound messages, applies to each the most advanced status
+/// that arrived before it (a `failed` one stays final), marks the customer's messages they
+/// answer as answered, and re-keys a conversation by the `wa_id` Meta named (unless the
+/// customer already has a conversation under it). One statement per run of distinct ids.
 pub async fn record_accepted_many(
     conn: &mut PgConnection,
-    accepted: &[(i64, String)],
+    accepted: &[Accepted],
 ) -> sqlx::Result<Vec<Acceptance>> {
     let mut results = Vec::with_capacity(accepted.len());
-    for run in super::distinct_runs(accepted, |(id, _)| [*id]) {
-        let (ids, wamids): (Vec<i64>, Vec<&str>) =
-            run.iter().map(|(id, w)| (*id, w.as_str())).unzip();
+    for run in super::distinct_runs(accepted, |a| [a.outbound_id]) {
+        let ids: Vec<i64> = run.iter().map(|a| a.outbound_id).collect();
+        let wamids: Vec<&str> = run.iter().map(|a| a.wamid.as_str()).collect();
+        let adopt: Vec<Option<&str>> = run.iter().map(|a| a.adopt_wa_id.as_deref()).collect();
         let rows: Vec<(i64, Option<bool>, Option<i32>)> = sqlx::query_as(
             "WITH input AS (
-                 SELECT * FROM unnest($1::int8[], $2::text[]) AS i(id, wamid)
+                 SELECT * FROM unnest($1::int8[], $2::text[], $3::text[]) AS i(id, wamid, adopt)
              ), locked AS MATERIALIZED (
                  SELECT o.id FROM outbound_messages o WHERE o.id IN (SELECT id FROM input)
                   ORDER BY o.id FOR UPDATE
@@ -732,12 +756,27 @@ pub async fn record_accepted_many(
              ), answered AS (
                  UPDATE messages SET answered_at = COALESCE(answered_at, now())
                   WHERE id IN (SELECT reply_to FROM accepted)
+             ), adopted AS (
+                 -- Rare (a number dialled in the notation Meta does not use), so costs nothing
+                 -- in the common batch. Two conversations adopting one wa_id in a batch, or a
+                 -- customer's conversation made under it meanwhile, fail the statement on the
+                 -- unique key: the batcher then runs each item alone, where this check sees it.
+                 UPDATE conversations c SET customer_key = a.adopt, wa_id = a.adopt
+                   FROM (SELECT DISTINCT ON (o.conversation_id) o.conversation_id, i.adopt
+                           FROM input i JOIN outbound_messages o ON o.id = i.id
+                          WHERE i.adopt IS NOT NULL
+                          ORDER BY o.conversation_id, i.id) a
+                  WHERE c.id = a.conversation_id
+                    AND c.customer_key = c.wa_id AND c.wa_id <> a.adopt
+                    AND NOT EXISTS (SELECT 1 FROM conversations d
+                                     WHERE d.channel_id = c.channel_id AND d.customer_key = a.adopt)
              )
              SELECT i.id, a.failed_first, a.error_code
                FROM input i LEFT JOIN accepted a ON a.id = i.id",
         )
         .bind(&ids)
         .bind(&wamids)
+        .bind(&adopt)
         .fetch_all(&mut *conn)
         .await?;
         let by_id: std::collections::HashMap<i64, (Option<bool>, Option<i32>)> = rows

@@ -7,8 +7,9 @@ use sqlx::{PgConnection, PgPool};
 pub struct Found {
     /// Their conversations.
     pub conversations: Vec<i64>,
-    /// Every identifier they are known by: the one asked for, then the phone, business-scoped
-    /// id and conversation key of each conversation found.
+    /// Every identifier they are known by: the one asked for (and its other notation, for a
+    /// Mexican or Brazilian mobile), then the phone, business-scoped id and conversation key of
+    /// each conversation found.
     pub identifiers: Vec<String>,
     /// The channel's WhatsApp Business Account, which names updates that carry no number.
     pub waba_id: Option<String>,
@@ -68,7 +69,9 @@ pub async fn find_customer(
     customer: &str,
 ) -> sqlx::Result<Found> {
     let mut conn = pool.acquire().await?;
-    let mut found = find(&mut conn, phone_number_id, &[customer.to_string()], false).await?;
+    // A Mexican or Brazilian customer may give their number in the notation Meta does not use.
+    let asked = wafleet_core::phone::forms(customer);
+    let mut found = find(&mut conn, phone_number_id, &asked, false).await?;
     found.waba_id = sqlx::query_scalar("SELECT waba_id FROM channels WHERE phone_number_id = $1")
         .bind(phone_number_id)
         .fetch_optional(&mut *conn)

@@ -1063,6 +1063,70 @@ async fn a_business_starts_a_conversation_with_a_template_to_a_customer_who_neve
 }
 
 #[tokio::test]
+async fn the_bot_answers_a_reply_to_a_template_knowing_what_the_template_said() {
+    let s = system().await;
+    let pg = &s.pg;
+    // The customer wrote three hours ago; sessions end after ten idle minutes.
+    sqlx::query("UPDATE channels SET session_timeout_secs = 600 WHERE phone_number_id = $1")
+        .bind(SHOP)
+        .execute(pg)
+        .await
+        .unwrap();
+    let earlier = chrono::Utc::now().timestamp() - 3 * 3600;
+    let first = text_message(
+        SHOP,
+        "573005550150",
+        "wamid.T0",
+        earlier,
+        "busco zapatos rojos",
+    );
+    assert_eq!(s.ingest.post_signed(&first, APP_SECRET).await.status(), 200);
+    s.sent(1).await;
+
+    // The order update, which the bot answers after; a parameter with personal data.
+    let body = json!({"to": "573005550150", "name": "order_shipped", "language": "es",
+                      "params": ["#1042", "ana@example.com"], "answered_by": "bot"});
+    let (status, started) = s
+        .api
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/channels/{SHOP}/templates"),
+            Some(&s.shop),
+            Some("t1"),
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    s.sent(2).await;
+    let id = s.customer_writes(SHOP, "573005550150", "wamid.T1", 3).await;
+    assert_eq!(started["conversation_id"], id);
+
+    // The model read the template (before the customer's answer, so in the system prompt), with
+    // its parameters redacted, and only the talk it started: the earlier session is left out.
+    let asked = &s.sim.state.llm_requests()[1].body["messages"];
+    let system = asked[0]["content"].as_str().unwrap();
+    assert_eq!(asked[0]["role"], "system");
+    assert!(
+        system.contains("> [template: order_shipped] #1042 | [EMAIL]"),
+        "{system}"
+    );
+    assert!(!system.contains("ana@example.com"));
+    let turns: Vec<(&str, &str)> = asked.as_array().unwrap()[1..]
+        .iter()
+        .map(|m| (m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+        .collect();
+    assert_eq!(turns, [("user", "hola")]);
+    let sessions: Vec<i32> = sqlx::query_scalar(
+        "SELECT session_no FROM messages WHERE conversation_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(pg)
+    .await
+    .unwrap();
+    assert_eq!(sessions, [1, 2], "the template started the second session");
+}
+
+#[tokio::test]
 async fn a_mexican_customer_dialled_without_the_1_answers_in_the_conversation_the_agent_holds() {
     let s = system().await;
     let api = &s.api;

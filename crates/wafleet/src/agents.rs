@@ -286,6 +286,7 @@ pub async fn reply(
         agent: reply.agent,
         parts: &parts,
         any_owner: false,
+        history_text: None,
     };
     record_and_queue(pg, con, keys, &msg).await
 }
@@ -319,6 +320,28 @@ pub fn template_object(t: &Template<'_>) -> serde_json::Value {
     object
 }
 
+/// What the model reads of a template the bot answers after: its name and body parameters,
+/// redacted (`[template: order_shipped] #1042 | martes`).
+pub fn template_history_text(t: &Template<'_>) -> String {
+    static REDACTOR: std::sync::LazyLock<wafleet_core::pii::Redactor> =
+        std::sync::LazyLock::new(wafleet_core::pii::Redactor::new);
+    let mut text = format!(
+        "{}: {}]",
+        crate::store::replies::TEMPLATE_MARKER,
+        t.name.trim()
+    );
+    let params: Vec<String> = t
+        .body_params
+        .iter()
+        .map(|p| REDACTOR.redact(p.trim()).text)
+        .collect();
+    if !params.is_empty() {
+        text.push(' ');
+        text.push_str(&params.join(" | "));
+    }
+    text
+}
+
 /// Records an agent's template and queues its send, as [`reply`] does for a message; only the
 /// 24-hour window is not required. Meta refuses a template it does not know or whose parameters
 /// do not match (132xxx): the part fails with Meta's reason, not retried.
@@ -328,7 +351,7 @@ pub async fn template(
     keys: &Keys,
     t: &Template<'_>,
 ) -> Result<Queued, AgentError> {
-    queue_template(pg, con, keys, t, false).await
+    queue_template(pg, con, keys, t, false, false).await
 }
 
 impl Template<'_> {
@@ -342,16 +365,19 @@ impl Template<'_> {
 }
 
 /// Records a template (while a human owns the conversation, or whoever does with `any_owner`)
-/// and queues its send.
+/// and queues its send. `for_model`: the bot answers after it, so the model reads it (when the
+/// bot owns the conversation as it is recorded).
 async fn queue_template(
     pg: &PgPool,
     con: &mut impl ConnectionLike,
     keys: &Keys,
     t: &Template<'_>,
     any_owner: bool,
+    for_model: bool,
 ) -> Result<Queued, AgentError> {
     t.check()?;
     let parts = [template_object(t).to_string()];
+    let history_text = for_model.then(|| template_history_text(t));
     let msg = AgentMessage {
         conversation_id: t.conversation_id,
         kind: "template",
@@ -359,6 +385,7 @@ async fn queue_template(
         agent: t.agent,
         parts: &parts,
         any_owner,
+        history_text: history_text.as_deref(),
     };
     record_and_queue(pg, con, keys, &msg).await
 }
@@ -422,7 +449,7 @@ pub async fn outreach(
     // reference already used for another template) takes nothing, and a retry after an agent
     // gave the conversation back does not take it again. A retry of a request that recorded the
     // template and failed before the take (its part still waiting to be sent) takes it.
-    let queued = queue_template(pg, con, keys, &t, true).await?;
+    let queued = queue_template(pg, con, keys, &t, true, o.answerer == Answerer::Bot).await?;
     if o.answerer == Answerer::Human
         && (queued.fresh || queued.states.iter().any(|s| s == "pending"))
     {

@@ -199,7 +199,8 @@ enum ConversationCommand {
         to: String,
         #[command(flatten)]
         template: TemplateArgs,
-        /// Leave the conversation with the bot (new ones start with it): it answers the reply.
+        /// Leave the conversation with the bot (new ones start with it): it answers the reply,
+        /// reading the template's name and parameters (redacted) before it.
         #[arg(long)]
         bot: bool,
     },

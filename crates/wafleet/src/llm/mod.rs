@@ -55,7 +55,7 @@ use crate::config::Secret;
 
 pub use client::LlmClient;
 pub use fallback::{FallbackPolicy, Reply, reply_with_fallback};
-pub use prompt::{default_system_prompt, system_prompt, with_knowledge};
+pub use prompt::{default_system_prompt, system_prompt, with_knowledge, with_opening};
 
 /// What the model writes to hand the conversation over to a human. See the module docs.
 pub const HANDOVER_MARKER: &str = "[[HANDOVER]]";

@@ -40,6 +40,25 @@ pub fn with_knowledge(system: String, entries: &[(String, String)]) -> String {
     out
 }
 
+/// The system prompt with what the business wrote to the customer before the customer's first
+/// turn in the history (a template that started the conversation, or replies older than the
+/// history's start): models take the messages only from a customer's turn on (Anthropic refuses
+/// an assistant turn first), so these are told here instead of being lost.
+pub fn with_opening(system: String, opening: &[String]) -> String {
+    if opening.is_empty() {
+        return system;
+    }
+    let mut out = system;
+    out.push_str(
+        "\n\nBefore the customer's messages below, the business wrote to them (the customer may be \
+         answering this):\n",
+    );
+    for text in opening {
+        out.push_str(&format!("\n> {}\n", text.trim().replace('\n', "\n> ")));
+    }
+    out
+}
+
 // Kept in English: models follow English instructions best and still answer in the customer's
 // language when told to.
 const PROMPT: &str = "\
@@ -91,5 +110,19 @@ mod tests {
         let with_marker = format!("Si piden una persona, escribe {HANDOVER_MARKER}.");
         assert_eq!(system_prompt(Some(&with_marker)), with_marker);
         assert_eq!(system_prompt(None), default_system_prompt());
+    }
+
+    #[test]
+    fn what_the_business_wrote_first_is_quoted_after_the_prompt() {
+        assert_eq!(with_opening("P".into(), &[]), "P");
+        let prompt = with_opening(
+            "P".into(),
+            &[
+                "[template: order_shipped] #1042".into(),
+                "línea 1\nlínea 2".into(),
+            ],
+        );
+        assert!(prompt.starts_with("P\n\nBefore the customer's messages below"));
+        assert!(prompt.ends_with("\n> [template: order_shipped] #1042\n\n> línea 1\n> línea 2\n"));
     }
 }

@@ -27,7 +27,7 @@ use crate::batch::Batcher;
 use crate::graph::GraphClient;
 use crate::llm::{
     ChatMessage, ChatRequest, FallbackPolicy, LlmClient, LlmError, ProviderConfig, Reply, Role,
-    reply_with_fallback, system_prompt, with_knowledge,
+    reply_with_fallback, system_prompt, with_knowledge, with_opening,
 };
 use crate::store::channels::BotMode;
 use crate::store::replies::{self, NewReply, ReplyContext, ReplyRecord};
@@ -329,6 +329,9 @@ impl LlmStage {
         };
         // Held until the model answered: the file is in memory until then.
         let (attachment, _attachment_permit) = self.attachment(&channel, &ctx).await;
+        // What the business said before the customer's first turn goes to the system prompt.
+        let leading = turns.iter().take_while(|(customer, _)| !customer).count();
+        let opening: Vec<String> = turns.drain(..leading).map(|(_, text)| text).collect();
         let mut messages: Vec<ChatMessage> = turns
             .into_iter()
             .map(|(customer, content)| ChatMessage {
@@ -349,7 +352,10 @@ impl LlmStage {
             last.attachments.push(attachment);
         }
         let request = ChatRequest {
-            system: with_knowledge(system_prompt(channel.system_prompt.as_deref()), &knowledge),
+            system: with_opening(
+                with_knowledge(system_prompt(channel.system_prompt.as_deref()), &knowledge),
+                &opening,
+            ),
             messages,
             max_tokens: self.defaults.max_tokens,
         };

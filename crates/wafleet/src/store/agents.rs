@@ -134,6 +134,9 @@ pub struct AgentMessage<'a> {
     /// Recorded whoever owns the conversation (a business's template that leaves the bot
     /// answering); else only while a human owns it.
     pub any_owner: bool,
+    /// For a template the bot answers after: what the model reads of it (redacted), kept on the
+    /// part when the bot owns the conversation as it is recorded.
+    pub history_text: Option<&'a str>,
 }
 
 /// What recording an agent's message did.
@@ -174,14 +177,26 @@ pub async fn record_agent_message(
     let mut tx = pool.begin().await?;
     // Locks the conversation against a concurrent take, release or idle release, and records
     // the agent's activity (kept only if the message is recorded: a refusal rolls back).
+    // A template opens the talk it starts: a conversation idle past its channel's session
+    // timeout starts a new session with it, and the customer's answer, within the timeout,
+    // belongs to that session (so the model reads the template with it).
     let conversation: Option<Target> = sqlx::query_as(
-        "UPDATE conversations c SET agent_activity_at = now()
+        "UPDATE conversations c SET agent_activity_at = now(),
+                session_no = CASE WHEN $2 AND now() - c.last_activity_at
+                                          > make_interval(secs => ch.session_timeout_secs)
+                                  THEN c.session_no + 1 ELSE c.session_no END,
+                session_started_at = CASE WHEN $2 AND now() - c.last_activity_at
+                                          > make_interval(secs => ch.session_timeout_secs)
+                                  THEN now() ELSE c.session_started_at END,
+                last_activity_at = CASE WHEN $2 THEN GREATEST(c.last_activity_at, now())
+                                        ELSE c.last_activity_at END
            FROM channels ch
           WHERE ch.id = c.channel_id AND c.id = $1
       RETURNING c.owner, c.session_no, c.last_customer_message_at, c.channel_id,
                 ch.phone_number_id, c.customer_key, c.wa_id, c.user_id",
     )
     .bind(msg.conversation_id)
+    .bind(msg.kind == "template")
     .fetch_optional(&mut *tx)
     .await?;
     let Some(Target {
@@ -212,10 +227,11 @@ pub async fn record_agent_message(
             return Ok(Recorded::WindowClosed { last });
         }
         let numbers: Vec<i32> = (0..).take(msg.parts.len()).collect();
+        let history_text = msg.history_text.filter(|_| owner == "bot");
         let inserted = sqlx::query(
             "INSERT INTO outbound_messages (conversation_id, channel_id, session_no, part_no, kind,
-                                            body, agent_ref, agent)
-             SELECT $1, $2, $3, p.part_no, $8, p.body, $4, $5
+                                            body, agent_ref, agent, history_text)
+             SELECT $1, $2, $3, p.part_no, $8, p.body, $4, $5, $9
                FROM unnest($6::int4[], $7::text[]) AS p(part_no, body)
              ON CONFLICT (conversation_id, agent_ref, part_no) WHERE agent_ref IS NOT NULL
              DO NOTHING",
@@ -228,6 +244,7 @@ pub async fn record_agent_message(
         .bind(&numbers)
         .bind(msg.parts)
         .bind(msg.kind)
+        .bind(history_text)
         .execute(&mut *tx)
         .await?;
         fresh = inserted.rows_affected() > 0;

@@ -32,6 +32,11 @@ pub const IMAGE_MARKER: &str = "[image]";
 /// `[document: factura.pdf] aquí está`.
 pub const DOCUMENT_MARKER: &str = "[document";
 
+/// How a business's template stands in the model's history when the bot answers after it (the
+/// template's text is Meta's; the model reads its name and parameters, redacted):
+/// `[template: order_shipped] #1042 | martes`.
+pub const TEMPLATE_MARKER: &str = "[template";
+
 /// How a transcribed voice note (or audio file) stands in a turn's text, before its transcript.
 pub const VOICE_MARKER: &str = "[voice note]";
 
@@ -54,7 +59,7 @@ struct ContextRow {
 /// For each `(message id, history limit)`: the message a reply job answers, with its
 /// conversation, and the last `history limit` turns of that conversation's current session up to
 /// the message, oldest first: the customer's messages (redacted) from stretches the bot handled,
-/// and the bot's replies. What humans handled and earlier sessions are left out. One query for
+/// the bot's replies, and the business's templates the bot answers after. What humans handled and earlier sessions are left out. One query for
 /// all; `None` for a message that does not exist.
 ///
 /// A handover's acknowledgement is one of the bot's turns: after a human gives the conversation
@@ -76,7 +81,7 @@ pub async fn reply_contexts(
              SELECT i.n, i.lim, m.id AS message_id, m.wamid, m.session_no,
                     c.id AS conversation_id, c.channel_id, c.owner, c.last_customer_message_at,
                     r.outcome AS reply_outcome, m.message_type, m.metadata->>'id' AS media_id,
-                    m.text_redacted IS NOT NULL AS has_text
+                    m.text_redacted IS NOT NULL AS has_text, m.received_at
                FROM input i
                JOIN messages m ON m.id = i.message_id
                JOIN conversations c ON c.id = m.conversation_id
@@ -114,11 +119,21 @@ pub async fn reply_contexts(
                             AND (m.text_redacted IS NOT NULL OR m.message_type IN ('image', 'document'))
                             AND m.action IN ('reply', 'handover')
                          UNION ALL
-                         SELECT FALSE, o.body, o.reply_to, o.id
+                         -- A reply sits after the message it answers; a business's template
+                         -- the bot answers after sits after the last message that came before
+                         -- it, and only one recorded before the message answered counts.
+                         SELECT FALSE, COALESCE(o.history_text, o.body),
+                                COALESCE(o.reply_to,
+                                         (SELECT coalesce(max(m.id), 0) FROM messages m
+                                           WHERE m.conversation_id = o.conversation_id
+                                             AND m.received_at <= o.created_at)),
+                                o.id
                            FROM outbound_messages o
                           WHERE o.conversation_id = ctx.conversation_id
-                            AND o.session_no = ctx.session_no AND o.reply_to < ctx.message_id
-                            AND o.kind IN ('reply', 'handover_ack')
+                            AND o.session_no = ctx.session_no
+                            AND (o.kind IN ('reply', 'handover_ack') AND o.reply_to < ctx.message_id
+                                 OR o.kind = 'template' AND o.history_text IS NOT NULL
+                                    AND o.created_at < ctx.received_at)
                             AND o.state IN ('pending', 'sending', 'accepted')
                      ) t
                      ORDER BY ord DESC, sub DESC

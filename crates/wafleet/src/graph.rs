@@ -489,19 +489,12 @@ fn transport_failure(e: &reqwest::Error) -> SendResult {
 }
 
 /// The error and its causes on one line, without the URL's query (there is none) or any header.
+/// A transport error as logs may show it (see [`crate::telemetry::http_error_text`]).
 fn describe(e: &reqwest::Error) -> String {
-    let mut text = if e.is_timeout() {
-        "timed out".to_owned()
-    } else {
-        e.to_string()
-    };
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
+    if e.is_timeout() {
+        return "timed out".to_owned();
     }
-    text
+    crate::telemetry::http_error_text(e)
 }
 
 fn rejected(status: u16, body: &[u8]) -> SendResult {
@@ -832,6 +825,26 @@ mod tests {
         assert_eq!(accepted_of(br#"{"messages":[]}"#), None);
         assert_eq!(accepted_of(br#"{"messages":[{"id":""}]}"#), None);
         assert_eq!(accepted_of(b"{"), None);
+    }
+
+    #[tokio::test]
+    async fn a_transport_error_does_not_show_the_urls_query() {
+        // Nothing listens on port 1: the connection is refused.
+        let e = reqwest::Client::new()
+            .get("http://127.0.0.1:1/whatsapp_business/attachments/?mid=77&hash=SIGNED")
+            .send()
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("SIGNED"), "reqwest shows it: {e}");
+        let shown = describe(&e);
+        assert!(
+            !shown.contains("SIGNED") && !shown.contains("mid="),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("127.0.0.1:1/whatsapp_business/attachments/"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -11,6 +11,26 @@ use std::sync::OnceLock;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
+/// An HTTP client error as logs and error messages may show it: reqwest's message with its
+/// causes (the outermost is often just "error sending request"), and the URL without its query,
+/// since a media download URL carries Meta's signature of a customer's file (`…?mid=…&hash=…`)
+/// and a self-hosted model's URL may carry a key. reqwest never shows headers.
+pub fn http_error_text(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    if let Some(url) = e.url().filter(|u| u.query().is_some()) {
+        let mut shown = url.clone();
+        shown.set_query(None);
+        text = text.replace(url.as_str(), shown.as_str());
+    }
+    text
+}
+
 /// Buckets for request and job latencies, in seconds: fine-grained under 10 ms, where ingest lives.
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,

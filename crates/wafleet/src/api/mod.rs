@@ -270,13 +270,18 @@ impl From<AgentError> for ApiError {
     }
 }
 
-/// The bearer token of a request, if it has one.
+/// The bearer token of a request, if it has one. The scheme's name is case-insensitive
+/// (RFC 9110 §11.1: `bearer`, `BEARER` are `Bearer` too).
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+    let value = headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .trim_start();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
         .filter(|t| !t.is_empty())
 }
 
@@ -941,6 +946,27 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case() {
+        let of = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+            bearer(&headers).map(str::to_string)
+        };
+        for ok in [
+            "Bearer wfa_1",
+            "bearer wfa_1",
+            "BEARER  wfa_1 ",
+            " Bearer wfa_1",
+        ] {
+            assert_eq!(of(ok).as_deref(), Some("wfa_1"), "{ok:?}");
+        }
+        for none in ["Basic wfa_1", "Bearer", "Bearer  ", "Bearerwfa_1", "wfa_1"] {
+            assert_eq!(of(none), None, "{none:?}");
+        }
+        assert_eq!(bearer(&HeaderMap::new()), None);
+    }
 
     #[test]
     fn only_stream_ids_resume_an_event_stream() {

@@ -191,21 +191,12 @@ async fn read_body(response: &mut reqwest::Response) -> Result<Vec<u8>, LlmError
     Ok(body)
 }
 
-/// Connection refused, reset, TLS failure, cut body: all worth another try. reqwest's messages
-/// name the URL (never a header), so they are safe to keep.
+/// Connection refused, reset, TLS failure, cut body: all worth another try.
 fn transport_error(error: reqwest::Error) -> LlmError {
     if error.is_timeout() {
         return LlmError::Timeout;
     }
-    let mut message = error.to_string();
-    // The outermost message is often just "error sending request"; the cause says why.
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    LlmError::Transient(message)
+    LlmError::Transient(crate::telemetry::http_error_text(&error))
 }
 
 fn to_error(class: LlmErrorClass, status: u16, body: &[u8]) -> LlmError {

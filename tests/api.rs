@@ -1127,6 +1127,78 @@ async fn the_bot_answers_a_reply_to_a_template_knowing_what_the_template_said() 
 }
 
 #[tokio::test]
+async fn the_model_reads_a_template_in_the_wording_the_customer_read() {
+    let s = system().await;
+    let pg = &s.pg;
+    // The business account is configured: the sender reads the template's wording from Meta.
+    sqlx::query("UPDATE channels SET waba_id = '102290129340398' WHERE phone_number_id = $1")
+        .bind(SHOP)
+        .execute(pg)
+        .await
+        .unwrap();
+    let (api, shop) = (&s.api, &s.shop);
+    let start = |key: &str, to: &str, name: &str, params: Value| {
+        let body = json!({"to": to, "name": name, "language": "es", "params": params,
+                          "answered_by": "bot"});
+        let key = key.to_string();
+        async move {
+            api.call(
+                reqwest::Method::POST,
+                &format!("/api/v1/channels/{SHOP}/templates"),
+                Some(shop),
+                Some(&key),
+                Some(body),
+            )
+            .await
+        }
+    };
+    let (status, _) = start(
+        "w1",
+        "573005550160",
+        "order_delayed",
+        json!(["#77", "ana@example.com"]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    // A template Meta does not have keeps its name and parameters.
+    let (status, _) = start("w2", "573005550161", "no_such_template", json!(["#78"])).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    s.sent(2).await;
+    s.customer_writes(SHOP, "573005550160", "wamid.W1", 3).await;
+    s.customer_writes(SHOP, "573005550161", "wamid.W2", 4).await;
+
+    let systems: Vec<String> = s
+        .sim
+        .state
+        .llm_requests()
+        .iter()
+        .map(|r| {
+            r.body["messages"][0]["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let wording = systems
+        .iter()
+        .find(|p| p.contains("#77"))
+        .expect("the first customer's request");
+    assert!(
+        wording.contains("> Tu pedido #77 se retrasa: llegará el [EMAIL]. Disculpa las molestias."),
+        "{wording}"
+    );
+    assert!(!wording.contains("ana@example.com") && !wording.contains("[template"));
+    let named = systems
+        .iter()
+        .find(|p| p.contains("#78"))
+        .expect("the second customer's request");
+    assert!(
+        named.contains("> [template: no_such_template] #78"),
+        "{named}"
+    );
+}
+
+#[tokio::test]
 async fn a_mexican_customer_dialled_without_the_1_answers_in_the_conversation_the_agent_holds() {
     let s = system().await;
     let api = &s.api;

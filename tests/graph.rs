@@ -233,3 +233,53 @@ async fn mark_read_and_typing_are_sent_and_failures_say_whether_to_retry() {
     assert!(!error.is_retryable());
     assert!(!error.to_string().contains("expired"), "no token in errors");
 }
+
+#[tokio::test]
+async fn a_templates_wording_is_read_from_the_business_account() {
+    let sim = sim().await;
+    let graph = client(&sim.url);
+    let found = graph
+        .template_text(TOKEN, "102290129340398", "order_shipped", "es")
+        .await
+        .unwrap()
+        .expect("the account has it");
+    assert_eq!(found.header.as_deref(), Some("Pedido en camino"));
+    assert!(
+        found
+            .body
+            .unwrap()
+            .contains("Tu pedido {{1}} ya va en camino")
+    );
+    assert_eq!(found.footer.as_deref(), Some("Tienda Sol"));
+    // Another language of it, a name Meta matches only in part, a name it does not have.
+    let english = graph
+        .template_text(TOKEN, "102290129340398", "order_shipped", "en_us")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(english.footer, None);
+    for (name, language) in [("order", "es"), ("order_shipped", "pt_BR"), ("nope", "es")] {
+        assert_eq!(
+            graph
+                .template_text(TOKEN, "102290129340398", name, language)
+                .await
+                .unwrap(),
+            None,
+            "{name} {language}"
+        );
+    }
+    // A wrong token is Meta's refusal; an id that would change the path is never sent.
+    assert!(matches!(
+        graph.template_text("wrong", "102290129340398", "order_shipped", "es").await,
+        Err(GraphCallError::Rejected { error, .. }) if error.code == 190
+    ));
+    assert!(matches!(
+        graph
+            .template_text(TOKEN, "1/../2", "order_shipped", "es")
+            .await,
+        Err(GraphCallError::Transport {
+            maybe_sent: false,
+            ..
+        })
+    ));
+}

@@ -312,9 +312,11 @@ async fn busy_senders_taking_scheduled_slots_reach_the_rate_and_never_pass_it() 
     slots.sort();
     let in_run = slots.iter().filter(|t| **t < RUN).count();
     eprintln!("{in_run} slots due within {RUN:?} at {RATE}/s");
-    // Every interval of the run has its send (a slot or two of slack for the clocks).
+    // Every interval of the run has its send, but for a twentieth: slack for the clocks and for
+    // senders the loaded test machine stalls past a slot (a stall of 65 ms cost 13 slots in a
+    // full run). Senders that only took the next free instant lose about a fifth.
     assert!(
-        in_run as f64 >= RATE * RUN.as_secs_f64() - 2.0,
+        in_run as f64 >= 0.95 * RATE * RUN.as_secs_f64(),
         "only {in_run} slots in {RUN:?} at {RATE}/s"
     );
     // And never more than the rate: slots are one interval apart. Measured on this side of the

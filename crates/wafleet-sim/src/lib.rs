@@ -13,6 +13,7 @@
 //! - `graph`: `POST /{version}/{phone_number_id}/messages` (auth, validation, throughput and pair
 //!   limits, fault injection) and the status webhooks it sends afterwards.
 //! - `media`: `GET /{version}/{media_id}` and the download it points to, customers' media files.
+//! - `templates`: `GET /{version}/{waba_id}/message_templates`, a business account's templates.
 //! - `llm`: `POST /v1/chat/completions` (also `/chat/completions`, DeepSeek's path) and
 //!   `POST /v1/messages`, canned context-aware answers in the customer's language, and
 //!   `POST /v1/audio/transcriptions`, OpenAI's speech to text.
@@ -33,6 +34,7 @@
 mod graph;
 mod llm;
 mod media;
+mod templates;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -248,6 +250,10 @@ pub fn router(state: SimState) -> Router {
         .route("/v1/audio/transcriptions", post(llm::transcriptions))
         .route("/audio/transcriptions", post(llm::transcriptions))
         .route("/{version}/{media_id}", get(media::info))
+        .route(
+            "/{version}/{waba_id}/message_templates",
+            get(templates::list),
+        )
         .route("/_sim/media/{media_id}", get(media::download))
         .route("/_sim/faults", post(add_fault))
         .route("/_sim/llm_faults", post(add_llm_fault))

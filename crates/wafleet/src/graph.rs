@@ -159,17 +159,16 @@ impl GraphClient {
     }
 
     fn messages_url(&self, phone_number_id: &str) -> Option<String> {
-        // The id becomes a URL path segment: refuse anything that could change the path or query.
-        let valid = !phone_number_id.is_empty()
-            && phone_number_id
+        self.edge_url(phone_number_id, "messages")
+    }
+
+    /// `{base}/{version}/{id}/{edge}`, for an id that cannot change the path or query.
+    fn edge_url(&self, id: &str, edge: &str) -> Option<String> {
+        let valid = !id.is_empty()
+            && id
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        valid.then(|| {
-            format!(
-                "{}/{}/{}/messages",
-                self.base_url, self.version, phone_number_id
-            )
-        })
+        valid.then(|| format!("{}/{}/{id}/{edge}", self.base_url, self.version))
     }
 
     /// Sends one text message. Never retries by itself.
@@ -275,6 +274,122 @@ impl GraphClient {
         if let Err(e) = &outcome {
             tracing::warn!(phone_number_id, call = label, error = %e, "Graph API call failed");
         }
+        outcome
+    }
+}
+
+impl GraphClient {
+    /// The wording of a business account's approved template (`GET /{version}/{waba_id}/
+    /// message_templates?name=…`): its text header, body and footer in `language`. `Ok(None)`
+    /// when the account has no approved template of that name and language.
+    pub async fn template_text(
+        &self,
+        token: &str,
+        waba_id: &str,
+        name: &str,
+        language: &str,
+    ) -> Result<Option<wafleet_core::format::template::TemplateText>, GraphCallError> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            data: Vec<Template>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Template {
+            name: String,
+            language: String,
+            status: Option<String>,
+            #[serde(default)]
+            components: Vec<Component>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Component {
+            #[serde(rename = "type")]
+            kind: String,
+            format: Option<String>,
+            text: Option<String>,
+        }
+        let Some(url) = self.edge_url(waba_id, "message_templates") else {
+            return Err(GraphCallError::Transport {
+                reason: "waba_id is not a Graph API id".into(),
+                maybe_sent: false,
+            });
+        };
+        let started = Instant::now();
+        let sent = self
+            .http
+            .get(url)
+            .bearer_auth(token)
+            .query(&[
+                ("name", name),
+                ("fields", "name,language,status,components"),
+                ("limit", "100"),
+            ])
+            .send()
+            .await;
+        let outcome = async {
+            let response = sent.map_err(|e| GraphCallError::Transport {
+                reason: describe(&e),
+                maybe_sent: !e.is_connect(),
+            })?;
+            let status = response.status().as_u16();
+            let body = response
+                .bytes()
+                .await
+                .map_err(|e| GraphCallError::Transport {
+                    reason: describe(&e),
+                    maybe_sent: true,
+                })?;
+            if !response_is_2xx(status) {
+                let SendResult::Rejected {
+                    http_status,
+                    error,
+                    class,
+                } = rejected(status, &body)
+                else {
+                    unreachable!("rejected() only builds Rejected")
+                };
+                return Err(GraphCallError::Rejected {
+                    http_status,
+                    error,
+                    class,
+                });
+            }
+            let page: Page =
+                serde_json::from_slice(&body).map_err(|e| GraphCallError::Transport {
+                    reason: format!(
+                        "unexpected answer: {}",
+                        wafleet_core::json_error_without_input(&e)
+                    ),
+                    maybe_sent: true,
+                })?;
+            // `name` filters by part of the name: the exact one is picked here.
+            let found = page.data.into_iter().find(|t| {
+                t.name == name
+                    && t.language.eq_ignore_ascii_case(language)
+                    && t.status.as_deref().is_none_or(|s| s == "APPROVED")
+            });
+            Ok(found.map(|t| {
+                let text_of = |kind: &str| {
+                    t.components
+                        .iter()
+                        .find(|c| {
+                            c.kind.eq_ignore_ascii_case(kind)
+                                && c.format
+                                    .as_deref()
+                                    .is_none_or(|f| f.eq_ignore_ascii_case("TEXT"))
+                        })
+                        .and_then(|c| c.text.clone())
+                };
+                wafleet_core::format::template::TemplateText {
+                    header: text_of("HEADER"),
+                    body: text_of("BODY"),
+                    footer: text_of("FOOTER"),
+                }
+            }))
+        }
+        .await;
+        metrics::histogram!("wafleet_graph_call_seconds", "call" => "template")
+            .record(started.elapsed().as_secs_f64());
         outcome
     }
 }

@@ -1,4 +1,5 @@
-//! Markdown → WhatsApp formatting, and splitting replies into parts WhatsApp accepts.
+//! Markdown → WhatsApp formatting, splitting replies into parts WhatsApp accepts, and a
+//! template's wording with its parameters ([`template`]).
 //!
 //! Owns the text transformations between the LLM's answer and the Graph API's `text.body`; it does
 //! not send anything, and it does not decide *how many* parts are acceptable (the sender weighs
@@ -36,6 +37,7 @@
 
 mod markdown;
 pub mod split;
+pub mod template;
 
 pub use markdown::markdown_to_whatsapp;
 pub use split::{WHATSAPP_MAX_CHARS, split_message};

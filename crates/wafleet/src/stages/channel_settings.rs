@@ -31,6 +31,8 @@ pub const DEFAULT_CANNED_REPLY: &str = "Gracias por escribirnos. En este momento
 pub struct ChannelSettings {
     pub id: i64,
     pub phone_number_id: String,
+    /// The WhatsApp Business Account (where its templates' wording is read), when configured.
+    pub waba_id: Option<String>,
     pub enabled: bool,
     pub bot_mode: BotMode,
     pub session_timeout_secs: i64,
@@ -113,6 +115,7 @@ impl ChannelSettings {
 struct Row {
     id: i64,
     phone_number_id: String,
+    waba_id: Option<String>,
     enabled: bool,
     bot_mode: String,
     session_timeout_secs: i32,
@@ -234,7 +237,7 @@ impl ChannelCache {
             return Ok(v);
         }
         let row: Option<Row> = sqlx::query_as(
-            "SELECT id, phone_number_id, enabled, bot_mode, session_timeout_secs, handover_keywords,
+            "SELECT id, phone_number_id, waba_id, enabled, bot_mode, session_timeout_secs, handover_keywords,
                     handover_ack, media_notice, system_prompt, history_limit, canned_reply,
                     send_rate_per_sec, pair_burst, sends_paused_until, access_token,
                     business_hours, business_hours_tz, after_hours_ack, images_to_model,
@@ -317,6 +320,7 @@ impl ChannelCache {
             own_chain: !rows.is_empty(),
             id: r.id,
             phone_number_id: r.phone_number_id.clone(),
+            waba_id: r.waba_id.clone(),
             enabled: r.enabled,
             bot_mode: r.bot_mode.parse().unwrap_or(BotMode::Off),
             session_timeout_secs: i64::from(r.session_timeout_secs),

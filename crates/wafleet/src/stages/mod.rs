@@ -10,6 +10,7 @@ pub mod llm;
 pub mod process;
 pub mod sender;
 pub mod status;
+pub mod wording;
 
 use crate::streams::Keys;
 

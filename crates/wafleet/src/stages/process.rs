@@ -437,6 +437,8 @@ pub async fn run(
                     graph: graph.clone(),
                     limiter: RateLimiter::new(common.redis_prefix.clone()),
                     policy: Arc::new(settings.send.clone()),
+                    redactor: redactor.clone(),
+                    wordings: Default::default(),
                 };
                 stages.push(sender::STAGE);
                 tasks.spawn(worker::run_stage(runtime(

@@ -216,6 +216,9 @@ pub struct SenderStage {
     pub graph: GraphClient,
     pub limiter: RateLimiter,
     pub policy: Arc<SendPolicy>,
+    /// Redacts the wording of templates the model reads.
+    pub redactor: Arc<wafleet_core::pii::Redactor>,
+    pub wordings: super::wording::Wordings,
 }
 
 fn db(doing: &'static str) -> impl Fn(sqlx::Error) -> Outcome {
@@ -377,6 +380,11 @@ impl SenderStage {
         } else {
             None
         };
+        if let Some(t) = &template {
+            self.wordings
+                .fill(&self.pg, &self.graph, &self.redactor, channel, part, t)
+                .await;
+        }
         if template.is_none() && !window_open(part.last_customer_message_at, Utc::now()) {
             replies::mark_failed(&self.pg, part.id, None, WINDOW_CLOSED)
                 .await

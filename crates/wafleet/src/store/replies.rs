@@ -346,15 +346,32 @@ pub struct Part {
     /// Why a `failed` part failed: Meta's code, or our reason.
     pub error_code: Option<i32>,
     pub fail_reason: Option<String>,
+    /// What the model reads of it, when that is not its body (a template the bot answers after).
+    pub history_text: Option<String>,
 }
 
 const PART: &str = "SELECT o.id, o.conversation_id, o.channel_id, o.kind, o.part_no, o.body, o.state,
         o.attempts, o.sending_at, o.created_at, COALESCE(o.retries_since, o.created_at) AS retries_since,
         m.wamid AS inbound_wamid, o.reply_to, c.wa_id, c.user_id,
-        c.last_customer_message_at, o.error_code, o.fail_reason
+        c.last_customer_message_at, o.error_code, o.fail_reason, o.history_text
    FROM outbound_messages o
    JOIN conversations c ON c.id = o.conversation_id
    LEFT JOIN messages m ON m.id = o.reply_to";
+
+/// Replaces what the model reads of a template part, its name and parameters, with its wording
+/// (redacted), unless that was done already.
+pub async fn set_template_wording(pool: &PgPool, part_id: i64, text: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE outbound_messages SET history_text = $2
+          WHERE id = $1 AND kind = 'template' AND starts_with(history_text, $3)",
+    )
+    .bind(part_id)
+    .bind(text)
+    .bind(TEMPLATE_MARKER)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
 
 /// Parts by id, in the order given (the parts of an agent's message, or a single part); ids
 /// that do not exist are left out.

@@ -890,6 +890,16 @@ async fn an_admin_keeps_a_numbers_knowledge_base_through_the_api() {
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    // A title past what an index row takes is the request's fault, not an outage to retry.
+    let (status, body) = p
+        .api
+        .put(
+            &entry(&"título".repeat(500)),
+            &p.admin,
+            json!({"text": text}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     let (status, _) = p
         .api
         .put(
@@ -1196,6 +1206,22 @@ async fn the_model_reads_a_template_in_the_wording_the_customer_read() {
         named.contains("> [template: no_such_template] #78"),
         "{named}"
     );
+
+    // Erasing the customer erases what the model read of the template too.
+    let (mut con, keys) = (s.cfg.redis().await, s.cfg.keys());
+    wafleet::erasure::erase_customer(pg, &mut con, &keys, SHOP, "573005550160")
+        .await
+        .unwrap()
+        .expect("the customer is found");
+    let kept: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT o.history_text FROM outbound_messages o
+           JOIN conversations c ON c.id = o.conversation_id
+          WHERE c.customer_key LIKE 'erased:%' AND o.kind = 'template'",
+    )
+    .fetch_all(pg)
+    .await
+    .unwrap();
+    assert_eq!(kept, [None]);
 }
 
 #[tokio::test]

@@ -1301,6 +1301,62 @@ async fn an_acceptance_recorded_after_its_failed_status_says_so() {
 }
 
 #[tokio::test]
+async fn the_models_history_leaves_out_messages_a_human_answered_while_the_bot_had_them() {
+    let e = env().await;
+    // Three messages while the bot has the conversation.
+    e.send("57300", "wamid.H1", T0, "quiero un reembolso").await;
+    e.send("57300", "wamid.H2", T0 + 1, "pedido 1234").await;
+    e.send("57300", "wamid.H3", T0 + 2, "hola de nuevo").await;
+    e.send("57300", "wamid.H4", T0 + 3, "sigo esperando").await;
+    e.stored(4).await;
+    e.wait_followups().await;
+    let ids: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT id, conversation_id FROM messages ORDER BY wamid")
+            .fetch_all(&e.pg)
+            .await
+            .unwrap();
+    // H1's reply was suppressed at the send (a human took over); H2's job found the human
+    // owner; H3 was answered by the bot.
+    sqlx::query(
+        "INSERT INTO replies (message_id, conversation_id, outcome) VALUES
+            ($1, $4, 'produced'), ($2, $4, 'suppressed'), ($3, $4, 'produced')",
+    )
+    .bind(ids[0].0)
+    .bind(ids[1].0)
+    .bind(ids[2].0)
+    .bind(ids[0].1)
+    .execute(&e.pg)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO outbound_messages (conversation_id, channel_id, session_no, reply_to, kind,
+                                        body, state)
+         SELECT conversation_id, channel_id, session_no, m.id, 'reply', b.body, b.state
+           FROM messages m JOIN (VALUES ($1::int8, 'un momento', 'suppressed'),
+                                        ($2::int8, '¡hola!', 'accepted')) b(id, body, state)
+             ON b.id = m.id",
+    )
+    .bind(ids[0].0)
+    .bind(ids[2].0)
+    .execute(&e.pg)
+    .await
+    .unwrap();
+    let mut con = e.pg.acquire().await.unwrap();
+    let found = wafleet::store::replies::reply_contexts(&mut con, &[(ids[3].0, 20)])
+        .await
+        .unwrap();
+    let (_, turns) = found[0].clone().expect("the message answered");
+    assert_eq!(
+        turns,
+        [
+            (true, "hola de nuevo".to_string()),
+            (false, "¡hola!".to_string()),
+            (true, "sigo esperando".to_string()),
+        ]
+    );
+}
+
+#[tokio::test]
 async fn an_acceptance_re_keys_the_conversation_by_the_wa_id_meta_named_unless_it_is_taken() {
     use wafleet::store::conversations::{Accepted, record_accepted_many};
     let e = env().await;

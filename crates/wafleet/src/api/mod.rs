@@ -498,8 +498,29 @@ fn queued(id: i64, reference: &str, q: &agents::Queued) -> Response {
 fn body<T: serde::de::DeserializeOwned>(
     body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
 ) -> Result<T, ApiError> {
-    let Json(body) = body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let Json(body) =
+        body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, without_value(&e.body_text())))?;
     Ok(body)
+}
+
+/// serde's "invalid type: string "s3cr3t", expected a sequence" without the value it quotes,
+/// which can be a secret given in the wrong shape (`"app_secrets": "…"`) or a customer's text:
+/// what is wrong and where stays (`app_secrets: invalid type, expected a sequence at line 1…`).
+fn without_value(text: &str) -> String {
+    for phrase in ["invalid type: ", "invalid value: "] {
+        if let Some(start) = text.find(phrase)
+            && let Some(end) = text.rfind(", expected")
+            && end > start
+        {
+            return format!(
+                "{}{}{}",
+                &text[..start],
+                phrase.trim_end_matches(": "),
+                &text[end..]
+            );
+        }
+    }
+    text.to_string()
 }
 
 /// Text Postgres would refuse (a NUL character) is refused here, as the request's fault.
@@ -946,6 +967,24 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_body_is_described_without_the_value_it_held() {
+        assert_eq!(
+            without_value(
+                "Failed to deserialize the JSON body into the target type: app_secrets: invalid \
+                 type: string \"s3cr3t, expected x\", expected a sequence at line 1 column 24"
+            ),
+            "Failed to deserialize the JSON body into the target type: app_secrets: invalid \
+             type, expected a sequence at line 1 column 24"
+        );
+        assert_eq!(
+            without_value("verify_token: invalid value: integer `123456`, expected a string"),
+            "verify_token: invalid value, expected a string"
+        );
+        let missing = "missing field `text` at line 1 column 2";
+        assert_eq!(without_value(missing), missing);
+    }
 
     #[test]
     fn the_bearer_scheme_is_read_in_any_case() {

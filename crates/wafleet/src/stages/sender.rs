@@ -518,11 +518,14 @@ impl SenderStage {
                 metrics::counter!("wafleet_sender_sends_total", "result" => "accepted")
                     .increment(1);
                 let mut accepted = Accepted::new(part.id, wamid);
-                // Meta names the customer otherwise than the number dialled: their answers will
-                // come from that wa_id, and must find this conversation.
+                // Meta names the customer by the other notation of the number dialled (a
+                // Mexican or Brazilian mobile): their answers will come from that wa_id, and
+                // must find this conversation. Only that notation: a number taken over by
+                // another form would no longer be found by the number the business has (its
+                // retried request, an erasure, the allowlist all look for the number's forms).
                 if let (Recipient::Phone(dialled), Some(wa_id)) = (to, wa_id)
-                    && wa_id.bytes().all(|b| b.is_ascii_digit())
-                    && wa_id != dialled.trim_start_matches('+')
+                    && wafleet_core::phone::other_form(dialled.trim_start_matches('+'))
+                        .is_some_and(|other| other == wa_id)
                 {
                     metrics::counter!("wafleet_sender_customer_renamed_total").increment(1);
                     tracing::info!(

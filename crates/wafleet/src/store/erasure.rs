@@ -180,6 +180,7 @@ async fn scrub(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<(u64, u64)>
     let outbound = sqlx::query(
         "UPDATE outbound_messages
             SET body = '',
+                history_text = NULL,
                 wamid = CASE WHEN wamid IS NULL OR wamid LIKE 'erased:%' THEN wamid
                              ELSE erased_wamid(wamid)
                         END,
@@ -187,7 +188,7 @@ async fn scrub(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<(u64, u64)>
                                    ELSE fail_reason END,
                 state = CASE WHEN state = 'pending' THEN 'failed' ELSE state END
           WHERE conversation_id = ANY($1)
-            AND (body <> '' OR state = 'pending'
+            AND (body <> '' OR state = 'pending' OR history_text IS NOT NULL
                  OR (wamid IS NOT NULL AND wamid NOT LIKE 'erased:%'))",
     )
     .bind(ids)

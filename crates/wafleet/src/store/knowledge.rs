@@ -8,6 +8,10 @@ use sqlx::PgPool;
 /// The longest entry body taken: a few entries go into every request to the model.
 pub const MAX_BODY_CHARS: usize = 4000;
 
+/// The longest title taken: a title names an entry (and is unique per channel, so it is in an
+/// index whose rows Postgres caps at about 2.7 kB).
+pub const MAX_TITLE_CHARS: usize = 200;
+
 /// What adding an entry did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Put {
@@ -27,6 +31,11 @@ pub const DEFAULT_LANGUAGE: &str = "simple";
 pub fn check(title: &str, body: &str) -> Result<(), String> {
     if title.trim().is_empty() {
         return Err("give the entry a title".into());
+    }
+    if title.chars().count() > MAX_TITLE_CHARS {
+        return Err(format!(
+            "the title is longer than {MAX_TITLE_CHARS} characters: name the entry, put the text in its body"
+        ));
     }
     if body.trim().is_empty() {
         return Err("the entry is empty".into());

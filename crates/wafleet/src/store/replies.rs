@@ -118,6 +118,14 @@ pub async fn reply_contexts(
                             AND m.owner_at_arrival = 'bot'
                             AND (m.text_redacted IS NOT NULL OR m.message_type IN ('image', 'document'))
                             AND m.action IN ('reply', 'handover')
+                            -- What a human answered instead of the bot, though it came while the
+                            -- bot had the conversation (a human took it while the message waited,
+                            -- or its 24 hours had passed), is the human's stretch too.
+                            AND (m.id = ctx.message_id
+                                 OR NOT EXISTS (SELECT 1 FROM replies r WHERE r.message_id = m.id
+                                                   AND r.outcome IN ('suppressed', 'window_closed'))
+                                    AND NOT EXISTS (SELECT 1 FROM outbound_messages s
+                                                     WHERE s.reply_to = m.id AND s.state = 'suppressed'))
                          UNION ALL
                          -- A reply sits after the message it answers; a business's template
                          -- the bot answers after sits after the last message that came before
@@ -359,11 +367,12 @@ const PART: &str = "SELECT o.id, o.conversation_id, o.channel_id, o.kind, o.part
    LEFT JOIN messages m ON m.id = o.reply_to";
 
 /// Replaces what the model reads of a template part, its name and parameters, with its wording
-/// (redacted), unless that was done already.
+/// (redacted), unless that was done already or the customer was erased meanwhile (erasure
+/// empties the body and the history text).
 pub async fn set_template_wording(pool: &PgPool, part_id: i64, text: &str) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE outbound_messages SET history_text = $2
-          WHERE id = $1 AND kind = 'template' AND starts_with(history_text, $3)",
+          WHERE id = $1 AND kind = 'template' AND starts_with(history_text, $3) AND body <> ''",
     )
     .bind(part_id)
     .bind(text)

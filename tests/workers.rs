@@ -783,6 +783,134 @@ async fn an_ambiguous_send_is_reconciled_by_the_callback_id_its_status_echoes() 
 }
 
 #[tokio::test]
+async fn a_late_status_of_a_failed_send_does_not_take_the_part_reopened_for_a_resend() {
+    use wafleet::store::conversations::{Status, StatusApplied, apply_statuses};
+    let e = env().await;
+    let id = e.parts_of_one_reply(1, None).await[0];
+    // The first send was accepted, then failed with a code worth another try; the sender
+    // reopened the part and waits for the pair budget before claiming it again.
+    sqlx::query(
+        "UPDATE outbound_messages SET state = 'failed', attempts = 1, wamid = 'wamid.F1',
+                delivery = 'failed', delivery_rank = 4, error_code = 131000 WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&e.pg)
+    .await
+    .unwrap();
+    wafleet::store::replies::reopen_failed(&e.pg, id)
+        .await
+        .unwrap();
+    // Meta's `sent` of the failed message comes late, with that send's callback.
+    let late = Status {
+        wamid: "wamid.F1".into(),
+        status: "sent".into(),
+        rank: 1,
+        at: None,
+        error_code: None,
+        error_title: None,
+        callback: Some(wafleet::crypto::Callback {
+            outbound_id: id,
+            send_try: Some(1),
+        }),
+    };
+    let mut con = e.pg.acquire().await.unwrap();
+    let applied = apply_statuses(&mut con, std::slice::from_ref(&late))
+        .await
+        .unwrap();
+    assert_eq!(applied, [StatusApplied::Kept]);
+    let row: (String, Option<String>) =
+        sqlx::query_as("SELECT state, wamid FROM outbound_messages WHERE id = $1")
+            .bind(id)
+            .fetch_one(&e.pg)
+            .await
+            .unwrap();
+    assert_eq!(
+        row,
+        ("pending".to_string(), None),
+        "the resend still goes out"
+    );
+
+    // Once the resend is claimed (try 2), a status of try 2 reconciles it as before.
+    let claimed = wafleet::store::replies::claim_many(&mut con, &[id])
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let resend = Status {
+        wamid: "wamid.F2".into(),
+        callback: Some(wafleet::crypto::Callback {
+            outbound_id: id,
+            send_try: Some(2),
+        }),
+        ..late
+    };
+    let applied = apply_statuses(&mut con, &[resend]).await.unwrap();
+    assert!(
+        matches!(applied[0], StatusApplied::Advanced { .. }),
+        "{applied:?}"
+    );
+    let row: (String, Option<String>, Option<i32>) =
+        sqlx::query_as("SELECT state, wamid, error_code FROM outbound_messages WHERE id = $1")
+            .bind(id)
+            .fetch_one(&e.pg)
+            .await
+            .unwrap();
+    assert_eq!(
+        row,
+        ("accepted".to_string(), Some("wamid.F2".to_string()), None)
+    );
+}
+
+#[tokio::test]
+async fn a_re_engagement_failure_recorded_by_a_run_that_stopped_still_hands_over_on_redelivery() {
+    use wafleet::store::conversations::{Status, apply_statuses};
+    let e = env().await;
+    let id = e.parts_of_one_reply(1, Some("wamid.RE")).await[0];
+    e.record_accepted(id, "wamid.RE0").await;
+    let failed = |at: i64| {
+        status_body(
+            PNID,
+            serde_json::json!([{"id": "wamid.RE0", "status": "failed", "timestamp": at.to_string(),
+                "recipient_id": "57300",
+                "errors": [{"code": 131047, "title": "Re-engagement message"}]}]),
+        )
+    };
+    // A run applied Meta's 131047 failure and stopped before handing the conversation over.
+    let mut con = e.pg.acquire().await.unwrap();
+    apply_statuses(
+        &mut con,
+        &[Status {
+            wamid: "wamid.RE0".into(),
+            status: "failed".into(),
+            rank: 4,
+            at: None,
+            error_code: Some(131047),
+            error_title: Some("Re-engagement message".into()),
+            callback: None,
+        }],
+    )
+    .await
+    .unwrap();
+    // Its redelivery finds the status applied already, and makes the handover.
+    e.post(&failed(T0 + 5)).await;
+    let owner = || async {
+        sqlx::query_scalar::<_, String>("SELECT owner FROM conversations")
+            .fetch_one(&e.pg)
+            .await
+            .unwrap()
+    };
+    eventually("the handover", Duration::from_secs(20), || async {
+        (owner().await == "human").then_some(())
+    })
+    .await;
+    let handovers: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM handover_events WHERE reason = 're_engagement'")
+            .fetch_one(&e.pg)
+            .await
+            .unwrap();
+    assert_eq!(handovers, 1);
+}
+
+#[tokio::test]
 async fn statuses_applied_together_each_get_their_own_result() {
     use wafleet::store::conversations::{Status, StatusApplied, apply_statuses};
     let e = env().await;

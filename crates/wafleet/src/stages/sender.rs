@@ -580,6 +580,10 @@ impl SenderStage {
     /// Records Meta's acceptance of a part. If Postgres will not take it, the wamid is kept in
     /// Redis first, so the job's next run records it from there: the part stays `sending`, and
     /// without the wamid a run after `ambiguous_resend_after` would send it a second time.
+    ///
+    /// Recording (or keeping) runs in a task of its own that the job awaits: a job cut off by
+    /// its deadline meanwhile (a slow Postgres, a long reply) drops only the waiting, never the
+    /// record of a message Meta already took.
     async fn record_acceptance(
         &self,
         job: &Job,
@@ -594,20 +598,33 @@ impl SenderStage {
             Some(wa_id) => format!("{} {wa_id}", accepted.wamid),
             None => accepted.wamid.clone(),
         };
-        let acceptance = match self.writes.accepts.run(accepted).await {
-            Ok(a) => a,
+        let (accepts, redis, part_id) = (self.writes.accepts.clone(), self.redis.clone(), part.id);
+        let kept_key = key.clone();
+        let recording = tokio::spawn(async move {
+            match accepts.run(accepted).await {
+                Ok(a) => Ok(a),
+                Err(e) => {
+                    let outcome = batch_outcome(&e, "recording the send");
+                    let mut con = redis.get().await.map_err(redis_down)?;
+                    let _: () = con
+                        .set_ex(&kept_key, &stash, UNRECORDED_WAMID_TTL.as_secs())
+                        .await
+                        .map_err(redis_down)?;
+                    tracing::warn!(
+                        outbound_id = part_id,
+                        "accepted send not recorded yet; its wamid is kept in Redis"
+                    );
+                    Err(outcome)
+                }
+            }
+        });
+        let acceptance = match recording.await {
+            Ok(recorded) => recorded?,
             Err(e) => {
-                let outcome = batch_outcome(&e, "recording the send");
-                let mut con = self.redis.get().await.map_err(redis_down)?;
-                let _: () = con
-                    .set_ex(&key, &stash, UNRECORDED_WAMID_TTL.as_secs())
-                    .await
-                    .map_err(redis_down)?;
-                tracing::warn!(
-                    outbound_id = part.id,
-                    "accepted send not recorded yet; its wamid is kept in Redis"
-                );
-                return Err(outcome);
+                // Only a panic or a runtime shutting down ends the task unfinished.
+                return Err(Outcome::Unavailable {
+                    reason: format!("recording the send stopped: {e}"),
+                });
             }
         };
         // Only a wamid read back from Redis has a key to clear (a leftover only costs its TTL):

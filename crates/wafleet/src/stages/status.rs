@@ -108,6 +108,25 @@ impl Handler for StatusStage {
         {
             return outcome;
         }
+        // A redelivery of a status the run before recorded (it stopped before handing over):
+        // the handover is made now, unless one was made or undone since.
+        if applied == StatusApplied::Stale
+            && s.status == "failed"
+            && s.error_code == Some(RE_ENGAGEMENT)
+        {
+            let pending = store_replies::re_engagement_pending(&self.pg, &s.wamid)
+                .await
+                .map_err(|e| db_outcome(&e, "reading the failed part"));
+            match pending {
+                Ok(Some(conversation_id)) => {
+                    if let Err(outcome) = self.re_engagement(conversation_id, job).await {
+                        return outcome;
+                    }
+                }
+                Ok(None) => {}
+                Err(outcome) => return outcome,
+            }
+        }
         // Also when stale: a redelivery finds the part still failed if the run that applied the
         // status stopped before sending it again.
         if s.status == "failed"

@@ -459,6 +459,10 @@ pub async fn claim_many(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<Ve
                     state = CASE WHEN t.may_send THEN 'sending' ELSE 'suppressed' END,
                     sending_at = CASE WHEN t.may_send THEN now() ELSE o.sending_at END,
                     attempts = CASE WHEN t.may_send THEN o.attempts + 1 ELSE o.attempts END,
+                    -- A send starts: a failure of an earlier one (a reopened part keeps its
+                    -- code until here, see apply_statuses) no longer describes the part.
+                    error_code = CASE WHEN t.may_send THEN NULL ELSE o.error_code END,
+                    error_title = CASE WHEN t.may_send THEN NULL ELSE o.error_title END,
                     fail_reason = CASE WHEN t.may_send THEN o.fail_reason
                                        ELSE 'a human owns the conversation' END
                FROM target t
@@ -536,8 +540,28 @@ pub async fn failed_part(
     .await
 }
 
+/// The conversation of the bot's part Meta failed under `wamid` with 131047 (the 24-hour
+/// window had closed) when no handover or release happened since the failure was recorded:
+/// the handover that failure calls for is still to be made (the run that recorded it stopped
+/// before making it).
+pub async fn re_engagement_pending(pool: &PgPool, wamid: &str) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar(
+        "SELECT o.conversation_id FROM outbound_messages o
+          WHERE o.wamid = $1 AND o.state = 'failed' AND o.error_code = 131047
+            AND o.kind NOT IN ('agent', 'template')
+            AND NOT EXISTS (SELECT 1 FROM handover_events h
+                             WHERE h.conversation_id = o.conversation_id
+                               AND h.created_at >= o.updated_at)",
+    )
+    .bind(wamid)
+    .fetch_optional(pool)
+    .await
+}
+
 /// What reopening a failed part sets: `pending`, with the failed message's wamid and delivery
-/// forgotten (statuses of the failed message no longer find it).
+/// forgotten (statuses of the failed message no longer find it by wamid). Its error code stays
+/// until the resend is claimed: that is how a late status of the failed send, which still
+/// carries that send's callback, is told from one of a send in flight (see `apply_statuses`).
 const REOPEN: &str = "state = 'pending', wamid = NULL, sending_at = NULL, delivery = NULL,
                       delivery_rank = 0, delivery_at = NULL";
 

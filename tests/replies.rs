@@ -315,12 +315,18 @@ impl Sys {
 }
 
 #[tokio::test]
-async fn a_slow_read_receipt_does_not_hold_the_model_back() {
-    // Meta answers mark-read in 1.5 s (under the test's 2-s Graph timeout).
-    let s = system_with_sim(SimConfig {
-        read_latency: Duration::from_millis(1500),
-        ..SimConfig::default()
-    })
+async fn a_slow_read_receipt_holds_back_neither_the_model_nor_the_answer() {
+    // Meta answers mark-read in 6 s, under a 10-s Graph timeout (as in production).
+    let read_latency = Duration::from_secs(6);
+    let s = system_tweaked(
+        SimConfig {
+            read_latency,
+            ..SimConfig::default()
+        },
+        |sim| vec![sim.standin()],
+        &["conversation", "status", "llm", "sender"],
+        |w| w.graph.timeout = Duration::from_secs(10),
+    )
     .await;
     s.send("573001112233", "wamid.R1", "Hola, ¿hay stock?")
         .await;
@@ -338,10 +344,16 @@ async fn a_slow_read_receipt_does_not_hold_the_model_back() {
         .await;
     assert!(
         asked_at < read_at + 1000,
-        "the model was asked {} ms after the read receipt, not after its 1.5-s answer",
+        "the model was asked {} ms after the read receipt, not after its answer",
         asked_at as i64 - read_at as i64
     );
-    s.sent(1).await;
+    let sent = s.sent(1).await;
+    let latency = read_latency.as_millis() as u64;
+    assert!(
+        sent[0].received_at < read_at + latency,
+        "the answer reached Meta {} ms after the read receipt, before Meta answered it ({latency} ms)",
+        sent[0].received_at as i64 - read_at as i64
+    );
     let reads = s.sim.state.reads();
     assert!(reads.iter().any(|r| r.message_id == "wamid.R1" && r.typing));
 }
@@ -579,8 +591,11 @@ async fn in_shadow_mode_the_models_handover_is_recorded_but_not_made() {
         .execute(&s.pg)
         .await
         .unwrap();
-    // The stand-in answers this with the handover marker.
-    s.send("573017", "wamid.SH1", "¿Eres humano o robot?").await;
+    s.sim
+        .state
+        .add_llm_fault(model_says("[[HANDOVER]] Te paso con un asesor."));
+    s.send("573017", "wamid.SH1", "¿Me ayudas con un reclamo?")
+        .await;
     wait_count(
         &s.pg,
         "SELECT count(*) FROM replies WHERE outcome = 'handover'",
@@ -598,6 +613,16 @@ async fn in_shadow_mode_the_models_handover_is_recorded_but_not_made() {
     )
     .await;
     s.settled().await;
+    // Nothing the bot would have said was sent, so the customer's two messages follow one
+    // another: they reach the model as one turn (DeepSeek's reasoner refuses two in a row).
+    // (The first answer was injected: the stand-in lists only the second request.)
+    assert_eq!(
+        s.model_turns(0),
+        vec![(
+            "user".to_string(),
+            "¿Me ayudas con un reclamo?\n\n¿Tienen envíos a Lima?".to_string()
+        )]
+    );
     assert_eq!(
         s.count("SELECT count(*) FROM conversations WHERE owner = 'bot'")
             .await,
@@ -3576,4 +3601,80 @@ async fn a_card_begun_in_a_typed_message_and_finished_in_a_voice_note_never_reac
         .map(|m| m["content"].as_str().unwrap())
         .collect();
     assert_eq!(said, ["mi tarjeta es [CARD]", "[voice note]  gracias"]);
+}
+
+#[tokio::test]
+async fn a_message_holding_only_the_rest_of_a_card_reaches_the_model_as_its_placeholder() {
+    // Anthropic refuses a turn without content: the whole session would get the canned reply.
+    let s = system_with(
+        SimConfig::default(),
+        |sim| vec![sim.anthropic()],
+        &["conversation", "status", "llm", "sender"],
+    )
+    .await;
+    s.send("573072", "wamid.N1", "mi tarjeta es 4111 1111")
+        .await;
+    s.sent(1).await;
+    s.send("573072", "wamid.N2", "1111 1111").await;
+    s.sent(2).await;
+    let turns = s.model_turns(1);
+    assert_eq!(turns.len(), 3, "{turns:?}");
+    assert_eq!(
+        turns[0],
+        ("user".to_string(), "mi tarjeta es [CARD]".to_string())
+    );
+    assert_eq!(turns[2], ("user".to_string(), "[CARD]".to_string()));
+    assert!(turns.iter().all(|(_, t)| !t.trim().is_empty()), "{turns:?}");
+    assert_eq!(
+        s.count("SELECT count(*) FROM replies WHERE canned").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn nul_characters_in_a_transcript_an_answer_or_a_providers_error_cost_no_reply() {
+    use wafleet::store::settings::Setting;
+    let s = system().await;
+    s.set(Setting::TranscribeAudio, "on").await;
+    // Postgres refuses NUL in text and JSONB: each of these rows would fail, and the job with it.
+    s.sim
+        .state
+        .add_llm_fault(model_says("¡Hola!\u{0} Abrimos a las 9."));
+    s.post(&voice_note(
+        "573073",
+        "wamid.Z1",
+        Some("hola\u{0}, ¿abren hoy?"),
+        "",
+    ))
+    .await;
+    let sent = s.sent(1).await;
+    assert_eq!(sent[0].body, "¡Hola! Abrimos a las 9.");
+    let (text,): (Option<String>,) =
+        sqlx::query_as("SELECT text_redacted FROM messages WHERE wamid = 'wamid.Z1'")
+            .fetch_one(&s.pg)
+            .await
+            .unwrap();
+    assert_eq!(text.as_deref(), Some("hola, ¿abren hoy?"));
+
+    s.sim.state.add_llm_fault(
+        serde_json::from_value::<LlmFault>(serde_json::json!({"status": 400, "body": {
+            "error": {"message": "bad\u{0} request", "type": "invalid_request_error"}}}))
+        .unwrap(),
+    );
+    s.send("573073", "wamid.Z2", "gracias").await;
+    let sent = s.sent(2).await;
+    assert_eq!(sent[1].body, DEFAULT_CANNED_REPLY);
+    let (error,): (String,) = sqlx::query_as(
+        "SELECT failures->0->>'error' FROM replies WHERE jsonb_array_length(failures) > 0",
+    )
+    .fetch_one(&s.pg)
+    .await
+    .unwrap();
+    assert!(error.contains("bad request"), "{error}");
+
+    // An answer that was nothing but NUL says nothing: the canned reply goes instead.
+    s.sim.state.add_llm_fault(model_says("\u{0}"));
+    s.send("573073", "wamid.Z3", "¿y mañana?").await;
+    let sent = s.sent(3).await;
+    assert_eq!(sent[2].body, DEFAULT_CANNED_REPLY);
 }

@@ -189,8 +189,9 @@ impl fmt::Debug for ChatMessage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatRequest {
     pub system: String,
-    /// Oldest first. Anthropic needs alternating roles starting with the user; the client merges
-    /// and trims as needed, so callers may pass history as stored.
+    /// Oldest first. Anthropic (and DeepSeek's reasoner) need alternating roles starting with
+    /// the user and no empty turn; the client drops, merges and trims as needed, so callers may
+    /// pass history as stored.
     pub messages: Vec<ChatMessage>,
     pub max_tokens: u32,
 }

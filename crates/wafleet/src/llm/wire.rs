@@ -29,11 +29,10 @@ pub(super) fn request_body(
 ) -> Result<Value, LlmError> {
     match kind {
         ProviderKind::Anthropic => {
-            let messages = alternating(&req.messages);
-            if messages.is_empty() {
-                return Err(LlmError::Permanent("no user message to answer".to_owned()));
-            }
-            let messages: Vec<Value> = messages.iter().map(anthropic_message).collect();
+            let messages: Vec<Value> = alternating(&req.messages)?
+                .iter()
+                .map(anthropic_message)
+                .collect();
             let mut body = json!({
                 "model": model,
                 "max_tokens": req.max_tokens,
@@ -46,11 +45,10 @@ pub(super) fn request_body(
             Ok(body)
         }
         ProviderKind::OpenAiCompatible => {
-            // Up to the last customer turn: the model answers that, not its own last words.
-            let Some(last_user) = req.messages.iter().rposition(|m| m.role == Role::User) else {
-                return Err(LlmError::Permanent("no user message to answer".to_owned()));
-            };
-            let history = &req.messages[..=last_user];
+            // The same reshaping as Anthropic's: DeepSeek's reasoner refuses two successive
+            // turns of one role, and a first turn (after the system message) that is not the
+            // customer's, with a 400 the chain reads as permanent.
+            let history = alternating(&req.messages)?;
             let system = (!req.system.is_empty())
                 .then(|| json!({ "role": "system", "content": req.system }));
             let messages: Vec<Value> = system
@@ -109,27 +107,54 @@ fn openai_message(m: &ChatMessage) -> Value {
     json!({ "role": m.role.as_str(), "content": parts })
 }
 
-/// Reshapes history into what Anthropic accepts: starts with a user turn, roles alternate.
+/// Stands for a customer's turn with neither text nor a file when it is the one answered (the
+/// turn cannot be left out, and both providers refuse an empty one).
+pub(super) const EMPTY_TURN: &str = "[empty message]";
+
+/// Reshapes history into what both providers accept: it starts with a customer's turn, ends
+/// with the customer's last one (the one answered; the model reads a final turn of its own as
+/// the start of its reply), roles alternate, and no turn is empty.
+///
 /// Leading assistant turns are dropped (the customer cannot be answered about a turn the model
-/// never saw asked), consecutive turns of one role are merged with a blank line between them.
-pub(super) fn alternating(messages: &[ChatMessage]) -> Vec<ChatMessage> {
-    let mut out: Vec<ChatMessage> = Vec::with_capacity(messages.len());
-    for message in messages.iter().skip_while(|m| m.role == Role::Assistant) {
+/// never saw asked), turns with neither text nor attachments are dropped (Anthropic refuses
+/// empty content with a 400, which would leave the session on the canned reply), and
+/// consecutive turns of one role are merged with a blank line between them (Anthropic and
+/// DeepSeek's reasoner refuse successive turns of one role). The turn answered is never
+/// dropped: left without text or file, it reads [`EMPTY_TURN`]. Refused as permanent when
+/// there is no customer's turn to answer.
+pub(super) fn alternating(messages: &[ChatMessage]) -> Result<Vec<ChatMessage>, LlmError> {
+    let Some(answered) = messages.iter().rposition(|m| m.role == Role::User) else {
+        return Err(LlmError::Permanent("no user message to answer".to_owned()));
+    };
+    let blank = |m: &ChatMessage| m.content.trim().is_empty();
+    let mut out: Vec<ChatMessage> = Vec::with_capacity(answered + 1);
+    let history = messages[..=answered]
+        .iter()
+        .enumerate()
+        .skip_while(|(_, m)| m.role == Role::Assistant)
+        .filter(|&(i, m)| i == answered || !blank(m) || !m.attachments.is_empty())
+        .map(|(_, m)| m);
+    for message in history {
         match out.last_mut() {
             Some(last) if last.role == message.role => {
-                last.content.push_str("\n\n");
-                last.content.push_str(&message.content);
+                if blank(last) {
+                    last.content.clone_from(&message.content);
+                } else if !blank(message) {
+                    last.content.push_str("\n\n");
+                    last.content.push_str(&message.content);
+                }
                 last.attachments.extend(message.attachments.iter().cloned());
             }
             _ => out.push(message.clone()),
         }
     }
-    // A conversation that ends on the bot's turn would be continued, not answered (Anthropic
-    // reads a final assistant message as the start of its reply).
-    while out.last().is_some_and(|m| m.role == Role::Assistant) {
-        out.pop();
+    if let Some(last) = out.last_mut()
+        && blank(last)
+        && last.attachments.is_empty()
+    {
+        last.content = EMPTY_TURN.to_owned();
     }
-    out
+    Ok(out)
 }
 
 /// What a successful body yields, before the client adds provider and fallback model.
@@ -335,7 +360,7 @@ mod tests {
         // Turns without images keep the plain string content.
         assert_eq!(o["messages"][0]["content"], "hola");
         // Merged turns keep their images.
-        let merged = alternating(&[user("mira"), photo]);
+        let merged = alternating(&[user("mira"), photo]).unwrap();
         assert_eq!(merged.len(), 1);
         assert_eq!(merged[0].attachments.len(), 1);
     }
@@ -414,7 +439,7 @@ mod tests {
     }
 
     #[test]
-    fn anthropic_history_starts_with_the_user_and_alternates() {
+    fn history_starts_with_the_user_and_alternates_in_both_dialects() {
         let history = [
             assistant("Welcome!"),
             assistant("How can I help?"),
@@ -424,20 +449,88 @@ mod tests {
             user("thanks"),
         ];
         assert_eq!(
-            alternating(&history),
+            alternating(&history).unwrap(),
             [user("hi\n\nhours?"), assistant("9 to 5"), user("thanks")]
         );
-        assert_eq!(alternating(&[assistant("only the bot")]), []);
+        assert!(matches!(
+            alternating(&[assistant("only the bot")]),
+            Err(LlmError::Permanent(_))
+        ));
         assert_eq!(
             alternating(&[
                 user("hi"),
                 assistant("hello"),
                 user("hours?"),
                 assistant("9 to 5")
-            ]),
+            ])
+            .unwrap(),
             [user("hi"), assistant("hello"), user("hours?")],
             "never ends on the bot's turn"
         );
+        // DeepSeek's reasoner refuses successive turns of one role: the OpenAI-compatible body
+        // is merged the same way, after the system message.
+        let req = ChatRequest {
+            system: "be brief".into(),
+            messages: history.to_vec(),
+            max_tokens: 10,
+        };
+        let body = request_body(ProviderKind::OpenAiCompatible, "m", &req).unwrap();
+        assert_eq!(
+            body["messages"],
+            json!([
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "hi\n\nhours?"},
+                {"role": "assistant", "content": "9 to 5"},
+                {"role": "user", "content": "thanks"},
+            ])
+        );
+    }
+
+    #[test]
+    fn no_empty_turn_is_sent_to_either_provider_and_the_turn_answered_is_never_dropped() {
+        let mut photo = user(" ");
+        photo
+            .attachments
+            .push(super::super::Attachment::new("image/png", b"\x89PNG"));
+        let history = [
+            user("mi tarjeta es [CARD]"),
+            user(""),
+            assistant("  "),
+            user("gracias"),
+            assistant(""),
+            photo,
+            user("\n"),
+        ];
+        let reshaped = alternating(&history).unwrap();
+        assert_eq!(reshaped.len(), 1, "{reshaped:?}");
+        assert_eq!(reshaped[0].content, "mi tarjeta es [CARD]\n\ngracias");
+        assert_eq!(reshaped[0].attachments.len(), 1, "the image is kept");
+        // The turn answered, empty, stands as a marker rather than be left out (the model would
+        // answer an earlier turn) or be sent empty (a 400).
+        let answered = alternating(&[user("hola"), assistant("¡Hola!"), user(" ")]).unwrap();
+        assert_eq!(
+            answered,
+            [user("hola"), assistant("¡Hola!"), user(EMPTY_TURN)]
+        );
+        for kind in [ProviderKind::Anthropic, ProviderKind::OpenAiCompatible] {
+            let req = ChatRequest {
+                system: String::new(),
+                messages: vec![
+                    user(""),
+                    assistant(""),
+                    user("hola"),
+                    assistant(" "),
+                    user(""),
+                ],
+                max_tokens: 10,
+            };
+            let body = request_body(kind, "m", &req).unwrap();
+            assert_eq!(
+                body["messages"],
+                json!([{"role": "user", "content": "hola"}]),
+                "{kind}"
+            );
+        }
     }
 
     #[test]

@@ -151,7 +151,10 @@ pub struct LlmStage {
 /// Each turn was redacted when it was stored, but the model reads the whole history at once.
 /// The customer's turns are read joined by line breaks; a finding that crosses from one turn
 /// into another is replaced by its placeholder in the turn where it starts and removed from the
-/// others. Findings within one turn were made when it was stored and are left alone.
+/// others. A turn it leaves blank (the customer typed only the rest of the number) reads the
+/// placeholder too: an empty turn is refused by Anthropic, and the model should know the
+/// customer wrote something. Findings within one turn were made when it was stored and are left
+/// alone.
 pub fn redact_across_turns(redactor: &wafleet_core::pii::Redactor, turns: &mut [(bool, String)]) {
     let customer: Vec<usize> = (0..turns.len()).filter(|&i| turns[i].0).collect();
     if customer.len() < 2 {
@@ -169,6 +172,9 @@ pub fn redact_across_turns(redactor: &wafleet_core::pii::Redactor, turns: &mut [
         starts.push(joined.len());
         joined.push_str(&turns[i].1[skips[k]..]);
     }
+    // Per customer turn, the placeholder of a finding cut out of it that began in an earlier
+    // turn; looked at once every finding is out, since offsets hold only until then.
+    let mut continued: Vec<Option<&'static str>> = vec![None; customer.len()];
     for span in redactor.find(&joined).iter().rev() {
         let first = starts.partition_point(|&s| s <= span.start) - 1;
         let last = starts.partition_point(|&s| s < span.end) - 1;
@@ -182,10 +188,30 @@ pub fn redact_across_turns(redactor: &wafleet_core::pii::Redactor, turns: &mut [
             let with = if k == first {
                 span.kind.placeholder()
             } else {
+                continued[k] = Some(span.kind.placeholder());
                 ""
             };
             text.replace_range(from..to, with);
         }
+    }
+    for (k, placeholder) in continued.into_iter().enumerate() {
+        let text = &mut turns[customer[k]].1;
+        if let Some(placeholder) = placeholder
+            && text.trim().is_empty()
+        {
+            *text = placeholder.to_string();
+        }
+    }
+}
+
+/// `s` without NUL characters, which JSON and Rust strings allow and Postgres text and JSONB
+/// refuse (SQLSTATE 22021, 22P05): a transcript, an answer or a provider's error carrying one
+/// would make its row fail, and the job would be dead-lettered with no reply.
+fn without_nul(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        std::borrow::Cow::Owned(s.replace('\0', ""))
+    } else {
+        std::borrow::Cow::Borrowed(s)
     }
 }
 
@@ -366,13 +392,6 @@ impl LlmStage {
         } else {
             &self.defaults.providers
         };
-        // The read receipt and typing indicator go out while the model works, not before it: a
-        // slow Graph API must not hold the customer's answer back.
-        let read = async {
-            if channel.bot_mode == BotMode::On {
-                self.mark_read(&channel, &ctx.wamid).await;
-            }
-        };
         let mut jitter = || rand::random::<f64>();
         let reply = if keyword.is_some() {
             // No model: the customer asked for a person.
@@ -386,27 +405,38 @@ impl LlmStage {
                 failures: Vec::new(),
             }
         } else {
-            let (reply, ()) = tokio::join!(
-                reply_with_fallback(
-                    &self.llm,
-                    providers,
-                    &request,
-                    &self.defaults.policy,
-                    &channel.canned_reply,
-                    &mut jitter,
-                ),
-                read
-            );
-            reply
+            // The read receipt and typing indicator go out while the model works, not before it
+            // and not waited for: a slow Graph API must not hold the customer's answer back.
+            if channel.bot_mode == BotMode::On {
+                self.mark_read(&channel, &ctx.wamid);
+            }
+            reply_with_fallback(
+                &self.llm,
+                providers,
+                &request,
+                &self.defaults.policy,
+                &channel.canned_reply,
+                &mut jitter,
+            )
+            .await
         };
         let usage = reply.usage.as_ref();
         let failures = json!(
             reply
                 .failures
                 .iter()
-                .map(|(p, e)| json!({"provider": p, "error": e}))
+                .map(|(p, e)| json!({"provider": without_nul(p), "error": without_nul(e)}))
                 .collect::<Vec<_>>()
         );
+        let provider = reply.provider.as_deref().map(without_nul);
+        let model = reply.model.as_deref().map(without_nul);
+        let mut text = without_nul(&reply.text);
+        let mut canned = reply.canned;
+        if text.trim().is_empty() && !reply.wants_human {
+            // An answer that was only NUL characters says nothing: the customer still gets one.
+            text = std::borrow::Cow::Borrowed(channel.canned_reply.as_str());
+            canned = true;
+        }
         let outcome = if reply.wants_human {
             "handover"
         } else if shadow {
@@ -416,11 +446,11 @@ impl LlmStage {
         };
         let new = NewReply {
             outcome,
-            provider: reply.provider.as_deref(),
-            model: reply.model.as_deref(),
+            provider: provider.as_deref(),
+            model: model.as_deref(),
             input_tokens: usage.map(|u| u.input_tokens as i32),
             output_tokens: usage.map(|u| u.output_tokens as i32),
-            canned: reply.canned,
+            canned,
             failures,
         };
         let state = if shadow { "shadow" } else { "pending" };
@@ -430,10 +460,10 @@ impl LlmStage {
             // Outside business hours the model's words would promise a person who is not there.
             let ack = if let Some(after_hours) = channel.after_hours_ack_at(chrono::Utc::now()) {
                 after_hours.to_string()
-            } else if reply.text.trim().is_empty() {
+            } else if text.trim().is_empty() {
                 channel.handover_ack.clone()
             } else {
-                split_message(&markdown_to_whatsapp(&reply.text), WHATSAPP_MAX_CHARS)
+                split_message(&markdown_to_whatsapp(&text), WHATSAPP_MAX_CHARS)
                     .into_iter()
                     .next()
                     .unwrap_or_default()
@@ -444,7 +474,7 @@ impl LlmStage {
                 vec![("handover_ack".to_string(), ack)]
             }
         } else {
-            split_message(&markdown_to_whatsapp(&reply.text), WHATSAPP_MAX_CHARS)
+            split_message(&markdown_to_whatsapp(&text), WHATSAPP_MAX_CHARS)
                 .into_iter()
                 .map(|p| ("reply".to_string(), p))
                 .collect()
@@ -459,7 +489,7 @@ impl LlmStage {
             self.hand_over(job, &ctx, reason).await?;
         }
         metrics::counter!("wafleet_replies_total", "outcome" => outcome).increment(1);
-        if reply.canned {
+        if canned {
             metrics::counter!("wafleet_replies_canned_total").increment(1);
         }
         self.follow_up(job, &ctx, outcome).await?;
@@ -624,6 +654,7 @@ impl LlmStage {
             }
             Err(e) => return unheard("provider_error", &e),
         };
+        let text = without_nul(&text);
         let redacted = self.redactor.redact(&text);
         let pii: Vec<String> = redacted
             .spans
@@ -725,20 +756,29 @@ impl LlmStage {
         Ok(())
     }
 
-    /// Read receipt with typing indicator while the model works. Best effort: a failure here
-    /// must not delay the answer.
-    async fn mark_read(&self, channel: &ChannelSettings, wamid: &str) {
-        let Some(token) = &channel.access_token else {
+    /// Read receipt with typing indicator while the model works, on a task of its own that the
+    /// job does not wait for: Meta may take up to the Graph timeout to answer, and the answer
+    /// is not held back meanwhile. Best effort: a failure is counted and logged, nothing else.
+    fn mark_read(&self, channel: &Arc<ChannelSettings>, wamid: &str) {
+        if channel.access_token.is_none() {
             return;
-        };
-        if let Err(e) = self
-            .graph
-            .mark_read(&channel.phone_number_id, token.expose(), wamid, true)
-            .await
-        {
-            metrics::counter!("wafleet_mark_read_errors_total").increment(1);
-            tracing::debug!(error = %e, "mark-read failed");
         }
+        let graph = self.graph.clone();
+        let channel = Arc::clone(channel);
+        let wamid = wamid.to_string();
+        tokio::spawn(async move {
+            let Some(token) = &channel.access_token else {
+                return;
+            };
+            if let Err(e) = graph
+                .mark_read(&channel.phone_number_id, token.expose(), &wamid, true)
+                .await
+            {
+                metrics::counter!("wafleet_mark_read_errors_total").increment(1);
+                tracing::debug!(channel = %channel.phone_number_id, error = %e,
+                    "mark-read failed");
+            }
+        });
     }
 }
 
@@ -808,6 +848,46 @@ mod tests {
         redact_across_turns(&redactor, &mut clean);
         assert_eq!(clean[0].1, "tengo 2");
         assert_eq!(clean[1].1, "3 cajas");
+    }
+
+    #[test]
+    fn a_turn_that_held_only_the_rest_of_a_number_reads_its_placeholder_and_is_never_empty() {
+        let redactor = wafleet_core::pii::Redactor::new();
+        let mut turns = vec![
+            (true, "mi tarjeta es 4111 1111".to_string()),
+            (false, "¿y el resto?".to_string()),
+            (true, "1111 1111".to_string()),
+            (true, "¿la pueden cobrar?".to_string()),
+        ];
+        redact_across_turns(&redactor, &mut turns);
+        let texts: Vec<&str> = turns.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "mi tarjeta es [CARD]",
+                "¿y el resto?",
+                "[CARD]",
+                "¿la pueden cobrar?"
+            ]
+        );
+        // Typed over three turns, the middle one and the last one held only digits.
+        let mut three = vec![
+            (true, "4111 1111".to_string()),
+            (true, " 1111 ".to_string()),
+            (true, "1111".to_string()),
+        ];
+        redact_across_turns(&redactor, &mut three);
+        assert!(three.iter().all(|(_, t)| !t.trim().is_empty()), "{three:?}");
+        assert_eq!(three[0].1, "[CARD]");
+    }
+
+    #[test]
+    fn nul_characters_are_taken_out_and_other_text_is_borrowed_as_it_is() {
+        assert_eq!(without_nul("ho\0la\0"), "hola");
+        assert!(matches!(
+            without_nul("hola"),
+            std::borrow::Cow::Borrowed("hola")
+        ));
     }
 
     #[test]

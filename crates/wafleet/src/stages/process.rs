@@ -188,18 +188,22 @@ fn transcriber(
 }
 
 /// Stage-specific defaults: the LLM stage holds many slow jobs (model calls take seconds), so it
-/// gets more in flight and a deadline above the model chain's own.
+/// gets more in flight and a deadline above the model chain's own. `graph_timeout` is the Graph
+/// API's per-call timeout (`WAFLEET_GRAPH_TIMEOUT_MS`), which bounds a customer's file download.
 fn stage_runtime(
     stage: &str,
     base: &WorkerSettings,
     llm: &LlmSettings,
+    graph_timeout: Duration,
 ) -> anyhow::Result<WorkerSettings> {
     let mut s = base.clone();
     if stage == "llm" {
         s.max_in_flight = s.max_in_flight.max(1024);
         // Before the chain runs: a customer's file waits for its permit and is downloaded (two
-        // Graph calls, 10 s each by default), and a voice note is transcribed.
-        let media = llm_stage::MEDIA_PERMIT_WAIT + Duration::from_secs(20);
+        // Graph calls, the media's URL and then its bytes, each up to the Graph timeout), and a
+        // voice note is transcribed. From the configured timeout: a raised one would otherwise
+        // let such a job overrun its deadline.
+        let media = llm_stage::MEDIA_PERMIT_WAIT + 2 * graph_timeout;
         let transcription = if llm.transcriber.is_some() {
             llm.policy.call_deadline
         } else {
@@ -237,16 +241,17 @@ impl WorkerProcessSettings {
         }
         let runtime = WorkerSettings::from_env()?;
         let llm = LlmSettings::from_env()?;
+        let graph = GraphSettings::from_env()?;
         let stage_runtime = stages
             .iter()
-            .map(|s| Ok((s.clone(), stage_runtime(s, &runtime, &llm)?)))
+            .map(|s| Ok((s.clone(), stage_runtime(s, &runtime, &llm, graph.timeout)?)))
             .collect::<anyhow::Result<_>>()?;
         Ok(Self {
             common: CommonSettings::from_env()?,
             runtime,
             stages,
             stage_runtime,
-            graph: GraphSettings::from_env()?,
+            graph,
             llm,
             send: SendPolicy::from_env()?,
             early_status_ttl: Duration::from_secs(parsed(
@@ -599,6 +604,38 @@ mod tests {
             model: "m".into(),
             api_key: Secret::new(key.into()),
         }
+    }
+
+    #[test]
+    fn the_llm_job_deadline_leaves_two_graph_timeouts_for_a_customers_file() {
+        let llm = LlmSettings {
+            providers: Vec::new(),
+            policy: FallbackPolicy::default(),
+            max_tokens: 1024,
+            image_max_bytes: 1,
+            image_max_in_flight: 1,
+            document_max_bytes: 1,
+            transcriber: None,
+            audio_max_bytes: 1,
+        };
+        let base = WorkerSettings::default();
+        let deadline = |graph_secs: u64| {
+            stage_runtime("llm", &base, &llm, Duration::from_secs(graph_secs))
+                .unwrap()
+                .job_deadline
+        };
+        let chain = llm.policy.overall_deadline;
+        assert_eq!(
+            deadline(10),
+            chain + llm_stage::MEDIA_PERMIT_WAIT + Duration::from_secs(20 + 15)
+        );
+        // Meta given 30 s a call: the permit's wait, the two calls and the chain still fit.
+        assert_eq!(
+            deadline(30),
+            chain + llm_stage::MEDIA_PERMIT_WAIT + Duration::from_secs(60 + 15)
+        );
+        let runtime = stage_runtime("llm", &base, &llm, Duration::from_secs(30)).unwrap();
+        assert!(runtime.lease_ttl > runtime.job_deadline);
     }
 
     #[test]

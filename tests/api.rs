@@ -1137,6 +1137,49 @@ async fn the_bot_answers_a_reply_to_a_template_knowing_what_the_template_said() 
 }
 
 #[tokio::test]
+async fn a_template_whose_acceptance_was_lost_still_takes_the_wa_id_meta_names() {
+    let s = system().await;
+    // Meta takes the send but its answer never comes: the send is ambiguous, and only the status
+    // webhooks, which carry our callback and Meta's recipient_id, tell.
+    s.sim
+        .state
+        .add_fault(serde_json::from_value(json!({"hang": true, "count": 1})).unwrap());
+    let body = json!({"to": "+52 55 1234 5679", "name": "order_shipped", "language": "es",
+                      "answered_by": "human"});
+    let (status, started) = s
+        .api
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/channels/{SHOP}/templates"),
+            Some(&s.shop),
+            Some("amb1"),
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    let id = started["conversation_id"].as_i64().unwrap();
+    let pg = &s.pg;
+    let row = eventually(
+        "the send reconciled and the conversation re-keyed",
+        Duration::from_secs(30),
+        || async move {
+            let row: (String, String, Option<String>) = sqlx::query_as(
+                "SELECT c.customer_key, o.state, o.wamid FROM conversations c
+                   JOIN outbound_messages o ON o.conversation_id = c.id WHERE c.id = $1",
+            )
+            .bind(id)
+            .fetch_one(pg)
+            .await
+            .unwrap();
+            (row.1 == "accepted" && row.0 == "5215512345679").then_some(row)
+        },
+    )
+    .await;
+    assert!(row.2.is_some_and(|w| w.starts_with("wamid.SIM")));
+    assert_eq!(s.sim.state.messages().len(), 1, "sent once");
+}
+
+#[tokio::test]
 async fn the_model_reads_a_template_in_the_wording_the_customer_read() {
     let s = system().await;
     let pg = &s.pg;

@@ -812,6 +812,7 @@ async fn a_late_status_of_a_failed_send_does_not_take_the_part_reopened_for_a_re
             outbound_id: id,
             send_try: Some(1),
         }),
+        recipient: None,
     };
     let mut con = e.pg.acquire().await.unwrap();
     let applied = apply_statuses(&mut con, std::slice::from_ref(&late))
@@ -886,6 +887,7 @@ async fn a_re_engagement_failure_recorded_by_a_run_that_stopped_still_hands_over
             error_code: Some(131047),
             error_title: Some("Re-engagement message".into()),
             callback: None,
+            recipient: None,
         }],
     )
     .await
@@ -951,6 +953,7 @@ async fn statuses_applied_together_each_get_their_own_result() {
             outbound_id,
             send_try: None,
         }),
+        recipient: Some("57300".into()),
     };
     let applied = apply_statuses(
         &mut e.pg.acquire().await.unwrap(),
@@ -1372,6 +1375,7 @@ async fn acceptances_and_statuses_of_the_same_parts_never_deadlock() {
             error_code: None,
             error_title: None,
             callback: None,
+            recipient: None,
         })
         .collect();
     for round in 0..60 {

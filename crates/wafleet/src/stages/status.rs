@@ -84,6 +84,7 @@ impl Handler for StatusStage {
                 .biz_opaque_callback_data
                 .as_deref()
                 .and_then(|v| self.callbacks.decode(v)),
+            recipient: s.recipient_id.clone(),
         };
         let applied = match self.writer.run(status).await {
             Ok(a) => a,

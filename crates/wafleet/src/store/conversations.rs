@@ -539,6 +539,10 @@ pub struct Status {
     pub error_title: Option<String>,
     /// Our outbound id and send, echoed through `biz_opaque_callback_data`.
     pub callback: Option<crate::crypto::Callback>,
+    /// `recipient_id`: how Meta names the customer. A send reconciled by its callback (its
+    /// acceptance never reached us) re-keys its conversation by it as the acceptance would
+    /// have (see [`Accepted::adopt_wa_id`]), when it is the other notation of the number dialled.
+    pub recipient: Option<String>,
 }
 
 /// Applies statuses, forward only with `failed` final, and answers each in order. A status finds
@@ -584,9 +588,10 @@ async fn apply_distinct(
     let rows: Vec<(i64, Option<i64>, bool, bool, bool)> = sqlx::query_as(
         "WITH input AS (
              SELECT * FROM unnest($1::text[], $2::text[], $3::int2[], $4::timestamptz[],
-                                  $5::int4[], $6::text[], $7::int8[], $8::int4[])
+                                  $5::int4[], $6::text[], $7::int8[], $8::int4[], $9::text[],
+                                  $10::text[])
                  WITH ORDINALITY AS s(wamid, status, rank, at, code, title, outbound_id,
-                                      send_try, n)
+                                      send_try, recipient, recipient_other, n)
          ), matched AS (
              -- By callback only the send that status is about: a part sent again has a higher
              -- `attempts`, and an earlier send's late status is not the resend's. A failed part
@@ -604,7 +609,14 @@ async fn apply_distinct(
               ORDER BY o.id FOR UPDATE
          ), changed AS (
              UPDATE outbound_messages o SET
-                    wamid = i.wamid,
+                    -- A part reconciled after its customer was erased keeps only the digest
+                    -- of Meta's wamid, which encodes the customer's number.
+                    wamid = CASE WHEN o.wamid IS NULL AND o.body = '' AND EXISTS (
+                                          SELECT 1 FROM conversations c
+                                           WHERE c.id = o.conversation_id
+                                             AND c.customer_key LIKE 'erased:%')
+                                 THEN erased_wamid(i.wamid)
+                                 ELSE i.wamid END,
                     state = CASE WHEN o.delivery_rank < i.rank AND o.delivery_rank < 4
                                       AND i.status = 'failed' THEN 'failed'
                                  WHEN o.wamid IS NULL THEN 'accepted' ELSE o.state END,
@@ -623,6 +635,17 @@ async fn apply_distinct(
                 AND ((o.delivery_rank < i.rank AND o.delivery_rank < 4) OR o.wamid IS NULL)
           RETURNING m.n, o.conversation_id, o.delivery_rank = i.rank AS advanced,
                     o.kind IN ('agent', 'template') AS by_agent
+         ), adopted AS (
+             -- Only for a send reconciled by its callback (its wamid was unknown), to the other
+             -- notation of the number dialled; rare, like the acceptance's own re-keying.
+             UPDATE conversations c SET customer_key = i.recipient, wa_id = i.recipient
+               FROM matched m JOIN input i ON i.n = m.n
+               JOIN outbound_messages o ON o.id = m.oid
+              WHERE i.recipient_other IS NOT NULL AND o.wamid IS NULL
+                AND c.id = o.conversation_id
+                AND c.customer_key = c.wa_id AND c.wa_id = i.recipient_other
+                AND NOT EXISTS (SELECT 1 FROM conversations d
+                                 WHERE d.channel_id = c.channel_id AND d.customer_key = i.recipient)
          ), early AS (
              INSERT INTO early_statuses (wamid, status, rank, status_at, error_code, error_title)
              SELECT wamid, status, rank, at, code, title FROM input i
@@ -649,6 +672,14 @@ async fn apply_distinct(
     }))
     .bind(super::column(statuses, |s| {
         s.callback.and_then(|c| c.send_try)
+    }))
+    .bind(super::column(statuses, |s| {
+        s.callback.and(s.recipient.as_deref())
+    }))
+    .bind(super::column(statuses, |s| {
+        s.callback
+            .and(s.recipient.as_deref())
+            .and_then(wafleet_core::phone::other_form)
     }))
     .fetch_all(&mut *conn)
     .await?;

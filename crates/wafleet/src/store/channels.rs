@@ -526,6 +526,11 @@ impl ProviderSpec {
             }
         }
         match reqwest::Url::parse(&self.base_url) {
+            // The URL is shown to every token that reaches the number: a credential in it would be
+            // too (and is not echoed here either).
+            Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+                Err("base_url must not hold a user or password: give the key as api_key".into())
+            }
             Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(()),
             _ => Err(format!(
                 "base_url must be an http(s) URL, not {:?}",
@@ -686,4 +691,30 @@ pub async fn models(pool: &PgPool, phone_number_id: &str) -> sqlx::Result<Vec<Mo
     .bind(phone_number_id)
     .fetch_all(pool)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_models_url_holds_no_credential_and_the_refusal_does_not_repeat_it() {
+        let spec = |base_url: &str| ProviderSpec {
+            position: 0,
+            name: "own".into(),
+            kind: "openai".into(),
+            base_url: base_url.into(),
+            model: "m".into(),
+            api_key: Secret::new("k".into()),
+        };
+        assert_eq!(spec("https://llm.example.com/v1").check(), Ok(()));
+        for bad in [
+            "https://user:s3cr3t@llm.example.com/v1",
+            "https://s3cr3t@llm.example.com/v1",
+        ] {
+            let refused = spec(bad).check().unwrap_err();
+            assert!(!refused.contains("s3cr3t"), "{refused}");
+        }
+        assert!(spec("ftp://llm.example.com").check().is_err());
+    }
 }

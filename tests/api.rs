@@ -1137,6 +1137,57 @@ async fn the_bot_answers_a_reply_to_a_template_knowing_what_the_template_said() 
 }
 
 #[tokio::test]
+async fn a_retried_template_takes_the_conversation_even_when_it_went_out_before_the_retry() {
+    let s = system().await;
+    let (api, shop) = (&s.api, &s.shop);
+    let start = |answered_by: &str| {
+        let body = json!({"to": "573005550170", "name": "order_shipped", "language": "es",
+                          "answered_by": answered_by});
+        async move {
+            api.call(
+                reqwest::Method::POST,
+                &format!("/api/v1/channels/{SHOP}/templates"),
+                Some(shop),
+                Some("r1"),
+                Some(body),
+            )
+            .await
+        }
+    };
+    // The first request recorded the template (and Meta took it) but never took the
+    // conversation (here: it asked for the bot, as a request cut off before its take leaves it).
+    let (status, first) = start("bot").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    let id = first["conversation_id"].as_i64().unwrap();
+    let pg = &s.pg;
+    eventually(
+        "the template accepted",
+        Duration::from_secs(30),
+        || async move {
+            let state: String = sqlx::query_scalar(
+                "SELECT state FROM outbound_messages WHERE conversation_id = $1",
+            )
+            .bind(id)
+            .fetch_one(pg)
+            .await
+            .unwrap();
+            (state == "accepted").then_some(())
+        },
+    )
+    .await;
+    // Its retry sends nothing again, and takes the conversation.
+    let (status, again) = start("human").await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    let owner: String = sqlx::query_scalar("SELECT owner FROM conversations WHERE id = $1")
+        .bind(id)
+        .fetch_one(pg)
+        .await
+        .unwrap();
+    assert_eq!(owner, "human");
+    assert_eq!(s.sim.state.messages().len(), 1);
+}
+
+#[tokio::test]
 async fn a_template_whose_acceptance_was_lost_still_takes_the_wa_id_meta_names() {
     let s = system().await;
     // Meta takes the send but its answer never comes: the send is ambiguous, and only the status

@@ -448,12 +448,19 @@ pub async fn outreach(
     // Recorded whoever owns the conversation, and only then taken: a request refused (a
     // reference already used for another template) takes nothing, and a retry after an agent
     // gave the conversation back does not take it again. A retry of a request that recorded the
-    // template and failed before the take (its part still waiting to be sent) takes it.
+    // template and failed before the take takes it, also when the template went out meanwhile:
+    // what tells is whether the owner changed since the template was recorded.
     let queued = queue_template(pg, con, keys, &t, true, o.answerer == Answerer::Bot).await?;
-    if o.answerer == Answerer::Human
-        && (queued.fresh || queued.states.iter().any(|s| s == "pending"))
-    {
-        take(pg, con, keys, id).await?;
+    if o.answerer == Answerer::Human {
+        let changed_since = match queued.part_ids.first() {
+            Some(part) if !queued.fresh => {
+                crate::store::agents::owner_changed_since(pg, id, *part).await?
+            }
+            _ => false,
+        };
+        if !changed_since {
+            take(pg, con, keys, id).await?;
+        }
     }
     Ok((id, queued))
 }

@@ -275,6 +275,23 @@ pub async fn record_agent_message(
     })
 }
 
+/// Whether the conversation was taken or given back (by anyone, for any reason) since `part`
+/// was recorded.
+pub async fn owner_changed_since(
+    pool: &PgPool,
+    conversation_id: i64,
+    part: i64,
+) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM handover_events h JOIN outbound_messages o ON o.id = $2
+                         WHERE h.conversation_id = $1 AND h.created_at >= o.created_at)",
+    )
+    .bind(conversation_id)
+    .bind(part)
+    .fetch_one(pool)
+    .await
+}
+
 /// Meta's media id of a customer's message in a conversation (an image, audio, video, document
 /// or sticker), with the conversation's business number: `None` when the conversation has no
 /// such message; the id `None` when the message carries no media (or its customer was erased).

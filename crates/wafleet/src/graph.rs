@@ -412,6 +412,10 @@ pub enum MediaError {
     Unsupported(String),
     #[error("fetching the media failed: {0}")]
     Transport(String),
+    /// What Meta named cannot be fetched however often it is asked (an id or URL of the wrong
+    /// shape, an answer that does not read): not worth another try.
+    #[error("the media cannot be fetched: {0}")]
+    Invalid(String),
 }
 
 impl MediaError {
@@ -422,6 +426,7 @@ impl MediaError {
             MediaError::TooLarge { .. } => "too_large",
             MediaError::Unsupported(_) => "unsupported",
             MediaError::Transport(_) => "transport",
+            MediaError::Invalid(_) => "invalid",
         }
     }
 }
@@ -501,7 +506,7 @@ impl GraphClient {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
         {
-            return Err(MediaError::Transport("not a Graph API media id".into()));
+            return Err(MediaError::Invalid("not a Graph API media id".into()));
         }
         let url = format!("{}/{}/{}", self.base_url, self.version, media_id);
         let response = self
@@ -521,7 +526,7 @@ impl GraphClient {
             });
         }
         let info: MediaInfo = serde_json::from_slice(&body).map_err(|e| {
-            MediaError::Transport(format!(
+            MediaError::Invalid(format!(
                 "unreadable media info: {}",
                 wafleet_core::json_error_without_input(&e)
             ))
@@ -546,7 +551,7 @@ impl GraphClient {
         // The token goes only where Meta's own answer points, and only over TLS (or to the
         // same plain-HTTP host the client is configured for: the simulator).
         let target = reqwest::Url::parse(&info.url)
-            .map_err(|_| MediaError::Transport("the media URL does not parse".into()))?;
+            .map_err(|_| MediaError::Invalid("the media URL does not parse".into()))?;
         let base = reqwest::Url::parse(&self.base_url).ok();
         let same_origin = base.as_ref().is_some_and(|b| {
             b.scheme() == target.scheme()
@@ -554,7 +559,7 @@ impl GraphClient {
                 && b.port_or_known_default() == target.port_or_known_default()
         });
         if target.scheme() != "https" && !same_origin {
-            return Err(MediaError::Transport("the media URL is not https".into()));
+            return Err(MediaError::Invalid("the media URL is not https".into()));
         }
         let response = self
             .http

@@ -791,6 +791,9 @@ mod tests {
         use crate::graph::MediaError;
         let rejected = |http_status, code| MediaError::Rejected { http_status, code };
         assert!(may_pass(&MediaError::Transport("reset".into())));
+        assert!(!may_pass(&MediaError::Invalid(
+            "the media URL is not https".into()
+        )));
         assert!(may_pass(&rejected(503, 2)));
         assert!(may_pass(&rejected(429, 0)));
         assert!(may_pass(&rejected(400, 130429)));

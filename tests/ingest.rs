@@ -1085,6 +1085,31 @@ async fn quarantined_updates_are_replayed_once_their_channel_exists_and_never_tw
         ]
     );
     assert_eq!(inbound_wamids(con.clone()).await.len(), 2);
+
+    // The app was the number's own after all (an operator who rotated the app secret on one
+    // number and not yet on this one): once the number lists it, its message goes through. The
+    // other number still does not list it.
+    cfg.add_channel(FIXTURE_NUMBERS[0], |c| {
+        c.app_secrets = Some(vec![
+            wafleet::config::Secret::new(APP_SECRET.into()),
+            wafleet::config::Secret::new("other-app".into()),
+        ])
+    })
+    .await;
+    let fourth = replay_all(registry().await).await;
+    assert_eq!(
+        fourth,
+        vec![
+            ("signed_by_another_app".to_string(), Replayed::Enqueued),
+            (
+                "unknown_channel".to_string(),
+                Replayed::Refused("signed_by_another_app")
+            )
+        ]
+    );
+    let mut wamids = inbound_wamids(con.clone()).await;
+    wamids.sort();
+    assert_eq!(wamids, vec!["wamid.Q1", "wamid.Q2", "wamid.QF"]);
 }
 
 #[tokio::test]
@@ -1214,4 +1239,60 @@ async fn rotating_the_encryption_key_reseals_every_secret_at_once_or_not_at_all(
     assert_eq!(res.status(), 200);
     let mut con = cfg.redis().await;
     assert_eq!(all_updates(&mut con, &inbound_streams(&cfg)).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_redis_made_a_replica_under_open_connections_is_left_for_a_new_connection() {
+    use wafleet::shared_redis::SharedRedis;
+    let redis = RedisServer::start().await;
+    let shared = SharedRedis::new(&redis.url(), Duration::from_secs(2)).unwrap();
+    let client_id = || async {
+        let mut con = shared.get().await.unwrap();
+        redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async::<i64>(&mut con)
+            .await
+            .unwrap()
+    };
+    let mut admin = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for pipelined in [false, true] {
+        let before = client_id().await;
+        // A failover that keeps connections open: the server is a replica now (of nothing here).
+        let _: () = redis::cmd("REPLICAOF")
+            .arg("127.0.0.1")
+            .arg("1")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        let mut con = shared.get().await.unwrap();
+        let refused = if pipelined {
+            redis::pipe()
+                .cmd("SET")
+                .arg("k")
+                .arg("v")
+                .query_async::<Vec<String>>(&mut con)
+                .await
+                .unwrap_err()
+        } else {
+            redis::cmd("SET")
+                .arg("k")
+                .arg("v")
+                .query_async::<()>(&mut con)
+                .await
+                .unwrap_err()
+        };
+        assert_eq!(refused.code(), Some("READONLY"), "{refused}");
+        let _: () = redis::cmd("REPLICAOF")
+            .arg("NO")
+            .arg("ONE")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        // The next caller gets a new connection (to whichever server the address now names).
+        assert_ne!(client_id().await, before, "pipelined: {pipelined}");
+    }
 }

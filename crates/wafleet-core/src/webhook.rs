@@ -456,7 +456,10 @@ fn id_string(id: &Id) -> String {
     }
 }
 
-/// The contact entry describing a message's sender: matched on phone or BSUID, or the only one.
+/// The contact entry describing a message's sender: matched on phone or BSUID, or the only one
+/// unless it names someone else (another phone, but for the other notation of a Mexican or
+/// Brazilian mobile, or another BSUID): its identifiers become the sender's, so a stranger's
+/// would put the message in their conversation and send the reply to them.
 fn find_contact<'c>(
     contacts: &'c [Contact],
     from: Option<&str>,
@@ -466,12 +469,17 @@ fn find_contact<'c>(
         (from.is_some() && c.wa_id.as_ref().map(id_string).as_deref() == from)
             || (from_user_id.is_some() && c.user_id.as_deref() == from_user_id)
     };
-    contacts.iter().find(matches).or_else(|| {
-        if contacts.len() == 1 {
-            contacts.first()
-        } else {
-            None
-        }
+    let someone_else = |c: &Contact| {
+        let phone = c.wa_id.as_ref().map(id_string);
+        let other_phone = matches!((from, phone.as_deref()),
+            (Some(f), Some(p)) if !crate::phone::same_number(f, p));
+        let other_user = matches!((from_user_id, c.user_id.as_deref()),
+            (Some(f), Some(u)) if f != u);
+        other_phone || other_user
+    };
+    contacts.iter().find(matches).or_else(|| match contacts {
+        [only] if !someone_else(only) => Some(only),
+        _ => None,
     })
 }
 
@@ -685,6 +693,55 @@ mod tests {
         assert_eq!(
             (m.message_type.as_str(), m.text.as_deref()),
             ("order", Some("Sin cebolla, por favor"))
+        );
+    }
+
+    #[test]
+    fn the_only_contact_is_the_senders_unless_it_names_someone_else() {
+        let sender = |contact: &str, message: &str| {
+            let body = format!(
+                r#"{{"object":"whatsapp_business_account","entry":[{{"id":"W","changes":[
+                {{"field":"messages","value":{{"metadata":{{"phone_number_id":"P"}},
+                  "contacts":[{contact}],
+                  "messages":[{{{message},"id":"wamid.C","type":"text","text":{{"body":"hola"}}}}]}}}}]}}]}}"#
+            );
+            let p = parse(body.as_bytes()).unwrap();
+            let Update::Message(m) = &p.updates[0] else {
+                panic!("{:?}", p.updates)
+            };
+            (m.wa_id.clone(), m.user_id.clone(), m.profile_name.clone())
+        };
+        let ana = r#"{"wa_id":"573001112233","user_id":"CO.1","profile":{"name":"Ana"}}"#;
+        // A message from a username user, with a contact that is another person: nothing of it.
+        assert_eq!(
+            sender(ana, r#""from_user_id":"US.42""#),
+            (None, Some("US.42".into()), None)
+        );
+        assert_eq!(
+            sender(ana, r#""from":"573009998877""#),
+            (Some("573009998877".into()), None, None)
+        );
+        // The sender's own contact, by phone or by id, or in the other notation of their mobile.
+        assert_eq!(
+            sender(ana, r#""from":"573001112233""#),
+            (
+                Some("573001112233".into()),
+                Some("CO.1".into()),
+                Some("Ana".into())
+            )
+        );
+        assert_eq!(
+            sender(ana, r#""from_user_id":"CO.1""#),
+            (
+                Some("573001112233".into()),
+                Some("CO.1".into()),
+                Some("Ana".into())
+            )
+        );
+        let bia = r#"{"wa_id":"5511987654321","profile":{"name":"Bia"}}"#;
+        assert_eq!(
+            sender(bia, r#""from":"551187654321""#),
+            (Some("551187654321".into()), None, Some("Bia".into()))
         );
     }
 

@@ -51,6 +51,7 @@ pub struct Registry {
     pub secrets: Vec<AppSecret>,
     /// Each secret's [`AppSecret::fingerprint`], by the same index.
     fingerprints: Vec<String>,
+    /// SHA-256 of each enabled channel's verify token (see [`Registry::verify_token_matches`]).
     verify_tokens: Vec<Vec<u8>>,
     routes: HashMap<String, ChannelRoute>,
     /// Per WhatsApp Business Account id (`channels.waba_id`), who may sign the account's events
@@ -101,7 +102,7 @@ impl Registry {
                     .extend(&secret_ids);
             }
             if let (Some(token), true) = (&ch.verify_token, ch.enabled) {
-                verify_tokens.push(token.expose().as_bytes().to_vec());
+                verify_tokens.push(token_digest(token.expose().as_bytes()));
             }
             routes.insert(
                 ch.phone_number_id.clone(),
@@ -205,16 +206,24 @@ impl Registry {
         self.routes.is_empty()
     }
 
-    /// Whether `token` is the verify token of any enabled channel. Every candidate is compared in
-    /// constant time, and all of them are compared, so timing tells nothing.
+    /// Whether `token` is the verify token of any enabled channel. Digests are compared, every
+    /// one in constant time and all of them, so timing tells nothing, not even a token's length
+    /// (comparing slices of different lengths returns at once).
     pub fn verify_token_matches(&self, token: &[u8]) -> bool {
+        let asked = token_digest(token);
         self.verify_tokens
             .iter()
             .fold(subtle::Choice::from(0), |acc, t| {
-                acc | t.as_slice().ct_eq(token)
+                acc | t.as_slice().ct_eq(&asked)
             })
             .into()
     }
+}
+
+/// What verify tokens are compared by: SHA-256, the same length whatever the token's.
+fn token_digest(token: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(token).to_vec()
 }
 
 /// The shared, swappable current registry.

@@ -7,15 +7,17 @@
 //! the same checks ingest makes, against the channels as they are now, and enqueues what passes
 //! exactly as ingest would have: same stream, same fields, same dedup mark, so an update Meta
 //! delivered again after the fix is not processed twice. A replayed or duplicate entry leaves
-//! the quarantine; one still refused stays. Updates signed by another app are never replayed:
-//! another tenant's app could have written them. That check is made again on replay against the
-//! app that signed the POST (kept as a fingerprint), whatever the first reason was: an update
-//! another app wrote for a number nobody had added yet is refused once the number is added too.
+//! the quarantine; one still refused stays. Updates signed by another app are replayed only once
+//! the number lists that app's secret (an operator who rotated the secret on one number of an
+//! app and not yet on the others): another tenant's app could have written them. That check is
+//! made again on replay against the app that signed the POST (kept as a fingerprint), whatever
+//! the first reason was: an update another app wrote for a number nobody had added yet is
+//! refused once the number is added too.
 
 use redis::aio::ConnectionLike;
 use wafleet_core::envelope::Update;
 
-use crate::channels::{Registry, SIGNED_BY_ANOTHER_APP, SIGNER_UNKNOWN};
+use crate::channels::{Registry, SIGNER_UNKNOWN};
 use crate::streams::{Append, Appended, Enqueuer, Keys, StoredEntry, read_whole};
 
 /// One quarantined update: its entry id and fields.
@@ -47,9 +49,6 @@ pub async fn replay<C: ConnectionLike>(
     registry: &Registry,
     kept: &Kept,
 ) -> redis::RedisResult<Replayed> {
-    if kept.text("reason") == SIGNED_BY_ANOTHER_APP {
-        return Ok(Replayed::Refused(SIGNED_BY_ANOTHER_APP));
-    }
     let update: Update = match serde_json::from_str(&kept.text("update")) {
         Ok(u) => u,
         // Never serde's own message: it quotes the payload.

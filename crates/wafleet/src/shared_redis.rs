@@ -16,6 +16,8 @@
 //!   the next caller opens a new one. Slow answers do not: the caller's own timeout handles
 //!   those, and the connection stays usable, unless no answer comes for [`RESPONSE_TIMEOUT`]
 //!   (a black-holed network path): then it is dropped too.
+//! - An answer `READONLY` (the server was made a replica by a failover that kept connections
+//!   open) drops it too, so the next caller reaches whatever primary the address names now.
 //! - Opening is bounded by `connect_timeout`, and one caller opens while the others wait for it,
 //!   so an outage costs one connection attempt at a time, not one per request.
 
@@ -198,6 +200,23 @@ impl Drop for ProbeOnDrop<'_> {
     }
 }
 
+/// Whether Redis answered `READONLY`: the server this connection reaches was made a replica (a
+/// failover that kept client connections open, as managed services that move a DNS name do).
+/// The connection is dropped so the next caller reaches the new primary; a pipeline's errors come
+/// back as values, so they are looked at too.
+fn read_only(owner: &Inner, generation: u64, answer: Result<&[Value], &redis::RedisError>) {
+    let is_read_only = match answer {
+        Err(e) => e.kind() == redis::ErrorKind::ReadOnly,
+        Ok(values) => values
+            .iter()
+            .any(|v| matches!(v, Value::ServerError(e) if e.code() == "READONLY")),
+    };
+    if is_read_only {
+        forget(owner, generation);
+        tracing::warn!("Redis answered READONLY (a replica now); reconnecting");
+    }
+}
+
 impl ConnectionLike for SharedConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         let Self {
@@ -205,7 +224,15 @@ impl ConnectionLike for SharedConnection {
             generation,
             owner,
         } = self;
-        Box::pin(answered(owner, *generation, con.req_packed_command(cmd)))
+        Box::pin(async move {
+            let answer = answered(owner, *generation, con.req_packed_command(cmd)).await;
+            read_only(
+                owner,
+                *generation,
+                answer.as_ref().map(std::slice::from_ref),
+            );
+            answer
+        })
     }
 
     fn req_packed_commands<'a>(
@@ -219,11 +246,16 @@ impl ConnectionLike for SharedConnection {
             generation,
             owner,
         } = self;
-        Box::pin(answered(
-            owner,
-            *generation,
-            con.req_packed_commands(cmd, offset, count),
-        ))
+        Box::pin(async move {
+            let answer = answered(
+                owner,
+                *generation,
+                con.req_packed_commands(cmd, offset, count),
+            )
+            .await;
+            read_only(owner, *generation, answer.as_ref().map(Vec::as_slice));
+            answer
+        })
     }
 
     fn get_db(&self) -> i64 {

@@ -552,3 +552,98 @@ async fn a_held_job_counts_its_run_until_it_ends_and_one_that_keeps_killing_work
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].1["name"], b"b1");
 }
+
+#[tokio::test]
+async fn entries_a_lost_read_delivered_are_claimed_again_not_left_pending() {
+    let cfg = TestConfig {
+        partitions: 1,
+        ..TestConfig::new().await
+    };
+    // The worker's blocking reads go through a proxy the test can cut; the rest goes direct.
+    let target = cfg
+        .redis_url
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .to_string();
+    let proxy = wafleet_tests::proxy::Proxy::start(target).await;
+    let probe = Arc::new(Probe::default());
+    let settings = cfg.worker_runtime();
+    let stop = CancellationToken::new();
+    let rt = StageRuntime {
+        stage: STAGE,
+        keys: cfg.keys(),
+        redis: wafleet::shared_redis::blocking_pool(
+            &format!("redis://127.0.0.1:{}", proxy.port),
+            4,
+        )
+        .unwrap(),
+        shared: wafleet::shared_redis::SharedRedis::new(&cfg.redis_url, Duration::from_secs(2))
+            .unwrap(),
+        handler: Arc::new(ProbeHandler(probe.clone())),
+        settings,
+        shutdown: stop.clone(),
+    };
+    let task = tokio::spawn(worker::run_stage(rt));
+    add(&cfg, "L", &[("name", "before")]).await;
+    wait_done(&probe, 1).await;
+
+    // The read waiting at Redis takes the next entry, and its answer never arrives.
+    proxy.black_hole();
+    add(&cfg, "L", &[("name", "lost")]).await;
+    let keys = cfg.keys();
+    let mut con = cfg.redis().await;
+    let consumer: String = con.get(keys.lease(STAGE.name, 0)).await.unwrap();
+    let stream = keys.inbound(0);
+    let pending = |con: &mut redis::aio::MultiplexedConnection| {
+        let (stream, consumer) = (stream.clone(), consumer.clone());
+        let mut con = con.clone();
+        async move {
+            let reply: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
+                .arg(&stream)
+                .arg(STAGE.name)
+                .arg("-")
+                .arg("+")
+                .arg(10)
+                .arg(&consumer)
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            reply.ids.len()
+        }
+    };
+    if pending(&mut con).await == 0 {
+        // No read was waiting at Redis when the path died: deliver it to the worker's consumer
+        // as that read would have.
+        let _: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(STAGE.name)
+            .arg(&consumer)
+            .arg("COUNT")
+            .arg(1)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(">")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        pending(&mut con).await,
+        1,
+        "delivered, never seen by the worker"
+    );
+    // The connection fails; reads work again afterwards.
+    proxy.cut();
+    proxy.restore();
+    wait_done(&probe, 2).await;
+    let names: Vec<String> = probe
+        .done
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, name, _)| name.clone())
+        .collect();
+    assert_eq!(names, ["before", "lost"]);
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}

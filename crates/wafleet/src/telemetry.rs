@@ -2,7 +2,9 @@
 //!
 //! Logs are structured `tracing` events (JSON when `WAFLEET_LOG_FORMAT=json`), filtered by
 //! `RUST_LOG` (default `info`). By rule no log line carries a secret, a token, a message text or
-//! a customer's phone number: we log ids Meta gave us (wamid, phone_number_id) and outcomes.
+//! a customer's phone number: we log the business number's `phone_number_id`, our own ids
+//! (conversation, message, outbound part) and outcomes, never a wamid (Meta's wamids encode the
+//! customer's number).
 //!
 //! Metrics go to one process-wide Prometheus recorder, rendered by each service's `/metrics`.
 

@@ -260,7 +260,12 @@ impl ConversationStage {
             .increment(1);
         if stored.action == "handover" {
             metrics::counter!("wafleet_handovers_total", "reason" => "keyword").increment(1);
-            tracing::info!(conversation_id = conversation.id, wamid = %m.wamid, "conversation handed to a human");
+            // The message's row id, never its wamid: Meta's wamids encode the customer's number.
+            tracing::info!(
+                conversation_id = conversation.id,
+                message_id = stored.id,
+                "conversation handed to a human"
+            );
         }
         // Independent writes: together they go out in one round trip on the shared connection.
         let ((), followed, ()) = tokio::join!(

@@ -140,6 +140,11 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// A stream read failed after it may have reached Redis.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the stream: {0}")]
+struct ReadLost(redis::RedisError);
+
 fn is_nogroup(e: &redis::RedisError) -> bool {
     e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP")
 }
@@ -249,6 +254,15 @@ impl<H: Handler> Partition<H> {
             }
             match self.read_batch().await {
                 Ok(()) => failures = 0,
+                Err(e) if e.is::<ReadLost>() => {
+                    // Entries Redis delivered with the lost answer are pending under this
+                    // consumer and would stay there while it keeps the partition: give it back
+                    // (lanes finish first), and whoever takes it next claims them, in order.
+                    metrics::counter!("wafleet_worker_redis_errors_total", "stage" => self.group())
+                        .increment(1);
+                    tracing::warn!(stage = self.group(), partition = self.partition, error = %e, "a stream read's answer was lost; giving the partition back to claim what it held");
+                    break;
+                }
                 Err(e) => {
                     failures += 1;
                     metrics::counter!("wafleet_worker_redis_errors_total", "stage" => self.group())
@@ -267,6 +281,8 @@ impl<H: Handler> Partition<H> {
         }
     }
 
+    /// Claims every entry pending in the group, this consumer's own included: what the last
+    /// owner left, and what a read whose answer was lost delivered (see [`ReadLost`]).
     async fn take_over(self: &Arc<Self>) -> anyhow::Result<()> {
         self.ensure_group().await?;
         let mut con = self.con().await?;
@@ -396,7 +412,9 @@ impl<H: Handler> Partition<H> {
                 self.ensure_group().await?;
                 return Ok(());
             }
-            Err(e) => return Err(e.into()),
+            // The read may have reached Redis: its entries are then this consumer's pending
+            // ones, which no later `>` read returns.
+            Err(e) => return Err(ReadLost(e).into()),
         };
         let entries: Vec<StreamId> = reply
             .into_iter()

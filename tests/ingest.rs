@@ -794,13 +794,8 @@ async fn a_redis_connection_that_goes_silent_is_replaced() {
     // Ingest reaches Redis through a proxy that can black-hole the live connection (a failover
     // or a lost host: no reset, no answer), while new connections get through.
     let mut cfg = TestConfig::new().await;
-    let target = cfg
-        .redis_url
-        .trim_start_matches("redis://")
-        .trim_end_matches('/')
-        .to_string();
-    let proxy = wafleet_tests::proxy::Proxy::start(target).await;
-    cfg.redis_url = format!("redis://127.0.0.1:{}", proxy.port);
+    let proxy = wafleet_tests::proxy::Proxy::in_front_of_redis(&cfg.redis_url).await;
+    cfg.redis_url = proxy.redis_url();
     cfg.add_channel("106540352242922", |_| {}).await;
     let ingest = Ingest::start(cfg.ingest_settings()).await;
     let body = |n: u32| text_body("106540352242922", "57300", &format!("wamid.S{n}"), "hola");

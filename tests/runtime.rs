@@ -560,23 +560,14 @@ async fn entries_a_lost_read_delivered_are_claimed_again_not_left_pending() {
         ..TestConfig::new().await
     };
     // The worker's blocking reads go through a proxy the test can cut; the rest goes direct.
-    let target = cfg
-        .redis_url
-        .trim_start_matches("redis://")
-        .trim_end_matches('/')
-        .to_string();
-    let proxy = wafleet_tests::proxy::Proxy::start(target).await;
+    let proxy = wafleet_tests::proxy::Proxy::in_front_of_redis(&cfg.redis_url).await;
     let probe = Arc::new(Probe::default());
     let settings = cfg.worker_runtime();
     let stop = CancellationToken::new();
     let rt = StageRuntime {
         stage: STAGE,
         keys: cfg.keys(),
-        redis: wafleet::shared_redis::blocking_pool(
-            &format!("redis://127.0.0.1:{}", proxy.port),
-            4,
-        )
-        .unwrap(),
+        redis: wafleet::shared_redis::blocking_pool(&proxy.redis_url(), 4).unwrap(),
         shared: wafleet::shared_redis::SharedRedis::new(&cfg.redis_url, Duration::from_secs(2))
             .unwrap(),
         handler: Arc::new(ProbeHandler(probe.clone())),

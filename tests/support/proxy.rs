@@ -19,6 +19,21 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// A proxy in front of the Redis at `redis_url` (`redis://host:port`); connect to
+    /// [`Proxy::redis_url`].
+    pub async fn in_front_of_redis(redis_url: &str) -> Self {
+        let target = redis_url
+            .trim_start_matches("redis://")
+            .trim_end_matches('/')
+            .to_string();
+        Self::start(target).await
+    }
+
+    /// The URL of the Redis behind this proxy, through it.
+    pub fn redis_url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
     pub async fn start(target: String) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();

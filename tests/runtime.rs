@@ -638,3 +638,68 @@ async fn entries_a_lost_read_delivered_are_claimed_again_not_left_pending() {
     stop.cancel();
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn consumers_of_processes_long_gone_are_deleted_when_a_partition_is_taken_over() {
+    let cfg = TestConfig {
+        partitions: 1,
+        ..TestConfig::new().await
+    };
+    let stream = cfg.keys().inbound(0);
+    let mut con = cfg.redis().await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg(STAGE.name)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    // A process that started once, read nothing and is gone.
+    let _: i64 = redis::cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg(&stream)
+        .arg(STAGE.name)
+        .arg("gone-1")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let consumers = |con: &redis::aio::MultiplexedConnection| {
+        let (mut con, stream) = (con.clone(), stream.clone());
+        async move {
+            let reply: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(&stream)
+                .arg(STAGE.name)
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            reply.consumers
+        }
+    };
+    // Idle for longer than a lease, as a process gone that long is.
+    eventually(
+        "the consumer idle past a lease",
+        Duration::from_secs(10),
+        || async {
+            consumers(&con)
+                .await
+                .iter()
+                .any(|c| c.name == "gone-1" && c.idle > 1_500)
+                .then_some(())
+        },
+    )
+    .await;
+    let probe = Arc::new(Probe::default());
+    let running = start(&cfg, probe.clone(), |s| {
+        s.job_deadline = Duration::from_millis(1_000);
+        s.lease_ttl = Duration::from_millis(1_500);
+    });
+    add(&cfg, "C", &[("name", "after")]).await;
+    wait_done(&probe, 1).await;
+    let names: Vec<String> = consumers(&con).await.into_iter().map(|c| c.name).collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert_ne!(names[0], "gone-1");
+    running.stop().await;
+}

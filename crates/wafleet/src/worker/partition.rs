@@ -311,6 +311,7 @@ impl<H: Handler> Partition<H> {
             }
             start = reply.next_stream_id;
         }
+        self.forget_old_consumers(&mut con).await?;
         if claimed.is_empty() {
             return Ok(());
         }
@@ -351,6 +352,36 @@ impl<H: Handler> Partition<H> {
             let n = deliveries.get(&entry.id).copied().unwrap_or(1);
             let permit = self.permits.clone().acquire_owned().await?;
             self.dispatch_fresh(entry, n, permit);
+        }
+        Ok(())
+    }
+
+    /// Deletes the group's other consumers that hold nothing (all claimed just now) and did
+    /// nothing for a lease TTL: every process start names a new consumer, and Redis keeps each
+    /// one until it is deleted, so a fleet that scales and redeploys would otherwise pile them up
+    /// for good. The idle bound spares a process still reading (deleting a consumer drops what it
+    /// was just handed); one that reads again later is made again by its read.
+    async fn forget_old_consumers(
+        &self,
+        con: &mut crate::shared_redis::SharedConnection,
+    ) -> anyhow::Result<()> {
+        let consumers: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&self.stream)
+            .arg(self.group())
+            .query_async(con)
+            .await?;
+        for c in consumers.consumers {
+            let idle = Duration::from_millis(c.idle as u64);
+            if c.name != self.consumer && c.pending == 0 && idle > self.rt.settings.lease_ttl {
+                let _: i64 = redis::cmd("XGROUP")
+                    .arg("DELCONSUMER")
+                    .arg(&self.stream)
+                    .arg(self.group())
+                    .arg(&c.name)
+                    .query_async(con)
+                    .await?;
+            }
         }
         Ok(())
     }

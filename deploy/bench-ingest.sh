@@ -14,6 +14,12 @@
 #                       the port; default when there is one) or tcp
 #   BENCH_PRELOAD_MARKS dedup marks written (and rewritten into the AOF base) before the run, to
 #                       see a Redis that holds days of them, as production does (default 0)
+#   BENCH_APPS          Meta apps the ingest serves, each with its own secret (default 1): the
+#                       others' channels are added before the benchmarked one, so a POST on the
+#                       shared path is hashed with every other secret first (as a bad signature
+#                       always is)
+#   BENCH_PATH          shared (POST /webhooks/whatsapp, default) or app (the benchmarked
+#                       channel's app path, /webhooks/whatsapp/{app_id}, checked once)
 #   WAFLEET_PARTITIONS, WAFLEET_REDIS_POOL_SIZE, ...  passed through to ingest as usual
 #   WAFLEET_REDIS_PORT / WAFLEET_PG_PORT  which services (see deploy/services.sh)
 #
@@ -112,7 +118,7 @@ start_server() {
 
 # load LABEL: the closed loop against the server on $PORT; prints the report, keeps it.
 load() {
-  "$LOADGEN" run --label "$1" --url "http://127.0.0.1:$PORT/webhooks/whatsapp" \
+  "$LOADGEN" run --label "$1" --url "http://127.0.0.1:$PORT$2" \
     --secret "$SECRET" --phone-number-id "$PNID" \
     --concurrency "$CONCURRENCY" --duration "$DURATION" --warmup "$WARMUP" | tee "$LOGS/$1.out"
 }
@@ -143,6 +149,24 @@ if ((PRELOAD > 0)); then
   note "AOF base now $(($(redis_persistence aof_base_size) / 1000000)) MB"
 fi
 
+APPS="${BENCH_APPS:-1}"
+[[ "$APPS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_APPS must be a positive number, got '$APPS'"
+BENCH_APP_ID=7000000000000
+case "${BENCH_PATH:-shared}" in
+  shared) WEBHOOK_PATH=/webhooks/whatsapp ;;
+  app) WEBHOOK_PATH="/webhooks/whatsapp/$BENCH_APP_ID" ;;
+  *) die "BENCH_PATH must be shared or app, got '${BENCH_PATH}'" ;;
+esac
+if ((APPS > 1)); then
+  note "adding $((APPS - 1)) other apps' channels"
+  for ((n = 1; n < APPS; n++)); do
+    env DATABASE_URL="$BENCH_DATABASE_URL" WAFLEET_ENCRYPTION_KEY="$KEY" \
+      "$BIN/wafleetctl" channel add --phone-number-id "$((PNID + n))" \
+      --app-id "$((BENCH_APP_ID + n))" --app-secret "other-app-secret-$n" >/dev/null
+  done
+fi
+echo "== $APPS app(s), each with its own secret; ingest measured on POST $WEBHOOK_PATH"
+
 PORT="$("$LOADGEN" free-port)"
 redis_cpu_before="$(redis_cpu)" rewrite_cpu_before="$(redis_rewrite_cpu)"
 rewrites_before="$(redis_persistence aof_rewrites)"
@@ -150,10 +174,10 @@ start_server ingest /readyz env \
   DATABASE_URL="$BENCH_DATABASE_URL" WAFLEET_ENCRYPTION_KEY="$KEY" \
   REDIS_URL="$APP_REDIS_URL" WAFLEET_REDIS_PREFIX="$PREFIX" WAFLEET_PARTITIONS="$PARTITIONS" \
   WAFLEET_INGEST_ADDR="127.0.0.1:$PORT" RUST_LOG="${BENCH_RUST_LOG:-warn}" \
-  WHATSAPP_PHONE_NUMBER_ID="$PNID" WHATSAPP_APP_SECRET="$SECRET" \
+  WHATSAPP_PHONE_NUMBER_ID="$PNID" WHATSAPP_APP_SECRET="$SECRET" WHATSAPP_APP_ID="$BENCH_APP_ID" \
   WHATSAPP_VERIFY_TOKEN=bench-verify WHATSAPP_ACCESS_TOKEN=bench-token \
   "$BIN/wafleet-ingest"
-load ingest
+load ingest "$WEBHOOK_PATH"
 INGEST="$(result ingest)"
 stop_server
 INGEST_CPU="$SERVER_CPU"
@@ -173,7 +197,7 @@ echo "== streams: $stream_total inbound entries for $ok_total answers 200; $off_
 
 PORT="$("$LOADGEN" free-port)"
 start_server ceiling /healthz "$LOADGEN" ceiling --listen "127.0.0.1:$PORT" --secret "$SECRET"
-load ceiling
+load ceiling /webhooks/whatsapp
 CEILING="$(result ceiling)"
 stop_server
 CEILING_CPU="$SERVER_CPU"

@@ -684,6 +684,7 @@ async fn an_admin_connects_a_number_through_the_api_and_ingest_serves_it() {
     let new = json!({
         "name": "Tienda Kaiu",
         "waba_id": "102290129340398",
+        "app_id": "1946350872345",
         "app_secrets": [NEW_SECRET],
         "verify_token": "verify-the-new-number",
         "access_token": NEW_TOKEN,
@@ -717,6 +718,7 @@ async fn an_admin_connects_a_number_through_the_api_and_ingest_serves_it() {
     let (status, shown) = p.api.put(&path, &p.admin, new.clone()).await;
     assert_eq!(status, StatusCode::CREATED, "{shown}");
     assert_eq!(shown["name"], "Tienda Kaiu");
+    assert_eq!(shown["app_id"], "1946350872345");
     assert_eq!(shown["app_secrets"], 1);
     assert_eq!(shown["access_token"], true);
     assert_eq!(shown["settings"]["history_limit"], "8");
@@ -783,6 +785,30 @@ async fn an_admin_connects_a_number_through_the_api_and_ingest_serves_it() {
         1,
         "the new number's message was not enqueued"
     );
+    // And on its app's own path, which checks that app's secret alone.
+    let body = text_message(
+        SHOP,
+        "573001",
+        "wamid.NEW2",
+        chrono::Utc::now().timestamp(),
+        "hola",
+    );
+    let on_app_path = http
+        .post(format!("{}/webhooks/whatsapp/1946350872345", p.ingest.url))
+        .header("x-hub-signature-256", sign(&body, NEW_SECRET.as_bytes()))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(on_app_path.status(), 200);
+    assert_eq!(all_updates(&mut con, &inbound).await.len(), 2);
+    // An App ID is Meta's number.
+    let (status, refused) = p
+        .api
+        .put(&path, &p.admin, json!({"app_id": "my-app"}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    assert!(refused.to_string().contains("app_id"), "{refused}");
 
     // A change of one field leaves the others, secrets included, as they were.
     let (status, shown) = p.api.put(&path, &p.admin, json!({"bot_mode": "off"})).await;

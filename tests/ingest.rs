@@ -1291,3 +1291,130 @@ async fn a_redis_made_a_replica_under_open_connections_is_left_for_a_new_connect
         assert_ne!(client_id().await, before, "pipelined: {pipelined}");
     }
 }
+
+#[tokio::test]
+async fn an_apps_own_path_checks_only_that_apps_secrets_and_an_unknown_app_is_refused() {
+    let cfg = TestConfig::new().await;
+    let app = |id: &str, secret: &str, token: &str| {
+        let (id, secret, token) = (id.to_string(), secret.to_string(), token.to_string());
+        move |s: &mut wafleet::store::channels::ChannelSpec| {
+            s.app_id = Some(id);
+            s.app_secrets = Some(vec![wafleet::config::Secret::new(secret)]);
+            s.verify_token = Some(wafleet::config::Secret::new(token));
+        }
+    };
+    cfg.add_channel("1110001", app("9001", "secret-a", "verify-a"))
+        .await;
+    cfg.add_channel("2220002", app("9002", "secret-b", "verify-b"))
+        .await;
+    // Served on the shared path only.
+    cfg.add_channel("3330003", |_| {}).await;
+    let ingest = Ingest::start(cfg.ingest_settings()).await;
+    let post_to = |path: &str, body: &[u8], secret: &str| {
+        let req = ingest
+            .http
+            .post(format!("{}/webhooks/whatsapp{path}", ingest.url))
+            .header("x-hub-signature-256", sign(body, secret.as_bytes()))
+            .body(body.to_vec());
+        async move { req.send().await.unwrap() }
+    };
+    let mut con = cfg.redis().await;
+    let wamids = |con: &mut redis::aio::MultiplexedConnection| {
+        let streams = inbound_streams(&cfg);
+        let mut con = con.clone();
+        async move {
+            let mut all: Vec<String> = all_updates(&mut con, &streams)
+                .await
+                .into_iter()
+                .map(|(_, u)| match u {
+                    Update::Message(m) => m.wamid,
+                    other => panic!("non-message on inbound: {other:?}"),
+                })
+                .collect();
+            all.sort();
+            all
+        }
+    };
+
+    // App A's path takes A's signature for A's number.
+    let a1 = text_body("1110001", "573001", "wamid.A1", "hola");
+    assert_eq!(post_to("/9001", &a1, "secret-a").await.status(), 200);
+    assert_eq!(wamids(&mut con).await, ["wamid.A1"]);
+
+    // App B's signature is not checked on A's path (the shared path would find it): 401, and
+    // nothing kept.
+    let a2 = text_body("1110001", "573001", "wamid.A2", "hola");
+    let refused = post_to("/9001", &a2, "secret-b").await;
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.text().await.unwrap(), "unauthorized");
+    // Nor is the shared path's secret of the third number, or any secret on an app no channel
+    // names: 404, counted.
+    assert_eq!(post_to("/9001", &a2, APP_SECRET).await.status(), 401);
+    let unknown = post_to("/9999", &a2, "secret-a").await;
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(unknown.text().await.unwrap(), "not found");
+    assert_eq!(post_to("/not-an-app", &a2, "secret-a").await.status(), 404);
+    assert_eq!(wamids(&mut con).await, ["wamid.A1"]);
+    assert!(
+        read_stream(&mut con, &cfg.keys().quarantine())
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        ingest
+            .metric(r#"wafleet_ingest_requests_total{outcome="bad_signature"}"#)
+            .await,
+        2.0
+    );
+    assert_eq!(
+        ingest
+            .metric(r#"wafleet_ingest_requests_total{outcome="unknown_app"}"#)
+            .await,
+        2.0
+    );
+
+    // App B signing, on its own path, an update for app A's number: signed by another app,
+    // kept in quarantine as on the shared path.
+    assert_eq!(post_to("/9002", &a2, "secret-b").await.status(), 200);
+    assert!(quarantined_for(&cfg, "signed_by_another_app").await);
+    assert_eq!(wamids(&mut con).await, ["wamid.A1"]);
+    // The shared path still serves every app's numbers.
+    let b1 = text_body("2220002", "573002", "wamid.B1", "hola");
+    let c1 = text_body("3330003", "573003", "wamid.C1", "hola");
+    assert_eq!(post_to("", &b1, "secret-b").await.status(), 200);
+    assert_eq!(post_to("", &c1, APP_SECRET).await.status(), 200);
+    assert_eq!(wamids(&mut con).await, ["wamid.A1", "wamid.B1", "wamid.C1"]);
+    assert_eq!(ingest.metric("wafleet_ingest_apps").await, 2.0);
+    assert_eq!(ingest.metric("wafleet_ingest_app_secrets").await, 3.0);
+
+    // The handshake on an app's path takes that app's verify token only.
+    let handshake = |path: &str, token: &str| {
+        let url = format!(
+            "{}/webhooks/whatsapp{path}?hub.mode=subscribe&hub.verify_token={token}&hub.challenge=77",
+            ingest.url
+        );
+        let http = ingest.http.clone();
+        async move { http.get(url).send().await.unwrap().status() }
+    };
+    assert_eq!(handshake("/9001", "verify-a").await, 200);
+    assert_eq!(handshake("/9001", "verify-b").await, 403);
+    assert_eq!(handshake("/9001", VERIFY_TOKEN).await, 403);
+    assert_eq!(handshake("/9999", "verify-a").await, 403);
+    assert_eq!(handshake("", "verify-b").await, 200);
+
+    // Naming the third number's app opens its path within the refresh interval.
+    cfg.add_channel("3330003", |s| s.app_id = Some("9003".into()))
+        .await;
+    let c2 = text_body("3330003", "573003", "wamid.C2", "hola");
+    eventually("app 9003's path to open", Duration::from_secs(10), || {
+        let res = post_to("/9003", &c2, APP_SECRET);
+        async move { (res.await.status() == 200).then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        wamids(&mut con).await,
+        ["wamid.A1", "wamid.B1", "wamid.C1", "wamid.C2"]
+    );
+    assert_eq!(ingest.metric("wafleet_ingest_apps").await, 3.0);
+    ingest.stop().await.unwrap();
+}

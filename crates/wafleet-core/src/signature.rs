@@ -66,15 +66,42 @@ pub fn verify(
     header: Option<&[u8]>,
     secrets: &[AppSecret],
 ) -> Result<usize, SignatureError> {
+    verify_with(body, header, secrets.iter().enumerate())
+}
+
+/// [`verify`] against the secrets at `candidates` only (the secrets of one app): each secret
+/// tried costs a pass of HMAC-SHA256 over the body, so a POST that names its app is checked
+/// once, however many apps share the endpoint. Returns the matching index into `secrets`; an
+/// index out of range is skipped.
+pub fn verify_among(
+    body: &[u8],
+    header: Option<&[u8]>,
+    secrets: &[AppSecret],
+    candidates: &[usize],
+) -> Result<usize, SignatureError> {
+    verify_with(
+        body,
+        header,
+        candidates
+            .iter()
+            .filter_map(|&i| secrets.get(i).map(|s| (i, s))),
+    )
+}
+
+fn verify_with<'a>(
+    body: &[u8],
+    header: Option<&[u8]>,
+    mut secrets: impl Iterator<Item = (usize, &'a AppSecret)>,
+) -> Result<usize, SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
     let expected = parse_header(header)?;
     secrets
-        .iter()
-        .position(|secret| {
+        .find(|(_, secret)| {
             let mut mac = secret.keyed.clone();
             mac.update(body);
             mac.verify_slice(&expected).is_ok()
         })
+        .map(|(i, _)| i)
         .ok_or(SignatureError::Mismatch)
 }
 
@@ -113,6 +140,30 @@ mod tests {
         let header = sign(BODY, b"new");
         let secrets = [AppSecret::new(b"old"), AppSecret::new(b"new")];
         assert_eq!(verify(BODY, Some(header.as_bytes()), &secrets), Ok(1));
+    }
+
+    #[test]
+    fn only_the_candidate_secrets_are_tried() {
+        let header = sign(BODY, b"b");
+        let secrets = [
+            AppSecret::new(b"a"),
+            AppSecret::new(b"b"),
+            AppSecret::new(b"c"),
+        ];
+        let header = Some(header.as_bytes());
+        assert_eq!(verify_among(BODY, header, &secrets, &[2, 1]), Ok(1));
+        assert_eq!(
+            verify_among(BODY, header, &secrets, &[0, 2, 7]),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify_among(BODY, header, &secrets, &[]),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify_among(BODY, None, &secrets, &[1]),
+            Err(SignatureError::Missing)
+        );
     }
 
     #[test]

@@ -57,6 +57,18 @@ pub struct Registry {
     /// Per WhatsApp Business Account id (`channels.waba_id`), who may sign the account's events
     /// (template and account updates name no number).
     waba_signers: HashMap<String, WabaSigners>,
+    /// Per Meta App ID (`channels.app_id`): what `/webhooks/whatsapp/{app_id}` checks.
+    apps: HashMap<String, AppRoute>,
+}
+
+/// What the webhook path of one Meta app checks: the secrets and verify tokens of the readable
+/// channels that name the app.
+#[derive(Debug, Default)]
+struct AppRoute {
+    /// Indices into [`Registry::secrets`], each once.
+    secret_ids: Vec<usize>,
+    /// Verify tokens of the app's enabled channels, as [`token_digest`]s.
+    verify_tokens: Vec<Vec<u8>>,
 }
 
 /// Who may sign one business account's events.
@@ -81,8 +93,9 @@ impl Registry {
         let mut verify_tokens = Vec::new();
         let mut routes = HashMap::new();
         let mut waba_signers: HashMap<String, WabaSigners> = HashMap::new();
+        let mut apps: HashMap<String, AppRoute> = HashMap::new();
         for ch in channels {
-            let secret_ids = ch
+            let secret_ids: Vec<usize> = ch
                 .app_secrets
                 .iter()
                 .map(|s| {
@@ -101,9 +114,20 @@ impl Registry {
                     .secret_ids
                     .extend(&secret_ids);
             }
-            if let (Some(token), true) = (&ch.verify_token, ch.enabled) {
-                verify_tokens.push(token_digest(token.expose().as_bytes()));
+            let token = match (&ch.verify_token, ch.enabled) {
+                (Some(token), true) => Some(token_digest(token.expose().as_bytes())),
+                _ => None,
+            };
+            if let Some(app) = &ch.app_id {
+                let route = apps.entry(app.clone()).or_default();
+                for id in &secret_ids {
+                    if !route.secret_ids.contains(id) {
+                        route.secret_ids.push(*id);
+                    }
+                }
+                route.verify_tokens.extend(token.clone());
             }
+            verify_tokens.extend(token);
             routes.insert(
                 ch.phone_number_id.clone(),
                 ChannelRoute {
@@ -125,7 +149,34 @@ impl Registry {
             verify_tokens,
             routes,
             waba_signers,
+            apps,
         }
+    }
+
+    /// The indices into [`Registry::secrets`] of the app secrets of the channels that name Meta
+    /// app `app_id`; `None` when no readable channel names it.
+    pub fn app_secret_ids(&self, app_id: &str) -> Option<&[usize]> {
+        self.apps.get(app_id).map(|a| a.secret_ids.as_slice())
+    }
+
+    /// How many Meta apps have a webhook path of their own.
+    pub fn apps(&self) -> usize {
+        self.apps.len()
+    }
+
+    /// Logs `what` (loaded, reloaded) with the registry's size, and sets the gauges of what a
+    /// POST is checked against: `wafleet_ingest_app_secrets` (the distinct secrets a POST to the
+    /// shared path may be hashed with, one pass over the body each) and `wafleet_ingest_apps`
+    /// (apps with a path of their own, checked once).
+    pub fn report(&self, what: &str) {
+        tracing::info!(
+            channels = self.len(),
+            app_secrets = self.secrets.len(),
+            apps = self.apps(),
+            "{what}"
+        );
+        metrics::gauge!("wafleet_ingest_app_secrets").set(self.secrets.len() as f64);
+        metrics::gauge!("wafleet_ingest_apps").set(self.apps.len() as f64);
     }
 
     /// The fingerprint of the secret at `signed_by` (the index [`signature::verify`] returned),
@@ -210,14 +261,26 @@ impl Registry {
     /// one in constant time and all of them, so timing tells nothing, not even a token's length
     /// (comparing slices of different lengths returns at once).
     pub fn verify_token_matches(&self, token: &[u8]) -> bool {
-        let asked = token_digest(token);
-        self.verify_tokens
-            .iter()
-            .fold(subtle::Choice::from(0), |acc, t| {
-                acc | t.as_slice().ct_eq(&asked)
-            })
-            .into()
+        tokens_match(&self.verify_tokens, token)
     }
+
+    /// [`Registry::verify_token_matches`] among the enabled channels that name Meta app `app_id`
+    /// (the handshake of `/webhooks/whatsapp/{app_id}`).
+    pub fn app_verify_token_matches(&self, app_id: &str, token: &[u8]) -> bool {
+        self.apps
+            .get(app_id)
+            .is_some_and(|a| tokens_match(&a.verify_tokens, token))
+    }
+}
+
+fn tokens_match(digests: &[Vec<u8>], token: &[u8]) -> bool {
+    let asked = token_digest(token);
+    digests
+        .iter()
+        .fold(subtle::Choice::from(0), |acc, t| {
+            acc | t.as_slice().ct_eq(&asked)
+        })
+        .into()
 }
 
 /// What verify tokens are compared by: SHA-256, the same length whatever the token's.
@@ -286,7 +349,7 @@ pub async fn refresh_loop(
         }
         match load(&pool, &cipher).await {
             Ok(registry) => {
-                tracing::info!(channels = registry.len(), "channel registry reloaded");
+                registry.report("channel registry reloaded");
                 shared.replace(registry);
                 last = Some(fingerprint);
             }
@@ -310,6 +373,7 @@ mod tests {
             id: 1,
             phone_number_id: pnid.into(),
             waba_id: waba.map(Into::into),
+            app_id: None,
             display_phone_number: None,
             name: pnid.into(),
             app_secrets: vec![Secret::new(secret.as_bytes().to_vec())],

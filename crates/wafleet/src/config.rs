@@ -187,6 +187,8 @@ pub fn cipher_from_env() -> anyhow::Result<crate::crypto::Cipher> {
 #[derive(Debug, Clone)]
 pub struct QuickStartChannel {
     pub phone_number_id: String,
+    /// `WHATSAPP_APP_ID`: Meta's App ID, for the app's own path `/webhooks/whatsapp/{app_id}`.
+    pub app_id: Option<String>,
     /// `WHATSAPP_APP_SECRET`, plus `WHATSAPP_APP_SECRET_PREVIOUS` during a rotation.
     pub app_secrets: Vec<Secret<String>>,
     pub verify_token: Option<Secret<String>>,
@@ -205,6 +207,7 @@ impl QuickStartChannel {
         app_secrets.extend(var("WHATSAPP_APP_SECRET_PREVIOUS").map(Secret::new));
         Ok(Some(Self {
             phone_number_id,
+            app_id: var("WHATSAPP_APP_ID"),
             app_secrets,
             verify_token: var("WHATSAPP_VERIFY_TOKEN").map(Secret::new),
             access_token: var("WHATSAPP_ACCESS_TOKEN").map(Secret::new),
@@ -280,6 +283,7 @@ mod tests {
                 "{:?}",
                 QuickStartChannel {
                     phone_number_id: "1".into(),
+                    app_id: None,
                     app_secrets: vec![s.clone()],
                     verify_token: Some(s.clone()),
                     access_token: Some(s),

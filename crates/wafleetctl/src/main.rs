@@ -328,6 +328,10 @@ struct AddArgs {
     phone_number_id: String,
     #[arg(long)]
     waba_id: Option<String>,
+    /// Meta's App ID of the app that signs the number's webhooks: the number is then also
+    /// served on /webhooks/whatsapp/APP_ID, which checks only that app's secrets.
+    #[arg(long)]
+    app_id: Option<String>,
     /// The number as customers see it, digits only.
     #[arg(long)]
     display_phone_number: Option<String>,
@@ -472,6 +476,7 @@ async fn main() -> anyhow::Result<()> {
             let spec = ChannelSpec {
                 phone_number_id: a.phone_number_id.clone(),
                 waba_id: a.waba_id,
+                app_id: a.app_id,
                 display_phone_number: a.display_phone_number,
                 name: a.name,
                 app_secrets: if a.app_secrets.is_empty() {
@@ -519,9 +524,10 @@ async fn main() -> anyhow::Result<()> {
             let all = channels::list_readable(&pool, &cipher()?).await?;
             let hidden = channels::count(&pool).await? - all.len() as i64;
             println!(
-                "{:<20} {:<18} {:<16} {:<8} {:<7} {:>7} {:>6} {:>6} {:>9}",
+                "{:<20} {:<18} {:<18} {:<16} {:<8} {:<7} {:>7} {:>6} {:>6} {:>9}",
                 "PHONE_NUMBER_ID",
                 "WABA",
+                "APP",
                 "DISPLAY",
                 "ENABLED",
                 "BOT",
@@ -532,9 +538,10 @@ async fn main() -> anyhow::Result<()> {
             );
             for c in all {
                 println!(
-                    "{:<20} {:<18} {:<16} {:<8} {:<7} {:>7} {:>6} {:>6} {:>9}",
+                    "{:<20} {:<18} {:<18} {:<16} {:<8} {:<7} {:>7} {:>6} {:>6} {:>9}",
                     c.phone_number_id,
                     c.waba_id.as_deref().unwrap_or("-"),
+                    c.app_id.as_deref().unwrap_or("-"),
                     c.display_phone_number.as_deref().unwrap_or("-"),
                     c.enabled,
                     c.bot_mode.as_str(),

@@ -141,6 +141,7 @@ async fn show(
 #[serde(deny_unknown_fields)]
 struct ChannelBody {
     waba_id: Option<String>,
+    app_id: Option<String>,
     display_phone_number: Option<String>,
     name: Option<String>,
     app_secrets: Option<Vec<String>>,
@@ -171,6 +172,7 @@ impl ChannelBody {
     fn texts(&self) -> impl Iterator<Item = &str> {
         [
             &self.waba_id,
+            &self.app_id,
             &self.display_phone_number,
             &self.name,
             &self.verify_token,
@@ -286,6 +288,7 @@ fn plan(pnid: &str, b: ChannelBody) -> Result<Plan, String> {
     let spec = ChannelSpec {
         phone_number_id: pnid.to_string(),
         waba_id: b.waba_id,
+        app_id: b.app_id,
         display_phone_number: b.display_phone_number,
         name: b.name,
         app_secrets: b
@@ -309,6 +312,7 @@ fn plan(pnid: &str, b: ChannelBody) -> Result<Plan, String> {
 fn changed_fields(b: &ChannelBody) -> Vec<String> {
     let mut names: Vec<String> = [
         ("waba_id", b.waba_id.is_some()),
+        ("app_id", b.app_id.is_some()),
         ("display_phone_number", b.display_phone_number.is_some()),
         ("name", b.name.is_some()),
         ("app_secrets", b.app_secrets.is_some()),

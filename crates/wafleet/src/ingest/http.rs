@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -39,6 +39,9 @@ pub enum Outcome {
     /// The body could not be read to its end (the client went away mid-body): nothing to keep,
     /// and nothing to do with Redis being away.
     Aborted,
+    /// Posted to `/webhooks/whatsapp/{app_id}` for an app no channel names: no secret to check
+    /// it with. 404, Meta retries (the app's channel may be added meanwhile).
+    UnknownApp,
 }
 
 impl Outcome {
@@ -52,6 +55,7 @@ impl Outcome {
             Outcome::UnknownChannel => "unknown_channel",
             Outcome::Unavailable => "unavailable",
             Outcome::Aborted => "aborted",
+            Outcome::UnknownApp => "unknown_app",
         }
     }
 
@@ -65,6 +69,7 @@ impl Outcome {
             Outcome::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Outcome::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Outcome::Aborted => StatusCode::BAD_REQUEST,
+            Outcome::UnknownApp => StatusCode::NOT_FOUND,
         }
     }
 }
@@ -77,6 +82,7 @@ impl IntoResponse for Outcome {
             StatusCode::UNAUTHORIZED => "unauthorized",
             StatusCode::PAYLOAD_TOO_LARGE => "payload too large",
             StatusCode::BAD_REQUEST => "incomplete body",
+            StatusCode::NOT_FOUND => "not found",
             _ => "unavailable, retry later",
         };
         let mut res = (self.status(), body).into_response();
@@ -91,6 +97,10 @@ impl IntoResponse for Outcome {
 pub fn router(state: AppState, max_body_bytes: usize, request_timeout: Duration) -> Router {
     Router::new()
         .route("/webhooks/whatsapp", get(verify).post(receive))
+        .route(
+            "/webhooks/whatsapp/{app_id}",
+            get(verify_app).post(receive_app),
+        )
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
@@ -117,15 +127,30 @@ async fn count_timeouts(res: Response) -> Response {
     res
 }
 
-/// Meta's subscription handshake.
+/// Meta's subscription handshake on the shared path: any enabled channel's verify token.
 async fn verify(
     State(state): State<Arc<AppState>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
+    handshake(&state, &q, None)
+}
+
+/// The handshake on an app's own path: the verify token of one of the app's enabled channels.
+async fn verify_app(
+    State(state): State<Arc<AppState>>,
+    Path(app_id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    handshake(&state, &q, Some(&app_id))
+}
+
+fn handshake(state: &AppState, q: &HashMap<String, String>, app: Option<&str>) -> Response {
     let registry = state.registry.current();
     let ok = q.get("hub.mode").map(String::as_str) == Some("subscribe")
-        && q.get("hub.verify_token")
-            .is_some_and(|t| registry.verify_token_matches(t.as_bytes()));
+        && q.get("hub.verify_token").is_some_and(|t| match app {
+            None => registry.verify_token_matches(t.as_bytes()),
+            Some(app) => registry.app_verify_token_matches(app, t.as_bytes()),
+        });
     match (ok, q.get("hub.challenge")) {
         (true, Some(challenge)) => {
             metrics::counter!("wafleet_ingest_verifications_total", "result" => "ok").increment(1);
@@ -141,14 +166,34 @@ async fn verify(
     }
 }
 
+/// A POST to the shared path: checked against every app's secrets.
 async fn receive(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Outcome {
+    receive_for(&state, None, &headers, body).await
+}
+
+/// A POST to an app's own path: checked against that app's secrets only.
+async fn receive_app(
+    State(state): State<Arc<AppState>>,
+    Path(app_id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Outcome {
+    receive_for(&state, Some(&app_id), &headers, body).await
+}
+
+async fn receive_for(
+    state: &AppState,
+    app: Option<&str>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Outcome {
     let started = Instant::now();
     let outcome = match body {
-        Ok(body) => handle(&state, &headers, body).await,
+        Ok(body) => handle(state, app, headers, body).await,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             tracing::warn!("webhook body over the size limit");
             Outcome::TooLarge
@@ -165,12 +210,28 @@ async fn receive(
     outcome
 }
 
-async fn handle(state: &AppState, headers: &HeaderMap, body: Bytes) -> Outcome {
+async fn handle(state: &AppState, app: Option<&str>, headers: &HeaderMap, body: Bytes) -> Outcome {
     let registry = state.registry.current();
     let header = headers
         .get("x-hub-signature-256")
         .map(HeaderValue::as_bytes);
-    let secret_id = match signature::verify(&body, header, &registry.secrets) {
+    let checked = match app {
+        None => signature::verify(&body, header, &registry.secrets),
+        Some(app) => match registry.app_secret_ids(app) {
+            Some(ids) => signature::verify_among(&body, header, &registry.secrets, ids),
+            None => {
+                // The path is the caller's: logged only when it is an App ID's shape.
+                let shown = if app.len() <= 32 && app.bytes().all(|b| b.is_ascii_digit()) {
+                    app
+                } else {
+                    "(not an App ID)"
+                };
+                tracing::warn!(app_id = shown, "webhook for an app no channel names");
+                return Outcome::UnknownApp;
+            }
+        },
+    };
+    let secret_id = match checked {
         Ok(id) => id,
         Err(e) => {
             tracing::warn!(reason = %e, "webhook signature refused");

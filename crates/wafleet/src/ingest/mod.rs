@@ -49,6 +49,7 @@ pub async fn apply_quick_start(
 ) -> anyhow::Result<()> {
     let spec = ChannelSpec {
         phone_number_id: qs.phone_number_id.clone(),
+        app_id: qs.app_id.clone(),
         app_secrets: Some(qs.app_secrets.clone()),
         verify_token: qs.verify_token.clone(),
         access_token: qs.access_token.clone(),
@@ -68,6 +69,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let common = &settings.common;
+    // Installed first: what is measured from here on (the registry's gauges) is recorded.
+    let metrics = telemetry::metrics_handle();
     let cipher = common.cipher()?;
     let pg = db::connect(
         common.database_url.expose(),
@@ -82,10 +85,7 @@ pub async fn run(
     // Read before the snapshot: a change made while it loads is then seen by the refresher.
     let loaded_at = crate::store::channels::fingerprint(&pg).await.ok();
     let registry = SharedRegistry::new(channels::load(&pg, &cipher).await?);
-    tracing::info!(
-        channels = registry.current().len(),
-        "channel registry loaded"
-    );
+    registry.current().report("channel registry loaded");
 
     let stop = CancellationToken::new();
     let refresher = tokio::spawn(channels::refresh_loop(
@@ -108,7 +108,7 @@ pub async fn run(
         keys: Arc::new(Keys::new(common.redis_prefix.clone(), common.partitions)),
         enqueuer: Enqueuer::new(settings.dedup_ttl),
         redis_timeout: settings.redis_timeout,
-        metrics: telemetry::metrics_handle(),
+        metrics,
     };
     let app = router(state, settings.max_body_bytes, settings.request_timeout);
     tracing::info!(addr = %listener.local_addr()?, "ingest listening");

@@ -46,6 +46,8 @@ pub struct Channel {
     pub id: i64,
     pub phone_number_id: String,
     pub waba_id: Option<String>,
+    /// The Meta app whose webhooks carry the number: served on `/webhooks/whatsapp/{app_id}`.
+    pub app_id: Option<String>,
     pub display_phone_number: Option<String>,
     pub name: String,
     pub app_secrets: Vec<Secret<Vec<u8>>>,
@@ -63,6 +65,8 @@ pub struct Channel {
 pub struct ChannelSpec {
     pub phone_number_id: String,
     pub waba_id: Option<String>,
+    /// Meta's App ID (digits) of the app that signs the number's webhooks.
+    pub app_id: Option<String>,
     pub display_phone_number: Option<String>,
     pub name: Option<String>,
     pub app_secrets: Option<Vec<Secret<String>>>,
@@ -84,6 +88,11 @@ impl ChannelSpec {
                 "phone_number_id must be Meta's numeric id, got {:?}",
                 self.phone_number_id
             ));
+        }
+        if let Some(app) = &self.app_id
+            && !digits(app.trim())
+        {
+            return Err(format!("app_id must be Meta's numeric App ID, got {app:?}"));
         }
         let blank = |s: &Secret<String>| s.expose().trim().is_empty();
         if let Some(secrets) = &self.app_secrets
@@ -153,6 +162,7 @@ struct Row {
     id: i64,
     phone_number_id: String,
     waba_id: Option<String>,
+    app_id: Option<String>,
     display_phone_number: Option<String>,
     name: String,
     app_secrets: Vec<Vec<u8>>,
@@ -185,6 +195,7 @@ impl Row {
             bot_mode: self.bot_mode.parse()?,
             id: self.id,
             waba_id: self.waba_id,
+            app_id: self.app_id,
             display_phone_number: self.display_phone_number,
             name: self.name,
             enabled: self.enabled,
@@ -195,7 +206,7 @@ impl Row {
     }
 }
 
-const COLUMNS: &str = "id, phone_number_id, waba_id, display_phone_number, name, app_secrets, \
+const COLUMNS: &str = "id, phone_number_id, waba_id, app_id, display_phone_number, name, app_secrets, \
     verify_token, access_token, enabled, bot_mode, phone_allowlist, updated_at";
 
 /// Every channel, decrypted. A row that does not decrypt is an error naming the channel.
@@ -358,11 +369,13 @@ pub async fn upsert<'e>(
     };
     let (id, created): (i64, bool) = sqlx::query_as(
         "INSERT INTO channels (phone_number_id, waba_id, display_phone_number, name, app_secrets,
-                               verify_token, access_token, bot_mode, phone_allowlist, enabled)
+                               verify_token, access_token, bot_mode, phone_allowlist, enabled,
+                               app_id)
          VALUES ($1, $2, $3, COALESCE($4, ''), COALESCE($5, '{}'), $6, $7, COALESCE($8, 'on'),
-                 COALESCE($9, '{}'), COALESCE($10, true))
+                 COALESCE($9, '{}'), COALESCE($10, true), $11)
          ON CONFLICT (phone_number_id) DO UPDATE SET
              waba_id = COALESCE($2, channels.waba_id),
+             app_id = COALESCE($11, channels.app_id),
              display_phone_number = COALESCE($3, channels.display_phone_number),
              name = COALESCE($4, channels.name),
              app_secrets = COALESCE($5, channels.app_secrets),
@@ -383,6 +396,7 @@ pub async fn upsert<'e>(
     .bind(spec.bot_mode.map(BotMode::as_str))
     .bind(&spec.phone_allowlist)
     .bind(spec.enabled)
+    .bind(spec.app_id.as_deref().map(str::trim))
     .fetch_one(db)
     .await
     .context("saving the channel")?;
@@ -643,6 +657,7 @@ pub async fn clear_providers<'e>(
 pub struct Summary {
     pub phone_number_id: String,
     pub waba_id: Option<String>,
+    pub app_id: Option<String>,
     pub display_phone_number: Option<String>,
     pub name: String,
     pub enabled: bool,
@@ -658,7 +673,7 @@ pub struct Summary {
 /// The channels among `numbers` (every channel when empty), by phone_number_id.
 pub async fn summaries(pool: &PgPool, numbers: &[String]) -> sqlx::Result<Vec<Summary>> {
     sqlx::query_as(
-        "SELECT phone_number_id, waba_id, display_phone_number, name, enabled, bot_mode,
+        "SELECT phone_number_id, waba_id, app_id, display_phone_number, name, enabled, bot_mode,
                 cardinality(app_secrets) AS app_secrets, verify_token IS NOT NULL AS verify_token,
                 access_token IS NOT NULL AS access_token, phone_allowlist, updated_at
            FROM channels

@@ -277,6 +277,25 @@ async fn an_agent_takes_writes_to_and_releases_a_conversation_through_the_api() 
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(err["error"].as_str().unwrap().contains("Idempotency-Key"));
+    // A misspelt field is refused, not ignored: `refrence` ignored would make a retry a second
+    // message.
+    let (status, err) = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/conversations/{id}/messages"),
+            Some(&s.shop),
+            None,
+            Some(json!({"text": "con clave", "refrence": "r0"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `refrence`"),
+        "{err}"
+    );
 
     let (status, queued) = api.write(id, &s.shop, "r1", "Hola, soy Lucía").await;
     assert_eq!(status, StatusCode::ACCEPTED);
@@ -1015,6 +1034,28 @@ async fn a_business_starts_a_conversation_with_a_template_to_a_customer_who_neve
     assert_eq!(
         start(&s.other, "o0", "573005550101", "bot").await.0,
         StatusCode::NOT_FOUND
+    );
+    // A misspelt field is refused, not ignored (`param` would send the template without its
+    // values).
+    let (status, err) = api
+        .call(
+            reqwest::Method::POST,
+            &path,
+            Some(&s.shop),
+            Some("o0"),
+            Some(
+                json!({"to": "573005550101", "name": "order_shipped", "language": "es",
+                        "param": ["#1042"]}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `param`"),
+        "{err}"
     );
     assert_eq!(
         start(&s.shop, "o0", "hola", "bot").await.0,

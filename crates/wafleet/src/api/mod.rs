@@ -412,7 +412,10 @@ async fn owner_change(
     .into_response())
 }
 
+/// Unknown fields are refused in every body: a misspelt `reference` must not send a retry
+/// twice, nor a misspelt `params` a template without its values.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct MessageBody {
     text: String,
     reference: Option<String>,
@@ -420,6 +423,7 @@ struct MessageBody {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct TemplateBody {
     name: String,
     language: String,
@@ -591,14 +595,35 @@ async fn template(
     Ok(queued(id, &reference, &q))
 }
 
+/// A template to a phone: [`TemplateBody`]'s fields beside `to` and `answered_by`, each named
+/// here (serde cannot refuse unknown fields through a flattened struct).
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct OutreachBody {
     /// The customer's phone, any notation.
     to: String,
-    #[serde(flatten)]
-    template: TemplateBody,
     /// `human` (default: the conversation is taken) or `bot`: who answers the customer's reply.
     answered_by: Option<String>,
+    name: String,
+    language: String,
+    #[serde(default)]
+    params: Vec<String>,
+    reference: Option<String>,
+    agent: Option<String>,
+}
+
+impl OutreachBody {
+    /// The template part, and the rest.
+    fn split(self) -> (TemplateBody, String, Option<String>) {
+        let template = TemplateBody {
+            name: self.name,
+            language: self.language,
+            params: self.params,
+            reference: self.reference,
+            agent: self.agent,
+        };
+        (template, self.to, self.answered_by)
+    }
 }
 
 /// A template to a customer by their phone, starting their conversation if they have none.
@@ -609,13 +634,12 @@ async fn outreach(
     headers: HeaderMap,
     b: Result<Json<OutreachBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let b = body(b)?;
-    let t = &b.template;
-    let reference = t.check(&headers, Some(&b.to))?;
+    let (t, to, answered_by) = body(b)?.split();
+    let reference = t.check(&headers, Some(&to))?;
     if !scope.reaches(&pnid) {
         return Err(AgentError::NoChannel(pnid).into());
     }
-    let answerer = match b.answered_by.as_deref() {
+    let answerer = match answered_by.as_deref() {
         None | Some("human") => agents::Answerer::Human,
         Some("bot") => agents::Answerer::Bot,
         Some(other) => {
@@ -632,7 +656,7 @@ async fn outreach(
         &state.keys,
         &agents::Outreach {
             phone_number_id: &pnid,
-            to: &b.to,
+            to: &to,
             name: t.name.trim(),
             language: t.language.trim(),
             body_params: &t.params,

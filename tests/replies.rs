@@ -2489,6 +2489,22 @@ async fn erasing_a_customer_removes_their_texts_identifiers_and_kept_aside_entri
         .unwrap();
     let due = chrono::Utc::now().timestamp_millis() + 3_600_000;
     let _: () = con.zadd(keys.delayed("llm", p), &conv, due).await.unwrap();
+    // The sender kept each reply's wamid in Redis while Postgres would not record it (set here
+    // by hand): Meta's wamids encode the customer's number.
+    let mut stashes = Vec::new();
+    for customer in ["573016", "573017"] {
+        let part: i64 = sqlx::query_scalar(
+            "SELECT o.id FROM outbound_messages o JOIN conversations c ON c.id = o.conversation_id
+              WHERE c.wa_id = $1",
+        )
+        .bind(customer)
+        .fetch_one(&s.pg)
+        .await
+        .unwrap();
+        let key = keys.unrecorded_wamid(keys.partition_of(&format!("{PNID}:{customer}")), part);
+        let _: () = con.set(&key, "wamid.HBgMNTczMDE2 573016").await.unwrap();
+        stashes.push(key);
+    }
 
     assert_eq!(
         wafleet::erasure::erase_customer(pg, &mut con, &keys, PNID, "573099")
@@ -2512,6 +2528,18 @@ async fn erasing_a_customer_removes_their_texts_identifiers_and_kept_aside_entri
     );
     let parked: usize = con.zcard(keys.delayed("llm", p)).await.unwrap();
     assert_eq!(parked, 0);
+    let kept: Vec<bool> = {
+        let mut kept = Vec::new();
+        for key in &stashes {
+            kept.push(con.exists(key).await.unwrap());
+        }
+        kept
+    };
+    assert_eq!(
+        kept,
+        [false, true],
+        "her kept wamid goes, the other's stays"
+    );
     // Quarantined messages to another number are that number's business, not this erasure's.
     assert_eq!(erased.stream_entries_removed(), 0);
     assert_eq!(read_stream(&mut con, &keys.quarantine()).await.len(), 3);

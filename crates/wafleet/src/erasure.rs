@@ -4,7 +4,8 @@
 //! 1. Postgres is asked who the customer is: every conversation found by the identifier given,
 //!    and every identifier those conversations know them by (phone, business-scoped id).
 //! 2. Redis forgets them ([`scrub_redis`]): the conversation stage's cached entries, their send
-//!    budgets, the jobs parked for a retry under their conversation, and every entry of the
+//!    budgets, the jobs parked for a retry under their conversation, the wamids the sender kept
+//!    for their parts while Postgres would not record them, and every entry of the
 //!    kept-aside streams (events, quarantine, dead letters, which keep raw updates) that names
 //!    them ([`names_customer`]). Done first, so that a failure here leaves Postgres as it was
 //!    and a second run still knows every identifier.
@@ -143,6 +144,25 @@ async fn scrub_redis(
                 .zrem(keys.delayed(stage, p), &conv)
                 .ignore();
             held.push(stage);
+        }
+    }
+    // The wamids the sender kept for parts Postgres would not record: named by the part, under
+    // the partition of the conversation key it was sent under (any of the customer's).
+    let mut partitions: Vec<u32> = found
+        .identifiers
+        .iter()
+        .map(|id| keys.partition_of(&format!("{phone_number_id}:{id}")))
+        .collect();
+    partitions.sort_unstable();
+    partitions.dedup();
+    if !found.outbound.is_empty() {
+        for p in partitions {
+            let stashed: Vec<String> = found
+                .outbound
+                .iter()
+                .map(|id| keys.unrecorded_wamid(p, *id))
+                .collect();
+            pipe.del(stashed).ignore();
         }
     }
     let lengths: Vec<usize> = pipe.query_async(con).await?;

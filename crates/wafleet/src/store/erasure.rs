@@ -13,6 +13,10 @@ pub struct Found {
     pub identifiers: Vec<String>,
     /// The channel's WhatsApp Business Account, which names updates that carry no number.
     pub waba_id: Option<String>,
+    /// The outbound parts of their conversations: a part's wamid may sit in Redis while
+    /// Postgres would not record it (the sender's stash), and Meta's wamids encode the
+    /// customer's number.
+    pub outbound: Vec<i64>,
 }
 
 /// Finds a channel's customer by any of `identifiers` (phone, business-scoped id or
@@ -77,6 +81,11 @@ pub async fn find_customer(
         .fetch_optional(&mut *conn)
         .await?
         .flatten();
+    found.outbound =
+        sqlx::query_scalar("SELECT id FROM outbound_messages WHERE conversation_id = ANY($1)")
+            .bind(&found.conversations)
+            .fetch_all(&mut *conn)
+            .await?;
     Ok(found)
 }
 

@@ -790,6 +790,58 @@ async fn a_failed_append_leaves_no_dedup_mark_so_the_redelivery_gets_through() {
 }
 
 #[tokio::test]
+async fn a_webhook_whose_append_fails_fails_alone_among_concurrent_ones() {
+    let (cfg, ingest) = setup().await;
+    let keys = cfg.keys();
+    let mut con = cfg.redis().await;
+    // Events cannot be appended (their stream is not a stream); messages can.
+    let _: () = redis::AsyncCommands::set(&mut con, keys.events(), "not a stream")
+        .await
+        .unwrap();
+    let event = serde_json::to_vec(&serde_json::json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "W1", "changes": [
+            {"field": "account_update", "value": {"event": "VERIFIED_ACCOUNT"}}]}]
+    }))
+    .unwrap();
+    let posts = (0..200).map(|n| {
+        let body = if n % 50 == 7 {
+            event.clone()
+        } else {
+            text_body(
+                "106540352242922",
+                &format!("5730{n:04}"),
+                &format!("wamid.C{n}"),
+                "hola",
+            )
+        };
+        let ingest = &ingest;
+        async move { ingest.post_signed(&body, APP_SECRET).await.status() }
+    });
+    let statuses = futures::future::join_all(posts).await;
+    for (n, status) in statuses.iter().enumerate() {
+        let want = if n % 50 == 7 { 503 } else { 200 };
+        assert_eq!(status.as_u16(), want, "webhook {n}");
+    }
+    assert_eq!(
+        all_updates(&mut con, &inbound_streams(&cfg)).await.len(),
+        196
+    );
+    assert_eq!(
+        ingest
+            .metric(r#"wafleet_ingest_requests_total{outcome="unavailable"}"#)
+            .await,
+        4.0
+    );
+    // Once the events stream is usable, Meta's redelivery of the account update gets through.
+    let _: () = redis::AsyncCommands::del(&mut con, keys.events())
+        .await
+        .unwrap();
+    assert_eq!(ingest.post_signed(&event, APP_SECRET).await.status(), 200);
+    assert_eq!(read_stream(&mut con, &keys.events()).await.len(), 1);
+}
+
+#[tokio::test]
 async fn a_redis_connection_that_goes_silent_is_replaced() {
     // Ingest reaches Redis through a proxy that can black-hole the live connection (a failover
     // or a lost host: no reset, no answer), while new connections get through.

@@ -171,3 +171,56 @@ fn a_metric_wafleet_does_not_export_is_caught() {
         &exported,
     );
 }
+
+/// The systemd units in `deploy/systemd` start binaries the workspace builds, and every variable
+/// they or the example environment file set is one the README documents (and so one the code
+/// reads: the README's configuration table is checked against the code elsewhere).
+#[test]
+fn the_systemd_units_start_workspace_binaries_with_documented_variables() {
+    let dir = repo().join("deploy/systemd");
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let mut units = 0;
+    let mut variables = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines = text.lines().filter(|l| !l.starts_with('#'));
+        if name.ends_with(".service") {
+            units += 1;
+            let exec: Vec<&str> = lines
+                .clone()
+                .filter_map(|l| l.strip_prefix("ExecStart="))
+                .collect();
+            assert_eq!(exec.len(), 1, "{name}: one ExecStart");
+            let binary = exec[0].rsplit('/').next().unwrap();
+            assert!(
+                repo()
+                    .join("crates")
+                    .join(binary)
+                    .join("src/main.rs")
+                    .exists(),
+                "{name} starts {binary}, which no crate builds"
+            );
+            assert!(
+                readme.contains(&format!("deploy/systemd/{name}")),
+                "the README does not mention {name}"
+            );
+            for l in lines.filter_map(|l| l.strip_prefix("Environment=")) {
+                variables.push((name.clone(), l.split('=').next().unwrap().to_string()));
+            }
+        } else {
+            for l in lines.filter(|l| l.contains('=')) {
+                variables.push((name.clone(), l.split('=').next().unwrap().to_string()));
+            }
+        }
+    }
+    assert_eq!(units, 3, "ingest, worker and API units");
+    assert!(variables.len() > 5);
+    for (file, var) in variables {
+        assert!(
+            readme.contains(&format!("| `{var}` |")) || readme.contains(&format!("`{var}` / ")),
+            "{file} sets {var}, which the README's configuration table does not document"
+        );
+    }
+}

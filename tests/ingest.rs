@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use wafleet::config::IngestSettings;
 use wafleet::store::channels::set_enabled;
 use wafleet_core::envelope::Update;
 use wafleet_tests::redis_server::RedisServer;
@@ -1469,4 +1470,43 @@ async fn an_apps_own_path_checks_only_that_apps_secrets_and_an_unknown_app_is_re
     );
     assert_eq!(ingest.metric("wafleet_ingest_apps").await, 3.0);
     ingest.stop().await.unwrap();
+
+    // With the shared path closed, a POST there is a 404 (its body never read, however it is
+    // signed), and apps' own paths serve as before.
+    let closed = Ingest::start(IngestSettings {
+        shared_path: false,
+        ..cfg.ingest_settings()
+    })
+    .await;
+    let unknown_app = r#"wafleet_ingest_requests_total{outcome="unknown_app"}"#;
+    let before = closed.metric(unknown_app).await;
+    let c3 = text_body("3330003", "573003", "wamid.C3", "hola");
+    let post = |path: &str, body: &[u8]| {
+        closed
+            .http
+            .post(format!("{}/webhooks/whatsapp{path}", closed.url))
+            .header("x-hub-signature-256", sign(body, APP_SECRET.as_bytes()))
+            .body(body.to_vec())
+            .send()
+    };
+    assert_eq!(post("", &c3).await.unwrap().status(), 404);
+    let handshake = format!(
+        "{}/webhooks/whatsapp?hub.mode=subscribe&hub.verify_token={VERIFY_TOKEN}&hub.challenge=1",
+        closed.url
+    );
+    assert_eq!(
+        closed.http.get(handshake).send().await.unwrap().status(),
+        404
+    );
+    assert_eq!(
+        wamids(&mut con).await,
+        ["wamid.A1", "wamid.B1", "wamid.C1", "wamid.C2"]
+    );
+    assert_eq!(post("/9003", &c3).await.unwrap().status(), 200);
+    assert_eq!(
+        wamids(&mut con).await,
+        ["wamid.A1", "wamid.B1", "wamid.C1", "wamid.C2", "wamid.C3"]
+    );
+    assert_eq!(closed.metric(unknown_app).await - before, 2.0);
+    closed.stop().await.unwrap();
 }

@@ -173,8 +173,7 @@ fn a_metric_wafleet_does_not_export_is_caught() {
 }
 
 /// The systemd units in `deploy/systemd` start binaries the workspace builds, and every variable
-/// they or the example environment file set is one the README documents (and so one the code
-/// reads: the README's configuration table is checked against the code elsewhere).
+/// they or the example environment file set is one the README documents.
 #[test]
 fn the_systemd_units_start_workspace_binaries_with_documented_variables() {
     let dir = repo().join("deploy/systemd");
@@ -223,4 +222,68 @@ fn the_systemd_units_start_workspace_binaries_with_documented_variables() {
             "{file} sets {var}, which the README's configuration table does not document"
         );
     }
+}
+
+/// Every environment variable the code reads (`var("…")`, `required("…")`, `parsed("…", …)`,
+/// `positive`, `millis`, clap's `env = "…"`) is named in the README, so its configuration table
+/// cannot fall behind a new setting.
+#[test]
+fn every_variable_the_code_reads_is_in_the_readme() {
+    fn walk(dir: &Path, out: &mut BTreeSet<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let readers = [
+                    "var(\"",
+                    "required(\"",
+                    "parsed(\"",
+                    "positive(\"",
+                    "millis(\"",
+                    "env = \"",
+                ];
+                for reader in readers {
+                    for (i, _) in text.match_indices(reader) {
+                        // A whole identifier: `var(` but not `env_var(`… unless it is std's.
+                        let before = text[..i].chars().next_back();
+                        if reader.ends_with('(')
+                            && before.is_some_and(|c| c.is_alphanumeric() || c == '_')
+                        {
+                            continue;
+                        }
+                        let name: String = text[i + reader.len()..]
+                            .chars()
+                            .take_while(|c| {
+                                c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_'
+                            })
+                            .collect();
+                        if name.len() > 2 && text[i + reader.len() + name.len()..].starts_with('"')
+                        {
+                            out.insert(name);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut read = BTreeSet::new();
+    walk(&repo().join("crates"), &mut read);
+    assert!(
+        read.contains("WAFLEET_INGEST_SHARED_PATH") && read.contains("REDIS_URL"),
+        "the scan found {read:?}"
+    );
+    assert!(read.len() > 50, "only {} variables found", read.len());
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let missing: Vec<&String> = read
+        .iter()
+        // The system's own, read to find programs.
+        .filter(|v| *v != "PATH")
+        .filter(|v| !readme.contains(&format!("`{v}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "read by the code, not in the README: {missing:?}"
+    );
 }

@@ -380,6 +380,7 @@ impl TestConfig {
             channel_refresh: Duration::from_millis(200),
             shutdown_grace: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
+            shared_path: true,
             quick_start: None,
         }
     }

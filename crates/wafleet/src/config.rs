@@ -233,6 +233,10 @@ pub struct IngestSettings {
     pub shutdown_grace: Duration,
     /// Bound on one whole request, body included: a slow or stalled sender is cut off (408).
     pub request_timeout: Duration,
+    /// `WAFLEET_INGEST_SHARED_PATH` (default true): serve `/webhooks/whatsapp`, which checks a
+    /// POST against every app's secrets. `false` once every app posts to its own path, so a
+    /// forged body costs one app's secrets, not all of them.
+    pub shared_path: bool,
     pub quick_start: Option<QuickStartChannel>,
 }
 
@@ -265,6 +269,7 @@ impl IngestSettings {
                 "WAFLEET_INGEST_REQUEST_TIMEOUT_MS",
                 Duration::from_millis(30_000),
             )?,
+            shared_path: parsed("WAFLEET_INGEST_SHARED_PATH", true)?,
             quick_start: QuickStartChannel::from_env()?,
         })
     }

@@ -94,9 +94,21 @@ impl IntoResponse for Outcome {
     }
 }
 
-pub fn router(state: AppState, max_body_bytes: usize, request_timeout: Duration) -> Router {
+/// `shared_path`: serve `/webhooks/whatsapp` (every app's secrets); without it that path
+/// answers 404 without reading the body, and only apps' own paths serve.
+pub fn router(
+    state: AppState,
+    max_body_bytes: usize,
+    request_timeout: Duration,
+    shared_path: bool,
+) -> Router {
+    let shared = if shared_path {
+        get(verify).post(receive)
+    } else {
+        get(shared_path_closed).post(shared_path_closed)
+    };
     Router::new()
-        .route("/webhooks/whatsapp", get(verify).post(receive))
+        .route("/webhooks/whatsapp", shared)
         .route(
             "/webhooks/whatsapp/{app_id}",
             get(verify_app).post(receive_app),
@@ -125,6 +137,18 @@ async fn count_timeouts(res: Response) -> Response {
         metrics::counter!("wafleet_ingest_requests_total", "outcome" => "timeout").increment(1);
     }
     res
+}
+
+/// The shared path with `WAFLEET_INGEST_SHARED_PATH=false`: a 404, counted, the body left
+/// unread.
+async fn shared_path_closed() -> Outcome {
+    tracing::warn!(
+        "webhook on /webhooks/whatsapp, which WAFLEET_INGEST_SHARED_PATH=false closes; \
+         Meta's callback URL should name the app"
+    );
+    metrics::counter!("wafleet_ingest_requests_total", "outcome" => Outcome::UnknownApp.as_str())
+        .increment(1);
+    Outcome::UnknownApp
 }
 
 /// Meta's subscription handshake on the shared path: any enabled channel's verify token.

@@ -110,7 +110,12 @@ pub async fn run(
         redis_timeout: settings.redis_timeout,
         metrics,
     };
-    let app = router(state, settings.max_body_bytes, settings.request_timeout);
+    let app = router(
+        state,
+        settings.max_body_bytes,
+        settings.request_timeout,
+        settings.shared_path,
+    );
     tracing::info!(addr = %listener.local_addr()?, "ingest listening");
 
     let result = crate::serve_draining(

@@ -19,29 +19,37 @@ fn kit(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Every metric name the code registers: the `"wafleet_…"` literals of its sources.
-fn exported() -> BTreeSet<String> {
-    fn walk(dir: &Path, out: &mut BTreeSet<String>) {
+/// The text of every Rust source under `crates/`.
+fn sources() -> Vec<String> {
+    fn walk(dir: &Path, out: &mut Vec<String>) {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 walk(&path, out);
             } else if path.extension().is_some_and(|e| e == "rs") {
-                let text = std::fs::read_to_string(&path).unwrap();
-                for (i, _) in text.match_indices("\"wafleet_") {
-                    let name: String = text[i + 1..]
-                        .chars()
-                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                        .collect();
-                    if text[i + 1 + name.len()..].starts_with('"') {
-                        out.insert(name);
-                    }
-                }
+                out.push(std::fs::read_to_string(&path).unwrap());
             }
         }
     }
-    let mut out = BTreeSet::new();
+    let mut out = Vec::new();
     walk(&repo().join("crates"), &mut out);
+    out
+}
+
+/// Every metric name the code registers: the `"wafleet_…"` literals of its sources.
+fn exported() -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for text in sources() {
+        for (i, _) in text.match_indices("\"wafleet_") {
+            let name: String = text[i + 1..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if text[i + 1 + name.len()..].starts_with('"') {
+                out.insert(name);
+            }
+        }
+    }
     assert!(
         out.contains("wafleet_stage_backlog"),
         "the source scan found no metrics"
@@ -229,47 +237,34 @@ fn the_systemd_units_start_workspace_binaries_with_documented_variables() {
 /// cannot fall behind a new setting.
 #[test]
 fn every_variable_the_code_reads_is_in_the_readme() {
-    fn walk(dir: &Path, out: &mut BTreeSet<String>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                let text = std::fs::read_to_string(&path).unwrap();
-                let readers = [
-                    "var(\"",
-                    "required(\"",
-                    "parsed(\"",
-                    "positive(\"",
-                    "millis(\"",
-                    "env = \"",
-                ];
-                for reader in readers {
-                    for (i, _) in text.match_indices(reader) {
-                        // A whole identifier: `var(` but not `env_var(`… unless it is std's.
-                        let before = text[..i].chars().next_back();
-                        if reader.ends_with('(')
-                            && before.is_some_and(|c| c.is_alphanumeric() || c == '_')
-                        {
-                            continue;
-                        }
-                        let name: String = text[i + reader.len()..]
-                            .chars()
-                            .take_while(|c| {
-                                c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_'
-                            })
-                            .collect();
-                        if name.len() > 2 && text[i + reader.len() + name.len()..].starts_with('"')
-                        {
-                            out.insert(name);
-                        }
-                    }
+    let readers = [
+        "var(\"",
+        "required(\"",
+        "parsed(\"",
+        "positive(\"",
+        "millis(\"",
+        "env = \"",
+    ];
+    let mut read = BTreeSet::new();
+    for text in sources() {
+        for reader in readers {
+            for (i, _) in text.match_indices(reader) {
+                // A whole identifier: `var(` but not `env_var(`.
+                let before = text[..i].chars().next_back();
+                if reader.ends_with('(') && before.is_some_and(|c| c.is_alphanumeric() || c == '_')
+                {
+                    continue;
+                }
+                let name: String = text[i + reader.len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                if name.len() > 2 && text[i + reader.len() + name.len()..].starts_with('"') {
+                    read.insert(name);
                 }
             }
         }
     }
-    let mut read = BTreeSet::new();
-    walk(&repo().join("crates"), &mut read);
     assert!(
         read.contains("WAFLEET_INGEST_SHARED_PATH") && read.contains("REDIS_URL"),
         "the scan found {read:?}"

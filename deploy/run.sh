@@ -168,9 +168,13 @@ psql "$DATABASE_URL" -P pager=off -c "
     FROM messages m JOIN conversations c ON c.id = m.conversation_id
    WHERE m.wamid LIKE 'wamid.demo-%-$run_id' ORDER BY m.id"
 echo "what the simulated customers received (Graph API simulator):"
-$bin/wafleetctl probe "$sim/_sim/messages" | python3 -c '
-import json, sys
-for m in json.load(sys.stdin)[-5:]:
+$bin/wafleetctl probe "$sim/_sim/messages" | CUSTOMERS="$es_customer $en_customer" python3 -c '
+import json, os, sys
+# This run'"'"'s customers only (a simulator left running from an earlier run keeps its messages).
+customers = os.environ["CUSTOMERS"].split()
+for m in json.load(sys.stdin):
+    if m["to"].lstrip("+") not in customers:
+        continue
     print("  to %-14s quoting %-34.34s %r" % (m["to"], m["context_message_id"] or "-", m["body"][:100]))
 ' 2>/dev/null || $bin/wafleetctl probe "$sim/_sim/messages"
 echo "photos the model was given (inline in its requests, never stored):"

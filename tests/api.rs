@@ -1585,3 +1585,51 @@ async fn an_agent_sees_the_photo_a_customer_sent_streamed_from_meta() {
     .await;
     assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
 }
+
+/// The owner-change events of a conversation on the dashboard stream: kinds, oldest first.
+async fn owner_events_of(cfg: &TestConfig, id: i64) -> Vec<String> {
+    let mut con = cfg.redis().await;
+    read_stream(&mut con, &cfg.keys().handover_stream())
+        .await
+        .into_iter()
+        .filter_map(|(_, f)| {
+            let e: Value = serde_json::from_slice(&f["event"]).unwrap();
+            (e["conversation_id"] == id).then(|| e["kind"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_take_or_release_retried_after_redis_refused_its_event_still_reaches_dashboards() {
+    use redis::AsyncCommands;
+    let s = system().await;
+    let id = s.customer_writes(SHOP, "573044", "wamid.E1", 1).await;
+    let api = &s.api;
+    let stream = s.cfg.keys().handover_stream();
+    let mut con = s.cfg.redis().await;
+    for (action, kind, owner) in [("take", "handover", "human"), ("release", "release", "bot")] {
+        // Redis refuses the event (here: the stream key is not a stream).
+        let _: () = con.set(&stream, "not a stream").await.unwrap();
+        let (status, body) = api
+            .post(&format!("/api/v1/conversations/{id}/{action}"), &s.shop)
+            .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{action}: {body}");
+        let _: () = con.del(&stream).await.unwrap();
+        // The dashboard retries, as a 503 asks.
+        let (status, body) = api
+            .post(&format!("/api/v1/conversations/{id}/{action}"), &s.shop)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{action}: {body}");
+        let now: (String,) = sqlx::query_as("SELECT owner FROM conversations WHERE id = $1")
+            .bind(id)
+            .fetch_one(&s.pg)
+            .await
+            .unwrap();
+        assert_eq!(now.0, owner);
+        assert_eq!(
+            owner_events_of(&s.cfg, id).await,
+            [kind],
+            "the {action} is in Postgres, but dashboards never learn of it"
+        );
+    }
+}

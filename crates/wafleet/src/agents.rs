@@ -107,31 +107,55 @@ async fn change_owner(
     let pnid = conversations::phone_number_id(pg, conversation_id)
         .await?
         .ok_or(AgentError::NoConversation(conversation_id))?;
+    let mut tx = pg.begin().await?;
     let (changed, kind) = match to {
         Owner::Human => {
-            let mut tx = pg.begin().await?;
             let changed =
                 conversations::hand_over(&mut tx, conversation_id, "agent", None, None).await?;
             // Also when a human had it already: an agent picking up a conversation idle for
             // almost a day must not see it given back to the bot a minute later.
             crate::store::agents::touch_agent_activity(&mut tx, conversation_id).await?;
-            tx.commit().await?;
             (changed, "handover")
         }
         Owner::Bot => (
-            conversations::release(pg, conversation_id).await?,
+            crate::store::agents::give_back(&mut tx, conversation_id).await?,
             "release",
         ),
     };
+    // Announced before the commit: when Redis refuses the event, the change is rolled back and
+    // the request fails, so its retry makes the change and announces it. (Announced after the
+    // commit, the retry found nothing to change and dashboards never learnt of it.) A commit
+    // that fails after the event went out leaves an event for a change not made; the request
+    // fails and its retry makes it.
     if changed {
+        let change = OwnerChange {
+            kind,
+            reason: "agent",
+            conversation_id,
+            message_id: None,
+            phone_number_id: Some(&pnid),
+        };
+        publish_handover(con, keys, &change).await?;
+    }
+    tx.commit().await?;
+    if changed {
+        count_owner_change(kind, "agent");
         tracing::info!(
             conversation_id,
             kind,
             "an agent changed who answers the conversation"
         );
     }
-    owner_changed(con, keys, kind, "agent", conversation_id, &pnid, changed).await?;
     Ok(changed)
+}
+
+fn count_owner_change(kind: &'static str, reason: &'static str) {
+    let counter = if kind == "handover" {
+        "wafleet_handovers_total"
+    } else {
+        "wafleet_releases_total"
+    };
+    metrics::counter!(counter, "reason" => reason).increment(1);
 }
 
 /// After an owner change in Postgres, when it changed: dashboards are told and it is counted.
@@ -147,12 +171,7 @@ async fn owner_changed(
     changed: bool,
 ) -> Result<(), AgentError> {
     if changed {
-        let counter = if kind == "handover" {
-            "wafleet_handovers_total"
-        } else {
-            "wafleet_releases_total"
-        };
-        metrics::counter!(counter, "reason" => reason).increment(1);
+        count_owner_change(kind, reason);
         let change = OwnerChange {
             kind,
             reason,

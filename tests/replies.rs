@@ -1066,6 +1066,53 @@ async fn throttles_do_not_use_up_the_attempts_a_transient_error_is_allowed() {
 }
 
 #[tokio::test]
+async fn a_number_in_maintenance_is_held_for_a_minute_without_using_attempts() {
+    // Meta upgrades the number's throughput: for up to a minute every send gets 131057. Three
+    // sends allowed for transient errors would all go within a couple of seconds.
+    let s = system_retrying(3).await;
+    s.sim
+        .state
+        .add_fault(fault(serde_json::json!({"code": 131057, "count": 1000})));
+    s.send("573018", "wamid.MM", "hola").await;
+    let keys = wafleet::ratelimit::RateLimitKeys::new(s.cfg.prefix.clone());
+    let con = s.cfg.redis().await;
+    let held = eventually(
+        "the number held, or the part given up",
+        Duration::from_secs(30),
+        || {
+            let mut con = con.clone();
+            let key = keys.paused(PNID);
+            let pg = s.pg.clone();
+            async move {
+                let held: i64 = redis::cmd("PTTL")
+                    .arg(key)
+                    .query_async(&mut con)
+                    .await
+                    .unwrap();
+                let failed = count(
+                    &pg,
+                    "SELECT count(*) FROM outbound_messages WHERE state = 'failed'",
+                )
+                .await;
+                (held > 0 || failed > 0).then_some(held)
+            }
+        },
+    )
+    .await;
+    let (state, attempts): (String, i32) =
+        sqlx::query_as("SELECT state, attempts FROM outbound_messages")
+            .fetch_one(&s.pg)
+            .await
+            .unwrap();
+    assert_eq!(
+        (state.as_str(), attempts),
+        ("pending", 0),
+        "kept for after the maintenance, no attempt used"
+    );
+    assert!(held > 30_000, "held for about a minute: {held} ms");
+}
+
+#[tokio::test]
 async fn sends_meta_never_answers_are_resent_only_within_the_retry_bounds() {
     // No status stage, and Meta takes every send but never answers: each send is ambiguous and,
     // with no status to reconcile it, taken as lost after 200 ms. Three attempts in all.

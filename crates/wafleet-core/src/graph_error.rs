@@ -1,7 +1,8 @@
 //! Classification of WhatsApp Cloud API (Graph API) errors into what the sender should do next.
 //!
 //! The decision is made on `error.code`, **not** on the HTTP status: Meta returns its throttling
-//! errors (4, 80007, 130429, 131048, 131056) as HTTP 400 without a `Retry-After`, so a status-based
+//! errors (4, 80007, 130429, 131048, 131056) as HTTP 400 without a `Retry-After` (and 131057,
+//! a number in maintenance for up to a minute, is throttled alike), so a status-based
 //! classifier would drop rate-limited messages as permanent failures. The same codes also arrive
 //! asynchronously in `failed` status webhooks; [`classify_status_error`] covers that path with the
 //! same table. This module parses and classifies only: it does not wait, retry or alert (the sender
@@ -23,6 +24,9 @@ pub enum ThrottleScope {
     Waba,
     /// 131048: spam rate limit, the number is restricted for quality. Pause the number and alert.
     Spam,
+    /// 131057: the number is in maintenance (e.g. its throughput upgrade, up to a minute). Hold
+    /// the number for that minute: retried sooner, a message would use up its attempts first.
+    Maintenance,
 }
 
 /// What the sender should do with a message whose send failed.
@@ -132,10 +136,11 @@ fn known_class(code: i64) -> Option<ErrorClass> {
         4 => Throttled { scope: App },
         80007 => Throttled { scope: Waba },
         131048 => Throttled { scope: Spam },
+        131057 => Throttled { scope: Maintenance },
 
         // 1 is "invalid request or possible server error": retried, and the caller's attempt bound
         // turns it permanent. 131000 likewise ("something went wrong").
-        1 | 2 | 131000 | 131016 | 131057 | 133004 => Transient,
+        1 | 2 | 131000 | 131016 | 133004 => Transient,
 
         // Token, permissions, account, registration and number problems: an operator must act.
         // 131064 (messaging limit after template-classification violations) is listed as
@@ -231,7 +236,7 @@ mod tests {
         (131051, 400, Permanent),
         (131052, 400, Permanent),
         (131053, 400, Permanent),
-        (131057, 500, Transient),
+        (131057, 500, Throttled { scope: Maintenance }),
         (131060, 400, Permanent),
         (132000, 400, Permanent),
         (132001, 404, Permanent),

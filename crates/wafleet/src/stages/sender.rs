@@ -22,10 +22,11 @@
 //! A crash, a reclaim or a redelivery re-runs the job; parts already `accepted` are skipped.
 //!
 //! # Errors, classified on `error.code` (not the HTTP status)
-//! - throttling (130429 number, 131056 pair, 4/80007/131048 account-wide) → the shared limiter
-//!   is pushed back and the job deferred (not counted as an attempt); 80007 pauses every number
-//!   of the business account, 4 every number of the Meta app (the channels its app secrets
-//!   sign) and 131048 the number; past the retry age the part is given up all the same;
+//! - throttling (130429 number, 131056 pair, 4/80007/131048 account-wide, 131057 maintenance)
+//!   → the shared limiter is pushed back and the job deferred (not counted as an attempt); 80007
+//!   pauses every number of the business account, 4 every number of the Meta app (the channels
+//!   its app secrets sign), 131048 and 131057 the number for a minute; past the retry age the
+//!   part is given up all the same;
 //! - transient → retried through the delayed set with exponential backoff and full jitter,
 //!   bounded in attempts and total age, then failed and dead-lettered;
 //! - permanent → failed at once with Meta's code and reason; later parts are skipped;
@@ -769,8 +770,8 @@ impl SenderStage {
                     _ => {
                         // A short, jittered pause smooths the number's rate (130429). The others
                         // hold for a minute: 80007 every number of the business account, 4 every
-                        // number of the Meta app (the channels its app secrets sign), 131048 the
-                        // number.
+                        // number of the Meta app (the channels its app secrets sign), 131048 and
+                        // 131057 (maintenance, up to a minute) the number.
                         let (d, numbers) = match scope {
                             ThrottleScope::Number => (
                                 Duration::from_millis(500 + rand::random::<u64>() % 1000),

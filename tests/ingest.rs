@@ -1508,5 +1508,20 @@ async fn an_apps_own_path_checks_only_that_apps_secrets_and_an_unknown_app_is_re
         ["wamid.A1", "wamid.B1", "wamid.C1", "wamid.C2", "wamid.C3"]
     );
     assert_eq!(closed.metric(unknown_app).await - before, 2.0);
+    // A callback URL with a typo reaches nothing, and says so.
+    let typo = closed
+        .http
+        .post(format!("{}/webhook", closed.url))
+        .body(c3.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(typo.status(), 404);
+    assert_eq!(
+        closed
+            .metric(r#"wafleet_ingest_requests_total{outcome="not_found"}"#)
+            .await,
+        1.0
+    );
     closed.stop().await.unwrap();
 }

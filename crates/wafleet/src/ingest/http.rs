@@ -116,6 +116,7 @@ pub fn router(
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         // Bounds a slow sender holding a connection; a 3 MB body arrives well within it.
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -137,6 +138,16 @@ async fn count_timeouts(res: Response) -> Response {
         metrics::counter!("wafleet_ingest_requests_total", "outcome" => "timeout").increment(1);
     }
     res
+}
+
+/// Any other path: a Meta callback URL with a typo (`/webhook`) would otherwise lose every
+/// webhook with nothing to show for it. Counted (`outcome="not_found"`) and logged with its path
+/// (at most 64 characters, never the query, which can hold a verify token), body unread.
+async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let path: String = uri.path().chars().take(64).collect();
+    tracing::info!(%method, path, "request for a path ingest does not serve");
+    metrics::counter!("wafleet_ingest_requests_total", "outcome" => "not_found").increment(1);
+    (StatusCode::NOT_FOUND, "not found").into_response()
 }
 
 /// The shared path with `WAFLEET_INGEST_SHARED_PATH=false`: a 404, counted, the body left

@@ -1669,6 +1669,23 @@ async fn a_131056_slows_only_its_recipient() {
 }
 
 #[tokio::test]
+async fn a_131056_in_a_failed_status_holds_its_recipient_back_like_a_synchronous_one() {
+    let s = system().await;
+    // Meta accepts the send, then fails it for the pair rate.
+    s.sim.state.add_fault(fault(serde_json::json!({
+        "code": 131056, "count": 1, "async": true, "recipient": "573019"
+    })));
+    s.send("573019", "wamid.AP", "hola").await;
+    let sent = s.sent(2).await;
+    assert!(sent.iter().all(|m| m.recipient == "573019"), "{sent:?}");
+    // The resend waited Meta's 4^X s for this recipient: the failure was counted as X.
+    let keys = wafleet::ratelimit::RateLimitKeys::new(s.cfg.prefix.clone());
+    let mut con = s.cfg.redis().await;
+    let strikes: Option<i64> = con.get(keys.strikes(PNID, "573019")).await.unwrap();
+    assert_eq!(strikes, Some(1));
+}
+
+#[tokio::test]
 async fn a_sender_killed_mid_batch_never_sends_a_part_twice() {
     const N: usize = 30;
     let s = system_with(

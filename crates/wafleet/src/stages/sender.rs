@@ -336,6 +336,17 @@ impl SenderStage {
                         code,
                         "Meta failed an accepted message; sending it again"
                     );
+                    // A throttle in a `failed` status slows down what a synchronous one does
+                    // (the recipient's 4^X s, the number…) before the resend.
+                    if let Some(c) = code
+                        && let ErrorClass::Throttled { scope } = classify_status_error(c)
+                    {
+                        let after = self.push_back(channel, part, scope, c).await?;
+                        return Ok(Step::Return(Outcome::Defer {
+                            after,
+                            reason: format!("throttled by Meta ({c}) in a failed status"),
+                        }));
+                    }
                 } else {
                     // A redelivery after the run that failed this part stopped early (crash,
                     // error): the parts after it must not go out without it, and a failure that
@@ -699,10 +710,13 @@ impl SenderStage {
                         .await;
                 }
                 // Deferred, not a worker retry: the part's own bounds (just checked) end it.
-                Ok(Step::Return(Outcome::Defer {
-                    after: self.policy.backoff.next_delay(attempt, rand::random()),
-                    reason,
-                }))
+                let after = match class {
+                    ErrorClass::Throttled { scope } => {
+                        self.push_back(channel, part, scope, code).await?
+                    }
+                    _ => self.policy.backoff.next_delay(attempt, rand::random()),
+                };
+                Ok(Step::Return(Outcome::Defer { after, reason }))
             }
         }
     }
@@ -753,63 +767,7 @@ impl SenderStage {
         match class {
             ErrorClass::Throttled { scope } => {
                 hold().await?;
-                let mut con = self.redis.get().await.map_err(redis_down)?;
-                let after = match scope {
-                    ThrottleScope::Recipient => {
-                        // The recipient's failures so far: 1 s on the first, then 4 s, 16 s…
-                        let recipient = part
-                            .wa_id
-                            .as_deref()
-                            .or(part.user_id.as_deref())
-                            .unwrap_or("-");
-                        self.limiter
-                            .pair_rate_failure(&mut con, &channel.phone_number_id, recipient)
-                            .await
-                            .map_err(redis_down)?
-                    }
-                    _ => {
-                        // A short, jittered pause smooths the number's rate (130429). The others
-                        // hold for a minute: 80007 every number of the business account, 4 every
-                        // number of the Meta app (the channels its app secrets sign), 131048 and
-                        // 131057 (maintenance, up to a minute) the number.
-                        let (d, numbers) = match scope {
-                            ThrottleScope::Number => (
-                                Duration::from_millis(500 + rand::random::<u64>() % 1000),
-                                vec![channel.phone_number_id.clone()],
-                            ),
-                            ThrottleScope::Waba => (
-                                Duration::from_secs(60),
-                                crate::store::channels::waba_numbers(&self.pg, channel.id)
-                                    .await
-                                    .map_err(db("reading the account's numbers"))?,
-                            ),
-                            ThrottleScope::App => (
-                                Duration::from_secs(60),
-                                self.channels.app_numbers(channel.id).await.map_err(|e| {
-                                    Outcome::Unavailable {
-                                        reason: format!("reading the app's numbers: {e:#}"),
-                                    }
-                                })?,
-                            ),
-                            _ => (
-                                Duration::from_secs(60),
-                                vec![channel.phone_number_id.clone()],
-                            ),
-                        };
-                        if scope == ThrottleScope::Spam {
-                            // 131048: Meta thinks the number spams; its quality needs a person.
-                            metrics::counter!("wafleet_sender_alerts_total", "channel" => channel.phone_number_id.clone(), "kind" => "spam_limit").increment(1);
-                            tracing::error!(channel = %channel.phone_number_id, code, "spam rate limit hit: check the number's quality rating");
-                        }
-                        for number in &numbers {
-                            self.limiter
-                                .pause_number(&mut con, number, d)
-                                .await
-                                .map_err(redis_down)?;
-                        }
-                        d
-                    }
-                };
+                let after = self.push_back(channel, part, scope, code).await?;
                 if self.too_old(part) {
                     let reason = format!(
                         "gave up: throttled by Meta ({code}) past {:?}",
@@ -870,6 +828,75 @@ impl SenderStage {
                 .await
             }
         }
+    }
+
+    /// Pushes the shared limiter back after Meta's throttle `code` (of `scope`), as a synchronous
+    /// answer or a `failed` status: the recipient's 4^X s hold (131056), or a pause of the number,
+    /// the business account's or the app's numbers. Returns how long the part should wait.
+    async fn push_back(
+        &self,
+        channel: &ChannelSettings,
+        part: &Part,
+        scope: ThrottleScope,
+        code: i64,
+    ) -> Result<Duration, Outcome> {
+        let mut con = self.redis.get().await.map_err(redis_down)?;
+        Ok(match scope {
+            ThrottleScope::Recipient => {
+                // The recipient's failures so far: 1 s on the first, then 4 s, 16 s…
+                let recipient = part
+                    .wa_id
+                    .as_deref()
+                    .or(part.user_id.as_deref())
+                    .unwrap_or("-");
+                self.limiter
+                    .pair_rate_failure(&mut con, &channel.phone_number_id, recipient)
+                    .await
+                    .map_err(redis_down)?
+            }
+            _ => {
+                // A short, jittered pause smooths the number's rate (130429). The others
+                // hold for a minute: 80007 every number of the business account, 4 every
+                // number of the Meta app (the channels its app secrets sign), 131048 and
+                // 131057 (maintenance, up to a minute) the number.
+                let (d, numbers) = match scope {
+                    ThrottleScope::Number => (
+                        Duration::from_millis(500 + rand::random::<u64>() % 1000),
+                        vec![channel.phone_number_id.clone()],
+                    ),
+                    ThrottleScope::Waba => (
+                        Duration::from_secs(60),
+                        crate::store::channels::waba_numbers(&self.pg, channel.id)
+                            .await
+                            .map_err(db("reading the account's numbers"))?,
+                    ),
+                    ThrottleScope::App => (
+                        Duration::from_secs(60),
+                        self.channels.app_numbers(channel.id).await.map_err(|e| {
+                            Outcome::Unavailable {
+                                reason: format!("reading the app's numbers: {e:#}"),
+                            }
+                        })?,
+                    ),
+                    _ => (
+                        Duration::from_secs(60),
+                        vec![channel.phone_number_id.clone()],
+                    ),
+                };
+                if scope == ThrottleScope::Spam {
+                    // 131048: Meta thinks the number spams; its quality needs a person.
+                    metrics::counter!("wafleet_sender_alerts_total", "channel" => channel.phone_number_id.clone(), "kind" => "spam_limit").increment(1);
+                    tracing::error!(channel = %channel.phone_number_id, code, "spam rate limit hit: check the number's quality rating");
+                }
+                for number in &numbers {
+                    self.limiter
+                        .pause_number(&mut con, number, d)
+                        .await
+                        .map_err(redis_down)?;
+                }
+                d
+            }
+        })
     }
 
     /// A configuration problem needs an operator: pause the channel's sends and alert.

@@ -364,7 +364,10 @@ impl RateLimiter {
         C: redis::aio::ConnectionLike,
     {
         let strikes = self.keys.strikes(phone_number_id, recipient);
+        // MULTI/EXEC: a connection lost between the two would leave a count that never
+        // expires, and the recipient's holds would grow for good.
         let (count,): (i64,) = redis::pipe()
+            .atomic()
             .cmd("INCR")
             .arg(&strikes)
             .cmd("PEXPIRE")

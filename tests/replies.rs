@@ -71,6 +71,28 @@ async fn system_tweaked(
     }
 }
 
+/// The conversation, model and sender stages (no status stage) against a Meta that takes every
+/// send and never answers: each send is ambiguous after 300 ms, and taken as lost `resend_after`
+/// later, within `max_attempts` sends.
+async fn unanswered_sends(resend_after: Duration, max_attempts: u32) -> Sys {
+    let s = system_tweaked(
+        SimConfig::default(),
+        |s| vec![s.standin()],
+        &["conversation", "llm", "sender"],
+        |w| {
+            w.graph.timeout = Duration::from_millis(300);
+            w.send.ambiguous_resend_after = resend_after;
+            w.send.ambiguous_check = Duration::from_millis(50);
+            w.send.backoff.max_attempts = max_attempts;
+        },
+    )
+    .await;
+    s.sim
+        .state
+        .add_fault(fault(serde_json::json!({"hang": true, "count": 1000})));
+    s
+}
+
 async fn system() -> Sys {
     system_with_sim(SimConfig::default()).await
 }
@@ -1116,21 +1138,7 @@ async fn a_number_in_maintenance_is_held_for_a_minute_without_using_attempts() {
 async fn sends_meta_never_answers_are_resent_only_within_the_retry_bounds() {
     // No status stage, and Meta takes every send but never answers: each send is ambiguous and,
     // with no status to reconcile it, taken as lost after 200 ms. Three attempts in all.
-    let s = system_tweaked(
-        SimConfig::default(),
-        |s| vec![s.standin()],
-        &["conversation", "llm", "sender"],
-        |w| {
-            w.graph.timeout = Duration::from_millis(300);
-            w.send.ambiguous_resend_after = Duration::from_millis(200);
-            w.send.ambiguous_check = Duration::from_millis(50);
-            w.send.backoff.max_attempts = 3;
-        },
-    )
-    .await;
-    s.sim
-        .state
-        .add_fault(fault(serde_json::json!({"hang": true, "count": 1000})));
+    let s = unanswered_sends(Duration::from_millis(200), 3).await;
     s.send("573014", "wamid.HANG", "hola").await;
     wait_count(
         &s.pg,
@@ -3769,4 +3777,129 @@ async fn nul_characters_in_a_transcript_an_answer_or_a_providers_error_cost_no_r
     s.send("573073", "wamid.Z3", "¿y mañana?").await;
     let sent = s.sent(3).await;
     assert_eq!(sent[2].body, DEFAULT_CANNED_REPLY);
+}
+
+#[tokio::test]
+async fn a_late_status_of_a_send_before_a_replay_is_not_taken_for_the_send_after_it() {
+    use wafleet::store::conversations::{Status, StatusApplied, apply_statuses, delivery_rank};
+    use wafleet::store::replies::{claim_many, parts};
+    // Meta takes the one send allowed and never answers: the part is given up, dead-lettered.
+    let mut s = unanswered_sends(Duration::from_millis(200), 1).await;
+    s.send("573016", "wamid.REPLAYED", "hola").await;
+    wait_count(
+        &s.pg,
+        "SELECT count(*) FROM outbound_messages WHERE state = 'failed'
+            AND fail_reason LIKE 'gave up: Meta answered none%'",
+        1,
+        30,
+    )
+    .await;
+    s.one_sender_dead_letter().await;
+    let first = s.sim.state.messages()[0].clone();
+    let cipher = s.cfg.cipher();
+    let callback = cipher
+        .callback_tags()
+        .decode(first.callback_data.as_deref().unwrap())
+        .unwrap();
+    assert_eq!(callback.send_try, Some(1));
+    // From here the test plays the sender: an operator's replay asks to send again, and the
+    // resend is claimed (in flight, no answer yet).
+    s._worker.take().unwrap().stop().await.unwrap();
+    let (mut con, keys) = (s.cfg.redis().await, s.cfg.keys());
+    let letters = wafleet::dead_letters::read(&mut con, &keys, "sender")
+        .await
+        .unwrap();
+    let reopened =
+        wafleet::dead_letters::replay(&mut con, &s.pg, &keys, "sender", &letters[0], true)
+            .await
+            .unwrap();
+    assert_eq!(reopened.reopened, 1);
+    let mut conn = s.pg.acquire().await.unwrap();
+    claim_many(&mut conn, &[callback.outbound_id])
+        .await
+        .unwrap();
+    let part = parts(&s.pg, &[callback.outbound_id])
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        (
+            part.state.as_str(),
+            part.attempts,
+            part.send_offset + part.attempts
+        ),
+        ("sending", 1, 2),
+        "the resend is the part's second send, the first of its new round"
+    );
+    // The first send's failure comes in now: it is not the resend's.
+    let late = Status {
+        wamid: first.wamid.clone(),
+        status: "failed".into(),
+        rank: delivery_rank("failed").unwrap(),
+        at: None,
+        error_code: Some(131000),
+        error_title: None,
+        callback: Some(callback),
+        recipient: None,
+    };
+    let applied = apply_statuses(&mut conn, &[late]).await.unwrap();
+    assert_eq!(applied, [StatusApplied::Kept]);
+    let part = parts(&s.pg, &[callback.outbound_id])
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        (part.state.as_str(), part.error_code),
+        ("sending", None),
+        "the resend in flight keeps its own outcome"
+    );
+}
+
+#[tokio::test]
+async fn a_wamid_kept_for_an_earlier_send_is_not_recorded_for_a_later_one() {
+    // Meta takes every send and never answers; a send stays ambiguous for a minute.
+    let s = unanswered_sends(Duration::from_secs(60), 8).await;
+    s.send("573017", "wamid.STASHED", "hola").await;
+    wait_count(
+        &s.pg,
+        "SELECT count(*) FROM outbound_messages WHERE state = 'sending' AND attempts = 1",
+        1,
+        30,
+    )
+    .await;
+    // As if this were the part's second send, and Meta's acceptance of its first (a message a
+    // failed status reopened the part after) had been kept while Postgres would not record it.
+    let id: i64 = sqlx::query_scalar("UPDATE outbound_messages SET attempts = 2 RETURNING id")
+        .fetch_one(&s.pg)
+        .await
+        .unwrap();
+    let keys = s.cfg.keys();
+    let key = keys.unrecorded_wamid(keys.partition_of(&format!("{PNID}:573017")), id);
+    let mut con = s.cfg.redis().await;
+    let _: () = con.set(&key, "wamid.FIRST - 1").await.unwrap();
+    eventually("the stale wamid dropped", Duration::from_secs(30), || {
+        let mut con = con.clone();
+        let key = key.clone();
+        async move { (!con.exists::<_, bool>(&key).await.unwrap()).then_some(()) }
+    })
+    .await;
+    let (state, wamid): (String, Option<String>) =
+        sqlx::query_as("SELECT state, wamid FROM outbound_messages WHERE id = $1")
+            .bind(id)
+            .fetch_one(&s.pg)
+            .await
+            .unwrap();
+    assert_eq!((state.as_str(), wamid), ("sending", None));
+    // The acceptance of the send in flight is recorded from its stash.
+    let _: () = con.set(&key, "wamid.SECOND - 2").await.unwrap();
+    wait_count(
+        &s.pg,
+        &format!(
+            "SELECT count(*) FROM outbound_messages WHERE id = {id} AND state = 'accepted'
+                AND wamid = 'wamid.SECOND'"
+        ),
+        1,
+        30,
+    )
+    .await;
 }

@@ -507,7 +507,7 @@ impl SenderStage {
         let callback = self
             .channels
             .callback_tags()
-            .encode(part.id, part.attempts + 1);
+            .encode(part.id, part.send_offset + part.attempts + 1);
         let result = self
             .graph
             .send_text(&OutgoingText {
@@ -605,11 +605,17 @@ impl SenderStage {
         stashed: Stashed,
     ) -> Result<Step, Outcome> {
         let key = self.keys.unrecorded_wamid(job.partition, part.id);
-        // The wamid, and the wa_id to adopt after a space when there is one.
-        let stash = match &accepted.adopt_wa_id {
-            Some(wa_id) => format!("{} {wa_id}", accepted.wamid),
-            None => accepted.wamid.clone(),
-        };
+        // The wamid, the wa_id to adopt (`-`: none) and the number of the send Meta accepted:
+        // a stash left from an earlier send of a part reopened since must not be taken for a
+        // later one's (see `unrecorded_wamid`). A fresh acceptance is of the send just claimed
+        // (`attempts` was read before the claim); one read back from a stash, of the send the
+        // part holds.
+        let send_no = part.send_offset + part.attempts + i32::from(stashed == Stashed::No);
+        let stash = format!(
+            "{} {} {send_no}",
+            accepted.wamid,
+            accepted.adopt_wa_id.as_deref().unwrap_or("-")
+        );
         let (accepts, redis, part_id) = (self.writes.accepts.clone(), self.redis.clone(), part.id);
         let kept_key = key.clone();
         let recording = tokio::spawn(async move {
@@ -655,19 +661,31 @@ impl SenderStage {
         }
     }
 
-    /// The acceptance kept by [`Self::record_acceptance`] for a part still `sending`, if any.
+    /// The acceptance kept by [`Self::record_acceptance`] for a part still `sending`, if any,
+    /// and only when it is of the send the part holds now: a wamid kept for an earlier send of a
+    /// part a failed status reopened since is that failed message's, and recorded for the resend
+    /// it would mark a message that never left as accepted. Such a stash is dropped. (One kept
+    /// before sends were numbered in it, `wamid[ wa_id]`, is taken as before.)
     async fn unrecorded_wamid(&self, job: &Job, part: &Part) -> Result<Option<Accepted>, Outcome> {
+        let key = self.keys.unrecorded_wamid(job.partition, part.id);
         let mut con = self.redis.get().await.map_err(redis_down)?;
-        let stash: Option<String> = con
-            .get(self.keys.unrecorded_wamid(job.partition, part.id))
-            .await
-            .map_err(redis_down)?;
-        Ok(stash.map(|s| {
-            let mut fields = s.split(' ');
-            let mut accepted = Accepted::new(part.id, fields.next().unwrap_or_default());
-            accepted.adopt_wa_id = fields.next().map(str::to_string);
-            accepted
-        }))
+        let stash: Option<String> = con.get(&key).await.map_err(redis_down)?;
+        let Some(stash) = stash else {
+            return Ok(None);
+        };
+        let mut fields = stash.split(' ');
+        let mut accepted = Accepted::new(part.id, fields.next().unwrap_or_default());
+        accepted.adopt_wa_id = fields.next().filter(|w| *w != "-").map(str::to_string);
+        let send_no = fields.next().map(str::parse::<i32>);
+        if send_no.is_some_and(|n| n != Ok(part.send_offset + part.attempts)) {
+            tracing::warn!(
+                outbound_id = part.id,
+                "a kept wamid is of an earlier send of the part; dropped"
+            );
+            let _: () = con.del(&key).await.map_err(redis_down)?;
+            return Ok(None);
+        }
+        Ok(Some(accepted))
     }
 
     /// Meta's `failed` status for the part came in before its acceptance was recorded (the

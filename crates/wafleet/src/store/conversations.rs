@@ -594,14 +594,15 @@ async fn apply_distinct(
                                       send_try, recipient, recipient_other, n)
          ), matched AS (
              -- By callback only the send that status is about: a part sent again has a higher
-             -- `attempts`, and an earlier send's late status is not the resend's. A failed part
+             -- send number (`send_offset + attempts`, which a replay does not reset), and an
+             -- earlier send's late status is not the resend's. A failed part
              -- reopened for a resend and not claimed yet (pending, still with the failure's
              -- code) has no send in flight: a status by its callback is the failed send's.
              SELECT DISTINCT ON (i.n) i.n, o.id AS oid
                FROM input i JOIN outbound_messages o
                  ON o.wamid = i.wamid
                     OR (o.id = i.outbound_id AND o.wamid IS NULL
-                        AND (i.send_try IS NULL OR o.attempts = i.send_try)
+                        AND (i.send_try IS NULL OR o.send_offset + o.attempts = i.send_try)
                         AND NOT (o.state = 'pending' AND o.error_code IS NOT NULL))
               ORDER BY i.n, o.wamid IS NULL
          ), locked AS MATERIALIZED (

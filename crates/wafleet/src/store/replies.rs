@@ -341,6 +341,9 @@ pub struct Part {
     pub body: String,
     pub state: String,
     pub attempts: i32,
+    /// Sends made before the last replay reset `attempts`: send N of this round is numbered
+    /// `send_offset + N` in its callback data, so numbers never repeat.
+    pub send_offset: i32,
     pub sending_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     /// Where the age bound of its retries counts from: `created_at`, or the last replay.
@@ -359,7 +362,7 @@ pub struct Part {
 }
 
 const PART: &str = "SELECT o.id, o.conversation_id, o.channel_id, o.kind, o.part_no, o.body, o.state,
-        o.attempts, o.sending_at, o.created_at, COALESCE(o.retries_since, o.created_at) AS retries_since,
+        o.attempts, o.send_offset, o.sending_at, o.created_at, COALESCE(o.retries_since, o.created_at) AS retries_since,
         m.wamid AS inbound_wamid, o.reply_to, c.wa_id, c.user_id,
         c.last_customer_message_at, o.error_code, o.fail_reason, o.history_text
    FROM outbound_messages o
@@ -613,7 +616,8 @@ pub async fn reopen_for_replay(
               WHERE state = 'failed' AND (id = ANY($1) OR (reply_to = $2 AND kind = 'reply'))
          ), reopened AS (
              UPDATE outbound_messages o
-                SET {REOPEN}, attempts = 0, retries_since = now(),
+                SET {REOPEN}, send_offset = o.send_offset + o.attempts, attempts = 0,
+                    retries_since = now(),
                     error_code = NULL, error_title = NULL, fail_reason = NULL
                FROM target t
               WHERE o.id = t.id AND o.state = 'failed'

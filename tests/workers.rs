@@ -1489,6 +1489,45 @@ async fn the_models_history_leaves_out_messages_a_human_answered_while_the_bot_h
 }
 
 #[tokio::test]
+async fn a_late_acceptance_of_an_earlier_send_is_not_recorded_over_the_send_in_flight() {
+    use wafleet::store::conversations::{Accepted, record_accepted_many};
+    let e = env().await;
+    // Send 2 of the part is in flight (the first failed and the part was sent again).
+    let id = e.parts_of_one_reply(1, None).await[0];
+    sqlx::query("UPDATE outbound_messages SET attempts = 2 WHERE id = $1")
+        .bind(id)
+        .execute(&e.pg)
+        .await
+        .unwrap();
+    let accepted = |send_no: i32, wamid: &str| Accepted {
+        send_no: Some(send_no),
+        ..Accepted::new(id, wamid)
+    };
+    let state = || async {
+        sqlx::query_as::<_, (String, Option<String>)>(
+            "SELECT state, wamid FROM outbound_messages WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(&e.pg)
+        .await
+        .unwrap()
+    };
+    let mut con = e.pg.acquire().await.unwrap();
+    // Meta's acceptance of the first send, recorded late: not the send the part holds.
+    record_accepted_many(&mut con, &[accepted(1, "wamid.FIRST")])
+        .await
+        .unwrap();
+    assert_eq!(state().await, ("sending".into(), None));
+    record_accepted_many(&mut con, &[accepted(2, "wamid.SECOND")])
+        .await
+        .unwrap();
+    assert_eq!(
+        state().await,
+        ("accepted".into(), Some("wamid.SECOND".into()))
+    );
+}
+
+#[tokio::test]
 async fn an_acceptance_re_keys_the_conversation_by_the_wa_id_meta_named_unless_it_is_taken() {
     use wafleet::store::conversations::{Accepted, record_accepted_many};
     let e = env().await;

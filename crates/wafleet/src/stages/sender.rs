@@ -530,6 +530,8 @@ impl SenderStage {
                 metrics::counter!("wafleet_sender_sends_total", "result" => "accepted")
                     .increment(1);
                 let mut accepted = Accepted::new(part.id, wamid);
+                // The send just claimed (`attempts` was read before the claim).
+                accepted.send_no = Some(part.send_offset + part.attempts + 1);
                 // Meta names the customer by the other notation of the number dialled (a
                 // Mexican or Brazilian mobile): their answers will come from that wa_id, and
                 // must find this conversation. Only that notation: a number taken over by
@@ -610,7 +612,9 @@ impl SenderStage {
         // later one's (see `unrecorded_wamid`). A fresh acceptance is of the send just claimed
         // (`attempts` was read before the claim); one read back from a stash, of the send the
         // part holds.
-        let send_no = part.send_offset + part.attempts + i32::from(stashed == Stashed::No);
+        let send_no = accepted
+            .send_no
+            .unwrap_or(part.send_offset + part.attempts + i32::from(stashed == Stashed::No));
         let stash = format!(
             "{} {} {send_no}",
             accepted.wamid,
@@ -677,7 +681,8 @@ impl SenderStage {
         let mut accepted = Accepted::new(part.id, fields.next().unwrap_or_default());
         accepted.adopt_wa_id = fields.next().filter(|w| *w != "-").map(str::to_string);
         let send_no = fields.next().map(str::parse::<i32>);
-        if send_no.is_some_and(|n| n != Ok(part.send_offset + part.attempts)) {
+        let holds = part.send_offset + part.attempts;
+        if send_no.as_ref().is_some_and(|n| *n != Ok(holds)) {
             tracing::warn!(
                 outbound_id = part.id,
                 "a kept wamid is of an earlier send of the part; dropped"
@@ -685,6 +690,7 @@ impl SenderStage {
             let _: () = con.del(&key).await.map_err(redis_down)?;
             return Ok(None);
         }
+        accepted.send_no = send_no.map(|_| holds);
         Ok(Some(accepted))
     }
 

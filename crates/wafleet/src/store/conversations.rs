@@ -720,6 +720,11 @@ pub struct Accepted {
     /// business's first message to the number it dialled, takes it as its key, so the
     /// customer's answers, which come from this `wa_id`, find it.
     pub adopt_wa_id: Option<String>,
+    /// Which send of the part Meta accepted (`send_offset + attempts` when it was claimed):
+    /// recorded only while the part still holds that send, so the acceptance of a send whose
+    /// failure reopened the part, landing late, is not recorded over the resend in flight.
+    /// `None`: not checked.
+    pub send_no: Option<i32>,
 }
 
 impl Accepted {
@@ -728,6 +733,7 @@ impl Accepted {
             outbound_id,
             wamid: wamid.into(),
             adopt_wa_id: None,
+            send_no: None,
         }
     }
 }
@@ -745,9 +751,11 @@ pub async fn record_accepted_many(
         let ids: Vec<i64> = run.iter().map(|a| a.outbound_id).collect();
         let wamids: Vec<&str> = run.iter().map(|a| a.wamid.as_str()).collect();
         let adopt: Vec<Option<&str>> = run.iter().map(|a| a.adopt_wa_id.as_deref()).collect();
+        let send_nos: Vec<Option<i32>> = run.iter().map(|a| a.send_no).collect();
         let rows: Vec<(i64, Option<bool>, Option<i32>)> = sqlx::query_as(
             "WITH input AS (
-                 SELECT * FROM unnest($1::int8[], $2::text[], $3::text[]) AS i(id, wamid, adopt)
+                 SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::int4[])
+                                AS i(id, wamid, adopt, send_no)
              ), locked AS MATERIALIZED (
                  SELECT o.id FROM outbound_messages o WHERE o.id IN (SELECT id FROM input)
                   ORDER BY o.id FOR UPDATE
@@ -784,6 +792,8 @@ pub async fn record_accepted_many(
                     -- Reopened meanwhile (its `failed` status, matched by our callback id,
                     -- came first and put it back for a resend): that resend records its own.
                     AND o.state <> 'pending'
+                    -- Nor a later send of it, claimed since: it records its own.
+                    AND (i.send_no IS NULL OR o.send_offset + o.attempts = i.send_no)
               RETURNING o.id, o.reply_to, e.status = 'failed' AND o.state = 'failed' AS failed_first,
                         o.error_code
              ), applied AS (
@@ -812,6 +822,7 @@ pub async fn record_accepted_many(
         .bind(&ids)
         .bind(&wamids)
         .bind(&adopt)
+        .bind(&send_nos)
         .fetch_all(&mut *conn)
         .await?;
         let by_id: std::collections::HashMap<i64, (Option<bool>, Option<i32>)> = rows

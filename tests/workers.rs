@@ -1489,6 +1489,41 @@ async fn the_models_history_leaves_out_messages_a_human_answered_while_the_bot_h
 }
 
 #[tokio::test]
+async fn a_status_of_an_erased_customers_message_is_known_and_not_kept() {
+    use wafleet::store::conversations::{Status, StatusApplied, apply_statuses, delivery_rank};
+    let e = env().await;
+    let id = e.parts_of_one_reply(1, Some("wamid.E")).await[0];
+    // What erasure leaves of the part's wamid: its digest.
+    sqlx::query("UPDATE outbound_messages SET wamid = erased_wamid(wamid) WHERE id = $1")
+        .bind(id)
+        .execute(&e.pg)
+        .await
+        .unwrap();
+    let status = Status {
+        wamid: "wamid.E0".into(),
+        status: "delivered".into(),
+        rank: delivery_rank("delivered").unwrap(),
+        at: None,
+        error_code: None,
+        error_title: None,
+        callback: None,
+        recipient: None,
+    };
+    let mut con = e.pg.acquire().await.unwrap();
+    let applied = apply_statuses(&mut con, &[status]).await.unwrap();
+    assert_eq!(
+        applied,
+        [StatusApplied::Stale],
+        "counted as known, not kept"
+    );
+    let (early,): (i64,) = sqlx::query_as("SELECT count(*) FROM early_statuses")
+        .fetch_one(&e.pg)
+        .await
+        .unwrap();
+    assert_eq!(early, 0);
+}
+
+#[tokio::test]
 async fn a_late_acceptance_of_an_earlier_send_is_not_recorded_over_the_send_in_flight() {
     use wafleet::store::conversations::{Accepted, record_accepted_many};
     let e = env().await;

@@ -522,7 +522,8 @@ pub enum StatusApplied {
         conversation_id: i64,
         by_agent: bool,
     },
-    /// Known message, but the status is not newer (or the message already failed).
+    /// Known message, but the status is not newer (or the message already failed, or its
+    /// customer was erased: nothing of it is kept).
     Stale,
     /// No outbound message with that wamid yet: kept for later.
     Kept,
@@ -658,7 +659,12 @@ async fn apply_distinct(
              ON CONFLICT DO NOTHING
          )
          SELECT i.n, c.conversation_id, COALESCE(c.advanced, FALSE),
-                EXISTS (SELECT 1 FROM matched m WHERE m.n = i.n), COALESCE(c.by_agent, FALSE)
+                -- Known: matched, or a part of an erased customer (by the digest its wamid
+                -- became), whose statuses are not kept.
+                EXISTS (SELECT 1 FROM matched m WHERE m.n = i.n)
+                OR EXISTS (SELECT 1 FROM outbound_messages o
+                            WHERE o.wamid = erased_wamid(i.wamid)),
+                COALESCE(c.by_agent, FALSE)
            FROM input i LEFT JOIN changed c ON c.n = i.n
           ORDER BY i.n",
     )

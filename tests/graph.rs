@@ -165,6 +165,33 @@ async fn an_error_without_a_graph_body_is_classed_by_http_status() {
 }
 
 #[tokio::test]
+async fn an_error_whose_body_breaks_off_is_retried_not_failed() {
+    // Meta's answer is a 400 (a throttle, or a permanent error: its code is in the body that
+    // never arrived whole).
+    let sim = sim().await;
+    let graph = client(&sim.url);
+    sim.state.add_fault(Fault {
+        http_status: 400,
+        cut_body: true,
+        ..Fault::code(130429, 1)
+    });
+    let result = graph.send_text(&text(Recipient::Phone("111"))).await;
+    let SendResult::Rejected {
+        http_status,
+        error,
+        class,
+    } = result
+    else {
+        panic!("rejected: {result:?}");
+    };
+    assert_eq!(
+        (http_status, error.code, class),
+        (400, UNPARSED_ERROR_CODE, ErrorClass::Transient)
+    );
+    assert!(sim.state.messages().is_empty(), "nothing was sent");
+}
+
+#[tokio::test]
 async fn a_refused_connection_is_not_sent() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

@@ -43,6 +43,7 @@ const MAX_TEXT_CHARS: usize = 4096;
 /// | no `code` + `hang: true` | accept and deliver the send (recorded, webhooks), but never answer: the ambiguous send |
 /// | no `code`, no `hang` | only `delay_ms`, then handle the send normally |
 /// | `raw_body` | answer `http_status` with exactly this body (e.g. a proxy's HTML) |
+/// | `cut_body: true` | answer `http_status`, then break the connection partway through the body; nothing is sent |
 ///
 /// `delay_ms` is waited first in every case. `recipient` (the `to` digits without `+`, or the
 /// user id) and `phone_number_id` restrict which sends match; `null` matches all.
@@ -69,6 +70,8 @@ pub struct Fault {
     pub message: Option<String>,
     #[serde(default)]
     pub raw_body: Option<String>,
+    #[serde(default)]
+    pub cut_body: bool,
 }
 
 fn default_http_status() -> u16 {
@@ -92,6 +95,7 @@ impl Fault {
             is_async: false,
             message: None,
             raw_body: None,
+            cut_body: false,
         }
     }
 
@@ -219,6 +223,24 @@ pub(crate) async fn messages(
         }
         if let Some(raw) = &fault.raw_body {
             return (status_code(fault.http_status), raw.clone()).into_response();
+        }
+        if fault.cut_body {
+            use futures::StreamExt;
+            // The status line and the start of the body go out first (the pause lets them be
+            // written), then the connection breaks.
+            let start = futures::stream::iter([Ok::<_, std::io::Error>(
+                axum::body::Bytes::from_static(br#"{"error":{"message":"(#"#),
+            )]);
+            let cut = futures::stream::once(async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Err(std::io::Error::other("connection cut by the fault"))
+            });
+            return (
+                status_code(fault.http_status),
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                axum::body::Body::from_stream(start.chain(cut)),
+            )
+                .into_response();
         }
         match (fault.code, fault.hang, fault.is_async) {
             (Some(_), true, _) => return hang(&sim).await,

@@ -13,7 +13,9 @@
 //!   whose body is not a Graph error (a proxy's HTML page, an empty 502) gets a synthetic
 //!   [`GraphError`] with code [`UNPARSED_ERROR_CODE`] and is classified by HTTP status alone:
 //!   429 and 5xx are `Transient`, anything else `Permanent` (the fallback of
-//!   [`wafleet_core::graph_error::classify`] for codes outside Meta's table).
+//!   [`wafleet_core::graph_error::classify`] for codes outside Meta's table). A non-2xx whose
+//!   body broke off before its end is `Transient` whatever its status: its code is unknown, and
+//!   Meta's throttles come as 400s.
 //! - [`SendResult::NotSent`]: the connection was never established (refused, DNS, TLS handshake,
 //!   connect timeout). The request certainly did not reach Meta: safe to retry.
 //! - [`SendResult::Ambiguous`]: anything after the connection was up — request timeout, connection
@@ -194,10 +196,12 @@ impl GraphClient {
                     Err(e) if response_is_2xx(status) => SendResult::Ambiguous {
                         reason: format!("HTTP {status} but the body was lost: {}", describe(&e)),
                     },
+                    // Meta said no, but what it said was lost: the code could be a throttle (they
+                    // come as 400s). Retried within the part's bounds, not failed for good.
                     Err(e) => SendResult::Rejected {
                         http_status: status,
                         error: unparsed_error(status, &describe(&e)),
-                        class: classify(UNPARSED_ERROR_CODE, status, None),
+                        class: ErrorClass::Transient,
                     },
                     Ok(body) if response_is_2xx(status) => match accepted_of(&body) {
                         Some((wamid, wa_id)) => SendResult::Accepted { wamid, wa_id },

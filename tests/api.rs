@@ -828,6 +828,20 @@ async fn an_admin_connects_a_number_through_the_api_and_ingest_serves_it() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
     assert!(refused.to_string().contains("app_id"), "{refused}");
+    // An allowlist entry in another notation is refused without the customer's number in the
+    // answer (a 400's body ends up in clients' and proxies' logs).
+    let (status, refused) = p
+        .api
+        .put(
+            &path,
+            &p.admin,
+            json!({"phone_allowlist": ["573001112233", "+57 300 111 2244"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    let said = refused["error"].as_str().unwrap();
+    assert!(said.contains("allowlist"), "{said}");
+    assert!(!said.contains("111 2244"), "{said}");
 
     // A change of one field leaves the others, secrets included, as they were.
     let (status, shown) = p.api.put(&path, &p.admin, json!({"bot_mode": "off"})).await;

@@ -108,14 +108,18 @@ impl ChannelSpec {
                 return Err(format!("{name} is blank"));
             }
         }
-        if let Some(bad) = self.phone_allowlist.iter().flatten().find(|c| {
+        // Named by its position, never quoted: a refused entry is most often a customer's number
+        // in another notation (`+57 300 …`), and this message goes back in a 400 and to logs.
+        if let Some(bad) = self.phone_allowlist.iter().flatten().position(|c| {
             c.is_empty()
                 || !c
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
         }) {
             return Err(format!(
-                "the allowlist takes customers' wa_id digits or business-scoped ids, not {bad:?}"
+                "the allowlist takes customers' wa_id digits or business-scoped ids: entry {} \
+                 (from 1) is neither",
+                bad + 1
             ));
         }
         Ok(())

@@ -118,7 +118,7 @@ async fn change_owner(
             (changed, "handover")
         }
         Owner::Bot => (
-            crate::store::agents::give_back(&mut tx, conversation_id).await?,
+            conversations::release_in(&mut tx, conversation_id).await?,
             "release",
         ),
     };
@@ -128,14 +128,7 @@ async fn change_owner(
     // that fails after the event went out leaves an event for a change not made; the request
     // fails and its retry makes it.
     if changed {
-        let change = OwnerChange {
-            kind,
-            reason: "agent",
-            conversation_id,
-            message_id: None,
-            phone_number_id: Some(&pnid),
-        };
-        publish_handover(con, keys, &change).await?;
+        announce_owner_change(con, keys, kind, "agent", conversation_id, &pnid).await?;
     }
     tx.commit().await?;
     if changed {
@@ -172,15 +165,28 @@ async fn owner_changed(
 ) -> Result<(), AgentError> {
     if changed {
         count_owner_change(kind, reason);
-        let change = OwnerChange {
-            kind,
-            reason,
-            conversation_id,
-            message_id: None,
-            phone_number_id: Some(pnid),
-        };
-        publish_handover(con, keys, &change).await?;
+        announce_owner_change(con, keys, kind, reason, conversation_id, pnid).await?;
     }
+    Ok(())
+}
+
+/// Tells dashboards who answers the conversation now (the handover stream and channel).
+async fn announce_owner_change(
+    con: &mut impl ConnectionLike,
+    keys: &Keys,
+    kind: &'static str,
+    reason: &'static str,
+    conversation_id: i64,
+    pnid: &str,
+) -> Result<(), AgentError> {
+    let change = OwnerChange {
+        kind,
+        reason,
+        conversation_id,
+        message_id: None,
+        phone_number_id: Some(pnid),
+    };
+    publish_handover(con, keys, &change).await?;
     Ok(())
 }
 

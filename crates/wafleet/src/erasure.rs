@@ -126,6 +126,8 @@ async fn scrub_redis(
     // empty and unschedules it.
     let mut pipe = redis::pipe();
     let mut held = Vec::new();
+    // The partitions the customer's conversation keys fall on.
+    let mut partitions = Vec::new();
     for id in &found.identifiers {
         let conv = format!("{phone_number_id}:{id}");
         pipe.del(&[
@@ -136,6 +138,7 @@ async fn scrub_redis(
         ])
         .ignore();
         let p = keys.partition_of(&conv);
+        partitions.push(p);
         for stage in crate::stages::process::ALL_STAGES {
             let list = keys.held(stage, p, &conv);
             pipe.llen(&list)
@@ -148,11 +151,6 @@ async fn scrub_redis(
     }
     // The wamids the sender kept for parts Postgres would not record: named by the part, under
     // the partition of the conversation key it was sent under (any of the customer's).
-    let mut partitions: Vec<u32> = found
-        .identifiers
-        .iter()
-        .map(|id| keys.partition_of(&format!("{phone_number_id}:{id}")))
-        .collect();
     partitions.sort_unstable();
     partitions.dedup();
     if !found.outbound.is_empty() {

@@ -257,18 +257,7 @@ impl GraphClient {
                     Ok(())
                 } else {
                     let body = response.bytes().await.unwrap_or_default();
-                    match rejected(status, &body) {
-                        SendResult::Rejected {
-                            http_status,
-                            error,
-                            class,
-                        } => Err(GraphCallError::Rejected {
-                            http_status,
-                            error,
-                            class,
-                        }),
-                        _ => unreachable!("rejected() only builds Rejected"),
-                    }
+                    Err(call_rejected(status, &body))
                 }
             }
         };
@@ -344,19 +333,7 @@ impl GraphClient {
                     maybe_sent: true,
                 })?;
             if !response_is_2xx(status) {
-                let SendResult::Rejected {
-                    http_status,
-                    error,
-                    class,
-                } = rejected(status, &body)
-                else {
-                    unreachable!("rejected() only builds Rejected")
-                };
-                return Err(GraphCallError::Rejected {
-                    http_status,
-                    error,
-                    class,
-                });
+                return Err(call_rejected(status, &body));
             }
             let page: Page =
                 serde_json::from_slice(&body).map_err(|e| GraphCallError::Transport {
@@ -622,20 +599,35 @@ fn describe(e: &reqwest::Error) -> String {
 }
 
 fn rejected(status: u16, body: &[u8]) -> SendResult {
+    let (error, class) = error_of(status, body);
+    SendResult::Rejected {
+        http_status: status,
+        error,
+        class,
+    }
+}
+
+/// [`rejected`] for the calls that are not sends.
+fn call_rejected(status: u16, body: &[u8]) -> GraphCallError {
+    let (error, class) = error_of(status, body);
+    GraphCallError::Rejected {
+        http_status: status,
+        error,
+        class,
+    }
+}
+
+/// The Graph error of a non-2xx answer and its class.
+fn error_of(status: u16, body: &[u8]) -> (GraphError, ErrorClass) {
     match parse_graph_error(body) {
         Some(error) => {
             let class = error.class(status);
-            SendResult::Rejected {
-                http_status: status,
-                error,
-                class,
-            }
+            (error, class)
         }
-        None => SendResult::Rejected {
-            http_status: status,
-            error: unparsed_error(status, &format!("{} bytes", body.len())),
-            class: classify(UNPARSED_ERROR_CODE, status, None),
-        },
+        None => (
+            unparsed_error(status, &format!("{} bytes", body.len())),
+            classify(UNPARSED_ERROR_CODE, status, None),
+        ),
     }
 }
 

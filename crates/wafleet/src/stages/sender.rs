@@ -507,7 +507,7 @@ impl SenderStage {
         let callback = self
             .channels
             .callback_tags()
-            .encode(part.id, part.send_offset + part.attempts + 1);
+            .encode(part.id, part.send_no() + 1);
         let result = self
             .graph
             .send_text(&OutgoingText {
@@ -531,7 +531,7 @@ impl SenderStage {
                     .increment(1);
                 let mut accepted = Accepted::new(part.id, wamid);
                 // The send just claimed (`attempts` was read before the claim).
-                accepted.send_no = Some(part.send_offset + part.attempts + 1);
+                accepted.send_no = Some(part.send_no() + 1);
                 // Meta names the customer by the other notation of the number dialled (a
                 // Mexican or Brazilian mobile): their answers will come from that wa_id, and
                 // must find this conversation. Only that notation: a number taken over by
@@ -609,12 +609,9 @@ impl SenderStage {
         let key = self.keys.unrecorded_wamid(job.partition, part.id);
         // The wamid, the wa_id to adopt (`-`: none) and the number of the send Meta accepted:
         // a stash left from an earlier send of a part reopened since must not be taken for a
-        // later one's (see `unrecorded_wamid`). A fresh acceptance is of the send just claimed
-        // (`attempts` was read before the claim); one read back from a stash, of the send the
-        // part holds.
-        let send_no = accepted
-            .send_no
-            .unwrap_or(part.send_offset + part.attempts + i32::from(stashed == Stashed::No));
+        // later one's (see `unrecorded_wamid`). Only a stash kept before sends were numbered
+        // carries none: it is of the send the part holds.
+        let send_no = accepted.send_no.unwrap_or(part.send_no());
         let stash = format!(
             "{} {} {send_no}",
             accepted.wamid,
@@ -681,7 +678,7 @@ impl SenderStage {
         let mut accepted = Accepted::new(part.id, fields.next().unwrap_or_default());
         accepted.adopt_wa_id = fields.next().filter(|w| *w != "-").map(str::to_string);
         let send_no = fields.next().map(str::parse::<i32>);
-        let holds = part.send_offset + part.attempts;
+        let holds = part.send_no();
         if send_no.as_ref().is_some_and(|n| *n != Ok(holds)) {
             tracing::warn!(
                 outbound_id = part.id,

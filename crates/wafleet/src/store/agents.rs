@@ -487,28 +487,3 @@ pub async fn touch_agent_activity(
         .await?;
     Ok(())
 }
-
-/// Gives a human-owned conversation back to the bot, with its `release` event (reason `agent`),
-/// in the caller's transaction. Returns whether it changed.
-pub async fn give_back(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    conversation_id: i64,
-) -> sqlx::Result<bool> {
-    let changed =
-        sqlx::query("UPDATE conversations SET owner = 'bot' WHERE id = $1 AND owner = 'human'")
-            .bind(conversation_id)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected()
-            == 1;
-    if changed {
-        sqlx::query(
-            "INSERT INTO handover_events (conversation_id, kind, reason)
-             VALUES ($1, 'release', 'agent')",
-        )
-        .bind(conversation_id)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(changed)
-}

@@ -444,20 +444,33 @@ pub async fn handed_over_for(
 /// Gives the conversation back to the bot. Returns whether it changed.
 pub async fn release(pool: &PgPool, conversation_id: i64) -> sqlx::Result<bool> {
     let mut tx = pool.begin().await?;
+    let changed = release_in(&mut tx, conversation_id).await?;
+    tx.commit().await?;
+    Ok(changed)
+}
+
+/// [`release`] in the caller's transaction (an agent's release is announced before it commits):
+/// the owner back to the bot, with its `release` event (reason `agent`).
+pub async fn release_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    conversation_id: i64,
+) -> sqlx::Result<bool> {
     let changed =
         sqlx::query("UPDATE conversations SET owner = 'bot' WHERE id = $1 AND owner = 'human'")
             .bind(conversation_id)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?
             .rows_affected()
             == 1;
     if changed {
-        sqlx::query("INSERT INTO handover_events (conversation_id, kind, reason) VALUES ($1, 'release', 'agent')")
-            .bind(conversation_id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO handover_events (conversation_id, kind, reason)
+             VALUES ($1, 'release', 'agent')",
+        )
+        .bind(conversation_id)
+        .execute(&mut **tx)
+        .await?;
     }
-    tx.commit().await?;
     Ok(changed)
 }
 

@@ -361,6 +361,14 @@ pub struct Part {
     pub history_text: Option<String>,
 }
 
+impl Part {
+    /// The number of the send the part holds: its last claimed one (`send_offset + attempts`).
+    /// The next send is this plus one.
+    pub fn send_no(&self) -> i32 {
+        self.send_offset + self.attempts
+    }
+}
+
 const PART: &str = "SELECT o.id, o.conversation_id, o.channel_id, o.kind, o.part_no, o.body, o.state,
         o.attempts, o.send_offset, o.sending_at, o.created_at, COALESCE(o.retries_since, o.created_at) AS retries_since,
         m.wamid AS inbound_wamid, o.reply_to, c.wa_id, c.user_id,

@@ -151,26 +151,9 @@ fn count_owner_change(kind: &'static str, reason: &'static str) {
     metrics::counter!(counter, "reason" => reason).increment(1);
 }
 
-/// After an owner change in Postgres, when it changed: dashboards are told and it is counted.
-/// (Nothing cached needs dropping: the conversation stage caches a conversation's id and
-/// session, never its owner, which it reads where it stores each message.)
-async fn owner_changed(
-    con: &mut impl ConnectionLike,
-    keys: &Keys,
-    kind: &'static str,
-    reason: &'static str,
-    conversation_id: i64,
-    pnid: &str,
-    changed: bool,
-) -> Result<(), AgentError> {
-    if changed {
-        count_owner_change(kind, reason);
-        announce_owner_change(con, keys, kind, reason, conversation_id, pnid).await?;
-    }
-    Ok(())
-}
-
-/// Tells dashboards who answers the conversation now (the handover stream and channel).
+/// Tells dashboards who answers the conversation now (the handover stream and channel), after
+/// an owner change in Postgres. (Nothing cached needs dropping: the conversation stage caches a
+/// conversation's id and session, never its owner, which it reads where it stores each message.)
 async fn announce_owner_change(
     con: &mut impl ConnectionLike,
     keys: &Keys,
@@ -210,15 +193,15 @@ pub async fn release_idle(
                 conversation_id = r.conversation_id,
                 "a conversation idle with a human went back to the bot"
             );
+            count_owner_change("release", "idle");
             // Released already: a failed announcement must not keep the others from theirs.
-            if let Err(e) = owner_changed(
+            if let Err(e) = announce_owner_change(
                 con,
                 keys,
                 "release",
                 "idle",
                 r.conversation_id,
                 &r.phone_number_id,
-                true,
             )
             .await
             {

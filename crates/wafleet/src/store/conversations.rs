@@ -661,23 +661,21 @@ async fn apply_distinct(
                 AND c.customer_key = c.wa_id AND c.wa_id = i.recipient_other
                 AND NOT EXISTS (SELECT 1 FROM conversations d
                                  WHERE d.channel_id = c.channel_id AND d.customer_key = i.recipient)
+         ), known AS MATERIALIZED (
+             -- Matched, or of a part whose customer was erased (its wamid is a digest now):
+             -- kept for later only when neither.
+             SELECT i.n FROM input i
+              WHERE EXISTS (SELECT 1 FROM matched m WHERE m.n = i.n)
+                 OR EXISTS (SELECT 1 FROM outbound_messages o
+                             WHERE o.wamid = erased_wamid(i.wamid))
          ), early AS (
              INSERT INTO early_statuses (wamid, status, rank, status_at, error_code, error_title)
              SELECT wamid, status, rank, at, code, title FROM input i
-              WHERE NOT EXISTS (SELECT 1 FROM matched m WHERE m.n = i.n)
-                -- Nor a status of a part whose customer was erased (its wamid is a digest now).
-                AND NOT EXISTS (
-                    SELECT 1 FROM outbound_messages o
-                     WHERE o.wamid = erased_wamid(i.wamid))
+              WHERE i.n NOT IN (SELECT n FROM known)
              ON CONFLICT DO NOTHING
          )
          SELECT i.n, c.conversation_id, COALESCE(c.advanced, FALSE),
-                -- Known: matched, or a part of an erased customer (by the digest its wamid
-                -- became), whose statuses are not kept.
-                EXISTS (SELECT 1 FROM matched m WHERE m.n = i.n)
-                OR EXISTS (SELECT 1 FROM outbound_messages o
-                            WHERE o.wamid = erased_wamid(i.wamid)),
-                COALESCE(c.by_agent, FALSE)
+                i.n IN (SELECT n FROM known), COALESCE(c.by_agent, FALSE)
            FROM input i LEFT JOIN changed c ON c.n = i.n
           ORDER BY i.n",
     )

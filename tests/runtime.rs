@@ -49,8 +49,13 @@ impl Handler for ProbeHandler {
         tokio::time::sleep(Duration::from_millis(ms)).await;
         this.in_flight.fetch_sub(1, Ordering::SeqCst);
         this.running.lock().unwrap().remove(&job.conv);
-        if job.field("panic").is_some() {
-            panic!("probe told to panic");
+        match job.field("panic") {
+            Some("data") => {
+                let text = job.field("text").unwrap_or_default();
+                panic!("probe quoting {text}");
+            }
+            Some(_) => panic!("probe told to panic"),
+            None => {}
         }
         if job.field("unavailable").is_some()
             || (job.field("needs_dependency").is_some() && this.down.load(Ordering::SeqCst))
@@ -252,11 +257,31 @@ async fn a_job_whose_handler_panics_ends_on_the_dead_letter_stream_with_the_reas
     assert_eq!(dead.len(), 1);
     let reason = String::from_utf8_lossy(&dead[0].1["reason"]).into_owned();
     assert!(
-        reason.contains("handler panicked: probe told to panic")
+        reason.contains("handler panicked (probe told to panic)")
             && reason.contains("gave up after 3 attempts"),
         "{reason}"
     );
     assert_eq!(dead[0].1["name"], b"bad");
+    // A formatted panic message may quote what the job carried: the reason leaves it out.
+    add(
+        &cfg,
+        "Q",
+        &[
+            ("name", "leaky"),
+            ("panic", "data"),
+            ("text", "Soy Ana, 4111 1111 1111 1111"),
+        ],
+    )
+    .await;
+    add(&cfg, "Q", &[("name", "after leaky")]).await;
+    wait_done(&probe, 2).await;
+    let dead = read_stream(&mut con, &cfg.keys().dead("probe")).await;
+    assert_eq!(dead.len(), 2);
+    let reason = String::from_utf8_lossy(&dead[1].1["reason"]).into_owned();
+    assert!(
+        reason.contains("handler panicked (message withheld") && !reason.contains("Ana"),
+        "{reason}"
+    );
     assert_eq!(
         probe.done.lock().unwrap()[0].1,
         "after",

@@ -9,6 +9,7 @@ use wafleet::telemetry;
 async fn main() -> anyhow::Result<()> {
     telemetry::check_logging_env()?;
     telemetry::init_logging();
+    telemetry::install_panic_hook();
     let settings = ApiSettings::from_env()?;
     let listener =
         wafleet::listen(settings.listen).with_context(|| format!("binding {}", settings.listen))?;

@@ -14,6 +14,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     telemetry::check_logging_env()?;
     telemetry::init_logging();
+    telemetry::install_panic_hook();
     let settings = IngestSettings::from_env()?;
     let listener =
         wafleet::listen(settings.listen).with_context(|| format!("binding {}", settings.listen))?;

@@ -18,6 +18,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 async fn main() -> anyhow::Result<()> {
     telemetry::check_logging_env()?;
     telemetry::init_logging();
+    telemetry::install_panic_hook();
     let settings = WorkerProcessSettings::from_env()?;
     let addr = var("WAFLEET_WORKER_METRICS_ADDR").unwrap_or_else(|| "127.0.0.1:9091".into());
     let listener = tokio::net::TcpListener::bind(&addr)

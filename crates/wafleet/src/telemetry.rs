@@ -8,6 +8,7 @@
 //!
 //! Metrics go to one process-wide Prometheus recorder, rendered by each service's `/metrics`.
 
+use std::cell::RefCell;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -88,6 +89,64 @@ pub fn init_logging() {
             builder.try_init()
         };
     });
+}
+
+thread_local! {
+    /// Where this thread last panicked, for [`panic_text`] to name when the panic is caught.
+    static PANICKED_AT: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// What a panic may say in logs, dead-letter reasons and error messages. Its location always; its
+/// message only when it is a literal of our code (`panic!("…")` without arguments). A formatted
+/// message may quote the data being handled: std's string-slicing panic quotes the string (a
+/// customer's text), `unwrap` shows the error and what it carries.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &'static str {
+    payload
+        .downcast_ref::<&'static str>()
+        .copied()
+        .unwrap_or("message withheld: it may quote the data being handled")
+}
+
+/// A caught panic's payload as [`panic_message`] allows, with where this thread panicked when
+/// the [hook](install_panic_hook) saw it (a panic caught on the thread it happened on).
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    match PANICKED_AT.with(|at| at.borrow_mut().take()) {
+        Some(at) => format!("panicked at {at} ({})", panic_message(payload)),
+        None => format!("panicked ({})", panic_message(payload)),
+    }
+}
+
+/// A joined task's failure as an error that [`panic_text`] words (tokio's own shows the message).
+pub fn joined<T>(r: Result<T, tokio::task::JoinError>) -> anyhow::Result<T> {
+    r.map_err(|e| match e.try_into_panic() {
+        Ok(payload) => anyhow::anyhow!("a task {}", panic_text(&*payload)),
+        Err(e) => anyhow::anyhow!("a task was cancelled ({e})"),
+    })
+}
+
+/// Replaces Rust's panic report on stderr, which prints the message, with an `error` log line
+/// (`panicked`, fields `at`, `thread`, `message` as [`panic_message`] allows, and `backtrace` when
+/// `RUST_BACKTRACE` asks for one) and counts `wafleet_panics_total`. The binaries call it once at
+/// start; tests leave Rust's report alone, assertion messages included.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let at = info
+            .location()
+            .map_or_else(|| "an unknown place".to_string(), ToString::to_string);
+        PANICKED_AT.with(|slot| *slot.borrow_mut() = Some(at.clone()));
+        metrics::counter!("wafleet_panics_total").increment(1);
+        let thread = std::thread::current();
+        let backtrace = std::backtrace::Backtrace::capture();
+        let backtrace = (backtrace.status() == std::backtrace::BacktraceStatus::Captured)
+            .then(|| backtrace.to_string());
+        tracing::error!(
+            at,
+            thread = thread.name().unwrap_or("unnamed"),
+            message = panic_message(info.payload()),
+            backtrace,
+            "panicked"
+        );
+    }));
 }
 
 /// How often histogram samples are folded into their buckets when nobody scrapes.

@@ -498,13 +498,13 @@ pub async fn run(
     tokio::select! {
         _ = shutdown => tracing::info!("shutdown requested"),
         Some(r) = tasks.join_next() => {
-            result = r.context("stage task panicked").and_then(|r| r);
+            result = crate::telemetry::joined(r).and_then(|r| r);
             tracing::error!("a stage stopped on its own; shutting the worker down");
         }
     }
     stop.cancel();
     while let Some(r) = tasks.join_next().await {
-        if let Err(e) = r.context("stage task panicked").and_then(|r| r) {
+        if let Err(e) = crate::telemetry::joined(r).and_then(|r| r) {
             tracing::error!(error = %e, "stage ended with an error");
             result = Err(e);
         }

@@ -582,21 +582,15 @@ impl<H: Handler> Partition<H> {
     async fn run_handler(&self, job: &Job) -> Outcome {
         let started = Instant::now();
         // A panicking handler is a bug, not a reason to lose the job or the lane: it counts as a
-        // retry, so a job that always panics ends on the dead-letter stream.
+        // retry, so a job that always panics ends on the dead-letter stream. The reason names
+        // where it panicked, not what it said (telemetry::panic_text).
         let run = std::panic::AssertUnwindSafe(self.rt.handler.handle(job)).catch_unwind();
         let outcome = match tokio::time::timeout(self.rt.settings.job_deadline, run).await {
             Ok(Ok(o)) => o,
-            Ok(Err(panic)) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                Outcome::Retry {
-                    after: self.pause(job.attempt),
-                    reason: format!("handler panicked: {what}"),
-                }
-            }
+            Ok(Err(panic)) => Outcome::Retry {
+                after: self.pause(job.attempt),
+                reason: format!("handler {}", crate::telemetry::panic_text(&*panic)),
+            },
             Err(_) => Outcome::Retry {
                 after: self.pause(job.attempt),
                 reason: format!(

@@ -226,6 +226,16 @@ async fn any_message_the_customer_sends_opens_the_window_but_a_reaction_does_not
     e.stored(2).await;
     e.wait_followups().await;
     assert_eq!(window().await, Some(T0 + 5));
+    // An edit of an earlier message, as Meta may send it (the shape of the unsupported fixture):
+    // not the customer saying something new.
+    let edit = serde_json::json!({"from": "573002", "id": "wamid.E", "timestamp": (T0 + 9).to_string(),
+        "type": "unsupported", "unsupported": {"type": "edit"},
+        "errors": [{"code": 131051, "title": "Message type unknown"}]});
+    e.post(&message_body(PNID, "573002", edit)).await;
+    e.stored(3).await;
+    e.wait_followups().await;
+    assert_eq!(window().await, Some(T0 + 5), "an edit does not extend it");
+    assert_eq!(e.message("wamid.E").await.3, "none", "nor gets an answer");
     e.worker.stop().await.unwrap();
 }
 

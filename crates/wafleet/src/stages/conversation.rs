@@ -49,8 +49,22 @@ pub const STAGE: Stage = Stage {
 /// any message the user sends opens the window (reference E), so a type we do not know yet, an
 /// `unsupported` one (a poll, a GIF) or a legacy `unknown` counts. Left out: what Meta writes
 /// (`system`), what is not a message (`request_welcome`: the chat was opened), and what Meta does
-/// not say resets it (a `reaction`, or a deletion or edit of an earlier message).
+/// not say resets it (a `reaction`, or a deletion or edit of an earlier message, also when it
+/// arrives as `unsupported` with `unsupported.type` `edit` or `revoke`, reference A.4).
 const SILENT_TYPES: &[&str] = &["reaction", "system", "request_welcome", "revoke", "edit"];
+
+/// Whether the message is one of [`SILENT_TYPES`], directly or as the original kind of an
+/// `unsupported` (legacy `unknown`) message.
+fn is_silent(m: &InboundMessage) -> bool {
+    let kind = m.message_type.as_str();
+    SILENT_TYPES.contains(&kind)
+        || (matches!(kind, "unsupported" | "unknown")
+            && serde_json::from_str::<Value>(m.raw.get()).is_ok_and(|raw| {
+                raw[kind]["type"]
+                    .as_str()
+                    .is_some_and(|original| matches!(original, "edit" | "revoke"))
+            }))
+}
 
 pub struct ConversationStage {
     pub pg: PgPool,
@@ -161,11 +175,12 @@ impl ConversationStage {
                 .map(|p| without_nul(p).into_owned()),
         };
 
+        let silent = is_silent(m);
         let touch = Touch {
             customer,
             at,
             session_timeout_secs: channel.session_timeout_secs,
-            customer_message: !SILENT_TYPES.contains(&m.message_type.as_str()),
+            customer_message: !silent,
         };
         let text = redacted
             .as_ref()
@@ -179,7 +194,7 @@ impl ConversationStage {
             .and_then(|t| channel.handover.find(t))
             .map(str::to_string);
         // What the message calls for if the bot owns the conversation (else: nothing).
-        let action_if_bot = if SILENT_TYPES.contains(&m.message_type.as_str()) {
+        let action_if_bot = if silent {
             "none"
         } else if keyword.is_some() {
             "handover"

@@ -923,6 +923,59 @@ async fn a_re_engagement_failure_recorded_by_a_run_that_stopped_still_hands_over
 }
 
 #[tokio::test]
+async fn a_re_engagement_handover_whose_event_redis_refused_reaches_dashboards_on_the_retry() {
+    use redis::AsyncCommands;
+    let e = env().await;
+    let id = e.parts_of_one_reply(1, Some("wamid.RV")).await[0];
+    e.record_accepted(id, "wamid.RV0").await;
+    let stream = e.cfg.keys().handover_stream();
+    let mut con = e.cfg.redis().await;
+    // Redis refuses the event (here: the stream key is not a stream).
+    let _: () = con.set(&stream, "not a stream").await.unwrap();
+    e.post(&status_body(
+        PNID,
+        serde_json::json!([{"id": "wamid.RV0", "status": "failed", "timestamp": T0.to_string(),
+            "recipient_id": "57300",
+            "errors": [{"code": 131047, "title": "Re-engagement message"}]}]),
+    ))
+    .await;
+    wait_count(
+        &e.pg,
+        "SELECT count(*) FROM conversations WHERE owner = 'human'",
+        1,
+        20,
+    )
+    .await;
+    // The job failed to publish and waits for Redis; it comes back once Redis takes events.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _: () = con.del(&stream).await.unwrap();
+    eventually(
+        "the handover on the dashboard stream",
+        Duration::from_secs(20),
+        || async {
+            let mut con = e.cfg.redis().await;
+            let events = read_stream(&mut con, &stream).await;
+            events
+                .iter()
+                .any(|(_, f)| {
+                    let ev: serde_json::Value = serde_json::from_slice(&f["event"]).unwrap();
+                    ev["kind"] == "handover" && ev["reason"] == "re_engagement"
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        count(
+            &e.pg,
+            "SELECT count(*) FROM handover_events WHERE reason = 're_engagement'"
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test]
 async fn statuses_applied_together_each_get_their_own_result() {
     use wafleet::store::conversations::{Status, StatusApplied, apply_statuses};
     let e = env().await;
@@ -982,8 +1035,13 @@ async fn statuses_applied_together_each_get_their_own_result() {
         .fetch_one(&e.pg)
         .await
         .unwrap();
+    let (reply_to,): (i64,) = sqlx::query_as("SELECT id FROM messages")
+        .fetch_one(&e.pg)
+        .await
+        .unwrap();
     let advanced = StatusApplied::Advanced {
         conversation_id,
+        reply_to: Some(reply_to),
         by_agent: false,
     };
     assert_eq!(

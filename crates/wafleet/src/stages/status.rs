@@ -101,16 +101,18 @@ impl Handler for StatusStage {
         if let (
             StatusApplied::Advanced {
                 conversation_id,
+                reply_to,
                 by_agent: false,
             },
             Some(RE_ENGAGEMENT),
         ) = (&applied, s.error_code)
-            && let Err(outcome) = self.re_engagement(*conversation_id, job).await
+            && let Err(outcome) = self.re_engagement(*conversation_id, *reply_to, job).await
         {
             return outcome;
         }
-        // A redelivery of a status the run before recorded (it stopped before handing over):
-        // the handover is made now, unless one was made or undone since.
+        // A redelivery of a status the run before recorded (it stopped before handing over, or
+        // before Redis took the handover's event): the handover is made now, or its event
+        // published again, unless the conversation changed hands otherwise since.
         if applied == StatusApplied::Stale
             && s.status == "failed"
             && s.error_code == Some(RE_ENGAGEMENT)
@@ -119,8 +121,8 @@ impl Handler for StatusStage {
                 .await
                 .map_err(|e| db_outcome(&e, "reading the failed part"));
             match pending {
-                Ok(Some(conversation_id)) => {
-                    if let Err(outcome) = self.re_engagement(conversation_id, job).await {
+                Ok(Some((conversation_id, reply_to))) => {
+                    if let Err(outcome) = self.re_engagement(conversation_id, reply_to, job).await {
                         return outcome;
                     }
                 }
@@ -196,14 +198,23 @@ impl StatusStage {
         Ok(())
     }
 
-    async fn re_engagement(&self, conversation_id: i64, job: &Job) -> Result<(), Outcome> {
+    /// Hands the conversation over for the customer's message the failed part answers, as the
+    /// sender does for a synchronous 131047: keyed on that message, a run that comes back after
+    /// an error (Redis refused the event) publishes the handover again instead of finding
+    /// nothing to change.
+    async fn re_engagement(
+        &self,
+        conversation_id: i64,
+        reply_to: Option<i64>,
+        job: &Job,
+    ) -> Result<(), Outcome> {
         hand_over_and_publish(
             &self.pg,
             &self.redis,
             &self.keys,
             conversation_id,
             "re_engagement",
-            None,
+            reply_to,
             job.field("channel"),
         )
         .await?;

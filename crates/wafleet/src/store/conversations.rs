@@ -529,10 +529,12 @@ pub fn delivery_rank(status: &str) -> Option<i16> {
 /// What applying a status did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StatusApplied {
-    /// The outbound message moved forward; carries its conversation, and whether an agent
-    /// wrote it (a message or template, which never hands the conversation over when it fails).
+    /// The outbound message moved forward; carries its conversation, the customer's message it
+    /// answers (what a handover its failure makes is keyed on), and whether an agent wrote it (a
+    /// message or template, which never hands the conversation over when it fails).
     Advanced {
         conversation_id: i64,
+        reply_to: Option<i64>,
         by_agent: bool,
     },
     /// Known message, but the status is not newer (or the message already failed, or its
@@ -599,7 +601,10 @@ async fn apply_distinct(
     conn: &mut PgConnection,
     statuses: &[Status],
 ) -> sqlx::Result<Vec<StatusApplied>> {
-    let rows: Vec<(i64, Option<i64>, bool, bool, bool)> = sqlx::query_as(
+    /// Per status: its number, the conversation, advanced, known, by an agent, the message
+    /// its part answers.
+    type Applied = (i64, Option<i64>, bool, bool, bool, Option<i64>);
+    let rows: Vec<Applied> = sqlx::query_as(
         "WITH input AS (
              SELECT * FROM unnest($1::text[], $2::text[], $3::int2[], $4::timestamptz[],
                                   $5::int4[], $6::text[], $7::int8[], $8::int4[], $9::text[],
@@ -649,7 +654,7 @@ async fn apply_distinct(
               WHERE o.id = m.oid AND o.id IN (SELECT id FROM locked)
                 AND ((o.delivery_rank < i.rank AND o.delivery_rank < 4) OR o.wamid IS NULL)
           RETURNING m.n, o.conversation_id, o.delivery_rank = i.rank AS advanced,
-                    o.kind IN ('agent', 'template') AS by_agent
+                    o.kind IN ('agent', 'template') AS by_agent, o.reply_to
          ), adopted AS (
              -- Only for a send reconciled by its callback (its wamid was unknown), to the other
              -- notation of the number dialled; rare, like the acceptance's own re-keying.
@@ -675,7 +680,7 @@ async fn apply_distinct(
              ON CONFLICT DO NOTHING
          )
          SELECT i.n, c.conversation_id, COALESCE(c.advanced, FALSE),
-                i.n IN (SELECT n FROM known), COALESCE(c.by_agent, FALSE)
+                i.n IN (SELECT n FROM known), COALESCE(c.by_agent, FALSE), c.reply_to
            FROM input i LEFT JOIN changed c ON c.n = i.n
           ORDER BY i.n",
     )
@@ -703,16 +708,17 @@ async fn apply_distinct(
     .await?;
     Ok(rows
         .into_iter()
-        .map(
-            |(_, conversation, advanced, known, by_agent)| match (conversation, advanced, known) {
+        .map(|(_, conversation, advanced, known, by_agent, reply_to)| {
+            match (conversation, advanced, known) {
                 (Some(conversation_id), true, _) => StatusApplied::Advanced {
                     conversation_id,
+                    reply_to,
                     by_agent,
                 },
                 (_, _, true) => StatusApplied::Stale,
                 _ => StatusApplied::Kept,
-            },
-        )
+            }
+        })
         .collect())
 }
 

@@ -552,17 +552,23 @@ pub async fn failed_part(
 }
 
 /// The conversation of the bot's part Meta failed under `wamid` with 131047 (the 24-hour
-/// window had closed) when no handover or release happened since the failure was recorded:
+/// window had closed), and the customer's message the part answers, when no handover or
+/// release happened since the failure was recorded other than the handover for that message:
 /// the handover that failure calls for is still to be made (the run that recorded it stopped
-/// before making it).
-pub async fn re_engagement_pending(pool: &PgPool, wamid: &str) -> sqlx::Result<Option<i64>> {
-    sqlx::query_scalar(
-        "SELECT o.conversation_id FROM outbound_messages o
+/// before making it), or was made and its event may not have gone out (Redis refused it).
+pub async fn re_engagement_pending(
+    pool: &PgPool,
+    wamid: &str,
+) -> sqlx::Result<Option<(i64, Option<i64>)>> {
+    sqlx::query_as(
+        "SELECT o.conversation_id, o.reply_to FROM outbound_messages o
           WHERE o.wamid = $1 AND o.state = 'failed' AND o.error_code = 131047
             AND o.kind NOT IN ('agent', 'template')
             AND NOT EXISTS (SELECT 1 FROM handover_events h
                              WHERE h.conversation_id = o.conversation_id
-                               AND h.created_at >= o.updated_at)",
+                               AND h.created_at >= o.updated_at
+                               AND NOT COALESCE(h.kind = 'handover'
+                                                AND h.message_id = o.reply_to, FALSE))",
     )
     .bind(wamid)
     .fetch_optional(pool)

@@ -607,6 +607,30 @@ async fn the_models_handover_message_is_formatted_like_any_answer() {
 }
 
 #[tokio::test]
+async fn an_answer_that_formats_to_nothing_gets_the_canned_reply_or_the_acknowledgement() {
+    let s = system().await;
+    // Markup alone: nothing is left of it once formatted for WhatsApp.
+    s.sim.state.add_llm_fault(model_says("<br>"));
+    s.send("573012", "wamid.NT1", "¿Tienen envío a Cali?").await;
+    let sent = s.sent(1).await;
+    assert_eq!(
+        sent[0].body, DEFAULT_CANNED_REPLY,
+        "a customer is never left without an answer"
+    );
+    assert_eq!(
+        s.count("SELECT count(*) FROM replies WHERE canned").await,
+        1
+    );
+    s.sim
+        .state
+        .add_llm_fault(model_says("[[HANDOVER]] <!-- a colleague -->"));
+    s.send("573013", "wamid.NT2", "Tengo un problema con mi pedido")
+        .await;
+    let sent = s.sent(2).await;
+    assert_eq!(sent[1].body, DEFAULT_HANDOVER_ACK);
+}
+
+#[tokio::test]
 async fn in_shadow_mode_the_models_handover_is_recorded_but_not_made() {
     let s = system().await;
     sqlx::query("UPDATE channels SET bot_mode = 'shadow'")

@@ -432,8 +432,10 @@ impl LlmStage {
         let model = reply.model.as_deref().map(without_nul);
         let mut text = without_nul(&reply.text);
         let mut canned = reply.canned;
-        if text.trim().is_empty() && !reply.wants_human {
-            // An answer that was only NUL characters says nothing: the customer still gets one.
+        // An answer that was only NUL characters, or only markup WhatsApp has no use for (`<br>`,
+        // an HTML comment), leaves nothing to send: the customer still gets one.
+        let says_nothing = |text: &str| markdown_to_whatsapp(text).trim().is_empty();
+        if says_nothing(&text) && !reply.wants_human {
             text = std::borrow::Cow::Borrowed(channel.canned_reply.as_str());
             canned = true;
         }
@@ -460,7 +462,7 @@ impl LlmStage {
             // Outside business hours the model's words would promise a person who is not there.
             let ack = if let Some(after_hours) = channel.after_hours_ack_at(chrono::Utc::now()) {
                 after_hours.to_string()
-            } else if text.trim().is_empty() {
+            } else if says_nothing(&text) {
                 channel.handover_ack.clone()
             } else {
                 split_message(&markdown_to_whatsapp(&text), WHATSAPP_MAX_CHARS)

@@ -780,3 +780,34 @@ async fn a_bare_handover_marker_leaves_an_empty_text_and_plain_answers_do_not_ha
     assert!(!second.wants_human);
     assert_eq!(second.text, "We open at 9.");
 }
+
+#[tokio::test]
+async fn a_key_that_cannot_be_sent_is_not_retried_and_raises_an_alert() {
+    wafleet::telemetry::metrics_handle();
+    // As a key read from a secret file often is: with its trailing newline.
+    let first = MockServer::start().await;
+    let second = MockServer::start().await;
+    mount(&second, OPENAI_PATH, openai_ok("From the backup."), None).await;
+    let pasted = ProviderConfig {
+        api_key: Secret::new(format!("{ANTHROPIC_KEY}\n")),
+        ..anthropic(&first, "pasted-key-anthropic")
+    };
+
+    let reply = reply(&[pasted, openai(&second, "backup")], &fast_policy()).await;
+
+    assert_eq!(reply.text, "From the backup.");
+    assert_eq!(reply.failures.len(), 1, "not retried: {:?}", reply.failures);
+    assert!(
+        reply.failures[0].1.contains("authentication"),
+        "{:?}",
+        reply.failures
+    );
+    assert!(!reply.failures[0].1.contains(ANTHROPIC_KEY));
+    assert_eq!(
+        metric(
+            "wafleet_llm_alerts_total",
+            &[("provider", "pasted-key-anthropic"), ("kind", "auth")]
+        ),
+        Some(1.0)
+    );
+}

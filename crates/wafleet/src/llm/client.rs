@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use wafleet_core::llm_error::{LlmErrorClass, classify_llm_error};
 
 use super::wire;
@@ -111,7 +111,10 @@ impl LlmClient {
         let request = self
             .http
             .post(url)
-            .header(AUTHORIZATION, format!("Bearer {}", p.api_key.expose()))
+            .header(
+                AUTHORIZATION,
+                key_header(&format!("Bearer {}", p.api_key.expose()))?,
+            )
             .multipart(form);
         let body = answer(request, ProviderKind::OpenAiCompatible).await?;
         #[derive(serde::Deserialize)]
@@ -140,11 +143,12 @@ impl LlmClient {
             .json(&body);
         let request = match p.kind {
             ProviderKind::Anthropic => request
-                .header("x-api-key", p.api_key.expose())
+                .header("x-api-key", key_header(p.api_key.expose())?)
                 .header("anthropic-version", wire::ANTHROPIC_VERSION),
-            ProviderKind::OpenAiCompatible => {
-                request.header(AUTHORIZATION, format!("Bearer {}", p.api_key.expose()))
-            }
+            ProviderKind::OpenAiCompatible => request.header(
+                AUTHORIZATION,
+                key_header(&format!("Bearer {}", p.api_key.expose()))?,
+            ),
         };
 
         let body = answer(request, p.kind).await?;
@@ -157,6 +161,17 @@ impl LlmClient {
             stop_reason: parsed.stop_reason,
         })
     }
+}
+
+/// The header carrying the API key. A key no header can carry (a line break pasted with it, as a
+/// secret file's trailing newline) is [`LlmError::Auth`]: retrying cannot help, an operator must
+/// fix the key. The error names neither the key nor the character.
+fn key_header(value: &str) -> Result<HeaderValue, LlmError> {
+    let mut header = HeaderValue::from_bytes(value.as_bytes()).map_err(|_| {
+        LlmError::Auth("the API key holds a character no HTTP header can carry".into())
+    })?;
+    header.set_sensitive(true);
+    Ok(header)
 }
 
 /// Sends `request` and reads its answer's body; an error status (or an error body with 200) is

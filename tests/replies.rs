@@ -738,8 +738,9 @@ async fn after_a_release_the_model_sees_the_request_for_a_person_was_answered() 
     );
 }
 
-#[tokio::test]
-async fn a_human_taking_over_while_the_model_thinks_suppresses_the_reply() {
+/// A customer's message whose answer the model is still writing when an agent takes the
+/// conversation (and, with `release`, gives it back at once): the answer is suppressed.
+async fn a_human_takes_over_while_the_model_thinks(release: bool) -> Sys {
     let s = system_with_sim(SimConfig {
         llm_latency: Duration::from_millis(1500),
         ..Default::default()
@@ -747,7 +748,6 @@ async fn a_human_taking_over_while_the_model_thinks_suppresses_the_reply() {
     .await;
     s.send("573002", "wamid.T1", "¿Tienen la talla M?").await;
     s.model_asked().await;
-    // An agent takes the conversation while the model is still answering.
     let (conversation,): (i64,) = sqlx::query_as("SELECT id FROM conversations")
         .fetch_one(&s.pg)
         .await
@@ -759,6 +759,13 @@ async fn a_human_taking_over_while_the_model_thinks_suppresses_the_reply() {
             .unwrap()
     );
     tx.commit().await.unwrap();
+    if release {
+        assert!(
+            wafleet::store::conversations::release(&s.pg, conversation)
+                .await
+                .unwrap()
+        );
+    }
     wait_count(
         &s.pg,
         "SELECT count(*) FROM outbound_messages WHERE state = 'suppressed'",
@@ -771,12 +778,29 @@ async fn a_human_taking_over_while_the_model_thinks_suppresses_the_reply() {
         s.sim.state.messages().is_empty(),
         "nothing reached the customer"
     );
+    s
+}
+
+#[tokio::test]
+async fn a_human_taking_over_while_the_model_thinks_suppresses_the_reply() {
+    let s = a_human_takes_over_while_the_model_thinks(false).await;
     assert_eq!(
         s.count("SELECT count(*) FROM messages WHERE answered_at IS NULL")
             .await,
         0,
         "the bot is done with the message: it no longer counts as waiting for an answer"
     );
+}
+
+#[tokio::test]
+async fn a_human_taking_over_and_releasing_while_the_model_thinks_still_suppresses_the_reply() {
+    // The bot owns the conversation again when its answer is claimed, but the agent had the
+    // customer's message in hand (and may have answered it).
+    let s = a_human_takes_over_while_the_model_thinks(true).await;
+    // The bot answers what the customer says after the release.
+    s.send("573002", "wamid.T2", "Gracias, ¿y en rojo?").await;
+    let sent = s.sent(1).await;
+    assert_eq!(sent[0].context_message_id.as_deref(), Some("wamid.T2"));
 }
 
 #[tokio::test]

@@ -440,7 +440,7 @@ pub enum Claim {
 }
 
 /// For each part, in one statement: if it is still pending and the bot still owns the
-/// conversation (an acknowledgement of a handover and an agent's message are sent to a
+/// conversation, and has owned it since the message the part answers arrived (an acknowledgement of a handover and an agent's message are sent to a
 /// human-owned conversation by design) it becomes `sending`; if it is pending but a human owns the conversation it is
 /// recorded `suppressed`; otherwise its state is reported. Ids must be distinct (a part is sent
 /// by one job at a time); a repeated id is answered with its state after the first.
@@ -454,9 +454,16 @@ pub async fn claim_many(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<Ve
              -- model that asks for a person after a keyword already handed over must not
              -- acknowledge a second time. An agent's message or template goes out whoever owns
              -- the conversation: the agent wrote it on purpose, and may release the conversation
-             -- before it is sent.
+             -- before it is sent. The bot's own answer to a customer's message also stays
+             -- unsent when a human took the conversation after that message arrived, even if
+             -- it is back with the bot now: whoever took it answered the message, or chose not
+             -- to (a take and a release while the model thinks must not give two answers).
              SELECT o.id, o.state,
-                    (c.owner = 'bot' OR o.kind IN ('agent', 'template')
+                    ((c.owner = 'bot'
+                      AND NOT EXISTS (SELECT 1 FROM handover_events h JOIN messages m ON m.id = o.reply_to
+                                       WHERE h.conversation_id = o.conversation_id
+                                         AND h.kind = 'handover' AND h.created_at >= m.received_at))
+                     OR o.kind IN ('agent', 'template')
                      OR (o.kind = 'handover_ack'
                          AND EXISTS (SELECT 1 FROM handover_events h
                                       WHERE h.conversation_id = o.conversation_id

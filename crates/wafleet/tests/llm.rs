@@ -811,3 +811,33 @@ async fn a_key_that_cannot_be_sent_is_not_retried_and_raises_an_alert() {
         Some(1.0)
     );
 }
+
+#[tokio::test]
+async fn a_provider_that_redirects_fails_without_the_key_reaching_the_other_host() {
+    let elsewhere = MockServer::start().await;
+    mount(&elsewhere, ANTHROPIC_PATH, anthropic_ok("stolen"), None).await;
+    let redirecting = MockServer::start().await;
+    mount(
+        &redirecting,
+        ANTHROPIC_PATH,
+        ResponseTemplate::new(307)
+            .insert_header("location", format!("{}{ANTHROPIC_PATH}", elsewhere.uri())),
+        None,
+    )
+    .await;
+    let err = LlmClient::new()
+        .complete(
+            &anthropic(&redirecting, "redirecting"),
+            &request(),
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.outcome(), "permanent", "{err}");
+    assert_eq!(requests_received(&redirecting).await, 1);
+    assert_eq!(
+        requests_received(&elsewhere).await,
+        0,
+        "the redirect is not followed, so x-api-key stays with the configured host"
+    );
+}

@@ -37,6 +37,10 @@ impl LlmClient {
             // No overall or read timeout here: `complete` bounds each call by its own deadline,
             // and an idle-read timeout would be reset by DeepSeek's keep-alive lines anyway.
             .user_agent(concat!("wafleet/", env!("CARGO_PKG_VERSION")))
+            // A provider's API never redirects; a base URL that does is a mistake, answered as
+            // a failure of that provider. Followed, it would hand the key to another host:
+            // reqwest drops `Authorization` on a change of host, not Anthropic's `x-api-key`.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("the TLS backend is compiled in; building a reqwest client cannot fail");
         Self { http }

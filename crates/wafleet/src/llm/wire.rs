@@ -191,10 +191,10 @@ pub(super) fn parse_response(kind: ProviderKind, body: &[u8]) -> Result<Parsed, 
                 .collect();
             non_blank(Parsed {
                 text,
-                usage: Usage {
-                    input_tokens: parsed.usage.input_tokens,
-                    output_tokens: parsed.usage.output_tokens,
-                },
+                usage: parsed.usage.map_or_else(Usage::default, |u| Usage {
+                    input_tokens: u.input_tokens.unwrap_or(0),
+                    output_tokens: u.output_tokens.unwrap_or(0),
+                }),
                 model: parsed.model,
                 stop_reason: parsed.stop_reason,
             })
@@ -211,10 +211,10 @@ pub(super) fn parse_response(kind: ProviderKind, body: &[u8]) -> Result<Parsed, 
             };
             non_blank(Parsed {
                 text,
-                usage: Usage {
-                    input_tokens: parsed.usage.prompt_tokens,
-                    output_tokens: parsed.usage.completion_tokens,
-                },
+                usage: parsed.usage.map_or_else(Usage::default, |u| Usage {
+                    input_tokens: u.prompt_tokens.unwrap_or(0),
+                    output_tokens: u.completion_tokens.unwrap_or(0),
+                }),
                 model: parsed.model,
                 stop_reason,
             })
@@ -269,8 +269,9 @@ struct AnthropicResponse {
     content: Vec<AnthropicBlock>,
     model: Option<String>,
     stop_reason: Option<String>,
+    /// Missing or `null` (as some OpenAI-compatible servers send it) reads as no tokens.
     #[serde(default)]
-    usage: AnthropicUsage,
+    usage: Option<AnthropicUsage>,
 }
 
 #[derive(Deserialize)]
@@ -280,12 +281,12 @@ struct AnthropicBlock {
     text: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 struct AnthropicUsage {
     #[serde(default)]
-    input_tokens: u32,
+    input_tokens: Option<u32>,
     #[serde(default)]
-    output_tokens: u32,
+    output_tokens: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -294,7 +295,7 @@ struct OpenAiResponse {
     choices: Vec<OpenAiChoice>,
     model: Option<String>,
     #[serde(default)]
-    usage: OpenAiUsage,
+    usage: Option<OpenAiUsage>,
 }
 
 #[derive(Deserialize)]
@@ -308,12 +309,13 @@ struct OpenAiMessage {
     content: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
+/// Like [`AnthropicUsage`]: missing or `null` counts reads as 0.
+#[derive(Deserialize)]
 struct OpenAiUsage {
     #[serde(default)]
-    prompt_tokens: u32,
+    prompt_tokens: Option<u32>,
     #[serde(default)]
-    completion_tokens: u32,
+    completion_tokens: Option<u32>,
 }
 
 #[cfg(test)]
@@ -638,6 +640,45 @@ mod tests {
                 output_tokens: 1
             }
         );
+    }
+
+    #[test]
+    fn usage_that_is_missing_or_null_reads_as_no_tokens_not_as_a_bad_answer() {
+        let cases: [(ProviderKind, &[u8]); 5] = [
+            (
+                ProviderKind::OpenAiCompatible,
+                br#"{"choices":[{"message":{"content":"Hola"},"finish_reason":"stop"}],"usage":null}"#,
+            ),
+            (
+                ProviderKind::OpenAiCompatible,
+                br#"{"choices":[{"message":{"content":"Hola"},"finish_reason":"stop"}]}"#,
+            ),
+            (
+                ProviderKind::OpenAiCompatible,
+                br#"{"choices":[{"message":{"content":"Hola"}}],"usage":{"prompt_tokens":null,"completion_tokens":null}}"#,
+            ),
+            (
+                ProviderKind::Anthropic,
+                br#"{"content":[{"type":"text","text":"Hola"}],"usage":null}"#,
+            ),
+            (
+                ProviderKind::Anthropic,
+                br#"{"content":[{"type":"text","text":"Hola"}],"usage":{"input_tokens":7,"output_tokens":null}}"#,
+            ),
+        ];
+        for (i, (kind, body)) in cases.into_iter().enumerate() {
+            let parsed = parse_response(kind, body)
+                .unwrap_or_else(|e| panic!("{}: {e}", String::from_utf8_lossy(body)));
+            assert_eq!(parsed.text, "Hola");
+            let input = if i == 4 { 7 } else { 0 };
+            assert_eq!(
+                parsed.usage,
+                Usage {
+                    input_tokens: input,
+                    output_tokens: 0
+                }
+            );
+        }
     }
 
     #[test]

@@ -645,13 +645,7 @@ impl LlmStage {
         let text = match transcript {
             Ok(text) => text,
             Err(e) if e.is_retryable() && !last_try => {
-                let after = match &e {
-                    LlmError::RateLimited { retry_after }
-                    | LlmError::Overloaded { retry_after } => {
-                        retry_after.unwrap_or(backoff).max(backoff)
-                    }
-                    _ => backoff,
-                };
+                let after = transcription_retry(&e, backoff, self.defaults.policy.max_retry_after);
                 return again("provider_error", &e, after);
             }
             Err(e) => return unheard("provider_error", &e),
@@ -784,9 +778,49 @@ impl LlmStage {
     }
 }
 
+/// When to ask a transcriber that failed with `e` again: after `backoff`, or its `retry-after`
+/// when longer, but never after more than `cap` (the model chain's `max_retry_after`): the whole
+/// conversation waits behind the voice note, and a transcriber asking for an hour must not hold
+/// the answer that long. Asked too early, it fails again and the note goes to the model unheard.
+fn transcription_retry(e: &LlmError, backoff: Duration, cap: Duration) -> Duration {
+    match e {
+        LlmError::RateLimited { retry_after } | LlmError::Overloaded { retry_after } => retry_after
+            .unwrap_or(backoff)
+            .clamp(backoff, cap.max(backoff)),
+        _ => backoff,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_transcribers_retry_after_is_waited_out_up_to_the_cap() {
+        let (backoff, cap) = (Duration::from_secs(2), Duration::from_secs(10));
+        let limited = |secs| LlmError::RateLimited {
+            retry_after: Some(Duration::from_secs(secs)),
+        };
+        assert_eq!(
+            transcription_retry(&limited(5), backoff, cap),
+            Duration::from_secs(5)
+        );
+        assert_eq!(transcription_retry(&limited(1), backoff, cap), backoff);
+        assert_eq!(
+            transcription_retry(&limited(3600), backoff, cap),
+            cap,
+            "an hour's retry-after does not hold the conversation an hour"
+        );
+        assert_eq!(
+            transcription_retry(&LlmError::Overloaded { retry_after: None }, backoff, cap),
+            backoff
+        );
+        assert_eq!(
+            transcription_retry(&LlmError::Timeout, Duration::from_secs(16), cap),
+            Duration::from_secs(16),
+            "a backoff above the cap stays as it is"
+        );
+    }
 
     #[test]
     fn meta_failing_to_serve_a_file_may_pass_when_it_is_down_or_throttling() {

@@ -140,6 +140,42 @@ async fn graph_errors_are_rejected_with_the_class_of_their_code() {
 }
 
 #[tokio::test]
+async fn a_number_meta_does_not_know_is_a_configuration_error() {
+    // Meta answers a send from a phone_number_id that does not exist (deleted, mistyped) or
+    // that the token may not use with code 100, subcode 33: no message of the channel can go
+    // until an operator fixes it, so it is not one message's permanent failure.
+    let sim = sim().await;
+    let unknown = OutgoingText {
+        phone_number_id: "999000111",
+        ..text(Recipient::Phone("111"))
+    };
+    let SendResult::Rejected {
+        http_status,
+        error,
+        class,
+    } = client(&sim.url).send_text(&unknown).await
+    else {
+        panic!("rejected");
+    };
+    assert_eq!(
+        (http_status, error.code, error.subcode),
+        (400, 100, Some(33))
+    );
+    assert_eq!(class, ErrorClass::Config);
+    // Code 100 without that subcode stays a bad request: permanent for that message.
+    sim.state.add_fault(Fault::code(100, 1));
+    assert!(matches!(
+        client(&sim.url)
+            .send_text(&text(Recipient::Phone("111")))
+            .await,
+        SendResult::Rejected {
+            class: ErrorClass::Permanent,
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
 async fn an_error_without_a_graph_body_is_classed_by_http_status() {
     let sim = sim().await;
     let graph = client(&sim.url);

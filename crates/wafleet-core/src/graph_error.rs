@@ -88,9 +88,19 @@ pub struct GraphError {
     pub is_transient: Option<bool>,
 }
 
+/// `error_subcode` of a generic Graph error 100 whose object (the business number the request
+/// names) does not exist or may not be used with the token: reference C.1's "code 100 subcode 33",
+/// the table's 33 ("business phone number deleted", CFG).
+pub const UNKNOWN_OBJECT_SUBCODE: i64 = 33;
+
 impl GraphError {
-    /// [`classify`] applied to this error and the HTTP status it came with.
+    /// [`classify`] applied to this error and the HTTP status it came with, and to its subcode:
+    /// 100 with [`UNKNOWN_OBJECT_SUBCODE`] is [`ErrorClass::Config`], not one message's bad
+    /// parameter: no message of the number can go until an operator fixes it.
     pub fn class(&self, http_status: u16) -> ErrorClass {
+        if self.code == 100 && self.subcode == Some(UNKNOWN_OBJECT_SUBCODE) {
+            return ErrorClass::Config;
+        }
         classify(self.code, http_status, self.is_transient)
     }
 }
@@ -351,6 +361,21 @@ mod tests {
             }
         );
         assert_eq!(error.class(400), Throttled { scope: Recipient });
+    }
+
+    #[test]
+    fn an_unknown_business_number_is_a_configuration_error() {
+        let unknown = parse_graph_error(
+            br#"{"error":{"message":"Unsupported post request. Object with ID '1' does not exist","type":"GraphMethodException","code":100,"error_subcode":33}}"#,
+        )
+        .unwrap();
+        assert_eq!(unknown.class(400), Config);
+        for body in [
+            &br#"{"error":{"code":100}}"#[..],
+            br#"{"error":{"code":100,"error_subcode":2494010}}"#,
+        ] {
+            assert_eq!(parse_graph_error(body).unwrap().class(400), Permanent);
+        }
     }
 
     #[test]

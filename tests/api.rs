@@ -1647,3 +1647,49 @@ async fn a_take_or_release_retried_after_redis_refused_its_event_still_reaches_d
         );
     }
 }
+
+#[tokio::test]
+async fn a_channel_token_the_apis_key_does_not_open_is_named_not_blamed_on_postgres() {
+    let s = system().await;
+    let id = s.customer_writes(SHOP, "573061", "wamid.K0", 1).await;
+    let photo = message_body(
+        SHOP,
+        "573061",
+        json!({"from": "573061", "id": "wamid.K1", "timestamp": chrono::Utc::now().timestamp().to_string(),
+               "type": "image", "image": {"id": "photo-77", "mime_type": "image/jpeg", "sha256": "x"}}),
+    );
+    assert_eq!(s.ingest.post_signed(&photo, APP_SECRET).await.status(), 200);
+    let pg = s.pg.clone();
+    let m1 = eventually("the photo stored", Duration::from_secs(10), || {
+        let pg = pg.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT id FROM messages WHERE wamid = 'wamid.K1'")
+                .fetch_optional(&pg)
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    // An API started with another key than the one the channel's token was sealed with (its
+    // WAFLEET_ENCRYPTION_KEY was not rotated with the workers').
+    let other_key = wafleet::crypto::Cipher::from_key_text(&"ab".repeat(32)).unwrap();
+    let api = Api::start_with(&s.cfg, Some(other_key), &s.sim.url).await;
+    let (status, body) = api
+        .get(&format!("/api/v1/conversations/{id}/media/{m1}"), &s.shop)
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(!error.contains("Postgres"), "{error}");
+    assert!(error.contains("WAFLEET_ENCRYPTION_KEY"), "{error}");
+    assert_eq!(
+        scrape_metric(
+            &api.http,
+            &api.url,
+            &format!(
+                "wafleet_secrets_unreadable_total{{channel=\"{SHOP}\",secret=\"access_token\"}}"
+            )
+        )
+        .await,
+        1.0
+    );
+}

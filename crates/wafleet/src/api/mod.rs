@@ -706,7 +706,21 @@ async fn media(
     })?;
     let token = crate::store::channels::access_token(&state.pg, cipher, &pnid)
         .await
-        .map_err(|e| pg_down(format!("{e:#}")))?
+        .map_err(|e| {
+            if e.downcast_ref::<sqlx::Error>().is_some() {
+                return pg_down(format!("{e:#}"));
+            }
+            // Not Postgres: the token was sealed with another key than this process's (or
+            // changed by hand), and a retry fails the same way.
+            crate::store::channels::report_unreadable(&pnid, "access_token");
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "channel {pnid}'s access token does not decrypt with this API process's \
+                     WAFLEET_ENCRYPTION_KEY"
+                ),
+            )
+        })?
         .ok_or_else(|| {
             ApiError(
                 StatusCode::SERVICE_UNAVAILABLE,

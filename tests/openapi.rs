@@ -848,3 +848,25 @@ async fn request_bodies_query_enums_and_idempotency_keys_are_taken_as_documented
         }
     }
 }
+
+#[tokio::test]
+async fn the_bearer_scheme_is_read_in_any_case_as_the_document_says() {
+    let api = Api::start().await;
+    let doc = document();
+    for spelt in ["Bearer", "bearer", "BEARER"] {
+        let res = api
+            .http
+            .get(format!("{}/api/v1/conversations", api.url))
+            .header("authorization", format!("{spelt} {}", api.agent))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{spelt}");
+    }
+    // A client written from the document must not be told otherwise.
+    let scheme = doc["components"]["securitySchemes"]["agentToken"]["description"]
+        .as_str()
+        .unwrap();
+    assert!(!scheme.contains("case-sensitively"), "{scheme}");
+    assert!(scheme.contains("in any case"), "{scheme}");
+}

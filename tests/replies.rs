@@ -1341,6 +1341,38 @@ async fn the_spam_rate_limit_raises_an_alert() {
     .await;
 }
 
+#[tokio::test]
+async fn a_refusal_with_a_code_metas_table_does_not_list_fails_the_part_and_raises_an_alert() {
+    // Reference C.2: an unknown code with a 4xx is permanent, and someone must look at it (a new
+    // account restriction would otherwise fail every reply silently).
+    let s = system().await;
+    let alerts = || {
+        metric_value(
+            &wafleet::telemetry::metrics_handle().render(),
+            r#"wafleet_sender_alerts_total{channel="106540352242922",kind="unknown_code"}"#,
+        )
+    };
+    let before = alerts();
+    s.sim.state.add_fault(fault(
+        serde_json::json!({"code": 139999, "http_status": 400, "count": 1}),
+    ));
+    s.send("573021", "wamid.UC", "hola").await;
+    wait_count(
+        &s.pg,
+        "SELECT count(*) FROM outbound_messages WHERE state = 'failed' AND error_code = 139999",
+        1,
+        30,
+    )
+    .await;
+    eventually(
+        "the unknown-code alert",
+        Duration::from_secs(10),
+        || async { (alerts() > before).then_some(()) },
+    )
+    .await;
+    assert!(s.sim.state.messages().is_empty());
+}
+
 /// Meta's `code` (a limit wider than one number) met by the channel's send: the sending number
 /// (of business account `waba-1`) and `sibling` wait, `stranger` does not. `sibling` and
 /// `stranger` are added with their tweaks.

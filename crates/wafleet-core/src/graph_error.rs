@@ -172,6 +172,12 @@ fn known_class(code: i64) -> Option<ErrorClass> {
     Some(class)
 }
 
+/// Whether Meta's error table (reference C.2) lists `code`. A refusal with a code it does not
+/// list is classed by its HTTP status alone, and someone should look at it.
+pub fn is_known_code(code: i64) -> bool {
+    known_class(code).is_some()
+}
+
 /// Classifies a synchronous Graph API error from its `error.code`, the HTTP status it came with and
 /// its optional `is_transient` hint.
 ///

@@ -29,7 +29,8 @@
 //!   part is given up all the same;
 //! - transient → retried through the delayed set with exponential backoff and full jitter,
 //!   bounded in attempts and total age, then failed and dead-lettered;
-//! - permanent → failed at once with Meta's code and reason; later parts are skipped;
+//! - permanent → failed at once with Meta's code and reason; later parts are skipped; a code
+//!   Meta's table does not list also raises `wafleet_sender_alerts_total{kind="unknown_code"}`;
 //! - 131047 (24-hour window closed) → failed, the conversation goes to a human;
 //! - configuration (expired token, permissions, locked account) → the channel's sends pause
 //!   for [`SendPolicy::config_pause`] and `wafleet_sender_alerts_total` moves, instead of burning
@@ -41,7 +42,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
 use sqlx::PgPool;
-use wafleet_core::graph_error::{ErrorClass, ThrottleScope, classify_status_error};
+use wafleet_core::graph_error::{ErrorClass, ThrottleScope, classify_status_error, is_known_code};
 use wafleet_core::retry::Backoff;
 
 use super::channel_settings::{ChannelCache, ChannelSettings};
@@ -829,6 +830,13 @@ impl SenderStage {
                     code,
                     "Meta refused the message for good"
                 );
+                // A code Meta's table does not list (or no Graph error at all): classed by its
+                // HTTP status alone, so it may be a new account or number problem that fails
+                // every reply. Someone must look (reference C.2).
+                if !is_known_code(code) {
+                    metrics::counter!("wafleet_sender_alerts_total", "channel" => channel.phone_number_id.clone(), "kind" => "unknown_code").increment(1);
+                    tracing::error!(channel = %channel.phone_number_id, code, "Meta refused a send with a code its table does not list");
+                }
                 Ok(Step::StopRest(format!("an earlier part failed ({code})")))
             }
             ErrorClass::ReEngagement => {

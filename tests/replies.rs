@@ -1108,6 +1108,26 @@ async fn a_parts_own_retry_bounds_govern_its_resends_not_the_workers_job_attempt
 }
 
 #[tokio::test]
+async fn an_invalid_request_or_server_error_is_retried_once_then_fails() {
+    // Code 1 (reference C.2: "invalid request or possible server error", R once, then P): the
+    // part allows 8 sends for transient errors, but a request Meta may find invalid is not
+    // repeated seven times.
+    let s = system_retrying(8).await;
+    s.sim
+        .state
+        .add_fault(fault(serde_json::json!({"code": 1, "count": 3})));
+    s.send("573022", "wamid.C1", "hola").await;
+    s.one_sender_dead_letter().await;
+    let (state, attempts, code): (String, i32, Option<i32>) =
+        sqlx::query_as("SELECT state, attempts, error_code FROM outbound_messages")
+            .fetch_one(&s.pg)
+            .await
+            .unwrap();
+    assert_eq!((state.as_str(), attempts, code), ("failed", 2, Some(1)));
+    assert!(s.sim.state.messages().is_empty());
+}
+
+#[tokio::test]
 async fn throttles_do_not_use_up_the_attempts_a_transient_error_is_allowed() {
     // Three sends in all for transient errors; Meta throttles the number three times first, and
     // the pair once.

@@ -148,8 +148,8 @@ fn known_class(code: i64) -> Option<ErrorClass> {
         131048 => Throttled { scope: Spam },
         131057 => Throttled { scope: Maintenance },
 
-        // 1 is "invalid request or possible server error": retried, and the caller's attempt bound
-        // turns it permanent. 131000 likewise ("something went wrong").
+        // 1 is "invalid request or possible server error": retried once ([`max_tries`]), then
+        // permanent. 131000 ("something went wrong") is retried within the caller's bounds.
         1 | 2 | 131000 | 131016 | 133004 => Transient,
 
         // Token, permissions, account, registration and number problems: an operator must act.
@@ -170,6 +170,13 @@ fn known_class(code: i64) -> Option<ErrorClass> {
         _ => return None,
     };
     Some(class)
+}
+
+/// How many tries in all a transient `code` allows, when Meta's table bounds it more tightly than
+/// the caller's own policy: 1 ("invalid request or possible server error") is retried once, then
+/// permanent (reference C.2: "R once, then P"). `None`: the caller's bounds alone.
+pub fn max_tries(code: i64) -> Option<u32> {
+    (code == 1).then_some(2)
 }
 
 /// Whether Meta's error table (reference C.2) lists `code`. A refusal with a code it does not
@@ -367,6 +374,14 @@ mod tests {
             }
         );
         assert_eq!(error.class(400), Throttled { scope: Recipient });
+    }
+
+    #[test]
+    fn code_1_is_retried_once_and_other_transient_codes_within_the_callers_bounds() {
+        assert_eq!(max_tries(1), Some(2));
+        for code in [2, 131000, 131016, 133004, 999_999] {
+            assert_eq!(max_tries(code), None, "code {code}");
+        }
     }
 
     #[test]

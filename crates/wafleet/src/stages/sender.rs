@@ -42,7 +42,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
 use sqlx::PgPool;
-use wafleet_core::graph_error::{ErrorClass, ThrottleScope, classify_status_error, is_known_code};
+use wafleet_core::graph_error::{
+    ErrorClass, ThrottleScope, classify_status_error, is_known_code, max_tries,
+};
 use wafleet_core::retry::Backoff;
 
 use super::channel_settings::{ChannelCache, ChannelSettings};
@@ -806,7 +808,9 @@ impl SenderStage {
                 reopen().await?;
                 // Zero-based index of the try that just failed (`attempts` was read before it).
                 let attempt = part.attempts.max(0) as u32;
-                if self.policy.resends(class, attempt, part.retries_since) {
+                // Some codes allow fewer tries than the policy (1: retried once).
+                let code_allows = max_tries(code).is_none_or(|tries| attempt + 1 < tries);
+                if code_allows && self.policy.resends(class, attempt, part.retries_since) {
                     let after = self.policy.backoff.next_delay(attempt, rand::random());
                     // Deferred, not a worker retry: this part's attempts and age bound its
                     // resends (just checked). Counted again per job, the parts of one reply would

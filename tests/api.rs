@@ -1649,7 +1649,7 @@ async fn a_take_or_release_retried_after_redis_refused_its_event_still_reaches_d
 }
 
 #[tokio::test]
-async fn a_channel_token_the_apis_key_does_not_open_is_named_not_blamed_on_postgres() {
+async fn a_channel_token_the_api_cannot_use_is_logged_counted_and_not_blamed_on_postgres() {
     let s = system().await;
     let id = s.customer_writes(SHOP, "573061", "wamid.K0", 1).await;
     let photo = message_body(
@@ -1692,4 +1692,23 @@ async fn a_channel_token_the_apis_key_does_not_open_is_named_not_blamed_on_postg
         .await,
         1.0
     );
+    // A channel without an access token: the agent's 503 is logged and counted too.
+    sqlx::query("UPDATE channels SET access_token = NULL WHERE phone_number_id = $1")
+        .bind(SHOP)
+        .execute(&s.pg)
+        .await
+        .unwrap();
+    let (status, body) = s
+        .api
+        .get(&format!("/api/v1/conversations/{id}/media/{m1}"), &s.shop)
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    for result in ["unreadable_token", "no_token"] {
+        let line = format!("wafleet_api_media_total{{result=\"{result}\"}}");
+        assert_eq!(
+            scrape_metric(&api.http, &api.url, &line).await,
+            1.0,
+            "{line}"
+        );
+    }
 }

@@ -691,9 +691,17 @@ async fn media(
                 format!("conversation {id} has no media message {message_id}"),
             )
         })?;
+    // A file not served for want of a usable token is logged and counted like one Meta did not
+    // give: an agent's 503 alone tells the operator nothing.
+    let not_fetched = |result: &'static str, error: String| {
+        metrics::counter!("wafleet_api_media_total", "result" => result).increment(1);
+        tracing::warn!(conversation_id = id, message_id, channel = %pnid, error = %error,
+            "a customer's file was not fetched");
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, error)
+    };
     let Some(cipher) = &state.cipher else {
-        return Err(ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
+        return Err(not_fetched(
+            "no_key",
             "this API process has no WAFLEET_ENCRYPTION_KEY: it cannot use the channel's token"
                 .into(),
         ));
@@ -713,20 +721,15 @@ async fn media(
             // Not Postgres: the token was sealed with another key than this process's (or
             // changed by hand), and a retry fails the same way.
             crate::store::channels::report_unreadable(&pnid, "access_token");
-            ApiError(
-                StatusCode::SERVICE_UNAVAILABLE,
+            not_fetched(
+                "unreadable_token",
                 format!(
                     "channel {pnid}'s access token does not decrypt with this API process's \
                      WAFLEET_ENCRYPTION_KEY"
                 ),
             )
         })?
-        .ok_or_else(|| {
-            ApiError(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("channel {pnid} has no access token"),
-            )
-        })?;
+        .ok_or_else(|| not_fetched("no_token", format!("channel {pnid} has no access token")))?;
     let opened = state
         .graph
         .open_media(token.expose(), &media_id, state.media_max_bytes, &[])

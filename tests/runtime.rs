@@ -728,3 +728,84 @@ async fn consumers_of_processes_long_gone_are_deleted_when_a_partition_is_taken_
     assert_ne!(names[0], "gone-1");
     running.stop().await;
 }
+
+/// Records when each call of its handler began: the job's dependency is always down.
+#[derive(Default)]
+struct Clock(Mutex<Vec<std::time::Instant>>);
+
+struct ClockHandler(Arc<Clock>);
+
+impl Handler for ClockHandler {
+    async fn handle(&self, _job: &Job) -> Outcome {
+        self.0.0.lock().unwrap().push(std::time::Instant::now());
+        Outcome::Unavailable {
+            reason: "clock's dependency is down".into(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_worker_cut_off_from_redis_stops_its_jobs_before_its_lease_can_pass_to_another() {
+    let cfg = TestConfig {
+        partitions: 1,
+        ..TestConfig::new().await
+    };
+    // Each lease round waits up to a third of the lease for Redis, and rounds come a second
+    // apart: with a 3.9-s lease the checks fall 2.3 s and 4.6 s after the last renewal.
+    let settings = worker::WorkerSettings {
+        lease_ttl: Duration::from_millis(3_900),
+        backoff_base: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(20),
+        ..cfg.worker_runtime()
+    };
+    let process = |url: &str, clock: &Arc<Clock>| {
+        let stop = CancellationToken::new();
+        let rt = StageRuntime {
+            stage: STAGE,
+            keys: cfg.keys(),
+            redis: wafleet::shared_redis::blocking_pool(url, 4).unwrap(),
+            shared: wafleet::shared_redis::SharedRedis::new(url, Duration::from_secs(2)).unwrap(),
+            handler: Arc::new(ClockHandler(clock.clone())),
+            settings: settings.clone(),
+            shutdown: stop.clone(),
+        };
+        (stop, tokio::spawn(worker::run_stage(rt)))
+    };
+    // The first process reaches Redis through a proxy the test black-holes.
+    let proxy = wafleet_tests::proxy::Proxy::in_front_of_redis(&cfg.redis_url).await;
+    let (first, second) = (Arc::new(Clock::default()), Arc::new(Clock::default()));
+    let (stop_first, first_task) = process(&proxy.redis_url(), &first);
+    add(&cfg, "H", &[("name", "held on")]).await;
+    eventually(
+        "the first process to run the job",
+        Duration::from_secs(20),
+        || async { (!first.0.lock().unwrap().is_empty()).then_some(()) },
+    )
+    .await;
+    let (stop_second, second_task) = process(&cfg.redis_url, &second);
+    proxy.black_hole();
+    let taken_over = eventually(
+        "the second process to take the job over",
+        Duration::from_secs(20),
+        || async { second.0.lock().unwrap().first().copied() },
+    )
+    .await;
+    // The second process goes on (and so would the first, were it still running).
+    eventually(
+        "the second process to retry",
+        Duration::from_secs(20),
+        || async { (second.0.lock().unwrap().len() >= 10).then_some(()) },
+    )
+    .await;
+    proxy.cut();
+    stop_first.cancel();
+    first_task.await.unwrap().unwrap();
+    let last_of_first = *first.0.lock().unwrap().last().unwrap();
+    assert!(
+        last_of_first < taken_over,
+        "the first process still ran the job {:?} after the second took it over",
+        last_of_first - taken_over
+    );
+    stop_second.cancel();
+    second_task.await.unwrap().unwrap();
+}

@@ -47,6 +47,16 @@ struct Owned {
     releasing: bool,
 }
 
+/// When the first lease still held stops being confirmed: two thirds of its life after it was
+/// last renewed, the moment its partition must be abandoned.
+fn confirm_by(owned: &HashMap<u32, Owned>, ttl: Duration) -> Option<tokio::time::Instant> {
+    owned
+        .values()
+        .filter(|o| !o.hard.is_cancelled())
+        .map(|o| tokio::time::Instant::from_std(o.last_renewed + ttl * 2 / 3))
+        .min()
+}
+
 /// A unique name for this process in consumer groups and leases.
 pub fn consumer_id() -> String {
     let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
@@ -82,6 +92,11 @@ pub async fn run_stage<H: Handler>(rt: StageRuntime<H>) -> anyhow::Result<()> {
     tracing::info!(stage, consumer = %consumer, partitions, "worker started");
 
     loop {
+        // Bounded by when the first lease stops being confirmed, so the check below comes in
+        // time even when Redis answers nothing.
+        let started = tokio::time::Instant::now();
+        let round_until =
+            confirm_by(&owned, ttl).map_or(started + ttl / 3, |c| c.min(started + ttl / 3));
         // One round of bookkeeping; Redis errors skip the round (leases are renewed by time).
         let round = async {
             let mut con = rt.shared.get().await?;
@@ -201,9 +216,12 @@ pub async fn run_stage<H: Handler>(rt: StageRuntime<H>) -> anyhow::Result<()> {
         // Bounded: commands on a dead connection may go unanswered for a while, and the check
         // below must run in time.
         let round = async {
-            match tokio::time::timeout(ttl / 3, round).await {
+            match tokio::time::timeout_at(round_until, round).await {
                 Ok(result) => result,
-                Err(_) => Err(anyhow::anyhow!("no answer from Redis within {:?}", ttl / 3)),
+                Err(_) => Err(anyhow::anyhow!(
+                    "no answer from Redis within {:?}",
+                    round_until - started
+                )),
             }
         };
         if let Err(e) = round.await {
@@ -213,7 +231,7 @@ pub async fn run_stage<H: Handler>(rt: StageRuntime<H>) -> anyhow::Result<()> {
         // A lease we could not renew for two thirds of its life may be gone: stop before another
         // process can take it.
         for (p, o) in owned.iter() {
-            if o.last_renewed.elapsed() > ttl * 2 / 3 && !o.hard.is_cancelled() {
+            if o.last_renewed.elapsed() >= ttl * 2 / 3 && !o.hard.is_cancelled() {
                 tracing::warn!(
                     stage,
                     partition = p,
@@ -222,9 +240,14 @@ pub async fn run_stage<H: Handler>(rt: StageRuntime<H>) -> anyhow::Result<()> {
                 o.hard.cancel();
             }
         }
+        // Not past that moment either: a pause of a second after a round that waited a third
+        // of the lease for Redis would otherwise check a short lease only after it expired,
+        // while another process may already run its jobs.
+        let next = tokio::time::Instant::now() + tick;
+        let next = confirm_by(&owned, ttl).map_or(next, |c| c.min(next));
         tokio::select! {
             _ = rt.shutdown.cancelled() => break,
-            _ = tokio::time::sleep(tick) => {}
+            _ = tokio::time::sleep_until(next) => {}
         }
     }
 
@@ -235,7 +258,9 @@ pub async fn run_stage<H: Handler>(rt: StageRuntime<H>) -> anyhow::Result<()> {
     for o in owned.values() {
         o.soft.cancel();
     }
+    // The leases are no longer renewed: the grace ends before the first could pass to another.
     let deadline = tokio::time::Instant::now() + rt.settings.shutdown_grace.min(ttl * 2 / 3);
+    let deadline = confirm_by(&owned, ttl).map_or(deadline, |c| c.min(deadline));
     for o in owned.values_mut() {
         if tokio::time::timeout_at(deadline, &mut o.task)
             .await

@@ -809,3 +809,49 @@ async fn a_worker_cut_off_from_redis_stops_its_jobs_before_its_lease_can_pass_to
     stop_second.cancel();
     second_task.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_dead_letter_replayed_twice_is_put_back_once() {
+    let cfg = TestConfig {
+        partitions: 1,
+        ..TestConfig::new().await
+    };
+    let keys = cfg.keys();
+    let mut con = cfg.redis().await;
+    let source = keys.inbound(0);
+    let mut fields: Vec<(String, String)> = vec![
+        ("conv".into(), "R".into()),
+        ("name".into(), "replayed".into()),
+    ];
+    fields.extend(
+        wafleet::dead_letters::GaveUp {
+            reason: "probe gave up",
+            stage: STAGE.name,
+            source_stream: &source,
+            source_id: "1-0",
+            deliveries: 1,
+            attempts: 3,
+            dead_at_ms: 1,
+        }
+        .fields(),
+    );
+    let _: String = con.xadd(keys.dead(STAGE.name), "*", &fields).await.unwrap();
+    let pg = cfg.pg().await;
+    // Two operators replaying at once, or a replay run again after one that was interrupted
+    // between its two steps: both hold the dead letter as they read it.
+    let letters = wafleet::dead_letters::read(&mut con, &keys, STAGE.name)
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 1);
+    for _ in 0..2 {
+        wafleet::dead_letters::replay(&mut con, &pg, &keys, STAGE.name, &letters[0], false)
+            .await
+            .unwrap();
+    }
+    let back = read_stream(&mut con, &source).await;
+    assert_eq!(back.len(), 1, "put back once: {back:?}");
+    assert_eq!(back[0].1["name"], b"replayed");
+    assert!(!back[0].1.contains_key("reason"));
+    let dead: usize = con.xlen(keys.dead(STAGE.name)).await.unwrap();
+    assert_eq!(dead, 0);
+}

@@ -11,7 +11,7 @@ use sqlx::PgPool;
 
 use crate::stages::sender;
 use crate::store::replies;
-use crate::streams::{Keys, StoredEntry, read_whole};
+use crate::streams::{ENQUEUE_SCRIPT, Keys, StoredEntry, read_whole};
 
 /// Fields the runtime adds to a dead letter ([`GaveUp::fields`], in this order); a replay strips
 /// them.
@@ -24,6 +24,16 @@ pub const RUNTIME_FIELDS: [&str; 7] = [
     "attempts",
     "dead_at",
 ];
+
+/// How long a replay's mark stays: as long as dead letters are kept by default, so a replay run
+/// again after an interruption finds it.
+const REPLAYED_MARK_TTL: std::time::Duration = crate::worker::retention::DEFAULT_RETENTION;
+
+/// The mark that a dead letter's job was put back on `source`: beside the stream (same hash tag),
+/// named by the stage and the dead letter's id.
+fn replayed_mark(keys: &Keys, source: &str, stage: &str, dead_letter: &str) -> String {
+    keys.seen_beside(source, &format!("replayed:{stage}:{dead_letter}"))
+}
 
 /// What the worker runtime records beside a job it gave up on.
 pub struct GaveUp<'a> {
@@ -74,8 +84,10 @@ pub async fn read<C: ConnectionLike>(
 /// many such parts kept it.
 ///
 /// The steps run in that order, each safe to repeat: a failure part way leaves the dead letter in
-/// place (or a copy of the job queued), never a loss, and running the replay again finishes it. A
-/// job queued twice is harmless: its parts are claimed once each.
+/// place, never a loss, and running the replay again finishes it. The job is queued once however
+/// often the dead letter is replayed (again after an interruption, or by two operators at once):
+/// it goes back together with a mark beside its source stream ([`replayed_mark`]), and a replay
+/// that finds the mark only removes the dead letter.
 pub async fn replay<C: ConnectionLike>(
     con: &mut C,
     pg: &PgPool,
@@ -90,8 +102,10 @@ pub async fn replay<C: ConnectionLike>(
         "dead letter {} has no source_stream",
         letter.id()
     );
+    let mark = replayed_mark(keys, &source, stage, letter.id());
     let mut parts = replies::Reopened::default();
-    if stage == sender::STAGE.name {
+    let replayed: bool = redis::cmd("EXISTS").arg(&mark).query_async(con).await?;
+    if !replayed && stage == sender::STAGE.name {
         let outbound_ids = sender::outbound_ids(&letter.text("outbound_id")).unwrap_or_default();
         let reply_to = letter.text("reply_to").parse::<i64>().ok();
         parts = replies::reopen_for_replay(pg, &outbound_ids, reply_to, resend_unanswered).await?;
@@ -106,13 +120,17 @@ pub async fn replay<C: ConnectionLike>(
         }
     }
     // Two steps, add first; the streams live on different Redis Cluster slots, so no
-    // transaction spans them.
-    let _: String = redis::cmd("XADD")
-        .arg(&source)
-        .arg("*")
-        .arg(letter.fields_except(&RUNTIME_FIELDS))
-        .query_async(con)
-        .await?;
+    // transaction spans them. The add takes the mark in the same script (the mark shares the
+    // source stream's slot), so it happens once.
+    if !replayed {
+        let _: i64 = redis::Script::new(ENQUEUE_SCRIPT)
+            .key(&mark)
+            .key(&source)
+            .arg(REPLAYED_MARK_TTL.as_secs())
+            .arg(letter.fields_except(&RUNTIME_FIELDS))
+            .invoke_async(con)
+            .await?;
+    }
     let _: i64 = redis::cmd("XDEL")
         .arg(keys.dead(stage))
         .arg(letter.id())

@@ -585,23 +585,7 @@ async fn entries_a_lost_read_delivered_are_claimed_again_not_left_pending() {
         ..TestConfig::new().await
     };
     // The worker's blocking reads go through a proxy the test can cut; the rest goes direct.
-    let proxy = wafleet_tests::proxy::Proxy::in_front_of_redis(&cfg.redis_url).await;
-    let probe = Arc::new(Probe::default());
-    let settings = cfg.worker_runtime();
-    let stop = CancellationToken::new();
-    let rt = StageRuntime {
-        stage: STAGE,
-        keys: cfg.keys(),
-        redis: wafleet::shared_redis::blocking_pool(&proxy.redis_url(), 4).unwrap(),
-        shared: wafleet::shared_redis::SharedRedis::new(&cfg.redis_url, Duration::from_secs(2))
-            .unwrap(),
-        handler: Arc::new(ProbeHandler(probe.clone())),
-        settings,
-        shutdown: stop.clone(),
-    };
-    let task = tokio::spawn(worker::run_stage(rt));
-    add(&cfg, "L", &[("name", "before")]).await;
-    wait_done(&probe, 1).await;
+    let (proxy, probe, running) = reading_through_a_proxy(&cfg, "L").await;
 
     // The read waiting at Redis takes the next entry, and its answer never arrives.
     proxy.black_hole();
@@ -660,8 +644,35 @@ async fn entries_a_lost_read_delivered_are_claimed_again_not_left_pending() {
         .map(|(_, name, _)| name.clone())
         .collect();
     assert_eq!(names, ["before", "lost"]);
-    stop.cancel();
-    task.await.unwrap().unwrap();
+    running.stop().await;
+}
+
+/// A worker whose blocking stream reads go through a proxy; everything else goes direct. It has
+/// done a first job of `conv` ("before"), so it reads.
+async fn reading_through_a_proxy(
+    cfg: &TestConfig,
+    conv: &str,
+) -> (wafleet_tests::proxy::Proxy, Arc<Probe>, Running) {
+    let proxy = wafleet_tests::proxy::Proxy::in_front_of_redis(&cfg.redis_url).await;
+    let probe = Arc::new(Probe::default());
+    let stop = CancellationToken::new();
+    let rt = StageRuntime {
+        stage: STAGE,
+        keys: cfg.keys(),
+        redis: wafleet::shared_redis::blocking_pool(&proxy.redis_url(), 4).unwrap(),
+        shared: wafleet::shared_redis::SharedRedis::new(&cfg.redis_url, Duration::from_secs(2))
+            .unwrap(),
+        handler: Arc::new(ProbeHandler(probe.clone())),
+        settings: cfg.worker_runtime(),
+        shutdown: stop.clone(),
+    };
+    let running = Running {
+        stop,
+        task: tokio::spawn(worker::run_stage(rt)),
+    };
+    add(cfg, conv, &[("name", "before")]).await;
+    wait_done(&probe, 1).await;
+    (proxy, probe, running)
 }
 
 #[tokio::test]
@@ -854,4 +865,20 @@ async fn a_dead_letter_replayed_twice_is_put_back_once() {
     assert!(!back[0].1.contains_key("reason"));
     let dead: usize = con.xlen(keys.dead(STAGE.name)).await.unwrap();
     assert_eq!(dead, 0);
+}
+
+#[tokio::test]
+async fn a_stream_read_whose_connection_goes_silent_is_given_up_on() {
+    let cfg = TestConfig {
+        partitions: 1,
+        ..TestConfig::new().await
+    };
+    // The worker's blocking reads go through a proxy the test black-holes (a failover that moved
+    // Redis's address and left the old connections hanging); the rest goes direct.
+    let (proxy, probe, running) = reading_through_a_proxy(&cfg, "S").await;
+    // Nothing comes back on the connection the read waits on, and no error says so either.
+    proxy.black_hole();
+    add(&cfg, "S", &[("name", "after")]).await;
+    wait_done(&probe, 2).await;
+    running.stop().await;
 }

@@ -428,8 +428,27 @@ impl<H: Handler> Partition<H> {
             .group(self.group(), &self.consumer)
             .count(room)
             .block(self.rt.settings.read_block.as_millis() as usize);
-        let reply: redis::RedisResult<Option<StreamReadReply>> =
-            con.xread_options(&[&self.stream], &[">"], &opts).await;
+        // Pooled connections have no response timeout: a read on one that went silent (a
+        // failover that black-holes the old address) would otherwise wait for TCP to give up,
+        // about 15 minutes, with the partition held and read by nobody.
+        let answer_within = self.rt.settings.read_block + crate::shared_redis::RESPONSE_TIMEOUT;
+        let answer = tokio::time::timeout(
+            answer_within,
+            con.xread_options::<_, _, Option<StreamReadReply>>(&[&self.stream], &[">"], &opts),
+        )
+        .await;
+        let reply: redis::RedisResult<Option<StreamReadReply>> = match answer {
+            Ok(reply) => reply,
+            Err(_) => {
+                // Not back in the pool: nothing more comes over it.
+                let _ = deadpool_redis::Connection::take(con);
+                return Err(ReadLost(redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {answer_within:?}"),
+                )))
+                .into());
+            }
+        };
         drop(con);
         let reply = match reply {
             Ok(r) => r,

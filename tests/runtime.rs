@@ -291,6 +291,72 @@ async fn a_job_whose_handler_panics_ends_on_the_dead_letter_stream_with_the_reas
 }
 
 #[tokio::test]
+async fn a_job_whose_dead_letter_redis_refuses_is_left_pending_not_lost() {
+    // A worker whose Redis user may read the dead-letter streams but not write them: every
+    // other step works, so only the dead letter's write fails, until the worker stops.
+    let mut cfg = TestConfig {
+        partitions: 1,
+        ..TestConfig::new().await
+    };
+    let prefix = cfg.keys().prefix().to_string();
+    let user = format!("nodead-{}", uuid::Uuid::new_v4().simple());
+    let mut admin = cfg.redis().await;
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&user)
+        .arg("on")
+        .arg(">pw")
+        .arg(format!("~{prefix}:{{p*"))
+        .arg(format!("~{prefix}:{{workers}}*"))
+        .arg(format!("%R~{prefix}:{{dead}}*"))
+        .arg("&*")
+        .arg("+@all")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let full_url = cfg.redis_url.clone();
+    cfg.redis_url = full_url.replacen("://", &format!("://{user}:pw@"), 1);
+    let probe = Arc::new(Probe::default());
+    let running = start(&cfg, probe, |s| s.max_attempts = 1);
+    add(&cfg, "D", &[("name", "doomed"), ("panic", "1")]).await;
+    let dead = cfg.keys().dead("probe");
+    eventually(
+        "the dead letter's write refused",
+        Duration::from_secs(20),
+        || async {
+            let log: Vec<Vec<redis::Value>> = redis::cmd("ACL")
+                .arg("LOG")
+                .query_async(&mut cfg.redis().await)
+                .await
+                .unwrap();
+            let refused = log.iter().any(|entry| {
+                format!("{entry:?}").contains(&user) && format!("{entry:?}").contains(&dead)
+            });
+            refused.then_some(())
+        },
+    )
+    .await;
+    running.stop().await;
+    let _: () = redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(&user)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    cfg.redis_url = full_url;
+    let mut con = cfg.redis().await;
+    assert!(read_stream(&mut con, &dead).await.is_empty());
+    let keys = cfg.keys();
+    let pending: redis::streams::StreamPendingReply =
+        con.xpending(keys.inbound(0), STAGE.name).await.unwrap();
+    assert_eq!(
+        pending.count(),
+        1,
+        "neither dead-lettered nor acknowledged: the next owner gives up on it again"
+    );
+}
+
+#[tokio::test]
 async fn jobs_in_flight_stay_within_the_bound_and_a_conversation_never_runs_twice_at_once() {
     let cfg = TestConfig {
         partitions: 4,

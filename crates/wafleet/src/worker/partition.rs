@@ -672,7 +672,9 @@ impl<H: Handler> Partition<H> {
             metrics::counter!("wafleet_jobs_total", "stage" => self.group(), "outcome" => "dead")
                 .increment(1);
             tracing::warn!(stage = self.group(), id = %job.id, reason, "poison entry dead-lettered");
-            self.dead_letter(&job, &reason).await;
+            if !self.dead_letter(&job, &reason).await {
+                return false;
+            }
             self.ack(&job).await;
             return true;
         }
@@ -702,7 +704,9 @@ impl<H: Handler> Partition<H> {
         match self.settle(&job).await {
             Settled::Done => self.ack(&job).await,
             Settled::Dead(reason) => {
-                self.dead_letter(&job, &reason).await;
+                if !self.dead_letter(&job, &reason).await {
+                    return false;
+                }
                 self.ack(&job).await;
             }
             Settled::Later { due, counts } => {
@@ -828,7 +832,11 @@ impl<H: Handler> Partition<H> {
         .await;
     }
 
-    async fn dead_letter(&self, job: &Job, reason: &str) {
+    /// Writes the job's dead letter; false when the partition was abandoned before Redis took
+    /// it, and the caller must then leave the job where it is (pending, or held) rather than
+    /// acknowledge or drop it: the next owner gives up on it again.
+    #[must_use]
+    async fn dead_letter(&self, job: &Job, reason: &str) -> bool {
         let dead = self.rt.keys.dead(self.group());
         let mut fields: Vec<(String, String)> = job
             .fields
@@ -852,7 +860,8 @@ impl<H: Handler> Partition<H> {
             let _: String = con.xadd(&dead, "*", &fields).await?;
             Ok(())
         })
-        .await;
+        .await
+        .is_some()
     }
 
     /// Runs a parked conversation's held jobs, oldest first, until the list is empty or one asks
@@ -898,14 +907,18 @@ impl<H: Handler> Partition<H> {
                         deliveries: 0,
                         unfinished_held_runs: 0,
                     };
-                    self.dead_letter(
-                        &stub,
-                        &format!(
-                            "held job does not decode: {}",
-                            wafleet_core::json_error_without_input(&e)
-                        ),
-                    )
-                    .await;
+                    if !self
+                        .dead_letter(
+                            &stub,
+                            &format!(
+                                "held job does not decode: {}",
+                                wafleet_core::json_error_without_input(&e)
+                            ),
+                        )
+                        .await
+                    {
+                        return;
+                    }
                     self.pop_head(&held, &payload).await;
                     continue;
                 }
@@ -917,7 +930,9 @@ impl<H: Handler> Partition<H> {
                 let reason =
                     format!("held job: {limit} runs never ended (the worker died under them)");
                 tracing::warn!(stage = self.group(), id = %job.id, reason, "poison held job dead-lettered");
-                self.dead_letter(&job, &reason).await;
+                if !self.dead_letter(&job, &reason).await {
+                    return;
+                }
                 self.pop_head(&held, &payload).await;
                 continue;
             }
@@ -935,7 +950,9 @@ impl<H: Handler> Partition<H> {
             match self.settle(&job).await {
                 Settled::Done => self.pop_head(&held, &payload).await,
                 Settled::Dead(reason) => {
-                    self.dead_letter(&job, &reason).await;
+                    if !self.dead_letter(&job, &reason).await {
+                        return;
+                    }
                     self.pop_head(&held, &payload).await;
                 }
                 Settled::Later { due, counts } => {

@@ -229,12 +229,17 @@ const CUSTOMER_KEYS: &[&str] = &[
     "to",
 ];
 
+/// Fields of kept-aside entries that hold our own counts, ids and times, never a customer: a
+/// customer written as a short number (`3`) must not match a job's `attempts` or `v`.
+const OWN_FIELDS: &[&str] = &["v", "outbound_id", "reply_to", "message_id", "attempt"];
+
 /// Whether a kept-aside entry names one of a channel's customer's `identifiers`.
 ///
 /// It must belong to the channel: its `channel` field is the number, or (events and dead letters,
 /// whose `channel` is `-`) its content names the number or the channel's business account
-/// (`waba_id`) as a JSON string. And it must name the customer exactly: a field that is an
-/// identifier or its conversation key (`<number>:<identifier>`), or, in JSON, an identifier as
+/// (`waba_id`) as a JSON string. And it must name the customer exactly: a field (not one of
+/// ours, [`OWN_FIELDS`] and the dead letters' runtime fields) that is an identifier or its
+/// conversation key (`<number>:<identifier>`), or, in JSON, an identifier as
 /// the value of a key Meta names customers by ([`CUSTOMER_KEYS`]); in a body that is not JSON (a
 /// dead letter), the identifier as a JSON string (`"573016000000"`). Another customer whose number
 /// merely contains this one's, or a message text that mentions it, does not match.
@@ -278,7 +283,12 @@ pub fn names_customer(
         .iter()
         .map(|id| format!("{phone_number_id}:{id}"))
         .collect();
-    fields.iter().any(|(_, v)| {
+    fields.iter().any(|(k, v)| {
+        if OWN_FIELDS.contains(&k.as_str())
+            || crate::dead_letters::RUNTIME_FIELDS.contains(&k.as_str())
+        {
+            return false;
+        }
         if identifiers
             .iter()
             .chain(&convs)
@@ -407,6 +417,17 @@ mod tests {
             ("update", r#"{"status":{"recipient_id":"573016","raw":{}}}"#),
         ]);
         assert!(names_customer(&status, "111", None, &customer));
+        // Our own counts and ids are not customers, however the customer is written.
+        let short = ids(&["3"]);
+        let job = fields(&[
+            ("conv", "111:573016"),
+            ("v", "3"),
+            ("outbound_id", "3"),
+            ("attempts", "3"),
+            ("deliveries", "3"),
+        ]);
+        assert!(!names_customer(&job, "111", None, &short));
+        assert!(names_customer(&job, "111", None, &customer));
     }
 
     #[test]

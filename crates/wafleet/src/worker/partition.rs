@@ -823,8 +823,11 @@ impl<H: Handler> Partition<H> {
     async fn ack(&self, job: &Job) {
         self.persist("acknowledging a job", || async {
             let mut con = self.con().await?;
+            // One transaction: a connection cut between the two would leave a finished entry
+            // on the stream for good, counted as unread where Redis cannot tell the lag.
             let mut pipe = redis::pipe();
-            pipe.xack(&self.stream, self.group(), &[&job.id])
+            pipe.atomic()
+                .xack(&self.stream, self.group(), &[&job.id])
                 .xdel(&self.stream, &[&job.id]);
             let _: () = pipe.query_async(&mut con).await?;
             Ok(())

@@ -240,6 +240,73 @@ async fn any_message_the_customer_sends_opens_the_window_but_a_reaction_does_not
 }
 
 #[tokio::test]
+async fn a_customer_who_changes_number_keeps_their_conversation_and_whoever_answers_it() {
+    let e = env().await;
+    e.send(
+        "573020",
+        "wamid.N1",
+        T0,
+        "hola, necesito ayuda con mi pedido",
+    )
+    .await;
+    e.stored(1).await;
+    e.wait_followups().await;
+    let (id,): (i64,) = sqlx::query_as("SELECT id FROM conversations")
+        .fetch_one(&e.pg)
+        .await
+        .unwrap();
+    let mut tx = e.pg.begin().await.unwrap();
+    assert!(
+        wafleet::store::conversations::hand_over(&mut tx, id, "agent", None, None)
+            .await
+            .unwrap()
+    );
+    tx.commit().await.unwrap();
+    // Reference A.4: from the old number, the new one in `system.wa_id`.
+    let change = serde_json::json!({"from": "573020", "id": "wamid.N2", "timestamp": (T0 + 5).to_string(),
+        "type": "system", "system": {"body": "User Cliente changed from 573020 to 573029",
+        "type": "user_changed_number", "wa_id": "573029"}});
+    e.post(&message_body(PNID, "573020", change)).await;
+    e.stored(2).await;
+    e.send(
+        "573029",
+        "wamid.N3",
+        T0 + 10,
+        "sigo aquí, desde mi número nuevo",
+    )
+    .await;
+    e.stored(3).await;
+    e.wait_followups().await;
+    let conversations: Vec<(i64, String, Option<String>, String)> =
+        sqlx::query_as("SELECT id, customer_key, wa_id, owner FROM conversations")
+            .fetch_all(&e.pg)
+            .await
+            .unwrap();
+    assert_eq!(
+        conversations,
+        vec![(id, "573029".into(), Some("573029".into()), "human".into())],
+        "one conversation, under the new number, still the agent's"
+    );
+    assert_eq!(
+        e.message("wamid.N3").await.3,
+        "none",
+        "the bot does not answer a customer a human has, whatever number they write from"
+    );
+    let mut con = e.cfg.redis().await;
+    let cached: bool = redis::AsyncCommands::exists(
+        &mut con,
+        e.cfg.keys().session_cache(&format!("{PNID}:573020")),
+    )
+    .await
+    .unwrap();
+    assert!(
+        !cached,
+        "the old number no longer leads to the conversation"
+    );
+    e.worker.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_redelivered_message_is_stored_once_and_its_reply_job_queued_again() {
     let e = env().await;
     e.send("573001", "wamid.ONCE", T0, "hola").await;

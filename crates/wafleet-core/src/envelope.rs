@@ -68,6 +68,52 @@ pub struct InboundMessage {
     pub raw: Box<RawValue>,
 }
 
+/// A customer's new identifiers, announced by a `system` message (reference A.4, A.7): a new
+/// phone number (`user_changed_number`, `system.wa_id`; their business-scoped id changes with
+/// it, given as `system.user_id` when Meta sends it) or a new business-scoped id alone
+/// (`user_changed_user_id`, `system.user_id`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityChange {
+    pub wa_id: Option<String>,
+    pub user_id: Option<String>,
+}
+
+impl InboundMessage {
+    /// The identity change this message announces, if it is one.
+    pub fn identity_change(&self) -> Option<IdentityChange> {
+        #[derive(Deserialize)]
+        struct Raw {
+            system: Option<System>,
+        }
+        #[derive(Deserialize)]
+        struct System {
+            #[serde(rename = "type")]
+            kind: Option<String>,
+            wa_id: Option<String>,
+            /// The older name of `wa_id`.
+            new_wa_id: Option<String>,
+            user_id: Option<String>,
+        }
+        if self.message_type != "system" {
+            return None;
+        }
+        let system = serde_json::from_str::<Raw>(self.raw.get()).ok()?.system?;
+        let non_empty = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
+        let change = match system.kind.as_deref()? {
+            "user_changed_number" => IdentityChange {
+                wa_id: non_empty(system.wa_id.or(system.new_wa_id)),
+                user_id: non_empty(system.user_id),
+            },
+            "user_changed_user_id" => IdentityChange {
+                wa_id: None,
+                user_id: non_empty(system.user_id),
+            },
+            _ => return None,
+        };
+        (change.wa_id.is_some() || change.user_id.is_some()).then_some(change)
+    }
+}
+
 /// A delivery status of one of our outbound messages (`value.statuses[]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusUpdate {

@@ -208,6 +208,14 @@ struct MessageHead {
     interactive: Option<InteractiveHead>,
     /// An order's note to the business (`order.text`).
     order: Option<ButtonHead>,
+    system: Option<SystemHead>,
+}
+
+/// A `system` message announcing a new business-scoped id may carry the customer's previous
+/// one only here (no `from`, no `from_user_id`).
+#[derive(Deserialize)]
+struct SystemHead {
+    previous_user_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -375,7 +383,12 @@ fn parse_messages_value(value: &RawValue, waba_id: Option<String>, parsed: &mut 
         let wa_id = from.or_else(|| contact.and_then(|c| c.wa_id.as_ref()).map(id_string));
         let user_id = head
             .from_user_id
-            .or_else(|| contact.and_then(|c| c.user_id.clone()));
+            .or_else(|| contact.and_then(|c| c.user_id.clone()))
+            .or_else(|| {
+                head.system
+                    .and_then(|s| s.previous_user_id)
+                    .filter(|id| !id.is_empty())
+            });
         let text = head
             .text
             .and_then(|t| t.body)
@@ -486,7 +499,7 @@ fn find_contact<'c>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::UpdateKind;
+    use crate::envelope::{IdentityChange, UpdateKind};
 
     fn kinds(p: &Parsed) -> Vec<UpdateKind> {
         p.updates.iter().map(Update::kind).collect()
@@ -694,6 +707,54 @@ mod tests {
             (m.message_type.as_str(), m.text.as_deref()),
             ("order", Some("Sin cebolla, por favor"))
         );
+    }
+
+    #[test]
+    fn a_customers_new_number_or_business_scoped_id_is_read_from_the_system_message() {
+        let message = |m: &str| {
+            let body = format!(
+                r#"{{"object":"whatsapp_business_account","entry":[{{"id":"W","changes":[
+                {{"field":"messages","value":{{"metadata":{{"phone_number_id":"P"}},
+                  "messages":[{{"id":"wamid.S","timestamp":"1","type":"system",{m}}}]}}}}]}}]}}"#
+            );
+            let p = parse(body.as_bytes()).unwrap();
+            let Some(Update::Message(m)) = p.updates.into_iter().next() else {
+                panic!("one message expected")
+            };
+            m
+        };
+        // Reference A.4: sent from the old number, the new one in `system.wa_id`.
+        let number = message(
+            r#""from":"573001112233","system":{"body":"User A changed from 573001112233 to 573009998877","type":"user_changed_number","wa_id":"573009998877"}"#,
+        );
+        assert_eq!(number.wa_id.as_deref(), Some("573001112233"));
+        assert_eq!(
+            number.identity_change(),
+            Some(IdentityChange {
+                wa_id: Some("573009998877".into()),
+                user_id: None
+            })
+        );
+        // A new business-scoped id with no sender but the previous id: filed under the previous.
+        let bsuid = message(
+            r#""system":{"type":"user_changed_user_id","previous_user_id":"CO.OLD","user_id":"CO.NEW"}"#,
+        );
+        assert_eq!(
+            (bsuid.wa_id.as_deref(), bsuid.user_id.as_deref()),
+            (None, Some("CO.OLD"))
+        );
+        assert_eq!(
+            bsuid.identity_change(),
+            Some(IdentityChange {
+                wa_id: None,
+                user_id: Some("CO.NEW".into())
+            })
+        );
+        // Other system messages change nothing.
+        let other = message(
+            r#""from":"1","system":{"type":"customer_identity_changed","body":"x"},"identity":{"acknowledged":true}"#,
+        );
+        assert_eq!(other.identity_change(), None);
     }
 
     #[test]

@@ -266,6 +266,12 @@ impl ConversationStage {
                     .map_err(db("storing the message"))?
             }
         };
+        // A customer's new number or business-scoped id: their conversation follows them. Done
+        // again on a redelivery (a no-op then), so a run that stopped after storing finishes it.
+        let followed = match m.identity_change() {
+            Some(change) => self.follow(&job.conv, stored.0.id, &change).await?,
+            None => false,
+        };
         let (conversation, Some(stored)) = stored else {
             // Stored before: a redelivery (or a reclaim). Finish what the first attempt may not
             // have: its follow-ups.
@@ -283,13 +289,60 @@ impl ConversationStage {
             );
         }
         // Independent writes: together they go out in one round trip on the shared connection.
-        let ((), followed, ()) = tokio::join!(
-            self.cache_session(&job.conv, conversation.id, conversation.session_no),
+        let ((), done, ()) = tokio::join!(
+            async {
+                // The old key's cache went with the change: a stranger later given the old
+                // number must not land in this conversation.
+                if !followed {
+                    self.cache_session(&job.conv, conversation.id, conversation.session_no)
+                        .await;
+                }
+            },
             self.follow_up(job, &stored),
             self.charge_inbound(&channel),
         );
-        followed?;
+        done?;
         Ok(Outcome::Done)
+    }
+
+    /// Moves the conversation to the customer's new identifiers
+    /// ([`store::follow_identity_change`]) and forgets the old key's cached session. Returns
+    /// whether it moved.
+    async fn follow(
+        &self,
+        conv: &str,
+        conversation_id: i64,
+        change: &wafleet_core::envelope::IdentityChange,
+    ) -> Result<bool, StepError> {
+        let moved = store::follow_identity_change(
+            &self.pg,
+            conversation_id,
+            change.wa_id.as_deref(),
+            change.user_id.as_deref(),
+        )
+        .await
+        .map_err(db("following the customer's new number"))?
+        .is_some();
+        let result = if moved { "followed" } else { "not_followed" };
+        metrics::counter!("wafleet_identity_changes_total", "result" => result).increment(1);
+        // Ids only: the identifiers are the customer's.
+        tracing::info!(
+            conversation_id,
+            result,
+            "the customer changed their number or business-scoped id"
+        );
+        if moved {
+            let mut con = self
+                .redis
+                .get()
+                .await
+                .map_err(|e| StepError::Redis(e.into()))?;
+            let _: () = con
+                .del(self.keys.session_cache(conv))
+                .await
+                .map_err(|e| StepError::Redis(e.into()))?;
+        }
+        Ok(moved)
     }
 
     /// Stores a message that brings more writes with it (a handover with its event and

@@ -392,6 +392,46 @@ pub async fn find_message(
     .await
 }
 
+/// Follows a customer to their new phone number (`wa_id`) or business-scoped id (`user_id`),
+/// announced by a `system` message: the conversation keeps its id, history, owner and session,
+/// takes the new identifiers, and its key follows when it was keyed by the identifier that
+/// changed, so the customer's next message, from the new number, finds it. Returns the
+/// conversation's key when it holds the new identifiers; `None` when another conversation of the
+/// channel already has that key (the customer wrote from the new number first: both stay as
+/// they are) or the conversation was erased.
+pub async fn follow_identity_change(
+    pool: &PgPool,
+    conversation_id: i64,
+    wa_id: Option<&str>,
+    user_id: Option<&str>,
+) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar(
+        "WITH c AS (
+             SELECT id, channel_id,
+                    CASE WHEN $2::text IS NOT NULL AND customer_key = wa_id THEN $2
+                         WHEN $3::text IS NOT NULL AND customer_key = user_id THEN $3
+                         ELSE customer_key END AS new_key
+               FROM conversations
+              WHERE id = $1 AND customer_key NOT LIKE 'erased:%'
+                FOR UPDATE
+         )
+         UPDATE conversations SET customer_key = c.new_key,
+                wa_id = COALESCE($2, conversations.wa_id),
+                user_id = COALESCE($3, conversations.user_id)
+           FROM c
+          WHERE conversations.id = c.id
+            AND NOT EXISTS (SELECT 1 FROM conversations o
+                             WHERE o.channel_id = c.channel_id AND o.customer_key = c.new_key
+                               AND o.id <> c.id)
+      RETURNING conversations.customer_key",
+    )
+    .bind(conversation_id)
+    .bind(wa_id)
+    .bind(user_id)
+    .fetch_optional(pool)
+    .await
+}
+
 /// Hands the conversation to a human, unless a human already has it. Returns whether it changed.
 pub async fn hand_over(
     tx: &mut Transaction<'_, Postgres>,

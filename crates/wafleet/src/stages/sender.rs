@@ -133,17 +133,23 @@ impl SendPolicy {
 }
 
 impl SendPolicy {
-    /// Whether a part whose try `failed_try` (zero-based) failed with `class` is sent again: the
-    /// class is worth it and the retries are within their attempt and age bounds, the age counted
-    /// from `retries_since` ([`Part::retries_since`]). The one rule for a synchronous error, a
-    /// `failed` status that finds its part (status stage) and one that came first (sender).
+    /// Whether a part whose try `failed_try` (zero-based) failed with `class` (Meta's `code`, when
+    /// there is one) is sent again: the class is worth it and the retries are within their
+    /// attempt and age bounds, the age counted from `retries_since` ([`Part::retries_since`]),
+    /// and within the tries the code allows ([`max_tries`]: 1 is retried once). The one rule for
+    /// a synchronous error, a `failed` status that finds its part (status stage) and one that
+    /// came first (sender).
     pub fn resends(
         &self,
         class: ErrorClass,
+        code: Option<i64>,
         failed_try: u32,
         retries_since: DateTime<Utc>,
     ) -> bool {
         class.worth_resending()
+            && code
+                .and_then(max_tries)
+                .is_none_or(|tries| failed_try + 1 < tries)
             && self
                 .backoff
                 .should_retry(failed_try, elapsed_since(retries_since))
@@ -298,10 +304,12 @@ impl SenderStage {
                 // included, so its zero-based index is attempts - 1. Past the bounds the part
                 // fails rather than risk yet another copy reaching the customer.
                 let unanswered_try = part.attempts.max(1) as u32 - 1;
-                if !self
-                    .policy
-                    .resends(ErrorClass::Transient, unanswered_try, part.retries_since)
-                {
+                if !self.policy.resends(
+                    ErrorClass::Transient,
+                    None,
+                    unanswered_try,
+                    part.retries_since,
+                ) {
                     let reason = format!(
                         "{} {} sends and no status came for them",
                         replies::UNANSWERED,
@@ -328,8 +336,12 @@ impl SenderStage {
                 // sender itself gave up on is past those bounds.
                 let failed_try = part.attempts.max(1) as u32 - 1;
                 if code.is_some_and(|c| {
-                    self.policy
-                        .resends(classify_status_error(c), failed_try, part.retries_since)
+                    self.policy.resends(
+                        classify_status_error(c),
+                        Some(c),
+                        failed_try,
+                        part.retries_since,
+                    )
                 }) {
                     replies::reopen_failed(&self.pg, part.id)
                         .await
@@ -718,7 +730,10 @@ impl SenderStage {
             ErrorClass::Throttled { .. } | ErrorClass::Transient | ErrorClass::Config => {
                 // `attempts` was read before this send: the zero-based index of the try that failed.
                 let attempt = part.attempts.max(0) as u32;
-                if !self.policy.resends(class, attempt, part.retries_since) {
+                if !self
+                    .policy
+                    .resends(class, Some(code), attempt, part.retries_since)
+                {
                     return Ok(Step::Return(Outcome::Dead { reason }));
                 }
                 replies::reopen_failed(&self.pg, part.id)
@@ -808,9 +823,10 @@ impl SenderStage {
                 reopen().await?;
                 // Zero-based index of the try that just failed (`attempts` was read before it).
                 let attempt = part.attempts.max(0) as u32;
-                // Some codes allow fewer tries than the policy (1: retried once).
-                let code_allows = max_tries(code).is_none_or(|tries| attempt + 1 < tries);
-                if code_allows && self.policy.resends(class, attempt, part.retries_since) {
+                if self
+                    .policy
+                    .resends(class, Some(code), attempt, part.retries_since)
+                {
                     let after = self.policy.backoff.next_delay(attempt, rand::random());
                     // Deferred, not a worker retry: this part's attempts and age bound its
                     // resends (just checked). Counted again per job, the parts of one reply would
@@ -989,7 +1005,21 @@ enum Step {
 
 #[cfg(test)]
 mod tests {
-    use super::outbound_ids;
+    use super::{ErrorClass, SendPolicy, Utc, outbound_ids};
+
+    #[test]
+    fn code_1_is_sent_again_once_wherever_it_is_reported() {
+        let policy = SendPolicy::default();
+        let now = Utc::now();
+        let transient = ErrorClass::Transient;
+        // The first try failed with 1: one more; the second too: no more (reference C.2).
+        assert!(policy.resends(transient, Some(1), 0, now));
+        assert!(!policy.resends(transient, Some(1), 1, now));
+        // Other transient codes, and a send nobody answered, keep the policy's bounds.
+        assert!(policy.resends(transient, Some(131000), 1, now));
+        assert!(policy.resends(transient, None, 1, now));
+        assert!(!policy.resends(ErrorClass::Permanent, Some(131026), 0, now));
+    }
 
     #[test]
     fn a_send_job_names_one_part_or_several_in_order() {

@@ -160,8 +160,12 @@ impl StatusStage {
             .map_err(|e| db_outcome(&e, "reading the failed part"))?;
         // Judged as the sender does (`attempts` counts the sends, the last one failed).
         let retry = part.filter(|(_, _, attempts, retries_since)| {
-            self.send_policy
-                .resends(class, (*attempts).max(1) as u32 - 1, *retries_since)
+            self.send_policy.resends(
+                class,
+                Some(code),
+                (*attempts).max(1) as u32 - 1,
+                *retries_since,
+            )
         });
         let Some((outbound_id, channel_id, _, _)) = retry else {
             // Resent already, or out of attempts or age: it stays failed.

@@ -1525,3 +1525,42 @@ async fn an_apps_own_path_checks_only_that_apps_secrets_and_an_unknown_app_is_re
     );
     closed.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_apps_numbers_are_found_while_another_tenants_channel_does_not_decrypt() {
+    use wafleet::store::channels;
+    let cfg = TestConfig::new().await;
+    let pg = cfg.pg().await;
+    let (ours, sibling, stranger) = ("1110001", "1110002", "2220001");
+    cfg.add_channel(ours, |_| {}).await;
+    cfg.add_channel(sibling, |_| {}).await;
+    cfg.add_channel(stranger, |c| {
+        c.app_secrets = Some(vec![wafleet::config::Secret::new("another-app".into())]);
+    })
+    .await;
+    // Another tenant's access token, sealed with another key (its row changed by hand): the
+    // processes serve every channel all the same, and so must the app's rate limit.
+    let foreign =
+        wafleet::crypto::Cipher::from_key_text(&wafleet::crypto::Cipher::generate_key_text())
+            .unwrap()
+            .encrypt(&format!("channel:{stranger}:access_token"), b"x");
+    let id: i64 = sqlx::query_scalar("SELECT id FROM channels WHERE phone_number_id = $1")
+        .bind(ours)
+        .fetch_one(&pg)
+        .await
+        .unwrap();
+    // Then its app secrets too: left out, as the processes that serve channels leave it out.
+    for column in ["access_token = $1", "app_secrets = ARRAY[$1]"] {
+        sqlx::query(&format!(
+            "UPDATE channels SET {column} WHERE phone_number_id = $2"
+        ))
+        .bind(&foreign)
+        .bind(stranger)
+        .execute(&pg)
+        .await
+        .unwrap();
+        let mut numbers = channels::app_numbers(&pg, &cfg.cipher(), id).await.unwrap();
+        numbers.sort();
+        assert_eq!(numbers, [ours, sibling], "{column}");
+    }
+}

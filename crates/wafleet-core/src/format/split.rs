@@ -12,8 +12,11 @@
 //! 6. a `char` boundary, only when a single grapheme cluster is longer than the limit.
 //!
 //! Whitespace at a cut is dropped (it would be invisible at the end or start of a bubble); every
-//! other character is kept, in order. Code fences are only repaired when the limit leaves room for
-//! them ([`MIN_CHARS_FOR_FENCES`]); below that, code is split like any text.
+//! other character is kept, in order. A cut inside a styled span (`*bold*`, `_italic_`, `~strike~`,
+//! `` `code` ``, as WhatsApp pairs their markers on a line) closes the span at the end of the part
+//! and reopens it at the start of the next, so neither bubble shows raw markers. Code fences and
+//! spans are only repaired when the limit leaves room for them ([`MIN_CHARS_FOR_FENCES`]); below
+//! that, they are split like any text.
 
 use unicode_segmentation::UnicodeSegmentation;
 
@@ -27,6 +30,8 @@ pub const MIN_CHARS_FOR_FENCES: usize = 16;
 const FENCE: &str = "```";
 /// What closing a fence at the end of a part costs: `"\n```"`.
 const FENCE_CLOSE_CHARS: usize = 4;
+/// WhatsApp's inline markers: bold, italic, strikethrough, inline code.
+const MARKERS: [char; 4] = ['*', '_', '~', '`'];
 
 /// Splits `text` into parts of at most `max_chars` characters each (see the [module docs](self)).
 ///
@@ -48,7 +53,10 @@ pub fn split_message(text: &str, max_chars: usize) -> Vec<String> {
         }
         let cut = choose_cut(&rest, max, fences);
         let mut part = skip_blank_lines(rest[..cut.end].trim_end()).to_owned();
-        let next = if cut.inside {
+        let next = if !cut.marks.is_empty() {
+            part.extend(cut.marks.chars().rev());
+            format!("{}{}", cut.marks, &rest[cut.resume..])
+        } else if cut.inside {
             part.push('\n');
             part.push_str(FENCE);
             let tail = &rest[cut.resume..];
@@ -64,7 +72,7 @@ pub fn split_message(text: &str, max_chars: usize) -> Vec<String> {
             parts.push(part);
         }
         if next.len() >= rest.len() {
-            // Cannot happen (every cut consumes more than a reopened fence adds), but a splitter
+            // Cannot happen (every cut consumes more than a reopened fence or span adds), but a splitter
             // that loops forever would stall a worker: fall back to plain splitting.
             fences = false;
             continue;
@@ -75,12 +83,15 @@ pub fn split_message(text: &str, max_chars: usize) -> Vec<String> {
 }
 
 /// Where to cut: the part is `rest[..end]`, the remainder starts at `rest[resume..]`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 struct Cut {
     end: usize,
     resume: usize,
     /// The cut falls inside a code block, whose fence must be closed and reopened.
     inside: bool,
+    /// The markers of the styled spans the cut falls inside, outermost first: closed (in reverse)
+    /// at the end of the part and reopened at the start of the next.
+    marks: String,
 }
 
 /// Candidate kinds, best first. The discriminant indexes the `best` table in [`choose_cut`].
@@ -97,7 +108,7 @@ const RANKS: usize = 6;
 
 /// Finds the best cut in `rest`, which is known to be longer than `max` characters.
 fn choose_cut(rest: &str, max: usize, fences: bool) -> Cut {
-    let mut best: [Option<Cut>; RANKS] = [None; RANKS];
+    let mut best: [Option<Cut>; RANKS] = Default::default();
     let mut graphemes = rest.grapheme_indices(true).map(|(i, _)| i).peekable();
 
     let mut in_code = false; // inside a code block at the start of the current line
@@ -106,6 +117,15 @@ fn choose_cut(rest: &str, max: usize, fences: bool) -> Cut {
     let mut code_content = false; // non-whitespace since the last fence line
     let mut prev: Option<char> = None;
     let mut raw_end = rest.len();
+    // Styled spans of the current line (outside code), those not yet passed, and those open.
+    let mut spans = if fences && !fence_line {
+        styled_spans(rest, 0)
+    } else {
+        Vec::new()
+    }
+    .into_iter()
+    .peekable();
+    let mut open_spans: Vec<StyledSpan> = Vec::new();
 
     for (count, (p, c)) in rest.char_indices().enumerate() {
         if count > max {
@@ -116,13 +136,23 @@ fn choose_cut(rest: &str, max: usize, fences: bool) -> Cut {
         }
         while graphemes.next_if(|&g| g < p).is_some() {}
         let at_grapheme = graphemes.peek() == Some(&p);
-        let fits = |inside: bool| count + if inside { FENCE_CLOSE_CHARS } else { 0 } <= max;
+        open_spans.retain(|span| span.close >= p);
+        open_spans.extend(std::iter::from_fn(|| spans.next_if(|span| span.open < p)));
+        // A cut right after an opening marker or right before a closing one would leave a span
+        // with nothing on one side; the cut one character further away is as good.
+        let at_marker = open_spans
+            .iter()
+            .any(|span| p == span.open + 1 || p == span.close);
+        let marks: String = open_spans.iter().map(|span| span.marker).collect();
+        let fits =
+            |inside: bool| count + marks.len() + if inside { FENCE_CLOSE_CHARS } else { 0 } <= max;
         // A part must hold something visible. The one exception, at the lowest rank, is a cut
         // right after leading indentation: dropping those spaces keeps an emoji that fits whole.
         let usable = |rank: Rank, inside: bool| {
             fits(inside)
                 && (seen_content || matches!(rank, Rank::Grapheme))
                 && (!inside || code_content)
+                && !at_marker
         };
         let mut offer = |rank: Rank, inside: bool, resume: usize| {
             if usable(rank, inside) {
@@ -130,6 +160,7 @@ fn choose_cut(rest: &str, max: usize, fences: bool) -> Cut {
                     end: p,
                     resume,
                     inside,
+                    marks: marks.clone(),
                 });
             }
         };
@@ -160,6 +191,14 @@ fn choose_cut(rest: &str, max: usize, fences: bool) -> Cut {
             if fence_line {
                 code_content = false;
             }
+            open_spans.clear();
+            spans = if fences && !in_code && !fence_line {
+                styled_spans(rest, p + 1)
+            } else {
+                Vec::new()
+            }
+            .into_iter()
+            .peekable();
         } else if fence_line {
             // A fence line longer than the limit: the fence is lost whatever we do, so cut it
             // like plain text rather than between chars.
@@ -189,8 +228,74 @@ fn choose_cut(rest: &str, max: usize, fences: bool) -> Cut {
     best.into_iter().flatten().next().unwrap_or(Cut {
         end: raw_end,
         resume: raw_end,
-        inside: false,
+        ..Cut::default()
     })
+}
+
+/// A pair of markers WhatsApp renders as a style: byte positions of the opening and closing marker.
+#[derive(Debug, Clone, Copy)]
+struct StyledSpan {
+    open: usize,
+    close: usize,
+    marker: char,
+}
+
+/// The styled spans of the line of `text` that starts at `start`, in order of their opening
+/// marker, paired the way WhatsApp pairs them: a marker opens when it is followed by non-space
+/// and not preceded by a letter or digit, and closes at the first same marker after it that is
+/// preceded by non-space and not followed by a letter or digit; a span of a style holds no other
+/// span of that style, and inline code holds none at all.
+fn styled_spans(text: &str, start: usize) -> Vec<StyledSpan> {
+    let line = &text[start..];
+    let line = &line[..line.find('\n').unwrap_or(line.len())];
+    let chars: Vec<(usize, char)> = line.char_indices().collect();
+    let at = |i: usize| chars.get(i).map(|&(_, c)| c);
+    let closers: Vec<Vec<usize>> = MARKERS
+        .iter()
+        .map(|&marker| {
+            (1..chars.len())
+                .filter(|&j| {
+                    at(j) == Some(marker)
+                        && at(j - 1).is_some_and(|c| !c.is_whitespace())
+                        && !at(j + 1).is_some_and(char::is_alphanumeric)
+                })
+                .collect()
+        })
+        .collect();
+    let mut spans = Vec::new();
+    // Per marker, the index of the closing marker of the span of that style that is open.
+    let mut open_until = [None::<usize>; MARKERS.len()];
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i].1;
+        let kind = MARKERS.iter().position(|&marker| marker == c);
+        if let Some(kind) = kind.filter(|&kind| open_until[kind].is_none_or(|end| i > end)) {
+            let opens = at(i + 1).is_some_and(|c| !c.is_whitespace())
+                && !i
+                    .checked_sub(1)
+                    .and_then(at)
+                    .is_some_and(char::is_alphanumeric);
+            let closers = &closers[kind];
+            let close = closers
+                .get(closers.partition_point(|&j| j < i + 2))
+                .copied()
+                .filter(|_| opens);
+            if let Some(close) = close {
+                spans.push(StyledSpan {
+                    open: start + chars[i].0,
+                    close: start + chars[close].0,
+                    marker: c,
+                });
+                if c == '`' {
+                    i = close + 1;
+                    continue;
+                }
+                open_until[kind] = Some(close);
+            }
+        }
+        i += 1;
+    }
+    spans
 }
 
 /// Position after the whitespace that starts at `p`: past the last newline of that run (so the
@@ -329,6 +434,41 @@ mod tests {
     }
 
     #[test]
+    fn a_cut_inside_a_styled_span_closes_it_and_reopens_it_in_the_next_part() {
+        let cases: &[(&str, usize, &[&str])] = &[
+            (
+                "hola *esto es un texto en negrita bastante largo* fin",
+                30,
+                &["hola *esto es un texto en*", "*negrita bastante largo* fin"],
+            ),
+            (
+                "ver `cargo build --release --all` ahora",
+                20,
+                &["ver `cargo build`", "`--release --all`", "ahora"],
+            ),
+            (
+                "_*uno dos tres cuatro cinco seis*_",
+                20,
+                &["_*uno dos tres*_", "_*cuatro cinco*_", "_*seis*_"],
+            ),
+            // Markers WhatsApp does not render (glued to a word, or never closed) are plain text.
+            (
+                "2*3 es seis y mi_var es x",
+                16,
+                &["2*3 es seis y", "mi_var es x"],
+            ),
+            (
+                "*sin cierre y mas palabras",
+                16,
+                &["*sin cierre y", "mas palabras"],
+            ),
+        ];
+        for (text, max, expected) in cases {
+            assert_eq!(split_message(text, *max), *expected, "{text:?} / {max}");
+        }
+    }
+
+    #[test]
     fn whatsapp_limit_is_counted_in_chars_not_bytes() {
         let text = "ñ".repeat(WHATSAPP_MAX_CHARS);
         assert_eq!(split_message(&text, WHATSAPP_MAX_CHARS), vec![text.clone()]);
@@ -378,10 +518,36 @@ mod tests {
         prop::collection::vec(piece(), 0..120).prop_map(|pieces| pieces.concat())
     }
 
+    /// The text without whitespace nor markers, which a cut may add (fences, closed spans).
     fn visible(s: &str) -> String {
         s.chars()
-            .filter(|c| !c.is_whitespace() && *c != '`')
+            .filter(|c| !c.is_whitespace() && !MARKERS.contains(c))
             .collect()
+    }
+
+    /// Every visible character with the styles WhatsApp shows it in (markers that pair are not
+    /// shown; those that do not are ordinary characters).
+    fn rendered(text: &str) -> Vec<(char, String)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        for line in text.split('\n') {
+            let spans = styled_spans(text, start);
+            for (i, c) in line.char_indices() {
+                let p = start + i;
+                if c.is_whitespace() || spans.iter().any(|s| s.open == p || s.close == p) {
+                    continue;
+                }
+                let mut styles: Vec<char> = spans
+                    .iter()
+                    .filter(|s| s.open < p && p < s.close)
+                    .map(|s| s.marker)
+                    .collect();
+                styles.sort_unstable();
+                out.push((c, styles.into_iter().collect()));
+            }
+            start += line.len() + 1;
+        }
+        out
     }
 
     fn check_invariants(text: &str, max: usize) -> Result<Vec<String>, TestCaseError> {
@@ -393,7 +559,8 @@ mod tests {
             prop_assert!(!part.starts_with('\n'), "leading blank line: {:?}", part);
         }
         prop_assert_eq!(visible(&parts.concat()), visible(text));
-        if !text.contains('`') {
+        // Below the repair threshold, or without markers, nothing is added but fences.
+        if !text.contains(MARKERS) || max < MIN_CHARS_FOR_FENCES && !text.contains('`') {
             let strip = |s: &str| s.chars().filter(|c| !c.is_whitespace()).collect::<String>();
             prop_assert_eq!(strip(&parts.concat()), strip(text));
         }
@@ -417,7 +584,7 @@ mod tests {
             let parts = check_invariants(&text, max)?;
             let clusters = |s: &str| -> Vec<String> {
                 s.graphemes(true)
-                    .filter(|g| g.chars().any(|c| !c.is_whitespace()) && *g != "`")
+                    .filter(|g| g.chars().any(|c| !c.is_whitespace() && !MARKERS.contains(&c)))
                     .map(str::to_owned)
                     .collect()
             };
@@ -443,6 +610,46 @@ mod tests {
                 let fences = part.lines().filter(|line| line.trim_start().starts_with(FENCE)).count();
                 prop_assert_eq!(fences % 2, 0, "unbalanced part {:?} of {:?}", part, parts);
             }
+        }
+
+        #[test]
+        fn styled_text_renders_the_same_once_split(
+            lines in prop::collection::vec(
+                prop::collection::vec(
+                    (
+                        prop::sample::select(vec!["", "*", "_", "~", "`", "_*", "*~"]),
+                        prop::collection::vec(
+                            prop::sample::select(vec![
+                                "hola", "envío", "a", "2*3", "mi_var", "5~10", "👍🏽", "-",
+                                "supercalifragilístico",
+                            ]),
+                            1..9,
+                        )
+                        .prop_map(|words| words.join(" ")),
+                    ),
+                    1..8,
+                ),
+                1..5,
+            ),
+            max in 16usize..=80,
+        ) {
+            let text = lines
+                .iter()
+                .map(|spans| {
+                    spans
+                        .iter()
+                        .map(|(marks, words)| {
+                            let close: String = marks.chars().rev().collect();
+                            format!("{marks}{words}{close}")
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            let parts = check_invariants(&text, max)?;
+            let split: Vec<_> = parts.iter().flat_map(|part| rendered(part)).collect();
+            prop_assert_eq!(split, rendered(&text), "{:?}", parts);
         }
 
         #[test]

@@ -1564,3 +1564,23 @@ async fn an_apps_numbers_are_found_while_another_tenants_channel_does_not_decryp
         assert_eq!(numbers, [ours, sibling], "{column}");
     }
 }
+
+#[tokio::test]
+async fn rotating_again_with_nothing_to_reseal_leaves_every_channel_as_it_was() {
+    use wafleet::store::channels::{self, Resealed};
+    let cfg = TestConfig::new().await;
+    let pg = cfg.pg().await;
+    cfg.add_channel(FIXTURE_NUMBERS[0], |_| {}).await;
+    let before = channels::fingerprint(&pg).await.unwrap();
+    // Every secret already sealed with the current key: a second run of `rotate-secrets`.
+    assert_eq!(
+        channels::reseal_all(&pg, &cfg.cipher()).await.unwrap(),
+        Resealed {
+            resealed: 0,
+            current: 3
+        }
+    );
+    // No row written: ingest and the workers have nothing to reload, and `updated_at` still
+    // says when the channel last changed.
+    assert_eq!(channels::fingerprint(&pg).await.unwrap(), before);
+}

@@ -419,18 +419,21 @@ pub struct Resealed {
 /// Seals every stored secret (channels' app secrets, verify and access tokens, their models' API
 /// keys) again with the current key, after a key rotation: opened with any key the cipher
 /// holds. One transaction with the rows locked: a secret no key opens fails the whole of it,
-/// naming the channel, and nothing is changed. Running it again changes nothing.
+/// naming the channel, and nothing is changed. Running it again changes nothing: a row whose
+/// secrets are all current is not written (its `updated_at` would move, and every ingest and
+/// worker reload its channels for nothing).
 pub async fn reseal_all(pool: &PgPool, cipher: &Cipher) -> anyhow::Result<Resealed> {
     type ChannelSecrets = (i64, String, Vec<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
-    let mut done = Resealed::default();
-    let mut reseal = |owner: &str, stored: &[u8]| -> anyhow::Result<Vec<u8>> {
+    // Counted as it goes; a row is written only when one of its secrets was sealed again.
+    let (resealed, current) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
+    let reseal = |owner: &str, stored: &[u8]| -> anyhow::Result<Vec<u8>> {
         Ok(match cipher.reseal(owner, stored)? {
             Some(sealed) => {
-                done.resealed += 1;
+                resealed.set(resealed.get() + 1);
                 sealed
             }
             None => {
-                done.current += 1;
+                current.set(current.get() + 1);
                 stored.to_vec()
             }
         })
@@ -444,18 +447,22 @@ pub async fn reseal_all(pool: &PgPool, cipher: &Cipher) -> anyhow::Result<Reseal
     .await
     .context("reading the channels")?;
     for (id, pnid, app_secrets, verify_token, access_token) in channels {
+        let resealed_before = resealed.get();
         let app_secrets = app_secrets
             .iter()
             .map(|v| reseal(&owner(&pnid, "app_secret"), v))
             .collect::<anyhow::Result<Vec<_>>>()
             .with_context(|| format!("channel {pnid}"))?;
-        let mut field = |name: &str, v: Option<Vec<u8>>| {
+        let field = |name: &str, v: Option<Vec<u8>>| {
             v.map(|v| reseal(&owner(&pnid, name), &v))
                 .transpose()
                 .with_context(|| format!("channel {pnid}"))
         };
         let verify_token = field("verify_token", verify_token)?;
         let access_token = field("access_token", access_token)?;
+        if resealed.get() == resealed_before {
+            continue;
+        }
         sqlx::query(
             "UPDATE channels SET app_secrets = $2, verify_token = $3, access_token = $4
               WHERE id = $1",
@@ -477,8 +484,12 @@ pub async fn reseal_all(pool: &PgPool, cipher: &Cipher) -> anyhow::Result<Reseal
     .await
     .context("reading the channels' models")?;
     for (channel_id, position, pnid, name, api_key) in models {
+        let resealed_before = resealed.get();
         let api_key = reseal(&owner(&pnid, &format!("llm:{name}")), &api_key)
             .with_context(|| format!("channel {pnid}, model {name}"))?;
+        if resealed.get() == resealed_before {
+            continue;
+        }
         sqlx::query(
             "UPDATE channel_llm_providers SET api_key = $3 WHERE channel_id = $1 AND position = $2",
         )
@@ -490,7 +501,10 @@ pub async fn reseal_all(pool: &PgPool, cipher: &Cipher) -> anyhow::Result<Reseal
         .context("saving a model")?;
     }
     tx.commit().await?;
-    Ok(done)
+    Ok(Resealed {
+        resealed: resealed.get(),
+        current: current.get(),
+    })
 }
 
 /// Enables or disables a channel. Returns false when there is no such channel.

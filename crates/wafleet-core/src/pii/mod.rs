@@ -167,9 +167,10 @@ impl Redactor {
     /// The personal data in `text`: sorted, non-overlapping, on character boundaries.
     pub fn find(&self, text: &str) -> Vec<Span> {
         // Digits grouped by a no-break or thin space (pasted from a banking app, or the French
-        // way) are grouped all the same, but the detectors read ASCII: they read a copy with
-        // ASCII spaces, and the spans are mapped back onto `text`.
-        if let Some((plain, origin)) = text::with_ascii_spaces(text) {
+        // way) or by an en dash or non-breaking hyphen are grouped all the same, but the
+        // detectors read ASCII: they read a copy with ASCII spaces and hyphens, and the spans are
+        // mapped back onto `text`.
+        if let Some((plain, origin)) = text::with_ascii_separators(text) {
             let mut spans = self.find_ascii_spaced(&plain);
             for s in &mut spans {
                 s.start = origin[s.start];

@@ -64,6 +64,28 @@ fn numbers_grouped_by_unicode_spaces_are_found_and_the_rest_is_kept() {
 }
 
 #[test]
+fn numbers_grouped_by_unicode_dashes_are_found_and_the_rest_is_kept() {
+    for (t, want) in [
+        // En dashes and non-breaking hyphens, as word processors and web pages write them.
+        ("tarjeta 4111–1111–1111–1111 ok", "tarjeta [CARD] ok"),
+        (
+            "tarjeta 5555\u{2011}5555\u{2011}5555\u{2011}4444",
+            "tarjeta [CARD]",
+        ),
+        ("4111—1111—1111—1111", "[CARD]"),
+        ("SSN 123‐45‐6789", "SSN [NATIONAL_ID]"),
+        ("cel 300–123–4567", "cel [PHONE]"),
+        // A range of prices keeps its dash.
+        (
+            "entre 10–20 mil pesos — gracias",
+            "entre 10–20 mil pesos — gracias",
+        ),
+    ] {
+        assert_eq!(redact(t), want, "{t:?}");
+    }
+}
+
+#[test]
 fn spans_are_sorted_disjoint_and_point_into_the_input() {
     let t = "Soy Ana (ana@x.co), cel +57 300 123 4567, vivo en Cra 7 No. 72-41 y mi CC es 1.023.456.789";
     let r = Redactor::new().redact(t);

@@ -41,11 +41,26 @@ fn is_unicode_space(c: char) -> bool {
     )
 }
 
-/// `text` with every Unicode space separator replaced by one ASCII space, and for each byte
-/// offset of that copy (its length included) the offset in `text` it came from; `None` when
-/// `text` has no such space (the common case, at the cost of one scan of a non-ASCII text).
-pub fn with_ascii_spaces(text: &str) -> Option<(String, Vec<usize>)> {
-    if text.is_ascii() || !text.chars().any(is_unicode_space) {
+/// The Unicode dashes other than the ASCII hyphen-minus: hyphen and non-breaking hyphen
+/// (U+2010, U+2011), figure, en and em dash (U+2012–U+2014), minus (U+2212), small and fullwidth
+/// hyphen-minus (U+FE63, U+FF0D).
+fn is_unicode_dash(c: char) -> bool {
+    matches!(
+        c,
+        '\u{2010}'..='\u{2014}' | '\u{2212}' | '\u{FE63}' | '\u{FF0D}'
+    )
+}
+
+/// `text` with every Unicode space separator replaced by one ASCII space and every Unicode dash by
+/// one `-`, and for each byte offset of that copy (its length included) the offset in `text` it
+/// came from; `None` when `text` has neither (the common case, at the cost of one scan of a
+/// non-ASCII text).
+pub fn with_ascii_separators(text: &str) -> Option<(String, Vec<usize>)> {
+    if text.is_ascii()
+        || !text
+            .chars()
+            .any(|c| is_unicode_space(c) || is_unicode_dash(c))
+    {
         return None;
     }
     let mut plain = String::with_capacity(text.len());
@@ -53,6 +68,9 @@ pub fn with_ascii_spaces(text: &str) -> Option<(String, Vec<usize>)> {
     for (i, c) in text.char_indices() {
         if is_unicode_space(c) {
             plain.push(' ');
+            origin.push(i);
+        } else if is_unicode_dash(c) {
+            plain.push('-');
             origin.push(i);
         } else {
             plain.push(c);

@@ -1584,3 +1584,22 @@ async fn rotating_again_with_nothing_to_reseal_leaves_every_channel_as_it_was() 
     // says when the channel last changed.
     assert_eq!(channels::fingerprint(&pg).await.unwrap(), before);
 }
+
+#[tokio::test]
+async fn clearing_the_models_of_a_number_that_is_no_channel_says_so() {
+    use wafleet::store::channels;
+    let cfg = TestConfig::new().await;
+    let pg = cfg.pg().await;
+    cfg.add_channel(FIXTURE_NUMBERS[0], |_| {}).await;
+    // `wafleetctl channel clear-models` with a mistyped number must fail, not report 0 removed.
+    assert_eq!(
+        channels::clear_providers(&pg, FIXTURE_NUMBERS[0])
+            .await
+            .unwrap(),
+        Some(0)
+    );
+    assert_eq!(
+        channels::clear_providers(&pg, "999000999").await.unwrap(),
+        None
+    );
+}

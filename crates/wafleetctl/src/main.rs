@@ -574,7 +574,11 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Command::Channel(ChannelCommand::ClearModels { phone_number_id }) => {
-            let n = channels::clear_providers(&pool, &phone_number_id).await?;
+            let n = channels::clear_providers(&pool, &phone_number_id)
+                .await?
+                .ok_or_else(|| {
+                    anyhow::anyhow!("no channel with phone_number_id {phone_number_id}")
+                })?;
             println!("removed {n} model(s) of channel {phone_number_id}");
         }
         Command::Channel(ChannelCommand::Disable { phone_number_id }) => {

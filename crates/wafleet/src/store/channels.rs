@@ -655,20 +655,23 @@ pub async fn app_numbers(
         .collect())
 }
 
-/// Removes a channel's own chain (it falls back to the process-wide models).
+/// Removes a channel's own chain (it falls back to the process-wide models): how many models it
+/// had, `None` when there is no such channel.
 pub async fn clear_providers<'e>(
     db: impl sqlx::PgExecutor<'e>,
     phone_number_id: &str,
-) -> anyhow::Result<u64> {
-    let done = sqlx::query(
+) -> anyhow::Result<Option<u64>> {
+    let (channels, removed): (i64, i64) = sqlx::query_as(
         "WITH ch AS (UPDATE channels SET updated_at = now() WHERE phone_number_id = $1
-                     RETURNING id)
-         DELETE FROM channel_llm_providers WHERE channel_id = (SELECT id FROM ch)",
+                     RETURNING id),
+              gone AS (DELETE FROM channel_llm_providers
+                        WHERE channel_id = (SELECT id FROM ch) RETURNING 1)
+         SELECT (SELECT count(*) FROM ch), (SELECT count(*) FROM gone)",
     )
     .bind(phone_number_id)
-    .execute(db)
+    .fetch_one(db)
     .await?;
-    Ok(done.rows_affected())
+    Ok((channels == 1).then_some(removed as u64))
 }
 
 /// A channel as the API and `wafleetctl channel list` show it: no secret, only whether each is

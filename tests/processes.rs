@@ -358,6 +358,8 @@ async fn a_setting_of_zero_or_a_bad_log_format_stops_the_worker_naming_the_varia
         ("WAFLEET_SEND_MAX_ATTEMPTS", "0"),
         ("WAFLEET_GRAPH_TIMEOUT_MS", "0"),
         ("WAFLEET_DATABASE_POOL_SIZE", "0"),
+        ("WAFLEET_EARLY_STATUS_TTL_SECS", "0"),
+        ("WAFLEET_SHUTDOWN_GRACE_SECS", "0"),
         ("WAFLEET_LOG_FORMAT", "yaml"),
         ("RUST_LOG", "wafleet=loud"),
     ] {

@@ -264,7 +264,7 @@ impl IngestSettings {
             dedup_ttl: dedup_ttl()?,
             redis_timeout: millis("WAFLEET_REDIS_TIMEOUT_MS", Duration::from_millis(2000))?,
             channel_refresh: millis("WAFLEET_CHANNEL_REFRESH_MS", Duration::from_millis(2000))?,
-            shutdown_grace: Duration::from_secs(parsed("WAFLEET_SHUTDOWN_GRACE_SECS", 20)?),
+            shutdown_grace: Duration::from_secs(positive("WAFLEET_SHUTDOWN_GRACE_SECS", 20)?),
             request_timeout: millis(
                 "WAFLEET_INGEST_REQUEST_TIMEOUT_MS",
                 Duration::from_millis(30_000),

@@ -102,7 +102,7 @@ impl ApiSettings {
             plan_cache_mode: parsed("WAFLEET_PG_PLAN_CACHE_MODE", Default::default())?,
             max_event_streams: positive("WAFLEET_API_MAX_EVENT_STREAMS", 256)?,
             request_timeout: millis("WAFLEET_API_REQUEST_TIMEOUT_MS", Duration::from_secs(10))?,
-            shutdown_grace: Duration::from_secs(parsed("WAFLEET_SHUTDOWN_GRACE_SECS", 20)?),
+            shutdown_grace: Duration::from_secs(positive("WAFLEET_SHUTDOWN_GRACE_SECS", 20)?),
             cipher: var("WAFLEET_ENCRYPTION_KEY")
                 .map(|_| crate::config::cipher_from_env())
                 .transpose()?,

@@ -254,11 +254,10 @@ impl WorkerProcessSettings {
             graph,
             llm,
             send: SendPolicy::from_env()?,
-            early_status_ttl: Duration::from_secs(parsed(
+            early_status_ttl: Duration::from_secs(positive(
                 "WAFLEET_EARLY_STATUS_TTL_SECS",
                 status::DEFAULT_EARLY_STATUS_TTL.as_secs(),
-            )?)
-            .max(Duration::from_secs(1)),
+            )?),
             retention: match parsed(
                 "WAFLEET_RETENTION_DAYS",
                 worker::retention::DEFAULT_RETENTION.as_secs() / 86_400,

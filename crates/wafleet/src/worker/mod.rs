@@ -215,7 +215,7 @@ impl WorkerSettings {
             max_attempts: positive("WAFLEET_MAX_ATTEMPTS", d.max_attempts)?,
             backoff_base: ms("WAFLEET_BACKOFF_BASE_MS", d.backoff_base)?,
             backoff_max: ms("WAFLEET_BACKOFF_MAX_MS", d.backoff_max)?,
-            shutdown_grace: Duration::from_secs(parsed("WAFLEET_SHUTDOWN_GRACE_SECS", 20)?),
+            shutdown_grace: Duration::from_secs(positive("WAFLEET_SHUTDOWN_GRACE_SECS", 20)?),
             read_block: d.read_block,
         };
         s.validate()?;

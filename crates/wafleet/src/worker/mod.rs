@@ -205,7 +205,7 @@ impl WorkerSettings {
     }
 
     pub fn from_env() -> anyhow::Result<Self> {
-        use crate::config::{millis as ms, parsed, positive};
+        use crate::config::{millis as ms, positive};
         let d = Self::default();
         let s = Self {
             max_in_flight: positive("WAFLEET_MAX_IN_FLIGHT", d.max_in_flight)?,

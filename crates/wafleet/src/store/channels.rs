@@ -564,10 +564,12 @@ impl ProviderSpec {
                 Err("base_url must not hold a user or password: give the key as api_key".into())
             }
             Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(()),
-            _ => Err(format!(
-                "base_url must be an http(s) URL, not {:?}",
-                self.base_url
+            // Not quoted: a URL that does not parse may still hold a key (`https//user:key@…`).
+            Ok(u) => Err(format!(
+                "base_url must be an http(s) URL, not a {} one",
+                u.scheme()
             )),
+            Err(e) => Err(format!("base_url is not a URL: {e}")),
         }
     }
 }
@@ -749,6 +751,8 @@ mod tests {
         for bad in [
             "https://user:s3cr3t@llm.example.com/v1",
             "https://s3cr3t@llm.example.com/v1",
+            // Mistyped: does not parse, and must not be quoted back either.
+            "https//user:s3cr3t@llm.example.com/v1",
         ] {
             let refused = spec(bad).check().unwrap_err();
             assert!(!refused.contains("s3cr3t"), "{refused}");

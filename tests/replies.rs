@@ -740,14 +740,20 @@ async fn after_a_release_the_model_sees_the_request_for_a_person_was_answered() 
 
 /// A customer's message whose answer the model is still writing when an agent takes the
 /// conversation (and, with `release`, gives it back at once): the answer is suppressed.
-async fn a_human_takes_over_while_the_model_thinks(release: bool) -> Sys {
+/// A system whose model takes 1.5 s, asked about one customer message.
+async fn the_model_thinking_about(from: &str, wamid: &str, text: &str) -> Sys {
     let s = system_with_sim(SimConfig {
         llm_latency: Duration::from_millis(1500),
         ..Default::default()
     })
     .await;
-    s.send("573002", "wamid.T1", "¿Tienen la talla M?").await;
+    s.send(from, wamid, text).await;
     s.model_asked().await;
+    s
+}
+
+async fn a_human_takes_over_while_the_model_thinks(release: bool) -> Sys {
+    let s = the_model_thinking_about("573002", "wamid.T1", "¿Tienen la talla M?").await;
     let (conversation,): (i64,) = sqlx::query_as("SELECT id FROM conversations")
         .fetch_one(&s.pg)
         .await
@@ -766,19 +772,21 @@ async fn a_human_takes_over_while_the_model_thinks(release: bool) -> Sys {
                 .unwrap()
         );
     }
-    wait_count(
-        &s.pg,
-        "SELECT count(*) FROM outbound_messages WHERE state = 'suppressed'",
-        1,
-        30,
-    )
-    .await;
+    the_answer_is_suppressed(&s, "a human owns the conversation").await;
+    s
+}
+
+/// The model's answer ends `suppressed` for `reason`, and nothing reaches the customer.
+async fn the_answer_is_suppressed(s: &Sys, reason: &str) {
+    let query = format!(
+        "SELECT count(*) FROM outbound_messages WHERE state = 'suppressed' AND fail_reason = '{reason}'"
+    );
+    wait_count(&s.pg, &query, 1, 30).await;
     s.settled().await;
     assert!(
         s.sim.state.messages().is_empty(),
         "nothing reached the customer"
     );
-    s
 }
 
 #[tokio::test]
@@ -801,6 +809,17 @@ async fn a_human_taking_over_and_releasing_while_the_model_thinks_still_suppress
     s.send("573002", "wamid.T2", "Gracias, ¿y en rojo?").await;
     let sent = s.sent(1).await;
     assert_eq!(sent[0].context_message_id.as_deref(), Some("wamid.T2"));
+}
+
+#[tokio::test]
+async fn the_bot_switched_off_while_the_model_thinks_sends_nothing() {
+    let s = the_model_thinking_about("573013", "wamid.OFF1", "¿Tienen envíos hoy?").await;
+    // The operator stops the bot on the number (people answer from now on).
+    sqlx::query("UPDATE channels SET bot_mode = 'off'")
+        .execute(&s.pg)
+        .await
+        .unwrap();
+    the_answer_is_suppressed(&s, "the bot is off on this number").await;
 }
 
 #[tokio::test]

@@ -433,16 +433,18 @@ pub async fn reply_parts_many(
 pub enum Claim {
     /// Marked `sending`: send now.
     Go,
-    /// A human owns the conversation: recorded as suppressed, not sent.
+    /// A human owns the conversation (or the bot is off for the number): recorded as
+    /// suppressed, not sent.
     Suppressed,
     /// Not pending any more (already sent, failed, or being sent).
     NotPending(String),
 }
 
-/// For each part, in one statement: if it is still pending and the bot still owns the
-/// conversation, and has owned it since the message the part answers arrived (an acknowledgement of a handover and an agent's message are sent to a
-/// human-owned conversation by design) it becomes `sending`; if it is pending but a human owns the conversation it is
-/// recorded `suppressed`; otherwise its state is reported. Ids must be distinct (a part is sent
+/// For each part, in one statement: if it is still pending, the bot still owns the conversation
+/// and has owned it since the message the part answers arrived, and the bot is still on for the
+/// number (an acknowledgement of a handover and an agent's message are sent to a human-owned
+/// conversation by design) it becomes `sending`; if it is pending but one of those no longer
+/// holds it is recorded `suppressed`; otherwise its state is reported. Ids must be distinct (a part is sent
 /// by one job at a time); a repeated id is answered with its state after the first.
 pub async fn claim_many(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<Vec<Claim>> {
     let rows: Vec<(i64, String, String)> = sqlx::query_as(
@@ -459,7 +461,10 @@ pub async fn claim_many(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<Ve
              -- it is back with the bot now: whoever took it answered the message, or chose not
              -- to (a take and a release while the model thinks must not give two answers).
              SELECT o.id, o.state,
-                    ((c.owner = 'bot'
+                    -- The bot's own parts also wait on the number: switched off (bot mode
+                    -- `off`, or the channel disabled) while they were written or queued, they
+                    -- stay unsent, read here from the row, fresher than any cache.
+                    ((c.owner = 'bot' AND ch.enabled AND ch.bot_mode <> 'off'
                       AND NOT EXISTS (SELECT 1 FROM handover_events h JOIN messages m ON m.id = o.reply_to
                                        WHERE h.conversation_id = o.conversation_id
                                          AND h.kind = 'handover' AND h.created_at >= m.received_at))
@@ -468,10 +473,12 @@ pub async fn claim_many(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<Ve
                          AND EXISTS (SELECT 1 FROM handover_events h
                                       WHERE h.conversation_id = o.conversation_id
                                         AND h.kind = 'handover' AND h.message_id = o.reply_to)))
-                    AS may_send
+                    AS may_send,
+                    NOT (ch.enabled AND ch.bot_mode <> 'off') AS bot_off
                FROM outbound_messages o
                JOIN input i ON i.id = o.id
                JOIN conversations c ON c.id = o.conversation_id
+               JOIN channels ch ON ch.id = o.channel_id
          ), changed AS (
              UPDATE outbound_messages o SET
                     state = CASE WHEN t.may_send THEN 'sending' ELSE 'suppressed' END,
@@ -482,6 +489,7 @@ pub async fn claim_many(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<Ve
                     error_code = CASE WHEN t.may_send THEN NULL ELSE o.error_code END,
                     error_title = CASE WHEN t.may_send THEN NULL ELSE o.error_title END,
                     fail_reason = CASE WHEN t.may_send THEN o.fail_reason
+                                       WHEN t.bot_off THEN 'the bot is off on this number'
                                        ELSE 'a human owns the conversation' END
                FROM target t
               WHERE o.id = t.id AND o.state = 'pending'

@@ -7,6 +7,8 @@
 //! `WHATSAPP_APP_SECRET` set for one number, changing another number's bot mode must not give it
 //! that number's secrets.
 
+use std::collections::HashMap;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use wafleet::config::{Secret, parsed, required};
@@ -519,43 +521,16 @@ async fn main() -> anyhow::Result<()> {
             hint_quarantine(&a.phone_number_id).await;
         }
         Command::Channel(ChannelCommand::List) => {
-            // One channel whose secrets do not decrypt must not hide the others from the
-            // operator looking for it.
-            let all = channels::list_readable(&pool, &cipher()?).await?;
-            let hidden = channels::count(&pool).await? - all.len() as i64;
-            println!(
-                "{:<20} {:<18} {:<18} {:<16} {:<8} {:<7} {:>7} {:>6} {:>6} {:>9}",
-                "PHONE_NUMBER_ID",
-                "WABA",
-                "APP",
-                "DISPLAY",
-                "ENABLED",
-                "BOT",
-                "SECRETS",
-                "VERIFY",
-                "TOKEN",
-                "ALLOWLIST"
-            );
-            for c in all {
-                println!(
-                    "{:<20} {:<18} {:<18} {:<16} {:<8} {:<7} {:>7} {:>6} {:>6} {:>9}",
-                    c.phone_number_id,
-                    c.waba_id.as_deref().unwrap_or("-"),
-                    c.app_id.as_deref().unwrap_or("-"),
-                    c.display_phone_number.as_deref().unwrap_or("-"),
-                    c.enabled,
-                    c.bot_mode.as_str(),
-                    c.app_secrets.len(),
-                    yes(c.verify_token.is_some()),
-                    yes(c.access_token.is_some()),
-                    c.phone_allowlist.len(),
-                );
-            }
-            if hidden > 0 {
-                println!(
-                    "{hidden} channel(s) not shown: their app secrets or verify token do not \
-                     decrypt with WAFLEET_ENCRYPTION_KEY (or WAFLEET_ENCRYPTION_KEY_PREVIOUS)"
-                );
+            // Every channel, from what is stored; decrypting only tells which secrets open, so
+            // one channel whose secrets do not decrypt is named, not hidden.
+            let all = channels::summaries(&pool, &[]).await?;
+            let opened: HashMap<String, bool> = channels::list_readable(&pool, &cipher()?)
+                .await?
+                .into_iter()
+                .map(|c| (c.phone_number_id, c.access_token.is_some()))
+                .collect();
+            for line in channel_table(&all, &opened) {
+                println!("{line}");
             }
         }
         Command::Channel(ChannelCommand::Model(m)) => {
@@ -812,6 +787,81 @@ fn all_found(ids: &[String], found: &[String], stream: &str) -> anyhow::Result<(
     let missing: Vec<_> = ids.iter().filter(|id| !found.contains(id)).collect();
     anyhow::ensure!(missing.is_empty(), "no entry {missing:?} in {stream}");
     Ok(())
+}
+
+/// `channel list`: a row per stored channel (`all`), given which channels' app secrets and verify
+/// token decrypt (`opened`, by phone_number_id, with whether the access token does too). A token
+/// stored but not decrypting shows `bad`; a channel whose app secrets or verify token do not
+/// decrypt is marked, and a last line names those channels.
+fn channel_table(all: &[channels::Summary], opened: &HashMap<String, bool>) -> Vec<String> {
+    let row = |cells: [&str; 11]| {
+        format!(
+            "{:<20} {:<18} {:<18} {:<16} {:<8} {:<7} {:>7} {:>6} {:>6} {:>9}  {}",
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3],
+            cells[4],
+            cells[5],
+            cells[6],
+            cells[7],
+            cells[8],
+            cells[9],
+            cells[10]
+        )
+        .trim_end()
+        .to_string()
+    };
+    let mut lines = vec![row([
+        "PHONE_NUMBER_ID",
+        "WABA",
+        "APP",
+        "DISPLAY",
+        "ENABLED",
+        "BOT",
+        "SECRETS",
+        "VERIFY",
+        "TOKEN",
+        "ALLOWLIST",
+        "",
+    ])];
+    let mut unreadable = Vec::new();
+    for c in all {
+        let token_opens = opened.get(&c.phone_number_id);
+        let token = match (c.access_token, token_opens) {
+            (false, _) => "no",
+            (true, Some(false)) => "bad",
+            (true, _) => "yes",
+        };
+        if token_opens.is_none() {
+            unreadable.push(c.phone_number_id.as_str());
+        }
+        lines.push(row([
+            &c.phone_number_id,
+            c.waba_id.as_deref().unwrap_or("-"),
+            c.app_id.as_deref().unwrap_or("-"),
+            c.display_phone_number.as_deref().unwrap_or("-"),
+            &c.enabled.to_string(),
+            &c.bot_mode,
+            &c.app_secrets.to_string(),
+            yes(c.verify_token),
+            token,
+            &c.phone_allowlist.len().to_string(),
+            if token_opens.is_none() {
+                "does not decrypt"
+            } else {
+                ""
+            },
+        ]));
+    }
+    if !unreadable.is_empty() {
+        lines.push(format!(
+            "not served: the app secrets or verify token of {} do not decrypt with \
+             WAFLEET_ENCRYPTION_KEY (or WAFLEET_ENCRYPTION_KEY_PREVIOUS)",
+            unreadable.join(", ")
+        ));
+    }
+    lines
 }
 
 fn yes(b: bool) -> &'static str {
@@ -1249,6 +1299,49 @@ async fn redis_side() -> anyhow::Result<(wafleet::streams::Keys, redis::aio::Mul
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn channel_list_names_the_channels_whose_secrets_do_not_decrypt_and_a_bad_token() {
+        let summary = |pnid: &str, token: bool| channels::Summary {
+            phone_number_id: pnid.into(),
+            waba_id: Some("W1".into()),
+            app_id: None,
+            display_phone_number: None,
+            name: "shop".into(),
+            enabled: true,
+            bot_mode: "on".into(),
+            app_secrets: 1,
+            verify_token: true,
+            access_token: token,
+            phone_allowlist: Vec::new(),
+            updated_at: chrono::Utc::now(),
+        };
+        let all = [
+            summary("111", true),
+            summary("222", true),
+            summary("333", false),
+            summary("444", true),
+        ];
+        // 111 fine; 222's token does not decrypt; 333 has none; 444's app secrets do not.
+        let opened = HashMap::from([
+            ("111".to_string(), true),
+            ("222".to_string(), false),
+            ("333".to_string(), false),
+        ]);
+        let lines = channel_table(&all, &opened);
+        assert_eq!(lines.len(), 6, "{lines:#?}");
+        let token = |line: &str| line.split_whitespace().nth(8).map(str::to_string);
+        assert_eq!(token(&lines[1]).as_deref(), Some("yes"));
+        assert_eq!(token(&lines[2]).as_deref(), Some("bad"));
+        assert_eq!(token(&lines[3]).as_deref(), Some("no"));
+        assert!(lines[4].ends_with("does not decrypt"), "{}", lines[4]);
+        assert!(!lines[1].ends_with("does not decrypt"));
+        assert!(
+            lines[5].starts_with("not served: the app secrets or verify token of 444 do not"),
+            "{}",
+            lines[5]
+        );
+    }
 
     #[test]
     fn channel_add_takes_no_secret_from_the_environment_on_its_own() {

@@ -672,11 +672,7 @@ impl<H: Handler> Partition<H> {
             metrics::counter!("wafleet_jobs_total", "stage" => self.group(), "outcome" => "dead")
                 .increment(1);
             tracing::warn!(stage = self.group(), id = %job.id, reason, "poison entry dead-lettered");
-            if !self.dead_letter(&job, &reason).await {
-                return false;
-            }
-            self.ack(&job).await;
-            return true;
+            return self.give_up(&job, &reason).await;
         }
         // A parked conversation keeps its order: this job waits behind the held ones.
         let Some(parked) = self
@@ -703,12 +699,7 @@ impl<H: Handler> Partition<H> {
         }
         match self.settle(&job).await {
             Settled::Done => self.ack(&job).await,
-            Settled::Dead(reason) => {
-                if !self.dead_letter(&job, &reason).await {
-                    return false;
-                }
-                self.ack(&job).await;
-            }
+            Settled::Dead(reason) => return self.give_up(&job, &reason).await,
             Settled::Later { due, counts } => {
                 let payload = later_payload(&job, counts);
                 return self
@@ -835,9 +826,29 @@ impl<H: Handler> Partition<H> {
         .await;
     }
 
+    /// Dead-letters a fresh job, then acknowledges it; false (left pending) when the partition
+    /// was abandoned before Redis took the dead letter: the next owner gives up on it again.
+    async fn give_up(&self, job: &Job, reason: &str) -> bool {
+        if !self.dead_letter(job, reason).await {
+            return false;
+        }
+        self.ack(job).await;
+        true
+    }
+
+    /// [`Self::give_up`] for a held job (`payload` at the head of `held`): dropped from the list
+    /// once its dead letter is written; false (left held) otherwise.
+    async fn give_up_held(&self, job: &Job, reason: &str, held: &str, payload: &str) -> bool {
+        if !self.dead_letter(job, reason).await {
+            return false;
+        }
+        self.pop_head(held, payload).await;
+        true
+    }
+
     /// Writes the job's dead letter; false when the partition was abandoned before Redis took
     /// it, and the caller must then leave the job where it is (pending, or held) rather than
-    /// acknowledge or drop it: the next owner gives up on it again.
+    /// acknowledge or drop it.
     #[must_use]
     async fn dead_letter(&self, job: &Job, reason: &str) -> bool {
         let dead = self.rt.keys.dead(self.group());
@@ -910,19 +921,13 @@ impl<H: Handler> Partition<H> {
                         deliveries: 0,
                         unfinished_held_runs: 0,
                     };
-                    if !self
-                        .dead_letter(
-                            &stub,
-                            &format!(
-                                "held job does not decode: {}",
-                                wafleet_core::json_error_without_input(&e)
-                            ),
-                        )
-                        .await
-                    {
+                    let reason = format!(
+                        "held job does not decode: {}",
+                        wafleet_core::json_error_without_input(&e)
+                    );
+                    if !self.give_up_held(&stub, &reason, &held, &payload).await {
                         return;
                     }
-                    self.pop_head(&held, &payload).await;
                     continue;
                 }
             };
@@ -933,10 +938,9 @@ impl<H: Handler> Partition<H> {
                 let reason =
                     format!("held job: {limit} runs never ended (the worker died under them)");
                 tracing::warn!(stage = self.group(), id = %job.id, reason, "poison held job dead-lettered");
-                if !self.dead_letter(&job, &reason).await {
+                if !self.give_up_held(&job, &reason, &held, &payload).await {
                     return;
                 }
-                self.pop_head(&held, &payload).await;
                 continue;
             }
             // This run counts until it ends; every ending below writes the job back without it.
@@ -953,10 +957,9 @@ impl<H: Handler> Partition<H> {
             match self.settle(&job).await {
                 Settled::Done => self.pop_head(&held, &payload).await,
                 Settled::Dead(reason) => {
-                    if !self.dead_letter(&job, &reason).await {
+                    if !self.give_up_held(&job, &reason, &held, &payload).await {
                         return;
                     }
-                    self.pop_head(&held, &payload).await;
                 }
                 Settled::Later { due, counts } => {
                     let next = later_payload(&job, counts);

@@ -115,10 +115,7 @@ impl LlmClient {
         let request = self
             .http
             .post(url)
-            .header(
-                AUTHORIZATION,
-                key_header(&format!("Bearer {}", p.api_key.expose()))?,
-            )
+            .header(AUTHORIZATION, bearer(p)?)
             .multipart(form);
         let body = answer(request, ProviderKind::OpenAiCompatible).await?;
         #[derive(serde::Deserialize)]
@@ -149,10 +146,7 @@ impl LlmClient {
             ProviderKind::Anthropic => request
                 .header("x-api-key", key_header(p.api_key.expose())?)
                 .header("anthropic-version", wire::ANTHROPIC_VERSION),
-            ProviderKind::OpenAiCompatible => request.header(
-                AUTHORIZATION,
-                key_header(&format!("Bearer {}", p.api_key.expose()))?,
-            ),
+            ProviderKind::OpenAiCompatible => request.header(AUTHORIZATION, bearer(p)?),
         };
 
         let body = answer(request, p.kind).await?;
@@ -165,6 +159,11 @@ impl LlmClient {
             stop_reason: parsed.stop_reason,
         })
     }
+}
+
+/// `Authorization: Bearer <key>` of an OpenAI-compatible provider, as [`key_header`].
+fn bearer(p: &ProviderConfig) -> Result<HeaderValue, LlmError> {
+    key_header(&format!("Bearer {}", p.api_key.expose()))
 }
 
 /// The header carrying the API key. A key no header can carry (a line break pasted with it, as a

@@ -335,14 +335,12 @@ impl SenderStage {
                 // any retry (`attempts` counts the sends, the last one failed); a part the
                 // sender itself gave up on is past those bounds.
                 let failed_try = part.attempts.max(1) as u32 - 1;
-                if code.is_some_and(|c| {
-                    self.policy.resends(
-                        classify_status_error(c),
-                        Some(c),
-                        failed_try,
-                        part.retries_since,
-                    )
-                }) {
+                let class = code.map(classify_status_error);
+                if let Some(class) = class
+                    && self
+                        .policy
+                        .resends(class, code, failed_try, part.retries_since)
+                {
                     replies::reopen_failed(&self.pg, part.id)
                         .await
                         .map_err(db("reopening the failed part"))?;
@@ -353,9 +351,7 @@ impl SenderStage {
                     );
                     // A throttle in a `failed` status slows down what a synchronous one does
                     // (the recipient's 4^X s, the number…) before the resend.
-                    if let Some(c) = code
-                        && let ErrorClass::Throttled { scope } = classify_status_error(c)
-                    {
+                    if let (Some(c), ErrorClass::Throttled { scope }) = (code, class) {
                         let after = self.push_back(channel, part, scope, c).await?;
                         return Ok(Step::Return(Outcome::Defer {
                             after,

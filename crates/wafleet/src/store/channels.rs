@@ -296,15 +296,6 @@ pub async fn read_all(pool: &PgPool, cipher: &Cipher) -> anyhow::Result<Readable
     }
 }
 
-/// How many channels there are, readable or not.
-pub async fn count(pool: &PgPool) -> anyhow::Result<i64> {
-    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM channels")
-        .fetch_one(pool)
-        .await
-        .context("counting channels")?;
-    Ok(n)
-}
-
 pub async fn get(
     pool: &PgPool,
     cipher: &Cipher,

@@ -464,7 +464,7 @@ pub async fn claim_many(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<Ve
                     -- The bot's own parts also wait on the number: switched off (bot mode
                     -- `off`, or the channel disabled) while they were written or queued, they
                     -- stay unsent, read here from the row, fresher than any cache.
-                    ((c.owner = 'bot' AND ch.enabled AND ch.bot_mode <> 'off'
+                    ((c.owner = 'bot' AND b.bot_on
                       AND NOT EXISTS (SELECT 1 FROM handover_events h JOIN messages m ON m.id = o.reply_to
                                        WHERE h.conversation_id = o.conversation_id
                                          AND h.kind = 'handover' AND h.created_at >= m.received_at))
@@ -474,11 +474,12 @@ pub async fn claim_many(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<Ve
                                       WHERE h.conversation_id = o.conversation_id
                                         AND h.kind = 'handover' AND h.message_id = o.reply_to)))
                     AS may_send,
-                    NOT (ch.enabled AND ch.bot_mode <> 'off') AS bot_off
+                    NOT b.bot_on AS bot_off
                FROM outbound_messages o
                JOIN input i ON i.id = o.id
                JOIN conversations c ON c.id = o.conversation_id
                JOIN channels ch ON ch.id = o.channel_id
+               CROSS JOIN LATERAL (SELECT ch.enabled AND ch.bot_mode <> 'off' AS bot_on) b
          ), changed AS (
              UPDATE outbound_messages o SET
                     state = CASE WHEN t.may_send THEN 'sending' ELSE 'suppressed' END,

@@ -118,13 +118,16 @@ fn choose_cut(rest: &str, max: usize, fences: bool) -> Cut {
     let mut prev: Option<char> = None;
     let mut raw_end = rest.len();
     // Styled spans of the current line (outside code), those not yet passed, and those open.
-    let mut spans = if fences && !fence_line {
-        styled_spans(rest, 0)
-    } else {
-        Vec::new()
-    }
-    .into_iter()
-    .peekable();
+    let line_spans = |start: usize, plain: bool| {
+        if fences && plain {
+            styled_spans(rest, start)
+        } else {
+            Vec::new()
+        }
+        .into_iter()
+        .peekable()
+    };
+    let mut spans = line_spans(0, !fence_line);
     let mut open_spans: Vec<StyledSpan> = Vec::new();
 
     for (count, (p, c)) in rest.char_indices().enumerate() {
@@ -192,13 +195,7 @@ fn choose_cut(rest: &str, max: usize, fences: bool) -> Cut {
                 code_content = false;
             }
             open_spans.clear();
-            spans = if fences && !in_code && !fence_line {
-                styled_spans(rest, p + 1)
-            } else {
-                Vec::new()
-            }
-            .into_iter()
-            .peekable();
+            spans = line_spans(p + 1, !in_code && !fence_line);
         } else if fence_line {
             // A fence line longer than the limit: the fence is lost whatever we do, so cut it
             // like plain text rather than between chars.

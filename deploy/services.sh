@@ -6,6 +6,7 @@
 # Data lives in <repo>/.wafleet/ (see `usage` below). Ports: Redis 6390, Postgres
 # 5440, overridable with WAFLEET_REDIS_PORT / WAFLEET_PG_PORT (honoured by every
 # subcommand, including `env`). WAFLEET_PG_FAST=1 turns off fsync & co (dev only).
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@" # `sh deploy/services.sh …` too
 set -euo pipefail
 
 SELF="$(readlink -f "${BASH_SOURCE[0]}")"
@@ -51,8 +52,9 @@ die() { echo "services.sh: $*" >&2; exit 1; }
 note() { echo "services.sh: $*" >&2; }
 
 is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
-is_uint "$REDIS_PORT" || die "WAFLEET_REDIS_PORT must be a number, got '$REDIS_PORT'"
-is_uint "$PG_PORT" || die "WAFLEET_PG_PORT must be a number, got '$PG_PORT'"
+is_port() { [[ "$1" =~ ^[1-9][0-9]{0,4}$ ]] && (($1 <= 65535)); }
+is_port "$REDIS_PORT" || die "WAFLEET_REDIS_PORT must be a port number (1-65535), got '$REDIS_PORT'"
+is_port "$PG_PORT" || die "WAFLEET_PG_PORT must be a port number (1-65535), got '$PG_PORT'"
 [[ "$REDIS_PORT" != "$PG_PORT" ]] || die "Redis and Postgres ports must differ"
 
 # ---------------------------------------------------------------- helpers
@@ -60,13 +62,31 @@ is_uint "$PG_PORT" || die "WAFLEET_PG_PORT must be a number, got '$PG_PORT'"
 # Serialise up/down/… of this checkout (two `up`s at once would race).
 # The lock fd (9) is closed for every daemon we start (9>&-), so they don't inherit it.
 take_lock() {
-  mkdir -p "$STATE"
-  chmod 0755 "$STATE"
-  exec 9>"$STATE/.lock"
+  { mkdir -p "$STATE" && chmod 0755 "$STATE" && exec 9>"$STATE/.lock"; } 2>/dev/null \
+    || die "cannot write to $STATE (owned by $(stat -c %U "$STATE" 2>/dev/null || echo '?')); run as that user, or fix its ownership"
   flock -w 600 9 || die "timed out waiting for $STATE/.lock"
 }
 
-tail_log() { [[ -f "$1" ]] && tail -n 25 "$1" | sed 's/^/    /' >&2 || true; }
+tail_log() { if [[ -f "$1" ]]; then tail -n 25 "$1" | sed 's/^/    /' >&2; fi; }
+
+# port_taken PORT: something accepts connections on 127.0.0.1:PORT (bounded: a program that
+# accepts and never answers must not hang us).
+# shellcheck disable=SC2016 # $1 is the inner shell's
+port_taken() { timeout 3 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "$1" 2>/dev/null; }
+
+# port_holder PORT: ' (held by "prog",pid=N)' when ss can tell, else nothing.
+port_holder() {
+  local who
+  command -v ss >/dev/null || return 0
+  who="$(ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'users:(([^)]*))' | head -n1 || true)"
+  who="${who#users:((}"
+  [[ -z "$who" ]] || printf ' (held by %s)' "${who%))}"
+}
+
+# die_port_taken PORT VARIABLE WHAT: the clear error for a port some other program holds.
+die_port_taken() {
+  die "127.0.0.1:$1 is already in use by $3$(port_holder "$1"); set $2 to a free port (use the same value for every deploy/services.sh and deploy/just command of this checkout)"
+}
 
 # pid_is <pid> <comm> <cwd>: the process exists, is named <comm> and runs in <cwd>.
 # (Both redis-server and postgres chdir into their data dir, so this tells a live
@@ -88,13 +108,16 @@ wait_gone() { # wait_gone <pid> <seconds>
 APT_UPDATED=0
 apt_install() { # apt_install pkg...
   local log="$STATE/install.log" sudo=()
+  command -v apt-get >/dev/null \
+    || die "apt-get not found (not Debian?): install $* yourself (Redis 6.2 or later, PostgreSQL 15) and re-run"
   if [[ $EUID -ne 0 ]]; then
-    if ! { command -v sudo >/dev/null && sudo -n true 2>/dev/null; }; then
-      die "need root (or passwordless sudo) to install: $*  -- install them and re-run"
+    if ! command -v sudo >/dev/null; then
+      die "installing $* needs root, and sudo is not installed: as root, run  apt-get install -y $*  then re-run this as you"
+    elif ! sudo -n true 2>/dev/null; then
+      die "installing $* needs root, and sudo asks for a password: run  sudo apt-get install -y $*  once, then re-run"
     fi
     sudo=(sudo -n)
   fi
-  command -v apt-get >/dev/null || die "apt-get not found; install manually: $*"
   note "installing $* via apt (log: $log)"
   local start=$SECONDS
   {
@@ -116,7 +139,8 @@ redis_ensure_installed() {
   redis_bins || die "redis-server / redis-cli still not found after install"
 }
 
-rcli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@" 2>/dev/null </dev/null; }
+# Bounded: whatever holds the port may accept and never answer.
+rcli() { timeout 3 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@" 2>/dev/null </dev/null; }
 redis_ping() { [[ "$(rcli ping || true)" == PONG ]]; }
 
 # Redis quotes: "..." with \ and " escaped.
@@ -165,6 +189,13 @@ redis_wait_ready() { # waits for PONG; fails early if the process dies
   die "redis did not come up on 127.0.0.1:$REDIS_PORT (log: $REDIS_LOG)"
 }
 
+redis_port_free() { # dies when another program holds the port
+  if redis_ping; then
+    die_port_taken "$REDIS_PORT" WAFLEET_REDIS_PORT "a Redis that is not this checkout's (its dir: $(rcli config get dir | tail -n1))"
+  fi
+  if port_taken "$REDIS_PORT"; then die_port_taken "$REDIS_PORT" WAFLEET_REDIS_PORT "another program"; fi
+}
+
 REDIS_ACTION=""
 redis_start() {
   redis_ensure_installed
@@ -178,11 +209,12 @@ redis_start() {
       REDIS_ACTION=reused
       return 0
     fi
+    # Moving to another port: make sure it is free before stopping the running one.
+    [[ "$(sed -n 's/^port //p' "$REDIS_CONF" 2>/dev/null)" == "$REDIS_PORT" ]] || redis_port_free
     note "redis config changed (port?), restarting"
     redis_stop_pid "$pid"
-  fi
-  if redis_ping; then
-    die "127.0.0.1:$REDIS_PORT already has a Redis that is not ours (dir: $(rcli config get dir | tail -n1)); set WAFLEET_REDIS_PORT"
+  else
+    redis_port_free
   fi
   printf '%s\n' "$want" >"$REDIS_CONF"
   redis-server "$REDIS_CONF" </dev/null >>"$REDIS_LOG" 2>&1 9>&- \
@@ -287,6 +319,15 @@ pg_socket_ok() { (($(printf '%s' "$1/.s.PGSQL.$PG_PORT" | wc -c) <= 100)); }
 pg_resolve_paths() { # pg_resolve_paths [create]
   local create="${1:-}" recorded=""
   [[ -f "$PG_PATHFILE" ]] && recorded="$(head -n1 "$PG_PATHFILE")"
+  # Only this checkout's own places: a .wafleet/ copied from another checkout (cp -a, rsync)
+  # names that one's cluster, which up would restart on our port and destroy would delete.
+  case "$recorded" in
+    "" | "$STATE/pg" | "/var/lib/wafleet-pg/$(repo_hash)/pg") ;;
+    *)
+      note "ignoring $PG_PATHFILE: $recorded is not this checkout's cluster (copied or moved from elsewhere?)"
+      recorded=""
+      ;;
+  esac
   if [[ -n "$recorded" && ( -z "$create" || -f "$recorded/PG_VERSION" ) ]]; then
     PGDATA="$recorded"
   elif [[ -n "$create" ]]; then
@@ -367,7 +408,15 @@ pg_clear_stale() {
   rm -f "$PGDATA/postmaster.pid" "$PGSOCK"/.s.PGSQL.*
 }
 
+# initdb ran to the end: its last step (pg_initdb) appends our include line. A data dir without
+# it is what an interrupted initdb (kill -9, power loss) leaves, and never held a started cluster.
+pg_initialised() { grep -qxF "include_if_exists = 'wafleet.conf'" "$PGDATA/postgresql.conf" 2>/dev/null; }
+
 pg_initdb() {
+  if [[ -n "$(ls -A "$PGDATA")" ]]; then
+    note "$PGDATA holds an unfinished initdb (interrupted?): removing it and initialising again"
+    find "$PGDATA" -mindepth 1 -delete
+  fi
   note "initialising PostgreSQL cluster in $PGDATA"
   local flags=(--encoding=UTF8 --locale=C --username=postgres
     --auth-local=trust --auth-host=scram-sha-256)
@@ -394,6 +443,13 @@ pg_ensure_role_db() {
   fi
 }
 
+pg_port_free() { # dies when another program holds the port
+  if pg_ready; then
+    die_port_taken "$PG_PORT" WAFLEET_PG_PORT "a PostgreSQL that is not this checkout's (not the cluster in $PGDATA)"
+  fi
+  if port_taken "$PG_PORT"; then die_port_taken "$PG_PORT" WAFLEET_PG_PORT "another program"; fi
+}
+
 PG_ACTION=""
 pg_start() {
   pg_ensure_installed
@@ -418,13 +474,14 @@ pg_start() {
       PG_ACTION=reused
       return 0
     fi
+    # Moving to another port: make sure it is free before stopping the running one.
+    [[ "$(sed -n 4p "$PGDATA/postmaster.pid" 2>/dev/null)" == "$PG_PORT" ]] || pg_port_free
     note "postgres config changed (port / WAFLEET_PG_FAST?), restarting"
     pg_stop_quiet
+  else
+    pg_port_free
   fi
-  if pg_ready; then
-    die "127.0.0.1:$PG_PORT is served by another PostgreSQL (not the cluster in $PGDATA); set WAFLEET_PG_PORT"
-  fi
-  [[ -f "$PGDATA/PG_VERSION" ]] || pg_initdb
+  pg_initialised || pg_initdb
   pg_clear_stale
   printf '%s\n' "$want" >"$PGDATA/wafleet.conf"
   [[ -n "${owner[*]}" ]] && chown "${owner[@]}" "$PGDATA/wafleet.conf"
@@ -471,13 +528,18 @@ pg_status() {
 
 # ---------------------------------------------------------------- commands
 
+# Shell-quoted (single quotes), so eval is safe whatever the checkout's path holds.
+shq() { local s="${1//\'/\'\\\'\'}"; printf "'%s'" "$s"; }
+# The socket path as a URL path: the characters a URL would read otherwise, escaped.
+url_path() { local s="${1//%/%25}"; s="${s// /%20}"; s="${s//#/%23}"; printf '%s' "${s//\?/%3F}"; }
+
 print_env() {
-  echo "export REDIS_URL=redis://127.0.0.1:$REDIS_PORT"
+  echo "export REDIS_URL=$(shq "redis://127.0.0.1:$REDIS_PORT")"
   # Only when the running Redis listens on it (one started before it was configured does not).
   if [[ -n "$REDIS_SOCKET" && -S "$REDIS_SOCKET" ]]; then
-    echo "export REDIS_UNIX_URL=unix://$REDIS_SOCKET"
+    echo "export REDIS_UNIX_URL=$(shq "unix://$(url_path "$REDIS_SOCKET")")"
   fi
-  echo "export DATABASE_URL=postgres://$DB_ROLE:$DB_PASS@127.0.0.1:$PG_PORT/$DB_NAME"
+  echo "export DATABASE_URL=$(shq "postgres://$DB_ROLE:$DB_PASS@127.0.0.1:$PG_PORT/$DB_NAME")"
 }
 
 cmd="${1:-}"

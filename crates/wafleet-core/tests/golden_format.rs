@@ -69,7 +69,9 @@ fn golden_outputs_have_no_trailing_whitespace_and_fit_after_splitting() {
         assert!(!text.contains("\n\n\n"), "{}", path.display());
         for max in [WHATSAPP_MAX_CHARS, 120, 40] {
             for part in split_message(&text, max) {
+                // Both ways Meta may count its limit: chars and UTF-16 units.
                 assert!(part.chars().count() <= max, "{}", path.display());
+                assert!(part.encode_utf16().count() <= max, "{}", path.display());
             }
         }
     }

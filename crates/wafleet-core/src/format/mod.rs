@@ -32,8 +32,8 @@
 //! emphasis stay as they are; WhatsApp has no escape, so an escaped `\*word\*` may render bold.
 //!
 //! # Splitting ([`split_message`])
-//! See [`split`] for the preference order of cut points. Limits are counted in `char`s, like Meta
-//! counts `text.body`.
+//! See [`split`] for the preference order of cut points. Limits hold both in `char`s and in UTF-16
+//! code units, since Meta does not say which of the two its 4096 for `text.body` counts.
 
 mod markdown;
 pub mod split;

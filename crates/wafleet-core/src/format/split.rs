@@ -11,6 +11,12 @@
 //! 5. a grapheme cluster boundary, so an emoji with ZWJ, skin tone or a flag stays whole,
 //! 6. a `char` boundary, only when a single grapheme cluster is longer than the limit.
 //!
+//! Meta documents `text.body` as at most 4096 "characters" without saying whether it counts
+//! Unicode scalar values (`char`s) or UTF-16 code units, as JavaScript and Java do; the two differ
+//! for every character outside the Basic Multilingual Plane, emoji among them (👍 is one `char`,
+//! two UTF-16 units). A part must fit in both, and since a `char` is one or two UTF-16 units, the
+//! UTF-16 length is the one measured ([`measure`]).
+//!
 //! Whitespace at a cut is dropped (it would be invisible at the end or start of a bubble); every
 //! other character is kept, in order. A cut inside a styled span (`*bold*`, `_italic_`, `~strike~`,
 //! `` `code` ``, as WhatsApp pairs their markers on a line) closes the span at the end of the part
@@ -20,7 +26,8 @@
 
 use unicode_segmentation::UnicodeSegmentation;
 
-/// Meta's limit for `text.body`, counted in characters (Unicode scalar values, i.e. `char`s).
+/// Meta's limit for `text.body`: 4096 characters, which [`split_message`] takes to mean both 4096
+/// Unicode scalar values and 4096 UTF-16 code units (see the [module docs](self)).
 pub const WHATSAPP_MAX_CHARS: usize = 4096;
 
 /// Below this limit code blocks are split as plain text: closing and reopening a fence costs 8
@@ -33,10 +40,13 @@ const FENCE_CLOSE_CHARS: usize = 4;
 /// WhatsApp's inline markers: bold, italic, strikethrough, inline code.
 const MARKERS: [char; 4] = ['*', '_', '~', '`'];
 
-/// Splits `text` into parts of at most `max_chars` characters each (see the [module docs](self)).
+/// Splits `text` into parts of at most `max_chars` characters each, counted both as `char`s and
+/// as UTF-16 code units (see the [module docs](self)).
 ///
 /// Parts are in order, never empty, have no leading blank line and no trailing whitespace. An
-/// empty or whitespace-only `text` gives no parts. `max_chars == 0` is treated as 1.
+/// empty or whitespace-only `text` gives no parts. `max_chars == 0` is treated as 1; a part is
+/// never less than one `char`, so below 2 a character outside the BMP still makes a part of two
+/// UTF-16 units.
 pub fn split_message(text: &str, max_chars: usize) -> Vec<String> {
     let max = max_chars.max(1);
     let mut fences = max >= MIN_CHARS_FOR_FENCES;
@@ -47,7 +57,7 @@ pub fn split_message(text: &str, max_chars: usize) -> Vec<String> {
         if content.is_empty() {
             break;
         }
-        if content.chars().count() <= max {
+        if measure(content) <= max {
             parts.push(content.to_owned());
             break;
         }
@@ -106,7 +116,13 @@ enum Rank {
 }
 const RANKS: usize = 6;
 
-/// Finds the best cut in `rest`, which is known to be longer than `max` characters.
+/// The length that must not exceed the limit: UTF-16 code units, which are never fewer than the
+/// `char`s of the same text, so a part within it fits whichever way Meta counts.
+pub fn measure(text: &str) -> usize {
+    text.encode_utf16().count()
+}
+
+/// Finds the best cut in `rest`, which is known to measure more than `max`.
 fn choose_cut(rest: &str, max: usize, fences: bool) -> Cut {
     let mut best: [Option<Cut>; RANKS] = Default::default();
     let mut graphemes = rest.grapheme_indices(true).map(|(i, _)| i).peekable();
@@ -116,7 +132,8 @@ fn choose_cut(rest: &str, max: usize, fences: bool) -> Cut {
     let mut seen_content = false; // non-whitespace before the position
     let mut code_content = false; // non-whitespace since the last fence line
     let mut prev: Option<char> = None;
-    let mut raw_end = rest.len();
+    // The furthest char boundary that fits, never the start (a part holds at least one char).
+    let mut raw_end = rest.chars().next().map_or(rest.len(), char::len_utf8);
     // Styled spans of the current line (outside code), those not yet passed, and those open.
     let line_spans = |start: usize, plain: bool| {
         if fences && plain {
@@ -130,11 +147,13 @@ fn choose_cut(rest: &str, max: usize, fences: bool) -> Cut {
     let mut spans = line_spans(0, !fence_line);
     let mut open_spans: Vec<StyledSpan> = Vec::new();
 
-    for (count, (p, c)) in rest.char_indices().enumerate() {
+    // UTF-16 units before the position.
+    let mut count = 0;
+    for (p, c) in rest.char_indices() {
         if count > max {
             break;
         }
-        if count == max {
+        if p > 0 {
             raw_end = p;
         }
         while graphemes.next_if(|&g| g < p).is_some() {}
@@ -220,6 +239,7 @@ fn choose_cut(rest: &str, max: usize, fences: bool) -> Cut {
             }
         }
         prev = Some(c);
+        count += c.len_utf16();
     }
 
     best.into_iter().flatten().next().unwrap_or(Cut {
@@ -350,6 +370,11 @@ mod tests {
         s.chars().count()
     }
 
+    /// Within the limit both ways; a single char is allowed past it (below 2, nothing else fits).
+    fn fits(s: &str, max: usize) -> bool {
+        chars(s) <= max && (s.encode_utf16().count() <= max || chars(s) == 1)
+    }
+
     #[test]
     fn short_text_is_one_trimmed_part() {
         let cases: &[(&str, &[&str])] = &[
@@ -386,21 +411,21 @@ mod tests {
 
     #[test]
     fn emoji_clusters_are_never_cut_when_they_fit() {
-        let family = "👨‍👩‍👧‍👦"; // 7 chars
-        let thumbs = "👍🏽"; // 2 chars
-        let flag = "🇨🇴"; // 2 chars
+        let family = "👨‍👩‍👧‍👦"; // 7 chars, 11 UTF-16 units
+        let thumbs = "👍🏽"; // 2 chars, 4 units
+        let flag = "🇨🇴"; // 2 chars, 4 units
         let text = format!("{family}{thumbs}{flag}{family}");
         assert_eq!(
-            split_message(&text, 9),
+            split_message(&text, 15),
             vec![format!("{family}{thumbs}"), format!("{flag}{family}")]
         );
         assert_eq!(
-            split_message(&text, 7),
+            split_message(&text, 11),
             vec![family, &format!("{thumbs}{flag}"), family]
         );
         // A cluster longer than the limit is cut between chars: the limit wins.
         let parts = split_message(family, 3);
-        assert!(parts.iter().all(|p| chars(p) <= 3), "{parts:?}");
+        assert!(parts.iter().all(|p| measure(p) <= 3), "{parts:?}");
         assert_eq!(parts.concat(), family);
     }
 
@@ -474,8 +499,26 @@ mod tests {
     }
 
     #[test]
+    fn whatsapp_limit_is_also_counted_in_utf16_units() {
+        // 4096 chars but 4097 UTF-16 units: over the limit if Meta counts as JavaScript does.
+        let text = format!("{}👍", "ñ".repeat(WHATSAPP_MAX_CHARS - 1));
+        let parts = split_message(&text, WHATSAPP_MAX_CHARS);
+        assert_eq!(
+            parts,
+            vec!["ñ".repeat(WHATSAPP_MAX_CHARS - 1), "👍".to_owned()]
+        );
+        // Emoji alone: 2048 of them fill a part, whichever way it is counted.
+        let parts = split_message(&"👍".repeat(3000), WHATSAPP_MAX_CHARS);
+        assert_eq!(parts, vec!["👍".repeat(2048), "👍".repeat(952)]);
+        // Any other limit is counted the same way.
+        assert_eq!(split_message("a👍b👍", 3), vec!["a👍", "b👍"]);
+    }
+
+    #[test]
     fn zero_max_is_treated_as_one() {
         assert_eq!(split_message("ab", 0), vec!["a", "b"]);
+        // Nothing smaller than a char: one outside the BMP is a part of its own.
+        assert_eq!(split_message("👍a", 1), vec!["👍", "a"]);
     }
 
     /// Pieces that stress the splitter: words with accents and combining marks, emoji clusters,
@@ -550,7 +593,7 @@ mod tests {
     fn check_invariants(text: &str, max: usize) -> Result<Vec<String>, TestCaseError> {
         let parts = split_message(text, max);
         for part in &parts {
-            prop_assert!(chars(part) <= max, "part over {max}: {part:?}");
+            prop_assert!(fits(part, max), "part over {max}: {part:?}");
             prop_assert!(!part.trim().is_empty(), "empty part");
             prop_assert_eq!(part.trim_end(), part.as_str(), "trailing whitespace");
             prop_assert!(!part.starts_with('\n'), "leading blank line: {:?}", part);
@@ -576,8 +619,8 @@ mod tests {
         }
 
         #[test]
-        fn grapheme_clusters_survive_when_the_limit_allows(text in text(), max in 7usize..=60) {
-            // The longest cluster the generator makes is the 7-char family emoji.
+        fn grapheme_clusters_survive_when_the_limit_allows(text in text(), max in 11usize..=60) {
+            // The longest cluster the generator makes is the family emoji, 11 UTF-16 units.
             let parts = check_invariants(&text, max)?;
             let clusters = |s: &str| -> Vec<String> {
                 s.graphemes(true)
@@ -652,7 +695,7 @@ mod tests {
         #[test]
         fn arbitrary_unicode_never_panics(text in "\\PC{0,300}", max in 0usize..=50) {
             let parts = split_message(&text, max);
-            prop_assert!(parts.iter().all(|p| chars(p) <= max.max(1)));
+            prop_assert!(parts.iter().all(|p| fits(p, max.max(1))), "{:?}", parts);
         }
     }
 }

@@ -625,6 +625,59 @@ async fn retrying_a_message_after_the_customer_was_erased_answers_gone() {
 }
 
 #[tokio::test]
+async fn retrying_a_template_by_phone_after_the_customer_was_erased_sends_nothing_again() {
+    let s = system().await;
+    let (api, shop, pg) = (&s.api, &s.shop, &s.pg);
+    let path = format!("/api/v1/channels/{SHOP}/templates");
+    let start = |key: &'static str, to: &'static str| {
+        let body = json!({"to": to, "name": "order_shipped", "language": "es",
+                          "params": ["#2048"]});
+        api.call(
+            reqwest::Method::POST,
+            &path,
+            Some(shop),
+            Some(key),
+            Some(body),
+        )
+    };
+    let (status, first) = start("o1", "+57 300 555-0170").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    s.sent(1).await;
+    let mut con = s.cfg.redis().await;
+    wafleet::erasure::erase_customer(pg, &mut con, &s.cfg.keys(), SHOP, "573005550170")
+        .await
+        .unwrap()
+        .expect("the customer is found");
+    // The dashboard's retry of the same request (it timed out before the erasure): the
+    // template is not sent a second time, nor is a conversation made for the erased number.
+    let (status, body) = start("o1", "573005550170").await;
+    assert_eq!(status, StatusCode::GONE, "{body}");
+    let conversations = || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM conversations")
+            .fetch_one(pg)
+            .await
+            .unwrap();
+        n
+    };
+    assert_eq!(
+        conversations().await,
+        1,
+        "a conversation made for the retry"
+    );
+    // The key is the request's only for that number: another customer's request with it goes
+    // out, and so does a new request (a new key) to the erased customer.
+    let (status, body) = start("o1", "573005550171").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let (status, body) = start("o2", "573005550170").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let sent = s.sent(3).await;
+    assert_eq!(conversations().await, 3);
+    let mut to: Vec<&str> = sent[1..].iter().map(|m| m.recipient.as_str()).collect();
+    to.sort_unstable();
+    assert_eq!(to, ["573005550170", "573005550171"]);
+}
+
+#[tokio::test]
 async fn a_stream_opened_from_now_that_drops_before_its_first_event_misses_nothing() {
     let s = system().await;
     let id = s.customer_writes(SHOP, "573043", "wamid.F1", 1).await;

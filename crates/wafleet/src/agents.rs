@@ -426,7 +426,8 @@ pub struct Outreach<'a> {
 
 /// Finds or makes the customer's conversation, takes it for a human when asked, records the
 /// template and queues its send; answers the conversation id with what [`template`] answers.
-/// Repeated with the same reference, it records and sends nothing twice.
+/// Repeated with the same reference, it records and sends nothing twice, also after the
+/// customer's data was erased ([`AgentError::Erased`]: no conversation is made for it).
 pub async fn outreach(
     pg: &PgPool,
     con: &mut impl ConnectionLike,
@@ -447,10 +448,12 @@ pub async fn outreach(
     let wa_id = crate::erasure::normalise_customer(o.to)
         .filter(|d| d.bytes().all(|b| b.is_ascii_digit()) && (8..=15).contains(&d.len()))
         .ok_or_else(|| AgentError::BadPhone(o.to.to_string()))?;
-    let id = match open_conversation(pg, o.phone_number_id, &wa_id).await? {
+    let id = match open_conversation(pg, o.phone_number_id, &wa_id, o.reference).await? {
         Opened::Conversation(id) => id,
         Opened::NoChannel => return Err(AgentError::NoChannel(o.phone_number_id.into())),
         Opened::NotAllowed => return Err(AgentError::NotAllowed(o.phone_number_id.into())),
+        // The retry of a request made before the customer's data was erased.
+        Opened::Erased(id) => return Err(AgentError::Erased(id)),
     };
     t.conversation_id = id;
     // Recorded whoever owns the conversation, and only then taken: a request refused (a

@@ -321,6 +321,9 @@ pub enum Opened {
     NoChannel,
     /// The number serves only the customers on its allowlist, and this one is not.
     NotAllowed,
+    /// A request with this reference to this customer was made before their data was erased
+    /// (the erased conversation it went to): its retry must send nothing.
+    Erased(i64),
 }
 
 /// The conversation of a channel's customer by their phone (`wa_id` digits): the one they have
@@ -329,19 +332,33 @@ pub enum Opened {
 /// message yet (the 24-hour window is closed: only templates reach them). The allowlist is read
 /// the same way. A new conversation is keyed by the number as given; when Meta names the
 /// customer otherwise, the sender adopts Meta's `wa_id` (see `record_accepted_many`).
+///
+/// A `reference` this customer's template went out under before their data was erased (the
+/// erasure kept the digest of their number and the reference, `erased_ref`) answers
+/// [`Opened::Erased`], whatever conversation they have now: that request's retry must send
+/// nothing, and no conversation is made for it. Read in the same statement as the conversation,
+/// so an erasure committing meanwhile is seen one way or the other.
 pub async fn open_conversation(
     pool: &PgPool,
     phone_number_id: &str,
     wa_id: &str,
+    reference: &str,
 ) -> sqlx::Result<Opened> {
     let forms = wafleet_core::phone::forms(wa_id);
     // Twice at most: a concurrent call may make the row between this statement's snapshot and
     // its insert (which then does nothing); the second run sees it.
     for _ in 0..2 {
-        let row: Option<(bool, Option<i64>)> = sqlx::query_as(
+        let row: Option<(bool, Option<i64>, Option<i64>)> = sqlx::query_as(
             "WITH ch AS (
                  SELECT id, cardinality(phone_allowlist) = 0 OR phone_allowlist && $3 AS allowed
                    FROM channels WHERE phone_number_id = $1
+             ), erased AS (
+                 SELECT o.conversation_id AS id FROM outbound_messages o
+                   JOIN conversations c ON c.id = o.conversation_id
+                   JOIN ch ON c.channel_id = ch.id
+                  WHERE o.agent_ref LIKE 'erased:%' AND o.kind = 'template'
+                    AND o.agent_ref IN (SELECT erased_ref(f, $4) FROM unnest($3::text[]) AS f)
+                  LIMIT 1
              ), found AS (
                  SELECT c.id FROM conversations c JOIN ch ON c.channel_id = ch.id
                   WHERE c.customer_key = ANY($3) OR c.wa_id = ANY($3)
@@ -351,21 +368,26 @@ pub async fn open_conversation(
                                             last_activity_at)
                  SELECT ch.id, $2, $2, now(), now() FROM ch
                   WHERE ch.allowed AND NOT EXISTS (SELECT 1 FROM found)
+                    AND NOT EXISTS (SELECT 1 FROM erased)
                  ON CONFLICT (channel_id, customer_key) DO NOTHING
                  RETURNING id
              )
-             SELECT ch.allowed, COALESCE((SELECT id FROM found), (SELECT id FROM made)) FROM ch",
+             SELECT ch.allowed, COALESCE((SELECT id FROM found), (SELECT id FROM made)),
+                    (SELECT id FROM erased)
+               FROM ch",
         )
         .bind(phone_number_id)
         .bind(wa_id)
         .bind(&forms)
+        .bind(reference)
         .fetch_optional(pool)
         .await?;
         match row {
             None => return Ok(Opened::NoChannel),
-            Some((false, _)) => return Ok(Opened::NotAllowed),
-            Some((true, Some(id))) => return Ok(Opened::Conversation(id)),
-            Some((true, None)) => continue,
+            Some((_, _, Some(erased))) => return Ok(Opened::Erased(erased)),
+            Some((false, _, _)) => return Ok(Opened::NotAllowed),
+            Some((true, Some(id), _)) => return Ok(Opened::Conversation(id)),
+            Some((true, None, _)) => continue,
         }
     }
     Err(sqlx::Error::Protocol(

@@ -103,7 +103,9 @@ pub struct ErasedRows {
 /// later message starts a new conversation), their messages lose text, metadata and quoted ids,
 /// every message written to them (bot, agent, template) loses its body (one not sent yet fails
 /// instead of going out), and the wamids of both (Meta's wamids encode the customer's number)
-/// become `erased:<sha-256>`, so each stays distinct. Ids, states, times and token counts stay, so
+/// become `erased:<sha-256>`, so each stays distinct; an agent's or a template's reference becomes
+/// the SHA-256 of the customer's number and the reference, so a template to them by phone retried
+/// with its key is refused rather than sent again. Ids, states, times and token counts stay, so
 /// metrics and usage still add up.
 ///
 /// Two transactions. The first finds and locks the conversations and erases them. The second
@@ -185,20 +187,29 @@ async fn scrub(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<(u64, u64)>
     .bind(ids)
     .execute(&mut *conn)
     .await?;
-    // A part not sent yet will not be: its text is gone.
+    // A part not sent yet will not be: its text is gone. An agent's or a template's reference
+    // becomes the digest of the customer's number and the reference (`erased_ref`, migration
+    // 0023), which is how a template to them by phone retried after this is recognised
+    // (`crate::store::agents::open_conversation`). Done before the conversations lose the number.
     let outbound = sqlx::query(
-        "UPDATE outbound_messages
+        "UPDATE outbound_messages o
             SET body = '',
                 history_text = NULL,
-                wamid = CASE WHEN wamid IS NULL OR wamid LIKE 'erased:%' THEN wamid
-                             ELSE erased_wamid(wamid)
+                wamid = CASE WHEN o.wamid IS NULL OR o.wamid LIKE 'erased:%' THEN o.wamid
+                             ELSE erased_wamid(o.wamid)
                         END,
-                fail_reason = CASE WHEN state = 'pending' THEN 'the customer''s data was erased'
-                                   ELSE fail_reason END,
-                state = CASE WHEN state = 'pending' THEN 'failed' ELSE state END
-          WHERE conversation_id = ANY($1)
-            AND (body <> '' OR state = 'pending' OR history_text IS NOT NULL
-                 OR (wamid IS NOT NULL AND wamid NOT LIKE 'erased:%'))",
+                agent_ref = CASE WHEN o.agent_ref IS NULL OR o.agent_ref LIKE 'erased:%'
+                                 THEN o.agent_ref
+                                 ELSE erased_ref(COALESCE(c.wa_id, c.customer_key), o.agent_ref)
+                            END,
+                fail_reason = CASE WHEN o.state = 'pending' THEN 'the customer''s data was erased'
+                                   ELSE o.fail_reason END,
+                state = CASE WHEN o.state = 'pending' THEN 'failed' ELSE o.state END
+           FROM conversations c
+          WHERE c.id = o.conversation_id AND o.conversation_id = ANY($1)
+            AND (o.body <> '' OR o.state = 'pending' OR o.history_text IS NOT NULL
+                 OR (o.wamid IS NOT NULL AND o.wamid NOT LIKE 'erased:%')
+                 OR (o.agent_ref IS NOT NULL AND o.agent_ref NOT LIKE 'erased:%'))",
     )
     .bind(ids)
     .execute(&mut *conn)

@@ -51,10 +51,12 @@ fn parse_key(text: &str, var: &str) -> anyhow::Result<Vec<u8>> {
         use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
         // Padding is optional: shells and env files lose trailing '=' easily.
         let unpadded = text.trim_end_matches('=');
+        // The decoder's own error is left out: it quotes the first character it could not
+        // read (by its code and offset), a character of the key.
         STANDARD_NO_PAD
             .decode(unpadded)
             .or_else(|_| URL_SAFE_NO_PAD.decode(unpadded))
-            .with_context(|| format!("{var} is neither 64 hex digits nor base64"))?
+            .map_err(|_| anyhow::anyhow!("{var} is neither 64 hex digits nor base64"))?
     };
     if bytes.len() != 32 {
         bail!("{var} must decode to 32 bytes, got {}", bytes.len());
@@ -245,6 +247,26 @@ mod tests {
             "padding is optional"
         );
         assert!(Cipher::from_key_text("not a key at all!").is_err());
+    }
+
+    #[test]
+    fn a_key_that_does_not_parse_is_named_without_any_of_it() {
+        // A '+' that only URL-safe base64 refuses, then a '!' that neither reads.
+        let key = "Q+WdEfm3XQ4lD5ksV0Bq9FQ1Ja8pbNkHxWz3YvCj7r!=";
+        let e = Cipher::from_key_text(key).err().unwrap();
+        assert_eq!(
+            format!("{e:#}"),
+            "WAFLEET_ENCRYPTION_KEY is neither 64 hex digits nor base64"
+        );
+        let e = Cipher::from_key_text(&Cipher::generate_key_text())
+            .unwrap()
+            .with_other_keys(["hunter2-my-password"])
+            .err()
+            .unwrap();
+        assert_eq!(
+            format!("{e:#}"),
+            "WAFLEET_ENCRYPTION_KEY_PREVIOUS is neither 64 hex digits nor base64"
+        );
     }
 }
 

@@ -383,7 +383,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     if let Command::SendWebhook { url, secret, file } = &cli.command {
-        let body = std::fs::read(file)?;
+        let body = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
         let signature = wafleet_core::signature::sign(&body, secret_value(secret)?.as_bytes());
         let res = reqwest::Client::new()
             .post(url)
@@ -455,8 +455,16 @@ async fn main() -> anyhow::Result<()> {
                 &phone_number_id,
                 &customer,
             )
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("number {phone_number_id} has no such customer"))?;
+            .await?;
+            let Some(erased) = erased else {
+                // A number no channel has may still hold a customer in quarantine (erased
+                // above); when it held nothing, the number is more likely mistyped.
+                anyhow::ensure!(
+                    channel_exists(&pool, &phone_number_id).await?,
+                    "no channel {phone_number_id}, and nothing kept aside names that customer"
+                );
+                anyhow::bail!("number {phone_number_id} has no such customer");
+            };
             let ids: Vec<String> = erased
                 .rows
                 .conversations
@@ -698,6 +706,7 @@ async fn knowledge(pool: &wafleet::db::PgPool, cmd: KnowledgeCommand) -> anyhow:
             }
         }
         KnowledgeCommand::List { phone_number_id } => {
+            ensure_channel(pool, &phone_number_id).await?;
             println!("title\tlanguage\tcharacters\tupdated");
             for e in knowledge::list(pool, &phone_number_id).await? {
                 println!(
@@ -713,6 +722,7 @@ async fn knowledge(pool: &wafleet::db::PgPool, cmd: KnowledgeCommand) -> anyhow:
             phone_number_id,
             title,
         } => {
+            ensure_channel(pool, &phone_number_id).await?;
             anyhow::ensure!(
                 knowledge::remove(pool, &phone_number_id, &title).await?,
                 "{phone_number_id} has no entry {title:?}"
@@ -721,6 +731,21 @@ async fn knowledge(pool: &wafleet::db::PgPool, cmd: KnowledgeCommand) -> anyhow:
         }
     }
     Ok(())
+}
+
+/// Fails naming `phone_number_id` when no channel has it: a command reading a number's data
+/// would otherwise answer a mistyped number as one that has none (an empty list, exit 0).
+async fn ensure_channel(pool: &wafleet::db::PgPool, phone_number_id: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        channel_exists(pool, phone_number_id).await?,
+        "no channel {phone_number_id}"
+    );
+    Ok(())
+}
+
+async fn channel_exists(pool: &wafleet::db::PgPool, phone_number_id: &str) -> anyhow::Result<bool> {
+    let asked = [phone_number_id.to_string()];
+    Ok(!channels::summaries(pool, &asked).await?.is_empty())
 }
 
 /// A value read from a file or stdin, without the trailing newline editors add.

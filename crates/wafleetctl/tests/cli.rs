@@ -1,0 +1,764 @@
+//! `wafleetctl` run as operators run it: the built binary, in a clean environment holding only
+//! the deployment's variables, against the real Postgres and Redis of the test harness (a fresh
+//! database and Redis key prefix per test). What is checked is what an operator relies on: the
+//! exit status (0 done, 1 refused or failed, 2 a usage error), what goes to stdout and stderr,
+//! and that secrets and customers' data are never printed.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use wafleet_tests::{
+    APP_SECRET, Ingest, TestConfig, VERIFY_TOKEN, Worker, eventually, read_stream, text_message,
+    wait_count,
+};
+
+const PNID: &str = "106540352242922";
+/// A number no channel has (a typo of the operator's).
+const UNKNOWN: &str = "106540352242999";
+const ACCESS_TOKEN: &str = "EAAGtest-access-token-never-printed";
+
+/// What one run of the binary did.
+struct Ran {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Debug for Ran {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+impl Ran {
+    /// Exited 0.
+    #[track_caller]
+    fn ok(self) -> Self {
+        assert_eq!(self.code, Some(0), "{self:?}");
+        self
+    }
+
+    /// Exited with `code`, saying why on stderr (and nothing on stdout).
+    #[track_caller]
+    fn refused(self, code: i32) -> Self {
+        assert_eq!(self.code, Some(code), "{self:?}");
+        assert!(!self.stderr.trim().is_empty(), "{self:?}");
+        assert!(self.stdout.is_empty(), "{self:?}");
+        self
+    }
+
+    /// Stdout holds `text`.
+    #[track_caller]
+    fn says(&self, text: &str) -> &Self {
+        assert!(self.stdout.contains(text), "{text:?} not said: {self:?}");
+        self
+    }
+
+    /// Stderr holds `text`.
+    #[track_caller]
+    fn complains(&self, text: &str) -> &Self {
+        assert!(
+            self.stderr.contains(text),
+            "{text:?} not on stderr: {self:?}"
+        );
+        self
+    }
+
+    /// Neither stream holds `text`.
+    #[track_caller]
+    fn never_shows(&self, text: &str) -> &Self {
+        assert!(
+            !self.stdout.contains(text) && !self.stderr.contains(text),
+            "{text:?} printed: {self:?}"
+        );
+        self
+    }
+
+    /// The line of stdout starting with `start`.
+    #[track_caller]
+    fn line(&self, start: &str) -> &str {
+        self.stdout
+            .lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no line starting {start:?}: {self:?}"))
+    }
+}
+
+/// The variables of the test's deployment, as an operator's shell would have them.
+fn deployment(cfg: &TestConfig) -> Vec<(String, String)> {
+    [
+        ("DATABASE_URL", cfg.database_url.clone()),
+        ("REDIS_URL", cfg.redis_url.clone()),
+        ("WAFLEET_REDIS_PREFIX", cfg.prefix.clone()),
+        ("WAFLEET_PARTITIONS", cfg.partitions.to_string()),
+        ("WAFLEET_ENCRYPTION_KEY", cfg.key.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// Runs `wafleetctl ARGS` with exactly `env` (nothing inherited: no backtraces, no stray
+/// `WHATSAPP_APP_SECRET`) and no stdin.
+async fn run(env: &[(String, String)], args: &[&str]) -> Ran {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wafleetctl"))
+        .env_clear()
+        .envs(env.iter().cloned())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run wafleetctl");
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("wafleetctl {args:?} did not finish"))
+        .expect("wafleetctl's output");
+    Ran {
+        code: out.status.code(),
+        stdout: String::from_utf8(out.stdout).expect("UTF-8 stdout"),
+        stderr: String::from_utf8(out.stderr).expect("UTF-8 stderr"),
+    }
+}
+
+/// `wafleetctl ARGS` on the test's deployment.
+async fn ctl(cfg: &TestConfig, args: &[&str]) -> Ran {
+    run(&deployment(cfg), args).await
+}
+
+/// `wafleetctl ARGS` on the test's deployment, with `changes` to its variables (`None` unsets).
+async fn ctl_with(cfg: &TestConfig, changes: &[(&str, Option<&str>)], args: &[&str]) -> Ran {
+    let mut env: HashMap<String, String> = deployment(cfg).into_iter().collect();
+    for (name, value) in changes {
+        match value {
+            Some(v) => env.insert(name.to_string(), v.to_string()),
+            None => env.remove(*name),
+        };
+    }
+    run(&env.into_iter().collect::<Vec<_>>(), args).await
+}
+
+/// `channel add` of `pnid` with the test harness's app secret, verify token and an access token.
+async fn add_channel(cfg: &TestConfig, pnid: &str) -> Ran {
+    ctl(
+        cfg,
+        &[
+            "channel",
+            "add",
+            "--phone-number-id",
+            pnid,
+            "--app-secret",
+            APP_SECRET,
+            "--verify-token",
+            VERIFY_TOKEN,
+            "--access-token",
+            ACCESS_TOKEN,
+        ],
+    )
+    .await
+    .ok()
+}
+
+/// A file of the test's, removed when dropped.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(contents: &[u8]) -> Self {
+        let path = std::env::temp_dir().join(format!("wafleetctl-cli-{}", uuid::Uuid::new_v4()));
+        std::fs::write(&path, contents).unwrap();
+        Self(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The cells of a `channel list` row.
+fn cells(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
+async fn count(cfg: &TestConfig, sql: &str) -> i64 {
+    wafleet_tests::count(&cfg.pg().await, sql).await
+}
+
+/// Every entry of the inbound partition streams.
+async fn inbound(cfg: &TestConfig) -> Vec<(String, HashMap<String, Vec<u8>>)> {
+    let mut con = cfg.redis().await;
+    let mut all = Vec::new();
+    for p in 0..cfg.partitions {
+        all.extend(read_stream(&mut con, &cfg.keys().inbound(p)).await);
+    }
+    all
+}
+
+#[tokio::test]
+async fn a_channel_added_is_listed_and_its_secrets_are_never_printed() {
+    let cfg = TestConfig::new().await;
+    let token_file = TempFile::new(format!("{ACCESS_TOKEN}\n").as_bytes());
+    let added = ctl_with(
+        &cfg,
+        &[("SHOP_APP_SECRET", Some(APP_SECRET))],
+        &[
+            "channel",
+            "add",
+            "--phone-number-id",
+            PNID,
+            "--waba-id",
+            "WABA1",
+            "--display-phone-number",
+            "15550000000",
+            "--app-secret",
+            "env:SHOP_APP_SECRET",
+            "--verify-token",
+            VERIFY_TOKEN,
+            "--access-token",
+            &format!("file:{}", token_file.path()),
+        ],
+    )
+    .await
+    .ok();
+    added.says(&format!("channel {PNID} added"));
+    let list = ctl(&cfg, &["channel", "list"]).await.ok();
+    assert_eq!(
+        cells(list.line("PHONE_NUMBER_ID")),
+        cells("PHONE_NUMBER_ID WABA APP DISPLAY ENABLED BOT SECRETS VERIFY TOKEN ALLOWLIST")
+    );
+    assert_eq!(
+        cells(list.line(PNID)),
+        [
+            PNID,
+            "WABA1",
+            "-",
+            "15550000000",
+            "true",
+            "on",
+            "1",
+            "yes",
+            "yes",
+            "0"
+        ],
+        "{list:?}"
+    );
+    let show = ctl(&cfg, &["channel", "show", PNID]).await.ok();
+    // Saved again with only its bot mode, while WHATSAPP_APP_SECRET holds another number's
+    // secret: what was stored stays, nothing is taken from the environment.
+    let shadow = ctl_with(
+        &cfg,
+        &[("WHATSAPP_APP_SECRET", Some("another-numbers-secret"))],
+        &[
+            "channel",
+            "add",
+            "--phone-number-id",
+            PNID,
+            "--bot-mode",
+            "shadow",
+        ],
+    )
+    .await
+    .ok();
+    shadow.says(&format!("channel {PNID} saved"));
+    let relisted = ctl(&cfg, &["channel", "list"]).await.ok();
+    assert_eq!(
+        cells(relisted.line(PNID))[4..],
+        ["true", "shadow", "1", "yes", "yes", "0"],
+        "{relisted:?}"
+    );
+    for ran in [&added, &list, &show, &shadow, &relisted] {
+        ran.never_shows(ACCESS_TOKEN)
+            .never_shows(APP_SECRET)
+            .never_shows(VERIFY_TOKEN)
+            .never_shows(&cfg.key);
+    }
+}
+
+#[tokio::test]
+async fn a_disabled_channel_is_listed_as_disabled_until_enabled() {
+    let cfg = TestConfig::new().await;
+    add_channel(&cfg, PNID).await;
+    let disabled = ctl(&cfg, &["channel", "disable", PNID]).await.ok();
+    assert_eq!(disabled.stdout, format!("channel {PNID} disabled\n"));
+    let list = ctl(&cfg, &["channel", "list"]).await.ok();
+    assert_eq!(cells(list.line(PNID))[4], "false", "{list:?}");
+    let enabled = ctl(&cfg, &["channel", "enable", PNID]).await.ok();
+    assert!(
+        enabled
+            .stdout
+            .starts_with(&format!("channel {PNID} enabled\n")),
+        "{enabled:?}"
+    );
+    let list = ctl(&cfg, &["channel", "list"]).await.ok();
+    assert_eq!(cells(list.line(PNID))[4], "true", "{list:?}");
+}
+
+#[tokio::test]
+async fn every_command_given_a_number_no_channel_has_fails_naming_it() {
+    let cfg = TestConfig::new().await;
+    add_channel(&cfg, PNID).await;
+    ctl(
+        &cfg,
+        &[
+            "knowledge",
+            "add",
+            PNID,
+            "Envíos",
+            "Enviamos a todo el país.",
+        ],
+    )
+    .await
+    .ok();
+    let listed = ctl(&cfg, &["knowledge", "list", PNID]).await.ok();
+    listed.line("Envíos\tsimple\t24\t");
+    let model = [
+        "--name",
+        "anthropic",
+        "--kind",
+        "anthropic",
+        "--base-url",
+        "https://api.anthropic.com",
+        "--model",
+        "claude",
+        "--api-key",
+        "sk-never-printed",
+    ];
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["channel", "disable", UNKNOWN],
+        vec!["channel", "enable", UNKNOWN],
+        vec!["channel", "show", UNKNOWN],
+        vec!["channel", "set", UNKNOWN, "system_prompt", "Sé breve."],
+        vec!["channel", "unset", UNKNOWN, "system_prompt"],
+        [
+            &["channel", "model", "--phone-number-id", UNKNOWN][..],
+            &model,
+        ]
+        .concat(),
+        vec!["channel", "clear-models", UNKNOWN],
+        vec!["knowledge", "add", UNKNOWN, "Envíos", "Enviamos."],
+        vec!["knowledge", "list", UNKNOWN],
+        vec!["knowledge", "remove", UNKNOWN, "Envíos"],
+        vec!["api-token", "add", "dashboard", "--number", UNKNOWN],
+        vec!["customer", "erase", UNKNOWN, "+57 300 123 4567", "--yes"],
+        vec![
+            "conversation",
+            "start",
+            UNKNOWN,
+            "+57 300 123 4567",
+            "order_update",
+            "--language",
+            "es",
+        ],
+    ];
+    for args in commands {
+        let ran = ctl(&cfg, &args).await;
+        assert_eq!(ran.code, Some(1), "{args:?}: {ran:?}");
+        assert!(
+            ran.stderr.contains(&format!("no channel {UNKNOWN}"))
+                || ran
+                    .stderr
+                    .contains(&format!("no channel with phone_number_id {UNKNOWN}"))
+                || ran
+                    .stderr
+                    .contains(&format!("no channel has the number(s) {UNKNOWN}")),
+            "{args:?}: {ran:?}"
+        );
+        assert!(ran.stdout.is_empty(), "{args:?}: {ran:?}");
+        ran.never_shows("sk-never-printed");
+    }
+    // Nothing was made on the way.
+    assert_eq!(count(&cfg, "SELECT count(*) FROM channels").await, 1);
+    assert_eq!(count(&cfg, "SELECT count(*) FROM api_tokens").await, 0);
+    assert_eq!(
+        count(&cfg, "SELECT count(*) FROM knowledge_entries").await,
+        1
+    );
+    assert_eq!(count(&cfg, "SELECT count(*) FROM conversations").await, 0);
+}
+
+#[tokio::test]
+async fn a_missing_or_malformed_encryption_key_is_named_and_never_echoed() {
+    let cfg = TestConfig::new().await;
+    let needing_the_key: [&[&str]; 4] = [
+        &[
+            "channel",
+            "add",
+            "--phone-number-id",
+            PNID,
+            "--access-token",
+            ACCESS_TOKEN,
+        ],
+        &["channel", "list"],
+        &["rotate-secrets"],
+        &["quarantine", "replay", "--all"],
+    ];
+    // Keys an operator may paste by mistake: a password, and one character off a real key
+    // ('!' for its last character, with a '+' early on that only URL-safe base64 refuses).
+    let bad_keys = [
+        "hunter2-my-password",
+        "Q+WdEfm3XQ4lD5ksV0Bq9FQ1Ja8pbNkHxWz3YvCj7r!=",
+    ];
+    for args in needing_the_key {
+        let unset = ctl_with(&cfg, &[("WAFLEET_ENCRYPTION_KEY", None)], args)
+            .await
+            .refused(1);
+        assert_eq!(
+            unset.stderr, "Error: WAFLEET_ENCRYPTION_KEY must be set\n",
+            "{args:?}"
+        );
+        for key in bad_keys {
+            let bad = ctl_with(&cfg, &[("WAFLEET_ENCRYPTION_KEY", Some(key))], args)
+                .await
+                .refused(1);
+            // The variable named, and nothing of the key: not even the one character the
+            // base64 decoder names (by its code and offset) as the first it could not read.
+            assert_eq!(
+                bad.stderr, "Error: WAFLEET_ENCRYPTION_KEY is neither 64 hex digits nor base64\n",
+                "{args:?} with {key:?}"
+            );
+        }
+        let previous = ctl_with(
+            &cfg,
+            &[("WAFLEET_ENCRYPTION_KEY_PREVIOUS", Some(bad_keys[1]))],
+            args,
+        )
+        .await
+        .refused(1);
+        assert_eq!(
+            previous.stderr,
+            "Error: WAFLEET_ENCRYPTION_KEY_PREVIOUS is neither 64 hex digits nor base64\n",
+            "{args:?}"
+        );
+    }
+    assert_eq!(count(&cfg, "SELECT count(*) FROM channels").await, 0);
+}
+
+#[tokio::test]
+async fn a_dead_letter_is_listed_without_the_message_and_replayed_onto_its_stream() {
+    let cfg = TestConfig {
+        partitions: 2,
+        ..TestConfig::new().await
+    };
+    add_channel(&cfg, PNID).await;
+    let ingest = Ingest::start(cfg.ingest_settings()).await;
+    let (customer, text) = ("573001234567", "mi tarjeta es 4111 1111 1111 1111");
+    let now = chrono::Utc::now().timestamp();
+    let body = text_message(PNID, customer, "wamid.DEAD1", now, text);
+    assert_eq!(ingest.post_signed(&body, APP_SECRET).await.status(), 200);
+    ingest.stop().await.unwrap();
+    // The number is taken out of Postgres (by hand) before the conversation stage reads the
+    // message: the stage gives it up as a dead letter.
+    sqlx::query("DELETE FROM channels WHERE phone_number_id = $1")
+        .bind(PNID)
+        .execute(&cfg.pg().await)
+        .await
+        .unwrap();
+    let worker = Worker::start(cfg.worker_settings(&["conversation"])).await;
+    let dead_stream = cfg.keys().dead("conversation");
+    let id = eventually(
+        "the message dead-lettered",
+        Duration::from_secs(20),
+        || async {
+            let dead = read_stream(&mut cfg.redis().await, &dead_stream).await;
+            dead.first().map(|(id, _)| id.clone())
+        },
+    )
+    .await;
+    worker.stop().await.unwrap();
+
+    let list = ctl(&cfg, &["dead", "list", "conversation"]).await.ok();
+    let line = list.line(&id);
+    assert!(
+        line.contains(&format!("reason=no channel {PNID}")),
+        "{list:?}"
+    );
+    assert_eq!(list.stdout.lines().count(), 1, "{list:?}");
+    list.never_shows(customer)
+        .never_shows("4111")
+        .never_shows("tarjeta");
+
+    // Fixed (the number added again), then replayed: back on its stream, once.
+    add_channel(&cfg, PNID).await;
+    let replay = ctl(&cfg, &["dead", "replay", "conversation", &id])
+        .await
+        .ok();
+    assert!(
+        replay.stdout.starts_with("replayed 1 dead letter(s) from "),
+        "{replay:?}"
+    );
+    replay.never_shows(customer).never_shows("4111");
+    assert!(
+        read_stream(&mut cfg.redis().await, &dead_stream)
+            .await
+            .is_empty()
+    );
+    let back = inbound(&cfg).await;
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert!(!back[0].1.contains_key("reason"), "{back:?}");
+    // It is gone from the dead letters: asked again, the id is named as not there.
+    let again = ctl(&cfg, &["dead", "replay", "conversation", &id]).await;
+    assert_eq!(again.code, Some(1), "{again:?}");
+    again.complains(&id);
+    // And the conversation stage takes it this time.
+    let worker = Worker::start(cfg.worker_settings(&["conversation"])).await;
+    wait_count(&cfg.pg().await, "SELECT count(*) FROM messages", 1, 20).await;
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn quarantined_updates_are_listed_without_the_message_and_replayed_once_their_number_is_added()
+ {
+    let cfg = TestConfig::new().await;
+    // Another number of the same app: ingest keeps aside only what one of its apps signed.
+    add_channel(&cfg, "1122334455667").await;
+    let ingest = Ingest::start(cfg.ingest_settings()).await;
+    let now = chrono::Utc::now().timestamp();
+    for (pnid, customer, wamid) in [
+        (PNID, "573001234567", "wamid.Q1"),
+        (UNKNOWN, "573007654321", "wamid.Q2"),
+    ] {
+        let body = text_message(pnid, customer, wamid, now, "hola, soy Ana");
+        assert_eq!(ingest.post_signed(&body, APP_SECRET).await.status(), 200);
+    }
+    ingest.stop().await.unwrap();
+    let list = ctl(&cfg, &["quarantine", "list"]).await.ok();
+    assert_eq!(list.stdout.lines().count(), 2, "{list:?}");
+    for pnid in [PNID, UNKNOWN] {
+        let line = list
+            .stdout
+            .lines()
+            .find(|l| l.contains(&format!("channel={pnid} ")))
+            .unwrap_or_else(|| panic!("{pnid} not listed: {list:?}"));
+        assert!(line.contains("reason=unknown_channel"), "{list:?}");
+    }
+    list.never_shows("573001234567")
+        .never_shows("573007654321")
+        .never_shows("Ana");
+    let id_of = |pnid: &str| {
+        list.stdout
+            .lines()
+            .find(|l| l.contains(&format!("channel={pnid} ")))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap()
+            .to_string()
+    };
+    let (kept, refused) = (id_of(PNID), id_of(UNKNOWN));
+
+    let added = add_channel(&cfg, PNID).await;
+    added.says(&format!("1 update(s) for {PNID} are in quarantine"));
+    let replay = ctl(&cfg, &["quarantine", "replay", "--all"]).await.ok();
+    assert!(
+        replay.line(&refused).contains("still refused"),
+        "{replay:?}"
+    );
+    assert!(
+        replay.stdout.lines().last().is_some_and(|l| l
+            .starts_with("enqueued 1, already enqueued 0, left in ")
+            && l.ends_with(" 1")),
+        "{replay:?}"
+    );
+    assert_eq!(inbound(&cfg).await.len(), 1);
+    let left = ctl(&cfg, &["quarantine", "list"]).await.ok();
+    assert_eq!(left.stdout.lines().count(), 1, "{left:?}");
+    assert!(left.stdout.starts_with(&refused), "{left:?}");
+    // The replayed entry left the quarantine: asked for again, it is named as not there.
+    let again = ctl(&cfg, &["quarantine", "replay", &kept]).await;
+    assert_eq!(again.code, Some(1), "{again:?}");
+    again.complains(&kept);
+    assert_eq!(inbound(&cfg).await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_api_token_is_printed_once_and_never_listed() {
+    let cfg = TestConfig::new().await;
+    add_channel(&cfg, PNID).await;
+    let added = ctl(&cfg, &["api-token", "add", "dashboard", "--number", PNID])
+        .await
+        .ok();
+    let token = added.stdout.trim_end().to_string();
+    assert_eq!(
+        added.stdout,
+        format!("{token}\n"),
+        "the token alone on stdout"
+    );
+    assert!(
+        token.len() == 68
+            && token.starts_with("wfa_")
+            && token[4..].bytes().all(|b| b.is_ascii_hexdigit()),
+        "{added:?}"
+    );
+    added.complains("shown only now");
+    added.complains(PNID);
+    assert!(!added.stderr.contains(&token), "{added:?}");
+    // Postgres keeps a digest of it, never the token.
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM api_tokens t WHERE strpos(t::text, $1) > 0 OR strpos(t::text, $2) > 0",
+    )
+    .bind(&token)
+    .bind(&token[4..])
+    .fetch_one(&cfg.pg().await)
+    .await
+    .unwrap();
+    assert_eq!(stored, 0);
+
+    let twice = ctl(&cfg, &["api-token", "add", "dashboard"])
+        .await
+        .refused(1);
+    twice.complains("exists already");
+    let list = ctl(&cfg, &["api-token", "list"]).await.ok();
+    list.never_shows(&token).never_shows(&token[4..]);
+    assert_eq!(
+        list.line("dashboard\t").split('\t').collect::<Vec<_>>()[..2],
+        ["dashboard", PNID]
+    );
+    assert!(list.line("dashboard\t").ends_with("\t-"), "{list:?}");
+
+    let revoked = ctl(&cfg, &["api-token", "revoke", "dashboard"]).await.ok();
+    revoked.says("revoked");
+    let list = ctl(&cfg, &["api-token", "list"]).await.ok();
+    assert!(!list.line("dashboard\t").ends_with("\t-"), "{list:?}");
+    list.never_shows(&token);
+    let again = ctl(&cfg, &["api-token", "revoke", "dashboard"])
+        .await
+        .refused(1);
+    again.complains("no live token");
+}
+
+#[tokio::test]
+async fn usage_errors_exit_2_before_anything_is_read_or_changed() {
+    // No deployment at all: a usage error is found before any variable is read.
+    let misuses: [&[&str]; 9] = [
+        &[],
+        &["bogus"],
+        &["channel"],
+        &["channel", "add"],
+        &[
+            "channel",
+            "add",
+            "--phone-number-id",
+            PNID,
+            "--bot-mode",
+            "maybe",
+        ],
+        &["conversation", "list", "--limit", "0"],
+        &["usage", "--from", "2026-13-01"],
+        &["api-token", "add", "dashboard", "--admin", "--number", PNID],
+        &["generate-key", "extra"],
+    ];
+    for args in misuses {
+        let ran = run(&[], args).await.refused(2);
+        assert!(
+            ran.stderr.contains("Usage: wafleetctl") || ran.stderr.contains("--help"),
+            "{args:?}: {ran:?}"
+        );
+        assert!(!ran.stderr.contains("must be set"), "{args:?}: {ran:?}");
+    }
+    let help = run(&[], &["--help"]).await.ok();
+    help.says("Usage: wafleetctl <COMMAND>");
+    let help = run(&[], &["channel", "add", "--help"]).await.ok();
+    help.says("--phone-number-id");
+}
+
+#[tokio::test]
+async fn replays_without_ids_and_unknown_stages_are_refused() {
+    let cfg = TestConfig::new().await;
+    let stage = ctl(&cfg, &["dead", "list", "bogus"]).await.refused(1);
+    stage.complains("unknown stage \"bogus\": one of conversation, status, llm, sender");
+    for args in [&["dead", "replay", "sender"][..], &["quarantine", "replay"]] {
+        let ran = ctl(&cfg, args).await.refused(1);
+        assert!(
+            ran.stderr.contains("give entry ids to replay, or --all"),
+            "{args:?}: {ran:?}"
+        );
+    }
+    let erase = ctl(&cfg, &["customer", "erase", PNID, "573001234567"])
+        .await
+        .refused(1);
+    erase.complains("add --yes");
+    erase.never_shows("573001234567");
+}
+
+#[tokio::test]
+async fn a_generated_key_serves_the_deployment_and_send_webhook_and_probe_report_failures() {
+    let generated = run(&[], &["generate-key"]).await.ok();
+    let key = generated.stdout.trim_end().to_string();
+    assert_eq!(generated.stdout, format!("{key}\n"));
+    assert_ne!(
+        run(&[], &["generate-key"]).await.ok().stdout,
+        generated.stdout
+    );
+    // The services read what the CLI sealed with it.
+    let cfg = TestConfig {
+        key,
+        ..TestConfig::new().await
+    };
+    add_channel(&cfg, PNID).await;
+    let ingest = Ingest::start(cfg.ingest_settings()).await;
+    let url = format!("{}/webhooks/whatsapp", ingest.url);
+    let now = chrono::Utc::now().timestamp();
+    let body = TempFile::new(&text_message(PNID, "573001234567", "wamid.W1", now, "hola"));
+    let sent = ctl_with(
+        &cfg,
+        &[("WHATSAPP_APP_SECRET", Some(APP_SECRET))],
+        &["send-webhook", "--url", &url, body.path()],
+    )
+    .await
+    .ok();
+    assert!(sent.stdout.starts_with("200 "), "{sent:?}");
+    eventually("the message enqueued", Duration::from_secs(10), || async {
+        (inbound(&cfg).await.len() == 1).then_some(())
+    })
+    .await;
+    let forged = ctl(
+        &cfg,
+        &[
+            "send-webhook",
+            "--url",
+            &url,
+            "--secret",
+            "not-the-app-secret",
+            body.path(),
+        ],
+    )
+    .await;
+    assert_eq!(forged.code, Some(1), "{forged:?}");
+    assert!(forged.stdout.starts_with("401 "), "{forged:?}");
+    forged.complains("ingest answered 401");
+    forged.never_shows("not-the-app-secret");
+    // A file that is not there is named.
+    let missing = format!("{}.missing", body.path());
+    let no_file = ctl(
+        &cfg,
+        &[
+            "send-webhook",
+            "--url",
+            &url,
+            "--secret",
+            APP_SECRET,
+            &missing,
+        ],
+    )
+    .await
+    .refused(1);
+    no_file.complains(&missing);
+
+    ctl(&cfg, &["probe", &format!("{}/healthz", ingest.url)])
+        .await
+        .ok();
+    let sick = ctl(&cfg, &["probe", &format!("{}/nowhere", ingest.url)]).await;
+    assert_eq!(sick.code, Some(1), "{sick:?}");
+    sick.complains("is not healthy");
+    ingest.stop().await.unwrap();
+}

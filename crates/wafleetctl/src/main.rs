@@ -1314,9 +1314,12 @@ async fn redis_side() -> anyhow::Result<(wafleet::streams::Keys, redis::aio::Mul
 {
     let layout = wafleet::config::RedisLayout::from_env()?;
     let keys = wafleet::streams::Keys::new(layout.redis_prefix.clone(), layout.partitions);
-    let con = redis::Client::open(layout.redis_url.expose().as_str())?
+    // The errors name the variable, never the URL (it may hold a password).
+    let con = redis::Client::open(layout.redis_url.expose().as_str())
+        .context("parsing REDIS_URL")?
         .get_multiplexed_async_connection()
-        .await?;
+        .await
+        .context("connecting to Redis (REDIS_URL)")?;
     Ok((keys, con))
 }
 

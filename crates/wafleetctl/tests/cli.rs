@@ -762,3 +762,26 @@ async fn a_generated_key_serves_the_deployment_and_send_webhook_and_probe_report
     sick.complains("is not healthy");
     ingest.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn redis_out_of_reach_is_named_without_its_password() {
+    let cfg = TestConfig::new().await;
+    // A port nothing listens on (bound, then let go), behind a password.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://:redis-pass-never-printed@127.0.0.1:{port}");
+    for args in [
+        &["dead", "list", "sender"][..],
+        &["quarantine", "list"],
+        &["customer", "erase", PNID, "573001234567", "--yes"],
+    ] {
+        let ran = ctl_with(&cfg, &[("REDIS_URL", Some(&url))], args)
+            .await
+            .refused(1);
+        ran.complains("connecting to Redis (REDIS_URL)")
+            .never_shows("redis-pass-never-printed");
+    }
+}

@@ -608,7 +608,9 @@ async fn api_token(pool: &wafleet::db::PgPool, cmd: ApiTokenCommand) -> anyhow::
             numbers,
             admin,
         } => {
-            anyhow::ensure!(!name.trim().is_empty(), "give the token a name");
+            // Stored trimmed, and named so in what is printed and by `revoke`.
+            let name = name.trim();
+            anyhow::ensure!(!name.is_empty(), "give the token a name");
             let unknown = api_tokens::unknown_numbers(pool, &numbers).await?;
             anyhow::ensure!(
                 unknown.is_empty(),
@@ -620,7 +622,7 @@ async fn api_token(pool: &wafleet::db::PgPool, cmd: ApiTokenCommand) -> anyhow::
             } else {
                 api_tokens::Grant::Agents(numbers.clone())
             };
-            let token = api_tokens::add(pool, name.trim(), &grant)
+            let token = api_tokens::add(pool, name, &grant)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("a token named {name:?} exists already"))?;
             eprintln!(
@@ -657,8 +659,9 @@ async fn api_token(pool: &wafleet::db::PgPool, cmd: ApiTokenCommand) -> anyhow::
             }
         }
         ApiTokenCommand::Revoke { name } => {
+            let name = name.trim();
             anyhow::ensure!(
-                api_tokens::revoke(pool, &name).await?,
+                api_tokens::revoke(pool, name).await?,
                 "no live token named {name:?}"
             );
             println!("token {name:?} revoked; the API refuses it from now on");
@@ -723,8 +726,10 @@ async fn knowledge(pool: &wafleet::db::PgPool, cmd: KnowledgeCommand) -> anyhow:
             title,
         } => {
             ensure_channel(pool, &phone_number_id).await?;
+            // Trimmed as `add` stores it.
+            let title = title.trim();
             anyhow::ensure!(
-                knowledge::remove(pool, &phone_number_id, &title).await?,
+                knowledge::remove(pool, &phone_number_id, title).await?,
                 "{phone_number_id} has no entry {title:?}"
             );
             println!("entry {title:?} removed from {phone_number_id}");

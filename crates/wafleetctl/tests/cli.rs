@@ -785,3 +785,26 @@ async fn redis_out_of_reach_is_named_without_its_password() {
             .never_shows("redis-pass-never-printed");
     }
 }
+
+#[tokio::test]
+async fn a_title_or_token_name_is_removed_as_it_was_added_whatever_spaces_it_came_with() {
+    let cfg = TestConfig::new().await;
+    add_channel(&cfg, PNID).await;
+    // Pasted with a space around it: stored trimmed, so it is removed the same way.
+    ctl(&cfg, &["knowledge", "add", PNID, " Envíos ", "Enviamos."])
+        .await
+        .ok()
+        .says("entry \"Envíos\" added");
+    ctl(&cfg, &["knowledge", "remove", PNID, " Envíos "])
+        .await
+        .ok()
+        .says("entry \"Envíos\" removed");
+    let list = ctl(&cfg, &["knowledge", "list", PNID]).await.ok();
+    assert_eq!(list.stdout.lines().count(), 1, "only the header: {list:?}");
+
+    ctl(&cfg, &["api-token", "add", " dashboard "]).await.ok();
+    ctl(&cfg, &["api-token", "revoke", " dashboard "])
+        .await
+        .ok()
+        .says("token \"dashboard\" revoked");
+}

@@ -4022,3 +4022,334 @@ async fn a_wamid_kept_for_an_earlier_send_is_not_recorded_for_a_later_one() {
     )
     .await;
 }
+
+/// Whether a send job waits in the sender's delayed set (deferred, or retried later): what the
+/// sender decided once it is there, without waiting for the delay.
+async fn send_deferred(s: &Sys) -> bool {
+    let keys = s.cfg.keys();
+    let mut con = s.cfg.redis().await;
+    for p in 0..keys.partitions() {
+        let n: usize = con.zcard(keys.delayed("sender", p)).await.unwrap();
+        if n > 0 {
+            return true;
+        }
+    }
+    false
+}
+
+/// Waits until the sender has decided what to do with a part after `sent` sends: it sent the
+/// part again, or its job waits in the delayed set.
+async fn sender_decided(s: &Sys, sent: usize) {
+    eventually("the sender's decision", Duration::from_secs(30), || async {
+        (s.sim.state.messages().len() > sent || send_deferred(s).await).then_some(())
+    })
+    .await;
+}
+
+/// Waits until the channel is paused for Meta's 190 (an expired token), with the reason naming
+/// the code, and the configuration alert counted past `before`.
+async fn paused_for_the_token(s: &Sys, before: f64) {
+    wait_count(
+        &s.pg,
+        "SELECT count(*) FROM channels
+          WHERE sends_paused_until > now() + interval '5 minutes'
+            AND sends_paused_reason LIKE 'Graph configuration error 190%'",
+        1,
+        30,
+    )
+    .await;
+    eventually(
+        "the configuration alert",
+        Duration::from_secs(10),
+        || async { (config_alerts() > before).then_some(()) },
+    )
+    .await;
+}
+
+/// The configuration alert for the test channel, as the sender counts it.
+fn config_alerts() -> f64 {
+    metric_value(
+        &wafleet::telemetry::metrics_handle().render(),
+        &format!(r#"wafleet_sender_alerts_total{{channel="{PNID}",kind="config"}}"#),
+    )
+}
+
+#[tokio::test]
+async fn a_configuration_error_in_a_failed_status_pauses_the_channel_even_past_the_parts_retry_bounds()
+ {
+    // One send per part: Meta accepts it, then fails it for an expired token. Nothing is left
+    // to resend, but every later reply of the channel would meet the same token.
+    let s = system_with_settings(|w| w.send.backoff.max_attempts = 1).await;
+    let before = config_alerts();
+    s.sim.state.add_fault(fault(
+        serde_json::json!({"code": 190, "count": 1, "async": true}),
+    ));
+    s.send("573031", "wamid.CFG1", "hola").await;
+    wait_count(
+        &s.pg,
+        "SELECT count(*) FROM outbound_messages WHERE state = 'failed' AND error_code = 190",
+        1,
+        30,
+    )
+    .await;
+    paused_for_the_token(&s, before).await;
+    s.settled().await;
+    assert_eq!(
+        s.sim.state.messages().len(),
+        1,
+        "past its bounds: not resent"
+    );
+    assert_eq!(
+        s.count("SELECT count(*) FROM outbound_messages WHERE state = 'failed'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_configuration_error_in_a_failed_status_that_came_first_pauses_the_channel_past_the_bounds()
+ {
+    let s = system_with_settings(|w| w.send.backoff.max_attempts = 1).await;
+    // A first answer shows how the simulator numbers its messages (one counter, `n` last).
+    s.send("573036", "wamid.FF0", "hola").await;
+    let first = s.sent(1).await.remove(0).wamid;
+    s.settled().await;
+    let before = config_alerts();
+    let (stem, n) = first.split_at(first.len() - 10);
+    let n: u64 = n.parse().unwrap();
+    // Meta's failure of the next send, for an expired token, comes before its acceptance is
+    // recorded (whichever number the simulator gives it).
+    for next in n + 1..n + 10 {
+        sqlx::query(
+            "INSERT INTO early_statuses (wamid, status, rank, error_code, error_title)
+             VALUES ($1, 'failed', $2, 190, 'Access token expired')",
+        )
+        .bind(format!("{stem}{next:010}"))
+        .bind(wafleet::store::conversations::delivery_rank("failed").unwrap())
+        .execute(&s.pg)
+        .await
+        .unwrap();
+    }
+    s.send("573036", "wamid.FF1", "¿y mañana?").await;
+    paused_for_the_token(&s, before).await;
+    s.one_sender_dead_letter().await;
+    assert_eq!(
+        s.count(
+            "SELECT count(*) FROM outbound_messages WHERE state = 'failed' AND error_code = 190"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        s.sim.state.messages().len(),
+        2,
+        "past its bounds: not resent"
+    );
+}
+
+#[tokio::test]
+async fn a_configuration_error_in_a_failed_status_holds_the_resend_until_the_pause_is_cleared() {
+    // A 10-minute pause, looked at again every 300 ms.
+    let s = system_with_settings(|w| w.send.paused_recheck = Duration::from_millis(300)).await;
+    let before = config_alerts();
+    s.sim.state.add_fault(fault(
+        serde_json::json!({"code": 190, "count": 1, "async": true}),
+    ));
+    s.send("573032", "wamid.CFG2", "hola").await;
+    paused_for_the_token(&s, before).await;
+    // The sender has decided once the part is sent again or its job waits.
+    sender_decided(&s, 1).await;
+    assert_eq!(
+        s.sim.state.messages().len(),
+        1,
+        "not sent again while the channel is paused"
+    );
+    // The operator fixes the token and clears the pause: the part goes, once.
+    sqlx::query("UPDATE channels SET sends_paused_until = NULL")
+        .execute(&s.pg)
+        .await
+        .unwrap();
+    let sent = s.sent(2).await;
+    assert_eq!(sent[1].context_message_id.as_deref(), Some("wamid.CFG2"));
+    wait_count(
+        &s.pg,
+        "SELECT count(*) FROM outbound_messages WHERE state = 'accepted' AND attempts = 2",
+        1,
+        30,
+    )
+    .await;
+    s.settled().await;
+    assert_eq!(s.sim.state.messages().len(), 2);
+}
+
+#[tokio::test]
+async fn a_transient_error_in_a_failed_status_is_resent_after_a_backoff() {
+    // A backoff of up to a day: the resend of a failed message waits in the delayed set.
+    let s = system_with_settings(|w| {
+        w.send.backoff.base = Duration::from_secs(86_400);
+        w.send.backoff.max = Duration::from_secs(86_400);
+    })
+    .await;
+    s.sim.state.add_fault(fault(
+        serde_json::json!({"code": 131000, "count": 1, "async": true}),
+    ));
+    s.send("573033", "wamid.TR1", "hola").await;
+    sender_decided(&s, 1).await;
+    assert_eq!(
+        s.sim.state.messages().len(),
+        1,
+        "the resend waits for its backoff"
+    );
+    let (state, attempts): (String, i32) =
+        sqlx::query_as("SELECT state, attempts FROM outbound_messages")
+            .fetch_one(&s.pg)
+            .await
+            .unwrap();
+    assert_eq!((state.as_str(), attempts), ("pending", 1));
+}
+
+/// A Redis user that may do everything except record a pause of a number (a `SET` on
+/// `P:{rl:<pnid>}:paused`, which the limiter's hold script makes), for a worker whose throttle
+/// push-back alone fails. Key patterns name no prefix: the user serves one test's worker.
+async fn a_redis_user_that_cannot_pause_numbers() -> String {
+    let user = format!("nopause-{}", uuid::Uuid::new_v4().simple());
+    let writable = [
+        "{p*",
+        "{workers}*",
+        "{dead}*",
+        "{events}*",
+        "{quarantine}*",
+        "{rl:*}:number",
+        "{rl:*}:to:*",
+        "{rl:*}:strikes:*",
+        "{rl:*}:penalty:*",
+    ]
+    .iter()
+    .map(|k| format!("~*:{k}"))
+    .collect::<Vec<_>>()
+    .join(" ");
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&user)
+        .arg("on")
+        .arg(">pw")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .arg("-set")
+        .arg(format!("({writable} +set)"))
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    user
+}
+
+async fn drop_redis_user(cfg: &TestConfig, user: &str) {
+    let _: () = redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(user)
+        .query_async(&mut cfg.redis().await)
+        .await
+        .unwrap();
+}
+
+/// How many times Redis refused `user` the pause of the test channel's number.
+async fn refused_pauses(cfg: &TestConfig, user: &str) -> i64 {
+    let paused = wafleet::ratelimit::RateLimitKeys::new(cfg.prefix.clone()).paused(PNID);
+    let log: Vec<Vec<redis::Value>> = redis::cmd("ACL")
+        .arg("LOG")
+        .query_async(&mut cfg.redis().await)
+        .await
+        .unwrap();
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        redis::Value::Int(n) => n.to_string(),
+        _ => String::new(),
+    };
+    log.iter()
+        .map(|entry| {
+            let fields: HashMap<String, String> = entry
+                .chunks(2)
+                .map(|kv| (text(&kv[0]), text(&kv[1])))
+                .collect();
+            let ours = fields.get("username").map(String::as_str) == Some(user)
+                && fields.get("object") == Some(&paused);
+            if ours {
+                fields
+                    .get("count")
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0)
+            } else {
+                0
+            }
+        })
+        .sum()
+}
+
+/// Every stage, with a worker whose Redis user cannot record a pause of a number.
+async fn a_system_that_cannot_pause_numbers() -> (Sys, String) {
+    let user = a_redis_user_that_cannot_pause_numbers().await;
+    let url = redis_url().replacen("://", &format!("://{user}:pw@"), 1);
+    let s = system_with_settings(|w| w.common.redis_url = wafleet::config::Secret::new(url)).await;
+    (s, user)
+}
+
+#[tokio::test]
+async fn a_throttle_whose_push_back_redis_refuses_still_holds_the_part_back() {
+    // Meta's spam limit (131048): the number waits a minute. Redis will not record that pause.
+    let (s, user) = a_system_that_cannot_pause_numbers().await;
+    s.sim
+        .state
+        .add_fault(fault(serde_json::json!({"code": 131048, "count": 1})));
+    s.send("573034", "wamid.NP1", "hola").await;
+    sender_decided(&s, 0).await;
+    assert!(refused_pauses(&s.cfg, &user).await >= 1);
+    assert!(
+        s.sim.state.messages().is_empty(),
+        "not sent again without the minute's wait"
+    );
+    let (state, attempts): (String, i32) =
+        sqlx::query_as("SELECT state, attempts FROM outbound_messages")
+            .fetch_one(&s.pg)
+            .await
+            .unwrap();
+    assert_eq!((state.as_str(), attempts), ("pending", 0));
+    drop_redis_user(&s.cfg, &user).await;
+}
+
+#[tokio::test]
+async fn a_throttle_in_a_failed_status_whose_push_back_redis_refuses_is_not_resent_without_it() {
+    // Meta accepts the send, then fails it for the spam limit (131048): the number waits a
+    // minute before the resend. Redis will not record that pause.
+    let (s, user) = a_system_that_cannot_pause_numbers().await;
+    s.sim.state.add_fault(fault(
+        serde_json::json!({"code": 131048, "count": 1, "async": true}),
+    ));
+    s.send("573035", "wamid.NP2", "hola").await;
+    // The push-back is tried again (the part waits for it), or the part went without it.
+    eventually(
+        "the push-back tried again",
+        Duration::from_secs(30),
+        || async {
+            (s.sim.state.messages().len() > 1 || refused_pauses(&s.cfg, &user).await >= 2)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        s.sim.state.messages().len(),
+        1,
+        "not sent again without the push-back"
+    );
+    assert_eq!(
+        s.count(
+            "SELECT count(*) FROM outbound_messages WHERE state = 'failed' AND error_code = 131048"
+        )
+        .await,
+        1
+    );
+    drop_redis_user(&s.cfg, &user).await;
+}

@@ -26,7 +26,9 @@
 //!   → the shared limiter is pushed back and the job deferred (not counted as an attempt); 80007
 //!   pauses every number of the business account, 4 every number of the Meta app (the channels
 //!   its app secrets sign), 131048 and 131057 the number for a minute; past the retry age the
-//!   part is given up all the same;
+//!   part is given up all the same. A push-back Redis refused never lets the part out at once
+//!   into the same throttle: it waits `UNRECORDED_PUSH_BACK_WAIT` itself (a part a `failed`
+//!   status reopens stays failed until the push-back is recorded);
 //! - transient → retried through the delayed set with exponential backoff and full jitter,
 //!   bounded in attempts and total age, then failed and dead-lettered;
 //! - permanent → failed at once with Meta's code and reason; later parts are skipped; a code
@@ -35,6 +37,10 @@
 //! - configuration (expired token, permissions, locked account) → the channel's sends pause
 //!   for [`SendPolicy::config_pause`] and `wafleet_sender_alerts_total` moves, instead of burning
 //!   retries.
+//!
+//! The same codes in a `failed` status (the status stage queues the part's job again) are
+//! decided alike: a throttle pushes back, a transient error waits the backoff, a configuration
+//! error pauses the channel and alerts, also for a part past its bounds.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,6 +76,12 @@ pub const PAIR_RATE_PER_SEC: f64 = 1.0 / 6.0;
 /// How long a wamid Postgres would not record is kept in Redis (longer than any outage a job
 /// outlives: the job is dead-lettered after `WAFLEET_SEND_MAX_AGE_MS` anyway).
 const UNRECORDED_WAMID_TTL: Duration = Duration::from_secs(7 * 86_400);
+
+/// How long a part Meta throttled waits when the push-back could not be recorded (Redis, or
+/// Postgres for the numbers an account's or app's limit holds, would not take it): the longest
+/// hold a throttle sets but for a recipient's repeated 131056s, so that its next try does not go
+/// into the same throttle at once.
+const UNRECORDED_PUSH_BACK_WAIT: Duration = Duration::from_secs(60);
 
 /// The `fail_reason` of a part not sent because the customer's last message is over 24 hours old.
 const WINDOW_CLOSED: &str = "the 24-hour window is closed";
@@ -337,10 +349,22 @@ impl SenderStage {
                 let failed_try = part.attempts.max(1) as u32 - 1;
                 let class = code.map(classify_status_error);
                 if let Some(class) = class
+                    && let Some(c) = code
                     && self
                         .policy
                         .resends(class, code, failed_try, part.retries_since)
                 {
+                    // A throttle in a `failed` status slows down what a synchronous one does
+                    // (the recipient's 4^X s, the number…) before the resend. Pushed back before
+                    // the part is reopened: when Redis will not take it, the part stays failed
+                    // and the job's next run decides again, where a reopened part would go out
+                    // on that run without the wait.
+                    let throttled = match class {
+                        ErrorClass::Throttled { scope } => {
+                            Some(self.push_back(channel, part, scope, c).await?)
+                        }
+                        _ => None,
+                    };
                     replies::reopen_failed(&self.pg, part.id)
                         .await
                         .map_err(db("reopening the failed part"))?;
@@ -349,14 +373,32 @@ impl SenderStage {
                         code,
                         "Meta failed an accepted message; sending it again"
                     );
-                    // A throttle in a `failed` status slows down what a synchronous one does
-                    // (the recipient's 4^X s, the number…) before the resend.
-                    if let (Some(c), ErrorClass::Throttled { scope }) = (code, class) {
-                        let after = self.push_back(channel, part, scope, c).await?;
+                    if let Some(after) = throttled {
                         return Ok(Step::Return(Outcome::Defer {
                             after,
                             reason: format!("throttled by Meta ({c}) in a failed status"),
                         }));
+                    }
+                    // After the backoff a synchronous transient error waits, through the
+                    // delayed set: sent again at once, it would likely meet the same trouble.
+                    if class == ErrorClass::Transient {
+                        return Ok(Step::Return(Outcome::Defer {
+                            after: self.policy.backoff.next_delay(failed_try, rand::random()),
+                            reason: format!("transient Graph error {c} in a failed status"),
+                        }));
+                    }
+                    // The status stage paused the channel before it queued this job, and the
+                    // settings cached here may be older than the pause: read afresh.
+                    if class == ErrorClass::Config {
+                        self.channels.forget(&channel.phone_number_id);
+                        let fresh = self
+                            .channels
+                            .get(&channel.phone_number_id)
+                            .await
+                            .map_err(db("reading the channel"))?;
+                        if let Some(wait) = fresh.and_then(|c| self.paused(&c)) {
+                            return Ok(Step::Return(wait));
+                        }
                     }
                 } else {
                     // A redelivery after the run that failed this part stopped early (crash,
@@ -376,17 +418,8 @@ impl SenderStage {
             // accepted, suppressed, shadow: nothing to do.
             _ => return Ok(Step::Next),
         }
-        if let Some(until) = channel.sends_paused_until
-            && until > Utc::now()
-        {
-            return Ok(Step::Return(Outcome::Defer {
-                after: (until - Utc::now())
-                    .to_std()
-                    .unwrap_or_default()
-                    .min(self.policy.paused_recheck)
-                    .max(Duration::from_millis(100)),
-                reason: "channel sends are paused".into(),
-            }));
+        if let Some(wait) = self.paused(channel) {
+            return Ok(Step::Return(wait));
         }
         // An agent's template: the one message Meta takes outside the 24-hour window.
         let template = if part.kind == "template" {
@@ -602,6 +635,20 @@ impl SenderStage {
         }
     }
 
+    /// The wait of a job whose channel's sends are paused, looked at again every
+    /// [`SendPolicy::paused_recheck`]; `None` when they are not.
+    fn paused(&self, channel: &ChannelSettings) -> Option<Outcome> {
+        let until = channel.sends_paused_until.filter(|u| *u > Utc::now())?;
+        Some(Outcome::Defer {
+            after: (until - Utc::now())
+                .to_std()
+                .unwrap_or_default()
+                .min(self.policy.paused_recheck)
+                .max(Duration::from_millis(100)),
+            reason: "channel sends are paused".into(),
+        })
+    }
+
     /// Records Meta's acceptance of a part. If Postgres will not take it, the wamid is kept in
     /// Redis first, so the job's next run records it from there: the part stays `sending`, and
     /// without the wamid a run after `ambiguous_resend_after` would send it a second time.
@@ -726,38 +773,51 @@ impl SenderStage {
             ErrorClass::Throttled { .. } | ErrorClass::Transient | ErrorClass::Config => {
                 // `attempts` was read before this send: the zero-based index of the try that failed.
                 let attempt = part.attempts.max(0) as u32;
-                if !self
+                let resend = self
                     .policy
-                    .resends(class, Some(code), attempt, part.retries_since)
-                {
-                    return Ok(Step::Return(Outcome::Dead { reason }));
-                }
-                replies::reopen_failed(&self.pg, part.id)
-                    .await
-                    .map_err(db("reopening the failed part"))?;
-                metrics::counter!("wafleet_failed_statuses_total", "class" => class.label(), "action" => "resend").increment(1);
+                    .resends(class, Some(code), attempt, part.retries_since);
                 if class == ErrorClass::Config {
-                    return self
+                    // Paused and alerted as for the code answered to a send, whether or not this
+                    // part goes again: every later send of the channel would meet it.
+                    let paused = self
                         .pause(
                             channel,
                             &format!("Graph configuration error {code} in a failed status"),
                         )
-                        .await;
+                        .await?;
+                    if !resend {
+                        return Ok(Step::Return(Outcome::Dead { reason }));
+                    }
+                    self.reopen_to_resend(part, class).await?;
+                    return Ok(paused);
                 }
-                // Deferred, not a worker retry: the part's own bounds (just checked) end it.
+                if !resend {
+                    return Ok(Step::Return(Outcome::Dead { reason }));
+                }
+                // Deferred, not a worker retry: the part's own bounds (just checked) end it. A
+                // throttle is pushed back before the part is reopened (see the `failed` state in
+                // `send_part`).
                 let after = match class {
                     ErrorClass::Throttled { scope } => {
                         self.push_back(channel, part, scope, code).await?
                     }
                     _ => self.policy.backoff.next_delay(attempt, rand::random()),
                 };
+                self.reopen_to_resend(part, class).await?;
                 Ok(Step::Return(Outcome::Defer { after, reason }))
             }
         }
     }
 
-    /// Past a part's retry bounds: the part fails with the reason, and the job goes to the
-    /// dead-letter stream (an operator's replay sends the part again).
+    /// Puts a part Meta failed after accepting it back to `pending`, to be sent again.
+    async fn reopen_to_resend(&self, part: &Part, class: ErrorClass) -> Result<(), Outcome> {
+        replies::reopen_failed(&self.pg, part.id)
+            .await
+            .map_err(db("reopening the failed part"))?;
+        metrics::counter!("wafleet_failed_statuses_total", "class" => class.label(), "action" => "resend").increment(1);
+        Ok(())
+    }
+
     /// Whether a part is past the age bound of its retries (`WAFLEET_SEND_MAX_AGE_MS`): then it is
     /// given up whatever holds it back (throttling, the rate limits, an unreachable Graph API),
     /// as one that keeps failing is; a configuration pause alone keeps it for the operator's fix.
@@ -765,6 +825,8 @@ impl SenderStage {
         elapsed_since(part.retries_since) >= self.policy.backoff.max_age
     }
 
+    /// Past a part's retry bounds: the part fails with the reason, and the job goes to the
+    /// dead-letter stream (an operator's replay sends the part again).
     async fn give_up(
         &self,
         part: &Part,
@@ -802,7 +864,19 @@ impl SenderStage {
         match class {
             ErrorClass::Throttled { scope } => {
                 hold().await?;
-                let after = self.push_back(channel, part, scope, code).await?;
+                // A push-back Redis refused must not end the job (its next run would find the
+                // part pending and nothing holding it back, and send it at once into the same
+                // throttle): the part waits itself.
+                let pushed = self.push_back(channel, part, scope, code).await;
+                let after = pushed.unwrap_or_else(|_| {
+                    tracing::warn!(
+                        outbound_id = part.id,
+                        code,
+                        "the throttle's push-back was not recorded; the part waits {:?} itself",
+                        UNRECORDED_PUSH_BACK_WAIT
+                    );
+                    UNRECORDED_PUSH_BACK_WAIT
+                });
                 if self.too_old(part) {
                     let reason = format!(
                         "gave up: throttled by Meta ({code}) past {:?}",

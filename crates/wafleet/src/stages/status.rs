@@ -6,9 +6,10 @@
 //! A `failed` status is classified on its code like a synchronous Graph error (reference C.1:
 //! one classifier for both paths): 131047 (the 24-hour window had closed) hands the conversation
 //! to a human; a throttle or a transient error queues the part's send again, and the sender
-//! sends it again within its attempt and age bounds; a configuration error pauses the
-//! channel's sends and alerts, and the part is sent again once the pause ends; a permanent error
-//! stays as recorded.
+//! sends it again within its attempt and age bounds (a transient error after the backoff a
+//! synchronous one waits); a configuration error pauses the channel's sends and alerts as a
+//! synchronous one does, also for a part past its bounds, and a part within them is sent again
+//! once the pause ends; a permanent error stays as recorded.
 //!
 //! Meta sends three or four statuses per message we send, so they are written together: the
 //! jobs in flight hand their statuses to one [`StatusWriter`] ([`crate::batch`]), which applies
@@ -135,7 +136,9 @@ impl Handler for StatusStage {
         if s.status == "failed"
             && applied != StatusApplied::Kept
             && let Some(code) = s.error_code
-            && let Err(outcome) = self.failed_after_acceptance(job, &s.wamid, code).await
+            && let Err(outcome) = self
+                .failed_after_acceptance(job, &s.wamid, code, s.error_title.as_deref())
+                .await
         {
             return outcome;
         }
@@ -145,19 +148,42 @@ impl Handler for StatusStage {
 
 impl StatusStage {
     /// Meta failed a message it had accepted: send it again when the code says that can work.
+    /// A configuration code pauses the channel and alerts as the same code answered to a send
+    /// does, whether or not the part is sent again: every later send of the channel meets it.
     async fn failed_after_acceptance(
         &self,
         job: &Job,
         wamid: &str,
         code: i64,
+        title: Option<&str>,
     ) -> Result<(), Outcome> {
         let class = classify_status_error(code);
         if !class.worth_resending() {
             return Ok(());
         }
+        // `None`: resent already (the failed wamid is forgotten then), so a redelivery of an old
+        // status neither pauses the channel again nor queues anything.
         let part = store_replies::failed_part(&self.pg, wamid)
             .await
             .map_err(|e| db_outcome(&e, "reading the failed part"))?;
+        if class == ErrorClass::Config
+            && let Some((_, channel_id, _, _)) = part
+        {
+            let reason = match title {
+                Some(title) => {
+                    format!("Graph configuration error {code}: {title} (in a failed status)")
+                }
+                None => format!("Graph configuration error {code} in a failed status"),
+            };
+            pause_sends(
+                &self.pg,
+                &self.send_policy,
+                channel_id,
+                job.field("channel").unwrap_or("-"),
+                &reason,
+            )
+            .await?;
+        }
         // Judged as the sender does (`attempts` counts the sends, the last one failed).
         let retry = part.filter(|(_, _, attempts, retries_since)| {
             self.send_policy.resends(
@@ -167,21 +193,11 @@ impl StatusStage {
                 *retries_since,
             )
         });
-        let Some((outbound_id, channel_id, _, _)) = retry else {
+        let Some((outbound_id, _, _, _)) = retry else {
             // Resent already, or out of attempts or age: it stays failed.
             metrics::counter!("wafleet_failed_statuses_total", "class" => class.label(), "action" => "kept").increment(1);
             return Ok(());
         };
-        if class == ErrorClass::Config {
-            pause_sends(
-                &self.pg,
-                &self.send_policy,
-                channel_id,
-                job.field("channel").unwrap_or("-"),
-                &format!("Graph configuration error {code} in a failed status"),
-            )
-            .await?;
-        }
         // The sender reopens the part and sends it again (within its bounds). A redelivery of
         // this status finds the part still failed if this job never got queued, and queues it.
         let mut con = self.redis.get().await.map_err(redis_down)?;

@@ -808,3 +808,55 @@ async fn a_title_or_token_name_is_removed_as_it_was_added_whatever_spaces_it_cam
         .ok()
         .says("token \"dashboard\" revoked");
 }
+
+#[tokio::test]
+async fn a_key_rotation_reseals_every_secret_once_and_the_old_key_can_then_go() {
+    let cfg = TestConfig::new().await;
+    ctl(&cfg, &["migrate"])
+        .await
+        .ok()
+        .says("migrations applied");
+    add_channel(&cfg, PNID).await;
+    let (old, new) = (
+        cfg.key.clone(),
+        run(&[], &["generate-key"]).await.ok().stdout,
+    );
+    let new = new.trim_end();
+    // The new key alone reads none of what the old one sealed: that is a wrong key.
+    ctl_with(
+        &cfg,
+        &[("WAFLEET_ENCRYPTION_KEY", Some(new))],
+        &["channel", "list"],
+    )
+    .await
+    .refused(1)
+    .complains("is WAFLEET_ENCRYPTION_KEY the key they were stored with?")
+    .never_shows(new);
+    let both = [
+        ("WAFLEET_ENCRYPTION_KEY", Some(new)),
+        ("WAFLEET_ENCRYPTION_KEY_PREVIOUS", Some(old.as_str())),
+    ];
+    ctl_with(&cfg, &both, &["rotate-secrets"])
+        .await
+        .ok()
+        .says("3 secret(s) sealed again with WAFLEET_ENCRYPTION_KEY, 0 already were");
+    ctl_with(&cfg, &both, &["rotate-secrets"])
+        .await
+        .ok()
+        .says("0 secret(s) sealed again with WAFLEET_ENCRYPTION_KEY, 3 already were");
+    let list = ctl_with(
+        &cfg,
+        &[("WAFLEET_ENCRYPTION_KEY", Some(new))],
+        &["channel", "list"],
+    )
+    .await
+    .ok();
+    assert_eq!(
+        cells(list.line(PNID))[6..],
+        ["1", "yes", "yes", "0"],
+        "{list:?}"
+    );
+    list.never_shows(new)
+        .never_shows(&old)
+        .never_shows(ACCESS_TOKEN);
+}

@@ -239,34 +239,51 @@ async fn any_message_the_customer_sends_opens_the_window_but_a_reaction_does_not
     e.worker.stop().await.unwrap();
 }
 
+/// A customer's number change as Meta sends it (reference A.4): from the old number, the new one
+/// in `system.wa_id`.
+fn number_change(old: &str, new: &str, wamid: &str, ts: i64) -> Vec<u8> {
+    let change = serde_json::json!({"from": old, "id": wamid, "timestamp": ts.to_string(),
+        "type": "system", "system": {"body": format!("User Cliente changed from {old} to {new}"),
+        "type": "user_changed_number", "wa_id": new}});
+    message_body(PNID, old, change)
+}
+
+impl Env {
+    /// The first customer writes from `from`, and an agent takes their conversation: its id.
+    async fn agent_takes_first_customer(&self, from: &str, wamid: &str) -> i64 {
+        self.send(from, wamid, T0, "hola, necesito ayuda con mi pedido")
+            .await;
+        self.stored(1).await;
+        self.wait_followups().await;
+        let (id,): (i64,) = sqlx::query_as("SELECT id FROM conversations")
+            .fetch_one(&self.pg)
+            .await
+            .unwrap();
+        let mut tx = self.pg.begin().await.unwrap();
+        assert!(
+            wafleet::store::conversations::hand_over(&mut tx, id, "agent", None, None)
+                .await
+                .unwrap()
+        );
+        tx.commit().await.unwrap();
+        id
+    }
+
+    /// Every conversation: id, key, wa_id and owner, by id.
+    async fn conversations(&self) -> Vec<(i64, String, Option<String>, String)> {
+        sqlx::query_as("SELECT id, customer_key, wa_id, owner FROM conversations ORDER BY id")
+            .fetch_all(&self.pg)
+            .await
+            .unwrap()
+    }
+}
+
 #[tokio::test]
 async fn a_customer_who_changes_number_keeps_their_conversation_and_whoever_answers_it() {
     let e = env().await;
-    e.send(
-        "573020",
-        "wamid.N1",
-        T0,
-        "hola, necesito ayuda con mi pedido",
-    )
-    .await;
-    e.stored(1).await;
-    e.wait_followups().await;
-    let (id,): (i64,) = sqlx::query_as("SELECT id FROM conversations")
-        .fetch_one(&e.pg)
-        .await
-        .unwrap();
-    let mut tx = e.pg.begin().await.unwrap();
-    assert!(
-        wafleet::store::conversations::hand_over(&mut tx, id, "agent", None, None)
-            .await
-            .unwrap()
-    );
-    tx.commit().await.unwrap();
-    // Reference A.4: from the old number, the new one in `system.wa_id`.
-    let change = serde_json::json!({"from": "573020", "id": "wamid.N2", "timestamp": (T0 + 5).to_string(),
-        "type": "system", "system": {"body": "User Cliente changed from 573020 to 573029",
-        "type": "user_changed_number", "wa_id": "573029"}});
-    e.post(&message_body(PNID, "573020", change)).await;
+    let id = e.agent_takes_first_customer("573020", "wamid.N1").await;
+    e.post(&number_change("573020", "573029", "wamid.N2", T0 + 5))
+        .await;
     e.stored(2).await;
     e.send(
         "573029",
@@ -303,6 +320,193 @@ async fn a_customer_who_changes_number_keeps_their_conversation_and_whoever_answ
         !cached,
         "the old number no longer leads to the conversation"
     );
+    e.worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_customer_who_writes_from_the_new_number_first_stays_with_their_agent() {
+    use wafleet::store::replies::{self, NewReply, ReplyRecord};
+    let e = env().await;
+    let id = e.agent_takes_first_customer("573040", "wamid.M1").await;
+    // The new number's message is processed first (another partition): a conversation of its
+    // own, which the bot answers.
+    e.send(
+        "573049",
+        "wamid.M2",
+        T0 + 10,
+        "sigo aquí, desde mi número nuevo",
+    )
+    .await;
+    e.stored(2).await;
+    e.wait_followups().await;
+    assert_eq!(e.message("wamid.M2").await.3, "reply");
+    // A part of the bot's answer written, not sent yet.
+    let (part,): (i64,) = sqlx::query_as(
+        "INSERT INTO outbound_messages (conversation_id, channel_id, reply_to, session_no, kind,
+                                        part_no, body)
+         SELECT conversation_id, channel_id, id, session_no, 'reply', 1, 'x' FROM messages
+          WHERE wamid = 'wamid.M2' RETURNING id",
+    )
+    .fetch_one(&e.pg)
+    .await
+    .unwrap();
+    // The model starts on it too: its context names the new number's conversation.
+    let (m2,): (i64,) = sqlx::query_as("SELECT id FROM messages WHERE wamid = 'wamid.M2'")
+        .fetch_one(&e.pg)
+        .await
+        .unwrap();
+    let mut con = e.pg.acquire().await.unwrap();
+    let (ctx, _) = replies::reply_contexts(&mut con, &[(m2, 20)])
+        .await
+        .unwrap()
+        .remove(0)
+        .unwrap();
+    // Then the change, sent before that message by Meta's clock.
+    e.post(&number_change("573040", "573049", "wamid.M3", T0 + 5))
+        .await;
+    e.stored(3).await;
+    e.wait_followups().await;
+    // The model's answer is recorded after the merge.
+    let answer = ReplyRecord::new(
+        &ctx,
+        &NewReply {
+            outcome: "produced",
+            failures: serde_json::json!([]),
+            ..NewReply::default()
+        },
+        vec![("reply".into(), "y".into())],
+        "pending",
+    );
+    assert_eq!(
+        replies::record_replies(&mut con, &[answer]).await.unwrap(),
+        vec![true],
+        "the answer of a merged conversation's message is recorded"
+    );
+    let (late,): (i64,) = sqlx::query_as(
+        "SELECT id FROM outbound_messages WHERE reply_to = $1 AND body = 'y' AND conversation_id = $2",
+    )
+    .bind(m2)
+    .bind(id)
+    .fetch_one(&e.pg)
+    .await
+    .unwrap();
+    assert_eq!(
+        e.conversations().await,
+        vec![(id, "573049".into(), Some("573049".into()), "human".into())],
+        "one conversation, the older one, under the new number, still the agent's"
+    );
+    let (elsewhere,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM messages WHERE conversation_id <> $1")
+            .bind(id)
+            .fetch_one(&e.pg)
+            .await
+            .unwrap();
+    assert_eq!(elsewhere, 0, "the customer's whole history in it");
+    assert_eq!(
+        replies::claim_many(&mut con, &[part, late]).await.unwrap(),
+        vec![replies::Claim::Suppressed; 2],
+        "the bot's answers for the new number are not sent to a customer a human has"
+    );
+    drop(con);
+    e.send("573049", "wamid.M4", T0 + 20, "¿hola?").await;
+    e.stored(4).await;
+    e.wait_followups().await;
+    assert_eq!(e.message("wamid.M4").await.3, "none");
+    // A redelivered change finds everything done.
+    e.cfg.forget_dedup_marks().await;
+    e.post(&number_change("573040", "573049", "wamid.M3", T0 + 5))
+        .await;
+    e.wait_followups().await;
+    assert_eq!(e.conversations().await.len(), 1);
+    e.worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_model_asking_for_a_human_after_a_merge_hands_over_the_merged_conversation() {
+    let e = env().await;
+    e.send("573070", "wamid.H1", T0, "hola").await;
+    e.stored(1).await;
+    e.send("573079", "wamid.H2", T0 + 10, "¿me atiende alguien?")
+        .await;
+    e.stored(2).await;
+    e.wait_followups().await;
+    // The model read the new number's conversation with its message, then the change merged it.
+    let (newer, message): (i64, i64) =
+        sqlx::query_as("SELECT conversation_id, id FROM messages WHERE wamid = 'wamid.H2'")
+            .fetch_one(&e.pg)
+            .await
+            .unwrap();
+    e.post(&number_change("573070", "573079", "wamid.H3", T0 + 5))
+        .await;
+    e.stored(3).await;
+    e.wait_followups().await;
+    let conversations = e.conversations().await;
+    assert_eq!(conversations.len(), 1);
+    assert_ne!(conversations[0].0, newer);
+    let mut tx = e.pg.begin().await.unwrap();
+    assert!(
+        wafleet::store::conversations::hand_over(&mut tx, newer, "model", None, Some(message))
+            .await
+            .unwrap()
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(
+        e.conversations().await[0].3,
+        "human",
+        "the customer's conversation is handed over"
+    );
+    let (events,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM handover_events WHERE conversation_id = $1 AND message_id = $2",
+    )
+    .bind(conversations[0].0)
+    .bind(message)
+    .fetch_one(&e.pg)
+    .await
+    .unwrap();
+    assert_eq!(events, 1);
+    e.worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_redelivered_number_change_leaves_no_conversation_under_the_old_number() {
+    let e = env().await;
+    e.send("573050", "wamid.C1", T0, "hola").await;
+    e.stored(1).await;
+    e.post(&number_change("573050", "573059", "wamid.C2", T0 + 5))
+        .await;
+    e.stored(2).await;
+    e.wait_followups().await;
+    let followed = e.conversations().await;
+    assert_eq!(followed.len(), 1);
+    assert_eq!(followed[0].1, "573059");
+    e.cfg.forget_dedup_marks().await;
+    e.post(&number_change("573050", "573059", "wamid.C2", T0 + 5))
+        .await;
+    e.wait_followups().await;
+    assert_eq!(e.conversations().await, followed);
+    e.worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_former_holders_conversation_under_the_new_number_is_not_merged_into_the_customers() {
+    let e = env().await;
+    // Someone who had the number before: their messages predate the change.
+    e.send(
+        "573069",
+        "wamid.F1",
+        T0 - 86_400 * 400,
+        "hola, soy el dueño anterior",
+    )
+    .await;
+    e.stored(1).await;
+    e.send("573060", "wamid.F2", T0, "hola").await;
+    e.stored(2).await;
+    e.post(&number_change("573060", "573069", "wamid.F3", T0 + 5))
+        .await;
+    e.stored(3).await;
+    e.wait_followups().await;
+    let keys: Vec<String> = e.conversations().await.into_iter().map(|c| c.1).collect();
+    assert_eq!(keys, ["573069", "573060"], "neither moved into the other");
     e.worker.stop().await.unwrap();
 }
 
@@ -1357,25 +1561,24 @@ async fn replies_recorded_together_each_get_their_own_answer() {
     .fetch_all(&e.pg)
     .await
     .unwrap();
-    let record = |(message_id, session_no, conversation_id, channel_id): (i64, i32, i64, i64),
-                  parts: &[&str]| ReplyRecord {
-        message_id,
-        session_no,
-        conversation_id,
-        channel_id,
-        outcome: "produced".into(),
-        provider: Some("standin".into()),
-        model: Some("m".into()),
-        input_tokens: Some(10),
-        output_tokens: Some(5),
-        canned: false,
-        failures: serde_json::json!([]),
-        parts: parts
-            .iter()
-            .map(|p| ("reply".to_string(), p.to_string()))
-            .collect(),
-        state: "pending".into(),
-    };
+    // The part's session is the message's own, read where it is recorded.
+    let record =
+        |(message_id, _, _, channel_id): (i64, i32, i64, i64), parts: &[&str]| ReplyRecord {
+            message_id,
+            channel_id,
+            outcome: "produced".into(),
+            provider: Some("standin".into()),
+            model: Some("m".into()),
+            input_tokens: Some(10),
+            output_tokens: Some(5),
+            canned: false,
+            failures: serde_json::json!([]),
+            parts: parts
+                .iter()
+                .map(|p| ("reply".to_string(), p.to_string()))
+                .collect(),
+            state: "pending".into(),
+        };
     let first = record_replies(
         &mut e.pg.acquire().await.unwrap(),
         &[record(ids[0], &["uno"])],

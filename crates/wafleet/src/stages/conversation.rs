@@ -160,6 +160,20 @@ impl ConversationStage {
         pii_types.dedup();
         let sent_at: Option<DateTime<Utc>> =
             m.timestamp.and_then(|t| Utc.timestamp_opt(t, 0).single());
+        let change = m.identity_change();
+        if change.is_some()
+            && let Some(existing) = store::find_message(&self.pg, channel.id, &m.wamid)
+                .await
+                .map_err(db("finding the message"))?
+        {
+            // A redelivered change: its conversation may hold the new key by now, so the old
+            // key would find none and make an empty one. Finish the move where the message is.
+            if let Some(change) = &change {
+                self.follow(job, existing.conversation_id, change, sent_at)
+                    .await?;
+            }
+            return self.stored_before(job, channel.id, &m.wamid).await;
+        }
         let at = sent_at.unwrap_or_else(Utc::now);
         let customer_key = job
             .conv
@@ -268,8 +282,8 @@ impl ConversationStage {
         };
         // A customer's new number or business-scoped id: their conversation follows them. Done
         // again on a redelivery (a no-op then), so a run that stopped after storing finishes it.
-        let followed = match m.identity_change() {
-            Some(change) => self.follow(&job.conv, stored.0.id, &change).await?,
+        let followed = match &change {
+            Some(change) => self.follow(job, stored.0.id, change, sent_at).await?,
             None => false,
         };
         let (conversation, Some(stored)) = stored else {
@@ -305,25 +319,30 @@ impl ConversationStage {
         Ok(Outcome::Done)
     }
 
-    /// Moves the conversation to the customer's new identifiers
-    /// ([`store::follow_identity_change`]) and forgets the old key's cached session. Returns
-    /// whether it moved.
+    /// Moves the conversation to the customer's new identifiers, merging into it the one their
+    /// new number may already have ([`store::follow_identity_change`]), and forgets the cached
+    /// sessions of the old key and of the merged conversations. Returns whether it moved.
     async fn follow(
         &self,
-        conv: &str,
+        job: &Job,
         conversation_id: i64,
         change: &wafleet_core::envelope::IdentityChange,
+        changed_at: Option<DateTime<Utc>>,
     ) -> Result<bool, StepError> {
-        let moved = store::follow_identity_change(
+        let followed = store::follow_identity_change(
             &self.pg,
             conversation_id,
             change.wa_id.as_deref(),
             change.user_id.as_deref(),
+            changed_at,
         )
         .await
-        .map_err(db("following the customer's new number"))?
-        .is_some();
-        let result = if moved { "followed" } else { "not_followed" };
+        .map_err(db("following the customer's new number"))?;
+        let result = match &followed {
+            Some(f) if !f.merged_keys.is_empty() => "merged",
+            Some(_) => "followed",
+            None => "not_followed",
+        };
         metrics::counter!("wafleet_identity_changes_total", "result" => result).increment(1);
         // Ids only: the identifiers are the customer's.
         tracing::info!(
@@ -331,18 +350,29 @@ impl ConversationStage {
             result,
             "the customer changed their number or business-scoped id"
         );
-        if moved {
-            let mut con = self
-                .redis
-                .get()
-                .await
-                .map_err(|e| StepError::Redis(e.into()))?;
+        let Some(followed) = followed else {
+            return Ok(false);
+        };
+        let channel = job.conv.split_once(':').map_or("", |(c, _)| c);
+        let stale = std::iter::once(job.conv.clone()).chain(
+            followed
+                .merged_keys
+                .iter()
+                .map(|k| format!("{channel}:{k}")),
+        );
+        let mut con = self
+            .redis
+            .get()
+            .await
+            .map_err(|e| StepError::Redis(e.into()))?;
+        // One by one: the keys sit in different partitions' slots.
+        for conv in stale {
             let _: () = con
-                .del(self.keys.session_cache(conv))
+                .del(self.keys.session_cache(&conv))
                 .await
                 .map_err(|e| StepError::Redis(e.into()))?;
         }
-        Ok(moved)
+        Ok(true)
     }
 
     /// Stores a message that brings more writes with it (a handover with its event and

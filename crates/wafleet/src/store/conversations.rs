@@ -392,47 +392,216 @@ pub async fn find_message(
     .await
 }
 
+/// What [`follow_identity_change`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Followed {
+    /// The conversation's key now.
+    pub key: String,
+    /// The keys of the conversations merged into it (their cached sessions are stale).
+    pub merged_keys: Vec<String>,
+}
+
 /// Follows a customer to their new phone number (`wa_id`) or business-scoped id (`user_id`),
-/// announced by a `system` message: the conversation keeps its id, history, owner and session,
-/// takes the new identifiers, and its key follows when it was keyed by the identifier that
-/// changed, so the customer's next message, from the new number, finds it. Returns the
-/// conversation's key when it holds the new identifiers; `None` when another conversation of the
-/// channel already has that key (the customer wrote from the new number first: both stay as
-/// they are) or the conversation was erased.
+/// announced by a `system` message sent at `changed_at` (Meta's clock): the conversation keeps
+/// its id, history, owner and session, takes the new identifiers, and its key follows when it
+/// was keyed by the identifier that changed, so the customer's next message, from the new
+/// number, finds it.
+///
+/// Meta does not order messages across numbers, so the customer may have written from the new
+/// number first, which made a conversation of its own. Such a conversation (keyed by the new
+/// identifier or holding it, and with no message sent before the change) is merged into this
+/// one, in the same transaction: its messages, replies, outbound parts and handover events move
+/// here (its sessions after this one's, so neither's history runs into the other's), it is
+/// deleted, and the merged conversation is a human's if either was (the earlier one's agent
+/// first), so the bot does not answer a customer a human holds. A conversation under the new
+/// number with a message from before the change is someone who had that number before: nothing
+/// moves (`None`). Also `None` when the conversation was erased. Run again (a redelivered
+/// change), it finds the work done and changes nothing.
 pub async fn follow_identity_change(
     pool: &PgPool,
     conversation_id: i64,
     wa_id: Option<&str>,
     user_id: Option<&str>,
-) -> sqlx::Result<Option<String>> {
-    sqlx::query_scalar(
-        "WITH c AS (
-             SELECT id, channel_id,
-                    CASE WHEN $2::text IS NOT NULL AND customer_key = wa_id THEN $2
-                         WHEN $3::text IS NOT NULL AND customer_key = user_id THEN $3
-                         ELSE customer_key END AS new_key
-               FROM conversations
-              WHERE id = $1 AND customer_key NOT LIKE 'erased:%'
-                FOR UPDATE
-         )
-         UPDATE conversations SET customer_key = c.new_key,
-                wa_id = COALESCE($2, conversations.wa_id),
-                user_id = COALESCE($3, conversations.user_id)
-           FROM c
-          WHERE conversations.id = c.id
-            AND NOT EXISTS (SELECT 1 FROM conversations o
-                             WHERE o.channel_id = c.channel_id AND o.customer_key = c.new_key
-                               AND o.id <> c.id)
-      RETURNING conversations.customer_key",
+    changed_at: Option<DateTime<Utc>>,
+) -> sqlx::Result<Option<Followed>> {
+    let mut tx = pool.begin().await?;
+    let Some((channel_id, key, old_wa_id, old_user_id)): Option<(
+        i64,
+        String,
+        Option<String>,
+        Option<String>,
+    )> = sqlx::query_as(
+        "SELECT channel_id, customer_key, wa_id, user_id FROM conversations
+          WHERE id = $1 AND customer_key NOT LIKE 'erased:%' FOR UPDATE",
     )
     .bind(conversation_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let new_key = match (wa_id, user_id) {
+        (Some(w), _) if old_wa_id.as_deref() == Some(key.as_str()) => w.to_string(),
+        (_, Some(u)) if old_user_id.as_deref() == Some(key.as_str()) => u.to_string(),
+        _ => key,
+    };
+    // The customer's other conversations (by the new key or identifiers), locked, and whether
+    // each is theirs: nothing in it was sent before the change.
+    let others: Vec<(i64, String, bool)> = sqlx::query_as(
+        "SELECT c.id, c.customer_key,
+                $5::timestamptz IS NULL
+                OR NOT EXISTS (SELECT 1 FROM messages m
+                                WHERE m.conversation_id = c.id AND m.sent_at < $5)
+           FROM conversations c
+          WHERE c.channel_id = $1 AND c.id <> $2 AND c.customer_key NOT LIKE 'erased:%'
+            AND (c.customer_key = $3 OR c.wa_id = $4 OR c.user_id = $6)
+          ORDER BY c.id FOR UPDATE",
+    )
+    .bind(channel_id)
+    .bind(conversation_id)
+    .bind(&new_key)
+    .bind(wa_id)
+    .bind(changed_at)
+    .bind(user_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    if others.iter().any(|(_, k, theirs)| *k == new_key && !theirs) {
+        // A former holder of the new number keeps it; so does the customer their old one.
+        return Ok(None);
+    }
+    let merged: Vec<(i64, String)> = others
+        .into_iter()
+        .filter(|(_, _, theirs)| *theirs)
+        .map(|(id, k, _)| (id, k))
+        .collect();
+    let merged_ids: Vec<i64> = merged.iter().map(|(id, _)| *id).collect();
+    if !merged_ids.is_empty() {
+        merge_conversations(&mut tx, conversation_id, &merged_ids).await?;
+    }
+    let key: String = sqlx::query_scalar(
+        "UPDATE conversations SET customer_key = $2,
+                wa_id = COALESCE($3, wa_id), user_id = COALESCE($4, user_id)
+          WHERE id = $1 RETURNING customer_key",
+    )
+    .bind(conversation_id)
+    .bind(&new_key)
     .bind(wa_id)
     .bind(user_id)
-    .fetch_optional(pool)
-    .await
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some(Followed {
+        key,
+        merged_keys: merged.into_iter().map(|(_, k)| k).collect(),
+    }))
+}
+
+/// Moves everything of the conversations `from` (locked by the caller) into `into`, deletes
+/// them, and merges their state into it; see [`follow_identity_change`].
+async fn merge_conversations(
+    tx: &mut Transaction<'_, Postgres>,
+    into: i64,
+    from: &[i64],
+) -> sqlx::Result<()> {
+    // Their sessions come after this one's current session: the model's history of a message
+    // stays what it was, and the customer's next message continues the latest session.
+    let (offset,): (i32,) = sqlx::query_as("SELECT session_no FROM conversations WHERE id = $1")
+        .bind(into)
+        .fetch_one(&mut **tx)
+        .await?;
+    sqlx::query(
+        "UPDATE messages SET conversation_id = $1, session_no = session_no + $3
+          WHERE conversation_id = ANY($2)",
+    )
+    .bind(into)
+    .bind(from)
+    .bind(offset)
+    .execute(&mut **tx)
+    .await?;
+    // An agent's reference is unique in its conversation: one the two share keeps its parts
+    // apart by the conversation they came from.
+    sqlx::query(
+        "UPDATE outbound_messages o SET conversation_id = $1, session_no = o.session_no + $3,
+                agent_ref = CASE WHEN EXISTS (SELECT 1 FROM outbound_messages x
+                                               WHERE x.conversation_id = $1
+                                                 AND x.agent_ref = o.agent_ref)
+                                 THEN o.agent_ref || ' (conversation ' || o.conversation_id || ')'
+                                 ELSE o.agent_ref END
+          WHERE o.conversation_id = ANY($2)",
+    )
+    .bind(into)
+    .bind(from)
+    .bind(offset)
+    .execute(&mut **tx)
+    .await?;
+    for table in ["handover_events", "replies"] {
+        sqlx::query(&format!(
+            "UPDATE {table} SET conversation_id = $1 WHERE conversation_id = ANY($2)"
+        ))
+        .bind(into)
+        .bind(from)
+        .execute(&mut **tx)
+        .await?;
+    }
+    // A human's if either was: the earlier conversation's handover first. The latest session
+    // (the newer conversation's) is the current one.
+    sqlx::query(
+        "WITH gone AS (
+             DELETE FROM conversations WHERE id = ANY($2)
+             RETURNING session_no, session_started_at, owner, handed_over_at, user_id,
+                       profile_name, last_customer_message_at, last_activity_at,
+                       agent_activity_at, id
+         ), b AS (
+             SELECT max(session_no) AS sessions, max(session_started_at) AS started,
+                    bool_or(owner = 'human') AS human, max(handed_over_at) FILTER (WHERE owner = 'human') AS handed_over_at,
+                    (array_agg(user_id ORDER BY id DESC) FILTER (WHERE user_id IS NOT NULL))[1]
+                        AS user_id,
+                    (array_agg(profile_name ORDER BY id DESC)
+                        FILTER (WHERE profile_name IS NOT NULL))[1] AS profile_name,
+                    max(last_customer_message_at) AS last_customer_message_at,
+                    max(last_activity_at) AS last_activity_at,
+                    max(agent_activity_at) AS agent_activity_at
+               FROM gone
+         )
+         UPDATE conversations c SET
+                session_no = c.session_no + b.sessions,
+                session_started_at = b.started,
+                owner = CASE WHEN c.owner = 'human' OR b.human THEN 'human' ELSE 'bot' END,
+                handed_over_at = CASE WHEN c.owner = 'human' THEN c.handed_over_at
+                                      ELSE b.handed_over_at END,
+                user_id = COALESCE(b.user_id, c.user_id),
+                profile_name = COALESCE(b.profile_name, c.profile_name),
+                last_customer_message_at =
+                    GREATEST(c.last_customer_message_at, b.last_customer_message_at),
+                last_activity_at = GREATEST(c.last_activity_at, b.last_activity_at),
+                agent_activity_at = GREATEST(c.agent_activity_at, b.agent_activity_at)
+           FROM b WHERE c.id = $1",
+    )
+    .bind(into)
+    .bind(from)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The conversation a message is in now, read with a lock that waits for a merge
+/// ([`follow_identity_change`]) under way; SQL for `$n`, the message id, falling back to `$c`.
+macro_rules! current_conversation_sql {
+    ($n:literal, $c:literal) => {
+        concat!(
+            "COALESCE((SELECT conversation_id FROM messages WHERE id = ",
+            $n,
+            " FOR SHARE), ",
+            $c,
+            ")"
+        )
+    };
 }
 
 /// Hands the conversation to a human, unless a human already has it. Returns whether it changed.
+/// With the message that caused it, the message's conversation is handed over: the one a stage
+/// read before asking the model may have been merged into another since (a customer's number
+/// change, [`follow_identity_change`]).
 pub async fn hand_over(
     tx: &mut Transaction<'_, Postgres>,
     conversation_id: i64,
@@ -440,16 +609,17 @@ pub async fn hand_over(
     keyword: Option<&str>,
     message_id: Option<i64>,
 ) -> sqlx::Result<bool> {
-    let changed = sqlx::query(
+    let changed: Option<i64> = sqlx::query_scalar(concat!(
         "UPDATE conversations SET owner = 'human', handed_over_at = now()
-         WHERE id = $1 AND owner = 'bot'",
-    )
+         WHERE id = ",
+        current_conversation_sql!("$2", "$1"),
+        " AND owner = 'bot' RETURNING id"
+    ))
     .bind(conversation_id)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if changed {
+    .bind(message_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if let Some(conversation_id) = changed {
         sqlx::query(
             "INSERT INTO handover_events (conversation_id, kind, reason, keyword, message_id)
              VALUES ($1, 'handover', $2, $3, $4)",
@@ -461,20 +631,23 @@ pub async fn hand_over(
         .execute(&mut **tx)
         .await?;
     }
-    Ok(changed)
+    Ok(changed.is_some())
 }
 
 /// Whether the conversation was already handed to a human because of `message_id` (a stage
-/// redoing a handover after a crash or an error must not redo one a human has since released).
+/// redoing a handover after a crash or an error must not redo one a human has since released);
+/// the conversation the message is in now, as in [`hand_over`].
 pub async fn handed_over_for(
     tx: &mut Transaction<'_, Postgres>,
     conversation_id: i64,
     message_id: i64,
 ) -> sqlx::Result<bool> {
-    sqlx::query_scalar(
+    sqlx::query_scalar(concat!(
         "SELECT EXISTS (SELECT 1 FROM handover_events
-                         WHERE conversation_id = $1 AND kind = 'handover' AND message_id = $2)",
-    )
+                         WHERE conversation_id = ",
+        current_conversation_sql!("$2", "$1"),
+        " AND kind = 'handover' AND message_id = $2)"
+    ))
     .bind(conversation_id)
     .bind(message_id)
     .fetch_one(&mut **tx)

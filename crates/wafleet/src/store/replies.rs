@@ -205,10 +205,10 @@ pub struct NewReply<'a> {
 /// A reply to record, with its parts (numbered from 0), all in `state`.
 #[derive(Debug, Clone)]
 pub struct ReplyRecord {
+    /// The message answered. The reply and its parts are recorded in its conversation and
+    /// session as they are when recorded, which a customer's number change may have moved
+    /// since the context was read.
     pub message_id: i64,
-    /// The session of the message answered, which its parts belong to.
-    pub session_no: i32,
-    pub conversation_id: i64,
     pub channel_id: i64,
     pub outcome: String,
     pub provider: Option<String>,
@@ -231,8 +231,6 @@ impl ReplyRecord {
     ) -> Self {
         Self {
             message_id: ctx.message_id,
-            session_no: ctx.session_no,
-            conversation_id: ctx.conversation_id,
             channel_id: ctx.channel_id,
             outcome: r.outcome.to_string(),
             provider: r.provider.map(String::from),
@@ -270,29 +268,38 @@ async fn record_distinct(
         .collect();
     let rows: Vec<(i64, bool)> = sqlx::query_as(
         "WITH r AS (
-             SELECT * FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[],
-                                  $6::int4[], $7::int4[], $8::bool[], $9::jsonb[], $18::bool[])
-                 WITH ORDINALITY AS r(message_id, conversation_id, outcome, provider, model,
-                                      input_tokens, output_tokens, canned, failures, settles, n)
+             SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::int4[],
+                                  $6::int4[], $7::bool[], $8::jsonb[], $15::bool[])
+                 WITH ORDINALITY AS r(message_id, outcome, provider, model, input_tokens,
+                                      output_tokens, canned, failures, settles, n)
+         ), m AS (
+             -- The conversation and session of each message as they are now, not as the
+             -- context read them before the model ran: a customer's number change may have
+             -- merged the conversation into another meanwhile (store::conversations::
+             -- follow_identity_change). A locking read waits for such a merge and sees the row
+             -- it left.
+             SELECT m.id, m.conversation_id, m.session_no FROM messages m
+              WHERE m.id IN (SELECT message_id FROM r)
+                FOR SHARE
          ), inserted AS (
              INSERT INTO replies (message_id, conversation_id, outcome, provider, model,
                                   input_tokens, output_tokens, canned, failures)
-             SELECT message_id, conversation_id, outcome, provider, model, input_tokens,
-                    output_tokens, canned, failures FROM r
+             SELECT r.message_id, m.conversation_id, outcome, provider, model, input_tokens,
+                    output_tokens, canned, failures FROM r JOIN m ON m.id = r.message_id
              ON CONFLICT (message_id) DO NOTHING
              RETURNING message_id
          ), parts AS (
              INSERT INTO outbound_messages (conversation_id, channel_id, reply_to, session_no,
                                             part_no, kind, body, state)
-             SELECT p.conversation_id, p.channel_id, p.reply_to, p.session_no, p.part_no, p.kind,
+             SELECT m.conversation_id, p.channel_id, p.reply_to, m.session_no, p.part_no, p.kind,
                     p.body, p.state
-               FROM unnest($10::int8[], $11::int8[], $12::int8[], $13::int4[], $14::text[],
-                           $15::text[], $16::text[], $17::int4[])
-                    AS p(reply_to, conversation_id, channel_id, part_no, kind, body, state,
-                         session_no)
+               FROM unnest($9::int8[], $10::int8[], $11::int4[], $12::text[], $13::text[],
+                           $14::text[])
+                    AS p(reply_to, channel_id, part_no, kind, body, state)
                JOIN inserted i ON i.message_id = p.reply_to
+               JOIN m ON m.id = p.reply_to
                -- Nothing is written to a customer erased meanwhile (crate::erasure).
-               JOIN conversations c ON c.id = p.conversation_id
+               JOIN conversations c ON c.id = m.conversation_id
                                    AND c.customer_key NOT LIKE 'erased:%'
              ON CONFLICT (reply_to, kind, part_no) DO NOTHING
          ), settled AS (
@@ -306,7 +313,6 @@ async fn record_distinct(
            FROM r ORDER BY r.n",
     )
     .bind(super::column(replies, |r| r.message_id))
-    .bind(super::column(replies, |r| r.conversation_id))
     .bind(super::column(replies, |r| r.outcome.as_str()))
     .bind(super::column(replies, |r| r.provider.as_deref()))
     .bind(super::column(replies, |r| r.model.as_deref()))
@@ -315,13 +321,11 @@ async fn record_distinct(
     .bind(super::column(replies, |r| r.canned))
     .bind(super::column(replies, |r| &r.failures))
     .bind(super::column(&parts, |(r, _, _)| r.message_id))
-    .bind(super::column(&parts, |(r, _, _)| r.conversation_id))
     .bind(super::column(&parts, |(r, _, _)| r.channel_id))
     .bind(super::column(&parts, |(_, n, _)| *n))
     .bind(super::column(&parts, |(_, _, p)| p.0.as_str()))
     .bind(super::column(&parts, |(_, _, p)| p.1.as_str()))
     .bind(super::column(&parts, |(r, _, _)| r.state.as_str()))
-    .bind(super::column(&parts, |(r, _, _)| r.session_no))
     .bind(super::column(replies, |r| {
         r.parts.is_empty() || r.state != "pending"
     }))

@@ -860,3 +860,80 @@ async fn a_key_rotation_reseals_every_secret_once_and_the_old_key_can_then_go() 
         .never_shows(&old)
         .never_shows(ACCESS_TOKEN);
 }
+
+#[tokio::test]
+async fn an_agent_takes_writes_to_and_releases_a_conversation_and_the_customer_is_erased() {
+    let cfg = TestConfig::new().await;
+    add_channel(&cfg, PNID).await;
+    let ingest = Ingest::start(cfg.ingest_settings()).await;
+    let now = chrono::Utc::now().timestamp();
+    let body = text_message(PNID, "573001234567", "wamid.A1", now, "necesito ayuda");
+    assert_eq!(ingest.post_signed(&body, APP_SECRET).await.status(), 200);
+    let worker = Worker::start(cfg.worker_settings(&["conversation"])).await;
+    wait_count(&cfg.pg().await, "SELECT count(*) FROM messages", 1, 20).await;
+    worker.stop().await.unwrap();
+    ingest.stop().await.unwrap();
+
+    let list = ctl(&cfg, &["conversation", "list"]).await.ok();
+    assert_eq!(list.stdout.lines().count(), 2, "{list:?}");
+    let row: Vec<&str> = list.stdout.lines().nth(1).unwrap().split('\t').collect();
+    assert_eq!(row[1..4], ["bot", PNID, "573001234567"], "{list:?}");
+    let id = row[0];
+    ctl(&cfg, &["conversation", "take", id])
+        .await
+        .ok()
+        .says(&format!("conversation {id} taken from the bot"));
+    ctl(&cfg, &["conversation", "take", id])
+        .await
+        .ok()
+        .says("was already with a human");
+    let reply = [
+        "conversation",
+        "reply",
+        id,
+        "Hola, soy Carla",
+        "--agent",
+        "carla",
+    ];
+    let sent = ctl(&cfg, &[&reply[..], &["--reference", "ref-1"]].concat())
+        .await
+        .ok();
+    sent.says("queued in 1 part(s)")
+        .complains("reference ref-1");
+    // Repeated with its reference (the first run's answer lost): not written twice.
+    ctl(&cfg, &[&reply[..], &["--reference", "ref-1"]].concat())
+        .await
+        .ok()
+        .says("recorded before with this reference");
+    let shown = ctl(&cfg, &["conversation", "show", id]).await.ok();
+    shown
+        .says("customer: necesito ayuda")
+        .says("agent carla [pending]: Hola, soy Carla");
+    assert_eq!(shown.stdout.lines().count(), 2, "{shown:?}");
+    ctl(&cfg, &["conversation", "release", id])
+        .await
+        .ok()
+        .says(&format!("conversation {id} given back to the bot"));
+
+    // Named in another notation than Meta's: the same customer.
+    let erased = ctl(
+        &cfg,
+        &["customer", "erase", PNID, "+57 300 123-4567", "--yes"],
+    )
+    .await
+    .ok();
+    erased
+        .says(&format!(
+            "erased: 1 conversation(s) ({id}), 1 message(s), 1 outbound part(s)"
+        ))
+        .never_shows("573001234567");
+    let shown = ctl(&cfg, &["conversation", "show", id]).await.ok();
+    shown.never_shows("necesito").never_shows("Carla");
+    ctl(
+        &cfg,
+        &["customer", "erase", PNID, "+57 300 123-4567", "--yes"],
+    )
+    .await
+    .refused(1)
+    .complains(&format!("number {PNID} has no such customer"));
+}

@@ -468,7 +468,7 @@ async fn a_model_asking_for_a_human_after_a_merge_hands_over_the_merged_conversa
 }
 
 #[tokio::test]
-async fn a_redelivered_number_change_leaves_no_conversation_under_the_old_number() {
+async fn redeliveries_after_a_number_change_leave_no_conversation_under_the_old_number() {
     let e = env().await;
     e.send("573050", "wamid.C1", T0, "hola").await;
     e.stored(1).await;
@@ -479,9 +479,15 @@ async fn a_redelivered_number_change_leaves_no_conversation_under_the_old_number
     let followed = e.conversations().await;
     assert_eq!(followed.len(), 1);
     assert_eq!(followed[0].1, "573059");
+    // The change again: it finds its message where it is.
     e.cfg.forget_dedup_marks().await;
     e.post(&number_change("573050", "573059", "wamid.C2", T0 + 5))
         .await;
+    e.wait_followups().await;
+    assert_eq!(e.conversations().await, followed);
+    // A message sent from the old number before the change, again.
+    e.cfg.forget_dedup_marks().await;
+    e.send("573050", "wamid.C1", T0, "hola").await;
     e.wait_followups().await;
     assert_eq!(e.conversations().await, followed);
     e.worker.stop().await.unwrap();

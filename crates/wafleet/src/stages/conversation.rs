@@ -172,7 +172,7 @@ impl ConversationStage {
                 self.follow(job, existing.conversation_id, change, sent_at)
                     .await?;
             }
-            return self.stored_before(job, channel.id, &m.wamid).await;
+            return self.stored_before(job, channel.id, &m.wamid, None).await;
         }
         let at = sent_at.unwrap_or_else(Utc::now);
         let customer_key = job
@@ -280,16 +280,19 @@ impl ConversationStage {
                     .map_err(db("storing the message"))?
             }
         };
-        // A customer's new number or business-scoped id: their conversation follows them. Done
-        // again on a redelivery (a no-op then), so a run that stopped after storing finishes it.
+        // A customer's new number or business-scoped id: their conversation follows them (a
+        // redelivered change, found stored above, finishes it there).
         let followed = match &change {
             Some(change) => self.follow(job, stored.0.id, change, sent_at).await?,
             None => false,
         };
+        let touched = stored.0.id;
         let (conversation, Some(stored)) = stored else {
             // Stored before: a redelivery (or a reclaim). Finish what the first attempt may not
             // have: its follow-ups.
-            return self.stored_before(job, channel.id, &m.wamid).await;
+            return self
+                .stored_before(job, channel.id, &m.wamid, Some(touched))
+                .await;
         };
         metrics::counter!("wafleet_conversation_messages_total", "action" => stored.action.clone())
             .increment(1);
@@ -467,12 +470,16 @@ impl ConversationStage {
     }
 
     /// A message already stored: redo its follow-ups (the first attempt may have stopped before
-    /// them; if it did not, the later stages take the repeat as a no-op).
+    /// them; if it did not, the later stages take the repeat as a no-op). `touched` is the
+    /// conversation this attempt found or made by the message's key: when the message is in
+    /// another (its conversation followed the customer to a new number since), one made now
+    /// would stay empty under the old key, and is deleted.
     async fn stored_before(
         &self,
         job: &Job,
         channel_id: i64,
         wamid: &str,
+        touched: Option<i64>,
     ) -> Result<Outcome, StepError> {
         match store::find_message(&self.pg, channel_id, wamid)
             .await
@@ -480,6 +487,11 @@ impl ConversationStage {
         {
             Some(existing) => {
                 metrics::counter!("wafleet_conversation_redeliveries_total").increment(1);
+                if let Some(touched) = touched.filter(|t| *t != existing.conversation_id) {
+                    store::delete_if_empty(&self.pg, touched)
+                        .await
+                        .map_err(db("dropping an empty conversation"))?;
+                }
                 self.follow_up(job, &existing).await?;
                 Ok(Outcome::Done)
             }

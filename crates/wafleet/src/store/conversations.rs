@@ -392,6 +392,26 @@ pub async fn find_message(
     .await
 }
 
+/// Deletes the conversation if nothing is in it: no message, outbound part or handover (a
+/// reply comes with a message). Returns whether it did; a row that something refers to after
+/// all (written meanwhile) is kept.
+pub async fn delete_if_empty(pool: &PgPool, conversation_id: i64) -> sqlx::Result<bool> {
+    let deleted = sqlx::query(
+        "DELETE FROM conversations WHERE id = $1
+            AND NOT EXISTS (SELECT 1 FROM messages WHERE conversation_id = $1)
+            AND NOT EXISTS (SELECT 1 FROM outbound_messages WHERE conversation_id = $1)
+            AND NOT EXISTS (SELECT 1 FROM handover_events WHERE conversation_id = $1)",
+    )
+    .bind(conversation_id)
+    .execute(pool)
+    .await;
+    match deleted {
+        Ok(done) => Ok(done.rows_affected() == 1),
+        Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// What [`follow_identity_change`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Followed {

@@ -161,17 +161,15 @@ impl ConversationStage {
         let sent_at: Option<DateTime<Utc>> =
             m.timestamp.and_then(|t| Utc.timestamp_opt(t, 0).single());
         let change = m.identity_change();
-        if change.is_some()
+        if let Some(change) = &change
             && let Some(existing) = store::find_message(&self.pg, channel.id, &m.wamid)
                 .await
                 .map_err(db("finding the message"))?
         {
             // A redelivered change: its conversation may hold the new key by now, so the old
             // key would find none and make an empty one. Finish the move where the message is.
-            if let Some(change) = &change {
-                self.follow(job, existing.conversation_id, change, sent_at)
-                    .await?;
-            }
+            self.follow(job, existing.conversation_id, change, sent_at)
+                .await?;
             return self.stored_before(job, channel.id, &m.wamid, None).await;
         }
         let at = sent_at.unwrap_or_else(Utc::now);

@@ -434,16 +434,27 @@ pub async fn read_whole<C: redis::aio::ConnectionLike>(
     con: &mut C,
     stream: &str,
 ) -> RedisResult<Vec<StoredEntry>> {
+    read_first(con, stream, usize::MAX).await
+}
+
+/// The first `limit` entries of `stream`, oldest first, read [`PAGE`] entries at a time.
+pub async fn read_first<C: redis::aio::ConnectionLike>(
+    con: &mut C,
+    stream: &str,
+    limit: usize,
+) -> RedisResult<Vec<StoredEntry>> {
     let mut all: Vec<StoredEntry> = Vec::new();
-    loop {
+    while all.len() < limit {
         let after = all.last().map(|e| e.id().to_string());
-        let page = read_after(con, stream, after.as_deref(), PAGE).await?;
-        let done = page.len() < PAGE;
+        let want = PAGE.min(limit - all.len());
+        let page = read_after(con, stream, after.as_deref(), want).await?;
+        let done = page.len() < want;
         all.extend(page);
         if done {
-            return Ok(all);
+            break;
         }
     }
+    Ok(all)
 }
 
 #[cfg(test)]

@@ -1181,10 +1181,8 @@ async fn dead_letters(cmd: &DeadCommand) -> anyhow::Result<()> {
     let (keys, mut con) = redis_side().await?;
     match cmd {
         DeadCommand::List { stage, limit } => {
-            for letter in
-                wafleet::streams::read_after(&mut con, &keys.dead(stage), None, *limit).await?
-            {
-                println!(
+            list_stream(&mut con, &keys.dead(stage), *limit, |letter| {
+                format!(
                     "{}  source={} {}  deliveries={} attempts={}  reason={}",
                     letter.id(),
                     letter.text("source_stream"),
@@ -1192,8 +1190,9 @@ async fn dead_letters(cmd: &DeadCommand) -> anyhow::Result<()> {
                     letter.text("deliveries"),
                     letter.text("attempts"),
                     letter.text("reason")
-                );
-            }
+                )
+            })
+            .await?;
         }
         DeadCommand::Replay {
             stage,
@@ -1251,18 +1250,17 @@ async fn quarantine(cmd: &QuarantineCommand) -> anyhow::Result<()> {
     let (keys, mut con) = redis_side().await?;
     match cmd {
         QuarantineCommand::List { limit } => {
-            for kept in
-                wafleet::streams::read_after(&mut con, &keys.quarantine(), None, *limit).await?
-            {
-                println!(
+            list_stream(&mut con, &keys.quarantine(), *limit, |kept| {
+                format!(
                     "{}  reason={}  channel={}  kind={}  received_at={}",
                     kept.id(),
                     kept.text("reason"),
                     kept.text("channel"),
                     kept.text("kind"),
                     kept.text("received_at")
-                );
-            }
+                )
+            })
+            .await?;
         }
         QuarantineCommand::Replay { ids, all } => {
             anyhow::ensure!(
@@ -1299,6 +1297,29 @@ async fn quarantine(cmd: &QuarantineCommand) -> anyhow::Result<()> {
             );
             all_found(ids, &found, &keys.quarantine())?;
         }
+    }
+    Ok(())
+}
+
+/// Prints the first `limit` entries of `stream`, a line each, then on stderr how many it left
+/// out: a list cut at `--limit` must not pass for the whole stream (an operator replaying the
+/// ids shown would leave the rest).
+async fn list_stream(
+    con: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    limit: usize,
+    line: impl Fn(&wafleet::streams::StoredEntry) -> String,
+) -> anyhow::Result<()> {
+    let shown = wafleet::streams::read_first(con, stream, limit).await?;
+    for entry in &shown {
+        println!("{}", line(entry));
+    }
+    let total: usize = redis::cmd("XLEN").arg(stream).query_async(con).await?;
+    if total > shown.len() {
+        eprintln!(
+            "{} of {total} entries shown (--limit {total} shows them all)",
+            shown.len()
+        );
     }
     Ok(())
 }

@@ -937,3 +937,49 @@ async fn an_agent_takes_writes_to_and_releases_a_conversation_and_the_customer_i
     .refused(1)
     .complains(&format!("number {PNID} has no such customer"));
 }
+
+#[tokio::test]
+async fn a_list_cut_at_its_limit_says_how_many_it_left_out() {
+    let cfg = TestConfig::new().await;
+    add_channel(&cfg, "1122334455667").await;
+    let ingest = Ingest::start(cfg.ingest_settings()).await;
+    let now = chrono::Utc::now().timestamp();
+    for i in 0..3 {
+        let body = text_message(UNKNOWN, "573001234567", &format!("wamid.L{i}"), now, "hola");
+        assert_eq!(ingest.post_signed(&body, APP_SECRET).await.status(), 200);
+    }
+    ingest.stop().await.unwrap();
+    let cut = ctl(&cfg, &["quarantine", "list", "--limit", "2"])
+        .await
+        .ok();
+    assert_eq!(cut.stdout.lines().count(), 2, "{cut:?}");
+    cut.complains("2 of 3 entries shown (--limit 3 shows them all)");
+    let whole = ctl(&cfg, &["quarantine", "list", "--limit", "3"])
+        .await
+        .ok();
+    assert_eq!(whole.stdout.lines().count(), 3, "{whole:?}");
+    assert!(whole.stderr.is_empty(), "{whole:?}");
+    // The same for dead letters, read 200 at a time (more than one page here).
+    let mut con = cfg.redis().await;
+    let mut pipe = redis::pipe();
+    for i in 0..250 {
+        pipe.xadd(
+            cfg.keys().dead("sender"),
+            "*",
+            &[("reason", format!("gave up {i}"))],
+        )
+        .ignore();
+    }
+    let () = pipe.query_async(&mut con).await.unwrap();
+    let cut = ctl(&cfg, &["dead", "list", "sender", "--limit", "230"])
+        .await
+        .ok();
+    let reasons: Vec<&str> = cut
+        .stdout
+        .lines()
+        .map(|l| l.rsplit_once("reason=").unwrap().1)
+        .collect();
+    let want: Vec<String> = (0..230).map(|i| format!("gave up {i}")).collect();
+    assert_eq!(reasons, want);
+    cut.complains("230 of 250 entries shown (--limit 250 shows them all)");
+}

@@ -983,3 +983,43 @@ async fn a_list_cut_at_its_limit_says_how_many_it_left_out() {
     assert_eq!(reasons, want);
     cut.complains("230 of 250 entries shown (--limit 250 shows them all)");
 }
+
+#[tokio::test]
+async fn a_setting_is_changed_from_a_file_shown_and_put_back_and_a_bad_value_is_refused() {
+    let cfg = TestConfig::new().await;
+    add_channel(&cfg, PNID).await;
+    let prompt = TempFile::new("Eres el asistente de la tienda.\n".as_bytes());
+    ctl(
+        &cfg,
+        &[
+            "channel",
+            "set",
+            PNID,
+            "system_prompt",
+            &format!("@{}", prompt.path()),
+        ],
+    )
+    .await
+    .ok()
+    .says(&format!("system_prompt of {PNID} changed"));
+    ctl(&cfg, &["channel", "show", PNID])
+        .await
+        .ok()
+        .says("system_prompt: Eres el asistente de la tienda.\nhistory_limit: 20\n");
+    let bad = ctl(&cfg, &["channel", "set", PNID, "history_limit", "muchos"])
+        .await
+        .refused(1);
+    bad.complains("history_limit takes a whole number above 0");
+    ctl(&cfg, &["channel", "set", PNID, "bogus", "1"])
+        .await
+        .refused(1)
+        .complains("unknown setting \"bogus\": one of system_prompt, history_limit");
+    ctl(&cfg, &["channel", "unset", PNID, "system_prompt"])
+        .await
+        .ok()
+        .says("back to its default");
+    ctl(&cfg, &["channel", "show", PNID])
+        .await
+        .ok()
+        .says("system_prompt: (default)\n");
+}

@@ -133,6 +133,13 @@ async fn ctl(cfg: &TestConfig, args: &[&str]) -> Ran {
     run(&deployment(cfg), args).await
 }
 
+/// `wafleetctl ARGS` on the test's deployment, which must succeed saying `text` on stdout.
+async fn ctl_says(cfg: &TestConfig, args: &[&str], text: &str) -> Ran {
+    let ran = ctl(cfg, args).await.ok();
+    ran.says(text);
+    ran
+}
+
 /// `wafleetctl ARGS` on the test's deployment, with `changes` to its variables (`None` unsets).
 async fn ctl_with(cfg: &TestConfig, changes: &[(&str, Option<&str>)], args: &[&str]) -> Ran {
     let mut env: HashMap<String, String> = deployment(cfg).into_iter().collect();
@@ -791,31 +798,34 @@ async fn a_title_or_token_name_is_removed_as_it_was_added_whatever_spaces_it_cam
     let cfg = TestConfig::new().await;
     add_channel(&cfg, PNID).await;
     // Pasted with a space around it: stored trimmed, so it is removed the same way.
-    ctl(&cfg, &["knowledge", "add", PNID, " Envíos ", "Enviamos."])
-        .await
-        .ok()
-        .says("entry \"Envíos\" added");
-    ctl(&cfg, &["knowledge", "remove", PNID, " Envíos "])
-        .await
-        .ok()
-        .says("entry \"Envíos\" removed");
+    ctl_says(
+        &cfg,
+        &["knowledge", "add", PNID, " Envíos ", "Enviamos."],
+        "entry \"Envíos\" added",
+    )
+    .await;
+    ctl_says(
+        &cfg,
+        &["knowledge", "remove", PNID, " Envíos "],
+        "entry \"Envíos\" removed",
+    )
+    .await;
     let list = ctl(&cfg, &["knowledge", "list", PNID]).await.ok();
     assert_eq!(list.stdout.lines().count(), 1, "only the header: {list:?}");
 
     ctl(&cfg, &["api-token", "add", " dashboard "]).await.ok();
-    ctl(&cfg, &["api-token", "revoke", " dashboard "])
-        .await
-        .ok()
-        .says("token \"dashboard\" revoked");
+    ctl_says(
+        &cfg,
+        &["api-token", "revoke", " dashboard "],
+        "token \"dashboard\" revoked",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_key_rotation_reseals_every_secret_once_and_the_old_key_can_then_go() {
     let cfg = TestConfig::new().await;
-    ctl(&cfg, &["migrate"])
-        .await
-        .ok()
-        .says("migrations applied");
+    ctl_says(&cfg, &["migrate"], "migrations applied").await;
     add_channel(&cfg, PNID).await;
     let (old, new) = (
         cfg.key.clone(),
@@ -879,14 +889,18 @@ async fn an_agent_takes_writes_to_and_releases_a_conversation_and_the_customer_i
     let row: Vec<&str> = list.stdout.lines().nth(1).unwrap().split('\t').collect();
     assert_eq!(row[1..4], ["bot", PNID, "573001234567"], "{list:?}");
     let id = row[0];
-    ctl(&cfg, &["conversation", "take", id])
-        .await
-        .ok()
-        .says(&format!("conversation {id} taken from the bot"));
-    ctl(&cfg, &["conversation", "take", id])
-        .await
-        .ok()
-        .says("was already with a human");
+    ctl_says(
+        &cfg,
+        &["conversation", "take", id],
+        &format!("conversation {id} taken from the bot"),
+    )
+    .await;
+    ctl_says(
+        &cfg,
+        &["conversation", "take", id],
+        "was already with a human",
+    )
+    .await;
     let reply = [
         "conversation",
         "reply",
@@ -901,19 +915,23 @@ async fn an_agent_takes_writes_to_and_releases_a_conversation_and_the_customer_i
     sent.says("queued in 1 part(s)")
         .complains("reference ref-1");
     // Repeated with its reference (the first run's answer lost): not written twice.
-    ctl(&cfg, &[&reply[..], &["--reference", "ref-1"]].concat())
-        .await
-        .ok()
-        .says("recorded before with this reference");
+    ctl_says(
+        &cfg,
+        &[&reply[..], &["--reference", "ref-1"]].concat(),
+        "recorded before with this reference",
+    )
+    .await;
     let shown = ctl(&cfg, &["conversation", "show", id]).await.ok();
     shown
         .says("customer: necesito ayuda")
         .says("agent carla [pending]: Hola, soy Carla");
     assert_eq!(shown.stdout.lines().count(), 2, "{shown:?}");
-    ctl(&cfg, &["conversation", "release", id])
-        .await
-        .ok()
-        .says(&format!("conversation {id} given back to the bot"));
+    ctl_says(
+        &cfg,
+        &["conversation", "release", id],
+        &format!("conversation {id} given back to the bot"),
+    )
+    .await;
 
     // Named in another notation than Meta's: the same customer.
     let erased = ctl(
@@ -989,7 +1007,7 @@ async fn a_setting_is_changed_from_a_file_shown_and_put_back_and_a_bad_value_is_
     let cfg = TestConfig::new().await;
     add_channel(&cfg, PNID).await;
     let prompt = TempFile::new("Eres el asistente de la tienda.\n".as_bytes());
-    ctl(
+    ctl_says(
         &cfg,
         &[
             "channel",
@@ -998,14 +1016,15 @@ async fn a_setting_is_changed_from_a_file_shown_and_put_back_and_a_bad_value_is_
             "system_prompt",
             &format!("@{}", prompt.path()),
         ],
+        &format!("system_prompt of {PNID} changed"),
     )
-    .await
-    .ok()
-    .says(&format!("system_prompt of {PNID} changed"));
-    ctl(&cfg, &["channel", "show", PNID])
-        .await
-        .ok()
-        .says("system_prompt: Eres el asistente de la tienda.\nhistory_limit: 20\n");
+    .await;
+    ctl_says(
+        &cfg,
+        &["channel", "show", PNID],
+        "system_prompt: Eres el asistente de la tienda.\nhistory_limit: 20\n",
+    )
+    .await;
     let bad = ctl(&cfg, &["channel", "set", PNID, "history_limit", "muchos"])
         .await
         .refused(1);
@@ -1014,12 +1033,16 @@ async fn a_setting_is_changed_from_a_file_shown_and_put_back_and_a_bad_value_is_
         .await
         .refused(1)
         .complains("unknown setting \"bogus\": one of system_prompt, history_limit");
-    ctl(&cfg, &["channel", "unset", PNID, "system_prompt"])
-        .await
-        .ok()
-        .says("back to its default");
-    ctl(&cfg, &["channel", "show", PNID])
-        .await
-        .ok()
-        .says("system_prompt: (default)\n");
+    ctl_says(
+        &cfg,
+        &["channel", "unset", PNID, "system_prompt"],
+        "back to its default",
+    )
+    .await;
+    ctl_says(
+        &cfg,
+        &["channel", "show", PNID],
+        "system_prompt: (default)\n",
+    )
+    .await;
 }

@@ -2309,6 +2309,19 @@ async fn an_agent_cannot_write_into_a_bot_conversation_nor_outside_the_window_an
     assert_eq!(parts.join("\n\n"), long);
 }
 
+/// Ages what happened in every conversation by two days: the customer's last message, the
+/// handover and the agent's last action.
+async fn make_idle(pg: &PgPool) {
+    sqlx::query(
+        "UPDATE conversations SET last_activity_at = now() - interval '2 days',
+                                  handed_over_at = now() - interval '2 days',
+                                  agent_activity_at = now() - interval '2 days'",
+    )
+    .execute(pg)
+    .await
+    .unwrap();
+}
+
 async fn release_idle(s: &Sys) -> usize {
     wafleet::agents::release_idle(&s.pg, &mut s.cfg.redis().await, &s.cfg.keys())
         .await
@@ -2326,18 +2339,7 @@ async fn a_conversation_idle_with_a_human_goes_back_to_the_bot_unless_the_channe
     s.sent(1).await;
     let id = the_conversation(&s.pg).await;
     let pg = &s.pg;
-    // Ages what happened in the conversation by two days: the customer's last message, the
-    // handover and the agent's last action.
-    let make_idle = || async {
-        sqlx::query(
-            "UPDATE conversations SET last_activity_at = now() - interval '2 days',
-                                      handed_over_at = now() - interval '2 days',
-                                      agent_activity_at = now() - interval '2 days'",
-        )
-        .execute(pg)
-        .await
-        .unwrap();
-    };
+    let make_idle = || make_idle(pg);
 
     s.take(id).await;
     assert_eq!(release_idle(&s).await, 0, "just taken: not idle");
@@ -2407,6 +2409,66 @@ async fn a_conversation_idle_with_a_human_goes_back_to_the_bot_unless_the_channe
     s.send("573012", "wamid.I2", "¿siguen ahí?").await;
     let sent = s.sent(before + 1).await;
     assert_eq!(sent[before].context_message_id.as_deref(), Some("wamid.I2"));
+}
+
+#[tokio::test]
+async fn an_idle_release_whose_event_redis_refused_reaches_dashboards_on_a_later_pass_once() {
+    use redis::AsyncCommands;
+    let s = system().await;
+    s.send("573015", "wamid.I5", "hola").await;
+    s.sent(1).await;
+    let id = the_conversation(&s.pg).await;
+    let pg = &s.pg;
+    let make_idle = || make_idle(pg);
+    let stream = s.cfg.keys().handover_stream();
+    // Redis refuses the release's event (here: the stream key is not a stream).
+    let refuse = |on: bool| {
+        let (stream, cfg) = (stream.clone(), &s.cfg);
+        async move {
+            let mut con = cfg.redis().await;
+            let _: () = con.del(&stream).await.unwrap();
+            if on {
+                let _: () = con.set(&stream, "not a stream").await.unwrap();
+            }
+        }
+    };
+    s.take(id).await;
+    make_idle().await;
+    refuse(true).await;
+    assert_eq!(release_idle(&s).await, 1);
+    assert_eq!(s.owner().await, "bot");
+    refuse(false).await;
+    // The next pass releases nothing new, and tells dashboards of the release.
+    assert_eq!(release_idle(&s).await, 0);
+    let released = [("release".to_string(), "idle".to_string())];
+    assert_eq!(s.owner_events().await, released);
+    // A pass that got the event onto the stream but could not record that in Postgres: the
+    // next one does not append it a second time.
+    sqlx::query("UPDATE handover_events SET announced = FALSE WHERE reason = 'idle'")
+        .execute(pg)
+        .await
+        .unwrap();
+    assert_eq!(release_idle(&s).await, 0);
+    assert_eq!(s.owner_events().await, released);
+    assert_eq!(
+        s.count("SELECT count(*) FROM handover_events WHERE NOT announced")
+            .await,
+        0
+    );
+
+    // A release whose event did not go out before an agent took the conversation again is not
+    // announced after the take: dashboards would show the bot answering.
+    s.take(id).await;
+    make_idle().await;
+    refuse(true).await;
+    assert_eq!(release_idle(&s).await, 1);
+    refuse(false).await;
+    s.take(id).await;
+    assert_eq!(release_idle(&s).await, 0);
+    assert_eq!(
+        s.owner_events().await,
+        [("handover".to_string(), "agent".to_string())]
+    );
 }
 
 #[tokio::test]

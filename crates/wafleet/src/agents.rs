@@ -23,7 +23,7 @@ use redis::aio::ConnectionLike;
 use sqlx::PgPool;
 use wafleet_core::format::split::{WHATSAPP_MAX_CHARS, split_message};
 
-use crate::stages::{OwnerChange, publish_handover};
+use crate::stages::{OwnerChange, publish_handover, publish_handover_once};
 use crate::store::agents::{AgentMessage, Recorded, record_agent_message};
 use crate::store::conversations;
 use crate::streams::Keys;
@@ -180,11 +180,25 @@ const RELEASE_BATCH: i64 = 500;
 /// `human_release_after_secs` (see [`crate::store::agents::release_idle`]), then tells dashboards
 /// (`release`, reason `idle`). Returns how many were given back. Safe in every worker at once:
 /// each conversation is given back by one of them.
+///
+/// A release is recorded unannounced and marked once its event is on the dashboard stream, so
+/// one whose event Redis refused (or whose pass stopped first) is announced by a later pass,
+/// first thing, with the time it was made; an event is appended once however many passes try
+/// ([`publish_handover_once`], keyed on the release). A release the conversation has changed
+/// hands since (an agent took it again) is not announced that late: the later change's event
+/// tells dashboards who answers, and the stale release after it would tell them otherwise.
 pub async fn release_idle(
     pg: &PgPool,
     con: &mut impl ConnectionLike,
     keys: &Keys,
 ) -> Result<usize, AgentError> {
+    loop {
+        let late = crate::store::agents::unannounced_releases(pg, RELEASE_BATCH).await?;
+        let announced = announce_releases(pg, con, keys, &late).await?;
+        if (late.len() as i64) < RELEASE_BATCH || announced < late.len() {
+            break;
+        }
+    }
     let mut total = 0;
     loop {
         let released = crate::store::agents::release_idle(pg, RELEASE_BATCH).await?;
@@ -194,25 +208,8 @@ pub async fn release_idle(
                 "a conversation idle with a human went back to the bot"
             );
             count_owner_change("release", "idle");
-            // Released already: a failed announcement must not keep the others from theirs.
-            if let Err(e) = announce_owner_change(
-                con,
-                keys,
-                "release",
-                "idle",
-                r.conversation_id,
-                &r.phone_number_id,
-            )
-            .await
-            {
-                metrics::counter!("wafleet_idle_release_errors_total").increment(1);
-                tracing::warn!(
-                    conversation_id = r.conversation_id,
-                    error = %e,
-                    "an idle release was made but dashboards were not told"
-                );
-            }
         }
+        announce_releases(pg, con, keys, &released).await?;
         total += released.len();
         if (released.len() as i64) < RELEASE_BATCH {
             return Ok(total);
@@ -220,10 +217,55 @@ pub async fn release_idle(
     }
 }
 
+/// Puts the idle releases' events on the dashboard stream and records in Postgres which went
+/// (and which need not, being superseded); answers how many are settled. Released already: a
+/// failed announcement is counted and logged, and does not keep the others from theirs.
+async fn announce_releases(
+    pg: &PgPool,
+    con: &mut impl ConnectionLike,
+    keys: &Keys,
+    releases: &[crate::store::agents::Released],
+) -> Result<usize, AgentError> {
+    let mut settled = Vec::with_capacity(releases.len());
+    for r in releases {
+        if r.superseded {
+            tracing::info!(
+                conversation_id = r.conversation_id,
+                "an idle release whose event did not go out is not announced: the conversation \
+                 changed hands since"
+            );
+            settled.push(r.event_id);
+            continue;
+        }
+        let change = OwnerChange {
+            kind: "release",
+            reason: "idle",
+            conversation_id: r.conversation_id,
+            message_id: None,
+            phone_number_id: Some(&r.phone_number_id),
+        };
+        let once = format!("release:{}", r.event_id);
+        match publish_handover_once(con, keys, &change, r.at, &once).await {
+            Ok(_) => settled.push(r.event_id),
+            Err(e) => {
+                metrics::counter!("wafleet_idle_release_errors_total").increment(1);
+                tracing::warn!(
+                    conversation_id = r.conversation_id,
+                    error = %e,
+                    "an idle release was made but dashboards were not told; the next pass tries again"
+                );
+            }
+        }
+    }
+    if !settled.is_empty() {
+        crate::store::agents::announced(pg, &settled).await?;
+    }
+    Ok(settled.len())
+}
+
 /// Runs [`release_idle`] at once, then every `every`, until `stop`. A pass that fails (Postgres
 /// or Redis away) is logged and counted in `wafleet_idle_release_errors_total`; the next pass
-/// finds what it left. (A conversation released in Postgres whose event Redis did not take is
-/// not announced again: dashboards miss that event, and the release stays.)
+/// finds what it left, releases whose events did not go out included.
 pub async fn release_idle_loop(
     pg: PgPool,
     redis: deadpool_redis::Pool,

@@ -80,6 +80,19 @@ pub struct OwnerChange<'a> {
     pub phone_number_id: Option<&'a str>,
 }
 
+/// How many events the dashboard stream keeps (about: trimmed with `MAXLEN ~`).
+const HANDOVER_STREAM_LEN: usize = 100_000;
+
+/// The JSON event of an owner change made at `at`: the fields of [`OwnerChange`] and `at`.
+fn owner_change_event(change: &OwnerChange<'_>, at: chrono::DateTime<chrono::Utc>) -> String {
+    serde_json::json!({
+        "kind": change.kind, "reason": change.reason, "conversation_id": change.conversation_id,
+        "message_id": change.message_id, "phone_number_id": change.phone_number_id,
+        "at": at.to_rfc3339(),
+    })
+    .to_string()
+}
+
 /// Publishes an owner change on the dashboard stream and channel, as one JSON event (the fields
 /// of [`OwnerChange`] and `at`, now).
 pub async fn publish_handover(
@@ -87,18 +100,13 @@ pub async fn publish_handover(
     keys: &Keys,
     change: &OwnerChange<'_>,
 ) -> redis::RedisResult<()> {
-    let json = serde_json::json!({
-        "kind": change.kind, "reason": change.reason, "conversation_id": change.conversation_id,
-        "message_id": change.message_id, "phone_number_id": change.phone_number_id,
-        "at": chrono::Utc::now().to_rfc3339(),
-    })
-    .to_string();
+    let json = owner_change_event(change, chrono::Utc::now());
     redis::pipe()
         .cmd("XADD")
         .arg(keys.handover_stream())
         .arg("MAXLEN")
         .arg("~")
-        .arg(100_000)
+        .arg(HANDOVER_STREAM_LEN)
         .arg("*")
         .arg("event")
         .arg(&json)
@@ -109,6 +117,50 @@ pub async fn publish_handover(
         .ignore()
         .query_async(con)
         .await
+}
+
+/// How long the mark of an event published once ([`publish_handover_once`]) stays: it only has to
+/// outlive the gap between Redis taking the event and Postgres recording that it did, which a
+/// Postgres outage stretches; a week outlasts any the caller keeps retrying through.
+const PUBLISHED_ONCE_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
+
+/// Takes the event's mark (`KEYS[1]`) and appends the event to the dashboard stream (`KEYS[2]`,
+/// the same slot) and publishes it, in one script; an event whose mark is taken is not appended
+/// again. A refused append gives the mark back, so the next try appends it.
+const PUBLISH_ONCE_SCRIPT: &str = r"
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'event', ARGV[3])
+if type(added) == 'table' and added.err then
+  redis.call('DEL', KEYS[1])
+  return redis.error_reply(added.err)
+end
+redis.call('PUBLISH', ARGV[4], ARGV[3])
+return 1
+";
+
+/// [`publish_handover`] for an owner change Postgres records as announced or not (an idle
+/// release): the event, made `at`, is appended once however often this is called with the same
+/// `once` (the change's own name, such as its `handover_events` id), so a caller that announced it
+/// but could not record that in Postgres announces it again without doubling it. Answers whether
+/// it was appended now.
+pub async fn publish_handover_once(
+    con: &mut impl redis::aio::ConnectionLike,
+    keys: &Keys,
+    change: &OwnerChange<'_>,
+    at: chrono::DateTime<chrono::Utc>,
+    once: &str,
+) -> redis::RedisResult<bool> {
+    let stream = keys.handover_stream();
+    let appended: i64 = redis::Script::new(PUBLISH_ONCE_SCRIPT)
+        .key(keys.seen_beside(&stream, &format!("announced:{once}")))
+        .key(&stream)
+        .arg(PUBLISHED_ONCE_TTL.as_secs())
+        .arg(HANDOVER_STREAM_LEN)
+        .arg(owner_change_event(change, at))
+        .arg(keys.handover_channel())
+        .invoke_async(con)
+        .await?;
+    Ok(appended == 1)
 }
 
 /// Hands a conversation to a human (unless one has it already), stores the event and publishes it

@@ -423,18 +423,26 @@ async fn recorded(
     .await
 }
 
-/// A conversation given back to the bot because it was idle.
+/// A conversation given back to the bot because it was idle, with its `release` event, still to
+/// be announced ([`announced`]).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Released {
+    /// The event's row in `handover_events`.
+    pub event_id: i64,
     pub conversation_id: i64,
     pub phone_number_id: String,
+    /// When it was released.
+    pub at: DateTime<Utc>,
+    /// The conversation changed hands again since (a take, a handover): the release is no
+    /// longer its state, and announced this late it would tell dashboards otherwise.
+    pub superseded: bool,
 }
 
 /// Gives back to the bot, with a `release` event (reason `idle`), up to `limit` human-owned
 /// conversations in which nothing happened (customer message, handover, an agent taking it or
 /// writing in it: `agent_activity_at`) for their channel's `human_release_after_secs`. Rows another transaction holds (a message being stored)
 /// are skipped, and an idle conversation is checked again once locked: a message stored
-/// meanwhile keeps it with the human.
+/// meanwhile keeps it with the human. The events are recorded unannounced.
 pub async fn release_idle(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<Released>> {
     sqlx::query_as(
         "WITH idle AS (
@@ -450,16 +458,47 @@ pub async fn release_idle(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<Release
                FROM idle WHERE c.id = idle.id AND c.owner = 'human'
              RETURNING c.id, c.channel_id
          ), events AS (
-             INSERT INTO handover_events (conversation_id, kind, reason)
-             SELECT id, 'release', 'idle' FROM released
+             INSERT INTO handover_events (conversation_id, kind, reason, announced)
+             SELECT id, 'release', 'idle', FALSE FROM released
+             RETURNING id, conversation_id, created_at
          )
-         SELECT r.id AS conversation_id, ch.phone_number_id
-           FROM released r JOIN channels ch ON ch.id = r.channel_id
+         SELECT e.id AS event_id, r.id AS conversation_id, ch.phone_number_id,
+                e.created_at AS at, FALSE AS superseded
+           FROM released r JOIN events e ON e.conversation_id = r.id
+           JOIN channels ch ON ch.id = r.channel_id
           ORDER BY r.id",
     )
     .bind(limit)
     .fetch_all(pool)
     .await
+}
+
+/// Up to `limit` idle releases whose event a sweep did not get onto the dashboard stream (Redis
+/// refused it, or the process stopped first), oldest first.
+pub async fn unannounced_releases(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<Released>> {
+    sqlx::query_as(
+        "SELECT h.id AS event_id, h.conversation_id, ch.phone_number_id, h.created_at AS at,
+                EXISTS (SELECT 1 FROM handover_events l
+                         WHERE l.conversation_id = h.conversation_id AND l.id > h.id) AS superseded
+           FROM handover_events h
+           JOIN conversations c ON c.id = h.conversation_id
+           JOIN channels ch ON ch.id = c.channel_id
+          WHERE NOT h.announced
+          ORDER BY h.id
+          LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Records that the events `event_ids` are on the dashboard stream (or need not be).
+pub async fn announced(pool: &PgPool, event_ids: &[i64]) -> sqlx::Result<()> {
+    sqlx::query("UPDATE handover_events SET announced = TRUE WHERE id = ANY($1) AND NOT announced")
+        .bind(event_ids)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 /// How long customers wait for humans, per channel.

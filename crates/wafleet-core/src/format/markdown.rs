@@ -13,11 +13,19 @@ use pulldown_cmark::{Event, Options, Parser, Tag};
 /// What a horizontal rule becomes: WhatsApp has none, a short line of em dashes reads as one.
 const RULE: &str = "———";
 
+/// WhatsApp's monospace marker, which opens and closes a code block (or a span within a line).
+const MONO: &str = "```";
+
+/// Put between backticks of the code so that no three stand together: WhatsApp has no escape,
+/// and would end the monospace at the first ```` ``` ```` inside it. Invisible, so the code reads
+/// as written.
+const ZERO_WIDTH_SPACE: char = '\u{200B}';
+
 /// Converts Markdown to WhatsApp's text formatting. See the [module docs](crate::format) for the
 /// mapping.
 pub fn markdown_to_whatsapp(md: &str) -> String {
     let blocks = parse(md);
-    let lines = render_blocks(&blocks, false);
+    let lines = render_blocks(&blocks, false, false);
     finish(&lines)
 }
 
@@ -354,10 +362,11 @@ const HTML_ELEMENTS: &[&str] = &[
 // ---------------------------------------------------------------------------------------------
 
 /// Renders sibling blocks, separated by a blank line (or by nothing, inside a tight list item).
-fn render_blocks(blocks: &[Block], tight: bool) -> Vec<String> {
+/// `quoted`: the blocks are inside a block quote, whose every line will start with `> `.
+fn render_blocks(blocks: &[Block], tight: bool, quoted: bool) -> Vec<String> {
     let mut lines = Vec::new();
     for block in blocks {
-        let rendered = render_block(block);
+        let rendered = render_block(block, quoted);
         if rendered.iter().all(|line| line.trim().is_empty()) {
             continue;
         }
@@ -369,7 +378,7 @@ fn render_blocks(blocks: &[Block], tight: bool) -> Vec<String> {
     lines
 }
 
-fn render_block(block: &Block) -> Vec<String> {
+fn render_block(block: &Block, quoted: bool) -> Vec<String> {
     match block {
         Block::Paragraph(inlines) | Block::Plain(inlines) => {
             split_lines(&render_inlines(inlines, None))
@@ -379,16 +388,30 @@ fn render_block(block: &Block) -> Vec<String> {
             if code.trim().is_empty() {
                 return Vec::new();
             }
-            let mut lines = vec!["```".to_owned()];
-            lines.extend(
-                code.trim_end_matches(['\n', '\r'])
-                    .lines()
-                    .map(str::to_owned),
-            );
-            lines.push("```".to_owned());
+            let code = code
+                .trim_end_matches(['\n', '\r'])
+                .lines()
+                .map(str::trim_end);
+            if quoted {
+                // A quote is a property of each line (`> ` at its start), while a monospace
+                // block runs from fence to fence across lines: a block inside a quote would hold
+                // the next lines' `> ` in its monospace. Each line gets its own span instead.
+                return code
+                    .map(|line| {
+                        if line.trim().is_empty() {
+                            String::new()
+                        } else {
+                            monospace_span(line)
+                        }
+                    })
+                    .collect();
+            }
+            let mut lines = vec![MONO.to_owned()];
+            lines.extend(code.map(defuse_backticks));
+            lines.push(MONO.to_owned());
             lines
         }
-        Block::Quote(blocks) => render_blocks(blocks, false)
+        Block::Quote(blocks) => render_blocks(blocks, false, true)
             .into_iter()
             .map(|line| {
                 if line.is_empty() {
@@ -398,7 +421,7 @@ fn render_block(block: &Block) -> Vec<String> {
                 }
             })
             .collect(),
-        Block::List { start, items } => render_list(*start, items),
+        Block::List { start, items } => render_list(*start, items, quoted),
         Block::Rule => vec![RULE.to_owned()],
         Block::Table(rows) => rows
             .iter()
@@ -420,7 +443,7 @@ fn render_block(block: &Block) -> Vec<String> {
     }
 }
 
-fn render_list(start: Option<u64>, items: &[Vec<Block>]) -> Vec<String> {
+fn render_list(start: Option<u64>, items: &[Vec<Block>], quoted: bool) -> Vec<String> {
     // Tight lists (no blank lines in the source) put item text directly in the item; loose
     // lists wrap it in paragraphs, and keep a blank line between items.
     let tight = !items
@@ -436,7 +459,7 @@ fn render_list(start: Option<u64>, items: &[Vec<Block>]) -> Vec<String> {
         if !tight && index > 0 {
             lines.push(String::new());
         }
-        let body = render_blocks(item, tight);
+        let body = render_blocks(item, tight, quoted);
         let mut body = body.into_iter();
         match body.next() {
             Some(first) => lines.push(format!("{marker}{first}")),
@@ -651,17 +674,58 @@ fn serialize(toks: &[Tok]) -> String {
     for (tok, fate) in toks.iter().zip(fate) {
         match tok {
             Tok::Text(text) => out.push_str(text),
-            Tok::Code(code) => {
-                out.push('`');
-                out.push_str(code);
-                out.push('`');
-            }
+            Tok::Code(code) => out.push_str(&code_span(code)),
             Tok::Open(style, delim) | Tok::Close(style, delim) => match fate {
                 Fate::Marker => out.push(style.marker()),
                 Fate::Drop => {}
                 Fate::Literal => out.push_str(delim),
             },
         }
+    }
+    out
+}
+
+/// Inline code. WhatsApp's `` `code` `` ends at the next backtick, so code holding one becomes a
+/// monospace span instead, which only a run of three backticks ends.
+fn code_span(code: &str) -> String {
+    if code.contains('`') {
+        monospace_span(code)
+    } else {
+        format!("`{code}`")
+    }
+}
+
+/// ```` ```code``` ````, with the code's backticks kept from joining the markers or each other
+/// into a run of three.
+fn monospace_span(code: &str) -> String {
+    let mut out = String::from(MONO);
+    if code.starts_with('`') {
+        out.push(ZERO_WIDTH_SPACE);
+    }
+    out.push_str(&defuse_backticks(code));
+    if code.ends_with('`') {
+        out.push(ZERO_WIDTH_SPACE);
+    }
+    out.push_str(MONO);
+    out
+}
+
+/// `code` with a [`ZERO_WIDTH_SPACE`] after every second backtick of a longer run, so that
+/// WhatsApp finds no ```` ``` ```` in it.
+fn defuse_backticks(code: &str) -> String {
+    let mut out = String::with_capacity(code.len());
+    let mut run = 0;
+    for c in code.chars() {
+        if c == '`' {
+            if run == 2 {
+                out.push(ZERO_WIDTH_SPACE);
+                run = 0;
+            }
+            run += 1;
+        } else {
+            run = 0;
+        }
+        out.push(c);
     }
     out
 }
@@ -805,6 +869,12 @@ fn decode_entities(text: &str) -> String {
 mod tests {
     use super::*;
 
+    fn assert_converts(cases: &[(&str, &str)]) {
+        for (md, expected) in cases {
+            assert_eq!(markdown_to_whatsapp(md), *expected, "{md:?}");
+        }
+    }
+
     #[test]
     fn inline_markdown_becomes_whatsapp_markers() {
         let cases = [
@@ -821,9 +891,7 @@ mod tests {
             ("~~**gone**~~", "~*gone*~"),
             ("**`x` done**", "*`x` done*"),
         ];
-        for (md, expected) in cases {
-            assert_eq!(markdown_to_whatsapp(md), expected, "{md:?}");
-        }
+        assert_converts(&cases);
     }
 
     #[test]
@@ -839,15 +907,43 @@ mod tests {
             ("** **", "———"),
             ("precio: 5€ * unidad", "precio: 5€ * unidad"),
         ];
-        for (md, expected) in cases {
-            assert_eq!(markdown_to_whatsapp(md), expected, "{md:?}");
-        }
+        assert_converts(&cases);
     }
 
     #[test]
     fn emphasis_across_a_line_break_is_closed_and_reopened() {
         assert_eq!(markdown_to_whatsapp("**one\ntwo**"), "*one*\n*two*");
         assert_eq!(markdown_to_whatsapp("*a  \nb*"), "_a_\n_b_");
+    }
+
+    #[test]
+    fn code_holding_backticks_stays_monospace() {
+        let cases = [
+            // WhatsApp's `code` would end at the inner backtick: monospace ends only at three.
+            ("Use `` a`b `` here", "Use ```a`b``` here"),
+            // Backticks at the edges or three in a row are kept apart by a zero-width space.
+            ("`` `x` ``", "```\u{200B}`x`\u{200B}```"),
+            ("```` ``` ````", "```\u{200B}``\u{200B}`\u{200B}```"),
+            ("````\n```rust\nx\n````", "```\n``\u{200B}`rust\nx\n```"),
+            ("```\na ```` b\n```", "```\na ``\u{200B}`` b\n```"),
+            // No backtick: as before.
+            ("`a*b*c`", "`a*b*c`"),
+        ];
+        assert_converts(&cases);
+    }
+
+    #[test]
+    fn code_in_a_quote_is_monospace_line_by_line() {
+        let cases = [
+            (
+                "> ```\n> let x = 1;\n>   y();  \n> ```",
+                "> ```let x = 1;```\n> ```  y();```",
+            ),
+            ("> - a\n>\n>   ```\n>   b\n>   ```", "> - a\n\n>   ```b```"),
+            // Outside a quote the block keeps its fences, in a list too.
+            ("- a\n\n  ```\n  b\n  ```", "- a\n\n  ```\n  b\n  ```"),
+        ];
+        assert_converts(&cases);
     }
 
     #[test]
@@ -871,9 +967,7 @@ mod tests {
             ("see https://kaiu.co now", "see https://kaiu.co now"),
             ("[ref][1]\n\n[1]: https://kaiu.co", "ref (https://kaiu.co)"),
         ];
-        for (md, expected) in cases {
-            assert_eq!(markdown_to_whatsapp(md), expected, "{md:?}");
-        }
+        assert_converts(&cases);
     }
 
     #[test]
@@ -899,9 +993,7 @@ mod tests {
             ("trailing  \nspaces   ", "trailing\nspaces"),
             ("", ""),
         ];
-        for (md, expected) in cases {
-            assert_eq!(markdown_to_whatsapp(md), expected, "{md:?}");
-        }
+        assert_converts(&cases);
     }
 
     #[test]
@@ -929,9 +1021,7 @@ mod tests {
             ),
             ("a <B>b</B> <Br/>c", "a b\nc"),
         ];
-        for (md, expected) in cases {
-            assert_eq!(markdown_to_whatsapp(md), expected, "{md:?}");
-        }
+        assert_converts(&cases);
     }
 
     #[test]

@@ -11,8 +11,8 @@
 //! | `**bold**`, `__bold__` | `*bold*` |
 //! | `*italic*`, `_italic_` | `_italic_` |
 //! | `~~strike~~` | `~strike~` |
-//! | `` `code` `` | `` `code` `` (WhatsApp's inline code) |
-//! | fenced or indented code | ```` ``` ```` on its own line, the code verbatim, ```` ``` ```` |
+//! | `` `code` `` | `` `code` `` (WhatsApp's inline code); ```` ```co`de``` ```` (monospace) when the code holds a backtick |
+//! | fenced or indented code | ```` ``` ```` on its own line, the code verbatim, ```` ``` ````; inside a quote, ```` > ```line``` ```` per line |
 //! | `# Header` (any level) | `*Header*` |
 //! | `[label](url)` | `label (url)`; just `url` when the label is the URL |
 //! | `<https://…>`, bare URLs | kept as they are |
@@ -30,6 +30,8 @@
 //! reopened at line breaks, and a span touching a letter (`2*3*4`, `foo**bar**`) keeps its original
 //! Markdown delimiters so the text still reads as written. Literal `*` and `_` that were never
 //! emphasis stay as they are; WhatsApp has no escape, so an escaped `\*word\*` may render bold.
+//! Code is the one place where a marker is defused: WhatsApp's monospace ends at the first three
+//! backticks, so a zero-width space keeps any three of the code's own apart.
 //!
 //! # Splitting ([`split_message`])
 //! See [`split`] for the preference order of cut points. Limits hold both in `char`s and in UTF-16

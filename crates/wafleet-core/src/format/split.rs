@@ -8,7 +8,8 @@
 //! 3. a line boundary inside a code block (the fence is closed at the end of the part and reopened
 //!    at the start of the next),
 //! 4. a word boundary (whitespace) outside, then inside a code block,
-//! 5. a grapheme cluster boundary, so an emoji with ZWJ, skin tone or a flag stays whole,
+//! 5. a grapheme cluster boundary, so an emoji with ZWJ, skin tone or a flag stays whole (closing
+//!    the styled spans it falls inside, or, when their markers would not fit, leaving them open),
 //! 6. a `char` boundary, only when a single grapheme cluster is longer than the limit.
 //!
 //! Meta documents `text.body` as at most 4096 "characters" without saying whether it counts
@@ -20,9 +21,11 @@
 //! Whitespace at a cut is dropped (it would be invisible at the end or start of a bubble); every
 //! other character is kept, in order. A cut inside a styled span (`*bold*`, `_italic_`, `~strike~`,
 //! `` `code` ``, as WhatsApp pairs their markers on a line) closes the span at the end of the part
-//! and reopens it at the start of the next, so neither bubble shows raw markers. Code fences and
-//! spans are only repaired when the limit leaves room for them ([`MIN_CHARS_FOR_FENCES`]); below
-//! that, they are split like any text.
+//! and reopens it at the start of the next, so neither bubble shows raw markers; three backticks
+//! within a line are such a span (monospace), not a code fence. A cut within a quoted line repeats
+//! its `> ` at the start of the next part. Code fences, spans and quotes are only repaired when the
+//! limit leaves room for them ([`MIN_CHARS_FOR_FENCES`]); below that, they are split like any
+//! text.
 
 use unicode_segmentation::UnicodeSegmentation;
 
@@ -39,6 +42,8 @@ const FENCE: &str = "```";
 const FENCE_CLOSE_CHARS: usize = 4;
 /// WhatsApp's inline markers: bold, italic, strikethrough, inline code.
 const MARKERS: [char; 4] = ['*', '_', '~', '`'];
+/// [`MARKERS`] as strings, as a [`StyledSpan`] holds them.
+const MARKER_STRS: [&str; 4] = ["*", "_", "~", "`"];
 
 /// Splits `text` into parts of at most `max_chars` characters each, counted both as `char`s and
 /// as UTF-16 code units (see the [module docs](self)).
@@ -63,9 +68,9 @@ pub fn split_message(text: &str, max_chars: usize) -> Vec<String> {
         }
         let cut = choose_cut(&rest, max, fences);
         let mut part = skip_blank_lines(rest[..cut.end].trim_end()).to_owned();
-        let next = if !cut.marks.is_empty() {
+        let next = if !cut.marks.is_empty() || !cut.quote.is_empty() {
             part.extend(cut.marks.chars().rev());
-            format!("{}{}", cut.marks, &rest[cut.resume..])
+            format!("{}{}{}", cut.quote, cut.marks, &rest[cut.resume..])
         } else if cut.inside {
             part.push('\n');
             part.push_str(FENCE);
@@ -102,6 +107,9 @@ struct Cut {
     /// The markers of the styled spans the cut falls inside, outermost first: closed (in reverse)
     /// at the end of the part and reopened at the start of the next.
     marks: String,
+    /// The block-quote marks of the line the cut falls inside, repeated at the start of the next
+    /// part so that the rest of the line is still quoted.
+    quote: String,
 }
 
 /// Candidate kinds, best first. The discriminant indexes the `best` table in [`choose_cut`].
@@ -113,8 +121,11 @@ enum Rank {
     WordOutside,
     WordInside,
     Grapheme,
+    /// A grapheme boundary inside styled spans whose markers would not fit to be closed there:
+    /// raw markers at the cut are better than a cluster cut in two.
+    GraphemeUnrepaired,
 }
-const RANKS: usize = 6;
+const RANKS: usize = 7;
 
 /// The length that must not exceed the limit: UTF-16 code units, which are never fewer than the
 /// `char`s of the same text, so a part within it fits whichever way Meta counts.
@@ -146,6 +157,16 @@ fn choose_cut(rest: &str, max: usize, fences: bool) -> Cut {
     };
     let mut spans = line_spans(0, !fence_line);
     let mut open_spans: Vec<StyledSpan> = Vec::new();
+    // The current line's start and block-quote marks (outside code).
+    let quote_at = |start: usize, plain: bool| {
+        if fences && plain {
+            quote_prefix(&rest[start..])
+        } else {
+            ""
+        }
+    };
+    let mut line_start = 0;
+    let mut quote = quote_at(0, !fence_line);
 
     // UTF-16 units before the position.
     let mut count = 0;
@@ -158,31 +179,47 @@ fn choose_cut(rest: &str, max: usize, fences: bool) -> Cut {
         }
         while graphemes.next_if(|&g| g < p).is_some() {}
         let at_grapheme = graphemes.peek() == Some(&p);
-        open_spans.retain(|span| span.close >= p);
+        open_spans.retain(|span| span.close + span.marker.len() > p);
         open_spans.extend(std::iter::from_fn(|| spans.next_if(|span| span.open < p)));
-        // A cut right after an opening marker or right before a closing one would leave a span
-        // with nothing on one side; the cut one character further away is as good.
-        let at_marker = open_spans
-            .iter()
-            .any(|span| p == span.open + 1 || p == span.close);
+        let at_marker = open_spans.iter().any(|span| span.bad_cut(p));
+        // Every marker reads the same backwards, so the closing ones are these chars reversed.
         let marks: String = open_spans.iter().map(|span| span.marker).collect();
-        let fits =
-            |inside: bool| count + marks.len() + if inside { FENCE_CLOSE_CHARS } else { 0 } <= max;
-        // A part must hold something visible. The one exception, at the lowest rank, is a cut
+        let fits = |rank: Rank, inside: bool| {
+            let marks = match rank {
+                Rank::GraphemeUnrepaired => 0,
+                _ => marks.len(),
+            };
+            count + marks + if inside { FENCE_CLOSE_CHARS } else { 0 } <= max
+        };
+        // A part must hold something visible. The one exception, at the lowest ranks, is a cut
         // right after leading indentation: dropping those spaces keeps an emoji that fits whole.
-        let usable = |rank: Rank, inside: bool| {
-            fits(inside)
-                && (seen_content || matches!(rank, Rank::Grapheme))
-                && (!inside || code_content)
-                && !at_marker
+        let usable = |rank: Rank, inside: bool| match rank {
+            Rank::GraphemeUnrepaired => fits(rank, inside) && (!inside || code_content),
+            _ => {
+                fits(rank, inside)
+                    && (seen_content || matches!(rank, Rank::Grapheme))
+                    && (!inside || code_content)
+                    && !at_marker
+            }
         };
         let mut offer = |rank: Rank, inside: bool, resume: usize| {
             if usable(rank, inside) {
+                let marks = match rank {
+                    Rank::GraphemeUnrepaired => String::new(),
+                    _ => marks.clone(),
+                };
+                // Within a quoted line, past its marks (a cut among them leaves nothing quoted).
+                let within_line = !matches!(
+                    rank,
+                    Rank::ParagraphOutside | Rank::LineOutside | Rank::LineInside
+                );
+                let carried = within_line && p > line_start + quote.len();
                 best[rank as usize] = Some(Cut {
                     end: p,
                     resume,
                     inside,
-                    marks: marks.clone(),
+                    marks,
+                    quote: if carried { quote } else { "" }.to_owned(),
                 });
             }
         };
@@ -215,11 +252,14 @@ fn choose_cut(rest: &str, max: usize, fences: bool) -> Cut {
             }
             open_spans.clear();
             spans = line_spans(p + 1, !in_code && !fence_line);
+            line_start = p + 1;
+            quote = quote_at(p + 1, !in_code && !fence_line);
         } else if fence_line {
             // A fence line longer than the limit: the fence is lost whatever we do, so cut it
             // like plain text rather than between chars.
             if at_grapheme && p > 0 {
                 offer(Rank::Grapheme, false, p);
+                offer(Rank::GraphemeUnrepaired, false, p);
             }
         } else if c.is_whitespace() && prev.is_some_and(|prev| !prev.is_whitespace()) {
             let rank = if in_code {
@@ -230,6 +270,7 @@ fn choose_cut(rest: &str, max: usize, fences: bool) -> Cut {
             offer(rank, in_code, skip_whitespace(rest, p));
         } else if at_grapheme && p > 0 {
             offer(Rank::Grapheme, in_code, p);
+            offer(Rank::GraphemeUnrepaired, in_code, p);
         }
 
         if !c.is_whitespace() {
@@ -254,19 +295,32 @@ fn choose_cut(rest: &str, max: usize, fences: bool) -> Cut {
 struct StyledSpan {
     open: usize,
     close: usize,
-    marker: char,
+    /// One of [`MARKERS`], or [`FENCE`] for a monospace span within the line.
+    marker: &'static str,
+}
+
+impl StyledSpan {
+    /// A cut at `p` would split one of the span's markers, or leave the span with nothing on one
+    /// side (right after the opening marker, right before the closing one); the cut one
+    /// character further away is as good.
+    fn bad_cut(&self, p: usize) -> bool {
+        let len = self.marker.len();
+        (self.open < p && p <= self.open + len) || (self.close <= p && p < self.close + len)
+    }
 }
 
 /// The styled spans of the line of `text` that starts at `start`, in order of their opening
 /// marker, paired the way WhatsApp pairs them: a marker opens when it is followed by non-space
 /// and not preceded by a letter or digit, and closes at the first same marker after it that is
 /// preceded by non-space and not followed by a letter or digit; a span of a style holds no other
-/// span of that style, and inline code holds none at all.
+/// span of that style, and inline code holds none at all. Three backticks are monospace, which
+/// ends at the next three and holds no other span either.
 fn styled_spans(text: &str, start: usize) -> Vec<StyledSpan> {
     let line = &text[start..];
     let line = &line[..line.find('\n').unwrap_or(line.len())];
     let chars: Vec<(usize, char)> = line.char_indices().collect();
     let at = |i: usize| chars.get(i).map(|&(_, c)| c);
+    let mono = |i: usize| (i..i + FENCE.len()).all(|i| at(i) == Some('`'));
     let closers: Vec<Vec<usize>> = MARKERS
         .iter()
         .map(|&marker| {
@@ -284,6 +338,25 @@ fn styled_spans(text: &str, start: usize) -> Vec<StyledSpan> {
     let mut open_until = [None::<usize>; MARKERS.len()];
     let mut i = 0;
     while i < chars.len() {
+        if mono(i) {
+            match (i + FENCE.len()..chars.len()).find(|&j| mono(j)) {
+                Some(close) => {
+                    spans.push(StyledSpan {
+                        open: start + chars[i].0,
+                        close: start + chars[close].0,
+                        marker: FENCE,
+                    });
+                    i = close + FENCE.len();
+                }
+                // Never closed: the backticks are text.
+                None => {
+                    i = (i..chars.len())
+                        .find(|&j| at(j) != Some('`'))
+                        .unwrap_or(chars.len())
+                }
+            }
+            continue;
+        }
         let c = chars[i].1;
         let kind = MARKERS.iter().position(|&marker| marker == c);
         if let Some(kind) = kind.filter(|&kind| open_until[kind].is_none_or(|end| i > end)) {
@@ -301,7 +374,7 @@ fn styled_spans(text: &str, start: usize) -> Vec<StyledSpan> {
                 spans.push(StyledSpan {
                     open: start + chars[i].0,
                     close: start + chars[close].0,
-                    marker: c,
+                    marker: MARKER_STRS[kind],
                 });
                 if c == '`' {
                     i = close + 1;
@@ -313,6 +386,15 @@ fn styled_spans(text: &str, start: usize) -> Vec<StyledSpan> {
         i += 1;
     }
     spans
+}
+
+/// The block-quote marks that start `line` (`> `, `> > `…).
+fn quote_prefix(line: &str) -> &str {
+    let mut end = 0;
+    while line[end..].starts_with("> ") {
+        end += 2;
+    }
+    &line[..end]
 }
 
 /// Position after the whitespace that starts at `p`: past the last newline of that run (so the
@@ -345,8 +427,13 @@ fn is_blank_line(text: &str) -> bool {
         .is_none_or(|line| line.trim().is_empty())
 }
 
+/// A line that opens or closes a code block: it starts with three backticks (after indentation)
+/// and has no other three on it, which would make it a monospace span within the line.
 fn is_fence_line(text: &str) -> bool {
-    text.trim_start_matches([' ', '\t']).starts_with(FENCE)
+    let line = text.split('\n').next().unwrap_or_default();
+    line.trim_start_matches([' ', '\t'])
+        .strip_prefix(FENCE)
+        .is_some_and(|rest| !rest.contains(FENCE))
 }
 
 /// When `text` starts (after blank lines) with a closing fence, a line of only backticks, the
@@ -365,6 +452,12 @@ fn fence_line_end(text: &str) -> Option<usize> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn assert_splits(cases: &[(&str, usize, &[&str])]) {
+        for (text, max, expected) in cases {
+            assert_eq!(split_message(text, *max), *expected, "{text:?} / {max}");
+        }
+    }
 
     fn chars(s: &str) -> usize {
         s.chars().count()
@@ -404,9 +497,7 @@ mod tests {
             // Blank lines at a cut disappear.
             ("a\n\n\n\nb", 1, &["a", "b"]),
         ];
-        for (text, max, expected) in cases {
-            assert_eq!(split_message(text, *max), *expected, "{text:?} / {max}");
-        }
+        assert_splits(cases);
     }
 
     #[test]
@@ -485,9 +576,53 @@ mod tests {
                 &["*sin cierre y", "mas palabras"],
             ),
         ];
-        for (text, max, expected) in cases {
-            assert_eq!(split_message(text, *max), *expected, "{text:?} / {max}");
-        }
+        assert_splits(cases);
+    }
+
+    #[test]
+    fn a_cut_within_a_quoted_line_keeps_the_rest_quoted() {
+        let cases: &[(&str, usize, &[&str])] = &[
+            (
+                "> uno dos tres cuatro cinco seis",
+                16,
+                &["> uno dos tres", "> cuatro cinco", "> seis"],
+            ),
+            (
+                "> > *uno dos tres cuatro*\n> fin",
+                18,
+                &["> > *uno dos tres*", "> > *cuatro*\n> fin"],
+            ),
+            // Lines of a code block are code, whatever they start with.
+            (
+                "```\n> uno dos tres cuatro\n```",
+                20,
+                &["```\n> uno dos\n```", "```\ntres cuatro\n```"],
+            ),
+        ];
+        assert_splits(cases);
+    }
+
+    #[test]
+    fn a_monospace_span_within_a_line_is_cut_like_a_styled_span() {
+        let cases: &[(&str, usize, &[&str])] = &[
+            (
+                "ver ```cargo build --release --all``` ahora",
+                22,
+                &["ver ```cargo build```", "```--release --all```", "ahora"],
+            ),
+            (
+                "> ```let total = precio * 2;```",
+                24,
+                &["> ```let total =```", "> ```precio * 2;```"],
+            ),
+            // Three backticks that open a line and close on it are no code block's fence.
+            (
+                "```a`b``` uno dos tres cuatro cinco seis",
+                20,
+                &["```a`b``` uno dos", "tres cuatro cinco", "seis"],
+            ),
+        ];
+        assert_splits(cases);
     }
 
     #[test]
@@ -558,10 +693,11 @@ mod tests {
         prop::collection::vec(piece(), 0..120).prop_map(|pieces| pieces.concat())
     }
 
-    /// The text without whitespace nor markers, which a cut may add (fences, closed spans).
+    /// The text without whitespace, markers nor quote marks, which a cut may add (fences, closed
+    /// spans, a quoted line's `> `).
     fn visible(s: &str) -> String {
         s.chars()
-            .filter(|c| !c.is_whitespace() && !MARKERS.contains(c))
+            .filter(|c| !c.is_whitespace() && !MARKERS.contains(c) && *c != '>')
             .collect()
     }
 
@@ -574,16 +710,21 @@ mod tests {
             let spans = styled_spans(text, start);
             for (i, c) in line.char_indices() {
                 let p = start + i;
-                if c.is_whitespace() || spans.iter().any(|s| s.open == p || s.close == p) {
+                let marker_at = |at: usize, s: &StyledSpan| at <= p && p < at + s.marker.len();
+                if c.is_whitespace()
+                    || spans
+                        .iter()
+                        .any(|s| marker_at(s.open, s) || marker_at(s.close, s))
+                {
                     continue;
                 }
-                let mut styles: Vec<char> = spans
+                let mut styles: Vec<&str> = spans
                     .iter()
                     .filter(|s| s.open < p && p < s.close)
                     .map(|s| s.marker)
                     .collect();
                 styles.sort_unstable();
-                out.push((c, styles.into_iter().collect()));
+                out.push((c, styles.concat()));
             }
             start += line.len() + 1;
         }
@@ -601,7 +742,11 @@ mod tests {
         prop_assert_eq!(visible(&parts.concat()), visible(text));
         // Below the repair threshold, or without markers, nothing is added but fences.
         if !text.contains(MARKERS) || max < MIN_CHARS_FOR_FENCES && !text.contains('`') {
-            let strip = |s: &str| s.chars().filter(|c| !c.is_whitespace()).collect::<String>();
+            let strip = |s: &str| {
+                s.chars()
+                    .filter(|c| !c.is_whitespace() && *c != '>')
+                    .collect::<String>()
+            };
             prop_assert_eq!(strip(&parts.concat()), strip(text));
         }
         Ok(parts)
@@ -624,7 +769,7 @@ mod tests {
             let parts = check_invariants(&text, max)?;
             let clusters = |s: &str| -> Vec<String> {
                 s.graphemes(true)
-                    .filter(|g| g.chars().any(|c| !c.is_whitespace() && !MARKERS.contains(&c)))
+                    .filter(|g| g.chars().any(|c| !c.is_whitespace() && !MARKERS.contains(&c) && c != '>'))
                     .map(str::to_owned)
                     .collect()
             };
@@ -657,7 +802,7 @@ mod tests {
             lines in prop::collection::vec(
                 prop::collection::vec(
                     (
-                        prop::sample::select(vec!["", "*", "_", "~", "`", "_*", "*~"]),
+                        prop::sample::select(vec!["", "*", "_", "~", "`", "_*", "*~", "```", "*```"]),
                         prop::collection::vec(
                             prop::sample::select(vec![
                                 "hola", "envío", "a", "2*3", "mi_var", "5~10", "👍🏽", "-",

@@ -685,6 +685,30 @@ fn serialize(toks: &[Tok]) -> String {
     out
 }
 
+/// Whether the marker at `open` is within a bare URL (`https://x.co/*a*/b`, `www.x.co/_a_`): the
+/// Markdown parser reads emphasis there, but the address must reach the customer as written.
+fn in_url(toks: &[Tok], open: usize) -> bool {
+    let mut word = String::new();
+    for tok in toks[..open].iter().rev() {
+        match tok {
+            Tok::Text(text) => {
+                let tail = text.rsplit(char::is_whitespace).next().unwrap_or_default();
+                word.insert_str(0, tail);
+                if tail.len() < text.len() {
+                    break;
+                }
+            }
+            Tok::Code(_) => break,
+            Tok::Open(_, delim) | Tok::Close(_, delim) => word.insert_str(0, delim),
+        }
+    }
+    word.contains("://")
+        || word
+            .trim_start_matches(|c: char| !c.is_alphanumeric())
+            .to_ascii_lowercase()
+            .starts_with("www.")
+}
+
 /// Inline code. WhatsApp's `` `code` `` ends at the next backtick, so code holding one becomes a
 /// monospace span instead, which only a run of three backticks ends.
 fn code_span(code: &str) -> String {
@@ -755,7 +779,10 @@ fn judge(toks: &[Tok], open: usize, close: usize) -> Fate {
         Tok::Code(_) => Some('`'),
         _ => None,
     });
-    if before.is_some_and(char::is_alphanumeric) || after.is_some_and(char::is_alphanumeric) {
+    if before.is_some_and(char::is_alphanumeric)
+        || after.is_some_and(char::is_alphanumeric)
+        || in_url(toks, open)
+    {
         Fate::Literal
     } else {
         Fate::Marker
@@ -908,6 +935,22 @@ mod tests {
             ("precio: 5€ * unidad", "precio: 5€ * unidad"),
         ];
         assert_converts(&cases);
+    }
+
+    #[test]
+    fn markers_within_a_bare_url_stay_as_written() {
+        assert_converts(&[
+            (
+                "Ver https://x.co/*promo*/hoy",
+                "Ver https://x.co/*promo*/hoy",
+            ),
+            ("(www.x.co/**a**)", "(www.x.co/**a**)"),
+            ("https://x.co/~~a~~ y ~~b~~", "https://x.co/~~a~~ y ~b~"),
+            ("https://x.co/_a_/b y _b_", "https://x.co/_a_/b y _b_"),
+            ("https://x.co/a_*b*", "https://x.co/a_*b*"),
+            // Emphasis around a whole URL is still emphasis.
+            ("**https://x.co/a_b**", "*https://x.co/a_b*"),
+        ]);
     }
 
     #[test]

@@ -875,11 +875,13 @@ fn decode_entities(text: &str) -> String {
                     .or_else(|| name.strip_prefix('#').and_then(|dec| dec.parse().ok()))
                     .and_then(char::from_u32),
             };
-            c.map(|c| (c, semi))
+            c.map(String::from)
+                .or_else(|| named_entity(name))
+                .map(|text| (text, semi))
         });
         match decoded {
-            Some((c, semi)) => {
-                out.push(c);
+            Some((text, semi)) => {
+                out.push_str(&text);
                 rest = &after[semi + 1..];
             }
             None => {
@@ -890,6 +892,22 @@ fn decode_entities(text: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// Any other HTML entity (`&eacute;`, `&euro;`, `&hellip;`…), as the Markdown parser decodes it
+/// in ordinary text; HTML blocks reach us undecoded.
+fn named_entity(name: &str) -> Option<String> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return None;
+    }
+    let source = format!("&{name};");
+    let text: String = Parser::new(&source)
+        .filter_map(|event| match event {
+            Event::Text(text) => Some(text.into_string()),
+            _ => None,
+        })
+        .collect();
+    (text != source).then_some(text)
 }
 
 #[cfg(test)]
@@ -1048,6 +1066,7 @@ mod tests {
             ("a <!-- hidden --> b", "a  b"),
             ("<!-- comment -->\n\ntext", "text"),
             ("x &lt; y", "x < y"),
+            ("<p>Caf&eacute; &mdash; 5&euro;</p>", "Café — 5€"),
             // Words in angle brackets are not HTML elements: the model's placeholders stay.
             (
                 "Envíanos tu <order number>, por favor",
@@ -1075,6 +1094,8 @@ mod tests {
             ("AT&T", "AT&T"),
             ("&unknown;", "&unknown;"),
             ("&#xD800;", "&#xD800;"),
+            ("Caf&eacute; &mdash; 5&euro;&hellip; &copy;", "Café — 5€… ©"),
+            ("&Eacute;&ntilde;&ccedil;&atilde;", "Éñçã"),
         ];
         for (html, expected) in cases {
             assert_eq!(decode_entities(html), expected, "{html:?}");

@@ -555,22 +555,20 @@ fn flatten(inlines: &[Inline], active: &mut Vec<Style>, out: &mut Vec<Tok>) {
             }
             Inline::Link { url, label } => {
                 let text = plain_text(label);
+                // An e-mail address or a phone number is shown as itself, which WhatsApp links;
+                // `mailto:` or `tel:` in front of it only reads as jargon.
+                let shown = ["mailto:", "tel:"]
+                    .iter()
+                    .find_map(|scheme| url.strip_prefix(scheme))
+                    .filter(|target| !target.trim().is_empty())
+                    .unwrap_or(url);
                 if url.trim().is_empty() {
                     flatten(label, active, out);
                 } else if text.trim().is_empty() || same_target(&text, url) {
-                    let shown = if url.starts_with("mailto:") || url.starts_with("tel:") {
-                        text.trim().to_owned()
-                    } else {
-                        url.clone()
-                    };
-                    out.push(Tok::Text(if shown.is_empty() {
-                        url.clone()
-                    } else {
-                        shown
-                    }));
+                    out.push(Tok::Text(shown.to_owned()));
                 } else {
                     flatten(label, active, out);
-                    out.push(Tok::Text(format!(" ({url})")));
+                    out.push(Tok::Text(format!(" ({shown})")));
                 }
             }
         }
@@ -1027,6 +1025,13 @@ mod tests {
             ("![](https://kaiu.co/l.png)", "https://kaiu.co/l.png"),
             ("see https://kaiu.co now", "see https://kaiu.co now"),
             ("[ref][1]\n\n[1]: https://kaiu.co", "ref (https://kaiu.co)"),
+            ("<mailto:hola@kaiu.co>", "hola@kaiu.co"),
+            ("[](mailto:hola@kaiu.co)", "hola@kaiu.co"),
+            (
+                "[escríbenos](mailto:hola@kaiu.co)",
+                "escríbenos (hola@kaiu.co)",
+            ),
+            ("[Llámanos](tel:+573001234567)", "Llámanos (+573001234567)"),
         ];
         assert_converts(&cases);
     }

@@ -14,7 +14,7 @@
 //! | `` `code` `` | `` `code` `` (WhatsApp's inline code); ```` ```co`de``` ```` (monospace) when the code holds a backtick |
 //! | fenced or indented code | ```` ``` ```` on its own line, the code verbatim, ```` ``` ````; inside a quote, ```` > ```line``` ```` per line |
 //! | `# Header` (any level) | `*Header*` |
-//! | `[label](url)` | `label (url)`; just `url` when the label is the URL |
+//! | `[label](url)` | `label (url)`; just `url` when the label is the URL; a `mailto:` or `tel:` URL without its scheme |
 //! | `<https://…>`, bare URLs | kept as they are |
 //! | `![alt](url)` | `alt (url)` |
 //! | `- item` / `* item` / `+ item` | `- item`, nested levels indented by two spaces |

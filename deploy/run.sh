@@ -8,9 +8,15 @@
 #
 # Settings come from the environment; anything unset comes from .wafleet/dev.env, which this
 # script writes on first run (a fresh encryption key and a development channel).
+#
+# Ctrl-C (or SIGTERM) stops the processes it started; Redis and Postgres keep running
+# (deploy/services.sh down stops them).
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@" # `sh deploy/run.sh` too
 set -euo pipefail
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# The checkout this script is in, wherever it is called from (a symlink to it too).
+repo="$(cd -P "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd -P)"
 cd "$repo"
+die() { echo "run.sh: $*" >&2; exit 1; }
 
 deploy/services.sh up
 eval "$(deploy/services.sh env)"
@@ -33,34 +39,116 @@ SIM_LISTEN=127.0.0.1:8090
 ENV
     chmod 600 "$dev_env"
 fi
-while IFS= read -r line; do
-    [[ -z $line || $line == \#* ]] && continue
-    name=${line%%=*}
-    [[ -z ${!name:-} ]] && export "$line"
+# NAME=value lines (an optional leading `export`, one pair of quotes around the value).
+n=0
+while IFS= read -r line || [[ -n $line ]]; do
+    n=$((n + 1))
+    line=${line%$'\r'}
+    [[ $line =~ ^[[:space:]]*(#|$) ]] && continue
+    [[ $line =~ ^[[:space:]]*(export[[:space:]]+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]] \
+        || die "$dev_env line $n: expected NAME=value, got: $line"
+    name=${BASH_REMATCH[2]} value=${BASH_REMATCH[3]}
+    [[ $value =~ ^\"(.*)\"$ || $value =~ ^\'(.*)\'$ ]] && value=${BASH_REMATCH[1]}
+    [[ -n ${!name:-} ]] || export "$name=$value"
 done < "$dev_env"
+
+# One run per checkout at a time (a second would find every port taken by the first). The lock
+# is not handed to the processes started below (8>&-).
+exec 8> .wafleet/run.lock
+flock -n 8 || die "another deploy/just run of this checkout is running (Ctrl-C it first)"
+
+SIM_LISTEN=${SIM_LISTEN:-127.0.0.1:8090}
+export WAFLEET_API_ADDR=${WAFLEET_API_ADDR:-127.0.0.1:8081}
+# Processes an earlier run left behind (run.sh killed with SIGKILL) hold the ports: stop them.
+# Only ours: the pid still runs a binary of this checkout's target directory.
+if [[ -f .wafleet/run.pids ]]; then
+    while read -r pid exe; do
+        running=$(readlink "/proc/$pid/exe" 2>/dev/null) || continue
+        [[ $pid =~ ^[0-9]+$ && ${running% (deleted)} == "$exe" ]] || continue
+        echo "stopping $(basename "$exe") (pid $pid), left running by an earlier run" >&2
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 250); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+    done < .wafleet/run.pids
+    rm -f .wafleet/run.pids
+fi
+# A port some other program holds would leave ours unable to start while the readiness checks
+# below reached that program instead (another checkout's run): say which variable to change.
+for var in WAFLEET_INGEST_ADDR WAFLEET_WORKER_METRICS_ADDR WAFLEET_API_ADDR SIM_LISTEN; do
+    addr=${!var} host=${!var%:*} port=${!var##*:}
+    host=${host#[} host=${host%]}
+    [[ $host == 0.0.0.0 || $host == :: || -z $host ]] && host=127.0.0.1
+    # shellcheck disable=SC2016 # $1 and $2 are the inner shell's
+    if timeout 3 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$host" "$port" 2>/dev/null; then
+        die "$addr ($var) is already in use by another program; set $var to a free address, in the environment or in $dev_env"
+    fi
+done
 
 echo "building release binaries…" >&2
 cargo build --release -q -p wafleet-ingest -p wafleet-worker -p wafleet-api -p wafleetctl -p wafleet-sim
-bin=target/release
-$bin/wafleetctl migrate
+# Where cargo put them (CARGO_TARGET_DIR or a build.target-dir in a cargo config move them).
+target=$(cargo metadata --no-deps --format-version 1 2>/dev/null | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p' || true)
+bin=${target:-target}/release
+[[ -x $bin/wafleet-ingest ]] || die "built binaries not found in $bin"
+"$bin/wafleetctl" migrate
 
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+# The processes started below: name, pid, log. They are stopped on every way out (Ctrl-C
+# included), gracefully first (WAFLEET_SHUTDOWN_GRACE_SECS is 20 s by default); a second Ctrl-C
+# kills them at once.
+names=() pids=() logs=() force=0
+spawn() { # spawn NAME COMMAND...: runs it in the background, output to .wafleet/NAME.log
+    local name=$1
+    shift
+    "$@" > ".wafleet/$name.log" 2>&1 8>&- &
+    names+=("$name") pids+=($!) logs+=(".wafleet/$name.log")
+    echo "$! $(readlink -f "$1")" >> .wafleet/run.pids
 }
-trap cleanup EXIT INT TERM
+stop_children() {
+    local i pid alive
+    ((${#pids[@]})) || return 0
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    for ((i = 0; i < 250 && !force; i++)); do
+        alive=0
+        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        ((alive)) || break
+        ((i == 20)) && echo "waiting for ${names[*]} to finish their work (Ctrl-C again to kill them)" >&2
+        sleep 0.1
+    done
+    kill -KILL "${pids[@]}" 2>/dev/null || true
+    wait "${pids[@]}" 2>/dev/null || true
+    pids=()
+    rm -f .wafleet/run.pids
+}
+on_signal() {
+    trap 'force=1' INT TERM HUP # a second one while stopping: stop waiting
+    echo >&2
+    echo "stopping (Redis and Postgres keep running; deploy/services.sh down stops them)" >&2
+    stop_children
+    exit "$1"
+}
+trap stop_children EXIT
+trap 'on_signal 130' INT
+trap 'on_signal 143' TERM
+trap 'on_signal 129' HUP
+# died NAME: what a process that exited early said last.
+died() {
+    local i
+    for i in "${!names[@]}"; do
+        if [[ ${names[i]} == "$1" ]]; then
+            sed '/^Stack backtrace:/,$d' "${logs[i]}" | tail -n 15 | sed 's/^/    /' >&2
+            die "$1 exited early; see ${logs[i]}"
+        fi
+    done
+}
 
-SIM_LISTEN=${SIM_LISTEN:-127.0.0.1:8090}
 sim="http://$SIM_LISTEN"
-$bin/wafleet-ingest > .wafleet/ingest.log 2>&1 &
-pids+=($!)
+rm -f .wafleet/run.pids
+spawn ingest "$bin/wafleet-ingest"
 # The simulator: Meta's Graph API (sends, read receipts, status webhooks back to ingest) and a
 # stand-in model. Point WAFLEET_GRAPH_BASE_URL elsewhere to use the real Graph API.
-$bin/wafleet-sim --listen "$SIM_LISTEN" --webhook-url "http://$WAFLEET_INGEST_ADDR/webhooks/whatsapp" \
+spawn sim "$bin/wafleet-sim" --listen "$SIM_LISTEN" --webhook-url "http://$WAFLEET_INGEST_ADDR/webhooks/whatsapp" \
     --app-secret "$WHATSAPP_APP_SECRET" --token "$WHATSAPP_PHONE_NUMBER_ID=$WHATSAPP_ACCESS_TOKEN" \
-    --llm-latency-ms 300 > .wafleet/sim.log 2>&1 &
-pids+=($!)
+    --llm-latency-ms 300
 export WAFLEET_GRAPH_BASE_URL=${WAFLEET_GRAPH_BASE_URL:-$sim}
 export WAFLEET_LLM_STANDIN_URL=${WAFLEET_LLM_STANDIN_URL:-$sim/v1}
 # The demo's voice notes are the simulator's: its speech to text transcribes them (a real
@@ -68,23 +156,23 @@ export WAFLEET_LLM_STANDIN_URL=${WAFLEET_LLM_STANDIN_URL:-$sim/v1}
 if [[ -z ${WAFLEET_TRANSCRIBE_BASE_URL:-} ]]; then
     export WAFLEET_TRANSCRIBE_BASE_URL=$sim/v1 WAFLEET_TRANSCRIBE_API_KEY=standin WAFLEET_TRANSCRIBE_MODEL=standin
 fi
-$bin/wafleet-worker > .wafleet/worker.log 2>&1 &
-pids+=($!)
+spawn worker "$bin/wafleet-worker"
 # The agent API dashboards call.
-export WAFLEET_API_ADDR=${WAFLEET_API_ADDR:-127.0.0.1:8081}
-$bin/wafleet-api > .wafleet/api.log 2>&1 &
-pids+=($!)
+spawn api "$bin/wafleet-api"
 
 ingest="http://$WAFLEET_INGEST_ADDR"
 metrics="http://$WAFLEET_WORKER_METRICS_ADDR"
-for _ in $(seq 1 100); do
-    if $bin/wafleetctl probe "$ingest/readyz" >/dev/null 2>&1 && $bin/wafleetctl probe "$metrics/readyz" >/dev/null 2>&1 \
-        && $bin/wafleetctl probe "http://$WAFLEET_API_ADDR/readyz" >/dev/null 2>&1; then
-        break
-    fi
+ready_urls=("$ingest/readyz" "$sim/healthz" "$metrics/readyz" "http://$WAFLEET_API_ADDR/readyz")
+for ((i = 0; i < 300; i++)); do
+    for j in "${!names[@]}"; do kill -0 "${pids[j]}" 2>/dev/null || died "${names[j]}"; done
+    ready=1
+    for url in "${ready_urls[@]}"; do "$bin/wafleetctl" probe "$url" >/dev/null 2>&1 || { ready=0; break; }; done
+    ((ready)) && break
     sleep 0.1
 done
-$bin/wafleetctl probe "$ingest/readyz" >/dev/null || { echo "ingest did not become ready; see .wafleet/ingest.log" >&2; exit 1; }
+for j in "${!names[@]}"; do
+    "$bin/wafleetctl" probe "${ready_urls[j]}" >/dev/null 2>&1 || die "${names[j]} did not become ready at ${ready_urls[j]}; see ${logs[j]}"
+done
 
 echo
 echo "wafleet is running:"
@@ -107,20 +195,20 @@ post() {
         -e "s/__ES__/$es_customer/g" -e "s/__EN__/$en_customer/g" \
         -e "s/__NOW2__/$((now + 30))/g" "$1" > "$body"
     printf 'POST %-28s → ' "$(basename "$1")"
-    $bin/wafleetctl send-webhook --url "$ingest/webhooks/whatsapp" "$body"
+    "$bin/wafleetctl" send-webhook --url "$ingest/webhooks/whatsapp" "$body"
     rm -f "$body"
 }
 wait_for() { # SQL returning a number, wanted value
     for _ in $(seq 1 150); do
-        [[ $(psql "$DATABASE_URL" -Atc "$1") == "$2" ]] && return 0
+        [[ $(psql -X "$DATABASE_URL" -Atc "$1") == "$2" ]] && return 0
         sleep 0.1
     done
     echo "(timed out waiting: $1)" >&2
 }
 # The demo number gives the model the photos customers send (fetched from the simulator).
-$bin/wafleetctl channel set "$WHATSAPP_PHONE_NUMBER_ID" images_to_model on >/dev/null
+"$bin/wafleetctl" channel set "$WHATSAPP_PHONE_NUMBER_ID" images_to_model on >/dev/null
 # ... and answers the voice notes they send (transcribed by the simulator).
-$bin/wafleetctl channel set "$WHATSAPP_PHONE_NUMBER_ID" transcribe_audio on >/dev/null
+"$bin/wafleetctl" channel set "$WHATSAPP_PHONE_NUMBER_ID" transcribe_audio on >/dev/null
 post deploy/samples/es_text_pii.json
 post deploy/samples/en_1_question.json
 wait_for "SELECT count(*) FROM outbound_messages o JOIN messages m ON m.id = o.reply_to
@@ -135,8 +223,8 @@ wait_for "SELECT count(*) FROM outbound_messages o JOIN messages m ON m.id = o.r
 
 # The English customer asked for a person: an agent answers through the agent API (what a
 # dashboard calls) and gives the conversation back to the bot.
-conv=$(psql "$DATABASE_URL" -Atc "SELECT conversation_id FROM messages WHERE wamid = 'wamid.demo-en2-$run_id'")
-token=$($bin/wafleetctl api-token add "demo-$run_id" --number "$WHATSAPP_PHONE_NUMBER_ID" 2>/dev/null)
+conv=$(psql -X "$DATABASE_URL" -Atc "SELECT conversation_id FROM messages WHERE wamid = 'wamid.demo-en2-$run_id'")
+token=$("$bin/wafleetctl" api-token add "demo-$run_id" --number "$WHATSAPP_PHONE_NUMBER_ID" 2>/dev/null)
 api() { # METHOD PATH [JSON]: the agent API with the demo's token
     API_URL="http://$WAFLEET_API_ADDR" API_TOKEN="$token" API_KEY="demo-$run_id" python3 -c '
 import json, os, sys, urllib.request, urllib.error
@@ -157,18 +245,18 @@ api GET "/api/v1/conversations?owner=human&limit=1"
 api POST "/api/v1/conversations/$conv/messages" '{"text": "Hi, I am Sam from the team. I can help you with your order now.", "agent": "sam"}'
 wait_for "SELECT count(*) FROM outbound_messages WHERE conversation_id = $conv AND kind = 'agent' AND state = 'accepted'" 1
 echo "the conversation as the agent sees it (wafleetctl conversation show $conv):"
-$bin/wafleetctl conversation show "$conv" | sed 's/^/  /'
+"$bin/wafleetctl" conversation show "$conv" | sed 's/^/  /'
 api POST "/api/v1/conversations/$conv/release"
-$bin/wafleetctl api-token revoke "demo-$run_id" >/dev/null
+"$bin/wafleetctl" api-token revoke "demo-$run_id" >/dev/null
 
 echo
 echo "what was stored (text redacted before any model saw it):"
-psql "$DATABASE_URL" -P pager=off -c "
+psql -X "$DATABASE_URL" -P pager=off -c "
   SELECT m.wamid, m.action, c.owner, m.pii_types, m.text_redacted
     FROM messages m JOIN conversations c ON c.id = m.conversation_id
    WHERE m.wamid LIKE 'wamid.demo-%-$run_id' ORDER BY m.id"
 echo "what the simulated customers received (Graph API simulator):"
-$bin/wafleetctl probe "$sim/_sim/messages" | CUSTOMERS="$es_customer $en_customer" python3 -c '
+"$bin/wafleetctl" probe "$sim/_sim/messages" | CUSTOMERS="$es_customer $en_customer" python3 -c '
 import json, os, sys
 # This run'"'"'s customers only (a simulator left running from an earlier run keeps its messages).
 customers = os.environ["CUSTOMERS"].split()
@@ -176,9 +264,9 @@ for m in json.load(sys.stdin):
     if m["to"].lstrip("+") not in customers:
         continue
     print("  to %-14s quoting %-34.34s %r" % (m["to"], m["context_message_id"] or "-", m["body"][:100]))
-' 2>/dev/null || $bin/wafleetctl probe "$sim/_sim/messages"
+' 2>/dev/null || "$bin/wafleetctl" probe "$sim/_sim/messages"
 echo "photos the model was given (inline in its requests, never stored):"
-$bin/wafleetctl probe "$sim/_sim/llm_requests" | python3 -c '
+"$bin/wafleetctl" probe "$sim/_sim/llm_requests" | python3 -c '
 import json, sys
 for r in json.load(sys.stdin):
     for m in r["body"]["messages"]:
@@ -188,17 +276,19 @@ for r in json.load(sys.stdin):
 ' 2>/dev/null || true
 echo
 echo "delivery as reported back by status webhooks:"
-psql "$DATABASE_URL" -P pager=off -Atc "
+psql -X "$DATABASE_URL" -P pager=off -Atc "
   SELECT '  ' || o.kind || ' part ' || o.part_no || ': ' || o.state || ', ' || coalesce(o.delivery, 'no status yet')
     FROM outbound_messages o JOIN messages m ON m.id = o.reply_to
    WHERE m.wamid LIKE 'wamid.demo-%-$run_id' ORDER BY o.id"
 echo
 echo "queues (worker /metrics):"
-$bin/wafleetctl probe "$metrics/metrics" | grep -E '^wafleet_(stage_backlog|jobs_total|handovers_total|replies_total)' || true
+"$bin/wafleetctl" probe "$metrics/metrics" | grep -E '^wafleet_(stage_backlog|jobs_total|handovers_total|replies_total)' || true
 
 if [[ ${RUN_ONCE:-0} == 1 ]]; then
     exit 0
 fi
 echo
 echo "running; Ctrl-C to stop"
-wait
+# Until Ctrl-C, or until one of them exits on its own (then the others are stopped too).
+wait -n "${pids[@]}" || true
+for j in "${!names[@]}"; do kill -0 "${pids[j]}" 2>/dev/null || died "${names[j]}"; done

@@ -552,6 +552,8 @@ case "$cmd" in
     # Not a service, but the one build tool a Rust install may lack: the worker's allocator
     # (jemalloc) is compiled with make, and every recipe brings the services up before building.
     command -v make >/dev/null || missing+=(make)
+    # And deploy/run.sh's demo prints with python3, which minimal Debian images lack.
+    command -v python3 >/dev/null || missing+=(python3)
     ((${#missing[@]} == 0)) || apt_install "${missing[@]}"
     redis_start
     pg_start

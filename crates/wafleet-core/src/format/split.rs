@@ -838,6 +838,23 @@ mod tests {
         }
 
         #[test]
+        fn formatted_markdown_splits_within_the_limit_and_keeps_its_content(
+            pieces in prop::collection::vec(
+                prop::sample::select(vec![
+                    "hola", "envío", "**negrita larga**", "*cursiva*", "~~no~~", "`code`",
+                    "`` a`b ``", "https://x.co/*a*/b", "👍🏽", "👨‍👩‍👧‍👦", "🇨🇴", "中文", "&eacute;",
+                    " ", " ", "\n", "\n\n", "> ", "- ", "1. ", "# ", "```\n", "\n```\n",
+                    "| a | b |\n|---|---|\n| 1 | 2 |\n", "[l](https://x.co)",
+                ]),
+                0..150,
+            ),
+            max in 16usize..=300,
+        ) {
+            let text = crate::format::markdown_to_whatsapp(&pieces.concat());
+            check_invariants(&text, max)?;
+        }
+
+        #[test]
         fn arbitrary_unicode_never_panics(text in "\\PC{0,300}", max in 0usize..=50) {
             let parts = split_message(&text, max);
             prop_assert!(parts.iter().all(|p| fits(p, max.max(1))), "{:?}", parts);

@@ -79,7 +79,7 @@ T_RATE=3000 T_P99_MS=50 T_IN_FLIGHT=1000 T_RSS_MB=100
 
 note() { echo "bench-e2e: $*" >&2; }
 # Helpers shared with the other benchmarks (processes, Redis, Postgres, CPU accounting).
-source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
+source "$ROOT/deploy/bench-lib.sh"
 
 [[ "$IDLE_TIMEOUT" =~ ^[0-9]+$ ]] || die "BENCH_IDLE_TIMEOUT must be a number, got '$IDLE_TIMEOUT'"
 [[ "$CPU_WAIT" =~ ^[0-9]+$ ]] || die "BENCH_CPU_WAIT must be a number, got '$CPU_WAIT'"

@@ -44,7 +44,7 @@ BENCH_DB=wafleet_bench
 note() { echo "bench-ingest: $*" >&2; }
 # Services, psql, rcli and bench_redis_url; this script's own cleanup and CPU helpers below
 # replace the library's.
-source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
+source "$ROOT/deploy/bench-lib.sh"
 
 if [[ "${BENCH_NO_BUILD:-0}" != 1 ]]; then
   note "building release binaries"

@@ -15,7 +15,8 @@ bench_services() {
   eval "$(deploy/services.sh env)"
   exec 8>"$ROOT/.wafleet/$1.lock"
   flock -n 8 || die "another $1 is running on this checkout's services"
-  PSQL="$(command -v psql || ls /usr/lib/postgresql/*/bin/psql 2>/dev/null | tail -n1 || true)"
+  # Else the newest server's (sort -V: 9.6 before 15, as ls would not).
+  PSQL="$(command -v psql || printf '%s\n' /usr/lib/postgresql/*/bin/psql | sort -V | tail -n1)"
   [[ -x "$PSQL" ]] || die "psql not found"
   local url_noq
   url_noq="${DATABASE_URL%%\?*}"

@@ -55,7 +55,7 @@ export RUST_LOG="${BENCH_RUST_LOG:-warn}"
 
 note() { echo "bench-pipeline: $*" >&2; }
 # Helpers shared with the other benchmarks (processes, Redis, Postgres, CPU accounting).
-source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
+source "$ROOT/deploy/bench-lib.sh"
 
 [[ "$IDLE_TIMEOUT" =~ ^[0-9]+$ ]] || die "BENCH_IDLE_TIMEOUT must be a number, got '$IDLE_TIMEOUT'"
 [[ "$CPU_WAIT" =~ ^[0-9]+$ ]] || die "BENCH_CPU_WAIT must be a number, got '$CPU_WAIT'"

@@ -26,7 +26,7 @@ REDIS_LOG="$STATE/redis.log"
 # A Unix socket beside the TCP port, for clients on this host (bench-ingest uses it). Socket
 # paths are limited to 107 bytes, so a very deep checkout goes without one.
 REDIS_SOCKET="$REDIS_DIR/redis.sock"
-((${#REDIS_SOCKET} <= 100)) || REDIS_SOCKET=""
+(($(printf '%s' "$REDIS_SOCKET" | wc -c) <= 100)) || REDIS_SOCKET="" # bytes, not characters
 PG_LOG="$STATE/pg.log"
 PG_PATHFILE="$STATE/pg.path"     # records where the PG data dir actually is
 

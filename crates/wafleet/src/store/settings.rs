@@ -2,6 +2,7 @@
 //! each a column of `channels`. Workers see a change within seconds (their channel cache).
 
 use sqlx::PgPool;
+use wafleet_core::format::split;
 
 /// A setting, by the name operators use (the column's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,10 +134,11 @@ impl Setting {
             | Setting::HandoverAck
             | Setting::MediaNotice
             | Setting::AfterHoursAck
-                if raw.chars().count() > 4096 =>
+                if split::measure(raw) > split::WHATSAPP_MAX_CHARS =>
             {
+                // Counted as the splitter counts a reply: Meta may count UTF-16 units.
                 Err(format!(
-                    "{} is longer than WhatsApp's 4,096 characters",
+                    "{} is longer than WhatsApp's 4,096 characters (an emoji counts as two)",
                     self.name()
                 ))
             }
@@ -351,6 +353,9 @@ mod tests {
         assert_eq!(n(Setting::HandoverAck, ""), Ok(Value::Text(String::new())));
         assert!(n(Setting::HandoverAck, "  ").is_err());
         assert!(n(Setting::MediaNotice, &"x".repeat(4097)).is_err());
+        // 4096 chars, but 4097 UTF-16 units, as Meta may count them.
+        assert!(n(Setting::CannedReply, &format!("{}👍", "x".repeat(4095))).is_err());
+        assert!(n(Setting::CannedReply, &"👍".repeat(2048)).is_ok());
         assert_eq!(Setting::from_name("pair_burst"), Some(Setting::PairBurst));
         assert_eq!(Setting::from_name("access_token"), None);
         for s in Setting::ALL {

@@ -164,6 +164,9 @@ impl TreeBuilder {
             },
             Event::InlineHtml(html) => self.inline_html(&html),
             Event::FootnoteReference(label) => self.inline(Inline::Text(format!("[{label}]"))),
+            // A `<br>` at the end of a source line is already its break: the newline after it is
+            // only whitespace, as in HTML (it made a blank line).
+            Event::SoftBreak if self.ends_in_break() => {}
             Event::SoftBreak | Event::HardBreak => self.inline(Inline::Break),
             Event::Rule => self.block(Block::Rule),
             Event::TaskListMarker(done) => {
@@ -303,6 +306,19 @@ impl TreeBuilder {
                 self.block(Block::Plain(vec![inline]))
             }
         }
+    }
+
+    /// Whether the inline content being built ends in a line break.
+    fn ends_in_break(&self) -> bool {
+        let inlines = match self.stack.last() {
+            Some(Frame::Inlines(_, inlines)) => inlines,
+            Some(Frame::Blocks(_, blocks)) => match blocks.last() {
+                Some(Block::Plain(inlines)) => inlines,
+                _ => return false,
+            },
+            _ => return false,
+        };
+        matches!(inlines.last(), Some(Inline::Break))
     }
 
     /// Inline HTML elements are dropped, except `<br>` which is a line break. Anything else
@@ -1087,6 +1103,9 @@ mod tests {
                 "Tu <codigo> es válido",
             ),
             ("a <B>b</B> <Br/>c", "a b\nc"),
+            // A <br> at the end of a line breaks it once.
+            ("uno<br>\ndos<br/>\ntres", "uno\ndos\ntres"),
+            ("- uno<br>\n  dos", "- uno\n  dos"),
         ];
         assert_converts(&cases);
     }

@@ -538,7 +538,7 @@ fn render_inlines(inlines: &[Inline], wrap: Option<Style>) -> String {
         toks.push(Tok::Open(style, String::new()));
         active.push(style);
     }
-    flatten(inlines, &mut active, &mut toks);
+    flatten(inlines, &mut active, false, &mut toks);
     if let Some(style) = wrap {
         toks.push(Tok::Close(style, String::new()));
     }
@@ -546,7 +546,9 @@ fn render_inlines(inlines: &[Inline], wrap: Option<Style>) -> String {
     serialize(&toks)
 }
 
-fn flatten(inlines: &[Inline], active: &mut Vec<Style>, out: &mut Vec<Tok>) {
+/// `in_link`: the inlines are a link's label, where a link (an image as a link's label) is shown
+/// by its label alone; the outer link's target is the one the customer needs.
+fn flatten(inlines: &[Inline], active: &mut Vec<Style>, in_link: bool, out: &mut Vec<Tok>) {
     for inline in inlines {
         match inline {
             Inline::Text(text) => out.push(Tok::Text(text.clone())),
@@ -560,11 +562,11 @@ fn flatten(inlines: &[Inline], active: &mut Vec<Style>, out: &mut Vec<Tok>) {
                 // WhatsApp cannot nest a style inside itself (`_a _b_ c_` closes early): the inner
                 // span is already styled, so its markers are simply left out.
                 if active.contains(style) {
-                    flatten(children, active, out);
+                    flatten(children, active, in_link, out);
                 } else {
                     out.push(Tok::Open(*style, delim.clone()));
                     active.push(*style);
-                    flatten(children, active, out);
+                    flatten(children, active, in_link, out);
                     active.pop();
                     out.push(Tok::Close(*style, delim.clone()));
                 }
@@ -578,12 +580,12 @@ fn flatten(inlines: &[Inline], active: &mut Vec<Style>, out: &mut Vec<Tok>) {
                     .find_map(|scheme| url.strip_prefix(scheme))
                     .filter(|target| !target.trim().is_empty())
                     .unwrap_or(url);
-                if url.trim().is_empty() {
-                    flatten(label, active, out);
+                if in_link || url.trim().is_empty() {
+                    flatten(label, active, in_link, out);
                 } else if text.trim().is_empty() || same_target(&text, url) {
                     out.push(Tok::Text(shown.to_owned()));
                 } else {
-                    flatten(label, active, out);
+                    flatten(label, active, true, out);
                     out.push(Tok::Text(format!(" ({shown})")));
                 }
             }
@@ -1042,6 +1044,11 @@ mod tests {
             ("see https://kaiu.co now", "see https://kaiu.co now"),
             ("[ref][1]\n\n[1]: https://kaiu.co", "ref (https://kaiu.co)"),
             ("<mailto:hola@kaiu.co>", "hola@kaiu.co"),
+            // An image as a link's label: the link's target only.
+            (
+                "[![Camiseta](https://kaiu.co/c.png)](https://kaiu.co/c)",
+                "Camiseta (https://kaiu.co/c)",
+            ),
             ("[](mailto:hola@kaiu.co)", "hola@kaiu.co"),
             (
                 "[escríbenos](mailto:hola@kaiu.co)",

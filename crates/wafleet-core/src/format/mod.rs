@@ -16,7 +16,7 @@
 //! | `# Header` (any level) | `*Header*` |
 //! | `[label](url)` | `label (url)`; just `url` when the label is the URL; a `mailto:` or `tel:` URL without its scheme |
 //! | `<https://…>`, bare URLs | kept as they are |
-//! | `![alt](url)` | `alt (url)` |
+//! | `![alt](url)` | `alt (url)`; just `alt` as a link's label (`[![alt](img)](url)` → `alt (url)`) |
 //! | `- item` / `* item` / `+ item` | `- item`, nested levels indented by two spaces |
 //! | `1. item` | `1. item`, numbering kept |
 //! | `> quote` | `> quote` |

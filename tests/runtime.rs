@@ -948,3 +948,119 @@ async fn a_stream_read_whose_connection_goes_silent_is_given_up_on() {
     wait_done(&probe, 2).await;
     running.stop().await;
 }
+
+/// Moves every expiry under the test's prefix `by` closer, as if that much time had passed:
+/// what would have expired by then is deleted.
+async fn fast_forward_expiries(cfg: &TestConfig, by: Duration) {
+    let mut con = cfg.redis().await;
+    let keys: Vec<String> = con
+        .keys(format!("{}:*", cfg.keys().prefix()))
+        .await
+        .unwrap();
+    for key in keys {
+        let left: i64 = con.pttl(&key).await.unwrap();
+        if left < 0 {
+            continue;
+        }
+        let left = left - by.as_millis() as i64;
+        if left <= 0 {
+            let _: () = con.del(&key).await.unwrap();
+        } else {
+            let _: () = con.pexpire(&key, left).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_replay_cut_off_before_its_delete_is_not_doubled_while_the_dead_letter_is_kept() {
+    let cfg = TestConfig {
+        partitions: 1,
+        ..TestConfig::new().await
+    };
+    let keys = cfg.keys();
+    let prefix = keys.prefix().to_string();
+    let pg = cfg.pg().await;
+    let mut con = cfg.redis().await;
+    // An operator's replay whose delete never reaches Redis (cut off between its two steps):
+    // here a Redis user that may do everything but XDEL.
+    let user = format!("noxdel-{}", uuid::Uuid::new_v4().simple());
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&user)
+        .arg("on")
+        .arg(">pw")
+        .arg(format!("~{prefix}:*"))
+        .arg("&*")
+        .arg("+@all")
+        .arg("-xdel")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let cut_off = redis::Client::open(cfg.redis_url.replacen("://", &format!("://{user}:pw@"), 1))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let day = Duration::from_secs(86_400);
+    // Dead letters kept 30 days, then kept until deleted by hand: the operator replays again
+    // after more than 14 days, while the dead letter is still there.
+    for (round, retention, age, later) in [
+        (0, Some(30 * day), day, 15 * day),
+        (1, None, 100 * day, 400 * day),
+    ] {
+        let source = keys.inbound(0);
+        let _: () = con.del(&source).await.unwrap();
+        let mut fields: Vec<(String, String)> = vec![
+            ("conv".into(), "R".into()),
+            ("name".into(), format!("replayed {round}")),
+        ];
+        fields.extend(
+            wafleet::dead_letters::GaveUp {
+                reason: "probe gave up",
+                stage: STAGE.name,
+                source_stream: &source,
+                source_id: "1-0",
+                deliveries: 1,
+                attempts: 3,
+                dead_at_ms: 1,
+            }
+            .fields(),
+        );
+        let written = chrono::Utc::now().timestamp_millis() - age.as_millis() as i64;
+        let dead = keys.dead(STAGE.name);
+        let _: () = con.del(&dead).await.unwrap();
+        let _: String = con
+            .xadd(&dead, format!("{written}-0"), &fields)
+            .await
+            .unwrap();
+        let letters = wafleet::dead_letters::read(&mut con, &keys, STAGE.name)
+            .await
+            .unwrap();
+        let replay = |mut c: redis::aio::MultiplexedConnection| {
+            let (pg, keys, letter) = (&pg, &keys, &letters[0]);
+            async move {
+                wafleet::dead_letters::replay_within(
+                    &mut c, pg, keys, STAGE.name, letter, false, retention,
+                )
+                .await
+            }
+        };
+        assert!(replay(cut_off.clone()).await.is_err(), "the delete refused");
+        assert_eq!(read_stream(&mut con, &source).await.len(), 1);
+        fast_forward_expiries(&cfg, later).await;
+        replay(con.clone()).await.unwrap();
+        let back = read_stream(&mut con, &source).await;
+        assert_eq!(back.len(), 1, "round {round}: put back twice: {back:?}");
+        assert_eq!(con.xlen::<_, usize>(&dead).await.unwrap(), 0);
+        // Once the dead letter is gone, its mark does not stay for good.
+        fast_forward_expiries(&cfg, 2 * day).await;
+        let marks: Vec<String> = con.keys(format!("{prefix}:*:seen:*")).await.unwrap();
+        assert!(marks.is_empty(), "round {round}: marks left: {marks:?}");
+    }
+    let _: () = redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(&user)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+}

@@ -6,12 +6,14 @@
 //! [`crate::store::replies::reopen_for_replay`]): the sender skips failed parts, so without that
 //! a replay of a reply that ran out of retries would send nothing.
 
+use std::time::Duration;
+
 use redis::aio::ConnectionLike;
 use sqlx::PgPool;
 
 use crate::stages::sender;
 use crate::store::replies;
-use crate::streams::{ENQUEUE_SCRIPT, Keys, StoredEntry, read_whole};
+use crate::streams::{Keys, StoredEntry, read_whole};
 
 /// Fields the runtime adds to a dead letter ([`GaveUp::fields`], in this order); a replay strips
 /// them.
@@ -25,9 +27,48 @@ pub const RUNTIME_FIELDS: [&str; 7] = [
     "dead_at",
 ];
 
-/// How long a replay's mark stays: as long as dead letters are kept by default, so a replay run
-/// again after an interruption finds it.
-const REPLAYED_MARK_TTL: std::time::Duration = crate::worker::retention::DEFAULT_RETENTION;
+/// How long a replay's mark outlives what it guards: past the dead letter's trim (the trimmer runs
+/// once a minute, and the dead letter's id is Redis's clock, not ours), and, once the replay
+/// removed the dead letter, against a replay that read it before (two operators at once).
+const REPLAYED_MARK_MARGIN: Duration = Duration::from_secs(86_400);
+
+/// How long a replay's mark must last when it is taken: as long as the dead letter may still be
+/// there to replay again (a replay interrupted between its add and its delete leaves it), that is
+/// until the retention trims it (`WAFLEET_RETENTION_DAYS`, counted from the dead letter's id),
+/// plus [`REPLAYED_MARK_MARGIN`]; `None` (no expiry) when dead letters are kept until deleted by
+/// hand. A fixed 14 days let a replay run again after them, of a dead letter a longer retention
+/// still kept, put its job back a second time.
+fn replayed_mark_ttl(
+    dead_letter_id: &str,
+    retention: Option<Duration>,
+    now_ms: i64,
+) -> Option<Duration> {
+    let retention = retention?;
+    let written_ms = dead_letter_id
+        .split_once('-')
+        .and_then(|(ms, _)| ms.parse::<i64>().ok())
+        .unwrap_or(now_ms);
+    let trimmed_ms = written_ms.saturating_add(retention.as_millis() as i64);
+    let left = Duration::from_millis(trimmed_ms.saturating_sub(now_ms).max(0) as u64);
+    Some(left + REPLAYED_MARK_MARGIN)
+}
+
+/// [`ENQUEUE_SCRIPT`] for a replay: the mark (`KEYS[1]`) is taken with a TTL of `ARGV[1]`
+/// seconds, or none when it is 0, and the job appended to its source stream (`KEYS[2]`, the same
+/// slot) only if the mark was free.
+const REPLAY_SCRIPT: &str = r"
+local ttl = tonumber(ARGV[1])
+local marked
+if ttl > 0 then marked = redis.call('SET', KEYS[1], '1', 'NX', 'EX', ttl)
+else marked = redis.call('SET', KEYS[1], '1', 'NX') end
+if not marked then return 0 end
+local added = redis.pcall('XADD', KEYS[2], '*', unpack(ARGV, 2))
+if type(added) == 'table' and added.err then
+  redis.call('DEL', KEYS[1])
+  return redis.error_reply(added.err)
+end
+return 1
+";
 
 /// The mark that a dead letter's job was put back on `source`: beside the stream (same hash tag),
 /// named by the stage and the dead letter's id.
@@ -87,14 +128,17 @@ pub async fn read<C: ConnectionLike>(
 /// place, never a loss, and running the replay again finishes it. The job is queued once however
 /// often the dead letter is replayed (again after an interruption, or by two operators at once):
 /// it goes back together with a mark beside its source stream ([`replayed_mark`]), and a replay
-/// that finds the mark only removes the dead letter.
-pub async fn replay<C: ConnectionLike>(
+/// that finds the mark only removes the dead letter. The mark lasts while the dead letter may
+/// still be there under the workers' `retention` ([`replayed_mark_ttl`]); once the dead letter is
+/// removed, a day.
+pub async fn replay_within<C: ConnectionLike>(
     con: &mut C,
     pg: &PgPool,
     keys: &Keys,
     stage: &str,
     letter: &DeadLetter,
     resend_unanswered: bool,
+    retention: Option<Duration>,
 ) -> anyhow::Result<replies::Reopened> {
     let source = letter.text("source_stream");
     anyhow::ensure!(
@@ -123,10 +167,12 @@ pub async fn replay<C: ConnectionLike>(
     // transaction spans them. The add takes the mark in the same script (the mark shares the
     // source stream's slot), so it happens once.
     if !replayed {
-        let _: i64 = redis::Script::new(ENQUEUE_SCRIPT)
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let ttl = replayed_mark_ttl(letter.id(), retention, now_ms);
+        let _: i64 = redis::Script::new(REPLAY_SCRIPT)
             .key(&mark)
             .key(&source)
-            .arg(REPLAYED_MARK_TTL.as_secs())
+            .arg(ttl.map_or(0, |t| t.as_secs().max(1)))
             .arg(letter.fields_except(&RUNTIME_FIELDS))
             .invoke_async(con)
             .await?;
@@ -136,5 +182,50 @@ pub async fn replay<C: ConnectionLike>(
         .arg(letter.id())
         .query_async(con)
         .await?;
+    // The dead letter is gone: its mark only has to hold off a replay that read it before.
+    let _: i64 = redis::cmd("EXPIRE")
+        .arg(&mark)
+        .arg(REPLAYED_MARK_MARGIN.as_secs())
+        .query_async(con)
+        .await?;
     Ok(parts)
+}
+
+/// [`replay_within`] under the default retention (`WAFLEET_RETENTION_DAYS` unset).
+pub async fn replay<C: ConnectionLike>(
+    con: &mut C,
+    pg: &PgPool,
+    keys: &Keys,
+    stage: &str,
+    letter: &DeadLetter,
+    resend_unanswered: bool,
+) -> anyhow::Result<replies::Reopened> {
+    let retention = Some(crate::worker::retention::DEFAULT_RETENTION);
+    replay_within(con, pg, keys, stage, letter, resend_unanswered, retention).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replays_mark_lasts_as_long_as_its_dead_letter_may_be_kept() {
+        let day = 86_400_000_i64;
+        let now = 100 * day;
+        let days = |n: u64| Duration::from_secs(n * 86_400);
+        // Written a day ago, kept 30 days: 29 days left, and the margin.
+        let id = format!("{}-0", now - day);
+        assert_eq!(
+            replayed_mark_ttl(&id, Some(days(30)), now),
+            Some(days(29) + REPLAYED_MARK_MARGIN)
+        );
+        // Past its retention (the trimmer has not run yet): the margin.
+        let old = format!("{}-3", now - 40 * day);
+        assert_eq!(
+            replayed_mark_ttl(&old, Some(days(30)), now),
+            Some(REPLAYED_MARK_MARGIN)
+        );
+        // Kept until deleted by hand: so is the mark.
+        assert_eq!(replayed_mark_ttl(&id, None, now), None);
+    }
 }

@@ -1204,18 +1204,21 @@ async fn dead_letters(cmd: &DeadCommand) -> anyhow::Result<()> {
                 *all || !ids.is_empty(),
                 "give entry ids to replay, or --all"
             );
+            // The workers' retention: a replay's mark lasts as long as they keep dead letters.
+            let retention = wafleet::worker::retention::from_env()?;
             let pg = pg_from_env().await?;
             let (mut replayed, mut unanswered) = (0, 0);
             let mut found = Vec::new();
             for letter in dead_letters::read(&mut con, &keys, stage).await? {
                 if *all || ids.iter().any(|id| id == letter.id()) {
-                    let parts = dead_letters::replay(
+                    let parts = dead_letters::replay_within(
                         &mut con,
                         &pg,
                         &keys,
                         stage,
                         &letter,
                         *resend_unanswered,
+                        retention,
                     )
                     .await
                     .with_context(|| {

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 
 use super::llm::{self as llm_stage, LlmDefaults, LlmStage};
 use super::sender::{self, SendPolicy, SendWrites, SenderStage};
-use crate::config::{CommonSettings, Secret, millis, parsed, positive, var};
+use crate::config::{CommonSettings, Secret, millis, positive, var};
 use crate::graph::GraphClient;
 use crate::llm::{FallbackPolicy, LlmClient, ProviderConfig, ProviderKind};
 use crate::ratelimit::RateLimiter;
@@ -258,13 +258,7 @@ impl WorkerProcessSettings {
                 "WAFLEET_EARLY_STATUS_TTL_SECS",
                 status::DEFAULT_EARLY_STATUS_TTL.as_secs(),
             )?),
-            retention: match parsed(
-                "WAFLEET_RETENTION_DAYS",
-                worker::retention::DEFAULT_RETENTION.as_secs() / 86_400,
-            )? {
-                0 => None,
-                days => Some(Duration::from_secs(days * 86_400)),
-            },
+            retention: worker::retention::from_env()?,
         })
     }
 

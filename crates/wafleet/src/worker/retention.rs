@@ -17,6 +17,21 @@ use crate::streams::Keys;
 /// The default of `WAFLEET_RETENTION_DAYS`.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(14 * 86_400);
 
+/// `WAFLEET_RETENTION_DAYS` (default 14): how long kept-aside entries stay; `None` for `0`, kept
+/// until deleted by hand. Read by the workers, which trim, and by `wafleetctl dead replay`, whose
+/// marks must last as long as the dead letters ([`crate::dead_letters::replay_within`]).
+pub fn from_env() -> anyhow::Result<Option<Duration>> {
+    Ok(
+        match crate::config::parsed(
+            "WAFLEET_RETENTION_DAYS",
+            DEFAULT_RETENTION.as_secs() / 86_400,
+        )? {
+            0 => None,
+            days => Some(Duration::from_secs(days * 86_400)),
+        },
+    )
+}
+
 /// Every stream this module trims.
 pub fn kept_aside_streams(keys: &Keys, stages: &[&str]) -> Vec<String> {
     let mut all = vec![keys.events(), keys.quarantine(), keys.ingest_dead()];

@@ -522,6 +522,51 @@ async fn the_event_stream_brings_handovers_live_only_for_the_tokens_numbers_and_
 }
 
 #[tokio::test]
+async fn a_merged_conversation_is_announced_and_its_old_id_points_to_the_survivor() {
+    let s = system().await;
+    let older = s.taken(SHOP, "573060", "wamid.G1").await;
+    // The customer writes from their new number before Meta's change message is processed.
+    let newer = s.customer_writes(SHOP, "573069", "wamid.G2", 2).await;
+    let api = &s.api;
+    let mut live = api.events(&s.shop, None).await;
+    let now = chrono::Utc::now().timestamp();
+    let change = json!({"from": "573060", "id": "wamid.G3", "timestamp": (now - 3600).to_string(),
+        "type": "system", "system": {"body": "User changed from 573060 to 573069",
+        "type": "user_changed_number", "wa_id": "573069"}});
+    let body = message_body(SHOP, "573060", change);
+    assert_eq!(s.ingest.post_signed(&body, APP_SECRET).await.status(), 200);
+    let got = read_events(&mut live, 1).await;
+    assert_eq!(got[0].1, "merged");
+    assert_eq!(got[0].2["conversation_id"], older);
+    assert_eq!(got[0].2["merged_id"], newer);
+    assert!(
+        !got[0].2.to_string().contains("57306"),
+        "no phone number in the event"
+    );
+    // The removed id answers 404 naming the survivor, to every call a dashboard makes with it.
+    let (status, err) = api
+        .get(&format!("/api/v1/conversations/{newer}"), &s.shop)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(err["merged_into"], older);
+    let (status, err) = api
+        .post(&format!("/api/v1/conversations/{newer}/take"), &s.all)
+        .await;
+    assert_eq!(
+        (status, &err["merged_into"]),
+        (StatusCode::NOT_FOUND, &json!(older))
+    );
+    // A token that does not reach the survivor's number learns nothing of it.
+    let (status, err) = api
+        .get(&format!("/api/v1/conversations/{newer}"), &s.other)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(err.get("merged_into").is_none(), "{err}");
+    drop(live);
+    let _ = &s.cfg;
+}
+
+#[tokio::test]
 async fn a_revoked_token_stops_receiving_events_on_its_open_stream() {
     let s = system().await;
     let id = s.customer_writes(SHOP, "573040", "wamid.V1", 1).await;

@@ -269,6 +269,22 @@ impl Env {
         id
     }
 
+    /// A customer writes from `old` (`wamid.<tag>1`), then, before Meta's number change is
+    /// processed, from `new` (`wamid.<tag>2`): two conversations, both answered.
+    async fn writes_from_both_numbers(&self, old: &str, new: &str, tag: &str) {
+        self.send(old, &format!("wamid.{tag}1"), T0, "hola").await;
+        self.stored(1).await;
+        self.send(
+            new,
+            &format!("wamid.{tag}2"),
+            T0 + 10,
+            "¿me atiende alguien?",
+        )
+        .await;
+        self.stored(2).await;
+        self.wait_followups().await;
+    }
+
     /// Every conversation: id, key, wa_id and owner, by id.
     async fn conversations(&self) -> Vec<(i64, String, Option<String>, String)> {
         sqlx::query_as("SELECT id, customer_key, wa_id, owner FROM conversations ORDER BY id")
@@ -424,12 +440,7 @@ async fn a_customer_who_writes_from_the_new_number_first_stays_with_their_agent(
 #[tokio::test]
 async fn a_model_asking_for_a_human_after_a_merge_hands_over_the_merged_conversation() {
     let e = env().await;
-    e.send("573070", "wamid.H1", T0, "hola").await;
-    e.stored(1).await;
-    e.send("573079", "wamid.H2", T0 + 10, "¿me atiende alguien?")
-        .await;
-    e.stored(2).await;
-    e.wait_followups().await;
+    e.writes_from_both_numbers("573070", "573079", "H").await;
     // The model read the new number's conversation with its message, then the change merged it.
     let (newer, message): (i64, i64) =
         sqlx::query_as("SELECT conversation_id, id FROM messages WHERE wamid = 'wamid.H2'")
@@ -464,6 +475,87 @@ async fn a_model_asking_for_a_human_after_a_merge_hands_over_the_merged_conversa
     .await
     .unwrap();
     assert_eq!(events, 1);
+    e.worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_merge_reaches_the_dashboard_stream_once_even_when_redis_refused_it_first() {
+    use redis::AsyncCommands;
+    let e = env().await;
+    e.writes_from_both_numbers("573080", "573089", "J").await;
+    let (older, newer, message): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT conversation_id FROM messages WHERE wamid = 'wamid.J1'),
+                conversation_id, id FROM messages WHERE wamid = 'wamid.J2'",
+    )
+    .fetch_one(&e.pg)
+    .await
+    .unwrap();
+    let stream = e.cfg.keys().handover_stream();
+    let mut con = e.cfg.redis().await;
+    // Redis refuses the event (here: the stream key is not a stream).
+    let _: () = con.set(&stream, "not a stream").await.unwrap();
+    e.post(&number_change("573080", "573089", "wamid.J3", T0 + 5))
+        .await;
+    wait_count(&e.pg, "SELECT count(*) FROM conversations", 1, 20).await;
+    let _: () = con.del(&stream).await.unwrap();
+    let merged = |events: &[(String, std::collections::HashMap<String, Vec<u8>>)]| -> Vec<serde_json::Value> {
+        events
+            .iter()
+            .map(|(_, f)| serde_json::from_slice::<serde_json::Value>(&f["event"]).unwrap())
+            .filter(|ev| ev["kind"] == "merged")
+            .collect()
+    };
+    let got = eventually(
+        "the merge on the dashboard stream",
+        Duration::from_secs(20),
+        || async {
+            let mut con = e.cfg.redis().await;
+            let got = merged(&read_stream(&mut con, &stream).await);
+            (!got.is_empty()).then_some(got)
+        },
+    )
+    .await;
+    assert_eq!(got[0]["conversation_id"], older);
+    assert_eq!(got[0]["merged_id"], newer);
+    assert_eq!(got[0]["phone_number_id"], PNID);
+    assert!(
+        !got[0].to_string().contains("57308"),
+        "no phone number in the event"
+    );
+    // A sweep, and a redelivered change, announce nothing again.
+    wafleet::agents::release_idle(&e.pg, &mut con, &e.cfg.keys())
+        .await
+        .unwrap();
+    e.cfg.forget_dedup_marks().await;
+    e.post(&number_change("573080", "573089", "wamid.J3", T0 + 5))
+        .await;
+    e.wait_followups().await;
+    assert_eq!(merged(&read_stream(&mut con, &stream).await).len(), 1);
+    // The model, which read the newer conversation, asks for a human: the event names the
+    // conversation that exists.
+    let shared =
+        wafleet::shared_redis::SharedRedis::new(&e.cfg.redis_url, Duration::from_secs(2)).unwrap();
+    assert!(
+        wafleet::stages::hand_over_and_publish(
+            &e.pg,
+            &shared,
+            &e.cfg.keys(),
+            newer,
+            "model",
+            Some(message),
+            Some(PNID),
+        )
+        .await
+        .unwrap()
+    );
+    let handovers: Vec<serde_json::Value> = read_stream(&mut con, &stream)
+        .await
+        .iter()
+        .map(|(_, f)| serde_json::from_slice::<serde_json::Value>(&f["event"]).unwrap())
+        .filter(|ev| ev["kind"] == "handover")
+        .collect();
+    assert_eq!(handovers.len(), 1);
+    assert_eq!(handovers[0]["conversation_id"], older);
     e.worker.stop().await.unwrap();
 }
 

@@ -199,6 +199,19 @@ pub async fn release_idle(
             break;
         }
     }
+    // Merges whose `merged` event a conversation stage did not get out (Redis refused it).
+    loop {
+        let late = conversations::unannounced_merges(pg, None, RELEASE_BATCH).await?;
+        let announced = crate::stages::announce_merges(pg, con, keys, &late)
+            .await
+            .map_err(|e| match e {
+                crate::stages::AnnounceError::Db(e) => AgentError::Db(e),
+                crate::stages::AnnounceError::Redis(e) => AgentError::Redis(e),
+            })?;
+        if (late.len() as i64) < RELEASE_BATCH || announced < late.len() {
+            break;
+        }
+    }
     let mut total = 0;
     loop {
         let released = crate::store::agents::release_idle(pg, RELEASE_BATCH).await?;

@@ -52,11 +52,11 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
 }
 
 fn bad(message: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, message.into())
+    ApiError::new(StatusCode::BAD_REQUEST, message.into())
 }
 
 fn no_channel(pnid: &str) -> ApiError {
-    ApiError(StatusCode::NOT_FOUND, format!("no channel {pnid}"))
+    ApiError::new(StatusCode::NOT_FOUND, format!("no channel {pnid}"))
 }
 
 /// Changing channels is for admin tokens only.
@@ -65,7 +65,7 @@ fn admin(scope: &Scope) -> Result<(), ApiError> {
         return Ok(());
     }
     metrics::counter!("wafleet_api_forbidden_total").increment(1);
-    Err(ApiError(
+    Err(ApiError::new(
         StatusCode::FORBIDDEN,
         "changing channels needs an admin token (wafleetctl api-token add NAME --admin)".into(),
     ))
@@ -341,7 +341,7 @@ async fn save(
     // The id names every row written: one with spaces around it would be stored trimmed for
     // the channel and untrimmed for its settings (which would then match no row).
     if pnid.trim() != pnid {
-        return Err(ApiError(
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "the phone number id in the path has spaces around it".into(),
         ));
@@ -352,7 +352,7 @@ async fn save(
         // Even a change without secrets: whether a body has them must not decide whether the
         // API can be configured without the key.
         tracing::error!("a channel change was refused: wafleet-api has no WAFLEET_ENCRYPTION_KEY");
-        return Err(ApiError(
+        return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "this API process has no WAFLEET_ENCRYPTION_KEY: it cannot seal channels' secrets"
                 .into(),
@@ -468,7 +468,7 @@ async fn knowledge_remove(
         .await
         .map_err(pg_down)?
     {
-        return Err(ApiError(
+        return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("channel {pnid} has no entry {:?}", title.trim()),
         ));

@@ -143,6 +143,13 @@ pub async fn run(
     .await?;
     crate::db::migrate(&pg).await?;
     let url = settings.redis.redis_url.expose();
+    // Agents' sends enqueue on a partition: another count than the workers' strands them.
+    crate::partition_count::check_at_start(
+        url,
+        &settings.redis.redis_prefix,
+        settings.redis.partitions,
+    )
+    .await?;
     let state = AppState {
         pg,
         redis: SharedRedis::new(url, crate::shared_redis::CONNECT_TIMEOUT)
@@ -210,13 +217,24 @@ async fn count(res: Response) -> Response {
     res
 }
 
-/// An error, answered as `{"error": "..."}` with its status.
+/// An error, answered as `{"error": "..."}` with its status (and `merged_into`, the surviving
+/// conversation, for a conversation a number change merged into another).
 #[derive(Debug)]
-struct ApiError(StatusCode, String);
+struct ApiError(StatusCode, String, Option<i64>);
+
+impl ApiError {
+    fn new(status: StatusCode, message: String) -> Self {
+        Self(status, message, None)
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut res = (self.0, Json(json!({ "error": self.1 }))).into_response();
+        let body = match self.2 {
+            Some(into) => json!({ "error": self.1, "merged_into": into }),
+            None => json!({ "error": self.1 }),
+        };
+        let mut res = (self.0, Json(body)).into_response();
         if self.0 == StatusCode::UNAUTHORIZED {
             res.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -229,7 +247,7 @@ impl IntoResponse for ApiError {
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> ApiError {
     tracing::warn!(error = %e, "{what}");
-    ApiError(
+    ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         format!("{what}: try again"),
     )
@@ -266,7 +284,7 @@ impl From<AgentError> for ApiError {
                 return redis_down(e);
             }
         };
-        ApiError(status, e.to_string())
+        ApiError::new(status, e.to_string())
     }
 }
 
@@ -296,7 +314,7 @@ impl FromRequestParts<Arc<AppState>> for Authed {
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
         let unauthorized = || {
-            ApiError(
+            ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "a valid bearer token is needed (wafleetctl api-token add)".into(),
             )
@@ -321,7 +339,30 @@ async fn reachable(state: &AppState, scope: &Scope, id: i64) -> Result<(), ApiEr
         .map_err(pg_down)?;
     match number {
         Some(n) if scope.reaches(&n) => Ok(()),
-        _ => Err(AgentError::NoConversation(id).into()),
+        Some(_) => Err(AgentError::NoConversation(id).into()),
+        None => {
+            // Merged away by a customer's number change: 404 still (this id is gone for good,
+            // and a redirect would repeat a take or a message at another id unasked), naming
+            // the conversation that holds its history now, when this token reaches it.
+            let into = crate::store::conversations::merged_into(&state.pg, id)
+                .await
+                .map_err(pg_down)?;
+            let reached = match into {
+                Some(into) => crate::store::conversations::phone_number_id(&state.pg, into)
+                    .await
+                    .map_err(pg_down)?
+                    .is_some_and(|n| scope.reaches(&n)),
+                None => false,
+            };
+            match into {
+                Some(into) if reached => Err(ApiError(
+                    StatusCode::NOT_FOUND,
+                    format!("conversation {id} was merged into conversation {into}"),
+                    Some(into),
+                )),
+                _ => Err(AgentError::NoConversation(id).into()),
+            }
+        }
     }
 }
 
@@ -341,7 +382,7 @@ async fn list(
         None | Some("all") => false,
         Some("human") => true,
         Some(other) => {
-            return Err(ApiError(
+            return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 format!("owner is `human` or `all`, not {other:?}"),
             ));
@@ -450,7 +491,7 @@ impl TemplateBody {
         )?;
         let reference = reference(headers, self.reference.clone())?;
         if self.name.trim().is_empty() || self.language.trim().is_empty() {
-            return Err(ApiError(
+            return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "a template needs its name and language".into(),
             ));
@@ -470,7 +511,7 @@ fn reference(headers: &HeaderMap, body: Option<String>) -> Result<String, ApiErr
         .map(|r| r.trim().to_string())
         .filter(|r| !r.is_empty() && r.len() <= 200)
         .ok_or_else(|| {
-            ApiError(
+            ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "give an Idempotency-Key header (up to 200 characters): a retry with the same key \
                  sends nothing twice"
@@ -503,7 +544,7 @@ fn body<T: serde::de::DeserializeOwned>(
     body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
 ) -> Result<T, ApiError> {
     let Json(body) =
-        body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, without_value(&e.body_text())))?;
+        body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, without_value(&e.body_text())))?;
     Ok(body)
 }
 
@@ -530,7 +571,7 @@ fn without_value(text: &str) -> String {
 /// Text Postgres would refuse (a NUL character) is refused here, as the request's fault.
 fn no_nul<'a>(texts: impl IntoIterator<Item = Option<&'a str>>) -> Result<(), ApiError> {
     if texts.into_iter().flatten().any(|t| t.contains('\0')) {
-        return Err(ApiError(
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "text with a NUL character (\\u0000) cannot be stored or sent".into(),
         ));
@@ -643,7 +684,7 @@ async fn outreach(
         None | Some("human") => agents::Answerer::Human,
         Some("bot") => agents::Answerer::Bot,
         Some(other) => {
-            return Err(ApiError(
+            return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 format!("answered_by is `human` or `bot`, not {other:?}"),
             ));
@@ -686,7 +727,7 @@ async fn media(
         .map_err(pg_down)?
         .filter(|(pnid, _)| scope.reaches(pnid))
         .ok_or_else(|| {
-            ApiError(
+            ApiError::new(
                 StatusCode::NOT_FOUND,
                 format!("conversation {id} has no media message {message_id}"),
             )
@@ -697,7 +738,7 @@ async fn media(
         metrics::counter!("wafleet_api_media_total", "result" => result).increment(1);
         tracing::warn!(conversation_id = id, message_id, channel = %pnid, error = %error,
             "a customer's file was not fetched");
-        ApiError(StatusCode::SERVICE_UNAVAILABLE, error)
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error)
     };
     let Some(cipher) = &state.cipher else {
         return Err(not_fetched(
@@ -707,7 +748,7 @@ async fn media(
         ));
     };
     let media_id = media_id.ok_or_else(|| {
-        ApiError(
+        ApiError::new(
             StatusCode::GONE,
             "the file is no longer known (its customer was erased)".into(),
         )
@@ -749,9 +790,9 @@ async fn media(
                     http_status: 404, ..
                 }
                 | MediaError::Rejected { code: 100, .. } => {
-                    ApiError(StatusCode::NOT_FOUND, "Meta no longer has this file".into())
+                    ApiError::new(StatusCode::NOT_FOUND, "Meta no longer has this file".into())
                 }
-                other => ApiError(StatusCode::BAD_GATEWAY, other.to_string()),
+                other => ApiError::new(StatusCode::BAD_GATEWAY, other.to_string()),
             });
         }
     };
@@ -836,7 +877,7 @@ async fn events(
         .clone()
         .try_acquire_owned()
         .map_err(|_| {
-            ApiError(
+            ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many event streams open (WAFLEET_API_MAX_EVENT_STREAMS)".into(),
             )
@@ -850,7 +891,7 @@ async fn events(
     let cursor = match after {
         Some(id) if is_stream_id(&id) => id,
         Some(id) => {
-            return Err(ApiError(
+            return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 format!("{id:?} is not an event id"),
             ));

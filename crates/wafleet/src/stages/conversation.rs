@@ -373,6 +373,20 @@ impl ConversationStage {
                 .await
                 .map_err(|e| StepError::Redis(e.into()))?;
         }
+        // Dashboards holding a merged conversation's id learn where it went. Refused, the step
+        // is retried and announces it then; the workers' sweep does too
+        // ([`crate::agents::release_idle`]), and the event goes out once either way.
+        let merges = store::unannounced_merges(&self.pg, Some(conversation_id), 100)
+            .await
+            .map_err(db("reading the merges to announce"))?;
+        crate::stages::announce_merges(&self.pg, &mut con, &self.keys, &merges)
+            .await
+            .map_err(|e| match e {
+                crate::stages::AnnounceError::Db(e) => {
+                    StepError::Db(e, "recording the merges announced")
+                }
+                crate::stages::AnnounceError::Redis(e) => StepError::Redis(e.into()),
+            })?;
         Ok(true)
     }
 

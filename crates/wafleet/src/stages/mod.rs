@@ -150,17 +150,74 @@ pub async fn publish_handover_once(
     at: chrono::DateTime<chrono::Utc>,
     once: &str,
 ) -> redis::RedisResult<bool> {
+    publish_event_once(con, keys, &owner_change_event(change, at), once).await
+}
+
+/// Appends the JSON `event` to the dashboard stream and publishes it, once however often this is
+/// called with the same `once` ([`PUBLISH_ONCE_SCRIPT`]). Answers whether it was appended now.
+async fn publish_event_once(
+    con: &mut impl redis::aio::ConnectionLike,
+    keys: &Keys,
+    event: &str,
+    once: &str,
+) -> redis::RedisResult<bool> {
     let stream = keys.handover_stream();
     let appended: i64 = redis::Script::new(PUBLISH_ONCE_SCRIPT)
         .key(keys.seen_beside(&stream, &format!("announced:{once}")))
         .key(&stream)
         .arg(PUBLISHED_ONCE_TTL.as_secs())
         .arg(HANDOVER_STREAM_LEN)
-        .arg(owner_change_event(change, at))
+        .arg(event)
         .arg(keys.handover_channel())
         .invoke_async(con)
         .await?;
     Ok(appended == 1)
+}
+
+/// Puts the `merged` events of `merges` on the dashboard stream (`kind` `merged`,
+/// `conversation_id` the surviving conversation, `merged_id` the deleted one, `phone_number_id`,
+/// `at` when it was merged: ids only, never the customer's numbers), each once however often
+/// this is called (keyed on the deleted conversation), and records in Postgres those Redis took.
+/// Answers how many went; stops at the first Redis refuses, for a later call to finish.
+pub async fn announce_merges(
+    pg: &sqlx::PgPool,
+    con: &mut impl redis::aio::ConnectionLike,
+    keys: &Keys,
+    merges: &[crate::store::conversations::Merge],
+) -> Result<usize, AnnounceError> {
+    let mut done = Vec::with_capacity(merges.len());
+    let mut refused = None;
+    for m in merges {
+        let event = serde_json::json!({
+            "kind": "merged", "reason": "number_change", "conversation_id": m.into_id,
+            "merged_id": m.merged_id, "phone_number_id": m.phone_number_id,
+            "at": m.at.to_rfc3339(),
+        })
+        .to_string();
+        match publish_event_once(con, keys, &event, &format!("merge:{}", m.merged_id)).await {
+            Ok(_) => done.push(m.merged_id),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    if !done.is_empty() {
+        crate::store::conversations::merges_announced(pg, &done).await?;
+    }
+    match refused {
+        Some(e) => Err(e.into()),
+        None => Ok(done.len()),
+    }
+}
+
+/// Why [`announce_merges`] did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum AnnounceError {
+    #[error("Postgres: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
 }
 
 /// Hands a conversation to a human (unless one has it already), stores the event and publishes it
@@ -197,6 +254,12 @@ pub async fn hand_over_and_publish(
         )
         .await
         .map_err(|e| db_outcome(&e, "handing over"))?;
+    // The message's conversation now: a number change may have merged the one the stage read
+    // into another, and dashboards must hear of the conversation that exists.
+    let conversation_id =
+        crate::store::conversations::current_conversation(&mut tx, conversation_id, message_id)
+            .await
+            .map_err(|e| db_outcome(&e, "reading the message's conversation"))?;
     tx.commit()
         .await
         .map_err(|e| db_outcome(&e, "committing the handover"))?;

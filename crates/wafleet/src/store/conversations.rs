@@ -421,6 +421,20 @@ pub struct Followed {
     pub merged_keys: Vec<String>,
 }
 
+/// A conversation merged into another and deleted ([`follow_identity_change`]), recorded in
+/// `conversation_merges` in the merge's transaction, and its `merged` event still to be put on the
+/// dashboard stream ([`merges_announced`]).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Merge {
+    /// The deleted conversation.
+    pub merged_id: i64,
+    /// The conversation it was merged into (the one that holds it now).
+    pub into_id: i64,
+    pub phone_number_id: String,
+    /// When it was merged.
+    pub at: DateTime<Utc>,
+}
+
 /// Follows a customer to their new phone number (`wa_id`) or business-scoped id (`user_id`),
 /// announced by a `system` message sent at `changed_at` (Meta's clock): the conversation keeps
 /// its id, history, owner and session, takes the new identifiers, and its key follows when it
@@ -554,6 +568,21 @@ async fn merge_conversations(
     .bind(offset)
     .execute(&mut **tx)
     .await?;
+    // Where each went, for whoever holds its id (announced after the commit, or by a sweep); a
+    // conversation merged into one of these before now points at the survivor too.
+    sqlx::query("UPDATE conversation_merges SET into_id = $1 WHERE into_id = ANY($2)")
+        .bind(into)
+        .bind(from)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO conversation_merges (merged_id, into_id)
+         SELECT unnest($2::bigint[]), $1 ON CONFLICT (merged_id) DO NOTHING",
+    )
+    .bind(into)
+    .bind(from)
+    .execute(&mut **tx)
+    .await?;
     for table in ["handover_events", "replies"] {
         sqlx::query(&format!(
             "UPDATE {table} SET conversation_id = $1 WHERE conversation_id = ANY($2)"
@@ -604,6 +633,49 @@ async fn merge_conversations(
     Ok(())
 }
 
+/// The merges whose `merged` event is not on the dashboard stream yet (Redis refused it, or the
+/// stage stopped first), oldest first, up to `limit`; `conversation_id` alone, that one's.
+pub async fn unannounced_merges(
+    pool: &PgPool,
+    conversation_id: Option<i64>,
+    limit: i64,
+) -> sqlx::Result<Vec<Merge>> {
+    sqlx::query_as(
+        "SELECT m.merged_id, m.into_id, ch.phone_number_id, m.merged_at AS at
+           FROM conversation_merges m
+           JOIN conversations c ON c.id = m.into_id
+           JOIN channels ch ON ch.id = c.channel_id
+          WHERE NOT m.announced AND ($1::bigint IS NULL OR m.into_id = $1)
+          ORDER BY m.merged_id
+          LIMIT $2",
+    )
+    .bind(conversation_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Records that the `merged` events of `merged_ids` are on the dashboard stream.
+pub async fn merges_announced(pool: &PgPool, merged_ids: &[i64]) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE conversation_merges SET announced = TRUE
+          WHERE merged_id = ANY($1) AND NOT announced",
+    )
+    .bind(merged_ids)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The conversation `conversation_id` was merged into, when a number change merged it away
+/// (`None` for a conversation never merged).
+pub async fn merged_into(pool: &PgPool, conversation_id: i64) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar("SELECT into_id FROM conversation_merges WHERE merged_id = $1")
+        .bind(conversation_id)
+        .fetch_optional(pool)
+        .await
+}
+
 /// The conversation a message is in now, read with a lock that waits for a merge
 /// ([`follow_identity_change`]) under way; SQL for `$n`, the message id, falling back to `$c`.
 macro_rules! current_conversation_sql {
@@ -616,6 +688,20 @@ macro_rules! current_conversation_sql {
             ")"
         )
     };
+}
+
+/// The conversation `message_id` is in now (waiting for a merge under way), or
+/// `conversation_id` without a message: the one a handover's event names.
+pub async fn current_conversation(
+    tx: &mut Transaction<'_, Postgres>,
+    conversation_id: i64,
+    message_id: Option<i64>,
+) -> sqlx::Result<i64> {
+    sqlx::query_scalar(concat!("SELECT ", current_conversation_sql!("$2", "$1")))
+        .bind(conversation_id)
+        .bind(message_id)
+        .fetch_one(&mut **tx)
+        .await
 }
 
 /// Hands the conversation to a human, unless a human already has it. Returns whether it changed.

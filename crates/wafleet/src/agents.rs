@@ -202,12 +202,19 @@ pub async fn release_idle(
     // Merges whose `merged` event a conversation stage did not get out (Redis refused it).
     loop {
         let late = conversations::unannounced_merges(pg, None, RELEASE_BATCH).await?;
-        let announced = crate::stages::announce_merges(pg, con, keys, &late)
-            .await
-            .map_err(|e| match e {
-                crate::stages::AnnounceError::Db(e) => AgentError::Db(e),
-                crate::stages::AnnounceError::Redis(e) => AgentError::Redis(e),
-            })?;
+        // Refused, they wait for the next pass; the idle releases below go on regardless.
+        let announced = match crate::stages::announce_merges(pg, con, keys, &late).await {
+            Ok(n) => n,
+            Err(crate::stages::AnnounceError::Db(e)) => return Err(AgentError::Db(e)),
+            Err(crate::stages::AnnounceError::Redis(e)) => {
+                metrics::counter!("wafleet_idle_release_errors_total").increment(1);
+                tracing::warn!(
+                    error = %e,
+                    "a merge's event was not announced; the next pass tries again"
+                );
+                break;
+            }
+        };
         if (late.len() as i64) < RELEASE_BATCH || announced < late.len() {
             break;
         }

@@ -1603,3 +1603,54 @@ async fn clearing_the_models_of_a_number_that_is_no_channel_says_so() {
         None
     );
 }
+
+#[tokio::test]
+async fn ingest_on_another_partition_count_than_the_fleets_is_refused_and_the_same_one_starts() {
+    let cfg = TestConfig::new().await;
+    let first = Ingest::start(cfg.ingest_settings()).await;
+    let key = wafleet::partition_count::key(&cfg.prefix);
+    let mut con = cfg.redis().await;
+    let recorded: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(
+        recorded,
+        Some(cfg.partitions.to_string()),
+        "the first process records its count"
+    );
+
+    let mut other = cfg.ingest_settings();
+    other.common.partitions = cfg.partitions + 1;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refused = wafleet::ingest::run(other.clone(), listener, std::future::pending())
+        .await
+        .expect_err("a process on another partition count is refused");
+    let msg = format!("{refused:#}");
+    assert!(
+        msg.contains(&format!("WAFLEET_PARTITIONS is {}", cfg.partitions + 1))
+            && msg.contains(&format!("use {}", cfg.partitions)),
+        "names both counts: {msg}"
+    );
+
+    let same = Ingest::start(cfg.ingest_settings()).await;
+    same.stop().await.unwrap();
+    first.stop().await.unwrap();
+
+    // Redis lost its data (flushed, or restarted without persistence): nothing is refused, the
+    // next process records its count again.
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let after_loss = Ingest::start(other).await;
+    let recorded: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(recorded, Some((cfg.partitions + 1).to_string()));
+    after_loss.stop().await.unwrap();
+}

@@ -37,6 +37,7 @@ pub mod dead_letters;
 pub mod erasure;
 pub mod graph;
 pub mod ingest;
+pub mod partition_count;
 pub mod llm;
 pub mod quarantine;
 pub mod ratelimit;

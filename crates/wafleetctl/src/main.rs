@@ -1344,11 +1344,13 @@ async fn redis_side() -> anyhow::Result<(wafleet::streams::Keys, redis::aio::Mul
     let layout = wafleet::config::RedisLayout::from_env()?;
     let keys = wafleet::streams::Keys::new(layout.redis_prefix.clone(), layout.partitions);
     // The errors name the variable, never the URL (it may hold a password).
-    let con = redis::Client::open(layout.redis_url.expose().as_str())
+    let mut con = redis::Client::open(layout.redis_url.expose().as_str())
         .context("parsing REDIS_URL")?
         .get_multiplexed_async_connection()
         .await
         .context("connecting to Redis (REDIS_URL)")?;
+    // A replay on another count than the workers' would enqueue where no worker reads.
+    wafleet::partition_count::check(&mut con, keys.prefix(), keys.partitions()).await?;
     Ok((keys, con))
 }
 

@@ -79,6 +79,13 @@ pub async fn run(
     )
     .await?;
     db::migrate(&pg).await?;
+    // Refused before serving: a count the workers do not use would strand every message.
+    crate::partition_count::check_at_start(
+        common.redis_url.expose(),
+        &common.redis_prefix,
+        common.partitions,
+    )
+    .await?;
     if let Some(qs) = &settings.quick_start {
         apply_quick_start(&pg, &cipher, qs).await?;
     }

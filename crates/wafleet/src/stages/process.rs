@@ -292,6 +292,13 @@ pub async fn run(
     )
     .await?;
     db::migrate(&pg).await?;
+    // A worker on another count than ingest's would read a subset of the partitions (or none).
+    crate::partition_count::check_at_start(
+        common.redis_url.expose(),
+        &common.redis_prefix,
+        common.partitions,
+    )
+    .await?;
     let cipher = common.cipher()?;
     // A worker holding another key than the one that stored the channels' secrets could send
     // nothing and call no model: it refuses to start, as ingest does. (One channel that does not

@@ -1624,9 +1624,14 @@ async fn ingest_on_another_partition_count_than_the_fleets_is_refused_and_the_sa
     let mut other = cfg.ingest_settings();
     other.common.partitions = cfg.partitions + 1;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let refused = wafleet::ingest::run(other.clone(), listener, std::future::pending())
-        .await
-        .expect_err("a process on another partition count is refused");
+    // Bounded: a process that is not refused serves until its shutdown, which never comes.
+    let refused = tokio::time::timeout(
+        Duration::from_secs(30),
+        wafleet::ingest::run(other.clone(), listener, std::future::pending()),
+    )
+    .await
+    .expect("a process on another partition count is refused at start, not served")
+    .expect_err("a process on another partition count is refused");
     let msg = format!("{refused:#}");
     assert!(
         msg.contains(&format!("WAFLEET_PARTITIONS is {}", cfg.partitions + 1))

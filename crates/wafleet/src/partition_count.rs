@@ -20,7 +20,7 @@ pub fn key(prefix: &str) -> String {
 #[error(
     "WAFLEET_PARTITIONS is {ours} but the processes of this Redis prefix use {recorded} \
      (recorded at {key}): start this process with WAFLEET_PARTITIONS={recorded}; to change the \
-     count, drain the streams and follow the README's \"Changing WAFLEET_PARTITIONS\""
+     count, stop every process, drain the streams and delete {key} (README, WAFLEET_PARTITIONS)"
 )]
 pub struct Mismatch {
     pub ours: u32,

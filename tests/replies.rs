@@ -3324,15 +3324,11 @@ async fn erasure_removes_the_senders_dead_letters_naming_the_customer() {
     );
 }
 
-#[tokio::test]
-async fn a_send_in_flight_during_an_erasure_does_not_bring_back_the_customers_wamid() {
-    let s = system().await;
-    // Meta takes 1.2 s to answer the next send (the test Graph timeout is 2 s).
-    s.sim
-        .state
-        .add_fault(fault(serde_json::json!({"delay_ms": 1200, "count": 1})));
-    s.send("573050", "wamid.S1", "hola, soy Camila").await;
-    // The reply is on its way to Meta.
+/// Sends a message from `customer`, whose reply meets `fault_spec` at the Graph API, and erases
+/// the customer while the reply is on its way to Meta. Returns the erased conversation's id.
+async fn erase_while_sending(s: &Sys, fault_spec: serde_json::Value, customer: &str) -> i64 {
+    s.sim.state.add_fault(fault(fault_spec));
+    s.send(customer, "wamid.S1", "hola, soy Camila").await;
     wait_count(
         &s.pg,
         "SELECT count(*) FROM outbound_messages WHERE state = 'sending'",
@@ -3340,12 +3336,25 @@ async fn a_send_in_flight_during_an_erasure_does_not_bring_back_the_customers_wa
         30,
     )
     .await;
-    let (pg, mut con, keys) = (&s.pg, s.cfg.redis().await, s.cfg.keys());
-    let erased = wafleet::erasure::erase_customer(pg, &mut con, &keys, PNID, "573050")
+    let (mut con, keys) = (s.cfg.redis().await, s.cfg.keys());
+    let erased = wafleet::erasure::erase_customer(&s.pg, &mut con, &keys, PNID, customer)
         .await
         .unwrap()
         .unwrap();
-    let id = erased.rows.conversations[0];
+    erased.rows.conversations[0]
+}
+
+#[tokio::test]
+async fn a_send_in_flight_during_an_erasure_does_not_bring_back_the_customers_wamid() {
+    let s = system().await;
+    // Meta takes 1.2 s to answer the next send (the test Graph timeout is 2 s).
+    let id = erase_while_sending(
+        &s,
+        serde_json::json!({"delay_ms": 1200, "count": 1}),
+        "573050",
+    )
+    .await;
+    let pg = &s.pg;
     s.sent(1).await;
     s.settled().await;
     let (wamid, state): (Option<String>, String) =
@@ -3357,6 +3366,49 @@ async fn a_send_in_flight_during_an_erasure_does_not_bring_back_the_customers_wa
     assert!(
         wamid.as_deref().is_none_or(|w| w.starts_with("erased:")),
         "Meta's raw wamid is back on the erased customer's row after the erasure: {wamid:?} ({state})"
+    );
+}
+
+#[tokio::test]
+async fn a_part_retried_after_its_customer_was_erased_fails_as_erased_and_hands_nothing_over() {
+    let s = system().await;
+    // Meta takes 1.2 s to answer the next send, and then answers a transient error: the part
+    // is retried after a backoff, by which time the customer's data is erased.
+    let fault_spec =
+        serde_json::json!({"delay_ms": 1200, "count": 1, "code": 131000, "http_status": 500});
+    let id = erase_while_sending(&s, fault_spec, "573051").await;
+    let pg = &s.pg;
+    wait_count(
+        pg,
+        &format!("SELECT count(*) FROM outbound_messages WHERE conversation_id = {id} AND state = 'failed' AND attempts >= 1 AND error_code IS NULL"),
+        1,
+        30,
+    )
+    .await;
+    s.settled().await;
+    let reason: Option<String> =
+        sqlx::query_scalar("SELECT fail_reason FROM outbound_messages WHERE conversation_id = $1")
+            .bind(id)
+            .fetch_one(pg)
+            .await
+            .unwrap();
+    assert_eq!(reason.as_deref(), Some("the customer's data was erased"));
+    let (owner, handovers): (String, i64) = sqlx::query_as(
+        "SELECT owner, (SELECT count(*) FROM handover_events WHERE conversation_id = $1)
+           FROM conversations WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(pg)
+    .await
+    .unwrap();
+    assert_eq!(
+        (owner.as_str(), handovers),
+        ("bot", 0),
+        "an erased conversation is handed to no one"
+    );
+    assert!(
+        s.sim.state.messages().is_empty(),
+        "nothing reached the customer"
     );
 }
 

@@ -83,6 +83,10 @@ const UNRECORDED_WAMID_TTL: Duration = Duration::from_secs(7 * 86_400);
 /// into the same throttle at once.
 const UNRECORDED_PUSH_BACK_WAIT: Duration = Duration::from_secs(60);
 
+/// The `fail_reason` of a part not sent because its customer's data was erased (as the erasure
+/// records for the parts still pending then, [`crate::store::erasure`]).
+const CUSTOMER_ERASED: &str = "the customer's data was erased";
+
 /// The `fail_reason` of a part not sent because the customer's last message is over 24 hours old.
 const WINDOW_CLOSED: &str = "the 24-hour window is closed";
 
@@ -421,6 +425,20 @@ impl SenderStage {
         if let Some(wait) = self.paused(channel) {
             return Ok(Step::Return(wait));
         }
+        // First: a conversation with neither identifier is an erased customer's (a part retried,
+        // reopened or reconciled after the erasure), which is neither sent, nor read as a
+        // template, nor handed to a human for a closed window.
+        let to = match (&part.wa_id, &part.user_id) {
+            (Some(phone), _) => Recipient::Phone(phone),
+            (None, Some(user)) => Recipient::UserId(user),
+            (None, None) => {
+                replies::mark_failed(&self.pg, part.id, None, CUSTOMER_ERASED)
+                    .await
+                    .map_err(db("failing a part"))?;
+                metrics::counter!("wafleet_sender_sends_total", "result" => "erased").increment(1);
+                return Ok(Step::StopRest(CUSTOMER_ERASED.into()));
+            }
+        };
         // An agent's template: the one message Meta takes outside the 24-hour window.
         let template = if part.kind == "template" {
             match serde_json::from_str::<serde_json::Value>(&part.body) {
@@ -450,16 +468,6 @@ impl SenderStage {
                 .increment(1);
             return Ok(Step::StopRest("the 24-hour window is closed".into()));
         }
-        let to = match (&part.wa_id, &part.user_id) {
-            (Some(phone), _) => Recipient::Phone(phone),
-            (None, Some(user)) => Recipient::UserId(user),
-            (None, None) => {
-                replies::mark_failed(&self.pg, part.id, None, "no recipient")
-                    .await
-                    .map_err(db("failing a part"))?;
-                return Ok(Step::StopRest("no recipient".into()));
-            }
-        };
         let recipient_key = match to {
             Recipient::Phone(p) | Recipient::UserId(p) => p.to_string(),
         };

@@ -437,7 +437,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Release { conversation_id } => {
             conversation(&pool, ConversationCommand::Release { conversation_id }).await?;
         }
-        Command::Conversation(cmd) => conversation(&pool, cmd).await?,
+        Command::Conversation(cmd) => {
+            if let Err(e) = conversation(&pool, cmd).await {
+                return Err(pointing_to_survivor(&pool, e).await);
+            }
+        }
         Command::Usage { from, to } => usage(&pool, from, to).await?,
         Command::ApiToken(cmd) => api_token(&pool, cmd).await?,
         Command::Knowledge(cmd) => knowledge(&pool, cmd).await?,
@@ -908,6 +912,21 @@ async fn set(pool: &wafleet::db::PgPool, pnid: &str, enabled: bool) -> anyhow::R
     Ok(())
 }
 
+/// A conversation that is not there may have been merged into another (a customer's number
+/// change): the error then names the conversation to use instead.
+async fn pointing_to_survivor(pool: &wafleet::db::PgPool, e: anyhow::Error) -> anyhow::Error {
+    let Some(&wafleet::agents::AgentError::NoConversation(id)) = e.downcast_ref() else {
+        return e;
+    };
+    match wafleet::store::conversations::merged_into(pool, id).await {
+        Ok(Some(into)) => anyhow::anyhow!(
+            "conversation {id} was merged into conversation {into} (the customer changed \
+             number): use {into}"
+        ),
+        _ => e,
+    }
+}
+
 async fn conversation(pool: &wafleet::db::PgPool, cmd: ConversationCommand) -> anyhow::Result<()> {
     use wafleet::agents;
     use wafleet::store::agents as store;
@@ -953,7 +972,7 @@ async fn conversation(pool: &wafleet::db::PgPool, cmd: ConversationCommand) -> a
         } => {
             let lines = store::transcript(pool, conversation_id, last)
                 .await?
-                .ok_or_else(|| anyhow::anyhow!("there is no conversation {conversation_id}"))?;
+                .ok_or(agents::AgentError::NoConversation(conversation_id))?;
             for l in lines {
                 let who = match (&l.side[..], &l.agent) {
                     ("agent", Some(name)) => format!("agent {name}"),

@@ -871,18 +871,24 @@ async fn a_key_rotation_reseals_every_secret_once_and_the_old_key_can_then_go() 
         .never_shows(ACCESS_TOKEN);
 }
 
-#[tokio::test]
-async fn an_agent_takes_writes_to_and_releases_a_conversation_and_the_customer_is_erased() {
-    let cfg = TestConfig::new().await;
-    add_channel(&cfg, PNID).await;
+/// Adds the channel and has one message of customer 573001234567 stored in its conversation,
+/// through ingest and the conversation stage.
+async fn store_one_message(cfg: &TestConfig, text: &str) {
+    add_channel(cfg, PNID).await;
     let ingest = Ingest::start(cfg.ingest_settings()).await;
     let now = chrono::Utc::now().timestamp();
-    let body = text_message(PNID, "573001234567", "wamid.A1", now, "necesito ayuda");
+    let body = text_message(PNID, "573001234567", "wamid.A1", now, text);
     assert_eq!(ingest.post_signed(&body, APP_SECRET).await.status(), 200);
     let worker = Worker::start(cfg.worker_settings(&["conversation"])).await;
     wait_count(&cfg.pg().await, "SELECT count(*) FROM messages", 1, 20).await;
     worker.stop().await.unwrap();
     ingest.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_agent_takes_writes_to_and_releases_a_conversation_and_the_customer_is_erased() {
+    let cfg = TestConfig::new().await;
+    store_one_message(&cfg, "necesito ayuda").await;
 
     let list = ctl(&cfg, &["conversation", "list"]).await.ok();
     assert_eq!(list.stdout.lines().count(), 2, "{list:?}");
@@ -1045,4 +1051,34 @@ async fn a_setting_is_changed_from_a_file_shown_and_put_back_and_a_bad_value_is_
         "system_prompt: (default)\n",
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_merged_conversations_old_id_names_the_conversation_it_went_to() {
+    let cfg = TestConfig::new().await;
+    store_one_message(&cfg, "hola").await;
+    let pg = cfg.pg().await;
+    let into: i64 = sqlx::query_scalar("SELECT id FROM conversations")
+        .fetch_one(&pg)
+        .await
+        .unwrap();
+    // What a number change's merge leaves of the conversation it removed.
+    let gone = into + 1000;
+    sqlx::query("INSERT INTO conversation_merges (merged_id, into_id) VALUES ($1, $2)")
+        .bind(gone)
+        .bind(into)
+        .execute(&pg)
+        .await
+        .unwrap();
+    let points = format!("conversation {gone} was merged into conversation {into}");
+    for cmd in ["show", "take", "release"] {
+        ctl(&cfg, &["conversation", cmd, &gone.to_string()])
+            .await
+            .refused(1)
+            .complains(&points);
+    }
+    ctl(&cfg, &["conversation", "show", &(gone + 1).to_string()])
+        .await
+        .refused(1)
+        .complains(&format!("there is no conversation {}", gone + 1));
 }

@@ -280,6 +280,28 @@ impl Sys {
         .await
     }
 
+    /// Replays a dead letter of the sender, as `wafleetctl dead replay sender` does under the
+    /// default retention.
+    async fn replay_sender(
+        &self,
+        letter: &wafleet::dead_letters::DeadLetter,
+        resend_unanswered: bool,
+    ) -> wafleet::store::replies::Reopened {
+        let (mut con, keys) = (self.cfg.redis().await, self.cfg.keys());
+        let retention = Some(wafleet::worker::retention::DEFAULT_RETENTION);
+        wafleet::dead_letters::replay(
+            &mut con,
+            &self.pg,
+            &keys,
+            "sender",
+            letter,
+            resend_unanswered,
+            retention,
+        )
+        .await
+        .unwrap()
+    }
+
     /// Waits for exactly one job on the sender's dead-letter stream.
     async fn one_sender_dead_letter(&self) {
         let cfg = &self.cfg;
@@ -1022,9 +1044,7 @@ async fn replaying_a_reply_that_ran_out_of_retries_sends_it_once() {
     assert_eq!(letters.len(), 1);
     assert!(s.sim.state.messages().is_empty(), "both tries failed");
 
-    wafleet::dead_letters::replay(&mut con, &s.pg, &keys, "sender", &letters[0], false)
-        .await
-        .unwrap();
+    s.replay_sender(&letters[0], false).await;
     let sent = s.sent(1).await;
     assert_eq!(sent[0].context_message_id.as_deref(), Some("wamid.R1"));
     wait_count(
@@ -1043,9 +1063,7 @@ async fn replaying_a_reply_that_ran_out_of_retries_sends_it_once() {
     );
     // The same dead letter replayed again (an operator repeating a replay that looked stuck):
     // the part was accepted, so nothing more goes out.
-    wafleet::dead_letters::replay(&mut con, &s.pg, &keys, "sender", &letters[0], false)
-        .await
-        .unwrap();
+    s.replay_sender(&letters[0], false).await;
     s.settled().await;
     assert_eq!(s.sim.state.messages().len(), 1, "sent once");
 }
@@ -1248,9 +1266,7 @@ async fn sends_meta_never_answers_are_resent_only_within_the_retry_bounds() {
     let letters = wafleet::dead_letters::read(&mut con, &keys, "sender")
         .await
         .unwrap();
-    let parts = wafleet::dead_letters::replay(&mut con, &s.pg, &keys, "sender", &letters[0], false)
-        .await
-        .unwrap();
+    let parts = s.replay_sender(&letters[0], false).await;
     assert_eq!((parts.reopened, parts.unanswered), (0, 1));
     let kept = wafleet::dead_letters::read(&mut con, &keys, "sender")
         .await
@@ -1267,9 +1283,7 @@ async fn sends_meta_never_answers_are_resent_only_within_the_retry_bounds() {
     );
     // Meta answers again (the simulator forgets its faults and what it received).
     s.sim.state.reset();
-    let parts = wafleet::dead_letters::replay(&mut con, &s.pg, &keys, "sender", &kept[0], true)
-        .await
-        .unwrap();
+    let parts = s.replay_sender(&kept[0], true).await;
     assert_eq!((parts.reopened, parts.unanswered), (1, 0));
     s.sent(1).await;
     assert!(
@@ -4042,10 +4056,7 @@ async fn a_late_status_of_a_send_before_a_replay_is_not_taken_for_the_send_after
     let letters = wafleet::dead_letters::read(&mut con, &keys, "sender")
         .await
         .unwrap();
-    let reopened =
-        wafleet::dead_letters::replay(&mut con, &s.pg, &keys, "sender", &letters[0], true)
-            .await
-            .unwrap();
+    let reopened = s.replay_sender(&letters[0], true).await;
     assert_eq!(reopened.reopened, 1);
     let mut conn = s.pg.acquire().await.unwrap();
     claim_many(&mut conn, &[callback.outbound_id])

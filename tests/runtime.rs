@@ -887,6 +887,26 @@ async fn a_worker_cut_off_from_redis_stops_its_jobs_before_its_lease_can_pass_to
     second_task.await.unwrap().unwrap();
 }
 
+/// The fields of a dead letter of a probe job named `name` (conversation "R") that gave up on
+/// `source`.
+fn dead_probe_job(source: &str, name: &str) -> Vec<(String, String)> {
+    let mut fields: Vec<(String, String)> =
+        vec![("conv".into(), "R".into()), ("name".into(), name.into())];
+    fields.extend(
+        wafleet::dead_letters::GaveUp {
+            reason: "probe gave up",
+            stage: STAGE.name,
+            source_stream: source,
+            source_id: "1-0",
+            deliveries: 1,
+            attempts: 3,
+            dead_at_ms: 1,
+        }
+        .fields(),
+    );
+    fields
+}
+
 #[tokio::test]
 async fn a_dead_letter_replayed_twice_is_put_back_once() {
     let cfg = TestConfig {
@@ -896,22 +916,7 @@ async fn a_dead_letter_replayed_twice_is_put_back_once() {
     let keys = cfg.keys();
     let mut con = cfg.redis().await;
     let source = keys.inbound(0);
-    let mut fields: Vec<(String, String)> = vec![
-        ("conv".into(), "R".into()),
-        ("name".into(), "replayed".into()),
-    ];
-    fields.extend(
-        wafleet::dead_letters::GaveUp {
-            reason: "probe gave up",
-            stage: STAGE.name,
-            source_stream: &source,
-            source_id: "1-0",
-            deliveries: 1,
-            attempts: 3,
-            dead_at_ms: 1,
-        }
-        .fields(),
-    );
+    let fields = dead_probe_job(&source, "replayed");
     let _: String = con.xadd(keys.dead(STAGE.name), "*", &fields).await.unwrap();
     let pg = cfg.pg().await;
     // Two operators replaying at once, or a replay run again after one that was interrupted
@@ -921,9 +926,17 @@ async fn a_dead_letter_replayed_twice_is_put_back_once() {
         .unwrap();
     assert_eq!(letters.len(), 1);
     for _ in 0..2 {
-        wafleet::dead_letters::replay(&mut con, &pg, &keys, STAGE.name, &letters[0], false)
-            .await
-            .unwrap();
+        wafleet::dead_letters::replay(
+            &mut con,
+            &pg,
+            &keys,
+            STAGE.name,
+            &letters[0],
+            false,
+            Some(wafleet::worker::retention::DEFAULT_RETENTION),
+        )
+        .await
+        .unwrap();
     }
     let back = read_stream(&mut con, &source).await;
     assert_eq!(back.len(), 1, "put back once: {back:?}");
@@ -1010,22 +1023,7 @@ async fn a_replay_cut_off_before_its_delete_is_not_doubled_while_the_dead_letter
     ] {
         let source = keys.inbound(0);
         let _: () = con.del(&source).await.unwrap();
-        let mut fields: Vec<(String, String)> = vec![
-            ("conv".into(), "R".into()),
-            ("name".into(), format!("replayed {round}")),
-        ];
-        fields.extend(
-            wafleet::dead_letters::GaveUp {
-                reason: "probe gave up",
-                stage: STAGE.name,
-                source_stream: &source,
-                source_id: "1-0",
-                deliveries: 1,
-                attempts: 3,
-                dead_at_ms: 1,
-            }
-            .fields(),
-        );
+        let fields = dead_probe_job(&source, &format!("replayed {round}"));
         let written = chrono::Utc::now().timestamp_millis() - age.as_millis() as i64;
         let dead = keys.dead(STAGE.name);
         let _: () = con.del(&dead).await.unwrap();
@@ -1039,7 +1037,7 @@ async fn a_replay_cut_off_before_its_delete_is_not_doubled_while_the_dead_letter
         let replay = |mut c: redis::aio::MultiplexedConnection| {
             let (pg, keys, letter) = (&pg, &keys, &letters[0]);
             async move {
-                wafleet::dead_letters::replay_within(
+                wafleet::dead_letters::replay(
                     &mut c, pg, keys, STAGE.name, letter, false, retention,
                 )
                 .await

@@ -13,7 +13,7 @@ use sqlx::PgPool;
 
 use crate::stages::sender;
 use crate::store::replies;
-use crate::streams::{Keys, StoredEntry, read_whole};
+use crate::streams::{ENQUEUE_SCRIPT, Keys, StoredEntry, read_whole};
 
 /// Fields the runtime adds to a dead letter ([`GaveUp::fields`], in this order); a replay strips
 /// them.
@@ -52,23 +52,6 @@ fn replayed_mark_ttl(
     let left = Duration::from_millis(trimmed_ms.saturating_sub(now_ms).max(0) as u64);
     Some(left + REPLAYED_MARK_MARGIN)
 }
-
-/// [`ENQUEUE_SCRIPT`] for a replay: the mark (`KEYS[1]`) is taken with a TTL of `ARGV[1]`
-/// seconds, or none when it is 0, and the job appended to its source stream (`KEYS[2]`, the same
-/// slot) only if the mark was free.
-const REPLAY_SCRIPT: &str = r"
-local ttl = tonumber(ARGV[1])
-local marked
-if ttl > 0 then marked = redis.call('SET', KEYS[1], '1', 'NX', 'EX', ttl)
-else marked = redis.call('SET', KEYS[1], '1', 'NX') end
-if not marked then return 0 end
-local added = redis.pcall('XADD', KEYS[2], '*', unpack(ARGV, 2))
-if type(added) == 'table' and added.err then
-  redis.call('DEL', KEYS[1])
-  return redis.error_reply(added.err)
-end
-return 1
-";
 
 /// The mark that a dead letter's job was put back on `source`: beside the stream (same hash tag),
 /// named by the stage and the dead letter's id.
@@ -131,7 +114,7 @@ pub async fn read<C: ConnectionLike>(
 /// that finds the mark only removes the dead letter. The mark lasts while the dead letter may
 /// still be there under the workers' `retention` ([`replayed_mark_ttl`]); once the dead letter is
 /// removed, a day.
-pub async fn replay_within<C: ConnectionLike>(
+pub async fn replay<C: ConnectionLike>(
     con: &mut C,
     pg: &PgPool,
     keys: &Keys,
@@ -169,7 +152,7 @@ pub async fn replay_within<C: ConnectionLike>(
     if !replayed {
         let now_ms = chrono::Utc::now().timestamp_millis();
         let ttl = replayed_mark_ttl(letter.id(), retention, now_ms);
-        let _: i64 = redis::Script::new(REPLAY_SCRIPT)
+        let _: i64 = redis::Script::new(ENQUEUE_SCRIPT)
             .key(&mark)
             .key(&source)
             .arg(ttl.map_or(0, |t| t.as_secs().max(1)))
@@ -189,19 +172,6 @@ pub async fn replay_within<C: ConnectionLike>(
         .query_async(con)
         .await?;
     Ok(parts)
-}
-
-/// [`replay_within`] under the default retention (`WAFLEET_RETENTION_DAYS` unset).
-pub async fn replay<C: ConnectionLike>(
-    con: &mut C,
-    pg: &PgPool,
-    keys: &Keys,
-    stage: &str,
-    letter: &DeadLetter,
-    resend_unanswered: bool,
-) -> anyhow::Result<replies::Reopened> {
-    let retention = Some(crate::worker::retention::DEFAULT_RETENTION);
-    replay_within(con, pg, keys, stage, letter, resend_unanswered, retention).await
 }
 
 #[cfg(test)]

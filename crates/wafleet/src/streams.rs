@@ -164,12 +164,17 @@ impl Keys {
 }
 
 /// Appends an entry unless its dedup mark exists; returns 1 when appended, 0 for a duplicate.
-/// KEYS[1] = dedup mark, KEYS[2] = stream; ARGV[1] = mark TTL in seconds; ARGV[2..] = fields.
+/// KEYS[1] = dedup mark, KEYS[2] = stream; ARGV[1] = mark TTL in seconds (0: no expiry, for a
+/// dead-letter replay's mark kept as long as its dead letter, [`crate::dead_letters`]);
+/// ARGV[2..] = fields.
 ///
 /// The mark is taken first (`SET NX`, one call instead of `EXISTS` + `SET`), and given back if
 /// `XADD` fails, so the script still never leaves a mark without its entry.
 pub const ENQUEUE_SCRIPT: &str = r"
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+local marked
+if ARGV[1] == '0' then marked = redis.call('SET', KEYS[1], '1', 'NX')
+else marked = redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) end
+if not marked then return 0 end
 local added = redis.pcall('XADD', KEYS[2], '*', unpack(ARGV, 2))
 if type(added) == 'table' and added.err then
   redis.call('DEL', KEYS[1])

@@ -1230,7 +1230,7 @@ async fn dead_letters(cmd: &DeadCommand) -> anyhow::Result<()> {
             let mut found = Vec::new();
             for letter in dead_letters::read(&mut con, &keys, stage).await? {
                 if *all || ids.iter().any(|id| id == letter.id()) {
-                    let parts = dead_letters::replay_within(
+                    let parts = dead_letters::replay(
                         &mut con,
                         &pg,
                         &keys,

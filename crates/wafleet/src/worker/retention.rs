@@ -19,7 +19,7 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(14 * 86_400);
 
 /// `WAFLEET_RETENTION_DAYS` (default 14): how long kept-aside entries stay; `None` for `0`, kept
 /// until deleted by hand. Read by the workers, which trim, and by `wafleetctl dead replay`, whose
-/// marks must last as long as the dead letters ([`crate::dead_letters::replay_within`]).
+/// marks must last as long as the dead letters ([`crate::dead_letters::replay`]).
 pub fn from_env() -> anyhow::Result<Option<Duration>> {
     Ok(
         match crate::config::parsed(

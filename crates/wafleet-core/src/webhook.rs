@@ -120,9 +120,21 @@ impl<'de: 'a, 'a> Deserialize<'de> for MessagesValue<'a> {
                 let mut v = MessagesValue::default();
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
                     match key.as_ref() {
-                        "metadata" => v.metadata = map.next_value()?,
+                        "metadata" => {
+                            v.metadata = map
+                                .next_value::<Option<&RawValue>>()?
+                                .map(from_object)
+                                .transpose()
+                                .map_err(serde::de::Error::custom)?
+                        }
                         "contacts" => {
-                            v.contacts = map.next_value::<Option<_>>()?.unwrap_or_default()
+                            v.contacts = map
+                                .next_value::<Option<Vec<&RawValue>>>()?
+                                .unwrap_or_default()
+                                .into_iter()
+                                .map(from_object)
+                                .collect::<Result<_, _>>()
+                                .map_err(serde::de::Error::custom)?
                         }
                         "messages" => {
                             v.messages = map.next_value::<Option<_>>()?.unwrap_or_default()
@@ -267,8 +279,29 @@ struct ErrorHead {
     title: Option<String>,
 }
 
+/// Why an array was not taken where an object belongs.
+const NOT_AN_OBJECT: &str = "not a JSON object";
+
+/// serde's derived structs take a JSON array of their fields in order as well as an object, so
+/// `["whatsapp_business_account", [...]]` would pass for an envelope. Meta sends objects only:
+/// everything parsed into a struct here is checked with this first.
+fn is_array(json: &[u8]) -> bool {
+    json.trim_ascii_start().first() == Some(&b'[')
+}
+
+/// `raw` as a `T` that must be a JSON object (see [`is_array`]).
+fn from_object<'a, T: Deserialize<'a>>(raw: &'a RawValue) -> serde_json::Result<T> {
+    if is_array(raw.get().as_bytes()) {
+        return Err(serde::de::Error::custom(NOT_AN_OBJECT));
+    }
+    serde_json::from_str(raw.get())
+}
+
 /// Parses a verified webhook body.
 pub fn parse(body: &[u8]) -> Result<Parsed, Malformed> {
+    if is_array(body) {
+        return Err(Malformed::Shape(NOT_AN_OBJECT.into()));
+    }
     let body: Body = serde_json::from_slice(body).map_err(|e| Malformed::Json {
         reason: crate::json_error_without_input(&e),
         detail: e.to_string(),
@@ -330,6 +363,10 @@ impl Parsed {
 
 /// Deserialises one item, or records it as rejected.
 fn item<'a, T: Deserialize<'a>>(raw: &'a RawValue, what: &str, parsed: &mut Parsed) -> Option<T> {
+    if is_array(raw.get().as_bytes()) {
+        parsed.reject(format!("{what}: {NOT_AN_OBJECT}"), raw);
+        return None;
+    }
     match serde_json::from_str(raw.get()) {
         Ok(v) => Some(v),
         Err(e) => {
@@ -448,7 +485,7 @@ fn parse_messages_value(value: &RawValue, waba_id: Option<String>, parsed: &mut 
     }
 
     for raw in v.errors {
-        let head = serde_json::from_str::<ErrorHead>(raw.get()).ok();
+        let head = from_object::<ErrorHead>(raw).ok();
         parsed.updates.push(Update::Error(ValueError {
             origin: origin.clone(),
             code: head
@@ -838,6 +875,45 @@ mod tests {
         assert!(e.full_reason().contains(secret), "{}", e.full_reason());
         let e = parse(format!(r#"{{"object":"{secret}","entry":[]}}"#).as_bytes()).unwrap_err();
         assert!(!e.to_string().contains("4111"), "{e}");
+    }
+
+    /// serde's derived structs also take a JSON array of their fields in order: without a check,
+    /// `["whatsapp_business_account", [...]]` was taken as an envelope and a message given as an
+    /// array as a message. Meta sends objects; anything else is kept aside with the reason.
+    #[test]
+    fn arrays_in_place_of_objects_are_not_taken_for_them() {
+        let message =
+            r#"{"from":"1","id":"wamid.A","timestamp":"1","type":"text","text":{"body":"x"}}"#;
+        let value = format!(r#"{{"metadata":{{"phone_number_id":"P"}},"messages":[{message}]}}"#);
+        let change = format!(r#"{{"field":"messages","value":{value}}}"#);
+        let entry = format!(r#"{{"id":"W","changes":[{change}]}}"#);
+        let envelope =
+            |entry: &str| format!(r#"{{"object":"whatsapp_business_account","entry":[{entry}]}}"#);
+        assert_eq!(
+            kinds(&parse(envelope(&entry).as_bytes()).unwrap()),
+            [UpdateKind::Message]
+        );
+
+        let as_array = format!(r#"["whatsapp_business_account",[{entry}]]"#);
+        let e = parse(as_array.as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("not a JSON object"), "{e}");
+
+        let arrays = [
+            format!(r#"["W",[{change}]]"#),
+            format!(r#"{{"id":"W","changes":[["messages",{value}]]}}"#),
+            format!(r#"{{"id":"W","changes":[{{"field":"messages","value":[{{"phone_number_id":"P"}},[],[{message}]]}}]}}"#),
+            format!(r#"{{"id":"W","changes":[{{"field":"messages","value":{{"metadata":["15550001111","P"],"messages":[{message}]}}}}]}}"#),
+            r#"{"id":"W","changes":[{"field":"messages","value":{"metadata":{"phone_number_id":"P"},"messages":[["wamid.A","1"]]}}]}"#.to_owned(),
+            r#"{"id":"W","changes":[{"field":"messages","value":{"metadata":{"phone_number_id":"P"},"statuses":[["wamid.A","read"]]}}]}"#.to_owned(),
+            format!(r#"{{"id":"W","changes":[{{"field":"messages","value":{{"metadata":{{"phone_number_id":"P"}},"contacts":[[{{"name":"Eve"}},"999"]],"messages":[{message}]}}}}]}}"#),
+        ];
+        for entry in arrays {
+            let p = parse(envelope(&entry).as_bytes()).unwrap();
+            assert!(p.updates.is_empty(), "{entry}: {:?}", kinds(&p));
+            assert_eq!(p.rejected.len(), 1, "{entry}");
+            let reason = p.rejected[0].full_reason();
+            assert!(reason.contains("not a JSON object"), "{entry}: {reason}");
+        }
     }
 
     proptest::proptest! {

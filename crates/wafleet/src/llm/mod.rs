@@ -283,10 +283,10 @@ pub struct Completion {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LlmError {
     /// Our request or token rate is over the limit; retry after `retry_after` (or with backoff).
-    #[error("rate limited (retry after {retry_after:?})")]
+    #[error("rate limited{}", waited(retry_after))]
     RateLimited { retry_after: Option<Duration> },
     /// The provider as a whole is overloaded (Anthropic 529, OpenAI 503); retry with backoff.
-    #[error("provider overloaded (retry after {retry_after:?})")]
+    #[error("provider overloaded{}", waited(retry_after))]
     Overloaded { retry_after: Option<Duration> },
     /// Server error, broken connection, unreadable answer: worth a bounded number of retries.
     #[error("transient failure: {0}")]
@@ -303,6 +303,15 @@ pub enum LlmError {
     /// The request is wrong as is (bad model, too long, …), or the answer was empty.
     #[error("permanent failure: {0}")]
     Permanent(String),
+}
+
+/// The wait a provider asked for, as an error message says it (" (retry after 3 s)"), or nothing
+/// when it asked for none: the message is logged and stored in `replies.failures`, where
+/// `Some(3s)` or `None` read as Rust, not as the provider's answer.
+fn waited(retry_after: &Option<Duration>) -> String {
+    retry_after.map_or_else(String::new, |d| {
+        format!(" (retry after {} s)", d.as_secs_f64())
+    })
 }
 
 impl LlmError {
@@ -384,6 +393,32 @@ pub(crate) fn split_handover(text: &str) -> (String, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_throttled_call_says_how_long_the_provider_asked_to_wait_only_when_it_did() {
+        let cases = [
+            (
+                LlmError::Overloaded { retry_after: None },
+                "provider overloaded",
+            ),
+            (LlmError::RateLimited { retry_after: None }, "rate limited"),
+            (
+                LlmError::RateLimited {
+                    retry_after: Some(Duration::from_secs(3)),
+                },
+                "rate limited (retry after 3 s)",
+            ),
+            (
+                LlmError::Overloaded {
+                    retry_after: Some(Duration::from_millis(1500)),
+                },
+                "provider overloaded (retry after 1.5 s)",
+            ),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(error.to_string(), expected);
+        }
+    }
 
     #[test]
     fn provider_kind_parses_every_documented_spelling() {

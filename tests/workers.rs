@@ -147,6 +147,25 @@ impl Env {
     async fn wait_followups(&self) {
         self.cfg.wait_inbound_drained(20).await;
     }
+
+    /// Until a statement of this test's database waits for a lock of the kind named
+    /// (`pg_stat_activity.wait_event`, e.g. `advisory`), or any lock when `None`.
+    async fn waiting_on_a_lock(&self, what: &str, wait_event: Option<&str>) {
+        let pg = &self.pg;
+        eventually(what, Duration::from_secs(20), || async move {
+            let (n,): (i64,) = sqlx::query_as(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'
+                    AND ($1::text IS NULL OR wait_event = $1)",
+            )
+            .bind(wait_event)
+            .fetch_one(pg)
+            .await
+            .ok()?;
+            (n > 0).then_some(())
+        })
+        .await;
+    }
 }
 
 #[tokio::test]
@@ -2261,25 +2280,8 @@ async fn a_message_by_bsuid_alone_during_an_erasure_does_not_bring_back_the_eras
     // She writes with her username meanwhile: storing it waits on the erasure's lock.
     e.post(&bsuid_message(None, "CO.eva", "wamid.e2", T0 + 1))
         .await;
-    let pg = e.pg.clone();
-    eventually(
-        "the message's store waiting on the erasure",
-        Duration::from_secs(20),
-        || {
-            let pg = pg.clone();
-            async move {
-                let (n,): (i64,) = sqlx::query_as(
-                    "SELECT count(*) FROM pg_stat_activity
-                      WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                )
-                .fetch_one(&pg)
-                .await
-                .ok()?;
-                (n > 0).then_some(())
-            }
-        },
-    )
-    .await;
+    e.waiting_on_a_lock("the message's store waiting on the erasure", None)
+        .await;
     erasing.commit().await.unwrap();
     e.stored(2).await;
     let rows: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
@@ -2294,5 +2296,148 @@ async fn a_message_by_bsuid_alone_during_an_erasure_does_not_bring_back_the_eras
         rows,
         vec![("CO.eva".to_string(), None, Some("CO.eva".to_string()))],
         "a new conversation keyed by what the message carries"
+    );
+}
+
+/// Erases the customer of part `id` (57300, [`Env::parts_of_one_reply`]) with the erasure's first
+/// transaction held open right after it erased the part, and runs `racing` meanwhile: a statement
+/// that took its snapshot while the part still had its text, and waits for the erasure's lock on
+/// it. Answers how many parts the erasure reported, and the part's wamid and delivery once both
+/// are done.
+async fn erase_while_a_statement_waits_on_the_part(
+    e: &Env,
+    id: i64,
+    racing: impl Future<Output = ()> + Send + 'static,
+) -> (u64, Option<String>, Option<String>) {
+    // A trigger holds the erasure there, waiting for an advisory lock this test holds.
+    let mut gate = e.pg.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(7)")
+        .execute(&mut *gate)
+        .await
+        .unwrap();
+    for ddl in [
+        "CREATE FUNCTION hold_erasure() RETURNS trigger LANGUAGE plpgsql
+            AS $$ BEGIN PERFORM pg_advisory_xact_lock(7); RETURN NEW; END $$",
+        "CREATE TRIGGER hold_erasure AFTER UPDATE ON outbound_messages FOR EACH ROW
+            WHEN (OLD.body <> '' AND NEW.body = '') EXECUTE FUNCTION hold_erasure()",
+    ] {
+        sqlx::query(ddl).execute(&e.pg).await.unwrap();
+    }
+    let (pg, mut redis, keys) = (e.pg.clone(), e.cfg.redis().await, e.cfg.keys());
+    let erasure = tokio::spawn(async move {
+        wafleet::erasure::erase_customer(&pg, &mut redis, &keys, PNID, "57300").await
+    });
+    e.waiting_on_a_lock("the erasure held open", Some("advisory"))
+        .await;
+    let racing = tokio::spawn(racing);
+    e.waiting_on_a_lock(
+        "the statement waiting on the erased part",
+        Some("transactionid"),
+    )
+    .await;
+    sqlx::query("SELECT pg_advisory_unlock(7)")
+        .execute(&mut *gate)
+        .await
+        .unwrap();
+    let erased = erasure.await.unwrap().unwrap().unwrap();
+    racing.await.unwrap();
+    let (wamid, delivery) =
+        sqlx::query_as("SELECT wamid, delivery FROM outbound_messages WHERE id = $1")
+            .bind(id)
+            .fetch_one(&e.pg)
+            .await
+            .unwrap();
+    (erased.rows.outbound, wamid, delivery)
+}
+
+/// Meta's `delivered` for `wamid`, found by `callback` when given.
+fn delivered(
+    wamid: &str,
+    callback: Option<wafleet::crypto::Callback>,
+) -> wafleet::store::conversations::Status {
+    wafleet::store::conversations::Status {
+        wamid: wamid.into(),
+        status: "delivered".into(),
+        rank: wafleet::store::conversations::delivery_rank("delivered").unwrap(),
+        at: None,
+        error_code: None,
+        error_title: None,
+        callback,
+        recipient: None,
+    }
+}
+
+/// Whether `wamid` is what an erasure leaves of Meta's: its digest.
+fn is_erased(wamid: &Option<String>) -> bool {
+    wamid.as_deref().is_some_and(|w| w.starts_with("erased:"))
+}
+
+#[tokio::test]
+async fn a_status_applied_while_its_customer_is_erased_leaves_the_wamid_erased_and_counted_once() {
+    let e = env().await;
+    let id = e.parts_of_one_reply(1, None).await[0];
+    e.record_accepted(id, "wamid.HBgMNTczMDA").await;
+    // Meta's `delivered` comes in meanwhile, found by the wamid the part had before.
+    let pg = e.pg.clone();
+    let (outbound, wamid, delivery) =
+        erase_while_a_statement_waits_on_the_part(&e, id, async move {
+            let mut con = pg.acquire().await.unwrap();
+            let status = delivered("wamid.HBgMNTczMDA", None);
+            wafleet::store::conversations::apply_statuses(&mut con, &[status])
+                .await
+                .unwrap();
+        })
+        .await;
+    assert_eq!(
+        (outbound, is_erased(&wamid), delivery.as_deref()),
+        (1, true, Some("delivered")),
+        "the part is counted once and keeps only the digest of Meta's wamid ({wamid:?}); the \
+         status is still applied"
+    );
+}
+
+#[tokio::test]
+async fn an_ambiguous_send_reconciled_while_its_customer_is_erased_keeps_only_the_wamids_digest() {
+    let e = env().await;
+    // Sent, and Meta's answer never came: the status finds the part by our callback.
+    let id = e.parts_of_one_reply(1, None).await[0];
+    let pg = e.pg.clone();
+    let (outbound, wamid, delivery) =
+        erase_while_a_statement_waits_on_the_part(&e, id, async move {
+            let mut con = pg.acquire().await.unwrap();
+            let callback = wafleet::crypto::Callback {
+                outbound_id: id,
+                send_try: None,
+            };
+            let status = delivered("wamid.HBgMNTczMDA", Some(callback));
+            wafleet::store::conversations::apply_statuses(&mut con, &[status])
+                .await
+                .unwrap();
+        })
+        .await;
+    assert_eq!(
+        (outbound, is_erased(&wamid), delivery.as_deref()),
+        (1, true, Some("delivered")),
+        "counted once, and Meta's wamid is not back on the erased part: {wamid:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_acceptance_recorded_while_its_customer_is_erased_keeps_only_the_wamids_digest() {
+    let e = env().await;
+    let id = e.parts_of_one_reply(1, None).await[0];
+    let pg = e.pg.clone();
+    let (outbound, wamid, _) = erase_while_a_statement_waits_on_the_part(&e, id, async move {
+        let mut con = pg.acquire().await.unwrap();
+        let accepted = wafleet::store::conversations::Accepted::new(id, "wamid.HBgMNTczMDA");
+        wafleet::store::conversations::record_accepted_many(&mut con, &[accepted])
+            .await
+            .unwrap();
+    })
+    .await;
+    assert_eq!(
+        (outbound, is_erased(&wamid)),
+        (1, true),
+        "counted once, and Meta's wamid is not back on the erased part: {wamid:?}"
     );
 }

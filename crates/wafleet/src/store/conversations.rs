@@ -948,13 +948,15 @@ async fn apply_distinct(
               ORDER BY o.id FOR UPDATE
          ), changed AS (
              UPDATE outbound_messages o SET
-                    -- A part reconciled after its customer was erased keeps only the digest
-                    -- of Meta's wamid, which encodes the customer's number.
-                    wamid = CASE WHEN o.wamid IS NULL AND o.body = '' AND EXISTS (
-                                          SELECT 1 FROM conversations c
-                                           WHERE c.id = o.conversation_id
-                                             AND c.customer_key LIKE 'erased:%')
-                                 THEN erased_wamid(i.wamid)
+                    -- A part found by its wamid keeps the one it has: an erasure that
+                    -- committed while this statement waited for the row made it a digest,
+                    -- and Meta's, which encodes the customer's number, must not come back. A
+                    -- part reconciled after its customer was erased keeps only the digest of
+                    -- Meta's wamid. Erased is read from the row (its text is gone; no part is
+                    -- recorded empty), not its conversation: a statement that waited for an
+                    -- erasure re-reads the row it updates, but not the conversation.
+                    wamid = CASE WHEN o.wamid IS NOT NULL THEN o.wamid
+                                 WHEN o.body = '' THEN erased_wamid(i.wamid)
                                  ELSE i.wamid END,
                     state = CASE WHEN o.delivery_rank < i.rank AND o.delivery_rank < 4
                                       AND i.status = 'failed' THEN 'failed'
@@ -1110,11 +1112,10 @@ pub async fn record_accepted_many(
                  UPDATE outbound_messages o SET
                         -- A part sent while its customer was erased (crate::erasure) keeps only
                         -- the digest of Meta's wamid, which encodes the customer's number.
-                        wamid = CASE WHEN o.body = '' AND EXISTS (
-                                         SELECT 1 FROM conversations c
-                                          WHERE c.id = o.conversation_id
-                                            AND c.customer_key LIKE 'erased:%')
-                                     THEN erased_wamid(i.wamid)
+                        -- Erased is read from the row (its text is gone; no part is recorded
+                        -- empty), not its conversation: a statement that waited for an
+                        -- erasure's lock on the row re-reads the row, but not the conversation.
+                        wamid = CASE WHEN o.body = '' THEN erased_wamid(i.wamid)
                                      ELSE i.wamid END,
                         state = CASE WHEN o.delivery_rank >= 4 THEN o.state
                                      WHEN o.delivery_rank < e.rank AND e.status = 'failed' THEN 'failed'

@@ -616,38 +616,91 @@ async fn channel_changes_are_seen_within_seconds_and_disabled_or_unlisted_sender
     .await;
 }
 
-#[tokio::test]
-async fn a_sender_that_stalls_mid_body_is_cut_off_and_counted() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// An ingest with no channel that cuts off a request after `request_timeout`.
+async fn ingest_cutting_off_after(request_timeout: Duration) -> (TestConfig, Ingest) {
     let cfg = TestConfig::new().await;
-    let ingest = Ingest::start(wafleet::config::IngestSettings {
-        request_timeout: Duration::from_millis(300),
+    let ingest = Ingest::start(IngestSettings {
+        request_timeout,
         ..cfg.ingest_settings()
     })
     .await;
-    let addr = ingest.url.trim_start_matches("http://").to_string();
-    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    tcp.write_all(
-        format!(
-            "POST /webhooks/whatsapp HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 100\r\n\r\n{{\"obj"
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    // The rest of the body never comes; the connection stays open.
+    (cfg, ingest)
+}
+
+/// Writes a POST to `path` whose request line and host are followed by `rest` (headers, the
+/// blank line, any body) and returns the start of ingest's answer, read with the connection open.
+async fn first_answer(ingest: &Ingest, path: &str, rest: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = ingest.url.trim_start_matches("http://");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(format!("POST {path} HTTP/1.1\r\nhost: {addr}\r\n{rest}").as_bytes())
+        .await
+        .unwrap();
     let mut answer = vec![0u8; 64];
     let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut answer))
         .await
         .expect("an answer within the timeout")
         .unwrap();
-    let answer = String::from_utf8_lossy(&answer[..n]);
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn a_sender_that_stalls_mid_body_is_cut_off_and_counted() {
+    let (_cfg, ingest) = ingest_cutting_off_after(Duration::from_millis(300)).await;
+    // The rest of the body never comes; the connection stays open.
+    let answer = first_answer(
+        &ingest,
+        "/webhooks/whatsapp",
+        "content-length: 100\r\n\r\n{\"obj",
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert_eq!(
         ingest
             .metric(r#"wafleet_ingest_requests_total{outcome="timeout"}"#)
             .await,
         1.0
+    );
+}
+
+/// A body announced over the limit is refused from its `Content-Length`, before any of it is
+/// read: a client waiting for `100 Continue` (curl does for large bodies) is told 413 instead,
+/// and one that announces more than it sends is not kept waiting for the rest.
+#[tokio::test]
+async fn a_body_announced_over_the_limit_is_refused_before_it_is_read() {
+    let (_cfg, ingest) = ingest_cutting_off_after(Duration::from_secs(2)).await;
+    let over = wafleet::config::DEFAULT_MAX_BODY_BYTES + 1;
+    for (path, expect) in [
+        ("/webhooks/whatsapp", "expect: 100-continue\r\n"),
+        ("/webhooks/whatsapp", ""),
+        ("/webhooks/whatsapp/1234567890", "expect: 100-continue\r\n"),
+    ] {
+        // No body is sent: the answer must come from the headers alone.
+        let answer = first_answer(
+            &ingest,
+            path,
+            &format!(
+                "content-length: {over}\r\n{expect}x-hub-signature-256: sha256={}\r\n\r\n",
+                "0".repeat(64)
+            ),
+        )
+        .await;
+        assert!(
+            answer.starts_with("HTTP/1.1 413"),
+            "{path} {expect:?}: {answer}"
+        );
+    }
+    assert_eq!(
+        ingest
+            .metric(r#"wafleet_ingest_requests_total{outcome="too_large"}"#)
+            .await,
+        3.0
+    );
+    assert_eq!(
+        ingest
+            .metric(r#"wafleet_ingest_requests_total{outcome="timeout"}"#)
+            .await,
+        0.0
     );
 }
 

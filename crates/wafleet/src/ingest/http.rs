@@ -10,6 +10,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::handler::Handler;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -102,8 +103,10 @@ pub fn router(
     request_timeout: Duration,
     shared_path: bool,
 ) -> Router {
+    let announced =
+        axum::middleware::from_fn_with_state(max_body_bytes, refuse_announced_too_large);
     let shared = if shared_path {
-        get(verify).post(receive)
+        get(verify).post(receive.layer(announced.clone()))
     } else {
         get(shared_path_closed).post(shared_path_closed)
     };
@@ -111,7 +114,7 @@ pub fn router(
         .route("/webhooks/whatsapp", shared)
         .route(
             "/webhooks/whatsapp/{app_id}",
-            get(verify_app).post(receive_app),
+            get(verify_app).post(receive_app.layer(announced)),
         )
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
@@ -129,6 +132,40 @@ pub fn router(
         // Behind an Arc: axum clones the state for every request, and `AppState` holds owned
         // strings (the enqueue script) that would otherwise be copied per webhook.
         .with_state(Arc::new(state))
+}
+
+/// A webhook whose `Content-Length` is over `max_body_bytes` is answered 413 from its headers,
+/// its body never read: the size limit alone would read up to the limit first (and tell a client
+/// that waits for `100 Continue` to send it), or wait for a body announced but never sent.
+async fn refuse_announced_too_large(
+    State(max_body_bytes): State<usize>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match announced {
+        Some(bytes) if bytes > max_body_bytes as u64 => {
+            let started = Instant::now();
+            tracing::warn!(
+                bytes,
+                "webhook body announced over the size limit; not read"
+            );
+            record(Outcome::TooLarge, started);
+            Outcome::TooLarge.into_response()
+        }
+        _ => next.run(req).await,
+    }
+}
+
+/// Counts a webhook request by its outcome and records how long it took.
+fn record(outcome: Outcome, started: Instant) {
+    metrics::counter!("wafleet_ingest_requests_total", "outcome" => outcome.as_str()).increment(1);
+    metrics::histogram!("wafleet_ingest_request_duration_seconds")
+        .record(started.elapsed().as_secs_f64());
 }
 
 /// Counts the requests the timeout layer cut off (they never reach the end of `receive`).
@@ -239,9 +276,7 @@ async fn receive_for(
             Outcome::Aborted
         }
     };
-    metrics::counter!("wafleet_ingest_requests_total", "outcome" => outcome.as_str()).increment(1);
-    metrics::histogram!("wafleet_ingest_request_duration_seconds")
-        .record(started.elapsed().as_secs_f64());
+    record(outcome, started);
     outcome
 }
 

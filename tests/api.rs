@@ -1088,6 +1088,84 @@ async fn an_admin_keeps_a_numbers_knowledge_base_through_the_api() {
     assert_eq!(entries, json!([]));
 }
 
+/// Pauses `pnid`'s sends for ten minutes for Meta's `code`, as the sender does.
+async fn pause(pg: &PgPool, pnid: &str, code: i32) {
+    sqlx::query(
+        "UPDATE channels SET sends_paused_until = now() + interval '10 minutes',
+                sends_paused_code = $2, sends_paused_reason = 'Graph configuration error ' || $2
+          WHERE phone_number_id = $1",
+    )
+    .bind(pnid)
+    .bind(code)
+    .execute(pg)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_new_access_token_through_the_api_lifts_only_a_pause_a_token_fixes() {
+    let p = platform().await;
+    p.cfg.add_channel(SHOP, |_| {}).await;
+    let lifted = || {
+        metric_value(
+            &wafleet::telemetry::metrics_handle().render(),
+            r#"wafleet_channel_pauses_lifted_total{by="new_token"}"#,
+        )
+    };
+    let p = &p;
+    let renew = |pnid: &'static str| async move {
+        p.api
+            .put(
+                &format!("/api/v1/channels/{pnid}"),
+                &p.admin,
+                json!({"access_token": "EAAG-renewed"}),
+            )
+            .await
+    };
+    let before = lifted();
+    pause(&p.pg, OTHER, 190).await;
+    pause(&p.pg, SHOP, 131031).await;
+    // Shown to whoever reaches the number: until when, the code and what it means.
+    let (status, shown) = p
+        .api
+        .get(&format!("/api/v1/channels/{OTHER}"), &p.other)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(shown["sends_paused"]["code"], 190, "{shown}");
+    assert_eq!(shown["sends_paused"]["meaning"], "the access token expired");
+    assert_eq!(shown["sends_paused"]["new_token_lifts"], true);
+    assert!(shown["sends_paused"]["until"].is_string(), "{shown}");
+    let (_, all) = p.api.get("/api/v1/channels", &p.admin).await;
+    let locked = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["phone_number_id"] == SHOP)
+        .unwrap();
+    assert_eq!(locked["sends_paused"]["code"], 131031, "{all}");
+    assert_eq!(locked["sends_paused"]["new_token_lifts"], false);
+
+    let (status, saved) = renew(OTHER).await;
+    assert_eq!(status, StatusCode::OK, "{saved}");
+    assert_eq!(saved["sends_paused"], Value::Null, "{saved}");
+    assert_eq!(saved["pause_lifted"]["code"], 190, "{saved}");
+    assert_eq!(lifted(), before + 1.0);
+
+    let (status, saved) = renew(SHOP).await;
+    assert_eq!(status, StatusCode::OK, "{saved}");
+    assert_eq!(saved["sends_paused"]["code"], 131031, "{saved}");
+    assert_eq!(saved["pause_lifted"], Value::Null, "{saved}");
+    assert_eq!(lifted(), before + 1.0);
+    assert_eq!(
+        count(
+            &p.pg,
+            "SELECT count(*) FROM channels WHERE sends_paused_until > now()"
+        )
+        .await,
+        1
+    );
+}
+
 #[tokio::test]
 async fn without_the_encryption_key_the_api_shows_channels_but_changes_none() {
     let p = platform().await;

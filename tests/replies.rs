@@ -1573,13 +1573,95 @@ async fn clearing_a_pause_resumes_the_held_sends_before_the_pause_would_end() {
         30,
     )
     .await;
-    // The operator fixes the token and clears the pause.
-    sqlx::query("UPDATE channels SET sends_paused_until = NULL")
-        .execute(&s.pg)
-        .await
-        .unwrap();
+    // The operator fixes the token at Meta and resumes the channel (`wafleetctl channel resume`).
+    let resumed = wafleet::store::channels::resume(&s.pg, PNID).await.unwrap();
+    let wafleet::store::channels::Resumed::Lifted(pause) = resumed else {
+        panic!("not lifted: {resumed:?}");
+    };
+    assert_eq!(pause.code, Some(190));
     let sent = s.sent(1).await;
     assert_eq!(sent[0].context_message_id.as_deref(), Some("wamid.P1"));
+    s.settled().await;
+    assert_eq!(s.sim.state.messages().len(), 1, "sent once");
+    assert_eq!(
+        wafleet::store::channels::resume(&s.pg, PNID).await.unwrap(),
+        wafleet::store::channels::Resumed::NotPaused
+    );
+}
+
+/// Waits until the channel's sends are paused for Meta's `code`.
+async fn paused_for(s: &Sys, code: i32) {
+    wait_count(
+        &s.pg,
+        &format!(
+            "SELECT count(*) FROM channels WHERE sends_paused_until > now() + interval '5 minutes'
+                AND sends_paused_code = {code}"
+        ),
+        1,
+        30,
+    )
+    .await;
+}
+
+/// Saves the test channel with `token` as its access token, as `wafleetctl channel add
+/// --access-token` and the API's `PUT` do.
+async fn new_token(s: &Sys, token: &str) -> wafleet::store::channels::Saved {
+    let spec = wafleet::store::channels::ChannelSpec {
+        phone_number_id: PNID.into(),
+        access_token: Some(wafleet::config::Secret::new(token.into())),
+        ..Default::default()
+    };
+    wafleet::store::channels::upsert(&s.pg, &s.cfg.cipher(), &spec)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_new_access_token_lifts_an_expired_token_pause_and_the_held_part_goes_once() {
+    let s = system_with_settings(|w| w.send.paused_recheck = Duration::from_millis(300)).await;
+    // The token the channel holds is one Meta no longer takes: it answers 190.
+    new_token(&s, "EAAG-expired").await;
+    s.send("573015", "wamid.NT1", "hola").await;
+    paused_for(&s, 190).await;
+    sender_decided(&s, 0).await;
+    assert!(s.sim.state.messages().is_empty());
+    let saved = new_token(&s, TOKEN).await;
+    let (pause, lifted) = saved.pause.expect("it was paused");
+    assert!(lifted, "{pause:?}");
+    assert_eq!(pause.code, Some(190));
+    let sent = s.sent(1).await;
+    assert_eq!(sent[0].context_message_id.as_deref(), Some("wamid.NT1"));
+    s.settled().await;
+    assert_eq!(s.sim.state.messages().len(), 1, "sent once");
+    assert_eq!(
+        s.count("SELECT count(*) FROM channels WHERE sends_paused_until IS NOT NULL")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_new_access_token_leaves_a_pause_for_a_locked_account() {
+    let s = system_with_settings(|w| w.send.paused_recheck = Duration::from_millis(300)).await;
+    s.sim.state.add_fault(fault(
+        serde_json::json!({"code": 131031, "http_status": 403, "count": 1}),
+    ));
+    s.send("573016", "wamid.NT2", "hola").await;
+    paused_for(&s, 131031).await;
+    let saved = new_token(&s, TOKEN).await;
+    let (pause, lifted) = saved.pause.expect("it was paused");
+    assert!(!lifted, "{pause:?}");
+    assert_eq!(pause.meaning, "the business account is locked");
+    assert_eq!(
+        s.count(
+            "SELECT count(*) FROM channels WHERE sends_paused_until > now() + interval '5 minutes'"
+        )
+        .await,
+        1,
+        "still paused"
+    );
+    sender_decided(&s, 0).await;
+    assert!(s.sim.state.messages().is_empty(), "held while paused");
 }
 
 #[tokio::test]
@@ -4229,6 +4311,55 @@ async fn a_configuration_error_in_a_failed_status_pauses_the_channel_even_past_t
             .await,
         1
     );
+}
+
+#[tokio::test]
+async fn a_redelivered_configuration_failure_leaves_the_channel_paused_once_and_alerts_once() {
+    let s = system_with_settings(|w| w.send.backoff.max_attempts = 1).await;
+    let before = config_alerts();
+    s.sim.state.add_fault(fault(
+        serde_json::json!({"code": 190, "count": 1, "async": true}),
+    ));
+    s.send("573034", "wamid.CFG4", "hola").await;
+    paused_for_the_token(&s, before).await;
+    s.settled().await;
+    let alerts = config_alerts();
+    assert_eq!(alerts, before + 1.0);
+    let until = || async {
+        let (until,): (chrono::DateTime<chrono::Utc>,) =
+            sqlx::query_as("SELECT sends_paused_until FROM channels")
+                .fetch_one(&s.pg)
+                .await
+                .unwrap();
+        until
+    };
+    let paused_until = until().await;
+    // Meta delivers the failed status again once ingest no longer remembers it.
+    let stale = || {
+        metric_value(
+            &wafleet::telemetry::metrics_handle().render(),
+            r#"wafleet_statuses_total{result="stale"}"#,
+        )
+    };
+    let stale_before = stale();
+    let wamid = s.sim.state.messages()[0].wamid.clone();
+    s.cfg.forget_dedup_marks().await;
+    let again = status_body(
+        PNID,
+        serde_json::json!([{"id": wamid, "status": "failed", "timestamp": now().to_string(),
+            "recipient_id": "573034", "errors": [{"code": 190, "title": "Access token expired"}]}]),
+    );
+    assert_eq!(s.ingest.post_signed(&again, APP_SECRET).await.status(), 200);
+    eventually(
+        "the redelivery applied",
+        Duration::from_secs(20),
+        || async { (stale() > stale_before).then_some(()) },
+    )
+    .await;
+    s.settled().await;
+    assert_eq!(config_alerts(), alerts, "alerted again for one failure");
+    assert_eq!(until().await, paused_until, "paused again for one failure");
+    assert_eq!(s.sim.state.messages().len(), 1);
 }
 
 #[tokio::test]

@@ -185,6 +185,43 @@ pub fn is_known_code(code: i64) -> bool {
     known_class(code).is_some()
 }
 
+/// The configuration codes a new access token fixes (reference C.2: 190 "access token expired,
+/// new token"; 0 "can't authenticate, refresh token"). A permission, account or number problem
+/// (10, 200–299, 131031, 100/33…) stays until someone fixes it at Meta, whatever the token.
+pub const NEW_TOKEN_CODES: [i64; 2] = [0, 190];
+
+/// Whether putting in a new access token fixes a configuration error `code`.
+pub fn new_token_fixes(code: i64) -> bool {
+    NEW_TOKEN_CODES.contains(&code)
+}
+
+/// What a configuration error `code` means, in a few words for an operator (reference C.2),
+/// shown beside a paused channel; Meta's own message is not (its wording is not ours to vouch
+/// for).
+pub fn config_meaning(code: i64) -> &'static str {
+    match code {
+        0 => "cannot authenticate: the access token is invalid",
+        190 => "the access token expired",
+        3 => "a capability or permission the app lacks",
+        10 => "permission denied",
+        200..=299 => "an API permission was not granted or was removed",
+        33 => "the business phone number was deleted",
+        100 => "Meta does not know the business number, or the token may not use it",
+        368 => "temporarily blocked for policy violations",
+        131005 => "access denied",
+        131030 => "the recipient is not in the test number's allowed list",
+        131031 => "the business account is locked",
+        131042 => "a business eligibility or payment problem",
+        131045 => "the number's registration certificate is incorrect",
+        131064 => "messaging limited after template-classification violations",
+        133000 => "the number's deregistration is incomplete",
+        133005..=133009 | 133015 => "a two-step PIN or registration problem",
+        133010 => "the phone number is not registered",
+        133016 => "too many register or deregister attempts",
+        _ => "a configuration error",
+    }
+}
+
 /// Classifies a synchronous Graph API error from its `error.code`, the HTTP status it came with and
 /// its optional `is_transient` hint.
 ///
@@ -218,6 +255,24 @@ mod tests {
     use super::ErrorClass::*;
     use super::ThrottleScope::*;
     use super::*;
+
+    #[test]
+    fn only_token_codes_are_fixed_by_a_new_token_and_every_configuration_code_has_a_meaning() {
+        for code in [0, 190] {
+            assert!(new_token_fixes(code), "{code}");
+        }
+        // Permissions, a locked account, a number Meta does not know: not the token's doing.
+        for code in [3, 10, 200, 299, 33, 100, 131031, 131042, 133010] {
+            assert!(!new_token_fixes(code), "{code}");
+        }
+        for &(code, _, class) in TABLE {
+            if class == Config {
+                assert_ne!(config_meaning(code), "a configuration error", "{code}");
+            }
+        }
+        assert_eq!(config_meaning(190), "the access token expired");
+        assert_eq!(config_meaning(131031), "the business account is locked");
+    }
 
     /// Every code in reference C.2, with the HTTP status Meta lists for it (400 where it lists none).
     const TABLE: &[(i64, u16, ErrorClass)] = &[

@@ -253,6 +253,10 @@ enum ChannelCommand {
     Disable { phone_number_id: String },
     /// Serve a disabled channel again.
     Enable { phone_number_id: String },
+    /// Lift the pause of a channel's sends now, once what paused them (an expired token, a
+    /// locked account, a missing permission) is fixed: held replies go out within 30 s. A
+    /// channel that is not paused is said so (exit 0).
+    Resume { phone_number_id: String },
     /// Set one model of a channel's chain (tried in position order, then the canned reply).
     Model(ModelArgs),
     /// Remove a channel's own models (the process-wide ones apply again).
@@ -530,6 +534,9 @@ async fn main() -> anyhow::Result<()> {
                 if saved.created { "added" } else { "saved" },
                 saved.id
             );
+            if let Some((pause, lifted)) = &saved.pause {
+                println!("{}", pause_after_save(&a.phone_number_id, pause, *lifted));
+            }
             hint_quarantine(&a.phone_number_id).await;
         }
         Command::Channel(ChannelCommand::List) => {
@@ -543,6 +550,19 @@ async fn main() -> anyhow::Result<()> {
                 .collect();
             for line in channel_table(&all, &opened) {
                 println!("{line}");
+            }
+        }
+        Command::Channel(ChannelCommand::Resume { phone_number_id }) => {
+            match channels::resume(&pool, &phone_number_id).await? {
+                channels::Resumed::NoChannel => anyhow::bail!("no channel {phone_number_id}"),
+                channels::Resumed::NotPaused => {
+                    println!("channel {phone_number_id} is not paused: nothing to resume")
+                }
+                channels::Resumed::Lifted(pause) => println!(
+                    "channel {phone_number_id} resumed: its sends were paused {}; held replies \
+                     go out within 30 s (if Meta refuses them again, the channel pauses again)",
+                    pause.describe()
+                ),
             }
         }
         Command::Channel(ChannelCommand::Model(m)) => {
@@ -828,9 +848,9 @@ fn all_found(ids: &[String], found: &[String], stream: &str) -> anyhow::Result<(
 /// stored but not decrypting shows `bad`; a channel whose app secrets or verify token do not
 /// decrypt is marked, and a last line names those channels.
 fn channel_table(all: &[channels::Summary], opened: &HashMap<String, bool>) -> Vec<String> {
-    let row = |cells: [&str; 11]| {
+    let row = |cells: [&str; 12]| {
         format!(
-            "{:<20} {:<18} {:<18} {:<16} {:<8} {:<7} {:>7} {:>6} {:>6} {:>9}  {}",
+            "{:<20} {:<18} {:<18} {:<16} {:<8} {:<7} {:>7} {:>6} {:>6} {:>9}  {:<20}  {}",
             cells[0],
             cells[1],
             cells[2],
@@ -841,7 +861,8 @@ fn channel_table(all: &[channels::Summary], opened: &HashMap<String, bool>) -> V
             cells[7],
             cells[8],
             cells[9],
-            cells[10]
+            cells[10],
+            cells[11]
         )
         .trim_end()
         .to_string()
@@ -857,9 +878,11 @@ fn channel_table(all: &[channels::Summary], opened: &HashMap<String, bool>) -> V
         "VERIFY",
         "TOKEN",
         "ALLOWLIST",
+        "PAUSED",
         "",
     ])];
     let mut unreadable = Vec::new();
+    let mut paused = Vec::new();
     for c in all {
         let token_opens = opened.get(&c.phone_number_id);
         let token = match (c.access_token, token_opens) {
@@ -870,6 +893,18 @@ fn channel_table(all: &[channels::Summary], opened: &HashMap<String, bool>) -> V
         if token_opens.is_none() {
             unreadable.push(c.phone_number_id.as_str());
         }
+        if let Some(pause) = &c.sends_paused {
+            paused.push(format!(
+                "channel {}: sends paused {}; {}",
+                c.phone_number_id,
+                pause.describe(),
+                pause_remedy(&c.phone_number_id, pause)
+            ));
+        }
+        let until = c
+            .sends_paused
+            .as_ref()
+            .map(|p| p.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
         lines.push(row([
             &c.phone_number_id,
             c.waba_id.as_deref().unwrap_or("-"),
@@ -881,6 +916,7 @@ fn channel_table(all: &[channels::Summary], opened: &HashMap<String, bool>) -> V
             yes(c.verify_token),
             token,
             &c.phone_allowlist.len().to_string(),
+            until.as_deref().unwrap_or("-"),
             if token_opens.is_none() {
                 "does not decrypt"
             } else {
@@ -888,6 +924,7 @@ fn channel_table(all: &[channels::Summary], opened: &HashMap<String, bool>) -> V
             },
         ]));
     }
+    lines.extend(paused);
     if !unreadable.is_empty() {
         lines.push(format!(
             "not served: the app secrets or verify token of {} do not decrypt with \
@@ -896,6 +933,39 @@ fn channel_table(all: &[channels::Summary], opened: &HashMap<String, bool>) -> V
         ));
     }
     lines
+}
+
+/// What lifts a pause: a new access token when one fixes it, else the operator's fix at Meta
+/// and `channel resume`.
+fn pause_remedy(pnid: &str, pause: &channels::Pause) -> String {
+    if pause.new_token_lifts {
+        format!(
+            "a new access token lifts it (wafleetctl channel add --phone-number-id {pnid} \
+             --access-token …), or, once fixed, wafleetctl channel resume {pnid}"
+        )
+    } else {
+        format!(
+            "a new access token does not fix this: fix it at Meta, then wafleetctl channel \
+             resume {pnid}"
+        )
+    }
+}
+
+/// After `channel add` of a channel whose sends were paused: whether the save lifted the pause.
+fn pause_after_save(pnid: &str, pause: &channels::Pause, lifted: bool) -> String {
+    if lifted {
+        format!(
+            "the new access token lifts the pause of its sends ({}): held replies go out \
+             within 30 s",
+            pause.describe()
+        )
+    } else {
+        format!(
+            "its sends stay paused {}; {}",
+            pause.describe(),
+            pause_remedy(pnid, pause)
+        )
+    }
 }
 
 fn yes(b: bool) -> &'static str {
@@ -1393,6 +1463,7 @@ mod tests {
             access_token: token,
             phone_allowlist: Vec::new(),
             updated_at: chrono::Utc::now(),
+            sends_paused: None,
         };
         let all = [
             summary("111", true),

@@ -243,7 +243,7 @@ async fn a_channel_added_is_listed_and_its_secrets_are_never_printed() {
     let list = ctl(&cfg, &["channel", "list"]).await.ok();
     assert_eq!(
         cells(list.line("PHONE_NUMBER_ID")),
-        cells("PHONE_NUMBER_ID WABA APP DISPLAY ENABLED BOT SECRETS VERIFY TOKEN ALLOWLIST")
+        cells("PHONE_NUMBER_ID WABA APP DISPLAY ENABLED BOT SECRETS VERIFY TOKEN ALLOWLIST PAUSED")
     );
     assert_eq!(
         cells(list.line(PNID)),
@@ -257,7 +257,8 @@ async fn a_channel_added_is_listed_and_its_secrets_are_never_printed() {
             "1",
             "yes",
             "yes",
-            "0"
+            "0",
+            "-"
         ],
         "{list:?}"
     );
@@ -282,7 +283,7 @@ async fn a_channel_added_is_listed_and_its_secrets_are_never_printed() {
     let relisted = ctl(&cfg, &["channel", "list"]).await.ok();
     assert_eq!(
         cells(relisted.line(PNID))[4..],
-        ["true", "shadow", "1", "yes", "yes", "0"],
+        ["true", "shadow", "1", "yes", "yes", "0", "-"],
         "{relisted:?}"
     );
     for ran in [&added, &list, &show, &shadow, &relisted] {
@@ -291,6 +292,129 @@ async fn a_channel_added_is_listed_and_its_secrets_are_never_printed() {
             .never_shows(VERIFY_TOKEN)
             .never_shows(&cfg.key);
     }
+}
+
+/// Pauses the channel's sends for ten minutes for Meta's `code`, as the sender does.
+async fn pause(cfg: &TestConfig, code: i32) {
+    sqlx::query(
+        "UPDATE channels SET sends_paused_until = now() + interval '10 minutes',
+                sends_paused_code = $1,
+                sends_paused_reason = 'Graph configuration error ' || $1 || ': (#' || $1 || ') Meta says'",
+    )
+    .bind(code)
+    .execute(&cfg.pg().await)
+    .await
+    .unwrap();
+}
+
+/// `channel add` of the test channel with a new access token, which must succeed.
+async fn new_token(cfg: &TestConfig, token: &str) -> Ran {
+    ctl(
+        cfg,
+        &[
+            "channel",
+            "add",
+            "--phone-number-id",
+            PNID,
+            "--access-token",
+            token,
+        ],
+    )
+    .await
+    .ok()
+}
+
+const PAUSED: &str = "SELECT count(*) FROM channels WHERE sends_paused_until > now()";
+
+#[tokio::test]
+async fn a_paused_channel_is_listed_with_until_when_and_why_and_resumed_by_command() {
+    let cfg = TestConfig::new().await;
+    add_channel(&cfg, PNID).await;
+    // Not paused: said, and nothing to do is not a failure.
+    let idle = ctl(&cfg, &["channel", "resume", PNID]).await.ok();
+    assert_eq!(
+        idle.stdout,
+        format!("channel {PNID} is not paused: nothing to resume\n")
+    );
+    pause(&cfg, 131031).await;
+    let list = ctl(&cfg, &["channel", "list"]).await.ok();
+    let until = cells(list.line(PNID))[10];
+    let until = chrono::DateTime::parse_from_rfc3339(until)
+        .unwrap_or_else(|e| panic!("PAUSED is not a time ({e}): {list:?}"));
+    assert!(
+        until > chrono::Utc::now() + chrono::Duration::minutes(9),
+        "{list:?}"
+    );
+    let why = list.line(&format!("channel {PNID}: sends paused until "));
+    assert!(
+        why.contains("131031, the business account is locked")
+            && why.contains(&format!("wafleetctl channel resume {PNID}")),
+        "{list:?}"
+    );
+    // Meta's own message is not repeated.
+    list.never_shows("Meta says");
+    // A new token does not unlock an account: the pause stays, and the output says so.
+    let saved = new_token(&cfg, "EAAG-a-newer-token").await;
+    saved
+        .says("sends stay paused")
+        .says("131031, the business account is locked");
+    assert_eq!(count(&cfg, PAUSED).await, 1);
+    let resumed = ctl(&cfg, &["channel", "resume", PNID]).await.ok();
+    assert!(
+        resumed.stdout.starts_with(&format!(
+            "channel {PNID} resumed: its sends were paused until "
+        )) && resumed
+            .stdout
+            .contains("131031, the business account is locked"),
+        "{resumed:?}"
+    );
+    assert_eq!(count(&cfg, PAUSED).await, 0);
+    assert_eq!(
+        count(
+            &cfg,
+            "SELECT count(*) FROM channels WHERE sends_paused_code IS NULL
+                AND sends_paused_reason IS NULL"
+        )
+        .await,
+        1
+    );
+    let relisted = ctl(&cfg, &["channel", "list"]).await.ok();
+    assert_eq!(cells(relisted.line(PNID))[10], "-", "{relisted:?}");
+    let again = ctl(&cfg, &["channel", "resume", PNID]).await.ok();
+    again.says("is not paused");
+    for ran in [&idle, &list, &saved, &resumed, &relisted, &again] {
+        ran.never_shows(ACCESS_TOKEN)
+            .never_shows("EAAG-a-newer-token");
+    }
+}
+
+#[tokio::test]
+async fn a_new_access_token_lifts_a_pause_for_an_expired_token_and_says_so() {
+    let cfg = TestConfig::new().await;
+    add_channel(&cfg, PNID).await;
+    pause(&cfg, 190).await;
+    // A change without a token leaves the pause.
+    ctl(
+        &cfg,
+        &[
+            "channel",
+            "add",
+            "--phone-number-id",
+            PNID,
+            "--bot-mode",
+            "on",
+        ],
+    )
+    .await
+    .ok()
+    .says("sends stay paused");
+    assert_eq!(count(&cfg, PAUSED).await, 1);
+    let saved = new_token(&cfg, "EAAG-the-renewed-token").await;
+    saved
+        .says("the new access token lifts the pause of its sends")
+        .says("190, the access token expired");
+    saved.never_shows("EAAG-the-renewed-token");
+    assert_eq!(count(&cfg, PAUSED).await, 0);
 }
 
 #[tokio::test]
@@ -354,6 +478,7 @@ async fn every_command_given_a_number_no_channel_has_fails_naming_it() {
         ]
         .concat(),
         vec!["channel", "clear-models", UNKNOWN],
+        vec!["channel", "resume", UNKNOWN],
         vec!["knowledge", "add", UNKNOWN, "Envíos", "Enviamos."],
         vec!["knowledge", "list", UNKNOWN],
         vec!["knowledge", "remove", UNKNOWN, "Envíos"],
@@ -862,7 +987,7 @@ async fn a_key_rotation_reseals_every_secret_once_and_the_old_key_can_then_go() 
     .await
     .ok();
     assert_eq!(
-        cells(list.line(PNID))[6..],
+        cells(list.line(PNID))[6..10],
         ["1", "yes", "yes", "0"],
         "{list:?}"
     );

@@ -21,7 +21,10 @@
 //! `"settings": {"name": null}` puts a setting back to its default; `"models"` replaces the
 //! whole chain (`[]`: the process-wide models apply). Ingest and the workers see the change
 //! within seconds. A channel is never deleted (its conversations are history): `"enabled": false`
-//! stops serving it.
+//! stops serving it. A new `access_token` lifts a pause of the channel's sends that a token
+//! fixes (190 and 0, or no or an unreadable token), counted in
+//! `wafleet_channel_pauses_lifted_total{by="new_token"}` and answered in `pause_lifted`; a pause
+//! for a locked account or a missing permission stays (`sends_paused`), logged as a warning.
 
 use std::sync::Arc;
 
@@ -36,7 +39,7 @@ use serde_json::{Value, json};
 use super::{ApiError, AppState, Authed, body, no_nul, pg_down};
 use crate::config::Secret;
 use crate::store::api_tokens::Scope;
-use crate::store::channels::{self, BotMode, ChannelSpec, ProviderSpec};
+use crate::store::channels::{self, BotMode, ChannelSpec, ProviderSpec, pause_lifted};
 use crate::store::knowledge::{self, Put};
 use crate::store::settings::{Change, Setting};
 
@@ -390,12 +393,29 @@ async fn save(
     .increment(1);
     tracing::info!(token = %scope.name, channel = %pnid, created = saved.created,
         fields = %fields.join(","), secrets = sealed, "channel saved through the API");
+    let lifted = match &saved.pause {
+        Some((pause, true)) => {
+            pause_lifted(&pnid, pause, "new_token");
+            Some(pause)
+        }
+        Some((pause, false)) if spec.access_token.is_some() => {
+            tracing::warn!(token = %scope.name, channel = %pnid, code = pause.code,
+                meaning = %pause.meaning, until = %pause.until,
+                "a new access token does not lift this pause of the channel's sends: fix it at Meta, then wafleetctl channel resume");
+            None
+        }
+        _ => None,
+    };
     let status = if saved.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(view(&state, &pnid).await?)).into_response())
+    let mut shown = view(&state, &pnid).await?;
+    if let Some(pause) = lifted {
+        shown["pause_lifted"] = serde_json::to_value(pause).expect("a pause serialises");
+    }
+    Ok((status, Json(shown)).into_response())
 }
 
 async fn knowledge_list(

@@ -190,20 +190,22 @@ fn elapsed_since(since: DateTime<Utc>) -> Duration {
 }
 
 /// Stops a channel's sends for `policy.config_pause` and raises the alert: a configuration error
-/// (expired token, permissions, locked account) needs an operator, not retries.
+/// (expired token, permissions, locked account) needs an operator, not retries. `code`: Meta's
+/// error code, `None` for a pause of our own (no token, or one that does not decrypt).
 pub async fn pause_sends(
     pg: &PgPool,
     policy: &SendPolicy,
     channel_id: i64,
     phone_number_id: &str,
+    code: Option<i64>,
     reason: &str,
 ) -> Result<(), Outcome> {
     let until = Utc::now() + chrono::Duration::from_std(policy.config_pause).unwrap_or_default();
-    replies::pause_channel(pg, channel_id, until, reason)
+    replies::pause_channel(pg, channel_id, until, code, reason)
         .await
         .map_err(db("pausing the channel"))?;
     metrics::counter!("wafleet_sender_alerts_total", "channel" => phone_number_id.to_string(), "kind" => "config").increment(1);
-    tracing::error!(channel = %phone_number_id, reason, "channel sends paused: needs an operator");
+    tracing::error!(channel = %phone_number_id, code, reason, "channel sends paused: needs an operator");
     Ok(())
 }
 
@@ -553,7 +555,7 @@ impl SenderStage {
             } else {
                 "no access token configured"
             };
-            return self.pause(channel, reason).await;
+            return self.pause(channel, None, reason).await;
         };
         // Claimed: `attempts` (read before the claim) went up by one, and this is that send.
         let callback = self
@@ -790,6 +792,7 @@ impl SenderStage {
                     let paused = self
                         .pause(
                             channel,
+                            Some(code),
                             &format!("Graph configuration error {code} in a failed status"),
                         )
                         .await?;
@@ -950,6 +953,7 @@ impl SenderStage {
                 hold().await?;
                 self.pause(
                     channel,
+                    Some(code),
                     &format!("Graph configuration error {code}: {message}"),
                 )
                 .await
@@ -1027,12 +1031,18 @@ impl SenderStage {
     }
 
     /// A configuration problem needs an operator: pause the channel's sends and alert.
-    async fn pause(&self, channel: &ChannelSettings, reason: &str) -> Result<Step, Outcome> {
+    async fn pause(
+        &self,
+        channel: &ChannelSettings,
+        code: Option<i64>,
+        reason: &str,
+    ) -> Result<Step, Outcome> {
         pause_sends(
             &self.pg,
             &self.policy,
             channel.id,
             &channel.phone_number_id,
+            code,
             reason,
         )
         .await?;

@@ -137,7 +137,13 @@ impl Handler for StatusStage {
             && applied != StatusApplied::Kept
             && let Some(code) = s.error_code
             && let Err(outcome) = self
-                .failed_after_acceptance(job, &s.wamid, code, s.error_title.as_deref())
+                .failed_after_acceptance(
+                    job,
+                    &s.wamid,
+                    code,
+                    s.error_title.as_deref(),
+                    matches!(applied, StatusApplied::Advanced { .. }),
+                )
                 .await
         {
             return outcome;
@@ -150,12 +156,17 @@ impl StatusStage {
     /// Meta failed a message it had accepted: send it again when the code says that can work.
     /// A configuration code pauses the channel and alerts as the same code answered to a send
     /// does, whether or not the part is sent again: every later send of the channel meets it.
+    /// Only when this run recorded the failure (`first`): Meta redelivers webhooks, and one
+    /// failure must not pause the channel again (past an operator's resume) nor page twice. A
+    /// first run that stopped before pausing leaves it to the channel's next send, which meets
+    /// the same code.
     async fn failed_after_acceptance(
         &self,
         job: &Job,
         wamid: &str,
         code: i64,
         title: Option<&str>,
+        first: bool,
     ) -> Result<(), Outcome> {
         let class = classify_status_error(code);
         if !class.worth_resending() {
@@ -167,6 +178,7 @@ impl StatusStage {
             .await
             .map_err(|e| db_outcome(&e, "reading the failed part"))?;
         if class == ErrorClass::Config
+            && first
             && let Some((_, channel_id, _, _)) = part
         {
             let reason = match title {
@@ -180,6 +192,7 @@ impl StatusStage {
                 &self.send_policy,
                 channel_id,
                 job.field("channel").unwrap_or("-"),
+                Some(code),
                 &reason,
             )
             .await?;

@@ -4,6 +4,8 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
+use wafleet_core::graph_error;
+
 use crate::config::Secret;
 use crate::crypto::Cipher;
 
@@ -127,11 +129,110 @@ impl ChannelSpec {
 }
 
 /// What [`upsert`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Saved {
     pub id: i64,
     /// The number was not there before.
     pub created: bool,
+    /// The pause of the channel's sends when it was saved (`None`: not paused), and whether the
+    /// save lifted it: a new access token lifts a pause a token fixes ([`Pause::new_token_lifts`]).
+    pub pause: Option<(Pause, bool)>,
+}
+
+/// A channel's sends, paused by the sender after a configuration error (see
+/// `stages::sender`): until when, and why. Meta's code and what it means in our words, never
+/// Meta's message (whatever it may quote).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Pause {
+    pub until: DateTime<Utc>,
+    /// Meta's error code; `None` for a pause of our own (no access token, or one that does not
+    /// decrypt).
+    pub code: Option<i64>,
+    /// What the code means, for an operator.
+    pub meaning: String,
+    /// Whether putting in a new access token lifts it (190 and 0, or a pause of our own); a locked
+    /// account or a missing permission stays until `wafleetctl channel resume`.
+    pub new_token_lifts: bool,
+}
+
+impl Pause {
+    /// The pause stored as `sends_paused_until` / `_code` / `_reason`; `None` unless `until` is
+    /// given (the query gives it only while it is in the future).
+    fn from_columns(
+        until: Option<DateTime<Utc>>,
+        code: Option<i32>,
+        reason: Option<String>,
+    ) -> Option<Self> {
+        let code = code.map(i64::from);
+        Some(Pause {
+            until: until?,
+            code,
+            meaning: match code {
+                Some(code) => graph_error::config_meaning(code).to_string(),
+                // Ours: "no access token configured", "the access token does not decrypt…".
+                None => reason.unwrap_or_else(|| "no reason recorded".into()),
+            },
+            new_token_lifts: code.is_none_or(graph_error::new_token_fixes),
+        })
+    }
+
+    /// "until <time>: 190, the access token expired", for a line of output.
+    pub fn describe(&self) -> String {
+        let until = self.until.format("%Y-%m-%d %H:%M:%S UTC");
+        match self.code {
+            Some(code) => format!("until {until}: {code}, {}", self.meaning),
+            None => format!("until {until}: {}", self.meaning),
+        }
+    }
+}
+
+/// The pause columns of `channels`, read as [`Pause::from_columns`] takes them (a pause that
+/// ended reads as none).
+const PAUSE_COLUMNS: &str = "CASE WHEN sends_paused_until > now() THEN sends_paused_until END \
+    AS sends_paused_until, sends_paused_code, sends_paused_reason";
+
+/// Logs and counts (`wafleet_channel_pauses_lifted_total{by}`) the lift of a channel's pause in
+/// a long-running process: `by` is `new_token` when the API's `PUT` brought a new access token.
+/// (`wafleetctl`, which no one scrapes, prints its lifts instead.)
+pub fn pause_lifted(phone_number_id: &str, pause: &Pause, by: &'static str) {
+    metrics::counter!("wafleet_channel_pauses_lifted_total", "by" => by).increment(1);
+    tracing::info!(channel = %phone_number_id, by, code = pause.code, meaning = %pause.meaning,
+        until = %pause.until, "the pause of the channel's sends was lifted: held replies go out");
+}
+
+/// What [`resume`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resumed {
+    NoChannel,
+    /// Its sends were not paused (or the pause had ended): nothing changed.
+    NotPaused,
+    /// The pause was lifted: held sends go out as their jobs look again.
+    Lifted(Pause),
+}
+
+/// Lifts a channel's pause now, whatever its reason (the operator says it is fixed). Held parts
+/// go out when their jobs look again (`SendPolicy::paused_recheck`, 30 s).
+pub async fn resume(pool: &PgPool, phone_number_id: &str) -> anyhow::Result<Resumed> {
+    type Old = (Option<DateTime<Utc>>, Option<i32>, Option<String>);
+    let old: Option<Old> = sqlx::query_as(&format!(
+        "WITH old AS (SELECT id, {PAUSE_COLUMNS} FROM channels
+                       WHERE phone_number_id = $1 FOR UPDATE),
+              lifted AS (UPDATE channels c SET sends_paused_until = NULL,
+                                sends_paused_code = NULL, sends_paused_reason = NULL
+                           FROM old WHERE c.id = old.id AND old.sends_paused_until IS NOT NULL)
+         SELECT sends_paused_until, sends_paused_code, sends_paused_reason FROM old"
+    ))
+    .bind(phone_number_id)
+    .fetch_optional(pool)
+    .await
+    .context("lifting the channel's pause")?;
+    Ok(match old {
+        None => Resumed::NoChannel,
+        Some((until, code, reason)) => match Pause::from_columns(until, code, reason) {
+            Some(pause) => Resumed::Lifted(pause),
+            None => Resumed::NotPaused,
+        },
+    })
 }
 
 /// What a channel's secret is bound to when sealed (the AEAD's associated data).
@@ -362,12 +463,22 @@ pub async fn upsert<'e>(
         v.as_ref()
             .map(|s| cipher.encrypt(&owner(pnid, field), s.expose().as_bytes()))
     };
-    let (id, created): (i64, bool) = sqlx::query_as(
-        "INSERT INTO channels (phone_number_id, waba_id, display_phone_number, name, app_secrets,
+    // A new access token lifts a pause it fixes (an expired token, one of our own); `old` is the
+    // row as it was, for saying which pause was there and whether it was lifted.
+    let (id, created, until, code, reason): (
+        i64,
+        bool,
+        Option<DateTime<Utc>>,
+        Option<i32>,
+        Option<String>,
+    ) = sqlx::query_as(&format!(
+        "WITH old AS (SELECT {PAUSE_COLUMNS} FROM channels WHERE phone_number_id = $1),
+              saved AS (
+         INSERT INTO channels (phone_number_id, waba_id, display_phone_number, name, app_secrets,
                                verify_token, access_token, bot_mode, phone_allowlist, enabled,
                                app_id)
-         VALUES ($1, $2, $3, COALESCE($4, ''), COALESCE($5, '{}'), $6, $7, COALESCE($8, 'on'),
-                 COALESCE($9, '{}'), COALESCE($10, true), $11)
+         VALUES ($1, $2, $3, COALESCE($4, ''), COALESCE($5, '{{}}'), $6, $7, COALESCE($8, 'on'),
+                 COALESCE($9, '{{}}'), COALESCE($10, true), $11)
          ON CONFLICT (phone_number_id) DO UPDATE SET
              waba_id = COALESCE($2, channels.waba_id),
              app_id = COALESCE($11, channels.app_id),
@@ -378,9 +489,19 @@ pub async fn upsert<'e>(
              access_token = COALESCE($7, channels.access_token),
              bot_mode = COALESCE($8, channels.bot_mode),
              phone_allowlist = COALESCE($9, channels.phone_allowlist),
-             enabled = COALESCE($10, channels.enabled)
-         RETURNING id, (xmax = 0)",
-    )
+             enabled = COALESCE($10, channels.enabled),
+             (sends_paused_until, sends_paused_code, sends_paused_reason) =
+                 (SELECT CASE WHEN lift THEN NULL ELSE channels.sends_paused_until END,
+                         CASE WHEN lift THEN NULL ELSE channels.sends_paused_code END,
+                         CASE WHEN lift THEN NULL ELSE channels.sends_paused_reason END
+                    FROM (SELECT $7::bytea IS NOT NULL
+                                 AND (channels.sends_paused_code IS NULL
+                                      OR channels.sends_paused_code = ANY($12)) AS lift) l)
+         RETURNING id, (xmax = 0) AS created)
+         SELECT saved.id, saved.created, old.sends_paused_until, old.sends_paused_code,
+                old.sends_paused_reason
+           FROM saved LEFT JOIN old ON true"
+    ))
     .bind(pnid)
     .bind(&spec.waba_id)
     .bind(&spec.display_phone_number)
@@ -392,10 +513,15 @@ pub async fn upsert<'e>(
     .bind(&spec.phone_allowlist)
     .bind(spec.enabled)
     .bind(spec.app_id.as_deref().map(str::trim))
+    .bind(graph_error::NEW_TOKEN_CODES.map(|c| c as i32))
     .fetch_one(db)
     .await
     .context("saving the channel")?;
-    Ok(Saved { id, created })
+    let pause = Pause::from_columns(until, code, reason).map(|pause| {
+        let lifted = spec.access_token.is_some() && pause.new_token_lifts;
+        (pause, lifted)
+    });
+    Ok(Saved { id, created, pause })
 }
 
 /// What [`reseal_all`] did.
@@ -669,7 +795,7 @@ pub async fn clear_providers<'e>(
 
 /// A channel as the API and `wafleetctl channel list` show it: no secret, only whether each is
 /// set. Read without decrypting anything, so a process without the encryption key can show it.
-#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Summary {
     pub phone_number_id: String,
     pub waba_id: Option<String>,
@@ -684,21 +810,65 @@ pub struct Summary {
     pub access_token: bool,
     pub phone_allowlist: Vec<String>,
     pub updated_at: DateTime<Utc>,
+    /// Its sends' pause, while there is one (`null` otherwise).
+    pub sends_paused: Option<Pause>,
+}
+
+#[derive(sqlx::FromRow)]
+struct SummaryRow {
+    phone_number_id: String,
+    waba_id: Option<String>,
+    app_id: Option<String>,
+    display_phone_number: Option<String>,
+    name: String,
+    enabled: bool,
+    bot_mode: String,
+    app_secrets: i32,
+    verify_token: bool,
+    access_token: bool,
+    phone_allowlist: Vec<String>,
+    updated_at: DateTime<Utc>,
+    sends_paused_until: Option<DateTime<Utc>>,
+    sends_paused_code: Option<i32>,
+    sends_paused_reason: Option<String>,
 }
 
 /// The channels among `numbers` (every channel when empty), by phone_number_id.
 pub async fn summaries(pool: &PgPool, numbers: &[String]) -> sqlx::Result<Vec<Summary>> {
-    sqlx::query_as(
+    let rows: Vec<SummaryRow> = sqlx::query_as(&format!(
         "SELECT phone_number_id, waba_id, app_id, display_phone_number, name, enabled, bot_mode,
                 cardinality(app_secrets) AS app_secrets, verify_token IS NOT NULL AS verify_token,
-                access_token IS NOT NULL AS access_token, phone_allowlist, updated_at
+                access_token IS NOT NULL AS access_token, phone_allowlist, updated_at,
+                {PAUSE_COLUMNS}
            FROM channels
           WHERE cardinality($1::text[]) = 0 OR phone_number_id = ANY($1)
-          ORDER BY phone_number_id",
-    )
+          ORDER BY phone_number_id"
+    ))
     .bind(numbers)
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Summary {
+            sends_paused: Pause::from_columns(
+                r.sends_paused_until,
+                r.sends_paused_code,
+                r.sends_paused_reason,
+            ),
+            phone_number_id: r.phone_number_id,
+            waba_id: r.waba_id,
+            app_id: r.app_id,
+            display_phone_number: r.display_phone_number,
+            name: r.name,
+            enabled: r.enabled,
+            bot_mode: r.bot_mode,
+            app_secrets: r.app_secrets,
+            verify_token: r.verify_token,
+            access_token: r.access_token,
+            phone_allowlist: r.phone_allowlist,
+            updated_at: r.updated_at,
+        })
+        .collect())
 }
 
 /// One model of a channel's chain, without its key.

@@ -699,11 +699,14 @@ pub async fn mark_failed(
     Ok(())
 }
 
-/// Stops a channel's sends until `until` (a configuration error needs an operator).
+/// Stops a channel's sends until `until` (a configuration error needs an operator). `code` is
+/// Meta's error code, `None` for a pause of our own (no access token, or one that does not
+/// decrypt): it decides whether a new access token lifts the pause.
 pub async fn pause_channel(
     pool: &PgPool,
     channel_id: i64,
     until: DateTime<Utc>,
+    code: Option<i64>,
     reason: &str,
 ) -> sqlx::Result<()> {
     // A pause keeps the channel's parts for the operator's fix: their retry age starts again, so
@@ -713,11 +716,14 @@ pub async fn pause_channel(
              UPDATE outbound_messages SET retries_since = now()
               WHERE channel_id = $1 AND state = 'pending'
          )
-         UPDATE channels SET sends_paused_until = $2, sends_paused_reason = $3 WHERE id = $1",
+         UPDATE channels SET sends_paused_until = $2, sends_paused_reason = $3,
+                             sends_paused_code = $4
+          WHERE id = $1",
     )
     .bind(channel_id)
     .bind(until)
     .bind(reason)
+    .bind(code.map(|c| c as i32))
     .execute(pool)
     .await?;
     Ok(())

@@ -202,6 +202,11 @@ fn choose_cut(rest: &str, max: usize, fences: bool) -> Cut {
                     && !at_marker
             }
         };
+        // A heading ending here would be left at the end of the part, its section in the next:
+        // an earlier paragraph boundary, when there is one, takes it along.
+        let heading_last = c == '\n'
+            && best[Rank::ParagraphOutside as usize].is_some()
+            && is_heading(rest, line_start, p);
         let mut offer = |rank: Rank, inside: bool, resume: usize| {
             if usable(rank, inside) {
                 let marks = match rank {
@@ -232,12 +237,13 @@ fn choose_cut(rest: &str, max: usize, fences: bool) -> Cut {
             // No cut right after an opening fence (the part would end in an empty code block)
             // nor right before a closing one (the next part would start with one).
             let pointless = opening_fence || (after && next_is_fence);
-            if !pointless {
-                let rank = match (after, is_blank_line(next_line)) {
-                    (true, _) => Rank::LineInside,
-                    (false, true) => Rank::ParagraphOutside,
-                    (false, false) => Rank::LineOutside,
-                };
+            let rank = match (after, is_blank_line(next_line)) {
+                (true, _) => Rank::LineInside,
+                (false, true) => Rank::ParagraphOutside,
+                (false, false) => Rank::LineOutside,
+            };
+            let heading_last = heading_last && matches!(rank, Rank::ParagraphOutside);
+            if !pointless && !heading_last {
                 let resume = if after {
                     p + 1
                 } else {
@@ -288,6 +294,22 @@ fn choose_cut(rest: &str, max: usize, fences: bool) -> Cut {
         resume: raw_end,
         ..Cut::default()
     })
+}
+
+/// Whether the line `rest[start..end]` is a heading as the formatter writes one (`## Envíos` →
+/// `*Envíos*`): a paragraph of that one line, all of it one bold span.
+fn is_heading(rest: &str, start: usize, end: usize) -> bool {
+    let line = rest[start..end].trim();
+    let alone = start == 0
+        || rest[..start - 1]
+            .rsplit('\n')
+            .next()
+            .is_some_and(|previous| previous.trim().is_empty());
+    alone
+        && line.len() > 2
+        && line.starts_with('*')
+        && line.ends_with('*')
+        && !line[1..line.len() - 1].contains('*')
 }
 
 /// A pair of markers WhatsApp renders as a style: byte positions of the opening and closing marker.
@@ -496,6 +518,33 @@ mod tests {
             ("- a\n  - b", 5, &["- a", "  - b"]),
             // Blank lines at a cut disappear.
             ("a\n\n\n\nb", 1, &["a", "b"]),
+        ];
+        assert_splits(cases);
+    }
+
+    #[test]
+    fn a_heading_goes_with_the_paragraph_under_it() {
+        // A heading (a lone bold line, as the formatter writes `## Envíos`) that would end a
+        // part goes to the next one, with what it heads; the customer saw it dangling at the end
+        // of a bubble and its section in the next.
+        let cases: &[(&str, usize, &[&str])] = &[
+            (
+                "*Pagos*\n\nTarjeta.\n\n*Envíos*\n\nTres días.",
+                30,
+                &["*Pagos*\n\nTarjeta.", "*Envíos*\n\nTres días."],
+            ),
+            // A heading first in the text has no earlier boundary to go to: cut after it.
+            (
+                "*Envíos*\n\nTres días hábiles.",
+                12,
+                &["*Envíos*", "Tres días", "hábiles."],
+            ),
+            // A bold word within a paragraph is no heading.
+            (
+                "Hola\n\nDe *veras*\n\nAdiós amigo",
+                20,
+                &["Hola\n\nDe *veras*", "Adiós amigo"],
+            ),
         ];
         assert_splits(cases);
     }

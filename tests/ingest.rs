@@ -844,6 +844,80 @@ async fn a_failed_append_leaves_no_dedup_mark_so_the_redelivery_gets_through() {
 }
 
 #[tokio::test]
+async fn an_update_appended_by_its_values_is_the_entry_its_named_fields_make() {
+    use wafleet::streams::{Append, Appended, ENQUEUE_SCRIPT, Enqueuer};
+    let cfg = TestConfig::new().await;
+    let keys = cfg.keys();
+    let mut con = cfg.redis().await;
+    // A message (its entry has `conv`) and an error (events have none).
+    let mut updates = wafleet_core::webhook::parse(&fixture("text.json"))
+        .unwrap()
+        .updates;
+    let error = br#"{"object":"whatsapp_business_account","entry":[{"id":"9","changes":[{"field":"messages","value":{"messaging_product":"whatsapp","metadata":{"display_phone_number":"1","phone_number_id":"100"},"errors":[{"code":131000,"title":"Something went wrong"}]}}]}]}"#;
+    updates.extend(wafleet_core::webhook::parse(error).unwrap().updates);
+    let ordered = |con: &mut redis::aio::MultiplexedConnection, stream: String| {
+        let mut con = con.clone();
+        async move {
+            let entries: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+                .arg(&stream)
+                .arg("-")
+                .arg("+")
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            entries
+                .into_iter()
+                .map(|(_, fields)| fields)
+                .collect::<Vec<_>>()
+        }
+    };
+    for update in &updates {
+        let append = Append::update(&keys, update, 1_700_000_000_000);
+        let appended = Enqueuer::new(Duration::from_secs(60))
+            .append_all(&mut con, std::slice::from_ref(&append))
+            .await
+            .unwrap();
+        assert_eq!(appended, [Appended::Added]);
+        // The same entry through the general script, its fields named in the call.
+        let named = format!("{}:named", append.stream);
+        let added: i64 = redis::Script::new(ENQUEUE_SCRIPT)
+            .key(format!("{}:named", append.seen))
+            .key(&named)
+            .arg(60)
+            .arg(
+                append
+                    .fields
+                    .iter()
+                    .map(|(name, value)| (*name, value.to_vec()))
+                    .collect::<Vec<_>>(),
+            )
+            .invoke_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(added, 1);
+        let fast = ordered(&mut con, append.stream.clone()).await;
+        let general = ordered(&mut con, named).await;
+        assert_eq!(fast.len(), 1, "{:?}", update.kind());
+        assert_eq!(fast, general, "{:?}", update.kind());
+        let names: Vec<&[u8]> = fast[0].iter().step_by(2).map(Vec::as_slice).collect();
+        let want: Vec<&[u8]> = append.fields.iter().map(|(n, _)| n.as_bytes()).collect();
+        assert_eq!(names, want);
+        // And its mark holds off the redelivery, for the TTL asked.
+        let again = Enqueuer::new(Duration::from_secs(60))
+            .append_all(&mut con, std::slice::from_ref(&append))
+            .await
+            .unwrap();
+        assert_eq!(again, [Appended::Duplicate]);
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(&append.seen)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert!((1..=60).contains(&ttl), "{ttl}");
+    }
+}
+
+#[tokio::test]
 async fn a_webhook_whose_append_fails_fails_alone_among_concurrent_ones() {
     let (cfg, ingest) = setup().await;
     let keys = cfg.keys();

@@ -340,7 +340,11 @@ pub async fn refresh_loop(
             Ok(f) => f,
             Err(e) => {
                 metrics::counter!("wafleet_channel_refresh_errors_total").increment(1);
-                tracing::warn!(error = %e, "channel refresh failed; serving the last snapshot");
+                // `{:#}`: the cause too, not only what was being done.
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "channel refresh failed; serving the last snapshot"
+                );
                 continue;
             }
         };
@@ -355,7 +359,10 @@ pub async fn refresh_loop(
             }
             Err(e) => {
                 metrics::counter!("wafleet_channel_refresh_errors_total").increment(1);
-                tracing::error!(error = %e, "channel reload failed; serving the last snapshot");
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "channel reload failed; serving the last snapshot"
+                );
             }
         }
     }
@@ -498,6 +505,54 @@ mod tests {
         assert_eq!(
             registry.refusal(&event(Some("W-B")), a),
             Some(SIGNED_BY_ANOTHER_APP)
+        );
+    }
+
+    /// A refresh that fails says why in its log line: it said only what it was doing ("reading
+    /// the channels fingerprint"), and an operator could not tell an unreachable Postgres from
+    /// a refused password or a failed query.
+    #[tokio::test]
+    async fn a_failed_refresh_logs_its_cause() {
+        let logs = crate::telemetry::CapturedLogs::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(logs.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        // Nothing listens on port 1 of the loopback: every connection is refused.
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(Duration::from_millis(200))
+            .connect_lazy("postgres://wafleet@127.0.0.1:1/wafleet")
+            .unwrap();
+        let stop = CancellationToken::new();
+        let refresher = refresh_loop(
+            pool,
+            Cipher::from_key_text(&Cipher::generate_key_text()).unwrap(),
+            SharedRegistry::new(Registry::default()),
+            None,
+            Duration::from_millis(10),
+            stop.clone(),
+        );
+        let logged = async {
+            loop {
+                if let Some(line) = logs
+                    .text()
+                    .lines()
+                    .find(|l| l.contains("channel refresh failed"))
+                {
+                    return line.to_owned();
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let line = tokio::select! {
+            line = tokio::time::timeout(Duration::from_secs(20), logged) => line.expect("a refresh failure logged"),
+            _ = refresher => unreachable!("the refresher runs until stopped"),
+        };
+        stop.cancel();
+        assert!(
+            line.contains("reading the channels fingerprint: pool timed out"),
+            "{line}"
         );
     }
 }

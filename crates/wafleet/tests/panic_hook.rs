@@ -1,42 +1,13 @@
 //! The services' panic hook. A test binary of its own: the hook, the log subscriber and the
 //! metrics recorder are all process-wide.
 
-use std::sync::{Arc, Mutex};
-
 use wafleet::telemetry;
-
-/// Log lines written by the subscriber under test.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-    }
-}
 
 const CUSTOMER: &str = "Soy Ana Pérez, llámame al 3001234567, gracias señor";
 
 #[test]
 fn panics_are_logged_and_reported_by_where_they_happened_never_by_the_data_they_quote() {
-    let logs = Captured::default();
+    let logs = telemetry::CapturedLogs::default();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(logs.clone())
         .with_ansi(false)

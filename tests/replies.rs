@@ -4284,9 +4284,10 @@ fn config_alerts() -> f64 {
 #[tokio::test]
 async fn a_configuration_error_in_a_failed_status_pauses_the_channel_even_past_the_parts_retry_bounds()
  {
-    // One send per part: Meta accepts it, then fails it for an expired token. Nothing is left
-    // to resend, but every later reply of the channel would meet the same token.
-    let s = system_with_settings(|w| w.send.backoff.max_attempts = 1).await;
+    // No time for a resend (the age bound: a configuration failure uses no attempt): Meta
+    // accepts the part, then fails it for an expired token. Nothing is sent again, but every
+    // later reply of the channel would meet the same token.
+    let s = system_with_settings(|w| w.send.backoff.max_age = Duration::ZERO).await;
     let before = config_alerts();
     s.sim.state.add_fault(fault(
         serde_json::json!({"code": 190, "count": 1, "async": true}),
@@ -4315,7 +4316,8 @@ async fn a_configuration_error_in_a_failed_status_pauses_the_channel_even_past_t
 
 #[tokio::test]
 async fn a_redelivered_configuration_failure_leaves_the_channel_paused_once_and_alerts_once() {
-    let s = system_with_settings(|w| w.send.backoff.max_attempts = 1).await;
+    // Past its bounds, the part stays failed under the wamid the status names.
+    let s = system_with_settings(|w| w.send.backoff.max_age = Duration::ZERO).await;
     let before = config_alerts();
     s.sim.state.add_fault(fault(
         serde_json::json!({"code": 190, "count": 1, "async": true}),
@@ -4365,7 +4367,7 @@ async fn a_redelivered_configuration_failure_leaves_the_channel_paused_once_and_
 #[tokio::test]
 async fn a_configuration_error_in_a_failed_status_that_came_first_pauses_the_channel_past_the_bounds()
  {
-    let s = system_with_settings(|w| w.send.backoff.max_attempts = 1).await;
+    let s = system_with_settings(|w| w.send.backoff.max_age = Duration::ZERO).await;
     // A first answer shows how the simulator numbers its messages (one counter, `n` last).
     s.send("573036", "wamid.FF0", "hola").await;
     let first = s.sent(1).await.remove(0).wamid;
@@ -4404,9 +4406,15 @@ async fn a_configuration_error_in_a_failed_status_that_came_first_pauses_the_cha
 }
 
 #[tokio::test]
-async fn a_configuration_error_in_a_failed_status_holds_the_resend_until_the_pause_is_cleared() {
-    // A 10-minute pause, looked at again every 300 ms.
-    let s = system_with_settings(|w| w.send.paused_recheck = Duration::from_millis(300)).await;
+async fn a_configuration_error_in_a_failed_status_holds_the_resend_until_the_pause_is_lifted_and_uses_no_attempt()
+ {
+    // A 10-minute pause, looked at again every 300 ms; one attempt per part, which the
+    // configuration failure (the channel's, not the part's) does not use up.
+    let s = system_with_settings(|w| {
+        w.send.paused_recheck = Duration::from_millis(300);
+        w.send.backoff.max_attempts = 1;
+    })
+    .await;
     let before = config_alerts();
     s.sim.state.add_fault(fault(
         serde_json::json!({"code": 190, "count": 1, "async": true}),
@@ -4420,16 +4428,13 @@ async fn a_configuration_error_in_a_failed_status_holds_the_resend_until_the_pau
         1,
         "not sent again while the channel is paused"
     );
-    // The operator fixes the token and clears the pause: the part goes, once.
-    sqlx::query("UPDATE channels SET sends_paused_until = NULL")
-        .execute(&s.pg)
-        .await
-        .unwrap();
+    // The operator fixes the token and resumes the channel: the part goes, once.
+    wafleet::store::channels::resume(&s.pg, PNID).await.unwrap();
     let sent = s.sent(2).await;
     assert_eq!(sent[1].context_message_id.as_deref(), Some("wamid.CFG2"));
     wait_count(
         &s.pg,
-        "SELECT count(*) FROM outbound_messages WHERE state = 'accepted' AND attempts = 2",
+        "SELECT count(*) FROM outbound_messages WHERE state = 'accepted' AND attempts = 1",
         1,
         30,
     )

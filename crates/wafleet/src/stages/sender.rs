@@ -162,13 +162,18 @@ impl SendPolicy {
         failed_try: u32,
         retries_since: DateTime<Utc>,
     ) -> bool {
+        let age = elapsed_since(retries_since);
+        // A configuration failure is the channel's, not the part's: like a synchronous one, it
+        // uses none of the part's attempts (the resend is given its attempt back, see
+        // `reopen_failed_giving_back`) and the pause holds the resend: only the age bound applies.
+        if class == ErrorClass::Config {
+            return age < self.backoff.max_age;
+        }
         class.worth_resending()
             && code
                 .and_then(max_tries)
                 .is_none_or(|tries| failed_try + 1 < tries)
-            && self
-                .backoff
-                .should_retry(failed_try, elapsed_since(retries_since))
+            && self.backoff.should_retry(failed_try, age)
     }
 }
 
@@ -371,9 +376,13 @@ impl SenderStage {
                         }
                         _ => None,
                     };
-                    replies::reopen_failed(&self.pg, part.id)
-                        .await
-                        .map_err(db("reopening the failed part"))?;
+                    replies::reopen_failed_giving_back(
+                        &self.pg,
+                        part.id,
+                        class == ErrorClass::Config,
+                    )
+                    .await
+                    .map_err(db("reopening the failed part"))?;
                     tracing::warn!(
                         outbound_id = part.id,
                         code,
@@ -822,7 +831,7 @@ impl SenderStage {
 
     /// Puts a part Meta failed after accepting it back to `pending`, to be sent again.
     async fn reopen_to_resend(&self, part: &Part, class: ErrorClass) -> Result<(), Outcome> {
-        replies::reopen_failed(&self.pg, part.id)
+        replies::reopen_failed_giving_back(&self.pg, part.id, class == ErrorClass::Config)
             .await
             .map_err(db("reopening the failed part"))?;
         metrics::counter!("wafleet_failed_statuses_total", "class" => class.label(), "action" => "resend").increment(1);

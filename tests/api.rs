@@ -567,6 +567,55 @@ async fn a_merged_conversation_is_announced_and_its_old_id_points_to_the_survivo
 }
 
 #[tokio::test]
+async fn an_agent_cannot_write_to_a_former_holder_once_their_number_passed_to_another_customer() {
+    let s = system().await;
+    // The number's former holder, with an agent; then the customer, from their old number.
+    let former = s.taken(SHOP, "573079", "wamid.P1").await;
+    s.customer_writes(SHOP, "573070", "wamid.P2", 2).await;
+    let api = &s.api;
+    let mut live = api.events(&s.shop, None).await;
+    // Sent after the former holder's message: they had the number before the customer.
+    let at = chrono::Utc::now().timestamp() + 1;
+    let change = json!({"from": "573070", "id": "wamid.P3", "timestamp": at.to_string(),
+        "type": "system", "system": {"body": "User changed from 573070 to 573079",
+        "type": "user_changed_number", "wa_id": "573079"}});
+    let body = message_body(SHOP, "573070", change);
+    assert_eq!(s.ingest.post_signed(&body, APP_SECRET).await.status(), 200);
+    let got = read_events(&mut live, 1).await;
+    assert_eq!(got[0].1, "number_moved");
+    assert_eq!(got[0].2["conversation_id"], former);
+    assert!(
+        !got[0].2.to_string().contains("57307"),
+        "no phone number in the event"
+    );
+    let (status, err) = api.write(former, &s.shop, "r1", "¿sigue ahí?").await;
+    assert_eq!(status, StatusCode::GONE, "{err}");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("belongs to someone else"),
+        "{err}"
+    );
+    // Still there to read, and what a dashboard lists says the number moved on.
+    let (status, shown) = api
+        .get(&format!("/api/v1/conversations/{former}"), &s.shop)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!shown["lines"].as_array().unwrap().is_empty(), "{shown}");
+    let (_, list) = api.get("/api/v1/conversations", &s.shop).await;
+    let listed = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == former)
+        .unwrap();
+    assert_eq!(listed["customer_key"], format!("moved:{former}"));
+    drop(live);
+    let _ = &s.cfg;
+}
+
+#[tokio::test]
 async fn a_revoked_token_stops_receiving_events_on_its_open_stream() {
     let s = system().await;
     let id = s.customer_writes(SHOP, "573040", "wamid.V1", 1).await;

@@ -3558,14 +3558,7 @@ async fn an_erasure_and_a_reply_being_recorded_do_not_deadlock() {
             wafleet::erasure::erase_customer(&pg, &mut con, &keys, PNID, "573060").await
         })
     };
-    wait_count(
-        pg,
-        "SELECT count(*) FROM pg_stat_activity
-          WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        1,
-        30,
-    )
-    .await;
+    wait_for_a_lock_wait(pg).await;
     sqlx::query("SELECT id FROM conversations WHERE id = $1 FOR KEY SHARE")
         .bind(conv)
         .fetch_all(&mut *reply)

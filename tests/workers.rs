@@ -320,6 +320,8 @@ async fn a_customer_who_changes_number_keeps_their_conversation_and_whoever_answ
     e.post(&number_change("573020", "573029", "wamid.N2", T0 + 5))
         .await;
     e.stored(2).await;
+    // The change is followed after its message is stored: done once the job is.
+    e.wait_followups().await;
     e.send(
         "573029",
         "wamid.N3",
@@ -605,26 +607,336 @@ async fn redeliveries_after_a_number_change_leave_no_conversation_under_the_old_
 }
 
 #[tokio::test]
-async fn a_former_holders_conversation_under_the_new_number_is_not_merged_into_the_customers() {
+async fn a_customer_who_takes_over_a_former_holders_number_never_lands_in_their_conversation() {
+    use redis::AsyncCommands;
     let e = env().await;
-    // Someone who had the number before: their messages predate the change.
-    e.send(
-        "573069",
-        "wamid.F1",
-        T0 - 86_400 * 400,
-        "hola, soy el dueño anterior",
-    )
-    .await;
+    // Someone who had the number before (their message predates the change), with an agent, and
+    // recent: the stage's cached session of the number still leads to their conversation.
+    e.send("573069", "wamid.F1", T0 - 60, "hola, soy el dueño anterior")
+        .await;
     e.stored(1).await;
+    e.hand_to_human("573069").await;
     e.send("573060", "wamid.F2", T0, "hola").await;
     e.stored(2).await;
+    e.wait_followups().await;
+    let ids = e.conversations().await;
+    let (former, customer) = (ids[0].0, ids[1].0);
+    // A reply to the former holder not sent yet: it must not reach the number's new holder.
+    let (pending,): (i64,) = sqlx::query_as(
+        "INSERT INTO outbound_messages (conversation_id, channel_id, reply_to, session_no, kind,
+                                        part_no, body)
+         SELECT conversation_id, channel_id, id, session_no, 'reply', 1, 'x' FROM messages
+          WHERE wamid = 'wamid.F1' RETURNING id",
+    )
+    .fetch_one(&e.pg)
+    .await
+    .unwrap();
     e.post(&number_change("573060", "573069", "wamid.F3", T0 + 5))
         .await;
     e.stored(3).await;
     e.wait_followups().await;
-    let keys: Vec<String> = e.conversations().await.into_iter().map(|c| c.1).collect();
-    assert_eq!(keys, ["573069", "573060"], "neither moved into the other");
+    e.send(
+        "573069",
+        "wamid.F4",
+        T0 + 10,
+        "sigo aquí, desde mi número nuevo",
+    )
+    .await;
+    e.stored(4).await;
+    e.wait_followups().await;
+    let (landed,): (i64,) =
+        sqlx::query_as("SELECT conversation_id FROM messages WHERE wamid = 'wamid.F4'")
+            .fetch_one(&e.pg)
+            .await
+            .unwrap();
+    assert_eq!(
+        landed, customer,
+        "the customer's message from the new number is in their own conversation"
+    );
+    assert_eq!(
+        e.message("wamid.F4").await.3,
+        "reply",
+        "the bot, which has the customer, answers: the former holder's agent does not see it"
+    );
+    let conversations = e.conversations().await;
+    assert_eq!(
+        conversations[1],
+        (
+            customer,
+            "573069".into(),
+            Some("573069".into()),
+            "bot".into()
+        ),
+        "the customer's conversation has the new number"
+    );
+    assert_eq!(
+        conversations[0],
+        (former, format!("moved:{former}"), None, "human".into()),
+        "the former holder's conversation is set aside, without the number"
+    );
+    let (kept,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM messages WHERE conversation_id = $1")
+            .bind(former)
+            .fetch_one(&e.pg)
+            .await
+            .unwrap();
+    assert_eq!(kept, 1, "the former holder's history stays readable");
+    let (state, reason): (String, Option<String>) =
+        sqlx::query_as("SELECT state, fail_reason FROM outbound_messages WHERE id = $1")
+            .bind(pending)
+            .fetch_one(&e.pg)
+            .await
+            .unwrap();
+    assert_eq!(
+        (state.as_str(), reason.as_deref()),
+        (
+            "failed",
+            Some("the customer's number now belongs to someone else")
+        )
+    );
+    // Dashboards are told, with ids only.
+    let mut con = e.cfg.redis().await;
+    let moved: Vec<serde_json::Value> = read_stream(&mut con, &e.cfg.keys().handover_stream())
+        .await
+        .iter()
+        .map(|(_, f)| serde_json::from_slice::<serde_json::Value>(&f["event"]).unwrap())
+        .filter(|ev| ev["kind"] == "number_moved")
+        .collect();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(moved[0]["conversation_id"], former);
+    assert_eq!(moved[0]["reason"], "number_change");
+    assert!(!moved[0].to_string().contains("57306"), "{}", moved[0]);
+    let cached: Option<String> = con
+        .get(e.cfg.keys().session_cache(&format!("{PNID}:573069")))
+        .await
+        .unwrap();
+    assert!(
+        cached.is_none_or(|c| {
+            serde_json::from_str::<serde_json::Value>(&c).unwrap()["conversation_id"] != former
+        }),
+        "the number's cached session no longer leads to the former holder"
+    );
+    // A redelivered change finds the work done.
+    e.cfg.forget_dedup_marks().await;
+    e.post(&number_change("573060", "573069", "wamid.F3", T0 + 5))
+        .await;
+    e.wait_followups().await;
+    assert_eq!(e.conversations().await, conversations);
+    // Erasing the number finds the former holder's conversation too: the number names both.
+    let erased = wafleet::erasure::erase_customer(&e.pg, &mut con, &e.cfg.keys(), PNID, "573069")
+        .await
+        .unwrap()
+        .expect("the number is known");
+    assert_eq!(erased.rows.conversations, vec![former, customer]);
     e.worker.stop().await.unwrap();
+}
+
+/// When a customer's number change is sent: between their message from the old number (`T0`)
+/// and the one from the new number (`T0 + 10`).
+fn change_time() -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp(T0 + 5, 0).unwrap()
+}
+
+/// Follows the customer of `conversation` to the number `new` (a change sent at [`change_time`])
+/// in the background, and returns once Postgres shows it waiting for a lock the test holds.
+async fn follow_until_it_waits(
+    pg: &PgPool,
+    conversation: i64,
+    new: &'static str,
+) -> tokio::task::JoinHandle<sqlx::Result<Option<wafleet::store::conversations::Followed>>> {
+    let following = {
+        let pg = pg.clone();
+        tokio::spawn(async move {
+            wafleet::store::conversations::follow_identity_change(
+                &pg,
+                conversation,
+                Some(new),
+                None,
+                Some(change_time()),
+            )
+            .await
+        })
+    };
+    wait_for_a_lock_wait(pg).await;
+    following
+}
+
+#[tokio::test]
+async fn a_merge_waits_for_a_reply_being_recorded_instead_of_deadlocking_with_it() {
+    let e = env().await;
+    e.writes_from_both_numbers("573090", "573099", "K").await;
+    let (older, newer, message): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT conversation_id FROM messages WHERE wamid = 'wamid.K1'),
+                conversation_id, id FROM messages WHERE wamid = 'wamid.K2'",
+    )
+    .fetch_one(&e.pg)
+    .await
+    .unwrap();
+    // A reply being recorded (replies::record_replies): it shares its message, then its rows'
+    // foreign keys share the conversation.
+    let mut reply = e.pg.begin().await.unwrap();
+    sqlx::query("SELECT id FROM messages WHERE id = $1 FOR SHARE")
+        .bind(message)
+        .fetch_all(&mut *reply)
+        .await
+        .unwrap();
+    let merging = follow_until_it_waits(&e.pg, older, "573099").await;
+    sqlx::query("SELECT id FROM conversations WHERE id = $1 FOR KEY SHARE")
+        .bind(newer)
+        .fetch_all(&mut *reply)
+        .await
+        .expect("the reply gets its conversation: the merge waits for it without holding it");
+    reply.commit().await.unwrap();
+    let followed = merging.await.unwrap().unwrap().unwrap();
+    assert_eq!(followed.merged_keys, ["573099"]);
+}
+
+#[tokio::test]
+async fn a_change_followed_while_the_new_numbers_first_message_is_stored_merges_it() {
+    let e = env().await;
+    e.send("573100", "wamid.Q1", T0, "hola").await;
+    e.stored(1).await;
+    e.wait_followups().await;
+    let (customer, channel): (i64, i64) =
+        sqlx::query_as("SELECT id, channel_id FROM conversations")
+            .fetch_one(&e.pg)
+            .await
+            .unwrap();
+    // The customer's first message from the new number, being stored: its conversation is not
+    // committed yet when the change looks for one.
+    let mut storing = e.pg.begin().await.unwrap();
+    sqlx::query(
+        "WITH c AS (
+             INSERT INTO conversations (channel_id, customer_key, wa_id, session_started_at,
+                                        last_customer_message_at, last_activity_at)
+             VALUES ($1, '573109', '573109', to_timestamp($2), to_timestamp($2), to_timestamp($2))
+             RETURNING id
+         )
+         INSERT INTO messages (conversation_id, channel_id, session_no, wamid, message_type,
+                               sent_at, owner_at_arrival, action)
+         SELECT id, $1, 1, 'wamid.Q2', 'text', to_timestamp($2), 'bot', 'reply' FROM c",
+    )
+    .bind(channel)
+    .bind((T0 + 10) as f64)
+    .execute(&mut *storing)
+    .await
+    .unwrap();
+    let following = follow_until_it_waits(&e.pg, customer, "573109").await;
+    storing.commit().await.unwrap();
+    let followed = following
+        .await
+        .unwrap()
+        .expect("the change is followed, not refused as a duplicate key")
+        .unwrap();
+    assert_eq!(followed.merged_keys, ["573109"]);
+    let conversations = e.conversations().await;
+    assert_eq!(
+        conversations,
+        [(
+            customer,
+            "573109".into(),
+            Some("573109".into()),
+            "bot".into()
+        )]
+    );
+}
+
+/// Whether `e` is Postgres breaking a deadlock.
+fn is_deadlock(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "40P01")
+}
+
+#[tokio::test]
+async fn merges_run_alongside_replies_and_handovers_never_deadlock() {
+    use wafleet::store::{conversations, replies};
+    let e = env().await;
+    let channel: i64 = sqlx::query_scalar("SELECT id FROM channels")
+        .fetch_one(&e.pg)
+        .await
+        .unwrap();
+    for round in 0..40 {
+        let (old, new) = (format!("5741{round:02}0"), format!("5741{round:02}9"));
+        // The customer's conversation under the old number, and the one their messages from the
+        // new number made before the change was processed, with messages the model answers.
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "INSERT INTO conversations (channel_id, customer_key, wa_id, session_started_at,
+                                        last_customer_message_at, last_activity_at)
+             SELECT $1, k, k, t, t, t
+               FROM unnest(ARRAY[$2, $3], ARRAY[to_timestamp($4), to_timestamp($4 + 10)]) AS x(k, t)
+             RETURNING id",
+        )
+        .bind(channel)
+        .bind(&old)
+        .bind(&new)
+        .bind(T0 as f64)
+        .fetch_all(&e.pg)
+        .await
+        .unwrap();
+        let messages: Vec<i64> = sqlx::query_scalar(
+            "INSERT INTO messages (conversation_id, channel_id, session_no, wamid, message_type,
+                                   text_redacted, sent_at, owner_at_arrival, action)
+             SELECT CASE WHEN n = 0 THEN $1 ELSE $2 END, $3, 1, 'wamid.R' || $4 || '.' || n,
+                    'text', 'hola', to_timestamp($5 + CASE WHEN n = 0 THEN 0 ELSE 10 END),
+                    'bot', 'reply'
+               FROM generate_series(0, 30) n ORDER BY n RETURNING id",
+        )
+        .bind(ids[0])
+        .bind(ids[1])
+        .bind(channel)
+        .bind(round)
+        .bind(T0 as f64)
+        .fetch_all(&e.pg)
+        .await
+        .unwrap();
+        let records: Vec<replies::ReplyRecord> = messages[1..]
+            .iter()
+            .map(|m| replies::ReplyRecord {
+                message_id: *m,
+                channel_id: channel,
+                outcome: "produced".into(),
+                provider: None,
+                model: None,
+                input_tokens: None,
+                output_tokens: None,
+                canned: false,
+                failures: serde_json::json!([]),
+                parts: vec![("reply".into(), "a".into()), ("reply".into(), "b".into())],
+                state: "pending".into(),
+            })
+            .collect();
+        let mut con = e.pg.acquire().await.unwrap();
+        let handed = messages[messages.len() / 2];
+        let (recorded, handover, merge) = tokio::join!(
+            replies::record_replies(&mut con, &records),
+            async {
+                let mut tx = e.pg.begin().await?;
+                conversations::hand_over(&mut tx, ids[1], "model", None, Some(handed)).await?;
+                tx.commit().await
+            },
+            conversations::follow_identity_change(
+                &e.pg,
+                ids[0],
+                Some(&new),
+                None,
+                Some(change_time())
+            ),
+        );
+        for (what, err) in [
+            ("the replies", recorded.err()),
+            ("the handover", handover.err()),
+            ("the merge", merge.err()),
+        ] {
+            if let Some(err) = err {
+                assert!(
+                    !is_deadlock(&err),
+                    "round {round}: {what} deadlocked: {err}"
+                );
+                panic!("round {round}: {what} failed: {err}");
+            }
+        }
+    }
 }
 
 #[tokio::test]

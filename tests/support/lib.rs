@@ -238,6 +238,19 @@ pub async fn wait_count(pg: &PgPool, sql: &str, want: i64, secs: u64) {
     .await;
 }
 
+/// Waits until a session of the test's database waits for a lock: a transaction the test
+/// started in the background has reached the lock the test holds.
+pub async fn wait_for_a_lock_wait(pg: &PgPool) {
+    wait_count(
+        pg,
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        1,
+        30,
+    )
+    .await;
+}
+
 /// Settings for a test deployment.
 #[derive(Clone)]
 pub struct TestConfig {

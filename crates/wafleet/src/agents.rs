@@ -36,6 +36,11 @@ pub enum AgentError {
     #[error("conversation {0}'s customer was erased: there is nobody to write to")]
     Erased(i64),
     #[error(
+        "conversation {0}'s number now belongs to someone else (its customer's number went to \
+         another customer): nothing can be sent there"
+    )]
+    NumberMoved(i64),
+    #[error(
         "conversation {0} is with the bot: take it first (wafleetctl conversation take {0}), or \
          the bot and you would both answer"
     )]
@@ -199,24 +204,17 @@ pub async fn release_idle(
             break;
         }
     }
-    // Merges whose `merged` event a conversation stage did not get out (Redis refused it).
-    loop {
-        let late = conversations::unannounced_merges(pg, None, RELEASE_BATCH).await?;
-        // Refused, they wait for the next pass; the idle releases below go on regardless.
-        let announced = match crate::stages::announce_merges(pg, con, keys, &late).await {
-            Ok(n) => n,
-            Err(crate::stages::AnnounceError::Db(e)) => return Err(AgentError::Db(e)),
-            Err(crate::stages::AnnounceError::Redis(e)) => {
-                metrics::counter!("wafleet_idle_release_errors_total").increment(1);
-                tracing::warn!(
-                    error = %e,
-                    "a merge's event was not announced; the next pass tries again"
-                );
-                break;
-            }
-        };
-        if (late.len() as i64) < RELEASE_BATCH || announced < late.len() {
-            break;
+    // Merges and number moves whose events a conversation stage did not get out (Redis refused
+    // them). Refused, they wait for the next pass; the idle releases below go on regardless.
+    match crate::stages::announce_late_number_changes(pg, con, keys, RELEASE_BATCH).await {
+        Ok(()) => {}
+        Err(crate::stages::AnnounceError::Db(e)) => return Err(AgentError::Db(e)),
+        Err(crate::stages::AnnounceError::Redis(e)) => {
+            metrics::counter!("wafleet_idle_release_errors_total").increment(1);
+            tracing::warn!(
+                error = %e,
+                "a number change's event was not announced; the next pass tries again"
+            );
         }
     }
     let mut total = 0;
@@ -555,6 +553,7 @@ async fn record_and_queue(
         } => (ids, states, fresh, conversation_key),
         Recorded::NoConversation => return Err(AgentError::NoConversation(id)),
         Recorded::Erased => return Err(AgentError::Erased(id)),
+        Recorded::NumberMoved => return Err(AgentError::NumberMoved(id)),
         Recorded::WithTheBot => return Err(AgentError::WithTheBot(id)),
         Recorded::WindowClosed { last } => {
             let age = match last {

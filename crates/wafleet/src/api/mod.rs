@@ -27,8 +27,9 @@
 //! same key in the same conversation records and sends nothing twice, so a dashboard can retry
 //! after a timeout. Errors answer `{"error": "..."}`: 400 a bad request, 401 no or a bad token,
 //! 404 no such conversation (for this token), 409 the conversation is with the bot, the 24-hour
-//! window closed or the key was used for another text, 410 the customer was erased, 503 Postgres
-//! or Redis out of reach (retry). Changing a channel needs an admin token (403 otherwise).
+//! window closed or the key was used for another text, 410 the customer was erased or their
+//! number passed to someone else, 503 Postgres or Redis out of reach (retry). Changing a channel
+//! needs an admin token (403 otherwise).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -267,7 +268,7 @@ impl From<AgentError> for ApiError {
             AgentError::NoConversation(_) | AgentError::NoChannel(_) => StatusCode::NOT_FOUND,
             AgentError::NotAllowed(_) => StatusCode::CONFLICT,
             AgentError::BadPhone(_) => StatusCode::BAD_REQUEST,
-            AgentError::Erased(_) => StatusCode::GONE,
+            AgentError::Erased(_) | AgentError::NumberMoved(_) => StatusCode::GONE,
             AgentError::WithTheBot(_)
             | AgentError::WindowClosed { .. }
             | AgentError::ReferenceTaken { .. } => StatusCode::CONFLICT,

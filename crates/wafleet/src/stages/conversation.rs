@@ -321,8 +321,9 @@ impl ConversationStage {
     }
 
     /// Moves the conversation to the customer's new identifiers, merging into it the one their
-    /// new number may already have ([`store::follow_identity_change`]), and forgets the cached
-    /// sessions of the old key and of the merged conversations. Returns whether it moved.
+    /// new number may already have and setting aside a former holder's
+    /// ([`store::follow_identity_change`]), forgets the cached sessions of the old key and of
+    /// the conversations merged or set aside, and announces both. Returns whether it moved.
     async fn follow(
         &self,
         job: &Job,
@@ -340,6 +341,7 @@ impl ConversationStage {
         .await
         .map_err(db("following the customer's new number"))?;
         let result = match &followed {
+            Some(f) if !f.moved.is_empty() => "moved",
             Some(f) if !f.merged_keys.is_empty() => "merged",
             Some(_) => "followed",
             None => "not_followed",
@@ -348,6 +350,7 @@ impl ConversationStage {
         // Ids only: the identifiers are the customer's.
         tracing::info!(
             conversation_id,
+            moved_aside = ?followed.as_ref().map(|f| f.moved.iter().map(|(id, _)| *id).collect::<Vec<_>>()),
             result,
             "the customer changed their number or business-scoped id"
         );
@@ -355,10 +358,14 @@ impl ConversationStage {
             return Ok(false);
         };
         let channel = job.conv.split_once(':').map_or("", |(c, _)| c);
+        // The old key, the merged conversations' keys, and those of former holders' conversations
+        // set aside (the new number's cached session may lead to one: the customer's next message
+        // must not land there).
         let stale = std::iter::once(job.conv.clone()).chain(
             followed
                 .merged_keys
                 .iter()
+                .chain(followed.moved.iter().map(|(_, k)| k))
                 .map(|k| format!("{channel}:{k}")),
         );
         let mut con = self
@@ -373,20 +380,27 @@ impl ConversationStage {
                 .await
                 .map_err(|e| StepError::Redis(e.into()))?;
         }
-        // Dashboards holding a merged conversation's id learn where it went. Refused, the step
-        // is retried and announces it then; the workers' sweep does too
-        // ([`crate::agents::release_idle`]), and the event goes out once either way.
+        // Dashboards holding a merged conversation's id learn where it went, and those holding a
+        // former holder's that its number moved on. Refused, the step is retried and announces
+        // the merges then; the workers' sweep announces both
+        // ([`crate::agents::release_idle`]), and each event goes out once either way.
         let merges = store::unannounced_merges(&self.pg, Some(conversation_id), 100)
             .await
             .map_err(db("reading the merges to announce"))?;
-        crate::stages::announce_merges(&self.pg, &mut con, &self.keys, &merges)
+        let moved: Vec<i64> = followed.moved.iter().map(|(id, _)| *id).collect();
+        let moves = store::unannounced_number_moves(&self.pg, Some(&moved), 100)
             .await
-            .map_err(|e| match e {
-                crate::stages::AnnounceError::Db(e) => {
-                    StepError::Db(e, "recording the merges announced")
-                }
-                crate::stages::AnnounceError::Redis(e) => StepError::Redis(e.into()),
-            })?;
+            .map_err(db("reading the number moves to announce"))?;
+        let announced = async {
+            crate::stages::announce_merges(&self.pg, &mut con, &self.keys, &merges).await?;
+            crate::stages::announce_number_moves(&self.pg, &mut con, &self.keys, &moves).await
+        };
+        announced.await.map_err(|e| match e {
+            crate::stages::AnnounceError::Db(e) => {
+                StepError::Db(e, "recording the number change announced")
+            }
+            crate::stages::AnnounceError::Redis(e) => StepError::Redis(e.into()),
+        })?;
         Ok(true)
     }
 

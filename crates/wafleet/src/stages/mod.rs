@@ -185,33 +185,92 @@ pub async fn announce_merges(
     keys: &Keys,
     merges: &[crate::store::conversations::Merge],
 ) -> Result<usize, AnnounceError> {
-    let mut done = Vec::with_capacity(merges.len());
-    let mut refused = None;
-    for m in merges {
+    let events = merges.iter().map(|m| {
         let event = serde_json::json!({
             "kind": "merged", "reason": "number_change", "conversation_id": m.into_id,
             "merged_id": m.merged_id, "phone_number_id": m.phone_number_id,
             "at": m.at.to_rfc3339(),
-        })
-        .to_string();
-        match publish_event_once(con, keys, &event, &format!("merge:{}", m.merged_id)).await {
-            Ok(_) => done.push(m.merged_id),
-            Err(e) => {
-                refused = Some(e);
-                break;
-            }
-        }
-    }
+        });
+        (m.merged_id, event, format!("merge:{}", m.merged_id))
+    });
+    let (done, refused) = publish_each_once(con, keys, events).await;
     if !done.is_empty() {
         crate::store::conversations::merges_announced(pg, &done).await?;
     }
-    match refused {
-        Some(e) => Err(e.into()),
-        None => Ok(done.len()),
+    refused.map_or(Ok(done.len()), |e| Err(e.into()))
+}
+
+/// Puts the `number_moved` events of `moves` on the dashboard stream (`kind` `number_moved`,
+/// reason `number_change`, `conversation_id` the former holder's conversation set aside,
+/// `phone_number_id`, `at`: ids only), each once however often this is called, and records in
+/// Postgres those Redis took; as [`announce_merges`].
+pub async fn announce_number_moves(
+    pg: &sqlx::PgPool,
+    con: &mut impl redis::aio::ConnectionLike,
+    keys: &Keys,
+    moves: &[crate::store::conversations::NumberMove],
+) -> Result<usize, AnnounceError> {
+    let events = moves.iter().map(|m| {
+        let event = serde_json::json!({
+            "kind": "number_moved", "reason": "number_change",
+            "conversation_id": m.conversation_id, "phone_number_id": m.phone_number_id,
+            "at": m.at.to_rfc3339(),
+        });
+        (
+            m.conversation_id,
+            event,
+            format!("number_moved:{}", m.conversation_id),
+        )
+    });
+    let (done, refused) = publish_each_once(con, keys, events).await;
+    if !done.is_empty() {
+        crate::store::conversations::number_moves_announced(pg, &done).await?;
+    }
+    refused.map_or(Ok(done.len()), |e| Err(e.into()))
+}
+
+/// Publishes each `(id, event, once)` once ([`publish_event_once`]) until Redis refuses one:
+/// the ids of those that went, and the refusal.
+async fn publish_each_once(
+    con: &mut impl redis::aio::ConnectionLike,
+    keys: &Keys,
+    events: impl Iterator<Item = (i64, serde_json::Value, String)>,
+) -> (Vec<i64>, Option<redis::RedisError>) {
+    let mut done = Vec::new();
+    for (id, event, once) in events {
+        if let Err(e) = publish_event_once(con, keys, &event.to_string(), &once).await {
+            return (done, Some(e));
+        }
+        done.push(id);
+    }
+    (done, None)
+}
+
+/// Announces what number changes left unannounced (Redis refused their events, or the stage
+/// stopped first): merges, then former holders' conversations set aside, up to `batch` a call
+/// each, until none is left or Redis refuses one. The workers' sweep calls it.
+pub async fn announce_late_number_changes(
+    pg: &sqlx::PgPool,
+    con: &mut impl redis::aio::ConnectionLike,
+    keys: &Keys,
+    batch: i64,
+) -> Result<(), AnnounceError> {
+    use crate::store::conversations as store;
+    loop {
+        let late = store::unannounced_merges(pg, None, batch).await?;
+        if announce_merges(pg, con, keys, &late).await? < batch as usize {
+            break;
+        }
+    }
+    loop {
+        let late = store::unannounced_number_moves(pg, None, batch).await?;
+        if announce_number_moves(pg, con, keys, &late).await? < batch as usize {
+            return Ok(());
+        }
     }
 }
 
-/// Why [`announce_merges`] did not finish.
+/// Why [`announce_merges`] or [`announce_number_moves`] did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum AnnounceError {
     #[error("Postgres: {0}")]

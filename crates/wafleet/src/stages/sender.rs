@@ -443,11 +443,22 @@ impl SenderStage {
             (Some(phone), _) => Recipient::Phone(phone),
             (None, Some(user)) => Recipient::UserId(user),
             (None, None) => {
-                replies::mark_failed(&self.pg, part.id, None, CUSTOMER_ERASED)
+                // Or a former holder's conversation, set aside when their number passed to
+                // someone else: whoever has the number now must not get it.
+                let moved =
+                    crate::store::conversations::number_moved(&self.pg, part.conversation_id)
+                        .await
+                        .map_err(db("reading whether the number moved on"))?;
+                let (reason, result) = if moved {
+                    (crate::store::conversations::NUMBER_MOVED, "number_moved")
+                } else {
+                    (CUSTOMER_ERASED, "erased")
+                };
+                replies::mark_failed(&self.pg, part.id, None, reason)
                     .await
                     .map_err(db("failing a part"))?;
-                metrics::counter!("wafleet_sender_sends_total", "result" => "erased").increment(1);
-                return Ok(Step::StopRest(CUSTOMER_ERASED.into()));
+                metrics::counter!("wafleet_sender_sends_total", "result" => result).increment(1);
+                return Ok(Step::StopRest(reason.into()));
             }
         };
         // An agent's template: the one message Meta takes outside the 24-hour window.

@@ -154,6 +154,8 @@ pub enum Recorded {
     NoConversation,
     /// The conversation's customer was erased: there is nobody to write to.
     Erased,
+    /// The conversation's number passed to someone else: it is no longer theirs to write to.
+    NumberMoved,
     /// The bot owns the conversation: a human must take it first.
     WithTheBot,
     /// The customer's last message (by its own time) is 24 hours old or more, or there is none.
@@ -216,6 +218,12 @@ pub async fn record_agent_message(
     // otherwise look like another text under the same reference.
     if customer.starts_with("erased:") {
         return Ok(Recorded::Erased);
+    }
+    // A former holder's conversation, set aside when their number passed to someone else
+    // (`crate::store::conversations::follow_identity_change`): whoever has it now must not get
+    // what an agent writes to the former holder.
+    if customer.starts_with("moved:") {
+        return Ok(Recorded::NumberMoved);
     }
     let recorded_before = recorded(&mut tx, msg).await?;
     let mut fresh = false;

@@ -85,7 +85,8 @@ macro_rules! touch_sql {
 /// [`touch_sql`] for a conversation whose id and session are known (from the session cache):
 /// an update by primary key that matches nothing when the cache is stale (another session
 /// started, this message opens a new one, or the customer was erased meanwhile: their next
-/// message must start a new conversation, not land in the erased one).
+/// message must start a new conversation, not land in the erased one; or the number passed to
+/// someone else, whose messages must not land in the former holder's conversation).
 macro_rules! touch_known_sql {
     () => {
         "UPDATE conversations SET
@@ -95,6 +96,7 @@ macro_rules! touch_known_sql {
              last_customer_message_at = GREATEST(last_customer_message_at, $7),
              last_activity_at = GREATEST(last_activity_at, $6)
          WHERE id = $1 AND session_no = $2 AND customer_key NOT LIKE 'erased:%'
+           AND customer_key NOT LIKE 'moved:%'
            AND NOT ($6 - last_activity_at > make_interval(secs => $8))"
     };
 }
@@ -419,6 +421,9 @@ pub struct Followed {
     pub key: String,
     /// The keys of the conversations merged into it (their cached sessions are stale).
     pub merged_keys: Vec<String>,
+    /// The former holders' conversations set aside, by id, with the keys they had (their cached
+    /// sessions lead to a conversation no longer found by them).
+    pub moved: Vec<(i64, String)>,
 }
 
 /// A conversation merged into another and deleted ([`follow_identity_change`]), recorded in
@@ -435,6 +440,26 @@ pub struct Merge {
     pub at: DateTime<Utc>,
 }
 
+/// A former holder's conversation set aside when a customer took their number
+/// ([`follow_identity_change`], `number_moves`), whose `number_moved` event is still to be put
+/// on the dashboard stream ([`number_moves_announced`]).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct NumberMove {
+    pub conversation_id: i64,
+    pub phone_number_id: String,
+    /// When it was set aside.
+    pub at: DateTime<Utc>,
+}
+
+/// The `fail_reason` of a part not sent because its conversation's number passed to someone
+/// else ([`follow_identity_change`]).
+pub const NUMBER_MOVED: &str = "the customer's number now belongs to someone else";
+
+/// How many times [`follow_identity_change`] looks again when the conversations it found
+/// before locking changed meanwhile (the last pass goes on with what it locked), or a
+/// conversation made under the new key meanwhile collided with it.
+const FOLLOW_PASSES: u32 = 3;
+
 /// Follows a customer to their new phone number (`wa_id`) or business-scoped id (`user_id`),
 /// announced by a `system` message sent at `changed_at` (Meta's clock): the conversation keeps
 /// its id, history, owner and session, takes the new identifiers, and its key follows when it
@@ -447,10 +472,23 @@ pub struct Merge {
 /// one, in the same transaction: its messages, replies, outbound parts and handover events move
 /// here (its sessions after this one's, so neither's history runs into the other's), it is
 /// deleted, and the merged conversation is a human's if either was (the earlier one's agent
-/// first), so the bot does not answer a customer a human holds. A conversation under the new
-/// number with a message from before the change is someone who had that number before: nothing
-/// moves (`None`). Also `None` when the conversation was erased. Run again (a redelivered
-/// change), it finds the work done and changes nothing.
+/// first), so the bot does not answer a customer a human holds.
+///
+/// A conversation under the new identifiers with a message from before the change is someone
+/// who had that number before (Meta recycles numbers): it is set aside in the same transaction,
+/// so the customer's messages from the number never land in a stranger's history. It keeps its
+/// id, history and owner, is keyed `moved:<id>`, loses the number and business-scoped id (so
+/// nothing finds it by them and nothing is sent to it: its pending parts fail as
+/// [`NUMBER_MOVED`], and agents cannot write there), and `number_moves` records what it was
+/// known by, for an erasure of its customer, and its `number_moved` event to announce.
+/// `None` when the conversation was erased. Run again (a redelivered change), it finds the work
+/// done and changes nothing.
+///
+/// Lock order: the outbound parts of the conversations merged or set aside, then the merged
+/// ones' messages, then the conversations, which is the order recording an acceptance (parts,
+/// then messages), recording a reply or a handover (messages, then the conversation) and an
+/// erasure take them; taking the conversations first deadlocked with a reply or a handover
+/// under way. What to lock is found unlocked first, and looked for again once locked.
 pub async fn follow_identity_change(
     pool: &PgPool,
     conversation_id: i64,
@@ -458,76 +496,203 @@ pub async fn follow_identity_change(
     user_id: Option<&str>,
     changed_at: Option<DateTime<Utc>>,
 ) -> sqlx::Result<Option<Followed>> {
-    let mut tx = pool.begin().await?;
-    let Some((channel_id, key, old_wa_id, old_user_id)): Option<(
-        i64,
-        String,
-        Option<String>,
-        Option<String>,
-    )> = sqlx::query_as(
-        "SELECT channel_id, customer_key, wa_id, user_id FROM conversations
-          WHERE id = $1 AND customer_key NOT LIKE 'erased:%' FOR UPDATE",
-    )
-    .bind(conversation_id)
-    .fetch_optional(&mut *tx)
-    .await?
-    else {
-        return Ok(None);
+    let change = Change {
+        conversation_id,
+        wa_id,
+        user_id,
+        changed_at,
     };
-    let new_key = match (wa_id, user_id) {
-        (Some(w), _) if old_wa_id.as_deref() == Some(key.as_str()) => w.to_string(),
-        (_, Some(u)) if old_user_id.as_deref() == Some(key.as_str()) => u.to_string(),
-        _ => key,
-    };
-    // The customer's other conversations (by the new key or identifiers), locked, and whether
-    // each is theirs: nothing in it was sent before the change.
-    let others: Vec<(i64, String, bool)> = sqlx::query_as(
-        "SELECT c.id, c.customer_key,
-                $5::timestamptz IS NULL
-                OR NOT EXISTS (SELECT 1 FROM messages m
-                                WHERE m.conversation_id = c.id AND m.sent_at < $5)
-           FROM conversations c
-          WHERE c.channel_id = $1 AND c.id <> $2 AND c.customer_key NOT LIKE 'erased:%'
-            AND (c.customer_key = $3 OR c.wa_id = $4 OR c.user_id = $6)
-          ORDER BY c.id FOR UPDATE",
-    )
-    .bind(channel_id)
-    .bind(conversation_id)
-    .bind(&new_key)
-    .bind(wa_id)
-    .bind(changed_at)
-    .bind(user_id)
-    .fetch_all(&mut *tx)
-    .await?;
-    if others.iter().any(|(_, k, theirs)| *k == new_key && !theirs) {
-        // A former holder of the new number keeps it; so does the customer their old one.
-        return Ok(None);
+    let mut pass = 1;
+    loop {
+        let mut tx = pool.begin().await?;
+        let Some(planned) = change.plan(&mut tx, false).await? else {
+            return Ok(None);
+        };
+        let touched: Vec<i64> = planned
+            .merged
+            .iter()
+            .chain(&planned.moved)
+            .map(|(id, _)| *id)
+            .collect();
+        let merged_ids: Vec<i64> = planned.merged.iter().map(|(id, _)| *id).collect();
+        if !touched.is_empty() {
+            sqlx::query(
+                "SELECT id FROM outbound_messages WHERE conversation_id = ANY($1)
+                  ORDER BY id FOR UPDATE",
+            )
+            .bind(&touched)
+            .fetch_all(&mut *tx)
+            .await?;
+            sqlx::query(
+                "SELECT id FROM messages WHERE conversation_id = ANY($1) ORDER BY id FOR UPDATE",
+            )
+            .bind(&merged_ids)
+            .fetch_all(&mut *tx)
+            .await?;
+        }
+        let Some(plan) = change.plan(&mut tx, true).await? else {
+            return Ok(None);
+        };
+        if plan != planned && pass < FOLLOW_PASSES {
+            // Another conversation came (or went) between the look and the locks.
+            pass += 1;
+            continue;
+        }
+        match change.apply(&mut tx, plan).await {
+            // The customer's message from the new number made a conversation under it while
+            // this looked (its insert and the new key collide): the next pass merges it.
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() && pass < FOLLOW_PASSES => {
+                pass += 1;
+            }
+            followed => {
+                let followed = followed?;
+                tx.commit().await?;
+                return Ok(Some(followed));
+            }
+        }
     }
-    let merged: Vec<(i64, String)> = others
-        .into_iter()
-        .filter(|(_, _, theirs)| *theirs)
-        .map(|(id, k, _)| (id, k))
-        .collect();
-    let merged_ids: Vec<i64> = merged.iter().map(|(id, _)| *id).collect();
-    if !merged_ids.is_empty() {
-        merge_conversations(&mut tx, conversation_id, &merged_ids).await?;
+}
+
+/// A number change to follow ([`follow_identity_change`]).
+struct Change<'a> {
+    conversation_id: i64,
+    wa_id: Option<&'a str>,
+    user_id: Option<&'a str>,
+    changed_at: Option<DateTime<Utc>>,
+}
+
+/// What a [`Change`] does: the conversation's new key, the customer's conversations to merge
+/// into it and the former holders' to set aside (id and key).
+#[derive(Debug, PartialEq, Eq)]
+struct Plan {
+    new_key: String,
+    merged: Vec<(i64, String)>,
+    moved: Vec<(i64, String)>,
+}
+
+impl Change<'_> {
+    /// Reads the conversation and the others under the new identifiers, `FOR UPDATE` when
+    /// `lock`; `None` when the conversation was erased.
+    async fn plan(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        lock: bool,
+    ) -> sqlx::Result<Option<Plan>> {
+        let lock = if lock { " FOR UPDATE" } else { "" };
+        let Some((channel_id, key, old_wa_id, old_user_id)): Option<(
+            i64,
+            String,
+            Option<String>,
+            Option<String>,
+        )> = sqlx::query_as(&format!(
+            "SELECT channel_id, customer_key, wa_id, user_id FROM conversations
+              WHERE id = $1 AND customer_key NOT LIKE 'erased:%'{lock}"
+        ))
+        .bind(self.conversation_id)
+        .fetch_optional(&mut **tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let new_key = match (self.wa_id, self.user_id) {
+            (Some(w), _) if old_wa_id.as_deref() == Some(key.as_str()) => w.to_string(),
+            (_, Some(u)) if old_user_id.as_deref() == Some(key.as_str()) => u.to_string(),
+            _ => key,
+        };
+        // The other conversations by the new key or identifiers, and whether each is the
+        // customer's: nothing in it was sent before the change.
+        let others: Vec<(i64, String, bool)> = sqlx::query_as(&format!(
+            "SELECT c.id, c.customer_key,
+                    $5::timestamptz IS NULL
+                    OR NOT EXISTS (SELECT 1 FROM messages m
+                                    WHERE m.conversation_id = c.id AND m.sent_at < $5)
+               FROM conversations c
+              WHERE c.channel_id = $1 AND c.id <> $2 AND c.customer_key NOT LIKE 'erased:%'
+                AND (c.customer_key = $3 OR c.wa_id = $4 OR c.user_id = $6)
+              ORDER BY c.id{lock}"
+        ))
+        .bind(channel_id)
+        .bind(self.conversation_id)
+        .bind(&new_key)
+        .bind(self.wa_id)
+        .bind(self.changed_at)
+        .bind(self.user_id)
+        .fetch_all(&mut **tx)
+        .await?;
+        let (merged, moved): (Vec<_>, Vec<_>) =
+            others.into_iter().partition(|(_, _, theirs)| *theirs);
+        let strip = |v: Vec<(i64, String, bool)>| v.into_iter().map(|(id, k, _)| (id, k)).collect();
+        Ok(Some(Plan {
+            new_key,
+            merged: strip(merged),
+            moved: strip(moved),
+        }))
     }
-    let key: String = sqlx::query_scalar(
-        "UPDATE conversations SET customer_key = $2,
-                wa_id = COALESCE($3, wa_id), user_id = COALESCE($4, user_id)
-          WHERE id = $1 RETURNING customer_key",
+
+    /// Sets the former holders' conversations aside, merges the customer's, and moves the
+    /// conversation to its new identifiers, under the locks taken.
+    async fn apply(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        plan: Plan,
+    ) -> sqlx::Result<Followed> {
+        let moved_ids: Vec<i64> = plan.moved.iter().map(|(id, _)| *id).collect();
+        if !moved_ids.is_empty() {
+            set_aside(tx, &moved_ids).await?;
+        }
+        let merged_ids: Vec<i64> = plan.merged.iter().map(|(id, _)| *id).collect();
+        if !merged_ids.is_empty() {
+            merge_conversations(tx, self.conversation_id, &merged_ids).await?;
+        }
+        let key: String = sqlx::query_scalar(
+            "UPDATE conversations SET customer_key = $2,
+                    wa_id = COALESCE($3, wa_id), user_id = COALESCE($4, user_id)
+              WHERE id = $1 RETURNING customer_key",
+        )
+        .bind(self.conversation_id)
+        .bind(&plan.new_key)
+        .bind(self.wa_id)
+        .bind(self.user_id)
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok(Followed {
+            key,
+            merged_keys: plan.merged.into_iter().map(|(_, k)| k).collect(),
+            moved: plan.moved,
+        })
+    }
+}
+
+/// Sets former holders' conversations (locked by the caller) aside: keyed `moved:<id>`, without
+/// the number and business-scoped id, which `number_moves` keeps for an erasure; their parts not
+/// sent yet fail. See [`follow_identity_change`].
+async fn set_aside(tx: &mut Transaction<'_, Postgres>, ids: &[i64]) -> sqlx::Result<()> {
+    sqlx::query(
+        "WITH old AS (
+             SELECT id, customer_key, wa_id, user_id FROM conversations WHERE id = ANY($1)
+         ), moved AS (
+             UPDATE conversations c SET customer_key = 'moved:' || c.id, wa_id = NULL,
+                    user_id = NULL
+               FROM old WHERE c.id = old.id
+         )
+         INSERT INTO number_moves (conversation_id, identifiers)
+         SELECT id, ARRAY(SELECT DISTINCT v FROM unnest(ARRAY[customer_key, wa_id, user_id]) v
+                           WHERE v IS NOT NULL)
+           FROM old
+         ON CONFLICT (conversation_id) DO NOTHING",
     )
-    .bind(conversation_id)
-    .bind(&new_key)
-    .bind(wa_id)
-    .bind(user_id)
-    .fetch_one(&mut *tx)
+    .bind(ids)
+    .execute(&mut **tx)
     .await?;
-    tx.commit().await?;
-    Ok(Some(Followed {
-        key,
-        merged_keys: merged.into_iter().map(|(_, k)| k).collect(),
-    }))
+    sqlx::query(
+        "UPDATE outbound_messages SET state = 'failed', fail_reason = $2
+          WHERE conversation_id = ANY($1) AND state = 'pending'",
+    )
+    .bind(ids)
+    .bind(NUMBER_MOVED)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Moves everything of the conversations `from` (locked by the caller) into `into`, deletes
@@ -674,6 +839,48 @@ pub async fn merged_into(pool: &PgPool, conversation_id: i64) -> sqlx::Result<Op
         .bind(conversation_id)
         .fetch_optional(pool)
         .await
+}
+
+/// The former holders' conversations whose `number_moved` event is not on the dashboard stream
+/// yet, oldest first, up to `limit`; with `ids`, only those.
+pub async fn unannounced_number_moves(
+    pool: &PgPool,
+    ids: Option<&[i64]>,
+    limit: i64,
+) -> sqlx::Result<Vec<NumberMove>> {
+    sqlx::query_as(
+        "SELECT n.conversation_id, ch.phone_number_id, n.moved_at AS at
+           FROM number_moves n
+           JOIN conversations c ON c.id = n.conversation_id
+           JOIN channels ch ON ch.id = c.channel_id
+          WHERE NOT n.announced AND ($1::bigint[] IS NULL OR n.conversation_id = ANY($1))
+          ORDER BY n.conversation_id
+          LIMIT $2",
+    )
+    .bind(ids)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Whether the conversation is a former holder's, set aside when their number passed to someone
+/// else ([`follow_identity_change`]).
+pub async fn number_moved(pool: &PgPool, conversation_id: i64) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM number_moves WHERE conversation_id = $1)")
+        .bind(conversation_id)
+        .fetch_one(pool)
+        .await
+}
+
+/// Records that the `number_moved` events of `ids` are on the dashboard stream.
+pub async fn number_moves_announced(pool: &PgPool, ids: &[i64]) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE number_moves SET announced = TRUE WHERE conversation_id = ANY($1) AND NOT announced",
+    )
+    .bind(ids)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// The conversation a message is in now, read with a lock that waits for a merge

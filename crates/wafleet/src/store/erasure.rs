@@ -21,7 +21,11 @@ pub struct Found {
 
 /// Finds a channel's customer by any of `identifiers` (phone, business-scoped id or
 /// conversation key), following every identifier found: a customer can have a conversation keyed
-/// by their phone and another by their business-scoped id. `lock` takes the conversations
+/// by their phone and another by their business-scoped id. A former holder's conversation set
+/// aside when the number passed to someone else (`number_moves`, see
+/// [`crate::store::conversations::follow_identity_change`]) is found by what it was known by;
+/// those identifiers are not followed further (the number now names someone else too, whose
+/// conversation the number finds anyway). `lock` takes the conversations
 /// `FOR UPDATE`, which also waits for every transaction still writing under them.
 async fn find(
     conn: &mut PgConnection,
@@ -37,7 +41,9 @@ async fn find(
         "SELECT c.id, c.customer_key, c.wa_id, c.user_id
            FROM conversations c JOIN channels ch ON ch.id = c.channel_id
           WHERE ch.phone_number_id = $1
-            AND (c.customer_key = ANY($2) OR c.wa_id = ANY($2) OR c.user_id = ANY($2))
+            AND (c.customer_key = ANY($2) OR c.wa_id = ANY($2) OR c.user_id = ANY($2)
+                 OR c.id IN (SELECT conversation_id FROM number_moves
+                              WHERE identifiers && $2::text[]))
           ORDER BY c.id{}",
         if lock { " FOR UPDATE OF c" } else { "" }
     );
@@ -137,6 +143,10 @@ pub async fn erase_customer(
     .bind(&ids)
     .execute(&mut *tx)
     .await?;
+    sqlx::query("UPDATE number_moves SET identifiers = '{}' WHERE conversation_id = ANY($1)")
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
 
     let mut tx = pool.begin().await?;

@@ -627,15 +627,25 @@ async fn ingest_cutting_off_after(request_timeout: Duration) -> (TestConfig, Ing
     (cfg, ingest)
 }
 
-/// Writes a POST to `path` whose request line and host are followed by `rest` (headers, the
-/// blank line, any body) and returns the start of ingest's answer, read with the connection open.
-async fn first_answer(ingest: &Ingest, path: &str, rest: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// Opens a connection to ingest and writes a POST to `path` whose request line and host are
+/// followed by `rest` (headers, the blank line, any body).
+async fn send_raw(
+    ingest: &Ingest,
+    path: &str,
+    rest: &str,
+) -> std::io::Result<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
     let addr = ingest.url.trim_start_matches("http://");
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
     tcp.write_all(format!("POST {path} HTTP/1.1\r\nhost: {addr}\r\n{rest}").as_bytes())
-        .await
-        .unwrap();
+        .await?;
+    Ok(tcp)
+}
+
+/// [`send_raw`], then the start of ingest's answer, read with the connection open.
+async fn first_answer(ingest: &Ingest, path: &str, rest: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut tcp = send_raw(ingest, path, rest).await.unwrap();
     let mut answer = vec![0u8; 64];
     let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut answer))
         .await
@@ -663,33 +673,50 @@ async fn a_sender_that_stalls_mid_body_is_cut_off_and_counted() {
     );
 }
 
-/// A body announced over the limit is refused from its `Content-Length`, before any of it is
-/// read: a client waiting for `100 Continue` (curl does for large bodies) is told 413 instead,
-/// and one that announces more than it sends is not kept waiting for the rest.
+/// A client that announces a body over the limit and waits for `100 Continue` before sending it
+/// (curl does for large bodies) is told 413 from its headers, not asked for the body; one that
+/// sends the body straight away reads the 413 rather than a reset connection.
 #[tokio::test]
 async fn a_body_announced_over_the_limit_is_refused_before_it_is_read() {
     let (_cfg, ingest) = ingest_cutting_off_after(Duration::from_secs(2)).await;
     let over = wafleet::config::DEFAULT_MAX_BODY_BYTES + 1;
-    for (path, expect) in [
-        ("/webhooks/whatsapp", "expect: 100-continue\r\n"),
-        ("/webhooks/whatsapp", ""),
-        ("/webhooks/whatsapp/1234567890", "expect: 100-continue\r\n"),
-    ] {
+    let signed = format!(
+        "content-length: {over}\r\nx-hub-signature-256: sha256={}\r\n",
+        "0".repeat(64)
+    );
+    for (path, rest) in [
         // No body is sent: the answer must come from the headers alone.
-        let answer = first_answer(
-            &ingest,
-            path,
-            &format!(
-                "content-length: {over}\r\n{expect}x-hub-signature-256: sha256={}\r\n\r\n",
-                "0".repeat(64)
-            ),
-        )
-        .await;
+        (
+            "/webhooks/whatsapp",
+            format!("{signed}expect: 100-continue\r\n\r\n"),
+        ),
+        (
+            "/webhooks/whatsapp/1234567890",
+            format!("{signed}expect: 100-continue\r\n\r\n"),
+        ),
+    ] {
+        let answer = first_answer(&ingest, path, &rest).await;
         assert!(
             answer.starts_with("HTTP/1.1 413"),
-            "{path} {expect:?}: {answer}"
+            "{path} {}: {answer}",
+            &rest[signed.len()..]
         );
     }
+    // The body sent straight away, whole: the answer is read to its end, not cut by a reset
+    // (closing with the body unread in its buffers, the kernel would reset the connection).
+    let whole = async {
+        use tokio::io::AsyncReadExt;
+        let rest = format!("{signed}connection: close\r\n\r\n{}", " ".repeat(over));
+        let mut tcp = send_raw(&ingest, "/webhooks/whatsapp", &rest).await?;
+        let mut answer = Vec::new();
+        tcp.read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&answer).into_owned())
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(10), whole)
+        .await
+        .expect("an answer within the timeout")
+        .expect("the connection is closed, not reset");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert_eq!(
         ingest
             .metric(r#"wafleet_ingest_requests_total{outcome="too_large"}"#)

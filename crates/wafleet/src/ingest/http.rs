@@ -134,25 +134,30 @@ pub fn router(
         .with_state(Arc::new(state))
 }
 
-/// A webhook whose `Content-Length` is over `max_body_bytes` is answered 413 from its headers,
-/// its body never read: the size limit alone would read up to the limit first (and tell a client
-/// that waits for `100 Continue` to send it), or wait for a body announced but never sent.
+/// A webhook that announces a body over `max_body_bytes` (`Content-Length`) and waits for
+/// `100 Continue` before sending it (curl does for large bodies) is answered 413 at once, the
+/// body never sent: the size limit alone would ask for the body and read up to the limit first.
+/// One that sends its body straight away goes to the size limit as before: answered while it is
+/// still sending, it would see its connection reset instead of the 413.
 async fn refuse_announced_too_large(
     State(max_body_bytes): State<usize>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let announced = req
-        .headers()
+    let headers = req.headers();
+    let announced = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
+    let waits_for_continue = headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     match announced {
-        Some(bytes) if bytes > max_body_bytes as u64 => {
+        Some(bytes) if waits_for_continue && bytes > max_body_bytes as u64 => {
             let started = Instant::now();
             tracing::warn!(
                 bytes,
-                "webhook body announced over the size limit; not read"
+                "webhook body announced over the size limit; not asked for"
             );
             record(Outcome::TooLarge, started);
             Outcome::TooLarge.into_response()

@@ -334,62 +334,90 @@ async fn busy_senders_taking_scheduled_slots_reach_the_rate_and_never_pass_it() 
     assert!(worst <= RATE as usize, "{worst} slots within {window:?}");
 }
 
+/// When something the limiter answered falls (since the test's start): somewhere between the two,
+/// as the limiter read its clock at some moment between the ask and the answer.
+type Span = (Duration, Duration);
+
+/// Asserts that `later` can fall `gap` after `earlier` (within 2 ms, the clocks' rounding),
+/// however long the asks took.
+fn assert_apart(earlier: Span, later: Span, gap: Duration, what: &str) {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let (shortest, longest) = (ms(later.0) - ms(earlier.1), ms(later.1) - ms(earlier.0));
+    assert!(
+        shortest <= ms(gap) + 2.0 && longest >= ms(gap) - 2.0,
+        "{what}: {shortest:.1} to {longest:.1} ms apart, not {gap:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_slot_is_scheduled_only_within_the_horizon_and_for_both_budgets() {
     let limiter = RateLimiter::new(unique_prefix());
     let mut con = connection().await;
-    let number = Budget::new(10.0, 1);
-    let pair = Budget::new(1.0 / 6.0, 1);
-    let second = Duration::from_secs(1);
+    // A slot a second, a message a minute to each recipient: nothing here sleeps out a slot,
+    // and at this pace a loaded machine's pauses between the asks (each on a connection of its
+    // own) move no answer across a horizon.
+    let number = Budget::new(1.0, 1);
+    let pair = Budget::new(1.0 / 60.0, 1);
+    let horizon = Duration::from_secs(10);
+    let start = Instant::now();
+    // The answer, with when it was asked and when it came.
     let acquire = |to: &'static str, horizon: Duration| {
         let limiter = limiter.clone();
         async move {
             let mut con = connection().await;
-            limiter
+            let asked = start.elapsed();
+            let decision = limiter
                 .acquire(&mut con, PNID, to, number, pair, horizon)
                 .await
-                .unwrap()
+                .unwrap();
+            (decision, (asked, start.elapsed()))
         }
     };
-    assert_eq!(acquire("1", second).await, Decision::Go);
+    let at = |(after, (asked, answered)): (Duration, Span)| (asked + after, answered + after);
+    let (go, first) = acquire("1", horizon).await;
+    assert_eq!(go, Decision::Go);
     // The next two each get their own slot, one interval apart.
-    let a = scheduled_in(acquire("2", second).await);
-    let b = scheduled_in(acquire("3", second).await);
-    assert!(
-        a > Duration::from_millis(50) && a <= Duration::from_millis(100),
-        "{a:?}"
-    );
-    assert!(
-        b - a > Duration::from_millis(80) && b - a <= Duration::from_millis(110),
-        "{a:?} {b:?}"
-    );
-    // A slot beyond the horizon is not taken: asking again without one finds the same wait.
-    let far = wait_of(acquire("4", Duration::from_millis(150)).await);
-    assert!(far > Duration::from_millis(150), "{far:?}");
-    let again = wait_of(acquire("4", Duration::ZERO).await);
-    assert!(
-        again <= far && far - again < Duration::from_millis(50),
-        "{far:?} {again:?}"
+    let (a, asked) = acquire("2", horizon).await;
+    let a = at((scheduled_in(a), asked));
+    let (b, asked) = acquire("3", horizon).await;
+    let b = at((scheduled_in(b), asked));
+    let second = Duration::from_secs(1);
+    assert_apart(first, a, second, "the first slot after the send");
+    assert_apart(a, b, second, "the second slot after the first");
+    // A slot beyond the horizon (the next is 3 s after the first send) is not taken: asking
+    // again without one finds the same wait.
+    let (far, asked) = acquire("4", Duration::from_millis(500)).await;
+    let far = at((wait_of(far), asked));
+    assert_apart(first, far, 3 * second, "the wait for the next slot");
+    let (again, asked) = acquire("4", Duration::ZERO).await;
+    assert_apart(
+        far,
+        at((wait_of(again), asked)),
+        Duration::ZERO,
+        "the same wait",
     );
     // A wait on the recipient's pair budget takes nothing, even within the horizon: a slot of
     // the number's held for recipient 1 would hold every other recipient back with it.
-    let pair_wait = wait_of(acquire("1", Duration::from_secs(10)).await);
-    assert!(
-        pair_wait > Duration::from_secs(5) && pair_wait <= Duration::from_secs(6),
-        "{pair_wait:?}"
+    let (pair_wait, asked) = acquire("1", Duration::from_secs(100)).await;
+    let pair_wait = at((wait_of(pair_wait), asked));
+    assert_apart(first, pair_wait, 60 * second, "the recipient's next slot");
+    let (next, asked) = acquire("5", horizon).await;
+    assert_apart(
+        far,
+        at((scheduled_in(next), asked)),
+        Duration::ZERO,
+        "the slot not taken",
     );
-    let next = scheduled_in(acquire("5", second).await);
-    assert!(next <= far, "{next:?} {far:?}");
     // A hold is never scheduled through.
     limiter
-        .pause_number(&mut con, "999", Duration::from_secs(2))
+        .pause_number(&mut con, "999", Duration::from_secs(20))
         .await
         .unwrap();
     let held = limiter
-        .acquire(&mut con, "999", "1", number, pair, Duration::from_secs(10))
+        .acquire(&mut con, "999", "1", number, pair, Duration::from_secs(100))
         .await
         .unwrap();
-    assert!(matches!(held, Decision::Wait(d) if d > second), "{held:?}");
+    assert!(matches!(held, Decision::Wait(d) if d > horizon), "{held:?}");
 }
 
 #[tokio::test]

@@ -681,6 +681,11 @@ async fn a_customer_who_takes_over_a_former_holders_number_never_lands_in_their_
             .await
             .unwrap();
     assert_eq!(kept, 1, "the former holder's history stays readable");
+    let waits = wafleet::store::agents::human_waits(&e.pg).await.unwrap();
+    assert_eq!(
+        waits[0].conversations, 0,
+        "no customer waits for a human there: nobody can write to it"
+    );
     let (state, reason): (String, Option<String>) =
         sqlx::query_as("SELECT state, fail_reason FROM outbound_messages WHERE id = $1")
             .bind(pending)

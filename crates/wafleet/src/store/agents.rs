@@ -532,7 +532,10 @@ pub async fn human_waits(pool: &PgPool) -> sqlx::Result<Vec<HumanWait>> {
                            WHERE m.conversation_id = c.id AND m.received_at > a.last_agent)
                 END)), 0)::float8 AS oldest_wait_secs
            FROM channels ch
+           -- Not a former holder's conversation set aside (its number passed to someone
+           -- else): nobody can be answered there.
            LEFT JOIN conversations c ON c.channel_id = ch.id AND c.owner = 'human'
+                                    AND c.customer_key NOT LIKE 'moved:%'
            LEFT JOIN LATERAL (
                SELECT max(o.created_at) AS last_agent FROM outbound_messages o
                 WHERE o.conversation_id = c.id AND o.kind IN ('agent', 'template')

@@ -486,9 +486,10 @@ const FOLLOW_PASSES: u32 = 3;
 ///
 /// Lock order: the outbound parts of the conversations merged or set aside, then the merged
 /// ones' messages, then the conversations, which is the order recording an acceptance (parts,
-/// then messages), recording a reply or a handover (messages, then the conversation) and an
-/// erasure take them; taking the conversations first deadlocked with a reply or a handover
-/// under way. What to lock is found unlocked first, and looked for again once locked.
+/// then messages) and recording a reply or a handover (messages, then the conversation) take
+/// them; taking the conversations first deadlocked with a reply or a handover under way. What
+/// to lock is found unlocked first, and looked for again once locked. (An erasure takes
+/// messages before parts: one of the same customer at the same moment can still deadlock.)
 pub async fn follow_identity_change(
     pool: &PgPool,
     conversation_id: i64,

@@ -731,6 +731,37 @@ async fn a_body_announced_over_the_limit_is_refused_before_it_is_read() {
     );
 }
 
+/// A Postgres that stops answering (a network path that dies without a reset) is counted and
+/// logged as refresh failures while ingest goes on serving its snapshot, and SIGTERM still ends
+/// ingest: the refresh waited on the silent connection for ever, so nothing showed, and the
+/// shutdown waited on the refresh.
+#[tokio::test]
+async fn a_postgres_that_stops_answering_is_counted_and_does_not_hold_up_shutdown() {
+    let mut cfg = TestConfig::new().await;
+    cfg.add_channel("106540352242922", |_| {}).await;
+    let (base, db) = cfg.database_url.rsplit_once('/').unwrap();
+    let (user, host) = base.rsplit_once('@').unwrap();
+    let proxy = proxy::Proxy::start(host.to_string()).await;
+    cfg.database_url = format!("{user}@127.0.0.1:{}/{db}", proxy.port);
+    let ingest = Ingest::start(cfg.ingest_settings()).await;
+
+    proxy.black_hole();
+    eventually(
+        "a refresh failure counted",
+        Duration::from_secs(30),
+        || async {
+            (ingest.metric("wafleet_channel_refresh_errors_total").await >= 1.0).then_some(())
+        },
+    )
+    .await;
+    let body = text_body("106540352242922", "573001", "wamid.PGHUNG", "hola");
+    assert_eq!(ingest.post_signed(&body, APP_SECRET).await.status(), 200);
+    tokio::time::timeout(Duration::from_secs(30), ingest.stop())
+        .await
+        .expect("ingest stops while Postgres is silent")
+        .unwrap();
+}
+
 #[tokio::test]
 async fn redis_down_answers_503_and_the_redelivery_after_restart_is_enqueued_once() {
     let mut redis = RedisServer::start().await;
@@ -941,6 +972,64 @@ async fn an_update_appended_by_its_values_is_the_entry_its_named_fields_make() {
             .await
             .unwrap();
         assert!((1..=60).contains(&ttl), "{ttl}");
+    }
+}
+
+#[tokio::test]
+async fn appends_redone_after_redis_lost_one_script_are_each_reported_as_they_happened() {
+    use wafleet::streams::{Append, Appended, ENQUEUE_SCRIPT, Enqueuer};
+    // A Redis of its own: its scripts are flushed.
+    let redis = RedisServer::start().await;
+    let mut con = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys = wafleet::streams::Keys::new("w", 4);
+    let update = wafleet_core::webhook::parse(&fixture("text.json"))
+        .unwrap()
+        .updates
+        .remove(0);
+    // A quarantined update (the general script) and one for processing (the update script).
+    let appends = [
+        Append::quarantine(&keys, &update, "unknown_channel", "fp", 0),
+        Append::update(&keys, &update, 0),
+    ];
+    let enqueuer = Enqueuer::new(Duration::from_secs(60));
+    // With the general script loaded, and with none (Redis restarted).
+    for loaded in [true, false] {
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("FLUSHALL").query_async(&mut con).await.unwrap();
+        // Redis has one script and not the other (a replay loaded the general one after a
+        // restart, say): the append that ran must not be counted a duplicate when redone.
+        if loaded {
+            let _: String = redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(ENQUEUE_SCRIPT)
+                .query_async(&mut con)
+                .await
+                .unwrap();
+        }
+        let first = enqueuer.append_all(&mut con, &appends).await.unwrap();
+        assert_eq!(
+            first,
+            [Appended::Added, Appended::Added],
+            "loaded: {loaded}"
+        );
+        let again = enqueuer.append_all(&mut con, &appends).await.unwrap();
+        assert_eq!(again, [Appended::Duplicate, Appended::Duplicate]);
+        for a in &appends {
+            assert_eq!(
+                read_stream(&mut con, &a.stream).await.len(),
+                1,
+                "{}",
+                a.stream
+            );
+        }
     }
 }
 

@@ -359,29 +359,67 @@ impl Enqueuer {
     where
         C: redis::aio::ConnectionLike,
     {
-        if appends.is_empty() {
+        let mut results = self.run(con, appends.iter()).await?;
+        if results.iter().any(Option::is_none) {
+            // Redis restarted or flushed its scripts, or holds one of the two (a replay loaded
+            // the general one): the appends that met a missing script did not run. Load both and
+            // redo those alone; the others ran, and redone they would read as duplicates.
+            self.script.prepare_invoke().load_async(con).await?;
+            self.update_script.prepare_invoke().load_async(con).await?;
+            let missing = appends.iter().zip(&results).filter(|(_, r)| r.is_none());
+            let redone = self.run(con, missing.map(|(a, _)| a)).await?;
+            let mut redone = redone.into_iter();
+            for result in results.iter_mut().filter(|r| r.is_none()) {
+                *result = redone.next().flatten();
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.ok_or_else(|| {
+                    (
+                        redis::ErrorKind::NoScriptError,
+                        "the enqueue script is still missing after loading it",
+                    )
+                        .into()
+                })
+            })
+            .collect()
+    }
+
+    /// The appends' results, `None` for one whose script Redis does not have.
+    async fn run<'a, C>(
+        &self,
+        con: &mut C,
+        appends: impl Iterator<Item = &'a Append> + Clone,
+    ) -> RedisResult<Vec<Option<Appended>>>
+    where
+        C: redis::aio::ConnectionLike,
+    {
+        let count = appends.clone().count();
+        if count == 0 {
             return Ok(Vec::new());
         }
         let pipe = self.pipeline(appends);
-        let values: Vec<Value> = match pipe.query_async(con).await {
-            Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
-                // Redis restarted (or flushed scripts): none of the EVALSHAs ran. Load and redo.
-                self.script.prepare_invoke().load_async(con).await?;
-                self.update_script.prepare_invoke().load_async(con).await?;
-                pipe.query_async(con).await?
-            }
-            other => other?,
-        };
-        Ok(values
+        // The replies one by one (`query_async` would fail the whole pipeline on the first error).
+        let values = con.req_packed_commands(&pipe, 0, count).await?;
+        values
             .into_iter()
             .map(|v| match v {
-                Value::Int(1) => Appended::Added,
-                _ => Appended::Duplicate,
+                Value::Int(1) => Ok(Some(Appended::Added)),
+                Value::ServerError(e) => {
+                    let e = redis::RedisError::from(e);
+                    match e.kind() {
+                        redis::ErrorKind::NoScriptError => Ok(None),
+                        _ => Err(e),
+                    }
+                }
+                _ => Ok(Some(Appended::Duplicate)),
             })
-            .collect())
+            .collect()
     }
 
-    fn pipeline(&self, appends: &[Append]) -> Pipeline {
+    fn pipeline<'a>(&self, appends: impl IntoIterator<Item = &'a Append>) -> Pipeline {
         let mut pipe = redis::pipe();
         for a in appends {
             let update = update_values(&a.fields);

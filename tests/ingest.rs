@@ -731,6 +731,37 @@ async fn a_body_announced_over_the_limit_is_refused_before_it_is_read() {
     );
 }
 
+/// A Postgres that stops answering (a network path that dies without a reset) is counted and
+/// logged as refresh failures while ingest goes on serving its snapshot, and SIGTERM still ends
+/// ingest: the refresh waited on the silent connection for ever, so nothing showed, and the
+/// shutdown waited on the refresh.
+#[tokio::test]
+async fn a_postgres_that_stops_answering_is_counted_and_does_not_hold_up_shutdown() {
+    let mut cfg = TestConfig::new().await;
+    cfg.add_channel("106540352242922", |_| {}).await;
+    let (base, db) = cfg.database_url.rsplit_once('/').unwrap();
+    let (user, host) = base.rsplit_once('@').unwrap();
+    let proxy = proxy::Proxy::start(host.to_string()).await;
+    cfg.database_url = format!("{user}@127.0.0.1:{}/{db}", proxy.port);
+    let ingest = Ingest::start(cfg.ingest_settings()).await;
+
+    proxy.black_hole();
+    eventually(
+        "a refresh failure counted",
+        Duration::from_secs(30),
+        || async {
+            (ingest.metric("wafleet_channel_refresh_errors_total").await >= 1.0).then_some(())
+        },
+    )
+    .await;
+    let body = text_body("106540352242922", "573001", "wamid.PGHUNG", "hola");
+    assert_eq!(ingest.post_signed(&body, APP_SECRET).await.status(), 200);
+    tokio::time::timeout(Duration::from_secs(30), ingest.stop())
+        .await
+        .expect("ingest stops while Postgres is silent")
+        .unwrap();
+}
+
 #[tokio::test]
 async fn redis_down_answers_503_and_the_redelivery_after_restart_is_enqueued_once() {
     let mut redis = RedisServer::start().await;

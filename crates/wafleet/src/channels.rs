@@ -316,6 +316,24 @@ pub async fn load(pool: &PgPool, cipher: &Cipher) -> anyhow::Result<Registry> {
     ))
 }
 
+/// Bound on each Postgres step of a refresh. A Postgres that stops answering without a reset (a
+/// dead network path) would otherwise hold the step for ever: no failure counted or logged, and
+/// a shutdown, which waits for this task, never ending. A channel table is read well within it.
+const REFRESH_STEP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `step` within [`REFRESH_STEP_TIMEOUT`] (past it, an error); `None` once `stop` fires.
+async fn bounded<T>(
+    stop: &CancellationToken,
+    step: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> Option<anyhow::Result<T>> {
+    tokio::select! {
+        _ = stop.cancelled() => None,
+        done = tokio::time::timeout(REFRESH_STEP_TIMEOUT, step) => Some(done.unwrap_or_else(|_| {
+            Err(anyhow::anyhow!("Postgres did not answer within {REFRESH_STEP_TIMEOUT:?}"))
+        })),
+    }
+}
+
 /// Keeps `shared` in step with the `channels` table until `stop` fires. `loaded_at` is the
 /// table's fingerprint read before `shared` was loaded (`None`: reload at the first tick). Read
 /// here instead, it could include a change made after the snapshot (this task may first run much
@@ -336,7 +354,10 @@ pub async fn refresh_loop(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let fingerprint = match channels::fingerprint(&pool).await {
+        let Some(fingerprint) = bounded(&stop, channels::fingerprint(&pool)).await else {
+            return;
+        };
+        let fingerprint = match fingerprint {
             Ok(f) => f,
             Err(e) => {
                 metrics::counter!("wafleet_channel_refresh_errors_total").increment(1);
@@ -351,7 +372,10 @@ pub async fn refresh_loop(
         if last.as_ref() == Some(&fingerprint) {
             continue;
         }
-        match load(&pool, &cipher).await {
+        let Some(loaded) = bounded(&stop, load(&pool, &cipher)).await else {
+            return;
+        };
+        match loaded {
             Ok(registry) => {
                 registry.report("channel registry reloaded");
                 shared.replace(registry);

@@ -11,12 +11,12 @@ use wafleet::{ingest, telemetry};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> Result<(), wafleet::telemetry::Exit> {
     telemetry::check_logging_env()?;
     telemetry::init_logging();
     telemetry::install_panic_hook();
     let settings = IngestSettings::from_env()?;
     let listener =
         wafleet::listen(settings.listen).with_context(|| format!("binding {}", settings.listen))?;
-    ingest::run(settings, listener, wafleet::shutdown_signal()).await
+    Ok(ingest::run(settings, listener, wafleet::shutdown_signal()).await?)
 }

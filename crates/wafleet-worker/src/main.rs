@@ -15,7 +15,7 @@ use wafleet::telemetry;
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> Result<(), wafleet::telemetry::Exit> {
     telemetry::check_logging_env()?;
     telemetry::init_logging();
     telemetry::install_panic_hook();
@@ -24,5 +24,5 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .with_context(|| format!("binding WAFLEET_WORKER_METRICS_ADDR={addr}"))?;
-    process::run(settings, listener, wafleet::shutdown_signal()).await
+    Ok(process::run(settings, listener, wafleet::shutdown_signal()).await?)
 }

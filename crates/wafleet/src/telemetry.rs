@@ -149,6 +149,35 @@ pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// What a binary's `main` ends with on failure: printed as anyhow prints an error (`Error: …`,
+/// then its causes under `Caused by:`), but without the backtrace anyhow captures when
+/// `RUST_BACKTRACE` is set. A binary stops on a setting or an outage its message names, and 30
+/// lines of frames buried that message (panics keep theirs: [`install_panic_hook`]).
+pub struct Exit(anyhow::Error);
+
+impl<E: Into<anyhow::Error>> From<E> for Exit {
+    fn from(e: E) -> Self {
+        Self(e.into())
+    }
+}
+
+impl std::fmt::Debug for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let causes: Vec<_> = self.0.chain().skip(1).collect();
+        match causes.as_slice() {
+            [] => Ok(()),
+            [one] => write!(f, "\n\nCaused by:\n    {one}"),
+            many => {
+                write!(f, "\n\nCaused by:")?;
+                many.iter()
+                    .enumerate()
+                    .try_for_each(|(i, c)| write!(f, "\n    {i}: {c}"))
+            }
+        }
+    }
+}
+
 /// A joined task's failure as an error that [`panic_text`] words (tokio's own shows the message).
 pub fn joined<T>(r: Result<T, tokio::task::JoinError>) -> anyhow::Result<T> {
     r.map_err(|e| match e.try_into_panic() {
@@ -280,6 +309,26 @@ mod tests {
         assert_eq!(
             bad_format.to_string(),
             "WAFLEET_LOG_FORMAT=\"yaml\" is invalid: text or json"
+        );
+    }
+
+    #[test]
+    fn an_exit_prints_the_error_and_its_causes_as_anyhow_does_without_a_backtrace() {
+        use anyhow::Context;
+        let plain = Exit::from(anyhow::anyhow!("DATABASE_URL must be set"));
+        assert_eq!(format!("{plain:?}"), "DATABASE_URL must be set");
+        let io = std::io::Error::other("connection refused");
+        let one: anyhow::Result<()> = Err(io).context("connecting to Redis (REDIS_URL)");
+        assert_eq!(
+            format!("{:?}", Exit::from(one.unwrap_err())),
+            "connecting to Redis (REDIS_URL)\n\nCaused by:\n    connection refused"
+        );
+        let two = anyhow::anyhow!("refused")
+            .context("handshake")
+            .context("starting");
+        assert_eq!(
+            format!("{:?}", Exit::from(two)),
+            "starting\n\nCaused by:\n    0: handshake\n    1: refused"
         );
     }
 }

@@ -380,7 +380,11 @@ fn secret_value(arg: &str) -> anyhow::Result<String> {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> Result<(), wafleet::telemetry::Exit> {
+    Ok(run().await?)
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Command::GenerateKey = cli.command {
         println!("{}", Cipher::generate_key_text());

@@ -919,6 +919,43 @@ async fn redis_out_of_reach_is_named_without_its_password() {
 }
 
 #[tokio::test]
+async fn an_error_is_its_message_and_causes_with_no_backtrace_even_when_rust_backtrace_asks() {
+    let cfg = TestConfig::new().await;
+    let unset = ctl_with(
+        &cfg,
+        &[("RUST_BACKTRACE", Some("1")), ("DATABASE_URL", None)],
+        &["channel", "list"],
+    )
+    .await
+    .refused(1);
+    assert_eq!(unset.stderr, "Error: DATABASE_URL must be set\n");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let away = ctl_with(
+        &cfg,
+        &[("RUST_BACKTRACE", Some("full")), ("REDIS_URL", Some(&url))],
+        &["dead", "list", "sender"],
+    )
+    .await
+    .refused(1);
+    assert!(
+        away.stderr
+            .starts_with("Error: connecting to Redis (REDIS_URL)\n\nCaused by:\n    "),
+        "{}",
+        away.stderr
+    );
+    assert!(
+        !away.stderr.contains("backtrace") && !away.stderr.contains(".rs:"),
+        "{}",
+        away.stderr
+    );
+}
+
+#[tokio::test]
 async fn a_title_or_token_name_is_removed_as_it_was_added_whatever_spaces_it_came_with() {
     let cfg = TestConfig::new().await;
     add_channel(&cfg, PNID).await;

@@ -152,6 +152,15 @@ async fn ctl_with(cfg: &TestConfig, changes: &[(&str, Option<&str>)], args: &[&s
     run(&env.into_iter().collect::<Vec<_>>(), args).await
 }
 
+/// A port nothing listens on (bound, then let go).
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// `channel add` of `pnid` with the test harness's app secret, verify token and an access token.
 async fn add_channel(cfg: &TestConfig, pnid: &str) -> Ran {
     ctl(
@@ -898,12 +907,8 @@ async fn a_generated_key_serves_the_deployment_and_send_webhook_and_probe_report
 #[tokio::test]
 async fn redis_out_of_reach_is_named_without_its_password() {
     let cfg = TestConfig::new().await;
-    // A port nothing listens on (bound, then let go), behind a password.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A port nothing listens on, behind a password.
+    let port = closed_port();
     let url = format!("redis://:redis-pass-never-printed@127.0.0.1:{port}");
     for args in [
         &["dead", "list", "sender"][..],
@@ -929,11 +934,7 @@ async fn an_error_is_its_message_and_causes_with_no_backtrace_even_when_rust_bac
     .await
     .refused(1);
     assert_eq!(unset.stderr, "Error: DATABASE_URL must be set\n");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = closed_port();
     let url = format!("redis://127.0.0.1:{port}");
     let away = ctl_with(
         &cfg,

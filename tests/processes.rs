@@ -11,13 +11,15 @@ const BIN: &str = env!("CARGO_BIN_EXE_test-worker");
 const PNID: &str = "106540352242922";
 const T0: i64 = 1_760_000_000;
 
-#[tokio::test]
-async fn a_worker_killed_mid_job_leaves_the_job_to_another_which_stores_it_once() {
-    let cfg = TestConfig::new().await;
-    cfg.add_channel(PNID, |_| {}).await;
-    let ingest = Ingest::start(cfg.ingest_settings()).await;
-    let pg = cfg.pg().await;
-    let mut a = ChildWorker::spawn(BIN, &cfg, "real", &[("WAFLEET_STAGES", "conversation")]);
+/// A conversation-stage worker `a` (with `env`) whose second job, `wamid.mid`, is stopped inside
+/// its transaction by a lock on `messages` (the returned transaction), its entry pending.
+async fn a_worker_mid_job(
+    cfg: &TestConfig,
+    ingest: &Ingest,
+    pg: &sqlx::PgPool,
+    env: &[(&str, &str)],
+) -> (ChildWorker, sqlx::Transaction<'static, sqlx::Postgres>) {
+    let a = ChildWorker::spawn(BIN, cfg, "real", env);
     assert_eq!(
         ingest
             .post_signed(
@@ -28,7 +30,7 @@ async fn a_worker_killed_mid_job_leaves_the_job_to_another_which_stores_it_once(
             .status(),
         200
     );
-    wait_count(&pg, "SELECT count(*) FROM messages", 1, 30).await;
+    wait_count(pg, "SELECT count(*) FROM messages", 1, 30).await;
 
     // Hold inserts on `messages`, so the next job stops inside its transaction.
     let mut lock = pg.begin().await.unwrap();
@@ -46,9 +48,8 @@ async fn a_worker_killed_mid_job_leaves_the_job_to_another_which_stores_it_once(
             .status(),
         200
     );
-    let keys = cfg.keys();
-    let stream = keys.inbound(keys.partition_of(&format!("{PNID}:57300")));
-    let mut con = cfg.redis().await;
+    let stream = mid_job_stream(cfg);
+    let con = cfg.redis().await;
     eventually("the job to be in flight", Duration::from_secs(20), || {
         let mut con = con.clone();
         let stream = stream.clone();
@@ -68,28 +69,131 @@ async fn a_worker_killed_mid_job_leaves_the_job_to_another_which_stores_it_once(
         }
     })
     .await;
-    a.kill();
-    let _b = ChildWorker::spawn(BIN, &cfg, "real", &[("WAFLEET_STAGES", "conversation")]);
-    lock.rollback().await.unwrap();
+    (a, lock)
+}
 
+fn mid_job_stream(cfg: &TestConfig) -> String {
+    let keys = cfg.keys();
+    keys.inbound(keys.partition_of(&format!("{PNID}:57300")))
+}
+
+/// The job `a_worker_mid_job` stopped is stored once, within `secs`, its entry acknowledged and
+/// one reply job made per message.
+async fn stored_once_within(cfg: &TestConfig, pg: &sqlx::PgPool, secs: u64) {
     wait_count(
-        &pg,
+        pg,
         "SELECT count(*) FROM messages WHERE wamid = 'wamid.mid'",
         1,
-        40,
+        secs,
     )
     .await;
-    cfg.wait_inbound_drained(40).await;
-    assert_eq!(count(&pg, "SELECT count(*) FROM messages").await, 2);
-    let len: usize = con.xlen(&stream).await.unwrap();
+    cfg.wait_inbound_drained(secs).await;
+    assert_eq!(count(pg, "SELECT count(*) FROM messages").await, 2);
+    let mut con = cfg.redis().await;
+    let len: usize = con.xlen(mid_job_stream(cfg)).await.unwrap();
     assert_eq!(len, 0, "the reclaimed entry was acknowledged");
     // One reply job per message, not one per attempt.
+    let keys = cfg.keys();
     let mut replies = 0;
     for p in 0..keys.partitions() {
         let n: usize = con.xlen(keys.replies(p)).await.unwrap();
         replies += n;
     }
     assert_eq!(replies, 2);
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_job_leaves_the_job_to_another_which_stores_it_once() {
+    let cfg = TestConfig::new().await;
+    cfg.add_channel(PNID, |_| {}).await;
+    let ingest = Ingest::start(cfg.ingest_settings()).await;
+    let pg = cfg.pg().await;
+    let stage = [("WAFLEET_STAGES", "conversation")];
+    let (mut a, lock) = a_worker_mid_job(&cfg, &ingest, &pg, &stage).await;
+    a.kill();
+    let _b = ChildWorker::spawn(BIN, &cfg, "real", &stage);
+    lock.rollback().await.unwrap();
+    stored_once_within(&cfg, &pg, 40).await;
+}
+
+/// A minute-long lease, as in production (the LLM stage's is longer): without a worker id, a
+/// worker killed mid-job leaves its partition idle for all of it.
+const LONG_LEASE: [(&str, &str); 3] = [
+    ("WAFLEET_STAGES", "conversation"),
+    ("WAFLEET_LEASE_TTL_MS", "60000"),
+    ("WAFLEET_JOB_DEADLINE_MS", "30000"),
+];
+
+fn with_id(id: &str) -> Vec<(&str, &str)> {
+    let mut env = LONG_LEASE.to_vec();
+    env.push(("WAFLEET_WORKER_ID", id));
+    env
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_job_and_restarted_with_its_id_takes_its_job_back_before_the_lease_ends()
+ {
+    let cfg = TestConfig::new().await;
+    cfg.add_channel(PNID, |_| {}).await;
+    let ingest = Ingest::start(cfg.ingest_settings()).await;
+    let pg = cfg.pg().await;
+    let env = with_id("testhost-1");
+    let (mut a, lock) = a_worker_mid_job(&cfg, &ingest, &pg, &env).await;
+    a.kill();
+    let killed = std::time::Instant::now();
+    let _b = ChildWorker::spawn(BIN, &cfg, "real", &env);
+    lock.rollback().await.unwrap();
+    // Half the lease: the job is taken back, not left until the lease expires.
+    stored_once_within(&cfg, &pg, 30).await;
+    eprintln!(
+        "kill -9 to the message stored by the restarted worker: {:?}",
+        killed.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_second_live_process_with_a_workers_id_refuses_to_start_and_takes_nothing() {
+    let cfg = TestConfig::new().await;
+    let env = with_id("testhost-1");
+    let mut a = ChildWorker::spawn(BIN, &cfg, "real", &env);
+    let keys = cfg.keys();
+    let leases = || async {
+        let mut con = cfg.redis().await;
+        let mut holders = Vec::new();
+        for p in 0..keys.partitions() {
+            let owner: Option<String> = con.get(keys.lease("conversation", p)).await.ok()?;
+            holders.push(owner?);
+        }
+        Some(holders)
+    };
+    let before = eventually(
+        "the first process to own every partition",
+        Duration::from_secs(20),
+        leases,
+    )
+    .await;
+    let mut b = ChildWorker::spawn(BIN, &cfg, "real", &env);
+    eventually(
+        "the second process to refuse to start",
+        Duration::from_secs(30),
+        || {
+            let exited = b.exited();
+            async move { exited.then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(
+        leases().await,
+        Some(before),
+        "the first keeps its partitions"
+    );
+    assert!(!a.exited());
+    let mut con = cfg.redis().await;
+    let workers: Vec<String> = con
+        .zrange(keys.workers("conversation"), 0, -1)
+        .await
+        .unwrap();
+    assert_eq!(workers.len(), 1, "only the first heartbeats: {workers:?}");
 }
 
 #[tokio::test]
@@ -362,6 +466,7 @@ async fn a_setting_of_zero_or_a_bad_log_format_stops_the_worker_naming_the_varia
         ("WAFLEET_SHUTDOWN_GRACE_SECS", "0"),
         ("WAFLEET_LOG_FORMAT", "yaml"),
         ("RUST_LOG", "wafleet=loud"),
+        ("WAFLEET_WORKER_ID", "host@1"),
     ] {
         let run = tokio::process::Command::new(BIN)
             .envs(cfg.worker_env())

@@ -412,6 +412,7 @@ impl TestConfig {
             backoff_max: Duration::from_millis(500),
             shutdown_grace: Duration::from_secs(3),
             read_block: Duration::from_millis(200),
+            worker_id: None,
         }
     }
 

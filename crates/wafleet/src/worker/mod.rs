@@ -25,7 +25,7 @@
 //! # Keys (see also [`crate::streams`])
 //! | key | type | what |
 //! |---|---|---|
-//! | `P:{pn}:lease:<stage>` | string, PX | id of the process owning partition n for the stage |
+//! | `P:{pn}:lease:<stage>` | string, PX | consumer name of the process owning partition n for the stage (`<WAFLEET_WORKER_ID>@<incarnation>` when the id is set) |
 //! | `P:{pn}:delayed:<stage>` | zset | parked conversations, scored by due time (Unix ms) |
 //! | `P:{pn}:held:<stage>:<conv>` | list | a parked conversation's jobs, oldest first |
 //! | `P:{workers}:<stage>` | zset | live processes of the stage, scored by last heartbeat |
@@ -169,6 +169,9 @@ pub struct WorkerSettings {
     pub shutdown_grace: Duration,
     /// How long one XREADGROUP blocks waiting for entries.
     pub read_block: Duration,
+    /// Stable identity of this process across restarts (`WAFLEET_WORKER_ID`): a restarted
+    /// process takes back at once the leases its previous incarnation held (see [`lease`]).
+    pub worker_id: Option<String>,
 }
 
 impl Default for WorkerSettings {
@@ -183,6 +186,7 @@ impl Default for WorkerSettings {
             backoff_max: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(20),
             read_block: Duration::from_millis(500),
+            worker_id: None,
         }
     }
 }
@@ -201,6 +205,15 @@ impl WorkerSettings {
         if self.max_in_flight == 0 || self.max_deliveries == 0 {
             bail!("WAFLEET_MAX_IN_FLIGHT and WAFLEET_MAX_DELIVERIES must be at least 1");
         }
+        if let Some(id) = &self.worker_id {
+            let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+            if id.len() > 64 || !id.chars().all(allowed) {
+                bail!(
+                    "WAFLEET_WORKER_ID ({id:?}) must be 1 to 64 letters, digits, '.', '_' or '-' \
+                     (e.g. %H-%i in the systemd unit: host and instance)"
+                );
+            }
+        }
         Ok(())
     }
 
@@ -217,6 +230,7 @@ impl WorkerSettings {
             backoff_max: ms("WAFLEET_BACKOFF_MAX_MS", d.backoff_max)?,
             shutdown_grace: Duration::from_secs(positive("WAFLEET_SHUTDOWN_GRACE_SECS", 20)?),
             read_block: d.read_block,
+            worker_id: crate::config::var("WAFLEET_WORKER_ID"),
         };
         s.validate()?;
         Ok(s)

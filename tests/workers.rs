@@ -606,6 +606,30 @@ async fn redeliveries_after_a_number_change_leave_no_conversation_under_the_old_
     e.worker.stop().await.unwrap();
 }
 
+/// Makes Redis refuse the dashboard stream's events (its key holds a string, not a stream), or
+/// take them again.
+async fn refuse_dashboard_events(cfg: &TestConfig, refuse: bool) {
+    use redis::AsyncCommands;
+    let mut con = cfg.redis().await;
+    let stream = cfg.keys().handover_stream();
+    let _: () = if refuse {
+        con.set(stream, "not a stream").await.unwrap()
+    } else {
+        con.del(stream).await.unwrap()
+    };
+}
+
+/// The dashboard stream's events of `kind`, oldest first.
+async fn dashboard_events(cfg: &TestConfig, kind: &str) -> Vec<serde_json::Value> {
+    let mut con = cfg.redis().await;
+    read_stream(&mut con, &cfg.keys().handover_stream())
+        .await
+        .iter()
+        .map(|(_, f)| serde_json::from_slice::<serde_json::Value>(&f["event"]).unwrap())
+        .filter(|ev| ev["kind"] == kind)
+        .collect()
+}
+
 #[tokio::test]
 async fn a_customer_who_takes_over_a_former_holders_number_never_lands_in_their_conversation() {
     use redis::AsyncCommands;
@@ -700,13 +724,8 @@ async fn a_customer_who_takes_over_a_former_holders_number_never_lands_in_their_
         )
     );
     // Dashboards are told, with ids only.
+    let moved = dashboard_events(&e.cfg, "number_moved").await;
     let mut con = e.cfg.redis().await;
-    let moved: Vec<serde_json::Value> = read_stream(&mut con, &e.cfg.keys().handover_stream())
-        .await
-        .iter()
-        .map(|(_, f)| serde_json::from_slice::<serde_json::Value>(&f["event"]).unwrap())
-        .filter(|ev| ev["kind"] == "number_moved")
-        .collect();
     assert_eq!(moved.len(), 1, "{moved:?}");
     assert_eq!(moved[0]["conversation_id"], former);
     assert_eq!(moved[0]["reason"], "number_change");
@@ -734,6 +753,44 @@ async fn a_customer_who_takes_over_a_former_holders_number_never_lands_in_their_
         .expect("the number is known");
     assert_eq!(erased.rows.conversations, vec![former, customer]);
     e.worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_former_holders_conversation_set_aside_is_announced_once_even_when_redis_refused_it() {
+    let e = env().await;
+    e.send("573119", "wamid.S1", T0 - 60, "hola, soy el dueño anterior")
+        .await;
+    e.send("573110", "wamid.S2", T0, "hola").await;
+    e.stored(2).await;
+    e.wait_followups().await;
+    let former: i64 =
+        sqlx::query_scalar("SELECT conversation_id FROM messages WHERE wamid = 'wamid.S1'")
+            .fetch_one(&e.pg)
+            .await
+            .unwrap();
+    refuse_dashboard_events(&e.cfg, true).await;
+    e.post(&number_change("573110", "573119", "wamid.S3", T0 + 5))
+        .await;
+    wait_count(
+        &e.pg,
+        "SELECT count(*) FROM conversations WHERE customer_key LIKE 'moved:%'",
+        1,
+        20,
+    )
+    .await;
+    // Stopped, the stage cannot put it there once the stream is back: only the sweep can.
+    e.worker.stop().await.unwrap();
+    refuse_dashboard_events(&e.cfg, false).await;
+    let mut con = e.cfg.redis().await;
+    // The workers' sweep announces it; a second sweep does not again.
+    for _ in 0..2 {
+        wafleet::agents::release_idle(&e.pg, &mut con, &e.cfg.keys())
+            .await
+            .unwrap();
+    }
+    let got = dashboard_events(&e.cfg, "number_moved").await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["conversation_id"], former);
 }
 
 /// When a customer's number change is sent: between their message from the old number (`T0`)

@@ -4607,3 +4607,46 @@ async fn a_throttle_in_a_failed_status_whose_push_back_redis_refuses_is_not_rese
     );
     drop_redis_user(&s.cfg, &user).await;
 }
+
+#[tokio::test]
+async fn an_llm_worker_killed_during_a_model_call_and_restarted_with_its_id_answers_once_before_its_lease_ends()
+ {
+    // Model answers take 5 s: time to kill the worker while one is under way.
+    let s = system_with(
+        SimConfig {
+            llm_latency: Duration::from_secs(5),
+            ..Default::default()
+        },
+        |s| vec![s.standin()],
+        &["conversation", "status", "sender"],
+    )
+    .await;
+    // The LLM stage's own lease, 15 s past its job deadline (over 100 s): without the id the
+    // customer would wait for all of it.
+    let mut env = s.cfg.pipeline_env(&s.sim);
+    env.extend([
+        ("WAFLEET_STAGES".to_string(), "llm".to_string()),
+        ("WAFLEET_WORKER_ID".to_string(), "testhost-1".to_string()),
+    ]);
+    let mut a = ChildWorker::spawn_with(BIN, env.clone(), "real", &[]);
+    s.send("573098", "wamid.KILLED", "hola, ¿hacen envíos?")
+        .await;
+    eventually(
+        "the model call under way",
+        Duration::from_secs(30),
+        || async { (!s.sim.state.llm_requests().is_empty()).then_some(()) },
+    )
+    .await;
+    a.kill();
+    let killed = std::time::Instant::now();
+    let _b = ChildWorker::spawn_with(BIN, env, "real", &[]);
+    eventually(
+        "the customer answered by the restarted worker",
+        Duration::from_secs(60),
+        || async { (!s.sim.state.messages().is_empty()).then_some(()) },
+    )
+    .await;
+    eprintln!("kill -9 to the customer's answer: {:?}", killed.elapsed());
+    s.settled().await;
+    assert_eq!(s.sim.state.messages().len(), 1, "answered once");
+}

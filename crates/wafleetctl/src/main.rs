@@ -897,7 +897,7 @@ fn channel_table(all: &[channels::Summary], opened: &HashMap<String, bool>) -> V
         if token_opens.is_none() {
             unreadable.push(c.phone_number_id.as_str());
         }
-        if let Some(pause) = &c.sends_paused {
+        if let Some(pause) = &c.sends_paused.0 {
             paused.push(format!(
                 "channel {}: sends paused {}; {}",
                 c.phone_number_id,
@@ -907,6 +907,7 @@ fn channel_table(all: &[channels::Summary], opened: &HashMap<String, bool>) -> V
         }
         let until = c
             .sends_paused
+            .0
             .as_ref()
             .map(|p| p.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
         lines.push(row([
@@ -1467,7 +1468,7 @@ mod tests {
             access_token: token,
             phone_allowlist: Vec::new(),
             updated_at: chrono::Utc::now(),
-            sends_paused: None,
+            sends_paused: Default::default(),
         };
         let all = [
             summary("111", true),

@@ -213,8 +213,7 @@ pub enum Resumed {
 /// Lifts a channel's pause now, whatever its reason (the operator says it is fixed). Held parts
 /// go out when their jobs look again (`SendPolicy::paused_recheck`, 30 s).
 pub async fn resume(pool: &PgPool, phone_number_id: &str) -> anyhow::Result<Resumed> {
-    type Old = (Option<DateTime<Utc>>, Option<i32>, Option<String>);
-    let old: Option<Old> = sqlx::query_as(&format!(
+    let old: Option<SendsPaused> = sqlx::query_as(&format!(
         "WITH old AS (SELECT id, {PAUSE_COLUMNS} FROM channels
                        WHERE phone_number_id = $1 FOR UPDATE),
               lifted AS (UPDATE channels c SET sends_paused_until = NULL,
@@ -228,10 +227,8 @@ pub async fn resume(pool: &PgPool, phone_number_id: &str) -> anyhow::Result<Resu
     .context("lifting the channel's pause")?;
     Ok(match old {
         None => Resumed::NoChannel,
-        Some((until, code, reason)) => match Pause::from_columns(until, code, reason) {
-            Some(pause) => Resumed::Lifted(pause),
-            None => Resumed::NotPaused,
-        },
+        Some(SendsPaused(Some(pause))) => Resumed::Lifted(pause),
+        Some(SendsPaused(None)) => Resumed::NotPaused,
     })
 }
 
@@ -795,7 +792,7 @@ pub async fn clear_providers<'e>(
 
 /// A channel as the API and `wafleetctl channel list` show it: no secret, only whether each is
 /// set. Read without decrypting anything, so a process without the encryption key can show it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
 pub struct Summary {
     pub phone_number_id: String,
     pub waba_id: Option<String>,
@@ -811,31 +808,30 @@ pub struct Summary {
     pub phone_allowlist: Vec<String>,
     pub updated_at: DateTime<Utc>,
     /// Its sends' pause, while there is one (`null` otherwise).
-    pub sends_paused: Option<Pause>,
+    #[sqlx(flatten)]
+    pub sends_paused: SendsPaused,
 }
 
-#[derive(sqlx::FromRow)]
-struct SummaryRow {
-    phone_number_id: String,
-    waba_id: Option<String>,
-    app_id: Option<String>,
-    display_phone_number: Option<String>,
-    name: String,
-    enabled: bool,
-    bot_mode: String,
-    app_secrets: i32,
-    verify_token: bool,
-    access_token: bool,
-    phone_allowlist: Vec<String>,
-    updated_at: DateTime<Utc>,
-    sends_paused_until: Option<DateTime<Utc>>,
-    sends_paused_code: Option<i32>,
-    sends_paused_reason: Option<String>,
+/// A channel's sends' pause as [`summaries`] reads it from [`PAUSE_COLUMNS`] (`null` in JSON
+/// while there is none).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(transparent)]
+pub struct SendsPaused(pub Option<Pause>);
+
+impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for SendsPaused {
+    fn from_row(row: &'r sqlx::postgres::PgRow) -> sqlx::Result<Self> {
+        use sqlx::Row;
+        Ok(Self(Pause::from_columns(
+            row.try_get("sends_paused_until")?,
+            row.try_get("sends_paused_code")?,
+            row.try_get("sends_paused_reason")?,
+        )))
+    }
 }
 
 /// The channels among `numbers` (every channel when empty), by phone_number_id.
 pub async fn summaries(pool: &PgPool, numbers: &[String]) -> sqlx::Result<Vec<Summary>> {
-    let rows: Vec<SummaryRow> = sqlx::query_as(&format!(
+    sqlx::query_as(&format!(
         "SELECT phone_number_id, waba_id, app_id, display_phone_number, name, enabled, bot_mode,
                 cardinality(app_secrets) AS app_secrets, verify_token IS NOT NULL AS verify_token,
                 access_token IS NOT NULL AS access_token, phone_allowlist, updated_at,
@@ -846,29 +842,7 @@ pub async fn summaries(pool: &PgPool, numbers: &[String]) -> sqlx::Result<Vec<Su
     ))
     .bind(numbers)
     .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| Summary {
-            sends_paused: Pause::from_columns(
-                r.sends_paused_until,
-                r.sends_paused_code,
-                r.sends_paused_reason,
-            ),
-            phone_number_id: r.phone_number_id,
-            waba_id: r.waba_id,
-            app_id: r.app_id,
-            display_phone_number: r.display_phone_number,
-            name: r.name,
-            enabled: r.enabled,
-            bot_mode: r.bot_mode,
-            app_secrets: r.app_secrets,
-            verify_token: r.verify_token,
-            access_token: r.access_token,
-            phone_allowlist: r.phone_allowlist,
-            updated_at: r.updated_at,
-        })
-        .collect())
+    .await
 }
 
 /// One model of a channel's chain, without its key.

@@ -193,11 +193,14 @@ pub async fn announce_merges(
         });
         (m.merged_id, event, format!("merge:{}", m.merged_id))
     });
-    let (done, refused) = publish_each_once(con, keys, events).await;
-    if !done.is_empty() {
-        crate::store::conversations::merges_announced(pg, &done).await?;
-    }
-    refused.map_or(Ok(done.len()), |e| Err(e.into()))
+    announce_each(
+        pg,
+        con,
+        keys,
+        events,
+        crate::store::conversations::merges_announced,
+    )
+    .await
 }
 
 /// Puts the `number_moved` events of `moves` on the dashboard stream (`kind` `number_moved`,
@@ -216,34 +219,41 @@ pub async fn announce_number_moves(
             "conversation_id": m.conversation_id, "phone_number_id": m.phone_number_id,
             "at": m.at.to_rfc3339(),
         });
-        (
-            m.conversation_id,
-            event,
-            format!("number_moved:{}", m.conversation_id),
-        )
+        let once = format!("number_moved:{}", m.conversation_id);
+        (m.conversation_id, event, once)
     });
-    let (done, refused) = publish_each_once(con, keys, events).await;
-    if !done.is_empty() {
-        crate::store::conversations::number_moves_announced(pg, &done).await?;
-    }
-    refused.map_or(Ok(done.len()), |e| Err(e.into()))
+    announce_each(
+        pg,
+        con,
+        keys,
+        events,
+        crate::store::conversations::number_moves_announced,
+    )
+    .await
 }
 
-/// Publishes each `(id, event, once)` once ([`publish_event_once`]) until Redis refuses one:
-/// the ids of those that went, and the refusal.
-async fn publish_each_once(
+/// Publishes each `(id, event, once)` once ([`publish_event_once`]) until Redis refuses one,
+/// records the ids of those that went with `record`, and answers how many went (or the refusal).
+async fn announce_each(
+    pg: &sqlx::PgPool,
     con: &mut impl redis::aio::ConnectionLike,
     keys: &Keys,
     events: impl Iterator<Item = (i64, serde_json::Value, String)>,
-) -> (Vec<i64>, Option<redis::RedisError>) {
+    record: impl AsyncFn(&sqlx::PgPool, &[i64]) -> sqlx::Result<()>,
+) -> Result<usize, AnnounceError> {
     let mut done = Vec::new();
+    let mut refused = None;
     for (id, event, once) in events {
         if let Err(e) = publish_event_once(con, keys, &event.to_string(), &once).await {
-            return (done, Some(e));
+            refused = Some(e);
+            break;
         }
         done.push(id);
     }
-    (done, None)
+    if !done.is_empty() {
+        record(pg, &done).await?;
+    }
+    refused.map_or(Ok(done.len()), |e| Err(e.into()))
 }
 
 /// Announces what number changes left unannounced (Redis refused their events, or the stage

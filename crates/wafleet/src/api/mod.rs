@@ -345,24 +345,20 @@ async fn reachable(state: &AppState, scope: &Scope, id: i64) -> Result<(), ApiEr
             // Merged away by a customer's number change: 404 still (this id is gone for good,
             // and a redirect would repeat a take or a message at another id unasked), naming
             // the conversation that holds its history now, when this token reaches it.
-            let into = crate::store::conversations::merged_into(&state.pg, id)
-                .await
-                .map_err(pg_down)?;
-            let reached = match into {
-                Some(into) => crate::store::conversations::phone_number_id(&state.pg, into)
+            use crate::store::conversations::{merged_into, phone_number_id};
+            if let Some(into) = merged_into(&state.pg, id).await.map_err(pg_down)?
+                && phone_number_id(&state.pg, into)
                     .await
                     .map_err(pg_down)?
-                    .is_some_and(|n| scope.reaches(&n)),
-                None => false,
-            };
-            match into {
-                Some(into) if reached => Err(ApiError(
+                    .is_some_and(|n| scope.reaches(&n))
+            {
+                return Err(ApiError(
                     StatusCode::NOT_FOUND,
                     format!("conversation {id} was merged into conversation {into}"),
                     Some(into),
-                )),
-                _ => Err(AgentError::NoConversation(id).into()),
+                ));
             }
+            Err(AgentError::NoConversation(id).into())
         }
     }
 }

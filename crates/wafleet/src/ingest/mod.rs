@@ -39,6 +39,8 @@ pub struct AppState {
     pub enqueuer: Enqueuer,
     pub redis_timeout: std::time::Duration,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// `WAFLEET_MAX_BODY_BYTES`: a larger webhook is answered 413.
+    pub max_body_bytes: usize,
 }
 
 /// Upserts the quick-start channel from `WHATSAPP_*` variables.
@@ -116,13 +118,9 @@ pub async fn run(
         enqueuer: Enqueuer::new(settings.dedup_ttl),
         redis_timeout: settings.redis_timeout,
         metrics,
+        max_body_bytes: settings.max_body_bytes,
     };
-    let app = router(
-        state,
-        settings.max_body_bytes,
-        settings.request_timeout,
-        settings.shared_path,
-    );
+    let app = router(state, settings.request_timeout, settings.shared_path);
     tracing::info!(addr = %listener.local_addr()?, "ingest listening");
 
     let result = crate::serve_draining(

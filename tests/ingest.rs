@@ -19,6 +19,15 @@ async fn setup() -> (TestConfig, Ingest) {
     (cfg, ingest)
 }
 
+/// `wafleet_ingest_requests_total` of `outcome` on `ingest`.
+async fn requests(ingest: &Ingest, outcome: &str) -> f64 {
+    ingest
+        .metric(&format!(
+            r#"wafleet_ingest_requests_total{{outcome="{outcome}"}}"#
+        ))
+        .await
+}
+
 fn inbound_streams(cfg: &TestConfig) -> Vec<String> {
     let keys = cfg.keys();
     (0..keys.partitions()).map(|p| keys.inbound(p)).collect()
@@ -117,12 +126,7 @@ async fn every_fixture_yields_exactly_its_expected_entry() {
         200
     );
     assert_eq!(all_updates(&mut con, &inbound_streams(&cfg)).await.len(), 1);
-    assert_eq!(
-        ingest
-            .metric(r#"wafleet_ingest_requests_total{outcome="duplicate"}"#)
-            .await,
-        1.0
-    );
+    assert_eq!(requests(&ingest, "duplicate").await, 1.0);
 }
 
 #[tokio::test]
@@ -263,18 +267,8 @@ async fn the_same_post_sent_fifty_times_concurrently_is_enqueued_once() {
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     let mut con = cfg.redis().await;
     assert_eq!(all_updates(&mut con, &inbound_streams(&cfg)).await.len(), 1);
-    assert_eq!(
-        ingest
-            .metric(r#"wafleet_ingest_requests_total{outcome="accepted"}"#)
-            .await,
-        1.0
-    );
-    assert_eq!(
-        ingest
-            .metric(r#"wafleet_ingest_requests_total{outcome="duplicate"}"#)
-            .await,
-        49.0
-    );
+    assert_eq!(requests(&ingest, "accepted").await, 1.0);
+    assert_eq!(requests(&ingest, "duplicate").await, 49.0);
 }
 
 #[tokio::test]
@@ -322,24 +316,14 @@ async fn refusals_get_their_answer_and_move_their_counters() {
         401
     );
     assert_eq!(ingest.post(b"", None).await.status(), 401);
-    assert_eq!(
-        ingest
-            .metric(r#"wafleet_ingest_requests_total{outcome="bad_signature"}"#)
-            .await,
-        4.0
-    );
+    assert_eq!(requests(&ingest, "bad_signature").await, 4.0);
 
     let huge = vec![b' '; wafleet::config::DEFAULT_MAX_BODY_BYTES + 1];
     let res = ingest
         .post(&huge, Some(&sign(&huge, APP_SECRET.as_bytes())))
         .await;
     assert_eq!(res.status(), 413);
-    assert_eq!(
-        ingest
-            .metric(r#"wafleet_ingest_requests_total{outcome="too_large"}"#)
-            .await,
-        1.0
-    );
+    assert_eq!(requests(&ingest, "too_large").await, 1.0);
     // Exactly at the limit is accepted (as malformed: it is all spaces, not JSON).
     let at_limit = vec![b' '; wafleet::config::DEFAULT_MAX_BODY_BYTES];
     assert_eq!(
@@ -367,12 +351,7 @@ async fn refusals_get_their_answer_and_move_their_counters() {
         ingest.post_signed(&unkeyable, APP_SECRET).await.status(),
         200
     );
-    assert_eq!(
-        ingest
-            .metric(r#"wafleet_ingest_requests_total{outcome="malformed"}"#)
-            .await,
-        4.0
-    );
+    assert_eq!(requests(&ingest, "malformed").await, 4.0);
 
     // A client that goes away mid-body: counted as aborted, not as Redis being unavailable.
     {
@@ -393,30 +372,14 @@ async fn refusals_get_their_answer_and_move_their_counters() {
     eventually(
         "the aborted request counted",
         Duration::from_secs(10),
-        || async {
-            (ingest
-                .metric(r#"wafleet_ingest_requests_total{outcome="aborted"}"#)
-                .await
-                == 1.0)
-                .then_some(())
-        },
+        || async { (requests(&ingest, "aborted").await == 1.0).then_some(()) },
     )
     .await;
-    assert_eq!(
-        ingest
-            .metric(r#"wafleet_ingest_requests_total{outcome="unavailable"}"#)
-            .await,
-        0.0
-    );
+    assert_eq!(requests(&ingest, "unavailable").await, 0.0);
 
     let unknown = text_body("999999999", "573001", "wamid.U1", "hola");
     assert_eq!(ingest.post_signed(&unknown, APP_SECRET).await.status(), 200);
-    assert_eq!(
-        ingest
-            .metric(r#"wafleet_ingest_requests_total{outcome="unknown_channel"}"#)
-            .await,
-        1.0
-    );
+    assert_eq!(requests(&ingest, "unknown_channel").await, 1.0);
     assert_eq!(
         ingest
             .metric(r#"wafleet_ingest_quarantined_total{reason="unknown_channel"}"#)
@@ -665,12 +628,7 @@ async fn a_sender_that_stalls_mid_body_is_cut_off_and_counted() {
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    assert_eq!(
-        ingest
-            .metric(r#"wafleet_ingest_requests_total{outcome="timeout"}"#)
-            .await,
-        1.0
-    );
+    assert_eq!(requests(&ingest, "timeout").await, 1.0);
 }
 
 /// A client that announces a body over the limit and waits for `100 Continue` before sending it
@@ -717,18 +675,8 @@ async fn a_body_announced_over_the_limit_is_refused_before_it_is_read() {
         .expect("an answer within the timeout")
         .expect("the connection is closed, not reset");
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-    assert_eq!(
-        ingest
-            .metric(r#"wafleet_ingest_requests_total{outcome="too_large"}"#)
-            .await,
-        3.0
-    );
-    assert_eq!(
-        ingest
-            .metric(r#"wafleet_ingest_requests_total{outcome="timeout"}"#)
-            .await,
-        0.0
-    );
+    assert_eq!(requests(&ingest, "too_large").await, 3.0);
+    assert_eq!(requests(&ingest, "timeout").await, 0.0);
 }
 
 /// A Postgres that stops answering (a network path that dies without a reset) is counted and
@@ -783,12 +731,7 @@ async fn redis_down_answers_503_and_the_redelivery_after_restart_is_enqueued_onc
         started.elapsed() < Duration::from_secs(10),
         "503 comes within a bounded time"
     );
-    assert_eq!(
-        ingest
-            .metric(r#"wafleet_ingest_requests_total{outcome="unavailable"}"#)
-            .await,
-        1.0
-    );
+    assert_eq!(requests(&ingest, "unavailable").await, 1.0);
     let ready = ingest
         .http
         .get(format!("{}/readyz", ingest.url))
@@ -1071,12 +1014,7 @@ async fn a_webhook_whose_append_fails_fails_alone_among_concurrent_ones() {
         all_updates(&mut con, &inbound_streams(&cfg)).await.len(),
         196
     );
-    assert_eq!(
-        ingest
-            .metric(r#"wafleet_ingest_requests_total{outcome="unavailable"}"#)
-            .await,
-        4.0
-    );
+    assert_eq!(requests(&ingest, "unavailable").await, 4.0);
     // Once the events stream is usable, Meta's redelivery of the account update gets through.
     let _: () = redis::AsyncCommands::del(&mut con, keys.events())
         .await
@@ -1656,18 +1594,8 @@ async fn an_apps_own_path_checks_only_that_apps_secrets_and_an_unknown_app_is_re
             .await
             .is_empty()
     );
-    assert_eq!(
-        ingest
-            .metric(r#"wafleet_ingest_requests_total{outcome="bad_signature"}"#)
-            .await,
-        2.0
-    );
-    assert_eq!(
-        ingest
-            .metric(r#"wafleet_ingest_requests_total{outcome="unknown_app"}"#)
-            .await,
-        2.0
-    );
+    assert_eq!(requests(&ingest, "bad_signature").await, 2.0);
+    assert_eq!(requests(&ingest, "unknown_app").await, 2.0);
 
     // App B signing, on its own path, an update for app A's number: signed by another app,
     // kept in quarantine as on the shared path.
@@ -1760,12 +1688,7 @@ async fn an_apps_own_path_checks_only_that_apps_secrets_and_an_unknown_app_is_re
         .await
         .unwrap();
     assert_eq!(typo.status(), 404);
-    assert_eq!(
-        closed
-            .metric(r#"wafleet_ingest_requests_total{outcome="not_found"}"#)
-            .await,
-        1.0
-    );
+    assert_eq!(requests(&closed, "not_found").await, 1.0);
     closed.stop().await.unwrap();
 }
 

@@ -304,6 +304,41 @@ impl Env {
         self.wait_followups().await;
     }
 
+    /// Writes a first reply part (not sent) answering the message `wamid`; returns its id.
+    async fn unsent_part(&self, wamid: &str) -> i64 {
+        let (part,): (i64,) = sqlx::query_as(
+            "INSERT INTO outbound_messages (conversation_id, channel_id, reply_to, session_no, kind,
+                                            part_no, body)
+             SELECT conversation_id, channel_id, id, session_no, 'reply', 1, 'x' FROM messages
+              WHERE wamid = $1 RETURNING id",
+        )
+        .bind(wamid)
+        .fetch_one(&self.pg)
+        .await
+        .unwrap();
+        part
+    }
+
+    /// [`Self::writes_from_both_numbers`], then the older number's conversation, the newer
+    /// number's conversation and its message.
+    async fn writes_from_both_numbers_ids(
+        &self,
+        old: &str,
+        new: &str,
+        tag: &str,
+    ) -> (i64, i64, i64) {
+        self.writes_from_both_numbers(old, new, tag).await;
+        sqlx::query_as(
+            "SELECT (SELECT conversation_id FROM messages WHERE wamid = $1),
+                    conversation_id, id FROM messages WHERE wamid = $2",
+        )
+        .bind(format!("wamid.{tag}1"))
+        .bind(format!("wamid.{tag}2"))
+        .fetch_one(&self.pg)
+        .await
+        .unwrap()
+    }
+
     /// Every conversation: id, key, wa_id and owner, by id.
     async fn conversations(&self) -> Vec<(i64, String, Option<String>, String)> {
         sqlx::query_as("SELECT id, customer_key, wa_id, owner FROM conversations ORDER BY id")
@@ -378,15 +413,7 @@ async fn a_customer_who_writes_from_the_new_number_first_stays_with_their_agent(
     e.wait_followups().await;
     assert_eq!(e.message("wamid.M2").await.3, "reply");
     // A part of the bot's answer written, not sent yet.
-    let (part,): (i64,) = sqlx::query_as(
-        "INSERT INTO outbound_messages (conversation_id, channel_id, reply_to, session_no, kind,
-                                        part_no, body)
-         SELECT conversation_id, channel_id, id, session_no, 'reply', 1, 'x' FROM messages
-          WHERE wamid = 'wamid.M2' RETURNING id",
-    )
-    .fetch_one(&e.pg)
-    .await
-    .unwrap();
+    let part = e.unsent_part("wamid.M2").await;
     // The model starts on it too: its context names the new number's conversation.
     let (m2,): (i64,) = sqlx::query_as("SELECT id FROM messages WHERE wamid = 'wamid.M2'")
         .fetch_one(&e.pg)
@@ -503,14 +530,9 @@ async fn a_model_asking_for_a_human_after_a_merge_hands_over_the_merged_conversa
 async fn a_merge_reaches_the_dashboard_stream_once_even_when_redis_refused_it_first() {
     use redis::AsyncCommands;
     let e = env().await;
-    e.writes_from_both_numbers("573080", "573089", "J").await;
-    let (older, newer, message): (i64, i64, i64) = sqlx::query_as(
-        "SELECT (SELECT conversation_id FROM messages WHERE wamid = 'wamid.J1'),
-                conversation_id, id FROM messages WHERE wamid = 'wamid.J2'",
-    )
-    .fetch_one(&e.pg)
-    .await
-    .unwrap();
+    let (older, newer, message) = e
+        .writes_from_both_numbers_ids("573080", "573089", "J")
+        .await;
     let stream = e.cfg.keys().handover_stream();
     let mut con = e.cfg.redis().await;
     // Redis refuses the event (here: the stream key is not a stream).
@@ -646,15 +668,7 @@ async fn a_customer_who_takes_over_a_former_holders_number_never_lands_in_their_
     let ids = e.conversations().await;
     let (former, customer) = (ids[0].0, ids[1].0);
     // A reply to the former holder not sent yet: it must not reach the number's new holder.
-    let (pending,): (i64,) = sqlx::query_as(
-        "INSERT INTO outbound_messages (conversation_id, channel_id, reply_to, session_no, kind,
-                                        part_no, body)
-         SELECT conversation_id, channel_id, id, session_no, 'reply', 1, 'x' FROM messages
-          WHERE wamid = 'wamid.F1' RETURNING id",
-    )
-    .fetch_one(&e.pg)
-    .await
-    .unwrap();
+    let pending = e.unsent_part("wamid.F1").await;
     e.post(&number_change("573060", "573069", "wamid.F3", T0 + 5))
         .await;
     e.stored(3).await;
@@ -826,14 +840,9 @@ async fn follow_until_it_waits(
 #[tokio::test]
 async fn a_merge_waits_for_a_reply_being_recorded_instead_of_deadlocking_with_it() {
     let e = env().await;
-    e.writes_from_both_numbers("573090", "573099", "K").await;
-    let (older, newer, message): (i64, i64, i64) = sqlx::query_as(
-        "SELECT (SELECT conversation_id FROM messages WHERE wamid = 'wamid.K1'),
-                conversation_id, id FROM messages WHERE wamid = 'wamid.K2'",
-    )
-    .fetch_one(&e.pg)
-    .await
-    .unwrap();
+    let (older, newer, message) = e
+        .writes_from_both_numbers_ids("573090", "573099", "K")
+        .await;
     // A reply being recorded (replies::record_replies): it shares its message, then its rows'
     // foreign keys share the conversation.
     let mut reply = e.pg.begin().await.unwrap();

@@ -1578,7 +1578,7 @@ async fn a_late_status_of_a_failed_send_does_not_take_the_part_reopened_for_a_re
     .execute(&e.pg)
     .await
     .unwrap();
-    wafleet::store::replies::reopen_failed(&e.pg, id)
+    wafleet::store::replies::reopen_failed(&e.pg, id, false)
         .await
         .unwrap();
     // Meta's `sent` of the failed message comes late, with that send's callback.

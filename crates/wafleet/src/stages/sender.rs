@@ -376,13 +376,9 @@ impl SenderStage {
                         }
                         _ => None,
                     };
-                    replies::reopen_failed_giving_back(
-                        &self.pg,
-                        part.id,
-                        class == ErrorClass::Config,
-                    )
-                    .await
-                    .map_err(db("reopening the failed part"))?;
+                    replies::reopen_failed(&self.pg, part.id, class == ErrorClass::Config)
+                        .await
+                        .map_err(db("reopening the failed part"))?;
                     tracing::warn!(
                         outbound_id = part.id,
                         code,
@@ -842,7 +838,7 @@ impl SenderStage {
 
     /// Puts a part Meta failed after accepting it back to `pending`, to be sent again.
     async fn reopen_to_resend(&self, part: &Part, class: ErrorClass) -> Result<(), Outcome> {
-        replies::reopen_failed_giving_back(&self.pg, part.id, class == ErrorClass::Config)
+        replies::reopen_failed(&self.pg, part.id, class == ErrorClass::Config)
             .await
             .map_err(db("reopening the failed part"))?;
         metrics::counter!("wafleet_failed_statuses_total", "class" => class.label(), "action" => "resend").increment(1);

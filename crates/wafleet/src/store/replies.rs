@@ -605,17 +605,10 @@ const REOPEN: &str = "state = 'pending', wamid = NULL, sending_at = NULL, delive
 /// Puts a failed part back to `pending` for the sender to send again, its wamid and delivery
 /// forgotten (statuses of the failed message no longer find it). Only the sender calls it, right
 /// before claiming the part.
-pub async fn reopen_failed(pool: &PgPool, id: i64) -> sqlx::Result<()> {
-    reopen_failed_giving_back(pool, id, false).await
-}
-
-/// [`reopen_failed`]; `give_back`: the failed send's attempt is given back too (a configuration
-/// failure is the channel's, and uses none of the part's attempts).
-pub async fn reopen_failed_giving_back(
-    pool: &PgPool,
-    id: i64,
-    give_back: bool,
-) -> sqlx::Result<()> {
+///
+/// `give_back`: the failed send's attempt is given back too (a configuration failure is the
+/// channel's, and uses none of the part's attempts).
+pub async fn reopen_failed(pool: &PgPool, id: i64, give_back: bool) -> sqlx::Result<()> {
     sqlx::query(&format!(
         "UPDATE outbound_messages
             SET {REOPEN}, attempts = GREATEST(attempts - CASE WHEN $2 THEN 1 ELSE 0 END, 0)

@@ -483,3 +483,42 @@ async fn a_setting_of_zero_or_a_bad_log_format_stops_the_worker_naming_the_varia
         assert!(stderr.contains(name), "{name}={value}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn a_worker_that_cannot_reach_postgres_names_the_cause_and_the_server_not_the_password() {
+    let cfg = TestConfig::new().await;
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let (server, _) = cfg.database_url.rsplit_once('/').unwrap();
+    let cases = [
+        (
+            format!("postgres://wafleet:s3cret-pw@127.0.0.1:{closed_port}/wafleet"),
+            "Connection refused",
+            format!("127.0.0.1:{closed_port}"),
+        ),
+        (
+            format!("{server}/wafleet_no_such_database"),
+            "does not exist",
+            "wafleet_no_such_database".to_string(),
+        ),
+    ];
+    for (url, cause, place) in cases {
+        let run = tokio::process::Command::new(BIN)
+            .envs(cfg.worker_env())
+            .env("TEST_WORKER_MODE", "real")
+            .env("DATABASE_URL", &url)
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .unwrap_or_else(|_| panic!("{url}: the worker kept running"))
+            .unwrap();
+        assert!(!out.status.success(), "{url}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(cause), "{url}: {stderr}");
+        assert!(stderr.contains(&place), "{url}: {stderr}");
+        assert!(!stderr.contains("s3cret-pw"), "{url}: {stderr}");
+    }
+}

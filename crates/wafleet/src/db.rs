@@ -72,7 +72,7 @@ pub async fn connect(
         // and therefore wins over them.
         options = options.options([("plan_cache_mode", mode)]);
     }
-    PgPoolOptions::new()
+    let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         // Bounded so a Postgres outage surfaces as an error to back off on, not a hang.
         .acquire_timeout(Duration::from_secs(3))
@@ -81,9 +81,40 @@ pub async fn connect(
         // use fails the query instead, which every caller already treats as "Postgres
         // unavailable, retry", and sqlx's check when the connection is released drops it.
         .test_before_acquire(false)
-        .connect_with(options)
-        .await
-        .context("connecting to Postgres (DATABASE_URL)")
+        .connect_with(options.clone())
+        .await;
+    let place = server(&options);
+    match pool {
+        Ok(pool) => Ok(pool),
+        // The pool retries opening until its acquire timeout and then says only that it timed
+        // out, which hides why (refused, unknown host, authentication, no such database): one
+        // direct attempt names the cause.
+        Err(sqlx::Error::PoolTimedOut) => {
+            let attempt = tokio::time::timeout(
+                Duration::from_secs(3),
+                <sqlx::postgres::PgConnection as sqlx::Connection>::connect_with(&options),
+            )
+            .await;
+            let cause = match attempt {
+                Ok(Err(e)) => anyhow::Error::new(e),
+                Ok(Ok(_)) => anyhow::anyhow!("timed out opening the pool; Postgres answered since"),
+                Err(_) => anyhow::anyhow!("no answer within 3 s"),
+            };
+            Err(cause.context(format!("connecting to Postgres at {place} (DATABASE_URL)")))
+        }
+        Err(e) => Err(e).context(format!("connecting to Postgres at {place} (DATABASE_URL)")),
+    }
+}
+
+/// Where `options` point, for errors: host (or socket directory), port and database, never the
+/// user or password.
+fn server(options: &PgConnectOptions) -> String {
+    format!(
+        "{}:{}, database {}",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or("(the user's)")
+    )
 }
 
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {

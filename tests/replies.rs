@@ -280,6 +280,26 @@ impl Sys {
         .await
     }
 
+    /// The sender's dead letters, once there is one.
+    async fn sender_dead_letters(&self) -> Vec<wafleet::dead_letters::DeadLetter> {
+        let keys = self.cfg.keys();
+        let con = self.cfg.redis().await;
+        eventually(
+            "the send job's dead letter",
+            Duration::from_secs(30),
+            || {
+                let (keys, mut con) = (keys.clone(), con.clone());
+                async move {
+                    let l = wafleet::dead_letters::read(&mut con, &keys, "sender")
+                        .await
+                        .unwrap();
+                    (!l.is_empty()).then_some(l)
+                }
+            },
+        )
+        .await
+    }
+
     /// Replays a dead letter of the sender, as `wafleetctl dead replay sender` does under the
     /// default retention.
     async fn replay_sender(
@@ -1027,20 +1047,7 @@ async fn replaying_a_reply_that_ran_out_of_retries_sends_it_once() {
     .await;
     let keys = s.cfg.keys();
     let mut con = s.cfg.redis().await;
-    let letters = eventually(
-        "the send job's dead letter",
-        Duration::from_secs(30),
-        || {
-            let (keys, mut con) = (keys.clone(), con.clone());
-            async move {
-                let l = wafleet::dead_letters::read(&mut con, &keys, "sender")
-                    .await
-                    .unwrap();
-                (!l.is_empty()).then_some(l)
-            }
-        },
-    )
-    .await;
+    let letters = s.sender_dead_letters().await;
     assert_eq!(letters.len(), 1);
     assert!(s.sim.state.messages().is_empty(), "both tries failed");
 
@@ -1556,6 +1563,56 @@ async fn an_expired_token_pauses_the_channel_and_raises_an_alert() {
         1
     );
     assert!(s.sim.state.messages().is_empty());
+}
+
+/// Meta's own words stay out of the reasons a refused send leaves behind: the pause reason (logged
+/// with the alert, kept on the channel) and a given-up job's reason (logged, kept in its dead
+/// letter). Meta's `error.message` can quote what the request carried, as its 190 "Malformed
+/// access token <the token>" does; a worker logged the whole token at `error`.
+#[tokio::test]
+async fn a_refused_sends_logged_reasons_never_quote_metas_message() {
+    const TOKEN: &str = "EAAGm0PX4ZCpsBAKeptSecret123";
+    let s = system_retrying(1).await;
+    s.sim.state.add_fault(fault(serde_json::json!({
+        "code": 190, "http_status": 401, "count": 1,
+        "message": format!("Malformed access token {TOKEN} for +57 301 600 0042"),
+    })));
+    s.send("573016000042", "wamid.MT1", "hola").await;
+    wait_count(
+        &s.pg,
+        "SELECT count(*) FROM channels WHERE sends_paused_until > now()",
+        1,
+        30,
+    )
+    .await;
+    let (reason,): (String,) = sqlx::query_as("SELECT sends_paused_reason FROM channels")
+        .fetch_one(&s.pg)
+        .await
+        .unwrap();
+    assert!(reason.contains("190"), "{reason}");
+    for quoted in [TOKEN, "301 600 0042", "Malformed"] {
+        assert!(!reason.contains(quoted), "{reason}");
+    }
+
+    // A transient error given up on: the job's dead letter says which code, not Meta's text.
+    sqlx::query(
+        "UPDATE channels
+            SET sends_paused_until = NULL, sends_paused_code = NULL, sends_paused_reason = NULL",
+    )
+    .execute(&s.pg)
+    .await
+    .unwrap();
+    s.sim.state.add_fault(fault(serde_json::json!({
+        "code": 131000, "http_status": 500, "count": 1,
+        "message": format!("Something went wrong with {TOKEN} to +57 301 600 0043"),
+    })));
+    s.send("573016000043", "wamid.MT2", "hola").await;
+    let letters = s.sender_dead_letters().await;
+    let reason = letters[0].text("reason");
+    assert!(reason.contains("131000"), "{reason}");
+    for quoted in [TOKEN, "301 600 0043", "went wrong"] {
+        assert!(!reason.contains(quoted), "{reason}");
+    }
 }
 
 #[tokio::test]

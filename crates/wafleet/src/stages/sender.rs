@@ -866,6 +866,9 @@ impl SenderStage {
         Ok(Step::Return(Outcome::Dead { reason }))
     }
 
+    /// A send Meta refused with `code`. `message` is Meta's own words, kept on the part's row
+    /// alone: never in a reason that is logged, kept in a dead letter or on the channel, as it can
+    /// quote what the request carried (190's "Malformed access token <the token>").
     async fn rejected(
         &self,
         job: &Job,
@@ -934,7 +937,7 @@ impl SenderStage {
                         reason: format!("transient Graph error {code}"),
                     }))
                 } else {
-                    let reason = format!("gave up on transient Graph error {code}: {message}");
+                    let reason = format!("gave up on transient Graph error {code}");
                     self.give_up(part, Some(code), reason).await
                 }
             }
@@ -970,7 +973,7 @@ impl SenderStage {
                 self.pause(
                     channel,
                     Some(code),
-                    &format!("Graph configuration error {code}: {message}"),
+                    &format!("Graph configuration error {code}"),
                 )
                 .await
             }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use wafleet::ratelimit::{Budget, Decision, RateLimiter};
+use wafleet::ratelimit::{Budget, Decision, INBOUND_DEBT_CAP, RateLimiter};
 use wafleet_tests::{redis_url, unique_prefix};
 
 const PNID: &str = "106540352242922";
@@ -463,10 +463,58 @@ async fn pair_rate_failures_are_counted_per_recipient_for_metas_4_to_the_x_sched
     );
 }
 
+/// Redis's clock, in µs: the budgets are kept on it.
+async fn redis_now(con: &mut redis::aio::MultiplexedConnection) -> i64 {
+    let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(con).await.unwrap();
+    secs * 1_000_000 + micros
+}
+
+/// The number's budget as Redis holds it: the TAT in µs on Redis's clock.
+async fn number_tat(
+    limiter: &RateLimiter,
+    con: &mut redis::aio::MultiplexedConnection,
+    number_id: &str,
+) -> Option<i64> {
+    redis::AsyncCommands::get(con, limiter.keys().number(number_id))
+        .await
+        .unwrap()
+}
+
+/// Asks for the number's next reply slot: it waits exactly until `tat` (the TAT less the moment
+/// it asked, read on Redis's clock) and asking takes nothing; only a machine so slow that `tat`
+/// had passed before the ask may see it go at once.
+async fn next_reply_waits_until(limiter: &RateLimiter, number: Budget, tat: i64) {
+    let mut con = connection().await;
+    let before = redis_now(&mut con).await;
+    let decision = limiter
+        .acquire(&mut con, PNID, "1", number, NO_LIMIT, Duration::ZERO)
+        .await
+        .unwrap();
+    let after = redis_now(&mut con).await;
+    match decision {
+        Decision::Wait(wait) => {
+            let wait = wait.as_micros() as i64;
+            assert!(tat - after <= wait && wait <= tat - before, "{wait} µs");
+            assert_eq!(number_tat(limiter, &mut con, PNID).await, Some(tat));
+        }
+        Decision::Go => assert!(tat <= after, "went {} µs early", tat - after),
+        other => panic!("expected Wait, got {other:?}"),
+    }
+}
+
+/// Read against Redis's clock before and after each step, not timed: however slow the machine,
+/// `k` messages charged between `before` and `after` leave the number's TAT between
+/// `before + k·T` and `after + k·T` (each takes one interval `T` from the later of the TAT and
+/// its moment), and a flood begun at `before` leaves it at least a second past `before` (capped,
+/// or `k·T` past it uncapped) and at most a second past `after`. It used to assert wait windows
+/// of 150-300 ms and 800-1000 ms, which a loaded machine's slow round trips fall out of.
 #[tokio::test]
 async fn customers_messages_use_the_numbers_budget_up_to_a_second_ahead() {
     let limiter = RateLimiter::new(unique_prefix());
-    let number = Budget::new(10.0, 1);
+    let number = Budget::new(4.0, 1);
+    let interval = 250_000; // µs: 1 s / 4
+    let second = INBOUND_DEBT_CAP.as_micros() as i64;
+    let mut con = connection().await;
     let charge = |n: usize| {
         let limiter = limiter.clone();
         async move {
@@ -479,30 +527,35 @@ async fn customers_messages_use_the_numbers_budget_up_to_a_second_ahead() {
             }
         }
     };
-    let next_reply = |number_id: &'static str| {
-        let limiter = limiter.clone();
-        async move {
-            let mut con = connection().await;
-            limiter
-                .acquire(&mut con, number_id, "1", number, NO_LIMIT, Duration::ZERO)
-                .await
-                .unwrap()
-        }
-    };
-    // Three customers' messages at 10/s: the next reply waits for the three slots they used.
+    // Three customers' messages at 4/s: they use three slots, and the next reply waits for them.
+    let before = redis_now(&mut con).await;
     charge(3).await;
-    let wait = wait_of(next_reply(PNID).await);
+    let after = redis_now(&mut con).await;
+    let tat = number_tat(&limiter, &mut con, PNID).await.expect("charged");
     assert!(
-        wait > Duration::from_millis(150) && wait <= Duration::from_millis(300),
-        "{wait:?}"
+        before + 3 * interval <= tat && tat <= after + 3 * interval,
+        "three slots: {} µs past the charges' start",
+        tat - before
     );
-    // A flood holds replies back for at most a second, not the 10 s it would take at the rate.
+    next_reply_waits_until(&limiter, number, tat).await;
+
+    // A flood holds replies back for a second, not the 25 s it would take at the rate.
+    let before = redis_now(&mut con).await;
     charge(100).await;
-    let wait = wait_of(next_reply(PNID).await);
+    let after = redis_now(&mut con).await;
+    let tat = number_tat(&limiter, &mut con, PNID).await.unwrap();
     assert!(
-        wait > Duration::from_millis(800) && wait <= Duration::from_secs(1),
-        "{wait:?}"
+        before + second <= tat && tat <= after + second,
+        "a second ahead: {} µs past the flood's start",
+        tat - before
     );
+    next_reply_waits_until(&limiter, number, tat).await;
+
     // Another number's budget is untouched.
-    assert_eq!(next_reply("999").await, Decision::Go);
+    assert_eq!(number_tat(&limiter, &mut con, "999").await, None);
+    let other = limiter
+        .acquire(&mut con, "999", "1", number, NO_LIMIT, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(other, Decision::Go);
 }

@@ -53,6 +53,8 @@ pub enum AgentError {
     WindowClosed { id: i64, age: String },
     #[error("the message is empty")]
     Empty,
+    #[error("a template needs its name and language")]
+    NoTemplateName,
     /// Not echoed: it is a customer's phone.
     #[error("the customer must be given by their phone number: 8 to 15 digits, in any notation")]
     BadPhone(String),
@@ -426,7 +428,7 @@ impl Template<'_> {
     /// A template needs its name and language.
     fn check(&self) -> Result<(), AgentError> {
         if self.name.trim().is_empty() || self.language.trim().is_empty() {
-            return Err(AgentError::Empty);
+            return Err(AgentError::NoTemplateName);
         }
         Ok(())
     }

@@ -368,6 +368,10 @@ struct AddArgs {
 /// or file, never the value.
 fn secret_value(arg: &str) -> anyhow::Result<String> {
     let value = if let Some(name) = arg.strip_prefix("env:") {
+        anyhow::ensure!(
+            !name.is_empty(),
+            "env: needs the name of a variable (env:NAME)"
+        );
         std::env::var(name).with_context(|| format!("{name} is not set (or not UTF-8)"))?
     } else if let Some(path) = arg.strip_prefix("file:") {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;

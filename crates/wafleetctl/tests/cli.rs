@@ -1245,3 +1245,41 @@ async fn a_merged_conversations_old_id_names_the_conversation_it_went_to() {
         .refused(1)
         .complains(&format!("there is no conversation {}", gone + 1));
 }
+
+/// A blank template name or language is named as such (it said "the message is empty", though
+/// no message was given), and `env:` without a variable's name says what is missing (it said
+/// " is not set").
+#[tokio::test]
+async fn a_blank_template_field_and_an_unnamed_env_secret_say_what_is_missing() {
+    let cfg = TestConfig::new().await;
+    for args in [
+        [
+            "conversation",
+            "template",
+            "1",
+            "order_update",
+            "--language",
+            " ",
+        ],
+        ["conversation", "template", "1", " ", "--language", "es"],
+    ] {
+        let ran = ctl(&cfg, &args).await;
+        assert_eq!(ran.code, Some(1), "{ran:?}");
+        ran.complains("a template needs its name and language")
+            .never_shows("the message is empty");
+    }
+    let ran = ctl(
+        &cfg,
+        &[
+            "channel",
+            "add",
+            "--phone-number-id",
+            PNID,
+            "--access-token",
+            "env:",
+        ],
+    )
+    .await
+    .refused(1);
+    ran.complains("env: needs the name of a variable (env:NAME)");
+}

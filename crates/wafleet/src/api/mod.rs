@@ -272,7 +272,7 @@ impl From<AgentError> for ApiError {
             AgentError::WithTheBot(_)
             | AgentError::WindowClosed { .. }
             | AgentError::ReferenceTaken { .. } => StatusCode::CONFLICT,
-            AgentError::Empty => StatusCode::BAD_REQUEST,
+            AgentError::Empty | AgentError::NoTemplateName => StatusCode::BAD_REQUEST,
             // Postgres refusing the data itself (class 22: a NUL, an encoding) is the request's
             // fault: retrying it would fail the same way.
             AgentError::Db(sqlx::Error::Database(d))

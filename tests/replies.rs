@@ -267,6 +267,13 @@ impl Sys {
         .await;
     }
 
+    /// The read receipt Meta got for `wamid`, once it comes.
+    async fn read_receipt(&self, wamid: &str) -> wafleet_sim::ReadReceipt {
+        let read = |r: &wafleet_sim::ReadReceipt| r.message_id == wamid;
+        let found = || async { self.sim.state.reads().into_iter().find(read) };
+        eventually("the read receipt", Duration::from_secs(30), found).await
+    }
+
     async fn sent(&self, n: usize) -> Vec<wafleet_sim::SentMessage> {
         let sim = &self.sim;
         eventually(
@@ -525,8 +532,11 @@ async fn a_message_redelivered_after_its_dedup_mark_expired_still_gets_one_reply
     assert_eq!(s.sim.state.llm_requests().len(), 1, "one model call");
 }
 
+/// The keyword skips the model, and with it the read receipt the model's path sends: the message
+/// is marked read all the same (no typing indicator: nobody types); before, the customer who asked
+/// for a person saw it unread until an agent answered.
 #[tokio::test]
-async fn a_handover_keyword_gets_one_acknowledgement_no_model_call_and_no_later_bot_replies() {
+async fn a_handover_keyword_is_marked_read_and_acknowledged_once_and_no_bot_replies_follow() {
     let s = system().await;
     s.send(
         "573001",
@@ -536,6 +546,7 @@ async fn a_handover_keyword_gets_one_acknowledgement_no_model_call_and_no_later_
     .await;
     let sent = s.sent(1).await;
     assert_eq!(sent[0].body, DEFAULT_HANDOVER_ACK);
+    assert!(!s.read_receipt("wamid.H1").await.typing);
     s.send("573001", "wamid.H2", "¿Hola?").await;
     wait_count(&s.pg, "SELECT count(*) FROM messages", 2, 30).await;
     s.cfg.wait_inbound_drained(30).await;
@@ -548,6 +559,11 @@ async fn a_handover_keyword_gets_one_acknowledgement_no_model_call_and_no_later_
     assert!(
         s.sim.state.llm_requests().is_empty(),
         "the model was never asked"
+    );
+    let reads = s.sim.state.reads();
+    assert!(
+        reads.iter().all(|r| r.message_id != "wamid.H2"),
+        "the agent's to read: {reads:?}"
     );
 }
 
@@ -3912,6 +3928,8 @@ async fn asking_for_a_person_in_a_voice_note_hands_over_without_the_model() {
         s.owner_events().await,
         [("handover".to_string(), "keyword".to_string())]
     );
+    // Marked read as a typed keyword is (no model call does it), nobody typing.
+    assert!(!s.read_receipt("wamid.Y1").await.typing);
 }
 
 #[tokio::test]

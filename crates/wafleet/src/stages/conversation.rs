@@ -5,7 +5,8 @@
 //! the channel's idle timeout, measured on the messages' own timestamps), store the message with
 //! its text redacted, and decide its `action`:
 //! - `handover` — the text asks for a human: the conversation is handed over, the event stored,
-//!   and an acknowledgement recorded for sending;
+//!   and an acknowledgement recorded for sending; the message is marked read (no model call
+//!   does it);
 //! - `reply` — the bot owns the conversation, the channel's bot is on (or shadow) and the
 //!   message has text: a reply job goes to the LLM stage;
 //! - `notice` — media, location, contacts and the like without text, when the channel has a
@@ -74,6 +75,8 @@ pub struct ConversationStage {
     pub redactor: Arc<Redactor>,
     /// Charges each new customer message to its number's throughput budget.
     pub limiter: crate::ratelimit::RateLimiter,
+    /// Marks read the message of a keyword handover, which no model call does.
+    pub graph: crate::graph::GraphClient,
     /// Plain messages of conversations known from the session cache, stored together: the
     /// stage's most frequent write (see [`known_stores`]).
     pub known_stores: KnownStores,
@@ -170,7 +173,7 @@ impl ConversationStage {
             // key would find none and make an empty one. Finish the move where the message is.
             self.follow(job, existing.conversation_id, change, sent_at)
                 .await?;
-            return self.stored_before(job, channel.id, &m.wamid, None).await;
+            return self.stored_before(job, &channel, &m.wamid, None).await;
         }
         let at = sent_at.unwrap_or_else(Utc::now);
         let customer_key = job
@@ -289,7 +292,7 @@ impl ConversationStage {
             // Stored before: a redelivery (or a reclaim). Finish what the first attempt may not
             // have: its follow-ups.
             return self
-                .stored_before(job, channel.id, &m.wamid, Some(touched))
+                .stored_before(job, &channel, &m.wamid, Some(touched))
                 .await;
         };
         metrics::counter!("wafleet_conversation_messages_total", "action" => stored.action.clone())
@@ -313,7 +316,7 @@ impl ConversationStage {
                         .await;
                 }
             },
-            self.follow_up(job, &stored),
+            self.follow_up(job, &channel, &m.wamid, &stored),
             self.charge_inbound(&channel),
         );
         done?;
@@ -503,11 +506,11 @@ impl ConversationStage {
     async fn stored_before(
         &self,
         job: &Job,
-        channel_id: i64,
+        channel: &Arc<ChannelSettings>,
         wamid: &str,
         touched: Option<i64>,
     ) -> Result<Outcome, StepError> {
-        match store::find_message(&self.pg, channel_id, wamid)
+        match store::find_message(&self.pg, channel.id, wamid)
             .await
             .map_err(db("finding the message"))?
         {
@@ -518,7 +521,7 @@ impl ConversationStage {
                         .await
                         .map_err(db("dropping an empty conversation"))?;
                 }
-                self.follow_up(job, &existing).await?;
+                self.follow_up(job, channel, wamid, &existing).await?;
                 Ok(Outcome::Done)
             }
             // Its insert conflicted with a transaction that then rolled back: try again.
@@ -546,8 +549,15 @@ impl ConversationStage {
         }
     }
 
-    /// The Redis side of a stored message: reply job, outbound jobs, dashboard event.
-    async fn follow_up(&self, job: &Job, stored: &StoredMessage) -> Result<(), StepError> {
+    /// The Redis side of a stored message: reply job, outbound jobs, dashboard event; and for a
+    /// handover the read receipt the model's path would have sent.
+    async fn follow_up(
+        &self,
+        job: &Job,
+        channel: &Arc<ChannelSettings>,
+        wamid: &str,
+        stored: &StoredMessage,
+    ) -> Result<(), StepError> {
         let redis = |e: redis::RedisError| StepError::Redis(e.into());
         let partition = job.partition;
         match stored.action.as_str() {
@@ -609,6 +619,8 @@ impl ConversationStage {
                     publish_handover(&mut con, &self.keys, &change)
                         .await
                         .map_err(redis)?;
+                    // Again after a redelivery: Meta takes a second read receipt as the first.
+                    super::mark_read(&self.graph, channel, wamid, false);
                 }
             }
             // A human answers this conversation: their dashboard learns of the customer's

@@ -394,7 +394,9 @@ impl LlmStage {
         };
         let mut jitter = || rand::random::<f64>();
         let reply = if keyword.is_some() {
-            // No model: the customer asked for a person.
+            // No model: the customer asked for a person. Their message is marked read all the
+            // same, with nobody typing.
+            super::mark_read(&self.graph, &channel, &ctx.wamid, false);
             Reply {
                 text: String::new(),
                 usage: None,
@@ -407,9 +409,7 @@ impl LlmStage {
         } else {
             // The read receipt and typing indicator go out while the model works, not before it
             // and not waited for: a slow Graph API must not hold the customer's answer back.
-            if channel.bot_mode == BotMode::On {
-                self.mark_read(&channel, &ctx.wamid);
-            }
+            super::mark_read(&self.graph, &channel, &ctx.wamid, true);
             reply_with_fallback(
                 &self.llm,
                 providers,
@@ -750,31 +750,6 @@ impl LlmStage {
             .await
             .map_err(redis_down)?;
         Ok(())
-    }
-
-    /// Read receipt with typing indicator while the model works, on a task of its own that the
-    /// job does not wait for: Meta may take up to the Graph timeout to answer, and the answer
-    /// is not held back meanwhile. Best effort: a failure is counted and logged, nothing else.
-    fn mark_read(&self, channel: &Arc<ChannelSettings>, wamid: &str) {
-        if channel.access_token.is_none() {
-            return;
-        }
-        let graph = self.graph.clone();
-        let channel = Arc::clone(channel);
-        let wamid = wamid.to_string();
-        tokio::spawn(async move {
-            let Some(token) = &channel.access_token else {
-                return;
-            };
-            if let Err(e) = graph
-                .mark_read(&channel.phone_number_id, token.expose(), &wamid, true)
-                .await
-            {
-                metrics::counter!("wafleet_mark_read_errors_total").increment(1);
-                tracing::debug!(channel = %channel.phone_number_id, error = %e,
-                    "mark-read failed");
-            }
-        });
     }
 }
 

@@ -357,6 +357,40 @@ pub async fn hand_over_and_publish(
     Ok(changed)
 }
 
+/// Marks a customer's message (and the earlier ones of the thread) read, with `typing` also
+/// showing the typing indicator, on a task of its own that the job does not wait for: Meta may
+/// take up to the Graph timeout to answer, and nothing the customer waits for (the model's
+/// answer, a handover's acknowledgement) is held back meanwhile. Only where the bot is on: in
+/// shadow mode people run the conversation and the bot shows nothing. Best effort: a failure is
+/// counted and logged, nothing else. The LLM stage's path while the model works, and a handover
+/// keyword's, which skips the model.
+pub fn mark_read(
+    graph: &crate::graph::GraphClient,
+    channel: &std::sync::Arc<channel_settings::ChannelSettings>,
+    wamid: &str,
+    typing: bool,
+) {
+    let bot_on = channel.enabled && channel.bot_mode == crate::store::channels::BotMode::On;
+    if !bot_on || channel.access_token.is_none() {
+        return;
+    }
+    let graph = graph.clone();
+    let channel = std::sync::Arc::clone(channel);
+    let wamid = wamid.to_string();
+    tokio::spawn(async move {
+        let Some(token) = &channel.access_token else {
+            return;
+        };
+        if let Err(e) = graph
+            .mark_read(&channel.phone_number_id, token.expose(), &wamid, typing)
+            .await
+        {
+            metrics::counter!("wafleet_mark_read_errors_total").increment(1);
+            tracing::debug!(channel = %channel.phone_number_id, error = %e, "mark-read failed");
+        }
+    });
+}
+
 /// The update an ingest entry carries; an entry without one, or one that does not decode, can
 /// never succeed and is dead-lettered.
 pub fn decode_update(

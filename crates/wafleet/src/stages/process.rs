@@ -360,6 +360,7 @@ pub async fn run(
                     channels: channels.clone(),
                     redactor: redactor.clone(),
                     limiter: RateLimiter::new(common.redis_prefix.clone()),
+                    graph: graph.clone(),
                     known_stores: conversation::known_stores(&pg),
                 };
                 stages.push(conversation::STAGE);

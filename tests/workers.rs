@@ -807,6 +807,56 @@ async fn a_former_holders_conversation_set_aside_is_announced_once_even_when_red
     assert_eq!(got[0]["conversation_id"], former);
 }
 
+/// A counter or gauge line of the workers' metrics, as it stands now.
+fn worker_metric(name_and_labels: &str) -> f64 {
+    metric_value(
+        &wafleet::telemetry::metrics_handle().render(),
+        name_and_labels,
+    )
+}
+
+#[tokio::test]
+async fn a_change_to_a_former_holders_number_counts_once_as_moved_and_a_plain_one_does_not() {
+    const MOVED: &str = r#"wafleet_identity_changes_total{result="moved"}"#;
+    const FOLLOWED: &str = r#"wafleet_identity_changes_total{result="followed"}"#;
+    const REDELIVERED: &str = "wafleet_conversation_redeliveries_total";
+    // Read (and the recorder installed) before the worker counts anything.
+    let (moved, followed) = (worker_metric(MOVED), worker_metric(FOLLOWED));
+    let redelivered = worker_metric(REDELIVERED);
+    let e = env().await;
+    // A new number nobody wrote from before.
+    e.send("573070", "wamid.P1", T0, "hola").await;
+    e.stored(1).await;
+    e.post(&number_change("573070", "573071", "wamid.P2", T0 + 5))
+        .await;
+    e.stored(2).await;
+    e.wait_followups().await;
+    assert_eq!(worker_metric(FOLLOWED) - followed, 1.0);
+    assert_eq!(worker_metric(MOVED) - moved, 0.0);
+    // A number a former holder wrote from: their conversation is set aside.
+    e.send("573089", "wamid.P3", T0 - 60, "hola, soy el dueño anterior")
+        .await;
+    e.send("573080", "wamid.P4", T0, "hola").await;
+    e.stored(4).await;
+    e.wait_followups().await;
+    e.post(&number_change("573080", "573089", "wamid.P5", T0 + 5))
+        .await;
+    e.stored(5).await;
+    e.wait_followups().await;
+    let set_aside = "SELECT count(*) FROM conversations WHERE customer_key LIKE 'moved:%'";
+    wait_count(&e.pg, set_aside, 1, 20).await;
+    assert_eq!(worker_metric(MOVED) - moved, 1.0);
+    assert_eq!(worker_metric(FOLLOWED) - followed, 1.0);
+    // The same change delivered again finds nobody left to set aside.
+    e.cfg.forget_dedup_marks().await;
+    e.post(&number_change("573080", "573089", "wamid.P5", T0 + 5))
+        .await;
+    e.wait_followups().await;
+    assert_eq!(worker_metric(REDELIVERED) - redelivered, 1.0);
+    assert_eq!(worker_metric(MOVED) - moved, 1.0);
+    e.worker.stop().await.unwrap();
+}
+
 /// When a customer's number change is sent: between their message from the old number (`T0`)
 /// and the one from the new number (`T0 + 10`).
 fn change_time() -> chrono::DateTime<chrono::Utc> {

@@ -824,21 +824,21 @@ async fn a_change_to_a_former_holders_number_counts_once_as_moved_and_a_plain_on
     let (moved, followed) = (worker_metric(MOVED), worker_metric(FOLLOWED));
     let redelivered = worker_metric(REDELIVERED);
     let e = env().await;
-    // A new number nobody wrote from before.
-    e.send("573070", "wamid.P1", T0, "hola").await;
-    e.stored(1).await;
-    e.post(&number_change("573070", "573071", "wamid.P2", T0 + 5))
+    // Two customers write, and before them someone else from the number the second moves to.
+    e.send("573089", "wamid.P1", T0 - 60, "hola, soy el dueño anterior")
         .await;
-    e.stored(2).await;
+    e.send("573070", "wamid.P2", T0, "hola").await;
+    e.send("573080", "wamid.P3", T0, "hola").await;
+    e.stored(3).await;
+    e.wait_followups().await;
+    // The first to a new number nobody wrote from.
+    e.post(&number_change("573070", "573071", "wamid.P4", T0 + 5))
+        .await;
+    e.stored(4).await;
     e.wait_followups().await;
     assert_eq!(worker_metric(FOLLOWED) - followed, 1.0);
     assert_eq!(worker_metric(MOVED) - moved, 0.0);
-    // A number a former holder wrote from: their conversation is set aside.
-    e.send("573089", "wamid.P3", T0 - 60, "hola, soy el dueño anterior")
-        .await;
-    e.send("573080", "wamid.P4", T0, "hola").await;
-    e.stored(4).await;
-    e.wait_followups().await;
+    // The second to the former holder's number: their conversation is set aside.
     e.post(&number_change("573080", "573089", "wamid.P5", T0 + 5))
         .await;
     e.stored(5).await;

@@ -58,6 +58,15 @@ pub fn status_writer(pg: PgPool) -> StatusWriter {
     })
 }
 
+/// A status value as logs may show it: Meta's are short lowercase words (`sent`, `deleted`…);
+/// anything else is not logged as given, since it could hold whatever the body put there.
+fn shown_status(status: &str) -> &str {
+    let word = !status.is_empty()
+        && status.len() <= 32
+        && status.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    if word { status } else { "(not a status word)" }
+}
+
 impl Handler for StatusStage {
     async fn handle(&self, job: &Job) -> Outcome {
         let update = match decode_update(job) {
@@ -70,7 +79,7 @@ impl Handler for StatusStage {
             };
         };
         let Some(rank) = delivery_rank(&s.status) else {
-            tracing::info!(status = %s.status, "status kind not tracked");
+            tracing::info!(status = shown_status(&s.status), "status kind not tracked");
             metrics::counter!("wafleet_statuses_total", "result" => "untracked").increment(1);
             return Outcome::Done;
         };
@@ -300,6 +309,20 @@ pub async fn expire_early_statuses(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown_status;
+
+    #[test]
+    fn an_untracked_status_is_logged_only_when_it_is_a_word() {
+        assert_eq!(shown_status("deleted"), "deleted");
+        assert_eq!(shown_status("warning_sent"), "warning_sent");
+        for odd in ["pomelo-4915112345678", "", "Read", &"x".repeat(33), "sent "] {
+            assert_eq!(shown_status(odd), "(not a status word)", "{odd:?}");
         }
     }
 }

@@ -615,6 +615,103 @@ async fn an_agent_cannot_write_to_a_former_holder_once_their_number_passed_to_an
     let _ = &s.cfg;
 }
 
+/// Conversations' ids, keys and message counts of `number`, by id.
+async fn conversations_of(pg: &PgPool, number: &str) -> Vec<(i64, String, i64)> {
+    sqlx::query_as(
+        "SELECT c.id, c.customer_key, (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id)
+           FROM conversations c JOIN channels ch ON ch.id = c.channel_id
+          WHERE ch.phone_number_id = $1 ORDER BY c.id",
+    )
+    .bind(number)
+    .fetch_all(pg)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_number_change_on_one_business_number_leaves_another_numbers_conversations_alone() {
+    let s = system().await;
+    // The other business's customers: one who wrote before the change (a former holder, were
+    // the numbers one), one who writes after its date (the changing customer's own, were they).
+    let shop_conv = s.taken(SHOP, "573090", "wamid.T1").await;
+    s.customer_writes(OTHER, "573091", "wamid.T2", 2).await;
+    s.customer_writes(OTHER, "573092", "wamid.T3", 3).await;
+    let before = conversations_of(&s.pg, OTHER).await;
+    let api = &s.api;
+    let mut other_live = api.events(&s.other, None).await;
+    assert_eq!(other_live.status(), StatusCode::OK);
+    let now = chrono::Utc::now().timestamp();
+    let change = |old: &str, new: &str, wamid: &str, ts: i64| {
+        let change = json!({"from": old, "id": wamid, "timestamp": ts.to_string(),
+            "type": "system", "system": {"body": format!("User changed from {old} to {new}"),
+            "type": "user_changed_number", "wa_id": new}});
+        message_body(SHOP, old, change)
+    };
+    let key_is = |key: &'static str| {
+        let pg = s.pg.clone();
+        async move {
+            let (k,): (String,) =
+                sqlx::query_as("SELECT customer_key FROM conversations WHERE id = $1")
+                    .bind(shop_conv)
+                    .fetch_one(&pg)
+                    .await
+                    .unwrap();
+            (k == key).then_some(())
+        }
+    };
+    // On the shop's number: to a number the other business's customer wrote from before.
+    let body = change("573090", "573091", "wamid.T4", now + 60);
+    assert_eq!(s.ingest.post_signed(&body, APP_SECRET).await.status(), 200);
+    eventually("the change followed", Duration::from_secs(30), || {
+        key_is("573091")
+    })
+    .await;
+    // Then to one the other business's customer wrote from only after the change's date.
+    let body = change("573091", "573092", "wamid.T5", now - 3600);
+    assert_eq!(s.ingest.post_signed(&body, APP_SECRET).await.status(), 200);
+    eventually(
+        "the second change followed",
+        Duration::from_secs(30),
+        || key_is("573092"),
+    )
+    .await;
+
+    assert_eq!(
+        conversations_of(&s.pg, OTHER).await,
+        before,
+        "the other number's conversations keep their keys and messages"
+    );
+    let (merges, moves): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM conversation_merges), (SELECT count(*) FROM number_moves)",
+    )
+    .fetch_one(&s.pg)
+    .await
+    .unwrap();
+    assert_eq!((merges, moves), (0, 0));
+    for (id, _, _) in &before {
+        let (status, shown) = api
+            .get(&format!("/api/v1/conversations/{id}"), &s.other)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{shown}");
+    }
+    // The other number's stream carried nothing of the shop's changes: its first event is the
+    // handover made after them.
+    let (status, _) = api
+        .post(
+            &format!("/api/v1/conversations/{}/take", before[0].0),
+            &s.other,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let got = read_events(&mut other_live, 1).await;
+    assert_eq!(
+        (got[0].1.as_str(), &got[0].2["conversation_id"]),
+        ("handover", &json!(before[0].0)),
+        "{got:?}"
+    );
+    drop(other_live);
+}
+
 #[tokio::test]
 async fn a_revoked_token_stops_receiving_events_on_its_open_stream() {
     let s = system().await;

@@ -631,9 +631,9 @@ async fn conversations_of(pg: &PgPool, number: &str) -> Vec<(i64, String, i64)> 
 #[tokio::test]
 async fn a_number_change_on_one_business_number_leaves_another_numbers_conversations_alone() {
     let s = system().await;
+    let shop_conv = s.taken(SHOP, "573090", "wamid.T1").await;
     // The other business's customers: one who wrote before the change (a former holder, were
     // the numbers one), one who writes after its date (the changing customer's own, were they).
-    let shop_conv = s.taken(SHOP, "573090", "wamid.T1").await;
     s.customer_writes(OTHER, "573091", "wamid.T2", 2).await;
     s.customer_writes(OTHER, "573092", "wamid.T3", 3).await;
     let before = conversations_of(&s.pg, OTHER).await;
@@ -709,6 +709,102 @@ async fn a_number_change_on_one_business_number_leaves_another_numbers_conversat
         ("handover", &json!(before[0].0)),
         "{got:?}"
     );
+    drop(other_live);
+}
+
+/// The parts of the conversations `ids`: wamid, state, error code, and how many of `wamids`
+/// have statuses kept for later.
+async fn parts_of(
+    pg: &PgPool,
+    ids: [i64; 2],
+    wamids: &[String],
+) -> Vec<(Option<String>, String, Option<i32>, i64)> {
+    sqlx::query_as(
+        "SELECT o.wamid, o.state, o.error_code,
+                (SELECT count(DISTINCT e.wamid) FROM early_statuses e WHERE e.wamid = ANY($2))
+           FROM outbound_messages o WHERE o.conversation_id = ANY($1) ORDER BY o.id",
+    )
+    .bind(ids)
+    .bind(wamids)
+    .fetch_all(pg)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_status_for_one_number_never_changes_another_numbers_message() {
+    let s = system().await;
+    // The shop's bot answered two customers; the other business's token has a conversation too.
+    let first = s.customer_writes(SHOP, "573101", "wamid.U1", 1).await;
+    let second = s.customer_writes(SHOP, "573102", "wamid.U2", 2).await;
+    let theirs = s.customer_writes(OTHER, "573103", "wamid.U3", 3).await;
+    let wamids: Vec<String> = sqlx::query_scalar(
+        "SELECT wamid FROM outbound_messages WHERE conversation_id = ANY($1) ORDER BY id",
+    )
+    .bind([first, second])
+    .fetch_all(&s.pg)
+    .await
+    .unwrap();
+    assert_eq!(wamids.len(), 2);
+    let api = &s.api;
+    let mut other_live = api.events(&s.other, None).await;
+    assert_eq!(other_live.status(), StatusCode::OK);
+    // The other number's app (its business signs its own webhooks) names the shop's messages
+    // in statuses of its own number: the window closed on one, the token expired on the other.
+    let now = chrono::Utc::now().timestamp().to_string();
+    let failed = |wamid: &str, code: i64| {
+        json!({"id": wamid, "status": "failed", "timestamp": now, "recipient_id": "573101",
+               "errors": [{"code": code, "title": "x"}]})
+    };
+    let body = status_body(
+        OTHER,
+        json!([failed(&wamids[0], 131047), failed(&wamids[1], 190)]),
+    );
+    assert_eq!(s.ingest.post_signed(&body, APP_SECRET).await.status(), 200);
+    // Both statuses handled: applied to the shop's parts (failed, or reopened for a resend), or
+    // kept as statuses of messages the number does not know.
+    let untouched: Vec<_> = wamids
+        .iter()
+        .map(|w| (Some(w.clone()), "accepted".to_string(), None))
+        .collect();
+    let now = eventually("both statuses handled", Duration::from_secs(30), || async {
+        let now = parts_of(&s.pg, [first, second], &wamids).await;
+        let kept = now.iter().all(|p| p.3 == 2);
+        let now: Vec<_> = now.into_iter().map(|(w, st, c, _)| (w, st, c)).collect();
+        (kept || now != untouched).then_some(now)
+    })
+    .await;
+    assert_eq!(
+        now, untouched,
+        "the shop's messages are not the other number's to fail"
+    );
+    let owners: Vec<String> =
+        sqlx::query_scalar("SELECT owner FROM conversations WHERE id = ANY($1) ORDER BY id")
+            .bind([first, second])
+            .fetch_all(&s.pg)
+            .await
+            .unwrap();
+    assert_eq!(
+        owners,
+        ["bot", "bot"],
+        "nor its bot's conversations to hand over"
+    );
+    let (paused,): (bool,) = sqlx::query_as(
+        "SELECT sends_paused_until IS NOT NULL FROM channels WHERE phone_number_id = $1",
+    )
+    .bind(SHOP)
+    .fetch_one(&s.pg)
+    .await
+    .unwrap();
+    assert!(!paused, "nor its sends to pause");
+    // The other number's stream names none of the shop's conversations: its first event is its
+    // own take, made after the statuses.
+    let (status, _) = api
+        .post(&format!("/api/v1/conversations/{theirs}/take"), &s.other)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let got = read_events(&mut other_live, 1).await;
+    assert_eq!(got[0].2["conversation_id"], theirs, "{got:?}");
     drop(other_live);
 }
 

@@ -4235,6 +4235,7 @@ async fn a_late_status_of_a_send_before_a_replay_is_not_taken_for_the_send_after
         error_title: None,
         callback: Some(callback),
         recipient: None,
+        phone_number_id: None,
     };
     let applied = apply_statuses(&mut conn, &[late]).await.unwrap();
     assert_eq!(applied, [StatusApplied::Kept]);

@@ -1644,6 +1644,7 @@ async fn a_late_status_of_a_failed_send_does_not_take_the_part_reopened_for_a_re
             send_try: Some(1),
         }),
         recipient: None,
+        phone_number_id: None,
     };
     let mut con = e.pg.acquire().await.unwrap();
     let applied = apply_statuses(&mut con, std::slice::from_ref(&late))
@@ -1719,6 +1720,7 @@ async fn a_re_engagement_failure_recorded_by_a_run_that_stopped_still_hands_over
             error_title: Some("Re-engagement message".into()),
             callback: None,
             recipient: None,
+            phone_number_id: None,
         }],
     )
     .await
@@ -1838,6 +1840,7 @@ async fn statuses_applied_together_each_get_their_own_result() {
             send_try: None,
         }),
         recipient: Some("57300".into()),
+        phone_number_id: None,
     };
     let applied = apply_statuses(
         &mut e.pg.acquire().await.unwrap(),
@@ -2264,6 +2267,7 @@ async fn acceptances_and_statuses_of_the_same_parts_never_deadlock() {
             error_title: None,
             callback: None,
             recipient: None,
+            phone_number_id: None,
         })
         .collect();
     for round in 0..60 {
@@ -2396,6 +2400,7 @@ async fn a_status_of_an_erased_customers_message_is_known_and_not_kept() {
         error_title: None,
         callback: None,
         recipient: None,
+        phone_number_id: None,
     };
     let mut con = e.pg.acquire().await.unwrap();
     let applied = apply_statuses(&mut con, &[status]).await.unwrap();
@@ -2797,6 +2802,7 @@ fn delivered(
         error_title: None,
         callback,
         recipient: None,
+        phone_number_id: None,
     }
 }
 

@@ -95,6 +95,7 @@ impl Handler for StatusStage {
                 .as_deref()
                 .and_then(|v| self.callbacks.decode(v)),
             recipient: s.recipient_id.clone(),
+            phone_number_id: job.field("channel").map(str::to_string),
         };
         let applied = match self.writer.run(status).await {
             Ok(a) => a,

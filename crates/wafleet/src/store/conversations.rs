@@ -1086,12 +1086,18 @@ pub struct Status {
     /// acceptance never reached us) re-keys its conversation by it as the acceptance would
     /// have (see [`Accepted::adopt_wa_id`]), when it is the other notation of the number dialled.
     pub recipient: Option<String>,
+    /// The business number the status came for (its webhook's `phone_number_id`): only that
+    /// number's outbound messages are matched, so a status in one tenant's webhook (its own app
+    /// signs them) never changes, fails or hands over another number's; `None` matches any
+    /// number's (statuses applied directly, not from a webhook).
+    pub phone_number_id: Option<String>,
 }
 
 /// Applies statuses, forward only with `failed` final, and answers each in order. A status finds
 /// its outbound message by wamid or, for an ambiguous send whose wamid we never learnt, by our
 /// own id echoed in `biz_opaque_callback_data` (the message is then reconciled: wamid recorded,
-/// `accepted`). A status for a message we do not know yet is kept in `early_statuses` and
+/// `accepted`), among the messages of the status's own number ([`Status::phone_number_id`]). A
+/// status for a message we do not know yet (or another number's) is kept in `early_statuses` and
 /// applied when the sender records the message.
 ///
 /// One statement per run of statuses with distinct wamids and outbound ids (so no row is
@@ -1133,11 +1139,13 @@ async fn apply_distinct(
     type Applied = (i64, Option<i64>, bool, bool, bool, Option<i64>);
     let rows: Vec<Applied> = sqlx::query_as(
         "WITH input AS (
-             SELECT * FROM unnest($1::text[], $2::text[], $3::int2[], $4::timestamptz[],
-                                  $5::int4[], $6::text[], $7::int8[], $8::int4[], $9::text[],
-                                  $10::text[])
-                 WITH ORDINALITY AS s(wamid, status, rank, at, code, title, outbound_id,
-                                      send_try, recipient, recipient_other, n)
+             SELECT s.*, ch.id AS channel_id
+               FROM unnest($1::text[], $2::text[], $3::int2[], $4::timestamptz[],
+                           $5::int4[], $6::text[], $7::int8[], $8::int4[], $9::text[],
+                           $10::text[], $11::text[])
+                    WITH ORDINALITY AS s(wamid, status, rank, at, code, title, outbound_id,
+                                         send_try, recipient, recipient_other, number, n)
+               LEFT JOIN channels ch ON ch.phone_number_id = s.number
          ), matched AS (
              -- By callback only the send that status is about: a part sent again has a higher
              -- send number (`send_offset + attempts`, which a replay does not reset), and an
@@ -1146,10 +1154,13 @@ async fn apply_distinct(
              -- code) has no send in flight: a status by its callback is the failed send's.
              SELECT DISTINCT ON (i.n) i.n, o.id AS oid
                FROM input i JOIN outbound_messages o
-                 ON o.wamid = i.wamid
-                    OR (o.id = i.outbound_id AND o.wamid IS NULL
-                        AND (i.send_try IS NULL OR o.send_offset + o.attempts = i.send_try)
-                        AND NOT (o.state = 'pending' AND o.error_code IS NOT NULL))
+                 ON (o.wamid = i.wamid
+                     OR (o.id = i.outbound_id AND o.wamid IS NULL
+                         AND (i.send_try IS NULL OR o.send_offset + o.attempts = i.send_try)
+                         AND NOT (o.state = 'pending' AND o.error_code IS NOT NULL)))
+                    -- Only the status's own number's: another tenant's webhook names no part
+                    -- of ours (a number no channel has, none).
+                    AND (i.number IS NULL OR o.channel_id = i.channel_id)
               ORDER BY i.n, o.wamid IS NULL
          ), locked AS MATERIALIZED (
              SELECT o.id FROM outbound_messages o WHERE o.id IN (SELECT oid FROM matched)
@@ -1201,7 +1212,8 @@ async fn apply_distinct(
              SELECT i.n FROM input i
               WHERE EXISTS (SELECT 1 FROM matched m WHERE m.n = i.n)
                  OR EXISTS (SELECT 1 FROM outbound_messages o
-                             WHERE o.wamid = erased_wamid(i.wamid))
+                             WHERE o.wamid = erased_wamid(i.wamid)
+                               AND (i.number IS NULL OR o.channel_id = i.channel_id))
          ), early AS (
              INSERT INTO early_statuses (wamid, status, rank, status_at, error_code, error_title)
              SELECT wamid, status, rank, at, code, title FROM input i
@@ -1233,6 +1245,7 @@ async fn apply_distinct(
             .and(s.recipient.as_deref())
             .and_then(wafleet_core::phone::other_form)
     }))
+    .bind(super::column(statuses, |s| s.phone_number_id.as_deref()))
     .fetch_all(&mut *conn)
     .await?;
     Ok(rows

@@ -72,11 +72,15 @@ async fn system_tweaked(
 }
 
 /// The conversation, model and sender stages (no status stage) against a Meta that takes every
-/// send and never answers: each send is ambiguous after 300 ms, and taken as lost `resend_after`
-/// later, within `max_attempts` sends.
+/// send and never answers, nor posts a status within the test: each send is ambiguous after
+/// 300 ms, and taken as lost `resend_after` later, within `max_attempts` sends. (A status
+/// queued and not read yet holds the resend back.)
 async fn unanswered_sends(resend_after: Duration, max_attempts: u32) -> Sys {
     let s = system_tweaked(
-        SimConfig::default(),
+        SimConfig {
+            status_delay: Duration::from_secs(3600),
+            ..SimConfig::default()
+        },
         |s| vec![s.standin()],
         &["conversation", "llm", "sender"],
         |w| {
@@ -93,6 +97,23 @@ async fn unanswered_sends(resend_after: Duration, max_attempts: u32) -> Sys {
     s
 }
 
+/// The conversation, model and sender stages and no status stage, with the worker's settings
+/// changed by `tweak`: only the sender learns what became of a send, and the statuses Meta posts
+/// wait in their streams.
+async fn without_status_stage(
+    tweak: impl FnOnce(&mut wafleet::stages::process::WorkerProcessSettings),
+) -> Sys {
+    standin_tweaked(&["conversation", "llm", "sender"], tweak).await
+}
+
+/// `stages` and the stand-in model, with the worker's settings changed by `tweak`.
+async fn standin_tweaked(
+    stages: &[&str],
+    tweak: impl FnOnce(&mut wafleet::stages::process::WorkerProcessSettings),
+) -> Sys {
+    system_tweaked(SimConfig::default(), |s| vec![s.standin()], stages, tweak).await
+}
+
 async fn system() -> Sys {
     system_with_sim(SimConfig::default()).await
 }
@@ -101,13 +122,7 @@ async fn system() -> Sys {
 async fn system_with_settings(
     tweak: impl FnOnce(&mut wafleet::stages::process::WorkerProcessSettings),
 ) -> Sys {
-    system_tweaked(
-        SimConfig::default(),
-        |s| vec![s.standin()],
-        &["conversation", "status", "llm", "sender"],
-        tweak,
-    )
-    .await
+    standin_tweaked(&["conversation", "status", "llm", "sender"], tweak).await
 }
 
 /// Every stage, the stand-in model, and a simulator configured as given.
@@ -1318,18 +1333,54 @@ async fn sends_meta_never_answers_are_resent_only_within_the_retry_bounds() {
 }
 
 #[tokio::test]
+async fn an_ambiguous_send_whose_statuses_wait_for_the_status_stage_is_not_sent_again() {
+    // Meta takes the send and posts its statuses at once, but never answers the request; the
+    // status stage is not running (down, or behind after an outage), so the statuses that would
+    // confirm the send wait in the status stream past the resend delay.
+    let s = without_status_stage(|w| {
+        w.graph.timeout = Duration::from_millis(300);
+        w.send.ambiguous_resend_after = Duration::from_millis(500);
+        w.send.ambiguous_check = Duration::from_millis(50);
+    })
+    .await;
+    s.sim
+        .state
+        .add_fault(fault(serde_json::json!({"hang": true, "count": 1})));
+    s.send("573018", "wamid.LATE", "hola").await;
+    s.sent(1).await;
+    let waits = || {
+        metric_value(
+            &wafleet::telemetry::metrics_handle().render(),
+            "wafleet_sender_ambiguous_waits_total",
+        )
+    };
+    // Past the resend delay the sender decides: it sends again, or waits for the statuses.
+    eventually(
+        "the sender to decide on the ambiguous send",
+        Duration::from_secs(30),
+        || async { (s.sim.state.messages().len() >= 2 || waits() > 0.0).then_some(()) },
+    )
+    .await;
+    // The status stage comes back and records Meta's acceptance from the statuses it finds.
+    let _status = Worker::start(s.cfg.pipeline_settings(&["status"], &s.sim, vec![])).await;
+    wait_count(
+        &s.pg,
+        "SELECT count(*) FROM outbound_messages WHERE state = 'accepted'",
+        1,
+        30,
+    )
+    .await;
+    assert_eq!(s.sim.state.messages().len(), 1, "sent once");
+}
+
+#[tokio::test]
 async fn a_send_meta_accepted_while_postgres_would_not_record_it_is_never_sent_again() {
     // No status stage: only the sender itself can learn the wamid back. A send with no
     // recorded outcome is taken as lost after 300 ms.
-    let s = system_tweaked(
-        SimConfig::default(),
-        |s| vec![s.standin()],
-        &["conversation", "llm", "sender"],
-        |w| {
-            w.send.ambiguous_resend_after = Duration::from_millis(300);
-            w.send.ambiguous_check = Duration::from_millis(100);
-        },
-    )
+    let s = without_status_stage(|w| {
+        w.send.ambiguous_resend_after = Duration::from_millis(300);
+        w.send.ambiguous_check = Duration::from_millis(100);
+    })
     .await;
     // Postgres refuses to record any wamid ("insufficient resources": unavailable, retried)
     // until the gate opens; every refusal is counted (a sequence survives the rollback).

@@ -13,7 +13,8 @@
 //!   *not* resent at once. Status webhooks echo our outbound id, and the status stage records
 //!   the wamid and `accepted` when one arrives. The job comes back every
 //!   [`SendPolicy::ambiguous_check`]; only when no status arrived within
-//!   [`SendPolicy::ambiguous_resend_after`] is the part considered lost and sent again. Meta
+//!   [`SendPolicy::ambiguous_resend_after`] (queued, not only read: a status still waiting in
+//!   its stream holds the resend back) is the part considered lost and sent again. Meta
 //!   sends `sent` within seconds of accepting, so a duplicate needs Meta to have accepted a
 //!   message and stayed silent about it for that long. Resends of unanswered sends count as
 //!   attempts and are bounded like transient errors (attempts and age); past the bounds the part
@@ -341,6 +342,24 @@ impl SenderStage {
                     metrics::counter!("wafleet_sender_ambiguous_given_up_total").increment(1);
                     tracing::error!(outbound_id = part.id, attempts = part.attempts, "{reason}");
                     return self.give_up(part, None, reason).await;
+                }
+                // Meta posts a send's statuses within seconds, but the status stage may not
+                // have read them yet (stopped, or behind after an outage): while a status
+                // queued within the resend delay of the send still waits, the send is not
+                // taken as lost. Before, a status stage more than the delay behind let every
+                // ambiguous send of the time reach the customer twice.
+                if let Some(sent_at) = part.sending_at
+                    && let Some(oldest) = self.oldest_queued_status_ms().await?
+                    && oldest
+                        < sent_at.timestamp_millis()
+                            + i64::try_from(self.policy.ambiguous_resend_after.as_millis())
+                                .unwrap_or(i64::MAX / 2)
+                {
+                    metrics::counter!("wafleet_sender_ambiguous_waits_total").increment(1);
+                    return Ok(Step::Return(Outcome::Defer {
+                        after: self.policy.ambiguous_check,
+                        reason: "statuses queued since an ambiguous send are not read yet".into(),
+                    }));
                 }
                 metrics::counter!("wafleet_sender_ambiguous_resends_total").increment(1);
                 tracing::warn!(
@@ -751,6 +770,31 @@ impl SenderStage {
     /// part a failed status reopened since is that failed message's, and recorded for the resend
     /// it would mark a message that never left as accepted. Such a stash is dropped. (One kept
     /// before sends were numbered in it, `wamid[ wa_id]`, is taken as before.)
+    /// When (Unix ms) the oldest status still in any status stream was queued. An entry leaves
+    /// its stream only once the status stage is done with it, so a status Meta posted for a
+    /// send has either been applied or is still there. Each stream is read on its own (one key
+    /// per command, as a Redis Cluster needs); this runs only when an ambiguous send is due
+    /// for a resend.
+    async fn oldest_queued_status_ms(&self) -> Result<Option<i64>, Outcome> {
+        let mut con = self.redis.get().await.map_err(redis_down)?;
+        let mut oldest: Option<i64> = None;
+        for p in 0..self.keys.partitions() {
+            let first: redis::streams::StreamRangeReply = con
+                .xrange_count(self.keys.status(p), "-", "+", 1)
+                .await
+                .map_err(redis_down)?;
+            let queued = first
+                .ids
+                .first()
+                .and_then(|e| e.id.split('-').next())
+                .and_then(|ms| ms.parse::<i64>().ok());
+            if let Some(ms) = queued {
+                oldest = Some(oldest.map_or(ms, |o| o.min(ms)));
+            }
+        }
+        Ok(oldest)
+    }
+
     async fn unrecorded_wamid(&self, job: &Job, part: &Part) -> Result<Option<Accepted>, Outcome> {
         let key = self.keys.unrecorded_wamid(job.partition, part.id);
         let mut con = self.redis.get().await.map_err(redis_down)?;

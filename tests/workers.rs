@@ -2880,3 +2880,53 @@ async fn an_acceptance_recorded_while_its_customer_is_erased_keeps_only_the_wami
         "counted once, and Meta's wamid is not back on the erased part: {wamid:?}"
     );
 }
+
+#[tokio::test]
+async fn an_early_status_from_another_numbers_webhook_is_not_applied_to_this_numbers_acceptance() {
+    use wafleet::store::conversations::{
+        Acceptance, Accepted, Status, StatusApplied, apply_statuses, record_accepted_many,
+    };
+    let e = env().await;
+    let other = "106540352242999";
+    e.cfg.add_channel(other, |_| {}).await;
+    let ids = e.parts_of_one_reply(2, None).await;
+    // Both statuses come before the sender records Meta's acceptance: one in the other number's
+    // webhook (that tenant's own app signs it), one in this number's.
+    let failed = |wamid: &str, number: &str| Status {
+        wamid: wamid.into(),
+        status: "failed".into(),
+        rank: 4,
+        at: None,
+        error_code: Some(131047),
+        error_title: None,
+        callback: None,
+        recipient: None,
+        phone_number_id: Some(number.into()),
+    };
+    let mut con = e.pg.acquire().await.unwrap();
+    let kept = apply_statuses(
+        &mut con,
+        &[failed("wamid.early0", other), failed("wamid.early1", PNID)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(kept, [StatusApplied::Kept, StatusApplied::Kept]);
+    let accepted = [
+        Accepted::new(ids[0], "wamid.early0"),
+        Accepted::new(ids[1], "wamid.early1"),
+    ];
+    let results = record_accepted_many(&mut con, &accepted).await.unwrap();
+    assert_eq!(
+        results,
+        [
+            Acceptance::Recorded,
+            Acceptance::FailedFirst { code: Some(131047) }
+        ]
+    );
+    let states: Vec<String> =
+        sqlx::query_scalar("SELECT state FROM outbound_messages ORDER BY part_no")
+            .fetch_all(&e.pg)
+            .await
+            .unwrap();
+    assert_eq!(states, ["accepted", "failed"]);
+}

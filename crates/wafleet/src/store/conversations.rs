@@ -1215,8 +1215,9 @@ async fn apply_distinct(
                              WHERE o.wamid = erased_wamid(i.wamid)
                                AND (i.number IS NULL OR o.channel_id = i.channel_id))
          ), early AS (
-             INSERT INTO early_statuses (wamid, status, rank, status_at, error_code, error_title)
-             SELECT wamid, status, rank, at, code, title FROM input i
+             INSERT INTO early_statuses (wamid, status, rank, status_at, error_code, error_title,
+                                         channel_id)
+             SELECT wamid, status, rank, at, code, title, COALESCE(channel_id, 0) FROM input i
               WHERE i.n NOT IN (SELECT n FROM known)
              ON CONFLICT DO NOTHING
          )
@@ -1325,9 +1326,13 @@ pub async fn record_accepted_many(
                  SELECT o.id FROM outbound_messages o WHERE o.id IN (SELECT id FROM input)
                   ORDER BY o.id FOR UPDATE
              ), e AS (
+                 -- Only statuses of the part's own number (or of none known): another
+                 -- tenant's webhook naming this wamid changes nothing (migration 0028).
                  SELECT DISTINCT ON (s.wamid) s.wamid, s.status, s.rank, s.status_at,
                         s.error_code, s.error_title
                    FROM early_statuses s JOIN input i ON i.wamid = s.wamid
+                   JOIN outbound_messages o ON o.id = i.id
+                  WHERE s.channel_id IN (0, o.channel_id)
                   ORDER BY s.wamid, s.rank DESC
              ), accepted AS (
                  UPDATE outbound_messages o SET
@@ -1361,7 +1366,9 @@ pub async fn record_accepted_many(
               RETURNING o.id, o.reply_to, e.status = 'failed' AND o.state = 'failed' AS failed_first,
                         o.error_code
              ), applied AS (
-                 DELETE FROM early_statuses s USING input i WHERE s.wamid = i.wamid
+                 DELETE FROM early_statuses s USING input i
+                   JOIN outbound_messages o ON o.id = i.id
+                  WHERE s.wamid = i.wamid AND s.channel_id IN (0, o.channel_id)
              ), answered AS (
                  UPDATE messages SET answered_at = COALESCE(answered_at, now())
                   WHERE id IN (SELECT reply_to FROM accepted)

@@ -127,6 +127,8 @@ fn parse(md: &str) -> Vec<Block> {
     let options = Options::ENABLE_STRIKETHROUGH | Options::ENABLE_TABLES;
     let mut tree = TreeBuilder {
         stack: vec![Frame::Blocks(Container::Root, Vec::new())],
+        row_end: 0,
+        cell_end: 0,
     };
     for (event, range) in Parser::new_ext(md, options).into_offset_iter() {
         tree.event(md, event, range);
@@ -143,13 +145,21 @@ fn parse(md: &str) -> Vec<Block> {
 
 struct TreeBuilder {
     stack: Vec<Frame>,
+    /// Where the source of the current table row ends, and of its last cell the parser gave.
+    row_end: usize,
+    cell_end: usize,
 }
 
 impl TreeBuilder {
     fn event(&mut self, source: &str, event: Event<'_>, range: Range<usize>) {
         match event {
             Event::Start(tag) => self.start(source, tag, range),
-            Event::End(_) => self.end(),
+            Event::End(_) => {
+                if matches!(self.stack.last(), Some(Frame::Row(..))) {
+                    self.keep_dropped_cells(source);
+                }
+                self.end()
+            }
             Event::Text(text) => match self.stack.last_mut() {
                 Some(Frame::Code(code)) | Some(Frame::Html(code)) => code.push_str(&text),
                 _ => self.inline(Inline::Text(text.into_string())),
@@ -181,6 +191,11 @@ impl TreeBuilder {
             let first = text.chars().next().unwrap_or('*');
             text.chars().take_while(|c| *c == first).take(max).collect()
         };
+        match tag {
+            Tag::TableHead | Tag::TableRow => self.row_end = range.end,
+            Tag::TableCell => self.cell_end = range.end,
+            _ => {}
+        }
         let frame = match tag {
             Tag::Paragraph => Frame::Inlines(InlineKind::Paragraph, Vec::new()),
             Tag::Heading { .. } => Frame::Inlines(InlineKind::Heading, Vec::new()),
@@ -305,6 +320,40 @@ impl TreeBuilder {
             Some(Frame::Table(_)) | Some(Frame::List(..)) | None => {
                 self.block(Block::Plain(vec![inline]))
             }
+        }
+    }
+
+    /// GFM drops a row's cells beyond the header's count, and a `|` inside a code span still ends
+    /// a cell, so `` | `a|b` | c | `` in a two-column table would lose `c`: whatever the row's
+    /// source holds after the last cell the parser gave is kept as one more cell.
+    fn keep_dropped_cells(&mut self, source: &str) {
+        let rest = source
+            .get(self.cell_end..self.row_end)
+            .unwrap_or_default()
+            .trim();
+        let rest = rest.strip_prefix('|').unwrap_or(rest);
+        let rest = match rest.strip_suffix('|') {
+            Some(inner) if !inner.ends_with('\\') => inner,
+            _ => rest,
+        }
+        .trim();
+        if rest.is_empty() {
+            return;
+        }
+        let mut cell = Vec::new();
+        for block in parse(rest) {
+            match block {
+                Block::Paragraph(inlines) | Block::Plain(inlines) | Block::Heading(inlines) => {
+                    cell.extend(inlines)
+                }
+                _ => {
+                    cell = vec![Inline::Text(rest.to_owned())];
+                    break;
+                }
+            }
+        }
+        if let Some(Frame::Row(_, cells)) = self.stack.last_mut() {
+            cells.push(cell);
         }
     }
 

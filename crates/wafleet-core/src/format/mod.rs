@@ -21,7 +21,7 @@
 //! | `1. item` | `1. item`, numbering kept |
 //! | `> quote` | `> quote` |
 //! | `---` | `———` between blank lines |
-//! | tables | one line per row, cells joined by ` \| `, header cells bold |
+//! | tables | one line per row, cells joined by ` \| `, header cells bold; cells beyond the header's count kept |
 //! | HTML | tags removed, text kept, `<br>` as a line break |
 //!
 //! Paragraphs are separated by exactly one blank line and no line ends in whitespace (this applies

@@ -2930,3 +2930,66 @@ async fn an_early_status_from_another_numbers_webhook_is_not_applied_to_this_num
             .unwrap();
     assert_eq!(states, ["accepted", "failed"]);
 }
+
+#[tokio::test]
+async fn lifting_a_long_pause_gives_the_held_parts_their_retry_age_again() {
+    use wafleet::store::channels::{ChannelSpec, Resumed, resume, upsert};
+    let e = env().await;
+    let ids = e.parts_of_one_reply(1, None).await;
+    // Held for two hours by a pause of an expired token (longer than WAFLEET_SEND_MAX_AGE_MS):
+    // once the operator fixes it, the part must still have its retries ahead, not be too old to
+    // wait for the number's rate limit.
+    let held_two_hours = || async {
+        sqlx::query(
+            "WITH p AS (UPDATE outbound_messages
+                           SET state = 'pending', retries_since = now() - interval '2 hours'
+                         WHERE id = $1)
+             UPDATE channels SET sends_paused_until = now() + interval '1 hour',
+                                 sends_paused_code = 190, sends_paused_reason = 'expired'
+              WHERE phone_number_id = $2",
+        )
+        .bind(ids[0])
+        .bind(PNID)
+        .execute(&e.pg)
+        .await
+        .unwrap();
+    };
+    let age_secs = || async {
+        let (secs,): (f64,) = sqlx::query_as(
+            "SELECT extract(epoch FROM now() - retries_since)::float8
+               FROM outbound_messages WHERE id = $1",
+        )
+        .bind(ids[0])
+        .fetch_one(&e.pg)
+        .await
+        .unwrap();
+        secs
+    };
+    held_two_hours().await;
+    assert!(matches!(
+        resume(&e.pg, PNID).await.unwrap(),
+        Resumed::Lifted(_)
+    ));
+    assert!(
+        age_secs().await < 60.0,
+        "after resume: {}",
+        age_secs().await
+    );
+
+    held_two_hours().await;
+    let spec = ChannelSpec {
+        phone_number_id: PNID.into(),
+        access_token: Some(wafleet::config::Secret::new("EAAG-new-token".into())),
+        ..Default::default()
+    };
+    let saved = upsert(&e.pg, &e.cfg.cipher(), &spec).await.unwrap();
+    assert!(
+        matches!(saved.pause, Some((_, true))),
+        "the new token lifts"
+    );
+    assert!(
+        age_secs().await < 60.0,
+        "after a new token: {}",
+        age_secs().await
+    );
+}

@@ -218,7 +218,13 @@ pub async fn resume(pool: &PgPool, phone_number_id: &str) -> anyhow::Result<Resu
                        WHERE phone_number_id = $1 FOR UPDATE),
               lifted AS (UPDATE channels c SET sends_paused_until = NULL,
                                 sends_paused_code = NULL, sends_paused_reason = NULL
-                           FROM old WHERE c.id = old.id AND old.sends_paused_until IS NOT NULL)
+                           FROM old WHERE c.id = old.id AND old.sends_paused_until IS NOT NULL),
+              -- The held parts' retry age starts again, as at the pause (`pause_channel`):
+              -- a pause longer than `WAFLEET_SEND_MAX_AGE_MS` must not leave them too old to
+              -- wait for the number's rate limit once it is lifted.
+              held AS (UPDATE outbound_messages o SET retries_since = now()
+                         FROM old WHERE o.channel_id = old.id AND o.state = 'pending'
+                                    AND old.sends_paused_until IS NOT NULL)
          SELECT sends_paused_until, sends_paused_code, sends_paused_reason FROM old"
     ))
     .bind(phone_number_id)
@@ -469,7 +475,14 @@ pub async fn upsert<'e>(
         Option<i32>,
         Option<String>,
     ) = sqlx::query_as(&format!(
-        "WITH old AS (SELECT {PAUSE_COLUMNS} FROM channels WHERE phone_number_id = $1),
+        "WITH old AS (SELECT id, {PAUSE_COLUMNS} FROM channels WHERE phone_number_id = $1),
+              -- A lifted pause gives the held parts their retry age again, as `resume` does.
+              held AS (UPDATE outbound_messages o SET retries_since = now()
+                         FROM old WHERE o.channel_id = old.id AND o.state = 'pending'
+                                    AND $7::bytea IS NOT NULL
+                                    AND old.sends_paused_until IS NOT NULL
+                                    AND (old.sends_paused_code IS NULL
+                                         OR old.sends_paused_code = ANY($12))),
               saved AS (
          INSERT INTO channels (phone_number_id, waba_id, display_phone_number, name, app_secrets,
                                verify_token, access_token, bot_mode, phone_allowlist, enabled,

@@ -765,14 +765,10 @@ impl SenderStage {
         }
     }
 
-    /// The acceptance kept by [`Self::record_acceptance`] for a part still `sending`, if any,
-    /// and only when it is of the send the part holds now: a wamid kept for an earlier send of a
-    /// part a failed status reopened since is that failed message's, and recorded for the resend
-    /// it would mark a message that never left as accepted. Such a stash is dropped. (One kept
-    /// before sends were numbered in it, `wamid[ wa_id]`, is taken as before.)
     /// When (Unix ms) the oldest status still in any status stream was queued. An entry leaves
-    /// its stream only once the status stage is done with it, so a status Meta posted for a
-    /// send has either been applied or is still there. Each stream is read on its own (one key
+    /// its stream only once the status stage is done with it (or parks it for a later retry,
+    /// which this does not see; an outage keeps jobs in place), so a status Meta posted for a
+    /// send has either been applied or is, almost always, still there. Each stream is read on its own (one key
     /// per command, as a Redis Cluster needs); this runs only when an ambiguous send is due
     /// for a resend.
     async fn oldest_queued_status_ms(&self) -> Result<Option<i64>, Outcome> {
@@ -795,6 +791,11 @@ impl SenderStage {
         Ok(oldest)
     }
 
+    /// The acceptance kept by [`Self::record_acceptance`] for a part still `sending`, if any,
+    /// and only when it is of the send the part holds now: a wamid kept for an earlier send of a
+    /// part a failed status reopened since is that failed message's, and recorded for the resend
+    /// it would mark a message that never left as accepted. Such a stash is dropped. (One kept
+    /// before sends were numbered in it, `wamid[ wa_id]`, is taken as before.)
     async fn unrecorded_wamid(&self, job: &Job, part: &Part) -> Result<Option<Accepted>, Outcome> {
         let key = self.keys.unrecorded_wamid(job.partition, part.id);
         let mut con = self.redis.get().await.map_err(redis_down)?;

@@ -83,7 +83,10 @@ pub async fn connect(
         .test_before_acquire(false)
         .connect_with(options.clone())
         .await;
-    let place = server(&options);
+    let what = format!(
+        "connecting to Postgres at {} (DATABASE_URL)",
+        server(&options)
+    );
     match pool {
         Ok(pool) => Ok(pool),
         // The pool retries opening until its acquire timeout and then says only that it timed
@@ -100,9 +103,9 @@ pub async fn connect(
                 Ok(Ok(_)) => anyhow::anyhow!("timed out opening the pool; Postgres answered since"),
                 Err(_) => anyhow::anyhow!("no answer within 3 s"),
             };
-            Err(cause.context(format!("connecting to Postgres at {place} (DATABASE_URL)")))
+            Err(cause.context(what))
         }
-        Err(e) => Err(e).context(format!("connecting to Postgres at {place} (DATABASE_URL)")),
+        Err(e) => Err(e).context(what),
     }
 }
 

@@ -366,27 +366,24 @@ pub async fn hand_over_and_publish(
 /// keyword's, which skips the model.
 pub fn mark_read(
     graph: &crate::graph::GraphClient,
-    channel: &std::sync::Arc<channel_settings::ChannelSettings>,
+    channel: &channel_settings::ChannelSettings,
     wamid: &str,
     typing: bool,
 ) {
     let bot_on = channel.enabled && channel.bot_mode == crate::store::channels::BotMode::On;
-    if !bot_on || channel.access_token.is_none() {
+    let Some(token) = channel.access_token.clone().filter(|_| bot_on) else {
         return;
-    }
+    };
     let graph = graph.clone();
-    let channel = std::sync::Arc::clone(channel);
+    let number = channel.phone_number_id.clone();
     let wamid = wamid.to_string();
     tokio::spawn(async move {
-        let Some(token) = &channel.access_token else {
-            return;
-        };
         if let Err(e) = graph
-            .mark_read(&channel.phone_number_id, token.expose(), &wamid, typing)
+            .mark_read(&number, token.expose(), &wamid, typing)
             .await
         {
             metrics::counter!("wafleet_mark_read_errors_total").increment(1);
-            tracing::debug!(channel = %channel.phone_number_id, error = %e, "mark-read failed");
+            tracing::debug!(channel = %number, error = %e, "mark-read failed");
         }
     });
 }

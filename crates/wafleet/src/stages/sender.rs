@@ -768,27 +768,28 @@ impl SenderStage {
     /// When (Unix ms) the oldest status still in any status stream was queued. An entry leaves
     /// its stream only once the status stage is done with it (or parks it for a later retry,
     /// which this does not see; an outage keeps jobs in place), so a status Meta posted for a
-    /// send has either been applied or is, almost always, still there. Each stream is read on its own (one key
-    /// per command, as a Redis Cluster needs); this runs only when an ambiguous send is due
-    /// for a resend.
+    /// send has either been applied or is, almost always, still there. One `XRANGE` per stream
+    /// (one key per command, as a Redis Cluster needs), all in one round trip; this runs only
+    /// when an ambiguous send is due for a resend.
     async fn oldest_queued_status_ms(&self) -> Result<Option<i64>, Outcome> {
-        let mut con = self.redis.get().await.map_err(redis_down)?;
-        let mut oldest: Option<i64> = None;
+        let mut pipe = redis::pipe();
         for p in 0..self.keys.partitions() {
-            let first: redis::streams::StreamRangeReply = con
-                .xrange_count(self.keys.status(p), "-", "+", 1)
-                .await
-                .map_err(redis_down)?;
-            let queued = first
-                .ids
-                .first()
-                .and_then(|e| e.id.split('-').next())
-                .and_then(|ms| ms.parse::<i64>().ok());
-            if let Some(ms) = queued {
-                oldest = Some(oldest.map_or(ms, |o| o.min(ms)));
-            }
+            pipe.cmd("XRANGE")
+                .arg(self.keys.status(p))
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(1);
         }
-        Ok(oldest)
+        let mut con = self.redis.get().await.map_err(redis_down)?;
+        let firsts: Vec<redis::streams::StreamRangeReply> =
+            pipe.query_async(&mut con).await.map_err(redis_down)?;
+        // An entry id is `<Unix ms>-<sequence>`.
+        Ok(firsts
+            .iter()
+            .filter_map(|r| r.ids.first())
+            .filter_map(|e| e.id.split('-').next()?.parse::<i64>().ok())
+            .min())
     }
 
     /// The acceptance kept by [`Self::record_acceptance`] for a part still `sending`, if any,

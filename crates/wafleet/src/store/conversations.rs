@@ -1320,8 +1320,11 @@ pub async fn record_accepted_many(
         let send_nos: Vec<Option<i32>> = run.iter().map(|a| a.send_no).collect();
         let rows: Vec<(i64, Option<bool>, Option<i32>)> = sqlx::query_as(
             "WITH input AS (
-                 SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::int4[])
-                                AS i(id, wamid, adopt, send_no)
+                 -- With each part's number: its early statuses are only those of its number.
+                 SELECT i.*, o.channel_id
+                   FROM unnest($1::int8[], $2::text[], $3::text[], $4::int4[])
+                        AS i(id, wamid, adopt, send_no)
+                   LEFT JOIN outbound_messages o ON o.id = i.id
              ), locked AS MATERIALIZED (
                  SELECT o.id FROM outbound_messages o WHERE o.id IN (SELECT id FROM input)
                   ORDER BY o.id FOR UPDATE
@@ -1331,8 +1334,7 @@ pub async fn record_accepted_many(
                  SELECT DISTINCT ON (s.wamid) s.wamid, s.status, s.rank, s.status_at,
                         s.error_code, s.error_title
                    FROM early_statuses s JOIN input i ON i.wamid = s.wamid
-                   JOIN outbound_messages o ON o.id = i.id
-                  WHERE s.channel_id IN (0, o.channel_id)
+                  WHERE s.channel_id IN (0, i.channel_id)
                   ORDER BY s.wamid, s.rank DESC
              ), accepted AS (
                  UPDATE outbound_messages o SET
@@ -1367,8 +1369,7 @@ pub async fn record_accepted_many(
                         o.error_code
              ), applied AS (
                  DELETE FROM early_statuses s USING input i
-                   JOIN outbound_messages o ON o.id = i.id
-                  WHERE s.wamid = i.wamid AND s.channel_id IN (0, o.channel_id)
+                  WHERE s.wamid = i.wamid AND s.channel_id IN (0, i.channel_id)
              ), answered AS (
                  UPDATE messages SET answered_at = COALESCE(answered_at, now())
                   WHERE id IN (SELECT reply_to FROM accepted)

@@ -453,6 +453,23 @@ async fn a_process_that_joins_gets_its_share_within_seconds_with_the_default_lea
     .await;
 }
 
+/// What a real worker with `name=value` on top of `cfg`'s environment printed to stderr, once
+/// it stopped with a failure within 30 s (it fails the test if it kept running or succeeded).
+async fn stopped_worker_stderr(cfg: &TestConfig, name: &str, value: &str) -> String {
+    let run = tokio::process::Command::new(BIN)
+        .envs(cfg.worker_env())
+        .env("TEST_WORKER_MODE", "real")
+        .env(name, value)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .unwrap_or_else(|_| panic!("{name}={value} was taken: the worker kept running"))
+        .unwrap();
+    assert!(!out.status.success(), "{name}={value}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[tokio::test]
 async fn a_setting_of_zero_or_a_bad_log_format_stops_the_worker_naming_the_variable() {
     let cfg = TestConfig::new().await;
@@ -468,18 +485,7 @@ async fn a_setting_of_zero_or_a_bad_log_format_stops_the_worker_naming_the_varia
         ("RUST_LOG", "wafleet=loud"),
         ("WAFLEET_WORKER_ID", "host@1"),
     ] {
-        let run = tokio::process::Command::new(BIN)
-            .envs(cfg.worker_env())
-            .env("TEST_WORKER_MODE", "real")
-            .env(name, value)
-            .kill_on_drop(true)
-            .output();
-        let out = tokio::time::timeout(Duration::from_secs(30), run)
-            .await
-            .unwrap_or_else(|_| panic!("{name}={value} was taken: the worker kept running"))
-            .unwrap();
-        assert!(!out.status.success(), "{name}={value}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = stopped_worker_stderr(&cfg, name, value).await;
         assert!(stderr.contains(name), "{name}={value}: {stderr}");
     }
 }
@@ -505,18 +511,7 @@ async fn a_worker_that_cannot_reach_postgres_names_the_cause_and_the_server_not_
         ),
     ];
     for (url, cause, place) in cases {
-        let run = tokio::process::Command::new(BIN)
-            .envs(cfg.worker_env())
-            .env("TEST_WORKER_MODE", "real")
-            .env("DATABASE_URL", &url)
-            .kill_on_drop(true)
-            .output();
-        let out = tokio::time::timeout(Duration::from_secs(30), run)
-            .await
-            .unwrap_or_else(|_| panic!("{url}: the worker kept running"))
-            .unwrap();
-        assert!(!out.status.success(), "{url}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = stopped_worker_stderr(&cfg, "DATABASE_URL", &url).await;
         assert!(stderr.contains(cause), "{url}: {stderr}");
         assert!(stderr.contains(&place), "{url}: {stderr}");
         assert!(!stderr.contains("s3cret-pw"), "{url}: {stderr}");

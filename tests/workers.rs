@@ -64,6 +64,14 @@ impl Env {
         .unwrap()
     }
 
+    /// The states of the outbound parts, by part number.
+    async fn part_states(&self) -> Vec<String> {
+        sqlx::query_scalar("SELECT state FROM outbound_messages ORDER BY part_no")
+            .fetch_all(&self.pg)
+            .await
+            .unwrap()
+    }
+
     /// What the sender records when Meta accepts a part.
     async fn record_accepted(&self, outbound_id: i64, wamid: &str) {
         let mut con = self.pg.acquire().await.unwrap();
@@ -2316,11 +2324,7 @@ async fn an_acceptance_recorded_after_its_failed_status_says_so() {
             Acceptance::Recorded,
         ]
     );
-    let states: Vec<String> =
-        sqlx::query_scalar("SELECT state FROM outbound_messages ORDER BY part_no")
-            .fetch_all(&e.pg)
-            .await
-            .unwrap();
+    let states = e.part_states().await;
     assert_eq!(states, ["failed", "failed", "accepted"]);
 }
 
@@ -2492,11 +2496,7 @@ async fn an_acceptance_re_keys_the_conversation_by_the_wa_id_meta_named_unless_i
         .await
         .unwrap();
     assert_eq!(key().await, "5730001");
-    let states: Vec<String> =
-        sqlx::query_scalar("SELECT state FROM outbound_messages ORDER BY part_no")
-            .fetch_all(&e.pg)
-            .await
-            .unwrap();
+    let states = e.part_states().await;
     assert_eq!(states, ["accepted", "accepted"]);
 }
 
@@ -2923,11 +2923,7 @@ async fn an_early_status_from_another_numbers_webhook_is_not_applied_to_this_num
             Acceptance::FailedFirst { code: Some(131047) }
         ]
     );
-    let states: Vec<String> =
-        sqlx::query_scalar("SELECT state FROM outbound_messages ORDER BY part_no")
-            .fetch_all(&e.pg)
-            .await
-            .unwrap();
+    let states = e.part_states().await;
     assert_eq!(states, ["accepted", "failed"]);
 }
 

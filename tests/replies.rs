@@ -752,6 +752,34 @@ async fn in_shadow_mode_the_models_handover_is_recorded_but_not_made() {
     assert!(s.sim.state.messages().is_empty(), "shadow never sends");
 }
 
+/// People answer the customers of a number whose bot is off, and run a shadow one (its replies
+/// are recorded, never sent): their dashboard learns of each customer message as it does of one
+/// in a conversation a human took, or nobody knows the customer wrote.
+#[tokio::test]
+async fn a_customer_message_to_a_number_whose_bot_is_off_or_in_shadow_is_announced_to_the_dashboard()
+ {
+    for mode in ["off", "shadow"] {
+        let s = system().await;
+        sqlx::query("UPDATE channels SET bot_mode = $1::text")
+            .bind(mode)
+            .execute(&s.pg)
+            .await
+            .unwrap();
+        s.send("573031", "wamid.P1", "hola, ¿me atienden?").await;
+        wait_count(&s.pg, "SELECT count(*) FROM messages", 1, 30).await;
+        s.settled().await;
+        assert_eq!(
+            s.owner_events().await,
+            vec![("message".to_string(), "customer".to_string())],
+            "bot {mode}"
+        );
+        assert!(
+            s.sim.state.messages().is_empty(),
+            "bot {mode}: nothing sent"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_model_asking_for_a_person_after_a_keyword_handover_does_not_acknowledge_twice() {
     let s = system_with_sim(SimConfig {

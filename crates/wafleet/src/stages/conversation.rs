@@ -13,11 +13,12 @@
 //!   notice configured;
 //! - `none` — reactions, system messages, conversations a human owns, bot off.
 //!
-//! After the commit come the follow-ups in Redis (reply job, outbound job, dashboard event); the
-//! stream entry is acknowledged only after them. A redelivered message meets its row (the insert
-//! conflicts) and redoes its follow-ups, which every later step takes idempotently (a second
-//! reply job finds the reply recorded; a second send job finds its parts sent), so a crash
-//! anywhere repeats work but never loses or doubles a message.
+//! After the commit come the follow-ups in Redis (reply job, outbound job, dashboard event: a
+//! handover, or the message itself when people answer it, a human having the conversation or the
+//! number's bot being off or in shadow); the stream entry is acknowledged only after them. A
+//! redelivered message meets its row (the insert conflicts) and redoes its follow-ups, which every
+//! later step takes idempotently (a second reply job finds the reply recorded; a second send job
+//! finds its parts sent), so a crash anywhere repeats work but never loses or doubles a message.
 
 use std::sync::Arc;
 
@@ -623,26 +624,28 @@ impl ConversationStage {
                     super::mark_read(&self.graph, channel, wamid, false);
                 }
             }
-            // A human answers this conversation: their dashboard learns of the customer's
-            // message (again after a redelivery: consumers key events on the message id).
-            "none" if stored.owner_at_arrival == "human" => {
-                let mut con = self
-                    .redis
-                    .get()
-                    .await
-                    .map_err(|e| StepError::Redis(e.into()))?;
-                let event = OwnerChange {
-                    kind: "message",
-                    reason: "customer",
-                    conversation_id: stored.conversation_id,
-                    message_id: Some(stored.id),
-                    phone_number_id: job.field("channel"),
-                };
-                publish_handover(&mut con, &self.keys, &event)
-                    .await
-                    .map_err(redis)?;
-            }
             _ => {}
+        }
+        // People answer this message: a human has the conversation, or the number's bot is off
+        // or in shadow (its replies recorded, never sent). Their dashboard learns of it (again
+        // after a redelivery: consumers key events on the message id); a handover has its own.
+        let people_answer = stored.owner_at_arrival == "human" || channel.bot_mode != BotMode::On;
+        if people_answer && stored.action != "handover" {
+            let mut con = self
+                .redis
+                .get()
+                .await
+                .map_err(|e| StepError::Redis(e.into()))?;
+            let event = OwnerChange {
+                kind: "message",
+                reason: "customer",
+                conversation_id: stored.conversation_id,
+                message_id: Some(stored.id),
+                phone_number_id: job.field("channel"),
+            };
+            publish_handover(&mut con, &self.keys, &event)
+                .await
+                .map_err(redis)?;
         }
         Ok(())
     }

@@ -65,8 +65,8 @@ pub fn batch_outcome(e: &crate::batch::BatchError, doing: &str) -> crate::worker
 }
 
 /// A change of who answers a conversation, as dashboards receive it ([`publish_handover`]); or
-/// a customer's message in a conversation a human answers (`message`), which their agents must
-/// see. Carries ids, never text or phone numbers of customers.
+/// a customer's message in a conversation a human answers, or on a number whose bot is off or in
+/// shadow (`message`), which their agents must see. Carries ids, never text or phone numbers of customers.
 pub struct OwnerChange<'a> {
     /// `handover` (to a human), `release` (back to the bot) or `message`.
     pub kind: &'static str,

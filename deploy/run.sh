@@ -60,11 +60,14 @@ flock -n 8 || die "another deploy/just run of this checkout is running (Ctrl-C i
 SIM_LISTEN=${SIM_LISTEN:-127.0.0.1:8090}
 export WAFLEET_API_ADDR=${WAFLEET_API_ADDR:-127.0.0.1:8081}
 # Processes an earlier run left behind (run.sh killed with SIGKILL) hold the ports: stop them.
-# Only ours: the pid still runs a binary of this checkout's target directory.
+# Only ours: the pid still runs the binary it was started as, from this checkout (its working
+# directory). Not a process of the checkout this one was copied from with its .wafleet/: the
+# copied list names that one's running demo, whose binaries may be the same files.
 if [[ -f .wafleet/run.pids ]]; then
     while read -r pid exe; do
+        [[ $pid =~ ^[0-9]+$ ]] || continue
         running=$(readlink "/proc/$pid/exe" 2>/dev/null) || continue
-        [[ $pid =~ ^[0-9]+$ && ${running% (deleted)} == "$exe" ]] || continue
+        [[ ${running% (deleted)} == "$exe" && $(readlink "/proc/$pid/cwd" 2>/dev/null) == "$repo" ]] || continue
         echo "stopping $(basename "$exe") (pid $pid), left running by an earlier run" >&2
         kill -TERM "$pid" 2>/dev/null || true
         for _ in $(seq 1 250); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done

@@ -1,13 +1,17 @@
 //! `deploy/services.sh`, the script every recipe starts the services with, run from a copy in a
 //! checkout path holding a space, a quote and a `$` (as a user's clone may): what it prints for
 //! `eval`, what it says when nothing runs, and how it refuses a port another program holds. It
-//! never starts a server here, and never touches the checkout's own services or ports.
+//! never starts a server here, and never touches the checkout's own services or ports. And
+//! `deploy/run.sh`, as far as it goes before building, with a stand-in for `services.sh`: which
+//! processes an earlier run left behind it stops.
 
 use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use redis::{ConnectionAddr, IntoConnectionInfo};
@@ -38,6 +42,21 @@ impl Checkout {
             .env("WAFLEET_PG_PORT", pg_port.to_string())
             .output()
             .unwrap()
+    }
+}
+
+impl Checkout {
+    /// Adds `deploy/run.sh`, with a `services.sh` that starts nothing and prints no variables.
+    fn with_run_script(self) -> Self {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/run.sh");
+        std::fs::copy(&script, self.0.join("deploy/run.sh")).unwrap();
+        std::fs::write(
+            self.0.join("deploy/services.sh"),
+            "#!/usr/bin/env bash\nexit 0\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(self.0.join(".wafleet")).unwrap();
+        self
     }
 }
 
@@ -140,4 +159,68 @@ fn a_port_held_by_a_program_that_never_answers_is_refused_naming_the_variable() 
         "{stderr}"
     );
     assert!(!checkout.0.join(".wafleet/redis/redis.pid").exists());
+}
+
+/// A `sleep` started in `dir`, reaped by a thread of its own as soon as it ends (a zombie would
+/// still answer `kill -0`), its exit status sent on the receiver.
+fn sleeper_in(dir: &Path) -> (u32, mpsc::Receiver<ExitStatus>) {
+    let mut child = Command::new("sleep")
+        .arg("300")
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait().unwrap());
+    });
+    (pid, rx)
+}
+
+#[test]
+fn a_run_stops_what_its_own_earlier_run_left_behind_never_another_checkouts() {
+    // The checkout's own left-over (its earlier run was killed with SIGKILL) and the running
+    // demo of the checkout it was copied from, listed in the copied `.wafleet/run.pids`: both run
+    // the same binary (a shared CARGO_TARGET_DIR, or the copy's pids file naming the original's
+    // binaries), but only one was started from this checkout.
+    let original = Checkout::new();
+    let copy = Checkout::new().with_run_script();
+    let (ours, ours_ended) = sleeper_in(&copy.0);
+    let (theirs, theirs_ended) = sleeper_in(&original.0);
+    let exe = std::fs::read_link(format!("/proc/{ours}/exe")).unwrap();
+    std::fs::write(
+        copy.0.join(".wafleet/run.pids"),
+        format!("{ours} {}\n{theirs} {}\n", exe.display(), exe.display()),
+    )
+    .unwrap();
+
+    // It goes no further than the build (no Cargo.toml here) or a port the machine holds.
+    let out = Command::new(copy.0.join("deploy/run.sh"))
+        .current_dir("/")
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+
+    let ended = ours_ended
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("the checkout's own left-over still runs: {stderr}"));
+    assert_eq!(ended.signal(), Some(15), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "stopping sleep (pid {ours}), left running by an earlier run"
+        )),
+        "{stderr}"
+    );
+    let survived = theirs_ended.try_recv().is_err();
+    let _ = Command::new("kill")
+        .arg(theirs.to_string())
+        .stderr(Stdio::null())
+        .status();
+    assert!(
+        survived,
+        "the original checkout's process was stopped: {stderr}"
+    );
+    assert!(!stderr.contains(&format!("(pid {theirs})")), "{stderr}");
 }

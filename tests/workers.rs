@@ -1319,6 +1319,50 @@ async fn media_is_stored_with_metadata_and_reactions_never_trigger_anything() {
     assert_eq!(e.replies().await, 1);
 }
 
+/// A cart sent from the catalog is what the customer wants: the model (and the agents'
+/// transcript) reads its items, quantity, product and price, with the note when there is one.
+/// Before, an order without a note was stored and answered by nobody, and one with a note was
+/// answered from the note alone, the model not knowing what was ordered.
+#[tokio::test]
+async fn a_catalog_order_is_answered_knowing_its_items() {
+    let e = env().await;
+    e.post(&message_body(
+        PNID,
+        "57300",
+        serde_json::json!({"from": "57300", "id": "wamid.ord1", "timestamp": T0.to_string(),
+        "type": "order", "order": {"catalog_id": "194836987003835", "product_items": [
+            {"product_retailer_id": "aceite-lavanda-30ml", "quantity": 2, "item_price": 45000, "currency": "COP"},
+            {"product_retailer_id": "jabon-avena", "quantity": "1", "item_price": "18000.5", "currency": "COP"}]}}),
+    ))
+    .await;
+    e.post(&message_body(
+        PNID,
+        "57301",
+        serde_json::json!({"from": "57301", "id": "wamid.ord2", "timestamp": T0.to_string(),
+        "type": "order", "order": {"catalog_id": "194836987003835", "text": "¿Llega el sábado?",
+            "product_items": [{"product_retailer_id": "vela-soja", "quantity": 1}]}}),
+    ))
+    .await;
+    e.stored(2).await;
+    e.wait_followups().await;
+    let (_, text, _, action, _) = e.message("wamid.ord1").await;
+    assert_eq!(
+        (text.as_deref(), action.as_str()),
+        (
+            Some(
+                "[order] 2 × aceite-lavanda-30ml, 45000 COP each; 1 × jabon-avena, 18000.5 COP each"
+            ),
+            "reply"
+        )
+    );
+    let (_, text, _, action, _) = e.message("wamid.ord2").await;
+    assert_eq!(
+        (text.as_deref(), action.as_str()),
+        (Some("[order] 1 × vela-soja\n¿Llega el sábado?"), "reply")
+    );
+    assert_eq!(e.replies().await, 2);
+}
+
 #[tokio::test]
 async fn statuses_only_move_forward_and_early_ones_wait_for_their_message() {
     let e = env().await;

@@ -151,8 +151,13 @@ impl ConversationStage {
                 reason: format!("no channel {}", m.origin.phone_number_id),
             });
         };
-        let redacted = m
-            .text
+        // A cart from the catalog says what was ordered: its items are what the customer says.
+        let said = if m.message_type == "order" {
+            order_text(m)
+        } else {
+            m.text.clone()
+        };
+        let redacted = said
             .as_deref()
             .map(|t| self.redactor.redact(&without_nul(t)));
         let mut pii_types: Vec<String> = redacted
@@ -688,6 +693,56 @@ fn without_nul(s: &str) -> std::borrow::Cow<'_, str> {
     } else {
         std::borrow::Cow::Borrowed(s)
     }
+}
+
+/// What a customer asks for with a cart sent from the catalog, as the model and the agents read
+/// it: each item's quantity, product (its retailer id, all the webhook names) and price, then the
+/// customer's note (`[order] 2 × aceite-lavanda-30ml, 45000 COP each\n¿Llega el sábado?`). Read
+/// leniently from the raw item, since Meta sends the numbers as numbers or strings (reference
+/// A.4): an item without a product is left out, one without a quantity or price says what it
+/// has. The note alone when no item names a product.
+fn order_text(m: &InboundMessage) -> Option<String> {
+    let raw: Value = serde_json::from_str(m.raw.get()).unwrap_or(Value::Null);
+    let items: Vec<String> = raw["order"]["product_items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|item| {
+            let field = |k: &str| match &item[k] {
+                Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            };
+            let mut line = field("product_retailer_id")?;
+            if let Some(quantity) = field("quantity") {
+                line = format!("{quantity} × {line}");
+            }
+            if let Some(price) = field("item_price") {
+                line.push_str(", ");
+                line.push_str(&price);
+                if let Some(currency) = field("currency") {
+                    line.push(' ');
+                    line.push_str(&currency);
+                }
+                line.push_str(" each");
+            }
+            Some(line)
+        })
+        .collect();
+    let note = m.text.as_deref().filter(|t| !t.trim().is_empty());
+    if items.is_empty() {
+        return note.map(str::to_string);
+    }
+    let mut text = format!(
+        "{} {}",
+        crate::store::replies::ORDER_MARKER,
+        items.join("; ")
+    );
+    if let Some(note) = note {
+        text.push('\n');
+        text.push_str(note);
+    }
+    Some(text)
 }
 
 /// Type-specific facts worth keeping, with free text redacted.

@@ -40,6 +40,10 @@ pub const TEMPLATE_MARKER: &str = "[template";
 /// How a transcribed voice note (or audio file) stands in a turn's text, before its transcript.
 pub const VOICE_MARKER: &str = "[voice note]";
 
+/// How a cart sent from the catalog stands in a message's stored text, before its items and the
+/// customer's note: `[order] 2 × aceite-lavanda-30ml, 45000 COP each`.
+pub const ORDER_MARKER: &str = "[order]";
+
 /// How a voice note stands in the turn the model answers when it could not be transcribed (the
 /// model is told one was sent, and that it does not know what it says).
 pub const VOICE_UNHEARD: &str = "[voice note: it could not be transcribed]";

@@ -680,18 +680,7 @@ async fn entries_a_lost_read_delivered_are_claimed_again_not_left_pending() {
     if pending(&mut con).await == 0 {
         // No read was waiting at Redis when the path died: deliver it to the worker's consumer
         // as that read would have.
-        let _: redis::Value = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(STAGE.name)
-            .arg(&consumer)
-            .arg("COUNT")
-            .arg(1)
-            .arg("STREAMS")
-            .arg(&stream)
-            .arg(">")
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        read_one_as(&mut con, &stream, &consumer).await;
     }
     assert_eq!(
         pending(&mut con).await,
@@ -741,12 +730,28 @@ async fn reading_through_a_proxy(
     (proxy, probe, running)
 }
 
-#[tokio::test]
-async fn consumers_of_processes_long_gone_are_deleted_when_a_partition_is_taken_over() {
-    let cfg = TestConfig {
-        partitions: 1,
-        ..TestConfig::new().await
-    };
+/// Delivers the next new entry of `stream` to the probe group's `consumer`, as its read would.
+async fn read_one_as(con: &mut redis::aio::MultiplexedConnection, stream: &str, consumer: &str) {
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(STAGE.name)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(">")
+        .query_async(con)
+        .await
+        .unwrap();
+}
+
+/// The probe group on partition 0's inbound stream (of a one-partition `cfg`), with a consumer
+/// `name` that has read nothing; the stream's key and a connection.
+async fn group_with_consumer(
+    cfg: &TestConfig,
+    name: &str,
+) -> (String, redis::aio::MultiplexedConnection) {
     let stream = cfg.keys().inbound(0);
     let mut con = cfg.redis().await;
     let _: () = redis::cmd("XGROUP")
@@ -758,15 +763,25 @@ async fn consumers_of_processes_long_gone_are_deleted_when_a_partition_is_taken_
         .query_async(&mut con)
         .await
         .unwrap();
-    // A process that started once, read nothing and is gone.
     let _: i64 = redis::cmd("XGROUP")
         .arg("CREATECONSUMER")
         .arg(&stream)
         .arg(STAGE.name)
-        .arg("gone-1")
+        .arg(name)
         .query_async(&mut con)
         .await
         .unwrap();
+    (stream, con)
+}
+
+#[tokio::test]
+async fn consumers_of_processes_long_gone_are_deleted_when_a_partition_is_taken_over() {
+    let cfg = TestConfig {
+        partitions: 1,
+        ..TestConfig::new().await
+    };
+    // A process that started once, read nothing and is gone.
+    let (stream, con) = group_with_consumer(&cfg, "gone-1").await;
     let consumers = |con: &redis::aio::MultiplexedConnection| {
         let (mut con, stream) = (con.clone(), stream.clone());
         async move {
@@ -803,6 +818,71 @@ async fn consumers_of_processes_long_gone_are_deleted_when_a_partition_is_taken_
     let names: Vec<String> = consumers(&con).await.into_iter().map(|c| c.name).collect();
     assert_eq!(names.len(), 1, "{names:?}");
     assert_ne!(names[0], "gone-1");
+    running.stop().await;
+}
+
+/// The names of the probe group's consumers on `stream`.
+async fn consumer_names(con: &redis::aio::MultiplexedConnection, stream: &str) -> Vec<String> {
+    let reply: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(stream)
+        .arg(STAGE.name)
+        .query_async(&mut con.clone())
+        .await
+        .unwrap();
+    reply.consumers.into_iter().map(|c| c.name).collect()
+}
+
+#[tokio::test]
+async fn a_worker_stopped_cleanly_leaves_no_consumer_behind() {
+    // Soak: every restart (a deploy, SIGTERM) left each partition's consumer of the stopped
+    // process in its group for good, 16 per stream family and restart: the next owner takes the
+    // partition at once, while that consumer has been idle for less than a lease.
+    let cfg = TestConfig {
+        partitions: 1,
+        ..TestConfig::new().await
+    };
+    let stream = cfg.keys().inbound(0);
+    let con = cfg.redis().await;
+    let long_lease = |s: &mut worker::WorkerSettings| s.lease_ttl = Duration::from_secs(30);
+    let probe = Arc::new(Probe::default());
+    let first = start(&cfg, probe.clone(), long_lease);
+    add(&cfg, "C", &[("name", "first")]).await;
+    wait_done(&probe, 1).await;
+    first.stop().await;
+    assert_eq!(consumer_names(&con, &stream).await, Vec::<String>::new());
+    let second = start(&cfg, probe.clone(), long_lease);
+    add(&cfg, "C", &[("name", "second")]).await;
+    wait_done(&probe, 2).await;
+    assert_eq!(consumer_names(&con, &stream).await.len(), 1);
+    second.stop().await;
+    assert_eq!(consumer_names(&con, &stream).await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_restarted_worker_id_deletes_its_earlier_incarnations_consumer() {
+    // A worker with an id killed without a word and started again takes its partitions back at
+    // once, while the dead incarnation's consumer has been idle for less than a lease: it stayed.
+    let cfg = TestConfig {
+        partitions: 1,
+        ..TestConfig::new().await
+    };
+    // Another process's consumer, maybe alive, is no business of ours; the dead incarnation
+    // had read an entry it never finished.
+    let (stream, mut con) = group_with_consumer(&cfg, "other-w@alive").await;
+    add(&cfg, "C", &[("name", "left")]).await;
+    read_one_as(&mut con, &stream, "probe-w@dead").await;
+    let probe = Arc::new(Probe::default());
+    let running = start(&cfg, probe.clone(), |s| {
+        s.lease_ttl = Duration::from_secs(30);
+        s.worker_id = Some("probe-w".into());
+    });
+    add(&cfg, "C", &[("name", "after")]).await;
+    wait_done(&probe, 2).await;
+    let names = consumer_names(&con, &stream).await;
+    assert!(!names.iter().any(|n| n == "probe-w@dead"), "{names:?}");
+    assert!(names.iter().any(|n| n == "other-w@alive"), "{names:?}");
+    assert_eq!(names.len(), 2, "{names:?}");
     running.stop().await;
 }
 

@@ -67,6 +67,14 @@ if redis.call('LLEN', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) re
 return 0
 ";
 
+/// Deletes a consumer that holds no pending entry (deleting one that holds some would drop them
+/// from the group for good). KEYS: stream. ARGV: group, consumer. 1 when deleted.
+const FORGET_IF_EMPTY: &str = r"
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+";
+
 pub(super) struct Scripts {
     park_head: redis::Script,
     park_behind: redis::Script,
@@ -74,6 +82,7 @@ pub(super) struct Scripts {
     replace_head: redis::Script,
     repark_head: redis::Script,
     finish_drain: redis::Script,
+    forget_if_empty: redis::Script,
 }
 
 impl Scripts {
@@ -85,6 +94,7 @@ impl Scripts {
             replace_head: redis::Script::new(REPLACE_HEAD),
             repark_head: redis::Script::new(REPARK_HEAD),
             finish_drain: redis::Script::new(FINISH_DRAIN),
+            forget_if_empty: redis::Script::new(FORGET_IF_EMPTY),
         }
     }
 }
@@ -279,6 +289,27 @@ impl<H: Handler> Partition<H> {
             _ = self.tracker.wait() => {}
             _ = self.hard.cancelled() => {}
         }
+        // Done reading here: the group's consumer of this process goes, unless a job left an
+        // entry pending under it (for the next owner to claim). Redis keeps a consumer until it
+        // is deleted, and the next owner, which takes the partition at once, sees it idle for
+        // less than a lease and keeps it: each restart or rebalance left one per partition.
+        if let Err(e) = self.forget(&self.consumer).await {
+            tracing::debug!(stage = self.group(), partition = self.partition, error = %e, "deleting this process's consumer failed");
+        }
+    }
+
+    /// Deletes `consumer` from the group if it holds no pending entry.
+    async fn forget(&self, consumer: &str) -> anyhow::Result<()> {
+        let mut con = self.con().await?;
+        let _: i64 = self
+            .scripts
+            .forget_if_empty
+            .key(&self.stream)
+            .arg(self.group())
+            .arg(consumer)
+            .invoke_async(&mut con)
+            .await?;
+        Ok(())
     }
 
     /// Claims every entry pending in the group, this consumer's own included: what the last
@@ -360,7 +391,11 @@ impl<H: Handler> Partition<H> {
     /// nothing for a lease TTL: every process start names a new consumer, and Redis keeps each
     /// one until it is deleted, so a fleet that scales and redeploys would otherwise pile them up
     /// for good. The idle bound spares a process still reading (deleting a consumer drops what it
-    /// was just handed); one that reads again later is made again by its read.
+    /// was just handed); one that reads again later is made again by its read. Earlier
+    /// incarnations of this process's worker id go whatever their idle time: the stage made
+    /// sure they are silent before taking their leases, and this one takes them back at once,
+    /// long before a lease has passed (a stopped process deletes its own consumer, see
+    /// [`Self::run`], but one killed without a word cannot).
     async fn forget_old_consumers(
         &self,
         con: &mut crate::shared_redis::SharedConnection,
@@ -371,9 +406,25 @@ impl<H: Handler> Partition<H> {
             .arg(self.group())
             .query_async(con)
             .await?;
+        let incarnation = self
+            .rt
+            .settings
+            .worker_id
+            .as_deref()
+            .map(|id| format!("{id}@"));
         for c in consumers.consumers {
+            if c.name == self.consumer {
+                continue;
+            }
+            if incarnation
+                .as_deref()
+                .is_some_and(|prefix| c.name.starts_with(prefix))
+            {
+                self.forget(&c.name).await?;
+                continue;
+            }
             let idle = Duration::from_millis(c.idle as u64);
-            if c.name != self.consumer && c.pending == 0 && idle > self.rt.settings.lease_ttl {
+            if c.pending == 0 && idle > self.rt.settings.lease_ttl {
                 let _: i64 = redis::cmd("XGROUP")
                     .arg("DELCONSUMER")
                     .arg(&self.stream)

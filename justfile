@@ -42,7 +42,7 @@ fmt:
 lint:
     cargo clippy --workspace --all-targets -- -D warnings
 
-# run the whole system: services, migrations, ingest and a worker; sends the sample conversations
+# run the whole system: services, migrations, ingest, a worker, the agent API and the simulator; sends the sample conversations
 run:
     deploy/run.sh
 

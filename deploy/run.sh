@@ -184,6 +184,9 @@ echo "  metrics   $ingest/metrics  and  $metrics/metrics"
 echo "  agent API http://$WAFLEET_API_ADDR/api/v1/conversations (tokens: wafleetctl api-token add NAME)"
 echo "  Graph API $WAFLEET_GRAPH_BASE_URL (simulator: $sim/_sim/messages lists what customers received)"
 echo "  logs      .wafleet/ingest.log  .wafleet/worker.log  .wafleet/api.log  .wafleet/sim.log"
+echo "  wafleetctl $bin/wafleetctl, from this directory ($repo) in a shell that first ran:"
+# shellcheck disable=SC2016 # printed for the user to run, not expanded here
+echo '            eval "$(deploy/services.sh env)"; set -a; . .wafleet/dev.env; set +a'
 echo
 
 run_id=$(date +%s%N)

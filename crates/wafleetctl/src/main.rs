@@ -17,6 +17,43 @@ use wafleet::db;
 use wafleet::store::channels::{self, BotMode, ChannelSpec};
 use wafleet::store::settings;
 
+// `println!` and `print!` in this file are these. Std's panic once stdout's reader is gone
+// (`wafleetctl conversation list | head -1`: "failed printing to stdout: Broken pipe", exit 101,
+// perhaps halfway through a command that changes things); here what nobody reads any more is
+// dropped, and the command does all it was asked.
+macro_rules! println {
+    () => {
+        $crate::print_out(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::print_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+macro_rules! print {
+    ($($arg:tt)*) => {
+        $crate::print_out(format_args!($($arg)*))
+    };
+}
+
+/// Writes to stdout, and nothing more once its reader is gone. Any other failure panics, as
+/// std's `print!` does.
+fn print_out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static READER_GONE: AtomicBool = AtomicBool::new(false);
+    if READER_GONE.load(Ordering::Relaxed) {
+        return;
+    }
+    match std::io::stdout().lock().write_fmt(args) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            READER_GONE.store(true, Ordering::Relaxed);
+        }
+        Err(e) => panic!("failed printing to stdout: {e}"),
+    }
+}
+
 #[derive(Parser)]
 #[command(name = "wafleetctl", about = "Operate a wafleet deployment")]
 struct Cli {

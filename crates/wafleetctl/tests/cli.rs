@@ -107,12 +107,24 @@ fn deployment(cfg: &TestConfig) -> Vec<(String, String)> {
 /// Runs `wafleetctl ARGS` with exactly `env` (nothing inherited: no backtraces, no stray
 /// `WHATSAPP_APP_SECRET`) and no stdin.
 async fn run(env: &[(String, String)], args: &[&str]) -> Ran {
+    run_to(env, args, Stdio::piped()).await
+}
+
+/// `run`, its stdout a pipe whose reader is gone, as in `wafleetctl … | head -1` once `head` has
+/// its line (stdout is then empty in the result).
+async fn run_into_closed_pipe(env: &[(String, String)], args: &[&str]) -> Ran {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    run_to(env, args, writer.into()).await
+}
+
+async fn run_to(env: &[(String, String)], args: &[&str], stdout: Stdio) -> Ran {
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wafleetctl"))
         .env_clear()
         .envs(env.iter().cloned())
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(stdout)
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -775,6 +787,35 @@ async fn an_api_token_is_printed_once_and_never_listed() {
         .await
         .refused(1);
     again.complains("no live token");
+}
+
+#[tokio::test]
+async fn output_to_a_reader_that_is_gone_neither_panics_nor_stops_the_command() {
+    // `wafleetctl generate-key | head -c 0`: std's println! panicked ("failed printing to
+    // stdout: Broken pipe"), exit 101 with a panic report.
+    let key = run_into_closed_pipe(&[], &["generate-key"]).await.ok();
+    assert!(key.stderr.is_empty(), "{key:?}");
+
+    // A command that prints as it goes still does all it was asked.
+    let cfg = TestConfig::new().await;
+    ctl_says(&cfg, &["migrate"], "migrations applied").await;
+    let add = run_into_closed_pipe(
+        &deployment(&cfg),
+        &[
+            "channel",
+            "add",
+            "--phone-number-id",
+            PNID,
+            "--app-secret",
+            APP_SECRET,
+            "--access-token",
+            ACCESS_TOKEN,
+        ],
+    )
+    .await
+    .ok();
+    assert!(add.stderr.is_empty(), "{add:?}");
+    ctl(&cfg, &["channel", "list"]).await.ok().line(PNID);
 }
 
 #[tokio::test]

@@ -746,23 +746,25 @@ async fn read_one_as(con: &mut redis::aio::MultiplexedConnection, stream: &str, 
         .unwrap();
 }
 
-/// The probe group on partition 0's inbound stream (of a one-partition `cfg`), with a consumer
-/// `name` that has read nothing; the stream's key and a connection.
+/// The probe group on partition 0's inbound stream (of a one-partition `cfg`; made if missing),
+/// with a consumer `name` that has read nothing; the stream's key and a connection.
 async fn group_with_consumer(
     cfg: &TestConfig,
     name: &str,
 ) -> (String, redis::aio::MultiplexedConnection) {
     let stream = cfg.keys().inbound(0);
     let mut con = cfg.redis().await;
-    let _: () = redis::cmd("XGROUP")
+    let created: redis::RedisResult<()> = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(&stream)
         .arg(STAGE.name)
         .arg("0")
         .arg("MKSTREAM")
         .query_async(&mut con)
-        .await
-        .unwrap();
+        .await;
+    if let Err(e) = created {
+        assert_eq!(e.code(), Some("BUSYGROUP"), "{e}");
+    }
     let _: i64 = redis::cmd("XGROUP")
         .arg("CREATECONSUMER")
         .arg(&stream)
@@ -883,6 +885,37 @@ async fn a_restarted_worker_id_deletes_its_earlier_incarnations_consumer() {
     assert!(!names.iter().any(|n| n == "probe-w@dead"), "{names:?}");
     assert!(names.iter().any(|n| n == "other-w@alive"), "{names:?}");
     assert_eq!(names.len(), 2, "{names:?}");
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_consumer_left_on_a_partition_that_keeps_its_owner_is_deleted_all_the_same() {
+    // Soak: a worker that gave partitions back (a release before this one deleted its
+    // consumers, or a process killed without an id whose partitions were taken just before its
+    // consumer had been idle for a lease) left consumers on partitions whose owner never changed
+    // again, and only a takeover deleted any.
+    let cfg = TestConfig {
+        partitions: 1,
+        ..TestConfig::new().await
+    };
+    let stream = cfg.keys().inbound(0);
+    let probe = Arc::new(Probe::default());
+    let running = start(&cfg, probe.clone(), |s| {
+        s.job_deadline = Duration::from_millis(1_000);
+        s.lease_ttl = Duration::from_millis(1_500);
+    });
+    add(&cfg, "C", &[("name", "owned")]).await;
+    wait_done(&probe, 1).await;
+    let (_, con) = group_with_consumer(&cfg, "left-behind").await;
+    eventually(
+        "the consumer left behind deleted",
+        Duration::from_secs(20),
+        || async {
+            let names = consumer_names(&con, &stream).await;
+            (names.len() == 1 && names[0] != "left-behind").then_some(())
+        },
+    )
+    .await;
     running.stop().await;
 }
 

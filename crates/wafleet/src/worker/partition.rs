@@ -255,12 +255,19 @@ impl<H: Handler> Partition<H> {
         }
         failures = 0;
         let mut next_schedule = Instant::now();
+        let mut next_sweep = Instant::now() + self.rt.settings.lease_ttl;
         while !self.soft.is_cancelled() && !self.hard.is_cancelled() {
             if Instant::now() >= next_schedule {
                 if let Err(e) = self.schedule_due().await {
                     tracing::warn!(stage = self.group(), partition = self.partition, error = %e, "delayed-set scan failed");
                 }
                 next_schedule = Instant::now() + Duration::from_millis(100);
+            }
+            if Instant::now() >= next_sweep {
+                if let Err(e) = self.forget_old_consumers().await {
+                    tracing::debug!(stage = self.group(), partition = self.partition, error = %e, "deleting old consumers failed");
+                }
+                next_sweep = Instant::now() + self.rt.settings.lease_ttl;
             }
             match self.read_batch().await {
                 Ok(()) => failures = 0,
@@ -342,7 +349,7 @@ impl<H: Handler> Partition<H> {
             }
             start = reply.next_stream_id;
         }
-        self.forget_old_consumers(&mut con).await?;
+        self.forget_old_consumers().await?;
         if claimed.is_empty() {
             return Ok(());
         }
@@ -387,24 +394,26 @@ impl<H: Handler> Partition<H> {
         Ok(())
     }
 
-    /// Deletes the group's other consumers that hold nothing (all claimed just now) and did
-    /// nothing for a lease TTL: every process start names a new consumer, and Redis keeps each
-    /// one until it is deleted, so a fleet that scales and redeploys would otherwise pile them up
-    /// for good. The idle bound spares a process still reading (deleting a consumer drops what it
-    /// was just handed); one that reads again later is made again by its read. Earlier
-    /// incarnations of this process's worker id go whatever their idle time: the stage made
-    /// sure they are silent before taking their leases, and this one takes them back at once,
-    /// long before a lease has passed (a stopped process deletes its own consumer, see
-    /// [`Self::run`], but one killed without a word cannot).
-    async fn forget_old_consumers(
-        &self,
-        con: &mut crate::shared_redis::SharedConnection,
-    ) -> anyhow::Result<()> {
+    /// Deletes the group's other consumers that hold nothing (at a takeover: all claimed just
+    /// now) and did nothing for a lease TTL; at the takeover and once a lease TTL while the
+    /// partition is owned, since a consumer left behind on a partition whose owner never changes
+    /// again would otherwise stay (a process killed without an id whose partitions were taken
+    /// just before its consumer had been idle for a lease, one that could not delete its own).
+    /// Every process start names a new consumer, and Redis keeps each one until it is deleted,
+    /// so a fleet that scales and redeploys would otherwise pile them up for good. The idle bound
+    /// spares a process still reading; one that reads again later is made again by its read.
+    /// Earlier incarnations of this process's worker id go whatever their idle time: the stage
+    /// made sure they are silent before taking their leases, and this one takes them back at
+    /// once, long before a lease has passed (a stopped process deletes its own consumer, see
+    /// [`Self::run`], but one killed without a word cannot). Each goes only if it still holds
+    /// nothing when it is deleted ([`FORGET_IF_EMPTY`]).
+    async fn forget_old_consumers(&self) -> anyhow::Result<()> {
+        let mut con = self.con().await?;
         let consumers: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
             .arg("CONSUMERS")
             .arg(&self.stream)
             .arg(self.group())
-            .query_async(con)
+            .query_async(&mut con)
             .await?;
         let incarnation = self
             .rt
@@ -425,13 +434,7 @@ impl<H: Handler> Partition<H> {
             }
             let idle = Duration::from_millis(c.idle as u64);
             if c.pending == 0 && idle > self.rt.settings.lease_ttl {
-                let _: i64 = redis::cmd("XGROUP")
-                    .arg("DELCONSUMER")
-                    .arg(&self.stream)
-                    .arg(self.group())
-                    .arg(&c.name)
-                    .query_async(con)
-                    .await?;
+                self.forget(&c.name).await?;
             }
         }
         Ok(())

@@ -116,6 +116,24 @@ impl Setting {
 
     fn parse_value(self, raw: &str) -> Result<Value, String> {
         match self {
+            // What `show` (and the API's GET) prints where no text is set: given back as a value
+            // (a console saving every field it read), it would be sent to customers as written.
+            Setting::SystemPrompt
+            | Setting::CannedReply
+            | Setting::HandoverKeywords
+            | Setting::HandoverAck
+            | Setting::MediaNotice
+            | Setting::AfterHoursAck
+                if SHOWN_FOR_NO_TEXT.contains(&raw.trim()) =>
+            {
+                Err(format!(
+                    "{} {:?} is how a setting left at its default or sending nothing is shown, \
+                     not a value: unset it for the default (null in the API), or give '' to send \
+                     nothing where that is allowed",
+                    self.name(),
+                    raw.trim()
+                ))
+            }
             Setting::SystemPrompt | Setting::CannedReply if raw.trim().is_empty() => Err(format!(
                 "{} cannot be empty: unset it for the built-in one",
                 self.name()
@@ -259,6 +277,10 @@ pub async fn set<'e>(
     Ok(q.execute(db).await?.rows_affected() == 1)
 }
 
+/// What [`show`] prints for a text setting that holds no text of the channel's own; refused as a
+/// value.
+const SHOWN_FOR_NO_TEXT: [&str; 3] = ["(default)", "(none)", "(the handover_ack)"];
+
 /// Every setting of a channel as text (`(default)` where the built-in applies, `(none)` where
 /// nothing is sent, `never` for a human release that never comes); `None` when there is no such
 /// channel.
@@ -361,5 +383,37 @@ mod tests {
         for s in Setting::ALL {
             assert_eq!(Setting::from_name(s.name()), Some(s));
         }
+    }
+
+    #[test]
+    fn what_show_prints_for_a_default_or_for_nothing_is_refused_as_a_value() {
+        // A console that reads a channel and writes its settings back (GET then PUT), or an
+        // operator copying `channel show`, gave these as values: customers got "(default)" as the
+        // canned reply and "(none)" as the media notice, and "default" became the only handover
+        // keyword.
+        let texts = [
+            Setting::SystemPrompt,
+            Setting::CannedReply,
+            Setting::HandoverKeywords,
+            Setting::HandoverAck,
+            Setting::MediaNotice,
+            Setting::AfterHoursAck,
+        ];
+        for setting in texts {
+            for shown in ["(default)", "(none)", " (the handover_ack) "] {
+                let refused = setting.parse(shown).unwrap_err();
+                assert!(
+                    refused.contains("not a value"),
+                    "{setting:?} {shown}: {refused}"
+                );
+            }
+        }
+        // Such words inside a text are the business's own.
+        assert!(
+            Setting::CannedReply
+                .parse("Sorry (none of us is here)")
+                .is_ok()
+        );
+        assert!(Setting::HandoverKeywords.parse("default, asesor").is_ok());
     }
 }

@@ -923,6 +923,166 @@ async fn the_bot_switched_off_while_the_model_thinks_sends_nothing() {
     the_answer_is_suppressed(&s, "the bot is off on this number").await;
 }
 
+/// Every stage but the model's, with the channel's `reply_gather_ms` at `gather_ms`: what the
+/// customer sends is stored and its reply jobs wait, as they do behind a model still answering
+/// an earlier message, until [`Sys::model_starts`].
+async fn a_burst_waiting_for_the_model(gather_ms: i32) -> Sys {
+    let s = system_with(
+        SimConfig::default(),
+        |s| vec![s.standin()],
+        &["conversation", "status", "sender"],
+    )
+    .await;
+    gather(&s, gather_ms).await;
+    s
+}
+
+impl Sys {
+    /// Once `stored` messages are stored, starts the model's stage (the stand-in).
+    async fn model_starts(&self, stored: i64) -> Worker {
+        wait_count(&self.pg, "SELECT count(*) FROM messages", stored, 30).await;
+        Worker::start(
+            self.cfg
+                .pipeline_settings(&["llm"], &self.sim, vec![self.sim.standin()]),
+        )
+        .await
+    }
+}
+
+/// Sets the channel's `reply_gather_ms`.
+async fn gather(s: &Sys, ms: i32) {
+    sqlx::query("UPDATE channels SET reply_gather_ms = $1")
+        .bind(ms)
+        .execute(&s.pg)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn without_a_gather_time_each_message_of_a_burst_is_answered() {
+    let s = a_burst_waiting_for_the_model(0).await;
+    s.send("573033", "wamid.E1", "hola").await;
+    s.send("573033", "wamid.E2", "¿tienen la talla M?").await;
+    let _llm = s.model_starts(2).await;
+    s.sent(2).await;
+    s.settled().await;
+    assert_eq!(
+        reply_outcomes(&s.pg).await,
+        vec![
+            ("wamid.E1".to_string(), Some("produced".to_string())),
+            ("wamid.E2".to_string(), Some("produced".to_string())),
+        ]
+    );
+}
+
+/// Each stored message's reply outcome, by wamid, oldest first.
+async fn reply_outcomes(pg: &PgPool) -> Vec<(String, Option<String>)> {
+    sqlx::query_as(
+        "SELECT m.wamid, r.outcome FROM messages m LEFT JOIN replies r ON r.message_id = m.id
+          ORDER BY m.id",
+    )
+    .fetch_all(pg)
+    .await
+    .unwrap()
+}
+
+/// The customer's last turn the `n`-th model call saw.
+fn last_customer_turn(s: &Sys, n: usize) -> String {
+    s.model_turns(n)
+        .into_iter()
+        .rev()
+        .find(|(role, _)| role == "user")
+        .map(|(_, text)| text)
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_burst_of_messages_gets_one_answer_written_knowing_all_of_them() {
+    let s = a_burst_waiting_for_the_model(500).await;
+    s.send("573030", "wamid.B1", "hola").await;
+    s.send("573030", "wamid.B2", "una pregunta").await;
+    s.send("573030", "wamid.B3", "¿tienen la talla M?").await;
+    let _llm = s.model_starts(3).await;
+    let sent = s.sent(1).await;
+    s.settled().await;
+    let sent_now = s.sim.state.messages();
+    assert_eq!(sent_now.len(), 1, "one answer to the burst: {sent_now:?}");
+    assert_eq!(sent[0].context_message_id.as_deref(), Some("wamid.B3"));
+    assert_eq!(s.sim.state.llm_requests().len(), 1, "one model call");
+    let asked = last_customer_turn(&s, 0);
+    for said in ["hola", "una pregunta", "¿tienen la talla M?"] {
+        assert!(asked.contains(said), "{said:?} not in {asked:?}");
+    }
+    assert_eq!(
+        reply_outcomes(&s.pg).await,
+        vec![
+            ("wamid.B1".to_string(), Some("superseded".to_string())),
+            ("wamid.B2".to_string(), Some("superseded".to_string())),
+            ("wamid.B3".to_string(), Some("produced".to_string())),
+        ]
+    );
+    assert_eq!(
+        s.count("SELECT count(*) FROM messages WHERE answered_at IS NULL")
+            .await,
+        0,
+        "no message of the burst is left waiting for an answer"
+    );
+}
+
+#[tokio::test]
+async fn a_photo_followed_by_text_is_still_answered_with_the_photo() {
+    // Only the photo's own answer shows the model the photo: it is not folded into the next.
+    let s = a_burst_waiting_for_the_model(500).await;
+    let photo = message_body(
+        PNID,
+        "573031",
+        serde_json::json!({"from": "573031", "id": "wamid.P1", "timestamp": now().to_string(),
+                           "type": "image", "image": {"id": "photo-31", "mime_type": "image/jpeg",
+                                                      "sha256": "x", "caption": "¿esto lo tienen?"}}),
+    );
+    assert_eq!(s.ingest.post_signed(&photo, APP_SECRET).await.status(), 200);
+    s.send("573031", "wamid.P2", "en azul").await;
+    let _llm = s.model_starts(2).await;
+    s.sent(2).await;
+    s.settled().await;
+    assert_eq!(s.sim.state.messages().len(), 2);
+    assert_eq!(
+        reply_outcomes(&s.pg).await,
+        vec![
+            ("wamid.P1".to_string(), Some("produced".to_string())),
+            ("wamid.P2".to_string(), Some("produced".to_string())),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_channel_that_gathers_answers_a_burst_once() {
+    // With every stage running: the first message waits its gather time, the second comes
+    // within it, and only the second is answered.
+    let s = system().await;
+    gather(&s, 10_000).await;
+    s.send("573032", "wamid.G1", "hola").await;
+    wait_count(&s.pg, "SELECT count(*) FROM messages", 1, 30).await;
+    s.send("573032", "wamid.G2", "¿hacen envíos a Cali?").await;
+    let sent = s.sent(1).await;
+    s.settled().await;
+    assert_eq!(s.sim.state.messages().len(), 1);
+    assert_eq!(sent[0].context_message_id.as_deref(), Some("wamid.G2"));
+    assert_eq!(s.sim.state.llm_requests().len(), 1);
+    let asked = last_customer_turn(&s, 0);
+    assert!(
+        asked.contains("hola") && asked.contains("Cali"),
+        "{asked:?}"
+    );
+    assert_eq!(
+        reply_outcomes(&s.pg).await,
+        vec![
+            ("wamid.G1".to_string(), Some("superseded".to_string())),
+            ("wamid.G2".to_string(), Some("produced".to_string())),
+        ]
+    );
+}
+
 #[tokio::test]
 async fn the_second_provider_answers_when_the_first_fails_and_the_canned_reply_when_all_do() {
     let s = system_with(

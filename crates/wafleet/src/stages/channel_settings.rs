@@ -53,6 +53,9 @@ pub struct ChannelSettings {
     /// `None`: the built-in prompt.
     pub system_prompt: Option<String>,
     pub history_limit: i64,
+    /// How long a customer's text waits before it is answered, for what they type right after
+    /// it (`reply_gather_ms`; zero: answered at once).
+    pub reply_gather: std::time::Duration,
     /// Whether the channel has a knowledge base (else no search for its messages).
     pub has_knowledge: bool,
     pub canned_reply: String,
@@ -136,6 +139,7 @@ struct Row {
     images_to_model: bool,
     transcribe_audio: bool,
     documents_to_model: bool,
+    reply_gather_ms: i32,
 }
 
 #[derive(sqlx::FromRow, PartialEq)]
@@ -241,7 +245,7 @@ impl ChannelCache {
                     handover_ack, media_notice, system_prompt, history_limit, canned_reply,
                     send_rate_per_sec, pair_burst, sends_paused_until, access_token,
                     business_hours, business_hours_tz, after_hours_ack, images_to_model,
-                    transcribe_audio, documents_to_model,
+                    transcribe_audio, documents_to_model, reply_gather_ms,
                     EXISTS (SELECT 1 FROM knowledge_entries k WHERE k.channel_id = channels.id)
                         AS has_knowledge
                FROM channels WHERE phone_number_id = $1",
@@ -339,6 +343,7 @@ impl ChannelCache {
             documents_to_model: r.documents_to_model,
             system_prompt: r.system_prompt.clone(),
             history_limit: i64::from(r.history_limit),
+            reply_gather: std::time::Duration::from_millis(r.reply_gather_ms.max(0) as u64),
             has_knowledge: r.has_knowledge,
             canned_reply: r
                 .canned_reply

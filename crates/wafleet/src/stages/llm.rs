@@ -234,6 +234,21 @@ fn marker_len(text: &str) -> usize {
     }
 }
 
+/// How much longer a message that arrived at `received_at` waits for what the customer types
+/// next, with the channel's gather time `gather`; `None` when it waited enough (or the channel
+/// does not wait). A worker's clock behind Postgres's waits at most `gather`.
+pub fn gather_left(
+    gather: Duration,
+    received_at: chrono::DateTime<Utc>,
+    now: chrono::DateTime<Utc>,
+) -> Option<Duration> {
+    let waited = now
+        .signed_duration_since(received_at)
+        .to_std()
+        .unwrap_or_default();
+    gather.checked_sub(waited).filter(|rest| !rest.is_zero())
+}
+
 /// Whether the 24-hour window is still open for a customer whose last message was at `last`.
 pub fn window_open(last: Option<chrono::DateTime<Utc>>, now: chrono::DateTime<Utc>) -> bool {
     last.is_some_and(|t| {
@@ -295,35 +310,43 @@ impl LlmStage {
         }
 
         if ctx.owner != "bot" || !channel.bot_answers() {
-            self.record(
-                &ctx,
-                &NewReply {
-                    outcome: "suppressed",
-                    ..Default::default()
-                },
-                Vec::new(),
-                "pending",
-            )
-            .await?;
+            self.record_no_answer(&ctx, "suppressed").await?;
             metrics::counter!("wafleet_replies_total", "outcome" => "suppressed").increment(1);
             return Ok(Outcome::Done);
         }
         if !window_open(ctx.last_customer_message_at, Utc::now()) {
-            self.record(
-                &ctx,
-                &NewReply {
-                    outcome: "window_closed",
-                    ..Default::default()
-                },
-                Vec::new(),
-                "pending",
-            )
-            .await?;
+            self.record_no_answer(&ctx, "window_closed").await?;
             if !shadow {
                 self.hand_over(job, &ctx, "window_closed").await?;
             }
             metrics::counter!("wafleet_replies_total", "outcome" => "window_closed").increment(1);
             return Ok(Outcome::Done);
+        }
+        // Customers type in bursts ("hola", "una pregunta", "¿tienen la talla M?"). On a channel
+        // that gathers them (`reply_gather_ms`), when the customer wrote again since this
+        // message (while the model answered an earlier one, or while this one waited below),
+        // the later message's answer is written with this one in its history: this one gets
+        // none of its own, so the customer gets one answer, not one per message, the first of
+        // them answering "hola" after the question was asked. Not a message with a file or a
+        // voice note, which only its own answer gives the model. Without the setting every
+        // message is answered on its own, as before it existed.
+        let gathers = !channel.reply_gather.is_zero();
+        if gathers && ctx.answered_later && ctx.media_id.is_none() {
+            self.record_no_answer(&ctx, "superseded").await?;
+            metrics::counter!("wafleet_replies_total", "outcome" => "superseded").increment(1);
+            return Ok(Outcome::Done);
+        }
+        // The gather time: a text waits that long from its arrival for what the customer types
+        // next (the conversation's later jobs queue behind it), then is superseded above or
+        // answered.
+        if gathers
+            && ctx.media_id.is_none()
+            && let Some(rest) = gather_left(channel.reply_gather, ctx.received_at, Utc::now())
+        {
+            return Ok(Outcome::Defer {
+                after: rest,
+                reason: "waiting for what the customer types next (reply_gather_ms)".into(),
+            });
         }
 
         // A voice note is answered like the text it says; asking for a person in it hands over
@@ -705,6 +728,16 @@ impl LlmStage {
             .map_err(|e| batch_outcome(&e, "storing the reply"))
     }
 
+    /// Records that no answer of the bot's goes out for the message, and why (`suppressed`,
+    /// `window_closed`, `superseded`).
+    async fn record_no_answer(&self, ctx: &ReplyContext, outcome: &str) -> Result<bool, Outcome> {
+        let nothing = NewReply {
+            outcome,
+            ..Default::default()
+        };
+        self.record(ctx, &nothing, Vec::new(), "pending").await
+    }
+
     async fn hand_over(&self, job: &Job, ctx: &ReplyContext, reason: &str) -> Result<(), Outcome> {
         let pnid = job.conv.split(':').next();
         hand_over_and_publish(
@@ -769,6 +802,30 @@ fn transcription_retry(e: &LlmError, backoff: Duration, cap: Duration) -> Durati
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_waits_out_the_rest_of_its_gather_time() {
+        use chrono::TimeZone;
+        let at = Utc.timestamp_opt(1_700_000_000, 0).single().unwrap();
+        let ms = chrono::Duration::milliseconds;
+        let gather = Duration::from_millis(2500);
+        assert_eq!(
+            gather_left(Duration::ZERO, at, at),
+            None,
+            "no gather, no wait"
+        );
+        assert_eq!(
+            gather_left(gather, at, at + ms(1000)),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(gather_left(gather, at, at + ms(2500)), None);
+        assert_eq!(gather_left(gather, at, at + ms(9000)), None);
+        assert_eq!(
+            gather_left(gather, at, at - ms(4000)),
+            Some(gather),
+            "a clock behind the database's waits the gather time, no more"
+        );
+    }
 
     #[test]
     fn a_transcribers_retry_after_is_waited_out_up_to_the_cap() {

@@ -22,6 +22,12 @@ pub struct ReplyContext {
     pub media_id: Option<String>,
     /// Whether the message has text: typed, a caption, or a voice note's stored transcript.
     pub has_text: bool,
+    /// When the message was stored.
+    pub received_at: DateTime<Utc>,
+    /// Whether the customer wrote again since, in the same session, while the bot had the
+    /// conversation, in a message the bot will answer (or hand over for): that answer is
+    /// written knowing this message too.
+    pub answered_later: bool,
 }
 
 /// How an image stands in a turn's text: the model is told one was sent even when it does not
@@ -93,7 +99,12 @@ pub async fn reply_contexts(
          )
          SELECT ctx.n, ctx.message_id, ctx.wamid, ctx.session_no, ctx.conversation_id,
                 ctx.channel_id, ctx.owner, ctx.last_customer_message_at, ctx.reply_outcome,
-                ctx.message_type, ctx.media_id, ctx.has_text,
+                ctx.message_type, ctx.media_id, ctx.has_text, ctx.received_at,
+                EXISTS (SELECT 1 FROM messages l
+                         WHERE l.conversation_id = ctx.conversation_id
+                           AND l.session_no = ctx.session_no AND l.id > ctx.message_id
+                           AND l.owner_at_arrival = 'bot' AND l.action IN ('reply', 'handover'))
+                    AS answered_later,
                 COALESCE(h.turn_customer, '{}') AS turn_customer,
                 COALESCE(h.turn_text, '{}') AS turn_text
            FROM ctx LEFT JOIN LATERAL (

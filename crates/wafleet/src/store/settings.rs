@@ -23,6 +23,7 @@ pub enum Setting {
     ImagesToModel,
     TranscribeAudio,
     DocumentsToModel,
+    ReplyGatherMs,
 }
 
 /// What a setting is set to.
@@ -40,7 +41,7 @@ pub enum Value {
 }
 
 impl Setting {
-    pub const ALL: [Setting; 16] = [
+    pub const ALL: [Setting; 17] = [
         Setting::SystemPrompt,
         Setting::HistoryLimit,
         Setting::CannedReply,
@@ -57,6 +58,7 @@ impl Setting {
         Setting::ImagesToModel,
         Setting::TranscribeAudio,
         Setting::DocumentsToModel,
+        Setting::ReplyGatherMs,
     ];
 
     /// The setting's name, which is also its column.
@@ -78,6 +80,7 @@ impl Setting {
             Setting::ImagesToModel => "images_to_model",
             Setting::TranscribeAudio => "transcribe_audio",
             Setting::DocumentsToModel => "documents_to_model",
+            Setting::ReplyGatherMs => "reply_gather_ms",
         }
     }
 
@@ -87,9 +90,9 @@ impl Setting {
 
     /// Parses a value given as text: a positive number for the numbers (`never` too for
     /// `human_release_after_secs`; at most Meta's 1,000 messages/s for `send_rate_per_sec` and
-    /// its burst of 45 for `pair_burst`), comma-separated phrases with a letter or digit each for
-    /// the keywords, anything for the texts (`''` for the acknowledgement or the notice means
-    /// none is sent).
+    /// its burst of 45 for `pair_burst`; 0 to 10,000 for `reply_gather_ms`), comma-separated
+    /// phrases with a letter or digit each for the keywords, anything for the texts (`''` for
+    /// the acknowledgement or the notice means none is sent).
     pub fn parse(self, raw: &str) -> Result<Change, String> {
         self.parse_value(raw).map(|value| Change {
             setting: self,
@@ -113,6 +116,10 @@ impl Setting {
             _ => None,
         }
     }
+
+    /// The longest `reply_gather_ms` takes: every answer waits that long, and a customer waiting
+    /// longer for a first word thinks nobody is there.
+    pub const MAX_REPLY_GATHER_MS: i32 = 10_000;
 
     fn parse_value(self, raw: &str) -> Result<Value, String> {
         match self {
@@ -208,6 +215,13 @@ impl Setting {
                 }
             }
             Setting::HumanReleaseAfterSecs if raw.trim() == "never" => Ok(Value::Never),
+            Setting::ReplyGatherMs => match raw.trim().parse::<i32>() {
+                Ok(n) if (0..=Self::MAX_REPLY_GATHER_MS).contains(&n) => Ok(Value::Int(n)),
+                _ => Err(format!(
+                    "reply_gather_ms takes milliseconds from 0 (answer at once) to {}, not {raw:?}",
+                    Self::MAX_REPLY_GATHER_MS
+                )),
+            },
             Setting::HistoryLimit
             | Setting::SessionTimeoutSecs
             | Setting::HumanReleaseAfterSecs
@@ -296,7 +310,8 @@ pub async fn show(
                       COALESCE(business_hours, 'always open'), business_hours_tz, after_hours_ack,
                       CASE WHEN images_to_model THEN 'on' ELSE 'off' END,
                       CASE WHEN transcribe_audio THEN 'on' ELSE 'off' END,
-                      CASE WHEN documents_to_model THEN 'on' ELSE 'off' END]
+                      CASE WHEN documents_to_model THEN 'on' ELSE 'off' END,
+                      reply_gather_ms::text]
            FROM channels WHERE phone_number_id = $1",
     )
     .bind(phone_number_id)
@@ -378,6 +393,12 @@ mod tests {
         // 4096 chars, but 4097 UTF-16 units, as Meta may count them.
         assert!(n(Setting::CannedReply, &format!("{}👍", "x".repeat(4095))).is_err());
         assert!(n(Setting::CannedReply, &"👍".repeat(2048)).is_ok());
+        // 0 turns the wait off; more than 10 s would leave the customer thinking nobody is there.
+        assert_eq!(n(Setting::ReplyGatherMs, "0"), Ok(Value::Int(0)));
+        assert_eq!(n(Setting::ReplyGatherMs, " 2500 "), Ok(Value::Int(2500)));
+        assert!(n(Setting::ReplyGatherMs, "10001").is_err());
+        assert!(n(Setting::ReplyGatherMs, "-1").is_err());
+        assert!(n(Setting::ReplyGatherMs, "2s").is_err());
         assert_eq!(Setting::from_name("pair_burst"), Some(Setting::PairBurst));
         assert_eq!(Setting::from_name("access_token"), None);
         for s in Setting::ALL {

@@ -392,6 +392,48 @@ async fn jobs_in_flight_stay_within_the_bound_and_a_conversation_never_runs_twic
 }
 
 #[tokio::test]
+async fn a_conversation_flooding_the_stage_does_not_hold_back_the_others() {
+    // One partition, two jobs at once (eight held): a customer's seven slow jobs, then another
+    // customer's.
+    let cfg = TestConfig {
+        partitions: 1,
+        ..TestConfig::new().await
+    };
+    let probe = Arc::new(Probe::default());
+    for i in 0..7 {
+        add(
+            &cfg,
+            "flood",
+            &[("name", &format!("{i}")), ("sleep_ms", "300")],
+        )
+        .await;
+    }
+    add(&cfg, "quiet", &[("name", "q")]).await;
+    let running = start(&cfg, probe.clone(), |s| s.max_in_flight = 2);
+    let flood_done_before_quiet = eventually(
+        "the quiet customer's job",
+        Duration::from_secs(20),
+        || async {
+            let done = probe.done.lock().unwrap();
+            done.iter()
+                .position(|(c, _, _)| c == "quiet")
+                .map(|at| done[..at].len())
+        },
+    )
+    .await;
+    // Before, the flood's waiting jobs held both places: the quiet job was read only after five
+    // of them had run, one at a time.
+    assert!(
+        flood_done_before_quiet <= 2,
+        "{flood_done_before_quiet} of the flood's jobs ran before the quiet customer's"
+    );
+    wait_done(&probe, 8).await;
+    assert!(probe.max_in_flight.load(Ordering::SeqCst) <= 2);
+    assert_eq!(probe.overlaps.load(Ordering::SeqCst), 0);
+    running.stop().await;
+}
+
+#[tokio::test]
 async fn delayed_retries_run_within_the_in_flight_bound_too() {
     let cfg = TestConfig {
         partitions: 2,

@@ -260,7 +260,12 @@ pub async fn run_stage<H: Handler>(rt: StageRuntime<H>) -> anyhow::Result<()> {
     let scripts = Arc::new(Scripts::new());
     let renew = redis::Script::new(RENEW);
     let release = redis::Script::new(RELEASE);
-    let permits = Arc::new(Semaphore::new(rt.settings.max_in_flight));
+    let permits = Arc::new(Semaphore::new(
+        rt.settings
+            .max_in_flight
+            .saturating_mul(super::HELD_PER_RUNNING),
+    ));
+    let running = Arc::new(Semaphore::new(rt.settings.max_in_flight));
     let ttl = rt.settings.lease_ttl;
     // Leases are renewed every third of their life at least, and the round also notices new or
     // departed processes, gives back partitions over this process's share and releases the ones
@@ -385,7 +390,7 @@ pub async fn run_stage<H: Handler>(rt: StageRuntime<H>) -> anyhow::Result<()> {
                         scripts.clone(),
                         p,
                         consumer.clone(),
-                        permits.clone(),
+                        (permits.clone(), running.clone()),
                         soft.clone(),
                         hard.clone(),
                     ));

@@ -11,8 +11,12 @@
 //!   another in stream order (a lane per conversation) while different conversations run
 //!   concurrently. A conversation whose job waits for a delayed retry is *parked*: its later jobs
 //!   are appended behind it in a held list instead of overtaking it.
-//! - **Bounded.** At most `max_in_flight` jobs per process, delayed retries included; reading
-//!   and draining due retries wait when the bound is hit.
+//! - **Bounded.** At most `max_in_flight` jobs run at once per process, delayed retries
+//!   included. A job read waits in its conversation's lane without taking one of those places,
+//!   so a customer who floods the number (hundreds of messages behind one slow model call) holds
+//!   one place, not all of them, and the others' jobs run meanwhile; what the process holds in
+//!   memory, running or waiting, is bounded at [`HELD_PER_RUNNING`] times `max_in_flight`, and
+//!   reading and draining due retries wait when that bound is hit.
 //! - **Crash-proof retries.** A delayed retry is a held list `P:{pn}:held:<stage>:<conv>` plus the
 //!   conversation in the sorted set `P:{pn}:delayed:<stage>` scored by due time; the partition
 //!   owner's scheduler drains due conversations. Both live in Redis, so a new owner resumes them.
@@ -149,10 +153,15 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, job: &Job) -> impl Future<Output = Outcome> + Send;
 }
 
+/// How many jobs a process holds in memory (running, or waiting behind their conversation's
+/// running job) per job it may run at once.
+pub const HELD_PER_RUNNING: usize = 4;
+
 /// Runtime settings of one stage in one process.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
-    /// Jobs in flight in this process, across partitions.
+    /// Jobs running at once in this process, across partitions (and [`HELD_PER_RUNNING`] times
+    /// as many held, running or waiting).
     pub max_in_flight: usize,
     /// How long a handler may run before the job is treated as a retry.
     pub job_deadline: Duration,

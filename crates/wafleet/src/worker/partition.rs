@@ -125,7 +125,12 @@ pub(super) struct Partition<H> {
     pub scripts: Arc<Scripts>,
     pub partition: u32,
     pub consumer: String,
+    /// Jobs held in memory, running or waiting in a lane (the process's, shared by its
+    /// partitions): taken before an entry is read or a due conversation drained.
     pub permits: Arc<Semaphore>,
+    /// Jobs running (the process's `max_in_flight`): taken by a lane right before it runs its
+    /// next work, so jobs waiting behind their own conversation's running job take none.
+    pub running: Arc<Semaphore>,
     /// Stop reading new entries (lanes finish what they hold).
     pub soft: CancellationToken,
     /// Abandon everything now: the lease is gone (entries stay pending for the next owner).
@@ -165,7 +170,7 @@ impl<H: Handler> Partition<H> {
         scripts: Arc<Scripts>,
         partition: u32,
         consumer: String,
-        permits: Arc<Semaphore>,
+        (permits, running): (Arc<Semaphore>, Arc<Semaphore>),
         soft: CancellationToken,
         hard: CancellationToken,
     ) -> Self {
@@ -176,6 +181,7 @@ impl<H: Handler> Partition<H> {
             partition,
             consumer,
             permits,
+            running,
             soft,
             hard,
             stream,
@@ -594,6 +600,12 @@ impl<H: Handler> Partition<H> {
                         return;
                     }
                 }
+            };
+            // A place to run, taken only now: while the lane's earlier job ran, this one waited
+            // without holding one, so a conversation with many jobs queued holds one place.
+            // Places are held only by running work, which ends, so this wait always does.
+            let Ok(_place) = self.running.acquire().await else {
+                return;
             };
             match work {
                 Work::Fresh(job, permit) => {

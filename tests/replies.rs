@@ -923,6 +923,116 @@ async fn the_bot_switched_off_while_the_model_thinks_sends_nothing() {
     the_answer_is_suppressed(&s, "the bot is off on this number").await;
 }
 
+impl Sys {
+    /// The business writes `text` to `to` from the WhatsApp Business app (coexistence).
+    async fn echo(&self, to: &str, wamid: &str, text: &str) {
+        let body = echo_message(PNID, to, wamid, now(), text);
+        assert_eq!(
+            self.ingest.post_signed(&body, APP_SECRET).await.status(),
+            200
+        );
+    }
+
+    /// The parts recorded as the business app's: (kind, agent, state, body).
+    async fn business_app_parts(&self) -> Vec<(String, String, String, String)> {
+        sqlx::query_as(
+            "SELECT kind, agent, state, body FROM outbound_messages
+              WHERE agent = 'business_app' ORDER BY id",
+        )
+        .fetch_all(&self.pg)
+        .await
+        .unwrap()
+    }
+}
+
+/// The seeds audit's "keeps talking after a human took over": the owner answers from the phone
+/// while the model is writing its answer, and the bot's answer must not follow theirs.
+#[tokio::test]
+async fn the_owner_answering_from_the_business_app_while_the_model_thinks_suppresses_the_reply() {
+    let s = the_model_thinking_about("573020", "wamid.C1", "¿Tienen la talla M?").await;
+    s.echo("573020", "wamid.E1", "Hola Ana, sí tenemos. Escríbeme a ana@tienda.co")
+        .await;
+    the_answer_is_suppressed(&s, "a human owns the conversation").await;
+    assert_eq!(
+        s.count("SELECT count(*) FROM conversations WHERE owner = 'human'")
+            .await,
+        1
+    );
+    assert_eq!(
+        s.count(
+            "SELECT count(*) FROM handover_events WHERE kind = 'handover' AND reason = 'business_app'"
+        )
+        .await,
+        1
+    );
+    assert!(
+        s.owner_events()
+            .await
+            .contains(&("handover".into(), "business_app".into())),
+        "{:?}",
+        s.owner_events().await
+    );
+    // In the history as the business's message, redacted, and never sent by us.
+    assert_eq!(
+        s.business_app_parts().await,
+        [(
+            "agent".into(),
+            "business_app".into(),
+            "accepted".into(),
+            "Hola Ana, sí tenemos. Escríbeme a [EMAIL]".into()
+        )]
+    );
+}
+
+/// The owner writes between two of the customer's messages: the second is the human's to
+/// answer, a redelivered echo changes nothing, and once the conversation goes back to the bot
+/// (idle), the model reads what the owner wrote.
+#[tokio::test]
+async fn an_echo_between_two_customer_messages_leaves_the_second_to_the_human() {
+    let s = system().await;
+    s.send("573021", "wamid.D1", "Hola, ¿tienen envíos a Medellín?")
+        .await;
+    s.sent(1).await;
+    s.echo("573021", "wamid.E2", "Sí Ana, mañana te llega").await;
+    s.send("573021", "wamid.D2", "perfecto, gracias").await;
+    s.settled().await;
+    assert_eq!(s.sim.state.messages().len(), 1, "no bot answer to the second");
+    assert_eq!(
+        s.count(
+            "SELECT count(*) FROM messages WHERE wamid = 'wamid.D2'
+                AND owner_at_arrival = 'human' AND action = 'none'"
+        )
+        .await,
+        1
+    );
+    // Meta delivers the echo again, also after ingest forgot it: one part, one handover.
+    s.echo("573021", "wamid.E2", "Sí Ana, mañana te llega").await;
+    s.cfg.forget_dedup_marks().await;
+    s.echo("573021", "wamid.E2", "Sí Ana, mañana te llega").await;
+    s.settled().await;
+    assert_eq!(s.business_app_parts().await.len(), 1);
+    // The handover, then the customer's message for the people answering it.
+    assert_eq!(
+        s.owner_events().await,
+        [
+            ("handover".to_string(), "business_app".to_string()),
+            ("message".to_string(), "customer".to_string())
+        ]
+    );
+    assert_eq!(s.count("SELECT count(*) FROM handover_events").await, 1);
+
+    // A day later nobody answered: back to the bot, which answers knowing what the owner said.
+    make_idle(&s.pg).await;
+    assert_eq!(release_idle(&s).await, 1);
+    s.send("573021", "wamid.D3", "¿Y a Cali?").await;
+    s.sent(2).await;
+    let turns = s.model_turns(1);
+    assert!(
+        turns.contains(&("assistant".into(), "Sí Ana, mañana te llega".into())),
+        "{turns:?}"
+    );
+}
+
 /// Every stage but the model's, with the channel's `reply_gather_ms` at `gather_ms`: what the
 /// customer sends is stored and its reply jobs wait, as they do behind a model still answering
 /// an earlier message, until [`Sys::model_starts`].
@@ -2927,6 +3037,93 @@ async fn how_long_customers_wait_for_a_human_is_measured_per_channel() {
         (300.0..360.0).contains(&wait),
         "waiting since the customer's message after the agent's: {wait}"
     );
+}
+
+#[tokio::test]
+async fn a_customer_on_a_number_whose_bot_is_off_or_in_shadow_waits_for_a_person_until_one_answers()
+{
+    let s = system().await;
+    let pg = &s.pg;
+    let run = |sql: &'static str| async move { sqlx::query(sql).execute(pg).await.unwrap() };
+    let waits = || async {
+        let w = wafleet::store::agents::human_waits(pg).await.unwrap();
+        assert_eq!(w.len(), 1);
+        (w[0].conversations, w[0].oldest_wait_secs)
+    };
+    s.send("573016", "wamid.P1", "hola").await;
+    s.sent(1).await;
+    let id = the_conversation(pg).await;
+    assert_eq!(waits().await, (0, 0.0), "the bot answers on this number");
+
+    // People answer every conversation of the number from now on; the bot answered this one.
+    run("UPDATE channels SET bot_mode = 'off'").await;
+    assert_eq!(
+        waits().await,
+        (1, 0.0),
+        "the bot's reply answered the customer"
+    );
+    s.send("573016", "wamid.P2", "¿me atiende alguien?").await;
+    wait_count(pg, "SELECT count(*) FROM messages", 2, 30).await;
+    // (Each moved back in time, in the order it happened.)
+    for sql in [
+        "UPDATE messages SET received_at = now() - interval '400 seconds' WHERE wamid = 'wamid.P1'",
+        "UPDATE outbound_messages SET created_at = now() - interval '390 seconds'",
+        "UPDATE messages SET received_at = now() - interval '200 seconds' WHERE wamid = 'wamid.P2'",
+    ] {
+        run(sql).await;
+    }
+    let (n, wait) = waits().await;
+    assert_eq!(n, 1);
+    assert!((200.0..260.0).contains(&wait), "bot off: {wait}");
+    run("UPDATE channels SET bot_mode = 'shadow'").await;
+    let (n, wait) = waits().await;
+    assert_eq!(n, 1);
+    assert!((200.0..260.0).contains(&wait), "shadow: {wait}");
+    run("UPDATE channels SET bot_mode = 'on'").await;
+    assert_eq!(waits().await, (0, 0.0), "the bot answers again");
+    run("UPDATE channels SET bot_mode = 'off'").await;
+
+    // A person takes the conversation and answers; given back, the customer is still answered.
+    s.take(id).await;
+    s.agent_reply(id, "Sí, dime.", "p1").await.unwrap();
+    assert_eq!(waits().await, (1, 0.0));
+    wafleet::agents::release(pg, &mut s.cfg.redis().await, &s.cfg.keys(), id)
+        .await
+        .unwrap();
+    assert_eq!(s.owner().await, "bot");
+    assert_eq!(waits().await, (1, 0.0), "a person answered the customer");
+    s.send("573016", "wamid.P3", "¿y el envío?").await;
+    wait_count(pg, "SELECT count(*) FROM messages", 3, 30).await;
+    for sql in [
+        "UPDATE outbound_messages SET created_at = now() - interval '150 seconds' WHERE kind = 'agent'",
+        "UPDATE messages SET received_at = now() - interval '100 seconds' WHERE wamid = 'wamid.P3'",
+    ] {
+        run(sql).await;
+    }
+    let (n, wait) = waits().await;
+    assert_eq!(n, 1);
+    assert!(
+        (100.0..160.0).contains(&wait),
+        "after the person's answer: {wait}"
+    );
+
+    // Counted as long as a conversation a human took would stay with them.
+    make_idle(pg).await;
+    assert_eq!(
+        waits().await,
+        (0, 0.0),
+        "idle past human_release_after_secs"
+    );
+    run("UPDATE channels SET human_release_after_secs = NULL").await;
+    let (n, wait) = waits().await;
+    assert_eq!(n, 1);
+    assert!(wait >= 100.0, "kept with people for good: {wait}");
+    // An erased customer waits for nobody: nothing can be written to them.
+    wafleet::erasure::erase_customer(pg, &mut s.cfg.redis().await, &s.cfg.keys(), PNID, "573016")
+        .await
+        .unwrap()
+        .expect("the customer is known");
+    assert_eq!(waits().await, (0, 0.0));
 }
 
 #[tokio::test]

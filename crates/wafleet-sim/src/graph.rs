@@ -181,7 +181,7 @@ pub(crate) async fn messages(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(refused) = check_token(sim.config(), &phone_number_id, &headers) {
+    if let Err(refused) = check_token(sim.config(), &phone_number_id, "post", &headers) {
         return refused.into_response();
     }
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
@@ -290,9 +290,14 @@ async fn hang(sim: &SimState) -> Response {
     StatusCode::SERVICE_UNAVAILABLE.into_response()
 }
 
-fn check_token(
+/// The bearer token against [`SimConfig::tokens`], for a `verb` (`post`, `get`) request on
+/// `phone_number_id`: none → 190; an unknown number → 100 subcode 33; a wrong token → 190,
+/// quoting it when it is not shaped like Meta's (`EAA…`), as Meta's "Malformed access token"
+/// does.
+pub(crate) fn check_token(
     config: &SimConfig,
     phone_number_id: &str,
+    verb: &str,
     headers: &HeaderMap,
 ) -> Result<(), Refusal> {
     let Some(bearer) = crate::bearer(headers) else {
@@ -313,10 +318,15 @@ fn check_token(
             100,
             Some(33),
             Some(&format!(
-                "Unsupported post request. Object with ID '{phone_number_id}' does not exist"
+                "Unsupported {verb} request. Object with ID '{phone_number_id}' does not exist"
             )),
         )),
         Some(expected) if expected == bearer => Ok(()),
+        Some(_) if !bearer.starts_with("EAA") => Err(Refusal::new(
+            401,
+            190,
+            Some(&format!("Malformed access token {bearer}")),
+        )),
         Some(_) => Err(Refusal::with(
             401,
             190,
@@ -543,7 +553,7 @@ fn graph_error(http_status: u16, code: i64, message: Option<&str>) -> Response {
 }
 
 /// A Graph API error answer (reference C.1), built where a check fails and rendered once.
-struct Refusal {
+pub(crate) struct Refusal {
     http_status: u16,
     code: i64,
     subcode: Option<i64>,

@@ -13,6 +13,8 @@
 //! - `graph`: `POST /{version}/{phone_number_id}/messages` (auth, validation, throughput and pair
 //!   limits, fault injection) and the status webhooks it sends afterwards.
 //! - `media`: `GET /{version}/{media_id}` and the download it points to, customers' media files.
+//! - `numbers`: `GET /{version}/{phone_number_id}`, a business number's display number, verified
+//!   name and quality rating.
 //! - `templates`: `GET /{version}/{waba_id}/message_templates`, a business account's templates.
 //! - `llm`: `POST /v1/chat/completions` (also `/chat/completions`, DeepSeek's path) and
 //!   `POST /v1/messages`, canned context-aware answers in the customer's language, and
@@ -34,6 +36,7 @@
 mod graph;
 mod llm;
 mod media;
+mod numbers;
 mod templates;
 
 use std::collections::HashMap;
@@ -56,6 +59,7 @@ pub use llm::{
     HANDOVER_MARKER, LlmFault, LlmRequest, TranscriptionRequest, reply_for, transcript_of,
 };
 pub use media::media_bytes;
+pub use numbers::VERIFIED_NAME;
 
 /// How the simulator behaves. [`Default`] matches Meta's defaults where Meta has one.
 #[derive(Debug, Clone)]
@@ -249,7 +253,7 @@ pub fn router(state: SimState) -> Router {
         .route("/v1/messages", post(llm::anthropic_messages))
         .route("/v1/audio/transcriptions", post(llm::transcriptions))
         .route("/audio/transcriptions", post(llm::transcriptions))
-        .route("/{version}/{media_id}", get(media::info))
+        .route("/{version}/{id}", get(numbers::node))
         .route(
             "/{version}/{waba_id}/message_templates",
             get(templates::list),

@@ -53,7 +53,7 @@ fn refused(status: u16, code: i64, message: &str) -> Response {
         .into_response()
 }
 
-/// `GET /{version}/{media_id}`: where to download it.
+/// `GET /{version}/{media_id}`: where to download it (routed here by `numbers::node`).
 pub(crate) async fn info(
     State(sim): State<SimState>,
     Path((_version, id)): Path<(String, String)>,

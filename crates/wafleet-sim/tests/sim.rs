@@ -254,6 +254,58 @@ async fn a_wrong_token_gets_401_with_code_190() {
     assert!(sim.state.messages().is_empty());
 }
 
+/// `GET /{version}/{phone_number_id}` with the fields `wafleetctl channel check` asks for: the
+/// number's token gets the number as Meta has it (its display number formatted, not digits); a
+/// wrong token gets 190, quoting the token as Meta's "Malformed access token" does (what a client
+/// must never print); a number the simulator does not know, 100 with subcode 33. A media id is
+/// still a media file.
+#[tokio::test]
+async fn a_phone_number_answers_its_token_with_display_number_name_and_quality() {
+    let sim = Sim::start(config()).await;
+    let get = |id: String, token: &'static str, fields: bool| {
+        let mut request = sim
+            .http
+            .get(format!("{}/v23.0/{id}", sim.url))
+            .bearer_auth(token);
+        if fields {
+            request = request.query(&[(
+                "fields",
+                "display_phone_number,verified_name,quality_rating",
+            )]);
+        }
+        async move {
+            let response = request.send().await.expect("simulator answers");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, number) = get(PNID.into(), TOKEN, true).await;
+    assert_eq!(status, 200, "{number}");
+    assert_eq!(number["id"], PNID);
+    assert_eq!(number["display_phone_number"], "+1 555-000-0000");
+    assert_eq!(number["verified_name"], wafleet_sim::VERIFIED_NAME);
+    assert_eq!(number["quality_rating"], "GREEN");
+
+    let (status, error) = get(PNID.into(), "wrong-token-7", true).await;
+    assert_eq!((status, code_of(&error)), (401, 190), "{error}");
+    assert_eq!(
+        error["error"]["message"], "Malformed access token wrong-token-7",
+        "{error}"
+    );
+    // A token shaped like Meta's that is not the number's: expired or revoked.
+    let (status, error) = get(PNID.into(), "EAAGexpired", true).await;
+    assert_eq!((status, code_of(&error)), (401, 190), "{error}");
+    assert!(!error.to_string().contains("EAAGexpired"), "{error}");
+
+    let (status, error) = get("999".into(), TOKEN, true).await;
+    assert_eq!((status, code_of(&error)), (400, 100), "{error}");
+    assert_eq!(error["error"]["error_subcode"], 33, "{error}");
+
+    let (status, media) = get("png-1".into(), TOKEN, false).await;
+    assert_eq!(status, 200, "{media}");
+    assert_eq!(media["mime_type"], "image/png");
+}
+
 #[tokio::test]
 async fn text_longer_than_4096_characters_gets_code_100() {
     let sim = Sim::start(config()).await;

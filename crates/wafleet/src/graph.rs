@@ -1,4 +1,5 @@
-//! The WhatsApp Cloud API (Graph API) client: text sends, mark-read and the typing indicator.
+//! The WhatsApp Cloud API (Graph API) client: text sends, mark-read and the typing indicator,
+//! and the reads beside them (templates, customers' media, a business number).
 //!
 //! Owns the HTTP exchange only: building the request exactly as Meta documents it (reference B.2,
 //! B.3), and turning whatever came back into an outcome the sender can act on. It does not retry,
@@ -166,11 +167,16 @@ impl GraphClient {
 
     /// `{base}/{version}/{id}/{edge}`, for an id that cannot change the path or query.
     fn edge_url(&self, id: &str, edge: &str) -> Option<String> {
+        self.node_url(id).map(|node| format!("{node}/{edge}"))
+    }
+
+    /// `{base}/{version}/{id}`, for an id that cannot change the path or query.
+    fn node_url(&self, id: &str) -> Option<String> {
         let valid = !id.is_empty()
             && id
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        valid.then(|| format!("{}/{}/{id}/{edge}", self.base_url, self.version))
+        valid.then(|| format!("{}/{}/{id}", self.base_url, self.version))
     }
 
     /// Sends one text message. Never retries by itself.
@@ -307,23 +313,80 @@ impl GraphClient {
                 maybe_sent: false,
             });
         };
+        let query = [
+            ("name", name),
+            ("fields", "name,language,status,components"),
+            ("limit", "100"),
+        ];
+        let page: Page = self.get_json(url, token, &query, "template").await?;
+        // `name` filters by part of the name: the exact one is picked here.
+        let found = page.data.into_iter().find(|t| {
+            t.name == name
+                && t.language.eq_ignore_ascii_case(language)
+                && t.status.as_deref().is_none_or(|s| s == "APPROVED")
+        });
+        Ok(found.map(|t| {
+            let text_of = |kind: &str| {
+                t.components
+                    .iter()
+                    .find(|c| {
+                        c.kind.eq_ignore_ascii_case(kind)
+                            && c.format
+                                .as_deref()
+                                .is_none_or(|f| f.eq_ignore_ascii_case("TEXT"))
+                    })
+                    .and_then(|c| c.text.clone())
+            };
+            wafleet_core::format::template::TemplateText {
+                header: text_of("HEADER"),
+                body: text_of("BODY"),
+                footer: text_of("FOOTER"),
+            }
+        }))
+    }
+
+    /// A business number as Meta has it (`GET /{version}/{phone_number_id}?fields=…`), read
+    /// with the number's own access token: that Meta answers at all is what shows the token
+    /// may use the number (`wafleetctl channel check`). A refusal is classified as a send's is
+    /// ([`GraphCallError::Rejected`]: 190 a bad token, 100 with subcode 33 a number Meta does
+    /// not know or the token may not use, 10 / 200–299 a missing permission).
+    pub async fn phone_number(
+        &self,
+        token: &str,
+        phone_number_id: &str,
+    ) -> Result<PhoneNumber, GraphCallError> {
+        let Some(url) = self.node_url(phone_number_id) else {
+            return Err(GraphCallError::Transport {
+                reason: "phone_number_id is not a valid Graph API id".into(),
+                maybe_sent: false,
+            });
+        };
+        let query = [("fields", PhoneNumber::FIELDS)];
+        self.get_json(url, token, &query, "phone_number").await
+    }
+
+    /// `GET url?query` with `token`, its 2xx body read as `T`; a refusal classified; timed in
+    /// `wafleet_graph_call_seconds{call}`.
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        url: String,
+        token: &str,
+        query: &[(&str, &str)],
+        call: &'static str,
+    ) -> Result<T, GraphCallError> {
         let started = Instant::now();
-        let sent = self
-            .http
-            .get(url)
-            .bearer_auth(token)
-            .query(&[
-                ("name", name),
-                ("fields", "name,language,status,components"),
-                ("limit", "100"),
-            ])
-            .send()
-            .await;
         let outcome = async {
-            let response = sent.map_err(|e| GraphCallError::Transport {
-                reason: describe(&e),
-                maybe_sent: !e.is_connect(),
-            })?;
+            let response = self
+                .http
+                .get(url)
+                .bearer_auth(token)
+                .query(query)
+                .send()
+                .await
+                .map_err(|e| GraphCallError::Transport {
+                    reason: describe(&e),
+                    maybe_sent: !e.is_connect(),
+                })?;
             let status = response.status().as_u16();
             let body = response
                 .bytes()
@@ -335,44 +398,38 @@ impl GraphClient {
             if !response_is_2xx(status) {
                 return Err(call_rejected(status, &body));
             }
-            let page: Page =
-                serde_json::from_slice(&body).map_err(|e| GraphCallError::Transport {
-                    reason: format!(
-                        "unexpected answer: {}",
-                        wafleet_core::json_error_without_input(&e)
-                    ),
-                    maybe_sent: true,
-                })?;
-            // `name` filters by part of the name: the exact one is picked here.
-            let found = page.data.into_iter().find(|t| {
-                t.name == name
-                    && t.language.eq_ignore_ascii_case(language)
-                    && t.status.as_deref().is_none_or(|s| s == "APPROVED")
-            });
-            Ok(found.map(|t| {
-                let text_of = |kind: &str| {
-                    t.components
-                        .iter()
-                        .find(|c| {
-                            c.kind.eq_ignore_ascii_case(kind)
-                                && c.format
-                                    .as_deref()
-                                    .is_none_or(|f| f.eq_ignore_ascii_case("TEXT"))
-                        })
-                        .and_then(|c| c.text.clone())
-                };
-                wafleet_core::format::template::TemplateText {
-                    header: text_of("HEADER"),
-                    body: text_of("BODY"),
-                    footer: text_of("FOOTER"),
-                }
-            }))
+            serde_json::from_slice(&body).map_err(|e| GraphCallError::Transport {
+                reason: format!(
+                    "unexpected answer: {}",
+                    wafleet_core::json_error_without_input(&e)
+                ),
+                maybe_sent: true,
+            })
         }
         .await;
-        metrics::histogram!("wafleet_graph_call_seconds", "call" => "template")
+        metrics::histogram!("wafleet_graph_call_seconds", "call" => call)
             .record(started.elapsed().as_secs_f64());
         outcome
     }
+}
+
+/// A business number as `GET /{version}/{phone_number_id}` answers it. Reference section C
+/// documents this read only for `throughput` and `whatsapp_business_manager_messaging_limit`;
+/// these three fields are the ones Meta's own phone numbers reference lists as a number's default
+/// fields, so each is optional here, and only that Meta answered is relied on.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct PhoneNumber {
+    /// As Meta writes it (`+1 555-555-5555` in its sample), not digits only as in webhooks.
+    pub display_phone_number: Option<String>,
+    /// The display name Meta approved for the number.
+    pub verified_name: Option<String>,
+    /// `GREEN`, `YELLOW`, `RED` (or `UNKNOWN`).
+    pub quality_rating: Option<String>,
+}
+
+impl PhoneNumber {
+    /// The `fields` asked for.
+    pub const FIELDS: &str = "display_phone_number,verified_name,quality_rating";
 }
 
 /// A customer's media file, fetched from Meta.

@@ -17,6 +17,8 @@ use wafleet::db;
 use wafleet::store::channels::{self, BotMode, ChannelSpec};
 use wafleet::store::settings;
 
+mod check;
+
 // `println!` and `print!` in this file are these. Std's panic once stdout's reader is gone
 // (`wafleetctl conversation list | head -1`: "failed printing to stdout: Broken pipe", exit 101,
 // perhaps halfway through a command that changes things); here what nobody reads any more is
@@ -267,7 +269,11 @@ struct TemplateArgs {
 enum QuarantineCommand {
     /// List quarantined updates (ids, reasons, numbers, kinds; never message text).
     List {
-        #[arg(long, default_value_t = 50)]
+        #[arg(
+            long,
+            default_value_t = 50,
+            value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+        )]
         limit: usize,
     },
     /// Enqueue quarantined updates that the channels as they are now accept, exactly as ingest
@@ -317,6 +323,11 @@ enum ChannelCommand {
     },
     /// Print a channel's settings (no secrets).
     Show { phone_number_id: String },
+    /// Ask Meta about the number with the channel's stored access token (GET
+    /// /{version}/{phone_number_id}): its display number, verified name and quality rating
+    /// beside what is stored, or what is wrong (a bad token, a number Meta does not know, a
+    /// missing permission, Meta out of reach), exiting 1.
+    Check { phone_number_id: String },
 }
 
 #[derive(clap::Args)]
@@ -348,7 +359,11 @@ enum DeadCommand {
     List {
         /// conversation, status, llm, sender
         stage: String,
-        #[arg(long, default_value_t = 50)]
+        #[arg(
+            long,
+            default_value_t = 50,
+            value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+        )]
         limit: usize,
     },
     /// Put dead letters back on the stream they came from and remove them from the dead-letter
@@ -400,6 +415,10 @@ struct AddArgs {
     /// Remove the allowlist (serve everyone).
     #[arg(long, conflicts_with = "allowlist")]
     clear_allowlist: bool,
+    /// After storing, run `channel check`: exit 1 if Meta does not take the token for the
+    /// number (the channel stays stored).
+    #[arg(long)]
+    check: bool,
 }
 
 /// A secret flag's value: the secret itself, `env:NAME` or `file:PATH`. Errors name the variable
@@ -584,6 +603,20 @@ async fn run() -> anyhow::Result<()> {
                 println!("{}", pause_after_save(&a.phone_number_id, pause, *lifted));
             }
             hint_quarantine(&a.phone_number_id).await;
+            if a.check {
+                let pnid = &a.phone_number_id;
+                let report = check::check(&pool, &cipher()?, pnid)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e:#}; the channel was stored all the same"))?;
+                for line in report {
+                    println!("{line}");
+                }
+            }
+        }
+        Command::Channel(ChannelCommand::Check { phone_number_id }) => {
+            for line in check::check(&pool, &cipher()?, &phone_number_id).await? {
+                println!("{line}");
+            }
         }
         Command::Channel(ChannelCommand::List) => {
             // Every channel, from what is stored; decrypting only tells which secrets open, so

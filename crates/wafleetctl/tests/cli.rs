@@ -500,6 +500,7 @@ async fn every_command_given_a_number_no_channel_has_fails_naming_it() {
         .concat(),
         vec!["channel", "clear-models", UNKNOWN],
         vec!["channel", "resume", UNKNOWN],
+        vec!["channel", "check", UNKNOWN],
         vec!["knowledge", "add", UNKNOWN, "Envíos", "Enviamos."],
         vec!["knowledge", "list", UNKNOWN],
         vec!["knowledge", "remove", UNKNOWN, "Envíos"],
@@ -1323,4 +1324,134 @@ async fn a_blank_template_field_and_an_unnamed_env_secret_say_what_is_missing() 
     .await
     .refused(1);
     ran.complains("env: needs the name of a variable (env:NAME)");
+}
+
+/// The simulator as Meta's Graph API, knowing [`PNID`] with [`ACCESS_TOKEN`] (and no other
+/// number), and the deployment's variables with `WAFLEET_GRAPH_BASE_URL` pointing at it.
+async fn meta(cfg: &TestConfig) -> (wafleet_tests::Sim, Vec<(String, String)>) {
+    let sim = wafleet_tests::Sim::start(
+        wafleet_sim::SimConfig {
+            tokens: HashMap::from([(PNID.to_owned(), ACCESS_TOKEN.to_owned())]),
+            ..wafleet_sim::SimConfig::default()
+        },
+        None,
+    )
+    .await;
+    let mut env = deployment(cfg);
+    env.push(("WAFLEET_GRAPH_BASE_URL".into(), sim.url.clone()));
+    (sim, env)
+}
+
+/// A token Meta does not take, shaped so that Meta's 190 quotes it ("Malformed access token
+/// …"), as the simulator's answer then does: printing Meta's message would print it.
+const WRONG_TOKEN: &str = "wrong-token-never-printed";
+
+#[tokio::test]
+async fn a_channel_check_shows_the_number_as_meta_has_it_and_whether_it_matches_what_is_stored() {
+    let cfg = TestConfig::new().await;
+    let (_sim, env) = meta(&cfg).await;
+    let add = |display: &'static str| {
+        let env = env.clone();
+        async move {
+            #[rustfmt::skip]
+            let args = ["channel", "add", "--phone-number-id", PNID, "--access-token", ACCESS_TOKEN,
+                        "--display-phone-number", display, "--name", "Tienda Sol"];
+            run(&env, &args).await.ok()
+        }
+    };
+    add("15550000000").await;
+    let ran = run(&env, &["channel", "check", PNID]).await.ok();
+    ran.says(&format!("channel {PNID}: ok"));
+    assert!(
+        ran.line("  display number:")
+            .contains("+1 555-000-0000 (stored 15550000000: matches)"),
+        "{ran:?}"
+    );
+    assert!(
+        ran.line("  verified name:").contains(&format!(
+            "{} (stored name \"Tienda Sol\": differs",
+            wafleet_sim::VERIFIED_NAME
+        )),
+        "{ran:?}"
+    );
+    ran.line("  quality rating: GREEN");
+    ran.never_shows(ACCESS_TOKEN);
+
+    // The number stored is not the one Meta has for this phone_number_id: said, not failed.
+    add("15550000001").await;
+    let ran = run(&env, &["channel", "check", PNID]).await.ok();
+    assert!(
+        ran.line("  display number:")
+            .contains("+1 555-000-0000 (stored 15550000001: differs"),
+        "{ran:?}"
+    );
+}
+
+/// A failed check: exit 1, saying each of `says`, and showing neither token nor Meta's own words
+/// (its 190 quotes the token; its 100 says "does not exist").
+#[track_caller]
+fn failed_check(ran: &Ran, says: &[&str]) {
+    assert_eq!(ran.code, Some(1), "{ran:?}");
+    for text in says {
+        ran.complains(text);
+    }
+    for hidden in [WRONG_TOKEN, ACCESS_TOKEN, "Malformed", "does not exist"] {
+        ran.never_shows(hidden);
+    }
+}
+
+#[tokio::test]
+async fn channel_check_names_a_wrong_token_or_an_unknown_number_and_never_prints_the_token() {
+    let cfg = TestConfig::new().await;
+    let (_sim, env) = meta(&cfg).await;
+    let add = |pnid: &'static str, token: &'static str, check: bool| {
+        let env = env.clone();
+        async move {
+            #[rustfmt::skip]
+            let mut args = vec!["channel", "add", "--phone-number-id", pnid, "--access-token", token];
+            args.extend(check.then_some("--check"));
+            run(&env, &args).await
+        }
+    };
+    add(PNID, WRONG_TOKEN, false).await.ok();
+    let check = |pnid: &'static str| {
+        let env = env.clone();
+        async move { run(&env, &["channel", "check", pnid]).await }
+    };
+    let ran = check(PNID).await.refused(1);
+    failed_check(&ran, &["190", "access token is expired or invalid"]);
+
+    // `channel add --check` stores the channel, then fails the same way, saying it was stored.
+    let ran = add(PNID, WRONG_TOKEN, true).await;
+    ran.says(&format!("channel {PNID} saved"));
+    failed_check(&ran, &["the channel was stored all the same", "190"]);
+    let ran = add(PNID, ACCESS_TOKEN, true).await.ok();
+    ran.says(&format!("channel {PNID}: ok"))
+        .never_shows(ACCESS_TOKEN);
+
+    // A phone_number_id Meta does not know (a typo, or another business's number).
+    add(UNKNOWN, ACCESS_TOKEN, false).await.ok();
+    let ran = check(UNKNOWN).await.refused(1);
+    failed_check(&ran, &["100", "Meta does not know number"]);
+}
+
+#[tokio::test]
+async fn a_channel_check_says_when_meta_cannot_be_reached_or_there_is_no_token_to_check() {
+    let cfg = TestConfig::new().await;
+    let mut env = deployment(&cfg);
+    env.push((
+        "WAFLEET_GRAPH_BASE_URL".into(),
+        format!("http://127.0.0.1:{}", closed_port()),
+    ));
+    add_channel(&cfg, PNID).await;
+    let ran = run(&env, &["channel", "check", PNID]).await.refused(1);
+    ran.complains("could not be reached")
+        .never_shows(ACCESS_TOKEN);
+
+    #[rustfmt::skip]
+    run(&env, &["channel", "add", "--phone-number-id", UNKNOWN, "--verify-token", VERIFY_TOKEN]).await.ok();
+    run(&env, &["channel", "check", UNKNOWN])
+        .await
+        .refused(1)
+        .complains("no access token");
 }

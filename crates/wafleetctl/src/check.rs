@@ -1,0 +1,240 @@
+//! `wafleetctl channel check`: whether Meta takes a channel's stored access token for its number,
+//! asked at setup time instead of learnt from the first customer's reply (which otherwise stays
+//! pending while the channel pauses on error 190).
+//!
+//! One call, `GET /{version}/{phone_number_id}` with the number's own token, through the workers'
+//! [`GraphClient`] and settings (`WAFLEET_GRAPH_BASE_URL`, `WAFLEET_GRAPH_API_VERSION`,
+//! `WAFLEET_GRAPH_TIMEOUT_MS`). A refusal is worded from its classification
+//! ([`wafleet_core::graph_error`]) and code; Meta's own message and details are never shown, as
+//! a 190's quotes the token ("Malformed access token …"), and neither is the token.
+//!
+//! Not checked: that the app is subscribed to the WABA's webhooks. The API reference wafleet
+//! follows names `/{waba_id}/subscribed_apps` only among rate-limited endpoints and does not
+//! document its answer, so nothing is built on it.
+
+use anyhow::Context;
+use wafleet::crypto::Cipher;
+use wafleet::db::PgPool;
+use wafleet::graph::{GraphCallError, GraphClient, PhoneNumber, UNPARSED_ERROR_CODE};
+use wafleet::stages::process::GraphSettings;
+use wafleet::store::channels;
+use wafleet_core::graph_error::{
+    ErrorClass, GraphError, UNKNOWN_OBJECT_SUBCODE, config_meaning, new_token_fixes,
+};
+
+/// Checks channel `pnid` with Meta: the report's lines when Meta answers for the number, or why
+/// it does not (an error: the command exits 1).
+pub async fn check(pool: &PgPool, cipher: &Cipher, pnid: &str) -> anyhow::Result<Vec<String>> {
+    let asked = [pnid.to_string()];
+    let Some(stored) = channels::summaries(pool, &asked).await?.pop() else {
+        anyhow::bail!("no channel {pnid}");
+    };
+    let token = channels::access_token(pool, cipher, pnid)
+        .await
+        .with_context(|| {
+            format!("channel {pnid}'s access token does not decrypt with WAFLEET_ENCRYPTION_KEY")
+        })?
+        .with_context(|| {
+            format!(
+                "channel {pnid} has no access token to check: add one (wafleetctl channel add \
+                 --phone-number-id {pnid} --access-token …)"
+            )
+        })?;
+    let settings = GraphSettings::from_env()?;
+    let graph = GraphClient::new(&settings.base_url, &settings.version, settings.timeout);
+    match graph.phone_number(token.expose(), pnid).await {
+        Ok(number) => Ok(report(&stored, &number)),
+        Err(e) => Err(anyhow::anyhow!(
+            "channel {pnid} failed its check: {}",
+            failure(pnid, &settings.base_url, &e)
+        )),
+    }
+}
+
+/// What Meta has for the number, beside what is stored.
+fn report(stored: &channels::Summary, number: &PhoneNumber) -> Vec<String> {
+    let pnid = &stored.phone_number_id;
+    let unknown = || "(not given by Meta)".to_string();
+    let display = match (&number.display_phone_number, &stored.display_phone_number) {
+        (Some(meta), Some(ours)) if digits(meta) == digits(ours) => {
+            format!("{meta} (stored {ours}: matches)")
+        }
+        (Some(meta), Some(ours)) => format!(
+            "{meta} (stored {ours}: differs; is {pnid} the number meant? `channel add \
+             --display-phone-number` corrects what is stored)"
+        ),
+        (Some(meta), None) => format!("{meta} (none stored)"),
+        (None, _) => unknown(),
+    };
+    let name = match &number.verified_name {
+        Some(meta) if meta.trim() == stored.name.trim() => {
+            format!("{meta} (stored name {:?}: matches)", stored.name)
+        }
+        Some(meta) => format!(
+            "{meta} (stored name {:?}: differs; the stored name is wafleet's label only)",
+            stored.name
+        ),
+        None => unknown(),
+    };
+    let mut lines = vec![
+        format!("channel {pnid}: ok, Meta answers for the number with its stored access token"),
+        format!("  display number: {display}"),
+        format!("  verified name: {name}"),
+        format!(
+            "  quality rating: {}",
+            number.quality_rating.clone().unwrap_or_else(unknown)
+        ),
+    ];
+    if let Some(waba) = &stored.waba_id {
+        lines.push(format!(
+            "  webhooks of WABA {waba}: not checked (see the README, Going live)"
+        ));
+    }
+    lines
+}
+
+/// The digits of a number as written anywhere (`+1 555-555-5555`, `15555555555`).
+fn digits(number: &str) -> String {
+    number.chars().filter(char::is_ascii_digit).collect()
+}
+
+/// Why the check failed, for an operator: what is wrong and what fixes it, with Meta's code and
+/// `fbtrace_id` (for Meta support), never Meta's message.
+fn failure(pnid: &str, base_url: &str, e: &GraphCallError) -> String {
+    match e {
+        GraphCallError::Transport {
+            reason,
+            maybe_sent: false,
+        } => format!("Meta's Graph API could not be reached at {base_url} ({reason})"),
+        GraphCallError::Transport { reason, .. } => {
+            format!("Meta's Graph API at {base_url} gave no usable answer ({reason})")
+        }
+        GraphCallError::Rejected {
+            http_status,
+            error,
+            class,
+        } => format!(
+            "{} ({})",
+            refusal(pnid, error, *class),
+            code_text(*http_status, error)
+        ),
+    }
+}
+
+fn refusal(pnid: &str, error: &GraphError, class: ErrorClass) -> String {
+    let code = error.code;
+    if code == UNPARSED_ERROR_CODE {
+        return format!(
+            "the answer is no Graph API error (a proxy's page?), so nothing says whether \
+             {pnid} works"
+        );
+    }
+    if new_token_fixes(code) {
+        // 190 is also a token Meta cannot parse, not only an expired one.
+        return format!(
+            "the access token is expired or invalid: store a new one (wafleetctl channel add \
+             --phone-number-id {pnid} --access-token …)"
+        );
+    }
+    if code == 33 || (code == 100 && error.subcode == Some(UNKNOWN_OBJECT_SUBCODE)) {
+        return format!(
+            "Meta does not know number {pnid}, or its access token may not use it: check the \
+             phone_number_id in WhatsApp Manager, and that the token's system user was given \
+             the number's WhatsApp account"
+        );
+    }
+    match class {
+        ErrorClass::Config => format!("{}: fix it at Meta", config_meaning(code)),
+        ErrorClass::Throttled { .. } => {
+            "Meta is rate-limiting the calls: run the check again later".into()
+        }
+        ErrorClass::Transient => "Meta had a temporary error: run the check again".into(),
+        ErrorClass::Permanent | ErrorClass::ReEngagement => "Meta refused the request".into(),
+    }
+}
+
+/// `Meta's error 190, HTTP 401, fbtrace_id …`.
+fn code_text(http_status: u16, error: &GraphError) -> String {
+    let mut text = if error.code == UNPARSED_ERROR_CODE {
+        format!("HTTP {http_status}")
+    } else {
+        format!("Meta's error {}", error.code)
+    };
+    if let Some(subcode) = error.subcode {
+        text.push_str(&format!(" subcode {subcode}"));
+    }
+    if error.code != UNPARSED_ERROR_CODE {
+        text.push_str(&format!(", HTTP {http_status}"));
+    }
+    if let Some(trace) = &error.fbtrace_id {
+        text.push_str(&format!(", fbtrace_id {trace}"));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(code: i64, subcode: Option<i64>, http_status: u16) -> GraphCallError {
+        let error = GraphError {
+            code,
+            subcode,
+            message: "Malformed access token EAAGsecret".into(),
+            kind: Some("OAuthException".into()),
+            details: Some("details quoting EAAGsecret".into()),
+            fbtrace_id: Some("AbC123".into()),
+            is_transient: None,
+        };
+        GraphCallError::Rejected {
+            http_status,
+            class: error.class(http_status),
+            error,
+        }
+    }
+
+    #[test]
+    fn each_refusal_says_what_is_wrong_with_the_code_and_never_metas_words() {
+        let base = "https://graph.facebook.com";
+        for (e, says) in [
+            (rejected(190, None, 401), "the access token is expired or invalid"),
+            (rejected(0, None, 401), "the access token is expired or invalid"),
+            (rejected(100, Some(33), 400), "Meta does not know number 1"),
+            (rejected(10, None, 403), "permission denied: fix it at Meta"),
+            (rejected(200, None, 403), "permission was not granted"),
+            (rejected(4, None, 400), "rate-limiting"),
+            (rejected(131000, None, 500), "temporary error"),
+            (rejected(100, None, 400), "Meta refused the request"),
+            (
+                rejected(UNPARSED_ERROR_CODE, None, 502),
+                "no Graph API error",
+            ),
+        ] {
+            let text = failure("1", base, &e);
+            assert!(text.contains(says), "{text}");
+            assert!(!text.contains("EAAGsecret"), "{text}");
+            let GraphCallError::Rejected { error, .. } = &e else {
+                unreachable!()
+            };
+            if error.code != UNPARSED_ERROR_CODE {
+                assert!(text.contains(&format!("error {}", error.code)), "{text}");
+                assert!(text.contains("fbtrace_id AbC123"), "{text}");
+            }
+        }
+        let unreachable = GraphCallError::Transport {
+            reason: "connection refused".into(),
+            maybe_sent: false,
+        };
+        assert_eq!(
+            failure("1", base, &unreachable),
+            "Meta's Graph API could not be reached at https://graph.facebook.com (connection \
+             refused)"
+        );
+    }
+
+    #[test]
+    fn numbers_match_whatever_their_notation() {
+        assert_eq!(digits("+1 555-555-5555"), digits("15555555555"));
+        assert_ne!(digits("+1 555-555-5555"), digits("15555555556"));
+    }
+}

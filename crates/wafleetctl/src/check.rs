@@ -67,6 +67,7 @@ fn report(stored: &channels::Summary, number: &PhoneNumber) -> Vec<String> {
         (None, _) => unknown(),
     };
     let name = match &number.verified_name {
+        Some(meta) if stored.name.trim().is_empty() => format!("{meta} (no name stored)"),
         Some(meta) if meta.trim() == stored.name.trim() => {
             format!("{meta} (stored name {:?}: matches)", stored.name)
         }
@@ -197,8 +198,14 @@ mod tests {
     fn each_refusal_says_what_is_wrong_with_the_code_and_never_metas_words() {
         let base = "https://graph.facebook.com";
         for (e, says) in [
-            (rejected(190, None, 401), "the access token is expired or invalid"),
-            (rejected(0, None, 401), "the access token is expired or invalid"),
+            (
+                rejected(190, None, 401),
+                "the access token is expired or invalid",
+            ),
+            (
+                rejected(0, None, 401),
+                "the access token is expired or invalid",
+            ),
             (rejected(100, Some(33), 400), "Meta does not know number 1"),
             (rejected(10, None, 403), "permission denied: fix it at Meta"),
             (rejected(200, None, 403), "permission was not granted"),
@@ -229,6 +236,51 @@ mod tests {
             failure("1", base, &unreachable),
             "Meta's Graph API could not be reached at https://graph.facebook.com (connection \
              refused)"
+        );
+    }
+
+    #[test]
+    fn the_report_says_whether_meta_has_what_is_stored() {
+        let stored = |display: Option<&str>, name: &str| channels::Summary {
+            phone_number_id: "1".into(),
+            waba_id: None,
+            app_id: None,
+            display_phone_number: display.map(str::to_owned),
+            name: name.into(),
+            enabled: true,
+            bot_mode: "on".into(),
+            app_secrets: 1,
+            verify_token: true,
+            access_token: true,
+            phone_allowlist: vec![],
+            updated_at: chrono::Utc::now(),
+            sends_paused: channels::SendsPaused(None),
+        };
+        let meta = PhoneNumber {
+            display_phone_number: Some("+1 555-000-0000".into()),
+            verified_name: Some("Tienda Sol".into()),
+            quality_rating: None,
+        };
+        let lines = report(&stored(Some("15550000000"), "Tienda Sol"), &meta);
+        assert_eq!(
+            lines[1..],
+            [
+                "  display number: +1 555-000-0000 (stored 15550000000: matches)",
+                "  verified name: Tienda Sol (stored name \"Tienda Sol\": matches)",
+                "  quality rating: (not given by Meta)",
+            ]
+        );
+        let lines = report(&stored(None, ""), &meta);
+        assert_eq!(lines[1], "  display number: +1 555-000-0000 (none stored)");
+        assert_eq!(lines[2], "  verified name: Tienda Sol (no name stored)");
+        let lines = report(&stored(Some("15550000001"), "Sol"), &meta);
+        assert!(
+            lines[1].contains("stored 15550000001: differs"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[2].contains("stored name \"Sol\": differs"),
+            "{lines:?}"
         );
     }
 

@@ -1168,9 +1168,10 @@ async fn an_admin_connects_a_number_through_the_api_and_ingest_serves_it() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
     assert!(refused.to_string().contains("app_id"), "{refused}");
-    // An allowlist entry in another notation is refused without the customer's number in the
-    // answer (a 400's body ends up in clients' and proxies' logs).
-    let (status, refused) = p
+    // An allowlist entry is a number as people write it (stored as its digits) or a
+    // business-scoped id; anything else is refused without being echoed (a 400's body ends up
+    // in clients' and proxies' logs).
+    let (status, shown) = p
         .api
         .put(
             &path,
@@ -1178,10 +1179,36 @@ async fn an_admin_connects_a_number_through_the_api_and_ingest_serves_it() {
             json!({"phone_allowlist": ["573001112233", "+57 300 111 2244"]}),
         )
         .await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    let allowlist = || async {
+        let (list,): (Vec<String>,) =
+            sqlx::query_as("SELECT phone_allowlist FROM channels WHERE phone_number_id = $1")
+                .bind(SHOP)
+                .fetch_one(&p.pg)
+                .await
+                .unwrap();
+        list
+    };
+    assert_eq!(allowlist().await, ["573001112233", "573001112244"]);
+    let (status, refused) = p
+        .api
+        .put(
+            &path,
+            &p.admin,
+            json!({"phone_allowlist": ["573001112233", "Camila Rojas"]}),
+        )
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
     let said = refused["error"].as_str().unwrap();
     assert!(said.contains("allowlist"), "{said}");
-    assert!(!said.contains("111 2244"), "{said}");
+    assert!(!said.contains("Camila"), "{said}");
+    assert_eq!(allowlist().await, ["573001112233", "573001112244"]);
+    // (Served again without one, as the rest of this test expects.)
+    let (status, _) = p
+        .api
+        .put(&path, &p.admin, json!({"phone_allowlist": []}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
 
     // A change of one field leaves the others, secrets included, as they were.
     let (status, shown) = p.api.put(&path, &p.admin, json!({"bot_mode": "off"})).await;

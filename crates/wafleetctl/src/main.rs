@@ -409,7 +409,8 @@ struct AddArgs {
     /// on, shadow or off.
     #[arg(long)]
     bot_mode: Option<BotMode>,
-    /// Serve only these customers (wa_id digits or business-scoped ids); repeatable.
+    /// Serve only these customers (phone numbers in any notation, stored as their digits, or
+    /// business-scoped ids); repeatable.
     #[arg(long = "allow")]
     allowlist: Vec<String>,
     /// Remove the allowlist (serve everyone).

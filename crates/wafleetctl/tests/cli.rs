@@ -1214,6 +1214,48 @@ async fn a_list_cut_at_its_limit_says_how_many_it_left_out() {
 }
 
 #[tokio::test]
+async fn an_allowlist_takes_numbers_as_people_write_them_and_stores_their_digits() {
+    let cfg = TestConfig::new().await;
+    add_channel(&cfg, PNID).await;
+    let allow = |entries: &[&str]| {
+        let mut args = vec!["channel", "add", "--phone-number-id", PNID];
+        for e in entries {
+            args.extend(["--allow", e]);
+        }
+        args.into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    let stored = || async {
+        let (list,): (Vec<String>,) =
+            sqlx::query_as("SELECT phone_allowlist FROM channels WHERE phone_number_id = $1")
+                .bind(PNID)
+                .fetch_one(&cfg.pg().await)
+                .await
+                .unwrap();
+        list
+    };
+    let args = allow(&[
+        "+57 300 123 4567",
+        "(57) 300-123-4568",
+        " US.13491208655302741918 ",
+    ]);
+    ctl(&cfg, &args.iter().map(String::as_str).collect::<Vec<_>>())
+        .await
+        .ok();
+    assert_eq!(
+        stored().await,
+        ["573001234567", "573001234568", "US.13491208655302741918"]
+    );
+    // What is neither a number nor a business-scoped id is refused, without being echoed.
+    let args = allow(&["573001234567", "Camila Rojas"]);
+    let refused = ctl(&cfg, &args.iter().map(String::as_str).collect::<Vec<_>>())
+        .await
+        .refused(1);
+    refused.complains("entry 2 (from 1) is neither");
+    assert!(!refused.stderr.contains("Camila"), "{refused:?}");
+    assert_eq!(stored().await.len(), 3, "nothing changed");
+}
+
+#[tokio::test]
 async fn a_setting_is_changed_from_a_file_shown_and_put_back_and_a_bad_value_is_refused() {
     let cfg = TestConfig::new().await;
     add_channel(&cfg, PNID).await;

@@ -110,14 +110,14 @@ impl ChannelSpec {
                 return Err(format!("{name} is blank"));
             }
         }
-        // Named by its position, never quoted: a refused entry is most often a customer's number
-        // in another notation (`+57 300 …`), and this message goes back in a 400 and to logs.
-        if let Some(bad) = self.phone_allowlist.iter().flatten().position(|c| {
-            c.is_empty()
-                || !c
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
-        }) {
+        // Named by its position, never quoted: a refused entry may still be a customer's name or
+        // number, and this message goes back in a 400 and to logs.
+        if let Some(bad) = self
+            .phone_allowlist
+            .iter()
+            .flatten()
+            .position(|c| allowlist_entry(c).is_none())
+        {
             return Err(format!(
                 "the allowlist takes customers' wa_id digits or business-scoped ids: entry {} \
                  (from 1) is neither",
@@ -126,6 +126,18 @@ impl ChannelSpec {
         }
         Ok(())
     }
+}
+
+/// An allowlist entry as it is stored, or `None` for what is neither a phone number nor a
+/// business-scoped id: a number in any usual notation (`+57 300 123 4567`) becomes its digits,
+/// which is what Meta's `wa_id` holds, as `customer erase` and templates take it
+/// ([`crate::erasure::normalise_customer`]); a business-scoped id (`US.1349…`) stays as it is,
+/// trimmed.
+pub fn allowlist_entry(raw: &str) -> Option<String> {
+    crate::erasure::normalise_customer(raw).filter(|c| {
+        c.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+    })
 }
 
 /// What [`upsert`] did.
@@ -457,6 +469,16 @@ pub async fn upsert<'e>(
 ) -> anyhow::Result<Saved> {
     spec.check().map_err(anyhow::Error::msg)?;
     let pnid = spec.phone_number_id.trim();
+    // Each entry once, as it is stored (all of them are, once checked).
+    let allowlist: Option<Vec<String>> = spec.phone_allowlist.as_ref().map(|all| {
+        let mut stored = Vec::with_capacity(all.len());
+        for entry in all.iter().filter_map(|c| allowlist_entry(c)) {
+            if !stored.contains(&entry) {
+                stored.push(entry);
+            }
+        }
+        stored
+    });
     let secrets: Option<Vec<Vec<u8>>> = spec.app_secrets.as_ref().map(|all| {
         all.iter()
             .map(|s| cipher.encrypt(&owner(pnid, "app_secret"), s.expose().as_bytes()))
@@ -520,7 +542,7 @@ pub async fn upsert<'e>(
     .bind(seal("verify_token", &spec.verify_token))
     .bind(seal("access_token", &spec.access_token))
     .bind(spec.bot_mode.map(BotMode::as_str))
-    .bind(&spec.phone_allowlist)
+    .bind(allowlist)
     .bind(spec.enabled)
     .bind(spec.app_id.as_deref().map(str::trim))
     .bind(graph_error::NEW_TOKEN_CODES.map(|c| c as i32))
@@ -884,6 +906,21 @@ pub async fn models(pool: &PgPool, phone_number_id: &str) -> sqlx::Result<Vec<Mo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_allowlist_entry_is_a_number_in_any_notation_or_a_business_scoped_id() {
+        for (raw, stored) in [
+            ("+57 300 123 4567", "573001234567"),
+            ("(57) 300-123-4567", "573001234567"),
+            ("573001234567", "573001234567"),
+            (" US.13491208655302741918 ", "US.13491208655302741918"),
+        ] {
+            assert_eq!(allowlist_entry(raw).as_deref(), Some(stored), "{raw:?}");
+        }
+        for bad in ["", " ", "+ -", "Camila Rojas", "ana@tienda.co", "57/300"] {
+            assert_eq!(allowlist_entry(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn a_models_url_holds_no_credential_and_the_refusal_does_not_repeat_it() {

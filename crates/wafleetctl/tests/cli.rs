@@ -822,7 +822,7 @@ async fn output_to_a_reader_that_is_gone_neither_panics_nor_stops_the_command() 
 #[tokio::test]
 async fn usage_errors_exit_2_before_anything_is_read_or_changed() {
     // No deployment at all: a usage error is found before any variable is read.
-    let misuses: [&[&str]; 9] = [
+    let misuses: [&[&str]; 11] = [
         &[],
         &["bogus"],
         &["channel"],
@@ -836,6 +836,8 @@ async fn usage_errors_exit_2_before_anything_is_read_or_changed() {
             "maybe",
         ],
         &["conversation", "list", "--limit", "0"],
+        &["dead", "list", "sender", "--limit", "0"],
+        &["quarantine", "list", "--limit", "0"],
         &["usage", "--from", "2026-13-01"],
         &["api-token", "add", "dashboard", "--admin", "--number", PNID],
         &["generate-key", "extra"],

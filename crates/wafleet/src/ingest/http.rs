@@ -288,15 +288,60 @@ async fn receive_for(
     outcome
 }
 
+/// Bytes of hashing (the body's length times the secrets it is checked against) above which a
+/// signature check leaves the request's thread: about 3 ms of CPU. A webhook Meta signed is a few
+/// KB, checked inline even against a thousand apps' secrets on the shared path; a forged 3 MB
+/// body checked against every app's secret is seconds of CPU.
+const HEAVY_CHECK_BYTES: usize = 4 << 20;
+
+/// Heavy signature checks run one at a time: forged bodies posted at once wait for each other
+/// instead of taking every core from the webhooks Meta signed.
+static HEAVY_CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+/// [`signature::verify`] (every secret: the shared path) or [`signature::verify_among`] (`ids`,
+/// one app's secrets). A check that hashes more than [`HEAVY_CHECK_BYTES`] runs on a blocking
+/// thread, one at a time: on the request's thread it held that runtime thread for its whole
+/// length, and with it the other requests that thread was serving (a forged 3 MB body against
+/// 1,100 apps' secrets is about 2 s of CPU).
+async fn check_signature(
+    registry: &Arc<crate::channels::Registry>,
+    body: &Bytes,
+    header: Option<&[u8]>,
+    ids: Option<&[usize]>,
+) -> Result<usize, signature::SignatureError> {
+    let check = |registry: &crate::channels::Registry,
+                 body: &[u8],
+                 header: Option<&[u8]>,
+                 ids: Option<&[usize]>| match ids {
+        None => signature::verify(body, header, &registry.secrets),
+        Some(ids) => signature::verify_among(body, header, &registry.secrets, ids),
+    };
+    let secrets = ids.map_or(registry.secrets.len(), <[usize]>::len);
+    if body.len().saturating_mul(secrets) <= HEAVY_CHECK_BYTES {
+        return check(registry, body, header, ids);
+    }
+    let Ok(_permit) = HEAVY_CHECKS.acquire().await else {
+        unreachable!("the semaphore is never closed");
+    };
+    let (registry, body) = (registry.clone(), body.clone());
+    let header = header.map(<[u8]>::to_vec);
+    let ids = ids.map(<[usize]>::to_vec);
+    tokio::task::spawn_blocking(move || check(&registry, &body, header.as_deref(), ids.as_deref()))
+        .await
+        // The check itself cannot panic; a blocking task that did not finish (the runtime shut
+        // down under it) refuses the body as any unchecked one is refused.
+        .unwrap_or(Err(signature::SignatureError::Mismatch))
+}
+
 async fn handle(state: &AppState, app: Option<&str>, headers: &HeaderMap, body: Bytes) -> Outcome {
     let registry = state.registry.current();
     let header = headers
         .get("x-hub-signature-256")
         .map(HeaderValue::as_bytes);
     let checked = match app {
-        None => signature::verify(&body, header, &registry.secrets),
+        None => check_signature(&registry, &body, header, None).await,
         Some(app) => match registry.app_secret_ids(app) {
-            Some(ids) => signature::verify_among(&body, header, &registry.secrets, ids),
+            Some(ids) => check_signature(&registry, &body, header, Some(ids)).await,
             None => {
                 // The path is the caller's: logged only when it is an App ID's shape.
                 let shown = if app.len() <= 32 && app.bytes().all(|b| b.is_ascii_digit()) {

@@ -1746,6 +1746,39 @@ async fn a_late_status_of_a_failed_send_does_not_take_the_part_reopened_for_a_re
 }
 
 #[tokio::test]
+async fn a_send_reconciled_by_its_status_answers_the_customers_message() {
+    // Soak: Meta took sends whose answers were lost (ambiguous); the status stage recorded each
+    // from its status's callback, but the customer's message stayed unanswered, so
+    // wafleet_oldest_unanswered_seconds (alert WafleetCustomersUnanswered past 300 s) grew from
+    // the first of them for good: 87 such messages in 110,000.
+    use wafleet::store::conversations::{StatusApplied, apply_statuses};
+    let e = env().await;
+    let id = e.parts_of_one_reply(1, None).await[0];
+    let status = delivered(
+        "wamid.AMBIGUOUS",
+        Some(wafleet::crypto::Callback {
+            outbound_id: id,
+            send_try: None,
+        }),
+    );
+    let mut con = e.pg.acquire().await.unwrap();
+    let applied = apply_statuses(&mut con, &[status]).await.unwrap();
+    assert!(
+        matches!(applied[0], StatusApplied::Advanced { .. }),
+        "{applied:?}"
+    );
+    let row: (String, bool) = sqlx::query_as(
+        "SELECT o.state, m.answered_at IS NOT NULL
+           FROM outbound_messages o JOIN messages m ON m.id = o.reply_to WHERE o.id = $1",
+    )
+    .bind(id)
+    .fetch_one(&e.pg)
+    .await
+    .unwrap();
+    assert_eq!(row, ("accepted".to_string(), true));
+}
+
+#[tokio::test]
 async fn a_re_engagement_failure_recorded_by_a_run_that_stopped_still_hands_over_on_redelivery() {
     use wafleet::store::conversations::{Status, apply_statuses};
     let e = env().await;

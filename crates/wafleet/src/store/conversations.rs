@@ -1152,7 +1152,7 @@ async fn apply_distinct(
              -- earlier send's late status is not the resend's. A failed part
              -- reopened for a resend and not claimed yet (pending, still with the failure's
              -- code) has no send in flight: a status by its callback is the failed send's.
-             SELECT DISTINCT ON (i.n) i.n, o.id AS oid
+             SELECT DISTINCT ON (i.n) i.n, o.id AS oid, o.wamid IS NULL AS unrecorded
                FROM input i JOIN outbound_messages o
                  ON (o.wamid = i.wamid
                      OR (o.id = i.outbound_id AND o.wamid IS NULL
@@ -1194,7 +1194,14 @@ async fn apply_distinct(
               WHERE o.id = m.oid AND o.id IN (SELECT id FROM locked)
                 AND ((o.delivery_rank < i.rank AND o.delivery_rank < 4) OR o.wamid IS NULL)
           RETURNING m.n, o.conversation_id, o.delivery_rank = i.rank AS advanced,
-                    o.kind IN ('agent', 'template') AS by_agent, o.reply_to
+                    o.kind IN ('agent', 'template') AS by_agent, o.reply_to,
+                    m.unrecorded AND o.state = 'accepted' AS reconciled
+         ), answered AS (
+             -- A send reconciled here (Meta's answer to it was lost) answers the customer's
+             -- message, as recording its acceptance does (record_accepted_many): else the
+             -- message waited for the bot for good in `wafleet_oldest_unanswered_seconds`.
+             UPDATE messages SET answered_at = COALESCE(answered_at, now())
+              WHERE id IN (SELECT reply_to FROM changed WHERE reconciled)
          ), adopted AS (
              -- Only for a send reconciled by its callback (its wamid was unknown), to the other
              -- notation of the number dialled; rare, like the acceptance's own re-keying.

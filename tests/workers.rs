@@ -1779,6 +1779,39 @@ async fn a_send_reconciled_by_its_status_answers_the_customers_message() {
 }
 
 #[tokio::test]
+async fn messages_left_unanswered_by_a_reconciled_send_are_answered_by_the_migration() {
+    let e = env().await;
+    let id = e.parts_of_one_reply(1, None).await[0];
+    // What a reconciled send left before: the part accepted, its message not answered.
+    sqlx::query("UPDATE outbound_messages SET state = 'accepted', wamid = 'wamid.R' WHERE id = $1")
+        .bind(id)
+        .execute(&e.pg)
+        .await
+        .unwrap();
+    let unanswered = "SELECT count(*) FROM messages WHERE action = 'reply' AND answered_at IS NULL";
+    assert_eq!(count(&e.pg, unanswered).await, 1);
+    sqlx::raw_sql(include_str!("../migrations/0030_answered_reconciled.sql"))
+        .execute(&e.pg)
+        .await
+        .unwrap();
+    assert_eq!(count(&e.pg, unanswered).await, 0);
+    // A reply still on its way leaves its message waiting.
+    sqlx::query("UPDATE messages SET answered_at = NULL")
+        .execute(&e.pg)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE outbound_messages SET state = 'sending', wamid = NULL")
+        .execute(&e.pg)
+        .await
+        .unwrap();
+    sqlx::raw_sql(include_str!("../migrations/0030_answered_reconciled.sql"))
+        .execute(&e.pg)
+        .await
+        .unwrap();
+    assert_eq!(count(&e.pg, unanswered).await, 1);
+}
+
+#[tokio::test]
 async fn a_re_engagement_failure_recorded_by_a_run_that_stopped_still_hands_over_on_redelivery() {
     use wafleet::store::conversations::{Status, apply_statuses};
     let e = env().await;

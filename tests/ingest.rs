@@ -73,6 +73,11 @@ async fn every_fixture_yields_exactly_its_expected_entry() {
             matches!(u, Update::Message(m)
             if m.message_type == "unsupported" && m.raw.get().contains("131051"))
         }),
+        ("smb_message_echoes.json", "inbound", |u| {
+            matches!(u, Update::Echo(e)
+            if e.to == "16505551234" && e.text.as_deref().is_some_and(|t| t.starts_with("Here's the info"))
+               && e.timestamp == Some(1739321024))
+        }),
         ("status_sent.json", "status", |u| {
             matches!(u, Update::Status(s)
             if s.status == "sent" && s.recipient_id.as_deref() == Some("919096053970"))
@@ -106,7 +111,7 @@ async fn every_fixture_yields_exactly_its_expected_entry() {
         ingest
             .metric(r#"wafleet_ingest_updates_total{result="enqueued"}"#)
             .await,
-        7.0
+        8.0
     );
 
     // image.json and reaction.json share (phone_number_id, wamid): in one deployment the second
@@ -1169,6 +1174,90 @@ async fn an_accounts_events_signed_by_another_tenants_app_are_quarantined() {
             .collect::<Vec<_>>(),
         [(1, "signed_by_another_app".to_string())]
     );
+}
+
+/// What a person writes from the WhatsApp Business app on a coexistence number goes to the
+/// partition of the customer's conversation, in order with their messages, once however often
+/// Meta delivers it; an echo that names no customer or has no id stays on the events stream as
+/// every `smb_message_echoes` change did before, and one for a number we do not serve is kept
+/// aside like its messages.
+#[tokio::test]
+async fn a_business_app_echo_joins_its_customers_conversation_once_and_other_shapes_stay_events() {
+    let (cfg, ingest) = setup().await;
+    let pnid = "106540352242922";
+    let echo = echo_message(pnid, "573001234567", "wamid.E1", 1_700_000_001, "Hola Ana");
+    for _ in 0..2 {
+        let res = ingest.post_signed(&echo, APP_SECRET).await;
+        assert_eq!(res.status(), 200);
+    }
+    let text = text_body(pnid, "573001234567", "wamid.M1", "perfecto, gracias");
+    assert_eq!(ingest.post_signed(&text, APP_SECRET).await.status(), 200);
+
+    let mut con = cfg.redis().await;
+    let keys = cfg.keys();
+    let conv = format!("{pnid}:573001234567");
+    let stream = keys.inbound(keys.partition_of(&conv));
+    let entries = read_stream(&mut con, &stream).await;
+    let fields = |i: usize, f: &str| String::from_utf8_lossy(&entries[i].1[f]).into_owned();
+    assert_eq!(
+        entries.len(),
+        2,
+        "the echo once, then the customer's message"
+    );
+    assert_eq!(
+        (fields(0, "kind"), fields(0, "conv"), fields(0, "channel")),
+        ("echo".to_string(), conv.clone(), pnid.to_string())
+    );
+    assert_eq!(
+        (fields(1, "kind"), fields(1, "conv")),
+        ("message".into(), conv)
+    );
+    let Update::Echo(e) = serde_json::from_slice(&entries[0].1["update"]).unwrap() else {
+        panic!("not an echo")
+    };
+    assert_eq!(
+        (e.wamid.as_str(), e.text.as_deref()),
+        ("wamid.E1", Some("Hola Ana"))
+    );
+    assert!(e.raw.get().contains(r#""from":"15550000000""#), "raw kept");
+    assert_eq!(requests(&ingest, "duplicate").await, 1.0);
+
+    // No `to`: the change whole on the events stream, as before.
+    let no_to = String::from_utf8(echo_message(pnid, "", "wamid.E2", 1, "x"))
+        .unwrap()
+        .replace(r#""to":"","#, "");
+    assert_eq!(
+        ingest
+            .post_signed(no_to.as_bytes(), APP_SECRET)
+            .await
+            .status(),
+        200
+    );
+    let events = read_stream(&mut con, &keys.events()).await;
+    assert_eq!(events.len(), 1);
+    let Update::Event(event) = serde_json::from_slice(&events[0].1["update"]).unwrap() else {
+        panic!("not an event")
+    };
+    assert_eq!(event.field, "smb_message_echoes");
+    assert!(event.raw.get().contains("wamid.E2"));
+    assert_eq!(all_updates(&mut con, &inbound_streams(&cfg)).await.len(), 2);
+
+    // A number no channel serves: kept aside, as its customers' messages are.
+    let stranger = echo_message("999000111", "573001234567", "wamid.E3", 1, "Hola");
+    assert_eq!(
+        ingest.post_signed(&stranger, APP_SECRET).await.status(),
+        200
+    );
+    let kept = read_stream(&mut con, &keys.quarantine()).await;
+    assert_eq!(kept.len(), 1);
+    assert_eq!(
+        (
+            String::from_utf8_lossy(&kept[0].1["kind"]),
+            String::from_utf8_lossy(&kept[0].1["reason"])
+        ),
+        ("echo".into(), "unknown_channel".into())
+    );
+    assert!(read_stream(&mut con, &keys.ingest_dead()).await.is_empty());
 }
 
 #[tokio::test]

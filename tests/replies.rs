@@ -923,6 +923,170 @@ async fn the_bot_switched_off_while_the_model_thinks_sends_nothing() {
     the_answer_is_suppressed(&s, "the bot is off on this number").await;
 }
 
+impl Sys {
+    /// The business writes `text` to `to` from the WhatsApp Business app (coexistence).
+    async fn echo(&self, to: &str, wamid: &str, text: &str) {
+        self.post(&echo_message(PNID, to, wamid, now(), text)).await;
+    }
+
+    /// The parts recorded as the business app's: (kind, agent, state, body).
+    async fn business_app_parts(&self) -> Vec<(String, String, String, String)> {
+        sqlx::query_as(
+            "SELECT kind, agent, state, body FROM outbound_messages
+              WHERE agent = 'business_app' ORDER BY id",
+        )
+        .fetch_all(&self.pg)
+        .await
+        .unwrap()
+    }
+}
+
+/// The seeds audit's "keeps talking after a human took over": the owner answers from the phone
+/// while the model is writing its answer, and the bot's answer must not follow theirs.
+#[tokio::test]
+async fn the_owner_answering_from_the_business_app_while_the_model_thinks_suppresses_the_reply() {
+    let s = the_model_thinking_about("573020", "wamid.C1", "¿Tienen la talla M?").await;
+    s.echo(
+        "573020",
+        "wamid.E1",
+        "Hola Ana, sí tenemos. Escríbeme a ana@tienda.co",
+    )
+    .await;
+    the_answer_is_suppressed(&s, "a human owns the conversation").await;
+    assert_eq!(
+        s.count("SELECT count(*) FROM conversations WHERE owner = 'human'")
+            .await,
+        1
+    );
+    assert_eq!(
+        s.count(
+            "SELECT count(*) FROM handover_events WHERE kind = 'handover' AND reason = 'business_app'"
+        )
+        .await,
+        1
+    );
+    assert!(
+        s.owner_events()
+            .await
+            .contains(&("handover".into(), "business_app".into())),
+        "{:?}",
+        s.owner_events().await
+    );
+    // In the history as the business's message, redacted, and never sent by us.
+    assert_eq!(
+        s.business_app_parts().await,
+        [(
+            "agent".into(),
+            "business_app".into(),
+            "accepted".into(),
+            "Hola Ana, sí tenemos. Escríbeme a [EMAIL]".into()
+        )]
+    );
+    // We sent none of it: not in the usage a platform bills.
+    let day = chrono::Duration::days(1);
+    let usage = wafleet::store::usage::by_channel(
+        &s.pg,
+        chrono::Utc::now() - day,
+        chrono::Utc::now() + day,
+    )
+    .await
+    .unwrap();
+    assert_eq!(usage[0].sent_by_agents, 0);
+}
+
+/// What the owner writes from the WhatsApp Business app in [`the_owner_answers_between`].
+const OWNERS_ANSWER: &str = "Sí Ana, mañana te llega";
+
+/// Customer `from` writes (`wamid.<tag>1`) and the bot answers; the owner writes
+/// [`OWNERS_ANSWER`] to `to` from the WhatsApp Business app (`wamid.<tag>E`); the customer writes
+/// again (`wamid.<tag>2`): the bot does not answer that.
+async fn the_owner_answers_between(from: &str, to: &str, tag: &str) -> Sys {
+    let s = system().await;
+    s.send(from, &format!("wamid.{tag}1"), "Hola, ¿tienen envíos?")
+        .await;
+    s.sent(1).await;
+    s.echo(to, &format!("wamid.{tag}E"), OWNERS_ANSWER).await;
+    s.send(from, &format!("wamid.{tag}2"), "perfecto, gracias")
+        .await;
+    s.settled().await;
+    let answers = s.sim.state.messages().len();
+    assert_eq!(answers, 1, "no bot answer after the owner's");
+    s
+}
+
+/// The owner writes between two of the customer's messages: the second is the human's to
+/// answer, a redelivered echo changes nothing, and once the conversation goes back to the bot
+/// (idle), the model reads what the owner wrote.
+#[tokio::test]
+async fn an_echo_between_two_customer_messages_leaves_the_second_to_the_human() {
+    let s = the_owner_answers_between("573021", "573021", "D").await;
+    assert_eq!(
+        s.count(
+            "SELECT count(*) FROM messages WHERE wamid = 'wamid.D2'
+                AND owner_at_arrival = 'human' AND action = 'none'"
+        )
+        .await,
+        1
+    );
+    // Meta delivers the echo again, also after ingest forgot it: one part, one handover.
+    s.echo("573021", "wamid.DE", OWNERS_ANSWER).await;
+    s.cfg.forget_dedup_marks().await;
+    s.echo("573021", "wamid.DE", OWNERS_ANSWER).await;
+    s.settled().await;
+    assert_eq!(s.business_app_parts().await.len(), 1);
+    // The handover, then the customer's message for the people answering it.
+    assert_eq!(
+        s.owner_events().await,
+        [
+            ("handover".to_string(), "business_app".to_string()),
+            ("message".to_string(), "customer".to_string())
+        ]
+    );
+    assert_eq!(s.count("SELECT count(*) FROM handover_events").await, 1);
+
+    // Nobody wrote for the channel's release time (shortened here to a minute, within the
+    // session): back to the bot, which answers knowing what the owner said.
+    sqlx::query("UPDATE channels SET human_release_after_secs = 60")
+        .execute(&s.pg)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE conversations SET last_activity_at = now() - interval '2 minutes',
+                                  handed_over_at = now() - interval '2 minutes',
+                                  agent_activity_at = now() - interval '2 minutes'",
+    )
+    .execute(&s.pg)
+    .await
+    .unwrap();
+    assert_eq!(release_idle(&s).await, 1);
+    s.send("573021", "wamid.D3", "¿Y a Cali?").await;
+    s.sent(2).await;
+    // The business's side of the talk, after the bot's answer (turns of one side are joined).
+    let turns = s.model_turns(1);
+    assert!(
+        turns
+            .iter()
+            .any(|(role, text)| role == "assistant" && text.ends_with(OWNERS_ANSWER)),
+        "{turns:?}"
+    );
+}
+
+/// A Mexican customer writes as `521…` and the owner's phone has them as `52…`: the echo is in
+/// their conversation all the same, which keeps the number Meta names them by.
+#[tokio::test]
+async fn an_echo_to_the_other_notation_of_a_mexican_number_takes_that_customers_conversation() {
+    let s = the_owner_answers_between("5215512345678", "525512345678", "MX").await;
+    assert_eq!(s.count("SELECT count(*) FROM conversations").await, 1);
+    assert_eq!(
+        s.count(
+            "SELECT count(*) FROM conversations WHERE customer_key = '5215512345678'
+                AND wa_id = '5215512345678' AND owner = 'human'"
+        )
+        .await,
+        1
+    );
+}
+
 /// Every stage but the model's, with the channel's `reply_gather_ms` at `gather_ms`: what the
 /// customer sends is stored and its reply jobs wait, as they do behind a model still answering
 /// an earlier message, until [`Sys::model_starts`].

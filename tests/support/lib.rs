@@ -182,6 +182,21 @@ pub fn message_body(pnid: &str, from: &str, message: serde_json::Value) -> Vec<u
     .unwrap()
 }
 
+/// A webhook body with one message the business wrote to customer `to` from the WhatsApp Business
+/// app (coexistence): a `smb_message_echoes` change, in the shape Meta documents.
+pub fn echo_message(pnid: &str, to: &str, wamid: &str, timestamp: i64, text: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "WABA1", "changes": [{"field": "smb_message_echoes", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550000000", "phone_number_id": pnid},
+            "message_echoes": [{"from": "15550000000", "to": to, "id": wamid,
+                                "timestamp": timestamp.to_string(), "type": "text",
+                                "text": {"body": text}}]}}]}]
+    }))
+    .unwrap()
+}
+
 /// A webhook body with statuses.
 pub fn status_body(pnid: &str, statuses: serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({

@@ -6,8 +6,8 @@
 //! unknown fields survive for later stages and for inspection.
 //!
 //! Two derived keys decide how an update is stored (see `wafleet::streams` for the key layout):
-//! - [`Update::dedup_key`]: Meta redelivers for up to 7 days; inbound messages are unique on
-//!   `(phone_number_id, wamid)`, statuses on `(wamid, status)`. Items without an id are keyed by a
+//! - [`Update::dedup_key`]: Meta redelivers for up to 7 days; inbound messages (and the business
+//!   app's echoes) are unique on `(phone_number_id, wamid)`, statuses on `(wamid, status)`. Items without an id are keyed by a
 //!   digest of their raw JSON, so an identical redelivery is still recognised.
 //! - [`Update::conversation_key`]: every update of one customer on one business number maps to the
 //!   same key, hence the same stream partition, which is what keeps a conversation in order.
@@ -32,6 +32,9 @@ pub enum Update {
     Error(ValueError),
     /// A change of any field other than `messages` (templates, account, quality…).
     Event(FieldEvent),
+    /// A message a person wrote to a customer from the WhatsApp Business app on the phone, on a
+    /// number the Cloud API shares with it (coexistence): a `smb_message_echoes` change.
+    Echo(BusinessEcho),
 }
 
 /// Where an update came from: the business number (`phone_number_id`, what we route by) and its
@@ -141,6 +144,26 @@ pub struct ValueError {
     pub raw: Box<RawValue>,
 }
 
+/// One `value.message_echoes[]` item of a `smb_message_echoes` change: what the business wrote to
+/// a customer from the WhatsApp Business app. The shape is the one Meta documents for
+/// Coexistence (the message object of an inbound message, plus `to`); our API reference does not
+/// cover it, so only `id` and `to` are required and everything else is read leniently.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BusinessEcho {
+    pub origin: Origin,
+    /// The wamid of the business's message.
+    pub wamid: String,
+    /// The customer it was written to (`to`): their phone, as Meta writes a sender's `from`.
+    pub to: String,
+    /// `timestamp`, Unix seconds: when the business sent it.
+    pub timestamp: Option<i64>,
+    pub message_type: String,
+    /// The text of the message, where it has one: a text body or a media caption.
+    pub text: Option<String>,
+    /// The echo item exactly as received.
+    pub raw: Box<RawValue>,
+}
+
 /// A change on a field other than `messages`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FieldEvent {
@@ -157,6 +180,7 @@ pub enum UpdateKind {
     Status,
     Error,
     Event,
+    Echo,
 }
 
 impl UpdateKind {
@@ -166,6 +190,7 @@ impl UpdateKind {
             UpdateKind::Status => "status",
             UpdateKind::Error => "error",
             UpdateKind::Event => "event",
+            UpdateKind::Echo => "echo",
         }
     }
 }
@@ -177,6 +202,7 @@ impl Update {
             Update::Status(_) => UpdateKind::Status,
             Update::Error(_) => UpdateKind::Error,
             Update::Event(_) => UpdateKind::Event,
+            Update::Echo(_) => UpdateKind::Echo,
         }
     }
 
@@ -186,6 +212,7 @@ impl Update {
             Update::Message(m) => Some(&m.origin.phone_number_id),
             Update::Status(s) => Some(&s.origin.phone_number_id),
             Update::Error(e) => Some(&e.origin.phone_number_id),
+            Update::Echo(e) => Some(&e.origin.phone_number_id),
             Update::Event(_) => None,
         }
     }
@@ -198,7 +225,7 @@ impl Update {
     /// for days; within the window, a recurrence and a redelivery are one event.
     pub fn dedup_window(&self) -> Option<std::time::Duration> {
         match self {
-            Update::Message(_) | Update::Status(_) => None,
+            Update::Message(_) | Update::Status(_) | Update::Echo(_) => None,
             Update::Error(_) | Update::Event(_) => Some(CONTENT_DEDUP_WINDOW),
         }
     }
@@ -208,6 +235,7 @@ impl Update {
         match self {
             Update::Message(m) => format!("m:{}:{}", m.origin.phone_number_id, m.wamid),
             Update::Status(s) => format!("s:{}:{}", s.wamid, s.status),
+            Update::Echo(e) => format!("b:{}:{}", e.origin.phone_number_id, e.wamid),
             Update::Error(e) => format!("e:{}:{}", e.origin.phone_number_id, digest(&e.raw)),
             Update::Event(ev) => format!(
                 "f:{}:{}:{}",
@@ -234,6 +262,11 @@ impl Update {
                 s.recipient_user_id.as_deref(),
                 &s.wamid,
             ),
+            // The customer's conversation, as their own messages are keyed: the echo is taken in
+            // order with what they write.
+            Update::Echo(e) => {
+                conversation_key(&e.origin.phone_number_id, Some(&e.to), None, &e.wamid)
+            }
             Update::Error(e) => format!("{}:-", e.origin.phone_number_id),
             Update::Event(ev) => format!("waba:{}", ev.waba_id.as_deref().unwrap_or("-")),
         }

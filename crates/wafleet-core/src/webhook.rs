@@ -1,7 +1,9 @@
 //! Parsing Meta's webhook POST body into [`Update`]s.
 //!
 //! A POST may batch up to 1000 updates: every `entry[] × changes[] × value.{messages, statuses,
-//! errors}[]` becomes one update, and a change of any other field becomes one [`FieldEvent`].
+//! errors}[]` becomes one update, every `smb_message_echoes` change's `message_echoes[]` item
+//! one [`BusinessEcho`] (see [`ECHOES_FIELD`]), and a change of any other field becomes one
+//! [`FieldEvent`].
 //! Parsing is lenient where Meta varies (ids and timestamps as strings or numbers, optional
 //! phone numbers in the BSUID era, unknown fields and message types kept in `raw`) and strict
 //! only where we cannot go on: a body that is not a WhatsApp envelope is [`Malformed`], and an
@@ -12,10 +14,20 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::envelope::{FieldEvent, InboundMessage, Origin, StatusUpdate, Update, ValueError};
+use crate::envelope::{
+    BusinessEcho, FieldEvent, InboundMessage, Origin, StatusUpdate, Update, ValueError,
+};
 
 /// The `object` of every WhatsApp Business webhook.
 pub const WHATSAPP_OBJECT: &str = "whatsapp_business_account";
+
+/// The field of the messages a person writes from the WhatsApp Business app on a number shared
+/// with the Cloud API (coexistence). Its payload is the one Meta documents for Coexistence
+/// (`value.metadata` and `value.message_echoes[]`, each a message object with `to`); our API
+/// reference names the field but not its shape, so it is read defensively: an item without
+/// `id` or `to`, or a value of any other shape, leaves the change on the events stream whole,
+/// where every change of this field went before echoes were read.
+pub const ECHOES_FIELD: &str = "smb_message_echoes";
 
 /// What one POST body holds.
 #[derive(Debug, Default)]
@@ -151,6 +163,29 @@ impl<'de: 'a, 'a> Deserialize<'de> for MessagesValue<'a> {
         }
         deserializer.deserialize_map(Visitor(std::marker::PhantomData))
     }
+}
+
+#[derive(Deserialize)]
+#[serde(remote = "Self")]
+struct EchoesValue<'a> {
+    metadata: Option<Metadata>,
+    #[serde(borrow)]
+    message_echoes: Option<Vec<&'a RawValue>>,
+}
+
+/// What an echo item tells beside its raw JSON: a message object with the customer in `to`.
+#[derive(Deserialize)]
+#[serde(remote = "Self")]
+struct EchoHead {
+    id: Option<Id>,
+    to: Option<Id>,
+    timestamp: Option<Id>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    text: Option<Body1>,
+    image: Option<Caption>,
+    video: Option<Caption>,
+    document: Option<Caption>,
 }
 
 #[derive(Deserialize)]
@@ -341,6 +376,8 @@ objects_only!(
     Body<'a>,
     Entry<'a>,
     Change<'a>,
+    EchoesValue<'a>,
+    EchoHead,
     Metadata,
     Contact,
     Profile,
@@ -394,6 +431,8 @@ pub fn parse(body: &[u8]) -> Result<Parsed, Malformed> {
             };
             if field == "messages" {
                 parse_messages_value(value, waba_id.clone(), &mut parsed);
+            } else if field == ECHOES_FIELD && parse_echoes_value(value, &waba_id, &mut parsed) {
+                // Every item taken apart.
             } else {
                 parsed.updates.push(Update::Event(FieldEvent {
                     waba_id: waba_id.clone(),
@@ -555,6 +594,72 @@ fn parse_messages_value(value: &RawValue, waba_id: Option<String>, parsed: &mut 
             raw: raw.to_owned(),
         }));
     }
+}
+
+/// Takes a `smb_message_echoes` value apart: one [`BusinessEcho`] per item with an `id` and a
+/// `to`. Returns whether it took every item; when not (an item without them or not an object, a
+/// value without `metadata.phone_number_id` or echoes, any other shape) the caller keeps the
+/// whole value as an event, as before echoes were read, and the items it did take are processed
+/// too. Never rejects: nothing of this field is dead-lettered that was not before.
+fn parse_echoes_value(value: &RawValue, waba_id: &Option<String>, parsed: &mut Parsed) -> bool {
+    let Ok(v) = serde_json::from_str::<EchoesValue>(value.get()) else {
+        return false;
+    };
+    let metadata = v.metadata;
+    let phone_number_id = metadata.as_ref().and_then(|m| m.phone_number_id.as_ref());
+    let Some(phone_number_id) = phone_number_id.map(id_string).filter(|p| !p.is_empty()) else {
+        return false;
+    };
+    let Some(items) = v.message_echoes.filter(|items| !items.is_empty()) else {
+        return false;
+    };
+    let origin = Origin {
+        phone_number_id,
+        display_phone_number: metadata
+            .and_then(|m| m.display_phone_number)
+            .map(Id::into_string),
+        waba_id: waba_id.clone(),
+    };
+    let non_empty = |id: Option<Id>| id.map(Id::into_string).filter(|id| !id.trim().is_empty());
+    let mut whole = true;
+    for raw in items {
+        let Ok(head) = serde_json::from_str::<EchoHead>(raw.get()) else {
+            whole = false;
+            continue;
+        };
+        let (Some(wamid), Some(to)) = (non_empty(head.id), non_empty(head.to)) else {
+            whole = false;
+            continue;
+        };
+        let to = phone_digits(&to).unwrap_or(to);
+        let text = head.text.and_then(|t| t.body).or_else(|| {
+            [head.image, head.video, head.document]
+                .into_iter()
+                .flatten()
+                .find_map(|c| c.caption)
+        });
+        parsed.updates.push(Update::Echo(BusinessEcho {
+            origin: origin.clone(),
+            wamid,
+            to,
+            timestamp: head.timestamp.as_ref().and_then(Id::as_i64),
+            message_type: head.kind.unwrap_or_else(|| "unknown".into()),
+            text,
+            raw: raw.to_owned(),
+        }));
+    }
+    whole
+}
+
+/// The digits of a phone number written with `+`, spaces, dashes, dots or brackets, as Meta
+/// writes a customer's `wa_id` (and the conversation key holds it). Meta documents an echo's
+/// `to` as the number the business used, which may be written so (`+16505551234`). `None` for
+/// anything else (a business-scoped user id), which is kept as it is.
+fn phone_digits(to: &str) -> Option<String> {
+    let punctuation = |c: char| matches!(c, '+' | ' ' | '-' | '.' | '(' | ')');
+    let phone = to.chars().all(|c| c.is_ascii_digit() || punctuation(c))
+        && to.chars().any(|c| c.is_ascii_digit());
+    phone.then(|| to.chars().filter(char::is_ascii_digit).collect())
 }
 
 fn id_string(id: &Id) -> String {
@@ -786,6 +891,94 @@ mod tests {
             })
             .collect();
         assert_eq!(wamids, ["wamid.M", "wamid.N"]);
+    }
+
+    fn echoes_body(items: &str) -> String {
+        format!(
+            r#"{{"object":"whatsapp_business_account","entry":[{{"id":"W","changes":[
+            {{"field":"smb_message_echoes","value":{{"messaging_product":"whatsapp",
+              "metadata":{{"display_phone_number":"15550783881","phone_number_id":"P"}},
+              "message_echoes":[{items}]}}}}]}}]}}"#
+        )
+    }
+
+    /// Meta's documented Coexistence payload: each echo is one update in the customer's
+    /// conversation, deduplicated on the number and wamid like a message.
+    #[test]
+    fn each_business_app_echo_is_an_update_of_the_customers_conversation() {
+        let body = echoes_body(
+            r#"{"from":"15550783881","to":"573001234567","id":"wamid.E1","timestamp":"1733490000","type":"text","text":{"body":"Hola Ana, sí tenemos"}},
+               {"from":"15550783881","to":"+57 300 123-4568","id":"wamid.E2","timestamp":1733490001,"type":"image","image":{"id":"m1","caption":"la talla M"}}"#,
+        );
+        let p = parse(body.as_bytes()).unwrap();
+        assert!(p.rejected.is_empty(), "{:?}", p.rejected);
+        assert_eq!(kinds(&p), [UpdateKind::Echo, UpdateKind::Echo]);
+        let Update::Echo(e) = &p.updates[0] else {
+            panic!()
+        };
+        assert_eq!(
+            (e.wamid.as_str(), e.to.as_str(), e.timestamp),
+            ("wamid.E1", "573001234567", Some(1_733_490_000))
+        );
+        assert_eq!(
+            (e.message_type.as_str(), e.text.as_deref()),
+            ("text", Some("Hola Ana, sí tenemos"))
+        );
+        assert_eq!(e.origin.waba_id.as_deref(), Some("W"));
+        assert!(e.raw.get().contains("Hola Ana"), "raw kept");
+        assert_eq!(p.updates[0].conversation_key(), "P:573001234567");
+        assert_eq!(p.updates[0].dedup_key(), "b:P:wamid.E1");
+        assert_eq!(p.updates[0].dedup_window(), None);
+        // The number as the business wrote it is the customer's wa_id.
+        let Update::Echo(f) = &p.updates[1] else {
+            panic!()
+        };
+        assert_eq!(
+            (f.to.as_str(), f.text.as_deref()),
+            ("573001234568", Some("la talla M"))
+        );
+    }
+
+    /// An echo that cannot be keyed, or a value of another shape, is kept whole on the events
+    /// stream as every change of this field was before, never dead-lettered; the echoes that
+    /// can be keyed beside it are taken as well.
+    #[test]
+    fn an_echo_change_of_another_shape_stays_an_event() {
+        let good = r#"{"to":"573001234567","id":"wamid.E1","type":"text","text":{"body":"x"}}"#;
+        let others = [
+            echoes_body(r#"{"id":"wamid.E9","type":"text","text":{"body":"x"}}"#),
+            echoes_body(r#"{"to":"573001234567","type":"text","text":{"body":"x"}}"#),
+            echoes_body(r#"{"to":"","id":"wamid.E9"}"#),
+            echoes_body(r#"["573001234567","wamid.E9"]"#),
+            echoes_body(r#"{"to":"573001234567","id":"wamid.E9","text":["x"]}"#),
+            echoes_body(""),
+            r#"{"object":"whatsapp_business_account","entry":[{"id":"W","changes":[{"field":"smb_message_echoes","value":{"message_echoes":[{"to":"1","id":"wamid.E9"}]}}]}]}"#.to_owned(),
+            r#"{"object":"whatsapp_business_account","entry":[{"id":"W","changes":[{"field":"smb_message_echoes","value":{"metadata":{"phone_number_id":"P"},"message_echoes":{"to":"1"}}}]}]}"#.to_owned(),
+            r#"{"object":"whatsapp_business_account","entry":[{"id":"W","changes":[{"field":"smb_message_echoes","value":[1,2]}]}]}"#.to_owned(),
+            r#"{"object":"whatsapp_business_account","entry":[{"id":"W","changes":[{"field":"smb_message_echoes","value":"x"}]}]}"#.to_owned(),
+        ];
+        for body in others {
+            let p = parse(body.as_bytes()).unwrap();
+            assert!(p.rejected.is_empty(), "{body}: {:?}", p.rejected);
+            assert_eq!(kinds(&p), [UpdateKind::Event], "{body}");
+            let Update::Event(e) = &p.updates[0] else {
+                panic!()
+            };
+            assert_eq!(e.field, "smb_message_echoes");
+        }
+        let mixed = echoes_body(&format!(r#"{good},{{"id":"wamid.E9"}}"#));
+        let p = parse(mixed.as_bytes()).unwrap();
+        assert_eq!(kinds(&p), [UpdateKind::Echo, UpdateKind::Event]);
+        let Update::Event(e) = &p.updates[1] else {
+            panic!()
+        };
+        assert!(e.raw.get().contains("wamid.E9") && e.raw.get().contains("wamid.E1"));
+        // A `message_echoes` list under the `messages` field is no echo (as before).
+        let under_messages = echoes_body(good).replace("smb_message_echoes", "messages");
+        assert_eq!(
+            kinds(&parse(under_messages.as_bytes()).unwrap()),
+            [UpdateKind::Event]
+        );
     }
 
     #[test]
@@ -1061,6 +1254,7 @@ mod tests {
             include_str!("../../../tests/fixtures/webhooks/image.json"),
             include_str!("../../../tests/fixtures/webhooks/interactive_button_reply.json"),
             include_str!("../../../tests/fixtures/webhooks/reaction.json"),
+            include_str!("../../../tests/fixtures/webhooks/smb_message_echoes.json"),
             include_str!("../../../tests/fixtures/webhooks/status_failed_131047.json"),
             include_str!("../../../tests/fixtures/webhooks/status_sent.json"),
             include_str!("../../../tests/fixtures/webhooks/text.json"),

@@ -230,21 +230,24 @@ impl Registry {
         if !route.secret_ids.contains(&signed_by) {
             return Some(SIGNED_BY_ANOTHER_APP);
         }
-        if let Update::Message(m) = update {
-            // A Mexican or Brazilian customer's wa_id may be the other notation of the number
-            // the business listed (see wafleet_core::phone).
-            let allowed = route.allowlist.is_empty()
-                || [&m.wa_id, &m.user_id]
-                    .into_iter()
-                    .flatten()
-                    .any(|id| route.allowlist.contains(id))
-                || m.wa_id
-                    .as_deref()
-                    .and_then(wafleet_core::phone::other_form)
-                    .is_some_and(|other| route.allowlist.contains(&other));
-            if !allowed {
-                return Some("sender_not_allowed");
-            }
+        // The customer: who wrote, or whom the business wrote to from its app (an echo).
+        let (wa_id, user_id) = match update {
+            Update::Message(m) => (m.wa_id.as_deref(), m.user_id.as_deref()),
+            Update::Echo(e) => (Some(e.to.as_str()), None),
+            _ => return None,
+        };
+        // A Mexican or Brazilian customer's wa_id may be the other notation of the number
+        // the business listed (see wafleet_core::phone).
+        let allowed = route.allowlist.is_empty()
+            || [wa_id, user_id]
+                .into_iter()
+                .flatten()
+                .any(|id| route.allowlist.contains(id))
+            || wa_id
+                .and_then(wafleet_core::phone::other_form)
+                .is_some_and(|other| route.allowlist.contains(&other));
+        if !allowed {
+            return Some("sender_not_allowed");
         }
         None
     }
@@ -476,13 +479,19 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_allowlist_lets_in_a_customer_named_in_the_other_notation_of_their_number() {
+    /// The registry of channel "1" serving only `allowlist`, and the index of its app's secret.
+    fn allowlisted(allowlist: &[&str]) -> (Registry, usize) {
         let mut ch = channel("1", None, "app");
-        ch.phone_allowlist = vec!["525512345678".into(), "5511987654321".into()];
+        ch.phone_allowlist = allowlist.iter().map(|n| n.to_string()).collect();
         let registry = Registry::build(&[ch]);
         let header = signature::sign(b"{}", b"app");
         let signer = signature::verify(b"{}", Some(header.as_bytes()), &registry.secrets).unwrap();
+        (registry, signer)
+    }
+
+    #[test]
+    fn an_allowlist_lets_in_a_customer_named_in_the_other_notation_of_their_number() {
+        let (registry, signer) = allowlisted(&["525512345678", "5511987654321"]);
         let from = |wa_id: &str| {
             let body = serde_json::json!({"object": "whatsapp_business_account", "entry": [{
                 "id": "W", "changes": [{"field": "messages", "value": {
@@ -500,6 +509,28 @@ mod tests {
         assert_eq!(from("525512345678"), None);
         assert_eq!(from("5215512345679"), Some("sender_not_allowed"));
         assert_eq!(from("573005550101"), Some("sender_not_allowed"));
+    }
+
+    /// The owner writing from the WhatsApp Business app to a customer the bot does not serve
+    /// is kept aside, as that customer's own messages are.
+    #[test]
+    fn an_echo_to_a_customer_outside_the_allowlist_is_kept_aside() {
+        let (registry, signer) = allowlisted(&["525512345678"]);
+        let to = |to: &str| {
+            let body = serde_json::json!({"object": "whatsapp_business_account", "entry": [{
+                "id": "W", "changes": [{"field": "smb_message_echoes", "value": {
+                    "metadata": {"display_phone_number": "1", "phone_number_id": "1"},
+                    "message_echoes": [{"from": "1", "to": to, "id": "wamid.E",
+                                        "type": "text", "text": {"body": "hola"}}]}}]}]});
+            let parsed = wafleet_core::webhook::parse(body.to_string().as_bytes()).unwrap();
+            assert_eq!(
+                parsed.updates[0].kind(),
+                wafleet_core::envelope::UpdateKind::Echo
+            );
+            registry.refusal(&parsed.updates[0], signer)
+        };
+        assert_eq!(to("5215512345678"), None);
+        assert_eq!(to("573005550101"), Some("sender_not_allowed"));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `P:{pn}:inbound` | stream | inbound customer messages of partition n |
+//! | `P:{pn}:inbound` | stream | inbound customer messages of partition n, and the business app's echoes to those customers (coexistence) |
 //! | `P:{pn}:status` | stream | delivery statuses of our outbound messages, partition n |
 //! | `P:{pn}:seen:<digest>` | string, TTL | dedup mark of an inbound message or status ([`Keys::seen_beside`]: a digest of the dedup key) |
 //! | `P:{events}:stream` | stream | `value.errors[]` items and changes of other fields (templates, account…) |
@@ -38,7 +38,7 @@
 //! | field | on | value |
 //! |---|---|---|
 //! | `v` | all | envelope version (`1`) |
-//! | `kind` | all | `message`, `status`, `error`, `event` (dead letters: `dead`) |
+//! | `kind` | all | `message`, `echo`, `status`, `error`, `event` (dead letters: `dead`) |
 //! | `channel` | all | `phone_number_id`, or `-` for events and dead letters |
 //! | `conv` | inbound, status | the conversation key |
 //! | `update` | all but dead | the [`Update`] as JSON: parsed essentials plus the item's raw JSON |
@@ -231,10 +231,12 @@ impl Append {
     /// The entry for an update routed to a conversation stream (inbound or status) or events.
     pub fn update(keys: &Keys, update: &Update, received_at_ms: i64) -> Self {
         let (stream, conv) = match update {
-            Update::Message(_) | Update::Status(_) => {
+            Update::Message(_) | Update::Echo(_) | Update::Status(_) => {
                 let conv = update.conversation_key();
                 let p = keys.partition_of(&conv);
-                let stream = if matches!(update, Update::Message(_)) {
+                // An echo is read in order with the customer's messages: it decides who
+                // answers the next one.
+                let stream = if matches!(update, Update::Message(_) | Update::Echo(_)) {
                     keys.inbound(p)
                 } else {
                     keys.status(p)
@@ -305,6 +307,7 @@ impl Append {
 fn update_json(update: &Update) -> Bytes {
     let raw = match update {
         Update::Message(m) => m.raw.get().len() + m.text.as_ref().map_or(0, String::len),
+        Update::Echo(e) => e.raw.get().len() + e.text.as_ref().map_or(0, String::len),
         Update::Status(s) => s.raw.get().len(),
         Update::Error(e) => e.raw.get().len(),
         Update::Event(e) => e.raw.get().len(),

@@ -13,6 +13,15 @@
 //!   notice configured;
 //! - `none` — reactions, system messages, conversations a human owns, bot off.
 //!
+//! An echo of the WhatsApp Business app (a person writing to the customer from the phone, on a
+//! number shared with the Cloud API) comes on the same stream, in order with the customer's
+//! messages. It sends nothing: it is recorded in the conversation as the business's message
+//! (redacted, a part of kind `agent` by `business_app`, already delivered) and hands the
+//! conversation to a human (reason `business_app`) unless one has it, in one transaction, the
+//! dashboard event published before the commit as an agent's take is. The bot then answers none
+//! of the customer's later messages, a reply the model is writing is suppressed by the sender's
+//! check, and the idle release gives the conversation back as after any handover.
+//!
 //! After the commit come the follow-ups in Redis (reply job, outbound job, dashboard event: a
 //! handover, or the message itself when people answer it, a human having the conversation or the
 //! number's bot being off or in shadow); the stream entry is acknowledged only after them. A
@@ -26,7 +35,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use redis::AsyncCommands;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use wafleet_core::envelope::{InboundMessage, Update};
+use wafleet_core::envelope::{BusinessEcho, InboundMessage, Update};
 use wafleet_core::pii::Redactor;
 
 use super::channel_settings::ChannelCache;
@@ -115,12 +124,16 @@ impl Handler for ConversationStage {
             Ok(u) => u,
             Err(outcome) => return outcome,
         };
-        let Update::Message(message) = update else {
-            return Outcome::Dead {
-                reason: "not an inbound message".into(),
-            };
+        let processed = match update {
+            Update::Message(message) => self.process(job, &message).await,
+            Update::Echo(echo) => self.process_echo(job, &echo).await,
+            _ => {
+                return Outcome::Dead {
+                    reason: "not an inbound message".into(),
+                };
+            }
         };
-        match self.process(job, &message).await {
+        match processed {
             Ok(outcome) => outcome,
             Err(StepError::Db(e, doing)) => db_outcome(&e, doing),
             Err(StepError::Batch(e, doing)) => batch_outcome(&e, doing),
@@ -140,16 +153,25 @@ fn db(doing: &'static str) -> impl FnOnce(sqlx::Error) -> StepError {
 }
 
 impl ConversationStage {
-    async fn process(&self, job: &Job, m: &InboundMessage) -> Result<Outcome, StepError> {
-        let Some(channel) = self
+    /// The number's settings, or the outcome of an update for a number we do not have.
+    async fn channel(
+        &self,
+        phone_number_id: &str,
+    ) -> Result<Result<Arc<ChannelSettings>, Outcome>, StepError> {
+        let channel = self
             .channels
-            .get(&m.origin.phone_number_id)
+            .get(phone_number_id)
             .await
-            .map_err(db("reading the channel"))?
-        else {
-            return Ok(Outcome::Dead {
-                reason: format!("no channel {}", m.origin.phone_number_id),
-            });
+            .map_err(db("reading the channel"))?;
+        Ok(channel.ok_or_else(|| Outcome::Dead {
+            reason: format!("no channel {phone_number_id}"),
+        }))
+    }
+
+    async fn process(&self, job: &Job, m: &InboundMessage) -> Result<Outcome, StepError> {
+        let channel = match self.channel(&m.origin.phone_number_id).await? {
+            Ok(channel) => channel,
+            Err(outcome) => return Ok(outcome),
         };
         // A cart from the catalog says what was ordered: its items are what the customer says.
         let said = if m.message_type == "order" {
@@ -326,6 +348,95 @@ impl ConversationStage {
             self.charge_inbound(&channel),
         );
         done?;
+        Ok(Outcome::Done)
+    }
+
+    /// Records an echo of the business app and hands the conversation to a human (see the
+    /// module's header). A redelivered echo finds its part recorded and changes nothing.
+    async fn process_echo(&self, job: &Job, e: &BusinessEcho) -> Result<Outcome, StepError> {
+        let channel = match self.channel(&e.origin.phone_number_id).await? {
+            Ok(channel) => channel,
+            Err(outcome) => return Ok(outcome),
+        };
+        // What agents and the model read of it: the text, redacted, else its kind.
+        let body = e
+            .text
+            .as_deref()
+            .map(|t| self.redactor.redact(&without_nul(t)).text)
+            .filter(|t| !t.trim().is_empty())
+            .unwrap_or_else(|| format!("[{}]", without_nul(&e.message_type)));
+        let at = e
+            .timestamp
+            .and_then(|t| Utc.timestamp_opt(t, 0).single())
+            .unwrap_or_else(Utc::now);
+        let customer_key = job
+            .conv
+            .split_once(':')
+            .map_or(job.conv.as_str(), |(_, c)| c);
+        // The customer's conversation, also when it is under the other notation of their number:
+        // then the number it holds is kept.
+        let key = store::echo_customer_key(&self.pg, channel.id, customer_key)
+            .await
+            .map_err(db("finding the customer's conversation"))?
+            .unwrap_or_else(|| customer_key.to_string());
+        let touch = Touch {
+            customer: Customer {
+                wa_id: (key == e.to).then(|| e.to.clone()),
+                key,
+                user_id: None,
+                profile_name: None,
+            },
+            at,
+            session_timeout_secs: channel.session_timeout_secs,
+            // The business writing opens no window: only the customer does.
+            customer_message: false,
+        };
+        let mut tx = self
+            .pg
+            .begin()
+            .await
+            .map_err(db("starting a transaction"))?;
+        let Some(recorded) =
+            store::record_business_echo(&mut tx, channel.id, &touch, &e.wamid, &body)
+                .await
+                .map_err(db("recording the business app's message"))?
+        else {
+            metrics::counter!("wafleet_business_echoes_total", "result" => "redelivered")
+                .increment(1);
+            return Ok(Outcome::Done);
+        };
+        let conversation = &recorded.conversation;
+        // Announced before the commit, as an agent's take: refused by Redis, the handover is
+        // rolled back and the echo retried, so dashboards never miss it.
+        if recorded.handed_over {
+            self.publish(&OwnerChange {
+                kind: "handover",
+                reason: store::BUSINESS_APP,
+                conversation_id: conversation.id,
+                message_id: None,
+                phone_number_id: Some(&channel.phone_number_id),
+            })
+            .await?;
+        }
+        tx.commit()
+            .await
+            .map_err(db("committing the business app's message"))?;
+        let result = if recorded.handed_over {
+            metrics::counter!("wafleet_handovers_total", "reason" => store::BUSINESS_APP)
+                .increment(1);
+            "handover"
+        } else {
+            "human_had_it"
+        };
+        metrics::counter!("wafleet_business_echoes_total", "result" => result).increment(1);
+        // Ids only: the wamid encodes the customer's number.
+        tracing::info!(
+            conversation_id = conversation.id,
+            handed_over = recorded.handed_over,
+            "the business wrote from the WhatsApp Business app"
+        );
+        self.cache_session(&job.conv, conversation.id, conversation.session_no)
+            .await;
         Ok(Outcome::Done)
     }
 
@@ -636,23 +747,29 @@ impl ConversationStage {
         // after a redelivery: consumers key events on the message id); a handover has its own.
         let people_answer = stored.owner_at_arrival == "human" || channel.bot_mode != BotMode::On;
         if people_answer && stored.action != "handover" {
-            let mut con = self
-                .redis
-                .get()
-                .await
-                .map_err(|e| StepError::Redis(e.into()))?;
-            let event = OwnerChange {
+            self.publish(&OwnerChange {
                 kind: "message",
                 reason: "customer",
                 conversation_id: stored.conversation_id,
                 message_id: Some(stored.id),
                 phone_number_id: job.field("channel"),
-            };
-            publish_handover(&mut con, &self.keys, &event)
-                .await
-                .map_err(redis)?;
+            })
+            .await?;
         }
         Ok(())
+    }
+
+    /// Publishes an event for dashboards ([`publish_handover`]).
+    async fn publish(&self, change: &OwnerChange<'_>) -> Result<(), StepError> {
+        let redis = |e: redis::RedisError| StepError::Redis(e.into());
+        let mut con = self
+            .redis
+            .get()
+            .await
+            .map_err(|e| StepError::Redis(e.into()))?;
+        publish_handover(&mut con, &self.keys, change)
+            .await
+            .map_err(redis)
     }
 
     /// The cached conversation id and session of a conversation key, if any.

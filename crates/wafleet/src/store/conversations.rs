@@ -1012,6 +1012,82 @@ pub async fn phone_number_id(pool: &PgPool, conversation_id: i64) -> sqlx::Resul
     .await
 }
 
+/// Who an echo of the WhatsApp Business app is recorded as written by (`outbound_messages.agent`,
+/// kind `agent`), and the reason of the handover it makes.
+pub const BUSINESS_APP: &str = "business_app";
+
+/// What recording an echo of the business app did.
+#[derive(Debug, Clone)]
+pub struct EchoRecorded {
+    pub conversation: Conversation,
+    /// The conversation went from the bot to a human with it.
+    pub handed_over: bool,
+}
+
+/// The customer key of the channel's conversation with the customer an echo was written `to`:
+/// `to` itself, or, when only that exists, the conversation under the other notation of a
+/// Mexican or Brazilian mobile (the business's contact may hold the number one way and Meta's
+/// `from` the other, [`wafleet_core::phone`]). `None` when there is neither.
+pub async fn echo_customer_key(
+    pool: &PgPool,
+    channel_id: i64,
+    to: &str,
+) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar(
+        "SELECT customer_key FROM conversations
+          WHERE channel_id = $1 AND customer_key = ANY($2)
+          ORDER BY customer_key = $3 DESC LIMIT 1",
+    )
+    .bind(channel_id)
+    .bind(wafleet_core::phone::forms(to))
+    .bind(to)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Records a message the business wrote from the WhatsApp Business app (coexistence) in the
+/// customer's conversation (found or created by `t`, which does not open the customer's window):
+/// a part of kind `agent` by [`BUSINESS_APP`], `accepted` under the echo's wamid (nothing sends
+/// it; its `agent_ref` `echo:<wamid>` is what an agent's reference is), with `body` (redacted)
+/// as what agents read and the model's history text; then hands the conversation to a human
+/// (reason [`BUSINESS_APP`]) unless one has it, and counts as an agent's activity for the idle
+/// release. `None` when the echo was recorded before (a redelivery): the caller rolls back.
+pub async fn record_business_echo(
+    tx: &mut Transaction<'_, Postgres>,
+    channel_id: i64,
+    t: &Touch,
+    wamid: &str,
+    body: &str,
+) -> sqlx::Result<Option<EchoRecorded>> {
+    let conversation = touch(tx, ConversationRef::Channel(channel_id), t)
+        .await?
+        .expect("a conversation found by channel always exists");
+    let recorded: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO outbound_messages (conversation_id, channel_id, session_no, part_no, kind,
+                                        body, history_text, state, wamid, agent_ref, agent)
+         VALUES ($1, $2, $3, 0, 'agent', $4, $4, 'accepted', $5, 'echo:' || $5, $6)
+         ON CONFLICT DO NOTHING
+         RETURNING id",
+    )
+    .bind(conversation.id)
+    .bind(conversation.channel_id)
+    .bind(conversation.session_no)
+    .bind(body)
+    .bind(wamid)
+    .bind(BUSINESS_APP)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if recorded.is_none() {
+        return Ok(None);
+    }
+    let handed_over = hand_over(tx, conversation.id, BUSINESS_APP, None, None).await?;
+    super::agents::touch_agent_activity(tx, conversation.id).await?;
+    Ok(Some(EchoRecorded {
+        conversation,
+        handed_over,
+    }))
+}
+
 /// Records a message we will send (or only store, in shadow mode). Idempotent per
 /// `(reply_to, kind, part_no)`; returns the outbound id.
 pub async fn insert_outbound(

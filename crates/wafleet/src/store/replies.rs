@@ -143,8 +143,10 @@ pub async fn reply_contexts(
                                                      WHERE s.reply_to = m.id AND s.state = 'suppressed'))
                          UNION ALL
                          -- A reply sits after the message it answers; a business's template
-                         -- the bot answers after sits after the last message that came before
-                         -- it, and only one recorded before the message answered counts.
+                         -- the bot answers after, or what a person wrote from the WhatsApp
+                         -- Business app (an agent's part by `business_app`, with its history
+                         -- text), sits after the last message that came before it, and only one
+                         -- recorded before the message answered counts.
                          SELECT FALSE, COALESCE(o.history_text, o.body),
                                 COALESCE(o.reply_to,
                                          (SELECT coalesce(max(m.id), 0) FROM messages m
@@ -155,7 +157,7 @@ pub async fn reply_contexts(
                           WHERE o.conversation_id = ctx.conversation_id
                             AND o.session_no = ctx.session_no
                             AND (o.kind IN ('reply', 'handover_ack') AND o.reply_to < ctx.message_id
-                                 OR o.kind = 'template' AND o.history_text IS NOT NULL
+                                 OR o.kind IN ('template', 'agent') AND o.history_text IS NOT NULL
                                     AND o.created_at < ctx.received_at)
                             AND o.state IN ('pending', 'sending', 'accepted')
                      ) t

@@ -17,7 +17,8 @@ pub struct ChannelUsage {
     pub canned_replies: i64,
     pub input_tokens: i64,
     pub output_tokens: i64,
-    /// Parts Meta accepted, by who wrote them (by when they were written).
+    /// Parts Meta accepted, by who wrote them (by when they were written); not the echoes of the
+    /// WhatsApp Business app, which we never sent.
     pub sent_by_bot: i64,
     pub sent_by_agents: i64,
     pub failed: i64,
@@ -52,8 +53,11 @@ pub async fn by_channel(
              SELECT channel_id,
                     count(*) FILTER (WHERE state = 'accepted'
                                        AND kind NOT IN ('agent', 'template')) AS bot,
+                    -- Not what the owner wrote from the WhatsApp Business app: we sent none
+                    -- of it.
                     count(*) FILTER (WHERE state = 'accepted'
-                                       AND kind IN ('agent', 'template')) AS agents,
+                                       AND kind IN ('agent', 'template')
+                                       AND agent IS DISTINCT FROM 'business_app') AS agents,
                     count(*) FILTER (WHERE state = 'failed') AS failed
                FROM outbound_messages WHERE created_at >= $1 AND created_at < $2
               GROUP BY channel_id

@@ -2157,3 +2157,190 @@ async fn a_channel_token_the_api_cannot_use_is_logged_counted_and_not_blamed_on_
         );
     }
 }
+
+/// The `message_failed` events on the dashboard stream, oldest first, as raw JSON text.
+async fn failure_events(cfg: &TestConfig) -> Vec<String> {
+    let mut con = cfg.redis().await;
+    read_stream(&mut con, &cfg.keys().handover_stream())
+        .await
+        .into_iter()
+        .filter_map(|(_, f)| {
+            let raw = String::from_utf8(f["event"].clone()).unwrap();
+            let e: Value = serde_json::from_str(&raw).unwrap();
+            (e["kind"] == "message_failed").then_some(raw)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn dashboards_hear_once_when_meta_fails_an_agents_message_with_its_code_and_no_text() {
+    let s = system().await;
+    // A bot's reply Meta refuses is the bot's business, not an agent's: no event for it.
+    s.sim
+        .state
+        .add_fault(serde_json::from_value(json!({"code": 131026, "recipient": "573120"})).unwrap());
+    let body = text_message(
+        SHOP,
+        "573120",
+        "wamid.MF0",
+        chrono::Utc::now().timestamp(),
+        "hola",
+    );
+    assert_eq!(s.ingest.post_signed(&body, APP_SECRET).await.status(), 200);
+    eventually(
+        "the bot's reply failed",
+        Duration::from_secs(30),
+        || async {
+            let failed: Option<(i32,)> = sqlx::query_as(
+            "SELECT error_code FROM outbound_messages WHERE kind = 'reply' AND state = 'failed'",
+        )
+        .fetch_optional(&s.pg)
+        .await
+        .unwrap();
+            failed
+        },
+    )
+    .await;
+
+    let id = s.taken(SHOP, "573121", "wamid.MF1").await;
+    let mut live = s.api.events(&s.shop, None).await;
+    assert_eq!(live.status(), StatusCode::OK);
+    // Refused at once: the number cannot get WhatsApp messages. Meta's words quote what the
+    // request carried; they stay on the part's row.
+    s.sim.state.add_fault(
+        serde_json::from_value(json!({"code": 131026, "recipient": "573121",
+                                      "message": "(#131026) undeliverable to 573121 EAAGsecret"}))
+        .unwrap(),
+    );
+    let (status, body) = s
+        .api
+        .write(
+            id,
+            &s.shop,
+            "ref-refused",
+            "Hola Ana, su pedido 4412 sale hoy",
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let got = read_events(&mut live, 1).await;
+    assert_eq!(got[0].1, "message_failed", "{got:?}");
+    let event = &got[0].2;
+    assert_eq!(event["conversation_id"], id, "{event}");
+    assert_eq!(event["reference"], "ref-refused", "{event}");
+    assert_eq!(event["code"], 131026, "{event}");
+    assert_eq!(event["reason"], "permanent", "{event}");
+    assert_eq!(event["phone_number_id"], SHOP, "{event}");
+    assert!(event["outbound_id"].is_i64(), "{event}");
+
+    // Accepted, then failed in a status: the window had closed meanwhile.
+    s.sim.state.add_fault(
+        serde_json::from_value(json!({"code": 131047, "recipient": "573121", "async": true}))
+            .unwrap(),
+    );
+    let (status, body) = s
+        .api
+        .write(id, &s.shop, "ref-late", "¿Le llegó la factura, Ana?")
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let got = read_events(&mut live, 1).await;
+    let event = &got[0].2;
+    assert_eq!(
+        (
+            &event["kind"],
+            &event["reference"],
+            &event["code"],
+            &event["reason"]
+        ),
+        (
+            &json!("message_failed"),
+            &json!("ref-late"),
+            &json!(131047),
+            &json!("re_engagement")
+        ),
+        "{event}"
+    );
+    drop(live);
+
+    // Meta redelivers the failed status after ingest's dedup mark (and any other) is gone.
+    let (wamid,): (String,) =
+        sqlx::query_as("SELECT wamid FROM outbound_messages WHERE agent_ref = 'ref-late'")
+            .fetch_one(&s.pg)
+            .await
+            .unwrap();
+    s.cfg.wait_statuses_drained(30).await;
+    s.cfg.forget_dedup_marks().await;
+    let now = chrono::Utc::now().timestamp().to_string();
+    let redelivered = status_body(
+        SHOP,
+        json!([{"id": wamid, "status": "failed", "timestamp": now, "recipient_id": "573121",
+                "errors": [{"code": 131047, "title": "Re-engagement message"}]}]),
+    );
+    assert_eq!(
+        s.ingest
+            .post_signed(&redelivered, APP_SECRET)
+            .await
+            .status(),
+        200
+    );
+    s.cfg.wait_inbound_drained(30).await;
+    s.cfg.wait_statuses_drained(30).await;
+
+    let events = failure_events(&s.cfg).await;
+    assert_eq!(
+        events.len(),
+        2,
+        "one event per failure, none for the bot: {events:?}"
+    );
+    for raw in &events {
+        for secret in [
+            "Ana",
+            "4412",
+            "factura",
+            "573121",
+            "573120",
+            "EAAGsecret",
+            "undeliverable",
+        ] {
+            assert!(!raw.contains(secret), "{secret:?} in {raw}");
+        }
+    }
+
+    // The conversation's view says which parts failed, with Meta's code and our reading of it.
+    let (status, view) = s
+        .api
+        .get(&format!("/api/v1/conversations/{id}"), &s.shop)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let failed: Vec<_> = view["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["side"] == "agent")
+        .map(|l| {
+            (
+                l["reference"].clone(),
+                l["state"].clone(),
+                l["error_code"].clone(),
+                l["failure"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        failed,
+        [
+            (
+                json!("ref-refused"),
+                json!("failed"),
+                json!(131026),
+                json!("permanent")
+            ),
+            (
+                json!("ref-late"),
+                json!("failed"),
+                json!(131047),
+                json!("re_engagement")
+            ),
+        ],
+        "{view}"
+    );
+}

@@ -341,25 +341,34 @@ impl TestConfig {
     /// an entry only once the message is stored and its follow-ups (reply job, send jobs,
     /// events) are queued.
     pub async fn wait_inbound_drained(&self, secs: u64) {
+        self.wait_drained("every inbound message processed", secs, Keys::inbound)
+            .await;
+    }
+
+    /// Until the status stage has finished every status queued so far (it deletes an entry once
+    /// done with it).
+    pub async fn wait_statuses_drained(&self, secs: u64) {
+        self.wait_drained("every status processed", secs, Keys::status)
+            .await;
+    }
+
+    /// Until every partition's `stream` is empty.
+    async fn wait_drained(&self, what: &str, secs: u64, stream: fn(&Keys, u32) -> String) {
         let keys = self.keys();
         let con = self.redis().await;
-        eventually(
-            "every inbound message processed",
-            Duration::from_secs(secs),
-            || {
-                let mut con = con.clone();
-                let keys = keys.clone();
-                async move {
-                    let mut left = 0usize;
-                    for p in 0..keys.partitions() {
-                        left += redis::AsyncCommands::xlen::<_, usize>(&mut con, keys.inbound(p))
-                            .await
-                            .ok()?;
-                    }
-                    (left == 0).then_some(())
+        eventually(what, Duration::from_secs(secs), || {
+            let mut con = con.clone();
+            let keys = keys.clone();
+            async move {
+                let mut left = 0usize;
+                for p in 0..keys.partitions() {
+                    left += redis::AsyncCommands::xlen::<_, usize>(&mut con, stream(&keys, p))
+                        .await
+                        .ok()?;
                 }
-            },
-        )
+                (left == 0).then_some(())
+            }
+        })
         .await;
     }
 

@@ -1129,9 +1129,15 @@ async fn conversation(pool: &wafleet::db::PgPool, cmd: ConversationCommand) -> a
                     ("agent", Some(name)) => format!("agent {name}"),
                     _ => l.side.clone(),
                 };
-                let state = match (&l.state, &l.delivery) {
-                    (Some(s), Some(d)) => format!(" [{s}, {d}]"),
-                    (Some(s), None) => format!(" [{s}]"),
+                // A failed part says why: our reading and Meta's code, never Meta's words.
+                let state = match (&l.state, l.failure, l.error_code) {
+                    (Some(s), Some(why), Some(code)) => format!("{s}: {why}, {code}"),
+                    (Some(s), Some(why), None) => format!("{s}: {why}"),
+                    (s, _, _) => s.clone().unwrap_or_default(),
+                };
+                let state = match (state.is_empty(), &l.delivery) {
+                    (false, Some(d)) => format!(" [{state}, {d}]"),
+                    (false, None) => format!(" [{state}]"),
                     _ => String::new(),
                 };
                 let text = match (l.kind.as_str(), l.text) {

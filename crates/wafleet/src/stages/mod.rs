@@ -256,6 +256,64 @@ async fn announce_each(
     refused.map_or(Ok(done.len()), |e| Err(e.into()))
 }
 
+/// Publishes a `message_failed` event on the dashboard stream for each failed agent's part
+/// (kind `agent` or `template`) among `ids` and the part Meta knows as `wamid` whose failure is
+/// unannounced, and records in Postgres those Redis took (`outbound_messages.failure_announced`):
+/// the sender calls it when a job ends, the status stage after a `failed` status that leaves the
+/// part failed. A run that stops between Redis and Postgres is made whole by the next (a job or
+/// status redelivered), which the event's mark keeps from doubling it. The event carries ids,
+/// Meta's `code` and our reading of it ([`crate::store::agents::failure_reason`]), never Meta's
+/// words (they can quote a token), the text, nor the customer's number. Answers how many went.
+pub async fn announce_failures(
+    pg: &sqlx::PgPool,
+    redis: &crate::shared_redis::SharedRedis,
+    keys: &Keys,
+    ids: &[i64],
+    wamid: Option<&str>,
+) -> Result<usize, crate::worker::Outcome> {
+    let failures = crate::store::agents::unannounced_failures(pg, ids, wamid)
+        .await
+        .map_err(|e| db_outcome(&e, "reading agents' failed parts"))?;
+    if failures.is_empty() {
+        return Ok(0);
+    }
+    let events = failures.iter().map(|f| {
+        let reason = crate::store::agents::failure_reason(f.error_code, f.fail_reason.as_deref());
+        tracing::info!(
+            outbound_id = f.outbound_id,
+            code = f.error_code,
+            reason,
+            "an agent's message failed; dashboards are told"
+        );
+        let event = serde_json::json!({
+            "kind": "message_failed", "reason": reason, "conversation_id": f.conversation_id,
+            "outbound_id": f.outbound_id, "part_no": f.part_no, "message_kind": f.kind,
+            "reference": f.reference, "code": f.error_code,
+            "phone_number_id": f.phone_number_id, "at": f.failed_at.to_rfc3339(),
+        });
+        let once = format!(
+            "message_failed:{}:{}:{}",
+            f.outbound_id,
+            f.send_no,
+            f.retries_since.timestamp_micros()
+        );
+        (f.outbound_id, event, once)
+    });
+    let mut con = redis.get().await.map_err(redis_down)?;
+    announce_each(
+        pg,
+        &mut con,
+        keys,
+        events,
+        crate::store::agents::failures_announced,
+    )
+    .await
+    .map_err(|e| match e {
+        AnnounceError::Db(e) => db_outcome(&e, "recording failures announced"),
+        AnnounceError::Redis(e) => redis_down(e),
+    })
+}
+
 /// Announces what number changes left unannounced (Redis refused their events, or the stage
 /// stopped first): merges, then former holders' conversations set aside, up to `batch` a call
 /// each, until none is left or Redis refuses one. The workers' sweep calls it.

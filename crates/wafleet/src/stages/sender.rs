@@ -57,7 +57,7 @@ use wafleet_core::retry::Backoff;
 use super::channel_settings::{ChannelCache, ChannelSettings};
 use super::llm::window_open;
 use super::status::RE_ENGAGEMENT;
-use super::{batch_outcome, db_outcome, hand_over_and_publish, redis_down};
+use super::{announce_failures, batch_outcome, db_outcome, hand_over_and_publish, redis_down};
 use crate::batch::Batcher;
 use crate::graph::{GraphClient, OutgoingText, Recipient, SendResult};
 use crate::ratelimit::{Budget, Decision, RateLimiter};
@@ -86,10 +86,13 @@ const UNRECORDED_PUSH_BACK_WAIT: Duration = Duration::from_secs(60);
 
 /// The `fail_reason` of a part not sent because its customer's data was erased (as the erasure
 /// records for the parts still pending then, [`crate::store::erasure`]).
-const CUSTOMER_ERASED: &str = "the customer's data was erased";
+pub const CUSTOMER_ERASED: &str = "the customer's data was erased";
 
 /// The `fail_reason` of a part not sent because the customer's last message is over 24 hours old.
-const WINDOW_CLOSED: &str = "the 24-hour window is closed";
+pub const WINDOW_CLOSED: &str = "the 24-hour window is closed";
+
+/// How the `fail_reason` of a part not sent because an earlier part of its message failed begins.
+pub const EARLIER_PART_FAILED: &str = "an earlier part failed";
 
 #[derive(Debug, Clone)]
 pub struct SendPolicy {
@@ -285,8 +288,30 @@ impl SenderStage {
             });
         };
         let channel = self.channels.of_job(job).await?;
+        let outcome = self.send_parts(job, &channel, &parts).await?;
+        // An agent's part that ended failed in this run (or in an earlier one that stopped
+        // before announcing it): dashboards hear of it once. Only when the job is finished: a
+        // part the job will send again is not failed for good.
+        let agents: Vec<i64> = parts
+            .iter()
+            .filter(|p| written_by_agent(&p.kind))
+            .map(|p| p.id)
+            .collect();
+        if !agents.is_empty() && matches!(outcome, Outcome::Done | Outcome::Dead { .. }) {
+            announce_failures(&self.pg, &self.redis, &self.keys, &agents, None).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Sends the parts of a job in order, until one stops the rest.
+    async fn send_parts(
+        &self,
+        job: &Job,
+        channel: &ChannelSettings,
+        parts: &[Part],
+    ) -> Result<Outcome, Outcome> {
         for (i, part) in parts.iter().enumerate() {
-            match self.send_part(job, &channel, part).await? {
+            match self.send_part(job, channel, part).await? {
                 Step::Next => {}
                 Step::StopRest(reason) => {
                     for rest in &parts[i + 1..] {
@@ -440,7 +465,7 @@ impl SenderStage {
                         self.hand_over(job, part, "window_closed").await?;
                     }
                     return Ok(Step::StopRest(format!(
-                        "an earlier part failed ({})",
+                        "{EARLIER_PART_FAILED} ({})",
                         code.map_or_else(|| "no code".to_string(), |c| c.to_string())
                     )));
                 }
@@ -832,7 +857,7 @@ impl SenderStage {
         code: Option<i64>,
     ) -> Result<Step, Outcome> {
         let Some(code) = code else {
-            return Ok(Step::StopRest("an earlier part failed (no code)".into()));
+            return Ok(Step::StopRest(format!("{EARLIER_PART_FAILED} (no code)")));
         };
         let class = classify_status_error(code);
         let reason = format!("Meta failed the message it had accepted ({code})");
@@ -1003,7 +1028,7 @@ impl SenderStage {
                     metrics::counter!("wafleet_sender_alerts_total", "channel" => channel.phone_number_id.clone(), "kind" => "unknown_code").increment(1);
                     tracing::error!(channel = %channel.phone_number_id, code, "Meta refused a send with a code its table does not list");
                 }
-                Ok(Step::StopRest(format!("an earlier part failed ({code})")))
+                Ok(Step::StopRest(format!("{EARLIER_PART_FAILED} ({code})")))
             }
             ErrorClass::ReEngagement => {
                 replies::mark_failed(&self.pg, part.id, Some(code), message)

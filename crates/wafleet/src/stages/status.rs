@@ -21,7 +21,9 @@ use sqlx::PgPool;
 use wafleet_core::envelope::Update;
 
 use super::sender::{SendPolicy, pause_sends};
-use super::{batch_outcome, db_outcome, decode_update, hand_over_and_publish, redis_down};
+use super::{
+    announce_failures, batch_outcome, db_outcome, decode_update, hand_over_and_publish, redis_down,
+};
 use crate::batch::Batcher;
 use crate::store::conversations::{self as store, Status, StatusApplied, delivery_rank};
 use crate::store::replies as store_replies;
@@ -143,10 +145,12 @@ impl Handler for StatusStage {
         }
         // Also when stale: a redelivery finds the part still failed if the run that applied the
         // status stopped before sending it again.
+        let mut resending = false;
         if s.status == "failed"
             && applied != StatusApplied::Kept
             && let Some(code) = s.error_code
-            && let Err(outcome) = self
+        {
+            match self
                 .failed_after_acceptance(
                     job,
                     &s.wamid,
@@ -155,6 +159,19 @@ impl Handler for StatusStage {
                     matches!(applied, StatusApplied::Advanced { .. }),
                 )
                 .await
+            {
+                Ok(queued) => resending = queued,
+                Err(outcome) => return outcome,
+            }
+        }
+        // An agent's message that stays failed: dashboards hear of it once (also when stale: the
+        // run that applied the status may have stopped before Redis took the event). One sent
+        // again is the sender's to announce if that send fails for good.
+        if s.status == "failed"
+            && applied != StatusApplied::Kept
+            && !resending
+            && let Err(outcome) =
+                announce_failures(&self.pg, &self.redis, &self.keys, &[], Some(&s.wamid)).await
         {
             return outcome;
         }
@@ -169,7 +186,7 @@ impl StatusStage {
     /// Only when this run recorded the failure (`first`): Meta redelivers webhooks, and one
     /// failure must not pause the channel again (past an operator's resume) nor page twice. A
     /// first run that stopped before pausing leaves it to the channel's next send, which meets
-    /// the same code.
+    /// the same code. Answers whether the part's send was queued again.
     async fn failed_after_acceptance(
         &self,
         job: &Job,
@@ -177,10 +194,10 @@ impl StatusStage {
         code: i64,
         title: Option<&str>,
         first: bool,
-    ) -> Result<(), Outcome> {
+    ) -> Result<bool, Outcome> {
         let class = classify_status_error(code);
         if !class.worth_resending() {
-            return Ok(());
+            return Ok(false);
         }
         // `None`: resent already (the failed wamid is forgotten then), so a redelivery of an old
         // status neither pauses the channel again nor queues anything.
@@ -219,7 +236,7 @@ impl StatusStage {
         let Some((outbound_id, _, _, _)) = retry else {
             // Resent already, or out of attempts or age: it stays failed.
             metrics::counter!("wafleet_failed_statuses_total", "class" => class.label(), "action" => "kept").increment(1);
-            return Ok(());
+            return Ok(false);
         };
         // The sender reopens the part and sends it again (within its bounds). A redelivery of
         // this status finds the part still failed if this job never got queued, and queues it.
@@ -238,7 +255,7 @@ impl StatusStage {
             code,
             "Meta failed an accepted message; its send is queued again"
         );
-        Ok(())
+        Ok(true)
     }
 
     /// Hands the conversation over for the customer's message the failed part answers, as the

@@ -71,6 +71,102 @@ pub struct Line {
     /// Meta reported it, delivery (`delivered`, `read`…).
     pub state: Option<String>,
     pub delivery: Option<String>,
+    /// An outbound part's id (what a `message_failed` event names).
+    pub outbound_id: Option<i64>,
+    /// An agent's message's idempotency reference (`erased:…` once its customer was erased).
+    pub reference: Option<String>,
+    /// Meta's error code of a failed part, when Meta gave one.
+    pub error_code: Option<i32>,
+    /// Why a failed part failed, as [`failure_reason`] reads it; `None` unless `failed`.
+    #[sqlx(skip)]
+    pub failure: Option<&'static str>,
+    /// Read only for [`Self::failure`]: it can hold Meta's own words, which may quote a token.
+    #[serde(skip)]
+    fail_reason: Option<String>,
+}
+
+/// Our reading of why a part failed, from Meta's `code` and the reason the sender recorded
+/// (`fail_reason`, never shown: for a refused send it is Meta's own words): `unanswered` (no
+/// answer nor status came for its sends), `gave_up` (past its retry bounds), `earlier_part` (an
+/// earlier part of the message failed), then Meta's code's class (`permanent`, `re_engagement`,
+/// `transient`, `throttled`, `config`), `window_closed` (the 24-hour window had closed before
+/// the send), `erased` (the customer was erased), `number_moved` (their number passed to someone
+/// else), else `failed`.
+pub fn failure_reason(code: Option<i32>, fail_reason: Option<&str>) -> &'static str {
+    use crate::stages::sender::{CUSTOMER_ERASED, EARLIER_PART_FAILED, WINDOW_CLOSED};
+    let why = fail_reason.unwrap_or_default();
+    if why.starts_with(super::replies::UNANSWERED) {
+        "unanswered"
+    } else if why.starts_with("gave up") {
+        "gave_up"
+    } else if why.starts_with(EARLIER_PART_FAILED) {
+        "earlier_part"
+    } else if let Some(code) = code {
+        wafleet_core::graph_error::classify_status_error(code.into()).label()
+    } else if why.starts_with(WINDOW_CLOSED) {
+        "window_closed"
+    } else if why == CUSTOMER_ERASED {
+        "erased"
+    } else if why == super::conversations::NUMBER_MOVED {
+        "number_moved"
+    } else {
+        "failed"
+    }
+}
+
+/// An agent's part (kind `agent` or `template`) that ended `failed` and whose failure the
+/// dashboards have not heard of yet ([`crate::stages::announce_failures`]).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Failure {
+    pub outbound_id: i64,
+    pub conversation_id: i64,
+    pub phone_number_id: String,
+    pub part_no: i32,
+    /// `agent` or `template`.
+    pub kind: String,
+    pub reference: Option<String>,
+    pub error_code: Option<i32>,
+    /// Never shown (see [`failure_reason`]).
+    pub fail_reason: Option<String>,
+    /// The part's send number and where its retries' age counts from: together they name this
+    /// failure, as a part reopened (a replay, a resend) and failed again fails anew.
+    pub send_no: i32,
+    pub retries_since: DateTime<Utc>,
+    pub failed_at: DateTime<Utc>,
+}
+
+/// The unannounced failures of agents' parts among `ids` and the part Meta knows as `wamid`.
+pub async fn unannounced_failures(
+    pool: &PgPool,
+    ids: &[i64],
+    wamid: Option<&str>,
+) -> sqlx::Result<Vec<Failure>> {
+    sqlx::query_as(
+        "SELECT o.id AS outbound_id, o.conversation_id, ch.phone_number_id, o.part_no, o.kind,
+                o.agent_ref AS reference, o.error_code, o.fail_reason,
+                o.send_offset + o.attempts AS send_no,
+                COALESCE(o.retries_since, o.created_at) AS retries_since, o.updated_at AS failed_at
+           FROM outbound_messages o JOIN channels ch ON ch.id = o.channel_id
+          WHERE (o.id = ANY($1) OR o.wamid = $2)
+            AND o.state = 'failed' AND o.kind IN ('agent', 'template') AND NOT o.failure_announced
+          ORDER BY o.id",
+    )
+    .bind(ids)
+    .bind(wamid)
+    .fetch_all(pool)
+    .await
+}
+
+/// Records that the dashboards heard of these parts' failures (Redis took their events).
+pub async fn failures_announced(pool: &PgPool, ids: &[i64]) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE outbound_messages SET failure_announced = TRUE
+          WHERE id = ANY($1) AND state = 'failed'",
+    )
+    .bind(ids)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// The last `last` lines of a conversation, both sides, oldest first; `None` when there is no
@@ -92,12 +188,16 @@ pub async fn transcript(
              SELECT m.id AS message_id, m.received_at AS at, 'customer' AS side,
                     NULL::text AS agent,
                     m.message_type AS kind, m.text_redacted AS text, NULL::text AS state,
-                    NULL::text AS delivery, m.id AS ord, 0 AS sub, m.id AS tie
+                    NULL::text AS delivery, NULL::int8 AS outbound_id, NULL::text AS reference,
+                    NULL::int4 AS error_code, NULL::text AS fail_reason,
+                    m.id AS ord, 0 AS sub, m.id AS tie
                FROM messages m WHERE m.conversation_id = $1
              UNION ALL
              SELECT NULL::int8, o.created_at,
                     CASE WHEN o.kind IN ('agent', 'template') THEN 'agent' ELSE 'bot' END,
-                    o.agent, o.kind, o.body, o.state, o.delivery,
+                    o.agent, o.kind, o.body, o.state, o.delivery, o.id, o.agent_ref,
+                    CASE WHEN o.state = 'failed' THEN o.error_code END,
+                    CASE WHEN o.state = 'failed' THEN o.fail_reason END,
                     -- A reply sits right after the message it answers; an agent's message where
                     -- it was written.
                     COALESCE(o.reply_to, (SELECT max(m.id) FROM messages m
@@ -116,6 +216,11 @@ pub async fn transcript(
     .await?;
     let mut lines: Vec<Line> = lines;
     lines.reverse();
+    for line in &mut lines {
+        if line.state.as_deref() == Some("failed") {
+            line.failure = Some(failure_reason(line.error_code, line.fail_reason.as_deref()));
+        }
+    }
     Ok(Some(lines))
 }
 
@@ -589,4 +694,53 @@ pub async fn touch_agent_activity(
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::failure_reason;
+
+    #[test]
+    fn a_failure_is_read_from_our_own_reasons_and_metas_code_never_from_metas_words() {
+        let gave_up_unanswered = format!(
+            "{} 3 sends and no status came",
+            super::super::replies::UNANSWERED
+        );
+        let cases: &[(Option<i32>, Option<&str>, &str)] = &[
+            (
+                Some(131026),
+                Some("(#131026) Message undeliverable"),
+                "permanent",
+            ),
+            (Some(131047), None, "re_engagement"),
+            (
+                Some(132001),
+                Some("(#132001) Template name does not exist"),
+                "permanent",
+            ),
+            (
+                Some(131000),
+                Some("gave up on transient Graph error 131000"),
+                "gave_up",
+            ),
+            (None, Some(&gave_up_unanswered), "unanswered"),
+            (
+                None,
+                Some("an earlier part failed (131026)"),
+                "earlier_part",
+            ),
+            (None, Some("the 24-hour window is closed"), "window_closed"),
+            (None, Some("the customer's data was erased"), "erased"),
+            (
+                None,
+                Some(super::super::conversations::NUMBER_MOVED),
+                "number_moved",
+            ),
+            (None, Some("the template is not valid JSON: eof"), "failed"),
+            (None, None, "failed"),
+        ];
+        for (code, why, want) in cases {
+            assert_eq!(failure_reason(*code, *why), *want, "{code:?} {why:?}");
+        }
+    }
 }

@@ -616,8 +616,10 @@ pub async fn re_engagement_pending(
 /// forgotten (statuses of the failed message no longer find it by wamid). Its error code stays
 /// until the resend is claimed: that is how a late status of the failed send, which still
 /// carries that send's callback, is told from one of a send in flight (see `apply_statuses`).
+/// A failure of it from now on is a new one, for dashboards to hear of
+/// (`crate::stages::announce_failures`).
 const REOPEN: &str = "state = 'pending', wamid = NULL, sending_at = NULL, delivery = NULL,
-                      delivery_rank = 0, delivery_at = NULL";
+                      delivery_rank = 0, delivery_at = NULL, failure_announced = FALSE";
 
 /// Puts a failed part back to `pending` for the sender to send again, its wamid and delivery
 /// forgotten (statuses of the failed message no longer find it). Only the sender calls it, right

@@ -2344,3 +2344,36 @@ async fn dashboards_hear_once_when_meta_fails_an_agents_message_with_its_code_an
         "{view}"
     );
 }
+
+#[tokio::test]
+async fn an_agents_message_meta_fails_once_and_takes_on_a_resend_is_not_announced_as_failed() {
+    let s = system().await;
+    let id = s.taken(SHOP, "573122", "wamid.MF2").await;
+    // Accepted, then failed in a status with a transient code: sent again, and that one goes.
+    s.sim.state.add_fault(
+        serde_json::from_value(json!({"code": 131000, "recipient": "573122", "async": true}))
+            .unwrap(),
+    );
+    let (status, body) = s
+        .api
+        .write(id, &s.shop, "ref-again", "Ya va en camino")
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    eventually("the resend accepted", Duration::from_secs(30), || async {
+        let (state, sends): (String, i32) = sqlx::query_as(
+            "SELECT state, send_offset + attempts FROM outbound_messages
+              WHERE agent_ref = 'ref-again'",
+        )
+        .fetch_one(&s.pg)
+        .await
+        .unwrap();
+        (state == "accepted" && sends == 2).then_some(())
+    })
+    .await;
+    s.cfg.wait_statuses_drained(30).await;
+    assert_eq!(
+        failure_events(&s.cfg).await,
+        Vec::<String>::new(),
+        "the customer got it"
+    );
+}

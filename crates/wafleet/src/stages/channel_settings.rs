@@ -1,15 +1,19 @@
-//! Per-channel settings the stages need, cached in the process for a couple of seconds so a
-//! change made with `wafleetctl` is seen quickly without a query per job. Secrets (the access
-//! token, model API keys) are decrypted here, in memory only.
+//! Per-channel settings the stages need, cached in the process, so a change made with
+//! `wafleetctl` is seen within seconds without a query per job. Secrets (the access token, model
+//! API keys) are decrypted here, in memory only.
 //!
-//! When an entry goes stale, one job re-reads it while the others keep using the stale entry
-//! (a cache miss does not turn into a query per job in flight), and the settings are rebuilt
+//! An entry is trusted for 2 s; after that it is checked against every channel's `updated_at`
+//! (read whole only when the table's fingerprint moved, at most once per 2 s per process), and
+//! only a channel whose `updated_at` moved is read again: a quiet channel costs no read per
+//! message. When a channel is re-read, one job reads it while its others keep using the stale
+//! entry (a lock per channel: other channels' jobs do not wait), and the settings are rebuilt
 //! (keyword automaton, decryption) only when the rows changed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use wafleet_core::handover::HandoverMatcher;
 
@@ -142,6 +146,15 @@ struct Row {
     reply_gather_ms: i32,
 }
 
+/// A row and its version (compared apart: a change that moved only `updated_at`, as a
+/// knowledge entry's, builds nothing again).
+#[derive(sqlx::FromRow)]
+struct Versioned {
+    updated_at: DateTime<Utc>,
+    #[sqlx(flatten)]
+    row: Row,
+}
+
 #[derive(sqlx::FromRow, PartialEq)]
 struct ProviderRow {
     name: String,
@@ -151,24 +164,42 @@ struct ProviderRow {
     api_key: Vec<u8>,
 }
 
-/// How long a cached entry is trusted.
+/// How long a cached entry is trusted without a look at Postgres.
 const FRESH_FOR: Duration = Duration::from_secs(2);
 
-/// A cached channel: when it was read, the rows it was built from, and what was built (`None`:
-/// no such channel).
+/// A cached channel: since when it is known current, the row version (`updated_at`) and rows it
+/// was built from, and what was built (`None`: no such channel).
 struct Cached {
     at: Instant,
+    version: Option<DateTime<Utc>>,
     rows: Option<(Row, Vec<ProviderRow>)>,
     settings: Option<Arc<ChannelSettings>>,
+}
+
+/// Every channel's `updated_at` as of `at`, and the table's fingerprint they were read with.
+struct Versions {
+    at: Instant,
+    fingerprint: (i64, Option<String>),
+    of: Arc<HashMap<String, DateTime<Utc>>>,
 }
 
 #[derive(Clone)]
 pub struct ChannelCache {
     pg: PgPool,
     cipher: Cipher,
+    fresh_for: Duration,
     entries: Arc<Mutex<HashMap<String, Cached>>>,
-    /// Held while a channel is re-read, so one job reads it and the others use what they have.
-    refreshing: Arc<tokio::sync::Mutex<()>>,
+    /// Held while a channel is re-read, so one job reads it and the others use what they have;
+    /// one per channel, so a read of one channel holds up no other channel's jobs.
+    reading: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    versions: Arc<Mutex<Option<Versions>>>,
+    /// Held while the versions are re-read.
+    checking: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Locks a map that is only ever replaced or inserted into whole: a poisoned lock is usable.
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl ChannelCache {
@@ -176,9 +207,18 @@ impl ChannelCache {
         Self {
             pg,
             cipher,
+            fresh_for: FRESH_FOR,
             entries: Arc::default(),
-            refreshing: Arc::default(),
+            reading: Arc::default(),
+            versions: Arc::default(),
+            checking: Arc::default(),
         }
+    }
+
+    /// How long an entry is trusted without a look at Postgres (tests shorten it).
+    pub fn fresh_for(mut self, fresh_for: Duration) -> Self {
+        self.fresh_for = fresh_for;
+        self
     }
 
     /// Tags and checks our outbound ids in `biz_opaque_callback_data` (same key as the secrets).
@@ -197,15 +237,22 @@ impl ChannelCache {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
-        // Entries are replaced whole, never left half-written: a poisoned lock is usable.
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+        locked(&self.entries)
     }
 
-    /// `(fresh, cached value)` of an entry, if there is one.
-    fn cached(&self, phone_number_id: &str) -> Option<(bool, Option<Arc<ChannelSettings>>)> {
-        self.lock()
-            .get(phone_number_id)
-            .map(|c| (c.at.elapsed() < FRESH_FOR, c.settings.clone()))
+    /// `(fresh, version, cached value)` of an entry, if there is one.
+    #[allow(clippy::type_complexity)]
+    fn cached(
+        &self,
+        phone_number_id: &str,
+    ) -> Option<(bool, Option<DateTime<Utc>>, Option<Arc<ChannelSettings>>)> {
+        self.lock().get(phone_number_id).map(|c| {
+            (
+                c.at.elapsed() < self.fresh_for,
+                c.version,
+                c.settings.clone(),
+            )
+        })
     }
 
     /// The channel of a job's conversation; a job for a channel that does not exist (any more)
@@ -224,28 +271,107 @@ impl ChannelCache {
         }
     }
 
+    /// A channel's settings, at most [`FRESH_FOR`] behind Postgres. A stale entry is checked
+    /// against every channel's `updated_at` (read, for the whole fleet, only when the table's
+    /// fingerprint changed, at most once per [`FRESH_FOR`]): a quiet channel whose row did not
+    /// change is not read again. Its models and knowledge entries move its `updated_at` too.
     pub async fn get(&self, phone_number_id: &str) -> sqlx::Result<Option<Arc<ChannelSettings>>> {
         let stale = match self.cached(phone_number_id) {
-            Some((true, v)) => return Ok(v),
-            Some((false, v)) => Some(v),
+            Some((true, _, v)) => return Ok(v),
+            Some((false, version, v)) => Some((version, v)),
             None => None,
         };
-        let _refreshing = match (self.refreshing.try_lock(), stale) {
+        if let Some((version, v)) = &stale {
+            match self.current_versions().await? {
+                // Someone is re-reading them: the stale value serves meanwhile.
+                None => return Ok(v.clone()),
+                Some((at, current)) if current.get(phone_number_id) == version.as_ref() => {
+                    if let Some(c) = self.lock().get_mut(phone_number_id)
+                        && c.version == *version
+                    {
+                        c.at = c.at.max(at);
+                    }
+                    return Ok(v.clone());
+                }
+                Some(_) => {}
+            }
+        }
+        let lock = locked(&self.reading)
+            .entry(phone_number_id.to_string())
+            .or_default()
+            .clone();
+        let _reading = match (lock.clone().try_lock_owned(), stale) {
             (Ok(guard), _) => guard,
-            // Someone is re-reading: the stale value serves meanwhile.
-            (Err(_), Some(v)) => return Ok(v),
-            (Err(_), None) => self.refreshing.lock().await,
+            // Someone is re-reading it: the stale value serves meanwhile.
+            (Err(_), Some((_, v))) => return Ok(v),
+            (Err(_), None) => lock.lock_owned().await,
         };
         // Re-read by whoever held the lock before us?
-        if let Some((true, v)) = self.cached(phone_number_id) {
+        if let Some((true, _, v)) = self.cached(phone_number_id) {
             return Ok(v);
         }
-        let row: Option<Row> = sqlx::query_as(
+        self.read(phone_number_id).await
+    }
+
+    /// Every channel's `updated_at`, read at most [`FRESH_FOR`] ago, and when; `None` while
+    /// another job re-reads them.
+    #[allow(clippy::type_complexity)]
+    async fn current_versions(
+        &self,
+    ) -> sqlx::Result<Option<(Instant, Arc<HashMap<String, DateTime<Utc>>>)>> {
+        let fresh = |v: &Option<Versions>| {
+            v.as_ref()
+                .filter(|v| v.at.elapsed() < self.fresh_for)
+                .map(|v| (v.at, v.of.clone()))
+        };
+        if let Some(v) = fresh(&locked(&self.versions)) {
+            return Ok(Some(v));
+        }
+        let Ok(_checking) = self.checking.try_lock() else {
+            return Ok(None);
+        };
+        if let Some(v) = fresh(&locked(&self.versions)) {
+            return Ok(Some(v));
+        }
+        let at = Instant::now();
+        // The same fingerprint as ingest's: a digest of every row's id and `updated_at`.
+        let fingerprint = crate::store::channels::fingerprint(&self.pg)
+            .await
+            .map_err(|e| match e.downcast::<sqlx::Error>() {
+                Ok(e) => e,
+                Err(e) => sqlx::Error::Protocol(format!("{e:#}")),
+            })?;
+        let known = locked(&self.versions)
+            .as_ref()
+            .filter(|v| v.fingerprint == fingerprint)
+            .map(|v| v.of.clone());
+        let of = match known {
+            Some(of) => of,
+            None => sqlx::query_as::<_, (String, DateTime<Utc>)>(
+                "SELECT phone_number_id, updated_at FROM channels",
+            )
+            .fetch_all(&self.pg)
+            .await?
+            .into_iter()
+            .collect::<HashMap<_, _>>()
+            .into(),
+        };
+        *locked(&self.versions) = Some(Versions {
+            at,
+            fingerprint,
+            of: of.clone(),
+        });
+        Ok(Some((at, of)))
+    }
+
+    async fn read(&self, phone_number_id: &str) -> sqlx::Result<Option<Arc<ChannelSettings>>> {
+        let at = Instant::now();
+        let row: Option<Versioned> = sqlx::query_as(
             "SELECT id, phone_number_id, waba_id, enabled, bot_mode, session_timeout_secs, handover_keywords,
                     handover_ack, media_notice, system_prompt, history_limit, canned_reply,
                     send_rate_per_sec, pair_burst, sends_paused_until, access_token,
                     business_hours, business_hours_tz, after_hours_ack, images_to_model,
-                    transcribe_audio, documents_to_model, reply_gather_ms,
+                    transcribe_audio, documents_to_model, reply_gather_ms, updated_at,
                     EXISTS (SELECT 1 FROM knowledge_entries k WHERE k.channel_id = channels.id)
                         AS has_knowledge
                FROM channels WHERE phone_number_id = $1",
@@ -253,9 +379,10 @@ impl ChannelCache {
         .bind(phone_number_id)
         .fetch_optional(&self.pg)
         .await?;
+        let version = row.as_ref().map(|r| r.updated_at);
         let rows = match row {
             None => None,
-            Some(r) => {
+            Some(Versioned { row: r, .. }) => {
                 let providers: Vec<ProviderRow> = sqlx::query_as(
                     "SELECT name, kind, base_url, model, api_key FROM channel_llm_providers
                       WHERE channel_id = $1 ORDER BY position",
@@ -279,7 +406,8 @@ impl ChannelCache {
         self.lock().insert(
             phone_number_id.to_string(),
             Cached {
-                at: Instant::now(),
+                at,
+                version,
                 rows,
                 settings: settings.clone(),
             },

@@ -894,25 +894,37 @@ async fn change_setting(
 }
 
 /// After a channel was added or enabled: says how many of its updates ingest kept aside while
-/// it was unknown or disabled, and how to replay them. Best effort: Redis out of reach (or slow)
-/// only skips the hint.
+/// it was unknown or disabled, and how to replay them, among the latest
+/// [`wafleet::quarantine::HINT_SCAN`] entries (saying so when there are more: reading a large
+/// quarantine whole took every add a second). Best effort: Redis out of reach (or slow) only
+/// skips the hint.
 async fn hint_quarantine(phone_number_id: &str) {
-    let count = async {
+    let recent = async {
         let (keys, mut con) = redis_side().await?;
-        let kept = wafleet::quarantine::read(&mut con, &keys).await?;
         anyhow::Ok(
-            kept.iter()
-                .filter(|k| k.text("channel") == phone_number_id)
-                .count(),
+            wafleet::quarantine::recent_for(
+                &mut con,
+                &keys,
+                phone_number_id,
+                wafleet::quarantine::HINT_SCAN,
+            )
+            .await?,
         )
     };
-    if let Ok(Ok(n)) = tokio::time::timeout(std::time::Duration::from_secs(5), count).await
-        && n > 0
-    {
-        println!(
-            "{n} update(s) for {phone_number_id} are in quarantine: `wafleetctl quarantine list` \
-             shows them, `wafleetctl quarantine replay --all` enqueues those the channels now accept"
-        );
+    let Ok(Ok(r)) = tokio::time::timeout(std::time::Duration::from_secs(5), recent).await else {
+        return;
+    };
+    let how = "`wafleetctl quarantine list` shows them, `wafleetctl quarantine replay --all` \
+               enqueues those the channels now accept";
+    let among = format!(
+        "among the latest {} of the {} in quarantine (older ones not searched)",
+        r.looked_at, r.total
+    );
+    match (r.matching, r.bounded()) {
+        (0, false) => {}
+        (0, true) => println!("no update for {phone_number_id} {among}: {how}"),
+        (n, false) => println!("{n} update(s) for {phone_number_id} are in quarantine: {how}"),
+        (n, true) => println!("{n} update(s) for {phone_number_id} {among}: {how}"),
     }
 }
 

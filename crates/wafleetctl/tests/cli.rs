@@ -735,6 +735,50 @@ async fn quarantined_updates_are_listed_without_the_message_and_replayed_once_th
 }
 
 #[tokio::test]
+async fn adding_a_channel_looks_through_only_the_latest_quarantined_updates_and_says_so() {
+    let cfg = TestConfig::new().await;
+    let (key, mut con) = (cfg.keys().quarantine(), cfg.redis().await);
+    let mut pipe = redis::pipe();
+    // The number's only update, then a bound's worth of another number's after it.
+    pipe.cmd("XADD")
+        .arg(&key)
+        .arg("*")
+        .arg("channel")
+        .arg(PNID)
+        .ignore();
+    for _ in 0..wafleet::quarantine::HINT_SCAN {
+        pipe.cmd("XADD")
+            .arg(&key)
+            .arg("*")
+            .arg("channel")
+            .arg(UNKNOWN)
+            .ignore();
+    }
+    let () = pipe.query_async(&mut con).await.unwrap();
+    let added = add_channel(&cfg, PNID).await;
+    added.says(&format!(
+        "no update for {PNID} among the latest {} of the {} in quarantine",
+        wafleet::quarantine::HINT_SCAN,
+        wafleet::quarantine::HINT_SCAN + 1
+    ));
+    // One more of the number's, the latest: found, and still said to be a partial count.
+    let () = redis::cmd("XADD")
+        .arg(&key)
+        .arg("*")
+        .arg("channel")
+        .arg(PNID)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let enabled = ctl(&cfg, &["channel", "enable", PNID]).await;
+    enabled.ok().says(&format!(
+        "1 update(s) for {PNID} among the latest {} of the {} in quarantine",
+        wafleet::quarantine::HINT_SCAN,
+        wafleet::quarantine::HINT_SCAN + 2
+    ));
+}
+
+#[tokio::test]
 async fn an_api_token_is_printed_once_and_never_listed() {
     let cfg = TestConfig::new().await;
     add_channel(&cfg, PNID).await;

@@ -761,7 +761,6 @@ impl ConversationStage {
 
     /// Publishes an event for dashboards ([`publish_handover`]).
     async fn publish(&self, change: &OwnerChange<'_>) -> Result<(), StepError> {
-        let redis = |e: redis::RedisError| StepError::Redis(e.into());
         let mut con = self
             .redis
             .get()
@@ -769,7 +768,7 @@ impl ConversationStage {
             .map_err(|e| StepError::Redis(e.into()))?;
         publish_handover(&mut con, &self.keys, change)
             .await
-            .map_err(redis)
+            .map_err(|e| StepError::Redis(e.into()))
     }
 
     /// The cached conversation id and session of a conversation key, if any.

@@ -94,6 +94,9 @@ pub const WINDOW_CLOSED: &str = "the 24-hour window is closed";
 /// How the `fail_reason` of a part not sent because an earlier part of its message failed begins.
 pub const EARLIER_PART_FAILED: &str = "an earlier part failed";
 
+/// How the `fail_reason` of a part the sender gave up on (past its retry bounds) begins.
+pub const GAVE_UP: &str = "gave up";
+
 #[derive(Debug, Clone)]
 pub struct SendPolicy {
     /// Retries of transient errors (attempts and total age).
@@ -571,7 +574,7 @@ impl SenderStage {
                 }
                 Decision::Wait(_) if self.too_old(part) => {
                     let reason = format!(
-                        "gave up: held back by the rate limits for longer than {:?}",
+                        "{GAVE_UP}: held back by the rate limits for longer than {:?}",
                         self.policy.backoff.max_age
                     );
                     return self.give_up(part, None, reason).await;
@@ -673,7 +676,7 @@ impl SenderStage {
                 // replayed).
                 if self.too_old(part) {
                     let reason = format!(
-                        "gave up: Graph API unreachable for longer than {:?} ({reason})",
+                        "{GAVE_UP}: Graph API unreachable for longer than {:?} ({reason})",
                         self.policy.backoff.max_age
                     );
                     return self.give_up(part, None, reason).await;
@@ -980,7 +983,7 @@ impl SenderStage {
                 });
                 if self.too_old(part) {
                     let reason = format!(
-                        "gave up: throttled by Meta ({code}) past {:?}",
+                        "{GAVE_UP}: throttled by Meta ({code}) past {:?}",
                         self.policy.backoff.max_age
                     );
                     return self.give_up(part, Some(code), reason).await;
@@ -1008,7 +1011,7 @@ impl SenderStage {
                         reason: format!("transient Graph error {code}"),
                     }))
                 } else {
-                    let reason = format!("gave up on transient Graph error {code}");
+                    let reason = format!("{GAVE_UP} on transient Graph error {code}");
                     self.give_up(part, Some(code), reason).await
                 }
             }

@@ -143,14 +143,13 @@ impl Handler for StatusStage {
                 Err(outcome) => return outcome,
             }
         }
+        if s.status != "failed" || applied == StatusApplied::Kept {
+            return Outcome::Done;
+        }
         // Also when stale: a redelivery finds the part still failed if the run that applied the
         // status stopped before sending it again.
-        let mut resending = false;
-        if s.status == "failed"
-            && applied != StatusApplied::Kept
-            && let Some(code) = s.error_code
-        {
-            match self
+        let resending = match s.error_code {
+            Some(code) => match self
                 .failed_after_acceptance(
                     job,
                     &s.wamid,
@@ -160,16 +159,15 @@ impl Handler for StatusStage {
                 )
                 .await
             {
-                Ok(queued) => resending = queued,
+                Ok(queued) => queued,
                 Err(outcome) => return outcome,
-            }
-        }
+            },
+            None => false,
+        };
         // An agent's message that stays failed: dashboards hear of it once (also when stale: the
         // run that applied the status may have stopped before Redis took the event). One sent
         // again is the sender's to announce if that send fails for good.
-        if s.status == "failed"
-            && applied != StatusApplied::Kept
-            && !resending
+        if !resending
             && let Err(outcome) =
                 announce_failures(&self.pg, &self.redis, &self.keys, &[], Some(&s.wamid)).await
         {

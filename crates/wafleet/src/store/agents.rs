@@ -93,11 +93,11 @@ pub struct Line {
 /// the send), `erased` (the customer was erased), `number_moved` (their number passed to someone
 /// else), else `failed`.
 pub fn failure_reason(code: Option<i32>, fail_reason: Option<&str>) -> &'static str {
-    use crate::stages::sender::{CUSTOMER_ERASED, EARLIER_PART_FAILED, WINDOW_CLOSED};
+    use crate::stages::sender::{CUSTOMER_ERASED, EARLIER_PART_FAILED, GAVE_UP, WINDOW_CLOSED};
     let why = fail_reason.unwrap_or_default();
     if why.starts_with(super::replies::UNANSWERED) {
         "unanswered"
-    } else if why.starts_with("gave up") {
+    } else if why.starts_with(GAVE_UP) {
         "gave_up"
     } else if why.starts_with(EARLIER_PART_FAILED) {
         "earlier_part"

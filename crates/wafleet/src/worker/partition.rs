@@ -428,18 +428,12 @@ impl<H: Handler> Partition<H> {
             .as_deref()
             .map(|id| format!("{id}@"));
         for c in consumers.consumers {
-            if c.name == self.consumer {
-                continue;
-            }
-            if incarnation
+            let earlier_incarnation = incarnation
                 .as_deref()
-                .is_some_and(|prefix| c.name.starts_with(prefix))
-            {
-                self.forget(&c.name).await?;
-                continue;
-            }
+                .is_some_and(|prefix| c.name.starts_with(prefix));
             let idle = Duration::from_millis(c.idle as u64);
-            if c.pending == 0 && idle > self.rt.settings.lease_ttl {
+            let long_gone = c.pending == 0 && idle > self.rt.settings.lease_ttl;
+            if c.name != self.consumer && (earlier_incarnation || long_gone) {
                 self.forget(&c.name).await?;
             }
         }

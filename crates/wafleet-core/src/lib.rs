@@ -10,6 +10,8 @@
 //! - [`envelope`]: the jobs that travel on the Redis Streams between ingest and the workers.
 //! - [`pii`]: redaction of personal data into typed placeholders.
 //! - [`format`](mod@format): Markdown → WhatsApp formatting and splitting replies into ≤ 4096-char parts.
+//! - [`outgoing`]: what an agent sends besides text (a file, reply buttons, a list): Meta's
+//!   limits checked, the Graph API's message object, the transcript's line.
 //! - [`handover`]: accent- and case-insensitive whole-word detection of "I want a human" (es/en/pt).
 //! - [`phone`]: the notations of one phone number (Mexico's and Brazil's rewritten mobiles).
 //! - [`hours`]: business hours as a weekly schedule (`mon-fri 09:00-18:00; sat 10:00-14:00`).
@@ -23,6 +25,7 @@ pub mod graph_error;
 pub mod handover;
 pub mod hours;
 pub mod llm_error;
+pub mod outgoing;
 pub mod phone;
 pub mod pii;
 pub mod retry;

@@ -5,8 +5,13 @@
 //!    code 100 subcode 33).
 //! 2. The body: JSON, `messaging_product: whatsapp`, a recipient (`to` or `recipient`), and for
 //!    `type: text` a non-empty `text.body` of at most 4096 characters → 400, code 100 / 131008.
+//!    A file (`image`, `document`, `audio`, `video`, `sticker`) needs its object with `id` or
+//!    `link`; `interactive` a `button` or `list` object with `body.text` (see `check_object`);
+//!    any other `type` → 400, code 100. Recorded with the object (`SentMessage::message`).
 //!    A body with `"status": "read"` is mark-read (with `typing_indicator`, typing): recorded,
 //!    answered `{"success": true}`, never rate-limited or faulted.
+//!    A template send must fit the template it names, when the simulator lists it
+//!    ([`crate::templates::check_send`]) → 400, code 132000 / 132012.
 //! 3. Queued [`Fault`]s: the first matching fault with sends left takes this send.
 //! 4. Throughput per number (`mps`, burst `number_burst`) → 400, code 130429.
 //! 5. Pair rate per recipient (`pair_burst`, then one per `pair_period`) → 400, code 131056.
@@ -128,6 +133,10 @@ pub struct SentMessage {
     /// The `template` object of a template send.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<Value>,
+    /// The object of a file or interactive send, as sent: `image`'s `{"link", "caption"}`,
+    /// `interactive`'s `{"type": "button", "body", "action"}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<Value>,
     pub preview_url: bool,
     pub context_message_id: Option<String>,
     pub callback_data: Option<String>,
@@ -362,9 +371,77 @@ struct Send {
     kind: String,
     body: String,
     template: Option<Value>,
+    message: Option<Value>,
     preview_url: bool,
     context_message_id: Option<String>,
     callback_data: Option<String>,
+}
+
+/// The media types Meta sends (not in our reference; from Meta's public "Media messages" page).
+const MEDIA_TYPES: [&str; 5] = ["image", "document", "audio", "video", "sticker"];
+
+/// A file's or an interactive message's object, checked the way Meta refuses the shapes that
+/// are cheap to tell: a file needs `id` or `link` (not both), a caption only where Meta shows
+/// one; an interactive message is `button` (1–3 reply buttons) or `list` (a `button` and
+/// sections with rows) with a `body.text`. Not in our reference; Meta's public pages answer
+/// these with code 100 (invalid parameter) or 131008 (a required parameter missing).
+fn check_object(kind: &str, object: &Value) -> Result<(), Refusal> {
+    let missing = |what: &str| {
+        Refusal::new(
+            400,
+            131008,
+            Some(&format!("(#131008) Required parameter is missing: {what}")),
+        )
+    };
+    let invalid =
+        |what: &str| Refusal::new(400, 100, Some(&format!("(#100) Invalid parameter: {what}")));
+    if !object.is_object() {
+        return Err(missing(kind));
+    }
+    if MEDIA_TYPES.contains(&kind) {
+        let has = |field: &str| object[field].as_str().is_some_and(|v| !v.is_empty());
+        return match (has("id"), has("link")) {
+            (false, false) => Err(missing(&format!("{kind}.id or {kind}.link"))),
+            (true, true) => Err(invalid(&format!("{kind}: id and link together"))),
+            _ if object.get("caption").is_some() && matches!(kind, "audio" | "sticker") => {
+                Err(invalid(&format!("{kind}.caption")))
+            }
+            _ if object.get("filename").is_some() && kind != "document" => {
+                Err(invalid(&format!("{kind}.filename")))
+            }
+            _ => Ok(()),
+        };
+    }
+    // interactive
+    if object["body"]["text"].as_str().is_none_or(str::is_empty) {
+        return Err(missing("interactive.body.text"));
+    }
+    let action = &object["action"];
+    match object["type"].as_str() {
+        Some("button") => {
+            let buttons = action["buttons"].as_array().map_or(0, Vec::len);
+            if !(1..=3).contains(&buttons) {
+                return Err(invalid("interactive.action.buttons"));
+            }
+            Ok(())
+        }
+        Some("list") => {
+            if action["button"].as_str().is_none_or(str::is_empty) {
+                return Err(missing("interactive.action.button"));
+            }
+            let rows: usize = action["sections"].as_array().map_or(0, |s| {
+                s.iter()
+                    .map(|s| s["rows"].as_array().map_or(0, Vec::len))
+                    .sum()
+            });
+            if !(1..=10).contains(&rows) {
+                return Err(invalid("interactive.action.sections"));
+            }
+            Ok(())
+        }
+        Some(_) => Err(invalid("interactive.type")),
+        None => Err(missing("interactive.type")),
+    }
 }
 
 impl Send {
@@ -416,6 +493,19 @@ impl Send {
         } else {
             (String::new(), false)
         };
+        let message = if MEDIA_TYPES.contains(&kind.as_str()) || kind == "interactive" {
+            let object = &request[kind.as_str()];
+            check_object(&kind, object)?;
+            Some(object.clone())
+        } else if !matches!(kind.as_str(), "text" | "template") {
+            return Err(Refusal::new(
+                400,
+                100,
+                Some("(#100) Invalid parameter: type"),
+            ));
+        } else {
+            None
+        };
         let template = if kind == "template" {
             let t = &request["template"];
             for (value, name) in [
@@ -432,6 +522,9 @@ impl Send {
                     ));
                 }
             }
+            if let Err((code, message)) = crate::templates::check_send(t) {
+                return Err(Refusal::new(400, code, Some(message)));
+            }
             Some(t.clone())
         } else {
             None
@@ -442,6 +535,7 @@ impl Send {
             kind,
             body,
             template,
+            message,
             preview_url,
             context_message_id: request["context"]["message_id"].as_str().map(str::to_owned),
             callback_data: request["biz_opaque_callback_data"]
@@ -458,6 +552,7 @@ impl Send {
             kind: self.kind,
             body: self.body,
             template: self.template,
+            message: self.message,
             preview_url: self.preview_url,
             context_message_id: self.context_message_id,
             callback_data: self.callback_data,

@@ -316,6 +316,70 @@ async fn text_longer_than_4096_characters_gets_code_100() {
 }
 
 #[tokio::test]
+async fn files_and_interactive_messages_are_recorded_with_their_object_and_bad_shapes_refused() {
+    let sim = Sim::start(config()).await;
+    let path = format!("/v23.0/{PNID}/messages");
+    let send = |kind: &str, object: Value| {
+        json!({"messaging_product": "whatsapp", "recipient_type": "individual",
+               "to": "+573001234567", "type": kind, kind: object})
+    };
+    let image = json!({"link": "https://cdn.example.com/a.jpg", "caption": "Tu pedido"});
+    let (status, _) = sim
+        .post(&path, Some(TOKEN), &send("image", image.clone()))
+        .await;
+    assert_eq!(status, 200);
+    let buttons = json!({"type": "button", "body": {"text": "¿Confirmas?"},
+                         "action": {"buttons": [{"type": "reply", "reply": {"id": "si", "title": "Sí"}}]}});
+    let (status, _) = sim
+        .post(&path, Some(TOKEN), &send("interactive", buttons.clone()))
+        .await;
+    assert_eq!(status, 200);
+    let sent = sim.state.messages();
+    assert_eq!(
+        sent.iter()
+            .map(|m| (m.kind.as_str(), m.message.clone()))
+            .collect::<Vec<_>>(),
+        [("image", Some(image)), ("interactive", Some(buttons))]
+    );
+
+    for (kind, object, code) in [
+        ("location", json!({"latitude": 1}), 100),
+        ("image", json!({}), 131008),
+        (
+            "image",
+            json!({"id": "1", "link": "https://x.example/a"}),
+            100,
+        ),
+        ("audio", json!({"id": "1", "caption": "hola"}), 100),
+        (
+            "interactive",
+            json!({"type": "button", "body": {"text": "x"}, "action": {"buttons": []}}),
+            100,
+        ),
+        (
+            "interactive",
+            json!({"type": "carousel", "body": {"text": "x"}}),
+            100,
+        ),
+        (
+            "interactive",
+            json!({"type": "list", "action": {"button": "Ver"}}),
+            131008,
+        ),
+    ] {
+        let (status, body) = sim
+            .post(&path, Some(TOKEN), &send(kind, object.clone()))
+            .await;
+        assert_eq!((status, code_of(&body)), (400, code), "{kind} {object}");
+    }
+    assert_eq!(
+        sim.state.messages().len(),
+        2,
+        "a refused send is not recorded"
+    );
+}
+
+#[tokio::test]
 async fn mark_read_and_typing_answer_success_and_are_recorded() {
     let sim = Sim::start(config()).await;
     let path = format!("/v23.0/{PNID}/messages");

@@ -8,6 +8,8 @@
 //! - [`signature`]: `X-Hub-Signature-256` verification over the raw body, constant time.
 //! - [`webhook`]: parsing Meta's webhook envelope into one [`envelope::Update`] per update.
 //! - [`envelope`]: the jobs that travel on the Redis Streams between ingest and the workers.
+//! - [`account`]: what Meta says of a business's numbers, account and templates (quality,
+//!   restrictions, template statuses), read tolerantly from the events stream's changes.
 //! - [`pii`]: redaction of personal data into typed placeholders.
 //! - [`format`](mod@format): Markdown → WhatsApp formatting and splitting replies into ≤ 4096-char parts.
 //! - [`outgoing`]: what an agent sends besides text (a file, reply buttons, a list): Meta's
@@ -19,6 +21,7 @@
 //! - [`graph_error`]: Graph API errors parsed and classified on `error.code` (throttle, transient, …).
 //! - [`llm_error`]: LLM provider failures classified (rate limit, overload, quota, auth, …).
 
+pub mod account;
 pub mod envelope;
 pub mod format;
 pub mod graph_error;

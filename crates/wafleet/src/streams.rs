@@ -10,7 +10,7 @@
 //! | `P:{pn}:inbound` | stream | inbound customer messages of partition n, and the business app's echoes to those customers (coexistence) |
 //! | `P:{pn}:status` | stream | delivery statuses of our outbound messages, partition n |
 //! | `P:{pn}:seen:<digest>` | string, TTL | dedup mark of an inbound message or status ([`Keys::seen_beside`]: a digest of the dedup key) |
-//! | `P:{events}:stream` | stream | `value.errors[]` items and changes of other fields (templates, account…) |
+//! | `P:{events}:stream` | stream | `value.errors[]` items and changes of other fields (templates, account…); read by the account stage, which keeps its entries (the retention trims them) |
 //! | `P:{events}:seen:<digest>` | string, TTL 10 min | dedup mark of an error or event (named by its content: [`Update::dedup_window`]) |
 //! | `P:{quarantine}:stream` | stream | updates for unknown or disabled numbers, or senders outside a channel's allowlist: kept for inspection, not processed |
 //! | `P:{quarantine}:seen:<digest>` | string, TTL | dedup mark of a quarantined update |
@@ -40,7 +40,7 @@
 //! | `v` | all | envelope version (`1`) |
 //! | `kind` | all | `message`, `echo`, `status`, `error`, `event` (dead letters: `dead`) |
 //! | `channel` | all | `phone_number_id`, or `-` for events and dead letters |
-//! | `conv` | inbound, status | the conversation key |
+//! | `conv` | inbound, status, events | the conversation key (events: `waba:<id>` or `<pnid>:-`, what orders them for the account stage) |
 //! | `update` | all but dead | the [`Update`] as JSON: parsed essentials plus the item's raw JSON |
 //! | `reason` | quarantine, dead | why the entry is there |
 //! | `signer` | quarantine | fingerprint of the app secret that signed the POST ([`wafleet_core::signature::AppSecret::fingerprint`]), checked again on replay |
@@ -243,7 +243,9 @@ impl Append {
                 };
                 (stream, Some(conv))
             }
-            Update::Error(_) | Update::Event(_) => (keys.events(), None),
+            // Named by their number (`pnid:-`) or business account (`waba:<id>`), so the
+            // account stage takes one account's changes in the order Meta sent them.
+            Update::Error(_) | Update::Event(_) => (keys.events(), Some(update.conversation_key())),
         };
         let mut fields = base_fields(update, received_at_ms);
         if let Some(conv) = conv {

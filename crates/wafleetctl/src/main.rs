@@ -699,6 +699,14 @@ async fn run() -> anyhow::Result<()> {
             for (name, value) in shown {
                 println!("{name}: {value}");
             }
+            // What Meta last said of the number and its business account (the account stage).
+            if let Some(state) =
+                wafleet::store::account_state::state_of(&pool, &phone_number_id).await?
+            {
+                for (name, value) in state.describe(chrono::Utc::now()) {
+                    println!("{name}: {value}");
+                }
+            }
         }
     }
     Ok(())

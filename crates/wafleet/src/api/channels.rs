@@ -110,10 +110,11 @@ async fn list(
 /// A channel with its settings and models, as `GET` and `PUT` answer it.
 async fn view(state: &AppState, pnid: &str) -> Result<Value, ApiError> {
     let numbers = [pnid.to_string()];
-    let (summary, settings, models) = tokio::try_join!(
+    let (summary, settings, models, meta_status) = tokio::try_join!(
         channels::summaries(&state.pg, &numbers),
         crate::store::settings::show(&state.pg, pnid),
         channels::models(&state.pg, pnid),
+        crate::store::account_state::state_of(&state.pg, pnid),
     )
     .map_err(pg_down)?;
     let (Some(summary), Some(settings)) = (summary.into_iter().next(), settings) else {
@@ -126,6 +127,8 @@ async fn view(state: &AppState, pnid: &str) -> Result<Value, ApiError> {
         .collect::<serde_json::Map<_, _>>()
         .into();
     v["models"] = serde_json::to_value(models).expect("models serialise");
+    // What Meta last said of the number and its business account (the account stage).
+    v["meta_status"] = meta_status.map_or(Value::Null, |m| m.to_json(chrono::Utc::now()));
     Ok(v)
 }
 

@@ -3,7 +3,10 @@
 //! - [`conversation`]: inbound messages → redacted, stored, on a known conversation; handover;
 //!   reply jobs for the LLM stage.
 //! - [`status`]: delivery statuses → outbound delivery state, forward only.
+//! - [`account`]: Meta's changes of numbers, accounts and templates on the events stream →
+//!   recorded on the channels, metrics, alerts and dashboard events.
 
+pub mod account;
 pub mod channel_settings;
 pub mod conversation;
 pub mod llm;
@@ -155,7 +158,7 @@ pub async fn publish_handover_once(
 
 /// Appends the JSON `event` to the dashboard stream and publishes it, once however often this is
 /// called with the same `once` ([`PUBLISH_ONCE_SCRIPT`]). Answers whether it was appended now.
-async fn publish_event_once(
+pub(crate) async fn publish_event_once(
     con: &mut impl redis::aio::ConnectionLike,
     keys: &Keys,
     event: &str,

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wafleet_core::pii::Redactor;
 
+use super::account::{self, AccountStage};
 use super::channel_settings::ChannelCache;
 use super::conversation::{self, ConversationStage};
 use super::status::{self, StatusStage};
@@ -31,7 +32,7 @@ use crate::worker::{self, StageRuntime, WorkerSettings};
 use crate::{db, telemetry};
 
 /// The stages a worker process can run (`WAFLEET_STAGES`).
-pub const ALL_STAGES: &[&str] = &["conversation", "status", "llm", "sender"];
+pub const ALL_STAGES: &[&str] = &["conversation", "status", "llm", "sender", "account"];
 
 #[derive(Debug, Clone)]
 pub struct WorkerProcessSettings {
@@ -349,6 +350,9 @@ pub async fn run(
         settings.graph.version.clone(),
         settings.graph.timeout,
     );
+    // Templates' wordings, shared by the sender and the account stage, which drops a template's
+    // when Meta changes its status.
+    let wordings = super::wording::Wordings::default();
     for name in &settings.stages {
         let rt = settings.runtime_for(name);
         match name.as_str() {
@@ -444,11 +448,28 @@ pub async fn run(
                     limiter: RateLimiter::new(common.redis_prefix.clone()),
                     policy: Arc::new(settings.send.clone()),
                     redactor: redactor.clone(),
-                    wordings: Default::default(),
+                    wordings: wordings.clone(),
                 };
                 stages.push(sender::STAGE);
                 tasks.spawn(worker::run_stage(runtime(
                     sender::STAGE,
+                    &keys,
+                    (&redis, &shared),
+                    handler,
+                    &rt,
+                    &stop,
+                )));
+            }
+            "account" => {
+                let handler = AccountStage {
+                    pg: pg.clone(),
+                    redis: shared.clone(),
+                    keys: keys.clone(),
+                    wordings: wordings.clone(),
+                };
+                stages.push(account::STAGE);
+                tasks.spawn(worker::run_stage(runtime(
+                    account::STAGE,
                     &keys,
                     (&redis, &shared),
                     handler,
@@ -483,6 +504,11 @@ pub async fn run(
             stop.clone(),
         ))
     });
+    let account_gauges = settings
+        .stages
+        .iter()
+        .any(|s| s == account::STAGE.name)
+        .then(|| tokio::spawn(account::sample_gauges(pg.clone(), stop.clone())));
     let expiry = settings
         .stages
         .iter()
@@ -518,6 +544,9 @@ pub async fn run(
     }
     if let Some(expiry) = expiry {
         let _ = expiry.await;
+    }
+    if let Some(gauges) = account_gauges {
+        let _ = gauges.await;
     }
     let _ = http.await;
     result

@@ -137,6 +137,14 @@ impl Wordings {
         Ok(text.and_then(|t| render(&t, &params)))
     }
 
+    /// Drops the wording kept for a template of business account `waba_id` (the account stage
+    /// calls it when Meta changes the template's status), so its next send reads it from Meta
+    /// again. Only this process's cache: another worker keeps its copy for up to [`TTL`].
+    pub fn forget(&self, waba_id: &str, name: &str, language: &str) {
+        self.lock()
+            .remove(&(waba_id.to_string(), name.to_string(), language.to_string()));
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
         self.cached.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -1,6 +1,7 @@
 //! Postgres tables. Each submodule owns one table (or a few that move together) and is the only
 //! code that writes SQL for it.
 
+pub mod account_state;
 pub mod agents;
 pub mod api_tokens;
 pub mod channels;

@@ -272,7 +272,7 @@ pub async fn run_stage<H: Handler>(rt: StageRuntime<H>) -> anyhow::Result<()> {
     // whose work has drained: at least once a second, so scaling out takes effect in seconds,
     // not in thirds of a 45-second lease (given-back partitions sit idle until released).
     let tick = (ttl / 3).min(REBALANCE_TICK).max(Duration::from_millis(50));
-    let partitions = rt.keys.partitions();
+    let partitions = rt.stage.partitions(&rt.keys);
     let workers_key = rt.keys.workers(stage);
     let mut owned: HashMap<u32, Owned> = HashMap::new();
     // Redis being away at start delays the stage (as it would its first round); only another

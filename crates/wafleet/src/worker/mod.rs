@@ -32,6 +32,7 @@
 //! | `P:{pn}:lease:<stage>` | string, PX | consumer name of the process owning partition n for the stage (`<WAFLEET_WORKER_ID>@<incarnation>` when the id is set) |
 //! | `P:{pn}:delayed:<stage>` | zset | parked conversations, scored by due time (Unix ms) |
 //! | `P:{pn}:held:<stage>:<conv>` | list | a parked conversation's jobs, oldest first |
+//! | `P:{events}:delayed:<stage>`, `P:{events}:held:<stage>:<conv>` | zset, list | the same for a stage of the events stream ([`Source::Events`], one partition, `n` = 0 in its lease) |
 //! | `P:{workers}:<stage>` | zset | live processes of the stage, scored by last heartbeat |
 //! | `P:{dead}:<stage>` | stream | jobs given up on, with `reason`, `deliveries`, `attempts` |
 
@@ -62,13 +63,17 @@ pub struct Stage {
     pub source: Source,
 }
 
-/// The families of partition streams.
+/// The families of partition streams, and the events stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     Inbound,
     Status,
     Replies,
     Outbox,
+    /// `P:{events}:stream`, one stream (ingest does not partition it): read as the stage's only
+    /// partition, its entries kept once done, for inspection until the retention trims them
+    /// ([`retention`]).
+    Events,
 }
 
 impl Stage {
@@ -78,6 +83,39 @@ impl Stage {
             Source::Status => keys.status(partition),
             Source::Replies => keys.replies(partition),
             Source::Outbox => keys.outbox(partition),
+            Source::Events => keys.events(),
+        }
+    }
+
+    /// How many partitions the stage reads: one stream per partition, or the events stream
+    /// alone.
+    pub fn partitions(&self, keys: &Keys) -> u32 {
+        match self.source {
+            Source::Events => 1,
+            _ => keys.partitions(),
+        }
+    }
+
+    /// Whether a finished entry stays on its stream (acknowledged, not deleted): the events
+    /// stream is kept for inspection, every other stream holds only work to do.
+    pub fn keeps_entries(&self) -> bool {
+        self.source == Source::Events
+    }
+
+    /// The parked conversations of a partition ([`Keys::delayed`]); on the events stream's hash
+    /// tag for its stage, so each script still touches one Redis Cluster slot.
+    pub fn delayed(&self, keys: &Keys, partition: u32) -> String {
+        match self.source {
+            Source::Events => format!("{}:{{events}}:delayed:{}", keys.prefix(), self.name),
+            _ => keys.delayed(self.name, partition),
+        }
+    }
+
+    /// A parked conversation's jobs ([`Keys::held`]), on the same hash tag as [`Self::delayed`].
+    pub fn held(&self, keys: &Keys, partition: u32, conv: &str) -> String {
+        match self.source {
+            Source::Events => format!("{}:{{events}}:held:{}:{conv}", keys.prefix(), self.name),
+            _ => keys.held(self.name, partition, conv),
         }
     }
 }

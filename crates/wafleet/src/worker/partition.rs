@@ -19,25 +19,28 @@ use tokio_util::task::TaskTracker;
 use super::{Handler, Job, Outcome, StageRuntime};
 
 /// Puts a retried job at the head of its conversation's held list, schedules the conversation,
-/// and removes the entry from the stream, atomically.
-/// KEYS: held, delayed, stream. ARGV: payload, due ms, conv, group, entry id (may be empty).
+/// and removes the entry from the stream (only acknowledges it where the stage keeps entries),
+/// atomically.
+/// KEYS: held, delayed, stream. ARGV: payload, due ms, conv, group, entry id (may be empty),
+/// `1` to delete the entry.
 const PARK_HEAD: &str = r"
 redis.call('LPUSH', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 if ARGV[5] ~= '' then
   redis.call('XACK', KEYS[3], ARGV[4], ARGV[5])
-  redis.call('XDEL', KEYS[3], ARGV[5])
+  if ARGV[6] == '1' then redis.call('XDEL', KEYS[3], ARGV[5]) end
 end
 return 1
 ";
 
-/// Appends a job behind its parked conversation's held list and removes it from the stream.
-/// KEYS: held, delayed, stream. ARGV: payload, now ms, conv, group, entry id.
+/// Appends a job behind its parked conversation's held list and removes it from the stream (as
+/// [`PARK_HEAD`]).
+/// KEYS: held, delayed, stream. ARGV: payload, now ms, conv, group, entry id, `1` to delete it.
 const PARK_BEHIND: &str = r"
 redis.call('RPUSH', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[2], 'NX', ARGV[2], ARGV[3])
 redis.call('XACK', KEYS[3], ARGV[4], ARGV[5])
-redis.call('XDEL', KEYS[3], ARGV[5])
+if ARGV[6] == '1' then redis.call('XDEL', KEYS[3], ARGV[5]) end
 return 1
 ";
 
@@ -196,11 +199,20 @@ impl<H: Handler> Partition<H> {
     }
 
     fn delayed_key(&self) -> String {
-        self.rt.keys.delayed(self.group(), self.partition)
+        self.rt.stage.delayed(&self.rt.keys, self.partition)
     }
 
     fn held_key(&self, conv: &str) -> String {
-        self.rt.keys.held(self.group(), self.partition, conv)
+        self.rt.stage.held(&self.rt.keys, self.partition, conv)
+    }
+
+    /// `1` when a finished entry is deleted from the stream, `0` when the stage keeps it.
+    fn deletes(&self) -> &'static str {
+        if self.rt.stage.keeps_entries() {
+            "0"
+        } else {
+            "1"
+        }
     }
 
     /// Jittered exponential pause for the `n`th consecutive failure.
@@ -863,6 +875,7 @@ impl<H: Handler> Partition<H> {
                 .arg(&job.conv)
                 .arg(self.group())
                 .arg(&job.id)
+                .arg(self.deletes())
                 .invoke_async(&mut con)
                 .await?;
             Ok(())
@@ -875,11 +888,13 @@ impl<H: Handler> Partition<H> {
         self.persist("acknowledging a job", || async {
             let mut con = self.con().await?;
             // One transaction: a connection cut between the two would leave a finished entry
-            // on the stream for good, counted as unread where Redis cannot tell the lag.
+            // on the stream for good, counted as unread where Redis cannot tell the lag. A
+            // stage that keeps its stream's entries only acknowledges them.
             let mut pipe = redis::pipe();
-            pipe.atomic()
-                .xack(&self.stream, self.group(), &[&job.id])
-                .xdel(&self.stream, &[&job.id]);
+            pipe.atomic().xack(&self.stream, self.group(), &[&job.id]);
+            if !self.rt.stage.keeps_entries() {
+                pipe.xdel(&self.stream, &[&job.id]);
+            }
             let _: () = pipe.query_async(&mut con).await?;
             Ok(())
         })

@@ -62,7 +62,7 @@ pub async fn sample(redis: &deadpool_redis::Pool, keys: &Keys, stage: Stage) -> 
     let now = chrono::Utc::now().timestamp_millis();
     let mut backlog = 0u64;
     let mut delayed_total = 0u64;
-    for p in 0..keys.partitions() {
+    for p in 0..stage.partitions(keys) {
         let stream = stage.stream(keys, p);
         let StreamFigures {
             len,
@@ -70,7 +70,7 @@ pub async fn sample(redis: &deadpool_redis::Pool, keys: &Keys, stage: Stage) -> 
             lag,
             oldest,
         } = stream_figures(&mut con, &stream, stage.name).await?;
-        let delayed: u64 = con.zcard(keys.delayed(stage.name, p)).await?;
+        let delayed: u64 = con.zcard(stage.delayed(keys, p)).await?;
         delayed_total += delayed;
         backlog += lag + pending;
         let labels = [("stage", stage.name.to_string()), ("stream", stream)];

@@ -2377,3 +2377,408 @@ async fn an_agents_message_meta_fails_once_and_takes_on_a_resend_is_not_announce
         "the customer got it"
     );
 }
+
+impl Api {
+    /// An agent's message of any shape (`text`, `media`, `buttons`, `list`…).
+    async fn send(&self, id: i64, token: &str, key: &str, body: Value) -> (StatusCode, Value) {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/api/v1/conversations/{id}/messages"),
+            Some(token),
+            Some(key),
+            Some(body),
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn an_agents_file_buttons_and_list_reach_meta_as_exactly_their_objects_once() {
+    let s = system().await;
+    let id = s.taken(SHOP, "573140", "wamid.RC1").await;
+    let image = json!({"type": "image", "link": "https://cdn.example.com/pedido-4412.jpg",
+                       "caption": "Tu pedido, listo"});
+    let (status, first) = s
+        .api
+        .send(
+            id,
+            &s.shop,
+            "img-1",
+            json!({"media": image, "agent": "Lucía"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    let document = json!({"type": "document", "id": "1037543291543636",
+                          "filename": "factura-4412.pdf"});
+    let (status, body) = s
+        .api
+        .send(id, &s.shop, "doc-1", json!({"media": document}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let (status, body) = s
+        .api
+        .send(
+            id,
+            &s.shop,
+            "btn-1",
+            json!({"text": "¿Confirmas el pedido?", "footer": "Tienda Lavanda",
+                   "buttons": [{"id": "confirmar", "title": "Sí, confirmar"},
+                               {"id": "cancelar", "title": "No"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let (status, body) = s
+        .api
+        .send(
+            id,
+            &s.shop,
+            "list-1",
+            json!({"text": "¿Cómo lo quieres recibir?", "header": "Envío",
+                   "list": {"button": "Ver opciones", "sections": [
+                       {"rows": [{"id": "casa", "title": "A domicilio",
+                                  "description": "Mañana antes de las 12"},
+                                 {"id": "tienda", "title": "Recojo en tienda"}]}]}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+
+    // The bot's greeting, then the agent's four, in order, each its object exactly.
+    let sent = s.sent(5).await;
+    let got: Vec<(&str, Option<&Value>, &str)> = sent[1..]
+        .iter()
+        .map(|m| (m.kind.as_str(), m.message.as_ref(), m.recipient.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "image",
+                Some(&json!({"link": "https://cdn.example.com/pedido-4412.jpg",
+                             "caption": "Tu pedido, listo"})),
+                "573140"
+            ),
+            (
+                "document",
+                Some(&json!({"id": "1037543291543636", "filename": "factura-4412.pdf"})),
+                "573140"
+            ),
+            (
+                "interactive",
+                Some(&json!({"type": "button",
+                             "body": {"text": "¿Confirmas el pedido?"},
+                             "footer": {"text": "Tienda Lavanda"},
+                             "action": {"buttons": [
+                                 {"type": "reply", "reply": {"id": "confirmar", "title": "Sí, confirmar"}},
+                                 {"type": "reply", "reply": {"id": "cancelar", "title": "No"}}]}})),
+                "573140"
+            ),
+            (
+                "interactive",
+                Some(&json!({"type": "list",
+                             "header": {"type": "text", "text": "Envío"},
+                             "body": {"text": "¿Cómo lo quieres recibir?"},
+                             "action": {"button": "Ver opciones", "sections": [{"rows": [
+                                 {"id": "casa", "title": "A domicilio",
+                                  "description": "Mañana antes de las 12"},
+                                 {"id": "tienda", "title": "Recojo en tienda"}]}]}})),
+                "573140"
+            ),
+        ]
+    );
+    assert!(
+        sent[1..]
+            .iter()
+            .all(|m| m.body.is_empty() && m.callback_data.is_some())
+    );
+
+    // A retry after a timeout records and sends nothing new; the key with another file is
+    // refused although the caption (the transcript's line) is the same.
+    let (status, retried) = s
+        .api
+        .send(
+            id,
+            &s.shop,
+            "img-1",
+            json!({"media": image, "agent": "Lucía"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{retried}");
+    assert_eq!(retried["part_ids"], first["part_ids"]);
+    let other = json!({"type": "image", "link": "https://cdn.example.com/otro.jpg",
+                       "caption": "Tu pedido, listo"});
+    let (status, body) = s
+        .api
+        .send(id, &s.shop, "img-1", json!({"media": other}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    wait_count(
+        &s.pg,
+        "SELECT count(*) FROM outbound_messages WHERE kind = 'agent' AND state = 'accepted'",
+        4,
+        30,
+    )
+    .await;
+    assert_eq!(s.sim.state.messages().len(), 5, "nothing went twice");
+
+    // The transcript shows each as a line: the file's kind and caption, the options' titles.
+    let (_, shown) = s
+        .api
+        .get(&format!("/api/v1/conversations/{id}"), &s.shop)
+        .await;
+    let agent_lines: Vec<(&str, &str)> = shown["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["side"] == "agent")
+        .map(|l| (l["text"].as_str().unwrap(), l["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        agent_lines,
+        [
+            ("[image] Tu pedido, listo", "accepted"),
+            ("[document: factura-4412.pdf]", "accepted"),
+            (
+                "¿Confirmas el pedido? [buttons: Sí, confirmar | No]",
+                "accepted"
+            ),
+            (
+                "¿Cómo lo quieres recibir? [list Ver opciones: A domicilio | Recojo en tienda]",
+                "accepted"
+            ),
+        ]
+    );
+
+    // The customer taps a button: the reply lands in this conversation, for the agent, with
+    // the option picked (its title as the text, its id kept).
+    let buttons_wamid = sent[3].wamid.clone();
+    let tap = message_body(
+        SHOP,
+        "573140",
+        json!({"from": "573140", "id": "wamid.TAP1",
+               "timestamp": chrono::Utc::now().timestamp().to_string(),
+               "context": {"from": SHOP, "id": buttons_wamid},
+               "type": "interactive",
+               "interactive": {"type": "button_reply",
+                               "button_reply": {"id": "confirmar", "title": "Sí, confirmar"}}}),
+    );
+    assert_eq!(s.ingest.post_signed(&tap, APP_SECRET).await.status(), 200);
+    let (conversation, text, reply_id): (i64, Option<String>, Option<String>) =
+        eventually("the tap is stored", Duration::from_secs(30), || async {
+            sqlx::query_as(
+                "SELECT conversation_id, text_redacted, metadata->>'reply_id' FROM messages
+                  WHERE wamid = 'wamid.TAP1'",
+            )
+            .fetch_optional(&s.pg)
+            .await
+            .unwrap()
+        })
+        .await;
+    assert_eq!(
+        (conversation, text.as_deref(), reply_id.as_deref()),
+        (id, Some("Sí, confirmar"), Some("confirmar"))
+    );
+    let (_, shown) = s
+        .api
+        .get(&format!("/api/v1/conversations/{id}"), &s.shop)
+        .await;
+    let last = shown["lines"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (&last["side"], &last["kind"], &last["text"]),
+        (
+            &json!("customer"),
+            &json!("interactive"),
+            &json!("Sí, confirmar")
+        ),
+        "{last}"
+    );
+    assert_eq!(
+        s.sim.state.messages().len(),
+        5,
+        "the bot does not answer the tap"
+    );
+}
+
+#[tokio::test]
+async fn a_file_buttons_or_list_meta_would_refuse_is_422_naming_the_field_and_nothing_is_recorded()
+{
+    let s = system().await;
+    let id = s.taken(SHOP, "573141", "wamid.RC2").await;
+    let link = "https://cdn.example.com/a.jpg";
+    let cases = [
+        (
+            json!({"media": {"type": "location", "link": link}}),
+            "media.type",
+        ),
+        (json!({"media": {"type": "image"}}), "media"),
+        (
+            json!({"media": {"type": "image", "link": "http://cdn.example.com/a.jpg"}}),
+            "media.link",
+        ),
+        (
+            json!({"media": {"type": "audio", "link": link, "caption": "escucha"}}),
+            "media.caption",
+        ),
+        (
+            json!({"media": {"type": "image", "link": link, "filename": "a.pdf"}}),
+            "media.filename",
+        ),
+        (
+            json!({"media": {"type": "image", "link": link}, "text": "hola"}),
+            "text",
+        ),
+        (json!({"text": "¿Sí?", "buttons": []}), "buttons"),
+        (
+            json!({"text": "¿Sí?", "buttons": [{"id": "a", "title": "Un título de más de veinte"}]}),
+            "buttons[0].title",
+        ),
+        (
+            json!({"text": "¿Sí?", "buttons": [{"id": "a", "title": "Sí"}, {"id": "a", "title": "No"}]}),
+            "buttons[1].id",
+        ),
+        (json!({"buttons": [{"id": "a", "title": "Sí"}]}), "text"),
+        (
+            json!({"text": "Elige", "list": {"button": "Ver", "sections": [
+                {"title": "A", "rows": (0..6).map(|i| json!({"id": format!("a{i}"), "title": "x"})).collect::<Vec<_>>()},
+                {"title": "B", "rows": (0..5).map(|i| json!({"id": format!("b{i}"), "title": "x"})).collect::<Vec<_>>()}]}}),
+            "list.sections",
+        ),
+        (
+            json!({"text": "Elige", "list": {"button": "Ver", "sections": [
+                {"rows": [{"id": "a", "title": "x", "description": "d".repeat(73)}]}]}}),
+            "list.sections[0].rows[0].description",
+        ),
+        (json!({"text": "hola", "footer": "pie"}), "footer"),
+        (
+            json!({"text": "¿Sí?", "buttons": [{"id": "a", "title": "Sí"}],
+                   "list": {"button": "Ver", "sections": []}}),
+            "one of media, buttons or list",
+        ),
+    ];
+    for (n, (body, field)) in cases.iter().enumerate() {
+        let (status, err) = s
+            .api
+            .send(id, &s.shop, &format!("bad-{n}"), body.clone())
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body} {err}");
+        let message = err["error"].as_str().unwrap();
+        assert!(message.contains(field), "{body}: {message}");
+        assert!(
+            !message.contains("escucha") && !message.contains("veinte"),
+            "{message}"
+        );
+    }
+    // A field the body does not take is still a 400, as in every body.
+    let (status, _) = s
+        .api
+        .send(
+            id,
+            &s.shop,
+            "bad-x",
+            json!({"media": {"type": "image", "link": link, "url": link}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        count(
+            &s.pg,
+            "SELECT count(*) FROM outbound_messages WHERE kind = 'agent'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(s.sim.state.messages().len(), 1, "the bot's greeting only");
+}
+
+#[tokio::test]
+async fn a_file_or_buttons_outside_the_window_or_to_the_bots_conversation_is_refused_like_text() {
+    let s = system().await;
+    let id = s.taken(SHOP, "573142", "wamid.RC3").await;
+    let image = json!({"media": {"type": "image", "link": "https://cdn.example.com/a.jpg"}});
+    let buttons = json!({"text": "¿Sí?", "buttons": [{"id": "si", "title": "Sí"}]});
+    sqlx::query(
+        "UPDATE conversations SET last_customer_message_at = now() - interval '25 hours'
+          WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&s.pg)
+    .await
+    .unwrap();
+    for (key, body) in [("late-img", &image), ("late-btn", &buttons)] {
+        let (status, err) = s.api.send(id, &s.shop, key, body.clone()).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{err}");
+        assert!(err["error"].as_str().unwrap().contains("24 hours"), "{err}");
+    }
+    sqlx::query("UPDATE conversations SET last_customer_message_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(&s.pg)
+        .await
+        .unwrap();
+    let (status, _) = s
+        .api
+        .post(&format!("/api/v1/conversations/{id}/release"), &s.shop)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    for (key, body) in [("bot-img", &image), ("bot-btn", &buttons)] {
+        let (status, err) = s.api.send(id, &s.shop, key, body.clone()).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{err}");
+        assert!(
+            err["error"].as_str().unwrap().contains("with the bot"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        count(
+            &s.pg,
+            "SELECT count(*) FROM outbound_messages WHERE kind = 'agent'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(s.sim.state.messages().len(), 1, "the bot's greeting only");
+}
+
+#[tokio::test]
+async fn dashboards_hear_when_meta_fails_an_agents_file() {
+    let s = system().await;
+    let id = s.taken(SHOP, "573143", "wamid.RC4").await;
+    let mut live = s.api.events(&s.shop, None).await;
+    // Meta could not fetch the file from the link (not in our reference's table as a send
+    // error; 131053 "Media upload error" is, for media Meta could not use).
+    s.sim
+        .state
+        .add_fault(serde_json::from_value(json!({"code": 131053, "recipient": "573143"})).unwrap());
+    let (status, body) = s
+        .api
+        .send(
+            id,
+            &s.shop,
+            "img-fail",
+            json!({"media": {"type": "image", "link": "https://cdn.example.com/roto.jpg",
+                             "caption": "Ana, tu factura"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let got = read_events(&mut live, 1).await;
+    assert_eq!(got[0].1, "message_failed", "{got:?}");
+    let event = &got[0].2;
+    assert_eq!(
+        (&event["message_kind"], &event["reference"], &event["code"]),
+        (&json!("agent"), &json!("img-fail"), &json!(131053)),
+        "{event}"
+    );
+    assert!(!event.to_string().contains("Ana"), "{event}");
+    let (_, shown) = s
+        .api
+        .get(&format!("/api/v1/conversations/{id}"), &s.shop)
+        .await;
+    let last = shown["lines"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (&last["text"], &last["state"], &last["error_code"]),
+        (
+            &json!("[image] Ana, tu factura"),
+            &json!("failed"),
+            &json!(131053)
+        ),
+        "{last}"
+    );
+}

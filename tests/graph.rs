@@ -52,6 +52,7 @@ fn text(to: Recipient<'static>) -> OutgoingText<'static> {
         callback_data: None,
         preview_url: false,
         template: None,
+        message: None,
     }
 }
 

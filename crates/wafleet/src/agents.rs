@@ -13,6 +13,10 @@
 //!   by Meta). A request carries a reference: sent again with the same one (a retry after a
 //!   timeout), it records and sends nothing new. The model never sees an agent's messages: the
 //!   history it gets leaves out what humans handled.
+//! - **Files, buttons, lists** ([`reply_content`]): the same, one part whose payload is the Graph
+//!   API's message (an image by link or media id, reply buttons, a list), checked against Meta's
+//!   limits first ([`wafleet_core::outgoing`]); the transcript shows it as a line
+//!   (`[image] caption`, `¿Confirmas? [buttons: Sí | No]`).
 //! - **Release**: the bot answers the customer's next message again. A conversation in which
 //!   nothing happened for its channel's `human_release_after_secs` (default a day) goes back to
 //!   the bot by itself ([`release_idle_loop`], in every worker), so a forgotten conversation does
@@ -53,6 +57,9 @@ pub enum AgentError {
     WindowClosed { id: i64, age: String },
     #[error("the message is empty")]
     Empty,
+    /// A file, buttons or a list Meta would refuse (a limit broken), naming the field.
+    #[error("{0}")]
+    Invalid(#[from] wafleet_core::outgoing::Invalid),
     #[error("a template needs its name and language")]
     NoTemplateName,
     /// Not echoed: it is a customer's phone.
@@ -357,6 +364,43 @@ pub async fn reply(
         parts: &parts,
         any_owner: false,
         history_text: None,
+        payload: None,
+    };
+    record_and_queue(pg, con, keys, &msg).await
+}
+
+/// An agent's message that is not plain text: a file, or a text with reply buttons or a list.
+#[derive(Debug, Clone)]
+pub struct ContentReply<'a> {
+    pub conversation_id: i64,
+    pub content: wafleet_core::outgoing::Content<'a>,
+    pub reference: &'a str,
+    pub agent: Option<&'a str>,
+}
+
+/// Records an agent's file, buttons or list and queues its send, as [`reply`] does for text (a
+/// human must own the conversation, the 24-hour window must be open, the reference makes it
+/// idempotent). Meta's limits are checked first ([`AgentError::Invalid`] names the field). One
+/// part of kind `agent`: its body is the transcript's line (`[image] caption`), its payload the
+/// Graph API's message fields the sender sends.
+pub async fn reply_content(
+    pg: &PgPool,
+    con: &mut impl ConnectionLike,
+    keys: &Keys,
+    r: &ContentReply<'_>,
+) -> Result<Queued, AgentError> {
+    r.content.check()?;
+    let parts = [r.content.rendering()];
+    let payload = r.content.graph_message();
+    let msg = AgentMessage {
+        conversation_id: r.conversation_id,
+        kind: "agent",
+        reference: r.reference,
+        agent: r.agent,
+        parts: &parts,
+        any_owner: false,
+        history_text: None,
+        payload: Some(&payload),
     };
     record_and_queue(pg, con, keys, &msg).await
 }
@@ -456,6 +500,7 @@ async fn queue_template(
         parts: &parts,
         any_owner,
         history_text: history_text.as_deref(),
+        payload: None,
     };
     record_and_queue(pg, con, keys, &msg).await
 }

@@ -1,4 +1,5 @@
-//! The WhatsApp Cloud API (Graph API) client: text sends, mark-read and the typing indicator,
+//! The WhatsApp Cloud API (Graph API) client: text sends (and templates, agents' files, buttons
+//! and lists), mark-read and the typing indicator,
 //! and the reads beside them (templates, customers' media, a business number).
 //!
 //! Owns the HTTP exchange only: building the request exactly as Meta documents it (reference B.2,
@@ -87,6 +88,20 @@ pub struct OutgoingText<'a> {
     /// ignored): `{"name", "language": {"code"}, "components"?}`. The only message Meta takes
     /// outside the 24-hour window.
     pub template: Option<&'a serde_json::Value>,
+    /// An agent's file, buttons or list to send instead of the text (`body` is then ignored):
+    /// the message's own fields, `{"type": "image", "image": {...}}` (see
+    /// [`wafleet_core::outgoing::Content::graph_message`]); check it with [`message_fields`].
+    pub message: Option<&'a serde_json::Value>,
+}
+
+/// The `type` of a recorded message and its object (`"image"` and `{"link": …}`), when it has
+/// the shape a send needs: a type of letters and underscores, and an object under that name.
+pub fn message_fields(message: &serde_json::Value) -> Option<(&str, &serde_json::Value)> {
+    let kind = message["type"]
+        .as_str()
+        .filter(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))?;
+    let object = message.get(kind).filter(|o| o.is_object())?;
+    Some((kind, object))
 }
 
 /// Who receives a message.
@@ -776,11 +791,14 @@ struct TextRequest<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     context: Option<Context<'a>>,
     #[serde(rename = "type")]
-    kind: &'static str,
+    kind: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     text: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     template: Option<&'a serde_json::Value>,
+    /// An agent's file, buttons or list: `"image": {...}`, `"interactive": {...}`.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    content: Option<std::collections::BTreeMap<&'a str, &'a serde_json::Value>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     biz_opaque_callback_data: Option<&'a str>,
 }
@@ -804,22 +822,30 @@ impl<'a> From<&OutgoingText<'a>> for TextRequest<'a> {
             }
             Recipient::UserId(id) => (None, Some(id)),
         };
+        // A template wins over a message, and a message of the wrong shape is sent as its text
+        // would be (the sender fails such a part before it gets here).
+        let content = m
+            .message
+            .filter(|_| m.template.is_none())
+            .and_then(message_fields);
         Self {
             messaging_product: "whatsapp",
             recipient_type: "individual",
             to,
             recipient,
             context: m.reply_to.map(|message_id| Context { message_id }),
-            kind: if m.template.is_some() {
-                "template"
-            } else {
-                "text"
+            kind: match (m.template, content) {
+                (Some(_), _) => "template",
+                (None, Some((kind, _))) => kind,
+                (None, None) => "text",
             },
-            text: m.template.is_none().then_some(Text {
+            text: (m.template.is_none() && content.is_none()).then_some(Text {
                 preview_url: m.preview_url,
                 body: m.body,
             }),
             template: m.template,
+            content: content
+                .map(|(kind, object)| std::collections::BTreeMap::from([(kind, object)])),
             biz_opaque_callback_data: m.callback_data,
         }
     }
@@ -856,6 +882,79 @@ mod tests {
             callback_data: None,
             preview_url: false,
             template: None,
+            message: None,
+        }
+    }
+
+    #[test]
+    fn an_agents_file_or_buttons_are_sent_as_their_type_and_object() {
+        use wafleet_core::outgoing::{Button, Content, Media};
+        let image = Media {
+            kind: "image".into(),
+            link: Some("https://cdn.example.com/a.jpg".into()),
+            id: None,
+            caption: Some("Tu pedido".into()),
+            filename: None,
+        };
+        let message = Content::Media(&image).graph_message();
+        let m = OutgoingText {
+            callback_data: Some("job-44"),
+            message: Some(&message),
+            ..text(Recipient::Phone("573001234567"))
+        };
+        assert_eq!(
+            serde_json::to_value(TextRequest::from(&m)).unwrap(),
+            json!({
+                "messaging_product": "whatsapp",
+                "recipient_type": "individual",
+                "to": "+573001234567",
+                "type": "image",
+                "image": {"link": "https://cdn.example.com/a.jpg", "caption": "Tu pedido"},
+                "biz_opaque_callback_data": "job-44"
+            })
+        );
+        let buttons = [Button {
+            id: "si".into(),
+            title: "Sí".into(),
+        }];
+        let message = Content::Buttons {
+            body: "¿Confirmas?",
+            buttons: &buttons,
+            header: None,
+            footer: None,
+        }
+        .graph_message();
+        let m = OutgoingText {
+            message: Some(&message),
+            ..text(Recipient::UserId("US.1"))
+        };
+        assert_eq!(
+            serde_json::to_value(TextRequest::from(&m)).unwrap(),
+            json!({
+                "messaging_product": "whatsapp",
+                "recipient_type": "individual",
+                "recipient": "US.1",
+                "type": "interactive",
+                "interactive": {
+                    "type": "button",
+                    "body": {"text": "¿Confirmas?"},
+                    "action": {"buttons": [{"type": "reply", "reply": {"id": "si", "title": "Sí"}}]}
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn a_recorded_message_needs_a_type_and_its_object() {
+        assert!(message_fields(&json!({"type": "image", "image": {"id": "1"}})).is_some());
+        for bad in [
+            json!({"type": "image"}),
+            json!({"type": "image", "image": "x"}),
+            json!({"type": "Image", "Image": {}}),
+            json!({"image": {}}),
+            json!("image"),
+        ] {
+            assert_eq!(message_fields(&bad), None, "{bad}");
         }
     }
 

@@ -208,11 +208,15 @@ enum ConversationCommand {
     Take { conversation_id: i64 },
     /// Send the customer a message as a human agent (the conversation must be with a human and
     /// the customer's last message less than 24 hours old). Sent as written, through the same
-    /// rate limits and at-most-once sending as the bot's replies.
+    /// rate limits and at-most-once sending as the bot's replies. Or a file (--image, --document,
+    /// --audio, --video, --sticker: an https link Meta fetches, or an uploaded media id), or the
+    /// text with reply buttons (--button, up to 3) or a list to pick from (--list-button and
+    /// --row, up to 10 rows): Meta's limits are checked before anything is recorded.
     Reply {
         conversation_id: i64,
-        /// The message; `-` reads it from standard input.
-        text: String,
+        /// The message (with --button or --row, the text above them); `-` reads it from
+        /// standard input. Not with a file: its text is --caption.
+        text: Option<String>,
         /// Makes the request safe to repeat: the same reference in the same conversation never
         /// sends twice. A fresh one when not given (printed, to retry with).
         #[arg(long)]
@@ -220,6 +224,8 @@ enum ConversationCommand {
         /// Who writes (kept with the message).
         #[arg(long)]
         agent: Option<String>,
+        #[command(flatten)]
+        content: ContentArgs,
     },
     /// Send the customer an approved template as a human agent: the one message WhatsApp takes
     /// more than 24 hours after the customer's last message. The conversation must be with a
@@ -245,6 +251,94 @@ enum ConversationCommand {
         #[arg(long)]
         bot: bool,
     },
+}
+
+/// A file, reply buttons or a list, as `conversation reply` takes them.
+#[derive(clap::Args)]
+struct ContentArgs {
+    /// An image (JPEG, PNG; Meta takes up to 5 MB): an https link or a media id.
+    #[arg(long, value_name = "URL|ID", group = "file", conflicts_with_all = ["buttons", "rows"])]
+    image: Option<String>,
+    /// A document (a PDF invoice, a catalogue; up to 100 MB): an https link or a media id.
+    #[arg(long, value_name = "URL|ID", group = "file")]
+    document: Option<String>,
+    /// A voice note or audio file (up to 16 MB): an https link or a media id.
+    #[arg(long, value_name = "URL|ID", group = "file")]
+    audio: Option<String>,
+    /// A video (MP4, 3GPP; up to 16 MB): an https link or a media id.
+    #[arg(long, value_name = "URL|ID", group = "file")]
+    video: Option<String>,
+    /// A sticker (WebP): an https link or a media id.
+    #[arg(long, value_name = "URL|ID", group = "file")]
+    sticker: Option<String>,
+    /// The file's caption (not for audio or a sticker).
+    #[arg(long, requires = "file")]
+    caption: Option<String>,
+    /// The document's name as the customer sees it (factura.pdf).
+    #[arg(long, requires = "document")]
+    filename: Option<String>,
+    /// A reply button under the text: ID:TITLE (the title at most 20 characters); up to 3.
+    #[arg(long = "button", value_name = "ID:TITLE", value_parser = id_title, conflicts_with_all = ["file", "rows"])]
+    buttons: Vec<(String, String)>,
+    /// A row of a list to pick from under the text: ID:TITLE or ID:TITLE:DESCRIPTION; up to 10.
+    #[arg(long = "row", value_name = "ID:TITLE[:DESCRIPTION]", value_parser = row, requires = "list_button", conflicts_with = "file")]
+    rows: Vec<wafleet_core::outgoing::Row>,
+    /// The label of the button that opens the list (at most 20 characters).
+    #[arg(long, value_name = "LABEL", requires = "rows")]
+    list_button: Option<String>,
+    /// A header above the text of buttons or a list (at most 60 characters).
+    #[arg(long)]
+    header: Option<String>,
+    /// A footer under the text of buttons or a list (at most 60 characters).
+    #[arg(long)]
+    footer: Option<String>,
+}
+
+impl ContentArgs {
+    /// The file, if one was given.
+    fn media(&self) -> Option<wafleet_core::outgoing::Media> {
+        let (kind, target) = [
+            ("image", &self.image),
+            ("document", &self.document),
+            ("audio", &self.audio),
+            ("video", &self.video),
+            ("sticker", &self.sticker),
+        ]
+        .into_iter()
+        .find_map(|(kind, target)| target.as_ref().map(|t| (kind, t.trim())))?;
+        let link = target.contains("://");
+        Some(wafleet_core::outgoing::Media {
+            kind: kind.into(),
+            link: link.then(|| target.to_string()),
+            id: (!link).then(|| target.to_string()),
+            caption: self.caption.clone(),
+            filename: self.filename.clone(),
+        })
+    }
+}
+
+/// `ID:TITLE` of a reply button.
+fn id_title(arg: &str) -> Result<(String, String), String> {
+    let (id, title) = arg
+        .split_once(':')
+        .ok_or("give ID:TITLE (confirmar:Sí, confirmar)")?;
+    Ok((id.to_string(), title.to_string()))
+}
+
+/// `ID:TITLE[:DESCRIPTION]` of a list's row.
+fn row(arg: &str) -> Result<wafleet_core::outgoing::Row, String> {
+    let (id, rest) = arg
+        .split_once(':')
+        .ok_or("give ID:TITLE or ID:TITLE:DESCRIPTION (casa:A domicilio:Mañana antes de las 12)")?;
+    let (title, description) = match rest.split_once(':') {
+        Some((title, description)) => (title, Some(description.to_string())),
+        None => (rest, None),
+    };
+    Ok(wafleet_core::outgoing::Row {
+        id: id.to_string(),
+        title: title.to_string(),
+        description,
+    })
 }
 
 /// An approved template, as `conversation template` and `conversation start` take it.
@@ -1189,26 +1283,96 @@ async fn conversation(pool: &wafleet::db::PgPool, cmd: ConversationCommand) -> a
             text,
             reference,
             agent,
+            content,
         } => {
-            let text = if text == "-" {
-                std::io::read_to_string(std::io::stdin()).context("reading the message")?
-            } else {
-                text
+            use wafleet_core::outgoing::{Button, Content, List, Section};
+            let text = match text {
+                Some(t) if t == "-" => {
+                    Some(std::io::read_to_string(std::io::stdin()).context("reading the message")?)
+                }
+                other => other,
+            };
+            let media = content.media();
+            let buttons: Vec<Button> = content
+                .buttons
+                .iter()
+                .map(|(id, title)| Button {
+                    id: id.clone(),
+                    title: title.clone(),
+                })
+                .collect();
+            let list = content.list_button.as_ref().map(|label| List {
+                button: label.clone(),
+                sections: vec![Section {
+                    title: None,
+                    rows: content.rows.clone(),
+                }],
+            });
+            let body = text.as_deref().unwrap_or_default();
+            let (header, footer) = (content.header.as_deref(), content.footer.as_deref());
+            let rich = match (&media, &list) {
+                (Some(m), _) => {
+                    if text.is_some() {
+                        anyhow::bail!("a file's text is its --caption");
+                    }
+                    Some(Content::Media(m))
+                }
+                (None, Some(list)) => Some(Content::List {
+                    body,
+                    list,
+                    header,
+                    footer,
+                }),
+                (None, None) if !buttons.is_empty() => Some(Content::Buttons {
+                    body,
+                    buttons: &buttons,
+                    header,
+                    footer,
+                }),
+                (None, None) => None,
+            };
+            if rich.is_none() && (header.is_some() || footer.is_some()) {
+                anyhow::bail!("--header and --footer go with --button or --row");
+            }
+            if let Some(c) = &rich {
+                // Before a reference is printed: nothing is recorded for a refused message.
+                c.check().map_err(agents::AgentError::from)?;
+            }
+            let Some(text) = text.as_deref().or(rich.as_ref().map(|_| "")) else {
+                anyhow::bail!("give the message's text, a file, --button or --row");
             };
             let reference = announce_reference(reference);
             let (keys, mut con) = redis_side().await?;
-            let queued = agents::reply(
-                pool,
-                &mut con,
-                &keys,
-                &agents::Reply {
-                    conversation_id,
-                    text: &text,
-                    reference: &reference,
-                    agent: agent.as_deref(),
-                },
-            )
-            .await?;
+            let queued = match rich {
+                Some(content) => {
+                    agents::reply_content(
+                        pool,
+                        &mut con,
+                        &keys,
+                        &agents::ContentReply {
+                            conversation_id,
+                            content,
+                            reference: &reference,
+                            agent: agent.as_deref(),
+                        },
+                    )
+                    .await?
+                }
+                None => {
+                    agents::reply(
+                        pool,
+                        &mut con,
+                        &keys,
+                        &agents::Reply {
+                            conversation_id,
+                            text,
+                            reference: &reference,
+                            agent: agent.as_deref(),
+                        },
+                    )
+                    .await?
+                }
+            };
             print_queued(&queued, &reference);
         }
         ConversationCommand::Template {

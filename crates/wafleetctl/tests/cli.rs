@@ -1543,3 +1543,127 @@ async fn a_channel_check_says_when_meta_cannot_be_reached_or_there_is_no_token_t
         .refused(1)
         .complains("no access token");
 }
+
+#[tokio::test]
+async fn an_agent_sends_a_file_and_reply_buttons_from_the_command_line() {
+    let cfg = TestConfig::new().await;
+    store_one_message(&cfg, "¿me mandas la factura?").await;
+    let pg = cfg.pg().await;
+    let (id,): (i64,) = sqlx::query_as("SELECT id FROM conversations")
+        .fetch_one(&pg)
+        .await
+        .unwrap();
+    let id = id.to_string();
+    ctl(&cfg, &["conversation", "take", &id]).await.ok();
+    let document = [
+        "conversation",
+        "reply",
+        &id,
+        "--document",
+        "https://cdn.example.com/factura-4412.pdf",
+        "--filename",
+        "factura-4412.pdf",
+        "--caption",
+        "Tu factura",
+        "--reference",
+        "doc-1",
+    ];
+    ctl_says(&cfg, &document, "queued in 1 part(s)").await;
+    ctl_says(&cfg, &document, "recorded before with this reference").await;
+    ctl_says(
+        &cfg,
+        &[
+            "conversation",
+            "reply",
+            &id,
+            "¿Confirmas el pedido?",
+            "--button",
+            "si:Sí",
+            "--button",
+            "no:No",
+            "--reference",
+            "btn-1",
+        ],
+        "queued in 1 part(s)",
+    )
+    .await;
+    ctl_says(
+        &cfg,
+        &[
+            "conversation",
+            "reply",
+            &id,
+            "¿Cómo lo quieres?",
+            "--list-button",
+            "Ver opciones",
+            "--row",
+            "casa:A domicilio:Mañana antes de las 12",
+            "--row",
+            "tienda:En tienda",
+            "--reference",
+            "list-1",
+        ],
+        "queued in 1 part(s)",
+    )
+    .await;
+    // Meta's limits, before anything is recorded: the field is named, the value is not.
+    ctl(
+        &cfg,
+        &[
+            "conversation",
+            "reply",
+            &id,
+            "¿Sí?",
+            "--button",
+            "si:Sí, confirmo el pedido de hoy",
+        ],
+    )
+    .await
+    .refused(1)
+    .complains("buttons[0].title: is 29 characters; WhatsApp takes at most 20")
+    .never_shows("confirmo");
+    ctl(
+        &cfg,
+        &[
+            "conversation",
+            "reply",
+            &id,
+            "--audio",
+            "https://cdn.example.com/a.ogg",
+            "--caption",
+            "x",
+        ],
+    )
+    .await
+    .refused(1)
+    .complains("media.caption");
+
+    let payloads: Vec<(String, serde_json::Value)> = sqlx::query_as(
+        "SELECT body, payload FROM outbound_messages WHERE kind = 'agent' ORDER BY id",
+    )
+    .fetch_all(&pg)
+    .await
+    .unwrap();
+    assert_eq!(payloads.len(), 3, "{payloads:?}");
+    assert_eq!(
+        payloads[0].1,
+        serde_json::json!({"type": "document", "document": {
+            "link": "https://cdn.example.com/factura-4412.pdf",
+            "caption": "Tu factura", "filename": "factura-4412.pdf"}})
+    );
+    assert_eq!(
+        payloads[1].1["interactive"]["action"]["buttons"][1],
+        serde_json::json!({"type": "reply", "reply": {"id": "no", "title": "No"}})
+    );
+    assert_eq!(
+        payloads[2].1["interactive"]["action"]["sections"][0]["rows"][0],
+        serde_json::json!({"id": "casa", "title": "A domicilio",
+                           "description": "Mañana antes de las 12"})
+    );
+    ctl(&cfg, &["conversation", "show", &id])
+        .await
+        .ok()
+        .says("[pending]: [document: factura-4412.pdf] Tu factura")
+        .says("[pending]: ¿Confirmas el pedido? [buttons: Sí | No]")
+        .says("[pending]: ¿Cómo lo quieres? [list Ver opciones: A domicilio | En tienda]");
+}

@@ -15,7 +15,7 @@
 //! | GET | `/api/v1/conversations/{id}?last=50` | one conversation and its transcript (redacted) |
 //! | POST | `/api/v1/conversations/{id}/take` | a human takes it from the bot |
 //! | POST | `/api/v1/conversations/{id}/release` | back to the bot |
-//! | POST | `/api/v1/conversations/{id}/messages` | `{"text", "agent"?}` written to the customer |
+//! | POST | `/api/v1/conversations/{id}/messages` | `{"text", "agent"?}` written to the customer; or a file (`media`), reply `buttons` or a `list` |
 //! | GET | `/api/v1/conversations/{id}/media/{message_id}` | the file a customer sent (photo, voice note…), from Meta |
 //! | POST | `/api/v1/conversations/{id}/templates` | `{"name", "language", "params"?, "agent"?}` |
 //! | POST | `/api/v1/channels/{pnid}/templates` | `{"to", "name", "language", "params"?, "agent"?, "answered_by"?}`: starts a conversation |
@@ -28,7 +28,8 @@
 //! after a timeout. Errors answer `{"error": "..."}`: 400 a bad request, 401 no or a bad token,
 //! 404 no such conversation (for this token), 409 the conversation is with the bot, the 24-hour
 //! window closed or the key was used for another text, 410 the customer was erased or their
-//! number passed to someone else, 503 Postgres or Redis out of reach (retry). Changing a channel
+//! number passed to someone else, 422 a file, buttons or list Meta would refuse (the field is
+//! named), 503 Postgres or Redis out of reach (retry). Changing a channel
 //! needs an admin token (403 otherwise).
 
 use std::collections::VecDeque;
@@ -273,6 +274,7 @@ impl From<AgentError> for ApiError {
             | AgentError::WindowClosed { .. }
             | AgentError::ReferenceTaken { .. } => StatusCode::CONFLICT,
             AgentError::Empty | AgentError::NoTemplateName => StatusCode::BAD_REQUEST,
+            AgentError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             // Postgres refusing the data itself (class 22: a NUL, an encoding) is the request's
             // fault: retrying it would fail the same way.
             AgentError::Db(sqlx::Error::Database(d))
@@ -452,12 +454,122 @@ async fn owner_change(
 
 /// Unknown fields are refused in every body: a misspelt `reference` must not send a retry
 /// twice, nor a misspelt `params` a template without its values.
+/// `text` alone; or `media` (a file, without `text`: its caption is `media.caption`); or
+/// `buttons` or `list` with `text` as their body and an optional `header` and `footer`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MessageBody {
-    text: String,
+    text: Option<String>,
+    media: Option<wafleet_core::outgoing::Media>,
+    buttons: Option<Vec<wafleet_core::outgoing::Button>>,
+    list: Option<wafleet_core::outgoing::List>,
+    header: Option<String>,
+    footer: Option<String>,
     reference: Option<String>,
     agent: Option<String>,
+}
+
+impl MessageBody {
+    /// Every text the body holds, for [`no_nul`].
+    fn texts(&self) -> Vec<Option<&str>> {
+        use wafleet_core::outgoing::Media;
+        let mut texts = vec![
+            self.text.as_deref(),
+            self.header.as_deref(),
+            self.footer.as_deref(),
+            self.agent.as_deref(),
+            self.reference.as_deref(),
+        ];
+        if let Some(Media {
+            kind,
+            link,
+            id,
+            caption,
+            filename,
+        }) = &self.media
+        {
+            texts.extend([
+                Some(kind.as_str()),
+                link.as_deref(),
+                id.as_deref(),
+                caption.as_deref(),
+                filename.as_deref(),
+            ]);
+        }
+        for b in self.buttons.iter().flatten() {
+            texts.extend([Some(b.id.as_str()), Some(b.title.as_str())]);
+        }
+        if let Some(list) = &self.list {
+            texts.push(Some(list.button.as_str()));
+            for section in &list.sections {
+                texts.push(section.title.as_deref());
+                for row in &section.rows {
+                    texts.extend([
+                        Some(row.id.as_str()),
+                        Some(row.title.as_str()),
+                        row.description.as_deref(),
+                    ]);
+                }
+            }
+        }
+        texts
+    }
+
+    /// The file, buttons or list the body holds, if any; 422 naming the field when the fields
+    /// do not go together.
+    fn content(&self) -> Result<Option<wafleet_core::outgoing::Content<'_>>, ApiError> {
+        use wafleet_core::outgoing::Content;
+        let unprocessable = |message: &str| {
+            Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                message.to_string(),
+            ))
+        };
+        let given = [
+            self.media.is_some(),
+            self.buttons.is_some(),
+            self.list.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() > 1 {
+            return unprocessable("a message takes one of media, buttons or list");
+        }
+        let body = self.text.as_deref().unwrap_or_default();
+        let (header, footer) = (self.header.as_deref(), self.footer.as_deref());
+        if let Some(media) = &self.media {
+            if self.text.is_some() {
+                return unprocessable("text: a file's text is its media.caption");
+            }
+            if header.is_some() || footer.is_some() {
+                return unprocessable("header, footer: only with buttons or a list");
+            }
+            return Ok(Some(Content::Media(media)));
+        }
+        if let Some(buttons) = &self.buttons {
+            return Ok(Some(Content::Buttons {
+                body,
+                buttons,
+                header,
+                footer,
+            }));
+        }
+        if let Some(list) = &self.list {
+            return Ok(Some(Content::List {
+                body,
+                list,
+                header,
+                footer,
+            }));
+        }
+        if header.is_some() || footer.is_some() {
+            return unprocessable("header, footer: only with buttons or a list");
+        }
+        if self.text.is_none() {
+            return unprocessable(
+                "text: a message needs its text, or one of media, buttons or list",
+            );
+        }
+        Ok(None)
+    }
 }
 
 #[derive(Deserialize)]
@@ -584,25 +696,45 @@ async fn message(
     b: Result<Json<MessageBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let b = body(b)?;
-    no_nul([
-        Some(b.text.as_str()),
-        b.agent.as_deref(),
-        b.reference.as_deref(),
-    ])?;
-    let reference = reference(&headers, b.reference)?;
+    no_nul(b.texts())?;
+    let reference = reference(&headers, b.reference.clone())?;
+    // Checked before the conversation is looked at: a message Meta would refuse is refused
+    // here, whoever owns the conversation.
+    let content = b.content()?;
+    if let Some(c) = &content {
+        c.check().map_err(AgentError::from)?;
+    }
     let mut con = writable(&state, &scope, id).await?;
-    let q = agents::reply(
-        &state.pg,
-        &mut con,
-        &state.keys,
-        &agents::Reply {
-            conversation_id: id,
-            text: &b.text,
-            reference: &reference,
-            agent: b.agent.as_deref(),
-        },
-    )
-    .await?;
+    let q = match content {
+        Some(content) => {
+            agents::reply_content(
+                &state.pg,
+                &mut con,
+                &state.keys,
+                &agents::ContentReply {
+                    conversation_id: id,
+                    content,
+                    reference: &reference,
+                    agent: b.agent.as_deref(),
+                },
+            )
+            .await?
+        }
+        None => {
+            agents::reply(
+                &state.pg,
+                &mut con,
+                &state.keys,
+                &agents::Reply {
+                    conversation_id: id,
+                    text: b.text.as_deref().unwrap_or_default(),
+                    reference: &reference,
+                    agent: b.agent.as_deref(),
+                },
+            )
+            .await?
+        }
+    };
     Ok(queued(id, &reference, &q))
 }
 

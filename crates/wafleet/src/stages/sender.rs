@@ -524,6 +524,16 @@ impl SenderStage {
                 .fill(&self.pg, &self.graph, &self.redactor, channel, part, t)
                 .await;
         }
+        // An agent's file, buttons or list: sent as recorded, within the window like text.
+        if let Some(message) = &part.payload
+            && crate::graph::message_fields(message).is_none()
+        {
+            let reason = "the part's message is not a Graph API message (type and object)";
+            replies::mark_failed(&self.pg, part.id, None, reason)
+                .await
+                .map_err(db("failing a part"))?;
+            return Ok(Step::StopRest(reason.into()));
+        }
         if template.is_none() && !window_open(part.last_customer_message_at, Utc::now()) {
             replies::mark_failed(&self.pg, part.id, None, WINDOW_CLOSED)
                 .await
@@ -640,6 +650,7 @@ impl SenderStage {
                 callback_data: Some(&callback),
                 preview_url: false,
                 template: template.as_ref(),
+                message: part.payload.as_ref(),
             })
             .await;
         match result {

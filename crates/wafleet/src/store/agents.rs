@@ -242,6 +242,9 @@ pub struct AgentMessage<'a> {
     /// For a template the bot answers after: what the model reads of it (redacted), kept on the
     /// part when the bot owns the conversation as it is recorded.
     pub history_text: Option<&'a str>,
+    /// A file, buttons or a list: the Graph API's message fields the sender sends instead of
+    /// the text (one part; its body is the transcript's line).
+    pub payload: Option<&'a serde_json::Value>,
 }
 
 /// What recording an agent's message did.
@@ -343,8 +346,8 @@ pub async fn record_agent_message(
         let history_text = msg.history_text.filter(|_| owner == "bot");
         let inserted = sqlx::query(
             "INSERT INTO outbound_messages (conversation_id, channel_id, session_no, part_no, kind,
-                                            body, agent_ref, agent, history_text)
-             SELECT $1, $2, $3, p.part_no, $8, p.body, $4, $5, $9
+                                            body, agent_ref, agent, history_text, payload)
+             SELECT $1, $2, $3, p.part_no, $8, p.body, $4, $5, $9, $10
                FROM unnest($6::int4[], $7::text[]) AS p(part_no, body)
              ON CONFLICT (conversation_id, agent_ref, part_no) WHERE agent_ref IS NOT NULL
              DO NOTHING",
@@ -358,6 +361,7 @@ pub async fn record_agent_message(
         .bind(msg.parts)
         .bind(msg.kind)
         .bind(history_text)
+        .bind(msg.payload)
         .execute(&mut *tx)
         .await?;
         fresh = inserted.rows_affected() > 0;
@@ -369,11 +373,21 @@ pub async fn record_agent_message(
     } else {
         recorded_before
     };
-    if rows.len() != msg.parts.len() || rows.iter().zip(msg.parts).any(|((_, b, _), p)| b != p) {
+    // The same text and, for a file, buttons or a list, the same payload (the transcript's
+    // line does not show a file's link).
+    if rows.len() != msg.parts.len()
+        || rows
+            .iter()
+            .zip(msg.parts)
+            .any(|((_, b, _, payload), p)| b != p || payload.as_ref() != msg.payload)
+    {
         return Ok(Recorded::ReferenceTaken);
     }
     tx.commit().await?;
-    let (ids, states) = rows.into_iter().map(|(id, _, state)| (id, state)).unzip();
+    let (ids, states) = rows
+        .into_iter()
+        .map(|(id, _, state, _)| (id, state))
+        .unzip();
     Ok(Recorded::Parts {
         ids,
         states,
@@ -521,13 +535,13 @@ struct Target {
     user_id: Option<String>,
 }
 
-/// The parts recorded under a message's reference, in order: id, body, state.
+/// The parts recorded under a message's reference, in order: id, body, state, payload.
 async fn recorded(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     msg: &AgentMessage<'_>,
-) -> sqlx::Result<Vec<(i64, String, String)>> {
+) -> sqlx::Result<Vec<(i64, String, String, Option<serde_json::Value>)>> {
     sqlx::query_as(
-        "SELECT id, body, state FROM outbound_messages
+        "SELECT id, body, state, payload FROM outbound_messages
           WHERE conversation_id = $1 AND agent_ref = $2 ORDER BY part_no",
     )
     .bind(msg.conversation_id)

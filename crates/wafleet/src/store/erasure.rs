@@ -205,6 +205,7 @@ async fn scrub(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<(u64, u64)>
         "UPDATE outbound_messages o
             SET body = '',
                 history_text = NULL,
+                payload = NULL,
                 wamid = CASE WHEN o.wamid IS NULL OR o.wamid LIKE 'erased:%' THEN o.wamid
                              ELSE erased_wamid(o.wamid)
                         END,
@@ -218,6 +219,7 @@ async fn scrub(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<(u64, u64)>
            FROM conversations c
           WHERE c.id = o.conversation_id AND o.conversation_id = ANY($1)
             AND (o.body <> '' OR o.state = 'pending' OR o.history_text IS NOT NULL
+                 OR o.payload IS NOT NULL
                  OR (o.wamid IS NOT NULL AND o.wamid NOT LIKE 'erased:%')
                  OR (o.agent_ref IS NOT NULL AND o.agent_ref NOT LIKE 'erased:%'))",
     )

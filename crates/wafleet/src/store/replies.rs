@@ -380,6 +380,9 @@ pub struct Part {
     pub fail_reason: Option<String>,
     /// What the model reads of it, when that is not its body (a template the bot answers after).
     pub history_text: Option<String>,
+    /// An agent's file, buttons or list: the Graph API's message fields sent instead of the body
+    /// (migration 0033).
+    pub payload: Option<serde_json::Value>,
 }
 
 impl Part {
@@ -393,7 +396,7 @@ impl Part {
 const PART: &str = "SELECT o.id, o.conversation_id, o.channel_id, o.kind, o.part_no, o.body, o.state,
         o.attempts, o.send_offset, o.sending_at, o.created_at, COALESCE(o.retries_since, o.created_at) AS retries_since,
         m.wamid AS inbound_wamid, o.reply_to, c.wa_id, c.user_id,
-        c.last_customer_message_at, o.error_code, o.fail_reason, o.history_text
+        c.last_customer_message_at, o.error_code, o.fail_reason, o.history_text, o.payload
    FROM outbound_messages o
    JOIN conversations c ON c.id = o.conversation_id
    LEFT JOIN messages m ON m.id = o.reply_to";

@@ -2782,3 +2782,52 @@ async fn dashboards_hear_when_meta_fails_an_agents_file() {
         "{last}"
     );
 }
+
+/// What Meta last said of a number and its business account, as the account stage records it
+/// (tests/account.rs), is in the channel's view: `meta_status`, nothing but nulls until then.
+#[tokio::test]
+async fn a_channel_shows_what_meta_last_said_of_its_number_and_account() {
+    use wafleet::store::account_state;
+    let p = platform().await;
+    let path = format!("/api/v1/channels/{OTHER}");
+    let (status, view) = p.api.get(&path, &p.other).await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["meta_status"]["quality_event"], Value::Null);
+    assert_eq!(view["meta_status"]["flagged"], false);
+    assert_eq!(view["meta_status"]["account_restrictions"], json!([]));
+    let id: i64 = sqlx::query_scalar("SELECT id FROM channels WHERE phone_number_id = $1")
+        .bind(OTHER)
+        .fetch_one(&p.pg)
+        .await
+        .unwrap();
+    let at = chrono::Utc::now();
+    let flagged =
+        account_state::record_quality(&p.pg, id, "1-0", Some("FLAGGED"), Some("TIER_1K"), at)
+            .await
+            .unwrap();
+    assert_eq!(flagged, account_state::Applied::New);
+    let update = wafleet_core::account::AccountUpdate {
+        event: Some("ACCOUNT_RESTRICTION".into()),
+        restrictions: vec![wafleet_core::account::Restriction {
+            restriction_type: "RESTRICTED_BIZ_INITIATED_MESSAGING".into(),
+            expiration: Some("2099-04-19T13:59:20+0000".into()),
+        }],
+        ..Default::default()
+    };
+    account_state::record_account(&p.pg, id, "2-0", &update, true, at)
+        .await
+        .unwrap();
+    let (status, view) = p.api.get(&path, &p.other).await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    let meta = &view["meta_status"];
+    assert_eq!(meta["quality_event"], "FLAGGED");
+    assert_eq!(meta["flagged"], true);
+    assert_eq!(meta["messaging_limit"], "TIER_1K");
+    assert_eq!(meta["account_event"], "ACCOUNT_RESTRICTION");
+    assert_eq!(meta["account_restricted"], true);
+    assert_eq!(meta["account_disabled"], false);
+    assert_eq!(
+        meta["account_restrictions"],
+        json!([{"type": "RESTRICTED_BIZ_INITIATED_MESSAGING", "expiration": "2099-04-19T13:59:20+0000"}])
+    );
+}

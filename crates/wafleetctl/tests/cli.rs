@@ -1667,3 +1667,39 @@ async fn an_agent_sends_a_file_and_reply_buttons_from_the_command_line() {
         .says("[pending]: ¿Confirmas el pedido? [buttons: Sí | No]")
         .says("[pending]: ¿Cómo lo quieres? [list Ver opciones: A domicilio | En tienda]");
 }
+
+/// `channel show` prints what Meta last said of the number and its business account, as the
+/// account stage records it (tests/account.rs): nothing, then the flag, tier and ban.
+#[tokio::test]
+async fn channel_show_prints_what_meta_last_said_of_the_number_and_its_account() {
+    use wafleet::store::account_state;
+    let cfg = TestConfig::new().await;
+    cfg.add_channel(PNID, |c| c.waba_id = Some("WABA1".into()))
+        .await;
+    let show = ctl(&cfg, &["channel", "show", PNID]).await.ok();
+    show.says("meta_quality: (nothing from Meta)")
+        .says("meta_account: (nothing from Meta)");
+    let pg = cfg.pg().await;
+    let id: i64 = sqlx::query_scalar("SELECT id FROM channels WHERE phone_number_id = $1")
+        .bind(PNID)
+        .fetch_one(&pg)
+        .await
+        .unwrap();
+    let at = chrono::Utc::now();
+    account_state::record_quality(&pg, id, "1-0", Some("FLAGGED"), Some("TIER_1K"), at)
+        .await
+        .unwrap();
+    let banned = wafleet_core::account::AccountUpdate {
+        event: Some("DISABLED_UPDATE".into()),
+        ban_state: Some("DISABLE".into()),
+        ..Default::default()
+    };
+    account_state::record_account(&pg, id, "2-0", &banned, false, at)
+        .await
+        .unwrap();
+    let show = ctl(&cfg, &["channel", "show", PNID]).await.ok();
+    show.says("meta_quality: FLAGGED, messaging limit TIER_1K, at ")
+        .says("(FLAGGED)")
+        .says("meta_account: DISABLED_UPDATE, ban state DISABLE, at ")
+        .says("(DISABLED)");
+}

@@ -2831,3 +2831,97 @@ async fn a_channel_shows_what_meta_last_said_of_its_number_and_account() {
         json!([{"type": "RESTRICTED_BIZ_INITIATED_MESSAGING", "expiration": "2099-04-19T13:59:20+0000"}])
     );
 }
+
+#[tokio::test]
+async fn a_console_uploads_a_file_to_meta_and_sends_it_by_its_id() {
+    let s = system().await;
+    let id = s.taken(SHOP, "573144", "wamid.RC5").await;
+    let upload = |mime: &str, bytes: Vec<u8>, token: &str, pnid: &str| {
+        s.api
+            .http
+            .post(format!(
+                "{}/api/v1/channels/{pnid}/media?filename=factura-4412.pdf",
+                s.api.url
+            ))
+            .bearer_auth(token)
+            .header("content-type", mime)
+            .body(bytes)
+            .send()
+    };
+    let pdf = b"%PDF-1.7 factura 4412".to_vec();
+    let res = upload("application/pdf", pdf.clone(), &s.shop, SHOP)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let uploaded: Value = res.json().await.unwrap();
+    assert_eq!(uploaded["type"], "document", "{uploaded}");
+    let media_id = uploaded["id"].as_str().unwrap().to_string();
+    let at_meta = s.sim.state.uploads();
+    assert_eq!(at_meta.len(), 1);
+    assert_eq!(
+        (
+            at_meta[0].phone_number_id.as_str(),
+            at_meta[0].id.as_str(),
+            at_meta[0].mime_type.as_str(),
+            at_meta[0].part_type.as_deref(),
+            at_meta[0].filename.as_deref(),
+            at_meta[0].size
+        ),
+        (
+            SHOP,
+            media_id.as_str(),
+            "application/pdf",
+            Some("application/pdf"),
+            Some("factura-4412.pdf"),
+            pdf.len()
+        )
+    );
+    let (status, body) = s
+        .api
+        .send(
+            id,
+            &s.shop,
+            "upl-1",
+            json!({"media": {"type": "document", "id": media_id, "filename": "factura-4412.pdf"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let sent = s.sent(2).await;
+    assert_eq!(
+        (sent[1].kind.as_str(), sent[1].message.as_ref()),
+        (
+            "document",
+            Some(&json!({"id": media_id, "filename": "factura-4412.pdf"}))
+        )
+    );
+
+    // A type WhatsApp does not take, a file over its bound (the API's 1 MiB here, under
+    // Meta's 5 MB for an image), another number's channel: refused, nothing reaches Meta.
+    let res = upload("text/html", b"<p>hola</p>".to_vec(), &s.shop, SHOP)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let res = upload("image/jpeg", vec![0xFF; 1024 * 1024 + 1], &s.shop, SHOP)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let res = upload("image/jpeg", vec![0xFF; 10], &s.other, SHOP)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(s.sim.state.uploads().len(), 1);
+    let metrics = s
+        .api
+        .http
+        .get(format!("{}/metrics", s.api.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (result, n) in [("uploaded", 1.0), ("unsupported", 1.0), ("too_large", 1.0)] {
+        let line = format!("wafleet_api_uploads_total{{result=\"{result}\"}}");
+        assert_eq!(metric_value(&metrics, &line), n, "{line}");
+    }
+}

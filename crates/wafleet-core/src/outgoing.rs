@@ -50,6 +50,34 @@ pub const MAX_ROW_ID: usize = 200;
 /// Longest text header or footer of an interactive message.
 pub const MAX_HEADER: usize = 60;
 
+/// What an uploaded file of MIME type `mime` is sent as, and the largest Meta takes of it:
+/// `("image", 5 MiB)` for `image/jpeg`. `None` for a type Meta does not take. Not in our
+/// reference; Meta's public "Supported media types" list (audio: AAC, AMR, MP3, MP4 audio, OGG
+/// with Opus, 16 MB; documents: text, PDF, Word, Excel, PowerPoint, 100 MB; images: JPEG, PNG,
+/// 5 MB; stickers: WebP, 500 KB animated, 100 KB static; video: MP4, 3GPP, 16 MB). Parameters
+/// (`; codecs=opus`) and case are ignored.
+pub fn upload_kind(mime: &str) -> Option<(&'static str, u64)> {
+    const MB: u64 = 1024 * 1024;
+    let mime = mime.split(';').next()?.trim().to_ascii_lowercase();
+    Some(match mime.as_str() {
+        "audio/aac" | "audio/amr" | "audio/mpeg" | "audio/mp4" | "audio/ogg" => ("audio", 16 * MB),
+        "text/plain"
+        | "application/pdf"
+        | "application/msword"
+        | "application/vnd.ms-excel"
+        | "application/vnd.ms-powerpoint"
+        | "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+        | "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+        | "application/vnd.openxmlformats-officedocument.presentationml.presentation" => {
+            ("document", 100 * MB)
+        }
+        "image/jpeg" | "image/png" => ("image", 5 * MB),
+        "image/webp" => ("sticker", 500 * 1024),
+        "video/mp4" | "video/3gpp" => ("video", 16 * MB),
+        _ => return None,
+    })
+}
+
 /// A file to send: `{"type", "link" | "id", "caption"?, "filename"?}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -724,6 +752,24 @@ mod tests {
         let mut l = list(&[1]);
         l.button = "x".repeat(21);
         assert_eq!(bad(lst(&l)), "list.button");
+    }
+
+    #[test]
+    fn an_upload_is_sent_as_its_kind_within_metas_size() {
+        assert_eq!(upload_kind("image/jpeg"), Some(("image", 5 * 1024 * 1024)));
+        assert_eq!(
+            upload_kind("Audio/OGG; codecs=opus"),
+            Some(("audio", 16 * 1024 * 1024))
+        );
+        assert_eq!(
+            upload_kind("application/pdf"),
+            Some(("document", 100 * 1024 * 1024))
+        );
+        assert_eq!(upload_kind("image/webp"), Some(("sticker", 500 * 1024)));
+        assert_eq!(upload_kind("video/3gpp").map(|k| k.0), Some("video"));
+        for refused in ["image/gif", "application/zip", "text/html", ""] {
+            assert_eq!(upload_kind(refused), None, "{refused}");
+        }
     }
 
     #[test]

@@ -27,6 +27,7 @@
 //! | `POST /_sim/llm_faults` | queue an LLM fault ([`LlmFault`]) |
 //! | `GET /_sim/messages` | every accepted send ([`SentMessage`]), oldest first |
 //! | `GET /_sim/reads` | every mark-read / typing call ([`ReadReceipt`]) |
+//! | `GET /_sim/uploads` | every media upload ([`Upload`]): type, file name, size |
 //! | `GET /_sim/webhooks` | every status webhook posted ([`WebhookDelivery`]) and how it was answered |
 //! | `GET /_sim/llm_requests` | every LLM request ([`LlmRequest`]), whole |
 //! | `GET /_sim/transcriptions` | every transcription request ([`TranscriptionRequest`]) |
@@ -58,6 +59,7 @@ pub use graph::{Fault, ReadReceipt, SentMessage, WebhookDelivery};
 pub use llm::{
     HANDOVER_MARKER, LlmFault, LlmRequest, TranscriptionRequest, reply_for, transcript_of,
 };
+pub use media::Upload;
 pub use media::media_bytes;
 pub use numbers::VERIFIED_NAME;
 
@@ -144,6 +146,7 @@ struct Inner {
     llm_faults: Mutex<Vec<LlmFault>>,
     messages: Mutex<Vec<SentMessage>>,
     reads: Mutex<Vec<ReadReceipt>>,
+    uploads: Mutex<Vec<Upload>>,
     webhooks: Mutex<Vec<WebhookDelivery>>,
     llm_requests: Mutex<Vec<LlmRequest>>,
     transcriptions: Mutex<Vec<TranscriptionRequest>>,
@@ -167,6 +170,7 @@ impl SimState {
             llm_faults: Mutex::default(),
             messages: Mutex::default(),
             reads: Mutex::default(),
+            uploads: Mutex::default(),
             webhooks: Mutex::default(),
             llm_requests: Mutex::default(),
             transcriptions: Mutex::default(),
@@ -184,6 +188,9 @@ impl SimState {
     }
     pub fn reads(&self) -> Vec<ReadReceipt> {
         lock(&self.0.reads).clone()
+    }
+    pub fn uploads(&self) -> Vec<Upload> {
+        lock(&self.0.uploads).clone()
     }
     pub fn webhooks(&self) -> Vec<WebhookDelivery> {
         lock(&self.0.webhooks).clone()
@@ -207,6 +214,7 @@ impl SimState {
         lock(&self.0.llm_faults).clear();
         lock(&self.0.messages).clear();
         lock(&self.0.reads).clear();
+        lock(&self.0.uploads).clear();
         lock(&self.0.webhooks).clear();
         lock(&self.0.llm_requests).clear();
         lock(&self.0.transcriptions).clear();
@@ -259,6 +267,11 @@ pub fn router(state: SimState) -> Router {
             get(templates::list),
         )
         .route("/_sim/media/{media_id}", get(media::download))
+        .route(
+            "/{version}/{phone_number_id}/media",
+            // Meta takes documents up to 100 MB.
+            post(media::upload).layer(axum::extract::DefaultBodyLimit::max(101 * 1024 * 1024)),
+        )
         .route("/_sim/faults", post(add_fault))
         .route("/_sim/llm_faults", post(add_llm_fault))
         .route(
@@ -268,6 +281,10 @@ pub fn router(state: SimState) -> Router {
         .route(
             "/_sim/reads",
             get(|State(s): State<SimState>| async move { Json(s.reads()) }),
+        )
+        .route(
+            "/_sim/uploads",
+            get(|State(s): State<SimState>| async move { Json(s.uploads()) }),
         )
         .route(
             "/_sim/webhooks",

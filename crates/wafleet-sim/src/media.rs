@@ -8,8 +8,13 @@
 //! `ogg-…` a voice note (`audio/ogg; codecs=opus`, see the transcription stand-in in `llm`),
 //! `amr-…` an `audio/amr` recording, `huge-…` a 6 MB `image/jpeg`, `missing-…` does not exist
 //! (Graph error 100); anything else is an `image/jpeg`.
+//!
+//! `POST /{version}/{phone_number_id}/media` is an upload, multipart as Meta documents it
+//! (`messaging_product=whatsapp`, `type` the file's MIME type, `file`): with the number's token
+//! it answers `{"id": "upl-…"}` and records the upload ([`Upload`]); without `file` or
+//! `messaging_product` it answers Graph error 131008, a file that is not of `type` or empty 100.
 
-use axum::extract::{Path, State};
+use axum::extract::{Multipart, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -98,4 +103,90 @@ pub(crate) async fn download(
         return StatusCode::NOT_FOUND.into_response();
     }
     ([(header::CONTENT_TYPE, mime_type(&id))], media_bytes(&id)).into_response()
+}
+
+/// A media upload, as `GET /_sim/uploads` lists it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Upload {
+    pub phone_number_id: String,
+    /// The id answered, what a send names in `{"type": …, "id"}`.
+    pub id: String,
+    /// `type` as given.
+    pub mime_type: String,
+    /// The file part's name, if it had one.
+    pub filename: Option<String>,
+    /// The file part's own content type, if it had one.
+    pub part_type: Option<String>,
+    pub size: usize,
+}
+
+/// `POST /{version}/{phone_number_id}/media`: an upload.
+pub(crate) async fn upload(
+    State(sim): State<SimState>,
+    Path((_version, phone_number_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    mut form: Multipart,
+) -> Response {
+    if let Err(refused) =
+        crate::graph::check_token(sim.config(), &phone_number_id, "post", &headers)
+    {
+        return refused.into_response();
+    }
+    let (mut product, mut kind, mut file) = (None, None, None);
+    loop {
+        let field = match form.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(_) => {
+                return refused(
+                    400,
+                    100,
+                    "(#100) The upload is not a readable multipart body",
+                );
+            }
+        };
+        let name = field.name().unwrap_or_default().to_string();
+        let filename = field.file_name().map(str::to_string);
+        let part_type = field.content_type().map(str::to_string);
+        let Ok(bytes) = field.bytes().await else {
+            return refused(400, 100, "(#100) The upload broke off");
+        };
+        match name.as_str() {
+            "messaging_product" => product = Some(String::from_utf8_lossy(&bytes).into_owned()),
+            "type" => kind = Some(String::from_utf8_lossy(&bytes).into_owned()),
+            "file" => file = Some((filename, part_type, bytes.len())),
+            _ => {}
+        }
+    }
+    if product.as_deref() != Some("whatsapp") {
+        return refused(
+            400,
+            131008,
+            "(#131008) Required parameter is missing: messaging_product",
+        );
+    }
+    let (Some(mime_type), Some((filename, part_type, size))) = (kind, file) else {
+        return refused(
+            400,
+            131008,
+            "(#131008) Required parameter is missing: file or type",
+        );
+    };
+    if size == 0 || part_type.as_deref().is_some_and(|t| t != mime_type) {
+        return refused(
+            400,
+            100,
+            "(#100) Param file must be a file of the given type",
+        );
+    }
+    let id = format!("upl-{}", sim.next_id());
+    crate::lock(&sim.0.uploads).push(Upload {
+        phone_number_id,
+        id: id.clone(),
+        mime_type,
+        filename,
+        part_type,
+        size,
+    });
+    axum::Json(json!({ "id": id })).into_response()
 }

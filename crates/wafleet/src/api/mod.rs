@@ -17,6 +17,7 @@
 //! | POST | `/api/v1/conversations/{id}/release` | back to the bot |
 //! | POST | `/api/v1/conversations/{id}/messages` | `{"text", "agent"?}` written to the customer; or a file (`media`), reply `buttons` or a `list` |
 //! | GET | `/api/v1/conversations/{id}/media/{message_id}` | the file a customer sent (photo, voice note…), from Meta |
+//! | POST | `/api/v1/channels/{pnid}/media?filename=` | a file (the body, of its `Content-Type`) uploaded to Meta for the number: `{"id", "type"}` to send as `media` |
 //! | POST | `/api/v1/conversations/{id}/templates` | `{"name", "language", "params"?, "agent"?}` |
 //! | POST | `/api/v1/channels/{pnid}/templates` | `{"to", "name", "language", "params"?, "agent"?, "answered_by"?}`: starts a conversation |
 //! | GET | `/api/v1/events` | server-sent events; resumes after `Last-Event-ID` |
@@ -87,7 +88,8 @@ pub struct ApiSettings {
     /// `WAFLEET_GRAPH_TIMEOUT_MS`, as for the workers).
     pub graph: crate::stages::process::GraphSettings,
     /// `WAFLEET_API_MEDIA_MAX_BYTES` (default 16 MiB): the largest customer's file the API
-    /// passes on to an agent.
+    /// passes on to an agent, and the largest file an agent uploads (under Meta's bound for its
+    /// kind).
     pub media_max_bytes: u64,
 }
 
@@ -193,6 +195,11 @@ fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
         .route("/api/v1/conversations/{id}/templates", post(template))
         .route("/api/v1/channels/{pnid}/templates", post(outreach))
         .route("/api/v1/conversations/{id}/media/{message_id}", get(media))
+        // Bounded by the handler, by the file's type (up to Meta's 100 MB for a document).
+        .route(
+            "/api/v1/channels/{pnid}/media",
+            post(upload).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
@@ -970,6 +977,153 @@ async fn media(
         header::HeaderValue::from_static("private, no-store"),
     );
     Ok(res)
+}
+
+#[derive(Deserialize)]
+struct UploadQuery {
+    /// The file's name, as a document shows it to the customer.
+    filename: Option<String>,
+}
+
+/// A file an agent will send, uploaded to Meta for the number (`POST /{version}/{pnid}/media`
+/// with the channel's token): the request's body, of its `Content-Type` (a type WhatsApp takes,
+/// else 415), streamed through and bounded by Meta's size for its kind and
+/// `WAFLEET_API_MEDIA_MAX_BYTES` (413). Answers Meta's media id and the `media.type` to send it
+/// as. Never stored here; Meta keeps an upload for 30 days (its public docs, not our reference).
+async fn upload(
+    State(state): State<Arc<AppState>>,
+    Authed(scope): Authed,
+    Path(pnid): Path<String>,
+    Query(q): Query<UploadQuery>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let counted = |result: &'static str| {
+        metrics::counter!("wafleet_api_uploads_total", "result" => result).increment(1);
+    };
+    if !scope.reaches(&pnid) {
+        return Err(AgentError::NoChannel(pnid).into());
+    }
+    let mime = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|m| {
+            m.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    let Some((kind, meta_max)) = wafleet_core::outgoing::upload_kind(&mime) else {
+        counted("unsupported");
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the Content-Type must be a type WhatsApp takes: image/jpeg, image/png, image/webp \
+             (a sticker), audio/aac, audio/amr, audio/mpeg, audio/mp4, audio/ogg, video/mp4, \
+             video/3gpp, application/pdf, text/plain or an Office document's"
+                .into(),
+        ));
+    };
+    let max = meta_max.min(state.media_max_bytes);
+    let too_large = || {
+        counted("too_large");
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a file sent as {kind} may have at most {max} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    let filename = q.filename.as_deref().map(str::trim).unwrap_or_default();
+    if filename.contains(['\0', '/', '\\', '"', '\r', '\n']) || filename.len() > 240 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "filename: at most 240 bytes, without quotes, slashes or line breaks".into(),
+        ));
+    }
+    let filename = if filename.is_empty() { kind } else { filename };
+    let not_uploaded = |result: &'static str, error: String| {
+        counted(result);
+        tracing::warn!(channel = %pnid, error = %error, "an agent's file was not uploaded");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error)
+    };
+    let Some(cipher) = &state.cipher else {
+        return Err(not_uploaded(
+            "no_key",
+            "this API process has no WAFLEET_ENCRYPTION_KEY: it cannot use the channel's token"
+                .into(),
+        ));
+    };
+    let known = crate::store::channels::summaries(&state.pg, std::slice::from_ref(&pnid))
+        .await
+        .map_err(pg_down)?;
+    if known.is_empty() {
+        return Err(AgentError::NoChannel(pnid).into());
+    }
+    let token = crate::store::channels::access_token(&state.pg, cipher, &pnid)
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<sqlx::Error>().is_some() {
+                return pg_down(format!("{e:#}"));
+            }
+            crate::store::channels::report_unreadable(&pnid, "access_token");
+            not_uploaded(
+                "unreadable_token",
+                format!(
+                    "channel {pnid}'s access token does not decrypt with this API process's \
+                     WAFLEET_ENCRYPTION_KEY"
+                ),
+            )
+        })?
+        .ok_or_else(|| not_uploaded("no_token", format!("channel {pnid} has no access token")))?;
+    // Counted as it streams: a body without Content-Length (chunked) is cut at the bound too.
+    let seen = Arc::new(AtomicU64::new(0));
+    let stream = {
+        let seen = seen.clone();
+        futures::StreamExt::map(body.into_data_stream(), move |chunk| {
+            let chunk = chunk.map_err(std::io::Error::other)?;
+            let n = seen.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
+            if n > max {
+                return Err(std::io::Error::other("the file is larger than its bound"));
+            }
+            Ok(chunk)
+        })
+    };
+    let uploaded = state
+        .graph
+        .upload_media(
+            token.expose(),
+            &pnid,
+            &mime,
+            filename,
+            reqwest::Body::wrap_stream(stream),
+        )
+        .await;
+    match uploaded {
+        Ok(id) => {
+            counted("uploaded");
+            tracing::info!(token = %scope.name, channel = %pnid, kind, bytes = seen.load(Ordering::Relaxed),
+                "an agent's file was uploaded to Meta");
+            Ok(Json(json!({ "id": id, "type": kind, "mime_type": mime })).into_response())
+        }
+        Err(_) if seen.load(Ordering::Relaxed) > max => Err(too_large()),
+        Err(e) => {
+            let result = match &e {
+                crate::graph::GraphCallError::Rejected { .. } => "rejected",
+                crate::graph::GraphCallError::Transport { .. } => "transport",
+            };
+            counted(result);
+            tracing::warn!(channel = %pnid, error = %e, "an agent's file was not uploaded");
+            Err(ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))
+        }
+    }
 }
 
 /// Before an agent writes: the conversation is the token's, and Redis (where the send is

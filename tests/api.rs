@@ -144,11 +144,21 @@ struct Sys {
     all: String,
     shop: String,
     other: String,
-    _worker: Worker,
+    /// `None` once a test stopped it.
+    worker: Option<Worker>,
     cfg: TestConfig,
 }
 
 async fn system() -> Sys {
+    system_with(SimConfig::default(), |_| {}).await
+}
+
+/// [`system`] with the simulator configured as `sim` says (its tokens aside) and the worker's
+/// settings changed by `tweak`.
+async fn system_with(
+    sim: SimConfig,
+    tweak: impl FnOnce(&mut wafleet::stages::process::WorkerProcessSettings),
+) -> Sys {
     let cfg = TestConfig::new().await;
     cfg.add_channel(SHOP, |_| {}).await;
     cfg.add_channel(OTHER, |_| {}).await;
@@ -159,17 +169,18 @@ async fn system() -> Sys {
                 (SHOP.to_string(), format!("token-{SHOP}")),
                 (OTHER.to_string(), format!("token-{OTHER}")),
             ]),
-            ..Default::default()
+            ..sim
         },
         Some(&ingest),
     )
     .await;
-    let worker = Worker::start(cfg.pipeline_settings(
+    let mut settings = cfg.pipeline_settings(
         &["conversation", "status", "llm", "sender"],
         &sim,
         vec![sim.standin()],
-    ))
-    .await;
+    );
+    tweak(&mut settings);
+    let worker = Worker::start(settings).await;
     let pg = cfg.pg().await;
     let token = |name: &'static str, numbers: &'static [&'static str]| {
         let pg = pg.clone();
@@ -194,7 +205,7 @@ async fn system() -> Sys {
         all,
         shop,
         other,
-        _worker: worker,
+        worker: Some(worker),
         cfg,
     }
 }
@@ -2375,6 +2386,426 @@ async fn an_agents_message_meta_fails_once_and_takes_on_a_resend_is_not_announce
         failure_events(&s.cfg).await,
         Vec::<String>::new(),
         "the customer got it"
+    );
+}
+
+/// The `message_failed` and `message_recovered` events naming the part `outbound_id`, oldest
+/// first.
+async fn part_events(cfg: &TestConfig, outbound_id: i64) -> Vec<Value> {
+    let mut con = cfg.redis().await;
+    read_stream(&mut con, &cfg.keys().handover_stream())
+        .await
+        .into_iter()
+        .filter_map(|(_, f)| {
+            let e: Value = serde_json::from_slice(&f["event"]).unwrap();
+            (e["outbound_id"] == outbound_id).then_some(e)
+        })
+        .collect()
+}
+
+/// The part an agent's message with `reference` made (a one-part message).
+async fn part_of(pg: &PgPool, reference: &str) -> i64 {
+    sqlx::query_scalar("SELECT id FROM outbound_messages WHERE agent_ref = $1")
+        .bind(reference)
+        .fetch_one(pg)
+        .await
+        .unwrap()
+}
+
+/// Every stage, with a Meta that posts no status within the test (the test posts the late ones)
+/// and a sender that gives an unanswered send up at once: one attempt, taken as lost 200 ms
+/// after the 300 ms its request waits for an answer.
+async fn sends_given_up_when_unanswered() -> Sys {
+    system_with(
+        SimConfig {
+            status_delay: Duration::from_secs(3600),
+            ..Default::default()
+        },
+        |w| {
+            w.graph.timeout = Duration::from_millis(300);
+            w.send.ambiguous_resend_after = Duration::from_millis(200);
+            w.send.ambiguous_check = Duration::from_millis(50);
+            w.send.backoff.max_attempts = 1;
+        },
+    )
+    .await
+}
+
+impl Sys {
+    /// An agent's message whose send Meta takes but never answers, which the sender gives up on
+    /// and dashboards hear of as failed (`unanswered`); answers its part.
+    async fn unanswered_agent_message(&self, id: i64, reference: &str) -> i64 {
+        self.sim
+            .state
+            .add_fault(serde_json::from_value(json!({"hang": true, "count": 1})).unwrap());
+        let (status, body) = self
+            .api
+            .write(id, &self.shop, reference, "Su pedido 4412 sale hoy")
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        let part = part_of(&self.pg, reference).await;
+        let cfg = &self.cfg;
+        let events = eventually(
+            "the unanswered send announced failed",
+            Duration::from_secs(30),
+            || async move {
+                let events = part_events(cfg, part).await;
+                (!events.is_empty()).then_some(events)
+            },
+        )
+        .await;
+        assert_eq!(
+            (&events[0]["kind"], &events[0]["reason"]),
+            (&json!("message_failed"), &json!("unanswered")),
+            "{events:?}"
+        );
+        part
+    }
+}
+
+#[tokio::test]
+async fn a_late_status_showing_meta_took_an_agents_message_given_up_corrects_its_failure_once() {
+    let s = sends_given_up_when_unanswered().await;
+    let id = s.taken(SHOP, "573130", "wamid.LR1").await;
+    let part = s.unanswered_agent_message(id, "ref-late-ok").await;
+    // Meta had taken it: its status comes late, naming our callback (the wamid was never learnt).
+    let sent = s.sim.state.messages();
+    let taken = sent
+        .iter()
+        .find(|m| m.body == "Su pedido 4412 sale hoy")
+        .unwrap();
+    let status = |kind: &str| {
+        status_body(
+            SHOP,
+            json!([{"id": taken.wamid, "status": kind,
+                    "timestamp": chrono::Utc::now().timestamp().to_string(),
+                    "recipient_id": "573130",
+                    "biz_opaque_callback_data": taken.callback_data}]),
+        )
+    };
+    assert_eq!(
+        s.ingest
+            .post_signed(&status("delivered"), APP_SECRET)
+            .await
+            .status(),
+        200
+    );
+    let cfg = &s.cfg;
+    let events = eventually(
+        "dashboards told the part went out after all",
+        Duration::from_secs(30),
+        || async move {
+            let events = part_events(cfg, part).await;
+            (events.len() >= 2).then_some(events)
+        },
+    )
+    .await;
+    let recovered = &events[1];
+    assert_eq!(
+        (
+            &recovered["kind"],
+            &recovered["reason"],
+            &recovered["conversation_id"],
+            &recovered["reference"],
+            &recovered["message_kind"],
+            &recovered["delivery"],
+        ),
+        (
+            &json!("message_recovered"),
+            &json!("late_status"),
+            &json!(id),
+            &json!("ref-late-ok"),
+            &json!("agent"),
+            &json!("delivered"),
+        ),
+        "{recovered}"
+    );
+    // Meta redelivers the status, and the `read` follows: no second correction.
+    s.cfg.wait_statuses_drained(30).await;
+    s.cfg.forget_dedup_marks().await;
+    for kind in ["delivered", "read"] {
+        assert_eq!(
+            s.ingest
+                .post_signed(&status(kind), APP_SECRET)
+                .await
+                .status(),
+            200
+        );
+    }
+    s.cfg.wait_inbound_drained(30).await;
+    s.cfg.wait_statuses_drained(30).await;
+    let events = part_events(&s.cfg, part).await;
+    let kinds: Vec<_> = events.iter().map(|e| e["kind"].clone()).collect();
+    assert_eq!(
+        kinds,
+        [json!("message_failed"), json!("message_recovered")],
+        "{events:?}"
+    );
+    for e in &events {
+        let raw = e.to_string();
+        for secret in ["4412", "573130", "pedido"] {
+            assert!(!raw.contains(secret), "{secret:?} in {raw}");
+        }
+    }
+    // The transcript says what became of it: accepted and read, no failure.
+    let (status, view) = s
+        .api
+        .get(&format!("/api/v1/conversations/{id}"), &s.shop)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let line = view["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["outbound_id"] == part)
+        .unwrap();
+    assert_eq!(
+        (
+            &line["state"],
+            &line["delivery"],
+            &line["failure"],
+            &line["error_code"]
+        ),
+        (
+            &json!("accepted"),
+            &json!("read"),
+            &Value::Null,
+            &Value::Null
+        ),
+        "{line}"
+    );
+    assert_eq!(s.sim.state.messages().len(), 2, "nothing was sent again");
+
+    // Should Meta fail it after all, that is a failure of its own, announced again.
+    let failed = status_body(
+        SHOP,
+        json!([{"id": taken.wamid, "status": "failed",
+                "timestamp": chrono::Utc::now().timestamp().to_string(),
+                "recipient_id": "573130",
+                "errors": [{"code": 131026, "title": "Message undeliverable"}]}]),
+    );
+    assert_eq!(
+        s.ingest.post_signed(&failed, APP_SECRET).await.status(),
+        200
+    );
+    s.cfg.wait_inbound_drained(30).await;
+    s.cfg.wait_statuses_drained(30).await;
+    let events = part_events(&s.cfg, part).await;
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e["kind"].clone(), e["reason"].clone()))
+            .collect::<Vec<_>>(),
+        [
+            (json!("message_failed"), json!("unanswered")),
+            (json!("message_recovered"), json!("late_status")),
+            (json!("message_failed"), json!("permanent")),
+        ],
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_agents_message_announced_failed_that_an_operators_replay_sends_is_corrected_once() {
+    let s = sends_given_up_when_unanswered().await;
+    let id = s.taken(SHOP, "573131", "wamid.LR2").await;
+    let part = s.unanswered_agent_message(id, "ref-replayed").await;
+    // The operator replays the sender's dead letter, asking for the unanswered part to be sent
+    // again; Meta answers this time.
+    let (mut con, keys) = (s.cfg.redis().await, s.cfg.keys());
+    let letters = eventually("the dead letter", Duration::from_secs(30), || {
+        let (mut con, keys) = (con.clone(), keys.clone());
+        async move {
+            let letters = wafleet::dead_letters::read(&mut con, &keys, "sender")
+                .await
+                .unwrap();
+            (!letters.is_empty()).then_some(letters)
+        }
+    })
+    .await;
+    let reopened = wafleet::dead_letters::replay(
+        &mut con,
+        &s.pg,
+        &keys,
+        "sender",
+        &letters[0],
+        true,
+        Some(wafleet::worker::retention::DEFAULT_RETENTION),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reopened.reopened, 1);
+    let cfg = &s.cfg;
+    let events = eventually(
+        "dashboards told the part went out",
+        Duration::from_secs(30),
+        || async move {
+            let events = part_events(cfg, part).await;
+            (events.len() >= 2).then_some(events)
+        },
+    )
+    .await;
+    assert_eq!(
+        (
+            &events[1]["kind"],
+            &events[1]["reason"],
+            &events[1]["reference"]
+        ),
+        (
+            &json!("message_recovered"),
+            &json!("resent"),
+            &json!("ref-replayed")
+        ),
+        "{events:?}"
+    );
+    // The sweep finds nothing more to say about it.
+    let policy = wafleet::stages::sender::SendPolicy::default();
+    wafleet::stages::announce_late_agent_parts(
+        &s.pg,
+        &mut con,
+        &keys,
+        &policy,
+        Duration::ZERO,
+        100,
+    )
+    .await
+    .unwrap();
+    assert_eq!(part_events(&s.cfg, part).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_failure_redis_refused_is_announced_by_the_sweep_once_with_two_workers_sweeping() {
+    use redis::AsyncCommands;
+    let mut s = system().await;
+    let id = s.taken(SHOP, "573132", "wamid.SW1").await;
+    let (keys, policy) = (s.cfg.keys(), wafleet::stages::sender::SendPolicy::default());
+    let stream = keys.handover_stream();
+    let mut con = s.cfg.redis().await;
+    // Redis refuses the event (here: the stream key is not a stream) when Meta refuses the
+    // agent's message, and the worker stops before Redis takes it.
+    let _: () = con.set(&stream, "not a stream").await.unwrap();
+    s.sim
+        .state
+        .add_fault(serde_json::from_value(json!({"code": 131026, "recipient": "573132"})).unwrap());
+    let (status, body) = s
+        .api
+        .write(id, &s.shop, "ref-swept", "Hola, su pedido 4412")
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let part = part_of(&s.pg, "ref-swept").await;
+    let pg = &s.pg;
+    eventually("the part failed", Duration::from_secs(30), || async move {
+        let state: String = sqlx::query_scalar("SELECT state FROM outbound_messages WHERE id = $1")
+            .bind(part)
+            .fetch_one(pg)
+            .await
+            .unwrap();
+        (state == "failed").then_some(())
+    })
+    .await;
+    let _ = s.worker.take().unwrap().stop().await;
+    let announced = || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT failure_announced FROM outbound_messages WHERE id = $1",
+        )
+        .bind(part)
+        .fetch_one(&s.pg)
+        .await
+        .unwrap()
+    };
+    // A sweep while Redis still refuses says so and loses nothing.
+    let refused = wafleet::stages::announce_late_agent_parts(
+        &s.pg,
+        &mut con,
+        &keys,
+        &policy,
+        Duration::ZERO,
+        100,
+    )
+    .await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(!announced().await);
+    // Redis is back: two workers sweep at once; dashboards hear of the failure once.
+    let _: () = con.del(&stream).await.unwrap();
+    let (mut a, mut b) = (s.cfg.redis().await, s.cfg.redis().await);
+    let (ra, rb) = tokio::join!(
+        wafleet::stages::announce_late_agent_parts(
+            &s.pg,
+            &mut a,
+            &keys,
+            &policy,
+            Duration::ZERO,
+            100
+        ),
+        wafleet::stages::announce_late_agent_parts(
+            &s.pg,
+            &mut b,
+            &keys,
+            &policy,
+            Duration::ZERO,
+            100
+        ),
+    );
+    ra.unwrap();
+    rb.unwrap();
+    wafleet::stages::announce_late_agent_parts(&s.pg, &mut a, &keys, &policy, Duration::ZERO, 100)
+        .await
+        .unwrap();
+    let events = part_events(&s.cfg, part).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        (
+            &events[0]["kind"],
+            &events[0]["reason"],
+            &events[0]["code"],
+            &events[0]["reference"]
+        ),
+        (
+            &json!("message_failed"),
+            &json!("permanent"),
+            &json!(131026),
+            &json!("ref-swept")
+        ),
+        "{events:?}"
+    );
+    assert!(announced().await);
+
+    // A part a `failed` status failed with a code worth another send, within its bounds, is the
+    // sender's to send again: the sweep leaves it alone until those bounds are past.
+    let fail_by_status = |since: &'static str| {
+        let pg = s.pg.clone();
+        async move {
+            sqlx::query(&format!(
+                "UPDATE outbound_messages SET failure_announced = FALSE, delivery_rank = 4,
+                        delivery = 'failed', error_code = 131000, attempts = 1,
+                        retries_since = {since}
+                  WHERE id = $1"
+            ))
+            .bind(part)
+            .execute(&pg)
+            .await
+            .unwrap();
+        }
+    };
+    fail_by_status("now()").await;
+    let sweep = wafleet::stages::announce_late_agent_parts;
+    sweep(&s.pg, &mut a, &keys, &policy, Duration::ZERO, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        part_events(&s.cfg, part).await.len(),
+        1,
+        "a resend is to come"
+    );
+    fail_by_status("now() - interval '1 day'").await;
+    sweep(&s.pg, &mut a, &keys, &policy, Duration::ZERO, 100)
+        .await
+        .unwrap();
+    let events = part_events(&s.cfg, part).await;
+    assert_eq!(
+        (events.len(), &events[1]["reason"]),
+        (2, &json!("transient")),
+        "{events:?}"
     );
 }
 

@@ -290,13 +290,16 @@ async fn announce_releases(
     Ok(settled.len())
 }
 
-/// Runs [`release_idle`] at once, then every `every`, until `stop`. A pass that fails (Postgres
-/// or Redis away) is logged and counted in `wafleet_idle_release_errors_total`; the next pass
-/// finds what it left, releases whose events did not go out included.
+/// Runs [`release_idle`] at once, then every `every`, until `stop`; then announces the failures
+/// and recoveries of agents' parts their stage did not get out
+/// ([`crate::stages::announce_late_agent_parts`], with the sender's `policy`). A pass that fails
+/// (Postgres or Redis away) is logged and counted in `wafleet_idle_release_errors_total`; the
+/// next pass finds what it left, releases and parts whose events did not go out included.
 pub async fn release_idle_loop(
     pg: PgPool,
     redis: deadpool_redis::Pool,
     keys: Keys,
+    policy: std::sync::Arc<crate::stages::sender::SendPolicy>,
     every: std::time::Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
@@ -308,6 +311,23 @@ pub async fn release_idle_loop(
         if let Err(e) = pass.await {
             metrics::counter!("wafleet_idle_release_errors_total").increment(1);
             tracing::warn!(error = %e, "giving idle conversations back to the bot failed; next try later");
+        }
+        let sweep = async {
+            let mut con = redis.get().await.map_err(anyhow::Error::from)?;
+            crate::stages::announce_late_agent_parts(
+                &pg,
+                &mut con,
+                &keys,
+                &policy,
+                crate::stages::LATE_PART_QUIET,
+                RELEASE_BATCH,
+            )
+            .await
+            .map_err(anyhow::Error::from)
+        };
+        if let Err(e) = sweep.await {
+            metrics::counter!("wafleet_idle_release_errors_total").increment(1);
+            tracing::warn!(error = %e, "announcing agents' failed or recovered parts failed; next try later");
         }
         tokio::select! {
             _ = stop.cancelled() => return,

@@ -264,9 +264,10 @@ async fn announce_each(
 /// unannounced, and records in Postgres those Redis took (`outbound_messages.failure_announced`):
 /// the sender calls it when a job ends, the status stage after a `failed` status that leaves the
 /// part failed. A run that stops between Redis and Postgres is made whole by the next (a job or
-/// status redelivered), which the event's mark keeps from doubling it. The event carries ids,
-/// Meta's `code` and our reading of it ([`crate::store::agents::failure_reason`]), never Meta's
-/// words (they can quote a token), the text, nor the customer's number. Answers how many went.
+/// status redelivered, or the workers' sweep, [`announce_late_agent_parts`]), which the event's
+/// mark keeps from doubling it. The event carries ids, Meta's `code` and our reading of it
+/// ([`crate::store::agents::failure_reason`]), never Meta's words (they can quote a token), the
+/// text, nor the customer's number. Answers how many went.
 pub async fn announce_failures(
     pg: &sqlx::PgPool,
     redis: &crate::shared_redis::SharedRedis,
@@ -280,6 +281,53 @@ pub async fn announce_failures(
     if failures.is_empty() {
         return Ok(0);
     }
+    let mut con = redis.get().await.map_err(redis_down)?;
+    publish_failures(pg, &mut con, keys, &failures)
+        .await
+        .map_err(|e| announce_outcome(e, "recording failures announced"))
+}
+
+/// Publishes a `message_recovered` event for each agent's part among `ids` and the part Meta
+/// knows as `wamid` that dashboards last heard of as failed and that Meta took after all, and
+/// records in Postgres those Redis took (`outbound_messages.failure_shown`, migration 0036): the
+/// status stage calls it when a status shows Meta accepted a send the sender gave up on as
+/// unanswered, the sender when a job ends (a replay sent the part again). Without it the agent's
+/// console kept the part failed, and an agent who sent it again gave the customer a copy. Once
+/// per recovery, as [`announce_failures`]. Answers how many went.
+pub async fn announce_recoveries(
+    pg: &sqlx::PgPool,
+    redis: &crate::shared_redis::SharedRedis,
+    keys: &Keys,
+    ids: &[i64],
+    wamid: Option<&str>,
+) -> Result<usize, crate::worker::Outcome> {
+    let recoveries = crate::store::agents::unannounced_recoveries(pg, ids, wamid)
+        .await
+        .map_err(|e| db_outcome(&e, "reading agents' recovered parts"))?;
+    if recoveries.is_empty() {
+        return Ok(0);
+    }
+    let mut con = redis.get().await.map_err(redis_down)?;
+    publish_recoveries(pg, &mut con, keys, &recoveries)
+        .await
+        .map_err(|e| announce_outcome(e, "recording recoveries announced"))
+}
+
+/// The worker outcome of an announcement that did not finish.
+fn announce_outcome(e: AnnounceError, doing: &str) -> crate::worker::Outcome {
+    match e {
+        AnnounceError::Db(e) => db_outcome(&e, doing),
+        AnnounceError::Redis(e) => redis_down(e),
+    }
+}
+
+/// The `message_failed` events of `failures`, published and recorded ([`announce_each`]).
+async fn publish_failures(
+    pg: &sqlx::PgPool,
+    con: &mut impl redis::aio::ConnectionLike,
+    keys: &Keys,
+    failures: &[crate::store::agents::Failure],
+) -> Result<usize, AnnounceError> {
     let events = failures.iter().map(|f| {
         let reason = crate::store::agents::failure_reason(f.error_code, f.fail_reason.as_deref());
         tracing::info!(
@@ -295,26 +343,137 @@ pub async fn announce_failures(
             "phone_number_id": f.phone_number_id, "at": f.failed_at.to_rfc3339(),
         });
         let once = format!(
-            "message_failed:{}:{}:{}",
+            "message_failed:{}:{}:{}:{}",
             f.outbound_id,
             f.send_no,
-            f.retries_since.timestamp_micros()
+            f.retries_since.timestamp_micros(),
+            f.delivery_rank
         );
         (f.outbound_id, event, once)
     });
-    let mut con = redis.get().await.map_err(redis_down)?;
     announce_each(
         pg,
-        &mut con,
+        con,
         keys,
         events,
         crate::store::agents::failures_announced,
     )
     .await
-    .map_err(|e| match e {
-        AnnounceError::Db(e) => db_outcome(&e, "recording failures announced"),
-        AnnounceError::Redis(e) => redis_down(e),
-    })
+}
+
+/// The `message_recovered` events of `recoveries`, published and recorded ([`announce_each`]):
+/// reason `late_status` (a status showed Meta took the send given up on; nothing was sent again)
+/// or `resent` (sent again and accepted), with the part's `delivery` when a status told it.
+async fn publish_recoveries(
+    pg: &sqlx::PgPool,
+    con: &mut impl redis::aio::ConnectionLike,
+    keys: &Keys,
+    recoveries: &[crate::store::agents::Recovery],
+) -> Result<usize, AnnounceError> {
+    let events = recoveries.iter().map(|r| {
+        let reason = if r.resent { "resent" } else { "late_status" };
+        tracing::info!(
+            outbound_id = r.outbound_id,
+            reason,
+            "an agent's message announced failed went out after all; dashboards are told"
+        );
+        let event = serde_json::json!({
+            "kind": "message_recovered", "reason": reason, "conversation_id": r.conversation_id,
+            "outbound_id": r.outbound_id, "part_no": r.part_no, "message_kind": r.kind,
+            "reference": r.reference, "delivery": r.delivery,
+            "phone_number_id": r.phone_number_id, "at": r.accepted_at.to_rfc3339(),
+        });
+        let once = format!(
+            "message_recovered:{}:{}:{}",
+            r.outbound_id,
+            r.send_no,
+            r.retries_since.timestamp_micros()
+        );
+        (r.outbound_id, event, once)
+    });
+    announce_each(
+        pg,
+        con,
+        keys,
+        events,
+        crate::store::agents::recoveries_announced,
+    )
+    .await
+}
+
+/// How long an agent's part stays unchanged before the sweep announces what its stage did not
+/// ([`announce_late_agent_parts`]): the stage announces within moments, and a minute keeps the
+/// sweep from doing it alongside (harmless, the event's mark keeps it once, but wasted).
+pub const LATE_PART_QUIET: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Announces the failures and recoveries of agents' parts that no event announced yet (Redis
+/// refused it and the stage's run ended without it: stopped, dead-lettered), unchanged for
+/// `quiet`, up to `batch` a query, until none is left or Redis refuses one. A part a `failed`
+/// status failed and the sender is still to send again (its code and bounds say so, as
+/// `policy` judges for the status stage) is left to the sender, which announces it if that send
+/// fails for good. Every worker runs it ([`crate::agents::release_idle_loop`]); an event is
+/// published once however many sweep at once (its mark). Answers how many it announced.
+pub async fn announce_late_agent_parts(
+    pg: &sqlx::PgPool,
+    con: &mut impl redis::aio::ConnectionLike,
+    keys: &Keys,
+    policy: &sender::SendPolicy,
+    quiet: std::time::Duration,
+    batch: i64,
+) -> Result<usize, AnnounceError> {
+    use crate::store::agents as store;
+    let (mut failed, mut recovered) = (0, 0);
+    let mut after = 0;
+    loop {
+        let late = store::late_failures(pg, quiet, after, batch).await?;
+        let Some(last) = late.last() else { break };
+        after = last.outbound_id;
+        let full = late.len() as i64 == batch;
+        let due: Vec<_> = late
+            .into_iter()
+            .filter(|f| !resend_to_come(f, policy))
+            .collect();
+        failed += publish_failures(pg, con, keys, &due).await?;
+        if !full {
+            break;
+        }
+    }
+    after = 0;
+    loop {
+        let late = store::late_recoveries(pg, quiet, after, batch).await?;
+        let Some(last) = late.last() else { break };
+        after = last.outbound_id;
+        recovered += publish_recoveries(pg, con, keys, &late).await?;
+        if (late.len() as i64) < batch {
+            break;
+        }
+    }
+    for (kind, n) in [("message_failed", failed), ("message_recovered", recovered)] {
+        if n > 0 {
+            metrics::counter!("wafleet_late_part_events_total", "kind" => kind).increment(n as u64);
+            tracing::warn!(
+                kind,
+                n,
+                "agents' parts announced by the sweep: their stage's event did not go out"
+            );
+        }
+    }
+    Ok(failed + recovered)
+}
+
+/// Whether the sender is still to send a part again that a `failed` status failed: judged as the
+/// status stage did when it queued the resend (its code's class, attempts and age).
+fn resend_to_come(f: &crate::store::agents::Failure, policy: &sender::SendPolicy) -> bool {
+    let Some(code) = f.error_code.map(i64::from) else {
+        return false;
+    };
+    crate::store::conversations::delivery_rank("failed") == Some(f.delivery_rank)
+        && policy.resends(
+            wafleet_core::graph_error::classify_status_error(code),
+            Some(code),
+            f.attempts.max(1) as u32 - 1,
+            f.retries_since,
+        )
 }
 
 /// Announces what number changes left unannounced (Redis refused their events, or the stage

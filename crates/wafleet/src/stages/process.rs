@@ -492,6 +492,7 @@ pub async fn run(
         pg.clone(),
         redis.clone(),
         keys.clone(),
+        Arc::new(settings.send.clone()),
         IDLE_RELEASE_EVERY,
         stop.clone(),
     ));

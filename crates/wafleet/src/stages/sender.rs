@@ -57,7 +57,10 @@ use wafleet_core::retry::Backoff;
 use super::channel_settings::{ChannelCache, ChannelSettings};
 use super::llm::window_open;
 use super::status::RE_ENGAGEMENT;
-use super::{announce_failures, batch_outcome, db_outcome, hand_over_and_publish, redis_down};
+use super::{
+    announce_failures, announce_recoveries, batch_outcome, db_outcome, hand_over_and_publish,
+    redis_down,
+};
 use crate::batch::Batcher;
 use crate::graph::{GraphClient, OutgoingText, Recipient, SendResult};
 use crate::ratelimit::{Budget, Decision, RateLimiter};
@@ -302,6 +305,9 @@ impl SenderStage {
             .collect();
         if !agents.is_empty() && matches!(outcome, Outcome::Done | Outcome::Dead { .. }) {
             announce_failures(&self.pg, &self.redis, &self.keys, &agents, None).await?;
+            // A part announced failed before that this job sent after all (an operator's
+            // replay): dashboards hear it went out, once.
+            announce_recoveries(&self.pg, &self.redis, &self.keys, &agents, None).await?;
         }
         Ok(outcome)
     }

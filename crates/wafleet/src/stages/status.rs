@@ -22,7 +22,8 @@ use wafleet_core::envelope::Update;
 
 use super::sender::{SendPolicy, pause_sends};
 use super::{
-    announce_failures, batch_outcome, db_outcome, decode_update, hand_over_and_publish, redis_down,
+    announce_failures, announce_recoveries, batch_outcome, db_outcome, decode_update,
+    hand_over_and_publish, redis_down,
 };
 use crate::batch::Batcher;
 use crate::store::conversations::{self as store, Status, StatusApplied, delivery_rank};
@@ -85,6 +86,10 @@ impl Handler for StatusStage {
             metrics::counter!("wafleet_statuses_total", "result" => "untracked").increment(1);
             return Outcome::Done;
         };
+        let callback = s
+            .biz_opaque_callback_data
+            .as_deref()
+            .and_then(|v| self.callbacks.decode(v));
         let status = Status {
             wamid: s.wamid.clone(),
             status: s.status.clone(),
@@ -92,10 +97,7 @@ impl Handler for StatusStage {
             at: s.timestamp.and_then(|t| Utc.timestamp_opt(t, 0).single()),
             error_code: s.error_code,
             error_title: s.error_title.clone(),
-            callback: s
-                .biz_opaque_callback_data
-                .as_deref()
-                .and_then(|v| self.callbacks.decode(v)),
+            callback,
             recipient: s.recipient_id.clone(),
             phone_number_id: job.field("channel").map(str::to_string),
         };
@@ -141,6 +143,18 @@ impl Handler for StatusStage {
                 }
                 Ok(None) => {}
                 Err(outcome) => return outcome,
+            }
+        }
+        // An agent's part dashboards heard of as failed (a send given up as unanswered) that
+        // this status shows Meta took: they hear it went out after all, once. Found by our
+        // callback too: the part of an erased customer keeps only a digest of the wamid.
+        if s.status != "failed" && matches!(applied, StatusApplied::Advanced { by_agent: true, .. })
+        {
+            let ids: Vec<i64> = callback.iter().map(|c| c.outbound_id).collect();
+            if let Err(outcome) =
+                announce_recoveries(&self.pg, &self.redis, &self.keys, &ids, Some(&s.wamid)).await
+            {
+                return outcome;
             }
         }
         if s.status != "failed" || applied == StatusApplied::Kept {

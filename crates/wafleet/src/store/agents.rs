@@ -128,12 +128,28 @@ pub struct Failure {
     pub error_code: Option<i32>,
     /// Never shown (see [`failure_reason`]).
     pub fail_reason: Option<String>,
-    /// The part's send number and where its retries' age counts from: together they name this
-    /// failure, as a part reopened (a replay, a resend) and failed again fails anew.
+    /// The part's send number, where its retries' age counts from and its delivery rank (4 once
+    /// a `failed` status failed it): together they name this failure, as a part reopened (a
+    /// replay, a resend) and failed again fails anew, and one a late status showed accepted and a
+    /// later `failed` status failed fails anew too.
     pub send_no: i32,
     pub retries_since: DateTime<Utc>,
+    pub delivery_rank: i16,
+    /// The sends of this round (the sweep judges with them whether a `failed` status's resend is
+    /// still to come, as the status stage did).
+    pub attempts: i32,
     pub failed_at: DateTime<Utc>,
 }
+
+/// What [`Failure`] reads of an agent's failed part whose failure is unannounced.
+const FAILURE: &str =
+    "SELECT o.id AS outbound_id, o.conversation_id, ch.phone_number_id, o.part_no,
+        o.kind, o.agent_ref AS reference, o.error_code, o.fail_reason,
+        o.send_offset + o.attempts AS send_no,
+        COALESCE(o.retries_since, o.created_at) AS retries_since, o.delivery_rank, o.attempts,
+        o.updated_at AS failed_at
+   FROM outbound_messages o JOIN channels ch ON ch.id = o.channel_id
+  WHERE o.state = 'failed' AND o.kind IN ('agent', 'template') AND NOT o.failure_announced";
 
 /// The unannounced failures of agents' parts among `ids` and the part Meta knows as `wamid`.
 pub async fn unannounced_failures(
@@ -141,27 +157,123 @@ pub async fn unannounced_failures(
     ids: &[i64],
     wamid: Option<&str>,
 ) -> sqlx::Result<Vec<Failure>> {
-    sqlx::query_as(
-        "SELECT o.id AS outbound_id, o.conversation_id, ch.phone_number_id, o.part_no, o.kind,
-                o.agent_ref AS reference, o.error_code, o.fail_reason,
-                o.send_offset + o.attempts AS send_no,
-                COALESCE(o.retries_since, o.created_at) AS retries_since, o.updated_at AS failed_at
-           FROM outbound_messages o JOIN channels ch ON ch.id = o.channel_id
-          WHERE (o.id = ANY($1) OR o.wamid = $2)
-            AND o.state = 'failed' AND o.kind IN ('agent', 'template') AND NOT o.failure_announced
-          ORDER BY o.id",
-    )
+    sqlx::query_as(&format!(
+        "{FAILURE} AND (o.id = ANY($1) OR o.wamid = $2) ORDER BY o.id"
+    ))
     .bind(ids)
     .bind(wamid)
     .fetch_all(pool)
     .await
 }
 
-/// Records that the dashboards heard of these parts' failures (Redis took their events).
+/// Up to `limit` unannounced failures of agents' parts with ids above `after`, in id order,
+/// whose part has not changed for `quiet` (the stage that failed it announces it within moments;
+/// the sweep takes what it left).
+pub async fn late_failures(
+    pool: &PgPool,
+    quiet: std::time::Duration,
+    after: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<Failure>> {
+    sqlx::query_as(&format!(
+        "{FAILURE} AND o.id > $1 AND o.updated_at < now() - make_interval(secs => $2)
+          ORDER BY o.id LIMIT $3"
+    ))
+    .bind(after)
+    .bind(quiet.as_secs_f64())
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Records that the dashboards heard of these parts' failures (Redis took their events): the
+/// failure is announced while the part stays failed, and dashboards' last word on the part is
+/// that it failed even when it was reopened or accepted meanwhile (its recovery is then due,
+/// [`unannounced_recoveries`]).
 pub async fn failures_announced(pool: &PgPool, ids: &[i64]) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE outbound_messages SET failure_announced = TRUE
-          WHERE id = ANY($1) AND state = 'failed'",
+        "UPDATE outbound_messages SET failure_announced = (state = 'failed'), failure_shown = TRUE
+          WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// An agent's part dashboards last heard of as failed that Meta took after all: a late status
+/// showed it accepted a send the sender gave up on as unanswered, or an operator's replay sent it
+/// again ([`crate::stages::announce_recoveries`]).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Recovery {
+    pub outbound_id: i64,
+    pub conversation_id: i64,
+    pub phone_number_id: String,
+    pub part_no: i32,
+    /// `agent` or `template`.
+    pub kind: String,
+    pub reference: Option<String>,
+    /// Meta's delivery of it, when a status told (`sent`, `delivered`, `read`).
+    pub delivery: Option<String>,
+    /// Sent again (a replay reopened it, forgetting the failure's reason), rather than the send
+    /// given up on found accepted (which keeps it).
+    pub resent: bool,
+    /// With [`Self::retries_since`], names the send that was accepted.
+    pub send_no: i32,
+    pub retries_since: DateTime<Utc>,
+    pub accepted_at: DateTime<Utc>,
+}
+
+/// What [`Recovery`] reads of an accepted part whose failure dashboards heard of last.
+const RECOVERY: &str =
+    "SELECT o.id AS outbound_id, o.conversation_id, ch.phone_number_id, o.part_no,
+        o.kind, o.agent_ref AS reference, o.delivery, o.fail_reason IS NULL AS resent,
+        o.send_offset + o.attempts AS send_no,
+        COALESCE(o.retries_since, o.created_at) AS retries_since, o.updated_at AS accepted_at
+   FROM outbound_messages o JOIN channels ch ON ch.id = o.channel_id
+  WHERE o.failure_shown AND o.state = 'accepted'";
+
+/// The parts among `ids` and the part Meta knows as `wamid` that dashboards last heard of as
+/// failed and that are accepted now.
+pub async fn unannounced_recoveries(
+    pool: &PgPool,
+    ids: &[i64],
+    wamid: Option<&str>,
+) -> sqlx::Result<Vec<Recovery>> {
+    sqlx::query_as(&format!(
+        "{RECOVERY} AND (o.id = ANY($1) OR o.wamid = $2) ORDER BY o.id"
+    ))
+    .bind(ids)
+    .bind(wamid)
+    .fetch_all(pool)
+    .await
+}
+
+/// Up to `limit` of [`unannounced_recoveries`] of any part with an id above `after`, in id
+/// order, unchanged for `quiet`.
+pub async fn late_recoveries(
+    pool: &PgPool,
+    quiet: std::time::Duration,
+    after: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<Recovery>> {
+    sqlx::query_as(&format!(
+        "{RECOVERY} AND o.id > $1 AND o.updated_at < now() - make_interval(secs => $2)
+          ORDER BY o.id LIMIT $3"
+    ))
+    .bind(after)
+    .bind(quiet.as_secs_f64())
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Records that the dashboards heard these parts went out after all: a later failure of one
+/// (a `failed` status after the acceptance) is a new one, announced again.
+pub async fn recoveries_announced(pool: &PgPool, ids: &[i64]) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE outbound_messages SET failure_shown = FALSE, failure_announced = FALSE
+          WHERE id = ANY($1) AND state = 'accepted'",
     )
     .bind(ids)
     .execute(pool)

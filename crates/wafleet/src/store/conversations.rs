@@ -1265,7 +1265,13 @@ async fn apply_distinct(
                     error_code = CASE WHEN o.delivery_rank < i.rank AND o.delivery_rank < 4
                                       THEN COALESCE(i.code, o.error_code) ELSE o.error_code END,
                     error_title = CASE WHEN o.delivery_rank < i.rank AND o.delivery_rank < 4
-                                       THEN COALESCE(i.title, o.error_title) ELSE o.error_title END
+                                       THEN COALESCE(i.title, o.error_title) ELSE o.error_title END,
+                    -- A `failed` status is Meta's word on why: the reason the sender recorded
+                    -- when it gave up on a send Meta had taken after all (unanswered) no longer
+                    -- says it (the transcript, a `message_failed` event read Meta's code).
+                    fail_reason = CASE WHEN o.delivery_rank < i.rank AND o.delivery_rank < 4
+                                            AND i.status = 'failed' THEN NULL
+                                       ELSE o.fail_reason END
                FROM matched m JOIN input i ON i.n = m.n
               WHERE o.id = m.oid AND o.id IN (SELECT id FROM locked)
                 AND ((o.delivery_rank < i.rank AND o.delivery_rank < 4) OR o.wamid IS NULL)

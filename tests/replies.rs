@@ -3738,6 +3738,42 @@ async fn a_channel_setting_changed_by_name_is_what_the_workers_use() {
     assert!(shown.contains(&("handover_keywords", "(default)".to_string())));
 }
 
+/// A customer who says they need no adviser gets the bot's answer: the channel's phrase is in the
+/// message, but negated. Asked for in the next message, the same phrase hands over.
+#[tokio::test]
+async fn a_negated_handover_phrase_gets_a_bot_reply_and_no_handover() {
+    use wafleet::store::settings::{self, Setting};
+    let s = system().await;
+    let change = Setting::HandoverKeywords.parse("asesor").unwrap();
+    assert!(settings::set(&s.pg, PNID, &change).await.unwrap());
+
+    s.send(
+        "573021",
+        "wamid.N1",
+        "no necesito un asesor, ¿cuánto cuesta?",
+    )
+    .await;
+    let sent = s.sent(1).await;
+    assert_ne!(sent[0].body, DEFAULT_HANDOVER_ACK);
+    assert_eq!(sent[0].context_message_id.as_deref(), Some("wamid.N1"));
+    s.settled().await;
+    assert_eq!(s.sim.state.llm_requests().len(), 1, "the model answered");
+    assert_eq!(s.owner().await, "bot");
+    let (handovers,): (i64,) = sqlx::query_as("SELECT count(*) FROM handover_events")
+        .fetch_one(&s.pg)
+        .await
+        .unwrap();
+    assert_eq!(handovers, 0);
+
+    s.send("573021", "wamid.N2", "no me entiendes, quiero un asesor")
+        .await;
+    let sent = s.sent(2).await;
+    assert_eq!(sent[1].body, DEFAULT_HANDOVER_ACK);
+    s.settled().await;
+    assert_eq!(s.sim.state.llm_requests().len(), 1, "no model call for it");
+    assert_eq!(s.owner().await, "human");
+}
+
 #[tokio::test]
 async fn an_agent_message_that_reaches_the_sender_after_the_window_closed_fails_and_hands_nothing_over()
  {

@@ -3027,6 +3027,32 @@ async fn an_agents_file_buttons_and_list_reach_meta_as_exactly_their_objects_onc
         5,
         "the bot does not answer the tap"
     );
+
+    // Given back to the bot, the customer picks from the list: the model reads the row picked.
+    let (status, _) = s
+        .api
+        .post(&format!("/api/v1/conversations/{id}/release"), &s.shop)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let pick = message_body(
+        SHOP,
+        "573140",
+        json!({"from": "573140", "id": "wamid.TAP2",
+               "timestamp": chrono::Utc::now().timestamp().to_string(),
+               "context": {"from": SHOP, "id": sent[4].wamid},
+               "type": "interactive",
+               "interactive": {"type": "list_reply",
+                               "list_reply": {"id": "tienda", "title": "Recojo en tienda"}}}),
+    );
+    assert_eq!(s.ingest.post_signed(&pick, APP_SECRET).await.status(), 200);
+    s.sent(6).await;
+    let asked = s.sim.state.llm_requests();
+    assert_eq!(
+        asked.last().unwrap().last_user_message,
+        "Recojo en tienda",
+        "{:?}",
+        asked.last().unwrap().body
+    );
 }
 
 #[tokio::test]

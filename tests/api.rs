@@ -2807,6 +2807,32 @@ async fn a_failure_redis_refused_is_announced_by_the_sweep_once_with_two_workers
         (2, &json!("transient")),
         "{events:?}"
     );
+
+    // A status showed Meta took it after all, and the run that applied it stopped before
+    // Redis took the correction: the sweep makes it, once, however many sweep.
+    sqlx::query(
+        "UPDATE outbound_messages SET state = 'accepted', delivery = 'delivered', delivery_rank = 2
+          WHERE id = $1",
+    )
+    .bind(part)
+    .execute(&s.pg)
+    .await
+    .unwrap();
+    let (ra, rb) = tokio::join!(
+        sweep(&s.pg, &mut a, &keys, &policy, Duration::ZERO, 100),
+        sweep(&s.pg, &mut b, &keys, &policy, Duration::ZERO, 100),
+    );
+    ra.unwrap();
+    rb.unwrap();
+    sweep(&s.pg, &mut a, &keys, &policy, Duration::ZERO, 100)
+        .await
+        .unwrap();
+    let events = part_events(&s.cfg, part).await;
+    assert_eq!(
+        (events.len(), &events[2]["kind"], &events[2]["delivery"]),
+        (3, &json!("message_recovered"), &json!("delivered")),
+        "{events:?}"
+    );
 }
 
 impl Api {

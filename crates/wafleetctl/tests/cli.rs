@@ -1666,6 +1666,18 @@ async fn an_agent_sends_a_file_and_reply_buttons_from_the_command_line() {
         .says("[pending]: [document: factura-4412.pdf] Tu factura")
         .says("[pending]: ¿Confirmas el pedido? [buttons: Sí | No]")
         .says("[pending]: ¿Cómo lo quieres? [list Ver opciones: A domicilio | En tienda]");
+
+    // Erased, the customer's files and options go with their text.
+    ctl(&cfg, &["customer", "erase", PNID, "573001234567", "--yes"])
+        .await
+        .ok();
+    let kept: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outbound_messages WHERE payload IS NOT NULL OR body <> ''",
+    )
+    .fetch_one(&pg)
+    .await
+    .unwrap();
+    assert_eq!(kept, 0);
 }
 
 /// `channel show` prints what Meta last said of the number and its business account, as the

@@ -1631,7 +1631,7 @@ async fn the_bot_answers_a_reply_to_a_template_knowing_what_the_template_said() 
     s.sent(1).await;
 
     // The order update, which the bot answers after; a parameter with personal data.
-    let body = json!({"to": "573005550150", "name": "order_shipped", "language": "es",
+    let body = json!({"to": "573005550150", "name": "order_delayed", "language": "es",
                       "params": ["#1042", "ana@example.com"], "answered_by": "bot"});
     let (status, started) = s
         .api
@@ -1654,7 +1654,7 @@ async fn the_bot_answers_a_reply_to_a_template_knowing_what_the_template_said() 
     let system = asked[0]["content"].as_str().unwrap();
     assert_eq!(asked[0]["role"], "system");
     assert!(
-        system.contains("> [template: order_shipped] #1042 | [EMAIL]"),
+        system.contains("> [template: order_delayed] #1042 | [EMAIL]"),
         "{system}"
     );
     assert!(!system.contains("ana@example.com"));
@@ -1679,7 +1679,7 @@ async fn a_retried_template_takes_the_conversation_even_when_it_went_out_before_
     let (api, shop) = (&s.api, &s.shop);
     let start = |answered_by: &str| {
         let body = json!({"to": "573005550170", "name": "order_shipped", "language": "es",
-                          "answered_by": answered_by});
+                          "params": ["#1042"], "answered_by": answered_by});
         async move {
             api.call(
                 reqwest::Method::POST,
@@ -1733,7 +1733,7 @@ async fn a_template_whose_acceptance_was_lost_still_takes_the_wa_id_meta_names()
         .state
         .add_fault(serde_json::from_value(json!({"hang": true, "count": 1})).unwrap());
     let body = json!({"to": "+52 55 1234 5679", "name": "order_shipped", "language": "es",
-                      "answered_by": "human"});
+                      "params": ["#1042"], "answered_by": "human"});
     let (status, started) = s
         .api
         .call(
@@ -3407,4 +3407,279 @@ async fn a_console_uploads_a_file_to_meta_and_sends_it_by_its_id() {
         let line = format!("wafleet_api_uploads_total{{result=\"{result}\"}}");
         assert_eq!(metric_value(&metrics, &line), n, "{line}");
     }
+}
+
+// --- Templates with header media, header text, URL, quick-reply and copy-code buttons ---
+
+/// The business account the simulator lists templates for.
+const WABA: &str = "102290129340398";
+
+impl Sys {
+    /// The shop's number with its business account: the API reads its templates from Meta.
+    async fn with_account(&self) {
+        sqlx::query("UPDATE channels SET waba_id = $2, pair_burst = 10 WHERE phone_number_id = $1")
+            .bind(SHOP)
+            .bind(WABA)
+            .execute(&self.pg)
+            .await
+            .unwrap();
+    }
+
+    /// A template to a customer by phone through the shop's number.
+    async fn template_to(&self, key: &str, body: Value) -> (StatusCode, Value) {
+        let path = format!("/api/v1/channels/{SHOP}/templates");
+        self.api
+            .call(
+                reqwest::Method::POST,
+                &path,
+                Some(&self.shop),
+                Some(key),
+                Some(body),
+            )
+            .await
+    }
+
+    /// A template in conversation `id`.
+    async fn template_in(&self, id: i64, key: &str, body: Value) -> (StatusCode, Value) {
+        let path = format!("/api/v1/conversations/{id}/templates");
+        self.api
+            .call(
+                reqwest::Method::POST,
+                &path,
+                Some(&self.shop),
+                Some(key),
+                Some(body),
+            )
+            .await
+    }
+}
+
+#[tokio::test]
+async fn templates_with_a_file_a_header_text_and_buttons_go_out_as_meta_takes_them() {
+    let s = system().await;
+    s.with_account().await;
+    // An order confirmation with the invoice's PDF, a tracking link and a quick reply.
+    let invoice = json!({"to": "573005550180", "name": "order_invoice", "language": "es",
+        "params": ["Ana", "#1042"],
+        "header": {"type": "document", "link": "https://shop.example/f/1042.pdf",
+                   "filename": "factura-1042.pdf"},
+        "buttons": [{"index": 0, "sub_type": "url", "parameter": "1042"},
+                    {"index": 1, "sub_type": "quick_reply", "payload": "TALK-1042"}],
+        "answered_by": "human"});
+    let (status, started) = s.template_to("i1", invoice.clone()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    let id = started["conversation_id"].as_i64().unwrap();
+    let sent = s.sent(1).await;
+    assert_eq!(
+        sent[0].template,
+        Some(
+            json!({"name": "order_invoice", "language": {"code": "es"}, "components": [
+                {"type": "header", "parameters": [{"type": "document", "document":
+                    {"link": "https://shop.example/f/1042.pdf", "filename": "factura-1042.pdf"}}]},
+                {"type": "body", "parameters": [{"type": "text", "text": "Ana"},
+                                                {"type": "text", "text": "#1042"}]},
+                {"type": "button", "sub_type": "url", "index": "0",
+                 "parameters": [{"type": "text", "text": "1042"}]},
+                {"type": "button", "sub_type": "quick_reply", "index": "1",
+                 "parameters": [{"type": "payload", "payload": "TALK-1042"}]},
+            ]})
+        )
+    );
+    // Meta took it; the dashboard's retry records and sends nothing again.
+    let accepted = format!(
+        "SELECT count(*) FROM outbound_messages WHERE conversation_id = {id} AND state = 'accepted'"
+    );
+    wait_count(&s.pg, &accepted, 1, 30).await;
+    let (status, again) = s.template_to("i1", invoice).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["fresh"], false);
+    assert_eq!(again["part_ids"], started["part_ids"]);
+
+    // In the conversation the agent now has: a text header's parameter and a coupon code; an
+    // image header by media id.
+    let ready = json!({"name": "order_ready", "language": "es", "params": ["Calle 10 #4-20"],
+        "header": {"type": "text", "parameters": ["#1042"]},
+        "buttons": [{"index": 1, "sub_type": "copy_code", "coupon_code": "SOL25"}]});
+    let (status, queued) = s.template_in(id, "r1", ready).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{queued}");
+    let image = json!({"name": "new_collection", "language": "es",
+                       "header": {"type": "image", "id": "1593081761623532"}});
+    let (status, queued) = s.template_in(id, "c1", image).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{queued}");
+    let sent = s.sent(3).await;
+    assert_eq!(
+        s.sim.state.messages().len(),
+        3,
+        "the retry sent the invoice again"
+    );
+    let components = |name: &str| {
+        sent.iter()
+            .filter_map(|m| m.template.as_ref())
+            .find(|t| t["name"] == name)
+            .map(|t| t["components"].clone())
+    };
+    assert_eq!(
+        components("order_ready"),
+        Some(json!([
+            {"type": "header", "parameters": [{"type": "text", "text": "#1042"}]},
+            {"type": "body", "parameters": [{"type": "text", "text": "Calle 10 #4-20"}]},
+            {"type": "button", "sub_type": "copy_code", "index": "1",
+             "parameters": [{"type": "coupon_code", "coupon_code": "SOL25"}]},
+        ]))
+    );
+    assert_eq!(
+        components("new_collection"),
+        Some(json!([{"type": "header", "parameters":
+            [{"type": "image", "image": {"id": "1593081761623532"}}]}]))
+    );
+
+    // The transcript shows what went, readably (never a file's link).
+    let (_, shown) = s
+        .api
+        .get(&format!("/api/v1/conversations/{id}"), &s.shop)
+        .await;
+    let templates: Vec<&str> = shown["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["kind"] == "template")
+        .map(|l| l["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        templates,
+        [
+            "[template: order_invoice] [document factura-1042.pdf] Ana | #1042 [button 0: 1042] \
+             [quick reply 1: TALK-1042]",
+            "[template: order_ready] [header: #1042] Calle 10 #4-20 [code 1: SOL25]",
+            "[template: new_collection] [image]",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_template_lacking_a_parameter_it_needs_or_given_one_it_has_not_is_refused_unrecorded() {
+    let s = system().await;
+    s.with_account().await;
+    // Without the invoice and the tracking number: each named, and no conversation is made.
+    let bare = json!({"to": "573005550181", "name": "order_invoice", "language": "es",
+                      "params": ["Ana", "#1042"]});
+    let (status, refused) = s.template_to("n1", bare).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    let error = refused["error"].as_str().unwrap();
+    assert!(
+        error.contains("template order_invoice needs a document header"),
+        "{error}"
+    );
+    assert!(
+        error.contains("button 0 (\"Seguir pedido\") needs its URL's suffix"),
+        "{error}"
+    );
+    // What cannot be right is refused before Meta is asked.
+    let plain_http = json!({"to": "573005550181", "name": "order_invoice", "language": "es",
+        "params": ["Ana", "#1042"],
+        "header": {"type": "document", "link": "http://shop.example/f/1042.pdf"},
+        "buttons": [{"index": 0, "sub_type": "url", "parameter": "1042"}]});
+    let (status, refused) = s.template_to("n2", plain_http).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert!(
+        refused["error"].as_str().unwrap().contains("https://"),
+        "{refused}"
+    );
+
+    // In a conversation an agent has: what the template does not take is refused too.
+    let id = s.taken(SHOP, "573005550182", "wamid.N1").await;
+    let cases = [
+        (
+            json!({"name": "order_shipped", "language": "es", "params": ["#1"],
+                   "header": {"type": "text", "parameters": ["#1"]}}),
+            "template order_shipped's header takes no parameters",
+        ),
+        (
+            json!({"name": "order_ready", "language": "es", "params": ["Calle 10"],
+                   "header": {"type": "text", "parameters": ["#1"]},
+                   "buttons": [{"index": 0, "sub_type": "url", "parameter": "x"},
+                               {"index": 1, "sub_type": "copy_code", "coupon_code": "SOL25"}]}),
+            "button 0 (\"Ver tiendas\") has a fixed address: it takes no parameter",
+        ),
+        (
+            json!({"name": "order_ready", "language": "es", "params": ["Calle 10"],
+                   "header": {"type": "text", "parameters": ["#1"]}}),
+            "button 1 (\"Copiar código\") needs its coupon code",
+        ),
+        (
+            json!({"name": "order_delayed", "language": "es",
+                   "params": ["#1", "martes", "de más"]}),
+            "template order_delayed's body takes 2 parameters (3 given)",
+        ),
+        (
+            json!({"name": "new_collection", "language": "es",
+                   "header": {"type": "video", "link": "https://shop.example/v.mp4"}}),
+            "template new_collection's header is an image, not a video",
+        ),
+    ];
+    for (body, named) in cases {
+        let (status, refused) = s.template_in(id, "e1", body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+        let error = refused["error"].as_str().unwrap();
+        assert!(error.contains(named), "{named}: {error}");
+    }
+    // Nothing recorded, nothing sent but the bot's reply.
+    let templates = "SELECT count(*) FROM outbound_messages WHERE kind = 'template'";
+    assert_eq!(count(&s.pg, templates).await, 0);
+    let made = "SELECT count(*) FROM conversations WHERE wa_id = '573005550181'";
+    assert_eq!(count(&s.pg, made).await, 0);
+    assert_eq!(s.sim.state.messages().len(), 1);
+    // The refusals did not take the reference: the send that fits goes out with it.
+    let fits = json!({"name": "order_delayed", "language": "es", "params": ["#1", "martes"]});
+    let (status, queued) = s.template_in(id, "e1", fits).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{queued}");
+    s.sent(2).await;
+}
+
+#[tokio::test]
+async fn without_the_business_account_a_template_lacking_its_file_fails_at_meta() {
+    let s = system().await;
+    // No waba_id: the API cannot read the template and lets the send go; Meta refuses it.
+    let bare = json!({"to": "573005550183", "name": "order_invoice", "language": "es",
+                      "params": ["Ana", "#1042"],
+                      "buttons": [{"index": 0, "sub_type": "url", "parameter": "1042"}]});
+    let (status, queued) = s.template_to("u1", bare).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{queued}");
+    wait_count(
+        &s.pg,
+        "SELECT count(*) FROM outbound_messages
+          WHERE kind = 'template' AND state = 'failed' AND error_code = 132000",
+        1,
+        30,
+    )
+    .await;
+    assert!(s.sim.state.messages().is_empty());
+}
+
+#[tokio::test]
+async fn the_model_reads_a_template_with_its_file_and_buttons_as_the_customer_saw_it() {
+    let s = system().await;
+    s.with_account().await;
+    let invoice = json!({"to": "573005550184", "name": "order_invoice", "language": "es",
+        "params": ["Ana", "#1042"],
+        "header": {"type": "document", "id": "1593081761623533", "filename": "factura-1042.pdf"},
+        "buttons": [{"index": 0, "sub_type": "url", "parameter": "1042"}],
+        "answered_by": "bot"});
+    let (status, queued) = s.template_to("h1", invoice).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{queued}");
+    s.sent(1).await;
+    s.customer_writes(SHOP, "573005550184", "wamid.H1", 2).await;
+    let asked = s.sim.state.llm_requests();
+    let system = asked.last().unwrap().body["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for shown in [
+        "[document factura-1042.pdf]",
+        "adjuntamos la factura de tu pedido #1042.",
+        "[button: Seguir pedido → https://shop.example/track/1042] [button: Hablar con alguien]",
+    ] {
+        assert!(system.contains(shown), "{shown}: {system}");
+    }
+    assert!(!system.contains("[template"), "{system}");
 }

@@ -322,6 +322,34 @@ async fn a_templates_wording_is_read_from_the_business_account() {
         .unwrap()
         .unwrap();
     assert_eq!(english.footer, None);
+    // A document header and buttons, a URL one ending in a parameter.
+    let invoice = graph
+        .template_text(TOKEN, "102290129340398", "order_invoice", "es")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(invoice.header_format.as_deref(), Some("DOCUMENT"));
+    assert_eq!(
+        (invoice.header, found.header_format.as_deref()),
+        (None, Some("TEXT"))
+    );
+    let buttons: Vec<(&str, &str, Option<&str>)> = invoice
+        .buttons
+        .iter()
+        .map(|b| (b.kind.as_str(), b.text.as_str(), b.url.as_deref()))
+        .collect();
+    assert_eq!(
+        buttons,
+        [
+            (
+                "URL",
+                "Seguir pedido",
+                Some("https://shop.example/track/{{1}}")
+            ),
+            ("QUICK_REPLY", "Hablar con alguien", None),
+        ]
+    );
+    assert!(!invoice.named);
     for (name, language) in [("order", "es"), ("order_shipped", "pt_BR"), ("nope", "es")] {
         assert_eq!(
             graph

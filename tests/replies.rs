@@ -3281,6 +3281,9 @@ async fn an_agent_re_engages_a_customer_outside_the_window_with_a_template_and_m
         name: "order_update",
         language: "es",
         body_params: &params,
+        header: None,
+        buttons: &[],
+        definition: None,
         reference,
         agent: Some("ana"),
     };

@@ -10,6 +10,8 @@
 //!    any other `type` → 400, code 100. Recorded with the object (`SentMessage::message`).
 //!    A body with `"status": "read"` is mark-read (with `typing_indicator`, typing): recorded,
 //!    answered `{"success": true}`, never rate-limited or faulted.
+//!    A template send must fit the template it names, when the simulator lists it
+//!    ([`crate::templates::check_send`]) → 400, code 132000 / 132012.
 //! 3. Queued [`Fault`]s: the first matching fault with sends left takes this send.
 //! 4. Throughput per number (`mps`, burst `number_burst`) → 400, code 130429.
 //! 5. Pair rate per recipient (`pair_burst`, then one per `pair_period`) → 400, code 131056.
@@ -519,6 +521,9 @@ impl Send {
                         )),
                     ));
                 }
+            }
+            if let Err((code, message)) = crate::templates::check_send(t) {
+                return Err(Refusal::new(400, code, Some(message)));
             }
             Some(t.clone())
         } else {

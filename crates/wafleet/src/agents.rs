@@ -26,6 +26,7 @@ use chrono::Utc;
 use redis::aio::ConnectionLike;
 use sqlx::PgPool;
 use wafleet_core::format::split::{WHATSAPP_MAX_CHARS, split_message};
+use wafleet_core::format::template::{Button, Header, TemplateText};
 
 use crate::stages::{OwnerChange, publish_handover, publish_handover_once};
 use crate::store::agents::{AgentMessage, Recorded, record_agent_message};
@@ -62,6 +63,11 @@ pub enum AgentError {
     Invalid(#[from] wafleet_core::outgoing::Invalid),
     #[error("a template needs its name and language")]
     NoTemplateName,
+    /// A template's header or buttons given wrong, or not what the approved template takes (it
+    /// lacks a parameter the template needs, or gives one it does not have: Meta would refuse
+    /// the send with 132000). Names each problem.
+    #[error("{0}")]
+    TemplateMismatch(String),
     /// Not echoed: it is a customer's phone.
     #[error("the customer must be given by their phone number: 8 to 15 digits, in any notation")]
     BadPhone(String),
@@ -436,44 +442,94 @@ pub struct Template<'a> {
     pub language: &'a str,
     /// The body's parameters, `{{1}}`, `{{2}}`… in order (text only).
     pub body_params: &'a [String],
+    /// The header's media (an invoice's PDF) or its text's parameter, for a template whose
+    /// header takes one.
+    pub header: Option<&'a Header>,
+    /// The buttons' parameters: a URL button's suffix, a quick reply's payload, a coupon code.
+    pub buttons: &'a [Button],
+    /// The approved template as Meta lists it, when it could be read ([`template_definition`]):
+    /// the send is checked against it before anything is recorded.
+    pub definition: Option<&'a TemplateText>,
     pub reference: &'a str,
     pub agent: Option<&'a str>,
 }
 
-/// The Graph API's `template` object of `t`.
+/// The Graph API's `template` object of `t`, its `components` built by
+/// [`wafleet_core::format::template::components`].
 pub fn template_object(t: &Template<'_>) -> serde_json::Value {
     let mut object = serde_json::json!({"name": t.name, "language": {"code": t.language}});
-    if !t.body_params.is_empty() {
-        let parameters: Vec<serde_json::Value> = t
-            .body_params
-            .iter()
-            .map(|p| serde_json::json!({"type": "text", "text": p}))
-            .collect();
-        object["components"] = serde_json::json!([{"type": "body", "parameters": parameters}]);
+    let components = wafleet_core::format::template::components(t.header, t.body_params, t.buttons);
+    if !components.is_empty() {
+        object["components"] = serde_json::Value::Array(components);
     }
     object
 }
 
-/// What the model reads of a template the bot answers after: its name and body parameters,
-/// redacted (`[template: order_shipped] #1042 | martes`).
+/// What the model reads of a template the bot answers after until Meta's wording is known: the
+/// template in a line, redacted (`[template: order_shipped] [document invoice.pdf] #1042 |
+/// martes [button 0: 1042]`, see [`wafleet_core::format::template::describe`]).
 pub fn template_history_text(t: &Template<'_>) -> String {
     static REDACTOR: std::sync::LazyLock<wafleet_core::pii::Redactor> =
         std::sync::LazyLock::new(wafleet_core::pii::Redactor::new);
-    let mut text = format!(
-        "{}: {}]",
-        crate::store::replies::TEMPLATE_MARKER,
-        t.name.trim()
-    );
-    let params: Vec<String> = t
-        .body_params
-        .iter()
-        .map(|p| REDACTOR.redact(p.trim()).text)
-        .collect();
-    if !params.is_empty() {
-        text.push(' ');
-        text.push_str(&params.join(" | "));
+    let line = wafleet_core::format::template::describe(&template_object(t));
+    debug_assert!(line.starts_with(crate::store::replies::TEMPLATE_MARKER));
+    REDACTOR.redact(&line).text
+}
+
+/// The approved template `name` in `language` of channel `phone_number_id`'s business account,
+/// as Meta lists it (through `wordings`' cache), to check a send against before it is recorded.
+/// `None` when it cannot be read: no `waba_id` or access token stored, no encryption key to open
+/// the token, Meta not answering within [`crate::stages::wording::LOOKUP_TIMEOUT`], or Meta not
+/// listing the template. The send then goes unchecked, and a mismatch fails it at Meta (132000,
+/// a `message_failed` event). `wafleet_template_checks_total{result}` counts each outcome.
+pub async fn template_definition(
+    pg: &PgPool,
+    wordings: &crate::stages::wording::Wordings,
+    graph: &crate::graph::GraphClient,
+    cipher: Option<&crate::crypto::Cipher>,
+    phone_number_id: &str,
+    name: &str,
+    language: &str,
+) -> Result<Option<TemplateText>, AgentError> {
+    let unchecked = |result: &'static str| {
+        metrics::counter!("wafleet_template_checks_total", "result" => result).increment(1);
+        Ok(None)
+    };
+    let Some(cipher) = cipher else {
+        return unchecked("no_account");
+    };
+    let asked = [phone_number_id.to_string()];
+    let summary = crate::store::channels::summaries(pg, &asked).await?.pop();
+    let Some(waba_id) = summary.and_then(|c| c.waba_id) else {
+        return unchecked("no_account");
+    };
+    let token = match crate::store::channels::access_token(pg, cipher, phone_number_id).await {
+        Ok(Some(token)) => token,
+        Ok(None) => return unchecked("no_account"),
+        Err(e) => {
+            tracing::warn!(
+                channel = phone_number_id,
+                error = format!("{e:#}"),
+                "a template's parameters are not checked: the channel's token does not open"
+            );
+            return unchecked("no_account");
+        }
+    };
+    match wordings
+        .definition(graph, &waba_id, token.expose(), name, language)
+        .await
+    {
+        Ok(Some(definition)) => Ok(Some(definition)),
+        Ok(None) => unchecked("unknown"),
+        Err(reason) => {
+            tracing::warn!(
+                channel = phone_number_id,
+                reason,
+                "a template's parameters are not checked: Meta did not list the template"
+            );
+            unchecked("failed")
+        }
     }
-    text
 }
 
 /// Records an agent's template and queues its send, as [`reply`] does for a message; only the
@@ -489,10 +545,25 @@ pub async fn template(
 }
 
 impl Template<'_> {
-    /// A template needs its name and language.
+    /// A template needs its name and language, a well-formed header and buttons, and, when the
+    /// approved template is known, what it takes: no parameter missing, none extra.
     fn check(&self) -> Result<(), AgentError> {
+        use wafleet_core::format::template;
         if self.name.trim().is_empty() || self.language.trim().is_empty() {
             return Err(AgentError::NoTemplateName);
+        }
+        template::check_request(self.header, self.buttons).map_err(AgentError::TemplateMismatch)?;
+        if let Some(definition) = self.definition {
+            let checked = template::check(
+                self.name,
+                definition,
+                self.header,
+                self.body_params,
+                self.buttons,
+            );
+            let result = if checked.is_ok() { "fits" } else { "refused" };
+            metrics::counter!("wafleet_template_checks_total", "result" => result).increment(1);
+            checked.map_err(AgentError::TemplateMismatch)?;
         }
         Ok(())
     }
@@ -545,6 +616,9 @@ pub struct Outreach<'a> {
     pub name: &'a str,
     pub language: &'a str,
     pub body_params: &'a [String],
+    pub header: Option<&'a Header>,
+    pub buttons: &'a [Button],
+    pub definition: Option<&'a TemplateText>,
     /// Idempotent within the customer's conversation.
     pub reference: &'a str,
     pub agent: Option<&'a str>,
@@ -567,6 +641,9 @@ pub async fn outreach(
         name: o.name,
         language: o.language,
         body_params: o.body_params,
+        header: o.header,
+        buttons: o.buttons,
+        definition: o.definition,
         reference: o.reference,
         agent: o.agent,
     };

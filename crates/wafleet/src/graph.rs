@@ -294,8 +294,9 @@ impl GraphClient {
 
 impl GraphClient {
     /// The wording of a business account's approved template (`GET /{version}/{waba_id}/
-    /// message_templates?name=…`): its text header, body and footer in `language`. `Ok(None)`
-    /// when the account has no approved template of that name and language.
+    /// message_templates?name=…`): its header (its format, and its text when `TEXT`), body,
+    /// footer and buttons in `language`. `Ok(None)` when the account has no approved template of
+    /// that name and language.
     pub async fn template_text(
         &self,
         token: &str,
@@ -312,6 +313,7 @@ impl GraphClient {
             name: String,
             language: String,
             status: Option<String>,
+            parameter_format: Option<String>,
             #[serde(default)]
             components: Vec<Component>,
         }
@@ -321,6 +323,16 @@ impl GraphClient {
             kind: String,
             format: Option<String>,
             text: Option<String>,
+            #[serde(default)]
+            buttons: Vec<Button>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Button {
+            #[serde(rename = "type")]
+            kind: String,
+            #[serde(default)]
+            text: String,
+            url: Option<String>,
         }
         let Some(url) = self.edge_url(waba_id, "message_templates") else {
             return Err(GraphCallError::Transport {
@@ -330,7 +342,7 @@ impl GraphClient {
         };
         let query = [
             ("name", name),
-            ("fields", "name,language,status,components"),
+            ("fields", "name,language,status,parameter_format,components"),
             ("limit", "100"),
         ];
         let page: Page = self.get_json(url, token, &query, "template").await?;
@@ -352,10 +364,34 @@ impl GraphClient {
                     })
                     .and_then(|c| c.text.clone())
             };
+            let of_kind = |kind: &str| {
+                t.components
+                    .iter()
+                    .find(|c| c.kind.eq_ignore_ascii_case(kind))
+            };
             wafleet_core::format::template::TemplateText {
                 header: text_of("HEADER"),
                 body: text_of("BODY"),
                 footer: text_of("FOOTER"),
+                // A header without a format is a text one.
+                header_format: of_kind("HEADER")
+                    .map(|h| h.format.as_deref().unwrap_or("TEXT").to_ascii_uppercase()),
+                buttons: of_kind("BUTTONS")
+                    .map(|c| {
+                        c.buttons
+                            .iter()
+                            .map(|b| wafleet_core::format::template::DefinedButton {
+                                kind: b.kind.to_ascii_uppercase(),
+                                text: b.text.clone(),
+                                url: b.url.clone(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                named: t
+                    .parameter_format
+                    .as_deref()
+                    .is_some_and(|f| f.eq_ignore_ascii_case("NAMED")),
             }
         }))
     }

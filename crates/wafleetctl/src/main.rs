@@ -352,11 +352,142 @@ struct TemplateArgs {
     /// The body's parameters ({{1}}, {{2}}…), in order; repeatable.
     #[arg(long = "param")]
     params: Vec<String>,
+    /// The header's image, for a template whose header is one: an https link Meta fetches, or
+    /// the id of media uploaded to Meta.
+    #[arg(long, value_name = "URL|ID", group = "header")]
+    header_image: Option<String>,
+    /// The header's document (an order's invoice): an https link or a media id.
+    #[arg(long, value_name = "URL|ID", group = "header")]
+    header_document: Option<String>,
+    /// The header's video: an https link or a media id.
+    #[arg(long, value_name = "URL|ID", group = "header")]
+    header_video: Option<String>,
+    /// The document's name as the customer sees it (invoice.pdf), with --header-document.
+    #[arg(long, requires = "header_document")]
+    filename: Option<String>,
+    /// The parameter of a text header ({{1}} in "Pedido {{1}}").
+    #[arg(long, value_name = "VALUE", group = "header")]
+    header_text: Option<String>,
+    /// A URL button's suffix ({{1}} at the end of its address): INDEX:VALUE, INDEX the button's
+    /// position in the template from 0; repeatable.
+    #[arg(long = "url-button", value_name = "INDEX:VALUE", value_parser = index_value)]
+    url_buttons: Vec<(u8, String)>,
+    /// A quick reply's payload (what comes back when the customer taps it): INDEX:PAYLOAD;
+    /// repeatable.
+    #[arg(long = "quick-reply", value_name = "INDEX:PAYLOAD", value_parser = index_value)]
+    quick_replies: Vec<(u8, String)>,
+    /// A copy-code button's code: INDEX:CODE.
+    #[arg(long = "copy-code", value_name = "INDEX:CODE", value_parser = index_value)]
+    copy_codes: Vec<(u8, String)>,
     /// As for `reply`.
     #[arg(long)]
     reference: Option<String>,
     #[arg(long)]
     agent: Option<String>,
+}
+
+/// `INDEX:VALUE` of a template button (`0:1042`).
+fn index_value(arg: &str) -> Result<(u8, String), String> {
+    let (index, value) = arg
+        .split_once(':')
+        .ok_or("give INDEX:VALUE, INDEX the button's position from 0 (0:1042)")?;
+    let index = index
+        .trim()
+        .parse::<u8>()
+        .map_err(|_| format!("{index:?} is not a button's position (0 to 9)"))?;
+    Ok((index, value.to_string()))
+}
+
+impl TemplateArgs {
+    /// The header and buttons the flags give.
+    fn components(
+        &self,
+    ) -> (
+        Option<wafleet_core::format::template::Header>,
+        Vec<wafleet_core::format::template::Button>,
+    ) {
+        use wafleet_core::format::template::{Button, Header, Media};
+        // A link is an https address; anything else is a media id.
+        let media = |given: &str| {
+            let (link, id) = if given.contains("://") {
+                (Some(given.to_string()), None)
+            } else {
+                (None, Some(given.to_string()))
+            };
+            Media {
+                link,
+                id,
+                filename: self.filename.clone(),
+            }
+        };
+        let header = match (
+            &self.header_image,
+            &self.header_document,
+            &self.header_video,
+            &self.header_text,
+        ) {
+            (Some(i), _, _, _) => Some(Header::Image(media(i))),
+            (_, Some(d), _, _) => Some(Header::Document(media(d))),
+            (_, _, Some(v), _) => Some(Header::Video(media(v))),
+            (_, _, _, Some(t)) => Some(Header::Text {
+                parameters: vec![t.clone()],
+            }),
+            _ => None,
+        };
+        let buttons = self
+            .url_buttons
+            .iter()
+            .map(|(index, parameter)| Button::Url {
+                index: *index,
+                parameter: parameter.clone(),
+            })
+            .chain(
+                self.quick_replies
+                    .iter()
+                    .map(|(index, payload)| Button::QuickReply {
+                        index: *index,
+                        payload: payload.clone(),
+                    }),
+            )
+            .chain(
+                self.copy_codes
+                    .iter()
+                    .map(|(index, code)| Button::CopyCode {
+                        index: *index,
+                        coupon_code: code.clone(),
+                    }),
+            )
+            .collect();
+        (header, buttons)
+    }
+}
+
+/// The approved template `t` names on channel `pnid`, as Meta lists it, to check the send
+/// against before it is recorded ([`wafleet::agents::template_definition`], with the workers'
+/// `WAFLEET_GRAPH_*` settings); `None` without `WAFLEET_ENCRYPTION_KEY` (the token cannot be
+/// opened) and whenever the API would not check it either.
+async fn template_definition(
+    pool: &db::PgPool,
+    pnid: &str,
+    t: &TemplateArgs,
+) -> anyhow::Result<Option<wafleet_core::format::template::TemplateText>> {
+    let cipher = wafleet::config::var("WAFLEET_ENCRYPTION_KEY")
+        .map(|_| wafleet::config::cipher_from_env())
+        .transpose()?;
+    let settings = wafleet::stages::process::GraphSettings::from_env()?;
+    let graph =
+        wafleet::graph::GraphClient::new(&settings.base_url, &settings.version, settings.timeout);
+    let wordings = wafleet::stages::wording::Wordings::default();
+    Ok(wafleet::agents::template_definition(
+        pool,
+        &wordings,
+        &graph,
+        cipher.as_ref(),
+        pnid,
+        t.name.trim(),
+        t.language.trim(),
+    )
+    .await?)
 }
 
 #[derive(Subcommand)]
@@ -1255,7 +1386,6 @@ async fn conversation(pool: &wafleet::db::PgPool, cmd: ConversationCommand) -> a
                     _ => String::new(),
                 };
                 let text = match (l.kind.as_str(), l.text) {
-                    ("template", Some(t)) => describe_template(&t),
                     (_, Some(t)) => t,
                     (kind, None) => format!("({kind})"),
                 };
@@ -1379,6 +1509,16 @@ async fn conversation(pool: &wafleet::db::PgPool, cmd: ConversationCommand) -> a
             conversation_id,
             template: t,
         } => {
+            let (header, buttons) = t.components();
+            let definition = match wafleet::store::conversations::phone_number_id(
+                pool,
+                conversation_id,
+            )
+            .await?
+            {
+                Some(pnid) => template_definition(pool, &pnid, &t).await?,
+                None => None,
+            };
             let reference = announce_reference(t.reference);
             let (keys, mut con) = redis_side().await?;
             let queued = agents::template(
@@ -1390,6 +1530,9 @@ async fn conversation(pool: &wafleet::db::PgPool, cmd: ConversationCommand) -> a
                     name: &t.name,
                     language: &t.language,
                     body_params: &t.params,
+                    header: header.as_ref(),
+                    buttons: &buttons,
+                    definition: definition.as_ref(),
                     reference: &reference,
                     agent: t.agent.as_deref(),
                 },
@@ -1403,6 +1546,8 @@ async fn conversation(pool: &wafleet::db::PgPool, cmd: ConversationCommand) -> a
             template: t,
             bot,
         } => {
+            let (header, buttons) = t.components();
+            let definition = template_definition(pool, &phone_number_id, &t).await?;
             let reference = announce_reference(t.reference);
             let (keys, mut con) = redis_side().await?;
             let (id, queued) = agents::outreach(
@@ -1415,6 +1560,9 @@ async fn conversation(pool: &wafleet::db::PgPool, cmd: ConversationCommand) -> a
                     name: &t.name,
                     language: &t.language,
                     body_params: &t.params,
+                    header: header.as_ref(),
+                    buttons: &buttons,
+                    definition: definition.as_ref(),
                     reference: &reference,
                     agent: t.agent.as_deref(),
                     answerer: if bot {
@@ -1430,25 +1578,6 @@ async fn conversation(pool: &wafleet::db::PgPool, cmd: ConversationCommand) -> a
         }
     }
     Ok(())
-}
-
-/// A template part as a transcript line: its name, language and body parameters.
-fn describe_template(json: &str) -> String {
-    let t: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
-    let params: Vec<&str> = t["components"][0]["parameters"]
-        .as_array()
-        .map(|ps| ps.iter().filter_map(|p| p["text"].as_str()).collect())
-        .unwrap_or_default();
-    format!(
-        "(template {} [{}]{})",
-        t["name"].as_str().unwrap_or("?"),
-        t["language"]["code"].as_str().unwrap_or("?"),
-        if params.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", params.join(" | "))
-        }
-    )
 }
 
 /// The reference of an agent's request, a fresh one when not given, printed before anything can

@@ -18,8 +18,8 @@
 //! | POST | `/api/v1/conversations/{id}/messages` | `{"text", "agent"?}` written to the customer; or a file (`media`), reply `buttons` or a `list` |
 //! | GET | `/api/v1/conversations/{id}/media/{message_id}` | the file a customer sent (photo, voice note…), from Meta |
 //! | POST | `/api/v1/channels/{pnid}/media?filename=` | a file (the body, of its `Content-Type`) uploaded to Meta for the number: `{"id", "type"}` to send as `media` |
-//! | POST | `/api/v1/conversations/{id}/templates` | `{"name", "language", "params"?, "agent"?}` |
-//! | POST | `/api/v1/channels/{pnid}/templates` | `{"to", "name", "language", "params"?, "agent"?, "answered_by"?}`: starts a conversation |
+//! | POST | `/api/v1/conversations/{id}/templates` | `{"name", "language", "params"?, "header"?, "buttons"?, "agent"?}` |
+//! | POST | `/api/v1/channels/{pnid}/templates` | `{"to", "name", "language", "params"?, "header"?, "buttons"?, "agent"?, "answered_by"?}`: starts a conversation |
 //! | GET | `/api/v1/events` | server-sent events; resumes after `Last-Event-ID` |
 //! | GET, PUT | `/api/v1/channels[/{pnid}[/knowledge[/{title}]]]` | channels: see [`channels`] |
 //! | GET | `/api/v1/openapi.yaml` | this API's OpenAPI 3.1 document (`openapi.yaml`), no token |
@@ -54,6 +54,8 @@ use serde::Deserialize;
 use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+
+use wafleet_core::format::template::{Button, Header, TemplateText};
 
 use crate::agents::{self, AgentError};
 use crate::config::{RedisLayout, Secret, millis, parsed, positive, required, var};
@@ -130,6 +132,9 @@ struct AppState {
     cipher: Option<crate::crypto::Cipher>,
     graph: crate::graph::GraphClient,
     media_max_bytes: u64,
+    /// Approved templates as Meta lists them, to check a template's parameters before it is
+    /// recorded (kept for minutes, as the workers keep them).
+    wordings: crate::stages::wording::Wordings,
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then drains requests for up to the
@@ -173,6 +178,7 @@ pub async fn run(
             settings.graph.timeout,
         ),
         media_max_bytes: settings.media_max_bytes,
+        wordings: Default::default(),
     };
     let stopping = state.stopping.clone();
     let app = router(Arc::new(state), settings.request_timeout);
@@ -281,6 +287,7 @@ impl From<AgentError> for ApiError {
             | AgentError::WindowClosed { .. }
             | AgentError::ReferenceTaken { .. } => StatusCode::CONFLICT,
             AgentError::Empty | AgentError::NoTemplateName => StatusCode::BAD_REQUEST,
+            AgentError::TemplateMismatch(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AgentError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             // Postgres refusing the data itself (class 22: a NUL, an encoding) is the request's
             // fault: retrying it would fail the same way.
@@ -586,6 +593,11 @@ struct TemplateBody {
     language: String,
     #[serde(default)]
     params: Vec<String>,
+    /// The header's media or text parameters (`{"type": "document", "link", "filename"}`).
+    header: Option<Header>,
+    /// The buttons' parameters (`{"index", "sub_type": "url", "parameter"}`…).
+    #[serde(default)]
+    buttons: Vec<Button>,
     reference: Option<String>,
     agent: Option<String>,
 }
@@ -594,6 +606,17 @@ impl TemplateBody {
     /// Checks the template (and `more` text of the request) and answers the request's
     /// idempotency key.
     fn check(&self, headers: &HeaderMap, more: Option<&str>) -> Result<String, ApiError> {
+        let header_texts: Vec<&str> = match &self.header {
+            Some(Header::Text { parameters }) => parameters.iter().map(String::as_str).collect(),
+            Some(Header::Image(m) | Header::Document(m) | Header::Video(m)) => {
+                [&m.link, &m.id, &m.filename]
+                    .into_iter()
+                    .flatten()
+                    .map(String::as_str)
+                    .collect()
+            }
+            None => Vec::new(),
+        };
         no_nul(
             [
                 Some(self.name.as_str()),
@@ -603,8 +626,13 @@ impl TemplateBody {
                 more,
             ]
             .into_iter()
-            .chain(self.params.iter().map(|p| Some(p.as_str()))),
+            .chain(self.params.iter().map(|p| Some(p.as_str())))
+            .chain(header_texts.into_iter().map(Some))
+            .chain(self.buttons.iter().map(Button::value).map(Some)),
         )?;
+        // Before the template is read from Meta: a header or buttons that cannot be right.
+        wafleet_core::format::template::check_request(self.header.as_ref(), &self.buttons)
+            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))?;
         let reference = reference(headers, self.reference.clone())?;
         if self.name.trim().is_empty() || self.language.trim().is_empty() {
             return Err(ApiError::new(
@@ -755,6 +783,13 @@ async fn template(
     let b = body(b)?;
     let reference = b.check(&headers, None)?;
     let mut con = writable(&state, &scope, id).await?;
+    let definition = match crate::store::conversations::phone_number_id(&state.pg, id)
+        .await
+        .map_err(pg_down)?
+    {
+        Some(pnid) => state.template_definition(&pnid, &b).await?,
+        None => None,
+    };
     let q = agents::template(
         &state.pg,
         &mut con,
@@ -764,6 +799,9 @@ async fn template(
             name: b.name.trim(),
             language: b.language.trim(),
             body_params: &b.params,
+            header: b.header.as_ref(),
+            buttons: &b.buttons,
+            definition: definition.as_ref(),
             reference: &reference,
             agent: b.agent.as_deref(),
         },
@@ -785,6 +823,9 @@ struct OutreachBody {
     language: String,
     #[serde(default)]
     params: Vec<String>,
+    header: Option<Header>,
+    #[serde(default)]
+    buttons: Vec<Button>,
     reference: Option<String>,
     agent: Option<String>,
 }
@@ -796,10 +837,34 @@ impl OutreachBody {
             name: self.name,
             language: self.language,
             params: self.params,
+            header: self.header,
+            buttons: self.buttons,
             reference: self.reference,
             agent: self.agent,
         };
         (template, self.to, self.answered_by)
+    }
+}
+
+impl AppState {
+    /// The approved template `t` names on channel `pnid`, to check its parameters against
+    /// ([`agents::template_definition`]); `None` when it cannot be read (the send goes unchecked).
+    async fn template_definition(
+        &self,
+        pnid: &str,
+        t: &TemplateBody,
+    ) -> Result<Option<TemplateText>, ApiError> {
+        let definition = agents::template_definition(
+            &self.pg,
+            &self.wordings,
+            &self.graph,
+            self.cipher.as_ref(),
+            pnid,
+            t.name.trim(),
+            t.language.trim(),
+        )
+        .await?;
+        Ok(definition)
     }
 }
 
@@ -826,6 +891,7 @@ async fn outreach(
             ));
         }
     };
+    let definition = state.template_definition(&pnid, &t).await?;
     let mut con = state.redis.get().await.map_err(redis_down)?;
     let (id, q) = agents::outreach(
         &state.pg,
@@ -837,6 +903,9 @@ async fn outreach(
             name: t.name.trim(),
             language: t.language.trim(),
             body_params: &t.params,
+            header: t.header.as_ref(),
+            buttons: &t.buttons,
+            definition: definition.as_ref(),
             reference: &reference,
             agent: t.agent.as_deref(),
             answerer,

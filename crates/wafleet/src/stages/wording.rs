@@ -4,17 +4,19 @@
 //! it: its name and parameters (`[template: order_shipped] #1042`, see
 //! [`crate::agents::template_history_text`]). Right before the template is first sent, the sender
 //! asks Meta for the template's wording (`GET /{waba_id}/message_templates`) and, when Meta has it,
-//! the model reads what the customer read instead: header, body with the parameters in place,
-//! footer, redacted. Wordings are kept in memory for [`TTL`]: a campaign of thousands of one
-//! template costs one Graph call per worker. Nothing here ever holds a send back for long or
-//! fails it: without a `waba_id`, or when Meta does not answer within [`LOOKUP_TIMEOUT`], the
-//! name and parameters stay (`wafleet_template_wordings_total{result}` counts each outcome).
+//! the model reads what the customer read instead: the header's file or text, the body with the
+//! parameters in place, the footer and the buttons (a URL button with its address), redacted.
+//! The agent API checks a send's parameters against the same cache ([`Wordings::definition`]).
+//! Wordings are kept in memory for [`TTL`]: a campaign of thousands of one template costs one
+//! Graph call per worker. Nothing here ever holds a send back for long or fails it: without
+//! a `waba_id`, or when Meta does not answer within [`LOOKUP_TIMEOUT`], the name and parameters
+//! stay (`wafleet_template_wordings_total{result}` counts each outcome).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use wafleet_core::format::template::{TemplateText, render};
+use wafleet_core::format::template::{TemplateText, render_sent};
 use wafleet_core::pii::Redactor;
 
 use super::channel_settings::ChannelSettings;
@@ -98,19 +100,24 @@ impl Wordings {
         };
         let name = template["name"].as_str().unwrap_or_default();
         let language = template["language"]["code"].as_str().unwrap_or_default();
-        let params: Vec<String> = template["components"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|c| {
-                c["type"]
-                    .as_str()
-                    .is_some_and(|t| t.eq_ignore_ascii_case("body"))
-            })
-            .flat_map(|c| c["parameters"].as_array().cloned().unwrap_or_default())
-            .map(|p| p["text"].as_str().unwrap_or_default().to_string())
-            .collect();
-        let key = (waba_id.clone(), name.to_string(), language.to_string());
+        let text = self
+            .definition(graph, waba_id, token.expose(), name, language)
+            .await?;
+        Ok(text.and_then(|t| render_sent(&t, template)))
+    }
+
+    /// Business account `waba_id`'s approved template `name` in `language` (its wording, header
+    /// format and buttons), from the cache or Meta (read with `token`). `Ok(None)`: Meta has no
+    /// such approved template. `Err`: Meta did not answer within [`LOOKUP_TIMEOUT`], or refused.
+    pub async fn definition(
+        &self,
+        graph: &GraphClient,
+        waba_id: &str,
+        token: &str,
+        name: &str,
+        language: &str,
+    ) -> Result<Option<TemplateText>, String> {
+        let key = (waba_id.to_string(), name.to_string(), language.to_string());
         let cached = self
             .lock()
             .get(&key)
@@ -121,7 +128,7 @@ impl Wordings {
             None => {
                 let looked_up = tokio::time::timeout(
                     LOOKUP_TIMEOUT,
-                    graph.template_text(token.expose(), waba_id, name, language),
+                    graph.template_text(token, waba_id, name, language),
                 )
                 .await
                 .map_err(|_| format!("no answer within {LOOKUP_TIMEOUT:?}"))?
@@ -134,7 +141,7 @@ impl Wordings {
                 looked_up
             }
         };
-        Ok(text.and_then(|t| render(&t, &params)))
+        Ok(text)
     }
 
     /// Drops the wording kept for a template of business account `waba_id` (the account stage

@@ -332,6 +332,16 @@ pub async fn transcript(
         if line.state.as_deref() == Some("failed") {
             line.failure = Some(failure_reason(line.error_code, line.fail_reason.as_deref()));
         }
+        // A template's part holds the Graph API's template object: shown as a line
+        // (`[template: order_update] [document invoice.pdf] Ana | #1042 [button 0: 1042]`).
+        if line.kind == "template"
+            && let Some(object) = line
+                .text
+                .as_deref()
+                .and_then(|body| serde_json::from_str::<serde_json::Value>(body).ok())
+        {
+            line.text = Some(wafleet_core::format::template::describe(&object));
+        }
     }
     Ok(Some(lines))
 }

@@ -3654,6 +3654,25 @@ async fn without_the_business_account_a_template_lacking_its_file_fails_at_meta(
     )
     .await;
     assert!(s.sim.state.messages().is_empty());
+    // Dashboards hear which template failed and what it carried, never its values.
+    let cfg = &s.cfg;
+    let event = eventually(
+        "the template's message_failed event",
+        Duration::from_secs(30),
+        || async move { failure_events(cfg).await.pop() },
+    )
+    .await;
+    let event: Value = serde_json::from_str(&event).unwrap();
+    assert_eq!(
+        (&event["message_kind"], &event["code"], &event["template"]),
+        (
+            &json!("template"),
+            &json!(132000),
+            &json!("[template: order_invoice] [2 parameters] [button 0]")
+        ),
+        "{event}"
+    );
+    assert!(!event.to_string().contains("Ana"), "{event}");
 }
 
 #[tokio::test]

@@ -546,6 +546,37 @@ pub fn describe(template: &Value) -> String {
     out
 }
 
+/// A sent template outlined without its values (for dashboards' `message_failed` events, which
+/// never carry a customer's data): `[template: order_invoice] [document] [2 parameters] [button
+/// 0] [quick reply 1]`.
+pub fn outline(template: &Value) -> String {
+    let s = sent(template);
+    let mut out = format!(
+        "[template: {}]",
+        template["name"].as_str().unwrap_or("?").trim()
+    );
+    if let Some((kind, _)) = &s.header_media {
+        out.push_str(&format!(" [{kind}]"));
+    }
+    if !s.header_text.is_empty() {
+        out.push_str(" [header]");
+    }
+    match s.body.len() {
+        0 => {}
+        1 => out.push_str(" [1 parameter]"),
+        n => out.push_str(&format!(" [{n} parameters]")),
+    }
+    for (i, sub_type, _) in &s.buttons {
+        let label = match sub_type.as_str() {
+            "quick_reply" => "quick reply",
+            "copy_code" => "code",
+            _ => "button",
+        };
+        out.push_str(&format!(" [{label} {i}]"));
+    }
+    out
+}
+
 /// A sent template as the customer read it, from Meta's wording `t` and the `template` object
 /// sent: the header's media (`[document invoice.pdf]`) or text, the body with its parameters in
 /// place, the footer, and the buttons (`[button: Track order → https://shop.example/track/1042]`),
@@ -1064,6 +1095,10 @@ mod tests {
         ];
         let object = json!({"name": "order_update", "language": {"code": "es"},
             "components": components(Some(&document()), &params(&["Ana", "#1042"]), &buttons)});
+        assert_eq!(
+            outline(&object),
+            "[template: order_update] [document] [2 parameters] [button 0] [quick reply 1]"
+        );
         assert_eq!(
             describe(&object),
             "[template: order_update] [document invoice.pdf] Ana | #1042 [button 0: 1042] [quick reply 1: STOP]"

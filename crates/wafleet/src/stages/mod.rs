@@ -336,12 +336,22 @@ async fn publish_failures(
             reason,
             "an agent's message failed; dashboards are told"
         );
-        let event = serde_json::json!({
+        let mut event = serde_json::json!({
             "kind": "message_failed", "reason": reason, "conversation_id": f.conversation_id,
             "outbound_id": f.outbound_id, "part_no": f.part_no, "message_kind": f.kind,
             "reference": f.reference, "code": f.error_code,
             "phone_number_id": f.phone_number_id, "at": f.failed_at.to_rfc3339(),
         });
+        // Which template and what it carried, without the values (they can be the customer's
+        // data, and an event outlives an erasure): `[template: order_invoice] [document]
+        // [2 parameters] [button 0]`.
+        if let Some(object) = f
+            .template
+            .as_deref()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+        {
+            event["template"] = wafleet_core::format::template::outline(&object).into();
+        }
         let once = format!(
             "message_failed:{}:{}:{}:{}",
             f.outbound_id,

@@ -125,6 +125,8 @@ pub struct Failure {
     /// `agent` or `template`.
     pub kind: String,
     pub reference: Option<String>,
+    /// A template's part: the template object sent (the event outlines it, without its values).
+    pub template: Option<String>,
     pub error_code: Option<i32>,
     /// Never shown (see [`failure_reason`]).
     pub fail_reason: Option<String>,
@@ -145,6 +147,7 @@ pub struct Failure {
 const FAILURE: &str =
     "SELECT o.id AS outbound_id, o.conversation_id, ch.phone_number_id, o.part_no,
         o.kind, o.agent_ref AS reference, o.error_code, o.fail_reason,
+        CASE WHEN o.kind = 'template' THEN o.body END AS template,
         o.send_offset + o.attempts AS send_no,
         COALESCE(o.retries_since, o.created_at) AS retries_since, o.delivery_rank, o.attempts,
         o.updated_at AS failed_at

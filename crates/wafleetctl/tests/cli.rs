@@ -1715,3 +1715,60 @@ async fn channel_show_prints_what_meta_last_said_of_the_number_and_its_account()
         .says("meta_account: DISABLED_UPDATE, ban state DISABLE, at ")
         .says("(DISABLED)");
 }
+
+/// `conversation start` with a template's header and buttons: checked against the approved
+/// template Meta lists (the channel's business account, read with its token), refused naming
+/// what is missing before anything is recorded, and recorded as Meta's components when it fits.
+#[tokio::test]
+async fn a_template_s_header_and_buttons_are_given_by_flags_and_checked_against_meta_s() {
+    let cfg = TestConfig::new().await;
+    let (_sim, env) = meta(&cfg).await;
+    #[rustfmt::skip]
+    let add = ["channel", "add", "--phone-number-id", PNID, "--access-token", ACCESS_TOKEN,
+               "--waba-id", "102290129340398"];
+    run(&env, &add).await.ok();
+    #[rustfmt::skip]
+    let start = ["conversation", "start", PNID, "+57 300 555 0190", "order_invoice",
+                 "--language", "es", "--param", "Ana", "--param", "#1042"];
+    let ran = run(&env, &start).await.refused(1);
+    ran.complains("template order_invoice needs a document header")
+        .complains("button 0 (\"Seguir pedido\") needs its URL's suffix");
+    assert_eq!(count(&cfg, "SELECT count(*) FROM conversations").await, 0);
+
+    #[rustfmt::skip]
+    let flags = ["--header-document", "https://shop.example/f/1042.pdf", "--filename",
+                 "factura-1042.pdf", "--url-button", "0:1042", "--quick-reply", "1:TALK"];
+    let ran = run(&env, &[&start[..], &flags].concat()).await.ok();
+    ran.says("conversation ");
+    let pg = cfg.pg().await;
+    let body: String =
+        sqlx::query_scalar("SELECT body FROM outbound_messages WHERE kind = 'template'")
+            .fetch_one(&pg)
+            .await
+            .unwrap();
+    let sent: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        sent["components"],
+        serde_json::json!([
+            {"type": "header", "parameters": [{"type": "document", "document":
+                {"link": "https://shop.example/f/1042.pdf", "filename": "factura-1042.pdf"}}]},
+            {"type": "body", "parameters": [{"type": "text", "text": "Ana"},
+                                            {"type": "text", "text": "#1042"}]},
+            {"type": "button", "sub_type": "url", "index": "0",
+             "parameters": [{"type": "text", "text": "1042"}]},
+            {"type": "button", "sub_type": "quick_reply", "index": "1",
+             "parameters": [{"type": "payload", "payload": "TALK"}]},
+        ])
+    );
+
+    // A button flag that is not INDEX:VALUE is a usage error; a filename needs a document.
+    let ran = run(
+        &env,
+        &[&start[..], &["--url-button", "first:1042"]].concat(),
+    )
+    .await;
+    assert_eq!(ran.code, Some(2), "{ran:?}");
+    ran.complains("is not a button's position");
+    let ran = run(&env, &[&start[..], &["--filename", "f.pdf"]].concat()).await;
+    assert_eq!(ran.code, Some(2), "{ran:?}");
+}

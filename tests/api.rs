@@ -40,6 +40,7 @@ impl Api {
                 redis_url: Secret::new(cfg.redis_url.clone()),
                 redis_prefix: cfg.prefix.clone(),
                 partitions: cfg.partitions,
+                partitions_check_every: PARTITIONS_CHECK_EVERY,
             },
             database_pool_size: 4,
             plan_cache_mode: Default::default(),

@@ -511,6 +511,7 @@ impl Api {
             redis_url: Secret::new(cfg.redis_url.clone()),
             redis_prefix: cfg.prefix.clone(),
             partitions: cfg.partitions,
+            partitions_check_every: PARTITIONS_CHECK_EVERY,
         };
         let settings = wafleet::api::ApiSettings {
             listen: "127.0.0.1:0".parse().unwrap(),

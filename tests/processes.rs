@@ -517,3 +517,86 @@ async fn a_worker_that_cannot_reach_postgres_names_the_cause_and_the_server_not_
         assert!(!stderr.contains("s3cret-pw"), "{url}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn processes_whose_partition_count_changes_under_them_stop_and_exit_with_an_error() {
+    let cfg = TestConfig::new().await;
+    cfg.add_channel(PNID, |_| {}).await;
+    let ingest = Ingest::start(cfg.ingest_settings()).await;
+    let worker = tokio::process::Command::new(BIN)
+        .envs(cfg.worker_env())
+        .env("TEST_WORKER_MODE", "real")
+        .env("WAFLEET_PARTITIONS_CHECK_MS", "200")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pg = cfg.pg().await;
+    let body = text_message(PNID, "57300", "wamid.P1", T0, "hola");
+    assert_eq!(ingest.post_signed(&body, APP_SECRET).await.status(), 200);
+    wait_count(&pg, "SELECT count(*) FROM messages", 1, 30).await;
+
+    let key = wafleet::partition_count::key(&cfg.prefix);
+    let mut con = cfg.redis().await;
+    let recorded = |con: redis::aio::MultiplexedConnection| {
+        let key = key.clone();
+        async move {
+            let mut con = con;
+            con.get::<_, Option<String>>(&key).await.unwrap()
+        }
+    };
+    // A Redis that lost the key (flushed, restarted without persistence): the running
+    // processes record their count again, as a process starting would.
+    let _: () = con.del(&key).await.unwrap();
+    eventually(
+        "the count recorded again",
+        Duration::from_secs(10),
+        || async {
+            (recorded(con.clone()).await == Some(cfg.partitions.to_string())).then_some(())
+        },
+    )
+    .await;
+
+    // Another count is recorded under them (an operator's SET, or a newer process after the
+    // key was lost): they stop taking work and exit with an error naming both counts.
+    let mismatches = || {
+        metric_value(
+            &wafleet::telemetry::metrics_handle().render(),
+            "wafleet_partition_count_mismatches_total",
+        )
+    };
+    let before = mismatches();
+    let other = cfg.partitions + 4;
+    let _: () = con.set(&key, other).await.unwrap();
+    let url = ingest.url.clone();
+    let refused = ingest
+        .ended(30)
+        .await
+        .expect_err("ingest exits with an error");
+    let names_both = |text: &str| {
+        text.contains(&format!("WAFLEET_PARTITIONS is {}", cfg.partitions))
+            && text.contains(&format!("use {other}"))
+    };
+    let text = format!("{refused:#}");
+    assert!(names_both(&text), "{text}");
+    assert!(mismatches() > before, "counted");
+    assert!(
+        reqwest::Client::new()
+            .post(format!("{url}/webhooks/whatsapp"))
+            .body(body.clone())
+            .send()
+            .await
+            .is_err(),
+        "ingest takes no more webhooks"
+    );
+    let out = tokio::time::timeout(Duration::from_secs(30), worker.wait_with_output())
+        .await
+        .expect("the worker exits by itself")
+        .unwrap();
+    assert!(!out.status.success(), "exits non-zero: {:?}", out.status);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(names_both(&stderr), "{stderr}");
+    // The count stays as recorded: the fleet's, not the stopped processes'.
+    assert_eq!(recorded(con.clone()).await, Some(other.to_string()));
+}

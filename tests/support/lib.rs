@@ -22,6 +22,9 @@ pub use wafleet_core::signature::sign;
 /// The test app secret every fixture is re-signed with.
 pub const APP_SECRET: &str = "test-app-secret";
 pub const VERIFY_TOKEN: &str = "test-verify-token";
+/// How often test processes check the fleet's partition count (10 s in production): a test that
+/// changes it sees them stop within a second.
+pub const PARTITIONS_CHECK_EVERY: Duration = Duration::from_millis(300);
 
 /// Business numbers that appear in `tests/fixtures/webhooks`.
 pub const FIXTURE_NUMBERS: &[&str] = &[
@@ -317,6 +320,7 @@ impl TestConfig {
             database_url: Secret::new(self.database_url.clone()),
             redis_prefix: self.prefix.clone(),
             partitions: self.partitions,
+            partitions_check_every: PARTITIONS_CHECK_EVERY,
             encryption_key: Secret::new(self.key.clone()),
             other_encryption_keys: Vec::new(),
             redis_pool_size: 8,
@@ -714,6 +718,11 @@ impl ChildWorker {
     pub fn exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
+
+    /// How it exited, once it has.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
 }
 
 impl Drop for ChildWorker {
@@ -786,6 +795,15 @@ impl Ingest {
     /// Current value of a counter or gauge line of `/metrics` (0 when absent).
     pub async fn metric(&self, name_and_labels: &str) -> f64 {
         scrape_metric(&self.http, &self.url, name_and_labels).await
+    }
+
+    /// Waits up to `secs` for `run` to return by itself (no shutdown asked), and what it
+    /// returned.
+    pub async fn ended(mut self, secs: u64) -> anyhow::Result<()> {
+        tokio::time::timeout(Duration::from_secs(secs), self.task.take().unwrap())
+            .await
+            .expect("ingest to stop by itself")
+            .unwrap()
     }
 
     /// Signals shutdown and waits for `run` to return.

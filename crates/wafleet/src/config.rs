@@ -88,6 +88,9 @@ pub struct CommonSettings {
     /// Number of inbound/status stream partitions. Every process must agree on it; change it only
     /// with the streams drained (it re-maps conversations to partitions).
     pub partitions: u32,
+    /// How often the running process checks `partitions` against the fleet's recorded count
+    /// (`WAFLEET_PARTITIONS_CHECK_MS`, [`crate::partition_count::Watch`]).
+    pub partitions_check_every: Duration,
     pub encryption_key: Secret<String>,
     /// `WAFLEET_ENCRYPTION_KEY_PREVIOUS` (comma-separated): keys that still decrypt what they
     /// sealed, during a key rotation.
@@ -109,6 +112,8 @@ pub struct RedisLayout {
     pub redis_url: Secret<String>,
     pub redis_prefix: String,
     pub partitions: u32,
+    /// `WAFLEET_PARTITIONS_CHECK_MS`: see [`CommonSettings::partitions_check_every`].
+    pub partitions_check_every: Duration,
 }
 
 impl RedisLayout {
@@ -128,6 +133,10 @@ impl RedisLayout {
             redis_url: Secret::new(required("REDIS_URL")?),
             redis_prefix,
             partitions,
+            partitions_check_every: millis(
+                "WAFLEET_PARTITIONS_CHECK_MS",
+                crate::partition_count::DEFAULT_CHECK_EVERY,
+            )?,
         })
     }
 }
@@ -138,12 +147,14 @@ impl CommonSettings {
             redis_url,
             redis_prefix,
             partitions,
+            partitions_check_every,
         } = RedisLayout::from_env()?;
         Ok(Self {
             redis_url,
             database_url: Secret::new(required("DATABASE_URL")?),
             redis_prefix,
             partitions,
+            partitions_check_every,
             encryption_key: Secret::new(required("WAFLEET_ENCRYPTION_KEY")?),
             other_encryption_keys: other_encryption_keys(),
             redis_pool_size: positive("WAFLEET_REDIS_POOL_SIZE", 32)?,

@@ -159,10 +159,26 @@ pub async fn run(
         settings.redis.partitions,
     )
     .await?;
+    let redis =
+        SharedRedis::new(url, crate::shared_redis::CONNECT_TIMEOUT).context("parsing REDIS_URL")?;
+    // A count changed under the running process: it stops taking requests and exits with the
+    // mismatch (see `partition_count`).
+    let watch = crate::partition_count::Watch::spawn(
+        redis.clone(),
+        &settings.redis.redis_prefix,
+        settings.redis.partitions,
+        settings.redis.partitions_check_every,
+    );
+    let found = watch.found();
+    let shutdown = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = found => {}
+        }
+    };
     let state = AppState {
         pg,
-        redis: SharedRedis::new(url, crate::shared_redis::CONNECT_TIMEOUT)
-            .context("parsing REDIS_URL")?,
+        redis,
         blocking: crate::shared_redis::blocking_pool(url, settings.max_event_streams)?,
         keys: Keys::new(
             settings.redis.redis_prefix.clone(),
@@ -184,11 +200,11 @@ pub async fn run(
     let app = router(Arc::new(state), settings.request_timeout);
     tracing::info!(addr = %listener.local_addr()?, "agent API listening");
     // Open event streams end when the drain starts: they would hold it for the whole grace.
-    crate::serve_draining(listener, app, shutdown, settings.shutdown_grace, stopping)
+    let served = crate::serve_draining(listener, app, shutdown, settings.shutdown_grace, stopping)
         .await
-        .context("serving HTTP")?;
+        .context("serving HTTP");
     tracing::info!("agent API stopped");
-    Ok(())
+    watch.finish().await.and(served)
 }
 
 fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {

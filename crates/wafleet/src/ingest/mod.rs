@@ -106,13 +106,29 @@ pub async fn run(
         stop.clone(),
     ));
 
+    let redis = SharedRedis::new(
+        common.redis_url.expose(),
+        crate::shared_redis::CONNECT_TIMEOUT,
+    )
+    .context("parsing REDIS_URL")?;
+    // A count changed under the running process: it stops taking webhooks (Meta retries them
+    // elsewhere) and exits with the mismatch (see `partition_count`).
+    let watch = crate::partition_count::Watch::spawn(
+        redis.clone(),
+        &common.redis_prefix,
+        common.partitions,
+        common.partitions_check_every,
+    );
+    let found = watch.found();
+    let shutdown = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = found => {}
+        }
+    };
     let state = AppState {
         registry,
-        redis: SharedRedis::new(
-            common.redis_url.expose(),
-            crate::shared_redis::CONNECT_TIMEOUT,
-        )
-        .context("parsing REDIS_URL")?,
+        redis,
         pg,
         keys: Arc::new(Keys::new(common.redis_prefix.clone(), common.partitions)),
         enqueuer: Enqueuer::new(settings.dedup_ttl),
@@ -135,5 +151,5 @@ pub async fn run(
     stop.cancel();
     let _ = refresher.await;
     tracing::info!("ingest stopped");
-    result
+    watch.finish().await.and(result)
 }

@@ -321,6 +321,13 @@ pub async fn run(
     .context("parsing REDIS_URL")?;
     let keys = Keys::new(common.redis_prefix.clone(), common.partitions);
     let stop = CancellationToken::new();
+    // A count changed under the running worker stops it (see `partition_count`).
+    let watch = crate::partition_count::Watch::spawn(
+        shared.clone(),
+        &common.redis_prefix,
+        common.partitions,
+        common.partitions_check_every,
+    );
     let probe = Probe {
         redis: redis.clone(),
         pg: pg.clone(),
@@ -529,6 +536,9 @@ pub async fn run(
             result = crate::telemetry::joined(r).and_then(|r| r);
             tracing::error!("a stage stopped on its own; shutting the worker down");
         }
+        // The stages stop reading and finish what they hold, as on SIGTERM; the worker then
+        // exits with the mismatch (below).
+        _ = watch.found() => {}
     }
     stop.cancel();
     while let Some(r) = tasks.join_next().await {
@@ -550,7 +560,7 @@ pub async fn run(
         let _ = gauges.await;
     }
     let _ = http.await;
-    result
+    watch.finish().await.and(result)
 }
 
 fn runtime<H>(

@@ -5042,6 +5042,60 @@ async fn a_configuration_error_in_a_failed_status_holds_the_resend_until_the_pau
 }
 
 #[tokio::test]
+async fn a_resend_after_a_configuration_failure_that_meta_takes_without_answering_is_reconciled_not_sent_again()
+ {
+    // Meta accepts the part, then fails it for an expired token; the pause is over by the time
+    // the sender reads it (1 ms), so the part goes again in the same run. Meta takes that send
+    // and posts its statuses, but never answers the request: only the statuses, which echo the
+    // send's callback, can tell the sender it arrived. Before, the callback numbered the send
+    // one past the part's own count (the configuration failure gives its attempt back), the
+    // statuses were parked in `early_statuses` for a wamid nobody would record, the wait saw
+    // nothing and the customer got the message twice.
+    let s = system_with_settings(|w| {
+        w.send.config_pause = Duration::from_millis(1);
+        w.graph.timeout = Duration::from_millis(300);
+        w.send.ambiguous_resend_after = Duration::from_millis(1500);
+        w.send.ambiguous_check = Duration::from_millis(50);
+    })
+    .await;
+    s.sim.state.add_fault(fault(
+        serde_json::json!({"code": 190, "count": 1, "async": true}),
+    ));
+    s.sim
+        .state
+        .add_fault(fault(serde_json::json!({"hang": true, "count": 1})));
+    s.send("573037", "wamid.CFGH", "hola").await;
+    s.sent(2).await;
+    // Reconciled by its statuses, or sent a third time past the resend delay.
+    eventually(
+        "the resend reconciled or sent again",
+        Duration::from_secs(30),
+        || async {
+            let accepted = s
+                .count(
+                    "SELECT count(*) FROM outbound_messages
+                      WHERE state = 'accepted' AND wamid IS NOT NULL",
+                )
+                .await;
+            (accepted == 1 || s.sim.state.messages().len() > 2).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        s.sim.state.messages().len(),
+        2,
+        "Meta took the resend: not sent a third time"
+    );
+    assert_eq!(
+        s.count("SELECT count(*) FROM early_statuses").await,
+        0,
+        "no status of ours parked"
+    );
+    s.settled().await;
+    assert_eq!(s.sim.state.messages().len(), 2);
+}
+
+#[tokio::test]
 async fn a_transient_error_in_a_failed_status_is_resent_after_a_backoff() {
     // A backoff of up to a day: the resend of a failed message waits in the delayed set.
     let s = system_with_settings(|w| {

@@ -2066,10 +2066,10 @@ async fn claims_made_together_each_get_their_own_answer() {
     assert_eq!(
         claims,
         vec![
-            Claim::Go,
+            Claim::Go { send_no: 1 },
             Claim::NotPending("accepted".into()),
             Claim::Suppressed,
-            Claim::Go,
+            Claim::Go { send_no: 1 },
             Claim::NotPending("sending".into()),
         ]
     );

@@ -606,14 +606,14 @@ impl SenderStage {
             }
         }
 
-        match self
+        let send_no = match self
             .writes
             .claims
             .run(part.id)
             .await
             .map_err(|e| batch_outcome(&e, "claiming the part"))?
         {
-            Claim::Go => {}
+            Claim::Go { send_no } => send_no,
             Claim::Suppressed => {
                 metrics::counter!("wafleet_sender_sends_total", "result" => "suppressed")
                     .increment(1);
@@ -624,7 +624,7 @@ impl SenderStage {
                 return Ok(Step::Next);
             }
             Claim::NotPending(_) => return Ok(Step::Next),
-        }
+        };
         let Some(token) = &channel.access_token else {
             replies::unclaim(&self.pg, part.id, Attempt::GivenBack)
                 .await
@@ -636,11 +636,8 @@ impl SenderStage {
             };
             return self.pause(channel, None, reason).await;
         };
-        // Claimed: `attempts` (read before the claim) went up by one, and this is that send.
-        let callback = self
-            .channels
-            .callback_tags()
-            .encode(part.id, part.send_no() + 1);
+        // The send the claim numbered (not `part`'s count plus one: see `Claim::Go`).
+        let callback = self.channels.callback_tags().encode(part.id, send_no);
         let result = self
             .graph
             .send_text(&OutgoingText {
@@ -664,8 +661,8 @@ impl SenderStage {
                 metrics::counter!("wafleet_sender_sends_total", "result" => "accepted")
                     .increment(1);
                 let mut accepted = Accepted::new(part.id, wamid);
-                // The send just claimed (`attempts` was read before the claim).
-                accepted.send_no = Some(part.send_no() + 1);
+                // The send just claimed.
+                accepted.send_no = Some(send_no);
                 // Meta names the customer by the other notation of the number dialled (a
                 // Mexican or Brazilian mobile): their answers will come from that wa_id, and
                 // must find this conversation. Only that notation: a number taken over by

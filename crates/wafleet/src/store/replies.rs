@@ -455,8 +455,12 @@ pub async fn reply_parts_many(
 /// The result of the check made right before a send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// Marked `sending`: send now.
-    Go,
+    /// Marked `sending`: send now, as the part's send number `send_no` (`send_offset +
+    /// attempts` after the claim), which the send's callback carries. Taken from the row the
+    /// claim changed, not from a part read before: a configuration failure reopened since gives
+    /// its attempt back, and a callback numbered from the older read named a send the part did
+    /// not hold, so its statuses were parked instead of reconciling it.
+    Go { send_no: i32 },
     /// A human owns the conversation (or the bot is off for the number): recorded as
     /// suppressed, not sent.
     Suppressed,
@@ -471,7 +475,7 @@ pub enum Claim {
 /// holds it is recorded `suppressed`; otherwise its state is reported. Ids must be distinct (a part is sent
 /// by one job at a time); a repeated id is answered with its state after the first.
 pub async fn claim_many(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<Vec<Claim>> {
-    let rows: Vec<(i64, String, String)> = sqlx::query_as(
+    let rows: Vec<(i64, String, String, Option<i32>)> = sqlx::query_as(
         "WITH input AS (
              SELECT DISTINCT id FROM unnest($1::int8[]) AS i(id)
          ), target AS (
@@ -518,24 +522,25 @@ pub async fn claim_many(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<Ve
                                        ELSE 'a human owns the conversation' END
                FROM target t
               WHERE o.id = t.id AND o.state = 'pending'
-          RETURNING o.id, o.state, o.reply_to
+          RETURNING o.id, o.state, o.reply_to, o.send_offset + o.attempts AS send_no
          ), settled AS (
              -- A suppressed part's message gets no answer from the bot: it stops counting as
              -- waiting for one (`wafleet_oldest_unanswered_seconds`).
              UPDATE messages SET answered_at = COALESCE(answered_at, now())
               WHERE id IN (SELECT reply_to FROM changed WHERE state = 'suppressed')
          )
-         SELECT t.id, t.state, COALESCE(c.state, '') FROM target t LEFT JOIN changed c ON c.id = t.id",
+         SELECT t.id, t.state, COALESCE(c.state, ''), c.send_no
+           FROM target t LEFT JOIN changed c ON c.id = t.id",
     )
     .bind(ids)
     .fetch_all(&mut *conn)
     .await?;
     let by_id: std::collections::HashMap<i64, Claim> = rows
         .into_iter()
-        .map(|(id, before, after)| {
-            let claim = match after.as_str() {
-                "sending" => Claim::Go,
-                "suppressed" => Claim::Suppressed,
+        .map(|(id, before, after, send_no)| {
+            let claim = match (after.as_str(), send_no) {
+                ("sending", Some(send_no)) => Claim::Go { send_no },
+                ("suppressed", _) => Claim::Suppressed,
                 _ => Claim::NotPending(before),
             };
             (id, claim)

@@ -221,11 +221,11 @@ fn to_error(class: LlmErrorClass, status: u16, body: &[u8]) -> LlmError {
     match class {
         LlmErrorClass::RateLimited { retry_after } => LlmError::RateLimited { retry_after },
         LlmErrorClass::Overloaded { retry_after } => LlmError::Overloaded { retry_after },
-        LlmErrorClass::Transient => LlmError::Transient(wire::describe_error(status, body, true)),
-        // Some providers echo a masked key in auth messages; keep only type and code.
-        LlmErrorClass::Auth => LlmError::Auth(wire::describe_error(status, body, false)),
-        LlmErrorClass::Quota => LlmError::Quota(wire::describe_error(status, body, true)),
-        LlmErrorClass::Permanent => LlmError::Permanent(wire::describe_error(status, body, true)),
+        LlmErrorClass::Transient => LlmError::Transient(wire::describe_error(status, body)),
+        // Only type, code and a fixed reading: some providers echo a masked key in auth messages.
+        LlmErrorClass::Auth => LlmError::Auth(wire::describe_error(status, body)),
+        LlmErrorClass::Quota => LlmError::Quota(wire::describe_error(status, body)),
+        LlmErrorClass::Permanent => LlmError::Permanent(wire::describe_error(status, body)),
     }
 }
 

@@ -239,95 +239,11 @@ pub(super) fn is_error_body(body: &[u8]) -> bool {
         .is_ok_and(|v| v.get("error").is_some_and(|e| !e.is_null()))
 }
 
-/// A short, log-safe description of an error body: `type`/`code` and the first part of `message`.
-pub(super) fn describe_error(status: u16, body: &[u8], with_message: bool) -> String {
-    let error = serde_json::from_slice::<Value>(strip_leading_keepalive(body))
-        .ok()
-        .and_then(|v| v.get("error").cloned())
-        .unwrap_or(Value::Null);
-    let field = |name: &str| error.get(name).and_then(Value::as_str).map(str::to_owned);
-    let mut out = format!("HTTP {status}");
-    for value in [field("type"), field("code")].into_iter().flatten() {
-        out.push(' ');
-        out.push_str(&value);
-    }
-    if with_message && let Some(message) = field("message") {
-        // Enough to tell "model not found" from "context too long", short enough for a log line,
-        // and without what the provider quotes of our request (see `unquoted`).
-        const MAX_CHARS: usize = 200;
-        let message = unquoted(&message);
-        out.push_str(": ");
-        out.extend(message.chars().take(MAX_CHARS));
-        if message.chars().count() > MAX_CHARS {
-            out.push('…');
-        }
-    }
-    out
-}
-
-/// A provider's error message with what may be our request's content left out, each piece
-/// replaced by `…`: quoted passages (`'…'`, `"…"`, `` `…` ``: proxies and OpenAI-compatible
-/// servers echo the messages they were given, quoted), numbers of six digits or more, spaces and
-/// `+-().` within them allowed (a customer's phone), and runs of 16 or more letters, digits, `-`
-/// and `_` holding a digit (a key). An apostrophe inside a word (`model's`) opens no quote.
-fn unquoted(message: &str) -> String {
-    let chars: Vec<char> = message.chars().collect();
-    let word = |c: char| c.is_alphanumeric();
-    let mut out = String::with_capacity(message.len());
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        let opens = matches!(c, '"' | '`') || (c == '\'' && (i == 0 || !word(chars[i - 1])));
-        if opens {
-            // The closing quote: the next same one (for `'`, one not followed by a letter).
-            let close = (i + 1..chars.len()).find(|&j| {
-                chars[j] == c && (c != '\'' || chars.get(j + 1).is_none_or(|&n| !word(n)))
-            });
-            out.push(c);
-            out.push('…');
-            match close {
-                Some(j) => {
-                    out.push(c);
-                    i = j + 1;
-                }
-                None => i = chars.len(),
-            }
-            continue;
-        }
-        let key_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
-        if key_char(c) && (i == 0 || !key_char(chars[i - 1])) {
-            let end = (i..chars.len())
-                .find(|&j| !key_char(chars[j]))
-                .unwrap_or(chars.len());
-            let run = &chars[i..end];
-            if run.len() >= 16 && run.iter().any(char::is_ascii_digit) {
-                out.push('…');
-                i = end;
-                continue;
-            }
-        }
-        if c.is_ascii_digit() || (c == '+' && chars.get(i + 1).is_some_and(char::is_ascii_digit)) {
-            // The number's extent: digits with separators between them, ending on a digit.
-            let mut end = i;
-            let mut digits = 0;
-            let mut j = i;
-            while j < chars.len() && (chars[j].is_ascii_digit() || " +-().".contains(chars[j])) {
-                if chars[j].is_ascii_digit() {
-                    digits += 1;
-                    end = j + 1;
-                }
-                j += 1;
-            }
-            if digits >= 6 {
-                out.push('…');
-                i = end;
-                continue;
-            }
-        }
-        out.push(c);
-        i += 1;
-    }
-    out
+/// A log-safe description of an error body: `type`/`code` and a fixed reading of the message,
+/// never the message itself ([`wafleet_core::llm_error::describe_llm_error`]: proxies such as
+/// LiteLLM echo the request's messages and the system prompt, quoted or not).
+pub(super) fn describe_error(status: u16, body: &[u8]) -> String {
+    wafleet_core::llm_error::describe_llm_error(status, body)
 }
 
 #[derive(Deserialize)]
@@ -749,53 +665,58 @@ mod tests {
     }
 
     #[test]
-    fn error_descriptions_are_short_and_can_leave_the_message_out() {
+    fn error_descriptions_are_short_and_name_what_went_wrong() {
         let body = br#"{"error":{"message":"Incorrect API key provided: sk-abc***xyz","type":"invalid_request_error","code":"invalid_api_key"}}"#;
         assert_eq!(
-            describe_error(401, body, false),
-            "HTTP 401 invalid_request_error invalid_api_key"
+            describe_error(401, body),
+            "HTTP 401 invalid_request_error invalid_api_key: invalid key"
         );
         let long = format!(r#"{{"error":{{"message":"{}"}}}}"#, "x".repeat(500));
-        let described = describe_error(400, long.as_bytes(), true);
-        assert!(described.chars().count() < 220, "{described}");
+        assert_eq!(
+            describe_error(400, long.as_bytes()),
+            "HTTP 400: message not recognised (500 chars)"
+        );
         assert!(is_error_body(
             b"\n\n{\"error\":{\"type\":\"overloaded_error\"}}"
         ));
         assert!(!is_error_body(br#"{"choices":[]}"#));
     }
 
-    /// A provider's message is kept for what tells failures apart, not for what it quotes of our
-    /// request: proxies and OpenAI-compatible servers echo the messages they were given (LiteLLM's
-    /// `Received Messages=[…]`, a validation error's `input`), and some echo a key. The message
-    /// reaches the worker's `LLM call failed` line.
+    /// LiteLLM echoes the messages it was given unquoted: none of it reaches the description.
+    #[test]
+    fn error_descriptions_leave_out_an_unquoted_echo_of_the_request() {
+        let body = br#"{"error":{"message":"litellm.BadRequestError: AnthropicException - messages: text content blocks must be non-empty. Received Messages=[{role: user, content: hola soy Camila Rojas, mi pedido de frambuesa}, {role: system, content: Eres el asistente de Tienda Lulo}]","type":null,"param":null,"code":"400"}}"#;
+        let described = describe_error(400, body);
+        for echoed in ["Camila", "frambuesa", "Eres el asistente", "Tienda Lulo"] {
+            assert!(!described.contains(echoed), "{echoed}: {described}");
+        }
+        assert_eq!(described, "HTTP 400: request refused as malformed");
+    }
+
+    /// What a provider quotes of our request (LiteLLM's `Received Messages=[…]`, a key) is left
+    /// out with the rest of the message; what went wrong is still told.
     #[test]
     fn error_descriptions_leave_out_what_the_message_quotes() {
         let body = br#"{"error":{"type":"invalid_request_error","message":"litellm.BadRequestError: Received Messages=[{'role': 'user', 'content': 'mi pedido frambuesa'}] from +57 301 999 8877, key sk-proj-Abc123Def456Ghi789 \"tamarindo\" `lichi`"}}"#;
-        let described = describe_error(400, body, true);
+        let described = describe_error(400, body);
         for quoted in [
             "frambuesa",
             "301 999 8877",
-            "8877",
             "Abc123Def456",
             "tamarindo",
             "lichi",
         ] {
             assert!(!described.contains(quoted), "{quoted}: {described}");
         }
-        assert!(
-            described.starts_with(
-                "HTTP 400 invalid_request_error: litellm.BadRequestError: Received Messages=["
-            ),
-            "{described}"
-        );
         let too_long = br#"{"error":{"type":"invalid_request_error","message":"prompt is too long: 201234 tokens > 200000 maximum"}}"#;
-        let described = describe_error(400, too_long, true);
-        assert!(described.contains("prompt is too long: "), "{described}");
-        assert!(!described.contains("201234"), "{described}");
+        assert_eq!(
+            describe_error(400, too_long),
+            "HTTP 400 invalid_request_error: context too long"
+        );
         let missing = br#"{"error":{"type":"not_found_error","message":"model: claude-sonnet-9"}}"#;
         assert_eq!(
-            describe_error(404, missing, true),
-            "HTTP 404 not_found_error: model: claude-sonnet-9"
+            describe_error(404, missing),
+            "HTTP 404 not_found_error: model not found"
         );
     }
 }

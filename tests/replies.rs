@@ -4575,6 +4575,156 @@ async fn the_model_reads_the_pdf_a_customer_sends_when_the_channel_gives_it_docu
     );
 }
 
+/// A webhook with a location the customer shared: a bare pin, or a place picked from the map
+/// with its name and address (reference A.4).
+fn location_message(from: &str, wamid: &str, place: Option<(&str, &str)>) -> Vec<u8> {
+    let mut location = serde_json::json!({"latitude": 19.432608, "longitude": -99.133209});
+    if let Some((name, address)) = place {
+        location["name"] = name.into();
+        location["address"] = address.into();
+        location["url"] = "https://maps.example/tienda".into();
+    }
+    message_body(
+        PNID,
+        from,
+        serde_json::json!({"from": from, "id": wamid, "timestamp": now().to_string(),
+                           "type": "location", "location": location}),
+    )
+}
+
+#[tokio::test]
+async fn the_model_reads_a_shared_location_when_the_channel_gives_it_locations() {
+    use wafleet::store::settings::Setting;
+    let s = system().await;
+    s.set(Setting::LocationsToModel, "on").await;
+    s.set(Setting::MediaNotice, "Por ahora solo leo texto.")
+        .await;
+    // A place picked from the map: its name and address go through redaction as typed text
+    // does (a street address is taken out), the coordinates rounded to 4 decimals.
+    s.post(&location_message(
+        "573080",
+        "wamid.L1",
+        Some(("Tienda Centro", "Av. Reforma 123, CDMX")),
+    ))
+    .await;
+    let sent = s.sent(1).await;
+    assert_eq!(sent[0].context_message_id.as_deref(), Some("wamid.L1"));
+    assert_ne!(sent[0].body, "Por ahora solo leo texto.");
+    let place = "[location: Tienda Centro, [ADDRESS], CDMX (19.4326, -99.1332)]";
+    assert_eq!(s.last_user_turns(), [place]);
+    // A bare pin, in the next request after the place in the history.
+    s.post(&location_message("573080", "wamid.L2", None)).await;
+    s.sent(2).await;
+    let pin = "[location: (19.4326, -99.1332)]";
+    assert_eq!(
+        s.model_turns(1),
+        [
+            ("user".to_string(), place.to_string()),
+            ("assistant".to_string(), sent[0].body.clone()),
+            ("user".to_string(), pin.to_string()),
+        ]
+    );
+    // The agents' transcript shows both as the model read them.
+    let id = the_conversation(&s.pg).await;
+    let lines = wafleet::store::agents::transcript(&s.pg, id, 10)
+        .await
+        .unwrap()
+        .unwrap();
+    let shown: Vec<Option<&str>> = lines
+        .iter()
+        .filter(|l| l.side == "customer")
+        .map(|l| l.text.as_deref())
+        .collect();
+    assert_eq!(shown, [Some(place), Some(pin)]);
+    // Turned off, none goes to the model again, the earlier ones neither.
+    s.set(Setting::LocationsToModel, "off").await;
+    s.send("573080", "wamid.L6", "¿y abren hoy?").await;
+    s.sent(3).await;
+    let turns = s.model_turns(2);
+    assert_eq!(
+        turns,
+        [("user".to_string(), "¿y abren hoy?".to_string())],
+        "the answers to the locations go before the first turn"
+    );
+
+    // Erasing the customer takes the place and the pin: nothing of them is left to show.
+    let erased = wafleet::erasure::erase_customer(
+        &s.pg,
+        &mut s.cfg.redis().await,
+        &s.cfg.keys(),
+        PNID,
+        "573080",
+    )
+    .await
+    .unwrap();
+    assert!(erased.is_some());
+    assert_eq!(
+        s.count(
+            "SELECT count(*) FROM messages WHERE message_type = 'location' AND metadata <> '{}'"
+        )
+        .await,
+        0
+    );
+    let lines = wafleet::store::agents::transcript(&s.pg, id, 10)
+        .await
+        .unwrap()
+        .unwrap();
+    let shown: Vec<Option<&str>> = lines
+        .iter()
+        .filter(|l| l.kind == "location")
+        .map(|l| l.text.as_deref())
+        .collect();
+    assert_eq!(shown, [Some("[location]"), Some("[location]")]);
+}
+
+#[tokio::test]
+async fn a_location_typed_about_right_after_is_answered_once_with_a_gathering_channel() {
+    use wafleet::store::settings::Setting;
+    let s = system().await;
+    s.set(Setting::LocationsToModel, "on").await;
+    s.set(Setting::ReplyGatherMs, "1500").await;
+    s.post(&location_message("573081", "wamid.L3", None)).await;
+    s.send("573081", "wamid.L4", "¿entregan aquí?").await;
+    let sent = s.sent(1).await;
+    assert_eq!(sent[0].context_message_id.as_deref(), Some("wamid.L4"));
+    assert_eq!(s.sim.state.llm_requests().len(), 1);
+    // One user turn on the wire: consecutive turns of one side are joined.
+    assert_eq!(
+        s.model_turns(0),
+        [(
+            "user".to_string(),
+            "[location: (19.4326, -99.1332)]\n\n¿entregan aquí?".to_string()
+        )]
+    );
+}
+
+#[tokio::test]
+async fn a_location_a_channel_does_not_give_to_the_model_gets_the_notice_and_no_model_call() {
+    use wafleet::store::settings::Setting;
+    let s = system().await;
+    s.set(Setting::MediaNotice, "Por ahora solo leo texto.")
+        .await;
+    s.post(&location_message(
+        "573082",
+        "wamid.L5",
+        Some(("Tienda Centro", "Av. Reforma 123, CDMX")),
+    ))
+    .await;
+    assert_eq!(s.sent(1).await[0].body, "Por ahora solo leo texto.");
+    assert!(s.sim.state.llm_requests().is_empty());
+    // The transcript shows it all the same.
+    let id = the_conversation(&s.pg).await;
+    let lines = wafleet::store::agents::transcript(&s.pg, id, 10)
+        .await
+        .unwrap()
+        .unwrap();
+    let customer = lines.iter().find(|l| l.side == "customer").unwrap();
+    assert_eq!(
+        customer.text.as_deref(),
+        Some("[location: Tienda Centro, [ADDRESS], CDMX (19.4326, -99.1332)]")
+    );
+}
+
 #[tokio::test]
 async fn a_transcriber_still_failing_on_the_last_attempt_the_worker_allows_leaves_an_answer() {
     use wafleet::store::settings::Setting;

@@ -533,7 +533,8 @@ enum ChannelCommand {
     /// (comma-separated), handover_ack ('' sends none), media_notice ('' sends none),
     /// session_timeout_secs, human_release_after_secs (or `never`), send_rate_per_sec, pair_burst,
     /// business_hours, business_hours_tz, after_hours_ack, images_to_model, transcribe_audio,
-    /// documents_to_model (on/off), reply_gather_ms (0 to 10000). Workers see it within seconds.
+    /// documents_to_model, locations_to_model (on/off), reply_gather_ms (0 to 10000). Workers
+    /// see it within seconds.
     Set {
         phone_number_id: String,
         setting: String,

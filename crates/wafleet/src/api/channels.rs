@@ -221,7 +221,10 @@ fn setting_change(name: &str, value: &Value) -> Result<Change, String> {
         Value::Bool(b)
             if matches!(
                 setting,
-                Setting::ImagesToModel | Setting::TranscribeAudio | Setting::DocumentsToModel
+                Setting::ImagesToModel
+                    | Setting::TranscribeAudio
+                    | Setting::DocumentsToModel
+                    | Setting::LocationsToModel
             ) =>
         {
             b.to_string()

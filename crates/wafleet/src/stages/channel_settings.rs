@@ -54,6 +54,8 @@ pub struct ChannelSettings {
     pub transcribe_audio: bool,
     /// Whether the model reads the PDFs customers send (`documents_to_model`).
     pub documents_to_model: bool,
+    /// Whether the model reads the locations customers share (`locations_to_model`).
+    pub locations_to_model: bool,
     /// `None`: the built-in prompt.
     pub system_prompt: Option<String>,
     pub history_limit: i64,
@@ -143,6 +145,7 @@ struct Row {
     images_to_model: bool,
     transcribe_audio: bool,
     documents_to_model: bool,
+    locations_to_model: bool,
     reply_gather_ms: i32,
 }
 
@@ -371,7 +374,8 @@ impl ChannelCache {
                     handover_ack, media_notice, system_prompt, history_limit, canned_reply,
                     send_rate_per_sec, pair_burst, sends_paused_until, access_token,
                     business_hours, business_hours_tz, after_hours_ack, images_to_model,
-                    transcribe_audio, documents_to_model, reply_gather_ms, updated_at,
+                    transcribe_audio, documents_to_model, locations_to_model, reply_gather_ms,
+                    updated_at,
                     EXISTS (SELECT 1 FROM knowledge_entries k WHERE k.channel_id = channels.id)
                         AS has_knowledge
                FROM channels WHERE phone_number_id = $1",
@@ -469,6 +473,7 @@ impl ChannelCache {
             images_to_model: r.images_to_model,
             transcribe_audio: r.transcribe_audio,
             documents_to_model: r.documents_to_model,
+            locations_to_model: r.locations_to_model,
             system_prompt: r.system_prompt.clone(),
             history_limit: i64::from(r.history_limit),
             reply_gather: std::time::Duration::from_millis(r.reply_gather_ms.max(0) as u64),

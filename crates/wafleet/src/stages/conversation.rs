@@ -8,9 +8,10 @@
 //!   and an acknowledgement recorded for sending; the message is marked read (no model call
 //!   does it);
 //! - `reply` — the bot owns the conversation, the channel's bot is on (or shadow) and the
-//!   message has text: a reply job goes to the LLM stage;
-//! - `notice` — media, location, contacts and the like without text, when the channel has a
-//!   notice configured;
+//!   message has text, or is an image, voice note, document or location the channel gives the
+//!   model: a reply job goes to the LLM stage;
+//! - `notice` — media, location, contacts and the like without text (and not given to the
+//!   model), when the channel has a notice configured;
 //! - `none` — reactions, system messages, conversations a human owns, bot off.
 //!
 //! An echo of the WhatsApp Business app (a person writing to the customer from the phone, on a
@@ -247,6 +248,7 @@ impl ConversationStage {
             || (m.message_type == "image" && channel.images_to_model)
             || (m.message_type == "audio" && channel.transcribe_audio)
             || (m.message_type == "document" && channel.documents_to_model)
+            || (m.message_type == "location" && channel.locations_to_model)
         {
             "reply"
         } else if !channel.media_notice.is_empty() {

@@ -156,7 +156,11 @@ pub struct LlmStage {
 /// customer wrote something. Findings within one turn were made when it was stored and are left
 /// alone.
 pub fn redact_across_turns(redactor: &wafleet_core::pii::Redactor, turns: &mut [(bool, String)]) {
-    let customer: Vec<usize> = (0..turns.len()).filter(|&i| turns[i].0).collect();
+    // A shared location's turn is left out: its redacted name and address and its coordinates
+    // are not what the customer typed, so a number typed before and after it is one number.
+    let customer: Vec<usize> = (0..turns.len())
+        .filter(|&i| turns[i].0 && !turns[i].1.starts_with(replies::LOCATION_MARKER))
+        .collect();
     if customer.len() < 2 {
         return;
     }
@@ -919,6 +923,22 @@ mod tests {
         redact_across_turns(&redactor, &mut clean);
         assert_eq!(clean[0].1, "tengo 2");
         assert_eq!(clean[1].1, "3 cajas");
+    }
+
+    #[test]
+    fn a_shared_locations_turn_is_left_whole_and_a_card_typed_around_it_is_still_found() {
+        let redactor = wafleet_core::pii::Redactor::new();
+        // Its name, address and coordinates are not what the customer typed: it is skipped
+        // whole, so a card typed before and after it is one card, and the marker is not cut.
+        let location = "[location: Local 12, [ADDRESS] (19.4326, -99.1332)]";
+        let mut turns = vec![
+            (true, "mi tarjeta es 4111 1111".to_string()),
+            (true, location.to_string()),
+            (true, "1111 1111 gracias".to_string()),
+        ];
+        redact_across_turns(&redactor, &mut turns);
+        let texts: Vec<&str> = turns.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(texts, ["mi tarjeta es [CARD]", location, " gracias"]);
     }
 
     #[test]

@@ -65,7 +65,9 @@ pub struct Line {
     pub agent: Option<String>,
     /// A customer's message type (`text`, `image`…), or an outbound part's kind.
     pub kind: String,
-    /// Redacted text; `None` for a message without text (media, location…).
+    /// Redacted text; `None` for a message without text (media, contacts…). A location is its
+    /// line, `[location: Tienda Centro, [ADDRESS], CDMX (19.4326, -99.1332)]` (redacted name and
+    /// address, coordinates rounded to 4 decimals).
     pub text: Option<String>,
     /// An outbound part's send state (`pending`, `accepted`, `failed`, `suppressed`…) and, once
     /// Meta reported it, delivery (`delivered`, `read`…).
@@ -302,7 +304,11 @@ pub async fn transcript(
         "SELECT * FROM (
              SELECT m.id AS message_id, m.received_at AS at, 'customer' AS side,
                     NULL::text AS agent,
-                    m.message_type AS kind, m.text_redacted AS text, NULL::text AS state,
+                    m.message_type AS kind,
+                    -- A location reads as the model reads it (whether or not it went to one).
+                    CASE WHEN m.message_type = 'location' THEN location_text(m.metadata)
+                         ELSE m.text_redacted END AS text,
+                    NULL::text AS state,
                     NULL::text AS delivery, NULL::int8 AS outbound_id, NULL::text AS reference,
                     NULL::int4 AS error_code, NULL::text AS fail_reason,
                     m.id AS ord, 0 AS sub, m.id AS tie

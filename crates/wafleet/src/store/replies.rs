@@ -38,6 +38,13 @@ pub const IMAGE_MARKER: &str = "[image]";
 /// `[document: factura.pdf] aquí está`.
 pub const DOCUMENT_MARKER: &str = "[document";
 
+/// How a location the customer shared stands in a turn's text and in the agents' transcript,
+/// the whole turn (built by the SQL function `location_text`, migration 0038): its name and
+/// address, redacted, and its coordinates rounded to 4 decimals,
+/// `[location: Tienda Centro, [ADDRESS], CDMX (19.4326, -99.1332)]`, or a bare pin's
+/// `[location: (19.4326, -99.1332)]`.
+pub const LOCATION_MARKER: &str = "[location";
+
 /// How a business's template stands in the model's history when the bot answers after it (the
 /// template's text is Meta's; the model reads its name and parameters, redacted):
 /// `[template: order_shipped] #1042 | martes`.
@@ -114,7 +121,8 @@ pub async fn reply_contexts(
                      SELECT customer, text, ord, sub FROM (
                          -- An image is a turn with or without its caption ($3 before it), and
                          -- so is a document ($5, its file name, before it); a voice note is one
-                         -- once transcribed ($4 before the transcript).
+                         -- once transcribed ($4 before the transcript); a location is its
+                         -- LOCATION_MARKER line (migration 0038's location_text).
                          SELECT TRUE AS customer,
                                 CASE WHEN m.message_type = 'image'
                                      THEN concat_ws(' ', $3::text, m.text_redacted)
@@ -125,13 +133,20 @@ pub async fn reply_contexts(
                                               || coalesce(': ' || (m.metadata->>'filename'), '')
                                               || ']',
                                           m.text_redacted)
+                                     WHEN m.message_type = 'location'
+                                     THEN location_text(m.metadata)
                                      ELSE m.text_redacted END AS text,
                                 m.id AS ord, 0::int8 AS sub
                            FROM messages m
                           WHERE m.conversation_id = ctx.conversation_id
                             AND m.session_no = ctx.session_no AND m.id <= ctx.message_id
                             AND m.owner_at_arrival = 'bot'
-                            AND (m.text_redacted IS NOT NULL OR m.message_type IN ('image', 'document'))
+                            AND (m.text_redacted IS NOT NULL OR m.message_type IN ('image', 'document')
+                                 -- A location only while its channel gives them to the model:
+                                 -- turned off, none goes again, earlier ones neither.
+                                 OR m.message_type = 'location'
+                                    AND (SELECT c.locations_to_model FROM channels c
+                                          WHERE c.id = ctx.channel_id))
                             AND m.action IN ('reply', 'handover')
                             -- What a human answered instead of the bot, though it came while the
                             -- bot had the conversation (a human took it while the message waited,

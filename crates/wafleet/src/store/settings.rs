@@ -23,6 +23,7 @@ pub enum Setting {
     ImagesToModel,
     TranscribeAudio,
     DocumentsToModel,
+    LocationsToModel,
     ReplyGatherMs,
 }
 
@@ -41,7 +42,7 @@ pub enum Value {
 }
 
 impl Setting {
-    pub const ALL: [Setting; 17] = [
+    pub const ALL: [Setting; 18] = [
         Setting::SystemPrompt,
         Setting::HistoryLimit,
         Setting::CannedReply,
@@ -58,6 +59,7 @@ impl Setting {
         Setting::ImagesToModel,
         Setting::TranscribeAudio,
         Setting::DocumentsToModel,
+        Setting::LocationsToModel,
         Setting::ReplyGatherMs,
     ];
 
@@ -80,6 +82,7 @@ impl Setting {
             Setting::ImagesToModel => "images_to_model",
             Setting::TranscribeAudio => "transcribe_audio",
             Setting::DocumentsToModel => "documents_to_model",
+            Setting::LocationsToModel => "locations_to_model",
             Setting::ReplyGatherMs => "reply_gather_ms",
         }
     }
@@ -207,13 +210,14 @@ impl Setting {
                     None => Ok(Value::List(list)),
                 }
             }
-            Setting::ImagesToModel | Setting::TranscribeAudio | Setting::DocumentsToModel => {
-                match raw.trim().to_ascii_lowercase().as_str() {
-                    "on" | "true" | "yes" => Ok(Value::Bool(true)),
-                    "off" | "false" | "no" => Ok(Value::Bool(false)),
-                    other => Err(format!("{} is on or off, not {other:?}", self.name())),
-                }
-            }
+            Setting::ImagesToModel
+            | Setting::TranscribeAudio
+            | Setting::DocumentsToModel
+            | Setting::LocationsToModel => match raw.trim().to_ascii_lowercase().as_str() {
+                "on" | "true" | "yes" => Ok(Value::Bool(true)),
+                "off" | "false" | "no" => Ok(Value::Bool(false)),
+                other => Err(format!("{} is on or off, not {other:?}", self.name())),
+            },
             Setting::HumanReleaseAfterSecs if raw.trim() == "never" => Ok(Value::Never),
             Setting::ReplyGatherMs => match raw.trim().parse::<i32>() {
                 Ok(n) if (0..=Self::MAX_REPLY_GATHER_MS).contains(&n) => Ok(Value::Int(n)),
@@ -311,6 +315,7 @@ pub async fn show(
                       CASE WHEN images_to_model THEN 'on' ELSE 'off' END,
                       CASE WHEN transcribe_audio THEN 'on' ELSE 'off' END,
                       CASE WHEN documents_to_model THEN 'on' ELSE 'off' END,
+                      CASE WHEN locations_to_model THEN 'on' ELSE 'off' END,
                       reply_gather_ms::text]
            FROM channels WHERE phone_number_id = $1",
     )

@@ -427,28 +427,7 @@ impl GraphClient {
     ) -> Result<T, GraphCallError> {
         let started = Instant::now();
         let outcome = async {
-            let response = self
-                .http
-                .get(url)
-                .bearer_auth(token)
-                .query(query)
-                .send()
-                .await
-                .map_err(|e| GraphCallError::Transport {
-                    reason: describe(&e),
-                    maybe_sent: !e.is_connect(),
-                })?;
-            let status = response.status().as_u16();
-            let body = response
-                .bytes()
-                .await
-                .map_err(|e| GraphCallError::Transport {
-                    reason: describe(&e),
-                    maybe_sent: true,
-                })?;
-            if !response_is_2xx(status) {
-                return Err(call_rejected(status, &body));
-            }
+            let (_, body) = answered(self.http.get(url).bearer_auth(token).query(query)).await?;
             serde_json::from_slice(&body).map_err(|e| GraphCallError::Transport {
                 reason: format!(
                     "unexpected answer: {}",
@@ -708,28 +687,8 @@ impl GraphClient {
             .part("file", part);
         let started = Instant::now();
         let outcome = async {
-            let response = self
-                .http
-                .post(url)
-                .bearer_auth(token)
-                .multipart(form)
-                .send()
-                .await
-                .map_err(|e| GraphCallError::Transport {
-                    reason: describe(&e),
-                    maybe_sent: !e.is_connect(),
-                })?;
-            let status = response.status().as_u16();
-            let body = response
-                .bytes()
-                .await
-                .map_err(|e| GraphCallError::Transport {
-                    reason: describe(&e),
-                    maybe_sent: true,
-                })?;
-            if !response_is_2xx(status) {
-                return Err(call_rejected(status, &body));
-            }
+            let (status, body) =
+                answered(self.http.post(url).bearer_auth(token).multipart(form)).await?;
             #[derive(serde::Deserialize)]
             struct Uploaded {
                 id: String,
@@ -748,6 +707,30 @@ impl GraphClient {
             .record(started.elapsed().as_secs_f64());
         outcome
     }
+}
+
+/// Sends a read or an upload and reads Meta's whole answer: its status and body when 2xx, the
+/// classified rejection otherwise, a transport error (sent, or maybe not) when none came.
+async fn answered(request: reqwest::RequestBuilder) -> Result<(u16, bytes::Bytes), GraphCallError> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| GraphCallError::Transport {
+            reason: describe(&e),
+            maybe_sent: !e.is_connect(),
+        })?;
+    let status = response.status().as_u16();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| GraphCallError::Transport {
+            reason: describe(&e),
+            maybe_sent: true,
+        })?;
+    if !response_is_2xx(status) {
+        return Err(call_rejected(status, &body));
+    }
+    Ok((status, body))
 }
 
 fn response_is_2xx(status: u16) -> bool {

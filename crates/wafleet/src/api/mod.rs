@@ -284,6 +284,34 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> ApiError {
     )
 }
 
+/// The channel's access token for a Graph call the API makes itself (a customer's file, an
+/// agent's upload); `fail` answers, logs and counts a token this process cannot use.
+async fn channel_token(
+    state: &AppState,
+    cipher: &crate::crypto::Cipher,
+    pnid: &str,
+    fail: impl Fn(&'static str, String) -> ApiError,
+) -> Result<crate::config::Secret<String>, ApiError> {
+    crate::store::channels::access_token(&state.pg, cipher, pnid)
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<sqlx::Error>().is_some() {
+                return pg_down(format!("{e:#}"));
+            }
+            // Not Postgres: the token was sealed with another key than this process's (or
+            // changed by hand), and a retry fails the same way.
+            crate::store::channels::report_unreadable(pnid, "access_token");
+            fail(
+                "unreadable_token",
+                format!(
+                    "channel {pnid}'s access token does not decrypt with this API process's \
+                     WAFLEET_ENCRYPTION_KEY"
+                ),
+            )
+        })?
+        .ok_or_else(|| fail("no_token", format!("channel {pnid} has no access token")))
+}
+
 fn pg_down(e: impl std::fmt::Display) -> ApiError {
     unavailable("Postgres out of reach", e)
 }
@@ -974,24 +1002,7 @@ async fn media(
             "the file is no longer known (its customer was erased)".into(),
         )
     })?;
-    let token = crate::store::channels::access_token(&state.pg, cipher, &pnid)
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<sqlx::Error>().is_some() {
-                return pg_down(format!("{e:#}"));
-            }
-            // Not Postgres: the token was sealed with another key than this process's (or
-            // changed by hand), and a retry fails the same way.
-            crate::store::channels::report_unreadable(&pnid, "access_token");
-            not_fetched(
-                "unreadable_token",
-                format!(
-                    "channel {pnid}'s access token does not decrypt with this API process's \
-                     WAFLEET_ENCRYPTION_KEY"
-                ),
-            )
-        })?
-        .ok_or_else(|| not_fetched("no_token", format!("channel {pnid} has no access token")))?;
+    let token = channel_token(&state, cipher, &pnid, not_fetched).await?;
     let opened = state
         .graph
         .open_media(token.expose(), &media_id, state.media_max_bytes, &[])
@@ -1152,22 +1163,7 @@ async fn upload(
     if known.is_empty() {
         return Err(AgentError::NoChannel(pnid).into());
     }
-    let token = crate::store::channels::access_token(&state.pg, cipher, &pnid)
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<sqlx::Error>().is_some() {
-                return pg_down(format!("{e:#}"));
-            }
-            crate::store::channels::report_unreadable(&pnid, "access_token");
-            not_uploaded(
-                "unreadable_token",
-                format!(
-                    "channel {pnid}'s access token does not decrypt with this API process's \
-                     WAFLEET_ENCRYPTION_KEY"
-                ),
-            )
-        })?
-        .ok_or_else(|| not_uploaded("no_token", format!("channel {pnid} has no access token")))?;
+    let token = channel_token(&state, cipher, &pnid, not_uploaded).await?;
     // Counted as it streams: a body without Content-Length (chunked) is cut at the bound too.
     let seen = Arc::new(AtomicU64::new(0));
     let stream = {

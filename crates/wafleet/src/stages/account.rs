@@ -184,13 +184,28 @@ fn received_at(job: &Job) -> DateTime<Utc> {
 
 impl AccountStage {
     /// The channels of the update's business account; empty when none names it.
-    async fn channels(&self, event: &FieldEvent) -> Result<Vec<WabaChannel>, Outcome> {
-        let Some(waba) = event.waba_id.as_deref() else {
-            return Ok(Vec::new());
+    /// The channels of the event's business account; `None` (logged, naming `what` update it
+    /// was) when no channel names it, and the update is only kept.
+    async fn channels(
+        &self,
+        event: &FieldEvent,
+        what: &'static str,
+    ) -> Result<Option<Vec<WabaChannel>>, Outcome> {
+        let channels = match event.waba_id.as_deref() {
+            Some(waba) => account_state::channels_of_waba(&self.pg, waba)
+                .await
+                .map_err(|e| db_outcome(&e, "reading the business account's channels"))?,
+            None => Vec::new(),
         };
-        account_state::channels_of_waba(&self.pg, waba)
-            .await
-            .map_err(|e| db_outcome(&e, "reading the business account's channels"))
+        if channels.is_empty() {
+            tracing::info!(
+                waba_id = event.waba_id.as_deref().unwrap_or("-"),
+                update = what,
+                "an update for a business account no channel names; kept"
+            );
+            return Ok(None);
+        }
+        Ok(Some(channels))
     }
 
     /// Puts `event` on the dashboard stream once for this entry and number.
@@ -214,14 +229,9 @@ impl AccountStage {
         q: &QualityUpdate,
         at: DateTime<Utc>,
     ) -> Result<&'static str, Outcome> {
-        let channels = self.channels(event).await?;
-        if channels.is_empty() {
-            tracing::info!(
-                waba_id = event.waba_id.as_deref().unwrap_or("-"),
-                "a number's quality update for a business account no channel names; kept"
-            );
+        let Some(channels) = self.channels(event, "quality").await? else {
             return Ok("unknown_account");
-        }
+        };
         // Meta names the number by its display number (a payload with the phone_number_id is
         // taken by it): a channel without one stored cannot be matched.
         let channel = channels.iter().find(|c| {
@@ -299,14 +309,9 @@ impl AccountStage {
         a: &AccountUpdate,
         at: DateTime<Utc>,
     ) -> Result<&'static str, Outcome> {
-        let channels = self.channels(event).await?;
-        if channels.is_empty() {
-            tracing::info!(
-                waba_id = event.waba_id.as_deref().unwrap_or("-"),
-                "an account update for a business account no channel names; kept"
-            );
+        let Some(channels) = self.channels(event, "account").await? else {
             return Ok("unknown_account");
-        }
+        };
         let restrictions_given =
             !a.restrictions.is_empty() || a.event.as_deref() == Some("ACCOUNT_RESTRICTION");
         let event_label = label(a.event.as_deref(), ACCOUNT_EVENTS);
@@ -381,14 +386,9 @@ impl AccountStage {
         t: &TemplateStatusUpdate,
         at: DateTime<Utc>,
     ) -> Result<&'static str, Outcome> {
-        let channels = self.channels(event).await?;
-        if channels.is_empty() {
-            tracing::info!(
-                waba_id = event.waba_id.as_deref().unwrap_or("-"),
-                "a template's status update for a business account no channel names; kept"
-            );
+        let Some(channels) = self.channels(event, "template_status").await? else {
             return Ok("unknown_account");
-        }
+        };
         let waba = event.waba_id.as_deref().unwrap_or_default();
         if let (Some(name), Some(language)) = (t.name.as_deref(), t.language.as_deref()) {
             self.wordings.forget(waba, name, language);

@@ -24,7 +24,7 @@ struct System {
     /// test has its own: the metrics of a test process are shared by its tests.
     number: String,
     other: String,
-    _worker: Worker,
+    _worker: Option<Worker>,
 }
 
 /// A phone_number_id no other test uses.
@@ -36,6 +36,12 @@ fn unique_number() -> String {
 }
 
 async fn system() -> System {
+    system_with(true).await
+}
+
+/// The system, with its worker running or not (updates then wait on the events stream, as they
+/// do for a first start).
+async fn system_with(worker: bool) -> System {
     let cfg = TestConfig::new().await;
     let (number, other) = (unique_number(), unique_number());
     cfg.add_channel(&number, |c| {
@@ -50,7 +56,10 @@ async fn system() -> System {
     .await;
     let pg = cfg.pg().await;
     let ingest = Ingest::start(cfg.ingest_settings()).await;
-    let worker = Worker::start(cfg.worker_settings(&["account"])).await;
+    let worker = match worker {
+        true => Some(Worker::start(cfg.worker_settings(&["account"])).await),
+        false => None,
+    };
     System {
         cfg,
         pg,
@@ -364,6 +373,23 @@ async fn unknown_events_and_shapes_are_kept_and_never_fail_the_stage() {
     );
 }
 
+impl System {
+    /// The stage as a worker runs it, to drive one job at a time.
+    fn stage(&self) -> AccountStage {
+        AccountStage {
+            pg: self.pg.clone(),
+            redis: wafleet::shared_redis::SharedRedis::new(
+                &self.cfg.redis_url,
+                wafleet::shared_redis::CONNECT_TIMEOUT,
+            )
+            .unwrap(),
+            keys: self.cfg.keys(),
+            wordings: Default::default(),
+            announce_max_age: wafleet::stages::account::DEFAULT_ANNOUNCE_MAX_AGE,
+        }
+    }
+}
+
 /// The job the stage would run for the events stream's entry `id`.
 async fn job_of(s: &System, index: usize) -> Job {
     let mut con = s.cfg.redis().await;
@@ -412,16 +438,7 @@ async fn the_same_update_twice_is_recorded_and_announced_once_and_an_older_one_c
 
     // A job run again (a crash after its work, a takeover), and the older update run after the
     // newer one: nothing recorded again, nothing announced again.
-    let stage = AccountStage {
-        pg: s.pg.clone(),
-        redis: wafleet::shared_redis::SharedRedis::new(
-            &s.cfg.redis_url,
-            wafleet::shared_redis::CONNECT_TIMEOUT,
-        )
-        .unwrap(),
-        keys: s.cfg.keys(),
-        wordings: Default::default(),
-    };
+    let stage = s.stage();
     let (first, second) = (job_of(&s, 0).await, job_of(&s, 1).await);
     assert_eq!(first.conv, format!("waba:{WABA}"));
     for job in [&second, &first, &second] {
@@ -492,4 +509,93 @@ async fn an_update_for_an_account_no_channel_names_is_kept_and_changes_nothing()
     for pnid in [number, other] {
         assert_eq!(s.column(pnid, "quality_event").await, None);
     }
+}
+
+#[tokio::test]
+async fn an_update_older_than_the_announce_age_is_recorded_but_neither_announced_nor_counted() {
+    // A first start: what Meta said hours ago waits on the events stream.
+    let s = system_with(false).await;
+    let number = s.number.as_str();
+    s.post(&change(
+        WABA,
+        "phone_number_quality_update",
+        quality("DOWNGRADE", "TIER_1K"),
+    ))
+    .await;
+    s.post(&change(
+        WABA,
+        "account_update",
+        json!({"event": "ACCOUNT_RESTRICTION", "restriction_info": [
+            {"restriction_type": "RESTRICTED_BIZ_INITIATED_MESSAGING",
+             "expiration": "2099-04-19T13:59:20+0000"}]}),
+    ))
+    .await;
+    s.post(&change(
+        WABA,
+        "message_template_status_update",
+        json!({"event": "PAUSED", "message_template_name": "promo", "message_template_language": "es"}),
+    ))
+    .await;
+    let stage = s.stage();
+    let old = chrono::Utc::now() - wafleet::stages::account::DEFAULT_ANNOUNCE_MAX_AGE * 2;
+    let old = old.timestamp_millis().to_string();
+    for index in 0..3 {
+        let mut job = job_of(&s, index).await;
+        job.fields.insert("received_at".into(), old.clone());
+        assert_eq!(stage.handle(&job).await, Outcome::Done);
+    }
+    // Recorded: channel show, the API and the gauges are right…
+    assert_eq!(
+        s.column(number, "quality_event").await.as_deref(),
+        Some("DOWNGRADE")
+    );
+    assert_eq!(
+        s.column(number, "messaging_limit").await.as_deref(),
+        Some("TIER_1K")
+    );
+    assert_eq!(
+        s.ingest
+            .metric(&format!(
+                "wafleet_channel_account_restricted{{channel=\"{number}\"}}"
+            ))
+            .await,
+        1.0
+    );
+    // …but nothing on the dashboard stream, and none of the counters the alerts watch moved.
+    assert!(s.dashboard().await.is_empty(), "{:?}", s.dashboard().await);
+    for counter in [
+        format!("wafleet_number_quality_events_total{{channel=\"{number}\"}}"),
+        format!("wafleet_account_events_total{{channel=\"{number}\"}}"),
+        "wafleet_template_status_events_total{event=\"PAUSED\"}".to_string(),
+    ] {
+        assert_eq!(s.ingest.metric(&counter).await, 0.0, "{counter}");
+    }
+    assert!(
+        s.ingest
+            .metric(
+                "wafleet_meta_changes_total{field=\"phone_number_quality_update\",result=\"late\"}"
+            )
+            .await
+            >= 1.0
+    );
+
+    // What Meta says now is announced and counted as before.
+    s.post(&change(
+        WABA,
+        "phone_number_quality_update",
+        quality("FLAGGED", "TIER_1K"),
+    ))
+    .await;
+    assert_eq!(stage.handle(&job_of(&s, 3).await).await, Outcome::Done);
+    let events = s.dashboard().await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["reason"], "flagged");
+    assert_eq!(
+        s.ingest
+            .metric(&format!(
+                "wafleet_number_quality_events_total{{channel=\"{number}\",event=\"FLAGGED\"}}"
+            ))
+            .await,
+        1.0
+    );
 }

@@ -471,6 +471,7 @@ impl TestConfig {
             send: Default::default(),
             early_status_ttl: wafleet::stages::status::DEFAULT_EARLY_STATUS_TTL,
             retention: Some(wafleet::worker::retention::DEFAULT_RETENTION),
+            account_announce_max_age: wafleet::stages::account::DEFAULT_ANNOUNCE_MAX_AGE,
         }
     }
 

@@ -30,7 +30,10 @@
 //!
 //! An update for a business account no channel names finds nothing to record (ingest passes it
 //! to the events stream, having no app to check its signature against): it is counted as
-//! `unknown_account` and kept. Nothing here logs a phone number, a template's text or Meta's
+//! `unknown_account` and kept. An update ingest received longer ago than
+//! [`AccountStage::announce_max_age`] (a first start reading what the stream holds, a worker
+//! back after a long stop) is recorded but not announced and not counted in the per-event
+//! counters the alerts watch: counted `late`. Nothing here logs a phone number, a template's text or Meta's
 //! prose; Meta's codes and our ids only.
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -56,6 +59,14 @@ pub const STAGE: Stage = Stage {
 /// How often the per-channel gauges are read back from Postgres: they are the channels' state,
 /// not this process's memory, so a restarted worker shows a flagged number as flagged.
 pub const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// How old an update may be (since ingest received it) and still be announced:
+/// `WAFLEET_ACCOUNT_ANNOUNCE_MAX_AGE_SECS`. An older one (a first start working through what the
+/// events stream holds, a worker that was down for long) is recorded on the channels, so
+/// `channel show`, the API and the gauges are right, but puts nothing on the dashboard stream and
+/// moves none of the counters the alerts watch (`increase(…[1h])`): a console or an alert would
+/// otherwise light up for something Meta said hours or days ago. One hour: the alerts' window.
+pub const DEFAULT_ANNOUNCE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Quality events Meta documents; any other is counted as `other` (the label stays bounded).
 const QUALITY_EVENTS: &[&str] = &[
@@ -139,6 +150,9 @@ pub struct AccountStage {
     /// The sender's cache of templates' wordings in this process, dropped for a template whose
     /// status changed.
     pub wordings: Wordings,
+    /// Updates received longer ago than this are recorded but not announced
+    /// ([`DEFAULT_ANNOUNCE_MAX_AGE`]).
+    pub announce_max_age: std::time::Duration,
 }
 
 impl Handler for AccountStage {
@@ -154,12 +168,23 @@ impl Handler for AccountStage {
             return Outcome::Done;
         };
         let at = received_at(job);
+        let age = (Utc::now() - at).to_std().unwrap_or_default();
+        let late = age > self.announce_max_age;
         let result = match meta::read(&event) {
-            AccountChange::Quality(q) => self.quality(job, &event, &q, at).await,
-            AccountChange::Account(a) => self.account(job, &event, &a, at).await,
-            AccountChange::TemplateStatus(t) => self.template(job, &event, &t, at).await,
+            AccountChange::Quality(q) => self.quality(job, &event, &q, at, late).await,
+            AccountChange::Account(a) => self.account(job, &event, &a, at, late).await,
+            AccountChange::TemplateStatus(t) => self.template(job, &event, &t, at, late).await,
             AccountChange::Other => Ok("kept"),
         };
+        if result == Ok("late") {
+            tracing::info!(
+                field = field_label(&event.field),
+                age_secs = age.as_secs(),
+                max_age_secs = self.announce_max_age.as_secs(),
+                "an update older than WAFLEET_ACCOUNT_ANNOUNCE_MAX_AGE_SECS: recorded, not \
+                 announced or counted for alerts"
+            );
+        }
         match result {
             Ok(result) => {
                 count(&event.field, result);
@@ -228,6 +253,7 @@ impl AccountStage {
         event: &FieldEvent,
         q: &QualityUpdate,
         at: DateTime<Utc>,
+        late: bool,
     ) -> Result<&'static str, Outcome> {
         let Some(channels) = self.channels(event, "quality").await? else {
             return Ok("unknown_account");
@@ -262,7 +288,7 @@ impl AccountStage {
         .await
         .map_err(|e| db_outcome(&e, "recording the number's quality"))?;
         let event_label = label(q.event.as_deref(), QUALITY_EVENTS);
-        if applied == Applied::New {
+        if applied == Applied::New && !late {
             metrics::counter!("wafleet_number_quality_events_total", "channel" => pnid.to_string(), "event" => event_label)
                 .increment(1);
             let limit = q.limit.as_deref().unwrap_or("-");
@@ -284,6 +310,12 @@ impl AccountStage {
         }
         if applied == Applied::Older {
             return Ok("older");
+        }
+        if late {
+            if let Ok(Some(state)) = account_state::state_of(&self.pg, pnid).await {
+                set_gauges(&state, Utc::now());
+            }
+            return Ok("late");
         }
         let dashboard = serde_json::json!({
             "kind": "number_quality", "reason": reason(q.event.as_deref()),
@@ -308,6 +340,7 @@ impl AccountStage {
         event: &FieldEvent,
         a: &AccountUpdate,
         at: DateTime<Utc>,
+        late: bool,
     ) -> Result<&'static str, Outcome> {
         let Some(channels) = self.channels(event, "account").await? else {
             return Ok("unknown_account");
@@ -328,7 +361,7 @@ impl AccountStage {
             )
             .await
             .map_err(|e| db_outcome(&e, "recording the account update"))?;
-            if applied == Applied::New {
+            if applied == Applied::New && !late {
                 metrics::counter!("wafleet_account_events_total", "channel" => pnid.to_string(), "event" => event_label)
                     .increment(1);
                 let restrictions: Vec<&str> = a
@@ -361,6 +394,13 @@ impl AccountStage {
             if applied == Applied::Older {
                 continue;
             }
+            if late {
+                result = "late";
+                if let Ok(Some(state)) = account_state::state_of(&self.pg, pnid).await {
+                    set_gauges(&state, Utc::now());
+                }
+                continue;
+            }
             result = match (applied, result) {
                 (Applied::New, _) | (_, "recorded") => "recorded",
                 _ => "again",
@@ -385,6 +425,7 @@ impl AccountStage {
         event: &FieldEvent,
         t: &TemplateStatusUpdate,
         at: DateTime<Utc>,
+        late: bool,
     ) -> Result<&'static str, Outcome> {
         let Some(channels) = self.channels(event, "template_status").await? else {
             return Ok("unknown_account");
@@ -392,6 +433,10 @@ impl AccountStage {
         let waba = event.waba_id.as_deref().unwrap_or_default();
         if let (Some(name), Some(language)) = (t.name.as_deref(), t.language.as_deref()) {
             self.wordings.forget(waba, name, language);
+        }
+        if late {
+            // Nothing is recorded of a template's status; an old one is not news to anyone.
+            return Ok("late");
         }
         let event_label = label(t.event.as_deref(), TEMPLATE_EVENTS);
         let mut first = true;

@@ -49,6 +49,9 @@ pub struct WorkerProcessSettings {
     /// How long events, quarantine and dead letters are kept (`WAFLEET_RETENTION_DAYS`; `None`
     /// keeps them until an operator deletes them). See [`crate::worker::retention`].
     pub retention: Option<Duration>,
+    /// How old an account update may be and still be announced
+    /// (`WAFLEET_ACCOUNT_ANNOUNCE_MAX_AGE_SECS`, see [`account::DEFAULT_ANNOUNCE_MAX_AGE`]).
+    pub account_announce_max_age: Duration,
 }
 
 /// Where the Graph API is.
@@ -260,6 +263,10 @@ impl WorkerProcessSettings {
                 status::DEFAULT_EARLY_STATUS_TTL.as_secs(),
             )?),
             retention: worker::retention::from_env()?,
+            account_announce_max_age: Duration::from_secs(positive(
+                "WAFLEET_ACCOUNT_ANNOUNCE_MAX_AGE_SECS",
+                account::DEFAULT_ANNOUNCE_MAX_AGE.as_secs(),
+            )?),
         })
     }
 
@@ -473,6 +480,7 @@ pub async fn run(
                     redis: shared.clone(),
                     keys: keys.clone(),
                     wordings: wordings.clone(),
+                    announce_max_age: settings.account_announce_max_age,
                 };
                 stages.push(account::STAGE);
                 tasks.spawn(worker::run_stage(runtime(

@@ -215,6 +215,13 @@ pub(crate) async fn messages(
         Ok(send) => send,
         Err(refused) => return refused.into_response(),
     };
+    if let Some((status, code, message)) = send
+        .template
+        .as_ref()
+        .and_then(|t| crate::templates::refused_for_status(&sim, t))
+    {
+        return graph_error(status, code, Some(&message));
+    }
 
     let fault = {
         let mut faults = lock(&sim.0.faults);

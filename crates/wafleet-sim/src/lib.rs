@@ -31,7 +31,8 @@
 //! | `GET /_sim/webhooks` | every status webhook posted ([`WebhookDelivery`]) and how it was answered |
 //! | `GET /_sim/llm_requests` | every LLM request ([`LlmRequest`]), whole |
 //! | `GET /_sim/transcriptions` | every transcription request ([`TranscriptionRequest`]) |
-//! | `POST /_sim/reset` | forget all of the above, queued faults and rate-limit state |
+//! | `POST /_sim/template_status` | `{"name", "language", "status"}`: the status Meta lists a template with (`PAUSED`, `DISABLED`, `REJECTED`; `APPROVED` again); its sends are refused (132015 paused, 132016 disabled, 132001 otherwise) |
+//! | `POST /_sim/reset` | forget all of the above, queued faults, templates' statuses and rate-limit state |
 //! | `GET /healthz` | `ok` |
 
 mod graph;
@@ -150,6 +151,9 @@ struct Inner {
     webhooks: Mutex<Vec<WebhookDelivery>>,
     llm_requests: Mutex<Vec<LlmRequest>>,
     transcriptions: Mutex<Vec<TranscriptionRequest>>,
+    /// Templates whose status is not `APPROVED`, by (name, language): listed with it, and their
+    /// sends refused as Meta refuses a paused, disabled or rejected template.
+    template_statuses: Mutex<HashMap<(String, String), String>>,
     /// Sequence number of wamids and response ids.
     next_id: AtomicU64,
     /// Random per instance, so wamids of two simulator runs never collide in one database.
@@ -174,6 +178,7 @@ impl SimState {
             webhooks: Mutex::default(),
             llm_requests: Mutex::default(),
             transcriptions: Mutex::default(),
+            template_statuses: Mutex::default(),
             next_id: AtomicU64::new(1),
             instance: rand::random(),
             config,
@@ -207,6 +212,24 @@ impl SimState {
     pub fn add_llm_fault(&self, fault: LlmFault) {
         lock(&self.0.llm_faults).push(fault);
     }
+    /// Sets the status Meta lists template `name` in `language` with (`PAUSED`, `DISABLED`,
+    /// `REJECTED`…; `APPROVED` again lifts it), as WhatsApp Manager or Meta's review would.
+    pub fn set_template_status(&self, name: &str, language: &str, status: &str) {
+        let key = (name.to_string(), language.to_ascii_lowercase());
+        let mut statuses = lock(&self.0.template_statuses);
+        if status.eq_ignore_ascii_case("APPROVED") {
+            statuses.remove(&key);
+        } else {
+            statuses.insert(key, status.to_ascii_uppercase());
+        }
+    }
+    /// The status Meta lists template `name` in `language` with.
+    pub fn template_status(&self, name: &str, language: &str) -> String {
+        lock(&self.0.template_statuses)
+            .get(&(name.to_string(), language.to_ascii_lowercase()))
+            .cloned()
+            .unwrap_or_else(|| "APPROVED".into())
+    }
     /// Forgets recorded traffic, queued faults and rate-limit state.
     pub fn reset(&self) {
         *lock(&self.0.limits) = Arc::new(graph::Limits::new(&self.0.config));
@@ -218,6 +241,7 @@ impl SimState {
         lock(&self.0.webhooks).clear();
         lock(&self.0.llm_requests).clear();
         lock(&self.0.transcriptions).clear();
+        lock(&self.0.template_statuses).clear();
     }
 
     fn next_id(&self) -> String {
@@ -298,6 +322,7 @@ pub fn router(state: SimState) -> Router {
             "/_sim/transcriptions",
             get(|State(s): State<SimState>| async move { Json(s.transcriptions()) }),
         )
+        .route("/_sim/template_status", post(set_template_status))
         .route("/_sim/reset", post(reset))
         .with_state(state)
 }
@@ -319,6 +344,22 @@ async fn add_llm_fault(State(s): State<SimState>, Json(fault): Json<LlmFault>) -
     Json(Queued {
         queued: lock(&s.0.llm_faults).len(),
     })
+}
+
+/// `POST /_sim/template_status` `{"name", "language", "status"}`.
+#[derive(Deserialize)]
+struct TemplateStatus {
+    name: String,
+    language: String,
+    status: String,
+}
+
+async fn set_template_status(
+    State(s): State<SimState>,
+    Json(t): Json<TemplateStatus>,
+) -> &'static str {
+    s.set_template_status(&t.name, &t.language, &t.status);
+    "ok"
 }
 
 async fn reset(State(s): State<SimState>) -> &'static str {

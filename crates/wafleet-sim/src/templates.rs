@@ -37,6 +37,9 @@ pub struct Template {
     pub body: &'static str,
     pub footer: Option<&'static str>,
     pub buttons: &'static [Button],
+    /// `parameter_format: NAMED`: its placeholders are names (`{{order_id}}`), and a send names
+    /// each parameter it gives (`parameter_name`).
+    pub named: bool,
 }
 
 const YES_NO: &[Button] = &[("QUICK_REPLY", "Sí", None), ("QUICK_REPLY", "No", None)];
@@ -50,6 +53,7 @@ pub const TEMPLATES: &[Template] = &[
         body: "¡Hola! Tu pedido {{1}} ya va en camino. ¿Quieres que te avise cuando llegue?",
         footer: Some("Tienda Sol"),
         buttons: YES_NO,
+        named: false,
     },
     Template {
         name: "order_shipped",
@@ -58,6 +62,7 @@ pub const TEMPLATES: &[Template] = &[
         body: "Hi! Your order {{1}} is on its way. Shall we tell you when it arrives?",
         footer: None,
         buttons: YES_NO,
+        named: false,
     },
     Template {
         name: "order_delayed",
@@ -66,6 +71,7 @@ pub const TEMPLATES: &[Template] = &[
         body: "Tu pedido {{1}} se retrasa: llegará el {{2}}. Disculpa las molestias.",
         footer: None,
         buttons: YES_NO,
+        named: false,
     },
     // An order confirmation with the invoice as a PDF and a tracking link.
     Template {
@@ -82,6 +88,7 @@ pub const TEMPLATES: &[Template] = &[
             ),
             ("QUICK_REPLY", "Hablar con alguien", None),
         ],
+        named: false,
     },
     // A text header with a variable, a fixed link and a coupon.
     Template {
@@ -94,6 +101,17 @@ pub const TEMPLATES: &[Template] = &[
             ("URL", "Ver tiendas", Some("https://shop.example/stores")),
             ("COPY_CODE", "Copiar código", None),
         ],
+        named: false,
+    },
+    // Named parameters (WhatsApp Manager's default since 2024), in the header and the body.
+    Template {
+        name: "order_pickup",
+        language: "es",
+        header: Some(Header::Text("Pedido {{order_id}} listo")),
+        body: "Hola {{customer_name}}, recoge tu pedido {{order_id}} en {{store}}.",
+        footer: Some("Tienda Sol"),
+        buttons: YES_NO,
+        named: true,
     },
     Template {
         name: "new_collection",
@@ -102,10 +120,11 @@ pub const TEMPLATES: &[Template] = &[
         body: "Llegó la colección de verano.",
         footer: None,
         buttons: YES_NO,
+        named: false,
     },
 ];
 
-fn template(t: &Template, n: usize) -> Value {
+fn template(t: &Template, n: usize, status: &str) -> Value {
     let mut components = Vec::new();
     match t.header {
         Some(Header::Text(h)) => {
@@ -130,13 +149,18 @@ fn template(t: &Template, n: usize) -> Value {
     if !buttons.is_empty() {
         components.push(json!({"type": "BUTTONS", "buttons": buttons}));
     }
-    json!({"name": t.name, "language": t.language, "status": "APPROVED", "category": "UTILITY",
-           "parameter_format": "POSITIONAL", "components": components,
-           "id": format!("{}", 900_000 + n)})
+    json!({"name": t.name, "language": t.language, "status": status, "category": "UTILITY",
+           "parameter_format": if t.named { "NAMED" } else { "POSITIONAL" },
+           "components": components, "id": format!("{}", 900_000 + n)})
 }
 
 /// How many distinct `{{…}}` placeholders `text` holds.
 fn placeholders(text: &str) -> usize {
+    names(text).len()
+}
+
+/// The distinct `{{…}}` placeholders of `text`, in order.
+fn names(text: &str) -> Vec<&str> {
     let mut seen = Vec::new();
     let mut rest = text;
     while let Some(open) = rest.find("{{") {
@@ -149,7 +173,23 @@ fn placeholders(text: &str) -> usize {
         }
         rest = &rest[open + close + 2..];
     }
-    seen.len()
+    seen
+}
+
+/// Whether `params`, a header's or body's, fill `text`'s placeholders: as many as it holds, or,
+/// for a named template, each named once (`parameter_name`) and no other.
+fn fills(text: &str, params: &[Value], named: bool) -> bool {
+    if !named {
+        return params.len() == placeholders(text);
+    }
+    let mut given: Vec<&str> = params
+        .iter()
+        .filter_map(|p| p["parameter_name"].as_str())
+        .collect();
+    let mut wanted = names(text);
+    given.sort_unstable();
+    wanted.sort_unstable();
+    given.len() == params.len() && given == wanted
 }
 
 /// Why a template send does not fit its template: `(code, message)` as Meta answers, 132000 for
@@ -201,7 +241,7 @@ pub(crate) fn check_send(object: &Value) -> Result<(), Misfit> {
         None if !header.is_empty() => return Err(COUNT),
         None => {}
         Some(Header::Text(text)) => {
-            if header.len() != placeholders(text) {
+            if !fills(text, &header, t.named) {
                 return Err(COUNT);
             }
             if header
@@ -224,7 +264,7 @@ pub(crate) fn check_send(object: &Value) -> Result<(), Misfit> {
         }
     }
     let body: Vec<Value> = of("body").iter().flat_map(|c| params(c)).collect();
-    if body.len() != placeholders(t.body) {
+    if !fills(t.body, &body, t.named) {
         return Err(COUNT);
     }
     let buttons = of("button");
@@ -282,6 +322,32 @@ pub(crate) fn check_send(object: &Value) -> Result<(), Misfit> {
     Ok(())
 }
 
+/// Whether template `object` names one Meta would send now: a paused one is refused with
+/// 132015, a disabled one with 132016, and one of another status than `APPROVED` (rejected,
+/// pending…) as a template that does not exist, 132001 (404). Not in our reference, which gives
+/// the 132000–132016 range as "template problems (param count, missing template (404), paused,
+/// disabled…)"; the codes are Meta's public error-code table's.
+pub(crate) fn refused_for_status(sim: &SimState, object: &Value) -> Option<(u16, i64, String)> {
+    let name = object["name"].as_str().unwrap_or_default();
+    let language = object["language"]["code"].as_str().unwrap_or_default();
+    let listed = TEMPLATES
+        .iter()
+        .any(|t| t.name == name && t.language.eq_ignore_ascii_case(language));
+    if !listed {
+        return None;
+    }
+    match sim.template_status(name, language).as_str() {
+        "APPROVED" => None,
+        "PAUSED" => Some((400, 132015, "(#132015) Template is Paused".into())),
+        "DISABLED" => Some((400, 132016, "(#132016) Template is Disabled".into())),
+        other => Some((
+            404,
+            132001,
+            format!("(#132001) Template name does not exist in the translation ({other})"),
+        )),
+    }
+}
+
 /// `GET /{version}/{waba_id}/message_templates`.
 pub(crate) async fn list(
     State(sim): State<SimState>,
@@ -302,7 +368,7 @@ pub(crate) async fn list(
         .iter()
         .enumerate()
         .filter(|(_, t)| t.name.contains(wanted))
-        .map(|(n, t)| template(t, n))
+        .map(|(n, t)| template(t, n, &sim.template_status(t.name, t.language)))
         .collect();
     axum::Json(json!({"data": data, "paging": {"cursors": {"before": "A", "after": "B"}}}))
         .into_response()
@@ -411,5 +477,36 @@ mod tests {
         // The old templates' bodies count too.
         let shipped = json!({"name": "order_shipped", "language": {"code": "es"}});
         assert_eq!(check_send(&shipped).map_err(|(c, _)| c), Err(132000));
+    }
+
+    #[test]
+    fn a_named_template_takes_each_of_its_names_once_and_no_other() {
+        let pickup = |header: Value, body: Value| {
+            check_send(&json!({"name": "order_pickup", "language": {"code": "es"},
+                "components": [{"type": "header", "parameters": header},
+                               {"type": "body", "parameters": body}]}))
+            .map_err(|(c, _)| c)
+        };
+        let named =
+            |name: &str, text: &str| json!({"type": "text", "parameter_name": name, "text": text});
+        let header = json!([named("order_id", "#1042")]);
+        let body = json!([
+            named("store", "Calle 10"),
+            named("customer_name", "Ana"),
+            named("order_id", "#1042")
+        ]);
+        assert_eq!(pickup(header.clone(), body.clone()), Ok(()));
+        let missing = json!([named("customer_name", "Ana"), named("order_id", "#1042")]);
+        assert_eq!(pickup(header.clone(), missing), Err(132000));
+        let other = json!([
+            named("store", "Calle 10"),
+            named("customer", "Ana"),
+            named("order_id", "#1042")
+        ]);
+        assert_eq!(pickup(header.clone(), other), Err(132000));
+        let positional = json!([{"type": "text", "text": "Calle 10"}, {"type": "text", "text": "Ana"},
+                                {"type": "text", "text": "#1042"}]);
+        assert_eq!(pickup(header, positional), Err(132000));
+        assert_eq!(pickup(json!([]), body), Err(132000));
     }
 }

@@ -16,10 +16,11 @@
 #                reply and message are matched by the reply's context (the customer's wamid)
 #   job p50/p99  each stage's handler time, from the workers' Prometheus histograms
 #   cpu s        per component, from /proc/PID/stat (postgres: the whole cluster; redis: INFO cpu)
-# Part 1b, latency below capacity: one worker, BENCH_LATENCY_MESSAGES webhooks at a steady
-# BENCH_LATENCY_RATE per second (`wafleet-loadgen --rate`), the same figures. At capacity (part 1)
-# every message waits behind the burst sent before it, so its e2e figures measure the queue; at
-# a steady rate below capacity they measure the pipeline.
+# Part 1b, latency below capacity: one worker, for each rate in BENCH_LATENCY_RATE, webhooks at
+# that steady rate per second (`wafleet-loadgen --rate`) for BENCH_LATENCY_SECONDS, the same
+# figures. At capacity (part 1) every message waits behind the burst sent before it, so its e2e
+# figures measure the queue; at a steady rate below capacity they measure the pipeline, and the
+# rates in between show up to which load one worker keeps the p99 target.
 # Part 2, in-flight capacity with a slow model (sim --llm-latency-ms BENCH_LLM_LATENCY_MS): one
 # worker runs only the llm stage (WAFLEET_LLM_MAX_IN_FLIGHT=BENCH_LLM_IN_FLIGHT), another the
 # rest. BENCH_INFLIGHT_MESSAGES webhooks from (nearly) as many customers are sent at once.
@@ -39,8 +40,10 @@
 #   BENCH_LLM_LATENCY_MS      part 2 model latency                          (default 1000)
 #   BENCH_LLM_IN_FLIGHT       part 2 WAFLEET_LLM_MAX_IN_FLIGHT              (default 1200: just above the
 #                             1,000 the target asks for; 2000 shows how memory grows past it)
-#   BENCH_LATENCY_RATE        part 1b steady webhooks/s, 1 worker          (default 100)
-#   BENCH_LATENCY_MESSAGES    part 1b webhooks (0 skips it)                (default 1500)
+#   BENCH_LATENCY_RATE        part 1b steady webhooks/s, 1 worker, one run  (default "100 400 800")
+#                             per rate, in order
+#   BENCH_LATENCY_SECONDS     part 1b seconds of load per rate             (default 10)
+#   BENCH_LATENCY_MESSAGES    part 1b webhooks per rate instead (0 skips part 1b)
 #   BENCH_STATUS_WEBHOOKS=0   the sim posts no status webhooks
 #   BENCH_DRAIN_TIMEOUT       seconds to wait for the last reply            (default 300)
 #   BENCH_IDLE_TIMEOUT, BENCH_CPU_WAIT, BENCH_NO_BUILD, BENCH_RUST_LOG   as in bench-pipeline.sh
@@ -64,8 +67,9 @@ WORKER_COUNTS="${BENCH_WORKERS-1 2}"
 INFLIGHT_MESSAGES="${BENCH_INFLIGHT_MESSAGES:-1200}"
 LLM_LATENCY_MS="${BENCH_LLM_LATENCY_MS:-1000}"
 LLM_IN_FLIGHT="${BENCH_LLM_IN_FLIGHT:-1200}"
-LATENCY_RATE="${BENCH_LATENCY_RATE:-100}"
-LATENCY_MESSAGES="${BENCH_LATENCY_MESSAGES:-1500}"
+LATENCY_RATES="${BENCH_LATENCY_RATE-100 400 800}"
+LATENCY_SECONDS="${BENCH_LATENCY_SECONDS:-10}"
+LATENCY_MESSAGES="${BENCH_LATENCY_MESSAGES:-}"
 DRAIN_TIMEOUT="${BENCH_DRAIN_TIMEOUT:-300}"
 IDLE_TIMEOUT="${BENCH_IDLE_TIMEOUT:-900}"
 CPU_WAIT="${BENCH_CPU_WAIT:-120}"
@@ -84,11 +88,12 @@ source "$ROOT/deploy/bench-lib.sh"
 [[ "$IDLE_TIMEOUT" =~ ^[0-9]+$ ]] || die "BENCH_IDLE_TIMEOUT must be a number, got '$IDLE_TIMEOUT'"
 [[ "$CPU_WAIT" =~ ^[0-9]+$ ]] || die "BENCH_CPU_WAIT must be a number, got '$CPU_WAIT'"
 [[ "$INFLIGHT_MESSAGES" =~ ^[0-9]+$ ]] || die "BENCH_INFLIGHT_MESSAGES must be a number, got '$INFLIGHT_MESSAGES'"
-[[ "$LATENCY_MESSAGES" =~ ^[0-9]+$ ]] || die "BENCH_LATENCY_MESSAGES must be a number, got '$LATENCY_MESSAGES'"
-for v in MESSAGES CONVERSATIONS CONCURRENCY DRAIN_TIMEOUT PARTITIONS LLM_LATENCY_MS LLM_IN_FLIGHT LATENCY_RATE; do
+[[ "$LATENCY_MESSAGES" =~ ^[0-9]*$ ]] || die "BENCH_LATENCY_MESSAGES must be a number, got '$LATENCY_MESSAGES'"
+for v in MESSAGES CONVERSATIONS CONCURRENCY DRAIN_TIMEOUT PARTITIONS LLM_LATENCY_MS LLM_IN_FLIGHT LATENCY_SECONDS; do
   [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive number, got '${!v}'"
 done
 for n in $WORKER_COUNTS; do [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "BENCH_WORKERS: '$n' is not a count"; done
+for r in $LATENCY_RATES; do [[ "$r" =~ ^[1-9][0-9]*$ ]] || die "BENCH_LATENCY_RATE: '$r' is not a rate"; done
 
 if [[ "${BENCH_NO_BUILD:-0}" != 1 ]]; then
   note "building release binaries"
@@ -250,14 +255,14 @@ stage_jobs() {
     END { for (k in n) printf "%s=%d ", k, n[k] }')"
 }
 
-THROUGHPUT=() INFLIGHT=() RATE1="" P99_1="" LATENCY_ROW="" P99_STEADY=""
+THROUGHPUT=() INFLIGHT=() RATE1="" P99_1="" LATENCY_ROWS=() STEADY_P99=()
 
 # throughput_run WORKERS [RATE]: MESSAGES webhooks as fast as ingest takes them, or with RATE
-# LATENCY_MESSAGES webhooks at that steady rate (then e2e latency is the pipeline's own, not
-# time spent queued behind a burst).
+# LATENCY_SECONDS of webhooks (LATENCY_MESSAGES if set) at that steady rate (then e2e latency is
+# the pipeline's own, not time spent queued behind a burst).
 throughput_run() {
   local workers="$1" steady="${2:-}" i n="$MESSAGES"
-  [[ -z "$steady" ]] || n="$LATENCY_MESSAGES"
+  [[ -z "$steady" ]] || n="${LATENCY_MESSAGES:-$((steady * LATENCY_SECONDS))}"
   fresh_system "t$workers${steady:+r$steady}" 0
   WORKER_PIDS=() ADDRS=()
   for ((i = 1; i <= workers; i++)); do
@@ -282,9 +287,9 @@ throughput_run() {
     "replied twice $doubled, replies to unknown messages $orphans: $CHECK"
   stop_all
   if [[ -n "$steady" ]]; then
-    P99_STEADY="$p99"
-    LATENCY_ROW="$(printf '%7s %9s %8s %8s %11s %11s  %s' "$workers" "$msgs" "$seconds" "$rate" "$p50" "$p99" \
-      "$([[ $CHECK == ok ]] && echo "every message replied exactly once" || echo "CHECK FAILED")")"
+    STEADY_P99+=("$steady $p99")
+    LATENCY_ROWS+=("$(printf '%7s %7s %9s %8s %8s %11s %11s  %s' "$steady" "$workers" "$msgs" "$seconds" "$rate" "$p50" "$p99" \
+      "$([[ $CHECK == ok ]] && echo "every message replied exactly once" || echo "CHECK FAILED")")")
     return 0
   fi
   [[ -n "$RATE1" ]] || { RATE1="$rate" P99_1="$p99"; }
@@ -345,7 +350,7 @@ inflight_run() {
 }
 
 for w in $WORKER_COUNTS; do throughput_run "$w"; done
-((LATENCY_MESSAGES == 0)) || throughput_run 1 "$LATENCY_RATE"
+if [[ "$LATENCY_MESSAGES" != 0 ]]; then for r in $LATENCY_RATES; do throughput_run 1 "$r"; done; fi
 ((INFLIGHT_MESSAGES == 0)) || inflight_run
 
 verdict() { if [[ -z "$1" ]]; then echo "not run"; elif awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN { exit !(op == ">=" ? v >= t : v <= t) }'; then echo held; else echo MISSED; fi; }
@@ -357,17 +362,24 @@ if ((${#THROUGHPUT[@]})); then
   echo "(seconds: first webhook sent -> last reply received by the sim; e2e: ingest enqueued -> reply received)"
   echo
 fi
-if [[ -n "$LATENCY_ROW" ]]; then
-  echo "== latency at a steady $LATENCY_RATE webhooks/s with instant mocks: $LATENCY_MESSAGES messages, 1 worker"
-  printf '%7s %9s %8s %8s %11s %11s  %s\n' workers messages seconds msgs/s e2e_p50_ms e2e_p99_ms checks
-  echo "$LATENCY_ROW"
+if ((${#LATENCY_ROWS[@]})); then
+  echo "== latency at steady rates with instant mocks: ${LATENCY_MESSAGES:-$LATENCY_SECONDS s of} webhooks per rate, 1 worker"
+  printf '%7s %7s %9s %8s %8s %11s %11s  %s\n' rate workers messages seconds msgs/s e2e_p50_ms e2e_p99_ms checks
+  printf '%s\n' "${LATENCY_ROWS[@]}"
   echo
 fi
 echo "== targets"
 printf '%-44s %12s  %s\n' target measured verdict
 printf '%-44s %12s  %s\n' "throughput >= $T_RATE msg/s (1 worker, instant mocks)" "${RATE1:--}" "$(verdict "$RATE1" "$T_RATE" ">=")"
 printf '%-44s %12s  %s\n' "e2e p99 <= $T_P99_MS ms (1 worker, at capacity)" "${P99_1:--}" "$(verdict "$P99_1" "$T_P99_MS" "<=")"
-printf '%-44s %12s  %s\n' "e2e p99 <= $T_P99_MS ms (1 worker, $LATENCY_RATE msgs/s)" "${P99_STEADY:--}" "$(verdict "$P99_STEADY" "$T_P99_MS" "<=")"
+if ((${#STEADY_P99[@]})); then
+  for row in "${STEADY_P99[@]}"; do
+    read -r r p <<<"$row"
+    printf '%-44s %12s  %s\n' "e2e p99 <= $T_P99_MS ms (1 worker, steady $r msgs/s)" "$p" "$(verdict "$p" "$T_P99_MS" "<=")"
+  done
+else
+  printf '%-44s %12s  %s\n' "e2e p99 <= $T_P99_MS ms (1 worker, steady rate)" - "not run"
+fi
 printf '%-44s %12s  %s\n' "in flight >= $T_IN_FLIGHT (one llm worker, ${LLM_LATENCY_MS} ms model)" "${PEAK_IN_FLIGHT:--}" "$(verdict "$PEAK_IN_FLIGHT" "$T_IN_FLIGHT" ">=")"
 printf '%-44s %12s  %s\n' "llm worker peak RSS <= $T_RSS_MB MB at that load" "${PEAK_RSS_MB:--}" "$(verdict "$PEAK_RSS_MB" "$T_RSS_MB" "<=")"
 printf '%-44s %12s  %s\n' "every message replied exactly once" "" "$( ((FAILED == 0)) && echo held || echo FAILED)"

@@ -16,6 +16,8 @@
 //! - `numbers`: `GET /{version}/{phone_number_id}`, a business number's display number, verified
 //!   name and quality rating.
 //! - `templates`: `GET /{version}/{waba_id}/message_templates`, a business account's templates.
+//! - `subscriptions`: `GET`, `POST`, `DELETE /{version}/{waba_id}/subscribed_apps`, the apps
+//!   subscribed to a business account's webhooks (not in our reference; Meta's public docs).
 //! - `llm`: `POST /v1/chat/completions` (also `/chat/completions`, DeepSeek's path) and
 //!   `POST /v1/messages`, canned context-aware answers in the customer's language, and
 //!   `POST /v1/audio/transcriptions`, OpenAI's speech to text.
@@ -32,16 +34,17 @@
 //! | `GET /_sim/llm_requests` | every LLM request ([`LlmRequest`]), whole |
 //! | `GET /_sim/transcriptions` | every transcription request ([`TranscriptionRequest`]) |
 //! | `POST /_sim/template_status` | `{"name", "language", "status"}`: the status Meta lists a template with (`PAUSED`, `DISABLED`, `REJECTED`; `APPROVED` again); its sends are refused (132015 paused, 132016 disabled, 132001 otherwise) |
-//! | `POST /_sim/reset` | forget all of the above, queued faults, templates' statuses and rate-limit state |
+//! | `POST /_sim/reset` | forget all of the above, queued faults, templates' statuses, apps unsubscribed from business accounts and rate-limit state |
 //! | `GET /healthz` | `ok` |
 
 mod graph;
 mod llm;
 mod media;
 mod numbers;
+mod subscriptions;
 mod templates;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -63,6 +66,7 @@ pub use llm::{
 pub use media::Upload;
 pub use media::media_bytes;
 pub use numbers::VERIFIED_NAME;
+pub use subscriptions::APP_ID;
 
 /// How the simulator behaves. [`Default`] matches Meta's defaults where Meta has one.
 #[derive(Debug, Clone)]
@@ -154,6 +158,9 @@ struct Inner {
     /// Templates whose status is not `APPROVED`, by (name, language): listed with it, and their
     /// sends refused as Meta refuses a paused, disabled or rejected template.
     template_statuses: Mutex<HashMap<(String, String), String>>,
+    /// Business accounts the simulator's app was unsubscribed from (`DELETE
+    /// …/subscribed_apps`); every other one has it subscribed.
+    unsubscribed: Mutex<HashSet<String>>,
     /// Sequence number of wamids and response ids.
     next_id: AtomicU64,
     /// Random per instance, so wamids of two simulator runs never collide in one database.
@@ -179,6 +186,7 @@ impl SimState {
             llm_requests: Mutex::default(),
             transcriptions: Mutex::default(),
             template_statuses: Mutex::default(),
+            unsubscribed: Mutex::default(),
             next_id: AtomicU64::new(1),
             instance: rand::random(),
             config,
@@ -242,6 +250,7 @@ impl SimState {
         lock(&self.0.llm_requests).clear();
         lock(&self.0.transcriptions).clear();
         lock(&self.0.template_statuses).clear();
+        lock(&self.0.unsubscribed).clear();
     }
 
     fn next_id(&self) -> String {
@@ -289,6 +298,12 @@ pub fn router(state: SimState) -> Router {
         .route(
             "/{version}/{waba_id}/message_templates",
             get(templates::list),
+        )
+        .route(
+            "/{version}/{waba_id}/subscribed_apps",
+            get(subscriptions::list)
+                .post(subscriptions::subscribe)
+                .delete(subscriptions::unsubscribe),
         )
         .route("/_sim/media/{media_id}", get(media::download))
         .route(

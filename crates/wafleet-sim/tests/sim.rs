@@ -620,3 +620,45 @@ async fn llm_faults_answer_count_requests_with_the_error_and_retry_after() {
     }
     assert_eq!(sim.post("/v1/messages", None, &request).await.0, 200);
 }
+
+#[tokio::test]
+async fn a_business_account_lists_its_subscribed_app_until_unsubscribed_as_meta_does() {
+    let sim = Sim::start(SimConfig {
+        tokens: HashMap::from([(PNID.to_owned(), TOKEN.to_owned())]),
+        ..SimConfig::default()
+    })
+    .await;
+    let path = "/v23.0/102290129340398/subscribed_apps";
+    let call = |method: reqwest::Method, token: &'static str| {
+        let request = sim
+            .http
+            .request(method, format!("{}{path}", sim.url))
+            .bearer_auth(token);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let subscribed = json!({"data": [{"whatsapp_business_api_data": {
+        "id": wafleet_sim::APP_ID, "name": "wafleet-sim",
+        "link": format!("https://www.facebook.com/games/?app_id={}", wafleet_sim::APP_ID)}}]});
+    assert_eq!(
+        call(reqwest::Method::GET, TOKEN).await,
+        (200, subscribed.clone())
+    );
+    let (status, refused) = call(reqwest::Method::GET, "not-a-token-it-knows").await;
+    assert_eq!(
+        (status, refused["error"]["code"].clone()),
+        (401, json!(190))
+    );
+
+    let success = (200, json!({"success": true}));
+    assert_eq!(call(reqwest::Method::DELETE, TOKEN).await, success);
+    assert_eq!(
+        call(reqwest::Method::GET, TOKEN).await,
+        (200, json!({"data": []}))
+    );
+    assert_eq!(call(reqwest::Method::POST, TOKEN).await, success);
+    assert_eq!(call(reqwest::Method::GET, TOKEN).await, (200, subscribed));
+}

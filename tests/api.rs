@@ -3703,3 +3703,283 @@ async fn the_model_reads_a_template_with_its_file_and_buttons_as_the_customer_sa
     }
     assert!(!system.contains("[template"), "{system}");
 }
+
+#[tokio::test]
+async fn an_admin_clears_a_restriction_meta_lifted_early_and_the_channel_shows_it() {
+    let p = platform().await;
+    sqlx::query(
+        "UPDATE channels SET account_event = 'ACCOUNT_RESTRICTION',
+                account_restrictions = '[{\"type\": \"RESTRICTED_BIZ_INITIATED_MESSAGING\",
+                                          \"expiration\": \"2099-04-19T13:59:20+0000\"}]'
+          WHERE phone_number_id = $1",
+    )
+    .bind(OTHER)
+    .execute(&p.pg)
+    .await
+    .unwrap();
+    let path = format!("/api/v1/channels/{OTHER}/clear-restriction");
+    let (status, _) = p.api.post(&path, &p.agents).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, shown) = p
+        .api
+        .get(&format!("/api/v1/channels/{OTHER}"), &p.admin)
+        .await;
+    assert_eq!(shown["meta_status"]["account_restricted"], true);
+
+    let (status, shown) = p.api.post(&path, &p.admin).await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    assert_eq!(
+        shown["restrictions_cleared"],
+        json!([{"type": "RESTRICTED_BIZ_INITIATED_MESSAGING",
+                "expiration": "2099-04-19T13:59:20+0000"}])
+    );
+    assert_eq!(shown["meta_status"]["account_restricted"], false);
+    assert_eq!(shown["meta_status"]["account_restrictions"], json!([]));
+    assert_eq!(shown["meta_status"]["account_event"], "ACCOUNT_RESTRICTION");
+    assert_eq!(
+        p.api
+            .get(&format!("/api/v1/channels/{OTHER}"), &p.admin)
+            .await
+            .1["meta_status"]["account_restricted"],
+        false
+    );
+    // Nothing left: said, nothing changed.
+    let (status, shown) = p.api.post(&path, &p.admin).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(shown["restrictions_cleared"], json!([]));
+    let (status, _) = p
+        .api
+        .post(
+            "/api/v1/channels/106540352249999/clear-restriction",
+            &p.admin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+// --- Templates with named parameters, and templates Meta paused ---
+
+/// The shop's order-pickup template: named parameters in its header and body (the simulator's
+/// `order_pickup`).
+fn pickup(to: &str, header: Value, params: Value) -> Value {
+    json!({"to": to, "name": "order_pickup", "language": "es",
+           "header": {"type": "text", "parameters": header}, "params": params})
+}
+
+#[tokio::test]
+async fn a_named_template_goes_out_with_each_parameter_named_and_a_mismatch_is_refused_unrecorded()
+{
+    let s = system().await;
+    s.with_account().await;
+    let fits = pickup(
+        "573005550190",
+        json!({"order_id": "#1042"}),
+        json!({"store": "Calle 10 #4-20", "customer_name": "Ana", "order_id": "#1042"}),
+    );
+    let (status, started) = s.template_to("k1", fits).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    let id = started["conversation_id"].as_i64().unwrap();
+    let sent = s.sent(1).await;
+    assert_eq!(
+        sent[0].template,
+        Some(
+            json!({"name": "order_pickup", "language": {"code": "es"}, "components": [
+                {"type": "header", "parameters":
+                    [{"type": "text", "parameter_name": "order_id", "text": "#1042"}]},
+                {"type": "body", "parameters": [
+                    {"type": "text", "parameter_name": "customer_name", "text": "Ana"},
+                    {"type": "text", "parameter_name": "order_id", "text": "#1042"},
+                    {"type": "text", "parameter_name": "store", "text": "Calle 10 #4-20"}]},
+            ]})
+        )
+    );
+
+    // A name missing, one the template does not have, parameters in order: each named, 422.
+    let cases = [
+        (
+            json!({"name": "order_pickup", "language": "es",
+                   "header": {"type": "text", "parameters": {"order_id": "#7"}},
+                   "params": {"customer": "Ana", "order_id": "#7"}}),
+            vec![
+                "template order_pickup's body needs {{customer_name}}",
+                "template order_pickup's body needs {{store}}",
+                "template order_pickup's body has no {{customer}}",
+            ],
+        ),
+        (
+            json!({"name": "order_pickup", "language": "es",
+                   "params": {"customer_name": "Ana", "order_id": "#7", "store": "Centro"}}),
+            vec!["template order_pickup's header needs {{order_id}}"],
+        ),
+        (
+            json!({"name": "order_pickup", "language": "es",
+                   "header": {"type": "text", "parameters": {"order_id": "#7"}},
+                   "params": ["Ana", "#7", "Centro"]}),
+            vec![
+                "template order_pickup's body takes named parameters ({{customer_name}}, \
+                 {{order_id}}, {{store}})",
+            ],
+        ),
+        (
+            json!({"name": "order_delayed", "language": "es",
+                   "params": {"order_id": "#7", "date": "martes"}}),
+            vec!["template order_delayed's body takes its parameters in order"],
+        ),
+    ];
+    for (body, named) in cases {
+        let (status, refused) = s.template_in(id, "m1", body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+        let error = refused["error"].as_str().unwrap();
+        for part in named {
+            assert!(error.contains(part), "{part}: {error}");
+        }
+    }
+    let templates = "SELECT count(*) FROM outbound_messages WHERE kind = 'template'";
+    assert_eq!(count(&s.pg, templates).await, 1);
+
+    // The transcript shows the names with what went.
+    let (_, shown) = s
+        .api
+        .get(&format!("/api/v1/conversations/{id}"), &s.shop)
+        .await;
+    let lines: Vec<&str> = shown["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["kind"] == "template")
+        .map(|l| l["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "[template: order_pickup] [header: order_id: #1042] customer_name: Ana | \
+          order_id: #1042 | store: Calle 10 #4-20"
+        ]
+    );
+    assert_eq!(s.sim.state.messages().len(), 1);
+}
+
+/// The order-delayed template (positional parameters) to `to` through `api`, with the shop's
+/// `token`.
+async fn delayed_through(api: &Api, token: &str, key: &str, to: &str) -> (StatusCode, Value) {
+    let body = json!({"to": to, "name": "order_delayed", "language": "es",
+                      "params": ["#2001", "el martes"]});
+    api.call(
+        reqwest::Method::POST,
+        &format!("/api/v1/channels/{SHOP}/templates"),
+        Some(token),
+        Some(key),
+        Some(body),
+    )
+    .await
+}
+
+/// A webhook of Meta's `message_template_status_update` for the shop's business account.
+fn template_status(event: &str, name: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": WABA, "time": 1_748_454_394, "changes": [{
+            "field": "message_template_status_update",
+            "value": {"event": event, "message_template_id": 900_006,
+                      "message_template_name": name, "message_template_language": "es",
+                      "reason": null}}]}]
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_paused_template_is_refused_by_every_api_process_within_seconds_and_sent_once_reinstated()
+{
+    // The worker runs the account stage too; a second API process beside the first.
+    let s = system_with(SimConfig::default(), |w| w.stages.push("account".into())).await;
+    s.with_account().await;
+    let second = Api::start_with(&s.cfg, Some(s.cfg.cipher()), &s.sim.url).await;
+    let shop = s.shop.as_str();
+    // Both processes read the approved template (and keep it).
+    for (api, key, to) in [
+        (&s.api, "a1", "573005550191"),
+        (&second, "b1", "573005550192"),
+    ] {
+        let (status, body) = delayed_through(api, shop, key, to).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
+    s.sent(2).await;
+
+    // Meta pauses it: its list says so, and the account stage hears it.
+    s.sim
+        .state
+        .set_template_status("order_delayed", "es", "PAUSED");
+    let paused_at = std::time::Instant::now();
+    let posted = s
+        .ingest
+        .post_signed(&template_status("PAUSED", "order_delayed"), APP_SECRET)
+        .await;
+    assert_eq!(posted.status(), 200);
+    for (api, name) in [(&s.api, "first"), (&second, "second")] {
+        let refused = eventually(
+            &format!("the {name} API process refusing the paused template"),
+            Duration::from_secs(15),
+            || async move {
+                let (status, body) = delayed_through(api, shop, "paused", "573005550193").await;
+                (status == StatusCode::UNPROCESSABLE_ENTITY).then_some(body)
+            },
+        )
+        .await;
+        let error = refused["error"].as_str().unwrap();
+        assert!(
+            error.contains("template order_delayed is PAUSED at Meta"),
+            "{error}"
+        );
+    }
+    eprintln!(
+        "both API processes refused the paused template {:?} after the webhook",
+        paused_at.elapsed()
+    );
+    // Refused up front: a fresh request records nothing, makes no conversation, sends nothing.
+    let (status, _) = delayed_through(&second, shop, "p2", "573005550194").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let made = "SELECT count(*) FROM conversations WHERE wa_id = '573005550194'";
+    assert_eq!(count(&s.pg, made).await, 0);
+    let metrics = s
+        .api
+        .http
+        .get(format!("{}/metrics", second.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metric_value(
+            &metrics,
+            "wafleet_template_checks_total{result=\"stopped\"}"
+        ) >= 1.0,
+        "{metrics}"
+    );
+
+    // Meta reinstates it: both processes send it again.
+    s.sim
+        .state
+        .set_template_status("order_delayed", "es", "APPROVED");
+    let posted = s
+        .ingest
+        .post_signed(&template_status("REINSTATED", "order_delayed"), APP_SECRET)
+        .await;
+    assert_eq!(posted.status(), 200);
+    for (api, key, to) in [
+        (&s.api, "a2", "573005550195"),
+        (&second, "b2", "573005550196"),
+    ] {
+        eventually(
+            "the reinstated template accepted",
+            Duration::from_secs(15),
+            || async move {
+                let (status, _) = delayed_through(api, shop, key, to).await;
+                (status == StatusCode::ACCEPTED).then_some(())
+            },
+        )
+        .await;
+    }
+    s.sent(4).await;
+}

@@ -26,7 +26,7 @@ use chrono::Utc;
 use redis::aio::ConnectionLike;
 use sqlx::PgPool;
 use wafleet_core::format::split::{WHATSAPP_MAX_CHARS, split_message};
-use wafleet_core::format::template::{Button, Header, TemplateText};
+use wafleet_core::format::template::{Button, Header, Params, TemplateText};
 
 use crate::stages::{OwnerChange, publish_handover, publish_handover_once};
 use crate::store::agents::{AgentMessage, Recorded, record_agent_message};
@@ -440,15 +440,16 @@ pub struct Template<'a> {
     pub name: &'a str,
     /// Its language code, e.g. `es`, `en_US`.
     pub language: &'a str,
-    /// The body's parameters, `{{1}}`, `{{2}}`… in order (text only).
-    pub body_params: &'a [String],
+    /// The body's parameters (text only): `{{1}}`, `{{2}}`… in order, or by name
+    /// (`{{order_id}}`) for a template created with named parameters.
+    pub body_params: &'a Params,
     /// The header's media (an invoice's PDF) or its text's parameter, for a template whose
     /// header takes one.
     pub header: Option<&'a Header>,
     /// The buttons' parameters: a URL button's suffix, a quick reply's payload, a coupon code.
     pub buttons: &'a [Button],
-    /// The approved template as Meta lists it, when it could be read ([`template_definition`]):
-    /// the send is checked against it before anything is recorded.
+    /// The template as Meta lists it, when it could be read ([`template_definition`]): the
+    /// send is checked against it (its status, its parameters) before anything is recorded.
     pub definition: Option<&'a TemplateText>,
     pub reference: &'a str,
     pub agent: Option<&'a str>,
@@ -476,8 +477,9 @@ pub fn template_history_text(t: &Template<'_>) -> String {
     REDACTOR.redact(&line).text
 }
 
-/// The approved template `name` in `language` of channel `phone_number_id`'s business account,
-/// as Meta lists it (through `wordings`' cache), to check a send against before it is recorded.
+/// The template `name` in `language` of channel `phone_number_id`'s business account, as Meta
+/// lists it with its status (through `wordings`' cache, which a template's status update empties
+/// in every process), to check a send against before it is recorded.
 /// `None` when it cannot be read: no `waba_id` or access token stored, no encryption key to open
 /// the token, Meta not answering within [`crate::stages::wording::LOOKUP_TIMEOUT`], or Meta not
 /// listing the template. The send then goes unchecked, and a mismatch fails it at Meta (132000,
@@ -546,14 +548,21 @@ pub async fn template(
 
 impl Template<'_> {
     /// A template needs its name and language, a well-formed header and buttons, and, when the
-    /// approved template is known, what it takes: no parameter missing, none extra.
+    /// template Meta lists is known, a status Meta sends (not paused, disabled or rejected) and
+    /// what it takes: no parameter missing, none extra.
     fn check(&self) -> Result<(), AgentError> {
         use wafleet_core::format::template;
         if self.name.trim().is_empty() || self.language.trim().is_empty() {
             return Err(AgentError::NoTemplateName);
         }
-        template::check_request(self.header, self.buttons).map_err(AgentError::TemplateMismatch)?;
+        template::check_request(self.header, self.body_params, self.buttons)
+            .map_err(AgentError::TemplateMismatch)?;
         if let Some(definition) = self.definition {
+            if let Err(stopped) = template::sendable(self.name, definition) {
+                metrics::counter!("wafleet_template_checks_total", "result" => "stopped")
+                    .increment(1);
+                return Err(AgentError::TemplateMismatch(stopped));
+            }
             let checked = template::check(
                 self.name,
                 definition,
@@ -615,7 +624,7 @@ pub struct Outreach<'a> {
     pub to: &'a str,
     pub name: &'a str,
     pub language: &'a str,
-    pub body_params: &'a [String],
+    pub body_params: &'a Params,
     pub header: Option<&'a Header>,
     pub buttons: &'a [Button],
     pub definition: Option<&'a TemplateText>,

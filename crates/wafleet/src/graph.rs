@@ -293,10 +293,12 @@ impl GraphClient {
 }
 
 impl GraphClient {
-    /// The wording of a business account's approved template (`GET /{version}/{waba_id}/
+    /// The wording of a business account's template (`GET /{version}/{waba_id}/
     /// message_templates?name=…`): its header (its format, and its text when `TEXT`), body,
-    /// footer and buttons in `language`. `Ok(None)` when the account has no approved template of
-    /// that name and language.
+    /// footer and buttons in `language`, its parameter format and its review `status`. `Ok(None)`
+    /// when the account has no template of that name and language. Meta lists every status
+    /// (the list is not filtered on `APPROVED`): a paused, disabled or rejected template is
+    /// answered with its status, so a send can be refused naming it.
     pub async fn template_text(
         &self,
         token: &str,
@@ -346,12 +348,15 @@ impl GraphClient {
             ("limit", "100"),
         ];
         let page: Page = self.get_json(url, token, &query, "template").await?;
-        // `name` filters by part of the name: the exact one is picked here.
-        let found = page.data.into_iter().find(|t| {
-            t.name == name
-                && t.language.eq_ignore_ascii_case(language)
-                && t.status.as_deref().is_none_or(|s| s == "APPROVED")
-        });
+        // `name` filters by part of the name: the exact one is picked here (an approved one
+        // first, should Meta list the name and language twice).
+        let mut found: Vec<Template> = page
+            .data
+            .into_iter()
+            .filter(|t| t.name == name && t.language.eq_ignore_ascii_case(language))
+            .collect();
+        found.sort_by_key(|t| t.status.as_deref() != Some("APPROVED"));
+        let found = found.into_iter().next();
         Ok(found.map(|t| {
             let text_of = |kind: &str| {
                 t.components
@@ -392,6 +397,7 @@ impl GraphClient {
                     .parameter_format
                     .as_deref()
                     .is_some_and(|f| f.eq_ignore_ascii_case("NAMED")),
+                status: t.status.as_deref().map(str::to_ascii_uppercase),
             }
         }))
     }

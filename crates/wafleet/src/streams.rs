@@ -11,6 +11,7 @@
 //! | `P:{pn}:status` | stream | delivery statuses of our outbound messages, partition n |
 //! | `P:{pn}:seen:<digest>` | string, TTL | dedup mark of an inbound message or status ([`Keys::seen_beside`]: a digest of the dedup key) |
 //! | `P:{events}:stream` | stream | `value.errors[]` items and changes of other fields (templates, account…); read by the account stage, which keeps its entries (the retention trims them) |
+//! | `P:{events}:templates:version` | string (integer) | the fleet's template version: the account stage increments it on each template status update, and every process (API, workers) empties its cache of templates when it moves, reading it at most once a second |
 //! | `P:{events}:seen:<digest>` | string, TTL 10 min | dedup mark of an error or event (named by its content: [`Update::dedup_window`]) |
 //! | `P:{quarantine}:stream` | stream | updates for unknown or disabled numbers, or senders outside a channel's allowlist: kept for inspection, not processed |
 //! | `P:{quarantine}:seen:<digest>` | string, TTL | dedup mark of a quarantined update |
@@ -128,6 +129,12 @@ impl Keys {
     }
     pub fn events(&self) -> String {
         format!("{}:{{events}}:stream", self.prefix)
+    }
+    /// The fleet's template version: incremented by the account stage on each template status
+    /// update; every process empties its cache of templates when it moves
+    /// (`crate::stages::wording`).
+    pub fn templates_version(&self) -> String {
+        format!("{}:{{events}}:templates:version", self.prefix)
     }
     pub fn quarantine(&self) -> String {
         format!("{}:{{quarantine}}:stream", self.prefix)

@@ -352,6 +352,11 @@ struct TemplateArgs {
     /// The body's parameters ({{1}}, {{2}}…), in order; repeatable.
     #[arg(long = "param")]
     params: Vec<String>,
+    /// The body's parameters by name, for a template created with named parameters
+    /// ({{order_id}}): NAME=VALUE; repeatable, in any order. Not with --param.
+    #[arg(long = "named", value_name = "NAME=VALUE", value_parser = name_value,
+          conflicts_with = "params")]
+    named: Vec<(String, String)>,
     /// The header's image, for a template whose header is one: an https link Meta fetches, or
     /// the id of media uploaded to Meta.
     #[arg(long, value_name = "URL|ID", group = "header")]
@@ -368,6 +373,10 @@ struct TemplateArgs {
     /// The parameter of a text header ({{1}} in "Pedido {{1}}").
     #[arg(long, value_name = "VALUE", group = "header")]
     header_text: Option<String>,
+    /// The named parameter of a text header: NAME=VALUE ({{order_id}} in "Pedido
+    /// {{order_id}}").
+    #[arg(long, value_name = "NAME=VALUE", value_parser = name_value, group = "header")]
+    header_named: Option<(String, String)>,
     /// A URL button's suffix ({{1}} at the end of its address): INDEX:VALUE, INDEX the button's
     /// position in the template from 0; repeatable.
     #[arg(long = "url-button", value_name = "INDEX:VALUE", value_parser = index_value)]
@@ -398,7 +407,29 @@ fn index_value(arg: &str) -> Result<(u8, String), String> {
     Ok((index, value.to_string()))
 }
 
+/// `NAME=VALUE` of a named template parameter (`order_id=1042`).
+fn name_value(arg: &str) -> Result<(String, String), String> {
+    let (name, value) = arg
+        .split_once('=')
+        .ok_or("give NAME=VALUE, NAME the parameter's name in the template (order_id=1042)")?;
+    let name = name.trim();
+    if name.is_empty() {
+        return Err("the parameter's name is empty: give NAME=VALUE".into());
+    }
+    Ok((name.to_string(), value.to_string()))
+}
+
 impl TemplateArgs {
+    /// The body's parameters the flags give: in order (--param) or by name (--named).
+    fn body_params(&self) -> wafleet_core::format::template::Params {
+        use wafleet_core::format::template::Params;
+        if self.named.is_empty() {
+            Params::Positional(self.params.clone())
+        } else {
+            Params::Named(self.named.iter().cloned().collect())
+        }
+    }
+
     /// The header and buttons the flags give.
     fn components(
         &self,
@@ -406,7 +437,7 @@ impl TemplateArgs {
         Option<wafleet_core::format::template::Header>,
         Vec<wafleet_core::format::template::Button>,
     ) {
-        use wafleet_core::format::template::{Button, Header, Media};
+        use wafleet_core::format::template::{Button, Header, Media, Params};
         // A link is an https address; anything else is a media id.
         let media = |given: &str| {
             let (link, id) = if given.contains("://") {
@@ -430,9 +461,11 @@ impl TemplateArgs {
             (_, Some(d), _, _) => Some(Header::Document(media(d))),
             (_, _, Some(v), _) => Some(Header::Video(media(v))),
             (_, _, _, Some(t)) => Some(Header::Text {
-                parameters: vec![t.clone()],
+                parameters: vec![t.clone()].into(),
             }),
-            _ => None,
+            _ => self.header_named.clone().map(|(name, value)| Header::Text {
+                parameters: Params::Named([(name, value)].into()),
+            }),
         };
         let buttons = self
             .url_buttons
@@ -1511,6 +1544,7 @@ async fn conversation(pool: &wafleet::db::PgPool, cmd: ConversationCommand) -> a
             template: t,
         } => {
             let (header, buttons) = t.components();
+            let body_params = t.body_params();
             let definition = match wafleet::store::conversations::phone_number_id(
                 pool,
                 conversation_id,
@@ -1530,7 +1564,7 @@ async fn conversation(pool: &wafleet::db::PgPool, cmd: ConversationCommand) -> a
                     conversation_id,
                     name: &t.name,
                     language: &t.language,
-                    body_params: &t.params,
+                    body_params: &body_params,
                     header: header.as_ref(),
                     buttons: &buttons,
                     definition: definition.as_ref(),
@@ -1548,6 +1582,7 @@ async fn conversation(pool: &wafleet::db::PgPool, cmd: ConversationCommand) -> a
             bot,
         } => {
             let (header, buttons) = t.components();
+            let body_params = t.body_params();
             let definition = template_definition(pool, &phone_number_id, &t).await?;
             let reference = announce_reference(t.reference);
             let (keys, mut con) = redis_side().await?;
@@ -1560,7 +1595,7 @@ async fn conversation(pool: &wafleet::db::PgPool, cmd: ConversationCommand) -> a
                     to: &to,
                     name: &t.name,
                     language: &t.language,
-                    body_params: &t.params,
+                    body_params: &body_params,
                     header: header.as_ref(),
                     buttons: &buttons,
                     definition: definition.as_ref(),

@@ -7,8 +7,11 @@
 //! may end their `url` in `{{1}}`). A send carries only what varies: the header's media or text
 //! parameter, the body's parameters in order, a URL button's suffix, a quick-reply button's
 //! payload, a copy-code button's code ([`components`]). Meta refuses a send whose parameters do
-//! not match the template (error 132000), so [`check`] compares them first. Named parameters
-//! (`{{order_id}}`) are not sent; numbers past the parameters given are left as they are written.
+//! not match the template (error 132000), so [`check`] compares them first, and one of a template
+//! Meta paused, disabled or rejected ([`sendable`]). A template created with `parameter_format:
+//! NAMED` (WhatsApp Manager's default since 2024) has named placeholders (`{{order_id}}`) in its
+//! header and body, and a send names each parameter it gives ([`Params::Named`]); placeholders
+//! past the parameters given are left as they are written.
 //!
 //! Not in our API reference; the component objects are Meta's public docs': "Template media"
 //! (`developers.facebook.com/documentation/business-messaging/whatsapp/templates/template-media`:
@@ -17,6 +20,15 @@
 //! "sub_type": "copy_code", "index": 0, "parameters": [{"type": "coupon_code", "coupon_code"}]}`)
 //! and "Send message templates" (`{"type": "button", "sub_type": "url" | "quick_reply", "index":
 //! "0", "parameters": [{"type": "text", "text"} | {"type": "payload", "payload"}]}`).
+//! Named parameters are not in our reference either: Meta's "Template fundamentals"
+//! (`…/whatsapp/templates/overview`: `"parameter_format": "POSITIONAL" | "NAMED"` when a
+//! template is created) and the sending examples of Meta's business-messaging docs ("For
+//! templates created with `parameter_format` set to `NAMED`, include the `parameter_name` field
+//! in each parameter": `{"type": "text", "parameter_name": "order_id", "text": "566701"}` in the
+//! header's and the body's `parameters`; "URL button suffixes continue to use positional
+//! parameters", so buttons are sent as before).
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -33,8 +45,148 @@ pub struct TemplateText {
     pub header_format: Option<String>,
     /// The buttons, in order: a send names one by its position here.
     pub buttons: Vec<DefinedButton>,
-    /// `parameter_format: NAMED` (`{{order_id}}`): wafleet sends positional parameters only.
+    /// `parameter_format: NAMED` (`{{order_id}}`): a send gives its header's and body's
+    /// parameters by name.
     pub named: bool,
+    /// Meta's review status in capitals (`APPROVED`, `PAUSED`, `DISABLED`, `REJECTED`…), `None`
+    /// when Meta's list does not say.
+    pub status: Option<String>,
+}
+
+/// The statuses under which Meta refuses a template's sends (only an `APPROVED` template is
+/// sent; `FLAGGED` quality is a warning and still sends). A status Meta adds later is not
+/// refused here: Meta refuses it, and the send fails with its code.
+pub const STOPPED_STATUSES: &[&str] = &[
+    "PAUSED",
+    "DISABLED",
+    "REJECTED",
+    "PENDING",
+    "IN_APPEAL",
+    "PENDING_DELETION",
+    "DELETED",
+    "ARCHIVED",
+    "LIMIT_EXCEEDED",
+];
+
+/// Whether Meta sends template `name` as its status `t.status` stands: `Err` naming the status
+/// when Meta paused, disabled or rejected it (or it is not approved yet, or deleted).
+pub fn sendable(name: &str, t: &TemplateText) -> Result<(), String> {
+    match t.status.as_deref().map(str::to_ascii_uppercase) {
+        Some(status) if STOPPED_STATUSES.contains(&status.as_str()) => Err(format!(
+            "template {name} is {status} at Meta, which refuses its sends until it is approved \
+             or reinstated (see WhatsApp Manager); send another template"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A header's or body's parameters as a send gives them: in order (`["Ana", "#1042"]` for
+/// `{{1}}`, `{{2}}`), or by name (`{"customer_name": "Ana", "order_id": "#1042"}`) for a
+/// template created with named parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged, try_from = "Value")]
+pub enum Params {
+    Positional(Vec<String>),
+    Named(BTreeMap<String, String>),
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params::Positional(Vec::new())
+    }
+}
+
+impl From<Vec<String>> for Params {
+    fn from(v: Vec<String>) -> Self {
+        Params::Positional(v)
+    }
+}
+
+impl TryFrom<Value> for Params {
+    type Error = String;
+
+    fn try_from(v: Value) -> Result<Self, String> {
+        const SHAPE: &str = "parameters are an array of texts, in order ([\"Ana\", \"#1042\"]), \
+                             or an object of names and texts ({\"order_id\": \"#1042\"})";
+        match v {
+            Value::Array(items) => items
+                .into_iter()
+                .map(|i| match i {
+                    Value::String(s) => Ok(s),
+                    _ => Err(SHAPE.to_string()),
+                })
+                .collect::<Result<_, _>>()
+                .map(Params::Positional),
+            Value::Object(map) => map
+                .into_iter()
+                .map(|(k, v)| match v {
+                    Value::String(s) => Ok((k, s)),
+                    _ => Err(SHAPE.to_string()),
+                })
+                .collect::<Result<_, _>>()
+                .map(Params::Named),
+            _ => Err(SHAPE.to_string()),
+        }
+    }
+}
+
+impl Params {
+    pub fn len(&self) -> usize {
+        match self {
+            Params::Positional(v) => v.len(),
+            Params::Named(m) => m.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every text given (and, for named ones, every name), for checks on the request's text.
+    pub fn texts(&self) -> Vec<&str> {
+        match self {
+            Params::Positional(v) => v.iter().map(String::as_str).collect(),
+            Params::Named(m) => m
+                .iter()
+                .flat_map(|(k, v)| [k.as_str(), v.as_str()])
+                .collect(),
+        }
+    }
+
+    /// Meta's `parameters` of a header or body: `{"type": "text", "text"}` each, with its
+    /// `parameter_name` when named.
+    fn json(&self) -> Vec<Value> {
+        match self {
+            Params::Positional(v) => v
+                .iter()
+                .map(|p| json!({"type": "text", "text": p}))
+                .collect(),
+            Params::Named(m) => m
+                .iter()
+                .map(|(k, p)| json!({"type": "text", "parameter_name": k, "text": p}))
+                .collect(),
+        }
+    }
+
+    /// Problems of the parameters on their own: an empty text or name.
+    fn problems(&self, part: &str, problems: &mut Vec<String>) {
+        match self {
+            Params::Positional(v) => {
+                if v.iter().any(|p| p.trim().is_empty()) {
+                    problems.push(format!("a {part} parameter is empty"));
+                }
+            }
+            Params::Named(m) => {
+                for (k, v) in m {
+                    if k.trim().is_empty() {
+                        problems.push(format!("a {part} parameter has an empty name"));
+                    } else if v.trim().is_empty() {
+                        problems.push(format!("the {part} parameter {k} is empty"));
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A button of an approved template.
@@ -65,7 +217,7 @@ impl DefinedButton {
 pub enum Header {
     Text {
         #[serde(default)]
-        parameters: Vec<String>,
+        parameters: Params,
     },
     Image(Media),
     Document(Media),
@@ -139,20 +291,23 @@ pub const MAX_BUTTONS: u8 = 10;
 /// A copy-code button's code is at most 15 characters (Meta's coupon code templates).
 pub const MAX_COUPON_CHARS: usize = 15;
 
-/// What a send gives beside the body's parameters, checked on its own (before the template is
-/// known): a media header has a link or an id (not both), a link is `https`, a file name only for
+/// What a send gives, checked on its own (before the template is known): no empty body
+/// parameter or name, a media header has a link or an id (not both), a link is `https`, a file name only for
 /// a document; buttons are at distinct positions 0–9 with non-empty values. Each problem is
 /// named.
-pub fn check_request(header: Option<&Header>, buttons: &[Button]) -> Result<(), String> {
+pub fn check_request(
+    header: Option<&Header>,
+    body_params: &Params,
+    buttons: &[Button],
+) -> Result<(), String> {
     let mut problems = Vec::new();
+    body_params.problems("body", &mut problems);
     match header {
         Some(Header::Text { parameters }) => {
             if parameters.is_empty() {
                 problems.push("a text header needs its parameters (or no header)".to_string());
             }
-            if parameters.iter().any(|p| p.trim().is_empty()) {
-                problems.push("a header parameter is empty".to_string());
-            }
+            parameters.problems("header", &mut problems);
         }
         Some(h @ (Header::Image(m) | Header::Document(m) | Header::Video(m))) => {
             let kind = header_kind(h);
@@ -236,22 +391,18 @@ pub fn check(
     name: &str,
     t: &TemplateText,
     header: Option<&Header>,
-    body_params: &[String],
+    body_params: &Params,
     buttons: &[Button],
 ) -> Result<(), String> {
     let mut problems = Vec::new();
-    if t.named {
-        return Err(format!(
-            "template {name} uses named parameters ({{{{name}}}}), which wafleet does not send"
-        ));
-    }
     let format = t.header_format.as_deref();
     match (format, header) {
         (None, Some(_)) => problems.push(format!("template {name} has no header")),
         (Some("TEXT"), given) => {
-            let wanted = t.header.as_deref().map(placeholders).unwrap_or(0);
+            let text = t.header.as_deref().unwrap_or_default();
+            let none = Params::default();
             let given_params = match given {
-                Some(Header::Text { parameters }) => Some(parameters.len()),
+                Some(Header::Text { parameters }) => Some(parameters),
                 Some(other) => {
                     problems.push(format!(
                         "template {name}'s header is text, not {}",
@@ -259,18 +410,10 @@ pub fn check(
                     ));
                     None
                 }
-                None => Some(0),
+                None => Some(&none),
             };
-            match given_params {
-                Some(n) if n != wanted && wanted == 0 => {
-                    problems.push(format!("template {name}'s header takes no parameters"))
-                }
-                Some(n) if n != wanted => problems.push(format!(
-                    "template {name}'s header takes {wanted} parameter{} ({n} given): \
-                     header: {{\"type\": \"text\", \"parameters\": [...]}}",
-                    plural(wanted)
-                )),
-                _ => {}
+            if let Some(given) = given_params {
+                fit(name, "header", text, t.named, given, &mut problems);
             }
         }
         (Some(media @ ("IMAGE" | "DOCUMENT" | "VIDEO")), given) => {
@@ -295,14 +438,8 @@ pub fn check(
         )),
         (None, None) => {}
     }
-    let wanted = t.body.as_deref().map(placeholders).unwrap_or(0);
-    if body_params.len() != wanted {
-        problems.push(format!(
-            "template {name}'s body takes {wanted} parameter{} ({} given)",
-            plural(wanted),
-            body_params.len()
-        ));
-    }
+    let body = t.body.as_deref().unwrap_or_default();
+    fit(name, "body", body, t.named, body_params, &mut problems);
     for b in buttons {
         let i = b.index();
         match t.buttons.get(usize::from(i)) {
@@ -346,6 +483,75 @@ pub fn check(
     joined(problems)
 }
 
+/// Whether `given` fills the placeholders of `text`, the template's `part` (`header` or `body`):
+/// as many as it holds, in order, or for a `named` template each of its names and no other.
+fn fit(
+    name: &str,
+    part: &str,
+    text: &str,
+    named: bool,
+    given: &Params,
+    problems: &mut Vec<String>,
+) {
+    let example = if part == "header" {
+        "header: {\"type\": \"text\", \"parameters\": "
+    } else {
+        "params: "
+    };
+    match (named, given) {
+        (false, Params::Named(m)) if !m.is_empty() => problems.push(format!(
+            "template {name}'s {part} takes its parameters in order ({{{{1}}}}, {{{{2}}}}…), not \
+             by name: {example}[...]"
+        )),
+        (false, given) => {
+            let (wanted, n) = (placeholders(text), given.len());
+            if n == wanted {
+            } else if part == "header" && wanted == 0 {
+                problems.push(format!("template {name}'s header takes no parameters"))
+            } else if part == "header" {
+                problems.push(format!(
+                    "template {name}'s header takes {wanted} parameter{} ({n} given): \
+                     {example}[...]}}",
+                    plural(wanted)
+                ))
+            } else {
+                problems.push(format!(
+                    "template {name}'s body takes {wanted} parameter{} ({n} given)",
+                    plural(wanted)
+                ))
+            }
+        }
+        (true, Params::Positional(v)) if !v.is_empty() => {
+            let names: Vec<String> = placeholder_names(text)
+                .iter()
+                .map(|n| format!("{{{{{n}}}}}"))
+                .collect();
+            problems.push(format!(
+                "template {name}'s {part} takes named parameters ({}), not in order: \
+                 {example}{{\"name\": \"value\", …}}",
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ));
+        }
+        (true, given) => {
+            let wanted = placeholder_names(text);
+            let given: Vec<&str> = match given {
+                Params::Named(m) => m.keys().map(String::as_str).collect(),
+                Params::Positional(_) => Vec::new(),
+            };
+            for missing in wanted.iter().filter(|w| !given.contains(&w.as_str())) {
+                problems.push(format!("template {name}'s {part} needs {{{{{missing}}}}}"));
+            }
+            for extra in given.iter().filter(|g| !wanted.iter().any(|w| w == *g)) {
+                problems.push(format!("template {name}'s {part} has no {{{{{extra}}}}}"));
+            }
+        }
+    }
+}
+
 fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
@@ -369,7 +575,12 @@ fn button_kind(kind: &str) -> String {
 
 /// How many distinct placeholders (`{{1}}`, `{{ 2 }}`, `{{order_id}}`) `text` holds.
 pub fn placeholders(text: &str) -> usize {
-    let mut seen = std::collections::BTreeSet::new();
+    placeholder_names(text).len()
+}
+
+/// The distinct placeholders of `text` (`1`, `order_id`), in the order they first appear.
+pub fn placeholder_names(text: &str) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
     let mut rest = text;
     while let Some(open) = rest.find("{{") {
         let after = &rest[open + 2..];
@@ -377,27 +588,22 @@ pub fn placeholders(text: &str) -> usize {
             break;
         };
         let inner = after[..close].trim();
-        if !inner.is_empty() && !inner.contains('{') {
-            seen.insert(inner.to_string());
+        if !inner.is_empty() && !inner.contains('{') && !seen.iter().any(|s| s == inner) {
+            seen.push(inner.to_string());
         }
         rest = &after[close + 2..];
     }
-    seen.len()
+    seen
 }
 
 /// Meta's `components` of a send: a `header` (its media or text parameters), the `body`'s text
 /// parameters, and one `button` component per button given. Empty when the send gives nothing.
-pub fn components(
-    header: Option<&Header>,
-    body_params: &[String],
-    buttons: &[Button],
-) -> Vec<Value> {
+pub fn components(header: Option<&Header>, body_params: &Params, buttons: &[Button]) -> Vec<Value> {
     let mut out = Vec::new();
     match header {
         Some(Header::Text { parameters }) => out.push(json!({
             "type": "header",
-            "parameters": parameters.iter().map(|p| json!({"type": "text", "text": p}))
-                .collect::<Vec<_>>(),
+            "parameters": parameters.json(),
         })),
         Some(h @ (Header::Image(m) | Header::Document(m) | Header::Video(m))) => {
             let kind = header_kind(h);
@@ -421,8 +627,7 @@ pub fn components(
     if !body_params.is_empty() {
         out.push(json!({
             "type": "body",
-            "parameters": body_params.iter().map(|p| json!({"type": "text", "text": p}))
-                .collect::<Vec<_>>(),
+            "parameters": body_params.json(),
         }));
     }
     let mut sorted: Vec<&Button> = buttons.iter().collect();
@@ -449,17 +654,54 @@ pub fn components(
 /// What a sent template's `components` give, read back from the `template` object.
 #[derive(Debug, Default)]
 struct Sent {
-    header_text: Vec<String>,
+    header_text: Vec<Given>,
     /// (kind, file name) of a media header.
     header_media: Option<(String, Option<String>)>,
-    body: Vec<String>,
+    body: Vec<Given>,
     /// (index, sub_type, value).
     buttons: Vec<(usize, String, String)>,
 }
 
+/// A header's or body's parameter as sent: its `parameter_name` when named, and its text.
+type Given = (Option<String>, String);
+
+/// The values of `given` in a line: `Ana | #1042`, or `customer_name: Ana | order_id: #1042`.
+fn joined_given(given: &[Given]) -> String {
+    given
+        .iter()
+        .map(|(name, text)| match name {
+            Some(n) => format!("{n}: {text}"),
+            None => text.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// `text` with its placeholders filled from `given`: `{{n}}` by position, `{{name}}` by name.
+fn fill_given(text: &str, given: &[Given]) -> String {
+    fill_with(text, |key| match key.parse::<usize>() {
+        Ok(n) => n
+            .checked_sub(1)
+            .and_then(|i| given.get(i))
+            .map(|g| g.1.as_str()),
+        Err(_) => given
+            .iter()
+            .find(|(name, _)| name.as_deref() == Some(key))
+            .map(|g| g.1.as_str()),
+    })
+}
+
 fn sent(template: &Value) -> Sent {
     let mut s = Sent::default();
-    let text_of = |p: &Value| p["text"].as_str().unwrap_or_default().trim().to_string();
+    let text_of = |p: &Value| {
+        (
+            p["parameter_name"]
+                .as_str()
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty()),
+            p["text"].as_str().unwrap_or_default().trim().to_string(),
+        )
+    };
     for c in template["components"].as_array().into_iter().flatten() {
         let params = c["parameters"].as_array().cloned().unwrap_or_default();
         match c["type"].as_str().map(str::to_ascii_lowercase).as_deref() {
@@ -529,11 +771,11 @@ pub fn describe(template: &Value) -> String {
         out.push_str(&media_marker(kind, filename.as_deref()));
     }
     if !s.header_text.is_empty() {
-        out.push_str(&format!(" [header: {}]", s.header_text.join(" | ")));
+        out.push_str(&format!(" [header: {}]", joined_given(&s.header_text)));
     }
     if !s.body.is_empty() {
         out.push(' ');
-        out.push_str(&s.body.join(" | "));
+        out.push_str(&joined_given(&s.body));
     }
     for (i, sub_type, value) in &s.buttons {
         let label = match sub_type.as_str() {
@@ -587,8 +829,8 @@ pub fn render_sent(t: &TemplateText, template: &Value) -> Option<String> {
         .header_media
         .as_ref()
         .map(|(kind, filename)| media_marker(kind, filename.as_deref()));
-    let header = t.header.as_deref().map(|h| fill(h, &s.header_text));
-    let body = t.body.as_deref().map(|b| fill(b, &s.body));
+    let header = t.header.as_deref().map(|h| fill_given(h, &s.header_text));
+    let body = t.body.as_deref().map(|b| fill_given(b, &s.body));
     let buttons: Vec<String> = t
         .buttons
         .iter()
@@ -639,6 +881,18 @@ pub fn render(t: &TemplateText, params: &[String]) -> Option<String> {
 
 /// `text` with `{{n}}` (1-based, spaces inside the braces allowed) replaced by `params[n - 1]`.
 fn fill(text: &str, params: &[String]) -> String {
+    fill_with(text, |key| {
+        key.parse::<usize>()
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .and_then(|i| params.get(i))
+            .map(String::as_str)
+    })
+}
+
+/// `text` with each placeholder (`{{key}}`, spaces inside the braces allowed) replaced by what
+/// `lookup` answers for its key; one it answers nothing for stays as written.
+fn fill_with<'a>(text: &str, lookup: impl Fn(&str) -> Option<&'a str>) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(open) = rest.find("{{") {
@@ -648,12 +902,7 @@ fn fill(text: &str, params: &[String]) -> String {
             out.push_str(&rest[open..]);
             return out;
         };
-        let param = after[..close]
-            .trim()
-            .parse::<usize>()
-            .ok()
-            .and_then(|n| n.checked_sub(1))
-            .and_then(|i| params.get(i));
+        let param = lookup(after[..close].trim());
         match param {
             Some(p) => out.push_str(p),
             None => out.push_str(&rest[open..open + 2 + close + 2]),
@@ -668,8 +917,20 @@ fn fill(text: &str, params: &[String]) -> String {
 mod tests {
     use super::*;
 
-    fn params(p: &[&str]) -> Vec<String> {
+    fn strings(p: &[&str]) -> Vec<String> {
         p.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn params(p: &[&str]) -> Params {
+        Params::Positional(strings(p))
+    }
+
+    fn named(p: &[(&str, &str)]) -> Params {
+        Params::Named(
+            p.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
     }
 
     #[test]
@@ -681,7 +942,7 @@ mod tests {
             ..TemplateText::default()
         };
         assert_eq!(
-            render(&t, &params(&["#1042", "martes"])).as_deref(),
+            render(&t, &strings(&["#1042", "martes"])).as_deref(),
             Some("Tu pedido\n\nHola, tu pedido #1042 salió hoy y llega el martes.\n\nTienda Sol")
         );
     }
@@ -693,12 +954,12 @@ mod tests {
             ..TemplateText::default()
         };
         assert_eq!(
-            render(&t, &params(&["uno"])).as_deref(),
+            render(&t, &strings(&["uno"])).as_deref(),
             Some("uno y {{2}}; {{order_id}}; {{0}}; {{1")
         );
         // A parameter's own braces are not filled again.
         assert_eq!(
-            render(&t, &params(&["{{2}}", "dos"])).as_deref(),
+            render(&t, &strings(&["{{2}}", "dos"])).as_deref(),
             Some("{{2}} y dos; {{order_id}}; {{0}}; {{1")
         );
     }
@@ -745,6 +1006,7 @@ mod tests {
                 },
             ],
             named: false,
+            status: Some("APPROVED".into()),
         }
     }
 
@@ -841,7 +1103,7 @@ mod tests {
             ..Media::default()
         });
         assert_eq!(
-            components(Some(&image), &[], &[]),
+            components(Some(&image), &Params::default(), &[]),
             [
                 json!({"type": "header", "parameters": [{"type": "image", "image": {"id": "4490709327"}}]})
             ]
@@ -850,10 +1112,10 @@ mod tests {
             parameters: params(&["#1042"]),
         };
         assert_eq!(
-            components(Some(&text), &[], &[]),
+            components(Some(&text), &Params::default(), &[]),
             [json!({"type": "header", "parameters": [{"type": "text", "text": "#1042"}]})]
         );
-        assert!(components(None, &[], &[]).is_empty());
+        assert!(components(None, &Params::default(), &[]).is_empty());
     }
 
     #[test]
@@ -863,7 +1125,7 @@ mod tests {
             id: Some("1".into()),
             filename: Some("v.mp4".into()),
         });
-        let err = check_request(Some(&both), &[]).unwrap_err();
+        let err = check_request(Some(&both), &Params::default(), &[]).unwrap_err();
         assert!(
             err.contains("has a link and an id") && err.contains("only a document has a filename"),
             "{err}"
@@ -873,7 +1135,7 @@ mod tests {
             ..Media::default()
         });
         assert!(
-            check_request(Some(&http), &[])
+            check_request(Some(&http), &Params::default(), &[])
                 .unwrap_err()
                 .contains("https://")
         );
@@ -891,7 +1153,7 @@ mod tests {
                 coupon_code: "A_CODE_TOO_LONG_1".into(),
             },
         ];
-        let err = check_request(None, &buttons).unwrap_err();
+        let err = check_request(None, &Params::default(), &buttons).unwrap_err();
         for part in [
             "button 0's parameter is empty",
             "button 0 is given twice",
@@ -903,6 +1165,7 @@ mod tests {
         assert_eq!(
             check_request(
                 Some(&document()),
+                &Params::default(),
                 &[Button::Url {
                     index: 0,
                     parameter: "1".into()
@@ -1031,7 +1294,7 @@ mod tests {
             parameters: params(&["x"]),
         };
         assert_eq!(
-            check("hello", &plain, Some(&text), &[], &[]).unwrap_err(),
+            check("hello", &plain, Some(&text), &Params::default(), &[]).unwrap_err(),
             "template hello has no header"
         );
         assert_eq!(
@@ -1044,7 +1307,7 @@ mod tests {
             ..TemplateText::default()
         };
         assert!(
-            check("t", &titled, None, &[], &[])
+            check("t", &titled, None, &Params::default(), &[])
                 .unwrap_err()
                 .contains("header takes 1 parameter (0 given)")
         );
@@ -1055,7 +1318,7 @@ mod tests {
                 Some(&Header::Text {
                     parameters: params(&["#1"])
                 }),
-                &[],
+                &Params::default(),
                 &[]
             ),
             Ok(())
@@ -1066,19 +1329,174 @@ mod tests {
             ..TemplateText::default()
         };
         assert!(
-            check("t", &fixed, Some(&text), &[], &[])
+            check("t", &fixed, Some(&text), &Params::default(), &[])
                 .unwrap_err()
                 .contains("header takes no parameters")
         );
-        let named = TemplateText {
+    }
+
+    fn pickup() -> TemplateText {
+        TemplateText {
+            header_format: Some("TEXT".into()),
+            header: Some("Pedido {{order_id}} listo".into()),
+            body: Some(
+                "Hola {{customer_name}}, recoge tu pedido {{ order_id }} en {{store}}.".into(),
+            ),
+            footer: Some("Tienda Sol".into()),
             named: true,
+            status: Some("APPROVED".into()),
             ..TemplateText::default()
+        }
+    }
+
+    #[test]
+    fn a_named_template_takes_each_of_its_names_and_no_other() {
+        let t = pickup();
+        let header = Header::Text {
+            parameters: named(&[("order_id", "#1042")]),
         };
+        let body = named(&[
+            ("customer_name", "Ana"),
+            ("order_id", "#1042"),
+            ("store", "Calle 10"),
+        ]);
+        assert_eq!(check("order_pickup", &t, Some(&header), &body, &[]), Ok(()));
+        let err = check(
+            "order_pickup",
+            &t,
+            None,
+            &named(&[("customer", "Ana"), ("order_id", "#1042")]),
+            &[],
+        )
+        .unwrap_err();
+        for part in [
+            "template order_pickup's header needs {{order_id}}",
+            "template order_pickup's body needs {{customer_name}}",
+            "template order_pickup's body needs {{store}}",
+            "template order_pickup's body has no {{customer}}",
+        ] {
+            assert!(err.contains(part), "{part}: {err}");
+        }
+        // In order, to a named template, or by name, to a positional one: each refused.
+        let err = check(
+            "order_pickup",
+            &t,
+            Some(&header),
+            &params(&["Ana", "#1042", "Calle 10"]),
+            &[],
+        )
+        .unwrap_err();
         assert!(
-            check("t", &named, None, &[], &[])
-                .unwrap_err()
-                .contains("named parameters")
+            err.contains(
+                "body takes named parameters ({{customer_name}}, {{order_id}}, {{store}})"
+            ),
+            "{err}"
         );
+        let err = check(
+            "order_delayed",
+            &TemplateText {
+                body: Some("Tu pedido {{1}} llega el {{2}}.".into()),
+                ..TemplateText::default()
+            },
+            None,
+            &named(&[("order_id", "#1")]),
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.contains("takes its parameters in order"), "{err}");
+    }
+
+    #[test]
+    fn named_parameters_go_out_with_their_names_and_read_back_in_place() {
+        let header = Header::Text {
+            parameters: named(&[("order_id", "#1042")]),
+        };
+        let body = named(&[("store", "Calle 10"), ("customer_name", "Ana")]);
+        let got = components(Some(&header), &body, &[]);
+        assert_eq!(
+            Value::Array(got.clone()),
+            json!([
+                {"type": "header", "parameters":
+                    [{"type": "text", "parameter_name": "order_id", "text": "#1042"}]},
+                {"type": "body", "parameters": [
+                    {"type": "text", "parameter_name": "customer_name", "text": "Ana"},
+                    {"type": "text", "parameter_name": "store", "text": "Calle 10"}]},
+            ])
+        );
+        let object = json!({"name": "order_pickup", "components": got});
+        assert_eq!(
+            describe(&object),
+            "[template: order_pickup] [header: order_id: #1042] customer_name: Ana | store: Calle 10"
+        );
+        assert_eq!(
+            outline(&object),
+            "[template: order_pickup] [header] [2 parameters]"
+        );
+        assert_eq!(
+            render_sent(&pickup(), &object).as_deref(),
+            Some(
+                "Pedido #1042 listo\n\nHola Ana, recoge tu pedido {{ order_id }} en Calle 10.\n\n\
+                 Tienda Sol"
+            )
+        );
+    }
+
+    #[test]
+    fn params_are_an_array_or_an_object_of_texts() {
+        let p: Params = serde_json::from_value(json!(["Ana", "#1"])).unwrap();
+        assert_eq!(p, params(&["Ana", "#1"]));
+        let p: Params = serde_json::from_value(json!({"order_id": "#1"})).unwrap();
+        assert_eq!(p, named(&[("order_id", "#1")]));
+        for bad in [json!([1, 2]), json!({"order_id": 1}), json!("Ana")] {
+            let err = serde_json::from_value::<Params>(bad)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("an array of texts"), "{err}");
+        }
+        let header: Header =
+            serde_json::from_value(json!({"type": "text", "parameters": {"order_id": "#1"}}))
+                .unwrap();
+        assert_eq!(
+            header,
+            Header::Text {
+                parameters: named(&[("order_id", "#1")])
+            }
+        );
+        let mut problems = Vec::new();
+        named(&[("", "x"), ("store", " ")]).problems("body", &mut problems);
+        assert_eq!(
+            problems,
+            [
+                "a body parameter has an empty name",
+                "the body parameter store is empty"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_paused_disabled_or_rejected_template_is_not_sendable() {
+        let mut t = pickup();
+        assert_eq!(sendable("order_pickup", &t), Ok(()));
+        for status in ["PAUSED", "DISABLED", "REJECTED", "paused"] {
+            t.status = Some(status.into());
+            let err = sendable("order_pickup", &t).unwrap_err();
+            assert!(
+                err.starts_with(&format!(
+                    "template order_pickup is {} at Meta",
+                    status.to_ascii_uppercase()
+                )),
+                "{err}"
+            );
+        }
+        for status in [
+            None,
+            Some("APPROVED"),
+            Some("FLAGGED"),
+            Some("SOMETHING_NEW"),
+        ] {
+            t.status = status.map(str::to_string);
+            assert_eq!(sendable("order_pickup", &t), Ok(()), "{status:?}");
+        }
     }
 
     #[test]
@@ -1121,7 +1539,7 @@ mod tests {
             body: Some("Listo.".into()),
             ..TemplateText::default()
         };
-        let object = json!({"name": "t", "components": components(Some(&Header::Text { parameters: params(&["#7"]) }), &[], &[])});
+        let object = json!({"name": "t", "components": components(Some(&Header::Text { parameters: params(&["#7"]) }), &Params::default(), &[])});
         assert_eq!(describe(&object), "[template: t] [header: #7]");
         assert_eq!(
             render_sent(&titled, &object).as_deref(),

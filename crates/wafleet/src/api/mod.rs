@@ -55,7 +55,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use wafleet_core::format::template::{Button, Header, TemplateText};
+use wafleet_core::format::template::{Button, Header, Params, TemplateText};
 
 use crate::agents::{self, AgentError};
 use crate::config::{RedisLayout, Secret, millis, parsed, positive, required, var};
@@ -132,8 +132,9 @@ struct AppState {
     cipher: Option<crate::crypto::Cipher>,
     graph: crate::graph::GraphClient,
     media_max_bytes: u64,
-    /// Approved templates as Meta lists them, to check a template's parameters before it is
-    /// recorded (kept for minutes, as the workers keep them).
+    /// Templates as Meta lists them, to check a template's status and parameters before it is
+    /// recorded (kept for minutes, as the workers keep them, and dropped in every process when
+    /// Meta changes a template's status).
     wordings: crate::stages::wording::Wordings,
 }
 
@@ -178,7 +179,7 @@ pub async fn run(
     };
     let state = AppState {
         pg,
-        redis,
+        redis: redis.clone(),
         blocking: crate::shared_redis::blocking_pool(url, settings.max_event_streams)?,
         keys: Keys::new(
             settings.redis.redis_prefix.clone(),
@@ -194,7 +195,13 @@ pub async fn run(
             settings.graph.timeout,
         ),
         media_max_bytes: settings.media_max_bytes,
-        wordings: Default::default(),
+        wordings: crate::stages::wording::Wordings::shared(
+            redis,
+            &Keys::new(
+                settings.redis.redis_prefix.clone(),
+                settings.redis.partitions,
+            ),
+        ),
     };
     let stopping = state.stopping.clone();
     let app = router(Arc::new(state), settings.request_timeout);
@@ -635,8 +642,10 @@ impl MessageBody {
 struct TemplateBody {
     name: String,
     language: String,
+    /// The body's parameters: an array in order (`{{1}}`, `{{2}}`…), or an object by name for
+    /// a template with named parameters (`{"order_id": "1042"}`).
     #[serde(default)]
-    params: Vec<String>,
+    params: Params,
     /// The header's media or text parameters (`{"type": "document", "link", "filename"}`).
     header: Option<Header>,
     /// The buttons' parameters (`{"index", "sub_type": "url", "parameter"}`…).
@@ -651,7 +660,7 @@ impl TemplateBody {
     /// idempotency key.
     fn check(&self, headers: &HeaderMap, more: Option<&str>) -> Result<String, ApiError> {
         let header_texts: Vec<&str> = match &self.header {
-            Some(Header::Text { parameters }) => parameters.iter().map(String::as_str).collect(),
+            Some(Header::Text { parameters }) => parameters.texts(),
             Some(Header::Image(m) | Header::Document(m) | Header::Video(m)) => {
                 [&m.link, &m.id, &m.filename]
                     .into_iter()
@@ -670,12 +679,16 @@ impl TemplateBody {
                 more,
             ]
             .into_iter()
-            .chain(self.params.iter().map(|p| Some(p.as_str())))
+            .chain(self.params.texts().into_iter().map(Some))
             .chain(header_texts.into_iter().map(Some))
             .chain(self.buttons.iter().map(Button::value).map(Some)),
         )?;
         // Before the template is read from Meta: a header or buttons that cannot be right.
-        wafleet_core::format::template::check_request(self.header.as_ref(), &self.buttons)
+        wafleet_core::format::template::check_request(
+            self.header.as_ref(),
+            &self.params,
+            &self.buttons,
+        )
             .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))?;
         let reference = reference(headers, self.reference.clone())?;
         if self.name.trim().is_empty() || self.language.trim().is_empty() {
@@ -866,7 +879,7 @@ struct OutreachBody {
     name: String,
     language: String,
     #[serde(default)]
-    params: Vec<String>,
+    params: Params,
     header: Option<Header>,
     #[serde(default)]
     buttons: Vec<Button>,

@@ -23,8 +23,8 @@
 //!   the one that stops sends.
 //! - `message_template_status_update` (approved, rejected, paused…): counted once
 //!   (`wafleet_template_status_events_total{event}`), announced to every number of the account
-//!   (`template_status`), and the template's cached wording is dropped in this process
-//!   ([`Wordings::forget`]).
+//!   (`template_status`), and the template's cached wording and status are dropped in every
+//!   process, the API's too ([`Wordings::forget`] moves the fleet's template version).
 //! - Anything else (other fields, errors, a value nobody documented) is left as it is: kept on
 //!   the stream, counted as `kept`.
 //!
@@ -431,9 +431,14 @@ impl AccountStage {
             return Ok("unknown_account");
         };
         let waba = event.waba_id.as_deref().unwrap_or_default();
-        if let (Some(name), Some(language)) = (t.name.as_deref(), t.language.as_deref()) {
-            self.wordings.forget(waba, name, language);
-        }
+        // Every process's copy of the template (its wording and status) within about a second:
+        // the API then refuses a paused template up front, and sends a reinstated one again.
+        // Moved on every update (one without a name empties every process's cache).
+        let (name, language) = (t.name.as_deref(), t.language.as_deref());
+        self.wordings
+            .forget(waba, name.unwrap_or_default(), language.unwrap_or_default())
+            .await
+            .map_err(redis_down)?;
         if late {
             // Nothing is recorded of a template's status; an old one is not news to anyone.
             return Ok("late");

@@ -365,8 +365,8 @@ pub async fn run(
         settings.graph.timeout,
     );
     // Templates' wordings, shared by the sender and the account stage, which drops a template's
-    // when Meta changes its status.
-    let wordings = super::wording::Wordings::default();
+    // in every process when Meta changes its status.
+    let wordings = super::wording::Wordings::shared(shared.clone(), &keys);
     for name in &settings.stages {
         let rt = settings.runtime_for(name);
         match name.as_str() {

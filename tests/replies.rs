@@ -3275,7 +3275,7 @@ async fn an_agent_re_engages_a_customer_outside_the_window_with_a_template_and_m
     s.sent(1).await;
     let id = the_conversation(&s.pg).await;
     let (pg, mut con, keys) = (&s.pg, s.cfg.redis().await, s.cfg.keys());
-    let params = ["Camila".to_string(), "100234".to_string()];
+    let params = vec!["Camila".to_string(), "100234".to_string()].into();
     let template = |reference: &'static str| Template {
         conversation_id: id,
         name: "order_update",

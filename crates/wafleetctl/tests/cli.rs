@@ -1716,6 +1716,69 @@ async fn channel_show_prints_what_meta_last_said_of_the_number_and_its_account()
         .says("(DISABLED)");
 }
 
+/// `conversation start` with a template's named parameters (`--named`, `--header-named`):
+/// checked name by name against the template Meta lists and sent with each name; a template Meta
+/// paused is refused naming its status, before anything is recorded.
+#[tokio::test]
+async fn a_named_template_is_given_by_name_and_a_paused_one_is_refused_naming_its_status() {
+    let cfg = TestConfig::new().await;
+    let (sim, env) = meta(&cfg).await;
+    #[rustfmt::skip]
+    let add = ["channel", "add", "--phone-number-id", PNID, "--access-token", ACCESS_TOKEN,
+               "--waba-id", "102290129340398"];
+    run(&env, &add).await.ok();
+    #[rustfmt::skip]
+    let start = ["conversation", "start", PNID, "+57 300 555 0191", "order_pickup",
+                 "--language", "es", "--header-named", "order_id=#1042",
+                 "--named", "customer_name=Ana", "--named", "order_id=#1042"];
+    let ran = run(&env, &start).await.refused(1);
+    ran.complains("template order_pickup's body needs {{store}}");
+    assert_eq!(count(&cfg, "SELECT count(*) FROM conversations").await, 0);
+
+    let ran = run(&env, &[&start[..], &["--named", "store=Centro"]].concat())
+        .await
+        .ok();
+    ran.says("conversation ");
+    let pg = cfg.pg().await;
+    let body: String =
+        sqlx::query_scalar("SELECT body FROM outbound_messages WHERE kind = 'template'")
+            .fetch_one(&pg)
+            .await
+            .unwrap();
+    let sent: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        sent["components"],
+        serde_json::json!([
+            {"type": "header", "parameters":
+                [{"type": "text", "parameter_name": "order_id", "text": "#1042"}]},
+            {"type": "body", "parameters": [
+                {"type": "text", "parameter_name": "customer_name", "text": "Ana"},
+                {"type": "text", "parameter_name": "order_id", "text": "#1042"},
+                {"type": "text", "parameter_name": "store", "text": "Centro"}]},
+        ])
+    );
+
+    // Meta pauses it: refused naming the status, no conversation made for the new customer.
+    sim.state
+        .set_template_status("order_pickup", "es", "PAUSED");
+    #[rustfmt::skip]
+    let other = ["conversation", "start", PNID, "+57 300 555 0192", "order_pickup",
+                 "--language", "es", "--header-named", "order_id=#7", "--named",
+                 "customer_name=Eva", "--named", "order_id=#7", "--named", "store=Norte"];
+    run(&env, &other)
+        .await
+        .refused(1)
+        .complains("template order_pickup is PAUSED at Meta");
+    assert_eq!(count(&cfg, "SELECT count(*) FROM conversations").await, 1);
+
+    // By name and in order at once, or a name without its value: usage errors.
+    let ran = run(&env, &[&start[..], &["--param", "x"]].concat()).await;
+    assert_eq!(ran.code, Some(2), "{ran:?}");
+    let ran = run(&env, &[&start[..], &["--named", "store"]].concat()).await;
+    assert_eq!(ran.code, Some(2), "{ran:?}");
+    ran.complains("give NAME=VALUE");
+}
+
 /// `conversation start` with a template's header and buttons: checked against the approved
 /// template Meta lists (the channel's business account, read with its token), refused naming
 /// what is missing before anything is recorded, and recorded as Meta's components when it fits.

@@ -4677,6 +4677,54 @@ async fn the_model_reads_a_shared_location_when_the_channel_gives_it_locations()
     assert_eq!(shown, [Some("[location]"), Some("[location]")]);
 }
 
+/// Turned off, the setting takes the bot's answers to locations out of the history with the
+/// locations: an answer quotes or is built from the place (the simulator quotes the question,
+/// as a model says "we deliver to Coyoacán"), so kept, it would give the provider what the
+/// setting now keeps from it. Also an answer to a burst a location was gathered into; the
+/// answers to text alone stay.
+#[tokio::test]
+async fn turned_off_the_bots_answers_to_earlier_locations_leave_the_history_with_them() {
+    use wafleet::store::settings::Setting;
+    let s = system().await;
+    s.set(Setting::LocationsToModel, "on").await;
+    s.set(Setting::ReplyGatherMs, "1500").await;
+    s.send("573083", "wamid.L7", "hola, ¿hacen envíos?").await;
+    let first = s.sent(1).await[0].body.clone();
+    s.post(&location_message(
+        "573083",
+        "wamid.L8",
+        Some(("Casa", "Av. Reforma 123, CDMX")),
+    ))
+    .await;
+    let sent = s.sent(2).await;
+    assert!(sent[1].body.contains("19.4326"), "{:?}", sent[1].body);
+    // A pin gathered with the question typed right after it: one answer, to the text.
+    s.post(&location_message("573083", "wamid.L9", None)).await;
+    s.send("573083", "wamid.L10", "¿entregan aquí?").await;
+    let sent = s.sent(3).await;
+    assert_eq!(sent[2].context_message_id.as_deref(), Some("wamid.L10"));
+    assert!(sent[2].body.contains("19.4326"), "{:?}", sent[2].body);
+
+    s.set(Setting::LocationsToModel, "off").await;
+    s.send("573083", "wamid.L11", "¿y abren hoy?").await;
+    s.sent(4).await;
+    let request = s.sim.state.llm_requests()[3].body.to_string();
+    for place in ["19.4326", "99.1332", "location", "Casa"] {
+        assert!(!request.contains(place), "{place:?} went: {request}");
+    }
+    assert_eq!(
+        s.model_turns(3),
+        [
+            ("user".to_string(), "hola, ¿hacen envíos?".to_string()),
+            ("assistant".to_string(), first),
+            (
+                "user".to_string(),
+                "¿entregan aquí?\n\n¿y abren hoy?".to_string()
+            ),
+        ]
+    );
+}
+
 #[tokio::test]
 async fn a_location_typed_about_right_after_is_answered_once_with_a_gathering_channel() {
     use wafleet::store::settings::Setting;

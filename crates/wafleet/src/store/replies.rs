@@ -87,6 +87,10 @@ struct ContextRow {
 /// when a customer sends a second message while the model is still answering the first, the
 /// first answer is recorded after the second message arrived, and ordering by time would end the
 /// history on the bot's own answer, which Anthropic takes as the start of the reply to continue.
+///
+/// Shared locations follow the channel's `locations_to_model` as it is now: turned off, the
+/// locations shared while it was on are left out, and so are the bot's answers to them (to the
+/// stretch of messages a location was in), which quote or are built from the place.
 pub async fn reply_contexts(
     conn: &mut PgConnection,
     wanted: &[(i64, i64)],
@@ -175,6 +179,25 @@ pub async fn reply_contexts(
                                  OR o.kind IN ('template', 'agent') AND o.history_text IS NOT NULL
                                     AND o.created_at < ctx.received_at)
                             AND o.state IN ('pending', 'sending', 'accepted')
+                            -- With the setting off, the bot's answer to what it was asked
+                            -- with a location (alone, or gathered with what followed) goes too:
+                            -- an answer quotes or is built from the place ('we deliver to
+                            -- Coyoacán'). What it answered: the messages after the one the
+                            -- bot's previous answer or acknowledgement was to.
+                            AND NOT (o.kind = 'reply'
+                                     AND NOT (SELECT c.locations_to_model FROM channels c
+                                               WHERE c.id = ctx.channel_id)
+                                     AND EXISTS (
+                                         SELECT 1 FROM messages l
+                                          WHERE l.conversation_id = o.conversation_id
+                                            AND l.message_type = 'location'
+                                            AND l.action = 'reply'
+                                            AND l.id <= o.reply_to
+                                            AND l.id > (SELECT coalesce(max(p.reply_to), 0)
+                                                          FROM outbound_messages p
+                                                         WHERE p.conversation_id = o.conversation_id
+                                                           AND p.kind IN ('reply', 'handover_ack')
+                                                           AND p.reply_to < o.reply_to)))
                      ) t
                      ORDER BY ord DESC, sub DESC
                      LIMIT ctx.lim

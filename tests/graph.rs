@@ -299,6 +299,39 @@ async fn mark_read_and_typing_are_sent_and_failures_say_whether_to_retry() {
 }
 
 #[tokio::test]
+async fn a_named_or_paused_template_is_read_with_its_format_and_status() {
+    let sim = sim().await;
+    let graph = client(&sim.url);
+    let read = |name: &'static str| {
+        let graph = graph.clone();
+        async move {
+            graph
+                .template_text(TOKEN, "102290129340398", name, "es")
+                .await
+                .unwrap()
+                .expect("the account lists it")
+        }
+    };
+    let pickup = read("order_pickup").await;
+    assert!(pickup.named);
+    assert_eq!(pickup.header.as_deref(), Some("Pedido {{order_id}} listo"));
+    assert_eq!(pickup.status.as_deref(), Some("APPROVED"));
+    // Meta lists a paused template with its status: it is read, not taken for one Meta lacks.
+    sim.state
+        .set_template_status("order_delayed", "es", "PAUSED");
+    assert_eq!(
+        read("order_delayed").await.status.as_deref(),
+        Some("PAUSED")
+    );
+    sim.state
+        .set_template_status("order_delayed", "es", "APPROVED");
+    assert_eq!(
+        read("order_delayed").await.status.as_deref(),
+        Some("APPROVED")
+    );
+}
+
+#[tokio::test]
 async fn a_templates_wording_is_read_from_the_business_account() {
     let sim = sim().await;
     let graph = client(&sim.url);

@@ -599,3 +599,71 @@ async fn an_update_older_than_the_announce_age_is_recorded_but_neither_announced
         1.0
     );
 }
+
+#[tokio::test]
+async fn a_restriction_an_operator_clears_leaves_the_gauge_and_metas_next_one_is_recorded() {
+    let s = system().await;
+    let number = s.number.as_str();
+    let restricted = format!("wafleet_channel_account_restricted{{channel=\"{number}\"}}");
+    let restriction = |expiration: &str| {
+        change(
+            WABA,
+            "account_update",
+            json!({"event": "ACCOUNT_RESTRICTION", "restriction_info": [
+                {"restriction_type": "RESTRICTED_BIZ_INITIATED_MESSAGING",
+                 "expiration": expiration}]}),
+        )
+    };
+    s.post(&restriction("2099-04-19T13:59:20+0000")).await;
+    s.processed().await;
+    assert_eq!(s.ingest.metric(&restricted).await, 1.0);
+
+    let cleared = wafleet::store::account_state::clear_restrictions(&s.pg, number)
+        .await
+        .unwrap()
+        .expect("the channel");
+    assert_eq!(cleared.len(), 1);
+    assert_eq!(
+        cleared[0].restriction_type,
+        "RESTRICTED_BIZ_INITIATED_MESSAGING"
+    );
+    assert_eq!(s.column(number, "account_restrictions").await, None);
+    // The rest of what Meta said is kept; the account's other number keeps its own record.
+    assert_eq!(
+        s.column(number, "account_event").await.as_deref(),
+        Some("ACCOUNT_RESTRICTION")
+    );
+    assert!(s.column(&s.other, "account_restrictions").await.is_some());
+    // The gauge follows at the stage's next sample.
+    let ingest = &s.ingest;
+    eventually(
+        "the restricted gauge cleared",
+        Duration::from_secs(40),
+        || {
+            let restricted = restricted.clone();
+            async move { (ingest.metric(&restricted).await == 0.0).then_some(()) }
+        },
+    )
+    .await;
+    // The same update run again (a takeover) records nothing again.
+    assert_eq!(s.stage().handle(&job_of(&s, 0).await).await, Outcome::Done);
+    assert_eq!(s.column(number, "account_restrictions").await, None);
+    // A second clear finds nothing; a number no channel has is said so.
+    assert_eq!(
+        wafleet::store::account_state::clear_restrictions(&s.pg, number)
+            .await
+            .unwrap(),
+        Some(vec![])
+    );
+    assert_eq!(
+        wafleet::store::account_state::clear_restrictions(&s.pg, "1065000000000000")
+            .await
+            .unwrap(),
+        None
+    );
+
+    // Meta's next restriction is recorded and shown as before.
+    s.post(&restriction("2099-05-01T00:00:00+0000")).await;
+    s.processed().await;
+    assert_eq!(s.ingest.metric(&restricted).await, 1.0);
+}

@@ -3983,3 +3983,56 @@ async fn a_paused_template_is_refused_by_every_api_process_within_seconds_and_se
     }
     s.sent(4).await;
 }
+
+#[tokio::test]
+async fn an_admin_clears_a_restriction_meta_lifted_early_and_the_channel_shows_it() {
+    let p = platform().await;
+    sqlx::query(
+        "UPDATE channels SET account_event = 'ACCOUNT_RESTRICTION',
+                account_restrictions = '[{\"type\": \"RESTRICTED_BIZ_INITIATED_MESSAGING\",
+                                          \"expiration\": \"2099-04-19T13:59:20+0000\"}]'
+          WHERE phone_number_id = $1",
+    )
+    .bind(OTHER)
+    .execute(&p.pg)
+    .await
+    .unwrap();
+    let path = format!("/api/v1/channels/{OTHER}/clear-restriction");
+    let (status, _) = p.api.post(&path, &p.agents).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, shown) = p
+        .api
+        .get(&format!("/api/v1/channels/{OTHER}"), &p.admin)
+        .await;
+    assert_eq!(shown["meta_status"]["account_restricted"], true);
+
+    let (status, shown) = p.api.post(&path, &p.admin).await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    assert_eq!(
+        shown["restrictions_cleared"],
+        json!([{"type": "RESTRICTED_BIZ_INITIATED_MESSAGING",
+                "expiration": "2099-04-19T13:59:20+0000"}])
+    );
+    assert_eq!(shown["meta_status"]["account_restricted"], false);
+    assert_eq!(shown["meta_status"]["account_restrictions"], json!([]));
+    assert_eq!(shown["meta_status"]["account_event"], "ACCOUNT_RESTRICTION");
+    assert_eq!(
+        p.api
+            .get(&format!("/api/v1/channels/{OTHER}"), &p.admin)
+            .await
+            .1["meta_status"]["account_restricted"],
+        false
+    );
+    // Nothing left: said, nothing changed.
+    let (status, shown) = p.api.post(&path, &p.admin).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(shown["restrictions_cleared"], json!([]));
+    let (status, _) = p
+        .api
+        .post(
+            "/api/v1/channels/106540352249999/clear-restriction",
+            &p.admin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

@@ -558,6 +558,12 @@ enum ChannelCommand {
     /// locked account, a missing permission) is fixed: held replies go out within 30 s. A
     /// channel that is not paused is said so (exit 0).
     Resume { phone_number_id: String },
+    /// Clear the account restrictions recorded for a channel from Meta's account_update webhook,
+    /// once Meta lifted them before the expiration it gave: `channel show`, the API's
+    /// meta_status and the wafleet_channel_account_restricted gauge (within 15 s) follow. The
+    /// rest of what Meta said is kept; its next restriction is recorded as before. Logged with
+    /// the operator's login.
+    ClearRestriction { phone_number_id: String },
     /// Set one model of a channel's chain (tried in position order, then the canned reply).
     Model(ModelArgs),
     /// Remove a channel's own models (the process-wide ones apply again).
@@ -703,6 +709,16 @@ fn secret_value(arg: &str) -> anyhow::Result<String> {
 #[tokio::main]
 async fn main() -> Result<(), wafleet::telemetry::Exit> {
     Ok(run().await?)
+}
+
+/// Logs to standard error, for the commands that leave an audit line (an operator's change of
+/// what Meta said): standard output stays the command's answer.
+fn audit_log() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(false)
+        .try_init();
 }
 
 async fn run() -> anyhow::Result<()> {
@@ -902,6 +918,39 @@ async fn run() -> anyhow::Result<()> {
                      go out within 30 s (if Meta refuses them again, the channel pauses again)",
                     pause.describe()
                 ),
+            }
+        }
+        Command::Channel(ChannelCommand::ClearRestriction { phone_number_id }) => {
+            use wafleet::store::account_state;
+            let cleared = account_state::clear_restrictions(&pool, &phone_number_id)
+                .await
+                .context("clearing the channel's recorded restrictions")?
+                .ok_or_else(|| anyhow::anyhow!("no channel {phone_number_id}"))?;
+            if cleared.is_empty() {
+                println!(
+                    "channel {phone_number_id} has no account restriction recorded: nothing to \
+                     clear"
+                );
+            } else {
+                audit_log();
+                let operator = std::env::var("SUDO_USER")
+                    .or_else(|_| std::env::var("USER"))
+                    .unwrap_or_else(|_| "unknown".into());
+                account_state::restrictions_cleared(
+                    &phone_number_id,
+                    &cleared,
+                    &format!("wafleetctl ({operator})"),
+                );
+                let types: Vec<&str> = cleared
+                    .iter()
+                    .map(|r| r.restriction_type.as_str())
+                    .collect();
+                println!(
+                    "channel {phone_number_id}: cleared {}; the workers' \
+                     wafleet_channel_account_restricted follows within 15 s (Meta's next \
+                     account_update records a restriction again if it still holds)",
+                    types.join(", ")
+                );
             }
         }
         Command::Channel(ChannelCommand::Model(m)) => {

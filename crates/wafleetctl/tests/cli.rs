@@ -1835,3 +1835,55 @@ async fn a_template_s_header_and_buttons_are_given_by_flags_and_checked_against_
     let ran = run(&env, &[&start[..], &["--filename", "f.pdf"]].concat()).await;
     assert_eq!(ran.code, Some(2), "{ran:?}");
 }
+
+#[tokio::test]
+async fn an_operator_clears_a_restriction_meta_lifted_early_and_it_is_logged() {
+    let cfg = TestConfig::new().await;
+    add_channel(&cfg, PNID).await;
+    let pg = cfg.pg().await;
+    sqlx::query(
+        "UPDATE channels SET account_event = 'ACCOUNT_RESTRICTION', account_ban_state = 'REINSTATE',
+                account_restrictions = '[{\"type\": \"RESTRICTED_BIZ_INITIATED_MESSAGING\",
+                                          \"expiration\": \"2099-04-19T13:59:20+0000\"}]'
+          WHERE phone_number_id = $1",
+    )
+    .bind(PNID)
+    .execute(&pg)
+    .await
+    .unwrap();
+    ctl(&cfg, &["channel", "show", PNID])
+        .await
+        .ok()
+        .says("restricted: RESTRICTED_BIZ_INITIATED_MESSAGING");
+
+    let ran = ctl(&cfg, &["channel", "clear-restriction", PNID])
+        .await
+        .ok();
+    ran.says(&format!(
+        "channel {PNID}: cleared RESTRICTED_BIZ_INITIATED_MESSAGING"
+    ))
+    // The audit line: who, which channel, which restriction; no secret.
+    .complains("an operator cleared the account restrictions")
+    .complains(&format!("channel=\"{PNID}\""))
+    .complains("by=\"wafleetctl (")
+    .complains("RESTRICTED_BIZ_INITIATED_MESSAGING")
+    .never_shows(ACCESS_TOKEN)
+    .never_shows(APP_SECRET);
+    let shown = ctl(&cfg, &["channel", "show", PNID]).await.ok();
+    assert!(
+        shown
+            .line("meta_account:")
+            .starts_with("meta_account: ACCOUNT_RESTRICTION, ban state REINSTATE"),
+        "{shown:?}"
+    );
+    assert!(!shown.stdout.contains("restricted:"), "{shown:?}");
+
+    ctl(&cfg, &["channel", "clear-restriction", PNID])
+        .await
+        .ok()
+        .says("no account restriction recorded: nothing to clear");
+    ctl(&cfg, &["channel", "clear-restriction", UNKNOWN])
+        .await
+        .refused(1)
+        .complains(&format!("no channel {UNKNOWN}"));
+}

@@ -47,6 +47,10 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/api/v1/channels", get(list))
         .route("/api/v1/channels/{pnid}", get(show).put(save))
+        .route(
+            "/api/v1/channels/{pnid}/clear-restriction",
+            axum::routing::post(clear_restriction),
+        )
         .route("/api/v1/channels/{pnid}/knowledge", get(knowledge_list))
         .route(
             "/api/v1/channels/{pnid}/knowledge/{title}",
@@ -422,6 +426,30 @@ async fn save(
         shown["pause_lifted"] = serde_json::to_value(pause).expect("a pause serialises");
     }
     Ok((status, Json(shown)).into_response())
+}
+
+/// Clears the account restrictions recorded for the channel (Meta lifted them early): the
+/// channel as it is now, with `restrictions_cleared` (empty: there was nothing to clear).
+/// Logged with the token's name.
+async fn clear_restriction(
+    State(state): State<Arc<AppState>>,
+    Authed(scope): Authed,
+    Path(pnid): Path<String>,
+) -> Result<Response, ApiError> {
+    admin(&scope)?;
+    use crate::store::account_state;
+    let cleared = account_state::clear_restrictions(&state.pg, &pnid)
+        .await
+        .map_err(pg_down)?
+        .ok_or_else(|| no_channel(&pnid))?;
+    if !cleared.is_empty() {
+        metrics::counter!("wafleet_api_channel_changes_total", "change" => "restriction_cleared")
+            .increment(1);
+        account_state::restrictions_cleared(&pnid, &cleared, &format!("api token {}", scope.name));
+    }
+    let mut shown = view(&state, &pnid).await?;
+    shown["restrictions_cleared"] = serde_json::to_value(&cleared).expect("restrictions serialise");
+    Ok(Json(shown).into_response())
 }
 
 async fn knowledge_list(

@@ -265,6 +265,50 @@ impl AccountState {
     }
 }
 
+/// Clears the restrictions recorded for channel `phone_number_id`: an operator says Meta lifted
+/// them before the expiration it gave (or never gave one). The rest of what Meta said (the
+/// event, the ban state, the violation) and the entry id that recorded it are kept, so the same
+/// update run again (a crash, a takeover) records nothing, while a new restriction from Meta is
+/// recorded as before. `None` when no channel has the number; else the restrictions that were
+/// recorded (empty: there was nothing to clear). The per-channel gauge follows at the account
+/// stage's next sample ([`crate::stages::account::SAMPLE_EVERY`]).
+pub async fn clear_restrictions(
+    pg: &PgPool,
+    phone_number_id: &str,
+) -> sqlx::Result<Option<Vec<Restriction>>> {
+    let old: Option<Option<serde_json::Value>> = sqlx::query_scalar(
+        "WITH old AS (SELECT id, account_restrictions FROM channels
+                       WHERE phone_number_id = $1 FOR UPDATE),
+              cleared AS (UPDATE channels c SET account_restrictions = NULL
+                            FROM old WHERE c.id = old.id)
+         SELECT account_restrictions FROM old",
+    )
+    .bind(phone_number_id)
+    .fetch_optional(pg)
+    .await?;
+    Ok(old.map(|v| {
+        v.and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default()
+    }))
+}
+
+/// The audit line of a [`clear_restrictions`]: the channel, who (`by`: the API token's name, or
+/// `wafleetctl` and the operator's login) and the restriction types cleared; Meta's codes and our
+/// ids only.
+pub fn restrictions_cleared(phone_number_id: &str, cleared: &[Restriction], by: &str) {
+    let types: Vec<&str> = cleared
+        .iter()
+        .map(|r| r.restriction_type.as_str())
+        .collect();
+    tracing::warn!(
+        channel = phone_number_id,
+        by,
+        restrictions = ?types,
+        "an operator cleared the account restrictions recorded for the channel (Meta's next \
+         account_update records them again if they still hold)"
+    );
+}
+
 const STATE_COLUMNS: &str = "phone_number_id, quality_event, messaging_limit, quality_at,
     account_event, account_ban_state, account_restrictions, account_violation, account_at";
 

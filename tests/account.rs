@@ -667,3 +667,80 @@ async fn a_restriction_an_operator_clears_leaves_the_gauge_and_metas_next_one_is
     s.processed().await;
     assert_eq!(s.ingest.metric(&restricted).await, 1.0);
 }
+
+/// Meta's text message fixture (display number `15550783881`), for business number `pnid`, as
+/// message `n`.
+fn text_for(pnid: &str, n: usize) -> Vec<u8> {
+    String::from_utf8(fixture("text.json"))
+        .unwrap()
+        .replace("106540352242922", pnid)
+        .replace("wamid.HBgL", &format!("wamid.{n}.{pnid}."))
+        .into_bytes()
+}
+
+#[tokio::test]
+async fn a_channels_display_number_is_learnt_once_from_its_messages_so_its_quality_updates_match() {
+    let cfg = TestConfig::new().await;
+    // A number added without its display number, and one stored in another notation.
+    let (bare, formatted) = (unique_number(), unique_number());
+    cfg.add_channel(&bare, |c| c.waba_id = Some(WABA.into()))
+        .await;
+    cfg.add_channel(&formatted, |c| {
+        c.waba_id = Some("102290129340399".into());
+        c.display_phone_number = Some(DISPLAY.into());
+    })
+    .await;
+    let s = System {
+        pg: cfg.pg().await,
+        ingest: Ingest::start(cfg.ingest_settings()).await,
+        _worker: Some(Worker::start(cfg.worker_settings(&["account"])).await),
+        number: bare.clone(),
+        other: formatted.clone(),
+        cfg,
+    };
+    let learnt = "wafleet_display_numbers_learned_total";
+    s.post(&text_for(&formatted, 0)).await;
+    s.post(&text_for(&bare, 0)).await;
+    eventually(
+        "the display number recorded",
+        Duration::from_secs(10),
+        || async { s.column(&bare, "display_phone_number").await },
+    )
+    .await;
+    assert_eq!(
+        s.column(&bare, "display_phone_number").await.as_deref(),
+        Some("15550783881")
+    );
+    // The same digits in the operator's notation are kept as written.
+    assert_eq!(
+        s.column(&formatted, "display_phone_number")
+            .await
+            .as_deref(),
+        Some(DISPLAY)
+    );
+    // Cheap: more messages write nothing more.
+    for n in 1..6 {
+        s.post(&text_for(&bare, n)).await;
+        s.post(&text_for(&formatted, n)).await;
+    }
+
+    // Meta's quality update names the number by its display number: matched and recorded.
+    s.post(&change(
+        WABA,
+        "phone_number_quality_update",
+        quality("FLAGGED", "TIER_1K"),
+    ))
+    .await;
+    s.processed().await;
+    assert_eq!(
+        s.column(&bare, "quality_event").await.as_deref(),
+        Some("FLAGGED")
+    );
+    assert_eq!(s.ingest.metric(learnt).await, 1.0);
+    assert_eq!(
+        s.ingest
+            .metric(&format!("{learnt}{{result=\"recorded\"}}"))
+            .await,
+        1.0
+    );
+}

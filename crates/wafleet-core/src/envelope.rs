@@ -206,6 +206,17 @@ impl Update {
         }
     }
 
+    /// Where the update came from, if it belongs to a business number.
+    pub fn origin(&self) -> Option<&Origin> {
+        match self {
+            Update::Message(m) => Some(&m.origin),
+            Update::Status(s) => Some(&s.origin),
+            Update::Error(e) => Some(&e.origin),
+            Update::Echo(e) => Some(&e.origin),
+            Update::Event(_) => None,
+        }
+    }
+
     /// The business number the update belongs to, if it belongs to one.
     pub fn phone_number_id(&self) -> Option<&str> {
         match self {

@@ -39,6 +39,9 @@ pub struct ChannelRoute {
     pub phone_number_id: String,
     pub enabled: bool,
     pub bot_mode: BotMode,
+    /// As stored (`channel add --display-phone-number`, or learnt from Meta's webhooks, see
+    /// [`crate::ingest::display_numbers`]).
+    pub display_phone_number: Option<String>,
     /// Indices into [`Registry::secrets`] of the app secrets that may sign this number's updates.
     pub secret_ids: Vec<usize>,
     pub allowlist: HashSet<String>,
@@ -134,6 +137,7 @@ impl Registry {
                     phone_number_id: ch.phone_number_id.clone(),
                     enabled: ch.enabled,
                     bot_mode: ch.bot_mode,
+                    display_phone_number: ch.display_phone_number.clone(),
                     secret_ids,
                     allowlist: ch.phone_allowlist.iter().cloned().collect(),
                 },

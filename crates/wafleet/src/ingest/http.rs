@@ -383,7 +383,18 @@ async fn handle(state: &AppState, app: Option<&str>, headers: &HeaderMap, body: 
                 let kind = update.kind().as_str();
                 let quarantined = registry.refusal(update, secret_id);
                 match quarantined {
-                    None => appends.push(Append::update(&state.keys, update, received_at)),
+                    None => {
+                        appends.push(Append::update(&state.keys, update, received_at));
+                        // What Meta calls the number, learnt from an update taken for
+                        // processing (signed by the number's app, the channel serving): a
+                        // comparison with the registry, a write only when it differs.
+                        if let Some(origin) = update.origin()
+                            && let Some(display) = origin.display_phone_number.as_deref()
+                            && let Some(route) = registry.route(&origin.phone_number_id)
+                        {
+                            state.display_numbers.observe(route, display);
+                        }
+                    }
                     Some(reason) => {
                         tracing::info!(
                             phone_number_id = update.phone_number_id().unwrap_or("-"),

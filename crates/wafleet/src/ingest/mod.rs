@@ -8,6 +8,7 @@
 //!
 //! [`run`] is the seam binaries and tests call: settings, a bound listener, a shutdown future.
 
+pub mod display_numbers;
 mod http;
 
 use std::future::Future;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// `WAFLEET_MAX_BODY_BYTES`: a larger webhook is answered 413.
     pub max_body_bytes: usize,
+    /// Channels' display numbers learnt from the webhooks (see [`display_numbers`]).
+    pub display_numbers: display_numbers::DisplayNumbers,
 }
 
 /// Upserts the quick-start channel from `WHATSAPP_*` variables.
@@ -129,6 +132,7 @@ pub async fn run(
     let state = AppState {
         registry,
         redis,
+        display_numbers: display_numbers::DisplayNumbers::new(pg.clone()),
         pg,
         keys: Arc::new(Keys::new(common.redis_prefix.clone(), common.partitions)),
         enqueuer: Enqueuer::new(settings.dedup_ttl),

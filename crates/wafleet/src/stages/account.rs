@@ -259,7 +259,8 @@ impl AccountStage {
             return Ok("unknown_account");
         };
         // Meta names the number by its display number (a payload with the phone_number_id is
-        // taken by it): a channel without one stored cannot be matched.
+        // taken by it): a channel without one stored (ingest learns it from the number's
+        // messages, `crate::ingest::display_numbers`) cannot be matched.
         let channel = channels.iter().find(|c| {
             q.phone_number_id.as_deref() == Some(c.phone_number_id.as_str())
                 || q.display_phone_number
@@ -272,7 +273,8 @@ impl AccountStage {
                 waba_id = event.waba_id.as_deref().unwrap_or("-"),
                 channels = channels.len(),
                 "a number's quality update names a display number none of the account's channels \
-                 has stored (channel add --display-phone-number); kept, not recorded"
+                 has stored (learnt from the number's first message, or channel add \
+                 --display-phone-number); kept, not recorded"
             );
             return Ok("unmatched_number");
         };

@@ -250,6 +250,28 @@ pub async fn resume(pool: &PgPool, phone_number_id: &str) -> anyhow::Result<Resu
     })
 }
 
+/// Records `display` (digits, as Meta's webhooks write it) as the channel's display number
+/// unless the stored one has the same digits (a notation of the operator's is kept). Whether
+/// the row changed; a number no channel has changes nothing.
+pub async fn record_display_number(
+    pool: &PgPool,
+    phone_number_id: &str,
+    display: &str,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE channels SET display_phone_number = $2
+          WHERE phone_number_id = $1
+            AND (display_phone_number IS NULL
+                 OR regexp_replace(display_phone_number, '[^0-9]', '', 'g')
+                    <> regexp_replace($2, '[^0-9]', '', 'g'))",
+    )
+    .bind(phone_number_id)
+    .bind(display)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
 /// What a channel's secret is bound to when sealed (the AEAD's associated data).
 pub fn owner(phone_number_id: &str, field: &str) -> String {
     format!("channel:{phone_number_id}:{field}")

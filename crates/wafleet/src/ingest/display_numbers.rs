@@ -1,0 +1,115 @@
+//! Learning each channel's display number from Meta's own webhooks.
+//!
+//! Meta names a number in a `phone_number_quality_update` by its display number only, so the
+//! account stage can match such an update to a channel only when the channel has its display
+//! number stored. Every `messages` webhook carries it anyway, beside the `phone_number_id` we
+//! route by (`value.metadata.display_phone_number`, digits only). When an update ingest takes for
+//! processing names a display number whose digits differ from the channel's in the registry
+//! (none stored, or another), it is written to the channel, off the request path.
+//!
+//! Cheap by construction: the comparison is against the in-memory registry, so a channel whose
+//! number is stored costs nothing per message; a write happens once per channel and value (the
+//! registry reloads within `WAFLEET_CHANNEL_REFRESH_MS`, as the write moves the row's
+//! `updated_at`), and this process does not write the same value for the same channel again
+//! within [`RELEARN_AFTER`] while its registry still shows the old one. A stored number written
+//! in another notation (`+1 555-078-3881` for `15550783881`) has the same digits and is kept as
+//! the operator wrote it. Only updates that passed the signature and the channel's checks teach
+//! (a quarantined one, possibly another tenant's, never does). Logs name the channel, never the
+//! number.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+
+use crate::channels::ChannelRoute;
+use crate::store::channels;
+
+/// How long this process trusts its own write of a channel's display number before it writes
+/// the same value again (its registry did not reload, or a write failed silently elsewhere): one
+/// write a minute per channel at most, however many messages arrive meanwhile.
+pub const RELEARN_AFTER: Duration = Duration::from_secs(60);
+
+/// What one ingest process wrote lately, by phone_number_id.
+#[derive(Clone)]
+pub struct DisplayNumbers {
+    pg: PgPool,
+    written: Arc<Mutex<HashMap<String, (String, Instant)>>>,
+}
+
+fn digits(number: &str) -> String {
+    number.chars().filter(char::is_ascii_digit).collect()
+}
+
+impl DisplayNumbers {
+    pub fn new(pg: PgPool) -> Self {
+        Self {
+            pg,
+            written: Arc::default(),
+        }
+    }
+
+    /// Records `display` (the webhook's `metadata.display_phone_number`) on the channel of
+    /// `route` when its digits differ from the stored number's, in a task of its own.
+    pub fn observe(&self, route: &ChannelRoute, display: &str) {
+        // Compared digit by digit, allocating nothing: this runs for every update.
+        let digit = |c: &char| c.is_ascii_digit();
+        if !display.chars().any(|c| digit(&c))
+            || route.display_phone_number.as_deref().is_some_and(|stored| {
+                stored
+                    .chars()
+                    .filter(digit)
+                    .eq(display.chars().filter(digit))
+            })
+        {
+            return;
+        }
+        let seen = digits(display);
+        {
+            let mut written = self.written.lock().expect("display numbers lock poisoned");
+            if let Some((value, at)) = written.get(&route.phone_number_id)
+                && *value == seen
+                && at.elapsed() < RELEARN_AFTER
+            {
+                return;
+            }
+            written.insert(
+                route.phone_number_id.clone(),
+                (seen.clone(), Instant::now()),
+            );
+        }
+        let (this, pnid) = (self.clone(), route.phone_number_id.clone());
+        tokio::spawn(async move {
+            match channels::record_display_number(&this.pg, &pnid, &seen).await {
+                Ok(changed) => {
+                    let result = if changed { "recorded" } else { "unchanged" };
+                    metrics::counter!("wafleet_display_numbers_learned_total", "result" => result)
+                        .increment(1);
+                    if changed {
+                        tracing::info!(
+                            channel = %pnid,
+                            "the channel's display number was recorded from Meta's webhook \
+                             (quality updates name the number by it)"
+                        );
+                    }
+                }
+                Err(e) => {
+                    // Forgotten, so the next update of the channel tries again.
+                    this.written
+                        .lock()
+                        .expect("display numbers lock poisoned")
+                        .remove(&pnid);
+                    metrics::counter!("wafleet_display_numbers_learned_total", "result" => "failed")
+                        .increment(1);
+                    tracing::warn!(
+                        channel = %pnid,
+                        error = %e,
+                        "recording the channel's display number from Meta's webhook failed; \
+                         the next update tries again"
+                    );
+                }
+            }
+        });
+    }
+}

@@ -422,6 +422,31 @@ impl GraphClient {
         self.get_json(url, token, &query, "phone_number").await
     }
 
+    /// The apps subscribed to business account `waba_id`'s webhooks (`GET
+    /// /{version}/{waba_id}/subscribed_apps`): Meta sends an account's webhooks only to those.
+    /// Not in our reference (section C names the endpoint only among the rate-limited ones);
+    /// from Meta's public Graph API reference, "WhatsApp Business Account Subscribed Apps"
+    /// (developers.facebook.com/docs/graph-api/reference/whats-app-business-account/subscribed_apps/).
+    pub async fn subscribed_apps(
+        &self,
+        token: &str,
+        waba_id: &str,
+    ) -> Result<Vec<SubscribedApp>, GraphCallError> {
+        let Some(url) = self.node_url(waba_id) else {
+            return Err(GraphCallError::Transport {
+                reason: "waba_id is not a valid Graph API id".into(),
+                maybe_sent: false,
+            });
+        };
+        let url = format!("{url}/subscribed_apps");
+        let apps: SubscribedApps = self.get_json(url, token, &[], "subscribed_apps").await?;
+        Ok(apps
+            .data
+            .into_iter()
+            .filter_map(|a| a.whatsapp_business_api_data)
+            .collect())
+    }
+
     /// `GET url?query` with `token`, its 2xx body read as `T`; a refusal classified; timed in
     /// `wafleet_graph_call_seconds{call}`.
     async fn get_json<T: serde::de::DeserializeOwned>(
@@ -466,6 +491,29 @@ pub struct PhoneNumber {
 impl PhoneNumber {
     /// The `fields` asked for.
     pub const FIELDS: &str = "display_phone_number,verified_name,quality_rating";
+}
+
+/// What `GET /{version}/{waba_id}/subscribed_apps` answers: `{"data":
+/// [{"whatsapp_business_api_data": {"id", "name", "link"}}]}`, `{"data": []}` when no app is
+/// subscribed (Meta's public reference; not in ours). Read tolerantly: an item without the
+/// object is skipped.
+#[derive(serde::Deserialize)]
+struct SubscribedApps {
+    #[serde(default)]
+    data: Vec<SubscribedItem>,
+}
+
+#[derive(serde::Deserialize)]
+struct SubscribedItem {
+    whatsapp_business_api_data: Option<SubscribedApp>,
+}
+
+/// An app subscribed to a business account's webhooks.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct SubscribedApp {
+    /// The App ID (what `channel add --app-id` stores).
+    pub id: Option<String>,
+    pub name: Option<String>,
 }
 
 /// A customer's media file, fetched from Meta.

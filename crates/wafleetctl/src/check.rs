@@ -8,14 +8,23 @@
 //! ([`wafleet_core::graph_error`]) and code; Meta's own message and details are never shown, as
 //! a 190's quotes the token ("Malformed access token …"), and neither is the token.
 //!
-//! Not checked: that the app is subscribed to the WABA's webhooks. The API reference wafleet
-//! follows names `/{waba_id}/subscribed_apps` only among rate-limited endpoints and does not
-//! document its answer, so nothing is built on it.
+//! With the channel's business account stored (`--waba-id`), a second call,
+//! `GET /{version}/{waba_id}/subscribed_apps`, says whether the app is subscribed to the
+//! account's webhooks: Meta sends a number's messages and statuses only to the apps subscribed
+//! to its account, so a channel whose app is not gets nothing, however right its token. That
+//! endpoint is beyond our reference (which names it only among the rate-limited ones); its
+//! answer is Meta's public Graph API reference, "WhatsApp Business Account Subscribed Apps"
+//! (<https://developers.facebook.com/docs/graph-api/reference/whats-app-business-account/subscribed_apps/>):
+//! `{"data": [{"whatsapp_business_api_data": {"id", "name", "link"}}]}`. No app subscribed, or
+//! not the channel's (`--app-id`), fails the check; a refusal of that list (a token without
+//! `whatsapp_business_management`) is said, not failed: the number itself answered.
 
 use anyhow::Context;
 use wafleet::crypto::Cipher;
 use wafleet::db::PgPool;
-use wafleet::graph::{GraphCallError, GraphClient, PhoneNumber, UNPARSED_ERROR_CODE};
+use wafleet::graph::{
+    GraphCallError, GraphClient, PhoneNumber, SubscribedApp, UNPARSED_ERROR_CODE,
+};
 use wafleet::stages::process::GraphSettings;
 use wafleet::store::channels;
 use wafleet_core::graph_error::{
@@ -42,12 +51,83 @@ pub async fn check(pool: &PgPool, cipher: &Cipher, pnid: &str) -> anyhow::Result
         })?;
     let settings = GraphSettings::from_env()?;
     let graph = GraphClient::new(&settings.base_url, &settings.version, settings.timeout);
-    match graph.phone_number(token.expose(), pnid).await {
-        Ok(number) => Ok(report(&stored, &number)),
-        Err(e) => Err(anyhow::anyhow!(
-            "channel {pnid} failed its check: {}",
-            failure(pnid, &settings.base_url, &e)
+    let number = graph
+        .phone_number(token.expose(), pnid)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "channel {pnid} failed its check: {}",
+                failure(pnid, &settings.base_url, &e)
+            )
+        })?;
+    let mut lines = report(&stored, &number);
+    if let Some(waba) = &stored.waba_id {
+        match graph.subscribed_apps(token.expose(), waba).await {
+            Ok(apps) => match subscription(waba, stored.app_id.as_deref(), &apps) {
+                Ok(line) => lines.push(line),
+                Err(failed) => anyhow::bail!(
+                    "channel {pnid} failed its check: {failed}\n{}",
+                    lines.join("\n")
+                ),
+            },
+            Err(e) => lines.push(format!(
+                "  webhooks: not checked: {}",
+                list_failure(waba, &settings.base_url, &e)
+            )),
+        }
+    }
+    Ok(lines)
+}
+
+/// Whether the channel's app is among those subscribed to business account `waba`'s webhooks:
+/// the report's line, or why the check fails (with what fixes it).
+fn subscription(
+    waba: &str,
+    app_id: Option<&str>,
+    apps: &[SubscribedApp],
+) -> Result<String, String> {
+    let ids: Vec<&str> = apps.iter().filter_map(|a| a.id.as_deref()).collect();
+    let fix = format!(
+        "run POST /{waba}/subscribed_apps with a token of the app (Meta's embedded signup does \
+         it); until then Meta sends the number's webhooks nowhere"
+    );
+    match app_id {
+        _ if apps.is_empty() => Err(format!(
+            "webhooks: app not subscribed to WABA {waba} — {fix}"
         )),
+        Some(app) if ids.contains(&app) => {
+            Ok(format!("  webhooks: app {app} subscribed to WABA {waba}"))
+        }
+        Some(app) => Err(format!(
+            "webhooks: app {app} not subscribed to WABA {waba} (subscribed: {}) — {fix}",
+            if ids.is_empty() {
+                "apps without an id".to_string()
+            } else {
+                ids.join(", ")
+            }
+        )),
+        None => Ok(format!(
+            "  webhooks: WABA {waba} has {} app(s) subscribed ({}); store the channel's --app-id \
+             to check that one is its app",
+            apps.len(),
+            ids.join(", ")
+        )),
+    }
+}
+
+/// Why the business account's subscribed apps were not listed: Meta's code, never its words.
+fn list_failure(waba: &str, base_url: &str, e: &GraphCallError) -> String {
+    match e {
+        GraphCallError::Transport { reason, .. } => {
+            format!("Meta's Graph API at {base_url} gave no usable answer ({reason})")
+        }
+        GraphCallError::Rejected {
+            http_status, error, ..
+        } => format!(
+            "Meta did not list WABA {waba}'s subscribed apps ({}); the token needs the \
+             whatsapp_business_management permission for it",
+            code_text(*http_status, error)
+        ),
     }
 }
 
@@ -86,10 +166,11 @@ fn report(stored: &channels::Summary, number: &PhoneNumber) -> Vec<String> {
             number.quality_rating.clone().unwrap_or_else(unknown)
         ),
     ];
-    if let Some(waba) = &stored.waba_id {
-        lines.push(format!(
-            "  webhooks of WABA {waba}: not checked (see the README, Going live)"
-        ));
+    if stored.waba_id.is_none() {
+        lines.push(
+            "  webhooks: not checked: no WABA stored (channel add --waba-id) to ask Meta about"
+                .into(),
+        );
     }
     lines
 }
@@ -282,6 +363,36 @@ mod tests {
             lines[2].contains("stored name \"Sol\": differs"),
             "{lines:?}"
         );
+    }
+
+    #[test]
+    fn the_app_must_be_among_those_subscribed_to_the_business_account() {
+        let app = |id: &str| SubscribedApp {
+            id: Some(id.into()),
+            name: None,
+        };
+        let fails = |r: Result<String, String>| r.expect_err("a failed check");
+        let none = fails(subscription("42", Some("7"), &[]));
+        assert!(
+            none.starts_with(
+                "webhooks: app not subscribed to WABA 42 — run POST /42/subscribed_apps"
+            ),
+            "{none}"
+        );
+        let other = fails(subscription("42", Some("7"), &[app("8")]));
+        assert!(
+            other.starts_with(
+                "webhooks: app 7 not subscribed to WABA 42 (subscribed: 8) — run POST"
+            ),
+            "{other}"
+        );
+        assert_eq!(
+            subscription("42", Some("7"), &[app("8"), app("7")]),
+            Ok("  webhooks: app 7 subscribed to WABA 42".into())
+        );
+        let unknown = subscription("42", None, &[app("8")]).unwrap();
+        assert!(unknown.contains("1 app(s) subscribed (8)"), "{unknown}");
+        assert!(fails(subscription("42", None, &[])).contains("app not subscribed"));
     }
 
     #[test]

@@ -591,7 +591,9 @@ enum ChannelCommand {
     /// Ask Meta about the number with the channel's stored access token (GET
     /// /{version}/{phone_number_id}): its display number, verified name and quality rating
     /// beside what is stored, or what is wrong (a bad token, a number Meta does not know, a
-    /// missing permission, Meta out of reach), exiting 1.
+    /// missing permission, Meta out of reach), exiting 1; with --waba-id stored, also whether
+    /// the app is subscribed to the account's webhooks (GET /{version}/{waba_id}/subscribed_apps),
+    /// exiting 1 when it is not.
     Check { phone_number_id: String },
 }
 

@@ -1887,3 +1887,51 @@ async fn an_operator_clears_a_restriction_meta_lifted_early_and_it_is_logged() {
         .refused(1)
         .complains(&format!("no channel {UNKNOWN}"));
 }
+
+#[tokio::test]
+async fn channel_check_fails_when_the_app_is_not_subscribed_to_the_business_accounts_webhooks() {
+    const WABA: &str = "102290129340398";
+    let cfg = TestConfig::new().await;
+    let (sim, env) = meta(&cfg).await;
+    let add = |app: &'static str| {
+        let env = env.clone();
+        async move {
+            #[rustfmt::skip]
+            let args = ["channel", "add", "--phone-number-id", PNID, "--access-token", ACCESS_TOKEN,
+                        "--waba-id", WABA, "--app-id", app];
+            run(&env, &args).await.ok()
+        }
+    };
+    let check = || {
+        let env = env.clone();
+        async move { run(&env, &["channel", "check", PNID]).await }
+    };
+    // What an operator (or Meta's embedded signup) does to the account's subscription.
+    let subscription = |method: reqwest::Method| {
+        let request = reqwest::Client::new()
+            .request(method, format!("{}/v23.0/{WABA}/subscribed_apps", sim.url))
+            .bearer_auth(ACCESS_TOKEN);
+        async move { assert!(request.send().await.unwrap().status().is_success()) }
+    };
+    add(wafleet_sim::APP_ID).await;
+    check().await.ok().line(&format!(
+        "  webhooks: app {} subscribed to WABA {WABA}",
+        wafleet_sim::APP_ID
+    ));
+
+    subscription(reqwest::Method::DELETE).await;
+    let ran = check().await.refused(1);
+    ran.complains(&format!(
+        "webhooks: app not subscribed to WABA {WABA} — run POST /{WABA}/subscribed_apps"
+    ))
+    .never_shows(ACCESS_TOKEN);
+
+    subscription(reqwest::Method::POST).await;
+    check().await.ok();
+    // Another app than the channel's is subscribed: said, failed.
+    add("1111111111").await;
+    check().await.refused(1).complains(&format!(
+        "webhooks: app 1111111111 not subscribed to WABA {WABA} (subscribed: {})",
+        wafleet_sim::APP_ID
+    ));
+}

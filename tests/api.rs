@@ -3859,6 +3859,37 @@ async fn a_named_template_goes_out_with_each_parameter_named_and_a_mismatch_is_r
     assert_eq!(s.sim.state.messages().len(), 1);
 }
 
+#[tokio::test]
+async fn the_model_reads_a_named_template_as_the_customer_read_it() {
+    let s = system().await;
+    s.with_account().await;
+    let mut body = pickup(
+        "573005550197",
+        json!({"order_id": "#1042"}),
+        json!({"customer_name": "Ana", "order_id": "#1042", "store": "Calle 10"}),
+    );
+    body["answered_by"] = json!("bot");
+    let (status, queued) = s.template_to("nb1", body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{queued}");
+    s.sent(1).await;
+    s.customer_writes(SHOP, "573005550197", "wamid.NB1", 2)
+        .await;
+    let asked = s.sim.state.llm_requests();
+    let system = asked.last().unwrap().body["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for shown in [
+        "Pedido #1042 listo",
+        "Hola Ana, recoge tu pedido #1042 en Calle 10.",
+        "Tienda Sol",
+    ] {
+        assert!(system.contains(shown), "{shown}: {system}");
+    }
+    assert!(!system.contains("{{"), "{system}");
+    assert!(!system.contains("[template"), "{system}");
+}
+
 /// The order-delayed template (positional parameters) to `to` through `api`, with the shop's
 /// `token`.
 async fn delayed_through(api: &Api, token: &str, key: &str, to: &str) -> (StatusCode, Value) {

@@ -18,6 +18,7 @@ use wafleet::store::channels::{self, BotMode, ChannelSpec};
 use wafleet::store::settings;
 
 mod check;
+mod upload;
 
 // `println!` and `print!` in this file are these. Std's panic once stdout's reader is gone
 // (`wafleetctl conversation list | head -1`: "failed printing to stdout: Broken pipe", exit 101,
@@ -209,7 +210,8 @@ enum ConversationCommand {
     /// Send the customer a message as a human agent (the conversation must be with a human and
     /// the customer's last message less than 24 hours old). Sent as written, through the same
     /// rate limits and at-most-once sending as the bot's replies. Or a file (--image, --document,
-    /// --audio, --video, --sticker: an https link Meta fetches, or an uploaded media id), or the
+    /// --audio, --video, --sticker: an https link Meta fetches, an uploaded media id, or @PATH, a
+    /// file on this machine, uploaded to Meta with the channel's token first), or the
     /// text with reply buttons (--button, up to 3) or a list to pick from (--list-button and
     /// --row, up to 10 rows): Meta's limits are checked before anything is recorded.
     Reply {
@@ -256,20 +258,23 @@ enum ConversationCommand {
 /// A file, reply buttons or a list, as `conversation reply` takes them.
 #[derive(clap::Args)]
 struct ContentArgs {
-    /// An image (JPEG, PNG; Meta takes up to 5 MB): an https link or a media id.
-    #[arg(long, value_name = "URL|ID", group = "file", conflicts_with_all = ["buttons", "rows"])]
+    /// An image (JPEG, PNG; Meta takes up to 5 MB): an https link, a media id, or @PATH, a file
+    /// on this machine (@./photo.jpg), uploaded first with the channel's token (needs
+    /// WAFLEET_ENCRYPTION_KEY; its type from its name).
+    #[arg(long, value_name = "URL|ID|@PATH", group = "file", conflicts_with_all = ["buttons", "rows"])]
     image: Option<String>,
-    /// A document (a PDF invoice, a catalogue; up to 100 MB): an https link or a media id.
-    #[arg(long, value_name = "URL|ID", group = "file")]
+    /// A document (a PDF invoice, a catalogue; up to 100 MB): an https link, a media id or
+    /// @PATH (the file's name is the document's unless --filename).
+    #[arg(long, value_name = "URL|ID|@PATH", group = "file")]
     document: Option<String>,
-    /// A voice note or audio file (up to 16 MB): an https link or a media id.
-    #[arg(long, value_name = "URL|ID", group = "file")]
+    /// A voice note or audio file (up to 16 MB): an https link, a media id or @PATH.
+    #[arg(long, value_name = "URL|ID|@PATH", group = "file")]
     audio: Option<String>,
-    /// A video (MP4, 3GPP; up to 16 MB): an https link or a media id.
-    #[arg(long, value_name = "URL|ID", group = "file")]
+    /// A video (MP4, 3GPP; up to 16 MB): an https link, a media id or @PATH.
+    #[arg(long, value_name = "URL|ID|@PATH", group = "file")]
     video: Option<String>,
-    /// A sticker (WebP): an https link or a media id.
-    #[arg(long, value_name = "URL|ID", group = "file")]
+    /// A sticker (WebP, up to 500 KB): an https link, a media id or @PATH.
+    #[arg(long, value_name = "URL|ID|@PATH", group = "file")]
     sticker: Option<String>,
     /// The file's caption (not for audio or a sticker).
     #[arg(long, requires = "file")]
@@ -1507,7 +1512,24 @@ async fn conversation(pool: &wafleet::db::PgPool, cmd: ConversationCommand) -> a
                 }
                 other => other,
             };
-            let media = content.media();
+            let mut media = content.media();
+            // A file on this machine (`@PATH`): checked now, before a reference is printed;
+            // uploaded once the message is otherwise ready, and sent by the id Meta answers.
+            let local = match media.as_mut() {
+                Some(m) => match m.id.as_deref().and_then(upload::local_path) {
+                    Some(path) => {
+                        let file = upload::LocalFile::inspect(&m.kind, path)?;
+                        if m.kind == "document" && m.filename.is_none() {
+                            m.filename = file.name().map(str::to_string);
+                        }
+                        // Stands for the id Meta will answer in the check of the message.
+                        m.id = Some("0".into());
+                        Some(file)
+                    }
+                    None => None,
+                },
+                None => None,
+            };
             let buttons: Vec<Button> = content
                 .buttons
                 .iter()
@@ -1558,6 +1580,16 @@ async fn conversation(pool: &wafleet::db::PgPool, cmd: ConversationCommand) -> a
             };
             let reference = announce_reference(reference);
             let (keys, mut con) = redis_side().await?;
+            let uploaded;
+            let rich = match (rich, local) {
+                (Some(Content::Media(m)), Some(file)) => {
+                    let mut m = m.clone();
+                    m.id = Some(send_local_file(pool, conversation_id, &reference, &file).await?);
+                    uploaded = m;
+                    Some(Content::Media(&uploaded))
+                }
+                (rich, _) => rich,
+            };
             let queued = match rich {
                 Some(content) => {
                     agents::reply_content(
@@ -1665,6 +1697,31 @@ async fn conversation(pool: &wafleet::db::PgPool, cmd: ConversationCommand) -> a
         }
     }
     Ok(())
+}
+
+/// The media id to send the local `file` by in `conversation_id`: the one an earlier run with
+/// `reference` uploaded and recorded (a repeated request neither uploads nor sends again), else
+/// the file uploaded now for the conversation's number. An upload whose run then fails before
+/// the message is recorded is made again by the repeat (Meta keeps the unused one 30 days).
+async fn send_local_file(
+    pool: &db::PgPool,
+    conversation_id: i64,
+    reference: &str,
+    file: &upload::LocalFile,
+) -> anyhow::Result<String> {
+    if let Some(id) = upload::recorded_id(pool, conversation_id, reference, file.kind()).await? {
+        println!(
+            "uploaded before with this reference as {}: media id {id}",
+            file.kind()
+        );
+        return Ok(id);
+    }
+    let pnid = wafleet::store::conversations::phone_number_id(pool, conversation_id)
+        .await?
+        .ok_or(wafleet::agents::AgentError::NoConversation(conversation_id))?;
+    let id = file.upload(pool, &pnid).await?;
+    println!("uploaded as {}: media id {id}", file.kind());
+    Ok(id)
 }
 
 /// The reference of an agent's request, a fresh one when not given, printed before anything can

@@ -204,6 +204,15 @@ impl TempFile {
         Self(path)
     }
 
+    /// A file whose name ends in `.EXT`, as an operator's photo or invoice does.
+    fn with_extension(extension: &str, contents: &[u8]) -> Self {
+        let file = Self::new(contents);
+        let named = file.0.with_extension(extension);
+        std::fs::rename(&file.0, &named).unwrap();
+        std::mem::forget(file);
+        Self(named)
+    }
+
     fn path(&self) -> &str {
         self.0.to_str().unwrap()
     }
@@ -1934,4 +1943,137 @@ async fn channel_check_fails_when_the_app_is_not_subscribed_to_the_business_acco
         "webhooks: app 1111111111 not subscribed to WABA {WABA} (subscribed: {})",
         wafleet_sim::APP_ID
     ));
+}
+
+/// `conversation reply ID --image @PATH`: a file on the operator's disk is uploaded to Meta with
+/// the channel's token and sent by the id Meta gave it, once however often the command is
+/// repeated with its reference (not uploaded again once recorded); a missing file, one too
+/// large for its kind or of a type WhatsApp does not take is refused naming why, before anything
+/// is uploaded or recorded.
+#[tokio::test]
+async fn an_agent_sends_a_file_from_disk_uploaded_with_the_channels_token_and_sent_by_its_id() {
+    let cfg = TestConfig::new().await;
+    let (sim, env) = meta(&cfg).await;
+    store_one_message(&cfg, "¿me mandas la foto del pedido?").await;
+    let pg = cfg.pg().await;
+    let (id,): (i64,) = sqlx::query_as("SELECT id FROM conversations")
+        .fetch_one(&pg)
+        .await
+        .unwrap();
+    let id = id.to_string();
+    run(&env, &["conversation", "take", &id]).await.ok();
+    let bytes = b"\xff\xd8\xff\xe0 a photo of the order";
+    let photo = TempFile::with_extension("jpg", bytes);
+    let at = format!("@{}", photo.path());
+    #[rustfmt::skip]
+    let reply = ["conversation", "reply", &id, "--image", &at, "--caption", "Tu pedido",
+                 "--reference", "photo-1"];
+    let sent = run(&env, &reply).await.ok();
+    sent.says("queued in 1 part(s)");
+    let uploads = sim.state.uploads();
+    assert_eq!(uploads.len(), 1, "{uploads:?}");
+    assert_eq!(uploads[0].phone_number_id, PNID);
+    assert_eq!(uploads[0].mime_type, "image/jpeg");
+    assert_eq!(uploads[0].size, bytes.len());
+    sent.says(&format!("uploaded as image: media id {}", uploads[0].id))
+        .never_shows(ACCESS_TOKEN);
+
+    // The sender sends it by the id Meta gave.
+    let worker = Worker::start(cfg.pipeline_settings(&["sender"], &sim, vec![])).await;
+    let messages = eventually(
+        "the image at the Graph API",
+        Duration::from_secs(30),
+        || {
+            let sim = &sim;
+            async move {
+                let m = sim.state.messages();
+                (!m.is_empty()).then_some(m)
+            }
+        },
+    )
+    .await;
+    assert_eq!(messages[0].kind, "image");
+    assert_eq!(
+        messages[0].message,
+        Some(serde_json::json!({"id": uploads[0].id, "caption": "Tu pedido"}))
+    );
+    wait_count(
+        &pg,
+        "SELECT count(*) FROM outbound_messages WHERE state = 'accepted'",
+        1,
+        20,
+    )
+    .await;
+    // Repeated with its reference (the first run's answer lost): not uploaded, not sent again.
+    let again = run(&env, &reply).await.ok();
+    again.says("recorded and settled before with this reference; nothing sent");
+    assert_eq!(sim.state.uploads().len(), 1);
+    worker.stop().await.unwrap();
+    assert_eq!(sim.state.messages().len(), 1);
+
+    // Refused before anything is uploaded or recorded, saying why.
+    let missing = format!("@{}/no-such-photo.jpg", std::env::temp_dir().display());
+    run(&env, &["conversation", "reply", &id, "--image", &missing])
+        .await
+        .refused(1)
+        .complains("no-such-photo.jpg")
+        .complains("No such file");
+    let large = TempFile::with_extension("png", &vec![0u8; 5 * 1024 * 1024 + 1]);
+    run(
+        &env,
+        &[
+            "conversation",
+            "reply",
+            &id,
+            "--image",
+            &format!("@{}", large.path()),
+        ],
+    )
+    .await
+    .refused(1)
+    .complains("5242881 bytes")
+    .complains("WhatsApp takes at most 5242880 for an image");
+    let gif = TempFile::with_extension("gif", b"GIF89a");
+    run(
+        &env,
+        &[
+            "conversation",
+            "reply",
+            &id,
+            "--image",
+            &format!("@{}", gif.path()),
+        ],
+    )
+    .await
+    .refused(1)
+    .complains("image/gif is not a type WhatsApp takes");
+    let sticker = TempFile::with_extension("webp", b"RIFF....WEBP");
+    run(
+        &env,
+        &[
+            "conversation",
+            "reply",
+            &id,
+            "--image",
+            &format!("@{}", sticker.path()),
+        ],
+    )
+    .await
+    .refused(1)
+    .complains("image/webp is sent as a sticker: give it with --sticker");
+    // The channel's token is sealed: without the key, the file cannot be uploaded.
+    let keyless: Vec<(String, String)> = env
+        .iter()
+        .filter(|(k, _)| k != "WAFLEET_ENCRYPTION_KEY")
+        .cloned()
+        .collect();
+    run(&keyless, &["conversation", "reply", &id, "--image", &at])
+        .await
+        .refused(1)
+        .complains("WAFLEET_ENCRYPTION_KEY");
+    assert_eq!(sim.state.uploads().len(), 1);
+    assert_eq!(
+        count(&cfg, "SELECT count(*) FROM outbound_messages").await,
+        1
+    );
 }

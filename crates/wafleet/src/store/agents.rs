@@ -666,6 +666,26 @@ struct Target {
     user_id: Option<String>,
 }
 
+/// The Graph API message fields (`payload`) of the first part an agent's message with
+/// `reference` recorded in the conversation, if one did: how `wafleetctl conversation reply …
+/// --image @PATH` repeated with its reference finds the media id its first run uploaded and
+/// recorded, instead of uploading the file again (a new id would look like another message).
+pub async fn recorded_payload(
+    pool: &PgPool,
+    conversation_id: i64,
+    reference: &str,
+) -> sqlx::Result<Option<serde_json::Value>> {
+    let payload: Option<Option<serde_json::Value>> = sqlx::query_scalar(
+        "SELECT payload FROM outbound_messages
+          WHERE conversation_id = $1 AND agent_ref = $2 AND part_no = 0",
+    )
+    .bind(conversation_id)
+    .bind(reference)
+    .fetch_optional(pool)
+    .await?;
+    Ok(payload.flatten())
+}
+
 /// The parts recorded under a message's reference, in order: id, body, state, payload.
 async fn recorded(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,

@@ -349,6 +349,8 @@ mod tests {
                 "  display number: +1 555-000-0000 (stored 15550000000: matches)",
                 "  verified name: Tienda Sol (stored name \"Tienda Sol\": matches)",
                 "  quality rating: (not given by Meta)",
+                // No business account stored: the subscription cannot be asked about.
+                "  webhooks: not checked: no WABA stored (channel add --waba-id) to ask Meta about",
             ]
         );
         let lines = report(&stored(None, ""), &meta);

@@ -2607,6 +2607,86 @@ async fn a_late_status_showing_meta_took_an_agents_message_given_up_corrects_its
 }
 
 #[tokio::test]
+async fn a_failed_status_of_an_agents_message_announced_unanswered_tells_dashboards_metas_code_once()
+ {
+    let s = sends_given_up_when_unanswered().await;
+    let id = s.taken(SHOP, "573131", "wamid.LF1").await;
+    let part = s.unanswered_agent_message(id, "ref-late-failed").await;
+    wait_count(
+        &s.pg,
+        &format!(
+            "SELECT count(*) FROM outbound_messages
+              WHERE id = {part} AND failure_announced AND failure_shown"
+        ),
+        1,
+        30,
+    )
+    .await;
+    // Meta had taken the send, and fails it late: its status names our callback.
+    let taken = s
+        .sim
+        .state
+        .messages()
+        .into_iter()
+        .find(|m| m.body == "Su pedido 4412 sale hoy")
+        .unwrap();
+    let failed = status_body(
+        SHOP,
+        json!([{"id": taken.wamid, "status": "failed",
+                "timestamp": chrono::Utc::now().timestamp().to_string(),
+                "recipient_id": "573131",
+                "biz_opaque_callback_data": taken.callback_data,
+                "errors": [{"code": 131026, "title": "Message undeliverable"}]}]),
+    );
+    assert_eq!(
+        s.ingest.post_signed(&failed, APP_SECRET).await.status(),
+        200
+    );
+    let cfg = &s.cfg;
+    let events = eventually(
+        "dashboards told Meta's code",
+        Duration::from_secs(30),
+        || async move {
+            let events = part_events(cfg, part).await;
+            (events.len() >= 2).then_some(events)
+        },
+    )
+    .await;
+    let refined = &events[1];
+    assert_eq!(
+        (
+            &refined["kind"],
+            &refined["reason"],
+            &refined["code"],
+            &refined["refines"],
+            &refined["conversation_id"],
+            &refined["reference"],
+        ),
+        (
+            &json!("message_failed"),
+            &json!("permanent"),
+            &json!(131026),
+            &json!("unanswered"),
+            &json!(id),
+            &json!("ref-late-failed"),
+        ),
+        "{refined}"
+    );
+    assert_eq!(events[0]["refines"], Value::Null, "{}", events[0]);
+    // Meta redelivers the status: dashboards are not told twice.
+    s.cfg.wait_statuses_drained(30).await;
+    s.cfg.forget_dedup_marks().await;
+    assert_eq!(
+        s.ingest.post_signed(&failed, APP_SECRET).await.status(),
+        200
+    );
+    s.cfg.wait_inbound_drained(30).await;
+    s.cfg.wait_statuses_drained(30).await;
+    assert_eq!(part_events(&s.cfg, part).await.len(), 2);
+    assert_eq!(s.sim.state.messages().len(), 2, "nothing was sent again");
+}
+
+#[tokio::test]
 async fn an_agents_message_announced_failed_that_an_operators_replay_sends_is_corrected_once() {
     let s = sends_given_up_when_unanswered().await;
     let id = s.taken(SHOP, "573131", "wamid.LR2").await;

@@ -4969,8 +4969,17 @@ async fn a_late_status_of_a_send_before_a_replay_is_not_taken_for_the_send_after
         recipient: None,
         phone_number_id: None,
     };
+    // Known as that send's (recorded among the part's other sends), never parked.
     let applied = apply_statuses(&mut conn, &[late]).await.unwrap();
-    assert_eq!(applied, [StatusApplied::Kept]);
+    assert_eq!(
+        applied,
+        [StatusApplied::OtherSend {
+            by_agent: false,
+            adopted: false,
+            duplicate: false
+        }]
+    );
+    assert_eq!(s.count("SELECT count(*) FROM early_statuses").await, 0);
     let part = parts(&s.pg, &[callback.outbound_id])
         .await
         .unwrap()
@@ -5296,6 +5305,104 @@ async fn a_resend_after_a_configuration_failure_that_meta_takes_without_answerin
     );
     s.settled().await;
     assert_eq!(s.sim.state.messages().len(), 2);
+}
+
+#[tokio::test]
+async fn a_late_status_of_an_ambiguous_send_after_its_resend_was_claimed_stops_the_resends() {
+    // Meta takes the first send and delivers it, but never answers the request, and its
+    // statuses come late (the test posts them); every later send goes unanswered and nowhere.
+    // The first send is taken as lost after a second and sent again; the first send's status
+    // comes in while that resend waits for an answer. Before, it named a send the part no longer
+    // held and was parked in `early_statuses` for a wamid nobody would record, and the part
+    // was sent 6 more times (the bound, 8 sends) though the customer had it.
+    let s = system_tweaked(
+        SimConfig {
+            status_delay: Duration::from_secs(3600),
+            ..SimConfig::default()
+        },
+        |s| vec![s.standin()],
+        &["conversation", "status", "llm", "sender"],
+        |w| {
+            w.graph.timeout = Duration::from_millis(300);
+            w.send.ambiguous_resend_after = Duration::from_secs(1);
+            w.send.ambiguous_check = Duration::from_millis(50);
+        },
+    )
+    .await;
+    s.sim
+        .state
+        .add_fault(fault(serde_json::json!({"hang": true, "count": 1})));
+    s.sim.state.add_fault(fault(
+        serde_json::json!({"code": 131000, "hang": true, "count": 1000}),
+    ));
+    s.send("573038", "wamid.EARLIER", "hola").await;
+    let first = s.sent(1).await.remove(0);
+    wait_count(
+        &s.pg,
+        "SELECT count(*) FROM outbound_messages WHERE state = 'sending' AND attempts = 2",
+        1,
+        30,
+    )
+    .await;
+    let before = metric_value(
+        &wafleet::telemetry::metrics_handle().render(),
+        r#"wafleet_statuses_total{result="earlier_send"}"#,
+    );
+    let late = status_body(
+        PNID,
+        serde_json::json!([{"id": first.wamid, "status": "delivered",
+                "timestamp": now().to_string(), "recipient_id": "573038",
+                "biz_opaque_callback_data": first.callback_data}]),
+    );
+    assert_eq!(s.ingest.post_signed(&late, APP_SECRET).await.status(), 200);
+    eventually(
+        "the part accepted, or sent a third time",
+        Duration::from_secs(30),
+        || async {
+            let done = s
+                .count(
+                    "SELECT count(*) FROM outbound_messages
+                      WHERE state = 'accepted' OR attempts > 2",
+                )
+                .await;
+            (done > 0).then_some(())
+        },
+    )
+    .await;
+    let part = || async {
+        sqlx::query_as::<_, (String, Option<String>, Option<String>, i32)>(
+            "SELECT state, wamid, delivery, attempts FROM outbound_messages",
+        )
+        .fetch_one(&s.pg)
+        .await
+        .unwrap()
+    };
+    let want = (
+        "accepted".to_string(),
+        Some(first.wamid.clone()),
+        Some("delivered".to_string()),
+        2,
+    );
+    assert_eq!(
+        part().await,
+        want,
+        "the first send is the part's, and the resend is not repeated"
+    );
+    s.settled().await;
+    assert_eq!(part().await, want);
+    assert_eq!(
+        s.count("SELECT count(*) FROM early_statuses").await,
+        0,
+        "no status of ours parked"
+    );
+    assert!(
+        metric_value(
+            &wafleet::telemetry::metrics_handle().render(),
+            r#"wafleet_statuses_total{result="earlier_send"}"#,
+        ) > before,
+        "the status is counted as an earlier send's"
+    );
+    assert_eq!(s.sim.state.messages().len(), 1);
 }
 
 #[tokio::test]

@@ -267,7 +267,10 @@ async fn announce_each(
 /// status redelivered, or the workers' sweep, [`announce_late_agent_parts`]), which the event's
 /// mark keeps from doubling it. The event carries ids, Meta's `code` and our reading of it
 /// ([`crate::store::agents::failure_reason`]), never Meta's words (they can quote a token), the
-/// text, nor the customer's number. Answers how many went.
+/// text, nor the customer's number. A part dashboards were told failed `unanswered` that a late
+/// `failed` status then fails with Meta's code is announced again, once, its event's `refines`
+/// naming the reason it refines (`outbound_messages.failure_refines`, set with the status).
+/// Answers how many went.
 pub async fn announce_failures(
     pg: &sqlx::PgPool,
     redis: &crate::shared_redis::SharedRedis,
@@ -351,6 +354,11 @@ async fn publish_failures(
             .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
         {
             event["template"] = wafleet_core::format::template::outline(&object).into();
+        }
+        // Meta's code for a part dashboards were told failed `unanswered`: the same failure,
+        // now with its code (its mark differs by the delivery rank a `failed` status sets).
+        if let Some(refines) = &f.refines {
+            event["refines"] = refines.as_str().into();
         }
         let once = format!(
             "message_failed:{}:{}:{}:{}",

@@ -800,6 +800,15 @@ impl SenderStage {
         }
         match acceptance {
             Acceptance::Recorded => Ok(Step::Next),
+            Acceptance::SecondCopy => {
+                metrics::counter!("wafleet_sender_duplicates_total").increment(1);
+                tracing::warn!(
+                    outbound_id = part.id,
+                    "Meta took two sends of one part (an ambiguous send and its resend): the \
+                     customer has two copies"
+                );
+                Ok(Step::Next)
+            }
             Acceptance::FailedFirst { code } => {
                 self.failed_before_recorded(job, channel, part, code.map(i64::from))
                     .await

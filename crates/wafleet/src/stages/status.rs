@@ -2,7 +2,10 @@
 //! forward only (sent → delivered → read; `failed` is final and keeps Meta's code and title).
 //! A status for a wamid we have not recorded yet is kept and applied when the sender records it;
 //! one that echoes our tagged outbound id in `biz_opaque_callback_data` reconciles an ambiguous
-//! send (callback data another app set is ignored).
+//! send (callback data another app set is ignored). One that names another send of the part
+//! than the one it holds (an ambiguous send's, after its resend was claimed) is never parked:
+//! while the part holds no send Meta took it makes that send the part's, so nothing is sent
+//! again; otherwise it is recorded among the part's other sends, a second copy counted.
 //! A `failed` status is classified on its code like a synchronous Graph error (reference C.1:
 //! one classifier for both paths): 131047 (the 24-hour window had closed) hands the conversation
 //! to a human; a throttle or a transient error queues the part's send again, and the sender
@@ -109,8 +112,20 @@ impl Handler for StatusStage {
             StatusApplied::Advanced { .. } => "advanced",
             StatusApplied::Stale => "stale",
             StatusApplied::Kept => "kept",
+            StatusApplied::OtherSend { adopted: true, .. } => "earlier_send",
+            StatusApplied::OtherSend { .. } => "other_send",
         };
         metrics::counter!("wafleet_statuses_total", "result" => label).increment(1);
+        if let StatusApplied::OtherSend {
+            by_agent,
+            adopted,
+            duplicate,
+        } = applied
+        {
+            return self
+                .other_send(callback, by_agent, adopted, duplicate, &s.status)
+                .await;
+        }
         // Not for an agent's message or template: a human had the conversation when it was
         // written, and may have released it since.
         if let (
@@ -192,6 +207,50 @@ impl Handler for StatusStage {
 }
 
 impl StatusStage {
+    /// A status of another send of a part than the one it holds ([`StatusApplied::OtherSend`]):
+    /// an ambiguous send's that came after its resend was claimed. Adopted, it made that send
+    /// the part's, and nothing is sent again: an agent's part dashboards heard of as given up
+    /// hears it went out after all. A duplicate (Meta took two sends of the part) is counted
+    /// and logged, with ids only: the customer has two copies.
+    async fn other_send(
+        &self,
+        callback: Option<crate::crypto::Callback>,
+        by_agent: bool,
+        adopted: bool,
+        duplicate: bool,
+        status: &str,
+    ) -> Outcome {
+        let outbound_id = callback.map(|c| c.outbound_id);
+        if adopted {
+            tracing::info!(
+                outbound_id,
+                status = shown_status(status),
+                "a late status shows Meta took an earlier send of a part sent again; that send \
+                 is the part's and the part is not sent again"
+            );
+            if by_agent
+                && let Err(outcome) = announce_recoveries(
+                    &self.pg,
+                    &self.redis,
+                    &self.keys,
+                    &outbound_id.into_iter().collect::<Vec<_>>(),
+                    None,
+                )
+                .await
+            {
+                return outcome;
+            }
+        } else if duplicate {
+            metrics::counter!("wafleet_sender_duplicates_total").increment(1);
+            tracing::warn!(
+                outbound_id,
+                "Meta took two sends of one part (an ambiguous send and its resend): the \
+                 customer has two copies"
+            );
+        }
+        Outcome::Done
+    }
+
     /// Meta failed a message it had accepted: send it again when the code says that can work.
     /// A configuration code pauses the channel and alerts as the same code answered to a send
     /// does, whether or not the part is sent again: every later send of the channel meets it.

@@ -143,6 +143,9 @@ pub struct Failure {
     /// still to come, as the status stage did).
     pub attempts: i32,
     pub failed_at: DateTime<Utc>,
+    /// The reason of the failure dashboards heard of that this one refines (`unanswered`: a
+    /// late `failed` status gave Meta's code for a part given up as unanswered), migration 0040.
+    pub refines: Option<String>,
 }
 
 /// What [`Failure`] reads of an agent's failed part whose failure is unannounced.
@@ -152,7 +155,7 @@ const FAILURE: &str =
         CASE WHEN o.kind = 'template' THEN o.body END AS template,
         o.send_offset + o.attempts AS send_no,
         COALESCE(o.retries_since, o.created_at) AS retries_since, o.delivery_rank, o.attempts,
-        o.updated_at AS failed_at
+        o.updated_at AS failed_at, o.failure_refines AS refines
    FROM outbound_messages o JOIN channels ch ON ch.id = o.channel_id
   WHERE o.state = 'failed' AND o.kind IN ('agent', 'template') AND NOT o.failure_announced";
 

@@ -1145,6 +1145,19 @@ pub enum StatusApplied {
     Stale,
     /// No outbound message with that wamid yet: kept for later.
     Kept,
+    /// A status, found by our callback, of another send of a known part than the one it holds:
+    /// an ambiguous send's that came after its resend was claimed or given up on, or the send
+    /// a `failed` status reopened the part after. Never parked, never taken for the part's own
+    /// send. `adopted`: it showed Meta took a send the part never learnt it had while the part
+    /// holds no send Meta took (its resend unanswered or in flight, or given up as
+    /// unanswered): that send is now the part's (its wamid recorded, `accepted`), so nothing is
+    /// sent again. Otherwise it is only recorded (`other_wamids`), and `duplicate` says the
+    /// part holds another send Meta took: the customer has two copies.
+    OtherSend {
+        by_agent: bool,
+        adopted: bool,
+        duplicate: bool,
+    },
 }
 
 /// A delivery status from Meta.
@@ -1174,7 +1187,8 @@ pub struct Status {
 /// own id echoed in `biz_opaque_callback_data` (the message is then reconciled: wamid recorded,
 /// `accepted`), among the messages of the status's own number ([`Status::phone_number_id`]). A
 /// status for a message we do not know yet (or another number's) is kept in `early_statuses` and
-/// applied when the sender records the message.
+/// applied when the sender records the message. A status that names by our callback another
+/// send of a part than the one it holds is [`StatusApplied::OtherSend`]: never parked.
 ///
 /// One statement per run of statuses with distinct wamids and outbound ids (so no row is
 /// updated twice by one statement; in practice the whole slice): one round trip and one commit
@@ -1211,10 +1225,21 @@ async fn apply_distinct(
     statuses: &[Status],
 ) -> sqlx::Result<Vec<StatusApplied>> {
     /// Per status: its number, the conversation, advanced, known, by an agent, the message
-    /// its part answers.
-    type Applied = (i64, Option<i64>, bool, bool, bool, Option<i64>);
+    /// its part answers; whether it is of the send its part holds (`None`: no part), and for
+    /// another send's, adopted and duplicate ([`StatusApplied::OtherSend`]).
+    type Applied = (
+        i64,
+        Option<i64>,
+        bool,
+        bool,
+        bool,
+        Option<i64>,
+        Option<bool>,
+        bool,
+        bool,
+    );
     let rows: Vec<Applied> = sqlx::query_as(
-        "WITH input AS (
+        &"WITH input AS (
              SELECT s.*, ch.id AS channel_id
                FROM unnest($1::text[], $2::text[], $3::int2[], $4::timestamptz[],
                            $5::int4[], $6::text[], $7::int8[], $8::int4[], $9::text[],
@@ -1227,17 +1252,30 @@ async fn apply_distinct(
              -- send number (`send_offset + attempts`, which a replay does not reset), and an
              -- earlier send's late status is not the resend's. A failed part
              -- reopened for a resend and not claimed yet (pending, still with the failure's
-             -- code) has no send in flight: a status by its callback is the failed send's.
-             SELECT DISTINCT ON (i.n) i.n, o.id AS oid, o.wamid IS NULL AS unrecorded
+             -- code) has no send in flight: a status by its callback is the failed send's. Nor
+             -- is a status of a message the part's other sends name (`other_wamids`: the failed
+             -- message a reopen forgot, whose number a configuration failure gives back).
+             -- A status our callback names with another send of the part (`held` false: an
+             -- earlier one, or one of those) is that send's: see `earlier`.
+             SELECT DISTINCT ON (i.n) i.n, o.id AS oid, o.wamid IS NULL AS unrecorded, h.held
                FROM input i JOIN outbound_messages o
-                 ON (o.wamid = i.wamid
-                     OR (o.id = i.outbound_id AND o.wamid IS NULL
-                         AND (i.send_try IS NULL OR o.send_offset + o.attempts = i.send_try)
-                         AND NOT (o.state = 'pending' AND o.error_code IS NOT NULL)))
+                 ON (o.wamid = i.wamid OR o.id = i.outbound_id)
                     -- Only the status's own number's: another tenant's webhook names no part
                     -- of ours (a number no channel has, none).
                     AND (i.number IS NULL OR o.channel_id = i.channel_id)
-              ORDER BY i.n, o.wamid IS NULL
+              CROSS JOIN LATERAL (
+                  SELECT o.wamid IS NOT DISTINCT FROM i.wamid
+                         OR (o.id = i.outbound_id AND o.wamid IS NULL
+                             AND (i.send_try IS NULL OR o.send_offset + o.attempts = i.send_try)
+                             AND NOT (o.state = 'pending' AND o.error_code IS NOT NULL)
+                             AND NOT erased_wamid(i.wamid) = ANY(o.other_wamids)) AS held
+              ) h
+              WHERE h.held
+                 -- Another send, named by a numbered callback (one before sends were numbered
+                 -- cannot tell), unless it is the erased part's own (its wamid a digest).
+                 OR (o.id = i.outbound_id AND i.send_try IS NOT NULL
+                     AND o.wamid IS DISTINCT FROM erased_wamid(i.wamid))
+              ORDER BY i.n, NOT h.held, o.wamid IS NULL
          ), locked AS MATERIALIZED (
              SELECT o.id FROM outbound_messages o WHERE o.id IN (SELECT oid FROM matched)
               ORDER BY o.id FOR UPDATE
@@ -1271,19 +1309,66 @@ async fn apply_distinct(
                     -- says it (the transcript, a `message_failed` event read Meta's code).
                     fail_reason = CASE WHEN o.delivery_rank < i.rank AND o.delivery_rank < 4
                                             AND i.status = 'failed' THEN NULL
-                                       ELSE o.fail_reason END
+                                       ELSE o.fail_reason END,
+                    -- An agent's part dashboards last heard of as failed `unanswered` that
+                    -- Meta now fails with its code: they are told again, once, the event
+                    -- saying it refines the first (crate::stages::announce_failures).
+                    failure_announced = CASE WHEN {REFINES} THEN FALSE
+                                             ELSE o.failure_announced END,
+                    failure_refines = CASE WHEN {REFINES} THEN 'unanswered'
+                                           ELSE o.failure_refines END
                FROM matched m JOIN input i ON i.n = m.n
-              WHERE o.id = m.oid AND o.id IN (SELECT id FROM locked)
+              WHERE o.id = m.oid AND m.held AND o.id IN (SELECT id FROM locked)
                 AND ((o.delivery_rank < i.rank AND o.delivery_rank < 4) OR o.wamid IS NULL)
           RETURNING m.n, o.conversation_id, o.delivery_rank = i.rank AS advanced,
                     o.kind IN ('agent', 'template') AS by_agent, o.reply_to,
                     m.unrecorded AND o.state = 'accepted' AS reconciled
+         ), earlier AS (
+             -- A status of another send of the part than the one it holds, not known yet.
+             -- One that shows Meta took a send we never heard back from (an ambiguous send's
+             -- `sent`, `delivered`, `read`) while the part holds no send Meta took (its
+             -- resend is unanswered or in flight, it waits to go again, or it was given up as
+             -- unanswered) makes that send the part's: its wamid recorded, `accepted`, so the
+             -- resend is not repeated and the customer gets no further copy. Otherwise (a
+             -- `failed` one, the part accepted under another send's wamid, a send that failed
+             -- before) the message is only recorded among the part's other sends, as a digest:
+             -- its later statuses are known, never parked.
+             UPDATE outbound_messages o SET
+                    wamid = CASE WHEN {ADOPT} THEN CASE WHEN o.body = '' THEN erased_wamid(i.wamid)
+                                                    ELSE i.wamid END
+                                 ELSE o.wamid END,
+                    state = CASE WHEN {ADOPT} THEN 'accepted' ELSE o.state END,
+                    delivery = CASE WHEN {ADOPT} AND o.delivery_rank < i.rank THEN i.status
+                                    ELSE o.delivery END,
+                    delivery_rank = CASE WHEN {ADOPT} AND o.delivery_rank < i.rank THEN i.rank
+                                         ELSE o.delivery_rank END,
+                    delivery_at = CASE WHEN {ADOPT} AND o.delivery_rank < i.rank THEN i.at
+                                       ELSE o.delivery_at END,
+                    -- A reopened part keeps its failure's code until its resend is claimed: it
+                    -- went out after all, and the code no longer describes it.
+                    error_code = CASE WHEN {ADOPT} THEN NULL ELSE o.error_code END,
+                    error_title = CASE WHEN {ADOPT} THEN NULL ELSE o.error_title END,
+                    other_wamids = CASE WHEN {ADOPT} THEN o.other_wamids
+                                        ELSE array_append(o.other_wamids, erased_wamid(i.wamid))
+                                   END
+               FROM matched m JOIN input i ON i.n = m.n
+              WHERE o.id = m.oid AND NOT m.held AND o.id IN (SELECT id FROM locked)
+                AND NOT erased_wamid(i.wamid) = ANY(o.other_wamids)
+                AND o.wamid IS DISTINCT FROM i.wamid
+                AND o.wamid IS DISTINCT FROM erased_wamid(i.wamid)
+          RETURNING m.n, o.conversation_id, o.kind IN ('agent', 'template') AS by_agent,
+                    o.reply_to,
+                    COALESCE(o.wamid IN (i.wamid, erased_wamid(i.wamid)), FALSE) AS adopted,
+                    i.status <> 'failed' AND o.state = 'accepted'
+                        AND NOT COALESCE(o.wamid IN (i.wamid, erased_wamid(i.wamid)), FALSE)
+                        AS duplicate
          ), answered AS (
              -- A send reconciled here (Meta's answer to it was lost) answers the customer's
              -- message, as recording its acceptance does (record_accepted_many): else the
              -- message waited for the bot for good in `wafleet_oldest_unanswered_seconds`.
              UPDATE messages SET answered_at = COALESCE(answered_at, now())
-              WHERE id IN (SELECT reply_to FROM changed WHERE reconciled)
+              WHERE id IN (SELECT reply_to FROM changed WHERE reconciled
+                           UNION ALL SELECT reply_to FROM earlier WHERE adopted)
          ), adopted AS (
              -- Only for a send reconciled by its callback (its wamid was unknown), to the other
              -- notation of the number dialled; rare, like the acceptance's own re-keying.
@@ -1311,9 +1396,13 @@ async fn apply_distinct(
              ON CONFLICT DO NOTHING
          )
          SELECT i.n, c.conversation_id, COALESCE(c.advanced, FALSE),
-                i.n IN (SELECT n FROM known), COALESCE(c.by_agent, FALSE), c.reply_to
-           FROM input i LEFT JOIN changed c ON c.n = i.n
-          ORDER BY i.n",
+                i.n IN (SELECT n FROM known), COALESCE(c.by_agent, e.by_agent, FALSE),
+                c.reply_to, m.held, COALESCE(e.adopted, FALSE), COALESCE(e.duplicate, FALSE)
+           FROM input i LEFT JOIN changed c ON c.n = i.n LEFT JOIN earlier e ON e.n = i.n
+           LEFT JOIN matched m ON m.n = i.n
+          ORDER BY i.n"
+            .replace("{ADOPT}", ADOPT_EARLIER_SEND)
+            .replace("{REFINES}", REFINES_UNANSWERED),
     )
     .bind(super::column(statuses, |s| s.wamid.as_str()))
     .bind(super::column(statuses, |s| s.status.as_str()))
@@ -1336,23 +1425,53 @@ async fn apply_distinct(
             .and_then(wafleet_core::phone::other_form)
     }))
     .bind(super::column(statuses, |s| s.phone_number_id.as_deref()))
+    .bind(super::replies::UNANSWERED)
     .fetch_all(&mut *conn)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(_, conversation, advanced, known, by_agent, reply_to)| {
-            match (conversation, advanced, known) {
-                (Some(conversation_id), true, _) => StatusApplied::Advanced {
-                    conversation_id,
-                    reply_to,
-                    by_agent,
-                },
-                (_, _, true) => StatusApplied::Stale,
-                _ => StatusApplied::Kept,
-            }
-        })
+        .map(
+            |(_, conversation, advanced, known, by_agent, reply_to, held, adopted, duplicate)| {
+                match (conversation, advanced, known, held) {
+                    (_, _, _, Some(false)) => StatusApplied::OtherSend {
+                        by_agent,
+                        adopted,
+                        duplicate,
+                    },
+                    (Some(conversation_id), true, _, _) => StatusApplied::Advanced {
+                        conversation_id,
+                        reply_to,
+                        by_agent,
+                    },
+                    (_, _, true, _) => StatusApplied::Stale,
+                    _ => StatusApplied::Kept,
+                }
+            },
+        )
         .collect())
 }
+
+/// When a status of another send of a part than the one it holds makes that send the part's
+/// (`apply_distinct`'s `earlier`; `o` the part, `i` the status, `$12` [`UNANSWERED`]): it is
+/// not a failure, the part holds no wamid (no send Meta is known to have taken), the send is
+/// an earlier one (a later number is a send a configuration failure gave back, which failed),
+/// and the part waits for its resend's outcome (`sending`), to be sent again (`pending`), or
+/// was given up because Meta answered none of its sends.
+///
+/// [`UNANSWERED`]: super::replies::UNANSWERED
+const ADOPT_EARLIER_SEND: &str = "(i.status <> 'failed' AND o.wamid IS NULL
+     AND i.send_try < o.send_offset + o.attempts
+     AND (o.state IN ('pending', 'sending')
+          OR (o.state = 'failed' AND starts_with(COALESCE(o.fail_reason, ''), $12))))";
+
+/// When a `failed` status (`i`) that fails a part (`o`, `apply_distinct`'s `changed`) refines
+/// a failure dashboards heard of last: the part was given up as unanswered (`$12`,
+/// [`UNANSWERED`]), and that is what they were told (`failure_shown`: no recovery since).
+///
+/// [`UNANSWERED`]: super::replies::UNANSWERED
+const REFINES_UNANSWERED: &str = "(o.delivery_rank < i.rank AND o.delivery_rank < 4
+     AND i.status = 'failed' AND o.failure_shown
+     AND starts_with(COALESCE(o.fail_reason, ''), $12))";
 
 /// What recording an acceptance found: whether a `failed` status had come first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1363,6 +1482,10 @@ pub enum Acceptance {
     FailedFirst {
         code: Option<i32>,
     },
+    /// A late status of an earlier send made that send the part's while this one was in flight
+    /// (see [`StatusApplied::OtherSend`]): Meta took both, the customer has two copies. This
+    /// wamid is recorded among the part's other sends (`other_wamids`), not over the first.
+    SecondCopy,
 }
 
 /// Meta's acceptance of one outbound message.
@@ -1407,7 +1530,7 @@ pub async fn record_accepted_many(
         let wamids: Vec<&str> = run.iter().map(|a| a.wamid.as_str()).collect();
         let adopt: Vec<Option<&str>> = run.iter().map(|a| a.adopt_wa_id.as_deref()).collect();
         let send_nos: Vec<Option<i32>> = run.iter().map(|a| a.send_no).collect();
-        let rows: Vec<(i64, Option<bool>, Option<i32>)> = sqlx::query_as(
+        let rows: Vec<(i64, Option<bool>, Option<i32>, bool)> = sqlx::query_as(
             "WITH input AS (
                  -- With each part's number: its early statuses are only those of its number.
                  SELECT i.*, o.channel_id
@@ -1454,8 +1577,24 @@ pub async fn record_accepted_many(
                     AND o.state <> 'pending'
                     -- Nor a later send of it, claimed since: it records its own.
                     AND (i.send_no IS NULL OR o.send_offset + o.attempts = i.send_no)
+                    -- Nor over the wamid of an earlier send a late status showed Meta took
+                    -- while this one was in flight: see `second`.
+                    AND (o.wamid IS NULL OR o.wamid IN (i.wamid, erased_wamid(i.wamid)))
               RETURNING o.id, o.reply_to, e.status = 'failed' AND o.state = 'failed' AS failed_first,
                         o.error_code
+             ), second AS (
+                 -- The part holds an earlier send Meta took (apply_statuses made it the part's
+                 -- while this send was in flight): this one is a second copy, recorded among
+                 -- the part's other sends as a digest, so its statuses are known.
+                 UPDATE outbound_messages o
+                    SET other_wamids = array_append(o.other_wamids, erased_wamid(i.wamid))
+                   FROM input i
+                  WHERE o.id = i.id AND o.id IN (SELECT id FROM locked)
+                    AND o.state <> 'pending'
+                    AND (i.send_no IS NULL OR o.send_offset + o.attempts = i.send_no)
+                    AND o.wamid NOT IN (i.wamid, erased_wamid(i.wamid))
+                    AND NOT erased_wamid(i.wamid) = ANY(o.other_wamids)
+              RETURNING o.id
              ), applied AS (
                  DELETE FROM early_statuses s USING input i
                   WHERE s.wamid = i.wamid AND s.channel_id IN (0, i.channel_id)
@@ -1477,7 +1616,7 @@ pub async fn record_accepted_many(
                     AND NOT EXISTS (SELECT 1 FROM conversations d
                                      WHERE d.channel_id = c.channel_id AND d.customer_key = a.adopt)
              )
-             SELECT i.id, a.failed_first, a.error_code
+             SELECT i.id, a.failed_first, a.error_code, i.id IN (SELECT id FROM second)
                FROM input i LEFT JOIN accepted a ON a.id = i.id",
         )
         .bind(&ids)
@@ -1486,12 +1625,13 @@ pub async fn record_accepted_many(
         .bind(&send_nos)
         .fetch_all(&mut *conn)
         .await?;
-        let by_id: std::collections::HashMap<i64, (Option<bool>, Option<i32>)> = rows
+        let by_id: std::collections::HashMap<i64, (Option<bool>, Option<i32>, bool)> = rows
             .into_iter()
-            .map(|(id, failed, code)| (id, (failed, code)))
+            .map(|(id, failed, code, second)| (id, (failed, code, second)))
             .collect();
         results.extend(ids.iter().map(|id| match by_id.get(id) {
-            Some((Some(true), code)) => Acceptance::FailedFirst { code: *code },
+            Some((Some(true), code, _)) => Acceptance::FailedFirst { code: *code },
+            Some((_, _, true)) => Acceptance::SecondCopy,
             _ => Acceptance::Recorded,
         }));
     }

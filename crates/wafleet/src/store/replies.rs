@@ -663,9 +663,18 @@ pub async fn re_engagement_pending(
 /// until the resend is claimed: that is how a late status of the failed send, which still
 /// carries that send's callback, is told from one of a send in flight (see `apply_statuses`).
 /// A failure of it from now on is a new one, for dashboards to hear of
-/// (`crate::stages::announce_failures`).
+/// (`crate::stages::announce_failures`), and refines none. The forgotten wamid joins the part's
+/// other sends (`other_wamids`, as a digest, migration 0040): a late status of the failed
+/// message is then known for what it is, and never taken for a send Meta took without our
+/// hearing of it (see `apply_statuses`).
 const REOPEN: &str = "state = 'pending', wamid = NULL, sending_at = NULL, delivery = NULL,
-                      delivery_rank = 0, delivery_at = NULL, failure_announced = FALSE";
+                      delivery_rank = 0, delivery_at = NULL, failure_announced = FALSE,
+                      failure_refines = NULL,
+                      other_wamids = CASE WHEN wamid IS NULL THEN other_wamids
+                                          WHEN wamid LIKE 'erased:%'
+                                          THEN array_append(other_wamids, wamid)
+                                          ELSE array_append(other_wamids, erased_wamid(wamid))
+                                     END";
 
 /// Puts a failed part back to `pending` for the sender to send again, its wamid and delivery
 /// forgotten (statuses of the failed message no longer find it). Only the sender calls it, right

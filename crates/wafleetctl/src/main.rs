@@ -239,6 +239,15 @@ enum ConversationCommand {
     },
     /// Give a conversation back to the bot: it answers the customer's next message.
     Release { conversation_id: i64 },
+    /// Upload a file on this machine to Meta for a number, and print its media id: to give a
+    /// template's header (--header-image, --header-document, --header-video ID) or a reply's
+    /// file by id. Checked first as `reply … @PATH` checks it; needs WAFLEET_ENCRYPTION_KEY (the
+    /// channel's token is stored sealed). Meta keeps an upload 30 days.
+    Upload {
+        phone_number_id: String,
+        /// The file (`@PATH` taken too); its type from its name's extension.
+        path: String,
+    },
     /// Send an approved template to a customer by their phone, whether or not they ever wrote:
     /// starts their conversation (an order update, an agent following up). A human takes it,
     /// unless --bot.
@@ -363,7 +372,8 @@ struct TemplateArgs {
           conflicts_with = "params")]
     named: Vec<(String, String)>,
     /// The header's image, for a template whose header is one: an https link Meta fetches, or
-    /// the id of media uploaded to Meta.
+    /// the id of media uploaded to Meta (`conversation upload` prints one for a file on this
+    /// machine).
     #[arg(long, value_name = "URL|ID", group = "header")]
     header_image: Option<String>,
     /// The header's document (an order's invoice): an https link or a media id.
@@ -1518,7 +1528,7 @@ async fn conversation(pool: &wafleet::db::PgPool, cmd: ConversationCommand) -> a
             let local = match media.as_mut() {
                 Some(m) => match m.id.as_deref().and_then(upload::local_path) {
                     Some(path) => {
-                        let file = upload::LocalFile::inspect(&m.kind, path)?;
+                        let file = upload::LocalFile::inspect(Some(&m.kind), path)?;
                         if m.kind == "document" && m.filename.is_none() {
                             m.filename = file.name().map(str::to_string);
                         }
@@ -1621,6 +1631,19 @@ async fn conversation(pool: &wafleet::db::PgPool, cmd: ConversationCommand) -> a
                 }
             };
             print_queued(&queued, &reference);
+        }
+        ConversationCommand::Upload {
+            phone_number_id,
+            path,
+        } => {
+            let path = upload::local_path(&path).unwrap_or(&path);
+            let file = upload::LocalFile::inspect(None, path)?;
+            let id = file.upload(pool, &phone_number_id).await?;
+            println!(
+                "media id {id} ({}, {}): send it by this id within 30 days",
+                file.kind(),
+                file.mime()
+            );
         }
         ConversationCommand::Template {
             conversation_id,

@@ -43,10 +43,10 @@ pub fn local_path(given: &str) -> Option<&str> {
 }
 
 impl LocalFile {
-    /// Checks the file `path` to send as `kind` (the flag it was given with): it exists, its
-    /// type (from its name's extension) is one WhatsApp takes and is sent as `kind`, and it is
-    /// within Meta's size for it. Nothing is uploaded yet.
-    pub fn inspect(kind: &str, path: &str) -> anyhow::Result<Self> {
+    /// Checks the file `path` to send as `kind` (the flag it was given with; any kind when
+    /// `None`): it exists, its type (from its name's extension) is one WhatsApp takes and is sent
+    /// as `kind`, and it is within Meta's size for it. Nothing is uploaded yet.
+    pub fn inspect(kind: Option<&str>, path: &str) -> anyhow::Result<Self> {
         let path = PathBuf::from(path);
         let shown = path.display();
         let meta = std::fs::metadata(&path).with_context(|| format!("reading {shown}"))?;
@@ -80,7 +80,7 @@ impl LocalFile {
             );
         };
         anyhow::ensure!(
-            as_kind == kind,
+            kind.is_none_or(|k| k == as_kind),
             "{shown}: {mime} is sent as {}: give it with --{as_kind}",
             a(as_kind)
         );
@@ -125,6 +125,8 @@ impl LocalFile {
              stored sealed"
         );
         let cipher = wafleet::config::cipher_from_env()?;
+        let known = wafleet::store::channels::summaries(pool, &[pnid.to_string()]).await?;
+        anyhow::ensure!(!known.is_empty(), "no channel {pnid}");
         let token = wafleet::store::channels::access_token(pool, &cipher, pnid)
             .await?
             .with_context(|| format!("channel {pnid} has no access token to upload with"))?;
@@ -165,6 +167,10 @@ impl LocalFile {
     pub fn kind(&self) -> &'static str {
         self.kind
     }
+
+    pub fn mime(&self) -> &str {
+        &self.mime
+    }
 }
 
 /// The media id an earlier run with `reference` uploaded `kind` as and recorded in the
@@ -202,7 +208,7 @@ mod tests {
         std::fs::create_dir(&dir).unwrap();
         let path = dir.join(name);
         std::fs::write(&path, b"some bytes").unwrap();
-        let file = LocalFile::inspect(kind, path.to_str().unwrap());
+        let file = LocalFile::inspect(Some(kind), path.to_str().unwrap());
         std::fs::remove_dir_all(&dir).unwrap();
         file
     }

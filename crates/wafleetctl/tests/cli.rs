@@ -2077,3 +2077,62 @@ async fn an_agent_sends_a_file_from_disk_uploaded_with_the_channels_token_and_se
         1
     );
 }
+
+/// `conversation upload PNID PATH`: a file on the operator's disk uploaded to Meta for the
+/// number, its media id printed to give a template's header (`--header-document ID`), which
+/// keeps the template's reference rules: the id, not the file, is what is sent and compared.
+#[tokio::test]
+async fn a_file_uploaded_from_disk_gives_a_templates_header_by_its_media_id() {
+    let cfg = TestConfig::new().await;
+    let (sim, env) = meta(&cfg).await;
+    #[rustfmt::skip]
+    let add = ["channel", "add", "--phone-number-id", PNID, "--access-token", ACCESS_TOKEN,
+               "--waba-id", "102290129340398"];
+    run(&env, &add).await.ok();
+    let invoice = TempFile::with_extension("pdf", b"%PDF-1.4 factura 1042");
+    let uploaded = run(&env, &["conversation", "upload", PNID, invoice.path()])
+        .await
+        .ok();
+    let uploads = sim.state.uploads();
+    assert_eq!(uploads.len(), 1, "{uploads:?}");
+    assert_eq!(uploads[0].mime_type, "application/pdf");
+    let id = &uploads[0].id;
+    uploaded
+        .says(&format!("media id {id} (document, application/pdf)"))
+        .never_shows(ACCESS_TOKEN);
+
+    #[rustfmt::skip]
+    let start = ["conversation", "start", PNID, "+57 300 555 0190", "order_invoice",
+                 "--language", "es", "--param", "Ana", "--param", "#1042",
+                 "--header-document", id, "--filename", "factura-1042.pdf",
+                 "--url-button", "0:1042", "--quick-reply", "1:TALK", "--reference", "inv-1"];
+    run(&env, &start).await.ok().says("queued in 1 part(s)");
+    run(&env, &start)
+        .await
+        .ok()
+        .says("recorded before with this reference");
+    let body: String =
+        sqlx::query_scalar("SELECT body FROM outbound_messages WHERE kind = 'template'")
+            .fetch_one(&cfg.pg().await)
+            .await
+            .unwrap();
+    let sent: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        sent["components"][0],
+        serde_json::json!({"type": "header", "parameters": [{"type": "document", "document":
+            {"id": id, "filename": "factura-1042.pdf"}}]})
+    );
+
+    // Refused before anything is uploaded: a number no channel has, a type WhatsApp does not
+    // take.
+    run(&env, &["conversation", "upload", UNKNOWN, invoice.path()])
+        .await
+        .refused(1)
+        .complains(&format!("no channel {UNKNOWN}"));
+    let gif = TempFile::with_extension("gif", b"GIF89a");
+    run(&env, &["conversation", "upload", PNID, gif.path()])
+        .await
+        .refused(1)
+        .complains("image/gif is not a type WhatsApp takes");
+    assert_eq!(sim.state.uploads().len(), 1);
+}

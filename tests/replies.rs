@@ -5406,6 +5406,70 @@ async fn a_late_status_of_an_ambiguous_send_after_its_resend_was_claimed_stops_t
 }
 
 #[tokio::test]
+async fn a_late_status_of_an_ambiguous_send_whose_resend_meta_accepted_is_counted_as_a_second_copy()
+{
+    // Meta takes the first send without answering (its statuses come late: the test posts
+    // them) and answers the resend. The first send's status then tells that the customer got
+    // the message twice: counted, recorded beside the resend's, never parked.
+    let s = system_tweaked(
+        SimConfig {
+            status_delay: Duration::from_secs(3600),
+            ..SimConfig::default()
+        },
+        |s| vec![s.standin()],
+        &["conversation", "status", "llm", "sender"],
+        |w| {
+            w.graph.timeout = Duration::from_millis(300);
+            w.send.ambiguous_resend_after = Duration::from_millis(500);
+            w.send.ambiguous_check = Duration::from_millis(50);
+        },
+    )
+    .await;
+    s.sim
+        .state
+        .add_fault(fault(serde_json::json!({"hang": true, "count": 1})));
+    s.send("573039", "wamid.TWICE", "hola").await;
+    let sent = s.sent(2).await;
+    wait_count(
+        &s.pg,
+        "SELECT count(*) FROM outbound_messages WHERE state = 'accepted'",
+        1,
+        30,
+    )
+    .await;
+    let duplicates = || {
+        metric_value(
+            &wafleet::telemetry::metrics_handle().render(),
+            "wafleet_sender_duplicates_total",
+        )
+    };
+    let before = duplicates();
+    let late = status_body(
+        PNID,
+        serde_json::json!([{"id": sent[0].wamid, "status": "delivered",
+                "timestamp": now().to_string(), "recipient_id": "573039",
+                "biz_opaque_callback_data": sent[0].callback_data}]),
+    );
+    assert_eq!(s.ingest.post_signed(&late, APP_SECRET).await.status(), 200);
+    eventually(
+        "the second copy counted",
+        Duration::from_secs(30),
+        || async { (duplicates() > before).then_some(()) },
+    )
+    .await;
+    s.settled().await;
+    let (wamid, others, first): (Option<String>, Vec<String>, String) =
+        sqlx::query_as("SELECT wamid, other_wamids, erased_wamid($1) FROM outbound_messages")
+            .bind(&sent[0].wamid)
+            .fetch_one(&s.pg)
+            .await
+            .unwrap();
+    assert_eq!((wamid, others), (Some(sent[1].wamid.clone()), vec![first]));
+    assert_eq!(s.count("SELECT count(*) FROM early_statuses").await, 0);
+    assert_eq!(s.sim.state.messages().len(), 2);
+}
+
+#[tokio::test]
 async fn a_transient_error_in_a_failed_status_is_resent_after_a_backoff() {
     // A backoff of up to a day: the resend of a failed message waits in the delayed set.
     let s = system_with_settings(|w| {

@@ -1671,6 +1671,148 @@ async fn an_ambiguous_send_is_reconciled_by_the_callback_id_its_status_echoes() 
 }
 
 #[tokio::test]
+async fn an_earlier_sends_late_status_is_the_parts_and_the_resend_in_flight_is_a_second_copy() {
+    use wafleet::store::conversations::{
+        Acceptance, Accepted, StatusApplied, apply_statuses, record_accepted_many,
+    };
+    let e = env().await;
+    let id = e.parts_of_one_reply(1, None).await[0];
+    // The first send went unanswered; the second, its resend, is in flight.
+    sqlx::query("UPDATE outbound_messages SET attempts = 2 WHERE id = $1")
+        .bind(id)
+        .execute(&e.pg)
+        .await
+        .unwrap();
+    let send = |n| {
+        Some(wafleet::crypto::Callback {
+            outbound_id: id,
+            send_try: Some(n),
+        })
+    };
+    let row = || async {
+        sqlx::query_as::<_, (String, Option<String>, Vec<String>)>(
+            "SELECT state, wamid, other_wamids FROM outbound_messages WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(&e.pg)
+        .await
+        .unwrap()
+    };
+    let mut con = e.pg.acquire().await.unwrap();
+    // The first send's status comes: that send is the part's.
+    let applied = apply_statuses(&mut con, &[delivered("wamid.S1", send(1))])
+        .await
+        .unwrap();
+    assert_eq!(
+        applied,
+        [StatusApplied::OtherSend {
+            by_agent: false,
+            adopted: true,
+            duplicate: false
+        }]
+    );
+    assert_eq!(
+        row().await,
+        ("accepted".into(), Some("wamid.S1".into()), vec![])
+    );
+    // Then Meta answers the resend: a second copy, recorded beside the first, not over it.
+    let mut second = Accepted::new(id, "wamid.S2");
+    second.send_no = Some(2);
+    let recorded = record_accepted_many(&mut con, &[second.clone()])
+        .await
+        .unwrap();
+    assert_eq!(recorded, [Acceptance::SecondCopy]);
+    let digest: String = sqlx::query_scalar("SELECT erased_wamid('wamid.S2')")
+        .fetch_one(&e.pg)
+        .await
+        .unwrap();
+    assert_eq!(
+        row().await,
+        (
+            "accepted".into(),
+            Some("wamid.S1".into()),
+            vec![digest.clone()]
+        )
+    );
+    // Recorded again (a job run again): nothing changes.
+    let again = record_accepted_many(&mut con, &[second]).await.unwrap();
+    assert_eq!(again, [Acceptance::Recorded]);
+    // The resend's statuses are known, counted as another send's, never parked; a `failed`
+    // one fails nothing (the customer has the first copy).
+    let mut failed = delivered("wamid.S2", send(2));
+    failed.status = "failed".into();
+    failed.rank = 4;
+    failed.error_code = Some(131026);
+    let applied = apply_statuses(&mut con, &[delivered("wamid.S2", send(2)), failed])
+        .await
+        .unwrap();
+    let known = StatusApplied::OtherSend {
+        by_agent: false,
+        adopted: false,
+        duplicate: false,
+    };
+    assert_eq!(applied, [known.clone(), known]);
+    assert_eq!(
+        row().await,
+        ("accepted".into(), Some("wamid.S1".into()), vec![digest])
+    );
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM early_statuses")
+        .fetch_one(&e.pg)
+        .await
+        .unwrap();
+    assert_eq!(kept, 0);
+}
+
+#[tokio::test]
+async fn a_late_status_of_any_unanswered_send_of_a_part_given_up_shows_it_went_out() {
+    use wafleet::store::conversations::{StatusApplied, apply_statuses};
+    let e = env().await;
+    let id = e.parts_of_one_reply(1, None).await[0];
+    // Three sends went unanswered, and the sender gave the part up.
+    sqlx::query(
+        "UPDATE outbound_messages SET attempts = 3, wamid = NULL, state = 'failed',
+                fail_reason = 'gave up: Meta answered none of 3 sends and no status came for them'
+          WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&e.pg)
+    .await
+    .unwrap();
+    // The first one's status comes: Meta took it.
+    let first = delivered(
+        "wamid.G1",
+        Some(wafleet::crypto::Callback {
+            outbound_id: id,
+            send_try: Some(1),
+        }),
+    );
+    let mut con = e.pg.acquire().await.unwrap();
+    let applied = apply_statuses(&mut con, &[first]).await.unwrap();
+    assert_eq!(
+        applied,
+        [StatusApplied::OtherSend {
+            by_agent: false,
+            adopted: true,
+            duplicate: false
+        }]
+    );
+    let row: (String, Option<String>, Option<String>) =
+        sqlx::query_as("SELECT state, wamid, delivery FROM outbound_messages WHERE id = $1")
+            .bind(id)
+            .fetch_one(&e.pg)
+            .await
+            .unwrap();
+    assert_eq!(
+        row,
+        (
+            "accepted".into(),
+            Some("wamid.G1".into()),
+            Some("delivered".into())
+        )
+    );
+}
+
+#[tokio::test]
 async fn a_late_status_of_a_failed_send_does_not_take_the_part_reopened_for_a_resend() {
     use wafleet::store::conversations::{Status, StatusApplied, apply_statuses};
     let e = env().await;

@@ -99,8 +99,9 @@ enum Command {
     Quarantine(QuarantineCommand),
     /// What human agents do: list conversations, read one, take it from the bot, write to the
     /// customer, give it back.
+    // Boxed: its template and file flags make it several times larger than every other command.
     #[command(subcommand)]
-    Conversation(ConversationCommand),
+    Conversation(Box<ConversationCommand>),
     /// What each number used over a period: customer messages, replies, tokens by model,
     /// messages sent by the bot and by agents, failures, handovers (for billing the businesses
     /// a platform hosts, or watching model spend).
@@ -800,7 +801,7 @@ async fn run() -> anyhow::Result<()> {
             conversation(&pool, ConversationCommand::Release { conversation_id }).await?;
         }
         Command::Conversation(cmd) => {
-            if let Err(e) = conversation(&pool, cmd).await {
+            if let Err(e) = conversation(&pool, *cmd).await {
                 return Err(pointing_to_survivor(&pool, e).await);
             }
         }

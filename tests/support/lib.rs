@@ -457,6 +457,7 @@ impl TestConfig {
                 base_url: "http://127.0.0.1:9".into(),
                 version: "v23.0".into(),
                 timeout: Duration::from_secs(2),
+                receipts_in_flight: wafleet::graph::DEFAULT_RECEIPTS_IN_FLIGHT,
             },
             llm: wafleet::stages::process::LlmSettings {
                 providers: vec![],

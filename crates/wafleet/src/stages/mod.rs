@@ -600,7 +600,9 @@ pub async fn hand_over_and_publish(
 /// take up to the Graph timeout to answer, and nothing the customer waits for (the model's
 /// answer, a handover's acknowledgement) is held back meanwhile. Only where the bot is on: in
 /// shadow mode people run the conversation and the bot shows nothing. Best effort: a failure is
-/// counted and logged, nothing else. The LLM stage's path while the model works, and a handover
+/// counted and logged, nothing else; at most `WAFLEET_MARK_READ_MAX_IN_FLIGHT` are on the wire
+/// at once, and one that waits 2 s for its place is dropped
+/// ([`crate::graph::GraphClient::mark_read_in_background`]). The LLM stage's path while the model works, and a handover
 /// keyword's, which skips the model.
 pub fn mark_read(
     graph: &crate::graph::GraphClient,
@@ -612,18 +614,12 @@ pub fn mark_read(
     let Some(token) = channel.access_token.clone().filter(|_| bot_on) else {
         return;
     };
-    let graph = graph.clone();
-    let number = channel.phone_number_id.clone();
-    let wamid = wamid.to_string();
-    tokio::spawn(async move {
-        if let Err(e) = graph
-            .mark_read(&number, token.expose(), &wamid, typing)
-            .await
-        {
-            metrics::counter!("wafleet_mark_read_errors_total").increment(1);
-            tracing::debug!(channel = %number, error = %e, "mark-read failed");
-        }
-    });
+    graph.mark_read_in_background(
+        channel.phone_number_id.clone(),
+        token,
+        wamid.to_string(),
+        typing,
+    );
 }
 
 /// The update an ingest entry carries; an entry without one, or one that does not decode, can

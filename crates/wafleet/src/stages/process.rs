@@ -60,6 +60,8 @@ pub struct GraphSettings {
     pub base_url: String,
     pub version: String,
     pub timeout: Duration,
+    /// Read receipts on the wire at once (`WAFLEET_MARK_READ_MAX_IN_FLIGHT`).
+    pub receipts_in_flight: usize,
 }
 
 impl GraphSettings {
@@ -70,6 +72,10 @@ impl GraphSettings {
             version: var("WAFLEET_GRAPH_API_VERSION")
                 .unwrap_or_else(|| crate::graph::DEFAULT_VERSION.into()),
             timeout: millis("WAFLEET_GRAPH_TIMEOUT_MS", Duration::from_secs(10))?,
+            receipts_in_flight: positive(
+                "WAFLEET_MARK_READ_MAX_IN_FLIGHT",
+                crate::graph::DEFAULT_RECEIPTS_IN_FLIGHT,
+            )?,
         })
     }
 }
@@ -363,7 +369,8 @@ pub async fn run(
         settings.graph.base_url.clone(),
         settings.graph.version.clone(),
         settings.graph.timeout,
-    );
+    )
+    .with_receipts_in_flight(settings.graph.receipts_in_flight);
     // Templates' wordings, shared by the sender and the account stage, which drops a template's
     // in every process when Meta changes its status.
     let wordings = super::wording::Wordings::shared(shared.clone(), &keys);

@@ -10,8 +10,10 @@
 //! Cheap by construction: the comparison is against the in-memory registry, so a channel whose
 //! number is stored costs nothing per message; a write happens once per channel and value (the
 //! registry reloads within `WAFLEET_CHANNEL_REFRESH_MS`, as the write moves the row's
-//! `updated_at`), and this process does not write the same value for the same channel again
-//! within [`RELEARN_AFTER`] while its registry still shows the old one. A stored number written
+//! `updated_at`), and this process writes a channel's number at most once per [`RELEARN_AFTER`],
+//! whatever the value: two sources that disagree (a misconfigured simulator beside real traffic,
+//! a number moved between apps) cost one write a minute, not one per message and a reload of
+//! every process's registry each time. A stored number written
 //! in another notation (`+1 555-078-3881` for `15550783881`) has the same digits and is kept as
 //! the operator wrote it. Only updates that passed the signature and the channel's checks teach
 //! (a quarantined one, possibly another tenant's, never does). Logs name the channel, never the
@@ -26,16 +28,17 @@ use sqlx::PgPool;
 use crate::channels::ChannelRoute;
 use crate::store::channels;
 
-/// How long this process trusts its own write of a channel's display number before it writes
-/// the same value again (its registry did not reload, or a write failed silently elsewhere): one
-/// write a minute per channel at most, however many messages arrive meanwhile.
+/// How long after writing a channel's display number this process writes it again, with the
+/// same value (its registry did not reload, or a write failed silently elsewhere) or another
+/// (webhooks that disagree): one write a minute per channel at most, however many messages
+/// arrive meanwhile.
 pub const RELEARN_AFTER: Duration = Duration::from_secs(60);
 
-/// What one ingest process wrote lately, by phone_number_id.
+/// When one ingest process last wrote each channel's number, by phone_number_id.
 #[derive(Clone)]
 pub struct DisplayNumbers {
     pg: PgPool,
-    written: Arc<Mutex<HashMap<String, (String, Instant)>>>,
+    written: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 fn digits(number: &str) -> String {
@@ -68,16 +71,13 @@ impl DisplayNumbers {
         let seen = digits(display);
         {
             let mut written = self.written.lock().expect("display numbers lock poisoned");
-            if let Some((value, at)) = written.get(&route.phone_number_id)
-                && *value == seen
-                && at.elapsed() < RELEARN_AFTER
+            if written
+                .get(&route.phone_number_id)
+                .is_some_and(|at| at.elapsed() < RELEARN_AFTER)
             {
                 return;
             }
-            written.insert(
-                route.phone_number_id.clone(),
-                (seen.clone(), Instant::now()),
-            );
+            written.insert(route.phone_number_id.clone(), Instant::now());
         }
         let (this, pnid) = (self.clone(), route.phone_number_id.clone());
         tokio::spawn(async move {

@@ -392,6 +392,65 @@ async fn jobs_in_flight_stay_within_the_bound_and_a_conversation_never_runs_twic
 }
 
 #[tokio::test]
+async fn a_flood_past_the_held_bound_leaves_places_to_the_other_partitions() {
+    // Four jobs at once, sixteen held: a customer's eighteen slow jobs, more than the process
+    // holds, then three other customers' on the other partition.
+    let cfg = TestConfig {
+        partitions: 2,
+        ..TestConfig::new().await
+    };
+    let keys = cfg.keys();
+    let flood = "flood";
+    let other: Vec<String> = (0..)
+        .map(|i| format!("quiet{i}"))
+        .filter(|c| keys.partition_of(c) != keys.partition_of(flood))
+        .take(3)
+        .collect();
+    let probe = Arc::new(Probe::default());
+    for i in 0..18 {
+        add(
+            &cfg,
+            flood,
+            &[("name", &format!("{i}")), ("sleep_ms", "400")],
+        )
+        .await;
+    }
+    let running = start(&cfg, probe.clone(), |s| s.max_in_flight = 4);
+    eventually("the flood running", Duration::from_secs(10), || async {
+        probe.running.lock().unwrap().contains(flood).then_some(())
+    })
+    .await;
+    for c in &other {
+        add(&cfg, c, &[("name", "q"), ("sleep_ms", "300")]).await;
+    }
+    eventually(
+        "the quiet customers' jobs",
+        Duration::from_secs(20),
+        || async {
+            let done = probe.done.lock().unwrap();
+            (done.iter().filter(|(c, _, _)| c != flood).count() == 3).then_some(())
+        },
+    )
+    .await;
+    // The flood holds at most thirteen places (its running job and its lane's cap of twelve), so
+    // the other three customers are read together and run beside it. Before, it held every place but the other partition's
+    // reader's one, and they ran one after another on it.
+    assert_eq!(probe.max_in_flight.load(Ordering::SeqCst), 4);
+    wait_done(&probe, 21).await;
+    assert_eq!(probe.overlaps.load(Ordering::SeqCst), 0);
+    let order: Vec<usize> = probe
+        .done
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(c, _, _)| c == flood)
+        .map(|(_, n, _)| n.parse().unwrap())
+        .collect();
+    assert_eq!(order, (0..18).collect::<Vec<_>>());
+    running.stop().await;
+}
+
+#[tokio::test]
 async fn a_conversation_flooding_the_stage_does_not_hold_back_the_others() {
     // One partition, two jobs at once (eight held): a customer's seven slow jobs, then another
     // customer's.

@@ -16,7 +16,9 @@
 //!   so a customer who floods the number (hundreds of messages behind one slow model call) holds
 //!   one place, not all of them, and the others' jobs run meanwhile; what the process holds in
 //!   memory, running or waiting, is bounded at [`HELD_PER_RUNNING`] times `max_in_flight`, and
-//!   reading and draining due retries wait when that bound is hit.
+//!   reading and draining due retries wait when that bound is hit. One conversation holds at
+//!   most [`FLOOD_SHARE`] times `max_in_flight` of them: its partition stops reading while it
+//!   does (its other customers wait with it), and the other partitions keep the rest.
 //! - **Crash-proof retries.** A delayed retry is a held list `P:{pn}:held:<stage>:<conv>` plus the
 //!   conversation in the sorted set `P:{pn}:delayed:<stage>` scored by due time; the partition
 //!   owner's scheduler drains due conversations. Both live in Redis, so a new owner resumes them.
@@ -194,6 +196,12 @@ pub trait Handler: Send + Sync + 'static {
 /// How many jobs a process holds in memory (running, or waiting behind their conversation's
 /// running job) per job it may run at once.
 pub const HELD_PER_RUNNING: usize = 4;
+
+/// How many jobs one conversation may have waiting in memory per job the process may run at
+/// once: a partition with a conversation at that many reads nothing more until it drops below,
+/// so a flood leaves the others at least `max_in_flight` of the [`HELD_PER_RUNNING`] times as
+/// many places, enough to keep every running place busy.
+pub const FLOOD_SHARE: usize = HELD_PER_RUNNING - 1;
 
 /// Runtime settings of one stage in one process.
 #[derive(Debug, Clone)]

@@ -480,14 +480,48 @@ impl<H: Handler> Partition<H> {
         }
     }
 
+    /// Jobs one conversation may have waiting in its lane (besides its running one):
+    /// [`FLOOD_SHARE`] times `max_in_flight`.
+    fn lane_cap(&self) -> usize {
+        self.rt
+            .settings
+            .max_in_flight
+            .saturating_mul(super::FLOOD_SHARE)
+            .max(1)
+    }
+
+    /// The most jobs a conversation of this partition has waiting in its lane.
+    fn fullest_lane(&self) -> usize {
+        let lanes = self.lanes.lock().expect("lanes lock");
+        lanes.values().map(VecDeque::len).max().unwrap_or(0)
+    }
+
     async fn read_batch(self: &Arc<Self>) -> anyhow::Result<()> {
+        // A customer flooding the number holds at most its lane's cap of the process's places
+        // (and its running job), the rest stay free for the other partitions' customers: before, a
+        // flood past the held bound took every place, and the process then read one job for
+        // the others each time one of the flood's ended, one model call apart.
+        let fullest = self.fullest_lane();
+        if fullest >= self.lane_cap() {
+            tokio::select! {
+                _ = self.soft.cancelled() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+            return Ok(());
+        }
         // Wait for room before reading, so the bound on in-flight jobs holds.
         let first = tokio::select! {
             p = self.permits.clone().acquire_owned() => p?,
             _ = self.soft.cancelled() => return Ok(()),
             _ = tokio::time::sleep(Duration::from_millis(100)) => return Ok(()),
         };
-        let room = 1 + self.permits.available_permits().min(199);
+        // No more than the fullest lane has left below its cap: whoever the entries are of, no
+        // lane goes past it (a running job and its cap waiting, at most).
+        let room = 1 + self
+            .permits
+            .available_permits()
+            .min(199)
+            .min(self.lane_cap() - 1 - fullest);
         // A blocking read holds its connection: a pooled one of its own.
         let mut con = self.rt.redis.get().await?;
         let opts = StreamReadOptions::default()

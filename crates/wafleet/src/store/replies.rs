@@ -182,8 +182,10 @@ pub async fn reply_contexts(
                             -- With the setting off, the bot's answer to what it was asked
                             -- with a location (alone, or gathered with what followed) goes too:
                             -- an answer quotes or is built from the place ('we deliver to
-                            -- Coyoacán'). What it answered: the messages after the one the
-                            -- bot's previous answer or acknowledgement was to.
+                            -- Coyoacán'). The answer to a location: the bot's first answer or
+                            -- acknowledgement to it or a message after it. Asked location first,
+                            -- over the locations-only index (migration 0041): for a
+                            -- conversation without one, a probe of a near-empty index per answer.
                             AND NOT (o.kind = 'reply'
                                      AND NOT (SELECT c.locations_to_model FROM channels c
                                                WHERE c.id = ctx.channel_id)
@@ -193,11 +195,11 @@ pub async fn reply_contexts(
                                             AND l.message_type = 'location'
                                             AND l.action = 'reply'
                                             AND l.id <= o.reply_to
-                                            AND l.id > (SELECT coalesce(max(p.reply_to), 0)
-                                                          FROM outbound_messages p
-                                                         WHERE p.conversation_id = o.conversation_id
-                                                           AND p.kind IN ('reply', 'handover_ack')
-                                                           AND p.reply_to < o.reply_to)))
+                                            AND (SELECT min(p.reply_to) FROM outbound_messages p
+                                                  WHERE p.conversation_id = l.conversation_id
+                                                    AND p.session_no = l.session_no
+                                                    AND p.kind IN ('reply', 'handover_ack')
+                                                    AND p.reply_to >= l.id) = o.reply_to))
                      ) t
                      ORDER BY ord DESC, sub DESC
                      LIMIT ctx.lim

@@ -8,8 +8,9 @@ use wafleet::telemetry;
 
 // jemalloc: glibc's malloc/free were about a quarter of the worker's CPU (`perf`), and jemalloc
 // takes about that off per message (`just bench-e2e`) at the same memory: one LLM worker with
-// 1,200 model calls in flight peaks at 79-87 MB, within its 100 MB budget. Not mimalloc, as in
-// ingest: it raised that peak to 110-121 MB. (An earlier trial blamed jemalloc for in-flight
+// 1,200 model calls in flight peaks at 67-68 MB, within its 100 MB budget, most of it hyper's
+// ~30 KiB per HTTP/1 connection (README, Allocators). Not mimalloc, as in ingest: it raised that
+// peak to 110-121 MB (at 79-87 MB for jemalloc then). (An earlier trial blamed jemalloc for in-flight
 // peaks below 1,000; the cause was the simulator's listen queue dropping SYNs, since fixed.)
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -689,7 +689,7 @@ impl TemplateBody {
             &self.params,
             &self.buttons,
         )
-            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))?;
         let reference = reference(headers, self.reference.clone())?;
         if self.name.trim().is_empty() || self.language.trim().is_empty() {
             return Err(ApiError::new(

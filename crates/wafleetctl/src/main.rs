@@ -375,13 +375,13 @@ struct TemplateArgs {
     /// The header's image, for a template whose header is one: an https link Meta fetches, or
     /// the id of media uploaded to Meta (`conversation upload` prints one for a file on this
     /// machine).
-    #[arg(long, value_name = "URL|ID", group = "header")]
+    #[arg(long, value_name = "URL|ID", group = "header", value_parser = header_media)]
     header_image: Option<String>,
     /// The header's document (an order's invoice): an https link or a media id.
-    #[arg(long, value_name = "URL|ID", group = "header")]
+    #[arg(long, value_name = "URL|ID", group = "header", value_parser = header_media)]
     header_document: Option<String>,
     /// The header's video: an https link or a media id.
-    #[arg(long, value_name = "URL|ID", group = "header")]
+    #[arg(long, value_name = "URL|ID", group = "header", value_parser = header_media)]
     header_video: Option<String>,
     /// The document's name as the customer sees it (invoice.pdf), with --header-document.
     #[arg(long, requires = "header_document")]
@@ -424,6 +424,21 @@ fn index_value(arg: &str) -> Result<(u8, String), String> {
 }
 
 /// `NAME=VALUE` of a named template parameter (`order_id=1042`).
+/// A template header's file: an https link or a media id. A file on this machine (`@PATH`, as a
+/// reply takes it) is refused with the way to send it: a template is checked against Meta's and
+/// recorded by its reference before anything is sent, so its header names media Meta has already.
+fn header_media(arg: &str) -> Result<String, String> {
+    if arg.starts_with('@') {
+        return Err(
+            "a template's header takes an https link or a media id, not a file on this \
+                    machine: upload it with `wafleetctl conversation upload PNID PATH` and give \
+                    the media id it prints"
+                .into(),
+        );
+    }
+    Ok(arg.to_string())
+}
+
 fn name_value(arg: &str) -> Result<(String, String), String> {
     let (name, value) = arg
         .split_once('=')

@@ -1,5 +1,7 @@
 //! Files an agent sends from the operator's disk: `conversation reply ID --image @PATH` (and
-//! `--document`, `--audio`, `--video`, `--sticker`; a template's `--header-image @PATH`…). The
+//! `--document`, `--audio`, `--video`, `--sticker`), and `conversation upload PNID PATH`, which
+//! prints the media id a template's `--header-image`/`--header-document`/`--header-video` takes
+//! (those refuse `@PATH` and say so). The
 //! file is checked as the API's upload route checks it (a type WhatsApp takes, under Meta's size
 //! for its kind: [`wafleet_core::outgoing::upload_kind`]), uploaded to Meta for the
 //! conversation's number with the channel's token ([`wafleet::graph::GraphClient::upload_media`],

@@ -2111,6 +2111,14 @@ async fn a_file_uploaded_from_disk_gives_a_templates_header_by_its_media_id() {
         .await
         .ok()
         .says("recorded before with this reference");
+    // A file on this machine given to a header flag is refused with the way to send it.
+    let mut from_disk = start.to_vec();
+    let at = format!("@{}", invoice.path());
+    from_disk[12] = &at;
+    run(&env, &from_disk)
+        .await
+        .refused(2)
+        .complains("upload it with `wafleetctl conversation upload PNID PATH`");
     let body: String =
         sqlx::query_scalar("SELECT body FROM outbound_messages WHERE kind = 'template'")
             .fetch_one(&cfg.pg().await)

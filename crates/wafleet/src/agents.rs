@@ -22,7 +22,7 @@
 //!   the bot by itself ([`release_idle_loop`], in every worker), so a forgotten conversation does
 //!   not leave its customer without answers for good.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use redis::aio::ConnectionLike;
 use sqlx::PgPool;
 use wafleet_core::format::split::{WHATSAPP_MAX_CHARS, split_message};
@@ -689,6 +689,52 @@ pub async fn outreach(
     Ok((id, queued))
 }
 
+/// What [`record_agent_message`] answered for an agent's message to conversation `id` with
+/// `reference`: its parts (ids, send states, recorded now, the conversation's key), or the error
+/// that says why it was refused.
+fn recorded_or_refused(
+    id: i64,
+    reference: &str,
+    recorded: Recorded,
+    now: DateTime<Utc>,
+) -> Result<(Vec<i64>, Vec<String>, bool, String), AgentError> {
+    match recorded {
+        Recorded::Parts {
+            ids,
+            states,
+            fresh,
+            conversation_key,
+        } => Ok((ids, states, fresh, conversation_key)),
+        Recorded::NoConversation => Err(AgentError::NoConversation(id)),
+        Recorded::Erased => Err(AgentError::Erased(id)),
+        Recorded::NumberMoved => Err(AgentError::NumberMoved(id)),
+        Recorded::WithTheBot => Err(AgentError::WithTheBot(id)),
+        Recorded::WindowClosed { last } => {
+            let age = match last {
+                Some(t) => format!("is {} hours old", (now - t).num_hours()),
+                None => "is unknown".to_string(),
+            };
+            Err(AgentError::WindowClosed { id, age })
+        }
+        Recorded::ReferenceTaken => Err(AgentError::ReferenceTaken {
+            id,
+            reference: reference.to_string(),
+        }),
+    }
+}
+
+/// Refuses, as recording it would, an agent's new message of `kind` (`agent`: text, a file,
+/// buttons, a list) to conversation `id` that would be refused now: for work worth not doing
+/// before such a refusal (`wafleetctl` uploads a file from the operator's disk only after it).
+/// Recording checks again, so a conversation taken back meanwhile still refuses the message.
+pub async fn check_writable(pg: &PgPool, id: i64, kind: &str) -> Result<(), AgentError> {
+    let now = Utc::now();
+    match crate::store::agents::refusal_now(pg, id, kind, now).await? {
+        None => Ok(()),
+        Some(refused) => recorded_or_refused(id, "", refused, now).map(|_| ()),
+    }
+}
+
 async fn record_and_queue(
     pg: &PgPool,
     con: &mut impl ConnectionLike,
@@ -697,31 +743,12 @@ async fn record_and_queue(
 ) -> Result<Queued, AgentError> {
     let now = Utc::now();
     let id = msg.conversation_id;
-    let (ids, states, fresh, conv) = match record_agent_message(pg, msg, now).await? {
-        Recorded::Parts {
-            ids,
-            states,
-            fresh,
-            conversation_key,
-        } => (ids, states, fresh, conversation_key),
-        Recorded::NoConversation => return Err(AgentError::NoConversation(id)),
-        Recorded::Erased => return Err(AgentError::Erased(id)),
-        Recorded::NumberMoved => return Err(AgentError::NumberMoved(id)),
-        Recorded::WithTheBot => return Err(AgentError::WithTheBot(id)),
-        Recorded::WindowClosed { last } => {
-            let age = match last {
-                Some(t) => format!("is {} hours old", (now - t).num_hours()),
-                None => "is unknown".to_string(),
-            };
-            return Err(AgentError::WindowClosed { id, age });
-        }
-        Recorded::ReferenceTaken => {
-            return Err(AgentError::ReferenceTaken {
-                id,
-                reference: msg.reference.to_string(),
-            });
-        }
-    };
+    let (ids, states, fresh, conv) = recorded_or_refused(
+        id,
+        msg.reference,
+        record_agent_message(pg, msg, now).await?,
+        now,
+    )?;
     let queued = fresh || states.iter().any(|s| s == "pending" || s == "sending");
     if queued {
         let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");

@@ -1755,6 +1755,9 @@ async fn send_local_file(
         );
         return Ok(id);
     }
+    // Refused now (the bot has the conversation, its window closed…): said before the file is
+    // uploaded for nothing. Recording the message checks again.
+    wafleet::agents::check_writable(pool, conversation_id, "agent").await?;
     let pnid = wafleet::store::conversations::phone_number_id(pool, conversation_id)
         .await?
         .ok_or(wafleet::agents::AgentError::NoConversation(conversation_id))?;

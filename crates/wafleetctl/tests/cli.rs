@@ -1961,13 +1961,19 @@ async fn an_agent_sends_a_file_from_disk_uploaded_with_the_channels_token_and_se
         .await
         .unwrap();
     let id = id.to_string();
-    run(&env, &["conversation", "take", &id]).await.ok();
     let bytes = b"\xff\xd8\xff\xe0 a photo of the order";
     let photo = TempFile::with_extension("jpg", bytes);
     let at = format!("@{}", photo.path());
     #[rustfmt::skip]
     let reply = ["conversation", "reply", &id, "--image", &at, "--caption", "Tu pedido",
                  "--reference", "photo-1"];
+    // While the bot has the conversation the message is refused, before the file is uploaded.
+    run(&env, &reply)
+        .await
+        .refused(1)
+        .complains(&format!("conversation {id} is with the bot"));
+    assert_eq!(sim.state.uploads().len(), 0);
+    run(&env, &["conversation", "take", &id]).await.ok();
     let sent = run(&env, &reply).await.ok();
     sent.says("queued in 1 part(s)");
     let uploads = sim.state.uploads();

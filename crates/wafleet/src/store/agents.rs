@@ -458,23 +458,14 @@ pub async fn record_agent_message(
     };
     // Before the reference is compared: an erased message's text is gone, and a retry would
     // otherwise look like another text under the same reference.
-    if customer.starts_with("erased:") {
-        return Ok(Recorded::Erased);
-    }
-    // A former holder's conversation, set aside when their number passed to someone else
-    // (`crate::store::conversations::follow_identity_change`): whoever has it now must not get
-    // what an agent writes to the former holder.
-    if customer.starts_with("moved:") {
-        return Ok(Recorded::NumberMoved);
+    if let Some(refused) = closed_to_anyone(&customer) {
+        return Ok(refused);
     }
     let recorded_before = recorded(&mut tx, msg).await?;
     let mut fresh = false;
     if recorded_before.is_empty() {
-        if owner != "human" && !msg.any_owner {
-            return Ok(Recorded::WithTheBot);
-        }
-        if msg.kind != "template" && !crate::stages::llm::window_open(last, now) {
-            return Ok(Recorded::WindowClosed { last });
+        if let Some(refused) = closed_to_new(&owner, last, msg.kind, msg.any_owner, now) {
+            return Ok(refused);
         }
         let numbers: Vec<i32> = (0..).take(msg.parts.len()).collect();
         let history_text = msg.history_text.filter(|_| owner == "bot");
@@ -533,6 +524,63 @@ pub async fn record_agent_message(
             user_id.as_deref(),
             &customer,
         ),
+    })
+}
+
+/// Why no agent's message, new or repeated, goes to a conversation whose customer key is
+/// `customer`: its customer was erased, or it is a former holder's conversation, set aside when
+/// their number passed to someone else (`crate::store::conversations::follow_identity_change`),
+/// and whoever has the number now must not get what an agent writes to the former holder.
+fn closed_to_anyone(customer: &str) -> Option<Recorded> {
+    if customer.starts_with("erased:") {
+        Some(Recorded::Erased)
+    } else if customer.starts_with("moved:") {
+        Some(Recorded::NumberMoved)
+    } else {
+        None
+    }
+}
+
+/// Why a new agent's message of `kind` does not go to a conversation `owner` has whose
+/// customer last wrote at `last`: the bot has it (unless the message may go to any owner), or
+/// its 24-hour window is closed (a template opens one).
+fn closed_to_new(
+    owner: &str,
+    last: Option<DateTime<Utc>>,
+    kind: &str,
+    any_owner: bool,
+    now: DateTime<Utc>,
+) -> Option<Recorded> {
+    if owner != "human" && !any_owner {
+        Some(Recorded::WithTheBot)
+    } else if kind != "template" && !crate::stages::llm::window_open(last, now) {
+        Some(Recorded::WindowClosed { last })
+    } else {
+        None
+    }
+}
+
+/// Why a new agent's message of `kind` would be refused in the conversation now, as
+/// [`record_agent_message`] would refuse it (which checks again when it records): for work worth
+/// not doing before a refusal, such as uploading the file the message sends. `None`: it would
+/// be taken, for now.
+pub async fn refusal_now(
+    pool: &PgPool,
+    conversation_id: i64,
+    kind: &str,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Option<Recorded>> {
+    let conversation: Option<(String, String, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "SELECT customer_key, owner, last_customer_message_at FROM conversations WHERE id = $1",
+    )
+    .bind(conversation_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(match conversation {
+        None => Some(Recorded::NoConversation),
+        Some((customer, owner, last)) => {
+            closed_to_anyone(&customer).or_else(|| closed_to_new(&owner, last, kind, false, now))
+        }
     })
 }
 

@@ -56,15 +56,13 @@ impl DisplayNumbers {
     /// Records `display` (the webhook's `metadata.display_phone_number`) on the channel of
     /// `route` when its digits differ from the stored number's, in a task of its own.
     pub fn observe(&self, route: &ChannelRoute, display: &str) {
-        // Compared digit by digit, allocating nothing: this runs for every update.
-        let digit = |c: &char| c.is_ascii_digit();
-        if !display.chars().any(|c| digit(&c))
-            || route.display_phone_number.as_deref().is_some_and(|stored| {
-                stored
-                    .chars()
-                    .filter(digit)
-                    .eq(display.chars().filter(digit))
-            })
+        let seen_before =
+            |stored: &str| wafleet_core::account::same_display_number(display, stored);
+        if !display.chars().any(|c| c.is_ascii_digit())
+            || route
+                .display_phone_number
+                .as_deref()
+                .is_some_and(seen_before)
         {
             return;
         }

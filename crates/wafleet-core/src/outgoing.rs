@@ -78,6 +78,13 @@ pub fn upload_kind(mime: &str) -> Option<(&'static str, u64)> {
     })
 }
 
+/// Whether `name` may name an uploaded file (what a document shows the customer): at most
+/// 240 bytes, without quotes, slashes or line breaks, which would break out of the upload's
+/// `Content-Disposition` or pass for a path.
+pub fn upload_filename_ok(name: &str) -> bool {
+    name.len() <= 240 && !name.contains(['\0', '/', '\\', '"', '\r', '\n'])
+}
+
 /// A file to send: `{"type", "link" | "id", "caption"?, "filename"?}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

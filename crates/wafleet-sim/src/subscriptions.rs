@@ -66,11 +66,7 @@ pub(crate) async fn subscribe(
     Path((_version, waba_id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refusal) = refused(&sim, &headers) {
-        return refusal;
-    }
-    lock(&sim.0.unsubscribed).remove(&waba_id);
-    axum::Json(json!({"success": true})).into_response()
+    set_subscribed(&sim, &headers, waba_id, true)
 }
 
 /// `DELETE /{version}/{waba_id}/subscribed_apps`: the token's app no longer subscribed.
@@ -79,9 +75,18 @@ pub(crate) async fn unsubscribe(
     Path((_version, waba_id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refusal) = refused(&sim, &headers) {
+    set_subscribed(&sim, &headers, waba_id, false)
+}
+
+fn set_subscribed(sim: &SimState, headers: &HeaderMap, waba_id: String, on: bool) -> Response {
+    if let Some(refusal) = refused(sim, headers) {
         return refusal;
     }
-    lock(&sim.0.unsubscribed).insert(waba_id);
+    let mut unsubscribed = lock(&sim.0.unsubscribed);
+    if on {
+        unsubscribed.remove(&waba_id);
+    } else {
+        unsubscribed.insert(waba_id);
+    }
     axum::Json(json!({"success": true})).into_response()
 }

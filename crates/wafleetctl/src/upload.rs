@@ -98,9 +98,7 @@ impl LocalFile {
             .file_name()
             .and_then(|n| n.to_str())
             .map(str::trim)
-            .filter(|n| {
-                !n.is_empty() && n.len() <= 240 && !n.contains(['\0', '/', '\\', '"', '\r', '\n'])
-            })
+            .filter(|n| !n.is_empty() && wafleet_core::outgoing::upload_filename_ok(n))
             .map(str::to_string);
         Ok(Self {
             path,

@@ -778,12 +778,7 @@ pub fn describe(template: &Value) -> String {
         out.push_str(&joined_given(&s.body));
     }
     for (i, sub_type, value) in &s.buttons {
-        let label = match sub_type.as_str() {
-            "quick_reply" => "quick reply",
-            "copy_code" => "code",
-            _ => "button",
-        };
-        out.push_str(&format!(" [{label} {i}: {value}]"));
+        out.push_str(&format!(" [{} {i}: {value}]", button_label(sub_type)));
     }
     out
 }
@@ -809,14 +804,18 @@ pub fn outline(template: &Value) -> String {
         n => out.push_str(&format!(" [{n} parameters]")),
     }
     for (i, sub_type, _) in &s.buttons {
-        let label = match sub_type.as_str() {
-            "quick_reply" => "quick reply",
-            "copy_code" => "code",
-            _ => "button",
-        };
-        out.push_str(&format!(" [{label} {i}]"));
+        out.push_str(&format!(" [{} {i}]", button_label(sub_type)));
     }
     out
+}
+
+/// How a sent button's parameter is named in a template's line: its Meta `sub_type` read.
+fn button_label(sub_type: &str) -> &'static str {
+    match sub_type {
+        "quick_reply" => "quick reply",
+        "copy_code" => "code",
+        _ => "button",
+    }
 }
 
 /// A sent template as the customer read it, from Meta's wording `t` and the `template` object

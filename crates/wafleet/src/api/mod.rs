@@ -1151,7 +1151,7 @@ async fn upload(
         return Err(too_large());
     }
     let filename = q.filename.as_deref().map(str::trim).unwrap_or_default();
-    if filename.contains(['\0', '/', '\\', '"', '\r', '\n']) || filename.len() > 240 {
+    if !wafleet_core::outgoing::upload_filename_ok(filename) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "filename: at most 240 bytes, without quotes, slashes or line breaks".into(),

@@ -316,6 +316,19 @@ pub async fn announce_recoveries(
         .map_err(|e| announce_outcome(e, "recording recoveries announced"))
 }
 
+/// Counts and logs that Meta took two sends of part `outbound_id` (an ambiguous send and its
+/// resend): the customer has two copies. The sender finds it when the resend's acceptance comes
+/// after the first send was made the part's, the status stage when the first's status comes
+/// after the resend's acceptance.
+pub fn second_copy(outbound_id: Option<i64>) {
+    metrics::counter!("wafleet_sender_duplicates_total").increment(1);
+    tracing::warn!(
+        outbound_id,
+        "Meta took two sends of one part (an ambiguous send and its resend): the customer has \
+         two copies"
+    );
+}
+
 /// The worker outcome of an announcement that did not finish.
 fn announce_outcome(e: AnnounceError, doing: &str) -> crate::worker::Outcome {
     match e {

@@ -801,12 +801,7 @@ impl SenderStage {
         match acceptance {
             Acceptance::Recorded => Ok(Step::Next),
             Acceptance::SecondCopy => {
-                metrics::counter!("wafleet_sender_duplicates_total").increment(1);
-                tracing::warn!(
-                    outbound_id = part.id,
-                    "Meta took two sends of one part (an ambiguous send and its resend): the \
-                     customer has two copies"
-                );
+                super::second_copy(Some(part.id));
                 Ok(Step::Next)
             }
             Acceptance::FailedFirst { code } => {

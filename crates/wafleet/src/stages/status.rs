@@ -241,12 +241,7 @@ impl StatusStage {
                 return outcome;
             }
         } else if duplicate {
-            metrics::counter!("wafleet_sender_duplicates_total").increment(1);
-            tracing::warn!(
-                outbound_id,
-                "Meta took two sends of one part (an ambiguous send and its resend): the \
-                 customer has two copies"
-            );
+            super::second_copy(outbound_id);
         }
         Outcome::Done
     }

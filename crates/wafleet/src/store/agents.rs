@@ -165,11 +165,48 @@ pub async fn unannounced_failures(
     ids: &[i64],
     wamid: Option<&str>,
 ) -> sqlx::Result<Vec<Failure>> {
+    among(pool, FAILURE, ids, wamid).await
+}
+
+/// The rows `select` (a `SELECT … FROM outbound_messages o … WHERE …`) reads of the parts among
+/// `ids` and the part Meta knows as `wamid`, in id order.
+async fn among<T>(
+    pool: &PgPool,
+    select: &str,
+    ids: &[i64],
+    wamid: Option<&str>,
+) -> sqlx::Result<Vec<T>>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
     sqlx::query_as(&format!(
-        "{FAILURE} AND (o.id = ANY($1) OR o.wamid = $2) ORDER BY o.id"
+        "{select} AND (o.id = ANY($1) OR o.wamid = $2) ORDER BY o.id"
     ))
     .bind(ids)
     .bind(wamid)
+    .fetch_all(pool)
+    .await
+}
+
+/// Up to `limit` of the rows `select` reads of parts with ids above `after`, in id order, whose
+/// part has not changed for `quiet`: what a workers' sweep takes from the stages.
+async fn late<T>(
+    pool: &PgPool,
+    select: &str,
+    quiet: std::time::Duration,
+    after: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<T>>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    sqlx::query_as(&format!(
+        "{select} AND o.id > $1 AND o.updated_at < now() - make_interval(secs => $2)
+          ORDER BY o.id LIMIT $3"
+    ))
+    .bind(after)
+    .bind(quiet.as_secs_f64())
+    .bind(limit)
     .fetch_all(pool)
     .await
 }
@@ -183,15 +220,7 @@ pub async fn late_failures(
     after: i64,
     limit: i64,
 ) -> sqlx::Result<Vec<Failure>> {
-    sqlx::query_as(&format!(
-        "{FAILURE} AND o.id > $1 AND o.updated_at < now() - make_interval(secs => $2)
-          ORDER BY o.id LIMIT $3"
-    ))
-    .bind(after)
-    .bind(quiet.as_secs_f64())
-    .bind(limit)
-    .fetch_all(pool)
-    .await
+    late(pool, FAILURE, quiet, after, limit).await
 }
 
 /// Records that the dashboards heard of these parts' failures (Redis took their events): the
@@ -248,13 +277,7 @@ pub async fn unannounced_recoveries(
     ids: &[i64],
     wamid: Option<&str>,
 ) -> sqlx::Result<Vec<Recovery>> {
-    sqlx::query_as(&format!(
-        "{RECOVERY} AND (o.id = ANY($1) OR o.wamid = $2) ORDER BY o.id"
-    ))
-    .bind(ids)
-    .bind(wamid)
-    .fetch_all(pool)
-    .await
+    among(pool, RECOVERY, ids, wamid).await
 }
 
 /// Up to `limit` of [`unannounced_recoveries`] of any part with an id above `after`, in id
@@ -265,15 +288,7 @@ pub async fn late_recoveries(
     after: i64,
     limit: i64,
 ) -> sqlx::Result<Vec<Recovery>> {
-    sqlx::query_as(&format!(
-        "{RECOVERY} AND o.id > $1 AND o.updated_at < now() - make_interval(secs => $2)
-          ORDER BY o.id LIMIT $3"
-    ))
-    .bind(after)
-    .bind(quiet.as_secs_f64())
-    .bind(limit)
-    .fetch_all(pool)
-    .await
+    late(pool, RECOVERY, quiet, after, limit).await
 }
 
 /// Records that the dashboards heard these parts went out after all: a later failure of one

@@ -1972,3 +1972,98 @@ async fn a_forged_body_checked_against_every_apps_secret_does_not_hold_up_other_
     assert_eq!(requests(&ingest, "accepted").await, 50.0);
     ingest.stop().await.unwrap();
 }
+
+/// `wafleet_ingest_open_connections` of each of ingest's two lanes.
+async fn open_connections(ingest: &Ingest) -> [f64; 2] {
+    let mut lanes = [0.0; 2];
+    for (lane, open) in lanes.iter_mut().enumerate() {
+        *open = ingest
+            .metric(&format!(
+                r#"wafleet_ingest_open_connections{{lane="{lane}"}}"#
+            ))
+            .await;
+    }
+    lanes
+}
+
+/// Connections are spread over ingest's serving threads (each with its own Redis connection),
+/// webhooks are enqueued from every one of them, and on shutdown a request already being
+/// received is finished and answered while new connections are refused.
+#[tokio::test]
+async fn connections_are_spread_over_the_lanes_and_a_request_in_flight_is_finished_on_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (cfg, ingest) = setup().await;
+    let pnid = "106540352242922";
+    // Four keep-alive connections (one client each), each posting one webhook.
+    let clients: Vec<reqwest::Client> = (0..4).map(|_| reqwest::Client::new()).collect();
+    for (n, client) in clients.iter().enumerate() {
+        let body = text_body(pnid, "573001112233", &format!("wamid.LANE{n}"), "hola");
+        let status = client
+            .post(format!("{}/webhooks/whatsapp", ingest.url))
+            .header(
+                "x-hub-signature-256",
+                wafleet_core::signature::sign(&body, APP_SECRET.as_bytes()),
+            )
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200, "webhook {n}");
+    }
+    // The four, and the connection that scrapes: three on one lane, two on the other.
+    let mut open = open_connections(&ingest).await;
+    open.sort_by(f64::total_cmp);
+    assert_eq!(open, [2.0, 3.0], "connections per lane");
+    let mut con = cfg.redis().await;
+    assert_eq!(all_updates(&mut con, &inbound_streams(&cfg)).await.len(), 4);
+
+    // A webhook whose body is still arriving when shutdown starts.
+    let body = text_body(pnid, "573001112233", "wamid.DRAINED", "hola");
+    let signature = wafleet_core::signature::sign(&body, APP_SECRET.as_bytes());
+    let addr = ingest.url.trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /webhooks/whatsapp HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         x-hub-signature-256: {signature}\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&body[..10]).await.unwrap();
+    // Served: its lane counts it (the scraper's connection is counted too).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while open_connections(&ingest).await.iter().sum::<f64>() < 6.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow connection is never served"
+        );
+        tokio::task::yield_now().await;
+    }
+    drop(clients);
+
+    let stopping = tokio::spawn(ingest.stop());
+    // The listener closes first: new connections are refused.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(&addr).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still accepting after shutdown"
+        );
+        tokio::task::yield_now().await;
+    }
+    // A slow sender: the rest comes well into the drain, which waits for it (grace 5 s).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    slow.write_all(&body[10..]).await.unwrap();
+    let mut answer = String::new();
+    slow.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Answered, then closed by the drain (read_to_string saw the end).
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    stopping.await.unwrap().unwrap();
+    let updates = all_updates(&mut con, &inbound_streams(&cfg)).await;
+    assert_eq!(updates.len(), 5);
+}

@@ -422,6 +422,8 @@ impl TestConfig {
             shutdown_grace: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             shared_path: true,
+            // More than one, whatever the machine, so every test crosses lanes.
+            threads: 2,
             quick_start: None,
         }
     }

@@ -10,7 +10,9 @@ use wafleet::{ingest, telemetry};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
+/// The main runtime accepts connections and runs the background work (channel refresh, Postgres);
+/// webhooks are served on ingest's own threads (`WAFLEET_INGEST_THREADS`), so it needs one thread.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), wafleet::telemetry::Exit> {
     telemetry::check_logging_env()?;
     telemetry::init_logging();

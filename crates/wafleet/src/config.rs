@@ -248,6 +248,9 @@ pub struct IngestSettings {
     /// POST against every app's secrets. `false` once every app posts to its own path, so a
     /// forged body costs one app's secrets, not all of them.
     pub shared_path: bool,
+    /// `WAFLEET_INGEST_THREADS` (default: the cores the process may use): serving threads, each
+    /// with its own Redis connection (see `ingest::lanes`).
+    pub threads: usize,
     pub quick_start: Option<QuickStartChannel>,
 }
 
@@ -281,6 +284,10 @@ impl IngestSettings {
                 Duration::from_millis(30_000),
             )?,
             shared_path: parsed("WAFLEET_INGEST_SHARED_PATH", true)?,
+            threads: positive(
+                "WAFLEET_INGEST_THREADS",
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            )?,
             quick_start: QuickStartChannel::from_env()?,
         })
     }

@@ -59,16 +59,29 @@ struct Inner {
 impl SharedRedis {
     /// Parses `url`; does not connect.
     pub fn new(url: &str, connect_timeout: Duration) -> RedisResult<Self> {
-        Ok(Self {
+        Ok(Self::unopened(
+            redis::Client::open(url)?,
+            redis::AsyncConnectionConfig::new().set_connection_timeout(connect_timeout),
+        ))
+    }
+
+    /// A handle on a connection of its own to the same server, with the same settings, opened
+    /// on first use (so on the runtime of its first caller, which runs its driver task).
+    pub fn another(&self) -> Self {
+        Self::unopened(self.inner.client.clone(), self.inner.config.clone())
+    }
+
+    fn unopened(client: redis::Client, config: redis::AsyncConnectionConfig) -> Self {
+        Self {
             inner: Arc::new(Inner {
-                client: redis::Client::open(url)?,
-                config: redis::AsyncConnectionConfig::new().set_connection_timeout(connect_timeout),
+                client,
+                config,
                 current: std::sync::Mutex::new(None),
                 opening: tokio::sync::Mutex::new(()),
                 generation: AtomicU64::new(0),
                 probing: std::sync::atomic::AtomicBool::new(false),
             }),
-        })
+        }
     }
 
     /// The shared connection, opened if there is none.

@@ -250,6 +250,19 @@ pub async fn readiness<C: redis::aio::ConnectionLike>(
     con: impl std::future::Future<Output = Option<C>>,
     pg: &sqlx::PgPool,
 ) -> (axum::http::StatusCode, String) {
+    readiness_of(con, postgres_answers(pg)).await
+}
+
+/// Whether Postgres answers `SELECT 1`.
+pub async fn postgres_answers(pg: &sqlx::PgPool) -> bool {
+    sqlx::query("SELECT 1").execute(pg).await.is_ok()
+}
+
+/// [`readiness`] with Postgres's answer asked by the caller (`pg_ok`).
+pub async fn readiness_of<C: redis::aio::ConnectionLike>(
+    con: impl std::future::Future<Output = Option<C>>,
+    pg_ok: impl std::future::Future<Output = bool>,
+) -> (axum::http::StatusCode, String) {
     let redis_ok = async {
         let mut con = con.await?;
         redis::cmd("PING")
@@ -257,13 +270,12 @@ pub async fn readiness<C: redis::aio::ConnectionLike>(
             .await
             .ok()
     };
-    let pg_ok = sqlx::query("SELECT 1").execute(pg);
     let second = std::time::Duration::from_secs(1);
     let (r, g) = tokio::join!(
         tokio::time::timeout(second, redis_ok),
         tokio::time::timeout(second, pg_ok)
     );
-    let (r, g) = (matches!(r, Ok(Some(_))), matches!(g, Ok(Ok(_))));
+    let (r, g) = (matches!(r, Ok(Some(_))), matches!(g, Ok(true)));
     let up = |ok| if ok { "up" } else { "down" };
     let status = if r && g {
         axum::http::StatusCode::OK

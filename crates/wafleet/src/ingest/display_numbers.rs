@@ -38,6 +38,9 @@ pub const RELEARN_AFTER: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub struct DisplayNumbers {
     pg: PgPool,
+    /// The runtime that owns the pool's connections (ingest's `home`): writes run there, not on
+    /// the lane that saw the webhook.
+    home: tokio::runtime::Handle,
     written: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
@@ -46,9 +49,11 @@ fn digits(number: &str) -> String {
 }
 
 impl DisplayNumbers {
+    /// Called on the runtime that owns `pg`.
     pub fn new(pg: PgPool) -> Self {
         Self {
             pg,
+            home: tokio::runtime::Handle::current(),
             written: Arc::default(),
         }
     }
@@ -78,7 +83,7 @@ impl DisplayNumbers {
             written.insert(route.phone_number_id.clone(), Instant::now());
         }
         let (this, pnid) = (self.clone(), route.phone_number_id.clone());
-        tokio::spawn(async move {
+        self.home.spawn(async move {
             match channels::record_display_number(&this.pg, &pnid, &seen).await {
                 Ok(changed) => {
                     let result = if changed { "recorded" } else { "unchanged" };

@@ -514,7 +514,14 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    crate::telemetry::readiness(async { state.redis.get().await.ok() }, &state.pg)
-        .await
-        .into_response()
+    // Postgres from the runtime that owns the pool (see `lanes`); Redis on the lane's connection.
+    let pg = state.pg.clone();
+    let pg_ok = state
+        .home
+        .spawn(async move { crate::telemetry::postgres_answers(&pg).await });
+    crate::telemetry::readiness_of(async { state.redis.get().await.ok() }, async {
+        pg_ok.await.unwrap_or(false)
+    })
+    .await
+    .into_response()
 }

@@ -10,6 +10,7 @@
 
 pub mod display_numbers;
 mod http;
+mod lanes;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -32,10 +33,13 @@ pub use http::{Outcome, router};
 #[derive(Clone)]
 pub struct AppState {
     pub registry: SharedRegistry,
-    /// One multiplexed connection shared by all requests (see [`crate::shared_redis`] for why
-    /// not a pool).
+    /// One multiplexed connection shared by the requests of a lane (see [`crate::shared_redis`]
+    /// for why not a pool, and [`lanes`] for why one per lane).
     pub redis: SharedRedis,
     pub pg: sqlx::PgPool,
+    /// The runtime `run` was called on, which owns the Postgres pool's connections: lanes ask
+    /// Postgres through it, so no pooled connection is tied to a lane's runtime.
+    pub home: tokio::runtime::Handle,
     pub keys: Arc<Keys>,
     pub enqueuer: Enqueuer,
     pub redis_timeout: std::time::Duration,
@@ -134,26 +138,57 @@ pub async fn run(
         redis,
         display_numbers: display_numbers::DisplayNumbers::new(pg.clone()),
         pg,
+        home: tokio::runtime::Handle::current(),
         keys: Arc::new(Keys::new(common.redis_prefix.clone(), common.partitions)),
         enqueuer: Enqueuer::new(settings.dedup_ttl),
         redis_timeout: settings.redis_timeout,
         metrics,
         max_body_bytes: settings.max_body_bytes,
     };
-    let app = router(state, settings.request_timeout, settings.shared_path);
-    tracing::info!(addr = %listener.local_addr()?, "ingest listening");
-
-    let result = crate::serve_draining(
-        listener,
-        app,
-        shutdown,
-        settings.shutdown_grace,
-        CancellationToken::new(),
-    )
-    .await
-    .context("serving HTTP");
+    let lanes = lanes::Lanes::start(settings.threads, |_| {
+        // Each lane its own connection, opened (and its driver task spawned) on the lane.
+        let state = AppState {
+            redis: state.redis.another(),
+            ..state.clone()
+        };
+        router(state, settings.request_timeout, settings.shared_path)
+    })?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        threads = settings.threads,
+        "ingest listening"
+    );
+    accept(&listener, &lanes, shutdown).await;
+    drop(listener);
+    tracing::info!("shutdown requested; draining in-flight requests");
+    lanes.drain(settings.shutdown_grace).await;
     stop.cancel();
     let _ = refresher.await;
     tracing::info!("ingest stopped");
-    watch.finish().await.and(result)
+    watch.finish().await
+}
+
+/// Hands every connection `listener` accepts to a lane, until `shutdown` completes.
+async fn accept(listener: &TcpListener, lanes: &lanes::Lanes, shutdown: impl Future<Output = ()>) {
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => lanes.dispatch(stream),
+                // The client gave up before we took it: nothing to serve.
+                Err(e) if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::ConnectionReset
+                ) => {}
+                // Out of file descriptors, most likely: waiting lets connections close.
+                Err(e) => {
+                    tracing::error!(error = %e, "accepting a connection failed; trying again in 1 s");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            },
+        }
+    }
 }

@@ -92,27 +92,32 @@ impl Lanes {
 
     /// Hands `stream` to the lane with the fewest open connections.
     pub fn dispatch(&self, stream: tokio::net::TcpStream) {
-        let Some(lane) = self
-            .lanes
-            .iter()
-            .min_by_key(|lane| lane.open.load(Ordering::Relaxed))
-        else {
-            return;
-        };
         // Out of this runtime's reactor; the lane registers it with its own.
-        let stream = match stream.into_std() {
+        let mut stream = match stream.into_std() {
             Ok(stream) => stream,
             Err(e) => {
                 tracing::warn!(error = %e, "could not hand a connection to a lane; closed");
                 return;
             }
         };
-        lane.open.fetch_add(1, Ordering::Relaxed);
-        if lane.connections.send(stream).is_err() {
-            // The lane's thread is gone (it only ends on shutdown): the connection is closed.
-            lane.open.fetch_sub(1, Ordering::Relaxed);
-            tracing::warn!("an ingest lane has stopped; connection closed");
+        // A lane's thread ends only on shutdown; one that ended otherwise is passed over.
+        let mut lanes: Vec<&Lane> = self
+            .lanes
+            .iter()
+            .filter(|lane| !lane.connections.is_closed())
+            .collect();
+        lanes.sort_by_key(|lane| lane.open.load(Ordering::Relaxed));
+        for lane in lanes {
+            lane.open.fetch_add(1, Ordering::Relaxed);
+            match lane.connections.send(stream) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(back)) => {
+                    lane.open.fetch_sub(1, Ordering::Relaxed);
+                    stream = back;
+                }
+            }
         }
+        tracing::error!("no ingest lane is serving; connection closed");
     }
 
     /// Lets every connection finish its request, for at most `grace`.

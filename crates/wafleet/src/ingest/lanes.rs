@@ -5,8 +5,8 @@
 //! connection's driver task and back, and on a work-stealing runtime those two often ran on
 //! different threads, so each step woke a parked thread (an eventfd write, a futex, a context
 //! switch) twice. On a lane the request, its Redis connection and the connection's driver share
-//! one thread: every wake-up is a queue push. Measured with `just bench-ingest` on 2 cores: 22 µs
-//! of ingest CPU per webhook on the work-stealing runtime, 19 µs on two lanes (README, Figures).
+//! one thread: every wake-up is a queue push. Measured with `just bench-ingest` on 2 cores: 22-24
+//! µs of ingest CPU per webhook on the work-stealing runtime, 18-19 µs on lanes (README, Figures).
 //!
 //! The accept loop runs on the caller's runtime and hands each new connection to the lane with
 //! the fewest open ones; a connection stays on its lane for its life (HTTP/1 serves one request

@@ -215,6 +215,11 @@ pub fn tier_limit(tier: &str) -> Option<f64> {
     digits.parse::<u32>().ok().map(|d| f64::from(d) * scale)
 }
 
+/// A display number's digits alone (`+1 555-078-3881` → `15550783881`), as Meta writes it.
+pub fn display_digits(number: &str) -> String {
+    number.chars().filter(char::is_ascii_digit).collect()
+}
+
 /// Whether two display numbers are the same number: their digits are equal (Meta writes
 /// `15550783881`, an operator may have stored `+1 555-078-3881`).
 pub fn same_display_number(a: &str, b: &str) -> bool {

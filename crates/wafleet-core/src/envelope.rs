@@ -219,13 +219,7 @@ impl Update {
 
     /// The business number the update belongs to, if it belongs to one.
     pub fn phone_number_id(&self) -> Option<&str> {
-        match self {
-            Update::Message(m) => Some(&m.origin.phone_number_id),
-            Update::Status(s) => Some(&s.origin.phone_number_id),
-            Update::Error(e) => Some(&e.origin.phone_number_id),
-            Update::Echo(e) => Some(&e.origin.phone_number_id),
-            Update::Event(_) => None,
-        }
+        self.origin().map(|o| o.phone_number_id.as_str())
     }
 
     /// How long a redelivery of this update is recognised, at most: `None` for messages and

@@ -210,35 +210,48 @@ impl Registry {
     /// account's channels does not decrypt, an event no readable number's app signed is kept as
     /// [`CHANNEL_UNREADABLE`] (it may be that channel's), not passed.
     pub fn refusal(&self, update: &Update, signed_by: usize) -> Option<&'static str> {
+        self.admit(update, signed_by).err()
+    }
+
+    /// [`Registry::refusal`] as a `Result`: what keeps `update` out of processing, or, when it is
+    /// taken, its number's route (`None` for an account event, which names no number), so a
+    /// caller that needs the route looks it up once.
+    pub fn admit(
+        &self,
+        update: &Update,
+        signed_by: usize,
+    ) -> Result<Option<&ChannelRoute>, &'static str> {
         if let Update::Event(event) = update {
             let signers = event
                 .waba_id
                 .as_ref()
                 .and_then(|w| self.waba_signers.get(w));
             return match signers {
-                Some(s) if !s.secret_ids.contains(&signed_by) => Some(if s.unreadable {
+                Some(s) if !s.secret_ids.contains(&signed_by) => Err(if s.unreadable {
                     CHANNEL_UNREADABLE
                 } else {
                     SIGNED_BY_ANOTHER_APP
                 }),
-                _ => None,
+                _ => Ok(None),
             };
         }
-        let pnid = update.phone_number_id()?;
+        let Some(pnid) = update.phone_number_id() else {
+            return Ok(None);
+        };
         let Some(route) = self.route(pnid) else {
-            return Some("unknown_channel");
+            return Err("unknown_channel");
         };
         if !route.enabled {
-            return Some("channel_disabled");
+            return Err("channel_disabled");
         }
         if !route.secret_ids.contains(&signed_by) {
-            return Some(SIGNED_BY_ANOTHER_APP);
+            return Err(SIGNED_BY_ANOTHER_APP);
         }
         // The customer: who wrote, or whom the business wrote to from its app (an echo).
         let (wa_id, user_id) = match update {
             Update::Message(m) => (m.wa_id.as_deref(), m.user_id.as_deref()),
             Update::Echo(e) => (Some(e.to.as_str()), None),
-            _ => return None,
+            _ => return Ok(Some(route)),
         };
         // A Mexican or Brazilian customer's wa_id may be the other notation of the number
         // the business listed (see wafleet_core::phone).
@@ -251,9 +264,9 @@ impl Registry {
                 .and_then(wafleet_core::phone::other_form)
                 .is_some_and(|other| route.allowlist.contains(&other));
         if !allowed {
-            return Some("sender_not_allowed");
+            return Err("sender_not_allowed");
         }
-        None
+        Ok(Some(route))
     }
 
     pub fn len(&self) -> usize {

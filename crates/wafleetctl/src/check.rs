@@ -27,6 +27,7 @@ use wafleet::graph::{
 };
 use wafleet::stages::process::GraphSettings;
 use wafleet::store::channels;
+use wafleet_core::account::display_digits;
 use wafleet_core::graph_error::{
     ErrorClass, GraphError, UNKNOWN_OBJECT_SUBCODE, config_meaning, new_token_fixes,
 };
@@ -136,7 +137,7 @@ fn report(stored: &channels::Summary, number: &PhoneNumber) -> Vec<String> {
     let pnid = &stored.phone_number_id;
     let unknown = || "(not given by Meta)".to_string();
     let display = match (&number.display_phone_number, &stored.display_phone_number) {
-        (Some(meta), Some(ours)) if digits(meta) == digits(ours) => {
+        (Some(meta), Some(ours)) if display_digits(meta) == display_digits(ours) => {
             format!("{meta} (stored {ours}: matches)")
         }
         (Some(meta), Some(ours)) => format!(
@@ -173,11 +174,6 @@ fn report(stored: &channels::Summary, number: &PhoneNumber) -> Vec<String> {
         );
     }
     lines
-}
-
-/// The digits of a number as written anywhere (`+1 555-555-5555`, `15555555555`).
-fn digits(number: &str) -> String {
-    number.chars().filter(char::is_ascii_digit).collect()
 }
 
 /// Why the check failed, for an operator: what is wrong and what fixes it, with Meta's code and
@@ -399,7 +395,13 @@ mod tests {
 
     #[test]
     fn numbers_match_whatever_their_notation() {
-        assert_eq!(digits("+1 555-555-5555"), digits("15555555555"));
-        assert_ne!(digits("+1 555-555-5555"), digits("15555555556"));
+        assert_eq!(
+            display_digits("+1 555-555-5555"),
+            display_digits("15555555555")
+        );
+        assert_ne!(
+            display_digits("+1 555-555-5555"),
+            display_digits("15555555556")
+        );
     }
 }

@@ -44,16 +44,12 @@ pub struct DisplayNumbers {
     written: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
-fn digits(number: &str) -> String {
-    number.chars().filter(char::is_ascii_digit).collect()
-}
-
 impl DisplayNumbers {
-    /// Called on the runtime that owns `pg`.
-    pub fn new(pg: PgPool) -> Self {
+    /// `home`: the runtime that owns `pg`'s connections.
+    pub fn new(pg: PgPool, home: tokio::runtime::Handle) -> Self {
         Self {
             pg,
-            home: tokio::runtime::Handle::current(),
+            home,
             written: Arc::default(),
         }
     }
@@ -71,7 +67,7 @@ impl DisplayNumbers {
         {
             return;
         }
-        let seen = digits(display);
+        let seen = wafleet_core::account::display_digits(display);
         {
             let mut written = self.written.lock().expect("display numbers lock poisoned");
             if written

@@ -381,21 +381,22 @@ async fn handle(state: &AppState, app: Option<&str>, headers: &HeaderMap, body: 
         Ok(parsed) => {
             for update in &parsed.updates {
                 let kind = update.kind().as_str();
-                let quarantined = registry.refusal(update, secret_id);
-                match quarantined {
-                    None => {
+                let admitted = registry.admit(update, secret_id);
+                match admitted {
+                    Ok(route) => {
                         appends.push(Append::update(&state.keys, update, received_at));
                         // What Meta calls the number, learnt from an update taken for
                         // processing (signed by the number's app, the channel serving): a
                         // comparison with the registry, a write only when it differs.
-                        if let Some(origin) = update.origin()
-                            && let Some(display) = origin.display_phone_number.as_deref()
-                            && let Some(route) = registry.route(&origin.phone_number_id)
+                        if let Some(route) = route
+                            && let Some(display) = update
+                                .origin()
+                                .and_then(|o| o.display_phone_number.as_deref())
                         {
                             state.display_numbers.observe(route, display);
                         }
                     }
-                    Some(reason) => {
+                    Err(reason) => {
                         tracing::info!(
                             phone_number_id = update.phone_number_id().unwrap_or("-"),
                             reason,
@@ -411,7 +412,7 @@ async fn handle(state: &AppState, app: Option<&str>, headers: &HeaderMap, body: 
                         ));
                     }
                 }
-                labels.push((kind, quarantined));
+                labels.push((kind, admitted.err()));
             }
             for rejected in parsed.rejected {
                 tracing::warn!(reason = %rejected.reason, "webhook item rejected; dead-lettered");

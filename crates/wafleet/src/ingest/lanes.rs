@@ -44,7 +44,7 @@ struct Lane {
     connections: mpsc::UnboundedSender<std::net::TcpStream>,
     open: Arc<AtomicUsize>,
     /// Completes when the lane's thread has shut its runtime down.
-    done: Option<oneshot::Receiver<()>>,
+    done: oneshot::Receiver<()>,
 }
 
 impl Lanes {
@@ -80,7 +80,7 @@ impl Lanes {
             lanes.push(Lane {
                 connections,
                 open,
-                done: Some(done),
+                done,
             });
         }
         Ok(Self {
@@ -123,14 +123,10 @@ impl Lanes {
     /// Lets every connection finish its request, for at most `grace`.
     pub async fn drain(mut self, grace: Duration) {
         self.draining.cancel();
-        let done: Vec<_> = self
-            .lanes
-            .iter_mut()
-            .filter_map(|l| l.done.take())
-            .collect();
+        let lanes = std::mem::take(&mut self.lanes);
         let all_done = async {
-            for lane in done {
-                let _ = lane.await;
+            for lane in lanes {
+                let _ = lane.done.await;
             }
         };
         if tokio::time::timeout(grace, all_done).await.is_err() {

@@ -133,12 +133,13 @@ pub async fn run(
             _ = found => {}
         }
     };
+    let home = tokio::runtime::Handle::current();
     let state = AppState {
         registry,
         redis,
-        display_numbers: display_numbers::DisplayNumbers::new(pg.clone()),
+        display_numbers: display_numbers::DisplayNumbers::new(pg.clone(), home.clone()),
         pg,
-        home: tokio::runtime::Handle::current(),
+        home,
         keys: Arc::new(Keys::new(common.redis_prefix.clone(), common.partitions)),
         enqueuer: Enqueuer::new(settings.dedup_ttl),
         redis_timeout: settings.redis_timeout,

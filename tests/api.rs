@@ -52,7 +52,6 @@ impl Api {
                 base_url: graph.into(),
                 version: "v23.0".into(),
                 timeout: Duration::from_secs(5),
-                receipts_in_flight: wafleet::graph::DEFAULT_RECEIPTS_IN_FLIGHT,
             },
             media_max_bytes: 1024 * 1024,
         };

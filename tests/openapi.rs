@@ -528,7 +528,6 @@ impl Api {
                 base_url: "http://127.0.0.1:9".into(),
                 version: "v23.0".into(),
                 timeout: Duration::from_secs(1),
-                receipts_in_flight: wafleet::graph::DEFAULT_RECEIPTS_IN_FLIGHT,
             },
             media_max_bytes: 1024,
         };

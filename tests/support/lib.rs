@@ -459,7 +459,6 @@ impl TestConfig {
                 base_url: "http://127.0.0.1:9".into(),
                 version: "v23.0".into(),
                 timeout: Duration::from_secs(2),
-                receipts_in_flight: wafleet::graph::DEFAULT_RECEIPTS_IN_FLIGHT,
             },
             llm: wafleet::stages::process::LlmSettings {
                 providers: vec![],
@@ -475,6 +474,7 @@ impl TestConfig {
             early_status_ttl: wafleet::stages::status::DEFAULT_EARLY_STATUS_TTL,
             retention: Some(wafleet::worker::retention::DEFAULT_RETENTION),
             account_announce_max_age: wafleet::stages::account::DEFAULT_ANNOUNCE_MAX_AGE,
+            receipts_in_flight: wafleet::graph::DEFAULT_RECEIPTS_IN_FLIGHT,
         }
     }
 

@@ -260,6 +260,28 @@ impl SimState {
 }
 
 /// The bearer token of a request, if it has a non-empty one.
+/// Whether the request's bearer token is one the simulator knows (any, when it was given none).
+fn authorised(sim: &SimState, headers: &axum::http::HeaderMap) -> bool {
+    let tokens = &sim.config().tokens;
+    bearer(headers).is_some_and(|b| tokens.is_empty() || tokens.values().any(|t| t == b))
+}
+
+/// Meta's answer to an unknown access token (190), unless the request's is known;
+/// `fbtrace_id` names the route that refused it.
+fn unknown_token(
+    sim: &SimState,
+    headers: &axum::http::HeaderMap,
+    fbtrace_id: &str,
+) -> Option<axum::response::Response> {
+    use axum::response::IntoResponse;
+    if authorised(sim, headers) {
+        return None;
+    }
+    let body = serde_json::json!({"error": {"message": "Error validating access token.",
+        "type": "OAuthException", "code": 190, "fbtrace_id": fbtrace_id}});
+    Some((axum::http::StatusCode::UNAUTHORIZED, axum::Json(body)).into_response())
+}
+
 fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
     headers
         .get(axum::http::header::AUTHORIZATION)

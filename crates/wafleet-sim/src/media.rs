@@ -43,11 +43,6 @@ fn mime_type(id: &str) -> &'static str {
     }
 }
 
-fn authorised(sim: &SimState, headers: &HeaderMap) -> bool {
-    let tokens = &sim.config().tokens;
-    crate::bearer(headers).is_some_and(|b| tokens.is_empty() || tokens.values().any(|t| t == b))
-}
-
 fn refused(status: u16, code: i64, message: &str) -> Response {
     let body = json!({"error": {"message": message, "type": "OAuthException", "code": code,
                                 "fbtrace_id": "AsimMedia"}});
@@ -64,7 +59,7 @@ pub(crate) async fn info(
     Path((_version, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if !authorised(&sim, &headers) {
+    if !crate::authorised(&sim, &headers) {
         return refused(401, 190, "Error validating access token.");
     }
     if id.starts_with("missing-") {
@@ -96,7 +91,7 @@ pub(crate) async fn download(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if !authorised(&sim, &headers) {
+    if !crate::authorised(&sim, &headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
     if id.starts_with("missing-") {

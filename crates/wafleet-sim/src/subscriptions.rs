@@ -16,7 +16,7 @@
 //! non-empty one when [`crate::SimConfig::tokens`] is empty), else 190.
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -30,14 +30,7 @@ const APP_NAME: &str = "wafleet-sim";
 
 /// 190 unless the bearer token is one the simulator knows.
 fn refused(sim: &SimState, headers: &HeaderMap) -> Option<Response> {
-    let tokens = &sim.config().tokens;
-    if crate::bearer(headers).is_some_and(|b| tokens.is_empty() || tokens.values().any(|t| t == b))
-    {
-        return None;
-    }
-    let body = json!({"error": {"message": "Error validating access token.",
-                                "type": "OAuthException", "code": 190, "fbtrace_id": "AsimSub"}});
-    Some((StatusCode::UNAUTHORIZED, axum::Json(body)).into_response())
+    crate::unknown_token(sim, headers, "AsimSub")
 }
 
 /// `GET /{version}/{waba_id}/subscribed_apps`.

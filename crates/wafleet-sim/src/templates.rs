@@ -8,6 +8,7 @@
 //! [`crate::SimConfig::tokens`] is empty).
 
 use std::collections::HashMap;
+use wafleet_core::format::template::{placeholder_names, placeholders};
 
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
@@ -154,28 +155,6 @@ fn template(t: &Template, n: usize, status: &str) -> Value {
            "components": components, "id": format!("{}", 900_000 + n)})
 }
 
-/// How many distinct `{{…}}` placeholders `text` holds.
-fn placeholders(text: &str) -> usize {
-    names(text).len()
-}
-
-/// The distinct `{{…}}` placeholders of `text`, in order.
-fn names(text: &str) -> Vec<&str> {
-    let mut seen = Vec::new();
-    let mut rest = text;
-    while let Some(open) = rest.find("{{") {
-        let Some(close) = rest[open..].find("}}") else {
-            break;
-        };
-        let inner = rest[open + 2..open + close].trim();
-        if !seen.contains(&inner) {
-            seen.push(inner);
-        }
-        rest = &rest[open + close + 2..];
-    }
-    seen
-}
-
 /// Whether `params`, a header's or body's, fill `text`'s placeholders: as many as it holds, or,
 /// for a named template, each named once (`parameter_name`) and no other.
 fn fills(text: &str, params: &[Value], named: bool) -> bool {
@@ -186,10 +165,19 @@ fn fills(text: &str, params: &[Value], named: bool) -> bool {
         .iter()
         .filter_map(|p| p["parameter_name"].as_str())
         .collect();
-    let mut wanted = names(text);
+    let mut wanted = placeholder_names(text);
     given.sort_unstable();
     wanted.sort_unstable();
     given.len() == params.len() && given == wanted
+}
+
+/// The listed template a send's `template` object names (by name and language, in any case).
+fn listed(object: &Value) -> Option<&'static Template> {
+    let name = object["name"].as_str().unwrap_or_default();
+    let language = object["language"]["code"].as_str().unwrap_or_default();
+    TEMPLATES
+        .iter()
+        .find(|t| t.name == name && t.language.eq_ignore_ascii_case(language))
 }
 
 /// Why a template send does not fit its template: `(code, message)` as Meta answers, 132000 for
@@ -211,12 +199,7 @@ const FORMAT: Misfit = (
 /// `{{1}}` and each copy-code button, none for a fixed URL; a quick reply's payload may be left
 /// out. A template the simulator does not list is taken as it is (tests send made-up names).
 pub(crate) fn check_send(object: &Value) -> Result<(), Misfit> {
-    let name = object["name"].as_str().unwrap_or_default();
-    let language = object["language"]["code"].as_str().unwrap_or_default();
-    let Some(t) = TEMPLATES
-        .iter()
-        .find(|t| t.name == name && t.language.eq_ignore_ascii_case(language))
-    else {
+    let Some(t) = listed(object) else {
         return Ok(());
     };
     let components: Vec<&Value> = object["components"]
@@ -328,15 +311,8 @@ pub(crate) fn check_send(object: &Value) -> Result<(), Misfit> {
 /// the 132000–132016 range as "template problems (param count, missing template (404), paused,
 /// disabled…)"; the codes are Meta's public error-code table's.
 pub(crate) fn refused_for_status(sim: &SimState, object: &Value) -> Option<(u16, i64, String)> {
-    let name = object["name"].as_str().unwrap_or_default();
-    let language = object["language"]["code"].as_str().unwrap_or_default();
-    let listed = TEMPLATES
-        .iter()
-        .any(|t| t.name == name && t.language.eq_ignore_ascii_case(language));
-    if !listed {
-        return None;
-    }
-    match sim.template_status(name, language).as_str() {
+    let t = listed(object)?;
+    match sim.template_status(t.name, t.language).as_str() {
         "APPROVED" => None,
         "PAUSED" => Some((400, 132015, "(#132015) Template is Paused".into())),
         "DISABLED" => Some((400, 132016, "(#132016) Template is Disabled".into())),
@@ -355,13 +331,8 @@ pub(crate) async fn list(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    let tokens = &sim.config().tokens;
-    if !crate::bearer(&headers)
-        .is_some_and(|b| tokens.is_empty() || tokens.values().any(|t| t == b))
-    {
-        let body = json!({"error": {"message": "Error validating access token.",
-                                    "type": "OAuthException", "code": 190, "fbtrace_id": "AsimTpl"}});
-        return (axum::http::StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
+    if let Some(refusal) = crate::unknown_token(&sim, &headers, "AsimTpl") {
+        return refusal;
     }
     let wanted = q.get("name").map(String::as_str).unwrap_or("");
     let data: Vec<Value> = TEMPLATES

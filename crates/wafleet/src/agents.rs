@@ -727,11 +727,15 @@ fn recorded_or_refused(
 /// buttons, a list) to conversation `id` that would be refused now: for work worth not doing
 /// before such a refusal (`wafleetctl` uploads a file from the operator's disk only after it).
 /// Recording checks again, so a conversation taken back meanwhile still refuses the message.
-pub async fn check_writable(pg: &PgPool, id: i64, kind: &str) -> Result<(), AgentError> {
+/// Taken: the conversation's business number (its `phone_number_id`), to upload with.
+pub async fn check_writable(pg: &PgPool, id: i64, kind: &str) -> Result<String, AgentError> {
     let now = Utc::now();
     match crate::store::agents::refusal_now(pg, id, kind, now).await? {
-        None => Ok(()),
-        Some(refused) => recorded_or_refused(id, "", refused, now).map(|_| ()),
+        Ok(pnid) => Ok(pnid),
+        Err(refused) => recorded_or_refused(id, "", refused, now).and_then(|_| {
+            // A refusal is always an error; `recorded_or_refused` only says which.
+            Err(AgentError::NoConversation(id))
+        }),
     }
 }
 

@@ -417,13 +417,11 @@ impl GraphClient {
         let page: Page = self.get_json(url, token, &query, "template").await?;
         // `name` filters by part of the name: the exact one is picked here (an approved one
         // first, should Meta list the name and language twice).
-        let mut found: Vec<Template> = page
+        let found = page
             .data
             .into_iter()
             .filter(|t| t.name == name && t.language.eq_ignore_ascii_case(language))
-            .collect();
-        found.sort_by_key(|t| t.status.as_deref() != Some("APPROVED"));
-        let found = found.into_iter().next();
+            .min_by_key(|t| t.status.as_deref() != Some("APPROVED"));
         Ok(found.map(|t| {
             let text_of = |kind: &str| {
                 t.components

@@ -423,7 +423,6 @@ fn index_value(arg: &str) -> Result<(u8, String), String> {
     Ok((index, value.to_string()))
 }
 
-/// `NAME=VALUE` of a named template parameter (`order_id=1042`).
 /// A template header's file: an https link or a media id. A file on this machine (`@PATH`, as a
 /// reply takes it) is refused with the way to send it: a template is checked against Meta's and
 /// recorded by its reference before anything is sent, so its header names media Meta has already.
@@ -439,6 +438,7 @@ fn header_media(arg: &str) -> Result<String, String> {
     Ok(arg.to_string())
 }
 
+/// `NAME=VALUE` of a named template parameter (`order_id=1042`).
 fn name_value(arg: &str) -> Result<(String, String), String> {
     let (name, value) = arg
         .split_once('=')
@@ -974,10 +974,7 @@ async fn run() -> anyhow::Result<()> {
                     &cleared,
                     &format!("wafleetctl ({operator})"),
                 );
-                let types: Vec<&str> = cleared
-                    .iter()
-                    .map(|r| r.restriction_type.as_str())
-                    .collect();
+                let types = account_state::restriction_types(&cleared);
                 println!(
                     "channel {phone_number_id}: cleared {}; the workers' \
                      wafleet_channel_account_restricted follows within 15 s (Meta's next \
@@ -1757,10 +1754,7 @@ async fn send_local_file(
     }
     // Refused now (the bot has the conversation, its window closed…): said before the file is
     // uploaded for nothing. Recording the message checks again.
-    wafleet::agents::check_writable(pool, conversation_id, "agent").await?;
-    let pnid = wafleet::store::conversations::phone_number_id(pool, conversation_id)
-        .await?
-        .ok_or(wafleet::agents::AgentError::NoConversation(conversation_id))?;
+    let pnid = wafleet::agents::check_writable(pool, conversation_id, "agent").await?;
     let id = file.upload(pool, &pnid).await?;
     println!("uploaded as {}: media id {id}", file.kind());
     Ok(id)

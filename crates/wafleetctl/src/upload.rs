@@ -88,11 +88,7 @@ impl LocalFile {
         );
         let size = meta.len();
         anyhow::ensure!(size > 0, "{shown} is empty: Meta takes no empty file");
-        anyhow::ensure!(
-            size <= max,
-            "{shown} has {size} bytes; WhatsApp takes at most {max} for {}",
-            a(as_kind)
-        );
+        within_bound(&shown, size, max, as_kind)?;
         // As the API's upload route takes `?filename=`: what a document shows the customer.
         let name = path
             .file_name()
@@ -125,11 +121,12 @@ impl LocalFile {
              stored sealed"
         );
         let cipher = wafleet::config::cipher_from_env()?;
-        let known = wafleet::store::channels::summaries(pool, &[pnid.to_string()]).await?;
-        anyhow::ensure!(!known.is_empty(), "no channel {pnid}");
-        let token = wafleet::store::channels::access_token(pool, &cipher, pnid)
-            .await?
-            .with_context(|| format!("channel {pnid} has no access token to upload with"))?;
+        let Some(token) = wafleet::store::channels::access_token(pool, &cipher, pnid).await? else {
+            // Asked only now: which of the two it is.
+            let known = wafleet::store::channels::summaries(pool, &[pnid.to_string()]).await?;
+            anyhow::ensure!(!known.is_empty(), "no channel {pnid}");
+            anyhow::bail!("channel {pnid} has no access token to upload with");
+        };
         let settings = wafleet::stages::process::GraphSettings::from_env()?;
         let graph = wafleet::graph::GraphClient::new(
             &settings.base_url,
@@ -146,12 +143,7 @@ impl LocalFile {
             .await
             .with_context(|| format!("reading {shown}"))?
             .len();
-        anyhow::ensure!(
-            size <= self.max,
-            "{shown} has {size} bytes; WhatsApp takes at most {} for {}",
-            self.max,
-            a(self.kind)
-        );
+        within_bound(&shown, size, self.max, self.kind)?;
         graph
             .upload_media(
                 token.expose(),
@@ -187,6 +179,21 @@ pub async fn recorded_id(
     Ok(payload
         .filter(|p| p["type"] == kind)
         .and_then(|p| p[kind]["id"].as_str().map(str::to_string)))
+}
+
+/// A file of `size` bytes is within WhatsApp's bound `max` for `kind`.
+fn within_bound(
+    shown: &impl std::fmt::Display,
+    size: u64,
+    max: u64,
+    kind: &str,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        size <= max,
+        "{shown} has {size} bytes; WhatsApp takes at most {max} for {}",
+        a(kind)
+    );
+    Ok(())
 }
 
 /// `kind` with its article: "an image", "a document", "an audio file".

@@ -177,14 +177,16 @@ pub async fn run(
             _ = found => {}
         }
     };
+    let keys = Keys::new(
+        settings.redis.redis_prefix.clone(),
+        settings.redis.partitions,
+    );
     let state = AppState {
         pg,
-        redis: redis.clone(),
+        wordings: crate::stages::wording::Wordings::shared(redis.clone(), &keys),
+        redis,
         blocking: crate::shared_redis::blocking_pool(url, settings.max_event_streams)?,
-        keys: Keys::new(
-            settings.redis.redis_prefix.clone(),
-            settings.redis.partitions,
-        ),
+        keys,
         event_streams: Arc::new(tokio::sync::Semaphore::new(settings.max_event_streams)),
         metrics: crate::telemetry::metrics_handle(),
         stopping: CancellationToken::new(),
@@ -195,13 +197,6 @@ pub async fn run(
             settings.graph.timeout,
         ),
         media_max_bytes: settings.media_max_bytes,
-        wordings: crate::stages::wording::Wordings::shared(
-            redis,
-            &Keys::new(
-                settings.redis.redis_prefix.clone(),
-                settings.redis.partitions,
-            ),
-        ),
     };
     let stopping = state.stopping.clone();
     let app = router(Arc::new(state), settings.request_timeout);

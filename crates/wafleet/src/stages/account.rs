@@ -313,27 +313,29 @@ impl AccountStage {
         if applied == Applied::Older {
             return Ok("older");
         }
-        if late {
-            if let Ok(Some(state)) = account_state::state_of(&self.pg, pnid).await {
-                set_gauges(&state, Utc::now());
-            }
-            return Ok("late");
+        if !late {
+            let dashboard = serde_json::json!({
+                "kind": "number_quality", "reason": reason(q.event.as_deref()),
+                "phone_number_id": pnid, "event": q.event, "messaging_limit": q.limit,
+                "at": at.to_rfc3339(),
+            });
+            self.announce(job, pnid, dashboard).await?;
         }
-        let dashboard = serde_json::json!({
-            "kind": "number_quality", "reason": reason(q.event.as_deref()),
-            "phone_number_id": pnid, "event": q.event, "messaging_limit": q.limit,
-            "at": at.to_rfc3339(),
-        });
-        self.announce(job, pnid, dashboard).await?;
-        // The gauges at once, not at the next sample.
-        if let Ok(Some(state)) = account_state::state_of(&self.pg, pnid).await {
-            set_gauges(&state, Utc::now());
-        }
-        Ok(if applied == Applied::New {
+        self.refresh_gauges(pnid).await;
+        Ok(if late {
+            "late"
+        } else if applied == Applied::New {
             "recorded"
         } else {
             "again"
         })
+    }
+
+    /// The number's gauges at once, not at the next sample; a failed read leaves them to it.
+    async fn refresh_gauges(&self, pnid: &str) {
+        if let Ok(Some(state)) = account_state::state_of(&self.pg, pnid).await {
+            set_gauges(&state, Utc::now());
+        }
     }
 
     async fn account(
@@ -366,11 +368,7 @@ impl AccountStage {
             if applied == Applied::New && !late {
                 metrics::counter!("wafleet_account_events_total", "channel" => pnid.to_string(), "event" => event_label)
                     .increment(1);
-                let restrictions: Vec<&str> = a
-                    .restrictions
-                    .iter()
-                    .map(|r| r.restriction_type.as_str())
-                    .collect();
+                let restrictions = account_state::restriction_types(&a.restrictions);
                 let (ban, violation) = (
                     a.ban_state.as_deref().unwrap_or("-"),
                     a.violation.as_deref().unwrap_or("-"),
@@ -398,25 +396,20 @@ impl AccountStage {
             }
             if late {
                 result = "late";
-                if let Ok(Some(state)) = account_state::state_of(&self.pg, pnid).await {
-                    set_gauges(&state, Utc::now());
-                }
-                continue;
+            } else {
+                result = match (applied, result) {
+                    (Applied::New, _) | (_, "recorded") => "recorded",
+                    _ => "again",
+                };
+                let dashboard = serde_json::json!({
+                    "kind": "account_update", "reason": reason(a.event.as_deref()),
+                    "phone_number_id": pnid, "waba_id": event.waba_id, "event": a.event,
+                    "ban_state": a.ban_state, "restrictions": a.restrictions,
+                    "violation": a.violation, "at": at.to_rfc3339(),
+                });
+                self.announce(job, pnid, dashboard).await?;
             }
-            result = match (applied, result) {
-                (Applied::New, _) | (_, "recorded") => "recorded",
-                _ => "again",
-            };
-            let dashboard = serde_json::json!({
-                "kind": "account_update", "reason": reason(a.event.as_deref()),
-                "phone_number_id": pnid, "waba_id": event.waba_id, "event": a.event,
-                "ban_state": a.ban_state, "restrictions": a.restrictions,
-                "violation": a.violation, "at": at.to_rfc3339(),
-            });
-            self.announce(job, pnid, dashboard).await?;
-            if let Ok(Some(state)) = account_state::state_of(&self.pg, pnid).await {
-                set_gauges(&state, Utc::now());
-            }
+            self.refresh_gauges(pnid).await;
         }
         Ok(result)
     }

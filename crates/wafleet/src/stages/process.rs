@@ -52,6 +52,9 @@ pub struct WorkerProcessSettings {
     /// How old an account update may be and still be announced
     /// (`WAFLEET_ACCOUNT_ANNOUNCE_MAX_AGE_SECS`, see [`account::DEFAULT_ANNOUNCE_MAX_AGE`]).
     pub account_announce_max_age: Duration,
+    /// Read receipts on the wire at once (`WAFLEET_MARK_READ_MAX_IN_FLIGHT`): only workers send
+    /// them, so only workers read it.
+    pub receipts_in_flight: usize,
 }
 
 /// Where the Graph API is.
@@ -60,8 +63,6 @@ pub struct GraphSettings {
     pub base_url: String,
     pub version: String,
     pub timeout: Duration,
-    /// Read receipts on the wire at once (`WAFLEET_MARK_READ_MAX_IN_FLIGHT`).
-    pub receipts_in_flight: usize,
 }
 
 impl GraphSettings {
@@ -72,10 +73,6 @@ impl GraphSettings {
             version: var("WAFLEET_GRAPH_API_VERSION")
                 .unwrap_or_else(|| crate::graph::DEFAULT_VERSION.into()),
             timeout: millis("WAFLEET_GRAPH_TIMEOUT_MS", Duration::from_secs(10))?,
-            receipts_in_flight: positive(
-                "WAFLEET_MARK_READ_MAX_IN_FLIGHT",
-                crate::graph::DEFAULT_RECEIPTS_IN_FLIGHT,
-            )?,
         })
     }
 }
@@ -273,6 +270,10 @@ impl WorkerProcessSettings {
                 "WAFLEET_ACCOUNT_ANNOUNCE_MAX_AGE_SECS",
                 account::DEFAULT_ANNOUNCE_MAX_AGE.as_secs(),
             )?),
+            receipts_in_flight: positive(
+                "WAFLEET_MARK_READ_MAX_IN_FLIGHT",
+                crate::graph::DEFAULT_RECEIPTS_IN_FLIGHT,
+            )?,
         })
     }
 
@@ -370,7 +371,7 @@ pub async fn run(
         settings.graph.version.clone(),
         settings.graph.timeout,
     )
-    .with_receipts_in_flight(settings.graph.receipts_in_flight);
+    .with_receipts_in_flight(settings.receipts_in_flight);
     // Templates' wordings, shared by the sender and the account stage, which drops a template's
     // in every process when Meta changes its status.
     let wordings = super::wording::Wordings::shared(shared.clone(), &keys);

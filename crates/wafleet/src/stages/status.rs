@@ -163,14 +163,13 @@ impl Handler for StatusStage {
         // An agent's part dashboards heard of as failed (a send given up as unanswered) that
         // this status shows Meta took: they hear it went out after all, once. Found by our
         // callback too: the part of an erased customer keeps only a digest of the wamid.
-        if s.status != "failed" && matches!(applied, StatusApplied::Advanced { by_agent: true, .. })
+        if s.status != "failed"
+            && matches!(applied, StatusApplied::Advanced { by_agent: true, .. })
+            && let Err(outcome) = self
+                .announce_recovered(callback.map(|c| c.outbound_id), Some(&s.wamid))
+                .await
         {
-            let ids: Vec<i64> = callback.iter().map(|c| c.outbound_id).collect();
-            if let Err(outcome) =
-                announce_recoveries(&self.pg, &self.redis, &self.keys, &ids, Some(&s.wamid)).await
-            {
-                return outcome;
-            }
+            return outcome;
         }
         if s.status != "failed" || applied == StatusApplied::Kept {
             return Outcome::Done;
@@ -207,6 +206,20 @@ impl Handler for StatusStage {
 }
 
 impl StatusStage {
+    /// Dashboards hear that an agent's part they heard of as failed (a send given up as
+    /// unanswered) went out after all, once: found by our callback's part (the part of an erased
+    /// customer keeps only a digest of the wamid) or by `wamid`.
+    async fn announce_recovered(
+        &self,
+        outbound_id: Option<i64>,
+        wamid: Option<&str>,
+    ) -> Result<(), Outcome> {
+        let ids: Vec<i64> = outbound_id.into_iter().collect();
+        announce_recoveries(&self.pg, &self.redis, &self.keys, &ids, wamid)
+            .await
+            .map(drop)
+    }
+
     /// A status of another send of a part than the one it holds ([`StatusApplied::OtherSend`]):
     /// an ambiguous send's that came after its resend was claimed. Adopted, it made that send
     /// the part's, and nothing is sent again: an agent's part dashboards heard of as given up
@@ -228,16 +241,7 @@ impl StatusStage {
                 "a late status shows Meta took an earlier send of a part sent again; that send \
                  is the part's and the part is not sent again"
             );
-            if by_agent
-                && let Err(outcome) = announce_recoveries(
-                    &self.pg,
-                    &self.redis,
-                    &self.keys,
-                    &outbound_id.into_iter().collect::<Vec<_>>(),
-                    None,
-                )
-                .await
-            {
+            if by_agent && let Err(outcome) = self.announce_recovered(outbound_id, None).await {
                 return outcome;
             }
         } else if duplicate {

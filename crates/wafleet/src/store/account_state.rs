@@ -152,10 +152,7 @@ pub struct AccountState {
 impl AccountState {
     /// The restrictions recorded, as Meta gave them.
     pub fn restrictions(&self) -> Vec<Restriction> {
-        self.account_restrictions
-            .clone()
-            .and_then(|v| serde_json::from_value(v).ok())
-            .unwrap_or_default()
+        parse_restrictions(self.account_restrictions.clone())
     }
 
     /// The restrictions still in force at `now`: those without an expiration, or whose
@@ -286,20 +283,30 @@ pub async fn clear_restrictions(
     .bind(phone_number_id)
     .fetch_optional(pg)
     .await?;
-    Ok(old.map(|v| {
-        v.and_then(|v| serde_json::from_value(v).ok())
-            .unwrap_or_default()
-    }))
+    Ok(old.map(parse_restrictions))
+}
+
+/// The restrictions of a channel's `account_restrictions` column, as Meta gave them (none when
+/// the column is empty or not their shape).
+fn parse_restrictions(column: Option<serde_json::Value>) -> Vec<Restriction> {
+    column
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default()
+}
+
+/// The restrictions' types (Meta's codes), for logs and messages.
+pub fn restriction_types(restrictions: &[Restriction]) -> Vec<&str> {
+    restrictions
+        .iter()
+        .map(|r| r.restriction_type.as_str())
+        .collect()
 }
 
 /// The audit line of a [`clear_restrictions`]: the channel, who (`by`: the API token's name, or
 /// `wafleetctl` and the operator's login) and the restriction types cleared; Meta's codes and our
 /// ids only.
 pub fn restrictions_cleared(phone_number_id: &str, cleared: &[Restriction], by: &str) {
-    let types: Vec<&str> = cleared
-        .iter()
-        .map(|r| r.restriction_type.as_str())
-        .collect();
+    let types = restriction_types(cleared);
     tracing::warn!(
         channel = phone_number_id,
         by,

@@ -577,25 +577,27 @@ fn closed_to_new(
 
 /// Why a new agent's message of `kind` would be refused in the conversation now, as
 /// [`record_agent_message`] would refuse it (which checks again when it records): for work worth
-/// not doing before a refusal, such as uploading the file the message sends. `None`: it would
-/// be taken, for now.
+/// not doing before a refusal, such as uploading the file the message sends. `Ok`: it would be
+/// taken, for now, and this is the conversation's business number (its `phone_number_id`).
 pub async fn refusal_now(
     pool: &PgPool,
     conversation_id: i64,
     kind: &str,
     now: DateTime<Utc>,
-) -> sqlx::Result<Option<Recorded>> {
-    let conversation: Option<(String, String, Option<DateTime<Utc>>)> = sqlx::query_as(
-        "SELECT customer_key, owner, last_customer_message_at FROM conversations WHERE id = $1",
+) -> sqlx::Result<Result<String, Recorded>> {
+    let conversation: Option<(String, String, Option<DateTime<Utc>>, String)> = sqlx::query_as(
+        "SELECT c.customer_key, c.owner, c.last_customer_message_at, ch.phone_number_id
+           FROM conversations c JOIN channels ch ON ch.id = c.channel_id
+          WHERE c.id = $1",
     )
     .bind(conversation_id)
     .fetch_optional(pool)
     .await?;
     Ok(match conversation {
-        None => Some(Recorded::NoConversation),
-        Some((customer, owner, last)) => {
-            closed_to_anyone(&customer).or_else(|| closed_to_new(&owner, last, kind, false, now))
-        }
+        None => Err(Recorded::NoConversation),
+        Some((customer, owner, last, pnid)) => closed_to_anyone(&customer)
+            .or_else(|| closed_to_new(&owner, last, kind, false, now))
+            .map_or(Ok(pnid), Err),
     })
 }
 

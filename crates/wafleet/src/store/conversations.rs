@@ -1238,8 +1238,9 @@ async fn apply_distinct(
         bool,
         bool,
     );
-    let rows: Vec<Applied> = sqlx::query_as(
-        &"WITH input AS (
+    // Put together once: the statement's text never changes.
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        "WITH input AS (
              SELECT s.*, ch.id AS channel_id
                FROM unnest($1::text[], $2::text[], $3::int2[], $4::timestamptz[],
                            $5::int4[], $6::text[], $7::int8[], $8::int4[], $9::text[],
@@ -1402,32 +1403,33 @@ async fn apply_distinct(
            LEFT JOIN matched m ON m.n = i.n
           ORDER BY i.n"
             .replace("{ADOPT}", ADOPT_EARLIER_SEND)
-            .replace("{REFINES}", REFINES_UNANSWERED),
-    )
-    .bind(super::column(statuses, |s| s.wamid.as_str()))
-    .bind(super::column(statuses, |s| s.status.as_str()))
-    .bind(super::column(statuses, |s| s.rank))
-    .bind(super::column(statuses, |s| s.at))
-    .bind(super::column(statuses, |s| s.error_code.map(|c| c as i32)))
-    .bind(super::column(statuses, |s| s.error_title.as_deref()))
-    .bind(super::column(statuses, |s| {
-        s.callback.map(|c| c.outbound_id)
-    }))
-    .bind(super::column(statuses, |s| {
-        s.callback.and_then(|c| c.send_try)
-    }))
-    .bind(super::column(statuses, |s| {
-        s.callback.and(s.recipient.as_deref())
-    }))
-    .bind(super::column(statuses, |s| {
-        s.callback
-            .and(s.recipient.as_deref())
-            .and_then(wafleet_core::phone::other_form)
-    }))
-    .bind(super::column(statuses, |s| s.phone_number_id.as_deref()))
-    .bind(super::replies::UNANSWERED)
-    .fetch_all(&mut *conn)
-    .await?;
+            .replace("{REFINES}", REFINES_UNANSWERED)
+    });
+    let rows: Vec<Applied> = sqlx::query_as(SQL.as_str())
+        .bind(super::column(statuses, |s| s.wamid.as_str()))
+        .bind(super::column(statuses, |s| s.status.as_str()))
+        .bind(super::column(statuses, |s| s.rank))
+        .bind(super::column(statuses, |s| s.at))
+        .bind(super::column(statuses, |s| s.error_code.map(|c| c as i32)))
+        .bind(super::column(statuses, |s| s.error_title.as_deref()))
+        .bind(super::column(statuses, |s| {
+            s.callback.map(|c| c.outbound_id)
+        }))
+        .bind(super::column(statuses, |s| {
+            s.callback.and_then(|c| c.send_try)
+        }))
+        .bind(super::column(statuses, |s| {
+            s.callback.and(s.recipient.as_deref())
+        }))
+        .bind(super::column(statuses, |s| {
+            s.callback
+                .and(s.recipient.as_deref())
+                .and_then(wafleet_core::phone::other_form)
+        }))
+        .bind(super::column(statuses, |s| s.phone_number_id.as_deref()))
+        .bind(super::replies::UNANSWERED)
+        .fetch_all(&mut *conn)
+        .await?;
     Ok(rows
         .into_iter()
         .map(

@@ -102,10 +102,12 @@ pub async fn reply_contexts(
              SELECT i.n, i.lim, m.id AS message_id, m.wamid, m.session_no,
                     c.id AS conversation_id, c.channel_id, c.owner, c.last_customer_message_at,
                     r.outcome AS reply_outcome, m.message_type, m.metadata->>'id' AS media_id,
-                    m.text_redacted IS NOT NULL AS has_text, m.received_at
+                    m.text_redacted IS NOT NULL AS has_text, m.received_at,
+                    ch.locations_to_model
                FROM input i
                JOIN messages m ON m.id = i.message_id
                JOIN conversations c ON c.id = m.conversation_id
+               LEFT JOIN channels ch ON ch.id = c.channel_id
                LEFT JOIN replies r ON r.message_id = m.id
          )
          SELECT ctx.n, ctx.message_id, ctx.wamid, ctx.session_no, ctx.conversation_id,
@@ -148,9 +150,7 @@ pub async fn reply_contexts(
                             AND (m.text_redacted IS NOT NULL OR m.message_type IN ('image', 'document')
                                  -- A location only while its channel gives them to the model:
                                  -- turned off, none goes again, earlier ones neither.
-                                 OR m.message_type = 'location'
-                                    AND (SELECT c.locations_to_model FROM channels c
-                                          WHERE c.id = ctx.channel_id))
+                                 OR m.message_type = 'location' AND ctx.locations_to_model)
                             AND m.action IN ('reply', 'handover')
                             -- What a human answered instead of the bot, though it came while the
                             -- bot had the conversation (a human took it while the message waited,
@@ -187,8 +187,7 @@ pub async fn reply_contexts(
                             -- over the locations-only index (migration 0041): for a
                             -- conversation without one, a probe of a near-empty index per answer.
                             AND NOT (o.kind = 'reply'
-                                     AND NOT (SELECT c.locations_to_model FROM channels c
-                                               WHERE c.id = ctx.channel_id)
+                                     AND NOT ctx.locations_to_model
                                      AND EXISTS (
                                          SELECT 1 FROM messages l
                                           WHERE l.conversation_id = o.conversation_id

@@ -42,7 +42,9 @@ pub enum Update {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Origin {
     pub phone_number_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub display_phone_number: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub waba_id: Option<String>,
 }
 
@@ -53,21 +55,25 @@ pub struct InboundMessage {
     /// The wamid Meta gave the message.
     pub wamid: String,
     /// Sender's phone (`from` / `contacts[].wa_id`); absent for username users (BSUID era).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub wa_id: Option<String>,
     /// Business-scoped user id (`from_user_id` / `contacts[].user_id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub profile_name: Option<String>,
     /// `messages[].timestamp`, Unix seconds: when the customer sent it. The 24-hour window is
     /// measured from this, never from when we received it.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<i64>,
     /// The message type as Meta names it; unknown types are kept as they come.
     pub message_type: String,
-    /// The human-readable text of the message, where it has one: a text body, a media caption,
-    /// the title of a tapped button or list row.
-    pub text: Option<String>,
     /// The wamid this message replies to (`context.id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub context_id: Option<String>,
-    /// The message object exactly as received.
+    /// The message object exactly as received. Its text is read from here
+    /// ([`InboundMessage::text`]); entries written before it was (they carry a `text` field
+    /// beside it, the same text) read the same.
     pub raw: Box<RawValue>,
 }
 
@@ -82,6 +88,14 @@ pub struct IdentityChange {
 }
 
 impl InboundMessage {
+    /// The human-readable text of the message, where it has one: a text body, a media caption,
+    /// the title of a tapped button or list row, an order's note. Read from the raw item, which
+    /// ingest checked when it took the message, so the entry does not carry the text twice
+    /// (README: Figures).
+    pub fn text(&self) -> Option<String> {
+        crate::webhook::message_text(&self.raw)
+    }
+
     /// The identity change this message announces, if it is one.
     pub fn identity_change(&self) -> Option<IdentityChange> {
         #[derive(Deserialize)]
@@ -124,13 +138,19 @@ pub struct StatusUpdate {
     pub wamid: String,
     /// `sent`, `delivered`, `read`, `failed`, `played`, or whatever Meta adds later.
     pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub recipient_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub recipient_user_id: Option<String>,
     /// Echo of what we set when sending: our outbound record's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub biz_opaque_callback_data: Option<String>,
     /// First error of a `failed` status, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error_code: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error_title: Option<String>,
     pub raw: Box<RawValue>,
 }
@@ -156,12 +176,18 @@ pub struct BusinessEcho {
     /// The customer it was written to (`to`): their phone, as Meta writes a sender's `from`.
     pub to: String,
     /// `timestamp`, Unix seconds: when the business sent it.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<i64>,
     pub message_type: String,
-    /// The text of the message, where it has one: a text body or a media caption.
-    pub text: Option<String>,
-    /// The echo item exactly as received.
+    /// The echo item exactly as received; its text is read from here ([`BusinessEcho::text`]).
     pub raw: Box<RawValue>,
+}
+
+impl BusinessEcho {
+    /// The text of the message, where it has one: a text body or a media caption.
+    pub fn text(&self) -> Option<String> {
+        crate::webhook::echo_text(&self.raw)
+    }
 }
 
 /// A change on a field other than `messages`.
@@ -351,7 +377,6 @@ mod tests {
             profile_name: None,
             timestamp: Some(1),
             message_type: "text".into(),
-            text: Some("café".into()),
             context_id: None,
             raw: RawValue::from_string(raw.into()).unwrap(),
         });
@@ -361,7 +386,35 @@ mod tests {
             panic!("kind changed")
         };
         assert_eq!(m.raw.get(), raw, "raw bytes kept exactly, escapes included");
-        assert_eq!(m.text.as_deref(), Some("café"));
+        assert_eq!(
+            m.text().as_deref(),
+            Some("café"),
+            "the text is read from the raw item"
+        );
+        let text = std::str::from_utf8(&json).unwrap();
+        assert!(
+            !text.contains("café"),
+            "the text is not carried twice: {text}"
+        );
+        assert!(!text.contains("null"), "absent fields are left out: {text}");
+    }
+
+    #[test]
+    fn an_entry_written_with_the_text_beside_the_raw_item_still_reads() {
+        // What ingest wrote before the text was read from the raw item.
+        let old = r#"{"message":{"origin":{"phone_number_id":"1","display_phone_number":null,"waba_id":null},"wamid":"wamid.X","wa_id":"57300","user_id":null,"profile_name":null,"timestamp":1,"message_type":"text","text":"hola","context_id":null,"raw":{"id":"wamid.X","type":"text","text":{"body":"hola"}}}}"#;
+        let Update::Message(m) = serde_json::from_str(old).unwrap() else {
+            panic!("not a message")
+        };
+        assert_eq!(
+            (m.wa_id.as_deref(), m.text().as_deref()),
+            (Some("57300"), Some("hola"))
+        );
+        let old_echo = r#"{"echo":{"origin":{"phone_number_id":"1"},"wamid":"wamid.E","to":"57300","timestamp":null,"message_type":"image","text":"mira","raw":{"id":"wamid.E","to":"57300","type":"image","image":{"caption":"mira"}}}}"#;
+        let Update::Echo(e) = serde_json::from_str(old_echo).unwrap() else {
+            panic!("not an echo")
+        };
+        assert_eq!(e.text().as_deref(), Some("mira"));
     }
 
     #[test]

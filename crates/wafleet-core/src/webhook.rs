@@ -524,22 +524,6 @@ fn parse_messages_value(value: &RawValue, waba_id: Option<String>, parsed: &mut 
                     .and_then(|s| s.previous_user_id)
                     .filter(|id| !id.is_empty())
             });
-        let text = head
-            .text
-            .and_then(|t| t.body)
-            .or_else(|| {
-                [head.image, head.video, head.document]
-                    .into_iter()
-                    .flatten()
-                    .find_map(|c| c.caption)
-            })
-            .or_else(|| head.button.and_then(|b| b.text))
-            .or_else(|| head.order.and_then(|o| o.text))
-            .or_else(|| {
-                head.interactive
-                    .and_then(|i| i.button_reply.or(i.list_reply))
-                    .and_then(|t| t.title)
-            });
         parsed.updates.push(Update::Message(InboundMessage {
             origin: origin.clone(),
             wamid,
@@ -550,7 +534,6 @@ fn parse_messages_value(value: &RawValue, waba_id: Option<String>, parsed: &mut 
                 .and_then(|p| p.name.clone()),
             timestamp: head.timestamp.as_ref().and_then(Id::as_i64),
             message_type: head.kind.unwrap_or_else(|| "unknown".into()),
-            text,
             context_id: head.context.and_then(|c| c.id),
             raw: raw.to_owned(),
         }));
@@ -632,23 +615,56 @@ fn parse_echoes_value(value: &RawValue, waba_id: &Option<String>, parsed: &mut P
             continue;
         };
         let to = phone_digits(&to).unwrap_or(to);
-        let text = head.text.and_then(|t| t.body).or_else(|| {
-            [head.image, head.video, head.document]
-                .into_iter()
-                .flatten()
-                .find_map(|c| c.caption)
-        });
         parsed.updates.push(Update::Echo(BusinessEcho {
             origin: origin.clone(),
             wamid,
             to,
             timestamp: head.timestamp.as_ref().and_then(Id::as_i64),
             message_type: head.kind.unwrap_or_else(|| "unknown".into()),
-            text,
             raw: raw.to_owned(),
         }));
     }
     whole
+}
+
+/// The human-readable text of a message item (`value.messages[]`, its raw JSON): the text body,
+/// a media caption, the title of a tapped button or list row, or an order's note. `None` when
+/// it has none, or when `raw` is not a message item (ingest keeps only items that parse).
+///
+/// The envelope does not carry this beside the raw item (about a third of an entry's bytes,
+/// and of Redis's work per webhook): whoever needs it reads it here, from the same item ingest
+/// checked when it took the message.
+pub fn message_text(raw: &RawValue) -> Option<String> {
+    let head = serde_json::from_str::<MessageHead>(raw.get()).ok()?;
+    head.text
+        .and_then(|t| t.body)
+        .or_else(|| caption(head.image, head.video, head.document))
+        .or_else(|| head.button.and_then(|b| b.text))
+        .or_else(|| head.order.and_then(|o| o.text))
+        .or_else(|| {
+            head.interactive
+                .and_then(|i| i.button_reply.or(i.list_reply))
+                .and_then(|t| t.title)
+        })
+}
+
+/// The text of an echo item (`value.message_echoes[]`): its text body or a media caption.
+pub fn echo_text(raw: &RawValue) -> Option<String> {
+    let head = serde_json::from_str::<EchoHead>(raw.get()).ok()?;
+    head.text
+        .and_then(|t| t.body)
+        .or_else(|| caption(head.image, head.video, head.document))
+}
+
+fn caption(
+    image: Option<Caption>,
+    video: Option<Caption>,
+    document: Option<Caption>,
+) -> Option<String> {
+    [image, video, document]
+        .into_iter()
+        .flatten()
+        .find_map(|c| c.caption)
 }
 
 /// The digits of a phone number written with `+`, spaces, dashes, dots or brackets, as Meta
@@ -744,7 +760,7 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            (a.wamid.as_str(), a.text.as_deref(), a.timestamp),
+            (a.wamid.as_str(), a.text().as_deref(), a.timestamp),
             ("wamid.A", Some("Hola"), Some(1_700_000_000))
         );
         assert_eq!(a.profile_name.as_deref(), Some("Ana"));
@@ -757,7 +773,7 @@ mod tests {
             (None, Some("US.42"))
         );
         assert_eq!(
-            (b.profile_name.as_deref(), b.text.as_deref()),
+            (b.profile_name.as_deref(), b.text().as_deref()),
             (Some("Bo"), Some("foto"))
         );
         let Update::Message(c) = &p.updates[2] else {
@@ -784,7 +800,7 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            (d.origin.phone_number_id.as_str(), d.text.as_deref()),
+            (d.origin.phone_number_id.as_str(), d.text().as_deref()),
             ("P2", Some("Opción 2"))
         );
     }
@@ -921,7 +937,7 @@ mod tests {
             ("wamid.E1", "573001234567", Some(1_733_490_000))
         );
         assert_eq!(
-            (e.message_type.as_str(), e.text.as_deref()),
+            (e.message_type.as_str(), e.text().as_deref()),
             ("text", Some("Hola Ana, sí tenemos"))
         );
         assert_eq!(e.origin.waba_id.as_deref(), Some("W"));
@@ -934,7 +950,7 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            (f.to.as_str(), f.text.as_deref()),
+            (f.to.as_str(), f.text().as_deref()),
             ("573001234568", Some("la talla M"))
         );
     }
@@ -993,7 +1009,7 @@ mod tests {
             panic!("{:?}", p.updates)
         };
         assert_eq!(
-            (m.message_type.as_str(), m.text.as_deref()),
+            (m.message_type.as_str(), m.text().as_deref()),
             ("order", Some("Sin cebolla, por favor"))
         );
     }

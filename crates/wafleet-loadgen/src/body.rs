@@ -182,7 +182,7 @@ mod tests {
             assert_eq!(m.origin.phone_number_id, "106540352242922");
             assert_eq!(m.wamid, f.wamid(0, seq));
             assert_eq!(m.message_type, "text");
-            let text = m.text.as_deref().unwrap();
+            let text = m.text().unwrap();
             assert!(text.chars().any(|c| "áéíóúñ¿¡".contains(c)), "{text}");
         }
     }

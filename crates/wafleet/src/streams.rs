@@ -315,8 +315,8 @@ impl Append {
 /// be reallocated and copied four or five times for a typical 1 KB message.
 fn update_json(update: &Update) -> Bytes {
     let raw = match update {
-        Update::Message(m) => m.raw.get().len() + m.text.as_ref().map_or(0, String::len),
-        Update::Echo(e) => e.raw.get().len() + e.text.as_ref().map_or(0, String::len),
+        Update::Message(m) => m.raw.get().len(),
+        Update::Echo(e) => e.raw.get().len(),
         Update::Status(s) => s.raw.get().len(),
         Update::Error(e) => e.raw.get().len(),
         Update::Event(e) => e.raw.get().len(),

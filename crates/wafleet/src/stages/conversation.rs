@@ -175,10 +175,12 @@ impl ConversationStage {
             Err(outcome) => return Ok(outcome),
         };
         // A cart from the catalog says what was ordered: its items are what the customer says.
+        // Read from the raw item once (the entry does not carry it beside the item).
+        let own_text = m.text();
         let said = if m.message_type == "order" {
-            order_text(m)
+            order_text(m, own_text.as_deref())
         } else {
-            m.text.clone()
+            own_text.clone()
         };
         let redacted = said
             .as_deref()
@@ -232,8 +234,7 @@ impl ConversationStage {
             .filter(|t| !t.trim().is_empty());
         // Handover is matched on the original text (redaction never removes such phrases, but
         // it could split them).
-        let keyword = m
-            .text
+        let keyword = own_text
             .as_deref()
             .and_then(|t| channel.handover.find(t))
             .map(str::to_string);
@@ -362,9 +363,8 @@ impl ConversationStage {
         };
         // What agents and the model read of it: the text, redacted, else its kind.
         let body = e
-            .text
-            .as_deref()
-            .map(|t| self.redactor.redact(&without_nul(t)).text)
+            .text()
+            .map(|t| self.redactor.redact(&without_nul(&t)).text)
             .filter(|t| !t.trim().is_empty())
             .unwrap_or_else(|| format!("[{}]", without_nul(&e.message_type)));
         let at = e
@@ -819,7 +819,7 @@ fn without_nul(s: &str) -> std::borrow::Cow<'_, str> {
 /// leniently from the raw item, since Meta sends the numbers as numbers or strings (reference
 /// A.4): an item without a product is left out, one without a quantity or price says what it
 /// has. The note alone when no item names a product.
-fn order_text(m: &InboundMessage) -> Option<String> {
+fn order_text(m: &InboundMessage, note: Option<&str>) -> Option<String> {
     let raw: Value = serde_json::from_str(m.raw.get()).unwrap_or(Value::Null);
     let items: Vec<String> = raw["order"]["product_items"]
         .as_array()
@@ -847,7 +847,7 @@ fn order_text(m: &InboundMessage) -> Option<String> {
             Some(line)
         })
         .collect();
-    let note = m.text.as_deref().filter(|t| !t.trim().is_empty());
+    let note = note.filter(|t| !t.trim().is_empty());
     if items.is_empty() {
         return note.map(str::to_string);
     }

@@ -54,6 +54,9 @@ struct Inner {
     generation: AtomicU64,
     /// A probe of the connection is running (see [`ProbeOnDrop`]).
     probing: std::sync::atomic::AtomicBool,
+    /// Every caller bounds each call with a timeout of its own, below [`RESPONSE_TIMEOUT`]
+    /// ([`SharedRedis::another_bounded_by_callers`]): a command arms no timer.
+    bounded_by_callers: bool,
 }
 
 impl SharedRedis {
@@ -71,6 +74,23 @@ impl SharedRedis {
         Self::unopened(self.inner.client.clone(), self.inner.config.clone())
     }
 
+    /// [`another`](Self::another), for callers that each bound every call with a timeout below
+    /// [`RESPONSE_TIMEOUT`] (ingest's serving threads): a command arms no timer of its own. A
+    /// silent connection is still dropped: the caller that gave up leaves the probe behind
+    /// ([`ProbeOnDrop`]), which drops it unless answered within [`RESPONSE_TIMEOUT`].
+    ///
+    /// Why: a webhook armed three timers (the request's, the Redis step's and this one), and a
+    /// single-threaded tokio runtime whose timer wheel was empty when it last slept writes its
+    /// own eventfd for every timer armed until it sleeps again (tokio's `reregister`), about one
+    /// write per two webhooks in `just bench-ingest`.
+    pub fn another_bounded_by_callers(&self) -> Self {
+        let mut other = self.another();
+        Arc::get_mut(&mut other.inner)
+            .expect("a new handle is not shared yet")
+            .bounded_by_callers = true;
+        other
+    }
+
     fn unopened(client: redis::Client, config: redis::AsyncConnectionConfig) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -80,6 +100,7 @@ impl SharedRedis {
                 opening: tokio::sync::Mutex::new(()),
                 generation: AtomicU64::new(0),
                 probing: std::sync::atomic::AtomicBool::new(false),
+                bounded_by_callers: false,
             }),
         }
     }
@@ -149,7 +170,11 @@ async fn answered<T>(
         generation,
         armed: true,
     };
-    let result = tokio::time::timeout(RESPONSE_TIMEOUT, result).await;
+    let result = if owner.bounded_by_callers {
+        Ok(result.await)
+    } else {
+        tokio::time::timeout(RESPONSE_TIMEOUT, result).await
+    };
     guard.armed = false;
     match result {
         Ok(Err(e)) if e.is_unrecoverable_error() => {

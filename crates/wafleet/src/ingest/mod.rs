@@ -147,9 +147,16 @@ pub async fn run(
         max_body_bytes: settings.max_body_bytes,
     };
     let lanes = lanes::Lanes::start(settings.threads, |_| {
-        // Each lane its own connection, opened (and its driver task spawned) on the lane.
+        // Each lane its own connection, opened (and its driver task spawned) on the lane. Its
+        // every call is under a timeout of its caller's (the Redis step's, /metrics' and
+        // /readyz's), so its commands arm none of their own unless the step's is the longer.
+        let redis = if settings.redis_timeout < crate::shared_redis::RESPONSE_TIMEOUT {
+            state.redis.another_bounded_by_callers()
+        } else {
+            state.redis.another()
+        };
         let state = AppState {
-            redis: state.redis.another(),
+            redis,
             ..state.clone()
         };
         router(state, settings.request_timeout, settings.shared_path)

@@ -66,7 +66,7 @@ fuzz SECS="60":
     cd crates/wafleet-core/fuzz
     RUSTC_BOOTSTRAP=1 "$fuzz" run webhook_parse --fuzz-dir . -- -max_total_time={{SECS}}
 
-# ingest throughput and latency vs a no-I/O ceiling (BENCH_CONCURRENCY, BENCH_DURATION, BENCH_WARMUP)
+# ingest throughput and latency vs a no-I/O ceiling, loaded by turns (BENCH_CONCURRENCY, BENCH_DURATION, BENCH_WARMUP, BENCH_ROUNDS)
 bench-ingest:
     deploy/bench-ingest.sh
 

@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Ingest benchmark: the release wafleet-ingest against real Redis (AOF everysec) and Postgres,
-# then the same load against `wafleet-loadgen ceiling` (signature + parse, no I/O), and a summary.
+# and the same load against `wafleet-loadgen ceiling` (signature + parse, no I/O), loaded by
+# turns in the same run, and a summary.
 #
 #   deploy/bench-ingest.sh            (or: just bench-ingest)
 #
 # Knobs (environment):
 #   BENCH_CONCURRENCY   connections in flight             (default 32)
-#   BENCH_DURATION      measured seconds per run           (default 15)
+#   BENCH_DURATION      measured seconds per server        (default 15)
 #   BENCH_WARMUP        warm-up seconds before measuring   (default 5)
+#   BENCH_ROUNDS        slices each server's measured seconds are cut into, loaded by turns
+#                       (ingest, ceiling, ingest, ...; default 3): the host's speed drifts over a
+#                       minute on a shared VM, and by turns it slows both alike. Each later slice
+#                       has 1 s of warm-up (new connections); before each, the script waits for
+#                       any AOF rewrite to finish, so none falls on the ceiling's slice. 1: the
+#                       whole ingest run, then the whole ceiling run.
 #   BENCH_NO_BUILD=1    skip `cargo build --release`
 #   BENCH_RUST_LOG      ingest's RUST_LOG                   (default warn)
 #   BENCH_REDIS         how ingest reaches Redis: unix (the socket deploy/services.sh opens beside
@@ -37,6 +44,7 @@ cd "$ROOT"
 CONCURRENCY="${BENCH_CONCURRENCY:-32}"
 DURATION="${BENCH_DURATION:-15}"
 WARMUP="${BENCH_WARMUP:-5}"
+ROUNDS="${BENCH_ROUNDS:-3}"
 PARTITIONS="${WAFLEET_PARTITIONS:-16}"
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 BENCH_DB=wafleet_bench
@@ -45,6 +53,8 @@ note() { echo "bench-ingest: $*" >&2; }
 # Services, psql, rcli and bench_redis_url; this script's own cleanup and CPU helpers below
 # replace the library's.
 source "$ROOT/deploy/bench-lib.sh"
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_ROUNDS must be a positive number, got '$ROUNDS'"
+((DURATION % ROUNDS == 0)) || die "BENCH_DURATION ($DURATION) must be a multiple of BENCH_ROUNDS ($ROUNDS)"
 
 if [[ "${BENCH_NO_BUILD:-0}" != 1 ]]; then
   note "building release binaries"
@@ -75,21 +85,22 @@ redis_rewrite_cpu() { rcli info cpu | tr -d '\r' | awk -F: '/^used_cpu_(user|sys
 redis_persistence() { rcli info persistence | tr -d '\r' | sed -n "s/^$1://p"; }
 rewrite_done() { until [[ "$(redis_persistence aof_rewrite_in_progress)" == 0 ]]; do sleep 0.2; done; }
 
-SERVER_CPU=0
+# stop_server PID: prints the CPU seconds it used, then stops it.
 stop_server() {
-  [[ -n "$SERVER_PID" ]] || return 0
-  SERVER_CPU="$(proc_cpu "$SERVER_PID" 2>/dev/null || echo 0)"
-  kill -TERM "$SERVER_PID" 2>/dev/null || true
+  [[ -n "$1" ]] || return 0
+  proc_cpu "$1" 2>/dev/null || echo 0
+  kill -TERM "$1" 2>/dev/null || true
   local i
-  for ((i = 0; i < 250; i++)); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$SERVER_PID" 2>/dev/null || true
-  wait "$SERVER_PID" 2>/dev/null || true
-  SERVER_PID=""
+  for ((i = 0; i < 250; i++)); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
 }
+INGEST_PID="" CEILING_PID=""
 
 cleanup() {
   local rc=$?
-  stop_server
+  stop_server "$INGEST_PID" >/dev/null
+  stop_server "$CEILING_PID" >/dev/null
   if [[ -n "${REDIS_URL:-}" ]]; then
     rcli --scan --pattern "$PREFIX:*" | xargs -r -n 1000 redis-cli -u "$REDIS_URL" unlink >/dev/null 2>&1 || true
   fi
@@ -104,7 +115,8 @@ psql_admin -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)"
 psql_admin -c "CREATE DATABASE $BENCH_DB"
 KEY="$("$BIN/wafleetctl" generate-key)"
 
-# start_server NAME READY_PATH CMD...: runs CMD in the background on a free port ($PORT).
+# start_server NAME READY_PATH CMD...: runs CMD in the background on a free port ($PORT); its pid
+# in SERVER_PID.
 start_server() {
   local name="$1" ready="$2"
   shift 2
@@ -116,13 +128,7 @@ start_server() {
   fi
 }
 
-# load LABEL: the closed loop against the server on $PORT; prints the report, keeps it.
-load() {
-  "$LOADGEN" run --label "$1" --url "http://127.0.0.1:$PORT$2" \
-    --secret "$SECRET" --phone-number-id "$PNID" \
-    --concurrency "$CONCURRENCY" --duration "$DURATION" --warmup "$WARMUP" | tee "$LOGS/$1.out"
-}
-result() { grep '^RESULT ' "$LOGS/$1.out" | tail -n1; }
+result() { grep "^RESULT label=$1 " "$LOGS/load.out" | tail -n1; }
 field() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"; }
 
 echo "== setup: redis $APP_REDIS_URL (appendfsync $fsync), database $BENCH_DB, prefix $PREFIX," \
@@ -168,8 +174,7 @@ fi
 echo "== $APPS app(s), each with its own secret; ingest measured on POST $WEBHOOK_PATH"
 
 PORT="$("$LOADGEN" free-port)"
-redis_cpu_before="$(redis_cpu)" rewrite_cpu_before="$(redis_rewrite_cpu)"
-rewrites_before="$(redis_persistence aof_rewrites)"
+INGEST_URL="http://127.0.0.1:$PORT$WEBHOOK_PATH"
 start_server ingest /readyz env \
   DATABASE_URL="$BENCH_DATABASE_URL" WAFLEET_ENCRYPTION_KEY="$KEY" \
   REDIS_URL="$APP_REDIS_URL" WAFLEET_REDIS_PREFIX="$PREFIX" WAFLEET_PARTITIONS="$PARTITIONS" \
@@ -177,10 +182,32 @@ start_server ingest /readyz env \
   WHATSAPP_PHONE_NUMBER_ID="$PNID" WHATSAPP_APP_SECRET="$SECRET" WHATSAPP_APP_ID="$BENCH_APP_ID" \
   WHATSAPP_VERIFY_TOKEN=bench-verify WHATSAPP_ACCESS_TOKEN=bench-token \
   "$BIN/wafleet-ingest"
-load ingest "$WEBHOOK_PATH"
+INGEST_PID="$SERVER_PID"
+PORT="$("$LOADGEN" free-port)"
+CEILING_URL="http://127.0.0.1:$PORT/webhooks/whatsapp"
+start_server ceiling /healthz "$LOADGEN" ceiling --listen "127.0.0.1:$PORT" --secret "$SECRET"
+CEILING_PID="$SERVER_PID"
+
+echo "== load by turns: $ROUNDS round(s) of ingest then ceiling, $((DURATION / ROUNDS)) s measured" \
+  "each ($DURATION s per server), after $WARMUP s of warm-up the first time"
+rewrite_done
+redis_cpu_before="$(redis_cpu)" rewrite_cpu_before="$(redis_rewrite_cpu)"
+rewrites_before="$(redis_persistence aof_rewrites)"
+# Before each slice: no AOF rewrite in progress (see BENCH_ROUNDS), waited for at most 60 s.
+cat >"$LOGS/before-slice.sh" <<'EOF'
+for _ in $(seq 300); do
+  redis-cli -u "$1" info persistence </dev/null | tr -d '\r' | grep -qx 'aof_rewrite_in_progress:1' || exit 0
+  sleep 0.2
+done
+EOF
+"$LOADGEN" run --label ingest --url "$INGEST_URL" --label ceiling --url "$CEILING_URL" \
+  --rounds "$ROUNDS" --before-slice "sh '$LOGS/before-slice.sh' '$REDIS_URL'" \
+  --secret "$SECRET" --phone-number-id "$PNID" \
+  --concurrency "$CONCURRENCY" --duration "$DURATION" --warmup "$WARMUP" | tee "$LOGS/load.out"
 INGEST="$(result ingest)"
-stop_server
-INGEST_CPU="$SERVER_CPU"
+CEILING="$(result ceiling)"
+INGEST_CPU="$(stop_server "$INGEST_PID")" INGEST_PID=""
+CEILING_CPU="$(stop_server "$CEILING_PID")" CEILING_PID=""
 REDIS_CPU="$(awk -v a="$redis_cpu_before" -v b="$(redis_cpu)" 'BEGIN { printf "%.3f", b - a }')"
 REWRITE_CPU="$(awk -v a="$rewrite_cpu_before" -v b="$(redis_rewrite_cpu)" 'BEGIN { printf "%.3f", b - a }')"
 REWRITES=$(($(redis_persistence aof_rewrites) - rewrites_before))
@@ -195,13 +222,6 @@ off_path=$(($(rcli xlen "$PREFIX:{quarantine}:stream") + $(rcli xlen "$PREFIX:{d
 ok_total="$(field "$INGEST" ok_total)"
 echo "== streams: $stream_total inbound entries for $ok_total answers 200; $off_path in quarantine/dead letters"
 
-PORT="$("$LOADGEN" free-port)"
-start_server ceiling /healthz "$LOADGEN" ceiling --listen "127.0.0.1:$PORT" --secret "$SECRET"
-load ceiling /webhooks/whatsapp
-CEILING="$(result ceiling)"
-stop_server
-CEILING_CPU="$SERVER_CPU"
-
 verdict() { if [[ "$1" == 1 ]]; then echo ok; else echo MISSED; fi; }
 i_rps="$(field "$INGEST" rps)" c_rps="$(field "$CEILING" rps)"
 i_p99="$(field "$INGEST" p99_ms)"
@@ -213,7 +233,7 @@ err_ok=$(((i_err + c_err) == 0 ? 1 : 0))
 streams_ok=$((stream_total == ok_total && off_path == 0 ? 1 : 0))
 
 echo
-echo "== summary ($CONCURRENCY connections, ${DURATION}s after ${WARMUP}s warm-up)"
+echo "== summary ($CONCURRENCY connections, ${DURATION}s per server in $ROUNDS slice(s) by turns, after ${WARMUP}s warm-up)"
 printf '%-9s %10s %9s %9s %9s %7s\n' "" rps p50_ms p99_ms p999_ms errors
 for r in "$INGEST" "$CEILING"; do
   printf '%-9s %10s %9s %9s %9s %7s\n' "$(field "$r" label)" "$(field "$r" rps)" \

@@ -36,6 +36,8 @@ use crate::body::BodyFactory;
 pub const MAX_DURATION: Duration = Duration::from_secs(600);
 pub const MAX_WARMUP: Duration = Duration::from_secs(120);
 pub const MAX_CONCURRENCY: usize = 1024;
+/// Most slices a run is cut into (`--rounds`).
+pub const MAX_ROUNDS: u32 = 60;
 
 /// Where requests go: a loopback address only.
 #[derive(Debug, Clone)]
@@ -139,12 +141,30 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     /// From the end of the warm-up to the last answer.
     pub window: Duration,
-    /// CPU time this process used for the whole run (Linux only), to tell what the load
-    /// generator itself costs per request on a machine it shares with the server.
+    /// CPU time this process used during the run (Linux only), to tell what the load generator
+    /// itself costs per request on a machine it shares with the server.
     pub own_cpu: Option<Duration>,
 }
 
 impl Report {
+    /// Adds what another worker, or a later slice of the same target's load (`--rounds`), saw:
+    /// its answers, its measured window and its CPU time (unknown if either's is).
+    pub fn absorb(&mut self, slice: Report) {
+        self.latency_us.add(&slice.latency_us).expect("same bounds");
+        self.measured_ok += slice.measured_ok;
+        self.measured += slice.measured;
+        self.sent += slice.sent;
+        self.ok_total += slice.ok_total;
+        for (kind, n) in slice.errors {
+            *self.errors.entry(kind).or_default() += n;
+        }
+        self.window += slice.window;
+        self.own_cpu = match (self.own_cpu, slice.own_cpu) {
+            (Some(a), Some(b)) => Some(a + b),
+            _ => None,
+        };
+    }
+
     pub fn rps(&self) -> f64 {
         self.measured_ok as f64 / self.window.as_secs_f64().max(1e-9)
     }
@@ -189,6 +209,7 @@ fn histogram() -> Histogram<u64> {
 /// Runs the plan to its end and merges what the workers saw.
 pub async fn run(plan: Plan, factory: BodyFactory) -> anyhow::Result<Report> {
     plan.check()?;
+    let cpu_before = own_cpu_time();
     let start = Instant::now();
     let shared = Arc::new(Shared {
         factory,
@@ -215,18 +236,22 @@ pub async fn run(plan: Plan, factory: BodyFactory) -> anyhow::Result<Report> {
     let mut last_answer = shared.measure_from;
     for w in workers {
         let w = w.await.context("a load worker panicked")?;
-        report.latency_us.add(&w.latency_us).expect("same bounds");
-        report.measured_ok += w.measured_ok;
-        report.measured += w.measured;
-        report.sent += w.sent;
-        report.ok_total += w.ok_total;
-        for (kind, n) in w.errors {
-            *report.errors.entry(kind).or_default() += n;
-        }
         last_answer = last_answer.max(w.last_answer);
+        report.absorb(Report {
+            latency_us: w.latency_us,
+            measured_ok: w.measured_ok,
+            measured: w.measured,
+            sent: w.sent,
+            ok_total: w.ok_total,
+            errors: w.errors,
+            window: Duration::ZERO,
+            own_cpu: None,
+        });
     }
     report.window = last_answer - shared.measure_from;
-    report.own_cpu = own_cpu_time();
+    report.own_cpu = own_cpu_time()
+        .zip(cpu_before)
+        .map(|(after, before)| after.saturating_sub(before));
     Ok(report)
 }
 
@@ -357,7 +382,14 @@ fn transport_kind(e: &hyper::Error) -> &'static str {
 }
 
 /// The human-readable block and the machine-readable `RESULT` line.
-pub fn render(label: &str, plan: &Plan, report: &Report) -> String {
+/// `slices`: how many slices the run was cut into and the warm-up of each after the first
+/// (`--rounds`), or `None` for one run.
+pub fn render(
+    label: &str,
+    plan: &Plan,
+    slices: Option<(u32, Duration)>,
+    report: &Report,
+) -> String {
     let errors = if report.errors.is_empty() {
         "0".to_owned()
     } else {
@@ -370,14 +402,18 @@ pub fn render(label: &str, plan: &Plan, report: &Report) -> String {
     };
     let h = &report.latency_us;
     format!(
-        "== {label}: {c} connections, {d} s measured after {w} s warm-up, http://{a}{p}\n\
+        "== {label}: {c} connections, {d} s measured{slices} after {w} s warm-up, http://{a}{p}\n\
          requests    {measured} measured ({ok} answered 200); {sent} sent in all, {ok_total} answered 200\n\
          throughput  {rps:.1} req/s\n\
          latency     p50 {p50:.3} ms   p99 {p99:.3} ms   p99.9 {p999:.3} ms   max {max:.3} ms\n\
          errors      {errors}\n\
          RESULT label={label} rps={rps:.1} p50_ms={p50:.3} p99_ms={p99:.3} p999_ms={p999:.3} errors={n_err} requests={measured} sent={sent} ok_total={ok_total} client_cpu_us={client_cpu:.1}\n",
         c = plan.concurrency,
-        d = plan.duration.as_secs_f64(),
+        d = plan.duration.as_secs_f64() * f64::from(slices.map_or(1, |(n, _)| n)),
+        slices = slices.map_or(String::new(), |(n, w)| format!(
+            " in {n} slices (each later one after {} s of its own warm-up)",
+            w.as_secs_f64()
+        )),
         w = plan.warmup.as_secs_f64(),
         a = plan.target.addr,
         p = plan.target.path,
@@ -425,6 +461,51 @@ mod tests {
         let t = Target::parse("http://127.0.0.1:8080/webhooks/whatsapp").unwrap();
         assert_eq!(t.path, "/webhooks/whatsapp");
         assert_eq!(t.authority, "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn slices_of_one_target_add_up_to_its_report() {
+        let slice = |latency_us: u64, ok: u64, secs: u64, errors: &[(&str, u64)]| {
+            let mut h = histogram();
+            h.record_n(latency_us, ok).unwrap();
+            Report {
+                latency_us: h,
+                measured_ok: ok,
+                measured: ok + errors.iter().map(|(_, n)| n).sum::<u64>(),
+                sent: ok * 2,
+                ok_total: ok * 2,
+                errors: errors.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
+                window: Duration::from_secs(secs),
+                own_cpu: Some(Duration::from_millis(100 * secs)),
+            }
+        };
+        // A fast slice and a slow one: 3,000 answers in 5 s, then 1,000 in 5 s.
+        let mut report = slice(500, 3_000, 5, &[("timeout", 1)]);
+        report.absorb(slice(4_000, 1_000, 5, &[("timeout", 2), ("status_503", 1)]));
+        assert_eq!(
+            (
+                report.measured_ok,
+                report.measured,
+                report.sent,
+                report.ok_total
+            ),
+            (4_000, 4_004, 8_000, 8_000)
+        );
+        assert_eq!(report.window, Duration::from_secs(10));
+        assert!((report.rps() - 400.0).abs() < 1e-9, "{}", report.rps());
+        assert_eq!(report.errors["timeout"], 3);
+        assert_eq!(report.error_count(), 4);
+        assert_eq!(report.own_cpu, Some(Duration::from_secs(1)));
+        // Percentiles over every answer: three quarters fast, the slow quarter in the tail.
+        assert!((report.quantile_ms(0.5) - 0.5).abs() < 0.01);
+        assert!((report.quantile_ms(0.99) - 4.0).abs() < 0.01);
+        let mut unknown = slice(500, 1, 1, &[]);
+        unknown.own_cpu = None;
+        report.absorb(unknown);
+        assert_eq!(
+            report.own_cpu, None,
+            "a slice without its CPU time leaves the total unknown"
+        );
     }
 
     #[test]

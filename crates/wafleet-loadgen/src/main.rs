@@ -64,8 +64,9 @@ enum Command {
 #[derive(clap::Args)]
 struct RunArgs {
     /// Ingest's webhook URL, e.g. http://127.0.0.1:8080/webhooks/whatsapp (loopback only).
-    #[arg(long)]
-    url: String,
+    /// Repeat it (with one `--label` each) to load several servers by turns: see `--rounds`.
+    #[arg(long, required = true)]
+    url: Vec<String>,
     /// App secret the bodies are signed with.
     #[arg(long, env = "WHATSAPP_APP_SECRET", hide_env_values = true)]
     secret: String,
@@ -79,9 +80,22 @@ struct RunArgs {
     duration: u64,
     #[arg(long, default_value_t = 5)]
     warmup: u64,
-    /// Name on the report and the RESULT line.
-    #[arg(long, default_value = "run")]
-    label: String,
+    /// Name on the report and the RESULT line, one per `--url` (default: `run` for one URL).
+    #[arg(long)]
+    label: Vec<String>,
+    /// Load the URLs by turns: `--duration` is cut into this many slices per URL, run in
+    /// rounds (each URL's slice in the order given, then the next round), and each URL's slices
+    /// add up to its report. Comparing two servers this way, a host whose speed drifts over a
+    /// minute (a shared VM) slows both alike instead of whichever ran second.
+    #[arg(long, default_value_t = 1)]
+    rounds: u32,
+    /// Warm-up of each slice after a URL's first (which has `--warmup`): new connections.
+    #[arg(long, default_value_t = 1)]
+    slice_warmup: u64,
+    /// A shell command run before every slice, waited for (the ingest benchmark waits for
+    /// Redis to finish an AOF rewrite, so none of it falls on the next server's slice).
+    #[arg(long)]
+    before_slice: Option<String>,
     /// Hard cap on requests, warm-up included.
     #[arg(long, default_value_t = 20_000_000)]
     max_requests: u64,
@@ -115,31 +129,7 @@ fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Run(a) => {
-            let plan = load::Plan {
-                target: load::Target::parse(&a.url)?,
-                concurrency: a.concurrency,
-                warmup: Duration::from_secs(a.warmup),
-                duration: Duration::from_secs(a.duration),
-                max_requests: a.max_requests,
-                timeout: Duration::from_millis(a.timeout_ms),
-                rate: a.rate,
-            };
-            plan.check()?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            let factory = body::BodyFactory::new(
-                &a.phone_number_id,
-                a.secret.as_bytes(),
-                rand::random(),
-                now.as_secs(),
-            )?
-            .with_customers(a.customers);
-            let report = runtime(Some(a.threads))?.block_on(load::run(plan.clone(), factory))?;
-            print!("{}", load::render(&a.label, &plan, &report));
-            Ok(())
-        }
+        Command::Run(a) => run(a),
         Command::Ceiling {
             listen,
             secret,
@@ -155,6 +145,87 @@ fn main() -> anyhow::Result<()> {
             runtime(Some(1))?.block_on(wait_ok(target, Duration::from_secs(timeout_secs)))
         }
     }
+}
+
+/// `run`: one closed loop per URL, or several by turns (`--rounds`).
+fn run(a: RunArgs) -> anyhow::Result<()> {
+    let labels = match a.label.as_slice() {
+        [] if a.url.len() == 1 => vec!["run".to_owned()],
+        labels => labels.to_vec(),
+    };
+    anyhow::ensure!(
+        labels.len() == a.url.len(),
+        "give one --label per --url ({} labels for {} URLs)",
+        labels.len(),
+        a.url.len()
+    );
+    anyhow::ensure!(
+        (1..=load::MAX_ROUNDS).contains(&a.rounds),
+        "--rounds must be 1..={}",
+        load::MAX_ROUNDS
+    );
+    let slices = a.rounds as u64;
+    anyhow::ensure!(
+        a.duration.is_multiple_of(slices),
+        "--duration ({} s) must be a whole number of seconds per slice ({slices} slices)",
+        a.duration
+    );
+    let plans = a
+        .url
+        .iter()
+        .map(|url| {
+            let plan = load::Plan {
+                target: load::Target::parse(url)?,
+                concurrency: a.concurrency,
+                warmup: Duration::from_secs(a.warmup),
+                duration: Duration::from_secs(a.duration / slices),
+                max_requests: a.max_requests,
+                timeout: Duration::from_millis(a.timeout_ms),
+                rate: a.rate,
+            };
+            plan.check()?;
+            Ok(plan)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let runtime = runtime(Some(a.threads))?;
+    let mut reports: Vec<Option<load::Report>> = plans.iter().map(|_| None).collect();
+    for round in 0..a.rounds {
+        for (plan, report) in plans.iter().zip(&mut reports) {
+            if let Some(command) = &a.before_slice {
+                let status = std::process::Command::new("sh")
+                    .args(["-c", command])
+                    .status()
+                    .context("running --before-slice")?;
+                anyhow::ensure!(status.success(), "--before-slice failed: {status}");
+            }
+            let mut plan = plan.clone();
+            if round > 0 {
+                plan.warmup = Duration::from_secs(a.slice_warmup);
+            }
+            // A fresh nonce per slice: no body of one slice redelivers one of another's.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            let factory = body::BodyFactory::new(
+                &a.phone_number_id,
+                a.secret.as_bytes(),
+                rand::random(),
+                now.as_secs(),
+            )?
+            .with_customers(a.customers);
+            let slice = runtime.block_on(load::run(plan, factory))?;
+            match report {
+                Some(report) => report.absorb(slice),
+                None => *report = Some(slice),
+            }
+        }
+    }
+    let sliced = (a.rounds > 1).then(|| (a.rounds, Duration::from_secs(a.slice_warmup)));
+    for ((label, plan), report) in labels.iter().zip(&plans).zip(reports) {
+        let report = report.expect("every URL ran at least one slice");
+        print!("{}", load::render(label, plan, sliced, &report));
+    }
+    Ok(())
 }
 
 /// Polls GET until a 200, for at most `timeout`.

@@ -173,7 +173,8 @@ struct EchoesValue<'a> {
     message_echoes: Option<Vec<&'a RawValue>>,
 }
 
-/// What an echo item tells beside its raw JSON: a message object with the customer in `to`.
+/// What an echo item tells beside its raw JSON: a message object with the customer in `to`. Its
+/// text fields are read by [`echo_text`].
 #[derive(Deserialize)]
 #[serde(remote = "Self")]
 struct EchoHead {
@@ -235,6 +236,10 @@ impl Id {
     }
 }
 
+/// What a message item tells beside its raw JSON. Its text fields (`text`, the captions,
+/// `button`, `interactive`, `order`) are read by [`message_text`]; ingest reads them too and
+/// drops them, which is what checks their shape (an item whose `text` is not an object is
+/// dead-lettered with the reason, not taken as a message without text).
 #[derive(Deserialize)]
 #[serde(remote = "Self")]
 struct MessageHead {

@@ -13,8 +13,9 @@
 #                       (ingest, ceiling, ingest, ...; default 3): the host's speed drifts over a
 #                       minute on a shared VM, and by turns it slows both alike. Each later slice
 #                       has 1 s of warm-up (new connections); before each, the script waits for
-#                       any AOF rewrite to finish, so none falls on the ceiling's slice. 1: the
-#                       whole ingest run, then the whole ceiling run.
+#                       any AOF rewrite in progress to finish (one Redis starts on its own timer
+#                       can still begin during a slice). 1: the whole ingest run, then the whole
+#                       ceiling run.
 #   BENCH_NO_BUILD=1    skip `cargo build --release`
 #   BENCH_RUST_LOG      ingest's RUST_LOG                   (default warn)
 #   BENCH_REDIS         how ingest reaches Redis: unix (the socket deploy/services.sh opens beside
@@ -99,6 +100,8 @@ INGEST_PID="" CEILING_PID=""
 
 cleanup() {
   local rc=$?
+  # A server still starting (or never ready) is in SERVER_PID only.
+  stop_server "$SERVER_PID" >/dev/null
   stop_server "$INGEST_PID" >/dev/null
   stop_server "$CEILING_PID" >/dev/null
   if [[ -n "${REDIS_URL:-}" ]]; then
@@ -182,26 +185,30 @@ start_server ingest /readyz env \
   WHATSAPP_PHONE_NUMBER_ID="$PNID" WHATSAPP_APP_SECRET="$SECRET" WHATSAPP_APP_ID="$BENCH_APP_ID" \
   WHATSAPP_VERIFY_TOKEN=bench-verify WHATSAPP_ACCESS_TOKEN=bench-token \
   "$BIN/wafleet-ingest"
-INGEST_PID="$SERVER_PID"
+INGEST_PID="$SERVER_PID" SERVER_PID=""
 PORT="$("$LOADGEN" free-port)"
 CEILING_URL="http://127.0.0.1:$PORT/webhooks/whatsapp"
 start_server ceiling /healthz "$LOADGEN" ceiling --listen "127.0.0.1:$PORT" --secret "$SECRET"
-CEILING_PID="$SERVER_PID"
+CEILING_PID="$SERVER_PID" SERVER_PID=""
 
 echo "== load by turns: $ROUNDS round(s) of ingest then ceiling, $((DURATION / ROUNDS)) s measured" \
   "each ($DURATION s per server), after $WARMUP s of warm-up the first time"
 rewrite_done
 redis_cpu_before="$(redis_cpu)" rewrite_cpu_before="$(redis_rewrite_cpu)"
 rewrites_before="$(redis_persistence aof_rewrites)"
-# Before each slice: no AOF rewrite in progress (see BENCH_ROUNDS), waited for at most 60 s.
+# Before each slice: no AOF rewrite in progress (see BENCH_ROUNDS), waited for at most 60 s; an
+# unanswered Redis or a rewrite still running then fails the run (REDIS_URL is exported).
 cat >"$LOGS/before-slice.sh" <<'EOF'
-for _ in $(seq 300); do
-  redis-cli -u "$1" info persistence </dev/null | tr -d '\r' | grep -qx 'aof_rewrite_in_progress:1' || exit 0
+i=0
+until redis-cli -u "$REDIS_URL" info persistence </dev/null | tr -d '\r' | grep -qx 'aof_rewrite_in_progress:0'; do
+  i=$((i + 1))
+  [ "$i" -lt 300 ] || { echo "bench-ingest: Redis still rewriting its AOF (or not answering) after 60 s" >&2; exit 1; }
   sleep 0.2
 done
 EOF
+export REDIS_URL
 "$LOADGEN" run --label ingest --url "$INGEST_URL" --label ceiling --url "$CEILING_URL" \
-  --rounds "$ROUNDS" --before-slice "sh '$LOGS/before-slice.sh' '$REDIS_URL'" \
+  --rounds "$ROUNDS" --before-slice "sh \"$LOGS/before-slice.sh\"" \
   --secret "$SECRET" --phone-number-id "$PNID" \
   --concurrency "$CONCURRENCY" --duration "$DURATION" --warmup "$WARMUP" | tee "$LOGS/load.out"
 INGEST="$(result ingest)"

@@ -1,9 +1,10 @@
 //! The jobs that travel on the Redis Streams.
 //!
 //! Ingest turns every update of a webhook POST into one [`Update`]; workers read them back. An
-//! update carries the parsed essentials (what routing, dedup and the stages need without
-//! re-parsing) and the raw JSON of the item exactly as Meta sent it, so unknown message types and
-//! unknown fields survive for later stages and for inspection.
+//! update carries the parsed essentials (what routing and dedup need without re-parsing) and the
+//! raw JSON of the item exactly as Meta sent it, so unknown message types and unknown fields
+//! survive for later stages and for inspection. A message's text is not carried beside it: the
+//! stage that needs it reads it from the raw item ([`InboundMessage::text`]).
 //!
 //! Two derived keys decide how an update is stored (see `wafleet::streams` for the key layout):
 //! - [`Update::dedup_key`]: Meta redelivers for up to 7 days; inbound messages (and the business
@@ -16,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-/// Version of the envelope format, written with every entry so a worker can refuse a newer one.
+/// Version of the envelope format, written with every entry. Readers do not check it today: a
+/// change of format so far has been one that older entries still read under (README: the entry
+/// fields).
 pub const ENVELOPE_VERSION: u32 = 1;
 
 /// One update from a webhook POST.
@@ -72,9 +75,12 @@ pub struct InboundMessage {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub context_id: Option<String>,
     /// The message object exactly as received. Its text is read from here
-    /// ([`InboundMessage::text`]); entries written before it was (they carry a `text` field
-    /// beside it, the same text) read the same.
+    /// ([`InboundMessage::text`]).
     pub raw: Box<RawValue>,
+    /// The text, in an entry written before it was read from `raw` (ingest now leaves it out);
+    /// kept, and preferred, so such an entry reads exactly as it did.
+    #[serde(default, rename = "text", skip_serializing_if = "Option::is_none")]
+    pub legacy_text: Option<String>,
 }
 
 /// A customer's new identifiers, announced by a `system` message (reference A.4, A.7): a new
@@ -93,7 +99,9 @@ impl InboundMessage {
     /// ingest checked when it took the message, so the entry does not carry the text twice
     /// (README: Figures).
     pub fn text(&self) -> Option<String> {
-        crate::webhook::message_text(&self.raw)
+        self.legacy_text
+            .clone()
+            .or_else(|| crate::webhook::message_text(&self.raw))
     }
 
     /// The identity change this message announces, if it is one.
@@ -181,12 +189,17 @@ pub struct BusinessEcho {
     pub message_type: String,
     /// The echo item exactly as received; its text is read from here ([`BusinessEcho::text`]).
     pub raw: Box<RawValue>,
+    /// The text, in an entry written before it was read from `raw` ([`InboundMessage`]'s).
+    #[serde(default, rename = "text", skip_serializing_if = "Option::is_none")]
+    pub legacy_text: Option<String>,
 }
 
 impl BusinessEcho {
     /// The text of the message, where it has one: a text body or a media caption.
     pub fn text(&self) -> Option<String> {
-        crate::webhook::echo_text(&self.raw)
+        self.legacy_text
+            .clone()
+            .or_else(|| crate::webhook::echo_text(&self.raw))
     }
 }
 
@@ -379,6 +392,7 @@ mod tests {
             message_type: "text".into(),
             context_id: None,
             raw: RawValue::from_string(raw.into()).unwrap(),
+            legacy_text: None,
         });
         let json = serde_json::to_vec(&update).unwrap();
         let back: Update = serde_json::from_slice(&json).unwrap();
@@ -410,6 +424,14 @@ mod tests {
             (m.wa_id.as_deref(), m.text().as_deref()),
             (Some("57300"), Some("hola"))
         );
+        // The text it carries is what it reads, even where today's reading of the raw item
+        // finds none (here: a `text` that is not an object).
+        let odd = old.replace(r#""text":{"body":"hola"}"#, r#""text":["hola"]"#);
+        let Update::Message(m) = serde_json::from_str(&odd).unwrap() else {
+            panic!("not a message")
+        };
+        assert_eq!(crate::webhook::message_text(&m.raw), None);
+        assert_eq!(m.text().as_deref(), Some("hola"));
         let old_echo = r#"{"echo":{"origin":{"phone_number_id":"1"},"wamid":"wamid.E","to":"57300","timestamp":null,"message_type":"image","text":"mira","raw":{"id":"wamid.E","to":"57300","type":"image","image":{"caption":"mira"}}}}"#;
         let Update::Echo(e) = serde_json::from_str(old_echo).unwrap() else {
             panic!("not an echo")

@@ -236,10 +236,10 @@ impl Id {
     }
 }
 
-/// What a message item tells beside its raw JSON. Its text fields (`text`, the captions,
-/// `button`, `interactive`, `order`) are read by [`message_text`]; ingest reads them too and
-/// drops them, which is what checks their shape (an item whose `text` is not an object is
-/// dead-lettered with the reason, not taken as a message without text).
+/// What a message item tells beside its raw JSON. Ingest reads its text fields (`text`, the
+/// captions, `button`, `interactive`, `order`) and drops them, which is what checks their shape
+/// (an item whose `text` is not an object is dead-lettered with the reason, not taken as a
+/// message without text); [`message_text`] reads them from a stored raw item.
 #[derive(Deserialize)]
 #[serde(remote = "Self")]
 struct MessageHead {
@@ -541,6 +541,7 @@ fn parse_messages_value(value: &RawValue, waba_id: Option<String>, parsed: &mut 
             message_type: head.kind.unwrap_or_else(|| "unknown".into()),
             context_id: head.context.and_then(|c| c.id),
             raw: raw.to_owned(),
+            legacy_text: None,
         }));
     }
 
@@ -627,6 +628,7 @@ fn parse_echoes_value(value: &RawValue, waba_id: &Option<String>, parsed: &mut P
             timestamp: head.timestamp.as_ref().and_then(Id::as_i64),
             message_type: head.kind.unwrap_or_else(|| "unknown".into()),
             raw: raw.to_owned(),
+            legacy_text: None,
         }));
     }
     whole

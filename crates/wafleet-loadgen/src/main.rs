@@ -96,7 +96,7 @@ struct RunArgs {
     /// Redis to finish an AOF rewrite, so none of it falls on the next server's slice).
     #[arg(long)]
     before_slice: Option<String>,
-    /// Hard cap on requests, warm-up included.
+    /// Hard cap on requests, warm-up included (per slice with `--rounds`).
     #[arg(long, default_value_t = 20_000_000)]
     max_requests: u64,
     /// Per-request timeout, counted as an error.
@@ -165,6 +165,11 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         load::MAX_ROUNDS
     );
     let slices = a.rounds as u64;
+    anyhow::ensure!(
+        a.duration <= load::MAX_DURATION.as_secs(),
+        "--duration must be at most {} s in all",
+        load::MAX_DURATION.as_secs()
+    );
     anyhow::ensure!(
         a.duration.is_multiple_of(slices),
         "--duration ({} s) must be a whole number of seconds per slice ({slices} slices)",

@@ -84,7 +84,19 @@ proc_cpu() { sed 's/.*) //' "/proc/$1/stat" | awk -v hz="$(getconf CLK_TCK)" '{ 
 redis_cpu() { rcli info cpu | tr -d '\r' | awk -F: '/^used_cpu_(user|sys)(_children)?:/ { t += $2 } END { printf "%.3f", t }'; }
 redis_rewrite_cpu() { rcli info cpu | tr -d '\r' | awk -F: '/^used_cpu_(user|sys)_children:/ { t += $2 } END { printf "%.3f", t }'; }
 redis_persistence() { rcli info persistence | tr -d '\r' | sed -n "s/^$1://p"; }
-rewrite_done() { until [[ "$(redis_persistence aof_rewrite_in_progress)" == 0 ]]; do sleep 0.2; done; }
+# Waits until no AOF rewrite is in progress, for at most 60 s; an unanswered Redis or a rewrite
+# still running then fails. A file, so the load generator runs the same wait before each slice
+# (see BENCH_ROUNDS); REDIS_URL is exported for it.
+cat >"$LOGS/rewrite-done.sh" <<'EOF'
+i=0
+until redis-cli -u "$REDIS_URL" info persistence </dev/null | tr -d '\r' | grep -qx 'aof_rewrite_in_progress:0'; do
+  i=$((i + 1))
+  [ "$i" -lt 300 ] || { echo "bench-ingest: Redis still rewriting its AOF (or not answering) after 60 s" >&2; exit 1; }
+  sleep 0.2
+done
+EOF
+export REDIS_URL
+rewrite_done() { sh "$LOGS/rewrite-done.sh"; }
 
 # stop_server PID: prints the CPU seconds it used, then stops it.
 stop_server() {
@@ -196,19 +208,8 @@ echo "== load by turns: $ROUNDS round(s) of ingest then ceiling, $((DURATION / R
 rewrite_done
 redis_cpu_before="$(redis_cpu)" rewrite_cpu_before="$(redis_rewrite_cpu)"
 rewrites_before="$(redis_persistence aof_rewrites)"
-# Before each slice: no AOF rewrite in progress (see BENCH_ROUNDS), waited for at most 60 s; an
-# unanswered Redis or a rewrite still running then fails the run (REDIS_URL is exported).
-cat >"$LOGS/before-slice.sh" <<'EOF'
-i=0
-until redis-cli -u "$REDIS_URL" info persistence </dev/null | tr -d '\r' | grep -qx 'aof_rewrite_in_progress:0'; do
-  i=$((i + 1))
-  [ "$i" -lt 300 ] || { echo "bench-ingest: Redis still rewriting its AOF (or not answering) after 60 s" >&2; exit 1; }
-  sleep 0.2
-done
-EOF
-export REDIS_URL
 "$LOADGEN" run --label ingest --url "$INGEST_URL" --label ceiling --url "$CEILING_URL" \
-  --rounds "$ROUNDS" --before-slice "sh \"$LOGS/before-slice.sh\"" \
+  --rounds "$ROUNDS" --before-slice "sh \"$LOGS/rewrite-done.sh\"" \
   --secret "$SECRET" --phone-number-id "$PNID" \
   --concurrency "$CONCURRENCY" --duration "$DURATION" --warmup "$WARMUP" | tee "$LOGS/load.out"
 INGEST="$(result ingest)"

@@ -636,6 +636,81 @@ async fn a_sender_that_stalls_mid_body_is_cut_off_and_counted() {
     assert_eq!(requests(&ingest, "timeout").await, 1.0);
 }
 
+/// A client that trickles its request's head, a byte at a time, is closed once the head has
+/// taken longer than `WAFLEET_INGEST_HEADER_TIMEOUT_MS`, however steadily the bytes come, and is
+/// counted; a keep-alive connection left idle is closed quietly, not counted; a request whose
+/// head comes in time is served as ever.
+#[tokio::test]
+async fn a_head_that_never_completes_is_closed_and_counted_and_an_idle_connection_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let cfg = TestConfig::new().await;
+    let ingest = Ingest::start(IngestSettings {
+        header_timeout: Duration::from_millis(400),
+        ..cfg.ingest_settings()
+    })
+    .await;
+    let addr = ingest.url.trim_start_matches("http://").to_owned();
+    // Scraped on a fresh connection each time: a pooled one may have been closed as idle.
+    let timeouts = || async {
+        scrape_metric(
+            &reqwest::Client::new(),
+            &ingest.url,
+            r#"wafleet_ingest_requests_total{outcome="header_timeout"}"#,
+        )
+        .await
+    };
+
+    // A header byte every 50 ms: bytes keep coming, the head never ends.
+    let mut trickle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    trickle
+        .write_all(format!("POST /webhooks/whatsapp HTTP/1.1\r\nhost: {addr}\r\nx-a: ").as_bytes())
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut answer = Vec::new();
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a trickled head kept its connection open"
+        );
+        if trickle.write_all(b"a").await.is_err() {
+            break;
+        }
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(Duration::from_millis(50), trickle.read(&mut buf)).await {
+            Err(_) => {}
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    assert_eq!(timeouts().await, 1.0);
+
+    // A request whose head comes at once is answered, and its connection, left idle, closed.
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(format!("GET /healthz HTTP/1.1\r\nhost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read_to_end = tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut answer))
+        .await
+        .expect("an idle keep-alive connection is closed");
+    read_to_end.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("ok"), "{answer}");
+    // And one that never sent anything.
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut nothing = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut nothing))
+        .await
+        .expect("a connection that sends nothing is closed")
+        .unwrap();
+    assert!(nothing.is_empty());
+    assert_eq!(timeouts().await, 1.0, "an idle connection is not a timeout");
+}
+
 /// A client that announces a body over the limit and waits for `100 Continue` before sending it
 /// (curl does for large bodies) is told 413 from its headers, not asked for the body; one that
 /// sends the body straight away reads the 413 rather than a reset connection.

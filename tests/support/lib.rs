@@ -421,6 +421,7 @@ impl TestConfig {
             channel_refresh: Duration::from_millis(200),
             shutdown_grace: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(30),
             shared_path: true,
             // More than one, whatever the machine, so every test crosses lanes.
             threads: 2,

@@ -244,6 +244,11 @@ pub struct IngestSettings {
     pub shutdown_grace: Duration,
     /// Bound on one whole request, body included: a slow or stalled sender is cut off (408).
     pub request_timeout: Duration,
+    /// `WAFLEET_INGEST_HEADER_TIMEOUT_MS` (default 30 s): bound on the wait for a request's head
+    /// (request line and headers), from the moment the connection is ready for one: a sender
+    /// that trickles its headers, or never sends them, is closed, and so is a keep-alive
+    /// connection idle that long. The request timeout only starts once the head is in.
+    pub header_timeout: Duration,
     /// `WAFLEET_INGEST_SHARED_PATH` (default true): serve `/webhooks/whatsapp`, which checks a
     /// POST against every app's secrets. `false` once every app posts to its own path, so a
     /// forged body costs one app's secrets, not all of them.
@@ -291,6 +296,10 @@ impl IngestSettings {
             shutdown_grace: Duration::from_secs(positive("WAFLEET_SHUTDOWN_GRACE_SECS", 20)?),
             request_timeout: millis(
                 "WAFLEET_INGEST_REQUEST_TIMEOUT_MS",
+                Duration::from_millis(30_000),
+            )?,
+            header_timeout: millis(
+                "WAFLEET_INGEST_HEADER_TIMEOUT_MS",
                 Duration::from_millis(30_000),
             )?,
             shared_path: parsed("WAFLEET_INGEST_SHARED_PATH", true)?,

@@ -17,14 +17,16 @@
 //! it is serving (idle keep-alive connections close at once), and waits up to the grace period;
 //! past it, or when `run` is dropped, the lanes' runtimes are shut down with whatever is left.
 
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -49,7 +51,13 @@ struct Lane {
 
 impl Lanes {
     /// Starts `count` lanes; `app(i)` is lane `i`'s router (its state with its own Redis).
-    pub fn start(count: usize, mut app: impl FnMut(usize) -> Router) -> anyhow::Result<Self> {
+    /// `header_timeout` bounds the wait for each request's head on every connection
+    /// (`WAFLEET_INGEST_HEADER_TIMEOUT_MS`).
+    pub fn start(
+        count: usize,
+        header_timeout: Duration,
+        mut app: impl FnMut(usize) -> Router,
+    ) -> anyhow::Result<Self> {
         let draining = CancellationToken::new();
         let abort = CancellationToken::new();
         let mut lanes = Vec::with_capacity(count);
@@ -61,7 +69,14 @@ impl Lanes {
             let (connections, incoming) = mpsc::unbounded_channel();
             let (finished, done) = oneshot::channel();
             let open = Arc::new(AtomicUsize::new(0));
-            let serve = serve_lane(index, incoming, app(index), open.clone(), draining.clone());
+            let serve = serve_lane(
+                index,
+                incoming,
+                app(index),
+                header_timeout,
+                open.clone(),
+                draining.clone(),
+            );
             let abort = abort.clone();
             std::thread::Builder::new()
                 .name(format!("ingest-lane-{index}"))
@@ -151,6 +166,7 @@ async fn serve_lane(
     index: usize,
     mut incoming: mpsc::UnboundedReceiver<std::net::TcpStream>,
     app: Router,
+    header_timeout: Duration,
     open: Arc<AtomicUsize>,
     draining: CancellationToken,
 ) {
@@ -177,6 +193,7 @@ async fn serve_lane(
                 tracker.spawn(serve_connection(
                     stream,
                     app.clone(),
+                    header_timeout,
                     draining.clone(),
                     guard,
                 ));
@@ -203,17 +220,34 @@ impl Drop for OpenGuard {
 
 /// Serves HTTP/1 on one connection, as `axum::serve` does; on the drain the request in progress
 /// finishes and the connection closes.
+///
+/// Each request's head must be in within `header_timeout` of the connection being ready for it
+/// (hyper's header read timeout, which bytes trickling in do not extend). A connection idle that
+/// long is closed quietly, as any server closes idle keep-alive connections; one that sent part
+/// of a head is closed without an answer, counted (`outcome="header_timeout"`) and logged. hyper
+/// reports both as the same timeout, so [`Tracked`] tells them apart: bytes read since the last
+/// answer was written. The whole-request timeout only starts once the head is in, so without this
+/// a client sending a header byte now and then, or nothing, held its connection (a file
+/// descriptor) for ever.
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     app: Router,
+    header_timeout: Duration,
     draining: CancellationToken,
     _open: OpenGuard,
 ) {
     let service = TowerToHyperService::new(
         app.map_request(|req: axum::http::Request<Incoming>| req.map(axum::body::Body::new)),
     );
-    let conn =
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    let mid_head = Arc::new(AtomicBool::new(false));
+    let stream = Tracked {
+        inner: stream,
+        read_since_write: mid_head.clone(),
+    };
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(stream), service);
     let mut conn = std::pin::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
@@ -222,7 +256,78 @@ async fn serve_connection(
             conn.await
         }
     };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "connection ended with an error");
+    match result {
+        Ok(()) => {}
+        Err(e) if e.is_timeout() && !mid_head.load(Ordering::Relaxed) => {
+            tracing::debug!("idle connection closed (WAFLEET_INGEST_HEADER_TIMEOUT_MS)");
+        }
+        Err(e) if e.is_timeout() => {
+            tracing::warn!(
+                "request head not received within WAFLEET_INGEST_HEADER_TIMEOUT_MS; connection closed"
+            );
+            metrics::counter!("wafleet_ingest_requests_total", "outcome" => "header_timeout")
+                .increment(1);
+        }
+        Err(e) => tracing::debug!(error = %e, "connection ended with an error"),
+    }
+}
+
+/// A connection's stream that notes whether bytes were read since the last write: after an
+/// answer, the start of the next request's head.
+struct Tracked {
+    inner: tokio::net::TcpStream,
+    read_since_write: Arc<AtomicBool>,
+}
+
+impl tokio::io::AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.read_since_write.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.read_since_write.store(false, Ordering::Relaxed);
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.read_since_write.store(false, Ordering::Relaxed);
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -146,7 +146,7 @@ pub async fn run(
         metrics,
         max_body_bytes: settings.max_body_bytes,
     };
-    let lanes = lanes::Lanes::start(settings.threads, |_| {
+    let lanes = lanes::Lanes::start(settings.threads, settings.header_timeout, |_| {
         // Each lane its own connection, opened (and its driver task spawned) on the lane. Its
         // every call is under a timeout of its caller's (the Redis step's, /metrics' and
         // /readyz's), so its commands arm none of their own unless the step's is the longer.

@@ -7,13 +7,74 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use wafleet::config::{RedisLayout, Secret};
 use wafleet::store::api_tokens;
 use wafleet_sim::SimConfig;
 use wafleet_tests::*;
 
 const SHOP: &str = "106540352242922";
 const OTHER: &str = "106540352242923";
+
+/// The API bounds the wait for a request's head as ingest does (a trickled head is closed and
+/// counted), and on shutdown it stops taking connections, ends an open event stream and returns
+/// well before its grace period.
+#[tokio::test]
+async fn a_trickled_head_is_closed_and_counted_and_an_open_event_stream_ends_on_shutdown() {
+    let cfg = TestConfig::new().await;
+    cfg.add_channel(SHOP, |_| {}).await;
+    let grant = api_tokens::Grant::Agents(vec![SHOP.to_string()]);
+    let token = api_tokens::add(&cfg.pg().await, "shop", &grant)
+        .await
+        .unwrap()
+        .unwrap();
+    let settings = wafleet::api::ApiSettings {
+        header_timeout: Duration::from_millis(400),
+        // Longer than any wait below: the drain must end by itself.
+        shutdown_grace: Duration::from_secs(60),
+        ..cfg.api_settings(Some(cfg.cipher()), "http://127.0.0.1:9")
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let url = format!("http://{addr}");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(wafleet::api::run(settings, listener, async move {
+        let _ = stopped.await;
+    }));
+    wait_healthy(&reqwest::Client::new(), &url, "the API").await;
+
+    let answer = trickle_a_head_until_closed(&addr, "/api/v1/conversations").await;
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    // On a fresh connection: a pooled one may have been closed as idle.
+    let timeouts = scrape_metric(
+        &reqwest::Client::new(),
+        &url,
+        "wafleet_api_header_timeouts_total",
+    )
+    .await;
+    assert_eq!(timeouts, 1.0);
+
+    let mut events = reqwest::Client::new()
+        .get(format!("{url}/api/v1/events"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), StatusCode::OK);
+    stop.send(()).unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(_)) = events.chunk().await {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the event stream stayed open through the drain"
+    );
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("the API returns once the drain is done")
+        .unwrap()
+        .unwrap();
+    assert!(tokio::net::TcpStream::connect(&addr).await.is_err());
+}
 
 struct Api {
     url: String,
@@ -33,28 +94,7 @@ impl Api {
         cipher: Option<wafleet::crypto::Cipher>,
         graph: &str,
     ) -> Self {
-        let settings = wafleet::api::ApiSettings {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            database_url: Secret::new(cfg.database_url.clone()),
-            redis: RedisLayout {
-                redis_url: Secret::new(cfg.redis_url.clone()),
-                redis_prefix: cfg.prefix.clone(),
-                partitions: cfg.partitions,
-                partitions_check_every: PARTITIONS_CHECK_EVERY,
-            },
-            database_pool_size: 4,
-            plan_cache_mode: Default::default(),
-            max_event_streams: 4,
-            request_timeout: Duration::from_secs(10),
-            shutdown_grace: Duration::from_secs(1),
-            cipher,
-            graph: wafleet::stages::process::GraphSettings {
-                base_url: graph.into(),
-                version: "v23.0".into(),
-                timeout: Duration::from_secs(5),
-            },
-            media_max_bytes: 1024 * 1024,
-        };
+        let settings = cfg.api_settings(cipher, graph);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -639,12 +639,14 @@ async fn a_sender_that_stalls_mid_body_is_cut_off_and_counted() {
 /// A client that trickles its request's head, a byte at a time, is closed once the head has
 /// taken longer than `WAFLEET_INGEST_HEADER_TIMEOUT_MS`, however steadily the bytes come, and is
 /// counted; a keep-alive connection left idle is closed quietly, not counted; a request whose
-/// head comes in time is served as ever.
+/// head comes in time is served as ever, even when its body is slower than the bound, and on a
+/// keep-alive connection the bound starts afresh with each head.
 #[tokio::test]
 async fn a_head_that_never_completes_is_closed_and_counted_and_an_idle_connection_is_closed() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
 
     let cfg = TestConfig::new().await;
+    cfg.add_channel("106540352242922", |_| {}).await;
     let ingest = Ingest::start(IngestSettings {
         header_timeout: Duration::from_millis(400),
         ..cfg.ingest_settings()
@@ -662,28 +664,7 @@ async fn a_head_that_never_completes_is_closed_and_counted_and_an_idle_connectio
     };
 
     // A header byte every 50 ms: bytes keep coming, the head never ends.
-    let mut trickle = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    trickle
-        .write_all(format!("POST /webhooks/whatsapp HTTP/1.1\r\nhost: {addr}\r\nx-a: ").as_bytes())
-        .await
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let mut answer = Vec::new();
-    loop {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "a trickled head kept its connection open"
-        );
-        if trickle.write_all(b"a").await.is_err() {
-            break;
-        }
-        let mut buf = [0u8; 256];
-        match tokio::time::timeout(Duration::from_millis(50), trickle.read(&mut buf)).await {
-            Err(_) => {}
-            Ok(Ok(0) | Err(_)) => break,
-            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
-        }
-    }
+    let answer = trickle_a_head_until_closed(&addr, "/webhooks/whatsapp").await;
     assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
     assert_eq!(timeouts().await, 1.0);
 
@@ -692,23 +673,62 @@ async fn a_head_that_never_completes_is_closed_and_counted_and_an_idle_connectio
     idle.write_all(format!("GET /healthz HTTP/1.1\r\nhost: {addr}\r\n\r\n").as_bytes())
         .await
         .unwrap();
-    let mut answer = Vec::new();
-    let read_to_end = tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut answer))
-        .await
-        .expect("an idle keep-alive connection is closed");
-    read_to_end.unwrap();
+    let answer = read_until_closed(&mut idle).await;
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("ok"), "{answer}");
     // And one that never sent anything.
     let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let mut nothing = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut nothing))
-        .await
-        .expect("a connection that sends nothing is closed")
-        .unwrap();
-    assert!(nothing.is_empty());
+    assert!(read_until_closed(&mut silent).await.is_empty());
     assert_eq!(timeouts().await, 1.0, "an idle connection is not a timeout");
+
+    // The bound is on the head alone: a body slower than it is still taken (the request timeout
+    // bounds that), and on a keep-alive connection it starts afresh with each head.
+    let body = text_body("106540352242922", "573001112233", "wamid.SLOWBODY", "hola");
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(
+        format!(
+            "POST /webhooks/whatsapp HTTP/1.1\r\nhost: {addr}\r\nx-hub-signature-256: {}\r\n\
+             content-length: {}\r\n\r\n",
+            wafleet_core::signature::sign(&body, APP_SECRET.as_bytes()),
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    slow.write_all(&body[..body.len() / 2]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    slow.write_all(&body[body.len() / 2..]).await.unwrap();
+    let answer = answer_on(&mut slow).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    for n in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        slow.write_all(format!("GET /healthz HTTP/1.1\r\nhost: {addr}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let answer = answer_on(&mut slow).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "request {n}: {answer}");
+    }
+    assert_eq!(timeouts().await, 1.0);
+}
+
+/// One answer read from a keep-alive connection: up to the end of its body (`ok`), within 10 s.
+async fn answer_on(tcp: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let read = async {
+        while !answer.ends_with(b"ok") {
+            let mut buf = [0u8; 512];
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("an answer within 10 s");
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 /// A client that announces a body over the limit and waits for `100 Continue` before sending it

@@ -4,11 +4,9 @@
 //! answers as it says about tokens, admin tokens, idempotency keys and request bodies.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use wafleet::config::{RedisLayout, Secret};
 use wafleet::store::api_tokens::{self, Grant};
 use wafleet_tests::*;
 
@@ -507,29 +505,13 @@ impl Api {
             token("agents", Grant::Agents(vec![])).await,
             token("console", Grant::Admin).await,
         );
-        let redis = RedisLayout {
-            redis_url: Secret::new(cfg.redis_url.clone()),
-            redis_prefix: cfg.prefix.clone(),
-            partitions: cfg.partitions,
-            partitions_check_every: PARTITIONS_CHECK_EVERY,
-        };
         let settings = wafleet::api::ApiSettings {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            database_url: Secret::new(cfg.database_url.clone()),
-            redis,
-            database_pool_size: 4,
-            plan_cache_mode: Default::default(),
-            max_event_streams: 4,
-            request_timeout: Duration::from_secs(10),
-            shutdown_grace: Duration::from_secs(1),
-            cipher: Some(cfg.cipher()),
-            // Nothing here fetches a customer's file.
-            graph: wafleet::stages::process::GraphSettings {
-                base_url: "http://127.0.0.1:9".into(),
-                version: "v23.0".into(),
-                timeout: Duration::from_secs(1),
-            },
             media_max_bytes: 1024,
+            ..cfg.api_settings(
+                Some(cfg.cipher()),
+                // Nothing here fetches a customer's file.
+                "http://127.0.0.1:9",
+            )
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());

@@ -314,6 +314,38 @@ impl TestConfig {
         }
     }
 
+    /// The agent API's settings: with or without the encryption key (without it, channels
+    /// cannot be changed), its Graph API at `graph`.
+    pub fn api_settings(
+        &self,
+        cipher: Option<wafleet::crypto::Cipher>,
+        graph: &str,
+    ) -> wafleet::api::ApiSettings {
+        wafleet::api::ApiSettings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database_url: Secret::new(self.database_url.clone()),
+            redis: wafleet::config::RedisLayout {
+                redis_url: Secret::new(self.redis_url.clone()),
+                redis_prefix: self.prefix.clone(),
+                partitions: self.partitions,
+                partitions_check_every: PARTITIONS_CHECK_EVERY,
+            },
+            database_pool_size: 4,
+            plan_cache_mode: Default::default(),
+            max_event_streams: 4,
+            request_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(1),
+            cipher,
+            graph: wafleet::stages::process::GraphSettings {
+                base_url: graph.into(),
+                version: "v23.0".into(),
+                timeout: Duration::from_secs(5),
+            },
+            media_max_bytes: 1024 * 1024,
+        }
+    }
+
     pub fn common(&self) -> CommonSettings {
         CommonSettings {
             redis_url: Secret::new(self.redis_url.clone()),
@@ -824,6 +856,46 @@ impl Drop for Ingest {
             task.abort();
         }
     }
+}
+
+/// Opens a connection to `addr` and writes the start of a request to `path` whose head never
+/// ends: one more header byte every 50 ms until the server closes the connection. Returns what
+/// the server answered meanwhile; panics if the connection is still open after 10 s.
+pub async fn trickle_a_head_until_closed(addr: &str, path: &str) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(format!("POST {path} HTTP/1.1\r\nhost: {addr}\r\nx-a: ").as_bytes())
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut answer = Vec::new();
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a trickled head kept its connection open"
+        );
+        if tcp.write_all(b"a").await.is_err() {
+            return answer;
+        }
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(Duration::from_millis(50), tcp.read(&mut buf)).await {
+            Err(_) => {}
+            Ok(Ok(0) | Err(_)) => return answer,
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Everything the server sends on `tcp` until it closes it; panics if it is still open after
+/// 10 s.
+pub async fn read_until_closed(tcp: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer))
+        .await
+        .expect("the connection is closed")
+        .unwrap();
+    answer
 }
 
 /// Current value of a counter or gauge line of the `/metrics` of the service at `url` (0 when

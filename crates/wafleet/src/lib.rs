@@ -19,6 +19,8 @@
 //! - [`channels`]: the in-memory channel registry ingest serves lookups from.
 //! - [`telemetry`]: tracing and the Prometheus recorder.
 //! - [`ingest`]: the webhook HTTP service.
+//! - [`serve`]: listening, accepting and serving HTTP/1 connections (with a bound on each
+//!   request's head), and the drain, for ingest and the agent API.
 //! - [`llm`]: LLM provider clients (Anthropic, OpenAI-compatible) with deadlines, retries, fallback
 //!   to the next provider and a canned reply, and the handover marker.
 //! - [`graph`]: the Graph API client (text sends, mark-read, typing); outcomes say whether a
@@ -41,6 +43,7 @@ pub mod llm;
 pub mod partition_count;
 pub mod quarantine;
 pub mod ratelimit;
+pub mod serve;
 pub mod shared_redis;
 pub mod stages;
 pub mod store;
@@ -48,51 +51,7 @@ pub mod streams;
 pub mod telemetry;
 pub mod worker;
 
-/// Pending connections a listener queues before it accepts them (the kernel caps it at
-/// `net.core.somaxconn`, 4096 on current Linux). tokio's `TcpListener::bind` asks for 1024; a
-/// burst of more new connections than that (Meta's deliveries after an outage, a fleet of
-/// workers starting) has its SYNs dropped, and each dropped client waits a full second for its
-/// retransmission.
-pub const LISTEN_BACKLOG: u32 = 4096;
-
-/// Binds a TCP listener on `addr` with [`LISTEN_BACKLOG`].
-pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
-}
-
-/// Serves `app` on `listener` until `shutdown` completes, then lets in-flight requests finish for
-/// up to `grace` (SIGTERM drains; a request still running after it is cut off). `draining` is
-/// cancelled when the drain starts, for what must end first (long-lived responses).
-pub async fn serve_draining(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    grace: std::time::Duration,
-    draining: tokio_util::sync::CancellationToken,
-) -> anyhow::Result<()> {
-    let serve = axum::serve(listener, app).with_graceful_shutdown({
-        let draining = draining.clone();
-        async move {
-            shutdown.await;
-            tracing::info!("shutdown requested; draining in-flight requests");
-            draining.cancel();
-        }
-    });
-    tokio::select! {
-        r = serve => Ok(r?),
-        _ = async { draining.cancelled().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!(?grace, "drain exceeded the grace period; exiting with requests in flight");
-            Ok(())
-        }
-    }
-}
+pub use serve::{LISTEN_BACKLOG, listen, serve_draining};
 
 /// Completes on SIGTERM or Ctrl-C: what every binary passes as its shutdown future.
 pub async fn shutdown_signal() {

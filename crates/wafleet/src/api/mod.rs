@@ -80,6 +80,10 @@ pub struct ApiSettings {
     pub max_event_streams: usize,
     /// `WAFLEET_API_REQUEST_TIMEOUT_MS` (default 10,000) for every request but the event stream.
     pub request_timeout: Duration,
+    /// `WAFLEET_API_HEADER_TIMEOUT_MS` (default 30,000): bound on the wait for a request's head;
+    /// a connection that sent part of one is closed and counted, one idle that long closed
+    /// ([`crate::serve::serve_connection`]).
+    pub header_timeout: Duration,
     /// `WAFLEET_SHUTDOWN_GRACE_SECS` (default 20): how long SIGTERM waits for requests.
     pub shutdown_grace: Duration,
     /// `WAFLEET_ENCRYPTION_KEY` (and `WAFLEET_ENCRYPTION_KEY_PREVIOUS`) when set: needed only to
@@ -108,6 +112,7 @@ impl ApiSettings {
             plan_cache_mode: parsed("WAFLEET_PG_PLAN_CACHE_MODE", Default::default())?,
             max_event_streams: positive("WAFLEET_API_MAX_EVENT_STREAMS", 256)?,
             request_timeout: millis("WAFLEET_API_REQUEST_TIMEOUT_MS", Duration::from_secs(10))?,
+            header_timeout: millis("WAFLEET_API_HEADER_TIMEOUT_MS", Duration::from_secs(30))?,
             shutdown_grace: Duration::from_secs(positive("WAFLEET_SHUTDOWN_GRACE_SECS", 20)?),
             cipher: var("WAFLEET_ENCRYPTION_KEY")
                 .map(|_| crate::config::cipher_from_env())
@@ -202,9 +207,21 @@ pub async fn run(
     let app = router(Arc::new(state), settings.request_timeout);
     tracing::info!(addr = %listener.local_addr()?, "agent API listening");
     // Open event streams end when the drain starts: they would hold it for the whole grace.
-    let served = crate::serve_draining(listener, app, shutdown, settings.shutdown_grace, stopping)
-        .await
-        .context("serving HTTP");
+    let head = crate::serve::HeadTimeout {
+        after: settings.header_timeout,
+        setting: "WAFLEET_API_HEADER_TIMEOUT_MS",
+        counter: metrics::counter!("wafleet_api_header_timeouts_total"),
+    };
+    let served = crate::serve_draining(
+        listener,
+        app,
+        head,
+        shutdown,
+        settings.shutdown_grace,
+        stopping,
+    )
+    .await
+    .context("serving HTTP");
     tracing::info!("agent API stopped");
     watch.finish().await.and(served)
 }

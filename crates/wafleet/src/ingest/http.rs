@@ -20,7 +20,10 @@ use wafleet_core::webhook;
 use super::AppState;
 use crate::streams::{Append, Appended};
 
-/// How a webhook request ended. Also the `outcome` label of `wafleet_ingest_requests_total`.
+/// How a webhook request ended. Also the `outcome` label of `wafleet_ingest_requests_total`,
+/// beside three counted where the request never reaches a handler's end: `timeout`
+/// (`count_timeouts`), `not_found` (the fallback handler) and `header_timeout`
+/// ([`crate::serve::serve_connection`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// At least one update was enqueued (or the POST held none).

@@ -17,21 +17,17 @@
 //! it is serving (idle keep-alive connections close at once), and waits up to the grace period;
 //! past it, or when `run` is dropped, the lanes' runtimes are shut down with whatever is left.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::task::Poll;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
+
+use crate::serve::{HeadTimeout, serve_connection};
 
 /// The serving threads of one ingest.
 pub struct Lanes {
@@ -51,11 +47,10 @@ struct Lane {
 
 impl Lanes {
     /// Starts `count` lanes; `app(i)` is lane `i`'s router (its state with its own Redis).
-    /// `header_timeout` bounds the wait for each request's head on every connection
-    /// (`WAFLEET_INGEST_HEADER_TIMEOUT_MS`).
+    /// `head` bounds the wait for each request's head on every connection.
     pub fn start(
         count: usize,
-        header_timeout: Duration,
+        head: HeadTimeout,
         mut app: impl FnMut(usize) -> Router,
     ) -> anyhow::Result<Self> {
         let draining = CancellationToken::new();
@@ -73,7 +68,7 @@ impl Lanes {
                 index,
                 incoming,
                 app(index),
-                header_timeout,
+                head.clone(),
                 open.clone(),
                 draining.clone(),
             );
@@ -166,7 +161,7 @@ async fn serve_lane(
     index: usize,
     mut incoming: mpsc::UnboundedReceiver<std::net::TcpStream>,
     app: Router,
-    header_timeout: Duration,
+    head: HeadTimeout,
     open: Arc<AtomicUsize>,
     draining: CancellationToken,
 ) {
@@ -190,13 +185,11 @@ async fn serve_lane(
         gauge.set(open.load(Ordering::Relaxed) as f64);
         match tokio::net::TcpStream::from_std(stream) {
             Ok(stream) => {
-                tracker.spawn(serve_connection(
-                    stream,
-                    app.clone(),
-                    header_timeout,
-                    draining.clone(),
-                    guard,
-                ));
+                let served = serve_connection(stream, app.clone(), head.clone(), draining.clone());
+                tracker.spawn(async move {
+                    served.await;
+                    drop(guard);
+                });
             }
             Err(e) => tracing::warn!(error = %e, "could not serve a connection on a lane; closed"),
         }
@@ -215,119 +208,5 @@ impl Drop for OpenGuard {
     fn drop(&mut self) {
         let left = self.open.fetch_sub(1, Ordering::Relaxed) - 1;
         self.gauge.set(left as f64);
-    }
-}
-
-/// Serves HTTP/1 on one connection, as `axum::serve` does; on the drain the request in progress
-/// finishes and the connection closes.
-///
-/// Each request's head must be in within `header_timeout` of the connection being ready for it
-/// (hyper's header read timeout, which bytes trickling in do not extend). A connection idle that
-/// long is closed quietly, as any server closes idle keep-alive connections; one that sent part
-/// of a head is closed without an answer, counted (`outcome="header_timeout"`) and logged. hyper
-/// reports both as the same timeout, so [`Tracked`] tells them apart: bytes read since the last
-/// answer was written. The whole-request timeout only starts once the head is in, so without this
-/// a client sending a header byte now and then, or nothing, held its connection (a file
-/// descriptor) for ever.
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
-    app: Router,
-    header_timeout: Duration,
-    draining: CancellationToken,
-    _open: OpenGuard,
-) {
-    let service = TowerToHyperService::new(
-        app.map_request(|req: axum::http::Request<Incoming>| req.map(axum::body::Body::new)),
-    );
-    let mid_head = Arc::new(AtomicBool::new(false));
-    let stream = Tracked {
-        inner: stream,
-        read_since_write: mid_head.clone(),
-    };
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
-        .serve_connection(TokioIo::new(stream), service);
-    let mut conn = std::pin::pin!(conn);
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        () = draining.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    match result {
-        Ok(()) => {}
-        Err(e) if e.is_timeout() && !mid_head.load(Ordering::Relaxed) => {
-            tracing::debug!("idle connection closed (WAFLEET_INGEST_HEADER_TIMEOUT_MS)");
-        }
-        Err(e) if e.is_timeout() => {
-            tracing::warn!(
-                "request head not received within WAFLEET_INGEST_HEADER_TIMEOUT_MS; connection closed"
-            );
-            metrics::counter!("wafleet_ingest_requests_total", "outcome" => "header_timeout")
-                .increment(1);
-        }
-        Err(e) => tracing::debug!(error = %e, "connection ended with an error"),
-    }
-}
-
-/// A connection's stream that notes whether bytes were read since the last write: after an
-/// answer, the start of the next request's head.
-struct Tracked {
-    inner: tokio::net::TcpStream,
-    read_since_write: Arc<AtomicBool>,
-}
-
-impl tokio::io::AsyncRead for Tracked {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.read_since_write.store(true, Ordering::Relaxed);
-        }
-        polled
-    }
-}
-
-impl tokio::io::AsyncWrite for Tracked {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        self.read_since_write.store(false, Ordering::Relaxed);
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        self.read_since_write.store(false, Ordering::Relaxed);
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

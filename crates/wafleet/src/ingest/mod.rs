@@ -146,7 +146,12 @@ pub async fn run(
         metrics,
         max_body_bytes: settings.max_body_bytes,
     };
-    let lanes = lanes::Lanes::start(settings.threads, settings.header_timeout, |_| {
+    let head = crate::serve::HeadTimeout {
+        after: settings.header_timeout,
+        setting: "WAFLEET_INGEST_HEADER_TIMEOUT_MS",
+        counter: metrics::counter!("wafleet_ingest_requests_total", "outcome" => "header_timeout"),
+    };
+    let lanes = lanes::Lanes::start(settings.threads, head, |_| {
         // Each lane its own connection, opened (and its driver task spawned) on the lane. Its
         // every call is under a timeout of its caller's (the Redis step's, /metrics' and
         // /readyz's), so its commands arm none of their own unless the step's is the longer.
@@ -166,7 +171,7 @@ pub async fn run(
         threads = settings.threads,
         "ingest listening"
     );
-    accept(&listener, &lanes, shutdown).await;
+    crate::serve::accept(&listener, shutdown, |stream| lanes.dispatch(stream)).await;
     drop(listener);
     tracing::info!("shutdown requested; draining in-flight requests");
     lanes.drain(settings.shutdown_grace).await;
@@ -174,29 +179,4 @@ pub async fn run(
     let _ = refresher.await;
     tracing::info!("ingest stopped");
     watch.finish().await
-}
-
-/// Hands every connection `listener` accepts to a lane, until `shutdown` completes.
-async fn accept(listener: &TcpListener, lanes: &lanes::Lanes, shutdown: impl Future<Output = ()>) {
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => lanes.dispatch(stream),
-                // The client gave up before we took it: nothing to serve.
-                Err(e) if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::ConnectionRefused
-                        | std::io::ErrorKind::ConnectionAborted
-                        | std::io::ErrorKind::ConnectionReset
-                ) => {}
-                // Out of file descriptors, most likely: waiting lets connections close.
-                Err(e) => {
-                    tracing::error!(error = %e, "accepting a connection failed; trying again in 1 s");
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                }
-            },
-        }
-    }
 }

@@ -38,6 +38,23 @@ fn status_streams(cfg: &TestConfig) -> Vec<String> {
     (0..keys.partitions()).map(|p| keys.status(p)).collect()
 }
 
+/// The wamids of every entry on the inbound streams, sorted (each entry must be a message).
+async fn inbound_wamids(
+    con: &mut redis::aio::MultiplexedConnection,
+    cfg: &TestConfig,
+) -> Vec<String> {
+    let mut wamids: Vec<_> = all_updates(con, &inbound_streams(cfg))
+        .await
+        .into_iter()
+        .map(|(_, u)| match u {
+            Update::Message(m) => m.wamid,
+            other => panic!("non-message on inbound: {other:?}"),
+        })
+        .collect();
+    wamids.sort();
+    wamids
+}
+
 fn text_body(pnid: &str, from: &str, wamid: &str, text: &str) -> Vec<u8> {
     text_message(pnid, from, wamid, 1_700_000_000, text)
 }
@@ -134,6 +151,41 @@ async fn every_fixture_yields_exactly_its_expected_entry() {
     assert_eq!(requests(&ingest, "duplicate").await, 1.0);
 }
 
+/// Meta's largest batch, 1,000 messages in one POST (about 400 KB here, parsed off the serving
+/// thread): every message is enqueued once, and its redelivery is all duplicates.
+#[tokio::test]
+async fn a_batch_of_a_thousand_messages_is_enqueued_whole_and_once() {
+    let (cfg, ingest) = setup().await;
+    let messages: Vec<_> = (0..1000)
+        .map(|i| {
+            serde_json::json!({"from": format!("57300{:04}", i % 50), "id": format!("wamid.BIG{i}"),
+                "timestamp": "1700000000", "type": "text",
+                "text": {"body": format!("{i}: {}", "quisiera saber cuándo llega mi pedido ".repeat(8))}})
+        })
+        .collect();
+    let body = serde_json::to_vec(&serde_json::json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "W1", "changes": [{"field": "messages", "value": {
+            "metadata": {"phone_number_id": "106540352242922"}, "messages": messages}}]}]
+    }))
+    .unwrap();
+    assert!(body.len() > 256 * 1024, "{} bytes", body.len());
+    assert_eq!(ingest.post_signed(&body, APP_SECRET).await.status(), 200);
+    assert_eq!(requests(&ingest, "accepted").await, 1.0);
+    let mut con = cfg.redis().await;
+    let mut wamids = inbound_wamids(&mut con, &cfg).await;
+    assert_eq!(wamids.len(), 1000);
+    wamids.dedup();
+    assert_eq!(wamids.len(), 1000);
+
+    assert_eq!(ingest.post_signed(&body, APP_SECRET).await.status(), 200);
+    assert_eq!(requests(&ingest, "duplicate").await, 1.0);
+    assert_eq!(
+        all_updates(&mut con, &inbound_streams(&cfg)).await.len(),
+        1000
+    );
+}
+
 #[tokio::test]
 async fn a_batch_yields_one_entry_per_update_on_the_right_streams() {
     let (cfg, ingest) = setup().await;
@@ -165,16 +217,9 @@ async fn a_batch_yields_one_entry_per_update_on_the_right_streams() {
     assert_eq!(ingest.post_signed(&body, APP_SECRET).await.status(), 200);
 
     let mut con = cfg.redis().await;
-    let inbound = all_updates(&mut con, &inbound_streams(&cfg)).await;
-    let mut wamids: Vec<_> = inbound
-        .iter()
-        .map(|(_, u)| match u {
-            Update::Message(m) => m.wamid.clone(),
-            other => panic!("non-message on inbound: {other:?}"),
-        })
-        .collect();
-    wamids.sort();
+    let wamids = inbound_wamids(&mut con, &cfg).await;
     assert_eq!(wamids, ["wamid.1", "wamid.2", "wamid.3", "wamid.4"]);
+    let inbound = all_updates(&mut con, &inbound_streams(&cfg)).await;
     assert_eq!(all_updates(&mut con, &status_streams(&cfg)).await.len(), 3);
     let events = read_stream(&mut con, &cfg.keys().events()).await;
     let kinds: Vec<_> = events
@@ -1737,27 +1782,11 @@ async fn an_apps_own_path_checks_only_that_apps_secrets_and_an_unknown_app_is_re
         async move { req.send().await.unwrap() }
     };
     let mut con = cfg.redis().await;
-    let wamids = |con: &mut redis::aio::MultiplexedConnection| {
-        let streams = inbound_streams(&cfg);
-        let mut con = con.clone();
-        async move {
-            let mut all: Vec<String> = all_updates(&mut con, &streams)
-                .await
-                .into_iter()
-                .map(|(_, u)| match u {
-                    Update::Message(m) => m.wamid,
-                    other => panic!("non-message on inbound: {other:?}"),
-                })
-                .collect();
-            all.sort();
-            all
-        }
-    };
 
     // App A's path takes A's signature for A's number.
     let a1 = text_body("1110001", "573001", "wamid.A1", "hola");
     assert_eq!(post_to("/9001", &a1, "secret-a").await.status(), 200);
-    assert_eq!(wamids(&mut con).await, ["wamid.A1"]);
+    assert_eq!(inbound_wamids(&mut con, &cfg).await, ["wamid.A1"]);
 
     // App B's signature is not checked on A's path (the shared path would find it): 401, and
     // nothing kept.
@@ -1772,7 +1801,7 @@ async fn an_apps_own_path_checks_only_that_apps_secrets_and_an_unknown_app_is_re
     assert_eq!(unknown.status(), 404);
     assert_eq!(unknown.text().await.unwrap(), "not found");
     assert_eq!(post_to("/not-an-app", &a2, "secret-a").await.status(), 404);
-    assert_eq!(wamids(&mut con).await, ["wamid.A1"]);
+    assert_eq!(inbound_wamids(&mut con, &cfg).await, ["wamid.A1"]);
     assert!(
         read_stream(&mut con, &cfg.keys().quarantine())
             .await
@@ -1785,13 +1814,16 @@ async fn an_apps_own_path_checks_only_that_apps_secrets_and_an_unknown_app_is_re
     // kept in quarantine as on the shared path.
     assert_eq!(post_to("/9002", &a2, "secret-b").await.status(), 200);
     assert!(quarantined_for(&cfg, "signed_by_another_app").await);
-    assert_eq!(wamids(&mut con).await, ["wamid.A1"]);
+    assert_eq!(inbound_wamids(&mut con, &cfg).await, ["wamid.A1"]);
     // The shared path still serves every app's numbers.
     let b1 = text_body("2220002", "573002", "wamid.B1", "hola");
     let c1 = text_body("3330003", "573003", "wamid.C1", "hola");
     assert_eq!(post_to("", &b1, "secret-b").await.status(), 200);
     assert_eq!(post_to("", &c1, APP_SECRET).await.status(), 200);
-    assert_eq!(wamids(&mut con).await, ["wamid.A1", "wamid.B1", "wamid.C1"]);
+    assert_eq!(
+        inbound_wamids(&mut con, &cfg).await,
+        ["wamid.A1", "wamid.B1", "wamid.C1"]
+    );
     assert_eq!(ingest.metric("wafleet_ingest_apps").await, 2.0);
     assert_eq!(ingest.metric("wafleet_ingest_app_secrets").await, 3.0);
 
@@ -1820,7 +1852,7 @@ async fn an_apps_own_path_checks_only_that_apps_secrets_and_an_unknown_app_is_re
     })
     .await;
     assert_eq!(
-        wamids(&mut con).await,
+        inbound_wamids(&mut con, &cfg).await,
         ["wamid.A1", "wamid.B1", "wamid.C1", "wamid.C2"]
     );
     assert_eq!(ingest.metric("wafleet_ingest_apps").await, 3.0);
@@ -1854,12 +1886,12 @@ async fn an_apps_own_path_checks_only_that_apps_secrets_and_an_unknown_app_is_re
         404
     );
     assert_eq!(
-        wamids(&mut con).await,
+        inbound_wamids(&mut con, &cfg).await,
         ["wamid.A1", "wamid.B1", "wamid.C1", "wamid.C2"]
     );
     assert_eq!(post("/9003", &c3).await.unwrap().status(), 200);
     assert_eq!(
-        wamids(&mut con).await,
+        inbound_wamids(&mut con, &cfg).await,
         ["wamid.A1", "wamid.B1", "wamid.C1", "wamid.C2", "wamid.C3"]
     );
     assert_eq!(closed.metric(unknown_app).await - before, 2.0);

@@ -70,6 +70,10 @@ fuzz SECS="60":
 bench-ingest:
     deploy/bench-ingest.sh
 
+# small webhooks' latency beside Meta's 1,000-message batches, one serving thread (BENCH_RATE, BENCH_DURATION)
+bench-ingest-batches:
+    deploy/bench-ingest-batches.sh
+
 # ingest -> Redis -> conversation workers -> Postgres, 1 then 2 workers (BENCH_MESSAGES, BENCH_CONVERSATIONS, BENCH_CONCURRENCY, BENCH_WORKERS)
 bench-pipeline:
     deploy/bench-pipeline.sh

@@ -57,13 +57,7 @@ source "$ROOT/deploy/bench-lib.sh"
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_ROUNDS must be a positive number, got '$ROUNDS'"
 ((DURATION % ROUNDS == 0)) || die "BENCH_DURATION ($DURATION) must be a multiple of BENCH_ROUNDS ($ROUNDS)"
 
-if [[ "${BENCH_NO_BUILD:-0}" != 1 ]]; then
-  note "building release binaries"
-  cargo build --release --quiet -p wafleet-ingest -p wafleet-loadgen -p wafleetctl
-fi
-for b in wafleet-ingest wafleet-loadgen wafleetctl; do
-  [[ -x "$BIN/$b" ]] || die "$BIN/$b missing (build it, or set CARGO_TARGET_DIR)"
-done
+bench_binaries wafleet-ingest wafleet-loadgen wafleetctl
 LOADGEN="$BIN/wafleet-loadgen"
 
 bench_services bench-ingest

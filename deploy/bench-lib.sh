@@ -23,6 +23,20 @@ bench_services() {
   BENCH_DATABASE_URL="${url_noq%/*}/$BENCH_DB${DATABASE_URL#"$url_noq"}"
 }
 
+# bench_binaries PACKAGE...: builds them in release (unless BENCH_NO_BUILD=1) and checks each
+# binary is in $BIN.
+bench_binaries() {
+  local p args=()
+  for p in "$@"; do args+=(-p "$p"); done
+  if [[ "${BENCH_NO_BUILD:-0}" != 1 ]]; then
+    note "building release binaries"
+    cargo build --release --quiet "${args[@]}"
+  fi
+  for p in "$@"; do
+    [[ -x "$BIN/$p" ]] || die "$BIN/$p missing (build it, or set CARGO_TARGET_DIR)"
+  done
+}
+
 rcli() { redis-cli -u "$REDIS_URL" "$@" </dev/null; }
 
 # bench_redis_url: sets APP_REDIS_URL, how the benchmarked processes reach Redis: BENCH_REDIS=unix

@@ -510,9 +510,20 @@ async fn handle(state: &AppState, app: Option<&str>, headers: &HeaderMap, body: 
     }
 }
 
+/// Webhooks with more updates than this are appended on the lane's second connection
+/// ([`AppState::bulk_redis`]). Redis reads a connection's pipeline 16 KB at a time, and serves its
+/// other connections between two reads, so another webhook's append no longer waits for a whole
+/// batch's.
+pub const BULK_APPENDS: usize = 32;
+
 async fn enqueue(state: &AppState, appends: &[Append]) -> anyhow::Result<Vec<Appended>> {
+    let redis = if appends.len() > BULK_APPENDS {
+        &state.bulk_redis
+    } else {
+        &state.redis
+    };
     let step = async {
-        let mut con = state.redis.get().await?;
+        let mut con = redis.get().await?;
         Ok::<_, anyhow::Error>(state.enqueuer.append_all(&mut con, appends).await?)
     };
     tokio::time::timeout(state.redis_timeout, step)

@@ -36,6 +36,10 @@ pub struct AppState {
     /// One multiplexed connection shared by the requests of a lane (see [`crate::shared_redis`]
     /// for why not a pool, and [`lanes`] for why one per lane).
     pub redis: SharedRedis,
+    /// A second connection of the lane's, for webhooks of more than [`http::BULK_APPENDS`]
+    /// updates: Redis answers one connection's commands in order, so on the shared one a
+    /// 1,000-update batch's appends all ran ahead of every webhook that came after it.
+    pub bulk_redis: SharedRedis,
     pub pg: sqlx::PgPool,
     /// The runtime `run` was called on, which owns the Postgres pool's connections: lanes ask
     /// Postgres through it, so no pooled connection is tied to a lane's runtime.
@@ -136,6 +140,7 @@ pub async fn run(
     let home = tokio::runtime::Handle::current();
     let state = AppState {
         registry,
+        bulk_redis: redis.another(),
         redis,
         display_numbers: display_numbers::DisplayNumbers::new(pg.clone(), home.clone()),
         pg,
@@ -155,13 +160,16 @@ pub async fn run(
         // Each lane its own connection, opened (and its driver task spawned) on the lane. Its
         // every call is under a timeout of its caller's (the Redis step's, /metrics' and
         // /readyz's), so its commands arm none of their own unless the step's is the longer.
-        let redis = if settings.redis_timeout < crate::shared_redis::RESPONSE_TIMEOUT {
-            state.redis.another_bounded_by_callers()
-        } else {
-            state.redis.another()
+        let lane_connection = || {
+            if settings.redis_timeout < crate::shared_redis::RESPONSE_TIMEOUT {
+                state.redis.another_bounded_by_callers()
+            } else {
+                state.redis.another()
+            }
         };
         let state = AppState {
-            redis,
+            redis: lane_connection(),
+            bulk_redis: lane_connection(),
             ..state.clone()
         };
         router(state, settings.request_timeout, settings.shared_path)

@@ -1,5 +1,5 @@
-# Shell helpers shared by deploy/bench-pipeline.sh and deploy/bench-e2e.sh (bench-ingest.sh uses
-# bench_redis_url): process control,
+# Shell helpers shared by deploy/bench-pipeline.sh, deploy/bench-e2e.sh and
+# deploy/bench-ingest-batches.sh (bench-ingest.sh uses bench_binaries and bench_redis_url): process control,
 # Redis and Postgres access, cleanup, worker metrics, and CPU accounting from /proc. Sourced, not
 # run; it uses the caller's globals (REDIS_URL, DATABASE_URL, BENCH_DATABASE_URL, PSQL, PIDS,
 # PREFIXES, IDLE_TIMEOUT, CPU_WAIT, …) and its `note` function.

@@ -855,6 +855,66 @@ async fn a_postgres_that_stops_answering_is_counted_and_does_not_hold_up_shutdow
         .unwrap();
 }
 
+/// Redis closing ingest's connections (its idle `timeout` does that to the second connection,
+/// which idles between batches; so does a restart) costs no 503: the appends go again on a new
+/// connection, for a webhook and for a batch alike, and land once.
+#[tokio::test]
+async fn a_connection_redis_closed_is_replaced_without_a_503() {
+    let redis = RedisServer::start().await;
+    let mut cfg = TestConfig::new().await;
+    cfg.redis_url = redis.url();
+    cfg.add_channel("106540352242922", |_| {}).await;
+    let ingest = Ingest::start(cfg.ingest_settings()).await;
+    let batch = |tag: &str| {
+        let messages: Vec<_> = (0..40)
+            .map(|i| {
+                serde_json::json!({"from": "573001", "id": format!("wamid.{tag}{i}"),
+                    "timestamp": "1700000000", "type": "text", "text": {"body": "hola"}})
+            })
+            .collect();
+        serde_json::to_vec(&serde_json::json!({
+            "object": "whatsapp_business_account",
+            "entry": [{"id": "W1", "changes": [{"field": "messages", "value": {
+                "metadata": {"phone_number_id": "106540352242922"}, "messages": messages}}]}]
+        }))
+        .unwrap()
+    };
+    // Both of the serving thread's connections opened: a webhook's and a batch's.
+    let one = text_body("106540352242922", "573001", "wamid.ONE", "hola");
+    assert_eq!(ingest.post_signed(&one, APP_SECRET).await.status(), 200);
+    assert_eq!(
+        ingest.post_signed(&batch("A"), APP_SECRET).await.status(),
+        200
+    );
+
+    let mut admin = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert!(killed >= 2, "{killed} connections closed");
+
+    let two = text_body("106540352242922", "573001", "wamid.TWO", "hola");
+    assert_eq!(ingest.post_signed(&two, APP_SECRET).await.status(), 200);
+    assert_eq!(
+        ingest.post_signed(&batch("B"), APP_SECRET).await.status(),
+        200
+    );
+    assert_eq!(requests(&ingest, "unavailable").await, 0.0);
+    assert_eq!(
+        ingest.metric("wafleet_ingest_redis_reconnects_total").await,
+        2.0
+    );
+    let mut con = cfg.redis().await;
+    let wamids = inbound_wamids(&mut con, &cfg).await;
+    assert_eq!(wamids.len(), 82, "{wamids:?}");
+}
+
 #[tokio::test]
 async fn redis_down_answers_503_and_the_redelivery_after_restart_is_enqueued_once() {
     let mut redis = RedisServer::start().await;

@@ -337,21 +337,21 @@ async fn check_signature(
 }
 
 /// Bodies above this many bytes are parsed on the blocking pool: about 0.2 ms of parsing. Meta
-/// batches up to 1,000 updates in one POST; parsing such a 3.7 MB body takes about 6 ms, which on
-/// the request's serving thread held every other connection of that thread (and with one thread,
-/// every webhook) for as long.
+/// batches up to 1,000 updates in one POST; parsing such a body (up to 3 MB) takes 3-6 ms, which
+/// on the request's serving thread held every other connection of that thread (and with one
+/// thread, every webhook) for as long.
 const PARSE_INLINE_BYTES: usize = 128 * 1024;
 
-/// [`webhook::parse`], on the blocking pool for a body over [`PARSE_INLINE_BYTES`]; `None` when
-/// that task did not finish (the runtime is shutting down).
-async fn parse(body: &Bytes) -> Option<Result<webhook::Parsed, webhook::Malformed>> {
+/// [`webhook::parse`], on the blocking pool for a body over [`PARSE_INLINE_BYTES`]; the error is
+/// that task's, when it did not finish.
+async fn parse(
+    body: &Bytes,
+) -> Result<Result<webhook::Parsed, webhook::Malformed>, tokio::task::JoinError> {
     if body.len() <= PARSE_INLINE_BYTES {
-        return Some(webhook::parse(body));
+        return Ok(webhook::parse(body));
     }
     let body = body.clone();
-    tokio::task::spawn_blocking(move || webhook::parse(&body))
-        .await
-        .ok()
+    tokio::task::spawn_blocking(move || webhook::parse(&body)).await
 }
 
 async fn handle(state: &AppState, app: Option<&str>, headers: &HeaderMap, body: Bytes) -> Outcome {
@@ -387,12 +387,14 @@ async fn handle(state: &AppState, app: Option<&str>, headers: &HeaderMap, body: 
     let mut appends = Vec::new();
     // (kind label, quarantined reason) per append, for metrics and the outcome.
     let mut labels: Vec<(&'static str, Option<&'static str>)> = Vec::new();
-    let Some(parsed) = parse(&body).await else {
-        tracing::error!(
-            bytes = body.len(),
-            "webhook parse did not finish (shutting down); answering 503"
-        );
-        return Outcome::Unavailable;
+    let parsed = match parse(&body).await {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            // The parse never panics (a property test and a fuzz target hold it to that), so
+            // this is the runtime shutting down under it: Meta retries.
+            tracing::error!(bytes = body.len(), error = %e, "webhook parse did not finish; answering 503");
+            return Outcome::Unavailable;
+        }
     };
     let malformed = match parsed {
         Err(e) => {
@@ -511,20 +513,36 @@ async fn handle(state: &AppState, app: Option<&str>, headers: &HeaderMap, body: 
 }
 
 /// Webhooks with more updates than this are appended on the lane's second connection
-/// ([`AppState::bulk_redis`]). Redis reads a connection's pipeline 16 KB at a time, and serves its
-/// other connections between two reads, so another webhook's append no longer waits for a whole
-/// batch's.
+/// ([`AppState::bulk_redis`]). Redis reads a connection one buffer at a time (16 KB, more once
+/// its buffer has grown) and runs the commands in it before serving its other connections with
+/// input waiting, so another webhook's append waits for one such read of a batch (a dozen or so
+/// appends), not for all of it.
 pub const BULK_APPENDS: usize = 32;
 
+/// The appends, on the lane's connection for their size, within `WAFLEET_REDIS_TIMEOUT_MS`. A
+/// connection found gone (closed by Redis's idle `timeout`, a restart, a reset: the second
+/// connection idles between batches) is replaced and the appends sent again once, within the
+/// same bound: appends are idempotent, so any that went through before the connection broke
+/// read as duplicates the second time.
 async fn enqueue(state: &AppState, appends: &[Append]) -> anyhow::Result<Vec<Appended>> {
     let redis = if appends.len() > BULK_APPENDS {
         &state.bulk_redis
     } else {
         &state.redis
     };
-    let step = async {
+    let attempt = || async {
         let mut con = redis.get().await?;
-        Ok::<_, anyhow::Error>(state.enqueuer.append_all(&mut con, appends).await?)
+        state.enqueuer.append_all(&mut con, appends).await
+    };
+    let step = async {
+        match attempt().await {
+            Err(e) if e.is_unrecoverable_error() => {
+                tracing::warn!(error = %e, "Redis connection gone; appending again on a new one");
+                metrics::counter!("wafleet_ingest_redis_reconnects_total").increment(1);
+                Ok::<_, anyhow::Error>(attempt().await?)
+            }
+            result => Ok(result?),
+        }
     };
     tokio::time::timeout(state.redis_timeout, step)
         .await

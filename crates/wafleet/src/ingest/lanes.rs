@@ -1,5 +1,6 @@
 //! Ingest's serving threads ("lanes"): each is a single-threaded tokio runtime that serves the
-//! connections handed to it, with its own multiplexed Redis connection.
+//! connections handed to it, with its own multiplexed Redis connections (webhooks', and batches'
+//! of more than [`super::http::BULK_APPENDS`] updates).
 //!
 //! Why not one work-stealing runtime: a webhook's Redis step went from the request's task to the
 //! connection's driver task and back, and on a work-stealing runtime those two often ran on
@@ -82,7 +83,8 @@ impl Lanes {
                             () = abort.cancelled() => {}
                         }
                     });
-                    // A heavy signature check still on the blocking pool is not waited for.
+                    // A heavy signature check or a batch's parse still on the blocking pool is
+                    // waited for up to 1 s, then left (its request is dropped unanswered).
                     runtime.shutdown_timeout(Duration::from_secs(1));
                     let _ = finished.send(());
                 })

@@ -140,7 +140,7 @@ pub async fn run(
     let home = tokio::runtime::Handle::current();
     let state = AppState {
         registry,
-        bulk_redis: redis.another(),
+        bulk_redis: redis.clone(),
         redis,
         display_numbers: display_numbers::DisplayNumbers::new(pg.clone(), home.clone()),
         pg,
@@ -157,7 +157,7 @@ pub async fn run(
         counter: metrics::counter!("wafleet_ingest_requests_total", "outcome" => "header_timeout"),
     };
     let lanes = lanes::Lanes::start(settings.threads, head, |_| {
-        // Each lane its own connection, opened (and its driver task spawned) on the lane. Its
+        // Each lane its own two connections (webhooks', batches'), opened (and its driver task spawned) on the lane. Its
         // every call is under a timeout of its caller's (the Redis step's, /metrics' and
         // /readyz's), so its commands arm none of their own unless the step's is the longer.
         let lane_connection = || {

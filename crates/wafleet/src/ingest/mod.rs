@@ -157,9 +157,10 @@ pub async fn run(
         counter: metrics::counter!("wafleet_ingest_requests_total", "outcome" => "header_timeout"),
     };
     let lanes = lanes::Lanes::start(settings.threads, head, |_| {
-        // Each lane its own two connections (webhooks', batches'), opened (and its driver task spawned) on the lane. Its
-        // every call is under a timeout of its caller's (the Redis step's, /metrics' and
-        // /readyz's), so its commands arm none of their own unless the step's is the longer.
+        // Each lane its own two connections (webhooks', batches'), opened (and their driver
+        // tasks spawned) on the lane. Their every call is under a timeout of its caller's (the
+        // Redis step's, /metrics' and /readyz's), so their commands arm none of their own
+        // unless the step's is the longer.
         let lane_connection = || {
             if settings.redis_timeout < crate::shared_redis::RESPONSE_TIMEOUT {
                 state.redis.another_bounded_by_callers()

@@ -74,10 +74,10 @@ pub async fn serve_draining(
     listener: TcpListener,
     app: Router,
     head: HeadTimeout,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = ()>,
     grace: Duration,
     draining: CancellationToken,
-) -> anyhow::Result<()> {
+) {
     let connections = TaskTracker::new();
     accept(&listener, shutdown, |stream| {
         connections.spawn(serve_connection(
@@ -101,7 +101,6 @@ pub async fn serve_draining(
             "drain exceeded the grace period; exiting with requests in flight"
         );
     }
-    Ok(())
 }
 
 /// The bound on the wait for a request's head on one server, and what counts a connection that

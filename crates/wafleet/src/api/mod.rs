@@ -212,7 +212,7 @@ pub async fn run(
         setting: "WAFLEET_API_HEADER_TIMEOUT_MS",
         counter: metrics::counter!("wafleet_api_header_timeouts_total"),
     };
-    let served = crate::serve_draining(
+    crate::serve_draining(
         listener,
         app,
         head,
@@ -220,10 +220,9 @@ pub async fn run(
         settings.shutdown_grace,
         stopping,
     )
-    .await
-    .context("serving HTTP");
+    .await;
     tracing::info!("agent API stopped");
-    watch.finish().await.and(served)
+    watch.finish().await
 }
 
 fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
